@@ -1,0 +1,311 @@
+//! Key Broker Client: runs the CoCo RCAR handshake (`auth` → `attest`)
+//! against a KBS (ours or stock) and fetches resources sealed to the
+//! client's ephemeral TEE key.
+
+mod tls;
+
+pub use tls::pinned_client_config;
+
+use cocoon_attester::Attester;
+use cocoon_types::error_body::ErrorBody;
+use cocoon_types::jwe::{FlattenedJwe, TeeKeyPair};
+use cocoon_types::resource::ResourcePath;
+use cocoon_types::{HashAlgorithm, KBS_PREFIX, KBS_PROTOCOL_VERSION, SESSION_COOKIE, binding, tee_name};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The KBS could not be reached.
+    #[error("cannot reach the KBS at {url}: {detail}")]
+    Unreachable {
+        /// Base URL.
+        url: String,
+        /// Cause.
+        detail: String,
+    },
+    /// The KBS answered with an error.
+    #[error("KBS refused {what} ({status}): {detail}")]
+    Refused {
+        /// Which step.
+        what: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// Error variant name from the body.
+        variant: String,
+        /// The KBS's explanation.
+        detail: String,
+    },
+    /// The KBS answered with something that is not the protocol.
+    #[error("unexpected KBS response to {what}: {detail}")]
+    Protocol {
+        /// Which step.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Evidence could not be produced.
+    #[error(transparent)]
+    Attester(#[from] cocoon_attester::AttesterError),
+    /// The resource could not be decrypted.
+    #[error(transparent)]
+    Jwe(#[from] cocoon_types::jwe::JweError),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ClientError {
+    /// The HTTP status, when the KBS refused.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Client options.
+#[derive(Default)]
+pub struct ClientOptions {
+    /// PEM certificate(s) to pin for HTTPS.
+    pub kbs_cert_pem: Option<Vec<u8>>,
+    /// Initdata TOML document to send in every Attestation.
+    pub init_data: Option<String>,
+    /// Use this TEE key pair instead of a fresh P-256 one.
+    pub key_pair: Option<Arc<TeeKeyPair>>,
+}
+
+#[derive(Clone)]
+struct SessionState {
+    cookie: String,
+    token: String,
+}
+
+/// A KBS client for one guest.
+pub struct KbsClient {
+    http: reqwest::Client,
+    base: String,
+    attester: Arc<dyn Attester>,
+    key: Arc<TeeKeyPair>,
+    init_data: Option<String>,
+    session: Mutex<Option<SessionState>>,
+}
+
+fn cookie_from(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+async fn refused(what: &'static str, resp: reqwest::Response) -> ClientError {
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(b) => ClientError::Refused {
+            what,
+            status,
+            variant: b.variant().to_string(),
+            detail: b.detail,
+        },
+        Err(_) => ClientError::Refused {
+            what,
+            status,
+            variant: String::new(),
+            detail: text.chars().take(200).collect(),
+        },
+    }
+}
+
+impl KbsClient {
+    /// A client for the KBS at `url` (`http://` or `https://`).
+    pub fn new(url: &str, attester: Arc<dyn Attester>, opts: ClientOptions) -> Result<Self, ClientError> {
+        let base = url.trim_end_matches('/').to_string();
+        let mut b = reqwest::Client::builder()
+            .pool_max_idle_per_host(4)
+            .timeout(std::time::Duration::from_secs(30));
+        if base.starts_with("https://") {
+            let pem = opts.kbs_cert_pem.ok_or_else(|| {
+                ClientError::Config("an https:// KBS needs its certificate: pass --kbs-cert".into())
+            })?;
+            b = b.use_preconfigured_tls(pinned_client_config(&pem).map_err(ClientError::Config)?);
+        } else if !base.starts_with("http://") {
+            return Err(ClientError::Config(format!("KBS URL '{url}' must start with http:// or https://")));
+        }
+        let http = b.build().map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(Self {
+            http,
+            base,
+            attester,
+            key: opts.key_pair.unwrap_or_else(|| Arc::new(TeeKeyPair::generate_ec())),
+            init_data: opts.init_data,
+            session: Mutex::new(None),
+        })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// The TEE key pair resources are sealed to.
+    pub fn key_pair(&self) -> &Arc<TeeKeyPair> {
+        &self.key
+    }
+
+    /// Runs `auth` + `attest` and returns the attestation token.
+    pub async fn attest(&self) -> Result<String, ClientError> {
+        let tee = tee_name(self.attester.tee());
+        let req = json!({
+            "version": KBS_PROTOCOL_VERSION,
+            "tee": tee,
+            "extra-params": {"supported-hash-algorithms": ["sha256", "sha384", "sha512"]},
+        });
+        let resp = self
+            .http
+            .post(format!("{}{KBS_PREFIX}/auth", self.base))
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(refused("auth", resp).await);
+        }
+        let mut cookie = cookie_from(&resp).ok_or(ClientError::Protocol {
+            what: "auth",
+            detail: "no kbs-session-id cookie".into(),
+        })?;
+        let challenge: Value = resp.json().await.map_err(|e| ClientError::Protocol {
+            what: "auth",
+            detail: e.to_string(),
+        })?;
+        let nonce = challenge
+            .get("nonce")
+            .and_then(Value::as_str)
+            .ok_or(ClientError::Protocol {
+                what: "auth",
+                detail: "challenge has no nonce".into(),
+            })?
+            .to_string();
+        let alg = challenge
+            .pointer("/extra-params/selected-hash-algorithm")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<HashAlgorithm>().ok())
+            .unwrap_or(HashAlgorithm::Sha384);
+        let pubkey = self.key.public_jwk();
+        let rd = binding::primary_report_data(alg, &nonce, &pubkey, "").map_err(|e| ClientError::Protocol {
+            what: "attest",
+            detail: e.to_string(),
+        })?;
+        let evidence = self.attester.evidence(&rd)?;
+        let init = self
+            .init_data
+            .as_ref()
+            .map(|b| json!({"format": "toml", "body": b}))
+            .unwrap_or(Value::Null);
+        let att = json!({
+            "init-data": init,
+            "runtime-data": {"nonce": nonce, "tee-pubkey": pubkey},
+            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+        });
+        let resp = self
+            .http
+            .post(format!("{}{KBS_PREFIX}/attest", self.base))
+            .header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+            .json(&att)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(refused("attest", resp).await);
+        }
+        if let Some(c) = cookie_from(&resp) {
+            cookie = c;
+        }
+        let body: Value = resp.json().await.map_err(|e| ClientError::Protocol {
+            what: "attest",
+            detail: e.to_string(),
+        })?;
+        let token = body
+            .get("token")
+            .and_then(Value::as_str)
+            .ok_or(ClientError::Protocol {
+                what: "attest",
+                detail: "no token in the response".into(),
+            })?
+            .to_string();
+        if let Ok(mut s) = self.session.lock() {
+            *s = Some(SessionState {
+                cookie,
+                token: token.clone(),
+            });
+        }
+        Ok(token)
+    }
+
+    /// The current token, attesting first if there is none.
+    pub async fn token(&self) -> Result<String, ClientError> {
+        if let Some(s) = self.session.lock().ok().and_then(|s| s.clone()) {
+            return Ok(s.token);
+        }
+        self.attest().await
+    }
+
+    async fn fetch(&self, path: &ResourcePath, cookie: &str) -> Result<FlattenedJwe, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}{KBS_PREFIX}/resource/{path}", self.base))
+            .header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if resp.status() != StatusCode::OK {
+            return Err(refused("resource", resp).await);
+        }
+        resp.json().await.map_err(|e| ClientError::Protocol {
+            what: "resource",
+            detail: format!("not a JWE: {e}"),
+        })
+    }
+
+    /// Fetches and decrypts a resource, attesting first if needed and once
+    /// more if the KBS says the session is no longer valid (401).
+    pub async fn get_resource(&self, path: &ResourcePath) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let cookie = match self.session.lock().ok().and_then(|s| s.clone()) {
+            Some(s) => s.cookie,
+            None => {
+                self.attest().await?;
+                self.session_cookie()?
+            }
+        };
+        let jwe = match self.fetch(path, &cookie).await {
+            Err(e) if e.status() == Some(401) => {
+                self.attest().await?;
+                self.fetch(path, &self.session_cookie()?).await?
+            }
+            r => r?,
+        };
+        Ok(self.key.decrypt(&jwe)?)
+    }
+
+    fn session_cookie(&self) -> Result<String, ClientError> {
+        self.session
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.cookie.clone()))
+            .ok_or(ClientError::Protocol {
+                what: "attest",
+                detail: "no session after attestation".into(),
+            })
+    }
+}

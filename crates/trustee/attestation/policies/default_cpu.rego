@@ -1,0 +1,70 @@
+# Cocoon default attestation policy (id "default_cpu").
+#
+# Input: the annotated evidence: claims under the TEE name (input.sample,
+# input.tdx, ...), report_data, runtime_data_claims, init_data,
+# init_data_claims. Reference values come from the RVPS through
+# query_reference_value("<name>"), which is null when the name is not set.
+#
+# Output: trust_claims, a map from EAR trust-vector claim to value; and
+# explain, a set of messages saying which claim failed which rule (shown by
+# `cocoon explain`, never sent to the guest).
+package policy
+
+import rego.v1
+
+default executables := 33
+
+default hardware := 97
+
+default configuration := 36
+
+trust_claims := {
+	"executables": executables,
+	"hardware": hardware,
+	"configuration": configuration,
+}
+
+# ---- sample (development TEE) -------------------------------------------
+
+executables := 3 if {
+	input.sample.launch_digest in query_reference_value("launch_digest")
+}
+
+hardware := 2 if {
+	input.sample.svn in query_reference_value("svn")
+	input.sample.platform_version.major == query_reference_value("major_version")
+	input.sample.platform_version.minor >= query_reference_value("minimum_minor_version")
+}
+
+configuration := 2 if {
+	input.sample
+	input.sample.debug == false
+}
+
+explain contains msg if {
+	input.sample
+	not input.sample.launch_digest in query_reference_value("launch_digest")
+	msg := sprintf("executables: claim sample.launch_digest=%v is not in reference value 'launch_digest'=%v", [input.sample.launch_digest, query_reference_value("launch_digest")])
+}
+
+explain contains msg if {
+	input.sample
+	not input.sample.svn in query_reference_value("svn")
+	msg := sprintf("hardware: claim sample.svn=%v is not in reference value 'svn'=%v", [input.sample.svn, query_reference_value("svn")])
+}
+
+explain contains msg if {
+	input.sample
+	input.sample.platform_version.major != query_reference_value("major_version")
+	msg := sprintf("hardware: claim sample.platform_version.major=%v differs from reference value 'major_version'=%v", [input.sample.platform_version.major, query_reference_value("major_version")])
+}
+
+explain contains msg if {
+	input.sample
+	not input.sample.platform_version.minor >= query_reference_value("minimum_minor_version")
+	msg := sprintf("hardware: claim sample.platform_version.minor=%v is below reference value 'minimum_minor_version'=%v", [input.sample.platform_version.minor, query_reference_value("minimum_minor_version")])
+}
+
+explain contains "configuration: claim sample.debug is true" if {
+	input.sample.debug == true
+}

@@ -1,0 +1,216 @@
+//! Rego policies, evaluated with `regorus`, and the policy store that keeps
+//! them compiled. Policies live in the trustee [`Store`], so every replica
+//! sees an update within [`RECHECK`].
+
+use cocoon_rvps::Rvps;
+use cocoon_store::{Store, StoreError, ns};
+use parking_lot::RwLock;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a cached policy is compared with the stored one.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Policy errors.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The Rego does not parse or compile.
+    #[error("policy '{id}' is not valid Rego: {detail}")]
+    Invalid {
+        /// Policy id.
+        id: String,
+        /// The compiler's message.
+        detail: String,
+    },
+    /// Evaluation failed at run time.
+    #[error("policy '{id}' failed to evaluate: {detail}")]
+    Eval {
+        /// Policy id.
+        id: String,
+        /// The engine's message.
+        detail: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A compiled Rego policy (package `policy`).
+pub struct RegoPolicy {
+    id: String,
+    engine: regorus::Engine,
+    digest: [u8; 32],
+}
+
+impl RegoPolicy {
+    /// Compiles `text`. With `rvps`, the built-in `query_reference_value(name)`
+    /// returns the RVPS value for `name`, or null.
+    pub fn compile(id: &str, text: &str, rvps: Option<&Rvps>) -> Result<Self, PolicyError> {
+        let invalid = |e: anyhow::Error| PolicyError::Invalid {
+            id: id.to_string(),
+            detail: e.to_string(),
+        };
+        let mut engine = regorus::Engine::new();
+        engine.set_strict_builtin_errors(false);
+        if let Some(rvps) = rvps {
+            let rvps = rvps.clone();
+            engine
+                .add_extension(
+                    "query_reference_value".to_string(),
+                    1,
+                    Box::new(move |args: Vec<regorus::Value>| {
+                        let name = args
+                            .first()
+                            .and_then(|a| a.as_string().ok())
+                            .map(|s| s.to_string())
+                            .unwrap_or_default();
+                        Ok(match rvps.query(&name) {
+                            Ok(Some(v)) => regorus::Value::from(v),
+                            _ => regorus::Value::Null,
+                        })
+                    }),
+                )
+                .map_err(invalid)?;
+        }
+        let package = engine
+            .add_policy(format!("{id}.rego"), text.to_string())
+            .map_err(invalid)?;
+        if package != "data.policy" {
+            return Err(PolicyError::Invalid {
+                id: id.to_string(),
+                detail: format!("the package must be 'policy', found '{package}'"),
+            });
+        }
+        // Surface compile-time errors (unknown functions, bad references) now.
+        engine.clone().eval_modules(false).map_err(invalid)?;
+        Ok(Self {
+            id: id.to_string(),
+            engine,
+            digest: Sha256::digest(text.as_bytes()).into(),
+        })
+    }
+
+    /// The policy id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// SHA-256 of the policy text.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// Evaluates `data.policy.<rule>` with `input` (and `data` merged in).
+    /// Returns `None` when the rule is undefined.
+    pub fn eval(&self, rule: &str, input: &Value, data: Option<&Value>) -> Result<Option<Value>, PolicyError> {
+        let err = |e: anyhow::Error| PolicyError::Eval {
+            id: self.id.clone(),
+            detail: e.to_string(),
+        };
+        let mut engine = self.engine.clone();
+        if let Some(d) = data {
+            engine.add_data(regorus::Value::from(d.clone())).map_err(err)?;
+        }
+        engine.set_input(regorus::Value::from(input.clone()));
+        let v = engine.eval_rule(format!("data.policy.{rule}")).map_err(err)?;
+        if v == regorus::Value::Undefined {
+            return Ok(None);
+        }
+        serde_json::to_value(&v).map(Some).map_err(|e| PolicyError::Eval {
+            id: self.id.clone(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+struct Cached {
+    checked: Instant,
+    policy: Arc<RegoPolicy>,
+}
+
+/// Stored policies by id, compiled once and rechecked against the store.
+pub struct PolicyStore {
+    store: Arc<dyn Store>,
+    rvps: Rvps,
+    defaults: HashMap<String, String>,
+    cache: RwLock<HashMap<String, Cached>>,
+}
+
+impl PolicyStore {
+    /// A policy store; `defaults` gives the text used when an id has never been set.
+    pub fn new(store: Arc<dyn Store>, rvps: Rvps, defaults: HashMap<String, String>) -> Self {
+        Self {
+            store,
+            rvps,
+            defaults,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The policy text for `id`: stored, else the default.
+    pub fn text(&self, id: &str) -> Result<Option<String>, PolicyError> {
+        Ok(match self.store.get(ns::POLICIES, id)? {
+            Some(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            None => self.defaults.get(id).cloned(),
+        })
+    }
+
+    /// The compiled policy for `id`.
+    pub fn get(&self, id: &str) -> Result<Arc<RegoPolicy>, PolicyError> {
+        if let Some(c) = self.cache.read().get(id)
+            && c.checked.elapsed() < RECHECK
+        {
+            return Ok(c.policy.clone());
+        }
+        let text = self.text(id)?.ok_or_else(|| PolicyError::Invalid {
+            id: id.to_string(),
+            detail: "no such policy".into(),
+        })?;
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+        let mut cache = self.cache.write();
+        if let Some(c) = cache.get_mut(id)
+            && c.policy.digest() == &digest
+        {
+            c.checked = Instant::now();
+            return Ok(c.policy.clone());
+        }
+        let policy = Arc::new(RegoPolicy::compile(id, &text, Some(&self.rvps))?);
+        cache.insert(
+            id.to_string(),
+            Cached {
+                checked: Instant::now(),
+                policy: policy.clone(),
+            },
+        );
+        Ok(policy)
+    }
+
+    /// Validates and stores a policy; it takes effect at once on this replica.
+    pub fn set(&self, id: &str, text: &str) -> Result<(), PolicyError> {
+        let policy = Arc::new(RegoPolicy::compile(id, text, Some(&self.rvps))?);
+        self.store.put(ns::POLICIES, id, text.as_bytes())?;
+        self.cache.write().insert(
+            id.to_string(),
+            Cached {
+                checked: Instant::now(),
+                policy,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ids of stored policies and defaults.
+    pub fn ids(&self) -> Result<Vec<String>, PolicyError> {
+        let mut ids = self.store.list(ns::POLICIES)?;
+        for k in self.defaults.keys() {
+            if !ids.contains(k) {
+                ids.push(k.clone());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}

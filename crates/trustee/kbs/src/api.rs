@@ -1,0 +1,675 @@
+//! The KBS HTTP API: the CoCo RCAR protocol (`auth`, `attest`, `resource`),
+//! the admin endpoints the stock KBS has, and a few admin extensions
+//! (listing, reference-value expiry, denial log).
+
+use crate::admin::{AdminKey, verify_admin_token};
+use crate::decision::{Decision, DecisionCache};
+use crate::error::KbsError;
+use crate::metrics::{AttestLabels, Metrics, ReleaseLabels, RouteLabels, RouteOnly};
+use crate::session::{Attested, OpenError, Session, SessionSealer};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use cocoon_attestation::{AttestationService, RESOURCE_POLICY, tee_pubkey_from_claims};
+use cocoon_rvps::Rvps;
+use cocoon_store::{Kek, Store, ns};
+use cocoon_types::jwe::SealingKey;
+use cocoon_types::resource::ResourcePath;
+use cocoon_types::{Attestation, SESSION_COOKIE, Tee, parse_tee};
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// Request bodies above this size are refused with 413.
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+/// Denials kept in the log.
+pub const DENIALS_KEPT: usize = 1000;
+
+/// One refused request, as `cocoon explain` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Denial {
+    /// Unix seconds.
+    pub at: i64,
+    /// `attestation` (evidence refused), `appraisal` (token issued but not
+    /// affirming) or `resource` (resource policy refused).
+    pub kind: String,
+    /// TEE name, when known.
+    pub tee: Option<String>,
+    /// Resource path, for `resource`.
+    pub resource: Option<String>,
+    /// One-line reason.
+    pub reason: String,
+    /// Which claim failed which rule.
+    pub details: Vec<String>,
+}
+
+/// Everything the handlers share.
+pub struct KbsState {
+    /// The shared store.
+    pub store: Arc<dyn Store>,
+    /// Key-encryption key for secrets at rest.
+    pub kek: Kek,
+    /// Session cookie sealer.
+    pub sessions: SessionSealer,
+    /// The attestation service.
+    pub attestation: AttestationService,
+    /// Reference values.
+    pub rvps: Rvps,
+    /// Trusted admin public keys.
+    pub admin_keys: Vec<AdminKey>,
+    /// Accept admin requests without authentication (development only).
+    pub insecure_admin: bool,
+    /// Session lifetime from `auth`, seconds.
+    pub session_timeout_secs: i64,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Resource-policy decision cache.
+    pub decisions: DecisionCache,
+    /// Queue to the denial recorder.
+    pub denials: mpsc::Sender<Denial>,
+}
+
+type AppState = Arc<KbsState>;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, KbsError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            KbsError::BodyTooLarge(BODY_LIMIT)
+        } else {
+            KbsError::BadRequest(e.body_text())
+        }
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, KbsError> {
+    serde_json::from_slice(body).map_err(|e| KbsError::BadRequest(format!("expected {what}: {e}")))
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+fn http_date(unix: i64) -> String {
+    let fmt = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_default()
+}
+
+fn with_cookie(mut resp: Response, value: &str, exp: i64) -> Response {
+    let c = format!("{SESSION_COOKIE}={value}; Expires={}", http_date(exp));
+    if let Ok(v) = HeaderValue::from_str(&c) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn open_session(s: &KbsState, headers: &HeaderMap) -> Result<Session, KbsError> {
+    let c = session_cookie(headers).ok_or(KbsError::MissingSession)?;
+    s.sessions.open(c, now()).map_err(|e| match e {
+        OpenError::Invalid => KbsError::InvalidSession,
+        OpenError::Expired => KbsError::ExpiredSession,
+    })
+}
+
+fn require_admin(s: &KbsState, headers: &HeaderMap) -> Result<(), KbsError> {
+    if s.insecure_admin {
+        return Ok(());
+    }
+    let token = bearer(headers).ok_or_else(|| {
+        KbsError::AdminAuth("send Authorization: Bearer <admin JWT> (cocoon admin does this)".into())
+    })?;
+    verify_admin_token(token, &s.admin_keys, now()).map_err(KbsError::AdminAuth)
+}
+
+fn record(s: &KbsState, d: Denial) {
+    tracing::warn!(kind = %d.kind, tee = ?d.tee, resource = ?d.resource, reason = %d.reason, details = ?d.details, "request denied");
+    // Never block the request path on the log; drop when the recorder lags.
+    let _ = s.denials.try_send(d);
+}
+
+/// Runs the denial recorder until the channel closes.
+pub async fn denial_recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Denial>) {
+    while let Some(d) = rx.recv().await {
+        let store = store.clone();
+        let bytes = serde_json::to_vec(&d).unwrap_or_default();
+        let r = tokio::task::spawn_blocking(move || store.append(ns::DENIALS, &bytes, DENIALS_KEPT)).await;
+        if !matches!(r, Ok(Ok(_))) {
+            tracing::error!("cannot record a denial in the store");
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LooseRequest {
+    version: String,
+    tee: String,
+    #[serde(rename = "extra-params", default)]
+    _extra_params: Value,
+}
+
+fn version_supported(v: &str) -> bool {
+    // Accept 0.4.x: the stock client sends 0.4.0 today.
+    let mut it = v.split('.');
+    matches!((it.next(), it.next(), it.next(), it.next()), (Some("0"), Some("4"), Some(p), None) if p.parse::<u32>().is_ok())
+}
+
+async fn auth(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, KbsError> {
+    let body = body_bytes(body)?;
+    let req: LooseRequest = parse_json(&body, "a KBS Request {version, tee, extra-params}")?;
+    if !version_supported(&req.version) {
+        return Err(KbsError::UnsupportedVersion(req.version));
+    }
+    let tee = parse_tee(&req.tee).ok_or_else(|| {
+        KbsError::UnsupportedTee(format!(
+            "unknown TEE '{}': use one of {}",
+            req.tee,
+            s.attestation.verifiers().supported().join(", ")
+        ))
+    })?;
+    s.attestation
+        .verifiers()
+        .get(tee)
+        .map_err(|e| KbsError::UnsupportedTee(e.to_string()))?;
+    let mut raw = [0u8; 32];
+    OsRng.fill_bytes(&mut raw);
+    let nonce = B64.encode(raw);
+    let extra = if tee == Tee::Se {
+        json!({"selected-hash-algorithm": "sha512"})
+    } else {
+        json!("")
+    };
+    let exp = now() + s.session_timeout_secs;
+    let cookie = s.sessions.seal(&Session {
+        nonce: nonce.clone(),
+        tee: req.tee,
+        exp,
+        attested: None,
+    });
+    let resp = Json(json!({"nonce": nonce, "extra-params": extra})).into_response();
+    Ok(with_cookie(resp, &cookie, exp))
+}
+
+async fn attest(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    let mut session = open_session(&s, &headers)?;
+    let body = body_bytes(body)?;
+    if let Some(a) = &session.attested {
+        // As the stock KBS: a repeated attest returns the session's token.
+        let resp = Json(json!({"token": a.token})).into_response();
+        let cookie = session_cookie(&headers).unwrap_or_default().to_string();
+        return Ok(with_cookie(resp, &cookie, session.exp));
+    }
+    let att: Attestation = parse_json(&body, "a KBS Attestation {init-data, runtime-data, tee-evidence}")?;
+    let tee = parse_tee(&session.tee).ok_or(KbsError::InvalidSession)?;
+    let appraisal = match s.attestation.attest(tee, &session.nonce, &att) {
+        Ok(a) => a,
+        Err(e) => {
+            s.metrics
+                .attestations
+                .get_or_create(&AttestLabels { tee: session.tee.clone(), result: "rejected".into() })
+                .inc();
+            record(
+                &s,
+                Denial {
+                    at: now(),
+                    kind: "attestation".into(),
+                    tee: Some(session.tee.clone()),
+                    resource: None,
+                    reason: e.to_string(),
+                    details: vec![],
+                },
+            );
+            return Err(KbsError::AttestationFailed(e.to_string()));
+        }
+    };
+    let status = appraisal.status.as_str().to_string();
+    s.metrics
+        .attestations
+        .get_or_create(&AttestLabels { tee: session.tee.clone(), result: status.clone() })
+        .inc();
+    if appraisal.status != ear::TrustTier::Affirming {
+        let mut details = appraisal.failed_claims.clone();
+        details.extend(appraisal.explain.iter().cloned());
+        record(
+            &s,
+            Denial {
+                at: now(),
+                kind: "appraisal".into(),
+                tee: Some(session.tee.clone()),
+                resource: None,
+                reason: format!("appraisal is '{status}': the token will not satisfy policies that require 'affirming'"),
+                details,
+            },
+        );
+    }
+    let sealing = SealingKey::new(&appraisal.tee_pubkey)
+        .map_err(|e| KbsError::BadRequest(format!("runtime-data tee-pubkey: {e}")))?;
+    session.attested = Some(Attested {
+        token: appraisal.token.clone(),
+        token_exp: appraisal.exp,
+        sealing,
+    });
+    let cookie = s.sessions.seal(&session);
+    let resp = Json(json!({"token": appraisal.token})).into_response();
+    Ok(with_cookie(resp, &cookie, session.exp))
+}
+
+fn token_payload(token: &str) -> Result<Value, KbsError> {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64URL.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| KbsError::Internal("session token is unreadable".into()))
+}
+
+fn token_signature(token: &str) -> &str {
+    token.rsplit('.').next().unwrap_or_default()
+}
+
+async fn get_resource(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    let rpath = ResourcePath::parse(&path).map_err(|e| KbsError::InvalidPath(e.to_string()))?;
+    // Cookie first (as the stock KBS), then a Bearer token.
+    let from_cookie = match open_session(&s, &headers) {
+        Ok(sess) => match sess.attested {
+            Some(a) if a.token_exp > now() => Ok((a.token, None, a.sealing, sess.tee)),
+            Some(_) => Err(KbsError::ExpiredSession),
+            None => Err(KbsError::NotAttested),
+        },
+        Err(e) => Err(e),
+    };
+    let (token, claims, sealing, tee) = match (from_cookie, bearer(&headers)) {
+        (Ok(t), _) => t,
+        (Err(_), Some(tok)) => {
+            let claims = s
+                .attestation
+                .signer()
+                .verify(tok, now())
+                .map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
+            let key = tee_pubkey_from_claims(&claims)
+                .ok_or_else(|| KbsError::TokenInvalid("token carries no tee-pubkey".into()))?;
+            let sealing = SealingKey::new(&key).map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
+            (tok.to_string(), Some(claims), sealing, "token".to_string())
+        }
+        (Err(e), None) => return Err(e),
+    };
+
+    let policy = s
+        .attestation
+        .policies()
+        .get(RESOURCE_POLICY)
+        .map_err(|e| KbsError::Internal(e.to_string()))?;
+    let mut qkeys: Vec<_> = query.iter().collect();
+    qkeys.sort();
+    let request = format!("{rpath}?{qkeys:?}");
+    let sig = token_signature(&token);
+    let decision = match s.decisions.get(sig, &request, policy.digest()) {
+        Some(d) => d,
+        None => {
+            let claims = match claims {
+                Some(c) => c,
+                None => token_payload(&token)?,
+            };
+            let data = json!({"plugin": "resource", "resource-path": rpath.segments(), "query": query});
+            let allow = matches!(
+                policy.eval("allow", &claims, Some(&data)),
+                Ok(Some(Value::Bool(true)))
+            );
+            let reasons = if allow {
+                Vec::new()
+            } else {
+                match policy.eval("deny_reasons", &claims, Some(&data)) {
+                    Ok(Some(Value::Array(a))) => a.into_iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                    Ok(_) => vec!["the policy's allow rule is not true".into()],
+                    Err(e) => vec![e.to_string()],
+                }
+            };
+            let d = Decision { allow, reasons: Arc::new(reasons) };
+            s.decisions.put(sig, &request, policy.digest(), d.clone());
+            d
+        }
+    };
+    if !decision.allow {
+        s.metrics.releases.get_or_create(&ReleaseLabels { result: "denied".into() }).inc();
+        record(
+            &s,
+            Denial {
+                at: now(),
+                kind: "resource".into(),
+                tee: Some(tee),
+                resource: Some(rpath.to_string()),
+                reason: "resource policy denied the request".into(),
+                details: decision.reasons.as_ref().clone(),
+            },
+        );
+        return Err(KbsError::PolicyDeny(rpath.to_string()));
+    }
+    let key = rpath.to_string();
+    let Some(sealed) = s.store.get(ns::RESOURCES, &key)? else {
+        s.metrics.releases.get_or_create(&ReleaseLabels { result: "not_found".into() }).inc();
+        return Err(KbsError::ResourceNotFound(key));
+    };
+    let plain = s
+        .kek
+        .open(ns::RESOURCES, &key, &sealed)
+        .map_err(|_| KbsError::Internal(format!("resource {key} cannot be unsealed: wrong key-encryption key")))?;
+    let jwe = sealing
+        .seal(&plain)
+        .map_err(|e| KbsError::Internal(e.to_string()))?;
+    s.metrics.releases.get_or_create(&ReleaseLabels { result: "released".into() }).inc();
+    Ok(Json(jwe).into_response())
+}
+
+async fn set_resource(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let body = body_bytes(body)?;
+    let rpath = ResourcePath::parse(&path).map_err(|e| KbsError::InvalidPath(e.to_string()))?;
+    let key = rpath.to_string();
+    let sealed = s.kek.seal(ns::RESOURCES, &key, &body);
+    s.store.put(ns::RESOURCES, &key, &sealed)?;
+    tracing::info!(resource = %key, bytes = body.len(), "resource stored");
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn delete_resource(
+    State(s): State<AppState>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let rpath = ResourcePath::parse(&path).map_err(|e| KbsError::InvalidPath(e.to_string()))?;
+    if !s.store.delete(ns::RESOURCES, &rpath.to_string())? {
+        return Err(KbsError::ResourceNotFound(rpath.to_string()));
+    }
+    tracing::info!(resource = %rpath, "resource deleted");
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn list_resources(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    Ok(Json(s.store.list(ns::RESOURCES)?).into_response())
+}
+
+fn decode_policy(b64: &str) -> Result<String, KbsError> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64.trim_end_matches('='))
+        .map_err(|_| KbsError::InvalidPolicy("policy must be base64url-encoded Rego".into()))?;
+    String::from_utf8(raw).map_err(|_| KbsError::InvalidPolicy("policy is not UTF-8".into()))
+}
+
+#[derive(Deserialize)]
+struct PolicyBody {
+    policy: String,
+    #[serde(default)]
+    policy_id: Option<String>,
+}
+
+fn set_policy_text(s: &KbsState, id: &str, text: &str) -> Result<Response, KbsError> {
+    s.attestation
+        .policies()
+        .set(id, text)
+        .map_err(|e| KbsError::InvalidPolicy(e.to_string()))?;
+    tracing::info!(policy = id, "policy updated");
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn set_resource_policy(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let b: PolicyBody = parse_json(&body_bytes(body)?, "{\"policy\": \"<base64url Rego>\"}")?;
+    set_policy_text(&s, RESOURCE_POLICY, &decode_policy(&b.policy)?)
+}
+
+async fn get_resource_policy(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let ids = s.attestation.policies().ids().map_err(|e| KbsError::Internal(e.to_string()))?;
+    Ok(Json(ids).into_response())
+}
+
+async fn set_attestation_policy(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let b: PolicyBody = parse_json(&body_bytes(body)?, "{\"policy_id\": \"default_cpu\", \"policy\": \"<base64url Rego>\"}")?;
+    // The KBS looks up `default_<class>`; a plain `default` means the CPU policy.
+    let id = match b.policy_id.as_deref() {
+        None | Some("default") => "default_cpu".to_string(),
+        Some(id) => id.to_string(),
+    };
+    if id == RESOURCE_POLICY {
+        return Err(KbsError::InvalidPolicy("use POST /kbs/v0/resource-policy for the resource policy".into()));
+    }
+    set_policy_text(&s, &id, &decode_policy(&b.policy)?)
+}
+
+async fn list_policies(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+    get_resource_policy(State(s), headers).await
+}
+
+async fn get_policy(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    match s.attestation.policies().text(&id).map_err(|e| KbsError::Internal(e.to_string()))? {
+        Some(t) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()),
+        None => Err(KbsError::NotFound(format!("policy '{id}'"))),
+    }
+}
+
+async fn register_reference_values(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let body = body_bytes(body)?;
+    let names = s
+        .rvps
+        .register_message(&body)
+        .map_err(|e| KbsError::InvalidReferenceValue(e.to_string()))?;
+    tracing::info!(?names, "reference values registered");
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(Deserialize)]
+struct PutReferenceValue {
+    value: Value,
+    #[serde(default)]
+    expires: Option<i64>,
+}
+
+async fn put_reference_value(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let b: PutReferenceValue = parse_json(&body_bytes(body)?, "{\"value\": <JSON>, \"expires\": <unix seconds>}")?;
+    let expires = match b.expires {
+        Some(t) => Some(
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .map_err(|_| KbsError::InvalidReferenceValue("expires is out of range".into()))?,
+        ),
+        None => None,
+    };
+    let rv = s
+        .rvps
+        .add(&name, b.value, expires)
+        .map_err(|e| KbsError::InvalidReferenceValue(e.to_string()))?;
+    tracing::info!(name = %name, "reference value set");
+    Ok(Json(rv).into_response())
+}
+
+async fn get_reference_value(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    match s.rvps.query(&name).map_err(|e| KbsError::Internal(e.to_string()))? {
+        Some(v) => Ok(Json(v).into_response()),
+        None => Err(KbsError::NotFound(format!("reference value '{name}' (missing or expired)"))),
+    }
+}
+
+async fn delete_reference_value(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    if !s.rvps.delete(&name).map_err(|e| KbsError::Internal(e.to_string()))? {
+        return Err(KbsError::NotFound(format!("reference value '{name}'")));
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn list_reference_values(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    Ok(Json(s.rvps.list().map_err(|e| KbsError::Internal(e.to_string()))?).into_response())
+}
+
+#[derive(Deserialize)]
+struct DenialQuery {
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn list_denials(
+    State(s): State<AppState>,
+    Query(q): Query<DenialQuery>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let events = s.store.recent(ns::DENIALS, q.limit.unwrap_or(20).min(DENIALS_KEPT))?;
+    let list: Vec<Denial> = events
+        .iter()
+        .filter_map(|e| serde_json::from_slice(&e.value).ok())
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+async fn jwks(State(s): State<AppState>) -> Response {
+    Json(s.attestation.signer().jwks()).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> KbsError {
+    KbsError::NotFound(req.uri().path().to_string())
+}
+
+async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    s.metrics
+        .latency
+        .get_or_create(&RouteOnly { route: route.clone() })
+        .observe(start.elapsed().as_secs_f64());
+    s.metrics.requests.get_or_create(&RouteLabels { route, status }).inc();
+    resp
+}
+
+/// The router with every endpoint.
+pub fn router(state: AppState) -> Router {
+    let kbs = Router::new()
+        .route("/auth", post(auth))
+        .route("/attest", post(attest))
+        .route(
+            "/resource/{*path}",
+            get(get_resource).post(set_resource).delete(delete_resource),
+        )
+        .route("/resources", get(list_resources))
+        .route("/resource-policy", post(set_resource_policy).get(get_resource_policy))
+        .route("/attestation-policy", post(set_attestation_policy))
+        .route("/policies", get(list_policies))
+        .route("/policies/{id}", get(get_policy))
+        .route("/reference-value", post(register_reference_values))
+        .route(
+            "/reference-value/{name}",
+            get(get_reference_value).put(put_reference_value).delete(delete_reference_value),
+        )
+        .route("/reference-values", get(list_reference_values))
+        .route("/denials", get(list_denials));
+    Router::new()
+        .nest(cocoon_types::KBS_PREFIX, kbs)
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async { KbsError::MethodNotAllowed })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}

@@ -1,0 +1,13 @@
+//! The Key Broker Service: CoCo's KBS protocol over HTTP(S), with the
+//! built-in attestation service, stateless sealed sessions, admin API,
+//! metrics and the denial log.
+
+pub mod admin;
+pub mod api;
+pub mod decision;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod session;
+
+pub use server::{Trustee, TrusteeConfig, TlsMode, default_data_dir};

@@ -1,0 +1,310 @@
+//! Trustee start-up: data directory, keys, store, TLS, and the listener.
+
+use crate::admin::AdminKey;
+use crate::api::{KbsState, denial_recorder, router};
+use crate::decision::DecisionCache;
+use crate::metrics::Metrics;
+use crate::session::SessionSealer;
+use cocoon_attestation::{AsConfig, AttestationService};
+use cocoon_rvps::Rvps;
+use cocoon_store::{Kek, SqliteStore, Store, write_private_file};
+use cocoon_verifier::{VerifierOptions, VerifierRegistry};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How the trustee serves.
+#[derive(Debug, Clone)]
+pub enum TlsMode {
+    /// Plain HTTP (development only).
+    InsecureHttp,
+    /// A certificate and key given by the operator (PEM files).
+    Files {
+        /// Certificate chain.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// A self-signed certificate kept in the data directory (development).
+    SelfSigned,
+}
+
+/// Trustee configuration; [`TrusteeConfig::default`] is what runs with no flags.
+#[derive(Debug, Clone)]
+pub struct TrusteeConfig {
+    /// Listen address (default 127.0.0.1:8080; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Data directory: database, key-encryption key, admin key, TLS.
+    pub data_dir: PathBuf,
+    /// TLS mode.
+    pub tls: TlsMode,
+    /// Register development TEEs (sample).
+    pub allow_dev_tee: bool,
+    /// Accept admin requests without authentication.
+    pub insecure_admin: bool,
+    /// Trusted admin public keys (PEM). Empty: the data directory's admin key,
+    /// created on first start.
+    pub admin_public_keys: Vec<PathBuf>,
+    /// Key-encryption key file (default `<data-dir>/kek.key`).
+    pub kek_file: Option<PathBuf>,
+    /// Session lifetime, seconds.
+    pub session_timeout_secs: i64,
+    /// Token lifetime, seconds.
+    pub token_lifetime_secs: i64,
+}
+
+/// The default data directory: `$COCOON_DATA_DIR`, else
+/// `$XDG_DATA_HOME/cocoon/trustee`, else `~/.local/share/cocoon/trustee`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("COCOON_DATA_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("cocoon").join("trustee")
+}
+
+impl Default for TrusteeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            data_dir: default_data_dir(),
+            tls: TlsMode::SelfSigned,
+            allow_dev_tee: false,
+            insecure_admin: false,
+            admin_public_keys: Vec::new(),
+            kek_file: None,
+            session_timeout_secs: 300,
+            token_lifetime_secs: 300,
+        }
+    }
+}
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Any failure, with what to do about it.
+    #[error("{0}")]
+    Msg(String),
+}
+
+fn err(m: impl std::fmt::Display) -> StartError {
+    StartError::Msg(m.to_string())
+}
+
+/// Paths inside the data directory.
+pub struct DataPaths {
+    /// SQLite database.
+    pub db: PathBuf,
+    /// Key-encryption key.
+    pub kek: PathBuf,
+    /// Admin private key (created on first start when no admin key is given).
+    pub admin_key: PathBuf,
+    /// Admin public key.
+    pub admin_pub: PathBuf,
+    /// TLS certificate.
+    pub tls_cert: PathBuf,
+    /// TLS key.
+    pub tls_key: PathBuf,
+}
+
+impl DataPaths {
+    /// Paths under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            db: dir.join("trustee.db"),
+            kek: dir.join("kek.key"),
+            admin_key: dir.join("admin-key.pem"),
+            admin_pub: dir.join("admin-key.pub.pem"),
+            tls_cert: dir.join("tls").join("cert.pem"),
+            tls_key: dir.join("tls").join("key.pem"),
+        }
+    }
+}
+
+fn ensure_admin_key(paths: &DataPaths) -> Result<(), StartError> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    if paths.admin_pub.exists() {
+        return Ok(());
+    }
+    let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let private = key
+        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(err)?;
+    let public = key
+        .verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .map_err(err)?;
+    write_private_file(&paths.admin_key, private.as_bytes()).map_err(|e| err(format!("{}: {e}", paths.admin_key.display())))?;
+    std::fs::write(&paths.admin_pub, public).map_err(|e| err(format!("{}: {e}", paths.admin_pub.display())))?;
+    Ok(())
+}
+
+fn ensure_self_signed(paths: &DataPaths, listen: &SocketAddr) -> Result<(), StartError> {
+    if paths.tls_cert.exists() && paths.tls_key.exists() {
+        return Ok(());
+    }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    let ck = rcgen::generate_simple_self_signed(names).map_err(err)?;
+    write_private_file(&paths.tls_key, ck.key_pair.serialize_pem().as_bytes())
+        .map_err(|e| err(format!("{}: {e}", paths.tls_key.display())))?;
+    std::fs::write(&paths.tls_cert, ck.cert.pem()).map_err(|e| err(format!("{}: {e}", paths.tls_cert.display())))?;
+    Ok(())
+}
+
+/// Sample-TEE reference values, registered (if absent) when development TEEs
+/// are on, so a first try with the sample TEE is affirming.
+fn seed_sample_reference_values(rvps: &Rvps) -> Result<(), StartError> {
+    for (name, value) in [
+        ("svn", json!(["1"])),
+        ("launch_digest", json!(["abcde"])),
+        ("major_version", json!(1)),
+        ("minimum_minor_version", json!(0)),
+    ] {
+        if rvps.record(name).map_err(err)?.is_none() {
+            rvps.add(name, value, None).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// A trustee ready to serve.
+pub struct Trustee {
+    /// Shared state (also what tests drive directly).
+    pub state: Arc<KbsState>,
+    /// The bound listener.
+    pub listener: std::net::TcpListener,
+    /// TLS configuration, if serving HTTPS.
+    pub tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    /// Where the admin private key is, if the trustee created one.
+    pub admin_key_hint: Option<PathBuf>,
+    /// TLS certificate clients should trust, when self-signed.
+    pub cert_hint: Option<PathBuf>,
+    recorder_rx: Option<tokio::sync::mpsc::Receiver<crate::api::Denial>>,
+}
+
+impl Trustee {
+    /// Prepares everything and binds the listener.
+    pub async fn prepare(cfg: TrusteeConfig) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| err(format!("cannot create data directory {}: {e}", cfg.data_dir.display())))?;
+        let paths = DataPaths::new(&cfg.data_dir);
+        let kek = Kek::load_or_create(cfg.kek_file.as_deref().unwrap_or(&paths.kek)).map_err(err)?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db).map_err(err)?);
+        let sessions = SessionSealer::load_or_create(&store, &kek).map_err(err)?;
+        let rvps = Rvps::new(store.clone());
+        if cfg.allow_dev_tee {
+            tracing::warn!("DEVELOPMENT TEEs ARE ENABLED: the 'sample' TEE accepts unsigned evidence and proves nothing. Never use --allow-dev-tee in production.");
+            seed_sample_reference_values(&rvps)?;
+        }
+        let verifiers = VerifierRegistry::new(VerifierOptions { allow_dev_tee: cfg.allow_dev_tee });
+        let attestation = AttestationService::new(
+            store.clone(),
+            &kek,
+            rvps.clone(),
+            verifiers,
+            AsConfig {
+                token_lifetime_secs: cfg.token_lifetime_secs,
+                ..AsConfig::default()
+            },
+        )
+        .map_err(err)?;
+
+        let mut admin_key_hint = None;
+        let mut admin_keys = Vec::new();
+        if cfg.insecure_admin {
+            tracing::warn!("ADMIN AUTHENTICATION IS OFF (--insecure-admin): anyone who reaches this port can read and change secrets and policies.");
+        } else {
+            let files = if cfg.admin_public_keys.is_empty() {
+                ensure_admin_key(&paths)?;
+                if paths.admin_key.exists() {
+                    admin_key_hint = Some(paths.admin_key.clone());
+                }
+                vec![paths.admin_pub.clone()]
+            } else {
+                cfg.admin_public_keys.clone()
+            };
+            for f in files {
+                admin_keys.push(AdminKey::from_file(&f).map_err(err)?);
+            }
+        }
+
+        let (tls, cert_hint) = match &cfg.tls {
+            TlsMode::InsecureHttp => {
+                tracing::warn!("serving plain HTTP (--insecure-http): secrets are still sealed to the TEE, but tokens and admin requests travel in the clear.");
+                (None, None)
+            }
+            TlsMode::Files { cert, key } => (Some(load_tls(cert, key).await?), None),
+            TlsMode::SelfSigned => {
+                ensure_self_signed(&paths, &cfg.listen)?;
+                (
+                    Some(load_tls(&paths.tls_cert, &paths.tls_key).await?),
+                    Some(paths.tls_cert.clone()),
+                )
+            }
+        };
+
+        let listener = std::net::TcpListener::bind(cfg.listen)
+            .map_err(|e| err(format!("cannot listen on {}: {e} (is another trustee running? use --listen)", cfg.listen)))?;
+        listener.set_nonblocking(true).map_err(err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let state = Arc::new(KbsState {
+            store,
+            kek,
+            sessions,
+            attestation,
+            rvps,
+            admin_keys,
+            insecure_admin: cfg.insecure_admin,
+            session_timeout_secs: cfg.session_timeout_secs,
+            metrics: Metrics::new(),
+            decisions: DecisionCache::default(),
+            denials: tx,
+        });
+        Ok(Self {
+            state,
+            listener,
+            tls,
+            admin_key_hint,
+            cert_hint,
+            recorder_rx: Some(rx),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The base URL clients use.
+    pub fn url(&self) -> String {
+        let addr = self.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+
+    /// Serves until the process is stopped.
+    pub async fn serve(mut self) -> Result<(), StartError> {
+        if let Some(rx) = self.recorder_rx.take() {
+            tokio::spawn(denial_recorder(self.state.store.clone(), rx));
+        }
+        let app = router(self.state.clone()).into_make_service();
+        match self.tls {
+            Some(tls) => axum_server::from_tcp_rustls(self.listener, tls).serve(app).await.map_err(err),
+            None => axum_server::from_tcp(self.listener).serve(app).await.map_err(err),
+        }
+    }
+}
+
+async fn load_tls(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::RustlsConfig, StartError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(|e| err(format!("TLS certificate {} / key {}: {e}", cert.display(), key.display())))
+}

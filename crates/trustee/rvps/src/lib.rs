@@ -1,0 +1,206 @@
+//! Reference Value Provider Service: named reference values (the expected
+//! measurements the attestation policy compares claims with), each with an
+//! expiry, kept in the trustee [`Store`].
+//!
+//! It accepts CoCo's RVPS message (`{"version":"0.1.0","type":"sample",
+//! "payload":"<b64 JSON>"}`) and a direct typed API used by `cocoon admin`.
+
+use base64::Engine;
+use cocoon_store::{Store, StoreError, ns};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use time::{Duration, OffsetDateTime};
+
+/// Default validity of a reference value, as CoCo's sample extractor uses.
+pub const DEFAULT_VALIDITY: Duration = Duration::days(365);
+
+/// RVPS errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RvpsError {
+    /// The RVPS message is not valid.
+    #[error("invalid reference value message: {0}")]
+    BadMessage(String),
+    /// The name is empty or too long.
+    #[error("reference value name must be 1-256 characters of [A-Za-z0-9_.:/-]")]
+    BadName,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One stored reference value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReferenceValue {
+    /// The name policies query (`query_reference_value("<name>")`).
+    pub name: String,
+    /// The value returned to the policy, unchanged (usually a list of accepted values).
+    pub value: Value,
+    /// Expiry, Unix seconds. An expired value reads as absent.
+    pub expires: i64,
+}
+
+impl ReferenceValue {
+    /// Whether it has expired at `now` (Unix seconds).
+    pub fn expired_at(&self, now: i64) -> bool {
+        self.expires <= now
+    }
+}
+
+/// CoCo's RVPS registration message.
+#[derive(Debug, Deserialize)]
+pub struct RvpsMessage {
+    /// Must be `0.1.0`.
+    pub version: String,
+    /// Extractor: `sample` is supported.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Extractor input: for `sample`, base64 of a JSON object `{name: value}`.
+    pub payload: String,
+}
+
+/// The RVPS over a shared store.
+#[derive(Clone)]
+pub struct Rvps {
+    store: Arc<dyn Store>,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
+}
+
+fn now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Rvps {
+    /// An RVPS over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Sets `name` to `value` until `expires` (default: one year from now).
+    pub fn add(&self, name: &str, value: Value, expires: Option<OffsetDateTime>) -> Result<ReferenceValue, RvpsError> {
+        if !valid_name(name) {
+            return Err(RvpsError::BadName);
+        }
+        let rv = ReferenceValue {
+            name: name.to_string(),
+            value,
+            expires: expires
+                .unwrap_or_else(|| OffsetDateTime::now_utc() + DEFAULT_VALIDITY)
+                .unix_timestamp(),
+        };
+        let bytes = serde_json::to_vec(&rv).map_err(|e| RvpsError::BadMessage(e.to_string()))?;
+        self.store.put(ns::REFERENCE_VALUES, name, &bytes)?;
+        Ok(rv)
+    }
+
+    /// Registers every value of a CoCo RVPS message.
+    pub fn register_message(&self, message: &[u8]) -> Result<Vec<String>, RvpsError> {
+        let msg: RvpsMessage = serde_json::from_slice(message)
+            .map_err(|e| RvpsError::BadMessage(format!("expected {{version, type, payload}}: {e}")))?;
+        if msg.version != "0.1.0" {
+            return Err(RvpsError::BadMessage(format!(
+                "version '{}' is not supported: use \"0.1.0\"",
+                msg.version
+            )));
+        }
+        if msg.kind != "sample" {
+            return Err(RvpsError::BadMessage(format!(
+                "extractor type '{}' is not supported: use \"sample\"",
+                msg.kind
+            )));
+        }
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(msg.payload.trim())
+            .map_err(|_| RvpsError::BadMessage("payload is not base64".into()))?;
+        let map: serde_json::Map<String, Value> = serde_json::from_slice(&raw)
+            .map_err(|e| RvpsError::BadMessage(format!("payload is not a JSON object: {e}")))?;
+        let mut names = Vec::new();
+        for (name, value) in map {
+            self.add(&name, value, None)?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// The stored record for `name`, expired or not.
+    pub fn record(&self, name: &str) -> Result<Option<ReferenceValue>, RvpsError> {
+        Ok(match self.store.get(ns::REFERENCE_VALUES, name)? {
+            Some(b) => serde_json::from_slice(&b).ok(),
+            None => None,
+        })
+    }
+
+    /// The value policies see for `name`: absent when missing or expired.
+    pub fn query(&self, name: &str) -> Result<Option<Value>, RvpsError> {
+        Ok(self
+            .record(name)?
+            .filter(|rv| !rv.expired_at(now()))
+            .map(|rv| rv.value))
+    }
+
+    /// Every stored reference value, expired ones included.
+    pub fn list(&self) -> Result<Vec<ReferenceValue>, RvpsError> {
+        let mut out = Vec::new();
+        for name in self.store.list(ns::REFERENCE_VALUES)? {
+            if let Some(rv) = self.record(&name)? {
+                out.push(rv);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes `name`; returns whether it existed.
+    pub fn delete(&self, name: &str) -> Result<bool, RvpsError> {
+        Ok(self.store.delete(ns::REFERENCE_VALUES, name)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_store::SqliteStore;
+
+    fn rvps() -> (tempfile::TempDir, Rvps) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db")).unwrap();
+        (dir, Rvps::new(Arc::new(store)))
+    }
+
+    #[test]
+    fn sample_message_round_trip() {
+        let (_d, r) = rvps();
+        let payload = base64::engine::general_purpose::STANDARD.encode(
+            r#"{"svn":["1"],"launch_digest":["abcde"],"major_version":1,"minimum_minor_version":0}"#,
+        );
+        let msg = format!(r#"{{"version":"0.1.0","type":"sample","payload":"{payload}"}}"#);
+        let mut names = r.register_message(msg.as_bytes()).unwrap();
+        names.sort();
+        assert_eq!(names, ["launch_digest", "major_version", "minimum_minor_version", "svn"]);
+        assert_eq!(r.query("svn").unwrap(), Some(serde_json::json!(["1"])));
+        assert_eq!(r.query("major_version").unwrap(), Some(serde_json::json!(1)));
+        assert_eq!(r.query("nope").unwrap(), None);
+    }
+
+    #[test]
+    fn bad_messages_and_expiry() {
+        let (_d, r) = rvps();
+        assert!(r.register_message(b"{}").is_err());
+        assert!(r.register_message(br#"{"version":"0.2.0","type":"sample","payload":"e30="}"#).is_err());
+        assert!(r.register_message(br#"{"version":"0.1.0","type":"swid","payload":"e30="}"#).is_err());
+        assert!(r.register_message(br#"{"version":"0.1.0","type":"sample","payload":"!"}"#).is_err());
+        assert!(r.add("", Value::Null, None).is_err());
+        r.add("old", serde_json::json!(["x"]), Some(OffsetDateTime::now_utc() - Duration::seconds(1)))
+            .unwrap();
+        assert_eq!(r.query("old").unwrap(), None, "expired values read as absent");
+        assert_eq!(r.list().unwrap().len(), 1);
+        assert!(r.delete("old").unwrap());
+        assert!(r.list().unwrap().is_empty());
+    }
+}

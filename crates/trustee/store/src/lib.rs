@@ -1,0 +1,72 @@
+//! Trustee storage: a small key-value [`Store`] trait over namespaces, an
+//! embedded SQLite implementation (one file under the data directory, WAL,
+//! `synchronous=FULL` so an acknowledged write survives a crash), and the
+//! key-encryption key that seals secrets at rest.
+
+mod kek;
+mod sqlite;
+
+pub use kek::{Kek, KekError, write_private_file};
+pub use sqlite::SqliteStore;
+
+/// Namespaces the trustee uses. Values in [`ns::RESOURCES`] and [`ns::KEYS`]
+/// are always sealed with the [`Kek`] before they reach a [`Store`].
+pub mod ns {
+    /// KBS resources (sealed).
+    pub const RESOURCES: &str = "resources";
+    /// Trustee key material: session key, token signing key (sealed).
+    pub const KEYS: &str = "keys";
+    /// Rego policies by id.
+    pub const POLICIES: &str = "policies";
+    /// RVPS reference values by name.
+    pub const REFERENCE_VALUES: &str = "reference_values";
+    /// Event log of denials (append-only, bounded).
+    pub const DENIALS: &str = "denials";
+}
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or a statement failed.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+    /// A sealed value could not be opened (wrong key-encryption key or tampering).
+    #[error("stored value {0} cannot be decrypted: wrong key-encryption key or tampered database")]
+    Unseal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// One appended event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Monotonic id.
+    pub id: i64,
+    /// Unix time of the append, seconds.
+    pub at: i64,
+    /// The event body.
+    pub value: Vec<u8>,
+}
+
+/// A key-value store with namespaces, shared by every trustee replica that
+/// serves the same deployment.
+pub trait Store: Send + Sync {
+    /// Reads one value.
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Writes one value, replacing any previous one; durable on return.
+    fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError>;
+    /// Writes a value only if the key is absent; returns whether it wrote.
+    fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError>;
+    /// Deletes one value; returns whether it existed.
+    fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError>;
+    /// Lists the keys of a namespace, sorted.
+    fn list(&self, ns: &str) -> Result<Vec<String>, StoreError>;
+    /// Appends an event, keeping at most `keep` newest ones in the namespace.
+    fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError>;
+    /// The newest `limit` events, newest first.
+    fn recent(&self, ns: &str, limit: usize) -> Result<Vec<Event>, StoreError>;
+}

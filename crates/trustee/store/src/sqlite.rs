@@ -1,0 +1,172 @@
+//! The embedded store: one SQLite file in WAL mode. Several processes may
+//! open the same file (replicas sharing a data directory); writers wait on
+//! SQLite's lock instead of failing.
+
+use crate::{Event, Store, StoreError};
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const POOL_SIZE: usize = 4;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    pool: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        }
+        let first = open(path)?;
+        first.execute_batch(
+            "CREATE TABLE IF NOT EXISTS kv (
+                 ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                 PRIMARY KEY (ns, key)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS events (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL,
+                 at INTEGER NOT NULL, value BLOB NOT NULL);
+             CREATE INDEX IF NOT EXISTS events_ns ON events (ns, id);",
+        )?;
+        let mut pool = vec![Mutex::new(first)];
+        for _ in 1..POOL_SIZE {
+            pool.push(Mutex::new(open(path)?));
+        }
+        Ok(Self {
+            pool,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..POOL_SIZE {
+            if let Some(conn) = self.pool[(start + i) % POOL_SIZE].try_lock() {
+                return f(&conn);
+            }
+        }
+        let conn = self.pool[start % POOL_SIZE].lock();
+        f(&conn)
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store for SqliteStore {
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|c| {
+            Ok(c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
+                .query_row(params![ns, key], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.prepare_cached("INSERT OR REPLACE INTO kv (ns, key, value) VALUES (?1, ?2, ?3)")?
+                .execute(params![ns, key, value])?;
+            Ok(())
+        })
+    }
+
+    fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let n = c
+                .prepare_cached("INSERT OR IGNORE INTO kv (ns, key, value) VALUES (?1, ?2, ?3)")?
+                .execute(params![ns, key, value])?;
+            Ok(n == 1)
+        })
+    }
+
+    fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let n = c
+                .prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?
+                .execute(params![ns, key])?;
+            Ok(n > 0)
+        })
+    }
+
+    fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached("SELECT key FROM kv WHERE ns = ?1 ORDER BY key")?;
+            let rows = st.query_map(params![ns], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.prepare_cached("INSERT INTO events (ns, at, value) VALUES (?1, ?2, ?3)")?
+                .execute(params![ns, now(), value])?;
+            let id = c.last_insert_rowid();
+            c.prepare_cached("DELETE FROM events WHERE ns = ?1 AND id <= ?2")?
+                .execute(params![ns, id - keep as i64])?;
+            Ok(id)
+        })
+    }
+
+    fn recent(&self, ns: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, at, value FROM events WHERE ns = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![ns, limit as i64], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    value: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crud_events_and_two_handles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let a = SqliteStore::open(&path).unwrap();
+        let b = SqliteStore::open(&path).unwrap();
+        assert_eq!(a.get("x", "k").unwrap(), None);
+        a.put("x", "k", b"v1").unwrap();
+        assert_eq!(b.get("x", "k").unwrap().as_deref(), Some(&b"v1"[..]));
+        assert!(!b.put_if_absent("x", "k", b"v2").unwrap());
+        assert!(b.put_if_absent("x", "k2", b"v2").unwrap());
+        assert_eq!(a.list("x").unwrap(), vec!["k", "k2"]);
+        assert!(a.list("y").unwrap().is_empty());
+        assert!(a.delete("x", "k").unwrap());
+        assert!(!a.delete("x", "k").unwrap());
+        for i in 0..10 {
+            a.append("ev", format!("{i}").as_bytes(), 3).unwrap();
+        }
+        let r = b.recent("ev", 100).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].value, b"9");
+        assert_eq!(r[2].value, b"7");
+    }
+}

@@ -1,0 +1,142 @@
+//! Evidence verifiers, one module per TEE, behind one [`Verifier`] trait and
+//! registered in one place ([`VerifierRegistry::new`]).
+//!
+//! A verifier checks the evidence's signature chain (where the TEE has one),
+//! that its report data equals the expected session binding exactly, and
+//! returns the claims it extracted, typed inside the module and turned into
+//! JSON only here, at the policy edge.
+
+pub mod sample;
+
+use cocoon_types::Tee;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Why evidence was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The evidence does not parse as this TEE's format.
+    #[error("malformed {tee} evidence: {detail}")]
+    Malformed {
+        /// TEE name.
+        tee: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The report data does not carry the session binding (stale nonce,
+    /// wrong key, or replayed evidence).
+    #[error("report data does not match this session (expected {expected}, evidence has {found}): evidence is stale, replayed, or bound to another key")]
+    ReportDataMismatch {
+        /// Expected binding, hex.
+        expected: String,
+        /// Binding found in the evidence, hex.
+        found: String,
+    },
+    /// The init data digest bound in the evidence differs from the one supplied.
+    #[error("init data digest does not match the value bound in the evidence")]
+    InitDataMismatch,
+    /// No verifier for this TEE is registered (or it is disabled).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The TEE class the claims describe; names the EAR submodule (`cpu0`, `gpu0`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeeClass {
+    /// A confidential VM or enclave.
+    Cpu,
+    /// An attached device.
+    Gpu,
+}
+
+impl TeeClass {
+    /// `cpu` / `gpu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TeeClass::Cpu => "cpu",
+            TeeClass::Gpu => "gpu",
+        }
+    }
+}
+
+/// What a verifier is given.
+#[derive(Debug)]
+pub struct VerifyInput<'a> {
+    /// The evidence JSON as the guest sent it.
+    pub evidence: &'a Value,
+    /// The exact report data the evidence must carry.
+    pub expected_report_data: &'a [u8],
+    /// Digest of the init data the guest sent, if any.
+    pub init_data_digest: Option<&'a [u8]>,
+}
+
+/// Claims extracted from verified evidence.
+#[derive(Debug, Clone)]
+pub struct TeeClaims {
+    /// Which class of TEE.
+    pub class: TeeClass,
+    /// Claims as JSON, shaped as CoCo's verifier for this TEE shapes them.
+    pub claims: Value,
+    /// The report data as the verifier emits it (b64 for sample, hex for hardware TEEs).
+    pub report_data: String,
+    /// The init data digest as emitted, when supplied.
+    pub init_data: Option<String>,
+}
+
+/// One TEE's verifier.
+pub trait Verifier: Send + Sync {
+    /// The TEE it verifies.
+    fn tee(&self) -> Tee;
+    /// Whether it is a development-only TEE that proves nothing.
+    fn development_only(&self) -> bool {
+        false
+    }
+    /// Verifies `input` and extracts claims.
+    fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError>;
+}
+
+/// Which verifiers to register.
+#[derive(Debug, Clone, Default)]
+pub struct VerifierOptions {
+    /// Register development TEEs (`sample`), which accept unsigned evidence.
+    pub allow_dev_tee: bool,
+}
+
+/// The set of verifiers, by TEE.
+pub struct VerifierRegistry {
+    verifiers: HashMap<Tee, Arc<dyn Verifier>>,
+    options: VerifierOptions,
+}
+
+impl VerifierRegistry {
+    /// Registers every verifier the options allow. Adding a TEE means one
+    /// module and one line here.
+    pub fn new(options: VerifierOptions) -> Self {
+        let mut all: Vec<Arc<dyn Verifier>> = Vec::new();
+        if options.allow_dev_tee {
+            all.push(Arc::new(sample::SampleVerifier));
+        }
+        let verifiers = all.into_iter().map(|v| (v.tee(), v)).collect();
+        Self { verifiers, options }
+    }
+
+    /// The verifier for `tee`, or a message saying why there is none.
+    pub fn get(&self, tee: Tee) -> Result<&Arc<dyn Verifier>, VerifyError> {
+        self.verifiers.get(&tee).ok_or_else(|| {
+            let name = cocoon_types::tee_name(tee);
+            VerifyError::Unavailable(if matches!(tee, Tee::Sample | Tee::SampleDevice) && !self.options.allow_dev_tee {
+                format!("TEE '{name}' is a development TEE and is disabled: start the trustee with --allow-dev-tee to accept it")
+            } else {
+                format!("TEE '{name}' is not supported by this trustee (supported: {})", self.supported().join(", "))
+            })
+        })
+    }
+
+    /// Names of the registered TEEs.
+    pub fn supported(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.verifiers.keys().map(|t| cocoon_types::tee_name(*t)).collect();
+        v.sort();
+        v
+    }
+}
