@@ -1,1 +1,70 @@
-fn main() {}
+//! `cocoon`: run a trustee, administer it, act as a guest, and benchmark it.
+
+mod admin;
+mod bench;
+mod client;
+mod guest;
+mod trustee;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Cocoon: confidential containers with CoCo-compatible attestation.
+#[derive(Parser)]
+#[command(name = "cocoon", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the trustee (KBS + attestation service + RVPS) with embedded defaults.
+    Trustee(trustee::TrusteeArgs),
+    /// Administer a trustee: resources, policies, reference values.
+    Admin(admin::AdminArgs),
+    /// Act as a guest: attest to a KBS and print the attestation token.
+    Attest(guest::AttestArgs),
+    /// Act as a guest: attest and print a resource's plaintext to stdout.
+    GetResource(guest::GetResourceArgs),
+    /// Show recent denials: which claim failed which rule.
+    Explain(admin::ExplainArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Trustee(a) => trustee::run(a).await,
+            Command::Admin(a) => admin::run(a).await,
+            Command::Attest(a) => guest::attest(a).await,
+            Command::GetResource(a) => guest::get_resource(a).await,
+            Command::Explain(a) => admin::explain(a).await,
+            Command::Bench(b) => bench::run(b).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! `cocoon admin` and `cocoon explain`.
+
+use crate::client::{Connection, check};
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use clap::{Args, Subcommand, ValueEnum};
+use cocoon_kbs::admin::make_admin_token;
+use cocoon_types::resource::ResourceUri;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+/// Admin connection options.
+#[derive(Args, Debug)]
+pub struct AdminConnection {
+    #[command(flatten)]
+    conn: Connection,
+    /// Admin private key (Ed25519 PKCS#8 PEM). Default: the local trustee's
+    /// admin key; created on first use if missing.
+    #[arg(long, env = "COCOON_ADMIN_KEY")]
+    admin_key: Option<PathBuf>,
+}
+
+/// `cocoon admin`.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+/// Which policy.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum PolicyKind {
+    /// The KBS resource policy (who gets which secret).
+    Resource,
+    /// The attestation policy (claims → trust vector).
+    Attestation,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Store a secret (encrypted at rest) under a resource URI.
+    SetResource {
+        /// kbs:///repo/type/tag
+        uri: String,
+        /// File holding the secret bytes.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Delete a resource.
+    DeleteResource {
+        /// kbs:///repo/type/tag
+        uri: String,
+    },
+    /// List stored resources (names only).
+    ListResources,
+    /// Replace a policy with a Rego file.
+    SetPolicy {
+        /// resource or attestation
+        kind: PolicyKind,
+        /// Rego file (package policy).
+        #[arg(long)]
+        file: PathBuf,
+        /// Attestation policy id (default_cpu is what the KBS uses for CPU TEEs).
+        #[arg(long, default_value = "default_cpu")]
+        id: String,
+    },
+    /// Print a policy's Rego text.
+    GetPolicy {
+        /// resource or attestation
+        kind: PolicyKind,
+        /// Attestation policy id.
+        #[arg(long, default_value = "default_cpu")]
+        id: String,
+    },
+    /// Set a reference value: NAME and its accepted VALUEs (strings, or one JSON value with --json).
+    AddReferenceValue {
+        /// Name the policy queries with query_reference_value(NAME).
+        name: String,
+        /// Accepted values.
+        #[arg(required = true)]
+        values: Vec<String>,
+        /// Treat the single VALUE as JSON (e.g. a number) instead of a list of strings.
+        #[arg(long)]
+        json: bool,
+        /// When it expires: a duration from now ("30d", "12h") or an RFC 3339 time. Default: one year.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List reference values with their expiry.
+    ListReferenceValues,
+    /// Expire a reference value now (policies stop seeing it).
+    ExpireReferenceValue {
+        /// Name.
+        name: String,
+    },
+    /// Delete a reference value.
+    DeleteReferenceValue {
+        /// Name.
+        name: String,
+    },
+    /// Register reference values from a CoCo RVPS message file ({"version","type","payload"}).
+    RegisterReferenceValues {
+        /// The message file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+/// `cocoon explain`.
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    /// How many recent denials.
+    #[arg(long, default_value_t = 10)]
+    limit: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn default_admin_key() -> PathBuf {
+    cocoon_kbs::server::DataPaths::new(&cocoon_kbs::default_data_dir()).admin_key
+}
+
+/// Loads the admin key, creating a key pair on first use.
+fn load_or_create_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
+    if !path.exists() {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+        let pem = key
+            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let public = key
+            .verifying_key()
+            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cocoon_store::write_private_file(path, pem.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        let pub_path = path.with_extension("pub.pem");
+        std::fs::write(&pub_path, public)?;
+        eprintln!(
+            "created admin key pair {} (public: {}); start the trustee with --admin-public-key {} to trust it",
+            path.display(),
+            pub_path.display(),
+            pub_path.display()
+        );
+        return Ok(key);
+    }
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read admin key {}", path.display()))?,
+    );
+    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("admin key {} is not an Ed25519 PKCS#8 PEM: {e}", path.display()))
+}
+
+struct Admin {
+    conn: Connection,
+    http: reqwest::Client,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl Admin {
+    fn new(a: &AdminConnection) -> Result<Self> {
+        let path = a.admin_key.clone().unwrap_or_else(default_admin_key);
+        Ok(Self {
+            http: a.conn.http()?,
+            conn: a.conn.clone(),
+            key: load_or_create_key(&path)?,
+        })
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        rb.bearer_auth(make_admin_token(&self.key, now, 300))
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response> {
+        let resp = self
+            .auth(rb)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the trustee at {}", self.conn.url))?;
+        check(resp, what).await
+    }
+}
+
+fn resource_path(uri: &str) -> Result<String> {
+    Ok(ResourceUri::parse(uri)?.path.to_string())
+}
+
+fn parse_expiry(s: &str) -> Result<i64> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("--expires '{s}' is neither a duration (30d) nor an RFC 3339 time"))?;
+    Ok(time::OffsetDateTime::now_utc().unix_timestamp() + d.as_secs() as i64)
+}
+
+fn fmt_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Runs one admin command.
+pub async fn run(a: AdminArgs) -> Result<()> {
+    let ad = Admin::new(&a.admin)?;
+    let c = &ad.conn;
+    match a.command {
+        AdminCommand::SetResource { uri, file } => {
+            let path = resource_path(&uri)?;
+            let bytes = zeroize::Zeroizing::new(
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+            );
+            ad.send(
+                ad.http
+                    .post(c.kbs(&format!("/resource/{path}")))
+                    .header("content-type", "application/octet-stream")
+                    .body(bytes.to_vec()),
+                "set-resource",
+            )
+            .await?;
+            eprintln!("stored kbs:///{path} ({} bytes)", bytes.len());
+        }
+        AdminCommand::DeleteResource { uri } => {
+            let path = resource_path(&uri)?;
+            ad.send(ad.http.delete(c.kbs(&format!("/resource/{path}"))), "delete-resource").await?;
+            eprintln!("deleted kbs:///{path}");
+        }
+        AdminCommand::ListResources => {
+            let list: Vec<String> = ad.send(ad.http.get(c.kbs("/resources")), "list-resources").await?.json().await?;
+            for r in list {
+                println!("kbs:///{r}");
+            }
+        }
+        AdminCommand::SetPolicy { kind, file, id } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let enc = B64URL.encode(text.as_bytes());
+            let (path, body) = match kind {
+                PolicyKind::Resource => ("/resource-policy", json!({"policy": enc})),
+                PolicyKind::Attestation => ("/attestation-policy", json!({"policy_id": id, "policy": enc, "type": "rego"})),
+            };
+            ad.send(ad.http.post(c.kbs(path)).json(&body), "set-policy").await?;
+            eprintln!("policy updated");
+        }
+        AdminCommand::GetPolicy { kind, id } => {
+            let id = match kind {
+                PolicyKind::Resource => "resource-policy".to_string(),
+                PolicyKind::Attestation => id,
+            };
+            let text = ad.send(ad.http.get(c.kbs(&format!("/policies/{id}"))), "get-policy").await?.text().await?;
+            print!("{text}");
+        }
+        AdminCommand::AddReferenceValue { name, values, json, expires } => {
+            let value = if json {
+                if values.len() != 1 {
+                    bail!("--json takes exactly one VALUE");
+                }
+                serde_json::from_str::<Value>(&values[0]).with_context(|| format!("'{}' is not JSON", values[0]))?
+            } else {
+                json!(values)
+            };
+            let expires = expires.as_deref().map(parse_expiry).transpose()?;
+            let rv: Value = ad
+                .send(
+                    ad.http
+                        .put(c.kbs(&format!("/reference-value/{name}")))
+                        .json(&json!({"value": value, "expires": expires})),
+                    "add-reference-value",
+                )
+                .await?
+                .json()
+                .await?;
+            eprintln!(
+                "reference value {name} = {} (expires {})",
+                rv["value"],
+                fmt_time(rv["expires"].as_i64().unwrap_or_default())
+            );
+        }
+        AdminCommand::ListReferenceValues => {
+            let list: Vec<Value> = ad
+                .send(ad.http.get(c.kbs("/reference-values")), "list-reference-values")
+                .await?
+                .json()
+                .await?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            for rv in list {
+                let exp = rv["expires"].as_i64().unwrap_or_default();
+                println!(
+                    "{}\t{}\texpires {}{}",
+                    rv["name"].as_str().unwrap_or_default(),
+                    rv["value"],
+                    fmt_time(exp),
+                    if exp <= now { " (EXPIRED)" } else { "" }
+                );
+            }
+        }
+        AdminCommand::ExpireReferenceValue { name } => {
+            let rv: Value = ad
+                .send(ad.http.get(c.kbs(&format!("/reference-value/{name}"))), "expire-reference-value")
+                .await?
+                .json()
+                .await?;
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            ad.send(
+                ad.http
+                    .put(c.kbs(&format!("/reference-value/{name}")))
+                    .json(&json!({"value": rv, "expires": now})),
+                "expire-reference-value",
+            )
+            .await?;
+            eprintln!("reference value {name} expired");
+        }
+        AdminCommand::DeleteReferenceValue { name } => {
+            ad.send(ad.http.delete(c.kbs(&format!("/reference-value/{name}"))), "delete-reference-value")
+                .await?;
+            eprintln!("reference value {name} deleted");
+        }
+        AdminCommand::RegisterReferenceValues { file } => {
+            let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            ad.send(
+                ad.http
+                    .post(c.kbs("/reference-value"))
+                    .header("content-type", "application/json")
+                    .body(body),
+                "register-reference-values",
+            )
+            .await?;
+            eprintln!("reference values registered");
+        }
+    }
+    Ok(())
+}
+
+/// Prints recent denials.
+pub async fn explain(a: ExplainArgs) -> Result<()> {
+    let ad = Admin::new(&a.admin)?;
+    let list: Vec<cocoon_kbs::api::Denial> = ad
+        .send(ad.http.get(ad.conn.kbs(&format!("/denials?limit={}", a.limit))), "explain")
+        .await?
+        .json()
+        .await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no denials recorded");
+    }
+    for d in list {
+        let what = match (&d.kind[..], &d.resource) {
+            ("resource", Some(r)) => format!("resource kbs:///{r}"),
+            (k, _) => k.to_string(),
+        };
+        println!(
+            "{}  {}  tee={}  {}",
+            fmt_time(d.at),
+            what,
+            d.tee.as_deref().unwrap_or("-"),
+            d.reason
+        );
+        for line in &d.details {
+            println!("    - {line}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! `cocoon bench kbs`: load-test a running trustee the way guests use it.
+//!
+//! Three phases of `--duration` seconds each, with `--clients` concurrent
+//! clients: (1) a baseline of bare `GET /healthz` requests, which measures
+//! the HTTP stack and the load generator on this machine; (2) full
+//! attestation flows (auth → attest → get-resource, decrypted and compared);
+//! (3) resource fetches on attested sessions. Each client keeps one TEE key
+//! pair. Figures are printed with their ratio to the baseline.
+
+use crate::client::{Connection, check};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use cocoon_kbs_client::{ClientOptions, KbsClient};
+use cocoon_types::resource::ResourceUri;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Benchmarks.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Load-test a running trustee: attestation flows/s, resource fetches/s, latency.
+    Kbs(KbsBenchArgs),
+}
+
+/// `cocoon bench kbs`.
+#[derive(Args, Debug)]
+pub struct KbsBenchArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Resource to fetch. With an admin key it is (re)set to random bytes first.
+    #[arg(long, default_value = "kbs:///bench/key/1")]
+    resource: String,
+    /// Admin key used to create the resource (default: the local trustee's, if present).
+    #[arg(long, env = "COCOON_ADMIN_KEY")]
+    admin_key: Option<PathBuf>,
+    /// TEE to attest as.
+    #[arg(long, default_value = "sample")]
+    tee: String,
+}
+
+#[derive(Default)]
+struct PhaseResult {
+    ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    latencies_us: Vec<u32>,
+}
+
+impl PhaseResult {
+    fn merge(&mut self, o: PhaseResult) {
+        self.ops += o.ops;
+        self.errors += o.errors;
+        if self.first_error.is_none() {
+            self.first_error = o.first_error;
+        }
+        self.latencies_us.extend(o.latencies_us);
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn record<E: std::fmt::Display>(&mut self, start: Instant, r: Result<(), E>) {
+        match r {
+            Ok(()) => {
+                self.ops += 1;
+                self.latencies_us.push(start.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            Err(e) => {
+                self.errors += 1;
+                if self.first_error.is_none() {
+                    self.first_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+struct Report {
+    name: &'static str,
+    unit: &'static str,
+    rate: f64,
+    r: PhaseResult,
+}
+
+async fn phase<F, Fut>(clients: usize, secs: u64, per_client: F) -> Result<(f64, PhaseResult)>
+where
+    F: Fn(usize, Instant) -> Fut,
+    Fut: std::future::Future<Output = PhaseResult> + Send + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..clients).map(|i| tokio::spawn(per_client(i, deadline))).collect();
+    let mut total = PhaseResult::default();
+    for t in tasks {
+        total.merge(t.await.context("benchmark client panicked")?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    total.latencies_us.sort_unstable();
+    Ok((total.ops as f64 / elapsed, total))
+}
+
+/// Runs the KBS benchmark.
+pub async fn run(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Kbs(a) = cmd;
+    if a.clients == 0 || a.duration == 0 {
+        bail!("--clients and --duration must be positive");
+    }
+    let path = ResourceUri::parse(&a.resource)?.path;
+    let http = a.conn.http()?;
+    let expected = prepare_resource(&a, &http, &path).await?;
+    let cert = a.conn.cert_pem()?;
+    let make_client = {
+        let url = a.conn.url.clone();
+        let tee = a.tee.clone();
+        move || -> Result<KbsClient> {
+            let attester = cocoon_attester::attester_for(&tee)?;
+            Ok(KbsClient::new(
+                &url,
+                Arc::from(attester),
+                ClientOptions {
+                    kbs_cert_pem: cert.clone(),
+                    ..ClientOptions::default()
+                },
+            )?)
+        }
+    };
+    println!(
+        "cocoon bench kbs: {} clients, {} s per phase, against {} (load generator on the same machine)",
+        a.clients, a.duration, a.conn.url
+    );
+
+    // Phase 1: baseline.
+    let health = format!("{}/healthz", a.conn.url.trim_end_matches('/'));
+    let (base_rate, base) = phase(a.clients, a.duration, |_, deadline| {
+        let http = http.clone();
+        let url = health.clone();
+        async move {
+            let mut r = PhaseResult::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let res = match http.get(&url).send().await {
+                    Ok(resp) if resp.status().is_success() => resp.bytes().await.map(|_| ()).map_err(|e| e.to_string()),
+                    Ok(resp) => Err(format!("status {}", resp.status())),
+                    Err(e) => Err(e.to_string()),
+                };
+                r.record(t, res);
+            }
+            r
+        }
+    })
+    .await?;
+
+    // Phase 2: full attestation flows.
+    let clients: Vec<Arc<KbsClient>> = (0..a.clients).map(|_| make_client().map(Arc::new)).collect::<Result<_>>()?;
+    let (flow_rate, flows) = phase(a.clients, a.duration, |i, deadline| {
+        let c = clients[i].clone();
+        let path = path.clone();
+        let expected = expected.clone();
+        async move {
+            let mut r = PhaseResult::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let res = async {
+                    c.attest().await?;
+                    let got = c.get_resource(&path).await?;
+                    if got.as_slice() != expected.as_slice() {
+                        anyhow::bail!("decrypted resource differs from the stored one");
+                    }
+                    Ok::<(), anyhow::Error>(())
+                }
+                .await;
+                r.record(t, res);
+            }
+            r
+        }
+    })
+    .await?;
+
+    // Phase 3: fetches on attested sessions (one attestation per client first).
+    for c in &clients {
+        c.attest().await.context("attesting before the fetch phase")?;
+    }
+    let (fetch_rate, fetches) = phase(a.clients, a.duration, |i, deadline| {
+        let c = clients[i].clone();
+        let path = path.clone();
+        let expected = expected.clone();
+        async move {
+            let mut r = PhaseResult::default();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let res = match c.get_resource(&path).await {
+                    Ok(got) if got.as_slice() == expected.as_slice() => Ok(()),
+                    Ok(_) => Err("decrypted resource differs from the stored one".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                r.record(t, res);
+            }
+            r
+        }
+    })
+    .await?;
+
+    let reports = [
+        Report { name: "baseline GET /healthz", unit: "req/s", rate: base_rate, r: base },
+        Report { name: "attestation flows (auth+attest+resource)", unit: "flows/s", rate: flow_rate, r: flows },
+        Report { name: "resource fetches (attested session)", unit: "fetches/s", rate: fetch_rate, r: fetches },
+    ];
+    println!("{:<44} {:>12} {:>10} {:>10} {:>8} {:>10}", "phase", "rate", "p50 ms", "p99 ms", "errors", "vs base");
+    for rep in &reports {
+        println!(
+            "{:<44} {:>8.0} {:<4}{:>9.2} {:>10.2} {:>8} {:>9.3}x",
+            rep.name,
+            rep.rate,
+            rep.unit.split('/').next().unwrap_or(""),
+            rep.r.pct(0.50),
+            rep.r.pct(0.99),
+            rep.r.errors,
+            if base_rate > 0.0 { rep.rate / base_rate } else { 0.0 },
+        );
+        if let Some(e) = &rep.r.first_error {
+            println!("    first error: {e}");
+        }
+    }
+    println!("targets: >= 2000 flows/s, >= 20000 fetches/s, p99 < 20 ms at 64 clients");
+    if reports.iter().any(|r| r.r.ops == 0) {
+        bail!("a phase completed no operation");
+    }
+    Ok(())
+}
+
+/// Sets the benchmark resource to fresh random bytes when an admin key is
+/// available; otherwise reads it once as the expected value.
+async fn prepare_resource(
+    a: &KbsBenchArgs,
+    http: &reqwest::Client,
+    path: &cocoon_types::resource::ResourcePath,
+) -> Result<Vec<u8>> {
+    let key_path = a
+        .admin_key
+        .clone()
+        .unwrap_or_else(|| cocoon_kbs::server::DataPaths::new(&cocoon_kbs::default_data_dir()).admin_key);
+    if key_path.exists() {
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        let pem = std::fs::read_to_string(&key_path)?;
+        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("admin key {}: {e}", key_path.display()))?;
+        let mut secret = vec![0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let resp = http
+            .post(a.conn.kbs(&format!("/resource/{path}")))
+            .bearer_auth(cocoon_kbs::admin::make_admin_token(&key, now, 300))
+            .body(secret.clone())
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the trustee at {}", a.conn.url))?;
+        check(resp, "setting the benchmark resource").await?;
+        return Ok(secret);
+    }
+    let attester = cocoon_attester::attester_for(&a.tee)?;
+    let c = KbsClient::new(
+        &a.conn.url,
+        Arc::from(attester),
+        ClientOptions {
+            kbs_cert_pem: a.conn.cert_pem()?,
+            ..ClientOptions::default()
+        },
+    )?;
+    Ok(c.get_resource(path).await.context("no admin key to create the benchmark resource, and reading it failed")?.to_vec())
+}

@@ -1,0 +1,108 @@
+//! `cocoon trustee`: serve with embedded defaults.
+
+use anyhow::Result;
+use clap::Args;
+use cocoon_kbs::{TlsMode, Trustee, TrusteeConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Options of `cocoon trustee`. With none, it serves HTTPS on 127.0.0.1:8080
+/// with a self-signed certificate and state under the default data directory.
+#[derive(Args, Debug)]
+pub struct TrusteeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Data directory: database, key-encryption key, admin key, TLS files.
+    /// Default: $COCOON_DATA_DIR, else $XDG_DATA_HOME/cocoon/trustee, else ~/.local/share/cocoon/trustee.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Serve plain HTTP (development only).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    insecure_http: bool,
+    /// TLS certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); needs --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Generate (once) and use a self-signed certificate in the data directory.
+    /// This is the default when no certificate is given.
+    #[arg(long, conflicts_with_all = ["tls_cert", "insecure_http"])]
+    self_signed_tls: bool,
+    /// Accept the development `sample` TEE (unsigned evidence; proves nothing).
+    #[arg(long)]
+    allow_dev_tee: bool,
+    /// Accept admin requests without authentication (development only).
+    #[arg(long)]
+    insecure_admin: bool,
+    /// Trusted admin public key (PEM, Ed25519 or P-256); repeatable. Default:
+    /// the data directory's admin key, created on first start.
+    #[arg(long = "admin-public-key")]
+    admin_public_keys: Vec<PathBuf>,
+    /// Key-encryption key file (32 bytes). Default: <data-dir>/kek.key, created on first start.
+    #[arg(long)]
+    kek_file: Option<PathBuf>,
+    /// Session lifetime after auth, in seconds.
+    #[arg(long, default_value_t = 300)]
+    session_timeout: i64,
+    /// Attestation token lifetime, in seconds.
+    #[arg(long, default_value_t = 300)]
+    token_lifetime: i64,
+}
+
+/// Runs the trustee until interrupted.
+pub async fn run(a: TrusteeArgs) -> Result<()> {
+    let tls = if a.insecure_http {
+        TlsMode::InsecureHttp
+    } else if let (Some(cert), Some(key)) = (a.tls_cert.clone(), a.tls_key.clone()) {
+        TlsMode::Files { cert, key }
+    } else {
+        TlsMode::SelfSigned
+    };
+    let cfg = TrusteeConfig {
+        listen: a.listen,
+        data_dir: a.data_dir.clone().unwrap_or_else(cocoon_kbs::default_data_dir),
+        tls,
+        allow_dev_tee: a.allow_dev_tee,
+        insecure_admin: a.insecure_admin,
+        admin_public_keys: a.admin_public_keys.clone(),
+        kek_file: a.kek_file.clone(),
+        session_timeout_secs: a.session_timeout,
+        token_lifetime_secs: a.token_lifetime,
+    };
+    let data_dir = cfg.data_dir.clone();
+    let trustee = Trustee::prepare(cfg).await?;
+    let url = trustee.url();
+    let mut flags = format!("--url {url}");
+    if let Some(c) = &trustee.cert_hint {
+        flags.push_str(&format!(" --kbs-cert {}", c.display()));
+    }
+    let mut admin_flags = flags.clone();
+    if let Some(k) = &trustee.admin_key_hint {
+        admin_flags.push_str(&format!(" --admin-key {}", k.display()));
+    }
+    println!("cocoon trustee listening on {url}");
+    println!("  data directory:  {}", data_dir.display());
+    if let Some(k) = &trustee.admin_key_hint {
+        println!("  admin key:       {}", k.display());
+    }
+    if let Some(c) = &trustee.cert_hint {
+        println!("  TLS certificate: {} (self-signed, for development)", c.display());
+    }
+    println!("  TEEs accepted:   {}", {
+        let s = trustee.state.attestation.verifiers().supported();
+        if s.is_empty() { "none yet (hardware verifiers come with their own issue; --allow-dev-tee enables 'sample')".to_string() } else { s.join(", ") }
+    });
+    println!("next, in another terminal:");
+    println!("  echo -n s3cret > secret.txt");
+    println!("  cocoon admin {admin_flags} set-resource kbs:///default/key/1 --file secret.txt");
+    println!("  cocoon get-resource {flags} kbs:///default/key/1 --tee sample");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tokio::select! {
+        r = trustee.serve() => r?,
+        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); }
+    }
+    Ok(())
+}
