@@ -42,6 +42,7 @@ impl Connection {
 
     /// An HTTP client that trusts the pinned certificate.
     pub fn http(&self) -> Result<reqwest::Client> {
+        cocoon_kbs_client::install_crypto_provider();
         let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
         if let Some(pem) = self.cert_pem()? {
             let cfg = cocoon_kbs_client::pinned_client_config(&pem).map_err(anyhow::Error::msg)?;

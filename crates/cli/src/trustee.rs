@@ -97,7 +97,12 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     println!("next, in another terminal:");
     println!("  echo -n s3cret > secret.txt");
     println!("  cocoon admin {admin_flags} set-resource kbs:///default/key/1 --file secret.txt");
-    println!("  cocoon get-resource {flags} kbs:///default/key/1 --tee sample");
+    if a.allow_dev_tee {
+        println!("  cocoon get-resource {flags} kbs:///default/key/1 --tee sample");
+    } else {
+        println!("  (to try a guest without TEE hardware, restart with --allow-dev-tee and run");
+        println!("   cocoon get-resource {flags} kbs:///default/key/1 --tee sample)");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     tokio::select! {

@@ -85,6 +85,12 @@ struct SessionState {
     token: String,
 }
 
+/// Installs the process-wide TLS crypto provider (ring) if none is set.
+/// HTTP clients built by this crate and the CLI need one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A KBS client for one guest.
 pub struct KbsClient {
     http: reqwest::Client,
@@ -128,6 +134,7 @@ async fn refused(what: &'static str, resp: reqwest::Response) -> ClientError {
 impl KbsClient {
     /// A client for the KBS at `url` (`http://` or `https://`).
     pub fn new(url: &str, attester: Arc<dyn Attester>, opts: ClientOptions) -> Result<Self, ClientError> {
+        install_crypto_provider();
         let base = url.trim_end_matches('/').to_string();
         let mut b = reqwest::Client::builder()
             .pool_max_idle_per_host(4)

@@ -1,0 +1,112 @@
+//! Helpers: start the real `cocoon trustee` binary on a free loopback port
+//! and run `cocoon` commands against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cocoon");
+
+pub struct TrusteeProc {
+    child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl TrusteeProc {
+    /// Starts a trustee serving plain HTTP with the sample TEE enabled.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with(data_dir, &["--insecure-http", "--allow-dev-tee"], extra)
+    }
+
+    pub fn start_with(data_dir: &Path, mode: &[&str], extra: &[&str]) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = data_dir.with_file_name(format!(
+            "{}-trustee-{n}.log",
+            data_dir.file_name().and_then(|f| f.to_str()).unwrap_or("t")
+        ));
+        let mut child = Command::new(BIN)
+            .arg("trustee")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(mode)
+            .args(extra)
+            .env("COCOON_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start cocoon trustee");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read banner");
+        let url = line
+            .trim()
+            .strip_prefix("cocoon trustee listening on ")
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("trustee did not start: {line:?}\n{log}")
+            })
+            .to_string();
+        Self {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn admin_key(&self) -> PathBuf {
+        self.data_dir.join("admin-key.pem")
+    }
+
+    /// `cocoon admin --url U --admin-key K <args>`.
+    pub fn admin(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(["admin", "--url", &self.url, "--admin-key"])
+            .arg(self.admin_key())
+            .args(args)
+            .output()
+            .expect("run cocoon admin")
+    }
+
+    /// `cocoon <cmd> --url U <args>`.
+    pub fn guest(&self, cmd: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args([cmd, "--url", &self.url])
+            .args(args)
+            .output()
+            .expect("run cocoon")
+    }
+
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TrusteeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "command failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write file");
+    p
+}
