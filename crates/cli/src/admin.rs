@@ -151,10 +151,15 @@ fn load_or_create_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
         return Ok(key);
     }
     let pem = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("cannot read admin key {}", path.display()))?,
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read admin key {}", path.display()))?,
     );
-    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-        .map_err(|e| anyhow::anyhow!("admin key {} is not an Ed25519 PKCS#8 PEM: {e}", path.display()))
+    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
+        anyhow::anyhow!(
+            "admin key {} is not an Ed25519 PKCS#8 PEM: {e}",
+            path.display()
+        )
+    })
 }
 
 struct Admin {
@@ -196,15 +201,19 @@ fn parse_expiry(s: &str) -> Result<i64> {
     if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         return Ok(t.unix_timestamp());
     }
-    let d = humantime::parse_duration(s)
-        .with_context(|| format!("--expires '{s}' is neither a duration (30d) nor an RFC 3339 time"))?;
+    let d = humantime::parse_duration(s).with_context(|| {
+        format!("--expires '{s}' is neither a duration (30d) nor an RFC 3339 time")
+    })?;
     Ok(time::OffsetDateTime::now_utc().unix_timestamp() + d.as_secs() as i64)
 }
 
 fn fmt_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -230,23 +239,36 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         }
         AdminCommand::DeleteResource { uri } => {
             let path = resource_path(&uri)?;
-            ad.send(ad.http.delete(c.kbs(&format!("/resource/{path}"))), "delete-resource").await?;
+            ad.send(
+                ad.http.delete(c.kbs(&format!("/resource/{path}"))),
+                "delete-resource",
+            )
+            .await?;
             eprintln!("deleted kbs:///{path}");
         }
         AdminCommand::ListResources => {
-            let list: Vec<String> = ad.send(ad.http.get(c.kbs("/resources")), "list-resources").await?.json().await?;
+            let list: Vec<String> = ad
+                .send(ad.http.get(c.kbs("/resources")), "list-resources")
+                .await?
+                .json()
+                .await?;
             for r in list {
                 println!("kbs:///{r}");
             }
         }
         AdminCommand::SetPolicy { kind, file, id } => {
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let enc = B64URL.encode(text.as_bytes());
             let (path, body) = match kind {
                 PolicyKind::Resource => ("/resource-policy", json!({"policy": enc})),
-                PolicyKind::Attestation => ("/attestation-policy", json!({"policy_id": id, "policy": enc, "type": "rego"})),
+                PolicyKind::Attestation => (
+                    "/attestation-policy",
+                    json!({"policy_id": id, "policy": enc, "type": "rego"}),
+                ),
             };
-            ad.send(ad.http.post(c.kbs(path)).json(&body), "set-policy").await?;
+            ad.send(ad.http.post(c.kbs(path)).json(&body), "set-policy")
+                .await?;
             eprintln!("policy updated");
         }
         AdminCommand::GetPolicy { kind, id } => {
@@ -254,15 +276,25 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 PolicyKind::Resource => "resource-policy".to_string(),
                 PolicyKind::Attestation => id,
             };
-            let text = ad.send(ad.http.get(c.kbs(&format!("/policies/{id}"))), "get-policy").await?.text().await?;
+            let text = ad
+                .send(ad.http.get(c.kbs(&format!("/policies/{id}"))), "get-policy")
+                .await?
+                .text()
+                .await?;
             print!("{text}");
         }
-        AdminCommand::AddReferenceValue { name, values, json, expires } => {
+        AdminCommand::AddReferenceValue {
+            name,
+            values,
+            json,
+            expires,
+        } => {
             let value = if json {
                 if values.len() != 1 {
                     bail!("--json takes exactly one VALUE");
                 }
-                serde_json::from_str::<Value>(&values[0]).with_context(|| format!("'{}' is not JSON", values[0]))?
+                serde_json::from_str::<Value>(&values[0])
+                    .with_context(|| format!("'{}' is not JSON", values[0]))?
             } else {
                 json!(values)
             };
@@ -285,7 +317,10 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         }
         AdminCommand::ListReferenceValues => {
             let list: Vec<Value> = ad
-                .send(ad.http.get(c.kbs("/reference-values")), "list-reference-values")
+                .send(
+                    ad.http.get(c.kbs("/reference-values")),
+                    "list-reference-values",
+                )
                 .await?
                 .json()
                 .await?;
@@ -303,7 +338,10 @@ pub async fn run(a: AdminArgs) -> Result<()> {
         }
         AdminCommand::ExpireReferenceValue { name } => {
             let rv: Value = ad
-                .send(ad.http.get(c.kbs(&format!("/reference-value/{name}"))), "expire-reference-value")
+                .send(
+                    ad.http.get(c.kbs(&format!("/reference-value/{name}"))),
+                    "expire-reference-value",
+                )
                 .await?
                 .json()
                 .await?;
@@ -318,12 +356,16 @@ pub async fn run(a: AdminArgs) -> Result<()> {
             eprintln!("reference value {name} expired");
         }
         AdminCommand::DeleteReferenceValue { name } => {
-            ad.send(ad.http.delete(c.kbs(&format!("/reference-value/{name}"))), "delete-reference-value")
-                .await?;
+            ad.send(
+                ad.http.delete(c.kbs(&format!("/reference-value/{name}"))),
+                "delete-reference-value",
+            )
+            .await?;
             eprintln!("reference value {name} deleted");
         }
         AdminCommand::RegisterReferenceValues { file } => {
-            let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let body =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             ad.send(
                 ad.http
                     .post(c.kbs("/reference-value"))
@@ -342,7 +384,11 @@ pub async fn run(a: AdminArgs) -> Result<()> {
 pub async fn explain(a: ExplainArgs) -> Result<()> {
     let ad = Admin::new(&a.admin)?;
     let list: Vec<cocoon_kbs::api::Denial> = ad
-        .send(ad.http.get(ad.conn.kbs(&format!("/denials?limit={}", a.limit))), "explain")
+        .send(
+            ad.http
+                .get(ad.conn.kbs(&format!("/denials?limit={}", a.limit))),
+            "explain",
+        )
         .await?
         .json()
         .await?;

@@ -25,7 +25,8 @@ impl Connection {
         let path = match &self.kbs_cert {
             Some(p) => p.clone(),
             None => {
-                let p = cocoon_kbs::server::DataPaths::new(&cocoon_kbs::default_data_dir()).tls_cert;
+                let p =
+                    cocoon_kbs::server::DataPaths::new(&cocoon_kbs::default_data_dir()).tls_cert;
                 if !p.exists() {
                     anyhow::bail!(
                         "{} is https: pass --kbs-cert <trustee certificate PEM> (a local trustee prints its path at start-up)",
@@ -53,7 +54,11 @@ impl Connection {
 
     /// `<url>/kbs/v0<path>`.
     pub fn kbs(&self, path: &str) -> String {
-        format!("{}{}{path}", self.url.trim_end_matches('/'), cocoon_types::KBS_PREFIX)
+        format!(
+            "{}{}{path}",
+            self.url.trim_end_matches('/'),
+            cocoon_types::KBS_PREFIX
+        )
     }
 }
 

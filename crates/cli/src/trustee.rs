@@ -62,7 +62,10 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     };
     let cfg = TrusteeConfig {
         listen: a.listen,
-        data_dir: a.data_dir.clone().unwrap_or_else(cocoon_kbs::default_data_dir),
+        data_dir: a
+            .data_dir
+            .clone()
+            .unwrap_or_else(cocoon_kbs::default_data_dir),
         tls,
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,
@@ -82,26 +85,40 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     if let Some(k) = &trustee.admin_key_hint {
         admin_flags.push_str(&format!(" --admin-key {}", k.display()));
     }
-    println!("cocoon trustee listening on {url}");
-    println!("  data directory:  {}", data_dir.display());
+    // The banner must never take the trustee down (stdout may be a closed pipe).
+    macro_rules! say {
+        ($($t:tt)*) => {{
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout(), $($t)*);
+        }};
+    }
+    say!("cocoon trustee listening on {url}");
+    say!("  data directory:  {}", data_dir.display());
     if let Some(k) = &trustee.admin_key_hint {
-        println!("  admin key:       {}", k.display());
+        say!("  admin key:       {}", k.display());
     }
     if let Some(c) = &trustee.cert_hint {
-        println!("  TLS certificate: {} (self-signed, for development)", c.display());
+        say!(
+            "  TLS certificate: {} (self-signed, for development)",
+            c.display()
+        );
     }
-    println!("  TEEs accepted:   {}", {
+    say!("  TEEs accepted:   {}", {
         let s = trustee.state.attestation.verifiers().supported();
-        if s.is_empty() { "none yet (hardware verifiers come with their own issue; --allow-dev-tee enables 'sample')".to_string() } else { s.join(", ") }
+        if s.is_empty() {
+            "none yet (hardware verifiers come with their own issue; --allow-dev-tee enables 'sample')".to_string()
+        } else {
+            s.join(", ")
+        }
     });
-    println!("next, in another terminal:");
-    println!("  echo -n s3cret > secret.txt");
-    println!("  cocoon admin {admin_flags} set-resource kbs:///default/key/1 --file secret.txt");
+    say!("next, in another terminal:");
+    say!("  echo -n s3cret > secret.txt");
+    say!("  cocoon admin {admin_flags} set-resource kbs:///default/key/1 --file secret.txt");
     if a.allow_dev_tee {
-        println!("  cocoon get-resource {flags} kbs:///default/key/1 --tee sample");
+        say!("  cocoon get-resource {flags} kbs:///default/key/1 --tee sample");
     } else {
-        println!("  (to try a guest without TEE hardware, restart with --allow-dev-tee and run");
-        println!("   cocoon get-resource {flags} kbs:///default/key/1 --tee sample)");
+        say!("  (to try a guest without TEE hardware, restart with --allow-dev-tee and run");
+        say!("   cocoon get-resource {flags} kbs:///default/key/1 --tee sample)");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -40,8 +40,16 @@ impl TrusteeProc {
             .spawn()
             .expect("start cocoon trustee");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read banner");
+        reader.read_line(&mut line).expect("read banner");
+        // Keep draining stdout so the trustee never writes to a closed pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
         let url = line
             .trim()
             .strip_prefix("cocoon trustee listening on ")

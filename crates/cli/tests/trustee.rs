@@ -23,6 +23,7 @@ struct Resp {
 
 impl Raw {
     fn new(url: &str) -> Self {
+        cocoon_kbs_client::install_crypto_provider();
         Self {
             http: reqwest::Client::new(),
             url: url.to_string(),
@@ -41,11 +42,18 @@ impl Raw {
             .map(String::from);
         let text = r.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Resp { status, cookie, body }
+        Resp {
+            status,
+            cookie,
+            body,
+        }
     }
 
     async fn post(&self, path: &str, body: &Value, cookie: Option<&str>) -> Resp {
-        let mut rb = self.http.post(format!("{}/kbs/v0/{path}", self.url)).json(body);
+        let mut rb = self
+            .http
+            .post(format!("{}/kbs/v0/{path}", self.url))
+            .json(body);
         if let Some(c) = cookie {
             rb = rb.header("cookie", format!("kbs-session-id={c}"));
         }
@@ -65,7 +73,11 @@ impl Raw {
 
     async fn auth(&self) -> (String, String) {
         let r = self
-            .post("auth", &json!({"version": "0.4.0", "tee": "sample", "extra-params": ""}), None)
+            .post(
+                "auth",
+                &json!({"version": "0.4.0", "tee": "sample", "extra-params": ""}),
+                None,
+            )
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let nonce = r.body["nonce"].as_str().expect("nonce").to_string();
@@ -87,18 +99,29 @@ impl Raw {
     /// auth + attest; returns (cookie, token).
     async fn attest(&self, key: &TeeKeyPair) -> (String, String) {
         let (cookie, nonce) = self.auth().await;
-        let r = self.post("attest", &Self::attestation(&nonce, key), Some(&cookie)).await;
+        let r = self
+            .post("attest", &Self::attestation(&nonce, key), Some(&cookie))
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
-        (r.cookie.unwrap_or(cookie), r.body["token"].as_str().unwrap().to_string())
+        (
+            r.cookie.unwrap_or(cookie),
+            r.body["token"].as_str().unwrap().to_string(),
+        )
     }
 }
 
 fn assert_error(r: &Resp, status: u16, variant: &str, detail_has: &str) {
     assert_eq!(r.status, status, "{:?}", r.body);
     let t = r.body["type"].as_str().unwrap_or_default();
-    assert!(t.ends_with(&format!("/{variant}")), "type {t} should be {variant}");
+    assert!(
+        t.ends_with(&format!("/{variant}")),
+        "type {t} should be {variant}"
+    );
     let d = r.body["detail"].as_str().unwrap_or_default();
-    assert!(d.contains(detail_has), "detail {d:?} should mention {detail_has:?}");
+    assert!(
+        d.contains(detail_has),
+        "detail {d:?} should mention {detail_has:?}"
+    );
 }
 
 fn jwt_claims(token: &str) -> Value {
@@ -114,21 +137,51 @@ async fn cli_flow_over_self_signed_https() {
     let cert = t.data_dir.join("tls/cert.pem");
     let cert = cert.to_str().unwrap();
     let secret = write(dir.path(), "s", b"the-owner-secret\x00\x01");
-    ok(&t.admin(&["--kbs-cert", cert, "set-resource", "kbs:///default/key/1", "--file", secret.to_str().unwrap()]));
-    let out = t.guest("get-resource", &["--kbs-cert", cert, "kbs:///default/key/1", "--tee", "sample"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(&t.admin(&[
+        "--kbs-cert",
+        cert,
+        "set-resource",
+        "kbs:///default/key/1",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
+    let out = t.guest(
+        "get-resource",
+        &[
+            "--kbs-cert",
+            cert,
+            "kbs:///default/key/1",
+            "--tee",
+            "sample",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"the-owner-secret\x00\x01");
     // The token printed by `cocoon attest` is an EAR with an affirming sample appraisal.
     let token = ok(&t.guest("attest", &["--kbs-cert", cert]));
     let claims = jwt_claims(token.trim());
     assert_eq!(claims["submods"]["cpu0"]["ear.status"], "affirming");
-    assert_eq!(claims["eat_profile"], "tag:github.com,2024:confidential-containers/Trustee");
+    assert_eq!(
+        claims["eat_profile"],
+        "tag:github.com,2024:confidential-containers/Trustee"
+    );
     let ev = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"];
     assert_eq!(ev["sample"]["launch_digest"], "abcde");
     assert_eq!(ev["runtime_data_claims"]["additional-evidence"], "");
     // Without the pinned certificate, an https trustee is refused.
     let other = write(dir.path(), "other.pem", rcgen_like_cert().as_bytes());
-    let out = t.guest("get-resource", &["--kbs-cert", other.to_str().unwrap(), "kbs:///default/key/1"]);
+    let out = t.guest(
+        "get-resource",
+        &[
+            "--kbs-cert",
+            other.to_str().unwrap(),
+            "kbs:///default/key/1",
+        ],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the KBS"));
 }
@@ -147,16 +200,28 @@ async fn raw_http_flow_with_ec_and_rsa_keys_and_bearer_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let t = TrusteeProc::start(&dir.path().join("data"), &[]);
     let secret = write(dir.path(), "s", b"raw-secret");
-    ok(&t.admin(&["set-resource", "kbs:///default/key/raw", "--file", secret.to_str().unwrap()]));
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/key/raw",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
     let raw = Raw::new(&t.url);
-    for key in [TeeKeyPair::generate_ec(), TeeKeyPair::generate_rsa(2048).unwrap()] {
+    for key in [
+        TeeKeyPair::generate_ec(),
+        TeeKeyPair::generate_rsa(2048).unwrap(),
+    ] {
         let (cookie, token) = raw.attest(&key).await;
-        let r = raw.get("resource/default/key/raw", Some(&cookie), None).await;
+        let r = raw
+            .get("resource/default/key/raw", Some(&cookie), None)
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let jwe: FlattenedJwe = serde_json::from_value(r.body).unwrap();
         assert_eq!(&*key.decrypt(&jwe).unwrap(), b"raw-secret");
         // The same token as Bearer, without the cookie.
-        let r = raw.get("resource/default/key/raw", None, Some(&token)).await;
+        let r = raw
+            .get("resource/default/key/raw", None, Some(&token))
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         let jwe: FlattenedJwe = serde_json::from_value(r.body).unwrap();
         assert_eq!(&*key.decrypt(&jwe).unwrap(), b"raw-secret");
@@ -164,9 +229,13 @@ async fn raw_http_flow_with_ec_and_rsa_keys_and_bearer_tokens() {
         assert!(TeeKeyPair::generate_ec().decrypt(&jwe).is_err());
         // A repeated attest on an attested session returns the same token.
         let (c2, nonce) = raw.auth().await;
-        let r1 = raw.post("attest", &Raw::attestation(&nonce, &key), Some(&c2)).await;
+        let r1 = raw
+            .post("attest", &Raw::attestation(&nonce, &key), Some(&c2))
+            .await;
         let c3 = r1.cookie.clone().unwrap();
-        let r2 = raw.post("attest", &Raw::attestation(&nonce, &key), Some(&c3)).await;
+        let r2 = raw
+            .post("attest", &Raw::attestation(&nonce, &key), Some(&c3))
+            .await;
         assert_eq!(r1.body["token"], r2.body["token"]);
     }
     // A forged Bearer token (payload swapped) is refused.
@@ -178,15 +247,36 @@ async fn raw_http_flow_with_ec_and_rsa_keys_and_bearer_tokens() {
     claims["exp"] = json!(claims["exp"].as_i64().unwrap() + 3600);
     let forged_payload = B64URL.encode(claims.to_string());
     parts[1] = &forged_payload;
-    let r = raw.get("resource/default/key/raw", None, Some(&parts.join("."))).await;
+    let r = raw
+        .get("resource/default/key/raw", None, Some(&parts.join(".")))
+        .await;
     assert_error(&r, 401, "TokenVerifierError", "signature");
     // The JWKS publishes the token key.
-    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", t.url)).await.unwrap().json().await.unwrap();
+    let jwks: Value = reqwest::get(format!("{}/.well-known/jwks.json", t.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(jwks["keys"][0]["crv"], "P-256");
-    let metrics = reqwest::get(format!("{}/metrics", t.url)).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("kbs_attestations_total{tee=\"sample\",result=\"affirming\"}"), "{metrics}");
-    assert!(metrics.contains("kbs_resource_releases_total{result=\"released\"}"), "{metrics}");
-    assert!(metrics.contains("kbs_http_request_duration_seconds"), "{metrics}");
+    let metrics = reqwest::get(format!("{}/metrics", t.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kbs_attestations_total{tee=\"sample\",result=\"affirming\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kbs_resource_releases_total{result=\"released\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kbs_http_request_duration_seconds"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,15 +286,37 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     let raw = Raw::new(&t.url);
     // malformed JSON
     let r = raw
-        .send(raw.http.post(format!("{}/kbs/v0/auth", t.url)).body("{not json"))
+        .send(
+            raw.http
+                .post(format!("{}/kbs/v0/auth", t.url))
+                .body("{not json"),
+        )
         .await;
     assert_error(&r, 400, "SerdeError", "expected a KBS Request");
     // unknown TEE, unsupported TEE, unsupported version
-    let r = raw.post("auth", &json!({"version": "0.4.0", "tee": "quantum", "extra-params": ""}), None).await;
+    let r = raw
+        .post(
+            "auth",
+            &json!({"version": "0.4.0", "tee": "quantum", "extra-params": ""}),
+            None,
+        )
+        .await;
     assert_error(&r, 400, "AttestationError", "unknown TEE 'quantum'");
-    let r = raw.post("auth", &json!({"version": "0.4.0", "tee": "tdx", "extra-params": ""}), None).await;
+    let r = raw
+        .post(
+            "auth",
+            &json!({"version": "0.4.0", "tee": "tdx", "extra-params": ""}),
+            None,
+        )
+        .await;
     assert_error(&r, 400, "AttestationError", "not supported");
-    let r = raw.post("auth", &json!({"version": "0.1.1", "tee": "sample", "extra-params": ""}), None).await;
+    let r = raw
+        .post(
+            "auth",
+            &json!({"version": "0.1.1", "tee": "sample", "extra-params": ""}),
+            None,
+        )
+        .await;
     assert_error(&r, 400, "AttestationError", "0.4.0");
     // missing, forged and expired cookies
     let key = TeeKeyPair::generate_ec();
@@ -213,17 +325,30 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     let (cookie, nonce) = raw.auth().await;
     let mut forged = B64URL.decode(&cookie).unwrap();
     forged[15] ^= 0x40;
-    let r = raw.post("attest", &Raw::attestation(&nonce, &key), Some(&B64URL.encode(forged))).await;
+    let r = raw
+        .post(
+            "attest",
+            &Raw::attestation(&nonce, &key),
+            Some(&B64URL.encode(forged)),
+        )
+        .await;
     assert_error(&r, 401, "TokenNotFound", "not valid");
     let r = raw.get("resource/default/key/1", Some(&cookie), None).await;
     assert_error(&r, 401, "TokenNotFound", "not attested");
     // replayed evidence: made for one session's nonce, sent with another session
     let (other_cookie, _) = raw.auth().await;
-    let r = raw.post("attest", &Raw::attestation(&nonce, &key), Some(&other_cookie)).await;
+    let r = raw
+        .post(
+            "attest",
+            &Raw::attestation(&nonce, &key),
+            Some(&other_cookie),
+        )
+        .await;
     assert_error(&r, 401, "AttestationError", "nonce");
     // evidence whose report data binds another key
     let mut att = Raw::attestation(&nonce, &key);
-    att["runtime-data"]["tee-pubkey"] = serde_json::to_value(TeeKeyPair::generate_ec().public_jwk()).unwrap();
+    att["runtime-data"]["tee-pubkey"] =
+        serde_json::to_value(TeeKeyPair::generate_ec().public_jwk()).unwrap();
     let r = raw.post("attest", &att, Some(&cookie)).await;
     assert_error(&r, 401, "AttestationError", "report data does not match");
     // oversized body
@@ -234,7 +359,9 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     assert_error(&r, 413, "PayloadTooLarge", "larger than");
     // unknown resource (attested session), invalid path, unknown endpoint
     let (cookie, _) = raw.attest(&key).await;
-    let r = raw.get("resource/default/key/nope", Some(&cookie), None).await;
+    let r = raw
+        .get("resource/default/key/nope", Some(&cookie), None)
+        .await;
     assert_error(&r, 404, "PluginInternalError", "does not exist");
     let r = raw.get("resource/default/key", Some(&cookie), None).await;
     assert_error(&r, 400, "InvalidRequestPath", "three segments");
@@ -242,7 +369,9 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     assert_error(&r, 404, "InvalidRequestPath", "no such endpoint");
     // expired session cookie
     tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
-    let r = raw.get("resource/default/key/nope", Some(&cookie), None).await;
+    let r = raw
+        .get("resource/default/key/nope", Some(&cookie), None)
+        .await;
     assert_error(&r, 401, "TokenNotFound", "expired");
     // admin endpoints refuse missing and foreign admin tokens
     let r = raw.get("resources", None, None).await;
@@ -255,7 +384,9 @@ async fn every_client_mistake_gets_a_clear_4xx() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not verify with any trusted admin key"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not verify with any trusted admin key")
+    );
     // an invalid policy is refused and the old one stays
     let bad = write(dir.path(), "bad.rego", b"package policy\nallow if {");
     let out = t.admin(&["set-policy", "resource", "--file", bad.to_str().unwrap()]);
@@ -270,7 +401,12 @@ async fn denials_are_explained_to_the_admin_only() {
     let dir = tempfile::tempdir().unwrap();
     let t = TrusteeProc::start(&dir.path().join("data"), &[]);
     let secret = write(dir.path(), "s", b"deny-me");
-    ok(&t.admin(&["set-resource", "kbs:///default/key/1", "--file", secret.to_str().unwrap()]));
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/key/1",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
     // A reference value the sample TEE does not match: appraisal becomes a warning.
     ok(&t.admin(&["add-reference-value", "launch_digest", "fffff"]));
     let listed = ok(&t.admin(&["list-reference-values"]));
@@ -278,18 +414,43 @@ async fn denials_are_explained_to_the_admin_only() {
     let out = t.guest("get-resource", &["kbs:///default/key/1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("403") && err.contains("resource policy denied"), "{err}");
-    assert!(!err.contains("launch_digest"), "the guest must not see the reason: {err}");
+    assert!(
+        err.contains("403") && err.contains("resource policy denied"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("launch_digest"),
+        "the guest must not see the reason: {err}"
+    );
     let explain = ok(&t.guest("explain", &["--admin-key", t.admin_key().to_str().unwrap()]));
-    assert!(explain.contains("resource kbs:///default/key/1"), "{explain}");
+    assert!(
+        explain.contains("resource kbs:///default/key/1"),
+        "{explain}"
+    );
     assert!(explain.contains("appraisal cpu0 is 'warning'"), "{explain}");
     assert!(explain.contains("executables=33"), "{explain}");
-    assert!(explain.contains("sample.launch_digest=abcde is not in reference value 'launch_digest'"), "{explain}");
+    assert!(
+        explain.contains("sample.launch_digest=abcde is not in reference value 'launch_digest'"),
+        "{explain}"
+    );
     // Expiring the bad value and restoring the right one makes it affirming again.
-    ok(&t.admin(&["add-reference-value", "launch_digest", "abcde", "--expires", "1h"]));
-    assert_eq!(ok(&t.guest("get-resource", &["kbs:///default/key/1"])), "deny-me");
+    ok(&t.admin(&[
+        "add-reference-value",
+        "launch_digest",
+        "abcde",
+        "--expires",
+        "1h",
+    ]));
+    assert_eq!(
+        ok(&t.guest("get-resource", &["kbs:///default/key/1"])),
+        "deny-me"
+    );
     ok(&t.admin(&["expire-reference-value", "launch_digest"]));
-    assert!(!t.guest("get-resource", &["kbs:///default/key/1"]).status.success());
+    assert!(
+        !t.guest("get-resource", &["kbs:///default/key/1"])
+            .status
+            .success()
+    );
     // A custom resource policy that allows only one repository.
     ok(&t.admin(&["add-reference-value", "launch_digest", "abcde"]));
     let policy = write(
@@ -299,9 +460,21 @@ async fn denials_are_explained_to_the_admin_only() {
     );
     ok(&t.admin(&["set-policy", "resource", "--file", policy.to_str().unwrap()]));
     assert!(ok(&t.admin(&["get-policy", "resource"])).contains("\"open\""));
-    ok(&t.admin(&["set-resource", "kbs:///open/key/1", "--file", secret.to_str().unwrap()]));
-    assert_eq!(ok(&t.guest("get-resource", &["kbs:///open/key/1"])), "deny-me");
-    assert!(!t.guest("get-resource", &["kbs:///default/key/1"]).status.success());
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///open/key/1",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        ok(&t.guest("get-resource", &["kbs:///open/key/1"])),
+        "deny-me"
+    );
+    assert!(
+        !t.guest("get-resource", &["kbs:///default/key/1"])
+            .status
+            .success()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -311,12 +484,23 @@ async fn sessions_continue_on_a_second_replica_and_secrets_survive_restarts() {
     let a = TrusteeProc::start(&data, &[]);
     let b = TrusteeProc::start(&data, &[]);
     let secret = write(dir.path(), "s", b"replicated-secret");
-    ok(&a.admin(&["set-resource", "kbs:///default/key/r", "--file", secret.to_str().unwrap()]));
+    ok(&a.admin(&[
+        "set-resource",
+        "kbs:///default/key/r",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
     let (ra, rb) = (Raw::new(&a.url), Raw::new(&b.url));
     let key = TeeKeyPair::generate_ec();
     let (cookie, nonce) = ra.auth().await;
-    let r = rb.post("attest", &Raw::attestation(&nonce, &key), Some(&cookie)).await;
-    assert_eq!(r.status, 200, "attest on replica B of a session from A: {:?}", r.body);
+    let r = rb
+        .post("attest", &Raw::attestation(&nonce, &key), Some(&cookie))
+        .await;
+    assert_eq!(
+        r.status, 200,
+        "attest on replica B of a session from A: {:?}",
+        r.body
+    );
     let cookie = r.cookie.unwrap();
     for raw in [&ra, &rb] {
         let r = raw.get("resource/default/key/r", Some(&cookie), None).await;
@@ -328,7 +512,10 @@ async fn sessions_continue_on_a_second_replica_and_secrets_survive_restarts() {
     let log_b = b.stop();
     // Restart: the stored secret is still served.
     let c = TrusteeProc::start(&data, &[]);
-    assert_eq!(ok(&c.guest("get-resource", &["kbs:///default/key/r"])), "replicated-secret");
+    assert_eq!(
+        ok(&c.guest("get-resource", &["kbs:///default/key/r"])),
+        "replicated-secret"
+    );
     let log_c = c.stop();
     // Nothing on disk or in the logs holds the plaintext.
     for entry in std::fs::read_dir(&data).unwrap() {

@@ -15,7 +15,11 @@ pub enum BindingError {
 
 /// The object whose digest the primary attester puts in its report data.
 /// The `additional-evidence` member is always present, even when empty.
-pub fn runtime_data_object(nonce: &str, tee_pubkey: &TeePubKey, additional_evidence: &str) -> Value {
+pub fn runtime_data_object(
+    nonce: &str,
+    tee_pubkey: &TeePubKey,
+    additional_evidence: &str,
+) -> Value {
     json!({
         "nonce": nonce,
         "tee-pubkey": tee_pubkey,
@@ -42,7 +46,10 @@ pub fn primary_report_data(
     tee_pubkey: &TeePubKey,
     additional_evidence: &str,
 ) -> Result<Vec<u8>, BindingError> {
-    digest_canonical(alg, &runtime_data_object(nonce, tee_pubkey, additional_evidence))
+    digest_canonical(
+        alg,
+        &runtime_data_object(nonce, tee_pubkey, additional_evidence),
+    )
 }
 
 #[cfg(test)]

@@ -114,7 +114,10 @@ mod tests {
             "6d524a30eb1c595b53729326eeffb2583b299c50bdb367dc4435a90a26bbc207"
         );
         let c = d.claims();
-        assert_eq!(c["aa.toml"]["token_configs"]["kbs"]["url"], "http://10.0.2.2:8080");
+        assert_eq!(
+            c["aa.toml"]["token_configs"]["kbs"]["url"],
+            "http://10.0.2.2:8080"
+        );
         assert_eq!(c["cdh.toml"]["kbc"]["name"], "cc_kbc");
     }
 
@@ -124,8 +127,14 @@ mod tests {
             InitData::parse("version=\"0.1.0\"\nalgorithm=\"sha-256\"\n"),
             Err(InitDataError::Algorithm(_))
         ));
-        assert!(matches!(InitData::parse("nope"), Err(InitDataError::Parse(_))));
-        assert!(matches!(InitData::from_payload("json", DOC), Err(InitDataError::Format(_))));
+        assert!(matches!(
+            InitData::parse("nope"),
+            Err(InitDataError::Parse(_))
+        ));
+        assert!(matches!(
+            InitData::from_payload("json", DOC),
+            Err(InitDataError::Format(_))
+        ));
     }
 
     #[test]

@@ -101,6 +101,43 @@ fn concat_kdf(z: &[u8]) -> Zeroizing<[u8; 32]> {
     out
 }
 
+/// ECDH-ES with a fresh ephemeral P-256 key (ring's constant-time
+/// implementation, which also validates the peer point). Returns the derived
+/// key-wrapping key and the ephemeral public coordinates (base64url).
+fn ecdh_es_p256(x: &str, y: &str) -> Result<([u8; 32], String, String), JweError> {
+    use ring::agreement;
+    let x = B64URL
+        .decode(x)
+        .map_err(|_| JweError::InvalidKey("x is not base64url".into()))?;
+    let y = B64URL
+        .decode(y)
+        .map_err(|_| JweError::InvalidKey("y is not base64url".into()))?;
+    if x.len() != 32 || y.len() != 32 {
+        return Err(JweError::InvalidKey(
+            "P-256 coordinates must be 32 bytes each".into(),
+        ));
+    }
+    let mut peer = Vec::with_capacity(65);
+    peer.push(4);
+    peer.extend_from_slice(&x);
+    peer.extend_from_slice(&y);
+    let rng = ring::rand::SystemRandom::new();
+    let eph = agreement::EphemeralPrivateKey::generate(&agreement::ECDH_P256, &rng)
+        .map_err(|_| JweError::InvalidKey("cannot generate an ephemeral key".into()))?;
+    let epk = eph
+        .compute_public_key()
+        .map_err(|_| JweError::InvalidKey("cannot compute the ephemeral public key".into()))?;
+    let epk = epk.as_ref();
+    let (ex, ey) = (B64URL.encode(&epk[1..33]), B64URL.encode(&epk[33..65]));
+    let kek = agreement::agree_ephemeral(
+        eph,
+        &agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, &peer),
+        |z| *concat_kdf(z),
+    )
+    .map_err(|_| JweError::InvalidKey("the point is not on P-256".into()))?;
+    Ok((kek, ex, ey))
+}
+
 fn gcm_seal(
     protected: String,
     encrypted_key: Vec<u8>,
@@ -173,31 +210,21 @@ impl SealingKey {
         match key {
             TeePubKey::EC { crv, alg, x, y } => {
                 if crv != "P-256" {
-                    return Err(JweError::UnsupportedKey(format!(
-                        "curve {crv}: use P-256"
-                    )));
+                    return Err(JweError::UnsupportedKey(format!("curve {crv}: use P-256")));
                 }
                 if alg != ALG_ECDH_ES_A256KW {
                     return Err(JweError::UnsupportedKey(format!(
                         "EC alg {alg}: use {ALG_ECDH_ES_A256KW}"
                     )));
                 }
-                let peer = ec_point_from_jwk(x, y)?;
-                let eph = p256::ecdh::EphemeralSecret::random(&mut OsRng);
-                let epk = eph.public_key().to_encoded_point(false);
-                let shared = eph.diffie_hellman(&peer);
-                let kek = concat_kdf(shared.raw_secret_bytes());
-                let (ex, ey) = match (epk.x(), epk.y()) {
-                    (Some(x), Some(y)) => (B64URL.encode(x), B64URL.encode(y)),
-                    _ => return Err(JweError::InvalidKey("identity point".into())),
-                };
+                let (kek, ex, ey) = ecdh_es_p256(x, y)?;
                 // Compact JSON, members in the order the stock KBS emits.
                 let header = format!(
                     r#"{{"alg":"{ALG_ECDH_ES_A256KW}","enc":"{ENC_A256GCM}","epk":{{"crv":"P-256","kty":"EC","x":"{ex}","y":"{ey}"}}}}"#
                 );
                 Ok(SealingKey::Ec {
                     protected: B64URL.encode(header),
-                    kek: *kek,
+                    kek,
                 })
             }
             TeePubKey::RSA { alg, k_mod, k_exp } => {
@@ -265,6 +292,7 @@ impl SealingKey {
 /// runtime data and to which the KBS seals resources.
 pub struct TeeKeyPair {
     secret: TeeSecret,
+    public: TeePubKey,
     /// Last (protected header, unwrapping key) seen, so a session's repeated
     /// ECDH-ES epk costs one agreement.
     ec_cache: Mutex<Option<(String, Zeroizing<[u8; 32]>)>>,
@@ -305,15 +333,21 @@ impl TeeKeyPair {
     }
 
     fn from_secret(secret: TeeSecret) -> Self {
+        let public = Self::compute_public(&secret);
         Self {
             secret,
+            public,
             ec_cache: Mutex::new(None),
         }
     }
 
     /// The public key as the JWK the runtime data carries.
     pub fn public_jwk(&self) -> TeePubKey {
-        match &self.secret {
+        self.public.clone()
+    }
+
+    fn compute_public(secret: &TeeSecret) -> TeePubKey {
+        match secret {
             TeeSecret::Ec(k) => {
                 let p = k.public_key().to_encoded_point(false);
                 TeePubKey::EC {
@@ -331,7 +365,12 @@ impl TeeKeyPair {
         }
     }
 
-    fn ec_unwrap_key(&self, k: &p256::SecretKey, protected: &str, epk: &EpkJwk) -> Result<Zeroizing<[u8; 32]>, JweError> {
+    fn ec_unwrap_key(
+        &self,
+        k: &p256::SecretKey,
+        protected: &str,
+        epk: &EpkJwk,
+    ) -> Result<Zeroizing<[u8; 32]>, JweError> {
         if let Ok(cache) = self.ec_cache.lock()
             && let Some((p, kek)) = cache.as_ref()
             && p == protected
@@ -436,7 +475,9 @@ mod tests {
         let sk = SealingKey::new(&kp.public_jwk()).unwrap();
         let jwe = sk.seal(b"top secret").unwrap();
         let header = String::from_utf8(B64URL.decode(&jwe.protected).unwrap()).unwrap();
-        assert!(header.starts_with(r#"{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":{"crv":"P-256","kty":"EC","x":""#));
+        assert!(header.starts_with(
+            r#"{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":{"crv":"P-256","kty":"EC","x":""#
+        ));
         assert_eq!(B64URL.decode(&jwe.encrypted_key).unwrap().len(), 40);
         assert_eq!(&*kp.decrypt(&jwe).unwrap(), b"top secret");
         // a second message reuses the agreement but not the CEK
@@ -466,7 +507,10 @@ mod tests {
     fn tampering_and_wrong_keys_are_rejected() {
         let kp = TeeKeyPair::generate_ec();
         let other = TeeKeyPair::generate_ec();
-        let jwe = SealingKey::new(&kp.public_jwk()).unwrap().seal(b"s").unwrap();
+        let jwe = SealingKey::new(&kp.public_jwk())
+            .unwrap()
+            .seal(b"s")
+            .unwrap();
         assert!(matches!(other.decrypt(&jwe), Err(JweError::Decrypt)));
         let mut t = jwe.clone();
         let mut ct = B64URL.decode(&t.ciphertext).unwrap();
@@ -486,19 +530,28 @@ mod tests {
             x: B64URL.encode([1u8; 32]),
             y: B64URL.encode([2u8; 32]),
         };
-        assert!(matches!(SealingKey::new(&bad), Err(JweError::InvalidKey(_))));
+        assert!(matches!(
+            SealingKey::new(&bad),
+            Err(JweError::InvalidKey(_))
+        ));
         let bad = TeePubKey::EC {
             crv: "P-384".into(),
             alg: ALG_ECDH_ES_A256KW.into(),
             x: "x".into(),
             y: "y".into(),
         };
-        assert!(matches!(SealingKey::new(&bad), Err(JweError::UnsupportedKey(_))));
+        assert!(matches!(
+            SealingKey::new(&bad),
+            Err(JweError::UnsupportedKey(_))
+        ));
         let bad = TeePubKey::RSA {
             alg: "RSA1_5".into(),
             k_mod: "AQAB".into(),
             k_exp: "AQAB".into(),
         };
-        assert!(matches!(SealingKey::new(&bad), Err(JweError::UnsupportedKey(_))));
+        assert!(matches!(
+            SealingKey::new(&bad),
+            Err(JweError::UnsupportedKey(_))
+        ));
     }
 }

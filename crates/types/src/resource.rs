@@ -9,7 +9,9 @@ pub enum ResourceError {
     #[error("resource path '{0}' must have exactly three segments: <repository>/<type>/<tag>")]
     SegmentCount(String),
     /// A segment is empty, starts with '.', or has a character outside `[A-Za-z0-9_.-]`.
-    #[error("resource path segment '{0}' is invalid: use letters, digits, '_', '-', '.' and do not start with '.'")]
+    #[error(
+        "resource path segment '{0}' is invalid: use letters, digits, '_', '-', '.' and do not start with '.'"
+    )]
     BadSegment(String),
     /// The URI does not start with `kbs://`.
     #[error("resource URI '{0}' must start with kbs:// (for example kbs:///default/key/1)")]
@@ -138,7 +140,9 @@ mod tests {
 
     #[test]
     fn rejects_what_the_stock_kbs_rejects() {
-        for bad in ["a/b", "a/b/c/d", "a//c", ".a/b/c", "a/b/c%2f", "a/b+/c", "a/b:/c", "", "a/b/"] {
+        for bad in [
+            "a/b", "a/b/c/d", "a//c", ".a/b/c", "a/b/c%2f", "a/b+/c", "a/b:/c", "", "a/b/",
+        ] {
             assert!(ResourcePath::parse(bad).is_err(), "{bad} must be rejected");
         }
         assert!(matches!(

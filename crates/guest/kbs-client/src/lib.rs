@@ -10,7 +10,9 @@ use cocoon_attester::Attester;
 use cocoon_types::error_body::ErrorBody;
 use cocoon_types::jwe::{FlattenedJwe, TeeKeyPair};
 use cocoon_types::resource::ResourcePath;
-use cocoon_types::{HashAlgorithm, KBS_PREFIX, KBS_PROTOCOL_VERSION, SESSION_COOKIE, binding, tee_name};
+use cocoon_types::{
+    HashAlgorithm, KBS_PREFIX, KBS_PROTOCOL_VERSION, SESSION_COOKIE, binding, tee_name,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -133,7 +135,11 @@ async fn refused(what: &'static str, resp: reqwest::Response) -> ClientError {
 
 impl KbsClient {
     /// A client for the KBS at `url` (`http://` or `https://`).
-    pub fn new(url: &str, attester: Arc<dyn Attester>, opts: ClientOptions) -> Result<Self, ClientError> {
+    pub fn new(
+        url: &str,
+        attester: Arc<dyn Attester>,
+        opts: ClientOptions,
+    ) -> Result<Self, ClientError> {
         install_crypto_provider();
         let base = url.trim_end_matches('/').to_string();
         let mut b = reqwest::Client::builder()
@@ -145,14 +151,18 @@ impl KbsClient {
             })?;
             b = b.use_preconfigured_tls(pinned_client_config(&pem).map_err(ClientError::Config)?);
         } else if !base.starts_with("http://") {
-            return Err(ClientError::Config(format!("KBS URL '{url}' must start with http:// or https://")));
+            return Err(ClientError::Config(format!(
+                "KBS URL '{url}' must start with http:// or https://"
+            )));
         }
         let http = b.build().map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Self {
             http,
             base,
             attester,
-            key: opts.key_pair.unwrap_or_else(|| Arc::new(TeeKeyPair::generate_ec())),
+            key: opts
+                .key_pair
+                .unwrap_or_else(|| Arc::new(TeeKeyPair::generate_ec())),
             init_data: opts.init_data,
             session: Mutex::new(None),
         })
@@ -210,9 +220,11 @@ impl KbsClient {
             .and_then(|s| s.parse::<HashAlgorithm>().ok())
             .unwrap_or(HashAlgorithm::Sha384);
         let pubkey = self.key.public_jwk();
-        let rd = binding::primary_report_data(alg, &nonce, &pubkey, "").map_err(|e| ClientError::Protocol {
-            what: "attest",
-            detail: e.to_string(),
+        let rd = binding::primary_report_data(alg, &nonce, &pubkey, "").map_err(|e| {
+            ClientError::Protocol {
+                what: "attest",
+                detail: e.to_string(),
+            }
         })?;
         let evidence = self.attester.evidence(&rd)?;
         let init = self
@@ -228,7 +240,10 @@ impl KbsClient {
         let resp = self
             .http
             .post(format!("{}{KBS_PREFIX}/attest", self.base))
-            .header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+            .header(
+                reqwest::header::COOKIE,
+                format!("{SESSION_COOKIE}={cookie}"),
+            )
             .json(&att)
             .send()
             .await
@@ -272,7 +287,10 @@ impl KbsClient {
         let resp = self
             .http
             .get(format!("{}{KBS_PREFIX}/resource/{path}", self.base))
-            .header(reqwest::header::COOKIE, format!("{SESSION_COOKIE}={cookie}"))
+            .header(
+                reqwest::header::COOKIE,
+                format!("{SESSION_COOKIE}={cookie}"),
+            )
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
@@ -287,7 +305,10 @@ impl KbsClient {
 
     /// Fetches and decrypts a resource, attesting first if needed and once
     /// more if the KBS says the session is no longer valid (401).
-    pub async fn get_resource(&self, path: &ResourcePath) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+    pub async fn get_resource(
+        &self,
+        path: &ResourcePath,
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
         let cookie = match self.session.lock().ok().and_then(|s| s.clone()) {
             Some(s) => s.cookie,
             None => {

@@ -24,7 +24,11 @@ impl ServerCertVerifier for PinnedVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {
@@ -74,9 +78,12 @@ pub fn pinned_client_config(pem: &[u8]) -> Result<rustls::ClientConfig, String> 
     let webpki = if roots.is_empty() {
         None
     } else {
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .ok()
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .ok()
     };
     let verifier = PinnedVerifier {
         pinned,

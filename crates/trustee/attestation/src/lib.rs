@@ -38,7 +38,9 @@ pub enum AttestError {
     #[error(transparent)]
     InitData(#[from] InitDataError),
     /// The runtime data nonce is not the session nonce.
-    #[error("runtime-data nonce does not match the session nonce: the evidence was made for another session")]
+    #[error(
+        "runtime-data nonce does not match the session nonce: the evidence was made for another session"
+    )]
     NonceMismatch,
     /// Additional (device) evidence was sent but no device verifier exists.
     #[error("additional evidence is not supported yet: send an empty additional_evidence")]
@@ -102,8 +104,14 @@ pub struct AttestationService {
 /// The built-in policies, by id.
 pub fn default_policies() -> HashMap<String, String> {
     HashMap::from([
-        (DEFAULT_CPU_POLICY.to_string(), DEFAULT_CPU_POLICY_TEXT.to_string()),
-        (RESOURCE_POLICY.to_string(), RESOURCE_POLICY_TEXT.to_string()),
+        (
+            DEFAULT_CPU_POLICY.to_string(),
+            DEFAULT_CPU_POLICY_TEXT.to_string(),
+        ),
+        (
+            RESOURCE_POLICY.to_string(),
+            RESOURCE_POLICY_TEXT.to_string(),
+        ),
     ])
 }
 
@@ -146,7 +154,12 @@ impl AttestationService {
     }
 
     /// Verifies and appraises an Attestation made for `session_nonce`.
-    pub fn attest(&self, tee: Tee, session_nonce: &str, att: &Attestation) -> Result<Appraisal, AttestError> {
+    pub fn attest(
+        &self,
+        tee: Tee,
+        session_nonce: &str,
+        att: &Attestation,
+    ) -> Result<Appraisal, AttestError> {
         let verifier = self.verifiers.get(tee)?;
         if att.runtime_data.nonce != session_nonce {
             return Err(AttestError::NonceMismatch);
@@ -159,9 +172,15 @@ impl AttestationService {
             Some(i) => Some(InitData::from_payload(&i.format, &i.body)?),
             None => None,
         };
-        let hash = if tee == Tee::Se { HashAlgorithm::Sha512 } else { HashAlgorithm::Sha384 };
-        let rd_obj = binding::runtime_data_object(session_nonce, &att.runtime_data.tee_pubkey, additional);
-        let expected = binding::digest_canonical(hash, &rd_obj).map_err(|e| AttestError::Binding(e.to_string()))?;
+        let hash = if tee == Tee::Se {
+            HashAlgorithm::Sha512
+        } else {
+            HashAlgorithm::Sha384
+        };
+        let rd_obj =
+            binding::runtime_data_object(session_nonce, &att.runtime_data.tee_pubkey, additional);
+        let expected = binding::digest_canonical(hash, &rd_obj)
+            .map_err(|e| AttestError::Binding(e.to_string()))?;
         let claims = verifier.verify(&VerifyInput {
             evidence: &att.tee_evidence.primary_evidence,
             expected_report_data: &expected,
@@ -178,13 +197,18 @@ impl AttestationService {
         annotated.insert("runtime_data_claims".into(), rd_obj);
         annotated.insert(
             "init_data_claims".into(),
-            init_data.as_ref().map(InitData::claims).unwrap_or(Value::Null),
+            init_data
+                .as_ref()
+                .map(InitData::claims)
+                .unwrap_or(Value::Null),
         );
         let input = Value::Object(annotated);
 
         let policy_id = format!("default_{}", claims.class.as_str());
         let policy = self.policies.get(&policy_id)?;
-        let trust_claims = policy.eval("trust_claims", &input, None)?.unwrap_or(Value::Null);
+        let trust_claims = policy
+            .eval("trust_claims", &input, None)?
+            .unwrap_or(Value::Null);
         let mut tv = TrustVector::new();
         if let Value::Object(m) = &trust_claims {
             for (name, v) in m {
@@ -203,7 +227,12 @@ impl AttestationService {
             }
             let t = c.tier();
             if t != TrustTier::Affirming && t != TrustTier::None {
-                failed.push(format!("{}={} ({})", c.tag(), c.value(), c.value_short_desc()));
+                failed.push(format!(
+                    "{}={} ({})",
+                    c.tag(),
+                    c.value(),
+                    c.value_short_desc()
+                ));
             }
             if t > status {
                 status = t;
@@ -220,7 +249,10 @@ impl AttestationService {
             Vec::new()
         } else {
             match policy.eval("explain", &input, None) {
-                Ok(Some(Value::Array(a))) => a.into_iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                Ok(Some(Value::Array(a))) => a
+                    .into_iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect(),
                 _ => Vec::new(),
             }
         };

@@ -105,24 +105,35 @@ impl RegoPolicy {
 
     /// Evaluates `data.policy.<rule>` with `input` (and `data` merged in).
     /// Returns `None` when the rule is undefined.
-    pub fn eval(&self, rule: &str, input: &Value, data: Option<&Value>) -> Result<Option<Value>, PolicyError> {
+    pub fn eval(
+        &self,
+        rule: &str,
+        input: &Value,
+        data: Option<&Value>,
+    ) -> Result<Option<Value>, PolicyError> {
         let err = |e: anyhow::Error| PolicyError::Eval {
             id: self.id.clone(),
             detail: e.to_string(),
         };
         let mut engine = self.engine.clone();
         if let Some(d) = data {
-            engine.add_data(regorus::Value::from(d.clone())).map_err(err)?;
+            engine
+                .add_data(regorus::Value::from(d.clone()))
+                .map_err(err)?;
         }
         engine.set_input(regorus::Value::from(input.clone()));
-        let v = engine.eval_rule(format!("data.policy.{rule}")).map_err(err)?;
+        let v = engine
+            .eval_rule(format!("data.policy.{rule}"))
+            .map_err(err)?;
         if v == regorus::Value::Undefined {
             return Ok(None);
         }
-        serde_json::to_value(&v).map(Some).map_err(|e| PolicyError::Eval {
-            id: self.id.clone(),
-            detail: e.to_string(),
-        })
+        serde_json::to_value(&v)
+            .map(Some)
+            .map_err(|e| PolicyError::Eval {
+                id: self.id.clone(),
+                detail: e.to_string(),
+            })
     }
 }
 

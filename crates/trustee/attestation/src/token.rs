@@ -46,24 +46,32 @@ impl TokenSigner {
     pub fn load_or_create(store: &Arc<dyn Store>, kek: &Kek) -> Result<Self, TokenError> {
         let rng = SystemRandom::new();
         if store.get(ns::KEYS, SIGNING_KEY_ID)?.is_none() {
-            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| TokenError::Key("cannot generate P-256 key".into()))?;
-            store.put_if_absent(ns::KEYS, SIGNING_KEY_ID, &kek.seal(ns::KEYS, SIGNING_KEY_ID, pkcs8.as_ref()))?;
+            let pkcs8 =
+                EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| TokenError::Key("cannot generate P-256 key".into()))?;
+            store.put_if_absent(
+                ns::KEYS,
+                SIGNING_KEY_ID,
+                &kek.seal(ns::KEYS, SIGNING_KEY_ID, pkcs8.as_ref()),
+            )?;
         }
         let sealed = store
             .get(ns::KEYS, SIGNING_KEY_ID)?
             .ok_or_else(|| TokenError::Key("signing key vanished from the store".into()))?;
-        let pkcs8 = kek
-            .open(ns::KEYS, SIGNING_KEY_ID, &sealed)
-            .map_err(|_| TokenError::Key("cannot unseal the signing key: wrong key-encryption key for this store".into()))?;
+        let pkcs8 = kek.open(ns::KEYS, SIGNING_KEY_ID, &sealed).map_err(|_| {
+            TokenError::Key(
+                "cannot unseal the signing key: wrong key-encryption key for this store".into(),
+            )
+        })?;
         Self::from_pkcs8(&pkcs8)
     }
 
     /// From a PKCS#8 P-256 private key.
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, TokenError> {
         let rng = SystemRandom::new();
-        let key = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
-            .map_err(|e| TokenError::Key(e.to_string()))?;
+        let key =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+                .map_err(|e| TokenError::Key(e.to_string()))?;
         let public = key.public_key().as_ref();
         let x = B64URL.encode(&public[1..33]);
         let y = B64URL.encode(&public[33..65]);
@@ -102,7 +110,9 @@ impl TokenSigner {
     /// Verifies a token's signature and expiry at `now`; returns its claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError::Malformed("expected three dot-separated parts"));
         };
         let header: Value = B64URL
@@ -113,11 +123,16 @@ impl TokenSigner {
         if header.get("alg").and_then(Value::as_str) != Some("ES256") {
             return Err(TokenError::Malformed("alg must be ES256"));
         }
-        let sig = B64URL.decode(s).map_err(|_| TokenError::Malformed("signature is not base64url"))?;
+        let sig = B64URL
+            .decode(s)
+            .map_err(|_| TokenError::Malformed("signature is not base64url"))?;
         let signed_len = h.len() + 1 + p.len();
-        signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, self.key.public_key().as_ref())
-            .verify(&token.as_bytes()[..signed_len], &sig)
-            .map_err(|_| TokenError::Signature)?;
+        signature::UnparsedPublicKey::new(
+            &signature::ECDSA_P256_SHA256_FIXED,
+            self.key.public_key().as_ref(),
+        )
+        .verify(&token.as_bytes()[..signed_len], &sig)
+        .map_err(|_| TokenError::Signature)?;
         let claims: Value = B64URL
             .decode(p)
             .ok()
@@ -141,7 +156,8 @@ mod tests {
     #[test]
     fn sign_verify_and_rejections() {
         let rng = SystemRandom::new();
-        let pk = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pk = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap();
         let s = TokenSigner::from_pkcs8(pk.as_ref()).unwrap();
         let t = s.sign(&json!({"exp": 200, "a": 1})).unwrap();
         assert_eq!(s.verify(&t, 100).unwrap()["a"], 1);
@@ -149,11 +165,18 @@ mod tests {
         let mut forged: Vec<&str> = t.split('.').collect();
         let other = B64URL.encode(r#"{"exp":200,"a":2}"#);
         forged[1] = &other;
-        assert!(matches!(s.verify(&forged.join("."), 100), Err(TokenError::Signature)));
-        let pk2 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        assert!(matches!(
+            s.verify(&forged.join("."), 100),
+            Err(TokenError::Signature)
+        ));
+        let pk2 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .unwrap();
         let s2 = TokenSigner::from_pkcs8(pk2.as_ref()).unwrap();
         assert!(matches!(s2.verify(&t, 100), Err(TokenError::Signature)));
-        assert!(matches!(s.verify("a.b", 100), Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            s.verify("a.b", 100),
+            Err(TokenError::Malformed(_))
+        ));
         assert_eq!(s.jwks()["keys"][0]["alg"], "ES256");
     }
 }

@@ -53,7 +53,9 @@ const LEEWAY_SECS: i64 = 60;
 /// Verifies `token` against `keys` at `now`.
 pub fn verify_admin_token(token: &str, keys: &[AdminKey], now: i64) -> Result<(), String> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err("bearer token is not a JWT".into());
     };
     let header: Header = B64URL
@@ -61,7 +63,9 @@ pub fn verify_admin_token(token: &str, keys: &[AdminKey], now: i64) -> Result<()
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("JWT header is not base64url JSON")?;
-    let sig = B64URL.decode(s).map_err(|_| "JWT signature is not base64url")?;
+    let sig = B64URL
+        .decode(s)
+        .map_err(|_| "JWT signature is not base64url")?;
     let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
     let ok = keys.iter().any(|k| match (k, header.alg.as_str()) {
         (AdminKey::Ed25519(k), "EdDSA") => ed25519_dalek::Signature::from_slice(&sig)
@@ -102,7 +106,10 @@ pub fn verify_admin_token(token: &str, keys: &[AdminKey], now: i64) -> Result<()
 pub fn make_admin_token(key: &ed25519_dalek::SigningKey, now: i64, lifetime_secs: i64) -> String {
     use ed25519_dalek::Signer;
     let h = B64URL.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#);
-    let p = B64URL.encode(format!(r#"{{"iat":{now},"nbf":{now},"exp":{}}}"#, now + lifetime_secs));
+    let p = B64URL.encode(format!(
+        r#"{{"iat":{now},"nbf":{now},"exp":{}}}"#,
+        now + lifetime_secs
+    ));
     let signing_input = format!("{h}.{p}");
     let sig = key.sign(signing_input.as_bytes());
     format!("{signing_input}.{}", B64URL.encode(sig.to_bytes()))
@@ -119,7 +126,11 @@ mod tests {
         let keys = [AdminKey::Ed25519(k.verifying_key())];
         let t = make_admin_token(&k, 1000, 300);
         assert!(verify_admin_token(&t, &keys, 1000).is_ok());
-        assert!(verify_admin_token(&t, &keys, 1400).unwrap_err().contains("expired"));
+        assert!(
+            verify_admin_token(&t, &keys, 1400)
+                .unwrap_err()
+                .contains("expired")
+        );
         let other = ed25519_dalek::SigningKey::generate(&mut OsRng);
         assert!(verify_admin_token(&make_admin_token(&other, 1000, 300), &keys, 1000).is_err());
         let mut parts: Vec<String> = t.split('.').map(String::from).collect();

@@ -150,7 +150,9 @@ fn require_admin(s: &KbsState, headers: &HeaderMap) -> Result<(), KbsError> {
         return Ok(());
     }
     let token = bearer(headers).ok_or_else(|| {
-        KbsError::AdminAuth("send Authorization: Bearer <admin JWT> (cocoon admin does this)".into())
+        KbsError::AdminAuth(
+            "send Authorization: Bearer <admin JWT> (cocoon admin does this)".into(),
+        )
     })?;
     verify_admin_token(token, &s.admin_keys, now()).map_err(KbsError::AdminAuth)
 }
@@ -166,7 +168,9 @@ pub async fn denial_recorder(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Denia
     while let Some(d) = rx.recv().await {
         let store = store.clone();
         let bytes = serde_json::to_vec(&d).unwrap_or_default();
-        let r = tokio::task::spawn_blocking(move || store.append(ns::DENIALS, &bytes, DENIALS_KEPT)).await;
+        let r =
+            tokio::task::spawn_blocking(move || store.append(ns::DENIALS, &bytes, DENIALS_KEPT))
+                .await;
         if !matches!(r, Ok(Ok(_))) {
             tracing::error!("cannot record a denial in the store");
         }
@@ -187,7 +191,10 @@ fn version_supported(v: &str) -> bool {
     matches!((it.next(), it.next(), it.next(), it.next()), (Some("0"), Some("4"), Some(p), None) if p.parse::<u32>().is_ok())
 }
 
-async fn auth(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, KbsError> {
+async fn auth(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
     let body = body_bytes(body)?;
     let req: LooseRequest = parse_json(&body, "a KBS Request {version, tee, extra-params}")?;
     if !version_supported(&req.version) {
@@ -236,14 +243,20 @@ async fn attest(
         let cookie = session_cookie(&headers).unwrap_or_default().to_string();
         return Ok(with_cookie(resp, &cookie, session.exp));
     }
-    let att: Attestation = parse_json(&body, "a KBS Attestation {init-data, runtime-data, tee-evidence}")?;
+    let att: Attestation = parse_json(
+        &body,
+        "a KBS Attestation {init-data, runtime-data, tee-evidence}",
+    )?;
     let tee = parse_tee(&session.tee).ok_or(KbsError::InvalidSession)?;
     let appraisal = match s.attestation.attest(tee, &session.nonce, &att) {
         Ok(a) => a,
         Err(e) => {
             s.metrics
                 .attestations
-                .get_or_create(&AttestLabels { tee: session.tee.clone(), result: "rejected".into() })
+                .get_or_create(&AttestLabels {
+                    tee: session.tee.clone(),
+                    result: "rejected".into(),
+                })
                 .inc();
             record(
                 &s,
@@ -262,7 +275,10 @@ async fn attest(
     let status = appraisal.status.as_str().to_string();
     s.metrics
         .attestations
-        .get_or_create(&AttestLabels { tee: session.tee.clone(), result: status.clone() })
+        .get_or_create(&AttestLabels {
+            tee: session.tee.clone(),
+            result: status.clone(),
+        })
         .inc();
     if appraisal.status != ear::TrustTier::Affirming {
         let mut details = appraisal.failed_claims.clone();
@@ -274,7 +290,9 @@ async fn attest(
                 kind: "appraisal".into(),
                 tee: Some(session.tee.clone()),
                 resource: None,
-                reason: format!("appraisal is '{status}': the token will not satisfy policies that require 'affirming'"),
+                reason: format!(
+                    "appraisal is '{status}': the token will not satisfy policies that require 'affirming'"
+                ),
                 details,
             },
         );
@@ -330,7 +348,8 @@ async fn get_resource(
                 .map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
             let key = tee_pubkey_from_claims(&claims)
                 .ok_or_else(|| KbsError::TokenInvalid("token carries no tee-pubkey".into()))?;
-            let sealing = SealingKey::new(&key).map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
+            let sealing =
+                SealingKey::new(&key).map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
             (tok.to_string(), Some(claims), sealing, "token".to_string())
         }
         (Err(e), None) => return Err(e),
@@ -352,7 +371,8 @@ async fn get_resource(
                 Some(c) => c,
                 None => token_payload(&token)?,
             };
-            let data = json!({"plugin": "resource", "resource-path": rpath.segments(), "query": query});
+            let data =
+                json!({"plugin": "resource", "resource-path": rpath.segments(), "query": query});
             let allow = matches!(
                 policy.eval("allow", &claims, Some(&data)),
                 Ok(Some(Value::Bool(true)))
@@ -361,18 +381,29 @@ async fn get_resource(
                 Vec::new()
             } else {
                 match policy.eval("deny_reasons", &claims, Some(&data)) {
-                    Ok(Some(Value::Array(a))) => a.into_iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                    Ok(Some(Value::Array(a))) => a
+                        .into_iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect(),
                     Ok(_) => vec!["the policy's allow rule is not true".into()],
                     Err(e) => vec![e.to_string()],
                 }
             };
-            let d = Decision { allow, reasons: Arc::new(reasons) };
+            let d = Decision {
+                allow,
+                reasons: Arc::new(reasons),
+            };
             s.decisions.put(sig, &request, policy.digest(), d.clone());
             d
         }
     };
     if !decision.allow {
-        s.metrics.releases.get_or_create(&ReleaseLabels { result: "denied".into() }).inc();
+        s.metrics
+            .releases
+            .get_or_create(&ReleaseLabels {
+                result: "denied".into(),
+            })
+            .inc();
         record(
             &s,
             Denial {
@@ -388,17 +419,28 @@ async fn get_resource(
     }
     let key = rpath.to_string();
     let Some(sealed) = s.store.get(ns::RESOURCES, &key)? else {
-        s.metrics.releases.get_or_create(&ReleaseLabels { result: "not_found".into() }).inc();
+        s.metrics
+            .releases
+            .get_or_create(&ReleaseLabels {
+                result: "not_found".into(),
+            })
+            .inc();
         return Err(KbsError::ResourceNotFound(key));
     };
-    let plain = s
-        .kek
-        .open(ns::RESOURCES, &key, &sealed)
-        .map_err(|_| KbsError::Internal(format!("resource {key} cannot be unsealed: wrong key-encryption key")))?;
+    let plain = s.kek.open(ns::RESOURCES, &key, &sealed).map_err(|_| {
+        KbsError::Internal(format!(
+            "resource {key} cannot be unsealed: wrong key-encryption key"
+        ))
+    })?;
     let jwe = sealing
         .seal(&plain)
         .map_err(|e| KbsError::Internal(e.to_string()))?;
-    s.metrics.releases.get_or_create(&ReleaseLabels { result: "released".into() }).inc();
+    s.metrics
+        .releases
+        .get_or_create(&ReleaseLabels {
+            result: "released".into(),
+        })
+        .inc();
     Ok(Json(jwe).into_response())
 }
 
@@ -432,7 +474,10 @@ async fn delete_resource(
     Ok(StatusCode::OK.into_response())
 }
 
-async fn list_resources(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+async fn list_resources(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
     Ok(Json(s.store.list(ns::RESOURCES)?).into_response())
 }
@@ -470,9 +515,16 @@ async fn set_resource_policy(
     set_policy_text(&s, RESOURCE_POLICY, &decode_policy(&b.policy)?)
 }
 
-async fn get_resource_policy(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+async fn get_resource_policy(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    let ids = s.attestation.policies().ids().map_err(|e| KbsError::Internal(e.to_string()))?;
+    let ids = s
+        .attestation
+        .policies()
+        .ids()
+        .map_err(|e| KbsError::Internal(e.to_string()))?;
     Ok(Json(ids).into_response())
 }
 
@@ -482,19 +534,27 @@ async fn set_attestation_policy(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    let b: PolicyBody = parse_json(&body_bytes(body)?, "{\"policy_id\": \"default_cpu\", \"policy\": \"<base64url Rego>\"}")?;
+    let b: PolicyBody = parse_json(
+        &body_bytes(body)?,
+        "{\"policy_id\": \"default_cpu\", \"policy\": \"<base64url Rego>\"}",
+    )?;
     // The KBS looks up `default_<class>`; a plain `default` means the CPU policy.
     let id = match b.policy_id.as_deref() {
         None | Some("default") => "default_cpu".to_string(),
         Some(id) => id.to_string(),
     };
     if id == RESOURCE_POLICY {
-        return Err(KbsError::InvalidPolicy("use POST /kbs/v0/resource-policy for the resource policy".into()));
+        return Err(KbsError::InvalidPolicy(
+            "use POST /kbs/v0/resource-policy for the resource policy".into(),
+        ));
     }
     set_policy_text(&s, &id, &decode_policy(&b.policy)?)
 }
 
-async fn list_policies(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+async fn list_policies(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
     get_resource_policy(State(s), headers).await
 }
 
@@ -504,7 +564,12 @@ async fn get_policy(
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    match s.attestation.policies().text(&id).map_err(|e| KbsError::Internal(e.to_string()))? {
+    match s
+        .attestation
+        .policies()
+        .text(&id)
+        .map_err(|e| KbsError::Internal(e.to_string()))?
+    {
         Some(t) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()),
         None => Err(KbsError::NotFound(format!("policy '{id}'"))),
     }
@@ -539,7 +604,10 @@ async fn put_reference_value(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    let b: PutReferenceValue = parse_json(&body_bytes(body)?, "{\"value\": <JSON>, \"expires\": <unix seconds>}")?;
+    let b: PutReferenceValue = parse_json(
+        &body_bytes(body)?,
+        "{\"value\": <JSON>, \"expires\": <unix seconds>}",
+    )?;
     let expires = match b.expires {
         Some(t) => Some(
             time::OffsetDateTime::from_unix_timestamp(t)
@@ -561,9 +629,15 @@ async fn get_reference_value(
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    match s.rvps.query(&name).map_err(|e| KbsError::Internal(e.to_string()))? {
+    match s
+        .rvps
+        .query(&name)
+        .map_err(|e| KbsError::Internal(e.to_string()))?
+    {
         Some(v) => Ok(Json(v).into_response()),
-        None => Err(KbsError::NotFound(format!("reference value '{name}' (missing or expired)"))),
+        None => Err(KbsError::NotFound(format!(
+            "reference value '{name}' (missing or expired)"
+        ))),
     }
 }
 
@@ -573,15 +647,27 @@ async fn delete_reference_value(
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    if !s.rvps.delete(&name).map_err(|e| KbsError::Internal(e.to_string()))? {
+    if !s
+        .rvps
+        .delete(&name)
+        .map_err(|e| KbsError::Internal(e.to_string()))?
+    {
         return Err(KbsError::NotFound(format!("reference value '{name}'")));
     }
     Ok(StatusCode::OK.into_response())
 }
 
-async fn list_reference_values(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, KbsError> {
+async fn list_reference_values(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    Ok(Json(s.rvps.list().map_err(|e| KbsError::Internal(e.to_string()))?).into_response())
+    Ok(Json(
+        s.rvps
+            .list()
+            .map_err(|e| KbsError::Internal(e.to_string()))?,
+    )
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -596,7 +682,9 @@ async fn list_denials(
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
     require_admin(&s, &headers)?;
-    let events = s.store.recent(ns::DENIALS, q.limit.unwrap_or(20).min(DENIALS_KEPT))?;
+    let events = s
+        .store
+        .recent(ns::DENIALS, q.limit.unwrap_or(20).min(DENIALS_KEPT))?;
     let list: Vec<Denial> = events
         .iter()
         .filter_map(|e| serde_json::from_slice(&e.value).ok())
@@ -614,7 +702,10 @@ async fn healthz() -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()
@@ -635,9 +726,14 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
     let status = resp.status().as_u16();
     s.metrics
         .latency
-        .get_or_create(&RouteOnly { route: route.clone() })
+        .get_or_create(&RouteOnly {
+            route: route.clone(),
+        })
         .observe(start.elapsed().as_secs_f64());
-    s.metrics.requests.get_or_create(&RouteLabels { route, status }).inc();
+    s.metrics
+        .requests
+        .get_or_create(&RouteLabels { route, status })
+        .inc();
     resp
 }
 
@@ -651,14 +747,19 @@ pub fn router(state: AppState) -> Router {
             get(get_resource).post(set_resource).delete(delete_resource),
         )
         .route("/resources", get(list_resources))
-        .route("/resource-policy", post(set_resource_policy).get(get_resource_policy))
+        .route(
+            "/resource-policy",
+            post(set_resource_policy).get(get_resource_policy),
+        )
         .route("/attestation-policy", post(set_attestation_policy))
         .route("/policies", get(list_policies))
         .route("/policies/{id}", get(get_policy))
         .route("/reference-value", post(register_reference_values))
         .route(
             "/reference-value/{name}",
-            get(get_reference_value).put(put_reference_value).delete(delete_reference_value),
+            get(get_reference_value)
+                .put(put_reference_value)
+                .delete(delete_reference_value),
         )
         .route("/reference-values", get(list_reference_values))
         .route("/denials", get(list_denials));

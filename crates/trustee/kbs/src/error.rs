@@ -30,7 +30,9 @@ pub enum KbsError {
     #[error("session expired: start again with POST /kbs/v0/auth")]
     ExpiredSession,
     /// The session has not attested yet.
-    #[error("session is not attested: POST /kbs/v0/attest first, or send an attestation token as Bearer")]
+    #[error(
+        "session is not attested: POST /kbs/v0/attest first, or send an attestation token as Bearer"
+    )]
     NotAttested,
     /// Evidence refused.
     #[error("attestation failed: {0}")]
@@ -45,7 +47,9 @@ pub enum KbsError {
     #[error("resource {0} does not exist: the owner can add it with `cocoon admin set-resource`")]
     ResourceNotFound(String),
     /// Resource policy refused.
-    #[error("resource policy denied access to {0}; the trustee admin can run `cocoon explain` for the reason")]
+    #[error(
+        "resource policy denied access to {0}; the trustee admin can run `cocoon explain` for the reason"
+    )]
     PolicyDeny(String),
     /// Admin authentication failed.
     #[error("admin authentication failed: {0}")]
@@ -100,7 +104,11 @@ impl IntoResponse for KbsError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed inside the trustee");
         }
-        (status, axum::Json(ErrorBody::new(variant, self.to_string()))).into_response()
+        (
+            status,
+            axum::Json(ErrorBody::new(variant, self.to_string())),
+        )
+            .into_response()
     }
 }
 

@@ -10,4 +10,4 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 
-pub use server::{Trustee, TrusteeConfig, TlsMode, default_data_dir};
+pub use server::{TlsMode, Trustee, TrusteeConfig, default_data_dir};

@@ -53,7 +53,9 @@ pub struct Metrics {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0])
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+    ])
 }
 
 impl Metrics {
@@ -61,13 +63,31 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("kbs");
         let requests = Family::<RouteLabels, Counter>::default();
-        let latency = Family::<RouteOnly, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let latency = Family::<RouteOnly, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         let attestations = Family::<AttestLabels, Counter>::default();
         let releases = Family::<ReleaseLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
-        registry.register("attestations", "Attestations by TEE and result", attestations.clone());
-        registry.register("resource_releases", "Resource requests by result", releases.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            latency.clone(),
+        );
+        registry.register(
+            "attestations",
+            "Attestations by TEE and result",
+            attestations.clone(),
+        );
+        registry.register(
+            "resource_releases",
+            "Resource requests by result",
+            releases.clone(),
+        );
         Self {
             registry,
             requests,

@@ -138,8 +138,10 @@ fn ensure_admin_key(paths: &DataPaths) -> Result<(), StartError> {
         .verifying_key()
         .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .map_err(err)?;
-    write_private_file(&paths.admin_key, private.as_bytes()).map_err(|e| err(format!("{}: {e}", paths.admin_key.display())))?;
-    std::fs::write(&paths.admin_pub, public).map_err(|e| err(format!("{}: {e}", paths.admin_pub.display())))?;
+    write_private_file(&paths.admin_key, private.as_bytes())
+        .map_err(|e| err(format!("{}: {e}", paths.admin_key.display())))?;
+    std::fs::write(&paths.admin_pub, public)
+        .map_err(|e| err(format!("{}: {e}", paths.admin_pub.display())))?;
     Ok(())
 }
 
@@ -154,7 +156,8 @@ fn ensure_self_signed(paths: &DataPaths, listen: &SocketAddr) -> Result<(), Star
     let ck = rcgen::generate_simple_self_signed(names).map_err(err)?;
     write_private_file(&paths.tls_key, ck.key_pair.serialize_pem().as_bytes())
         .map_err(|e| err(format!("{}: {e}", paths.tls_key.display())))?;
-    std::fs::write(&paths.tls_cert, ck.cert.pem()).map_err(|e| err(format!("{}: {e}", paths.tls_cert.display())))?;
+    std::fs::write(&paths.tls_cert, ck.cert.pem())
+        .map_err(|e| err(format!("{}: {e}", paths.tls_cert.display())))?;
     Ok(())
 }
 
@@ -192,18 +195,27 @@ pub struct Trustee {
 impl Trustee {
     /// Prepares everything and binds the listener.
     pub async fn prepare(cfg: TrusteeConfig) -> Result<Self, StartError> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| err(format!("cannot create data directory {}: {e}", cfg.data_dir.display())))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+            err(format!(
+                "cannot create data directory {}: {e}",
+                cfg.data_dir.display()
+            ))
+        })?;
         let paths = DataPaths::new(&cfg.data_dir);
-        let kek = Kek::load_or_create(cfg.kek_file.as_deref().unwrap_or(&paths.kek)).map_err(err)?;
+        let kek =
+            Kek::load_or_create(cfg.kek_file.as_deref().unwrap_or(&paths.kek)).map_err(err)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db).map_err(err)?);
         let sessions = SessionSealer::load_or_create(&store, &kek).map_err(err)?;
         let rvps = Rvps::new(store.clone());
         if cfg.allow_dev_tee {
-            tracing::warn!("DEVELOPMENT TEEs ARE ENABLED: the 'sample' TEE accepts unsigned evidence and proves nothing. Never use --allow-dev-tee in production.");
+            tracing::warn!(
+                "DEVELOPMENT TEEs ARE ENABLED: the 'sample' TEE accepts unsigned evidence and proves nothing. Never use --allow-dev-tee in production."
+            );
             seed_sample_reference_values(&rvps)?;
         }
-        let verifiers = VerifierRegistry::new(VerifierOptions { allow_dev_tee: cfg.allow_dev_tee });
+        let verifiers = VerifierRegistry::new(VerifierOptions {
+            allow_dev_tee: cfg.allow_dev_tee,
+        });
         let attestation = AttestationService::new(
             store.clone(),
             &kek,
@@ -219,7 +231,9 @@ impl Trustee {
         let mut admin_key_hint = None;
         let mut admin_keys = Vec::new();
         if cfg.insecure_admin {
-            tracing::warn!("ADMIN AUTHENTICATION IS OFF (--insecure-admin): anyone who reaches this port can read and change secrets and policies.");
+            tracing::warn!(
+                "ADMIN AUTHENTICATION IS OFF (--insecure-admin): anyone who reaches this port can read and change secrets and policies."
+            );
         } else {
             let files = if cfg.admin_public_keys.is_empty() {
                 ensure_admin_key(&paths)?;
@@ -237,7 +251,9 @@ impl Trustee {
 
         let (tls, cert_hint) = match &cfg.tls {
             TlsMode::InsecureHttp => {
-                tracing::warn!("serving plain HTTP (--insecure-http): secrets are still sealed to the TEE, but tokens and admin requests travel in the clear.");
+                tracing::warn!(
+                    "serving plain HTTP (--insecure-http): secrets are still sealed to the TEE, but tokens and admin requests travel in the clear."
+                );
                 (None, None)
             }
             TlsMode::Files { cert, key } => (Some(load_tls(cert, key).await?), None),
@@ -250,8 +266,12 @@ impl Trustee {
             }
         };
 
-        let listener = std::net::TcpListener::bind(cfg.listen)
-            .map_err(|e| err(format!("cannot listen on {}: {e} (is another trustee running? use --listen)", cfg.listen)))?;
+        let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| {
+            err(format!(
+                "cannot listen on {}: {e} (is another trustee running? use --listen)",
+                cfg.listen
+            ))
+        })?;
         listener.set_nonblocking(true).map_err(err)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let state = Arc::new(KbsState {
@@ -296,15 +316,30 @@ impl Trustee {
         }
         let app = router(self.state.clone()).into_make_service();
         match self.tls {
-            Some(tls) => axum_server::from_tcp_rustls(self.listener, tls).serve(app).await.map_err(err),
-            None => axum_server::from_tcp(self.listener).serve(app).await.map_err(err),
+            Some(tls) => axum_server::from_tcp_rustls(self.listener, tls)
+                .serve(app)
+                .await
+                .map_err(err),
+            None => axum_server::from_tcp(self.listener)
+                .serve(app)
+                .await
+                .map_err(err),
         }
     }
 }
 
-async fn load_tls(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::RustlsConfig, StartError> {
+async fn load_tls(
+    cert: &Path,
+    key: &Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig, StartError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
         .await
-        .map_err(|e| err(format!("TLS certificate {} / key {}: {e}", cert.display(), key.display())))
+        .map_err(|e| {
+            err(format!(
+                "TLS certificate {} / key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })
 }

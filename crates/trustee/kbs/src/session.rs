@@ -61,7 +61,11 @@ impl SessionSealer {
         if store.get(ns::KEYS, SESSION_KEY_ID)?.is_none() {
             let mut k = Zeroizing::new([0u8; 32]);
             OsRng.fill_bytes(k.as_mut());
-            store.put_if_absent(ns::KEYS, SESSION_KEY_ID, &kek.seal(ns::KEYS, SESSION_KEY_ID, k.as_ref()))?;
+            store.put_if_absent(
+                ns::KEYS,
+                SESSION_KEY_ID,
+                &kek.seal(ns::KEYS, SESSION_KEY_ID, k.as_ref()),
+            )?;
         }
         let sealed = store
             .get(ns::KEYS, SESSION_KEY_ID)?
@@ -69,7 +73,8 @@ impl SessionSealer {
         let key = kek
             .open(ns::KEYS, SESSION_KEY_ID, &sealed)
             .map_err(|_| StoreError::Unseal(format!("{}/{SESSION_KEY_ID}", ns::KEYS)))?;
-        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| StoreError::Unseal(SESSION_KEY_ID.into()))?;
+        let cipher = Aes256Gcm::new_from_slice(&key)
+            .map_err(|_| StoreError::Unseal(SESSION_KEY_ID.into()))?;
         Ok(Self { cipher })
     }
 
@@ -80,7 +85,13 @@ impl SessionSealer {
         OsRng.fill_bytes(&mut nonce);
         let ct = self
             .cipher
-            .encrypt(&Nonce::from(nonce), Payload { msg: &plain, aad: AAD })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: AAD,
+                },
+            )
             .unwrap_or_default();
         let mut raw = Vec::with_capacity(12 + ct.len());
         raw.extend_from_slice(&nonce);
@@ -96,7 +107,13 @@ impl SessionSealer {
         }
         let plain = Zeroizing::new(
             self.cipher
-                .decrypt(&Nonce::from(<[u8; 12]>::try_from(&raw[..12]).map_err(|_| OpenError::Invalid)?), Payload { msg: &raw[12..], aad: AAD })
+                .decrypt(
+                    &Nonce::from(<[u8; 12]>::try_from(&raw[..12]).map_err(|_| OpenError::Invalid)?),
+                    Payload {
+                        msg: &raw[12..],
+                        aad: AAD,
+                    },
+                )
                 .map_err(|_| OpenError::Invalid)?,
         );
         let s: Session = serde_json::from_slice(&plain).map_err(|_| OpenError::Invalid)?;
@@ -119,12 +136,24 @@ mod tests {
         let kek = Kek::from_bytes(&[1; 32]);
         let a = SessionSealer::load_or_create(&store, &kek).unwrap();
         let b = SessionSealer::load_or_create(&store, &kek).unwrap();
-        let c = a.seal(&Session { nonce: "n".into(), tee: "sample".into(), exp: 100, attested: None });
-        assert_eq!(b.open(&c, 50).unwrap().nonce, "n", "a replica sharing the store opens it");
+        let c = a.seal(&Session {
+            nonce: "n".into(),
+            tee: "sample".into(),
+            exp: 100,
+            attested: None,
+        });
+        assert_eq!(
+            b.open(&c, 50).unwrap().nonce,
+            "n",
+            "a replica sharing the store opens it"
+        );
         assert_eq!(b.open(&c, 100).err(), Some(OpenError::Expired));
         let mut raw = B64URL.decode(&c).unwrap();
         raw[20] ^= 1;
-        assert_eq!(a.open(&B64URL.encode(raw), 50).err(), Some(OpenError::Invalid));
+        assert_eq!(
+            a.open(&B64URL.encode(raw), 50).err(),
+            Some(OpenError::Invalid)
+        );
         assert_eq!(a.open("not-base64!", 50).err(), Some(OpenError::Invalid));
         let dir2 = tempfile::tempdir().unwrap();
         let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir2.path().join("db")).unwrap());

@@ -84,7 +84,12 @@ impl Rvps {
     }
 
     /// Sets `name` to `value` until `expires` (default: one year from now).
-    pub fn add(&self, name: &str, value: Value, expires: Option<OffsetDateTime>) -> Result<ReferenceValue, RvpsError> {
+    pub fn add(
+        &self,
+        name: &str,
+        value: Value,
+        expires: Option<OffsetDateTime>,
+    ) -> Result<ReferenceValue, RvpsError> {
         if !valid_name(name) {
             return Err(RvpsError::BadName);
         }
@@ -102,8 +107,9 @@ impl Rvps {
 
     /// Registers every value of a CoCo RVPS message.
     pub fn register_message(&self, message: &[u8]) -> Result<Vec<String>, RvpsError> {
-        let msg: RvpsMessage = serde_json::from_slice(message)
-            .map_err(|e| RvpsError::BadMessage(format!("expected {{version, type, payload}}: {e}")))?;
+        let msg: RvpsMessage = serde_json::from_slice(message).map_err(|e| {
+            RvpsError::BadMessage(format!("expected {{version, type, payload}}: {e}"))
+        })?;
         if msg.version != "0.1.0" {
             return Err(RvpsError::BadMessage(format!(
                 "version '{}' is not supported: use \"0.1.0\"",
@@ -182,9 +188,20 @@ mod tests {
         let msg = format!(r#"{{"version":"0.1.0","type":"sample","payload":"{payload}"}}"#);
         let mut names = r.register_message(msg.as_bytes()).unwrap();
         names.sort();
-        assert_eq!(names, ["launch_digest", "major_version", "minimum_minor_version", "svn"]);
+        assert_eq!(
+            names,
+            [
+                "launch_digest",
+                "major_version",
+                "minimum_minor_version",
+                "svn"
+            ]
+        );
         assert_eq!(r.query("svn").unwrap(), Some(serde_json::json!(["1"])));
-        assert_eq!(r.query("major_version").unwrap(), Some(serde_json::json!(1)));
+        assert_eq!(
+            r.query("major_version").unwrap(),
+            Some(serde_json::json!(1))
+        );
         assert_eq!(r.query("nope").unwrap(), None);
     }
 
@@ -192,13 +209,30 @@ mod tests {
     fn bad_messages_and_expiry() {
         let (_d, r) = rvps();
         assert!(r.register_message(b"{}").is_err());
-        assert!(r.register_message(br#"{"version":"0.2.0","type":"sample","payload":"e30="}"#).is_err());
-        assert!(r.register_message(br#"{"version":"0.1.0","type":"swid","payload":"e30="}"#).is_err());
-        assert!(r.register_message(br#"{"version":"0.1.0","type":"sample","payload":"!"}"#).is_err());
+        assert!(
+            r.register_message(br#"{"version":"0.2.0","type":"sample","payload":"e30="}"#)
+                .is_err()
+        );
+        assert!(
+            r.register_message(br#"{"version":"0.1.0","type":"swid","payload":"e30="}"#)
+                .is_err()
+        );
+        assert!(
+            r.register_message(br#"{"version":"0.1.0","type":"sample","payload":"!"}"#)
+                .is_err()
+        );
         assert!(r.add("", Value::Null, None).is_err());
-        r.add("old", serde_json::json!(["x"]), Some(OffsetDateTime::now_utc() - Duration::seconds(1)))
-            .unwrap();
-        assert_eq!(r.query("old").unwrap(), None, "expired values read as absent");
+        r.add(
+            "old",
+            serde_json::json!(["x"]),
+            Some(OffsetDateTime::now_utc() - Duration::seconds(1)),
+        )
+        .unwrap();
+        assert_eq!(
+            r.query("old").unwrap(),
+            None,
+            "expired values read as absent"
+        );
         assert_eq!(r.list().unwrap().len(), 1);
         assert!(r.delete("old").unwrap());
         assert!(r.list().unwrap().is_empty());

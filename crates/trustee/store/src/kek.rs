@@ -169,8 +169,14 @@ mod tests {
         let again = Kek::load_or_create(&path).unwrap();
         let sealed = kek.seal("resources", "a/b/c", b"secret");
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
-        assert_eq!(&*again.open("resources", "a/b/c", &sealed).unwrap(), b"secret");
-        assert!(kek.open("resources", "a/b/d", &sealed).is_err(), "moved value must not open");
+        assert_eq!(
+            &*again.open("resources", "a/b/c", &sealed).unwrap(),
+            b"secret"
+        );
+        assert!(
+            kek.open("resources", "a/b/d", &sealed).is_err(),
+            "moved value must not open"
+        );
         let other = Kek::from_bytes(&[7u8; 32]);
         assert!(other.open("resources", "a/b/c", &sealed).is_err());
         let mut t = sealed.clone();

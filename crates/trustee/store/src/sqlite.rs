@@ -52,7 +52,10 @@ impl SqliteStore {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..POOL_SIZE {
             if let Some(conn) = self.pool[(start + i) % POOL_SIZE].try_lock() {
@@ -74,9 +77,11 @@ fn now() -> i64 {
 impl Store for SqliteStore {
     fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.with(|c| {
-            Ok(c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
-                .query_row(params![ns, key], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
+                    .query_row(params![ns, key], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 

@@ -26,7 +26,9 @@ pub enum VerifyError {
     },
     /// The report data does not carry the session binding (stale nonce,
     /// wrong key, or replayed evidence).
-    #[error("report data does not match this session (expected {expected}, evidence has {found}): evidence is stale, replayed, or bound to another key")]
+    #[error(
+        "report data does not match this session (expected {expected}, evidence has {found}): evidence is stale, replayed, or bound to another key"
+    )]
     ReportDataMismatch {
         /// Expected binding, hex.
         expected: String,
@@ -135,7 +137,11 @@ impl VerifierRegistry {
 
     /// Names of the registered TEEs.
     pub fn supported(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.verifiers.keys().map(|t| cocoon_types::tee_name(*t)).collect();
+        let mut v: Vec<String> = self
+            .verifiers
+            .keys()
+            .map(|t| cocoon_types::tee_name(*t))
+            .collect();
         v.sort();
         v
     }

@@ -1,7 +1,7 @@
 //! The `sample` TEE: unsigned JSON evidence for development. It proves
 //! nothing and is registered only when development TEEs are allowed.
 
-use crate::{TeeClass, TeeClaims, Verifier, VerifyError, VerifyInput};
+use crate::{TeeClaims, TeeClass, Verifier, VerifyError, VerifyInput};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_types::Tee;
@@ -46,16 +46,17 @@ impl Verifier for SampleVerifier {
     }
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
-        let ev: SampleEvidence = serde_json::from_value(input.evidence.clone()).map_err(|e| {
-            VerifyError::Malformed {
+        let ev: SampleEvidence =
+            serde_json::from_value(input.evidence.clone()).map_err(|e| VerifyError::Malformed {
                 tee: "sample",
                 detail: format!("expected {{\"svn\": string, \"report_data\": base64}}: {e}"),
-            }
-        })?;
-        let found = B64.decode(&ev.report_data).map_err(|_| VerifyError::Malformed {
-            tee: "sample",
-            detail: "report_data is not base64".into(),
-        })?;
+            })?;
+        let found = B64
+            .decode(&ev.report_data)
+            .map_err(|_| VerifyError::Malformed {
+                tee: "sample",
+                detail: "report_data is not base64".into(),
+            })?;
         // Exact comparison: no padding or truncation to make it fit.
         if found != input.expected_report_data {
             return Err(VerifyError::ReportDataMismatch {
@@ -133,9 +134,16 @@ mod tests {
                 expected_report_data: &rd,
                 init_data_digest: None,
             });
-            assert!(matches!(r, Err(VerifyError::ReportDataMismatch { .. })), "{ev}");
+            assert!(
+                matches!(r, Err(VerifyError::ReportDataMismatch { .. })),
+                "{ev}"
+            );
         }
-        for ev in [json!({"report_data": "x"}), json!([1]), json!({"svn": "1", "report_data": "%%"})] {
+        for ev in [
+            json!({"report_data": "x"}),
+            json!([1]),
+            json!({"svn": "1", "report_data": "%%"}),
+        ] {
             let r = SampleVerifier.verify(&VerifyInput {
                 evidence: &ev,
                 expected_report_data: &rd,
