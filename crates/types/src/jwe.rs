@@ -65,7 +65,8 @@ fn b64d(field: &str, s: &str) -> Result<Vec<u8>, JweError> {
         .map_err(|_| JweError::Malformed(format!("member '{field}' is not base64url")))
 }
 
-fn ec_point_from_jwk(x: &str, y: &str) -> Result<p256::PublicKey, JweError> {
+/// The JWK `x`/`y` members of a P-256 key as raw 32-byte coordinates.
+fn p256_coordinates(x: &str, y: &str) -> Result<(Vec<u8>, Vec<u8>), JweError> {
     let x = B64URL
         .decode(x)
         .map_err(|_| JweError::InvalidKey("x is not base64url".into()))?;
@@ -77,6 +78,11 @@ fn ec_point_from_jwk(x: &str, y: &str) -> Result<p256::PublicKey, JweError> {
             "P-256 coordinates must be 32 bytes each".into(),
         ));
     }
+    Ok((x, y))
+}
+
+fn ec_point_from_jwk(x: &str, y: &str) -> Result<p256::PublicKey, JweError> {
+    let (x, y) = p256_coordinates(x, y)?;
     let point = EncodedPoint::<p256::NistP256>::from_affine_coordinates(
         x.as_slice().into(),
         y.as_slice().into(),
@@ -106,17 +112,7 @@ fn concat_kdf(z: &[u8]) -> Zeroizing<[u8; 32]> {
 /// key-wrapping key and the ephemeral public coordinates (base64url).
 fn ecdh_es_p256(x: &str, y: &str) -> Result<([u8; 32], String, String), JweError> {
     use ring::agreement;
-    let x = B64URL
-        .decode(x)
-        .map_err(|_| JweError::InvalidKey("x is not base64url".into()))?;
-    let y = B64URL
-        .decode(y)
-        .map_err(|_| JweError::InvalidKey("y is not base64url".into()))?;
-    if x.len() != 32 || y.len() != 32 {
-        return Err(JweError::InvalidKey(
-            "P-256 coordinates must be 32 bytes each".into(),
-        ));
-    }
+    let (x, y) = p256_coordinates(x, y)?;
     let mut peer = Vec::with_capacity(65);
     peer.push(4);
     peer.extend_from_slice(&x);
