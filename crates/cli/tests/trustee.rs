@@ -357,8 +357,10 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     let big = "x".repeat(3 * 1024 * 1024);
     let mut answered = None;
     for _ in 0..10 {
-        let rb = raw
-            .http
+        // A client of its own: the connection the server closes must not go
+        // back into the pool the other requests use.
+        let client = reqwest::Client::new();
+        let rb = client
             .post(format!("{}/kbs/v0/auth", t.url))
             .body(big.clone());
         if let Ok(resp) = rb.send().await {
