@@ -138,21 +138,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     let http = a.conn.http()?;
     let expected = prepare_resource(&a, &http, &path).await?;
     let cert = a.conn.cert_pem()?;
-    let make_client = {
-        let url = a.conn.url.clone();
-        let tee = a.tee.clone();
-        move || -> Result<KbsClient> {
-            let attester = cocoon_attester::attester_for(&tee)?;
-            Ok(KbsClient::new(
-                &url,
-                Arc::from(attester),
-                ClientOptions {
-                    kbs_cert_pem: cert.clone(),
-                    ..ClientOptions::default()
-                },
-            )?)
-        }
-    };
+    let make_client = || sample_client(&a.conn.url, &a.tee, cert.clone());
     println!(
         "cocoon bench kbs: {} clients, {} s per phase, against {} (load generator on the same machine)",
         a.clients, a.duration, a.conn.url
@@ -301,6 +287,19 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     Ok(())
 }
 
+/// A guest client for `tee` with a fresh TEE key pair.
+fn sample_client(url: &str, tee: &str, kbs_cert_pem: Option<Vec<u8>>) -> Result<KbsClient> {
+    let attester = cocoon_attester::attester_for(tee)?;
+    Ok(KbsClient::new(
+        url,
+        Arc::from(attester),
+        ClientOptions {
+            kbs_cert_pem,
+            ..ClientOptions::default()
+        },
+    )?)
+}
+
 /// Sets the benchmark resource to fresh random bytes when an admin key is
 /// available; otherwise reads it once as the expected value.
 async fn prepare_resource(
@@ -329,15 +328,7 @@ async fn prepare_resource(
         check(resp, "setting the benchmark resource").await?;
         return Ok(secret);
     }
-    let attester = cocoon_attester::attester_for(&a.tee)?;
-    let c = KbsClient::new(
-        &a.conn.url,
-        Arc::from(attester),
-        ClientOptions {
-            kbs_cert_pem: a.conn.cert_pem()?,
-            ..ClientOptions::default()
-        },
-    )?;
+    let c = sample_client(&a.conn.url, &a.tee, a.conn.cert_pem()?)?;
     Ok(c.get_resource(path)
         .await
         .context("no admin key to create the benchmark resource, and reading it failed")?

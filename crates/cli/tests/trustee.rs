@@ -552,8 +552,9 @@ async fn sessions_continue_on_a_second_replica_and_secrets_survive_restarts() {
             );
         }
     }
+    // The logs were captured (replica A logged the store), and hold no plaintext.
+    assert!(log_a.contains("resource stored"), "{log_a}");
     for log in [log_a, log_b, log_c] {
         assert!(!log.contains("replicated-secret"), "secret in logs");
-        assert!(log.contains("resource stored") || log.contains("listening") || !log.is_empty());
     }
 }

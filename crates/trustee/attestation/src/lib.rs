@@ -238,12 +238,11 @@ impl AttestationService {
                 status = t;
             }
         }
-        if status == TrustTier::None {
-            failed.push("no trust claim reached the affirming tier".into());
-        }
         if !tv.any_set() {
             status = TrustTier::Contraindicated;
             failed.push("the attestation policy set no trust claim".into());
+        } else if status == TrustTier::None {
+            failed.push("no trust claim reached the affirming tier".into());
         }
         let explain = if status == TrustTier::Affirming {
             Vec::new()
@@ -267,7 +266,7 @@ impl AttestationService {
         let token_claims = json!({
             "eat_profile": EAT_PROFILE,
             "iat": iat,
-            "ear.verifier-id": {"developer": "https://cocoon.dev", "build": concat!("cocoon-trustee ", env!("CARGO_PKG_VERSION"))},
+            "ear.verifier-id": {"developer": "cocoon", "build": concat!("cocoon-trustee ", env!("CARGO_PKG_VERSION"))},
             "submods": { submod: {
                 "ear.status": status.as_str(),
                 "ear.trustworthiness-vector": tv_json,
