@@ -1,0 +1,101 @@
+//! The TPM client against a real software TPM (swtpm, installed by
+//! scripts/test): AK creation and persistence, quotes that verify, PCR
+//! extends that change what is quoted.
+
+use cocoon_tpm::swtpm::Swtpm;
+use cocoon_tpm::{
+    AkPublicKey, DEFAULT_AK_HANDLE, KeyAlgorithm, Tcti, Tpm, TpmError, extend_sha256, verify_quote,
+};
+
+#[test]
+fn enroll_quote_extend_against_swtpm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sw = Swtpm::start(dir.path()).expect("swtpm must be installed (scripts/test installs it)");
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+
+    // No AK yet: quoting says what to do.
+    let err = tpm.quote(DEFAULT_AK_HANDLE, &[1; 32]).unwrap_err();
+    assert!(matches!(err, TpmError::NoAk(_)), "{err}");
+    assert!(err.to_string().contains("cocoon tpm enroll"));
+
+    let (ak, created) = tpm
+        .ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::Rsa2048)
+        .unwrap();
+    assert!(created);
+    let (again, created) = tpm
+        .ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::Rsa2048)
+        .unwrap();
+    assert!(!created, "second enroll loads the persistent AK");
+    assert_eq!(ak, again);
+    let (ecc, _) = tpm.ensure_ak(0x8101_0003, KeyAlgorithm::EccP256).unwrap();
+    let (ek, _) = tpm.ensure_ek(cocoon_tpm::DEFAULT_EK_HANDLE).unwrap();
+    assert!(!ek.is_restricted_signing());
+    // The EK is not a signing key: it cannot serve as an AK.
+    assert!(
+        tpm.ensure_ak(cocoon_tpm::DEFAULT_EK_HANDLE, KeyAlgorithm::Rsa2048)
+            .is_err()
+    );
+
+    let before = tpm.pcr_read_sha256().unwrap();
+    assert_eq!(before.len(), 24);
+    let digest = [0x42u8; 32];
+    tpm.pcr_extend_sha256(8, &digest).unwrap();
+    let after = tpm.pcr_read_sha256().unwrap();
+    assert_eq!(after[8], extend_sha256(&before[8], &digest));
+    assert_eq!(after[7], before[7]);
+
+    for (handle, public) in [(DEFAULT_AK_HANDLE, &ak), (0x8101_0003, &ecc)] {
+        let nonce = [7u8; 64];
+        let q = tpm.quote(handle, &nonce).unwrap();
+        let key = AkPublicKey::from_spki_der(&public.to_spki_der().unwrap()).unwrap();
+        let v = verify_quote(&key, &q.attest, &q.signature, &after).unwrap();
+        assert_eq!(v.attest.extra_data, nonce);
+        // Quoted PCRs differ from the pre-extend values.
+        assert!(matches!(
+            verify_quote(&key, &q.attest, &q.signature, &before),
+            Err(TpmError::PcrDigestMismatch)
+        ));
+    }
+    // An RSA quote does not verify with the ECC key.
+    let q = tpm.quote(DEFAULT_AK_HANDLE, &[0; 32]).unwrap();
+    let key = AkPublicKey::from_spki_der(&ecc.to_spki_der().unwrap()).unwrap();
+    assert!(matches!(
+        verify_quote(&key, &q.attest, &q.signature, &after),
+        Err(TpmError::KeySignatureMismatch)
+    ));
+    assert!(tpm.pcr_extend_sha256(24, &digest).is_err());
+    drop(tpm);
+
+    // The AK survives a restart of the TPM (persistent handle, same state dir).
+    drop(sw);
+    let sw = Swtpm::start(dir.path()).unwrap();
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+    assert_eq!(tpm.read_public(DEFAULT_AK_HANDLE).unwrap(), Some(ak));
+}
+
+#[test]
+fn tcti_strings() {
+    assert_eq!(
+        "device:/dev/tpm0".parse::<Tcti>().unwrap(),
+        Tcti::Device("/dev/tpm0".into())
+    );
+    assert_eq!("device".parse::<Tcti>().unwrap(), Tcti::default());
+    assert_eq!(
+        "swtpm:host=127.0.0.1,port=4000".parse::<Tcti>().unwrap(),
+        Tcti::Swtpm {
+            host: "127.0.0.1".into(),
+            port: 4000
+        }
+    );
+    assert_eq!(
+        "swtpm:port=1".parse::<Tcti>().unwrap().to_string(),
+        "swtpm:host=localhost,port=1"
+    );
+    assert!("mssim:port=1".parse::<Tcti>().is_err());
+    assert!("swtpm:port=x".parse::<Tcti>().is_err());
+    assert!("swtpm:color=red".parse::<Tcti>().is_err());
+    let err = Tpm::open(&Tcti::Device("/nonexistent/tpm".into()))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("/nonexistent/tpm"));
+}
