@@ -76,6 +76,19 @@ enum AdminCommand {
         #[arg(long, default_value = "default_cpu")]
         id: String,
     },
+    /// Trust a TPM attestation key (PEM public key from `cocoon tpm enroll`).
+    AddTpmAk {
+        /// PEM (or DER) public key file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// List trusted TPM attestation keys.
+    ListTpmAks,
+    /// Stop trusting a TPM attestation key.
+    DeleteTpmAk {
+        /// Fingerprint as `list-tpm-aks` prints it.
+        fingerprint: String,
+    },
     /// Set a reference value: NAME and its accepted VALUEs (strings, or one JSON value with --json).
     AddReferenceValue {
         /// Name the policy queries with query_reference_value(NAME).
@@ -282,6 +295,41 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 .text()
                 .await?;
             print!("{text}");
+        }
+        AdminCommand::AddTpmAk { file } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let ak: Value = ad
+                .send(ad.http.post(c.kbs("/tpm-ak")).body(body), "add-tpm-ak")
+                .await?
+                .json()
+                .await?;
+            eprintln!(
+                "trusted TPM AK {}",
+                ak["fingerprint"].as_str().unwrap_or("?")
+            );
+        }
+        AdminCommand::ListTpmAks => {
+            let list: Vec<Value> = ad
+                .send(ad.http.get(c.kbs("/tpm-aks")), "list-tpm-aks")
+                .await?
+                .json()
+                .await?;
+            for ak in list {
+                println!(
+                    "{}  added {}",
+                    ak["fingerprint"].as_str().unwrap_or("?"),
+                    fmt_time(ak["added"].as_i64().unwrap_or_default())
+                );
+            }
+        }
+        AdminCommand::DeleteTpmAk { fingerprint } => {
+            ad.send(
+                ad.http.delete(c.kbs(&format!("/tpm-ak/{fingerprint}"))),
+                "delete-tpm-ak",
+            )
+            .await?;
+            eprintln!("TPM AK {fingerprint} is no longer trusted");
         }
         AdminCommand::AddReferenceValue {
             name,

@@ -289,7 +289,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
 
 /// A guest client for `tee` with a fresh TEE key pair.
 fn sample_client(url: &str, tee: &str, kbs_cert_pem: Option<Vec<u8>>) -> Result<KbsClient> {
-    let attester = cocoon_attester::attester_for(tee)?;
+    let attester = cocoon_attester::attester_for(tee, &Default::default())?;
     Ok(KbsClient::new(
         url,
         Arc::from(attester),

@@ -39,7 +39,7 @@ pub struct GetResourceArgs {
 }
 
 fn client(g: &GuestOptions) -> Result<KbsClient> {
-    let attester = cocoon_attester::attester_for(&g.tee)?;
+    let attester = cocoon_attester::attester_for(&g.tee, &Default::default())?;
     let init_data = match &g.init_data {
         Some(p) => Some(
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,

@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod client;
 mod guest;
+mod tpm;
 mod trustee;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,9 @@ enum Command {
     GetResource(guest::GetResourceArgs),
     /// Show recent denials: which claim failed which rule.
     Explain(admin::ExplainArgs),
+    /// Prepare a TPM for attestation: enroll an AK, read and extend PCRs.
+    #[command(subcommand)]
+    Tpm(tpm::TpmCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
             Command::GetResource(a) => guest::get_resource(a).await,
             Command::Explain(a) => admin::explain(a).await,
             Command::Bench(b) => bench::run(b).await,
+            Command::Tpm(t) => tokio::task::spawn_blocking(move || tpm::run(t)).await?,
         }
     });
     match result {

@@ -7,6 +7,7 @@ pub mod error_body;
 pub mod initdata;
 pub mod jwe;
 pub mod resource;
+pub mod sealed;
 
 pub use kbs_types::{
     Attestation, Challenge, CompositeEvidence, HashAlgorithm, InitData, Request, RuntimeData, Tee,

@@ -1,19 +1,64 @@
 //! Guest attesters: produce TEE evidence whose report data carries the KBS
-//! session binding. One [`Attester`] per TEE; [`attester_for`] picks one.
+//! session binding, extend runtime measurements, and bind initdata. One
+//! [`Attester`] per TEE, one module each; [`attester_for`] builds one by
+//! name and [`detect`] picks the one this platform supports.
 
-use base64::Engine;
+pub mod sample;
+pub mod tpm;
+
 use cocoon_types::Tee;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+pub use sample::SampleAttester;
+pub use tpm::{TpmAttester, TpmAttesterConfig};
 
 /// Attester errors.
 #[derive(Debug, thiserror::Error)]
 pub enum AttesterError {
     /// No attester exists for the requested TEE on this build.
-    #[error("no attester for TEE '{0}' (available: sample)")]
+    #[error("no attester for TEE '{0}' (available: sample, tpm)")]
     Unsupported(String),
+    /// This platform has none of the TEE interfaces an attester needs.
+    #[error("no TEE found on this platform (looked for: {0}); pass --tee sample for development")]
+    NoPlatform(String),
     /// Report data does not fit the TEE's field.
     #[error("report data of {0} bytes does not fit the TEE report field")]
     ReportDataTooLong(usize),
+    /// The TEE does not support the operation.
+    #[error("{0} is not supported by the {1} attester")]
+    NotSupported(&'static str, &'static str),
+    /// The initdata digest differs from the value the TEE has bound.
+    #[error(
+        "the TEE binds other initdata (expected {expected}, found {found}): the host launched this guest with different initdata"
+    )]
+    InitDataMismatch {
+        /// Digest of the initdata given to the agent, hex.
+        expected: String,
+        /// Value in the TEE, hex.
+        found: String,
+    },
+    /// The initdata digest cannot be bound by this TEE (wrong algorithm).
+    #[error("{0}")]
+    InitDataUnbindable(String),
+    /// The TPM failed.
+    #[error("TPM: {0}")]
+    Tpm(#[from] cocoon_tpm::TpmError),
+    /// The TEE device failed.
+    #[error("{0}")]
+    Device(String),
+}
+
+/// How initdata ended up bound to the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitDataBinding {
+    /// The hardware field (MRCONFIGID, HOSTDATA) already holds the digest.
+    Checked,
+    /// The digest was extended into a measurement register (vTPM PCR 8).
+    Extended,
+    /// The register already holds exactly this digest (agent restart).
+    AlreadyExtended,
+    /// The TEE cannot bind initdata (development TEEs).
+    Unbound,
 }
 
 /// Produces evidence for one TEE.
@@ -22,31 +67,56 @@ pub trait Attester: Send + Sync {
     fn tee(&self) -> Tee;
     /// Evidence carrying `report_data`.
     fn evidence(&self, report_data: &[u8]) -> Result<Value, AttesterError>;
+    /// Extends measurement register `index` with `digest` (runtime measurement).
+    fn extend_runtime_measurement(&self, _index: u32, _digest: &[u8]) -> Result<(), AttesterError> {
+        Err(AttesterError::NotSupported(
+            "runtime measurement",
+            tee_label(self.tee()),
+        ))
+    }
+    /// Checks (or, for vTPMs, establishes) that the TEE binds `digest`, the
+    /// initdata digest computed with the initdata's own algorithm.
+    fn bind_init_data(&self, _digest: &[u8]) -> Result<InitDataBinding, AttesterError> {
+        Ok(InitDataBinding::Unbound)
+    }
 }
 
-/// The development `sample` TEE: unsigned JSON with the report data in base64.
-pub struct SampleAttester;
-
-impl Attester for SampleAttester {
-    fn tee(&self) -> Tee {
-        Tee::Sample
+fn tee_label(tee: Tee) -> &'static str {
+    match tee {
+        Tee::Sample => "sample",
+        Tee::Tpm => "tpm",
+        Tee::Tdx => "tdx",
+        Tee::Snp => "snp",
+        Tee::AzSnpVtpm => "az-snp-vtpm",
+        Tee::AzTdxVtpm => "az-tdx-vtpm",
+        _ => "this",
     }
+}
 
-    fn evidence(&self, report_data: &[u8]) -> Result<Value, AttesterError> {
-        if report_data.len() > 64 {
-            return Err(AttesterError::ReportDataTooLong(report_data.len()));
-        }
-        Ok(json!({
-            "svn": "1",
-            "report_data": base64::engine::general_purpose::STANDARD.encode(report_data),
-        }))
-    }
+/// Options for building attesters.
+#[derive(Debug, Clone, Default)]
+pub struct AttesterOptions {
+    /// TPM settings for `tpm`.
+    pub tpm: TpmAttesterConfig,
 }
 
 /// The attester for a TEE name.
-pub fn attester_for(tee: &str) -> Result<Box<dyn Attester>, AttesterError> {
+pub fn attester_for(tee: &str, opts: &AttesterOptions) -> Result<Box<dyn Attester>, AttesterError> {
     match tee {
         "sample" => Ok(Box::new(SampleAttester)),
+        "tpm" => Ok(Box::new(TpmAttester::new(opts.tpm.clone()))),
         other => Err(AttesterError::Unsupported(other.to_string())),
     }
+}
+
+/// Probes the platform and returns the attester for the TEE found, in order
+/// of preference: hardware TEEs first, then a TPM. `sample` is never chosen
+/// by probing.
+pub fn detect(opts: &AttesterOptions) -> Result<Box<dyn Attester>, AttesterError> {
+    if tpm::detect(&opts.tpm) {
+        return attester_for("tpm", opts);
+    }
+    Err(AttesterError::NoPlatform(
+        "TPM at the configured TCTI".into(),
+    ))
 }

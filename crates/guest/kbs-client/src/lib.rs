@@ -70,9 +70,33 @@ impl ClientError {
     }
 }
 
+/// How often and how patiently to retry a KBS that cannot be reached or
+/// answers 5xx. Refusals (4xx) are never retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts in total (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the first retry; doubles each time.
+    pub initial_backoff: std::time::Duration,
+    /// Upper bound of one delay.
+    pub max_backoff: std::time::Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 5,
+            initial_backoff: std::time::Duration::from_millis(200),
+            max_backoff: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
 /// Client options.
 #[derive(Default)]
 pub struct ClientOptions {
+    /// Retry behaviour for unreachable or failing KBSes.
+    pub retry: RetryPolicy,
     /// PEM certificate(s) to pin for HTTPS.
     pub kbs_cert_pem: Option<Vec<u8>>,
     /// Initdata TOML document to send in every Attestation.
@@ -85,6 +109,29 @@ pub struct ClientOptions {
 struct SessionState {
     cookie: String,
     token: String,
+    /// Token expiry (unix seconds), from its `exp` claim.
+    exp: Option<i64>,
+}
+
+/// The `exp` claim of a JWT, read without verifying it (the guest only
+/// uses it to know when to attest again).
+fn jwt_exp(token: &str) -> Option<i64> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes)
+        .ok()?
+        .get("exp")?
+        .as_i64()
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// Installs the process-wide TLS crypto provider (ring) if none is set.
@@ -100,6 +147,7 @@ pub struct KbsClient {
     attester: Arc<dyn Attester>,
     key: Arc<TeeKeyPair>,
     init_data: Option<String>,
+    retry: RetryPolicy,
     session: Mutex<Option<SessionState>>,
 }
 
@@ -164,15 +212,57 @@ impl KbsClient {
                 .key_pair
                 .unwrap_or_else(|| Arc::new(TeeKeyPair::generate_ec())),
             init_data: opts.init_data,
+            retry: opts.retry,
             session: Mutex::new(None),
         })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ClientError {
+        // reqwest's top-level message hides the cause (connection refused,
+        // certificate mismatch): show the whole chain.
+        let mut detail = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            detail.push_str(": ");
+            detail.push_str(&s.to_string());
+            src = s.source();
+        }
         ClientError::Unreachable {
             url: self.base.clone(),
-            detail: e.to_string(),
+            detail,
         }
+    }
+
+    /// Sends the request `make` builds, retrying with exponential backoff
+    /// while the KBS cannot be reached or answers 5xx. TLS failures (a
+    /// wrong pinned certificate) are not retried: they will not heal.
+    async fn send(
+        &self,
+        what: &'static str,
+        make: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut delay = self.retry.initial_backoff;
+        let attempts = self.retry.attempts.max(1);
+        for attempt in 1..=attempts {
+            let last = attempt == attempts;
+            match make().send().await {
+                Ok(resp) if resp.status().is_server_error() && !last => {
+                    tracing::warn!(what, status = %resp.status(), attempt, "KBS error, retrying in {delay:?}");
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    let err = self.unreachable(e);
+                    let tls = err.to_string().to_ascii_lowercase().contains("certificate");
+                    if last || tls {
+                        return Err(err);
+                    }
+                    tracing::warn!(what, attempt, error = %err, "KBS unreachable, retrying in {delay:?}");
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.retry.max_backoff);
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// The TEE key pair resources are sealed to.
@@ -188,13 +278,10 @@ impl KbsClient {
             "tee": tee,
             "extra-params": {"supported-hash-algorithms": ["sha256", "sha384", "sha512"]},
         });
+        let url = format!("{}{KBS_PREFIX}/auth", self.base);
         let resp = self
-            .http
-            .post(format!("{}{KBS_PREFIX}/auth", self.base))
-            .json(&req)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send("auth", || self.http.post(&url).json(&req))
+            .await?;
         if !resp.status().is_success() {
             return Err(refused("auth", resp).await);
         }
@@ -226,7 +313,11 @@ impl KbsClient {
                 detail: e.to_string(),
             }
         })?;
-        let evidence = self.attester.evidence(&rd)?;
+        // Evidence may block on a device (TPM, TEE ioctl): keep it off the reactor.
+        let attester = self.attester.clone();
+        let evidence = tokio::task::spawn_blocking(move || attester.evidence(&rd))
+            .await
+            .map_err(|e| ClientError::Config(format!("evidence task failed: {e}")))??;
         let init = self
             .init_data
             .as_ref()
@@ -237,17 +328,16 @@ impl KbsClient {
             "runtime-data": {"nonce": nonce, "tee-pubkey": pubkey},
             "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
         });
+        let url = format!("{}{KBS_PREFIX}/attest", self.base);
+        let cookie_header = format!("{SESSION_COOKIE}={cookie}");
         let resp = self
-            .http
-            .post(format!("{}{KBS_PREFIX}/attest", self.base))
-            .header(
-                reqwest::header::COOKIE,
-                format!("{SESSION_COOKIE}={cookie}"),
-            )
-            .json(&att)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send("attest", || {
+                self.http
+                    .post(&url)
+                    .header(reqwest::header::COOKIE, &cookie_header)
+                    .json(&att)
+            })
+            .await?;
         if !resp.status().is_success() {
             return Err(refused("attest", resp).await);
         }
@@ -269,31 +359,41 @@ impl KbsClient {
         if let Ok(mut s) = self.session.lock() {
             *s = Some(SessionState {
                 cookie,
+                exp: jwt_exp(&token),
                 token: token.clone(),
             });
         }
         Ok(token)
     }
 
-    /// The current token, attesting first if there is none.
+    /// The current token, attesting first if there is none or it has
+    /// expired (checked without leeway, as CoCo's client does).
     pub async fn token(&self) -> Result<String, ClientError> {
-        if let Some(s) = self.session.lock().ok().and_then(|s| s.clone()) {
+        if let Some(s) = self.session.lock().ok().and_then(|s| s.clone())
+            && s.exp.is_none_or(|exp| exp > now_unix())
+        {
             return Ok(s.token);
         }
         self.attest().await
     }
 
+    /// Forgets the session, so the next call attests again.
+    pub fn reset_session(&self) {
+        if let Ok(mut s) = self.session.lock() {
+            *s = None;
+        }
+    }
+
     async fn fetch(&self, path: &ResourcePath, cookie: &str) -> Result<FlattenedJwe, ClientError> {
+        let url = format!("{}{KBS_PREFIX}/resource/{path}", self.base);
+        let cookie_header = format!("{SESSION_COOKIE}={cookie}");
         let resp = self
-            .http
-            .get(format!("{}{KBS_PREFIX}/resource/{path}", self.base))
-            .header(
-                reqwest::header::COOKIE,
-                format!("{SESSION_COOKIE}={cookie}"),
-            )
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+            .send("resource", || {
+                self.http
+                    .get(&url)
+                    .header(reqwest::header::COOKIE, &cookie_header)
+            })
+            .await?;
         if resp.status() != StatusCode::OK {
             return Err(refused("resource", resp).await);
         }
@@ -309,7 +409,13 @@ impl KbsClient {
         &self,
         path: &ResourcePath,
     ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        let cookie = match self.session.lock().ok().and_then(|s| s.clone()) {
+        let valid = self
+            .session
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .filter(|s| s.exp.is_none_or(|exp| exp > now_unix()));
+        let cookie = match valid {
             Some(s) => s.cookie,
             None => {
                 self.attest().await?;

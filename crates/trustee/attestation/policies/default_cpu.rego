@@ -68,3 +68,53 @@ explain contains msg if {
 explain contains "configuration: claim sample.debug is true" if {
 	input.sample.debug == true
 }
+
+# ---- tpm -----------------------------------------------------------------
+# The quote verified with an AK an admin registered: the hardware is trusted.
+# Each PCR N that has a reference value "tpm_pcrN" (a list of hex digests)
+# must equal one of them, and at least one such reference value must exist.
+
+hardware := 2 if input.tpm
+
+tpm_pcr_checks[n] := {"claim": v, "refs": refs} if {
+	some k, v in input.tpm
+	startswith(k, "pcr")
+	n := to_number(substring(k, 3, 2))
+	refs := query_reference_value(sprintf("tpm_pcr%d", [n]))
+	refs != null
+}
+
+tpm_pcr_failures contains n if {
+	some n, c in tpm_pcr_checks
+	not lower(c.claim) in {lower(r) | some r in c.refs}
+}
+
+tpm_pcrs_ok if {
+	count(tpm_pcr_checks) > 0
+	count(tpm_pcr_failures) == 0
+}
+
+executables := 3 if {
+	input.tpm
+	tpm_pcrs_ok
+}
+
+configuration := 2 if {
+	input.tpm
+	tpm_pcrs_ok
+}
+
+explain contains msg if {
+	some n in tpm_pcr_failures
+	c := tpm_pcr_checks[n]
+	msg := sprintf("executables: claim tpm.pcr%v=%v is not in reference value 'tpm_pcr%d'=%v", [pad2(n), c.claim, n, c.refs])
+}
+
+explain contains "executables: no PCR reference values are registered (names tpm_pcr0 .. tpm_pcr23): add them with `cocoon admin add-reference-value`" if {
+	input.tpm
+	count(tpm_pcr_checks) == 0
+}
+
+pad2(n) := sprintf("0%d", [n]) if n < 10
+
+pad2(n) := sprintf("%d", [n]) if n >= 10

@@ -80,13 +80,13 @@ pub struct KbsState {
     pub denials: mpsc::Sender<Denial>,
 }
 
-type AppState = Arc<KbsState>;
+pub(crate) type AppState = Arc<KbsState>;
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, KbsError> {
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, KbsError> {
     body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             KbsError::BodyTooLarge(BODY_LIMIT)
@@ -145,7 +145,7 @@ fn open_session(s: &KbsState, headers: &HeaderMap) -> Result<Session, KbsError> 
     })
 }
 
-fn require_admin(s: &KbsState, headers: &HeaderMap) -> Result<(), KbsError> {
+pub(crate) fn require_admin(s: &KbsState, headers: &HeaderMap) -> Result<(), KbsError> {
     if s.insecure_admin {
         return Ok(());
     }
@@ -762,7 +762,13 @@ pub fn router(state: AppState) -> Router {
                 .delete(delete_reference_value),
         )
         .route("/reference-values", get(list_reference_values))
-        .route("/denials", get(list_denials));
+        .route("/denials", get(list_denials))
+        .route("/tpm-ak", post(crate::tpm_aks::add_tpm_ak))
+        .route("/tpm-aks", get(crate::tpm_aks::list_tpm_aks))
+        .route(
+            "/tpm-ak/{fingerprint}",
+            axum::routing::delete(crate::tpm_aks::delete_tpm_ak),
+        );
     Router::new()
         .nest(cocoon_types::KBS_PREFIX, kbs)
         .route("/.well-known/jwks.json", get(jwks))

@@ -9,5 +9,6 @@ pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod tpm_aks;
 
 pub use server::{TlsMode, Trustee, TrusteeConfig, default_data_dir};

@@ -215,6 +215,7 @@ impl Trustee {
         }
         let verifiers = VerifierRegistry::new(VerifierOptions {
             allow_dev_tee: cfg.allow_dev_tee,
+            tpm_trusted_aks: Some(Arc::new(crate::tpm_aks::StoreTrustedAks(store.clone()))),
         });
         let attestation = AttestationService::new(
             store.clone(),

@@ -22,6 +22,8 @@ pub mod ns {
     pub const REFERENCE_VALUES: &str = "reference_values";
     /// Event log of denials (append-only, bounded).
     pub const DENIALS: &str = "denials";
+    /// TPM attestation keys the `tpm` verifier trusts (public, not sealed).
+    pub const TPM_AKS: &str = "tpm_aks";
 }
 
 /// Storage errors.

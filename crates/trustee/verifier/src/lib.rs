@@ -7,6 +7,7 @@
 //! JSON only here, at the policy edge.
 
 pub mod sample;
+pub mod tpm;
 
 use cocoon_types::Tee;
 use serde_json::Value;
@@ -41,6 +42,29 @@ pub enum VerifyError {
     /// No verifier for this TEE is registered (or it is disabled).
     #[error("{0}")]
     Unavailable(String),
+    /// A signature or integrity check failed.
+    #[error("{tee} evidence rejected: {reason}")]
+    Invalid {
+        /// TEE name.
+        tee: &'static str,
+        /// Which check failed.
+        reason: String,
+    },
+    /// The evidence is signed by a key the trustee does not trust.
+    #[error("{tee} evidence is signed by an untrusted key: {detail}")]
+    UntrustedKey {
+        /// TEE name.
+        tee: &'static str,
+        /// Which key and how to trust it.
+        detail: String,
+    },
+}
+
+/// A set of trusted public keys (for example TPM attestation keys),
+/// looked up by DER SubjectPublicKeyInfo.
+pub trait TrustedKeys: Send + Sync {
+    /// Whether `spki_der` is trusted.
+    fn is_trusted(&self, spki_der: &[u8]) -> Result<bool, String>;
 }
 
 /// The TEE class the claims describe; names the EAR submodule (`cpu0`, `gpu0`).
@@ -99,10 +123,22 @@ pub trait Verifier: Send + Sync {
 }
 
 /// Which verifiers to register.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct VerifierOptions {
     /// Register development TEEs (`sample`), which accept unsigned evidence.
     pub allow_dev_tee: bool,
+    /// TPM attestation keys the `tpm` verifier trusts; without it the `tpm`
+    /// TEE is not registered.
+    pub tpm_trusted_aks: Option<Arc<dyn TrustedKeys>>,
+}
+
+impl std::fmt::Debug for VerifierOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifierOptions")
+            .field("allow_dev_tee", &self.allow_dev_tee)
+            .field("tpm", &self.tpm_trusted_aks.is_some())
+            .finish()
+    }
 }
 
 /// The set of verifiers, by TEE.
@@ -118,6 +154,9 @@ impl VerifierRegistry {
         let mut all: Vec<Arc<dyn Verifier>> = Vec::new();
         if options.allow_dev_tee {
             all.push(Arc::new(sample::SampleVerifier));
+        }
+        if let Some(aks) = &options.tpm_trusted_aks {
+            all.push(Arc::new(tpm::TpmVerifier::new(aks.clone())));
         }
         let verifiers = all.into_iter().map(|v| (v.tee(), v)).collect();
         Self { verifiers, options }
@@ -145,4 +184,16 @@ impl VerifierRegistry {
         v.sort();
         v
     }
+}
+
+/// The first 8 bytes of `b` in hex, for error messages.
+pub(crate) fn hex_short(b: &[u8]) -> String {
+    let mut s = String::with_capacity(20);
+    for x in b.iter().take(8) {
+        s.push_str(&format!("{x:02x}"));
+    }
+    if b.len() > 8 {
+        s.push('…');
+    }
+    s
 }

@@ -1,7 +1,7 @@
 //! The `sample` TEE: unsigned JSON evidence for development. It proves
 //! nothing and is registered only when development TEEs are allowed.
 
-use crate::{TeeClaims, TeeClass, Verifier, VerifyError, VerifyInput};
+use crate::{TeeClaims, TeeClass, Verifier, VerifyError, VerifyInput, hex_short};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_types::Tee;
@@ -83,17 +83,6 @@ impl Verifier for SampleVerifier {
             init_data,
         })
     }
-}
-
-fn hex_short(b: &[u8]) -> String {
-    let mut s = String::with_capacity(20);
-    for x in b.iter().take(8) {
-        s.push_str(&format!("{x:02x}"));
-    }
-    if b.len() > 8 {
-        s.push('…');
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,0 +1,286 @@
+//! The `tpm` TEE: a TPM 2.0 quote over SHA-256 PCRs 0-23, signed by an
+//! attestation key (AK) the trustee has been told to trust
+//! (`cocoon admin add-tpm-ak`). Checks, in order: the AK is trusted, the
+//! quote signature, the PCR values against the signed digest, the report
+//! data in extraData, and PCR 8 against the initdata digest.
+//!
+//! Claims, as CoCo's TPM verifier names them: `report_data` and `init_data`
+//! (PCR 8) in hex, `pcr00`..`pcr23` in hex; plus `reset_count`,
+//! `restart_count` and `ak_fingerprint` (SHA-256 of the AK's DER SPKI).
+
+use crate::{TeeClaims, TeeClass, TrustedKeys, Verifier, VerifyError, VerifyInput, hex_short};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cocoon_tpm::{AkPublicKey, TpmError, extend_sha256, verify_quote};
+use cocoon_types::Tee;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+const TEE: &str = "tpm";
+/// PCR holding the initdata digest.
+pub const INITDATA_PCR: usize = 8;
+
+/// TPM evidence as CoCo's TPM attester sends it.
+#[derive(Debug, Deserialize)]
+struct TpmEvidence {
+    ak_public: String,
+    tpm_quote: QuoteJson,
+}
+
+#[derive(Debug, Deserialize)]
+struct QuoteJson {
+    signature: String,
+    message: String,
+    pcrs: Vec<String>,
+}
+
+fn malformed(detail: impl Into<String>) -> VerifyError {
+    VerifyError::Malformed {
+        tee: TEE,
+        detail: detail.into(),
+    }
+}
+
+fn tpm_error(e: TpmError) -> VerifyError {
+    match e {
+        TpmError::Parse { .. } => malformed(e.to_string()),
+        other => VerifyError::Invalid {
+            tee: TEE,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Whether `extra` carries `expected`: equal, or `expected` zero-padded to
+/// 64 bytes (the quote's extraData is a fixed 64-byte field for CoCo).
+fn report_data_matches(extra: &[u8], expected: &[u8]) -> bool {
+    if extra.len() == expected.len() {
+        return extra == expected;
+    }
+    extra.len() == cocoon_tpm::structs::MAX_DIGEST
+        && extra.starts_with(expected)
+        && extra[expected.len()..].iter().all(|b| *b == 0)
+}
+
+/// The fingerprint the trustee lists AKs by: SHA-256 of the DER SPKI, hex.
+pub fn ak_fingerprint(spki_der: &[u8]) -> String {
+    hex::encode(Sha256::digest(spki_der))
+}
+
+/// Verifier for the `tpm` TEE.
+pub struct TpmVerifier {
+    trusted: Arc<dyn TrustedKeys>,
+}
+
+impl TpmVerifier {
+    /// A verifier trusting the AKs in `trusted`.
+    pub fn new(trusted: Arc<dyn TrustedKeys>) -> Self {
+        Self { trusted }
+    }
+}
+
+impl Verifier for TpmVerifier {
+    fn tee(&self) -> Tee {
+        Tee::Tpm
+    }
+
+    fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
+        let ev: TpmEvidence = serde_json::from_value(input.evidence.clone()).map_err(|e| {
+            malformed(format!(
+                "expected {{\"ak_public\", \"tpm_quote\": {{\"signature\", \"message\", \"pcrs\"}}}}: {e}"
+            ))
+        })?;
+        let b64 = |field: &str, s: &str| {
+            B64.decode(s)
+                .map_err(|_| malformed(format!("{field} is not base64")))
+        };
+        let ak_der = b64("ak_public", &ev.ak_public)?;
+        let attest = b64("tpm_quote.message", &ev.tpm_quote.message)?;
+        let signature = b64("tpm_quote.signature", &ev.tpm_quote.signature)?;
+        let mut pcrs = Vec::with_capacity(ev.tpm_quote.pcrs.len());
+        for (i, p) in ev.tpm_quote.pcrs.iter().enumerate() {
+            let v: [u8; 32] = hex::decode(p)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| malformed(format!("pcrs[{i}] is not 32 bytes of hex")))?;
+            pcrs.push(v);
+        }
+
+        let fingerprint = ak_fingerprint(&ak_der);
+        let trusted = self
+            .trusted
+            .is_trusted(&ak_der)
+            .map_err(VerifyError::Unavailable)?;
+        if !trusted {
+            return Err(VerifyError::UntrustedKey {
+                tee: TEE,
+                detail: format!(
+                    "AK {fingerprint} is not registered: run `cocoon tpm enroll` on the guest and `cocoon admin add-tpm-ak --file ak.pem` on the trustee"
+                ),
+            });
+        }
+        let ak = AkPublicKey::from_spki_der(&ak_der).map_err(tpm_error)?;
+        let quote = verify_quote(&ak, &attest, &signature, &pcrs).map_err(tpm_error)?;
+
+        let extra = &quote.attest.extra_data;
+        if !report_data_matches(extra, input.expected_report_data) {
+            return Err(VerifyError::ReportDataMismatch {
+                expected: hex_short(input.expected_report_data),
+                found: hex_short(extra),
+            });
+        }
+        let pcr8 = quote.pcrs[INITDATA_PCR];
+        if let Some(digest) = input.init_data_digest {
+            let d: [u8; 32] = digest
+                .try_into()
+                .map_err(|_| VerifyError::InitDataMismatch)?;
+            if extend_sha256(&[0; 32], &d) != pcr8 {
+                return Err(VerifyError::InitDataMismatch);
+            }
+        }
+
+        let mut claims = Map::new();
+        claims.insert("report_data".into(), Value::String(hex::encode(extra)));
+        claims.insert("init_data".into(), Value::String(hex::encode(pcr8)));
+        for (i, p) in quote.pcrs.iter().enumerate() {
+            claims.insert(format!("pcr{i:02}"), Value::String(hex::encode(p)));
+        }
+        claims.insert("reset_count".into(), quote.attest.reset_count.into());
+        claims.insert("restart_count".into(), quote.attest.restart_count.into());
+        claims.insert("ak_fingerprint".into(), Value::String(fingerprint));
+        Ok(TeeClaims {
+            class: TeeClass::Cpu,
+            claims: Value::Object(claims),
+            report_data: hex::encode(extra),
+            init_data: input.init_data_digest.map(hex::encode),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Keys(Vec<Vec<u8>>);
+    impl TrustedKeys for Keys {
+        fn is_trusted(&self, spki: &[u8]) -> Result<bool, String> {
+            Ok(self.0.iter().any(|k| k == spki))
+        }
+    }
+
+    fn fixture() -> Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../../shared/fixtures/tpm/trustee_tpm_evidence.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).expect("TPM fixture")).unwrap()
+    }
+
+    fn verifier_trusting(ev: &Value) -> TpmVerifier {
+        let ak = B64.decode(ev["ak_public"].as_str().unwrap()).unwrap();
+        TpmVerifier::new(Arc::new(Keys(vec![ak])))
+    }
+
+    fn extra_data(ev: &Value) -> Vec<u8> {
+        let attest = B64
+            .decode(ev["tpm_quote"]["message"].as_str().unwrap())
+            .unwrap();
+        cocoon_tpm::Attest::parse(&attest).unwrap().extra_data
+    }
+
+    #[test]
+    fn real_evidence_gives_coco_claims() {
+        let ev = fixture();
+        let rd = extra_data(&ev);
+        let v = verifier_trusting(&ev);
+        let c = v
+            .verify(&VerifyInput {
+                evidence: &ev,
+                expected_report_data: &rd,
+                init_data_digest: None,
+            })
+            .unwrap();
+        assert_eq!(c.claims["report_data"], hex::encode(&rd));
+        assert_eq!(c.claims["pcr08"], ev["tpm_quote"]["pcrs"][8]);
+        assert_eq!(c.claims["init_data"], ev["tpm_quote"]["pcrs"][8]);
+        assert_eq!(c.claims["pcr23"], ev["tpm_quote"]["pcrs"][23]);
+    }
+
+    #[test]
+    fn refusals_are_specific() {
+        let ev = fixture();
+        let rd = extra_data(&ev);
+        let v = verifier_trusting(&ev);
+        let input = |e: &Value, r: &[u8], i: Option<&[u8]>| {
+            v.verify(&VerifyInput {
+                evidence: e,
+                expected_report_data: r,
+                init_data_digest: i,
+            })
+            .map(|_| ())
+            .unwrap_err()
+        };
+        // untrusted AK
+        let other = TpmVerifier::new(Arc::new(Keys(vec![])));
+        let err = other
+            .verify(&VerifyInput {
+                evidence: &ev,
+                expected_report_data: &rd,
+                init_data_digest: None,
+            })
+            .unwrap_err();
+        assert!(matches!(err, VerifyError::UntrustedKey { .. }), "{err}");
+        assert!(err.to_string().contains("cocoon admin add-tpm-ak"));
+        // wrong nonce
+        let mut wrong = rd.clone();
+        wrong[0] ^= 1;
+        assert!(matches!(
+            input(&ev, &wrong, None),
+            VerifyError::ReportDataMismatch { .. }
+        ));
+        // initdata the PCR does not hold
+        assert!(matches!(
+            input(&ev, &rd, Some(&[9u8; 32])),
+            VerifyError::InitDataMismatch
+        ));
+        // a PCR value changed after quoting
+        let mut t = ev.clone();
+        t["tpm_quote"]["pcrs"][4] = Value::String("11".repeat(32));
+        let err = input(&t, &rd, None);
+        assert!(err.to_string().contains("PCR digest"), "{err}");
+        // a flipped bit in the signed message
+        let mut m = B64
+            .decode(ev["tpm_quote"]["message"].as_str().unwrap())
+            .unwrap();
+        m[40] ^= 4;
+        let mut t = ev.clone();
+        t["tpm_quote"]["message"] = Value::String(B64.encode(&m));
+        let err = input(&t, &rd, None);
+        assert!(err.to_string().contains("signature"), "{err}");
+        // malformed
+        let mut t = ev.clone();
+        t["tpm_quote"]["pcrs"][0] = Value::String("zz".into());
+        assert!(matches!(
+            input(&t, &rd, None),
+            VerifyError::Malformed { .. }
+        ));
+        assert!(matches!(
+            input(&serde_json::json!({"svn": "1"}), &rd, None),
+            VerifyError::Malformed { .. }
+        ));
+    }
+
+    #[test]
+    fn report_data_padding_is_exact() {
+        let exp = [1u8; 48];
+        let mut padded = exp.to_vec();
+        padded.resize(64, 0);
+        assert!(report_data_matches(&padded, &exp));
+        assert!(report_data_matches(&exp, &exp));
+        padded[60] = 1;
+        assert!(!report_data_matches(&padded, &exp));
+        assert!(!report_data_matches(&exp[..32], &exp));
+    }
+}
