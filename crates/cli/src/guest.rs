@@ -1,25 +1,60 @@
-//! `cocoon attest` and `cocoon get-resource`: act as a guest.
+//! `cocoon attest` and `cocoon get-resource`: act as a guest, with the same
+//! attestation agent the guest services run (initdata is bound first).
 
 use crate::client::Connection;
 use anyhow::{Context, Result};
 use clap::Args;
-use cocoon_kbs_client::{ClientOptions, KbsClient};
+use cocoon_attester::{AttesterOptions, TpmAttesterConfig};
+use cocoon_guest::aa::{AaConfig, AttestationAgent};
 use cocoon_types::resource::ResourceUri;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// Guest-side options.
 #[derive(Args, Debug)]
 pub struct GuestOptions {
     #[command(flatten)]
     conn: Connection,
-    /// TEE to attest as (only `sample` has a host-side attester).
+    /// TEE to attest as: sample (development) or tpm.
     #[arg(long, default_value = "sample")]
     tee: String,
-    /// Initdata TOML to send (its digest is bound where the TEE allows).
+    /// TPM for --tee tpm: device:/dev/tpmrm0 or swtpm:host=H,port=P.
+    #[arg(long = "tpm", env = "COCOON_TPM", default_value = "device:/dev/tpmrm0")]
+    tpm: String,
+    /// Persistent handle of the TPM attestation key.
+    #[arg(long, default_value = "0x81010002")]
+    ak_handle: String,
+    /// Initdata TOML: bound to the TEE first (vTPM: PCR 8), then sent with the evidence.
     #[arg(long)]
     init_data: Option<PathBuf>,
+}
+
+async fn agent(g: &GuestOptions) -> Result<AttestationAgent> {
+    let init_data = match &g.init_data {
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let tpm = TpmAttesterConfig {
+        tcti: g.tpm.parse()?,
+        ak_handle: u32::from_str_radix(g.ak_handle.trim_start_matches("0x"), 16)
+            .with_context(|| format!("--ak-handle '{}' is not hex", g.ak_handle))?,
+        ..TpmAttesterConfig::default()
+    };
+    let cfg = AaConfig {
+        tee: Some(g.tee.clone()),
+        attester: AttesterOptions { tpm },
+        kbs_url: Some(g.conn.url.clone()),
+        kbs_cert_pem: g.conn.cert_pem()?,
+        init_data,
+        ..AaConfig::default()
+    };
+    Ok(AttestationAgent::start(cfg).await?)
+}
+
+fn kbs(aa: &AttestationAgent) -> Result<&cocoon_kbs_client::KbsClient> {
+    aa.kbs().context("no KBS configured")
 }
 
 /// `cocoon attest`.
@@ -38,25 +73,10 @@ pub struct GetResourceArgs {
     guest: GuestOptions,
 }
 
-fn client(g: &GuestOptions) -> Result<KbsClient> {
-    let attester = cocoon_attester::attester_for(&g.tee, &Default::default())?;
-    let init_data = match &g.init_data {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let opts = ClientOptions {
-        kbs_cert_pem: g.conn.cert_pem()?,
-        init_data,
-        key_pair: None,
-    };
-    Ok(KbsClient::new(&g.conn.url, Arc::from(attester), opts)?)
-}
-
 /// Attests and prints the token.
 pub async fn attest(a: AttestArgs) -> Result<()> {
-    let token = client(&a.guest)?.attest().await?;
+    let aa = agent(&a.guest).await?;
+    let token = kbs(&aa)?.attest().await?;
     println!("{token}");
     Ok(())
 }
@@ -64,7 +84,8 @@ pub async fn attest(a: AttestArgs) -> Result<()> {
 /// Attests and writes the resource plaintext to stdout.
 pub async fn get_resource(a: GetResourceArgs) -> Result<()> {
     let uri = ResourceUri::parse(&a.uri)?;
-    let plain = client(&a.guest)?.get_resource(&uri.path).await?;
+    let aa = agent(&a.guest).await?;
+    let plain = kbs(&aa)?.get_resource(&uri.path).await?;
     let mut out = std::io::stdout().lock();
     out.write_all(&plain)?;
     out.flush()?;

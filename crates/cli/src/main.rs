@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod client;
 mod guest;
+mod secret;
 mod tpm;
 mod trustee;
 
@@ -33,6 +34,9 @@ enum Command {
     /// Prepare a TPM for attestation: enroll an AK, read and extend PCRs.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    /// Create sealed secrets for guests' data hubs.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
             Command::GetResource(a) => guest::get_resource(a).await,
             Command::Explain(a) => admin::explain(a).await,
             Command::Bench(b) => bench::run(b).await,
+            Command::Secret(c) => secret::run(c),
             Command::Tpm(t) => tokio::task::spawn_blocking(move || tpm::run(t)).await?,
         }
     });

@@ -1,0 +1,222 @@
+//! The Attestation Agent: owns the attester, binds initdata at start (so a
+//! guest launched with other initdata stops before asking for any secret),
+//! serves evidence and KBS tokens, and records runtime measurements.
+
+use crate::eventlog::{EventLog, MeasurementHash};
+use crate::{AgentError, blocking};
+use cocoon_attester::{Attester, AttesterOptions, InitDataBinding};
+use cocoon_kbs_client::{ClientOptions, KbsClient, RetryPolicy};
+use cocoon_types::initdata::InitData;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Default register for runtime measurements (TPM PCR 17 / TDX RTMR 2's slot in CoCo's config).
+pub const DEFAULT_RUNTIME_REGISTER: u64 = 17;
+
+/// Attestation Agent settings. Every field has a default; KBS settings may
+/// also come from the initdata's `aa.toml` (`[token_configs.kbs] url, cert`).
+#[derive(Debug, Clone, Default)]
+pub struct AaConfig {
+    /// TEE to attest as; `None` probes the platform.
+    pub tee: Option<String>,
+    /// Attester options (TPM TCTI, AK handle).
+    pub attester: AttesterOptions,
+    /// KBS base URL for tokens.
+    pub kbs_url: Option<String>,
+    /// KBS certificate to pin (PEM).
+    pub kbs_cert_pem: Option<Vec<u8>>,
+    /// Initdata TOML text.
+    pub init_data: Option<String>,
+    /// Register runtime measurements go to when a request names none.
+    pub runtime_register: Option<u64>,
+    /// File the runtime event log is appended to.
+    pub event_log_file: Option<PathBuf>,
+    /// KBS retry policy.
+    pub retry: RetryPolicy,
+}
+
+/// KBS settings from initdata's `aa.toml`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct AaToml {
+    #[serde(default)]
+    token_configs: TokenConfigs,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct TokenConfigs {
+    kbs: Option<KbsTokenConfig>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct KbsTokenConfig {
+    url: String,
+    #[serde(default)]
+    cert: Option<String>,
+}
+
+/// The Attestation Agent.
+pub struct AttestationAgent {
+    attester: Arc<dyn Attester>,
+    tee: String,
+    kbs: Option<KbsClient>,
+    init_data: Option<InitData>,
+    binding: InitDataBinding,
+    register: u64,
+    log: Mutex<EventLog>,
+}
+
+impl AttestationAgent {
+    /// Builds the attester, binds initdata, and prepares the KBS client.
+    pub async fn start(mut cfg: AaConfig) -> Result<Self, AgentError> {
+        let attester: Arc<dyn Attester> = match &cfg.tee {
+            Some(t) => Arc::from(cocoon_attester::attester_for(t, &cfg.attester)?),
+            None => Arc::from(cocoon_attester::detect(&cfg.attester)?),
+        };
+        let tee = cocoon_types::tee_name(attester.tee());
+        let init_data = match &cfg.init_data {
+            Some(text) => Some(InitData::parse(text)?),
+            None => None,
+        };
+        let mut binding = InitDataBinding::Unbound;
+        if let Some(init) = &init_data {
+            let a = attester.clone();
+            let digest = init.digest.clone();
+            binding = blocking(move || a.bind_init_data(&digest)).await??;
+            tracing::info!(tee = %tee, ?binding, digest = %hex::encode(&init.digest), "initdata bound");
+            if let Some(aa) = init.data.get("aa.toml") {
+                let parsed: AaToml = toml::from_str(aa).map_err(|e| {
+                    AgentError::Config(format!("initdata aa.toml is not valid: {e}"))
+                })?;
+                if let Some(k) = parsed.token_configs.kbs {
+                    cfg.kbs_url.get_or_insert(k.url);
+                    if cfg.kbs_cert_pem.is_none() {
+                        cfg.kbs_cert_pem = k.cert.map(String::into_bytes);
+                    }
+                }
+            }
+        }
+        let kbs = match &cfg.kbs_url {
+            Some(url) => Some(KbsClient::new(
+                url,
+                attester.clone(),
+                ClientOptions {
+                    retry: cfg.retry,
+                    kbs_cert_pem: cfg.kbs_cert_pem.clone(),
+                    init_data: cfg.init_data.clone(),
+                    key_pair: None,
+                },
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            attester,
+            tee,
+            kbs,
+            init_data,
+            binding,
+            register: cfg.runtime_register.unwrap_or(DEFAULT_RUNTIME_REGISTER),
+            log: Mutex::new(EventLog::new(cfg.event_log_file)),
+        })
+    }
+
+    /// The TEE name (`tpm`, `tdx`, `sample`, ...).
+    pub fn tee(&self) -> &str {
+        &self.tee
+    }
+
+    /// How initdata was bound.
+    pub fn init_data_binding(&self) -> InitDataBinding {
+        self.binding
+    }
+
+    /// The parsed initdata, if the agent was given one.
+    pub fn init_data(&self) -> Option<&InitData> {
+        self.init_data.as_ref()
+    }
+
+    /// The attester (shared with in-process data hubs).
+    pub fn attester(&self) -> Arc<dyn Attester> {
+        self.attester.clone()
+    }
+
+    /// The KBS client, when a KBS is configured.
+    pub fn kbs(&self) -> Option<&KbsClient> {
+        self.kbs.as_ref()
+    }
+
+    /// Evidence JSON bytes with `runtime_data` as the report data (as CoCo's
+    /// GetEvidence: passed unchanged, at most the TEE's field size), plus
+    /// the runtime event log when one was recorded.
+    pub async fn evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, AgentError> {
+        let a = self.attester.clone();
+        let rd = runtime_data.to_vec();
+        let mut ev: Value = blocking(move || a.evidence(&rd)).await??;
+        if let (Some(text), Value::Object(map)) = (self.log_text(), &mut ev) {
+            map.insert("aa_eventlog".into(), Value::String(text));
+        }
+        serde_json::to_vec(&ev).map_err(|e| AgentError::Internal(e.to_string()))
+    }
+
+    fn log_text(&self) -> Option<String> {
+        self.log.lock().ok().and_then(|l| l.text())
+    }
+
+    /// A token of `kind`: for `kbs`, `{"token": <EAR JWT>, "tee_keypair": <PEM>}`.
+    pub async fn token(&self, kind: &str) -> Result<Vec<u8>, AgentError> {
+        match kind {
+            "kbs" => {
+                let kbs = self.kbs.as_ref().ok_or_else(|| {
+                    AgentError::Config(
+                        "no KBS configured: pass --kbs-url or set [token_configs.kbs] url in initdata aa.toml".into(),
+                    )
+                })?;
+                let token = kbs.token().await?;
+                let pem = kbs
+                    .key_pair()
+                    .private_pem()
+                    .map_err(|e| AgentError::Internal(e.to_string()))?;
+                let body = json!({"token": token, "tee_keypair": pem.as_str()});
+                serde_json::to_vec(&body).map_err(|e| AgentError::Internal(e.to_string()))
+            }
+            other => Err(AgentError::BadRequest(format!(
+                "token type '{other}' is not supported (supported: kbs)"
+            ))),
+        }
+    }
+
+    /// Records `<domain> <operation> <content>` and extends its digest into
+    /// `register` (default: the configured runtime register).
+    pub async fn extend_runtime_measurement(
+        &self,
+        domain: &str,
+        operation: &str,
+        content: &str,
+        register: Option<u64>,
+    ) -> Result<(), AgentError> {
+        let register = register.unwrap_or(self.register);
+        let hash = if self.tee == "tpm" || self.tee.ends_with("vtpm") {
+            MeasurementHash::Sha256
+        } else {
+            MeasurementHash::Sha384
+        };
+        let (line, digest) = EventLog::prepare(domain, operation, content, hash)?;
+        let index = u32::try_from(register)
+            .map_err(|_| AgentError::BadRequest(format!("register {register} is out of range")))?;
+        let a = self.attester.clone();
+        let d = digest.clone();
+        blocking(move || a.extend_runtime_measurement(index, &d)).await??;
+        self.log
+            .lock()
+            .map_err(|_| AgentError::Internal("event log lock poisoned".into()))?
+            .record(register, line, &digest)?;
+        Ok(())
+    }
+
+    /// Binds an initdata digest supplied at run time (BindInitData).
+    pub async fn bind_init_data(&self, digest: &[u8]) -> Result<InitDataBinding, AgentError> {
+        let a = self.attester.clone();
+        let d = digest.to_vec();
+        Ok(blocking(move || a.bind_init_data(&d)).await??)
+    }
+}

@@ -1,0 +1,176 @@
+//! The Confidential Data Hub: fetches KBS resources by `kbs:///` URI and
+//! unseals sealed secrets. It runs the KBS protocol itself, with evidence
+//! from the Attestation Agent (over its ttrpc socket, as CoCo's CDH does)
+//! or from an in-process attester.
+
+use crate::{AgentError, services};
+use cocoon_attester::{Attester, AttesterError};
+use cocoon_kbs_client::{ClientOptions, KbsClient, RetryPolicy};
+use cocoon_types::Tee;
+use cocoon_types::resource::ResourceUri;
+use cocoon_types::sealed::{SealedError, SealedSecret, SecretContent, envelope_decrypt};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// Where CoCo's CDH looks for sealed-secret verification keys named by file.
+pub const DEFAULT_SEALED_KEY_DIR: &str = "/run/confidential-containers/cdh/sealed-secret";
+
+/// Data hub settings.
+#[derive(Debug, Clone)]
+pub struct CdhConfig {
+    /// KBS base URL.
+    pub kbs_url: String,
+    /// KBS certificate to pin (PEM).
+    pub kbs_cert_pem: Option<Vec<u8>>,
+    /// Initdata TOML to send with attestations.
+    pub init_data: Option<String>,
+    /// Directory of sealed-secret verification keys (JWK files).
+    pub sealed_key_dir: PathBuf,
+    /// Accept sealed secrets without checking their signature
+    /// (CoCo's `SKIP_SEALED_SECRET_VERIFICATION=true`).
+    pub skip_sealed_verification: bool,
+    /// KBS retry policy.
+    pub retry: RetryPolicy,
+}
+
+impl CdhConfig {
+    /// Defaults for a KBS at `url`.
+    pub fn new(url: &str) -> Self {
+        Self {
+            kbs_url: url.into(),
+            kbs_cert_pem: None,
+            init_data: None,
+            sealed_key_dir: DEFAULT_SEALED_KEY_DIR.into(),
+            skip_sealed_verification: std::env::var("SKIP_SEALED_SECRET_VERIFICATION")
+                .is_ok_and(|v| v == "true"),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// Evidence from an Attestation Agent over ttrpc: the CDH's attester.
+pub struct AaAttester {
+    client: services::AaClient,
+    tee: Tee,
+    handle: tokio::runtime::Handle,
+}
+
+impl AaAttester {
+    /// Connects to the AA at `socket` (`unix:///…`) and asks its TEE type.
+    pub async fn connect(socket: &str) -> Result<Self, AgentError> {
+        let client = services::AaClient::connect(socket)?;
+        let name = client.tee().await?;
+        let tee = cocoon_types::parse_tee(&name).ok_or_else(|| {
+            AgentError::Config(format!(
+                "the attestation agent reports unknown TEE '{name}'"
+            ))
+        })?;
+        Ok(Self {
+            client,
+            tee,
+            handle: tokio::runtime::Handle::current(),
+        })
+    }
+}
+
+impl Attester for AaAttester {
+    fn tee(&self) -> Tee {
+        self.tee
+    }
+
+    fn evidence(&self, report_data: &[u8]) -> Result<Value, AttesterError> {
+        // Called from a blocking thread (the KBS client moves evidence
+        // collection off the reactor), so waiting on the runtime is safe.
+        let bytes = self
+            .handle
+            .block_on(self.client.evidence(report_data))
+            .map_err(|e| AttesterError::Device(format!("attestation agent: {e}")))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            AttesterError::Device(format!("attestation agent evidence is not JSON: {e}"))
+        })
+    }
+}
+
+/// The Confidential Data Hub.
+pub struct DataHub {
+    kbs: KbsClient,
+    cfg: CdhConfig,
+}
+
+impl DataHub {
+    /// A data hub that attests with `attester`.
+    pub fn new(cfg: CdhConfig, attester: Arc<dyn Attester>) -> Result<Self, AgentError> {
+        let kbs = KbsClient::new(
+            &cfg.kbs_url,
+            attester,
+            ClientOptions {
+                retry: cfg.retry,
+                kbs_cert_pem: cfg.kbs_cert_pem.clone(),
+                init_data: cfg.init_data.clone(),
+                key_pair: None,
+            },
+        )?;
+        Ok(Self { kbs, cfg })
+    }
+
+    /// The resource at `uri` (`kbs:///repo/type/tag`), decrypted.
+    pub async fn get_resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+        let uri = ResourceUri::parse(uri).map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        Ok(self.kbs.get_resource(&uri.path).await?)
+    }
+
+    /// Unseals a `sealed.…` secret: checks its signature with the key its
+    /// header names, then fetches (vault) or decrypts (envelope) the plaintext.
+    pub async fn unseal(&self, secret: &[u8]) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+        let text = std::str::from_utf8(secret)
+            .map_err(|_| AgentError::Sealed(SealedError::Format("not UTF-8".into())))?;
+        let sealed = SealedSecret::parse(text)?;
+        if self.cfg.skip_sealed_verification {
+            tracing::warn!(kid = %sealed.header.kid, "sealed secret signature NOT checked (skip_sealed_verification)");
+        } else {
+            let jwk = self.verification_key(&sealed.header.kid).await?;
+            sealed.verify(&jwk)?;
+        }
+        match &sealed.content {
+            SecretContent::Vault { name, provider, .. } => {
+                if provider != "kbs" {
+                    return Err(AgentError::Sealed(SealedError::Unsupported(format!(
+                        "vault provider '{provider}' is not supported (supported: kbs)"
+                    ))));
+                }
+                self.get_resource(name).await
+            }
+            SecretContent::Envelope {
+                provider, key_id, ..
+            } => {
+                if provider != "kbs" {
+                    return Err(AgentError::Sealed(SealedError::Unsupported(format!(
+                        "envelope provider '{provider}' is not supported (supported: kbs)"
+                    ))));
+                }
+                let kek = self.get_resource(key_id).await?;
+                Ok(envelope_decrypt(&sealed.content, &kek)?)
+            }
+        }
+    }
+
+    async fn verification_key(&self, kid: &str) -> Result<Vec<u8>, AgentError> {
+        if kid.starts_with("kbs://") {
+            return Ok(self.get_resource(kid).await?.to_vec());
+        }
+        if kid.is_empty() || kid.contains('/') || kid.starts_with('.') {
+            return Err(AgentError::Sealed(SealedError::Format(format!(
+                "key id '{kid}' is neither a kbs:/// URI nor a file name"
+            ))));
+        }
+        let path = self.cfg.sealed_key_dir.join(kid);
+        std::fs::read(&path).map_err(|e| {
+            AgentError::Config(format!(
+                "sealed-secret key {} cannot be read: {e}",
+                path.display()
+            ))
+        })
+    }
+}
