@@ -34,6 +34,9 @@ enum Command {
     /// Prepare a TPM for attestation: enroll an AK, read and extend PCRs.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
+    /// Run the guest services (attestation agent, data hub, REST API) or their clients.
+    #[command(subcommand)]
+    Guest(cocoon_guest::cli::GuestCommand),
     /// Create sealed secrets for guests' data hubs.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             Command::Explain(a) => admin::explain(a).await,
             Command::Bench(b) => bench::run(b).await,
             Command::Secret(c) => secret::run(c),
+            Command::Guest(g) => cocoon_guest::cli::run(g).await,
             Command::Tpm(t) => tokio::task::spawn_blocking(move || tpm::run(t)).await?,
         }
     });

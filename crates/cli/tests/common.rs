@@ -118,3 +118,88 @@ pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).expect("write file");
     p
 }
+
+/// Runs `cocoon <args>` with extra environment.
+pub fn cocoon(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(BIN);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run cocoon")
+}
+
+/// Runs `cocoon <args>`, expecting failure; returns stderr.
+pub fn fails(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "command unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A `cocoon` background service (guest services), killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cocoon <args>` with stderr to `log`, and waits until
+    /// `ready` holds (a socket file exists, a port answers).
+    pub fn start(args: &[&str], log: PathBuf, ready: impl Fn() -> bool) -> Self {
+        let child = Command::new(BIN)
+            .args(args)
+            .env("COCOON_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start cocoon service");
+        let mut d = Self { child, log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !ready() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "cocoon {args:?} exited ({status}):\n{}",
+                    std::fs::read_to_string(&d.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cocoon {args:?} not ready in 30 s:\n{}",
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// Waits for the process to exit by itself; returns success and its log.
+    pub fn wait_exit(mut self) -> (bool, String) {
+        let status = self.child.wait().expect("wait");
+        (
+            status.success(),
+            std::fs::read_to_string(&self.log).unwrap_or_default(),
+        )
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

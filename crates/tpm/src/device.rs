@@ -142,6 +142,9 @@ fn response_code_text(rc: u32) -> String {
             0x143 => "command code not supported (TPM_RC_COMMAND_CODE)",
             0x902 => "out of object memory (TPM_RC_OBJECT_MEMORY)",
             0x922 => "TPM busy, retry (TPM_RC_RETRY)",
+            0x907 => {
+                "not allowed from this locality (TPM_RC_LOCALITY): PCRs 17-22 need a dynamic-launch locality, use 16 or 23"
+            }
             0x908 => "TPM yielded (TPM_RC_YIELDED)",
             _ => "see TPM 2.0 Part 2 response codes",
         }

@@ -11,8 +11,12 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-/// Default register for runtime measurements (TPM PCR 17 / TDX RTMR 2's slot in CoCo's config).
+/// Default register for runtime measurements on CPU TEEs (CoCo's default,
+/// which maps to TDX RTMR 2).
 pub const DEFAULT_RUNTIME_REGISTER: u64 = 17;
+/// Default runtime register on a (v)TPM: PCR 23, the application PCR that
+/// locality 0 may extend (PCRs 17-22 are reserved for dynamic launch).
+pub const DEFAULT_TPM_RUNTIME_REGISTER: u64 = 23;
 
 /// Attestation Agent settings. Every field has a default; KBS settings may
 /// also come from the initdata's `aa.toml` (`[token_configs.kbs] url, cert`).
@@ -53,6 +57,11 @@ struct KbsTokenConfig {
     url: String,
     #[serde(default)]
     cert: Option<String>,
+}
+
+/// Whether a TEE measures into TPM PCRs (SHA-256).
+fn is_vtpm(tee: &str) -> bool {
+    tee == "tpm" || tee.ends_with("vtpm")
 }
 
 /// The Attestation Agent.
@@ -109,13 +118,18 @@ impl AttestationAgent {
             )?),
             None => None,
         };
+        let register = cfg.runtime_register.unwrap_or(if is_vtpm(&tee) {
+            DEFAULT_TPM_RUNTIME_REGISTER
+        } else {
+            DEFAULT_RUNTIME_REGISTER
+        });
         Ok(Self {
             attester,
             tee,
             kbs,
             init_data,
             binding,
-            register: cfg.runtime_register.unwrap_or(DEFAULT_RUNTIME_REGISTER),
+            register,
             log: Mutex::new(EventLog::new(cfg.event_log_file)),
         })
     }
@@ -195,7 +209,7 @@ impl AttestationAgent {
         register: Option<u64>,
     ) -> Result<(), AgentError> {
         let register = register.unwrap_or(self.register);
-        let hash = if self.tee == "tpm" || self.tee.ends_with("vtpm") {
+        let hash = if is_vtpm(&self.tee) {
             MeasurementHash::Sha256
         } else {
             MeasurementHash::Sha384

@@ -5,6 +5,7 @@
 
 pub mod aa;
 pub mod cdh;
+pub mod cli;
 pub mod eventlog;
 pub mod rest;
 pub mod services;

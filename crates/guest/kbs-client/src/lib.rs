@@ -423,7 +423,10 @@ impl KbsClient {
             }
         };
         let jwe = match self.fetch(path, &cookie).await {
-            Err(e) if e.status() == Some(401) => {
+            // A stock KBS answers 401 to everything, ours 403 to a policy denial:
+            // either may be cured by fresh evidence (a token from before a
+            // reference-value change), so attest once more.
+            Err(e) if matches!(e.status(), Some(401 | 403)) => {
                 self.attest().await?;
                 self.fetch(path, &self.session_cookie()?).await?
             }

@@ -76,13 +76,17 @@ explain contains "configuration: claim sample.debug is true" if {
 
 hardware := 2 if input.tpm
 
-tpm_pcr_checks[n] := {"claim": v, "refs": refs} if {
-	some k, v in input.tpm
-	startswith(k, "pcr")
-	n := to_number(substring(k, 3, 2))
+tpm_pcr_checks[n] := {"claim": input.tpm[tpm_pcr_key(n)], "refs": refs} if {
+	input.tpm
+	some n in numbers.range(0, 23)
 	refs := query_reference_value(sprintf("tpm_pcr%d", [n]))
 	refs != null
 }
+
+# Claims are named pcr00 .. pcr23, reference values tpm_pcr0 .. tpm_pcr23.
+tpm_pcr_key(n) := sprintf("pcr0%d", [n]) if n < 10
+
+tpm_pcr_key(n) := sprintf("pcr%d", [n]) if n >= 10
 
 tpm_pcr_failures contains n if {
 	some n, c in tpm_pcr_checks
@@ -107,14 +111,10 @@ configuration := 2 if {
 explain contains msg if {
 	some n in tpm_pcr_failures
 	c := tpm_pcr_checks[n]
-	msg := sprintf("executables: claim tpm.pcr%v=%v is not in reference value 'tpm_pcr%d'=%v", [pad2(n), c.claim, n, c.refs])
+	msg := sprintf("executables: claim tpm.%v=%v is not in reference value 'tpm_pcr%d'=%v", [tpm_pcr_key(n), c.claim, n, c.refs])
 }
 
 explain contains "executables: no PCR reference values are registered (names tpm_pcr0 .. tpm_pcr23): add them with `cocoon admin add-reference-value`" if {
 	input.tpm
 	count(tpm_pcr_checks) == 0
 }
-
-pad2(n) := sprintf("0%d", [n]) if n < 10
-
-pad2(n) := sprintf("%d", [n]) if n >= 10

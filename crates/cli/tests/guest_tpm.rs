@@ -1,0 +1,535 @@
+//! End to end with a real software TPM: swtpm, `cocoon tpm enroll`, a
+//! trustee that trusts the AK and holds PCR reference values, and the guest
+//! services (attestation agent, data hub, REST API) as real processes
+//! talking ttrpc over Unix sockets. Then the failure paths: a changed PCR,
+//! other initdata, a wrong KBS certificate, an unreachable KBS.
+
+mod common;
+
+use cocoon_tpm::swtpm::Swtpm;
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+
+const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = \"package agent_policy\"\n";
+const OTHER_INITDATA: &str =
+    "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = \"package other\"\n";
+
+struct Env<'a> {
+    t: &'a TrusteeProc,
+    cert: String,
+    tcti: String,
+}
+
+impl Env<'_> {
+    fn admin(&self, args: &[&str]) -> String {
+        let mut a = vec![
+            "admin",
+            "--url",
+            &self.t.url,
+            "--kbs-cert",
+            &self.cert,
+            "--admin-key",
+        ];
+        let key = self.t.admin_key();
+        let key = key.to_str().unwrap();
+        a.push(key);
+        a.extend_from_slice(args);
+        ok(&cocoon(&a, &[]))
+    }
+
+    fn get_resource(&self, extra: &[&str]) -> std::process::Output {
+        let mut a = vec![
+            "get-resource",
+            "kbs:///default/key/db",
+            "--tee",
+            "tpm",
+            "--tpm",
+            &self.tcti,
+        ];
+        a.extend_from_slice(extra);
+        cocoon(&a, &[])
+    }
+}
+
+fn register_pcrs(env: &Env<'_>, which: &[usize]) {
+    let pcrs: Value =
+        serde_json::from_str(&ok(&cocoon(&["tpm", "pcrs", "--tpm", &env.tcti], &[]))).unwrap();
+    for i in which {
+        let name = format!("tpm_pcr{i}");
+        let v = pcrs[&name].as_str().unwrap().to_string();
+        env.admin(&["add-reference-value", &name, &v]);
+    }
+}
+
+fn sock(dir: &Path, name: &str) -> (String, std::path::PathBuf) {
+    let p = dir.join(name);
+    (format!("unix://{}", p.display()), p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vtpm_guest_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tpm_dir = d.join("tpm");
+    std::fs::create_dir_all(&tpm_dir).unwrap();
+    let sw = Swtpm::start(&tpm_dir).expect("swtpm must be installed (scripts/test installs it)");
+    let tcti = sw.tcti().to_string();
+
+    // Provision the TPM and measure a "boot".
+    let ak = d.join("ak.pem");
+    let out = cocoon(
+        &[
+            "tpm",
+            "enroll",
+            "--tpm",
+            &tcti,
+            "--out",
+            ak.to_str().unwrap(),
+        ],
+        &[],
+    );
+    ok(&out);
+    assert!(
+        std::fs::read_to_string(&ak)
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----")
+    );
+    for (pcr, what) in [("0", "firmware"), ("4", "kernel"), ("9", "initrd")] {
+        ok(&cocoon(
+            &["tpm", "extend", "--tpm", &tcti, "--pcr", pcr, what],
+            &[],
+        ));
+    }
+
+    let t = TrusteeProc::start_with(&d.join("trustee"), &[], &[]);
+    let cert = t
+        .data_dir
+        .join("tls/cert.pem")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let env = Env {
+        t: &t,
+        cert: cert.clone(),
+        tcti: tcti.clone(),
+    };
+    env.admin(&["add-tpm-ak", "--file", ak.to_str().unwrap()]);
+    assert!(env.admin(&["list-tpm-aks"]).contains("added"));
+    write(d, "secret", b"tpm-released-secret");
+    env.admin(&[
+        "set-resource",
+        "kbs:///default/key/db",
+        "--file",
+        d.join("secret").to_str().unwrap(),
+    ]);
+
+    // Guest services. The agent binds initdata (PCR 8) at start.
+    let init = write(d, "initdata.toml", INITDATA.as_bytes());
+    let (aa_addr, aa_path) = sock(d, "aa.sock");
+    let (cdh_addr, cdh_path) = sock(d, "cdh.sock");
+    let init_s = init.to_str().unwrap();
+    let aa = Daemon::start(
+        &[
+            "guest",
+            "aa",
+            "--socket",
+            &aa_addr,
+            "--tee",
+            "tpm",
+            "--tpm",
+            &tcti,
+            "--kbs-url",
+            &t.url,
+            "--kbs-cert",
+            &cert,
+            "--initdata-toml",
+            init_s,
+        ],
+        d.join("aa.log"),
+        || aa_path.exists(),
+    );
+    let _cdh = Daemon::start(
+        &[
+            "guest",
+            "cdh",
+            "--socket",
+            &cdh_addr,
+            "--aa-socket",
+            &aa_addr,
+            "--kbs-url",
+            &t.url,
+            "--kbs-cert",
+            &cert,
+            "--initdata-toml",
+            init_s,
+        ],
+        d.join("cdh.log"),
+        || cdh_path.exists(),
+    );
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let _rest = Daemon::start(
+        &[
+            "guest",
+            "api-server",
+            "--bind",
+            &bind,
+            "--aa-socket",
+            &aa_addr,
+            "--cdh-socket",
+            &cdh_addr,
+            "--features",
+            "all",
+        ],
+        d.join("rest.log"),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+
+    // Without PCR reference values the appraisal is not affirming: refused, and explained.
+    let o = cocoon(
+        &[
+            "guest",
+            "get-resource",
+            "--cdh-socket",
+            &cdh_addr,
+            "kbs:///default/key/db",
+        ],
+        &[],
+    );
+    let err = fails(&o);
+    assert!(err.contains("refused") || err.contains("denied"), "{err}");
+    let explain = ok(&cocoon(
+        &[
+            "explain",
+            "--url",
+            &t.url,
+            "--kbs-cert",
+            &cert,
+            "--admin-key",
+            t.admin_key().to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(explain.contains("no PCR reference values"), "{explain}");
+
+    // Register the measured PCRs (PCR 8 now holds the initdata digest).
+    register_pcrs(&env, &[0, 4, 8, 9]);
+    let o = cocoon(
+        &[
+            "guest",
+            "get-resource",
+            "--cdh-socket",
+            &cdh_addr,
+            "kbs:///default/key/db",
+        ],
+        &[],
+    );
+    if !o.status.success() {
+        let explain = ok(&cocoon(
+            &[
+                "explain",
+                "--url",
+                &t.url,
+                "--kbs-cert",
+                &cert,
+                "--admin-key",
+                t.admin_key().to_str().unwrap(),
+            ],
+            &[],
+        ));
+        panic!(
+            "{}\n{explain}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            env.admin(&["list-reference-values"])
+        );
+    }
+    let out = ok(&o);
+    assert_eq!(out, "tpm-released-secret");
+
+    // A local workload over REST.
+    cocoon_kbs_client::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let base = format!("http://{bind}");
+    let r = http
+        .get(format!("{base}/cdh/resource/default/key/db"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"tpm-released-secret");
+    let tok: Value = http
+        .get(format!("{base}/aa/token?token_type=kbs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(tok["token"].as_str().unwrap().split('.').count() == 3);
+    assert!(tok["tee_keypair"].as_str().unwrap().contains("PRIVATE KEY"));
+    let ev: Value = http
+        .get(format!("{base}/aa/evidence?runtime_data=hello"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ev["tpm_quote"]["pcrs"].as_array().unwrap().len(), 24);
+    let r = http.get(format!("{base}/aa/token")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .get(format!("{base}/cdh/resource/default/key/missing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let info: Value = http
+        .get(format!("{base}/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["tee"], "tpm");
+
+    // Runtime measurement: PCR 23 (the vTPM default) changes and the event shows in the evidence.
+    let before: Value =
+        serde_json::from_str(&ok(&cocoon(&["tpm", "pcrs", "--tpm", &tcti], &[]))).unwrap();
+    let r: Value = http
+        .post(format!("{base}/aa/aael"))
+        .body(r#"{"domain":"github.com/cocoon","operation":"load","content":"image sha256:abc"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["success"], "true", "{r}");
+    let after: Value =
+        serde_json::from_str(&ok(&cocoon(&["tpm", "pcrs", "--tpm", &tcti], &[]))).unwrap();
+    assert_ne!(before["tpm_pcr23"], after["tpm_pcr23"]);
+    let ev: Value = http
+        .get(format!("{base}/aa/evidence?runtime_data=x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ev["aa_eventlog"], "github.com/cocoon load image sha256:abc");
+
+    // Sealed secrets made with `cocoon secret`, unsealed by the data hub.
+    let sk = d.join("seal.pem");
+    let jwk = d.join("seal.jwk");
+    ok(&cocoon(
+        &[
+            "secret",
+            "keygen",
+            "--out",
+            sk.to_str().unwrap(),
+            "--jwk-out",
+            jwk.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    env.admin(&[
+        "set-resource",
+        "kbs:///default/sealing/pub",
+        "--file",
+        jwk.to_str().unwrap(),
+    ]);
+    let kek = write(d, "kek", &[0x5a; 32]);
+    env.admin(&[
+        "set-resource",
+        "kbs:///default/key/kek",
+        "--file",
+        kek.to_str().unwrap(),
+    ]);
+    let plain = write(d, "envelope-plain", b"envelope-secret-value");
+    let seal = |kind: &[&str]| {
+        let mut a = vec![
+            "secret",
+            "seal",
+            "--signing-key",
+            sk.to_str().unwrap(),
+            "--kid",
+            "kbs:///default/sealing/pub",
+        ];
+        a.extend_from_slice(kind);
+        ok(&cocoon(&a, &[])).trim().to_string()
+    };
+    let vault = seal(&["vault", "--name", "kbs:///default/key/db"]);
+    let envelope = seal(&[
+        "envelope",
+        "--key-id",
+        "kbs:///default/key/kek",
+        "--kek-file",
+        kek.to_str().unwrap(),
+        "--file",
+        plain.to_str().unwrap(),
+    ]);
+    assert!(vault.starts_with("sealed.") && !vault.contains("tpm-released-secret"));
+    assert!(!envelope.contains("envelope-secret-value"));
+    for (sealed, want) in [
+        (&vault, "tpm-released-secret"),
+        (&envelope, "envelope-secret-value"),
+    ] {
+        let f = write(d, "sealed", sealed.as_bytes());
+        let out = ok(&cocoon(
+            &[
+                "guest",
+                "unseal",
+                "--cdh-socket",
+                &cdh_addr,
+                f.to_str().unwrap(),
+            ],
+            &[],
+        ));
+        assert_eq!(out, want);
+    }
+    // A sealed secret whose payload was swapped fails its signature.
+    let parts: Vec<&str> = vault.split('.').collect();
+    let other: Vec<&str> = envelope.split('.').collect();
+    let forged = write(
+        d,
+        "forged",
+        format!("sealed.{}.{}.{}", parts[1], other[2], parts[3]).as_bytes(),
+    );
+    let err = fails(&cocoon(
+        &[
+            "guest",
+            "unseal",
+            "--cdh-socket",
+            &cdh_addr,
+            forged.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(err.contains("signature does not verify"), "{err}");
+
+    // The CLI as a vTPM guest, with the initdata already bound in PCR 8.
+    let out = ok(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert, "--init-data", init_s]));
+    assert_eq!(out, "tpm-released-secret");
+
+    // Other initdata: refused on the guest before the KBS is contacted
+    // (the KBS URL here is closed, so any contact would fail differently).
+    let other_init = write(d, "other.toml", OTHER_INITDATA.as_bytes());
+    let closed = format!("https://127.0.0.1:{}", free_port());
+    let err = fails(&env.get_resource(&[
+        "--url",
+        &closed,
+        "--kbs-cert",
+        &cert,
+        "--init-data",
+        other_init.to_str().unwrap(),
+    ]));
+    assert!(err.contains("binds other initdata"), "{err}");
+    assert!(!err.contains("cannot reach"), "{err}");
+
+    // Wrong KBS certificate: refused, not retried.
+    let other_trustee = TrusteeProc::start_with(&d.join("other-trustee"), &[], &[]);
+    let wrong = other_trustee.data_dir.join("tls/cert.pem");
+    let err = fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", wrong.to_str().unwrap()]));
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!err.contains("retrying"), "{err}");
+
+    // Unreachable KBS: retried with backoff, then a clear error.
+    let err = fails(&env.get_resource(&["--url", &closed, "--kbs-cert", &cert]));
+    assert!(err.contains("retrying"), "{err}");
+    assert!(err.contains("cannot reach the KBS"), "{err}");
+
+    // A changed PCR: the next attestation is refused with a readable reason.
+    ok(&cocoon(
+        &[
+            "tpm",
+            "extend",
+            "--tpm",
+            &tcti,
+            "--pcr",
+            "9",
+            "unexpected-module",
+        ],
+        &[],
+    ));
+    let err = fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert]));
+    assert!(err.contains("refused") || err.contains("denied"), "{err}");
+    let explain = ok(&cocoon(
+        &[
+            "explain",
+            "--url",
+            &t.url,
+            "--kbs-cert",
+            &cert,
+            "--admin-key",
+            t.admin_key().to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        explain.contains("tpm.pcr09") && explain.contains("tpm_pcr9"),
+        "{explain}"
+    );
+
+    // Nothing secret in any guest-service log.
+    for log in ["aa.log", "cdh.log", "rest.log"] {
+        let text = std::fs::read_to_string(d.join(log)).unwrap();
+        assert!(
+            !text.contains("tpm-released-secret") && !text.contains("envelope-secret-value"),
+            "{log}"
+        );
+    }
+    drop(aa);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_is_renewed_by_attesting_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    cocoon_kbs_client::install_crypto_provider();
+    let t = TrusteeProc::start(&d.join("trustee"), &["--token-lifetime", "2"]);
+    let (aa_addr, aa_path) = sock(d, "aa.sock");
+    let aa = Daemon::start(
+        &[
+            "guest",
+            "aa",
+            "--socket",
+            &aa_addr,
+            "--tee",
+            "sample",
+            "--kbs-url",
+            &t.url,
+        ],
+        d.join("aa.log"),
+        || aa_path.exists(),
+    );
+    let token = |_: ()| -> Value {
+        serde_json::from_str(&ok(&cocoon(
+            &["guest", "token", "--aa-socket", &aa_addr],
+            &[],
+        )))
+        .unwrap()
+    };
+    let a = token(());
+    let b = token(());
+    assert_eq!(a["token"], b["token"], "a valid token is reused");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let c = token(());
+    assert_ne!(a["token"], c["token"], "an expired token is replaced");
+    // The trustee counted exactly two attestations: one per token.
+    let metrics = reqwest::get(format!("{}/metrics", t.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let attests: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("kbs_attestations_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(attests, 2.0, "{metrics}");
+    drop(aa);
+}

@@ -1,0 +1,358 @@
+//! Command line of the guest services, shared by the static `cocoon-guest`
+//! binary and `cocoon guest`.
+
+use crate::aa::{AaConfig, AttestationAgent};
+use crate::cdh::{AaAttester, CdhConfig, DataHub};
+use crate::rest::{DEFAULT_BIND, Features, RestBackends};
+use crate::services::{self, AaClient, CdhClient, DEFAULT_AA_SOCKET, DEFAULT_CDH_SOCKET};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use cocoon_attester::{AttesterOptions, TpmAttesterConfig};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Guest service commands.
+#[derive(Subcommand, Debug)]
+pub enum GuestCommand {
+    /// Run the Attestation Agent (ttrpc AttestationAgentService).
+    Aa(AaArgs),
+    /// Run the Confidential Data Hub (ttrpc GetResourceService, SealedSecretService).
+    Cdh(CdhArgs),
+    /// Run the workload REST API on 127.0.0.1.
+    ApiServer(RestArgs),
+    /// Ask a data hub for a resource and write it to stdout.
+    GetResource {
+        /// Data hub socket.
+        #[arg(long, default_value = DEFAULT_CDH_SOCKET)]
+        cdh_socket: String,
+        /// kbs:///repo/type/tag
+        uri: String,
+    },
+    /// Ask a data hub to unseal a sealed secret (file, or - for stdin); writes the plaintext to stdout.
+    Unseal {
+        /// Data hub socket.
+        #[arg(long, default_value = DEFAULT_CDH_SOCKET)]
+        cdh_socket: String,
+        /// File holding `sealed.…`, or `-`.
+        file: String,
+    },
+    /// Ask an attestation agent for a KBS token.
+    Token {
+        /// Attestation agent socket.
+        #[arg(long, default_value = DEFAULT_AA_SOCKET)]
+        aa_socket: String,
+    },
+}
+
+/// Which TEE and TPM to attest with.
+#[derive(Args, Debug, Clone)]
+pub struct TeeArgs {
+    /// TEE: tpm, sample (development), or unset to probe the platform.
+    #[arg(long, env = "COCOON_TEE")]
+    tee: Option<String>,
+    /// TPM TCTI for --tee tpm: device:/dev/tpmrm0 or swtpm:host=H,port=P.
+    #[arg(long = "tpm", env = "COCOON_TPM")]
+    tpm: Option<String>,
+    /// Persistent handle of the TPM attestation key.
+    #[arg(long, default_value = "0x81010002")]
+    ak_handle: String,
+}
+
+impl TeeArgs {
+    fn attester_options(&self) -> Result<AttesterOptions> {
+        let mut tpm = TpmAttesterConfig::default();
+        if let Some(t) = &self.tpm {
+            tpm.tcti = t.parse()?;
+        }
+        tpm.ak_handle = u32::from_str_radix(self.ak_handle.trim_start_matches("0x"), 16)
+            .with_context(|| format!("--ak-handle '{}' is not hex", self.ak_handle))?;
+        Ok(AttesterOptions { tpm })
+    }
+}
+
+/// KBS location.
+#[derive(Args, Debug, Clone)]
+pub struct KbsArgs {
+    /// KBS URL (default: from initdata aa.toml / cdh.toml, or the -c config).
+    #[arg(long, env = "COCOON_KBS_URL")]
+    kbs_url: Option<String>,
+    /// KBS certificate to pin (PEM file).
+    #[arg(long, env = "COCOON_KBS_CERT")]
+    kbs_cert: Option<PathBuf>,
+    /// Initdata TOML (bound to the TEE at start and sent with every attestation).
+    #[arg(long = "initdata-toml", alias = "initdata")]
+    initdata: Option<PathBuf>,
+}
+
+impl KbsArgs {
+    fn cert(&self) -> Result<Option<Vec<u8>>> {
+        self.kbs_cert
+            .as_ref()
+            .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+            .transpose()
+    }
+    fn initdata(&self) -> Result<Option<String>> {
+        self.initdata
+            .as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            })
+            .transpose()
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AaArgs {
+    /// Listen address.
+    #[arg(long, alias = "attestation_sock", default_value = DEFAULT_AA_SOCKET)]
+    socket: String,
+    #[command(flatten)]
+    tee: TeeArgs,
+    #[command(flatten)]
+    kbs: KbsArgs,
+    /// AA config TOML ([token_configs.kbs] url, cert), as CoCo's aa.toml.
+    #[arg(short = 'c', long = "config-file")]
+    config: Option<PathBuf>,
+    /// Register runtime measurements go to (TPM PCR / TDX RTMR index).
+    #[arg(long)]
+    runtime_register: Option<u64>,
+    /// File the runtime measurement log is appended to.
+    #[arg(long)]
+    event_log: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CdhArgs {
+    /// Listen address.
+    #[arg(long, default_value = DEFAULT_CDH_SOCKET)]
+    socket: String,
+    /// Attestation agent to get evidence from. Ignored with --tee.
+    #[arg(long, default_value = DEFAULT_AA_SOCKET)]
+    aa_socket: String,
+    /// Attest in-process with this TEE instead of asking an attestation agent.
+    #[command(flatten)]
+    tee: TeeArgs,
+    #[command(flatten)]
+    kbs: KbsArgs,
+    /// CDH config TOML ([kbc] url, kbs_cert), as CoCo's cdh.toml.
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+    /// Directory of sealed-secret verification keys named by file.
+    #[arg(long, default_value = crate::cdh::DEFAULT_SEALED_KEY_DIR)]
+    sealed_key_dir: PathBuf,
+    /// Accept sealed secrets without checking signatures (development only).
+    #[arg(long)]
+    skip_sealed_verification: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestArgs {
+    /// Listen address (loopback only).
+    #[arg(long, default_value = DEFAULT_BIND)]
+    bind: String,
+    /// Attestation agent socket.
+    #[arg(long, default_value = DEFAULT_AA_SOCKET)]
+    aa_socket: String,
+    /// Data hub socket.
+    #[arg(long, default_value = DEFAULT_CDH_SOCKET)]
+    cdh_socket: String,
+    /// Endpoint groups to serve.
+    #[arg(long, value_enum, default_value = "resource")]
+    features: Features,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct CdhToml {
+    #[serde(default)]
+    kbc: Option<KbcToml>,
+}
+
+#[derive(serde::Deserialize)]
+struct KbcToml {
+    url: String,
+    #[serde(default)]
+    kbs_cert: Option<String>,
+}
+
+fn read_toml<T: serde::de::DeserializeOwned + Default>(
+    text: Option<&str>,
+    what: &str,
+) -> Result<T> {
+    match text {
+        Some(t) => toml::from_str(t).with_context(|| format!("{what} is not valid")),
+        None => Ok(T::default()),
+    }
+}
+
+async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_aa(a: AaArgs) -> Result<()> {
+    let mut kbs_url = a.kbs.kbs_url.clone();
+    let mut kbs_cert = a.kbs.cert()?;
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let v: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
+        if let Some(k) = v.get("token_configs").and_then(|t| t.get("kbs")) {
+            if kbs_url.is_none() {
+                kbs_url = k.get("url").and_then(|u| u.as_str()).map(String::from);
+            }
+            if kbs_cert.is_none() {
+                kbs_cert = k
+                    .get("cert")
+                    .and_then(|u| u.as_str())
+                    .map(|s| s.as_bytes().to_vec());
+            }
+        }
+    }
+    let cfg = AaConfig {
+        tee: a.tee.tee.clone(),
+        attester: a.tee.attester_options()?,
+        kbs_url,
+        kbs_cert_pem: kbs_cert,
+        init_data: a.kbs.initdata()?,
+        runtime_register: a.runtime_register,
+        event_log_file: a.event_log,
+        retry: Default::default(),
+    };
+    let aa = Arc::new(AttestationAgent::start(cfg).await?);
+    let mut server = services::aa_server(&a.socket, aa.clone())?;
+    server
+        .start()
+        .await
+        .context("cannot start the ttrpc server")?;
+    tracing::info!(socket = %a.socket, tee = %aa.tee(), binding = ?aa.init_data_binding(), "attestation agent ready");
+    wait_for_shutdown().await;
+    let _ = server.shutdown().await;
+    Ok(())
+}
+
+async fn run_cdh(a: CdhArgs) -> Result<()> {
+    let init = a.kbs.initdata()?;
+    let config_text = match &a.config {
+        Some(p) => Some(
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let init_cdh = init
+        .as_deref()
+        .map(cocoon_types::initdata::InitData::parse)
+        .transpose()?
+        .and_then(|i| i.data.get("cdh.toml").cloned());
+    let file_cfg: CdhToml =
+        read_toml(config_text.as_deref().or(init_cdh.as_deref()), "CDH config")?;
+    let kbc = file_cfg.kbc;
+    let url = a
+        .kbs
+        .kbs_url
+        .clone()
+        .or_else(|| kbc.as_ref().map(|k| k.url.clone()))
+        .context(
+            "no KBS configured: pass --kbs-url, -c cdh.toml or initdata with cdh.toml [kbc] url",
+        )?;
+    let mut cfg = CdhConfig::new(&url);
+    cfg.kbs_cert_pem = a
+        .kbs
+        .cert()?
+        .or_else(|| kbc.and_then(|k| k.kbs_cert).map(String::into_bytes));
+    cfg.init_data = init;
+    cfg.sealed_key_dir = a.sealed_key_dir;
+    cfg.skip_sealed_verification |= a.skip_sealed_verification;
+    let attester: Arc<dyn cocoon_attester::Attester> = match &a.tee.tee {
+        Some(t) => Arc::from(cocoon_attester::attester_for(
+            t,
+            &a.tee.attester_options()?,
+        )?),
+        None => Arc::new(AaAttester::connect(&a.aa_socket).await?),
+    };
+    let hub = Arc::new(DataHub::new(cfg, attester)?);
+    let mut server = services::cdh_server(&a.socket, hub)?;
+    server
+        .start()
+        .await
+        .context("cannot start the ttrpc server")?;
+    tracing::info!(socket = %a.socket, kbs = %url, "confidential data hub ready");
+    wait_for_shutdown().await;
+    let _ = server.shutdown().await;
+    Ok(())
+}
+
+async fn run_rest(a: RestArgs) -> Result<()> {
+    let addr: std::net::SocketAddr = a
+        .bind
+        .parse()
+        .with_context(|| format!("--bind '{}' is not host:port", a.bind))?;
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--bind must be a loopback address: the API serves secrets to local workloads only"
+        );
+    }
+    let aa = match a.features {
+        Features::Resource => None,
+        _ => Some(AaClient::connect(&a.aa_socket)?),
+    };
+    let cdh = match a.features {
+        Features::Attestation => None,
+        _ => Some(CdhClient::connect(&a.cdh_socket)?),
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, features = ?a.features, "REST API ready");
+    let backends = RestBackends {
+        aa,
+        cdh,
+        features: a.features,
+    };
+    tokio::select! {
+        r = crate::rest::serve(listener, backends) => r?,
+        _ = wait_for_shutdown() => {}
+    }
+    Ok(())
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Runs one guest command until it finishes (services: until SIGTERM/SIGINT).
+pub async fn run(cmd: GuestCommand) -> Result<()> {
+    match cmd {
+        GuestCommand::Aa(a) => run_aa(a).await,
+        GuestCommand::Cdh(a) => run_cdh(a).await,
+        GuestCommand::ApiServer(a) => run_rest(a).await,
+        GuestCommand::GetResource { cdh_socket, uri } => {
+            let r = CdhClient::connect(&cdh_socket)?.get_resource(&uri).await?;
+            write_stdout(&r)
+        }
+        GuestCommand::Unseal { cdh_socket, file } => {
+            let mut secret = Vec::new();
+            if file == "-" {
+                std::io::stdin().read_to_end(&mut secret)?;
+            } else {
+                secret = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
+            }
+            let p = CdhClient::connect(&cdh_socket)?.unseal(&secret).await?;
+            write_stdout(&p)
+        }
+        GuestCommand::Token { aa_socket } => {
+            let t = AaClient::connect(&aa_socket)?.token("kbs").await?;
+            write_stdout(&t)
+        }
+    }
+}
