@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 pub enum BenchCommand {
     /// Load-test a running trustee: attestation flows/s, resource fetches/s, latency.
     Kbs(KbsBenchArgs),
+    /// Time from attestation agent start to the first secret (sample and tpm attesters).
+    Guest(crate::bench_guest::GuestBenchArgs),
 }
 
 /// `cocoon bench kbs`.
@@ -130,7 +132,10 @@ where
 
 /// Runs the KBS benchmark.
 pub async fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Kbs(a) = cmd;
+    let a = match cmd {
+        BenchCommand::Kbs(a) => a,
+        BenchCommand::Guest(g) => return crate::bench_guest::run(g).await,
+    };
     if a.clients == 0 || a.duration == 0 {
         bail!("--clients and --duration must be positive");
     }

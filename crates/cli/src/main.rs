@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_guest;
 mod client;
 mod guest;
 mod secret;

@@ -71,16 +71,17 @@ async fn resource(
     }
 }
 
-fn aa(s: &RestBackends) -> Result<&AaClient, Response> {
-    s.aa.as_ref()
-        .filter(|_| s.features != Features::Resource)
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "attestation endpoints are disabled"))
+fn aa(s: &RestBackends) -> Option<&AaClient> {
+    s.aa.as_ref().filter(|_| s.features != Features::Resource)
+}
+
+fn aa_disabled() -> Response {
+    fail(StatusCode::NOT_FOUND, "attestation endpoints are disabled")
 }
 
 async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let aa = match aa(&s) {
-        Ok(a) => a,
-        Err(r) => return r,
+    let Some(aa) = aa(&s) else {
+        return aa_disabled();
     };
     let Some(kind) = q.get("token_type") else {
         return fail(StatusCode::BAD_REQUEST, "missing token_type parameter");
@@ -92,9 +93,8 @@ async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) ->
 }
 
 async fn evidence(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let aa = match aa(&s) {
-        Ok(a) => a,
-        Err(r) => return r,
+    let Some(aa) = aa(&s) else {
+        return aa_disabled();
     };
     let Some(rd) = q.get("runtime_data") else {
         return fail(StatusCode::BAD_REQUEST, "missing runtime_data parameter");
@@ -121,9 +121,8 @@ struct AaelRequest {
 }
 
 async fn aael(State(s): State<St>, body: axum::body::Bytes) -> Response {
-    let aa = match aa(&s) {
-        Ok(a) => a,
-        Err(r) => return r,
+    let Some(aa) = aa(&s) else {
+        return aa_disabled();
     };
     let Ok(req) = serde_json::from_slice::<AaelRequest>(&body) else {
         return fail(
