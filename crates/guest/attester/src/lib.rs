@@ -4,19 +4,24 @@
 //! name and [`detect`] picks the one this platform supports.
 
 pub mod sample;
+pub mod snp;
+pub mod tdx;
 pub mod tpm;
+pub mod tsm;
 
 use cocoon_types::Tee;
 use serde_json::Value;
 
 pub use sample::SampleAttester;
+pub use snp::SnpAttester;
+pub use tdx::TdxAttester;
 pub use tpm::{TpmAttester, TpmAttesterConfig};
 
 /// Attester errors.
 #[derive(Debug, thiserror::Error)]
 pub enum AttesterError {
     /// No attester exists for the requested TEE on this build.
-    #[error("no attester for TEE '{0}' (available: sample, tpm)")]
+    #[error("no attester for TEE '{0}' (available: tdx, snp, tpm, sample)")]
     Unsupported(String),
     /// This platform has none of the TEE interfaces an attester needs.
     #[error("no TEE found on this platform (looked for: {0}); pass --tee sample for development")]
@@ -105,6 +110,8 @@ pub fn attester_for(tee: &str, opts: &AttesterOptions) -> Result<Box<dyn Atteste
     match tee {
         "sample" => Ok(Box::new(SampleAttester)),
         "tpm" => Ok(Box::new(TpmAttester::new(opts.tpm.clone()))),
+        "tdx" => Ok(Box::new(TdxAttester::default())),
+        "snp" => Ok(Box::new(SnpAttester::default())),
         other => Err(AttesterError::Unsupported(other.to_string())),
     }
 }
@@ -113,10 +120,19 @@ pub fn attester_for(tee: &str, opts: &AttesterOptions) -> Result<Box<dyn Atteste
 /// of preference: hardware TEEs first, then a TPM. `sample` is never chosen
 /// by probing.
 pub fn detect(opts: &AttesterOptions) -> Result<Box<dyn Attester>, AttesterError> {
+    if tdx::detect() {
+        return attester_for("tdx", opts);
+    }
+    if snp::detect() {
+        return attester_for("snp", opts);
+    }
     if tpm::detect(&opts.tpm) {
         return attester_for("tpm", opts);
     }
-    Err(AttesterError::NoPlatform(
-        "TPM at the configured TCTI".into(),
-    ))
+    Err(AttesterError::NoPlatform(format!(
+        "{} (tdx), {} (snp), a TPM at {}",
+        tdx::TDX_GUEST_DEVICE,
+        snp::SEV_GUEST_DEVICE,
+        opts.tpm.tcti
+    )))
 }
