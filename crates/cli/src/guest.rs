@@ -15,7 +15,7 @@ use std::path::PathBuf;
 pub struct GuestOptions {
     #[command(flatten)]
     conn: Connection,
-    /// TEE to attest as: sample (development) or tpm.
+    /// TEE to attest as: sample (development), tpm, tdx, snp, az-snp-vtpm, az-tdx-vtpm.
     #[arg(long, default_value = "sample")]
     tee: String,
     /// TPM for --tee tpm: device:/dev/tpmrm0 or swtpm:host=H,port=P.

@@ -31,6 +31,16 @@ const CC_READ_PUBLIC: u32 = 0x173;
 const CC_PCR_READ: u32 = 0x17E;
 const CC_PCR_EXTEND: u32 = 0x182;
 
+const CC_NV_DEFINE_SPACE: u32 = 0x12A;
+const CC_NV_WRITE: u32 = 0x137;
+const CC_NV_READ: u32 = 0x14E;
+const CC_NV_READ_PUBLIC: u32 = 0x169;
+
+/// NV chunk size: below every TPM's TPM_PT_NV_BUFFER_MAX.
+const NV_CHUNK: usize = 512;
+/// TPMA_NV_OWNERWRITE | TPMA_NV_OWNERREAD | TPMA_NV_NO_DA.
+const NV_OWNER_RW: u32 = (1 << 1) | (1 << 17) | (1 << 25);
+
 const RC_INITIALIZE: u32 = 0x100;
 const MAX_RESPONSE: usize = 8192;
 
@@ -455,6 +465,90 @@ impl Tpm {
     /// Creates (or loads) the TCG default RSA EK at `handle`.
     pub fn ensure_ek(&mut self, handle: u32) -> Result<(Public, bool), TpmError> {
         self.ensure_persistent_key(handle, &ek_rsa_template())
+    }
+
+    /// Size of NV index `index`, or `None` if it is not defined.
+    pub fn nv_size(&mut self, index: u32) -> Result<Option<usize>, TpmError> {
+        let resp = match self.command("TPM2_NV_ReadPublic", CC_NV_READ_PUBLIC, &[index], 0, &[]) {
+            Ok(r) => r,
+            Err(TpmError::Response { rc, .. }) if is_handle_error(rc) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut r = Reader::new(&resp, "TPM2_NV_ReadPublic response");
+        let public = r.tpm2b(256)?;
+        let mut p = Reader::new(public, "TPMS_NV_PUBLIC");
+        let _index = p.u32()?;
+        let _name_alg = p.u16()?;
+        let _attrs = p.u32()?;
+        let _policy = p.tpm2b(64)?;
+        Ok(Some(p.u16()? as usize))
+    }
+
+    /// Reads the whole NV index `index` with owner authorization.
+    pub fn nv_read(&mut self, index: u32) -> Result<Vec<u8>, TpmError> {
+        let size = self
+            .nv_size(index)?
+            .ok_or_else(|| TpmError::Io(format!("NV index 0x{index:08x} is not defined")))?;
+        let mut out = Vec::with_capacity(size);
+        while out.len() < size {
+            let n = (size - out.len()).min(NV_CHUNK);
+            let mut p = Writer::new();
+            p.u16(n as u16).u16(out.len() as u16);
+            let resp = self.command(
+                "TPM2_NV_Read",
+                CC_NV_READ,
+                &[RH_OWNER, index],
+                1,
+                &p.into_inner(),
+            )?;
+            let mut r = Reader::new(&resp, "TPM2_NV_Read response");
+            let _param_size = r.u32()?;
+            let data = r.tpm2b(NV_CHUNK)?;
+            if data.is_empty() {
+                return Err(TpmError::Io("TPM2_NV_Read returned no data".into()));
+            }
+            out.extend_from_slice(data);
+        }
+        Ok(out)
+    }
+
+    /// Defines NV index `index` of `data.len()` bytes (owner read/write)
+    /// unless it exists, and writes `data` to it.
+    pub fn nv_write(&mut self, index: u32, data: &[u8]) -> Result<(), TpmError> {
+        if data.len() > u16::MAX as usize {
+            return Err(TpmError::Tcti("NV data exceeds 64 KiB".into()));
+        }
+        if self.nv_size(index)?.is_none() {
+            let mut public = Writer::new();
+            public
+                .u32(index)
+                .u16(ALG_SHA256)
+                .u32(NV_OWNER_RW)
+                .tpm2b(&[])
+                .u16(data.len() as u16);
+            let public = public.into_inner();
+            let mut p = Writer::new();
+            p.tpm2b(&[]).tpm2b(&public);
+            self.command(
+                "TPM2_NV_DefineSpace",
+                CC_NV_DEFINE_SPACE,
+                &[RH_OWNER],
+                1,
+                &p.into_inner(),
+            )?;
+        }
+        for (i, chunk) in data.chunks(NV_CHUNK).enumerate() {
+            let mut p = Writer::new();
+            p.tpm2b(chunk).u16((i * NV_CHUNK) as u16);
+            self.command(
+                "TPM2_NV_Write",
+                CC_NV_WRITE,
+                &[RH_OWNER, index],
+                1,
+                &p.into_inner(),
+            )?;
+        }
+        Ok(())
     }
 
     /// Quotes SHA-256 PCRs 0-23 with the AK at `ak_handle`, with

@@ -64,6 +64,14 @@ fn enroll_quote_extend_against_swtpm() {
         Err(TpmError::KeySignatureMismatch)
     ));
     assert!(tpm.pcr_extend_sha256(24, &digest).is_err());
+
+    // NV storage (how Azure's paravisor hands the HCL report to the guest).
+    let blob: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(tpm.nv_size(0x0140_0001).unwrap(), None);
+    tpm.nv_write(0x0140_0001, &blob).unwrap();
+    assert_eq!(tpm.nv_size(0x0140_0001).unwrap(), Some(blob.len()));
+    assert_eq!(tpm.nv_read(0x0140_0001).unwrap(), blob);
+    assert!(tpm.nv_read(0x0140_0002).is_err());
     drop(tpm);
 
     // The AK survives a restart of the TPM (persistent handle, same state dir).

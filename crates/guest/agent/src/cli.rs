@@ -48,7 +48,7 @@ pub enum GuestCommand {
 /// Which TEE and TPM to attest with.
 #[derive(Args, Debug, Clone)]
 pub struct TeeArgs {
-    /// TEE: tpm, sample (development), or unset to probe the platform.
+    /// TEE: tdx, snp, az-snp-vtpm, az-tdx-vtpm, tpm, sample (development); unset probes the platform.
     #[arg(long, env = "COCOON_TEE")]
     tee: Option<String>,
     /// TPM TCTI for --tee tpm: device:/dev/tpmrm0 or swtpm:host=H,port=P.

@@ -3,6 +3,7 @@
 //! [`Attester`] per TEE, one module each; [`attester_for`] builds one by
 //! name and [`detect`] picks the one this platform supports.
 
+pub mod az;
 pub mod sample;
 pub mod snp;
 pub mod tdx;
@@ -21,7 +22,9 @@ pub use tpm::{TpmAttester, TpmAttesterConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum AttesterError {
     /// No attester exists for the requested TEE on this build.
-    #[error("no attester for TEE '{0}' (available: tdx, snp, tpm, sample)")]
+    #[error(
+        "no attester for TEE '{0}' (available: tdx, snp, az-snp-vtpm, az-tdx-vtpm, tpm, sample)"
+    )]
     Unsupported(String),
     /// This platform has none of the TEE interfaces an attester needs.
     #[error("no TEE found on this platform (looked for: {0}); pass --tee sample for development")]
@@ -112,6 +115,14 @@ pub fn attester_for(tee: &str, opts: &AttesterOptions) -> Result<Box<dyn Atteste
         "tpm" => Ok(Box::new(TpmAttester::new(opts.tpm.clone()))),
         "tdx" => Ok(Box::new(TdxAttester::default())),
         "snp" => Ok(Box::new(SnpAttester::default())),
+        "az-snp-vtpm" => Ok(Box::new(az::AzVtpmAttester::new(
+            az::AzKind::Snp,
+            opts.tpm.clone(),
+        ))),
+        "az-tdx-vtpm" => Ok(Box::new(az::AzVtpmAttester::new(
+            az::AzKind::Tdx,
+            opts.tpm.clone(),
+        ))),
         other => Err(AttesterError::Unsupported(other.to_string())),
     }
 }
@@ -120,6 +131,11 @@ pub fn attester_for(tee: &str, opts: &AttesterOptions) -> Result<Box<dyn Atteste
 /// of preference: hardware TEEs first, then a TPM. `sample` is never chosen
 /// by probing.
 pub fn detect(opts: &AttesterOptions) -> Result<Box<dyn Attester>, AttesterError> {
+    // An Azure CVM's guest sees a vTPM, not the TEE device: look for the
+    // paravisor's HCL report first.
+    if let Some(kind) = az::detect(&opts.tpm.tcti) {
+        return Ok(Box::new(az::AzVtpmAttester::new(kind, opts.tpm.clone())));
+    }
     if tdx::detect() {
         return attester_for("tdx", opts);
     }
