@@ -4,6 +4,7 @@
 use cocoon_types::initdata::InitData;
 use cocoon_types::jwe::{FlattenedJwe, SealingKey, TeeKeyPair};
 use cocoon_types::resource::{ResourcePath, ResourceUri};
+use cocoon_types::sealed::SealedSecret;
 use rand_core::{OsRng, RngCore};
 
 fn random_bytes(max: usize) -> Vec<u8> {
@@ -34,6 +35,13 @@ fn parsers_never_panic_on_random_or_mutated_input() {
         .unwrap();
     let jwe_json = serde_json::to_vec(&jwe).unwrap();
     let initdata = b"version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"http://x\"\n'''\n";
+    let sk = p256::ecdsa::SigningKey::random(&mut OsRng);
+    let sealed = cocoon_types::sealed::seal(
+        &cocoon_types::sealed::envelope_encrypt(b"x", &[1; 32], "kbs:///a/b/c").unwrap(),
+        &sk,
+        "kbs:///a/b/k",
+    )
+    .unwrap();
     let mut opened = 0;
     for i in 0..3000 {
         let raw = if i % 2 == 0 {
@@ -45,6 +53,8 @@ fn parsers_never_panic_on_random_or_mutated_input() {
         let _ = ResourcePath::parse(&text);
         let _ = ResourceUri::parse(&format!("kbs:///{text}"));
         let _ = InitData::parse(&String::from_utf8_lossy(&mutate(initdata)));
+        let _ = SealedSecret::parse(&String::from_utf8_lossy(&mutate(sealed.as_bytes())));
+        let _ = SealedSecret::parse(&text);
         if let Ok(j) = serde_json::from_slice::<FlattenedJwe>(&raw)
             && let Ok(plain) = key.decrypt(&j)
         {

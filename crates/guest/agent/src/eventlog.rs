@@ -114,3 +114,39 @@ impl EventLog {
         &self.events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_one_line_each_and_hashed_per_tee() {
+        let (line, d256) =
+            EventLog::prepare("github.com/x", "load", "a b c", MeasurementHash::Sha256).unwrap();
+        assert_eq!(line, "github.com/x load a b c");
+        assert_eq!(d256.len(), 32);
+        let (_, d384) =
+            EventLog::prepare("github.com/x", "load", "a b c", MeasurementHash::Sha384).unwrap();
+        assert_eq!(d384.len(), 48);
+        for (d, o, c) in [
+            ("", "op", "c"),
+            ("a b", "op", "c"),
+            ("d", "o\nx", "c"),
+            ("d", "o", "c\nforged line"),
+        ] {
+            assert!(EventLog::prepare(d, o, c, MeasurementHash::Sha256).is_err());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("log");
+        let mut log = EventLog::new(Some(file.clone()));
+        assert_eq!(log.text(), None);
+        log.record(23, line.clone(), &d256).unwrap();
+        log.record(23, "d o second".into(), &d256).unwrap();
+        assert_eq!(log.text().unwrap(), format!("{line}\nd o second"));
+        assert_eq!(
+            std::fs::read_to_string(file).unwrap(),
+            format!("{line}\nd o second\n")
+        );
+        assert_eq!(log.events().len(), 2);
+    }
+}
