@@ -485,11 +485,22 @@ async fn vtpm_guest_end_to_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn expired_token_is_renewed_by_attesting_again() {
+async fn expired_token_is_renewed_and_kbs_comes_from_initdata() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     cocoon_kbs_client::install_crypto_provider();
-    let t = TrusteeProc::start(&d.join("trustee"), &["--token-lifetime", "2"]);
+    // HTTPS trustee; the agent learns its URL and certificate only from initdata.
+    let t = TrusteeProc::start_with(
+        &d.join("trustee"),
+        &["--allow-dev-tee"],
+        &["--token-lifetime", "2"],
+    );
+    let cert = std::fs::read_to_string(t.data_dir.join("tls/cert.pem")).unwrap();
+    let init = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = \'\'\'\n[token_configs.kbs]\nurl = \"{}\"\ncert = \"\"\"\n{}\"\"\"\n\'\'\'\n",
+        t.url, cert
+    );
+    let init = write(d, "initdata.toml", init.as_bytes());
     let (aa_addr, aa_path) = sock(d, "aa.sock");
     let aa = Daemon::start(
         &[
@@ -499,27 +510,53 @@ async fn expired_token_is_renewed_by_attesting_again() {
             &aa_addr,
             "--tee",
             "sample",
-            "--kbs-url",
-            &t.url,
+            "--initdata-toml",
+            init.to_str().unwrap(),
         ],
         d.join("aa.log"),
         || aa_path.exists(),
     );
-    let token = |_: ()| -> Value {
+    let token = || -> Value {
         serde_json::from_str(&ok(&cocoon(
             &["guest", "token", "--aa-socket", &aa_addr],
             &[],
         )))
         .unwrap()
     };
-    let a = token(());
-    let b = token(());
+    let a = token();
+    let b = token();
     assert_eq!(a["token"], b["token"], "a valid token is reused");
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    let c = token(());
+    let c = token();
     assert_ne!(a["token"], c["token"], "an expired token is replaced");
+    // The token carries the initdata the agent sent.
+    let claims = c["token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    use base64::Engine;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    let annotated = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"];
+    assert!(
+        annotated["init_data_claims"]["aa.toml"]["token_configs"]["kbs"]["url"] == t.url.as_str(),
+        "{annotated}"
+    );
     // The trustee counted exactly two attestations: one per token.
-    let metrics = reqwest::get(format!("{}/metrics", t.url))
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(cocoon_kbs_client::pinned_client_config(cert.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let metrics = http
+        .get(format!("{}/metrics", t.url))
+        .send()
         .await
         .unwrap()
         .text()
