@@ -62,6 +62,12 @@ fn register_pcrs(env: &Env<'_>, which: &[usize]) {
     }
 }
 
+/// Whether a service accepts connections on the Unix socket `p` (a stale
+/// socket file from a killed process does not count).
+fn answers(p: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(p).is_ok()
+}
+
 fn sock(dir: &Path, name: &str) -> (String, std::path::PathBuf) {
     let p = dir.join(name);
     (format!("unix://{}", p.display()), p)
@@ -147,26 +153,23 @@ async fn vtpm_guest_end_to_end() {
             init_s,
         ],
         d.join("aa.log"),
-        || aa_path.exists(),
+        || answers(&aa_path),
     );
-    let _cdh = Daemon::start(
-        &[
-            "guest",
-            "cdh",
-            "--socket",
-            &cdh_addr,
-            "--aa-socket",
-            &aa_addr,
-            "--kbs-url",
-            &t.url,
-            "--kbs-cert",
-            &cert,
-            "--initdata-toml",
-            init_s,
-        ],
-        d.join("cdh.log"),
-        || cdh_path.exists(),
-    );
+    let cdh_args = [
+        "guest",
+        "cdh",
+        "--socket",
+        &cdh_addr,
+        "--aa-socket",
+        &aa_addr,
+        "--kbs-url",
+        &t.url,
+        "--kbs-cert",
+        &cert,
+        "--initdata-toml",
+        init_s,
+    ];
+    let cdh = Daemon::start(&cdh_args, d.join("cdh.log"), || answers(&cdh_path));
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");
     let _rest = Daemon::start(
@@ -320,6 +323,15 @@ async fn vtpm_guest_end_to_end() {
         .await
         .unwrap();
     assert_eq!(ev["aa_eventlog"], "github.com/cocoon load image sha256:abc");
+    // A fresh data hub attests with that log; the trustee replays it against PCR 23.
+    drop(cdh);
+    let _cdh = Daemon::start(&cdh_args, d.join("cdh2.log"), || answers(&cdh_path));
+    let r = http
+        .get(format!("{base}/cdh/resource/default/key/db"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 
     // Sealed secrets made with `cocoon secret`, unsealed by the data hub.
     let sk = d.join("seal.pem");
@@ -474,7 +486,7 @@ async fn vtpm_guest_end_to_end() {
     );
 
     // Nothing secret in any guest-service log.
-    for log in ["aa.log", "cdh.log", "rest.log"] {
+    for log in ["aa.log", "cdh.log", "cdh2.log", "rest.log"] {
         let text = std::fs::read_to_string(d.join(log)).unwrap();
         assert!(
             !text.contains("tpm-released-secret") && !text.contains("envelope-secret-value"),
@@ -514,7 +526,7 @@ async fn expired_token_is_renewed_and_kbs_comes_from_initdata() {
             init.to_str().unwrap(),
         ],
         d.join("aa.log"),
-        || aa_path.exists(),
+        || answers(&aa_path),
     );
     let token = || -> Value {
         serde_json::from_str(&ok(&cocoon(

@@ -50,9 +50,10 @@ impl CdhConfig {
     }
 }
 
-/// Evidence from an Attestation Agent over ttrpc: the CDH's attester.
+/// Evidence from an Attestation Agent over ttrpc: the CDH's attester. It
+/// connects per request, so the agent may restart under a running hub.
 pub struct AaAttester {
-    client: services::AaClient,
+    socket: String,
     tee: Tee,
     handle: tokio::runtime::Handle,
 }
@@ -68,7 +69,7 @@ impl AaAttester {
             ))
         })?;
         Ok(Self {
-            client,
+            socket: socket.to_string(),
             tee,
             handle: tokio::runtime::Handle::current(),
         })
@@ -85,7 +86,11 @@ impl Attester for AaAttester {
         // collection off the reactor), so waiting on the runtime is safe.
         let bytes = self
             .handle
-            .block_on(self.client.evidence(report_data))
+            .block_on(async {
+                services::AaClient::connect(&self.socket)?
+                    .evidence(report_data)
+                    .await
+            })
             .map_err(|e| AttesterError::Device(format!("attestation agent: {e}")))?;
         serde_json::from_slice(&bytes).map_err(|e| {
             AttesterError::Device(format!("attestation agent evidence is not JSON: {e}"))

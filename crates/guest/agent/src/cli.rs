@@ -301,11 +301,11 @@ async fn run_rest(a: RestArgs) -> Result<()> {
     }
     let aa = match a.features {
         Features::Resource => None,
-        _ => Some(AaClient::connect(&a.aa_socket)?),
+        _ => Some(a.aa_socket.clone()),
     };
     let cdh = match a.features {
         Features::Attestation => None,
-        _ => Some(CdhClient::connect(&a.cdh_socket)?),
+        _ => Some(a.cdh_socket.clone()),
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await

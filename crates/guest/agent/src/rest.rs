@@ -29,12 +29,14 @@ pub enum Features {
     All,
 }
 
-/// Backends of the REST API.
+/// Backends of the REST API: the sockets of the attestation agent and the
+/// data hub. A connection is made per request, so either service may start
+/// later or restart without the REST API noticing.
 pub struct RestBackends {
-    /// Attestation agent client.
-    pub aa: Option<AaClient>,
-    /// Data hub client.
-    pub cdh: Option<CdhClient>,
+    /// Attestation agent socket.
+    pub aa: Option<String>,
+    /// Data hub socket.
+    pub cdh: Option<String>,
     /// Which endpoints are on.
     pub features: Features,
 }
@@ -58,12 +60,16 @@ async fn resource(
     State(s): State<St>,
     Path((repo, ty, tag)): Path<(String, String, String)>,
 ) -> Response {
-    let Some(cdh) = s
+    let Some(addr) = s
         .cdh
         .as_ref()
         .filter(|_| s.features != Features::Attestation)
     else {
         return fail(StatusCode::NOT_FOUND, "resource endpoints are disabled");
+    };
+    let cdh = match CdhClient::connect(addr) {
+        Ok(c) => c,
+        Err(e) => return backend_err(e),
     };
     match cdh.get_resource(&format!("kbs:///{repo}/{ty}/{tag}")).await {
         Ok(r) => octets(r.to_vec()),
@@ -71,17 +77,18 @@ async fn resource(
     }
 }
 
-fn aa(s: &RestBackends) -> Option<&AaClient> {
-    s.aa.as_ref().filter(|_| s.features != Features::Resource)
-}
-
-fn aa_disabled() -> Response {
-    fail(StatusCode::NOT_FOUND, "attestation endpoints are disabled")
+fn aa(s: &RestBackends) -> Result<AaClient, Response> {
+    let addr =
+        s.aa.as_ref()
+            .filter(|_| s.features != Features::Resource)
+            .ok_or_else(|| fail(StatusCode::NOT_FOUND, "attestation endpoints are disabled"))?;
+    AaClient::connect(addr).map_err(backend_err)
 }
 
 async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(aa) = aa(&s) else {
-        return aa_disabled();
+    let aa = match aa(&s) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let Some(kind) = q.get("token_type") else {
         return fail(StatusCode::BAD_REQUEST, "missing token_type parameter");
@@ -93,8 +100,9 @@ async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) ->
 }
 
 async fn evidence(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(aa) = aa(&s) else {
-        return aa_disabled();
+    let aa = match aa(&s) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let Some(rd) = q.get("runtime_data") else {
         return fail(StatusCode::BAD_REQUEST, "missing runtime_data parameter");
@@ -121,8 +129,9 @@ struct AaelRequest {
 }
 
 async fn aael(State(s): State<St>, body: axum::body::Bytes) -> Response {
-    let Some(aa) = aa(&s) else {
-        return aa_disabled();
+    let aa = match aa(&s) {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let Ok(req) = serde_json::from_slice::<AaelRequest>(&body) else {
         return fail(
@@ -141,9 +150,9 @@ async fn aael(State(s): State<St>, body: axum::body::Bytes) -> Response {
 }
 
 async fn info(State(s): State<St>) -> Response {
-    let tee = match &s.aa {
-        Some(a) => a.tee().await.ok(),
-        None => None,
+    let tee = match s.aa.as_deref().map(AaClient::connect) {
+        Some(Ok(a)) => a.tee().await.ok(),
+        _ => None,
     };
     axum::Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),

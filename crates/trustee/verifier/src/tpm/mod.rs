@@ -6,7 +6,11 @@
 //!
 //! Claims, as CoCo's TPM verifier names them: `report_data` and `init_data`
 //! (PCR 8) in hex, `pcr00`..`pcr23` in hex; plus `reset_count`,
-//! `restart_count` and `ak_fingerprint` (SHA-256 of the AK's DER SPKI).
+//! `restart_count`, `ak_fingerprint` (SHA-256 of the AK's DER SPKI) and,
+//! when the evidence carries the agent's runtime event log (`aa_eventlog`,
+//! one `<domain> <operation> <content>` line per event), `runtime_events`:
+//! the log is replayed (SHA-256 of each line extended from zero) and must
+//! equal PCR 23, the register the agent extends on vTPMs.
 
 use crate::{TeeClaims, TeeClass, TrustedKeys, Verifier, VerifyError, VerifyInput, hex_short};
 use base64::Engine;
@@ -21,12 +25,42 @@ use std::sync::Arc;
 const TEE: &str = "tpm";
 /// PCR holding the initdata digest.
 pub const INITDATA_PCR: usize = 8;
+/// PCR the attestation agent extends with runtime events on vTPMs.
+pub const RUNTIME_PCR: usize = 23;
 
 /// TPM evidence as CoCo's TPM attester sends it.
 #[derive(Debug, Deserialize)]
 struct TpmEvidence {
     ak_public: String,
     tpm_quote: QuoteJson,
+    #[serde(default)]
+    aa_eventlog: Option<String>,
+}
+
+/// Replays the agent's runtime event log against `pcr`; returns the events.
+fn replay_runtime_log(log: &str, pcr: &[u8; 32]) -> Result<Value, VerifyError> {
+    let mut acc = [0u8; 32];
+    let mut events = Vec::new();
+    for line in log.lines() {
+        let d: [u8; 32] = Sha256::digest(line.as_bytes()).into();
+        acc = extend_sha256(&acc, &d);
+        let mut parts = line.splitn(3, ' ');
+        events.push(serde_json::json!({
+            "domain": parts.next().unwrap_or_default(),
+            "operation": parts.next().unwrap_or_default(),
+            "content": parts.next().unwrap_or_default(),
+        }));
+    }
+    if &acc != pcr {
+        return Err(VerifyError::Invalid {
+            tee: TEE,
+            reason: format!(
+                "the runtime event log ({} events) does not replay to PCR {RUNTIME_PCR}: events were added, removed or changed",
+                events.len()
+            ),
+        });
+    }
+    Ok(Value::Array(events))
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +184,10 @@ impl Verifier for TpmVerifier {
         claims.insert("reset_count".into(), quote.attest.reset_count.into());
         claims.insert("restart_count".into(), quote.attest.restart_count.into());
         claims.insert("ak_fingerprint".into(), Value::String(fingerprint));
+        if let Some(log) = ev.aa_eventlog.as_deref().filter(|l| !l.is_empty()) {
+            let events = replay_runtime_log(log, &quote.pcrs[RUNTIME_PCR])?;
+            claims.insert("runtime_events".into(), events);
+        }
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             claims: Value::Object(claims),
@@ -270,6 +308,24 @@ mod tests {
             input(&serde_json::json!({"svn": "1"}), &rd, None),
             VerifyError::Malformed { .. }
         ));
+    }
+
+    #[test]
+    fn runtime_log_replays_against_pcr23() {
+        let lines = "github.com/x load image-a\ngithub.com/x load image-b";
+        let mut pcr = [0u8; 32];
+        for l in lines.lines() {
+            pcr = extend_sha256(&pcr, &Sha256::digest(l.as_bytes()).into());
+        }
+        let ev = replay_runtime_log(lines, &pcr).unwrap();
+        assert_eq!(ev[1]["content"], "image-b");
+        assert_eq!(ev[0]["domain"], "github.com/x");
+        let err = replay_runtime_log("github.com/x load image-a", &pcr).unwrap_err();
+        assert!(err.to_string().contains("does not replay"), "{err}");
+        assert!(
+            replay_runtime_log("github.com/x load image-c\ngithub.com/x load image-b", &pcr)
+                .is_err()
+        );
     }
 
     #[test]
