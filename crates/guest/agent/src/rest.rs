@@ -88,7 +88,7 @@ fn aa(s: &RestBackends) -> Result<AaClient, Response> {
 async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
     let aa = match aa(&s) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(kind) = q.get("token_type") else {
         return fail(StatusCode::BAD_REQUEST, "missing token_type parameter");
@@ -102,7 +102,7 @@ async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) ->
 async fn evidence(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
     let aa = match aa(&s) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(rd) = q.get("runtime_data") else {
         return fail(StatusCode::BAD_REQUEST, "missing runtime_data parameter");
@@ -131,7 +131,7 @@ struct AaelRequest {
 async fn aael(State(s): State<St>, body: axum::body::Bytes) -> Response {
     let aa = match aa(&s) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(req) = serde_json::from_slice::<AaelRequest>(&body) else {
         return fail(
