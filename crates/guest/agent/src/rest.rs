@@ -77,12 +77,15 @@ async fn resource(
     }
 }
 
-fn aa(s: &RestBackends) -> Result<AaClient, Response> {
-    let addr =
-        s.aa.as_ref()
-            .filter(|_| s.features != Features::Resource)
-            .ok_or_else(|| fail(StatusCode::NOT_FOUND, "attestation endpoints are disabled"))?;
-    AaClient::connect(addr).map_err(backend_err)
+/// A client of the attestation agent, or the response to send instead.
+fn aa(s: &RestBackends) -> Result<AaClient, Box<Response>> {
+    let Some(addr) = s.aa.as_ref().filter(|_| s.features != Features::Resource) else {
+        return Err(Box::new(fail(
+            StatusCode::NOT_FOUND,
+            "attestation endpoints are disabled",
+        )));
+    };
+    AaClient::connect(addr).map_err(|e| Box::new(backend_err(e)))
 }
 
 async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
