@@ -34,7 +34,11 @@ const CALL_TIMEOUT_NS: i64 = 120 * 1_000_000_000;
 
 fn status(e: &AgentError) -> ttrpc::Error {
     let code = match e {
-        AgentError::BadRequest(_) | AgentError::Sealed(_) | AgentError::InitData(_) => {
+        AgentError::BadRequest(_)
+        | AgentError::Sealed(_)
+        | AgentError::InitData(_)
+        | AgentError::Event(_)
+        | AgentError::Attester(cocoon_attester::AttesterError::ReportDataTooLong(_)) => {
             Code::INVALID_ARGUMENT
         }
         AgentError::Kbs(k) if k.status().is_some() => Code::PERMISSION_DENIED,

@@ -75,6 +75,11 @@ pub trait Attester: Send + Sync {
     fn tee(&self) -> Tee;
     /// Evidence carrying `report_data`.
     fn evidence(&self, report_data: &[u8]) -> Result<Value, AttesterError>;
+    /// Whether `evidence` may block on a device or the network (callers
+    /// then run it on a blocking thread).
+    fn may_block(&self) -> bool {
+        true
+    }
     /// Extends measurement register `index` with `digest` (runtime measurement).
     fn extend_runtime_measurement(&self, _index: u32, _digest: &[u8]) -> Result<(), AttesterError> {
         Err(AttesterError::NotSupported(

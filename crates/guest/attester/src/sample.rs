@@ -13,6 +13,10 @@ impl Attester for SampleAttester {
         Tee::Sample
     }
 
+    fn may_block(&self) -> bool {
+        false
+    }
+
     fn evidence(&self, report_data: &[u8]) -> Result<Value, AttesterError> {
         if report_data.len() > 64 {
             return Err(AttesterError::ReportDataTooLong(report_data.len()));

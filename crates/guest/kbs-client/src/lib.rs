@@ -314,10 +314,14 @@ impl KbsClient {
             }
         })?;
         // Evidence may block on a device (TPM, TEE ioctl): keep it off the reactor.
-        let attester = self.attester.clone();
-        let evidence = tokio::task::spawn_blocking(move || attester.evidence(&rd))
-            .await
-            .map_err(|e| ClientError::Config(format!("evidence task failed: {e}")))??;
+        let evidence = if self.attester.may_block() {
+            let attester = self.attester.clone();
+            tokio::task::spawn_blocking(move || attester.evidence(&rd))
+                .await
+                .map_err(|e| ClientError::Config(format!("evidence task failed: {e}")))??
+        } else {
+            self.attester.evidence(&rd)?
+        };
         let init = self
             .init_data
             .as_ref()

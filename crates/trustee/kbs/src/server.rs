@@ -316,12 +316,18 @@ impl Trustee {
             tokio::spawn(denial_recorder(self.state.store.clone(), rx));
         }
         let app = router(self.state.clone()).into_make_service();
+        // TCP_NODELAY: responses go out in several small writes (TLS records,
+        // headers and body); with Nagle on, a client's delayed ACK holds the
+        // last one back for ~40 ms.
+        let nodelay = axum_server::accept::NoDelayAcceptor::new();
         match self.tls {
-            Some(tls) => axum_server::from_tcp_rustls(self.listener, tls)
+            Some(tls) => axum_server::from_tcp(self.listener)
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(nodelay))
                 .serve(app)
                 .await
                 .map_err(err),
             None => axum_server::from_tcp(self.listener)
+                .acceptor(nodelay)
                 .serve(app)
                 .await
                 .map_err(err),
