@@ -38,10 +38,16 @@ pub enum PolicyError {
     Store(#[from] StoreError),
 }
 
+/// Rules evaluated on every request, compiled once per policy so that an
+/// evaluation does not re-analyse the whole policy (its cost would grow
+/// with every TEE section added to it).
+const HOT_RULES: [&str; 4] = ["trust_claims", "explain", "allow", "deny_reasons"];
+
 /// A compiled Rego policy (package `policy`).
 pub struct RegoPolicy {
     id: String,
     engine: regorus::Engine,
+    compiled: HashMap<&'static str, regorus::CompiledPolicy>,
     digest: [u8; 32],
 }
 
@@ -86,9 +92,19 @@ impl RegoPolicy {
         }
         // Surface compile-time errors (unknown functions, bad references) now.
         engine.clone().eval_modules(false).map_err(invalid)?;
+        let mut compiled = HashMap::new();
+        for rule in HOT_RULES {
+            let entry: regorus::Rc<str> = format!("data.policy.{rule}").into();
+            // A policy need not define every hot rule: those it lacks stay
+            // on the general path (and evaluate to undefined there).
+            if let Ok(c) = engine.clone().compile_with_entrypoint(&entry) {
+                compiled.insert(rule, c);
+            }
+        }
         Ok(Self {
             id: id.to_string(),
             engine,
+            compiled,
             digest: Sha256::digest(text.as_bytes()).into(),
         })
     }
@@ -115,16 +131,12 @@ impl RegoPolicy {
             id: self.id.clone(),
             detail: e.to_string(),
         };
-        let mut engine = self.engine.clone();
-        if let Some(d) = data {
-            engine
-                .add_data(regorus::Value::from(d.clone()))
-                .map_err(err)?;
-        }
-        engine.set_input(regorus::Value::from(input.clone()));
-        let v = engine
-            .eval_rule(format!("data.policy.{rule}"))
-            .map_err(err)?;
+        let v = match (self.compiled.get(rule), data) {
+            (Some(c), None) => c
+                .eval_with_input(regorus::Value::from(input.clone()))
+                .map_err(err)?,
+            _ => self.eval_general(rule, input, data).map_err(err)?,
+        };
         if v == regorus::Value::Undefined {
             return Ok(None);
         }
@@ -134,6 +146,21 @@ impl RegoPolicy {
                 id: self.id.clone(),
                 detail: e.to_string(),
             })
+    }
+
+    /// Evaluates on a copy of the engine (needed when `data` is merged in).
+    fn eval_general(
+        &self,
+        rule: &str,
+        input: &Value,
+        data: Option<&Value>,
+    ) -> anyhow::Result<regorus::Value> {
+        let mut engine = self.engine.clone();
+        if let Some(d) = data {
+            engine.add_data(regorus::Value::from(d.clone()))?;
+        }
+        engine.set_input(regorus::Value::from(input.clone()));
+        engine.eval_rule(format!("data.policy.{rule}"))
     }
 }
 
