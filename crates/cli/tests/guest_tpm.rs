@@ -38,6 +38,20 @@ impl Env<'_> {
         ok(&cocoon(&a, &[]))
     }
 
+    fn explain(&self) -> String {
+        let key = self.t.admin_key();
+        let args = [
+            "explain",
+            "--url",
+            &self.t.url,
+            "--kbs-cert",
+            &self.cert,
+            "--admin-key",
+            key.to_str().unwrap(),
+        ];
+        ok(&cocoon(&args, &[]))
+    }
+
     fn get_resource(&self, extra: &[&str]) -> std::process::Output {
         let mut a = vec![
             "get-resource",
@@ -202,18 +216,7 @@ async fn vtpm_guest_end_to_end() {
     );
     let err = fails(&o);
     assert!(err.contains("refused") || err.contains("denied"), "{err}");
-    let explain = ok(&cocoon(
-        &[
-            "explain",
-            "--url",
-            &t.url,
-            "--kbs-cert",
-            &cert,
-            "--admin-key",
-            t.admin_key().to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let explain = env.explain();
     assert!(explain.contains("no PCR reference values"), "{explain}");
 
     // Register the measured PCRs (PCR 8 now holds the initdata digest).
@@ -229,18 +232,7 @@ async fn vtpm_guest_end_to_end() {
         &[],
     );
     if !o.status.success() {
-        let explain = ok(&cocoon(
-            &[
-                "explain",
-                "--url",
-                &t.url,
-                "--kbs-cert",
-                &cert,
-                "--admin-key",
-                t.admin_key().to_str().unwrap(),
-            ],
-            &[],
-        ));
+        let explain = env.explain();
         panic!(
             "{}\n{explain}\n{}",
             String::from_utf8_lossy(&o.stderr),
@@ -468,18 +460,7 @@ async fn vtpm_guest_end_to_end() {
     ));
     let err = fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert]));
     assert!(err.contains("refused") || err.contains("denied"), "{err}");
-    let explain = ok(&cocoon(
-        &[
-            "explain",
-            "--url",
-            &t.url,
-            "--kbs-cert",
-            &cert,
-            "--admin-key",
-            t.admin_key().to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let explain = env.explain();
     assert!(
         explain.contains("tpm.pcr09") && explain.contains("tpm_pcr9"),
         "{explain}"

@@ -350,6 +350,19 @@ pub fn ek_rsa_template() -> Vec<u8> {
     w.into_inner()
 }
 
+/// Skips a key's TPMT_SYM_DEF_OBJECT and signing scheme (algorithm plus
+/// key bits and mode, or plus hash), which attestation does not need.
+fn skip_symmetric_and_scheme(r: &mut Reader<'_>) -> Result<(), TpmError> {
+    if r.u16()? != ALG_NULL {
+        r.u16()?;
+        r.u16()?;
+    }
+    if r.u16()? != ALG_NULL {
+        r.u16()?;
+    }
+    Ok(())
+}
+
 impl Public {
     /// Parses TPMT_PUBLIC bytes (RSA and ECC P-256 keys).
     pub fn parse(bytes: &[u8]) -> Result<Self, TpmError> {
@@ -364,15 +377,7 @@ impl Public {
         };
         let out = match ty {
             ALG_RSA => {
-                let sym = r.u16()?;
-                if sym != ALG_NULL {
-                    r.u16()?;
-                    r.u16()?;
-                }
-                let scheme = r.u16()?;
-                if scheme != ALG_NULL {
-                    r.u16()?;
-                }
+                skip_symmetric_and_scheme(&mut r)?;
                 let _bits = r.u16()?;
                 let e = match r.u32()? {
                     0 => 65537,
@@ -382,15 +387,7 @@ impl Public {
                 Public::Rsa { attributes, n, e }
             }
             ALG_ECC => {
-                let sym = r.u16()?;
-                if sym != ALG_NULL {
-                    r.u16()?;
-                    r.u16()?;
-                }
-                let scheme = r.u16()?;
-                if scheme != ALG_NULL {
-                    r.u16()?;
-                }
+                skip_symmetric_and_scheme(&mut r)?;
                 let curve = r.u16()?;
                 if curve != ECC_NIST_P256 {
                     return Err(bad(format!("curve 0x{curve:04x} (only NIST P-256)")));

@@ -330,6 +330,17 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Logs to stderr, filtered by `COCOON_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Runs one guest command until it finishes (services: until SIGTERM/SIGINT).
 pub async fn run(cmd: GuestCommand) -> Result<()> {
     match cmd {
