@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug)]
 pub struct AdminConnection {
     #[command(flatten)]
-    conn: Connection,
+    pub(crate) conn: Connection,
     /// Admin private key (Ed25519 PKCS#8 PEM). Default: the local trustee's
     /// admin key; created on first use if missing.
     #[arg(long, env = "COCOON_ADMIN_KEY")]
@@ -175,14 +175,15 @@ fn load_or_create_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
     })
 }
 
-struct Admin {
-    conn: Connection,
-    http: reqwest::Client,
+/// An authenticated admin client of a trustee.
+pub(crate) struct Admin {
+    pub(crate) conn: Connection,
+    pub(crate) http: reqwest::Client,
     key: ed25519_dalek::SigningKey,
 }
 
 impl Admin {
-    fn new(a: &AdminConnection) -> Result<Self> {
+    pub(crate) fn new(a: &AdminConnection) -> Result<Self> {
         let path = a.admin_key.clone().unwrap_or_else(default_admin_key);
         Ok(Self {
             http: a.conn.http()?,
@@ -196,7 +197,12 @@ impl Admin {
         rb.bearer_auth(make_admin_token(&self.key, now, 300))
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<reqwest::Response> {
+    /// Sends `rb` with an admin token; non-success answers become errors.
+    pub(crate) async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<reqwest::Response> {
         let resp = self
             .auth(rb)
             .send()

@@ -62,7 +62,7 @@ fn micros(since: Instant) -> u32 {
     since.elapsed().as_micros().min(u32::MAX as u128) as u32
 }
 
-fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

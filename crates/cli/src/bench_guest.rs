@@ -8,24 +8,23 @@
 //! is a swtpm the benchmark starts (or `--tpm TCTI`) with an enrolled AK
 //! the trustee is told to trust and PCR reference values registered.
 
-use crate::client::{Connection, check};
+use crate::admin::{Admin, AdminConnection};
+use crate::bench::percentile_ms;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use cocoon_attester::{AttesterOptions, TpmAttesterConfig};
 use cocoon_guest::aa::{AaConfig, AttestationAgent};
 use cocoon_tpm::{DEFAULT_AK_HANDLE, KeyAlgorithm, Tcti, Tpm};
 use cocoon_types::resource::ResourceUri;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// `cocoon bench guest`.
 #[derive(Args, Debug)]
 pub struct GuestBenchArgs {
+    /// The trustee and its admin key (to store the resource, trust the AK,
+    /// set PCR reference values).
     #[command(flatten)]
-    conn: Connection,
-    /// Admin key of the trustee (to store the resource, trust the AK, set PCR reference values).
-    #[arg(long, env = "COCOON_ADMIN_KEY")]
-    admin_key: PathBuf,
+    admin: AdminConnection,
     /// Runs per attester.
     #[arg(long, default_value_t = 15)]
     runs: usize,
@@ -34,30 +33,18 @@ pub struct GuestBenchArgs {
     tpm: Option<String>,
 }
 
-struct Admin {
-    http: reqwest::Client,
-    key: ed25519_dalek::SigningKey,
-    conn: Connection,
-}
-
-impl Admin {
-    async fn send(&self, rb: reqwest::RequestBuilder, what: &str) -> Result<()> {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let resp = rb
-            .bearer_auth(cocoon_kbs::admin::make_admin_token(&self.key, now, 300))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the trustee at {}", self.conn.url))?;
-        check(resp, what).await?;
-        Ok(())
-    }
-}
-
-fn stats(mut v: Vec<Duration>) -> (f64, f64, f64) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let at = |p: f64| ms(v[((v.len() as f64 - 1.0) * p).round() as usize]);
-    (at(0.5), at(0.9), ms(v[0]))
+/// Median, p90 and minimum in milliseconds.
+fn stats(v: &[Duration]) -> (f64, f64, f64) {
+    let mut us: Vec<u32> = v
+        .iter()
+        .map(|d| d.as_micros().min(u32::MAX as u128) as u32)
+        .collect();
+    us.sort_unstable();
+    (
+        percentile_ms(&us, 0.5),
+        percentile_ms(&us, 0.9),
+        percentile_ms(&us, 0.0),
+    )
 }
 
 async fn time_runs(
@@ -91,18 +78,11 @@ async fn time_runs(
 
 /// Runs the benchmark.
 pub async fn run(a: GuestBenchArgs) -> Result<()> {
-    use ed25519_dalek::pkcs8::DecodePrivateKey;
     if a.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let pem = std::fs::read_to_string(&a.admin_key)
-        .with_context(|| format!("cannot read {}", a.admin_key.display()))?;
-    let admin = Admin {
-        http: a.conn.http()?,
-        key: ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("admin key {}: {e}", a.admin_key.display()))?,
-        conn: a.conn.clone(),
-    };
+    let admin = Admin::new(&a.admin)?;
+    let conn = admin.conn.clone();
     let uri = ResourceUri::parse("kbs:///bench/guest/secret")?;
     let mut secret = vec![0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
@@ -110,7 +90,7 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
         .send(
             admin
                 .http
-                .post(a.conn.kbs(&format!("/resource/{}", uri.path)))
+                .post(conn.kbs(&format!("/resource/{}", uri.path)))
                 .body(secret.clone()),
             "storing the benchmark resource",
         )
@@ -135,7 +115,7 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
     .await??;
     admin
         .send(
-            admin.http.post(a.conn.kbs("/tpm-ak")).body(ak_der),
+            admin.http.post(conn.kbs("/tpm-ak")).body(ak_der),
             "trusting the AK",
         )
         .await?;
@@ -144,7 +124,7 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
             .send(
                 admin
                     .http
-                    .put(a.conn.kbs(&format!("/reference-value/tpm_pcr{i}")))
+                    .put(conn.kbs(&format!("/reference-value/tpm_pcr{i}")))
                     .json(&serde_json::json!({"value": [hex::encode(pcrs[i])]})),
                 "setting PCR reference values",
             )
@@ -152,8 +132,8 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
     }
 
     let base = AaConfig {
-        kbs_url: Some(a.conn.url.clone()),
-        kbs_cert_pem: a.conn.cert_pem()?,
+        kbs_url: Some(conn.url.clone()),
+        kbs_cert_pem: conn.cert_pem()?,
         ..AaConfig::default()
     };
     let sample_cfg = AaConfig {
@@ -173,7 +153,7 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
     };
     println!(
         "cocoon bench guest: agent start -> first secret in hand, {} runs each, trustee {}",
-        a.runs, a.conn.url
+        a.runs, conn.url
     );
     let sample = time_runs("sample", a.runs, &sample_cfg, &uri.path, &secret).await?;
     let tpm = time_runs("tpm", a.runs, &tpm_cfg, &uri.path, &secret).await?;
@@ -187,9 +167,9 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
         ev.push(t0.elapsed());
     }
 
-    let (s50, s90, smin) = stats(sample);
-    let (t50, t90, tmin) = stats(tpm);
-    let (e50, e90, _) = stats(ev);
+    let (s50, s90, smin) = stats(&sample);
+    let (t50, t90, tmin) = stats(&tpm);
+    let (e50, e90, _) = stats(&ev);
     println!("  sample attester (baseline): median {s50:.2} ms  p90 {s90:.2} ms  min {smin:.2} ms");
     println!(
         "  tpm attester (swtpm):       median {t50:.2} ms  p90 {t90:.2} ms  min {tmin:.2} ms  ({:.2}x baseline)",

@@ -88,7 +88,7 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
             };
             let (ak, ak_new) = t.ensure_ak(ak_handle, alg)?;
             let der = ak.to_spki_der()?;
-            let pem = pem_public_key(&der);
+            let pem = pem_public_key(&der)?;
             std::fs::write(&out, pem).with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!(
                 "EK at 0x{DEFAULT_EK_HANDLE:08x} ({}), AK at 0x{ak_handle:08x} ({}), fingerprint {}",
@@ -127,14 +127,8 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
 }
 
 /// PEM `PUBLIC KEY` text for DER SPKI.
-pub fn pem_public_key(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut s = String::from("-----BEGIN PUBLIC KEY-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        s.push('\n');
-    }
-    s.push_str("-----END PUBLIC KEY-----\n");
-    s
+fn pem_public_key(der: &[u8]) -> Result<String> {
+    use p256::pkcs8::der::Document;
+    use p256::pkcs8::der::pem::LineEnding;
+    Ok(Document::try_from(der)?.to_pem("PUBLIC KEY", LineEnding::LF)?)
 }

@@ -4,7 +4,7 @@
 
 use crate::TpmError;
 use crate::structs::{
-    ALG_NULL, ALG_SHA256, KeyAlgorithm, PCR_COUNT, PcrSelection, Public, ak_template,
+    ALG_NULL, ALG_SHA256, KeyAlgorithm, PCR_COUNT, PcrSelection, Public, Signature, ak_template,
     ek_rsa_template, read_pcr_selection_list, write_pcr_selection_list,
 };
 use crate::wire::{Reader, Writer};
@@ -121,7 +121,6 @@ enum Transport {
 /// An open TPM. Commands are synchronous; keep one per task.
 pub struct Tpm {
     io: Transport,
-    tcti: Tcti,
 }
 
 /// A quote as produced by the TPM.
@@ -189,15 +188,7 @@ impl Tpm {
                 Transport::Tcp(s)
             }
         };
-        Ok(Self {
-            io,
-            tcti: tcti.clone(),
-        })
-    }
-
-    /// The TCTI this TPM was opened with.
-    pub fn tcti(&self) -> &Tcti {
-        &self.tcti
+        Ok(Self { io })
     }
 
     fn transact(&mut self, cmd: &[u8]) -> Result<Vec<u8>, TpmError> {
@@ -226,10 +217,11 @@ impl Tpm {
         }
     }
 
-    /// Sends one command; `handles` go in the handle area, `auth` says whether
-    /// the first handle needs an (empty) password session. Returns the
-    /// response after the header (and after the parameter size when sessions
-    /// were used), plus the response handle if `out_handle`.
+    /// Sends one command: `handles` go in the handle area, followed by
+    /// `auth_count` empty-password sessions, then `params`. Transient
+    /// RETRY/YIELDED/TESTING answers are retried. Returns the response after
+    /// its 10-byte header (response handles, then the parameter size when
+    /// sessions were used, then the parameters).
     fn command(
         &mut self,
         name: &'static str,
@@ -571,30 +563,14 @@ impl Tpm {
             r => r?,
         };
         let mut r = Reader::new(&resp, "TPM2_Quote response");
-        let _param_size = r.u32()?;
-        let attest = r.tpm2b(2048)?.to_vec();
-        let sig_start = resp.len() - r.remaining();
-        // TPMT_SIGNATURE runs to the parameter end; auth responses follow.
-        let alg = r.u16()?;
-        let _hash = r.u16()?;
-        match alg {
-            crate::structs::ALG_RSASSA => {
-                r.tpm2b(512)?;
-            }
-            crate::structs::ALG_ECDSA => {
-                r.tpm2b(66)?;
-                r.tpm2b(66)?;
-            }
-            other => {
-                return Err(TpmError::UnsupportedAlgorithm(format!(
-                    "quote signature algorithm 0x{other:04x}"
-                )));
-            }
-        }
-        let sig_end = resp.len() - r.remaining();
-        Ok(Quote {
-            attest,
-            signature: resp[sig_start..sig_end].to_vec(),
-        })
+        let param_size = r.u32()? as usize;
+        // The parameters are TPM2B_ATTEST then TPMT_SIGNATURE; the session
+        // area follows them.
+        let mut params = Reader::new(r.bytes(param_size)?, "TPM2_Quote parameters");
+        let attest = params.tpm2b(2048)?.to_vec();
+        let signature = params.bytes(params.remaining())?.to_vec();
+        // Refuse a signature this crate could not verify later.
+        Signature::parse(&signature)?;
+        Ok(Quote { attest, signature })
     }
 }

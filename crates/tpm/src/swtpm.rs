@@ -74,11 +74,6 @@ impl Swtpm {
             port: self.port,
         }
     }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for Swtpm {

@@ -126,12 +126,4 @@ impl Writer {
     pub fn into_inner(self) -> Vec<u8> {
         self.buf
     }
-    /// Bytes written so far.
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
 }

@@ -4,7 +4,7 @@
 
 use crate::eventlog::{EventLog, MeasurementHash};
 use crate::{AgentError, blocking};
-use cocoon_attester::{Attester, AttesterOptions, InitDataBinding};
+use cocoon_attester::{Attester, AttesterError, AttesterOptions, InitDataBinding};
 use cocoon_kbs_client::{ClientOptions, KbsClient, RetryPolicy};
 use cocoon_types::initdata::InitData;
 use serde_json::{Value, json};
@@ -64,24 +64,83 @@ fn is_vtpm(tee: &str) -> bool {
     tee == "tpm" || tee.ends_with("vtpm")
 }
 
+/// The agent's attester: the TEE's evidence plus the runtime event log, so
+/// every attestation (GetEvidence and the agent's own KBS handshakes)
+/// carries the log the measurement register replays to. The log lock is
+/// held across a register extend and across evidence collection, so no
+/// evidence sees a register without its log line or the reverse.
+struct LoggedAttester {
+    inner: Box<dyn Attester>,
+    log: Mutex<EventLog>,
+}
+
+impl LoggedAttester {
+    fn log(&self) -> std::sync::MutexGuard<'_, EventLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Attester for LoggedAttester {
+    fn tee(&self) -> cocoon_types::Tee {
+        self.inner.tee()
+    }
+
+    fn may_block(&self) -> bool {
+        self.inner.may_block()
+    }
+
+    fn evidence(&self, report_data: &[u8]) -> Result<Value, AttesterError> {
+        let log = self.log();
+        let mut ev = self.inner.evidence(report_data)?;
+        if let (Some(text), Value::Object(map)) = (log.text(), &mut ev) {
+            map.insert("aa_eventlog".into(), Value::String(text));
+        }
+        Ok(ev)
+    }
+
+    fn extend_runtime_measurement(&self, index: u32, digest: &[u8]) -> Result<(), AttesterError> {
+        self.inner.extend_runtime_measurement(index, digest)
+    }
+
+    fn bind_init_data(&self, digest: &[u8]) -> Result<InitDataBinding, AttesterError> {
+        self.inner.bind_init_data(digest)
+    }
+}
+
+/// Fills the KBS URL and certificate of `cfg` from an AA config TOML
+/// (`[token_configs.kbs] url, cert`, CoCo's `aa.toml`) where they are unset.
+pub fn apply_aa_toml(cfg: &mut AaConfig, text: &str) -> Result<(), AgentError> {
+    let parsed: AaToml = toml::from_str(text)
+        .map_err(|e| AgentError::Config(format!("AA config (aa.toml) is not valid: {e}")))?;
+    if let Some(k) = parsed.token_configs.kbs {
+        cfg.kbs_url.get_or_insert(k.url);
+        if cfg.kbs_cert_pem.is_none() {
+            cfg.kbs_cert_pem = k.cert.map(String::into_bytes);
+        }
+    }
+    Ok(())
+}
+
 /// The Attestation Agent.
 pub struct AttestationAgent {
-    attester: Arc<dyn Attester>,
+    attester: Arc<LoggedAttester>,
     tee: String,
     kbs: Option<KbsClient>,
-    init_data: Option<InitData>,
     binding: InitDataBinding,
     register: u64,
-    log: Mutex<EventLog>,
 }
 
 impl AttestationAgent {
     /// Builds the attester, binds initdata, and prepares the KBS client.
     pub async fn start(mut cfg: AaConfig) -> Result<Self, AgentError> {
-        let attester: Arc<dyn Attester> = match &cfg.tee {
-            Some(t) => Arc::from(cocoon_attester::attester_for(t, &cfg.attester)?),
-            None => Arc::from(cocoon_attester::detect(&cfg.attester)?),
+        let inner = match &cfg.tee {
+            Some(t) => cocoon_attester::attester_for(t, &cfg.attester)?,
+            None => cocoon_attester::detect(&cfg.attester)?,
         };
+        let attester = Arc::new(LoggedAttester {
+            inner,
+            log: Mutex::new(EventLog::new(cfg.event_log_file.clone())),
+        });
         let tee = cocoon_types::tee_name(attester.tee());
         let init_data = match &cfg.init_data {
             Some(text) => Some(InitData::parse(text)?),
@@ -94,15 +153,7 @@ impl AttestationAgent {
             binding = blocking(move || a.bind_init_data(&digest)).await??;
             tracing::info!(tee = %tee, ?binding, digest = %hex::encode(&init.digest), "initdata bound");
             if let Some(aa) = init.data.get("aa.toml") {
-                let parsed: AaToml = toml::from_str(aa).map_err(|e| {
-                    AgentError::Config(format!("initdata aa.toml is not valid: {e}"))
-                })?;
-                if let Some(k) = parsed.token_configs.kbs {
-                    cfg.kbs_url.get_or_insert(k.url);
-                    if cfg.kbs_cert_pem.is_none() {
-                        cfg.kbs_cert_pem = k.cert.map(String::into_bytes);
-                    }
-                }
+                apply_aa_toml(&mut cfg, aa)?;
             }
         }
         let kbs = match &cfg.kbs_url {
@@ -127,10 +178,8 @@ impl AttestationAgent {
             attester,
             tee,
             kbs,
-            init_data,
             binding,
             register,
-            log: Mutex::new(EventLog::new(cfg.event_log_file)),
         })
     }
 
@@ -144,16 +193,6 @@ impl AttestationAgent {
         self.binding
     }
 
-    /// The parsed initdata, if the agent was given one.
-    pub fn init_data(&self) -> Option<&InitData> {
-        self.init_data.as_ref()
-    }
-
-    /// The attester (shared with in-process data hubs).
-    pub fn attester(&self) -> Arc<dyn Attester> {
-        self.attester.clone()
-    }
-
     /// The KBS client, when a KBS is configured.
     pub fn kbs(&self) -> Option<&KbsClient> {
         self.kbs.as_ref()
@@ -165,15 +204,8 @@ impl AttestationAgent {
     pub async fn evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, AgentError> {
         let a = self.attester.clone();
         let rd = runtime_data.to_vec();
-        let mut ev: Value = blocking(move || a.evidence(&rd)).await??;
-        if let (Some(text), Value::Object(map)) = (self.log_text(), &mut ev) {
-            map.insert("aa_eventlog".into(), Value::String(text));
-        }
+        let ev = blocking(move || a.evidence(&rd)).await??;
         serde_json::to_vec(&ev).map_err(|e| AgentError::Internal(e.to_string()))
-    }
-
-    fn log_text(&self) -> Option<String> {
-        self.log.lock().ok().and_then(|l| l.text())
     }
 
     /// A token of `kind`: for `kbs`, `{"token": <EAR JWT>, "tee_keypair": <PEM>}`.
@@ -218,12 +250,13 @@ impl AttestationAgent {
         let index = u32::try_from(register)
             .map_err(|_| AgentError::BadRequest(format!("register {register} is out of range")))?;
         let a = self.attester.clone();
-        let d = digest.clone();
-        blocking(move || a.extend_runtime_measurement(index, &d)).await??;
-        self.log
-            .lock()
-            .map_err(|_| AgentError::Internal("event log lock poisoned".into()))?
-            .record(register, line, &digest)?;
+        blocking(move || -> Result<(), AgentError> {
+            let mut log = a.log();
+            a.inner.extend_runtime_measurement(index, &digest)?;
+            log.record(register, line, &digest)?;
+            Ok(())
+        })
+        .await??;
         Ok(())
     }
 

@@ -197,35 +197,22 @@ async fn wait_for_shutdown() {
 }
 
 async fn run_aa(a: AaArgs) -> Result<()> {
-    let mut kbs_url = a.kbs.kbs_url.clone();
-    let mut kbs_cert = a.kbs.cert()?;
-    if let Some(path) = &a.config {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let v: toml::Value =
-            toml::from_str(&text).with_context(|| format!("{} is not TOML", path.display()))?;
-        if let Some(k) = v.get("token_configs").and_then(|t| t.get("kbs")) {
-            if kbs_url.is_none() {
-                kbs_url = k.get("url").and_then(|u| u.as_str()).map(String::from);
-            }
-            if kbs_cert.is_none() {
-                kbs_cert = k
-                    .get("cert")
-                    .and_then(|u| u.as_str())
-                    .map(|s| s.as_bytes().to_vec());
-            }
-        }
-    }
-    let cfg = AaConfig {
+    let mut cfg = AaConfig {
         tee: a.tee.tee.clone(),
         attester: a.tee.attester_options()?,
-        kbs_url,
-        kbs_cert_pem: kbs_cert,
+        kbs_url: a.kbs.kbs_url.clone(),
+        kbs_cert_pem: a.kbs.cert()?,
         init_data: a.kbs.initdata()?,
         runtime_register: a.runtime_register,
         event_log_file: a.event_log,
         retry: Default::default(),
     };
+    // Flags first, then the -c config, then initdata (applied at start).
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        crate::aa::apply_aa_toml(&mut cfg, &text)?;
+    }
     let aa = Arc::new(AttestationAgent::start(cfg).await?);
     let mut server = services::aa_server(&a.socket, aa.clone())?;
     server

@@ -127,6 +127,33 @@ fn jwt_exp(token: &str) -> Option<i64> {
         .as_i64()
 }
 
+/// Whether a request failed in the TLS handshake (for example a KBS
+/// certificate other than the pinned one): retrying will not help.
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    // The rustls error sits inside nested io::Errors, whose `source()`
+    // skips the wrapped error, so look inside them explicitly.
+    fn is_rustls(e: &(dyn std::error::Error + 'static)) -> bool {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => is_rustls(inner),
+            None => false,
+        }
+    }
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if is_rustls(s) {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -251,8 +278,8 @@ impl KbsClient {
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
+                    let tls = is_tls_failure(&e);
                     let err = self.unreachable(e);
-                    let tls = err.to_string().to_ascii_lowercase().contains("certificate");
                     if last || tls {
                         return Err(err);
                     }
@@ -272,6 +299,11 @@ impl KbsClient {
 
     /// Runs `auth` + `attest` and returns the attestation token.
     pub async fn attest(&self) -> Result<String, ClientError> {
+        Ok(self.new_session().await?.token)
+    }
+
+    /// Runs `auth` + `attest` and keeps (and returns) the new session.
+    async fn new_session(&self) -> Result<SessionState, ClientError> {
         let tee = tee_name(self.attester.tee());
         let req = json!({
             "version": KBS_PROTOCOL_VERSION,
@@ -360,32 +392,30 @@ impl KbsClient {
                 detail: "no token in the response".into(),
             })?
             .to_string();
+        let state = SessionState {
+            cookie,
+            exp: jwt_exp(&token),
+            token,
+        };
         if let Ok(mut s) = self.session.lock() {
-            *s = Some(SessionState {
-                cookie,
-                exp: jwt_exp(&token),
-                token: token.clone(),
-            });
+            *s = Some(state.clone());
         }
-        Ok(token)
+        Ok(state)
     }
 
-    /// The current token, attesting first if there is none or it has
-    /// expired (checked without leeway, as CoCo's client does).
+    /// The kept session while its token has not expired (checked without
+    /// leeway, as CoCo's client does); otherwise a new one.
+    async fn session(&self) -> Result<SessionState, ClientError> {
+        let kept = self.session.lock().ok().and_then(|s| s.clone());
+        match kept {
+            Some(s) if s.exp.is_none_or(|exp| exp > now_unix()) => Ok(s),
+            _ => self.new_session().await,
+        }
+    }
+
+    /// The current token, attesting first if there is none or it has expired.
     pub async fn token(&self) -> Result<String, ClientError> {
-        if let Some(s) = self.session.lock().ok().and_then(|s| s.clone())
-            && s.exp.is_none_or(|exp| exp > now_unix())
-        {
-            return Ok(s.token);
-        }
-        self.attest().await
-    }
-
-    /// Forgets the session, so the next call attests again.
-    pub fn reset_session(&self) {
-        if let Ok(mut s) = self.session.lock() {
-            *s = None;
-        }
+        Ok(self.session().await?.token)
     }
 
     async fn fetch(&self, path: &ResourcePath, cookie: &str) -> Result<FlattenedJwe, ClientError> {
@@ -408,45 +438,22 @@ impl KbsClient {
     }
 
     /// Fetches and decrypts a resource, attesting first if needed and once
-    /// more if the KBS says the session is no longer valid (401).
+    /// more if the KBS refuses the session (401/403).
     pub async fn get_resource(
         &self,
         path: &ResourcePath,
     ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-        let valid = self
-            .session
-            .lock()
-            .ok()
-            .and_then(|s| s.clone())
-            .filter(|s| s.exp.is_none_or(|exp| exp > now_unix()));
-        let cookie = match valid {
-            Some(s) => s.cookie,
-            None => {
-                self.attest().await?;
-                self.session_cookie()?
-            }
-        };
+        let cookie = self.session().await?.cookie;
         let jwe = match self.fetch(path, &cookie).await {
             // A stock KBS answers 401 to everything, ours 403 to a policy denial:
             // either may be cured by fresh evidence (a token from before a
             // reference-value change), so attest once more.
             Err(e) if matches!(e.status(), Some(401 | 403)) => {
-                self.attest().await?;
-                self.fetch(path, &self.session_cookie()?).await?
+                let fresh = self.new_session().await?;
+                self.fetch(path, &fresh.cookie).await?
             }
             r => r?,
         };
         Ok(self.key.decrypt(&jwe)?)
-    }
-
-    fn session_cookie(&self) -> Result<String, ClientError> {
-        self.session
-            .lock()
-            .ok()
-            .and_then(|s| s.as_ref().map(|s| s.cookie.clone()))
-            .ok_or(ClientError::Protocol {
-                what: "attest",
-                detail: "no session after attestation".into(),
-            })
     }
 }
