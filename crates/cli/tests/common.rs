@@ -174,19 +174,6 @@ impl Daemon {
         }
         d
     }
-
-    /// Waits for the process to exit by itself; returns success and its log.
-    pub fn wait_exit(mut self) -> (bool, String) {
-        let status = self.child.wait().expect("wait");
-        (
-            status.success(),
-            std::fs::read_to_string(&self.log).unwrap_or_default(),
-        )
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
 }
 
 impl Drop for Daemon {

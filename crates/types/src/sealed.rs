@@ -171,26 +171,17 @@ pub fn seal(content: &SecretContent, key: &SigningKey, kid: &str) -> Result<Stri
         alg: "ES256".into(),
         kid: kid.into(),
     };
-    let enc = |v: &dyn erased::Json| v.to_b64url();
-    let h = enc(&header)?;
-    let p = enc(content)?;
+    let h = b64url_json(&header)?;
+    let p = b64url_json(content)?;
     let input = format!("{h}.{p}");
     let sig: Signature = key.sign(input.as_bytes());
     Ok(format!("sealed.{input}.{}", B64URL.encode(sig.to_bytes())))
 }
 
-mod erased {
-    use super::*;
-    pub trait Json {
-        fn to_b64url(&self) -> Result<String, SealedError>;
-    }
-    impl<T: Serialize> Json for T {
-        fn to_b64url(&self) -> Result<String, SealedError> {
-            serde_json::to_vec(self)
-                .map(|b| B64URL.encode(b))
-                .map_err(|e| SealedError::Payload(e.to_string()))
-        }
-    }
+fn b64url_json<T: Serialize>(v: &T) -> Result<String, SealedError> {
+    serde_json::to_vec(v)
+        .map(|b| B64URL.encode(b))
+        .map_err(|e| SealedError::Payload(e.to_string()))
 }
 
 /// Encrypts `plaintext` for an envelope secret under a fresh data key
