@@ -93,7 +93,7 @@ fn ec_point_from_jwk(x: &str, y: &str) -> Result<p256::PublicKey, JweError> {
 }
 
 /// Concat KDF (NIST SP 800-56A) as JWA defines it for ECDH-ES+A256KW, no apu/apv.
-fn concat_kdf(z: &[u8]) -> Zeroizing<[u8; 32]> {
+pub fn concat_kdf(z: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut h = Sha256::new();
     h.update(1u32.to_be_bytes());
     h.update(z);
@@ -110,7 +110,7 @@ fn concat_kdf(z: &[u8]) -> Zeroizing<[u8; 32]> {
 /// ECDH-ES with a fresh ephemeral P-256 key (ring's constant-time
 /// implementation, which also validates the peer point). Returns the derived
 /// key-wrapping key and the ephemeral public coordinates (base64url).
-fn ecdh_es_p256(x: &str, y: &str) -> Result<([u8; 32], String, String), JweError> {
+pub fn ecdh_es_p256(x: &str, y: &str) -> Result<([u8; 32], String, String), JweError> {
     use ring::agreement;
     let (x, y) = p256_coordinates(x, y)?;
     let mut peer = Vec::with_capacity(65);

@@ -1,0 +1,20 @@
+//! The confidential image pipeline. Inside the guest: pull from an OCI
+//! distribution registry, verify signatures against a policy, decrypt
+//! ocicrypt layers (keys from local JWE keys or the KBS) and unpack an OCI
+//! bundle, so the host never sees a decrypted layer. For owners: encrypt
+//! and sign images, interoperable with skopeo and cosign.
+
+pub mod keys;
+pub mod ocicrypt;
+pub mod reference;
+
+use zeroize::Zeroizing;
+
+/// Fetches confidential resources by `kbs:///repo/type/tag` URI: layer
+/// KEKs, signature policies, verification keys, registry credentials. The
+/// guest implements it with the KBS client after attestation.
+#[async_trait::async_trait]
+pub trait ResourceFetcher: Send + Sync {
+    /// The raw resource bytes.
+    async fn fetch(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, String>;
+}

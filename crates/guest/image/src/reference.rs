@@ -1,0 +1,212 @@
+//! Image references: `[registry[:port]/]repository[:tag][@sha256:hex]`,
+//! with Docker Hub's defaults (`docker.io`, `library/`, `latest`).
+
+use std::fmt;
+
+/// Docker Hub's registry name as it appears in references.
+pub const DOCKER_HUB: &str = "docker.io";
+/// Where Docker Hub's API actually lives.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+/// A parsed image reference.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reference {
+    /// Registry host, with port if any (`docker.io`, `127.0.0.1:5000`).
+    pub registry: String,
+    /// Repository path (`library/busybox`).
+    pub repository: String,
+    /// Tag, when the reference names one.
+    pub tag: Option<String>,
+    /// Manifest digest (`sha256:…`), when the reference pins one.
+    pub digest: Option<String>,
+}
+
+/// Why a reference did not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid image reference {reference:?}: {reason}")]
+pub struct ReferenceError {
+    reference: String,
+    reason: &'static str,
+}
+
+impl Reference {
+    /// Parses a reference the way `docker pull` and `skopeo` (docker://) do.
+    pub fn parse(s: &str) -> Result<Self, ReferenceError> {
+        let err = |reason| ReferenceError {
+            reference: s.to_string(),
+            reason,
+        };
+        let s_trim = s.strip_prefix("docker://").unwrap_or(s);
+        if s_trim.is_empty() || s_trim.len() > 4096 {
+            return Err(err("empty or longer than 4096 bytes"));
+        }
+        let (rest, digest) = match s_trim.split_once('@') {
+            Some((r, d)) => {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or_else(|| err("only sha256 digests are supported"))?;
+                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(err("digest must be sha256: and 64 hex digits"));
+                }
+                (r, Some(d.to_ascii_lowercase()))
+            }
+            None => (s_trim, None),
+        };
+        // A tag is after the last ':' that comes after the last '/'.
+        let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let (name, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) => {
+                let t = &rest[last_slash + i + 1..];
+                if t.is_empty()
+                    || t.len() > 128
+                    || !t
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(err("tag must be 1-128 of [A-Za-z0-9._-]"));
+                }
+                (&rest[..last_slash + i], Some(t.to_string()))
+            }
+            None => (rest, None),
+        };
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, path))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
+                (first.to_string(), path.to_string())
+            }
+            _ => (DOCKER_HUB.to_string(), name.to_string()),
+        };
+        if let Some((host, port)) = registry.rsplit_once(':')
+            && (host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(err("registry port must be numeric"));
+        }
+        let repository = if registry == DOCKER_HUB && !repository.contains('/') {
+            format!("library/{repository}")
+        } else {
+            repository
+        };
+        if repository.is_empty()
+            || repository.split('/').any(|c| {
+                c.is_empty()
+                    || !c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
+            })
+        {
+            return Err(err(
+                "repository components must be lowercase [a-z0-9._-] and not empty",
+            ));
+        }
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_string())
+        } else {
+            tag
+        };
+        Ok(Self {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// The host the registry API is reached at.
+    pub fn api_host(&self) -> &str {
+        if self.registry == DOCKER_HUB {
+            DOCKER_HUB_API
+        } else {
+            &self.registry
+        }
+    }
+
+    /// What to ask the manifest endpoint for: the digest when pinned, else the tag.
+    pub fn manifest_ref(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+
+    /// `registry/repository`, the name signatures and policies match on.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// The same repository at another tag (cosign signature tags).
+    pub fn with_tag(&self, tag: &str) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: Some(tag.to_string()),
+            digest: None,
+        }
+    }
+
+    /// The same repository pinned to a digest.
+    pub fn with_digest(&self, digest: &str) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: None,
+            digest: Some(digest.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_defaults() {
+        let r = Reference::parse("busybox").unwrap();
+        assert_eq!(r.registry, "docker.io");
+        assert_eq!(r.repository, "library/busybox");
+        assert_eq!(r.tag.as_deref(), Some("latest"));
+        assert_eq!(r.api_host(), "registry-1.docker.io");
+    }
+
+    #[test]
+    fn local_registry_with_port_tag_and_digest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = Reference::parse(&format!("127.0.0.1:5000/team/app:v1@{d}")).unwrap();
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "team/app");
+        assert_eq!(r.tag.as_deref(), Some("v1"));
+        assert_eq!(r.manifest_ref(), d);
+        assert_eq!(r.to_string(), format!("127.0.0.1:5000/team/app:v1@{d}"));
+        let r = Reference::parse("localhost/app").unwrap();
+        assert_eq!(r.registry, "localhost");
+        assert_eq!(r.tag.as_deref(), Some("latest"));
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a//b",
+            "x@sha256:zz",
+            "x@md5:abcd",
+            "host:5000/app:",
+            "app:bad/tag",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}
