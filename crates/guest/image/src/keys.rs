@@ -71,9 +71,7 @@ impl PrivateKey {
                 }
                 rsa::RsaPrivateKey::from_pkcs8_pem(pem)
                     .map(|k| Self::Rsa(Box::new(k)))
-                    .map_err(|_| {
-                        KeyError::new(what, "PKCS#8 key is neither RSA nor EC P-256")
-                    })
+                    .map_err(|_| KeyError::new(what, "PKCS#8 key is neither RSA nor EC P-256"))
             }
             Some("ENCRYPTED PRIVATE KEY") => Err(KeyError::new(
                 what,

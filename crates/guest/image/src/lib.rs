@@ -7,6 +7,7 @@
 pub mod keys;
 pub mod ocicrypt;
 pub mod reference;
+pub mod unpack;
 
 use zeroize::Zeroizing;
 

@@ -174,13 +174,14 @@ impl LayerKey {
                         ));
                         continue;
                     };
-                    let kek = fetcher
-                        .fetch(&packet.kid)
-                        .await
-                        .map_err(|e| DecryptError::NoKey {
-                            digest: digest.to_string(),
-                            tried: format!("fetching the KEK {}: {e}", packet.kid),
-                        })?;
+                    let kek =
+                        fetcher
+                            .fetch(&packet.kid)
+                            .await
+                            .map_err(|e| DecryptError::NoKey {
+                                digest: digest.to_string(),
+                                tried: format!("fetching the KEK {}: {e}", packet.kid),
+                            })?;
                     private = Some(packet.unwrap(&kek).map_err(|e| malformed(e.to_string()))?);
                     break;
                 }

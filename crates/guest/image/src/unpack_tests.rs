@@ -1,0 +1,296 @@
+use super::*;
+
+/// Builds a tar stream entry by entry, writing names byte for byte so
+/// hostile names can be expressed.
+#[derive(Default)]
+pub(crate) struct TarBuilder(Vec<u8>);
+
+impl TarBuilder {
+    pub(crate) fn entry(
+        mut self,
+        kind: tar::EntryType,
+        name: &str,
+        link: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> Self {
+        let mut h = tar::Header::new_ustar();
+        {
+            let u = h.as_ustar_mut().expect("ustar");
+            u.name[..name.len().min(100)].copy_from_slice(&name.as_bytes()[..name.len().min(100)]);
+            u.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        self.0.extend_from_slice(h.as_bytes());
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().div_ceil(512) * 512, 0);
+        self
+    }
+    pub(crate) fn file(self, name: &str, data: &[u8]) -> Self {
+        self.entry(tar::EntryType::Regular, name, "", data, 0o644)
+    }
+    pub(crate) fn dir(self, name: &str) -> Self {
+        self.entry(tar::EntryType::Directory, name, "", b"", 0o755)
+    }
+    pub(crate) fn symlink(self, name: &str, target: &str) -> Self {
+        self.entry(tar::EntryType::Symlink, name, target, b"", 0o777)
+    }
+    pub(crate) fn hardlink(self, name: &str, target: &str) -> Self {
+        self.entry(tar::EntryType::Link, name, target, b"", 0o644)
+    }
+    /// A header that declares `size` bytes without supplying them.
+    fn declared(mut self, kind: tar::EntryType, size: u64) -> Self {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().expect("gnu").name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_cksum();
+        self.0.extend_from_slice(h.as_bytes());
+        self
+    }
+    fn pax(self, records: &[(&str, &[u8])]) -> Self {
+        let mut data = Vec::new();
+        for (k, v) in records {
+            let body_len = k.len() + v.len() + 3;
+            let mut len = body_len + 1;
+            while len != body_len + len.to_string().len() {
+                len = body_len + len.to_string().len();
+            }
+            data.extend_from_slice(format!("{len} {k}=").as_bytes());
+            data.extend_from_slice(v);
+            data.push(b'\n');
+        }
+        self.entry(tar::EntryType::XHeader, "pax", "", &data, 0o644)
+    }
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(&[0u8; 1024]);
+        self.0
+    }
+}
+
+fn opts() -> UnpackOptions {
+    UnpackOptions {
+        allow_devices: false,
+        preserve_ownership: false,
+    }
+}
+
+fn apply(root: &Path, tar: Vec<u8>) -> Result<UnpackStats, UnpackError> {
+    Rootfs::open(root, opts())?.apply(tar.as_slice())
+}
+
+#[test]
+fn files_dirs_links_and_modes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("rootfs");
+    let tar = TarBuilder::default()
+        .dir("etc/")
+        .file("etc/hostname", b"cocoon\n")
+        .entry(
+            tar::EntryType::Regular,
+            "bin/tool",
+            "",
+            b"#!/bin/sh\n",
+            0o755,
+        )
+        .symlink("etc/alias", "hostname")
+        .symlink("abs", "/etc/hostname")
+        .hardlink("etc/hostname2", "etc/hostname")
+        .entry(tar::EntryType::Fifo, "run/fifo", "", b"", 0o600)
+        .finish();
+    let stats = apply(&root, tar).unwrap();
+    assert_eq!(stats.entries, 7);
+    assert_eq!(
+        std::fs::read(root.join("etc/hostname")).unwrap(),
+        b"cocoon\n"
+    );
+    assert_eq!(std::fs::read(root.join("etc/alias")).unwrap(), b"cocoon\n");
+    assert_eq!(
+        std::fs::read_link(root.join("abs")).unwrap(),
+        Path::new("/etc/hostname")
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let a = std::fs::metadata(root.join("etc/hostname")).unwrap();
+    let b = std::fs::metadata(root.join("etc/hostname2")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "hard link shares the inode");
+    assert_eq!(
+        std::fs::metadata(root.join("bin/tool"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert_eq!(a.mtime(), 1_700_000_000);
+}
+
+#[test]
+fn whiteouts_and_opaque_directories() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("rootfs");
+    let lower = TarBuilder::default()
+        .file("a/b", b"1")
+        .file("a/c", b"2")
+        .file("d/e", b"3")
+        .file("f", b"4")
+        .finish();
+    apply(&root, lower).unwrap();
+    let upper = TarBuilder::default()
+        .dir("a/")
+        .file("a/new", b"5")
+        .file("a/.wh..wh..opq", b"")
+        .file(".wh.d", b"")
+        .file(".wh.f", b"")
+        .file(".wh.missing", b"")
+        .finish();
+    let stats = apply(&root, upper).unwrap();
+    assert!(!root.join("a/b").exists() && !root.join("a/c").exists());
+    assert_eq!(
+        std::fs::read(root.join("a/new")).unwrap(),
+        b"5",
+        "opaque keeps this layer's files"
+    );
+    assert!(!root.join("d").exists() && !root.join("f").exists());
+    assert_eq!(stats.whiteouts, 5); // a/b, a/c, d/e + d, f
+    // A file replaces a directory and the other way round.
+    let swap = TarBuilder::default()
+        .file("a", b"file now")
+        .dir("f/")
+        .finish();
+    apply(&root, swap).unwrap();
+    assert_eq!(std::fs::read(root.join("a")).unwrap(), b"file now");
+    assert!(root.join("f").is_dir());
+}
+
+/// Every hostile case is refused, and nothing appears outside the root.
+#[test]
+fn hostile_tarballs_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let outside_s = outside.display().to_string();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "dot-dot",
+            TarBuilder::default().file("../outside/x", b"pwn").finish(),
+            "'..'",
+        ),
+        (
+            "nested dot-dot",
+            TarBuilder::default()
+                .file("a/../../outside/x", b"pwn")
+                .finish(),
+            "'..'",
+        ),
+        (
+            "absolute",
+            TarBuilder::default()
+                .file(&format!("{outside_s}/x"), b"pwn")
+                .finish(),
+            "absolute",
+        ),
+        (
+            "symlink escape",
+            TarBuilder::default()
+                .symlink("esc", "../../outside")
+                .finish(),
+            "escapes the root",
+        ),
+        (
+            "write through an absolute symlink",
+            TarBuilder::default()
+                .symlink("esc", &outside_s)
+                .file("esc/x", b"pwn")
+                .finish(),
+            "cannot be created",
+        ),
+        (
+            "hard link escape",
+            TarBuilder::default().hardlink("h", "../outside/x").finish(),
+            "escapes the root",
+        ),
+        (
+            "hard link absolute",
+            TarBuilder::default().hardlink("h", "/etc/passwd").finish(),
+            "escapes the root",
+        ),
+        (
+            "char device",
+            TarBuilder::default()
+                .entry(tar::EntryType::Char, "dev/mem", "", b"", 0o600)
+                .finish(),
+            "device nodes are not allowed",
+        ),
+        (
+            "block device",
+            TarBuilder::default()
+                .entry(tar::EntryType::Block, "dev/sda", "", b"", 0o600)
+                .finish(),
+            "device nodes are not allowed",
+        ),
+        (
+            "huge long name",
+            TarBuilder::default()
+                .declared(tar::EntryType::GNULongName, 1 << 33)
+                .finish(),
+            "extended header",
+        ),
+        (
+            "huge PAX header",
+            TarBuilder::default()
+                .declared(tar::EntryType::XHeader, MAX_HEADER_BYTES + 1)
+                .finish(),
+            "extended header",
+        ),
+        (
+            "PAX path with dot-dot",
+            TarBuilder::default()
+                .pax(&[("path", b"../outside/x")])
+                .file("innocent", b"pwn")
+                .finish(),
+            "'..'",
+        ),
+        (
+            "sparse file",
+            TarBuilder::default()
+                .entry(tar::EntryType::GNUSparse, "s", "", b"", 0o644)
+                .finish(),
+            "not supported",
+        ),
+    ];
+    for (what, tar, expect) in cases {
+        let root = t.path().join(format!("root-{}", what.replace(' ', "-")));
+        let err = apply(&root, tar).expect_err(what).to_string();
+        assert!(err.contains(expect), "{what}: {err}");
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "{what} wrote outside the root"
+        );
+    }
+}
+
+#[test]
+fn pax_names_and_truncated_archives() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("rootfs");
+    let long = format!("{}/file", "d".repeat(150));
+    let tar = TarBuilder::default()
+        .pax(&[("path", long.as_bytes())])
+        .file("short", b"x")
+        .finish();
+    apply(&root, tar).unwrap();
+    assert_eq!(std::fs::read(root.join(&long)).unwrap(), b"x");
+    // Declared data that never comes is an error, not a short file.
+    let mut cut = TarBuilder::default().file("big", &[7u8; 4096]).finish();
+    cut.truncate(1024);
+    assert!(apply(&t.path().join("cut"), cut).is_err());
+    // Garbage is malformed, not a panic.
+    assert!(apply(&t.path().join("junk"), vec![0xff; 2048]).is_err());
+}
