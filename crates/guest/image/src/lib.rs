@@ -4,9 +4,13 @@
 //! bundle, so the host never sees a decrypted layer. For owners: encrypt
 //! and sign images, interoperable with skopeo and cosign.
 
+pub mod bundle;
 pub mod keys;
 pub mod ocicrypt;
+pub mod pull;
 pub mod reference;
+pub mod registry;
+pub mod signature;
 pub mod unpack;
 
 use zeroize::Zeroizing;

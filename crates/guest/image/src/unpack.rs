@@ -166,6 +166,29 @@ impl Rootfs {
         })
     }
 
+    /// Reads a small regular file inside the root (symlinks resolved inside
+    /// it); `None` when missing, not a regular file or over `max` bytes.
+    pub fn read_small(&self, rel: &str, max: u64) -> Option<Vec<u8>> {
+        let fd = rustix::fs::openat2(
+            &self.root,
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+            resolve(),
+        )
+        .ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_size as u64 > max {
+            return None;
+        }
+        let mut out = Vec::new();
+        std::fs::File::from(fd)
+            .take(max)
+            .read_to_end(&mut out)
+            .ok()?;
+        Some(out)
+    }
+
     /// Opens a directory inside the root, `O_PATH`.
     fn open_dir(&self, rel: &str) -> Result<OwnedFd, Errno> {
         let rel = if rel.is_empty() { "." } else { rel };

@@ -1,0 +1,661 @@
+//! The guest pull pipeline: resolve the manifest (platform from an index),
+//! check the signature policy, unwrap layer keys, download layers
+//! concurrently into a content-addressed cache (digest and ocicrypt HMAC
+//! computed while streaming), then apply them in order to a staging rootfs
+//! that becomes `BUNDLE/rootfs` only when everything succeeded.
+//!
+//! Downloading and unpacking overlap: layer N is applied while later
+//! layers are still arriving. Nothing decrypted is produced before the
+//! layer's HMAC matched; after any failure the staging rootfs is removed.
+
+use crate::bundle::runtime_spec;
+use crate::ocicrypt::{DecryptConfig, DecryptError, DecryptingReader, LayerKey, is_encrypted};
+use crate::reference::Reference;
+use crate::registry::{Fetched, RegistryClient, RegistryConfig, RegistryError};
+use crate::signature::{Policy, PolicyError, PolicyVerifier};
+use crate::unpack::{Rootfs, UnpackError, UnpackOptions};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, oneshot};
+
+/// Why a pull failed. Nothing is left in the bundle afterwards.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// Talking to the registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The signature policy refused the image.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A layer key could not be unwrapped.
+    #[error(transparent)]
+    Decrypt(#[from] DecryptError),
+    /// A layer could not be applied.
+    #[error("layer {digest}: {source}")]
+    Unpack {
+        /// Layer digest.
+        digest: String,
+        /// Why.
+        source: UnpackError,
+    },
+    /// The ocicrypt HMAC does not match: the encrypted layer was tampered with.
+    #[error(
+        "encrypted layer {0}: HMAC mismatch, the ciphertext was tampered with; nothing was unpacked from it"
+    )]
+    HmacMismatch(String),
+    /// The manifest, index or config is not usable.
+    #[error("image {image}: {reason}")]
+    Manifest {
+        /// The image.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// Local filesystem trouble (cache, bundle).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PullError {
+    let what = what.into();
+    move |source| PullError::Io { what, source }
+}
+
+/// Progress callbacks (the CLI draws bars with them).
+pub trait PullProgress: Send + Sync {
+    /// The layers about to be fetched: digest, size, encrypted.
+    fn layers(&self, _layers: &[(String, u64, bool)]) {}
+    /// Bytes of layer `index` arrived (or were found in the cache).
+    fn fetched(&self, _index: usize, _bytes: u64) {}
+    /// Layer `index` is in the rootfs.
+    fn unpacked(&self, _index: usize) {}
+}
+
+/// Progress that reports nothing.
+pub struct NoProgress;
+impl PullProgress for NoProgress {}
+
+/// The pipeline's configuration.
+#[derive(Clone)]
+pub struct PullConfig {
+    /// Registries, credentials, CAs.
+    pub registry: RegistryConfig,
+    /// Keys for encrypted layers.
+    pub decrypt: DecryptConfig,
+    /// Signature policy; `None` accepts any image.
+    pub policy: Option<Policy>,
+    /// Content-addressed blob cache shared between pulls.
+    pub cache_dir: PathBuf,
+    /// Unpack restrictions.
+    pub unpack: UnpackOptions,
+    /// Layers downloaded at once.
+    pub max_concurrent_downloads: usize,
+    /// `os/arch` chosen from image indexes.
+    pub platform: (String, String),
+}
+
+impl PullConfig {
+    /// Defaults: this machine's platform, 3 concurrent downloads, no policy.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            registry: RegistryConfig::default(),
+            decrypt: DecryptConfig::default(),
+            policy: None,
+            cache_dir,
+            unpack: UnpackOptions::default(),
+            max_concurrent_downloads: 3,
+            platform: ("linux".into(), go_arch().into()),
+        }
+    }
+}
+
+/// `GOARCH` spelling of this machine's architecture.
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Default)]
+pub struct PullReport {
+    /// Digest of the top-level manifest (what signatures cover).
+    pub manifest_digest: String,
+    /// Number of layers.
+    pub layers: usize,
+    /// Encrypted layers among them.
+    pub encrypted_layers: usize,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Bytes served from the cache.
+    pub cached_bytes: u64,
+    /// Files, directories and links created.
+    pub entries: u64,
+    /// Time to the first byte of the layers (manifest, policy, keys).
+    pub prepare: Duration,
+    /// Wall time from the first layer request until the last layer arrived.
+    pub download: Duration,
+    /// Time the unpacker spent waiting for layers to arrive.
+    pub unpack_waiting: Duration,
+    /// Time spent checking HMACs of layers found in the cache.
+    pub unpack_mac: Duration,
+    /// Time spent decrypting, decompressing and writing files.
+    pub unpack_apply: Duration,
+    /// Everything.
+    pub total: Duration,
+}
+
+/// The cache: `blobs/sha256/<hex>` holds verified blobs exactly as the
+/// registry served them (still encrypted and compressed).
+#[derive(Clone)]
+struct BlobCache {
+    dir: PathBuf,
+}
+
+impl BlobCache {
+    fn path(&self, digest: &str) -> Option<PathBuf> {
+        let hex = digest.strip_prefix("sha256:")?;
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.dir.join("blobs/sha256").join(hex))
+    }
+}
+
+struct Ready {
+    path: PathBuf,
+    mac_checked: bool,
+    downloaded: u64,
+    cached: u64,
+}
+
+/// Pulls images into OCI bundles.
+pub struct ImagePuller {
+    client: RegistryClient,
+    cfg: PullConfig,
+}
+
+impl ImagePuller {
+    /// A puller with this configuration.
+    pub fn new(cfg: PullConfig) -> Result<Self, PullError> {
+        let client =
+            RegistryClient::new(cfg.registry.clone()).map_err(|reason| PullError::Manifest {
+                image: String::new(),
+                reason,
+            })?;
+        Ok(Self { client, cfg })
+    }
+
+    /// The registry client this puller uses.
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+
+    /// Resolves a reference to its image manifest: the top-level digest
+    /// (what signatures cover) and, through an index, the platform's manifest.
+    pub async fn resolve(
+        &self,
+        image: &Reference,
+    ) -> Result<(String, ImageManifest, Fetched), PullError> {
+        let bad = |reason: String| PullError::Manifest {
+            image: image.to_string(),
+            reason,
+        };
+        let top = self.client.manifest(image).await?;
+        let value: serde_json::Value = serde_json::from_slice(&top.bytes)
+            .map_err(|e| bad(format!("manifest is not JSON: {e}")))?;
+        let fetched = if value.get("manifests").is_some() {
+            let index: ImageIndex =
+                serde_json::from_slice(&top.bytes).map_err(|e| bad(format!("image index: {e}")))?;
+            let (os, arch) = &self.cfg.platform;
+            let chosen = index
+                .manifests()
+                .iter()
+                .find(|m| {
+                    m.platform().as_ref().is_some_and(|p| {
+                        p.os().to_string() == *os && p.architecture().to_string() == *arch
+                    })
+                })
+                .ok_or_else(|| bad(format!("the index has no {os}/{arch} manifest")))?;
+            self.client
+                .manifest(&image.with_digest(&chosen.digest().as_ref()))
+                .await?
+        } else {
+            top.clone()
+        };
+        let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
+            .map_err(|e| bad(format!("image manifest: {e}")))?;
+        Ok((top.digest, manifest, fetched))
+    }
+
+    /// Pulls `image` into `bundle` (`rootfs/` and `config.json`).
+    pub async fn pull(
+        &self,
+        image: &Reference,
+        bundle: &Path,
+        progress: Arc<dyn PullProgress>,
+    ) -> Result<PullReport, PullError> {
+        let start = Instant::now();
+        let final_rootfs = bundle.join("rootfs");
+        if final_rootfs.exists() {
+            return Err(PullError::Io {
+                what: format!(
+                    "{} already exists; choose an empty bundle directory",
+                    final_rootfs.display()
+                ),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+        std::fs::create_dir_all(bundle).map_err(io(format!("creating {}", bundle.display())))?;
+        let staging = bundle.join(format!(".rootfs.partial-{}", std::process::id()));
+        let result = self.pull_into(image, &staging, progress, start).await;
+        let result = match result {
+            Ok((report, spec)) => std::fs::rename(&staging, &final_rootfs)
+                .map_err(io("moving the rootfs into place"))
+                .and_then(|()| {
+                    spec.save(bundle.join("config.json"))
+                        .map_err(|e| PullError::Io {
+                            what: "writing config.json".into(),
+                            source: std::io::Error::other(e.to_string()),
+                        })
+                })
+                .map(|()| report),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+            let _ = std::fs::remove_dir_all(&final_rootfs);
+            let _ = std::fs::remove_file(bundle.join("config.json"));
+        }
+        result.map(|mut r| {
+            r.total = start.elapsed();
+            r
+        })
+    }
+
+    async fn pull_into(
+        &self,
+        image: &Reference,
+        staging: &Path,
+        progress: Arc<dyn PullProgress>,
+        start: Instant,
+    ) -> Result<(PullReport, oci_spec::runtime::Spec), PullError> {
+        let (top_digest, manifest, fetched) = self.resolve(image).await?;
+        let policy = self
+            .cfg
+            .policy
+            .clone()
+            .unwrap_or_else(Policy::accept_anything);
+        PolicyVerifier::new(
+            policy,
+            self.client.clone(),
+            self.cfg.decrypt.fetcher.clone(),
+        )
+        .check(image, &top_digest)
+        .await?;
+        let repo = image.with_digest(&fetched.digest);
+        let config_bytes = self
+            .client
+            .small_blob(&repo, manifest.config().digest().as_ref())
+            .await?;
+        let config: ImageConfiguration =
+            serde_json::from_slice(&config_bytes).map_err(|e| PullError::Manifest {
+                image: image.to_string(),
+                reason: format!("image config: {e}"),
+            })?;
+        let layers: Vec<Descriptor> = manifest.layers().clone();
+        if layers.is_empty() || layers.len() > 1000 {
+            return Err(PullError::Manifest {
+                image: image.to_string(),
+                reason: format!("{} layers (1 to 1000 supported)", layers.len()),
+            });
+        }
+        // Keys first: a wrong key fails before any download.
+        let mut keys: Vec<Option<Arc<LayerKey>>> = Vec::with_capacity(layers.len());
+        for l in &layers {
+            keys.push(if is_encrypted(l.media_type().as_ref()) {
+                let ann = l.annotations().clone().unwrap_or_default();
+                Some(Arc::new(
+                    LayerKey::unwrap(l.digest().as_ref(), &ann, &self.cfg.decrypt).await?,
+                ))
+            } else {
+                None
+            });
+        }
+        progress.layers(
+            &layers
+                .iter()
+                .map(|l| {
+                    (
+                        l.digest().to_string(),
+                        l.size(),
+                        is_encrypted(l.media_type().as_ref()),
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut report = PullReport {
+            manifest_digest: top_digest,
+            layers: layers.len(),
+            encrypted_layers: keys.iter().filter(|k| k.is_some()).count(),
+            prepare: start.elapsed(),
+            ..Default::default()
+        };
+        let cache = BlobCache {
+            dir: self.cfg.cache_dir.clone(),
+        };
+        let sem = Arc::new(Semaphore::new(self.cfg.max_concurrent_downloads.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut receivers = Vec::with_capacity(layers.len());
+        let download_start = Instant::now();
+        for (i, (layer, key)) in layers.iter().zip(&keys).enumerate() {
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            let (client, repo, cache, sem, key, progress) = (
+                self.client.clone(),
+                repo.clone(),
+                cache.clone(),
+                sem.clone(),
+                key.clone(),
+                progress.clone(),
+            );
+            let (digest, size) = (layer.digest().to_string(), layer.size());
+            tasks.spawn(async move {
+                let _permit = sem.acquire().await;
+                let r = fetch_layer(
+                    &client,
+                    &repo,
+                    &cache,
+                    &digest,
+                    size,
+                    key.as_deref(),
+                    i,
+                    progress,
+                )
+                .await;
+                let _ = tx.send((r, Instant::now()));
+            });
+        }
+        let unpack_opts = self.cfg.unpack.clone();
+        let staging_owned = staging.to_path_buf();
+        let applier = tokio::task::spawn_blocking(move || {
+            apply_all(
+                &staging_owned,
+                unpack_opts,
+                &layers,
+                &keys,
+                receivers,
+                progress,
+                &config,
+            )
+        });
+        let applied = applier.await.map_err(|e| PullError::Io {
+            what: "unpacking".into(),
+            source: std::io::Error::other(e.to_string()),
+        });
+        tasks.abort_all();
+        let (totals, spec) = applied??;
+        report.downloaded_bytes = totals.downloaded;
+        report.cached_bytes = totals.cached;
+        report.entries = totals.entries;
+        report.download = totals
+            .last_arrival
+            .saturating_duration_since(download_start);
+        report.unpack_waiting = totals.waiting;
+        report.unpack_mac = totals.mac;
+        report.unpack_apply = totals.apply;
+        Ok((report, spec))
+    }
+}
+
+#[derive(Default)]
+struct ApplyTotals {
+    downloaded: u64,
+    cached: u64,
+    entries: u64,
+    waiting: Duration,
+    mac: Duration,
+    apply: Duration,
+    last_arrival: Option<Instant>,
+}
+
+trait SaturatingSince {
+    fn saturating_duration_since(&self, earlier: Instant) -> Duration;
+}
+impl SaturatingSince for Option<Instant> {
+    fn saturating_duration_since(&self, earlier: Instant) -> Duration {
+        self.map(|t| t.saturating_duration_since(earlier))
+            .unwrap_or_default()
+    }
+}
+
+type Arrival = oneshot::Receiver<(Result<Ready, PullError>, Instant)>;
+
+/// Applies the layers in order as they arrive (runs on a blocking thread).
+fn apply_all(
+    staging: &Path,
+    opts: UnpackOptions,
+    layers: &[Descriptor],
+    keys: &[Option<Arc<LayerKey>>],
+    arrivals: Vec<Arrival>,
+    progress: Arc<dyn PullProgress>,
+    config: &ImageConfiguration,
+) -> Result<(ApplyTotals, oci_spec::runtime::Spec), PullError> {
+    let mut rootfs = Rootfs::open(staging, opts).map_err(|source| PullError::Unpack {
+        digest: String::new(),
+        source,
+    })?;
+    let mut t = ApplyTotals::default();
+    for (i, rx) in arrivals.into_iter().enumerate() {
+        let digest = layers[i].digest().to_string();
+        let wait = Instant::now();
+        let (ready, arrived) = rx.blocking_recv().map_err(|_| PullError::Io {
+            what: format!("downloading layer {digest}"),
+            source: std::io::Error::other("download task ended"),
+        })?;
+        let ready = ready?;
+        t.waiting += wait.elapsed();
+        t.last_arrival = Some(t.last_arrival.map_or(arrived, |l| l.max(arrived)));
+        t.downloaded += ready.downloaded;
+        t.cached += ready.cached;
+        let key = keys[i].as_deref();
+        if let Some(key) = key
+            && !ready.mac_checked
+        {
+            let m = Instant::now();
+            let mut mac = key.mac();
+            let mut f = std::fs::File::open(&ready.path)
+                .map_err(io(format!("reading cached layer {digest}")))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(io(format!("reading cached layer {digest}")))?;
+                if n == 0 {
+                    break;
+                }
+                mac.update(&buf[..n]);
+            }
+            if !key.mac_matches(mac) {
+                return Err(PullError::HmacMismatch(digest));
+            }
+            t.mac += m.elapsed();
+        }
+        let a = Instant::now();
+        let file = std::fs::File::open(&ready.path)
+            .map_err(io(format!("reading cached layer {digest}")))?;
+        let reader: Box<dyn Read> = match key {
+            Some(k) => Box::new(DecryptingReader::new(
+                BufReader::with_capacity(1 << 20, file),
+                k,
+            )),
+            None => Box::new(BufReader::with_capacity(1 << 20, file)),
+        };
+        let media = layers[i].media_type().to_string();
+        let tar = decompressor(&media, reader).map_err(|reason| PullError::Manifest {
+            image: digest.clone(),
+            reason,
+        })?;
+        let stats = rootfs.apply(tar).map_err(|source| PullError::Unpack {
+            digest: digest.clone(),
+            source,
+        })?;
+        t.entries += stats.entries;
+        t.apply += a.elapsed();
+        progress.unpacked(i);
+    }
+    let spec = runtime_spec(config, &rootfs).map_err(|e| PullError::Manifest {
+        image: String::new(),
+        reason: e.to_string(),
+    })?;
+    Ok((t, spec))
+}
+
+/// The tar stream of a layer, by media type (`+encrypted` already removed
+/// by the decrypting reader underneath).
+fn decompressor<'a>(media_type: &str, r: Box<dyn Read + 'a>) -> Result<Box<dyn Read + 'a>, String> {
+    let plain = media_type
+        .strip_suffix(crate::ocicrypt::ENCRYPTED_SUFFIX)
+        .unwrap_or(media_type);
+    if plain.ends_with("+gzip") || plain.ends_with(".tar.gzip") {
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(
+            BufReader::with_capacity(1 << 20, r),
+        )))
+    } else if plain.ends_with("+zstd") {
+        zstd::stream::read::Decoder::new(r)
+            .map(|d| Box::new(d) as Box<dyn Read>)
+            .map_err(|e| format!("zstd: {e}"))
+    } else if plain.ends_with(".tar") || plain.ends_with("diff.tar") {
+        Ok(r)
+    } else {
+        Err(format!(
+            "layer media type {media_type:?} is not a tar layer"
+        ))
+    }
+}
+
+/// Gets a verified blob into the cache; for encrypted layers also checks
+/// the HMAC on the way in.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_layer(
+    client: &RegistryClient,
+    repo: &Reference,
+    cache: &BlobCache,
+    digest: &str,
+    size: u64,
+    key: Option<&LayerKey>,
+    index: usize,
+    progress: Arc<dyn PullProgress>,
+) -> Result<Ready, PullError> {
+    let path = cache.path(digest).ok_or_else(|| PullError::Manifest {
+        image: repo.to_string(),
+        reason: format!("layer digest {digest:?} is not sha256"),
+    })?;
+    if let Ok(m) = std::fs::metadata(&path)
+        && m.len() == size
+    {
+        progress.fetched(index, size);
+        return Ok(Ready {
+            path,
+            mac_checked: false,
+            downloaded: 0,
+            cached: size,
+        });
+    }
+    let tmp_dir = cache.dir.join("tmp");
+    std::fs::create_dir_all(&tmp_dir).map_err(io(format!("creating {}", tmp_dir.display())))?;
+    std::fs::create_dir_all(path.parent().unwrap_or(&cache.dir))
+        .map_err(io("creating the blob cache"))?;
+    let mut resp = client.blob(repo, digest).await?;
+    let tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io("creating a cache file"))?;
+    // Hashing and writing run on a blocking thread fed by the network task.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let mut mac = key.map(LayerKey::mac);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let mut tmp = tmp;
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+        while let Some(chunk) = rx.blocking_recv() {
+            sha.update(&chunk);
+            if let Some(m) = mac.as_mut() {
+                m.update(&chunk);
+            }
+            out.write_all(&chunk)?;
+        }
+        out.flush()?;
+        drop(out);
+        Ok((tmp, sha.finish(), mac))
+    });
+    let mut received = 0u64;
+    let mut failure = None;
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                received += chunk.len() as u64;
+                if received > size {
+                    failure = Some(PullError::Registry(RegistryError::DigestMismatch {
+                        what: format!("layer {digest}"),
+                        expected: format!("{size} bytes"),
+                        actual: "more bytes than the manifest declares".into(),
+                    }));
+                    break;
+                }
+                progress.fetched(index, chunk.len() as u64);
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                failure = Some(PullError::Registry(RegistryError::Unreachable {
+                    registry: repo.registry.clone(),
+                    reason: format!("downloading {digest}: {e}"),
+                }));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (tmp, sha, mac) = writer
+        .await
+        .map_err(|e| PullError::Io {
+            what: "cache writer".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(io(format!("writing layer {digest} to the cache")))?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let actual = format!("sha256:{}", hex::encode(sha.as_ref()));
+    if actual != digest || received != size {
+        return Err(PullError::Registry(RegistryError::DigestMismatch {
+            what: format!("layer {digest} ({received} of {size} bytes)"),
+            expected: digest.to_string(),
+            actual,
+        }));
+    }
+    if let (Some(key), Some(mac)) = (key, mac)
+        && !key.mac_matches(mac)
+    {
+        return Err(PullError::HmacMismatch(digest.to_string()));
+    }
+    tmp.persist(&path).map_err(|e| PullError::Io {
+        what: format!("storing layer {digest} in the cache"),
+        source: e.error,
+    })?;
+    Ok(Ready {
+        path,
+        mac_checked: key.is_some(),
+        downloaded: received,
+        cached: 0,
+    })
+}
