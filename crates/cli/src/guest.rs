@@ -14,22 +14,22 @@ use std::path::PathBuf;
 #[derive(Args, Debug)]
 pub struct GuestOptions {
     #[command(flatten)]
-    conn: Connection,
+    pub(crate) conn: Connection,
     /// TEE to attest as: sample (development), tpm, tdx, snp, az-snp-vtpm, az-tdx-vtpm.
     #[arg(long, default_value = "sample")]
-    tee: String,
+    pub(crate) tee: String,
     /// TPM for --tee tpm: device:/dev/tpmrm0 or swtpm:host=H,port=P.
     #[arg(long = "tpm", env = "COCOON_TPM", default_value = "device:/dev/tpmrm0")]
-    tpm: String,
+    pub(crate) tpm: String,
     /// Persistent handle of the TPM attestation key.
     #[arg(long, default_value = "0x81010002")]
-    ak_handle: String,
+    pub(crate) ak_handle: String,
     /// Initdata TOML: bound to the TEE first (vTPM: PCR 8), then sent with the evidence.
     #[arg(long)]
-    init_data: Option<PathBuf>,
+    pub(crate) init_data: Option<PathBuf>,
 }
 
-async fn agent(g: &GuestOptions) -> Result<AttestationAgent> {
+pub(crate) async fn agent(g: &GuestOptions) -> Result<AttestationAgent> {
     let init_data = match &g.init_data {
         Some(p) => Some(
             std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,

@@ -5,6 +5,7 @@ mod bench;
 mod bench_guest;
 mod client;
 mod guest;
+mod image;
 mod secret;
 mod tpm;
 mod trustee;
@@ -38,6 +39,9 @@ enum Command {
     /// Run the guest services (attestation agent, data hub, REST API) or their clients.
     #[command(subcommand)]
     Guest(cocoon_guest::cli::GuestCommand),
+    /// Images: pull/verify/decrypt/unpack as a guest does; encrypt and sign as an owner.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Create sealed secrets for guests' data hubs.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
             Command::Explain(a) => admin::explain(a).await,
             Command::Bench(b) => bench::run(b).await,
             Command::Secret(c) => secret::run(c),
+            Command::Image(c) => image::run(c).await,
             Command::Guest(g) => cocoon_guest::cli::run(g).await,
             Command::Tpm(t) => tokio::task::spawn_blocking(move || tpm::run(t)).await?,
         }

@@ -190,3 +190,92 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// Fails with a message naming the tool when it is missing.
+pub fn need(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: run scripts/test, which installs it (apt-get)"
+    );
+}
+
+/// Debian's `docker-registry` (the CNCF distribution registry) on a free
+/// loopback port, storing under `dir`; killed on drop.
+pub struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Storage root (tests tamper with blobs here).
+    pub storage: PathBuf,
+}
+
+impl Registry {
+    pub fn start(dir: &Path) -> Self {
+        need("docker-registry");
+        let port = free_port();
+        let storage = dir.join("registry-data");
+        let cfg = dir.join("registry.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).expect("log"))
+            .spawn()
+            .expect("start docker-registry");
+        let mut r = Self {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+            storage,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(&r.addr) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
+                let mut buf = [0u8; 12];
+                if s.read_exact(&mut buf).is_ok() && &buf[9..12] == b"200" {
+                    return r;
+                }
+            }
+            if let Ok(Some(st)) = r.child.try_wait() {
+                panic!(
+                    "docker-registry exited ({st}): {}",
+                    std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "docker-registry did not answer in 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The file holding a blob in the registry's storage.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod keys;
 pub mod ocicrypt;
+pub mod owner;
 pub mod pull;
 pub mod reference;
 pub mod registry;

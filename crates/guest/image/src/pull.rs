@@ -227,7 +227,7 @@ impl ImagePuller {
                 })
                 .ok_or_else(|| bad(format!("the index has no {os}/{arch} manifest")))?;
             self.client
-                .manifest(&image.with_digest(&chosen.digest().as_ref()))
+                .manifest(&image.with_digest(chosen.digest().as_ref()))
                 .await?
         } else {
             top.clone()

@@ -1,0 +1,543 @@
+//! End to end: the image pipeline against Debian's `docker-registry` on
+//! 127.0.0.1, with skopeo as the independent ocicrypt peer and runc running
+//! what was unpacked.
+
+mod common;
+
+use base64::Engine;
+use cocoon_image::owner::{LayerBuilder, push_image};
+use cocoon_image::reference::Reference;
+use cocoon_image::registry::{RegistryClient, RegistryConfig};
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GREETING: &str = "hello from a cocoon image\n";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn client(reg: &Registry) -> RegistryClient {
+    cocoon_kbs_client::install_crypto_provider();
+    RegistryClient::new(RegistryConfig {
+        insecure: [reg.addr.clone()].into(),
+        ..Default::default()
+    })
+    .expect("client")
+}
+
+/// Pushes a three-layer busybox image; the last layer whites out a file
+/// of the first. Returns the manifest digest.
+fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    need("busybox");
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut l1 = LayerBuilder::default();
+    l1.dir("bin").unwrap().dir("etc").unwrap();
+    l1.file("bin/busybox", 0o755, &busybox).unwrap();
+    for applet in ["sh", "cat", "ls", "echo"] {
+        l1.symlink(&format!("bin/{applet}"), "busybox").unwrap();
+    }
+    l1.file("etc/motd", 0o644, b"removed by the top layer\n")
+        .unwrap();
+    let mut l2 = LayerBuilder::default();
+    l2.file("etc/greeting", 0o644, GREETING.as_bytes()).unwrap();
+    let mut l3 = LayerBuilder::default();
+    l3.file("etc/.wh.motd", 0o644, b"").unwrap();
+    let layers = vec![
+        l1.finish().unwrap(),
+        l2.finish().unwrap(),
+        l3.finish().unwrap(),
+    ];
+    let r = Reference::parse(&format!("{}/{repo_tag}", reg.addr)).unwrap();
+    rt().block_on(push_image(
+        &client(reg),
+        &r,
+        &layers,
+        &["/bin/sh", "-c", "cat /etc/greeting"],
+    ))
+    .expect("push busybox")
+}
+
+fn openssl(args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+struct Keys {
+    rsa: PathBuf,
+    rsa_pub: PathBuf,
+    ec: PathBuf,
+    /// The same EC key as PKCS#8: Go ocicrypt (skopeo) silently ignores
+    /// SEC1 `EC PRIVATE KEY` files ("missing private key needed for decryption").
+    ec_pkcs8: PathBuf,
+    ec_pub: PathBuf,
+}
+
+fn keys(dir: &Path) -> Keys {
+    need("openssl");
+    let k = Keys {
+        rsa: dir.join("rsa.pem"),
+        rsa_pub: dir.join("rsa.pub"),
+        ec: dir.join("ec.pem"),
+        ec_pkcs8: dir.join("ec8.pem"),
+        ec_pub: dir.join("ec.pub"),
+    };
+    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+    openssl(&["genrsa", "-out", &s(&k.rsa), "2048"]);
+    openssl(&["rsa", "-in", &s(&k.rsa), "-pubout", "-out", &s(&k.rsa_pub)]);
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &s(&k.ec),
+    ]);
+    openssl(&["ec", "-in", &s(&k.ec), "-pubout", "-out", &s(&k.ec_pub)]);
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        &s(&k.ec),
+        "-out",
+        &s(&k.ec_pkcs8),
+    ]);
+    k
+}
+
+fn skopeo(dir: &Path, args: &[&str]) -> std::process::Output {
+    need("skopeo");
+    let policy = write(
+        dir,
+        "skopeo-policy.json",
+        br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    );
+    Command::new("skopeo")
+        .arg("--policy")
+        .arg(policy)
+        .args(args)
+        .output()
+        .expect("skopeo")
+}
+
+/// `cocoon image pull` into `dir/name`, with a per-test cache.
+fn pull(
+    reg: &Registry,
+    dir: &Path,
+    image: &str,
+    name: &str,
+    extra: &[&str],
+) -> (std::process::Output, PathBuf) {
+    let dest = dir.join(name);
+    let cache = dir.join("cache");
+    let mut args = vec![
+        "image",
+        "pull",
+        image,
+        "--dest",
+        dest.to_str().unwrap(),
+        "--insecure-registry",
+        &reg.addr,
+        "--quiet",
+    ];
+    if !extra.contains(&"--cache") {
+        args.extend_from_slice(&["--cache", cache.to_str().unwrap()]);
+    }
+    args.extend_from_slice(extra);
+    (cocoon(&args, &[]), dest)
+}
+
+/// The bundle holds the expected rootfs (whiteout applied) and config.
+fn assert_bundle(dest: &Path) {
+    let rootfs = dest.join("rootfs");
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/greeting")).unwrap(),
+        GREETING
+    );
+    assert!(
+        !rootfs.join("etc/motd").exists(),
+        "the whiteout removed etc/motd"
+    );
+    assert_eq!(
+        std::fs::read_link(rootfs.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["process"]["args"][2], "cat /etc/greeting");
+    assert_eq!(cfg["root"]["path"], "rootfs");
+}
+
+/// Nothing unpacked is left after a failed pull.
+fn assert_nothing_left(dest: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dest) {
+        let left: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+        assert!(left.is_empty(), "left in {}: {left:?}", dest.display());
+    }
+}
+
+fn runc(dest: &Path, id: &str) -> String {
+    need("runc");
+    let o = Command::new("runc")
+        .args(["run", "--bundle"])
+        .arg(dest)
+        .arg(id)
+        .output()
+        .expect("runc");
+    assert!(
+        o.status.success(),
+        "runc run: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Layer digests of an OCI layout image written by skopeo.
+fn layout_layers(layout: &Path) -> Vec<(String, String)> {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mdigest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(mdigest)).unwrap())
+            .unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mediaType"].as_str().unwrap().to_string(),
+                l["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn manifest(reg: &Registry, image: &str) -> Value {
+    let r = Reference::parse(&format!("{}/{image}", reg.addr)).unwrap();
+    let m = rt().block_on(client(reg).manifest(&r)).expect("manifest");
+    serde_json::from_slice(&m.bytes).unwrap()
+}
+
+#[test]
+fn jwe_images_interoperate_with_skopeo_and_run_with_runc() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let reg = Registry::start(d);
+    push_busybox(&reg, "busybox:plain");
+    let k = keys(d);
+    let a = &reg.addr;
+    let plain = format!("{a}/busybox:plain");
+
+    // Plain image: pulled, unpacked, and run by runc.
+    let (o, dest) = pull(&reg, d, &plain, "plain", &[]);
+    let stdout = ok(&o);
+    assert!(stdout.trim().starts_with("sha256:"), "{stdout}");
+    assert_bundle(&dest);
+    assert_eq!(runc(&dest, "cocoon-plain"), GREETING);
+
+    // skopeo encrypts (RSA and EC recipients); we decrypt.
+    for (tag, public, private) in [
+        ("skopeo-rsa", &k.rsa_pub, &k.rsa),
+        ("skopeo-ec", &k.ec_pub, &k.ec),
+    ] {
+        ok(&skopeo(
+            d,
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--encryption-key",
+                &format!("jwe:{}", public.display()),
+                &format!("docker://{plain}"),
+                &format!("docker://{a}/busybox:{tag}"),
+            ],
+        ));
+        let m = manifest(&reg, &format!("busybox:{tag}"));
+        assert!(
+            m["layers"][0]["mediaType"]
+                .as_str()
+                .unwrap()
+                .ends_with("+encrypted")
+        );
+        let (o, dest) = pull(
+            &reg,
+            d,
+            &format!("{a}/busybox:{tag}"),
+            tag,
+            &["--decryption-key", private.to_str().unwrap()],
+        );
+        ok(&o);
+        assert_bundle(&dest);
+        assert_eq!(runc(&dest, &format!("cocoon-{tag}")), GREETING);
+    }
+
+    // Wrong key, and no key: refused with the reason, nothing unpacked.
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:skopeo-rsa"),
+        "wrong-key",
+        &["--decryption-key", k.ec.to_str().unwrap()],
+    );
+    let err = fails(&o);
+    assert!(
+        err.contains("no key to decrypt") && err.contains("is a recipient"),
+        "{err}"
+    );
+    assert_nothing_left(&dest);
+    let (o, dest) = pull(&reg, d, &format!("{a}/busybox:skopeo-ec"), "no-key", &[]);
+    let err = fails(&o);
+    assert!(err.contains("no key to decrypt"), "{err}");
+    assert_nothing_left(&dest);
+
+    // We encrypt for two recipients; skopeo decrypts with either key and
+    // gets back exactly the original layers.
+    let out = ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            &plain,
+            &format!("{a}/busybox:cocoon-jwe"),
+            "--insecure-registry",
+            a,
+            "--recipient",
+            &format!("jwe:{}", k.rsa_pub.display()),
+            "--recipient",
+            &format!("jwe:{}", k.ec_pub.display()),
+        ],
+        &[],
+    ));
+    assert!(out.trim().starts_with("sha256:"));
+    let plain_layers: Vec<String> = manifest(&reg, "busybox:plain")["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    let enc = manifest(&reg, "busybox:cocoon-jwe");
+    for l in enc["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip+encrypted"
+        );
+        assert!(
+            !plain_layers.contains(&l["digest"].as_str().unwrap().to_string()),
+            "layer not re-encrypted"
+        );
+    }
+    for (name, private) in [("rsa", &k.rsa), ("ec", &k.ec_pkcs8)] {
+        let layout = d.join(format!("skopeo-dec-{name}"));
+        ok(&skopeo(
+            d,
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                "--decryption-key",
+                private.to_str().unwrap(),
+                &format!("docker://{a}/busybox:cocoon-jwe"),
+                &format!("oci:{}:dec", layout.display()),
+            ],
+        ));
+        let got = layout_layers(&layout);
+        assert_eq!(
+            got.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(),
+            plain_layers,
+            "skopeo ({name}) recovered the original layers"
+        );
+        assert!(
+            got.iter()
+                .all(|(mt, _)| mt == "application/vnd.oci.image.layer.v1.tar+gzip")
+        );
+    }
+    // Without the key skopeo cannot decrypt it either.
+    let o = skopeo(
+        d,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--decryption-key",
+            d.join("nokey.pem").to_str().unwrap(),
+            &format!("docker://{a}/busybox:cocoon-jwe"),
+            &format!("oci:{}:dec", d.join("skopeo-fail").display()),
+        ],
+    );
+    assert!(!o.status.success());
+    // And we pull our own encryption with the EC key.
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:cocoon-jwe"),
+        "cocoon-jwe",
+        &["--decryption-key", k.ec.to_str().unwrap()],
+    );
+    ok(&o);
+    assert_bundle(&dest);
+}
+
+#[test]
+fn tampering_is_detected_and_nothing_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let reg = Registry::start(d);
+    push_busybox(&reg, "busybox:plain");
+    let k = keys(d);
+    let a = &reg.addr;
+    ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            &format!("{a}/busybox:plain"),
+            &format!("{a}/busybox:enc"),
+            "--insecure-registry",
+            a,
+            "--recipient",
+            &format!("jwe:{}", k.ec_pub.display()),
+        ],
+        &[],
+    ));
+    let key = ["--decryption-key", k.ec.to_str().unwrap()];
+    let c = client(&reg);
+    let runtime = rt();
+
+    // Ciphertext changed by someone who controls the registry: the blob
+    // digest is consistent (they re-pushed it), but the HMAC is not.
+    let mut m = manifest(&reg, "busybox:enc");
+    let enc_ref = Reference::parse(&format!("{a}/busybox:enc")).unwrap();
+    let digest = m["layers"][1]["digest"].as_str().unwrap().to_string();
+    let mut blob = runtime.block_on(c.small_blob(&enc_ref, &digest)).unwrap();
+    let mid = blob.len() / 2;
+    blob[mid] ^= 0x01;
+    let new_digest = cocoon_image::registry::sha256_digest(&blob);
+    let len = blob.len() as u64;
+    let body = bytes::Bytes::from(blob);
+    runtime
+        .block_on(c.push_blob(
+            &enc_ref,
+            &new_digest,
+            || reqwest::Body::from(body.clone()),
+            len,
+        ))
+        .unwrap();
+    m["layers"][1]["digest"] = Value::String(new_digest);
+    let tampered = Reference::parse(&format!("{a}/busybox:tampered-ciphertext")).unwrap();
+    runtime
+        .block_on(c.push_manifest(
+            &tampered,
+            m.to_string().into_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        ))
+        .unwrap();
+    let (o, dest) = pull(&reg, d, &tampered.to_string(), "tampered-ciphertext", &key);
+    let err = fails(&o);
+    assert!(err.contains("HMAC mismatch"), "{err}");
+    assert_nothing_left(&dest);
+
+    // The wrapped key annotation changed: JWE authentication fails.
+    let mut m = manifest(&reg, "busybox:enc");
+    let ann = m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut jwe: Value = serde_json::from_slice(&b64.decode(ann).unwrap()).unwrap();
+    let ct = jwe["ciphertext"].as_str().unwrap().to_string();
+    jwe["ciphertext"] = Value::String(format!(
+        "{}{}",
+        if ct.starts_with('A') { "B" } else { "A" },
+        &ct[1..]
+    ));
+    m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"] =
+        Value::String(b64.encode(jwe.to_string()));
+    let r = Reference::parse(&format!("{a}/busybox:tampered-key")).unwrap();
+    runtime
+        .block_on(c.push_manifest(
+            &r,
+            m.to_string().into_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        ))
+        .unwrap();
+    let (o, dest) = pull(&reg, d, &r.to_string(), "tampered-key", &key);
+    let err = fails(&o);
+    assert!(err.contains("JWE authentication failed"), "{err}");
+    assert_nothing_left(&dest);
+
+    // A blob changed on the registry's disk: digest mismatch while streaming.
+    let plain = manifest(&reg, "busybox:plain");
+    let l0 = plain["layers"][0]["digest"].as_str().unwrap();
+    let file = reg.blob_file(l0);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x80;
+    std::fs::write(&file, &bytes).unwrap();
+    let fresh = d.join("fresh-cache");
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:plain"),
+        "tampered-blob",
+        &["--cache", fresh.to_str().unwrap()],
+    );
+    let err = fails(&o);
+    assert!(err.contains("digest mismatch") && err.contains(l0), "{err}");
+    assert_nothing_left(&dest);
+
+    // A manifest changed on the registry's disk: refused before any layer.
+    let m_digest = {
+        let r = Reference::parse(&format!("{a}/busybox:enc")).unwrap();
+        runtime.block_on(c.manifest(&r)).unwrap().digest
+    };
+    let mfile = reg.blob_file(&m_digest);
+    let text = std::fs::read_to_string(&mfile)
+        .unwrap()
+        .replacen("\"size\":", "\"size\": ", 1);
+    std::fs::write(&mfile, text).unwrap();
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:enc"),
+        "tampered-manifest",
+        &key,
+    );
+    let err = fails(&o);
+    assert!(err.contains("digest mismatch for manifest"), "{err}");
+    assert_nothing_left(&dest);
+
+    // A hostile layer (symlink escaping the root) is refused mid-pull and
+    // the staging rootfs, with the layers before it, is removed.
+    let mut good = LayerBuilder::default();
+    good.file("etc/ok", 0o644, b"fine").unwrap();
+    let mut evil = LayerBuilder::default();
+    evil.symlink("escape", "../../../../etc").unwrap();
+    let evil_ref = Reference::parse(&format!("{a}/hostile:1")).unwrap();
+    runtime
+        .block_on(push_image(
+            &c,
+            &evil_ref,
+            &[good.finish().unwrap(), evil.finish().unwrap()],
+            &["/bin/true"],
+        ))
+        .unwrap();
+    let (o, dest) = pull(&reg, d, &evil_ref.to_string(), "hostile", &[]);
+    let err = fails(&o);
+    assert!(err.contains("escapes the root"), "{err}");
+    assert_nothing_left(&dest);
+}
