@@ -541,3 +541,303 @@ fn tampering_is_detected_and_nothing_is_left() {
     assert!(err.contains("escapes the root"), "{err}");
     assert_nothing_left(&dest);
 }
+
+fn policy_json(scopes: &[(&str, &Path)]) -> String {
+    let mut docker = serde_json::Map::new();
+    for (scope, key) in scopes {
+        docker.insert(
+            scope.to_string(),
+            serde_json::json!([{"type": "sigstoreSigned", "keyPath": key, "signedIdentity": {"type": "matchRepository"}}]),
+        );
+    }
+    serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": docker}})
+        .to_string()
+}
+
+#[test]
+fn kbs_held_keys_and_signature_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let reg = Registry::start(d);
+    let a = reg.addr.clone();
+    let signed_digest = push_busybox(&reg, "busybox:plain");
+    push_busybox(&reg, "unsigned:v1");
+    push_busybox(&reg, "elsewhere:v1");
+    let t = TrusteeProc::start(&d.join("trustee"), &[]);
+    let admin_key = t.admin_key();
+    let (url, ak) = (t.url.as_str(), admin_key.to_str().unwrap());
+
+    // The owner encrypts with a key that goes into the trustee.
+    let kid = "kbs:///default/image-key/busybox";
+    let kek: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    let kek_file = write(d, "kek.bin", &kek);
+    ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            &format!("{a}/busybox:plain"),
+            &format!("{a}/busybox:kbs"),
+            "--insecure-registry",
+            &a,
+            "--kbs-key",
+            kid,
+            "--kek-file",
+            kek_file.to_str().unwrap(),
+            "--url",
+            url,
+            "--admin-key",
+            ak,
+        ],
+        &[],
+    ));
+    let m = manifest(&reg, "busybox:kbs");
+    let packet = m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.provider.attestation-agent"].as_str().unwrap();
+    let packet: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(packet)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(packet["kid"], kid);
+    assert_eq!(packet["wrap_type"], "A256GCM");
+
+    // A guest that attests (sample TEE) gets the key and the image.
+    let kbs = ["--kbs", url, "--tee", "sample"];
+    let (o, dest) = pull(&reg, d, &format!("{a}/busybox:kbs"), "kbs", &kbs);
+    ok(&o);
+    assert_bundle(&dest);
+    assert_eq!(runc(&dest, "cocoon-kbs"), GREETING);
+    // Without a KBS the pipeline says what it needs.
+    let (o, dest) = pull(&reg, d, &format!("{a}/busybox:kbs"), "kbs-none", &[]);
+    let err = fails(&o);
+    assert!(err.contains(kid) && err.contains("--kbs"), "{err}");
+    assert_nothing_left(&dest);
+
+    // cosign-style signatures under a policy that requires them.
+    let (key, public) = (d.join("cosign.key"), d.join("cosign.pub"));
+    ok(&cocoon(
+        &[
+            "image",
+            "keygen",
+            "--out",
+            key.to_str().unwrap(),
+            "--pub-out",
+            public.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let out = ok(&cocoon(
+        &[
+            "image",
+            "sign",
+            &format!("{a}/busybox:plain"),
+            "--key",
+            key.to_str().unwrap(),
+            "--insecure-registry",
+            &a,
+        ],
+        &[],
+    ));
+    assert_eq!(out.trim(), signed_digest);
+    let busybox_scope = format!("{a}/busybox");
+    let unsigned_scope = format!("{a}/unsigned");
+    let policy = write(
+        d,
+        "policy.json",
+        policy_json(&[(&busybox_scope, &public), (&unsigned_scope, &public)]).as_bytes(),
+    );
+    let pol = ["--policy", policy.to_str().unwrap()];
+    let (o, dest) = pull(&reg, d, &format!("{a}/busybox:plain"), "signed", &pol);
+    ok(&o);
+    assert_bundle(&dest);
+    let (o, dest) = pull(&reg, d, &format!("{a}/unsigned:v1"), "unsigned", &pol);
+    let err = fails(&o);
+    assert!(err.contains("no cosign signature"), "{err}");
+    assert_nothing_left(&dest);
+    let (o, dest) = pull(&reg, d, &format!("{a}/elsewhere:v1"), "elsewhere", &pol);
+    let err = fails(&o);
+    assert!(err.contains("rejects this scope"), "{err}");
+    assert_nothing_left(&dest);
+    // The encrypted variant is in the signed scope but was never signed.
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:kbs"),
+        "kbs-unsigned",
+        &[&pol[..], &kbs[..]].concat(),
+    );
+    assert!(fails(&o).contains("no cosign signature"));
+    assert_nothing_left(&dest);
+    // Another key: the signature does not verify.
+    let (other_key, other_pub) = (d.join("other.key"), d.join("other.pub"));
+    ok(&cocoon(
+        &[
+            "image",
+            "keygen",
+            "--out",
+            other_key.to_str().unwrap(),
+            "--pub-out",
+            other_pub.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    let wrong = write(
+        d,
+        "wrong.json",
+        policy_json(&[(&busybox_scope, &other_pub)]).as_bytes(),
+    );
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:plain"),
+        "wrong-key",
+        &["--policy", wrong.to_str().unwrap()],
+    );
+    assert!(fails(&o).contains("does not verify"));
+    assert_nothing_left(&dest);
+    // A signature copied to another image's signature tag: refused.
+    let c = client(&reg);
+    let runtime = rt();
+    let sig_ref = Reference::parse(&format!(
+        "{a}/busybox:sha256-{}.sig",
+        signed_digest.trim_start_matches("sha256:")
+    ))
+    .unwrap();
+    let sig_manifest = runtime.block_on(c.manifest(&sig_ref)).unwrap();
+    let kbs_digest = runtime
+        .block_on(c.manifest(&Reference::parse(&format!("{a}/busybox:kbs")).unwrap()))
+        .unwrap()
+        .digest;
+    let stolen = Reference::parse(&format!(
+        "{a}/busybox:sha256-{}.sig",
+        kbs_digest.trim_start_matches("sha256:")
+    ))
+    .unwrap();
+    runtime
+        .block_on(c.push_manifest(
+            &stolen,
+            sig_manifest.bytes.clone(),
+            "application/vnd.oci.image.manifest.v1+json",
+        ))
+        .unwrap();
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:kbs"),
+        "stolen-sig",
+        &[&pol[..], &kbs[..]].concat(),
+    );
+    let err = fails(&o);
+    assert!(
+        err.contains(&format!("signature is for {signed_digest}")),
+        "{err}"
+    );
+    assert_nothing_left(&dest);
+
+    // The signature checks out with an independent verifier: openssl over
+    // the pushed payload, as `cosign verify --key` does. (Debian's skopeo
+    // is built with sigstore disabled, so it cannot be the peer here.)
+    let sm: Value = serde_json::from_slice(&sig_manifest.bytes).unwrap();
+    let layer = &sm["layers"][0];
+    assert_eq!(
+        layer["mediaType"],
+        "application/vnd.dev.cosign.simplesigning.v1+json"
+    );
+    let payload = runtime
+        .block_on(c.small_blob(&sig_ref, layer["digest"].as_str().unwrap()))
+        .unwrap();
+    let p: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(p["critical"]["type"], "cosign container image signature");
+    assert_eq!(
+        p["critical"]["image"]["docker-manifest-digest"],
+        signed_digest.as_str()
+    );
+    assert_eq!(
+        p["critical"]["identity"]["docker-reference"],
+        busybox_scope.as_str()
+    );
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(
+            layer["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let (pf, sf) = (
+        write(d, "payload.json", &payload),
+        write(d, "payload.sig", &sig),
+    );
+    for (k, expect_ok) in [(&public, true), (&other_pub, false)] {
+        let o = Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(k)
+            .arg("-signature")
+            .arg(&sf)
+            .arg(&pf)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.success(),
+            expect_ok,
+            "openssl: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+
+    // Policy and verification key both held by the KBS.
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/cosign-key/1",
+        "--file",
+        public.to_str().unwrap(),
+    ]));
+    let kbs_policy = serde_json::json!({"default": [{"type": "reject"}], "transports": {"docker": {busybox_scope.clone(): [
+        {"type": "sigstoreSigned", "keyPath": "kbs:///default/cosign-key/1", "signedIdentity": {"type": "matchRepository"}}]}}});
+    let kp = write(d, "kbs-policy.json", kbs_policy.to_string().as_bytes());
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/security-policy/test",
+        "--file",
+        kp.to_str().unwrap(),
+    ]));
+    let from_kbs = ["--policy", "kbs:///default/security-policy/test"];
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:plain"),
+        "kbs-policy",
+        &[&from_kbs[..], &kbs[..]].concat(),
+    );
+    ok(&o);
+    assert_bundle(&dest);
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/unsigned:v1"),
+        "kbs-policy-unsigned",
+        &[&from_kbs[..], &kbs[..]].concat(),
+    );
+    assert!(fails(&o).contains("rejects this scope"));
+    assert_nothing_left(&dest);
+
+    // The trustee refuses the key: the pull stops before any layer.
+    let deny = write(
+        d,
+        "deny.rego",
+        b"package policy\nimport rego.v1\ndefault allow := false\n",
+    );
+    ok(&t.admin(&["set-policy", "resource", "--file", deny.to_str().unwrap()]));
+    let (o, dest) = pull(&reg, d, &format!("{a}/busybox:kbs"), "kbs-denied", &kbs);
+    let err = fails(&o);
+    assert!(err.contains(&format!("fetching the KEK {kid}")), "{err}");
+    assert_nothing_left(&dest);
+    // The key never shows in the trustee's log or the guest's output.
+    let log = t.stop();
+    assert!(log.contains("image-key/busybox"), "the log was captured");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for text in [log, err] {
+        assert!(!text.contains(&b64.encode(&kek)) && !text.contains(&hex::encode(&kek)));
+    }
+}
