@@ -841,3 +841,128 @@ fn kbs_held_keys_and_signature_policies() {
         assert!(!text.contains(&b64.encode(&kek)) && !text.contains(&hex::encode(&kek)));
     }
 }
+
+/// The data hub pulls inside the guest over CoCo's `ImagePullService`:
+/// layer key from the KBS after attestation, signature policy from the KBS.
+#[test]
+fn data_hub_pulls_encrypted_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let reg = Registry::start(d);
+    let a = reg.addr.clone();
+    push_busybox(&reg, "busybox:plain");
+    let t = TrusteeProc::start(&d.join("trustee"), &[]);
+    let admin_key = t.admin_key();
+    let kid = "kbs:///default/image-key/hub";
+    ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            &format!("{a}/busybox:plain"),
+            &format!("{a}/busybox:hub"),
+            "--insecure-registry",
+            &a,
+            "--kbs-key",
+            kid,
+            "--url",
+            &t.url,
+            "--admin-key",
+            admin_key.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    // Only busybox:hub's repository is allowed, unsigned.
+    let policy = format!(
+        r#"{{"default":[{{"type":"reject"}}],"transports":{{"docker":{{"{a}/busybox":[{{"type":"insecureAcceptAnything"}}]}}}}}}"#
+    );
+    let pf = write(d, "policy.json", policy.as_bytes());
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/security-policy/hub",
+        "--file",
+        pf.to_str().unwrap(),
+    ]));
+    let sock = d.join("cdh.sock");
+    let addr = format!("unix://{}", sock.display());
+    let work = d.join("work");
+    let _cdh = Daemon::start(
+        &[
+            "guest",
+            "cdh",
+            "--socket",
+            &addr,
+            "--tee",
+            "sample",
+            "--kbs-url",
+            &t.url,
+            "--insecure-registry",
+            &a,
+            "--image-policy",
+            "kbs:///default/security-policy/hub",
+            "--image-work-dir",
+            work.to_str().unwrap(),
+        ],
+        d.join("cdh.log"),
+        || std::os::unix::net::UnixStream::connect(&sock).is_ok(),
+    );
+    let bundle = d.join("bundle");
+    let out = ok(&cocoon(
+        &[
+            "guest",
+            "pull-image",
+            "--cdh-socket",
+            &addr,
+            &format!("{a}/busybox:hub"),
+            "--bundle",
+            bundle.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(out.trim().starts_with("sha256:"), "{out}");
+    assert_bundle(&bundle);
+    assert_eq!(runc(&bundle, "cocoon-hub"), GREETING);
+    // The cache holds only what the registry served: ciphertext.
+    let cached: Vec<_> = std::fs::read_dir(work.join("layers/blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(cached.len(), 3);
+    for f in cached {
+        let bytes = std::fs::read(f.path()).unwrap();
+        assert_ne!(
+            &bytes[..2],
+            &[0x1f, 0x8b],
+            "a cached layer is not plain gzip"
+        );
+    }
+    // The KBS policy refuses another repository; a relative bundle is refused.
+    push_busybox(&reg, "other:v1");
+    let o = cocoon(
+        &[
+            "guest",
+            "pull-image",
+            "--cdh-socket",
+            &addr,
+            &format!("{a}/other:v1"),
+            "--bundle",
+            d.join("b2").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = fails(&o);
+    assert!(err.contains("rejects this scope"), "{err}");
+    assert_nothing_left(&d.join("b2"));
+    let o = cocoon(
+        &[
+            "guest",
+            "pull-image",
+            "--cdh-socket",
+            &addr,
+            &format!("{a}/busybox:hub"),
+            "--bundle",
+            "rel",
+        ],
+        &[],
+    );
+    assert!(fails(&o).contains("must be absolute"));
+}

@@ -33,6 +33,40 @@ pub struct CdhConfig {
     pub skip_sealed_verification: bool,
     /// KBS retry policy.
     pub retry: RetryPolicy,
+    /// Image pulls (`cdh.toml` `[image]`).
+    pub image: ImageSettings,
+}
+
+/// The `[image]` section of `cdh.toml`, with CoCo's key names.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageSettings {
+    /// Signature policy (containers-policy.json) as a `kbs:///` URI or a
+    /// guest path; unset accepts any image.
+    pub image_security_policy_uri: Option<String>,
+    /// Registry logins (auth.json) as a `kbs:///` URI or a guest path.
+    pub authenticated_registry_credentials_uri: Option<String>,
+    /// Extra PEM CA certificates for registry TLS.
+    pub extra_root_certificates: Vec<String>,
+    /// Registries reached over plain HTTP (`host:port`).
+    pub insecure_registries: Vec<String>,
+    /// Layers downloaded at once per image.
+    pub max_concurrent_layer_downloads_per_image: usize,
+    /// Holds the layer cache.
+    pub work_dir: PathBuf,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        Self {
+            image_security_policy_uri: None,
+            authenticated_registry_credentials_uri: None,
+            extra_root_certificates: Vec::new(),
+            insecure_registries: Vec::new(),
+            max_concurrent_layer_downloads_per_image: 3,
+            work_dir: "/run/cocoon/image".into(),
+        }
+    }
 }
 
 impl CdhConfig {
@@ -46,6 +80,7 @@ impl CdhConfig {
             skip_sealed_verification: std::env::var("SKIP_SEALED_SECRET_VERIFICATION")
                 .is_ok_and(|v| v == "true"),
             retry: RetryPolicy::default(),
+            image: ImageSettings::default(),
         }
     }
 }
@@ -177,5 +212,84 @@ impl DataHub {
                 path.display()
             ))
         })
+    }
+}
+
+/// The hub as the pipeline's resource fetcher: layer keys, policies,
+/// verification keys and registry logins come from the KBS.
+struct HubFetcher(Arc<DataHub>);
+
+#[async_trait::async_trait]
+impl cocoon_image::ResourceFetcher for HubFetcher {
+    async fn fetch(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+        self.0.get_resource(uri).await.map_err(|e| e.to_string())
+    }
+}
+
+impl DataHub {
+    /// Pulls `image` into `bundle` (rootfs + config.json) inside the
+    /// guest: signature policy, layer keys and logins from the KBS as
+    /// configured. Returns the manifest digest.
+    pub async fn pull_image(
+        self: &Arc<Self>,
+        image: &str,
+        bundle: &std::path::Path,
+    ) -> Result<String, AgentError> {
+        use cocoon_image::ResourceFetcher;
+        let settings = &self.cfg.image;
+        let reference = cocoon_image::reference::Reference::parse(image)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        if !bundle.is_absolute() {
+            return Err(AgentError::BadRequest(format!(
+                "bundle path {} must be absolute",
+                bundle.display()
+            )));
+        }
+        let fetcher: Arc<dyn ResourceFetcher> = Arc::new(HubFetcher(self.clone()));
+        let read = |src: &str| {
+            let src = src.to_string();
+            let fetcher = fetcher.clone();
+            async move {
+                if src.starts_with("kbs://") {
+                    fetcher.fetch(&src).await.map_err(AgentError::Remote)
+                } else {
+                    std::fs::read(&src)
+                        .map(Zeroizing::new)
+                        .map_err(|e| AgentError::Config(format!("cannot read {src}: {e}")))
+                }
+            }
+        };
+        let mut cfg = cocoon_image::pull::PullConfig::new(settings.work_dir.join("layers"));
+        if let Some(p) = &settings.image_security_policy_uri {
+            cfg.policy = Some(
+                cocoon_image::signature::Policy::parse(&read(p).await?)
+                    .map_err(|e| AgentError::Config(format!("{p}: {e}")))?,
+            );
+        }
+        if let Some(a) = &settings.authenticated_registry_credentials_uri {
+            cfg.registry.credentials = cocoon_image::registry::parse_auth_json(&read(a).await?)
+                .map_err(|e| AgentError::Config(format!("{a}: {e}")))?;
+        }
+        cfg.registry.insecure = settings.insecure_registries.iter().cloned().collect();
+        cfg.registry.extra_ca_pem = settings
+            .extra_root_certificates
+            .iter()
+            .map(|c| c.clone().into_bytes())
+            .collect();
+        cfg.max_concurrent_downloads = settings.max_concurrent_layer_downloads_per_image;
+        cfg.decrypt.fetcher = Some(fetcher);
+        let puller = cocoon_image::pull::ImagePuller::new(cfg)?;
+        let report = puller
+            .pull(&reference, bundle, Arc::new(cocoon_image::pull::NoProgress))
+            .await?;
+        tracing::info!(
+            image,
+            digest = %report.manifest_digest,
+            layers = report.layers,
+            encrypted = report.encrypted_layers,
+            ms = report.total.as_millis() as u64,
+            "image pulled"
+        );
+        Ok(report.manifest_digest)
     }
 }

@@ -37,6 +37,17 @@ pub enum GuestCommand {
         /// File holding `sealed.…`, or `-`.
         file: String,
     },
+    /// Ask a data hub to pull an image into a bundle (rootfs + config.json); prints the manifest digest.
+    PullImage {
+        /// Data hub socket.
+        #[arg(long, default_value = DEFAULT_CDH_SOCKET)]
+        cdh_socket: String,
+        /// Image reference.
+        image: String,
+        /// Absolute bundle directory in the guest.
+        #[arg(long)]
+        bundle: String,
+    },
     /// Ask an attestation agent for a KBS token.
     Token {
         /// Attestation agent socket.
@@ -144,6 +155,15 @@ pub struct CdhArgs {
     /// Accept sealed secrets without checking signatures (development only).
     #[arg(long)]
     skip_sealed_verification: bool,
+    /// Registry (HOST:PORT) pulled from over plain HTTP; adds to cdh.toml [image] insecure_registries.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+    /// Signature policy for image pulls (kbs:/// URI or path); overrides cdh.toml [image].
+    #[arg(long)]
+    image_policy: Option<String>,
+    /// Layer cache directory; overrides cdh.toml [image] work_dir.
+    #[arg(long)]
+    image_work_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +186,8 @@ pub struct RestArgs {
 struct CdhToml {
     #[serde(default)]
     kbc: Option<KbcToml>,
+    #[serde(default)]
+    image: Option<crate::cdh::ImageSettings>,
 }
 
 #[derive(serde::Deserialize)]
@@ -241,6 +263,16 @@ async fn run_cdh(a: CdhArgs) -> Result<()> {
     let file_cfg: CdhToml =
         read_toml(config_text.as_deref().or(init_cdh.as_deref()), "CDH config")?;
     let kbc = file_cfg.kbc;
+    let mut image = file_cfg.image.unwrap_or_default();
+    image
+        .insecure_registries
+        .extend(a.insecure_registries.iter().cloned());
+    if let Some(p) = &a.image_policy {
+        image.image_security_policy_uri = Some(p.clone());
+    }
+    if let Some(w) = &a.image_work_dir {
+        image.work_dir = w.clone();
+    }
     let url = a
         .kbs
         .kbs_url
@@ -257,6 +289,7 @@ async fn run_cdh(a: CdhArgs) -> Result<()> {
     cfg.init_data = init;
     cfg.sealed_key_dir = a.sealed_key_dir;
     cfg.skip_sealed_verification |= a.skip_sealed_verification;
+    cfg.image = image;
     let attester: Arc<dyn cocoon_attester::Attester> = match &a.tee.tee {
         Some(t) => Arc::from(cocoon_attester::attester_for(
             t,
@@ -347,6 +380,17 @@ pub async fn run(cmd: GuestCommand) -> Result<()> {
             }
             let p = CdhClient::connect(&cdh_socket)?.unseal(&secret).await?;
             write_stdout(&p)
+        }
+        GuestCommand::PullImage {
+            cdh_socket,
+            image,
+            bundle,
+        } => {
+            let digest = CdhClient::connect(&cdh_socket)?
+                .pull_image(&image, &bundle)
+                .await?;
+            println!("{digest}");
+            Ok(())
         }
         GuestCommand::Token { aa_socket } => {
             let t = AaClient::connect(&aa_socket)?.token("kbs").await?;

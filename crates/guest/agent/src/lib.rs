@@ -28,6 +28,9 @@ pub enum AgentError {
     /// A runtime measurement was refused.
     #[error(transparent)]
     Event(#[from] eventlog::EventError),
+    /// An image pull failed (registry, policy, keys, layers).
+    #[error(transparent)]
+    Image(#[from] cocoon_image::pull::PullError),
     /// Bad configuration.
     #[error("{0}")]
     Config(String),

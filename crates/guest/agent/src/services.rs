@@ -1,6 +1,7 @@
 //! The CoCo ttrpc APIs over Unix sockets: the Attestation Agent service
 //! (`attestation_agent.AttestationAgentService`) and the Confidential Data
-//! Hub services (`api.GetResourceService`, `api.SealedSecretService`), with
+//! Hub services (`api.GetResourceService`, `api.SealedSecretService`,
+//! `api.ImagePullService`), with
 //! small clients for the data hub, the REST API and tools.
 
 use crate::AgentError;
@@ -11,9 +12,10 @@ use cocoon_guest_protos::api::{
     SecureMountRequest, SecureMountResponse, UnsealSecretInput, UnsealSecretOutput,
 };
 use cocoon_guest_protos::api_ttrpc::{
-    GetResourceService, GetResourceServiceClient, ImagePullService, SealedSecretService,
-    SealedSecretServiceClient, SecureMountService, create_get_resource_service,
-    create_image_pull_service, create_sealed_secret_service, create_secure_mount_service,
+    GetResourceService, GetResourceServiceClient, ImagePullService, ImagePullServiceClient,
+    SealedSecretService, SealedSecretServiceClient, SecureMountService,
+    create_get_resource_service, create_image_pull_service, create_sealed_secret_service,
+    create_secure_mount_service,
 };
 use cocoon_guest_protos::attestation_agent::*;
 use cocoon_guest_protos::attestation_agent_ttrpc::{
@@ -31,6 +33,8 @@ pub const DEFAULT_CDH_SOCKET: &str = "unix:///run/confidential-containers/cdh.so
 
 /// Client-side timeout of one call (attestation may retry a slow KBS).
 const CALL_TIMEOUT_NS: i64 = 120 * 1_000_000_000;
+/// Client-side timeout of an image pull.
+const PULL_TIMEOUT_NS: i64 = 30 * 60 * 1_000_000_000;
 
 fn status(e: &AgentError) -> ttrpc::Error {
     let code = match e {
@@ -43,6 +47,19 @@ fn status(e: &AgentError) -> ttrpc::Error {
         }
         AgentError::Kbs(k) if k.status().is_some() => Code::PERMISSION_DENIED,
         AgentError::Kbs(cocoon_kbs_client::ClientError::Unreachable { .. }) => Code::UNAVAILABLE,
+        AgentError::Image(p) => {
+            use cocoon_image::pull::PullError;
+            use cocoon_image::registry::RegistryError;
+            match p {
+                PullError::Policy(_) | PullError::Decrypt(_) | PullError::HmacMismatch(_) => {
+                    Code::PERMISSION_DENIED
+                }
+                PullError::Registry(RegistryError::NotFound { .. }) => Code::NOT_FOUND,
+                PullError::Registry(RegistryError::Unreachable { .. }) => Code::UNAVAILABLE,
+                PullError::Unpack { .. } | PullError::Manifest { .. } => Code::FAILED_PRECONDITION,
+                _ => Code::INTERNAL,
+            }
+        }
         _ => Code::INTERNAL,
     };
     ttrpc::Error::RpcStatus(get_status(code, e.to_string()))
@@ -202,12 +219,20 @@ impl ImagePullService for CdhService {
     async fn pull_image(
         &self,
         _: &TtrpcContext,
-        _: ImagePullRequest,
+        req: ImagePullRequest,
     ) -> ttrpc::Result<ImagePullResponse> {
-        Err(ttrpc::Error::RpcStatus(get_status(
-            Code::UNIMPLEMENTED,
-            "image pull through the data hub is not implemented yet",
-        )))
+        let digest = self
+            .0
+            .pull_image(&req.image_url, std::path::Path::new(&req.bundle_path))
+            .await
+            .map_err(|e| {
+                tracing::warn!(image = %req.image_url, error = %e, "image pull failed");
+                status(&e)
+            })?;
+        Ok(ImagePullResponse {
+            manifest_digest: digest,
+            ..Default::default()
+        })
     }
 }
 
@@ -350,6 +375,7 @@ impl AaClient {
 pub struct CdhClient {
     resources: GetResourceServiceClient,
     sealed: SealedSecretServiceClient,
+    images: ImagePullServiceClient,
 }
 
 impl CdhClient {
@@ -360,8 +386,26 @@ impl CdhClient {
         })?;
         Ok(Self {
             resources: GetResourceServiceClient::new(c.clone()),
-            sealed: SealedSecretServiceClient::new(c),
+            sealed: SealedSecretServiceClient::new(c.clone()),
+            images: ImagePullServiceClient::new(c),
         })
+    }
+
+    /// PullImage: the hub pulls `image` into `bundle`; returns the manifest digest.
+    pub async fn pull_image(&self, image: &str, bundle: &str) -> Result<String, AgentError> {
+        let req = ImagePullRequest {
+            image_url: image.into(),
+            bundle_path: bundle.into(),
+            ..Default::default()
+        };
+        // A large image can take far longer than a resource request.
+        let ctx = ttrpc::context::with_timeout(PULL_TIMEOUT_NS);
+        Ok(self
+            .images
+            .pull_image(ctx, &req)
+            .await
+            .map_err(|e| rpc_err("PullImage", e))?
+            .manifest_digest)
     }
 
     /// GetResource.
