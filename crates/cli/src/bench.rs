@@ -23,6 +23,8 @@ pub enum BenchCommand {
     Kbs(KbsBenchArgs),
     /// Time from attestation agent start to the first secret (sample and tpm attesters).
     Guest(crate::bench_guest::GuestBenchArgs),
+    /// Image pipeline: encrypted vs plain pull, vs skopeo, decryption vs the SHA-256 floor.
+    Image(crate::bench_image::ImageBenchArgs),
 }
 
 /// `cocoon bench kbs`.
@@ -135,6 +137,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     let a = match cmd {
         BenchCommand::Kbs(a) => a,
         BenchCommand::Guest(g) => return crate::bench_guest::run(g).await,
+        BenchCommand::Image(i) => return crate::bench_image::run(i).await,
     };
     if a.clients == 0 || a.duration == 0 {
         bail!("--clients and --duration must be positive");

@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod bench_guest;
+mod bench_image;
 mod client;
 mod guest;
 mod image;
