@@ -224,12 +224,13 @@ fn print_report(image: &str, dest: &std::path::Path, r: &PullReport) {
         r.cached_bytes as f64 / 1e6,
     );
     eprintln!(
-        "time: total {:.3}s = prepare {:.3}s + layers; download wall {:.3}s; unpacker: waiting {:.3}s, cached-layer HMAC {:.3}s, decrypt+decompress+write {:.3}s",
+        "time: total {:.3}s = prepare {:.3}s + layers; download wall {:.3}s; decoder: waiting {:.3}s, cached-layer HMAC {:.3}s, decrypt+decompress {:.3}s; applier: tar+write {:.3}s",
         r.total.as_secs_f64(),
         r.prepare.as_secs_f64(),
         r.download.as_secs_f64(),
         r.unpack_waiting.as_secs_f64(),
         r.unpack_mac.as_secs_f64(),
+        r.unpack_decode.as_secs_f64(),
         r.unpack_apply.as_secs_f64(),
     );
 }

@@ -146,11 +146,13 @@ pub struct PullReport {
     pub prepare: Duration,
     /// Wall time from the first layer request until the last layer arrived.
     pub download: Duration,
-    /// Time the unpacker spent waiting for layers to arrive.
+    /// Time the decoder spent waiting for layers to arrive.
     pub unpack_waiting: Duration,
     /// Time spent checking HMACs of layers found in the cache.
     pub unpack_mac: Duration,
-    /// Time spent decrypting, decompressing and writing files.
+    /// Decoder thread: decrypting and decompressing (overlaps with writing).
+    pub unpack_decode: Duration,
+    /// Applier thread: parsing tar and writing files.
     pub unpack_apply: Duration,
     /// Everything.
     pub total: Duration,
@@ -412,6 +414,7 @@ impl ImagePuller {
             .saturating_duration_since(download_start);
         report.unpack_waiting = totals.waiting;
         report.unpack_mac = totals.mac;
+        report.unpack_decode = totals.decode;
         report.unpack_apply = totals.apply;
         Ok((report, spec))
     }
@@ -424,6 +427,7 @@ struct ApplyTotals {
     entries: u64,
     waiting: Duration,
     mac: Duration,
+    decode: Duration,
     apply: Duration,
     last_arrival: Option<Instant>,
 }
@@ -440,7 +444,46 @@ impl SaturatingSince for Option<Instant> {
 
 type Arrival = oneshot::Receiver<(Result<Ready, PullError>, Instant)>;
 
+/// Decompressed bytes handed from the decoder to the applier.
+const CHUNK: usize = 1 << 20;
+/// Chunks queued per layer (bounds the decoder's lead).
+const QUEUED_CHUNKS: usize = 8;
+
+type Chunk = std::io::Result<Vec<u8>>;
+
+/// Reads a layer's tar stream from the decoder's chunks; hands emptied
+/// buffers back for reuse.
+struct ChunkReader {
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    pool: std::sync::mpsc::Sender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    let old = std::mem::replace(&mut self.current, chunk?);
+                    let _ = self.pool.send(old);
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Applies the layers in order as they arrive (runs on a blocking thread).
+/// Two threads share the work: a decoder (HMAC check of cached layers,
+/// AES-CTR, decompression) and this applier (tar parsing, file writes),
+/// so both cores work on layers even when they arrive faster than they
+/// unpack.
 fn apply_all(
     staging: &Path,
     opts: UnpackOptions,
@@ -454,6 +497,70 @@ fn apply_all(
         digest: String::new(),
         source,
     })?;
+    let (layer_tx, layer_rx) =
+        std::sync::mpsc::sync_channel::<(usize, std::sync::mpsc::Receiver<Chunk>)>(1);
+    let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (t, apply_err) = std::thread::scope(|s| {
+        let decoder = s.spawn(move || decode_all(layers, keys, arrivals, layer_tx, pool_rx));
+        let mut apply = Duration::ZERO;
+        let mut entries = 0;
+        let mut apply_err = None;
+        for (i, chunks) in layer_rx.iter() {
+            let a = Instant::now();
+            let reader = ChunkReader {
+                chunks,
+                pool: pool_tx.clone(),
+                current: Vec::new(),
+                pos: 0,
+            };
+            match rootfs.apply(reader) {
+                Ok(stats) => entries += stats.entries,
+                Err(source) => {
+                    apply_err = Some(PullError::Unpack {
+                        digest: layers[i].digest().to_string(),
+                        source,
+                    });
+                    break;
+                }
+            }
+            apply += a.elapsed();
+            progress.unpacked(i);
+        }
+        // Dropping the receiver stops a decoder that is still running.
+        drop(layer_rx);
+        let decoded = decoder.join().unwrap_or_else(|_| {
+            Err(PullError::Io {
+                what: "decoding layers".into(),
+                source: std::io::Error::other("decoder thread panicked"),
+            })
+        });
+        // A decoder failure explains whatever the applier saw.
+        decoded.map(|mut t| {
+            t.apply = apply;
+            t.entries = entries;
+            (t, apply_err)
+        })
+    })?;
+    if let Some(e) = apply_err {
+        return Err(e);
+    }
+    let spec = runtime_spec(config, &rootfs).map_err(|e| PullError::Manifest {
+        image: String::new(),
+        reason: e.to_string(),
+    })?;
+    Ok((t, spec))
+}
+
+/// Waits for each layer in order, checks the HMAC of encrypted layers
+/// found in the cache, then decrypts and decompresses it into chunks for
+/// the applier.
+fn decode_all(
+    layers: &[Descriptor],
+    keys: &[Option<Arc<LayerKey>>],
+    arrivals: Vec<Arrival>,
+    to_applier: std::sync::mpsc::SyncSender<(usize, std::sync::mpsc::Receiver<Chunk>)>,
+    pool: std::sync::mpsc::Receiver<Vec<u8>>,
+) -> Result<ApplyTotals, PullError> {
     let mut t = ApplyTotals::default();
     for (i, rx) in arrivals.into_iter().enumerate() {
         let digest = layers[i].digest().to_string();
@@ -475,7 +582,7 @@ fn apply_all(
             let mut mac = key.mac();
             let mut f = std::fs::File::open(&ready.path)
                 .map_err(io(format!("reading cached layer {digest}")))?;
-            let mut buf = vec![0u8; 1 << 20];
+            let mut buf = vec![0u8; CHUNK];
             loop {
                 let n = f
                     .read(&mut buf)
@@ -490,34 +597,56 @@ fn apply_all(
             }
             t.mac += m.elapsed();
         }
-        let a = Instant::now();
+        let d = Instant::now();
         let file = std::fs::File::open(&ready.path)
             .map_err(io(format!("reading cached layer {digest}")))?;
         let reader: Box<dyn Read> = match key {
             Some(k) => Box::new(DecryptingReader::new(
-                BufReader::with_capacity(1 << 20, file),
+                BufReader::with_capacity(CHUNK, file),
                 k,
             )),
-            None => Box::new(BufReader::with_capacity(1 << 20, file)),
+            None => Box::new(BufReader::with_capacity(CHUNK, file)),
         };
         let media = layers[i].media_type().to_string();
-        let tar = decompressor(&media, reader).map_err(|reason| PullError::Manifest {
+        let mut tar = decompressor(&media, reader).map_err(|reason| PullError::Manifest {
             image: digest.clone(),
             reason,
         })?;
-        let stats = rootfs.apply(tar).map_err(|source| PullError::Unpack {
-            digest: digest.clone(),
-            source,
-        })?;
-        t.entries += stats.entries;
-        t.apply += a.elapsed();
-        progress.unpacked(i);
+        let (tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(QUEUED_CHUNKS);
+        if to_applier.send((i, chunks)).is_err() {
+            return Ok(t); // the applier stopped (it reports why)
+        }
+        loop {
+            let mut buf = pool.try_recv().unwrap_or_default();
+            buf.resize(CHUNK, 0);
+            let mut n = 0;
+            while n < CHUNK {
+                match tar.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let reason = format!("layer {digest} does not decompress: {e}");
+                        let _ = tx.send(Err(std::io::Error::other(reason.clone())));
+                        return Err(PullError::Manifest {
+                            image: digest,
+                            reason,
+                        });
+                    }
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            // The applier hangs up once it reaches the end of the archive.
+            if tx.send(Ok(buf)).is_err() {
+                break;
+            }
+        }
+        t.decode += d.elapsed();
     }
-    let spec = runtime_spec(config, &rootfs).map_err(|e| PullError::Manifest {
-        image: String::new(),
-        reason: e.to_string(),
-    })?;
-    Ok((t, spec))
+    Ok(t)
 }
 
 /// The tar stream of a layer, by media type (`+encrypted` already removed

@@ -136,6 +136,7 @@ pub struct Rootfs {
     root: OwnedFd,
     opts: UnpackOptions,
     parent_cache: Option<(String, OwnedFd)>,
+    copy_buf: Vec<u8>,
 }
 
 struct Pending {
@@ -163,6 +164,7 @@ impl Rootfs {
             root,
             opts,
             parent_cache: None,
+            copy_buf: Vec::new(),
         })
     }
 
@@ -368,9 +370,11 @@ impl Rootfs {
                     .map_err(|e| io_err(&name, e))?;
                     let mut file = std::fs::File::from(fd);
                     let n =
-                        std::io::copy(&mut entry, &mut file).map_err(|source| UnpackError::Io {
-                            path: name.clone(),
-                            source,
+                        copy_data(&mut entry, &mut file, &mut self.copy_buf).map_err(|source| {
+                            UnpackError::Io {
+                                path: name.clone(),
+                                source,
+                            }
                         })?;
                     if n != size {
                         return Err(UnpackError::Malformed(format!(
@@ -632,6 +636,27 @@ fn remove_children(dir: &OwnedFd, select: &dyn Fn(&str) -> bool) -> Result<u64, 
         count += 1;
     }
     Ok(count)
+}
+
+/// Copies file data with a large reusable buffer (few write calls).
+fn copy_data(
+    from: &mut impl Read,
+    to: &mut std::fs::File,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u64> {
+    use std::io::Write;
+    buf.resize(256 << 10, 0);
+    let mut total = 0;
+    loop {
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
 }
 
 fn io_err(path: &str, e: Errno) -> UnpackError {
