@@ -4,6 +4,7 @@
 //! bundle, so the host never sees a decrypted layer. For owners: encrypt
 //! and sign images, interoperable with skopeo and cosign.
 
+mod apply;
 pub mod bundle;
 pub mod keys;
 pub mod ocicrypt;

@@ -8,14 +8,15 @@
 //! layers are still arriving. Nothing decrypted is produced before the
 //! layer's HMAC matched; after any failure the staging rootfs is removed.
 
+use crate::apply::apply_all;
 use crate::bundle::runtime_spec;
-use crate::ocicrypt::{DecryptConfig, DecryptError, DecryptingReader, LayerKey, is_encrypted};
+use crate::ocicrypt::{DecryptConfig, DecryptError, LayerKey, is_encrypted};
 use crate::reference::Reference;
 use crate::registry::{Fetched, RegistryClient, RegistryConfig, RegistryError};
 use crate::signature::{Policy, PolicyError, PolicyVerifier};
 use crate::unpack::{Rootfs, UnpackError, UnpackOptions};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
-use std::io::{BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,11 +174,11 @@ impl BlobCache {
     }
 }
 
-struct Ready {
-    path: PathBuf,
-    mac_checked: bool,
-    downloaded: u64,
-    cached: u64,
+pub(crate) struct Ready {
+    pub(crate) path: PathBuf,
+    pub(crate) mac_checked: bool,
+    pub(crate) downloaded: u64,
+    pub(crate) cached: u64,
 }
 
 /// Pulls images into OCI bundles.
@@ -390,15 +391,17 @@ impl ImagePuller {
         let unpack_opts = self.cfg.unpack.clone();
         let staging_owned = staging.to_path_buf();
         let applier = tokio::task::spawn_blocking(move || {
-            apply_all(
-                &staging_owned,
-                unpack_opts,
-                &layers,
-                &keys,
-                receivers,
-                progress,
-                &config,
-            )
+            let mut rootfs =
+                Rootfs::open(&staging_owned, unpack_opts).map_err(|source| PullError::Unpack {
+                    digest: String::new(),
+                    source,
+                })?;
+            let totals = apply_all(&mut rootfs, &layers, &keys, receivers, progress.as_ref())?;
+            let spec = runtime_spec(&config, &rootfs).map_err(|e| PullError::Manifest {
+                image: String::new(),
+                reason: e.to_string(),
+            })?;
+            Ok::<_, PullError>((totals, spec))
         });
         let applied = applier.await.map_err(|e| PullError::Io {
             what: "unpacking".into(),
@@ -411,264 +414,13 @@ impl ImagePuller {
         report.entries = totals.entries;
         report.download = totals
             .last_arrival
-            .saturating_duration_since(download_start);
+            .map(|t| t.saturating_duration_since(download_start))
+            .unwrap_or_default();
         report.unpack_waiting = totals.waiting;
         report.unpack_mac = totals.mac;
         report.unpack_decode = totals.decode;
         report.unpack_apply = totals.apply;
         Ok((report, spec))
-    }
-}
-
-#[derive(Default)]
-struct ApplyTotals {
-    downloaded: u64,
-    cached: u64,
-    entries: u64,
-    waiting: Duration,
-    mac: Duration,
-    decode: Duration,
-    apply: Duration,
-    last_arrival: Option<Instant>,
-}
-
-trait SaturatingSince {
-    fn saturating_duration_since(&self, earlier: Instant) -> Duration;
-}
-impl SaturatingSince for Option<Instant> {
-    fn saturating_duration_since(&self, earlier: Instant) -> Duration {
-        self.map(|t| t.saturating_duration_since(earlier))
-            .unwrap_or_default()
-    }
-}
-
-type Arrival = oneshot::Receiver<(Result<Ready, PullError>, Instant)>;
-
-/// Decompressed bytes handed from the decoder to the applier.
-const CHUNK: usize = 1 << 20;
-/// Chunks queued per layer (bounds the decoder's lead).
-const QUEUED_CHUNKS: usize = 8;
-
-type Chunk = std::io::Result<Vec<u8>>;
-
-/// Reads a layer's tar stream from the decoder's chunks; hands emptied
-/// buffers back for reuse.
-struct ChunkReader {
-    chunks: std::sync::mpsc::Receiver<Chunk>,
-    pool: std::sync::mpsc::Sender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => {
-                    let old = std::mem::replace(&mut self.current, chunk?);
-                    let _ = self.pool.send(old);
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Applies the layers in order as they arrive (runs on a blocking thread).
-/// Two threads share the work: a decoder (HMAC check of cached layers,
-/// AES-CTR, decompression) and this applier (tar parsing, file writes),
-/// so both cores work on layers even when they arrive faster than they
-/// unpack.
-fn apply_all(
-    staging: &Path,
-    opts: UnpackOptions,
-    layers: &[Descriptor],
-    keys: &[Option<Arc<LayerKey>>],
-    arrivals: Vec<Arrival>,
-    progress: Arc<dyn PullProgress>,
-    config: &ImageConfiguration,
-) -> Result<(ApplyTotals, oci_spec::runtime::Spec), PullError> {
-    let mut rootfs = Rootfs::open(staging, opts).map_err(|source| PullError::Unpack {
-        digest: String::new(),
-        source,
-    })?;
-    let (layer_tx, layer_rx) =
-        std::sync::mpsc::sync_channel::<(usize, std::sync::mpsc::Receiver<Chunk>)>(1);
-    let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (t, apply_err) = std::thread::scope(|s| {
-        let decoder = s.spawn(move || decode_all(layers, keys, arrivals, layer_tx, pool_rx));
-        let mut apply = Duration::ZERO;
-        let mut entries = 0;
-        let mut apply_err = None;
-        for (i, chunks) in layer_rx.iter() {
-            let a = Instant::now();
-            let reader = ChunkReader {
-                chunks,
-                pool: pool_tx.clone(),
-                current: Vec::new(),
-                pos: 0,
-            };
-            match rootfs.apply(reader) {
-                Ok(stats) => entries += stats.entries,
-                Err(source) => {
-                    apply_err = Some(PullError::Unpack {
-                        digest: layers[i].digest().to_string(),
-                        source,
-                    });
-                    break;
-                }
-            }
-            apply += a.elapsed();
-            progress.unpacked(i);
-        }
-        // Dropping the receiver stops a decoder that is still running.
-        drop(layer_rx);
-        let decoded = decoder.join().unwrap_or_else(|_| {
-            Err(PullError::Io {
-                what: "decoding layers".into(),
-                source: std::io::Error::other("decoder thread panicked"),
-            })
-        });
-        // A decoder failure explains whatever the applier saw.
-        decoded.map(|mut t| {
-            t.apply = apply;
-            t.entries = entries;
-            (t, apply_err)
-        })
-    })?;
-    if let Some(e) = apply_err {
-        return Err(e);
-    }
-    let spec = runtime_spec(config, &rootfs).map_err(|e| PullError::Manifest {
-        image: String::new(),
-        reason: e.to_string(),
-    })?;
-    Ok((t, spec))
-}
-
-/// Waits for each layer in order, checks the HMAC of encrypted layers
-/// found in the cache, then decrypts and decompresses it into chunks for
-/// the applier.
-fn decode_all(
-    layers: &[Descriptor],
-    keys: &[Option<Arc<LayerKey>>],
-    arrivals: Vec<Arrival>,
-    to_applier: std::sync::mpsc::SyncSender<(usize, std::sync::mpsc::Receiver<Chunk>)>,
-    pool: std::sync::mpsc::Receiver<Vec<u8>>,
-) -> Result<ApplyTotals, PullError> {
-    let mut t = ApplyTotals::default();
-    for (i, rx) in arrivals.into_iter().enumerate() {
-        let digest = layers[i].digest().to_string();
-        let wait = Instant::now();
-        let (ready, arrived) = rx.blocking_recv().map_err(|_| PullError::Io {
-            what: format!("downloading layer {digest}"),
-            source: std::io::Error::other("download task ended"),
-        })?;
-        let ready = ready?;
-        t.waiting += wait.elapsed();
-        t.last_arrival = Some(t.last_arrival.map_or(arrived, |l| l.max(arrived)));
-        t.downloaded += ready.downloaded;
-        t.cached += ready.cached;
-        let key = keys[i].as_deref();
-        if let Some(key) = key
-            && !ready.mac_checked
-        {
-            let m = Instant::now();
-            let mut mac = key.mac();
-            let mut f = std::fs::File::open(&ready.path)
-                .map_err(io(format!("reading cached layer {digest}")))?;
-            let mut buf = vec![0u8; CHUNK];
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(io(format!("reading cached layer {digest}")))?;
-                if n == 0 {
-                    break;
-                }
-                mac.update(&buf[..n]);
-            }
-            if !key.mac_matches(mac) {
-                return Err(PullError::HmacMismatch(digest));
-            }
-            t.mac += m.elapsed();
-        }
-        let d = Instant::now();
-        let file = std::fs::File::open(&ready.path)
-            .map_err(io(format!("reading cached layer {digest}")))?;
-        let reader: Box<dyn Read> = match key {
-            Some(k) => Box::new(DecryptingReader::new(
-                BufReader::with_capacity(CHUNK, file),
-                k,
-            )),
-            None => Box::new(BufReader::with_capacity(CHUNK, file)),
-        };
-        let media = layers[i].media_type().to_string();
-        let mut tar = decompressor(&media, reader).map_err(|reason| PullError::Manifest {
-            image: digest.clone(),
-            reason,
-        })?;
-        let (tx, chunks) = std::sync::mpsc::sync_channel::<Chunk>(QUEUED_CHUNKS);
-        if to_applier.send((i, chunks)).is_err() {
-            return Ok(t); // the applier stopped (it reports why)
-        }
-        loop {
-            let mut buf = pool.try_recv().unwrap_or_default();
-            buf.resize(CHUNK, 0);
-            let mut n = 0;
-            while n < CHUNK {
-                match tar.read(&mut buf[n..]) {
-                    Ok(0) => break,
-                    Ok(k) => n += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let reason = format!("layer {digest} does not decompress: {e}");
-                        let _ = tx.send(Err(std::io::Error::other(reason.clone())));
-                        return Err(PullError::Manifest {
-                            image: digest,
-                            reason,
-                        });
-                    }
-                }
-            }
-            if n == 0 {
-                break;
-            }
-            buf.truncate(n);
-            // The applier hangs up once it reaches the end of the archive.
-            if tx.send(Ok(buf)).is_err() {
-                break;
-            }
-        }
-        t.decode += d.elapsed();
-    }
-    Ok(t)
-}
-
-/// The tar stream of a layer, by media type (`+encrypted` already removed
-/// by the decrypting reader underneath).
-fn decompressor<'a>(media_type: &str, r: Box<dyn Read + 'a>) -> Result<Box<dyn Read + 'a>, String> {
-    let plain = media_type
-        .strip_suffix(crate::ocicrypt::ENCRYPTED_SUFFIX)
-        .unwrap_or(media_type);
-    if plain.ends_with("+gzip") || plain.ends_with(".tar.gzip") {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(
-            BufReader::with_capacity(1 << 20, r),
-        )))
-    } else if plain.ends_with("+zstd") {
-        zstd::stream::read::Decoder::new(r)
-            .map(|d| Box::new(d) as Box<dyn Read>)
-            .map_err(|e| format!("zstd: {e}"))
-    } else if plain.ends_with(".tar") || plain.ends_with("diff.tar") {
-        Ok(r)
-    } else {
-        Err(format!(
-            "layer media type {media_type:?} is not a tar layer"
-        ))
     }
 }
 

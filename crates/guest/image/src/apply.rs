@@ -1,0 +1,433 @@
+//! Turning downloaded layers into a rootfs, using both cores.
+//!
+//! Two decoder threads take layers in order as they arrive: they check the
+//! HMAC of encrypted layers found in the cache, decrypt (AES-CTR) and
+//! decompress. The applier (the calling thread) applies the tar streams
+//! strictly in layer order. Decoders run at most [`LEAD`] layers ahead of
+//! the applier, which bounds memory.
+//!
+//! A gzip layer whose uncompressed size (gzip trailer) is at most
+//! [`WHOLE_LAYER_LIMIT`] is decompressed in one call (zune-inflate, about
+//! twice zlib's speed). Larger layers, zstd and multi-member gzip stream
+//! through the usual decoders in 1 MiB chunks.
+
+use crate::ocicrypt::{DecryptingReader, LayerKey};
+use crate::pull::{PullError, Ready};
+use crate::unpack::Rootfs;
+use oci_spec::image::Descriptor;
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Decoder threads.
+const DECODERS: usize = 2;
+/// How many layers decoders may work on beyond the one being applied.
+pub const LEAD: usize = 2;
+/// Largest uncompressed gzip layer decoded in one piece, in memory.
+pub const WHOLE_LAYER_LIMIT: u64 = 256 << 20;
+/// Chunk size of streamed layers.
+const CHUNK: usize = 1 << 20;
+/// Chunks queued per streamed layer.
+const QUEUED_CHUNKS: usize = 8;
+
+/// A layer's download result and when it arrived.
+pub(crate) type Arrival = oneshot::Receiver<(Result<Ready, PullError>, Instant)>;
+
+/// Where the unpack time went.
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct ApplyTotals {
+    pub(crate) downloaded: u64,
+    pub(crate) cached: u64,
+    pub(crate) entries: u64,
+    /// Decoders waiting for downloads.
+    pub(crate) waiting: Duration,
+    /// HMAC passes over cached layers.
+    pub(crate) mac: Duration,
+    /// Decryption and decompression (both decoders together).
+    pub(crate) decode: Duration,
+    /// Tar parsing and file writes.
+    pub(crate) apply: Duration,
+    pub(crate) last_arrival: Option<Instant>,
+}
+
+impl ApplyTotals {
+    fn add(&mut self, o: &ApplyTotals) {
+        self.downloaded += o.downloaded;
+        self.cached += o.cached;
+        self.waiting += o.waiting;
+        self.mac += o.mac;
+        self.decode += o.decode;
+        self.last_arrival = match (self.last_arrival, o.last_arrival) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+type Chunk = std::io::Result<Vec<u8>>;
+
+/// A decoded layer: whole in memory, or a stream of chunks.
+enum Decoded {
+    Whole(Vec<u8>),
+    Stream(Receiver<Chunk>),
+}
+
+/// Reads a streamed layer's chunks.
+struct ChunkReader {
+    chunks: Receiver<Chunk>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The applier's progress, which decoders wait on.
+struct Window {
+    state: Mutex<(usize, bool)>,
+    cv: Condvar,
+}
+
+impl Window {
+    /// Waits until layer `i` may be decoded; false when the pull stopped.
+    fn admit(&self, i: usize) -> bool {
+        let Ok(mut g) = self.state.lock() else {
+            return false;
+        };
+        while !g.1 && i >= g.0 + LEAD {
+            g = match self.cv.wait(g) {
+                Ok(g) => g,
+                Err(_) => return false,
+            };
+        }
+        !g.1
+    }
+    fn applied(&self, n: usize) {
+        if let Ok(mut g) = self.state.lock() {
+            g.0 = n;
+        }
+        self.cv.notify_all();
+    }
+    fn stop(&self) {
+        if let Ok(mut g) = self.state.lock() {
+            g.1 = true;
+        }
+        self.cv.notify_all();
+    }
+}
+
+/// Everything the decoders share.
+struct Work<'a> {
+    layers: &'a [Descriptor],
+    keys: &'a [Option<Arc<LayerKey>>],
+    arrivals: Vec<Mutex<Option<Arrival>>>,
+    slots: Vec<Mutex<Option<SyncSender<Decoded>>>>,
+    next: AtomicUsize,
+    window: Window,
+    /// The first decoder failure; the applier reports it.
+    failure: Mutex<Option<PullError>>,
+}
+
+impl Work<'_> {
+    /// Records a failure and hangs up every layer not yet handed over, so
+    /// the applier stops at the first layer it cannot get.
+    fn fail(&self, e: PullError) {
+        if let Ok(mut f) = self.failure.lock()
+            && f.is_none()
+        {
+            *f = Some(e);
+        }
+        for s in &self.slots {
+            if let Ok(mut s) = s.lock() {
+                s.take();
+            }
+        }
+        self.window.stop();
+    }
+}
+
+/// Applies the layers to `rootfs` in order as they arrive.
+pub(crate) fn apply_all(
+    rootfs: &mut Rootfs,
+    layers: &[Descriptor],
+    keys: &[Option<Arc<LayerKey>>],
+    arrivals: Vec<Arrival>,
+    progress: &dyn crate::pull::PullProgress,
+) -> Result<ApplyTotals, PullError> {
+    let n = layers.len();
+    let mut receivers = Vec::with_capacity(n);
+    let mut slots = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = sync_channel(1);
+        slots.push(Mutex::new(Some(tx)));
+        receivers.push(rx);
+    }
+    let work = Work {
+        layers,
+        keys,
+        arrivals: arrivals.into_iter().map(|a| Mutex::new(Some(a))).collect(),
+        slots,
+        next: AtomicUsize::new(0),
+        window: Window {
+            state: Mutex::new((0, false)),
+            cv: Condvar::new(),
+        },
+        failure: Mutex::new(None),
+    };
+    std::thread::scope(|s| {
+        let decoders: Vec<_> = (0..DECODERS).map(|_| s.spawn(|| decoder(&work))).collect();
+        let mut totals = ApplyTotals::default();
+        let mut result = Ok(());
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let Ok(decoded) = rx.recv() else {
+                // A decoder failed; its error is recorded (after join).
+                result = Err(PullError::Io {
+                    what: format!("decoding layer {}", layers[i].digest()),
+                    source: std::io::Error::other("decoder stopped"),
+                });
+                break;
+            };
+            let a = Instant::now();
+            let applied = match decoded {
+                Decoded::Whole(tar) => rootfs.apply(tar.as_slice()),
+                Decoded::Stream(chunks) => rootfs.apply(ChunkReader {
+                    chunks,
+                    current: Vec::new(),
+                    pos: 0,
+                }),
+            };
+            totals.apply += a.elapsed();
+            match applied {
+                Ok(stats) => totals.entries += stats.entries,
+                Err(source) => {
+                    result = Err(PullError::Unpack {
+                        digest: layers[i].digest().to_string(),
+                        source,
+                    });
+                    break;
+                }
+            }
+            work.window.applied(i + 1);
+            progress.unpacked(i);
+        }
+        work.window.stop();
+        for d in decoders {
+            match d.join() {
+                Ok(t) => totals.add(&t),
+                Err(_) => {
+                    result = result.and(Err(PullError::Io {
+                        what: "decoding layers".into(),
+                        source: std::io::Error::other("decoder thread panicked"),
+                    }))
+                }
+            }
+        }
+        if let Ok(mut f) = work.failure.lock()
+            && let Some(e) = f.take()
+        {
+            return Err(e);
+        }
+        result.map(|()| totals)
+    })
+}
+
+/// One decoder thread: takes the next layer, decodes it, hands it over.
+fn decoder(work: &Work<'_>) -> ApplyTotals {
+    let mut t = ApplyTotals::default();
+    loop {
+        let i = work.next.fetch_add(1, Ordering::Relaxed);
+        if i >= work.layers.len() || !work.window.admit(i) {
+            return t;
+        }
+        let slot = work.slots[i].lock().ok().and_then(|mut s| s.take());
+        let arrival = work.arrivals[i].lock().ok().and_then(|mut a| a.take());
+        let (Some(slot), Some(arrival)) = (slot, arrival) else {
+            return t;
+        };
+        if let Err(e) = decode_layer(work, i, arrival, &slot, &mut t) {
+            drop(slot);
+            work.fail(e);
+            return t;
+        }
+    }
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> PullError {
+    move |source| PullError::Io { what, source }
+}
+
+/// Waits for layer `i`, checks the HMAC of a cached encrypted layer,
+/// decodes it and sends it to `slot` (whole, or as a stream it then feeds).
+fn decode_layer(
+    work: &Work<'_>,
+    i: usize,
+    arrival: Arrival,
+    slot: &SyncSender<Decoded>,
+    t: &mut ApplyTotals,
+) -> Result<(), PullError> {
+    let digest = work.layers[i].digest().to_string();
+    let wait = Instant::now();
+    let (ready, arrived) = arrival.blocking_recv().map_err(|_| PullError::Io {
+        what: format!("downloading layer {digest}"),
+        source: std::io::Error::other("download task ended"),
+    })?;
+    let ready = ready?;
+    t.waiting += wait.elapsed();
+    t.last_arrival = Some(t.last_arrival.map_or(arrived, |l| l.max(arrived)));
+    t.downloaded += ready.downloaded;
+    t.cached += ready.cached;
+    let key = work.keys[i].as_deref();
+    let read_err = || format!("reading cached layer {digest}");
+    if let Some(key) = key
+        && !ready.mac_checked
+    {
+        let m = Instant::now();
+        if !mac_of_file(&ready.path, key).map_err(io(read_err()))? {
+            return Err(PullError::HmacMismatch(digest));
+        }
+        t.mac += m.elapsed();
+    }
+    let d = Instant::now();
+    let media = work.layers[i].media_type().to_string();
+    let plain = media
+        .strip_suffix(crate::ocicrypt::ENCRYPTED_SUFFIX)
+        .unwrap_or(&media);
+    let gzip = plain.ends_with("+gzip") || plain.ends_with(".tar.gzip");
+    if gzip && let Some(tar) = whole_gzip(&ready.path, key).map_err(io(read_err()))? {
+        t.decode += d.elapsed();
+        let _ = slot.send(Decoded::Whole(tar));
+        return Ok(());
+    }
+    let file = std::fs::File::open(&ready.path).map_err(io(read_err()))?;
+    let reader: Box<dyn Read> = match key {
+        Some(k) => Box::new(DecryptingReader::new(
+            BufReader::with_capacity(CHUNK, file),
+            k,
+        )),
+        None => Box::new(BufReader::with_capacity(CHUNK, file)),
+    };
+    let mut tar = decompressor(&media, reader).map_err(|reason| PullError::Manifest {
+        image: digest.clone(),
+        reason,
+    })?;
+    let (tx, chunks) = sync_channel::<Chunk>(QUEUED_CHUNKS);
+    if slot.send(Decoded::Stream(chunks)).is_err() {
+        return Ok(()); // the applier stopped; it reports why
+    }
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0;
+        while n < CHUNK {
+            match tar.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let reason = format!("layer {digest} does not decompress: {e}");
+                    let _ = tx.send(Err(std::io::Error::other(reason)));
+                    return Ok(()); // the applier reports the broken stream
+                }
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        // The applier hangs up once it reaches the end of the archive.
+        if tx.send(Ok(buf)).is_err() {
+            break;
+        }
+    }
+    t.decode += d.elapsed();
+    Ok(())
+}
+
+/// HMAC of a cached ciphertext file, compared with the layer's.
+fn mac_of_file(path: &Path, key: &LayerKey) -> std::io::Result<bool> {
+    let mut mac = key.mac();
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(key.mac_matches(mac));
+        }
+        mac.update(&buf[..n]);
+    }
+}
+
+/// Decrypts and decompresses a single-member gzip layer in one piece when
+/// its trailer says it fits [`WHOLE_LAYER_LIMIT`]; `None` means "stream it".
+fn whole_gzip(path: &Path, key: Option<&LayerKey>) -> std::io::Result<Option<Vec<u8>>> {
+    let len = std::fs::metadata(path)?.len();
+    if !(18..=WHOLE_LAYER_LIMIT).contains(&len) {
+        return Ok(None);
+    }
+    let mut data = std::fs::read(path)?;
+    if let Some(k) = key {
+        k.cipher().apply(&mut data);
+    }
+    let isize_ = u32::from_le_bytes([
+        data[data.len() - 4],
+        data[data.len() - 3],
+        data[data.len() - 2],
+        data[data.len() - 1],
+    ]) as u64;
+    if isize_ > WHOLE_LAYER_LIMIT {
+        return Ok(None);
+    }
+    let opts = zune_inflate::DeflateOptions::default()
+        .set_limit(WHOLE_LAYER_LIMIT as usize)
+        .set_size_hint(isize_ as usize + 1)
+        .set_confirm_checksum(true);
+    match zune_inflate::DeflateDecoder::new_with_options(&data, opts).decode_gzip() {
+        // A multi-member stream decodes only its first member: stream it instead.
+        Ok(out) if out.len() as u64 == isize_ => Ok(Some(out)),
+        _ => Ok(None),
+    }
+}
+
+/// The tar stream of a layer, by media type (under any decryption).
+pub(crate) fn decompressor<'a>(
+    media_type: &str,
+    r: Box<dyn Read + 'a>,
+) -> Result<Box<dyn Read + 'a>, String> {
+    let plain = media_type
+        .strip_suffix(crate::ocicrypt::ENCRYPTED_SUFFIX)
+        .unwrap_or(media_type);
+    if plain.ends_with("+gzip") || plain.ends_with(".tar.gzip") {
+        Ok(Box::new(BufReader::with_capacity(
+            CHUNK,
+            flate2::read::MultiGzDecoder::new(BufReader::with_capacity(CHUNK, r)),
+        )))
+    } else if plain.ends_with("+zstd") {
+        zstd::stream::read::Decoder::new(r)
+            .map(|d| Box::new(d) as Box<dyn Read>)
+            .map_err(|e| format!("zstd: {e}"))
+    } else if plain.ends_with(".tar") || plain.ends_with("diff.tar") {
+        Ok(r)
+    } else {
+        Err(format!(
+            "layer media type {media_type:?} is not a tar layer"
+        ))
+    }
+}
