@@ -7,9 +7,9 @@
 //! the applier, which bounds memory.
 //!
 //! A gzip layer whose uncompressed size (gzip trailer) is at most
-//! [`WHOLE_LAYER_LIMIT`] is decompressed in one call (zune-inflate, about
-//! twice zlib's speed). Larger layers, zstd and multi-member gzip stream
-//! through the usual decoders in 1 MiB chunks.
+//! [`WHOLE_LAYER_LIMIT`] is decompressed in one call with libdeflate
+//! (about 1.5x zlib-rs's speed here). Larger layers, zstd and multi-member
+//! gzip stream through the usual decoders in 1 MiB chunks.
 
 use crate::ocicrypt::{DecryptingReader, LayerKey};
 use crate::pull::{PullError, Ready};
@@ -386,22 +386,21 @@ fn whole_gzip(path: &Path, key: Option<&LayerKey>) -> std::io::Result<Option<Vec
     if let Some(k) = key {
         k.cipher().apply(&mut data);
     }
-    let isize_ = u32::from_le_bytes([
-        data[data.len() - 4],
-        data[data.len() - 3],
-        data[data.len() - 2],
-        data[data.len() - 1],
-    ]) as u64;
-    if isize_ > WHOLE_LAYER_LIMIT {
+    let Some(trailer) = data.len().checked_sub(8).and_then(|at| data.get(at..)) else {
+        return Ok(None);
+    };
+    let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let size = u64::from(u32::from_le_bytes([
+        trailer[4], trailer[5], trailer[6], trailer[7],
+    ]));
+    if size > WHOLE_LAYER_LIMIT {
         return Ok(None);
     }
-    let opts = zune_inflate::DeflateOptions::default()
-        .set_limit(WHOLE_LAYER_LIMIT as usize)
-        .set_size_hint(isize_ as usize + 1)
-        .set_confirm_checksum(true);
-    match zune_inflate::DeflateDecoder::new_with_options(&data, opts).decode_gzip() {
-        // A multi-member stream decodes only its first member: stream it instead.
-        Ok(out) if out.len() as u64 == isize_ => Ok(Some(out)),
+    let mut out = vec![0u8; size as usize];
+    match libdeflater::Decompressor::new().gzip_decompress(&data, &mut out) {
+        // libdeflate stops after the first member: the whole output must
+        // match the *last* trailer, or this is a multi-member stream.
+        Ok(n) if n as u64 == size && libdeflater::crc32(&out) == crc => Ok(Some(out)),
         _ => Ok(None),
     }
 }
