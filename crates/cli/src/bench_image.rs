@@ -453,14 +453,13 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
     let mut tars = Vec::new();
     let (gz_s, _) = rate(total, || {
         for b in &pt {
-            let opts = zune_inflate::DeflateOptions::default()
-                .set_size_hint(per_layer + 4096)
-                .set_limit(1 << 30);
-            tars.push(
-                zune_inflate::DeflateDecoder::new_with_options(b, opts)
-                    .decode_gzip()
-                    .expect("gunzip"),
-            );
+            let size =
+                u32::from_le_bytes(b[b.len() - 4..].try_into().expect("gzip trailer")) as usize;
+            let mut out = vec![0u8; size];
+            libdeflater::Decompressor::new()
+                .gzip_decompress(b, &mut out)
+                .expect("gunzip");
+            tars.push(out);
         }
     });
     let root = work.join("apply-rootfs");
