@@ -145,6 +145,36 @@ struct Work<'a> {
     window: Window,
     /// The first decoder failure; the applier reports it.
     failure: Mutex<Option<PullError>>,
+    /// Layer-sized buffers for reuse: fresh ones cost a page fault per 4 KiB.
+    pool: BufferPool,
+}
+
+/// A few large buffers recycled between layers.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl BufferPool {
+    const KEEP: usize = 2 * (LEAD + 1);
+
+    /// An empty buffer, with a recycled allocation when one is free.
+    fn take(&self) -> Vec<u8> {
+        let mut v = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        v.clear();
+        v
+    }
+
+    fn put(&self, v: Vec<u8>) {
+        if let Ok(mut p) = self.0.lock()
+            && p.len() < Self::KEEP
+        {
+            p.push(v);
+        }
+    }
 }
 
 impl Work<'_> {
@@ -192,6 +222,7 @@ pub(crate) fn apply_all(
             cv: Condvar::new(),
         },
         failure: Mutex::new(None),
+        pool: BufferPool::default(),
     };
     std::thread::scope(|s| {
         let decoders: Vec<_> = (0..DECODERS).map(|_| s.spawn(|| decoder(&work))).collect();
@@ -208,7 +239,11 @@ pub(crate) fn apply_all(
             };
             let a = Instant::now();
             let applied = match decoded {
-                Decoded::Whole(tar) => rootfs.apply(tar.as_slice()),
+                Decoded::Whole(tar) => {
+                    let r = rootfs.apply(tar.as_slice());
+                    work.pool.put(tar);
+                    r
+                }
                 Decoded::Stream(chunks) => rootfs.apply(ChunkReader {
                     chunks,
                     current: Vec::new(),
@@ -312,7 +347,7 @@ fn decode_layer(
         .strip_suffix(crate::ocicrypt::ENCRYPTED_SUFFIX)
         .unwrap_or(&media);
     let gzip = plain.ends_with("+gzip") || plain.ends_with(".tar.gzip");
-    if gzip && let Some(tar) = whole_gzip(&ready.path, key).map_err(io(read_err()))? {
+    if gzip && let Some(tar) = whole_gzip(&ready.path, key, &work.pool).map_err(io(read_err()))? {
         t.decode += d.elapsed();
         let _ = slot.send(Decoded::Whole(tar));
         return Ok(());
@@ -377,12 +412,19 @@ fn mac_of_file(path: &Path, key: &LayerKey) -> std::io::Result<bool> {
 
 /// Decrypts and decompresses a single-member gzip layer in one piece when
 /// its trailer says it fits [`WHOLE_LAYER_LIMIT`]; `None` means "stream it".
-fn whole_gzip(path: &Path, key: Option<&LayerKey>) -> std::io::Result<Option<Vec<u8>>> {
-    let len = std::fs::metadata(path)?.len();
+fn whole_gzip(
+    path: &Path,
+    key: Option<&LayerKey>,
+    pool: &BufferPool,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
     if !(18..=WHOLE_LAYER_LIMIT).contains(&len) {
         return Ok(None);
     }
-    let mut data = std::fs::read(path)?;
+    let mut data = pool.take();
+    data.reserve(len as usize);
+    file.read_to_end(&mut data)?;
     if let Some(k) = key {
         k.cipher().apply(&mut data);
     }
@@ -396,12 +438,18 @@ fn whole_gzip(path: &Path, key: Option<&LayerKey>) -> std::io::Result<Option<Vec
     if size > WHOLE_LAYER_LIMIT {
         return Ok(None);
     }
-    let mut out = vec![0u8; size as usize];
-    match libdeflater::Decompressor::new().gzip_decompress(&data, &mut out) {
+    let mut out = pool.take();
+    out.resize(size as usize, 0);
+    let result = libdeflater::Decompressor::new().gzip_decompress(&data, &mut out);
+    pool.put(data);
+    match result {
         // libdeflate stops after the first member: the whole output must
         // match the *last* trailer, or this is a multi-member stream.
         Ok(n) if n as u64 == size && libdeflater::crc32(&out) == crc => Ok(Some(out)),
-        _ => Ok(None),
+        _ => {
+            pool.put(out);
+            Ok(None)
+        }
     }
 }
 
