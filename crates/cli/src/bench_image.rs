@@ -40,6 +40,9 @@ pub struct ImageBenchArgs {
     /// Timed runs of each pull.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Layers downloaded at once by our pipeline.
+    #[arg(long, default_value_t = 3)]
+    concurrency: usize,
     /// Scratch directory for bundles, caches and keys. Default: a fresh
     /// directory in /dev/shm, because a guest unpacks into its own memory
     /// (its disk belongs to the host); elsewhere a temporary directory.
@@ -125,7 +128,7 @@ fn content(rng: &mut Rng, len: usize) -> Vec<u8> {
         11..=16 => {
             while out.len() < len {
                 let r = rng.next();
-                if r % 3 == 0 {
+                if r.is_multiple_of(3) {
                     out.extend(std::iter::repeat_n(0u8, (r >> 8) as usize % 64));
                 } else {
                     out.extend_from_slice(&r.to_le_bytes());
@@ -307,6 +310,7 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
             let dir = work.join(format!("run-{r}-{encrypted}"));
             let mut cfg = PullConfig::new(dir.join("cache"));
             cfg.registry = reg.clone();
+            cfg.max_concurrent_downloads = a.concurrency;
             if encrypted {
                 cfg.decrypt = DecryptConfig {
                     private_keys: keys.clone(),
