@@ -214,6 +214,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, "")
+    }
+
+    /// With extra top-level configuration (an `auth:` section).
+    pub fn start_with(dir: &Path, extra_yaml: &str) -> Self {
         need("docker-registry");
         let port = free_port();
         let storage = dir.join("registry-data");
@@ -221,7 +226,7 @@ impl Registry {
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra_yaml}",
                 storage.display()
             ),
         )
@@ -244,7 +249,9 @@ impl Registry {
                 use std::io::{Read, Write};
                 let _ = s.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
                 let mut buf = [0u8; 12];
-                if s.read_exact(&mut buf).is_ok() && &buf[9..12] == b"200" {
+                if s.read_exact(&mut buf).is_ok()
+                    && (&buf[9..12] == b"200" || &buf[9..12] == b"401")
+                {
                     return r;
                 }
             }

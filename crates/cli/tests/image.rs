@@ -966,3 +966,233 @@ fn data_hub_pulls_encrypted_images() {
     );
     assert!(fails(&o).contains("must be absolute"));
 }
+
+/// A token service for the registry's bearer auth (what Docker Hub's
+/// auth.docker.io does): checks a basic login and issues ES256 JWTs whose
+/// `x5c` certificate the registry trusts. Returns the realm URL and the
+/// certificate file for the registry's `rootcertbundle`.
+fn token_service(dir: &Path, user: &'static str, pass: &'static str) -> (String, PathBuf) {
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::DecodePrivateKey;
+    use std::io::{BufRead, BufReader, Write};
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["cocoon-token".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let cert_file = write(dir, "token-cert.pem", cert.pem().as_bytes());
+    let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+    let signer =
+        p256::ecdsa::SigningKey::from_pkcs8_der(&key.serialize_der()).expect("signing key");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let realm = format!("http://{}/token", listener.local_addr().unwrap());
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    );
+    std::thread::spawn(move || {
+        let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let mut authorized = false;
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                if request.is_empty() {
+                    request = line.clone();
+                }
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("authorization")
+                {
+                    authorized = v.trim() == expected;
+                }
+                line.clear();
+            }
+            let mut out = stream;
+            if !authorized {
+                let _ = out.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            let query = request
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .split_once('?')
+                .map(|(_, q)| q.to_string())
+                .unwrap_or_default();
+            let scope = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("scope="))
+                .map(|s| {
+                    s.replace("%3A", ":")
+                        .replace("%2C", ",")
+                        .replace("%2F", "/")
+                })
+                .unwrap_or_default();
+            let mut parts = scope.splitn(3, ':');
+            let (_, name, actions) = (
+                parts.next(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "x5c": [x5c]});
+            let claims = serde_json::json!({
+                "iss": "cocoon-test", "sub": user, "aud": "cocoon-registry",
+                "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{name}"),
+                "access": [{"type": "repository", "name": name, "actions": actions.split(',').collect::<Vec<_>>()}],
+            });
+            let signing_input = format!(
+                "{}.{}",
+                b64u.encode(header.to_string()),
+                b64u.encode(claims.to_string())
+            );
+            let sig: p256::ecdsa::Signature = signer.sign(signing_input.as_bytes());
+            let jwt = format!("{signing_input}.{}", b64u.encode(sig.to_bytes()));
+            let body = serde_json::json!({"token": jwt}).to_string();
+            let _ = write!(
+                out,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (realm, cert_file)
+}
+
+fn auth_json(dir: &Path, name: &str, registry: &str, user: &str, pass: &str) -> PathBuf {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+    write(
+        dir,
+        name,
+        serde_json::json!({"auths": {registry: {"auth": auth}}})
+            .to_string()
+            .as_bytes(),
+    )
+}
+
+fn client_with_login(reg: &Registry, user: &str, pass: &str) -> RegistryClient {
+    cocoon_kbs_client::install_crypto_provider();
+    RegistryClient::new(RegistryConfig {
+        insecure: [reg.addr.clone()].into(),
+        credentials: [(
+            reg.addr.clone(),
+            cocoon_image::registry::Credential {
+                username: user.into(),
+                password: zeroize::Zeroizing::new(pass.into()),
+            },
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .expect("client")
+}
+
+/// Registry logins: HTTP basic (htpasswd) and bearer tokens from a token
+/// service, with the login read from a file or fetched from the KBS.
+#[test]
+fn registry_logins_basic_and_bearer() {
+    need("htpasswd");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = |reg: &Registry| {
+        let mut l = LayerBuilder::default();
+        l.file("etc/greeting", 0o644, GREETING.as_bytes()).unwrap();
+        let r = Reference::parse(&format!("{}/private/app:v1", reg.addr)).unwrap();
+        rt().block_on(push_image(
+            &client_with_login(reg, "alice", "s3cret"),
+            &r,
+            &[l.finish().unwrap()],
+            &["/bin/true"],
+        ))
+        .expect("push with a login");
+        r.to_string()
+    };
+
+    // HTTP basic.
+    let o = Command::new("htpasswd")
+        .args(["-Bbn", "alice", "s3cret"])
+        .output()
+        .unwrap();
+    let htpasswd = write(d, "htpasswd", &o.stdout);
+    let basic_dir = d.join("basic");
+    std::fs::create_dir_all(&basic_dir).unwrap();
+    let reg = Registry::start_with(
+        &basic_dir,
+        &format!(
+            "auth:\n  htpasswd:\n    realm: cocoon\n    path: {}\n",
+            htpasswd.display()
+        ),
+    );
+    let img = image(&reg);
+    let (o, dest) = pull(&reg, d, &img, "basic-anon", &[]);
+    let err = fails(&o);
+    assert!(err.contains("wants a login"), "{err}");
+    assert_nothing_left(&dest);
+    let good = auth_json(d, "auth.json", &reg.addr, "alice", "s3cret");
+    let (o, dest) = pull(&reg, d, &img, "basic", &["--auth", good.to_str().unwrap()]);
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("rootfs/etc/greeting")).unwrap(),
+        GREETING
+    );
+    let bad = auth_json(d, "bad.json", &reg.addr, "alice", "wrong");
+    let (o, _) = pull(
+        &reg,
+        d,
+        &img,
+        "basic-bad",
+        &["--auth", bad.to_str().unwrap()],
+    );
+    assert!(fails(&o).contains("credentials refused"));
+    drop(reg);
+
+    // Bearer tokens; the login comes from the KBS after attestation.
+    let (realm, cert) = token_service(d, "alice", "s3cret");
+    let token_dir = d.join("token");
+    std::fs::create_dir_all(&token_dir).unwrap();
+    let reg = Registry::start_with(
+        &token_dir,
+        &format!(
+            "auth:\n  token:\n    realm: {realm}\n    service: cocoon-registry\n    issuer: cocoon-test\n    rootcertbundle: {}\n",
+            cert.display()
+        ),
+    );
+    let img = image(&reg);
+    let t = TrusteeProc::start(&d.join("trustee"), &[]);
+    let login = auth_json(d, "token-auth.json", &reg.addr, "alice", "s3cret");
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/credential/registry",
+        "--file",
+        login.to_str().unwrap(),
+    ]));
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &img,
+        "bearer",
+        &[
+            "--auth",
+            "kbs:///default/credential/registry",
+            "--kbs",
+            &t.url,
+            "--tee",
+            "sample",
+        ],
+    );
+    ok(&o);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("rootfs/etc/greeting")).unwrap(),
+        GREETING
+    );
+    let (o, dest) = pull(&reg, d, &img, "bearer-anon", &[]);
+    let err = fails(&o);
+    assert!(err.contains("token service answered 401"), "{err}");
+    assert_nothing_left(&dest);
+}
