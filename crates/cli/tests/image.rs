@@ -290,6 +290,102 @@ fn jwe_images_interoperate_with_skopeo_and_run_with_runc() {
         assert_eq!(runc(&dest, &format!("cocoon-{tag}")), GREETING);
     }
 
+    // The layer cache is shared: a second pull downloads nothing, and an
+    // encrypted layer from the cache has its HMAC checked again.
+    let (o, _) = pull(&reg, d, &plain, "plain-again", &[]);
+    ok(&o);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("0.0 MB downloaded"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let skopeo_ec = format!("{a}/busybox:skopeo-ec");
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &skopeo_ec,
+        "ec-again",
+        &["--decryption-key", k.ec.to_str().unwrap()],
+    );
+    ok(&o);
+    assert_bundle(&dest);
+    let m = manifest(&reg, "busybox:skopeo-ec");
+    let cached = d.join("cache/blobs/sha256").join(
+        m["layers"][1]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:"),
+    );
+    let mut bytes = std::fs::read(&cached).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&cached, bytes).unwrap();
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &skopeo_ec,
+        "ec-tampered-cache",
+        &["--decryption-key", k.ec.to_str().unwrap()],
+    );
+    assert!(fails(&o).contains("HMAC mismatch"));
+    assert_nothing_left(&dest);
+
+    // Docker v2 schema 2 manifests, and an index with platform selection.
+    ok(&skopeo(
+        d,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+            &format!("docker://{plain}"),
+            &format!("docker://{a}/busybox:docker"),
+        ],
+    ));
+    assert_eq!(
+        manifest(&reg, "busybox:docker")["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:docker"),
+        "docker-v2",
+        &["--cache", d.join("cache-v2").to_str().unwrap()],
+    );
+    ok(&o);
+    assert_bundle(&dest);
+    let c = client(&reg);
+    let digest_of = |tag: &str| {
+        rt().block_on(c.manifest(&Reference::parse(&format!("{a}/busybox:{tag}")).unwrap()))
+            .unwrap()
+    };
+    let (amd64, other) = (digest_of("plain"), digest_of("skopeo-rsa"));
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": other.digest, "size": other.bytes.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64.digest, "size": amd64.bytes.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    });
+    let multi = Reference::parse(&format!("{a}/busybox:multi")).unwrap();
+    let index_digest = rt()
+        .block_on(c.push_manifest(
+            &multi,
+            index.to_string().into_bytes(),
+            "application/vnd.oci.image.index.v1+json",
+        ))
+        .unwrap();
+    let (o, dest) = pull(&reg, d, &multi.to_string(), "multi", &[]);
+    assert_eq!(
+        ok(&o).trim(),
+        index_digest,
+        "the index digest is what the reference resolves to"
+    );
+    assert_bundle(&dest);
+
     // Wrong key, and no key: refused with the reason, nothing unpacked.
     let (o, dest) = pull(
         &reg,
