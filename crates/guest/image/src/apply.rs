@@ -8,8 +8,9 @@
 //!
 //! A gzip layer whose uncompressed size (gzip trailer) is at most
 //! [`WHOLE_LAYER_LIMIT`] is decompressed in one call with libdeflate
-//! (about 1.5x zlib-rs's speed here). Larger layers, zstd and multi-member
-//! gzip stream through the usual decoders in 1 MiB chunks.
+//! (about 1.5x zlib-rs's speed here), which must consume the whole input.
+//! Larger layers, zstd and multi-member gzip stream through the usual
+//! decoders in 1 MiB chunks.
 
 use crate::ocicrypt::{DecryptingReader, LayerKey};
 use crate::pull::{PullError, Ready};
@@ -105,6 +106,17 @@ impl Read for ChunkReader {
 struct Window {
     state: Mutex<(usize, bool)>,
     cv: Condvar,
+    /// Tells downloads still running to stop.
+    downloads: tokio::sync::watch::Sender<bool>,
+}
+
+/// Stops decoders and downloads however the applier exits (a panic too).
+struct StopOnDrop<'a>(&'a Window);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 impl Window {
@@ -132,6 +144,7 @@ impl Window {
             g.1 = true;
         }
         self.cv.notify_all();
+        self.downloads.send_replace(true);
     }
 }
 
@@ -202,6 +215,7 @@ pub(crate) fn apply_all(
     keys: &[Option<Arc<LayerKey>>],
     arrivals: Vec<Arrival>,
     progress: &dyn crate::pull::PullProgress,
+    stop_downloads: tokio::sync::watch::Sender<bool>,
 ) -> Result<ApplyTotals, PullError> {
     let n = layers.len();
     let mut receivers = Vec::with_capacity(n);
@@ -220,12 +234,14 @@ pub(crate) fn apply_all(
         window: Window {
             state: Mutex::new((0, false)),
             cv: Condvar::new(),
+            downloads: stop_downloads,
         },
         failure: Mutex::new(None),
         pool: BufferPool::default(),
     };
     std::thread::scope(|s| {
         let decoders: Vec<_> = (0..DECODERS).map(|_| s.spawn(|| decoder(&work))).collect();
+        let stop_guard = StopOnDrop(&work.window);
         let mut totals = ApplyTotals::default();
         let mut result = Ok(());
         for (i, rx) in receivers.into_iter().enumerate() {
@@ -264,7 +280,7 @@ pub(crate) fn apply_all(
             work.window.applied(i + 1);
             progress.unpacked(i);
         }
-        work.window.stop();
+        drop(stop_guard);
         for d in decoders {
             match d.join() {
                 Ok(t) => totals.add(&t),
@@ -332,13 +348,9 @@ fn decode_layer(
     t.cached += ready.cached;
     let key = work.keys[i].as_deref();
     let read_err = || format!("reading cached layer {digest}");
-    if let Some(key) = key
-        && !ready.mac_checked
-    {
+    if !ready.digest_checked || (key.is_some() && !ready.mac_checked) {
         let m = Instant::now();
-        if !mac_of_file(&ready.path, key).map_err(io(read_err()))? {
-            return Err(PullError::HmacMismatch(digest));
-        }
+        verify_cached(&ready.path, &digest, key).map_err(io(read_err()))??;
         t.mac += m.elapsed();
     }
     let d = Instant::now();
@@ -396,18 +408,43 @@ fn decode_layer(
     Ok(())
 }
 
-/// HMAC of a cached ciphertext file, compared with the layer's.
-fn mac_of_file(path: &Path, key: &LayerKey) -> std::io::Result<bool> {
-    let mut mac = key.mac();
+/// Re-checks a blob found in the cache: its SHA-256 against the digest,
+/// and for an encrypted layer the HMAC.
+fn verify_cached(
+    path: &Path,
+    digest: &str,
+    key: Option<&LayerKey>,
+) -> std::io::Result<Result<(), PullError>> {
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut mac = key.map(LayerKey::mac);
     let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
-            return Ok(key.mac_matches(mac));
+            break;
         }
-        mac.update(&buf[..n]);
+        sha.update(&buf[..n]);
+        if let Some(m) = mac.as_mut() {
+            m.update(&buf[..n]);
+        }
     }
+    let actual = format!("sha256:{}", hex::encode(sha.finish().as_ref()));
+    if actual != digest {
+        return Ok(Err(PullError::Registry(
+            crate::registry::RegistryError::DigestMismatch {
+                what: format!("cached layer {}", path.display()),
+                expected: digest.to_string(),
+                actual,
+            },
+        )));
+    }
+    if let (Some(key), Some(mac)) = (key, mac)
+        && !key.mac_matches(mac)
+    {
+        return Ok(Err(PullError::HmacMismatch(digest.to_string())));
+    }
+    Ok(Ok(()))
 }
 
 /// Decrypts and decompresses a single-member gzip layer in one piece when
@@ -431,7 +468,6 @@ fn whole_gzip(
     let Some(trailer) = data.len().checked_sub(8).and_then(|at| data.get(at..)) else {
         return Ok(None);
     };
-    let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
     let size = u64::from(u32::from_le_bytes([
         trailer[4], trailer[5], trailer[6], trailer[7],
     ]));
@@ -440,17 +476,51 @@ fn whole_gzip(
     }
     let mut out = pool.take();
     out.resize(size as usize, 0);
-    let result = libdeflater::Decompressor::new().gzip_decompress(&data, &mut out);
+    let exact = gzip_decompress_exact(&data, &mut out);
     pool.put(data);
-    match result {
-        // libdeflate stops after the first member: the whole output must
-        // match the *last* trailer, or this is a multi-member stream.
-        Ok(n) if n as u64 == size && libdeflater::crc32(&out) == crc => Ok(Some(out)),
-        _ => {
-            pool.put(out);
-            Ok(None)
-        }
+    if exact {
+        Ok(Some(out))
+    } else {
+        pool.put(out);
+        Ok(None)
     }
+}
+
+/// libdeflate's gzip decoder, succeeding only when the input is exactly
+/// one member that fills `out` exactly (the safe `libdeflater` wrapper does
+/// not report how much input was consumed, so a multi-member stream would
+/// silently decode to its first member).
+fn gzip_decompress_exact(input: &[u8], out: &mut [u8]) -> bool {
+    use libdeflate_sys::{
+        libdeflate_alloc_decompressor, libdeflate_free_decompressor, libdeflate_gzip_decompress_ex,
+        libdeflate_result_LIBDEFLATE_SUCCESS,
+    };
+    let (mut in_used, mut out_used) = (0usize, 0usize);
+    // SAFETY: the decompressor is allocated, used and freed on this thread
+    // only and checked for NULL; `input` and `out` are valid for reads and
+    // writes of their lengths, which are passed alongside, and libdeflate
+    // writes at most `out.len()` bytes to `out` and one `size_t` to each of
+    // `in_used` and `out_used`, which outlive the call.
+    let result = unsafe {
+        let d = libdeflate_alloc_decompressor();
+        if d.is_null() {
+            return false;
+        }
+        let r = libdeflate_gzip_decompress_ex(
+            d,
+            input.as_ptr().cast(),
+            input.len(),
+            out.as_mut_ptr().cast(),
+            out.len(),
+            &mut in_used,
+            &mut out_used,
+        );
+        libdeflate_free_decompressor(d);
+        r
+    };
+    result == libdeflate_result_LIBDEFLATE_SUCCESS
+        && in_used == input.len()
+        && out_used == out.len()
 }
 
 /// The tar stream of a layer, by media type (under any decryption).
@@ -476,5 +546,53 @@ pub(crate) fn decompressor<'a>(
         Err(format!(
             "layer media type {media_type:?} is not a tar layer"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// One member decodes whole; several members (even with the last
+    /// trailer matching the first member) fall back to streaming, which
+    /// reads them all.
+    #[test]
+    fn whole_gzip_only_for_exactly_one_member() {
+        let t = tempfile::tempdir().unwrap();
+        let pool = BufferPool::default();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let one = t.path().join("one");
+        std::fs::write(&one, gz(&data)).unwrap();
+        assert_eq!(whole_gzip(&one, None, &pool).unwrap().unwrap(), data);
+        // Two members; the second has the same length and content as the
+        // first, so the final trailer alone cannot tell them apart.
+        let half = &data[..100_000];
+        let mut two = gz(half);
+        two.extend_from_slice(&gz(half));
+        let two_path = t.path().join("two");
+        std::fs::write(&two_path, &two).unwrap();
+        assert!(whole_gzip(&two_path, None, &pool).unwrap().is_none());
+        let mut streamed = Vec::new();
+        decompressor(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            Box::new(two.as_slice()),
+        )
+        .unwrap()
+        .read_to_end(&mut streamed)
+        .unwrap();
+        assert_eq!(streamed.len(), 200_000);
+        // Trailing garbage after one member is not accepted whole either.
+        let mut trailing = gz(&data);
+        trailing.extend_from_slice(b"junk");
+        let tp = t.path().join("trailing");
+        std::fs::write(&tp, trailing).unwrap();
+        assert!(whole_gzip(&tp, None, &pool).unwrap().is_none());
     }
 }

@@ -178,7 +178,8 @@ async fn download(
 ) -> Result<Vec<u8>, OwnerError> {
     let digest = layer.digest().to_string();
     let mut resp = client.blob(repo, &digest).await?;
-    let mut out = Vec::with_capacity(layer.size() as usize);
+    // The declared size is untrusted: grow as data arrives.
+    let mut out = Vec::with_capacity(layer.size().min(64 << 20) as usize);
     while let Some(c) = resp
         .chunk()
         .await

@@ -167,6 +167,32 @@ struct BlobCache {
 }
 
 impl BlobCache {
+    /// Opens (creating) the cache directory, which must be private: blobs
+    /// found there are trusted to be what their names say (after a
+    /// re-hash), so others must not be able to plant them.
+    fn open(dir: &Path) -> Result<Self, PullError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("creating the layer cache {}", dir.display())))?;
+        let m =
+            std::fs::symlink_metadata(dir).map_err(io(format!("layer cache {}", dir.display())))?;
+        if !m.is_dir() || m.uid() != rustix::process::geteuid().as_raw() || m.mode() & 0o022 != 0 {
+            return Err(PullError::Io {
+                what: format!(
+                    "layer cache {} must be a directory owned by this user and not writable by others",
+                    dir.display()
+                ),
+                source: std::io::ErrorKind::PermissionDenied.into(),
+            });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
     fn path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
         (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -176,6 +202,8 @@ impl BlobCache {
 
 pub(crate) struct Ready {
     pub(crate) path: PathBuf,
+    /// False for a cache hit: the decoder re-hashes it before use.
+    pub(crate) digest_checked: bool,
     pub(crate) mac_checked: bool,
     pub(crate) downloaded: u64,
     pub(crate) cached: u64,
@@ -259,30 +287,42 @@ impl ImagePuller {
             });
         }
         std::fs::create_dir_all(bundle).map_err(io(format!("creating {}", bundle.display())))?;
-        let staging = bundle.join(format!(".rootfs.partial-{}", std::process::id()));
-        let result = self.pull_into(image, &staging, progress, start).await;
-        let result = match result {
-            Ok((report, spec)) => std::fs::rename(&staging, &final_rootfs)
-                .map_err(io("moving the rootfs into place"))
-                .and_then(|()| {
-                    spec.save(bundle.join("config.json"))
-                        .map_err(|e| PullError::Io {
-                            what: "writing config.json".into(),
-                            source: std::io::Error::other(e.to_string()),
-                        })
-                })
-                .map(|()| report),
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&staging);
+        // A private staging directory per pull, removed on any failure or
+        // cancellation (drop); it becomes BUNDLE/rootfs only at the end.
+        let staging = tempfile::Builder::new()
+            .prefix(".rootfs.partial-")
+            .tempdir_in(bundle)
+            .map_err(io(format!(
+                "creating a staging directory in {}",
+                bundle.display()
+            )))?;
+        let (mut report, spec) = self
+            .pull_into(image, staging.path(), progress, start)
+            .await?;
+        let mut config =
+            tempfile::NamedTempFile::new_in(bundle).map_err(io("writing config.json"))?;
+        serde_json::to_writer_pretty(config.as_file_mut(), &spec).map_err(|e| PullError::Io {
+            what: "writing config.json".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
+            .map_err(io("setting the rootfs mode"))?;
+        // rename(2) refuses a non-empty target: a concurrent pull into the
+        // same bundle that finished first wins, and this one fails cleanly.
+        std::fs::rename(staging.path(), &final_rootfs).map_err(io(format!(
+            "moving the rootfs to {} (another pull into this bundle?)",
+            final_rootfs.display()
+        )))?;
+        if let Err(e) = config.persist(bundle.join("config.json")) {
             let _ = std::fs::remove_dir_all(&final_rootfs);
-            let _ = std::fs::remove_file(bundle.join("config.json"));
+            return Err(PullError::Io {
+                what: "writing config.json".into(),
+                source: e.error,
+            });
         }
-        result.map(|mut r| {
-            r.total = start.elapsed();
-            r
-        })
+        report.total = start.elapsed();
+        Ok(report)
     }
 
     async fn pull_into(
@@ -353,16 +393,18 @@ impl ImagePuller {
             prepare: start.elapsed(),
             ..Default::default()
         };
-        let cache = BlobCache {
-            dir: self.cfg.cache_dir.clone(),
-        };
+        let cache = BlobCache::open(&self.cfg.cache_dir)?;
         let sem = Arc::new(Semaphore::new(self.cfg.max_concurrent_downloads.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         let mut receivers = Vec::with_capacity(layers.len());
         let download_start = Instant::now();
+        // Set when unpacking stops (done or failed): downloads still running
+        // are dropped instead of holding the pull open.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         for (i, (layer, key)) in layers.iter().zip(&keys).enumerate() {
             let (tx, rx) = oneshot::channel();
             receivers.push(rx);
+            let mut stop = stop_rx.clone();
             let (client, repo, cache, sem, key, progress) = (
                 self.client.clone(),
                 repo.clone(),
@@ -373,18 +415,27 @@ impl ImagePuller {
             );
             let (digest, size) = (layer.digest().to_string(), layer.size());
             tasks.spawn(async move {
-                let _permit = sem.acquire().await;
-                let r = fetch_layer(
-                    &client,
-                    &repo,
-                    &cache,
-                    &digest,
-                    size,
-                    key.as_deref(),
-                    i,
-                    progress,
-                )
-                .await;
+                let fetch = async {
+                    let _permit = sem.acquire().await;
+                    fetch_layer(
+                        &client,
+                        &repo,
+                        &cache,
+                        &digest,
+                        size,
+                        key.as_deref(),
+                        i,
+                        progress,
+                    )
+                    .await
+                };
+                let r = tokio::select! {
+                    r = fetch => r,
+                    _ = stop.wait_for(|stopped| *stopped) => Err(PullError::Io {
+                        what: format!("downloading layer {digest}"),
+                        source: std::io::Error::other("the pull stopped"),
+                    }),
+                };
                 let _ = tx.send((r, Instant::now()));
             });
         }
@@ -396,7 +447,14 @@ impl ImagePuller {
                     digest: String::new(),
                     source,
                 })?;
-            let totals = apply_all(&mut rootfs, &layers, &keys, receivers, progress.as_ref())?;
+            let totals = apply_all(
+                &mut rootfs,
+                &layers,
+                &keys,
+                receivers,
+                progress.as_ref(),
+                stop_tx,
+            )?;
             let spec = runtime_spec(&config, &rootfs).map_err(|e| PullError::Manifest {
                 image: String::new(),
                 reason: e.to_string(),
@@ -447,6 +505,7 @@ async fn fetch_layer(
         progress.fetched(index, size);
         return Ok(Ready {
             path,
+            digest_checked: false,
             mac_checked: false,
             downloaded: 0,
             cached: size,
@@ -535,6 +594,7 @@ async fn fetch_layer(
     })?;
     Ok(Ready {
         path,
+        digest_checked: true,
         mac_checked: key.is_some(),
         downloaded: received,
         cached: 0,

@@ -29,6 +29,28 @@ pub struct ReferenceError {
     reason: &'static str,
 }
 
+/// One spelling per registry, so policy scopes cannot be sidestepped:
+/// lowercase, no trailing dot, no default HTTPS port.
+fn canonical_host(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix(":443").unwrap_or(&host);
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (host, None),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let canonical = match port {
+        Some(p) => format!("{name}:{p}"),
+        None => name.to_string(),
+    };
+    // Only while it still reads as a registry host when parsed again.
+    if canonical.contains('.') || canonical.contains(':') || canonical == "localhost" {
+        canonical
+    } else {
+        host.to_string()
+    }
+}
+
 impl Reference {
     /// Parses a reference the way `docker pull` and `skopeo` (docker://) do.
     pub fn parse(s: &str) -> Result<Self, ReferenceError> {
@@ -73,7 +95,7 @@ impl Reference {
             Some((first, path))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
             {
-                (first.to_string(), path.to_string())
+                (canonical_host(first), path.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
@@ -193,6 +215,22 @@ mod tests {
         let r = Reference::parse("localhost/app").unwrap();
         assert_eq!(r.registry, "localhost");
         assert_eq!(r.tag.as_deref(), Some("latest"));
+        // One spelling per registry, whatever was typed.
+        for spelling in [
+            "R.Example.COM/app",
+            "r.example.com:443/app",
+            "r.example.com./app",
+        ] {
+            assert_eq!(
+                Reference::parse(spelling).unwrap().registry,
+                "r.example.com",
+                "{spelling}"
+            );
+        }
+        assert_eq!(
+            Reference::parse("R.io:5000/app").unwrap().registry,
+            "r.io:5000"
+        );
     }
 
     #[test]

@@ -205,6 +205,8 @@ impl RegistryClient {
             .use_preconfigured_tls(tls_config(&cfg.extra_ca_pem)?)
             .user_agent(concat!("cocoon-image/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
+            // A registry that stops sending fails the pull instead of hanging it.
+            .read_timeout(std::time::Duration::from_secs(60))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(16)
             .build()

@@ -143,7 +143,10 @@ struct Pending {
     name: Option<String>,
     link: Option<String>,
     xattrs: Vec<(String, Vec<u8>)>,
+    xattr_bytes: u64,
     pax_size: Option<u64>,
+    uid: Option<u64>,
+    gid: Option<u64>,
 }
 
 impl Rootfs {
@@ -274,11 +277,14 @@ impl Rootfs {
             name: None,
             link: None,
             xattrs: Vec::new(),
+            xattr_bytes: 0,
             pax_size: None,
+            uid: None,
+            gid: None,
         };
         for entry in entries {
             let mut entry = entry.map_err(|e| UnpackError::Malformed(e.to_string()))?;
-            let header = entry.header().clone();
+            let mut header = entry.header().clone();
             let kind = header.entry_type();
             let size = header
                 .entry_size()
@@ -314,6 +320,14 @@ impl Rootfs {
                     .map(|l| String::from_utf8_lossy(&l).into_owned())
             });
             let xattrs = std::mem::take(&mut pending.xattrs);
+            pending.xattr_bytes = 0;
+            // Ids too large for the ustar fields come in PAX records.
+            if let Some(u) = pending.uid.take() {
+                header.set_uid(u);
+            }
+            if let Some(g) = pending.gid.take() {
+                header.set_gid(g);
+            }
             if let Some(s) = pending.pax_size.take()
                 && s != size
             {
@@ -591,16 +605,44 @@ impl Rootfs {
             Mode::empty(),
         )
         .map_err(|e| io_err(entry, e))?;
-        let keep = |child: &str| {
-            let p = if dir.is_empty() {
-                child.to_string()
-            } else {
-                format!("{dir}/{child}")
-            };
-            !created.contains(&p)
-        };
-        remove_children(&fd, &keep).map_err(|e| io_err(entry, e))
+        remove_lower(&fd, dir, created).map_err(|e| io_err(entry, e))
     }
+}
+
+/// Opaque-directory semantics below `dir` (at `path`): removes everything
+/// lower layers left, descending into directories this layer created so
+/// their lower-layer contents go too.
+fn remove_lower(dir: &OwnedFd, path: &str, created: &HashSet<String>) -> Result<u64, Errno> {
+    let child_path = |child: &str| {
+        if path.is_empty() {
+            child.to_string()
+        } else {
+            format!("{path}/{child}")
+        }
+    };
+    let mut removed = remove_children(dir, &|child| !created.contains(&child_path(child)))?;
+    let mut kept_dirs = Vec::new();
+    for e in Dir::read_from(dir)? {
+        let e = e?;
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n == "." || n == ".." {
+            continue;
+        }
+        let st = rustix::fs::statat(dir, n.as_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            kept_dirs.push(n);
+        }
+    }
+    for n in kept_dirs {
+        let sub = rustix::fs::openat(
+            dir,
+            n.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        removed += remove_lower(&sub, &child_path(&n), created)?;
+    }
+    Ok(removed)
 }
 
 /// Removes the children of `dir` for which `select` is true, recursively,
@@ -733,9 +775,30 @@ fn parse_pax(mut data: &[u8], pending: &mut Pending, name: &str) -> Result<(), U
                         .ok_or_else(bad)?,
                 )
             }
-            k if k.starts_with("SCHILY.xattr.") => pending
-                .xattrs
-                .push((k["SCHILY.xattr.".len()..].to_string(), value.to_vec())),
+            "uid" | "gid" => {
+                let id: u64 = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|id| *id <= u64::from(u32::MAX))
+                    .ok_or_else(bad)?;
+                if key.as_ref() == "uid" {
+                    pending.uid = Some(id);
+                } else {
+                    pending.gid = Some(id);
+                }
+            }
+            k if k.starts_with("SCHILY.xattr.") => {
+                pending.xattr_bytes += (k.len() + value.len()) as u64;
+                if pending.xattr_bytes > MAX_HEADER_BYTES {
+                    return Err(refused(
+                        name,
+                        "extended attributes over 1 MiB for one entry",
+                    ));
+                }
+                pending
+                    .xattrs
+                    .push((k["SCHILY.xattr.".len()..].to_string(), value.to_vec()));
+            }
             _ => {}
         }
         data = &data[len..];

@@ -294,3 +294,73 @@ fn pax_names_and_truncated_archives() {
     // Garbage is malformed, not a panic.
     assert!(apply(&t.path().join("junk"), vec![0xff; 2048]).is_err());
 }
+
+/// An opaque directory also empties lower-layer contents of directories
+/// the same layer re-creates before the marker (sorted order puts `-conf`
+/// before `.wh..wh..opq`).
+#[test]
+fn opaque_directories_reach_into_recreated_subdirectories() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("rootfs");
+    apply(
+        &root,
+        TarBuilder::default()
+            .file("d/-conf/key", b"secret")
+            .file("d/-conf/old", b"1")
+            .finish(),
+    )
+    .unwrap();
+    let upper = TarBuilder::default()
+        .dir("d/")
+        .dir("d/-conf/")
+        .file("d/-conf/new", b"2")
+        .file("d/.wh..wh..opq", b"")
+        .finish();
+    apply(&root, upper).unwrap();
+    assert!(!root.join("d/-conf/key").exists() && !root.join("d/-conf/old").exists());
+    assert_eq!(std::fs::read(root.join("d/-conf/new")).unwrap(), b"2");
+}
+
+/// Repeated PAX headers cannot pile up extended attributes without bound;
+/// PAX uid/gid override the ustar fields.
+#[test]
+fn pax_xattr_limit_and_large_ids() {
+    let t = tempfile::tempdir().unwrap();
+    let big = vec![b'x'; 600 << 10];
+    let tar = TarBuilder::default()
+        .pax(&[("SCHILY.xattr.user.a", &big)])
+        .pax(&[("SCHILY.xattr.user.b", &big)])
+        .file("f", b"x")
+        .finish();
+    let err = apply(&t.path().join("r1"), tar).unwrap_err().to_string();
+    assert!(err.contains("extended attributes over 1 MiB"), "{err}");
+    let tar = TarBuilder::default()
+        .pax(&[("uid", b"3000000"), ("gid", b"3000001")])
+        .file("f", b"x")
+        .finish();
+    let root = t.path().join("r2");
+    let mut rootfs = Rootfs::open(
+        &root,
+        UnpackOptions {
+            allow_devices: false,
+            preserve_ownership: rustix::process::geteuid().is_root(),
+        },
+    )
+    .unwrap();
+    rootfs.apply(tar.as_slice()).unwrap();
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(root.join("f")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (3_000_000, 3_000_001));
+    }
+    assert!(
+        apply(
+            &t.path().join("r3"),
+            TarBuilder::default()
+                .pax(&[("uid", b"-1")])
+                .file("f", b"x")
+                .finish()
+        )
+        .is_err()
+    );
+}
