@@ -29,14 +29,56 @@ pub struct ReferenceError {
     reason: &'static str,
 }
 
+/// Whether `host[:port]` is a registry name: DNS-style components of
+/// `[A-Za-z0-9-]` (or a bracketed IPv6 literal), then an optional numeric port.
+fn valid_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, tail)) => {
+                if ip.is_empty() || !ip.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+                    return false;
+                }
+                match tail {
+                    "" => return true,
+                    t => match t.strip_prefix(':') {
+                        Some(p) => {
+                            return !p.is_empty()
+                                && p.len() <= 5
+                                && p.bytes().all(|b| b.is_ascii_digit());
+                        }
+                        None => return false,
+                    },
+                }
+            }
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let name_ok = !name.is_empty()
+        && name.split('.').all(|c| {
+            !c.is_empty()
+                && !c.starts_with('-')
+                && !c.ends_with('-')
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    name_ok && port_ok
+}
+
 /// One spelling per registry, so policy scopes cannot be sidestepped:
 /// lowercase, no trailing dot, no default HTTPS port.
 fn canonical_host(host: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    let host = host.strip_suffix(":443").unwrap_or(&host);
-    let (name, port) = match host.rsplit_once(':') {
-        Some((n, p)) => (n, Some(p)),
-        None => (host, None),
+    let lower = host.to_ascii_lowercase();
+    let stripped = lower.strip_suffix(":443").unwrap_or(&lower);
+    let (name, port) = match stripped.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(']') || stripped.starts_with('[') => (n, Some(p)),
+        _ => (stripped, None),
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     let canonical = match port {
@@ -47,7 +89,7 @@ fn canonical_host(host: &str) -> String {
     if canonical.contains('.') || canonical.contains(':') || canonical == "localhost" {
         canonical
     } else {
-        host.to_string()
+        lower
     }
 }
 
@@ -95,15 +137,15 @@ impl Reference {
             Some((first, path))
                 if first.contains('.') || first.contains(':') || first == "localhost" =>
             {
+                if !valid_host(first) {
+                    return Err(err(
+                        "registry must be a host name or [IPv6] with an optional numeric port",
+                    ));
+                }
                 (canonical_host(first), path.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
-        if let Some((host, port)) = registry.rsplit_once(':')
-            && (host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(err("registry port must be numeric"));
-        }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
@@ -243,6 +285,10 @@ mod tests {
             "x@md5:abcd",
             "host:5000/app:",
             "app:bad/tag",
+            "[k-2e0{\x12\":443/ie",
+            "bad_host.io/app",
+            "-x.io/app",
+            "r.io:/app",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be refused");
         }
