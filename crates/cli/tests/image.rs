@@ -523,17 +523,7 @@ fn tampering_is_detected_and_nothing_is_left() {
     let mut blob = runtime.block_on(c.small_blob(&enc_ref, &digest)).unwrap();
     let mid = blob.len() / 2;
     blob[mid] ^= 0x01;
-    let new_digest = cocoon_image::registry::sha256_digest(&blob);
-    let len = blob.len() as u64;
-    let body = bytes::Bytes::from(blob);
-    runtime
-        .block_on(c.push_blob(
-            &enc_ref,
-            &new_digest,
-            || reqwest::Body::from(body.clone()),
-            len,
-        ))
-        .unwrap();
+    let (new_digest, _) = runtime.block_on(c.push_bytes(&enc_ref, blob)).unwrap();
     m["layers"][1]["digest"] = Value::String(new_digest);
     let tampered = Reference::parse(&format!("{a}/busybox:tampered-ciphertext")).unwrap();
     runtime

@@ -141,16 +141,7 @@ pub async fn encrypt_image(
         d["annotations"] = Value::Object(ann);
         layers.push(d);
     }
-    let cfg = bytes::Bytes::from(config);
-    let cfg_len = cfg.len() as u64;
-    client
-        .push_blob(
-            dst,
-            &config_digest,
-            || reqwest::Body::from(cfg.clone()),
-            cfg_len,
-        )
-        .await?;
+    let (_, cfg_len) = client.push_bytes(dst, config).await?;
     let mut m = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -242,17 +233,7 @@ pub async fn sign_image(
         Err(RegistryError::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(e.into()),
     };
-    let payload_digest = sha256_digest(&payload);
-    let plen = payload.len() as u64;
-    let pbody = bytes::Bytes::from(payload);
-    client
-        .push_blob(
-            &sig_ref,
-            &payload_digest,
-            || reqwest::Body::from(pbody.clone()),
-            plen,
-        )
-        .await?;
+    let (payload_digest, plen) = client.push_bytes(&sig_ref, payload).await?;
     layers.push(json!({
         "mediaType": COSIGN_PAYLOAD_TYPE,
         "digest": payload_digest,
@@ -266,17 +247,7 @@ pub async fn sign_image(
     })
     .to_string()
     .into_bytes();
-    let cdigest = sha256_digest(&config);
-    let clen = config.len() as u64;
-    let cbody = bytes::Bytes::from(config);
-    client
-        .push_blob(
-            &sig_ref,
-            &cdigest,
-            || reqwest::Body::from(cbody.clone()),
-            clen,
-        )
-        .await?;
+    let (cdigest, clen) = client.push_bytes(&sig_ref, config).await?;
     let m = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -358,20 +329,11 @@ pub async fn push_image(
 ) -> Result<String, OwnerError> {
     let mut descs = Vec::new();
     for (blob, _) in layers {
-        let digest = sha256_digest(blob);
-        let body = bytes::Bytes::from(blob.clone());
-        client
-            .push_blob(
-                dst,
-                &digest,
-                || reqwest::Body::from(body.clone()),
-                blob.len() as u64,
-            )
-            .await?;
+        let (digest, size) = client.push_bytes(dst, blob.clone()).await?;
         descs.push(json!({
             "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
             "digest": digest,
-            "size": blob.len(),
+            "size": size,
         }));
     }
     let config = json!({
@@ -382,12 +344,7 @@ pub async fn push_image(
     })
     .to_string()
     .into_bytes();
-    let cdigest = sha256_digest(&config);
-    let clen = config.len() as u64;
-    let cbody = bytes::Bytes::from(config);
-    client
-        .push_blob(dst, &cdigest, || reqwest::Body::from(cbody.clone()), clen)
-        .await?;
+    let (cdigest, clen) = client.push_bytes(dst, config).await?;
     let m = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,

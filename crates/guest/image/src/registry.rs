@@ -494,6 +494,20 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Uploads an in-memory blob; returns its digest and size.
+    pub async fn push_bytes(
+        &self,
+        r: &Reference,
+        blob: Vec<u8>,
+    ) -> Result<(String, u64), RegistryError> {
+        let digest = sha256_digest(&blob);
+        let len = blob.len() as u64;
+        let body = bytes::Bytes::from(blob);
+        self.push_blob(r, &digest, || reqwest::Body::from(body.clone()), len)
+            .await?;
+        Ok((digest, len))
+    }
+
     /// Uploads a manifest under the reference's tag (or digest); returns its digest.
     pub async fn push_manifest(
         &self,

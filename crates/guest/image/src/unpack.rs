@@ -428,16 +428,7 @@ impl Rootfs {
                     }
                     rustix::fs::symlinkat(target.as_str(), &parent, base)
                         .map_err(|e| io_err(&name, e))?;
-                    if self.opts.preserve_ownership {
-                        rustix::fs::chownat(
-                            &parent,
-                            base,
-                            Some(uid(&header)),
-                            Some(gid(&header)),
-                            AtFlags::SYMLINK_NOFOLLOW,
-                        )
-                        .map_err(|e| io_err(&name, e))?;
-                    }
+                    self.chown_entry(&parent, base, &header, &name)?;
                 }
                 tar::EntryType::Link => {
                     let target =
@@ -494,16 +485,7 @@ impl Rootfs {
                         rustix::fs::makedev(major, minor),
                     )
                     .map_err(|e| io_err(&name, e))?;
-                    if self.opts.preserve_ownership {
-                        rustix::fs::chownat(
-                            &parent,
-                            base,
-                            Some(uid(&header)),
-                            Some(gid(&header)),
-                            AtFlags::SYMLINK_NOFOLLOW,
-                        )
-                        .map_err(|e| io_err(&name, e))?;
-                    }
+                    self.chown_entry(&parent, base, &header, &name)?;
                 }
                 other => {
                     return Err(refused(
@@ -528,6 +510,27 @@ impl Rootfs {
             }
         }
         Ok(stats)
+    }
+
+    /// The archive's owner on an entry that is not opened (symlink, node).
+    fn chown_entry(
+        &self,
+        parent: &OwnedFd,
+        base: &str,
+        header: &tar::Header,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        if !self.opts.preserve_ownership {
+            return Ok(());
+        }
+        rustix::fs::chownat(
+            parent,
+            base,
+            Some(uid(header)),
+            Some(gid(header)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| io_err(name, e))
     }
 
     fn set_meta(
