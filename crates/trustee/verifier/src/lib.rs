@@ -7,6 +7,7 @@
 //! JSON only here, at the policy edge.
 
 pub mod sample;
+pub mod snp;
 pub mod tpm;
 
 use cocoon_types::Tee;

@@ -1,0 +1,252 @@
+//! AMD SEV-SNP: the attestation report, signed by a VCEK (or VLEK) that
+//! chains to AMD's ARK for Milan, Genoa or Turin (embedded). Checked here,
+//! beyond what the `sev` crate checks: certificate validity windows, CA
+//! constraints, and the VCEK's TCB and hwID extensions against the report.
+//!
+//! Not yet registered with the trustee: the evidence envelope and the
+//! VCEK sources (certificate table, directory, AMD KDS) come next.
+
+pub mod cert;
+pub mod report;
+
+use crate::VerifyError;
+use cert::{AmdCert, Spl};
+use report::{SnpReport, TcbParts};
+use serde_json::{Value, json};
+
+const TEE: &str = "snp";
+
+/// One product line's AMD chain.
+struct ProductChain {
+    product: &'static str,
+    ark: AmdCert,
+    ask: AmdCert,
+    asvk: AmdCert,
+}
+
+/// AMD's public ARK/ASK/ASVK chains (from AMD KDS), per product line.
+const AMD_CHAINS: [(&str, &str); 3] = [
+    ("Milan", include_str!("amd/milan.pem")),
+    ("Genoa", include_str!("amd/genoa.pem")),
+    ("Turin", include_str!("amd/turin.pem")),
+];
+
+/// Verifies SNP reports against AMD's roots.
+pub struct SnpVerifier {
+    chains: Vec<ProductChain>,
+}
+
+fn invalid(reason: impl Into<String>) -> VerifyError {
+    VerifyError::Invalid {
+        tee: TEE,
+        reason: reason.into(),
+    }
+}
+
+/// What a verified report says, before it becomes JSON.
+#[derive(Debug, Clone)]
+pub struct SnpClaims {
+    /// The verified report.
+    pub report: SnpReport,
+    /// Milan, Genoa or Turin.
+    pub product: &'static str,
+    /// `VCEK` or `VLEK`.
+    pub signing_key: &'static str,
+    /// The reported TCB, split per the product's layout.
+    pub reported_tcb: TcbParts,
+}
+
+impl SnpVerifier {
+    /// A verifier with the embedded AMD chains; each ARK's self-signature
+    /// and each ASK/ASVK signature is checked once, here.
+    pub fn new() -> Result<Self, String> {
+        let mut chains = Vec::new();
+        for (product, pem) in AMD_CHAINS {
+            let mut certs = AmdCert::from_pem_bundle(pem)?.into_iter();
+            let (Some(ask), Some(ark), Some(asvk)) = (certs.next(), certs.next(), certs.next())
+            else {
+                return Err(format!("the embedded {product} chain is incomplete"));
+            };
+            ark.verify_signed_by(&ark)?;
+            ask.verify_signed_by(&ark)?;
+            asvk.verify_signed_by(&ark)?;
+            chains.push(ProductChain {
+                product,
+                ark,
+                ask,
+                asvk,
+            });
+        }
+        Ok(Self { chains })
+    }
+
+    /// Verifies `report` (raw bytes) signed by `vcek_der` at `now` (Unix
+    /// seconds): the chain to AMD's root, validity, CA constraints, the
+    /// VCEK's TCB/hwID extensions, and the report signature.
+    pub fn verify_report(
+        &self,
+        report_bytes: &[u8],
+        vcek_der: &[u8],
+        now: u64,
+    ) -> Result<SnpClaims, VerifyError> {
+        let report = SnpReport::parse(report_bytes).map_err(|e| VerifyError::Malformed {
+            tee: TEE,
+            detail: e.to_string(),
+        })?;
+        let vcek = AmdCert::from_der(vcek_der).map_err(|e| VerifyError::Malformed {
+            tee: TEE,
+            detail: format!("VCEK: {e}"),
+        })?;
+        let (vlek, signing_key) = match report.signing_key() {
+            0 => (false, "VCEK"),
+            1 => (true, "VLEK"),
+            k => {
+                return Err(invalid(format!(
+                    "report signing key {k} is neither VCEK (0) nor VLEK (1)"
+                )));
+            }
+        };
+        let chain = self
+            .chains
+            .iter()
+            .find(|c| {
+                let issuer = if vlek { &c.asvk } else { &c.ask };
+                vcek.cert.tbs_certificate.issuer == issuer.cert.tbs_certificate.subject
+            })
+            .ok_or_else(|| VerifyError::UntrustedKey {
+                tee: TEE,
+                detail: format!(
+                    "the {signing_key} ({}) is not issued by AMD's Milan, Genoa or Turin {}",
+                    vcek.cn,
+                    if vlek { "ASVK" } else { "ASK" }
+                ),
+            })?;
+        let issuer = if vlek { &chain.asvk } else { &chain.ask };
+        vcek.verify_signed_by(issuer)
+            .map_err(|e| VerifyError::UntrustedKey {
+                tee: TEE,
+                detail: e,
+            })?;
+        for c in [&chain.ark, issuer, &vcek] {
+            c.check_validity(now).map_err(invalid)?;
+        }
+        for c in [&chain.ark, issuer] {
+            c.check_ca().map_err(invalid)?;
+        }
+        let turin = chain.product == "Turin";
+        let reported = report.reported_tcb.parts(turin);
+        if !vlek {
+            let checks = [
+                (Spl::Bootloader, Some(reported.bootloader), "boot loader"),
+                (Spl::Tee, Some(reported.tee), "TEE"),
+                (Spl::Snp, Some(reported.snp), "SNP"),
+                (Spl::Microcode, Some(reported.microcode), "microcode"),
+                (Spl::Fmc, reported.fmc, "FMC"),
+            ];
+            for (spl, want, name) in checks {
+                let got = vcek.spl(spl).map_err(invalid)?;
+                if let Some(want) = want
+                    && got != Some(want)
+                {
+                    return Err(invalid(format!(
+                        "the VCEK is for {name} SPL {}, the report's reported TCB has {want}",
+                        got.map_or("(none)".to_string(), |g| g.to_string())
+                    )));
+                }
+            }
+            if !report.chip_id_masked() {
+                match vcek.hwid().map_err(invalid)? {
+                    Some(h) if h == report.chip_id => {}
+                    Some(_) => {
+                        return Err(invalid(
+                            "the VCEK is for another chip (hwID differs from the report's chip ID)",
+                        ));
+                    }
+                    None => return Err(invalid("the VCEK has no hwID extension")),
+                }
+            }
+        }
+        let mut sig = [0u8; 96];
+        sig[..48].copy_from_slice(&report.sig_r);
+        sig[48..].copy_from_slice(&report.sig_s);
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P384_SHA384_FIXED,
+            vcek.ec_point(),
+        )
+        .verify(&report_bytes[..report::SIGNED_LEN], &sig)
+        .map_err(|_| {
+            invalid(format!(
+                "the report signature does not verify with the {signing_key}"
+            ))
+        })?;
+        Ok(SnpClaims {
+            report,
+            product: chain.product,
+            signing_key,
+            reported_tcb: reported,
+        })
+    }
+}
+
+/// Checks the session binding: REPORT_DATA must be `expected` followed by zeros.
+pub fn check_report_data(report: &SnpReport, expected: &[u8]) -> Result<(), VerifyError> {
+    let ok = expected.len() <= 64
+        && report.report_data[..expected.len()] == *expected
+        && report.report_data[expected.len()..].iter().all(|b| *b == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(VerifyError::ReportDataMismatch {
+            expected: crate::hex_short(expected),
+            found: crate::hex_short(&report.report_data),
+        })
+    }
+}
+
+/// Checks HOSTDATA against the initdata digest (zero-padded to 32 bytes).
+pub fn check_host_data(report: &SnpReport, digest: &[u8]) -> Result<(), VerifyError> {
+    let ok = digest.len() <= 32
+        && report.host_data[..digest.len()] == *digest
+        && report.host_data[digest.len()..].iter().all(|b| *b == 0);
+    if ok {
+        Ok(())
+    } else {
+        Err(VerifyError::InitDataMismatch)
+    }
+}
+
+impl SnpClaims {
+    /// Claims as CoCo's SNP verifier names them, plus a few more.
+    pub fn to_json(&self) -> Value {
+        let r = &self.report;
+        let p = r.policy;
+        json!({
+            "measurement": hex::encode(r.measurement),
+            "report_data": hex::encode(r.report_data),
+            "init_data": hex::encode(r.host_data),
+            "policy_abi_major": format!("{}", (p >> 8) & 0xff),
+            "policy_abi_minor": format!("{}", p & 0xff),
+            "policy_smt_allowed": (p >> 16) & 1 == 1,
+            "policy_migrate_ma": (p >> 18) & 1 == 1,
+            "policy_debug_allowed": (p >> 19) & 1 == 1,
+            "policy_single_socket": (p >> 20) & 1 == 1,
+            "reported_tcb_bootloader": format!("{}", self.reported_tcb.bootloader),
+            "reported_tcb_tee": format!("{}", self.reported_tcb.tee),
+            "reported_tcb_snp": format!("{}", self.reported_tcb.snp),
+            "reported_tcb_microcode": format!("{}", self.reported_tcb.microcode),
+            "platform_tsme_enabled": (r.platform_info >> 1) & 1 == 1,
+            "platform_smt_enabled": r.platform_info & 1 == 1,
+            "guest_svn": r.guest_svn,
+            "vmpl": r.vmpl,
+            "report_version": r.version,
+            "family_id": hex::encode(r.family_id),
+            "image_id": hex::encode(r.image_id),
+            "chip_id": hex::encode(r.chip_id),
+            "product": self.product,
+            "signing_key": self.signing_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+//! Against the real SEV-SNP report and VCEK in `shared/fixtures/snp`.
+
+use super::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+/// Inside the VCEK's validity window (2023-01-24 to 2030-01-24).
+const NOW: u64 = 1_700_000_000;
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = format!("{FIXTURES}/{name}");
+    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {p}: {e}"))
+}
+
+fn verifier() -> SnpVerifier {
+    SnpVerifier::new().expect("embedded AMD chains verify")
+}
+
+#[test]
+fn real_report_verifies_with_its_vcek() {
+    let claims = verifier()
+        .verify_report(
+            &fixture("snp/trustee_snp_report.bin"),
+            &fixture("snp/trustee_snp_vcek.der"),
+            NOW,
+        )
+        .expect("the fixture verifies");
+    assert_eq!(claims.product, "Milan");
+    assert_eq!(claims.signing_key, "VCEK");
+    let j = claims.to_json();
+    assert_eq!(j["measurement"].as_str().unwrap().len(), 96);
+    assert_eq!(j["report_data"].as_str().unwrap().len(), 128);
+    assert!(claims.report.version >= 2);
+}
+
+#[test]
+fn every_signed_byte_is_covered() {
+    let v = verifier();
+    let vcek = fixture("snp/trustee_snp_vcek.der");
+    let report = fixture("snp/trustee_snp_report.bin");
+    // One bit in each 16-byte stretch of the signed region.
+    for at in (0..report::SIGNED_LEN).step_by(16) {
+        let mut r = report.clone();
+        r[at] ^= 0x01;
+        let err = v
+            .verify_report(&r, &vcek, NOW)
+            .expect_err("flipped bit accepted");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("signature does not verify")
+                || msg.contains("SPL")
+                || msg.contains("hwID")
+                || msg.contains("not supported")
+                || msg.contains("signing key")
+                || msg.contains("another chip"),
+            "offset {at:#x}: {msg}"
+        );
+    }
+    let mut r = report.clone();
+    r[report::SIGNED_LEN + 3] ^= 0x01;
+    assert!(
+        v.verify_report(&r, &vcek, NOW)
+            .unwrap_err()
+            .to_string()
+            .contains("signature does not verify")
+    );
+}
+
+#[test]
+fn invalid_vceks_time_and_lengths_are_refused() {
+    let v = verifier();
+    let report = fixture("snp/trustee_snp_report.bin");
+    for bad in [
+        "snp/trustee_snp_vcek_invalid_legacy.der",
+        "snp/trustee_snp_vcek_invalid_new.der",
+    ] {
+        let err = v.verify_report(&report, &fixture(bad), NOW).expect_err(bad);
+        assert!(
+            matches!(&err, VerifyError::UntrustedKey { detail, .. } if detail.contains("the signature on SEV-VCEK by SEV-Milan does not verify")),
+            "{bad}: {err}"
+        );
+    }
+    let vcek = fixture("snp/trustee_snp_vcek.der");
+    let after = 1_900_000_000; // 2030-03
+    assert!(
+        v.verify_report(&report, &vcek, after)
+            .unwrap_err()
+            .to_string()
+            .contains("expired")
+    );
+    assert!(matches!(
+        v.verify_report(&report[..100], &vcek, NOW),
+        Err(VerifyError::Malformed { .. })
+    ));
+    assert!(matches!(
+        v.verify_report(&report, b"junk", NOW),
+        Err(VerifyError::Malformed { .. })
+    ));
+    // A certificate from another chain: the Genoa ASK in place of the VCEK.
+    let genoa = AmdCert::from_pem_bundle(include_str!("amd/genoa.pem")).unwrap();
+    let der = x509_cert::der::Encode::to_der(&genoa[0].cert).unwrap();
+    assert!(matches!(
+        v.verify_report(&report, &der, NOW),
+        Err(VerifyError::UntrustedKey { .. })
+    ));
+}
+
+#[test]
+fn report_data_and_host_data_binding() {
+    let claims = verifier()
+        .verify_report(
+            &fixture("snp/trustee_snp_report.bin"),
+            &fixture("snp/trustee_snp_vcek.der"),
+            NOW,
+        )
+        .unwrap();
+    let rd = claims.report.report_data;
+    let used = rd.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    check_report_data(&claims.report, &rd[..used]).unwrap();
+    let mut wrong = rd[..used.max(1)].to_vec();
+    wrong[0] ^= 1;
+    assert!(matches!(
+        check_report_data(&claims.report, &wrong),
+        Err(VerifyError::ReportDataMismatch { .. })
+    ));
+    let hd = claims.report.host_data;
+    check_host_data(&claims.report, &hd).unwrap();
+    let mut other = hd;
+    other[31] ^= 1;
+    assert!(matches!(
+        check_host_data(&claims.report, &other),
+        Err(VerifyError::InitDataMismatch)
+    ));
+}
