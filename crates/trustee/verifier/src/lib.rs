@@ -156,6 +156,12 @@ impl VerifierRegistry {
         if options.allow_dev_tee {
             all.push(Arc::new(sample::SampleVerifier));
         }
+        match snp::SnpVerifier::new() {
+            Ok(v) => all.push(Arc::new(v)),
+            Err(e) => {
+                tracing::error!(error = %e, "the SEV-SNP verifier is disabled: its embedded AMD chain does not verify")
+            }
+        }
         if let Some(aks) = &options.tpm_trusted_aks {
             all.push(Arc::new(tpm::TpmVerifier::new(aks.clone())));
         }

@@ -3,14 +3,17 @@
 //! beyond what the `sev` crate checks: certificate validity windows, CA
 //! constraints, and the VCEK's TCB and hwID extensions against the report.
 //!
-//! Not yet registered with the trustee: the evidence envelope and the
-//! VCEK sources (certificate table, directory, AMD KDS) come next.
+//! Evidence is CoCo's: `{"attestation_report": <report as the sev crate
+//! serializes it>, "cert_chain": [{"cert_type": "VCEK", "data": [..]}] | null}`.
+//! The VCEK (or VLEK) comes from the certificate table; a configured
+//! directory and AMD KDS are not supported yet.
 
 pub mod cert;
 pub mod report;
 
-use crate::VerifyError;
+use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
 use cert::{AmdCert, Spl};
+use cocoon_types::Tee;
 use report::{SnpReport, TcbParts};
 use serde_json::{Value, json};
 
@@ -184,6 +187,78 @@ impl SnpVerifier {
             product: chain.product,
             signing_key,
             reported_tcb: reported,
+        })
+    }
+}
+
+/// The raw report and the VCEK/VLEK (DER) from CoCo's evidence JSON.
+pub fn parse_evidence(evidence: &Value) -> Result<(Vec<u8>, Vec<u8>), VerifyError> {
+    use sev::parser::Encoder;
+    let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
+    let report = evidence
+        .get("attestation_report")
+        .ok_or_else(|| malformed("no attestation_report".into()))?;
+    let report: sev::firmware::guest::AttestationReport = serde_json::from_value(report.clone())
+        .map_err(|e| malformed(format!("attestation_report: {e}")))?;
+    let mut raw = Vec::with_capacity(report::REPORT_LEN);
+    report
+        .encode(&mut raw, ())
+        .map_err(|e| malformed(format!("attestation_report: {e}")))?;
+    let entries = evidence
+        .get("cert_chain")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for e in &entries {
+        let kind = e
+            .get("cert_type")
+            .map(|t| t.to_string().to_ascii_uppercase())
+            .unwrap_or_default();
+        if !(kind.contains("VCEK") || kind.contains("VLEK")) {
+            continue;
+        }
+        let data: Vec<u8> = match e.get("data") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Option<_>>()
+                .ok_or_else(|| malformed("cert_chain data is not a byte array".into()))?,
+            Some(Value::String(s)) => {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s)
+                    .map_err(|_| malformed("cert_chain data is not base64".into()))?
+            }
+            _ => return Err(malformed("cert_chain entry without data".into())),
+        };
+        return Ok((raw, data));
+    }
+    Err(VerifyError::Unavailable(
+        "SNP evidence carries no VCEK/VLEK in its certificate table (cert_chain); fetching it from AMD KDS is not supported yet".into(),
+    ))
+}
+
+impl crate::Verifier for SnpVerifier {
+    fn tee(&self) -> Tee {
+        Tee::Snp
+    }
+
+    fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
+        let (raw, vcek) = parse_evidence(input.evidence)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let claims = self.verify_report(&raw, &vcek, now)?;
+        check_report_data(&claims.report, input.expected_report_data)?;
+        if let Some(d) = input.init_data_digest {
+            check_host_data(&claims.report, d)?;
+        }
+        Ok(TeeClaims {
+            class: TeeClass::Cpu,
+            report_data: hex::encode(claims.report.report_data),
+            init_data: input
+                .init_data_digest
+                .map(|_| hex::encode(claims.report.host_data)),
+            claims: claims.to_json(),
         })
     }
 }

@@ -131,3 +131,78 @@ fn report_data_and_host_data_binding() {
         Err(VerifyError::InitDataMismatch)
     ));
 }
+
+/// CoCo's evidence carries the report as the `sev` crate serializes it;
+/// re-encoding must give back the signed bytes.
+#[test]
+fn sev_serde_envelope_round_trips_to_the_signed_bytes() {
+    use sev::parser::{ByteParser, Encoder};
+    let raw = fixture("snp/trustee_snp_report.bin");
+    let report = sev::firmware::guest::AttestationReport::from_bytes(&raw).unwrap();
+    let json = serde_json::to_value(report).unwrap();
+    let back: sev::firmware::guest::AttestationReport = serde_json::from_value(json).unwrap();
+    let mut out = Vec::new();
+    back.encode(&mut out, ()).unwrap();
+    assert_eq!(out.len(), raw.len());
+    assert_eq!(out, raw);
+}
+
+/// Through the Verifier trait, with CoCo's evidence JSON: the fixture's
+/// report data is not this session's, which is what a replay looks like.
+#[test]
+fn evidence_json_through_the_verifier_trait() {
+    use crate::Verifier;
+    use sev::parser::ByteParser;
+    let raw = fixture("snp/trustee_snp_report.bin");
+    let report = sev::firmware::guest::AttestationReport::from_bytes(&raw).unwrap();
+    let vcek = fixture("snp/trustee_snp_vcek.der");
+    let evidence =
+        json!({"attestation_report": report, "cert_chain": [{"cert_type": "VCEK", "data": vcek}]});
+    let v = verifier();
+    let parsed = SnpReport::parse(&raw).unwrap();
+    let used = parsed
+        .report_data
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |i| i + 1);
+    let ok = v
+        .verify(&VerifyInput {
+            evidence: &evidence,
+            expected_report_data: &parsed.report_data[..used],
+            init_data_digest: Some(&parsed.host_data),
+        })
+        .expect("fixture evidence with its own report data verifies");
+    assert_eq!(ok.claims["product"], "Milan");
+    assert_eq!(
+        ok.init_data.as_deref(),
+        Some(hex::encode(parsed.host_data).as_str())
+    );
+    let err = v
+        .verify(&VerifyInput {
+            evidence: &evidence,
+            expected_report_data: &[7u8; 48],
+            init_data_digest: None,
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, VerifyError::ReportDataMismatch { .. }),
+        "{err}"
+    );
+    let no_vcek = json!({"attestation_report": report, "cert_chain": null});
+    assert!(matches!(
+        v.verify(&VerifyInput {
+            evidence: &no_vcek,
+            expected_report_data: &[],
+            init_data_digest: None
+        }),
+        Err(VerifyError::Unavailable(_))
+    ));
+    assert!(matches!(
+        v.verify(&VerifyInput {
+            evidence: &json!({"attestation_report": 5}),
+            expected_report_data: &[],
+            init_data_digest: None
+        }),
+        Err(VerifyError::Malformed { .. })
+    ));
+}
