@@ -10,6 +10,7 @@ mod image;
 mod secret;
 mod tpm;
 mod trustee;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -32,6 +33,8 @@ enum Command {
     Attest(guest::AttestArgs),
     /// Act as a guest: attest and print a resource's plaintext to stdout.
     GetResource(guest::GetResourceArgs),
+    /// Verify one piece of TEE evidence offline and print its claims.
+    Verify(verify::VerifyArgs),
     /// Show recent denials: which claim failed which rule.
     Explain(admin::ExplainArgs),
     /// Prepare a TPM for attestation: enroll an AK, read and extend PCRs.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
             Command::Attest(a) => guest::attest(a).await,
             Command::GetResource(a) => guest::get_resource(a).await,
             Command::Explain(a) => admin::explain(a).await,
+            Command::Verify(a) => verify::run(a),
             Command::Bench(b) => bench::run(b).await,
             Command::Secret(c) => secret::run(c),
             Command::Image(c) => image::run(c).await,

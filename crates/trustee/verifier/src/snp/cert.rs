@@ -154,10 +154,13 @@ impl AmdCert {
             v.not_after.to_unix_duration().as_secs(),
         );
         if now < nb {
-            return Err(format!("{} is not valid yet (from {nb})", self.cn));
+            return Err(format!(
+                "{} is not valid yet (from {})",
+                self.cn, v.not_before
+            ));
         }
         if now > na {
-            return Err(format!("{} expired (until {na})", self.cn));
+            return Err(format!("{} expired on {}", self.cn, v.not_after));
         }
         Ok(())
     }

@@ -191,8 +191,8 @@ impl SnpVerifier {
     }
 }
 
-/// The raw report and the VCEK/VLEK (DER) from CoCo's evidence JSON.
-pub fn parse_evidence(evidence: &Value) -> Result<(Vec<u8>, Vec<u8>), VerifyError> {
+/// The raw report bytes from CoCo's evidence JSON.
+pub fn report_from_evidence(evidence: &Value) -> Result<Vec<u8>, VerifyError> {
     use sev::parser::Encoder;
     let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
     let report = evidence
@@ -204,6 +204,15 @@ pub fn parse_evidence(evidence: &Value) -> Result<(Vec<u8>, Vec<u8>), VerifyErro
     report
         .encode(&mut raw, ())
         .map_err(|e| malformed(format!("attestation_report: {e}")))?;
+    Ok(raw)
+}
+
+/// The VCEK/VLEK (DER) from the evidence's certificate table, if any.
+pub fn vcek_from_evidence(evidence: &Value) -> Result<Option<Vec<u8>>, VerifyError> {
+    let malformed = |detail: &str| VerifyError::Malformed {
+        tee: TEE,
+        detail: detail.to_string(),
+    };
     let entries = evidence
         .get("cert_chain")
         .and_then(Value::as_array)
@@ -222,18 +231,16 @@ pub fn parse_evidence(evidence: &Value) -> Result<(Vec<u8>, Vec<u8>), VerifyErro
                 .iter()
                 .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
                 .collect::<Option<_>>()
-                .ok_or_else(|| malformed("cert_chain data is not a byte array".into()))?,
+                .ok_or_else(|| malformed("cert_chain data is not a byte array"))?,
             Some(Value::String(s)) => {
                 base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s)
-                    .map_err(|_| malformed("cert_chain data is not base64".into()))?
+                    .map_err(|_| malformed("cert_chain data is not base64"))?
             }
-            _ => return Err(malformed("cert_chain entry without data".into())),
+            _ => return Err(malformed("cert_chain entry without data")),
         };
-        return Ok((raw, data));
+        return Ok(Some(data));
     }
-    Err(VerifyError::Unavailable(
-        "SNP evidence carries no VCEK/VLEK in its certificate table (cert_chain); fetching it from AMD KDS is not supported yet".into(),
-    ))
+    Ok(None)
 }
 
 impl crate::Verifier for SnpVerifier {
@@ -242,7 +249,12 @@ impl crate::Verifier for SnpVerifier {
     }
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
-        let (raw, vcek) = parse_evidence(input.evidence)?;
+        let raw = report_from_evidence(input.evidence)?;
+        let vcek = vcek_from_evidence(input.evidence)?.ok_or_else(|| {
+            VerifyError::Unavailable(
+                "SNP evidence carries no VCEK/VLEK in its certificate table (cert_chain); fetching it from AMD KDS is not supported yet".into(),
+            )
+        })?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

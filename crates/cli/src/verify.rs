@@ -1,0 +1,101 @@
+//! `cocoon verify`: verify one piece of evidence offline, the way the
+//! trustee would, and print its claims. An admin's tool for debugging
+//! evidence.
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use cocoon_verifier::snp::{self, SnpVerifier};
+use std::path::PathBuf;
+
+/// `cocoon verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// TEE of the evidence: snp.
+    #[arg(long)]
+    tee: String,
+    /// Evidence: the raw report/quote bytes, or the JSON evidence document a guest sends.
+    #[arg(long)]
+    evidence: PathBuf,
+    /// Collateral: the VCEK/VLEK (DER or PEM) for snp.
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// Expected report data (hex); without it the session binding is not checked.
+    #[arg(long)]
+    report_data: Option<String>,
+    /// Expected initdata digest (hex), compared with HOSTDATA.
+    #[arg(long)]
+    init_data_digest: Option<String>,
+    /// Verification time (RFC 3339), for evidence whose certificates are no longer (or not yet) valid.
+    #[arg(long)]
+    at: Option<String>,
+}
+
+fn der_or_pem(bytes: &[u8]) -> Result<Vec<u8>> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Ok(bytes.to_vec());
+    };
+    let Some(start) = text.find("-----BEGIN CERTIFICATE-----") else {
+        return Ok(bytes.to_vec());
+    };
+    let body = &text[start + 27..];
+    let end = body
+        .find("-----END")
+        .context("PEM certificate without an END line")?;
+    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+        .context("PEM certificate is not base64")
+}
+
+/// Verifies and prints the claims.
+pub fn run(a: VerifyArgs) -> Result<()> {
+    let now = match &a.at {
+        Some(t) => time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("--at {t:?} is not an RFC 3339 time"))?
+            .unix_timestamp() as u64,
+        None => time::OffsetDateTime::now_utc().unix_timestamp() as u64,
+    };
+    let bytes = std::fs::read(&a.evidence)
+        .with_context(|| format!("cannot read {}", a.evidence.display()))?;
+    match a.tee.as_str() {
+        "snp" => {
+            let (raw, table_vcek) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(json) => (
+                    snp::report_from_evidence(&json)?,
+                    snp::vcek_from_evidence(&json)?,
+                ),
+                Err(_) => (bytes, None),
+            };
+            let vcek = match (&a.collateral, table_vcek) {
+                (Some(p), _) => der_or_pem(
+                    &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+                )?,
+                (None, Some(v)) => v,
+                (None, None) => bail!(
+                    "the report's signature needs its VCEK (or VLEK): pass --collateral vcek.der (AMD KDS serves it at https://kdsintf.amd.com/vcek/v1/<Milan|Genoa|Turin>/<chip id hex>?blSPL=..&teeSPL=..&snpSPL=..&ucodeSPL=..)"
+                ),
+            };
+            let verifier = SnpVerifier::new().map_err(anyhow::Error::msg)?;
+            let claims = verifier.verify_report(&raw, &vcek, now)?;
+            match &a.report_data {
+                Some(h) => snp::check_report_data(
+                    &claims.report,
+                    &hex::decode(h).context("--report-data is not hex")?,
+                )?,
+                None => eprintln!("note: report data binding NOT checked (pass --report-data HEX)"),
+            }
+            if let Some(h) = &a.init_data_digest {
+                snp::check_host_data(
+                    &claims.report,
+                    &hex::decode(h).context("--init-data-digest is not hex")?,
+                )?;
+            }
+            eprintln!(
+                "verified: SEV-SNP report signed by a {} {} chaining to AMD's ARK; TCB status unknown (no TCB collateral for SNP)",
+                claims.product, claims.signing_key
+            );
+            println!("{}", serde_json::to_string_pretty(&claims.to_json())?);
+            Ok(())
+        }
+        other => bail!("verify --tee {other} is not supported yet (supported: snp)"),
+    }
+}
