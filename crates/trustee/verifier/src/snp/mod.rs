@@ -16,6 +16,7 @@ use cert::{AmdCert, Spl};
 use cocoon_types::Tee;
 use report::{SnpReport, TcbParts};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 const TEE: &str = "snp";
 
@@ -37,7 +38,14 @@ const AMD_CHAINS: [(&str, &str); 3] = [
 /// Verifies SNP reports against AMD's roots.
 pub struct SnpVerifier {
     chains: Vec<ProductChain>,
+    /// VCEKs/VLEKs whose signature chain already verified, by SHA-256 of
+    /// their DER: a guest keeps its VCEK until a TCB update, so the RSA
+    /// chain check runs once per key, not once per report.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Arc<AmdCert>, usize)>>,
 }
+
+/// Verified keys kept at most.
+const VERIFIED_CACHE: usize = 4096;
 
 fn invalid(reason: impl Into<String>) -> VerifyError {
     VerifyError::Invalid {
@@ -80,7 +88,54 @@ impl SnpVerifier {
                 asvk,
             });
         }
-        Ok(Self { chains })
+        Ok(Self {
+            chains,
+            verified: Default::default(),
+        })
+    }
+
+    /// The signing key and the index of the AMD chain it verified against.
+    fn signing_cert(&self, der: &[u8], vlek: bool) -> Result<(Arc<AmdCert>, usize), VerifyError> {
+        let mut id = [0u8; 32];
+        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
+        id[0] ^= u8::from(vlek);
+        if let Some(hit) = self.verified.lock().ok().and_then(|c| c.get(&id).cloned()) {
+            return Ok(hit);
+        }
+        let signing_key = if vlek { "VLEK" } else { "VCEK" };
+        let cert = AmdCert::from_der(der).map_err(|e| VerifyError::Malformed {
+            tee: TEE,
+            detail: format!("{signing_key}: {e}"),
+        })?;
+        let index = self
+            .chains
+            .iter()
+            .position(|c| {
+                let issuer = if vlek { &c.asvk } else { &c.ask };
+                cert.cert.tbs_certificate.issuer == issuer.cert.tbs_certificate.subject
+            })
+            .ok_or_else(|| VerifyError::UntrustedKey {
+                tee: TEE,
+                detail: format!(
+                    "the {signing_key} ({}) is not issued by AMD's Milan, Genoa or Turin {}",
+                    cert.cn,
+                    if vlek { "ASVK" } else { "ASK" }
+                ),
+            })?;
+        let chain = &self.chains[index];
+        cert.verify_signed_by(if vlek { &chain.asvk } else { &chain.ask })
+            .map_err(|e| VerifyError::UntrustedKey {
+                tee: TEE,
+                detail: e,
+            })?;
+        let entry = (Arc::new(cert), index);
+        if let Ok(mut c) = self.verified.lock() {
+            if c.len() >= VERIFIED_CACHE {
+                c.clear();
+            }
+            c.insert(id, entry.clone());
+        }
+        Ok(entry)
     }
 
     /// Verifies `report` (raw bytes) signed by `vcek_der` at `now` (Unix
@@ -96,10 +151,6 @@ impl SnpVerifier {
             tee: TEE,
             detail: e.to_string(),
         })?;
-        let vcek = AmdCert::from_der(vcek_der).map_err(|e| VerifyError::Malformed {
-            tee: TEE,
-            detail: format!("VCEK: {e}"),
-        })?;
         let (vlek, signing_key) = match report.signing_key() {
             0 => (false, "VCEK"),
             1 => (true, "VLEK"),
@@ -109,28 +160,11 @@ impl SnpVerifier {
                 )));
             }
         };
-        let chain = self
-            .chains
-            .iter()
-            .find(|c| {
-                let issuer = if vlek { &c.asvk } else { &c.ask };
-                vcek.cert.tbs_certificate.issuer == issuer.cert.tbs_certificate.subject
-            })
-            .ok_or_else(|| VerifyError::UntrustedKey {
-                tee: TEE,
-                detail: format!(
-                    "the {signing_key} ({}) is not issued by AMD's Milan, Genoa or Turin {}",
-                    vcek.cn,
-                    if vlek { "ASVK" } else { "ASK" }
-                ),
-            })?;
+        let (vcek, index) = self.signing_cert(vcek_der, vlek)?;
+        let vcek = vcek.as_ref();
+        let chain = &self.chains[index];
         let issuer = if vlek { &chain.asvk } else { &chain.ask };
-        vcek.verify_signed_by(issuer)
-            .map_err(|e| VerifyError::UntrustedKey {
-                tee: TEE,
-                detail: e,
-            })?;
-        for c in [&chain.ark, issuer, &vcek] {
+        for c in [&chain.ark, issuer, vcek] {
             c.check_validity(now).map_err(invalid)?;
         }
         for c in [&chain.ark, issuer] {
