@@ -41,8 +41,11 @@ pub struct SnpVerifier {
     /// VCEKs/VLEKs whose signature chain already verified, by SHA-256 of
     /// their DER: a guest keeps its VCEK until a TCB update, so the RSA
     /// chain check runs once per key, not once per report.
-    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], (Arc<AmdCert>, usize)>>,
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedKey>>,
 }
+
+/// A signing key whose chain verified, and the index of its AMD chain.
+type VerifiedKey = (Arc<AmdCert>, usize);
 
 /// Verified keys kept at most.
 const VERIFIED_CACHE: usize = 4096;
@@ -95,7 +98,7 @@ impl SnpVerifier {
     }
 
     /// The signing key and the index of the AMD chain it verified against.
-    fn signing_cert(&self, der: &[u8], vlek: bool) -> Result<(Arc<AmdCert>, usize), VerifyError> {
+    fn signing_cert(&self, der: &[u8], vlek: bool) -> Result<VerifiedKey, VerifyError> {
         let mut id = [0u8; 32];
         id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
         id[0] ^= u8::from(vlek);
