@@ -558,3 +558,60 @@ async fn sessions_continue_on_a_second_replica_and_secrets_survive_restarts() {
         assert!(!log.contains("replicated-secret"), "secret in logs");
     }
 }
+
+/// Real SEV-SNP evidence through `/kbs/v0/attest`: the trustee verifies
+/// the AMD chain and the report signature, then refuses the binding (the
+/// captured report was not made for this session), and names a tampered
+/// report or a missing VCEK as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn snp_fixture_evidence_through_attest() {
+    use sev::parser::ByteParser;
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/snp");
+    let bytes = std::fs::read(format!("{fixtures}/trustee_snp_report.bin")).unwrap();
+    let vcek = std::fs::read(format!("{fixtures}/trustee_snp_vcek.der")).unwrap();
+    let key = TeeKeyPair::generate_ec();
+    let evidence = |report: &[u8], with_vcek: bool| {
+        let report = sev::firmware::guest::AttestationReport::from_bytes(report).unwrap();
+        let chain = if with_vcek {
+            json!([{"cert_type": "VCEK", "data": vcek}])
+        } else {
+            json!(null)
+        };
+        json!({"attestation_report": report, "cert_chain": chain})
+    };
+    let mut tampered = bytes.clone();
+    tampered[0x90] ^= 0x01; // one bit of the measurement
+    for (ev, expect) in [
+        (evidence(&bytes, true), "report data does not match"),
+        (
+            evidence(&tampered, true),
+            "report signature does not verify",
+        ),
+        (evidence(&bytes, false), "certificate table"),
+    ] {
+        let r = raw
+            .post(
+                "auth",
+                &json!({"version": "0.4.0", "tee": "snp", "extra-params": ""}),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let (cookie, nonce) = (
+            r.cookie.unwrap(),
+            r.body["nonce"].as_str().unwrap().to_string(),
+        );
+        let att = json!({
+            "init-data": null,
+            "runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
+            "tee-evidence": {"primary_evidence": ev, "additional_evidence": ""},
+        });
+        let r = raw.post("attest", &att, Some(&cookie)).await;
+        assert_ne!(r.status, 200, "{:?}", r.body);
+        let d = r.body["detail"].as_str().unwrap_or_default();
+        assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");
+    }
+}
