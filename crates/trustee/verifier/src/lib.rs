@@ -6,6 +6,7 @@
 //! returns the claims it extracted, typed inside the module and turned into
 //! JSON only here, at the policy edge.
 
+pub mod eventlog;
 pub mod sample;
 pub mod snp;
 pub mod tpm;
