@@ -118,3 +118,47 @@ explain contains "executables: no PCR reference values are registered (names tpm
 	input.tpm
 	count(tpm_pcr_checks) == 0
 }
+
+# ---- snp -----------------------------------------------------------------
+# Reference values: "snp_launch_measurement" (hex launch digests), and
+# optional minimum TCB levels "snp_min_tcb_bootloader", "snp_min_tcb_tee",
+# "snp_min_tcb_snp", "snp_min_tcb_microcode" (one number each).
+
+executables := 3 if {
+	input.snp.measurement in query_reference_value("snp_launch_measurement")
+}
+
+hardware := 2 if {
+	input.snp
+	count(snp_tcb_below_minimum) == 0
+}
+
+configuration := 2 if {
+	input.snp
+	input.snp.policy_debug_allowed == false
+}
+
+snp_tcb_parts := ["bootloader", "tee", "snp", "microcode"]
+
+snp_tcb_below_minimum contains part if {
+	input.snp
+	some part in snp_tcb_parts
+	refs := query_reference_value(sprintf("snp_min_tcb_%s", [part]))
+	refs != null
+	to_number(input.snp[sprintf("reported_tcb_%s", [part])]) < to_number(refs[0])
+}
+
+explain contains msg if {
+	input.snp
+	not input.snp.measurement in query_reference_value("snp_launch_measurement")
+	msg := sprintf("executables: claim snp.measurement=%v is not in reference value 'snp_launch_measurement'=%v", [input.snp.measurement, query_reference_value("snp_launch_measurement")])
+}
+
+explain contains msg if {
+	some part in snp_tcb_below_minimum
+	msg := sprintf("hardware: claim snp.reported_tcb_%s=%v is below reference value 'snp_min_tcb_%s'=%v", [part, input.snp[sprintf("reported_tcb_%s", [part])], part, query_reference_value(sprintf("snp_min_tcb_%s", [part]))])
+}
+
+explain contains "configuration: claim snp.policy_debug_allowed is true (the guest policy lets the host debug it)" if {
+	input.snp.policy_debug_allowed == true
+}

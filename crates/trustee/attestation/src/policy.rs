@@ -252,3 +252,63 @@ impl PolicyStore {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod snp_policy_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rvps(dir: &std::path::Path) -> Rvps {
+        let store = cocoon_store::SqliteStore::open(&dir.join("db.sqlite")).unwrap();
+        Rvps::new(Arc::new(store))
+    }
+
+    /// The default policy's SNP section: measurement, TCB minimums and the
+    /// debug bit, each with an explanation when it fails.
+    #[test]
+    fn default_policy_judges_snp_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let rv = rvps(dir.path());
+        let p =
+            RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rv)).unwrap();
+        let claims = |measurement: &str, snp_tcb: &str, debug: bool| {
+            json!({"snp": {"measurement": measurement, "reported_tcb_bootloader": "3", "reported_tcb_tee": "0",
+                           "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug}})
+        };
+        let good = claims("aa", "20", false);
+        let t = p.eval("trust_claims", &good, None).unwrap().unwrap();
+        assert_eq!(t["executables"], 33, "no reference measurement yet");
+        rv.add("snp_launch_measurement", json!(["aa"]), None)
+            .unwrap();
+        rv.add("snp_min_tcb_snp", json!([8]), None).unwrap();
+        let p =
+            RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rv)).unwrap();
+        let t = p.eval("trust_claims", &good, None).unwrap().unwrap();
+        assert_eq!(
+            (
+                t["executables"].clone(),
+                t["hardware"].clone(),
+                t["configuration"].clone()
+            ),
+            (json!(3), json!(2), json!(2))
+        );
+        let bad = claims("bb", "7", true);
+        let t = p.eval("trust_claims", &bad, None).unwrap().unwrap();
+        assert_eq!(
+            (
+                t["executables"].clone(),
+                t["hardware"].clone(),
+                t["configuration"].clone()
+            ),
+            (json!(33), json!(97), json!(36))
+        );
+        let explain = p.eval("explain", &bad, None).unwrap().unwrap().to_string();
+        for needle in [
+            "snp.measurement=bb",
+            "snp.reported_tcb_snp=7",
+            "policy_debug_allowed is true",
+        ] {
+            assert!(explain.contains(needle), "{needle} in {explain}");
+        }
+    }
+}
