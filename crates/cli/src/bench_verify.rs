@@ -94,6 +94,6 @@ pub fn run(a: VerifyBenchArgs) -> Result<()> {
 
 /// The EC point of a VCEK (its SubjectPublicKeyInfo's key bits).
 fn x509_point(der: &[u8]) -> Result<Vec<u8>> {
-    let c = cocoon_verifier::snp::cert::AmdCert::from_der(der).map_err(anyhow::Error::msg)?;
+    let c = cocoon_verifier::snp::cert::X509Cert::from_der(der).map_err(anyhow::Error::msg)?;
     Ok(c.ec_point().to_vec())
 }

@@ -9,6 +9,7 @@
 pub mod eventlog;
 pub mod sample;
 pub mod snp;
+pub mod tdx;
 pub mod tpm;
 
 use cocoon_types::Tee;

@@ -17,7 +17,7 @@ const EXT_FMC: &str = "1.3.6.1.4.1.3704.1.3.9";
 const EXT_HWID: &str = "1.3.6.1.4.1.3704.1.4";
 
 /// A parsed certificate with the raw bytes its signature covers.
-pub struct AmdCert {
+pub struct X509Cert {
     /// The parsed certificate.
     pub cert: Certificate,
     tbs: Vec<u8>,
@@ -25,9 +25,9 @@ pub struct AmdCert {
     pub cn: String,
 }
 
-impl std::fmt::Debug for AmdCert {
+impl std::fmt::Debug for X509Cert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AmdCert({})", self.cn)
+        write!(f, "X509Cert({})", self.cn)
     }
 }
 
@@ -75,7 +75,7 @@ fn common_name(name: &x509_cert::name::Name) -> String {
     String::new()
 }
 
-impl AmdCert {
+impl X509Cert {
     /// Parses DER.
     pub fn from_der(der_bytes: &[u8]) -> Result<Self, String> {
         let cert = Certificate::from_der(der_bytes)
@@ -121,7 +121,7 @@ impl AmdCert {
 
     /// Checks that `issuer` signed this certificate (RSA-PSS SHA-384) and
     /// that the names chain.
-    pub fn verify_signed_by(&self, issuer: &AmdCert) -> Result<(), String> {
+    pub fn verify_signed_by(&self, issuer: &X509Cert) -> Result<(), String> {
         if self.cert.signature_algorithm.oid.to_string() != RSASSA_PSS {
             return Err(format!("{} is not signed with RSA-PSS", self.cn));
         }

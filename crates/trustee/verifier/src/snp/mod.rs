@@ -12,7 +12,7 @@ pub mod cert;
 pub mod report;
 
 use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
-use cert::{AmdCert, Spl};
+use cert::{Spl, X509Cert};
 use cocoon_types::Tee;
 use report::{SnpReport, TcbParts};
 use serde_json::{Value, json};
@@ -23,9 +23,9 @@ const TEE: &str = "snp";
 /// One product line's AMD chain.
 struct ProductChain {
     product: &'static str,
-    ark: AmdCert,
-    ask: AmdCert,
-    asvk: AmdCert,
+    ark: X509Cert,
+    ask: X509Cert,
+    asvk: X509Cert,
 }
 
 /// AMD's public ARK/ASK/ASVK chains (from AMD KDS), per product line.
@@ -45,7 +45,7 @@ pub struct SnpVerifier {
 }
 
 /// A signing key whose chain verified, and the index of its AMD chain.
-type VerifiedKey = (Arc<AmdCert>, usize);
+type VerifiedKey = (Arc<X509Cert>, usize);
 
 /// Verified keys kept at most.
 const VERIFIED_CACHE: usize = 4096;
@@ -76,7 +76,7 @@ impl SnpVerifier {
     pub fn new() -> Result<Self, String> {
         let mut chains = Vec::new();
         for (product, pem) in AMD_CHAINS {
-            let mut certs = AmdCert::from_pem_bundle(pem)?.into_iter();
+            let mut certs = X509Cert::from_pem_bundle(pem)?.into_iter();
             let (Some(ask), Some(ark), Some(asvk)) = (certs.next(), certs.next(), certs.next())
             else {
                 return Err(format!("the embedded {product} chain is incomplete"));
@@ -106,7 +106,7 @@ impl SnpVerifier {
             return Ok(hit);
         }
         let signing_key = if vlek { "VLEK" } else { "VCEK" };
-        let cert = AmdCert::from_der(der).map_err(|e| VerifyError::Malformed {
+        let cert = X509Cert::from_der(der).map_err(|e| VerifyError::Malformed {
             tee: TEE,
             detail: format!("{signing_key}: {e}"),
         })?;

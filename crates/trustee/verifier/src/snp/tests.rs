@@ -96,7 +96,7 @@ fn invalid_vceks_time_and_lengths_are_refused() {
         Err(VerifyError::Malformed { .. })
     ));
     // A certificate from another chain: the Genoa ASK in place of the VCEK.
-    let genoa = AmdCert::from_pem_bundle(include_str!("amd/genoa.pem")).unwrap();
+    let genoa = X509Cert::from_pem_bundle(include_str!("amd/genoa.pem")).unwrap();
     let der = x509_cert::der::Encode::to_der(&genoa[0].cert).unwrap();
     assert!(matches!(
         v.verify_report(&report, &der, NOW),

@@ -1,0 +1,142 @@
+//! Intel TDX: DCAP quotes. This part checks what the quote itself proves:
+//! the attestation key's signature over header and body, the QE report's
+//! binding of that key (SHA-256 of key and QE auth data), the QE report's
+//! signature by the PCK certificate, and replays the CC event log (CCEL)
+//! against the RTMRs. The PCK chain to Intel's root, CRLs, TCB info and QE
+//! identity (the collateral) come next; until then the verifier is not
+//! registered with the trustee.
+
+pub mod quote;
+
+use crate::VerifyError;
+use crate::eventlog::{AlgId, TcgEventLog};
+use quote::TdxQuote;
+use serde_json::{Value, json};
+
+const TEE: &str = "tdx";
+
+fn invalid(reason: impl Into<String>) -> VerifyError {
+    VerifyError::Invalid {
+        tee: TEE,
+        reason: reason.into(),
+    }
+}
+
+/// The first certificate of a PEM chain (the PCK leaf), DER.
+fn first_pem_cert(pem: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(pem).ok()?;
+    let start = text.find("-----BEGIN CERTIFICATE-----")? + 27;
+    let end = start + text[start..].find("-----END CERTIFICATE-----")?;
+    let b64: String = text[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()
+}
+
+/// Checks the signatures inside a quote: attestation key over header and
+/// body, QE report binding of the attestation key, PCK over the QE report.
+pub fn verify_quote_signatures(q: &TdxQuote) -> Result<(), VerifyError> {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
+    let mut ak = Vec::with_capacity(65);
+    ak.push(4);
+    ak.extend_from_slice(&q.attestation_key);
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &ak)
+        .verify(&q.signed, &q.signature)
+        .map_err(|_| invalid("the quote signature does not verify with its attestation key"))?;
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    h.update(&q.attestation_key);
+    h.update(&q.qe.qe_auth_data);
+    let binding = h.finish();
+    let rd = q.qe_report_data();
+    if rd[..32] != *binding.as_ref() || rd[32..].iter().any(|b| *b != 0) {
+        return Err(invalid(
+            "the QE report does not bind the attestation key (SHA-256 of key and QE auth data)",
+        ));
+    }
+    let leaf = first_pem_cert(&q.qe.pck_chain_pem)
+        .ok_or_else(|| invalid("the quote carries no PCK certificate"))?;
+    let leaf = crate::snp::cert::X509Cert::from_der(&leaf)
+        .map_err(|e| invalid(format!("PCK certificate: {e}")))?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, leaf.ec_point())
+        .verify(&q.qe.qe_report, &q.qe.qe_report_signature)
+        .map_err(|_| invalid("the QE report signature does not verify with the PCK certificate"))?;
+    Ok(())
+}
+
+/// Replays a CCEL against the RTMRs (CCEL index 1..4 = RTMR0..3).
+pub fn check_ccel(log: &TcgEventLog, q: &TdxQuote) -> Result<(), VerifyError> {
+    let regs = log.replay(AlgId::SHA384);
+    for (index, value) in &regs {
+        let Some(rtmr) = index
+            .checked_sub(1)
+            .and_then(|i| q.body.rtmr.get(i as usize))
+        else {
+            continue; // index 0 is MRTD, measured by the TDX module
+        };
+        if value.as_slice() != rtmr.as_slice() {
+            return Err(invalid(format!(
+                "the CC event log does not replay to RTMR{}: events were added, removed or changed",
+                index - 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Claims in CoCo's TDX shape (`quote.header`, `quote.body`, `td_attributes`, …).
+pub fn claims(q: &TdxQuote, ccel: Option<&TcgEventLog>) -> Value {
+    let h = &q.header;
+    let b = &q.body;
+    let attrs = u64::from_le_bytes(b.td_attributes);
+    let mut body = json!({
+        "tcb_svn": hex::encode(b.tcb_svn),
+        "mr_seam": hex::encode(b.mr_seam),
+        "mrsigner_seam": hex::encode(b.mrsigner_seam),
+        "seam_attributes": hex::encode(b.seam_attributes),
+        "td_attributes": hex::encode(b.td_attributes),
+        "xfam": hex::encode(b.xfam),
+        "mr_td": hex::encode(b.mr_td),
+        "mr_config_id": hex::encode(b.mr_config_id),
+        "mr_owner": hex::encode(b.mr_owner),
+        "mr_owner_config": hex::encode(b.mr_owner_config),
+        "rtmr_0": hex::encode(b.rtmr[0]),
+        "rtmr_1": hex::encode(b.rtmr[1]),
+        "rtmr_2": hex::encode(b.rtmr[2]),
+        "rtmr_3": hex::encode(b.rtmr[3]),
+        "report_data": hex::encode(b.report_data),
+    });
+    if let Some((svn2, servicetd)) = &b.td15 {
+        body["tee_tcb_svn2"] = json!(hex::encode(svn2));
+        body["mr_servicetd"] = json!(hex::encode(servicetd));
+    }
+    let mut c = json!({
+        "quote": {
+            "header": {
+                "version": hex::encode(h.version.to_le_bytes()),
+                "att_key_type": hex::encode(h.att_key_type.to_le_bytes()),
+                "tee_type": hex::encode(h.tee_type.to_le_bytes()),
+                "reserved": hex::encode(h.reserved),
+                "vendor_id": hex::encode(h.vendor_id),
+                "user_data": hex::encode(h.user_data),
+            },
+            "body": body,
+        },
+        "report_data": hex::encode(b.report_data),
+        "init_data": hex::encode(b.mr_config_id),
+        "td_attributes": {
+            "debug": attrs & 1 == 1,
+            "septve_disable": (attrs >> 28) & 1 == 1,
+            "protection_keys": (attrs >> 30) & 1 == 1,
+            "key_locker": (attrs >> 31) & 1 == 1,
+            "perfmon": (attrs >> 63) & 1 == 1,
+        },
+    });
+    if let Some(log) = ccel {
+        c["uefi_event_logs"] = log.to_json()["uefi_event_logs"].clone();
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests;
