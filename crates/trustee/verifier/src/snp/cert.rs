@@ -8,6 +8,8 @@ use x509_cert::der;
 
 /// `id-RSASSA-PSS`.
 const RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
+/// `ecdsa-with-SHA256`.
+const ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
 /// AMD's VCEK extensions (`1.3.6.1.4.1.3704.1.…`).
 const EXT_BL: &str = "1.3.6.1.4.1.3704.1.3.1";
 const EXT_TEE: &str = "1.3.6.1.4.1.3704.1.3.2";
@@ -119,12 +121,21 @@ impl X509Cert {
         self.spki()
     }
 
-    /// Checks that `issuer` signed this certificate (RSA-PSS SHA-384) and
-    /// that the names chain.
+    /// Checks that `issuer` signed this certificate (RSA-PSS SHA-384 as
+    /// AMD signs, or ECDSA P-256 SHA-256 as Intel signs) and that the
+    /// names chain.
     pub fn verify_signed_by(&self, issuer: &X509Cert) -> Result<(), String> {
-        if self.cert.signature_algorithm.oid.to_string() != RSASSA_PSS {
-            return Err(format!("{} is not signed with RSA-PSS", self.cn));
-        }
+        let alg: &'static dyn ring::signature::VerificationAlgorithm =
+            match self.cert.signature_algorithm.oid.to_string().as_str() {
+                RSASSA_PSS => &ring::signature::RSA_PSS_2048_8192_SHA384,
+                ECDSA_SHA256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+                other => {
+                    return Err(format!(
+                        "{} is signed with {other}, not RSA-PSS or ECDSA-SHA256",
+                        self.cn
+                    ));
+                }
+            };
         if self.cert.tbs_certificate.issuer != issuer.cert.tbs_certificate.subject {
             return Err(format!("{} was not issued by {}", self.cn, issuer.cn));
         }
@@ -133,17 +144,14 @@ impl X509Cert {
             .signature
             .as_bytes()
             .ok_or_else(|| format!("{}: signature has unused bits", self.cn))?;
-        ring::signature::UnparsedPublicKey::new(
-            &ring::signature::RSA_PSS_2048_8192_SHA384,
-            issuer.spki(),
-        )
-        .verify(&self.tbs, sig)
-        .map_err(|_| {
-            format!(
-                "the signature on {} by {} does not verify",
-                self.cn, issuer.cn
-            )
-        })
+        ring::signature::UnparsedPublicKey::new(alg, issuer.spki())
+            .verify(&self.tbs, sig)
+            .map_err(|_| {
+                format!(
+                    "the signature on {} by {} does not verify",
+                    self.cn, issuer.cn
+                )
+            })
     }
 
     /// Checks the validity window at `now` (Unix seconds).

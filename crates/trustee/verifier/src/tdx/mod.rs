@@ -2,9 +2,10 @@
 //! the attestation key's signature over header and body, the QE report's
 //! binding of that key (SHA-256 of key and QE auth data), the QE report's
 //! signature by the PCK certificate, and replays the CC event log (CCEL)
-//! against the RTMRs. The PCK chain to Intel's root, CRLs, TCB info and QE
-//! identity (the collateral) come next; until then the verifier is not
-//! registered with the trustee.
+//! against the RTMRs, and the PCK chain to Intel's SGX Root CA (embedded).
+//! CRLs, TCB info and QE identity (the collateral) come next; until then
+//! the verifier is not registered with the trustee and the TCB status is
+//! unknown.
 
 pub mod quote;
 
@@ -61,6 +62,50 @@ pub fn verify_quote_signatures(q: &TdxQuote) -> Result<(), VerifyError> {
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, leaf.ec_point())
         .verify(&q.qe.qe_report, &q.qe.qe_report_signature)
         .map_err(|_| invalid("the QE report signature does not verify with the PCK certificate"))?;
+    Ok(())
+}
+
+/// Intel's SGX Root CA, the anchor of every PCK chain (valid 2018-05-21 to
+/// 2049-12-31, SHA-256 fingerprint 44a0196b…fab674d3).
+const INTEL_SGX_ROOT_CA: &str = include_str!("intel/sgx_root_ca.pem");
+
+/// The PCK chain in the quote (PCK → Platform/Processor CA → root) checked
+/// against the embedded Intel root at `now`: every signature, validity
+/// window and CA constraint. The chain's own root must be Intel's.
+pub fn verify_pck_chain(q: &TdxQuote, now: u64) -> Result<(), VerifyError> {
+    use crate::snp::cert::X509Cert;
+    let pem = std::str::from_utf8(&q.qe.pck_chain_pem)
+        .map_err(|_| invalid("the PCK chain is not PEM"))?;
+    let chain = X509Cert::from_pem_bundle(pem.trim_end_matches('\0'))
+        .map_err(|e| invalid(format!("PCK chain: {e}")))?;
+    let root = X509Cert::from_pem_bundle(INTEL_SGX_ROOT_CA)
+        .ok()
+        .and_then(|mut v| v.pop())
+        .ok_or_else(|| invalid("the embedded Intel root does not parse"))?;
+    let [pck, ca, chain_root] = <[X509Cert; 3]>::try_from(chain).map_err(|c| {
+        invalid(format!(
+            "the PCK chain has {} certificates, expected 3",
+            c.len()
+        ))
+    })?;
+    let untrusted = |detail: String| VerifyError::UntrustedKey { tee: TEE, detail };
+    if x509_cert::der::Encode::to_der(&chain_root.cert).ok()
+        != x509_cert::der::Encode::to_der(&root.cert).ok()
+    {
+        return Err(untrusted(format!(
+            "the PCK chain ends in {}, not Intel's SGX Root CA",
+            chain_root.cn
+        )));
+    }
+    root.verify_signed_by(&root).map_err(untrusted)?;
+    ca.verify_signed_by(&root).map_err(untrusted)?;
+    pck.verify_signed_by(&ca).map_err(untrusted)?;
+    for c in [&root, &ca, &pck] {
+        c.check_validity(now).map_err(invalid)?;
+    }
+    for c in [&root, &ca] {
+        c.check_ca().map_err(invalid)?;
+    }
     Ok(())
 }
 

@@ -159,3 +159,43 @@ fn malformed_quotes_are_errors_not_panics() {
         }
     }
 }
+
+/// Both captured quotes chain to the embedded Intel root; a chain that
+/// does not end in Intel's root, and a time outside the PCK's validity, are refused.
+#[test]
+fn pck_chains_to_the_intel_root() {
+    let now = 1_750_000_000; // 2025-06
+    for name in ["trustee_tdx_quote_v4.dat", "dcapqvl_tdx_quote.bin"] {
+        let q = TdxQuote::parse(&fixture(name)).unwrap();
+        verify_pck_chain(&q, now).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let q = TdxQuote::parse(&fixture("trustee_tdx_quote_v4.dat")).unwrap();
+    assert!(
+        verify_pck_chain(&q, 4_000_000_000)
+            .unwrap_err()
+            .to_string()
+            .contains("expired")
+    );
+    // Replace the chain's root with the AMD Milan ARK: not Intel's.
+    let pem = String::from_utf8(q.qe.pck_chain_pem.clone()).unwrap();
+    let cut = pem.rfind("-----BEGIN CERTIFICATE-----").unwrap();
+    let amd = include_str!("../snp/amd/milan.pem");
+    let mut other = q.clone();
+    other.qe.pck_chain_pem = format!(
+        "{}{}",
+        &pem[..cut],
+        &amd[..amd.find("-----END CERTIFICATE-----").unwrap() + 25]
+    )
+    .into_bytes();
+    let e = verify_pck_chain(&other, now).unwrap_err();
+    assert!(matches!(e, VerifyError::UntrustedKey { .. }), "{e}");
+    // A chain of two certificates is refused.
+    let mut short = q.clone();
+    short.qe.pck_chain_pem = pem[..cut].as_bytes().to_vec();
+    assert!(
+        verify_pck_chain(&short, now)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 3")
+    );
+}
