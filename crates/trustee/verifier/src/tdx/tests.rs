@@ -191,7 +191,7 @@ fn pck_chains_to_the_intel_root() {
     assert!(matches!(e, VerifyError::UntrustedKey { .. }), "{e}");
     // A chain of two certificates is refused.
     let mut short = q.clone();
-    short.qe.pck_chain_pem = pem[..cut].as_bytes().to_vec();
+    short.qe.pck_chain_pem = pem.as_bytes()[..cut].to_vec();
     assert!(
         verify_pck_chain(&short, now)
             .unwrap_err()
