@@ -87,8 +87,106 @@ fn snp_report_offline() {
     let err = fails(&verify(&["--evidence", &report]));
     assert!(err.contains("--collateral"), "{err}");
     let err = fails(&cocoon(
-        &["verify", "--tee", "tdx", "--evidence", &report],
+        &["verify", "--tee", "sgx", "--evidence", &report],
         &[],
     ));
     assert!(err.contains("not supported yet"), "{err}");
+    // An SNP report is not a TDX quote.
+    let err = fails(&cocoon(
+        &["verify", "--tee", "tdx", "--evidence", &report],
+        &[],
+    ));
+    assert!(err.contains("not TDX"), "{err}");
+}
+
+const TDX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tdx");
+
+#[test]
+fn tdx_quote_offline() {
+    let quote = format!("{TDX}/trustee_tdx_quote_v4.dat");
+    let at = ["--at", "2025-06-01T00:00:00Z"];
+    let tdx = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &quote,
+            "--at",
+            "2025-06-01T00:00:00Z",
+        ];
+        args.extend_from_slice(extra);
+        cocoon(&args, &[])
+    };
+    let o = tdx(&[]);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let want: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{TDX}/trustee_tdx_quote_v4.claims.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["quote"]["body"]["mr_td"],
+        want["quote"]["body"]["mr_td"]
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("TCB status unknown") && stderr.contains("NOT checked"),
+        "{stderr}"
+    );
+    let rd = claims["report_data"].as_str().unwrap().to_string();
+    ok(&tdx(&["--report-data", &rd]));
+    assert!(fails(&tdx(&["--report-data", "00"])).contains("report data does not match"));
+    ok(&tdx(&["--init-data-digest", &"00".repeat(32)]));
+    assert!(fails(&tdx(&["--init-data-digest", &"11".repeat(32)])).contains("MRCONFIGID"));
+    // The JSON form, with a CCEL from another boot: refused by the replay.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = tempfile::tempdir().unwrap();
+    let ev = serde_json::json!({
+        "quote": b64.encode(std::fs::read(&quote).unwrap()),
+        "cc_eventlog": b64.encode(std::fs::read(format!("{TDX}/trustee_ccel_data.bin")).unwrap()),
+    });
+    let evf = write(dir.path(), "ev.json", ev.to_string().as_bytes());
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            evf.to_str().unwrap(),
+            at[0],
+            at[1],
+        ],
+        &[],
+    ));
+    assert!(err.contains("does not replay to RTMR0"), "{err}");
+    // A flipped body bit; the other captured quote verifies too.
+    let mut m = std::fs::read(&quote).unwrap();
+    m[200] ^= 1;
+    let mf = write(dir.path(), "m.dat", &m);
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            mf.to_str().unwrap(),
+            at[0],
+            at[1],
+        ],
+        &[],
+    ));
+    assert!(err.contains("quote signature does not verify"), "{err}");
+    ok(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &format!("{TDX}/dcapqvl_tdx_quote.bin"),
+            at[0],
+            at[1],
+        ],
+        &[],
+    ));
 }
