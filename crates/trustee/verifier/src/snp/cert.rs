@@ -51,7 +51,7 @@ fn tlv(b: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// The raw `tbsCertificate` inside a certificate's outer SEQUENCE.
-fn tbs_slice(cert: &[u8]) -> Option<&[u8]> {
+pub(crate) fn tbs_slice(cert: &[u8]) -> Option<&[u8]> {
     let (outer_hdr, _) = tlv(cert)?;
     let inner = cert.get(outer_hdr..)?;
     let (hdr, len) = tlv(inner)?;
@@ -108,7 +108,7 @@ impl X509Cert {
         Ok(out)
     }
 
-    fn spki(&self) -> &[u8] {
+    pub(crate) fn spki(&self) -> &[u8] {
         self.cert
             .tbs_certificate
             .subject_public_key_info

@@ -7,6 +7,7 @@
 //! the verifier is not registered with the trustee and the TCB status is
 //! unknown.
 
+pub mod collateral;
 pub mod quote;
 
 use crate::VerifyError;
@@ -73,21 +74,8 @@ const INTEL_SGX_ROOT_CA: &str = include_str!("intel/sgx_root_ca.pem");
 /// against the embedded Intel root at `now`: every signature, validity
 /// window and CA constraint. The chain's own root must be Intel's.
 pub fn verify_pck_chain(q: &TdxQuote, now: u64) -> Result<(), VerifyError> {
-    use crate::snp::cert::X509Cert;
-    let pem = std::str::from_utf8(&q.qe.pck_chain_pem)
-        .map_err(|_| invalid("the PCK chain is not PEM"))?;
-    let chain = X509Cert::from_pem_bundle(pem.trim_end_matches('\0'))
-        .map_err(|e| invalid(format!("PCK chain: {e}")))?;
-    let root = X509Cert::from_pem_bundle(INTEL_SGX_ROOT_CA)
-        .ok()
-        .and_then(|mut v| v.pop())
-        .ok_or_else(|| invalid("the embedded Intel root does not parse"))?;
-    let [pck, ca, chain_root] = <[X509Cert; 3]>::try_from(chain).map_err(|c| {
-        invalid(format!(
-            "the PCK chain has {} certificates, expected 3",
-            c.len()
-        ))
-    })?;
+    let root = intel_root()?;
+    let [pck, ca, chain_root] = pck_chain(q)?;
     let untrusted = |detail: String| VerifyError::UntrustedKey { tee: TEE, detail };
     if x509_cert::der::Encode::to_der(&chain_root.cert).ok()
         != x509_cert::der::Encode::to_der(&root.cert).ok()
@@ -107,6 +95,28 @@ pub fn verify_pck_chain(q: &TdxQuote, now: u64) -> Result<(), VerifyError> {
         c.check_ca().map_err(invalid)?;
     }
     Ok(())
+}
+
+/// The embedded Intel SGX Root CA.
+pub(crate) fn intel_root() -> Result<crate::snp::cert::X509Cert, VerifyError> {
+    crate::snp::cert::X509Cert::from_pem_bundle(INTEL_SGX_ROOT_CA)
+        .ok()
+        .and_then(|mut v| v.pop())
+        .ok_or_else(|| invalid("the embedded Intel root does not parse"))
+}
+
+/// The quote's PCK chain: PCK, its CA, the chain's root (not yet trusted).
+pub(crate) fn pck_chain(q: &TdxQuote) -> Result<[crate::snp::cert::X509Cert; 3], VerifyError> {
+    let pem = std::str::from_utf8(&q.qe.pck_chain_pem)
+        .map_err(|_| invalid("the PCK chain is not PEM"))?;
+    let chain = crate::snp::cert::X509Cert::from_pem_bundle(pem.trim_end_matches('\0'))
+        .map_err(|e| invalid(format!("PCK chain: {e}")))?;
+    <[crate::snp::cert::X509Cert; 3]>::try_from(chain).map_err(|c| {
+        invalid(format!(
+            "the PCK chain has {} certificates, expected 3",
+            c.len()
+        ))
+    })
 }
 
 /// Replays a CCEL against the RTMRs (CCEL index 1..4 = RTMR0..3).

@@ -199,3 +199,66 @@ fn pck_chains_to_the_intel_root() {
             .contains("expected 3")
     );
 }
+
+fn collateral() -> collateral::Collateral {
+    serde_json::from_slice(&fixture("dcapqvl_tdx_quote_collateral.json")).unwrap()
+}
+
+/// 2025-06-25: inside the captured collateral's window (06-19 .. 07-19).
+const IN_WINDOW: u64 = 1_750_809_600;
+
+#[test]
+fn collateral_verifies_for_its_quote() {
+    let q = TdxQuote::parse(&fixture("dcapqvl_tdx_quote.bin")).unwrap();
+    let r = collateral::verify(&q, &collateral(), IN_WINDOW).unwrap();
+    assert_eq!(r.fmspc, "B0C06F000000");
+    assert_eq!(r.qe_tcb_status, "UpToDate");
+}
+
+#[test]
+fn tampered_expired_and_foreign_collateral_is_refused() {
+    let q = TdxQuote::parse(&fixture("dcapqvl_tdx_quote.bin")).unwrap();
+    // Expired: past nextUpdate.
+    let e = collateral::verify(&q, &collateral(), IN_WINDOW + 40 * 86_400)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expired"), "{e}");
+    // A changed TCB info or QE identity fails its signature.
+    let mut c = collateral();
+    c.tcb_info = c.tcb_info.replacen("UpToDate", "UpToDatE", 1);
+    assert!(
+        collateral::verify(&q, &c, IN_WINDOW)
+            .unwrap_err()
+            .to_string()
+            .contains("TCB info signature")
+    );
+    let mut c = collateral();
+    c.qe_identity = c
+        .qe_identity
+        .replacen("\"isvprodid\":2", "\"isvprodid\":3", 1);
+    assert!(
+        collateral::verify(&q, &c, IN_WINDOW)
+            .unwrap_err()
+            .to_string()
+            .contains("QE identity signature")
+    );
+    // A CRL changed by one bit fails its signature.
+    let mut c = collateral();
+    let crl = hex::decode(&c.pck_crl).unwrap();
+    for at in [40, crl.len() - 80] {
+        let mut m = crl.clone();
+        m[at] ^= 1;
+        c.pck_crl = hex::encode(m);
+        let e = collateral::verify(&q, &c, IN_WINDOW)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CRL"), "byte {at}: {e}");
+    }
+    // Signed by another Intel certificate than the TCB signer: refused.
+    let mut c = collateral();
+    c.tcb_info_issuer_chain = c.pck_crl_issuer_chain.clone();
+    let e = collateral::verify(&q, &c, IN_WINDOW)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TCB info signature"), "{e}");
+}

@@ -1,0 +1,300 @@
+//! DCAP collateral (as Intel PCS/PCCS serve it, in dcap-qvl's JSON
+//! layout): TCB info and QE identity with their signatures and issuer
+//! chain, and the root CA and PCK CRLs. Checked here: every signature to
+//! the embedded Intel root, the validity windows (`issueDate` ..
+//! `nextUpdate`, CRL `nextUpdate`), revocation of the PCK and its CA, and
+//! the QE report against the QE identity. TCB level matching (PCK SGX
+//! extensions against `tcbLevels`) is not done yet.
+
+use super::quote::TdxQuote;
+use crate::VerifyError;
+use crate::snp::cert::{X509Cert, tbs_slice};
+use serde::Deserialize;
+use x509_cert::der::Decode;
+
+const TEE: &str = "tdx";
+
+fn invalid(reason: impl Into<String>) -> VerifyError {
+    VerifyError::Invalid {
+        tee: TEE,
+        reason: reason.into(),
+    }
+}
+
+/// The collateral document.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Collateral {
+    /// PEM chain that issued the PCK CRL.
+    pub pck_crl_issuer_chain: String,
+    /// Root CA CRL, hex DER.
+    pub root_ca_crl: String,
+    /// PCK CRL, hex DER.
+    pub pck_crl: String,
+    /// PEM chain of the TCB signing certificate.
+    pub tcb_info_issuer_chain: String,
+    /// The TCB info JSON, exactly as signed.
+    pub tcb_info: String,
+    /// ECDSA P-256 signature (r‖s, hex) over `tcb_info`.
+    pub tcb_info_signature: String,
+    /// PEM chain of the QE identity signer.
+    pub qe_identity_issuer_chain: String,
+    /// The QE identity JSON, exactly as signed.
+    pub qe_identity: String,
+    /// ECDSA P-256 signature (r‖s, hex) over `qe_identity`.
+    pub qe_identity_signature: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Window {
+    issue_date: String,
+    next_update: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QeIdentity {
+    miscselect: String,
+    miscselect_mask: String,
+    attributes: String,
+    attributes_mask: String,
+    mrsigner: String,
+    isvprodid: u16,
+    tcb_levels: Vec<QeTcbLevel>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QeTcbLevel {
+    tcb: QeTcb,
+    tcb_status: String,
+}
+
+#[derive(Deserialize)]
+struct QeTcb {
+    isvsvn: u16,
+}
+
+/// What the collateral established.
+#[derive(Debug, Clone)]
+pub struct CollateralResult {
+    /// FMSPC the TCB info is for.
+    pub fmspc: String,
+    /// The QE's TCB status from the QE identity (`UpToDate`, …).
+    pub qe_tcb_status: String,
+}
+
+fn rfc3339(s: &str) -> Result<u64, VerifyError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp().max(0) as u64)
+        .map_err(|_| invalid(format!("collateral time {s:?} is not RFC 3339")))
+}
+
+/// Verifies a signing chain `[signer, root]` against the embedded root.
+fn signer(chain_pem: &str, root: &X509Cert, now: u64, what: &str) -> Result<X509Cert, VerifyError> {
+    let untrusted = |detail: String| VerifyError::UntrustedKey { tee: TEE, detail };
+    let mut certs = X509Cert::from_pem_bundle(chain_pem)
+        .map_err(|e| invalid(format!("{what} issuer chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(format!("{what} issuer chain is empty")));
+    }
+    let signer = certs.remove(0);
+    signer.verify_signed_by(root).map_err(untrusted)?;
+    signer.check_validity(now).map_err(invalid)?;
+    Ok(signer)
+}
+
+fn check_signed_json(
+    json: &str,
+    sig_hex: &str,
+    signer: &X509Cert,
+    what: &str,
+) -> Result<(), VerifyError> {
+    let sig = hex::decode(sig_hex).map_err(|_| invalid(format!("{what} signature is not hex")))?;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        signer.ec_point(),
+    )
+    .verify(json.as_bytes(), &sig)
+    .map_err(|_| {
+        invalid(format!(
+            "the {what} signature does not verify (tampered collateral)"
+        ))
+    })
+}
+
+fn check_window(json: &str, now: u64, what: &str) -> Result<(), VerifyError> {
+    let w: Window = serde_json::from_str(json).map_err(|e| invalid(format!("{what}: {e}")))?;
+    let (issued, next) = (rfc3339(&w.issue_date)?, rfc3339(&w.next_update)?);
+    if now < issued {
+        return Err(invalid(format!(
+            "{what} is not valid yet (issued {})",
+            w.issue_date
+        )));
+    }
+    if now > next {
+        return Err(invalid(format!(
+            "{what} expired: its nextUpdate was {}; fetch fresh collateral",
+            w.next_update
+        )));
+    }
+    Ok(())
+}
+
+/// A parsed, signature-checked CRL.
+struct Crl {
+    revoked: Vec<Vec<u8>>,
+}
+
+fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, VerifyError> {
+    let der = hex::decode(hex_der).map_err(|_| invalid(format!("{what} is not hex")))?;
+    let list = x509_cert::crl::CertificateList::from_der(&der)
+        .map_err(|e| invalid(format!("{what}: {e}")))?;
+    if list.signature_algorithm.oid.to_string() != "1.2.840.10045.4.3.2"
+        || list.signature_algorithm != list.tbs_cert_list.signature
+    {
+        return Err(invalid(format!("{what} is not signed with ECDSA-SHA256")));
+    }
+    if list.tbs_cert_list.issuer != issuer.cert.tbs_certificate.subject {
+        return Err(invalid(format!("{what} is not issued by {}", issuer.cn)));
+    }
+    let tbs = tbs_slice(&der).ok_or_else(|| invalid(format!("{what} is not DER")))?;
+    let sig = list
+        .signature
+        .as_bytes()
+        .ok_or_else(|| invalid(format!("{what} signature")))?;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        issuer.spki(),
+    )
+    .verify(tbs, sig)
+    .map_err(|_| invalid(format!("the {what} signature does not verify")))?;
+    if let Some(next) = &list.tbs_cert_list.next_update
+        && now > next.to_unix_duration().as_secs()
+    {
+        return Err(invalid(format!("{what} expired (nextUpdate {next})")));
+    }
+    let revoked = list
+        .tbs_cert_list
+        .revoked_certificates
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.serial_number.as_bytes().to_vec())
+        .collect();
+    Ok(Crl { revoked })
+}
+
+impl Crl {
+    fn revokes(&self, cert: &X509Cert) -> bool {
+        self.revokes_serial(cert.cert.tbs_certificate.serial_number.as_bytes())
+    }
+
+    fn revokes_serial(&self, serial: &[u8]) -> bool {
+        self.revoked.iter().any(|s| s.as_slice() == serial)
+    }
+}
+
+/// Checks `collateral` for quote `q` at `now`.
+pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult, VerifyError> {
+    let root = super::intel_root()?;
+    let tcb_signer = signer(&c.tcb_info_issuer_chain, &root, now, "TCB info")?;
+    check_signed_json(&c.tcb_info, &c.tcb_info_signature, &tcb_signer, "TCB info")?;
+    check_window(&c.tcb_info, now, "TCB info")?;
+    let qe_signer = signer(&c.qe_identity_issuer_chain, &root, now, "QE identity")?;
+    check_signed_json(
+        &c.qe_identity,
+        &c.qe_identity_signature,
+        &qe_signer,
+        "QE identity",
+    )?;
+    check_window(&c.qe_identity, now, "QE identity")?;
+
+    // Revocation: the quote's PCK CA by the root CRL, the PCK by the PCK CRL.
+    let chain = super::pck_chain(q)?;
+    let (pck, pck_ca) = (&chain[0], &chain[1]);
+    let root_crl = crl(&c.root_ca_crl, &root, now, "root CA CRL")?;
+    if root_crl.revokes(pck_ca) {
+        return Err(invalid(format!("{} is revoked (root CA CRL)", pck_ca.cn)));
+    }
+    let pck_crl = crl(&c.pck_crl, pck_ca, now, "PCK CRL")?;
+    if pck_crl.revokes(pck) {
+        return Err(invalid("the PCK certificate is revoked (PCK CRL)"));
+    }
+
+    // The QE that certified the attestation key is Intel's TD QE.
+    let id: QeIdentity =
+        serde_json::from_str(&c.qe_identity).map_err(|e| invalid(format!("QE identity: {e}")))?;
+    let r = &q.qe.qe_report;
+    let masked = |value: &[u8], want: &str, mask: &str| -> Result<bool, VerifyError> {
+        let (w, m) = (
+            hex::decode(want).map_err(|_| invalid("QE identity hex"))?,
+            hex::decode(mask).map_err(|_| invalid("QE identity hex"))?,
+        );
+        Ok(w.len() == value.len()
+            && m.len() == value.len()
+            && value.iter().zip(&m).zip(&w).all(|((v, m), w)| v & m == *w))
+    };
+    if !masked(&r[16..20], &id.miscselect, &id.miscselect_mask)?
+        || !masked(&r[48..64], &id.attributes, &id.attributes_mask)?
+    {
+        return Err(invalid(
+            "the QE report's MISCSELECT/ATTRIBUTES do not match the QE identity",
+        ));
+    }
+    if !hex::encode(&r[128..160]).eq_ignore_ascii_case(&id.mrsigner) {
+        return Err(invalid(
+            "the QE report's MRSIGNER is not the QE identity's (not Intel's QE)",
+        ));
+    }
+    let prodid = u16::from_le_bytes([r[256], r[257]]);
+    if prodid != id.isvprodid {
+        return Err(invalid(format!(
+            "QE ISVPRODID {prodid}, the QE identity says {}",
+            id.isvprodid
+        )));
+    }
+    let isvsvn = u16::from_le_bytes([r[258], r[259]]);
+    let qe_tcb_status = id
+        .tcb_levels
+        .iter()
+        .find(|l| isvsvn >= l.tcb.isvsvn)
+        .map(|l| l.tcb_status.clone())
+        .unwrap_or_else(|| "Revoked".into());
+    let fmspc = serde_json::from_str::<serde_json::Value>(&c.tcb_info)
+        .ok()
+        .and_then(|v| v["fmspc"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    Ok(CollateralResult {
+        fmspc,
+        qe_tcb_status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The captured PCK CRL (signed by the quote's PCK CA) lists revoked
+    /// serials; a PCK with one of them is revoked, the quote's own is not.
+    #[test]
+    fn pck_crl_revocation_lookup() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../../shared/fixtures/tdx"
+        );
+        let q = TdxQuote::parse(&std::fs::read(format!("{dir}/dcapqvl_tdx_quote.bin")).unwrap())
+            .unwrap();
+        let c: Collateral = serde_json::from_slice(
+            &std::fs::read(format!("{dir}/dcapqvl_tdx_quote_collateral.json")).unwrap(),
+        )
+        .unwrap();
+        let chain = super::super::pck_chain(&q).unwrap();
+        let list = crl(&c.pck_crl, &chain[1], 1_750_809_600, "PCK CRL").unwrap();
+        assert!(
+            !list.revoked.is_empty(),
+            "the captured CRL revokes certificates"
+        );
+        assert!(list.revokes_serial(&list.revoked[0].clone()));
+        assert!(!list.revokes(&chain[0]), "the quote's PCK is not revoked");
+    }
+}
