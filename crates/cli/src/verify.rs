@@ -16,7 +16,7 @@ pub struct VerifyArgs {
     /// Evidence: the raw report/quote bytes, or the JSON evidence document a guest sends.
     #[arg(long)]
     evidence: PathBuf,
-    /// Collateral: the VCEK/VLEK (DER or PEM) for snp. (TDX collateral is not read yet.)
+    /// Collateral: the VCEK/VLEK (DER or PEM) for snp; the DCAP collateral JSON for tdx.
     #[arg(long)]
     collateral: Option<PathBuf>,
     /// Expected report data (hex); without it the session binding is not checked.
@@ -112,11 +112,6 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
     use base64::Engine;
     use cocoon_verifier::eventlog::TcgEventLog;
     use cocoon_verifier::tdx::{self, quote::TdxQuote};
-    if a.collateral.is_some() {
-        bail!(
-            "TDX collateral (TCB info, QE identity, CRLs) is not read yet; verify without --collateral (TCB status unknown)"
-        );
-    }
     let b64 = base64::engine::general_purpose::STANDARD;
     let (raw, ccel) = match serde_json::from_slice::<serde_json::Value>(&bytes) {
         Ok(json) => {
@@ -134,6 +129,16 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
     let q = TdxQuote::parse(&raw)?;
     tdx::verify_quote_signatures(&q)?;
     tdx::verify_pck_chain(&q, now)?;
+    let checked = match &a.collateral {
+        Some(p) => {
+            let c: tdx::collateral::Collateral = serde_json::from_slice(
+                &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .context("collateral is not the DCAP collateral JSON (tcb_info, qe_identity, CRLs and issuer chains)")?;
+            Some(tdx::collateral::verify(&q, &c, now)?)
+        }
+        None => None,
+    };
     let log = match &ccel {
         Some(c) => {
             let log = TcgEventLog::parse(c)?;
@@ -163,14 +168,23 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
             );
         }
     }
-    eprintln!(
-        "verified: TDX quote v{} signed by its attestation key, certified by the QE, PCK chain to Intel's SGX Root CA{}; TCB status unknown (no collateral: CRLs, TCB info and QE identity not checked)",
-        q.header.version,
-        if log.is_some() {
-            ", CC event log replays to the RTMRs"
-        } else {
-            ""
+    let tcb = match &checked {
+        Some(r) => format!(
+            "collateral verified (TCB info for FMSPC {}, QE identity, CRLs: not revoked); QE TCB status {}; platform TCB level not evaluated yet",
+            r.fmspc, r.qe_tcb_status
+        ),
+        None => {
+            "TCB status unknown (no collateral: CRLs, TCB info and QE identity not checked)".into()
         }
+    };
+    let ccel_note = if log.is_some() {
+        ", CC event log replays to the RTMRs"
+    } else {
+        ""
+    };
+    eprintln!(
+        "verified: TDX quote v{} signed by its attestation key, certified by the QE, PCK chain to Intel's SGX Root CA{ccel_note}; {tcb}",
+        q.header.version
     );
     println!(
         "{}",

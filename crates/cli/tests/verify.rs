@@ -189,4 +189,38 @@ fn tdx_quote_offline() {
         ],
         &[],
     ));
+    // With its collateral, inside and outside the collateral's window.
+    let dq = format!("{TDX}/dcapqvl_tdx_quote.bin");
+    let col = format!("{TDX}/dcapqvl_tdx_quote_collateral.json");
+    let o = cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &dq,
+            "--collateral",
+            &col,
+            "--at",
+            "2025-06-25T00:00:00Z",
+        ],
+        &[],
+    );
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("QE TCB status UpToDate"));
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &dq,
+            "--collateral",
+            &col,
+            "--at",
+            "2025-09-01T00:00:00Z",
+        ],
+        &[],
+    ));
+    assert!(err.contains("expired"), "{err}");
 }
