@@ -170,8 +170,12 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
     }
     let tcb = match &checked {
         Some(r) => format!(
-            "collateral verified (TCB info for FMSPC {}, QE identity, CRLs: not revoked); QE TCB status {}; platform TCB level not evaluated yet",
-            r.fmspc, r.qe_tcb_status
+            "collateral verified (TCB info for FMSPC {}, QE identity, CRLs: not revoked); TCB status {} (platform {}, TDX module {}, QE {})",
+            r.fmspc,
+            r.tcb_status(),
+            r.platform_tcb_status,
+            r.module_tcb_status.as_deref().unwrap_or("-"),
+            r.qe_tcb_status
         ),
         None => {
             "TCB status unknown (no collateral: CRLs, TCB info and QE identity not checked)".into()

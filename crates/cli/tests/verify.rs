@@ -207,7 +207,12 @@ fn tdx_quote_offline() {
         &[],
     );
     ok(&o);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("QE TCB status UpToDate"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr
+            .contains("TCB status UpToDate (platform UpToDate, TDX module UpToDate, QE UpToDate)"),
+        "{stderr}"
+    );
     let err = fails(&cocoon(
         &[
             "verify",

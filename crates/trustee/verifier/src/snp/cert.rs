@@ -34,7 +34,7 @@ impl std::fmt::Debug for X509Cert {
 }
 
 /// One DER TLV at the start of `b`: (header length, content length).
-fn tlv(b: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn tlv(b: &[u8]) -> Option<(usize, usize)> {
     let first = *b.get(1)?;
     if first < 0x80 {
         return Some((2, first as usize));

@@ -3,8 +3,9 @@
 //! chain, and the root CA and PCK CRLs. Checked here: every signature to
 //! the embedded Intel root, the validity windows (`issueDate` ..
 //! `nextUpdate`, CRL `nextUpdate`), revocation of the PCK and its CA, and
-//! the QE report against the QE identity. TCB level matching (PCK SGX
-//! extensions against `tcbLevels`) is not done yet.
+//! the QE report against the QE identity, and the TCB level: the PCK's SGX
+//! extension (component SVNs, PCE SVN, FMSPC) and the TD's TEE_TCB_SVN
+//! against `tcbLevels`, the TDX module against its identity.
 
 use super::quote::TdxQuote;
 use crate::VerifyError;
@@ -82,6 +83,26 @@ pub struct CollateralResult {
     pub fmspc: String,
     /// The QE's TCB status from the QE identity (`UpToDate`, …).
     pub qe_tcb_status: String,
+    /// The platform's TCB status from the TCB info levels.
+    pub platform_tcb_status: String,
+    /// The TDX module's status from its identity, when it reports a version.
+    pub module_tcb_status: Option<String>,
+}
+
+impl CollateralResult {
+    /// The overall status: the platform's, unless the QE or the TDX module
+    /// is worse than up to date.
+    pub fn tcb_status(&self) -> &str {
+        [
+            Some(&self.platform_tcb_status),
+            Some(&self.qe_tcb_status),
+            self.module_tcb_status.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|s| s.as_str() != "UpToDate")
+        .map_or("UpToDate", |s| s.as_str())
+    }
 }
 
 fn rfc3339(s: &str) -> Result<u64, VerifyError> {
@@ -264,9 +285,12 @@ pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult
         .ok()
         .and_then(|v| v["fmspc"].as_str().map(str::to_string))
         .unwrap_or_default();
+    let (platform_tcb_status, module_tcb_status) = platform_tcb_status(q, c)?;
     Ok(CollateralResult {
         fmspc,
         qe_tcb_status,
+        platform_tcb_status,
+        module_tcb_status,
     })
 }
 
@@ -297,4 +321,180 @@ mod tests {
         assert!(list.revokes_serial(&list.revoked[0].clone()));
         assert!(!list.revokes(&chain[0]), "the quote's PCK is not revoked");
     }
+}
+
+/// The Intel SGX extension of a PCK certificate: the platform's TCB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PckTcb {
+    /// SGX TCB component SVNs 1..16.
+    pub sgx_components: [u8; 16],
+    /// PCE SVN.
+    pub pcesvn: u16,
+    /// FMSPC (hex, uppercase as in TCB info).
+    pub fmspc: String,
+}
+
+/// DER-encoded OID arcs of `1.2.840.113741.1.13.1`.
+const SGX_EXT: [u8; 9] = [0x2a, 0x86, 0x48, 0x86, 0xf8, 0x4d, 0x01, 0x0d, 0x01];
+
+/// The children (header + content slices) of a DER SEQUENCE's content.
+fn children(mut content: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut out = Vec::new();
+    while !content.is_empty() {
+        let tag = content[0];
+        let (hdr, len) = crate::snp::cert::tlv(content)?;
+        let end = hdr.checked_add(len)?;
+        out.push((tag, content.get(hdr..end)?));
+        content = content.get(end..)?;
+    }
+    Some(out)
+}
+
+fn der_uint(b: &[u8]) -> Option<u16> {
+    if b.is_empty() || b.len() > 3 || (b.len() == 3 && b[0] != 0) {
+        return None;
+    }
+    Some(b.iter().fold(0u16, |acc, x| (acc << 8) | u16::from(*x)))
+}
+
+impl PckTcb {
+    /// Reads the SGX extension of the PCK certificate.
+    pub fn from_pck(pck: &X509Cert) -> Result<Self, VerifyError> {
+        let bad = || invalid("the PCK certificate's SGX extension is malformed");
+        let ext = pck
+            .cert
+            .tbs_certificate
+            .extensions
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e.extn_id.as_bytes() == SGX_EXT)
+            .ok_or_else(|| invalid("the PCK certificate has no SGX extension"))?;
+        let v = ext.extn_value.as_bytes();
+        let (hdr, len) = crate::snp::cert::tlv(v).ok_or_else(bad)?;
+        let items = children(v.get(hdr..hdr + len).ok_or_else(bad)?).ok_or_else(bad)?;
+        let mut tcb = None;
+        let mut fmspc = None;
+        for (_, item) in items {
+            let kv = children(item).ok_or_else(bad)?;
+            let [(0x06, oid), (_, value)] = kv.as_slice() else {
+                return Err(bad());
+            };
+            match oid.strip_prefix(&SGX_EXT[..]) {
+                Some([0x02]) => tcb = Some(children(value).ok_or_else(bad)?),
+                Some([0x04]) => fmspc = Some(hex::encode_upper(value)),
+                _ => {}
+            }
+        }
+        let mut sgx_components = [0u8; 16];
+        let mut pcesvn = None;
+        for (_, comp) in tcb.ok_or_else(bad)? {
+            let kv = children(comp).ok_or_else(bad)?;
+            let [(0x06, oid), (tag, value)] = kv.as_slice() else {
+                return Err(bad());
+            };
+            match oid.strip_prefix(&SGX_EXT[..]) {
+                Some([0x02, n @ 1..=16]) if *tag == 0x02 => {
+                    sgx_components[*n as usize - 1] =
+                        u8::try_from(der_uint(value).ok_or_else(bad)?).map_err(|_| bad())?
+                }
+                Some([0x02, 17]) if *tag == 0x02 => pcesvn = der_uint(value),
+                _ => {}
+            }
+        }
+        Ok(Self {
+            sgx_components,
+            pcesvn: pcesvn.ok_or_else(bad)?,
+            fmspc: fmspc.ok_or_else(bad)?,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TcbInfo {
+    fmspc: String,
+    #[serde(default)]
+    tdx_module_identities: Vec<ModuleIdentity>,
+    tcb_levels: Vec<TcbLevel>,
+}
+
+#[derive(Deserialize)]
+struct ModuleIdentity {
+    id: String,
+    #[serde(rename = "tcbLevels")]
+    tcb_levels: Vec<QeTcbLevel>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TcbLevel {
+    tcb: LevelTcb,
+    tcb_status: String,
+}
+
+#[derive(Deserialize)]
+struct LevelTcb {
+    sgxtcbcomponents: Vec<Svn>,
+    pcesvn: u16,
+    #[serde(default)]
+    tdxtcbcomponents: Vec<Svn>,
+}
+
+#[derive(Deserialize)]
+struct Svn {
+    svn: u8,
+}
+
+/// The platform's TCB status: the first TCB info level (Intel lists them
+/// newest first) that the PCK's SGX components and PCE SVN and the TD's
+/// TEE_TCB_SVN all meet; plus the TDX module's status from its identity.
+pub fn platform_tcb_status(
+    q: &TdxQuote,
+    c: &Collateral,
+) -> Result<(String, Option<String>), VerifyError> {
+    let chain = super::pck_chain(q)?;
+    let pck = PckTcb::from_pck(&chain[0])?;
+    let info: TcbInfo =
+        serde_json::from_str(&c.tcb_info).map_err(|e| invalid(format!("TCB info: {e}")))?;
+    if !info.fmspc.eq_ignore_ascii_case(&pck.fmspc) {
+        return Err(invalid(format!(
+            "the TCB info is for FMSPC {}, the PCK for {}",
+            info.fmspc, pck.fmspc
+        )));
+    }
+    let tee = q.body.tcb_svn;
+    // With a TDX module version (TEE_TCB_SVN[1] > 0) the first two bytes
+    // are the module's SVN and version, judged by the module identity.
+    let from = if tee[1] > 0 { 2 } else { 0 };
+    let level = info.tcb_levels.iter().find(|l| {
+        l.tcb.sgxtcbcomponents.len() == 16
+            && l.tcb
+                .sgxtcbcomponents
+                .iter()
+                .zip(pck.sgx_components)
+                .all(|(want, have)| have >= want.svn)
+            && pck.pcesvn >= l.tcb.pcesvn
+            && l.tcb.tdxtcbcomponents.len() == 16
+            && l.tcb
+                .tdxtcbcomponents
+                .iter()
+                .zip(tee)
+                .skip(from)
+                .all(|(want, have)| have >= want.svn)
+    });
+    let status = level.map_or_else(|| "OutOfDate".to_string(), |l| l.tcb_status.clone());
+    let module = (tee[1] > 0).then(|| {
+        let id = format!("TDX_{:02X}", tee[1]);
+        info.tdx_module_identities
+            .iter()
+            .find(|m| m.id == id)
+            .and_then(|m| {
+                m.tcb_levels
+                    .iter()
+                    .find(|l| u16::from(tee[0]) >= l.tcb.isvsvn)
+            })
+            .map_or_else(|| "OutOfDate".to_string(), |l| l.tcb_status.clone())
+    });
+    Ok((status, module))
 }

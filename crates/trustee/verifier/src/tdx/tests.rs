@@ -262,3 +262,34 @@ fn tampered_expired_and_foreign_collateral_is_refused() {
         .to_string();
     assert!(e.contains("TCB info signature"), "{e}");
 }
+
+/// The PCK's SGX extension and the TCB levels: the captured quote's
+/// platform meets the newest level, and its TDX module (TDX_01, SVN 6)
+/// meets the newest module level.
+#[test]
+fn platform_tcb_level_from_pck_and_tcb_info() {
+    let q = TdxQuote::parse(&fixture("dcapqvl_tdx_quote.bin")).unwrap();
+    let pck = collateral::PckTcb::from_pck(&pck_chain(&q).unwrap()[0]).unwrap();
+    assert_eq!(pck.fmspc, "B0C06F000000");
+    let (platform, module) = collateral::platform_tcb_status(&q, &collateral()).unwrap();
+    assert_eq!(platform, "UpToDate");
+    assert_eq!(module.as_deref(), Some("UpToDate"));
+    // A TD whose TEE_TCB_SVN is below every level is out of date.
+    let mut old = q.clone();
+    old.body.tcb_svn[2] = 0;
+    assert_eq!(
+        collateral::platform_tcb_status(&old, &collateral())
+            .unwrap()
+            .0,
+        "OutOfDate"
+    );
+    // TCB info for another FMSPC does not apply.
+    let mut c = collateral();
+    c.tcb_info = c.tcb_info.replacen("B0C06F000000", "00906ED50000", 1);
+    assert!(
+        collateral::platform_tcb_status(&q, &c)
+            .unwrap_err()
+            .to_string()
+            .contains("FMSPC")
+    );
+}
