@@ -33,6 +33,10 @@ pub struct TrusteeArgs {
     /// Accept the development `sample` TEE (unsigned evidence; proves nothing).
     #[arg(long)]
     allow_dev_tee: bool,
+    /// DCAP collateral JSON (TCB info, QE identity, CRLs) for TDX evidence
+    /// that carries none; without it the `tcb_status` claim is `unknown`.
+    #[arg(long)]
+    tdx_collateral: Option<PathBuf>,
     /// Accept admin requests without authentication (development only).
     #[arg(long)]
     insecure_admin: bool,
@@ -71,6 +75,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         insecure_admin: a.insecure_admin,
         admin_public_keys: a.admin_public_keys.clone(),
         kek_file: a.kek_file.clone(),
+        tdx_collateral: a.tdx_collateral.clone(),
         session_timeout_secs: a.session_timeout,
         token_lifetime_secs: a.token_lifetime,
     };

@@ -305,7 +305,7 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     let r = raw
         .post(
             "auth",
-            &json!({"version": "0.4.0", "tee": "tdx", "extra-params": ""}),
+            &json!({"version": "0.4.0", "tee": "sgx", "extra-params": ""}),
             None,
         )
         .await;
@@ -608,6 +608,47 @@ async fn snp_fixture_evidence_through_attest() {
             "init-data": null,
             "runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
             "tee-evidence": {"primary_evidence": ev, "additional_evidence": ""},
+        });
+        let r = raw.post("attest", &att, Some(&cookie)).await;
+        assert_ne!(r.status, 200, "{:?}", r.body);
+        let d = r.body["detail"].as_str().unwrap_or_default();
+        assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");
+    }
+}
+
+/// A real TDX quote through `/kbs/v0/attest`: signatures, QE binding and
+/// the PCK chain to Intel's root verify, then the binding is refused (the
+/// captured quote was not made for this session); a tampered quote is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn tdx_fixture_evidence_through_attest() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tdx");
+    let quote = std::fs::read(format!("{fixtures}/trustee_tdx_quote_v4.dat")).unwrap();
+    let mut tampered = quote.clone();
+    tampered[48 + 200] ^= 0x01; // one bit of the TD body
+    let key = TeeKeyPair::generate_ec();
+    for (q, expect) in [
+        (&quote, "report data does not match"),
+        (&tampered, "quote signature does not verify"),
+    ] {
+        let r = raw
+            .post(
+                "auth",
+                &json!({"version": "0.4.0", "tee": "tdx", "extra-params": ""}),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let (cookie, nonce) = (
+            r.cookie.unwrap(),
+            r.body["nonce"].as_str().unwrap().to_string(),
+        );
+        let att = json!({
+            "init-data": null,
+            "runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
+            "tee-evidence": {"primary_evidence": {"quote": B64.encode(q), "cc_eventlog": null}, "additional_evidence": ""},
         });
         let r = raw.post("attest", &att, Some(&cookie)).await;
         assert_ne!(r.status, 200, "{:?}", r.body);

@@ -162,3 +162,36 @@ explain contains msg if {
 explain contains "configuration: claim snp.policy_debug_allowed is true (the guest policy lets the host debug it)" if {
 	input.snp.policy_debug_allowed == true
 }
+
+# ---- tdx -----------------------------------------------------------------
+# Reference values: "tdx_mr_td" (hex MRTD list). Hardware is affirmed when
+# the collateral says the TCB is up to date (tcb_status "unknown" without it).
+
+executables := 3 if {
+	input.tdx.quote.body.mr_td in query_reference_value("tdx_mr_td")
+}
+
+hardware := 2 if {
+	input.tdx.tcb_status == "UpToDate"
+}
+
+configuration := 2 if {
+	input.tdx
+	input.tdx.td_attributes.debug == false
+}
+
+explain contains msg if {
+	input.tdx
+	not input.tdx.quote.body.mr_td in query_reference_value("tdx_mr_td")
+	msg := sprintf("executables: claim tdx.quote.body.mr_td=%v is not in reference value 'tdx_mr_td'=%v", [input.tdx.quote.body.mr_td, query_reference_value("tdx_mr_td")])
+}
+
+explain contains msg if {
+	input.tdx
+	input.tdx.tcb_status != "UpToDate"
+	msg := sprintf("hardware: claim tdx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --tdx-collateral, or update the platform)", [input.tdx.tcb_status])
+}
+
+explain contains "configuration: claim tdx.td_attributes.debug is true (a debug TD)" if {
+	input.tdx.td_attributes.debug == true
+}

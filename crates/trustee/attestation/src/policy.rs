@@ -312,3 +312,50 @@ mod snp_policy_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod tdx_policy_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn default_policy_judges_tdx_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = cocoon_store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let rv = Rvps::new(Arc::new(store));
+        rv.add("tdx_mr_td", json!(["aa"]), None).unwrap();
+        let p =
+            RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rv)).unwrap();
+        let claims = |mr_td: &str, tcb: &str, debug: bool| json!({"tdx": {"quote": {"body": {"mr_td": mr_td}}, "tcb_status": tcb, "td_attributes": {"debug": debug}}});
+        let t = p
+            .eval("trust_claims", &claims("aa", "UpToDate", false), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (
+                t["executables"].clone(),
+                t["hardware"].clone(),
+                t["configuration"].clone()
+            ),
+            (json!(3), json!(2), json!(2))
+        );
+        let bad = claims("bb", "unknown", true);
+        let t = p.eval("trust_claims", &bad, None).unwrap().unwrap();
+        assert_eq!(
+            (
+                t["executables"].clone(),
+                t["hardware"].clone(),
+                t["configuration"].clone()
+            ),
+            (json!(33), json!(97), json!(36))
+        );
+        let explain = p.eval("explain", &bad, None).unwrap().unwrap().to_string();
+        for needle in [
+            "tdx.quote.body.mr_td=bb",
+            "tdx.tcb_status=unknown",
+            "a debug TD",
+        ] {
+            assert!(explain.contains(needle), "{needle} in {explain}");
+        }
+    }
+}

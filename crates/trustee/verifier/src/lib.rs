@@ -133,6 +133,8 @@ pub struct VerifierOptions {
     /// TPM attestation keys the `tpm` verifier trusts; without it the `tpm`
     /// TEE is not registered.
     pub tpm_trusted_aks: Option<Arc<dyn TrustedKeys>>,
+    /// DCAP collateral the `tdx` verifier uses when evidence carries none.
+    pub tdx_collateral: Option<tdx::collateral::Collateral>,
 }
 
 impl std::fmt::Debug for VerifierOptions {
@@ -158,6 +160,9 @@ impl VerifierRegistry {
         if options.allow_dev_tee {
             all.push(Arc::new(sample::SampleVerifier));
         }
+        all.push(Arc::new(tdx::TdxVerifier {
+            collateral: options.tdx_collateral.clone(),
+        }));
         match snp::SnpVerifier::new() {
             Ok(v) => all.push(Arc::new(v)),
             Err(e) => {

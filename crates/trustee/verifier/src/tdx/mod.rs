@@ -3,15 +3,16 @@
 //! binding of that key (SHA-256 of key and QE auth data), the QE report's
 //! signature by the PCK certificate, and replays the CC event log (CCEL)
 //! against the RTMRs, and the PCK chain to Intel's SGX Root CA (embedded).
-//! CRLs, TCB info and QE identity (the collateral) come next; until then
-//! the verifier is not registered with the trustee and the TCB status is
-//! unknown.
+//! With collateral (sent with the evidence, or configured on the trustee)
+//! it also checks CRLs, TCB info, QE identity and the TCB level; without,
+//! the `tcb_status` claim is `unknown` and policies decide.
 
 pub mod collateral;
 pub mod quote;
 
-use crate::VerifyError;
 use crate::eventlog::{AlgId, TcgEventLog};
+use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
+use cocoon_types::Tee;
 use quote::TdxQuote;
 use serde_json::{Value, json};
 
@@ -195,3 +196,86 @@ pub fn claims(q: &TdxQuote, ccel: Option<&TcgEventLog>) -> Value {
 
 #[cfg(test)]
 mod tests;
+
+/// The TDX verifier the trustee registers.
+#[derive(Default)]
+pub struct TdxVerifier {
+    /// Collateral used when the evidence carries none.
+    pub collateral: Option<collateral::Collateral>,
+}
+
+fn padded_equal(field: &[u8], expected: &[u8]) -> bool {
+    expected.len() <= field.len()
+        && field[..expected.len()] == *expected
+        && field[expected.len()..].iter().all(|b| *b == 0)
+}
+
+impl crate::Verifier for TdxVerifier {
+    fn tee(&self) -> Tee {
+        Tee::Tdx
+    }
+
+    fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
+        let ev = input.evidence;
+        let raw = ev["quote"]
+            .as_str()
+            .and_then(|q| b64.decode(q).ok())
+            .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
+        let q = TdxQuote::parse(&raw).map_err(|e| malformed(e.to_string()))?;
+        verify_quote_signatures(&q)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        verify_pck_chain(&q, now)?;
+        let log = match ev
+            .get("cc_eventlog")
+            .and_then(|c| c.as_str())
+            .filter(|c| !c.is_empty())
+        {
+            Some(c) => {
+                let bytes = b64
+                    .decode(c)
+                    .map_err(|_| malformed("cc_eventlog is not base64".into()))?;
+                let log = TcgEventLog::parse(&bytes).map_err(|e| malformed(e.to_string()))?;
+                check_ccel(&log, &q)?;
+                Some(log)
+            }
+            None => None,
+        };
+        if !padded_equal(&q.body.report_data, input.expected_report_data) {
+            return Err(VerifyError::ReportDataMismatch {
+                expected: crate::hex_short(input.expected_report_data),
+                found: crate::hex_short(&q.body.report_data),
+            });
+        }
+        if let Some(d) = input.init_data_digest
+            && !padded_equal(&q.body.mr_config_id, d)
+        {
+            return Err(VerifyError::InitDataMismatch);
+        }
+        let sent: Option<collateral::Collateral> = match ev.get("collateral") {
+            Some(c) if !c.is_null() => Some(
+                serde_json::from_value(c.clone())
+                    .map_err(|e| malformed(format!("collateral: {e}")))?,
+            ),
+            _ => None,
+        };
+        let mut c = claims(&q, log.as_ref());
+        c["tcb_status"] = match sent.as_ref().or(self.collateral.as_ref()) {
+            Some(col) => json!(collateral::verify(&q, col, now)?.tcb_status()),
+            None => json!("unknown"),
+        };
+        Ok(TeeClaims {
+            class: TeeClass::Cpu,
+            claims: c,
+            report_data: hex::encode(q.body.report_data),
+            init_data: input
+                .init_data_digest
+                .map(|_| hex::encode(q.body.mr_config_id)),
+        })
+    }
+}
