@@ -96,6 +96,28 @@ impl Raw {
         })
     }
 
+    /// auth for `tee`, then attest with `evidence` as primary evidence.
+    async fn attest_evidence(&self, tee: &str, key: &TeeKeyPair, evidence: Value) -> Resp {
+        let r = self
+            .post(
+                "auth",
+                &json!({"version": "0.4.0", "tee": tee, "extra-params": ""}),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let (cookie, nonce) = (
+            r.cookie.unwrap(),
+            r.body["nonce"].as_str().unwrap().to_string(),
+        );
+        let att = json!({
+            "init-data": null,
+            "runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
+            "tee-evidence": {"primary_evidence": evidence, "additional_evidence": ""},
+        });
+        self.post("attest", &att, Some(&cookie)).await
+    }
+
     /// auth + attest; returns (cookie, token).
     async fn attest(&self, key: &TeeKeyPair) -> (String, String) {
         let (cookie, nonce) = self.auth().await;
@@ -592,24 +614,7 @@ async fn snp_fixture_evidence_through_attest() {
         ),
         (evidence(&bytes, false), "certificate table"),
     ] {
-        let r = raw
-            .post(
-                "auth",
-                &json!({"version": "0.4.0", "tee": "snp", "extra-params": ""}),
-                None,
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        let (cookie, nonce) = (
-            r.cookie.unwrap(),
-            r.body["nonce"].as_str().unwrap().to_string(),
-        );
-        let att = json!({
-            "init-data": null,
-            "runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
-            "tee-evidence": {"primary_evidence": ev, "additional_evidence": ""},
-        });
-        let r = raw.post("attest", &att, Some(&cookie)).await;
+        let r = raw.attest_evidence("snp", &key, ev).await;
         assert_ne!(r.status, 200, "{:?}", r.body);
         let d = r.body["detail"].as_str().unwrap_or_default();
         assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");
@@ -634,23 +639,12 @@ async fn tdx_fixture_evidence_through_attest() {
         (&tampered, "quote signature does not verify"),
     ] {
         let r = raw
-            .post(
-                "auth",
-                &json!({"version": "0.4.0", "tee": "tdx", "extra-params": ""}),
-                None,
+            .attest_evidence(
+                "tdx",
+                &key,
+                json!({"quote": B64.encode(q), "cc_eventlog": null}),
             )
             .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        let (cookie, nonce) = (
-            r.cookie.unwrap(),
-            r.body["nonce"].as_str().unwrap().to_string(),
-        );
-        let att = json!({
-            "init-data": null,
-            "runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
-            "tee-evidence": {"primary_evidence": {"quote": B64.encode(q), "cc_eventlog": null}, "additional_evidence": ""},
-        });
-        let r = raw.post("attest", &att, Some(&cookie)).await;
         assert_ne!(r.status, 200, "{:?}", r.body);
         let d = r.body["detail"].as_str().unwrap_or_default();
         assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");

@@ -254,108 +254,93 @@ impl PolicyStore {
 }
 
 #[cfg(test)]
-mod snp_policy_tests {
+mod default_policy_tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn rvps(dir: &std::path::Path) -> Rvps {
-        let store = cocoon_store::SqliteStore::open(&dir.join("db.sqlite")).unwrap();
-        Rvps::new(Arc::new(store))
-    }
-
-    /// The default policy's SNP section: measurement, TCB minimums and the
-    /// debug bit, each with an explanation when it fails.
-    #[test]
-    fn default_policy_judges_snp_claims() {
+    /// The default policy with these reference values.
+    fn policy(rvs: &[(&str, Value)]) -> (tempfile::TempDir, RegoPolicy) {
         let dir = tempfile::tempdir().unwrap();
-        let rv = rvps(dir.path());
+        let store = cocoon_store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        let rv = Rvps::new(Arc::new(store));
+        for (name, value) in rvs {
+            rv.add(name, value.clone(), None).unwrap();
+        }
         let p =
             RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rv)).unwrap();
+        (dir, p)
+    }
+
+    /// (executables, hardware, configuration).
+    fn trust(p: &RegoPolicy, input: &Value) -> (Value, Value, Value) {
+        let t = p.eval("trust_claims", input, None).unwrap().unwrap();
+        (
+            t["executables"].clone(),
+            t["hardware"].clone(),
+            t["configuration"].clone(),
+        )
+    }
+
+    fn explains(p: &RegoPolicy, input: &Value, needles: &[&str]) {
+        let explain = p.eval("explain", input, None).unwrap().unwrap().to_string();
+        for needle in needles {
+            assert!(explain.contains(needle), "{needle} in {explain}");
+        }
+    }
+
+    /// The SNP section: measurement, TCB minimums and the debug bit.
+    #[test]
+    fn snp_claims() {
         let claims = |measurement: &str, snp_tcb: &str, debug: bool| {
             json!({"snp": {"measurement": measurement, "reported_tcb_bootloader": "3", "reported_tcb_tee": "0",
                            "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug}})
         };
-        let good = claims("aa", "20", false);
-        let t = p.eval("trust_claims", &good, None).unwrap().unwrap();
-        assert_eq!(t["executables"], 33, "no reference measurement yet");
-        rv.add("snp_launch_measurement", json!(["aa"]), None)
-            .unwrap();
-        rv.add("snp_min_tcb_snp", json!([8]), None).unwrap();
-        let p =
-            RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rv)).unwrap();
-        let t = p.eval("trust_claims", &good, None).unwrap().unwrap();
+        let (_d, p) = policy(&[]);
         assert_eq!(
-            (
-                t["executables"].clone(),
-                t["hardware"].clone(),
-                t["configuration"].clone()
-            ),
+            trust(&p, &claims("aa", "20", false)).0,
+            33,
+            "no reference measurement yet"
+        );
+        let (_d, p) = policy(&[
+            ("snp_launch_measurement", json!(["aa"])),
+            ("snp_min_tcb_snp", json!([8])),
+        ]);
+        assert_eq!(
+            trust(&p, &claims("aa", "20", false)),
             (json!(3), json!(2), json!(2))
         );
         let bad = claims("bb", "7", true);
-        let t = p.eval("trust_claims", &bad, None).unwrap().unwrap();
-        assert_eq!(
-            (
-                t["executables"].clone(),
-                t["hardware"].clone(),
-                t["configuration"].clone()
-            ),
-            (json!(33), json!(97), json!(36))
+        assert_eq!(trust(&p, &bad), (json!(33), json!(97), json!(36)));
+        explains(
+            &p,
+            &bad,
+            &[
+                "snp.measurement=bb",
+                "snp.reported_tcb_snp=7",
+                "policy_debug_allowed is true",
+            ],
         );
-        let explain = p.eval("explain", &bad, None).unwrap().unwrap().to_string();
-        for needle in [
-            "snp.measurement=bb",
-            "snp.reported_tcb_snp=7",
-            "policy_debug_allowed is true",
-        ] {
-            assert!(explain.contains(needle), "{needle} in {explain}");
-        }
     }
-}
 
-#[cfg(test)]
-mod tdx_policy_tests {
-    use super::*;
-    use serde_json::json;
-
+    /// The TDX section: MRTD, TCB status and the debug attribute.
     #[test]
-    fn default_policy_judges_tdx_claims() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = cocoon_store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
-        let rv = Rvps::new(Arc::new(store));
-        rv.add("tdx_mr_td", json!(["aa"]), None).unwrap();
-        let p =
-            RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rv)).unwrap();
+    fn tdx_claims() {
+        let (_d, p) = policy(&[("tdx_mr_td", json!(["aa"]))]);
         let claims = |mr_td: &str, tcb: &str, debug: bool| json!({"tdx": {"quote": {"body": {"mr_td": mr_td}}, "tcb_status": tcb, "td_attributes": {"debug": debug}}});
-        let t = p
-            .eval("trust_claims", &claims("aa", "UpToDate", false), None)
-            .unwrap()
-            .unwrap();
         assert_eq!(
-            (
-                t["executables"].clone(),
-                t["hardware"].clone(),
-                t["configuration"].clone()
-            ),
+            trust(&p, &claims("aa", "UpToDate", false)),
             (json!(3), json!(2), json!(2))
         );
         let bad = claims("bb", "unknown", true);
-        let t = p.eval("trust_claims", &bad, None).unwrap().unwrap();
-        assert_eq!(
-            (
-                t["executables"].clone(),
-                t["hardware"].clone(),
-                t["configuration"].clone()
-            ),
-            (json!(33), json!(97), json!(36))
+        assert_eq!(trust(&p, &bad), (json!(33), json!(97), json!(36)));
+        explains(
+            &p,
+            &bad,
+            &[
+                "tdx.quote.body.mr_td=bb",
+                "tdx.tcb_status=unknown",
+                "a debug TD",
+            ],
         );
-        let explain = p.eval("explain", &bad, None).unwrap().unwrap().to_string();
-        for needle in [
-            "tdx.quote.body.mr_td=bb",
-            "tdx.tcb_status=unknown",
-            "a debug TD",
-        ] {
-            assert!(explain.contains(needle), "{needle} in {explain}");
-        }
     }
 }
