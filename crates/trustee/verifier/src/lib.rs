@@ -162,6 +162,7 @@ impl VerifierRegistry {
         }
         all.push(Arc::new(tdx::TdxVerifier {
             collateral: options.tdx_collateral.clone(),
+            ..Default::default()
         }));
         match snp::SnpVerifier::new() {
             Ok(v) => all.push(Arc::new(v)),

@@ -19,6 +19,7 @@ const EXT_FMC: &str = "1.3.6.1.4.1.3704.1.3.9";
 const EXT_HWID: &str = "1.3.6.1.4.1.3704.1.4";
 
 /// A parsed certificate with the raw bytes its signature covers.
+#[derive(Clone)]
 pub struct X509Cert {
     /// The parsed certificate.
     pub cert: Certificate,
@@ -152,6 +153,16 @@ impl X509Cert {
                     self.cn, issuer.cn
                 )
             })
+    }
+
+    /// End of the validity window (Unix seconds).
+    pub fn not_after(&self) -> u64 {
+        self.cert
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs()
     }
 
     /// Checks the validity window at `now` (Unix seconds).

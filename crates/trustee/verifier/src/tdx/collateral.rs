@@ -87,6 +87,9 @@ pub struct CollateralResult {
     pub platform_tcb_status: String,
     /// The TDX module's status from its identity, when it reports a version.
     pub module_tcb_status: Option<String>,
+    /// Until when this result holds: the earliest `nextUpdate` or
+    /// certificate expiry among the collateral and the PCK chain.
+    pub valid_until: u64,
 }
 
 impl CollateralResult {
@@ -144,7 +147,7 @@ fn check_signed_json(
     })
 }
 
-fn check_window(json: &str, now: u64, what: &str) -> Result<(), VerifyError> {
+fn check_window(json: &str, now: u64, what: &str) -> Result<u64, VerifyError> {
     let w: Window = serde_json::from_str(json).map_err(|e| invalid(format!("{what}: {e}")))?;
     let (issued, next) = (rfc3339(&w.issue_date)?, rfc3339(&w.next_update)?);
     if now < issued {
@@ -159,12 +162,13 @@ fn check_window(json: &str, now: u64, what: &str) -> Result<(), VerifyError> {
             w.next_update
         )));
     }
-    Ok(())
+    Ok(next)
 }
 
 /// A parsed, signature-checked CRL.
 struct Crl {
     revoked: Vec<Vec<u8>>,
+    next_update: u64,
 }
 
 fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, VerifyError> {
@@ -190,6 +194,10 @@ fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, Ve
     )
     .verify(tbs, sig)
     .map_err(|_| invalid(format!("the {what} signature does not verify")))?;
+    let next_update = list
+        .tbs_cert_list
+        .next_update
+        .map_or(u64::MAX, |t| t.to_unix_duration().as_secs());
     if let Some(next) = &list.tbs_cert_list.next_update
         && now > next.to_unix_duration().as_secs()
     {
@@ -202,7 +210,10 @@ fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, Ve
         .into_iter()
         .map(|r| r.serial_number.as_bytes().to_vec())
         .collect();
-    Ok(Crl { revoked })
+    Ok(Crl {
+        revoked,
+        next_update,
+    })
 }
 
 impl Crl {
@@ -220,15 +231,20 @@ pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult
     let root = super::intel_root()?;
     let tcb_signer = signer(&c.tcb_info_issuer_chain, &root, now, "TCB info")?;
     check_signed_json(&c.tcb_info, &c.tcb_info_signature, &tcb_signer, "TCB info")?;
-    check_window(&c.tcb_info, now, "TCB info")?;
-    let qe_signer = signer(&c.qe_identity_issuer_chain, &root, now, "QE identity")?;
+    let tcb_next = check_window(&c.tcb_info, now, "TCB info")?;
+    // Intel signs both documents with the same TCB signing certificate.
+    let qe_signer = if c.qe_identity_issuer_chain == c.tcb_info_issuer_chain {
+        tcb_signer.clone()
+    } else {
+        signer(&c.qe_identity_issuer_chain, &root, now, "QE identity")?
+    };
     check_signed_json(
         &c.qe_identity,
         &c.qe_identity_signature,
         &qe_signer,
         "QE identity",
     )?;
-    check_window(&c.qe_identity, now, "QE identity")?;
+    let qe_next = check_window(&c.qe_identity, now, "QE identity")?;
 
     // Revocation: the quote's PCK CA by the root CRL, the PCK by the PCK CRL.
     let chain = super::pck_chain(q)?;
@@ -286,11 +302,25 @@ pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult
         .and_then(|v| v["fmspc"].as_str().map(str::to_string))
         .unwrap_or_default();
     let (platform_tcb_status, module_tcb_status) = platform_tcb_status(q, c)?;
+    let valid_until = [
+        tcb_next,
+        qe_next,
+        root_crl.next_update,
+        pck_crl.next_update,
+        tcb_signer.not_after(),
+        qe_signer.not_after(),
+        pck.not_after(),
+        pck_ca.not_after(),
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(0);
     Ok(CollateralResult {
         fmspc,
         qe_tcb_status,
         platform_tcb_status,
         module_tcb_status,
+        valid_until,
     })
 }
 

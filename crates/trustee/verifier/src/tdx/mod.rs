@@ -40,6 +40,13 @@ fn first_pem_cert(pem: &[u8]) -> Option<Vec<u8>> {
 /// Checks the signatures inside a quote: attestation key over header and
 /// body, QE report binding of the attestation key, PCK over the QE report.
 pub fn verify_quote_signatures(q: &TdxQuote) -> Result<(), VerifyError> {
+    verify_attestation_key(q)?;
+    verify_qe_report(q)
+}
+
+/// The per-quote part: the attestation key's signature over header and
+/// body, and the QE report's binding of that key.
+fn verify_attestation_key(q: &TdxQuote) -> Result<(), VerifyError> {
     use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
     let mut ak = Vec::with_capacity(65);
     ak.push(4);
@@ -57,6 +64,12 @@ pub fn verify_quote_signatures(q: &TdxQuote) -> Result<(), VerifyError> {
             "the QE report does not bind the attestation key (SHA-256 of key and QE auth data)",
         ));
     }
+    Ok(())
+}
+
+/// The PCK certificate's signature over the QE report.
+fn verify_qe_report(q: &TdxQuote) -> Result<(), VerifyError> {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
     let leaf = first_pem_cert(&q.qe.pck_chain_pem)
         .ok_or_else(|| invalid("the quote carries no PCK certificate"))?;
     let leaf = crate::snp::cert::X509Cert::from_der(&leaf)
@@ -65,6 +78,85 @@ pub fn verify_quote_signatures(q: &TdxQuote) -> Result<(), VerifyError> {
         .verify(&q.qe.qe_report, &q.qe.qe_report_signature)
         .map_err(|_| invalid("the QE report signature does not verify with the PCK certificate"))?;
     Ok(())
+}
+
+/// Verified platform results, by the digest of everything they depend on
+/// (PCK chain, QE report and its signature, TEE_TCB_SVN, collateral),
+/// kept until the earliest `nextUpdate` or certificate expiry. A platform's
+/// quotes then cost one ECDSA verification and a hash each.
+#[derive(Default)]
+pub struct TdxCache(
+    std::sync::Mutex<
+        std::collections::HashMap<[u8; 32], (u64, Option<collateral::CollateralResult>)>,
+    >,
+);
+
+/// Entries kept at most.
+const CACHE_ENTRIES: usize = 4096;
+
+/// Verifies a quote (everything but the report-data and initdata binding),
+/// with `collateral` when given; results are cached in `cache`.
+pub fn verify_quote(
+    q: &TdxQuote,
+    collateral: Option<&collateral::Collateral>,
+    now: u64,
+    cache: &TdxCache,
+) -> Result<Option<collateral::CollateralResult>, VerifyError> {
+    verify_attestation_key(q)?;
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [
+        &q.qe.pck_chain_pem[..],
+        &q.qe.qe_report,
+        &q.qe.qe_report_signature,
+        &q.body.tcb_svn,
+    ] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    if let Some(c) = collateral {
+        for part in [
+            &c.pck_crl_issuer_chain,
+            &c.root_ca_crl,
+            &c.pck_crl,
+            &c.tcb_info_issuer_chain,
+            &c.tcb_info,
+            &c.tcb_info_signature,
+            &c.qe_identity_issuer_chain,
+            &c.qe_identity,
+            &c.qe_identity_signature,
+        ] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(h.finish().as_ref());
+    if let Some((until, result)) = cache.0.lock().ok().and_then(|c| c.get(&key).cloned())
+        && now <= until
+    {
+        return Ok(result);
+    }
+    verify_qe_report(q)?;
+    verify_pck_chain(q, now)?;
+    let result = match collateral {
+        Some(c) => Some(collateral::verify(q, c, now)?),
+        None => None,
+    };
+    let chain_until = pck_chain(q)?
+        .iter()
+        .map(|c| c.not_after())
+        .min()
+        .unwrap_or(0);
+    let until = result
+        .as_ref()
+        .map_or(chain_until, |r| r.valid_until.min(chain_until));
+    if let Ok(mut c) = cache.0.lock() {
+        if c.len() >= CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(key, (until, result.clone()));
+    }
+    Ok(result)
 }
 
 /// Intel's SGX Root CA, the anchor of every PCK chain (valid 2018-05-21 to
@@ -86,7 +178,7 @@ pub fn verify_pck_chain(q: &TdxQuote, now: u64) -> Result<(), VerifyError> {
             chain_root.cn
         )));
     }
-    root.verify_signed_by(&root).map_err(untrusted)?;
+    // The root is pinned byte for byte above; its self-signature adds nothing.
     ca.verify_signed_by(&root).map_err(untrusted)?;
     pck.verify_signed_by(&ca).map_err(untrusted)?;
     for c in [&root, &ca, &pck] {
@@ -202,6 +294,8 @@ mod tests;
 pub struct TdxVerifier {
     /// Collateral used when the evidence carries none.
     pub collateral: Option<collateral::Collateral>,
+    /// Verified platform results.
+    pub cache: TdxCache,
 }
 
 fn padded_equal(field: &[u8], expected: &[u8]) -> bool {
@@ -225,12 +319,23 @@ impl crate::Verifier for TdxVerifier {
             .and_then(|q| b64.decode(q).ok())
             .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
         let q = TdxQuote::parse(&raw).map_err(|e| malformed(e.to_string()))?;
-        verify_quote_signatures(&q)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        verify_pck_chain(&q, now)?;
+        let sent: Option<collateral::Collateral> = match ev.get("collateral") {
+            Some(c) if !c.is_null() => Some(
+                serde_json::from_value(c.clone())
+                    .map_err(|e| malformed(format!("collateral: {e}")))?,
+            ),
+            _ => None,
+        };
+        let checked = verify_quote(
+            &q,
+            sent.as_ref().or(self.collateral.as_ref()),
+            now,
+            &self.cache,
+        )?;
         let log = match ev
             .get("cc_eventlog")
             .and_then(|c| c.as_str())
@@ -257,18 +362,8 @@ impl crate::Verifier for TdxVerifier {
         {
             return Err(VerifyError::InitDataMismatch);
         }
-        let sent: Option<collateral::Collateral> = match ev.get("collateral") {
-            Some(c) if !c.is_null() => Some(
-                serde_json::from_value(c.clone())
-                    .map_err(|e| malformed(format!("collateral: {e}")))?,
-            ),
-            _ => None,
-        };
         let mut c = claims(&q, log.as_ref());
-        c["tcb_status"] = match sent.as_ref().or(self.collateral.as_ref()) {
-            Some(col) => json!(collateral::verify(&q, col, now)?.tcb_status()),
-            None => json!("unknown"),
-        };
+        c["tcb_status"] = json!(checked.as_ref().map_or("unknown", |r| r.tcb_status()));
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             claims: c,

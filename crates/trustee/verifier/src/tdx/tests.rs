@@ -293,3 +293,45 @@ fn platform_tcb_level_from_pck_and_tcb_info() {
             .contains("FMSPC")
     );
 }
+
+/// The cache: the same quote verifies from it, a changed quote signature
+/// is still caught (checked every time), changed collateral is a new entry,
+/// and an entry past its validity is checked again (and refused).
+#[test]
+fn verification_cache() {
+    let raw = fixture("dcapqvl_tdx_quote.bin");
+    let q = TdxQuote::parse(&raw).unwrap();
+    let c = collateral();
+    let cache = TdxCache::default();
+    let first = verify_quote(&q, Some(&c), IN_WINDOW, &cache)
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.tcb_status(), "UpToDate");
+    assert!(
+        first.valid_until > IN_WINDOW && first.valid_until <= 1_752_920_187,
+        "{}",
+        first.valid_until
+    );
+    let again = verify_quote(&q, Some(&c), IN_WINDOW + 1, &cache)
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.platform_tcb_status, first.platform_tcb_status);
+    let mut forged = q.clone();
+    forged.signature[5] ^= 1;
+    assert!(
+        verify_quote(&forged, Some(&c), IN_WINDOW, &cache)
+            .unwrap_err()
+            .to_string()
+            .contains("quote signature")
+    );
+    let mut other = collateral();
+    other.tcb_info = other.tcb_info.replacen("UpToDate", "UpToDatE", 1);
+    assert!(verify_quote(&q, Some(&other), IN_WINDOW, &cache).is_err());
+    assert!(
+        verify_quote(&q, Some(&c), first.valid_until + 1, &cache)
+            .unwrap_err()
+            .to_string()
+            .contains("expired")
+    );
+    assert!(verify_quote(&q, None, IN_WINDOW, &cache).unwrap().is_none());
+}
