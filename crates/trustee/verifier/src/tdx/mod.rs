@@ -85,11 +85,10 @@ fn verify_qe_report(q: &TdxQuote) -> Result<(), VerifyError> {
 /// kept until the earliest `nextUpdate` or certificate expiry. A platform's
 /// quotes then cost one ECDSA verification and a hash each.
 #[derive(Default)]
-pub struct TdxCache(
-    std::sync::Mutex<
-        std::collections::HashMap<[u8; 32], (u64, Option<collateral::CollateralResult>)>,
-    >,
-);
+pub struct TdxCache(std::sync::Mutex<std::collections::HashMap<[u8; 32], CachedResult>>);
+
+/// Valid until (Unix seconds), and the collateral result if any.
+type CachedResult = (u64, Option<collateral::CollateralResult>);
 
 /// Entries kept at most.
 const CACHE_ENTRIES: usize = 4096;
