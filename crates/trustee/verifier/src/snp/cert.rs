@@ -24,6 +24,8 @@ pub struct X509Cert {
     /// The parsed certificate.
     pub cert: Certificate,
     tbs: Vec<u8>,
+    /// The certificate as received.
+    pub der: Vec<u8>,
     /// The subject's common name.
     pub cn: String,
 }
@@ -88,7 +90,12 @@ impl X509Cert {
             .ok_or_else(|| "certificate body is not DER".to_string())?
             .to_vec();
         let cn = common_name(&cert.tbs_certificate.subject);
-        Ok(Self { cert, tbs, cn })
+        Ok(Self {
+            cert,
+            tbs,
+            der: der_bytes.to_vec(),
+            cn,
+        })
     }
 
     /// Parses every certificate of a PEM bundle.

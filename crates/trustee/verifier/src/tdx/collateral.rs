@@ -228,15 +228,25 @@ impl Crl {
 
 /// Checks `collateral` for quote `q` at `now`.
 pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult, VerifyError> {
+    verify_with_chain(q, &super::pck_chain(q)?, c, now)
+}
+
+/// [`verify`] with the quote's PCK chain already parsed.
+pub(crate) fn verify_with_chain(
+    q: &TdxQuote,
+    chain: &[X509Cert; 3],
+    c: &Collateral,
+    now: u64,
+) -> Result<CollateralResult, VerifyError> {
     let root = super::intel_root()?;
-    let tcb_signer = signer(&c.tcb_info_issuer_chain, &root, now, "TCB info")?;
+    let tcb_signer = signer(&c.tcb_info_issuer_chain, root, now, "TCB info")?;
     check_signed_json(&c.tcb_info, &c.tcb_info_signature, &tcb_signer, "TCB info")?;
     let tcb_next = check_window(&c.tcb_info, now, "TCB info")?;
     // Intel signs both documents with the same TCB signing certificate.
     let qe_signer = if c.qe_identity_issuer_chain == c.tcb_info_issuer_chain {
         tcb_signer.clone()
     } else {
-        signer(&c.qe_identity_issuer_chain, &root, now, "QE identity")?
+        signer(&c.qe_identity_issuer_chain, root, now, "QE identity")?
     };
     check_signed_json(
         &c.qe_identity,
@@ -247,9 +257,8 @@ pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult
     let qe_next = check_window(&c.qe_identity, now, "QE identity")?;
 
     // Revocation: the quote's PCK CA by the root CRL, the PCK by the PCK CRL.
-    let chain = super::pck_chain(q)?;
     let (pck, pck_ca) = (&chain[0], &chain[1]);
-    let root_crl = crl(&c.root_ca_crl, &root, now, "root CA CRL")?;
+    let root_crl = crl(&c.root_ca_crl, root, now, "root CA CRL")?;
     if root_crl.revokes(pck_ca) {
         return Err(invalid(format!("{} is revoked (root CA CRL)", pck_ca.cn)));
     }
@@ -301,7 +310,7 @@ pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult
         .ok()
         .and_then(|v| v["fmspc"].as_str().map(str::to_string))
         .unwrap_or_default();
-    let (platform_tcb_status, module_tcb_status) = platform_tcb_status(q, c)?;
+    let (platform_tcb_status, module_tcb_status) = platform_tcb_status_with_chain(q, chain, c)?;
     let valid_until = [
         tcb_next,
         qe_next,
@@ -483,7 +492,14 @@ pub fn platform_tcb_status(
     q: &TdxQuote,
     c: &Collateral,
 ) -> Result<(String, Option<String>), VerifyError> {
-    let chain = super::pck_chain(q)?;
+    platform_tcb_status_with_chain(q, &super::pck_chain(q)?, c)
+}
+
+fn platform_tcb_status_with_chain(
+    q: &TdxQuote,
+    chain: &[X509Cert; 3],
+    c: &Collateral,
+) -> Result<(String, Option<String>), VerifyError> {
     let pck = PckTcb::from_pck(&chain[0])?;
     let info: TcbInfo =
         serde_json::from_str(&c.tcb_info).map_err(|e| invalid(format!("TCB info: {e}")))?;

@@ -69,11 +69,18 @@ fn verify_attestation_key(q: &TdxQuote) -> Result<(), VerifyError> {
 
 /// The PCK certificate's signature over the QE report.
 fn verify_qe_report(q: &TdxQuote) -> Result<(), VerifyError> {
-    use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
     let leaf = first_pem_cert(&q.qe.pck_chain_pem)
         .ok_or_else(|| invalid("the quote carries no PCK certificate"))?;
     let leaf = crate::snp::cert::X509Cert::from_der(&leaf)
         .map_err(|e| invalid(format!("PCK certificate: {e}")))?;
+    verify_qe_report_with(q, &leaf)
+}
+
+fn verify_qe_report_with(
+    q: &TdxQuote,
+    leaf: &crate::snp::cert::X509Cert,
+) -> Result<(), VerifyError> {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, leaf.ec_point())
         .verify(&q.qe.qe_report, &q.qe.qe_report_signature)
         .map_err(|_| invalid("the QE report signature does not verify with the PCK certificate"))?;
@@ -135,17 +142,15 @@ pub fn verify_quote(
     {
         return Ok(result);
     }
-    verify_qe_report(q)?;
-    verify_pck_chain(q, now)?;
+    // Parsed once for every check below.
+    let chain = pck_chain(q)?;
+    verify_qe_report_with(q, &chain[0])?;
+    verify_pck_chain_parsed(&chain, now)?;
     let result = match collateral {
-        Some(c) => Some(collateral::verify(q, c, now)?),
+        Some(c) => Some(collateral::verify_with_chain(q, &chain, c, now)?),
         None => None,
     };
-    let chain_until = pck_chain(q)?
-        .iter()
-        .map(|c| c.not_after())
-        .min()
-        .unwrap_or(0);
+    let chain_until = chain.iter().map(|c| c.not_after()).min().unwrap_or(0);
     let until = result
         .as_ref()
         .map_or(chain_until, |r| r.valid_until.min(chain_until));
@@ -166,35 +171,45 @@ const INTEL_SGX_ROOT_CA: &str = include_str!("intel/sgx_root_ca.pem");
 /// against the embedded Intel root at `now`: every signature, validity
 /// window and CA constraint. The chain's own root must be Intel's.
 pub fn verify_pck_chain(q: &TdxQuote, now: u64) -> Result<(), VerifyError> {
+    verify_pck_chain_parsed(&pck_chain(q)?, now)
+}
+
+fn verify_pck_chain_parsed(
+    chain: &[crate::snp::cert::X509Cert; 3],
+    now: u64,
+) -> Result<(), VerifyError> {
     let root = intel_root()?;
-    let [pck, ca, chain_root] = pck_chain(q)?;
+    let [pck, ca, chain_root] = chain;
     let untrusted = |detail: String| VerifyError::UntrustedKey { tee: TEE, detail };
-    if x509_cert::der::Encode::to_der(&chain_root.cert).ok()
-        != x509_cert::der::Encode::to_der(&root.cert).ok()
-    {
+    if chain_root.der != root.der {
         return Err(untrusted(format!(
             "the PCK chain ends in {}, not Intel's SGX Root CA",
             chain_root.cn
         )));
     }
     // The root is pinned byte for byte above; its self-signature adds nothing.
-    ca.verify_signed_by(&root).map_err(untrusted)?;
-    pck.verify_signed_by(&ca).map_err(untrusted)?;
-    for c in [&root, &ca, &pck] {
+    ca.verify_signed_by(root).map_err(untrusted)?;
+    pck.verify_signed_by(ca).map_err(untrusted)?;
+    for c in [root, ca, pck] {
         c.check_validity(now).map_err(invalid)?;
     }
-    for c in [&root, &ca] {
+    for c in [root, ca] {
         c.check_ca().map_err(invalid)?;
     }
     Ok(())
 }
 
-/// The embedded Intel SGX Root CA.
-pub(crate) fn intel_root() -> Result<crate::snp::cert::X509Cert, VerifyError> {
-    crate::snp::cert::X509Cert::from_pem_bundle(INTEL_SGX_ROOT_CA)
-        .ok()
-        .and_then(|mut v| v.pop())
-        .ok_or_else(|| invalid("the embedded Intel root does not parse"))
+/// The embedded Intel SGX Root CA, parsed once.
+pub(crate) fn intel_root() -> Result<&'static crate::snp::cert::X509Cert, VerifyError> {
+    static ROOT: std::sync::OnceLock<Option<crate::snp::cert::X509Cert>> =
+        std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        crate::snp::cert::X509Cert::from_pem_bundle(INTEL_SGX_ROOT_CA)
+            .ok()
+            .and_then(|mut v| v.pop())
+    })
+    .as_ref()
+    .ok_or_else(|| invalid("the embedded Intel root does not parse"))
 }
 
 /// The quote's PCK chain: PCK, its CA, the chain's root (not yet trusted).
