@@ -127,18 +127,15 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         Err(_) => (bytes, None),
     };
     let q = TdxQuote::parse(&raw)?;
-    tdx::verify_quote_signatures(&q)?;
-    tdx::verify_pck_chain(&q, now)?;
-    let checked = match &a.collateral {
-        Some(p) => {
-            let c: tdx::collateral::Collateral = serde_json::from_slice(
-                &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
-            )
-            .context("collateral is not the DCAP collateral JSON (tcb_info, qe_identity, CRLs and issuer chains)")?;
-            Some(tdx::collateral::verify(&q, &c, now)?)
-        }
+    let collateral: Option<tdx::collateral::Collateral> = match &a.collateral {
+        Some(p) => Some(
+            serde_json::from_slice(&std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
+                .context("collateral is not the DCAP collateral JSON (tcb_info, qe_identity, CRLs and issuer chains)")?,
+        ),
         None => None,
     };
+    // The trustee's path: signatures, PCK chain and collateral, parsed once.
+    let checked = tdx::verify_quote(&q, collateral.as_ref(), now, &tdx::TdxCache::default())?;
     let log = match &ccel {
         Some(c) => {
             let log = TcgEventLog::parse(c)?;

@@ -237,6 +237,20 @@ fn manifest(reg: &Registry, image: &str) -> Value {
     serde_json::from_slice(&m.bytes).unwrap()
 }
 
+/// Pushes hand-made manifest bytes under `image` (as someone who controls
+/// the registry could); returns the manifest digest.
+fn push_raw_manifest(
+    reg: &Registry,
+    image: &Reference,
+    bytes: Vec<u8>,
+    media_type: &str,
+) -> String {
+    rt().block_on(client(reg).push_manifest(image, bytes, media_type))
+        .expect("push manifest")
+}
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
 #[test]
 fn jwe_images_interoperate_with_skopeo_and_run_with_runc() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,13 +386,12 @@ fn jwe_images_interoperate_with_skopeo_and_run_with_runc() {
         ],
     });
     let multi = Reference::parse(&format!("{a}/busybox:multi")).unwrap();
-    let index_digest = rt()
-        .block_on(c.push_manifest(
-            &multi,
-            index.to_string().into_bytes(),
-            "application/vnd.oci.image.index.v1+json",
-        ))
-        .unwrap();
+    let index_digest = push_raw_manifest(
+        &reg,
+        &multi,
+        index.to_string().into_bytes(),
+        "application/vnd.oci.image.index.v1+json",
+    );
     let (o, dest) = pull(&reg, d, &multi.to_string(), "multi", &[]);
     assert_eq!(
         ok(&o).trim(),
@@ -526,13 +539,7 @@ fn tampering_is_detected_and_nothing_is_left() {
     let (new_digest, _) = runtime.block_on(c.push_bytes(&enc_ref, blob)).unwrap();
     m["layers"][1]["digest"] = Value::String(new_digest);
     let tampered = Reference::parse(&format!("{a}/busybox:tampered-ciphertext")).unwrap();
-    runtime
-        .block_on(c.push_manifest(
-            &tampered,
-            m.to_string().into_bytes(),
-            "application/vnd.oci.image.manifest.v1+json",
-        ))
-        .unwrap();
+    push_raw_manifest(&reg, &tampered, m.to_string().into_bytes(), OCI_MANIFEST);
     let (o, dest) = pull(&reg, d, &tampered.to_string(), "tampered-ciphertext", &key);
     let err = fails(&o);
     assert!(err.contains("HMAC mismatch"), "{err}");
@@ -555,13 +562,7 @@ fn tampering_is_detected_and_nothing_is_left() {
     m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"] =
         Value::String(b64.encode(jwe.to_string()));
     let r = Reference::parse(&format!("{a}/busybox:tampered-key")).unwrap();
-    runtime
-        .block_on(c.push_manifest(
-            &r,
-            m.to_string().into_bytes(),
-            "application/vnd.oci.image.manifest.v1+json",
-        ))
-        .unwrap();
+    push_raw_manifest(&reg, &r, m.to_string().into_bytes(), OCI_MANIFEST);
     let (o, dest) = pull(&reg, d, &r.to_string(), "tampered-key", &key);
     let err = fails(&o);
     assert!(err.contains("JWE authentication failed"), "{err}");
@@ -802,13 +803,7 @@ fn kbs_held_keys_and_signature_policies() {
         kbs_digest.trim_start_matches("sha256:")
     ))
     .unwrap();
-    runtime
-        .block_on(c.push_manifest(
-            &stolen,
-            sig_manifest.bytes.clone(),
-            "application/vnd.oci.image.manifest.v1+json",
-        ))
-        .unwrap();
+    push_raw_manifest(&reg, &stolen, sig_manifest.bytes.clone(), OCI_MANIFEST);
     let (o, dest) = pull(
         &reg,
         d,
