@@ -33,10 +33,12 @@ pub struct TrusteeArgs {
     /// Accept the development `sample` TEE (unsigned evidence; proves nothing).
     #[arg(long)]
     allow_dev_tee: bool,
-    /// DCAP collateral JSON (TCB info, QE identity, CRLs) for TDX evidence
-    /// that carries none; without it the `tcb_status` claim is `unknown`.
-    #[arg(long)]
-    tdx_collateral: Option<PathBuf>,
+    /// DCAP collateral (TCB info, QE identity, CRLs) for TDX and SGX
+    /// evidence that carries none: one collateral JSON file, or a directory
+    /// of them (one per platform FMSPC and TEE). Without it the
+    /// `tcb_status` claim is `unknown`.
+    #[arg(long, alias = "tdx-collateral")]
+    dcap_collateral: Option<PathBuf>,
     /// Accept admin requests without authentication (development only).
     #[arg(long)]
     insecure_admin: bool,
@@ -75,7 +77,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         insecure_admin: a.insecure_admin,
         admin_public_keys: a.admin_public_keys.clone(),
         kek_file: a.kek_file.clone(),
-        tdx_collateral: a.tdx_collateral.clone(),
+        dcap_collateral: a.dcap_collateral.clone(),
         session_timeout_secs: a.session_timeout,
         token_lifetime_secs: a.token_lifetime,
     };

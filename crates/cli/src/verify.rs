@@ -10,19 +10,19 @@ use std::path::PathBuf;
 /// `cocoon verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// TEE of the evidence: snp, tdx.
+    /// TEE of the evidence: snp, tdx, sgx.
     #[arg(long)]
     tee: String,
     /// Evidence: the raw report/quote bytes, or the JSON evidence document a guest sends.
     #[arg(long)]
     evidence: PathBuf,
-    /// Collateral: the VCEK/VLEK (DER or PEM) for snp; the DCAP collateral JSON for tdx.
+    /// Collateral: the VCEK/VLEK (DER or PEM) for snp; the DCAP collateral JSON (a file, or a directory of them) for tdx and sgx.
     #[arg(long)]
     collateral: Option<PathBuf>,
     /// Expected report data (hex); without it the session binding is not checked.
     #[arg(long)]
     report_data: Option<String>,
-    /// Expected initdata digest (hex), compared with HOSTDATA.
+    /// Expected initdata digest (hex), compared with HOSTDATA (snp), MRCONFIGID (tdx) or CONFIGID (sgx).
     #[arg(long)]
     init_data_digest: Option<String>,
     /// Verification time (RFC 3339), for evidence whose certificates are no longer (or not yet) valid.
@@ -97,7 +97,8 @@ pub fn run(a: VerifyArgs) -> Result<()> {
             Ok(())
         }
         "tdx" => verify_tdx(&a, bytes, now),
-        other => bail!("verify --tee {other} is not supported yet (supported: snp, tdx)"),
+        "sgx" => verify_sgx(&a, bytes, now),
+        other => bail!("verify --tee {other} is not supported yet (supported: snp, tdx, sgx)"),
     }
 }
 
@@ -106,6 +107,96 @@ fn padded_equal(field: &[u8], expected: &[u8]) -> bool {
     expected.len() <= field.len()
         && field[..expected.len()] == *expected
         && field[expected.len()..].iter().all(|b| *b == 0)
+}
+
+/// The DCAP collateral given with `--collateral` (a file or a directory).
+fn dcap_collateral(
+    a: &VerifyArgs,
+) -> Result<Option<cocoon_verifier::tdx::collateral::CollateralSet>> {
+    a.collateral
+        .as_deref()
+        .map(cocoon_verifier::tdx::collateral::CollateralSet::load)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
+/// What the collateral established, for the summary line.
+fn dcap_tcb_note(checked: &Option<cocoon_verifier::tdx::collateral::CollateralResult>) -> String {
+    match checked {
+        Some(r) => format!(
+            "collateral verified (TCB info for FMSPC {}, QE identity, CRLs: not revoked); TCB status {} (platform {}, TDX module {}, QE {})",
+            r.fmspc,
+            r.tcb_status(),
+            r.platform_tcb_status,
+            r.module_tcb_status.as_deref().unwrap_or("-"),
+            r.qe_tcb_status
+        ),
+        None => {
+            "TCB status unknown (no collateral: CRLs, TCB info and QE identity not checked)".into()
+        }
+    }
+}
+
+/// Checks `--report-data` and `--init-data-digest` against a quote's fields.
+fn check_fields(a: &VerifyArgs, report_data: &[u8], init_field: (&str, &[u8])) -> Result<()> {
+    match &a.report_data {
+        Some(h) => {
+            let want = hex::decode(h).context("--report-data is not hex")?;
+            if !padded_equal(report_data, &want) {
+                bail!(
+                    "report data does not match: the quote carries {}",
+                    hex::encode(report_data)
+                );
+            }
+        }
+        None => eprintln!("note: report data binding NOT checked (pass --report-data HEX)"),
+    }
+    if let Some(h) = &a.init_data_digest {
+        let want = hex::decode(h).context("--init-data-digest is not hex")?;
+        if !padded_equal(init_field.1, &want) {
+            bail!(
+                "init data digest does not match {} {}",
+                init_field.0,
+                hex::encode(init_field.1)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn verify_sgx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
+    use base64::Engine;
+    use cocoon_verifier::sgx;
+    use cocoon_verifier::tdx::{TdxCache, quote::SgxQuote};
+    let raw = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(json) => base64::engine::general_purpose::STANDARD
+            .decode(
+                json["quote"]
+                    .as_str()
+                    .context("SGX evidence JSON without \"quote\"")?,
+            )
+            .context("quote is not base64")?,
+        Err(_) => bytes,
+    };
+    let q = SgxQuote::parse(&raw)?;
+    let set = dcap_collateral(a)?;
+    let checked = sgx::verify_quote_with(&q, None, set.as_ref(), now, &TdxCache::default())?;
+    if set.is_some() && checked.is_none() {
+        bail!("no collateral in --collateral is for this quote's platform (SGX, its PCK's FMSPC)");
+    }
+    check_fields(a, &q.body.report_data, ("CONFIGID", &q.body.config_id))?;
+    eprintln!(
+        "verified: SGX quote v{} signed by its attestation key, certified by the QE, PCK chain to Intel's SGX Root CA; {}",
+        q.header.version,
+        dcap_tcb_note(&checked)
+    );
+    let mut claims = sgx::claims(&q);
+    claims["tcb_status"] = checked
+        .as_ref()
+        .map_or("unknown", |r| r.tcb_status())
+        .into();
+    println!("{}", serde_json::to_string_pretty(&claims)?);
+    Ok(())
 }
 
 fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
@@ -127,15 +218,12 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         Err(_) => (bytes, None),
     };
     let q = TdxQuote::parse(&raw)?;
-    let collateral: Option<tdx::collateral::Collateral> = match &a.collateral {
-        Some(p) => Some(
-            serde_json::from_slice(&std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?)
-                .context("collateral is not the DCAP collateral JSON (tcb_info, qe_identity, CRLs and issuer chains)")?,
-        ),
-        None => None,
-    };
     // The trustee's path: signatures, PCK chain and collateral, parsed once.
-    let checked = tdx::verify_quote(&q, collateral.as_ref(), now, &tdx::TdxCache::default())?;
+    let set = dcap_collateral(a)?;
+    let checked = tdx::verify_quote_with(&q, None, set.as_ref(), now, &tdx::TdxCache::default())?;
+    if set.is_some() && checked.is_none() {
+        bail!("no collateral in --collateral is for this quote's platform (TDX, its PCK's FMSPC)");
+    }
     let log = match &ccel {
         Some(c) => {
             let log = TcgEventLog::parse(c)?;
@@ -144,40 +232,8 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         }
         None => None,
     };
-    match &a.report_data {
-        Some(h) => {
-            let want = hex::decode(h).context("--report-data is not hex")?;
-            if !padded_equal(&q.body.report_data, &want) {
-                bail!(
-                    "report data does not match: the quote carries {}",
-                    hex::encode(q.body.report_data)
-                );
-            }
-        }
-        None => eprintln!("note: report data binding NOT checked (pass --report-data HEX)"),
-    }
-    if let Some(h) = &a.init_data_digest {
-        let want = hex::decode(h).context("--init-data-digest is not hex")?;
-        if !padded_equal(&q.body.mr_config_id, &want) {
-            bail!(
-                "init data digest does not match MRCONFIGID {}",
-                hex::encode(q.body.mr_config_id)
-            );
-        }
-    }
-    let tcb = match &checked {
-        Some(r) => format!(
-            "collateral verified (TCB info for FMSPC {}, QE identity, CRLs: not revoked); TCB status {} (platform {}, TDX module {}, QE {})",
-            r.fmspc,
-            r.tcb_status(),
-            r.platform_tcb_status,
-            r.module_tcb_status.as_deref().unwrap_or("-"),
-            r.qe_tcb_status
-        ),
-        None => {
-            "TCB status unknown (no collateral: CRLs, TCB info and QE identity not checked)".into()
-        }
-    };
+    check_fields(a, &q.body.report_data, ("MRCONFIGID", &q.body.mr_config_id))?;
+    let tcb = dcap_tcb_note(&checked);
     let ccel_note = if log.is_some() {
         ", CC event log replays to the RTMRs"
     } else {
@@ -187,9 +243,11 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         "verified: TDX quote v{} signed by its attestation key, certified by the QE, PCK chain to Intel's SGX Root CA{ccel_note}; {tcb}",
         q.header.version
     );
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&tdx::claims(&q, log.as_ref()))?
-    );
+    let mut claims = tdx::claims(&q, log.as_ref());
+    claims["tcb_status"] = checked
+        .as_ref()
+        .map_or("unknown", |r| r.tcb_status())
+        .into();
+    println!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }

@@ -650,3 +650,32 @@ async fn tdx_fixture_evidence_through_attest() {
         assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");
     }
 }
+
+/// Real SGX quotes through `/kbs/v0/attest`: the SGX verifier is reached,
+/// checks the quote (a flipped body bit is caught) and then refuses the
+/// captured report data, which cannot carry this session's binding.
+#[tokio::test]
+async fn sgx_fixture_evidence_through_attest() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/sgx");
+    let quote = std::fs::read(format!("{fixtures}/dcapqvl_sgx_quote.bin")).unwrap();
+    let mut tampered = quote.clone();
+    tampered[48 + 64] ^= 0x01; // one bit of MRENCLAVE
+    let key = TeeKeyPair::generate_ec();
+    for (q, expect) in [
+        (&quote, "report data does not match"),
+        (
+            &tampered,
+            "sgx evidence rejected: the quote signature does not verify",
+        ),
+    ] {
+        let r = raw
+            .attest_evidence("sgx", &key, json!({"quote": B64.encode(q)}))
+            .await;
+        assert_ne!(r.status, 200, "{:?}", r.body);
+        let d = r.body["detail"].as_str().unwrap_or_default();
+        assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");
+    }
+}

@@ -87,10 +87,15 @@ fn snp_report_offline() {
     let err = fails(&verify(&["--evidence", &report]));
     assert!(err.contains("--collateral"), "{err}");
     let err = fails(&cocoon(
-        &["verify", "--tee", "sgx", "--evidence", &report],
+        &["verify", "--tee", "se", "--evidence", &report],
         &[],
     ));
     assert!(err.contains("not supported yet"), "{err}");
+    let err = fails(&cocoon(
+        &["verify", "--tee", "sgx", "--evidence", &report],
+        &[],
+    ));
+    assert!(err.contains("malformed SGX quote"), "{err}");
     // An SNP report is not a TDX quote.
     let err = fails(&cocoon(
         &["verify", "--tee", "tdx", "--evidence", &report],
@@ -228,4 +233,178 @@ fn tdx_quote_offline() {
         &[],
     ));
     assert!(err.contains("expired"), "{err}");
+}
+
+const SGX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/sgx");
+
+/// dcap-qvl's verdict on a quote and its collateral at `at`.
+fn dcap_qvl_status(quote: &[u8], collateral: &str, at: u64) -> String {
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(collateral).unwrap()).unwrap();
+    let s = |k: &str| c[k].as_str().unwrap().to_string();
+    let h = |k: &str| hex::decode(c[k].as_str().unwrap()).unwrap();
+    let col = dcap_qvl::QuoteCollateralV3 {
+        pck_crl_issuer_chain: s("pck_crl_issuer_chain"),
+        root_ca_crl: h("root_ca_crl"),
+        pck_crl: h("pck_crl"),
+        tcb_info_issuer_chain: s("tcb_info_issuer_chain"),
+        tcb_info: s("tcb_info"),
+        tcb_info_signature: h("tcb_info_signature"),
+        qe_identity_issuer_chain: s("qe_identity_issuer_chain"),
+        qe_identity: s("qe_identity"),
+        qe_identity_signature: h("qe_identity_signature"),
+        pck_certificate_chain: None,
+    };
+    dcap_qvl::verify::verify(quote, &col, at).unwrap().status
+}
+
+#[test]
+fn sgx_quote_offline_agrees_with_dcap_qvl() {
+    let quote = format!("{SGX}/dcapqvl_sgx_quote.bin");
+    let col = format!("{SGX}/dcapqvl_sgx_quote_collateral.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--tee",
+            "sgx",
+            "--evidence",
+            &quote,
+            "--at",
+            "2025-06-25T00:00:00Z",
+        ];
+        args.extend_from_slice(extra);
+        cocoon(&args, &[])
+    };
+    let o = run(&[]);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(claims["tcb_status"], "unknown");
+    let q = std::fs::read(&quote).unwrap();
+    assert_eq!(
+        claims["body"]["mr_enclave"],
+        hex::encode(&q[48 + 64..48 + 96])
+    );
+    assert_eq!(
+        claims["body"]["mr_signer"],
+        hex::encode(&q[48 + 128..48 + 160])
+    );
+    let o = run(&["--collateral", &col]);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let want = dcap_qvl_status(&q, &col, 1_750_809_600);
+    assert_eq!(claims["tcb_status"], want.as_str(), "dcap-qvl says {want}");
+    let rd = claims["report_data"].as_str().unwrap().to_string();
+    ok(&run(&["--report-data", &rd]));
+    assert!(fails(&run(&["--report-data", "ff"])).contains("report data does not match"));
+    assert!(fails(&run(&["--init-data-digest", "11"])).contains("CONFIGID"));
+    // The TDX collateral does not judge an SGX quote.
+    let err = fails(&run(&[
+        "--collateral",
+        &format!("{TDX}/dcapqvl_tdx_quote_collateral.json"),
+    ]));
+    assert!(
+        err.contains("no collateral in --collateral is for this quote's platform (SGX"),
+        "{err}"
+    );
+    // A TDX quote is not an SGX quote, and the Occlum quote verifies too.
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "sgx",
+            "--evidence",
+            &format!("{TDX}/dcapqvl_tdx_quote.bin"),
+        ],
+        &[],
+    ));
+    assert!(err.contains("is not SGX"), "{err}");
+    ok(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "sgx",
+            "--evidence",
+            &format!("{SGX}/trustee_occlum_quote.dat"),
+            "--report-data",
+            "74657374",
+            "--at",
+            "2023-06-01T00:00:00Z",
+        ],
+        &[],
+    ));
+}
+
+/// A collateral directory serves both TEEs, each by its FMSPC.
+#[test]
+fn collateral_directory_serves_tdx_and_sgx() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        format!("{SGX}/dcapqvl_sgx_quote_collateral.json"),
+        dir.path().join("sgx.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{TDX}/dcapqvl_tdx_quote_collateral.json"),
+        dir.path().join("tdx.json"),
+    )
+    .unwrap();
+    let d = dir.path().to_str().unwrap();
+    for (tee, quote) in [
+        ("sgx", format!("{SGX}/dcapqvl_sgx_quote.bin")),
+        ("tdx", format!("{TDX}/dcapqvl_tdx_quote.bin")),
+    ] {
+        let o = cocoon(
+            &[
+                "verify",
+                "--tee",
+                tee,
+                "--evidence",
+                &quote,
+                "--collateral",
+                d,
+                "--at",
+                "2025-06-25T00:00:00Z",
+            ],
+            &[],
+        );
+        let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+        assert_ne!(claims["tcb_status"], "unknown", "{tee}");
+    }
+    std::fs::write(dir.path().join("bad.json"), b"{}").unwrap();
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "sgx",
+            "--evidence",
+            &format!("{SGX}/dcapqvl_sgx_quote.bin"),
+            "--collateral",
+            d,
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("bad.json is not DCAP collateral JSON"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tdx_tcb_status_agrees_with_dcap_qvl() {
+    let quote = format!("{TDX}/dcapqvl_tdx_quote.bin");
+    let col = format!("{TDX}/dcapqvl_tdx_quote_collateral.json");
+    let o = cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tdx",
+            "--evidence",
+            &quote,
+            "--collateral",
+            &col,
+            "--at",
+            "2025-06-25T00:00:00Z",
+        ],
+        &[],
+    );
+    let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let want = dcap_qvl_status(&std::fs::read(&quote).unwrap(), &col, 1_750_809_600);
+    assert_eq!(claims["tcb_status"], want.as_str());
 }

@@ -49,7 +49,7 @@ pub struct TrusteeConfig {
     /// Key-encryption key file (default `<data-dir>/kek.key`).
     pub kek_file: Option<PathBuf>,
     /// DCAP collateral JSON used for TDX evidence that carries none.
-    pub tdx_collateral: Option<PathBuf>,
+    pub dcap_collateral: Option<PathBuf>,
     /// Session lifetime, seconds.
     pub session_timeout_secs: i64,
     /// Token lifetime, seconds.
@@ -79,7 +79,7 @@ impl Default for TrusteeConfig {
             insecure_admin: false,
             admin_public_keys: Vec::new(),
             kek_file: None,
-            tdx_collateral: None,
+            dcap_collateral: None,
             session_timeout_secs: 300,
             token_lifetime_secs: 300,
         }
@@ -216,23 +216,18 @@ impl Trustee {
             );
             seed_sample_reference_values(&rvps)?;
         }
-        let tdx_collateral = match &cfg.tdx_collateral {
-            Some(p) => Some(
-                std::fs::read(p)
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))
-                    .and_then(|b| {
-                        serde_json::from_slice(&b).map_err(|e| {
-                            format!("{} is not DCAP collateral JSON: {e}", p.display())
-                        })
-                    })
-                    .map_err(err)?,
-            ),
+        let dcap_collateral = match &cfg.dcap_collateral {
+            Some(p) => {
+                let set = cocoon_verifier::tdx::collateral::CollateralSet::load(p).map_err(err)?;
+                tracing::info!(platforms = set.len(), path = %p.display(), "DCAP collateral loaded");
+                Some(Arc::new(set))
+            }
             None => None,
         };
         let verifiers = VerifierRegistry::new(VerifierOptions {
             allow_dev_tee: cfg.allow_dev_tee,
             tpm_trusted_aks: Some(Arc::new(crate::tpm_aks::StoreTrustedAks(store.clone()))),
-            tdx_collateral,
+            dcap_collateral,
         });
         let attestation = AttestationService::new(
             store.clone(),

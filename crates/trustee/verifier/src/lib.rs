@@ -8,6 +8,7 @@
 
 pub mod eventlog;
 pub mod sample;
+pub mod sgx;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;
@@ -133,8 +134,9 @@ pub struct VerifierOptions {
     /// TPM attestation keys the `tpm` verifier trusts; without it the `tpm`
     /// TEE is not registered.
     pub tpm_trusted_aks: Option<Arc<dyn TrustedKeys>>,
-    /// DCAP collateral the `tdx` verifier uses when evidence carries none.
-    pub tdx_collateral: Option<tdx::collateral::Collateral>,
+    /// DCAP collateral (by TEE and FMSPC) the `tdx` and `sgx` verifiers
+    /// use when evidence carries none.
+    pub dcap_collateral: Option<Arc<tdx::collateral::CollateralSet>>,
 }
 
 impl std::fmt::Debug for VerifierOptions {
@@ -161,7 +163,11 @@ impl VerifierRegistry {
             all.push(Arc::new(sample::SampleVerifier));
         }
         all.push(Arc::new(tdx::TdxVerifier {
-            collateral: options.tdx_collateral.clone(),
+            collateral: options.dcap_collateral.clone(),
+            ..Default::default()
+        }));
+        all.push(Arc::new(sgx::SgxVerifier {
+            collateral: options.dcap_collateral.clone(),
             ..Default::default()
         }));
         match snp::SnpVerifier::new() {
@@ -199,6 +205,14 @@ impl VerifierRegistry {
         v.sort();
         v
     }
+}
+
+/// The current time, Unix seconds.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 /// The first 8 bytes of `b` in hex, for error messages.

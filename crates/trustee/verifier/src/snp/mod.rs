@@ -292,11 +292,7 @@ impl crate::Verifier for SnpVerifier {
                 "SNP evidence carries no VCEK/VLEK in its certificate table (cert_chain); fetching it from AMD KDS is not supported yet".into(),
             )
         })?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let claims = self.verify_report(&raw, &vcek, now)?;
+        let claims = self.verify_report(&raw, &vcek, crate::unix_now())?;
         check_report_data(&claims.report, input.expected_report_data)?;
         if let Some(d) = input.init_data_digest {
             check_host_data(&claims.report, d)?;

@@ -7,7 +7,7 @@
 //! extension (component SVNs, PCE SVN, FMSPC) and the TD's TEE_TCB_SVN
 //! against `tcbLevels`, the TDX module against its identity.
 
-use super::quote::TdxQuote;
+use super::quote::{Quote, QuoteBody};
 use crate::VerifyError;
 use crate::snp::cert::{X509Cert, tbs_slice};
 use serde::Deserialize;
@@ -45,6 +45,78 @@ pub struct Collateral {
     pub qe_identity_signature: String,
 }
 
+/// Collateral configured on the trustee: one collateral file, or every
+/// `*.json` collateral file in a directory, looked up by the TEE its TCB
+/// info judges (`TDX`, `SGX`) and the platform's FMSPC.
+#[derive(Debug, Clone, Default)]
+pub struct CollateralSet {
+    by_platform: std::collections::HashMap<(String, String), Collateral>,
+}
+
+#[derive(Deserialize)]
+struct TcbInfoKey {
+    id: String,
+    fmspc: String,
+}
+
+impl CollateralSet {
+    /// Loads `path`: a collateral JSON file, or a directory of them.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let mut set = Self::default();
+        let files = if path.is_dir() {
+            let mut v: Vec<_> = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect();
+            v.sort();
+            v
+        } else {
+            vec![path.to_path_buf()]
+        };
+        for f in files {
+            let bytes =
+                std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            let c: Collateral = serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} is not DCAP collateral JSON (tcb_info, qe_identity, CRLs and issuer chains): {e}",
+                    f.display()
+                )
+            })?;
+            set.insert(c).map_err(|e| format!("{}: {e}", f.display()))?;
+        }
+        if set.by_platform.is_empty() {
+            return Err(format!("no collateral (*.json) in {}", path.display()));
+        }
+        Ok(set)
+    }
+
+    /// Adds `c` under its TCB info's TEE and FMSPC (replacing an older one).
+    pub fn insert(&mut self, c: Collateral) -> Result<(), String> {
+        let key: TcbInfoKey = serde_json::from_str(&c.tcb_info)
+            .map_err(|e| format!("tcb_info has no id/fmspc: {e}"))?;
+        self.by_platform
+            .insert((key.id, key.fmspc.to_ascii_uppercase()), c);
+        Ok(())
+    }
+
+    /// The collateral for `tee` (TCB info id) and `fmspc`.
+    pub fn find(&self, tee: &str, fmspc: &str) -> Option<&Collateral> {
+        self.by_platform
+            .get(&(tee.to_string(), fmspc.to_ascii_uppercase()))
+    }
+
+    /// How many platforms have collateral.
+    pub fn len(&self) -> usize {
+        self.by_platform.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_platform.is_empty()
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Window {
@@ -55,6 +127,7 @@ struct Window {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct QeIdentity {
+    id: String,
     miscselect: String,
     miscselect_mask: String,
     attributes: String,
@@ -227,13 +300,17 @@ impl Crl {
 }
 
 /// Checks `collateral` for quote `q` at `now`.
-pub fn verify(q: &TdxQuote, c: &Collateral, now: u64) -> Result<CollateralResult, VerifyError> {
+pub fn verify<B: QuoteBody>(
+    q: &Quote<B>,
+    c: &Collateral,
+    now: u64,
+) -> Result<CollateralResult, VerifyError> {
     verify_with_chain(q, &super::pck_chain(q)?, c, now)
 }
 
 /// [`verify`] with the quote's PCK chain already parsed.
-pub(crate) fn verify_with_chain(
-    q: &TdxQuote,
+pub(crate) fn verify_with_chain<B: QuoteBody>(
+    q: &Quote<B>,
     chain: &[X509Cert; 3],
     c: &Collateral,
     now: u64,
@@ -256,6 +333,17 @@ pub(crate) fn verify_with_chain(
     )?;
     let qe_next = check_window(&c.qe_identity, now, "QE identity")?;
 
+    // The QE that certified the attestation key is Intel's QE for this TEE.
+    let id: QeIdentity =
+        serde_json::from_str(&c.qe_identity).map_err(|e| invalid(format!("QE identity: {e}")))?;
+    if id.id != B::QE_IDENTITY_ID {
+        return Err(invalid(format!(
+            "the QE identity is for {}, a {} quote needs {}",
+            id.id,
+            B::NAME,
+            B::QE_IDENTITY_ID
+        )));
+    }
     // Revocation: the quote's PCK CA by the root CRL, the PCK by the PCK CRL.
     let (pck, pck_ca) = (&chain[0], &chain[1]);
     let root_crl = crl(&c.root_ca_crl, root, now, "root CA CRL")?;
@@ -267,9 +355,6 @@ pub(crate) fn verify_with_chain(
         return Err(invalid("the PCK certificate is revoked (PCK CRL)"));
     }
 
-    // The QE that certified the attestation key is Intel's TD QE.
-    let id: QeIdentity =
-        serde_json::from_str(&c.qe_identity).map_err(|e| invalid(format!("QE identity: {e}")))?;
     let r = &q.qe.qe_report;
     let masked = |value: &[u8], want: &str, mask: &str| -> Result<bool, VerifyError> {
         let (w, m) = (
@@ -345,8 +430,10 @@ mod tests {
             env!("CARGO_MANIFEST_DIR"),
             "/../../../../shared/fixtures/tdx"
         );
-        let q = TdxQuote::parse(&std::fs::read(format!("{dir}/dcapqvl_tdx_quote.bin")).unwrap())
-            .unwrap();
+        let q = super::super::quote::TdxQuote::parse(
+            &std::fs::read(format!("{dir}/dcapqvl_tdx_quote.bin")).unwrap(),
+        )
+        .unwrap();
         let c: Collateral = serde_json::from_slice(
             &std::fs::read(format!("{dir}/dcapqvl_tdx_quote_collateral.json")).unwrap(),
         )
@@ -452,6 +539,7 @@ impl PckTcb {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TcbInfo {
+    id: String,
     fmspc: String,
     #[serde(default)]
     tdx_module_identities: Vec<ModuleIdentity>,
@@ -488,31 +576,42 @@ struct Svn {
 /// The platform's TCB status: the first TCB info level (Intel lists them
 /// newest first) that the PCK's SGX components and PCE SVN and the TD's
 /// TEE_TCB_SVN all meet; plus the TDX module's status from its identity.
-pub fn platform_tcb_status(
-    q: &TdxQuote,
+pub fn platform_tcb_status<B: QuoteBody>(
+    q: &Quote<B>,
     c: &Collateral,
 ) -> Result<(String, Option<String>), VerifyError> {
     platform_tcb_status_with_chain(q, &super::pck_chain(q)?, c)
 }
 
-fn platform_tcb_status_with_chain(
-    q: &TdxQuote,
+fn platform_tcb_status_with_chain<B: QuoteBody>(
+    q: &Quote<B>,
     chain: &[X509Cert; 3],
     c: &Collateral,
 ) -> Result<(String, Option<String>), VerifyError> {
     let pck = PckTcb::from_pck(&chain[0])?;
     let info: TcbInfo =
         serde_json::from_str(&c.tcb_info).map_err(|e| invalid(format!("TCB info: {e}")))?;
+    if info.id != B::TCB_INFO_ID {
+        return Err(invalid(format!(
+            "the TCB info is for {}, a {} quote needs {}",
+            info.id,
+            B::NAME,
+            B::TCB_INFO_ID
+        )));
+    }
     if !info.fmspc.eq_ignore_ascii_case(&pck.fmspc) {
         return Err(invalid(format!(
             "the TCB info is for FMSPC {}, the PCK for {}",
             info.fmspc, pck.fmspc
         )));
     }
-    let tee = q.body.tcb_svn;
+    let tee = q.body.tee_tcb_svn();
     // With a TDX module version (TEE_TCB_SVN[1] > 0) the first two bytes
     // are the module's SVN and version, judged by the module identity.
-    let from = if tee[1] > 0 { 2 } else { 0 };
+    let from = match tee {
+        Some(t) if t[1] > 0 => 2,
+        _ => 0,
+    };
     let level = info.tcb_levels.iter().find(|l| {
         l.tcb.sgxtcbcomponents.len() == 16
             && l.tcb
@@ -521,16 +620,18 @@ fn platform_tcb_status_with_chain(
                 .zip(pck.sgx_components)
                 .all(|(want, have)| have >= want.svn)
             && pck.pcesvn >= l.tcb.pcesvn
-            && l.tcb.tdxtcbcomponents.len() == 16
-            && l.tcb
-                .tdxtcbcomponents
-                .iter()
-                .zip(tee)
-                .skip(from)
-                .all(|(want, have)| have >= want.svn)
+            && tee.is_none_or(|tee| {
+                l.tcb.tdxtcbcomponents.len() == 16
+                    && l.tcb
+                        .tdxtcbcomponents
+                        .iter()
+                        .zip(tee)
+                        .skip(from)
+                        .all(|(want, have)| *have >= want.svn)
+            })
     });
     let status = level.map_or_else(|| "OutOfDate".to_string(), |l| l.tcb_status.clone());
-    let module = (tee[1] > 0).then(|| {
+    let module = tee.filter(|t| t[1] > 0).map(|tee| {
         let id = format!("TDX_{:02X}", tee[1]);
         info.tdx_module_identities
             .iter()

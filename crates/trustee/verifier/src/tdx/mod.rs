@@ -13,7 +13,7 @@ pub mod quote;
 use crate::eventlog::{AlgId, TcgEventLog};
 use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
 use cocoon_types::Tee;
-use quote::TdxQuote;
+use quote::{Quote, QuoteBody, TdxQuote};
 use serde_json::{Value, json};
 
 const TEE: &str = "tdx";
@@ -39,14 +39,14 @@ fn first_pem_cert(pem: &[u8]) -> Option<Vec<u8>> {
 
 /// Checks the signatures inside a quote: attestation key over header and
 /// body, QE report binding of the attestation key, PCK over the QE report.
-pub fn verify_quote_signatures(q: &TdxQuote) -> Result<(), VerifyError> {
+pub fn verify_quote_signatures<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
     verify_attestation_key(q)?;
     verify_qe_report(q)
 }
 
 /// The per-quote part: the attestation key's signature over header and
 /// body, and the QE report's binding of that key.
-fn verify_attestation_key(q: &TdxQuote) -> Result<(), VerifyError> {
+fn verify_attestation_key<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
     use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
     let mut ak = Vec::with_capacity(65);
     ak.push(4);
@@ -68,7 +68,7 @@ fn verify_attestation_key(q: &TdxQuote) -> Result<(), VerifyError> {
 }
 
 /// The PCK certificate's signature over the QE report.
-fn verify_qe_report(q: &TdxQuote) -> Result<(), VerifyError> {
+fn verify_qe_report<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
     let leaf = first_pem_cert(&q.qe.pck_chain_pem)
         .ok_or_else(|| invalid("the quote carries no PCK certificate"))?;
     let leaf = crate::snp::cert::X509Cert::from_der(&leaf)
@@ -76,8 +76,8 @@ fn verify_qe_report(q: &TdxQuote) -> Result<(), VerifyError> {
     verify_qe_report_with(q, &leaf)
 }
 
-fn verify_qe_report_with(
-    q: &TdxQuote,
+fn verify_qe_report_with<B: QuoteBody>(
+    q: &Quote<B>,
     leaf: &crate::snp::cert::X509Cert,
 ) -> Result<(), VerifyError> {
     use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
@@ -102,9 +102,22 @@ const CACHE_ENTRIES: usize = 4096;
 
 /// Verifies a quote (everything but the report-data and initdata binding),
 /// with `collateral` when given; results are cached in `cache`.
-pub fn verify_quote(
-    q: &TdxQuote,
+pub fn verify_quote<B: QuoteBody>(
+    q: &Quote<B>,
     collateral: Option<&collateral::Collateral>,
+    now: u64,
+    cache: &TdxCache,
+) -> Result<Option<collateral::CollateralResult>, VerifyError> {
+    verify_quote_with(q, collateral, None, now, cache)
+}
+
+/// [`verify_quote`] with the collateral the evidence carries (`sent`), or
+/// else the configured collateral for the quote's platform (`configured`,
+/// looked up by the PCK's FMSPC). Without either, no TCB result.
+pub fn verify_quote_with<B: QuoteBody>(
+    q: &Quote<B>,
+    sent: Option<&collateral::Collateral>,
+    configured: Option<&collateral::CollateralSet>,
     now: u64,
     cache: &TdxCache,
 ) -> Result<Option<collateral::CollateralResult>, VerifyError> {
@@ -114,12 +127,17 @@ pub fn verify_quote(
         &q.qe.pck_chain_pem[..],
         &q.qe.qe_report,
         &q.qe.qe_report_signature,
-        &q.body.tcb_svn,
+        q.body.tee_tcb_svn().map_or(&[][..], |s| &s[..]),
+        B::NAME.as_bytes(),
     ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    if let Some(c) = collateral {
+    if sent.is_none() && configured.is_some() {
+        // The configured set does not change while the verifier lives.
+        h.update(b"configured collateral");
+    }
+    if let Some(c) = sent {
         for part in [
             &c.pck_crl_issuer_chain,
             &c.root_ca_crl,
@@ -146,6 +164,14 @@ pub fn verify_quote(
     let chain = pck_chain(q)?;
     verify_qe_report_with(q, &chain[0])?;
     verify_pck_chain_parsed(&chain, now)?;
+    let collateral = match (sent, configured) {
+        (Some(c), _) => Some(c),
+        (None, Some(set)) => {
+            let fmspc = collateral::PckTcb::from_pck(&chain[0])?.fmspc;
+            set.find(B::TCB_INFO_ID, &fmspc)
+        }
+        (None, None) => None,
+    };
     let result = match collateral {
         Some(c) => Some(collateral::verify_with_chain(q, &chain, c, now)?),
         None => None,
@@ -170,7 +196,7 @@ const INTEL_SGX_ROOT_CA: &str = include_str!("intel/sgx_root_ca.pem");
 /// The PCK chain in the quote (PCK → Platform/Processor CA → root) checked
 /// against the embedded Intel root at `now`: every signature, validity
 /// window and CA constraint. The chain's own root must be Intel's.
-pub fn verify_pck_chain(q: &TdxQuote, now: u64) -> Result<(), VerifyError> {
+pub fn verify_pck_chain<B: QuoteBody>(q: &Quote<B>, now: u64) -> Result<(), VerifyError> {
     verify_pck_chain_parsed(&pck_chain(q)?, now)
 }
 
@@ -213,7 +239,9 @@ pub(crate) fn intel_root() -> Result<&'static crate::snp::cert::X509Cert, Verify
 }
 
 /// The quote's PCK chain: PCK, its CA, the chain's root (not yet trusted).
-pub(crate) fn pck_chain(q: &TdxQuote) -> Result<[crate::snp::cert::X509Cert; 3], VerifyError> {
+pub(crate) fn pck_chain<B: QuoteBody>(
+    q: &Quote<B>,
+) -> Result<[crate::snp::cert::X509Cert; 3], VerifyError> {
     let pem = std::str::from_utf8(&q.qe.pck_chain_pem)
         .map_err(|_| invalid("the PCK chain is not PEM"))?;
     let chain = crate::snp::cert::X509Cert::from_pem_bundle(pem.trim_end_matches('\0'))
@@ -303,16 +331,32 @@ pub fn claims(q: &TdxQuote, ccel: Option<&TcgEventLog>) -> Value {
 #[cfg(test)]
 mod tests;
 
+/// The collateral the evidence carries in `"collateral"`, if any.
+pub(crate) fn sent_collateral(ev: &Value) -> Result<Option<collateral::Collateral>, VerifyError> {
+    match ev.get("collateral") {
+        Some(c) if !c.is_null() => {
+            serde_json::from_value(c.clone())
+                .map(Some)
+                .map_err(|e| VerifyError::Malformed {
+                    tee: TEE,
+                    detail: format!("collateral: {e}"),
+                })
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The TDX verifier the trustee registers.
 #[derive(Default)]
 pub struct TdxVerifier {
     /// Collateral used when the evidence carries none.
-    pub collateral: Option<collateral::Collateral>,
+    pub collateral: Option<std::sync::Arc<collateral::CollateralSet>>,
     /// Verified platform results.
     pub cache: TdxCache,
 }
 
-fn padded_equal(field: &[u8], expected: &[u8]) -> bool {
+/// Whether `field` is `expected` followed by zeros.
+pub(crate) fn padded_equal(field: &[u8], expected: &[u8]) -> bool {
     expected.len() <= field.len()
         && field[..expected.len()] == *expected
         && field[expected.len()..].iter().all(|b| *b == 0)
@@ -333,21 +377,12 @@ impl crate::Verifier for TdxVerifier {
             .and_then(|q| b64.decode(q).ok())
             .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
         let q = TdxQuote::parse(&raw).map_err(|e| malformed(e.to_string()))?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let sent: Option<collateral::Collateral> = match ev.get("collateral") {
-            Some(c) if !c.is_null() => Some(
-                serde_json::from_value(c.clone())
-                    .map_err(|e| malformed(format!("collateral: {e}")))?,
-            ),
-            _ => None,
-        };
-        let checked = verify_quote(
+        let sent = sent_collateral(ev)?;
+        let checked = verify_quote_with(
             &q,
-            sent.as_ref().or(self.collateral.as_ref()),
-            now,
+            sent.as_ref(),
+            self.collateral.as_deref(),
+            crate::unix_now(),
             &self.cache,
         )?;
         let log = match ev

@@ -1,7 +1,10 @@
-//! Intel TDX DCAP quotes, versions 4 and 5, parsed at explicit offsets:
-//! the 48-byte header, the TD report body (TD 1.0, 584 bytes; TD 1.5, 648
-//! bytes in v5), and the ECDSA signature data with the QE report
-//! certification data and the PCK certificate chain.
+//! Intel DCAP quotes parsed at explicit offsets: the 48-byte header, the
+//! body, and the ECDSA signature data with the QE report certification data
+//! and the PCK certificate chain. TDX quotes are versions 4 and 5 with a TD
+//! report body (TD 1.0, 584 bytes; TD 1.5, 648 bytes in v5); SGX quotes are
+//! versions 3 and 4 with a 384-byte enclave report body. The signature data
+//! of a v3 quote carries the QE report directly; v4 and v5 wrap it in
+//! certification data of type 6.
 
 /// Header length.
 pub const HEADER_LEN: usize = 48;
@@ -14,14 +17,16 @@ pub const ENCLAVE_REPORT_LEN: usize = 384;
 
 /// Why a quote did not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("malformed TDX quote at byte {offset}: {reason}")]
+#[error("malformed {tee} quote at byte {offset}: {reason}")]
 pub struct QuoteError {
+    tee: &'static str,
     offset: usize,
     reason: String,
 }
 
 fn err(offset: usize, reason: impl Into<String>) -> QuoteError {
     QuoteError {
+        tee: "DCAP",
         offset,
         reason: reason.into(),
     }
@@ -30,11 +35,11 @@ fn err(offset: usize, reason: impl Into<String>) -> QuoteError {
 /// The quote header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
-    /// 4 or 5.
+    /// 3 (SGX), 4 or 5.
     pub version: u16,
     /// 2 = ECDSA P-256.
     pub att_key_type: u16,
-    /// 0x81 = TDX.
+    /// 0x81 = TDX, 0 = SGX (`att_key_data_0` in v3).
     pub tee_type: u32,
     /// Reserved (QE/PCE SVN in SGX quotes).
     pub reserved: [u8; 4],
@@ -88,13 +93,68 @@ pub struct QeCertData {
     pub pck_chain_pem: Vec<u8>,
 }
 
+/// An SGX enclave report: the body of an SGX quote, and the QE report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnclaveReport {
+    /// CPUSVN.
+    pub cpu_svn: [u8; 16],
+    /// MISCSELECT.
+    pub misc_select: [u8; 4],
+    /// Reserved.
+    pub reserved1: [u8; 12],
+    /// ISVEXTPRODID.
+    pub isv_ext_prod_id: [u8; 16],
+    /// ATTRIBUTES.FLAGS.
+    pub attributes_flags: [u8; 8],
+    /// ATTRIBUTES.XFRM.
+    pub attributes_xfrm: [u8; 8],
+    /// MRENCLAVE.
+    pub mr_enclave: [u8; 32],
+    /// Reserved.
+    pub reserved2: [u8; 32],
+    /// MRSIGNER.
+    pub mr_signer: [u8; 32],
+    /// Reserved.
+    pub reserved3: [u8; 32],
+    /// CONFIGID (CoCo: the initdata digest).
+    pub config_id: [u8; 64],
+    /// ISVPRODID.
+    pub isv_prod_id: [u8; 2],
+    /// ISVSVN.
+    pub isv_svn: [u8; 2],
+    /// CONFIGSVN.
+    pub config_svn: [u8; 2],
+    /// Reserved.
+    pub reserved4: [u8; 42],
+    /// ISVFAMILYID.
+    pub isv_family_id: [u8; 16],
+    /// REPORTDATA.
+    pub report_data: [u8; 64],
+}
+
+/// What differs between TDX and SGX quotes: the body and its TEE type.
+pub trait QuoteBody: Sized + Clone + std::fmt::Debug {
+    /// `tdx` or `sgx`, for messages.
+    const NAME: &'static str;
+    /// The header's TEE type.
+    const TEE_TYPE: u32;
+    /// The `id` of the TCB info that judges this TEE (`TDX`, `SGX`).
+    const TCB_INFO_ID: &'static str;
+    /// The `id` of the QE identity for this TEE's quoting enclave (`TD_QE`, `QE`).
+    const QE_IDENTITY_ID: &'static str;
+    /// Reads the body of a version-`version` quote.
+    fn read(r: &mut Reader<'_>, version: u16) -> Result<Self, QuoteError>;
+    /// TDX: TEE_TCB_SVN, judged against the TCB info's TDX components.
+    fn tee_tcb_svn(&self) -> Option<&[u8; 16]>;
+}
+
 /// A parsed quote.
 #[derive(Debug, Clone)]
-pub struct TdxQuote {
+pub struct Quote<B> {
     /// Header.
     pub header: Header,
-    /// TD report body.
-    pub body: TdBody,
+    /// TD report body (TDX) or enclave report (SGX).
+    pub body: B,
     /// The bytes the attestation key signed (header and body).
     pub signed: Vec<u8>,
     /// ECDSA P-256 signature (r‖s) by the attestation key.
@@ -105,7 +165,13 @@ pub struct TdxQuote {
     pub qe: QeCertData,
 }
 
-struct Reader<'a> {
+/// A TDX quote.
+pub type TdxQuote = Quote<TdBody>;
+/// An SGX quote.
+pub type SgxQuote = Quote<EnclaveReport>;
+
+/// A cursor over quote bytes.
+pub struct Reader<'a> {
     b: &'a [u8],
     pos: usize,
 }
@@ -161,35 +227,15 @@ fn td_body(r: &mut Reader<'_>, td15: bool) -> Result<TdBody, QuoteError> {
     })
 }
 
-impl TdxQuote {
-    /// Parses a v4 or v5 TDX quote with ECDSA P-256 and QE certification data.
-    pub fn parse(b: &[u8]) -> Result<Self, QuoteError> {
-        let mut r = Reader { b, pos: 0 };
-        let header = Header {
-            version: r.u16("version")?,
-            att_key_type: r.u16("att_key_type")?,
-            tee_type: r.u32("tee_type")?,
-            reserved: r.arr("reserved")?,
-            vendor_id: r.arr("vendor_id")?,
-            user_data: r.arr("user_data")?,
-        };
-        if header.tee_type != 0x81 {
-            return Err(err(
-                4,
-                format!("TEE type {:#x} is not TDX (0x81)", header.tee_type),
-            ));
-        }
-        if header.att_key_type != 2 {
-            return Err(err(
-                2,
-                format!(
-                    "attestation key type {} is not ECDSA P-256 (2)",
-                    header.att_key_type
-                ),
-            ));
-        }
-        let body = match header.version {
-            4 => td_body(&mut r, false)?,
+impl QuoteBody for TdBody {
+    const NAME: &'static str = "TDX";
+    const TEE_TYPE: u32 = 0x81;
+    const TCB_INFO_ID: &'static str = "TDX";
+    const QE_IDENTITY_ID: &'static str = "TD_QE";
+
+    fn read(r: &mut Reader<'_>, version: u16) -> Result<Self, QuoteError> {
+        match version {
+            4 => td_body(r, false),
             5 => {
                 let body_type = r.u16("body type")?;
                 let size = r.u32("body size")? as usize;
@@ -209,24 +255,136 @@ impl TdxQuote {
                         format!("body size {size}, expected {want}"),
                     ));
                 }
-                td_body(&mut r, td15)?
+                td_body(r, td15)
             }
-            v => return Err(err(0, format!("quote version {v} (4 or 5)"))),
+            v => Err(err(0, format!("TDX quote version {v} (4 or 5)"))),
+        }
+    }
+
+    fn tee_tcb_svn(&self) -> Option<&[u8; 16]> {
+        Some(&self.tcb_svn)
+    }
+}
+
+impl QuoteBody for EnclaveReport {
+    const NAME: &'static str = "SGX";
+    const TEE_TYPE: u32 = 0;
+    const TCB_INFO_ID: &'static str = "SGX";
+    const QE_IDENTITY_ID: &'static str = "QE";
+
+    fn read(r: &mut Reader<'_>, version: u16) -> Result<Self, QuoteError> {
+        if !matches!(version, 3 | 4) {
+            return Err(err(0, format!("SGX quote version {version} (3 or 4)")));
+        }
+        Self::read_report(r)
+    }
+
+    fn tee_tcb_svn(&self) -> Option<&[u8; 16]> {
+        None
+    }
+}
+
+impl EnclaveReport {
+    /// Reads a 384-byte enclave report.
+    pub fn parse(b: &[u8]) -> Result<Self, QuoteError> {
+        if b.len() != ENCLAVE_REPORT_LEN {
+            return Err(err(
+                0,
+                format!("enclave report of {} bytes, expected 384", b.len()),
+            ));
+        }
+        Self::read_report(&mut Reader { b, pos: 0 })
+    }
+
+    fn read_report(r: &mut Reader<'_>) -> Result<Self, QuoteError> {
+        Ok(Self {
+            cpu_svn: r.arr("cpu_svn")?,
+            misc_select: r.arr("misc_select")?,
+            reserved1: r.arr("reserved1")?,
+            isv_ext_prod_id: r.arr("isv_ext_prod_id")?,
+            attributes_flags: r.arr("attributes.flags")?,
+            attributes_xfrm: r.arr("attributes.xfrm")?,
+            mr_enclave: r.arr("mr_enclave")?,
+            reserved2: r.arr("reserved2")?,
+            mr_signer: r.arr("mr_signer")?,
+            reserved3: r.arr("reserved3")?,
+            config_id: r.arr("config_id")?,
+            isv_prod_id: r.arr("isv_prod_id")?,
+            isv_svn: r.arr("isv_svn")?,
+            config_svn: r.arr("config_svn")?,
+            reserved4: r.arr("reserved4")?,
+            isv_family_id: r.arr("isv_family_id")?,
+            report_data: r.arr("report_data")?,
+        })
+    }
+}
+
+impl<B: QuoteBody> Quote<B> {
+    /// Parses a quote with ECDSA P-256 and QE certification data.
+    pub fn parse(b: &[u8]) -> Result<Self, QuoteError> {
+        Self::parse_inner(b).map_err(|mut e| {
+            e.tee = B::NAME;
+            e
+        })
+    }
+
+    fn parse_inner(b: &[u8]) -> Result<Self, QuoteError> {
+        let mut r = Reader { b, pos: 0 };
+        let header = Header {
+            version: r.u16("version")?,
+            att_key_type: r.u16("att_key_type")?,
+            tee_type: r.u32("tee_type")?,
+            reserved: r.arr("reserved")?,
+            vendor_id: r.arr("vendor_id")?,
+            user_data: r.arr("user_data")?,
         };
+        if header.tee_type != B::TEE_TYPE {
+            let named = match header.tee_type {
+                0 => " (SGX)",
+                0x81 => " (TDX)",
+                _ => "",
+            };
+            return Err(err(
+                4,
+                format!(
+                    "TEE type {:#x}{named} is not {} ({:#x})",
+                    header.tee_type,
+                    B::NAME,
+                    B::TEE_TYPE
+                ),
+            ));
+        }
+        if header.att_key_type != 2 {
+            return Err(err(
+                2,
+                format!(
+                    "attestation key type {} is not ECDSA P-256 (2)",
+                    header.att_key_type
+                ),
+            ));
+        }
+        let body = B::read(&mut r, header.version)?;
         let signed = b[..r.pos].to_vec();
         let sig_len = r.u32("signature data length")? as usize;
         let sig_start = r.pos;
         let signature = r.arr("quote signature")?;
         let attestation_key = r.arr("attestation key")?;
-        let cert_type = r.u16("certification data type")?;
-        if cert_type != 6 {
-            return Err(err(
-                r.pos - 2,
-                format!("certification data type {cert_type} (6: QE report certification data)"),
-            ));
-        }
-        let cert_size = r.u32("certification data size")? as usize;
-        let cert_start = r.pos;
+        // v3 carries the QE report directly; later versions wrap it.
+        let wrapped = header.version >= 4;
+        let (cert_size, cert_start) = if wrapped {
+            let cert_type = r.u16("certification data type")?;
+            if cert_type != 6 {
+                return Err(err(
+                    r.pos - 2,
+                    format!(
+                        "certification data type {cert_type} (6: QE report certification data)"
+                    ),
+                ));
+            }
+            (r.u32("certification data size")? as usize, r.pos)
+        } else {
+            (0, r.pos)
+        };
         let qe_report = r.take(ENCLAVE_REPORT_LEN, "QE report")?.to_vec();
         let qe_report_signature = r.arr("QE report signature")?;
         let auth_len = r.u16("QE auth data size")? as usize;
@@ -240,7 +398,7 @@ impl TdxQuote {
         }
         let inner_size = r.u32("PCK chain size")? as usize;
         let pck_chain_pem = r.take(inner_size, "PCK chain")?.to_vec();
-        if r.pos - cert_start != cert_size {
+        if wrapped && r.pos - cert_start != cert_size {
             return Err(err(
                 cert_start,
                 "certification data size does not match its contents",

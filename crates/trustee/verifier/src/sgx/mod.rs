@@ -1,0 +1,151 @@
+//! Intel SGX: DCAP ECDSA quotes (v3, and v4 with an enclave body). The
+//! checks are the TDX ones (attestation key signature, QE report binding,
+//! PCK signature over the QE report, PCK chain to Intel's root, and with
+//! collateral CRLs, TCB info and QE identity), with the SGX TCB info and the
+//! SGX QE identity. The enclave's identity (MRENCLAVE, MRSIGNER, ISV product
+//! id and SVN) is in the claims for policies to judge.
+
+use crate::tdx::collateral::{self, Collateral, CollateralSet};
+use crate::tdx::quote::SgxQuote;
+use crate::tdx::{TdxCache, padded_equal};
+use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
+use cocoon_types::Tee;
+use serde_json::{Value, json};
+
+const TEE: &str = "sgx";
+
+/// The shared DCAP checks name the TEE `tdx`; name it `sgx` here.
+fn retag(e: VerifyError) -> VerifyError {
+    match e {
+        VerifyError::Invalid { reason, .. } => VerifyError::Invalid { tee: TEE, reason },
+        VerifyError::UntrustedKey { detail, .. } => VerifyError::UntrustedKey { tee: TEE, detail },
+        VerifyError::Malformed { detail, .. } => VerifyError::Malformed { tee: TEE, detail },
+        e => e,
+    }
+}
+
+/// Verifies an SGX quote (everything but the report-data and initdata
+/// binding), with `collateral` when given; results are cached in `cache`.
+pub fn verify_quote(
+    q: &SgxQuote,
+    collateral: Option<&Collateral>,
+    now: u64,
+    cache: &TdxCache,
+) -> Result<Option<collateral::CollateralResult>, VerifyError> {
+    verify_quote_with(q, collateral, None, now, cache)
+}
+
+/// [`verify_quote`] with the evidence's collateral or the configured set.
+pub fn verify_quote_with(
+    q: &SgxQuote,
+    sent: Option<&Collateral>,
+    configured: Option<&CollateralSet>,
+    now: u64,
+    cache: &TdxCache,
+) -> Result<Option<collateral::CollateralResult>, VerifyError> {
+    crate::tdx::verify_quote_with(q, sent, configured, now, cache).map_err(retag)
+}
+
+/// Claims in CoCo's SGX shape: `header`, `body`, `report_data`, `init_data`.
+pub fn claims(q: &SgxQuote) -> Value {
+    let h = &q.header;
+    let b = &q.body;
+    json!({
+        "header": {
+            "version": hex::encode(h.version.to_le_bytes()),
+            "att_key_type": hex::encode(h.att_key_type.to_le_bytes()),
+            "att_key_data_0": hex::encode(h.tee_type.to_le_bytes()),
+            "qe_svn": hex::encode(&h.reserved[..2]),
+            "pce_svn": hex::encode(&h.reserved[2..]),
+            "vendor_id": hex::encode(h.vendor_id),
+            "user_data": hex::encode(h.user_data),
+        },
+        "body": {
+            "cpu_svn": hex::encode(b.cpu_svn),
+            "misc_select": hex::encode(b.misc_select),
+            "reserved1": hex::encode(b.reserved1),
+            "isv_ext_prod_id": hex::encode(b.isv_ext_prod_id),
+            "attributes.flags": hex::encode(b.attributes_flags),
+            "attributes.xfrm": hex::encode(b.attributes_xfrm),
+            "mr_enclave": hex::encode(b.mr_enclave),
+            "reserved2": hex::encode(b.reserved2),
+            "mr_signer": hex::encode(b.mr_signer),
+            "reserved3": hex::encode(b.reserved3),
+            "config_id": hex::encode(b.config_id),
+            "isv_prod_id": hex::encode(b.isv_prod_id),
+            "isv_svn": hex::encode(b.isv_svn),
+            "config_svn": hex::encode(b.config_svn),
+            "reserved4": hex::encode(b.reserved4),
+            "isv_family_id": hex::encode(b.isv_family_id),
+            "report_data": hex::encode(b.report_data),
+        },
+        "report_data": hex::encode(b.report_data),
+        "init_data": hex::encode(b.config_id),
+    })
+}
+
+/// The SGX verifier the trustee registers. Evidence: `{"quote": b64,
+/// "collateral"?: {…}}`.
+#[derive(Default)]
+pub struct SgxVerifier {
+    /// Collateral used when the evidence carries none.
+    pub collateral: Option<std::sync::Arc<CollateralSet>>,
+    /// Verified platform results.
+    pub cache: TdxCache,
+}
+
+impl crate::Verifier for SgxVerifier {
+    fn tee(&self) -> Tee {
+        Tee::Sgx
+    }
+
+    fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
+        use base64::Engine;
+        let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
+        let ev = input.evidence;
+        let raw = ev["quote"]
+            .as_str()
+            .and_then(|q| base64::engine::general_purpose::STANDARD.decode(q).ok())
+            .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
+        let q = SgxQuote::parse(&raw).map_err(|e| malformed(e.to_string()))?;
+        let sent = crate::tdx::sent_collateral(ev).map_err(retag)?;
+        let checked = verify_quote_with(
+            &q,
+            sent.as_ref(),
+            self.collateral.as_deref(),
+            crate::unix_now(),
+            &self.cache,
+        )?;
+        check_bindings(&q, input)?;
+        let mut c = claims(&q);
+        c["tcb_status"] = json!(checked.as_ref().map_or("unknown", |r| r.tcb_status()));
+        Ok(TeeClaims {
+            class: TeeClass::Cpu,
+            claims: c,
+            report_data: hex::encode(q.body.report_data),
+            init_data: input
+                .init_data_digest
+                .map(|_| hex::encode(q.body.config_id)),
+        })
+    }
+}
+
+/// REPORTDATA against the session binding, CONFIGID against the initdata
+/// digest (both zero-padded to 64 bytes).
+pub fn check_bindings(q: &SgxQuote, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
+    if !padded_equal(&q.body.report_data, input.expected_report_data) {
+        return Err(VerifyError::ReportDataMismatch {
+            expected: crate::hex_short(input.expected_report_data),
+            found: crate::hex_short(&q.body.report_data),
+        });
+    }
+    if let Some(d) = input.init_data_digest
+        && !padded_equal(&q.body.config_id, d)
+    {
+        return Err(VerifyError::InitDataMismatch);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
