@@ -327,7 +327,7 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     let r = raw
         .post(
             "auth",
-            &json!({"version": "0.4.0", "tee": "sgx", "extra-params": ""}),
+            &json!({"version": "0.4.0", "tee": "se", "extra-params": ""}),
             None,
         )
         .await;
@@ -677,5 +677,35 @@ async fn sgx_fixture_evidence_through_attest() {
         assert_ne!(r.status, 200, "{:?}", r.body);
         let d = r.body["detail"].as_str().unwrap_or_default();
         assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");
+    }
+}
+
+/// Real Azure vTPM evidence through `/kbs/v0/attest`: every hardware and
+/// vTPM check passes, then the captured nonce is refused for this session;
+/// a changed PCR value is caught by the quote's PCR digest.
+#[tokio::test]
+async fn azure_vtpm_fixture_evidence_through_attest() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+    let key = TeeKeyPair::generate_ec();
+    for (tee, file) in [
+        ("az-snp-vtpm", "az-snp-vtpm/trustee_evidence_v2.json"),
+        ("az-tdx-vtpm", "az-tdx-vtpm/trustee_evidence_v1.json"),
+    ] {
+        let ev: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(format!("{fixtures}/{file}")).unwrap()).unwrap();
+        let mut tampered = ev.clone();
+        tampered["tpm_quote"]["pcrs"][0] = json!("00".repeat(32));
+        for (e, expect) in [(ev, "report data does not match"), (tampered, "PCR digest")] {
+            let r = raw.attest_evidence(tee, &key, e).await;
+            assert_ne!(r.status, 200, "{:?}", r.body);
+            let d = r.body["detail"].as_str().unwrap_or_default();
+            assert!(
+                d.contains(expect),
+                "{tee}: detail {d:?} should mention {expect:?}"
+            );
+        }
     }
 }

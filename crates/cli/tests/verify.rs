@@ -408,3 +408,49 @@ fn tdx_tcb_status_agrees_with_dcap_qvl() {
     let want = dcap_qvl_status(&std::fs::read(&quote).unwrap(), &col, 1_750_809_600);
     assert_eq!(claims["tcb_status"], want.as_str());
 }
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+
+#[test]
+fn azure_vtpm_evidence_offline() {
+    for (tee, file) in [
+        ("az-snp-vtpm", "az-snp-vtpm/trustee_evidence_v1.json"),
+        ("az-tdx-vtpm", "az-tdx-vtpm/trustee_evidence_v1.json"),
+    ] {
+        let ev = format!("{FIX}/{file}");
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "verify",
+                "--tee",
+                tee,
+                "--evidence",
+                &ev,
+                "--at",
+                "2025-06-01T00:00:00Z",
+            ];
+            args.extend_from_slice(extra);
+            cocoon(&args, &[])
+        };
+        let o = run(&[]);
+        let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+        assert_eq!(claims["tpm"].as_object().unwrap().len(), 24, "{tee}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("NOT checked"));
+        // "challenge", the nonce these were captured with.
+        ok(&run(&["--report-data", &hex::encode("challenge")]));
+        let err = fails(&run(&["--report-data", &hex::encode("challengE")]));
+        assert!(err.contains("report data does not match"), "{tee}: {err}");
+        let err = fails(&run(&["--init-data-digest", &"11".repeat(32)]));
+        assert!(err.contains("init data"), "{tee}: {err}");
+    }
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "az-snp-vtpm",
+            "--evidence",
+            &format!("{FIX}/az-tdx-vtpm/trustee_evidence_v1.json"),
+        ],
+        &[],
+    ));
+    assert!(err.contains("carries a TDX report"), "{err}");
+}

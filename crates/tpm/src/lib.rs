@@ -10,7 +10,7 @@ pub mod swtpm;
 pub mod wire;
 
 pub use device::{DEFAULT_AK_HANDLE, DEFAULT_EK_HANDLE, Quote, Tcti, Tpm};
-pub use quote::{AkPublicKey, VerifiedQuote, extend_sha256, verify_quote};
+pub use quote::{AkPublicKey, VerifiedQuote, extend_sha256, verify_quote, verify_quote_signature};
 pub use structs::{Attest, KeyAlgorithm, Public, Signature};
 
 /// TPM errors.

@@ -93,9 +93,19 @@ pub fn verify_quote(
     signature: &[u8],
     pcrs: &[[u8; 32]],
 ) -> Result<VerifiedQuote, TpmError> {
-    let sig = Signature::parse(signature)?;
+    verify_quote_signature(ak, attest, &Signature::parse(signature)?, pcrs)
+}
+
+/// [`verify_quote`] with the signature already decoded (Azure's vTPM, for
+/// one, sends the bare RSASSA signature rather than a TPMT_SIGNATURE).
+pub fn verify_quote_signature(
+    ak: &AkPublicKey,
+    attest: &[u8],
+    sig: &Signature,
+    pcrs: &[[u8; 32]],
+) -> Result<VerifiedQuote, TpmError> {
     // Signature first: nothing in the body is trusted before it holds.
-    ak.verify(attest, &sig)?;
+    ak.verify(attest, sig)?;
     let parsed = Attest::parse(attest)?;
     if pcrs.len() != PCR_COUNT {
         return Err(TpmError::PcrSelection(format!(

@@ -74,10 +74,25 @@ explain contains "configuration: claim sample.debug is true" if {
 # Each PCR N that has a reference value "tpm_pcrN" (a list of hex digests)
 # must equal one of them, and at least one such reference value must exist.
 
+# The same PCR rules judge the vTPM of an Azure confidential VM, whose PCRs
+# sit under az-snp-vtpm.tpm / az-tdx-vtpm.tpm.
+
 hardware := 2 if input.tpm
 
-tpm_pcr_checks[n] := {"claim": input.tpm[tpm_pcr_key(n)], "refs": refs} if {
-	input.tpm
+vtpm_pcrs := input.tpm
+
+vtpm_pcrs := input["az-snp-vtpm"].tpm
+
+vtpm_pcrs := input["az-tdx-vtpm"].tpm
+
+vtpm_name := "tpm" if input.tpm
+
+vtpm_name := "az-snp-vtpm.tpm" if input["az-snp-vtpm"]
+
+vtpm_name := "az-tdx-vtpm.tpm" if input["az-tdx-vtpm"]
+
+tpm_pcr_checks[n] := {"claim": vtpm_pcrs[tpm_pcr_key(n)], "refs": refs} if {
+	vtpm_pcrs
 	some n in numbers.range(0, 23)
 	refs := query_reference_value(sprintf("tpm_pcr%d", [n]))
 	refs != null
@@ -99,7 +114,7 @@ tpm_pcrs_ok if {
 }
 
 executables := 3 if {
-	input.tpm
+	vtpm_pcrs
 	tpm_pcrs_ok
 }
 
@@ -111,11 +126,11 @@ configuration := 2 if {
 explain contains msg if {
 	some n in tpm_pcr_failures
 	c := tpm_pcr_checks[n]
-	msg := sprintf("executables: claim tpm.%v=%v is not in reference value 'tpm_pcr%d'=%v", [tpm_pcr_key(n), c.claim, n, c.refs])
+	msg := sprintf("executables: claim %v.%v=%v is not in reference value 'tpm_pcr%d'=%v", [vtpm_name, tpm_pcr_key(n), c.claim, n, c.refs])
 }
 
 explain contains "executables: no PCR reference values are registered (names tpm_pcr0 .. tpm_pcr23): add them with `cocoon admin add-reference-value`" if {
-	input.tpm
+	vtpm_pcrs
 	count(tpm_pcr_checks) == 0
 }
 
@@ -123,29 +138,40 @@ explain contains "executables: no PCR reference values are registered (names tpm
 # Reference values: "snp_launch_measurement" (hex launch digests), and
 # optional minimum TCB levels "snp_min_tcb_bootloader", "snp_min_tcb_tee",
 # "snp_min_tcb_snp", "snp_min_tcb_microcode" (one number each).
+# The TCB and debug rules also judge the SNP report of an Azure vTPM VM
+# (az-snp-vtpm), whose launch measurement is the paravisor's and whose
+# executables are judged by PCRs (above).
 
 executables := 3 if {
 	input.snp.measurement in query_reference_value("snp_launch_measurement")
 }
 
+snp_claims := input.snp
+
+snp_claims := input["az-snp-vtpm"]
+
+snp_name := "snp" if input.snp
+
+snp_name := "az-snp-vtpm" if input["az-snp-vtpm"]
+
 hardware := 2 if {
-	input.snp
+	snp_claims
 	count(snp_tcb_below_minimum) == 0
 }
 
 configuration := 2 if {
-	input.snp
-	input.snp.policy_debug_allowed == false
+	snp_claims
+	snp_claims.policy_debug_allowed == false
 }
 
 snp_tcb_parts := ["bootloader", "tee", "snp", "microcode"]
 
 snp_tcb_below_minimum contains part if {
-	input.snp
+	snp_claims
 	some part in snp_tcb_parts
 	refs := query_reference_value(sprintf("snp_min_tcb_%s", [part]))
 	refs != null
-	to_number(input.snp[sprintf("reported_tcb_%s", [part])]) < to_number(refs[0])
+	to_number(snp_claims[sprintf("reported_tcb_%s", [part])]) < to_number(refs[0])
 }
 
 explain contains msg if {
@@ -156,16 +182,19 @@ explain contains msg if {
 
 explain contains msg if {
 	some part in snp_tcb_below_minimum
-	msg := sprintf("hardware: claim snp.reported_tcb_%s=%v is below reference value 'snp_min_tcb_%s'=%v", [part, input.snp[sprintf("reported_tcb_%s", [part])], part, query_reference_value(sprintf("snp_min_tcb_%s", [part]))])
+	msg := sprintf("hardware: claim %s.reported_tcb_%s=%v is below reference value 'snp_min_tcb_%s'=%v", [snp_name, part, snp_claims[sprintf("reported_tcb_%s", [part])], part, query_reference_value(sprintf("snp_min_tcb_%s", [part]))])
 }
 
-explain contains "configuration: claim snp.policy_debug_allowed is true (the guest policy lets the host debug it)" if {
-	input.snp.policy_debug_allowed == true
+explain contains msg if {
+	snp_claims.policy_debug_allowed == true
+	msg := sprintf("configuration: claim %s.policy_debug_allowed is true (the guest policy lets the host debug it)", [snp_name])
 }
 
 # ---- tdx -----------------------------------------------------------------
 # Reference values: "tdx_mr_td" (hex MRTD list). Hardware is affirmed when
 # the collateral says the TCB is up to date (tcb_status "unknown" without it).
+# The hardware and debug rules also judge the TD quote of an Azure vTPM VM
+# (az-tdx-vtpm), whose executables are judged by PCRs (above).
 
 executables := 3 if {
 	input.tdx.quote.body.mr_td in query_reference_value("tdx_mr_td")
@@ -175,9 +204,17 @@ hardware := 2 if {
 	input.tdx.tcb_status == "UpToDate"
 }
 
+hardware := 2 if {
+	input["az-tdx-vtpm"].tcb_status == "UpToDate"
+}
+
 configuration := 2 if {
 	input.tdx
 	input.tdx.td_attributes.debug == false
+}
+
+configuration := 2 if {
+	input["az-tdx-vtpm"].td_attributes.debug == false
 }
 
 explain contains msg if {
@@ -189,9 +226,62 @@ explain contains msg if {
 explain contains msg if {
 	input.tdx
 	input.tdx.tcb_status != "UpToDate"
-	msg := sprintf("hardware: claim tdx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --tdx-collateral, or update the platform)", [input.tdx.tcb_status])
+	msg := sprintf("hardware: claim tdx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral, or update the platform)", [input.tdx.tcb_status])
 }
 
 explain contains "configuration: claim tdx.td_attributes.debug is true (a debug TD)" if {
 	input.tdx.td_attributes.debug == true
+}
+
+explain contains msg if {
+	input["az-tdx-vtpm"].tcb_status != "UpToDate"
+	msg := sprintf("hardware: claim az-tdx-vtpm.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral, or update the platform)", [input["az-tdx-vtpm"].tcb_status])
+}
+
+# ---- sgx -----------------------------------------------------------------
+# Reference values: "sgx_mr_enclave" (hex MRENCLAVE list) and, optionally,
+# "sgx_mr_signer" (hex MRSIGNER list). Hardware as for TDX. An enclave with
+# the DEBUG attribute (bit 1 of attributes.flags) fails configuration.
+
+executables := 3 if {
+	input.sgx.body.mr_enclave in query_reference_value("sgx_mr_enclave")
+	sgx_signer_ok
+}
+
+sgx_signer_ok if query_reference_value("sgx_mr_signer") == null
+
+sgx_signer_ok if input.sgx.body.mr_signer in query_reference_value("sgx_mr_signer")
+
+hardware := 2 if {
+	input.sgx.tcb_status == "UpToDate"
+}
+
+# attributes.flags is little-endian hex: its second character holds bits 0-3.
+sgx_debug if substring(input.sgx.body["attributes.flags"], 1, 1) in {"2", "3", "6", "7", "a", "b", "e", "f"}
+
+configuration := 2 if {
+	input.sgx
+	not sgx_debug
+}
+
+explain contains msg if {
+	input.sgx
+	not input.sgx.body.mr_enclave in query_reference_value("sgx_mr_enclave")
+	msg := sprintf("executables: claim sgx.body.mr_enclave=%v is not in reference value 'sgx_mr_enclave'=%v", [input.sgx.body.mr_enclave, query_reference_value("sgx_mr_enclave")])
+}
+
+explain contains msg if {
+	input.sgx
+	not sgx_signer_ok
+	msg := sprintf("executables: claim sgx.body.mr_signer=%v is not in reference value 'sgx_mr_signer'=%v", [input.sgx.body.mr_signer, query_reference_value("sgx_mr_signer")])
+}
+
+explain contains msg if {
+	input.sgx
+	input.sgx.tcb_status != "UpToDate"
+	msg := sprintf("hardware: claim sgx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral, or update the platform)", [input.sgx.tcb_status])
+}
+
+explain contains "configuration: claim sgx.body.attributes.flags has DEBUG set (a debug enclave)" if {
+	sgx_debug
 }

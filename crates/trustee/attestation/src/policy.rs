@@ -343,4 +343,70 @@ mod default_policy_tests {
             ],
         );
     }
+
+    /// The SGX section: MRENCLAVE, optional MRSIGNER, TCB status, DEBUG.
+    #[test]
+    fn sgx_claims() {
+        let claims = |enclave: &str, signer: &str, tcb: &str, flags: &str| json!({"sgx": {"body": {"mr_enclave": enclave, "mr_signer": signer, "attributes.flags": flags}, "tcb_status": tcb}});
+        let (_d, p) = policy(&[("sgx_mr_enclave", json!(["aa"]))]);
+        assert_eq!(
+            trust(&p, &claims("aa", "ss", "UpToDate", "0500000000000000")),
+            (json!(3), json!(2), json!(2))
+        );
+        let (_d, p) = policy(&[
+            ("sgx_mr_enclave", json!(["aa"])),
+            ("sgx_mr_signer", json!(["ss"])),
+        ]);
+        assert_eq!(
+            trust(&p, &claims("aa", "ss", "UpToDate", "0500000000000000")).0,
+            3
+        );
+        let bad = claims("aa", "tt", "OutOfDate", "0700000000000000");
+        assert_eq!(trust(&p, &bad), (json!(33), json!(97), json!(36)));
+        explains(
+            &p,
+            &bad,
+            &[
+                "sgx.body.mr_signer=tt",
+                "sgx.tcb_status=OutOfDate",
+                "a debug enclave",
+            ],
+        );
+    }
+
+    /// Azure vTPM VMs: PCRs judge executables, the hardware report the rest.
+    #[test]
+    fn azure_vtpm_claims() {
+        let (_d, p) = policy(&[("tpm_pcr4", json!(["44"])), ("snp_min_tcb_snp", json!([8]))]);
+        let snp = |pcr4: &str, snp_tcb: &str, debug: bool| {
+            json!({"az-snp-vtpm": {"measurement": "m", "reported_tcb_bootloader": "3", "reported_tcb_tee": "0",
+                "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug,
+                "tpm": {"pcr04": pcr4}}})
+        };
+        assert_eq!(
+            trust(&p, &snp("44", "20", false)),
+            (json!(3), json!(2), json!(2))
+        );
+        let bad = snp("45", "7", true);
+        assert_eq!(trust(&p, &bad), (json!(33), json!(97), json!(36)));
+        explains(
+            &p,
+            &bad,
+            &[
+                "az-snp-vtpm.tpm.pcr04=45",
+                "az-snp-vtpm.reported_tcb_snp=7",
+                "az-snp-vtpm.policy_debug_allowed is true",
+            ],
+        );
+        let tdx = |pcr4: &str, tcb: &str| json!({"az-tdx-vtpm": {"tcb_status": tcb, "td_attributes": {"debug": false}, "tpm": {"pcr04": pcr4}}});
+        assert_eq!(
+            trust(&p, &tdx("44", "UpToDate")),
+            (json!(3), json!(2), json!(2))
+        );
+        explains(
+            &p,
+            &tdx("45", "unknown"),
+            &["az-tdx-vtpm.tpm.pcr04=45", "az-tdx-vtpm.tcb_status=unknown"],
+        );
+    }
 }

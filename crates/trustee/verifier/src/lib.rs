@@ -6,6 +6,7 @@
 //! returns the claims it extracted, typed inside the module and turned into
 //! JSON only here, at the policy edge.
 
+pub mod az;
 pub mod eventlog;
 pub mod sample;
 pub mod sgx;
@@ -170,8 +171,16 @@ impl VerifierRegistry {
             collateral: options.dcap_collateral.clone(),
             ..Default::default()
         }));
+        all.push(Arc::new(az::AzTdxVtpmVerifier {
+            collateral: options.dcap_collateral.clone(),
+            ..Default::default()
+        }));
         match snp::SnpVerifier::new() {
-            Ok(v) => all.push(Arc::new(v)),
+            Ok(v) => {
+                let v = Arc::new(v);
+                all.push(Arc::new(az::AzSnpVtpmVerifier::new(v.clone())));
+                all.push(v);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the SEV-SNP verifier is disabled: its embedded AMD chain does not verify")
             }
@@ -204,6 +213,16 @@ impl VerifierRegistry {
             .collect();
         v.sort();
         v
+    }
+}
+
+/// `e` with its TEE name replaced by `tee`, for checks shared between TEEs.
+pub(crate) fn retag(e: VerifyError, tee: &'static str) -> VerifyError {
+    match e {
+        VerifyError::Invalid { reason, .. } => VerifyError::Invalid { tee, reason },
+        VerifyError::UntrustedKey { detail, .. } => VerifyError::UntrustedKey { tee, detail },
+        VerifyError::Malformed { detail, .. } => VerifyError::Malformed { tee, detail },
+        e => e,
     }
 }
 

@@ -14,14 +14,8 @@ use serde_json::{Value, json};
 
 const TEE: &str = "sgx";
 
-/// The shared DCAP checks name the TEE `tdx`; name it `sgx` here.
 fn retag(e: VerifyError) -> VerifyError {
-    match e {
-        VerifyError::Invalid { reason, .. } => VerifyError::Invalid { tee: TEE, reason },
-        VerifyError::UntrustedKey { detail, .. } => VerifyError::UntrustedKey { tee: TEE, detail },
-        VerifyError::Malformed { detail, .. } => VerifyError::Malformed { tee: TEE, detail },
-        e => e,
-    }
+    crate::retag(e, TEE)
 }
 
 /// Verifies an SGX quote (everything but the report-data and initdata
