@@ -39,6 +39,11 @@ pub struct TrusteeArgs {
     /// `tcb_status` claim is `unknown`.
     #[arg(long, alias = "tdx-collateral")]
     dcap_collateral: Option<PathBuf>,
+    /// Arm CCA platform attestation keys (CPAKs) to trust: PEM public keys
+    /// or EC JWKs, in a file or a directory. Without them every CCA token
+    /// is refused.
+    #[arg(long)]
+    cca_cpak: Option<PathBuf>,
     /// Accept admin requests without authentication (development only).
     #[arg(long)]
     insecure_admin: bool,
@@ -78,6 +83,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         admin_public_keys: a.admin_public_keys.clone(),
         kek_file: a.kek_file.clone(),
         dcap_collateral: a.dcap_collateral.clone(),
+        cca_cpak: a.cca_cpak.clone(),
         session_timeout_secs: a.session_timeout,
         token_lifetime_secs: a.token_lifetime,
     };

@@ -10,13 +10,13 @@ use std::path::PathBuf;
 /// `cocoon verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// TEE of the evidence: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm.
+    /// TEE of the evidence: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm, cca.
     #[arg(long)]
     tee: String,
     /// Evidence: the raw report/quote bytes, or the JSON evidence document a guest sends.
     #[arg(long)]
     evidence: PathBuf,
-    /// Collateral: the VCEK/VLEK (DER or PEM) for snp; the DCAP collateral JSON (a file, or a directory of them) for tdx and sgx.
+    /// Collateral: the VCEK/VLEK (DER or PEM) for snp; the DCAP collateral JSON (a file, or a directory of them) for tdx, sgx and az-tdx-vtpm; the platform's CPAK (PEM public key or JWK, file or directory) for cca.
     #[arg(long)]
     collateral: Option<PathBuf>,
     /// Expected report data (hex); without it the session binding is not checked.
@@ -99,8 +99,9 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         "tdx" => verify_tdx(&a, bytes, now),
         "sgx" => verify_sgx(&a, bytes, now),
         "az-snp-vtpm" | "az-tdx-vtpm" => verify_az(&a, &bytes, now),
+        "cca" => verify_cca(&a, bytes),
         other => bail!(
-            "verify --tee {other} is not supported yet (supported: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm)"
+            "verify --tee {other} is not supported yet (supported: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm, cca)"
         ),
     }
 }
@@ -164,6 +165,46 @@ fn check_fields(a: &VerifyArgs, report_data: &[u8], init_field: (&str, &[u8])) -
             );
         }
     }
+    Ok(())
+}
+
+/// An Arm CCA token: raw CBOR, or the JSON evidence `{"token": …}`.
+fn verify_cca(a: &VerifyArgs, bytes: Vec<u8>) -> Result<()> {
+    use cocoon_verifier::cca::{self, Cpaks, token::CcaToken};
+    let raw = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(json) => cca::token_from_evidence(&json)?,
+        Err(_) => bytes,
+    };
+    let t = CcaToken::parse(&raw)?;
+    cca::verify_realm(&t)?;
+    let platform = match &a.collateral {
+        Some(p) => {
+            cca::verify_platform(&t, &Cpaks::load(p).map_err(anyhow::Error::msg)?)?;
+            "platform token signed by a trusted CPAK"
+        }
+        None => {
+            "platform token signature NOT checked (pass --collateral CPAK; the trustee always requires one)"
+        }
+    };
+    check_fields(
+        a,
+        &t.realm.challenge,
+        (
+            "the realm personalization value",
+            &t.realm.personalization_value,
+        ),
+    )?;
+    if let Some(h) = &a.init_data_digest
+        && hex::decode(h)? != t.realm.personalization_value
+    {
+        bail!(
+            "init data digest does not match the realm personalization value (compared unpadded: 64 bytes, SHA-512)"
+        );
+    }
+    eprintln!(
+        "verified: realm token signed by its RAK, the platform challenge binds the RAK; {platform}"
+    );
+    println!("{}", serde_json::to_string_pretty(&cca::claims(&t))?);
     Ok(())
 }
 

@@ -709,3 +709,33 @@ async fn azure_vtpm_fixture_evidence_through_attest() {
         }
     }
 }
+
+/// The real CCA token through `/kbs/v0/attest`: parsed, its realm token
+/// verified and bound, then refused because its platform's CPAK is not one
+/// the trustee was given.
+#[tokio::test]
+async fn cca_fixture_evidence_through_attest() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let token = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/fixtures/cca/trustee_cca_example_token.cbor"
+    ))
+    .unwrap();
+    let key = TeeKeyPair::generate_ec();
+    let r = raw
+        .attest_evidence("cca", &key, json!({"token": B64.encode(&token)}))
+        .await;
+    assert_ne!(r.status, 200, "{:?}", r.body);
+    let d = r.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        d.contains("not signed by any of the 0 trusted CPAKs"),
+        "{d}"
+    );
+    let r = raw
+        .attest_evidence("cca", &key, json!({"token": B64.encode(&token[..100])}))
+        .await;
+    let d = r.body["detail"].as_str().unwrap_or_default();
+    assert!(d.contains("malformed cca evidence"), "{d}");
+}

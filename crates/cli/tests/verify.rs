@@ -454,3 +454,91 @@ fn azure_vtpm_evidence_offline() {
     ));
     assert!(err.contains("carries a TDX report"), "{err}");
 }
+
+#[test]
+fn cca_token_offline() {
+    let token = format!("{FIX}/cca/trustee_cca_example_token.cbor");
+    let o = cocoon(&["verify", "--tee", "cca", "--evidence", &token], &[]);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(
+        claims["platform"]["cca-platform-profile"],
+        "http://arm.com/CCA-SSD/1.0.0"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("platform token signature NOT checked"),
+        "{stderr}"
+    );
+    let rd = claims["report_data"].as_str().unwrap().to_string();
+    ok(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "cca",
+            "--evidence",
+            &token,
+            "--report-data",
+            &rd,
+        ],
+        &[],
+    ));
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "cca",
+            "--evidence",
+            &token,
+            "--report-data",
+            "00",
+        ],
+        &[],
+    ));
+    assert!(err.contains("report data does not match"), "{err}");
+    // A CPAK that is not this platform's.
+    let dir = tempfile::tempdir().unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pk = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        &rng,
+    )
+    .unwrap();
+    let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        pk.as_ref(),
+        &rng,
+    )
+    .unwrap();
+    use ring::signature::KeyPair;
+    let point = kp.public_key().as_ref();
+    use base64::Engine;
+    let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-384", "x": b64u.encode(&point[1..49]), "y": b64u.encode(&point[49..])});
+    let f = write(dir.path(), "cpak.jwk", jwk.to_string().as_bytes());
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "cca",
+            "--evidence",
+            &token,
+            "--collateral",
+            f.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("not signed by any of the 1 trusted CPAKs"),
+        "{err}"
+    );
+    // One flipped bit in the realm token's signed claims.
+    let mut m = std::fs::read(&token).unwrap();
+    let at = m.len() - 200;
+    m[at] ^= 1;
+    let mf = write(dir.path(), "m.cbor", &m);
+    let err = fails(&cocoon(
+        &["verify", "--tee", "cca", "--evidence", mf.to_str().unwrap()],
+        &[],
+    ));
+    assert!(err.contains("cca evidence"), "{err}");
+}

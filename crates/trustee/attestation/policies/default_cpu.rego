@@ -285,3 +285,38 @@ explain contains msg if {
 explain contains "configuration: claim sgx.body.attributes.flags has DEBUG set (a debug enclave)" if {
 	sgx_debug
 }
+
+# ---- cca -----------------------------------------------------------------
+# The platform token verified with a CPAK the trustee was given: hardware
+# is affirmed. Executables: the realm initial measurement (base64, as in
+# the claims) is in the reference value "cca_realm_initial_measurement".
+# Configuration: the platform's security lifecycle is "secured"
+# (0x3000-0x30ff); debug and provisioning states are not.
+
+hardware := 2 if input.cca
+
+executables := 3 if {
+	input.cca.realm["cca-realm-initial-measurement"] in query_reference_value("cca_realm_initial_measurement")
+}
+
+cca_secured if {
+	input.cca.platform["cca-platform-lifecycle"] >= 12288
+	input.cca.platform["cca-platform-lifecycle"] <= 12543
+}
+
+configuration := 2 if {
+	input.cca
+	cca_secured
+}
+
+explain contains msg if {
+	input.cca
+	not input.cca.realm["cca-realm-initial-measurement"] in query_reference_value("cca_realm_initial_measurement")
+	msg := sprintf("executables: claim cca.realm.cca-realm-initial-measurement=%v is not in reference value 'cca_realm_initial_measurement'=%v", [input.cca.realm["cca-realm-initial-measurement"], query_reference_value("cca_realm_initial_measurement")])
+}
+
+explain contains msg if {
+	input.cca
+	not cca_secured
+	msg := sprintf("configuration: claim cca.platform.cca-platform-lifecycle=%v is not a secured state (0x3000-0x30ff)", [input.cca.platform["cca-platform-lifecycle"]])
+}

@@ -409,4 +409,22 @@ mod default_policy_tests {
             &["az-tdx-vtpm.tpm.pcr04=45", "az-tdx-vtpm.tcb_status=unknown"],
         );
     }
+
+    /// The CCA section: RIM, lifecycle.
+    #[test]
+    fn cca_claims() {
+        let (_d, p) = policy(&[("cca_realm_initial_measurement", json!(["UklN"]))]);
+        let claims = |rim: &str, lifecycle: u64| json!({"cca": {"realm": {"cca-realm-initial-measurement": rim}, "platform": {"cca-platform-lifecycle": lifecycle}}});
+        assert_eq!(
+            trust(&p, &claims("UklN", 0x3003)),
+            (json!(3), json!(2), json!(2))
+        );
+        let bad = claims("T1RI", 0x2000);
+        assert_eq!(trust(&p, &bad), (json!(33), json!(2), json!(36)));
+        explains(
+            &p,
+            &bad,
+            &["cca-realm-initial-measurement=T1RI", "lifecycle=8192"],
+        );
+    }
 }

@@ -50,6 +50,8 @@ pub struct TrusteeConfig {
     pub kek_file: Option<PathBuf>,
     /// DCAP collateral JSON used for TDX evidence that carries none.
     pub dcap_collateral: Option<PathBuf>,
+    /// CCA platform attestation keys (PEM/JWK file or directory).
+    pub cca_cpak: Option<PathBuf>,
     /// Session lifetime, seconds.
     pub session_timeout_secs: i64,
     /// Token lifetime, seconds.
@@ -80,6 +82,7 @@ impl Default for TrusteeConfig {
             admin_public_keys: Vec::new(),
             kek_file: None,
             dcap_collateral: None,
+            cca_cpak: None,
             session_timeout_secs: 300,
             token_lifetime_secs: 300,
         }
@@ -224,10 +227,19 @@ impl Trustee {
             }
             None => None,
         };
+        let cca_cpaks = match &cfg.cca_cpak {
+            Some(p) => {
+                let keys = cocoon_verifier::cca::Cpaks::load(p).map_err(err)?;
+                tracing::info!(keys = keys.0.len(), path = %p.display(), "CCA platform keys loaded");
+                Some(Arc::new(keys))
+            }
+            None => None,
+        };
         let verifiers = VerifierRegistry::new(VerifierOptions {
             allow_dev_tee: cfg.allow_dev_tee,
             tpm_trusted_aks: Some(Arc::new(crate::tpm_aks::StoreTrustedAks(store.clone()))),
             dcap_collateral,
+            cca_cpaks,
         });
         let attestation = AttestationService::new(
             store.clone(),

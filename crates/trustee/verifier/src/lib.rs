@@ -7,6 +7,7 @@
 //! JSON only here, at the policy edge.
 
 pub mod az;
+pub mod cca;
 pub mod eventlog;
 pub mod sample;
 pub mod sgx;
@@ -138,6 +139,8 @@ pub struct VerifierOptions {
     /// DCAP collateral (by TEE and FMSPC) the `tdx` and `sgx` verifiers
     /// use when evidence carries none.
     pub dcap_collateral: Option<Arc<tdx::collateral::CollateralSet>>,
+    /// Platform attestation keys the `cca` verifier trusts.
+    pub cca_cpaks: Option<Arc<cca::Cpaks>>,
 }
 
 impl std::fmt::Debug for VerifierOptions {
@@ -170,6 +173,9 @@ impl VerifierRegistry {
         all.push(Arc::new(sgx::SgxVerifier {
             collateral: options.dcap_collateral.clone(),
             ..Default::default()
+        }));
+        all.push(Arc::new(cca::CcaVerifier {
+            cpaks: options.cca_cpaks.clone().unwrap_or_default(),
         }));
         all.push(Arc::new(az::AzTdxVtpmVerifier {
             collateral: options.dcap_collateral.clone(),
