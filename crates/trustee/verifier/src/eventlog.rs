@@ -242,12 +242,25 @@ impl TcgEventLog {
     }
 
     /// Extends every index from zeros with `alg`'s digests, in order
-    /// (EV_NO_ACTION events are not extended).
+    /// (EV_NO_ACTION events are not extended). A `StartupLocality` event
+    /// sets PCR 0's starting value to its locality (the TPM's start-up
+    /// locality 3 or 4 under an H-CRTM), as the TPM did.
     pub fn replay(&self, alg: AlgId) -> BTreeMap<u32, Vec<u8>> {
         let mut regs: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let Some(h) = alg.ring() else {
             return regs;
         };
+        for e in &self.events {
+            if e.event_type == 0x3
+                && e.index == 0
+                && e.data.len() == 17
+                && e.data.starts_with(b"StartupLocality\0")
+            {
+                let mut start = vec![0u8; h.output_len()];
+                start[h.output_len() - 1] = e.data[16];
+                regs.insert(0, start);
+            }
+        }
         for e in self.events.iter().filter(|e| e.event_type != 0x3) {
             let Some((_, d)) = e.digests.iter().find(|(a, _)| *a == alg) else {
                 continue;

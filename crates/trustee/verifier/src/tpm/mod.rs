@@ -10,7 +10,11 @@
 //! when the evidence carries the agent's runtime event log (`aa_eventlog`,
 //! one `<domain> <operation> <content>` line per event), `runtime_events`:
 //! the log is replayed (SHA-256 of each line extended from zero) and must
-//! equal PCR 23, the register the agent extends on vTPMs.
+//! equal PCR 23, the register the agent extends on vTPMs. When the evidence
+//! carries the firmware's TCG event log (`eventlog`, b64), it is replayed
+//! (SHA-256 bank, honouring a StartupLocality event) and every PCR it
+//! extends must equal the quoted value (but PCRs 8 and 23, which also take
+//! the agent's extends); its events become `uefi_event_logs`.
 
 use crate::{TeeClaims, TeeClass, TrustedKeys, Verifier, VerifyError, VerifyInput, hex_short};
 use base64::Engine;
@@ -35,6 +39,46 @@ struct TpmEvidence {
     tpm_quote: QuoteJson,
     #[serde(default)]
     aa_eventlog: Option<String>,
+    /// The firmware's TCG event log (b64), replayed against the PCRs.
+    #[serde(default)]
+    eventlog: Option<String>,
+}
+
+/// Replays the firmware's TCG event log (SHA-256 bank) against the quoted
+/// PCRs: every PCR the log extends must hold exactly the replayed value.
+pub fn check_firmware_log(
+    log: &crate::eventlog::TcgEventLog,
+    pcrs: &[[u8; 32]],
+) -> Result<(), VerifyError> {
+    let regs = log.replay(crate::eventlog::AlgId::SHA256);
+    if regs.is_empty() && !log.events.is_empty() {
+        return Err(VerifyError::Invalid {
+            tee: TEE,
+            reason: "the firmware event log has no SHA-256 digests to replay".into(),
+        });
+    }
+    for (index, value) in regs {
+        // PCR 8 (initdata) and PCR 23 (runtime events) also take extends
+        // that are not the firmware's; their own rules judge them.
+        if index as usize == INITDATA_PCR || index as usize == RUNTIME_PCR {
+            continue;
+        }
+        let Some(pcr) = pcrs.get(index as usize) else {
+            return Err(VerifyError::Invalid {
+                tee: TEE,
+                reason: format!("the firmware event log extends PCR {index}, which does not exist"),
+            });
+        };
+        if pcr.as_slice() != value.as_slice() {
+            return Err(VerifyError::Invalid {
+                tee: TEE,
+                reason: format!(
+                    "the firmware event log does not replay to PCR {index}: events were added, removed or changed"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Replays the agent's runtime event log against `pcr`; returns the events.
@@ -184,6 +228,18 @@ impl Verifier for TpmVerifier {
         claims.insert("reset_count".into(), quote.attest.reset_count.into());
         claims.insert("restart_count".into(), quote.attest.restart_count.into());
         claims.insert("ak_fingerprint".into(), Value::String(fingerprint));
+        if let Some(log) = ev.eventlog.as_deref().filter(|l| !l.is_empty()) {
+            let bytes = B64
+                .decode(log)
+                .map_err(|_| malformed("eventlog is not base64"))?;
+            let log = crate::eventlog::TcgEventLog::parse(&bytes)
+                .map_err(|e| malformed(format!("eventlog: {e}")))?;
+            check_firmware_log(&log, &quote.pcrs)?;
+            claims.insert(
+                "uefi_event_logs".into(),
+                log.to_json()["uefi_event_logs"].clone(),
+            );
+        }
         if let Some(log) = ev.aa_eventlog.as_deref().filter(|l| !l.is_empty()) {
             let events = replay_runtime_log(log, &quote.pcrs[RUNTIME_PCR])?;
             claims.insert("runtime_events".into(), events);

@@ -1,0 +1,141 @@
+//! The `tpm` verifier replays a firmware TCG event log against a real
+//! quote: a swtpm's PCRs are extended the way firmware would, the log
+//! records the same events, and tampering with the log is caught.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cocoon_tpm::swtpm::Swtpm;
+use cocoon_tpm::{DEFAULT_AK_HANDLE, KeyAlgorithm, Tpm};
+use cocoon_verifier::tpm::TpmVerifier;
+use cocoon_verifier::{TrustedKeys, Verifier, VerifyError, VerifyInput};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+struct One(Vec<u8>);
+impl TrustedKeys for One {
+    fn is_trusted(&self, spki: &[u8]) -> Result<bool, String> {
+        Ok(spki == self.0.as_slice())
+    }
+}
+
+/// A crypto-agile log: the Spec ID header (SHA-256 only), an optional
+/// StartupLocality event, then `events` (PCR, type, data).
+fn tcg_log(locality: Option<u8>, events: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut spec = b"Spec ID Event03\0".to_vec();
+    spec.extend(0u32.to_le_bytes()); // platform class
+    spec.extend([0, 2, 0, 2]); // minor, major, errata, uintn size
+    spec.extend(1u32.to_le_bytes());
+    spec.extend(0x000bu16.to_le_bytes());
+    spec.extend(32u16.to_le_bytes());
+    spec.push(0); // vendor info size
+    let mut out = Vec::new();
+    out.extend(0u32.to_le_bytes());
+    out.extend(3u32.to_le_bytes());
+    out.extend([0u8; 20]);
+    out.extend((spec.len() as u32).to_le_bytes());
+    out.extend(spec);
+    let mut event2 = |index: u32, ty: u32, digest: [u8; 32], data: &[u8]| {
+        out.extend(index.to_le_bytes());
+        out.extend(ty.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        out.extend(0x000bu16.to_le_bytes());
+        out.extend(digest);
+        out.extend((data.len() as u32).to_le_bytes());
+        out.extend(data);
+    };
+    if let Some(l) = locality {
+        let mut d = b"StartupLocality\0".to_vec();
+        d.push(l);
+        event2(0, 3, [0; 32], &d);
+    }
+    for (index, ty, data) in events {
+        event2(*index, *ty, Sha256::digest(data).into(), data);
+    }
+    out
+}
+
+#[test]
+fn firmware_log_replays_against_a_real_quote() {
+    let dir = tempfile::tempdir().unwrap();
+    let sw = Swtpm::start(dir.path()).expect("swtpm (scripts/test installs it)");
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+    let (ak, _) = tpm.ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256).unwrap();
+    let events: Vec<(u32, u32, Vec<u8>)> = vec![
+        (0, 0x8000_0008, b"platform firmware blob".to_vec()),
+        (1, 0x8000_0001, b"SecureBoot=1".to_vec()),
+        (4, 0x8000_0003, b"\\EFI\\BOOT\\BOOTX64.EFI".to_vec()),
+        (7, 0x8000_00e0, b"db: Cocoon test CA".to_vec()),
+        (4, 0x8000_0003, b"vmlinuz".to_vec()),
+    ];
+    for (index, _, data) in &events {
+        tpm.pcr_extend_sha256(*index, &Sha256::digest(data).into())
+            .unwrap();
+    }
+    let nonce = [5u8; 32];
+    let quote = tpm.quote(DEFAULT_AK_HANDLE, &nonce).unwrap();
+    let pcrs = tpm.pcr_read_sha256().unwrap();
+    let spki = ak.to_spki_der().unwrap();
+    let v = TpmVerifier::new(Arc::new(One(spki.clone())));
+    let evidence = |log: &[u8]| {
+        json!({
+            "tpm_quote": {
+                "signature": B64.encode(&quote.signature),
+                "message": B64.encode(&quote.attest),
+                "pcrs": pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
+            },
+            "ak_public": B64.encode(&spki),
+            "eventlog": B64.encode(log),
+        })
+    };
+    let run = |ev: &Value| {
+        v.verify(&VerifyInput {
+            evidence: ev,
+            expected_report_data: &nonce,
+            init_data_digest: None,
+        })
+    };
+    let c = run(&evidence(&tcg_log(None, &events))).unwrap();
+    let logged = c.claims["uefi_event_logs"].as_array().unwrap();
+    assert_eq!(logged.len(), events.len());
+    assert_eq!(logged[3]["type_name"], "EV_EFI_VARIABLE_AUTHORITY");
+    assert_eq!(logged[2]["index"], 4);
+    assert!(logged.iter().all(|e| e["digest_matches_event"] == true));
+
+    let refused = |log: Vec<u8>| -> String {
+        match run(&evidence(&log)) {
+            Err(e @ VerifyError::Invalid { .. }) => e.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    };
+    // One event changed, one dropped, one added, two swapped.
+    let mut changed = events.clone();
+    changed[3].2 = b"db: another CA".to_vec();
+    assert!(refused(tcg_log(None, &changed)).contains("does not replay to PCR 7"));
+    let dropped: Vec<_> = events[..4].to_vec();
+    assert!(refused(tcg_log(None, &dropped)).contains("PCR 4"));
+    let mut added = events.clone();
+    added.push((1, 0x8000_0001, b"extra".to_vec()));
+    assert!(refused(tcg_log(None, &added)).contains("PCR 1"));
+    let mut swapped = events.clone();
+    swapped.swap(2, 4);
+    assert!(refused(tcg_log(None, &swapped)).contains("PCR 4"));
+    // PCR 0 started at locality 0 here: a log claiming locality 3 is wrong.
+    assert!(refused(tcg_log(Some(3), &events)).contains("PCR 0"));
+    // Not a log at all.
+    let e = run(&evidence(b"not a log")).unwrap_err();
+    assert!(matches!(e, VerifyError::Malformed { .. }), "{e}");
+}
+
+#[test]
+fn startup_locality_sets_pcr0s_start() {
+    let log = tcg_log(Some(3), &[(0, 0x8, b"crtm".to_vec())]);
+    let parsed = cocoon_verifier::eventlog::TcgEventLog::parse(&log).unwrap();
+    let regs = parsed.replay(cocoon_verifier::eventlog::AlgId::SHA256);
+    let mut start = [0u8; 32];
+    start[31] = 3;
+    let mut h = Sha256::new();
+    h.update(start);
+    h.update(Sha256::digest(b"crtm"));
+    assert_eq!(regs[&0], h.finalize().to_vec());
+}
