@@ -44,6 +44,18 @@ pub struct TrusteeArgs {
     /// is refused.
     #[arg(long)]
     cca_cpak: Option<PathBuf>,
+    /// Intel PCCS (or PCS) base URL: DCAP collateral for TDX/SGX platforms
+    /// the --dcap-collateral files do not cover is fetched from it and kept
+    /// until its nextUpdate (e.g. https://api.trustedservices.intel.com).
+    #[arg(long)]
+    pccs_url: Option<String>,
+    /// Directory of SEV-SNP VCEKs (DER or PEM) for evidence without one.
+    #[arg(long)]
+    snp_vcek_dir: Option<PathBuf>,
+    /// AMD KDS base URL: VCEKs for evidence without one are fetched from it
+    /// and kept (e.g. https://kdsintf.amd.com).
+    #[arg(long)]
+    snp_kds_url: Option<String>,
     /// Accept admin requests without authentication (development only).
     #[arg(long)]
     insecure_admin: bool,
@@ -84,6 +96,9 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         kek_file: a.kek_file.clone(),
         dcap_collateral: a.dcap_collateral.clone(),
         cca_cpak: a.cca_cpak.clone(),
+        pccs_url: a.pccs_url.clone(),
+        snp_vcek_dir: a.snp_vcek_dir.clone(),
+        snp_kds_url: a.snp_kds_url.clone(),
         session_timeout_secs: a.session_timeout,
         token_lifetime_secs: a.token_lifetime,
     };

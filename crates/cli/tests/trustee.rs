@@ -619,6 +619,19 @@ async fn snp_fixture_evidence_through_attest() {
         let d = r.body["detail"].as_str().unwrap_or_default();
         assert!(d.contains(expect), "detail {d:?} should mention {expect:?}");
     }
+    // A trustee with a VCEK directory verifies evidence that carries none.
+    let vceks = dir.path().join("vceks");
+    std::fs::create_dir(&vceks).unwrap();
+    std::fs::write(vceks.join("chip.der"), &vcek).unwrap();
+    let t2 = TrusteeProc::start(
+        &dir.path().join("t2"),
+        &["--snp-vcek-dir", vceks.to_str().unwrap()],
+    );
+    let r = Raw::new(&t2.url)
+        .attest_evidence("snp", &key, evidence(&bytes, false))
+        .await;
+    let d = r.body["detail"].as_str().unwrap_or_default();
+    assert!(d.contains("report data does not match"), "{d}");
 }
 
 /// A real TDX quote through `/kbs/v0/attest`: signatures, QE binding and

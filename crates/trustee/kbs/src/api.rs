@@ -248,7 +248,12 @@ async fn attest(
         "a KBS Attestation {init-data, runtime-data, tee-evidence}",
     )?;
     let tee = parse_tee(&session.tee).ok_or(KbsError::InvalidSession)?;
-    let appraisal = match s.attestation.attest(tee, &session.nonce, &att) {
+    // Verifiers may fetch collateral (PCCS, AMD KDS): off the async workers.
+    let (state, nonce) = (s.clone(), session.nonce.clone());
+    let verdict = tokio::task::spawn_blocking(move || state.attestation.attest(tee, &nonce, &att))
+        .await
+        .map_err(|e| KbsError::Internal(format!("verifier task failed: {e}")))?;
+    let appraisal = match verdict {
         Ok(a) => a,
         Err(e) => {
             s.metrics

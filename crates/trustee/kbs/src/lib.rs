@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod decision;
 pub mod error;
+pub mod fetch;
 pub mod metrics;
 pub mod server;
 pub mod session;

@@ -52,6 +52,12 @@ pub struct TrusteeConfig {
     pub dcap_collateral: Option<PathBuf>,
     /// CCA platform attestation keys (PEM/JWK file or directory).
     pub cca_cpak: Option<PathBuf>,
+    /// Intel PCCS (or PCS) base URL for DCAP collateral.
+    pub pccs_url: Option<String>,
+    /// Directory of SEV-SNP VCEKs.
+    pub snp_vcek_dir: Option<PathBuf>,
+    /// AMD KDS base URL for VCEKs.
+    pub snp_kds_url: Option<String>,
     /// Session lifetime, seconds.
     pub session_timeout_secs: i64,
     /// Token lifetime, seconds.
@@ -83,6 +89,9 @@ impl Default for TrusteeConfig {
             kek_file: None,
             dcap_collateral: None,
             cca_cpak: None,
+            pccs_url: None,
+            snp_vcek_dir: None,
+            snp_kds_url: None,
             session_timeout_secs: 300,
             token_lifetime_secs: 300,
         }
@@ -219,14 +228,37 @@ impl Trustee {
             );
             seed_sample_reference_values(&rvps)?;
         }
-        let dcap_collateral = match &cfg.dcap_collateral {
+        let fetcher: Option<Arc<dyn cocoon_verifier::fetch::HttpGet>> =
+            if cfg.pccs_url.is_some() || cfg.snp_kds_url.is_some() {
+                Some(Arc::new(crate::fetch::Fetcher::new().map_err(err)?))
+            } else {
+                None
+            };
+        let mut dcap = match &cfg.dcap_collateral {
             Some(p) => {
                 let set = cocoon_verifier::tdx::collateral::CollateralSet::load(p).map_err(err)?;
                 tracing::info!(platforms = set.len(), path = %p.display(), "DCAP collateral loaded");
-                Some(Arc::new(set))
+                Some(set)
             }
             None => None,
         };
+        if let (Some(url), Some(f)) = (&cfg.pccs_url, &fetcher) {
+            tracing::info!(url = %url, "DCAP collateral not in files is fetched from this PCCS");
+            dcap = Some(
+                dcap.unwrap_or_default()
+                    .with_pccs(cocoon_verifier::tdx::pccs::Pccs::new(url, f.clone())),
+            );
+        }
+        let dcap_collateral = dcap.map(Arc::new);
+        let mut vcek = match &cfg.snp_vcek_dir {
+            Some(d) => Some(cocoon_verifier::snp::VcekSource::from_dir(d).map_err(err)?),
+            None => None,
+        };
+        if let (Some(url), Some(f)) = (&cfg.snp_kds_url, &fetcher) {
+            tracing::info!(url = %url, "SEV-SNP VCEKs not sent with the evidence are fetched from this KDS");
+            vcek = Some(vcek.unwrap_or_default().with_kds(url, f.clone()));
+        }
+        let snp_vcek = vcek.map(Arc::new);
         let cca_cpaks = match &cfg.cca_cpak {
             Some(p) => {
                 let keys = cocoon_verifier::cca::Cpaks::load(p).map_err(err)?;
@@ -240,6 +272,7 @@ impl Trustee {
             tpm_trusted_aks: Some(Arc::new(crate::tpm_aks::StoreTrustedAks(store.clone()))),
             dcap_collateral,
             cca_cpaks,
+            snp_vcek,
         });
         let attestation = AttestationService::new(
             store.clone(),

@@ -9,6 +9,7 @@
 pub mod az;
 pub mod cca;
 pub mod eventlog;
+pub mod fetch;
 pub mod sample;
 pub mod sgx;
 pub mod snp;
@@ -141,6 +142,9 @@ pub struct VerifierOptions {
     pub dcap_collateral: Option<Arc<tdx::collateral::CollateralSet>>,
     /// Platform attestation keys the `cca` verifier trusts.
     pub cca_cpaks: Option<Arc<cca::Cpaks>>,
+    /// Where the `snp` and `az-snp-vtpm` verifiers find VCEKs the evidence
+    /// does not carry.
+    pub snp_vcek: Option<Arc<snp::VcekSource>>,
 }
 
 impl std::fmt::Debug for VerifierOptions {
@@ -182,7 +186,8 @@ impl VerifierRegistry {
             ..Default::default()
         }));
         match snp::SnpVerifier::new() {
-            Ok(v) => {
+            Ok(mut v) => {
+                v.vcek_source = options.snp_vcek.clone();
                 let v = Arc::new(v);
                 all.push(Arc::new(az::AzSnpVtpmVerifier::new(v.clone())));
                 all.push(v);

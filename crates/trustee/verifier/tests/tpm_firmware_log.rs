@@ -60,7 +60,9 @@ fn firmware_log_replays_against_a_real_quote() {
     let dir = tempfile::tempdir().unwrap();
     let sw = Swtpm::start(dir.path()).expect("swtpm (scripts/test installs it)");
     let mut tpm = Tpm::open(&sw.tcti()).unwrap();
-    let (ak, _) = tpm.ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256).unwrap();
+    let (ak, _) = tpm
+        .ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256)
+        .unwrap();
     let events: Vec<(u32, u32, Vec<u8>)> = vec![
         (0, 0x8000_0008, b"platform firmware blob".to_vec()),
         (1, 0x8000_0001, b"SecureBoot=1".to_vec()),

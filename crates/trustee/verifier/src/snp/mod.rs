@@ -42,6 +42,144 @@ pub struct SnpVerifier {
     /// their DER: a guest keeps its VCEK until a TCB update, so the RSA
     /// chain check runs once per key, not once per report.
     verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedKey>>,
+    /// Where to find a VCEK the evidence does not carry.
+    pub vcek_source: Option<Arc<VcekSource>>,
+}
+
+/// Where VCEKs come from when the evidence's certificate table has none:
+/// a directory of VCEKs (DER or PEM), then AMD's Key Distribution Service
+/// (or a caching proxy of it), whose answers are kept.
+#[derive(Default)]
+pub struct VcekSource {
+    /// VCEKs from the directory, with their hwID.
+    certs: Vec<(Option<Vec<u8>>, Vec<u8>)>,
+    /// KDS base URL (`https://kdsintf.amd.com`) and the client to reach it.
+    kds: Option<(String, Arc<dyn crate::fetch::HttpGet>)>,
+    /// Fetched VCEKs by chip id and reported TCB.
+    fetched: std::sync::Mutex<FetchedVceks>,
+}
+
+/// VCEK DER by chip id and reported TCB.
+type FetchedVceks = std::collections::HashMap<(Vec<u8>, u64), Vec<u8>>;
+
+impl VcekSource {
+    /// Loads every `*.der`, `*.pem`, `*.crt` or `*.cer` VCEK in `dir`.
+    pub fn from_dir(dir: &std::path::Path) -> Result<Self, String> {
+        let mut certs = Vec::new();
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+        for p in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if !p
+                .extension()
+                .is_some_and(|x| ["der", "pem", "crt", "cer"].iter().any(|e| x == *e))
+            {
+                continue;
+            }
+            let bytes =
+                std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let parsed = match std::str::from_utf8(&bytes) {
+                Ok(t) if t.contains("-----BEGIN") => X509Cert::from_pem_bundle(t),
+                _ => X509Cert::from_der(&bytes).map(|c| vec![c]),
+            }
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+            for c in parsed {
+                certs.push((c.hwid().ok().flatten(), c.der.clone()));
+            }
+        }
+        if certs.is_empty() {
+            return Err(format!("no VCEK (*.der, *.pem) in {}", dir.display()));
+        }
+        Ok(Self {
+            certs,
+            ..Default::default()
+        })
+    }
+
+    /// Also asks AMD KDS at `base` (e.g. `https://kdsintf.amd.com`).
+    pub fn with_kds(mut self, base: &str, http: Arc<dyn crate::fetch::HttpGet>) -> Self {
+        self.kds = Some((base.trim_end_matches('/').to_string(), http));
+        self
+    }
+
+    /// Candidate keys for `report`: directory VCEKs with its chip id, then
+    /// the KDS's VCEK for its chip id and reported TCB.
+    fn candidates(&self, report: &SnpReport) -> Result<Vec<Vec<u8>>, VerifyError> {
+        let mut out: Vec<Vec<u8>> = self
+            .certs
+            .iter()
+            .filter(|(hwid, _)| {
+                report.chip_id_masked() || hwid.as_deref().is_none_or(|h| h == report.chip_id)
+            })
+            .map(|(_, der)| der.clone())
+            .collect();
+        if let Some((base, http)) = &self.kds
+            && !report.chip_id_masked()
+            && report.signing_key() == 0
+        {
+            out.push(self.fetch(base, &**http, report)?);
+        }
+        Ok(out)
+    }
+
+    fn fetch(
+        &self,
+        base: &str,
+        http: &dyn crate::fetch::HttpGet,
+        report: &SnpReport,
+    ) -> Result<Vec<u8>, VerifyError> {
+        let key = (report.chip_id.to_vec(), report.reported_tcb.0);
+        if let Some(v) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(v);
+        }
+        let (family, model, _) = report.cpuid;
+        let products: &[&str] = match (family, model) {
+            (0x19, 0x00..=0x0f) => &["Milan"],
+            (0x19, 0x10..=0x1f) | (0x19, 0xa0..=0xaf) => &["Genoa"],
+            (0x1a, _) => &["Turin"],
+            // Version 2 reports carry no CPUID: ask for each product.
+            _ => &["Milan", "Genoa"],
+        };
+        let mut last = String::new();
+        for product in products {
+            let turin = *product == "Turin";
+            let t = report.reported_tcb.parts(turin);
+            let url = if turin {
+                format!(
+                    "{base}/vcek/v1/{product}/{}?fmcSPL={}&blSPL={}&teeSPL={}&snpSPL={}&ucodeSPL={}",
+                    hex::encode(&report.chip_id[..8]),
+                    t.fmc.unwrap_or(0),
+                    t.bootloader,
+                    t.tee,
+                    t.snp,
+                    t.microcode
+                )
+            } else {
+                format!(
+                    "{base}/vcek/v1/{product}/{}?blSPL={}&teeSPL={}&snpSPL={}&ucodeSPL={}",
+                    hex::encode(report.chip_id),
+                    t.bootloader,
+                    t.tee,
+                    t.snp,
+                    t.microcode
+                )
+            };
+            match crate::fetch::get_ok(http, &url) {
+                Ok(r) => {
+                    if let Ok(mut m) = self.fetched.lock() {
+                        if m.len() >= 4096 {
+                            m.clear();
+                        }
+                        m.insert(key, r.body.clone());
+                    }
+                    return Ok(r.body);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(VerifyError::Unavailable(format!(
+            "the VCEK for this chip could not be fetched from AMD KDS: {last}"
+        )))
+    }
 }
 
 /// A signing key whose chain verified, and the index of its AMD chain.
@@ -94,6 +232,7 @@ impl SnpVerifier {
         Ok(Self {
             chains,
             verified: Default::default(),
+            vcek_source: None,
         })
     }
 
@@ -228,6 +367,31 @@ impl SnpVerifier {
     }
 }
 
+impl SnpVerifier {
+    /// Verifies a report whose evidence carried no VCEK, with the keys the
+    /// configured source offers: the first that verifies wins.
+    pub fn verify_with_source(&self, raw: &[u8], now: u64) -> Result<SnpClaims, VerifyError> {
+        let none = || {
+            VerifyError::Unavailable(
+                "SNP evidence carries no VCEK/VLEK in its certificate table (cert_chain), and no VCEK source has one for this chip: start the trustee with --snp-vcek-dir DIR or --snp-kds-url https://kdsintf.amd.com".into(),
+            )
+        };
+        let source = self.vcek_source.as_ref().ok_or_else(none)?;
+        let report = SnpReport::parse(raw).map_err(|e| VerifyError::Malformed {
+            tee: TEE,
+            detail: e.to_string(),
+        })?;
+        let mut last = None;
+        for der in source.candidates(&report)? {
+            match self.verify_report(raw, &der, now) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(none))
+    }
+}
+
 /// The raw report bytes from CoCo's evidence JSON.
 pub fn report_from_evidence(evidence: &Value) -> Result<Vec<u8>, VerifyError> {
     use sev::parser::Encoder;
@@ -287,12 +451,11 @@ impl crate::Verifier for SnpVerifier {
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
         let raw = report_from_evidence(input.evidence)?;
-        let vcek = vcek_from_evidence(input.evidence)?.ok_or_else(|| {
-            VerifyError::Unavailable(
-                "SNP evidence carries no VCEK/VLEK in its certificate table (cert_chain); fetching it from AMD KDS is not supported yet".into(),
-            )
-        })?;
-        let claims = self.verify_report(&raw, &vcek, crate::unix_now())?;
+        let now = crate::unix_now();
+        let claims = match vcek_from_evidence(input.evidence)? {
+            Some(vcek) => self.verify_report(&raw, &vcek, now)?,
+            None => self.verify_with_source(&raw, now)?,
+        };
         check_report_data(&claims.report, input.expected_report_data)?;
         if let Some(d) = input.init_data_digest {
             check_host_data(&claims.report, d)?;

@@ -48,10 +48,17 @@ pub struct Collateral {
 /// Collateral configured on the trustee: one collateral file, or every
 /// `*.json` collateral file in a directory, looked up by the TEE its TCB
 /// info judges (`TDX`, `SGX`) and the platform's FMSPC.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct CollateralSet {
-    by_platform: std::collections::HashMap<(String, String), Collateral>,
+    by_platform: std::collections::HashMap<(String, String), std::sync::Arc<Collateral>>,
+    /// A PCCS to fetch collateral for platforms the files do not cover.
+    pccs: Option<super::pccs::Pccs>,
+    /// Fetched collateral and until when it holds (its earliest `nextUpdate`).
+    fetched: std::sync::Mutex<FetchedCollateral>,
 }
+
+type FetchedCollateral =
+    std::collections::HashMap<(String, String, String), (std::sync::Arc<Collateral>, u64)>;
 
 #[derive(Deserialize)]
 struct TcbInfoKey {
@@ -91,19 +98,64 @@ impl CollateralSet {
         Ok(set)
     }
 
+    /// Fetches collateral the files do not have from `pccs`, keeping it
+    /// until its `nextUpdate`.
+    pub fn with_pccs(mut self, pccs: super::pccs::Pccs) -> Self {
+        self.pccs = Some(pccs);
+        self
+    }
+
     /// Adds `c` under its TCB info's TEE and FMSPC (replacing an older one).
     pub fn insert(&mut self, c: Collateral) -> Result<(), String> {
         let key: TcbInfoKey = serde_json::from_str(&c.tcb_info)
             .map_err(|e| format!("tcb_info has no id/fmspc: {e}"))?;
-        self.by_platform
-            .insert((key.id, key.fmspc.to_ascii_uppercase()), c);
+        self.by_platform.insert(
+            (key.id, key.fmspc.to_ascii_uppercase()),
+            std::sync::Arc::new(c),
+        );
         Ok(())
     }
 
-    /// The collateral for `tee` (TCB info id) and `fmspc`.
-    pub fn find(&self, tee: &str, fmspc: &str) -> Option<&Collateral> {
-        self.by_platform
-            .get(&(tee.to_string(), fmspc.to_ascii_uppercase()))
+    /// The collateral for `tee` (TCB info id) and `fmspc` from the files,
+    /// or else from the PCCS (for a PCK issued by `ca`: `platform` or
+    /// `processor`), fetched when there is none still valid at `now`.
+    pub fn find(
+        &self,
+        tee: &str,
+        fmspc: &str,
+        ca: &str,
+        now: u64,
+    ) -> Result<Option<std::sync::Arc<Collateral>>, VerifyError> {
+        let fmspc = fmspc.to_ascii_uppercase();
+        if let Some(c) = self.by_platform.get(&(tee.to_string(), fmspc.clone())) {
+            return Ok(Some(c.clone()));
+        }
+        let Some(pccs) = &self.pccs else {
+            return Ok(None);
+        };
+        let key = (tee.to_string(), fmspc.clone(), ca.to_string());
+        if let Some((c, until)) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned())
+            && now < until
+        {
+            return Ok(Some(c));
+        }
+        let c = pccs
+            .fetch(tee, &fmspc, ca)
+            .map_err(|e| invalid(format!("DCAP collateral from the PCCS: {e}")))?;
+        let until = [&c.tcb_info, &c.qe_identity]
+            .into_iter()
+            .filter_map(|doc| serde_json::from_str::<Window>(doc).ok())
+            .filter_map(|w| rfc3339(&w.next_update).ok())
+            .min()
+            .unwrap_or(0);
+        let c = std::sync::Arc::new(c);
+        if let Ok(mut m) = self.fetched.lock() {
+            if m.len() >= 1024 {
+                m.clear();
+            }
+            m.insert(key, (c.clone(), until));
+        }
+        Ok(Some(c))
     }
 
     /// How many platforms have collateral.

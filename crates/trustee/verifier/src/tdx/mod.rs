@@ -8,6 +8,7 @@
 //! the `tcb_status` claim is `unknown` and policies decide.
 
 pub mod collateral;
+pub mod pccs;
 pub mod quote;
 
 use crate::eventlog::{AlgId, TcgEventLog};
@@ -164,15 +165,19 @@ pub fn verify_quote_with<B: QuoteBody>(
     let chain = pck_chain(q)?;
     verify_qe_report_with(q, &chain[0])?;
     verify_pck_chain_parsed(&chain, now)?;
-    let collateral = match (sent, configured) {
-        (Some(c), _) => Some(c),
+    let found = match (sent, configured) {
         (None, Some(set)) => {
             let fmspc = collateral::PckTcb::from_pck(&chain[0])?.fmspc;
-            set.find(B::TCB_INFO_ID, &fmspc)
+            let ca = if chain[1].cn.contains("Processor") {
+                "processor"
+            } else {
+                "platform"
+            };
+            set.find(B::TCB_INFO_ID, &fmspc, ca, now)?
         }
-        (None, None) => None,
+        _ => None,
     };
-    let result = match collateral {
+    let result = match sent.or(found.as_deref()) {
         Some(c) => Some(collateral::verify_with_chain(q, &chain, c, now)?),
         None => None,
     };

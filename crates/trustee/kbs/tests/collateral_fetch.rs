@@ -1,0 +1,282 @@
+//! Collateral fetched over HTTP by the trustee's client from a PCCS and an
+//! AMD KDS stand-in: a real HTTP server on 127.0.0.1 serving Intel's and
+//! AMD's real signed documents in the services' formats (paths, headers,
+//! encodings). The documents are verified exactly as fetched, and kept.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use cocoon_kbs::fetch::Fetcher;
+use cocoon_verifier::snp::{SnpVerifier, VcekSource};
+use cocoon_verifier::tdx::collateral::{Collateral, CollateralSet};
+use cocoon_verifier::tdx::pccs::Pccs;
+use cocoon_verifier::tdx::quote::{SgxQuote, TdxQuote};
+use cocoon_verifier::tdx::{self, TdxCache};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn collateral(name: &str) -> Collateral {
+    serde_json::from_slice(&fixture(name)).unwrap()
+}
+
+/// 2025-06-25, inside the DCAP collateral's window.
+const IN_WINDOW: u64 = 1_750_809_600;
+
+#[derive(Clone, Default)]
+struct Served {
+    tdx: Option<Collateral>,
+    sgx: Option<Collateral>,
+    vcek: Vec<u8>,
+    log: Arc<Mutex<Vec<String>>>,
+    /// Serve a TCB info changed after signing.
+    tamper: Arc<Mutex<bool>>,
+}
+
+fn encoded(pem: &str) -> HeaderValue {
+    let mut out = String::new();
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap()
+}
+
+async fn server(s: Served) -> String {
+    let logged = |s: &Served, what: String| s.log.lock().unwrap().push(what);
+    let pick = |s: &Served, kind: &str| -> Collateral {
+        if kind == "tdx" {
+            s.tdx.clone()
+        } else {
+            s.sgx.clone()
+        }
+        .unwrap()
+    };
+    let app = axum::Router::new()
+        .route(
+            "/sgx/certification/v4/pckcrl",
+            get(move |State(s): State<Served>, Query(q): Query<HashMap<String, String>>| async move {
+                logged(&s, format!("pckcrl {}", q["ca"]));
+                // The TDX quote's PCK is from the Platform CA, the SGX
+                // quote's from the Processor CA.
+                let c = if q["ca"] == "processor" { s.sgx.clone() } else { s.tdx.clone() }.unwrap();
+                let mut h = HeaderMap::new();
+                h.insert("SGX-PCK-CRL-Issuer-Chain", encoded(&c.pck_crl_issuer_chain));
+                (h, hex::decode(&c.pck_crl).unwrap())
+            }),
+        )
+        .route(
+            "/sgx/certification/v4/rootcacrl",
+            get(move |State(s): State<Served>| async move {
+                logged(&s, "rootcacrl".into());
+                // PCCS serves it as hex text.
+                [s.tdx.clone(), s.sgx.clone()].into_iter().flatten().next().unwrap().root_ca_crl
+            }),
+        )
+        .route(
+            "/{kind}/certification/v4/tcb",
+            get(move |State(s): State<Served>, Path(kind): Path<String>, Query(q): Query<HashMap<String, String>>| async move {
+                logged(&s, format!("tcb {kind} {}", q["fmspc"]));
+                let c = pick(&s, &kind);
+                let mut info = c.tcb_info.clone();
+                if *s.tamper.lock().unwrap() {
+                    info = info.replacen("UpToDate", "UpToDatE", 1);
+                }
+                let mut h = HeaderMap::new();
+                h.insert("TCB-Info-Issuer-Chain", encoded(&c.tcb_info_issuer_chain));
+                (h, format!("{{\"tcbInfo\":{info},\"signature\":\"{}\"}}", c.tcb_info_signature))
+            }),
+        )
+        .route(
+            "/{kind}/certification/v4/qe/identity",
+            get(move |State(s): State<Served>, Path(kind): Path<String>| async move {
+                logged(&s, format!("qe {kind}"));
+                let c = pick(&s, &kind);
+                let mut h = HeaderMap::new();
+                h.insert("SGX-Enclave-Identity-Issuer-Chain", encoded(&c.qe_identity_issuer_chain));
+                (h, format!("{{\"enclaveIdentity\":{},\"signature\":\"{}\"}}", c.qe_identity, c.qe_identity_signature))
+            }),
+        )
+        .route(
+            "/vcek/v1/{product}/{hwid}",
+            get(move |State(s): State<Served>, Path((product, hwid)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>| async move {
+                let mut keys: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                keys.sort();
+                logged(&s, format!("vcek {product} {}… {}", &hwid[..16], keys.join("&")));
+                if product == "Milan" {
+                    s.vcek.clone().into_response()
+                } else {
+                    StatusCode::NOT_FOUND.into_response()
+                }
+            }),
+        )
+        .with_state(s);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn requests(s: &Served) -> Vec<String> {
+    s.log.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dcap_collateral_from_a_pccs() {
+    let served = Served {
+        tdx: Some(collateral("tdx/dcapqvl_tdx_quote_collateral.json")),
+        sgx: Some(collateral("sgx/dcapqvl_sgx_quote_collateral.json")),
+        ..Default::default()
+    };
+    let url = server(served.clone()).await;
+    let url2 = url.clone();
+    let tq = TdxQuote::parse(&fixture("tdx/dcapqvl_tdx_quote.bin")).unwrap();
+    let sq = SgxQuote::parse(&fixture("sgx/dcapqvl_sgx_quote.bin")).unwrap();
+    let check = tokio::task::spawn_blocking(move || {
+        let set =
+            CollateralSet::default().with_pccs(Pccs::new(&url, Arc::new(Fetcher::new().unwrap())));
+        // The same verdicts as with the collateral files.
+        let fetched =
+            tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW, &TdxCache::default())
+                .unwrap()
+                .unwrap();
+        let local = tdx::verify_quote(
+            &tq,
+            Some(&collateral("tdx/dcapqvl_tdx_quote_collateral.json")),
+            IN_WINDOW,
+            &TdxCache::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(fetched.tcb_status(), local.tcb_status());
+        assert_eq!(fetched.fmspc, "B0C06F000000");
+        let sgx = cocoon_verifier::sgx::verify_quote_with(
+            &sq,
+            None,
+            Some(&set),
+            IN_WINDOW,
+            &TdxCache::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(sgx.fmspc, "00A067110000");
+        // Kept: a second verification (fresh verdict cache) fetches nothing.
+        tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW + 60, &TdxCache::default())
+            .unwrap();
+        set
+    })
+    .await
+    .unwrap();
+    let log = requests(&served);
+    assert_eq!(
+        log.iter()
+            .filter(|r| r.starts_with("tcb tdx B0C06F000000"))
+            .count(),
+        1,
+        "{log:?}"
+    );
+    assert!(log.contains(&"pckcrl platform".to_string()), "{log:?}");
+    assert!(log.contains(&"qe sgx".to_string()), "{log:?}");
+    assert!(log.iter().any(|r| r == "tcb sgx 00A067110000"), "{log:?}");
+    // Past nextUpdate it is fetched again; the PCCS still serves the old
+    // documents, so the verification fails as expired.
+    let served2 = served.clone();
+    let e = tokio::task::spawn_blocking(move || {
+        let tq = TdxQuote::parse(&fixture("tdx/dcapqvl_tdx_quote.bin")).unwrap();
+        let e = tdx::verify_quote_with(
+            &tq,
+            None,
+            Some(&check),
+            IN_WINDOW + 40 * 86_400,
+            &TdxCache::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        // A TCB info changed after Intel signed it is refused.
+        *served2.tamper.lock().unwrap() = true;
+        let fresh =
+            CollateralSet::default().with_pccs(Pccs::new(&url2, Arc::new(Fetcher::new().unwrap())));
+        let t = tdx::verify_quote_with(&tq, None, Some(&fresh), IN_WINDOW, &TdxCache::default())
+            .unwrap_err()
+            .to_string();
+        (e, t)
+    })
+    .await
+    .unwrap();
+    assert!(e.0.contains("expired"), "{}", e.0);
+    assert!(e.1.contains("TCB info signature"), "{}", e.1);
+    assert_eq!(
+        requests(&served)
+            .iter()
+            .filter(|r| r.starts_with("tcb tdx"))
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vcek_from_kds_and_from_a_directory() {
+    let served = Served {
+        vcek: fixture("snp/trustee_snp_vcek.der"),
+        ..Default::default()
+    };
+    let url = server(served.clone()).await;
+    let report = fixture("snp/trustee_snp_report.bin");
+    let now = 1_700_000_000;
+    let r = report.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut v = SnpVerifier::new().unwrap();
+        v.vcek_source = Some(Arc::new(
+            VcekSource::default().with_kds(&url, Arc::new(Fetcher::new().unwrap())),
+        ));
+        let c = v.verify_with_source(&r, now).unwrap();
+        assert_eq!(c.signing_key, "VCEK");
+        v.verify_with_source(&r, now).unwrap();
+        // No source: the error says how to give one.
+        let bare = SnpVerifier::new().unwrap();
+        let e = bare.verify_with_source(&r, now).unwrap_err().to_string();
+        assert!(e.contains("--snp-kds-url"), "{e}");
+    })
+    .await
+    .unwrap();
+    let log = requests(&served);
+    let vcek: Vec<_> = log.iter().filter(|l| l.starts_with("vcek")).collect();
+    assert_eq!(vcek.len(), 1, "fetched once, then kept: {log:?}");
+    let chip = hex::encode(&report[0x1a0..0x1a8]);
+    assert!(
+        vcek[0].starts_with(&format!("vcek Milan {chip}… blSPL=")),
+        "{}",
+        vcek[0]
+    );
+    assert!(
+        vcek[0].contains("snpSPL=") && vcek[0].contains("ucodeSPL=") && vcek[0].contains("teeSPL=")
+    );
+
+    // A directory holding the VCEK among others.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vcek.der"),
+        fixture("snp/trustee_snp_vcek.der"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("old.der"),
+        fixture("snp/trustee_snp_vcek_invalid_new.der"),
+    )
+    .unwrap();
+    let mut v = SnpVerifier::new().unwrap();
+    v.vcek_source = Some(Arc::new(VcekSource::from_dir(dir.path()).unwrap()));
+    v.verify_with_source(&report, now).unwrap();
+    let mut bad = report.clone();
+    bad[0x90] ^= 1;
+    assert!(v.verify_with_source(&bad, now).is_err());
+}
