@@ -116,6 +116,27 @@ impl X509Cert {
         Ok(out)
     }
 
+    /// The subject Name exactly as encoded in the certificate (what a CRL
+    /// this certificate issued names as its issuer).
+    pub(crate) fn subject_der(&self) -> &[u8] {
+        fn walk(tbs: &[u8]) -> Option<&[u8]> {
+            let (hdr, len) = tlv(tbs)?;
+            let mut r = tbs.get(hdr..hdr.checked_add(len)?)?;
+            let skip = |r: &[u8]| -> Option<usize> {
+                let (h, l) = tlv(r)?;
+                h.checked_add(l)
+            };
+            if r.first() == Some(&0xa0) {
+                r = r.get(skip(r)?..)?; // version
+            }
+            for _ in 0..4 {
+                r = r.get(skip(r)?..)?; // serial, signature, issuer, validity
+            }
+            r.get(..skip(r)?)
+        }
+        walk(&self.tbs).unwrap_or_default()
+    }
+
     pub(crate) fn spki(&self) -> &[u8] {
         self.cert
             .tbs_certificate

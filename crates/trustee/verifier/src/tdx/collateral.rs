@@ -9,9 +9,8 @@
 
 use super::quote::{Quote, QuoteBody};
 use crate::VerifyError;
-use crate::snp::cert::{X509Cert, tbs_slice};
+use crate::snp::cert::X509Cert;
 use serde::Deserialize;
-use x509_cert::der::Decode;
 
 const TEE: &str = "tdx";
 
@@ -179,6 +178,8 @@ struct Window {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct QeIdentity {
+    issue_date: String,
+    next_update: String,
     id: String,
     miscselect: String,
     miscselect_mask: String,
@@ -259,7 +260,7 @@ fn check_signed_json(
     signer: &X509Cert,
     what: &str,
 ) -> Result<(), VerifyError> {
-    let sig = hex::decode(sig_hex).map_err(|_| invalid(format!("{what} signature is not hex")))?;
+    let sig = unhex(sig_hex).ok_or_else(|| invalid(format!("{what} signature is not hex")))?;
     ring::signature::UnparsedPublicKey::new(
         &ring::signature::ECDSA_P256_SHA256_FIXED,
         signer.ec_point(),
@@ -272,8 +273,16 @@ fn check_signed_json(
     })
 }
 
-fn check_window(json: &str, now: u64, what: &str) -> Result<u64, VerifyError> {
-    let w: Window = serde_json::from_str(json).map_err(|e| invalid(format!("{what}: {e}")))?;
+fn check_window(
+    issue_date: &str,
+    next_update: &str,
+    now: u64,
+    what: &str,
+) -> Result<u64, VerifyError> {
+    let w = Window {
+        issue_date: issue_date.to_string(),
+        next_update: next_update.to_string(),
+    };
     let (issued, next) = (rfc3339(&w.issue_date)?, rfc3339(&w.next_update)?);
     if now < issued {
         return Err(invalid(format!(
@@ -296,48 +305,202 @@ struct Crl {
     next_update: u64,
 }
 
-fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, VerifyError> {
-    let der = hex::decode(hex_der).map_err(|_| invalid(format!("{what} is not hex")))?;
-    let list = x509_cert::crl::CertificateList::from_der(&der)
-        .map_err(|e| invalid(format!("{what}: {e}")))?;
-    if list.signature_algorithm.oid.to_string() != "1.2.840.10045.4.3.2"
-        || list.signature_algorithm != list.tbs_cert_list.signature
+/// Hex to bytes through a table (collateral carries kilobytes of hex).
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
+    const fn table() -> [u8; 256] {
+        let mut t = [0xffu8; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    }
+    const T: [u8; 256] = table();
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len() / 2);
+    for pair in b.chunks_exact(2) {
+        let (h, l) = (T[pair[0] as usize], T[pair[1] as usize]);
+        if h == 0xff || l == 0xff {
+            return None;
+        }
+        out.push((h << 4) | l);
+    }
+    Some(out)
+}
+
+/// One TLV at the start of `b`: (tag, content, rest).
+fn next_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let tag = *b.first()?;
+    let (hdr, len) = crate::snp::cert::tlv(b)?;
+    let end = hdr.checked_add(len)?;
+    Some((tag, b.get(hdr..end)?, b.get(end..)?))
+}
+
+/// A DER UTCTime or GeneralizedTime (`Z` form) as Unix seconds.
+fn der_time(tag: u8, v: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(v).ok()?;
+    let s = s.strip_suffix('Z')?;
+    let (year, rest) = match (tag, s.len()) {
+        (0x17, 12) => {
+            let yy: i32 = s[..2].parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
+        }
+        (0x18, 14) => (s[..4].parse().ok()?, &s[4..]),
+        _ => return None,
+    };
+    if !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |i: usize| rest[i..i + 2].parse::<u8>().ok();
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(n(0)?).ok()?, n(2)?).ok()?;
+    let t = time::Time::from_hms(n(4)?, n(6)?, n(8)?).ok()?;
+    Some(date.with_time(t).assume_utc().unix_timestamp().max(0) as u64)
+}
+
+/// The fields of a DER CRL the checks use, read in place: the signed
+/// `tbsCertList`, its signature algorithm (twice), the issuer, nextUpdate
+/// and the revoked serial numbers.
+struct RawCrl<'a> {
+    tbs: &'a [u8],
+    inner_alg: &'a [u8],
+    outer_alg: &'a [u8],
+    issuer: &'a [u8],
+    next_update: Option<u64>,
+    revoked: Vec<Vec<u8>>,
+    signature: &'a [u8],
+}
+
+fn parse_crl(der: &[u8]) -> Option<RawCrl<'_>> {
+    let (0x30, outer, rest) = next_tlv(der)? else {
+        return None;
+    };
+    if !rest.is_empty() {
+        return None;
+    }
+    let tbs_len = {
+        let (hdr, len) = crate::snp::cert::tlv(outer)?;
+        hdr.checked_add(len)?
+    };
+    let tbs = outer.get(..tbs_len)?;
+    let (0x30, tbs_content, after) = next_tlv(outer)? else {
+        return None;
+    };
+    let (0x30, outer_alg, after) = next_tlv(after)? else {
+        return None;
+    };
+    let (0x03, bits, after) = next_tlv(after)? else {
+        return None;
+    };
+    if !after.is_empty() || bits.first() != Some(&0) {
+        return None;
+    }
+    let mut r = tbs_content;
+    let (mut tag, mut v, mut rest) = next_tlv(r)?;
+    if tag == 0x02 {
+        (tag, v, rest) = next_tlv(rest)?; // version
+    }
+    if tag != 0x30 {
+        return None;
+    }
+    let inner_alg = v;
+    let (0x30, _, after_issuer) = next_tlv(rest)? else {
+        return None;
+    };
+    let issuer = &rest[..rest.len() - after_issuer.len()];
+    r = after_issuer;
+    let (t, _this, after) = next_tlv(r)?;
+    if t != 0x17 && t != 0x18 {
+        return None;
+    }
+    r = after;
+    let mut next_update = None;
+    if let Some((t, v, after)) = next_tlv(r)
+        && (t == 0x17 || t == 0x18)
     {
+        next_update = Some(der_time(t, v)?);
+        r = after;
+    }
+    let mut revoked = Vec::new();
+    if let Some((0x30, list, after)) = next_tlv(r) {
+        let mut entries = list;
+        while !entries.is_empty() {
+            let (0x30, entry, more) = next_tlv(entries)? else {
+                return None;
+            };
+            let (0x02, serial, _) = next_tlv(entry)? else {
+                return None;
+            };
+            revoked.push(serial.to_vec());
+            entries = more;
+        }
+        r = after;
+    }
+    // Only the [0] crlExtensions may follow.
+    match next_tlv(r) {
+        None if r.is_empty() => {}
+        Some((0xa0, _, [])) => {}
+        _ => return None,
+    }
+    Some(RawCrl {
+        tbs,
+        inner_alg,
+        outer_alg,
+        issuer,
+        next_update,
+        revoked,
+        signature: &bits[1..],
+    })
+}
+
+/// Runs the CRL reader on arbitrary bytes (for the fuzzer): never panics;
+/// returns the revoked serials it read.
+#[doc(hidden)]
+pub fn fuzz_crl(der: &[u8]) -> Option<usize> {
+    parse_crl(der).map(|c| c.revoked.len() + c.tbs.len() + c.issuer.len())
+}
+
+/// DER content of AlgorithmIdentifier ecdsa-with-SHA256 (no parameters).
+const ECDSA_SHA256_ALG: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+
+fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, VerifyError> {
+    let der = unhex(hex_der).ok_or_else(|| invalid(format!("{what} is not hex")))?;
+    let list = parse_crl(&der).ok_or_else(|| invalid(format!("{what} is not a DER CRL")))?;
+    if list.outer_alg != ECDSA_SHA256_ALG || list.inner_alg != ECDSA_SHA256_ALG {
         return Err(invalid(format!("{what} is not signed with ECDSA-SHA256")));
     }
-    if list.tbs_cert_list.issuer != issuer.cert.tbs_certificate.subject {
+    if list.issuer != issuer.subject_der() {
         return Err(invalid(format!("{what} is not issued by {}", issuer.cn)));
     }
-    let tbs = tbs_slice(&der).ok_or_else(|| invalid(format!("{what} is not DER")))?;
-    let sig = list
-        .signature
-        .as_bytes()
-        .ok_or_else(|| invalid(format!("{what} signature")))?;
     ring::signature::UnparsedPublicKey::new(
         &ring::signature::ECDSA_P256_SHA256_ASN1,
         issuer.spki(),
     )
-    .verify(tbs, sig)
+    .verify(list.tbs, list.signature)
     .map_err(|_| invalid(format!("the {what} signature does not verify")))?;
-    let next_update = list
-        .tbs_cert_list
-        .next_update
-        .map_or(u64::MAX, |t| t.to_unix_duration().as_secs());
-    if let Some(next) = &list.tbs_cert_list.next_update
-        && now > next.to_unix_duration().as_secs()
+    if let Some(next) = list.next_update
+        && now > next
     {
-        return Err(invalid(format!("{what} expired (nextUpdate {next})")));
+        return Err(invalid(format!(
+            "{what} expired (nextUpdate {})",
+            time::OffsetDateTime::from_unix_timestamp(next as i64)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        )));
     }
-    let revoked = list
-        .tbs_cert_list
-        .revoked_certificates
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.serial_number.as_bytes().to_vec())
-        .collect();
     Ok(Crl {
-        revoked,
-        next_update,
+        revoked: list.revoked,
+        next_update: list.next_update.unwrap_or(u64::MAX),
     })
 }
 
@@ -370,7 +533,10 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     let root = super::intel_root()?;
     let tcb_signer = signer(&c.tcb_info_issuer_chain, root, now, "TCB info")?;
     check_signed_json(&c.tcb_info, &c.tcb_info_signature, &tcb_signer, "TCB info")?;
-    let tcb_next = check_window(&c.tcb_info, now, "TCB info")?;
+    // Each signed document is parsed once, after its signature holds.
+    let info: TcbInfo =
+        serde_json::from_str(&c.tcb_info).map_err(|e| invalid(format!("TCB info: {e}")))?;
+    let tcb_next = check_window(&info.issue_date, &info.next_update, now, "TCB info")?;
     // Intel signs both documents with the same TCB signing certificate.
     let qe_signer = if c.qe_identity_issuer_chain == c.tcb_info_issuer_chain {
         tcb_signer.clone()
@@ -383,11 +549,11 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
         &qe_signer,
         "QE identity",
     )?;
-    let qe_next = check_window(&c.qe_identity, now, "QE identity")?;
-
-    // The QE that certified the attestation key is Intel's QE for this TEE.
     let id: QeIdentity =
         serde_json::from_str(&c.qe_identity).map_err(|e| invalid(format!("QE identity: {e}")))?;
+    let qe_next = check_window(&id.issue_date, &id.next_update, now, "QE identity")?;
+
+    // The QE that certified the attestation key is Intel's QE for this TEE.
     if id.id != B::QE_IDENTITY_ID {
         return Err(invalid(format!(
             "the QE identity is for {}, a {} quote needs {}",
@@ -410,8 +576,8 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     let r = &q.qe.qe_report;
     let masked = |value: &[u8], want: &str, mask: &str| -> Result<bool, VerifyError> {
         let (w, m) = (
-            hex::decode(want).map_err(|_| invalid("QE identity hex"))?,
-            hex::decode(mask).map_err(|_| invalid("QE identity hex"))?,
+            unhex(want).ok_or_else(|| invalid("QE identity hex"))?,
+            unhex(mask).ok_or_else(|| invalid("QE identity hex"))?,
         );
         Ok(w.len() == value.len()
             && m.len() == value.len()
@@ -443,11 +609,8 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
         .find(|l| isvsvn >= l.tcb.isvsvn)
         .map(|l| l.tcb_status.clone())
         .unwrap_or_else(|| "Revoked".into());
-    let fmspc = serde_json::from_str::<serde_json::Value>(&c.tcb_info)
-        .ok()
-        .and_then(|v| v["fmspc"].as_str().map(str::to_string))
-        .unwrap_or_default();
-    let (platform_tcb_status, module_tcb_status) = platform_tcb_status_with_chain(q, chain, c)?;
+    let (platform_tcb_status, module_tcb_status) = platform_tcb_status_of(q, chain, &info)?;
+    let fmspc = info.fmspc;
     let valid_until = [
         tcb_next,
         qe_next,
@@ -498,6 +661,51 @@ mod tests {
         );
         assert!(list.revokes_serial(&list.revoked[0].clone()));
         assert!(!list.revokes(&chain[0]), "the quote's PCK is not revoked");
+    }
+
+    /// The in-place CRL reader agrees with a full X.509 CRL decoder on
+    /// every captured CRL, and refuses truncations and trailing bytes.
+    #[test]
+    fn crl_reader_agrees_with_x509_cert() {
+        use x509_cert::der::{Decode, Encode};
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+        for f in [
+            "tdx/dcapqvl_tdx_quote_collateral.json",
+            "sgx/dcapqvl_sgx_quote_collateral.json",
+        ] {
+            let c: Collateral =
+                serde_json::from_slice(&std::fs::read(format!("{fixtures}/{f}")).unwrap()).unwrap();
+            for hexed in [&c.pck_crl, &c.root_ca_crl] {
+                let der = unhex(hexed).unwrap();
+                assert_eq!(der, hex::decode(hexed).unwrap());
+                let mine = parse_crl(&der).unwrap();
+                let full = x509_cert::crl::CertificateList::from_der(&der).unwrap();
+                let serials: Vec<Vec<u8>> = full
+                    .tbs_cert_list
+                    .revoked_certificates
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| r.serial_number.as_bytes().to_vec())
+                    .collect();
+                assert_eq!(mine.revoked, serials, "{f}");
+                assert_eq!(
+                    mine.next_update,
+                    full.tbs_cert_list
+                        .next_update
+                        .map(|t| t.to_unix_duration().as_secs())
+                );
+                assert_eq!(mine.issuer, full.tbs_cert_list.issuer.to_der().unwrap());
+                assert_eq!(mine.signature, full.signature.as_bytes().unwrap());
+                for cut in [1, der.len() / 2, der.len() - 1] {
+                    assert!(parse_crl(&der[..cut]).is_none());
+                }
+                let mut long = der.clone();
+                long.push(0);
+                assert!(parse_crl(&long).is_none());
+            }
+        }
+        assert!(unhex("0g").is_none() && unhex("abc").is_none());
     }
 }
 
@@ -591,6 +799,8 @@ impl PckTcb {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TcbInfo {
+    issue_date: String,
+    next_update: String,
     id: String,
     fmspc: String,
     #[serde(default)]
@@ -640,9 +850,17 @@ fn platform_tcb_status_with_chain<B: QuoteBody>(
     chain: &[X509Cert; 3],
     c: &Collateral,
 ) -> Result<(String, Option<String>), VerifyError> {
-    let pck = PckTcb::from_pck(&chain[0])?;
     let info: TcbInfo =
         serde_json::from_str(&c.tcb_info).map_err(|e| invalid(format!("TCB info: {e}")))?;
+    platform_tcb_status_of(q, chain, &info)
+}
+
+fn platform_tcb_status_of<B: QuoteBody>(
+    q: &Quote<B>,
+    chain: &[X509Cert; 3],
+    info: &TcbInfo,
+) -> Result<(String, Option<String>), VerifyError> {
+    let pck = PckTcb::from_pck(&chain[0])?;
     if info.id != B::TCB_INFO_ID {
         return Err(invalid(format!(
             "the TCB info is for {}, a {} quote needs {}",

@@ -44,7 +44,10 @@ fn chain(r: &crate::fetch::HttpResponse, names: &[&str], what: &str) -> Result<S
 /// A DER body, or the hex of one (PCCS serves CRLs either way).
 fn der_hex(body: &[u8]) -> String {
     let text = std::str::from_utf8(body).map(str::trim).unwrap_or_default();
-    if !text.is_empty() && text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.is_empty()
+        && text.len().is_multiple_of(2)
+        && text.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         text.to_ascii_lowercase()
     } else {
         hex::encode(body)
