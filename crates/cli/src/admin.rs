@@ -322,8 +322,12 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 .json()
                 .await?;
             for ak in list {
+                let how = match ak["enrolled_by_ek_of"].as_str() {
+                    Some(ca) => format!("  by EK certificate under {ca}"),
+                    None => "  by an admin".into(),
+                };
                 println!(
-                    "{}  added {}",
+                    "{}  added {}{how}",
                     ak["fingerprint"].as_str().unwrap_or("?"),
                     fmt_time(ak["added"].as_i64().unwrap_or_default())
                 );

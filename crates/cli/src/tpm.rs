@@ -33,13 +33,22 @@ pub enum AkAlg {
 /// `cocoon tpm`.
 #[derive(Subcommand, Debug)]
 pub enum TpmCommand {
-    /// Create (or load) the EK and a persistent attestation key; write the AK public key.
+    /// Create (or load) the EK and a persistent attestation key; write the
+    /// AK public key for an admin (--out), and/or enroll it with the trustee
+    /// by EK certificate and credential activation (--ek-enroll).
     Enroll {
         #[command(flatten)]
         tpm: TpmSelect,
         /// Where to write the AK public key (PEM).
+        #[arg(long, required_unless_present = "ek_enroll")]
+        out: Option<PathBuf>,
+        /// Enroll the AK with the trustee at --url: it checks the TPM's EK
+        /// certificate (NV 0x01c00002) against its TPM manufacturer CAs and
+        /// the TPM proves the AK is its own (TPM2_ActivateCredential).
         #[arg(long)]
-        out: PathBuf,
+        ek_enroll: bool,
+        #[command(flatten)]
+        conn: crate::client::Connection,
         /// Persistent handle of the AK.
         #[arg(long, default_value = "0x81010002", value_parser = parse_handle)]
         ak_handle: u32,
@@ -64,6 +73,60 @@ pub enum TpmCommand {
     },
 }
 
+/// Enrolls the AK at `ak_handle` by EK certificate: asks the trustee for a
+/// credential bound to the AK, activates it in the TPM, sends the secret
+/// back. Returns the CA the trustee anchored the EK in.
+fn ek_enroll_ak(t: &mut Tpm, ak_handle: u32, conn: &crate::client::Connection) -> Result<String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    let cert = t
+        .nv_read(cocoon_tpm::swtpm::EK_CERT_NV_INDEX)
+        .context("this TPM has no RSA EK certificate in NV 0x01c00002: an admin must trust the AK instead (`--out ak.pem`, then `cocoon admin add-tpm-ak`)")?;
+    let ak_public = t
+        .read_public_bytes(ak_handle)?
+        .context("the AK is not loaded")?;
+    let http = conn.http()?;
+    let rt = tokio::runtime::Handle::current();
+    let post = |path: &str, body: serde_json::Value, what: &'static str| {
+        let req = http.post(conn.kbs(path)).json(&body);
+        rt.block_on(async move {
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the trustee at {}", conn.url))?;
+            crate::client::check(resp, what)
+                .await?
+                .json::<serde_json::Value>()
+                .await
+                .context("the trustee's answer is not JSON")
+        })
+    };
+    let ch = post(
+        "/tpm/ek-challenge",
+        serde_json::json!({"ek_cert": B64.encode(&cert), "ak_public": B64.encode(&ak_public)}),
+        "EK challenge",
+    )?;
+    let field = |k: &str| -> Result<Vec<u8>> {
+        B64.decode(ch[k].as_str().unwrap_or_default())
+            .with_context(|| format!("the trustee's {k} is not base64"))
+    };
+    let secret = zeroize::Zeroizing::new(t.activate_credential(
+        ak_handle,
+        DEFAULT_EK_HANDLE,
+        &field("id_object")?,
+        &field("encrypted_secret")?,
+    )?);
+    let done = post(
+        "/tpm/ek-activate",
+        serde_json::json!({"challenge_id": ch["challenge_id"], "secret": B64.encode(&*secret)}),
+        "EK activation",
+    )?;
+    Ok(done["enrolled_by_ek_of"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
 fn parse_handle(s: &str) -> Result<u32, String> {
     u32::from_str_radix(s.trim_start_matches("0x"), 16)
         .map_err(|_| format!("'{s}' is not a hex handle such as 0x81010002"))
@@ -75,6 +138,8 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
         TpmCommand::Enroll {
             tpm,
             out,
+            ek_enroll,
+            conn,
             ak_handle,
             alg,
         } => {
@@ -88,19 +153,29 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
             };
             let (ak, ak_new) = t.ensure_ak(ak_handle, alg)?;
             let der = ak.to_spki_der()?;
-            let pem = pem_public_key(&der)?;
-            std::fs::write(&out, pem).with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!(
                 "EK at 0x{DEFAULT_EK_HANDLE:08x} ({}), AK at 0x{ak_handle:08x} ({}), fingerprint {}",
                 if ek_new { "created" } else { "existing" },
                 if ak_new { "created" } else { "existing" },
                 hex::encode(Sha256::digest(&der))
             );
-            eprintln!(
-                "AK public key written to {}: trust it with `cocoon admin add-tpm-ak --file {}`",
-                out.display(),
-                out.display()
-            );
+            if let Some(out) = &out {
+                let pem = pem_public_key(&der)?;
+                std::fs::write(out, pem)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                eprintln!(
+                    "AK public key written to {}: trust it with `cocoon admin add-tpm-ak --file {}`",
+                    out.display(),
+                    out.display()
+                );
+            }
+            if ek_enroll {
+                let ca = ek_enroll_ak(&mut t, ak_handle, &conn)?;
+                eprintln!(
+                    "AK enrolled with {} by credential activation (EK certificate issued under {ca})",
+                    conn.url
+                );
+            }
         }
         TpmCommand::Pcrs { tpm } => {
             let mut t = Tpm::open(&tpm.tcti()?)?;

@@ -56,6 +56,11 @@ pub struct TrusteeArgs {
     /// and kept (e.g. https://kdsintf.amd.com).
     #[arg(long)]
     snp_kds_url: Option<String>,
+    /// TPM manufacturer CA certificates (PEM file or directory): a guest
+    /// whose EK certificate chains to one enrolls its AK itself by
+    /// credential activation (`cocoon tpm enroll --trustee URL`).
+    #[arg(long)]
+    tpm_ek_ca: Option<PathBuf>,
     /// Accept admin requests without authentication (development only).
     #[arg(long)]
     insecure_admin: bool,
@@ -99,6 +104,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         pccs_url: a.pccs_url.clone(),
         snp_vcek_dir: a.snp_vcek_dir.clone(),
         snp_kds_url: a.snp_kds_url.clone(),
+        tpm_ek_ca: a.tpm_ek_ca.clone(),
         session_timeout_secs: a.session_timeout,
         token_lifetime_secs: a.token_lifetime,
     };

@@ -563,3 +563,155 @@ async fn expired_token_is_renewed_and_kbs_comes_from_initdata() {
     assert_eq!(attests, 2.0, "{metrics}");
     drop(aa);
 }
+
+/// A TPM whose EK certificate chains to a TPM manufacturer CA the trustee
+/// was given enrolls its own AK by credential activation, then gets a
+/// secret; TPMs of another manufacturer, and a trustee without the
+/// intermediate CA, are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ek_certified_tpm_enrolls_its_own_ak() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A "manufactured" TPM: EK and EK certificate from a local CA.
+    let state = d.join("tpm");
+    std::fs::create_dir_all(&state).unwrap();
+    let ca = d.join("vendor-ca");
+    cocoon_tpm::swtpm::manufacture_with_ek_cert(&state, &ca)
+        .expect("swtpm_setup (swtpm-tools, installed by scripts/test)");
+    let sw = Swtpm::start(&state).unwrap();
+    let tcti = sw.tcti().to_string();
+    // The trustee trusts the vendor's root and issuing CA.
+    let cas = d.join("tpm-cas");
+    std::fs::create_dir_all(&cas).unwrap();
+    std::fs::copy(
+        ca.join("swtpm-localca-rootca-cert.pem"),
+        cas.join("root.pem"),
+    )
+    .unwrap();
+    std::fs::copy(ca.join("issuercert.pem"), cas.join("issuer.pem")).unwrap();
+    let t = TrusteeProc::start_with(
+        &d.join("trustee"),
+        &[],
+        &["--tpm-ek-ca", cas.to_str().unwrap()],
+    );
+    let cert = t
+        .data_dir
+        .join("tls/cert.pem")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let env = Env {
+        t: &t,
+        cert: cert.clone(),
+        tcti: tcti.clone(),
+    };
+    let enroll = |tcti: &str, url: &str| {
+        cocoon(
+            &[
+                "tpm",
+                "enroll",
+                "--tpm",
+                tcti,
+                "--ek-enroll",
+                "--url",
+                url,
+                "--kbs-cert",
+                &cert,
+            ],
+            &[],
+        )
+    };
+    let o = enroll(&tcti, &t.url);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("enrolled") && stderr.contains("swtpm-localca"),
+        "{stderr}"
+    );
+    let listed = env.admin(&["list-tpm-aks"]);
+    assert!(
+        listed.contains("by EK certificate under swtpm-localca"),
+        "{listed}"
+    );
+
+    // The enrolled AK is trusted: with PCR reference values, a secret is released.
+    ok(&cocoon(
+        &["tpm", "extend", "--tpm", &tcti, "--pcr", "4", "kernel"],
+        &[],
+    ));
+    register_pcrs(&env, &[0, 4]);
+    write(d, "secret", b"ek-enrolled-secret");
+    env.admin(&[
+        "set-resource",
+        "kbs:///default/key/db",
+        "--file",
+        d.join("secret").to_str().unwrap(),
+    ]);
+    let out = ok(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert]));
+    assert_eq!(out, "ek-enrolled-secret");
+
+    // Another manufacturer's TPM: its EK certificate does not chain.
+    let other_state = d.join("other-tpm");
+    std::fs::create_dir_all(&other_state).unwrap();
+    cocoon_tpm::swtpm::manufacture_with_ek_cert(&other_state, &d.join("other-ca")).unwrap();
+    let other = Swtpm::start(&other_state).unwrap();
+    let err = fails(&enroll(&other.tcti().to_string(), &t.url));
+    assert!(
+        err.contains("does not chain to a trusted TPM manufacturer CA"),
+        "{err}"
+    );
+
+    // A trustee with only the root: the guest did not send the intermediate.
+    let t2 = TrusteeProc::start_with(
+        &d.join("trustee2"),
+        &[],
+        &["--tpm-ek-ca", cas.join("root.pem").to_str().unwrap()],
+    );
+    let cert2 = t2
+        .data_dir
+        .join("tls/cert.pem")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let err = fails(&cocoon(
+        &[
+            "tpm",
+            "enroll",
+            "--tpm",
+            &tcti,
+            "--ek-enroll",
+            "--url",
+            &t2.url,
+            "--kbs-cert",
+            &cert2,
+        ],
+        &[],
+    ));
+    assert!(err.contains("does not chain"), "{err}");
+    // A trustee without --tpm-ek-ca says how to trust the AK instead.
+    let t3 = TrusteeProc::start_with(&d.join("trustee3"), &[], &[]);
+    let cert3 = t3
+        .data_dir
+        .join("tls/cert.pem")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let err = fails(&cocoon(
+        &[
+            "tpm",
+            "enroll",
+            "--tpm",
+            &tcti,
+            "--ek-enroll",
+            "--url",
+            &t3.url,
+            "--kbs-cert",
+            &cert3,
+        ],
+        &[],
+    ));
+    assert!(
+        err.contains("--tpm-ek-ca") && err.contains("add-tpm-ak"),
+        "{err}"
+    );
+}

@@ -31,6 +31,13 @@ const CC_READ_PUBLIC: u32 = 0x173;
 const CC_PCR_READ: u32 = 0x17E;
 const CC_PCR_EXTEND: u32 = 0x182;
 
+const CC_ACTIVATE_CREDENTIAL: u32 = 0x147;
+const CC_POLICY_SECRET: u32 = 0x151;
+const CC_START_AUTH_SESSION: u32 = 0x176;
+const RH_NULL: u32 = 0x4000_0007;
+/// TPM_SE_POLICY.
+const SE_POLICY: u8 = 0x01;
+
 const CC_NV_DEFINE_SPACE: u32 = 0x12A;
 const CC_NV_WRITE: u32 = 0x137;
 const CC_NV_READ: u32 = 0x14E;
@@ -43,6 +50,20 @@ const NV_OWNER_RW: u32 = (1 << 1) | (1 << 17) | (1 << 25);
 
 const RC_INITIALIZE: u32 = 0x100;
 const MAX_RESPONSE: usize = 8192;
+
+/// An authorization session in a command.
+#[derive(Clone)]
+enum Auth {
+    /// The empty password.
+    Password,
+    /// A policy session.
+    Policy {
+        /// Session handle.
+        session: u32,
+        /// Caller nonce.
+        nonce: Vec<u8>,
+    },
+}
 
 /// Where the TPM is: parsed from a tpm2-tss style TCTI string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,16 +251,41 @@ impl Tpm {
         auth_count: usize,
         params: &[u8],
     ) -> Result<Vec<u8>, TpmError> {
+        self.command_with(name, cc, handles, &vec![Auth::Password; auth_count], params)
+    }
+
+    /// [`Self::command`] with the given authorization sessions.
+    fn command_with(
+        &mut self,
+        name: &'static str,
+        cc: u32,
+        handles: &[u32],
+        auths: &[Auth],
+        params: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
+        let auth_count = auths.len();
         let mut body = Writer::new();
         for h in handles {
             body.u32(*h);
         }
         if auth_count > 0 {
-            // Each: TPMS_AUTH_COMMAND{TPM_RS_PW, empty nonce, continueSession, empty hmac}
-            body.u32(9 * auth_count as u32);
-            for _ in 0..auth_count {
-                body.u32(RS_PW).u16(0).u8(1).u16(0);
+            let mut area = Writer::new();
+            for a in auths {
+                match a {
+                    // TPMS_AUTH_COMMAND{TPM_RS_PW, empty nonce, continueSession, empty hmac}
+                    Auth::Password => {
+                        area.u32(RS_PW).u16(0).u8(1).u16(0);
+                    }
+                    // A policy session whose policy holds: a caller nonce,
+                    // no continueSession (the TPM flushes it), empty hmac.
+                    Auth::Policy { session, nonce } => {
+                        area.u32(*session).tpm2b(nonce).u8(0).u16(0);
+                    }
+                }
             }
+            let area = area.into_inner();
+            body.u32(area.len() as u32);
+            body.bytes(&area);
         }
         body.bytes(params);
         let body = body.into_inner();
@@ -373,6 +419,81 @@ impl Tpm {
         let mut r = Reader::new(&resp, "TPM2_ReadPublic response");
         let public = r.tpm2b(1024)?;
         Public::parse(public).map(Some)
+    }
+
+    /// The TPMT_PUBLIC bytes of the object at `handle` (what its name hashes).
+    pub fn read_public_bytes(&mut self, handle: u32) -> Result<Option<Vec<u8>>, TpmError> {
+        let resp = match self.command("TPM2_ReadPublic", CC_READ_PUBLIC, &[handle], 0, &[]) {
+            Ok(r) => r,
+            Err(TpmError::Response { rc, .. }) if is_handle_error(rc) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut r = Reader::new(&resp, "TPM2_ReadPublic response");
+        Ok(Some(r.tpm2b(1024)?.to_vec()))
+    }
+
+    /// TPM2_ActivateCredential: recovers the secret a verifier bound to the
+    /// AK at `ak_handle` and encrypted to the EK at `ek_handle` (the blobs
+    /// of [`crate::credential::make_credential`]). The EK's policy,
+    /// PolicySecret(TPM_RH_ENDORSEMENT), is satisfied in a policy session.
+    pub fn activate_credential(
+        &mut self,
+        ak_handle: u32,
+        ek_handle: u32,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
+        let mut nonce = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        // StartAuthSession: unbound, unsalted policy session, SHA-256.
+        let mut p = Writer::new();
+        p.tpm2b(&nonce)
+            .tpm2b(&[])
+            .u8(SE_POLICY)
+            .u16(ALG_NULL)
+            .u16(ALG_SHA256);
+        let resp = self.command(
+            "TPM2_StartAuthSession",
+            CC_START_AUTH_SESSION,
+            &[RH_NULL, RH_NULL],
+            0,
+            &p.into_inner(),
+        )?;
+        let session = Reader::new(&resp, "TPM2_StartAuthSession response").u32()?;
+        let result = (|| {
+            let mut p = Writer::new();
+            p.tpm2b(&[]).tpm2b(&[]).tpm2b(&[]).u32(0);
+            self.command(
+                "TPM2_PolicySecret",
+                CC_POLICY_SECRET,
+                &[RH_ENDORSEMENT, session],
+                1,
+                &p.into_inner(),
+            )?;
+            let mut p = Writer::new();
+            p.bytes(id_object).bytes(encrypted_secret);
+            let resp = self.command_with(
+                "TPM2_ActivateCredential",
+                CC_ACTIVATE_CREDENTIAL,
+                &[ak_handle, ek_handle],
+                &[
+                    Auth::Password,
+                    Auth::Policy {
+                        session,
+                        nonce: nonce.to_vec(),
+                    },
+                ],
+                &p.into_inner(),
+            )?;
+            let mut r = Reader::new(&resp, "TPM2_ActivateCredential response");
+            let _param_size = r.u32()?;
+            Ok(r.tpm2b(64)?.to_vec())
+        })();
+        if result.is_err() {
+            // Only a failed command leaves the session loaded.
+            let _ = self.flush(session);
+        }
+        result
     }
 
     fn create_primary(&mut self, hierarchy: u32, template: &[u8]) -> Result<u32, TpmError> {

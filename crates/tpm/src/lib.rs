@@ -3,6 +3,7 @@
 //! made of ([`structs`]), quote verification ([`quote`]), and a small client
 //! for the commands an attester needs ([`device`]).
 
+pub mod credential;
 pub mod device;
 pub mod quote;
 pub mod structs;

@@ -28,6 +28,60 @@ fn free_port_pair() -> Result<u16, TpmError> {
     Err(TpmError::Io("no free port pair for swtpm".into()))
 }
 
+/// NV index of the RSA 2048 EK certificate (TCG EK Credential Profile).
+pub const EK_CERT_NV_INDEX: u32 = 0x01c0_0002;
+
+/// Manufactures a TPM state in `state_dir` as a vendor would: an EK and its
+/// certificate (in NV at [`EK_CERT_NV_INDEX`]) issued by a local CA whose
+/// files live in `ca_dir` (created on first use: `swtpm-localca-rootca-cert.pem`
+/// is the root, `issuercert.pem` the issuing CA). Uses `swtpm_setup` and
+/// `swtpm_localca` from swtpm-tools.
+pub fn manufacture_with_ek_cert(state_dir: &Path, ca_dir: &Path) -> Result<(), TpmError> {
+    let io = |e: std::io::Error| TpmError::Io(e.to_string());
+    std::fs::create_dir_all(ca_dir).map_err(io)?;
+    let conf_dir = ca_dir.join("conf");
+    std::fs::create_dir_all(&conf_dir).map_err(io)?;
+    let ca = ca_dir.display();
+    std::fs::write(
+        conf_dir.join("localca.conf"),
+        format!(
+            "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n"
+        ),
+    )
+    .map_err(io)?;
+    std::fs::write(
+        conf_dir.join("localca.options"),
+        "--platform-manufacturer Cocoon\n--platform-version 2.1\n--platform-model QEMU\n",
+    )
+    .map_err(io)?;
+    let conf = conf_dir.display();
+    std::fs::write(
+        conf_dir.join("swtpm_setup.conf"),
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {conf}/localca.conf\ncreate_certs_tool_options = {conf}/localca.options\nactive_pcr_banks = sha256\n"
+        ),
+    )
+    .map_err(io)?;
+    let out = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+        .arg(state_dir)
+        .arg("--config")
+        .arg(conf_dir.join("swtpm_setup.conf"))
+        .output()
+        .map_err(|e| {
+            TpmError::Io(format!(
+                "cannot run swtpm_setup ({e}): install swtpm-tools (scripts/test does)"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(TpmError::Io(format!(
+            "swtpm_setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
 impl Swtpm {
     /// Starts swtpm with its state in `state_dir` and waits until it answers.
     pub fn start(state_dir: &Path) -> Result<Self, TpmError> {

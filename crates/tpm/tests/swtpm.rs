@@ -107,3 +107,79 @@ fn tcti_strings() {
         .unwrap();
     assert!(err.to_string().contains("/nonexistent/tpm"));
 }
+
+/// Credential activation against a manufactured swtpm (EK certificate from
+/// swtpm_localca): the secret bound to the AK's name and encrypted to the
+/// EK comes back; bound to another name, or to another key, it does not.
+#[test]
+fn credential_activation_against_swtpm() {
+    use cocoon_tpm::credential::{make_credential, name_sha256};
+    use cocoon_tpm::{DEFAULT_EK_HANDLE, Public};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    cocoon_tpm::swtpm::manufacture_with_ek_cert(&state, &dir.path().join("ca"))
+        .expect("swtpm_setup (swtpm-tools, installed by scripts/test)");
+    let sw = Swtpm::start(&state).unwrap();
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+    let cert = tpm.nv_read(cocoon_tpm::swtpm::EK_CERT_NV_INDEX).unwrap();
+    assert_eq!(cert[0], 0x30, "a DER certificate");
+    let (ek, _) = tpm.ensure_ek(DEFAULT_EK_HANDLE).unwrap();
+    let Public::Rsa { n, e, .. } = ek else {
+        panic!("RSA EK expected")
+    };
+    tpm.ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256)
+        .unwrap();
+    let ak_public = tpm.read_public_bytes(DEFAULT_AK_HANDLE).unwrap().unwrap();
+    let name = name_sha256(&ak_public);
+    let secret = [0x42u8; 32];
+    let c = make_credential(&n, e, &name, &secret).unwrap();
+    let got = tpm
+        .activate_credential(
+            DEFAULT_AK_HANDLE,
+            DEFAULT_EK_HANDLE,
+            &c.id_object,
+            &c.encrypted_secret,
+        )
+        .unwrap();
+    assert_eq!(got, secret);
+    // Bound to another object's name: the TPM refuses (integrity check).
+    let mut other = name.clone();
+    other[5] ^= 1;
+    let c = make_credential(&n, e, &other, &secret).unwrap();
+    let err = tpm
+        .activate_credential(
+            DEFAULT_AK_HANDLE,
+            DEFAULT_EK_HANDLE,
+            &c.id_object,
+            &c.encrypted_secret,
+        )
+        .unwrap_err();
+    assert!(matches!(err, TpmError::Response { .. }), "{err}");
+    // Encrypted to another RSA key: the TPM cannot recover the seed.
+    let mut n2 = n.clone();
+    n2[100] ^= 0x10;
+    if let Ok(c) = make_credential(&n2, e, &name, &secret) {
+        assert!(
+            tpm.activate_credential(
+                DEFAULT_AK_HANDLE,
+                DEFAULT_EK_HANDLE,
+                &c.id_object,
+                &c.encrypted_secret
+            )
+            .is_err()
+        );
+    }
+    // The session of a failed activation is not leaked: it still works.
+    let c = make_credential(&n, e, &name, &[7; 16]).unwrap();
+    assert_eq!(
+        tpm.activate_credential(
+            DEFAULT_AK_HANDLE,
+            DEFAULT_EK_HANDLE,
+            &c.id_object,
+            &c.encrypted_secret
+        )
+        .unwrap(),
+        vec![7; 16]
+    );
+}

@@ -78,6 +78,10 @@ pub struct KbsState {
     pub decisions: DecisionCache,
     /// Queue to the denial recorder.
     pub denials: mpsc::Sender<Denial>,
+    /// TPM manufacturer CAs for AK enrollment by EK certificate.
+    pub ek_trust: Option<cocoon_verifier::tpm::ek::EkTrust>,
+    /// EK challenges waiting for their answer.
+    pub ek_pending: crate::tpm_aks::EkPending,
 }
 
 pub(crate) type AppState = Arc<KbsState>;
@@ -769,6 +773,8 @@ pub fn router(state: AppState) -> Router {
         .route("/reference-values", get(list_reference_values))
         .route("/denials", get(list_denials))
         .route("/tpm-ak", post(crate::tpm_aks::add_tpm_ak))
+        .route("/tpm/ek-challenge", post(crate::tpm_aks::ek_challenge))
+        .route("/tpm/ek-activate", post(crate::tpm_aks::ek_activate))
         .route("/tpm-aks", get(crate::tpm_aks::list_tpm_aks))
         .route(
             "/tpm-ak/{fingerprint}",

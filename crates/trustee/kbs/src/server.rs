@@ -58,6 +58,9 @@ pub struct TrusteeConfig {
     pub snp_vcek_dir: Option<PathBuf>,
     /// AMD KDS base URL for VCEKs.
     pub snp_kds_url: Option<String>,
+    /// TPM manufacturer CAs: AKs whose TPM's EK certificate chains to one
+    /// are registered by credential activation.
+    pub tpm_ek_ca: Option<PathBuf>,
     /// Session lifetime, seconds.
     pub session_timeout_secs: i64,
     /// Token lifetime, seconds.
@@ -92,6 +95,7 @@ impl Default for TrusteeConfig {
             pccs_url: None,
             snp_vcek_dir: None,
             snp_kds_url: None,
+            tpm_ek_ca: None,
             session_timeout_secs: 300,
             token_lifetime_secs: 300,
         }
@@ -259,6 +263,14 @@ impl Trustee {
             vcek = Some(vcek.unwrap_or_default().with_kds(url, f.clone()));
         }
         let snp_vcek = vcek.map(Arc::new);
+        let ek_trust = match &cfg.tpm_ek_ca {
+            Some(p) => {
+                let t = cocoon_verifier::tpm::ek::EkTrust::load(p).map_err(err)?;
+                tracing::info!(cas = t.len(), path = %p.display(), "TPM AKs may enroll by EK certificate");
+                Some(t)
+            }
+            None => None,
+        };
         let cca_cpaks = match &cfg.cca_cpak {
             Some(p) => {
                 let keys = cocoon_verifier::cca::Cpaks::load(p).map_err(err)?;
@@ -344,6 +356,8 @@ impl Trustee {
             metrics: Metrics::new(),
             decisions: DecisionCache::default(),
             denials: tx,
+            ek_trust,
+            ek_pending: Default::default(),
         });
         Ok(Self {
             state,

@@ -1,6 +1,10 @@
 //! TPM attestation keys the trustee trusts: kept in the store, checked by
 //! the `tpm` verifier, managed through admin endpoints
-//! (`POST /kbs/v0/tpm-ak`, `GET /kbs/v0/tpm-aks`, `DELETE /kbs/v0/tpm-ak/<fingerprint>`).
+//! (`POST /kbs/v0/tpm-ak`, `GET /kbs/v0/tpm-aks`, `DELETE /kbs/v0/tpm-ak/<fingerprint>`),
+//! or enrolled by the guest itself when its EK certificate chains to a TPM
+//! manufacturer CA the trustee was given (`--tpm-ek-ca`): credential
+//! activation (`POST /kbs/v0/tpm/ek-challenge`, then `/tpm/ek-activate`)
+//! proves the AK is in that TPM.
 
 use crate::api::{AppState, body_bytes, require_admin};
 use crate::error::KbsError;
@@ -27,6 +31,127 @@ pub struct RegisteredAk {
     pub spki: String,
     /// When it was added, unix seconds.
     pub added: i64,
+    /// How it was trusted, when not by an admin: the EK's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_by_ek_of: Option<String>,
+}
+
+/// Challenges by id, with their expiry (Unix seconds).
+pub type EkPending =
+    std::sync::Mutex<std::collections::HashMap<String, (cocoon_verifier::tpm::ek::Pending, i64)>>;
+
+/// How long a guest has to answer a challenge.
+const EK_CHALLENGE_SECS: i64 = 120;
+/// Challenges kept at most.
+const EK_PENDING_MAX: usize = 1024;
+
+#[derive(Deserialize)]
+struct EkChallengeRequest {
+    /// The EK certificate, base64 DER.
+    ek_cert: String,
+    /// Intermediate CA certificates, base64 DER.
+    #[serde(default)]
+    ek_chain: Vec<String>,
+    /// The AK's TPMT_PUBLIC, base64.
+    ak_public: String,
+}
+
+#[derive(Deserialize)]
+struct EkActivateRequest {
+    challenge_id: String,
+    /// The secret TPM2_ActivateCredential returned, base64.
+    secret: String,
+}
+
+fn b64_field(v: &str, what: &str) -> Result<Vec<u8>, KbsError> {
+    B64.decode(v)
+        .map_err(|_| KbsError::BadRequest(format!("{what} is not base64")))
+}
+
+pub(crate) async fn ek_challenge(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    let trust = s.ek_trust.as_ref().ok_or_else(|| {
+        KbsError::BadRequest(
+            "this trustee does not enroll TPM AKs by EK certificate (start it with --tpm-ek-ca FILE|DIR); an admin can add the AK with `cocoon admin add-tpm-ak`".into(),
+        )
+    })?;
+    let req: EkChallengeRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
+        KbsError::BadRequest(format!(
+            "expected {{\"ek_cert\", \"ak_public\", \"ek_chain\"?}}: {e}"
+        ))
+    })?;
+    let ek = b64_field(&req.ek_cert, "ek_cert")?;
+    let ak = b64_field(&req.ak_public, "ak_public")?;
+    let chain = req
+        .ek_chain
+        .iter()
+        .map(|c| b64_field(c, "ek_chain"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let (credential, pending) = trust
+        .challenge(&ek, &chain, &ak, now.max(0) as u64)
+        .map_err(|e| KbsError::AttestationFailed(format!("TPM AK enrollment refused: {e}")))?;
+    let mut id = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+        .map_err(|_| KbsError::Internal("no randomness".into()))?;
+    let id = hex::encode(id);
+    {
+        let mut p = s
+            .ek_pending
+            .lock()
+            .map_err(|_| KbsError::Internal("EK challenges lock".into()))?;
+        p.retain(|_, (_, exp)| *exp > now);
+        if p.len() >= EK_PENDING_MAX {
+            return Err(KbsError::Internal(
+                "too many EK challenges in flight; retry later".into(),
+            ));
+        }
+        p.insert(id.clone(), (pending, now + EK_CHALLENGE_SECS));
+    }
+    Ok(Json(serde_json::json!({
+        "challenge_id": id,
+        "id_object": B64.encode(&credential.id_object),
+        "encrypted_secret": B64.encode(&credential.encrypted_secret),
+    }))
+    .into_response())
+}
+
+pub(crate) async fn ek_activate(
+    State(s): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    let req: EkActivateRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
+        KbsError::BadRequest(format!("expected {{\"challenge_id\", \"secret\"}}: {e}"))
+    })?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // One answer per challenge, right or wrong.
+    let pending = s
+        .ek_pending
+        .lock()
+        .map_err(|_| KbsError::Internal("EK challenges lock".into()))?
+        .remove(&req.challenge_id);
+    let Some((pending, exp)) = pending.filter(|(_, exp)| *exp > now) else {
+        return Err(KbsError::AttestationFailed(
+            "unknown or expired EK challenge: ask for a new one".into(),
+        ));
+    };
+    let _ = exp;
+    let answer = b64_field(&req.secret, "secret")?;
+    let der = pending
+        .finish(&answer)
+        .map_err(|e| KbsError::AttestationFailed(format!("TPM AK enrollment refused: {e}")))?;
+    let ak = RegisteredAk {
+        fingerprint: ak_fingerprint(&der),
+        spki: B64.encode(&der),
+        added: now,
+        enrolled_by_ek_of: Some(pending.ek_issuer.clone()),
+    };
+    let bytes = serde_json::to_vec(&ak).map_err(|e| KbsError::Internal(e.to_string()))?;
+    s.store.put(ns::TPM_AKS, &ak.fingerprint, &bytes)?;
+    tracing::info!(fingerprint = %ak.fingerprint, ek_ca = %pending.ek_issuer, "TPM attestation key trusted by EK credential activation");
+    Ok(Json(ak).into_response())
 }
 
 /// The AK set the `tpm` verifier consults, backed by the store.
@@ -76,6 +201,7 @@ pub(crate) async fn add_tpm_ak(
         fingerprint: ak_fingerprint(&der),
         spki: B64.encode(&der),
         added: time::OffsetDateTime::now_utc().unix_timestamp(),
+        enrolled_by_ek_of: None,
     };
     let bytes = serde_json::to_vec(&ak).map_err(|e| KbsError::Internal(e.to_string()))?;
     s.store.put(ns::TPM_AKS, &ak.fingerprint, &bytes)?;

@@ -10,6 +10,9 @@ use x509_cert::der;
 const RSASSA_PSS: &str = "1.2.840.113549.1.1.10";
 /// `ecdsa-with-SHA256`.
 const ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
+const ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
+const RSA_SHA256: &str = "1.2.840.113549.1.1.11";
+const RSA_SHA384: &str = "1.2.840.113549.1.1.12";
 /// AMD's VCEK extensions (`1.3.6.1.4.1.3704.1.…`).
 const EXT_BL: &str = "1.3.6.1.4.1.3704.1.3.1";
 const EXT_TEE: &str = "1.3.6.1.4.1.3704.1.3.2";
@@ -137,6 +140,16 @@ impl X509Cert {
         walk(&self.tbs).unwrap_or_default()
     }
 
+    /// The SubjectPublicKeyInfo, DER.
+    pub fn spki_der(&self) -> Vec<u8> {
+        use der::Encode;
+        self.cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .unwrap_or_default()
+    }
+
     pub(crate) fn spki(&self) -> &[u8] {
         self.cert
             .tbs_certificate
@@ -154,13 +167,20 @@ impl X509Cert {
     /// AMD signs, or ECDSA P-256 SHA-256 as Intel signs) and that the
     /// names chain.
     pub fn verify_signed_by(&self, issuer: &X509Cert) -> Result<(), String> {
-        let alg: &'static dyn ring::signature::VerificationAlgorithm =
+        use ring::signature as rs;
+        let p384 = issuer.spki().len() == 97;
+        let alg: &'static dyn rs::VerificationAlgorithm =
             match self.cert.signature_algorithm.oid.to_string().as_str() {
-                RSASSA_PSS => &ring::signature::RSA_PSS_2048_8192_SHA384,
-                ECDSA_SHA256 => &ring::signature::ECDSA_P256_SHA256_ASN1,
+                RSASSA_PSS => &rs::RSA_PSS_2048_8192_SHA384,
+                ECDSA_SHA256 if p384 => &rs::ECDSA_P384_SHA256_ASN1,
+                ECDSA_SHA256 => &rs::ECDSA_P256_SHA256_ASN1,
+                ECDSA_SHA384 if p384 => &rs::ECDSA_P384_SHA384_ASN1,
+                ECDSA_SHA384 => &rs::ECDSA_P256_SHA384_ASN1,
+                RSA_SHA256 => &rs::RSA_PKCS1_2048_8192_SHA256,
+                RSA_SHA384 => &rs::RSA_PKCS1_2048_8192_SHA384,
                 other => {
                     return Err(format!(
-                        "{} is signed with {other}, not RSA-PSS or ECDSA-SHA256",
+                        "{} is signed with {other}, not RSA (PKCS#1 v1.5 or PSS) or ECDSA",
                         self.cn
                     ));
                 }

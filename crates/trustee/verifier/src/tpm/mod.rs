@@ -16,6 +16,8 @@
 //! extends must equal the quoted value (but PCRs 8 and 23, which also take
 //! the agent's extends); its events become `uefi_event_logs`.
 
+pub mod ek;
+
 use crate::{TeeClaims, TeeClass, TrustedKeys, Verifier, VerifyError, VerifyInput, hex_short};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;

@@ -1,0 +1,185 @@
+//! AK trust through the TPM's endorsement key: the EK certificate chains to
+//! a TPM manufacturer CA the trustee was given, and credential activation
+//! proves the AK lives in that same TPM. The trustee then registers the AK
+//! as it would one an admin added.
+//!
+//! 1. The guest sends its EK certificate and its AK's TPMT_PUBLIC.
+//! 2. [`EkTrust::challenge`] checks the certificate chain and the AK's
+//!    attributes (a restricted signing key fixed to the TPM), and encrypts a
+//!    fresh secret to the EK, bound to the AK's name.
+//! 3. The guest's TPM recovers the secret (TPM2_ActivateCredential); only
+//!    the TPM holding both keys can.
+//! 4. [`Pending::finish`] compares the secret and yields the AK's SPKI.
+
+use crate::snp::cert::X509Cert;
+use cocoon_tpm::credential::{Credential, make_credential, name_sha256};
+use cocoon_tpm::structs::ALG_SHA256;
+use cocoon_tpm::{AkPublicKey, Public};
+
+/// TPMA_OBJECT bits an AK must have: fixedTPM, fixedParent,
+/// sensitiveDataOrigin, restricted, sign.
+const AK_REQUIRED: u32 = (1 << 1) | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 18);
+/// TPMA_OBJECT decrypt: an AK must not have it.
+const DECRYPT: u32 = 1 << 17;
+
+/// TPM manufacturer CAs (roots and intermediates) the trustee trusts.
+#[derive(Debug, Clone, Default)]
+pub struct EkTrust {
+    cas: Vec<X509Cert>,
+}
+
+/// A challenge waiting for the TPM's answer.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    secret: [u8; 32],
+    /// The AK as DER SPKI (what gets registered).
+    pub ak_spki: Vec<u8>,
+    /// Who issued the EK certificate, for the log.
+    pub ek_issuer: String,
+}
+
+impl Pending {
+    /// The AK's SPKI when `answer` is the secret.
+    pub fn finish(&self, answer: &[u8]) -> Result<Vec<u8>, String> {
+        // Every byte is compared, whatever differs.
+        let diff = answer
+            .iter()
+            .zip(&self.secret)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if answer.len() == self.secret.len() && std::hint::black_box(diff) == 0 {
+            Ok(self.ak_spki.clone())
+        } else {
+            Err(
+                "the answer is not the activated secret: the AK is not in the TPM of this EK"
+                    .into(),
+            )
+        }
+    }
+}
+
+impl EkTrust {
+    /// Loads PEM CA certificates from a file or every `*.pem`/`*.crt` in a directory.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let files = if path.is_dir() {
+            let mut v: Vec<_> = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "pem" || x == "crt"))
+                .collect();
+            v.sort();
+            v
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut cas = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            cas.extend(
+                X509Cert::from_pem_bundle(&text).map_err(|e| format!("{}: {e}", f.display()))?,
+            );
+        }
+        if cas.is_empty() {
+            return Err(format!("no CA certificate in {}", path.display()));
+        }
+        Ok(Self { cas })
+    }
+
+    /// How many CAs are trusted.
+    pub fn len(&self) -> usize {
+        self.cas.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.cas.is_empty()
+    }
+
+    /// Checks the EK certificate at `now`: it chains, through the
+    /// `intermediates` the guest sent (untrusted until they chain), to one of
+    /// the configured CAs. Returns the anchor's name.
+    pub fn verify_ek_cert(
+        &self,
+        ek: &X509Cert,
+        intermediates: &[X509Cert],
+        now: u64,
+    ) -> Result<String, String> {
+        ek.check_validity(now)?;
+        let mut cur = ek;
+        for _ in 0..6 {
+            if let Some(anchor) = self.cas.iter().find(|ca| cur.verify_signed_by(ca).is_ok()) {
+                anchor.check_validity(now)?;
+                anchor.check_ca()?;
+                return Ok(anchor.cn.clone());
+            }
+            let next = intermediates
+                .iter()
+                .find(|i| cur.verify_signed_by(i).is_ok())
+                .ok_or_else(|| {
+                    format!(
+                        "the EK certificate does not chain to a trusted TPM manufacturer CA ({} configured): no issuer of '{}' verifies",
+                        self.cas.len(),
+                        cur.cn
+                    )
+                })?;
+            next.check_validity(now)?;
+            next.check_ca()?;
+            cur = next;
+        }
+        Err("the EK certificate chain is too long".into())
+    }
+
+    /// Step 2: checks the EK certificate (with the guest's `intermediates`,
+    /// DER) and the AK, and makes the credential the TPM must activate.
+    pub fn challenge(
+        &self,
+        ek_cert_der: &[u8],
+        intermediates: &[Vec<u8>],
+        ak_public: &[u8],
+        now: u64,
+    ) -> Result<(Credential, Pending), String> {
+        let ek = X509Cert::from_der(ek_cert_der).map_err(|e| format!("EK certificate: {e}"))?;
+        let chain = intermediates
+            .iter()
+            .map(|d| X509Cert::from_der(d))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("EK intermediate: {e}"))?;
+        let ek_issuer = self.verify_ek_cert(&ek, &chain, now)?;
+        let (n, e) = match AkPublicKey::from_spki_der(&ek.spki_der())
+            .map_err(|e| format!("EK certificate key: {e}"))?
+        {
+            AkPublicKey::Rsa { n, e } => (n, e),
+            AkPublicKey::P256(_) => {
+                return Err("the EK is an ECC key; credential activation supports the RSA 2048 EK (TCG template L-1)".into());
+            }
+        };
+        let e = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+        let e = u32::try_from(e).map_err(|_| "EK exponent too large".to_string())?;
+        if ak_public.len() < 4 || u16::from_be_bytes([ak_public[2], ak_public[3]]) != ALG_SHA256 {
+            return Err("the AK's name algorithm is not SHA-256".into());
+        }
+        let ak = Public::parse(ak_public).map_err(|e| format!("AK public area: {e}"))?;
+        let attrs = match &ak {
+            Public::Rsa { attributes, .. } | Public::EccP256 { attributes, .. } => *attributes,
+        };
+        if attrs & AK_REQUIRED != AK_REQUIRED || attrs & DECRYPT != 0 {
+            return Err(format!(
+                "the AK's attributes 0x{attrs:08x} are not a restricted signing key fixed to its TPM (fixedTPM, fixedParent, sensitiveDataOrigin, restricted, sign; not decrypt)"
+            ));
+        }
+        let ak_spki = ak.to_spki_der().map_err(|e| e.to_string())?;
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| "no randomness".to_string())?;
+        let credential =
+            make_credential(&n, e, &name_sha256(ak_public), &secret).map_err(|e| e.to_string())?;
+        Ok((
+            credential,
+            Pending {
+                secret,
+                ak_spki,
+                ek_issuer,
+            },
+        ))
+    }
+}
