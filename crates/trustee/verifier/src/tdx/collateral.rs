@@ -504,6 +504,22 @@ fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, Ve
     })
 }
 
+/// The PCK CA must not be on the root CA's CRL, nor the PCK on its CA's.
+fn check_revocation(
+    root_crl: &Crl,
+    pck_crl: &Crl,
+    pck_ca: &X509Cert,
+    pck: &X509Cert,
+) -> Result<(), VerifyError> {
+    if root_crl.revokes(pck_ca) {
+        return Err(invalid(format!("{} is revoked (root CA CRL)", pck_ca.cn)));
+    }
+    if pck_crl.revokes(pck) {
+        return Err(invalid("the PCK certificate is revoked (PCK CRL)"));
+    }
+    Ok(())
+}
+
 impl Crl {
     fn revokes(&self, cert: &X509Cert) -> bool {
         self.revokes_serial(cert.cert.tbs_certificate.serial_number.as_bytes())
@@ -565,13 +581,8 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     // Revocation: the quote's PCK CA by the root CRL, the PCK by the PCK CRL.
     let (pck, pck_ca) = (&chain[0], &chain[1]);
     let root_crl = crl(&c.root_ca_crl, root, now, "root CA CRL")?;
-    if root_crl.revokes(pck_ca) {
-        return Err(invalid(format!("{} is revoked (root CA CRL)", pck_ca.cn)));
-    }
     let pck_crl = crl(&c.pck_crl, pck_ca, now, "PCK CRL")?;
-    if pck_crl.revokes(pck) {
-        return Err(invalid("the PCK certificate is revoked (PCK CRL)"));
-    }
+    check_revocation(&root_crl, &pck_crl, pck_ca, pck)?;
 
     let r = &q.qe.qe_report;
     let masked = |value: &[u8], want: &str, mask: &str| -> Result<bool, VerifyError> {
@@ -661,6 +672,37 @@ mod tests {
         );
         assert!(list.revokes_serial(&list.revoked[0].clone()));
         assert!(!list.revokes(&chain[0]), "the quote's PCK is not revoked");
+    }
+
+    /// A PCK (or PCK CA) whose serial the verified CRL lists is refused.
+    #[test]
+    fn revoked_pck_and_pck_ca_are_refused() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures/tdx");
+        let q = super::super::quote::TdxQuote::parse(
+            &std::fs::read(format!("{dir}/dcapqvl_tdx_quote.bin")).unwrap(),
+        )
+        .unwrap();
+        let c: Collateral = serde_json::from_slice(
+            &std::fs::read(format!("{dir}/dcapqvl_tdx_quote_collateral.json")).unwrap(),
+        )
+        .unwrap();
+        let chain = super::super::pck_chain(&q).unwrap();
+        let root = super::super::intel_root().unwrap();
+        let (pck, ca) = (&chain[0], &chain[1]);
+        let mut root_crl = crl(&c.root_ca_crl, root, 1_750_809_600, "root CA CRL").unwrap();
+        let mut pck_crl = crl(&c.pck_crl, ca, 1_750_809_600, "PCK CRL").unwrap();
+        check_revocation(&root_crl, &pck_crl, ca, pck).unwrap();
+        pck_crl
+            .revoked
+            .push(pck.cert.tbs_certificate.serial_number.as_bytes().to_vec());
+        let e = check_revocation(&root_crl, &pck_crl, ca, pck).unwrap_err();
+        assert!(e.to_string().contains("the PCK certificate is revoked"), "{e}");
+        pck_crl.revoked.pop();
+        root_crl
+            .revoked
+            .push(ca.cert.tbs_certificate.serial_number.as_bytes().to_vec());
+        let e = check_revocation(&root_crl, &pck_crl, ca, pck).unwrap_err();
+        assert!(e.to_string().contains("is revoked (root CA CRL)"), "{e}");
     }
 
     /// The in-place CRL reader agrees with a full X.509 CRL decoder on
