@@ -674,10 +674,60 @@ mod tests {
         assert!(!list.revokes(&chain[0]), "the quote's PCK is not revoked");
     }
 
+    /// Intel PCS responses as served (`{"tcbInfo": …, "signature": …}`):
+    /// the exact signed bytes are recovered and verify with Intel's TCB
+    /// signing certificate, within their window; one changed byte fails.
+    #[test]
+    fn pcs_documents_verify_as_served() {
+        let fixtures = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../../shared/fixtures/tdx"
+        );
+        let c: Collateral = serde_json::from_slice(
+            &std::fs::read(format!("{fixtures}/dcapqvl_tdx_quote_collateral.json")).unwrap(),
+        )
+        .unwrap();
+        let root = super::super::intel_root().unwrap();
+        // 2025-11-01, inside both documents' windows.
+        let at = 1_761_955_200;
+        let signer = signer(&c.tcb_info_issuer_chain, root, at, "TCB info").unwrap();
+        for (file, id) in [
+            ("trustee_tcbInfo.json", "TDX"),
+            ("trustee_enclaveIdentity.json", "TD_QE"),
+        ] {
+            let body = std::fs::read(format!("{fixtures}/{file}")).unwrap();
+            let (doc, sig) = super::super::pccs::split_signed(&body, file).unwrap();
+            check_signed_json(&doc, &sig, &signer, file).unwrap();
+            let w: Window = serde_json::from_str(&doc).unwrap();
+            check_window(&w.issue_date, &w.next_update, at, file).unwrap();
+            let e = check_window(&w.issue_date, &w.next_update, at + 40 * 86_400, file)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("expired"), "{e}");
+            assert!(doc.contains(&format!("\"id\":\"{id}\"")));
+            let tampered = doc.replacen("\"version\":", "\"version\" :", 1);
+            assert!(check_signed_json(&tampered, &sig, &signer, file).is_err());
+        }
+        let info: TcbInfo = serde_json::from_str(
+            &super::super::pccs::split_signed(
+                &std::fs::read(format!("{fixtures}/trustee_tcbInfo.json")).unwrap(),
+                "TCB info",
+            )
+            .unwrap()
+            .0,
+        )
+        .unwrap();
+        assert_eq!(info.fmspc, "00A06D080000");
+        assert!(!info.tcb_levels.is_empty());
+    }
+
     /// A PCK (or PCK CA) whose serial the verified CRL lists is refused.
     #[test]
     fn revoked_pck_and_pck_ca_are_refused() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures/tdx");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../../shared/fixtures/tdx"
+        );
         let q = super::super::quote::TdxQuote::parse(
             &std::fs::read(format!("{dir}/dcapqvl_tdx_quote.bin")).unwrap(),
         )
@@ -696,7 +746,10 @@ mod tests {
             .revoked
             .push(pck.cert.tbs_certificate.serial_number.as_bytes().to_vec());
         let e = check_revocation(&root_crl, &pck_crl, ca, pck).unwrap_err();
-        assert!(e.to_string().contains("the PCK certificate is revoked"), "{e}");
+        assert!(
+            e.to_string().contains("the PCK certificate is revoked"),
+            "{e}"
+        );
         pck_crl.revoked.pop();
         root_crl
             .revoked

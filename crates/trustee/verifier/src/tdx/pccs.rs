@@ -54,6 +54,15 @@ fn der_hex(body: &[u8]) -> String {
     }
 }
 
+/// A PCS/PCCS signed document (`{"tcbInfo"|"enclaveIdentity": {…},
+/// "signature": hex}`) as the exact bytes of the signed object and the
+/// signature.
+pub fn split_signed(body: &[u8], what: &str) -> Result<(String, String), String> {
+    let doc: Signed<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("{what} response: {e}"))?;
+    Ok((doc.body.get().to_string(), doc.signature))
+}
+
 impl Pccs {
     /// A PCCS at `base`, reached with `http`.
     pub fn new(base: &str, http: Arc<dyn HttpGet>) -> Self {
@@ -84,10 +93,8 @@ impl Pccs {
             Ok(r) => r,
             Err(_) => get_ok(&*self.http, INTEL_ROOT_CRL_URL)?,
         };
-        let tcb_doc: Signed<'_> =
-            serde_json::from_slice(&tcb.body).map_err(|e| format!("TCB info response: {e}"))?;
-        let qe_doc: Signed<'_> =
-            serde_json::from_slice(&qe.body).map_err(|e| format!("QE identity response: {e}"))?;
+        let (tcb_info, tcb_info_signature) = split_signed(&tcb.body, "TCB info")?;
+        let (qe_identity, qe_identity_signature) = split_signed(&qe.body, "QE identity")?;
         Ok(Collateral {
             pck_crl_issuer_chain: chain(&crl, &["SGX-PCK-CRL-Issuer-Chain"], "PCK CRL")?,
             root_ca_crl: der_hex(&root.body),
@@ -97,15 +104,15 @@ impl Pccs {
                 &["TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"],
                 "TCB info",
             )?,
-            tcb_info: tcb_doc.body.get().to_string(),
-            tcb_info_signature: tcb_doc.signature,
+            tcb_info,
+            tcb_info_signature,
             qe_identity_issuer_chain: chain(
                 &qe,
                 &["SGX-Enclave-Identity-Issuer-Chain"],
                 "QE identity",
             )?,
-            qe_identity: qe_doc.body.get().to_string(),
-            qe_identity_signature: qe_doc.signature,
+            qe_identity,
+            qe_identity_signature,
         })
     }
 }
