@@ -10,13 +10,13 @@ use std::path::PathBuf;
 /// `cocoon verify`.
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// TEE of the evidence: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm, cca.
+    /// TEE of the evidence: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm, cca, tpm.
     #[arg(long)]
     tee: String,
     /// Evidence: the raw report/quote bytes, or the JSON evidence document a guest sends.
     #[arg(long)]
     evidence: PathBuf,
-    /// Collateral: the VCEK/VLEK (DER or PEM) for snp; the DCAP collateral JSON (a file, or a directory of them) for tdx, sgx and az-tdx-vtpm; the platform's CPAK (PEM public key or JWK, file or directory) for cca.
+    /// Collateral: the VCEK/VLEK (DER or PEM) for snp; the DCAP collateral JSON (a file, or a directory of them) for tdx, sgx and az-tdx-vtpm; the platform's CPAK (PEM public key or JWK, file or directory) for cca; the AK public key (PEM) to require for tpm.
     #[arg(long)]
     collateral: Option<PathBuf>,
     /// Expected report data (hex); without it the session binding is not checked.
@@ -100,8 +100,9 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         "sgx" => verify_sgx(&a, bytes, now),
         "az-snp-vtpm" | "az-tdx-vtpm" => verify_az(&a, &bytes, now),
         "cca" => verify_cca(&a, bytes),
+        "tpm" => verify_tpm(&a, &bytes),
         other => bail!(
-            "verify --tee {other} is not supported yet (supported: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm, cca)"
+            "verify --tee {other} is not supported yet (supported: snp, tdx, sgx, az-snp-vtpm, az-tdx-vtpm, cca, tpm)"
         ),
     }
 }
@@ -165,6 +166,65 @@ fn check_fields(a: &VerifyArgs, report_data: &[u8], init_field: (&str, &[u8])) -
             );
         }
     }
+    Ok(())
+}
+
+/// The AK set of `cocoon verify --tee tpm`: the one given, or else the
+/// evidence's own (said so).
+struct OneAk(Vec<u8>);
+
+impl cocoon_verifier::TrustedKeys for OneAk {
+    fn is_trusted(&self, spki: &[u8]) -> Result<bool, String> {
+        Ok(spki == self.0.as_slice())
+    }
+}
+
+/// TPM evidence (CoCo's JSON): everything the trustee checks; the AK is
+/// required to be the one in `--collateral` when given.
+fn verify_tpm(a: &VerifyArgs, bytes: &[u8]) -> Result<()> {
+    use base64::Engine;
+    use cocoon_verifier::{Verifier, VerifyInput, tpm::TpmVerifier};
+    let ev: serde_json::Value =
+        serde_json::from_slice(bytes).context("TPM evidence is a JSON document")?;
+    let evidence_ak = base64::engine::general_purpose::STANDARD
+        .decode(ev["ak_public"].as_str().unwrap_or_default())
+        .context("evidence without a base64 ak_public")?;
+    let (trusted, note) = match &a.collateral {
+        Some(p) => (
+            cocoon_kbs::tpm_aks::parse_ak(
+                &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .map_err(anyhow::Error::msg)?,
+            "signed by the AK given",
+        ),
+        None => (
+            evidence_ak,
+            "AK trust NOT checked (pass --collateral ak.pem to require an AK)",
+        ),
+    };
+    let report_data = match &a.report_data {
+        Some(h) => hex::decode(h).context("--report-data is not hex")?,
+        None => {
+            eprintln!("note: report data binding NOT checked (pass --report-data HEX)");
+            let m = base64::engine::general_purpose::STANDARD
+                .decode(ev["tpm_quote"]["message"].as_str().unwrap_or_default())
+                .context("evidence without a base64 tpm_quote.message")?;
+            cocoon_tpm::Attest::parse(&m)?.extra_data
+        }
+    };
+    let init = a
+        .init_data_digest
+        .as_deref()
+        .map(hex::decode)
+        .transpose()
+        .context("--init-data-digest is not hex")?;
+    let c = TpmVerifier::new(std::sync::Arc::new(OneAk(trusted))).verify(&VerifyInput {
+        evidence: &ev,
+        expected_report_data: &report_data,
+        init_data_digest: init.as_deref(),
+    })?;
+    eprintln!("verified: TPM quote over PCRs 0-23 (SHA-256), {note}");
+    println!("{}", serde_json::to_string_pretty(&c.claims)?);
     Ok(())
 }
 

@@ -542,3 +542,51 @@ fn cca_token_offline() {
     ));
     assert!(err.contains("cca evidence"), "{err}");
 }
+
+#[test]
+fn tpm_quote_offline() {
+    let ev = format!("{FIX}/tpm/trustee_tpm_evidence.json");
+    let o = cocoon(&["verify", "--tee", "tpm", "--evidence", &ev], &[]);
+    let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(claims["pcr23"].as_str().unwrap().len(), 64);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("AK trust NOT checked"), "{stderr}");
+    // Requiring another AK: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let (_sk, pk) = {
+        use p256::pkcs8::EncodePublicKey;
+        let sk = p256::SecretKey::random(&mut rand_core::OsRng);
+        let pem = sk
+            .public_key()
+            .to_public_key_pem(p256::pkcs8::LineEnding::LF)
+            .unwrap();
+        (sk, pem)
+    };
+    let f = write(dir.path(), "ak.pem", pk.as_bytes());
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tpm",
+            "--evidence",
+            &ev,
+            "--collateral",
+            f.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(err.contains("not registered"), "{err}");
+    let err = fails(&cocoon(
+        &[
+            "verify",
+            "--tee",
+            "tpm",
+            "--evidence",
+            &ev,
+            "--report-data",
+            "00",
+        ],
+        &[],
+    ));
+    assert!(err.contains("report data does not match"), "{err}");
+}
