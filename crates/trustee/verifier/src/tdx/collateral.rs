@@ -350,6 +350,10 @@ fn next_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 fn der_time(tag: u8, v: &[u8]) -> Option<u64> {
     let s = std::str::from_utf8(v).ok()?;
     let s = s.strip_suffix('Z')?;
+    // Digits only, so that every slice below falls on a character boundary.
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let (year, rest) = match (tag, s.len()) {
         (0x17, 12) => {
             let yy: i32 = s[..2].parse().ok()?;
@@ -358,9 +362,6 @@ fn der_time(tag: u8, v: &[u8]) -> Option<u64> {
         (0x18, 14) => (s[..4].parse().ok()?, &s[4..]),
         _ => return None,
     };
-    if !rest.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
     let n = |i: usize| rest[i..i + 2].parse::<u8>().ok();
     let date =
         time::Date::from_calendar_date(year, time::Month::try_from(n(0)?).ok()?, n(2)?).ok()?;
@@ -719,6 +720,18 @@ mod tests {
         .unwrap();
         assert_eq!(info.fmspc, "00A06D080000");
         assert!(!info.tcb_levels.is_empty());
+    }
+
+    /// DER times: both forms, and no panic on non-digits (multi-byte
+    /// characters included).
+    #[test]
+    fn der_times() {
+        assert_eq!(der_time(0x17, b"250619105611Z"), Some(1_750_330_571));
+        assert_eq!(der_time(0x18, b"20250619105611Z"), Some(1_750_330_571));
+        assert_eq!(der_time(0x17, "€€€€Z".as_bytes()), None);
+        assert_eq!(der_time(0x17, b"2506191056a1Z"), None);
+        assert_eq!(der_time(0x17, b"250619105611"), None);
+        assert_eq!(der_time(0x17, b"251319105611Z"), None);
     }
 
     /// A PCK (or PCK CA) whose serial the verified CRL lists is refused.

@@ -134,8 +134,9 @@ pub fn verify_quote_with<B: QuoteBody>(
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    if sent.is_none() && configured.is_some() {
-        // The configured set does not change while the verifier lives.
+    if configured.is_some() {
+        // Files do not change while the verifier lives; fetched collateral
+        // is kept until its nextUpdate, which also bounds the entry.
         h.update(b"configured collateral");
     }
     if let Some(c) = sent {
@@ -164,9 +165,14 @@ pub fn verify_quote_with<B: QuoteBody>(
     // Parsed once for every check below.
     let chain = pck_chain(q)?;
     verify_qe_report_with(q, &chain[0])?;
+    check_intel_qe(q)?;
     verify_pck_chain_parsed(&chain, now)?;
-    let found = match (sent, configured) {
-        (None, Some(set)) => {
+    // The trustee's own collateral comes first: collateral a guest sends
+    // is used only for platforms the trustee has none for (a guest could
+    // otherwise send older, still-valid documents from before a TCB
+    // recovery or a revocation).
+    let found = match configured {
+        Some(set) => {
             let fmspc = collateral::PckTcb::from_pck(&chain[0])?.fmspc;
             let ca = if chain[1].cn.contains("Processor") {
                 "processor"
@@ -175,9 +181,9 @@ pub fn verify_quote_with<B: QuoteBody>(
             };
             set.find(B::TCB_INFO_ID, &fmspc, ca, now)?
         }
-        _ => None,
+        None => None,
     };
-    let result = match sent.or(found.as_deref()) {
+    let result = match found.as_deref().or(sent) {
         Some(c) => Some(collateral::verify_with_chain(q, &chain, c, now)?),
         None => None,
     };
@@ -192,6 +198,41 @@ pub fn verify_quote_with<B: QuoteBody>(
         c.insert(key, (until, result.clone()));
     }
     Ok(result)
+}
+
+/// Intel's QE vendor id in the quote header.
+const INTEL_QE_VENDOR: [u8; 16] = [
+    0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07,
+];
+
+/// The QE that certified the attestation key is Intel's, whatever the
+/// collateral: its report (signed by the PCK) names Intel's signer, the
+/// QE product for this TEE, and no DEBUG attribute. Without this, an
+/// enclave of the host's own could have the PCE certify it and vouch for
+/// any attestation key. The QE identity, with collateral, adds its TCB.
+fn check_intel_qe<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
+    let r = &q.qe.qe_report;
+    if q.header.vendor_id != INTEL_QE_VENDOR {
+        return Err(invalid("the quote's QE vendor is not Intel"));
+    }
+    if r[128..160] != B::QE_MRSIGNER {
+        return Err(invalid(
+            "the QE report's MRSIGNER is not Intel's: the attestation key was not certified by Intel's quoting enclave",
+        ));
+    }
+    let prodid = u16::from_le_bytes([r[256], r[257]]);
+    if prodid != B::QE_PROD_ID {
+        return Err(invalid(format!(
+            "the QE report is from ISVPRODID {prodid}, not Intel's {} QE ({})",
+            B::NAME,
+            B::QE_PROD_ID
+        )));
+    }
+    // ATTRIBUTES.FLAGS bit 1: DEBUG.
+    if r[48] & 0x02 != 0 {
+        return Err(invalid("the QE is a debug enclave"));
+    }
+    Ok(())
 }
 
 /// Intel's SGX Root CA, the anchor of every PCK chain (valid 2018-05-21 to

@@ -142,6 +142,11 @@ pub trait QuoteBody: Sized + Clone + std::fmt::Debug {
     const TCB_INFO_ID: &'static str;
     /// The `id` of the QE identity for this TEE's quoting enclave (`TD_QE`, `QE`).
     const QE_IDENTITY_ID: &'static str;
+    /// ISVPRODID of Intel's quoting enclave for this TEE (TD QE 2, QE3 1).
+    const QE_PROD_ID: u16;
+    /// MRSIGNER of Intel's quoting enclave for this TEE (as in Intel's QE
+    /// identity documents).
+    const QE_MRSIGNER: [u8; 32];
     /// Reads the body of a version-`version` quote.
     fn read(r: &mut Reader<'_>, version: u16) -> Result<Self, QuoteError>;
     /// TDX: TEE_TCB_SVN, judged against the TCB info's TDX components.
@@ -232,6 +237,12 @@ impl QuoteBody for TdBody {
     const TEE_TYPE: u32 = 0x81;
     const TCB_INFO_ID: &'static str = "TDX";
     const QE_IDENTITY_ID: &'static str = "TD_QE";
+    const QE_PROD_ID: u16 = 2;
+    const QE_MRSIGNER: [u8; 32] = [
+        0xdc, 0x9e, 0x2a, 0x7c, 0x6f, 0x94, 0x8f, 0x17, 0x47, 0x4e, 0x34, 0xa7, 0xfc, 0x43, 0xed,
+        0x03, 0x0f, 0x7c, 0x15, 0x63, 0xf1, 0xba, 0xbd, 0xdf, 0x63, 0x40, 0xc8, 0x2e, 0x0e, 0x54,
+        0xa8, 0xc5,
+    ];
 
     fn read(r: &mut Reader<'_>, version: u16) -> Result<Self, QuoteError> {
         match version {
@@ -271,6 +282,12 @@ impl QuoteBody for EnclaveReport {
     const TEE_TYPE: u32 = 0;
     const TCB_INFO_ID: &'static str = "SGX";
     const QE_IDENTITY_ID: &'static str = "QE";
+    const QE_PROD_ID: u16 = 1;
+    const QE_MRSIGNER: [u8; 32] = [
+        0x8c, 0x4f, 0x57, 0x75, 0xd7, 0x96, 0x50, 0x3e, 0x96, 0x13, 0x7f, 0x77, 0xc6, 0x8a, 0x82,
+        0x9a, 0x00, 0x56, 0xac, 0x8d, 0xed, 0x70, 0x14, 0x0b, 0x08, 0x1b, 0x09, 0x44, 0x90, 0xc5,
+        0x7b, 0xff,
+    ];
 
     fn read(r: &mut Reader<'_>, version: u16) -> Result<Self, QuoteError> {
         if !matches!(version, 3 | 4) {

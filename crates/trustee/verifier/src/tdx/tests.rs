@@ -335,3 +335,69 @@ fn verification_cache() {
     );
     assert!(verify_quote(&q, None, IN_WINDOW, &cache).unwrap().is_none());
 }
+
+/// The QE behind the attestation key must be Intel's TD QE, collateral or
+/// not: another signer, another product, a debug QE or another vendor is
+/// refused (checked after the PCK's signature over the QE report).
+#[test]
+fn only_intels_quoting_enclave_is_accepted() {
+    let q = TdxQuote::parse(&fixture("dcapqvl_tdx_quote.bin")).unwrap();
+    check_intel_qe(&q).unwrap();
+    for (what, at, want) in [
+        ("MRSIGNER", 130usize, "MRSIGNER is not Intel's"),
+        ("ISVPRODID", 256, "ISVPRODID 3"),
+        ("DEBUG", 48, "debug enclave"),
+    ] {
+        let mut m = q.clone();
+        m.qe.qe_report[at] ^= if what == "ISVPRODID" { 1 } else { 0x02 };
+        let e = check_intel_qe(&m).unwrap_err().to_string();
+        assert!(e.contains(want), "{what}: {e}");
+    }
+    let mut m = q.clone();
+    m.header.vendor_id[0] ^= 1;
+    assert!(
+        check_intel_qe(&m)
+            .unwrap_err()
+            .to_string()
+            .contains("vendor")
+    );
+    // An SGX quote's QE (QE3) is not a TD QE.
+    let sgx = crate::tdx::quote::SgxQuote::parse(
+        &std::fs::read(format!("{FIXTURES}/../sgx/dcapqvl_sgx_quote.bin")).unwrap(),
+    )
+    .unwrap();
+    check_intel_qe(&sgx).unwrap();
+    let mut td_like = q.clone();
+    td_like.qe.qe_report = sgx.qe.qe_report.clone();
+    assert!(check_intel_qe(&td_like).is_err());
+}
+
+/// The trustee's collateral for a platform wins over what the evidence
+/// sends; sent collateral is used only when the trustee has none.
+#[test]
+fn configured_collateral_wins_over_sent() {
+    let q = TdxQuote::parse(&fixture("dcapqvl_tdx_quote.bin")).unwrap();
+    let mut set = collateral::CollateralSet::default();
+    set.insert(collateral()).unwrap();
+    let mut sent = collateral();
+    sent.tcb_info = sent.tcb_info.replacen("UpToDate", "UpToDatE", 1);
+    verify_quote_with(&q, Some(&sent), Some(&set), IN_WINDOW, &TdxCache::default())
+        .unwrap()
+        .unwrap();
+    let e = verify_quote_with(&q, Some(&sent), None, IN_WINDOW, &TdxCache::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("TCB info signature"), "{e}");
+    // A set without this platform: the sent collateral is what is checked.
+    let empty = collateral::CollateralSet::default();
+    assert!(
+        verify_quote_with(
+            &q,
+            Some(&sent),
+            Some(&empty),
+            IN_WINDOW,
+            &TdxCache::default()
+        )
+        .is_err()
+    );
+}
