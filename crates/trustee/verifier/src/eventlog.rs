@@ -191,9 +191,11 @@ impl TcgEventLog {
             algorithms.push((id, len));
         }
         let mut events = Vec::new();
+        // Where trailing padding (all 0xFF, or all 0x00) starts, found once.
+        let data_end = |pad: u8| b.iter().rposition(|x| *x != pad).map_or(0, |i| i + 1);
+        let (end_ff, end_00) = (data_end(0xff), data_end(0));
         while c.b.len() - c.pos >= 8 {
-            let rest = &c.b[c.pos..];
-            if rest.iter().all(|x| *x == 0xff) || rest.iter().all(|x| *x == 0) {
+            if c.pos >= end_ff || c.pos >= end_00 {
                 break;
             }
             let index = c.u32()?;
@@ -208,7 +210,15 @@ impl TcgEventLog {
                     algorithms.len()
                 )));
             }
-            let mut digests = Vec::with_capacity(count);
+            // Every measured event carries one digest per bank the header
+            // lists: an event with only some could not be replayed in all.
+            if event_type != 0x3 && count != algorithms.len() {
+                return Err(c.err(format!(
+                    "an event with {count} digests, the header lists {} banks",
+                    algorithms.len()
+                )));
+            }
+            let mut digests: Vec<(AlgId, Vec<u8>)> = Vec::with_capacity(count);
             for _ in 0..count {
                 let id = AlgId(c.u16()?);
                 let len = algorithms
@@ -221,6 +231,9 @@ impl TcgEventLog {
                             id.name()
                         ))
                     })?;
+                if digests.iter().any(|(a, _)| *a == id) {
+                    return Err(c.err(format!("two {} digests in one event", id.name())));
+                }
                 digests.push((id, c.take(len)?.to_vec()));
             }
             let size = c.u32()? as usize;
@@ -279,9 +292,16 @@ impl TcgEventLog {
     /// The events as claims: index, type name, digests, event data (b64)
     /// and whether the data hashes to the digest.
     pub fn to_json(&self) -> Value {
+        self.to_json_where(|_| true)
+    }
+
+    /// [`Self::to_json`] for the events at the indices `keep` accepts (the
+    /// ones a verifier replayed against a register).
+    pub fn to_json_where(&self, keep: impl Fn(u32) -> bool) -> Value {
         let events: Vec<Value> = self
             .events
             .iter()
+            .filter(|e| keep(e.index))
             .map(|e| {
                 let matches = e.digests.iter().all(|(a, d)| {
                     a.ring().is_some_and(|h| ring::digest::digest(h, &e.data).as_ref() == d.as_slice())

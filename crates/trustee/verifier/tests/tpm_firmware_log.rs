@@ -122,11 +122,78 @@ fn firmware_log_replays_against_a_real_quote() {
     let mut swapped = events.clone();
     swapped.swap(2, 4);
     assert!(refused(tcg_log(None, &swapped)).contains("PCR 4"));
+    // A PCR's only event dropped: its register is still compared (to zero).
+    let no_pcr1: Vec<_> = events.iter().filter(|e| e.0 != 1).cloned().collect();
+    assert!(refused(tcg_log(None, &no_pcr1)).contains("PCR 1"));
     // PCR 0 started at locality 0 here: a log claiming locality 3 is wrong.
     assert!(refused(tcg_log(Some(3), &events)).contains("PCR 0"));
     // Not a log at all.
     let e = run(&evidence(b"not a log")).unwrap_err();
     assert!(matches!(e, VerifyError::Malformed { .. }), "{e}");
+}
+
+/// Events at PCR 8 (which the agent also extends with initdata) are not
+/// replayed, so they are left out of the claims; the rest are kept.
+#[test]
+fn unverified_pcrs_are_left_out_of_the_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let sw = Swtpm::start(dir.path()).expect("swtpm (scripts/test installs it)");
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+    let (ak, _) = tpm
+        .ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256)
+        .unwrap();
+    let events: Vec<(u32, u32, Vec<u8>)> = vec![
+        (4, 0x8000_0003, b"kernel".to_vec()),
+        (8, 0xd, b"grub_cmd: linux /vmlinuz".to_vec()),
+    ];
+    for (index, _, data) in &events {
+        tpm.pcr_extend_sha256(*index, &Sha256::digest(data).into())
+            .unwrap();
+    }
+    let nonce = [6u8; 32];
+    let quote = tpm.quote(DEFAULT_AK_HANDLE, &nonce).unwrap();
+    let pcrs = tpm.pcr_read_sha256().unwrap();
+    let spki = ak.to_spki_der().unwrap();
+    let ev = json!({
+        "tpm_quote": {
+            "signature": B64.encode(&quote.signature),
+            "message": B64.encode(&quote.attest),
+            "pcrs": pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
+        },
+        "ak_public": B64.encode(&spki),
+        "eventlog": B64.encode(tcg_log(None, &events)),
+    });
+    let c = TpmVerifier::new(Arc::new(One(spki)))
+        .verify(&VerifyInput {
+            evidence: &ev,
+            expected_report_data: &nonce,
+            init_data_digest: None,
+        })
+        .unwrap();
+    let logged = c.claims["uefi_event_logs"].as_array().unwrap();
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0]["index"], 4);
+}
+
+/// Every measured event must carry a digest for each bank the header lists.
+#[test]
+fn events_without_every_bank_are_refused() {
+    let mut log = tcg_log(None, &[(4, 0x8000_0003, b"kernel".to_vec())]);
+    // The header's bank count: 1 -> 2 (SHA-256 and SHA-384), sizes appended.
+    let spec_start = 32;
+    let banks_at = spec_start + 16 + 4 + 4;
+    log[banks_at] = 2;
+    let insert_at = banks_at + 4 + 4;
+    log.splice(insert_at..insert_at, [0x0c, 0x00, 48, 0x00]);
+    let size_at = spec_start - 4;
+    let size = u32::from_le_bytes(log[size_at..size_at + 4].try_into().unwrap()) + 4;
+    log[size_at..size_at + 4].copy_from_slice(&size.to_le_bytes());
+    let e = cocoon_verifier::eventlog::TcgEventLog::parse(&log).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("1 digests, the header lists 2 banks"),
+        "{e}"
+    );
 }
 
 #[test]

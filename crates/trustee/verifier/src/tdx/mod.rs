@@ -300,20 +300,30 @@ pub(crate) fn pck_chain<B: QuoteBody>(
     })
 }
 
-/// Replays a CCEL against the RTMRs (CCEL index 1..4 = RTMR0..3).
+/// Replays a CCEL against the RTMRs (CCEL index 1..4 = RTMR0..3): every
+/// RTMR must equal its replay (zero when the log has no events for it),
+/// and a measured event at any other index (which no register vouches
+/// for) is refused.
 pub fn check_ccel(log: &TcgEventLog, q: &TdxQuote) -> Result<(), VerifyError> {
+    if let Some(e) = log
+        .events
+        .iter()
+        .find(|e| e.event_type != 0x3 && !(1..=4).contains(&e.index))
+    {
+        return Err(invalid(format!(
+            "the CC event log has an event at index {}, which no RTMR measures",
+            e.index
+        )));
+    }
     let regs = log.replay(AlgId::SHA384);
-    for (index, value) in &regs {
-        let Some(rtmr) = index
-            .checked_sub(1)
-            .and_then(|i| q.body.rtmr.get(i as usize))
-        else {
-            continue; // index 0 is MRTD, measured by the TDX module
-        };
-        if value.as_slice() != rtmr.as_slice() {
+    for (i, rtmr) in q.body.rtmr.iter().enumerate() {
+        let zero = [0u8; 48];
+        let value = regs
+            .get(&(i as u32 + 1))
+            .map_or(&zero[..], |v| v.as_slice());
+        if value != rtmr.as_slice() {
             return Err(invalid(format!(
-                "the CC event log does not replay to RTMR{}: events were added, removed or changed",
-                index - 1
+                "the CC event log does not replay to RTMR{i}: events were added, removed or changed"
             )));
         }
     }
@@ -431,6 +441,18 @@ impl crate::Verifier for TdxVerifier {
             crate::unix_now(),
             &self.cache,
         )?;
+        // The cheap bindings before the event log is parsed.
+        if !padded_equal(&q.body.report_data, input.expected_report_data) {
+            return Err(VerifyError::ReportDataMismatch {
+                expected: crate::hex_short(input.expected_report_data),
+                found: crate::hex_short(&q.body.report_data),
+            });
+        }
+        if let Some(d) = input.init_data_digest
+            && !padded_equal(&q.body.mr_config_id, d)
+        {
+            return Err(VerifyError::InitDataMismatch);
+        }
         let log = match ev
             .get("cc_eventlog")
             .and_then(|c| c.as_str())
@@ -446,17 +468,6 @@ impl crate::Verifier for TdxVerifier {
             }
             None => None,
         };
-        if !padded_equal(&q.body.report_data, input.expected_report_data) {
-            return Err(VerifyError::ReportDataMismatch {
-                expected: crate::hex_short(input.expected_report_data),
-                found: crate::hex_short(&q.body.report_data),
-            });
-        }
-        if let Some(d) = input.init_data_digest
-            && !padded_equal(&q.body.mr_config_id, d)
-        {
-            return Err(VerifyError::InitDataMismatch);
-        }
         let mut c = claims(&q, log.as_ref());
         c["tcb_status"] = json!(checked.as_ref().map_or("unknown", |r| r.tcb_status()));
         Ok(TeeClaims {

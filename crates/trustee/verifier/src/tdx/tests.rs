@@ -120,6 +120,22 @@ fn ccel_replays_to_the_rtmrs_and_tampering_is_caught() {
             .to_string()
             .contains("RTMR1")
     );
+    // Every event of one register dropped: still compared (to zero).
+    let last = *regs.keys().max().unwrap();
+    let mut dropped = ccel.clone();
+    dropped.events.retain(|e| e.index != last);
+    let err = check_ccel(&dropped, &q).unwrap_err().to_string();
+    assert!(err.contains(&format!("RTMR{}", last - 1)), "{err}");
+    // An event at an index no RTMR measures.
+    let mut stray = ccel.clone();
+    let e = stray.events.iter_mut().find(|e| e.event_type != 3).unwrap();
+    e.index = 5;
+    assert!(
+        check_ccel(&stray, &q)
+            .unwrap_err()
+            .to_string()
+            .contains("index 5")
+    );
 }
 
 #[test]

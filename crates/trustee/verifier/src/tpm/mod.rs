@@ -46,32 +46,63 @@ struct TpmEvidence {
     eventlog: Option<String>,
 }
 
+/// Whether the firmware log's events at PCR `index` are replayed against
+/// the quote (PCRs 8 and 23 also take the agent's extends).
+pub fn firmware_pcr_checked(index: u32) -> bool {
+    index as usize != INITDATA_PCR && index as usize != RUNTIME_PCR && (index as usize) < 24
+}
+
 /// Replays the firmware's TCG event log (SHA-256 bank) against the quoted
-/// PCRs: every PCR the log extends must hold exactly the replayed value.
+/// PCRs: PCRs 0-7 (the firmware's) and every other PCR the log extends
+/// (but 8 and 23) must hold exactly the replayed value; a firmware PCR the
+/// log has no events for must be unextended.
 pub fn check_firmware_log(
     log: &crate::eventlog::TcgEventLog,
     pcrs: &[[u8; 32]],
 ) -> Result<(), VerifyError> {
-    let regs = log.replay(crate::eventlog::AlgId::SHA256);
-    if regs.is_empty() && !log.events.is_empty() {
+    if !log
+        .algorithms
+        .iter()
+        .any(|(a, _)| *a == crate::eventlog::AlgId::SHA256)
+    {
         return Err(VerifyError::Invalid {
             tee: TEE,
-            reason: "the firmware event log has no SHA-256 digests to replay".into(),
+            reason: "the firmware event log has no SHA-256 bank to replay".into(),
         });
     }
-    for (index, value) in regs {
-        // PCR 8 (initdata) and PCR 23 (runtime events) also take extends
-        // that are not the firmware's; their own rules judge them.
-        if index as usize == INITDATA_PCR || index as usize == RUNTIME_PCR {
-            continue;
+    if let Some(e) = log.events.iter().find(|e| e.index as usize >= pcrs.len()) {
+        return Err(VerifyError::Invalid {
+            tee: TEE,
+            reason: format!(
+                "the firmware event log extends PCR {}, which does not exist",
+                e.index
+            ),
+        });
+    }
+    let regs = log.replay(crate::eventlog::AlgId::SHA256);
+    let start0 = {
+        // PCR 0 starts at the start-up locality when the log says so.
+        let mut z = [0u8; 32];
+        if let Some(e) = log.events.iter().find(|e| {
+            e.event_type == 0x3 && e.index == 0 && e.data.starts_with(b"StartupLocality\0")
+        }) {
+            z[31] = e.data.get(16).copied().unwrap_or(0);
         }
-        let Some(pcr) = pcrs.get(index as usize) else {
-            return Err(VerifyError::Invalid {
-                tee: TEE,
-                reason: format!("the firmware event log extends PCR {index}, which does not exist"),
-            });
-        };
-        if pcr.as_slice() != value.as_slice() {
+        z
+    };
+    let indices: std::collections::BTreeSet<u32> = (0..8).chain(regs.keys().copied()).collect();
+    for index in indices.into_iter().filter(|i| firmware_pcr_checked(*i)) {
+        let expected = regs.get(&index).map_or_else(
+            || {
+                if index == 0 {
+                    start0.to_vec()
+                } else {
+                    vec![0u8; 32]
+                }
+            },
+            Clone::clone,
+        );
+        if pcrs[index as usize].as_slice() != expected.as_slice() {
             return Err(VerifyError::Invalid {
                 tee: TEE,
                 reason: format!(
@@ -237,9 +268,10 @@ impl Verifier for TpmVerifier {
             let log = crate::eventlog::TcgEventLog::parse(&bytes)
                 .map_err(|e| malformed(format!("eventlog: {e}")))?;
             check_firmware_log(&log, &quote.pcrs)?;
+            // Only events the quote vouches for become claims.
             claims.insert(
                 "uefi_event_logs".into(),
-                log.to_json()["uefi_event_logs"].clone(),
+                log.to_json_where(firmware_pcr_checked)["uefi_event_logs"].clone(),
             );
         }
         if let Some(log) = ev.aa_eventlog.as_deref().filter(|l| !l.is_empty()) {
