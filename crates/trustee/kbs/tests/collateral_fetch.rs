@@ -112,7 +112,9 @@ async fn server(s: Served) -> String {
                 let mut keys: Vec<_> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 keys.sort();
                 logged(&s, format!("vcek {product} {}… {}", &hwid[..16], keys.join("&")));
-                if product == "Milan" {
+                // Like AMD KDS: only the chip the VCEK was issued for.
+                let known = hex::encode(&fixture("snp/trustee_snp_report.bin")[0x1a0..0x1e0]);
+                if product == "Milan" && hwid == known {
                     s.vcek.clone().into_response()
                 } else {
                     StatusCode::NOT_FOUND.into_response()
@@ -241,6 +243,13 @@ async fn vcek_from_kds_and_from_a_directory() {
         let c = v.verify_with_source(&r, now).unwrap();
         assert_eq!(c.signing_key, "VCEK");
         v.verify_with_source(&r, now).unwrap();
+        // A chip the KDS does not know: asked once, then remembered.
+        let mut other = r.clone();
+        other[0x1a0] ^= 1;
+        let e = v.verify_with_source(&other, now).unwrap_err().to_string();
+        assert!(e.contains("could not be fetched from AMD KDS"), "{e}");
+        let e = v.verify_with_source(&other, now).unwrap_err().to_string();
+        assert!(e.contains("not asking again yet"), "{e}");
         // No source: the error says how to give one.
         let bare = SnpVerifier::new().unwrap();
         let e = bare.verify_with_source(&r, now).unwrap_err().to_string();
@@ -249,8 +258,19 @@ async fn vcek_from_kds_and_from_a_directory() {
     .await
     .unwrap();
     let log = requests(&served);
-    let vcek: Vec<_> = log.iter().filter(|l| l.starts_with("vcek")).collect();
+    let chip = hex::encode(&report[0x1a0..0x1a8]);
+    let vcek: Vec<_> = log
+        .iter()
+        .filter(|l| l.starts_with(&format!("vcek Milan {chip}")))
+        .collect();
     assert_eq!(vcek.len(), 1, "fetched once, then kept: {log:?}");
+    // The unknown chip: Milan and Genoa asked once (a v2 report has no
+    // CPUID), not again.
+    assert_eq!(
+        log.iter().filter(|l| l.starts_with("vcek")).count(),
+        3,
+        "{log:?}"
+    );
     let chip = hex::encode(&report[0x1a0..0x1a8]);
     assert!(
         vcek[0].starts_with(&format!("vcek Milan {chip}… blSPL=")),

@@ -57,7 +57,18 @@ pub struct VcekSource {
     kds: Option<(String, Arc<dyn crate::fetch::HttpGet>)>,
     /// Fetched VCEKs by chip id and reported TCB.
     fetched: std::sync::Mutex<FetchedVceks>,
+    /// Chip id and TCB pairs the KDS had no VCEK for, and when (Unix
+    /// seconds): not asked again for a while. Reports are unauthenticated
+    /// before their VCEK is known, so anyone can make the trustee ask.
+    failed: std::sync::Mutex<std::collections::HashMap<(Vec<u8>, u64), u64>>,
+    /// KDS requests in flight.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
+
+/// How long a KDS miss is remembered, seconds.
+const KDS_MISS_SECS: u64 = 300;
+/// KDS requests at once.
+const KDS_MAX_IN_FLIGHT: usize = 4;
 
 /// VCEK DER by chip id and reported TCB.
 type FetchedVceks = std::collections::HashMap<(Vec<u8>, u64), Vec<u8>>;
@@ -131,6 +142,42 @@ impl VcekSource {
         if let Some(v) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(v);
         }
+        let now = crate::unix_now();
+        if let Some(at) = self.failed.lock().ok().and_then(|m| m.get(&key).copied())
+            && now < at + KDS_MISS_SECS
+        {
+            return Err(VerifyError::Unavailable(
+                "AMD KDS had no VCEK for this chip and TCB a moment ago; not asking again yet"
+                    .into(),
+            ));
+        }
+        use std::sync::atomic::Ordering;
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= KDS_MAX_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(VerifyError::Unavailable(
+                "too many VCEK requests to AMD KDS in flight; retry shortly".into(),
+            ));
+        }
+        let result = self.fetch_from_kds(base, http, report, &key);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if result.is_err()
+            && let Ok(mut m) = self.failed.lock()
+        {
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            m.insert(key, now);
+        }
+        result
+    }
+
+    fn fetch_from_kds(
+        &self,
+        base: &str,
+        http: &dyn crate::fetch::HttpGet,
+        report: &SnpReport,
+        key: &(Vec<u8>, u64),
+    ) -> Result<Vec<u8>, VerifyError> {
         let (family, model, _) = report.cpuid;
         let products: &[&str] = match (family, model) {
             (0x19, 0x00..=0x0f) => &["Milan"],
@@ -169,7 +216,7 @@ impl VcekSource {
                         if m.len() >= 4096 {
                             m.clear();
                         }
-                        m.insert(key, r.body.clone());
+                        m.insert(key.clone(), r.body.clone());
                     }
                     return Ok(r.body);
                 }
