@@ -155,8 +155,23 @@ snp_name := "snp" if input.snp
 snp_name := "az-snp-vtpm" if input["az-snp-vtpm"]
 
 hardware := 2 if {
-	snp_claims
+	input.snp
 	count(snp_tcb_below_minimum) == 0
+}
+
+# On Azure the SNP report is the paravisor's (HCL): any SNP guest at VMPL 0
+# could produce one binding a key of its own, so the hardware claim also
+# needs the HCL's launch measurement among "az_snp_hcl_measurement".
+hardware := 2 if {
+	input["az-snp-vtpm"]
+	count(snp_tcb_below_minimum) == 0
+	input["az-snp-vtpm"].measurement in query_reference_value("az_snp_hcl_measurement")
+}
+
+explain contains msg if {
+	input["az-snp-vtpm"]
+	not input["az-snp-vtpm"].measurement in query_reference_value("az_snp_hcl_measurement")
+	msg := sprintf("hardware: claim az-snp-vtpm.measurement=%v is not in reference value 'az_snp_hcl_measurement'=%v (the Azure paravisor's launch measurement must be pinned)", [input["az-snp-vtpm"].measurement, query_reference_value("az_snp_hcl_measurement")])
 }
 
 configuration := 2 if {
@@ -204,8 +219,17 @@ hardware := 2 if {
 	input.tdx.tcb_status == "UpToDate"
 }
 
+# As for SNP: the TD is the Azure paravisor's; its MRTD must be pinned in
+# "az_tdx_hcl_mr_td".
 hardware := 2 if {
 	input["az-tdx-vtpm"].tcb_status == "UpToDate"
+	input["az-tdx-vtpm"].quote.body.mr_td in query_reference_value("az_tdx_hcl_mr_td")
+}
+
+explain contains msg if {
+	input["az-tdx-vtpm"]
+	not input["az-tdx-vtpm"].quote.body.mr_td in query_reference_value("az_tdx_hcl_mr_td")
+	msg := sprintf("hardware: claim az-tdx-vtpm.quote.body.mr_td=%v is not in reference value 'az_tdx_hcl_mr_td'=%v (the Azure paravisor's MRTD must be pinned)", [input["az-tdx-vtpm"].quote.body.mr_td, query_reference_value("az_tdx_hcl_mr_td")])
 }
 
 configuration := 2 if {

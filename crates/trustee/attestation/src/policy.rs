@@ -377,7 +377,12 @@ mod default_policy_tests {
     /// Azure vTPM VMs: PCRs judge executables, the hardware report the rest.
     #[test]
     fn azure_vtpm_claims() {
-        let (_d, p) = policy(&[("tpm_pcr4", json!(["44"])), ("snp_min_tcb_snp", json!([8]))]);
+        let (_d, p) = policy(&[
+            ("tpm_pcr4", json!(["44"])),
+            ("snp_min_tcb_snp", json!([8])),
+            ("az_snp_hcl_measurement", json!(["m"])),
+            ("az_tdx_hcl_mr_td", json!(["td"])),
+        ]);
         let snp = |pcr4: &str, snp_tcb: &str, debug: bool| {
             json!({"az-snp-vtpm": {"measurement": "m", "reported_tcb_bootloader": "3", "reported_tcb_tee": "0",
                 "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug,
@@ -398,7 +403,7 @@ mod default_policy_tests {
                 "az-snp-vtpm.policy_debug_allowed is true",
             ],
         );
-        let tdx = |pcr4: &str, tcb: &str| json!({"az-tdx-vtpm": {"tcb_status": tcb, "td_attributes": {"debug": false}, "tpm": {"pcr04": pcr4}}});
+        let tdx = |pcr4: &str, tcb: &str| json!({"az-tdx-vtpm": {"tcb_status": tcb, "quote": {"body": {"mr_td": "td"}}, "td_attributes": {"debug": false}, "tpm": {"pcr04": pcr4}}});
         assert_eq!(
             trust(&p, &tdx("44", "UpToDate")),
             (json!(3), json!(2), json!(2))
@@ -408,6 +413,16 @@ mod default_policy_tests {
             &tdx("45", "unknown"),
             &["az-tdx-vtpm.tpm.pcr04=45", "az-tdx-vtpm.tcb_status=unknown"],
         );
+        // Without the paravisor pinned, the hardware claim is not affirmed.
+        let (_d, unpinned) = policy(&[("tpm_pcr4", json!(["44"]))]);
+        assert_eq!(trust(&unpinned, &snp("44", "20", false)).1, json!(97));
+        assert_eq!(trust(&unpinned, &tdx("44", "UpToDate")).1, json!(97));
+        explains(
+            &unpinned,
+            &snp("44", "20", false),
+            &["'az_snp_hcl_measurement'", "must be pinned"],
+        );
+        explains(&unpinned, &tdx("44", "UpToDate"), &["'az_tdx_hcl_mr_td'"]);
     }
 
     /// The CCA section: RIM, lifecycle.
