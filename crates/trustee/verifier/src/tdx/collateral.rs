@@ -912,13 +912,47 @@ struct TcbInfo {
     id: String,
     fmspc: String,
     #[serde(default)]
+    tdx_module: Option<ModuleSigner>,
+    #[serde(default)]
     tdx_module_identities: Vec<ModuleIdentity>,
     tcb_levels: Vec<TcbLevel>,
+}
+
+/// Who signs a TDX module and which SEAM attributes it may have.
+#[derive(Deserialize)]
+struct ModuleSigner {
+    mrsigner: String,
+    attributes: String,
+    #[serde(rename = "attributesMask")]
+    attributes_mask: String,
+}
+
+impl ModuleSigner {
+    /// Whether MRSIGNERSEAM and SEAMATTRIBUTES match.
+    fn matches(&self, mrsigner: &[u8; 48], attributes: &[u8; 8]) -> bool {
+        let (Some(signer), Some(want), Some(mask)) = (
+            unhex(&self.mrsigner),
+            unhex(&self.attributes),
+            unhex(&self.attributes_mask),
+        ) else {
+            return false;
+        };
+        signer == mrsigner
+            && want.len() == 8
+            && mask.len() == 8
+            && attributes
+                .iter()
+                .zip(&mask)
+                .zip(&want)
+                .all(|((a, m), w)| a & m == *w)
+    }
 }
 
 #[derive(Deserialize)]
 struct ModuleIdentity {
     id: String,
+    #[serde(flatten)]
+    signer: ModuleSigner,
     #[serde(rename = "tcbLevels")]
     tcb_levels: Vec<QeTcbLevel>,
 }
@@ -1009,6 +1043,30 @@ fn platform_tcb_status_of<B: QuoteBody>(
             })
     });
     let status = level.map_or_else(|| "OutOfDate".to_string(), |l| l.tcb_status.clone());
+    // The TDX module must be one Intel signed: MRSIGNERSEAM and
+    // SEAMATTRIBUTES against the module identity for its version, or
+    // against `tdxModule` for a module that reports none.
+    if let (Some(tee), Some((mrsigner, attributes))) = (tee, q.body.seam()) {
+        let signer = if tee[1] > 0 {
+            let id = format!("TDX_{:02X}", tee[1]);
+            info.tdx_module_identities
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| &m.signer)
+                .ok_or_else(|| {
+                    invalid(format!("the TCB info has no identity for TDX module {id}"))
+                })?
+        } else {
+            info.tdx_module
+                .as_ref()
+                .ok_or_else(|| invalid("the TCB info has no tdxModule"))?
+        };
+        if !signer.matches(mrsigner, attributes) {
+            return Err(invalid(
+                "the TDX module's MRSIGNERSEAM/SEAMATTRIBUTES do not match the TCB info's module identity (not a module Intel signed)",
+            ));
+        }
+    }
     let module = tee.filter(|t| t[1] > 0).map(|tee| {
         let id = format!("TDX_{:02X}", tee[1]);
         info.tdx_module_identities

@@ -151,6 +151,9 @@ pub trait QuoteBody: Sized + Clone + std::fmt::Debug {
     fn read(r: &mut Reader<'_>, version: u16) -> Result<Self, QuoteError>;
     /// TDX: TEE_TCB_SVN, judged against the TCB info's TDX components.
     fn tee_tcb_svn(&self) -> Option<&[u8; 16]>;
+    /// TDX: MRSIGNERSEAM and SEAMATTRIBUTES, judged against the TCB info's
+    /// module identity.
+    fn seam(&self) -> Option<(&[u8; 48], &[u8; 8])>;
 }
 
 /// A parsed quote.
@@ -275,6 +278,10 @@ impl QuoteBody for TdBody {
     fn tee_tcb_svn(&self) -> Option<&[u8; 16]> {
         Some(&self.tcb_svn)
     }
+
+    fn seam(&self) -> Option<(&[u8; 48], &[u8; 8])> {
+        Some((&self.mrsigner_seam, &self.seam_attributes))
+    }
 }
 
 impl QuoteBody for EnclaveReport {
@@ -297,6 +304,10 @@ impl QuoteBody for EnclaveReport {
     }
 
     fn tee_tcb_svn(&self) -> Option<&[u8; 16]> {
+        None
+    }
+
+    fn seam(&self) -> Option<(&[u8; 48], &[u8; 8])> {
         None
     }
 }

@@ -299,6 +299,20 @@ fn platform_tcb_level_from_pck_and_tcb_info() {
             .0,
         "OutOfDate"
     );
+    // A TDX module Intel did not sign (MRSIGNERSEAM), or with SEAM
+    // attributes its identity does not allow.
+    for field in ["mrsigner", "attributes"] {
+        let mut m = q.clone();
+        if field == "mrsigner" {
+            m.body.mrsigner_seam[0] = 1;
+        } else {
+            m.body.seam_attributes[0] = 1;
+        }
+        let e = collateral::platform_tcb_status(&m, &collateral())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MRSIGNERSEAM/SEAMATTRIBUTES"), "{field}: {e}");
+    }
     // TCB info for another FMSPC does not apply.
     let mut c = collateral();
     c.tcb_info = c.tcb_info.replacen("B0C06F000000", "00906ED50000", 1);
