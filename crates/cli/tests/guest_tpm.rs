@@ -650,6 +650,63 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
     let out = ok(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert]));
     assert_eq!(out, "ek-enrolled-secret");
 
+    // The challenge endpoint is open, EK certificates are public: a few
+    // open challenges per EK, and a bounded chain.
+    {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut tpm = cocoon_tpm::Tpm::open(&sw.tcti()).unwrap();
+        let ek = tpm.nv_read(cocoon_tpm::swtpm::EK_CERT_NV_INDEX).unwrap();
+        let ak = tpm
+            .read_public_bytes(cocoon_tpm::DEFAULT_AK_HANDLE)
+            .unwrap()
+            .unwrap();
+        drop(tpm);
+        cocoon_kbs_client::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(
+                cocoon_kbs_client::pinned_client_config(&std::fs::read(&cert).unwrap()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let url = format!("{}/kbs/v0/tpm/ek-challenge", t.url);
+        let ask = |chain: Vec<String>| {
+            let body = serde_json::json!({"ek_cert": b64.encode(&ek), "ak_public": b64.encode(&ak), "ek_chain": chain});
+            let req = http.post(&url).json(&body);
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        for _ in 0..4 {
+            assert_eq!(ask(vec![]).await.0, 200);
+        }
+        let (status, body) = ask(vec![]).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            body.contains("too many open challenges for this EK"),
+            "{body}"
+        );
+        let (status, body) = ask(vec![b64.encode(&ek); 5]).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("at most 4"), "{body}");
+        // A wrong answer is refused, and the challenge is gone after it.
+        let act = format!("{}/kbs/v0/tpm/ek-activate", t.url);
+        let r = http
+            .post(&act)
+            .json(&serde_json::json!({"challenge_id": "00", "secret": b64.encode([0u8; 32])}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("unknown or expired EK challenge")
+        );
+    }
+
     // Another manufacturer's TPM: its EK certificate does not chain.
     let other_state = d.join("other-tpm");
     std::fs::create_dir_all(&other_state).unwrap();

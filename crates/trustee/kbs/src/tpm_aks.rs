@@ -44,6 +44,8 @@ pub type EkPending =
 const EK_CHALLENGE_SECS: i64 = 120;
 /// Challenges kept at most.
 const EK_PENDING_MAX: usize = 1024;
+/// Open challenges per EK at most.
+const EK_PENDING_PER_EK: usize = 4;
 
 #[derive(Deserialize)]
 struct EkChallengeRequest {
@@ -103,6 +105,17 @@ pub(crate) async fn ek_challenge(
             .lock()
             .map_err(|_| KbsError::Internal("EK challenges lock".into()))?;
         p.retain(|_, (_, exp)| *exp > now);
+        // A few at a time per TPM: EK certificates are public, so anyone
+        // can ask; a TPM that answers needs only one.
+        let same = p
+            .values()
+            .filter(|(q, _)| q.ek_digest == pending.ek_digest)
+            .count();
+        if same >= EK_PENDING_PER_EK {
+            return Err(KbsError::AttestationFailed(
+                "too many open challenges for this EK; answer one or wait two minutes".into(),
+            ));
+        }
         if p.len() >= EK_PENDING_MAX {
             return Err(KbsError::Internal(
                 "too many EK challenges in flight; retry later".into(),
@@ -158,6 +171,15 @@ pub(crate) async fn ek_activate(
 pub struct StoreTrustedAks(pub Arc<dyn Store>);
 
 impl TrustedKeys for StoreTrustedAks {
+    fn trusted_by(&self, spki_der: &[u8]) -> Option<String> {
+        let fp = ak_fingerprint(spki_der);
+        let ak: RegisteredAk = serde_json::from_slice(&self.0.get(ns::TPM_AKS, &fp).ok()??).ok()?;
+        Some(match ak.enrolled_by_ek_of {
+            Some(ca) => format!("ek:{ca}"),
+            None => "admin".into(),
+        })
+    }
+
     fn is_trusted(&self, spki_der: &[u8]) -> Result<bool, String> {
         let fp = ak_fingerprint(spki_der);
         let v = self

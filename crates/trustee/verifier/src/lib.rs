@@ -72,6 +72,11 @@ pub enum VerifyError {
 pub trait TrustedKeys: Send + Sync {
     /// Whether `spki_der` is trusted.
     fn is_trusted(&self, spki_der: &[u8]) -> Result<bool, String>;
+    /// How a trusted key came to be trusted (`admin`, `ek:<CA>`), for the
+    /// claims.
+    fn trusted_by(&self, _spki_der: &[u8]) -> Option<String> {
+        None
+    }
 }
 
 /// The TEE class the claims describe; names the EAR submodule (`cpu0`, `gpu0`).

@@ -36,7 +36,12 @@ pub struct Pending {
     pub ak_spki: Vec<u8>,
     /// Who issued the EK certificate, for the log.
     pub ek_issuer: String,
+    /// SHA-256 of the EK certificate (to bound challenges per TPM).
+    pub ek_digest: [u8; 32],
 }
+
+/// Intermediate certificates a guest may send.
+pub const MAX_EK_CHAIN: usize = 4;
 
 impl Pending {
     /// The AK's SPKI when `answer` is the secret.
@@ -138,6 +143,12 @@ impl EkTrust {
         ak_public: &[u8],
         now: u64,
     ) -> Result<(Credential, Pending), String> {
+        if intermediates.len() > MAX_EK_CHAIN {
+            return Err(format!(
+                "{} intermediate certificates, at most {MAX_EK_CHAIN}",
+                intermediates.len()
+            ));
+        }
         let ek = X509Cert::from_der(ek_cert_der).map_err(|e| format!("EK certificate: {e}"))?;
         let chain = intermediates
             .iter()
@@ -179,7 +190,39 @@ impl EkTrust {
                 secret,
                 ak_spki,
                 ek_issuer,
+                ek_digest: ring::digest::digest(&ring::digest::SHA256, ek_cert_der)
+                    .as_ref()
+                    .try_into()
+                    .unwrap_or([0; 32]),
             },
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_secret_finishes() {
+        let p = Pending {
+            secret: [1; 32],
+            ak_spki: vec![9],
+            ek_issuer: "CA".into(),
+            ek_digest: [0; 32],
+        };
+        assert_eq!(p.finish(&[1; 32]).unwrap(), vec![9]);
+        for wrong in [&[2u8; 32][..], &[1; 31], &[1; 33], &[]] {
+            assert!(p.finish(wrong).is_err());
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_before_any_work() {
+        let t = EkTrust::default();
+        let e = t.challenge(&[0x30], &vec![vec![0]; 5], &[], 0).unwrap_err();
+        assert!(e.contains("at most 4"), "{e}");
+        let e = t.challenge(b"not a cert", &[], &[], 0).unwrap_err();
+        assert!(e.contains("EK certificate"), "{e}");
     }
 }

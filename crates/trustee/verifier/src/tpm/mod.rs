@@ -6,7 +6,9 @@
 //!
 //! Claims, as CoCo's TPM verifier names them: `report_data` and `init_data`
 //! (PCR 8) in hex, `pcr00`..`pcr23` in hex; plus `reset_count`,
-//! `restart_count`, `ak_fingerprint` (SHA-256 of the AK's DER SPKI) and,
+//! `restart_count`, `ak_fingerprint` (SHA-256 of the AK's DER SPKI),
+//! `ak_trusted_by` (`admin`, or `ek:<CA>` for an AK enrolled by EK
+//! certificate) and,
 //! when the evidence carries the agent's runtime event log (`aa_eventlog`,
 //! one `<domain> <operation> <content>` line per event), `runtime_events`:
 //! the log is replayed (SHA-256 of each line extended from zero) and must
@@ -261,6 +263,9 @@ impl Verifier for TpmVerifier {
         claims.insert("reset_count".into(), quote.attest.reset_count.into());
         claims.insert("restart_count".into(), quote.attest.restart_count.into());
         claims.insert("ak_fingerprint".into(), Value::String(fingerprint));
+        if let Some(by) = self.trusted.trusted_by(&ak_der) {
+            claims.insert("ak_trusted_by".into(), Value::String(by));
+        }
         if let Some(log) = ev.eventlog.as_deref().filter(|l| !l.is_empty()) {
             let bytes = B64
                 .decode(log)
