@@ -55,14 +55,65 @@ fn tcg_log(locality: Option<u8>, events: &[(u32, u32, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// A swtpm whose PCRs were extended with `events` as firmware would, and
+/// its quote over them: (evidence builder taking a log, AK SPKI, nonce).
+struct Quoted {
+    _dir: tempfile::TempDir,
+    _sw: Swtpm,
+    quote: cocoon_tpm::Quote,
+    pcrs: Vec<[u8; 32]>,
+    spki: Vec<u8>,
+    nonce: [u8; 32],
+}
+
+impl Quoted {
+    fn new(events: &[(u32, u32, Vec<u8>)], nonce: [u8; 32]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sw = Swtpm::start(dir.path()).expect("swtpm (scripts/test installs it)");
+        let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+        let (ak, _) = tpm
+            .ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256)
+            .unwrap();
+        for (index, _, data) in events {
+            tpm.pcr_extend_sha256(*index, &Sha256::digest(data).into())
+                .unwrap();
+        }
+        let quote = tpm.quote(DEFAULT_AK_HANDLE, &nonce).unwrap();
+        let pcrs = tpm.pcr_read_sha256().unwrap();
+        let spki = ak.to_spki_der().unwrap();
+        Self {
+            _dir: dir,
+            _sw: sw,
+            quote,
+            pcrs,
+            spki,
+            nonce,
+        }
+    }
+
+    fn evidence(&self, log: &[u8]) -> Value {
+        json!({
+            "tpm_quote": {
+                "signature": B64.encode(&self.quote.signature),
+                "message": B64.encode(&self.quote.attest),
+                "pcrs": self.pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
+            },
+            "ak_public": B64.encode(&self.spki),
+            "eventlog": B64.encode(log),
+        })
+    }
+
+    fn verify(&self, ev: &Value) -> Result<cocoon_verifier::TeeClaims, VerifyError> {
+        TpmVerifier::new(Arc::new(One(self.spki.clone()))).verify(&VerifyInput {
+            evidence: ev,
+            expected_report_data: &self.nonce,
+            init_data_digest: None,
+        })
+    }
+}
+
 #[test]
 fn firmware_log_replays_against_a_real_quote() {
-    let dir = tempfile::tempdir().unwrap();
-    let sw = Swtpm::start(dir.path()).expect("swtpm (scripts/test installs it)");
-    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
-    let (ak, _) = tpm
-        .ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256)
-        .unwrap();
     let events: Vec<(u32, u32, Vec<u8>)> = vec![
         (0, 0x8000_0008, b"platform firmware blob".to_vec()),
         (1, 0x8000_0001, b"SecureBoot=1".to_vec()),
@@ -70,33 +121,9 @@ fn firmware_log_replays_against_a_real_quote() {
         (7, 0x8000_00e0, b"db: Cocoon test CA".to_vec()),
         (4, 0x8000_0003, b"vmlinuz".to_vec()),
     ];
-    for (index, _, data) in &events {
-        tpm.pcr_extend_sha256(*index, &Sha256::digest(data).into())
-            .unwrap();
-    }
-    let nonce = [5u8; 32];
-    let quote = tpm.quote(DEFAULT_AK_HANDLE, &nonce).unwrap();
-    let pcrs = tpm.pcr_read_sha256().unwrap();
-    let spki = ak.to_spki_der().unwrap();
-    let v = TpmVerifier::new(Arc::new(One(spki.clone())));
-    let evidence = |log: &[u8]| {
-        json!({
-            "tpm_quote": {
-                "signature": B64.encode(&quote.signature),
-                "message": B64.encode(&quote.attest),
-                "pcrs": pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
-            },
-            "ak_public": B64.encode(&spki),
-            "eventlog": B64.encode(log),
-        })
-    };
-    let run = |ev: &Value| {
-        v.verify(&VerifyInput {
-            evidence: ev,
-            expected_report_data: &nonce,
-            init_data_digest: None,
-        })
-    };
+    let quoted = Quoted::new(&events, [5u8; 32]);
+    let evidence = |log: &[u8]| quoted.evidence(log);
+    let run = |ev: &Value| quoted.verify(ev);
     let c = run(&evidence(&tcg_log(None, &events))).unwrap();
     let logged = c.claims["uefi_event_logs"].as_array().unwrap();
     assert_eq!(logged.len(), events.len());
@@ -136,39 +163,13 @@ fn firmware_log_replays_against_a_real_quote() {
 /// replayed, so they are left out of the claims; the rest are kept.
 #[test]
 fn unverified_pcrs_are_left_out_of_the_claims() {
-    let dir = tempfile::tempdir().unwrap();
-    let sw = Swtpm::start(dir.path()).expect("swtpm (scripts/test installs it)");
-    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
-    let (ak, _) = tpm
-        .ensure_ak(DEFAULT_AK_HANDLE, KeyAlgorithm::EccP256)
-        .unwrap();
     let events: Vec<(u32, u32, Vec<u8>)> = vec![
         (4, 0x8000_0003, b"kernel".to_vec()),
         (8, 0xd, b"grub_cmd: linux /vmlinuz".to_vec()),
     ];
-    for (index, _, data) in &events {
-        tpm.pcr_extend_sha256(*index, &Sha256::digest(data).into())
-            .unwrap();
-    }
-    let nonce = [6u8; 32];
-    let quote = tpm.quote(DEFAULT_AK_HANDLE, &nonce).unwrap();
-    let pcrs = tpm.pcr_read_sha256().unwrap();
-    let spki = ak.to_spki_der().unwrap();
-    let ev = json!({
-        "tpm_quote": {
-            "signature": B64.encode(&quote.signature),
-            "message": B64.encode(&quote.attest),
-            "pcrs": pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
-        },
-        "ak_public": B64.encode(&spki),
-        "eventlog": B64.encode(tcg_log(None, &events)),
-    });
-    let c = TpmVerifier::new(Arc::new(One(spki)))
-        .verify(&VerifyInput {
-            evidence: &ev,
-            expected_report_data: &nonce,
-            init_data_digest: None,
-        })
+    let quoted = Quoted::new(&events, [6u8; 32]);
+    let c = quoted
+        .verify(&quoted.evidence(&tcg_log(None, &events)))
         .unwrap();
     let logged = c.claims["uefi_event_logs"].as_array().unwrap();
     assert_eq!(logged.len(), 1);

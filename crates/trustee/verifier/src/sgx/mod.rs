@@ -5,9 +5,9 @@
 //! SGX QE identity. The enclave's identity (MRENCLAVE, MRSIGNER, ISV product
 //! id and SVN) is in the claims for policies to judge.
 
+use crate::tdx::TdxCache;
 use crate::tdx::collateral::{self, Collateral, CollateralSet};
 use crate::tdx::quote::SgxQuote;
-use crate::tdx::{TdxCache, padded_equal};
 use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
 use cocoon_types::Tee;
 use serde_json::{Value, json};
@@ -127,18 +127,7 @@ impl crate::Verifier for SgxVerifier {
 /// REPORTDATA against the session binding, CONFIGID against the initdata
 /// digest (both zero-padded to 64 bytes).
 pub fn check_bindings(q: &SgxQuote, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
-    if !padded_equal(&q.body.report_data, input.expected_report_data) {
-        return Err(VerifyError::ReportDataMismatch {
-            expected: crate::hex_short(input.expected_report_data),
-            found: crate::hex_short(&q.body.report_data),
-        });
-    }
-    if let Some(d) = input.init_data_digest
-        && !padded_equal(&q.body.config_id, d)
-    {
-        return Err(VerifyError::InitDataMismatch);
-    }
-    Ok(())
+    crate::tdx::check_bindings(&q.body.report_data, &q.body.config_id, input)
 }
 
 #[cfg(test)]

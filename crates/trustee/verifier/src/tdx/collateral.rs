@@ -649,10 +649,8 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
 mod tests {
     use super::*;
 
-    /// The captured PCK CRL (signed by the quote's PCK CA) lists revoked
-    /// serials; a PCK with one of them is revoked, the quote's own is not.
-    #[test]
-    fn pck_crl_revocation_lookup() {
+    /// dcap-qvl's TDX quote and its collateral.
+    fn dcapqvl_tdx() -> (super::super::quote::TdxQuote, Collateral) {
         let dir = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../../../shared/fixtures/tdx"
@@ -665,6 +663,14 @@ mod tests {
             &std::fs::read(format!("{dir}/dcapqvl_tdx_quote_collateral.json")).unwrap(),
         )
         .unwrap();
+        (q, c)
+    }
+
+    /// The captured PCK CRL (signed by the quote's PCK CA) lists revoked
+    /// serials; a PCK with one of them is revoked, the quote's own is not.
+    #[test]
+    fn pck_crl_revocation_lookup() {
+        let (q, c) = dcapqvl_tdx();
         let chain = super::super::pck_chain(&q).unwrap();
         let list = crl(&c.pck_crl, &chain[1], 1_750_809_600, "PCK CRL").unwrap();
         assert!(
@@ -737,18 +743,7 @@ mod tests {
     /// A PCK (or PCK CA) whose serial the verified CRL lists is refused.
     #[test]
     fn revoked_pck_and_pck_ca_are_refused() {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../../shared/fixtures/tdx"
-        );
-        let q = super::super::quote::TdxQuote::parse(
-            &std::fs::read(format!("{dir}/dcapqvl_tdx_quote.bin")).unwrap(),
-        )
-        .unwrap();
-        let c: Collateral = serde_json::from_slice(
-            &std::fs::read(format!("{dir}/dcapqvl_tdx_quote_collateral.json")).unwrap(),
-        )
-        .unwrap();
+        let (q, c) = dcapqvl_tdx();
         let chain = super::super::pck_chain(&q).unwrap();
         let root = super::super::intel_root().unwrap();
         let (pck, ca) = (&chain[0], &chain[1]);

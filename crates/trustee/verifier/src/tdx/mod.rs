@@ -411,6 +411,27 @@ pub struct TdxVerifier {
     pub cache: TdxCache,
 }
 
+/// REPORTDATA against the session binding and the initdata field
+/// (MRCONFIGID, CONFIGID) against the initdata digest, both zero-padded.
+pub(crate) fn check_bindings(
+    report_data: &[u8],
+    init_field: &[u8],
+    input: &VerifyInput<'_>,
+) -> Result<(), VerifyError> {
+    if !padded_equal(report_data, input.expected_report_data) {
+        return Err(VerifyError::ReportDataMismatch {
+            expected: crate::hex_short(input.expected_report_data),
+            found: crate::hex_short(report_data),
+        });
+    }
+    if let Some(d) = input.init_data_digest
+        && !padded_equal(init_field, d)
+    {
+        return Err(VerifyError::InitDataMismatch);
+    }
+    Ok(())
+}
+
 /// Whether `field` is `expected` followed by zeros.
 pub(crate) fn padded_equal(field: &[u8], expected: &[u8]) -> bool {
     expected.len() <= field.len()
@@ -442,17 +463,7 @@ impl crate::Verifier for TdxVerifier {
             &self.cache,
         )?;
         // The cheap bindings before the event log is parsed.
-        if !padded_equal(&q.body.report_data, input.expected_report_data) {
-            return Err(VerifyError::ReportDataMismatch {
-                expected: crate::hex_short(input.expected_report_data),
-                found: crate::hex_short(&q.body.report_data),
-            });
-        }
-        if let Some(d) = input.init_data_digest
-            && !padded_equal(&q.body.mr_config_id, d)
-        {
-            return Err(VerifyError::InitDataMismatch);
-        }
+        check_bindings(&q.body.report_data, &q.body.mr_config_id, input)?;
         let log = match ev
             .get("cc_eventlog")
             .and_then(|c| c.as_str())
