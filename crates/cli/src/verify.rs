@@ -169,6 +169,30 @@ fn check_fields(a: &VerifyArgs, report_data: &[u8], init_field: (&str, &[u8])) -
     Ok(())
 }
 
+/// The expected report data (`--report-data`, or else the quote's own
+/// nonce so that every other check still runs, said so) and the initdata
+/// digest, for vTPM evidence whose TPMS_ATTEST `message` gives.
+fn vtpm_bindings(
+    a: &VerifyArgs,
+    message: impl FnOnce() -> Option<Vec<u8>>,
+) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+    let report_data = match &a.report_data {
+        Some(h) => hex::decode(h).context("--report-data is not hex")?,
+        None => {
+            eprintln!("note: report data binding NOT checked (pass --report-data HEX)");
+            let m = message().context("evidence without a tpm_quote.message")?;
+            cocoon_tpm::Attest::parse(&m)?.extra_data
+        }
+    };
+    let init = a
+        .init_data_digest
+        .as_deref()
+        .map(hex::decode)
+        .transpose()
+        .context("--init-data-digest is not hex")?;
+    Ok((report_data, init))
+}
+
 /// The AK set of `cocoon verify --tee tpm`: the one given, or else the
 /// evidence's own (said so).
 struct OneAk(Vec<u8>);
@@ -202,22 +226,11 @@ fn verify_tpm(a: &VerifyArgs, bytes: &[u8]) -> Result<()> {
             "AK trust NOT checked (pass --collateral ak.pem to require an AK)",
         ),
     };
-    let report_data = match &a.report_data {
-        Some(h) => hex::decode(h).context("--report-data is not hex")?,
-        None => {
-            eprintln!("note: report data binding NOT checked (pass --report-data HEX)");
-            let m = base64::engine::general_purpose::STANDARD
-                .decode(ev["tpm_quote"]["message"].as_str().unwrap_or_default())
-                .context("evidence without a base64 tpm_quote.message")?;
-            cocoon_tpm::Attest::parse(&m)?.extra_data
-        }
-    };
-    let init = a
-        .init_data_digest
-        .as_deref()
-        .map(hex::decode)
-        .transpose()
-        .context("--init-data-digest is not hex")?;
+    let (report_data, init) = vtpm_bindings(a, || {
+        base64::engine::general_purpose::STANDARD
+            .decode(ev["tpm_quote"]["message"].as_str().unwrap_or_default())
+            .ok()
+    })?;
     let c = TpmVerifier::new(std::sync::Arc::new(OneAk(trusted))).verify(&VerifyInput {
         evidence: &ev,
         expected_report_data: &report_data,
@@ -274,24 +287,11 @@ fn verify_az(a: &VerifyArgs, bytes: &[u8], now: u64) -> Result<()> {
     use cocoon_verifier::az::{AzSnpVtpmVerifier, AzTdxVtpmVerifier};
     let ev: serde_json::Value =
         serde_json::from_slice(bytes).context("Azure evidence is a JSON document")?;
-    let report_data = match &a.report_data {
-        Some(h) => hex::decode(h).context("--report-data is not hex")?,
-        None => {
-            eprintln!("note: report data binding NOT checked (pass --report-data HEX)");
-            // The quote's own nonce, so that every other check still runs.
-            let m = ev["tpm_quote"]["message"]
-                .as_str()
-                .and_then(|m| hex::decode(m).ok())
-                .context("evidence without a hex tpm_quote.message")?;
-            cocoon_tpm::Attest::parse(&m)?.extra_data
-        }
-    };
-    let init = a
-        .init_data_digest
-        .as_deref()
-        .map(hex::decode)
-        .transpose()
-        .context("--init-data-digest is not hex")?;
+    let (report_data, init) = vtpm_bindings(a, || {
+        ev["tpm_quote"]["message"]
+            .as_str()
+            .and_then(|m| hex::decode(m).ok())
+    })?;
     let input = VerifyInput {
         evidence: &ev,
         expected_report_data: &report_data,

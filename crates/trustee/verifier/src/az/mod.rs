@@ -101,14 +101,7 @@ fn verify_vtpm(
     };
     let attest = hex("message", &ev.tpm_quote.message)?;
     let sig = hex("signature", &ev.tpm_quote.signature)?;
-    let mut pcrs = Vec::with_capacity(ev.tpm_quote.pcrs.len());
-    for (i, p) in ev.tpm_quote.pcrs.iter().enumerate() {
-        let v: [u8; 32] = hex::decode(p)
-            .ok()
-            .and_then(|v| v.try_into().ok())
-            .ok_or_else(|| malformed(format!("pcrs[{i}] is not 32 bytes of hex")))?;
-        pcrs.push(v);
-    }
+    let pcrs = crate::tpm::parse_pcrs(&ev.tpm_quote.pcrs).map_err(malformed)?;
     let quote = verify_quote_signature(
         &AkPublicKey::Rsa { n, e },
         &attest,

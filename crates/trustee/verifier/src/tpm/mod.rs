@@ -48,6 +48,20 @@ struct TpmEvidence {
     eventlog: Option<String>,
 }
 
+/// SHA-256 PCR values sent as hex strings.
+pub(crate) fn parse_pcrs(hex_pcrs: &[String]) -> Result<Vec<[u8; 32]>, String> {
+    hex_pcrs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            hex::decode(p)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| format!("pcrs[{i}] is not 32 bytes of hex"))
+        })
+        .collect()
+}
+
 /// Whether the firmware log's events at PCR `index` are replayed against
 /// the quote (PCRs 8 and 23 also take the agent's extends).
 pub fn firmware_pcr_checked(index: u32) -> bool {
@@ -212,14 +226,7 @@ impl Verifier for TpmVerifier {
         let ak_der = b64("ak_public", &ev.ak_public)?;
         let attest = b64("tpm_quote.message", &ev.tpm_quote.message)?;
         let signature = b64("tpm_quote.signature", &ev.tpm_quote.signature)?;
-        let mut pcrs = Vec::with_capacity(ev.tpm_quote.pcrs.len());
-        for (i, p) in ev.tpm_quote.pcrs.iter().enumerate() {
-            let v: [u8; 32] = hex::decode(p)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| malformed(format!("pcrs[{i}] is not 32 bytes of hex")))?;
-            pcrs.push(v);
-        }
+        let pcrs = parse_pcrs(&ev.tpm_quote.pcrs).map_err(malformed)?;
 
         let fingerprint = ak_fingerprint(&ak_der);
         let trusted = self
