@@ -39,6 +39,26 @@ impl std::fmt::Debug for X509Cert {
     }
 }
 
+/// The DER of every certificate in a PEM bundle, not yet parsed.
+pub fn pem_ders(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for block in pem.split("-----END CERTIFICATE-----") {
+        let Some(start) = block.find("-----BEGIN CERTIFICATE-----") else {
+            continue;
+        };
+        let b64: Vec<u8> = block.as_bytes()[start + 27..]
+            .iter()
+            .copied()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect();
+        out.push(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                .map_err(|_| "PEM certificate is not base64".to_string())?,
+        );
+    }
+    Ok(out)
+}
+
 /// One DER TLV at the start of `b`: (header length, content length).
 pub(crate) fn tlv(b: &[u8]) -> Option<(usize, usize)> {
     let first = *b.get(1)?;
@@ -103,20 +123,7 @@ impl X509Cert {
 
     /// Parses every certificate of a PEM bundle.
     pub fn from_pem_bundle(pem: &str) -> Result<Vec<Self>, String> {
-        let mut out = Vec::new();
-        for block in pem.split("-----END CERTIFICATE-----") {
-            let Some(start) = block.find("-----BEGIN CERTIFICATE-----") else {
-                continue;
-            };
-            let b64: String = block[start + 27..]
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .collect();
-            let der_bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
-                .map_err(|_| "PEM certificate is not base64".to_string())?;
-            out.push(Self::from_der(&der_bytes)?);
-        }
-        Ok(out)
+        pem_ders(pem)?.iter().map(|d| Self::from_der(d)).collect()
     }
 
     /// The subject Name exactly as encoded in the certificate (what a CRL

@@ -243,12 +243,15 @@ fn rfc3339(s: &str) -> Result<u64, VerifyError> {
 /// Verifies a signing chain `[signer, root]` against the embedded root.
 fn signer(chain_pem: &str, root: &X509Cert, now: u64, what: &str) -> Result<X509Cert, VerifyError> {
     let untrusted = |detail: String| VerifyError::UntrustedKey { tee: TEE, detail };
-    let mut certs = X509Cert::from_pem_bundle(chain_pem)
-        .map_err(|e| invalid(format!("{what} issuer chain: {e}")))?;
-    if certs.is_empty() {
-        return Err(invalid(format!("{what} issuer chain is empty")));
-    }
-    let signer = certs.remove(0);
+    // Only the signer is needed: it must verify with the embedded root,
+    // whatever the chain's own copy of the root says.
+    let first = crate::snp::cert::pem_ders(chain_pem)
+        .map_err(|e| invalid(format!("{what} issuer chain: {e}")))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| invalid(format!("{what} issuer chain is empty")))?;
+    let signer =
+        X509Cert::from_der(&first).map_err(|e| invalid(format!("{what} issuer chain: {e}")))?;
     signer.verify_signed_by(root).map_err(untrusted)?;
     signer.check_validity(now).map_err(invalid)?;
     Ok(signer)

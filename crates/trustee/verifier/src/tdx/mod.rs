@@ -290,14 +290,26 @@ pub(crate) fn pck_chain<B: QuoteBody>(
 ) -> Result<[crate::snp::cert::X509Cert; 3], VerifyError> {
     let pem = std::str::from_utf8(&q.qe.pck_chain_pem)
         .map_err(|_| invalid("the PCK chain is not PEM"))?;
-    let chain = crate::snp::cert::X509Cert::from_pem_bundle(pem.trim_end_matches('\0'))
+    let ders = crate::snp::cert::pem_ders(pem.trim_end_matches('\0'))
         .map_err(|e| invalid(format!("PCK chain: {e}")))?;
-    <[crate::snp::cert::X509Cert; 3]>::try_from(chain).map_err(|c| {
+    let [pck, ca, root] = <[Vec<u8>; 3]>::try_from(ders).map_err(|c| {
         invalid(format!(
             "the PCK chain has {} certificates, expected 3",
             c.len()
         ))
-    })
+    })?;
+    let parse = |d: &[u8]| {
+        crate::snp::cert::X509Cert::from_der(d).map_err(|e| invalid(format!("PCK chain: {e}")))
+    };
+    // The chain's root is almost always Intel's, byte for byte: reuse the
+    // embedded one, parsed once, rather than parse it again.
+    let intel = intel_root()?;
+    let root = if root == intel.der {
+        intel.clone()
+    } else {
+        parse(&root)?
+    };
+    Ok([parse(&pck)?, parse(&ca)?, root])
 }
 
 /// Replays a CCEL against the RTMRs (CCEL index 1..4 = RTMR0..3): every
