@@ -347,10 +347,8 @@ fn verify_sgx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         dcap_tcb_note(&checked)
     );
     let mut claims = sgx::claims(&q);
-    claims["tcb_status"] = checked
-        .as_ref()
-        .map_or("unknown", |r| r.tcb_status())
-        .into();
+    claims["tcb_status"] =
+        cocoon_verifier::tdx::collateral::CollateralResult::claim(checked.as_ref()).into();
     println!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }
@@ -400,10 +398,8 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         q.header.version
     );
     let mut claims = tdx::claims(&q, log.as_ref());
-    claims["tcb_status"] = checked
-        .as_ref()
-        .map_or("unknown", |r| r.tcb_status())
-        .into();
+    claims["tcb_status"] =
+        cocoon_verifier::tdx::collateral::CollateralResult::claim(checked.as_ref()).into();
     println!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }

@@ -280,7 +280,9 @@ impl AzTdxVtpmVerifier {
         }
         let v = verify_vtpm(TDX_TEE, &ev, &hcl, &q.body.report_data, input)?;
         let mut c = tdx::claims(&q, None);
-        c["tcb_status"] = json!(checked.as_ref().map_or("unknown", |r| r.tcb_status()));
+        c["tcb_status"] = json!(crate::tdx::collateral::CollateralResult::claim(
+            checked.as_ref()
+        ));
         Ok(finish(c, v, input))
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::tdx::TdxCache;
 use crate::tdx::collateral::{self, Collateral, CollateralSet};
-use crate::tdx::quote::SgxQuote;
+use crate::tdx::quote::{EnclaveReport, SgxQuote};
 use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
 use cocoon_types::Tee;
 use serde_json::{Value, json};
@@ -94,25 +94,15 @@ impl crate::Verifier for SgxVerifier {
     }
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
-        use base64::Engine;
-        let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
-        let ev = input.evidence;
-        let raw = ev["quote"]
-            .as_str()
-            .and_then(|q| base64::engine::general_purpose::STANDARD.decode(q).ok())
-            .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
-        let q = SgxQuote::parse(&raw).map_err(|e| malformed(e.to_string()))?;
-        let sent = crate::tdx::sent_collateral(ev).map_err(retag)?;
-        let checked = verify_quote_with(
-            &q,
-            sent.as_ref(),
+        let (q, checked) = crate::tdx::verify_dcap_evidence::<EnclaveReport>(
+            input.evidence,
             self.collateral.as_deref(),
-            crate::unix_now(),
             &self.cache,
-        )?;
+        )
+        .map_err(retag)?;
         check_bindings(&q, input)?;
         let mut c = claims(&q);
-        c["tcb_status"] = json!(checked.as_ref().map_or("unknown", |r| r.tcb_status()));
+        c["tcb_status"] = json!(collateral::CollateralResult::claim(checked.as_ref()));
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             claims: c,

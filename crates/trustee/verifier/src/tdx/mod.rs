@@ -399,6 +399,26 @@ pub fn claims(q: &TdxQuote, ccel: Option<&TcgEventLog>) -> Value {
 #[cfg(test)]
 mod tests;
 
+/// CoCo's DCAP evidence `{"quote": b64, "collateral"?}`: the quote parsed
+/// and verified (everything but the bindings), with the evidence's or the
+/// configured collateral. Errors name TDX; the SGX verifier renames them.
+pub(crate) fn verify_dcap_evidence<B: QuoteBody>(
+    ev: &Value,
+    configured: Option<&collateral::CollateralSet>,
+    cache: &TdxCache,
+) -> Result<(Quote<B>, Option<collateral::CollateralResult>), VerifyError> {
+    use base64::Engine;
+    let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
+    let raw = ev["quote"]
+        .as_str()
+        .and_then(|q| base64::engine::general_purpose::STANDARD.decode(q).ok())
+        .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
+    let q = Quote::<B>::parse(&raw).map_err(|e| malformed(e.to_string()))?;
+    let sent = sent_collateral(ev)?;
+    let checked = verify_quote_with(&q, sent.as_ref(), configured, crate::unix_now(), cache)?;
+    Ok((q, checked))
+}
+
 /// The collateral the evidence carries in `"collateral"`, if any.
 pub(crate) fn sent_collateral(ev: &Value) -> Result<Option<collateral::Collateral>, VerifyError> {
     match ev.get("collateral") {
@@ -461,19 +481,8 @@ impl crate::Verifier for TdxVerifier {
         let b64 = base64::engine::general_purpose::STANDARD;
         let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
         let ev = input.evidence;
-        let raw = ev["quote"]
-            .as_str()
-            .and_then(|q| b64.decode(q).ok())
-            .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
-        let q = TdxQuote::parse(&raw).map_err(|e| malformed(e.to_string()))?;
-        let sent = sent_collateral(ev)?;
-        let checked = verify_quote_with(
-            &q,
-            sent.as_ref(),
-            self.collateral.as_deref(),
-            crate::unix_now(),
-            &self.cache,
-        )?;
+        let (q, checked) =
+            verify_dcap_evidence::<quote::TdBody>(ev, self.collateral.as_deref(), &self.cache)?;
         // The cheap bindings before the event log is parsed.
         check_bindings(&q.body.report_data, &q.body.mr_config_id, input)?;
         let log = match ev
@@ -492,7 +501,7 @@ impl crate::Verifier for TdxVerifier {
             None => None,
         };
         let mut c = claims(&q, log.as_ref());
-        c["tcb_status"] = json!(checked.as_ref().map_or("unknown", |r| r.tcb_status()));
+        c["tcb_status"] = json!(collateral::CollateralResult::claim(checked.as_ref()));
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             claims: c,
