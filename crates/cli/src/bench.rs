@@ -25,8 +25,6 @@ pub enum BenchCommand {
     Guest(crate::bench_guest::GuestBenchArgs),
     /// Image pipeline: encrypted vs plain pull, vs skopeo, decryption vs the SHA-256 floor.
     Image(crate::bench_image::ImageBenchArgs),
-    /// Evidence verifiers on captured evidence vs the signature each report needs.
-    Verify(crate::bench_verify::VerifyBenchArgs),
 }
 
 /// `cocoon bench kbs`.
@@ -140,7 +138,6 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Kbs(a) => a,
         BenchCommand::Guest(g) => return crate::bench_guest::run(g).await,
         BenchCommand::Image(i) => return crate::bench_image::run(i).await,
-        BenchCommand::Verify(v) => return crate::bench_verify::run(v),
     };
     if a.clients == 0 || a.duration == 0 {
         bail!("--clients and --duration must be positive");

@@ -4,7 +4,6 @@ mod admin;
 mod bench;
 mod bench_guest;
 mod bench_image;
-mod bench_verify;
 mod client;
 mod guest;
 mod image;

@@ -58,7 +58,7 @@ pub struct TrusteeArgs {
     snp_kds_url: Option<String>,
     /// TPM manufacturer CA certificates (PEM file or directory): a guest
     /// whose EK certificate chains to one enrolls its AK itself by
-    /// credential activation (`cocoon tpm enroll --trustee URL`).
+    /// credential activation (`cocoon tpm enroll --ek-enroll --url URL`).
     #[arg(long)]
     tpm_ek_ca: Option<PathBuf>,
     /// Accept admin requests without authentication (development only).

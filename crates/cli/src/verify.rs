@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use cocoon_verifier::VerifyInput;
 use cocoon_verifier::snp::{self, SnpVerifier};
 use std::path::PathBuf;
 
@@ -30,20 +31,16 @@ pub struct VerifyArgs {
     at: Option<String>,
 }
 
-fn der_or_pem(bytes: &[u8]) -> Result<Vec<u8>> {
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return Ok(bytes.to_vec());
-    };
-    let Some(start) = text.find("-----BEGIN CERTIFICATE-----") else {
-        return Ok(bytes.to_vec());
-    };
-    let body = &text[start + 27..];
-    let end = body
-        .find("-----END")
-        .context("PEM certificate without an END line")?;
-    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
-        .context("PEM certificate is not base64")
+/// A certificate given as DER or PEM.
+fn der_or_pem(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    match std::str::from_utf8(&bytes) {
+        Ok(text) if text.contains("-----BEGIN") => snp::cert::pem_ders(text)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .next()
+            .context("PEM without a CERTIFICATE block"),
+        _ => Ok(bytes),
+    }
 }
 
 /// Verifies and prints the claims.
@@ -67,7 +64,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
             };
             let vcek = match (&a.collateral, table_vcek) {
                 (Some(p), _) => der_or_pem(
-                    &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
                 )?,
                 (None, Some(v)) => v,
                 (None, None) => bail!(
@@ -107,13 +104,6 @@ pub fn run(a: VerifyArgs) -> Result<()> {
     }
 }
 
-/// `binding ‖ zeros` check for a fixed-size field.
-fn padded_equal(field: &[u8], expected: &[u8]) -> bool {
-    expected.len() <= field.len()
-        && field[..expected.len()] == *expected
-        && field[expected.len()..].iter().all(|b| *b == 0)
-}
-
 /// The DCAP collateral given with `--collateral` (a file or a directory).
 fn dcap_collateral(
     a: &VerifyArgs,
@@ -142,46 +132,18 @@ fn dcap_tcb_note(checked: &Option<cocoon_verifier::tdx::collateral::CollateralRe
     }
 }
 
-/// Checks `--report-data` and `--init-data-digest` against a quote's fields.
-fn check_fields(a: &VerifyArgs, report_data: &[u8], init_field: (&str, &[u8])) -> Result<()> {
-    match &a.report_data {
-        Some(h) => {
-            let want = hex::decode(h).context("--report-data is not hex")?;
-            if !padded_equal(report_data, &want) {
-                bail!(
-                    "report data does not match: the quote carries {}",
-                    hex::encode(report_data)
-                );
-            }
-        }
-        None => eprintln!("note: report data binding NOT checked (pass --report-data HEX)"),
-    }
-    if let Some(h) = &a.init_data_digest {
-        let want = hex::decode(h).context("--init-data-digest is not hex")?;
-        if !padded_equal(init_field.1, &want) {
-            bail!(
-                "init data digest does not match {} {}",
-                init_field.0,
-                hex::encode(init_field.1)
-            );
-        }
-    }
-    Ok(())
-}
-
-/// The expected report data (`--report-data`, or else the quote's own
-/// nonce so that every other check still runs, said so) and the initdata
-/// digest, for vTPM evidence whose TPMS_ATTEST `message` gives.
-fn vtpm_bindings(
+/// The expected report data (`--report-data`, or else the evidence's own,
+/// from `own`, so that every other check still runs, said so) and the
+/// initdata digest, to check the way the trustee does.
+fn bindings(
     a: &VerifyArgs,
-    message: impl FnOnce() -> Option<Vec<u8>>,
+    own: impl FnOnce() -> Result<Vec<u8>>,
 ) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
     let report_data = match &a.report_data {
         Some(h) => hex::decode(h).context("--report-data is not hex")?,
         None => {
             eprintln!("note: report data binding NOT checked (pass --report-data HEX)");
-            let m = message().context("evidence without a tpm_quote.message")?;
-            cocoon_tpm::Attest::parse(&m)?.extra_data
+            own()?
         }
     };
     let init = a
@@ -191,6 +153,30 @@ fn vtpm_bindings(
         .transpose()
         .context("--init-data-digest is not hex")?;
     Ok((report_data, init))
+}
+
+/// The input the trustee's binding checks take.
+fn binding_input<'a>(report_data: &'a [u8], init: &'a Option<Vec<u8>>) -> VerifyInput<'a> {
+    VerifyInput {
+        evidence: &serde_json::Value::Null,
+        expected_report_data: report_data,
+        init_data_digest: init.as_deref(),
+    }
+}
+
+/// What a refused binding is compared with: the evidence's two fields.
+fn bound(report_name: &str, report: &[u8], init_name: &str, init: &[u8]) -> String {
+    format!(
+        "the evidence binds {report_name} {} and {init_name} {}",
+        hex::encode(report),
+        hex::encode(init)
+    )
+}
+
+/// The quote's own nonce (TPMS_ATTEST extraData) from its `message`.
+fn vtpm_nonce(message: Option<Vec<u8>>) -> Result<Vec<u8>> {
+    let m = message.context("evidence without a tpm_quote.message")?;
+    Ok(cocoon_tpm::Attest::parse(&m)?.extra_data)
 }
 
 /// The AK set of `cocoon verify --tee tpm`: the one given, or else the
@@ -207,7 +193,7 @@ impl cocoon_verifier::TrustedKeys for OneAk {
 /// required to be the one in `--collateral` when given.
 fn verify_tpm(a: &VerifyArgs, bytes: &[u8]) -> Result<()> {
     use base64::Engine;
-    use cocoon_verifier::{Verifier, VerifyInput, tpm::TpmVerifier};
+    use cocoon_verifier::{Verifier, tpm::TpmVerifier};
     let ev: serde_json::Value =
         serde_json::from_slice(bytes).context("TPM evidence is a JSON document")?;
     let evidence_ak = base64::engine::general_purpose::STANDARD
@@ -226,10 +212,12 @@ fn verify_tpm(a: &VerifyArgs, bytes: &[u8]) -> Result<()> {
             "AK trust NOT checked (pass --collateral ak.pem to require an AK)",
         ),
     };
-    let (report_data, init) = vtpm_bindings(a, || {
-        base64::engine::general_purpose::STANDARD
-            .decode(ev["tpm_quote"]["message"].as_str().unwrap_or_default())
-            .ok()
+    let (report_data, init) = bindings(a, || {
+        vtpm_nonce(
+            base64::engine::general_purpose::STANDARD
+                .decode(ev["tpm_quote"]["message"].as_str().unwrap_or_default())
+                .ok(),
+        )
     })?;
     let c = TpmVerifier::new(std::sync::Arc::new(OneAk(trusted))).verify(&VerifyInput {
         evidence: &ev,
@@ -259,21 +247,15 @@ fn verify_cca(a: &VerifyArgs, bytes: Vec<u8>) -> Result<()> {
             "platform token signature NOT checked (pass --collateral CPAK; the trustee always requires one)"
         }
     };
-    check_fields(
-        a,
-        &t.realm.challenge,
-        (
-            "the realm personalization value",
+    let (report_data, init) = bindings(a, || Ok(t.realm.challenge.clone()))?;
+    cca::check_bindings(&t, &binding_input(&report_data, &init)).with_context(|| {
+        bound(
+            "the realm challenge",
+            &t.realm.challenge,
+            "the personalization value (the whole 64-byte initdata digest)",
             &t.realm.personalization_value,
-        ),
-    )?;
-    if let Some(h) = &a.init_data_digest
-        && hex::decode(h)? != t.realm.personalization_value
-    {
-        bail!(
-            "init data digest does not match the realm personalization value (compared unpadded: 64 bytes, SHA-512)"
-        );
-    }
+        )
+    })?;
     eprintln!(
         "verified: realm token signed by its RAK, the platform challenge binds the RAK; {platform}"
     );
@@ -283,14 +265,15 @@ fn verify_cca(a: &VerifyArgs, bytes: Vec<u8>) -> Result<()> {
 
 /// Azure vTPM evidence (the JSON document the guest sends).
 fn verify_az(a: &VerifyArgs, bytes: &[u8], now: u64) -> Result<()> {
-    use cocoon_verifier::VerifyInput;
     use cocoon_verifier::az::{AzSnpVtpmVerifier, AzTdxVtpmVerifier};
     let ev: serde_json::Value =
         serde_json::from_slice(bytes).context("Azure evidence is a JSON document")?;
-    let (report_data, init) = vtpm_bindings(a, || {
-        ev["tpm_quote"]["message"]
-            .as_str()
-            .and_then(|m| hex::decode(m).ok())
+    let (report_data, init) = bindings(a, || {
+        vtpm_nonce(
+            ev["tpm_quote"]["message"]
+                .as_str()
+                .and_then(|m| hex::decode(m).ok()),
+        )
     })?;
     let input = VerifyInput {
         evidence: &ev,
@@ -340,7 +323,15 @@ fn verify_sgx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
     if set.is_some() && checked.is_none() {
         bail!("no collateral in --collateral is for this quote's platform (SGX, its PCK's FMSPC)");
     }
-    check_fields(a, &q.body.report_data, ("CONFIGID", &q.body.config_id))?;
+    let (report_data, init) = bindings(a, || Ok(q.body.report_data.to_vec()))?;
+    sgx::check_bindings(&q, &binding_input(&report_data, &init)).with_context(|| {
+        bound(
+            "REPORTDATA",
+            &q.body.report_data,
+            "CONFIGID",
+            &q.body.config_id,
+        )
+    })?;
     eprintln!(
         "verified: SGX quote v{} signed by its attestation key, certified by the QE, PCK chain to Intel's SGX Root CA; {}",
         q.header.version,
@@ -363,7 +354,12 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
             let quote = json["quote"]
                 .as_str()
                 .context("TDX evidence JSON without \"quote\"")?;
-            let ccel = match json.get("cc_eventlog").and_then(|c| c.as_str()) {
+            // As the trustee: an empty log is no log.
+            let ccel = match json
+                .get("cc_eventlog")
+                .and_then(|c| c.as_str())
+                .filter(|c| !c.is_empty())
+            {
                 Some(c) => Some(b64.decode(c).context("cc_eventlog is not base64")?),
                 None => None,
             };
@@ -386,7 +382,20 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         }
         None => None,
     };
-    check_fields(a, &q.body.report_data, ("MRCONFIGID", &q.body.mr_config_id))?;
+    let (report_data, init) = bindings(a, || Ok(q.body.report_data.to_vec()))?;
+    tdx::check_bindings(
+        &q.body.report_data,
+        &q.body.mr_config_id,
+        &binding_input(&report_data, &init),
+    )
+    .with_context(|| {
+        bound(
+            "REPORTDATA",
+            &q.body.report_data,
+            "MRCONFIGID",
+            &q.body.mr_config_id,
+        )
+    })?;
     let tcb = dcap_tcb_note(&checked);
     let ccel_note = if log.is_some() {
         ", CC event log replays to the RTMRs"

@@ -66,6 +66,12 @@ impl TrusteeProc {
         }
     }
 
+    /// The trustee's self-signed TLS certificate, for `--kbs-cert`.
+    pub fn cert_path(&self) -> String {
+        let p = self.data_dir.join("tls/cert.pem");
+        p.to_str().expect("UTF-8 data dir").to_string()
+    }
+
     pub fn admin_key(&self) -> PathBuf {
         self.data_dir.join("admin-key.pem")
     }

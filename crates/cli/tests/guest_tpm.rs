@@ -123,12 +123,7 @@ async fn vtpm_guest_end_to_end() {
     }
 
     let t = TrusteeProc::start_with(&d.join("trustee"), &[], &[]);
-    let cert = t
-        .data_dir
-        .join("tls/cert.pem")
-        .to_str()
-        .unwrap()
-        .to_string();
+    let cert = t.cert_path();
     let env = Env {
         t: &t,
         cert: cert.clone(),
@@ -435,8 +430,8 @@ async fn vtpm_guest_end_to_end() {
 
     // Wrong KBS certificate: refused, not retried.
     let other_trustee = TrusteeProc::start_with(&d.join("other-trustee"), &[], &[]);
-    let wrong = other_trustee.data_dir.join("tls/cert.pem");
-    let err = fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", wrong.to_str().unwrap()]));
+    let wrong = other_trustee.cert_path();
+    let err = fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", &wrong]));
     assert!(err.to_lowercase().contains("certificate"), "{err}");
     assert!(!err.contains("retrying"), "{err}");
 
@@ -594,34 +589,21 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
         &[],
         &["--tpm-ek-ca", cas.to_str().unwrap()],
     );
-    let cert = t
-        .data_dir
-        .join("tls/cert.pem")
-        .to_str()
-        .unwrap()
-        .to_string();
+    let cert = t.cert_path();
     let env = Env {
         t: &t,
         cert: cert.clone(),
         tcti: tcti.clone(),
     };
-    let enroll = |tcti: &str, url: &str| {
+    let enroll = |tcti: &str, t: &TrusteeProc| {
+        let cert = t.cert_path();
+        let args = ["tpm", "enroll", "--tpm", tcti, "--ek-enroll"];
         cocoon(
-            &[
-                "tpm",
-                "enroll",
-                "--tpm",
-                tcti,
-                "--ek-enroll",
-                "--url",
-                url,
-                "--kbs-cert",
-                &cert,
-            ],
+            &[&args[..], &["--url", &t.url, "--kbs-cert", &cert]].concat(),
             &[],
         )
     };
-    let o = enroll(&tcti, &t.url);
+    let o = enroll(&tcti, &t);
     ok(&o);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -712,7 +694,7 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
     std::fs::create_dir_all(&other_state).unwrap();
     cocoon_tpm::swtpm::manufacture_with_ek_cert(&other_state, &d.join("other-ca")).unwrap();
     let other = Swtpm::start(&other_state).unwrap();
-    let err = fails(&enroll(&other.tcti().to_string(), &t.url));
+    let err = fails(&enroll(&other.tcti().to_string(), &t));
     assert!(
         err.contains("does not chain to a trusted TPM manufacturer CA"),
         "{err}"
@@ -724,49 +706,11 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
         &[],
         &["--tpm-ek-ca", cas.join("root.pem").to_str().unwrap()],
     );
-    let cert2 = t2
-        .data_dir
-        .join("tls/cert.pem")
-        .to_str()
-        .unwrap()
-        .to_string();
-    let err = fails(&cocoon(
-        &[
-            "tpm",
-            "enroll",
-            "--tpm",
-            &tcti,
-            "--ek-enroll",
-            "--url",
-            &t2.url,
-            "--kbs-cert",
-            &cert2,
-        ],
-        &[],
-    ));
+    let err = fails(&enroll(&tcti, &t2));
     assert!(err.contains("does not chain"), "{err}");
     // A trustee without --tpm-ek-ca says how to trust the AK instead.
     let t3 = TrusteeProc::start_with(&d.join("trustee3"), &[], &[]);
-    let cert3 = t3
-        .data_dir
-        .join("tls/cert.pem")
-        .to_str()
-        .unwrap()
-        .to_string();
-    let err = fails(&cocoon(
-        &[
-            "tpm",
-            "enroll",
-            "--tpm",
-            &tcti,
-            "--ek-enroll",
-            "--url",
-            &t3.url,
-            "--kbs-cert",
-            &cert3,
-        ],
-        &[],
-    ));
+    let err = fails(&enroll(&tcti, &t3));
     assert!(
         err.contains("--tpm-ek-ca") && err.contains("add-tpm-ak"),
         "{err}"

@@ -6,17 +6,18 @@ use common::*;
 
 const F: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/snp");
 
-fn verify(args: &[&str]) -> std::process::Output {
-    let mut all = vec!["verify", "--tee", "snp"];
-    all.extend_from_slice(args);
-    cocoon(&all, &[])
+/// `cocoon verify --tee TEE --evidence EVIDENCE EXTRA...`.
+fn verify(tee: &str, evidence: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["verify", "--tee", tee, "--evidence", evidence];
+    args.extend_from_slice(extra);
+    cocoon(&args, &[])
 }
 
 #[test]
 fn snp_report_offline() {
     let report = format!("{F}/trustee_snp_report.bin");
     let vcek = format!("{F}/trustee_snp_vcek.der");
-    let o = verify(&["--evidence", &report, "--collateral", &vcek]);
+    let o = verify("snp", &report, &["--collateral", &vcek]);
     let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(claims["product"], "Milan");
     assert_eq!(claims["measurement"].as_str().unwrap().len(), 96);
@@ -27,80 +28,60 @@ fn snp_report_offline() {
     );
     // The binding, when given, is checked exactly.
     let rd = claims["report_data"].as_str().unwrap().to_string();
-    ok(&verify(&[
-        "--evidence",
+    ok(&verify(
+        "snp",
         &report,
-        "--collateral",
-        &vcek,
-        "--report-data",
-        &rd,
-    ]));
-    let err = fails(&verify(&[
-        "--evidence",
+        &["--collateral", &vcek, "--report-data", &rd],
+    ));
+    let err = fails(&verify(
+        "snp",
         &report,
-        "--collateral",
-        &vcek,
-        "--report-data",
-        "00",
-    ]));
+        &["--collateral", &vcek, "--report-data", "00"],
+    ));
     assert!(err.contains("report data does not match"), "{err}");
     let hd = claims["init_data"].as_str().unwrap().to_string();
-    ok(&verify(&[
-        "--evidence",
+    ok(&verify(
+        "snp",
         &report,
-        "--collateral",
-        &vcek,
-        "--init-data-digest",
-        &hd,
-    ]));
-    let err = fails(&verify(&[
-        "--evidence",
+        &["--collateral", &vcek, "--init-data-digest", &hd],
+    ));
+    let err = fails(&verify(
+        "snp",
         &report,
-        "--collateral",
-        &vcek,
-        "--init-data-digest",
-        &"11".repeat(32),
-    ]));
+        &[
+            "--collateral",
+            &vcek,
+            "--init-data-digest",
+            &"11".repeat(32),
+        ],
+    ));
     assert!(err.contains("init data digest does not match"), "{err}");
     // Certificates that must be rejected, time outside the window, no VCEK.
     for bad in [
         "trustee_snp_vcek_invalid_legacy.der",
         "trustee_snp_vcek_invalid_new.der",
     ] {
-        let err = fails(&verify(&[
-            "--evidence",
+        let err = fails(&verify(
+            "snp",
             &report,
-            "--collateral",
-            &format!("{F}/{bad}"),
-        ]));
+            &["--collateral", &format!("{F}/{bad}")],
+        ));
         assert!(err.contains("does not verify"), "{bad}: {err}");
     }
-    let err = fails(&verify(&[
-        "--evidence",
+    let err = fails(&verify(
+        "snp",
         &report,
-        "--collateral",
-        &vcek,
-        "--at",
-        "2031-01-01T00:00:00Z",
-    ]));
+        &["--collateral", &vcek, "--at", "2031-01-01T00:00:00Z"],
+    ));
     assert!(err.contains("expired"), "{err}");
-    let err = fails(&verify(&["--evidence", &report]));
+    let err = fails(&verify("snp", &report, &[]));
     assert!(err.contains("--collateral"), "{err}");
-    let err = fails(&cocoon(
-        &["verify", "--tee", "se", "--evidence", &report],
-        &[],
-    ));
+    let err = fails(&verify("se", &report, &[]));
     assert!(err.contains("not supported yet"), "{err}");
-    let err = fails(&cocoon(
-        &["verify", "--tee", "sgx", "--evidence", &report],
-        &[],
-    ));
+    let err = fails(&verify("sgx", &report, &[]));
     assert!(err.contains("malformed SGX quote"), "{err}");
     // An SNP report is not a TDX quote.
-    let err = fails(&cocoon(
-        &["verify", "--tee", "tdx", "--evidence", &report],
-        &[],
-    ));
+    let err = fails(&verify("tdx", &report, &[]));
     assert!(err.contains("not TDX"), "{err}");
 }
 
@@ -110,19 +91,7 @@ const TDX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures
 fn tdx_quote_offline() {
     let quote = format!("{TDX}/trustee_tdx_quote_v4.dat");
     let at = ["--at", "2025-06-01T00:00:00Z"];
-    let tdx = |extra: &[&str]| {
-        let mut args = vec![
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &quote,
-            "--at",
-            "2025-06-01T00:00:00Z",
-        ];
-        args.extend_from_slice(extra);
-        cocoon(&args, &[])
-    };
+    let tdx = |extra: &[&str]| verify("tdx", &quote, &[&at[..], extra].concat());
     let o = tdx(&[]);
     let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     let want: serde_json::Value = serde_json::from_slice(
@@ -152,64 +121,22 @@ fn tdx_quote_offline() {
         "cc_eventlog": b64.encode(std::fs::read(format!("{TDX}/trustee_ccel_data.bin")).unwrap()),
     });
     let evf = write(dir.path(), "ev.json", ev.to_string().as_bytes());
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            evf.to_str().unwrap(),
-            at[0],
-            at[1],
-        ],
-        &[],
-    ));
+    let err = fails(&verify("tdx", evf.to_str().unwrap(), &at));
     assert!(err.contains("does not replay to RTMR0"), "{err}");
     // A flipped body bit; the other captured quote verifies too.
     let mut m = std::fs::read(&quote).unwrap();
     m[200] ^= 1;
     let mf = write(dir.path(), "m.dat", &m);
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            mf.to_str().unwrap(),
-            at[0],
-            at[1],
-        ],
-        &[],
-    ));
+    let err = fails(&verify("tdx", mf.to_str().unwrap(), &at));
     assert!(err.contains("quote signature does not verify"), "{err}");
-    ok(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &format!("{TDX}/dcapqvl_tdx_quote.bin"),
-            at[0],
-            at[1],
-        ],
-        &[],
-    ));
+    ok(&verify("tdx", &format!("{TDX}/dcapqvl_tdx_quote.bin"), &at));
     // With its collateral, inside and outside the collateral's window.
     let dq = format!("{TDX}/dcapqvl_tdx_quote.bin");
     let col = format!("{TDX}/dcapqvl_tdx_quote_collateral.json");
-    let o = cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &dq,
-            "--collateral",
-            &col,
-            "--at",
-            "2025-06-25T00:00:00Z",
-        ],
-        &[],
+    let o = verify(
+        "tdx",
+        &dq,
+        &["--collateral", &col, "--at", "2025-06-25T00:00:00Z"],
     );
     ok(&o);
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -218,19 +145,10 @@ fn tdx_quote_offline() {
             .contains("TCB status UpToDate (platform UpToDate, TDX module UpToDate, QE UpToDate)"),
         "{stderr}"
     );
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &dq,
-            "--collateral",
-            &col,
-            "--at",
-            "2025-09-01T00:00:00Z",
-        ],
-        &[],
+    let err = fails(&verify(
+        "tdx",
+        &dq,
+        &["--collateral", &col, "--at", "2025-09-01T00:00:00Z"],
     ));
     assert!(err.contains("expired"), "{err}");
 }
@@ -262,17 +180,11 @@ fn sgx_quote_offline_agrees_with_dcap_qvl() {
     let quote = format!("{SGX}/dcapqvl_sgx_quote.bin");
     let col = format!("{SGX}/dcapqvl_sgx_quote_collateral.json");
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "verify",
-            "--tee",
+        verify(
             "sgx",
-            "--evidence",
             &quote,
-            "--at",
-            "2025-06-25T00:00:00Z",
-        ];
-        args.extend_from_slice(extra);
-        cocoon(&args, &[])
+            &[&["--at", "2025-06-25T00:00:00Z"], extra].concat(),
+        )
     };
     let o = run(&[]);
     let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
@@ -304,30 +216,12 @@ fn sgx_quote_offline_agrees_with_dcap_qvl() {
         "{err}"
     );
     // A TDX quote is not an SGX quote, and the Occlum quote verifies too.
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "sgx",
-            "--evidence",
-            &format!("{TDX}/dcapqvl_tdx_quote.bin"),
-        ],
-        &[],
-    ));
+    let err = fails(&verify("sgx", &format!("{TDX}/dcapqvl_tdx_quote.bin"), &[]));
     assert!(err.contains("is not SGX"), "{err}");
-    ok(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "sgx",
-            "--evidence",
-            &format!("{SGX}/trustee_occlum_quote.dat"),
-            "--report-data",
-            "74657374",
-            "--at",
-            "2023-06-01T00:00:00Z",
-        ],
-        &[],
+    ok(&verify(
+        "sgx",
+        &format!("{SGX}/trustee_occlum_quote.dat"),
+        &["--report-data", "74657374", "--at", "2023-06-01T00:00:00Z"],
     ));
 }
 
@@ -350,35 +244,19 @@ fn collateral_directory_serves_tdx_and_sgx() {
         ("sgx", format!("{SGX}/dcapqvl_sgx_quote.bin")),
         ("tdx", format!("{TDX}/dcapqvl_tdx_quote.bin")),
     ] {
-        let o = cocoon(
-            &[
-                "verify",
-                "--tee",
-                tee,
-                "--evidence",
-                &quote,
-                "--collateral",
-                d,
-                "--at",
-                "2025-06-25T00:00:00Z",
-            ],
-            &[],
+        let o = verify(
+            tee,
+            &quote,
+            &["--collateral", d, "--at", "2025-06-25T00:00:00Z"],
         );
         let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
         assert_ne!(claims["tcb_status"], "unknown", "{tee}");
     }
     std::fs::write(dir.path().join("bad.json"), b"{}").unwrap();
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "sgx",
-            "--evidence",
-            &format!("{SGX}/dcapqvl_sgx_quote.bin"),
-            "--collateral",
-            d,
-        ],
-        &[],
+    let err = fails(&verify(
+        "sgx",
+        &format!("{SGX}/dcapqvl_sgx_quote.bin"),
+        &["--collateral", d],
     ));
     assert!(
         err.contains("bad.json is not DCAP collateral JSON"),
@@ -390,19 +268,10 @@ fn collateral_directory_serves_tdx_and_sgx() {
 fn tdx_tcb_status_agrees_with_dcap_qvl() {
     let quote = format!("{TDX}/dcapqvl_tdx_quote.bin");
     let col = format!("{TDX}/dcapqvl_tdx_quote_collateral.json");
-    let o = cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tdx",
-            "--evidence",
-            &quote,
-            "--collateral",
-            &col,
-            "--at",
-            "2025-06-25T00:00:00Z",
-        ],
-        &[],
+    let o = verify(
+        "tdx",
+        &quote,
+        &["--collateral", &col, "--at", "2025-06-25T00:00:00Z"],
     );
     let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     let want = dcap_qvl_status(&std::fs::read(&quote).unwrap(), &col, 1_750_809_600);
@@ -419,17 +288,11 @@ fn azure_vtpm_evidence_offline() {
     ] {
         let ev = format!("{FIX}/{file}");
         let run = |extra: &[&str]| {
-            let mut args = vec![
-                "verify",
-                "--tee",
+            verify(
                 tee,
-                "--evidence",
                 &ev,
-                "--at",
-                "2025-06-01T00:00:00Z",
-            ];
-            args.extend_from_slice(extra);
-            cocoon(&args, &[])
+                &[&["--at", "2025-06-01T00:00:00Z"], extra].concat(),
+            )
         };
         let o = run(&[]);
         let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
@@ -442,14 +305,9 @@ fn azure_vtpm_evidence_offline() {
         let err = fails(&run(&["--init-data-digest", &"11".repeat(32)]));
         assert!(err.contains("init data"), "{tee}: {err}");
     }
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "az-snp-vtpm",
-            "--evidence",
-            &format!("{FIX}/az-tdx-vtpm/trustee_evidence_v1.json"),
-        ],
+    let err = fails(&verify(
+        "az-snp-vtpm",
+        &format!("{FIX}/az-tdx-vtpm/trustee_evidence_v1.json"),
         &[],
     ));
     assert!(err.contains("carries a TDX report"), "{err}");
@@ -458,7 +316,7 @@ fn azure_vtpm_evidence_offline() {
 #[test]
 fn cca_token_offline() {
     let token = format!("{FIX}/cca/trustee_cca_example_token.cbor");
-    let o = cocoon(&["verify", "--tee", "cca", "--evidence", &token], &[]);
+    let o = verify("cca", &token, &[]);
     let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(
         claims["platform"]["cca-platform-profile"],
@@ -470,30 +328,8 @@ fn cca_token_offline() {
         "{stderr}"
     );
     let rd = claims["report_data"].as_str().unwrap().to_string();
-    ok(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "cca",
-            "--evidence",
-            &token,
-            "--report-data",
-            &rd,
-        ],
-        &[],
-    ));
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "cca",
-            "--evidence",
-            &token,
-            "--report-data",
-            "00",
-        ],
-        &[],
-    ));
+    ok(&verify("cca", &token, &["--report-data", &rd]));
+    let err = fails(&verify("cca", &token, &["--report-data", "00"]));
     assert!(err.contains("report data does not match"), "{err}");
     // A CPAK that is not this platform's.
     let dir = tempfile::tempdir().unwrap();
@@ -515,17 +351,10 @@ fn cca_token_offline() {
     let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let jwk = serde_json::json!({"kty": "EC", "crv": "P-384", "x": b64u.encode(&point[1..49]), "y": b64u.encode(&point[49..])});
     let f = write(dir.path(), "cpak.jwk", jwk.to_string().as_bytes());
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "cca",
-            "--evidence",
-            &token,
-            "--collateral",
-            f.to_str().unwrap(),
-        ],
-        &[],
+    let err = fails(&verify(
+        "cca",
+        &token,
+        &["--collateral", f.to_str().unwrap()],
     ));
     assert!(
         err.contains("not signed by any of the 1 trusted CPAKs"),
@@ -536,17 +365,14 @@ fn cca_token_offline() {
     let at = m.len() - 200;
     m[at] ^= 1;
     let mf = write(dir.path(), "m.cbor", &m);
-    let err = fails(&cocoon(
-        &["verify", "--tee", "cca", "--evidence", mf.to_str().unwrap()],
-        &[],
-    ));
+    let err = fails(&verify("cca", mf.to_str().unwrap(), &[]));
     assert!(err.contains("cca evidence"), "{err}");
 }
 
 #[test]
 fn tpm_quote_offline() {
     let ev = format!("{FIX}/tpm/trustee_tpm_evidence.json");
-    let o = cocoon(&["verify", "--tee", "tpm", "--evidence", &ev], &[]);
+    let o = verify("tpm", &ev, &[]);
     let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(claims["pcr23"].as_str().unwrap().len(), 64);
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -563,30 +389,8 @@ fn tpm_quote_offline() {
         (sk, pem)
     };
     let f = write(dir.path(), "ak.pem", pk.as_bytes());
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tpm",
-            "--evidence",
-            &ev,
-            "--collateral",
-            f.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    let err = fails(&verify("tpm", &ev, &["--collateral", f.to_str().unwrap()]));
     assert!(err.contains("not registered"), "{err}");
-    let err = fails(&cocoon(
-        &[
-            "verify",
-            "--tee",
-            "tpm",
-            "--evidence",
-            &ev,
-            "--report-data",
-            "00",
-        ],
-        &[],
-    ));
+    let err = fails(&verify("tpm", &ev, &["--report-data", "00"]));
     assert!(err.contains("report data does not match"), "{err}");
 }

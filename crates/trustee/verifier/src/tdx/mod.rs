@@ -445,7 +445,7 @@ pub struct TdxVerifier {
 
 /// REPORTDATA against the session binding and the initdata field
 /// (MRCONFIGID, CONFIGID) against the initdata digest, both zero-padded.
-pub(crate) fn check_bindings(
+pub fn check_bindings(
     report_data: &[u8],
     init_field: &[u8],
     input: &VerifyInput<'_>,
