@@ -75,8 +75,13 @@ pub enum TpmCommand {
 
 /// Enrolls the AK at `ak_handle` by EK certificate: asks the trustee for a
 /// credential bound to the AK, activates it in the TPM, sends the secret
-/// back. Returns the CA the trustee anchored the EK in.
-fn ek_enroll_ak(t: &mut Tpm, ak_handle: u32, conn: &crate::client::Connection) -> Result<String> {
+/// back. Returns the CA the trustee anchored the EK in (`None` when an
+/// admin had already added the AK, whose record the trustee keeps).
+fn ek_enroll_ak(
+    t: &mut Tpm,
+    ak_handle: u32,
+    conn: &crate::client::Connection,
+) -> Result<Option<String>> {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as B64;
     let cert = t
@@ -121,10 +126,7 @@ fn ek_enroll_ak(t: &mut Tpm, ak_handle: u32, conn: &crate::client::Connection) -
         serde_json::json!({"challenge_id": ch["challenge_id"], "secret": B64.encode(&*secret)}),
         "EK activation",
     )?;
-    Ok(done["enrolled_by_ek_of"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string())
+    Ok(done["enrolled_by_ek_of"].as_str().map(str::to_string))
 }
 
 fn parse_handle(s: &str) -> Result<u32, String> {
@@ -170,11 +172,16 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
                 );
             }
             if ek_enroll {
-                let ca = ek_enroll_ak(&mut t, ak_handle, &conn)?;
-                eprintln!(
-                    "AK enrolled with {} by credential activation (EK certificate issued under {ca})",
-                    conn.url
-                );
+                match ek_enroll_ak(&mut t, ak_handle, &conn)? {
+                    Some(ca) => eprintln!(
+                        "AK enrolled with {} by credential activation (EK certificate issued under {ca})",
+                        conn.url
+                    ),
+                    None => eprintln!(
+                        "AK proven to be this TPM's by credential activation; {} already trusted it (added by an admin)",
+                        conn.url
+                    ),
+                }
             }
         }
         TpmCommand::Pcrs { tpm } => {

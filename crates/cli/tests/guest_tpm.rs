@@ -633,7 +633,8 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
     assert_eq!(out, "ek-enrolled-secret");
 
     // The challenge endpoint is open, EK certificates are public: a few
-    // open challenges per EK, and a bounded chain.
+    // open challenges per EK (a new one replaces the oldest, so nobody can
+    // lock a TPM out), and a bounded chain.
     {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -660,33 +661,41 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
                 (r.status().as_u16(), r.text().await.unwrap())
             }
         };
-        for _ in 0..4 {
-            assert_eq!(ask(vec![]).await.0, 200);
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            let (status, body) = ask(vec![]).await;
+            assert_eq!(status, 200, "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            ids.push(v["challenge_id"].as_str().unwrap().to_string());
         }
-        let (status, body) = ask(vec![]).await;
+        let act = format!("{}/kbs/v0/tpm/ek-activate", t.url);
+        let answer = |id: &str| {
+            let req = http
+                .post(&act)
+                .json(&serde_json::json!({"challenge_id": id, "secret": b64.encode([0u8; 32])}));
+            async move {
+                let r = req.send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        };
+        // The oldest was replaced; the newest is open (and a wrong answer
+        // to it is refused as such).
+        let (status, body) = answer(&ids[0]).await;
         assert_eq!(status, 401, "{body}");
-        assert!(
-            body.contains("too many open challenges for this EK"),
-            "{body}"
-        );
+        assert!(body.contains("replaced EK challenge"), "{body}");
+        let (status, body) = answer(&ids[4]).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("not the activated secret"), "{body}");
         let (status, body) = ask(vec![b64.encode(&ek); 5]).await;
         assert_eq!(status, 401, "{body}");
         assert!(body.contains("at most 4"), "{body}");
-        // A wrong answer is refused, and the challenge is gone after it.
-        let act = format!("{}/kbs/v0/tpm/ek-activate", t.url);
-        let r = http
-            .post(&act)
-            .json(&serde_json::json!({"challenge_id": "00", "secret": b64.encode([0u8; 32])}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 401);
-        assert!(
-            r.text()
-                .await
-                .unwrap()
-                .contains("unknown or expired EK challenge")
-        );
+        // The challenge is gone after one answer, right or wrong; an
+        // unknown id is refused alike.
+        for id in [ids[4].as_str(), "00"] {
+            let (status, body) = answer(id).await;
+            assert_eq!(status, 401, "{body}");
+            assert!(body.contains("unknown, expired or replaced"), "{body}");
+        }
     }
 
     // Another manufacturer's TPM: its EK certificate does not chain.
@@ -714,5 +723,34 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
     assert!(
         err.contains("--tpm-ek-ca") && err.contains("add-tpm-ak"),
         "{err}"
+    );
+
+    // An AK an admin already added keeps that record when it also enrolls
+    // by EK certificate.
+    let t4 = TrusteeProc::start_with(
+        &d.join("trustee4"),
+        &[],
+        &["--tpm-ek-ca", cas.to_str().unwrap()],
+    );
+    let ak_pem = d.join("ak.pem");
+    let out = ak_pem.to_str().unwrap();
+    ok(&cocoon(
+        &["tpm", "enroll", "--tpm", &tcti, "--out", out],
+        &[],
+    ));
+    let env4 = Env {
+        t: &t4,
+        cert: t4.cert_path(),
+        tcti: tcti.clone(),
+    };
+    env4.admin(&["add-tpm-ak", "--file", out]);
+    let o = enroll(&tcti, &t4);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("already trusted it"), "{stderr}");
+    let listed = env4.admin(&["list-tpm-aks"]);
+    assert!(
+        listed.contains("by an admin") && !listed.contains("by EK certificate"),
+        "{listed}"
     );
 }

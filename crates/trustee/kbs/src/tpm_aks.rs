@@ -36,9 +36,13 @@ pub struct RegisteredAk {
     pub enrolled_by_ek_of: Option<String>,
 }
 
-/// Challenges by id, with their expiry (Unix seconds).
-pub type EkPending =
-    std::sync::Mutex<std::collections::HashMap<String, (cocoon_verifier::tpm::ek::Pending, i64)>>;
+/// Challenges by id, with their expiry (Unix seconds) and opening order.
+pub type EkPending = std::sync::Mutex<
+    std::collections::HashMap<String, (cocoon_verifier::tpm::ek::Pending, i64, u64)>,
+>;
+
+/// Order in which challenges were opened (the third field of [`EkPending`]).
+static EK_CHALLENGE_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How long a guest has to answer a challenge.
 const EK_CHALLENGE_SECS: i64 = 120;
@@ -104,24 +108,28 @@ pub(crate) async fn ek_challenge(
             .ek_pending
             .lock()
             .map_err(|_| KbsError::Internal("EK challenges lock".into()))?;
-        p.retain(|_, (_, exp)| *exp > now);
-        // A few at a time per TPM: EK certificates are public, so anyone
-        // can ask; a TPM that answers needs only one.
-        let same = p
-            .values()
-            .filter(|(q, _)| q.ek_digest == pending.ek_digest)
-            .count();
-        if same >= EK_PENDING_PER_EK {
-            return Err(KbsError::AttestationFailed(
-                "too many open challenges for this EK; answer one or wait two minutes".into(),
-            ));
+        p.retain(|_, (_, exp, _)| *exp > now);
+        // A few at a time per TPM, the newest: EK certificates are public,
+        // so anyone can ask, and refusing would let them lock the real TPM
+        // out; a TPM that answers needs only its own, fresh challenge.
+        let mut same: Vec<(String, u64)> = p
+            .iter()
+            .filter(|(_, (q, _, _))| q.ek_digest == pending.ek_digest)
+            .map(|(id, (_, _, seq))| (id.clone(), *seq))
+            .collect();
+        if same.len() >= EK_PENDING_PER_EK {
+            same.sort_by_key(|(_, seq)| *seq);
+            for (old, _) in &same[..=same.len() - EK_PENDING_PER_EK] {
+                p.remove(old);
+            }
         }
         if p.len() >= EK_PENDING_MAX {
             return Err(KbsError::Internal(
                 "too many EK challenges in flight; retry later".into(),
             ));
         }
-        p.insert(id.clone(), (pending, now + EK_CHALLENGE_SECS));
+        let seq = EK_CHALLENGE_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        p.insert(id.clone(), (pending, now + EK_CHALLENGE_SECS, seq));
     }
     Ok(Json(serde_json::json!({
         "challenge_id": id,
@@ -145,18 +153,25 @@ pub(crate) async fn ek_activate(
         .lock()
         .map_err(|_| KbsError::Internal("EK challenges lock".into()))?
         .remove(&req.challenge_id);
-    let Some((pending, exp)) = pending.filter(|(_, exp)| *exp > now) else {
+    let Some((pending, _, _)) = pending.filter(|(_, exp, _)| *exp > now) else {
         return Err(KbsError::AttestationFailed(
-            "unknown or expired EK challenge: ask for a new one".into(),
+            "unknown, expired or replaced EK challenge: ask for a new one".into(),
         ));
     };
-    let _ = exp;
     let answer = b64_field(&req.secret, "secret")?;
     let der = pending
         .finish(&answer)
         .map_err(|e| KbsError::AttestationFailed(format!("TPM AK enrollment refused: {e}")))?;
+    let fingerprint = ak_fingerprint(&der);
+    // An AK already trusted (by an admin, or an earlier enrollment) keeps
+    // its record: how and when it was first trusted stays visible.
+    if let Some(existing) = s.store.get(ns::TPM_AKS, &fingerprint)?
+        && let Ok(ak) = serde_json::from_slice::<RegisteredAk>(&existing)
+    {
+        return Ok(Json(ak).into_response());
+    }
     let ak = RegisteredAk {
-        fingerprint: ak_fingerprint(&der),
+        fingerprint,
         spki: B64.encode(&der),
         added: now,
         enrolled_by_ek_of: Some(pending.ek_issuer.clone()),

@@ -210,6 +210,12 @@ async fn dcap_collateral_from_a_pccs() {
         let t = tdx::verify_quote_with(&tq, None, Some(&fresh), IN_WINDOW, &TdxCache::default())
             .unwrap_err()
             .to_string();
+        // What did not verify was not kept: once the PCCS serves the signed
+        // document again, the same set fetches it and the quote verifies.
+        *served2.tamper.lock().unwrap() = false;
+        tdx::verify_quote_with(&tq, None, Some(&fresh), IN_WINDOW, &TdxCache::default())
+            .unwrap()
+            .unwrap();
         (e, t)
     })
     .await
@@ -221,7 +227,7 @@ async fn dcap_collateral_from_a_pccs() {
             .iter()
             .filter(|r| r.starts_with("tcb tdx"))
             .count(),
-        3
+        4
     );
 }
 
@@ -299,4 +305,43 @@ async fn vcek_from_kds_and_from_a_directory() {
     let mut bad = report.clone();
     bad[0x90] ^= 1;
     assert!(v.verify_with_source(&bad, now).is_err());
+
+    // A KDS answering with a VCEK that does not chain to AMD: refused, not
+    // kept, not asked again for a while; a directory VCEK is still found
+    // first whatever the KDS does.
+    let broken = Served {
+        vcek: fixture("snp/trustee_snp_vcek_invalid_new.der"),
+        ..Default::default()
+    };
+    let broken_url = server(broken.clone()).await;
+    let dir_path = dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let fetcher = Arc::new(Fetcher::new().unwrap());
+        let mut v = SnpVerifier::new().unwrap();
+        v.vcek_source = Some(Arc::new(
+            VcekSource::default().with_kds(&broken_url, fetcher.clone()),
+        ));
+        let e = v.verify_with_source(&report, now).unwrap_err().to_string();
+        assert!(e.contains("does not verify"), "{e}");
+        let e = v.verify_with_source(&report, now).unwrap_err().to_string();
+        assert!(e.contains("not asking again yet"), "{e}");
+        let mut both = SnpVerifier::new().unwrap();
+        both.vcek_source = Some(Arc::new(
+            VcekSource::from_dir(&dir_path)
+                .unwrap()
+                .with_kds(&broken_url, fetcher),
+        ));
+        both.verify_with_source(&report, now).unwrap();
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        requests(&broken)
+            .iter()
+            .filter(|l| l.starts_with("vcek"))
+            .count(),
+        1,
+        "asked once: {:?}",
+        requests(&broken)
+    );
 }

@@ -58,6 +58,9 @@ impl AlgId {
     }
 }
 
+/// The event type of events that are logged but never extended.
+pub const EV_NO_ACTION: u32 = 0x3;
+
 /// One measured event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcgEvent {
@@ -121,7 +124,7 @@ pub fn event_type_name(t: u32) -> String {
         0x0 => "EV_PREBOOT_CERT",
         0x1 => "EV_POST_CODE",
         0x2 => "EV_UNUSED",
-        0x3 => "EV_NO_ACTION",
+        EV_NO_ACTION => "EV_NO_ACTION",
         0x4 => "EV_SEPARATOR",
         0x5 => "EV_ACTION",
         0x6 => "EV_EVENT_TAG",
@@ -166,7 +169,7 @@ impl TcgEventLog {
         // The header event, SHA-1 format.
         let _index = c.u32()?;
         let event_type = c.u32()?;
-        if event_type != 0x3 {
+        if event_type != EV_NO_ACTION {
             return Err(c.err("the first event is not the EV_NO_ACTION Spec ID event"));
         }
         c.take(20)?;
@@ -212,7 +215,7 @@ impl TcgEventLog {
             }
             // Every measured event carries one digest per bank the header
             // lists: an event with only some could not be replayed in all.
-            if event_type != 0x3 && count != algorithms.len() {
+            if event_type != EV_NO_ACTION && count != algorithms.len() {
                 return Err(c.err(format!(
                     "an event with {count} digests, the header lists {} banks",
                     algorithms.len()
@@ -264,7 +267,7 @@ impl TcgEventLog {
             return regs;
         };
         for e in &self.events {
-            if e.event_type == 0x3
+            if e.event_type == EV_NO_ACTION
                 && e.index == 0
                 && e.data.len() == 17
                 && e.data.starts_with(b"StartupLocality\0")
@@ -274,7 +277,7 @@ impl TcgEventLog {
                 regs.insert(0, start);
             }
         }
-        for e in self.events.iter().filter(|e| e.event_type != 0x3) {
+        for e in self.events.iter().filter(|e| e.event_type != EV_NO_ACTION) {
             let Some((_, d)) = e.digests.iter().find(|(a, _)| *a == alg) else {
                 continue;
             };
@@ -295,13 +298,13 @@ impl TcgEventLog {
         self.to_json_where(|_| true)
     }
 
-    /// [`Self::to_json`] for the events at the indices `keep` accepts (the
-    /// ones a verifier replayed against a register).
-    pub fn to_json_where(&self, keep: impl Fn(u32) -> bool) -> Value {
+    /// [`Self::to_json`] for the events `keep` accepts (the ones a
+    /// verifier replayed against a register).
+    pub fn to_json_where(&self, keep: impl Fn(&TcgEvent) -> bool) -> Value {
         let events: Vec<Value> = self
             .events
             .iter()
-            .filter(|e| keep(e.index))
+            .filter(|e| keep(e))
             .map(|e| {
                 let matches = e.digests.iter().all(|(a, d)| {
                     a.ring().is_some_and(|h| ring::digest::digest(h, &e.data).as_ref() == d.as_slice())

@@ -160,7 +160,8 @@ fn firmware_log_replays_against_a_real_quote() {
 }
 
 /// Events at PCR 8 (which the agent also extends with initdata) are not
-/// replayed, so they are left out of the claims; the rest are kept.
+/// replayed, and EV_NO_ACTION events are never extended, so both are left
+/// out of the claims; the rest are kept.
 #[test]
 fn unverified_pcrs_are_left_out_of_the_claims() {
     let events: Vec<(u32, u32, Vec<u8>)> = vec![
@@ -168,8 +169,10 @@ fn unverified_pcrs_are_left_out_of_the_claims() {
         (8, 0xd, b"grub_cmd: linux /vmlinuz".to_vec()),
     ];
     let quoted = Quoted::new(&events, [6u8; 32]);
+    let mut logged = events.clone();
+    logged.insert(1, (4, 0x3, b"not measured".to_vec()));
     let c = quoted
-        .verify(&quoted.evidence(&tcg_log(None, &events)))
+        .verify(&quoted.evidence(&tcg_log(None, &logged)))
         .unwrap();
     let logged = c.claims["uefi_event_logs"].as_array().unwrap();
     assert_eq!(logged.len(), 1);

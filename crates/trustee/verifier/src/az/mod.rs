@@ -191,25 +191,22 @@ impl AzSnpVtpmVerifier {
                 detail: "the HCL report carries a TDX report: use az-tdx-vtpm".into(),
             });
         }
-        let vcek = ev
-            .vcek
-            .as_deref()
-            .map(|v| match crate::snp::cert::X509Cert::from_pem_bundle(v) {
-                Ok(mut c) if !c.is_empty() => Some(c.remove(0).der),
-                _ => b64_any(v),
-            })
-            .ok_or_else(|| VerifyError::Malformed {
-                tee: SNP_TEE,
-                detail: "no \"vcek\"".into(),
-            })?
-            .ok_or_else(|| VerifyError::Malformed {
-                tee: SNP_TEE,
-                detail: "vcek is neither PEM nor base64 DER".into(),
-            })?;
-        let snp = self
-            .snp
-            .verify_report(&hcl.hw_report, &vcek, now)
-            .map_err(|e| retag(e, SNP_TEE))?;
+        let snp = match ev.vcek.as_deref() {
+            Some(v) => {
+                let der = match crate::snp::cert::pem_ders(v) {
+                    Ok(mut ders) if !ders.is_empty() => Some(ders.remove(0)),
+                    _ => b64_any(v),
+                }
+                .ok_or_else(|| VerifyError::Malformed {
+                    tee: SNP_TEE,
+                    detail: "vcek is neither PEM nor base64 DER".into(),
+                })?;
+                self.snp.verify_report(&hcl.hw_report, &der, now)
+            }
+            // As for snp evidence: the trustee's VCEK source.
+            None => self.snp.verify_with_source(&hcl.hw_report, now),
+        }
+        .map_err(|e| retag(e, SNP_TEE))?;
         if snp.report.vmpl != 0 {
             return Err(VerifyError::Invalid {
                 tee: SNP_TEE,

@@ -58,6 +58,31 @@ fn snp_evidence_v1_and_v2_verify() {
     );
 }
 
+/// Evidence without a "vcek": the trustee's VCEK source supplies it, as
+/// for snp evidence; without one, the error says how to configure it.
+#[test]
+fn snp_evidence_without_vcek_uses_the_vcek_source() {
+    let mut ev = fixture("az-snp-vtpm/trustee_evidence_v1.json");
+    let vcek = ev.as_object_mut().unwrap().remove("vcek").unwrap();
+    let rd = nonce(&ev);
+    let e = snp().verify_at(&input(&ev, &rd, None), AT).unwrap_err();
+    assert!(e.to_string().contains("--snp-vcek-dir"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("vcek.der"),
+        b64_any(vcek.as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut with_dir = SnpVerifier::new().unwrap();
+    with_dir.vcek_source = Some(Arc::new(
+        crate::snp::VcekSource::from_dir(dir.path()).unwrap(),
+    ));
+    let c = AzSnpVtpmVerifier::new(Arc::new(with_dir))
+        .verify_at(&input(&ev, &rd, None), AT)
+        .unwrap();
+    assert_eq!(c.report_data, hex::encode(&rd));
+}
+
 #[test]
 fn tdx_evidence_verifies() {
     let v = AzTdxVtpmVerifier::default();
@@ -140,7 +165,9 @@ fn tampered_snp_evidence_is_refused() {
         e.contains("az-snp-vtpm evidence rejected: the VCEK is for"),
         "{e}"
     );
-    // Version 2: the HCL user data must carry the nonce too.
+    // The version field is not signed: v2 evidence marked v1 skips the
+    // HCL user-data comparison and still verifies, because the nonce is
+    // bound by the vTPM quote's extraData either way.
     let mut t = ev.clone();
     t["version"] = json!(1);
     v.verify_at(&input(&t, &rd, None), AT).unwrap();

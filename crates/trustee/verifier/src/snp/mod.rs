@@ -5,8 +5,9 @@
 //!
 //! Evidence is CoCo's: `{"attestation_report": <report as the sev crate
 //! serializes it>, "cert_chain": [{"cert_type": "VCEK", "data": [..]}] | null}`.
-//! The VCEK (or VLEK) comes from the certificate table; a configured
-//! directory and AMD KDS are not supported yet.
+//! The VCEK (or VLEK) comes from the certificate table, or else from the
+//! trustee's [`VcekSource`]: a directory (`--snp-vcek-dir`), then AMD KDS
+//! (`--snp-kds-url`).
 
 pub mod cert;
 pub mod report;
@@ -112,63 +113,63 @@ impl VcekSource {
         self
     }
 
-    /// Candidate keys for `report`: directory VCEKs with its chip id, then
-    /// the KDS's VCEK for its chip id and reported TCB.
-    fn candidates(&self, report: &SnpReport) -> Result<Vec<Vec<u8>>, VerifyError> {
-        let mut out: Vec<Vec<u8>> = self
-            .certs
+    /// Directory VCEKs that may be `report`'s: those with its chip id (or
+    /// every one when the report masks it).
+    fn local(&self, report: &SnpReport) -> impl Iterator<Item = &[u8]> {
+        self.certs
             .iter()
             .filter(|(hwid, _)| {
                 report.chip_id_masked() || hwid.as_deref().is_none_or(|h| h == report.chip_id)
             })
-            .map(|(_, der)| der.clone())
-            .collect();
-        if let Some((base, http)) = &self.kds
-            && !report.chip_id_masked()
-            && report.signing_key() == 0
-        {
-            out.push(self.fetch(base, &**http, report)?);
-        }
-        Ok(out)
+            .map(|(_, der)| der.as_slice())
     }
 
-    fn fetch(
+    /// The KDS's VCEK for `report`'s chip id and reported TCB, once
+    /// `accept` (its chain to AMD's root) passes; `None` without a KDS or
+    /// for a report it cannot serve (masked chip id, VLEK). Only accepted
+    /// VCEKs are kept; a miss or a VCEK that was not accepted is
+    /// remembered for [`KDS_MISS_SECS`] and not asked for again meanwhile.
+    fn kds_vcek(
         &self,
-        base: &str,
-        http: &dyn crate::fetch::HttpGet,
         report: &SnpReport,
-    ) -> Result<Vec<u8>, VerifyError> {
+        accept: impl FnOnce(&[u8]) -> Result<(), VerifyError>,
+    ) -> Option<Result<Vec<u8>, VerifyError>> {
+        let (base, http) = self.kds.as_ref()?;
+        if report.chip_id_masked() || report.signing_key() != 0 {
+            return None;
+        }
         let key = (report.chip_id.to_vec(), report.reported_tcb.0);
         if let Some(v) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(v);
+            return Some(Ok(v));
         }
         let now = crate::unix_now();
         if let Some(at) = self.failed.lock().ok().and_then(|m| m.get(&key).copied())
             && now < at + KDS_MISS_SECS
         {
-            return Err(VerifyError::Unavailable(
-                "AMD KDS had no VCEK for this chip and TCB a moment ago; not asking again yet"
+            return Some(Err(VerifyError::Unavailable(
+                "AMD KDS had no usable VCEK for this chip and TCB a moment ago; not asking again yet"
                     .into(),
-            ));
+            )));
         }
-        use std::sync::atomic::Ordering;
-        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= KDS_MAX_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
-            return Err(VerifyError::Unavailable(
+        let Some(_slot) = InFlight::take(&self.in_flight) else {
+            return Some(Err(VerifyError::Unavailable(
                 "too many VCEK requests to AMD KDS in flight; retry shortly".into(),
-            ));
-        }
-        let result = self.fetch_from_kds(base, http, report, &key);
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if result.is_err()
-            && let Ok(mut m) = self.failed.lock()
-        {
-            if m.len() >= 4096 {
-                m.clear();
+            )));
+        };
+        let result = self.fetch_from_kds(base, &**http, report).and_then(|der| {
+            accept(&der)?;
+            Ok(der)
+        });
+        Some(match result {
+            Ok(der) => {
+                remember(&self.fetched, key, der.clone());
+                Ok(der)
             }
-            m.insert(key, now);
-        }
-        result
+            Err(e) => {
+                remember(&self.failed, key, now);
+                Err(e)
+            }
+        })
     }
 
     fn fetch_from_kds(
@@ -176,7 +177,6 @@ impl VcekSource {
         base: &str,
         http: &dyn crate::fetch::HttpGet,
         report: &SnpReport,
-        key: &(Vec<u8>, u64),
     ) -> Result<Vec<u8>, VerifyError> {
         let (family, model, _) = report.cpuid;
         let products: &[&str] = match (family, model) {
@@ -211,21 +211,48 @@ impl VcekSource {
                 )
             };
             match crate::fetch::get_ok(http, &url) {
-                Ok(r) => {
-                    if let Ok(mut m) = self.fetched.lock() {
-                        if m.len() >= 4096 {
-                            m.clear();
-                        }
-                        m.insert(key.clone(), r.body.clone());
-                    }
-                    return Ok(r.body);
-                }
+                Ok(r) => return Ok(r.body),
                 Err(e) => last = e,
             }
         }
         Err(VerifyError::Unavailable(format!(
             "the VCEK for this chip could not be fetched from AMD KDS: {last}"
         )))
+    }
+}
+
+/// Entries a VCEK source's maps keep at most.
+const SOURCE_ENTRIES: usize = 4096;
+
+/// Inserts into a bounded map (cleared when full).
+fn remember<K: std::hash::Hash + Eq, V>(
+    map: &std::sync::Mutex<std::collections::HashMap<K, V>>,
+    key: K,
+    value: V,
+) {
+    if let Ok(mut m) = map.lock() {
+        if m.len() >= SOURCE_ENTRIES {
+            m.clear();
+        }
+        m.insert(key, value);
+    }
+}
+
+/// One KDS request slot, given back when dropped (also on a panic).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn take(count: &'a std::sync::atomic::AtomicUsize) -> Option<Self> {
+        let before = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Given back on drop, taken or not.
+        let slot = Self(count);
+        (before < KDS_MAX_IN_FLIGHT).then_some(slot)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -428,14 +455,20 @@ impl SnpVerifier {
             tee: TEE,
             detail: e.to_string(),
         })?;
+        // The directory first: a KDS that is down or refusing does not
+        // hide a VCEK the trustee already has.
         let mut last = None;
-        for der in source.candidates(&report)? {
-            match self.verify_report(raw, &der, now) {
+        for der in source.local(&report) {
+            match self.verify_report(raw, der, now) {
                 Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(none))
+        let accept = |der: &[u8]| self.signing_cert(der, false).map(|_| ());
+        match source.kds_vcek(&report, accept) {
+            Some(fetched) => self.verify_report(raw, &fetched?, now),
+            None => Err(last.unwrap_or_else(none)),
+        }
     }
 }
 

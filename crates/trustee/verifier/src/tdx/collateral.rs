@@ -141,12 +141,16 @@ impl CollateralSet {
         let c = pccs
             .fetch(tee, &fmspc, ca)
             .map_err(|e| invalid(format!("DCAP collateral from the PCCS: {e}")))?;
-        let until = [&c.tcb_info, &c.qe_identity]
+        // Kept until the first of its documents needs an update: the TCB
+        // info, the QE identity or either CRL.
+        let documents = [&c.tcb_info, &c.qe_identity]
             .into_iter()
             .filter_map(|doc| serde_json::from_str::<Window>(doc).ok())
-            .filter_map(|w| rfc3339(&w.next_update).ok())
-            .min()
-            .unwrap_or(0);
+            .filter_map(|w| rfc3339(&w.next_update).ok());
+        let crls = [&c.root_ca_crl, &c.pck_crl]
+            .into_iter()
+            .filter_map(|h| parse_crl(&unhex(h)?)?.next_update);
+        let until = documents.chain(crls).min().unwrap_or(0);
         let c = std::sync::Arc::new(c);
         if let Ok(mut m) = self.fetched.lock() {
             if m.len() >= 1024 {
@@ -155,6 +159,15 @@ impl CollateralSet {
             m.insert(key, (c.clone(), until));
         }
         Ok(Some(c))
+    }
+
+    /// Drops fetched collateral for `tee`, `fmspc` and `ca` (it did not
+    /// verify): the next quote from that platform fetches it again.
+    pub(crate) fn forget(&self, tee: &str, fmspc: &str, ca: &str) {
+        let key = (tee.to_string(), fmspc.to_ascii_uppercase(), ca.to_string());
+        if let Ok(mut m) = self.fetched.lock() {
+            m.remove(&key);
+        }
     }
 
     /// How many platforms have collateral.
@@ -223,8 +236,9 @@ impl CollateralResult {
         checked.map_or("unknown", Self::tcb_status)
     }
 
-    /// The overall status: the platform's, unless the QE or the TDX module
-    /// is worse than up to date.
+    /// The overall status: the worst of the platform's, the QE's and the
+    /// TDX module's (a revoked or out-of-date QE is never hidden behind a
+    /// milder platform status).
     pub fn tcb_status(&self) -> &str {
         [
             Some(&self.platform_tcb_status),
@@ -233,8 +247,23 @@ impl CollateralResult {
         ]
         .into_iter()
         .flatten()
-        .find(|s| s.as_str() != "UpToDate")
+        .max_by_key(|s| status_severity(s))
         .map_or("UpToDate", |s| s.as_str())
+    }
+}
+
+/// How bad a TCB status is, for picking the worst of several; a status
+/// this code does not know counts as the worst.
+fn status_severity(s: &str) -> u8 {
+    match s {
+        "UpToDate" => 0,
+        "SWHardeningNeeded" => 1,
+        "ConfigurationNeeded" => 2,
+        "ConfigurationAndSWHardeningNeeded" => 3,
+        "OutOfDate" => 4,
+        "OutOfDateConfigurationNeeded" => 5,
+        "Revoked" => 6,
+        _ => 7,
     }
 }
 
@@ -665,6 +694,39 @@ mod tests {
         )
         .unwrap();
         (q, c)
+    }
+
+    /// The overall TCB status is the worst of the three, whichever it is.
+    #[test]
+    fn overall_tcb_status_is_the_worst() {
+        let r = |platform: &str, qe: &str, module: Option<&str>| CollateralResult {
+            fmspc: String::new(),
+            qe_tcb_status: qe.into(),
+            platform_tcb_status: platform.into(),
+            module_tcb_status: module.map(Into::into),
+            valid_until: 0,
+        };
+        assert_eq!(r("UpToDate", "UpToDate", None).tcb_status(), "UpToDate");
+        assert_eq!(
+            r("SWHardeningNeeded", "Revoked", Some("UpToDate")).tcb_status(),
+            "Revoked"
+        );
+        assert_eq!(
+            r("SWHardeningNeeded", "OutOfDate", None).tcb_status(),
+            "OutOfDate"
+        );
+        assert_eq!(
+            r("OutOfDate", "UpToDate", Some("SWHardeningNeeded")).tcb_status(),
+            "OutOfDate"
+        );
+        assert_eq!(
+            r("UpToDate", "UpToDate", Some("ConfigurationNeeded")).tcb_status(),
+            "ConfigurationNeeded"
+        );
+        assert_eq!(
+            r("UpToDate", "SomethingNew", None).tcb_status(),
+            "SomethingNew"
+        );
     }
 
     /// The captured PCK CRL (signed by the quote's PCK CA) lists revoked

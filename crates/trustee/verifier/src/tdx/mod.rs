@@ -101,40 +101,34 @@ type CachedResult = (u64, Option<collateral::CollateralResult>);
 /// Entries kept at most.
 const CACHE_ENTRIES: usize = 4096;
 
-/// Verifies a quote (everything but the report-data and initdata binding),
-/// with `collateral` when given; results are cached in `cache`.
-pub fn verify_quote<B: QuoteBody>(
-    q: &Quote<B>,
-    collateral: Option<&collateral::Collateral>,
-    now: u64,
-    cache: &TdxCache,
-) -> Result<Option<collateral::CollateralResult>, VerifyError> {
-    verify_quote_with(q, collateral, None, now, cache)
-}
-
-/// [`verify_quote`] with the collateral the evidence carries (`sent`), or
-/// else the configured collateral for the quote's platform (`configured`,
-/// looked up by the PCK's FMSPC). Without either, no TCB result.
-pub fn verify_quote_with<B: QuoteBody>(
+/// The cache key of a quote's platform checks: every input the checks
+/// after the attestation-key signature read (the PCK chain, the QE report
+/// and its signature, the QE vendor, the TEE TCB SVN, the TDX module's
+/// signer and attributes, the TEE) and the collateral they are judged by.
+fn cache_key<B: QuoteBody>(
     q: &Quote<B>,
     sent: Option<&collateral::Collateral>,
-    configured: Option<&collateral::CollateralSet>,
-    now: u64,
-    cache: &TdxCache,
-) -> Result<Option<collateral::CollateralResult>, VerifyError> {
-    verify_attestation_key(q)?;
+    configured: bool,
+) -> [u8; 32] {
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let (seam_signer, seam_attributes) = q
+        .body
+        .seam()
+        .map_or((&[][..], &[][..]), |(s, a)| (&s[..], &a[..]));
     for part in [
         &q.qe.pck_chain_pem[..],
         &q.qe.qe_report,
         &q.qe.qe_report_signature,
+        &q.header.vendor_id,
         q.body.tee_tcb_svn().map_or(&[][..], |s| &s[..]),
+        seam_signer,
+        seam_attributes,
         B::NAME.as_bytes(),
     ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
-    if configured.is_some() {
+    if configured {
         // Files do not change while the verifier lives; fetched collateral
         // is kept until its nextUpdate, which also bounds the entry.
         h.update(b"configured collateral");
@@ -157,6 +151,32 @@ pub fn verify_quote_with<B: QuoteBody>(
     }
     let mut key = [0u8; 32];
     key.copy_from_slice(h.finish().as_ref());
+    key
+}
+
+/// Verifies a quote (everything but the report-data and initdata binding),
+/// with `collateral` when given; results are cached in `cache`.
+pub fn verify_quote<B: QuoteBody>(
+    q: &Quote<B>,
+    collateral: Option<&collateral::Collateral>,
+    now: u64,
+    cache: &TdxCache,
+) -> Result<Option<collateral::CollateralResult>, VerifyError> {
+    verify_quote_with(q, collateral, None, now, cache)
+}
+
+/// [`verify_quote`] with the collateral the evidence carries (`sent`), or
+/// else the configured collateral for the quote's platform (`configured`,
+/// looked up by the PCK's FMSPC). Without either, no TCB result.
+pub fn verify_quote_with<B: QuoteBody>(
+    q: &Quote<B>,
+    sent: Option<&collateral::Collateral>,
+    configured: Option<&collateral::CollateralSet>,
+    now: u64,
+    cache: &TdxCache,
+) -> Result<Option<collateral::CollateralResult>, VerifyError> {
+    verify_attestation_key(q)?;
+    let key = cache_key(q, sent, configured.is_some());
     if let Some((until, result)) = cache.0.lock().ok().and_then(|c| c.get(&key).cloned())
         && now <= until
     {
@@ -171,7 +191,7 @@ pub fn verify_quote_with<B: QuoteBody>(
     // is used only for platforms the trustee has none for (a guest could
     // otherwise send older, still-valid documents from before a TCB
     // recovery or a revocation).
-    let found = match configured {
+    let lookup = match configured {
         Some(set) => {
             let fmspc = collateral::PckTcb::from_pck(&chain[0])?.fmspc;
             let ca = if chain[1].cn.contains("Processor") {
@@ -179,12 +199,25 @@ pub fn verify_quote_with<B: QuoteBody>(
             } else {
                 "platform"
             };
-            set.find(B::TCB_INFO_ID, &fmspc, ca, now)?
+            Some((set, fmspc, ca))
         }
         None => None,
     };
+    let found = match &lookup {
+        Some((set, fmspc, ca)) => set.find(B::TCB_INFO_ID, fmspc, ca, now)?,
+        None => None,
+    };
     let result = match found.as_deref().or(sent) {
-        Some(c) => Some(collateral::verify_with_chain(q, &chain, c, now)?),
+        Some(c) => match collateral::verify_with_chain(q, &chain, c, now) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Fetched collateral that does not verify is not kept.
+                if let (Some(_), Some((set, fmspc, ca))) = (&found, &lookup) {
+                    set.forget(B::TCB_INFO_ID, fmspc, ca);
+                }
+                return Err(e);
+            }
+        },
         None => None,
     };
     let chain_until = chain.iter().map(|c| c.not_after()).min().unwrap_or(0);

@@ -366,6 +366,37 @@ fn verification_cache() {
     assert!(verify_quote(&q, None, IN_WINDOW, &cache).unwrap().is_none());
 }
 
+/// A cached result is found only by a quote whose every platform-checked
+/// field is the same: the TDX module and the QE vendor are part of the key.
+#[test]
+fn cache_key_covers_every_cached_check() {
+    let q = TdxQuote::parse(&fixture("dcapqvl_tdx_quote.bin")).unwrap();
+    let c = collateral();
+    let key = cache_key(&q, Some(&c), false);
+    assert_eq!(key, cache_key(&q.clone(), Some(&c), false));
+    let mut changed: Vec<TdxQuote> = Vec::new();
+    let mut m = q.clone();
+    m.body.mrsigner_seam[0] ^= 1;
+    changed.push(m);
+    let mut m = q.clone();
+    m.body.seam_attributes[0] ^= 1;
+    changed.push(m);
+    let mut m = q.clone();
+    m.header.vendor_id[0] ^= 1;
+    changed.push(m);
+    let mut m = q.clone();
+    m.body.tcb_svn[0] ^= 1;
+    changed.push(m);
+    let mut m = q.clone();
+    m.qe.qe_report[0] ^= 1;
+    changed.push(m);
+    for (i, m) in changed.iter().enumerate() {
+        assert_ne!(key, cache_key(m, Some(&c), false), "change {i}");
+    }
+    assert_ne!(key, cache_key(&q, None, false));
+    assert_ne!(key, cache_key(&q, Some(&c), true));
+}
+
 /// The QE behind the attestation key must be Intel's TD QE, collateral or
 /// not: another signer, another product, a debug QE or another vendor is
 /// refused (checked after the PCK's signature over the QE report).

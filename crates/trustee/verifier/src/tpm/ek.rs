@@ -28,16 +28,25 @@ pub struct EkTrust {
     cas: Vec<X509Cert>,
 }
 
-/// A challenge waiting for the TPM's answer.
-#[derive(Debug, Clone)]
+/// A challenge waiting for the TPM's answer. Its secret is zeroized when
+/// dropped and left out of `Debug`.
 pub struct Pending {
-    secret: [u8; 32],
+    secret: zeroize::Zeroizing<[u8; 32]>,
     /// The AK as DER SPKI (what gets registered).
     pub ak_spki: Vec<u8>,
     /// Who issued the EK certificate, for the log.
     pub ek_issuer: String,
     /// SHA-256 of the EK certificate (to bound challenges per TPM).
     pub ek_digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("ek_issuer", &self.ek_issuer)
+            .field("ek_digest", &hex::encode(self.ek_digest))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Intermediate certificates a guest may send.
@@ -49,7 +58,7 @@ impl Pending {
         // Every byte is compared, whatever differs.
         let diff = answer
             .iter()
-            .zip(&self.secret)
+            .zip(self.secret.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if answer.len() == self.secret.len() && std::hint::black_box(diff) == 0 {
             Ok(self.ak_spki.clone())
@@ -179,21 +188,18 @@ impl EkTrust {
             ));
         }
         let ak_spki = ak.to_spki_der().map_err(|e| e.to_string())?;
-        let mut secret = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret[..])
             .map_err(|_| "no randomness".to_string())?;
-        let credential =
-            make_credential(&n, e, &name_sha256(ak_public), &secret).map_err(|e| e.to_string())?;
+        let credential = make_credential(&n, e, &name_sha256(ak_public), &secret[..])
+            .map_err(|e| e.to_string())?;
         Ok((
             credential,
             Pending {
                 secret,
                 ak_spki,
                 ek_issuer,
-                ek_digest: ring::digest::digest(&ring::digest::SHA256, ek_cert_der)
-                    .as_ref()
-                    .try_into()
-                    .unwrap_or([0; 32]),
+                ek_digest: <sha2::Sha256 as sha2::Digest>::digest(ek_cert_der).into(),
             },
         ))
     }
@@ -206,7 +212,7 @@ mod tests {
     #[test]
     fn only_the_exact_secret_finishes() {
         let p = Pending {
-            secret: [1; 32],
+            secret: [1; 32].into(),
             ak_spki: vec![9],
             ek_issuer: "CA".into(),
             ek_digest: [0; 32],

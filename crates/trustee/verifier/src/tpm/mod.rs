@@ -96,28 +96,11 @@ pub fn check_firmware_log(
         });
     }
     let regs = log.replay(crate::eventlog::AlgId::SHA256);
-    let start0 = {
-        // PCR 0 starts at the start-up locality when the log says so.
-        let mut z = [0u8; 32];
-        if let Some(e) = log.events.iter().find(|e| {
-            e.event_type == 0x3 && e.index == 0 && e.data.starts_with(b"StartupLocality\0")
-        }) {
-            z[31] = e.data.get(16).copied().unwrap_or(0);
-        }
-        z
-    };
     let indices: std::collections::BTreeSet<u32> = (0..8).chain(regs.keys().copied()).collect();
     for index in indices.into_iter().filter(|i| firmware_pcr_checked(*i)) {
-        let expected = regs.get(&index).map_or_else(
-            || {
-                if index == 0 {
-                    start0.to_vec()
-                } else {
-                    vec![0u8; 32]
-                }
-            },
-            Clone::clone,
-        );
+        // A register the log never touches is still zero (PCR 0 too: a
+        // StartupLocality event puts it in `regs`).
+        let expected = regs.get(&index).cloned().unwrap_or_else(|| vec![0u8; 32]);
         if pcrs[index as usize].as_slice() != expected.as_slice() {
             return Err(VerifyError::Invalid {
                 tee: TEE,
@@ -280,10 +263,15 @@ impl Verifier for TpmVerifier {
             let log = crate::eventlog::TcgEventLog::parse(&bytes)
                 .map_err(|e| malformed(format!("eventlog: {e}")))?;
             check_firmware_log(&log, &quote.pcrs)?;
-            // Only events the quote vouches for become claims.
+            // Only events the quote vouches for become claims: measured
+            // (EV_NO_ACTION events are never extended) into a PCR compared
+            // above.
+            let measured = |e: &crate::eventlog::TcgEvent| {
+                e.event_type != crate::eventlog::EV_NO_ACTION && firmware_pcr_checked(e.index)
+            };
             claims.insert(
                 "uefi_event_logs".into(),
-                log.to_json_where(firmware_pcr_checked)["uefi_event_logs"].clone(),
+                log.to_json_where(measured)["uefi_event_logs"].clone(),
             );
         }
         if let Some(log) = ev.aa_eventlog.as_deref().filter(|l| !l.is_empty()) {
