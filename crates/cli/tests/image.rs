@@ -344,6 +344,18 @@ fn jwe_images_interoperate_with_skopeo_and_run_with_runc() {
     let err = fails(&o);
     assert!(err.contains("digest mismatch for cached layer"), "{err}");
     assert_nothing_left(&dest);
+    // The bad blob was dropped from the cache: the next pull downloads it
+    // again and succeeds.
+    assert!(!cached.exists());
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &skopeo_ec,
+        "ec-after-tampered-cache",
+        &["--decryption-key", k.ec.to_str().unwrap()],
+    );
+    ok(&o);
+    assert_bundle(&dest);
 
     // Docker v2 schema 2 manifests, and an index with platform selection.
     ok(&skopeo(

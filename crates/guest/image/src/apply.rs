@@ -408,8 +408,9 @@ fn decode_layer(
     Ok(())
 }
 
-/// Re-checks a blob found in the cache: its SHA-256 against the digest,
-/// and for an encrypted layer the HMAC.
+/// Re-checks a blob found in the cache: its SHA-256 against the digest
+/// (a blob that does not match is removed, so the next pull fetches it
+/// again), and for an encrypted layer the HMAC.
 fn verify_cached(
     path: &Path,
     digest: &str,
@@ -431,6 +432,7 @@ fn verify_cached(
     }
     let actual = format!("sha256:{}", hex::encode(sha.finish().as_ref()));
     if actual != digest {
+        std::fs::remove_file(path)?;
         return Ok(Err(PullError::Registry(
             crate::registry::RegistryError::DigestMismatch {
                 what: format!("cached layer {}", path.display()),

@@ -210,12 +210,11 @@ impl LayerKey {
             return Err(malformed("symkey must be 32 bytes".into()));
         }
         symkey.copy_from_slice(&raw);
-        // The private options first: the public ones are not authenticated
-        // (ocicrypt writers put the nonce in the private options).
+        // The private options only, as ocicrypt reads it: the public ones
+        // are not authenticated, and the MAC covers only the ciphertext.
         let nonce = opts
             .cipheroptions
             .get("nonce")
-            .or_else(|| pubopts.cipheroptions.get("nonce"))
             .and_then(|n| B64.decode(n).ok())
             .and_then(|n| <[u8; 16]>::try_from(n).ok())
             .ok_or_else(|| malformed("no 16-byte nonce in the cipher options".into()))?;

@@ -388,25 +388,28 @@ impl SnpVerifier {
         }
         let turin = chain.product == "Turin";
         let reported = report.reported_tcb.parts(turin);
-        if !vlek {
-            let checks = [
-                (Spl::Bootloader, Some(reported.bootloader), "boot loader"),
-                (Spl::Tee, Some(reported.tee), "TEE"),
-                (Spl::Snp, Some(reported.snp), "SNP"),
-                (Spl::Microcode, Some(reported.microcode), "microcode"),
-                (Spl::Fmc, reported.fmc, "FMC"),
-            ];
-            for (spl, want, name) in checks {
-                let got = vcek.spl(spl).map_err(invalid)?;
-                if let Some(want) = want
-                    && got != Some(want)
-                {
-                    return Err(invalid(format!(
-                        "the VCEK is for {name} SPL {}, the report's reported TCB has {want}",
-                        got.map_or("(none)".to_string(), |g| g.to_string())
-                    )));
-                }
+        // VCEKs and VLEKs are both issued for one TCB: the host chooses
+        // REPORTED_TCB, the key's SPL extensions are what vouch for it.
+        let checks = [
+            (Spl::Bootloader, Some(reported.bootloader), "boot loader"),
+            (Spl::Tee, Some(reported.tee), "TEE"),
+            (Spl::Snp, Some(reported.snp), "SNP"),
+            (Spl::Microcode, Some(reported.microcode), "microcode"),
+            (Spl::Fmc, reported.fmc, "FMC"),
+        ];
+        for (spl, want, name) in checks {
+            let got = vcek.spl(spl).map_err(invalid)?;
+            if let Some(want) = want
+                && got != Some(want)
+            {
+                return Err(invalid(format!(
+                    "the {signing_key} is for {name} SPL {}, the report's reported TCB has {want}",
+                    got.map_or("(none)".to_string(), |g| g.to_string())
+                )));
             }
+        }
+        // A VLEK belongs to a cloud provider, not to one chip: no hwID.
+        if !vlek {
             if !report.chip_id_masked() {
                 match vcek.hwid().map_err(invalid)? {
                     Some(h) if h == report.chip_id => {}
