@@ -283,9 +283,15 @@ hardware := 2 if {
 # attributes.flags is little-endian hex: its second character holds bits 0-3.
 sgx_debug if substring(input.sgx.body["attributes.flags"], 1, 1) in {"2", "3", "6", "7", "a", "b", "e", "f"}
 
+# Fail closed: affirmed only for a well-formed flags claim without DEBUG.
+sgx_release if {
+	count(input.sgx.body["attributes.flags"]) == 16
+	not sgx_debug
+}
+
 configuration := 2 if {
 	input.sgx
-	not sgx_debug
+	sgx_release
 }
 
 explain contains msg if {
@@ -308,6 +314,12 @@ explain contains msg if {
 
 explain contains "configuration: claim sgx.body.attributes.flags has DEBUG set (a debug enclave)" if {
 	sgx_debug
+}
+
+explain contains "configuration: claim sgx.body.attributes.flags is missing or not 8 bytes of hex" if {
+	input.sgx
+	not sgx_debug
+	not sgx_release
 }
 
 # ---- cca -----------------------------------------------------------------

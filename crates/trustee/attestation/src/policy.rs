@@ -372,6 +372,10 @@ mod default_policy_tests {
                 "a debug enclave",
             ],
         );
+        // A flags claim that cannot be read is not taken for "no DEBUG".
+        let odd = claims("aa", "ss", "UpToDate", "05");
+        assert_eq!(trust(&p, &odd).2, json!(36));
+        explains(&p, &odd, &["attributes.flags is missing"]);
     }
 
     /// Azure vTPM VMs: PCRs judge executables, the hardware report the rest.
