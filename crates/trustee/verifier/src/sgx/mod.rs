@@ -94,10 +94,18 @@ impl crate::Verifier for SgxVerifier {
     }
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
+        self.verify_at(input, crate::unix_now())
+    }
+}
+
+impl SgxVerifier {
+    /// [`crate::Verifier::verify`] at `now` (Unix seconds).
+    pub fn verify_at(&self, input: &VerifyInput<'_>, now: u64) -> Result<TeeClaims, VerifyError> {
         let (q, checked) = crate::tdx::verify_dcap_evidence::<EnclaveReport>(
             input.evidence,
             self.collateral.as_deref(),
             &self.cache,
+            now,
         )
         .map_err(retag)?;
         check_bindings(&q, input)?;

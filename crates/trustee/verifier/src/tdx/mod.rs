@@ -26,18 +26,6 @@ fn invalid(reason: impl Into<String>) -> VerifyError {
     }
 }
 
-/// The first certificate of a PEM chain (the PCK leaf), DER.
-fn first_pem_cert(pem: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let start = text.find("-----BEGIN CERTIFICATE-----")? + 27;
-    let end = start + text[start..].find("-----END CERTIFICATE-----")?;
-    let b64: String = text[start..end]
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .collect();
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).ok()
-}
-
 /// Checks the signatures inside a quote: attestation key over header and
 /// body, QE report binding of the attestation key, PCK over the QE report.
 pub fn verify_quote_signatures<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
@@ -70,11 +58,7 @@ fn verify_attestation_key<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError>
 
 /// The PCK certificate's signature over the QE report.
 fn verify_qe_report<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
-    let leaf = first_pem_cert(&q.qe.pck_chain_pem)
-        .ok_or_else(|| invalid("the quote carries no PCK certificate"))?;
-    let leaf = crate::snp::cert::X509Cert::from_der(&leaf)
-        .map_err(|e| invalid(format!("PCK certificate: {e}")))?;
-    verify_qe_report_with(q, &leaf)
+    verify_qe_report_with(q, &pck_chain(q)?[0])
 }
 
 fn verify_qe_report_with<B: QuoteBody>(
@@ -439,6 +423,7 @@ pub(crate) fn verify_dcap_evidence<B: QuoteBody>(
     ev: &Value,
     configured: Option<&collateral::CollateralSet>,
     cache: &TdxCache,
+    now: u64,
 ) -> Result<(Quote<B>, Option<collateral::CollateralResult>), VerifyError> {
     use base64::Engine;
     let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
@@ -448,7 +433,7 @@ pub(crate) fn verify_dcap_evidence<B: QuoteBody>(
         .ok_or_else(|| malformed("no base64 \"quote\"".into()))?;
     let q = Quote::<B>::parse(&raw).map_err(|e| malformed(e.to_string()))?;
     let sent = sent_collateral(ev)?;
-    let checked = verify_quote_with(&q, sent.as_ref(), configured, crate::unix_now(), cache)?;
+    let checked = verify_quote_with(&q, sent.as_ref(), configured, now, cache)?;
     Ok((q, checked))
 }
 
@@ -510,12 +495,23 @@ impl crate::Verifier for TdxVerifier {
     }
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
+        self.verify_at(input, crate::unix_now())
+    }
+}
+
+impl TdxVerifier {
+    /// [`crate::Verifier::verify`] at `now` (Unix seconds).
+    pub fn verify_at(&self, input: &VerifyInput<'_>, now: u64) -> Result<TeeClaims, VerifyError> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
         let malformed = |detail: String| VerifyError::Malformed { tee: TEE, detail };
         let ev = input.evidence;
-        let (q, checked) =
-            verify_dcap_evidence::<quote::TdBody>(ev, self.collateral.as_deref(), &self.cache)?;
+        let (q, checked) = verify_dcap_evidence::<quote::TdBody>(
+            ev,
+            self.collateral.as_deref(),
+            &self.cache,
+            now,
+        )?;
         // The cheap bindings before the event log is parsed.
         check_bindings(&q.body.report_data, &q.body.mr_config_id, input)?;
         let log = match ev
