@@ -180,12 +180,12 @@ fn vtpm_nonce(message: Option<Vec<u8>>) -> Result<Vec<u8>> {
 }
 
 /// The AK set of `cocoon verify --tee tpm`: the one given, or else the
-/// evidence's own (said so).
-struct OneAk(Vec<u8>);
+/// evidence's own (said so), and how it is trusted for the claims.
+struct OneAk(Vec<u8>, &'static str);
 
 impl cocoon_verifier::TrustedKeys for OneAk {
-    fn is_trusted(&self, spki: &[u8]) -> Result<bool, String> {
-        Ok(spki == self.0.as_slice())
+    fn trusted_by(&self, spki: &[u8]) -> Result<Option<String>, String> {
+        Ok((spki == self.0.as_slice()).then(|| self.1.to_string()))
     }
 }
 
@@ -219,7 +219,12 @@ fn verify_tpm(a: &VerifyArgs, bytes: &[u8]) -> Result<()> {
                 .ok(),
         )
     })?;
-    let c = TpmVerifier::new(std::sync::Arc::new(OneAk(trusted))).verify(&VerifyInput {
+    let how = if a.collateral.is_some() {
+        "collateral"
+    } else {
+        "not checked"
+    };
+    let c = TpmVerifier::new(std::sync::Arc::new(OneAk(trusted, how))).verify(&VerifyInput {
         evidence: &ev,
         expected_report_data: &report_data,
         init_data_digest: init.as_deref(),

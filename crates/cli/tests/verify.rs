@@ -375,6 +375,7 @@ fn tpm_quote_offline() {
     let o = verify("tpm", &ev, &[]);
     let claims: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
     assert_eq!(claims["pcr23"].as_str().unwrap().len(), 64);
+    assert_eq!(claims["ak_trusted_by"], "not checked");
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("AK trust NOT checked"), "{stderr}");
     // Requiring another AK: refused.

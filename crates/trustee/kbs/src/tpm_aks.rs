@@ -186,28 +186,23 @@ pub(crate) async fn ek_activate(
 pub struct StoreTrustedAks(pub Arc<dyn Store>);
 
 impl TrustedKeys for StoreTrustedAks {
-    fn trusted_by(&self, spki_der: &[u8]) -> Option<String> {
-        let fp = ak_fingerprint(spki_der);
-        let ak: RegisteredAk = serde_json::from_slice(&self.0.get(ns::TPM_AKS, &fp).ok()??).ok()?;
-        Some(match ak.enrolled_by_ek_of {
-            Some(ca) => format!("ek:{ca}"),
-            None => "admin".into(),
-        })
-    }
-
-    fn is_trusted(&self, spki_der: &[u8]) -> Result<bool, String> {
+    fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<String>, String> {
         let fp = ak_fingerprint(spki_der);
         let v = self
             .0
             .get(ns::TPM_AKS, &fp)
             .map_err(|e| format!("cannot read trusted TPM AKs: {e}"))?;
-        Ok(
-            match v.and_then(|b| serde_json::from_slice::<RegisteredAk>(&b).ok()) {
-                // Compare the whole key, not only its hash.
-                Some(ak) => B64.decode(ak.spki).ok().as_deref() == Some(spki_der),
-                None => false,
-            },
-        )
+        let Some(ak) = v.and_then(|b| serde_json::from_slice::<RegisteredAk>(&b).ok()) else {
+            return Ok(None);
+        };
+        // Compare the whole key, not only its hash.
+        if B64.decode(&ak.spki).ok().as_deref() != Some(spki_der) {
+            return Ok(None);
+        }
+        Ok(Some(match ak.enrolled_by_ek_of {
+            Some(ca) => format!("ek:{ca}"),
+            None => "admin".into(),
+        }))
     }
 }
 
@@ -273,4 +268,46 @@ pub(crate) async fn delete_tpm_ak(
     }
     tracing::info!(fingerprint = %fp, "TPM attestation key removed");
     Ok(StatusCode::OK.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One store read answers both "trusted?" and "how?"; a record whose
+    /// key differs from the one asked about (same fingerprint slot) is not
+    /// trust.
+    #[test]
+    fn store_says_whether_and_how_an_ak_is_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(cocoon_store::SqliteStore::open(&dir.path().join("db")).unwrap());
+        let keys = StoreTrustedAks(store.clone());
+        let put = |spki: &[u8], ek: Option<&str>, slot: &str| {
+            let ak = RegisteredAk {
+                fingerprint: slot.into(),
+                spki: B64.encode(spki),
+                added: 0,
+                enrolled_by_ek_of: ek.map(Into::into),
+            };
+            store
+                .put(ns::TPM_AKS, slot, &serde_json::to_vec(&ak).unwrap())
+                .unwrap();
+        };
+        let (admin, ek, other) = (
+            b"admin-ak".as_slice(),
+            b"ek-ak".as_slice(),
+            b"other".as_slice(),
+        );
+        assert_eq!(keys.trusted_by(admin).unwrap(), None);
+        put(admin, None, &ak_fingerprint(admin));
+        put(ek, Some("vendor-ca"), &ak_fingerprint(ek));
+        put(admin, None, &ak_fingerprint(other));
+        assert_eq!(keys.trusted_by(admin).unwrap().as_deref(), Some("admin"));
+        assert_eq!(
+            keys.trusted_by(ek).unwrap().as_deref(),
+            Some("ek:vendor-ca")
+        );
+        assert_eq!(keys.trusted_by(other).unwrap(), None);
+    }
 }

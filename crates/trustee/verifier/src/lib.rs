@@ -70,13 +70,9 @@ pub enum VerifyError {
 /// A set of trusted public keys (for example TPM attestation keys),
 /// looked up by DER SubjectPublicKeyInfo.
 pub trait TrustedKeys: Send + Sync {
-    /// Whether `spki_der` is trusted.
-    fn is_trusted(&self, spki_der: &[u8]) -> Result<bool, String>;
-    /// How a trusted key came to be trusted (`admin`, `ek:<CA>`), for the
-    /// claims.
-    fn trusted_by(&self, _spki_der: &[u8]) -> Option<String> {
-        None
-    }
+    /// How `spki_der` came to be trusted (`admin`, `ek:<CA>`, …), for the
+    /// claims; `None` when it is not trusted.
+    fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<String>, String>;
 }
 
 /// The TEE class the claims describe; names the EAR submodule (`cpu0`, `gpu0`).

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 struct One(Vec<u8>);
 impl TrustedKeys for One {
-    fn is_trusted(&self, spki: &[u8]) -> Result<bool, String> {
-        Ok(spki == self.0.as_slice())
+    fn trusted_by(&self, spki: &[u8]) -> Result<Option<String>, String> {
+        Ok((spki == self.0.as_slice()).then(|| "test".into()))
     }
 }
 

@@ -409,17 +409,15 @@ impl SnpVerifier {
             }
         }
         // A VLEK belongs to a cloud provider, not to one chip: no hwID.
-        if !vlek {
-            if !report.chip_id_masked() {
-                match vcek.hwid().map_err(invalid)? {
-                    Some(h) if h == report.chip_id => {}
-                    Some(_) => {
-                        return Err(invalid(
-                            "the VCEK is for another chip (hwID differs from the report's chip ID)",
-                        ));
-                    }
-                    None => return Err(invalid("the VCEK has no hwID extension")),
+        if !vlek && !report.chip_id_masked() {
+            match vcek.hwid().map_err(invalid)? {
+                Some(h) if h == report.chip_id => {}
+                Some(_) => {
+                    return Err(invalid(
+                        "the VCEK is for another chip (hwID differs from the report's chip ID)",
+                    ));
                 }
+                None => return Err(invalid("the VCEK has no hwID extension")),
             }
         }
         let mut sig = [0u8; 96];
@@ -556,10 +554,7 @@ impl crate::Verifier for SnpVerifier {
 
 /// Checks the session binding: REPORT_DATA must be `expected` followed by zeros.
 pub fn check_report_data(report: &SnpReport, expected: &[u8]) -> Result<(), VerifyError> {
-    let ok = expected.len() <= 64
-        && report.report_data[..expected.len()] == *expected
-        && report.report_data[expected.len()..].iter().all(|b| *b == 0);
-    if ok {
+    if crate::tdx::padded_equal(&report.report_data, expected) {
         Ok(())
     } else {
         Err(VerifyError::ReportDataMismatch {
@@ -571,10 +566,7 @@ pub fn check_report_data(report: &SnpReport, expected: &[u8]) -> Result<(), Veri
 
 /// Checks HOSTDATA against the initdata digest (zero-padded to 32 bytes).
 pub fn check_host_data(report: &SnpReport, digest: &[u8]) -> Result<(), VerifyError> {
-    let ok = digest.len() <= 32
-        && report.host_data[..digest.len()] == *digest
-        && report.host_data[digest.len()..].iter().all(|b| *b == 0);
-    if ok {
+    if crate::tdx::padded_equal(&report.host_data, digest) {
         Ok(())
     } else {
         Err(VerifyError::InitDataMismatch)

@@ -212,18 +212,18 @@ impl Verifier for TpmVerifier {
         let pcrs = parse_pcrs(&ev.tpm_quote.pcrs).map_err(malformed)?;
 
         let fingerprint = ak_fingerprint(&ak_der);
-        let trusted = self
+        let trusted_by = self
             .trusted
-            .is_trusted(&ak_der)
+            .trusted_by(&ak_der)
             .map_err(VerifyError::Unavailable)?;
-        if !trusted {
+        let Some(trusted_by) = trusted_by else {
             return Err(VerifyError::UntrustedKey {
                 tee: TEE,
                 detail: format!(
                     "AK {fingerprint} is not registered: run `cocoon tpm enroll` on the guest and `cocoon admin add-tpm-ak --file ak.pem` on the trustee"
                 ),
             });
-        }
+        };
         let ak = AkPublicKey::from_spki_der(&ak_der).map_err(tpm_error)?;
         let quote = verify_quote(&ak, &attest, &signature, &pcrs).map_err(tpm_error)?;
 
@@ -253,9 +253,7 @@ impl Verifier for TpmVerifier {
         claims.insert("reset_count".into(), quote.attest.reset_count.into());
         claims.insert("restart_count".into(), quote.attest.restart_count.into());
         claims.insert("ak_fingerprint".into(), Value::String(fingerprint));
-        if let Some(by) = self.trusted.trusted_by(&ak_der) {
-            claims.insert("ak_trusted_by".into(), Value::String(by));
-        }
+        claims.insert("ak_trusted_by".into(), Value::String(trusted_by));
         if let Some(log) = ev.eventlog.as_deref().filter(|l| !l.is_empty()) {
             let bytes = B64
                 .decode(log)
@@ -293,8 +291,8 @@ mod tests {
 
     struct Keys(Vec<Vec<u8>>);
     impl TrustedKeys for Keys {
-        fn is_trusted(&self, spki: &[u8]) -> Result<bool, String> {
-            Ok(self.0.iter().any(|k| k == spki))
+        fn trusted_by(&self, spki: &[u8]) -> Result<Option<String>, String> {
+            Ok(self.0.iter().any(|k| k == spki).then(|| "test".into()))
         }
     }
 
@@ -334,6 +332,7 @@ mod tests {
         assert_eq!(c.claims["pcr08"], ev["tpm_quote"]["pcrs"][8]);
         assert_eq!(c.claims["init_data"], ev["tpm_quote"]["pcrs"][8]);
         assert_eq!(c.claims["pcr23"], ev["tpm_quote"]["pcrs"][23]);
+        assert_eq!(c.claims["ak_trusted_by"], "test");
     }
 
     #[test]
