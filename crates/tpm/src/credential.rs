@@ -67,9 +67,9 @@ fn aes128_cfb_encrypt(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 fn tpm2b(data: &[u8]) -> Vec<u8> {
-    let mut v = (data.len() as u16).to_be_bytes().to_vec();
-    v.extend_from_slice(data);
-    v
+    let mut w = crate::wire::Writer::new();
+    w.tpm2b(data);
+    w.into_inner()
 }
 
 /// What TPM2_ActivateCredential takes: the TPM2B_ID_OBJECT credential blob

@@ -411,14 +411,9 @@ impl Tpm {
     /// TPM2_ReadPublic: the public area of `handle`, or `None` if no object
     /// is there.
     pub fn read_public(&mut self, handle: u32) -> Result<Option<Public>, TpmError> {
-        let resp = match self.command("TPM2_ReadPublic", CC_READ_PUBLIC, &[handle], 0, &[]) {
-            Ok(r) => r,
-            Err(TpmError::Response { rc, .. }) if is_handle_error(rc) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut r = Reader::new(&resp, "TPM2_ReadPublic response");
-        let public = r.tpm2b(1024)?;
-        Public::parse(public).map(Some)
+        self.read_public_bytes(handle)?
+            .map(|b| Public::parse(&b))
+            .transpose()
     }
 
     /// The TPMT_PUBLIC bytes of the object at `handle` (what its name hashes).

@@ -239,6 +239,33 @@ pub(crate) fn retag(e: VerifyError, tee: &'static str) -> VerifyError {
 }
 
 /// The current time, Unix seconds.
+/// The files a `--flag FILE|DIR` names, read: the file itself, or every
+/// file in the directory with one of `exts` (sorted by name).
+pub(crate) fn read_file_or_dir(
+    path: &std::path::Path,
+    exts: &[&str],
+) -> Result<Vec<(std::path::PathBuf, Vec<u8>)>, String> {
+    let files = if path.is_dir() {
+        let mut v: Vec<_> = std::fs::read_dir(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| exts.iter().any(|e| x == *e)))
+            .collect();
+        v.sort();
+        v
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files
+        .into_iter()
+        .map(|f| {
+            let bytes =
+                std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            Ok((f, bytes))
+        })
+        .collect()
+}
+
 pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

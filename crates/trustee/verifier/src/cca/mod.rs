@@ -42,24 +42,10 @@ impl Cpaks {
     /// Loads a file (PEM public keys and/or a JWK or JWK set) or every
     /// `*.pem`/`*.json`/`*.jwk` file in a directory.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let files = if path.is_dir() {
-            let mut v: Vec<_> = std::fs::read_dir(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension()
-                        .is_some_and(|x| x == "pem" || x == "json" || x == "jwk")
-                })
-                .collect();
-            v.sort();
-            v
-        } else {
-            vec![path.to_path_buf()]
-        };
         let mut keys = Vec::new();
-        for f in files {
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        for (f, bytes) in crate::read_file_or_dir(path, &["pem", "json", "jwk"])? {
+            let text =
+                String::from_utf8(bytes).map_err(|_| format!("{} is not text", f.display()))?;
             keys.extend(parse_keys(&text).map_err(|e| format!("{}: {e}", f.display()))?);
         }
         if keys.is_empty() {

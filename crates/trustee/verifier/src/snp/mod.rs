@@ -75,20 +75,11 @@ const KDS_MAX_IN_FLIGHT: usize = 4;
 type FetchedVceks = std::collections::HashMap<(Vec<u8>, u64), Vec<u8>>;
 
 impl VcekSource {
-    /// Loads every `*.der`, `*.pem`, `*.crt` or `*.cer` VCEK in `dir`.
+    /// Loads every `*.der`, `*.pem`, `*.crt` or `*.cer` VCEK in `dir` (or
+    /// the one file `dir` names).
     pub fn from_dir(dir: &std::path::Path) -> Result<Self, String> {
         let mut certs = Vec::new();
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
-        for p in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            if !p
-                .extension()
-                .is_some_and(|x| ["der", "pem", "crt", "cer"].iter().any(|e| x == *e))
-            {
-                continue;
-            }
-            let bytes =
-                std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        for (p, bytes) in crate::read_file_or_dir(dir, &["der", "pem", "crt", "cer"])? {
             let parsed = match std::str::from_utf8(&bytes) {
                 Ok(t) if t.contains("-----BEGIN") => X509Cert::from_pem_bundle(t),
                 _ => X509Cert::from_der(&bytes).map(|c| vec![c]),

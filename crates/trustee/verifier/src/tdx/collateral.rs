@@ -69,20 +69,7 @@ impl CollateralSet {
     /// Loads `path`: a collateral JSON file, or a directory of them.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
         let mut set = Self::default();
-        let files = if path.is_dir() {
-            let mut v: Vec<_> = std::fs::read_dir(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "json"))
-                .collect();
-            v.sort();
-            v
-        } else {
-            vec![path.to_path_buf()]
-        };
-        for f in files {
-            let bytes =
-                std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        for (f, bytes) in crate::read_file_or_dir(path, &["json"])? {
             let c: Collateral = serde_json::from_slice(&bytes).map_err(|e| {
                 format!(
                     "{} is not DCAP collateral JSON (tcb_info, qe_identity, CRLs and issuer chains): {e}",

@@ -74,21 +74,10 @@ impl Pending {
 impl EkTrust {
     /// Loads PEM CA certificates from a file or every `*.pem`/`*.crt` in a directory.
     pub fn load(path: &std::path::Path) -> Result<Self, String> {
-        let files = if path.is_dir() {
-            let mut v: Vec<_> = std::fs::read_dir(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "pem" || x == "crt"))
-                .collect();
-            v.sort();
-            v
-        } else {
-            vec![path.to_path_buf()]
-        };
         let mut cas = Vec::new();
-        for f in files {
-            let text = std::fs::read_to_string(&f)
-                .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        for (f, bytes) in crate::read_file_or_dir(path, &["pem", "crt"])? {
+            let text =
+                String::from_utf8(bytes).map_err(|_| format!("{} is not PEM", f.display()))?;
             cas.extend(
                 X509Cert::from_pem_bundle(&text).map_err(|e| format!("{}: {e}", f.display()))?,
             );
