@@ -506,11 +506,7 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
     );
     println!(
         "\nraw layer decryption (HMAC check + AES-256-CTR) vs one SHA-256 pass, the floor (this CPU {} SHA extensions):",
-        if std::arch::is_x86_feature_detected!("sha") {
-            "has"
-        } else {
-            "has no"
-        }
+        if sha_extensions() { "has" } else { "has no" }
     );
     println!("  SHA-256 floor, 1 core           {sha_s:7.3} s  {sha_gbs:.3} GB/s");
     println!(
@@ -522,6 +518,18 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
         dec2_s / sha_s
     );
     Ok(())
+}
+
+/// Whether the CPU has the SHA extensions SHA-256 speed depends on.
+fn sha_extensions() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("sha")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[cfg(test)]

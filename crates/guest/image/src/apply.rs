@@ -348,7 +348,7 @@ fn decode_layer(
     t.cached += ready.cached;
     let key = work.keys[i].as_deref();
     let read_err = || format!("reading cached layer {digest}");
-    if !ready.digest_checked || (key.is_some() && !ready.mac_checked) {
+    if ready.from_cache {
         let m = Instant::now();
         verify_cached(&ready.path, &digest, key).map_err(io(read_err()))??;
         t.mac += m.elapsed();

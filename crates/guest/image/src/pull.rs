@@ -202,9 +202,9 @@ impl BlobCache {
 
 pub(crate) struct Ready {
     pub(crate) path: PathBuf,
-    /// False for a cache hit: the decoder re-hashes it before use.
-    pub(crate) digest_checked: bool,
-    pub(crate) mac_checked: bool,
+    /// A cache hit: the decoder re-hashes it (and checks the HMAC)
+    /// before use; a download was checked on the way in.
+    pub(crate) from_cache: bool,
     pub(crate) downloaded: u64,
     pub(crate) cached: u64,
 }
@@ -505,8 +505,7 @@ async fn fetch_layer(
         progress.fetched(index, size);
         return Ok(Ready {
             path,
-            digest_checked: false,
-            mac_checked: false,
+            from_cache: true,
             downloaded: 0,
             cached: size,
         });
@@ -594,8 +593,7 @@ async fn fetch_layer(
     })?;
     Ok(Ready {
         path,
-        digest_checked: true,
-        mac_checked: key.is_some(),
+        from_cache: false,
         downloaded: received,
         cached: 0,
     })

@@ -181,12 +181,20 @@ configuration := 2 if {
 
 snp_tcb_parts := ["bootloader", "tee", "snp", "microcode"]
 
+# Fails closed: a minimum that is set but cannot be compared (not a list
+# of one number, or no such claim) counts as not met.
 snp_tcb_below_minimum contains part if {
 	snp_claims
 	some part in snp_tcb_parts
 	refs := query_reference_value(sprintf("snp_min_tcb_%s", [part]))
 	refs != null
-	to_number(snp_claims[sprintf("reported_tcb_%s", [part])]) < to_number(refs[0])
+	not snp_tcb_meets(part, refs)
+}
+
+snp_tcb_meets(part, refs) if {
+	is_array(refs)
+	count(refs) == 1
+	to_number(snp_claims[sprintf("reported_tcb_%s", [part])]) >= to_number(refs[0])
 }
 
 explain contains msg if {
@@ -197,7 +205,7 @@ explain contains msg if {
 
 explain contains msg if {
 	some part in snp_tcb_below_minimum
-	msg := sprintf("hardware: claim %s.reported_tcb_%s=%v is below reference value 'snp_min_tcb_%s'=%v", [snp_name, part, snp_claims[sprintf("reported_tcb_%s", [part])], part, query_reference_value(sprintf("snp_min_tcb_%s", [part]))])
+	msg := sprintf("hardware: claim %s.reported_tcb_%s=%v is below (or cannot be compared with) reference value 'snp_min_tcb_%s'=%v", [snp_name, part, snp_claims[sprintf("reported_tcb_%s", [part])], part, query_reference_value(sprintf("snp_min_tcb_%s", [part]))])
 }
 
 explain contains msg if {
@@ -255,6 +263,10 @@ explain contains msg if {
 
 explain contains "configuration: claim tdx.td_attributes.debug is true (a debug TD)" if {
 	input.tdx.td_attributes.debug == true
+}
+
+explain contains "configuration: claim az-tdx-vtpm.td_attributes.debug is true (a debug TD)" if {
+	input["az-tdx-vtpm"].td_attributes.debug == true
 }
 
 explain contains msg if {

@@ -320,6 +320,16 @@ mod default_policy_tests {
                 "policy_debug_allowed is true",
             ],
         );
+        // A minimum that cannot be compared is not met.
+        for odd in [json!("8"), json!([8, 9]), json!([])] {
+            let (_d, p) = policy(&[
+                ("snp_launch_measurement", json!(["aa"])),
+                ("snp_min_tcb_snp", odd.clone()),
+            ]);
+            let c = claims("aa", "20", false);
+            assert_eq!(trust(&p, &c).1, json!(97), "{odd}");
+            explains(&p, &c, &["cannot be compared with"]);
+        }
     }
 
     /// The TDX section: MRTD, TCB status and the debug attribute.
@@ -417,6 +427,10 @@ mod default_policy_tests {
             &tdx("45", "unknown"),
             &["az-tdx-vtpm.tpm.pcr04=45", "az-tdx-vtpm.tcb_status=unknown"],
         );
+        let mut debug = tdx("44", "UpToDate");
+        debug["az-tdx-vtpm"]["td_attributes"]["debug"] = json!(true);
+        assert_eq!(trust(&p, &debug).2, json!(36));
+        explains(&p, &debug, &["az-tdx-vtpm.td_attributes.debug is true"]);
         // Without the paravisor pinned, the hardware claim is not affirmed.
         let (_d, unpinned) = policy(&[("tpm_pcr4", json!(["44"]))]);
         assert_eq!(trust(&unpinned, &snp("44", "20", false)).1, json!(97));

@@ -67,7 +67,7 @@ struct Vtpm {
 
 fn parse(tee: &'static str, evidence: &Value) -> Result<(AzEvidence, HclReport), VerifyError> {
     let malformed = |detail: String| VerifyError::Malformed { tee, detail };
-    let ev: AzEvidence = serde_json::from_value(evidence.clone()).map_err(|e| {
+    let ev: AzEvidence = serde::Deserialize::deserialize(evidence).map_err(|e| {
         malformed(format!(
             "expected {{\"version\", \"tpm_quote\": {{\"signature\", \"message\", \"pcrs\"}}, \"hcl_report\", …}}: {e}"
         ))

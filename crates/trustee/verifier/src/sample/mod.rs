@@ -46,11 +46,12 @@ impl Verifier for SampleVerifier {
     }
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
-        let ev: SampleEvidence =
-            serde_json::from_value(input.evidence.clone()).map_err(|e| VerifyError::Malformed {
+        let ev: SampleEvidence = serde::Deserialize::deserialize(input.evidence).map_err(|e| {
+            VerifyError::Malformed {
                 tee: "sample",
                 detail: format!("expected {{\"svn\": string, \"report_data\": base64}}: {e}"),
-            })?;
+            }
+        })?;
         let found = B64
             .decode(&ev.report_data)
             .map_err(|_| VerifyError::Malformed {

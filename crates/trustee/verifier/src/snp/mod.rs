@@ -287,6 +287,11 @@ impl SnpVerifier {
             ark.verify_signed_by(&ark)?;
             ask.verify_signed_by(&ark)?;
             asvk.verify_signed_by(&ark)?;
+            // Fixed certificates: their CA constraints are checked once.
+            for ca in [&ark, &ask, &asvk] {
+                ca.check_ca()
+                    .map_err(|e| format!("the embedded {product} chain: {e}"))?;
+            }
             chains.push(ProductChain {
                 product,
                 ark,
@@ -373,9 +378,6 @@ impl SnpVerifier {
         let issuer = if vlek { &chain.asvk } else { &chain.ask };
         for c in [&chain.ark, issuer, vcek] {
             c.check_validity(now).map_err(invalid)?;
-        }
-        for c in [&chain.ark, issuer] {
-            c.check_ca().map_err(invalid)?;
         }
         let turin = chain.product == "Turin";
         let reported = report.reported_tcb.parts(turin);
@@ -471,8 +473,9 @@ pub fn report_from_evidence(evidence: &Value) -> Result<Vec<u8>, VerifyError> {
     let report = evidence
         .get("attestation_report")
         .ok_or_else(|| malformed("no attestation_report".into()))?;
-    let report: sev::firmware::guest::AttestationReport = serde_json::from_value(report.clone())
-        .map_err(|e| malformed(format!("attestation_report: {e}")))?;
+    let report: sev::firmware::guest::AttestationReport =
+        serde::Deserialize::deserialize(report)
+            .map_err(|e| malformed(format!("attestation_report: {e}")))?;
     let mut raw = Vec::with_capacity(report::REPORT_LEN);
     report
         .encode(&mut raw, ())

@@ -102,9 +102,11 @@ impl CollateralSet {
         Ok(())
     }
 
-    /// The collateral for `tee` (TCB info id) and `fmspc` from the files,
-    /// or else from the PCCS (for a PCK issued by `ca`: `platform` or
-    /// `processor`), fetched when there is none still valid at `now`.
+    /// The collateral for `tee` (TCB info id) and `fmspc` from the files
+    /// (whatever their dates: an expired file is refused as expired, not
+    /// replaced), or else from the PCCS (for a PCK issued by `ca`:
+    /// `platform` or `processor`), fetched when none kept is still valid
+    /// at `now`.
     pub fn find(
         &self,
         tee: &str,

@@ -441,7 +441,7 @@ pub(crate) fn verify_dcap_evidence<B: QuoteBody>(
 pub(crate) fn sent_collateral(ev: &Value) -> Result<Option<collateral::Collateral>, VerifyError> {
     match ev.get("collateral") {
         Some(c) if !c.is_null() => {
-            serde_json::from_value(c.clone())
+            serde::Deserialize::deserialize(c)
                 .map(Some)
                 .map_err(|e| VerifyError::Malformed {
                     tee: TEE,

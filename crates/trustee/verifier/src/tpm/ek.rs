@@ -162,8 +162,11 @@ impl EkTrust {
                 return Err("the EK is an ECC key; credential activation supports the RSA 2048 EK (TCG template L-1)".into());
             }
         };
-        let e = e.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-        let e = u32::try_from(e).map_err(|_| "EK exponent too large".to_string())?;
+        let e = e.iter().skip_while(|b| **b == 0).collect::<Vec<_>>();
+        if e.len() > 4 {
+            return Err("EK exponent too large".into());
+        }
+        let e = e.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(**b));
         if ak_public.len() < 4 || u16::from_be_bytes([ak_public[2], ak_public[3]]) != ALG_SHA256 {
             return Err("the AK's name algorithm is not SHA-256".into());
         }

@@ -197,7 +197,7 @@ impl Verifier for TpmVerifier {
     }
 
     fn verify(&self, input: &VerifyInput<'_>) -> Result<TeeClaims, VerifyError> {
-        let ev: TpmEvidence = serde_json::from_value(input.evidence.clone()).map_err(|e| {
+        let ev: TpmEvidence = serde::Deserialize::deserialize(input.evidence).map_err(|e| {
             malformed(format!(
                 "expected {{\"ak_public\", \"tpm_quote\": {{\"signature\", \"message\", \"pcrs\"}}}}: {e}"
             ))
