@@ -76,9 +76,16 @@ fn valid_host(host: &str) -> bool {
 fn canonical_host(host: &str) -> String {
     let lower = host.to_ascii_lowercase();
     let stripped = lower.strip_suffix(":443").unwrap_or(&lower);
-    let (name, port) = match stripped.rsplit_once(':') {
-        Some((n, p)) if !n.ends_with(']') || stripped.starts_with('[') => (n, Some(p)),
-        _ => (stripped, None),
+    // `[IPv6]` or `[IPv6]:port`; otherwise `name` or `name:port`.
+    let (name, port) = match stripped.find(']') {
+        Some(end) if stripped.starts_with('[') => {
+            let (addr, tail) = stripped.split_at(end + 1);
+            (addr, tail.strip_prefix(':'))
+        }
+        _ => match stripped.rsplit_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (stripped, None),
+        },
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     let canonical = match port {
@@ -273,6 +280,16 @@ mod tests {
             Reference::parse("R.io:5000/app").unwrap().registry,
             "r.io:5000"
         );
+        // IPv6 literals keep their brackets, with or without a port.
+        for (typed, registry) in [
+            ("[::1]/app", "[::1]"),
+            ("[::1]:5000/app", "[::1]:5000"),
+            ("[FE80::1]:443/app", "[fe80::1]"),
+        ] {
+            let r = Reference::parse(typed).unwrap();
+            assert_eq!(r.registry, registry, "{typed}");
+            assert_eq!(Reference::parse(&r.to_string()).unwrap(), r, "{typed}");
+        }
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub struct Rootfs {
     copy_buf: Vec<u8>,
 }
 
+#[derive(Default)]
 struct Pending {
     name: Option<String>,
     link: Option<String>,
@@ -273,15 +274,7 @@ impl Rootfs {
             .entries()
             .map_err(|e| UnpackError::Malformed(e.to_string()))?
             .raw(true);
-        let mut pending = Pending {
-            name: None,
-            link: None,
-            xattrs: Vec::new(),
-            xattr_bytes: 0,
-            pax_size: None,
-            uid: None,
-            gid: None,
-        };
+        let mut pending = Pending::default();
         for entry in entries {
             let mut entry = entry.map_err(|e| UnpackError::Malformed(e.to_string()))?;
             let mut header = entry.header().clone();

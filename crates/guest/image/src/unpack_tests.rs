@@ -364,3 +364,20 @@ fn pax_xattr_limit_and_large_ids() {
         .is_err()
     );
 }
+
+/// PAX `uid`/`gid` records are read as numbers whoever runs the test (the
+/// ownership they give is checked as root in `pax_xattr_limit_and_large_ids`);
+/// anything else is malformed.
+#[test]
+fn pax_uid_and_gid_records_are_read() {
+    let mut p = Pending::default();
+    parse_pax(b"15 uid=3000000\n15 gid=3000001\n", &mut p, "f").unwrap();
+    assert_eq!((p.uid, p.gid), (Some(3_000_000), Some(3_000_001)));
+    for bad in [&b"10 uid=-1\n"[..], b"10 gid=x1\n", b"9 uid=\n"] {
+        assert!(
+            parse_pax(bad, &mut Pending::default(), "f").is_err(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
