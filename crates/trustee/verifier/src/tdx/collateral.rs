@@ -604,7 +604,7 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     let pck_crl = crl(&c.pck_crl, pck_ca, now, "PCK CRL")?;
     check_revocation(&root_crl, &pck_crl, pck_ca, pck)?;
 
-    let r = &q.qe.qe_report;
+    let r = q.qe.report().map_err(|e| invalid(e.to_string()))?;
     let masked = |value: &[u8], want: &str, mask: &str| -> Result<bool, VerifyError> {
         let (w, m) = (
             unhex(want).ok_or_else(|| invalid("QE identity hex"))?,
@@ -614,26 +614,27 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
             && m.len() == value.len()
             && value.iter().zip(&m).zip(&w).all(|((v, m), w)| v & m == *w))
     };
-    if !masked(&r[16..20], &id.miscselect, &id.miscselect_mask)?
-        || !masked(&r[48..64], &id.attributes, &id.attributes_mask)?
+    let attributes = [r.attributes_flags, r.attributes_xfrm].concat();
+    if !masked(&r.misc_select, &id.miscselect, &id.miscselect_mask)?
+        || !masked(&attributes, &id.attributes, &id.attributes_mask)?
     {
         return Err(invalid(
             "the QE report's MISCSELECT/ATTRIBUTES do not match the QE identity",
         ));
     }
-    if !hex::encode(&r[128..160]).eq_ignore_ascii_case(&id.mrsigner) {
+    if !hex::encode(r.mr_signer).eq_ignore_ascii_case(&id.mrsigner) {
         return Err(invalid(
             "the QE report's MRSIGNER is not the QE identity's (not Intel's QE)",
         ));
     }
-    let prodid = u16::from_le_bytes([r[256], r[257]]);
+    let prodid = u16::from_le_bytes(r.isv_prod_id);
     if prodid != id.isvprodid {
         return Err(invalid(format!(
             "QE ISVPRODID {prodid}, the QE identity says {}",
             id.isvprodid
         )));
     }
-    let isvsvn = u16::from_le_bytes([r[258], r[259]]);
+    let isvsvn = u16::from_le_bytes(r.isv_svn);
     let qe_tcb_status = id
         .tcb_levels
         .iter()

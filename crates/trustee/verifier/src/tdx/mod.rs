@@ -228,16 +228,16 @@ const INTEL_QE_VENDOR: [u8; 16] = [
 /// enclave of the host's own could have the PCE certify it and vouch for
 /// any attestation key. The QE identity, with collateral, adds its TCB.
 fn check_intel_qe<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
-    let r = &q.qe.qe_report;
+    let r = q.qe.report().map_err(|e| invalid(e.to_string()))?;
     if q.header.vendor_id != INTEL_QE_VENDOR {
         return Err(invalid("the quote's QE vendor is not Intel"));
     }
-    if r[128..160] != B::QE_MRSIGNER {
+    if r.mr_signer != B::QE_MRSIGNER {
         return Err(invalid(
             "the QE report's MRSIGNER is not Intel's: the attestation key was not certified by Intel's quoting enclave",
         ));
     }
-    let prodid = u16::from_le_bytes([r[256], r[257]]);
+    let prodid = u16::from_le_bytes(r.isv_prod_id);
     if prodid != B::QE_PROD_ID {
         return Err(invalid(format!(
             "the QE report is from ISVPRODID {prodid}, not Intel's {} QE ({})",
@@ -246,7 +246,7 @@ fn check_intel_qe<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
         )));
     }
     // ATTRIBUTES.FLAGS bit 1: DEBUG.
-    if r[48] & 0x02 != 0 {
+    if r.attributes_flags[0] & 0x02 != 0 {
         return Err(invalid("the QE is a debug enclave"));
     }
     Ok(())

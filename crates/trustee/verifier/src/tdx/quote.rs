@@ -462,3 +462,11 @@ impl<B: QuoteBody> Quote<B> {
         &self.qe.qe_report[320..384]
     }
 }
+
+impl QeCertData {
+    /// The QE report's fields (read from the signed bytes each time, so
+    /// the two never disagree).
+    pub fn report(&self) -> Result<EnclaveReport, QuoteError> {
+        EnclaveReport::parse(&self.qe_report)
+    }
+}
