@@ -157,7 +157,10 @@ pub fn verify_realm(t: &CcaToken) -> Result<(), VerifyError> {
 
 /// Step 4: the platform token's signature by one of `cpaks`.
 pub fn verify_platform(t: &CcaToken, cpaks: &Cpaks) -> Result<(), VerifyError> {
-    if cpaks.0.iter().any(|k| t.platform_cose.verify(k).is_ok()) {
+    if t.platform_cose
+        .verify_any(cpaks.0.iter().map(Vec::as_slice))
+        .is_ok()
+    {
         return Ok(());
     }
     Err(VerifyError::UntrustedKey {

@@ -101,6 +101,15 @@ impl CoseSign1 {
     /// Verifies the signature with `public_key`: an uncompressed SEC1 point
     /// of the curve the algorithm names.
     pub fn verify(&self, public_key: &[u8]) -> Result<(), String> {
+        self.verify_any([public_key])
+    }
+
+    /// Verifies the signature with any of `public_keys` (the signed
+    /// structure is built once).
+    pub fn verify_any<'a>(
+        &self,
+        public_keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<(), String> {
         use ring::signature::{
             ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, UnparsedPublicKey,
         };
@@ -113,9 +122,16 @@ impl CoseSign1 {
                 ));
             }
         };
-        UnparsedPublicKey::new(alg, public_key)
-            .verify(&self.to_be_signed(), &self.signature)
-            .map_err(|_| "signature does not verify".into())
+        let signed = self.to_be_signed();
+        public_keys
+            .into_iter()
+            .any(|k| {
+                UnparsedPublicKey::new(alg, k)
+                    .verify(&signed, &self.signature)
+                    .is_ok()
+            })
+            .then_some(())
+            .ok_or_else(|| "signature does not verify".into())
     }
 }
 

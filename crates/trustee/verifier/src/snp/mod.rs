@@ -40,9 +40,10 @@ const AMD_CHAINS: [(&str, &str); 3] = [
 pub struct SnpVerifier {
     chains: Vec<ProductChain>,
     /// VCEKs/VLEKs whose signature chain already verified, by SHA-256 of
-    /// their DER: a guest keeps its VCEK until a TCB update, so the RSA
-    /// chain check runs once per key, not once per report.
-    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], VerifiedKey>>,
+    /// their DER and whether it was verified as a VLEK: a guest keeps its
+    /// VCEK until a TCB update, so the RSA chain check runs once per key,
+    /// not once per report.
+    verified: std::sync::Mutex<std::collections::HashMap<([u8; 32], bool), VerifiedKey>>,
     /// Where to find a VCEK the evidence does not carry.
     pub vcek_source: Option<Arc<VcekSource>>,
 }
@@ -308,9 +309,7 @@ impl SnpVerifier {
 
     /// The signing key and the index of the AMD chain it verified against.
     fn signing_cert(&self, der: &[u8], vlek: bool) -> Result<VerifiedKey, VerifyError> {
-        let mut id = [0u8; 32];
-        id.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
-        id[0] ^= u8::from(vlek);
+        let id = (<sha2::Sha256 as sha2::Digest>::digest(der).into(), vlek);
         if let Some(hit) = self.verified.lock().ok().and_then(|c| c.get(&id).cloned()) {
             return Ok(hit);
         }
