@@ -81,6 +81,12 @@ enum AdminCommand {
         /// PEM (or DER) public key file.
         #[arg(long)]
         file: PathBuf,
+        /// Vouch that the AK is in a hardware TPM (or a vTPM you accept as
+        /// hardware): without it the default policy holds the `hardware`
+        /// claim at the warning tier, since a software TPM on the host
+        /// could have made the quote. Adding the AK again changes this.
+        #[arg(long)]
+        hardware_backed: bool,
     },
     /// List trusted TPM attestation keys.
     ListTpmAks,
@@ -121,6 +127,16 @@ enum AdminCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Seal new sessions under a new session key. Sessions sealed before
+    /// keep working until they expire, on every replica.
+    RotateSessionKey {
+        /// Also delete every older key now: their sessions end at once and
+        /// their guests attest again (for a key that may have leaked).
+        #[arg(long)]
+        drop_old: bool,
+    },
+    /// List the session keys (ids and dates, never the keys).
+    ListSessionKeys,
 }
 
 /// `cocoon explain`.
@@ -302,17 +318,26 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 .await?;
             print!("{text}");
         }
-        AdminCommand::AddTpmAk { file } => {
+        AdminCommand::AddTpmAk {
+            file,
+            hardware_backed,
+        } => {
             let body =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let url = format!("{}?hardware_backed={hardware_backed}", c.kbs("/tpm-ak"));
             let ak: Value = ad
-                .send(ad.http.post(c.kbs("/tpm-ak")).body(body), "add-tpm-ak")
+                .send(ad.http.post(url).body(body), "add-tpm-ak")
                 .await?
                 .json()
                 .await?;
             eprintln!(
-                "trusted TPM AK {}",
-                ak["fingerprint"].as_str().unwrap_or("?")
+                "trusted TPM AK {}{}",
+                ak["fingerprint"].as_str().unwrap_or("?"),
+                if hardware_backed {
+                    " as hardware-backed"
+                } else {
+                    " (not marked hardware-backed: the hardware claim stays at the warning tier)"
+                }
             );
         }
         AdminCommand::ListTpmAks => {
@@ -322,10 +347,13 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 .json()
                 .await?;
             for ak in list {
-                let how = match ak["enrolled_by_ek_of"].as_str() {
+                let mut how = match ak["enrolled_by_ek_of"].as_str() {
                     Some(ca) => format!("  by EK certificate under {ca}"),
                     None => "  by an admin".into(),
                 };
+                if ak["hardware_backed"].as_bool() == Some(true) {
+                    how.push_str(", hardware-backed");
+                }
                 println!(
                     "{}  added {}{how}",
                     ak["fingerprint"].as_str().unwrap_or("?"),
@@ -433,6 +461,42 @@ pub async fn run(a: AdminArgs) -> Result<()> {
             )
             .await?;
             eprintln!("reference values registered");
+        }
+        AdminCommand::RotateSessionKey { drop_old } => {
+            let url = format!("{}?drop_old={drop_old}", c.kbs("/session-keys/rotate"));
+            let key: Value = ad
+                .send(ad.http.post(url), "rotate-session-key")
+                .await?
+                .json()
+                .await?;
+            eprintln!(
+                "new sessions are sealed under session key {}{}",
+                key["id"].as_str().unwrap_or("?"),
+                if drop_old {
+                    "; older keys deleted: their sessions have ended"
+                } else {
+                    "; sessions sealed before keep working until they expire"
+                }
+            );
+        }
+        AdminCommand::ListSessionKeys => {
+            let keys: Vec<Value> = ad
+                .send(ad.http.get(c.kbs("/session-keys")), "list-session-keys")
+                .await?
+                .json()
+                .await?;
+            for k in keys {
+                let state = match k["retired"].as_i64() {
+                    _ if k["current"].as_bool() == Some(true) => "current".to_string(),
+                    Some(r) => format!("retired {}", fmt_time(r)),
+                    None => "unused".to_string(),
+                };
+                println!(
+                    "{}  created {}  {state}",
+                    k["id"].as_str().unwrap_or("?"),
+                    fmt_time(k["created"].as_i64().unwrap_or_default())
+                );
+            }
         }
     }
     Ok(())

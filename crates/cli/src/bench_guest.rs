@@ -113,20 +113,29 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
         Ok((ak.to_spki_der()?, tpm.pcr_read_sha256()?))
     })
     .await??;
+    // The benchmark's swtpm is declared hardware-backed, and its boot PCRs
+    // and the absence of initdata pinned, so the default policy affirms it.
     admin
         .send(
-            admin.http.post(conn.kbs("/tpm-ak")).body(ak_der),
+            admin
+                .http
+                .post(format!("{}?hardware_backed=true", conn.kbs("/tpm-ak")))
+                .body(ak_der),
             "trusting the AK",
         )
         .await?;
-    for i in [0usize, 7] {
+    let pins = [0usize, 2, 4, 9]
+        .into_iter()
+        .map(|i| (format!("tpm_pcr{i}"), serde_json::json!([hex::encode(pcrs[i])])))
+        .chain([("init_data".to_string(), serde_json::json!(["none"]))]);
+    for (name, value) in pins {
         admin
             .send(
                 admin
                     .http
-                    .put(conn.kbs(&format!("/reference-value/tpm_pcr{i}")))
-                    .json(&serde_json::json!({"value": [hex::encode(pcrs[i])]})),
-                "setting PCR reference values",
+                    .put(conn.kbs(&format!("/reference-value/{name}")))
+                    .json(&serde_json::json!({ "value": value })),
+                "setting reference values",
             )
             .await?;
     }

@@ -31,9 +31,18 @@ pub struct GuestOptions {
 
 pub(crate) async fn agent(g: &GuestOptions) -> Result<AttestationAgent> {
     let init_data = match &g.init_data {
-        Some(p) => Some(
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
-        ),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let parsed = cocoon_types::initdata::InitData::from_payload("toml", &text)
+                .with_context(|| format!("{} is not initdata", p.display()))?;
+            // What the trustee's default policy pins (reference value init_data).
+            eprintln!(
+                "initdata digest: {} (the trustee's reference value 'init_data' must list it)",
+                hex::encode(&parsed.digest)
+            );
+            Some(text)
+        }
         None => None,
     };
     let tpm = TpmAttesterConfig {

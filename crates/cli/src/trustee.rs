@@ -61,6 +61,12 @@ pub struct TrusteeArgs {
     /// credential activation (`cocoon tpm enroll --ek-enroll --url URL`).
     #[arg(long)]
     tpm_ek_ca: Option<PathBuf>,
+    /// Like --tpm-ek-ca, for CAs of hardware TPM makers: AKs enrolled
+    /// through them count as hardware-backed (`ak_hardware_backed`), which
+    /// the default policy needs to affirm a TPM's hardware. Never give a
+    /// software TPM's CA here.
+    #[arg(long)]
+    tpm_hardware_ek_ca: Option<PathBuf>,
     /// Accept admin requests without authentication (development only).
     #[arg(long)]
     insecure_admin: bool,
@@ -105,6 +111,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         snp_vcek_dir: a.snp_vcek_dir.clone(),
         snp_kds_url: a.snp_kds_url.clone(),
         tpm_ek_ca: a.tpm_ek_ca.clone(),
+        tpm_hardware_ek_ca: a.tpm_hardware_ek_ca.clone(),
         session_timeout_secs: a.session_timeout,
         token_lifetime_secs: a.token_lifetime,
     };

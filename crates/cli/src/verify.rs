@@ -80,12 +80,13 @@ pub fn run(a: VerifyArgs) -> Result<()> {
                 )?,
                 None => eprintln!("note: report data binding NOT checked (pass --report-data HEX)"),
             }
-            if let Some(h) = &a.init_data_digest {
-                snp::check_host_data(
-                    &claims.report,
-                    &hex::decode(h).context("--init-data-digest is not hex")?,
-                )?;
-            }
+            let init = a
+                .init_data_digest
+                .as_deref()
+                .map(hex::decode)
+                .transpose()
+                .context("--init-data-digest is not hex")?;
+            snp::check_host_data(&claims.report, &binding_input(&[], &init))?;
             eprintln!(
                 "verified: SEV-SNP report signed by a {} {} chaining to AMD's ARK; TCB status unknown (no TCB collateral for SNP)",
                 claims.product, claims.signing_key
@@ -184,8 +185,14 @@ fn vtpm_nonce(message: Option<Vec<u8>>) -> Result<Vec<u8>> {
 struct OneAk(Vec<u8>, &'static str);
 
 impl cocoon_verifier::TrustedKeys for OneAk {
-    fn trusted_by(&self, spki: &[u8]) -> Result<Option<String>, String> {
-        Ok((spki == self.0.as_slice()).then(|| self.1.to_string()))
+    fn trusted_by(&self, spki: &[u8]) -> Result<Option<cocoon_verifier::KeyTrust>, String> {
+        // Offline, nothing says whether the AK is in hardware.
+        Ok(
+            (spki == self.0.as_slice()).then(|| cocoon_verifier::KeyTrust {
+                by: self.1.to_string(),
+                hardware_backed: false,
+            }),
+        )
     }
 }
 
@@ -343,8 +350,7 @@ fn verify_sgx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         dcap_tcb_note(&checked)
     );
     let mut claims = sgx::claims(&q);
-    claims["tcb_status"] =
-        cocoon_verifier::tdx::collateral::CollateralResult::claim(checked.as_ref()).into();
+    cocoon_verifier::tdx::collateral::CollateralResult::set_claims(checked.as_ref(), &mut claims);
     println!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }
@@ -389,8 +395,9 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
     };
     let (report_data, init) = bindings(a, || Ok(q.body.report_data.to_vec()))?;
     tdx::check_bindings(
+        "tdx",
         &q.body.report_data,
-        &q.body.mr_config_id,
+        ("MRCONFIGID", &q.body.mr_config_id),
         &binding_input(&report_data, &init),
     )
     .with_context(|| {
@@ -412,8 +419,7 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
         q.header.version
     );
     let mut claims = tdx::claims(&q, log.as_ref());
-    claims["tcb_status"] =
-        cocoon_verifier::tdx::collateral::CollateralResult::claim(checked.as_ref()).into();
+    cocoon_verifier::tdx::collateral::CollateralResult::set_claims(checked.as_ref(), &mut claims);
     println!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }

@@ -86,6 +86,16 @@ impl TrusteeProc {
             .expect("run cocoon admin")
     }
 
+    /// `cocoon explain` against this trustee: its recent denials.
+    pub fn explain(&self) -> String {
+        let out = Command::new(BIN)
+            .args(["explain", "--url", &self.url, "--admin-key"])
+            .arg(self.admin_key())
+            .output()
+            .expect("run cocoon explain");
+        ok(&out)
+    }
+
     /// `cocoon <cmd> --url U <args>`.
     pub fn guest(&self, cmd: &str, args: &[&str]) -> Output {
         Command::new(BIN)

@@ -198,34 +198,52 @@ async fn vtpm_guest_end_to_end() {
         || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
     );
 
-    // Without PCR reference values the appraisal is not affirming: refused, and explained.
-    let o = cocoon(
-        &[
-            "guest",
-            "get-resource",
-            "--cdh-socket",
-            &cdh_addr,
-            "kbs:///default/key/db",
-        ],
-        &[],
-    );
-    let err = fails(&o);
+    // Without reference values the appraisal is not affirming: refused,
+    // and the explanation names each value to register, with this guest's.
+    let fetch = || {
+        cocoon(
+            &[
+                "guest",
+                "get-resource",
+                "--cdh-socket",
+                &cdh_addr,
+                "kbs:///default/key/db",
+            ],
+            &[],
+        )
+    };
+    let err = fails(&fetch());
     assert!(err.contains("refused") || err.contains("denied"), "{err}");
     let explain = env.explain();
-    assert!(explain.contains("no PCR reference values"), "{explain}");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(INITDATA.as_bytes()));
+    for needle in [
+        "boot PCR 0 is not pinned",
+        "'tpm_pcr2'",
+        "'tpm_pcr9'",
+        &format!("claim init_data={digest} is not in reference value 'init_data'"),
+        "not declared hardware-backed",
+    ] {
+        assert!(explain.contains(needle), "{needle} in {explain}");
+    }
 
-    // Register the measured PCRs (PCR 8 now holds the initdata digest).
-    register_pcrs(&env, &[0, 4, 8, 9]);
-    let o = cocoon(
-        &[
-            "guest",
-            "get-resource",
-            "--cdh-socket",
-            &cdh_addr,
-            "kbs:///default/key/db",
-        ],
-        &[],
-    );
+    // The boot PCRs and the initdata pinned: the AK, an admin's word only,
+    // still holds hardware at the warning tier.
+    register_pcrs(&env, &[0, 2, 4, 9]);
+    env.admin(&["add-reference-value", "init_data", &digest]);
+    let err = fails(&fetch());
+    assert!(err.contains("refused") || err.contains("denied"), "{err}");
+    let explain = env.explain();
+    assert!(explain.contains("--hardware-backed"), "{explain}");
+
+    // Declared hardware-backed (a vTPM the owner accepts): released.
+    env.admin(&[
+        "add-tpm-ak",
+        "--file",
+        ak.to_str().unwrap(),
+        "--hardware-backed",
+    ]);
+    assert!(env.admin(&["list-tpm-aks"]).contains("hardware-backed"));
+    let o = fetch();
     if !o.status.success() {
         let explain = env.explain();
         panic!(
@@ -440,6 +458,11 @@ async fn vtpm_guest_end_to_end() {
     assert!(err.contains("retrying"), "{err}");
     assert!(err.contains("cannot reach the KBS"), "{err}");
 
+    // PCR 8 binds initdata: a guest that keeps it back is refused at attest.
+    let err = fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert]));
+    assert!(err.contains("binds initdata (PCR 8"), "{err}");
+    assert!(env.explain().contains("but the guest sent none"));
+
     // A changed PCR: the next attestation is refused with a readable reason.
     ok(&cocoon(
         &[
@@ -453,7 +476,8 @@ async fn vtpm_guest_end_to_end() {
         ],
         &[],
     ));
-    let err = fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert]));
+    let err =
+        fails(&env.get_resource(&["--url", &t.url, "--kbs-cert", &cert, "--init-data", init_s]));
     assert!(err.contains("refused") || err.contains("denied"), "{err}");
     let explain = env.explain();
     assert!(
@@ -584,10 +608,11 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
     )
     .unwrap();
     std::fs::copy(ca.join("issuercert.pem"), cas.join("issuer.pem")).unwrap();
+    // The test's local CA stands in for a hardware TPM maker's.
     let t = TrusteeProc::start_with(
         &d.join("trustee"),
         &[],
-        &["--tpm-ek-ca", cas.to_str().unwrap()],
+        &["--tpm-hardware-ek-ca", cas.to_str().unwrap()],
     );
     let cert = t.cert_path();
     let env = Env {
@@ -612,16 +637,18 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
     );
     let listed = env.admin(&["list-tpm-aks"]);
     assert!(
-        listed.contains("by EK certificate under swtpm-localca"),
+        listed.contains("by EK certificate under swtpm-localca, hardware-backed"),
         "{listed}"
     );
 
-    // The enrolled AK is trusted: with PCR reference values, a secret is released.
+    // The enrolled AK is trusted: with the boot PCRs pinned (and no
+    // initdata, which this guest does not use), a secret is released.
     ok(&cocoon(
         &["tpm", "extend", "--tpm", &tcti, "--pcr", "4", "kernel"],
         &[],
     ));
-    register_pcrs(&env, &[0, 4]);
+    register_pcrs(&env, &[0, 2, 4, 9]);
+    env.admin(&["add-reference-value", "init_data", "none"]);
     write(d, "secret", b"ek-enrolled-secret");
     env.admin(&[
         "set-resource",
@@ -723,6 +750,37 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
     assert!(
         err.contains("--tpm-ek-ca") && err.contains("add-tpm-ak"),
         "{err}"
+    );
+
+    // Under a CA given with --tpm-ek-ca (not declared a hardware maker's),
+    // an enrolled AK holds hardware at the warning tier: refused, explained.
+    let t5 = TrusteeProc::start_with(
+        &d.join("trustee5"),
+        &[],
+        &["--tpm-ek-ca", cas.to_str().unwrap()],
+    );
+    ok(&enroll(&tcti, &t5));
+    let env5 = Env {
+        t: &t5,
+        cert: t5.cert_path(),
+        tcti: tcti.clone(),
+    };
+    register_pcrs(&env5, &[0, 2, 4, 9]);
+    env5.admin(&["add-reference-value", "init_data", "none"]);
+    env5.admin(&[
+        "set-resource",
+        "kbs:///default/key/db",
+        "--file",
+        d.join("secret").to_str().unwrap(),
+    ]);
+    let cert5 = t5.cert_path();
+    let err = fails(&env5.get_resource(&["--url", &t5.url, "--kbs-cert", &cert5]));
+    assert!(err.contains("refused") || err.contains("denied"), "{err}");
+    let explain = env5.explain();
+    assert!(
+        explain.contains("not declared hardware-backed")
+            && explain.contains("--tpm-hardware-ek-ca"),
+        "{explain}"
     );
 
     // An AK an admin already added keeps that record when it also enrolls

@@ -345,13 +345,14 @@ async fn every_client_mistake_gets_a_clear_4xx() {
     let r = raw.post("attest", &Raw::attestation("x", &key), None).await;
     assert_error(&r, 401, "TokenNotFound", "POST /kbs/v0/auth");
     let (cookie, nonce) = raw.auth().await;
-    let mut forged = B64URL.decode(&cookie).unwrap();
+    let (head, body) = cookie.rsplit_once('.').expect("2.<key id>.<sealed>");
+    let mut forged = B64URL.decode(body).unwrap();
     forged[15] ^= 0x40;
     let r = raw
         .post(
             "attest",
             &Raw::attestation(&nonce, &key),
-            Some(&B64URL.encode(forged)),
+            Some(&format!("{head}.{}", B64URL.encode(forged))),
         )
         .await;
     assert_error(&r, 401, "TokenNotFound", "not valid");
@@ -738,4 +739,117 @@ async fn cca_fixture_evidence_through_attest() {
         .attest_evidence("cca", &key, json!({"token": B64.encode(&token[..100])}))
         .await;
     assert_error(&r, 401, "AttestationError", "malformed cca evidence");
+}
+
+/// Session keys rotate without breaking sessions in flight: a cookie
+/// sealed before a rotation still fetches; new sessions use the new key;
+/// dropping the old keys ends their sessions at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn session_key_rotation_keeps_sessions_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let secret = write(dir.path(), "s", b"rotated-secret");
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/key/r",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
+    let key = TeeKeyPair::generate_ec();
+    let (before, _) = raw.attest(&key).await;
+    let key_id = |cookie: &str| cookie.split('.').nth(1).unwrap().to_string();
+    let first = key_id(&before);
+    let listed = ok(&t.admin(&["list-session-keys"]));
+    assert!(listed.contains(&format!("{first}  created")) && listed.contains("current"), "{listed}");
+
+    let out = t.admin(&["rotate-session-key"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keep working until they expire"));
+    let r = raw.get("resource/default/key/r", Some(&before), None).await;
+    assert_eq!(r.status, 200, "a session sealed before the rotation: {:?}", r.body);
+    let (after, _) = raw.attest(&key).await;
+    assert_ne!(key_id(&after), first, "new sessions use the new key");
+    let listed = ok(&t.admin(&["list-session-keys"]));
+    assert!(listed.contains(&format!("{first}  created")) && listed.contains("retired"), "{listed}");
+
+    ok(&t.admin(&["rotate-session-key", "--drop-old"]));
+    for cookie in [&before, &after] {
+        let r = raw.get("resource/default/key/r", Some(cookie), None).await;
+        assert_error(&r, 401, "TokenNotFound", "not valid");
+    }
+    assert_eq!(ok(&t.admin(&["list-session-keys"])).lines().count(), 1);
+}
+
+/// A reference value the trustee cannot read is never taken as absent:
+/// attestation answers 503 (retry later, no reason leaked to the guest),
+/// and `cocoon explain` gives the admin the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_reference_value_is_unavailable_not_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let key = TeeKeyPair::generate_ec();
+    raw.attest(&key).await;
+    let db = rusqlite::Connection::open(t.data_dir.join("trustee.db")).unwrap();
+    db.execute(
+        "UPDATE kv SET value = x'7b6e6f74206a736f6e' WHERE ns = 'reference_values' AND key = 'launch_digest'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let (cookie, nonce) = raw.auth().await;
+    let r = raw
+        .post("attest", &Raw::attestation(&nonce, &key), Some(&cookie))
+        .await;
+    assert_error(&r, 503, "RvpsError", "retry later");
+    assert!(!r.body.to_string().contains("launch_digest"), "{:?}", r.body);
+    let explain = t.explain();
+    assert!(explain.contains("'launch_digest' is unreadable"), "{explain}");
+}
+
+/// The session cookie stays small whatever the evidence: a 1 MiB initdata
+/// document is appraised whole, but the token (and so the cookie) carries
+/// only its digest and size.
+#[tokio::test(flavor = "multi_thread")]
+async fn cookie_stays_bounded_with_a_large_initdata() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let key = TeeKeyPair::generate_ec();
+    let (cookie, nonce) = raw.auth().await;
+    let mut att = Raw::attestation(&nonce, &key);
+    // A large agent policy, and many small documents besides.
+    let rego = format!(
+        "package agent_policy\npolicy_data := {{\"blob\": \"{}\"}}\n",
+        "x".repeat(1 << 20)
+    );
+    let mut toml = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = '''\n{rego}'''\n"
+    );
+    for i in 0..300 {
+        toml.push_str(&format!("\"extra-{i}\" = \"{}\"\n", "y".repeat(1000)));
+    }
+    att["init-data"] = json!({"format": "toml", "body": toml});
+    let r = raw.post("attest", &att, Some(&cookie)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let sealed = r.cookie.expect("attested cookie");
+    assert!(sealed.len() < 4096, "cookie of {} bytes", sealed.len());
+    let claims = jwt_claims(r.body["token"].as_str().unwrap());
+    let init = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["init_data_claims"];
+    assert!(
+        init["omitted_bytes"].as_u64().is_some_and(|n| n > 1 << 20),
+        "{init}"
+    );
+    assert_eq!(init["sha256"].as_str().map(str::len), Some(64), "{init}");
+    // The session it carries still fetches.
+    let secret = write(dir.path(), "s", b"bounded");
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/key/b",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
+    let r = raw.get("resource/default/key/b", Some(&sealed), None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }

@@ -3,11 +3,23 @@
 # Input: the annotated evidence: claims under the TEE name (input.sample,
 # input.tdx, ...), report_data, runtime_data_claims, init_data,
 # init_data_claims. Reference values come from the RVPS through
-# query_reference_value("<name>"), which is null when the name is not set.
+# query_reference_value("<name>"), which is null when the name is not set
+# or has expired.
 #
 # Output: trust_claims, a map from EAR trust-vector claim to value; and
-# explain, a set of messages saying which claim failed which rule (shown by
-# `cocoon explain`, never sent to the guest).
+# explain, a set of messages saying which claim failed which rule and which
+# reference value to register (shown by `cocoon explain`, never sent to the
+# guest).
+#
+# The rules fail closed: a claim is affirmed only when every reference
+# value it depends on is registered and matches. A missing reference value
+# never turns a check off. For a hardware TEE:
+#   executables   the firmware AND what it booted (kernel, initrd, command
+#                 line) are pinned;
+#   hardware      the platform is genuine and its TCB is vouched for by the
+#                 trustee (not only by material the guest sent);
+#   configuration no debug, and the initdata digest (which carries the agent
+#                 policy and the guest's trustee settings) is pinned.
 package policy
 
 import rego.v1
@@ -24,7 +36,52 @@ trust_claims := {
 	"configuration": configuration,
 }
 
-# ---- sample (development TEE) -------------------------------------------
+# A hex claim is among the hex strings of reference value `name` (any case).
+# A reference value that is not a list pins nothing.
+pinned(name, v) if {
+	refs := query_reference_value(name)
+	is_array(refs)
+	some r in refs
+	is_string(r)
+	lower(r) == lower(v)
+}
+
+# ---- initdata (every hardware TEE) -----------------------------------------
+# Reference value "init_data": the accepted initdata digests, hex, as the
+# init_data claim shows them (`cocoon attest --init-data F` prints it; so do
+# the trustee's denials). The entry "none" accepts a guest that sends no
+# initdata (the verifiers already refuse one whose evidence binds initdata it
+# did not send).
+
+hardware_tee if {
+	some t in {"tdx", "snp", "sgx", "tpm", "az-snp-vtpm", "az-tdx-vtpm", "cca", "se", "csv"}
+	input[t]
+}
+
+init_data_ok if pinned("init_data", input.init_data)
+
+init_data_ok if {
+	not input.init_data
+	refs := query_reference_value("init_data")
+	is_array(refs)
+	"none" in refs
+}
+
+explain contains msg if {
+	hardware_tee
+	not init_data_ok
+	input.init_data
+	msg := sprintf("configuration: claim init_data=%v is not in reference value 'init_data'=%v: register the digest of the initdata this guest was started with", [input.init_data, query_reference_value("init_data")])
+}
+
+explain contains msg if {
+	hardware_tee
+	not init_data_ok
+	not input.init_data
+	msg := sprintf("configuration: the guest sent no initdata, which reference value 'init_data'=%v does not accept: start the guest with initdata and register its digest, or add \"none\" to 'init_data'", [query_reference_value("init_data")])
+}
+
+# ---- sample (development TEE; proves nothing) -----------------------------
 
 executables := 3 if {
 	input.sample.launch_digest in query_reference_value("launch_digest")
@@ -69,15 +126,18 @@ explain contains "configuration: claim sample.debug is true" if {
 	input.sample.debug == true
 }
 
-# ---- tpm -----------------------------------------------------------------
-# The quote verified with an AK an admin registered: the hardware is trusted.
-# Each PCR N that has a reference value "tpm_pcrN" (a list of hex digests)
-# must equal one of them, and at least one such reference value must exist.
+# ---- tpm, and the vTPM of Azure confidential VMs ---------------------------
+# PCR N is judged by reference value "tpm_pcrN" (a list of hex digests).
+# Executables: the boot PCRs (0 firmware, 2 option ROMs, 4 boot loader and
+# kernel, 9 what the kernel's EFI stub or the boot loader loaded: initrd,
+# command line) must all be registered and match, and so must every other
+# PCR that has a reference value. PCR 8 carries the initdata (judged by
+# init_data) and PCR 23 the runtime events.
+# Hardware: the quote's AK is trusted; it is affirmed only when the admin
+# declared that AK, or the EK CA that enrolled it, hardware-backed (a software
+# TPM on the host could otherwise have made the quote): warning tier else.
 
-# The same PCR rules judge the vTPM of an Azure confidential VM, whose PCRs
-# sit under az-snp-vtpm.tpm / az-tdx-vtpm.tpm.
-
-hardware := 2 if input.tpm
+tpm_boot_pcrs := [0, 2, 4, 9]
 
 vtpm_pcrs := input.tpm
 
@@ -91,6 +151,11 @@ vtpm_name := "az-snp-vtpm.tpm" if input["az-snp-vtpm"]
 
 vtpm_name := "az-tdx-vtpm.tpm" if input["az-tdx-vtpm"]
 
+# Claims are named pcr00 .. pcr23, reference values tpm_pcr0 .. tpm_pcr23.
+tpm_pcr_key(n) := sprintf("pcr0%d", [n]) if n < 10
+
+tpm_pcr_key(n) := sprintf("pcr%d", [n]) if n >= 10
+
 tpm_pcr_checks[n] := {"claim": vtpm_pcrs[tpm_pcr_key(n)], "refs": refs} if {
 	vtpm_pcrs
 	some n in numbers.range(0, 23)
@@ -98,18 +163,19 @@ tpm_pcr_checks[n] := {"claim": vtpm_pcrs[tpm_pcr_key(n)], "refs": refs} if {
 	refs != null
 }
 
-# Claims are named pcr00 .. pcr23, reference values tpm_pcr0 .. tpm_pcr23.
-tpm_pcr_key(n) := sprintf("pcr0%d", [n]) if n < 10
-
-tpm_pcr_key(n) := sprintf("pcr%d", [n]) if n >= 10
-
 tpm_pcr_failures contains n if {
 	some n, c in tpm_pcr_checks
-	not lower(c.claim) in {lower(r) | some r in c.refs}
+	not pinned(sprintf("tpm_pcr%d", [n]), c.claim)
+}
+
+tpm_boot_pcrs_missing contains n if {
+	vtpm_pcrs
+	some n in tpm_boot_pcrs
+	not tpm_pcr_checks[n]
 }
 
 tpm_pcrs_ok if {
-	count(tpm_pcr_checks) > 0
+	count(tpm_boot_pcrs_missing) == 0
 	count(tpm_pcr_failures) == 0
 }
 
@@ -118,9 +184,17 @@ executables := 3 if {
 	tpm_pcrs_ok
 }
 
+hardware := 2 if input.tpm.ak_hardware_backed == true
+
+hardware := 32 if {
+	input.tpm
+	not input.tpm.ak_hardware_backed == true
+}
+
 configuration := 2 if {
 	input.tpm
-	tpm_pcrs_ok
+	count(tpm_pcr_failures) == 0
+	init_data_ok
 }
 
 explain contains msg if {
@@ -129,22 +203,28 @@ explain contains msg if {
 	msg := sprintf("executables: claim %v.%v=%v is not in reference value 'tpm_pcr%d'=%v", [vtpm_name, tpm_pcr_key(n), c.claim, n, c.refs])
 }
 
-explain contains "executables: no PCR reference values are registered (names tpm_pcr0 .. tpm_pcr23): add them with `cocoon admin add-reference-value`" if {
-	vtpm_pcrs
-	count(tpm_pcr_checks) == 0
+explain contains msg if {
+	some n in tpm_boot_pcrs_missing
+	msg := sprintf("executables: boot PCR %d is not pinned: register reference value 'tpm_pcr%d' (this guest has %v.%v=%v) with `cocoon admin add-reference-value`", [n, n, vtpm_name, tpm_pcr_key(n), vtpm_pcrs[tpm_pcr_key(n)]])
 }
 
-# ---- snp -----------------------------------------------------------------
-# Reference values: "snp_launch_measurement" (hex launch digests), and
-# optional minimum TCB levels "snp_min_tcb_bootloader", "snp_min_tcb_tee",
-# "snp_min_tcb_snp", "snp_min_tcb_microcode" (one number each).
-# The TCB and debug rules also judge the SNP report of an Azure vTPM VM
-# (az-snp-vtpm), whose launch measurement is the paravisor's and whose
-# executables are judged by PCRs (above).
-
-executables := 3 if {
-	input.snp.measurement in query_reference_value("snp_launch_measurement")
+explain contains msg if {
+	input.tpm
+	not input.tpm.ak_hardware_backed == true
+	msg := sprintf("hardware: the TPM's AK (trusted by %v) is not declared hardware-backed, so a software TPM on the host may have made this quote: if it is a hardware TPM (or a vTPM you accept), add it with `cocoon admin add-tpm-ak --file ak.pem --hardware-backed`, or give its EK CA with --tpm-hardware-ek-ca", [input.tpm.ak_trusted_by])
 }
+
+# ---- snp -------------------------------------------------------------------
+# Executables: "snp_launch_measurement" (hex launch digests; the launch
+# measurement covers firmware, kernel, initrd and command line when the VM
+# is started with kernel hashes). Hardware: the report chains to AMD, and
+# the reported TCB meets the minimums "snp_min_tcb_bootloader",
+# "snp_min_tcb_tee", "snp_min_tcb_snp" and "snp_min_tcb_microcode" (one
+# number each), which must all be registered. The TCB and debug rules also
+# judge the SNP report of an Azure vTPM VM (az-snp-vtpm), whose launch
+# measurement is the paravisor's and whose executables are judged by PCRs.
+
+executables := 3 if pinned("snp_launch_measurement", input.snp.measurement)
 
 snp_claims := input.snp
 
@@ -154,32 +234,13 @@ snp_name := "snp" if input.snp
 
 snp_name := "az-snp-vtpm" if input["az-snp-vtpm"]
 
-hardware := 2 if {
-	input.snp
-	count(snp_tcb_below_minimum) == 0
-}
-
-# On Azure the SNP report is the paravisor's (HCL): any SNP guest at VMPL 0
-# could produce one binding a key of its own, so the hardware claim also
-# needs the HCL's launch measurement among "az_snp_hcl_measurement".
-hardware := 2 if {
-	input["az-snp-vtpm"]
-	count(snp_tcb_below_minimum) == 0
-	input["az-snp-vtpm"].measurement in query_reference_value("az_snp_hcl_measurement")
-}
-
-explain contains msg if {
-	input["az-snp-vtpm"]
-	not input["az-snp-vtpm"].measurement in query_reference_value("az_snp_hcl_measurement")
-	msg := sprintf("hardware: claim az-snp-vtpm.measurement=%v is not in reference value 'az_snp_hcl_measurement'=%v (the Azure paravisor's launch measurement must be pinned)", [input["az-snp-vtpm"].measurement, query_reference_value("az_snp_hcl_measurement")])
-}
-
-configuration := 2 if {
-	snp_claims
-	snp_claims.policy_debug_allowed == false
-}
-
 snp_tcb_parts := ["bootloader", "tee", "snp", "microcode"]
+
+snp_tcb_missing contains part if {
+	snp_claims
+	some part in snp_tcb_parts
+	query_reference_value(sprintf("snp_min_tcb_%s", [part])) == null
+}
 
 # Fails closed: a minimum that is set but cannot be compared (not a list
 # of one number, or no such claim) counts as not met.
@@ -197,10 +258,45 @@ snp_tcb_meets(part, refs) if {
 	to_number(snp_claims[sprintf("reported_tcb_%s", [part])]) >= to_number(refs[0])
 }
 
+snp_tcb_ok if {
+	count(snp_tcb_missing) == 0
+	count(snp_tcb_below_minimum) == 0
+}
+
+hardware := 2 if {
+	input.snp
+	snp_tcb_ok
+}
+
+# On Azure the SNP report is the paravisor's (HCL): any SNP guest at VMPL 0
+# could produce one binding a key of its own, so the hardware claim also
+# needs the HCL's launch measurement among "az_snp_hcl_measurement".
+hardware := 2 if {
+	input["az-snp-vtpm"]
+	snp_tcb_ok
+	pinned("az_snp_hcl_measurement", input["az-snp-vtpm"].measurement)
+}
+
+explain contains msg if {
+	input["az-snp-vtpm"]
+	not pinned("az_snp_hcl_measurement", input["az-snp-vtpm"].measurement)
+	msg := sprintf("hardware: claim az-snp-vtpm.measurement=%v is not in reference value 'az_snp_hcl_measurement'=%v (the Azure paravisor's launch measurement must be pinned)", [input["az-snp-vtpm"].measurement, query_reference_value("az_snp_hcl_measurement")])
+}
+
+configuration := 2 if {
+	snp_claims.policy_debug_allowed == false
+	init_data_ok
+}
+
 explain contains msg if {
 	input.snp
-	not input.snp.measurement in query_reference_value("snp_launch_measurement")
+	not pinned("snp_launch_measurement", input.snp.measurement)
 	msg := sprintf("executables: claim snp.measurement=%v is not in reference value 'snp_launch_measurement'=%v", [input.snp.measurement, query_reference_value("snp_launch_measurement")])
+}
+
+explain contains msg if {
+	some part in snp_tcb_missing
+	msg := sprintf("hardware: no TCB minimum 'snp_min_tcb_%s' is registered (this guest reports %s.reported_tcb_%s=%v): register the lowest you accept, e.g. `cocoon admin add-reference-value snp_min_tcb_%s %v`", [part, snp_name, part, snp_claims[sprintf("reported_tcb_%s", [part])], part, snp_claims[sprintf("reported_tcb_%s", [part])]])
 }
 
 explain contains msg if {
@@ -213,14 +309,46 @@ explain contains msg if {
 	msg := sprintf("configuration: claim %s.policy_debug_allowed is true (the guest policy lets the host debug it)", [snp_name])
 }
 
-# ---- tdx -----------------------------------------------------------------
-# Reference values: "tdx_mr_td" (hex MRTD list). Hardware is affirmed when
-# the collateral says the TCB is up to date (tcb_status "unknown" without it).
+# ---- tdx -------------------------------------------------------------------
+# Executables: "tdx_mr_td" (the firmware, hex) and what it booted, either as
+# the registers "tdx_rtmr_1" (boot loaders, kernel) and "tdx_rtmr_2" (kernel
+# command line, initrd), or, from the CC event log the trustee replayed, as
+# digests: every boot application in RTMR1 among "tdx_boot_application",
+# and every command line and initrd the kernel measured among
+# "tdx_kernel_cmdline" and "tdx_initrd" (each must be present).
+# Hardware: the TCB status from the trustee's own DCAP collateral
+# (--dcap-collateral or --pccs-url) is UpToDate; collateral the guest sent
+# only yields evidence_collateral_tcb_status, which is not enough.
 # The hardware and debug rules also judge the TD quote of an Azure vTPM VM
 # (az-tdx-vtpm), whose executables are judged by PCRs (above).
 
+tdx_body := input.tdx.quote.body
+
+tdx_rtmrs_ok if {
+	pinned("tdx_rtmr_1", tdx_body.rtmr_1)
+	pinned("tdx_rtmr_2", tdx_body.rtmr_2)
+}
+
+tdx_all_pinned(name, digests) if {
+	count(digests) > 0
+	every d in digests {
+		pinned(name, d)
+	}
+}
+
+tdx_ccel_ok if {
+	tdx_all_pinned("tdx_boot_application", input.tdx.ccel.boot_applications)
+	tdx_all_pinned("tdx_kernel_cmdline", input.tdx.ccel.kernel_cmdlines)
+	tdx_all_pinned("tdx_initrd", input.tdx.ccel.initrds)
+}
+
+tdx_boot_ok if tdx_rtmrs_ok
+
+tdx_boot_ok if tdx_ccel_ok
+
 executables := 3 if {
-	input.tdx.quote.body.mr_td in query_reference_value("tdx_mr_td")
+	pinned("tdx_mr_td", tdx_body.mr_td)
+	tdx_boot_ok
 }
 
 hardware := 2 if {
@@ -231,34 +359,54 @@ hardware := 2 if {
 # "az_tdx_hcl_mr_td".
 hardware := 2 if {
 	input["az-tdx-vtpm"].tcb_status == "UpToDate"
-	input["az-tdx-vtpm"].quote.body.mr_td in query_reference_value("az_tdx_hcl_mr_td")
+	pinned("az_tdx_hcl_mr_td", input["az-tdx-vtpm"].quote.body.mr_td)
 }
 
 explain contains msg if {
 	input["az-tdx-vtpm"]
-	not input["az-tdx-vtpm"].quote.body.mr_td in query_reference_value("az_tdx_hcl_mr_td")
+	not pinned("az_tdx_hcl_mr_td", input["az-tdx-vtpm"].quote.body.mr_td)
 	msg := sprintf("hardware: claim az-tdx-vtpm.quote.body.mr_td=%v is not in reference value 'az_tdx_hcl_mr_td'=%v (the Azure paravisor's MRTD must be pinned)", [input["az-tdx-vtpm"].quote.body.mr_td, query_reference_value("az_tdx_hcl_mr_td")])
 }
 
 configuration := 2 if {
-	input.tdx
 	input.tdx.td_attributes.debug == false
+	init_data_ok
 }
 
 configuration := 2 if {
 	input["az-tdx-vtpm"].td_attributes.debug == false
+	init_data_ok
 }
 
 explain contains msg if {
 	input.tdx
-	not input.tdx.quote.body.mr_td in query_reference_value("tdx_mr_td")
-	msg := sprintf("executables: claim tdx.quote.body.mr_td=%v is not in reference value 'tdx_mr_td'=%v", [input.tdx.quote.body.mr_td, query_reference_value("tdx_mr_td")])
+	not pinned("tdx_mr_td", tdx_body.mr_td)
+	msg := sprintf("executables: claim tdx.quote.body.mr_td=%v is not in reference value 'tdx_mr_td'=%v", [tdx_body.mr_td, query_reference_value("tdx_mr_td")])
+}
+
+explain contains msg if {
+	input.tdx
+	not tdx_boot_ok
+	some r in ["rtmr_1", "rtmr_2"]
+	not pinned(sprintf("tdx_%s", [r]), tdx_body[r])
+	msg := sprintf("executables: the kernel, initrd and command line are not pinned: claim tdx.quote.body.%s=%v is not in reference value 'tdx_%s'=%v (or pin the CC event log's digests: 'tdx_boot_application', 'tdx_kernel_cmdline', 'tdx_initrd')", [r, tdx_body[r], r, query_reference_value(sprintf("tdx_%s", [r]))])
+}
+
+tdx_ccel_names := {"boot_applications": "tdx_boot_application", "kernel_cmdlines": "tdx_kernel_cmdline", "initrds": "tdx_initrd"}
+
+explain contains msg if {
+	input.tdx.ccel
+	not tdx_boot_ok
+	some field, name in tdx_ccel_names
+	not tdx_all_pinned(name, input.tdx.ccel[field])
+	msg := sprintf("executables: CC event log claim tdx.ccel.%s=%v is empty or not all in reference value '%s'=%v", [field, input.tdx.ccel[field], name, query_reference_value(name)])
 }
 
 explain contains msg if {
 	input.tdx
 	input.tdx.tcb_status != "UpToDate"
-	msg := sprintf("hardware: claim tdx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral, or update the platform)", [input.tdx.tcb_status])
+	not input.tdx.evidence_collateral_tcb_status
+	msg := sprintf("hardware: claim tdx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral or --pccs-url, or update the platform)", [input.tdx.tcb_status])
 }
 
 explain contains "configuration: claim tdx.td_attributes.debug is true (a debug TD)" if {
@@ -271,22 +419,29 @@ explain contains "configuration: claim az-tdx-vtpm.td_attributes.debug is true (
 
 explain contains msg if {
 	input["az-tdx-vtpm"].tcb_status != "UpToDate"
-	msg := sprintf("hardware: claim az-tdx-vtpm.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral, or update the platform)", [input["az-tdx-vtpm"].tcb_status])
+	not input["az-tdx-vtpm"].evidence_collateral_tcb_status
+	msg := sprintf("hardware: claim az-tdx-vtpm.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral or --pccs-url, or update the platform)", [input["az-tdx-vtpm"].tcb_status])
 }
 
-# ---- sgx -----------------------------------------------------------------
-# Reference values: "sgx_mr_enclave" (hex MRENCLAVE list) and, optionally,
-# "sgx_mr_signer" (hex MRSIGNER list). Hardware as for TDX. An enclave with
-# the DEBUG attribute (bit 1 of attributes.flags) fails configuration.
+# Collateral the guest sent is Intel-signed but may be stale: its verdict
+# is reported, never affirmed.
+explain contains msg if {
+	some t in {"tdx", "az-tdx-vtpm", "sgx"}
+	input[t].evidence_collateral_tcb_status
+	input[t].tcb_status != "UpToDate"
+	msg := sprintf("hardware: the TCB status %v (%s.evidence_collateral_tcb_status) comes only from collateral the guest sent, which may predate a TCB recovery or a revocation; freshness is the trustee's call: give it --dcap-collateral or --pccs-url", [input[t].evidence_collateral_tcb_status, t])
+}
+
+# ---- sgx -------------------------------------------------------------------
+# Executables: "sgx_mr_enclave" and "sgx_mr_signer" (hex lists), both
+# required. Hardware as for TDX. An enclave with the DEBUG attribute (bit 1
+# of attributes.flags) fails configuration; so does an unpinned CONFIGID
+# (init_data).
 
 executables := 3 if {
-	input.sgx.body.mr_enclave in query_reference_value("sgx_mr_enclave")
-	sgx_signer_ok
+	pinned("sgx_mr_enclave", input.sgx.body.mr_enclave)
+	pinned("sgx_mr_signer", input.sgx.body.mr_signer)
 }
-
-sgx_signer_ok if query_reference_value("sgx_mr_signer") == null
-
-sgx_signer_ok if input.sgx.body.mr_signer in query_reference_value("sgx_mr_signer")
 
 hardware := 2 if {
 	input.sgx.tcb_status == "UpToDate"
@@ -304,24 +459,26 @@ sgx_release if {
 configuration := 2 if {
 	input.sgx
 	sgx_release
+	init_data_ok
 }
 
 explain contains msg if {
 	input.sgx
-	not input.sgx.body.mr_enclave in query_reference_value("sgx_mr_enclave")
+	not pinned("sgx_mr_enclave", input.sgx.body.mr_enclave)
 	msg := sprintf("executables: claim sgx.body.mr_enclave=%v is not in reference value 'sgx_mr_enclave'=%v", [input.sgx.body.mr_enclave, query_reference_value("sgx_mr_enclave")])
 }
 
 explain contains msg if {
 	input.sgx
-	not sgx_signer_ok
+	not pinned("sgx_mr_signer", input.sgx.body.mr_signer)
 	msg := sprintf("executables: claim sgx.body.mr_signer=%v is not in reference value 'sgx_mr_signer'=%v", [input.sgx.body.mr_signer, query_reference_value("sgx_mr_signer")])
 }
 
 explain contains msg if {
 	input.sgx
 	input.sgx.tcb_status != "UpToDate"
-	msg := sprintf("hardware: claim sgx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral, or update the platform)", [input.sgx.tcb_status])
+	not input.sgx.evidence_collateral_tcb_status
+	msg := sprintf("hardware: claim sgx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral or --pccs-url, or update the platform)", [input.sgx.tcb_status])
 }
 
 explain contains "configuration: claim sgx.body.attributes.flags has DEBUG set (a debug enclave)" if {
@@ -334,17 +491,35 @@ explain contains "configuration: claim sgx.body.attributes.flags is missing or n
 	not sgx_release
 }
 
-# ---- cca -----------------------------------------------------------------
+# ---- cca -------------------------------------------------------------------
 # The platform token verified with a CPAK the trustee was given: hardware
 # is affirmed. Executables: the realm initial measurement (base64, as in
-# the claims) is in the reference value "cca_realm_initial_measurement".
+# the claims) is in "cca_realm_initial_measurement", and every realm
+# extensible measurement REM<i> is in "cca_realm_rem<i>" (base64 lists; a
+# REM the realm never extends is registered with its all-zero value).
 # Configuration: the platform's security lifecycle is "secured"
-# (0x3000-0x30ff); debug and provisioning states are not.
+# (0x3000-0x30ff); debug and provisioning states are not; initdata pinned.
 
 hardware := 2 if input.cca
 
+cca_realm := input.cca.realm
+
+cca_rem_failures contains i if {
+	some i, m in cca_realm["cca-realm-extensible-measurements"]
+	not cca_pinned(sprintf("cca_realm_rem%d", [i]), m)
+}
+
+# Base64 claims compare exactly (base64 is case-sensitive).
+cca_pinned(name, v) if {
+	refs := query_reference_value(name)
+	is_array(refs)
+	v in refs
+}
+
 executables := 3 if {
-	input.cca.realm["cca-realm-initial-measurement"] in query_reference_value("cca_realm_initial_measurement")
+	cca_pinned("cca_realm_initial_measurement", cca_realm["cca-realm-initial-measurement"])
+	count(cca_realm["cca-realm-extensible-measurements"]) > 0
+	count(cca_rem_failures) == 0
 }
 
 cca_secured if {
@@ -355,12 +530,18 @@ cca_secured if {
 configuration := 2 if {
 	input.cca
 	cca_secured
+	init_data_ok
 }
 
 explain contains msg if {
 	input.cca
-	not input.cca.realm["cca-realm-initial-measurement"] in query_reference_value("cca_realm_initial_measurement")
-	msg := sprintf("executables: claim cca.realm.cca-realm-initial-measurement=%v is not in reference value 'cca_realm_initial_measurement'=%v", [input.cca.realm["cca-realm-initial-measurement"], query_reference_value("cca_realm_initial_measurement")])
+	not cca_pinned("cca_realm_initial_measurement", cca_realm["cca-realm-initial-measurement"])
+	msg := sprintf("executables: claim cca.realm.cca-realm-initial-measurement=%v is not in reference value 'cca_realm_initial_measurement'=%v", [cca_realm["cca-realm-initial-measurement"], query_reference_value("cca_realm_initial_measurement")])
+}
+
+explain contains msg if {
+	some i in cca_rem_failures
+	msg := sprintf("executables: claim cca.realm.cca-realm-extensible-measurements[%d]=%v is not in reference value 'cca_realm_rem%d'=%v", [i, cca_realm["cca-realm-extensible-measurements"][i], i, query_reference_value(sprintf("cca_realm_rem%d", [i]))])
 }
 
 explain contains msg if {

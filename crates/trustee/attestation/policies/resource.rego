@@ -16,10 +16,12 @@ allow if {
 	count(deny_reasons) == 0
 }
 
+# Fails closed: an appraisal without a status (or with one that is not a
+# string) is not affirming.
 deny_reasons contains msg if {
 	some name, submod in input.submods
-	submod["ear.status"] != "affirming"
-	msg := sprintf("appraisal %s is '%s', not 'affirming'", [name, submod["ear.status"]])
+	not submod["ear.status"] == "affirming"
+	msg := sprintf("appraisal %s is '%v', not 'affirming'", [name, object.get(submod, "ear.status", "missing")])
 }
 
 deny_reasons contains msg if {

@@ -11,8 +11,9 @@ use cocoon_types::initdata::{InitData, InitDataError};
 use cocoon_types::{Attestation, HashAlgorithm, Tee, TeePubKey, binding};
 use cocoon_verifier::{VerifierRegistry, VerifyError, VerifyInput};
 use ear::{TrustTier, TrustVector};
-use policy::{PolicyError, PolicyStore};
+use policy::{PolicyError, PolicyStore, RegoPolicy};
 use serde_json::{Map, Value, json};
+use sha2::Digest;
 use std::collections::HashMap;
 use std::sync::Arc;
 use token::{TokenError, TokenSigner};
@@ -54,6 +55,14 @@ pub enum AttestError {
     /// Signing failed.
     #[error(transparent)]
     Token(#[from] TokenError),
+}
+
+impl AttestError {
+    /// Whether the trustee could not decide (storage or reference values
+    /// unavailable): the guest should retry, the admin should look.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, AttestError::Policy(p) if p.is_unavailable())
+    }
 }
 
 /// Settings of the attestation service.
@@ -160,6 +169,47 @@ impl AttestationService {
         session_nonce: &str,
         att: &Attestation,
     ) -> Result<Appraisal, AttestError> {
+        let (input, class) = self.verify_evidence(tee, session_nonce, att)?;
+        let policy_id = format!("default_{}", class.as_str());
+        let verdict = appraise(&*self.policies.get(&policy_id)?, &input)?;
+
+        let iat = now();
+        let exp = iat + self.config.token_lifetime_secs;
+        let submod = format!("{}0", class.as_str());
+        let token_claims = json!({
+            "eat_profile": EAT_PROFILE,
+            "iat": iat,
+            "ear.verifier-id": {"developer": "cocoon", "build": concat!("cocoon-trustee ", env!("CARGO_PKG_VERSION"))},
+            "submods": { submod: {
+                "ear.status": verdict.status.as_str(),
+                "ear.trustworthiness-vector": verdict.vector,
+                "ear.appraisal-policy-id": "default",
+                "ear.veraison.annotated-evidence": token_view(input),
+                "ear.trustee.identifiers": {"validated": {}},
+            }},
+            "exp": exp,
+            "iss": self.config.issuer,
+        });
+        let token = self.signer.sign(&token_claims)?;
+        Ok(Appraisal {
+            token,
+            claims: token_claims,
+            status: verdict.status,
+            failed_claims: verdict.failed,
+            explain: verdict.explain,
+            tee_pubkey: att.runtime_data.tee_pubkey.clone(),
+            exp,
+        })
+    }
+
+    /// Checks the session binding and the evidence, and builds the policy
+    /// input (the annotated evidence, as CoCo's AS shapes it).
+    fn verify_evidence(
+        &self,
+        tee: Tee,
+        session_nonce: &str,
+        att: &Attestation,
+    ) -> Result<(Value, cocoon_verifier::TeeClass), AttestError> {
         let verifier = self.verifiers.get(tee)?;
         if att.runtime_data.nonce != session_nonce {
             return Err(AttestError::NonceMismatch);
@@ -187,107 +237,163 @@ impl AttestationService {
             init_data_digest: init_data.as_ref().map(|i| i.digest.as_slice()),
         })?;
 
-        let tee_name = cocoon_types::tee_name(tee);
-        let mut annotated = Map::new();
-        annotated.insert(tee_name, claims.claims);
-        annotated.insert("report_data".into(), Value::String(claims.report_data));
-        if let Some(i) = claims.init_data {
-            annotated.insert("init_data".into(), Value::String(i));
-        }
-        annotated.insert("runtime_data_claims".into(), rd_obj);
-        annotated.insert(
-            "init_data_claims".into(),
-            init_data
-                .as_ref()
-                .map(InitData::claims)
-                .unwrap_or(Value::Null),
-        );
-        let input = Value::Object(annotated);
-
-        let policy_id = format!("default_{}", claims.class.as_str());
-        let policy = self.policies.get(&policy_id)?;
-        let trust_claims = policy
-            .eval("trust_claims", &input, None)?
-            .unwrap_or(Value::Null);
-        let mut tv = TrustVector::new();
-        if let Value::Object(m) = &trust_claims {
-            for (name, v) in m {
-                let Some(v) = v.as_i64() else { continue };
-                if let Ok(c) = tv.mut_by_name(name) {
-                    c.set(v.clamp(i8::MIN as i64, i8::MAX as i64) as i8);
-                }
-            }
-        }
-        // Worst tier over the claims the policy set; nothing set is a failure.
-        let mut status = TrustTier::None;
-        let mut failed = Vec::new();
-        for c in tv.into_iter() {
-            if !c.is_set() {
-                continue;
-            }
-            let t = c.tier();
-            if t != TrustTier::Affirming && t != TrustTier::None {
-                failed.push(format!(
-                    "{}={} ({})",
-                    c.tag(),
-                    c.value(),
-                    c.value_short_desc()
-                ));
-            }
-            if t > status {
-                status = t;
-            }
-        }
-        if !tv.any_set() {
-            status = TrustTier::Contraindicated;
-            failed.push("the attestation policy set no trust claim".into());
-        } else if status == TrustTier::None {
-            failed.push("no trust claim reached the affirming tier".into());
-        }
-        let explain = if status == TrustTier::Affirming {
-            Vec::new()
-        } else {
-            match policy.eval("explain", &input, None) {
-                Ok(Some(Value::Array(a))) => a
-                    .into_iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
-        let mut tv_json = Map::new();
-        for c in tv.into_iter() {
-            tv_json.insert(c.tag().to_string(), json!(c.value()));
-        }
-
-        let iat = now();
-        let exp = iat + self.config.token_lifetime_secs;
-        let submod = format!("{}0", claims.class.as_str());
-        let token_claims = json!({
-            "eat_profile": EAT_PROFILE,
-            "iat": iat,
-            "ear.verifier-id": {"developer": "cocoon", "build": concat!("cocoon-trustee ", env!("CARGO_PKG_VERSION"))},
-            "submods": { submod: {
-                "ear.status": status.as_str(),
-                "ear.trustworthiness-vector": tv_json,
-                "ear.appraisal-policy-id": "default",
-                "ear.veraison.annotated-evidence": input,
-                "ear.trustee.identifiers": {"validated": {}},
-            }},
-            "exp": exp,
-            "iss": self.config.issuer,
-        });
-        let token = self.signer.sign(&token_claims)?;
-        Ok(Appraisal {
-            token,
-            claims: token_claims,
-            status,
-            failed_claims: failed,
-            explain,
-            tee_pubkey: att.runtime_data.tee_pubkey.clone(),
-            exp,
-        })
+        let class = claims.class;
+        Ok((
+            annotated_evidence(tee, claims, rd_obj, init_data.as_ref()),
+            class,
+        ))
     }
+}
+
+/// The attestation policy's input: a verifier's claims under the TEE name,
+/// the bindings lifted to the top, the hashed runtime data and the initdata
+/// claims, as CoCo's AS shapes its annotated evidence.
+pub fn annotated_evidence(
+    tee: Tee,
+    claims: cocoon_verifier::TeeClaims,
+    runtime_data_claims: Value,
+    init_data: Option<&InitData>,
+) -> Value {
+    let mut annotated = Map::new();
+    annotated.insert(cocoon_types::tee_name(tee), claims.claims);
+    annotated.insert("report_data".into(), Value::String(claims.report_data));
+    if let Some(i) = claims.init_data {
+        annotated.insert("init_data".into(), Value::String(i));
+    }
+    annotated.insert("runtime_data_claims".into(), runtime_data_claims);
+    annotated.insert(
+        "init_data_claims".into(),
+        init_data.map(InitData::claims).unwrap_or(Value::Null),
+    );
+    Value::Object(annotated)
+}
+
+/// What the attestation policy concluded.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Worst tier over the claims the policy set.
+    pub status: TrustTier,
+    /// The trust vector as token claims (every claim, set or not).
+    pub vector: Map<String, Value>,
+    /// Claims that are not affirming, with EAR's description.
+    pub failed: Vec<String>,
+    /// Why, when not affirming (admin eyes only).
+    pub explain: Vec<String>,
+}
+
+/// Runs the attestation policy on `input`: the trust vector, its worst
+/// tier, and (when not affirming) why, including every reference value the
+/// policy found expired. A reference value that cannot be read fails the
+/// appraisal (the caller answers "unavailable", never "not affirming").
+pub fn appraise(policy: &RegoPolicy, input: &Value) -> Result<Verdict, AttestError> {
+    let (trust_claims, lookups) = policy.eval_with_lookups("trust_claims", input, None)?;
+    let mut tv = TrustVector::new();
+    if let Some(Value::Object(m)) = &trust_claims {
+        for (name, v) in m {
+            let Some(v) = v.as_i64() else { continue };
+            if let Ok(c) = tv.mut_by_name(name) {
+                c.set(v.clamp(i8::MIN as i64, i8::MAX as i64) as i8);
+            }
+        }
+    }
+    // Worst tier over the claims the policy set; nothing set is a failure.
+    let mut status = TrustTier::None;
+    let mut failed = Vec::new();
+    for c in tv.into_iter() {
+        if !c.is_set() {
+            continue;
+        }
+        let t = c.tier();
+        if t != TrustTier::Affirming && t != TrustTier::None {
+            failed.push(format!(
+                "{}={} ({})",
+                c.tag(),
+                c.value(),
+                c.value_short_desc()
+            ));
+        }
+        if t > status {
+            status = t;
+        }
+    }
+    if !tv.any_set() {
+        status = TrustTier::Contraindicated;
+        failed.push("the attestation policy set no trust claim".into());
+    } else if status == TrustTier::None {
+        failed.push("no trust claim reached the affirming tier".into());
+    }
+    let mut explain = Vec::new();
+    if status != TrustTier::Affirming {
+        let (v, more) = policy.eval_with_lookups("explain", input, None)?;
+        if let Some(Value::Array(a)) = v {
+            explain.extend(a.into_iter().filter_map(|v| v.as_str().map(String::from)));
+        }
+        let mut expired = lookups.expired;
+        expired.extend(more.expired);
+        for (name, at) in expired {
+            explain.push(format!(
+                "reference value '{name}' expired at {}: it counts as not set; renew it with `cocoon admin add-reference-value {name} ... --expires ...`",
+                rfc3339(at)
+            ));
+        }
+    }
+    let mut vector = Map::new();
+    for c in tv.into_iter() {
+        vector.insert(c.tag().to_string(), json!(c.value()));
+    }
+    Ok(Verdict {
+        status,
+        vector,
+        failed,
+        explain,
+    })
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// The largest claim (as compact JSON) a token carries whole.
+pub const TOKEN_CLAIM_MAX: usize = 4096;
+/// The largest top-level member of the annotated evidence (the TEE's
+/// claims, the initdata claims, ...) a token carries whole.
+pub const TOKEN_MEMBER_MAX: usize = 16384;
+
+/// The annotated evidence as the token carries it. The attestation policy
+/// saw all of it; the token, which travels in every session cookie and
+/// resource request, keeps what resource policies need and stays bounded
+/// whatever the evidence: event logs go (the replayed registers and the
+/// verifier's digest summaries stay), any other claim larger than
+/// [`TOKEN_CLAIM_MAX`] and any member still larger than
+/// [`TOKEN_MEMBER_MAX`] is replaced by its size and SHA-256.
+pub fn token_view(mut input: Value) -> Value {
+    fn shrink(v: &mut Value, max: usize) {
+        let text = v.to_string();
+        if text.len() > max {
+            *v = json!({
+                "omitted_bytes": text.len(),
+                "sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
+            });
+        }
+    }
+    if let Value::Object(top) = &mut input {
+        for v in top.values_mut() {
+            if let Value::Object(inner) = v {
+                inner.remove("uefi_event_logs");
+                inner
+                    .values_mut()
+                    .for_each(|c| shrink(c, TOKEN_CLAIM_MAX));
+            }
+            shrink(v, TOKEN_MEMBER_MAX);
+        }
+    }
+    input
 }
 
 /// The TEE public key inside verified token claims, at the JSON pointers the

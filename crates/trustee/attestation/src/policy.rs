@@ -36,6 +36,77 @@ pub enum PolicyError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A reference value the policy asked for could not be read: the
+    /// evaluation has no answer (it is never taken for "absent").
+    #[error("policy '{id}' could not read its reference values: {detail}")]
+    ReferenceValues {
+        /// Policy id.
+        id: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl PolicyError {
+    /// Whether the trustee, not the request, is at fault and a retry may
+    /// succeed (storage or reference values unavailable).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            PolicyError::Store(_) | PolicyError::ReferenceValues { .. }
+        )
+    }
+}
+
+/// Reference values an evaluation asked for that were not plain values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lookups {
+    /// Expired ones, with their expiry (Unix seconds).
+    pub expired: std::collections::BTreeMap<String, i64>,
+    /// Failures to read one (store down, unreadable record).
+    pub errors: Vec<String>,
+}
+
+thread_local! {
+    /// What the evaluation running on this thread looked up. Evaluation is
+    /// synchronous, so a thread runs one at a time.
+    static LOOKUPS: std::cell::RefCell<Option<Lookups>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Records one lookup in the evaluation running on this thread.
+fn note_lookup(name: &str, outcome: &Result<cocoon_rvps::Lookup, cocoon_rvps::RvpsError>) {
+    LOOKUPS.with(|l| {
+        if let Some(l) = l.borrow_mut().as_mut() {
+            match outcome {
+                Ok(cocoon_rvps::Lookup::Expired { at }) => {
+                    l.expired.insert(name.to_string(), *at);
+                }
+                Err(e) => l.errors.push(e.to_string()),
+                Ok(_) => {}
+            }
+        }
+    });
+}
+
+/// Collects the lookups of one evaluation; resets on drop, so an early
+/// return cannot leak one evaluation's record into the next.
+struct LookupScope;
+
+impl LookupScope {
+    fn start() -> Self {
+        LOOKUPS.with(|l| *l.borrow_mut() = Some(Lookups::default()));
+        LookupScope
+    }
+
+    fn finish(self) -> Lookups {
+        LOOKUPS.with(|l| l.borrow_mut().take().unwrap_or_default())
+    }
+}
+
+impl Drop for LookupScope {
+    fn drop(&mut self) {
+        LOOKUPS.with(|l| *l.borrow_mut() = None);
+    }
 }
 
 /// Rules evaluated on every request, compiled once per policy so that an
@@ -73,8 +144,10 @@ impl RegoPolicy {
                             .and_then(|a| a.as_string().ok())
                             .map(|s| s.to_string())
                             .unwrap_or_default();
-                        Ok(match rvps.query(&name) {
-                            Ok(Some(v)) => regorus::Value::from(v),
+                        let outcome = rvps.lookup(&name);
+                        note_lookup(&name, &outcome);
+                        Ok(match outcome {
+                            Ok(cocoon_rvps::Lookup::Value(v)) => regorus::Value::from(v),
                             _ => regorus::Value::Null,
                         })
                     }),
@@ -120,8 +193,37 @@ impl RegoPolicy {
     }
 
     /// Evaluates `data.policy.<rule>` with `input` (and `data` merged in).
-    /// Returns `None` when the rule is undefined.
+    /// Returns `None` when the rule is undefined. A reference value that
+    /// could not be read fails the evaluation.
     pub fn eval(
+        &self,
+        rule: &str,
+        input: &Value,
+        data: Option<&Value>,
+    ) -> Result<Option<Value>, PolicyError> {
+        self.eval_with_lookups(rule, input, data).map(|(v, _)| v)
+    }
+
+    /// [`Self::eval`], also returning the reference values it found expired.
+    pub fn eval_with_lookups(
+        &self,
+        rule: &str,
+        input: &Value,
+        data: Option<&Value>,
+    ) -> Result<(Option<Value>, Lookups), PolicyError> {
+        let scope = LookupScope::start();
+        let v = self.eval_rule(rule, input, data);
+        let lookups = scope.finish();
+        if !lookups.errors.is_empty() {
+            return Err(PolicyError::ReferenceValues {
+                id: self.id.clone(),
+                detail: lookups.errors.join("; "),
+            });
+        }
+        Ok((v?, lookups))
+    }
+
+    fn eval_rule(
         &self,
         rule: &str,
         input: &Value,
@@ -288,6 +390,145 @@ mod default_policy_tests {
         }
     }
 
+    /// A reference value that cannot be read fails the evaluation rather
+    /// than reading as absent (which some rules could take as "no
+    /// requirement").
+    #[test]
+    fn unreadable_reference_values_fail_the_evaluation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(cocoon_store::SqliteStore::open(&dir.path().join("db")).unwrap());
+        store
+            .put(ns::REFERENCE_VALUES, "tdx_mr_td", b"\xff not json")
+            .unwrap();
+        let rvps = Rvps::new(store);
+        let p = RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rvps))
+            .unwrap();
+        let input = json!({"tdx": {"quote": {"body": {"mr_td": "aa", "rtmr_1": "", "rtmr_2": ""}}, "tcb_status": "UpToDate", "td_attributes": {"debug": false}}});
+        let e = p.eval("trust_claims", &input, None).unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        assert!(e.to_string().contains("'tdx_mr_td' is unreadable"), "{e}");
+        // An evaluation that never asks for it is unaffected.
+        let sample = json!({"sample": {"svn": "1", "launch_digest": "x", "platform_version": {"major": 1, "minor": 0}, "debug": false}});
+        assert!(p.eval("trust_claims", &sample, None).is_ok());
+    }
+
+    /// An expired reference value is a denial that names it.
+    #[test]
+    fn expired_reference_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = cocoon_store::SqliteStore::open(&dir.path().join("db")).unwrap();
+        let rvps = Rvps::new(Arc::new(store));
+        let past = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        rvps.add("snp_launch_measurement", json!(["aa"]), Some(past))
+            .unwrap();
+        let p = RegoPolicy::compile("default_cpu", crate::DEFAULT_CPU_POLICY_TEXT, Some(&rvps))
+            .unwrap();
+        let input = json!({"snp": {"measurement": "aa", "policy_debug_allowed": false}});
+        let v = crate::appraise(&p, &input).unwrap();
+        assert_eq!(v.vector["executables"], 33);
+        let text = v.explain.join("\n");
+        assert!(
+            text.contains("reference value 'snp_launch_measurement' expired at"),
+            "{text}"
+        );
+    }
+
+    /// Initdata: a digest must be pinned; "none" accepts a guest without.
+    #[test]
+    fn initdata_is_appraised() {
+        let snp = |init: Option<&str>| {
+            let mut v = json!({"snp": {"measurement": "aa", "policy_debug_allowed": false}});
+            if let Some(i) = init {
+                v["init_data"] = json!(i);
+            }
+            v
+        };
+        let (_d, p) = policy(&[]);
+        assert_eq!(trust(&p, &snp(Some("abcd"))).2, json!(36));
+        explains(
+            &p,
+            &snp(Some("abcd")),
+            &["claim init_data=abcd is not in reference value 'init_data'"],
+        );
+        explains(&p, &snp(None), &["the guest sent no initdata"]);
+        let (_d, p) = policy(&[("init_data", json!(["ABCD"]))]);
+        assert_eq!(trust(&p, &snp(Some("abcd"))).2, json!(2));
+        assert_eq!(trust(&p, &snp(None)).2, json!(36));
+        let (_d, p) = policy(&[("init_data", json!(["none"]))]);
+        assert_eq!(trust(&p, &snp(None)).2, json!(2));
+        assert_eq!(trust(&p, &snp(Some("abcd"))).2, json!(36));
+        // A reference value of the wrong shape pins nothing (and does not
+        // break the evaluation).
+        let (_d, p) = policy(&[("init_data", json!("abcd"))]);
+        assert_eq!(trust(&p, &snp(Some("abcd"))).2, json!(36));
+    }
+
+    /// The TPM's hardware claim: warning tier unless hardware-backed.
+    #[test]
+    fn tpm_hardware_needs_a_hardware_backed_ak() {
+        let rvs = [
+            ("tpm_pcr0", json!(["00"])),
+            ("tpm_pcr2", json!(["22"])),
+            ("tpm_pcr4", json!(["44"])),
+            ("tpm_pcr9", json!(["99"])),
+            ("init_data", json!(["none"])),
+        ];
+        let (_d, p) = policy(&rvs);
+        let tpm = |hw: Option<bool>| {
+            let mut t = json!({"pcr00": "00", "pcr02": "22", "pcr04": "44", "pcr09": "99", "ak_trusted_by": "admin"});
+            if let Some(hw) = hw {
+                t["ak_hardware_backed"] = json!(hw);
+            }
+            json!({"tpm": t})
+        };
+        assert_eq!(trust(&p, &tpm(Some(true))), (json!(3), json!(2), json!(2)));
+        for t in [tpm(Some(false)), tpm(None)] {
+            assert_eq!(trust(&p, &t).1, json!(32));
+            explains(
+                &p,
+                &t,
+                &["not declared hardware-backed", "--hardware-backed"],
+            );
+        }
+        // A boot PCR without reference value: executables not affirmed.
+        let (_d, p) = policy(&rvs[1..]);
+        assert_eq!(trust(&p, &tpm(Some(true))).0, json!(33));
+        explains(
+            &p,
+            &tpm(Some(true)),
+            &["boot PCR 0 is not pinned", "'tpm_pcr0'", "tpm.pcr00=00"],
+        );
+    }
+
+    /// The resource policy refuses a token whose appraisal has no status.
+    #[test]
+    fn resource_policy_needs_a_status() {
+        let p = RegoPolicy::compile("resource-policy", crate::RESOURCE_POLICY_TEXT, None).unwrap();
+        let data = json!({"plugin": "resource", "resource-path": ["a", "b", "c"], "query": {}});
+        let token = |submod: Value| json!({"submods": {"cpu0": submod}});
+        let allow = |t: &Value| p.eval("allow", t, Some(&data)).unwrap();
+        assert_eq!(
+            allow(&token(json!({"ear.status": "affirming"}))),
+            Some(json!(true))
+        );
+        for bad in [
+            json!({}),
+            json!({"ear.status": null}),
+            json!({"ear.status": "warning"}),
+        ] {
+            assert_eq!(allow(&token(bad.clone())), Some(json!(false)), "{bad}");
+            let reasons = p
+                .eval("deny_reasons", &token(bad.clone()), Some(&data))
+                .unwrap();
+            assert!(
+                reasons.unwrap().to_string().contains("not 'affirming'"),
+                "{bad}"
+            );
+        }
+        assert_eq!(allow(&json!({"submods": {}})), Some(json!(false)));
+    }
+
     /// The SNP section: measurement, TCB minimums and the debug bit.
     #[test]
     fn snp_claims() {
@@ -301,14 +542,36 @@ mod default_policy_tests {
             33,
             "no reference measurement yet"
         );
-        let (_d, p) = policy(&[
-            ("snp_launch_measurement", json!(["aa"])),
+        let minimums = [
+            ("snp_min_tcb_bootloader", json!([3])),
+            ("snp_min_tcb_tee", json!([0])),
             ("snp_min_tcb_snp", json!([8])),
-        ]);
+            ("snp_min_tcb_microcode", json!([200])),
+        ];
+        let pinned: Vec<(&str, Value)> = [
+            ("snp_launch_measurement", json!(["aa"])),
+            ("init_data", json!(["none"])),
+        ]
+        .into_iter()
+        .chain(minimums.clone())
+        .collect();
+        let (_d, p) = policy(&pinned);
         assert_eq!(
             trust(&p, &claims("aa", "20", false)),
             (json!(3), json!(2), json!(2))
         );
+        // Every TCB minimum must be registered before hardware is affirmed.
+        for (missing, (name, _)) in minimums.iter().enumerate() {
+            let mut rvs = pinned.clone();
+            rvs.remove(2 + missing);
+            let (_d, p) = policy(&rvs);
+            assert_eq!(trust(&p, &claims("aa", "20", false)).1, json!(97));
+            explains(
+                &p,
+                &claims("aa", "20", false),
+                &[name, "register the lowest you accept"],
+            );
+        }
         let bad = claims("bb", "7", true);
         assert_eq!(trust(&p, &bad), (json!(33), json!(97), json!(36)));
         explains(
@@ -322,10 +585,9 @@ mod default_policy_tests {
         );
         // A minimum that cannot be compared is not met.
         for odd in [json!("8"), json!([8, 9]), json!([])] {
-            let (_d, p) = policy(&[
-                ("snp_launch_measurement", json!(["aa"])),
-                ("snp_min_tcb_snp", odd.clone()),
-            ]);
+            let mut rvs = pinned.clone();
+            rvs[4] = ("snp_min_tcb_snp", odd.clone());
+            let (_d, p) = policy(&rvs);
             let c = claims("aa", "20", false);
             assert_eq!(trust(&p, &c).1, json!(97), "{odd}");
             explains(&p, &c, &["cannot be compared with"]);
@@ -335,12 +597,41 @@ mod default_policy_tests {
     /// The TDX section: MRTD, TCB status and the debug attribute.
     #[test]
     fn tdx_claims() {
-        let (_d, p) = policy(&[("tdx_mr_td", json!(["aa"]))]);
-        let claims = |mr_td: &str, tcb: &str, debug: bool| json!({"tdx": {"quote": {"body": {"mr_td": mr_td}}, "tcb_status": tcb, "td_attributes": {"debug": debug}}});
+        let rvs = [
+            ("tdx_mr_td", json!(["aa"])),
+            ("tdx_rtmr_1", json!(["r1"])),
+            ("tdx_rtmr_2", json!(["R2"])),
+            ("init_data", json!(["1d"])),
+        ];
+        let (_d, p) = policy(&rvs);
+        let claims = |mr_td: &str, tcb: &str, debug: bool| json!({"tdx": {"quote": {"body": {"mr_td": mr_td, "rtmr_1": "r1", "rtmr_2": "r2"}}, "tcb_status": tcb, "td_attributes": {"debug": debug}}, "init_data": "1D"});
         assert_eq!(
             trust(&p, &claims("aa", "UpToDate", false)),
             (json!(3), json!(2), json!(2))
         );
+        // The firmware alone is not the executables; initdata must be pinned.
+        for drop in 1..rvs.len() {
+            let mut some = rvs.to_vec();
+            let (name, _) = some.remove(drop);
+            let (_d, p) = policy(&some);
+            let t = trust(&p, &claims("aa", "UpToDate", false));
+            if name == "init_data" {
+                assert_eq!(t, (json!(3), json!(2), json!(36)), "{name}");
+                explains(
+                    &p,
+                    &claims("aa", "UpToDate", false),
+                    &["claim init_data=1D is not in reference value 'init_data'"],
+                );
+            } else {
+                assert_eq!(t.0, json!(33), "{name}");
+                explains(&p, &claims("aa", "UpToDate", false), &[name, "not pinned"]);
+            }
+        }
+        // TCB status judged only by collateral the guest sent: not affirmed.
+        let mut guest = claims("aa", "unknown", false);
+        guest["tdx"]["evidence_collateral_tcb_status"] = json!("UpToDate");
+        assert_eq!(trust(&p, &guest).1, json!(97));
+        explains(&p, &guest, &["comes only from collateral the guest sent"]);
         let bad = claims("bb", "unknown", true);
         assert_eq!(trust(&p, &bad), (json!(33), json!(97), json!(36)));
         explains(
@@ -358,18 +649,28 @@ mod default_policy_tests {
     #[test]
     fn sgx_claims() {
         let claims = |enclave: &str, signer: &str, tcb: &str, flags: &str| json!({"sgx": {"body": {"mr_enclave": enclave, "mr_signer": signer, "attributes.flags": flags}, "tcb_status": tcb}});
-        let (_d, p) = policy(&[("sgx_mr_enclave", json!(["aa"]))]);
+        // MRENCLAVE alone is not enough: MRSIGNER must be pinned too.
+        let (_d, p) = policy(&[
+            ("sgx_mr_enclave", json!(["aa"])),
+            ("init_data", json!(["none"])),
+        ]);
         assert_eq!(
-            trust(&p, &claims("aa", "ss", "UpToDate", "0500000000000000")),
-            (json!(3), json!(2), json!(2))
+            trust(&p, &claims("aa", "ss", "UpToDate", "0500000000000000")).0,
+            33
+        );
+        explains(
+            &p,
+            &claims("aa", "ss", "UpToDate", "0500000000000000"),
+            &["'sgx_mr_signer'"],
         );
         let (_d, p) = policy(&[
             ("sgx_mr_enclave", json!(["aa"])),
             ("sgx_mr_signer", json!(["ss"])),
+            ("init_data", json!(["none"])),
         ]);
         assert_eq!(
-            trust(&p, &claims("aa", "ss", "UpToDate", "0500000000000000")).0,
-            3
+            trust(&p, &claims("aa", "ss", "UpToDate", "0500000000000000")),
+            (json!(3), json!(2), json!(2))
         );
         let bad = claims("aa", "tt", "OutOfDate", "0700000000000000");
         assert_eq!(trust(&p, &bad), (json!(33), json!(97), json!(36)));
@@ -391,16 +692,31 @@ mod default_policy_tests {
     /// Azure vTPM VMs: PCRs judge executables, the hardware report the rest.
     #[test]
     fn azure_vtpm_claims() {
-        let (_d, p) = policy(&[
+        let base = [
+            ("tpm_pcr0", json!(["00"])),
+            ("tpm_pcr2", json!(["22"])),
             ("tpm_pcr4", json!(["44"])),
+            ("tpm_pcr9", json!(["99"])),
+            ("init_data", json!(["none"])),
+            ("snp_min_tcb_bootloader", json!([3])),
+            ("snp_min_tcb_tee", json!([0])),
             ("snp_min_tcb_snp", json!([8])),
-            ("az_snp_hcl_measurement", json!(["m"])),
-            ("az_tdx_hcl_mr_td", json!(["td"])),
-        ]);
+            ("snp_min_tcb_microcode", json!([200])),
+        ];
+        let all: Vec<(&str, Value)> = base
+            .iter()
+            .cloned()
+            .chain([
+                ("az_snp_hcl_measurement", json!(["m"])),
+                ("az_tdx_hcl_mr_td", json!(["td"])),
+            ])
+            .collect();
+        let (_d, p) = policy(&all);
+        let pcrs = |pcr4: &str| json!({"pcr00": "00", "pcr02": "22", "pcr04": pcr4, "pcr09": "99"});
         let snp = |pcr4: &str, snp_tcb: &str, debug: bool| {
             json!({"az-snp-vtpm": {"measurement": "m", "reported_tcb_bootloader": "3", "reported_tcb_tee": "0",
                 "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug,
-                "tpm": {"pcr04": pcr4}}})
+                "tpm": pcrs(pcr4)}})
         };
         assert_eq!(
             trust(&p, &snp("44", "20", false)),
@@ -417,7 +733,7 @@ mod default_policy_tests {
                 "az-snp-vtpm.policy_debug_allowed is true",
             ],
         );
-        let tdx = |pcr4: &str, tcb: &str| json!({"az-tdx-vtpm": {"tcb_status": tcb, "quote": {"body": {"mr_td": "td"}}, "td_attributes": {"debug": false}, "tpm": {"pcr04": pcr4}}});
+        let tdx = |pcr4: &str, tcb: &str| json!({"az-tdx-vtpm": {"tcb_status": tcb, "quote": {"body": {"mr_td": "td"}}, "td_attributes": {"debug": false}, "tpm": pcrs(pcr4)}});
         assert_eq!(
             trust(&p, &tdx("44", "UpToDate")),
             (json!(3), json!(2), json!(2))
@@ -432,7 +748,7 @@ mod default_policy_tests {
         assert_eq!(trust(&p, &debug).2, json!(36));
         explains(&p, &debug, &["az-tdx-vtpm.td_attributes.debug is true"]);
         // Without the paravisor pinned, the hardware claim is not affirmed.
-        let (_d, unpinned) = policy(&[("tpm_pcr4", json!(["44"]))]);
+        let (_d, unpinned) = policy(&base);
         assert_eq!(trust(&unpinned, &snp("44", "20", false)).1, json!(97));
         assert_eq!(trust(&unpinned, &tdx("44", "UpToDate")).1, json!(97));
         explains(
@@ -446,12 +762,29 @@ mod default_policy_tests {
     /// The CCA section: RIM, lifecycle.
     #[test]
     fn cca_claims() {
-        let (_d, p) = policy(&[("cca_realm_initial_measurement", json!(["UklN"]))]);
-        let claims = |rim: &str, lifecycle: u64| json!({"cca": {"realm": {"cca-realm-initial-measurement": rim}, "platform": {"cca-platform-lifecycle": lifecycle}}});
+        let rvs = [
+            ("cca_realm_initial_measurement", json!(["UklN"])),
+            ("cca_realm_rem0", json!(["UkVNMA=="])),
+            ("cca_realm_rem1", json!(["AAAA"])),
+            ("init_data", json!(["none"])),
+        ];
+        let (_d, p) = policy(&rvs);
+        let claims = |rim: &str, lifecycle: u64| json!({"cca": {"realm": {"cca-realm-initial-measurement": rim, "cca-realm-extensible-measurements": ["UkVNMA==", "AAAA"]}, "platform": {"cca-platform-lifecycle": lifecycle}}});
         assert_eq!(
             trust(&p, &claims("UklN", 0x3003)),
             (json!(3), json!(2), json!(2))
         );
+        // Every REM is pinned; base64 compares exactly.
+        let (_d, p2) = policy(&rvs[..2]);
+        assert_eq!(trust(&p2, &claims("UklN", 0x3003)).0, json!(33));
+        explains(&p2, &claims("UklN", 0x3003), &["'cca_realm_rem1'"]);
+        let (_d, p3) = policy(&[
+            rvs[0].clone(),
+            ("cca_realm_rem0", json!(["ukvnma=="])),
+            rvs[2].clone(),
+            rvs[3].clone(),
+        ]);
+        assert_eq!(trust(&p3, &claims("UklN", 0x3003)).0, json!(33));
         let bad = claims("T1RI", 0x2000);
         assert_eq!(trust(&p, &bad), (json!(33), json!(2), json!(36)));
         explains(

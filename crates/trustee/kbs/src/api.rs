@@ -7,6 +7,7 @@ use crate::decision::{Decision, DecisionCache};
 use crate::error::KbsError;
 use crate::metrics::{AttestLabels, Metrics, ReleaseLabels, RouteLabels, RouteOnly};
 use crate::session::{Attested, OpenError, Session, SessionSealer};
+use crate::tokens::{VerifiedToken, VerifiedTokens};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
@@ -16,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_attestation::{AttestationService, RESOURCE_POLICY, tee_pubkey_from_claims};
 use cocoon_rvps::Rvps;
 use cocoon_store::{Kek, Store, ns};
@@ -59,7 +60,7 @@ pub struct KbsState {
     /// The shared store.
     pub store: Arc<dyn Store>,
     /// Key-encryption key for secrets at rest.
-    pub kek: Kek,
+    pub kek: Arc<Kek>,
     /// Session cookie sealer.
     pub sessions: SessionSealer,
     /// The attestation service.
@@ -76,10 +77,13 @@ pub struct KbsState {
     pub metrics: Metrics,
     /// Resource-policy decision cache.
     pub decisions: DecisionCache,
+    /// Tokens already verified.
+    pub verified_tokens: VerifiedTokens,
     /// Queue to the denial recorder.
     pub denials: mpsc::Sender<Denial>,
-    /// TPM manufacturer CAs for AK enrollment by EK certificate.
-    pub ek_trust: Option<cocoon_verifier::tpm::ek::EkTrust>,
+    /// TPM manufacturer CAs for AK enrollment by EK certificate, the
+    /// hardware makers' first (AKs they enroll count as hardware-backed).
+    pub ek_trust: Vec<cocoon_verifier::tpm::ek::EkTrust>,
     /// EK challenges waiting for their answer.
     pub ek_pending: crate::tpm_aks::EkPending,
 }
@@ -260,11 +264,17 @@ async fn attest(
     let appraisal = match verdict {
         Ok(a) => a,
         Err(e) => {
+            let unavailable = e.is_unavailable();
             s.metrics
                 .attestations
                 .get_or_create(&AttestLabels {
                     tee: session.tee.clone(),
-                    result: "rejected".into(),
+                    result: if unavailable {
+                        "unavailable"
+                    } else {
+                        "rejected"
+                    }
+                    .into(),
                 })
                 .inc();
             record(
@@ -278,7 +288,13 @@ async fn attest(
                     details: vec![],
                 },
             );
-            return Err(KbsError::AttestationFailed(e.to_string()));
+            return Err(if unavailable {
+                KbsError::Unavailable {
+                    detail: e.to_string(),
+                }
+            } else {
+                KbsError::AttestationFailed(e.to_string())
+            });
         }
     };
     let status = appraisal.status.as_str().to_string();
@@ -318,17 +334,96 @@ async fn attest(
     Ok(with_cookie(resp, &cookie, session.exp))
 }
 
-fn token_payload(token: &str) -> Result<Value, KbsError> {
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|p| B64URL.decode(p).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| KbsError::Internal("session token is unreadable".into()))
+/// The resource policy's decision for `token` on `rpath`: cached, else
+/// evaluated. A policy that cannot read its reference values gives no
+/// decision (the caller answers 503), never a denial or a release.
+fn decide(
+    s: &KbsState,
+    token: &VerifiedToken,
+    rpath: &ResourcePath,
+    query: &HashMap<String, String>,
+) -> Result<Decision, KbsError> {
+    let policy = s
+        .attestation
+        .policies()
+        .get(RESOURCE_POLICY)
+        .map_err(|e| unavailable_or_internal(&e))?;
+    let mut qkeys: Vec<_> = query.iter().collect();
+    qkeys.sort();
+    let request = format!("{rpath}?{qkeys:?}");
+    let id = hex::encode(token.digest);
+    if let Some(d) = s.decisions.get(&id, &request, policy.digest()) {
+        return Ok(d);
+    }
+    let data = json!({"plugin": "resource", "resource-path": rpath.segments(), "query": query});
+    let allow = match policy.eval("allow", &token.claims, Some(&data)) {
+        Ok(v) => v == Some(Value::Bool(true)),
+        Err(e) if e.is_unavailable() => return Err(unavailable_or_internal(&e)),
+        Err(_) => false,
+    };
+    let reasons = if allow {
+        Vec::new()
+    } else {
+        match policy.eval("deny_reasons", &token.claims, Some(&data)) {
+            Ok(Some(Value::Array(a))) => a
+                .into_iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            Ok(_) => vec!["the policy's allow rule is not true".into()],
+            Err(e) if e.is_unavailable() => return Err(unavailable_or_internal(&e)),
+            Err(e) => vec![e.to_string()],
+        }
+    };
+    let d = Decision {
+        allow,
+        reasons: Arc::new(reasons),
+    };
+    s.decisions.put(&id, &request, policy.digest(), d.clone());
+    Ok(d)
 }
 
-fn token_signature(token: &str) -> &str {
-    token.rsplit('.').next().unwrap_or_default()
+fn unavailable_or_internal(e: &cocoon_attestation::policy::PolicyError) -> KbsError {
+    if e.is_unavailable() {
+        KbsError::Unavailable {
+            detail: e.to_string(),
+        }
+    } else {
+        KbsError::Internal(e.to_string())
+    }
+}
+
+/// The token a resource request presents, verified, and the key to seal
+/// the resource to: the session cookie's first (as the stock KBS does),
+/// else a Bearer token's.
+fn presented_token(
+    s: &KbsState,
+    headers: &HeaderMap,
+) -> Result<(VerifiedToken, SealingKey, String), KbsError> {
+    let from_cookie = match open_session(s, headers) {
+        Ok(sess) => match sess.attested {
+            Some(a) if a.token_exp > now() => Ok((a.token, a.sealing, sess.tee)),
+            Some(_) => Err(KbsError::ExpiredSession),
+            None => Err(KbsError::NotAttested),
+        },
+        Err(e) => Err(e),
+    };
+    let verify = |tok: &str| {
+        s.verified_tokens
+            .verify(s.attestation.signer(), tok, now())
+            .map_err(|e| KbsError::TokenInvalid(e.to_string()))
+    };
+    match (from_cookie, bearer(headers)) {
+        (Ok((token, sealing, tee)), _) => Ok((verify(&token)?, sealing, tee)),
+        (Err(_), Some(tok)) => {
+            let token = verify(tok)?;
+            let key = tee_pubkey_from_claims(&token.claims)
+                .ok_or_else(|| KbsError::TokenInvalid("token carries no tee-pubkey".into()))?;
+            let sealing =
+                SealingKey::new(&key).map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
+            Ok((token, sealing, "token".to_string()))
+        }
+        (Err(e), None) => Err(e),
+    }
 }
 
 async fn get_resource(
@@ -338,72 +433,24 @@ async fn get_resource(
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
     let rpath = ResourcePath::parse(&path).map_err(|e| KbsError::InvalidPath(e.to_string()))?;
-    // Cookie first (as the stock KBS), then a Bearer token.
-    let from_cookie = match open_session(&s, &headers) {
-        Ok(sess) => match sess.attested {
-            Some(a) if a.token_exp > now() => Ok((a.token, None, a.sealing, sess.tee)),
-            Some(_) => Err(KbsError::ExpiredSession),
-            None => Err(KbsError::NotAttested),
-        },
-        Err(e) => Err(e),
-    };
-    let (token, claims, sealing, tee) = match (from_cookie, bearer(&headers)) {
-        (Ok(t), _) => t,
-        (Err(_), Some(tok)) => {
-            let claims = s
-                .attestation
-                .signer()
-                .verify(tok, now())
-                .map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
-            let key = tee_pubkey_from_claims(&claims)
-                .ok_or_else(|| KbsError::TokenInvalid("token carries no tee-pubkey".into()))?;
-            let sealing =
-                SealingKey::new(&key).map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
-            (tok.to_string(), Some(claims), sealing, "token".to_string())
-        }
-        (Err(e), None) => return Err(e),
-    };
-
-    let policy = s
-        .attestation
-        .policies()
-        .get(RESOURCE_POLICY)
-        .map_err(|e| KbsError::Internal(e.to_string()))?;
-    let mut qkeys: Vec<_> = query.iter().collect();
-    qkeys.sort();
-    let request = format!("{rpath}?{qkeys:?}");
-    let sig = token_signature(&token);
-    let decision = match s.decisions.get(sig, &request, policy.digest()) {
-        Some(d) => d,
-        None => {
-            let claims = match claims {
-                Some(c) => c,
-                None => token_payload(&token)?,
-            };
-            let data =
-                json!({"plugin": "resource", "resource-path": rpath.segments(), "query": query});
-            let allow = matches!(
-                policy.eval("allow", &claims, Some(&data)),
-                Ok(Some(Value::Bool(true)))
-            );
-            let reasons = if allow {
-                Vec::new()
-            } else {
-                match policy.eval("deny_reasons", &claims, Some(&data)) {
-                    Ok(Some(Value::Array(a))) => a
-                        .into_iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect(),
-                    Ok(_) => vec!["the policy's allow rule is not true".into()],
-                    Err(e) => vec![e.to_string()],
-                }
-            };
-            let d = Decision {
-                allow,
-                reasons: Arc::new(reasons),
-            };
-            s.decisions.put(sig, &request, policy.digest(), d.clone());
-            d
+    let (token, sealing, tee) = presented_token(&s, &headers)?;
+    let decision = match decide(&s, &token, &rpath, &query) {
+        Ok(d) => d,
+        Err(e) => {
+            if let KbsError::Unavailable { detail } = &e {
+                record(
+                    &s,
+                    Denial {
+                        at: now(),
+                        kind: "resource".into(),
+                        tee: Some(tee),
+                        resource: Some(rpath.to_string()),
+                        reason: "the resource policy could not be evaluated".into(),
+                        details: vec![detail.clone()],
+                    },
+                );
+            }
+            return Err(e);
         }
     };
     if !decision.allow {
@@ -701,6 +748,29 @@ async fn list_denials(
     Ok(Json(list).into_response())
 }
 
+#[derive(Deserialize)]
+struct RotateQuery {
+    #[serde(default)]
+    drop_old: bool,
+}
+
+async fn rotate_session_key(
+    State(s): State<AppState>,
+    Query(q): Query<RotateQuery>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    Ok(Json(s.sessions.rotate(q.drop_old)?).into_response())
+}
+
+async fn list_session_keys(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    Ok(Json(s.sessions.keys()?).into_response())
+}
+
 async fn jwks(State(s): State<AppState>) -> Response {
     Json(s.attestation.signer().jwks()).into_response()
 }
@@ -772,6 +842,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/reference-values", get(list_reference_values))
         .route("/denials", get(list_denials))
+        .route("/session-keys", get(list_session_keys))
+        .route("/session-keys/rotate", post(rotate_session_key))
         .route("/tpm-ak", post(crate::tpm_aks::add_tpm_ak))
         .route("/tpm/ek-challenge", post(crate::tpm_aks::ek_challenge))
         .route("/tpm/ek-activate", post(crate::tpm_aks::ek_activate))

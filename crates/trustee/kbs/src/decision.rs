@@ -19,7 +19,7 @@ pub struct Decision {
 
 #[derive(Hash, PartialEq, Eq)]
 struct Key {
-    token_signature: String,
+    token_id: String,
     request: String,
     policy: [u8; 32],
 }
@@ -31,11 +31,12 @@ pub struct DecisionCache {
 }
 
 impl DecisionCache {
-    /// Cached decision, if any. `token_signature` identifies the token
-    /// (the cache is only consulted after the token was verified).
-    pub fn get(&self, token_signature: &str, request: &str, policy: &[u8; 32]) -> Option<Decision> {
+    /// Cached decision, if any. `token_id` identifies the token (the digest
+    /// of its whole text; the cache is only consulted after the token was
+    /// verified).
+    pub fn get(&self, token_id: &str, request: &str, policy: &[u8; 32]) -> Option<Decision> {
         let key = Key {
-            token_signature: token_signature.to_string(),
+            token_id: token_id.to_string(),
             request: request.to_string(),
             policy: *policy,
         };
@@ -43,14 +44,14 @@ impl DecisionCache {
     }
 
     /// Remembers a decision.
-    pub fn put(&self, token_signature: &str, request: &str, policy: &[u8; 32], d: Decision) {
+    pub fn put(&self, token_id: &str, request: &str, policy: &[u8; 32], d: Decision) {
         let mut m = self.map.write();
         if m.len() >= CAPACITY {
             m.clear();
         }
         m.insert(
             Key {
-                token_signature: token_signature.to_string(),
+                token_id: token_id.to_string(),
                 request: request.to_string(),
                 policy: *policy,
             },

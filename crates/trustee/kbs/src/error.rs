@@ -69,6 +69,16 @@ pub enum KbsError {
     /// The trustee itself failed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Something the decision needs (storage, reference values) cannot be
+    /// read right now; the request may succeed later. The detail goes to
+    /// the trustee's log and denial record, not to the guest.
+    #[error(
+        "the trustee cannot decide this request right now (its storage or reference values are unavailable); retry later"
+    )]
+    Unavailable {
+        /// What failed, for the admin.
+        detail: String,
+    },
 }
 
 impl KbsError {
@@ -94,6 +104,7 @@ impl KbsError {
             NotFound(_) => (StatusCode::NOT_FOUND, "InvalidRequestPath"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "InvalidRequestPath"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "HTTPFailed"),
+            Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "RvpsError"),
         }
     }
 }
@@ -101,7 +112,9 @@ impl KbsError {
 impl IntoResponse for KbsError {
     fn into_response(self) -> Response {
         let (status, variant) = self.status_and_variant();
-        if status.is_server_error() {
+        if let KbsError::Unavailable { detail } = &self {
+            tracing::error!(error = %detail, "request cannot be decided: storage or reference values unavailable");
+        } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed inside the trustee");
         }
         (

@@ -10,6 +10,7 @@ pub mod fetch;
 pub mod metrics;
 pub mod server;
 pub mod session;
+pub mod tokens;
 pub mod tpm_aks;
 
 pub use server::{TlsMode, Trustee, TrusteeConfig, default_data_dir};

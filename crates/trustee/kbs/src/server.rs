@@ -58,9 +58,13 @@ pub struct TrusteeConfig {
     pub snp_vcek_dir: Option<PathBuf>,
     /// AMD KDS base URL for VCEKs.
     pub snp_kds_url: Option<String>,
-    /// TPM manufacturer CAs: AKs whose TPM's EK certificate chains to one
-    /// are registered by credential activation.
+    /// TPM CAs: AKs whose TPM's EK certificate chains to one are
+    /// registered by credential activation, as software-backed (the CA may
+    /// be a software TPM's, like swtpm's local CA).
     pub tpm_ek_ca: Option<PathBuf>,
+    /// Hardware TPM makers' CAs: AKs enrolled through them count as
+    /// hardware-backed, so the `tpm` hardware claim is affirming.
+    pub tpm_hardware_ek_ca: Option<PathBuf>,
     /// Session lifetime, seconds.
     pub session_timeout_secs: i64,
     /// Token lifetime, seconds.
@@ -96,6 +100,7 @@ impl Default for TrusteeConfig {
             snp_vcek_dir: None,
             snp_kds_url: None,
             tpm_ek_ca: None,
+            tpm_hardware_ek_ca: None,
             session_timeout_secs: 300,
             token_lifetime_secs: 300,
         }
@@ -224,7 +229,9 @@ impl Trustee {
         let kek =
             Kek::load_or_create(cfg.kek_file.as_deref().unwrap_or(&paths.kek)).map_err(err)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db).map_err(err)?);
-        let sessions = SessionSealer::load_or_create(&store, &kek).map_err(err)?;
+        let kek = Arc::new(kek);
+        let sessions = SessionSealer::load_or_create(&store, kek.clone(), cfg.session_timeout_secs)
+            .map_err(err)?;
         let rvps = Rvps::new(store.clone());
         if cfg.allow_dev_tee {
             tracing::warn!(
@@ -263,14 +270,16 @@ impl Trustee {
             vcek = Some(vcek.unwrap_or_default().with_kds(url, f.clone()));
         }
         let snp_vcek = vcek.map(Arc::new);
-        let ek_trust = match &cfg.tpm_ek_ca {
-            Some(p) => {
-                let t = cocoon_verifier::tpm::ek::EkTrust::load(p).map_err(err)?;
-                tracing::info!(cas = t.len(), path = %p.display(), "TPM AKs may enroll by EK certificate");
-                Some(t)
+        let mut ek_trust = Vec::new();
+        for (path, hardware) in [(&cfg.tpm_hardware_ek_ca, true), (&cfg.tpm_ek_ca, false)] {
+            if let Some(p) = path {
+                let t = cocoon_verifier::tpm::ek::EkTrust::load(p)
+                    .map_err(err)?
+                    .with_hardware_backed(hardware);
+                tracing::info!(cas = t.len(), path = %p.display(), hardware_backed = hardware, "TPM AKs may enroll by EK certificate");
+                ek_trust.push(t);
             }
-            None => None,
-        };
+        }
         let cca_cpaks = match &cfg.cca_cpak {
             Some(p) => {
                 let keys = cocoon_verifier::cca::Cpaks::load(p).map_err(err)?;
@@ -355,6 +364,7 @@ impl Trustee {
             session_timeout_secs: cfg.session_timeout_secs,
             metrics: Metrics::new(),
             decisions: DecisionCache::default(),
+            verified_tokens: Default::default(),
             denials: tx,
             ek_trust,
             ek_pending: Default::default(),

@@ -1,21 +1,41 @@
 //! Stateless sessions: everything a session needs travels in the
-//! `kbs-session-id` cookie, sealed with AES-256-GCM under a key every replica
-//! shares (kept in the store, sealed with the KEK). Any replica can continue
-//! any session; a forged, altered or foreign cookie does not open.
+//! `kbs-session-id` cookie, sealed with AES-256-GCM under a session key
+//! every replica shares (kept in the store, sealed with the KEK). Any
+//! replica can continue any session; a forged, altered or foreign cookie
+//! does not open.
+//!
+//! Session keys have ids and can be rotated: a cookie names the key that
+//! sealed it (`2.<key id>.<sealed>`), new sessions use the current key, and
+//! a retired key keeps opening the sessions it sealed until they expire
+//! (it is deleted at a later rotation, once no session it sealed can be
+//! alive). A rotation on one replica reaches the others within
+//! [`RECHECK`], or at once when they meet a cookie under the new key.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use cocoon_store::{Kek, Store, StoreError, ns};
 use cocoon_types::jwe::SealingKey;
+use parking_lot::RwLock;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
-const SESSION_KEY_ID: &str = "session-key";
-const AAD: &[u8] = b"cocoon-kbs-session-v1";
+/// Store key (in [`ns::KEYS`]) naming the current session key.
+const CURRENT: &str = "session-current";
+/// Prefix of session-key records in [`ns::KEYS`].
+const KEY_PREFIX: &str = "session/";
+/// Cookie format tag.
+const FORMAT: &str = "2";
+/// How often a replica re-reads which key is current.
+pub const RECHECK: Duration = Duration::from_secs(1);
+/// A retired key is kept at least this long after its retirement, whatever
+/// the session lifetime (replicas may be configured differently).
+const MIN_RETENTION_SECS: i64 = 3600;
 
 /// What an attested session carries.
 #[derive(Serialize, Deserialize)]
@@ -41,9 +61,48 @@ pub struct Session {
     pub attested: Option<Attested>,
 }
 
+/// A session key as stored: sealed with the KEK.
+#[derive(Serialize, Deserialize)]
+struct KeyRecord {
+    /// The 32-byte key sealed with the KEK (AAD: its store key), base64.
+    sealed: String,
+    /// Unix seconds.
+    created: i64,
+    /// When it stopped sealing new sessions, Unix seconds.
+    #[serde(default)]
+    retired: Option<i64>,
+}
+
+/// One session key, as the admin sees it (never the key itself).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionKeyInfo {
+    /// Key id (8 hex digits), as cookies name it.
+    pub id: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// When it was retired, Unix seconds; `None` for the current key.
+    pub retired: Option<i64>,
+    /// Whether new sessions are sealed with it.
+    pub current: bool,
+}
+
+struct Keyring {
+    current: String,
+    ciphers: HashMap<String, Aes256Gcm>,
+    /// When it was last read from the store.
+    checked: Instant,
+    /// When a cookie under an unknown key last forced a re-read.
+    forced: Option<Instant>,
+}
+
 /// Seals and opens session cookies.
 pub struct SessionSealer {
-    cipher: Aes256Gcm,
+    store: Arc<dyn Store>,
+    kek: Arc<Kek>,
+    ring: RwLock<Keyring>,
+    /// Sessions live at most this long (seconds): how long a retired key
+    /// must still open cookies.
+    max_session_secs: i64,
 }
 
 /// Why a cookie did not open.
@@ -55,63 +114,199 @@ pub enum OpenError {
     Expired,
 }
 
+fn store_key(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}")
+}
+
+fn new_key_id() -> String {
+    let mut id = [0u8; 4];
+    OsRng.fill_bytes(&mut id);
+    hex::encode(id)
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The cookie's associated data: the format and the key id, so a sealed
+/// session cannot be presented under another key's name.
+fn aad(id: &str) -> Vec<u8> {
+    format!("cocoon-kbs-session-v{FORMAT}:{id}").into_bytes()
+}
+
 impl SessionSealer {
-    /// Loads (or creates, once for all replicas) the session key.
-    pub fn load_or_create(store: &Arc<dyn Store>, kek: &Kek) -> Result<Self, StoreError> {
-        if store.get(ns::KEYS, SESSION_KEY_ID)?.is_none() {
-            let mut k = Zeroizing::new([0u8; 32]);
-            OsRng.fill_bytes(k.as_mut());
-            store.put_if_absent(
-                ns::KEYS,
-                SESSION_KEY_ID,
-                &kek.seal(ns::KEYS, SESSION_KEY_ID, k.as_ref()),
-            )?;
+    /// Loads the session keys, creating the first one (once for all
+    /// replicas) if there is none. Sessions last at most
+    /// `max_session_secs`.
+    pub fn load_or_create(
+        store: &Arc<dyn Store>,
+        kek: Arc<Kek>,
+        max_session_secs: i64,
+    ) -> Result<Self, StoreError> {
+        if store.get(ns::KEYS, CURRENT)?.is_none() {
+            let id = new_key_id();
+            Self::create_key(store, &kek, &id)?;
+            store.put_if_absent(ns::KEYS, CURRENT, id.as_bytes())?;
         }
-        let sealed = store
-            .get(ns::KEYS, SESSION_KEY_ID)?
-            .ok_or_else(|| StoreError::Backend("session key vanished".into()))?;
-        let key = kek
-            .open(ns::KEYS, SESSION_KEY_ID, &sealed)
-            .map_err(|_| StoreError::Unseal(format!("{}/{SESSION_KEY_ID}", ns::KEYS)))?;
-        let cipher = Aes256Gcm::new_from_slice(&key)
-            .map_err(|_| StoreError::Unseal(SESSION_KEY_ID.into()))?;
-        Ok(Self { cipher })
+        let ring = Self::load(store, &kek)?;
+        Ok(Self {
+            store: store.clone(),
+            kek,
+            ring: RwLock::new(ring),
+            max_session_secs,
+        })
     }
 
-    /// Seals a session into a cookie value.
+    fn create_key(store: &Arc<dyn Store>, kek: &Kek, id: &str) -> Result<(), StoreError> {
+        let mut k = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(k.as_mut());
+        let record = KeyRecord {
+            sealed: B64.encode(kek.seal(ns::KEYS, &store_key(id), k.as_ref())),
+            created: unix_now(),
+            retired: None,
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
+        if !store.put_if_absent(ns::KEYS, &store_key(id), &bytes)? {
+            return Err(StoreError::Backend(format!(
+                "session key id {id} is taken; rotate again"
+            )));
+        }
+        Ok(())
+    }
+
+    fn records(store: &Arc<dyn Store>) -> Result<Vec<(String, KeyRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for k in store.list(ns::KEYS)? {
+            let Some(id) = k.strip_prefix(KEY_PREFIX) else {
+                continue;
+            };
+            let Some(bytes) = store.get(ns::KEYS, &k)? else {
+                continue;
+            };
+            let record: KeyRecord = serde_json::from_slice(&bytes)
+                .map_err(|_| StoreError::Unseal(format!("{}/{k}", ns::KEYS)))?;
+            out.push((id.to_string(), record));
+        }
+        Ok(out)
+    }
+
+    fn load(store: &Arc<dyn Store>, kek: &Kek) -> Result<Keyring, StoreError> {
+        let current = store
+            .get(ns::KEYS, CURRENT)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| StoreError::Backend("no current session key".into()))?;
+        let mut ciphers = HashMap::new();
+        for (id, record) in Self::records(store)? {
+            let unseal = || StoreError::Unseal(format!("{}/{}", ns::KEYS, store_key(&id)));
+            let sealed = B64.decode(&record.sealed).map_err(|_| unseal())?;
+            let key = kek
+                .open(ns::KEYS, &store_key(&id), &sealed)
+                .map_err(|_| unseal())?;
+            let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| unseal())?;
+            ciphers.insert(id, cipher);
+        }
+        if !ciphers.contains_key(&current) {
+            return Err(StoreError::Backend(format!(
+                "the current session key {current} is not in the store"
+            )));
+        }
+        Ok(Keyring {
+            current,
+            ciphers,
+            checked: Instant::now(),
+            forced: None,
+        })
+    }
+
+    /// Re-reads the keyring when it is older than [`RECHECK`] (or `force`).
+    /// A store failure keeps the keys already known.
+    fn refresh(&self, force: bool) {
+        // Forced (a cookie names a key not known here) at most ten times per
+        // RECHECK, so cookies naming made-up keys cannot drive the store.
+        let due = |ring: &Keyring| {
+            if force {
+                ring.forced.is_none_or(|t| t.elapsed() >= RECHECK / 10)
+            } else {
+                ring.checked.elapsed() >= RECHECK
+            }
+        };
+        if !due(&self.ring.read()) {
+            return;
+        }
+        let mut ring = self.ring.write();
+        if !due(&ring) {
+            return;
+        }
+        let forced = if force {
+            Some(Instant::now())
+        } else {
+            ring.forced
+        };
+        match Self::load(&self.store, &self.kek) {
+            Ok(new) => *ring = new,
+            Err(e) => {
+                ring.checked = Instant::now();
+                tracing::error!(error = %e, "cannot re-read the session keys; keeping the ones known");
+            }
+        }
+        ring.forced = forced;
+    }
+
+    /// Seals a session into a cookie value, under the current key.
     pub fn seal(&self, s: &Session) -> String {
+        self.refresh(false);
+        let ring = self.ring.read();
+        let id = ring.current.clone();
+        let Some(cipher) = ring.ciphers.get(&id) else {
+            return String::new();
+        };
         let plain = Zeroizing::new(serde_json::to_vec(s).unwrap_or_default());
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
-        let ct = self
-            .cipher
+        let aad = aad(&id);
+        let ct = cipher
             .encrypt(
                 &Nonce::from(nonce),
                 Payload {
                     msg: &plain,
-                    aad: AAD,
+                    aad: &aad,
                 },
             )
             .unwrap_or_default();
         let mut raw = Vec::with_capacity(12 + ct.len());
         raw.extend_from_slice(&nonce);
         raw.extend_from_slice(&ct);
-        B64URL.encode(raw)
+        format!("{FORMAT}.{id}.{}", B64URL.encode(raw))
     }
 
     /// Opens a cookie value, checking its expiry against `now`.
     pub fn open(&self, cookie: &str, now: i64) -> Result<Session, OpenError> {
-        let raw = B64URL.decode(cookie).map_err(|_| OpenError::Invalid)?;
+        let mut parts = cookie.splitn(3, '.');
+        let (Some(FORMAT), Some(id), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(OpenError::Invalid);
+        };
+        if id.len() != 8 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(OpenError::Invalid);
+        }
+        let raw = B64URL.decode(body).map_err(|_| OpenError::Invalid)?;
         if raw.len() < 12 + 16 {
             return Err(OpenError::Invalid);
         }
+        if !self.ring.read().ciphers.contains_key(id) {
+            // Perhaps another replica rotated a moment ago.
+            self.refresh(true);
+        }
+        let ring = self.ring.read();
+        let cipher = ring.ciphers.get(id).ok_or(OpenError::Invalid)?;
+        let aad = aad(id);
         let plain = Zeroizing::new(
-            self.cipher
+            cipher
                 .decrypt(
                     &Nonce::from(<[u8; 12]>::try_from(&raw[..12]).map_err(|_| OpenError::Invalid)?),
                     Payload {
                         msg: &raw[12..],
-                        aad: AAD,
+                        aad: &aad,
                     },
                 )
                 .map_err(|_| OpenError::Invalid)?,
@@ -122,6 +317,65 @@ impl SessionSealer {
         }
         Ok(s)
     }
+
+    /// Makes a new key current. The previous one keeps opening the sessions
+    /// it sealed until they expire; keys retired long enough ago that no
+    /// session of theirs can be alive are deleted. With `drop_old`, every
+    /// other key is deleted now (for a key that may have leaked: its
+    /// sessions end at once and their guests attest again).
+    pub fn rotate(&self, drop_old: bool) -> Result<SessionKeyInfo, StoreError> {
+        let now = unix_now();
+        let previous = self
+            .store
+            .get(ns::KEYS, CURRENT)?
+            .and_then(|b| String::from_utf8(b).ok());
+        let id = new_key_id();
+        Self::create_key(&self.store, &self.kek, &id)?;
+        self.store.put(ns::KEYS, CURRENT, id.as_bytes())?;
+        let keep_for = self.max_session_secs.max(MIN_RETENTION_SECS);
+        for (other, mut record) in Self::records(&self.store)? {
+            if other == id {
+                continue;
+            }
+            let expired = record.retired.is_some_and(|r| r + keep_for < now);
+            if drop_old || expired {
+                self.store.delete(ns::KEYS, &store_key(&other))?;
+            } else if record.retired.is_none() || previous.as_deref() == Some(other.as_str()) {
+                record.retired.get_or_insert(now);
+                let bytes =
+                    serde_json::to_vec(&record).map_err(|e| StoreError::Backend(e.to_string()))?;
+                self.store.put(ns::KEYS, &store_key(&other), &bytes)?;
+            }
+        }
+        *self.ring.write() = Self::load(&self.store, &self.kek)?;
+        tracing::info!(key = %id, drop_old, "session key rotated");
+        Ok(SessionKeyInfo {
+            id,
+            created: now,
+            retired: None,
+            current: true,
+        })
+    }
+
+    /// The session keys, current first.
+    pub fn keys(&self) -> Result<Vec<SessionKeyInfo>, StoreError> {
+        let current = self
+            .store
+            .get(ns::KEYS, CURRENT)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
+        let mut out: Vec<SessionKeyInfo> = Self::records(&self.store)?
+            .into_iter()
+            .map(|(id, r)| SessionKeyInfo {
+                current: id == current,
+                id,
+                created: r.created,
+                retired: r.retired,
+            })
+            .collect();
+        out.sort_by_key(|k| (!k.current, std::cmp::Reverse(k.created)));
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -129,35 +383,123 @@ mod tests {
     use super::*;
     use cocoon_store::SqliteStore;
 
-    #[test]
-    fn round_trip_forgery_and_expiry() {
+    fn session(nonce: &str, exp: i64) -> Session {
+        Session {
+            nonce: nonce.into(),
+            tee: "sample".into(),
+            exp,
+            attested: None,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
-        let kek = Kek::from_bytes(&[1; 32]);
-        let a = SessionSealer::load_or_create(&store, &kek).unwrap();
-        let b = SessionSealer::load_or_create(&store, &kek).unwrap();
-        let c = a.seal(&Session {
-            nonce: "n".into(),
-            tee: "sample".into(),
-            exp: 100,
-            attested: None,
-        });
+        (dir, store)
+    }
+
+    #[test]
+    fn round_trip_forgery_and_expiry() {
+        let (_d, store) = store();
+        let kek = Arc::new(Kek::from_bytes(&[1; 32]));
+        let a = SessionSealer::load_or_create(&store, kek.clone(), 300).unwrap();
+        let b = SessionSealer::load_or_create(&store, kek.clone(), 300).unwrap();
+        let c = a.seal(&session("n", 100));
+        assert!(c.starts_with("2."), "{c}");
         assert_eq!(
             b.open(&c, 50).unwrap().nonce,
             "n",
             "a replica sharing the store opens it"
         );
         assert_eq!(b.open(&c, 100).err(), Some(OpenError::Expired));
-        let mut raw = B64URL.decode(&c).unwrap();
+        let (head, body) = c.rsplit_once('.').unwrap();
+        let mut raw = B64URL.decode(body).unwrap();
         raw[20] ^= 1;
-        assert_eq!(
-            a.open(&B64URL.encode(raw), 50).err(),
-            Some(OpenError::Invalid)
-        );
-        assert_eq!(a.open("not-base64!", 50).err(), Some(OpenError::Invalid));
-        let dir2 = tempfile::tempdir().unwrap();
-        let other: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir2.path().join("db")).unwrap());
-        let foreign = SessionSealer::load_or_create(&other, &kek).unwrap();
+        let altered = format!("{head}.{}", B64URL.encode(raw));
+        assert_eq!(a.open(&altered, 50).err(), Some(OpenError::Invalid));
+        for bad in [
+            "not-base64!",
+            "2.zzzzzzzz.AAAA",
+            "",
+            "2..",
+            "1.00000000.AAAA",
+        ] {
+            assert_eq!(a.open(bad, 50).err(), Some(OpenError::Invalid), "{bad}");
+        }
+        let (_d2, other) = self::store();
+        let foreign = SessionSealer::load_or_create(&other, kek, 300).unwrap();
         assert_eq!(foreign.open(&c, 50).err(), Some(OpenError::Invalid));
+    }
+
+    /// A cookie presented under another key id does not open, even when
+    /// that key exists: the id is bound into the associated data.
+    #[test]
+    fn key_id_is_bound() {
+        let (_d, store) = store();
+        let kek = Arc::new(Kek::from_bytes(&[1; 32]));
+        let s = SessionSealer::load_or_create(&store, kek, 300).unwrap();
+        let old = s.seal(&session("n", 100));
+        let new_id = s.rotate(false).unwrap().id;
+        let (_, rest) = old.split_once('.').unwrap();
+        let (_, body) = rest.split_once('.').unwrap();
+        let renamed = format!("2.{new_id}.{body}");
+        assert_eq!(s.open(&renamed, 50).err(), Some(OpenError::Invalid));
+        assert_eq!(s.open(&old, 50).unwrap().nonce, "n");
+    }
+
+    /// After a rotation on one replica, sessions sealed before it keep
+    /// opening everywhere until they expire; new sessions use the new key,
+    /// which the other replica learns from the first cookie it meets.
+    #[test]
+    fn rotation_keeps_sessions_in_flight() {
+        let (_d, store) = store();
+        let kek = Arc::new(Kek::from_bytes(&[7; 32]));
+        let a = SessionSealer::load_or_create(&store, kek.clone(), 300).unwrap();
+        let b = SessionSealer::load_or_create(&store, kek.clone(), 300).unwrap();
+        let before = a.seal(&session("before", 1000));
+        let old_id = a.keys().unwrap()[0].id.clone();
+        let new = a.rotate(false).unwrap();
+        assert_ne!(new.id, old_id);
+        let after = a.seal(&session("after", 1000));
+        assert!(after.starts_with(&format!("2.{}.", new.id)), "{after}");
+        assert_eq!(
+            b.open(&after, 10).unwrap().nonce,
+            "after",
+            "b learns the new key"
+        );
+        assert_eq!(b.open(&before, 10).unwrap().nonce, "before");
+        assert_eq!(a.open(&before, 10).unwrap().nonce, "before");
+        let keys = a.keys().unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].current && keys[0].id == new.id && keys[0].retired.is_none());
+        assert!(!keys[1].current && keys[1].retired.is_some());
+        // Dropping the old keys ends their sessions at once.
+        let fresh = a.rotate(true).unwrap();
+        assert_eq!(a.keys().unwrap().len(), 1);
+        assert_eq!(a.open(&before, 10).err(), Some(OpenError::Invalid));
+        assert_eq!(a.open(&after, 10).err(), Some(OpenError::Invalid));
+        assert!(a.seal(&session("x", 1000)).contains(&fresh.id));
+    }
+
+    /// A retired key outlives every session it sealed, then goes.
+    #[test]
+    fn retired_keys_are_deleted_once_no_session_can_use_them() {
+        let (_d, store) = store();
+        let kek = Arc::new(Kek::from_bytes(&[3; 32]));
+        let s = SessionSealer::load_or_create(&store, kek, 300).unwrap();
+        let first = s.keys().unwrap()[0].id.clone();
+        s.rotate(false).unwrap();
+        // Backdate the first key's retirement past the retention.
+        let k = store_key(&first);
+        let mut r: KeyRecord =
+            serde_json::from_slice(&store.get(ns::KEYS, &k).unwrap().unwrap()).unwrap();
+        r.retired = Some(unix_now() - MIN_RETENTION_SECS - 10);
+        store
+            .put(ns::KEYS, &k, &serde_json::to_vec(&r).unwrap())
+            .unwrap();
+        s.rotate(false).unwrap();
+        let ids: Vec<String> = s.keys().unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(!ids.contains(&first));
     }
 }

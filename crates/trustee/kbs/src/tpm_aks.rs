@@ -11,14 +11,14 @@ use crate::error::KbsError;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_store::{Store, ns};
-use cocoon_verifier::TrustedKeys;
 use cocoon_verifier::tpm::ak_fingerprint;
+use cocoon_verifier::{KeyTrust, TrustedKeys};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -34,6 +34,11 @@ pub struct RegisteredAk {
     /// How it was trusted, when not by an admin: the EK's CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrolled_by_ek_of: Option<String>,
+    /// Whether the admin declared it (or the EK CA that enrolled it) a
+    /// hardware TPM's. Without it the `tpm` verifier's hardware claim is
+    /// only at the warning tier: the host may run a software TPM.
+    #[serde(default)]
+    pub hardware_backed: bool,
 }
 
 /// Challenges by id, with their expiry (Unix seconds) and opening order.
@@ -78,11 +83,11 @@ pub(crate) async fn ek_challenge(
     State(s): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, KbsError> {
-    let trust = s.ek_trust.as_ref().ok_or_else(|| {
-        KbsError::BadRequest(
-            "this trustee does not enroll TPM AKs by EK certificate (start it with --tpm-ek-ca FILE|DIR); an admin can add the AK with `cocoon admin add-tpm-ak`".into(),
-        )
-    })?;
+    if s.ek_trust.is_empty() {
+        return Err(KbsError::BadRequest(
+            "this trustee does not enroll TPM AKs by EK certificate (start it with --tpm-ek-ca or --tpm-hardware-ek-ca FILE|DIR); an admin can add the AK with `cocoon admin add-tpm-ak`".into(),
+        ));
+    }
     let req: EkChallengeRequest = serde_json::from_slice(&body_bytes(body)?).map_err(|e| {
         KbsError::BadRequest(format!(
             "expected {{\"ek_cert\", \"ak_public\", \"ek_chain\"?}}: {e}"
@@ -96,9 +101,21 @@ pub(crate) async fn ek_challenge(
         .map(|c| b64_field(c, "ek_chain"))
         .collect::<Result<Vec<_>, _>>()?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let (credential, pending) = trust
-        .challenge(&ek, &chain, &ak, now.max(0) as u64)
-        .map_err(|e| KbsError::AttestationFailed(format!("TPM AK enrollment refused: {e}")))?;
+    // The first CA set the EK chains to decides (hardware makers' first).
+    let mut refused = Vec::new();
+    let mut made = None;
+    for trust in &s.ek_trust {
+        match trust.challenge(&ek, &chain, &ak, now.max(0) as u64) {
+            Ok(c) => {
+                made = Some(c);
+                break;
+            }
+            Err(e) => refused.push(e),
+        }
+    }
+    let (credential, pending) = made.ok_or_else(|| {
+        KbsError::AttestationFailed(format!("TPM AK enrollment refused: {}", refused.join("; ")))
+    })?;
     let mut id = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
         .map_err(|_| KbsError::Internal("no randomness".into()))?;
@@ -175,6 +192,7 @@ pub(crate) async fn ek_activate(
         spki: B64.encode(&der),
         added: now,
         enrolled_by_ek_of: Some(pending.ek_issuer.clone()),
+        hardware_backed: pending.ek_ca_hardware_backed,
     };
     let bytes = serde_json::to_vec(&ak).map_err(|e| KbsError::Internal(e.to_string()))?;
     s.store.put(ns::TPM_AKS, &ak.fingerprint, &bytes)?;
@@ -186,7 +204,7 @@ pub(crate) async fn ek_activate(
 pub struct StoreTrustedAks(pub Arc<dyn Store>);
 
 impl TrustedKeys for StoreTrustedAks {
-    fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<String>, String> {
+    fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<KeyTrust>, String> {
         let fp = ak_fingerprint(spki_der);
         let v = self
             .0
@@ -199,9 +217,12 @@ impl TrustedKeys for StoreTrustedAks {
         if B64.decode(&ak.spki).ok().as_deref() != Some(spki_der) {
             return Ok(None);
         }
-        Ok(Some(match ak.enrolled_by_ek_of {
-            Some(ca) => format!("ek:{ca}"),
-            None => "admin".into(),
+        Ok(Some(KeyTrust {
+            by: match ak.enrolled_by_ek_of {
+                Some(ca) => format!("ek:{ca}"),
+                None => "admin".into(),
+            },
+            hardware_backed: ak.hardware_backed,
         }))
     }
 }
@@ -222,8 +243,16 @@ pub fn parse_ak(body: &[u8]) -> Result<Vec<u8>, String> {
     Ok(der)
 }
 
+#[derive(Deserialize)]
+pub(crate) struct AddAkQuery {
+    /// `true` when the admin vouches that the AK is in a hardware TPM.
+    #[serde(default)]
+    hardware_backed: bool,
+}
+
 pub(crate) async fn add_tpm_ak(
     State(s): State<AppState>,
+    Query(q): Query<AddAkQuery>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, KbsError> {
@@ -234,10 +263,11 @@ pub(crate) async fn add_tpm_ak(
         spki: B64.encode(&der),
         added: time::OffsetDateTime::now_utc().unix_timestamp(),
         enrolled_by_ek_of: None,
+        hardware_backed: q.hardware_backed,
     };
     let bytes = serde_json::to_vec(&ak).map_err(|e| KbsError::Internal(e.to_string()))?;
     s.store.put(ns::TPM_AKS, &ak.fingerprint, &bytes)?;
-    tracing::info!(fingerprint = %ak.fingerprint, "TPM attestation key trusted");
+    tracing::info!(fingerprint = %ak.fingerprint, hardware_backed = ak.hardware_backed, "TPM attestation key trusted");
     Ok(Json(ak).into_response())
 }
 
@@ -289,6 +319,7 @@ mod tests {
                 spki: B64.encode(spki),
                 added: 0,
                 enrolled_by_ek_of: ek.map(Into::into),
+                hardware_backed: ek.is_some(),
             };
             store
                 .put(ns::TPM_AKS, slot, &serde_json::to_vec(&ak).unwrap())
@@ -303,11 +334,14 @@ mod tests {
         put(admin, None, &ak_fingerprint(admin));
         put(ek, Some("vendor-ca"), &ak_fingerprint(ek));
         put(admin, None, &ak_fingerprint(other));
-        assert_eq!(keys.trusted_by(admin).unwrap().as_deref(), Some("admin"));
-        assert_eq!(
-            keys.trusted_by(ek).unwrap().as_deref(),
-            Some("ek:vendor-ca")
-        );
+        let trust = |by: &str, hardware_backed| {
+            Some(KeyTrust {
+                by: by.into(),
+                hardware_backed,
+            })
+        };
+        assert_eq!(keys.trusted_by(admin).unwrap(), trust("admin", false));
+        assert_eq!(keys.trusted_by(ek).unwrap(), trust("ek:vendor-ca", true));
         assert_eq!(keys.trusted_by(other).unwrap(), None);
     }
 }

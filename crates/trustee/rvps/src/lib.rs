@@ -24,6 +24,11 @@ pub enum RvpsError {
     /// The name is empty or too long.
     #[error("reference value name must be 1-256 characters of [A-Za-z0-9_.:/-]")]
     BadName,
+    /// A stored record does not parse: it is never read as absent.
+    #[error(
+        "stored reference value '{0}' is unreadable: set it again with `cocoon admin add-reference-value` or delete it"
+    )]
+    Unreadable(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -45,6 +50,21 @@ impl ReferenceValue {
     pub fn expired_at(&self, now: i64) -> bool {
         self.expires <= now
     }
+}
+
+/// The outcome of looking a reference value up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// Set and current.
+    Value(Value),
+    /// Never set (or deleted).
+    Missing,
+    /// Set, but expired at `at` (Unix seconds): reads as absent, and the
+    /// appraisal names it.
+    Expired {
+        /// Expiry, Unix seconds.
+        at: i64,
+    },
 }
 
 /// CoCo's RVPS registration message.
@@ -137,18 +157,30 @@ impl Rvps {
 
     /// The stored record for `name`, expired or not.
     pub fn record(&self, name: &str) -> Result<Option<ReferenceValue>, RvpsError> {
-        Ok(match self.store.get(ns::REFERENCE_VALUES, name)? {
-            Some(b) => serde_json::from_slice(&b).ok(),
-            None => None,
+        match self.store.get(ns::REFERENCE_VALUES, name)? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|_| RvpsError::Unreadable(name.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// What policies get for `name`, and why when it is not a value. A
+    /// store failure or an unreadable record is an error, never "absent".
+    pub fn lookup(&self, name: &str) -> Result<Lookup, RvpsError> {
+        Ok(match self.record(name)? {
+            Some(rv) if rv.expired_at(now()) => Lookup::Expired { at: rv.expires },
+            Some(rv) => Lookup::Value(rv.value),
+            None => Lookup::Missing,
         })
     }
 
     /// The value policies see for `name`: absent when missing or expired.
     pub fn query(&self, name: &str) -> Result<Option<Value>, RvpsError> {
-        Ok(self
-            .record(name)?
-            .filter(|rv| !rv.expired_at(now()))
-            .map(|rv| rv.value))
+        Ok(match self.lookup(name)? {
+            Lookup::Value(v) => Some(v),
+            Lookup::Missing | Lookup::Expired { .. } => None,
+        })
     }
 
     /// Every stored reference value, expired ones included.
@@ -205,6 +237,26 @@ mod tests {
         assert_eq!(r.query("nope").unwrap(), None);
     }
 
+    /// A record that does not parse is an error, not an absent value that
+    /// a policy could read as "no requirement".
+    #[test]
+    fn unreadable_record_is_an_error() {
+        let (_d, r) = rvps();
+        r.store
+            .put(ns::REFERENCE_VALUES, "tdx_mr_td", b"{not json")
+            .unwrap();
+        for e in [
+            r.query("tdx_mr_td").unwrap_err(),
+            r.lookup("tdx_mr_td").unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, RvpsError::Unreadable(n) if n == "tdx_mr_td"),
+                "{e}"
+            );
+        }
+        assert!(r.list().is_err());
+    }
+
     #[test]
     fn bad_messages_and_expiry() {
         let (_d, r) = rvps();
@@ -233,6 +285,8 @@ mod tests {
             None,
             "expired values read as absent"
         );
+        assert!(matches!(r.lookup("old").unwrap(), Lookup::Expired { .. }));
+        assert_eq!(r.lookup("never").unwrap(), Lookup::Missing);
         assert_eq!(r.list().unwrap().len(), 1);
         assert!(r.delete("old").unwrap());
         assert!(r.list().unwrap().is_empty());

@@ -13,7 +13,7 @@ use cocoon_verifier::snp::report::{SIGNED_LEN, SnpReport};
 use cocoon_verifier::tdx::collateral::Collateral;
 use cocoon_verifier::tdx::quote::{SgxQuote, TdxQuote};
 use cocoon_verifier::tdx::{self, TdxCache};
-use cocoon_verifier::{TrustedKeys, Verifier, VerifyInput};
+use cocoon_verifier::{KeyTrust, TrustedKeys, Verifier, VerifyInput};
 use criterion::{Criterion, black_box};
 use serde_json::Value;
 use std::sync::Arc;
@@ -158,8 +158,11 @@ fn cca(c: &mut Criterion) {
 
 struct Trust(Vec<u8>);
 impl TrustedKeys for Trust {
-    fn trusted_by(&self, spki: &[u8]) -> Result<Option<String>, String> {
-        Ok((spki == self.0.as_slice()).then(|| "bench".into()))
+    fn trusted_by(&self, spki: &[u8]) -> Result<Option<KeyTrust>, String> {
+        Ok((spki == self.0.as_slice()).then(|| KeyTrust {
+            by: "bench".into(),
+            hardware_backed: true,
+        }))
     }
 }
 

@@ -46,6 +46,20 @@ pub enum VerifyError {
     /// The init data digest bound in the evidence differs from the one supplied.
     #[error("init data digest does not match the value bound in the evidence")]
     InitDataMismatch,
+    /// The evidence binds init data (a non-zero MRCONFIGID, HOSTDATA,
+    /// CONFIGID, personalization value or PCR 8) but the guest sent none:
+    /// whatever configured the guest is being withheld from the appraisal.
+    #[error(
+        "{tee} evidence binds initdata ({field} = {value}) but the guest sent none: send the initdata document the VM was started with (\"init-data\" in the Attestation)"
+    )]
+    InitDataWithheld {
+        /// TEE name.
+        tee: &'static str,
+        /// Which field binds it.
+        field: &'static str,
+        /// The field's first bytes, hex.
+        value: String,
+    },
     /// No verifier for this TEE is registered (or it is disabled).
     #[error("{0}")]
     Unavailable(String),
@@ -67,12 +81,23 @@ pub enum VerifyError {
     },
 }
 
+/// How a key came to be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTrust {
+    /// Who vouched for it (`admin`, `ek:<CA>`, …), for the claims.
+    pub by: String,
+    /// Whether the admin declared the key (or the CA that vouched for it)
+    /// to live in hardware. A key an admin registered, or one a software
+    /// TPM's EK enrolled, may belong to a TPM emulated by the host, which
+    /// proves nothing about the guest.
+    pub hardware_backed: bool,
+}
+
 /// A set of trusted public keys (for example TPM attestation keys),
 /// looked up by DER SubjectPublicKeyInfo.
 pub trait TrustedKeys: Send + Sync {
-    /// How `spki_der` came to be trusted (`admin`, `ek:<CA>`, …), for the
-    /// claims; `None` when it is not trusted.
-    fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<String>, String>;
+    /// How `spki_der` came to be trusted; `None` when it is not.
+    fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<KeyTrust>, String>;
 }
 
 /// The TEE class the claims describe; names the EAR submodule (`cpu0`, `gpu0`).
@@ -228,12 +253,48 @@ impl VerifierRegistry {
     }
 }
 
+/// Checks the evidence's initdata field against the digest the guest sent:
+/// with a digest, `field` must be the digest zero-padded (`padded`) or
+/// exactly equal; without one, `field` must be all zeros, since a bound
+/// initdata that the guest keeps back would go unappraised.
+pub(crate) fn check_init_data_field(
+    tee: &'static str,
+    name: &'static str,
+    field: &[u8],
+    input: &VerifyInput<'_>,
+    padded: bool,
+) -> Result<(), VerifyError> {
+    match input.init_data_digest {
+        Some(d) => {
+            let ok = if padded {
+                crate::tdx::padded_equal(field, d)
+            } else {
+                field == d
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(VerifyError::InitDataMismatch)
+            }
+        }
+        None if field.iter().all(|b| *b == 0) => Ok(()),
+        None => Err(VerifyError::InitDataWithheld {
+            tee,
+            field: name,
+            value: hex_short(field),
+        }),
+    }
+}
+
 /// `e` with its TEE name replaced by `tee`, for checks shared between TEEs.
 pub(crate) fn retag(e: VerifyError, tee: &'static str) -> VerifyError {
     match e {
         VerifyError::Invalid { reason, .. } => VerifyError::Invalid { tee, reason },
         VerifyError::UntrustedKey { detail, .. } => VerifyError::UntrustedKey { tee, detail },
         VerifyError::Malformed { detail, .. } => VerifyError::Malformed { tee, detail },
+        VerifyError::InitDataWithheld { field, value, .. } => {
+            VerifyError::InitDataWithheld { tee, field, value }
+        }
         e => e,
     }
 }

@@ -7,15 +7,18 @@ use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_tpm::swtpm::Swtpm;
 use cocoon_tpm::{DEFAULT_AK_HANDLE, KeyAlgorithm, Tpm};
 use cocoon_verifier::tpm::TpmVerifier;
-use cocoon_verifier::{TrustedKeys, Verifier, VerifyError, VerifyInput};
+use cocoon_verifier::{KeyTrust, TrustedKeys, Verifier, VerifyError, VerifyInput};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
 struct One(Vec<u8>);
 impl TrustedKeys for One {
-    fn trusted_by(&self, spki: &[u8]) -> Result<Option<String>, String> {
-        Ok((spki == self.0.as_slice()).then(|| "test".into()))
+    fn trusted_by(&self, spki: &[u8]) -> Result<Option<KeyTrust>, String> {
+        Ok((spki == self.0.as_slice()).then(|| KeyTrust {
+            by: "test".into(),
+            hardware_backed: true,
+        }))
     }
 }
 
@@ -104,10 +107,18 @@ impl Quoted {
     }
 
     fn verify(&self, ev: &Value) -> Result<cocoon_verifier::TeeClaims, VerifyError> {
+        self.verify_with(ev, None)
+    }
+
+    fn verify_with(
+        &self,
+        ev: &Value,
+        init_data_digest: Option<&[u8]>,
+    ) -> Result<cocoon_verifier::TeeClaims, VerifyError> {
         TpmVerifier::new(Arc::new(One(self.spki.clone()))).verify(&VerifyInput {
             evidence: ev,
             expected_report_data: &self.nonce,
-            init_data_digest: None,
+            init_data_digest,
         })
     }
 }
@@ -159,21 +170,26 @@ fn firmware_log_replays_against_a_real_quote() {
     assert!(matches!(e, VerifyError::Malformed { .. }), "{e}");
 }
 
-/// Events at PCR 8 (which the agent also extends with initdata) are not
+/// Events at PCR 8 (which the agent extends with initdata) are not
 /// replayed, and EV_NO_ACTION events are never extended, so both are left
-/// out of the claims; the rest are kept.
+/// out of the claims; the rest are kept. An extended PCR 8 binds initdata:
+/// without the document whose digest it holds, the evidence is refused.
 #[test]
 fn unverified_pcrs_are_left_out_of_the_claims() {
-    let events: Vec<(u32, u32, Vec<u8>)> = vec![
-        (4, 0x8000_0003, b"kernel".to_vec()),
-        (8, 0xd, b"grub_cmd: linux /vmlinuz".to_vec()),
-    ];
+    let grub = b"grub_cmd: linux /vmlinuz".to_vec();
+    let events: Vec<(u32, u32, Vec<u8>)> =
+        vec![(4, 0x8000_0003, b"kernel".to_vec()), (8, 0xd, grub.clone())];
     let quoted = Quoted::new(&events, [6u8; 32]);
     let mut logged = events.clone();
     logged.insert(1, (4, 0x3, b"not measured".to_vec()));
-    let c = quoted
-        .verify(&quoted.evidence(&tcg_log(None, &logged)))
-        .unwrap();
+    let ev = quoted.evidence(&tcg_log(None, &logged));
+    let e = quoted.verify(&ev).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::InitDataWithheld { field: "PCR 8", .. }),
+        "{e}"
+    );
+    let pcr8_digest = Sha256::digest(&grub);
+    let c = quoted.verify_with(&ev, Some(&pcr8_digest)).unwrap();
     let logged = c.claims["uefi_event_logs"].as_array().unwrap();
     assert_eq!(logged.len(), 1);
     assert_eq!(logged[0]["index"], 4);

@@ -23,11 +23,11 @@ use crate::tdx::quote::TdxQuote;
 use crate::tdx::{self, TdxCache};
 use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput, hex_short, retag};
 use base64::Engine;
-use cocoon_tpm::{AkPublicKey, Signature, extend_sha256, verify_quote_signature};
+use cocoon_tpm::{AkPublicKey, Signature, verify_quote_signature};
 use cocoon_types::Tee;
 use hcl::{HclReport, HwReportType};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 
 /// Azure evidence as CoCo's attesters send it.
@@ -138,12 +138,7 @@ fn verify_vtpm(
             });
         }
     }
-    if let Some(d) = input.init_data_digest {
-        let d: [u8; 32] = d.try_into().map_err(|_| VerifyError::InitDataMismatch)?;
-        if extend_sha256(&[0; 32], &d) != quote.pcrs[crate::tpm::INITDATA_PCR] {
-            return Err(VerifyError::InitDataMismatch);
-        }
-    }
+    crate::tpm::check_init_data_pcr(tee, &quote.pcrs[crate::tpm::INITDATA_PCR], input)?;
     Ok(Vtpm {
         pcrs: quote.pcrs,
         nonce,
@@ -277,9 +272,7 @@ impl AzTdxVtpmVerifier {
         }
         let v = verify_vtpm(TDX_TEE, &ev, &hcl, &q.body.report_data, input)?;
         let mut c = tdx::claims(&q, None);
-        c["tcb_status"] = json!(crate::tdx::collateral::CollateralResult::claim(
-            checked.as_ref()
-        ));
+        crate::tdx::collateral::CollateralResult::set_claims(checked.as_ref(), &mut c);
         Ok(finish(c, v, input))
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::snp::SnpVerifier;
+use serde_json::json;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
 

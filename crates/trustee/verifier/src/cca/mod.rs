@@ -182,12 +182,14 @@ pub fn check_bindings(t: &CcaToken, input: &VerifyInput<'_>) -> Result<(), Verif
             found: crate::hex_short(&t.realm.challenge),
         });
     }
-    if let Some(d) = input.init_data_digest
-        && t.realm.personalization_value != d
-    {
-        return Err(VerifyError::InitDataMismatch);
-    }
-    Ok(())
+    // The personalization value is compared without padding (PROTOCOLS.md §7).
+    crate::check_init_data_field(
+        TEE,
+        "personalization value",
+        &t.realm.personalization_value,
+        input,
+        false,
+    )
 }
 
 /// Claims in CoCo's CCA shape.

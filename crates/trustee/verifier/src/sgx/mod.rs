@@ -110,7 +110,7 @@ impl SgxVerifier {
         .map_err(retag)?;
         check_bindings(&q, input)?;
         let mut c = claims(&q);
-        c["tcb_status"] = json!(collateral::CollateralResult::claim(checked.as_ref()));
+        collateral::CollateralResult::set_claims(checked.as_ref(), &mut c);
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             claims: c,
@@ -125,7 +125,12 @@ impl SgxVerifier {
 /// REPORTDATA against the session binding, CONFIGID against the initdata
 /// digest (both zero-padded to 64 bytes).
 pub fn check_bindings(q: &SgxQuote, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
-    crate::tdx::check_bindings(&q.body.report_data, &q.body.config_id, input)
+    crate::tdx::check_bindings(
+        TEE,
+        &q.body.report_data,
+        ("CONFIGID", &q.body.config_id),
+        input,
+    )
 }
 
 #[cfg(test)]

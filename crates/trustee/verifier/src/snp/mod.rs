@@ -531,9 +531,7 @@ impl crate::Verifier for SnpVerifier {
             None => self.verify_with_source(&raw, now)?,
         };
         check_report_data(&claims.report, input.expected_report_data)?;
-        if let Some(d) = input.init_data_digest {
-            check_host_data(&claims.report, d)?;
-        }
+        check_host_data(&claims.report, input)?;
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             report_data: hex::encode(claims.report.report_data),
@@ -557,13 +555,10 @@ pub fn check_report_data(report: &SnpReport, expected: &[u8]) -> Result<(), Veri
     }
 }
 
-/// Checks HOSTDATA against the initdata digest (zero-padded to 32 bytes).
-pub fn check_host_data(report: &SnpReport, digest: &[u8]) -> Result<(), VerifyError> {
-    if crate::tdx::padded_equal(&report.host_data, digest) {
-        Ok(())
-    } else {
-        Err(VerifyError::InitDataMismatch)
-    }
+/// Checks HOSTDATA against the initdata digest (zero-padded to 32 bytes);
+/// without a digest, HOSTDATA must be zero.
+pub fn check_host_data(report: &SnpReport, input: &VerifyInput<'_>) -> Result<(), VerifyError> {
+    crate::check_init_data_field("snp", "HOSTDATA", &report.host_data, input, true)
 }
 
 impl SnpClaims {

@@ -123,13 +123,37 @@ fn report_data_and_host_data_binding() {
         Err(VerifyError::ReportDataMismatch { .. })
     ));
     let hd = claims.report.host_data;
-    check_host_data(&claims.report, &hd).unwrap();
+    fn with(d: Option<&[u8]>) -> VerifyInput<'_> {
+        VerifyInput {
+            evidence: &serde_json::Value::Null,
+            expected_report_data: &[],
+            init_data_digest: d,
+        }
+    }
+    check_host_data(&claims.report, &with(Some(&hd))).unwrap();
     let mut other = hd;
     other[31] ^= 1;
     assert!(matches!(
-        check_host_data(&claims.report, &other),
+        check_host_data(&claims.report, &with(Some(&other))),
         Err(VerifyError::InitDataMismatch)
     ));
+    // The fixture binds no initdata, so none need be sent; a report whose
+    // HOSTDATA binds one cannot be appraised without it.
+    check_host_data(&claims.report, &with(None)).unwrap();
+    let mut bound = claims.report.clone();
+    bound.host_data[0] = 1;
+    let e = check_host_data(&bound, &with(None)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifyError::InitDataWithheld {
+                field: "HOSTDATA",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("but the guest sent none"), "{e}");
 }
 
 /// CoCo's evidence carries the report as the `sev` crate serializes it;

@@ -217,12 +217,33 @@ pub struct CollateralResult {
     /// Until when this result holds: the earliest `nextUpdate` or
     /// certificate expiry among the collateral and the PCK chain.
     pub valid_until: u64,
+    /// Whether the collateral came with the evidence rather than from the
+    /// trustee (its files or its PCCS).
+    pub from_evidence: bool,
 }
 
+/// Claim for the TCB status judged by collateral the guest sent.
+pub const EVIDENCE_TCB_STATUS_CLAIM: &str = "evidence_collateral_tcb_status";
+
 impl CollateralResult {
-    /// The `tcb_status` claim: the status, or `unknown` without collateral.
+    /// The `tcb_status` claim: the status judged by the trustee's own
+    /// collateral, else `unknown`. Collateral the guest sent is signed by
+    /// Intel but may be old (from before a TCB recovery or a revocation),
+    /// and freshness is the trustee's call: its verdict goes only into the
+    /// separate, lower [`EVIDENCE_TCB_STATUS_CLAIM`].
     pub fn claim(checked: Option<&Self>) -> &str {
-        checked.map_or("unknown", Self::tcb_status)
+        checked
+            .filter(|c| !c.from_evidence)
+            .map_or("unknown", Self::tcb_status)
+    }
+
+    /// Sets `tcb_status` (and, for collateral from the evidence,
+    /// [`EVIDENCE_TCB_STATUS_CLAIM`]) in `claims`.
+    pub fn set_claims(checked: Option<&Self>, claims: &mut serde_json::Value) {
+        claims["tcb_status"] = Self::claim(checked).into();
+        if let Some(c) = checked.filter(|c| c.from_evidence) {
+            claims[EVIDENCE_TCB_STATUS_CLAIM] = c.tcb_status().into();
+        }
     }
 
     /// The overall status: the worst of the platform's, the QE's and the
@@ -662,6 +683,7 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
         platform_tcb_status,
         module_tcb_status,
         valid_until,
+        from_evidence: false,
     })
 }
 
@@ -695,6 +717,7 @@ mod tests {
             platform_tcb_status: platform.into(),
             module_tcb_status: module.map(Into::into),
             valid_until: 0,
+            from_evidence: false,
         };
         assert_eq!(r("UpToDate", "UpToDate", None).tcb_status(), "UpToDate");
         assert_eq!(

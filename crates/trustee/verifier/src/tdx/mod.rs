@@ -174,7 +174,8 @@ pub fn verify_quote_with<B: QuoteBody>(
     // The trustee's own collateral comes first: collateral a guest sends
     // is used only for platforms the trustee has none for (a guest could
     // otherwise send older, still-valid documents from before a TCB
-    // recovery or a revocation).
+    // recovery or a revocation), and then its verdict is only the lower
+    // `evidence_collateral_tcb_status` claim, never `tcb_status`.
     let lookup = match configured {
         Some(set) => {
             let fmspc = collateral::PckTcb::from_pck(&chain[0])?.fmspc;
@@ -193,7 +194,10 @@ pub fn verify_quote_with<B: QuoteBody>(
     };
     let result = match found.as_deref().or(sent) {
         Some(c) => match collateral::verify_with_chain(q, &chain, c, now) {
-            Ok(r) => Some(r),
+            Ok(r) => Some(collateral::CollateralResult {
+                from_evidence: found.is_none(),
+                ..r
+            }),
             Err(e) => {
                 // Fetched collateral that does not verify is not kept.
                 if let (Some(_), Some((set, fmspc, ca))) = (&found, &lookup) {
@@ -409,9 +413,54 @@ pub fn claims(q: &TdxQuote, ccel: Option<&TcgEventLog>) -> Value {
     });
     if let Some(log) = ccel {
         c["uefi_event_logs"] = log.to_json()["uefi_event_logs"].clone();
+        c["ccel"] = ccel_boot_claims(log);
     }
     c
 }
+
+/// CCEL index of RTMR1 (boot applications) and RTMR2 (kernel-measured data).
+const CCEL_RTMR1: u32 = 2;
+const CCEL_RTMR2: u32 = 3;
+/// The Linux EFI stub's event tags (TCG_PCClientTaggedEvent ids).
+const TAG_LINUX_INITRD: u32 = 0x8F3B_22EC;
+const TAG_LINUX_LOAD_OPTIONS: u32 = 0x8F3B_22ED;
+
+/// What the replayed CCEL says was booted, as SHA-384 digests a policy can
+/// pin instead of whole RTMR values: every boot application loaded into
+/// RTMR1 (boot loaders and the kernel, in order), and every kernel command
+/// line and initrd the Linux EFI stub measured into RTMR2 (lists, so that
+/// a second, unpinned one cannot hide behind the first). Only called on a
+/// log that replayed to the RTMRs.
+pub fn ccel_boot_claims(log: &TcgEventLog) -> Value {
+    let sha384 = |e: &crate::eventlog::TcgEvent| {
+        e.digests
+            .iter()
+            .find(|(a, _)| *a == AlgId::SHA384)
+            .map(|(_, d)| hex::encode(d))
+    };
+    let boot_applications: Vec<String> = log
+        .events
+        .iter()
+        .filter(|e| e.index == CCEL_RTMR1 && e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION)
+        .filter_map(sha384)
+        .collect();
+    let tagged = |tag: u32| -> Vec<String> {
+        log.events
+            .iter()
+            .filter(|e| e.index == CCEL_RTMR2 && e.event_type == EV_EVENT_TAG)
+            .filter(|e| e.data.get(..4).is_some_and(|id| id == tag.to_le_bytes()))
+            .filter_map(sha384)
+            .collect()
+    };
+    json!({
+        "boot_applications": boot_applications,
+        "kernel_cmdlines": tagged(TAG_LINUX_LOAD_OPTIONS),
+        "initrds": tagged(TAG_LINUX_INITRD),
+    })
+}
+
+const EV_EVENT_TAG: u32 = 0x6;
+const EV_EFI_BOOT_SERVICES_APPLICATION: u32 = 0x8000_0003;
 
 #[cfg(test)]
 mod tests;
@@ -462,10 +511,12 @@ pub struct TdxVerifier {
 }
 
 /// REPORTDATA against the session binding and the initdata field
-/// (MRCONFIGID, CONFIGID) against the initdata digest, both zero-padded.
+/// (`field`: MRCONFIGID, CONFIGID) against the initdata digest, both
+/// zero-padded; a non-zero initdata field without a digest is refused.
 pub fn check_bindings(
+    tee: &'static str,
     report_data: &[u8],
-    init_field: &[u8],
+    (field, init_field): (&'static str, &[u8]),
     input: &VerifyInput<'_>,
 ) -> Result<(), VerifyError> {
     if !padded_equal(report_data, input.expected_report_data) {
@@ -474,12 +525,7 @@ pub fn check_bindings(
             found: crate::hex_short(report_data),
         });
     }
-    if let Some(d) = input.init_data_digest
-        && !padded_equal(init_field, d)
-    {
-        return Err(VerifyError::InitDataMismatch);
-    }
-    Ok(())
+    crate::check_init_data_field(tee, field, init_field, input, true)
 }
 
 /// Whether `field` is `expected` followed by zeros.
@@ -513,7 +559,12 @@ impl TdxVerifier {
             now,
         )?;
         // The cheap bindings before the event log is parsed.
-        check_bindings(&q.body.report_data, &q.body.mr_config_id, input)?;
+        check_bindings(
+            TEE,
+            &q.body.report_data,
+            ("MRCONFIGID", &q.body.mr_config_id),
+            input,
+        )?;
         let log = match ev
             .get("cc_eventlog")
             .and_then(|c| c.as_str())
@@ -530,7 +581,7 @@ impl TdxVerifier {
             None => None,
         };
         let mut c = claims(&q, log.as_ref());
-        c["tcb_status"] = json!(collateral::CollateralResult::claim(checked.as_ref()));
+        collateral::CollateralResult::set_claims(checked.as_ref(), &mut c);
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             claims: c,

@@ -462,3 +462,95 @@ fn configured_collateral_wins_over_sent() {
         .is_err()
     );
 }
+
+/// The CCEL's boot digests: OVMF's direct kernel boot loads one boot
+/// application (the kernel), whose EFI stub measures one command line and
+/// one initrd; under shim and grub every loader is listed, in order.
+#[test]
+fn ccel_boot_digests() {
+    let read = |name: &str| {
+        std::fs::read(format!("{FIXTURES}/../eventlog/{name}"))
+            .unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    };
+    let ovmf = TcgEventLog::parse(&read("trustee_ccel_ovmf.bin")).unwrap();
+    let c = ccel_boot_claims(&ovmf);
+    let expected: Value = serde_json::from_slice(&read("trustee_ccel_ovmf.expected.json")).unwrap();
+    let digest_of = |pred: &dyn Fn(&Value) -> bool| -> Vec<Value> {
+        expected["uefi_event_logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| pred(e))
+            .map(|e| e["digests"][0]["digest"].clone())
+            .collect()
+    };
+    let apps =
+        digest_of(&|e| e["type_name"] == "EV_EFI_BOOT_SERVICES_APPLICATION" && e["index"] == 2);
+    assert_eq!(apps.len(), 1);
+    assert_eq!(c["boot_applications"], json!(apps));
+    let tag = |s: &str| {
+        digest_of(&|e: &Value| e["type_name"] == "EV_EVENT_TAG" && e["details"]["string"] == s)
+    };
+    assert_eq!(
+        c["kernel_cmdlines"],
+        json!(tag("LOADED_IMAGE::LoadOptions"))
+    );
+    assert_eq!(c["initrds"], json!(tag("Linux initrd")));
+    assert_eq!(c["initrds"].as_array().unwrap().len(), 1);
+
+    let grub = ccel_boot_claims(&TcgEventLog::parse(&read("trustee_ccel_grub.bin")).unwrap());
+    assert!(
+        grub["boot_applications"].as_array().unwrap().len() >= 3,
+        "{grub}"
+    );
+    assert_eq!(grub["initrds"].as_array().unwrap().len(), 1);
+}
+
+/// A quote whose MRCONFIGID binds initdata is refused when the guest sends
+/// none; a zero MRCONFIGID needs none.
+#[test]
+fn mrconfigid_without_initdata_is_refused() {
+    let q = TdxQuote::parse(&fixture("trustee_tdx_quote_v4.dat")).unwrap();
+    let input = |init: Option<&'static [u8]>, rd: &'static [u8]| VerifyInput {
+        evidence: &Value::Null,
+        expected_report_data: rd,
+        init_data_digest: init,
+    };
+    let rd: &'static [u8] = Box::leak(q.body.report_data.to_vec().into_boxed_slice());
+    check_bindings(
+        TEE,
+        &q.body.report_data,
+        ("MRCONFIGID", &q.body.mr_config_id),
+        &input(None, rd),
+    )
+    .unwrap();
+    let mut bound = q.body.mr_config_id;
+    bound[..4].copy_from_slice(&[1, 2, 3, 4]);
+    let e = check_bindings(
+        TEE,
+        &q.body.report_data,
+        ("MRCONFIGID", &bound),
+        &input(None, rd),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifyError::InitDataWithheld {
+                tee: "tdx",
+                field: "MRCONFIGID",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("01020304"), "{e}");
+    let e = check_bindings(
+        TEE,
+        &q.body.report_data,
+        ("MRCONFIGID", &bound),
+        &input(Some(&[9; 48]), rd),
+    )
+    .unwrap_err();
+    assert!(matches!(e, VerifyError::InitDataMismatch), "{e}");
+}

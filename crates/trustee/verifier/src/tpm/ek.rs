@@ -26,6 +26,9 @@ const DECRYPT: u32 = 1 << 17;
 #[derive(Debug, Clone, Default)]
 pub struct EkTrust {
     cas: Vec<X509Cert>,
+    /// Whether these are CAs of hardware TPM makers (the admin's word):
+    /// AKs they enroll then count as hardware-backed.
+    hardware_backed: bool,
 }
 
 /// A challenge waiting for the TPM's answer. Its secret is zeroized when
@@ -38,6 +41,8 @@ pub struct Pending {
     pub ek_issuer: String,
     /// SHA-256 of the EK certificate (to bound challenges per TPM).
     pub ek_digest: [u8; 32],
+    /// Whether the EK's CA was given as a hardware TPM maker's.
+    pub ek_ca_hardware_backed: bool,
 }
 
 impl std::fmt::Debug for Pending {
@@ -85,7 +90,21 @@ impl EkTrust {
         if cas.is_empty() {
             return Err(format!("no CA certificate in {}", path.display()));
         }
-        Ok(Self { cas })
+        Ok(Self {
+            cas,
+            hardware_backed: false,
+        })
+    }
+
+    /// Marks these CAs as hardware TPM makers' (or not).
+    pub fn with_hardware_backed(mut self, yes: bool) -> Self {
+        self.hardware_backed = yes;
+        self
+    }
+
+    /// Whether these CAs are hardware TPM makers'.
+    pub fn hardware_backed(&self) -> bool {
+        self.hardware_backed
     }
 
     /// How many CAs are trusted.
@@ -192,6 +211,7 @@ impl EkTrust {
                 ak_spki,
                 ek_issuer,
                 ek_digest: <sha2::Sha256 as sha2::Digest>::digest(ek_cert_der).into(),
+                ek_ca_hardware_backed: self.hardware_backed,
             },
         ))
     }
@@ -208,6 +228,7 @@ mod tests {
             ak_spki: vec![9],
             ek_issuer: "CA".into(),
             ek_digest: [0; 32],
+            ek_ca_hardware_backed: false,
         };
         assert_eq!(p.finish(&[1; 32]).unwrap(), vec![9]);
         for wrong in [&[2u8; 32][..], &[1; 31], &[1; 33], &[]] {

@@ -8,7 +8,8 @@
 //! (PCR 8) in hex, `pcr00`..`pcr23` in hex; plus `reset_count`,
 //! `restart_count`, `ak_fingerprint` (SHA-256 of the AK's DER SPKI),
 //! `ak_trusted_by` (`admin`, or `ek:<CA>` for an AK enrolled by EK
-//! certificate) and,
+//! certificate), `ak_hardware_backed` (whether the admin declared the AK,
+//! or the EK CA that enrolled it, hardware) and,
 //! when the evidence carries the agent's runtime event log (`aa_eventlog`,
 //! one `<domain> <operation> <content>` line per event), `runtime_events`:
 //! the log is replayed (SHA-256 of each line extended from zero) and must
@@ -111,6 +112,29 @@ pub fn check_firmware_log(
         }
     }
     Ok(())
+}
+
+/// PCR 8 against the initdata digest: one SHA-256 extend of the digest
+/// from reset. Without a digest PCR 8 must be unextended: a guest that
+/// extended it bound an initdata it now keeps back.
+pub fn check_init_data_pcr(
+    tee: &'static str,
+    pcr8: &[u8; 32],
+    input: &VerifyInput<'_>,
+) -> Result<(), VerifyError> {
+    match input.init_data_digest {
+        Some(digest) => {
+            let d: [u8; 32] = digest
+                .try_into()
+                .map_err(|_| VerifyError::InitDataMismatch)?;
+            if extend_sha256(&[0; 32], &d) == *pcr8 {
+                Ok(())
+            } else {
+                Err(VerifyError::InitDataMismatch)
+            }
+        }
+        None => crate::check_init_data_field(tee, "PCR 8", pcr8, input, true),
+    }
 }
 
 /// Replays the agent's runtime event log against `pcr`; returns the events.
@@ -235,14 +259,7 @@ impl Verifier for TpmVerifier {
             });
         }
         let pcr8 = quote.pcrs[INITDATA_PCR];
-        if let Some(digest) = input.init_data_digest {
-            let d: [u8; 32] = digest
-                .try_into()
-                .map_err(|_| VerifyError::InitDataMismatch)?;
-            if extend_sha256(&[0; 32], &d) != pcr8 {
-                return Err(VerifyError::InitDataMismatch);
-            }
-        }
+        check_init_data_pcr(TEE, &pcr8, input)?;
 
         let mut claims = Map::new();
         claims.insert("report_data".into(), Value::String(hex::encode(extra)));
@@ -253,7 +270,11 @@ impl Verifier for TpmVerifier {
         claims.insert("reset_count".into(), quote.attest.reset_count.into());
         claims.insert("restart_count".into(), quote.attest.restart_count.into());
         claims.insert("ak_fingerprint".into(), Value::String(fingerprint));
-        claims.insert("ak_trusted_by".into(), Value::String(trusted_by));
+        claims.insert("ak_trusted_by".into(), Value::String(trusted_by.by));
+        claims.insert(
+            "ak_hardware_backed".into(),
+            Value::Bool(trusted_by.hardware_backed),
+        );
         if let Some(log) = ev.eventlog.as_deref().filter(|l| !l.is_empty()) {
             let bytes = B64
                 .decode(log)
@@ -288,11 +309,15 @@ impl Verifier for TpmVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::KeyTrust;
 
     struct Keys(Vec<Vec<u8>>);
     impl TrustedKeys for Keys {
-        fn trusted_by(&self, spki: &[u8]) -> Result<Option<String>, String> {
-            Ok(self.0.iter().any(|k| k == spki).then(|| "test".into()))
+        fn trusted_by(&self, spki: &[u8]) -> Result<Option<KeyTrust>, String> {
+            Ok(self.0.iter().any(|k| k == spki).then(|| KeyTrust {
+                by: "test".into(),
+                hardware_backed: false,
+            }))
         }
     }
 
@@ -333,6 +358,7 @@ mod tests {
         assert_eq!(c.claims["init_data"], ev["tpm_quote"]["pcrs"][8]);
         assert_eq!(c.claims["pcr23"], ev["tpm_quote"]["pcrs"][23]);
         assert_eq!(c.claims["ak_trusted_by"], "test");
+        assert_eq!(c.claims["ak_hardware_backed"], false);
     }
 
     #[test]
