@@ -126,7 +126,12 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
         .await?;
     let pins = [0usize, 2, 4, 9]
         .into_iter()
-        .map(|i| (format!("tpm_pcr{i}"), serde_json::json!([hex::encode(pcrs[i])])))
+        .map(|i| {
+            (
+                format!("tpm_pcr{i}"),
+                serde_json::json!([hex::encode(pcrs[i])]),
+            )
+        })
         .chain([("init_data".to_string(), serde_json::json!(["none"]))]);
     for (name, value) in pins {
         admin

@@ -88,12 +88,37 @@ impl TrusteeProc {
 
     /// `cocoon explain` against this trustee: its recent denials.
     pub fn explain(&self) -> String {
-        let out = Command::new(BIN)
-            .args(["explain", "--url", &self.url, "--admin-key"])
+        self.explain_recent(10)
+    }
+
+    /// `cocoon explain --limit N`: the newest `limit` denials.
+    pub fn explain_recent(&self, limit: usize) -> String {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["explain", "--url", &self.url, "--limit", &limit.to_string()]);
+        if self.url.starts_with("https://") {
+            cmd.args(["--kbs-cert", &self.cert_path()]);
+        }
+        let out = cmd
+            .arg("--admin-key")
             .arg(self.admin_key())
             .output()
             .expect("run cocoon explain");
         ok(&out)
+    }
+
+    /// The newest `limit` denials once they satisfy `done` (denials are
+    /// recorded off the request path), waiting at most 10 s; the last
+    /// output either way.
+    pub fn explain_until(&self, limit: usize, done: impl Fn(&str) -> bool) -> String {
+        let mut out = self.explain_recent(limit);
+        for _ in 0..100 {
+            if done(&out) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            out = self.explain_recent(limit);
+        }
+        out
     }
 
     /// `cocoon <cmd> --url U <args>`.

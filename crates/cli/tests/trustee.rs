@@ -468,11 +468,8 @@ async fn denials_are_explained_to_the_admin_only() {
         !err.contains("launch_digest"),
         "the guest must not see the reason: {err}"
     );
-    let explain = ok(&t.guest("explain", &["--admin-key", t.admin_key().to_str().unwrap()]));
-    assert!(
-        explain.contains("resource kbs:///default/key/1"),
-        "{explain}"
-    );
+    // Denials are recorded off the request path: wait for this one.
+    let explain = t.explain_until(10, |e| e.contains("resource kbs:///default/key/1"));
     assert!(explain.contains("appraisal cpu0 is 'warning'"), "{explain}");
     assert!(explain.contains("executables=33"), "{explain}");
     assert!(
@@ -761,17 +758,27 @@ async fn session_key_rotation_keeps_sessions_in_flight() {
     let key_id = |cookie: &str| cookie.split('.').nth(1).unwrap().to_string();
     let first = key_id(&before);
     let listed = ok(&t.admin(&["list-session-keys"]));
-    assert!(listed.contains(&format!("{first}  created")) && listed.contains("current"), "{listed}");
+    assert!(
+        listed.contains(&format!("{first}  created")) && listed.contains("current"),
+        "{listed}"
+    );
 
     let out = t.admin(&["rotate-session-key"]);
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("keep working until they expire"));
     let r = raw.get("resource/default/key/r", Some(&before), None).await;
-    assert_eq!(r.status, 200, "a session sealed before the rotation: {:?}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "a session sealed before the rotation: {:?}",
+        r.body
+    );
     let (after, _) = raw.attest(&key).await;
     assert_ne!(key_id(&after), first, "new sessions use the new key");
     let listed = ok(&t.admin(&["list-session-keys"]));
-    assert!(listed.contains(&format!("{first}  created")) && listed.contains("retired"), "{listed}");
+    assert!(
+        listed.contains(&format!("{first}  created")) && listed.contains("retired"),
+        "{listed}"
+    );
 
     ok(&t.admin(&["rotate-session-key", "--drop-old"]));
     for cookie in [&before, &after] {
@@ -803,9 +810,16 @@ async fn unreadable_reference_value_is_unavailable_not_a_verdict() {
         .post("attest", &Raw::attestation(&nonce, &key), Some(&cookie))
         .await;
     assert_error(&r, 503, "RvpsError", "retry later");
-    assert!(!r.body.to_string().contains("launch_digest"), "{:?}", r.body);
-    let explain = t.explain();
-    assert!(explain.contains("'launch_digest' is unreadable"), "{explain}");
+    assert!(
+        !r.body.to_string().contains("launch_digest"),
+        "{:?}",
+        r.body
+    );
+    let explain = t.explain_until(10, |e| e.contains("'launch_digest' is unreadable"));
+    assert!(
+        explain.contains("'launch_digest' is unreadable"),
+        "{explain}"
+    );
 }
 
 /// The session cookie stays small whatever the evidence: a 1 MiB initdata
@@ -837,8 +851,9 @@ async fn cookie_stays_bounded_with_a_large_initdata() {
     assert!(sealed.len() < 4096, "cookie of {} bytes", sealed.len());
     let claims = jwt_claims(r.body["token"].as_str().unwrap());
     let init = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["init_data_claims"];
+    // The agent policy went first (over 4 KiB), then the rest (300 kB).
     assert!(
-        init["omitted_bytes"].as_u64().is_some_and(|n| n > 1 << 20),
+        init["omitted_bytes"].as_u64().is_some_and(|n| n > 300_000),
         "{init}"
     );
     assert_eq!(init["sha256"].as_str().map(str::len), Some(64), "{init}");

@@ -386,9 +386,7 @@ pub fn token_view(mut input: Value) -> Value {
         for v in top.values_mut() {
             if let Value::Object(inner) = v {
                 inner.remove("uefi_event_logs");
-                inner
-                    .values_mut()
-                    .for_each(|c| shrink(c, TOKEN_CLAIM_MAX));
+                inner.values_mut().for_each(|c| shrink(c, TOKEN_CLAIM_MAX));
             }
             shrink(v, TOKEN_MEMBER_MAX);
         }

@@ -38,7 +38,7 @@ pub const RECHECK: Duration = Duration::from_secs(1);
 const MIN_RETENTION_SECS: i64 = 3600;
 
 /// What an attested session carries.
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Clone)]
 pub struct Attested {
     /// The EAR token issued for this session.
     pub token: String,
@@ -59,6 +59,137 @@ pub struct Session {
     pub exp: i64,
     /// Set once attestation succeeded.
     pub attested: Option<Attested>,
+}
+
+/// A session as it is sealed, but for the sealing key. The token's payload
+/// travels as its JSON text (so that it compresses) and is base64url-encoded
+/// again on open, which gives back the very bytes that were signed. This
+/// part is public (nonce, TEE name, token) and compressed; the sealing key,
+/// the one secret, is appended uncompressed, so no compressed length ever
+/// depends on it.
+#[derive(Serialize, Deserialize)]
+struct WireSession {
+    nonce: String,
+    tee: String,
+    exp: i64,
+    attested: Option<WireAttested>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireAttested {
+    /// The token's header, base64url as signed.
+    head: String,
+    /// The token's payload: its JSON text, or base64url when not UTF-8.
+    payload: String,
+    /// Whether `payload` is still base64url.
+    #[serde(default)]
+    encoded: bool,
+    /// The signature, base64url.
+    sig: String,
+    token_exp: i64,
+}
+
+/// A sealed session never inflates to more than this.
+const MAX_SESSION_BYTES: u64 = 1 << 20;
+
+impl WireSession {
+    fn from_session(s: &Session) -> Self {
+        let attested = s.attested.as_ref().map(|a| {
+            let mut parts = a.token.splitn(3, '.');
+            let (head, payload, sig) = (
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+                parts.next().unwrap_or_default(),
+            );
+            let text = B64URL
+                .decode(payload)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            WireAttested {
+                head: head.to_string(),
+                encoded: text.is_none(),
+                payload: text.unwrap_or_else(|| payload.to_string()),
+                sig: sig.to_string(),
+                token_exp: a.token_exp,
+            }
+        });
+        Self {
+            nonce: s.nonce.clone(),
+            tee: s.tee.clone(),
+            exp: s.exp,
+            attested,
+        }
+    }
+
+    /// The session, given the sealing key an attested one must have.
+    fn into_session(self, sealing: Option<SealingKey>) -> Option<Session> {
+        let attested = match (self.attested, sealing) {
+            (Some(a), Some(sealing)) => {
+                let payload = if a.encoded {
+                    a.payload
+                } else {
+                    B64URL.encode(a.payload.as_bytes())
+                };
+                Some(Attested {
+                    token: format!("{}.{payload}.{}", a.head, a.sig),
+                    token_exp: a.token_exp,
+                    sealing,
+                })
+            }
+            (None, None) => None,
+            _ => return None,
+        };
+        Some(Session {
+            nonce: self.nonce,
+            tee: self.tee,
+            exp: self.exp,
+            attested,
+        })
+    }
+}
+
+/// The sealed plaintext: `u32 BE length ‖ deflate(public JSON) ‖ JSON of
+/// the sealing key (or nothing)`.
+fn encode_session(s: &Session) -> Zeroizing<Vec<u8>> {
+    use std::io::Write;
+    let public = serde_json::to_vec(&WireSession::from_session(s)).unwrap_or_default();
+    let mut enc = flate2::write::DeflateEncoder::new(
+        Vec::with_capacity(public.len() / 2),
+        flate2::Compression::fast(),
+    );
+    let _ = enc.write_all(&public);
+    let packed = enc.finish().unwrap_or_default();
+    let secret = Zeroizing::new(match &s.attested {
+        Some(a) => serde_json::to_vec(&a.sealing).unwrap_or_default(),
+        None => Vec::new(),
+    });
+    let mut out = Zeroizing::new(Vec::with_capacity(4 + packed.len() + secret.len()));
+    out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
+    out.extend_from_slice(&packed);
+    out.extend_from_slice(&secret);
+    out
+}
+
+fn decode_session(plain: &[u8]) -> Option<Session> {
+    use std::io::Read;
+    let len = u32::from_be_bytes(plain.get(..4)?.try_into().ok()?) as usize;
+    let packed = plain.get(4..4usize.checked_add(len)?)?;
+    let secret = &plain[4 + len..];
+    let mut public = Vec::new();
+    flate2::read::DeflateDecoder::new(packed)
+        .take(MAX_SESSION_BYTES + 1)
+        .read_to_end(&mut public)
+        .ok()?;
+    if public.len() as u64 > MAX_SESSION_BYTES {
+        return None;
+    }
+    let wire: WireSession = serde_json::from_slice(&public).ok()?;
+    let sealing = if secret.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice::<SealingKey>(secret).ok()?)
+    };
+    wire.into_session(sealing)
 }
 
 /// A session key as stored: sealed with the KEK.
@@ -260,7 +391,7 @@ impl SessionSealer {
         let Some(cipher) = ring.ciphers.get(&id) else {
             return String::new();
         };
-        let plain = Zeroizing::new(serde_json::to_vec(s).unwrap_or_default());
+        let plain = encode_session(s);
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
         let aad = aad(&id);
@@ -311,7 +442,7 @@ impl SessionSealer {
                 )
                 .map_err(|_| OpenError::Invalid)?,
         );
-        let s: Session = serde_json::from_slice(&plain).map_err(|_| OpenError::Invalid)?;
+        let s = decode_session(&plain).ok_or(OpenError::Invalid)?;
         if s.exp <= now {
             return Err(OpenError::Expired);
         }
@@ -382,6 +513,7 @@ impl SessionSealer {
 mod tests {
     use super::*;
     use cocoon_store::SqliteStore;
+    use sha2::{Digest, Sha256};
 
     fn session(nonce: &str, exp: i64) -> Session {
         Session {
@@ -429,6 +561,52 @@ mod tests {
         let (_d2, other) = self::store();
         let foreign = SessionSealer::load_or_create(&other, kek, 300).unwrap();
         assert_eq!(foreign.open(&c, 50).err(), Some(OpenError::Invalid));
+    }
+
+    /// An attested session round-trips to the very token bytes, and a
+    /// TPM-sized token (24 PCRs, the runtime data, the trust vector) makes
+    /// a cookie well under the 4 KiB browsers and proxies accept.
+    #[test]
+    fn attested_sessions_round_trip_and_stay_small() {
+        let (_d, store) = store();
+        let kek = Arc::new(Kek::from_bytes(&[2; 32]));
+        let s = SessionSealer::load_or_create(&store, kek, 300).unwrap();
+        let mut tpm = serde_json::Map::new();
+        for i in 0..24u8 {
+            tpm.insert(
+                format!("pcr{i:02}"),
+                hex::encode(Sha256::digest([i])).into(),
+            );
+        }
+        let claims = serde_json::json!({"submods": {"cpu0": {
+            "ear.status": "affirming",
+            "ear.trustworthiness-vector": {"configuration": 2, "executables": 3, "hardware": 2},
+            "ear.veraison.annotated-evidence": {"tpm": tpm, "report_data": hex::encode([7u8; 64]),
+                "runtime_data_claims": {"nonce": B64.encode([1u8; 32]), "tee-pubkey": {"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": B64URL.encode([3u8; 32]), "y": B64URL.encode([4u8; 32])}}}}},
+            "exp": 1000, "iat": 700, "iss": "cocoon-trustee"});
+        let token = format!(
+            "{}.{}.{}",
+            B64URL.encode(r#"{"alg":"ES256","typ":"JWT"}"#),
+            B64URL.encode(claims.to_string()),
+            B64URL.encode([9u8; 64])
+        );
+        let key = cocoon_types::jwe::TeeKeyPair::generate_ec();
+        let sealing = SealingKey::new(&key.public_jwk()).unwrap();
+        let mut sess = session("n", 1000);
+        sess.attested = Some(Attested {
+            token: token.clone(),
+            token_exp: 1000,
+            sealing,
+        });
+        let cookie = s.seal(&sess);
+        let opened = s.open(&cookie, 10).unwrap();
+        assert_eq!(opened.attested.unwrap().token, token);
+        assert!(
+            cookie.len() < 4096,
+            "{} bytes (token {})",
+            cookie.len(),
+            token.len()
+        );
     }
 
     /// A cookie presented under another key id does not open, even when
