@@ -327,3 +327,13 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// A directory of the captured TEE evidence (`cocoon_fixtures::dir()`),
+/// displayed as its path, for `format!("{DIR}/file")`.
+pub struct FixtureDir(pub &'static str);
+
+impl std::fmt::Display for FixtureDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", cocoon_fixtures::dir().join(self.0).display())
+    }
+}

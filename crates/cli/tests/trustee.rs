@@ -589,7 +589,7 @@ async fn snp_fixture_evidence_through_attest() {
     let dir = tempfile::tempdir().unwrap();
     let t = TrusteeProc::start(&dir.path().join("t"), &[]);
     let raw = Raw::new(&t.url);
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/snp");
+    let fixtures = FixtureDir("snp");
     let bytes = std::fs::read(format!("{fixtures}/trustee_snp_report.bin")).unwrap();
     let vcek = std::fs::read(format!("{fixtures}/trustee_snp_vcek.der")).unwrap();
     let key = TeeKeyPair::generate_ec();
@@ -637,7 +637,7 @@ async fn tdx_fixture_evidence_through_attest() {
     let dir = tempfile::tempdir().unwrap();
     let t = TrusteeProc::start(&dir.path().join("t"), &[]);
     let raw = Raw::new(&t.url);
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tdx");
+    let fixtures = FixtureDir("tdx");
     let quote = std::fs::read(format!("{fixtures}/trustee_tdx_quote_v4.dat")).unwrap();
     let mut tampered = quote.clone();
     tampered[48 + 200] ^= 0x01; // one bit of the TD body
@@ -665,7 +665,7 @@ async fn sgx_fixture_evidence_through_attest() {
     let dir = tempfile::tempdir().unwrap();
     let t = TrusteeProc::start(&dir.path().join("t"), &[]);
     let raw = Raw::new(&t.url);
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/sgx");
+    let fixtures = FixtureDir("sgx");
     let quote = std::fs::read(format!("{fixtures}/dcapqvl_sgx_quote.bin")).unwrap();
     let mut tampered = quote.clone();
     tampered[48 + 64] ^= 0x01; // one bit of MRENCLAVE
@@ -692,7 +692,7 @@ async fn azure_vtpm_fixture_evidence_through_attest() {
     let dir = tempfile::tempdir().unwrap();
     let t = TrusteeProc::start(&dir.path().join("t"), &[]);
     let raw = Raw::new(&t.url);
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+    let fixtures = FixtureDir("");
     let key = TeeKeyPair::generate_ec();
     for (tee, file) in [
         ("az-snp-vtpm", "az-snp-vtpm/trustee_evidence_v2.json"),
@@ -717,11 +717,7 @@ async fn cca_fixture_evidence_through_attest() {
     let dir = tempfile::tempdir().unwrap();
     let t = TrusteeProc::start(&dir.path().join("t"), &[]);
     let raw = Raw::new(&t.url);
-    let token = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/cca/trustee_cca_example_token.cbor"
-    ))
-    .unwrap();
+    let token = cocoon_fixtures::read("cca/trustee_cca_example_token.cbor");
     let key = TeeKeyPair::generate_ec();
     let r = raw
         .attest_evidence("cca", &key, json!({"token": B64.encode(&token)}))

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 
-const F: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/snp");
+const F: FixtureDir = FixtureDir("snp");
 
 /// `cocoon verify --tee TEE --evidence EVIDENCE EXTRA...`.
 fn verify(tee: &str, evidence: &str, extra: &[&str]) -> std::process::Output {
@@ -85,7 +85,7 @@ fn snp_report_offline() {
     assert!(err.contains("not TDX"), "{err}");
 }
 
-const TDX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/tdx");
+const TDX: FixtureDir = FixtureDir("tdx");
 
 #[test]
 fn tdx_quote_offline() {
@@ -153,7 +153,7 @@ fn tdx_quote_offline() {
     assert!(err.contains("expired"), "{err}");
 }
 
-const SGX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/sgx");
+const SGX: FixtureDir = FixtureDir("sgx");
 
 /// dcap-qvl's verdict on a quote and its collateral at `at`.
 fn dcap_qvl_status(quote: &[u8], collateral: &str, at: u64) -> String {
@@ -278,7 +278,7 @@ fn tdx_tcb_status_agrees_with_dcap_qvl() {
     assert_eq!(claims["tcb_status"], want.as_str());
 }
 
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures");
+const FIX: FixtureDir = FixtureDir("");
 
 #[test]
 fn azure_vtpm_evidence_offline() {

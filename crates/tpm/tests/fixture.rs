@@ -13,11 +13,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/tpm/trustee_tpm_evidence.json"
-    );
-    let text = std::fs::read_to_string(path).expect("fixture tpm/trustee_tpm_evidence.json");
+    let text = cocoon_fixtures::read_to_string("tpm/trustee_tpm_evidence.json");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let q = &v["tpm_quote"];
     Fixture {

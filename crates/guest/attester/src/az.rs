@@ -200,11 +200,10 @@ mod tests {
     use super::*;
 
     fn fixture_hcl(dir: &str) -> Vec<u8> {
-        let path = format!(
-            "{}/../../../../shared/fixtures/{dir}/trustee_evidence_v1.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let v: Value = serde_json::from_str(&cocoon_fixtures::read_to_string(&format!(
+            "{dir}/trustee_evidence_v1.json"
+        )))
+        .unwrap();
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(v["hcl_report"].as_str().unwrap().trim_end_matches('='))
             .unwrap()

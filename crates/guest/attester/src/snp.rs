@@ -102,11 +102,7 @@ mod tests {
 
     #[test]
     fn real_report_parses_and_serializes_with_its_fields() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../../shared/fixtures/snp/trustee_snp_report.bin"
-        );
-        let bytes = std::fs::read(path).expect("SNP fixture");
+        let bytes = cocoon_fixtures::read("snp/trustee_snp_report.bin");
         let r = parse_report(&bytes).unwrap();
         let v = serde_json::to_value(r).unwrap();
         assert!(
