@@ -27,6 +27,7 @@ pub const MAX_TOKEN_LIFETIME_SECS: i64 = 7200;
 
 /// Lifetime of the tokens `cocoon admin` makes (one per request), seconds.
 pub const CLI_TOKEN_LIFETIME_SECS: i64 = 300;
+const _: () = assert!(CLI_TOKEN_LIFETIME_SECS <= MAX_TOKEN_LIFETIME_SECS);
 
 /// Reading an admin key failed.
 #[derive(Debug, thiserror::Error)]
