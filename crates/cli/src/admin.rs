@@ -5,9 +5,8 @@ use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use clap::{Args, Subcommand, ValueEnum};
-use cocoon_kbs::admin::make_admin_token;
+use cocoon_kbs::admin::{AdminSigningKey, CLI_TOKEN_LIFETIME_SECS};
 use cocoon_types::resource::ResourceUri;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 
@@ -16,8 +15,9 @@ use std::path::{Path, PathBuf};
 pub struct AdminConnection {
     #[command(flatten)]
     pub(crate) conn: Connection,
-    /// Admin private key (Ed25519 PKCS#8 PEM). Default: the local trustee's
-    /// admin key; created on first use if missing.
+    /// Admin private key (PEM): Ed25519 or P-256, PKCS#8 (`openssl genpkey`)
+    /// or SEC1 (`openssl ecparam -genkey`). Default: the local trustee's
+    /// admin key; an Ed25519 key is created there on first use if missing.
     #[arg(long, env = "COCOON_ADMIN_KEY")]
     admin_key: Option<PathBuf>,
 }
@@ -156,46 +156,37 @@ fn default_admin_key() -> PathBuf {
     cocoon_kbs::server::DataPaths::new(&cocoon_kbs::default_data_dir()).admin_key
 }
 
-/// Loads the admin key, creating a key pair on first use.
-fn load_or_create_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
+/// Loads the admin key, creating an Ed25519 key pair on first use.
+fn load_or_create_key(path: &Path) -> Result<AdminSigningKey> {
     if !path.exists() {
-        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-        let pem = key
-            .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let public = key
-            .verifying_key()
-            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        cocoon_store::write_private_file(path, pem.as_bytes())
+        let key = AdminSigningKey::generate_ed25519();
+        let created = cocoon_store::create_private_file(path, key.to_pkcs8_pem().as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
-        let pub_path = path.with_extension("pub.pem");
-        std::fs::write(&pub_path, public)?;
-        eprintln!(
-            "created admin key pair {} (public: {}); start the trustee with --admin-public-key {} to trust it",
-            path.display(),
-            pub_path.display(),
-            pub_path.display()
-        );
-        return Ok(key);
+        if created {
+            let pub_path = path.with_extension("pub.pem");
+            cocoon_store::create_file_exclusive(
+                &pub_path,
+                key.public_key().to_pem().as_bytes(),
+                0o644,
+            )
+            .with_context(|| format!("cannot write {}", pub_path.display()))?;
+            eprintln!(
+                "created admin key pair {} (public: {}); start the trustee with --admin-public-key {} to trust it",
+                path.display(),
+                pub_path.display(),
+                pub_path.display()
+            );
+            return Ok(key);
+        }
     }
-    let pem = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read admin key {}", path.display()))?,
-    );
-    ed25519_dalek::SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
-        anyhow::anyhow!(
-            "admin key {} is not an Ed25519 PKCS#8 PEM: {e}",
-            path.display()
-        )
-    })
+    AdminSigningKey::from_file(path).with_context(|| format!("admin key {}", path.display()))
 }
 
 /// An authenticated admin client of a trustee.
 pub(crate) struct Admin {
     pub(crate) conn: Connection,
     pub(crate) http: reqwest::Client,
-    key: ed25519_dalek::SigningKey,
+    key: AdminSigningKey,
 }
 
 impl Admin {
@@ -210,7 +201,7 @@ impl Admin {
 
     fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        rb.bearer_auth(make_admin_token(&self.key, now, 300))
+        rb.bearer_auth(self.key.token(now, CLI_TOKEN_LIFETIME_SECS))
     }
 
     /// Sends `rb` with an admin token; non-success answers become errors.

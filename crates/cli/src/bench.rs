@@ -319,16 +319,14 @@ async fn prepare_resource(
         cocoon_kbs::server::DataPaths::new(&cocoon_kbs::default_data_dir()).admin_key
     });
     if key_path.exists() {
-        use ed25519_dalek::pkcs8::DecodePrivateKey;
-        let pem = std::fs::read_to_string(&key_path)?;
-        let key = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| anyhow::anyhow!("admin key {}: {e}", key_path.display()))?;
+        let key = cocoon_kbs::admin::AdminSigningKey::from_file(&key_path)
+            .with_context(|| format!("admin key {}", key_path.display()))?;
         let mut secret = vec![0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut secret);
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let resp = http
             .post(a.conn.kbs(&format!("/resource/{path}")))
-            .bearer_auth(cocoon_kbs::admin::make_admin_token(&key, now, 300))
+            .bearer_auth(key.token(now, cocoon_kbs::admin::CLI_TOKEN_LIFETIME_SECS))
             .body(secret.clone())
             .send()
             .await

@@ -17,7 +17,8 @@ pub struct TrusteeArgs {
     /// Default: $COCOON_DATA_DIR, else $XDG_DATA_HOME/cocoon/trustee, else ~/.local/share/cocoon/trustee.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Serve plain HTTP (development only).
+    /// Serve plain HTTP (development only). Refused on a listen address
+    /// other than loopback unless --allow-insecure-on-network is given.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     insecure_http: bool,
     /// TLS certificate chain (PEM); needs --tls-key.
@@ -68,13 +69,26 @@ pub struct TrusteeArgs {
     #[arg(long)]
     tpm_hardware_ek_ca: Option<PathBuf>,
     /// Accept admin requests without authentication (development only).
+    /// Refused on a listen address other than loopback unless
+    /// --allow-insecure-on-network is given.
     #[arg(long)]
     insecure_admin: bool,
-    /// Trusted admin public key (PEM, Ed25519 or P-256); repeatable. Default:
+    /// Allow --insecure-admin and --insecure-http on a non-loopback listen
+    /// address: anyone who reaches the port can then administer the trustee
+    /// (--insecure-admin), and tokens and uploaded secrets cross the
+    /// network in the clear (--insecure-http). Only for a network you fully
+    /// control, such as a throwaway test VM's private bridge.
+    #[arg(long)]
+    allow_insecure_on_network: bool,
+    /// Trusted admin public key, repeatable: SPKI PEM (`PUBLIC KEY`, as
+    /// `openssl pkey -in KEY -pubout` writes it), Ed25519 or P-256. Default:
     /// the data directory's admin key, created on first start.
     #[arg(long = "admin-public-key")]
     admin_public_keys: Vec<PathBuf>,
-    /// Key-encryption key file (32 bytes). Default: <data-dir>/kek.key, created on first start.
+    /// Key-encryption key file (32 bytes, mode 0600 or stricter: a file group
+    /// or others can read is refused). Default: <data-dir>/kek.key, created
+    /// on first start; keep it on another volume than the data directory so
+    /// one copy of that directory does not hold both the data and its key.
     #[arg(long)]
     kek_file: Option<PathBuf>,
     /// Session lifetime after auth, in seconds.
@@ -103,6 +117,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         tls,
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,
+        allow_insecure_on_network: a.allow_insecure_on_network,
         admin_public_keys: a.admin_public_keys.clone(),
         kek_file: a.kek_file.clone(),
         dcap_collateral: a.dcap_collateral.clone(),

@@ -22,6 +22,16 @@ impl TrusteeProc {
     }
 
     pub fn start_with(data_dir: &Path, mode: &[&str], extra: &[&str]) -> Self {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(mode);
+        args.extend_from_slice(extra);
+        Self::try_start(data_dir, &args)
+            .unwrap_or_else(|log| panic!("trustee did not start:\n{log}"))
+    }
+
+    /// Runs `cocoon trustee --data-dir DIR <args>`. Returns the running
+    /// trustee once it prints its banner, or its log if it exits first.
+    pub fn try_start(data_dir: &Path, args: &[&str]) -> Result<Self, String> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = data_dir.with_file_name(format!(
@@ -30,10 +40,9 @@ impl TrusteeProc {
         ));
         let mut child = Command::new(BIN)
             .arg("trustee")
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("--data-dir")
             .arg(data_dir)
-            .args(mode)
-            .args(extra)
+            .args(args)
             .env("COCOON_LOG", "debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
@@ -43,6 +52,14 @@ impl TrusteeProc {
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         reader.read_line(&mut line).expect("read banner");
+        let Some(url) = line.trim().strip_prefix("cocoon trustee listening on ") else {
+            // No banner: the trustee exited (stdout closed) or misbehaves.
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("{line}{log}"));
+        };
+        let url = url.to_string();
         // Keep draining stdout so the trustee never writes to a closed pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();
@@ -50,20 +67,12 @@ impl TrusteeProc {
                 sink.clear();
             }
         });
-        let url = line
-            .trim()
-            .strip_prefix("cocoon trustee listening on ")
-            .unwrap_or_else(|| {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("trustee did not start: {line:?}\n{log}")
-            })
-            .to_string();
-        Self {
+        Ok(Self {
             child,
             url,
             data_dir: data_dir.to_path_buf(),
             log,
-        }
+        })
     }
 
     /// The trustee's self-signed TLS certificate, for `--kbs-cert`.

@@ -864,3 +864,258 @@ async fn cookie_stays_bounded_with_a_large_initdata() {
     let r = raw.get("resource/default/key/b", Some(&sealed), None).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+/// Runs `openssl <args>`, which must succeed.
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// An admin JWT signed by OpenSSL itself (Ed25519 over the signing input),
+/// with the given claims: a signer this code base did not write.
+fn openssl_ed25519_token(dir: &std::path::Path, key: &str, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        B64URL.encode(r#"{"typ":"JWT","alg":"EdDSA"}"#),
+        B64URL.encode(claims.to_string())
+    );
+    let input_file = write(dir, "jwt-input", input.as_bytes());
+    let sig = openssl(&[
+        "pkeyutl",
+        "-sign",
+        "-rawin",
+        "-inkey",
+        key,
+        "-in",
+        input_file.to_str().unwrap(),
+    ]);
+    format!("{input}.{}", B64URL.encode(sig))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Keys made by OpenSSL, the way CoCo's tooling documents it, administer a
+/// trustee through `cocoon admin`; the trustee refuses admin tokens without
+/// `iat` or with an unbounded lifetime, and accepts kbs-client's two hours.
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_admin_keys_administer_the_trustee() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).to_str().unwrap().to_string();
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", &p("ed.pem")]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        &p("p256.pem"),
+    ]);
+    openssl(&[
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-out",
+        &p("p256-sec1.pem"),
+    ]);
+    let sec1 = std::fs::read_to_string(p("p256-sec1.pem")).unwrap();
+    assert!(sec1.starts_with("-----BEGIN EC PARAMETERS-----"), "{sec1}");
+    assert!(sec1.contains("-----BEGIN EC PRIVATE KEY-----"), "{sec1}");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        &p("stranger.pem"),
+    ]);
+    let mut trust = Vec::new();
+    for k in ["ed", "p256", "p256-sec1"] {
+        let public = format!("{}.pub", p(k));
+        openssl(&[
+            "pkey",
+            "-in",
+            &p(&format!("{k}.pem")),
+            "-pubout",
+            "-out",
+            &public,
+        ]);
+        trust.push("--admin-public-key".to_string());
+        trust.push(public);
+    }
+    let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
+    let t = TrusteeProc::start(&d.join("data"), &trust);
+    let secret = write(d, "s", b"owner-secret");
+    let admin = |key: &str, args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["admin", "--url", &t.url, "--admin-key", key])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let before: Vec<Vec<u8>> = ["ed", "p256", "p256-sec1"]
+        .iter()
+        .map(|k| std::fs::read(p(&format!("{k}.pem"))).unwrap())
+        .collect();
+    for (n, k) in ["ed", "p256", "p256-sec1"].iter().enumerate() {
+        let key = p(&format!("{k}.pem"));
+        let uri = format!("kbs:///default/key/{n}");
+        ok(&admin(
+            &key,
+            &["set-resource", &uri, "--file", secret.to_str().unwrap()],
+        ));
+        assert!(ok(&admin(&key, &["list-resources"])).contains(&uri));
+        // The key file is used as it is, never rewritten.
+        assert_eq!(std::fs::read(&key).unwrap(), before[n], "{k}");
+    }
+    assert_eq!(
+        ok(&t.guest("get-resource", &["kbs:///default/key/2", "--tee", "sample"])),
+        "owner-secret"
+    );
+    let out = admin(&p("stranger.pem"), &["list-resources"]);
+    assert!(
+        fails(&out).contains("does not verify with any trusted admin key"),
+        "{out:?}"
+    );
+
+    // Tokens signed by OpenSSL with the Ed25519 key: kbs-client's shape
+    // (iat, exp = iat + 7200) passes; no iat, no exp, a longer lifetime or
+    // an iat in the future are refused with a reason.
+    let raw = Raw::new(&t.url);
+    let now = unix_now();
+    let ed = p("ed.pem");
+    let token = |claims: Value| openssl_ed25519_token(d, &ed, &claims);
+    let r = raw
+        .get(
+            "resources",
+            None,
+            Some(&token(json!({"iat": now, "exp": now + 7200}))),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    for (claims, says) in [
+        (json!({"exp": now + 60}), "no iat"),
+        (json!({"iat": now}), "no exp"),
+        (json!({"iat": now, "exp": now + 7201}), "7200"),
+        (
+            json!({"iat": now + 3600, "exp": now + 3700}),
+            "in the future",
+        ),
+    ] {
+        let r = raw.get("resources", None, Some(&token(claims))).await;
+        assert_error(&r, 401, "AdminAuthAccess", says);
+    }
+    let log = t.stop();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The key files a trustee creates on first start: the admin key reads in
+/// OpenSSL (and Python's `cryptography`, when installed), every private
+/// file is 0600; a key-encryption key others can read stops the start; one
+/// beside the database is warned about, one elsewhere is not.
+#[test]
+fn first_start_key_files_work_elsewhere_and_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let t = TrusteeProc::start_with(&data, &[], &[]);
+    let log = t.stop();
+    let key = data.join("admin-key.pem");
+    let key_s = key.to_str().unwrap();
+    openssl(&["pkey", "-in", key_s, "-noout"]);
+    let public = openssl(&["pkey", "-in", key_s, "-pubout"]);
+    assert_eq!(
+        public,
+        std::fs::read(data.join("admin-key.pub.pem")).unwrap()
+    );
+    let has_cryptography = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_cryptography {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys; from cryptography.hazmat.primitives.serialization import load_pem_private_key as l; l(open(sys.argv[1], 'rb').read(), None)",
+                key_s,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for f in ["admin-key.pem", "kek.key", "tls/key.pem"] {
+        let mode = std::fs::metadata(data.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    assert!(
+        log.contains("same directory as the database") && log.contains("--kek-file"),
+        "{log}"
+    );
+
+    // A key-encryption key group or others can read: no start, and the fix.
+    let kek = data.join("kek.key");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let Err(log) = TrusteeProc::try_start(&data, &["--listen", "127.0.0.1:0"]) else {
+        panic!("started with a world-readable key-encryption key");
+    };
+    assert!(
+        log.contains(&format!("chmod 600 {}", kek.display())),
+        "{log}"
+    );
+    assert!(log.contains("0644"), "{log}");
+
+    // The key on another volume (here: another directory): no warning.
+    let elsewhere = dir.path().join("keys").join("kek.key");
+    let t = TrusteeProc::start_with(
+        &dir.path().join("data2"),
+        &[],
+        &["--kek-file", elsewhere.to_str().unwrap()],
+    );
+    let log = t.stop();
+    assert!(!log.contains("same directory as the database"), "{log}");
+    assert!(elsewhere.exists());
+}
+
+/// `--insecure-admin` and `--insecure-http` are refused on an address other
+/// hosts can reach, unless forced.
+#[test]
+fn insecure_flags_stay_on_loopback_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    for (n, flag) in ["--insecure-admin", "--insecure-http"].iter().enumerate() {
+        let data = dir.path().join(format!("d{n}"));
+        let Err(log) = TrusteeProc::try_start(&data, &["--listen", "0.0.0.0:0", flag]) else {
+            panic!("{flag} started on 0.0.0.0");
+        };
+        assert!(log.contains("not a loopback address"), "{log}");
+        assert!(log.contains(flag), "{log}");
+        assert!(log.contains("--allow-insecure-on-network"), "{log}");
+        assert!(!data.exists(), "refused before touching the data directory");
+        let t = TrusteeProc::try_start(
+            &data,
+            &["--listen", "0.0.0.0:0", flag, "--allow-insecure-on-network"],
+        )
+        .unwrap_or_else(|log| panic!("forced {flag} did not start: {log}"));
+        t.stop();
+    }
+}

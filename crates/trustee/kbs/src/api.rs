@@ -162,7 +162,7 @@ pub(crate) fn require_admin(s: &KbsState, headers: &HeaderMap) -> Result<(), Kbs
             "send Authorization: Bearer <admin JWT> (cocoon admin does this)".into(),
         )
     })?;
-    verify_admin_token(token, &s.admin_keys, now()).map_err(KbsError::AdminAuth)
+    verify_admin_token(token, &s.admin_keys, now()).map_err(|e| KbsError::AdminAuth(e.to_string()))
 }
 
 fn record(s: &KbsState, d: Denial) {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+mod data_dir;
 pub mod decision;
 pub mod error;
 pub mod fetch;

@@ -2,12 +2,14 @@
 
 use crate::admin::AdminKey;
 use crate::api::{KbsState, denial_recorder, router};
+pub use crate::data_dir::DataPaths;
+use crate::data_dir::{ensure_admin_key, ensure_self_signed, file_err, warn_if_kek_beside_db};
 use crate::decision::DecisionCache;
 use crate::metrics::Metrics;
 use crate::session::SessionSealer;
 use cocoon_attestation::{AsConfig, AttestationService};
 use cocoon_rvps::Rvps;
-use cocoon_store::{Kek, SqliteStore, Store, write_private_file};
+use cocoon_store::{Kek, SqliteStore, Store};
 use cocoon_verifier::{VerifierOptions, VerifierRegistry};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -43,6 +45,9 @@ pub struct TrusteeConfig {
     pub allow_dev_tee: bool,
     /// Accept admin requests without authentication.
     pub insecure_admin: bool,
+    /// Allow `insecure_admin` and plain HTTP on a non-loopback listen
+    /// address; without it such a configuration refuses to start.
+    pub allow_insecure_on_network: bool,
     /// Trusted admin public keys (PEM). Empty: the data directory's admin key,
     /// created on first start.
     pub admin_public_keys: Vec<PathBuf>,
@@ -92,6 +97,7 @@ impl Default for TrusteeConfig {
             tls: TlsMode::SelfSigned,
             allow_dev_tee: false,
             insecure_admin: false,
+            allow_insecure_on_network: false,
             admin_public_keys: Vec::new(),
             kek_file: None,
             dcap_collateral: None,
@@ -115,74 +121,37 @@ pub enum StartError {
     Msg(String),
 }
 
-fn err(m: impl std::fmt::Display) -> StartError {
+pub(crate) fn err(m: impl std::fmt::Display) -> StartError {
     StartError::Msg(m.to_string())
 }
 
-/// Paths inside the data directory.
-pub struct DataPaths {
-    /// SQLite database.
-    pub db: PathBuf,
-    /// Key-encryption key.
-    pub kek: PathBuf,
-    /// Admin private key (created on first start when no admin key is given).
-    pub admin_key: PathBuf,
-    /// Admin public key.
-    pub admin_pub: PathBuf,
-    /// TLS certificate.
-    pub tls_cert: PathBuf,
-    /// TLS key.
-    pub tls_key: PathBuf,
-}
-
-impl DataPaths {
-    /// Paths under `dir`.
-    pub fn new(dir: &Path) -> Self {
-        Self {
-            db: dir.join("trustee.db"),
-            kek: dir.join("kek.key"),
-            admin_key: dir.join("admin-key.pem"),
-            admin_pub: dir.join("admin-key.pub.pem"),
-            tls_cert: dir.join("tls").join("cert.pem"),
-            tls_key: dir.join("tls").join("key.pem"),
-        }
-    }
-}
-
-fn ensure_admin_key(paths: &DataPaths) -> Result<(), StartError> {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
-    if paths.admin_pub.exists() {
+/// Refuses `--insecure-admin` and `--insecure-http` on a listen address
+/// other hosts can reach, unless `allow_insecure_on_network` says so.
+fn check_exposure(cfg: &TrusteeConfig) -> Result<(), StartError> {
+    if cfg.listen.ip().to_canonical().is_loopback() || cfg.allow_insecure_on_network {
         return Ok(());
     }
-    let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-    let private = key
-        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .map_err(err)?;
-    let public = key
-        .verifying_key()
-        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .map_err(err)?;
-    write_private_file(&paths.admin_key, private.as_bytes())
-        .map_err(|e| err(format!("{}: {e}", paths.admin_key.display())))?;
-    std::fs::write(&paths.admin_pub, public)
-        .map_err(|e| err(format!("{}: {e}", paths.admin_pub.display())))?;
-    Ok(())
-}
-
-fn ensure_self_signed(paths: &DataPaths, listen: &SocketAddr) -> Result<(), StartError> {
-    if paths.tls_cert.exists() && paths.tls_key.exists() {
+    let mut risks = Vec::new();
+    if cfg.insecure_admin {
+        risks.push(
+            "--insecure-admin lets anyone who can reach the port read and change every secret and policy without credentials",
+        );
+    }
+    if matches!(cfg.tls, TlsMode::InsecureHttp) {
+        risks.push(
+            "--insecure-http sends attestation tokens, admin tokens and the secrets admins upload across the network in the clear",
+        );
+    }
+    if risks.is_empty() {
         return Ok(());
     }
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if !listen.ip().is_unspecified() {
-        names.push(listen.ip().to_string());
-    }
-    let ck = rcgen::generate_simple_self_signed(names).map_err(err)?;
-    write_private_file(&paths.tls_key, ck.key_pair.serialize_pem().as_bytes())
-        .map_err(|e| err(format!("{}: {e}", paths.tls_key.display())))?;
-    std::fs::write(&paths.tls_cert, ck.cert.pem())
-        .map_err(|e| err(format!("{}: {e}", paths.tls_cert.display())))?;
-    Ok(())
+    Err(err(format!(
+        "refusing to serve on {}, which is not a loopback address, with development flags: {}. \
+         Listen on 127.0.0.1 (and reach it through an SSH tunnel), drop the flag, or, \
+         only on a network you fully control, add --allow-insecure-on-network",
+        cfg.listen,
+        risks.join("; ")
+    )))
 }
 
 /// Sample-TEE reference values, registered (if absent) when development TEEs
@@ -219,6 +188,7 @@ pub struct Trustee {
 impl Trustee {
     /// Prepares everything and binds the listener.
     pub async fn prepare(cfg: TrusteeConfig) -> Result<Self, StartError> {
+        check_exposure(&cfg)?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
             err(format!(
                 "cannot create data directory {}: {e}",
@@ -226,8 +196,9 @@ impl Trustee {
             ))
         })?;
         let paths = DataPaths::new(&cfg.data_dir);
-        let kek =
-            Kek::load_or_create(cfg.kek_file.as_deref().unwrap_or(&paths.kek)).map_err(err)?;
+        let kek_path = cfg.kek_file.as_deref().unwrap_or(&paths.kek);
+        let kek = Kek::load_or_create(kek_path).map_err(err)?;
+        warn_if_kek_beside_db(kek_path, &paths.db);
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db).map_err(err)?);
         let kek = Arc::new(kek);
         let sessions = SessionSealer::load_or_create(&store, kek.clone(), cfg.session_timeout_secs)
@@ -324,7 +295,7 @@ impl Trustee {
                 cfg.admin_public_keys.clone()
             };
             for f in files {
-                admin_keys.push(AdminKey::from_file(&f).map_err(err)?);
+                admin_keys.push(AdminKey::from_file(&f).map_err(|e| file_err(&f, e))?);
             }
         }
 
@@ -430,4 +401,56 @@ async fn load_tls(
                 key.display()
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(listen: &str, insecure_admin: bool, tls: TlsMode, force: bool) -> TrusteeConfig {
+        TrusteeConfig {
+            listen: listen.parse().unwrap(),
+            insecure_admin,
+            tls,
+            allow_insecure_on_network: force,
+            ..TrusteeConfig::default()
+        }
+    }
+
+    #[test]
+    fn development_flags_stay_on_loopback_unless_forced() {
+        let network = ["0.0.0.0:8080", "[::]:8080", "192.0.2.7:8080"];
+        let loopback = [
+            "127.0.0.1:8080",
+            "127.8.9.1:0",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:1",
+        ];
+        for addr in network {
+            let e = check_exposure(&cfg(addr, true, TlsMode::SelfSigned, false))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--insecure-admin") && e.contains("without credentials"),
+                "{e}"
+            );
+            assert!(e.contains("--allow-insecure-on-network"), "{e}");
+            assert!(!e.contains("--insecure-http"), "{e}");
+            let e = check_exposure(&cfg(addr, false, TlsMode::InsecureHttp, false))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--insecure-http") && e.contains("in the clear"),
+                "{e}"
+            );
+            assert!(check_exposure(&cfg(addr, true, TlsMode::InsecureHttp, true)).is_ok());
+            assert!(check_exposure(&cfg(addr, false, TlsMode::SelfSigned, false)).is_ok());
+        }
+        for addr in loopback {
+            assert!(
+                check_exposure(&cfg(addr, true, TlsMode::InsecureHttp, false)).is_ok(),
+                "{addr}"
+            );
+        }
+    }
 }

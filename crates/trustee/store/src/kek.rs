@@ -2,10 +2,12 @@
 //! namespace and key as associated data so a sealed value cannot be moved to
 //! another key.
 
+use crate::private_file::create_private_file;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand_core::{OsRng, RngCore};
-use std::io::Write;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
@@ -25,12 +27,25 @@ pub enum KekError {
     /// The key file does not hold 32 bytes.
     #[error("key-encryption key file {0} must hold exactly 32 bytes")]
     BadLength(PathBuf),
+    /// Group or others have access to the key file.
+    #[error(
+        "key-encryption key file {path} has mode {mode:04o}: group or others may read it. \
+         Run `chmod 600 {path}` (and consider whether the key has leaked)",
+        path = path.display()
+    )]
+    TooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Decryption failed.
     #[error("sealed value cannot be opened")]
     Open,
 }
 
-/// The KEK. Its bytes are zeroized on drop.
+/// The KEK. Its expanded AES key schedule is wiped on drop (the `zeroize`
+/// feature of `aes`).
 pub struct Kek {
     cipher: Aes256Gcm,
 }
@@ -39,31 +54,6 @@ impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Kek{..}")
     }
-}
-
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename) with mode 0600.
-pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 impl Kek {
@@ -75,42 +65,56 @@ impl Kek {
     }
 
     /// Loads the KEK from `path`, creating a random one (mode 0600) if the
-    /// file does not exist. Several replicas sharing a data directory race
-    /// safely: the rename is atomic and the loser re-reads the winner's key.
+    /// file does not exist. Several replicas starting at once on a shared
+    /// data directory agree: exactly one creates the key, the others read it.
     pub fn load_or_create(path: &Path) -> Result<Self, KekError> {
+        match Self::load(path) {
+            Err(KekError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            loaded => return loaded,
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(key.as_mut());
+        let created = create_private_file(path, key.as_ref()).map_err(|source| KekError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if created {
+            tracing::info!(path = %path.display(), "created a new key-encryption key");
+            return Ok(Self::from_bytes(&key));
+        }
+        // Another process created it between our read and our create.
+        Self::load(path)
+    }
+
+    /// Loads the KEK from `path`, refusing a file that group or others can
+    /// access.
+    pub fn load(path: &Path) -> Result<Self, KekError> {
         let io = |source| KekError::Io {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        // fstat on the open file: the mode checked is the mode of what is read.
+        let mode = f.metadata().map_err(io)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KekError::TooOpen {
+                path: path.to_path_buf(),
+                mode,
+            });
         }
-        if !path.exists() {
-            let mut key = Zeroizing::new([0u8; 32]);
-            OsRng.fill_bytes(key.as_mut());
-            // Create exclusively so two processes do not both write a key.
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path.with_extension("lock"))
-            {
-                Ok(_) => {
-                    write_private_file(path, key.as_ref()).map_err(io)?;
-                    let _ = std::fs::remove_file(path.with_extension("lock"));
-                }
-                Err(_) => {
-                    for _ in 0..50 {
-                        if path.exists() {
-                            break;
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                }
+        // A fixed buffer (one byte more than a key, to detect a longer file)
+        // so no reallocation leaves a copy of the key behind.
+        let mut buf = Zeroizing::new([0u8; 33]);
+        let mut len = 0;
+        while len < buf.len() {
+            match f.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
             }
         }
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(io)?);
-        let key: &[u8; 32] = bytes
-            .as_slice()
+        let key: &[u8; 32] = buf[..len]
             .try_into()
             .map_err(|_| KekError::BadLength(path.to_path_buf()))?;
         Ok(Self::from_bytes(key))
@@ -184,5 +188,90 @@ mod tests {
         t[last] ^= 1;
         assert!(kek.open("resources", "a/b/c", &t).is_err());
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn refuses_a_key_file_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.key");
+        let kek = Kek::load_or_create(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let sealed = kek.seal("ns", "k", b"v");
+        for bad in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
+            let e = Kek::load_or_create(&path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+            assert!(e.contains(&format!("{bad:04o}")), "{e}");
+            assert!(e.contains(&format!("chmod 600 {}", path.display())), "{e}");
+        }
+        for good in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(good)).unwrap();
+            let again = Kek::load_or_create(&path).unwrap();
+            assert_eq!(&*again.open("ns", "k", &sealed).unwrap(), b"v");
+        }
+    }
+
+    #[test]
+    fn refuses_a_key_of_the_wrong_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0usize, 31, 33, 64] {
+            let path = dir.path().join(format!("kek{len}"));
+            crate::private_file::create_private_file(&path, &vec![1u8; len]).unwrap();
+            assert!(matches!(
+                Kek::load_or_create(&path),
+                Err(KekError::BadLength(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_stale_lock_file_does_not_block_start_up() {
+        // A process that died while creating the key must not leave a file
+        // that stops every later start.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kek.key");
+        std::fs::write(path.with_extension("lock"), b"").unwrap();
+        Kek::load_or_create(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap().len(), 32);
+    }
+
+    #[test]
+    fn replicas_starting_at_once_share_one_key() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("kek.key");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let keks: Vec<Kek> = (0..8)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Kek::load_or_create(&path).unwrap()
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect();
+            let sealed = keks[0].seal("ns", "k", b"v");
+            for k in &keks {
+                assert!(k.open("ns", "k", &sealed).is_ok(), "round {round}");
+            }
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        }
+    }
+
+    #[test]
+    fn key_schedules_are_wiped_on_drop() {
+        fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        // The AES key schedule inside Aes256Gcm (and in aes-kw and ctr users).
+        zeroized_on_drop::<aes::Aes256>();
+        zeroized_on_drop::<aes::Aes128>();
+        zeroized_on_drop::<aes::Aes256Enc>();
     }
 }

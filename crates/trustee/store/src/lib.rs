@@ -4,9 +4,13 @@
 //! key-encryption key that seals secrets at rest.
 
 mod kek;
+mod private_file;
 mod sqlite;
 
-pub use kek::{Kek, KekError, write_private_file};
+pub use kek::{Kek, KekError};
+pub use private_file::{
+    create_file_exclusive, create_private_file, replace_file, write_private_file,
+};
 pub use sqlite::SqliteStore;
 
 /// Namespaces the trustee uses. Values in [`ns::RESOURCES`] and [`ns::KEYS`]
