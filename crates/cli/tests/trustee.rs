@@ -1119,3 +1119,56 @@ fn insecure_flags_stay_on_loopback_unless_forced() {
         t.stop();
     }
 }
+
+/// A cookie is only as trustworthy as the session key: one sealed with the
+/// real key (here by a process sharing the trustee's store and KEK, as a
+/// replica would) but carrying a token whose claims were altered after
+/// signing is refused, not released.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_token_inside_a_genuine_cookie_is_refused() {
+    use cocoon_kbs::session::{Session, SessionSealer};
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let raw = Raw::new(&t.url);
+    let secret = write(dir.path(), "s", b"only-for-affirming");
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///default/key/f",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
+    // A session whose appraisal is not affirming: its resource is refused.
+    ok(&t.admin(&["add-reference-value", "launch_digest", "fffff"]));
+    let key = TeeKeyPair::generate_ec();
+    let (cookie, token) = raw.attest(&key).await;
+    let r = raw.get("resource/default/key/f", Some(&cookie), None).await;
+    assert_error(&r, 403, "PolicyDeny", "default/key/f");
+
+    // Re-seal the same session with "affirming" claims and the old signature.
+    let store: std::sync::Arc<dyn cocoon_store::Store> = std::sync::Arc::new(
+        cocoon_store::SqliteStore::open(&t.data_dir.join("trustee.db")).unwrap(),
+    );
+    let kek = std::sync::Arc::new(cocoon_store::Kek::load(&t.data_dir.join("kek.key")).unwrap());
+    let sealer = SessionSealer::load_or_create(&store, kek, 300).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut session: Session = sealer.open(&cookie, now).unwrap();
+    let mut claims = jwt_claims(&token);
+    claims["submods"]["cpu0"]["ear.status"] = json!("affirming");
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        B64URL.encode(claims.to_string()),
+        parts[2]
+    );
+    session.attested.as_mut().unwrap().token = forged;
+    let resealed = sealer.seal(&session);
+    let r = raw
+        .get("resource/default/key/f", Some(&resealed), None)
+        .await;
+    assert_error(&r, 401, "TokenVerifierError", "signature");
+    // The genuine cookie, resealed unchanged, is still only refused by policy.
+    let same = sealer.seal(&sealer.open(&cookie, now).unwrap());
+    let r = raw.get("resource/default/key/f", Some(&same), None).await;
+    assert_error(&r, 403, "PolicyDeny", "default/key/f");
+}
