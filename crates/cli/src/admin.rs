@@ -234,13 +234,7 @@ fn parse_expiry(s: &str) -> Result<i64> {
 }
 
 fn fmt_time(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
+    cocoon_rvps::rfc3339(unix)
 }
 
 /// Runs one admin command.

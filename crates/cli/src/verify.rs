@@ -80,13 +80,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
                 )?,
                 None => eprintln!("note: report data binding NOT checked (pass --report-data HEX)"),
             }
-            let init = a
-                .init_data_digest
-                .as_deref()
-                .map(hex::decode)
-                .transpose()
-                .context("--init-data-digest is not hex")?;
-            snp::check_host_data(&claims.report, &binding_input(&[], &init))?;
+            snp::check_host_data(&claims.report, &binding_input(&[], &init_digest(&a)?))?;
             eprintln!(
                 "verified: SEV-SNP report signed by a {} {} chaining to AMD's ARK; TCB status unknown (no TCB collateral for SNP)",
                 claims.product, claims.signing_key
@@ -147,13 +141,16 @@ fn bindings(
             own()?
         }
     };
-    let init = a
-        .init_data_digest
+    Ok((report_data, init_digest(a)?))
+}
+
+/// `--init-data-digest`, decoded.
+fn init_digest(a: &VerifyArgs) -> Result<Option<Vec<u8>>> {
+    a.init_data_digest
         .as_deref()
         .map(hex::decode)
         .transpose()
-        .context("--init-data-digest is not hex")?;
-    Ok((report_data, init))
+        .context("--init-data-digest is not hex")
 }
 
 /// The input the trustee's binding checks take.

@@ -333,7 +333,7 @@ pub fn appraise(policy: &RegoPolicy, input: &Value) -> Result<Verdict, AttestErr
         for (name, at) in expired {
             explain.push(format!(
                 "reference value '{name}' expired at {}: it counts as not set; renew it with `cocoon admin add-reference-value {name} ... --expires ...`",
-                rfc3339(at)
+                cocoon_rvps::rfc3339(at)
             ));
         }
     }
@@ -347,16 +347,6 @@ pub fn appraise(policy: &RegoPolicy, input: &Value) -> Result<Verdict, AttestErr
         failed,
         explain,
     })
-}
-
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// The largest claim (as compact JSON) a token carries whole.

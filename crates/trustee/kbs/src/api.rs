@@ -426,6 +426,26 @@ fn presented_token(
     }
 }
 
+fn record_resource_denial(
+    s: &KbsState,
+    tee: String,
+    rpath: &ResourcePath,
+    reason: &str,
+    details: Vec<String>,
+) {
+    record(
+        s,
+        Denial {
+            at: now(),
+            kind: "resource".into(),
+            tee: Some(tee),
+            resource: Some(rpath.to_string()),
+            reason: reason.into(),
+            details,
+        },
+    );
+}
+
 async fn get_resource(
     State(s): State<AppState>,
     Path(path): Path<String>,
@@ -438,17 +458,8 @@ async fn get_resource(
         Ok(d) => d,
         Err(e) => {
             if let KbsError::Unavailable { detail } = &e {
-                record(
-                    &s,
-                    Denial {
-                        at: now(),
-                        kind: "resource".into(),
-                        tee: Some(tee),
-                        resource: Some(rpath.to_string()),
-                        reason: "the resource policy could not be evaluated".into(),
-                        details: vec![detail.clone()],
-                    },
-                );
+                let reason = "the resource policy could not be evaluated";
+                record_resource_denial(&s, tee, &rpath, reason, vec![detail.clone()]);
             }
             return Err(e);
         }
@@ -460,16 +471,13 @@ async fn get_resource(
                 result: "denied".into(),
             })
             .inc();
-        record(
+        let reasons = decision.reasons.as_ref().clone();
+        record_resource_denial(
             &s,
-            Denial {
-                at: now(),
-                kind: "resource".into(),
-                tee: Some(tee),
-                resource: Some(rpath.to_string()),
-                reason: "resource policy denied the request".into(),
-                details: decision.reasons.as_ref().clone(),
-            },
+            tee,
+            &rpath,
+            "resource policy denied the request",
+            reasons,
         );
         return Err(KbsError::PolicyDeny(rpath.to_string()));
     }

@@ -93,6 +93,18 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '/' | '-'))
 }
 
+/// `unix` (seconds) as RFC 3339, for people reading expiries and dates;
+/// the number itself when it is out of range.
+pub fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
