@@ -8,11 +8,11 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_verifier::snp::SnpVerifier;
-use cocoon_verifier::snp::cert::X509Cert;
 use cocoon_verifier::snp::report::{SIGNED_LEN, SnpReport};
 use cocoon_verifier::tdx::collateral::Collateral;
 use cocoon_verifier::tdx::quote::{SgxQuote, TdxQuote};
 use cocoon_verifier::tdx::{self, TdxCache};
+use cocoon_verifier::x509::X509Cert;
 use cocoon_verifier::{TrustedKeys, Verifier, VerifyInput};
 use criterion::{Criterion, black_box};
 use serde_json::Value;
