@@ -107,25 +107,8 @@ impl CollateralSet {
 
     /// The collateral for `tee` (TCB info id) and `fmspc` from the files
     /// (whatever their dates: an expired file is refused as expired, not
-    /// replaced), or else from the PCCS (for a PCK issued by `ca`:
-    /// `platform` or `processor`), fetched when none kept is still valid
-    /// at `now`.
-    pub fn find(
-        &self,
-        tee: &str,
-        fmspc: &str,
-        ca: &str,
-        now: u64,
-    ) -> Result<Option<std::sync::Arc<Collateral>>, VerifyError> {
-        match self.kept(tee, fmspc, ca, now) {
-            Some(c) => Ok(Some(c)),
-            None if self.fetches() => self.fetch(tee, fmspc, ca).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The collateral the files have for `tee` and `fmspc`, or a fetched
-    /// one still valid at `now`, without asking the PCCS.
+    /// replaced), or one fetched for a PCK issued by `ca` (`platform` or
+    /// `processor`) that is still valid at `now`; the PCCS is not asked.
     pub fn kept(
         &self,
         tee: &str,
@@ -467,7 +450,26 @@ pub fn verify<B: QuoteBody>(
     c: &Collateral,
     now: u64,
 ) -> Result<CollateralResult, VerifyError> {
-    verify_with_chain(q, &super::pck_chain(q)?, c, now)
+    verify_with_chain(q, &super::pck_chain(q)?, c, now).map_err(|r| r.error)
+}
+
+/// Why collateral did not verify for a quote, and whether the collateral
+/// (a document, a CRL) is at fault rather than the quote's PCK chain:
+/// fetched collateral is dropped, to be fetched again, only in the first
+/// case (a quote with a bad chain cannot make the trustee refetch).
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub error: VerifyError,
+    pub collateral_at_fault: bool,
+}
+
+impl From<VerifyError> for Refusal {
+    fn from(error: VerifyError) -> Self {
+        Self {
+            error,
+            collateral_at_fault: true,
+        }
+    }
 }
 
 /// [`verify`] with the quote's PCK chain already parsed.
@@ -476,7 +478,7 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     chain: &[X509Cert; 3],
     c: &Collateral,
     now: u64,
-) -> Result<CollateralResult, VerifyError> {
+) -> Result<CollateralResult, Refusal> {
     let tcb_signer = signer(&c.tcb_info_issuer_chain, now, "TCB info")?;
     check_signed_json(&c.tcb_info, &c.tcb_info_signature, &tcb_signer, "TCB info")?;
     // Each signed document is parsed once, after its signature holds.
@@ -506,7 +508,8 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
             id.id,
             B::NAME,
             B::QE_IDENTITY_ID
-        )));
+        ))
+        .into());
     }
     // One validation of the PCK chain decides its trust, validity and
     // revocation: the PCK CA by the root CA CRL, the PCK by the PCK CRL.
@@ -517,7 +520,7 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
         Crl::from_der(&root_crl_der, "root CA CRL").map_err(|e| invalid(e.to_string()))?,
         Crl::from_der(&pck_crl_der, "PCK CRL").map_err(|e| invalid(e.to_string()))?,
     ];
-    super::check_pck_chain(chain, super::intel_anchors()?, &[&crls[0], &crls[1]], now)?;
+    super::pck_path(chain, super::intel_anchors()?, &[&crls[0], &crls[1]], now)?;
 
     let r = q.qe.report().map_err(|e| invalid(e.to_string()))?;
     let masked = |value: &[u8], want: &str, mask: &str| -> Result<bool, VerifyError> {
@@ -533,21 +536,22 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     if !masked(&r.misc_select, &id.miscselect, &id.miscselect_mask)?
         || !masked(&attributes, &id.attributes, &id.attributes_mask)?
     {
-        return Err(invalid(
-            "the QE report's MISCSELECT/ATTRIBUTES do not match the QE identity",
-        ));
+        return Err(
+            invalid("the QE report's MISCSELECT/ATTRIBUTES do not match the QE identity").into(),
+        );
     }
     if !hex::encode(r.mr_signer).eq_ignore_ascii_case(&id.mrsigner) {
-        return Err(invalid(
-            "the QE report's MRSIGNER is not the QE identity's (not Intel's QE)",
-        ));
+        return Err(
+            invalid("the QE report's MRSIGNER is not the QE identity's (not Intel's QE)").into(),
+        );
     }
     let prodid = u16::from_le_bytes(r.isv_prod_id);
     if prodid != id.isvprodid {
         return Err(invalid(format!(
             "QE ISVPRODID {prodid}, the QE identity says {}",
             id.isvprodid
-        )));
+        ))
+        .into());
     }
     let isvsvn = u16::from_le_bytes(r.isv_svn);
     let qe_tcb_status = id

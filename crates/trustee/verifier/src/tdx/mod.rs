@@ -201,12 +201,14 @@ pub fn verify_quote_with<B: QuoteBody>(
     let result = match found.as_deref().or(sent) {
         Some(c) => match collateral::verify_with_chain(q, &chain, c, now) {
             Ok(r) => Some(r),
-            Err(e) => {
+            Err(refusal) => {
                 // Fetched collateral that does not verify is not kept.
-                if let (Some(_), Some((set, fmspc, ca))) = (&found, &lookup) {
+                if let (true, Some(_), Some((set, fmspc, ca))) =
+                    (refusal.collateral_at_fault, &found, &lookup)
+                {
                     set.forget(B::TCB_INFO_ID, fmspc, ca);
                 }
-                return Err(e);
+                return Err(refusal.error);
             }
         },
         None => {
@@ -287,21 +289,37 @@ pub(crate) fn check_pck_chain(
     crls: &[&Crl<'_>],
     now: u64,
 ) -> Result<(), VerifyError> {
+    pck_path(chain, anchors, crls, now).map_err(|r| r.error)
+}
+
+/// [`check_pck_chain`], saying whether a CRL or the chain was at fault.
+pub(crate) fn pck_path(
+    chain: &[X509Cert; 3],
+    anchors: &TrustAnchors,
+    crls: &[&Crl<'_>],
+    now: u64,
+) -> Result<(), collateral::Refusal> {
     let [pck, ca, chain_root] = chain;
     // Trust comes from the anchor, whatever the chain carries; a chain
     // that names another root is refused all the same.
     if !anchors.certs().iter().any(|a| a.der == chain_root.der) {
-        return Err(VerifyError::UntrustedKey {
-            tee: TEE,
-            detail: format!(
-                "the PCK chain ends in {}, not Intel's SGX Root CA",
-                chain_root.cn
-            ),
+        return Err(collateral::Refusal {
+            error: VerifyError::UntrustedKey {
+                tee: TEE,
+                detail: format!(
+                    "the PCK chain ends in {}, not Intel's SGX Root CA",
+                    chain_root.cn
+                ),
+            },
+            collateral_at_fault: false,
         });
     }
     verify_path(pck, &[ca], anchors, now, Purpose::IntelSgx, crls)
         .map(|_| ())
-        .map_err(|e| chain_refused(e, "PCK"))
+        .map_err(|e| collateral::Refusal {
+            collateral_at_fault: e.concerns_a_crl(),
+            error: chain_refused(e, "PCK"),
+        })
 }
 
 /// A refused Intel chain (`what`: `PCK`, `TCB info signing`, …).

@@ -12,7 +12,7 @@
 //!   keyCertSign may not issue certificates (RFC 5280 §6.1.4(n); webpki
 //!   reads key usage only for cRLSign);
 //! - AMD's RSA-PSS AlgorithmIdentifier, which spells out the default
-//!   trailerField (see [`AmdRsaPssSha384`]);
+//!   trailerField (see `AmdRsaPssSha384`);
 //! - errors that name the certificate and the check that failed: webpki
 //!   says only which check, so on failure the chain is walked again here to
 //!   find the certificate (this never turns a refusal into an acceptance).
@@ -43,8 +43,9 @@ pub enum Purpose {
     /// purposes must allow any.
     AmdSev,
     /// Intel SGX/TDX DCAP (SGX Root CA → PCK CA → PCK, and the TCB signing
-    /// certificate): ECDSA P-256 SHA-256, no extended key usage restriction
-    /// but anyExtendedKeyUsage, as for AMD.
+    /// certificate): ECDSA P-256 SHA-256. As AMD's, Intel's certificates
+    /// carry no extended key usage; one that restricts its purposes must
+    /// allow any.
     IntelSgx,
     /// A TPM endorsement key certificate, signed with RSA or ECDSA as its
     /// manufacturer chose; an extended key usage, when present, must list
@@ -271,6 +272,18 @@ pub enum ChainError {
 }
 
 impl ChainError {
+    /// Whether a CRL is at fault (unusable, expired, badly signed, or none
+    /// covers a certificate), rather than a certificate of the chain.
+    pub fn concerns_a_crl(&self) -> bool {
+        matches!(
+            self,
+            Self::NoCrl { .. }
+                | Self::CrlExpired { .. }
+                | Self::CrlSignature { .. }
+                | Self::CrlUnusable { .. }
+        )
+    }
+
     /// Whether the chain does not lead to a trusted key at all (rather than
     /// being out of its time window or revoked).
     pub fn is_untrusted(&self) -> bool {
