@@ -34,7 +34,7 @@ pub struct VerifyArgs {
 /// A certificate given as DER or PEM.
 fn der_or_pem(bytes: Vec<u8>) -> Result<Vec<u8>> {
     match std::str::from_utf8(&bytes) {
-        Ok(text) if text.contains("-----BEGIN") => snp::cert::pem_ders(text)
+        Ok(text) if text.contains("-----BEGIN") => cocoon_verifier::x509::pem_ders(text)
             .map_err(anyhow::Error::msg)?
             .into_iter()
             .next()

@@ -337,12 +337,5 @@ impl Drop for Registry {
     }
 }
 
-/// A directory of the captured TEE evidence (`cocoon_fixtures::dir()`),
-/// displayed as its path, for `format!("{DIR}/file")`.
-pub struct FixtureDir(pub &'static str);
-
-impl std::fmt::Display for FixtureDir {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", cocoon_fixtures::dir().join(self.0).display())
-    }
-}
+#[allow(unused_imports)]
+pub use cocoon_fixtures::Dir as FixtureDir;

@@ -16,7 +16,7 @@ use cocoon_verifier::tdx::{self, TdxCache};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("");
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"))
@@ -173,6 +173,34 @@ async fn dcap_collateral_from_a_pccs() {
         assert_eq!(sgx.fmspc, "00A067110000");
         // Kept: a second verification (fresh verdict cache) fetches nothing.
         tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW + 60, &TdxCache::default())
+            .unwrap();
+        // A quote whose PCK chain is broken (the SGX quote's Processor CA
+        // in place of the Platform CA that issued the PCK) finds the kept
+        // collateral by its FMSPC, is refused, and does not make the set
+        // drop it: the next quote fetches nothing.
+        let pem = |q: &[u8]| String::from_utf8(q.to_vec()).unwrap();
+        let (tdx_pem, sgx_pem) = (pem(&tq.qe.pck_chain_pem), pem(&sq.qe.pck_chain_pem));
+        let nth = |p: &str, n: usize| {
+            let starts: Vec<usize> = p.match_indices("-----BEGIN").map(|(i, _)| i).collect();
+            p[starts[n]..starts.get(n + 1).copied().unwrap_or(p.len())].to_string()
+        };
+        let mut broken = tq.clone();
+        broken.qe.pck_chain_pem = format!(
+            "{}{}{}",
+            nth(&tdx_pem, 0),
+            nth(&sgx_pem, 1),
+            nth(&tdx_pem, 2)
+        )
+        .into_bytes();
+        let e = tdx::verify_quote_with(&broken, None, Some(&set), IN_WINDOW, &TdxCache::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not chain to Intel's SGX Root CA")
+                && e.contains("Intel SGX PCK Certificate chains to no trusted certificate"),
+            "{e}"
+        );
+        tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW + 120, &TdxCache::default())
             .unwrap();
         set
     })

@@ -8,17 +8,17 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use cocoon_verifier::snp::SnpVerifier;
-use cocoon_verifier::snp::cert::X509Cert;
 use cocoon_verifier::snp::report::{SIGNED_LEN, SnpReport};
 use cocoon_verifier::tdx::collateral::Collateral;
 use cocoon_verifier::tdx::quote::{SgxQuote, TdxQuote};
 use cocoon_verifier::tdx::{self, TdxCache};
+use cocoon_verifier::x509::X509Cert;
 use cocoon_verifier::{KeyTrust, TrustedKeys, Verifier, VerifyInput};
 use criterion::{Criterion, black_box};
 use serde_json::Value;
 use std::sync::Arc;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("");
 /// Inside the DCAP collateral's window.
 const DCAP_AT: u64 = 1_750_809_600;
 /// Inside the SNP VCEK's validity.

@@ -326,10 +326,7 @@ impl TcgEventLog {
 mod tests {
     use super::*;
 
-    const FIXTURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../../shared/fixtures/eventlog"
-    );
+    const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("eventlog");
 
     /// Every event of both captured CCELs, field by field against the
     /// expected parse.

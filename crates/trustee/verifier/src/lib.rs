@@ -15,6 +15,7 @@ pub mod sgx;
 pub mod snp;
 pub mod tdx;
 pub mod tpm;
+pub mod x509;
 
 use cocoon_types::Tee;
 use serde_json::Value;

@@ -188,7 +188,7 @@ impl AzSnpVtpmVerifier {
         }
         let snp = match ev.vcek.as_deref() {
             Some(v) => {
-                let der = match crate::snp::cert::pem_ders(v) {
+                let der = match crate::x509::pem_ders(v) {
                     Ok(mut ders) if !ders.is_empty() => Some(ders.remove(0)),
                     _ => b64_any(v),
                 }

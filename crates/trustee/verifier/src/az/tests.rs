@@ -4,7 +4,7 @@ use super::*;
 use crate::snp::SnpVerifier;
 use serde_json::json;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("");
 
 fn fixture(name: &str) -> Value {
     let b = std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}"));

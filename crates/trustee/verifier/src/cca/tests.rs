@@ -8,10 +8,7 @@ use ciborium::value::Value as Cbor;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../../shared/fixtures/cca"
-);
+const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("cca");
 
 fn fixture_token() -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/trustee_cca_example_token.cbor")).unwrap()

@@ -4,7 +4,7 @@ use super::*;
 use crate::Verifier;
 use crate::tdx::quote::TdxQuote;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("");
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))

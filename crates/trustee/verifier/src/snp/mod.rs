@@ -1,7 +1,7 @@
 //! AMD SEV-SNP: the attestation report, signed by a VCEK (or VLEK) that
-//! chains to AMD's ARK for Milan, Genoa or Turin (embedded). Checked here,
-//! beyond what the `sev` crate checks: certificate validity windows, CA
-//! constraints, and the VCEK's TCB and hwID extensions against the report.
+//! chains to AMD's ARK for Milan, Genoa or Turin (embedded), validated by
+//! [`crate::x509::verify_path`] at the verifier's clock; then the VCEK's
+//! TCB and hwID extensions against the report.
 //!
 //! Evidence is CoCo's: `{"attestation_report": <report as the sev crate
 //! serializes it>, "cert_chain": [{"cert_type": "VCEK", "data": [..]}] | null}`.
@@ -9,24 +9,27 @@
 //! trustee's [`VcekSource`]: a directory (`--snp-vcek-dir`), then AMD KDS
 //! (`--snp-kds-url`).
 
-pub mod cert;
 pub mod report;
+pub mod vcek;
 
+use crate::x509::{ChainError, Purpose, TrustAnchors, X509Cert, verify_path};
 use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
-use cert::{Spl, X509Cert};
 use cocoon_types::Tee;
 use report::{SnpReport, TcbParts};
 use serde_json::{Value, json};
 use std::sync::Arc;
+use vcek::Spl;
 
 const TEE: &str = "snp";
 
-/// One product line's AMD chain.
-struct ProductChain {
-    product: &'static str,
-    ark: X509Cert,
-    ask: X509Cert,
-    asvk: X509Cert,
+/// AMD's chains: the ARKs are the trust anchors, the ASKs issue VCEKs and
+/// the ASVKs VLEKs.
+struct AmdChains {
+    /// The product line of each ARK, in the anchors' order.
+    products: Vec<&'static str>,
+    arks: TrustAnchors,
+    asks: Vec<X509Cert>,
+    asvks: Vec<X509Cert>,
 }
 
 /// AMD's public ARK/ASK/ASVK chains (from AMD KDS), per product line.
@@ -38,11 +41,11 @@ const AMD_CHAINS: [(&str, &str); 3] = [
 
 /// Verifies SNP reports against AMD's roots.
 pub struct SnpVerifier {
-    chains: Vec<ProductChain>,
-    /// VCEKs/VLEKs whose signature chain already verified, by SHA-256 of
-    /// their DER and whether it was verified as a VLEK: a guest keeps its
-    /// VCEK until a TCB update, so the RSA chain check runs once per key,
-    /// not once per report.
+    chains: AmdChains,
+    /// VCEKs/VLEKs whose chain already validated, by SHA-256 of their DER
+    /// and whether it was validated as a VLEK, with the window in which the
+    /// whole chain is valid: a guest keeps its VCEK until a TCB update, so
+    /// the RSA chain check runs once per key, not once per report.
     verified: std::sync::Mutex<std::collections::HashMap<([u8; 32], bool), VerifiedKey>>,
     /// Where to find a VCEK the evidence does not carry.
     pub vcek_source: Option<Arc<VcekSource>>,
@@ -87,7 +90,7 @@ impl VcekSource {
             }
             .map_err(|e| format!("{}: {e}", p.display()))?;
             for c in parsed {
-                certs.push((c.hwid().ok().flatten(), c.der.clone()));
+                certs.push((vcek::hwid(&c).ok().flatten(), c.der.clone()));
             }
         }
         if certs.is_empty() {
@@ -248,8 +251,15 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A signing key whose chain verified, and the index of its AMD chain.
-type VerifiedKey = (Arc<X509Cert>, usize);
+/// A signing key whose chain validated.
+#[derive(Clone)]
+struct VerifiedKey {
+    cert: Arc<X509Cert>,
+    /// Milan, Genoa or Turin: the ARK the chain ended in.
+    product: &'static str,
+    /// When every certificate of the chain is valid (Unix seconds).
+    valid: std::ops::RangeInclusive<u64>,
+}
 
 /// Verified keys kept at most.
 const VERIFIED_CACHE: usize = 4096;
@@ -258,6 +268,20 @@ fn invalid(reason: impl Into<String>) -> VerifyError {
     VerifyError::Invalid {
         tee: TEE,
         reason: reason.into(),
+    }
+}
+
+/// A refused VCEK/VLEK chain: untrusted, or out of its time window.
+fn chain_refused(e: ChainError, signing_key: &str) -> VerifyError {
+    if e.is_untrusted() {
+        VerifyError::UntrustedKey {
+            tee: TEE,
+            detail: format!(
+                "the {signing_key} does not chain to AMD's Milan, Genoa or Turin ARK: {e}"
+            ),
+        }
+    } else {
+        invalid(format!("the {signing_key} chain: {e}"))
     }
 }
 
@@ -275,42 +299,41 @@ pub struct SnpClaims {
 }
 
 impl SnpVerifier {
-    /// A verifier with the embedded AMD chains; each ARK's self-signature
-    /// and each ASK/ASVK signature is checked once, here.
+    /// A verifier with the embedded AMD chains (their signatures are
+    /// checked with each chain that goes through them).
     pub fn new() -> Result<Self, String> {
-        let mut chains = Vec::new();
+        let (mut products, mut arks, mut asks, mut asvks) = (vec![], vec![], vec![], vec![]);
         for (product, pem) in AMD_CHAINS {
             let mut certs = X509Cert::from_pem_bundle(pem)?.into_iter();
             let (Some(ask), Some(ark), Some(asvk)) = (certs.next(), certs.next(), certs.next())
             else {
                 return Err(format!("the embedded {product} chain is incomplete"));
             };
-            ark.verify_signed_by(&ark)?;
-            ask.verify_signed_by(&ark)?;
-            asvk.verify_signed_by(&ark)?;
-            // Fixed certificates: their CA constraints are checked once.
-            for ca in [&ark, &ask, &asvk] {
-                ca.check_ca()
-                    .map_err(|e| format!("the embedded {product} chain: {e}"))?;
-            }
-            chains.push(ProductChain {
-                product,
-                ark,
-                ask,
-                asvk,
-            });
+            products.push(product);
+            arks.push(ark);
+            asks.push(ask);
+            asvks.push(asvk);
         }
+        let arks = TrustAnchors::new(arks).map_err(|e| format!("the embedded AMD ARKs: {e}"))?;
         Ok(Self {
-            chains,
+            chains: AmdChains {
+                products,
+                arks,
+                asks,
+                asvks,
+            },
             verified: Default::default(),
             vcek_source: None,
         })
     }
 
-    /// The signing key and the index of the AMD chain it verified against.
-    fn signing_cert(&self, der: &[u8], vlek: bool) -> Result<VerifiedKey, VerifyError> {
+    /// The signing key, its chain to an ARK validated at `now` (or found
+    /// in the cache with `now` inside the chain's validity).
+    fn signing_cert(&self, der: &[u8], vlek: bool, now: u64) -> Result<VerifiedKey, VerifyError> {
         let id = (<sha2::Sha256 as sha2::Digest>::digest(der).into(), vlek);
-        if let Some(hit) = self.verified.lock().ok().and_then(|c| c.get(&id).cloned()) {
+        if let Some(hit) = self.verified.lock().ok().and_then(|c| c.get(&id).cloned())
+            && hit.valid.contains(&now)
+        {
             return Ok(hit);
         }
         let signing_key = if vlek { "VLEK" } else { "VCEK" };
@@ -318,28 +341,25 @@ impl SnpVerifier {
             tee: TEE,
             detail: format!("{signing_key}: {e}"),
         })?;
-        let index = self
-            .chains
-            .iter()
-            .position(|c| {
-                let issuer = if vlek { &c.asvk } else { &c.ask };
-                cert.cert.tbs_certificate.issuer == issuer.cert.tbs_certificate.subject
-            })
-            .ok_or_else(|| VerifyError::UntrustedKey {
-                tee: TEE,
-                detail: format!(
-                    "the {signing_key} ({}) is not issued by AMD's Milan, Genoa or Turin {}",
-                    cert.cn,
-                    if vlek { "ASVK" } else { "ASK" }
-                ),
-            })?;
-        let chain = &self.chains[index];
-        cert.verify_signed_by(if vlek { &chain.asvk } else { &chain.ask })
-            .map_err(|e| VerifyError::UntrustedKey {
-                tee: TEE,
-                detail: e,
-            })?;
-        let entry = (Arc::new(cert), index);
+        let issuers: Vec<&X509Cert> = if vlek {
+            self.chains.asvks.iter().collect()
+        } else {
+            self.chains.asks.iter().collect()
+        };
+        let path = verify_path(
+            &cert,
+            &issuers,
+            &self.chains.arks,
+            now,
+            Purpose::AmdSev,
+            &[],
+        )
+        .map_err(|e| chain_refused(e, signing_key))?;
+        let entry = VerifiedKey {
+            product: self.chains.products[path.anchor_index],
+            valid: path.valid_from..=path.valid_until,
+            cert: Arc::new(cert),
+        };
         if let Ok(mut c) = self.verified.lock() {
             if c.len() >= VERIFIED_CACHE {
                 c.clear();
@@ -350,8 +370,8 @@ impl SnpVerifier {
     }
 
     /// Verifies `report` (raw bytes) signed by `vcek_der` at `now` (Unix
-    /// seconds): the chain to AMD's root, validity, CA constraints, the
-    /// VCEK's TCB/hwID extensions, and the report signature.
+    /// seconds): the chain to AMD's root, the VCEK's TCB/hwID extensions,
+    /// and the report signature.
     pub fn verify_report(
         &self,
         report_bytes: &[u8],
@@ -371,14 +391,9 @@ impl SnpVerifier {
                 )));
             }
         };
-        let (vcek, index) = self.signing_cert(vcek_der, vlek)?;
-        let vcek = vcek.as_ref();
-        let chain = &self.chains[index];
-        let issuer = if vlek { &chain.asvk } else { &chain.ask };
-        for c in [&chain.ark, issuer, vcek] {
-            c.check_validity(now).map_err(invalid)?;
-        }
-        let turin = chain.product == "Turin";
+        let key = self.signing_cert(vcek_der, vlek, now)?;
+        let cert = key.cert.as_ref();
+        let turin = key.product == "Turin";
         let reported = report.reported_tcb.parts(turin);
         // VCEKs and VLEKs are both issued for one TCB: the host chooses
         // REPORTED_TCB, the key's SPL extensions are what vouch for it.
@@ -390,7 +405,7 @@ impl SnpVerifier {
             (Spl::Fmc, reported.fmc, "FMC"),
         ];
         for (spl, want, name) in checks {
-            let got = vcek.spl(spl).map_err(invalid)?;
+            let got = vcek::spl(cert, spl).map_err(invalid)?;
             if let Some(want) = want
                 && got != Some(want)
             {
@@ -402,7 +417,7 @@ impl SnpVerifier {
         }
         // A VLEK belongs to a cloud provider, not to one chip: no hwID.
         if !vlek && !report.chip_id_masked() {
-            match vcek.hwid().map_err(invalid)? {
+            match vcek::hwid(cert).map_err(invalid)? {
                 Some(h) if h == report.chip_id => {}
                 Some(_) => {
                     return Err(invalid(
@@ -417,7 +432,7 @@ impl SnpVerifier {
         sig[48..].copy_from_slice(&report.sig_s);
         ring::signature::UnparsedPublicKey::new(
             &ring::signature::ECDSA_P384_SHA384_FIXED,
-            vcek.ec_point(),
+            cert.ec_point(),
         )
         .verify(&report_bytes[..report::SIGNED_LEN], &sig)
         .map_err(|_| {
@@ -427,7 +442,7 @@ impl SnpVerifier {
         })?;
         Ok(SnpClaims {
             report,
-            product: chain.product,
+            product: key.product,
             signing_key,
             reported_tcb: reported,
         })
@@ -457,7 +472,7 @@ impl SnpVerifier {
                 Err(e) => last = Some(e),
             }
         }
-        let accept = |der: &[u8]| self.signing_cert(der, false).map(|_| ());
+        let accept = |der: &[u8]| self.signing_cert(der, false, now).map(|_| ());
         match source.kds_vcek(&report, accept) {
             Some(fetched) => self.verify_report(raw, &fetched?, now),
             None => Err(last.unwrap_or_else(none)),

@@ -2,7 +2,7 @@
 
 use super::*;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("");
 /// Inside the VCEK's validity window (2023-01-24 to 2030-01-24).
 const NOW: u64 = 1_700_000_000;
 

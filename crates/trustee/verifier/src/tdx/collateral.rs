@@ -1,15 +1,18 @@
 //! DCAP collateral (as Intel PCS/PCCS serve it, in dcap-qvl's JSON
 //! layout): TCB info and QE identity with their signatures and issuer
-//! chain, and the root CA and PCK CRLs. Checked here: every signature to
-//! the embedded Intel root, the validity windows (`issueDate` ..
-//! `nextUpdate`, CRL `nextUpdate`), revocation of the PCK and its CA, and
-//! the QE report against the QE identity, and the TCB level: the PCK's SGX
-//! extension (component SVNs, PCE SVN, FMSPC) and the TD's TEE_TCB_SVN
-//! against `tcbLevels`, the TDX module against its identity.
+//! chain, and the root CA and PCK CRLs. Checked here: the PCK chain with
+//! both CRLs (one path validation, [`crate::x509::verify_path`]: the PCK
+//! CA must not be on the root CA CRL nor the PCK on the PCK CRL, and
+//! neither CRL past its `nextUpdate`), the TCB signing certificate to the
+//! embedded Intel root, the documents' signatures and windows (`issueDate`
+//! .. `nextUpdate`), the QE report against the QE identity, and the TCB
+//! level: the PCK's SGX extension (component SVNs, PCE SVN, FMSPC) and the
+//! TD's TEE_TCB_SVN against `tcbLevels`, the TDX module against its
+//! identity.
 
 use super::quote::{Quote, QuoteBody};
 use crate::VerifyError;
-use crate::snp::cert::X509Cert;
+use crate::x509::{Crl, Purpose, X509Cert, verify_path};
 use serde::Deserialize;
 
 const TEE: &str = "tdx";
@@ -104,29 +107,46 @@ impl CollateralSet {
 
     /// The collateral for `tee` (TCB info id) and `fmspc` from the files
     /// (whatever their dates: an expired file is refused as expired, not
-    /// replaced), or else from the PCCS (for a PCK issued by `ca`:
-    /// `platform` or `processor`), fetched when none kept is still valid
-    /// at `now`.
-    pub fn find(
+    /// replaced), or one fetched for a PCK issued by `ca` (`platform` or
+    /// `processor`) that is still valid at `now`; the PCCS is not asked.
+    pub fn kept(
         &self,
         tee: &str,
         fmspc: &str,
         ca: &str,
         now: u64,
-    ) -> Result<Option<std::sync::Arc<Collateral>>, VerifyError> {
+    ) -> Option<std::sync::Arc<Collateral>> {
         let fmspc = fmspc.to_ascii_uppercase();
         if let Some(c) = self.by_platform.get(&(tee.to_string(), fmspc.clone())) {
-            return Ok(Some(c.clone()));
+            return Some(c.clone());
         }
-        let Some(pccs) = &self.pccs else {
-            return Ok(None);
-        };
+        let key = (tee.to_string(), fmspc, ca.to_string());
+        self.fetched
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+            .and_then(|(c, until)| (now < until).then_some(c))
+    }
+
+    /// Whether collateral the files lack is fetched from a PCCS.
+    pub fn fetches(&self) -> bool {
+        self.pccs.is_some()
+    }
+
+    /// Fetches the collateral for `tee`, `fmspc` and `ca` from the PCCS
+    /// and keeps it until its earliest `nextUpdate`.
+    pub fn fetch(
+        &self,
+        tee: &str,
+        fmspc: &str,
+        ca: &str,
+    ) -> Result<std::sync::Arc<Collateral>, VerifyError> {
+        let pccs = self
+            .pccs
+            .as_ref()
+            .ok_or_else(|| invalid("no PCCS to fetch DCAP collateral from (--pccs-url)"))?;
+        let fmspc = fmspc.to_ascii_uppercase();
         let key = (tee.to_string(), fmspc.clone(), ca.to_string());
-        if let Some((c, until)) = self.fetched.lock().ok().and_then(|m| m.get(&key).cloned())
-            && now < until
-        {
-            return Ok(Some(c));
-        }
         let c = pccs
             .fetch(tee, &fmspc, ca)
             .map_err(|e| invalid(format!("DCAP collateral from the PCCS: {e}")))?;
@@ -138,7 +158,7 @@ impl CollateralSet {
             .filter_map(|w| rfc3339(&w.next_update).ok());
         let crls = [&c.root_ca_crl, &c.pck_crl]
             .into_iter()
-            .filter_map(|h| parse_crl(&unhex(h)?)?.next_update);
+            .filter_map(|h| crl_next_update(&unhex(h)?));
         let until = documents.chain(crls).min().unwrap_or(0);
         let c = std::sync::Arc::new(c);
         if let Ok(mut m) = self.fetched.lock() {
@@ -147,7 +167,7 @@ impl CollateralSet {
             }
             m.insert(key, (c.clone(), until));
         }
-        Ok(Some(c))
+        Ok(c)
     }
 
     /// Drops fetched collateral for `tee`, `fmspc` and `ca` (it did not
@@ -283,20 +303,26 @@ fn rfc3339(s: &str) -> Result<u64, VerifyError> {
         .map_err(|_| invalid(format!("collateral time {s:?} is not RFC 3339")))
 }
 
-/// Verifies a signing chain `[signer, root]` against the embedded root.
-fn signer(chain_pem: &str, root: &X509Cert, now: u64, what: &str) -> Result<X509Cert, VerifyError> {
-    let untrusted = |detail: String| VerifyError::UntrustedKey { tee: TEE, detail };
-    // Only the signer is needed: it must verify with the embedded root,
-    // whatever the chain's own copy of the root says.
-    let first = crate::snp::cert::pem_ders(chain_pem)
+/// The signer of a signing chain `[signer, root]`, validated at `now`
+/// against the embedded Intel root (whatever the chain's own copy of the
+/// root says).
+fn signer(chain_pem: &str, now: u64, what: &str) -> Result<X509Cert, VerifyError> {
+    let first = crate::x509::pem_ders(chain_pem)
         .map_err(|e| invalid(format!("{what} issuer chain: {e}")))?
         .into_iter()
         .next()
         .ok_or_else(|| invalid(format!("{what} issuer chain is empty")))?;
     let signer =
         X509Cert::from_der(&first).map_err(|e| invalid(format!("{what} issuer chain: {e}")))?;
-    signer.verify_signed_by(root).map_err(untrusted)?;
-    signer.check_validity(now).map_err(invalid)?;
+    verify_path(
+        &signer,
+        &[],
+        super::intel_anchors()?,
+        now,
+        Purpose::IntelSgx,
+        &[],
+    )
+    .map_err(|e| super::chain_refused(e, &format!("{what} signing")))?;
     Ok(signer)
 }
 
@@ -339,12 +365,6 @@ fn check_window(
     Ok(next)
 }
 
-/// A parsed, signature-checked CRL.
-struct Crl {
-    revoked: Vec<Vec<u8>>,
-    next_update: u64,
-}
-
 /// Hex to bytes through a table (collateral carries kilobytes of hex).
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     const fn table() -> [u8; 256] {
@@ -381,7 +401,7 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
 /// One TLV at the start of `b`: (tag, content, rest).
 fn next_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *b.first()?;
-    let (hdr, len) = crate::snp::cert::tlv(b)?;
+    let (hdr, len) = crate::x509::tlv(b)?;
     let end = hdr.checked_add(len)?;
     Some((tag, b.get(hdr..end)?, b.get(end..)?))
 }
@@ -409,166 +429,40 @@ fn der_time(tag: u8, v: &[u8]) -> Option<u64> {
     Some(date.with_time(t).assume_utc().unix_timestamp().max(0) as u64)
 }
 
-/// The fields of a DER CRL the checks use, read in place: the signed
-/// `tbsCertList`, its signature algorithm (twice), the issuer, nextUpdate
-/// and the revoked serial numbers.
-struct RawCrl<'a> {
-    tbs: &'a [u8],
-    inner_alg: &'a [u8],
-    outer_alg: &'a [u8],
-    issuer: &'a [u8],
-    next_update: Option<u64>,
-    revoked: Vec<Vec<u8>>,
-    signature: &'a [u8],
-}
-
-fn parse_crl(der: &[u8]) -> Option<RawCrl<'_>> {
-    let (0x30, outer, rest) = next_tlv(der)? else {
+/// A DER CRL's nextUpdate (Unix seconds), read in place: how long fetched
+/// collateral and a verification result may be kept. Whether a CRL is
+/// valid, and what it revokes, is decided by the path validation.
+fn crl_next_update(der: &[u8]) -> Option<u64> {
+    let (0x30, outer, []) = next_tlv(der)? else {
         return None;
     };
-    if !rest.is_empty() {
-        return None;
-    }
-    let tbs_len = {
-        let (hdr, len) = crate::snp::cert::tlv(outer)?;
-        hdr.checked_add(len)?
-    };
-    let tbs = outer.get(..tbs_len)?;
-    let (0x30, tbs_content, after) = next_tlv(outer)? else {
+    let (0x30, tbs, _) = next_tlv(outer)? else {
         return None;
     };
-    let (0x30, outer_alg, after) = next_tlv(after)? else {
-        return None;
-    };
-    let (0x03, bits, after) = next_tlv(after)? else {
-        return None;
-    };
-    if !after.is_empty() || bits.first() != Some(&0) {
-        return None;
-    }
-    let mut r = tbs_content;
-    let (mut tag, mut v, mut rest) = next_tlv(r)?;
+    let (mut tag, _, mut rest) = next_tlv(tbs)?;
     if tag == 0x02 {
-        (tag, v, rest) = next_tlv(rest)?; // version
+        (tag, _, rest) = next_tlv(rest)?; // version
     }
     if tag != 0x30 {
-        return None;
+        return None; // signature algorithm
     }
-    let inner_alg = v;
-    let (0x30, _, after_issuer) = next_tlv(rest)? else {
-        return None;
+    let (0x30, _, rest) = next_tlv(rest)? else {
+        return None; // issuer
     };
-    let issuer = &rest[..rest.len() - after_issuer.len()];
-    r = after_issuer;
-    let (t, _this, after) = next_tlv(r)?;
-    if t != 0x17 && t != 0x18 {
-        return None;
+    let (0x17 | 0x18, _, rest) = next_tlv(rest)? else {
+        return None; // thisUpdate
+    };
+    match next_tlv(rest)? {
+        (t @ (0x17 | 0x18), v, _) => der_time(t, v),
+        _ => None,
     }
-    r = after;
-    let mut next_update = None;
-    if let Some((t, v, after)) = next_tlv(r)
-        && (t == 0x17 || t == 0x18)
-    {
-        next_update = Some(der_time(t, v)?);
-        r = after;
-    }
-    let mut revoked = Vec::new();
-    if let Some((0x30, list, after)) = next_tlv(r) {
-        let mut entries = list;
-        while !entries.is_empty() {
-            let (0x30, entry, more) = next_tlv(entries)? else {
-                return None;
-            };
-            let (0x02, serial, _) = next_tlv(entry)? else {
-                return None;
-            };
-            revoked.push(serial.to_vec());
-            entries = more;
-        }
-        r = after;
-    }
-    // Only the [0] crlExtensions may follow.
-    match next_tlv(r) {
-        None if r.is_empty() => {}
-        Some((0xa0, _, [])) => {}
-        _ => return None,
-    }
-    Some(RawCrl {
-        tbs,
-        inner_alg,
-        outer_alg,
-        issuer,
-        next_update,
-        revoked,
-        signature: &bits[1..],
-    })
 }
 
-/// Runs the CRL reader on arbitrary bytes (for the fuzzer): never panics;
-/// returns the revoked serials it read.
+/// Runs the CRL readers on arbitrary bytes (for the fuzzer): never panics.
 #[doc(hidden)]
-pub fn fuzz_crl(der: &[u8]) -> Option<usize> {
-    parse_crl(der).map(|c| c.revoked.len() + c.tbs.len() + c.issuer.len())
-}
-
-/// DER content of AlgorithmIdentifier ecdsa-with-SHA256 (no parameters).
-const ECDSA_SHA256_ALG: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
-
-fn crl(hex_der: &str, issuer: &X509Cert, now: u64, what: &str) -> Result<Crl, VerifyError> {
-    let der = unhex(hex_der).ok_or_else(|| invalid(format!("{what} is not hex")))?;
-    let list = parse_crl(&der).ok_or_else(|| invalid(format!("{what} is not a DER CRL")))?;
-    if list.outer_alg != ECDSA_SHA256_ALG || list.inner_alg != ECDSA_SHA256_ALG {
-        return Err(invalid(format!("{what} is not signed with ECDSA-SHA256")));
-    }
-    if list.issuer != issuer.subject_der() {
-        return Err(invalid(format!("{what} is not issued by {}", issuer.cn)));
-    }
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::ECDSA_P256_SHA256_ASN1,
-        issuer.spki(),
-    )
-    .verify(list.tbs, list.signature)
-    .map_err(|_| invalid(format!("the {what} signature does not verify")))?;
-    if let Some(next) = list.next_update
-        && now > next
-    {
-        return Err(invalid(format!(
-            "{what} expired (nextUpdate {})",
-            time::OffsetDateTime::from_unix_timestamp(next as i64)
-                .map(|t| t.to_string())
-                .unwrap_or_default()
-        )));
-    }
-    Ok(Crl {
-        revoked: list.revoked,
-        next_update: list.next_update.unwrap_or(u64::MAX),
-    })
-}
-
-/// The PCK CA must not be on the root CA's CRL, nor the PCK on its CA's.
-fn check_revocation(
-    root_crl: &Crl,
-    pck_crl: &Crl,
-    pck_ca: &X509Cert,
-    pck: &X509Cert,
-) -> Result<(), VerifyError> {
-    if root_crl.revokes(pck_ca) {
-        return Err(invalid(format!("{} is revoked (root CA CRL)", pck_ca.cn)));
-    }
-    if pck_crl.revokes(pck) {
-        return Err(invalid("the PCK certificate is revoked (PCK CRL)"));
-    }
-    Ok(())
-}
-
-impl Crl {
-    fn revokes(&self, cert: &X509Cert) -> bool {
-        self.revokes_serial(cert.cert.tbs_certificate.serial_number.as_bytes())
-    }
-
-    fn revokes_serial(&self, serial: &[u8]) -> bool {
-        self.revoked.iter().any(|s| s.as_slice() == serial)
-    }
+pub fn fuzz_crl(der: &[u8]) -> Option<u64> {
+    let listed = Crl::from_der(der, "CRL").map(|c| c.lists_serial(&[1]));
+    crl_next_update(der).filter(|_| listed.is_ok())
 }
 
 /// Checks `collateral` for quote `q` at `now`.
@@ -577,7 +471,26 @@ pub fn verify<B: QuoteBody>(
     c: &Collateral,
     now: u64,
 ) -> Result<CollateralResult, VerifyError> {
-    verify_with_chain(q, &super::pck_chain(q)?, c, now)
+    verify_with_chain(q, &super::pck_chain(q)?, c, now).map_err(|r| r.error)
+}
+
+/// Why collateral did not verify for a quote, and whether the collateral
+/// (a document, a CRL) is at fault rather than the quote's PCK chain:
+/// fetched collateral is dropped, to be fetched again, only in the first
+/// case (a quote with a bad chain cannot make the trustee refetch).
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub error: VerifyError,
+    pub collateral_at_fault: bool,
+}
+
+impl From<VerifyError> for Refusal {
+    fn from(error: VerifyError) -> Self {
+        Self {
+            error,
+            collateral_at_fault: true,
+        }
+    }
 }
 
 /// [`verify`] with the quote's PCK chain already parsed.
@@ -586,9 +499,8 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     chain: &[X509Cert; 3],
     c: &Collateral,
     now: u64,
-) -> Result<CollateralResult, VerifyError> {
-    let root = super::intel_root()?;
-    let tcb_signer = signer(&c.tcb_info_issuer_chain, root, now, "TCB info")?;
+) -> Result<CollateralResult, Refusal> {
+    let tcb_signer = signer(&c.tcb_info_issuer_chain, now, "TCB info")?;
     check_signed_json(&c.tcb_info, &c.tcb_info_signature, &tcb_signer, "TCB info")?;
     // Each signed document is parsed once, after its signature holds.
     let info: TcbInfo =
@@ -598,7 +510,7 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     let qe_signer = if c.qe_identity_issuer_chain == c.tcb_info_issuer_chain {
         tcb_signer.clone()
     } else {
-        signer(&c.qe_identity_issuer_chain, root, now, "QE identity")?
+        signer(&c.qe_identity_issuer_chain, now, "QE identity")?
     };
     check_signed_json(
         &c.qe_identity,
@@ -617,13 +529,19 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
             id.id,
             B::NAME,
             B::QE_IDENTITY_ID
-        )));
+        ))
+        .into());
     }
-    // Revocation: the quote's PCK CA by the root CRL, the PCK by the PCK CRL.
-    let (pck, pck_ca) = (&chain[0], &chain[1]);
-    let root_crl = crl(&c.root_ca_crl, root, now, "root CA CRL")?;
-    let pck_crl = crl(&c.pck_crl, pck_ca, now, "PCK CRL")?;
-    check_revocation(&root_crl, &pck_crl, pck_ca, pck)?;
+    // One validation of the PCK chain decides its trust, validity and
+    // revocation: the PCK CA by the root CA CRL, the PCK by the PCK CRL.
+    let root_crl_der =
+        unhex(&c.root_ca_crl).ok_or_else(|| invalid("the root CA CRL is not hex"))?;
+    let pck_crl_der = unhex(&c.pck_crl).ok_or_else(|| invalid("the PCK CRL is not hex"))?;
+    let crls = [
+        Crl::from_der(&root_crl_der, "root CA CRL").map_err(|e| invalid(e.to_string()))?,
+        Crl::from_der(&pck_crl_der, "PCK CRL").map_err(|e| invalid(e.to_string()))?,
+    ];
+    super::pck_path(chain, super::intel_anchors()?, &[&crls[0], &crls[1]], now)?;
 
     let r = q.qe.report().map_err(|e| invalid(e.to_string()))?;
     let masked = |value: &[u8], want: &str, mask: &str| -> Result<bool, VerifyError> {
@@ -639,21 +557,22 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
     if !masked(&r.misc_select, &id.miscselect, &id.miscselect_mask)?
         || !masked(&attributes, &id.attributes, &id.attributes_mask)?
     {
-        return Err(invalid(
-            "the QE report's MISCSELECT/ATTRIBUTES do not match the QE identity",
-        ));
+        return Err(
+            invalid("the QE report's MISCSELECT/ATTRIBUTES do not match the QE identity").into(),
+        );
     }
     if !hex::encode(r.mr_signer).eq_ignore_ascii_case(&id.mrsigner) {
-        return Err(invalid(
-            "the QE report's MRSIGNER is not the QE identity's (not Intel's QE)",
-        ));
+        return Err(
+            invalid("the QE report's MRSIGNER is not the QE identity's (not Intel's QE)").into(),
+        );
     }
     let prodid = u16::from_le_bytes(r.isv_prod_id);
     if prodid != id.isvprodid {
         return Err(invalid(format!(
             "QE ISVPRODID {prodid}, the QE identity says {}",
             id.isvprodid
-        )));
+        ))
+        .into());
     }
     let isvsvn = u16::from_le_bytes(r.isv_svn);
     let qe_tcb_status = id
@@ -664,15 +583,17 @@ pub(crate) fn verify_with_chain<B: QuoteBody>(
         .unwrap_or_else(|| "Revoked".into());
     let (platform_tcb_status, module_tcb_status) = platform_tcb_status_of(q, chain, &info)?;
     let fmspc = info.fmspc;
+    // A CRL counts as expired from its nextUpdate on.
+    let crl_until = |der: &[u8]| crl_next_update(der).map_or(u64::MAX, |t| t.saturating_sub(1));
     let valid_until = [
         tcb_next,
         qe_next,
-        root_crl.next_update,
-        pck_crl.next_update,
+        crl_until(&root_crl_der),
+        crl_until(&pck_crl_der),
         tcb_signer.not_after(),
         qe_signer.not_after(),
-        pck.not_after(),
-        pck_ca.not_after(),
+        chain[0].not_after(),
+        chain[1].not_after(),
     ]
     .into_iter()
     .min()
@@ -693,10 +614,7 @@ mod tests {
 
     /// dcap-qvl's TDX quote and its collateral.
     fn dcapqvl_tdx() -> (super::super::quote::TdxQuote, Collateral) {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../../shared/fixtures/tdx"
-        );
+        let dir = cocoon_fixtures::Dir("tdx");
         let q = super::super::quote::TdxQuote::parse(
             &std::fs::read(format!("{dir}/dcapqvl_tdx_quote.bin")).unwrap(),
         )
@@ -743,18 +661,32 @@ mod tests {
     }
 
     /// The captured PCK CRL (signed by the quote's PCK CA) lists revoked
-    /// serials; a PCK with one of them is revoked, the quote's own is not.
+    /// serials, as a full X.509 CRL decoder reads them; the quote's PCK is
+    /// not among them, and its chain validates with both captured CRLs.
     #[test]
     fn pck_crl_revocation_lookup() {
+        use x509_cert::der::Decode;
         let (q, c) = dcapqvl_tdx();
         let chain = super::super::pck_chain(&q).unwrap();
-        let list = crl(&c.pck_crl, &chain[1], 1_750_809_600, "PCK CRL").unwrap();
-        assert!(
-            !list.revoked.is_empty(),
-            "the captured CRL revokes certificates"
-        );
-        assert!(list.revokes_serial(&list.revoked[0].clone()));
-        assert!(!list.revokes(&chain[0]), "the quote's PCK is not revoked");
+        let (root_der, pck_der) = (unhex(&c.root_ca_crl).unwrap(), unhex(&c.pck_crl).unwrap());
+        let root_crl = Crl::from_der(&root_der, "root CA CRL").unwrap();
+        let pck_crl = Crl::from_der(&pck_der, "PCK CRL").unwrap();
+        let full = x509_cert::crl::CertificateList::from_der(&pck_der).unwrap();
+        let serials = full.tbs_cert_list.revoked_certificates.unwrap_or_default();
+        assert!(!serials.is_empty(), "the captured CRL revokes certificates");
+        for r in &serials {
+            assert!(pck_crl.lists_serial(r.serial_number.as_bytes()));
+        }
+        let pck_serial = chain[0].cert.tbs_certificate.serial_number.as_bytes();
+        assert!(!pck_crl.lists_serial(pck_serial));
+        let anchors = super::super::intel_anchors().unwrap();
+        super::super::check_pck_chain(&chain, anchors, &[&root_crl, &pck_crl], 1_750_809_600)
+            .unwrap();
+        // Without a CRL for the PCK's issuer, its status is unknown: refused.
+        let e = super::super::check_pck_chain(&chain, anchors, &[&root_crl], 1_750_809_600)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no CRL covers Intel SGX PCK Certificate"), "{e}");
     }
 
     /// Intel PCS responses as served (`{"tcbInfo": …, "signature": …}`):
@@ -762,18 +694,14 @@ mod tests {
     /// signing certificate, within their window; one changed byte fails.
     #[test]
     fn pcs_documents_verify_as_served() {
-        let fixtures = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../../shared/fixtures/tdx"
-        );
+        let fixtures = cocoon_fixtures::Dir("tdx");
         let c: Collateral = serde_json::from_slice(
             &std::fs::read(format!("{fixtures}/dcapqvl_tdx_quote_collateral.json")).unwrap(),
         )
         .unwrap();
-        let root = super::super::intel_root().unwrap();
         // 2025-11-01, inside both documents' windows.
         let at = 1_761_955_200;
-        let signer = signer(&c.tcb_info_issuer_chain, root, at, "TCB info").unwrap();
+        let signer = signer(&c.tcb_info_issuer_chain, at, "TCB info").unwrap();
         for (file, id) in [
             ("trustee_tcbInfo.json", "TDX"),
             ("trustee_enclaveIdentity.json", "TD_QE"),
@@ -820,38 +748,53 @@ mod tests {
         assert_eq!(der_time(0x17, b"251319105611Z"), None);
     }
 
-    /// A PCK (or PCK CA) whose serial the verified CRL lists is refused.
+    /// A PCK chain of Intel's shape (a test PKI: Intel's keys are not
+    /// ours): its PCK CA listed on the root CA CRL, or its PCK on the PCK
+    /// CRL, is refused, naming the certificate and the CRL; an expired CRL
+    /// too; with neither listed it validates.
     #[test]
     fn revoked_pck_and_pck_ca_are_refused() {
-        let (q, c) = dcapqvl_tdx();
-        let chain = super::super::pck_chain(&q).unwrap();
-        let root = super::super::intel_root().unwrap();
-        let (pck, ca) = (&chain[0], &chain[1]);
-        let mut root_crl = crl(&c.root_ca_crl, root, 1_750_809_600, "root CA CRL").unwrap();
-        let mut pck_crl = crl(&c.pck_crl, ca, 1_750_809_600, "PCK CRL").unwrap();
-        check_revocation(&root_crl, &pck_crl, ca, pck).unwrap();
-        pck_crl
-            .revoked
-            .push(pck.cert.tbs_certificate.serial_number.as_bytes().to_vec());
-        let e = check_revocation(&root_crl, &pck_crl, ca, pck).unwrap_err();
+        use crate::x509::tests::{Kind, TestPki};
+        let root = TestPki::root("Test SGX Root CA");
+        let ca = root.issue("Test SGX PCK Platform CA", Kind::Ca);
+        let pck = ca.issue("Test SGX PCK Certificate", Kind::Leaf);
+        let chain = [pck.x509.clone(), ca.x509.clone(), root.x509.clone()];
+        let anchors = crate::x509::TrustAnchors::new(vec![root.x509.clone()]).unwrap();
+        let now = TestPki::NOW;
+        let check = |root_crl: &[u8], pck_crl: &[u8], at: u64| {
+            let root_crl = Crl::from_der(root_crl, "root CA CRL").unwrap();
+            let pck_crl = Crl::from_der(pck_crl, "PCK CRL").unwrap();
+            super::super::check_pck_chain(&chain, &anchors, &[&root_crl, &pck_crl], at)
+                .map_err(|e| e.to_string())
+        };
+        let (root_clean, pck_clean) = (root.crl(&[]), ca.crl(&[]));
+        check(&root_clean, &pck_clean, now).unwrap();
+        let e = check(&root_clean, &ca.crl(&[&pck]), now).unwrap_err();
         assert!(
-            e.to_string().contains("the PCK certificate is revoked"),
+            e.contains("Test SGX PCK Certificate is revoked (PCK CRL)"),
             "{e}"
         );
-        pck_crl.revoked.pop();
-        root_crl
-            .revoked
-            .push(ca.cert.tbs_certificate.serial_number.as_bytes().to_vec());
-        let e = check_revocation(&root_crl, &pck_crl, ca, pck).unwrap_err();
-        assert!(e.to_string().contains("is revoked (root CA CRL)"), "{e}");
+        let e = check(&root.crl(&[&ca]), &pck_clean, now).unwrap_err();
+        assert!(
+            e.contains("Test SGX PCK Platform CA is revoked (root CA CRL)"),
+            "{e}"
+        );
+        // Past the CRLs' nextUpdate (the certificates still valid).
+        let e = check(&root_clean, &pck_clean, now + 40 * 86_400).unwrap_err();
+        assert!(e.contains("root CA CRL expired (nextUpdate"), "{e}");
+        // A CRL signed by another key than its issuer's.
+        let impostor = TestPki::root("Test SGX PCK Platform CA");
+        let e = check(&root_clean, &impostor.crl(&[]), now).unwrap_err();
+        assert!(e.contains("PCK CRL signature does not verify"), "{e}");
     }
 
-    /// The in-place CRL reader agrees with a full X.509 CRL decoder on
-    /// every captured CRL, and refuses truncations and trailing bytes.
+    /// The in-place nextUpdate reader agrees with a full X.509 CRL decoder
+    /// on every captured CRL, webpki finds every serial the decoder lists,
+    /// and both refuse truncations and trailing bytes.
     #[test]
-    fn crl_reader_agrees_with_x509_cert() {
-        use x509_cert::der::{Decode, Encode};
-        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../../shared/fixtures");
+    fn crl_readers_agree_with_x509_cert() {
+        use x509_cert::der::Decode;
+        let fixtures = cocoon_fixtures::Dir("");
         for f in [
             "tdx/dcapqvl_tdx_quote_collateral.json",
             "sgx/dcapqvl_sgx_quote_collateral.json",
@@ -861,31 +804,25 @@ mod tests {
             for hexed in [&c.pck_crl, &c.root_ca_crl] {
                 let der = unhex(hexed).unwrap();
                 assert_eq!(der, hex::decode(hexed).unwrap());
-                let mine = parse_crl(&der).unwrap();
                 let full = x509_cert::crl::CertificateList::from_der(&der).unwrap();
-                let serials: Vec<Vec<u8>> = full
-                    .tbs_cert_list
-                    .revoked_certificates
-                    .clone()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|r| r.serial_number.as_bytes().to_vec())
-                    .collect();
-                assert_eq!(mine.revoked, serials, "{f}");
                 assert_eq!(
-                    mine.next_update,
+                    crl_next_update(&der),
                     full.tbs_cert_list
                         .next_update
                         .map(|t| t.to_unix_duration().as_secs())
                 );
-                assert_eq!(mine.issuer, full.tbs_cert_list.issuer.to_der().unwrap());
-                assert_eq!(mine.signature, full.signature.as_bytes().unwrap());
+                let list = Crl::from_der(&der, f).unwrap();
+                for r in full.tbs_cert_list.revoked_certificates.unwrap_or_default() {
+                    assert!(list.lists_serial(r.serial_number.as_bytes()), "{f}");
+                }
                 for cut in [1, der.len() / 2, der.len() - 1] {
-                    assert!(parse_crl(&der[..cut]).is_none());
+                    assert!(crl_next_update(&der[..cut]).is_none());
+                    assert!(Crl::from_der(&der[..cut], f).is_err());
                 }
                 let mut long = der.clone();
                 long.push(0);
-                assert!(parse_crl(&long).is_none());
+                assert!(crl_next_update(&long).is_none());
+                assert!(Crl::from_der(&long, f).is_err());
             }
         }
         assert!(unhex("0g").is_none() && unhex("abc").is_none());
@@ -911,7 +848,7 @@ fn children(mut content: &[u8]) -> Option<Vec<(u8, &[u8])>> {
     let mut out = Vec::new();
     while !content.is_empty() {
         let tag = content[0];
-        let (hdr, len) = crate::snp::cert::tlv(content)?;
+        let (hdr, len) = crate::x509::tlv(content)?;
         let end = hdr.checked_add(len)?;
         out.push((tag, content.get(hdr..end)?));
         content = content.get(end..)?;
@@ -940,7 +877,7 @@ impl PckTcb {
             .find(|e| e.extn_id.as_bytes() == SGX_EXT)
             .ok_or_else(|| invalid("the PCK certificate has no SGX extension"))?;
         let v = ext.extn_value.as_bytes();
-        let (hdr, len) = crate::snp::cert::tlv(v).ok_or_else(bad)?;
+        let (hdr, len) = crate::x509::tlv(v).ok_or_else(bad)?;
         let items = children(v.get(hdr..hdr + len).ok_or_else(bad)?).ok_or_else(bad)?;
         let mut tcb = None;
         let mut fmspc = None;

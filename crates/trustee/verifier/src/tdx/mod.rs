@@ -12,6 +12,7 @@ pub mod pccs;
 pub mod quote;
 
 use crate::eventlog::{AlgId, TcgEventLog};
+use crate::x509::{ChainError, Crl, Purpose, TrustAnchors, X509Cert, verify_path};
 use crate::{TeeClaims, TeeClass, VerifyError, VerifyInput};
 use cocoon_types::Tee;
 use quote::{Quote, QuoteBody, TdxQuote};
@@ -61,10 +62,7 @@ fn verify_qe_report<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
     verify_qe_report_with(q, &pck_chain(q)?[0])
 }
 
-fn verify_qe_report_with<B: QuoteBody>(
-    q: &Quote<B>,
-    leaf: &crate::snp::cert::X509Cert,
-) -> Result<(), VerifyError> {
+fn verify_qe_report_with<B: QuoteBody>(q: &Quote<B>, leaf: &X509Cert) -> Result<(), VerifyError> {
     use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, leaf.ec_point())
         .verify(&q.qe.qe_report, &q.qe.qe_report_signature)
@@ -170,7 +168,6 @@ pub fn verify_quote_with<B: QuoteBody>(
     let chain = pck_chain(q)?;
     verify_qe_report_with(q, &chain[0])?;
     check_intel_qe(q)?;
-    verify_pck_chain_parsed(&chain, now)?;
     // The trustee's own collateral comes first: collateral a guest sends
     // is used only for platforms the trustee has none for (a guest could
     // otherwise send older, still-valid documents from before a TCB
@@ -189,24 +186,39 @@ pub fn verify_quote_with<B: QuoteBody>(
         None => None,
     };
     let found = match &lookup {
-        Some((set, fmspc, ca)) => set.find(B::TCB_INFO_ID, fmspc, ca, now)?,
+        Some((set, fmspc, ca)) => match set.kept(B::TCB_INFO_ID, fmspc, ca, now) {
+            Some(c) => Some(c),
+            None if set.fetches() => {
+                // Only a PCK that chains to Intel's root makes the trustee
+                // ask its PCCS.
+                verify_pck_chain_parsed(&chain, now)?;
+                Some(set.fetch(B::TCB_INFO_ID, fmspc, ca)?)
+            }
+            None => None,
+        },
         None => None,
     };
+    // With collateral, the PCK chain is validated once, with its CRLs.
     let result = match found.as_deref().or(sent) {
         Some(c) => match collateral::verify_with_chain(q, &chain, c, now) {
             Ok(r) => Some(collateral::CollateralResult {
                 from_evidence: found.is_none(),
                 ..r
             }),
-            Err(e) => {
+            Err(refusal) => {
                 // Fetched collateral that does not verify is not kept.
-                if let (Some(_), Some((set, fmspc, ca))) = (&found, &lookup) {
+                if let (true, Some(_), Some((set, fmspc, ca))) =
+                    (refusal.collateral_at_fault, &found, &lookup)
+                {
                     set.forget(B::TCB_INFO_ID, fmspc, ca);
                 }
-                return Err(e);
+                return Err(refusal.error);
             }
         },
-        None => None,
+        None => {
+            verify_pck_chain_parsed(&chain, now)?;
+            None
+        }
     };
     let chain_until = chain.iter().map(|c| c.not_after()).min().unwrap_or(0);
     let until = result
@@ -260,44 +272,77 @@ fn check_intel_qe<B: QuoteBody>(q: &Quote<B>) -> Result<(), VerifyError> {
 /// 2049-12-31, SHA-256 fingerprint 44a0196b…fab674d3).
 const INTEL_SGX_ROOT_CA: &str = include_str!("intel/sgx_root_ca.pem");
 
-/// The PCK chain in the quote (PCK → Platform/Processor CA → root) checked
-/// against the embedded Intel root at `now`: every signature, validity
-/// window and CA constraint. The chain's own root must be Intel's.
+/// The PCK chain in the quote (PCK → Platform/Processor CA → root)
+/// validated at `now` against the embedded Intel root: signatures,
+/// validity windows, CA constraints. The chain's own root must be Intel's.
+/// Revocation needs the CRLs of the collateral ([`collateral::verify`]).
 pub fn verify_pck_chain<B: QuoteBody>(q: &Quote<B>, now: u64) -> Result<(), VerifyError> {
     verify_pck_chain_parsed(&pck_chain(q)?, now)
 }
 
-fn verify_pck_chain_parsed(
-    chain: &[crate::snp::cert::X509Cert; 3],
+fn verify_pck_chain_parsed(chain: &[X509Cert; 3], now: u64) -> Result<(), VerifyError> {
+    check_pck_chain(chain, intel_anchors()?, &[], now)
+}
+
+/// The PCK chain validated at `now` against `anchors` (Intel's root), with
+/// `crls` (the root CA CRL and the PCK CRL) when there is collateral: one
+/// validation decides the chain's trust, validity and revocation.
+pub(crate) fn check_pck_chain(
+    chain: &[X509Cert; 3],
+    anchors: &TrustAnchors,
+    crls: &[&Crl<'_>],
     now: u64,
 ) -> Result<(), VerifyError> {
-    let root = intel_root()?;
+    pck_path(chain, anchors, crls, now).map_err(|r| r.error)
+}
+
+/// [`check_pck_chain`], saying whether a CRL or the chain was at fault.
+pub(crate) fn pck_path(
+    chain: &[X509Cert; 3],
+    anchors: &TrustAnchors,
+    crls: &[&Crl<'_>],
+    now: u64,
+) -> Result<(), collateral::Refusal> {
     let [pck, ca, chain_root] = chain;
-    let untrusted = |detail: String| VerifyError::UntrustedKey { tee: TEE, detail };
-    if chain_root.der != root.der {
-        return Err(untrusted(format!(
-            "the PCK chain ends in {}, not Intel's SGX Root CA",
-            chain_root.cn
-        )));
+    // Trust comes from the anchor, whatever the chain carries; a chain
+    // that names another root is refused all the same.
+    if !anchors.certs().iter().any(|a| a.der == chain_root.der) {
+        return Err(collateral::Refusal {
+            error: VerifyError::UntrustedKey {
+                tee: TEE,
+                detail: format!(
+                    "the PCK chain ends in {}, not Intel's SGX Root CA",
+                    chain_root.cn
+                ),
+            },
+            collateral_at_fault: false,
+        });
     }
-    // The root is pinned byte for byte above; its self-signature adds nothing.
-    ca.verify_signed_by(root).map_err(untrusted)?;
-    pck.verify_signed_by(ca).map_err(untrusted)?;
-    for c in [root, ca, pck] {
-        c.check_validity(now).map_err(invalid)?;
+    verify_path(pck, &[ca], anchors, now, Purpose::IntelSgx, crls)
+        .map(|_| ())
+        .map_err(|e| collateral::Refusal {
+            collateral_at_fault: e.concerns_a_crl(),
+            error: chain_refused(e, "PCK"),
+        })
+}
+
+/// A refused Intel chain (`what`: `PCK`, `TCB info signing`, …).
+pub(crate) fn chain_refused(e: ChainError, what: &str) -> VerifyError {
+    if e.is_untrusted() {
+        VerifyError::UntrustedKey {
+            tee: TEE,
+            detail: format!("the {what} certificate does not chain to Intel's SGX Root CA: {e}"),
+        }
+    } else {
+        invalid(format!("the {what} certificate chain: {e}"))
     }
-    for c in [root, ca] {
-        c.check_ca().map_err(invalid)?;
-    }
-    Ok(())
 }
 
 /// The embedded Intel SGX Root CA, parsed once.
-pub(crate) fn intel_root() -> Result<&'static crate::snp::cert::X509Cert, VerifyError> {
-    static ROOT: std::sync::OnceLock<Option<crate::snp::cert::X509Cert>> =
-        std::sync::OnceLock::new();
+pub(crate) fn intel_root() -> Result<&'static X509Cert, VerifyError> {
+    static ROOT: std::sync::OnceLock<Option<X509Cert>> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        crate::snp::cert::X509Cert::from_pem_bundle(INTEL_SGX_ROOT_CA)
+        X509Cert::from_pem_bundle(INTEL_SGX_ROOT_CA)
             .ok()
             .and_then(|mut v| v.pop())
     })
@@ -305,13 +350,23 @@ pub(crate) fn intel_root() -> Result<&'static crate::snp::cert::X509Cert, Verify
     .ok_or_else(|| invalid("the embedded Intel root does not parse"))
 }
 
+/// The embedded Intel SGX Root CA as the one trust anchor of Intel chains.
+pub(crate) fn intel_anchors() -> Result<&'static TrustAnchors, VerifyError> {
+    static ANCHORS: std::sync::OnceLock<Option<TrustAnchors>> = std::sync::OnceLock::new();
+    ANCHORS
+        .get_or_init(|| {
+            let root = intel_root().ok()?.clone();
+            TrustAnchors::new(vec![root]).ok()
+        })
+        .as_ref()
+        .ok_or_else(|| invalid("the embedded Intel root is not a usable trust anchor"))
+}
+
 /// The quote's PCK chain: PCK, its CA, the chain's root (not yet trusted).
-pub(crate) fn pck_chain<B: QuoteBody>(
-    q: &Quote<B>,
-) -> Result<[crate::snp::cert::X509Cert; 3], VerifyError> {
+pub(crate) fn pck_chain<B: QuoteBody>(q: &Quote<B>) -> Result<[X509Cert; 3], VerifyError> {
     let pem = std::str::from_utf8(&q.qe.pck_chain_pem)
         .map_err(|_| invalid("the PCK chain is not PEM"))?;
-    let ders = crate::snp::cert::pem_ders(pem.trim_end_matches('\0'))
+    let ders = crate::x509::pem_ders(pem.trim_end_matches('\0'))
         .map_err(|e| invalid(format!("PCK chain: {e}")))?;
     let [pck, ca, root] = <[Vec<u8>; 3]>::try_from(ders).map_err(|c| {
         invalid(format!(
@@ -319,9 +374,7 @@ pub(crate) fn pck_chain<B: QuoteBody>(
             c.len()
         ))
     })?;
-    let parse = |d: &[u8]| {
-        crate::snp::cert::X509Cert::from_der(d).map_err(|e| invalid(format!("PCK chain: {e}")))
-    };
+    let parse = |d: &[u8]| X509Cert::from_der(d).map_err(|e| invalid(format!("PCK chain: {e}")));
     // The chain's root is almost always Intel's, byte for byte: reuse the
     // embedded one, parsed once, rather than parse it again.
     let intel = intel_root()?;

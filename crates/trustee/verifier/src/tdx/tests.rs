@@ -2,10 +2,7 @@
 
 use super::*;
 
-const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../../shared/fixtures/tdx"
-);
+const FIXTURES: cocoon_fixtures::Dir = cocoon_fixtures::Dir("tdx");
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
@@ -270,13 +267,18 @@ fn tampered_expired_and_foreign_collateral_is_refused() {
             .to_string();
         assert!(e.contains("CRL"), "byte {at}: {e}");
     }
-    // Signed by another Intel certificate than the TCB signer: refused.
+    // Signed by another Intel certificate than the TCB signer (a CA's,
+    // which signs no documents): refused.
     let mut c = collateral();
     c.tcb_info_issuer_chain = c.pck_crl_issuer_chain.clone();
     let e = collateral::verify(&q, &c, IN_WINDOW)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("TCB info signature"), "{e}");
+    assert!(
+        e.contains("TCB info signing certificate")
+            && e.contains("Intel SGX PCK Platform CA is a CA certificate"),
+        "{e}"
+    );
 }
 
 /// The PCK's SGX extension and the TCB levels: the captured quote's

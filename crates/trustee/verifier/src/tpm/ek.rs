@@ -11,7 +11,7 @@
 //!    the TPM holding both keys can.
 //! 4. [`Pending::finish`] compares the secret and yields the AK's SPKI.
 
-use crate::snp::cert::X509Cert;
+use crate::x509::{Purpose, TrustAnchors, X509Cert, verify_path};
 use cocoon_tpm::credential::{Credential, make_credential, name_sha256};
 use cocoon_tpm::structs::ALG_SHA256;
 use cocoon_tpm::{AkPublicKey, Public};
@@ -25,7 +25,7 @@ const DECRYPT: u32 = 1 << 17;
 /// TPM manufacturer CAs (roots and intermediates) the trustee trusts.
 #[derive(Debug, Clone, Default)]
 pub struct EkTrust {
-    cas: Vec<X509Cert>,
+    cas: TrustAnchors,
     /// Whether these are CAs of hardware TPM makers (the admin's word):
     /// AKs they enroll then count as hardware-backed.
     hardware_backed: bool,
@@ -90,6 +90,7 @@ impl EkTrust {
         if cas.is_empty() {
             return Err(format!("no CA certificate in {}", path.display()));
         }
+        let cas = TrustAnchors::new(cas).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(Self {
             cas,
             hardware_backed: false,
@@ -109,12 +110,12 @@ impl EkTrust {
 
     /// How many CAs are trusted.
     pub fn len(&self) -> usize {
-        self.cas.len()
+        self.cas.certs().len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
-        self.cas.is_empty()
+        self.cas.certs().is_empty()
     }
 
     /// Checks the EK certificate at `now`: it chains, through the
@@ -126,29 +127,26 @@ impl EkTrust {
         intermediates: &[X509Cert],
         now: u64,
     ) -> Result<String, String> {
-        ek.check_validity(now)?;
-        let mut cur = ek;
-        for _ in 0..6 {
-            if let Some(anchor) = self.cas.iter().find(|ca| cur.verify_signed_by(ca).is_ok()) {
-                anchor.check_validity(now)?;
-                anchor.check_ca()?;
-                return Ok(anchor.cn.clone());
+        let intermediates: Vec<&X509Cert> = intermediates.iter().collect();
+        let path = verify_path(
+            ek,
+            &intermediates,
+            &self.cas,
+            now,
+            Purpose::TpmEndorsementKey,
+            &[],
+        )
+        .map_err(|e| {
+            if e.is_untrusted() {
+                format!(
+                    "the EK certificate does not chain to a trusted TPM manufacturer CA ({} configured): {e}",
+                    self.len()
+                )
+            } else {
+                format!("the EK certificate chain: {e}")
             }
-            let next = intermediates
-                .iter()
-                .find(|i| cur.verify_signed_by(i).is_ok())
-                .ok_or_else(|| {
-                    format!(
-                        "the EK certificate does not chain to a trusted TPM manufacturer CA ({} configured): no issuer of '{}' verifies",
-                        self.cas.len(),
-                        cur.cn
-                    )
-                })?;
-            next.check_validity(now)?;
-            next.check_ca()?;
-            cur = next;
-        }
-        Err("the EK certificate chain is too long".into())
+        })?;
+        Ok(path.anchor.cn.clone())
     }
 
     /// Step 2: checks the EK certificate (with the guest's `intermediates`,

@@ -322,11 +322,7 @@ mod tests {
     }
 
     fn fixture() -> Value {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../../shared/fixtures/tpm/trustee_tpm_evidence.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).expect("TPM fixture")).unwrap()
+        serde_json::from_slice(&cocoon_fixtures::read("tpm/trustee_tpm_evidence.json")).unwrap()
     }
 
     fn verifier_trusting(ev: &Value) -> TpmVerifier {
