@@ -456,7 +456,20 @@ async fn denials_are_explained_to_the_admin_only() {
     ok(&t.admin(&["add-reference-value", "launch_digest", "fffff"]));
     let listed = ok(&t.admin(&["list-reference-values"]));
     assert!(listed.contains("launch_digest\t[\"fffff\"]"), "{listed}");
+    // This trustee speaks plain HTTP: a guest refuses it unless told otherwise.
     let out = t.guest("get-resource", &["kbs:///default/key/1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("refusing the plain-HTTP KBS")
+            && err.contains("Use an https:// URL")
+            && err.contains("--insecure-http-kbs"),
+        "{err}"
+    );
+    let out = t.guest(
+        "get-resource",
+        &["--insecure-http-kbs", "kbs:///default/key/1"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -467,7 +480,15 @@ async fn denials_are_explained_to_the_admin_only() {
         !err.contains("launch_digest"),
         "the guest must not see the reason: {err}"
     );
-    let explain = ok(&t.guest("explain", &["--admin-key", t.admin_key().to_str().unwrap()]));
+    // The trustee records denials off the request path: wait for the record.
+    let mut explain = String::new();
+    for _ in 0..100 {
+        explain = ok(&t.guest("explain", &["--admin-key", t.admin_key().to_str().unwrap()]));
+        if explain.contains("resource kbs:///default/key/1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(
         explain.contains("resource kbs:///default/key/1"),
         "{explain}"
@@ -487,14 +508,20 @@ async fn denials_are_explained_to_the_admin_only() {
         "1h",
     ]));
     assert_eq!(
-        ok(&t.guest("get-resource", &["kbs:///default/key/1"])),
+        ok(&t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/1"]
+        )),
         "deny-me"
     );
     ok(&t.admin(&["expire-reference-value", "launch_digest"]));
     assert!(
-        !t.guest("get-resource", &["kbs:///default/key/1"])
-            .status
-            .success()
+        !t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/1"]
+        )
+        .status
+        .success()
     );
     // A custom resource policy that allows only one repository.
     ok(&t.admin(&["add-reference-value", "launch_digest", "abcde"]));
@@ -512,13 +539,19 @@ async fn denials_are_explained_to_the_admin_only() {
         secret.to_str().unwrap(),
     ]));
     assert_eq!(
-        ok(&t.guest("get-resource", &["kbs:///open/key/1"])),
+        ok(&t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///open/key/1"]
+        )),
         "deny-me"
     );
     assert!(
-        !t.guest("get-resource", &["kbs:///default/key/1"])
-            .status
-            .success()
+        !t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/1"]
+        )
+        .status
+        .success()
     );
 }
 
@@ -558,7 +591,10 @@ async fn sessions_continue_on_a_second_replica_and_secrets_survive_restarts() {
     // Restart: the stored secret is still served.
     let c = TrusteeProc::start(&data, &[]);
     assert_eq!(
-        ok(&c.guest("get-resource", &["kbs:///default/key/r"])),
+        ok(&c.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/r"]
+        )),
         "replicated-secret"
     );
     let log_c = c.stop();
