@@ -47,6 +47,9 @@ pub struct KbsBenchArgs {
     /// TEE to attest as.
     #[arg(long, default_value = "sample")]
     tee: String,
+    /// Allow a plain http:// trustee URL for the guest clients (measures the KBS without TLS).
+    #[arg(long)]
+    insecure_http_kbs: bool,
 }
 
 #[derive(Default)]
@@ -146,7 +149,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     let http = a.conn.http()?;
     let expected = prepare_resource(&a, &http, &path).await?;
     let cert = a.conn.cert_pem()?;
-    let make_client = || sample_client(&a.conn.url, &a.tee, cert.clone());
+    let make_client = || sample_client(&a, cert.clone());
     println!(
         "cocoon bench kbs: {} clients, {} s per phase, against {} (load generator on the same machine)",
         a.clients, a.duration, a.conn.url
@@ -296,13 +299,14 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
 }
 
 /// A guest client for `tee` with a fresh TEE key pair.
-fn sample_client(url: &str, tee: &str, kbs_cert_pem: Option<Vec<u8>>) -> Result<KbsClient> {
-    let attester = cocoon_attester::attester_for(tee, &Default::default())?;
+fn sample_client(a: &KbsBenchArgs, kbs_cert_pem: Option<Vec<u8>>) -> Result<KbsClient> {
+    let attester = cocoon_attester::attester_for(&a.tee, &Default::default())?;
     Ok(KbsClient::new(
-        url,
+        &a.conn.url,
         Arc::from(attester),
         ClientOptions {
             kbs_cert_pem,
+            insecure_http: a.insecure_http_kbs,
             ..ClientOptions::default()
         },
     )?)
@@ -334,7 +338,7 @@ async fn prepare_resource(
         check(resp, "setting the benchmark resource").await?;
         return Ok(secret);
     }
-    let c = sample_client(&a.conn.url, &a.tee, a.conn.cert_pem()?)?;
+    let c = sample_client(a, a.conn.cert_pem()?)?;
     Ok(c.get_resource(path)
         .await
         .context("no admin key to create the benchmark resource, and reading it failed")?

@@ -31,6 +31,9 @@ pub struct GuestBenchArgs {
     /// TPM to use (default: start a swtpm on 127.0.0.1 for the benchmark).
     #[arg(long = "tpm")]
     tpm: Option<String>,
+    /// Allow a plain http:// trustee URL for the agent (development only).
+    #[arg(long)]
+    insecure_http_kbs: bool,
 }
 
 /// Median, p90 and minimum in milliseconds.
@@ -148,6 +151,7 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
     let base = AaConfig {
         kbs_url: Some(conn.url.clone()),
         kbs_cert_pem: conn.cert_pem()?,
+        kbs_insecure_http: a.insecure_http_kbs,
         ..AaConfig::default()
     };
     let sample_cfg = AaConfig {

@@ -27,6 +27,9 @@ pub struct GuestOptions {
     /// Initdata TOML: bound to the TEE first (vTPM: PCR 8), then sent with the evidence.
     #[arg(long)]
     pub(crate) init_data: Option<PathBuf>,
+    /// Allow a plain http:// KBS URL (development only: over plain HTTP the host could forge resources).
+    #[arg(long)]
+    pub(crate) insecure_http_kbs: bool,
 }
 
 pub(crate) async fn agent(g: &GuestOptions) -> Result<AttestationAgent> {
@@ -56,6 +59,7 @@ pub(crate) async fn agent(g: &GuestOptions) -> Result<AttestationAgent> {
         attester: AttesterOptions { tpm },
         kbs_url: Some(g.conn.url.clone()),
         kbs_cert_pem: g.conn.cert_pem()?,
+        kbs_insecure_http: g.insecure_http_kbs,
         init_data,
         ..AaConfig::default()
     };

@@ -100,6 +100,9 @@ pub struct PullArgs {
     /// PEM certificate to pin for an https:// KBS.
     #[arg(long)]
     kbs_cert: Option<PathBuf>,
+    /// Allow a plain http:// --kbs URL (development only: over plain HTTP the host could forge policies and layer keys).
+    #[arg(long)]
+    insecure_http_kbs: bool,
     /// TEE to attest as with --kbs: sample, tpm, tdx, snp, az-snp-vtpm, az-tdx-vtpm.
     #[arg(long, default_value = "sample")]
     tee: String,
@@ -250,6 +253,7 @@ pub(crate) async fn pull_config(
                 tpm: a.tpm.clone(),
                 ak_handle: "0x81010002".into(),
                 init_data: a.init_data.clone(),
+                insecure_http_kbs: a.insecure_http_kbs,
             };
             Some(Arc::new(KbsFetcher(agent(&g).await?)))
         }

@@ -422,7 +422,8 @@ fn jwe_images_interoperate_with_skopeo_and_run_with_runc() {
     );
     let err = fails(&o);
     assert!(
-        err.contains("no key to decrypt") && err.contains("is a recipient"),
+        err.contains("no key to decrypt")
+            && err.contains("cannot unwrap the layer key with any configured key"),
         "{err}"
     );
     assert_nothing_left(&dest);
@@ -557,7 +558,7 @@ fn tampering_is_detected_and_nothing_is_left() {
     assert!(err.contains("HMAC mismatch"), "{err}");
     assert_nothing_left(&dest);
 
-    // The wrapped key annotation changed: JWE authentication fails.
+    // The wrapped key annotation changed: the same generic error as a wrong key.
     let mut m = manifest(&reg, "busybox:enc");
     let ann = m["layers"][0]["annotations"]["org.opencontainers.image.enc.keys.jwe"]
         .as_str()
@@ -577,7 +578,10 @@ fn tampering_is_detected_and_nothing_is_left() {
     push_raw_manifest(&reg, &r, m.to_string().into_bytes(), OCI_MANIFEST);
     let (o, dest) = pull(&reg, d, &r.to_string(), "tampered-key", &key);
     let err = fails(&o);
-    assert!(err.contains("JWE authentication failed"), "{err}");
+    assert!(
+        err.contains("cannot unwrap the layer key with any configured key"),
+        "{err}"
+    );
     assert_nothing_left(&dest);
 
     // A blob changed on the registry's disk: digest mismatch while streaming.
@@ -640,6 +644,53 @@ fn tampering_is_detected_and_nothing_is_left() {
     let err = fails(&o);
     assert!(err.contains("escapes the root"), "{err}");
     assert_nothing_left(&dest);
+
+    // The config's diff_id for layer 1 is not that layer's tar digest (the
+    // blob digests are all consistent): refused, plain and encrypted, and
+    // the layer before it is not kept either.
+    let mut first = LayerBuilder::default();
+    first.file("etc/ok", 0o644, b"fine").unwrap();
+    let mut second = LayerBuilder::default();
+    second
+        .file("etc/greeting", 0o644, GREETING.as_bytes())
+        .unwrap();
+    let (first, first_id) = first.finish().unwrap();
+    let (second, second_id) = second.finish().unwrap();
+    let plain_ref = Reference::parse(&format!("{a}/wrong-diff-id:plain")).unwrap();
+    runtime
+        .block_on(push_image(
+            &c,
+            &plain_ref,
+            &[(first, first_id.clone()), (second, first_id.clone())],
+            &["/bin/true"],
+        ))
+        .unwrap();
+    let enc_ref = format!("{a}/wrong-diff-id:enc");
+    ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            &plain_ref.to_string(),
+            &enc_ref,
+            "--insecure-registry",
+            a,
+            "--recipient",
+            &format!("jwe:{}", k.ec_pub.display()),
+        ],
+        &[],
+    ));
+    for (image, name) in [(plain_ref.to_string(), "diff-plain"), (enc_ref, "diff-enc")] {
+        let (o, dest) = pull(&reg, d, &image, name, &key);
+        let err = fails(&o);
+        assert!(
+            err.contains("layer 1")
+                && err.contains("rootfs.diff_ids[1]")
+                && err.contains(&first_id)
+                && err.contains(&second_id),
+            "{err}"
+        );
+        assert_nothing_left(&dest);
+    }
 }
 
 fn policy_json(scopes: &[(&str, &Path)]) -> String {
@@ -703,8 +754,23 @@ fn kbs_held_keys_and_signature_policies() {
     assert_eq!(packet["kid"], kid);
     assert_eq!(packet["wrap_type"], "A256GCM");
 
+    // The trustee speaks plain HTTP here: refused unless explicitly allowed.
+    let (o, dest) = pull(
+        &reg,
+        d,
+        &format!("{a}/busybox:kbs"),
+        "kbs-http",
+        &["--kbs", url, "--tee", "sample"],
+    );
+    let err = fails(&o);
+    assert!(
+        err.contains("refusing the plain-HTTP KBS") && err.contains("--insecure-http-kbs"),
+        "{err}"
+    );
+    assert_nothing_left(&dest);
+
     // A guest that attests (sample TEE) gets the key and the image.
-    let kbs = ["--kbs", url, "--tee", "sample"];
+    let kbs = ["--kbs", url, "--insecure-http-kbs", "--tee", "sample"];
     let (o, dest) = pull(&reg, d, &format!("{a}/busybox:kbs"), "kbs", &kbs);
     ok(&o);
     assert_bundle(&dest);
@@ -979,6 +1045,16 @@ fn data_hub_pulls_encrypted_images() {
     let sock = d.join("cdh.sock");
     let addr = format!("unix://{}", sock.display());
     let work = d.join("work");
+    // CoCo's cdh.toml, plus the explicit allowance for this plain-HTTP trustee.
+    let cdh_toml = write(
+        d,
+        "cdh.toml",
+        format!(
+            "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\ninsecure_http = true\n",
+            t.url
+        )
+        .as_bytes(),
+    );
     let _cdh = Daemon::start(
         &[
             "guest",
@@ -987,8 +1063,8 @@ fn data_hub_pulls_encrypted_images() {
             &addr,
             "--tee",
             "sample",
-            "--kbs-url",
-            &t.url,
+            "-c",
+            cdh_toml.to_str().unwrap(),
             "--insecure-registry",
             &a,
             "--image-policy",
@@ -1170,10 +1246,20 @@ fn auth_json(dir: &Path, name: &str, registry: &str, user: &str, pass: &str) -> 
     )
 }
 
-fn client_with_login(reg: &Registry, user: &str, pass: &str) -> RegistryClient {
+/// A client logging in to `reg`; `also_insecure` are other plain-HTTP
+/// hosts (a token service) the login may go to.
+fn client_with_login(
+    reg: &Registry,
+    also_insecure: &[&str],
+    user: &str,
+    pass: &str,
+) -> RegistryClient {
     cocoon_kbs_client::install_crypto_provider();
+    let mut insecure: std::collections::HashSet<String> =
+        also_insecure.iter().map(|h| h.to_string()).collect();
+    insecure.insert(reg.addr.clone());
     RegistryClient::new(RegistryConfig {
-        insecure: [reg.addr.clone()].into(),
+        insecure,
         credentials: [(
             reg.addr.clone(),
             cocoon_image::registry::Credential {
@@ -1194,12 +1280,12 @@ fn registry_logins_basic_and_bearer() {
     need("htpasswd");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let image = |reg: &Registry| {
+    let image = |reg: &Registry, also_insecure: &[&str]| {
         let mut l = LayerBuilder::default();
         l.file("etc/greeting", 0o644, GREETING.as_bytes()).unwrap();
         let r = Reference::parse(&format!("{}/private/app:v1", reg.addr)).unwrap();
         rt().block_on(push_image(
-            &client_with_login(reg, "alice", "s3cret"),
+            &client_with_login(reg, also_insecure, "alice", "s3cret"),
             &r,
             &[l.finish().unwrap()],
             &["/bin/true"],
@@ -1223,7 +1309,7 @@ fn registry_logins_basic_and_bearer() {
             htpasswd.display()
         ),
     );
-    let img = image(&reg);
+    let img = image(&reg, &[]);
     let (o, dest) = pull(&reg, d, &img, "basic-anon", &[]);
     let err = fails(&o);
     assert!(err.contains("wants a login"), "{err}");
@@ -1257,7 +1343,13 @@ fn registry_logins_basic_and_bearer() {
             cert.display()
         ),
     );
-    let img = image(&reg);
+    // The token service is plain HTTP on another port: the login goes
+    // there only once that host is marked insecure too.
+    let token_host = realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_string();
+    let img = image(&reg, &[&token_host]);
     let t = TrusteeProc::start(&d.join("trustee"), &[]);
     let login = auth_json(d, "token-auth.json", &reg.addr, "alice", "s3cret");
     ok(&t.admin(&[
@@ -1266,19 +1358,29 @@ fn registry_logins_basic_and_bearer() {
         "--file",
         login.to_str().unwrap(),
     ]));
+    let from_kbs: [&str; 7] = [
+        "--auth",
+        "kbs:///default/credential/registry",
+        "--kbs",
+        &t.url,
+        "--insecure-http-kbs",
+        "--tee",
+        "sample",
+    ];
+    let (o, dest) = pull(&reg, d, &img, "bearer-clear", &from_kbs);
+    let err = fails(&o);
+    assert!(
+        err.contains(&format!("asks for the login at {realm}"))
+            && err.contains(&format!("--insecure-registry {token_host}")),
+        "{err}"
+    );
+    assert_nothing_left(&dest);
     let (o, dest) = pull(
         &reg,
         d,
         &img,
         "bearer",
-        &[
-            "--auth",
-            "kbs:///default/credential/registry",
-            "--kbs",
-            &t.url,
-            "--tee",
-            "sample",
-        ],
+        &[&from_kbs[..], &["--insecure-registry", token_host.as_str()]].concat(),
     );
     ok(&o);
     assert_eq!(

@@ -457,7 +457,20 @@ async fn denials_are_explained_to_the_admin_only() {
     ok(&t.admin(&["add-reference-value", "launch_digest", "fffff"]));
     let listed = ok(&t.admin(&["list-reference-values"]));
     assert!(listed.contains("launch_digest\t[\"fffff\"]"), "{listed}");
+    // This trustee speaks plain HTTP: a guest refuses it unless told otherwise.
     let out = t.guest("get-resource", &["kbs:///default/key/1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("refusing the plain-HTTP KBS")
+            && err.contains("Use an https:// URL")
+            && err.contains("--insecure-http-kbs"),
+        "{err}"
+    );
+    let out = t.guest(
+        "get-resource",
+        &["--insecure-http-kbs", "kbs:///default/key/1"],
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -470,6 +483,10 @@ async fn denials_are_explained_to_the_admin_only() {
     );
     // Denials are recorded off the request path: wait for this one.
     let explain = t.explain_until(10, |e| e.contains("resource kbs:///default/key/1"));
+    assert!(
+        explain.contains("resource kbs:///default/key/1"),
+        "{explain}"
+    );
     assert!(explain.contains("appraisal cpu0 is 'warning'"), "{explain}");
     assert!(explain.contains("executables=33"), "{explain}");
     assert!(
@@ -485,14 +502,20 @@ async fn denials_are_explained_to_the_admin_only() {
         "1h",
     ]));
     assert_eq!(
-        ok(&t.guest("get-resource", &["kbs:///default/key/1"])),
+        ok(&t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/1"]
+        )),
         "deny-me"
     );
     ok(&t.admin(&["expire-reference-value", "launch_digest"]));
     assert!(
-        !t.guest("get-resource", &["kbs:///default/key/1"])
-            .status
-            .success()
+        !t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/1"]
+        )
+        .status
+        .success()
     );
     // A custom resource policy that allows only one repository.
     ok(&t.admin(&["add-reference-value", "launch_digest", "abcde"]));
@@ -510,13 +533,19 @@ async fn denials_are_explained_to_the_admin_only() {
         secret.to_str().unwrap(),
     ]));
     assert_eq!(
-        ok(&t.guest("get-resource", &["kbs:///open/key/1"])),
+        ok(&t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///open/key/1"]
+        )),
         "deny-me"
     );
     assert!(
-        !t.guest("get-resource", &["kbs:///default/key/1"])
-            .status
-            .success()
+        !t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/1"]
+        )
+        .status
+        .success()
     );
 }
 
@@ -556,7 +585,10 @@ async fn sessions_continue_on_a_second_replica_and_secrets_survive_restarts() {
     // Restart: the stored secret is still served.
     let c = TrusteeProc::start(&data, &[]);
     assert_eq!(
-        ok(&c.guest("get-resource", &["kbs:///default/key/r"])),
+        ok(&c.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "kbs:///default/key/r"]
+        )),
         "replicated-secret"
     );
     let log_c = c.stop();

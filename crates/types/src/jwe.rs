@@ -6,6 +6,7 @@
 //! member as AAD. The protected header is written byte-for-byte as the stock
 //! KBS writes it, because stock guests recompute the AAD by re-serializing it.
 
+use crate::rsa_oaep::{OaepHash, RsaDecryptionKey};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
@@ -14,7 +15,7 @@ use kbs_types::TeePubKey;
 use p256::elliptic_curve::sec1::{EncodedPoint, FromEncodedPoint, ToEncodedPoint};
 use rand_core::{OsRng, RngCore};
 use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, Oaep, RsaPrivateKey, RsaPublicKey};
+use rsa::{BigUint, Oaep, RsaPublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::Mutex;
@@ -296,7 +297,8 @@ pub struct TeeKeyPair {
 
 enum TeeSecret {
     Ec(p256::SecretKey),
-    Rsa(Box<RsaPrivateKey>),
+    /// Decrypts in constant time (see [`crate::rsa_oaep`]).
+    Rsa(Box<RsaDecryptionKey>),
 }
 
 #[derive(Deserialize)]
@@ -318,18 +320,31 @@ struct EpkJwk {
 impl TeeKeyPair {
     /// A fresh P-256 key pair (the CoCo default).
     pub fn generate_ec() -> Self {
-        Self::from_secret(TeeSecret::Ec(p256::SecretKey::random(&mut OsRng)))
+        let k = p256::SecretKey::random(&mut OsRng);
+        let p = k.public_key().to_encoded_point(false);
+        let public = TeePubKey::EC {
+            crv: "P-256".into(),
+            alg: ALG_ECDH_ES_A256KW.into(),
+            x: B64URL.encode(p.x().map(|x| x.to_vec()).unwrap_or_default()),
+            y: B64URL.encode(p.y().map(|y| y.to_vec()).unwrap_or_default()),
+        };
+        Self::from_secret(TeeSecret::Ec(k), public)
     }
 
-    /// A fresh RSA key pair of `bits` bits (CoCo uses 2048).
+    /// A fresh RSA key pair of `bits` bits (CoCo uses 2048; 2048, 3072,
+    /// 4096 and 8192 are supported).
     pub fn generate_rsa(bits: usize) -> Result<Self, JweError> {
-        let k = RsaPrivateKey::new(&mut OsRng, bits)
-            .map_err(|e| JweError::InvalidKey(e.to_string()))?;
-        Ok(Self::from_secret(TeeSecret::Rsa(Box::new(k))))
+        let k = RsaDecryptionKey::generate(bits)?;
+        let p = k.public_key()?;
+        let public = TeePubKey::RSA {
+            alg: ALG_RSA_OAEP_256.into(),
+            k_mod: B64URL.encode(p.n().to_bytes_be()),
+            k_exp: B64URL.encode(p.e().to_bytes_be()),
+        };
+        Ok(Self::from_secret(TeeSecret::Rsa(Box::new(k)), public))
     }
 
-    fn from_secret(secret: TeeSecret) -> Self {
-        let public = Self::compute_public(&secret);
+    fn from_secret(secret: TeeSecret, public: TeePubKey) -> Self {
         Self {
             secret,
             public,
@@ -340,25 +355,6 @@ impl TeeKeyPair {
     /// The public key as the JWK the runtime data carries.
     pub fn public_jwk(&self) -> TeePubKey {
         self.public.clone()
-    }
-
-    fn compute_public(secret: &TeeSecret) -> TeePubKey {
-        match secret {
-            TeeSecret::Ec(k) => {
-                let p = k.public_key().to_encoded_point(false);
-                TeePubKey::EC {
-                    crv: "P-256".into(),
-                    alg: ALG_ECDH_ES_A256KW.into(),
-                    x: B64URL.encode(p.x().map(|x| x.to_vec()).unwrap_or_default()),
-                    y: B64URL.encode(p.y().map(|y| y.to_vec()).unwrap_or_default()),
-                }
-            }
-            TeeSecret::Rsa(k) => TeePubKey::RSA {
-                alg: ALG_RSA_OAEP_256.into(),
-                k_mod: B64URL.encode(k.n().to_bytes_be()),
-                k_exp: B64URL.encode(k.e().to_bytes_be()),
-            },
-        }
     }
 
     fn ec_unwrap_key(
@@ -373,12 +369,6 @@ impl TeeKeyPair {
         {
             return Ok(kek.clone());
         }
-        if epk.kty != "EC" || epk.crv != "P-256" {
-            return Err(JweError::UnsupportedKey(format!(
-                "epk {} {}",
-                epk.kty, epk.crv
-            )));
-        }
         let peer = ec_point_from_jwk(&epk.x, &epk.y)?;
         let shared = p256::ecdh::diffie_hellman(k.to_nonzero_scalar(), peer.as_affine());
         let kek = concat_kdf(shared.raw_secret_bytes());
@@ -388,7 +378,10 @@ impl TeeKeyPair {
         Ok(kek)
     }
 
-    /// Decrypts a resource JWE sealed to this key.
+    /// Decrypts a resource JWE sealed to this key. The public members are
+    /// parsed first; from the first use of the private key on, every
+    /// failure is [`JweError::Decrypt`], so the error tells a sender nothing
+    /// about why (a padding or key-wrap oracle).
     pub fn decrypt(&self, jwe: &FlattenedJwe) -> Result<Zeroizing<Vec<u8>>, JweError> {
         let header_bytes = b64d("protected", &jwe.protected)?;
         let header: ProtectedHeader = serde_json::from_slice(&header_bytes)
@@ -397,32 +390,6 @@ impl TeeKeyPair {
             return Err(JweError::UnsupportedKey(format!("enc {}", header.enc)));
         }
         let wrapped = b64d("encrypted_key", &jwe.encrypted_key)?;
-        let cek: Zeroizing<Vec<u8>> = match (&self.secret, header.alg.as_str()) {
-            (TeeSecret::Ec(k), ALG_ECDH_ES_A256KW) => {
-                let epk = header
-                    .epk
-                    .as_ref()
-                    .ok_or_else(|| JweError::Malformed("ECDH-ES header without epk".into()))?;
-                let kek = self.ec_unwrap_key(k, &jwe.protected, epk)?;
-                Zeroizing::new(
-                    aes_kw::KekAes256::from(*kek)
-                        .unwrap_vec(&wrapped)
-                        .map_err(|_| JweError::Decrypt)?,
-                )
-            }
-            (TeeSecret::Rsa(k), ALG_RSA_OAEP_256) => Zeroizing::new(
-                k.decrypt(Oaep::new::<Sha256>(), &wrapped)
-                    .map_err(|_| JweError::Decrypt)?,
-            ),
-            (_, alg) => {
-                return Err(JweError::UnsupportedKey(format!(
-                    "alg {alg} does not match this TEE key"
-                )));
-            }
-        };
-        if cek.len() != 32 {
-            return Err(JweError::Decrypt);
-        }
         let iv: [u8; 12] = b64d("iv", &jwe.iv)?
             .try_into()
             .map_err(|_| JweError::Malformed("iv must be 12 bytes".into()))?;
@@ -432,6 +399,31 @@ impl TeeKeyPair {
             return Err(JweError::Malformed("tag must be 16 bytes".into()));
         }
         msg.extend_from_slice(&tag);
+        let cek: Option<Zeroizing<Vec<u8>>> = match (&self.secret, header.alg.as_str()) {
+            (TeeSecret::Ec(k), ALG_ECDH_ES_A256KW) => {
+                let epk = header
+                    .epk
+                    .as_ref()
+                    .ok_or_else(|| JweError::Malformed("ECDH-ES header without epk".into()))?;
+                if epk.kty != "EC" || epk.crv != "P-256" {
+                    return Err(JweError::UnsupportedKey(format!(
+                        "epk {} {}",
+                        epk.kty, epk.crv
+                    )));
+                }
+                self.ec_unwrap_key(k, &jwe.protected, epk)
+                    .ok()
+                    .and_then(|kek| aes_kw::KekAes256::from(*kek).unwrap_vec(&wrapped).ok())
+                    .map(Zeroizing::new)
+            }
+            (TeeSecret::Rsa(k), ALG_RSA_OAEP_256) => k.decrypt(OaepHash::Sha256, &wrapped),
+            (_, alg) => {
+                return Err(JweError::UnsupportedKey(format!(
+                    "alg {alg} does not match this TEE key"
+                )));
+            }
+        };
+        let cek = cek.filter(|c| c.len() == 32).ok_or(JweError::Decrypt)?;
         let cipher = Aes256Gcm::new_from_slice(&cek).map_err(|_| JweError::Decrypt)?;
         cipher
             .decrypt(
@@ -449,14 +441,11 @@ impl TeeKeyPair {
     /// `GetToken` returns it.
     pub fn private_pem(&self) -> Result<Zeroizing<String>, JweError> {
         use p256::pkcs8::EncodePrivateKey;
-        use rsa::pkcs1::EncodeRsaPrivateKey;
         match &self.secret {
             TeeSecret::Ec(k) => k
                 .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
                 .map_err(|e| JweError::InvalidKey(e.to_string())),
-            TeeSecret::Rsa(k) => k
-                .to_pkcs1_pem(rsa::pkcs1::LineEnding::LF)
-                .map_err(|e| JweError::InvalidKey(e.to_string())),
+            TeeSecret::Rsa(k) => k.to_pkcs1_pem(),
         }
     }
 }
@@ -516,6 +505,69 @@ mod tests {
         let mut t = jwe.clone();
         t.iv = "!!".into();
         assert!(matches!(kp.decrypt(&t), Err(JweError::Malformed(_))));
+    }
+
+    /// Whatever goes wrong once the private key is involved (wrong key,
+    /// corrupted or truncated wrapped key, corrupted payload), the error is
+    /// one and the same; and a defect in a public member is reported the
+    /// same way whichever key tries it, since the private key is used only
+    /// after every public member parsed.
+    #[test]
+    fn every_unwrap_failure_reads_the_same() {
+        let pairs = [
+            (
+                TeeKeyPair::generate_rsa(2048).unwrap(),
+                TeeKeyPair::generate_rsa(2048).unwrap(),
+            ),
+            (TeeKeyPair::generate_ec(), TeeKeyPair::generate_ec()),
+        ];
+        let generic = JweError::Decrypt.to_string();
+        for (kp, other) in &pairs {
+            let jwe = SealingKey::new(&kp.public_jwk())
+                .unwrap()
+                .seal(b"resource")
+                .unwrap();
+            assert_eq!(&*kp.decrypt(&jwe).unwrap(), b"resource");
+            let edit = |f: &dyn Fn(&mut Vec<u8>), field: fn(&mut FlattenedJwe) -> &mut String| {
+                let mut t = jwe.clone();
+                let m = field(&mut t);
+                let mut raw = B64URL.decode(&*m).unwrap();
+                f(&mut raw);
+                *m = B64URL.encode(raw);
+                t
+            };
+            let flip = |b: &mut Vec<u8>| {
+                let mid = b.len() / 2;
+                b[mid] ^= 0x40;
+            };
+            let cut = |b: &mut Vec<u8>| {
+                b.pop();
+            };
+            let cases = [
+                ("wrong key", other.decrypt(&jwe)),
+                (
+                    "corrupted wrapped key",
+                    kp.decrypt(&edit(&flip, |j| &mut j.encrypted_key)),
+                ),
+                (
+                    "truncated wrapped key",
+                    kp.decrypt(&edit(&cut, |j| &mut j.encrypted_key)),
+                ),
+                (
+                    "corrupted payload",
+                    kp.decrypt(&edit(&flip, |j| &mut j.ciphertext)),
+                ),
+            ];
+            for (what, r) in cases {
+                assert_eq!(r.unwrap_err().to_string(), generic, "{what}");
+            }
+            let mut bad_iv = jwe.clone();
+            bad_iv.iv = B64URL.encode([0u8; 13]);
+            assert_eq!(
+                kp.decrypt(&bad_iv).unwrap_err().to_string(),
+                other.decrypt(&bad_iv).unwrap_err().to_string()
+            );
+        }
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Wire formats shared by every side of Cocoon: the KBS protocol payloads
 //! (re-exported from `kbs-types`), resource paths and URIs, the report-data
-//! binding, the resource JWE, and the error body. No I/O lives here.
+//! binding, the resource JWE (and RSA-OAEP decryption for it), and the
+//! error body. No I/O lives here.
 
 pub mod binding;
 pub mod error_body;
 pub mod initdata;
 pub mod jwe;
 pub mod resource;
+pub mod rsa_oaep;
 pub mod sealed;
 
 pub use kbs_types::{

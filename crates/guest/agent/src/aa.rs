@@ -19,7 +19,8 @@ pub const DEFAULT_RUNTIME_REGISTER: u64 = 17;
 pub const DEFAULT_TPM_RUNTIME_REGISTER: u64 = 23;
 
 /// Attestation Agent settings. Every field has a default; KBS settings may
-/// also come from the initdata's `aa.toml` (`[token_configs.kbs] url, cert`).
+/// also come from the initdata's `aa.toml` (`[token_configs.kbs] url, cert,
+/// insecure_http`).
 #[derive(Debug, Clone, Default)]
 pub struct AaConfig {
     /// TEE to attest as; `None` probes the platform.
@@ -30,6 +31,8 @@ pub struct AaConfig {
     pub kbs_url: Option<String>,
     /// KBS certificate to pin (PEM).
     pub kbs_cert_pem: Option<Vec<u8>>,
+    /// Accept a plain `http://` KBS URL (development only).
+    pub kbs_insecure_http: bool,
     /// Initdata TOML text.
     pub init_data: Option<String>,
     /// Register runtime measurements go to when a request names none.
@@ -52,11 +55,16 @@ struct TokenConfigs {
     kbs: Option<KbsTokenConfig>,
 }
 
+/// `[token_configs.kbs]`: CoCo's `url` and `cert`, plus `insecure_http`
+/// (ours; stock agents ignore keys they do not know, so one file serves both).
 #[derive(Debug, serde::Deserialize)]
 struct KbsTokenConfig {
     url: String,
     #[serde(default)]
     cert: Option<String>,
+    /// Allow a plain `http://` url (development only).
+    #[serde(default)]
+    insecure_http: bool,
 }
 
 /// Whether a TEE measures into TPM PCRs (SHA-256).
@@ -108,7 +116,8 @@ impl Attester for LoggedAttester {
 }
 
 /// Fills the KBS URL and certificate of `cfg` from an AA config TOML
-/// (`[token_configs.kbs] url, cert`, CoCo's `aa.toml`) where they are unset.
+/// (`[token_configs.kbs] url, cert`, CoCo's `aa.toml`) where they are unset;
+/// `insecure_http = true` there allows a plain-HTTP KBS as the flag does.
 pub fn apply_aa_toml(cfg: &mut AaConfig, text: &str) -> Result<(), AgentError> {
     let parsed: AaToml = toml::from_str(text)
         .map_err(|e| AgentError::Config(format!("AA config (aa.toml) is not valid: {e}")))?;
@@ -117,6 +126,7 @@ pub fn apply_aa_toml(cfg: &mut AaConfig, text: &str) -> Result<(), AgentError> {
         if cfg.kbs_cert_pem.is_none() {
             cfg.kbs_cert_pem = k.cert.map(String::into_bytes);
         }
+        cfg.kbs_insecure_http |= k.insecure_http;
     }
     Ok(())
 }
@@ -165,6 +175,7 @@ impl AttestationAgent {
                     kbs_cert_pem: cfg.kbs_cert_pem.clone(),
                     init_data: cfg.init_data.clone(),
                     key_pair: None,
+                    insecure_http: cfg.kbs_insecure_http,
                 },
             )?),
             None => None,
@@ -265,5 +276,54 @@ impl AttestationAgent {
         let a = self.attester.clone();
         let d = digest.to_vec();
         Ok(blocking(move || a.bind_init_data(&d)).await??)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stock CoCo aa.toml (other sections, no insecure key) parses and
+    /// leaves plain HTTP refused; `insecure_http = true` next to the url
+    /// allows it.
+    #[test]
+    fn aa_toml_insecure_http_key() {
+        let stock = "[token_configs.coco_as]\nurl = \"http://as\"\n\n[token_configs.kbs]\nurl = \"http://10.0.2.2:8080\"\n\n[eventlog_config]\ninit_pcr = 17\nenable_eventlog = false\n";
+        let mut cfg = AaConfig::default();
+        apply_aa_toml(&mut cfg, stock).unwrap();
+        assert_eq!(cfg.kbs_url.as_deref(), Some("http://10.0.2.2:8080"));
+        assert!(!cfg.kbs_insecure_http);
+        let dev = "[token_configs.kbs]\nurl = \"http://10.0.2.2:8080\"\ninsecure_http = true\n";
+        let mut cfg = AaConfig::default();
+        apply_aa_toml(&mut cfg, dev).unwrap();
+        assert!(cfg.kbs_insecure_http);
+    }
+
+    /// The agent does not start against a plain-HTTP KBS from a stock
+    /// aa.toml; the key next to the url lets it.
+    #[tokio::test]
+    async fn agent_refuses_a_plain_http_kbs_unless_allowed() {
+        let sample = |aa: &str| {
+            let mut cfg = AaConfig {
+                tee: Some("sample".into()),
+                ..AaConfig::default()
+            };
+            apply_aa_toml(&mut cfg, aa).unwrap();
+            cfg
+        };
+        let url = "[token_configs.kbs]\nurl = \"http://127.0.0.1:9\"\n";
+        let err = AttestationAgent::start(sample(url))
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                AgentError::Kbs(cocoon_kbs_client::ClientError::InsecureHttp { .. })
+            ),
+            "{err}"
+        );
+        let allowed = format!("{url}insecure_http = true\n");
+        assert!(AttestationAgent::start(sample(&allowed)).await.is_ok());
     }
 }

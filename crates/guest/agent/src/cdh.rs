@@ -24,6 +24,8 @@ pub struct CdhConfig {
     pub kbs_url: String,
     /// KBS certificate to pin (PEM).
     pub kbs_cert_pem: Option<Vec<u8>>,
+    /// Accept a plain `http://` KBS URL (development only).
+    pub kbs_insecure_http: bool,
     /// Initdata TOML to send with attestations.
     pub init_data: Option<String>,
     /// Directory of sealed-secret verification keys (JWK files).
@@ -75,6 +77,7 @@ impl CdhConfig {
         Self {
             kbs_url: url.into(),
             kbs_cert_pem: None,
+            kbs_insecure_http: false,
             init_data: None,
             sealed_key_dir: DEFAULT_SEALED_KEY_DIR.into(),
             skip_sealed_verification: std::env::var("SKIP_SEALED_SECRET_VERIFICATION")
@@ -150,6 +153,7 @@ impl DataHub {
                 kbs_cert_pem: cfg.kbs_cert_pem.clone(),
                 init_data: cfg.init_data.clone(),
                 key_pair: None,
+                insecure_http: cfg.kbs_insecure_http,
             },
         )?;
         Ok(Self { kbs, cfg })

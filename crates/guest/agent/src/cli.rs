@@ -91,6 +91,9 @@ pub struct KbsArgs {
     /// KBS certificate to pin (PEM file).
     #[arg(long, env = "COCOON_KBS_CERT")]
     kbs_cert: Option<PathBuf>,
+    /// Allow a plain http:// KBS URL (development only: over plain HTTP the host could forge resources).
+    #[arg(long)]
+    insecure_http_kbs: bool,
     /// Initdata TOML (bound to the TEE at start and sent with every attestation).
     #[arg(long = "initdata-toml", alias = "initdata")]
     initdata: Option<PathBuf>,
@@ -122,7 +125,7 @@ pub struct AaArgs {
     tee: TeeArgs,
     #[command(flatten)]
     kbs: KbsArgs,
-    /// AA config TOML ([token_configs.kbs] url, cert), as CoCo's aa.toml.
+    /// AA config TOML ([token_configs.kbs] url, cert, insecure_http), as CoCo's aa.toml.
     #[arg(short = 'c', long = "config-file")]
     config: Option<PathBuf>,
     /// Register runtime measurements go to (TPM PCR / TDX RTMR index).
@@ -146,7 +149,7 @@ pub struct CdhArgs {
     tee: TeeArgs,
     #[command(flatten)]
     kbs: KbsArgs,
-    /// CDH config TOML ([kbc] url, kbs_cert), as CoCo's cdh.toml.
+    /// CDH config TOML ([kbc] url, kbs_cert, insecure_http), as CoCo's cdh.toml.
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
     /// Directory of sealed-secret verification keys named by file.
@@ -190,11 +193,17 @@ struct CdhToml {
     image: Option<crate::cdh::ImageSettings>,
 }
 
+/// `[kbc]`: CoCo's `url` and `kbs_cert` (`name` and other keys stock
+/// configs carry are ignored), plus `insecure_http` (ours; stock data hubs
+/// ignore it).
 #[derive(serde::Deserialize)]
 struct KbcToml {
     url: String,
     #[serde(default)]
     kbs_cert: Option<String>,
+    /// Allow a plain `http://` url (development only).
+    #[serde(default)]
+    insecure_http: bool,
 }
 
 fn read_toml<T: serde::de::DeserializeOwned + Default>(
@@ -224,6 +233,7 @@ async fn run_aa(a: AaArgs) -> Result<()> {
         attester: a.tee.attester_options()?,
         kbs_url: a.kbs.kbs_url.clone(),
         kbs_cert_pem: a.kbs.cert()?,
+        kbs_insecure_http: a.kbs.insecure_http_kbs,
         init_data: a.kbs.initdata()?,
         runtime_register: a.runtime_register,
         event_log_file: a.event_log,
@@ -282,6 +292,8 @@ async fn run_cdh(a: CdhArgs) -> Result<()> {
             "no KBS configured: pass --kbs-url, -c cdh.toml or initdata with cdh.toml [kbc] url",
         )?;
     let mut cfg = CdhConfig::new(&url);
+    cfg.kbs_insecure_http =
+        a.kbs.insecure_http_kbs || kbc.as_ref().is_some_and(|k| k.insecure_http);
     cfg.kbs_cert_pem = a
         .kbs
         .cert()?
@@ -396,5 +408,25 @@ pub async fn run(cmd: GuestCommand) -> Result<()> {
             let t = AaClient::connect(&aa_socket)?.token("kbs").await?;
             write_stdout(&t)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stock CoCo cdh.toml (`name`, other sections) still parses; the
+    /// plain-HTTP allowance is off unless `insecure_http = true` is there.
+    #[test]
+    fn cdh_toml_insecure_http_key() {
+        let stock = "socket = \"unix:///run/confidential-containers/cdh.sock\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://10.0.2.2:8080\"\n\n[[credentials]]\nresource_uri = \"kbs:///default/credential/test\"\npath = \"/run/creds\"\n";
+        let cfg: CdhToml = read_toml(Some(stock), "CDH config").unwrap();
+        let kbc = cfg.kbc.unwrap();
+        assert_eq!(kbc.url, "http://10.0.2.2:8080");
+        assert!(!kbc.insecure_http);
+        let dev =
+            "[kbc]\nname = \"cc_kbc\"\nurl = \"http://10.0.2.2:8080\"\ninsecure_http = true\n";
+        let cfg: CdhToml = read_toml(Some(dev), "CDH config").unwrap();
+        assert!(cfg.kbc.unwrap().insecure_http);
     }
 }

@@ -1,10 +1,18 @@
 //! Turning downloaded layers into a rootfs, using both cores.
 //!
 //! Two decoder threads take layers in order as they arrive: they check the
-//! HMAC of encrypted layers found in the cache, decrypt (AES-CTR) and
-//! decompress. The applier (the calling thread) applies the tar streams
-//! strictly in layer order. Decoders run at most [`LEAD`] layers ahead of
-//! the applier, which bounds memory.
+//! digest and HMAC of layers found in the cache, decrypt (AES-CTR) and
+//! decompress, always from the descriptor the blob was verified through
+//! (never by path again: whoever can rename in the cache cannot swap it).
+//! While decompressing they hash the tar stream, which must equal the image
+//! config's `rootfs.diff_ids[i]`. The applier (the calling thread) applies
+//! the tar streams strictly in layer order. Decoders run at most [`LEAD`]
+//! layers ahead of the applier, which bounds memory.
+//!
+//! A streamed layer's diff_id is known only at its end, after its entries
+//! were written to the staging rootfs (as the ocicrypt HMAC would be): a
+//! mismatch fails the pull, and the staging rootfs, that layer included, is
+//! removed and never becomes the bundle.
 //!
 //! A gzip layer whose uncompressed size (gzip trailer) is at most
 //! [`WHOLE_LAYER_LIMIT`] is decompressed in one call with libdeflate
@@ -14,9 +22,10 @@
 
 use crate::ocicrypt::{DecryptingReader, LayerKey};
 use crate::pull::{PullError, Ready};
-use crate::unpack::Rootfs;
+use crate::unpack::{Rootfs, UnpackError, UnpackStats};
 use oci_spec::image::Descriptor;
-use std::io::{BufReader, Read};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -69,28 +78,71 @@ impl ApplyTotals {
     }
 }
 
-type Chunk = std::io::Result<Vec<u8>>;
+/// A piece of a streamed layer: tar bytes, or why the stream ends early
+/// (including a diff_id mismatch found at its end).
+enum Chunk {
+    Data(Vec<u8>),
+    Failed(PullError),
+}
 
-/// A decoded layer: whole in memory, or a stream of chunks.
+/// A decoded layer: whole in memory (diff_id already checked), or a stream
+/// of chunks whose last word is the diff_id verdict.
 enum Decoded {
     Whole(Vec<u8>),
     Stream(Receiver<Chunk>),
 }
 
-/// Reads a streamed layer's chunks.
+/// Reads a streamed layer's chunks; keeps the decoder's failure.
 struct ChunkReader {
     chunks: Receiver<Chunk>,
     current: Vec<u8>,
     pos: usize,
+    failure: Option<PullError>,
+}
+
+impl ChunkReader {
+    fn new(chunks: Receiver<Chunk>) -> Self {
+        Self {
+            chunks,
+            current: Vec::new(),
+            pos: 0,
+            failure: None,
+        }
+    }
+
+    /// Applies the stream, then reads it to its end: the tar archive may
+    /// end before the stream does, and the verdict comes last. A decoder
+    /// failure takes precedence over what it made the tar parser say.
+    fn apply_to(mut self, rootfs: &mut Rootfs, digest: &str) -> Result<UnpackStats, PullError> {
+        let applied = rootfs.apply(&mut self);
+        if applied.is_ok() {
+            let _ = std::io::copy(&mut self, &mut std::io::sink());
+        }
+        match self.failure.take() {
+            Some(e) => Err(e),
+            None => applied.map_err(|source| PullError::Unpack {
+                digest: digest.to_string(),
+                source,
+            }),
+        }
+    }
 }
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.current.len() {
+            if self.failure.is_some() {
+                return Err(std::io::Error::other("the layer stream failed"));
+            }
             match self.chunks.recv() {
-                Ok(chunk) => {
-                    self.current = chunk?;
+                Ok(Chunk::Data(d)) => {
+                    self.current = d;
                     self.pos = 0;
+                }
+                Ok(Chunk::Failed(e)) => {
+                    let msg = e.to_string();
+                    self.failure = Some(e);
+                    return Err(std::io::Error::other(msg));
                 }
                 Err(_) => return Ok(0),
             }
@@ -152,6 +204,8 @@ impl Window {
 struct Work<'a> {
     layers: &'a [Descriptor],
     keys: &'a [Option<Arc<LayerKey>>],
+    /// The image config's `rootfs.diff_ids`, one per layer.
+    diff_ids: &'a [String],
     arrivals: Vec<Mutex<Option<Arrival>>>,
     slots: Vec<Mutex<Option<SyncSender<Decoded>>>>,
     next: AtomicUsize,
@@ -208,11 +262,13 @@ impl Work<'_> {
     }
 }
 
-/// Applies the layers to `rootfs` in order as they arrive.
+/// Applies the layers to `rootfs` in order as they arrive; each layer's
+/// tar stream must hash to its `diff_ids` entry (same length as `layers`).
 pub(crate) fn apply_all(
     rootfs: &mut Rootfs,
     layers: &[Descriptor],
     keys: &[Option<Arc<LayerKey>>],
+    diff_ids: &[String],
     arrivals: Vec<Arrival>,
     progress: &dyn crate::pull::PullProgress,
     stop_downloads: tokio::sync::watch::Sender<bool>,
@@ -228,6 +284,7 @@ pub(crate) fn apply_all(
     let work = Work {
         layers,
         keys,
+        diff_ids,
         arrivals: arrivals.into_iter().map(|a| Mutex::new(Some(a))).collect(),
         slots,
         next: AtomicUsize::new(0),
@@ -254,26 +311,20 @@ pub(crate) fn apply_all(
                 break;
             };
             let a = Instant::now();
+            let digest = layers[i].digest().to_string();
             let applied = match decoded {
                 Decoded::Whole(tar) => {
                     let r = rootfs.apply(tar.as_slice());
                     work.pool.put(tar);
-                    r
+                    r.map_err(|source| PullError::Unpack { digest, source })
                 }
-                Decoded::Stream(chunks) => rootfs.apply(ChunkReader {
-                    chunks,
-                    current: Vec::new(),
-                    pos: 0,
-                }),
+                Decoded::Stream(chunks) => ChunkReader::new(chunks).apply_to(rootfs, &digest),
             };
             totals.apply += a.elapsed();
             match applied {
                 Ok(stats) => totals.entries += stats.entries,
-                Err(source) => {
-                    result = Err(PullError::Unpack {
-                        digest: layers[i].digest().to_string(),
-                        source,
-                    });
+                Err(e) => {
+                    result = Err(e);
                     break;
                 }
             }
@@ -326,8 +377,9 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> PullError {
     move |source| PullError::Io { what, source }
 }
 
-/// Waits for layer `i`, checks the HMAC of a cached encrypted layer,
-/// decodes it and sends it to `slot` (whole, or as a stream it then feeds).
+/// Waits for layer `i`; for a cached blob checks its digest (and HMAC);
+/// decodes it from that same descriptor and sends it to `slot` (whole, or
+/// as a stream it then feeds), checking the tar stream against the diff_id.
 fn decode_layer(
     work: &Work<'_>,
     i: usize,
@@ -341,30 +393,47 @@ fn decode_layer(
         what: format!("downloading layer {digest}"),
         source: std::io::Error::other("download task ended"),
     })?;
-    let ready = ready?;
+    let Ready {
+        mut file,
+        path,
+        from_cache,
+        downloaded,
+        cached,
+    } = ready?;
     t.waiting += wait.elapsed();
     t.last_arrival = Some(t.last_arrival.map_or(arrived, |l| l.max(arrived)));
-    t.downloaded += ready.downloaded;
-    t.cached += ready.cached;
+    t.downloaded += downloaded;
+    t.cached += cached;
     let key = work.keys[i].as_deref();
     let read_err = || format!("reading cached layer {digest}");
-    if ready.from_cache {
+    if from_cache {
         let m = Instant::now();
-        verify_cached(&ready.path, &digest, key).map_err(io(read_err()))??;
+        verify_cached(&mut file, &path, &digest, key).map_err(io(read_err()))??;
         t.mac += m.elapsed();
     }
+    let diff = DiffId {
+        index: i,
+        digest: &digest,
+        expected: &work.diff_ids[i],
+    };
     let d = Instant::now();
     let media = work.layers[i].media_type().to_string();
     let plain = media
         .strip_suffix(crate::ocicrypt::ENCRYPTED_SUFFIX)
         .unwrap_or(&media);
     let gzip = plain.ends_with("+gzip") || plain.ends_with(".tar.gzip");
-    if gzip && let Some(tar) = whole_gzip(&ready.path, key, &work.pool).map_err(io(read_err()))? {
+    file.rewind().map_err(io(read_err()))?;
+    if gzip && let Some(tar) = whole_gzip(&mut file, key, &work.pool).map_err(io(read_err()))? {
+        let checked = diff.check(ring::digest::digest(&ring::digest::SHA256, &tar));
         t.decode += d.elapsed();
+        if let Err(e) = checked {
+            work.pool.put(tar);
+            return Err(e);
+        }
         let _ = slot.send(Decoded::Whole(tar));
         return Ok(());
     }
-    let file = std::fs::File::open(&ready.path).map_err(io(read_err()))?;
+    file.rewind().map_err(io(read_err()))?;
     let reader: Box<dyn Read> = match key {
         Some(k) => Box::new(DecryptingReader::new(
             BufReader::with_capacity(CHUNK, file),
@@ -380,6 +449,7 @@ fn decode_layer(
     if slot.send(Decoded::Stream(chunks)).is_err() {
         return Ok(()); // the applier stopped; it reports why
     }
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     loop {
         let mut buf = vec![0u8; CHUNK];
         let mut n = 0;
@@ -389,8 +459,11 @@ fn decode_layer(
                 Ok(k) => n += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let reason = format!("layer {digest} does not decompress: {e}");
-                    let _ = tx.send(Err(std::io::Error::other(reason)));
+                    let source = UnpackError::Malformed(format!("layer does not decompress: {e}"));
+                    let _ = tx.send(Chunk::Failed(PullError::Unpack {
+                        digest: digest.clone(),
+                        source,
+                    }));
                     return Ok(()); // the applier reports the broken stream
                 }
             }
@@ -399,29 +472,56 @@ fn decode_layer(
             break;
         }
         buf.truncate(n);
-        // The applier hangs up once it reaches the end of the archive.
-        if tx.send(Ok(buf)).is_err() {
-            break;
+        sha.update(&buf);
+        if tx.send(Chunk::Data(buf)).is_err() {
+            break; // the applier stopped; it reports why
         }
+    }
+    if let Err(e) = diff.check(sha.finish()) {
+        let _ = tx.send(Chunk::Failed(e));
     }
     t.decode += d.elapsed();
     Ok(())
 }
 
-/// Re-checks a blob found in the cache: its SHA-256 against the digest
-/// (a blob that does not match is removed, so the next pull fetches it
-/// again), and for an encrypted layer the HMAC.
+/// The diff_id a layer's tar stream must have.
+struct DiffId<'a> {
+    index: usize,
+    digest: &'a str,
+    expected: &'a str,
+}
+
+impl DiffId<'_> {
+    fn check(&self, sha256: ring::digest::Digest) -> Result<(), PullError> {
+        let actual = format!("sha256:{}", hex::encode(sha256.as_ref()));
+        if actual == self.expected {
+            return Ok(());
+        }
+        Err(PullError::DiffIdMismatch {
+            index: self.index,
+            digest: self.digest.to_string(),
+            expected: self.expected.to_string(),
+            actual,
+        })
+    }
+}
+
+/// Re-checks a blob found in the cache, through the descriptor it will be
+/// decoded from: its SHA-256 against the digest (a blob that does not
+/// match is removed, so the next pull fetches it again), and for an
+/// encrypted layer the HMAC.
 fn verify_cached(
+    file: &mut File,
     path: &Path,
     digest: &str,
     key: Option<&LayerKey>,
 ) -> std::io::Result<Result<(), PullError>> {
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     let mut mac = key.map(LayerKey::mac);
-    let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; CHUNK];
+    file.rewind()?;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = file.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -451,12 +551,12 @@ fn verify_cached(
 
 /// Decrypts and decompresses a single-member gzip layer in one piece when
 /// its trailer says it fits [`WHOLE_LAYER_LIMIT`]; `None` means "stream it".
+/// Reads `file` from its current position.
 fn whole_gzip(
-    path: &Path,
+    file: &mut File,
     key: Option<&LayerKey>,
     pool: &BufferPool,
 ) -> std::io::Result<Option<Vec<u8>>> {
-    let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     if !(18..=WHOLE_LAYER_LIMIT).contains(&len) {
         return Ok(None);
@@ -572,7 +672,11 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let one = t.path().join("one");
         std::fs::write(&one, gz(&data)).unwrap();
-        assert_eq!(whole_gzip(&one, None, &pool).unwrap().unwrap(), data);
+        let open = |p: &Path| File::open(p).unwrap();
+        assert_eq!(
+            whole_gzip(&mut open(&one), None, &pool).unwrap().unwrap(),
+            data
+        );
         // Two members; the second has the same length and content as the
         // first, so the final trailer alone cannot tell them apart.
         let half = &data[..100_000];
@@ -580,7 +684,11 @@ mod tests {
         two.extend_from_slice(&gz(half));
         let two_path = t.path().join("two");
         std::fs::write(&two_path, &two).unwrap();
-        assert!(whole_gzip(&two_path, None, &pool).unwrap().is_none());
+        assert!(
+            whole_gzip(&mut open(&two_path), None, &pool)
+                .unwrap()
+                .is_none()
+        );
         let mut streamed = Vec::new();
         decompressor(
             "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -595,6 +703,6 @@ mod tests {
         trailing.extend_from_slice(b"junk");
         let tp = t.path().join("trailing");
         std::fs::write(&tp, trailing).unwrap();
-        assert!(whole_gzip(&tp, None, &pool).unwrap().is_none());
+        assert!(whole_gzip(&mut open(&tp), None, &pool).unwrap().is_none());
     }
 }

@@ -2,8 +2,9 @@
 //! `skopeo` users have: PKCS#8, PKCS#1 (RSA) and SEC1 (EC) private keys,
 //! SPKI and PKCS#1 public keys.
 
+use cocoon_types::rsa_oaep::RsaDecryptionKey;
 use p256::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
+use rsa::pkcs1::DecodeRsaPublicKey;
 use zeroize::Zeroizing;
 
 /// Why a key file could not be used.
@@ -25,8 +26,8 @@ impl KeyError {
 
 /// A private key that can unwrap JWE layer keys.
 pub enum PrivateKey {
-    /// RSA (RSA-OAEP / RSA-OAEP-256).
-    Rsa(Box<rsa::RsaPrivateKey>),
+    /// RSA (RSA-OAEP / RSA-OAEP-256), decrypting in constant time.
+    Rsa(Box<RsaDecryptionKey>),
     /// P-256 (ECDH-ES+A256KW).
     Ec(p256::SecretKey),
 }
@@ -59,9 +60,9 @@ impl PrivateKey {
     /// Parses a PEM private key; `what` names the source in errors.
     pub fn from_pem(pem: &str, what: &str) -> Result<Self, KeyError> {
         match pem_label(pem) {
-            Some("RSA PRIVATE KEY") => rsa::RsaPrivateKey::from_pkcs1_pem(pem)
+            Some("RSA PRIVATE KEY") => RsaDecryptionKey::from_pem(pem)
                 .map(|k| Self::Rsa(Box::new(k)))
-                .map_err(|e| KeyError::new(what, format!("RSA key: {e}"))),
+                .map_err(|e| KeyError::new(what, e.to_string())),
             Some("EC PRIVATE KEY") => p256::SecretKey::from_sec1_pem(pem)
                 .map(Self::Ec)
                 .map_err(|e| KeyError::new(what, format!("EC key (P-256 only): {e}"))),
@@ -69,9 +70,11 @@ impl PrivateKey {
                 if let Ok(k) = p256::SecretKey::from_pkcs8_pem(pem) {
                     return Ok(Self::Ec(k));
                 }
-                rsa::RsaPrivateKey::from_pkcs8_pem(pem)
+                RsaDecryptionKey::from_pem(pem)
                     .map(|k| Self::Rsa(Box::new(k)))
-                    .map_err(|_| KeyError::new(what, "PKCS#8 key is neither RSA nor EC P-256"))
+                    .map_err(|e| {
+                        KeyError::new(what, format!("PKCS#8 key is neither EC P-256 nor RSA: {e}"))
+                    })
             }
             Some("ENCRYPTED PRIVATE KEY") => Err(KeyError::new(
                 what,

@@ -6,7 +6,9 @@
 //!
 //! Downloading and unpacking overlap: layer N is applied while later
 //! layers are still arriving. Nothing decrypted is produced before the
-//! layer's HMAC matched; after any failure the staging rootfs is removed.
+//! layer's HMAC matched; a blob is decoded from the descriptor it was
+//! verified through, and each layer's tar stream must match the config's
+//! `rootfs.diff_ids`. After any failure the staging rootfs is removed.
 
 use crate::apply::apply_all;
 use crate::bundle::runtime_spec;
@@ -41,6 +43,21 @@ pub enum PullError {
         digest: String,
         /// Why.
         source: UnpackError,
+    },
+    /// A layer's uncompressed tar stream is not what the image config
+    /// (`rootfs.diff_ids`) says: the image is refused.
+    #[error(
+        "layer {index} ({digest}): the uncompressed layer has digest {actual}, but the image config's rootfs.diff_ids[{index}] is {expected}; the image is refused and nothing of it was kept"
+    )]
+    DiffIdMismatch {
+        /// Index of the layer in the manifest.
+        index: usize,
+        /// The layer's (compressed) digest.
+        digest: String,
+        /// `rootfs.diff_ids[index]`.
+        expected: String,
+        /// SHA-256 of the tar stream.
+        actual: String,
     },
     /// The ocicrypt HMAC does not match: the encrypted layer was tampered with.
     #[error(
@@ -200,7 +217,13 @@ impl BlobCache {
     }
 }
 
+/// A layer blob ready to decode. It is held open: everything after its
+/// digest check reads this descriptor and never opens the path again, so
+/// a file renamed into the cache in between is never used.
 pub(crate) struct Ready {
+    pub(crate) file: std::fs::File,
+    /// Where it is in the cache: for messages, and to drop a cached blob
+    /// that fails its re-check.
     pub(crate) path: PathBuf,
     /// A cache hit: the decoder re-hashes it (and checks the HMAC)
     /// before use; a download was checked on the way in.
@@ -362,6 +385,10 @@ impl ImagePuller {
                 reason: format!("{} layers (1 to 1000 supported)", layers.len()),
             });
         }
+        let diff_ids = diff_ids(&config, layers.len()).map_err(|reason| PullError::Manifest {
+            image: image.to_string(),
+            reason,
+        })?;
         // Keys first: a wrong key fails before any download.
         let mut keys: Vec<Option<Arc<LayerKey>>> = Vec::with_capacity(layers.len());
         for l in &layers {
@@ -451,6 +478,7 @@ impl ImagePuller {
                 &mut rootfs,
                 &layers,
                 &keys,
+                &diff_ids,
                 receivers,
                 progress.as_ref(),
                 stop_tx,
@@ -499,11 +527,10 @@ async fn fetch_layer(
         image: repo.to_string(),
         reason: format!("layer digest {digest:?} is not sha256"),
     })?;
-    if let Ok(m) = std::fs::metadata(&path)
-        && m.len() == size
-    {
+    if let Some(file) = open_cached(&path, size) {
         progress.fetched(index, size);
         return Ok(Ready {
+            file,
             path,
             from_cache: true,
             downloaded: 0,
@@ -587,14 +614,53 @@ async fn fetch_layer(
     {
         return Err(PullError::HmacMismatch(digest.to_string()));
     }
-    tmp.persist(&path).map_err(|e| PullError::Io {
+    // The descriptor written (and hashed) above is the one decoded later.
+    let file = tmp.persist(&path).map_err(|e| PullError::Io {
         what: format!("storing layer {digest} in the cache"),
         source: e.error,
     })?;
     Ok(Ready {
+        file,
         path,
         from_cache: false,
         downloaded: received,
         cached: 0,
     })
 }
+
+/// A cached blob of the expected size, opened without following a symlink
+/// (and without blocking on a FIFO); `None` means "download it".
+fn open_cached(path: &Path, size: u64) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let m = file.metadata().ok()?;
+    (m.is_file() && m.len() == size).then_some(file)
+}
+
+/// The config's `rootfs.diff_ids`: one `sha256:<hex>` per layer.
+fn diff_ids(config: &ImageConfiguration, layers: usize) -> Result<Vec<String>, String> {
+    let ids = config.rootfs().diff_ids();
+    if ids.len() != layers {
+        return Err(format!(
+            "the image config lists {} rootfs.diff_ids for {layers} layers",
+            ids.len()
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let hex = id.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(format!(
+                "rootfs.diff_ids[{i}] {id:?} is not a sha256:<64 lowercase hex> digest"
+            ));
+        }
+    }
+    Ok(ids.clone())
+}
+
+#[cfg(test)]
+#[path = "pull_tests.rs"]
+mod tests;

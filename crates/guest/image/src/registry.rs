@@ -1,7 +1,9 @@
 //! An OCI distribution client: manifests, blobs (streamed), uploads;
 //! anonymous, basic and bearer-token auth (the `WWW-Authenticate`
 //! challenge flow); HTTPS with the system roots plus configured CAs, plain
-//! HTTP only for registries marked insecure.
+//! HTTP only for registries marked insecure. Logins go to a token realm
+//! only over HTTPS or to a host marked insecure, and redirects never step
+//! down from HTTPS to HTTP.
 
 use crate::reference::Reference;
 use base64::Engine;
@@ -62,6 +64,21 @@ pub enum RegistryError {
         expected: String,
         /// Computed digest.
         actual: String,
+    },
+    /// The registry points its login at a plain-HTTP token service the
+    /// user did not mark insecure: the credentials would travel in clear.
+    #[error(
+        "registry {registry} asks for the login at {realm}, which is plain HTTP on a host not marked \
+         insecure: the credentials were not sent. The token service needs https, or, for a \
+         development registry, --insecure-registry {host} (cdh.toml [image] insecure_registries)"
+    )]
+    InsecureRealm {
+        /// Registry host.
+        registry: String,
+        /// The bearer challenge's realm URL.
+        realm: String,
+        /// The realm's `host[:port]`.
+        host: String,
     },
     /// Anything else the registry said.
     #[error("registry {registry}: {reason}")]
@@ -203,6 +220,7 @@ impl RegistryClient {
     pub fn new(cfg: RegistryConfig) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(&cfg.extra_ca_pem)?)
+            .redirect(reqwest::redirect::Policy::custom(no_downgrade))
             .user_agent(concat!("cocoon-image/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             // A registry that stops sending fails the pull instead of hanging it.
@@ -315,6 +333,13 @@ impl RegistryClient {
                     .ok_or_else(|| denied("bearer challenge without realm".into()))?;
                 let mut url = reqwest::Url::parse(realm)
                     .map_err(|e| denied(format!("bearer realm {realm:?}: {e}")))?;
+                if basic.is_some() && !self.may_send_login(&url) {
+                    return Err(RegistryError::InsecureRealm {
+                        registry: r.registry.clone(),
+                        realm: realm.clone(),
+                        host: authority(&url),
+                    });
+                }
                 {
                     let mut q = url.query_pairs_mut();
                     if let Some(s) = params.get("service") {
@@ -351,6 +376,26 @@ impl RegistryClient {
                 Ok(format!("Bearer {tok}"))
             }
             _ => Err(denied(format!("unsupported auth challenge {challenge:?}"))),
+        }
+    }
+
+    /// Whether a login may go to this token realm: over HTTPS, or over
+    /// plain HTTP to a `host[:port]` the user marked insecure (the realm's
+    /// own, not the registry's: a registry may not send a login elsewhere
+    /// in clear).
+    fn may_send_login(&self, realm: &reqwest::Url) -> bool {
+        match realm.scheme() {
+            "https" => true,
+            "http" => {
+                let host = realm.host_str().unwrap_or_default();
+                let with_port = realm
+                    .port_or_known_default()
+                    .map(|p| format!("{host}:{p}"))
+                    .unwrap_or_default();
+                self.cfg.insecure.contains(&authority(realm))
+                    || self.cfg.insecure.contains(&with_port)
+            }
+            _ => false,
         }
     }
 
@@ -540,6 +585,31 @@ impl RegistryClient {
     }
 }
 
+/// `host[:port]` of a URL as the user writes registries (IPv6 in brackets,
+/// the port only when the URL names one).
+fn authority(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+/// Follows up to 10 redirects (blob storage), never from HTTPS down to
+/// plain HTTP, where a same-host hop would keep the `Authorization` header.
+fn no_downgrade(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let downgrade = attempt.url().scheme() != "https"
+        && attempt.previous().iter().any(|u| u.scheme() == "https");
+    if downgrade {
+        let to = attempt.url().to_string();
+        attempt.error(format!("refusing a redirect from https down to {to}"))
+    } else if attempt.previous().len() > 10 {
+        attempt.error("too many redirects")
+    } else {
+        attempt.follow()
+    }
+}
+
 fn header(h: &HeaderMap, name: &str) -> String {
     h.get(name)
         .and_then(|v| v.to_str().ok())
@@ -613,27 +683,5 @@ async fn read_limited(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenge_parsing() {
-        let p = parse_challenge(
-            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull""#,
-        );
-        assert_eq!(p["realm"], "https://auth.docker.io/token");
-        assert_eq!(p["service"], "registry.docker.io");
-        assert_eq!(p["scope"], "repository:library/busybox:pull");
-    }
-
-    #[test]
-    fn auth_json_forms() {
-        let json = br#"{"auths":{"https://r.example:5000/v1/":{"auth":"dXNlcjpwYTpzcw=="},"plain":{"username":"u","password":"p"},"empty":{}}}"#;
-        let c = parse_auth_json(json).unwrap();
-        assert_eq!(c["r.example:5000"].username, "user");
-        assert_eq!(c["r.example:5000"].password.as_str(), "pa:ss");
-        assert_eq!(c["plain"].username, "u");
-        assert!(!c.contains_key("empty"));
-        assert!(parse_auth_json(br#"{"auths":{"x":{"auth":"!!"}}}"#).is_err());
-    }
-}
+#[path = "registry_tests.rs"]
+mod tests;

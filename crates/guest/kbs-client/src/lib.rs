@@ -55,6 +55,18 @@ pub enum ClientError {
     /// The resource could not be decrypted.
     #[error(transparent)]
     Jwe(#[from] cocoon_types::jwe::JweError),
+    /// A plain `http://` KBS without the explicit insecure setting.
+    #[error(
+        "refusing the plain-HTTP KBS {url}: resources are sealed to the TEE key but nothing \
+         authenticates their sender, so over plain HTTP the host could forge them (signature \
+         policies, layer keys). Use an https:// URL with the KBS certificate (--kbs-cert, or \
+         cert / kbs_cert next to the url in aa.toml / cdh.toml); for development only, allow \
+         it with --insecure-http-kbs or insecure_http = true next to the url"
+    )]
+    InsecureHttp {
+        /// The KBS URL.
+        url: String,
+    },
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
@@ -103,6 +115,9 @@ pub struct ClientOptions {
     pub init_data: Option<String>,
     /// Use this TEE key pair instead of a fresh P-256 one.
     pub key_pair: Option<Arc<TeeKeyPair>>,
+    /// Accept a plain `http://` KBS (development only): JWE sealing hides
+    /// resources from the path but does not authenticate who sent them.
+    pub insecure_http: bool,
 }
 
 #[derive(Clone)]
@@ -209,7 +224,8 @@ async fn refused(what: &'static str, resp: reqwest::Response) -> ClientError {
 }
 
 impl KbsClient {
-    /// A client for the KBS at `url` (`http://` or `https://`).
+    /// A client for the KBS at `url`: `https://` with a pinned certificate,
+    /// or `http://` only when `opts.insecure_http` says so.
     pub fn new(
         url: &str,
         attester: Arc<dyn Attester>,
@@ -225,9 +241,17 @@ impl KbsClient {
                 ClientError::Config("an https:// KBS needs its certificate: pass --kbs-cert".into())
             })?;
             b = b.use_preconfigured_tls(pinned_client_config(&pem).map_err(ClientError::Config)?);
-        } else if !base.starts_with("http://") {
+        } else if base.starts_with("http://") {
+            if !opts.insecure_http {
+                return Err(ClientError::InsecureHttp { url: base });
+            }
+            tracing::warn!(
+                url = %base,
+                "plain-HTTP KBS allowed by the insecure setting: resources are not authenticated (development only)"
+            );
+        } else {
             return Err(ClientError::Config(format!(
-                "KBS URL '{url}' must start with http:// or https://"
+                "KBS URL '{url}' must start with https:// (or http:// with the insecure setting)"
             )));
         }
         let http = b.build().map_err(|e| ClientError::Config(e.to_string()))?;
@@ -455,5 +479,48 @@ impl KbsClient {
             r => r?,
         };
         Ok(self.key.decrypt(&jwe)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Arc<dyn Attester> {
+        Arc::from(cocoon_attester::attester_for("sample", &Default::default()).unwrap())
+    }
+
+    /// A plain-HTTP KBS is refused unless the insecure setting is given,
+    /// and the refusal says what to do instead.
+    #[test]
+    fn plain_http_needs_the_explicit_insecure_setting() {
+        let err = KbsClient::new("http://127.0.0.1:8080", sample(), ClientOptions::default())
+            .err()
+            .expect("plain HTTP refused");
+        assert!(matches!(err, ClientError::InsecureHttp { .. }), "{err}");
+        let msg = err.to_string();
+        for hint in [
+            "https://",
+            "--kbs-cert",
+            "--insecure-http-kbs",
+            "insecure_http = true",
+        ] {
+            assert!(msg.contains(hint), "{hint} missing from: {msg}");
+        }
+        let opts = ClientOptions {
+            insecure_http: true,
+            ..ClientOptions::default()
+        };
+        assert!(KbsClient::new("http://127.0.0.1:8080", sample(), opts).is_ok());
+        // https still needs its certificate; other schemes are refused.
+        let err = KbsClient::new("https://127.0.0.1:8080", sample(), ClientOptions::default())
+            .err()
+            .expect("https without a certificate");
+        assert!(err.to_string().contains("certificate"), "{err}");
+        let opts = ClientOptions {
+            insecure_http: true,
+            ..ClientOptions::default()
+        };
+        assert!(KbsClient::new("ftp://127.0.0.1", sample(), opts).is_err());
     }
 }

@@ -10,6 +10,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use cocoon_types::rsa_oaep::OaepHash;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rand_core::{OsRng, RngCore};
 use rsa::Oaep;
@@ -27,12 +28,11 @@ pub enum JweError {
     /// Not a JWE we understand.
     #[error("malformed JWE: {0}")]
     Malformed(String),
-    /// None of the given keys is a recipient.
-    #[error("none of the {0} decryption key(s) is a recipient of this layer")]
-    NoRecipient(usize),
-    /// A recipient matched but authentication failed.
-    #[error("JWE authentication failed: tampered layer key")]
-    Tampered,
+    /// No key opened the JWE. One variant and one message whatever the
+    /// cause (not a recipient, bad padding or length, key-wrap or GCM
+    /// failure), so the answer is no oracle for whoever made the JWE.
+    #[error("{}", super::UNWRAP_FAILED)]
+    Unwrap,
     /// Sealing failed.
     #[error("cannot wrap the layer key: {0}")]
     Wrap(String),
@@ -73,7 +73,8 @@ fn str_field<'a>(h: &'a Map<String, Value>, k: &str) -> Option<&'a str> {
 }
 
 /// Tries every recipient against every key; returns the payload of the
-/// first one that unwraps.
+/// first one that unwraps and authenticates. Past the JWE's public
+/// structure, every failure is [`JweError::Unwrap`].
 pub fn open(jwe_json: &[u8], keys: &[PrivateKey]) -> Result<Zeroizing<Vec<u8>>, JweError> {
     let raw: RawJwe = serde_json::from_slice(jwe_json)
         .map_err(|e| JweError::Malformed(format!("not a JWE JSON serialization: {e}")))?;
@@ -122,20 +123,19 @@ pub fn open(jwe_json: &[u8], keys: &[PrivateKey]) -> Result<Zeroizing<Vec<u8>>, 
             let Some(cek) = unwrap_cek(&header, &wrapped, key) else {
                 continue;
             };
-            let cipher = Aes256Gcm::new_from_slice(&cek).map_err(|_| JweError::Tampered)?;
-            return cipher
-                .decrypt(
-                    &Nonce::from(iv),
-                    Payload {
-                        msg: &sealed,
-                        aad: aad.as_bytes(),
-                    },
-                )
-                .map(Zeroizing::new)
-                .map_err(|_| JweError::Tampered);
+            let Ok(cipher) = Aes256Gcm::new_from_slice(&cek) else {
+                continue;
+            };
+            let payload = Payload {
+                msg: &sealed,
+                aad: aad.as_bytes(),
+            };
+            if let Ok(plain) = cipher.decrypt(&Nonce::from(iv), payload) {
+                return Ok(Zeroizing::new(plain));
+            }
         }
     }
-    Err(JweError::NoRecipient(keys.len()))
+    Err(JweError::Unwrap)
 }
 
 /// The content key if `key` is this recipient (a wrong key fails to unwrap).
@@ -145,10 +145,8 @@ fn unwrap_cek(
     key: &PrivateKey,
 ) -> Option<Zeroizing<Vec<u8>>> {
     let cek = match (str_field(header, "alg")?, key) {
-        (ALG_RSA_OAEP, PrivateKey::Rsa(k)) => k.decrypt(Oaep::new::<sha1::Sha1>(), wrapped).ok()?,
-        (ALG_RSA_OAEP_256, PrivateKey::Rsa(k)) => {
-            k.decrypt(Oaep::new::<sha2::Sha256>(), wrapped).ok()?
-        }
+        (ALG_RSA_OAEP, PrivateKey::Rsa(k)) => k.decrypt(OaepHash::Sha1, wrapped)?,
+        (ALG_RSA_OAEP_256, PrivateKey::Rsa(k)) => k.decrypt(OaepHash::Sha256, wrapped)?,
         (ALG_ECDH_ES_A256KW, PrivateKey::Ec(k)) => {
             let epk = header.get("epk")?.as_object()?;
             if str_field(epk, "crv")? != "P-256" {
@@ -165,11 +163,10 @@ fn unwrap_cek(
             let peer = p256::PublicKey::from_sec1_bytes(&sec1).ok()?;
             let shared = p256::ecdh::diffie_hellman(k.to_nonzero_scalar(), peer.as_affine());
             let kek = cocoon_types::jwe::concat_kdf(shared.raw_secret_bytes());
-            aes_kw::KekAes256::from(*kek).unwrap_vec(wrapped).ok()?
+            Zeroizing::new(aes_kw::KekAes256::from(*kek).unwrap_vec(wrapped).ok()?)
         }
         _ => return None,
     };
-    let cek = Zeroizing::new(cek);
     (cek.len() == 32).then_some(cek)
 }
 
@@ -261,8 +258,8 @@ mod tests {
     fn keys() -> (PrivateKey, PublicKey, PrivateKey, PublicKey) {
         let ec = p256::SecretKey::random(&mut OsRng);
         let ec_pub = PublicKey::Ec(ec.public_key());
-        let rsa = rsa::RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
-        let rsa_pub = PublicKey::Rsa(Box::new(rsa.to_public_key()));
+        let rsa = cocoon_types::rsa_oaep::RsaDecryptionKey::generate(2048).unwrap();
+        let rsa_pub = PublicKey::Rsa(Box::new(rsa.public_key().unwrap()));
         (
             PrivateKey::Ec(ec),
             ec_pub,
@@ -289,7 +286,7 @@ mod tests {
         let jwe = seal(b"opts", &[ec_pub]).unwrap();
         assert!(matches!(
             open(jwe.as_bytes(), &[rsa, other]),
-            Err(JweError::NoRecipient(2))
+            Err(JweError::Unwrap)
         ));
         let mut v: Value = serde_json::from_str(&jwe).unwrap();
         let ct = v["ciphertext"].as_str().unwrap().to_string();
@@ -297,7 +294,7 @@ mod tests {
         v["ciphertext"] = json!(format!("{flipped}{}", &ct[1..]));
         assert!(matches!(
             open(v.to_string().as_bytes(), &[ec]),
-            Err(JweError::Tampered)
+            Err(JweError::Unwrap)
         ));
         assert!(open(b"{}", &[]).is_err());
     }

@@ -33,6 +33,11 @@ pub const PROVIDER_NAME: &str = "attestation-agent";
 pub const ANNOTATION_PUBOPTS: &str = "org.opencontainers.image.enc.pubopts";
 /// The only block cipher ocicrypt defines.
 pub const CIPHER: &str = "AES_256_CTR_HMAC_SHA256";
+/// What any failure to get the layer key out of a wrapped copy reads: the
+/// same words for a wrong key, bad padding, a bad length, a key-wrap, GCM
+/// or private-options failure, so the error is no oracle for whoever
+/// crafted the annotations (the host controls them).
+pub const UNWRAP_FAILED: &str = "cannot unwrap the layer key with any configured key";
 
 /// Why a layer key could not be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -143,85 +148,63 @@ impl LayerKey {
             .ok_or_else(|| malformed("pubopts hmac is not 32 bytes of b64".into()))?;
 
         let mut tried = Vec::new();
-        let mut private = None;
+        let mut note = |what: String| {
+            if !tried.contains(&what) {
+                tried.push(what);
+            }
+        };
         if let Some(v) = annotations.get(ANNOTATION_JWE) {
             for entry in entries(v) {
                 let jwe = B64
                     .decode(entry)
                     .map_err(|_| malformed("JWE entry is not base64".into()))?;
                 match jwe::open(&jwe, &cfg.private_keys) {
-                    Ok(p) => {
-                        private = Some(p);
-                        break;
-                    }
-                    Err(e @ jwe::JweError::Tampered) => return Err(malformed(e.to_string())),
-                    Err(e) => tried.push(format!("JWE: {e}")),
+                    Ok(private) => match Secrets::from_private_options(&private) {
+                        Some(s) => return Ok(s.with_hmac(hmac)),
+                        None => note(format!("JWE: {UNWRAP_FAILED}")),
+                    },
+                    Err(e) => note(format!("JWE: {e}")),
                 }
             }
         }
-        if private.is_none() {
-            for (name, v) in annotations {
-                if !name.starts_with(ANNOTATION_PROVIDER_PREFIX) {
+        for (name, v) in annotations {
+            if !name.starts_with(ANNOTATION_PROVIDER_PREFIX) {
+                continue;
+            }
+            for entry in entries(v) {
+                let packet =
+                    AnnotationPacket::parse(entry).map_err(|e| malformed(e.to_string()))?;
+                let Some(fetcher) = &cfg.fetcher else {
+                    note(format!(
+                        "KBS key {}: no KBS configured (use --kbs)",
+                        packet.kid
+                    ));
                     continue;
-                }
-                for entry in entries(v) {
-                    let packet =
-                        AnnotationPacket::parse(entry).map_err(|e| malformed(e.to_string()))?;
-                    let Some(fetcher) = &cfg.fetcher else {
-                        tried.push(format!(
-                            "KBS key {}: no KBS configured (use --kbs)",
-                            packet.kid
-                        ));
-                        continue;
-                    };
-                    let kek =
-                        fetcher
-                            .fetch(&packet.kid)
-                            .await
-                            .map_err(|e| DecryptError::NoKey {
-                                digest: digest.to_string(),
-                                tried: format!("fetching the KEK {}: {e}", packet.kid),
-                            })?;
-                    private = Some(packet.unwrap(&kek).map_err(|e| malformed(e.to_string()))?);
-                    break;
-                }
-                if private.is_some() {
-                    break;
+                };
+                let kek = fetcher
+                    .fetch(&packet.kid)
+                    .await
+                    .map_err(|e| DecryptError::NoKey {
+                        digest: digest.to_string(),
+                        tried: format!("fetching the KEK {}: {e}", packet.kid),
+                    })?;
+                // The packet's own error says which step failed: not passed on.
+                let secrets = packet
+                    .unwrap(&kek)
+                    .ok()
+                    .and_then(|private| Secrets::from_private_options(&private));
+                match secrets {
+                    Some(s) => return Ok(s.with_hmac(hmac)),
+                    None => note(format!("KBS key {}: {UNWRAP_FAILED}", packet.kid)),
                 }
             }
         }
-        let Some(private) = private else {
-            if tried.is_empty() {
-                tried.push("the layer carries no wrapped key this pipeline supports".into());
-            }
-            return Err(DecryptError::NoKey {
-                digest: digest.to_string(),
-                tried: tried.join("; "),
-            });
-        };
-        let opts: PrivateOptions = serde_json::from_slice(&private)
-            .map_err(|e| malformed(format!("private options: {e}")))?;
-        let mut symkey = Zeroizing::new([0u8; 32]);
-        let raw = Zeroizing::new(
-            B64.decode(&opts.symkey)
-                .map_err(|_| malformed("symkey is not b64".into()))?,
-        );
-        if raw.len() != 32 {
-            return Err(malformed("symkey must be 32 bytes".into()));
+        if tried.is_empty() {
+            tried.push("the layer carries no wrapped key this pipeline supports".into());
         }
-        symkey.copy_from_slice(&raw);
-        // The private options only, as ocicrypt reads it: the public ones
-        // are not authenticated, and the MAC covers only the ciphertext.
-        let nonce = opts
-            .cipheroptions
-            .get("nonce")
-            .and_then(|n| B64.decode(n).ok())
-            .and_then(|n| <[u8; 16]>::try_from(n).ok())
-            .ok_or_else(|| malformed("no 16-byte nonce in the cipher options".into()))?;
-        Ok(Self {
-            symkey,
-            nonce,
-            hmac,
+        Err(DecryptError::NoKey {
+            digest: digest.to_string(),
+            tried: tried.join("; "),
         })
     }
 
@@ -310,6 +293,43 @@ impl LayerKey {
             );
         }
         Ok(out)
+    }
+}
+
+/// The layer key and nonce from unwrapped private options.
+struct Secrets {
+    symkey: Zeroizing<[u8; 32]>,
+    nonce: [u8; 16],
+}
+
+impl Secrets {
+    /// `None` for anything unusable: the caller reports it as
+    /// [`UNWRAP_FAILED`], since an unauthenticated wrap (`A256CTR`) lets the
+    /// sender flip plaintext bits and watch which parse error comes back.
+    fn from_private_options(private: &[u8]) -> Option<Self> {
+        let opts: PrivateOptions = serde_json::from_slice(private).ok()?;
+        let raw = Zeroizing::new(B64.decode(&opts.symkey).ok()?);
+        let mut symkey = Zeroizing::new([0u8; 32]);
+        if raw.len() != 32 {
+            return None;
+        }
+        symkey.copy_from_slice(&raw);
+        // The private options only, as ocicrypt reads it: the public ones
+        // are not authenticated, and the MAC covers only the ciphertext.
+        let nonce = opts
+            .cipheroptions
+            .get("nonce")
+            .and_then(|n| B64.decode(n).ok())
+            .and_then(|n| <[u8; 16]>::try_from(n).ok())?;
+        Some(Self { symkey, nonce })
+    }
+
+    fn with_hmac(self, hmac: [u8; 32]) -> LayerKey {
+        LayerKey {
+            symkey: self.symkey,
+            nonce: self.nonce,
+            hmac,
+        }
     }
 }
 
@@ -402,6 +422,82 @@ mod tests {
         let mut mac = key.mac();
         mac.update(&bad);
         assert!(!key.mac_matches(mac));
+    }
+
+    /// A wrong key, a corrupted or truncated RSA ciphertext and a
+    /// corrupted JWE payload all give the same error text, for RSA and EC
+    /// recipients alike.
+    #[tokio::test]
+    async fn every_unwrap_failure_reads_the_same() {
+        use cocoon_types::rsa_oaep::RsaDecryptionKey;
+        let rsa = RsaDecryptionKey::generate(2048).unwrap();
+        let rsa_pub = PublicKey::Rsa(Box::new(rsa.public_key().unwrap()));
+        let other_rsa = RsaDecryptionKey::generate(2048).unwrap();
+        let ec = p256::SecretKey::random(&mut OsRng);
+        let ec_pub = PublicKey::Ec(ec.public_key());
+        let other_ec = p256::SecretKey::random(&mut OsRng);
+        let cases = [
+            (
+                rsa_pub,
+                PrivateKey::Rsa(Box::new(rsa)),
+                PrivateKey::Rsa(Box::new(other_rsa)),
+            ),
+            (ec_pub, PrivateKey::Ec(ec), PrivateKey::Ec(other_ec)),
+        ];
+        let expected =
+            format!("encrypted layer sha256:l: no key to decrypt it: JWE: {UNWRAP_FAILED}");
+        for (public, right, wrong) in cases {
+            let (_, ann) = encrypt(b"layer", std::slice::from_ref(&public));
+            let right = DecryptConfig {
+                private_keys: std::sync::Arc::new(vec![right]),
+                fetcher: None,
+            };
+            let wrong = DecryptConfig {
+                private_keys: std::sync::Arc::new(vec![wrong]),
+                fetcher: None,
+            };
+            assert!(LayerKey::unwrap("sha256:l", &ann, &right).await.is_ok());
+            // Rewrites one base64url member of the (flattened) JWE.
+            let edit = |member: &str, f: &dyn Fn(&mut Vec<u8>)| {
+                let jwe = B64.decode(&ann[ANNOTATION_JWE]).unwrap();
+                let mut v: serde_json::Value = serde_json::from_slice(&jwe).unwrap();
+                let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+                let mut raw = b64u.decode(v[member].as_str().unwrap()).unwrap();
+                f(&mut raw);
+                v[member] = serde_json::Value::String(b64u.encode(raw));
+                let mut a = ann.clone();
+                a.insert(ANNOTATION_JWE.into(), B64.encode(v.to_string()));
+                a
+            };
+            let flip = |b: &mut Vec<u8>| {
+                let mid = b.len() / 2;
+                b[mid] ^= 0x40;
+            };
+            let cut = |b: &mut Vec<u8>| {
+                b.pop();
+            };
+            let errors = [
+                (
+                    "wrong key",
+                    LayerKey::unwrap("sha256:l", &ann, &wrong).await,
+                ),
+                (
+                    "corrupted wrapped key",
+                    LayerKey::unwrap("sha256:l", &edit("encrypted_key", &flip), &right).await,
+                ),
+                (
+                    "truncated wrapped key",
+                    LayerKey::unwrap("sha256:l", &edit("encrypted_key", &cut), &right).await,
+                ),
+                (
+                    "corrupted payload",
+                    LayerKey::unwrap("sha256:l", &edit("ciphertext", &flip), &right).await,
+                ),
+            ];
+            for (what, r) in errors {
+                assert_eq!(r.unwrap_err().to_string(), expected, "{what}");
+            }
+        }
     }
 
     #[tokio::test]
