@@ -292,10 +292,66 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         percentile_ms(&f.fetch_us, 0.99)
     );
     println!("targets: >= 2000 flows/s, >= 20000 fetches/s, p99 < 20 ms at 64 clients");
+    if a.tee == "sample" {
+        let (plain, large) = cookie_sizes(&http, &a.conn).await?;
+        println!(
+            "session cookie after attest: {plain} bytes; with a 64 KiB initdata: {large} bytes"
+        );
+    }
     if reports.iter().any(|r| r.r.ops == 0) {
         bail!("a phase completed no operation");
     }
     Ok(())
+}
+
+/// The `kbs-session-id` cookie's size after a sample attestation, without
+/// and with a 64 KiB initdata document (whose claims the token carries).
+async fn cookie_sizes(http: &reqwest::Client, conn: &Connection) -> Result<(usize, usize)> {
+    use cocoon_types::{HashAlgorithm, binding, jwe::TeeKeyPair};
+    use serde_json::{Value, json};
+    let cookie_of = |r: &reqwest::Response| -> Option<String> {
+        let v = r.headers().get("set-cookie")?.to_str().ok()?;
+        let kv = v.split(';').next()?;
+        Some(kv.strip_prefix("kbs-session-id=")?.to_string())
+    };
+    let mut sizes = [0usize; 2];
+    for (size, init) in sizes.iter_mut().zip([0usize, 64 * 1024]) {
+        let r = http
+            .post(conn.kbs("/auth"))
+            .json(&json!({"version": "0.4.0", "tee": "sample", "extra-params": ""}))
+            .send()
+            .await?;
+        let cookie = cookie_of(&r).context("auth set no session cookie")?;
+        let nonce = r.json::<Value>().await?["nonce"]
+            .as_str()
+            .context("auth gave no nonce")?
+            .to_string();
+        let key = TeeKeyPair::generate_ec();
+        let pk = key.public_jwk();
+        let rd = binding::primary_report_data(HashAlgorithm::Sha384, &nonce, &pk, "")?;
+        let init_data = (init > 0).then(|| {
+            let body = format!(
+                "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"cdh.toml\" = \"\"\"\n[kbc]\nname = \"cc_kbc\"\nnote = \"{}\"\n\"\"\"\n",
+                "x".repeat(init)
+            );
+            json!({"format": "toml", "body": body})
+        });
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let att = json!({
+            "init-data": init_data,
+            "runtime-data": {"nonce": nonce, "tee-pubkey": pk},
+            "tee-evidence": {"primary_evidence": {"svn": "1", "report_data": base64::Engine::encode(&b64, rd)}, "additional_evidence": ""},
+        });
+        let r = http
+            .post(conn.kbs("/attest"))
+            .header("cookie", format!("kbs-session-id={cookie}"))
+            .json(&att)
+            .send()
+            .await?;
+        let r = check(r, "attesting for the cookie size").await?;
+        *size = cookie_of(&r).context("attest set no session cookie")?.len();
+    }
+    Ok((sizes[0], sizes[1]))
 }
 
 /// A guest client for `tee` with a fresh TEE key pair.

@@ -127,7 +127,7 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
             "trusting the AK",
         )
         .await?;
-    let pins = [0usize, 2, 4, 9]
+    let pins = [0usize, 1, 2, 3, 4, 5, 6, 7, 9]
         .into_iter()
         .map(|i| {
             (

@@ -216,7 +216,7 @@ async fn vtpm_guest_end_to_end() {
 
     // The boot PCRs and the initdata pinned: the AK, an admin's word only,
     // still holds hardware at the warning tier.
-    register_pcrs(&env, &[0, 2, 4, 9]);
+    register_pcrs(&env, &[0, 1, 2, 3, 4, 5, 6, 7, 9]);
     env.admin(&["add-reference-value", "init_data", &digest]);
     let err = fails(&fetch());
     assert!(err.contains("refused") || err.contains("denied"), "{err}");
@@ -640,7 +640,7 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
         &["tpm", "extend", "--tpm", &tcti, "--pcr", "4", "kernel"],
         &[],
     ));
-    register_pcrs(&env, &[0, 2, 4, 9]);
+    register_pcrs(&env, &[0, 1, 2, 3, 4, 5, 6, 7, 9]);
     env.admin(&["add-reference-value", "init_data", "none"]);
     write(d, "secret", b"ek-enrolled-secret");
     env.admin(&[
@@ -758,7 +758,7 @@ async fn ek_certified_tpm_enrolls_its_own_ak() {
         cert: t5.cert_path(),
         tcti: tcti.clone(),
     };
-    register_pcrs(&env5, &[0, 2, 4, 9]);
+    register_pcrs(&env5, &[0, 1, 2, 3, 4, 5, 6, 7, 9]);
     env5.admin(&["add-reference-value", "init_data", "none"]);
     env5.admin(&[
         "set-resource",

@@ -1015,7 +1015,15 @@ async fn openssl_admin_keys_administer_the_trustee() {
         assert_eq!(std::fs::read(&key).unwrap(), before[n], "{k}");
     }
     assert_eq!(
-        ok(&t.guest("get-resource", &["kbs:///default/key/2", "--tee", "sample"])),
+        ok(&t.guest(
+            "get-resource",
+            &[
+                "kbs:///default/key/2",
+                "--tee",
+                "sample",
+                "--insecure-http-kbs"
+            ]
+        )),
         "owner-secret"
     );
     let out = admin(&p("stranger.pem"), &["list-resources"]);

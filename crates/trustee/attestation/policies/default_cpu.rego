@@ -128,16 +128,18 @@ explain contains "configuration: claim sample.debug is true" if {
 
 # ---- tpm, and the vTPM of Azure confidential VMs ---------------------------
 # PCR N is judged by reference value "tpm_pcrN" (a list of hex digests).
-# Executables: the boot PCRs (0 firmware, 2 option ROMs, 4 boot loader and
-# kernel, 9 what the kernel's EFI stub or the boot loader loaded: initrd,
-# command line) must all be registered and match, and so must every other
-# PCR that has a reference value. PCR 8 carries the initdata (judged by
-# init_data) and PCR 23 the runtime events.
+# Executables: the boot PCRs must all be registered and match, and so must
+# every other PCR that has a reference value. The boot PCRs are 0-7 (the
+# firmware's: its code, its configuration including the host-supplied ACPI
+# tables, option ROMs, the boot loader and kernel, the partition table and
+# boot variables, secure-boot policy) and 9 (what the kernel's EFI stub or
+# the boot loader loaded: initrd, command line). PCR 8 carries the initdata
+# (judged by init_data) and PCR 23 the runtime events.
 # Hardware: the quote's AK is trusted; it is affirmed only when the admin
 # declared that AK, or the EK CA that enrolled it, hardware-backed (a software
 # TPM on the host could otherwise have made the quote): warning tier else.
 
-tpm_boot_pcrs := [0, 2, 4, 9]
+tpm_boot_pcrs := [0, 1, 2, 3, 4, 5, 6, 7, 9]
 
 vtpm_pcrs := input.tpm
 
@@ -156,7 +158,8 @@ tpm_pcr_key(n) := sprintf("pcr0%d", [n]) if n < 10
 
 tpm_pcr_key(n) := sprintf("pcr%d", [n]) if n >= 10
 
-tpm_pcr_checks[n] := {"claim": vtpm_pcrs[tpm_pcr_key(n)], "refs": refs} if {
+# A PCR whose claim is missing is checked as null, which matches nothing.
+tpm_pcr_checks[n] := {"claim": object.get(vtpm_pcrs, tpm_pcr_key(n), null), "refs": refs} if {
 	vtpm_pcrs
 	some n in numbers.range(0, 23)
 	refs := query_reference_value(sprintf("tpm_pcr%d", [n]))
@@ -283,9 +286,17 @@ explain contains msg if {
 	msg := sprintf("hardware: claim az-snp-vtpm.measurement=%v is not in reference value 'az_snp_hcl_measurement'=%v (the Azure paravisor's launch measurement must be pinned)", [input["az-snp-vtpm"].measurement, query_reference_value("az_snp_hcl_measurement")])
 }
 
+# Neither debugging nor a migration agent: the guest policy bits are set by
+# whoever launches the VM and are not in the launch measurement.
 configuration := 2 if {
 	snp_claims.policy_debug_allowed == false
+	snp_claims.policy_migrate_ma == false
 	init_data_ok
+}
+
+explain contains msg if {
+	snp_claims.policy_migrate_ma == true
+	msg := sprintf("configuration: claim %s.policy_migrate_ma is true (the guest policy lets a migration agent move it)", [snp_name])
 }
 
 explain contains msg if {
@@ -310,45 +321,46 @@ explain contains msg if {
 }
 
 # ---- tdx -------------------------------------------------------------------
-# Executables: "tdx_mr_td" (the firmware, hex) and what it booted, either as
-# the registers "tdx_rtmr_1" (boot loaders, kernel) and "tdx_rtmr_2" (kernel
-# command line, initrd), or, from the CC event log the trustee replayed, as
-# digests: every boot application in RTMR1 among "tdx_boot_application",
-# and every command line and initrd the kernel measured among
-# "tdx_kernel_cmdline" and "tdx_initrd" (each must be present).
+# Executables: "tdx_mr_td" (the firmware, hex) and what the firmware
+# measured into RTMR0 (its configuration, including the host-supplied ACPI
+# tables), RTMR1 (boot loaders, kernel) and RTMR2 (kernel command line,
+# initrd). Each register is pinned either by its value ("tdx_rtmr_0",
+# "tdx_rtmr_1", "tdx_rtmr_2") or, with a CC event log the trustee replayed,
+# by every digest measured into it ("tdx_ccel_rtmr_0", "tdx_ccel_rtmr_1",
+# "tdx_ccel_rtmr_2": each event digest must be among them, whatever the
+# event is labelled, since the registers do not vouch for labels).
 # Hardware: the TCB status from the trustee's own DCAP collateral
 # (--dcap-collateral or --pccs-url) is UpToDate; collateral the guest sent
 # only yields evidence_collateral_tcb_status, which is not enough.
-# The hardware and debug rules also judge the TD quote of an Azure vTPM VM
-# (az-tdx-vtpm), whose executables are judged by PCRs (above).
+# Configuration: not a debug TD, not migratable, no service TD bound unless
+# pinned in "tdx_mr_servicetd", and the initdata pinned.
+# The hardware and configuration rules also judge the TD quote of an Azure
+# vTPM VM (az-tdx-vtpm), whose executables are judged by PCRs (above).
 
 tdx_body := input.tdx.quote.body
 
-tdx_rtmrs_ok if {
-	pinned("tdx_rtmr_1", tdx_body.rtmr_1)
-	pinned("tdx_rtmr_2", tdx_body.rtmr_2)
-}
+tdx_rtmrs := [0, 1, 2]
 
-tdx_all_pinned(name, digests) if {
-	count(digests) > 0
-	every d in digests {
-		pinned(name, d)
+# RTMR i is pinned by its value, or by every event digest the log shows.
+tdx_rtmr_ok(i) if pinned(sprintf("tdx_rtmr_%d", [i]), tdx_body[sprintf("rtmr_%d", [i])])
+
+tdx_rtmr_ok(i) if {
+	events := input.tdx.ccel[sprintf("rtmr%d", [i])]
+	count(events) > 0
+	every d in events {
+		pinned(sprintf("tdx_ccel_rtmr_%d", [i]), d)
 	}
 }
 
-tdx_ccel_ok if {
-	tdx_all_pinned("tdx_boot_application", input.tdx.ccel.boot_applications)
-	tdx_all_pinned("tdx_kernel_cmdline", input.tdx.ccel.kernel_cmdlines)
-	tdx_all_pinned("tdx_initrd", input.tdx.ccel.initrds)
+tdx_rtmr_unpinned contains i if {
+	input.tdx
+	some i in tdx_rtmrs
+	not tdx_rtmr_ok(i)
 }
-
-tdx_boot_ok if tdx_rtmrs_ok
-
-tdx_boot_ok if tdx_ccel_ok
 
 executables := 3 if {
 	pinned("tdx_mr_td", tdx_body.mr_td)
-	tdx_boot_ok
+	count(tdx_rtmr_unpinned) == 0
 }
 
 hardware := 2 if {
@@ -368,13 +380,26 @@ explain contains msg if {
 	msg := sprintf("hardware: claim az-tdx-vtpm.quote.body.mr_td=%v is not in reference value 'az_tdx_hcl_mr_td'=%v (the Azure paravisor's MRTD must be pinned)", [input["az-tdx-vtpm"].quote.body.mr_td, query_reference_value("az_tdx_hcl_mr_td")])
 }
 
-configuration := 2 if {
-	input.tdx.td_attributes.debug == false
-	init_data_ok
-}
+tdx_claims := input.tdx
+
+tdx_claims := input["az-tdx-vtpm"]
+
+tdx_name := "tdx" if input.tdx
+
+tdx_name := "az-tdx-vtpm" if input["az-tdx-vtpm"]
+
+# A service TD (TDX 1.5) bound to this TD can migrate or inspect it: none,
+# or one pinned.
+tdx_servicetd_ok if not tdx_claims.quote.body.mr_servicetd
+
+tdx_servicetd_ok if regex.match("^0*$", tdx_claims.quote.body.mr_servicetd)
+
+tdx_servicetd_ok if pinned("tdx_mr_servicetd", tdx_claims.quote.body.mr_servicetd)
 
 configuration := 2 if {
-	input["az-tdx-vtpm"].td_attributes.debug == false
+	tdx_claims.td_attributes.debug == false
+	tdx_claims.td_attributes.migratable == false
+	tdx_servicetd_ok
 	init_data_ok
 }
 
@@ -385,21 +410,10 @@ explain contains msg if {
 }
 
 explain contains msg if {
-	input.tdx
-	not tdx_boot_ok
-	some r in ["rtmr_1", "rtmr_2"]
-	not pinned(sprintf("tdx_%s", [r]), tdx_body[r])
-	msg := sprintf("executables: the kernel, initrd and command line are not pinned: claim tdx.quote.body.%s=%v is not in reference value 'tdx_%s'=%v (or pin the CC event log's digests: 'tdx_boot_application', 'tdx_kernel_cmdline', 'tdx_initrd')", [r, tdx_body[r], r, query_reference_value(sprintf("tdx_%s", [r]))])
-}
-
-tdx_ccel_names := {"boot_applications": "tdx_boot_application", "kernel_cmdlines": "tdx_kernel_cmdline", "initrds": "tdx_initrd"}
-
-explain contains msg if {
-	input.tdx.ccel
-	not tdx_boot_ok
-	some field, name in tdx_ccel_names
-	not tdx_all_pinned(name, input.tdx.ccel[field])
-	msg := sprintf("executables: CC event log claim tdx.ccel.%s=%v is empty or not all in reference value '%s'=%v", [field, input.tdx.ccel[field], name, query_reference_value(name)])
+	some i in tdx_rtmr_unpinned
+	r := sprintf("rtmr_%d", [i])
+	unpinned := [d | some d in object.get(object.get(input.tdx, "ccel", {}), sprintf("rtmr%d", [i]), []); not pinned(sprintf("tdx_ccel_rtmr_%d", [i]), d)]
+	msg := sprintf("executables: RTMR%d is not pinned: claim tdx.quote.body.%s=%v is not in reference value 'tdx_%s'=%v; or, with a CC event log, register every event digest it shows in 'tdx_ccel_rtmr_%d' (not yet registered: %v)", [i, r, tdx_body[r], r, query_reference_value(sprintf("tdx_%s", [r])), i, unpinned])
 }
 
 explain contains msg if {
@@ -409,12 +423,20 @@ explain contains msg if {
 	msg := sprintf("hardware: claim tdx.tcb_status=%v is not UpToDate (give the trustee DCAP collateral with --dcap-collateral or --pccs-url, or update the platform)", [input.tdx.tcb_status])
 }
 
-explain contains "configuration: claim tdx.td_attributes.debug is true (a debug TD)" if {
-	input.tdx.td_attributes.debug == true
+explain contains msg if {
+	tdx_claims.td_attributes.debug == true
+	msg := sprintf("configuration: claim %s.td_attributes.debug is true (a debug TD)", [tdx_name])
 }
 
-explain contains "configuration: claim az-tdx-vtpm.td_attributes.debug is true (a debug TD)" if {
-	input["az-tdx-vtpm"].td_attributes.debug == true
+explain contains msg if {
+	tdx_claims.td_attributes.migratable == true
+	msg := sprintf("configuration: claim %s.td_attributes.migratable is true (the TD can be migrated)", [tdx_name])
+}
+
+explain contains msg if {
+	tdx_claims
+	not tdx_servicetd_ok
+	msg := sprintf("configuration: claim %s.quote.body.mr_servicetd=%v binds a service TD that is not in reference value 'tdx_mr_servicetd'=%v", [tdx_name, tdx_claims.quote.body.mr_servicetd, query_reference_value("tdx_mr_servicetd")])
 }
 
 explain contains msg if {
@@ -492,15 +514,32 @@ explain contains "configuration: claim sgx.body.attributes.flags is missing or n
 }
 
 # ---- cca -------------------------------------------------------------------
-# The platform token verified with a CPAK the trustee was given: hardware
-# is affirmed. Executables: the realm initial measurement (base64, as in
+# Executables: the realm initial measurement (base64, as in
 # the claims) is in "cca_realm_initial_measurement", and every realm
 # extensible measurement REM<i> is in "cca_realm_rem<i>" (base64 lists; a
 # REM the realm never extends is registered with its all-zero value).
 # Configuration: the platform's security lifecycle is "secured"
 # (0x3000-0x30ff); debug and provisioning states are not; initdata pinned.
 
-hardware := 2 if input.cca
+# Hardware: the platform token verified with a trusted CPAK, and every
+# platform software component (firmware, RMM, ...) measured as pinned in
+# "cca_platform_sw_component" (base64 measurement values).
+cca_sw_unpinned contains m if {
+	some c in input.cca.platform["cca-platform-sw-components"]
+	m := c["measurement-value"]
+	not cca_pinned("cca_platform_sw_component", m)
+}
+
+hardware := 2 if {
+	count(input.cca.platform["cca-platform-sw-components"]) > 0
+	count(cca_sw_unpinned) == 0
+}
+
+explain contains msg if {
+	input.cca
+	count(cca_sw_unpinned) > 0
+	msg := sprintf("hardware: platform software component measurements %v are not in reference value 'cca_platform_sw_component'=%v", [cca_sw_unpinned, query_reference_value("cca_platform_sw_component")])
+}
 
 cca_realm := input.cca.realm
 

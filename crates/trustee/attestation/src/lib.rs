@@ -61,7 +61,25 @@ impl AttestError {
     /// Whether the trustee could not decide (storage or reference values
     /// unavailable): the guest should retry, the admin should look.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, AttestError::Policy(p) if p.is_unavailable())
+        match self {
+            AttestError::Policy(p) => p.is_unavailable(),
+            AttestError::Verify(VerifyError::Backend(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// What the guest is told: the reason, except for a policy that failed
+    /// to evaluate, whose engine message may quote the policy's source
+    /// (the admin finds it in the denial log).
+    pub fn guest_message(&self) -> String {
+        match self {
+            AttestError::Policy(PolicyError::Invalid { id, .. } | PolicyError::Eval { id, .. }) => {
+                format!(
+                    "attestation policy '{id}' failed to evaluate; the trustee admin can run `cocoon explain` for the reason"
+                )
+            }
+            e => e.to_string(),
+        }
     }
 }
 
@@ -288,13 +306,27 @@ pub struct Verdict {
 pub fn appraise(policy: &RegoPolicy, input: &Value) -> Result<Verdict, AttestError> {
     let (trust_claims, lookups) = policy.eval_with_lookups("trust_claims", input, None)?;
     let mut tv = TrustVector::new();
-    if let Some(Value::Object(m)) = &trust_claims {
-        for (name, v) in m {
-            let Some(v) = v.as_i64() else { continue };
-            if let Ok(c) = tv.mut_by_name(name) {
-                c.set(v.clamp(i8::MIN as i64, i8::MAX as i64) as i8);
+    // A claim the trust vector does not have, or a value that is not an
+    // integer, is a broken policy: it must not pass as "not set".
+    let mut malformed = Vec::new();
+    match &trust_claims {
+        Some(Value::Object(m)) => {
+            for (name, v) in m {
+                match (tv.mut_by_name(name), v.as_i64()) {
+                    (Ok(c), Some(v)) => c.set(v.clamp(i8::MIN as i64, i8::MAX as i64) as i8),
+                    (Err(_), _) => malformed.push(format!(
+                        "the attestation policy set '{name}', which is not an EAR trust claim"
+                    )),
+                    (Ok(_), None) => malformed.push(format!(
+                        "the attestation policy set trust claim '{name}' to {v}, not an integer"
+                    )),
+                }
             }
         }
+        None => {}
+        Some(other) => malformed.push(format!(
+            "the attestation policy's trust_claims is {other}, not an object"
+        )),
     }
     // Worst tier over the claims the policy set; nothing set is a failure.
     let mut status = TrustTier::None;
@@ -316,7 +348,10 @@ pub fn appraise(policy: &RegoPolicy, input: &Value) -> Result<Verdict, AttestErr
             status = t;
         }
     }
-    if !tv.any_set() {
+    if !malformed.is_empty() {
+        status = TrustTier::Contraindicated;
+        failed.extend(malformed);
+    } else if !tv.any_set() {
         status = TrustTier::Contraindicated;
         failed.push("the attestation policy set no trust claim".into());
     } else if status == TrustTier::None {
@@ -324,12 +359,19 @@ pub fn appraise(policy: &RegoPolicy, input: &Value) -> Result<Verdict, AttestErr
     }
     let mut explain = Vec::new();
     if status != TrustTier::Affirming {
-        let (v, more) = policy.eval_with_lookups("explain", input, None)?;
-        if let Some(Value::Array(a)) = v {
-            explain.extend(a.into_iter().filter_map(|v| v.as_str().map(String::from)));
-        }
+        // A policy need not define `explain`; only a failure to read
+        // reference values is an error here.
         let mut expired = lookups.expired;
-        expired.extend(more.expired);
+        match policy.eval_with_lookups("explain", input, None) {
+            Ok((v, more)) => {
+                if let Some(Value::Array(a)) = v {
+                    explain.extend(a.into_iter().filter_map(|v| v.as_str().map(String::from)));
+                }
+                expired.extend(more.expired);
+            }
+            Err(e) if e.is_unavailable() => return Err(e.into()),
+            Err(_) => {}
+        }
         for (name, at) in expired {
             explain.push(format!(
                 "reference value '{name}' expired at {}: it counts as not set; renew it with `cocoon admin add-reference-value {name} ... --expires ...`",
@@ -363,22 +405,43 @@ pub const TOKEN_MEMBER_MAX: usize = 16384;
 /// [`TOKEN_CLAIM_MAX`] and any member still larger than
 /// [`TOKEN_MEMBER_MAX`] is replaced by its size and SHA-256.
 pub fn token_view(mut input: Value) -> Value {
-    fn shrink(v: &mut Value, max: usize) {
+    /// Replaces `v` by its size and digest when larger than `max`; whether it did.
+    fn shrink(v: &mut Value, max: usize) -> bool {
         let text = v.to_string();
-        if text.len() > max {
-            *v = json!({
-                "omitted_bytes": text.len(),
-                "sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
-            });
+        if text.len() <= max {
+            return false;
         }
+        *v = json!({
+            "omitted_bytes": text.len(),
+            "sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),
+        });
+        true
     }
+    let mut omitted = Vec::new();
     if let Value::Object(top) = &mut input {
-        for v in top.values_mut() {
+        for (name, v) in top.iter_mut() {
             if let Value::Object(inner) = v {
-                inner.remove("uefi_event_logs");
-                inner.values_mut().for_each(|c| shrink(c, TOKEN_CLAIM_MAX));
+                if inner.remove("uefi_event_logs").is_some() {
+                    omitted.push(format!("{name}.uefi_event_logs"));
+                }
+                for (child, c) in inner.iter_mut() {
+                    if shrink(c, TOKEN_CLAIM_MAX) {
+                        omitted.push(format!("{name}.{child}"));
+                    }
+                }
             }
-            shrink(v, TOKEN_MEMBER_MAX);
+            if shrink(v, TOKEN_MEMBER_MAX) {
+                let prefix = format!("{name}.");
+                omitted.retain(|o| !o.starts_with(&prefix));
+                omitted.push(name.clone());
+            }
+        }
+        // A resource policy that denies on some claim's content must also
+        // deny when that claim is listed here: the guest can make a claim
+        // of its own (initdata, runtime events) large enough to be left out.
+        if !omitted.is_empty() {
+            omitted.sort();
+            top.insert("token_omitted".into(), json!(omitted));
         }
     }
     input

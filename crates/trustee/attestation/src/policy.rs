@@ -65,6 +65,9 @@ pub struct Lookups {
     pub expired: std::collections::BTreeMap<String, i64>,
     /// Failures to read one (store down, unreadable record).
     pub errors: Vec<String>,
+    /// How many lookups the evaluation made (a decision that made any
+    /// depends on reference values, not only on its input).
+    pub count: usize,
 }
 
 thread_local! {
@@ -77,6 +80,7 @@ thread_local! {
 fn note_lookup(name: &str, outcome: &Result<cocoon_rvps::Lookup, cocoon_rvps::RvpsError>) {
     LOOKUPS.with(|l| {
         if let Some(l) = l.borrow_mut().as_mut() {
+            l.count += 1;
             match outcome {
                 Ok(cocoon_rvps::Lookup::Expired { at }) => {
                     l.expired.insert(name.to_string(), *at);
@@ -438,7 +442,7 @@ mod default_policy_tests {
     #[test]
     fn initdata_is_appraised() {
         let snp = |init: Option<&str>| {
-            let mut v = json!({"snp": {"measurement": "aa", "policy_debug_allowed": false}});
+            let mut v = json!({"snp": {"measurement": "aa", "policy_debug_allowed": false, "policy_migrate_ma": false}});
             if let Some(i) = init {
                 v["init_data"] = json!(i);
             }
@@ -467,16 +471,17 @@ mod default_policy_tests {
     /// The TPM's hardware claim: warning tier unless hardware-backed.
     #[test]
     fn tpm_hardware_needs_a_hardware_backed_ak() {
-        let rvs = [
-            ("tpm_pcr0", json!(["00"])),
-            ("tpm_pcr2", json!(["22"])),
-            ("tpm_pcr4", json!(["44"])),
-            ("tpm_pcr9", json!(["99"])),
-            ("init_data", json!(["none"])),
-        ];
+        let names: Vec<String> = BOOT_PCRS.iter().map(|n| format!("tpm_pcr{n}")).collect();
+        let mut rvs: Vec<(&str, Value)> = names
+            .iter()
+            .zip(BOOT_PCRS)
+            .map(|(name, n)| (name.as_str(), json!([format!("{n}{n}")])))
+            .collect();
+        rvs.push(("init_data", json!(["none"])));
         let (_d, p) = policy(&rvs);
         let tpm = |hw: Option<bool>| {
-            let mut t = json!({"pcr00": "00", "pcr02": "22", "pcr04": "44", "pcr09": "99", "ak_trusted_by": "admin"});
+            let mut t = boot_pcr_claims();
+            t["ak_trusted_by"] = json!("admin");
             if let Some(hw) = hw {
                 t["ak_hardware_backed"] = json!(hw);
             }
@@ -491,14 +496,24 @@ mod default_policy_tests {
                 &["not declared hardware-backed", "--hardware-backed"],
             );
         }
-        // A boot PCR without reference value: executables not affirmed.
-        let (_d, p) = policy(&rvs[1..]);
+        // Each boot PCR without a reference value: executables not affirmed.
+        for (missing, n) in BOOT_PCRS.into_iter().enumerate() {
+            let mut some = rvs.clone();
+            some.remove(missing);
+            let (_d, p) = policy(&some);
+            assert_eq!(trust(&p, &tpm(Some(true))).0, json!(33), "PCR {n}");
+            explains(
+                &p,
+                &tpm(Some(true)),
+                &[
+                    &format!("boot PCR {n} is not pinned"),
+                    &format!("tpm.pcr0{n}={n}{n}"),
+                ],
+            );
+        }
+        // A registered PCR whose claim is missing does not match.
+        let (_d, p) = policy(&[rvs.clone(), vec![("tpm_pcr15", json!(["ff"]))]].concat());
         assert_eq!(trust(&p, &tpm(Some(true))).0, json!(33));
-        explains(
-            &p,
-            &tpm(Some(true)),
-            &["boot PCR 0 is not pinned", "'tpm_pcr0'", "tpm.pcr00=00"],
-        );
     }
 
     /// The resource policy refuses a token whose appraisal has no status.
@@ -529,12 +544,77 @@ mod default_policy_tests {
         assert_eq!(allow(&json!({"submods": {}})), Some(json!(false)));
     }
 
+    /// A custom policy that sets a claim the trust vector does not have, or
+    /// a value that is not an integer, fails closed rather than passing the
+    /// claim as "not set".
+    #[test]
+    fn malformed_trust_vectors_fail_closed() {
+        for claims in [
+            r#"{"executables": 3, "hardwre": 2}"#,
+            r#"{"executables": 3, "hardware": "2"}"#,
+            r#"[3]"#,
+        ] {
+            let text = format!("package policy\nimport rego.v1\ntrust_claims := {claims}\n");
+            let p = RegoPolicy::compile("custom", &text, None).unwrap();
+            let v = crate::appraise(&p, &json!({})).unwrap();
+            assert_eq!(v.status, ear::TrustTier::Contraindicated, "{claims}");
+            assert!(
+                v.failed.join(" ").contains("the attestation policy"),
+                "{claims}: {:?}",
+                v.failed
+            );
+        }
+        let ok = RegoPolicy::compile(
+            "custom",
+            "package policy\nimport rego.v1\ntrust_claims := {\"executables\": 3}\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            crate::appraise(&ok, &json!({})).unwrap().status,
+            ear::TrustTier::Affirming
+        );
+    }
+
+    /// What the token leaves out is listed, so a resource policy can deny
+    /// on it; the trust vector and the TEE key are never left out.
+    #[test]
+    fn token_view_lists_what_it_omits() {
+        let input = json!({
+            "tdx": {"quote": {"body": {"mr_td": "aa"}}, "uefi_event_logs": [1, 2], "big": "x".repeat(5000)},
+            "init_data_claims": {"a": "y".repeat(3000), "b": "y".repeat(3000), "c": "y".repeat(3000), "d": "y".repeat(3000), "e": "y".repeat(3000), "f": "y".repeat(3000)},
+            "runtime_data_claims": {"nonce": "n", "tee-pubkey": {"kty": "EC"}},
+        });
+        let view = crate::token_view(input);
+        assert_eq!(
+            view["token_omitted"],
+            json!(["init_data_claims", "tdx.big", "tdx.uefi_event_logs"])
+        );
+        assert_eq!(view["tdx"]["quote"]["body"]["mr_td"], "aa");
+        assert!(view["init_data_claims"]["omitted_bytes"].as_u64().unwrap() > 16384);
+        assert_eq!(view["runtime_data_claims"]["tee-pubkey"]["kty"], "EC");
+        let small = crate::token_view(json!({"sample": {"svn": "1"}}));
+        assert!(small.get("token_omitted").is_none());
+    }
+
+    /// The boot PCRs the default policy requires.
+    const BOOT_PCRS: [usize; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 9];
+
+    /// Claims `pcrNN` = "NN" (the digit twice) for every boot PCR.
+    fn boot_pcr_claims() -> Value {
+        let mut m = serde_json::Map::new();
+        for n in BOOT_PCRS {
+            m.insert(format!("pcr0{n}"), json!(format!("{n}{n}")));
+        }
+        Value::Object(m)
+    }
+
     /// The SNP section: measurement, TCB minimums and the debug bit.
     #[test]
     fn snp_claims() {
         let claims = |measurement: &str, snp_tcb: &str, debug: bool| {
             json!({"snp": {"measurement": measurement, "reported_tcb_bootloader": "3", "reported_tcb_tee": "0",
-                           "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug}})
+                           "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug, "policy_migrate_ma": false}})
         };
         let (_d, p) = policy(&[]);
         assert_eq!(
@@ -599,34 +679,44 @@ mod default_policy_tests {
     fn tdx_claims() {
         let rvs = [
             ("tdx_mr_td", json!(["aa"])),
+            ("tdx_rtmr_0", json!(["r0"])),
             ("tdx_rtmr_1", json!(["r1"])),
             ("tdx_rtmr_2", json!(["R2"])),
             ("init_data", json!(["1d"])),
         ];
         let (_d, p) = policy(&rvs);
-        let claims = |mr_td: &str, tcb: &str, debug: bool| json!({"tdx": {"quote": {"body": {"mr_td": mr_td, "rtmr_1": "r1", "rtmr_2": "r2"}}, "tcb_status": tcb, "td_attributes": {"debug": debug}}, "init_data": "1D"});
-        assert_eq!(
-            trust(&p, &claims("aa", "UpToDate", false)),
-            (json!(3), json!(2), json!(2))
-        );
+        let claims = |mr_td: &str, tcb: &str, debug: bool| json!({"tdx": {"quote": {"body": {"mr_td": mr_td, "rtmr_0": "r0", "rtmr_1": "r1", "rtmr_2": "r2"}}, "tcb_status": tcb, "td_attributes": {"debug": debug, "migratable": false}}, "init_data": "1D"});
+        let good = claims("aa", "UpToDate", false);
+        assert_eq!(trust(&p, &good), (json!(3), json!(2), json!(2)));
         // The firmware alone is not the executables; initdata must be pinned.
-        for drop in 1..rvs.len() {
+        for drop in 0..rvs.len() {
             let mut some = rvs.to_vec();
             let (name, _) = some.remove(drop);
             let (_d, p) = policy(&some);
-            let t = trust(&p, &claims("aa", "UpToDate", false));
+            let t = trust(&p, &good);
             if name == "init_data" {
                 assert_eq!(t, (json!(3), json!(2), json!(36)), "{name}");
                 explains(
                     &p,
-                    &claims("aa", "UpToDate", false),
+                    &good,
                     &["claim init_data=1D is not in reference value 'init_data'"],
                 );
             } else {
                 assert_eq!(t.0, json!(33), "{name}");
-                explains(&p, &claims("aa", "UpToDate", false), &[name, "not pinned"]);
+                explains(&p, &good, &[&format!("'{name}'=null")]);
             }
         }
+        // A migratable TD, or one bound to an unpinned service TD: not affirmed.
+        let mut migratable = good.clone();
+        migratable["tdx"]["td_attributes"]["migratable"] = json!(true);
+        assert_eq!(trust(&p, &migratable).2, json!(36));
+        explains(&p, &migratable, &["td_attributes.migratable is true"]);
+        let mut servicetd = good.clone();
+        servicetd["tdx"]["quote"]["body"]["mr_servicetd"] = json!("5e");
+        assert_eq!(trust(&p, &servicetd).2, json!(36));
+        explains(&p, &servicetd, &["'tdx_mr_servicetd'"]);
+        servicetd["tdx"]["quote"]["body"]["mr_servicetd"] = json!("0000");
+        assert_eq!(trust(&p, &servicetd).2, json!(2));
         // TCB status judged only by collateral the guest sent: not affirmed.
         let mut guest = claims("aa", "unknown", false);
         guest["tdx"]["evidence_collateral_tcb_status"] = json!("UpToDate");
@@ -643,6 +733,35 @@ mod default_policy_tests {
                 "a debug TD",
             ],
         );
+    }
+
+    /// The CC event log route: every digest measured into a register must
+    /// be pinned, whatever the event is labelled; a register is pinned by
+    /// its value or by its events.
+    #[test]
+    fn tdx_ccel_digests_pin_registers() {
+        let rvs = [
+            ("tdx_mr_td", json!(["aa"])),
+            ("tdx_rtmr_0", json!(["r0"])),
+            ("tdx_ccel_rtmr_1", json!(["k1", "k2"])),
+            ("tdx_ccel_rtmr_2", json!(["c1"])),
+            ("init_data", json!(["none"])),
+        ];
+        let (_d, p) = policy(&rvs);
+        let claims = |r1: Value, r2: Value| json!({"tdx": {"quote": {"body": {"mr_td": "aa", "rtmr_0": "r0", "rtmr_1": "x", "rtmr_2": "y"}}, "tcb_status": "UpToDate", "td_attributes": {"debug": false, "migratable": false}, "ccel": {"rtmr0": ["z"], "rtmr1": r1, "rtmr2": r2}}});
+        assert_eq!(
+            trust(&p, &claims(json!(["k1", "k2", "k1"]), json!(["c1"]))).0,
+            json!(3)
+        );
+        for (r1, r2) in [
+            (json!(["k1", "evil"]), json!(["c1"])),
+            (json!(["k1"]), json!([])),
+            (json!(["k1"]), json!(["c1", "c2"])),
+        ] {
+            let c = claims(r1.clone(), r2.clone());
+            assert_eq!(trust(&p, &c).0, json!(33), "{r1} {r2}");
+            explains(&p, &c, &["'tdx_ccel_rtmr_"]);
+        }
     }
 
     /// The SGX section: MRENCLAVE, optional MRSIGNER, TCB status, DEBUG.
@@ -692,17 +811,19 @@ mod default_policy_tests {
     /// Azure vTPM VMs: PCRs judge executables, the hardware report the rest.
     #[test]
     fn azure_vtpm_claims() {
-        let base = [
-            ("tpm_pcr0", json!(["00"])),
-            ("tpm_pcr2", json!(["22"])),
-            ("tpm_pcr4", json!(["44"])),
-            ("tpm_pcr9", json!(["99"])),
+        let names: Vec<String> = BOOT_PCRS.iter().map(|n| format!("tpm_pcr{n}")).collect();
+        let mut base: Vec<(&str, Value)> = names
+            .iter()
+            .zip(BOOT_PCRS)
+            .map(|(name, n)| (name.as_str(), json!([format!("{n}{n}")])))
+            .collect();
+        base.extend([
             ("init_data", json!(["none"])),
             ("snp_min_tcb_bootloader", json!([3])),
             ("snp_min_tcb_tee", json!([0])),
             ("snp_min_tcb_snp", json!([8])),
             ("snp_min_tcb_microcode", json!([200])),
-        ];
+        ]);
         let all: Vec<(&str, Value)> = base
             .iter()
             .cloned()
@@ -712,11 +833,15 @@ mod default_policy_tests {
             ])
             .collect();
         let (_d, p) = policy(&all);
-        let pcrs = |pcr4: &str| json!({"pcr00": "00", "pcr02": "22", "pcr04": pcr4, "pcr09": "99"});
+        let pcrs = |pcr4: &str| {
+            let mut m = boot_pcr_claims();
+            m["pcr04"] = json!(pcr4);
+            m
+        };
         let snp = |pcr4: &str, snp_tcb: &str, debug: bool| {
             json!({"az-snp-vtpm": {"measurement": "m", "reported_tcb_bootloader": "3", "reported_tcb_tee": "0",
                 "reported_tcb_snp": snp_tcb, "reported_tcb_microcode": "209", "policy_debug_allowed": debug,
-                "tpm": pcrs(pcr4)}})
+                "policy_migrate_ma": false, "tpm": pcrs(pcr4)}})
         };
         assert_eq!(
             trust(&p, &snp("44", "20", false)),
@@ -733,7 +858,7 @@ mod default_policy_tests {
                 "az-snp-vtpm.policy_debug_allowed is true",
             ],
         );
-        let tdx = |pcr4: &str, tcb: &str| json!({"az-tdx-vtpm": {"tcb_status": tcb, "quote": {"body": {"mr_td": "td"}}, "td_attributes": {"debug": false}, "tpm": pcrs(pcr4)}});
+        let tdx = |pcr4: &str, tcb: &str| json!({"az-tdx-vtpm": {"tcb_status": tcb, "quote": {"body": {"mr_td": "td"}}, "td_attributes": {"debug": false, "migratable": false}, "tpm": pcrs(pcr4)}});
         assert_eq!(
             trust(&p, &tdx("44", "UpToDate")),
             (json!(3), json!(2), json!(2))
@@ -767,12 +892,21 @@ mod default_policy_tests {
             ("cca_realm_rem0", json!(["UkVNMA=="])),
             ("cca_realm_rem1", json!(["AAAA"])),
             ("init_data", json!(["none"])),
+            ("cca_platform_sw_component", json!(["Qkwx", "Uk1N"])),
         ];
         let (_d, p) = policy(&rvs);
-        let claims = |rim: &str, lifecycle: u64| json!({"cca": {"realm": {"cca-realm-initial-measurement": rim, "cca-realm-extensible-measurements": ["UkVNMA==", "AAAA"]}, "platform": {"cca-platform-lifecycle": lifecycle}}});
+        let claims = |rim: &str, lifecycle: u64| json!({"cca": {"realm": {"cca-realm-initial-measurement": rim, "cca-realm-extensible-measurements": ["UkVNMA==", "AAAA"]}, "platform": {"cca-platform-lifecycle": lifecycle, "cca-platform-sw-components": [{"measurement-value": "Qkwx"}, {"measurement-value": "Uk1N"}]}}});
         assert_eq!(
             trust(&p, &claims("UklN", 0x3003)),
             (json!(3), json!(2), json!(2))
+        );
+        // The platform's firmware must be pinned for hardware.
+        let (_d, p4) = policy(&rvs[..4]);
+        assert_eq!(trust(&p4, &claims("UklN", 0x3003)).1, json!(97));
+        explains(
+            &p4,
+            &claims("UklN", 0x3003),
+            &["'cca_platform_sw_component'", "Uk1N"],
         );
         // Every REM is pinned; base64 compares exactly.
         let (_d, p2) = policy(&rvs[..2]);

@@ -77,6 +77,9 @@ fn input<'a>(ev: &'a Value, rd: &'a [u8]) -> VerifyInput<'a> {
     }
 }
 
+/// The boot PCRs the default policy requires.
+const BOOT_PCRS: [usize; 9] = [0, 1, 2, 3, 4, 5, 6, 7, 9];
+
 fn init_none() -> (String, Value) {
     rv("init_data", json!(["none"]))
 }
@@ -116,8 +119,13 @@ fn snp_report_appraisal() {
         ));
     }
     let v = verdict(Tee::Snp, c.clone(), &rvs);
-    assert_eq!(vector(&v), (3, 2, 2), "{:?}", v.explain);
-    assert_eq!(v.status, TrustTier::Affirming);
+    let movable = s["policy_migrate_ma"] == true || s["policy_debug_allowed"] == true;
+    assert_eq!(
+        vector(&v),
+        (3, 2, if movable { 36 } else { 2 }),
+        "{:?}",
+        v.explain
+    );
     // One TCB minimum short: hardware is not affirmed.
     rvs.pop();
     let v = verdict(Tee::Snp, c, &rvs);
@@ -142,18 +150,26 @@ fn tdx_quote_with_trustee_collateral_appraisal() {
     refused_naming(
         Tee::Tdx,
         &c,
-        &["tdx_mr_td", "tdx_rtmr_1", "tdx_rtmr_2", "init_data"],
+        &[
+            "tdx_mr_td",
+            "tdx_rtmr_0",
+            "tdx_rtmr_1",
+            "tdx_rtmr_2",
+            "init_data",
+        ],
     );
     let b = &c.claims["quote"]["body"];
     let rvs = [
         rv("tdx_mr_td", list(&b["mr_td"])),
+        rv("tdx_rtmr_0", list(&b["rtmr_0"])),
         rv("tdx_rtmr_1", list(&b["rtmr_1"])),
         rv("tdx_rtmr_2", list(&b["rtmr_2"])),
         init_none(),
     ];
     let verdict_all = verdict(Tee::Tdx, c.clone(), &rvs);
     let tcb = c.claims["tcb_status"].as_str().unwrap();
-    let debug = c.claims["td_attributes"]["debug"].as_bool().unwrap();
+    let attrs = &c.claims["td_attributes"];
+    let debug = attrs["debug"] == true || attrs["migratable"] == true;
     let want_hw = if tcb == "UpToDate" { 2 } else { 97 };
     let want_cfg = if debug { 36 } else { 2 };
     assert_eq!(
@@ -165,11 +181,7 @@ fn tdx_quote_with_trustee_collateral_appraisal() {
     // MRTD alone (the firmware) never affirms executables.
     let v = verdict(Tee::Tdx, c, &rvs[..1]);
     assert_eq!(vector(&v).0, 33);
-    assert!(
-        v.explain
-            .join("\n")
-            .contains("kernel, initrd and command line are not pinned")
-    );
+    assert!(v.explain.join("\n").contains("RTMR1 is not pinned"));
 }
 
 /// 2024-12-01, inside the dcap-qvl collateral's window.
@@ -204,6 +216,7 @@ fn tdx_quote_with_guest_collateral_is_not_up_to_date() {
     let b = &c.claims["quote"]["body"];
     let rvs = [
         rv("tdx_mr_td", list(&b["mr_td"])),
+        rv("tdx_rtmr_0", list(&b["rtmr_0"])),
         rv("tdx_rtmr_1", list(&b["rtmr_1"])),
         rv("tdx_rtmr_2", list(&b["rtmr_2"])),
         init_none(),
@@ -219,13 +232,13 @@ fn tdx_quote_with_guest_collateral_is_not_up_to_date() {
     );
 }
 
-/// The CC event log route: a captured OVMF CCEL's boot digests (the
-/// claims a replayed log yields; no captured quote shares its RTMRs, so the
-/// replay itself is tested in the verifier) pin the kernel, initrd and
-/// command line in place of RTMR values. The quote is a debug TD, which
-/// configuration names.
+/// The CC event log route: a captured OVMF CCEL's per-register digests
+/// (the claims a replayed log yields; no captured quote shares its RTMRs,
+/// so the replay itself is tested in the verifier) pin RTMR0-2 in place of
+/// their values, each digest whatever its event is labelled. The quote is
+/// a debug TD, which configuration names.
 #[test]
-fn tdx_ccel_digests_pin_the_boot() {
+fn tdx_ccel_digests_pin_the_registers() {
     use cocoon_verifier::eventlog::TcgEventLog;
     let q = cocoon_verifier::tdx::quote::TdxQuote::parse(&cocoon_fixtures::read(
         "tdx/trustee_tdx_quote_v4.dat",
@@ -241,29 +254,30 @@ fn tdx_ccel_digests_pin_the_boot() {
         init_data: None,
     };
     let ccel = &tdx["ccel"];
-    for field in ["boot_applications", "kernel_cmdlines", "initrds"] {
-        assert_eq!(ccel[field].as_array().unwrap().len(), 1, "{field}: {ccel}");
-    }
     let rvs = [
         rv("tdx_mr_td", list(&tdx["quote"]["body"]["mr_td"])),
-        rv("tdx_boot_application", ccel["boot_applications"].clone()),
-        rv("tdx_kernel_cmdline", ccel["kernel_cmdlines"].clone()),
-        rv("tdx_initrd", ccel["initrds"].clone()),
+        rv("tdx_ccel_rtmr_0", ccel["rtmr0"].clone()),
+        rv("tdx_ccel_rtmr_1", ccel["rtmr1"].clone()),
+        rv("tdx_ccel_rtmr_2", ccel["rtmr2"].clone()),
         init_none(),
     ];
     let v = verdict(Tee::Tdx, claims.clone(), &rvs);
     assert_eq!(vector(&v), (3, 2, 36), "{:?}", v.explain);
     assert!(v.explain.join("\n").contains("a debug TD"));
-    // Each digest list must be pinned.
-    for drop in 1..4 {
+    // Each register's digests must all be pinned: one left out and the
+    // register is not pinned.
+    for reg in 0..3 {
         let mut some = rvs.to_vec();
-        let (name, _) = some.remove(drop);
+        let all = ccel[format!("rtmr{reg}")].as_array().unwrap().clone();
+        let left_out = &all[all.len() - 1];
+        let rest: Vec<&Value> = all.iter().filter(|d| *d != left_out).collect();
+        some[1 + reg].1 = json!(rest);
         let v = verdict(Tee::Tdx, claims.clone(), &some);
-        assert_eq!(vector(&v).0, 33, "{name}");
+        assert_eq!(vector(&v).0, 33, "RTMR{reg}");
+        let text = v.explain.join("\n");
         assert!(
-            v.explain.join("\n").contains(&format!("'{name}'")),
-            "{name}: {:?}",
-            v.explain
+            text.contains(&format!("'tdx_ccel_rtmr_{reg}'")),
+            "RTMR{reg}: {text}"
         );
     }
 }
@@ -345,9 +359,9 @@ fn tpm_quote_appraisal() {
     refused_naming(
         Tee::Tpm,
         &c,
-        &["tpm_pcr0", "tpm_pcr2", "tpm_pcr4", "tpm_pcr9", "init_data"],
+        &["tpm_pcr0", "tpm_pcr1", "tpm_pcr7", "tpm_pcr9", "init_data"],
     );
-    let pcrs: Vec<(String, Value)> = [0, 2, 4, 9]
+    let pcrs: Vec<(String, Value)> = BOOT_PCRS
         .iter()
         .map(|n| {
             rv(
@@ -364,7 +378,7 @@ fn tpm_quote_appraisal() {
     let v = verdict(Tee::Tpm, verify(true), &pcrs);
     assert_eq!(vector(&v), (3, 2, 2), "{:?}", v.explain);
     assert_eq!(v.status, TrustTier::Affirming);
-    // Three boot PCRs of four are not enough.
+    // Every boot PCR is needed.
     let v = verdict(Tee::Tpm, verify(true), &pcrs[1..]);
     assert_eq!(vector(&v).0, 33);
 }
@@ -397,7 +411,7 @@ fn azure_vtpm_appraisal() {
                 "init_data",
             ],
         );
-        let mut rvs: Vec<(String, Value)> = [0, 2, 4, 9]
+        let mut rvs: Vec<(String, Value)> = BOOT_PCRS
             .iter()
             .map(|n| {
                 rv(
@@ -414,15 +428,22 @@ fn azure_vtpm_appraisal() {
             ));
         }
         rvs.push(init_none());
+        let movable =
+            c.claims["policy_migrate_ma"] == true || c.claims["policy_debug_allowed"] == true;
         let v = verdict(Tee::AzSnpVtpm, c, &rvs);
-        assert_eq!(vector(&v), (3, 2, 2), "{file}: {:?}", v.explain);
+        assert_eq!(
+            vector(&v),
+            (3, 2, if movable { 36 } else { 2 }),
+            "{file}: {:?}",
+            v.explain
+        );
     }
     let ev = json_fixture("az-tdx-vtpm/trustee_evidence_v1.json");
     let rd = nonce(&ev);
     let c = cocoon_verifier::az::AzTdxVtpmVerifier::default()
         .verify_at(&input(&ev, &rd), AZ_AT)
         .unwrap();
-    let mut rvs: Vec<(String, Value)> = [0, 2, 4, 9]
+    let mut rvs: Vec<(String, Value)> = BOOT_PCRS
         .iter()
         .map(|n| {
             rv(
@@ -436,9 +457,16 @@ fn azure_vtpm_appraisal() {
         list(&c.claims["quote"]["body"]["mr_td"]),
     ));
     rvs.push(init_none());
+    let attrs = &c.claims["td_attributes"];
+    let movable = attrs["debug"] == true || attrs["migratable"] == true;
     let v = verdict(Tee::AzTdxVtpm, c, &rvs);
     // No DCAP collateral for this platform: the TCB stays unknown.
-    assert_eq!(vector(&v), (3, 97, 2), "{:?}", v.explain);
+    assert_eq!(
+        vector(&v),
+        (3, 97, if movable { 36 } else { 2 }),
+        "{:?}",
+        v.explain
+    );
     assert!(
         v.explain
             .join("\n")
@@ -485,6 +513,17 @@ fn cca_token_appraisal() {
     for (i, m) in rems.iter().enumerate() {
         rvs.push(rv(&format!("cca_realm_rem{i}"), list(m)));
     }
+    // Without its firmware pinned, the platform is not affirmed.
+    let v = verdict(Tee::Cca, claims.clone(), &rvs);
+    assert_eq!(vector(&v).1, 97);
+    assert!(v.explain.join("\n").contains("'cca_platform_sw_component'"));
+    let sw: Vec<Value> = claims.claims["platform"]["cca-platform-sw-components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["measurement-value"].clone())
+        .collect();
+    rvs.push(rv("cca_platform_sw_component", json!(sw)));
     let v = verdict(Tee::Cca, claims.clone(), &rvs);
     let lifecycle = claims.claims["platform"]["cca-platform-lifecycle"]
         .as_u64()

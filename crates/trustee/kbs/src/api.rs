@@ -3,7 +3,7 @@
 //! (listing, reference-value expiry, denial log).
 
 use crate::admin::{AdminKey, verify_admin_token};
-use crate::decision::{Decision, DecisionCache};
+use crate::decision::{Decision, DecisionCache, decision_key};
 use crate::error::KbsError;
 use crate::metrics::{AttestLabels, Metrics, ReleaseLabels, RouteLabels, RouteOnly};
 use crate::session::{Attested, OpenError, Session, SessionSealer};
@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use cocoon_attestation::{AttestationService, RESOURCE_POLICY, tee_pubkey_from_claims};
+use cocoon_attestation::{AttestationService, RESOURCE_POLICY};
 use cocoon_rvps::Rvps;
 use cocoon_store::{Kek, Store, ns};
 use cocoon_types::jwe::SealingKey;
@@ -293,7 +293,7 @@ async fn attest(
                     detail: e.to_string(),
                 }
             } else {
-                KbsError::AttestationFailed(e.to_string())
+                KbsError::AttestationFailed(e.guest_message())
             });
         }
     };
@@ -324,10 +324,11 @@ async fn attest(
     }
     let sealing = SealingKey::new(&appraisal.tee_pubkey)
         .map_err(|e| KbsError::BadRequest(format!("runtime-data tee-pubkey: {e}")))?;
+    s.verified_tokens
+        .remember(&appraisal.token, appraisal.claims.clone(), sealing, now());
     session.attested = Some(Attested {
         token: appraisal.token.clone(),
         token_exp: appraisal.exp,
-        sealing,
     });
     let cookie = s.sessions.seal(&session);
     let resp = Json(json!({"token": appraisal.token})).into_response();
@@ -351,15 +352,15 @@ fn decide(
     let mut qkeys: Vec<_> = query.iter().collect();
     qkeys.sort();
     let request = format!("{rpath}?{qkeys:?}");
-    let id = hex::encode(token.digest);
-    if let Some(d) = s.decisions.get(&id, &request, policy.digest()) {
+    let key = decision_key(&token.digest, &request, policy.digest());
+    if let Some(d) = s.decisions.get(&key) {
         return Ok(d);
     }
     let data = json!({"plugin": "resource", "resource-path": rpath.segments(), "query": query});
-    let allow = match policy.eval("allow", &token.claims, Some(&data)) {
-        Ok(v) => v == Some(Value::Bool(true)),
+    let (allow, lookups) = match policy.eval_with_lookups("allow", &token.claims, Some(&data)) {
+        Ok((v, l)) => (v == Some(Value::Bool(true)), l.count),
         Err(e) if e.is_unavailable() => return Err(unavailable_or_internal(&e)),
-        Err(_) => false,
+        Err(_) => (false, 0),
     };
     let reasons = if allow {
         Vec::new()
@@ -378,7 +379,9 @@ fn decide(
         allow,
         reasons: Arc::new(reasons),
     };
-    s.decisions.put(&id, &request, policy.digest(), d.clone());
+    if lookups == 0 {
+        s.decisions.put(key, d.clone());
+    }
     Ok(d)
 }
 
@@ -392,16 +395,13 @@ fn unavailable_or_internal(e: &cocoon_attestation::policy::PolicyError) -> KbsEr
     }
 }
 
-/// The token a resource request presents, verified, and the key to seal
-/// the resource to: the session cookie's first (as the stock KBS does),
-/// else a Bearer token's.
-fn presented_token(
-    s: &KbsState,
-    headers: &HeaderMap,
-) -> Result<(VerifiedToken, SealingKey, String), KbsError> {
+/// The token a resource request presents, verified (with the key its
+/// resources are sealed to), and the session's TEE name: the session
+/// cookie's token first (as the stock KBS), else a Bearer token.
+fn presented_token(s: &KbsState, headers: &HeaderMap) -> Result<(VerifiedToken, String), KbsError> {
     let from_cookie = match open_session(s, headers) {
         Ok(sess) => match sess.attested {
-            Some(a) if a.token_exp > now() => Ok((a.token, a.sealing, sess.tee)),
+            Some(a) if a.token_exp > now() => Ok((a.token, sess.tee)),
             Some(_) => Err(KbsError::ExpiredSession),
             None => Err(KbsError::NotAttested),
         },
@@ -413,18 +413,14 @@ fn presented_token(
             .map_err(|e| KbsError::TokenInvalid(e.to_string()))
     };
     match (from_cookie, bearer(headers)) {
-        (Ok((token, sealing, tee)), _) => Ok((verify(&token)?, sealing, tee)),
-        (Err(_), Some(tok)) => {
-            let token = verify(tok)?;
-            let key = tee_pubkey_from_claims(&token.claims)
-                .ok_or_else(|| KbsError::TokenInvalid("token carries no tee-pubkey".into()))?;
-            let sealing =
-                SealingKey::new(&key).map_err(|e| KbsError::TokenInvalid(e.to_string()))?;
-            Ok((token, sealing, "token".to_string()))
-        }
+        (Ok((token, tee)), _) => Ok((verify(&token)?, tee)),
+        (Err(_), Some(tok)) => Ok((verify(tok)?, "token".to_string())),
         (Err(e), None) => Err(e),
     }
 }
+
+/// Query strings longer than this are refused (they key the decision).
+const MAX_QUERY_BYTES: usize = 4096;
 
 fn record_resource_denial(
     s: &KbsState,
@@ -453,7 +449,12 @@ async fn get_resource(
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
     let rpath = ResourcePath::parse(&path).map_err(|e| KbsError::InvalidPath(e.to_string()))?;
-    let (token, sealing, tee) = presented_token(&s, &headers)?;
+    if query.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_QUERY_BYTES {
+        return Err(KbsError::BadRequest(format!(
+            "the query string is longer than {MAX_QUERY_BYTES} bytes"
+        )));
+    }
+    let (token, tee) = presented_token(&s, &headers)?;
     let decision = match decide(&s, &token, &rpath, &query) {
         Ok(d) => d,
         Err(e) => {
@@ -496,7 +497,8 @@ async fn get_resource(
             "resource {key} cannot be unsealed: wrong key-encryption key"
         ))
     })?;
-    let jwe = sealing
+    let jwe = token
+        .sealing
         .seal(&plain)
         .map_err(|e| KbsError::Internal(e.to_string()))?;
     s.metrics

@@ -16,7 +16,6 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use cocoon_store::{Kek, Store, StoreError, ns};
-use cocoon_types::jwe::SealingKey;
 use parking_lot::RwLock;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -44,8 +43,6 @@ pub struct Attested {
     pub token: String,
     /// Token expiry (Unix seconds).
     pub token_exp: i64,
-    /// How resources are sealed to the TEE key.
-    pub sealing: SealingKey,
 }
 
 /// Session state.
@@ -61,12 +58,11 @@ pub struct Session {
     pub attested: Option<Attested>,
 }
 
-/// A session as it is sealed, but for the sealing key. The token's payload
-/// travels as its JSON text (so that it compresses) and is base64url-encoded
-/// again on open, which gives back the very bytes that were signed. This
-/// part is public (nonce, TEE name, token) and compressed; the sealing key,
-/// the one secret, is appended uncompressed, so no compressed length ever
-/// depends on it.
+/// A session as it is sealed. The token's payload travels as its JSON text
+/// (so that it compresses) and is base64url-encoded again on open, which
+/// gives back the very bytes that were signed. Nothing in a session is
+/// secret (the nonce, the TEE name, the token; resources are sealed to the
+/// key the token names), so compressing before encryption leaks nothing.
 #[derive(Serialize, Deserialize)]
 struct WireSession {
     nonce: String,
@@ -121,75 +117,51 @@ impl WireSession {
         }
     }
 
-    /// The session, given the sealing key an attested one must have.
-    fn into_session(self, sealing: Option<SealingKey>) -> Option<Session> {
-        let attested = match (self.attested, sealing) {
-            (Some(a), Some(sealing)) => {
+    fn into_session(self) -> Session {
+        Session {
+            nonce: self.nonce,
+            tee: self.tee,
+            exp: self.exp,
+            attested: self.attested.map(|a| {
                 let payload = if a.encoded {
                     a.payload
                 } else {
                     B64URL.encode(a.payload.as_bytes())
                 };
-                Some(Attested {
+                Attested {
                     token: format!("{}.{payload}.{}", a.head, a.sig),
                     token_exp: a.token_exp,
-                    sealing,
-                })
-            }
-            (None, None) => None,
-            _ => return None,
-        };
-        Some(Session {
-            nonce: self.nonce,
-            tee: self.tee,
-            exp: self.exp,
-            attested,
-        })
+                }
+            }),
+        }
     }
 }
 
-/// The sealed plaintext: `u32 BE length ‖ deflate(public JSON) ‖ JSON of
-/// the sealing key (or nothing)`.
-fn encode_session(s: &Session) -> Zeroizing<Vec<u8>> {
+/// The sealed plaintext: the session's JSON, deflated.
+fn encode_session(s: &Session) -> Vec<u8> {
     use std::io::Write;
-    let public = serde_json::to_vec(&WireSession::from_session(s)).unwrap_or_default();
+    let json = serde_json::to_vec(&WireSession::from_session(s)).unwrap_or_default();
     let mut enc = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(public.len() / 2),
+        Vec::with_capacity(json.len() / 2),
         flate2::Compression::fast(),
     );
-    let _ = enc.write_all(&public);
-    let packed = enc.finish().unwrap_or_default();
-    let secret = Zeroizing::new(match &s.attested {
-        Some(a) => serde_json::to_vec(&a.sealing).unwrap_or_default(),
-        None => Vec::new(),
-    });
-    let mut out = Zeroizing::new(Vec::with_capacity(4 + packed.len() + secret.len()));
-    out.extend_from_slice(&(packed.len() as u32).to_be_bytes());
-    out.extend_from_slice(&packed);
-    out.extend_from_slice(&secret);
-    out
+    let _ = enc.write_all(&json);
+    enc.finish().unwrap_or_default()
 }
 
 fn decode_session(plain: &[u8]) -> Option<Session> {
     use std::io::Read;
-    let len = u32::from_be_bytes(plain.get(..4)?.try_into().ok()?) as usize;
-    let packed = plain.get(4..4usize.checked_add(len)?)?;
-    let secret = &plain[4 + len..];
-    let mut public = Vec::new();
-    flate2::read::DeflateDecoder::new(packed)
+    let mut json = Vec::new();
+    flate2::read::DeflateDecoder::new(plain)
         .take(MAX_SESSION_BYTES + 1)
-        .read_to_end(&mut public)
+        .read_to_end(&mut json)
         .ok()?;
-    if public.len() as u64 > MAX_SESSION_BYTES {
+    if json.len() as u64 > MAX_SESSION_BYTES {
         return None;
     }
-    let wire: WireSession = serde_json::from_slice(&public).ok()?;
-    let sealing = if secret.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice::<SealingKey>(secret).ok()?)
-    };
-    wire.into_session(sealing)
+    serde_json::from_slice::<WireSession>(&json)
+        .ok()
+        .map(WireSession::into_session)
 }
 
 /// A session key as stored: sealed with the KEK.
@@ -424,6 +396,9 @@ impl SessionSealer {
         if raw.len() < 12 + 16 {
             return Err(OpenError::Invalid);
         }
+        // Within RECHECK of a rotation with --drop-old on any replica, the
+        // dropped keys stop opening cookies here too.
+        self.refresh(false);
         if !self.ring.read().ciphers.contains_key(id) {
             // Perhaps another replica rotated a moment ago.
             self.refresh(true);
@@ -590,13 +565,10 @@ mod tests {
             B64URL.encode(claims.to_string()),
             B64URL.encode([9u8; 64])
         );
-        let key = cocoon_types::jwe::TeeKeyPair::generate_ec();
-        let sealing = SealingKey::new(&key.public_jwk()).unwrap();
         let mut sess = session("n", 1000);
         sess.attested = Some(Attested {
             token: token.clone(),
             token_exp: 1000,
-            sealing,
         });
         let cookie = s.seal(&sess);
         let opened = s.open(&cookie, 10).unwrap();

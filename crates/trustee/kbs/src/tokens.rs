@@ -1,11 +1,17 @@
 //! Attestation tokens presented with resource requests, verified before
 //! use whichever way they arrive (the session cookie or a Bearer header):
 //! a sealed cookie is only as trustworthy as the session key, so its token
-//! is checked against the token signer too. A token's signature is
-//! verified once; later requests with the same token bytes reuse the
-//! result until the token expires.
+//! is checked against the token signer too. Resources are sealed to the
+//! TEE key the verified token names, never to one the cookie carries, so
+//! a forged cookie cannot redirect a release to a key of its own.
+//!
+//! A token's signature is verified, and the key agreement with its TEE key
+//! done, once per replica; later requests with the same token bytes reuse
+//! them until the token expires.
 
+use cocoon_attestation::tee_pubkey_from_claims;
 use cocoon_attestation::token::{TokenError, TokenSigner};
+use cocoon_types::jwe::SealingKey;
 use parking_lot::RwLock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -14,8 +20,23 @@ use std::sync::Arc;
 
 /// Tokens remembered at most.
 const CAPACITY: usize = 16_384;
+/// Token text remembered at most, in bytes (tokens are bounded, but a
+/// replica should not hold more than this whatever they hold).
+const CAPACITY_BYTES: usize = 64 << 20;
 
-/// A verified token: its claims and its identity for caches.
+/// Why a presented token is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRefused {
+    /// Not this trustee's, altered, malformed or expired.
+    #[error(transparent)]
+    Invalid(#[from] TokenError),
+    /// It names no TEE key resources could be sealed to.
+    #[error("the token names no usable TEE key: {0}")]
+    NoTeeKey(String),
+}
+
+/// A verified token: its claims, its identity for caches, and the key
+/// resources released under it are sealed to.
 #[derive(Clone)]
 pub struct VerifiedToken {
     /// SHA-256 of the whole token text.
@@ -24,12 +45,16 @@ pub struct VerifiedToken {
     pub claims: Arc<Value>,
     /// `exp`, Unix seconds.
     pub exp: i64,
+    /// Sealing to the TEE key in the claims (agreement done).
+    pub sealing: Arc<SealingKey>,
+    /// Length of the token text, for the cache's bound.
+    len: usize,
 }
 
 /// Verified tokens by the digest of their text.
 #[derive(Default)]
 pub struct VerifiedTokens {
-    map: RwLock<HashMap<[u8; 32], VerifiedToken>>,
+    map: RwLock<(HashMap<[u8; 32], VerifiedToken>, usize)>,
 }
 
 impl VerifiedTokens {
@@ -41,36 +66,72 @@ impl VerifiedTokens {
         signer: &TokenSigner,
         token: &str,
         now: i64,
-    ) -> Result<VerifiedToken, TokenError> {
+    ) -> Result<VerifiedToken, TokenRefused> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(t) = self.map.read().get(&digest) {
+        if let Some(t) = self.map.read().0.get(&digest) {
             if t.exp <= now {
-                return Err(TokenError::Expired(t.exp));
+                return Err(TokenError::Expired(t.exp).into());
             }
             return Ok(t.clone());
         }
         let claims = signer.verify(token, now)?;
+        let key = tee_pubkey_from_claims(&claims)
+            .ok_or_else(|| TokenRefused::NoTeeKey("no tee-pubkey".into()))?;
+        let sealing = SealingKey::new(&key).map_err(|e| TokenRefused::NoTeeKey(e.to_string()))?;
+        Ok(self.insert(digest, token.len(), claims, sealing, now))
+    }
+
+    /// Remembers a token this trustee just signed, with the sealing it
+    /// already agreed (so the session's first fetch costs no verification).
+    pub fn remember(
+        &self,
+        token: &str,
+        claims: Value,
+        sealing: SealingKey,
+        now: i64,
+    ) -> VerifiedToken {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.insert(digest, token.len(), claims, sealing, now)
+    }
+
+    fn insert(
+        &self,
+        digest: [u8; 32],
+        len: usize,
+        claims: Value,
+        sealing: SealingKey,
+        now: i64,
+    ) -> VerifiedToken {
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
         let t = VerifiedToken {
             digest,
             claims: Arc::new(claims),
             exp,
+            sealing: Arc::new(sealing),
+            len,
         };
-        let mut map = self.map.write();
-        if map.len() >= CAPACITY {
+        let mut guard = self.map.write();
+        let (map, bytes) = &mut *guard;
+        if map.len() >= CAPACITY || *bytes + len > CAPACITY_BYTES {
             map.retain(|_, v| v.exp > now);
-            if map.len() >= CAPACITY {
+            *bytes = map.values().map(|v| v.len).sum();
+            if map.len() >= CAPACITY || *bytes + len > CAPACITY_BYTES {
                 map.clear();
+                *bytes = 0;
             }
         }
-        map.insert(digest, t.clone());
-        Ok(t)
+        if let Some(old) = map.insert(digest, t.clone()) {
+            *bytes -= old.len;
+        }
+        *bytes += len;
+        t
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cocoon_types::jwe::TeeKeyPair;
     use ring::rand::SystemRandom;
     use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
     use serde_json::json;
@@ -82,33 +143,62 @@ mod tests {
         TokenSigner::from_pkcs8(pk.as_ref()).unwrap()
     }
 
+    fn claims(exp: i64, a: i64, key: &TeeKeyPair) -> Value {
+        json!({"exp": exp, "a": a, "submods": {"cpu0": {"ear.veraison.annotated-evidence":
+            {"runtime_data_claims": {"tee-pubkey": key.public_jwk()}}}}})
+    }
+
     /// A forged payload with a real token's signature is refused even after
     /// the real token was verified and cached; expiry holds on cache hits.
     #[test]
     fn cache_never_vouches_for_other_bytes() {
         let s = signer();
         let cache = VerifiedTokens::default();
-        let t = s.sign(&json!({"exp": 200, "a": 1})).unwrap();
+        let key = TeeKeyPair::generate_ec();
+        let t = s.sign(&claims(200, 1, &key)).unwrap();
         assert_eq!(cache.verify(&s, &t, 100).unwrap().claims["a"], 1);
         assert_eq!(cache.verify(&s, &t, 150).unwrap().claims["a"], 1);
         let parts: Vec<&str> = t.split('.').collect();
         let payload = base64::Engine::encode(
             &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            r#"{"exp":200,"a":2}"#,
+            claims(200, 2, &key).to_string(),
         );
         let forged = format!("{}.{payload}.{}", parts[0], parts[2]);
         assert!(matches!(
             cache.verify(&s, &forged, 100),
-            Err(TokenError::Signature)
+            Err(TokenRefused::Invalid(TokenError::Signature))
         ));
         assert!(matches!(
             cache.verify(&s, &t, 200),
-            Err(TokenError::Expired(200))
+            Err(TokenRefused::Invalid(TokenError::Expired(200)))
         ));
         // Another trustee's token does not verify here.
         assert!(matches!(
-            cache.verify(&signer(), &s.sign(&json!({"exp": 300})).unwrap(), 100),
-            Err(TokenError::Signature)
+            cache.verify(&signer(), &s.sign(&claims(300, 3, &key)).unwrap(), 100),
+            Err(TokenRefused::Invalid(TokenError::Signature))
         ));
+        // A token without a TEE key is no use for a release.
+        let bare = s.sign(&json!({"exp": 300})).unwrap();
+        assert!(matches!(
+            cache.verify(&s, &bare, 100),
+            Err(TokenRefused::NoTeeKey(_))
+        ));
+    }
+
+    /// The cache's memory is bounded by bytes as well as by count.
+    #[test]
+    fn cache_is_bounded() {
+        let s = signer();
+        let cache = VerifiedTokens::default();
+        let key = TeeKeyPair::generate_ec();
+        let big = "x".repeat(CAPACITY_BYTES / 8);
+        for i in 0..20 {
+            let mut c = claims(1000, i, &key);
+            c["pad"] = json!(big);
+            cache.verify(&s, &s.sign(&c).unwrap(), 10).unwrap();
+            assert!(cache.map.read().1 <= CAPACITY_BYTES);
+        }
+        let (map, bytes) = &*cache.map.read();
+        assert_eq!(*bytes, map.values().map(|v| v.len).sum::<usize>());
     }
 }

@@ -64,6 +64,10 @@ pub enum VerifyError {
     /// No verifier for this TEE is registered (or it is disabled).
     #[error("{0}")]
     Unavailable(String),
+    /// Something the check needs (the trustee's store) cannot be read now:
+    /// no verdict, and the guest should retry.
+    #[error("the trustee cannot check this evidence right now: {0}")]
+    Backend(String),
     /// A signature or integrity check failed.
     #[error("{tee} evidence rejected: {reason}")]
     Invalid {
@@ -140,7 +144,10 @@ pub struct TeeClaims {
     pub claims: Value,
     /// The report data as the verifier emits it (b64 for sample, hex for hardware TEEs).
     pub report_data: String,
-    /// The init data digest as emitted, when supplied.
+    /// The initdata digest the guest sent (hex; b64 for sample), once the
+    /// evidence was found to bind it. The same form for every TEE (the
+    /// TEE's own field, padded or extended, stays in its claims), so one
+    /// reference value `init_data` serves them all.
     pub init_data: Option<String>,
 }
 

@@ -157,9 +157,7 @@ fn finish(mut claims: Value, v: Vtpm, input: &VerifyInput<'_>) -> TeeClaims {
         class: TeeClass::Cpu,
         claims,
         report_data: hex::encode(&v.nonce),
-        init_data: input
-            .init_data_digest
-            .map(|_| hex::encode(v.pcrs[crate::tpm::INITDATA_PCR])),
+        init_data: input.init_data_digest.map(hex::encode),
     }
 }
 

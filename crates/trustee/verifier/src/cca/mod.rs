@@ -275,9 +275,7 @@ impl crate::Verifier for CcaVerifier {
             class: TeeClass::Cpu,
             claims: claims(&t),
             report_data: hex::encode(&t.realm.challenge),
-            init_data: input
-                .init_data_digest
-                .map(|_| hex::encode(&t.realm.personalization_value)),
+            init_data: input.init_data_digest.map(hex::encode),
         })
     }
 }

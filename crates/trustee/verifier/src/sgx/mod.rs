@@ -115,9 +115,7 @@ impl SgxVerifier {
             class: TeeClass::Cpu,
             claims: c,
             report_data: hex::encode(q.body.report_data),
-            init_data: input
-                .init_data_digest
-                .map(|_| hex::encode(q.body.config_id)),
+            init_data: input.init_data_digest.map(hex::encode),
         })
     }
 }

@@ -550,9 +550,7 @@ impl crate::Verifier for SnpVerifier {
         Ok(TeeClaims {
             class: TeeClass::Cpu,
             report_data: hex::encode(claims.report.report_data),
-            init_data: input
-                .init_data_digest
-                .map(|_| hex::encode(claims.report.host_data)),
+            init_data: input.init_data_digest.map(hex::encode),
             claims: claims.to_json(),
         })
     }

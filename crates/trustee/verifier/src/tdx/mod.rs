@@ -459,6 +459,7 @@ pub fn claims(q: &TdxQuote, ccel: Option<&TcgEventLog>) -> Value {
         "td_attributes": {
             "debug": attrs & 1 == 1,
             "septve_disable": (attrs >> 28) & 1 == 1,
+            "migratable": (attrs >> 29) & 1 == 1,
             "protection_keys": (attrs >> 30) & 1 == 1,
             "key_locker": (attrs >> 31) & 1 == 1,
             "perfmon": (attrs >> 63) & 1 == 1,
@@ -466,54 +467,36 @@ pub fn claims(q: &TdxQuote, ccel: Option<&TcgEventLog>) -> Value {
     });
     if let Some(log) = ccel {
         c["uefi_event_logs"] = log.to_json()["uefi_event_logs"].clone();
-        c["ccel"] = ccel_boot_claims(log);
+        c["ccel"] = ccel_claims(log);
     }
     c
 }
 
-/// CCEL index of RTMR1 (boot applications) and RTMR2 (kernel-measured data).
-const CCEL_RTMR1: u32 = 2;
-const CCEL_RTMR2: u32 = 3;
-/// The Linux EFI stub's event tags (TCG_PCClientTaggedEvent ids).
-const TAG_LINUX_INITRD: u32 = 0x8F3B_22EC;
-const TAG_LINUX_LOAD_OPTIONS: u32 = 0x8F3B_22ED;
-
-/// What the replayed CCEL says was booted, as SHA-384 digests a policy can
-/// pin instead of whole RTMR values: every boot application loaded into
-/// RTMR1 (boot loaders and the kernel, in order), and every kernel command
-/// line and initrd the Linux EFI stub measured into RTMR2 (lists, so that
-/// a second, unpinned one cannot hide behind the first). Only called on a
-/// log that replayed to the RTMRs.
-pub fn ccel_boot_claims(log: &TcgEventLog) -> Value {
-    let sha384 = |e: &crate::eventlog::TcgEvent| {
-        e.digests
-            .iter()
-            .find(|(a, _)| *a == AlgId::SHA384)
-            .map(|(_, d)| hex::encode(d))
-    };
-    let boot_applications: Vec<String> = log
-        .events
-        .iter()
-        .filter(|e| e.index == CCEL_RTMR1 && e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION)
-        .filter_map(sha384)
-        .collect();
-    let tagged = |tag: u32| -> Vec<String> {
+/// What the replayed CCEL says was measured into RTMR0-2, as the SHA-384
+/// digest of every measured event per register (`rtmr0`, `rtmr1`,
+/// `rtmr2`), in order, for policies that pin known-good measurements
+/// instead of whole register values. Only the digests are claims: the
+/// registers vouch for each event's index and digest, not for its type or
+/// data, which whoever hands the log over could relabel (a "kernel" event
+/// listed as an action would drop out of a list filtered by type). Pinning
+/// every digest of a register, whatever its label, leaves nothing to hide
+/// behind. Only called on a log that replayed to the RTMRs.
+pub fn ccel_claims(log: &TcgEventLog) -> Value {
+    let digests = |index: u32| -> Vec<String> {
         log.events
             .iter()
-            .filter(|e| e.index == CCEL_RTMR2 && e.event_type == EV_EVENT_TAG)
-            .filter(|e| e.data.get(..4).is_some_and(|id| id == tag.to_le_bytes()))
-            .filter_map(sha384)
+            .filter(|e| e.index == index && e.event_type != crate::eventlog::EV_NO_ACTION)
+            .filter_map(|e| {
+                e.digests
+                    .iter()
+                    .find(|(a, _)| *a == AlgId::SHA384)
+                    .map(|(_, d)| hex::encode(d))
+            })
             .collect()
     };
-    json!({
-        "boot_applications": boot_applications,
-        "kernel_cmdlines": tagged(TAG_LINUX_LOAD_OPTIONS),
-        "initrds": tagged(TAG_LINUX_INITRD),
-    })
+    // CCEL index i + 1 is RTMR i.
+    json!({"rtmr0": digests(1), "rtmr1": digests(2), "rtmr2": digests(3)})
 }
-
-const EV_EVENT_TAG: u32 = 0x6;
-const EV_EFI_BOOT_SERVICES_APPLICATION: u32 = 0x8000_0003;
 
 #[cfg(test)]
 mod tests;
@@ -639,9 +622,7 @@ impl TdxVerifier {
             class: TeeClass::Cpu,
             claims: c,
             report_data: hex::encode(q.body.report_data),
-            init_data: input
-                .init_data_digest
-                .map(|_| hex::encode(q.body.mr_config_id)),
+            init_data: input.init_data_digest.map(hex::encode),
         })
     }
 }

@@ -239,7 +239,7 @@ impl Verifier for TpmVerifier {
         let trusted_by = self
             .trusted
             .trusted_by(&ak_der)
-            .map_err(VerifyError::Unavailable)?;
+            .map_err(VerifyError::Backend)?;
         let Some(trusted_by) = trusted_by else {
             return Err(VerifyError::UntrustedKey {
                 tee: TEE,
