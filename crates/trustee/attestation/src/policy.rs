@@ -92,24 +92,49 @@ fn note_lookup(name: &str, outcome: &Result<cocoon_rvps::Lookup, cocoon_rvps::Rv
     });
 }
 
-/// Collects the lookups of one evaluation; resets on drop, so an early
-/// return cannot leak one evaluation's record into the next.
-struct LookupScope;
+/// Collects the lookups of one evaluation. Scopes nest (an evaluation
+/// started inside another hands its record back to the outer one, errors
+/// included), and a scope dropped early (a panic, an early return) still
+/// restores the outer record, so no failure to read a reference value can
+/// go unnoticed.
+struct LookupScope {
+    outer: Option<Option<Lookups>>,
+}
 
 impl LookupScope {
     fn start() -> Self {
-        LOOKUPS.with(|l| *l.borrow_mut() = Some(Lookups::default()));
-        LookupScope
+        let outer = LOOKUPS.with(|l| l.borrow_mut().replace(Lookups::default()));
+        LookupScope { outer: Some(outer) }
     }
 
-    fn finish(self) -> Lookups {
-        LOOKUPS.with(|l| l.borrow_mut().take().unwrap_or_default())
+    fn finish(mut self) -> Lookups {
+        let mine = LOOKUPS.with(|l| l.borrow_mut().take().unwrap_or_default());
+        self.restore(Some(&mine));
+        mine
+    }
+
+    /// Puts the outer record back, with `inner`'s lookups added to it.
+    fn restore(&mut self, inner: Option<&Lookups>) {
+        let Some(mut outer) = self.outer.take() else {
+            return;
+        };
+        if let (Some(o), Some(i)) = (outer.as_mut(), inner) {
+            o.count += i.count;
+            o.errors.extend(i.errors.iter().cloned());
+            o.expired
+                .extend(i.expired.iter().map(|(k, v)| (k.clone(), *v)));
+        }
+        LOOKUPS.with(|l| *l.borrow_mut() = outer);
     }
 }
 
 impl Drop for LookupScope {
     fn drop(&mut self) {
-        LOOKUPS.with(|l| *l.borrow_mut() = None);
+        // Not yet finished (an early return or a panic).
+        if self.outer.is_some() {
+            let mine = LOOKUPS.with(|l| l.borrow_mut().take());
+            self.restore(mine.as_ref());
+        }
     }
 }
 
@@ -415,6 +440,28 @@ mod default_policy_tests {
         // An evaluation that never asks for it is unaffected.
         let sample = json!({"sample": {"svn": "1", "launch_digest": "x", "platform_version": {"major": 1, "minor": 0}, "debug": false}});
         assert!(p.eval("trust_claims", &sample, None).is_ok());
+    }
+
+    /// An evaluation nested in another hands its lookups (failures
+    /// included) to the outer one.
+    #[test]
+    fn nested_lookup_scopes_keep_every_failure() {
+        let outer = LookupScope::start();
+        note_lookup("a", &Err(cocoon_rvps::RvpsError::Unreadable("a".into())));
+        {
+            let inner = LookupScope::start();
+            note_lookup("b", &Err(cocoon_rvps::RvpsError::Unreadable("b".into())));
+            let got = inner.finish();
+            assert_eq!(got.errors.len(), 1);
+        }
+        {
+            let _dropped = LookupScope::start();
+            note_lookup("c", &Err(cocoon_rvps::RvpsError::Unreadable("c".into())));
+        }
+        let all = outer.finish();
+        assert_eq!(all.errors.len(), 3, "{:?}", all.errors);
+        assert_eq!(all.count, 3);
+        assert!(LOOKUPS.with(|l| l.borrow().is_none()));
     }
 
     /// An expired reference value is a denial that names it.

@@ -23,9 +23,14 @@ fn trustee_quote_claims_match_field_by_field() {
             assert_eq!(&got["quote"][part][k], v, "quote.{part}.{k}");
         }
     }
-    for k in ["report_data", "init_data", "td_attributes"] {
+    for k in ["report_data", "init_data"] {
         assert_eq!(got[k], want[k], "{k}");
     }
+    // CoCo's attributes, plus ours (`migratable`, TD_ATTRIBUTES bit 29).
+    for (k, v) in want["td_attributes"].as_object().unwrap() {
+        assert_eq!(&got["td_attributes"][k], v, "td_attributes.{k}");
+    }
+    assert_eq!(got["td_attributes"]["migratable"], false);
     let (g, w) = (
         got["uefi_event_logs"].as_array().unwrap(),
         want["uefi_event_logs"].as_array().unwrap(),
