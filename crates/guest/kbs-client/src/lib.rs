@@ -245,10 +245,14 @@ impl KbsClient {
             if !opts.insecure_http {
                 return Err(ClientError::InsecureHttp { url: base });
             }
-            tracing::warn!(
-                url = %base,
-                "plain-HTTP KBS allowed by the insecure setting: resources are not authenticated (development only)"
-            );
+            // Once per process: a load generator builds many clients.
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    url = %base,
+                    "plain-HTTP KBS allowed by the insecure setting: resources are not authenticated (development only)"
+                );
+            });
         } else {
             return Err(ClientError::Config(format!(
                 "KBS URL '{url}' must start with https:// (or http:// with the insecure setting)"

@@ -7,7 +7,7 @@ use crate::decision::{Decision, DecisionCache, decision_key};
 use crate::error::KbsError;
 use crate::metrics::{AttestLabels, Metrics, ReleaseLabels, RouteLabels, RouteOnly};
 use crate::session::{Attested, OpenError, Session, SessionSealer};
-use crate::tokens::{VerifiedToken, VerifiedTokens};
+use crate::tokens::{OpenedCookies, VerifiedToken, VerifiedTokens};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
@@ -79,6 +79,8 @@ pub struct KbsState {
     pub decisions: DecisionCache,
     /// Tokens already verified.
     pub verified_tokens: VerifiedTokens,
+    /// Attested session cookies opened before.
+    pub opened_cookies: OpenedCookies,
     /// Queue to the denial recorder.
     pub denials: mpsc::Sender<Denial>,
     /// TPM manufacturer CAs for AK enrollment by EK certificate, the
@@ -324,13 +326,23 @@ async fn attest(
     }
     let sealing = SealingKey::new(&appraisal.tee_pubkey)
         .map_err(|e| KbsError::BadRequest(format!("runtime-data tee-pubkey: {e}")))?;
-    s.verified_tokens
-        .remember(&appraisal.token, appraisal.claims.clone(), sealing, now());
+    let t = now();
+    let verified =
+        s.verified_tokens
+            .remember(&appraisal.token, appraisal.claims.clone(), sealing, t);
     session.attested = Some(Attested {
         token: appraisal.token.clone(),
         token_exp: appraisal.exp,
     });
     let cookie = s.sessions.seal(&session);
+    // The guest's next request brings this cookie: it need not be opened.
+    s.opened_cookies.insert(
+        OpenedCookies::digest(&cookie),
+        session.exp.min(verified.exp),
+        &session.tee,
+        verified.digest,
+        t,
+    );
     let resp = Json(json!({"token": appraisal.token})).into_response();
     Ok(with_cookie(resp, &cookie, session.exp))
 }
@@ -399,9 +411,22 @@ fn unavailable_or_internal(e: &cocoon_attestation::policy::PolicyError) -> KbsEr
 /// resources are sealed to), and the session's TEE name: the session
 /// cookie's token first (as the stock KBS), else a Bearer token.
 fn presented_token(s: &KbsState, headers: &HeaderMap) -> Result<(VerifiedToken, String), KbsError> {
+    let t = now();
+    // A cookie seen before: its token by digest, as long as the key that
+    // sealed it still opens cookies and neither has expired (otherwise the
+    // cookie is opened again, which says why it is no use).
+    let cookie = session_cookie(headers);
+    let cookie_digest = cookie.map(OpenedCookies::digest);
+    if let (Some(c), Some(d)) = (cookie, &cookie_digest)
+        && let Some((tee, token)) = s.opened_cookies.get(d, t)
+        && s.sessions.cookie_key_usable(c)
+        && let Some(v) = s.verified_tokens.get(&token, t)
+    {
+        return Ok((v, tee.to_string()));
+    }
     let from_cookie = match open_session(s, headers) {
         Ok(sess) => match sess.attested {
-            Some(a) if a.token_exp > now() => Ok((a.token, sess.tee)),
+            Some(a) if a.token_exp > t => Ok((a.token, sess.tee, sess.exp)),
             Some(_) => Err(KbsError::ExpiredSession),
             None => Err(KbsError::NotAttested),
         },
@@ -409,11 +434,18 @@ fn presented_token(s: &KbsState, headers: &HeaderMap) -> Result<(VerifiedToken, 
     };
     let verify = |tok: &str| {
         s.verified_tokens
-            .verify(s.attestation.signer(), tok, now())
+            .verify(s.attestation.signer(), tok, t)
             .map_err(|e| KbsError::TokenInvalid(e.to_string()))
     };
     match (from_cookie, bearer(headers)) {
-        (Ok((token, tee)), _) => Ok((verify(&token)?, tee)),
+        (Ok((token, tee, exp)), _) => {
+            let v = verify(&token)?;
+            if let Some(d) = cookie_digest {
+                s.opened_cookies
+                    .insert(d, exp.min(v.exp), &tee, v.digest, t);
+            }
+            Ok((v, tee))
+        }
         (Err(_), Some(tok)) => Ok((verify(tok)?, "token".to_string())),
         (Err(e), None) => Err(e),
     }

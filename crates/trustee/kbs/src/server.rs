@@ -336,6 +336,7 @@ impl Trustee {
             metrics: Metrics::new(),
             decisions: DecisionCache::default(),
             verified_tokens: Default::default(),
+            opened_cookies: Default::default(),
             denials: tx,
             ek_trust,
             ek_pending: Default::default(),

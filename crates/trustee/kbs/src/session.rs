@@ -59,10 +59,8 @@ pub struct Session {
 }
 
 /// A session as it is sealed. The token's payload travels as its JSON text
-/// (so that it compresses) and is base64url-encoded again on open, which
-/// gives back the very bytes that were signed. Nothing in a session is
-/// secret (the nonce, the TEE name, the token; resources are sealed to the
-/// key the token names), so compressing before encryption leaks nothing.
+/// (a third shorter than its base64url) and is base64url-encoded again on
+/// open, which gives back the very bytes that were signed.
 #[derive(Serialize, Deserialize)]
 struct WireSession {
     nonce: String,
@@ -84,9 +82,6 @@ struct WireAttested {
     sig: String,
     token_exp: i64,
 }
-
-/// A sealed session never inflates to more than this.
-const MAX_SESSION_BYTES: u64 = 1 << 20;
 
 impl WireSession {
     fn from_session(s: &Session) -> Self {
@@ -137,29 +132,13 @@ impl WireSession {
     }
 }
 
-/// The sealed plaintext: the session's JSON, deflated.
+/// The sealed plaintext: the session's JSON.
 fn encode_session(s: &Session) -> Vec<u8> {
-    use std::io::Write;
-    let json = serde_json::to_vec(&WireSession::from_session(s)).unwrap_or_default();
-    let mut enc = flate2::write::DeflateEncoder::new(
-        Vec::with_capacity(json.len() / 2),
-        flate2::Compression::fast(),
-    );
-    let _ = enc.write_all(&json);
-    enc.finish().unwrap_or_default()
+    serde_json::to_vec(&WireSession::from_session(s)).unwrap_or_default()
 }
 
 fn decode_session(plain: &[u8]) -> Option<Session> {
-    use std::io::Read;
-    let mut json = Vec::new();
-    flate2::read::DeflateDecoder::new(plain)
-        .take(MAX_SESSION_BYTES + 1)
-        .read_to_end(&mut json)
-        .ok()?;
-    if json.len() as u64 > MAX_SESSION_BYTES {
-        return None;
-    }
-    serde_json::from_slice::<WireSession>(&json)
+    serde_json::from_slice::<WireSession>(plain)
         .ok()
         .map(WireSession::into_session)
 }
@@ -380,6 +359,20 @@ impl SessionSealer {
         raw.extend_from_slice(&nonce);
         raw.extend_from_slice(&ct);
         format!("{FORMAT}.{id}.{}", B64URL.encode(raw))
+    }
+
+    /// Whether the key a cookie names (`2.<id>.…`) still opens cookies here
+    /// (re-reading the keyring as [`open`](Self::open) does).
+    pub fn cookie_key_usable(&self, cookie: &str) -> bool {
+        let Some(id) = cookie
+            .strip_prefix(FORMAT)
+            .and_then(|c| c.strip_prefix('.'))
+            .and_then(|c| c.get(..8))
+        else {
+            return false;
+        };
+        self.refresh(false);
+        self.ring.read().ciphers.contains_key(id)
     }
 
     /// Opens a cookie value, checking its expiry against `now`.

@@ -7,7 +7,9 @@
 //!
 //! A token's signature is verified, and the key agreement with its TEE key
 //! done, once per replica; later requests with the same token bytes reuse
-//! them until the token expires.
+//! them until the token expires. Likewise a session cookie is opened once:
+//! later requests with the same cookie bytes find its token by digest, as
+//! long as the key that sealed the cookie still opens cookies.
 
 use cocoon_attestation::tee_pubkey_from_claims;
 use cocoon_attestation::token::{TokenError, TokenSigner};
@@ -81,6 +83,16 @@ impl VerifiedTokens {
         Ok(self.insert(digest, token.len(), claims, sealing, now))
     }
 
+    /// The token with this digest, if verified before and not expired.
+    pub fn get(&self, digest: &[u8; 32], now: i64) -> Option<VerifiedToken> {
+        self.map
+            .read()
+            .0
+            .get(digest)
+            .filter(|t| t.exp > now)
+            .cloned()
+    }
+
     /// Remembers a token this trustee just signed, with the sealing it
     /// already agreed (so the session's first fetch costs no verification).
     pub fn remember(
@@ -125,6 +137,59 @@ impl VerifiedTokens {
         }
         *bytes += len;
         t
+    }
+}
+
+/// What an opened, attested session cookie gave.
+#[derive(Clone)]
+struct OpenedCookie {
+    /// Session expiry.
+    exp: i64,
+    /// The TEE the session attested as.
+    tee: Arc<str>,
+    /// Digest of the session's token, for [`VerifiedTokens::get`].
+    token: [u8; 32],
+}
+
+/// Attested session cookies opened before, by the digest of their text.
+/// Entries are small (the token lives in [`VerifiedTokens`]); the map is
+/// bounded by count.
+#[derive(Default)]
+pub struct OpenedCookies {
+    map: RwLock<HashMap<[u8; 32], OpenedCookie>>,
+}
+
+impl OpenedCookies {
+    /// Digest a cookie is remembered under.
+    pub fn digest(cookie: &str) -> [u8; 32] {
+        Sha256::digest(cookie.as_bytes()).into()
+    }
+
+    /// The session TEE and the token digest of a cookie opened before, if
+    /// neither the session nor its token has expired at `now`.
+    pub fn get(&self, digest: &[u8; 32], now: i64) -> Option<(Arc<str>, [u8; 32])> {
+        let map = self.map.read();
+        let c = map.get(digest).filter(|c| c.exp > now)?;
+        Some((c.tee.clone(), c.token))
+    }
+
+    /// Remembers an opened cookie whose token verified.
+    pub fn insert(&self, digest: [u8; 32], exp: i64, tee: &str, token: [u8; 32], now: i64) {
+        let mut map = self.map.write();
+        if map.len() >= CAPACITY {
+            map.retain(|_, c| c.exp > now);
+            if map.len() >= CAPACITY {
+                map.clear();
+            }
+        }
+        map.insert(
+            digest,
+            OpenedCookie {
+                exp,
+                tee: tee.into(),
+                token,
+            },
+        );
     }
 }
 
@@ -200,5 +265,23 @@ mod tests {
         }
         let (map, bytes) = &*cache.map.read();
         assert_eq!(*bytes, map.values().map(|v| v.len).sum::<usize>());
+    }
+
+    /// An opened cookie is remembered only until it or its token expires,
+    /// and the map stays bounded.
+    #[test]
+    fn opened_cookies_expire_and_are_bounded() {
+        let c = OpenedCookies::default();
+        let d = OpenedCookies::digest("2.00000000.abc");
+        assert_ne!(d, OpenedCookies::digest("2.00000000.abd"));
+        c.insert(d, 100, "sample", [7; 32], 10);
+        assert_eq!(c.get(&d, 99).unwrap().1, [7; 32]);
+        assert_eq!(&*c.get(&d, 99).unwrap().0, "sample");
+        assert!(c.get(&d, 100).is_none());
+        assert!(c.get(&OpenedCookies::digest("other"), 10).is_none());
+        for i in 0..CAPACITY + 10 {
+            c.insert(OpenedCookies::digest(&i.to_string()), 100, "s", [0; 32], 10);
+        }
+        assert!(c.map.read().len() <= CAPACITY);
     }
 }
