@@ -6,6 +6,7 @@ mod bench_guest;
 mod bench_image;
 mod client;
 mod guest;
+mod guest_image;
 mod image;
 mod secret;
 mod tpm;
@@ -40,9 +41,9 @@ enum Command {
     /// Prepare a TPM for attestation: enroll an AK, read and extend PCRs.
     #[command(subcommand)]
     Tpm(tpm::TpmCommand),
-    /// Run the guest services (attestation agent, data hub, REST API) or their clients.
+    /// Build the pod VM's guest image; run the guest services (attestation agent, data hub, REST API) or their clients.
     #[command(subcommand)]
-    Guest(cocoon_guest::cli::GuestCommand),
+    Guest(GuestCommand),
     /// Images: pull/verify/decrypt/unpack as a guest does; encrypt and sign as an owner.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -52,6 +53,14 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Build the pod VM's guest image: Debian's kernel and an initramfs with the static guest binary as PID 1.
+    Build(guest_image::BuildArgs),
+    #[command(flatten)]
+    Services(cocoon_guest::cli::GuestCommand),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +87,10 @@ fn main() -> ExitCode {
             Command::Bench(b) => bench::run(b).await,
             Command::Secret(c) => secret::run(c),
             Command::Image(c) => image::run(c).await,
-            Command::Guest(g) => cocoon_guest::cli::run(g).await,
+            Command::Guest(GuestCommand::Build(a)) => {
+                tokio::task::spawn_blocking(move || guest_image::run(a)).await?
+            }
+            Command::Guest(GuestCommand::Services(g)) => cocoon_guest::cli::run(g).await,
             Command::Tpm(t) => tokio::task::spawn_blocking(move || tpm::run(t)).await?,
         }
     });

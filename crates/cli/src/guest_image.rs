@@ -1,0 +1,99 @@
+//! `cocoon guest build`: the pod VM's guest image.
+
+use anyhow::{Context, Result, bail};
+use cocoon_guest_image::{BuildOptions, build};
+use std::path::PathBuf;
+
+/// Build the pod VM's guest image (kernel, initramfs, command line, manifest).
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// The static guest binary to run as PID 1 (default: `cocoon-guest`
+    /// beside this executable, else the one scripts/build-guest makes).
+    #[arg(long, env = "COCOON_GUEST_BINARY")]
+    guest_binary: Option<PathBuf>,
+    /// The pinned kernel package as a file, instead of `apt-get download`.
+    #[arg(long)]
+    kernel_deb: Option<PathBuf>,
+    /// Download and unpack cache (default: $XDG_CACHE_HOME/cocoon or ~/.cache/cocoon).
+    #[arg(long, env = "COCOON_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    cmdline: Option<String>,
+}
+
+/// Default cache directory.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("cocoon");
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/cocoon"))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/cocoon"))
+}
+
+fn guest_binary() -> Result<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("cocoon-guest")));
+    let candidates = beside
+        .into_iter()
+        .chain(["release", "debug"].iter().map(|p| {
+            PathBuf::from(format!(
+                "target/static/x86_64-unknown-linux-gnu/{p}/cocoon-guest"
+            ))
+        }));
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    bail!("no static guest binary found: build it with scripts/build-guest, or pass --guest-binary")
+}
+
+pub fn run(a: BuildArgs) -> Result<()> {
+    let guest = match a.guest_binary {
+        Some(g) => g,
+        None => guest_binary()?,
+    };
+    let opts = BuildOptions {
+        out_dir: a.out.clone(),
+        guest_binary: guest,
+        cache_dir: a.cache_dir.unwrap_or_else(cache_dir),
+        kernel_deb: a.kernel_deb,
+        cmdline: a.cmdline,
+    };
+    let m =
+        build(&opts).with_context(|| format!("building the guest image in {}", a.out.display()))?;
+    let mb = |n: u64| n as f64 / 1_048_576.0;
+    println!("guest image in {}", a.out.display());
+    println!(
+        "  kernel   {} ({:.1} MiB) sha256 {}",
+        m.kernel_package,
+        mb(m.kernel.size),
+        m.kernel.sha256
+    );
+    println!("           sha384 {}", m.kernel.sha384);
+    println!(
+        "  initrd   {:.1} MiB, {} modules, sha256 {}",
+        mb(m.initrd.size),
+        m.modules.len(),
+        m.initrd.sha256
+    );
+    println!("           sha384 {}", m.initrd.sha384);
+    println!("  cmdline  \"{}\" sha256 {}", m.cmdline, m.cmdline_sha256);
+    println!("           sha384 {}", m.cmdline_sha384);
+    println!(
+        "  total    {:.1} MiB (kernel + initrd)",
+        mb(m.kernel.size + m.initrd.size)
+    );
+    println!("expected measurements:");
+    println!(
+        "  vtpm pcr12 (command line, extended by PID 1): {}",
+        m.measurements.vtpm_pcr12_sha256
+    );
+    Ok(())
+}

@@ -1,0 +1,381 @@
+//! The pod VM's guest image: Debian's kernel (pinned, [`debian::KERNEL`])
+//! and an initramfs holding the static guest binary as `/init` and the few
+//! kernel modules it loads. The build is reproducible: the same kernel
+//! package and guest binary give the same bytes (sorted archive, zero
+//! times, root ownership, single-threaded zstd).
+//!
+//! Output directory: `vmlinuz`, `initrd.img`, `cmdline`, `manifest.json`
+//! (what went in, the digests of kernel, initrd and command line, and the
+//! measurements that follow from them).
+
+pub mod cpio;
+pub mod debian;
+pub mod modules;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha384};
+use std::path::{Path, PathBuf};
+
+/// Modules the guest loads at boot (their dependencies come along):
+/// virtio transport and devices (agent port, initdata disk, network,
+/// entropy, vsock) and overlayfs for container root filesystems.
+pub const MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "vmw_vsock_virtio_transport",
+    "overlay",
+];
+
+/// The kernel command line the image is built for. `panic=-1` reboots at
+/// once on a panic, which the VMM turns into an exit (`-no-reboot`).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+
+/// Where the initramfs keeps modules, in load order.
+pub const MODULE_DIR: &str = "lib/modules";
+/// Load order of the modules in [`MODULE_DIR`], one name per line.
+pub const MODULE_ORDER: &str = "lib/modules/order";
+
+/// The TPM PCR the guest's PID 1 extends with the kernel command line
+/// (SHA-256 of `/proc/cmdline` without its final newline) before anything
+/// else; PCR 12 is where UEFI stubs put the command line too.
+pub const CMDLINE_PCR: u32 = 12;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Output directory (created).
+    pub out_dir: PathBuf,
+    /// The static guest binary.
+    pub guest_binary: PathBuf,
+    /// Download and unpack cache.
+    pub cache_dir: PathBuf,
+    /// The pinned kernel package as a file, instead of downloading it.
+    pub kernel_deb: Option<PathBuf>,
+    /// Kernel command line ([`DEFAULT_CMDLINE`] when `None`).
+    pub cmdline: Option<String>,
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Getting the kernel.
+    #[error(transparent)]
+    Kernel(#[from] debian::KernelError),
+    /// Module resolution.
+    #[error(transparent)]
+    Modules(#[from] modules::ModuleError),
+    /// The archive.
+    #[error(transparent)]
+    Cpio(#[from] cpio::CpioError),
+    /// The guest binary is not usable as PID 1.
+    #[error("{0}: {1}")]
+    Guest(PathBuf, String),
+    /// A bad command line.
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    /// Files.
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |e| BuildError::Io(p.to_path_buf(), e)
+}
+
+/// A file's size and digests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileDigest {
+    /// File name in the output directory.
+    pub file: String,
+    /// Bytes.
+    pub size: u64,
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// SHA-384, hex.
+    pub sha384: String,
+}
+
+impl FileDigest {
+    fn of(file: &str, bytes: &[u8]) -> Self {
+        Self {
+            file: file.into(),
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+            sha384: hex::encode(Sha384::digest(bytes)),
+        }
+    }
+}
+
+/// Measurements that follow from the image alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Measurements {
+    /// vTPM: PCR 12 (SHA-256 bank) after PID 1 extends the command line.
+    pub vtpm_pcr12_sha256: String,
+}
+
+/// What a build made.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    /// Kernel package name and version.
+    pub kernel_package: String,
+    /// `uname -r` of the kernel.
+    pub kernel_release: String,
+    /// SHA-256 of the guest binary.
+    pub guest_binary_sha256: String,
+    /// Modules in the initramfs, in load order.
+    pub modules: Vec<String>,
+    /// The kernel.
+    pub kernel: FileDigest,
+    /// The initramfs (zstd-compressed newc cpio).
+    pub initrd: FileDigest,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// SHA-256 of the command line, hex.
+    pub cmdline_sha256: String,
+    /// SHA-384 of the command line, hex.
+    pub cmdline_sha384: String,
+    /// Expected measurements.
+    pub measurements: Measurements,
+}
+
+impl Manifest {
+    /// Reads `manifest.json` from a built image directory.
+    pub fn load(dir: &Path) -> Result<Self, BuildError> {
+        let p = dir.join("manifest.json");
+        let text = std::fs::read(&p).map_err(io(&p))?;
+        serde_json::from_slice(&text)
+            .map_err(|e| BuildError::Io(p, std::io::Error::other(e.to_string())))
+    }
+}
+
+/// PCR value after extending a zero SHA-256 PCR once with `digest`.
+pub fn pcr_extend_sha256(pcr: &[u8; 32], digest: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(pcr);
+    h.update(digest);
+    h.finalize().into()
+}
+
+/// The expected PCR 12 after PID 1 measures `cmdline`.
+pub fn cmdline_pcr(cmdline: &str) -> [u8; 32] {
+    pcr_extend_sha256(&[0; 32], &Sha256::digest(cmdline.as_bytes()))
+}
+
+/// Checks that `bin` is a statically linked x86-64 ELF executable (a
+/// dynamic one cannot run as PID 1 in an initramfs without its loader).
+fn check_static(bin: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    let bad = |m: &str| BuildError::Guest(bin.to_path_buf(), m.to_string());
+    if bytes.get(..5) != Some(&[0x7f, b'E', b'L', b'F', 2][..]) {
+        return Err(bad("not an ELF64 executable"));
+    }
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if u16_at(0x12) != Some(0x3e) {
+        return Err(bad("not an x86-64 executable"));
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return Err(bad("truncated ELF header"));
+    };
+    for i in 0..usize::from(phnum) {
+        let off = usize::try_from(phoff)
+            .unwrap_or(usize::MAX)
+            .saturating_add(i.saturating_mul(usize::from(phentsize)));
+        let Some(kind) = bytes.get(off..off + 4) else {
+            return Err(bad("truncated program headers"));
+        };
+        // PT_INTERP: needs a dynamic loader.
+        if kind == 3u32.to_le_bytes() {
+            return Err(bad(
+                "dynamically linked; build it static (scripts/build-guest)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the image into `opts.out_dir` and returns its manifest.
+pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
+    let cmdline = opts.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+    if cmdline.contains('\n') || cmdline.contains('\0') || cmdline.len() > 2048 {
+        return Err(BuildError::Cmdline(
+            "one line of at most 2048 bytes, without NUL".into(),
+        ));
+    }
+    let pkg = &debian::KERNEL;
+    std::fs::create_dir_all(&opts.cache_dir).map_err(io(&opts.cache_dir))?;
+    let deb = debian::deb(&opts.cache_dir, pkg, opts.kernel_deb.as_deref())?;
+    let root = debian::unpacked(&opts.cache_dir, pkg, &deb)?;
+    let kernel_path = root.join(format!("boot/vmlinuz-{}", pkg.release));
+    let kernel = std::fs::read(&kernel_path).map_err(io(&kernel_path))?;
+
+    let guest = std::fs::read(&opts.guest_binary).map_err(io(&opts.guest_binary))?;
+    check_static(&opts.guest_binary, &guest)?;
+    let mods = modules::resolve(&root.join(format!("lib/modules/{}", pkg.release)), MODULES)?;
+
+    let mut a = cpio::Archive::default();
+    a.add("init", cpio::Node::File(guest.clone()), 0o755)?;
+    a.add("dev/console", cpio::Node::CharDev(5, 1), 0o600)?;
+    a.add("dev/null", cpio::Node::CharDev(1, 3), 0o666)?;
+    for d in ["proc", "sys", "run", "tmp", "etc", "mnt", "root"] {
+        a.add(d, cpio::Node::Dir, 0o755)?;
+    }
+    let mut order = String::new();
+    for m in &mods {
+        let bytes = std::fs::read(&m.path).map_err(io(&m.path))?;
+        a.add(
+            &format!("{MODULE_DIR}/{}.ko", m.name),
+            cpio::Node::File(bytes),
+            0o644,
+        )?;
+        order.push_str(&m.name);
+        order.push('\n');
+    }
+    a.add(MODULE_ORDER, cpio::Node::File(order.into_bytes()), 0o644)?;
+    let archive = a.to_bytes()?;
+    let initrd = compress(&archive).map_err(io(&opts.out_dir))?;
+
+    let out = &opts.out_dir;
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    let write = |name: &str, bytes: &[u8]| -> Result<(), BuildError> {
+        let p = out.join(name);
+        std::fs::write(&p, bytes).map_err(io(&p))
+    };
+    write("vmlinuz", &kernel)?;
+    write("initrd.img", &initrd)?;
+    write("cmdline", cmdline.as_bytes())?;
+    let manifest = Manifest {
+        kernel_package: format!("{}={}", pkg.name, pkg.version),
+        kernel_release: pkg.release.into(),
+        guest_binary_sha256: hex::encode(Sha256::digest(&guest)),
+        modules: mods.iter().map(|m| m.name.clone()).collect(),
+        kernel: FileDigest::of("vmlinuz", &kernel),
+        initrd: FileDigest::of("initrd.img", &initrd),
+        cmdline: cmdline.into(),
+        cmdline_sha256: hex::encode(Sha256::digest(cmdline.as_bytes())),
+        cmdline_sha384: hex::encode(Sha384::digest(cmdline.as_bytes())),
+        measurements: Measurements {
+            vtpm_pcr12_sha256: hex::encode(cmdline_pcr(cmdline)),
+        },
+    };
+    let mut json = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| BuildError::Io(out.join("manifest.json"), std::io::Error::other(e)))?;
+    json.push(b'\n');
+    write("manifest.json", &json)?;
+    Ok(manifest)
+}
+
+/// zstd at a high level, single-threaded (so the output depends only on
+/// the input), with a checksum the kernel verifies.
+fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut enc = zstd::stream::Encoder::new(Vec::with_capacity(data.len() / 3), 19)?;
+    enc.include_checksum(true)?;
+    std::io::Write::write_all(&mut enc, data)?;
+    enc.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_pcr_is_one_extend_of_the_digest() {
+        // Worked out independently: sha256(32 zero bytes || sha256("a")).
+        let d = Sha256::digest(b"a");
+        let mut m = vec![0u8; 32];
+        m.extend_from_slice(&d);
+        assert_eq!(cmdline_pcr("a").to_vec(), Sha256::digest(&m).to_vec());
+        assert_ne!(cmdline_pcr("a"), cmdline_pcr("a "));
+    }
+
+    #[test]
+    fn dynamic_or_foreign_binaries_refused() {
+        let p = Path::new("x");
+        assert!(check_static(p, b"#!/bin/sh\n").is_err());
+        let me = std::fs::read("/proc/self/exe").unwrap();
+        // Test binaries are dynamically linked.
+        let err = check_static(p, &me).unwrap_err().to_string();
+        assert!(err.contains("dynamically linked"), "{err}");
+        assert!(check_static(p, &me[..40]).is_err());
+    }
+}
+
+/// A static x86-64 program that powers the machine off at once (the
+/// `reboot` system call with `LINUX_REBOOT_CMD_POWER_OFF`), as a minimal
+/// ELF executable: the init of probe and floor-benchmark VMs.
+pub fn poweroff_elf() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    let code: [u8; 25] = [
+        0xb8, 0xa9, 0x00, 0x00, 0x00, // mov eax, 169 (reboot)
+        0xbf, 0xad, 0xde, 0xe1, 0xfe, // mov edi, LINUX_REBOOT_MAGIC1
+        0xbe, 0x69, 0x19, 0x12, 0x28, // mov esi, LINUX_REBOOT_MAGIC2
+        0xba, 0xdc, 0xfe, 0x21, 0x43, // mov edx, LINUX_REBOOT_CMD_POWER_OFF
+        0x0f, 0x05, // syscall
+        0x90, // nop
+        0xeb, 0xfe, // jmp . (only if the call failed)
+    ];
+    let total = 64 + 56 + code.len();
+    let mut e = Vec::with_capacity(total);
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&(BASE + 120).to_le_bytes()); // entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // flags
+    e.extend_from_slice(&64u16.to_le_bytes()); // ehsize
+    e.extend_from_slice(&56u16.to_le_bytes()); // phentsize
+    e.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    e.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    e.extend_from_slice(&0u64.to_le_bytes()); // offset
+    e.extend_from_slice(&BASE.to_le_bytes()); // vaddr
+    e.extend_from_slice(&BASE.to_le_bytes()); // paddr
+    e.extend_from_slice(&(total as u64).to_le_bytes()); // filesz
+    e.extend_from_slice(&(total as u64).to_le_bytes()); // memsz
+    e.extend_from_slice(&0x1000u64.to_le_bytes()); // align
+    e.extend_from_slice(&code);
+    e
+}
+
+/// An initramfs (uncompressed newc) whose `/init` powers off at once.
+pub fn poweroff_initramfs() -> Vec<u8> {
+    let mut a = cpio::Archive::default();
+    // Both adds are valid constant paths.
+    let _ = a.add("init", cpio::Node::File(poweroff_elf()), 0o755);
+    let _ = a.add("dev/console", cpio::Node::CharDev(5, 1), 0o600);
+    a.to_bytes().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod poweroff_tests {
+    use super::*;
+
+    /// The program is a valid static executable for our own check, and its
+    /// entry point is the first instruction.
+    #[test]
+    fn poweroff_elf_is_static_x86_64() {
+        let e = poweroff_elf();
+        check_static(Path::new("poweroff"), &e).unwrap();
+        assert_eq!(e.len(), 145);
+        assert_eq!(&e[120..125], &[0xb8, 0xa9, 0, 0, 0]);
+        assert_eq!(
+            u64::from_le_bytes(e[24..32].try_into().unwrap()),
+            0x40_0000 + 120
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! The host side of a pod VM: a driver that starts a VM from a guest image,
+//! hands it the pod's initdata bound into its TEE evidence, connects the
+//! agent channel, captures the console and tears everything down on every
+//! path. The driver sits behind [`Hypervisor`], so a remote (peer-pod)
+//! provider can stand beside the local QEMU one without its callers
+//! changing. This crate never links the guest's secret-holding code: it
+//! handles the initdata document (public configuration) and bytes on the
+//! agent channel only.
+
+pub mod kvm;
+pub mod qemu;
+
+use std::path::PathBuf;
+
+pub use qemu::Qemu;
+
+/// How the guest is isolated and measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A plain VM (development; nothing is measured).
+    None,
+    /// OVMF measured boot and a fresh software TPM per VM: the vTPM PCRs
+    /// cover firmware, kernel, initrd and command line; initdata goes to
+    /// PCR 8.
+    Vtpm,
+    /// Intel TDX: initdata in MRCONFIGID.
+    Tdx,
+    /// AMD SEV-SNP: initdata in HOST_DATA, kernel hashes in the launch digest.
+    Snp,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Mode::None),
+            "vtpm" => Ok(Mode::Vtpm),
+            "tdx" => Ok(Mode::Tdx),
+            "snp" => Ok(Mode::Snp),
+            o => Err(format!("unknown VM mode '{o}': use none, vtpm, tdx or snp")),
+        }
+    }
+}
+
+/// How the CPU is virtualized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualization.
+    Kvm,
+    /// Software emulation (QEMU TCG).
+    Tcg,
+}
+
+/// Everything a VM is started from.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Identifier (pod sandbox id); names the VM and its files.
+    pub id: String,
+    /// Isolation mode.
+    pub mode: Mode,
+    /// `None`: probe (KVM when it really works, else TCG).
+    pub accel: Option<Accel>,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u32,
+    /// Guest kernel.
+    pub kernel: PathBuf,
+    /// Guest initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Firmware: OVMF (vtpm), TDVF (tdx), AMDSEV.fd (snp). `None`: the
+    /// distribution's default for the mode.
+    pub firmware: Option<PathBuf>,
+    /// The pod's initdata document (TOML), if any.
+    pub initdata: Option<String>,
+    /// Directory for this VM's files (created; removed on teardown).
+    pub state_dir: PathBuf,
+    /// Where the guest console is written (kept after teardown).
+    pub console_log: PathBuf,
+}
+
+/// Why a VM could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A required program is missing.
+    #[error("{0} is not installed ({1}): install it (Debian: {2})")]
+    Missing(String, String, &'static str),
+    /// The spec cannot work.
+    #[error("invalid VM settings: {0}")]
+    Invalid(String),
+    /// The initdata document is not valid.
+    #[error("initdata: {0}")]
+    InitData(#[from] cocoon_types::initdata::InitDataError),
+    /// The VM did not come up.
+    #[error("the VM failed to start: {0}")]
+    Start(String),
+    /// Files and processes.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The VMM exited with this status (0: the guest powered off).
+    Exited(i32),
+    /// The VMM was killed by this signal.
+    Signaled(i32),
+}
+
+/// A running VM.
+#[async_trait::async_trait]
+pub trait Vm: Send + Sync {
+    /// The ttrpc address of the guest agent (`unix://@...`).
+    fn agent_address(&self) -> String;
+    /// Digest of the initdata bound into the VM (the algorithm the
+    /// document declares), if it was given one.
+    fn initdata_digest(&self) -> Option<Vec<u8>>;
+    /// How the CPU is virtualized.
+    fn accel(&self) -> Accel;
+    /// Waits until the VM ends.
+    async fn wait(&self) -> VmExit;
+    /// Stops the VM (and its helpers), removes its state directory.
+    async fn stop(&self) -> Result<VmExit, VmError>;
+}
+
+/// Starts VMs.
+#[async_trait::async_trait]
+pub trait Hypervisor: Send + Sync {
+    /// Starts a VM; returns once its processes run (the agent may still be
+    /// booting: callers poll the agent's health check).
+    async fn start(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmError>;
+}

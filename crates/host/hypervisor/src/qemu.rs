@@ -1,0 +1,619 @@
+//! The local driver: one QEMU process per VM (plus a fresh swtpm in vtpm
+//! mode), each started from a thread that lives exactly as long as the
+//! process and asks the kernel to SIGKILL it if that thread dies, so a
+//! driver killed with SIGKILL takes its VMs with it. Sockets are abstract
+//! (the agent channel) or socket pairs (the vTPM), so nothing is left in
+//! the filesystem; a state directory whose driver died is removed by the
+//! next [`gc_stale`].
+
+use crate::{Accel, Hypervisor, Mode, Vm, VmError, VmExit, VmSpec};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use cocoon_types::initdata::{InitData, disk_image};
+use std::os::unix::io::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use tokio::sync::watch;
+
+/// Default firmware per mode (Debian's packages).
+pub fn default_firmware(mode: Mode) -> Option<&'static str> {
+    match mode {
+        Mode::None => None,
+        Mode::Vtpm => Some("/usr/share/ovmf/OVMF.fd"),
+        Mode::Tdx => Some("/usr/share/ovmf/OVMF.inteltdx.fd"),
+        Mode::Snp => Some("/usr/share/ovmf/AMDSEV.fd"),
+    }
+}
+
+/// The fd number the vTPM control socket has in QEMU.
+const TPM_FD: i32 = 3;
+/// The fd number the control socket has in swtpm.
+const SWTPM_FD: i32 = 3;
+
+/// SEV-SNP parameters of the host CPU (CPUID 0x8000001F EBX).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnpCpu {
+    /// Position of the C-bit in page table entries.
+    pub cbitpos: u32,
+    /// Physical address bits lost to memory encryption.
+    pub reduced_phys_bits: u32,
+}
+
+impl SnpCpu {
+    /// From CPUID 0x8000001F EBX: bits 5:0 C-bit position, 11:6 reduced bits.
+    pub fn from_ebx(ebx: u32) -> Self {
+        Self {
+            cbitpos: ebx & 0x3f,
+            reduced_phys_bits: (ebx >> 6) & 0x3f,
+        }
+    }
+
+    /// This host's, if it reports SEV (CPUID leaf present).
+    pub fn host() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let max = core::arch::x86_64::__cpuid(0x8000_0000).eax;
+            if max < 0x8000_001f {
+                return None;
+            }
+            let r = core::arch::x86_64::__cpuid(0x8000_001f);
+            // EAX bit 4: SEV-SNP supported.
+            (r.eax & (1 << 4) != 0).then(|| Self::from_ebx(r.ebx))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
+}
+
+/// Files and names one VM uses.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Abstract socket name of the agent channel (without the `@`).
+    pub agent_socket: String,
+    /// The initdata disk image, if any.
+    pub initdata_disk: Option<PathBuf>,
+}
+
+/// Fits a digest into a TEE field of `len` bytes: cut, or zero-padded.
+fn fit(digest: &[u8], len: usize) -> Vec<u8> {
+    let mut v = digest[..digest.len().min(len)].to_vec();
+    v.resize(len, 0);
+    v
+}
+
+/// QEMU's arguments for `spec` (pure: no files are touched).
+pub fn args(
+    spec: &VmSpec,
+    accel: Accel,
+    layout: &Layout,
+    initdata_digest: Option<&[u8]>,
+    snp: Option<SnpCpu>,
+) -> Result<Vec<String>, VmError> {
+    if spec.vcpus == 0 || spec.vcpus > 256 {
+        return Err(VmError::Invalid(format!("{} vCPUs (1-256)", spec.vcpus)));
+    }
+    if spec.memory_mib < 64 {
+        return Err(VmError::Invalid(format!(
+            "{} MiB of memory (at least 64)",
+            spec.memory_mib
+        )));
+    }
+    if matches!(spec.mode, Mode::Tdx | Mode::Snp) && accel != Accel::Kvm {
+        return Err(VmError::Invalid(format!(
+            "{:?} needs KVM on a host with that TEE; this host has no usable KVM",
+            spec.mode
+        )));
+    }
+    let p = |p: &Path| p.display().to_string();
+    let mut machine = format!(
+        "q35,accel={}",
+        match accel {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    );
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |v: &[&str]| a.extend(v.iter().map(|s| s.to_string()));
+    match spec.mode {
+        Mode::Tdx => {
+            machine.push_str(",kernel_irqchip=split,confidential-guest-support=tdx");
+            let mut obj = serde_json_like_tdx(initdata_digest);
+            obj.push('}');
+            push(&["-object", &obj]);
+        }
+        Mode::Snp => {
+            let cpu = snp.ok_or_else(|| {
+                VmError::Invalid("snp mode on a host whose CPU does not report SEV-SNP".into())
+            })?;
+            machine.push_str(",confidential-guest-support=snp,memory-backend=ram1");
+            let mut obj = format!(
+                "sev-snp-guest,id=snp,cbitpos={},reduced-phys-bits={},kernel-hashes=on,policy=0x30000",
+                cpu.cbitpos, cpu.reduced_phys_bits
+            );
+            if let Some(d) = initdata_digest {
+                obj.push_str(&format!(",host-data={}", B64.encode(fit(d, 32))));
+            }
+            push(&["-object", &obj]);
+            push(&[
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=ram1,size={}M,share=true,prealloc=false",
+                    spec.memory_mib
+                ),
+            ]);
+        }
+        Mode::None | Mode::Vtpm => {}
+    }
+    let cpu = match (accel, spec.mode) {
+        (Accel::Tcg, _) => "max",
+        (Accel::Kvm, Mode::Snp) => "EPYC-v4",
+        (Accel::Kvm, _) => "host",
+    };
+    push(&[
+        "-name",
+        &format!("cocoon-{},debug-threads=on", spec.id),
+        "-machine",
+        &machine,
+        "-cpu",
+        cpu,
+        "-smp",
+        &spec.vcpus.to_string(),
+        "-m",
+        &format!("{}M", spec.memory_mib),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        &format!("file:{}", p(&spec.console_log)),
+        "-kernel",
+        &p(&spec.kernel),
+        "-initrd",
+        &p(&spec.initrd),
+        "-append",
+        &spec.cmdline,
+    ]);
+    let firmware = spec
+        .firmware
+        .clone()
+        .or_else(|| default_firmware(spec.mode).map(PathBuf::from));
+    if let Some(fw) = &firmware {
+        push(&["-bios", &p(fw)]);
+    }
+    if spec.mode == Mode::Vtpm {
+        push(&[
+            "-chardev",
+            &format!("socket,id=chrtpm,fd={TPM_FD}"),
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            "-device",
+            "tpm-tis,tpmdev=tpm0",
+        ]);
+    }
+    push(&[
+        "-device",
+        "virtio-serial-pci,id=vser0",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},abstract=on,server=on,wait=off",
+            layout.agent_socket
+        ),
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=agent,name=agent.0",
+        "-device",
+        "virtio-rng-pci",
+    ]);
+    if let Some(disk) = &layout.initdata_disk {
+        push(&[
+            "-drive",
+            &format!(
+                "file={},if=none,id=initdata,format=raw,readonly=on",
+                p(disk)
+            ),
+            "-device",
+            "virtio-blk-pci,drive=initdata,serial=initdata",
+        ]);
+    }
+    Ok(a)
+}
+
+/// The `tdx-guest` object as JSON, without its closing brace.
+fn serde_json_like_tdx(initdata_digest: Option<&[u8]>) -> String {
+    let mut obj = String::from(r#"{"qom-type":"tdx-guest","id":"tdx""#);
+    if let Some(d) = initdata_digest {
+        obj.push_str(&format!(r#","mrconfigid":"{}""#, B64.encode(fit(d, 48))));
+    }
+    obj.push_str(
+        r#","quote-generation-socket":{"type":"unix","path":"/var/run/tdx-qgs/qgs.socket"}"#,
+    );
+    obj
+}
+
+/// A process started from a keeper thread.
+struct Kept {
+    pid: u32,
+    exit: watch::Receiver<Option<VmExit>>,
+}
+
+/// Starts `cmd` from a thread that waits for it: the child gets SIGKILL
+/// when that thread (and so this process) dies. `fd` is passed to the
+/// child as `child_fd`.
+fn spawn_kept(mut cmd: Command, name: &str, fd: Option<(OwnedFd, i32)>) -> Result<Kept, VmError> {
+    let parent = std::process::id() as libc::pid_t;
+    let raw = fd.as_ref().map(|(f, n)| (f.as_raw_fd(), *n));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The driver died between fork and prctl: nobody would kill us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            if let Some((from, to)) = raw {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let (tx_pid, rx_pid) = std::sync::mpsc::channel();
+    let (tx_exit, rx_exit) = watch::channel(None);
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(format!("keep-{name}"))
+        .spawn(move || {
+            let child = cmd.spawn();
+            drop(fd);
+            let mut child = match child {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx_pid.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx_pid.send(Ok(child.id()));
+            let status = child.wait();
+            use std::os::unix::process::ExitStatusExt;
+            let exit = match status {
+                Ok(s) => match (s.code(), s.signal()) {
+                    (Some(c), _) => VmExit::Exited(c),
+                    (None, Some(sig)) => VmExit::Signaled(sig),
+                    _ => VmExit::Exited(-1),
+                },
+                Err(_) => VmExit::Exited(-1),
+            };
+            tracing::debug!(process = %label, ?exit, "exited");
+            let _ = tx_exit.send(Some(exit));
+        })
+        .map_err(|e| VmError::Io(format!("starting {name}"), e))?;
+    let pid = rx_pid
+        .recv()
+        .map_err(|_| VmError::Start(format!("{name} did not start")))?
+        .map_err(|e| VmError::Io(format!("starting {name}"), e))?;
+    Ok(Kept { pid, exit: rx_exit })
+}
+
+async fn wait_kept(k: &Kept) -> VmExit {
+    let mut rx = k.exit.clone();
+    loop {
+        if let Some(e) = rx.borrow_and_update().clone() {
+            return e;
+        }
+        if rx.changed().await.is_err() {
+            return VmExit::Exited(-1);
+        }
+    }
+}
+
+fn find(prog: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+/// The local QEMU driver.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    qemu: PathBuf,
+    swtpm: Option<PathBuf>,
+}
+
+impl Qemu {
+    /// Finds `qemu-system-x86_64` (and `swtpm`, needed for vtpm mode).
+    pub fn new() -> Result<Self, VmError> {
+        let qemu = find("qemu-system-x86_64").ok_or_else(|| {
+            VmError::Missing(
+                "qemu-system-x86_64".into(),
+                "not on PATH".into(),
+                "apt-get install qemu-system-x86 ovmf",
+            )
+        })?;
+        Ok(Self {
+            qemu,
+            swtpm: find("swtpm"),
+        })
+    }
+
+    /// The QEMU binary.
+    pub fn binary(&self) -> &Path {
+        &self.qemu
+    }
+}
+
+/// A VM run by [`Qemu`].
+pub struct QemuVm {
+    qemu: Kept,
+    swtpm: Option<Kept>,
+    agent_socket: String,
+    state_dir: PathBuf,
+    initdata_digest: Option<Vec<u8>>,
+    accel: Accel,
+}
+
+/// The file in a state directory naming the driver that owns it.
+const OWNER: &str = "owner";
+
+/// `pid start-time` of this process (start time from /proc, so a reused
+/// pid is not taken for the owner).
+fn owner_tag(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let start = after.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
+}
+
+/// Removes VM state directories under `parent` whose driver is gone
+/// (killed before it could clean up).
+pub fn gc_stale(parent: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let dir = e.path();
+        let Ok(tag) = std::fs::read_to_string(dir.join(OWNER)) else {
+            continue;
+        };
+        let alive = tag
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(owner_tag)
+            .is_some_and(|t| t == tag.trim());
+        if !alive {
+            tracing::info!(dir = %dir.display(), "removing the state of a VM whose driver died");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+    let w = what.into();
+    move |e| VmError::Io(w, e)
+}
+
+#[async_trait::async_trait]
+impl Hypervisor for Qemu {
+    async fn start(&self, spec: VmSpec) -> Result<Box<dyn Vm>, VmError> {
+        let accel = match spec.accel {
+            Some(a) => a,
+            None => {
+                let (qemu, kernel) = (self.qemu.clone(), spec.kernel.clone());
+                let cache = spec.state_dir.parent().map(Path::to_path_buf);
+                tokio::task::spawn_blocking(move || {
+                    crate::kvm::accel_for(&qemu, &kernel, cache.as_deref())
+                })
+                .await
+                .unwrap_or(Accel::Tcg)
+            }
+        };
+        std::fs::create_dir_all(&spec.state_dir)
+            .map_err(io(format!("creating {}", spec.state_dir.display())))?;
+        let tag = owner_tag(std::process::id()).unwrap_or_default();
+        std::fs::write(spec.state_dir.join(OWNER), &tag).map_err(io("writing the owner file"))?;
+        let vm = self.launch(&spec, accel).await;
+        if vm.is_err() {
+            let _ = std::fs::remove_dir_all(&spec.state_dir);
+        }
+        vm
+    }
+}
+
+impl Qemu {
+    async fn launch(&self, spec: &VmSpec, accel: Accel) -> Result<Box<dyn Vm>, VmError> {
+        let (digest, disk) = match &spec.initdata {
+            Some(text) => {
+                let d = InitData::parse(text)?;
+                let path = spec.state_dir.join("initdata.img");
+                std::fs::write(&path, disk_image(text)).map_err(io("writing the initdata disk"))?;
+                (Some(d.digest), Some(path))
+            }
+            None => (None, None),
+        };
+        let layout = Layout {
+            agent_socket: format!("cocoon-agent-{}-{}", spec.id, std::process::id()),
+            initdata_disk: disk,
+        };
+        let snp = if spec.mode == Mode::Snp {
+            SnpCpu::host()
+        } else {
+            None
+        };
+        let argv = args(spec, accel, &layout, digest.as_deref(), snp)?;
+        if let Some(fw) = spec
+            .firmware
+            .clone()
+            .or_else(|| default_firmware(spec.mode).map(PathBuf::from))
+            && !fw.is_file()
+        {
+            return Err(VmError::Missing(
+                format!("firmware {}", fw.display()),
+                "no such file".into(),
+                "apt-get install ovmf",
+            ));
+        }
+        let mut swtpm = None;
+        let mut tpm_fd = None;
+        if spec.mode == Mode::Vtpm {
+            let bin = self.swtpm.clone().ok_or_else(|| {
+                VmError::Missing(
+                    "swtpm".into(),
+                    "not on PATH".into(),
+                    "apt-get install swtpm",
+                )
+            })?;
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(io("creating the vTPM socket pair"))?;
+            let tpm_dir = spec.state_dir.join("tpm");
+            std::fs::create_dir_all(&tpm_dir).map_err(io("creating the vTPM state directory"))?;
+            let mut cmd = Command::new(bin);
+            cmd.args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", tpm_dir.display()))
+                .args(["--ctrl", &format!("type=unixio,clientfd={SWTPM_FD}")])
+                .arg("--log")
+                .arg(format!(
+                    "file={},level=1",
+                    spec.state_dir.join("swtpm.log").display()
+                ))
+                .arg("--terminate")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            swtpm = Some(spawn_kept(cmd, "swtpm", Some((theirs.into(), SWTPM_FD)))?);
+            tpm_fd = Some((OwnedFd::from(ours), TPM_FD));
+        }
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(spec.state_dir.join("qemu.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            );
+        tracing::debug!(args = ?argv, "starting QEMU");
+        let qemu = match spawn_kept(cmd, "qemu", tpm_fd) {
+            Ok(q) => q,
+            Err(e) => {
+                if let Some(s) = &swtpm {
+                    kill(s.pid);
+                }
+                return Err(e);
+            }
+        };
+        // QEMU fails fast on bad arguments: report its own words.
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        if let Some(exit) = qemu.exit.borrow().clone() {
+            let log = std::fs::read_to_string(spec.state_dir.join("qemu.log")).unwrap_or_default();
+            if let Some(s) = &swtpm {
+                kill(s.pid);
+            }
+            return Err(VmError::Start(format!(
+                "QEMU exited ({exit:?}): {}",
+                log.trim()
+            )));
+        }
+        Ok(Box::new(QemuVm {
+            qemu,
+            swtpm,
+            agent_socket: layout.agent_socket,
+            state_dir: spec.state_dir.clone(),
+            initdata_digest: digest,
+            accel,
+        }))
+    }
+}
+
+fn kill(pid: u32) {
+    // SAFETY: signalling a child we started and have not reaped yet.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+fn terminate(pid: u32) {
+    // SAFETY: as in `kill`.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+#[async_trait::async_trait]
+impl Vm for QemuVm {
+    fn agent_address(&self) -> String {
+        format!("unix://@{}", self.agent_socket)
+    }
+
+    fn initdata_digest(&self) -> Option<Vec<u8>> {
+        self.initdata_digest.clone()
+    }
+
+    fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    async fn wait(&self) -> VmExit {
+        wait_kept(&self.qemu).await
+    }
+
+    async fn stop(&self) -> Result<VmExit, VmError> {
+        let done = self.qemu.exit.borrow().is_some();
+        if !done {
+            terminate(self.qemu.pid);
+        }
+        let exit =
+            match tokio::time::timeout(std::time::Duration::from_secs(5), wait_kept(&self.qemu))
+                .await
+            {
+                Ok(e) => e,
+                Err(_) => {
+                    kill(self.qemu.pid);
+                    wait_kept(&self.qemu).await
+                }
+            };
+        if let Some(s) = &self.swtpm {
+            if s.exit.borrow().is_none() {
+                // --terminate ends it when QEMU goes; make sure.
+                if tokio::time::timeout(std::time::Duration::from_secs(2), wait_kept(s))
+                    .await
+                    .is_err()
+                {
+                    kill(s.pid);
+                    wait_kept(s).await;
+                }
+            }
+        }
+        std::fs::remove_dir_all(&self.state_dir)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(io(format!("removing {}", self.state_dir.display())))?;
+        Ok(exit)
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        // A VM is never left running by a dropped handle.
+        if self.qemu.exit.borrow().is_none() {
+            kill(self.qemu.pid);
+        }
+        if let Some(s) = &self.swtpm
+            && s.exit.borrow().is_none()
+        {
+            kill(s.pid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

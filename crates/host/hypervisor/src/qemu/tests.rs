@@ -1,0 +1,221 @@
+use super::*;
+
+fn spec(mode: Mode) -> VmSpec {
+    VmSpec {
+        id: "pod1".into(),
+        mode,
+        accel: None,
+        vcpus: 2,
+        memory_mib: 512,
+        kernel: "/img/vmlinuz".into(),
+        initrd: "/img/initrd.img".into(),
+        cmdline: "console=ttyS0 quiet".into(),
+        firmware: None,
+        initdata: None,
+        state_dir: "/run/cocoon/vm/pod1".into(),
+        console_log: "/var/log/cocoon/pod1.log".into(),
+    }
+}
+
+fn layout(disk: bool) -> Layout {
+    Layout {
+        agent_socket: "cocoon-agent-pod1-7".into(),
+        initdata_disk: disk.then(|| "/run/cocoon/vm/pod1/initdata.img".into()),
+    }
+}
+
+/// The value following `flag` (every occurrence).
+fn values<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+    a.windows(2)
+        .filter(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+        .collect()
+}
+
+#[test]
+fn plain_vm_under_emulation() {
+    let a = args(&spec(Mode::None), Accel::Tcg, &layout(false), None, None).unwrap();
+    assert_eq!(values(&a, "-machine"), ["q35,accel=tcg"]);
+    assert_eq!(values(&a, "-cpu"), ["max"]);
+    assert_eq!(values(&a, "-smp"), ["2"]);
+    assert_eq!(values(&a, "-m"), ["512M"]);
+    assert_eq!(values(&a, "-kernel"), ["/img/vmlinuz"]);
+    assert_eq!(values(&a, "-initrd"), ["/img/initrd.img"]);
+    assert_eq!(values(&a, "-append"), ["console=ttyS0 quiet"]);
+    assert_eq!(values(&a, "-serial"), ["file:/var/log/cocoon/pod1.log"]);
+    assert!(values(&a, "-bios").is_empty(), "no firmware in plain mode");
+    assert!(
+        a.iter().any(|x| x == "-no-reboot"),
+        "a guest panic ends the VM"
+    );
+    assert!(
+        values(&a, "-chardev")
+            .contains(&"socket,id=agent,path=cocoon-agent-pod1-7,abstract=on,server=on,wait=off")
+    );
+    assert!(
+        values(&a, "-device").contains(&"virtserialport,bus=vser0.0,chardev=agent,name=agent.0")
+    );
+    assert!(values(&a, "-tpmdev").is_empty());
+    assert!(values(&a, "-drive").is_empty());
+}
+
+#[test]
+fn vtpm_has_ovmf_and_a_tpm_on_a_passed_socket() {
+    let a = args(
+        &spec(Mode::Vtpm),
+        Accel::Tcg,
+        &layout(true),
+        Some(&[1; 32]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(values(&a, "-bios"), ["/usr/share/ovmf/OVMF.fd"]);
+    assert!(values(&a, "-chardev").contains(&"socket,id=chrtpm,fd=3"));
+    assert_eq!(values(&a, "-tpmdev"), ["emulator,id=tpm0,chardev=chrtpm"]);
+    assert!(values(&a, "-device").contains(&"tpm-tis,tpmdev=tpm0"));
+    assert_eq!(
+        values(&a, "-drive"),
+        ["file=/run/cocoon/vm/pod1/initdata.img,if=none,id=initdata,format=raw,readonly=on"]
+    );
+    assert!(values(&a, "-device").contains(&"virtio-blk-pci,drive=initdata,serial=initdata"));
+    // vTPM binds initdata in the guest (PCR 8), not in QEMU's arguments.
+    assert!(
+        !a.iter()
+            .any(|x| x.contains("mrconfigid") || x.contains("host-data"))
+    );
+}
+
+#[test]
+fn tdx_object_binds_initdata_in_mrconfigid() {
+    let sha384 = [0xab; 48];
+    let a = args(
+        &spec(Mode::Tdx),
+        Accel::Kvm,
+        &layout(true),
+        Some(&sha384),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        values(&a, "-machine"),
+        ["q35,accel=kvm,kernel_irqchip=split,confidential-guest-support=tdx"]
+    );
+    assert_eq!(values(&a, "-cpu"), ["host"]);
+    let obj = values(&a, "-object")[0];
+    assert_eq!(
+        obj,
+        format!(
+            r#"{{"qom-type":"tdx-guest","id":"tdx","mrconfigid":"{}","quote-generation-socket":{{"type":"unix","path":"/var/run/tdx-qgs/qgs.socket"}}}}"#,
+            B64.encode([0xab; 48])
+        )
+    );
+    assert_eq!(values(&a, "-bios"), ["/usr/share/ovmf/OVMF.inteltdx.fd"]);
+    // A sha256 digest is zero-padded to MRCONFIGID's 48 bytes.
+    let a = args(
+        &spec(Mode::Tdx),
+        Accel::Kvm,
+        &layout(true),
+        Some(&[1; 32]),
+        None,
+    )
+    .unwrap();
+    let mut padded = vec![1u8; 32];
+    padded.resize(48, 0);
+    assert!(values(&a, "-object")[0].contains(&B64.encode(&padded)));
+    // Without initdata there is no mrconfigid at all.
+    let a = args(&spec(Mode::Tdx), Accel::Kvm, &layout(false), None, None).unwrap();
+    assert!(!values(&a, "-object")[0].contains("mrconfigid"));
+}
+
+#[test]
+fn snp_object_cuts_initdata_to_host_data() {
+    let cpu = SnpCpu::from_ebx(0x0000_0073);
+    assert_eq!(
+        cpu,
+        SnpCpu {
+            cbitpos: 51,
+            reduced_phys_bits: 1
+        }
+    );
+    let sha384: Vec<u8> = (0..48).collect();
+    let a = args(
+        &spec(Mode::Snp),
+        Accel::Kvm,
+        &layout(true),
+        Some(&sha384),
+        Some(cpu),
+    )
+    .unwrap();
+    assert_eq!(
+        values(&a, "-machine"),
+        ["q35,accel=kvm,confidential-guest-support=snp,memory-backend=ram1"]
+    );
+    assert_eq!(values(&a, "-cpu"), ["EPYC-v4"]);
+    let objs = values(&a, "-object");
+    assert_eq!(
+        objs[0],
+        format!(
+            "sev-snp-guest,id=snp,cbitpos=51,reduced-phys-bits=1,kernel-hashes=on,policy=0x30000,host-data={}",
+            B64.encode(&sha384[..32])
+        )
+    );
+    assert_eq!(
+        objs[1],
+        "memory-backend-memfd,id=ram1,size=512M,share=true,prealloc=false"
+    );
+    assert_eq!(values(&a, "-bios"), ["/usr/share/ovmf/AMDSEV.fd"]);
+    // No SEV-SNP CPU: a clear error, not a broken command line.
+    let err = args(&spec(Mode::Snp), Accel::Kvm, &layout(false), None, None).unwrap_err();
+    assert!(err.to_string().contains("SEV-SNP"), "{err}");
+}
+
+#[test]
+fn tees_need_kvm_and_sizes_are_checked() {
+    for m in [Mode::Tdx, Mode::Snp] {
+        let err = args(&spec(m), Accel::Tcg, &layout(false), None, None).unwrap_err();
+        assert!(err.to_string().contains("needs KVM"), "{err}");
+    }
+    let mut s = spec(Mode::None);
+    s.vcpus = 0;
+    assert!(args(&s, Accel::Tcg, &layout(false), None, None).is_err());
+    let mut s = spec(Mode::None);
+    s.memory_mib = 16;
+    assert!(args(&s, Accel::Tcg, &layout(false), None, None).is_err());
+    let mut s = spec(Mode::Vtpm);
+    s.firmware = Some("/fw/OVMF.custom.fd".into());
+    let a = args(&s, Accel::Tcg, &layout(false), None, None).unwrap();
+    assert_eq!(values(&a, "-bios"), ["/fw/OVMF.custom.fd"]);
+}
+
+#[test]
+fn mode_names() {
+    assert_eq!("vtpm".parse::<Mode>(), Ok(Mode::Vtpm));
+    assert!(
+        "sgx"
+            .parse::<Mode>()
+            .unwrap_err()
+            .contains("none, vtpm, tdx or snp")
+    );
+}
+
+/// A state directory whose owner is gone is removed; a live one is kept.
+#[test]
+fn stale_state_is_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let dead = dir.path().join("dead");
+    let other = dir.path().join("not-a-vm");
+    for d in [&live, &dead, &other] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(live.join(OWNER), owner_tag(std::process::id()).unwrap()).unwrap();
+    // Our pid with another start time: a reused pid, so the owner is gone.
+    std::fs::write(dead.join(OWNER), format!("{} 1", std::process::id())).unwrap();
+    gc_stale(dir.path());
+    assert!(live.exists());
+    assert!(!dead.exists());
+    assert!(
+        other.exists(),
+        "directories that are not VM state are left alone"
+    );
+}
