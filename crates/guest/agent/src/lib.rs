@@ -7,6 +7,7 @@ pub mod aa;
 pub mod cdh;
 pub mod cli;
 pub mod eventlog;
+pub mod pod;
 pub mod rest;
 pub mod services;
 

@@ -37,6 +37,10 @@ fn args() -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    // As a pod VM's init: the agent, never returning.
+    if std::process::id() == 1 {
+        cocoon_guest::pod::run_pid1();
+    }
     let cli = Cli::parse_from(args());
     cocoon_guest::cli::init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
