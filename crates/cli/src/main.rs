@@ -60,7 +60,7 @@ enum GuestCommand {
     /// Build the pod VM's guest image: Debian's kernel and an initramfs with the static guest binary as PID 1.
     Build(guest_image::BuildArgs),
     #[command(flatten)]
-    Services(cocoon_guest::cli::GuestCommand),
+    Services(Box<cocoon_guest::cli::GuestCommand>),
 }
 
 fn main() -> ExitCode {
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
             Command::Guest(GuestCommand::Build(a)) => {
                 tokio::task::spawn_blocking(move || guest_image::run(a)).await?
             }
-            Command::Guest(GuestCommand::Services(g)) => cocoon_guest::cli::run(g).await,
+            Command::Guest(GuestCommand::Services(g)) => cocoon_guest::cli::run(*g).await,
             Command::Tpm(t) => tokio::task::spawn_blocking(move || tpm::run(t)).await?,
         }
     });

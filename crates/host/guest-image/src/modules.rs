@@ -174,7 +174,7 @@ mod tests {
         elf.extend_from_slice(shstrtab);
         let info_off = elf.len();
         elf.extend_from_slice(modinfo);
-        while elf.len() % 8 != 0 {
+        while !elf.len().is_multiple_of(8) {
             elf.push(0);
         }
         let shoff = elf.len();

@@ -122,6 +122,8 @@ pub trait Vm: Send + Sync {
     fn initdata_digest(&self) -> Option<Vec<u8>>;
     /// How the CPU is virtualized.
     fn accel(&self) -> Accel;
+    /// Host processes serving this VM (VMM, vTPM); empty for remote VMs.
+    fn pids(&self) -> Vec<u32>;
     /// Waits until the VM ends.
     async fn wait(&self) -> VmExit;
     /// Stops the VM (and its helpers), removes its state directory.

@@ -252,10 +252,10 @@ fn spawn_kept(mut cmd: Command, name: &str, fd: Option<(OwnedFd, i32)>) -> Resul
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            if let Some((from, to)) = raw {
-                if libc::dup2(from, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some((from, to)) = raw
+                && libc::dup2(from, to) < 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -557,6 +557,12 @@ impl Vm for QemuVm {
         self.accel
     }
 
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.qemu.pid)
+            .chain(self.swtpm.as_ref().map(|s| s.pid))
+            .collect()
+    }
+
     async fn wait(&self) -> VmExit {
         wait_kept(&self.qemu).await
     }
@@ -576,17 +582,15 @@ impl Vm for QemuVm {
                     wait_kept(&self.qemu).await
                 }
             };
-        if let Some(s) = &self.swtpm {
-            if s.exit.borrow().is_none() {
-                // --terminate ends it when QEMU goes; make sure.
-                if tokio::time::timeout(std::time::Duration::from_secs(2), wait_kept(s))
-                    .await
-                    .is_err()
-                {
-                    kill(s.pid);
-                    wait_kept(s).await;
-                }
-            }
+        // swtpm's --terminate ends it when QEMU goes; make sure.
+        if let Some(s) = &self.swtpm
+            && s.exit.borrow().is_none()
+            && tokio::time::timeout(std::time::Duration::from_secs(2), wait_kept(s))
+                .await
+                .is_err()
+        {
+            kill(s.pid);
+            wait_kept(s).await;
         }
         std::fs::remove_dir_all(&self.state_dir)
             .or_else(|e| {

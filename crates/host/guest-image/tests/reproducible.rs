@@ -1,0 +1,66 @@
+//! Two builds of the guest image from the same inputs give the same bytes,
+//! and the image holds what the manifest says.
+//!
+//! Needs the static guest binary (scripts/build-guest) and the pinned
+//! kernel package (downloaded with apt-get into the cache on first use).
+
+use cocoon_guest_image::{BuildOptions, Manifest, build};
+use std::path::{Path, PathBuf};
+
+fn guest_binary() -> PathBuf {
+    let bin = std::env::var_os("COCOON_GUEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../target/static/x86_64-unknown-linux-gnu/release/cocoon-guest")
+        });
+    assert!(
+        bin.is_file(),
+        "no static guest binary at {}: run scripts/build-guest",
+        bin.display()
+    );
+    bin
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("COCOON_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cocoon"))
+}
+
+#[test]
+fn two_builds_are_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = |n: &str| BuildOptions {
+        out_dir: dir.path().join(n),
+        guest_binary: guest_binary(),
+        cache_dir: cache(),
+        kernel_deb: None,
+        cmdline: None,
+    };
+    let a = build(&opts("a")).unwrap();
+    let b = build(&opts("b")).unwrap();
+    assert_eq!(a, b);
+    for f in ["vmlinuz", "initrd.img", "cmdline", "manifest.json"] {
+        let x = std::fs::read(dir.path().join("a").join(f)).unwrap();
+        let y = std::fs::read(dir.path().join("b").join(f)).unwrap();
+        assert!(x == y, "{f} differs between two builds");
+    }
+    assert_eq!(Manifest::load(&dir.path().join("a")).unwrap(), a);
+    // The initramfs carries the modules the guest loads, dependencies first.
+    let pos = |m: &str| a.modules.iter().position(|x| x == m).unwrap();
+    assert!(pos("virtio_pci") > pos("virtio_ring"));
+    assert!(pos("virtio_console") > pos("virtio_ring"));
+    assert!(a.modules.contains(&"overlay".to_string()));
+    // Another command line changes the command-line digest and PCR only.
+    let mut o = opts("c");
+    o.cmdline = Some("console=ttyS0 panic=-1".into());
+    let c = build(&o).unwrap();
+    assert_eq!(c.initrd, a.initrd);
+    assert_ne!(c.cmdline_sha256, a.cmdline_sha256);
+    assert_ne!(c.measurements, a.measurements);
+    eprintln!(
+        "guest image: kernel {} bytes, initrd {} bytes",
+        a.kernel.size, a.initrd.size
+    );
+}

@@ -1,0 +1,227 @@
+//! Pod VMs for real: the guest image we build, booted by QEMU under
+//! software emulation here (KVM where it works), with OVMF and a fresh
+//! swtpm in vtpm mode. One boot per case; each checks several things.
+//!
+//! Needs the static guest binary (scripts/build-guest) and QEMU, OVMF and
+//! swtpm (scripts/test installs them). `COCOON_GUEST_IMAGE` names a built
+//! image directory; without it the image is built here.
+
+use cocoon_hypervisor::{Accel, Hypervisor, Mode, Qemu, VmExit, VmSpec};
+use cocoon_pod::{PodError, PodVm, ctx};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..")
+}
+
+/// The guest image directory (built once per test process if not given).
+fn image() -> &'static Path {
+    static IMG: OnceLock<PathBuf> = OnceLock::new();
+    IMG.get_or_init(|| {
+        if let Some(d) = std::env::var_os("COCOON_GUEST_IMAGE") {
+            return PathBuf::from(d);
+        }
+        let bin = std::env::var_os("COCOON_GUEST_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                repo_root().join("target/static/x86_64-unknown-linux-gnu/release/cocoon-guest")
+            });
+        assert!(
+            bin.is_file(),
+            "no static guest binary at {}: run scripts/build-guest (or set COCOON_GUEST_IMAGE)",
+            bin.display()
+        );
+        let out = std::env::temp_dir().join(format!("cocoon-test-image-{}", std::process::id()));
+        let cache = std::env::var_os("COCOON_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/cocoon"));
+        cocoon_guest_image::build(&cocoon_guest_image::BuildOptions {
+            out_dir: out.clone(),
+            guest_binary: bin,
+            cache_dir: cache,
+            kernel_deb: None,
+            cmdline: None,
+        })
+        .expect("building the guest image");
+        out
+    })
+}
+
+fn spec(dir: &Path, id: &str, mode: Mode) -> VmSpec {
+    let img = image();
+    VmSpec {
+        id: id.into(),
+        mode,
+        accel: Some(Accel::Tcg),
+        vcpus: 1,
+        memory_mib: 256,
+        kernel: img.join("vmlinuz"),
+        initrd: img.join("initrd.img"),
+        cmdline: std::fs::read_to_string(img.join("cmdline")).unwrap(),
+        firmware: None,
+        initdata: None,
+        state_dir: dir.join("state").join(id),
+        console_log: dir.join(format!("{id}.console.log")),
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is gone for our purposes; /proc/<pid>/stat says which.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://127.0.0.1:8080\"\n'''\n";
+
+/// A plain VM: the agent answers on the virtio-serial channel, services
+/// that do not exist yet answer not-implemented, a stop leaves no process
+/// and no state behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_vm_agent_answers_and_stop_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = Qemu::new().expect("QEMU (scripts/test installs it)");
+    let s = spec(dir.path(), "plain", Mode::None);
+    let state = s.state_dir.clone();
+    let console = s.console_log.clone();
+    let pod = PodVm::start(&qemu, s, BOOT_TIMEOUT).await.unwrap();
+    eprintln!("plain VM: agent ready after {:?}", pod.boot_time);
+    let (api, build) = pod.agent.version().await.unwrap();
+    assert_eq!(api, "0.0.1");
+    assert!(build.starts_with("cocoon-guest "), "{build}");
+    let err = pod
+        .agent
+        .agent
+        .destroy_sandbox(ctx(Duration::from_secs(10)), &Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("NOT_IMPLEMENTED") || format!("{err:?}").contains("not"),
+        "{err:?}"
+    );
+    let pids = pod.vm().pids();
+    assert_eq!(pids.len(), 1);
+    assert!(state.is_dir());
+    let exit = pod.stop().await.unwrap();
+    assert!(matches!(exit, VmExit::Exited(_) | VmExit::Signaled(_)));
+    assert!(!state.exists(), "state directory removed");
+    for p in pids {
+        assert!(!alive(p), "process {p} still running");
+    }
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(log.contains("agent ready"), "console log kept: {log}");
+}
+
+/// vtpm mode: OVMF measured boot with a fresh swtpm; the initdata disk is
+/// found and its digest logged; the command line is measured.
+#[tokio::test(flavor = "multi_thread")]
+async fn vtpm_vm_with_initdata() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = Qemu::new().unwrap();
+    let mut s = spec(dir.path(), "vtpm", Mode::Vtpm);
+    s.initdata = Some(INITDATA.into());
+    let console = s.console_log.clone();
+    let pod = PodVm::start(&qemu, s, BOOT_TIMEOUT).await.unwrap();
+    eprintln!("vtpm VM: agent ready after {:?}", pod.boot_time);
+    let digest = pod.vm().initdata_digest().unwrap();
+    assert_eq!(digest.len(), 48);
+    let pids = pod.vm().pids();
+    assert_eq!(pids.len(), 2, "QEMU and swtpm");
+    pod.stop().await.unwrap();
+    for p in pids {
+        assert!(!alive(p), "process {p} still running");
+    }
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(log.contains("kernel command line measured"), "{log}");
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        log.contains(&format!("initdata found digest={hex}")) || log.contains(&hex),
+        "{log}"
+    );
+}
+
+/// A guest kernel panic ends the VM: the driver reports it instead of
+/// waiting for an agent that will never answer, and cleans up.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_panic_ends_the_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = Qemu::new().unwrap();
+    let mut s = spec(dir.path(), "panic", Mode::None);
+    s.cmdline.push_str(" rdinit=/no-such-init");
+    let state = s.state_dir.clone();
+    match PodVm::start(&qemu, s, BOOT_TIMEOUT).await {
+        Err(PodError::VmEnded(_)) => {}
+        Err(e) => panic!("expected the VM to end, got {e}"),
+        Ok(_) => panic!("a VM without init must not come up"),
+    }
+    assert!(!state.exists());
+}
+
+/// The driver killed with SIGKILL takes its VM and vTPM with it. The
+/// driver is this test binary run again as a child process.
+#[test]
+fn killed_driver_takes_its_vm_along() {
+    if let Some(out) = std::env::var_os("COCOON_TEST_DRIVER_OUT") {
+        // Child: start a vtpm VM, report the pids, wait to be killed.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let dir = PathBuf::from(&out).parent().unwrap().to_path_buf();
+            let qemu = Qemu::new().unwrap();
+            let vm = qemu.start(spec(&dir, "killed", Mode::Vtpm)).await.unwrap();
+            let pids: Vec<String> = vm.pids().iter().map(|p| p.to_string()).collect();
+            std::fs::write(&out, pids.join(" ")).unwrap();
+            tokio::time::sleep(Duration::from_secs(600)).await;
+        });
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pids");
+    let _ = image();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "killed_driver_takes_its_vm_along", "--nocapture"])
+        .env("COCOON_TEST_DRIVER_OUT", &out)
+        .env("COCOON_GUEST_IMAGE", image())
+        .spawn()
+        .unwrap();
+    let mut pids = String::new();
+    for _ in 0..600 {
+        pids = std::fs::read_to_string(&out).unwrap_or_default();
+        if !pids.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids: Vec<u32> = pids
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "QEMU and swtpm started");
+    assert!(pids.iter().all(|p| alive(*p)));
+    // SAFETY: killing our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let mut left = pids.clone();
+    for _ in 0..100 {
+        left.retain(|p| alive(*p));
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        left.is_empty(),
+        "still running after the driver died: {left:?}"
+    );
+    // Its state is collected by the next driver.
+    let state = dir.path().join("state");
+    assert!(state.join("killed").exists());
+    cocoon_hypervisor::qemu::gc_stale(&state);
+    assert!(!state.join("killed").exists());
+}
