@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Guest(crate::bench_guest::GuestBenchArgs),
     /// Image pipeline: encrypted vs plain pull, vs skopeo, decryption vs the SHA-256 floor.
     Image(crate::bench_image::ImageBenchArgs),
+    /// Pod VM: boot to agent ready against a QEMU floor boot of the same kernel and firmware.
+    Pod(crate::bench_pod::PodBenchArgs),
 }
 
 /// `cocoon bench kbs`.
@@ -141,6 +143,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Kbs(a) => a,
         BenchCommand::Guest(g) => return crate::bench_guest::run(g).await,
         BenchCommand::Image(i) => return crate::bench_image::run(i).await,
+        BenchCommand::Pod(p) => return crate::bench_pod::run(p).await,
     };
     if a.clients == 0 || a.duration == 0 {
         bail!("--clients and --duration must be positive");

@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod bench_guest;
 mod bench_image;
+mod bench_pod;
 mod client;
 mod guest;
 mod guest_image;
