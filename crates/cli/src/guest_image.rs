@@ -46,8 +46,10 @@ fn guest_binary() -> Result<PathBuf> {
                 "target/static/x86_64-unknown-linux-gnu/{p}/cocoon-guest"
             ))
         }));
+    // A dynamically linked build beside us (a debug `cargo build`) cannot
+    // be PID 1: look further.
     for c in candidates {
-        if c.is_file() {
+        if cocoon_guest_image::is_static_executable(&c) {
             return Ok(c);
         }
     }

@@ -206,6 +206,11 @@ fn check_static(bin: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Whether `path` is a static x86-64 executable that can run as PID 1.
+pub fn is_static_executable(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| check_static(path, &b).is_ok())
+}
+
 /// Builds the image into `opts.out_dir` and returns its manifest.
 pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let cmdline = opts.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);

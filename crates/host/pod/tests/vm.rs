@@ -79,7 +79,17 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-const INITDATA: &str = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://127.0.0.1:8080\"\n'''\n";
+/// Initdata pointing the attestation agent at a trustee (not contacted
+/// here) whose certificate it pins.
+fn initdata() -> String {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])
+        .unwrap()
+        .cert
+        .pem();
+    format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://127.0.0.1:8080\"\ncert = \"\"\"\n{cert}\"\"\"\n'''\n"
+    )
+}
 
 /// A plain VM: the agent answers on the virtio-serial channel, services
 /// that do not exist yet answer not-implemented, a stop leaves no process
@@ -120,26 +130,37 @@ async fn plain_vm_agent_answers_and_stop_leaves_nothing() {
 }
 
 /// vtpm mode: OVMF measured boot with a fresh swtpm; the initdata disk is
-/// found and its digest logged; the command line is measured.
+/// found and its digest logged; the command line is measured; the
+/// attestation agent starts on the vTPM with the initdata bound.
 #[tokio::test(flavor = "multi_thread")]
 async fn vtpm_vm_with_initdata() {
     let dir = tempfile::tempdir().unwrap();
     let qemu = Qemu::new().unwrap();
     let mut s = spec(dir.path(), "vtpm", Mode::Vtpm);
-    s.initdata = Some(INITDATA.into());
+    s.initdata = Some(initdata());
     let console = s.console_log.clone();
     let pod = PodVm::start(&qemu, s, BOOT_TIMEOUT).await.unwrap();
     eprintln!("vtpm VM: agent ready after {:?}", pod.boot_time);
     let digest = pod.vm().initdata_digest().unwrap();
-    assert_eq!(digest.len(), 48);
+    assert_eq!(digest.len(), 32, "a vTPM binds SHA-256 initdata");
     let pids = pod.vm().pids();
     assert_eq!(pids.len(), 2, "QEMU and swtpm");
+    // The guest services start beside the agent, not before it.
+    for _ in 0..1200 {
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        if log.contains("attestation agent ready") || log.contains("ERROR") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     pod.stop().await.unwrap();
     for p in pids {
         assert!(!alive(p), "process {p} still running");
     }
     let log = std::fs::read_to_string(&console).unwrap();
     assert!(log.contains("kernel command line measured"), "{log}");
+    assert!(log.contains("attestation agent ready"), "{log}");
+    assert!(log.contains("tee=tpm"), "{log}");
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     assert!(
         log.contains(&format!("initdata found digest={hex}")) || log.contains(&hex),

@@ -26,7 +26,7 @@ pub fn run_pid1() -> ! {
         eprintln!("cocoon-guest: {e}");
         init::power_off();
     }
-    crate::cli::init_logging();
+    init_console_logging();
     match setup() {
         Ok(()) => {}
         Err(e) => {
@@ -50,6 +50,26 @@ pub fn run_pid1() -> ! {
         tracing::error!("{e:#}");
     }
     init::power_off();
+}
+
+/// Logs to the console without colour, filtered by `cocoon.log=` on the
+/// kernel command line (default `info`).
+fn init_console_logging() {
+    let level = std::fs::read_to_string("/proc/cmdline")
+        .ok()
+        .and_then(|c| {
+            c.split_whitespace()
+                .find_map(|a| a.strip_prefix("cocoon.log=").map(str::to_string))
+        })
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn setup() -> anyhow::Result<()> {
@@ -87,9 +107,66 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
+    tokio::spawn(start_guest_services());
     let name = AGENT_SOCKET.trim_start_matches("unix://@").to_string();
     tracing::info!(port = %port.display(), after_ms = started.elapsed().as_millis() as u64, "agent ready");
     let bridge = std::thread::spawn(move || channel::bridge(port, name));
     let r = tokio::task::spawn_blocking(move || bridge.join()).await;
     anyhow::bail!("the agent channel ended: {r:?}")
+}
+
+/// Parses a guest service command line (as `cocoon-guest` takes it).
+#[derive(clap::Parser)]
+struct ServiceArgs {
+    #[command(subcommand)]
+    cmd: crate::cli::GuestCommand,
+}
+
+fn service(args: &[&str]) -> anyhow::Result<crate::cli::GuestCommand> {
+    use clap::Parser;
+    let argv = std::iter::once("cocoon-guest").chain(args.iter().copied());
+    Ok(ServiceArgs::try_parse_from(argv)?.cmd)
+}
+
+/// With initdata, starts the attestation agent (which binds the initdata
+/// to the TEE first: PCR 8 on a vTPM), then the data hub when initdata
+/// configures one, then the workload REST API, as tasks of PID 1. A
+/// service that fails is logged; the agent keeps serving (containers that
+/// need no secret still run).
+async fn start_guest_services() {
+    let initdata = Path::new(INITDATA_DIR).join("initdata.toml");
+    if !initdata.is_file() {
+        tracing::info!("no initdata: attestation agent and data hub not started");
+        return;
+    }
+    let init = initdata.display().to_string();
+    let spawn = |name: &'static str, args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        match service(&refs) {
+            Ok(cmd) => {
+                tokio::spawn(async move {
+                    if let Err(e) = crate::cli::run(cmd).await {
+                        tracing::error!(service = name, "{e:#}");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(service = name, "{e}"),
+        }
+    };
+    spawn(
+        "attestation-agent",
+        vec!["aa".into(), "--initdata-toml".into(), init.clone()],
+    );
+    let aa_socket = crate::services::DEFAULT_AA_SOCKET.trim_start_matches("unix://");
+    let t = std::time::Instant::now();
+    while !Path::new(aa_socket).exists() && t.elapsed() < std::time::Duration::from_secs(60) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    if Path::new(INITDATA_DIR).join("cdh.toml").is_file() {
+        spawn(
+            "confidential-data-hub",
+            vec!["cdh".into(), "--initdata-toml".into(), init],
+        );
+    }
+    spawn("api-server-rest", vec!["api-server".into()]);
 }
