@@ -73,6 +73,35 @@ pub struct Layout {
     pub agent_socket: String,
     /// The initdata disk image, if any.
     pub initdata_disk: Option<PathBuf>,
+    /// The guest's vsock context id, where the host has vhost-vsock (the
+    /// agent is then reached on vsock port [`AGENT_VSOCK_PORT`]).
+    pub vsock_cid: Option<u32>,
+}
+
+/// The vsock port the agent listens on (Kata's).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Whether this host can give guests a vsock device.
+pub fn vhost_vsock_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/vhost-vsock")
+        .is_ok()
+}
+
+/// A context id for a new guest: random above the reserved ones (0-2),
+/// so concurrent VMs rarely collide (QEMU refuses a CID in use, and the
+/// start is retried with another).
+fn new_cid() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom(&mut b);
+    3 + (u32::from_le_bytes(b) % (u32::MAX / 2))
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
 /// Fits a digest into a TEE field of `len` bytes: cut, or zero-padded.
@@ -204,6 +233,12 @@ pub fn args(
         "-device",
         "virtio-rng-pci",
     ]);
+    if let Some(cid) = layout.vsock_cid {
+        push(&[
+            "-device",
+            &format!("vhost-vsock-pci,id=vsock0,guest-cid={cid}"),
+        ]);
+    }
     if let Some(disk) = &layout.initdata_disk {
         push(&[
             "-drive",
@@ -351,6 +386,7 @@ pub struct QemuVm {
     qemu: Kept,
     swtpm: Option<Kept>,
     agent_socket: String,
+    vsock_cid: Option<u32>,
     state_dir: PathBuf,
     initdata_digest: Option<Vec<u8>>,
     accel: Accel,
@@ -416,7 +452,16 @@ impl Hypervisor for Qemu {
             .map_err(io(format!("creating {}", spec.state_dir.display())))?;
         let tag = owner_tag(std::process::id()).unwrap_or_default();
         std::fs::write(spec.state_dir.join(OWNER), &tag).map_err(io("writing the owner file"))?;
-        let vm = self.launch(&spec, accel).await;
+        let mut vm = self.launch(&spec, accel).await;
+        // A vsock context id another VM holds: try other ids.
+        for _ in 0..3 {
+            match &vm {
+                Err(VmError::Start(m)) if m.contains("guest-cid") || m.contains("guest cid") => {
+                    vm = self.launch(&spec, accel).await;
+                }
+                _ => break,
+            }
+        }
         if vm.is_err() {
             let _ = std::fs::remove_dir_all(&spec.state_dir);
         }
@@ -438,6 +483,7 @@ impl Qemu {
         let layout = Layout {
             agent_socket: format!("cocoon-agent-{}-{}", spec.id, std::process::id()),
             initdata_disk: disk,
+            vsock_cid: vhost_vsock_usable().then(new_cid),
         };
         let snp = if spec.mode == Mode::Snp {
             SnpCpu::host()
@@ -522,6 +568,7 @@ impl Qemu {
             qemu,
             swtpm,
             agent_socket: layout.agent_socket,
+            vsock_cid: layout.vsock_cid,
             state_dir: spec.state_dir.clone(),
             initdata_digest: digest,
             accel,
@@ -546,7 +593,10 @@ fn terminate(pid: u32) {
 #[async_trait::async_trait]
 impl Vm for QemuVm {
     fn agent_address(&self) -> String {
-        format!("unix://@{}", self.agent_socket)
+        match self.vsock_cid {
+            Some(cid) => format!("vsock://{cid}:{AGENT_VSOCK_PORT}"),
+            None => format!("unix://@{}", self.agent_socket),
+        }
     }
 
     fn initdata_digest(&self) -> Option<Vec<u8>> {

@@ -10,6 +10,10 @@ pub mod init;
 /// guest; the channel bridge connects the host's port to it.
 pub const AGENT_SOCKET: &str = "unix://@cocoon-pod-agent";
 
+/// The vsock address the agent also listens on where the VM has a vsock
+/// device (Kata's port).
+pub const AGENT_VSOCK: &str = "vsock://-1:1024";
+
 /// Name of the virtio-serial port the host reaches the agent on.
 pub const AGENT_PORT: &str = "agent.0";
 
@@ -96,6 +100,26 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
         .start()
         .await
         .map_err(|e| anyhow::anyhow!("starting the agent server: {e}"))?;
+    // The same services on vsock where the VM has a vsock device.
+    let _vsock = match ttrpc::r#async::Server::new().bind(AGENT_VSOCK) {
+        Ok(s) => {
+            let mut s = s.register_service(agent::services());
+            match s.start().await {
+                Ok(()) => {
+                    tracing::info!(addr = AGENT_VSOCK, "agent listening on vsock");
+                    Some(s)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no vsock listener");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no vsock device");
+            None
+        }
+    };
     // The port appears once virtio_console is loaded; udev is not running,
     // so wait for the device node.
     let port = loop {

@@ -21,6 +21,7 @@ fn layout(disk: bool) -> Layout {
     Layout {
         agent_socket: "cocoon-agent-pod1-7".into(),
         initdata_disk: disk.then(|| "/run/cocoon/vm/pod1/initdata.img".into()),
+        vsock_cid: None,
     }
 }
 
@@ -185,6 +186,30 @@ fn tees_need_kvm_and_sizes_are_checked() {
     s.firmware = Some("/fw/OVMF.custom.fd".into());
     let a = args(&s, Accel::Tcg, &layout(false), None, None).unwrap();
     assert_eq!(values(&a, "-bios"), ["/fw/OVMF.custom.fd"]);
+}
+
+/// Where the host has vhost-vsock the guest gets a vsock device (the
+/// serial port stays, so one guest image serves both hosts).
+#[test]
+fn vsock_device_when_the_host_has_one() {
+    let mut l = layout(false);
+    assert!(
+        !values(
+            &args(&spec(Mode::None), Accel::Kvm, &l, None, None).unwrap(),
+            "-device"
+        )
+        .iter()
+        .any(|d| d.starts_with("vhost-vsock"))
+    );
+    l.vsock_cid = Some(1234);
+    let a = args(&spec(Mode::None), Accel::Kvm, &l, None, None).unwrap();
+    assert!(values(&a, "-device").contains(&"vhost-vsock-pci,id=vsock0,guest-cid=1234"));
+    assert!(
+        values(&a, "-device").contains(&"virtserialport,bus=vser0.0,chardev=agent,name=agent.0")
+    );
+    for _ in 0..100 {
+        assert!(new_cid() >= 3);
+    }
 }
 
 #[test]
