@@ -46,6 +46,14 @@ pub enum AgentError {
     Internal(String),
 }
 
+/// The guest's async runtime: two workers (guests have few vCPUs).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 /// Runs blocking device I/O on the blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

@@ -43,11 +43,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(args());
     cocoon_guest::cli::init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match cocoon_guest::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
