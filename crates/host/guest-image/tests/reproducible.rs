@@ -37,6 +37,7 @@ fn two_builds_are_byte_identical() {
         cache_dir: cache(),
         kernel_deb: None,
         cmdline: None,
+        compression: Default::default(),
     };
     let a = build(&opts("a")).unwrap();
     let b = build(&opts("b")).unwrap();
@@ -59,8 +60,22 @@ fn two_builds_are_byte_identical() {
     assert_eq!(c.initrd, a.initrd);
     assert_ne!(c.cmdline_sha256, a.cmdline_sha256);
     assert_ne!(c.measurements, a.measurements);
+    // The shipping form: zstd, also reproducible, the same archive inside.
+    let mut z = opts("z1");
+    z.compression = cocoon_guest_image::Compression::Zstd;
+    let z1 = build(&z).unwrap();
+    z.out_dir = dir.path().join("z2");
+    let z2 = build(&z).unwrap();
+    assert_eq!(z1.initrd, z2.initrd);
+    assert!(
+        z1.initrd.size * 2 < a.initrd.size,
+        "zstd shrinks the initramfs"
+    );
+    let plain = std::fs::read(dir.path().join("a/initrd.img")).unwrap();
+    let packed = std::fs::read(dir.path().join("z1/initrd.img")).unwrap();
+    assert_eq!(zstd::decode_all(&packed[..]).unwrap(), plain);
     eprintln!(
-        "guest image: kernel {} bytes, initrd {} bytes",
-        a.kernel.size, a.initrd.size
+        "guest image: kernel {} bytes, initrd {} bytes ({} with zstd)",
+        a.kernel.size, a.initrd.size, z1.initrd.size
     );
 }

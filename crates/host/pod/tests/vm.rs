@@ -45,6 +45,7 @@ fn image() -> &'static Path {
             cache_dir: cache,
             kernel_deb: None,
             cmdline: None,
+            compression: Default::default(),
         })
         .expect("building the guest image");
         out
