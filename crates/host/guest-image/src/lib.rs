@@ -135,10 +135,15 @@ impl FileDigest {
     }
 }
 
+/// What OVMF appends to the kernel command line when it hands the kernel
+/// an initrd (the kernel, and so PID 1, see it in `/proc/cmdline`).
+pub const OVMF_INITRD_ARG: &str = "initrd=initrd";
+
 /// Measurements that follow from the image alone.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Measurements {
-    /// vTPM: PCR 12 (SHA-256 bank) after PID 1 extends the command line.
+    /// vTPM: PCR 12 (SHA-256 bank) after PID 1 extends the command line
+    /// as the kernel got it from OVMF (with [`OVMF_INITRD_ARG`] appended).
     pub vtpm_pcr12_sha256: String,
 }
 
@@ -304,7 +309,7 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         cmdline_sha256: hex::encode(Sha256::digest(cmdline.as_bytes())),
         cmdline_sha384: hex::encode(Sha384::digest(cmdline.as_bytes())),
         measurements: Measurements {
-            vtpm_pcr12_sha256: hex::encode(cmdline_pcr(cmdline)),
+            vtpm_pcr12_sha256: hex::encode(cmdline_pcr(&format!("{cmdline} {OVMF_INITRD_ARG}"))),
         },
     };
     let mut json = serde_json::to_vec_pretty(&manifest)

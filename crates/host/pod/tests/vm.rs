@@ -160,6 +160,16 @@ async fn vtpm_vm_with_initdata() {
     }
     let log = std::fs::read_to_string(&console).unwrap();
     assert!(log.contains("kernel command line measured"), "{log}");
+    // PCR 12 holds what the image manifest predicts from the artifacts.
+    let m = cocoon_guest_image::Manifest::load(image()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "pcr=12 value={}",
+            m.measurements.vtpm_pcr12_sha256
+        )),
+        "expected PCR 12 {}: {log}",
+        m.measurements.vtpm_pcr12_sha256
+    );
     assert!(log.contains("attestation agent ready"), "{log}");
     assert!(log.contains("tee=tpm"), "{log}");
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

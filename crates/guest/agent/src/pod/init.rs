@@ -131,18 +131,21 @@ pub fn cmdline() -> Result<String, InitError> {
 pub const CMDLINE_PCR: u32 = 12;
 
 /// Extends [`CMDLINE_PCR`] with SHA-256 of `cmdline` when the guest has a
-/// TPM; returns whether it did.
-pub fn measure_cmdline(cmdline: &str) -> Result<bool, InitError> {
+/// TPM; returns the register's new value, if it did.
+pub fn measure_cmdline(cmdline: &str) -> Result<Option<[u8; 32]>, InitError> {
     let dev = ["/dev/tpmrm0", "/dev/tpm0"]
         .into_iter()
         .find(|d| Path::new(d).exists());
-    let Some(dev) = dev else { return Ok(false) };
+    let Some(dev) = dev else { return Ok(None) };
     let digest: [u8; 32] = Sha256::digest(cmdline.as_bytes()).into();
     let mut tpm = cocoon_tpm::device::Tpm::open(&cocoon_tpm::device::Tcti::Device(dev.into()))
         .map_err(|e| InitError::Measure(CMDLINE_PCR, e.to_string()))?;
     tpm.pcr_extend_sha256(CMDLINE_PCR, &digest)
         .map_err(|e| InitError::Measure(CMDLINE_PCR, e.to_string()))?;
-    Ok(true)
+    let pcrs = tpm
+        .pcr_read_sha256()
+        .map_err(|e| InitError::Measure(CMDLINE_PCR, e.to_string()))?;
+    Ok(pcrs.get(CMDLINE_PCR as usize).copied())
 }
 
 /// The initdata document on the VM's initdata disk, if it has one: the

@@ -77,8 +77,12 @@ fn setup() -> anyhow::Result<()> {
     let cmdline = init::cmdline()?;
     let mods = init::load_modules(Path::new("/lib/modules"), Path::new("/lib/modules/order"))?;
     tracing::debug!(modules = mods.len(), "kernel modules loaded");
-    if init::measure_cmdline(&cmdline)? {
-        tracing::info!(pcr = init::CMDLINE_PCR, "kernel command line measured");
+    if let Some(value) = init::measure_cmdline(&cmdline)? {
+        tracing::info!(
+            pcr = init::CMDLINE_PCR,
+            value = %hex::encode(value),
+            "kernel command line measured"
+        );
     }
     if let Some(text) = init::find_initdata()? {
         let doc = init::write_initdata(Path::new(INITDATA_DIR), &text)?;
