@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha384};
 use std::path::{Path, PathBuf};
 
-/// Modules the guest loads at boot (their dependencies come along):
-/// virtio transport and devices (agent port, initdata disk, network,
-/// entropy, vsock) and overlayfs for container root filesystems.
-pub const MODULES: &[&str] = &[
-    "virtio_pci",
-    "virtio_console",
-    "virtio_blk",
+/// Modules the guest loads before its agent answers (their dependencies
+/// come along): the virtio transport, the agent port and the initdata disk.
+pub const EARLY_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtio_blk"];
+
+/// Modules the guest loads once its agent answers: network, entropy, vsock
+/// and overlayfs for container root filesystems.
+pub const LATE_MODULES: &[&str] = &[
     "virtio_net",
     "virtio_rng",
     "vmw_vsock_virtio_transport",
@@ -35,8 +35,10 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
 
 /// Where the initramfs keeps modules, in load order.
 pub const MODULE_DIR: &str = "lib/modules";
-/// Load order of the modules in [`MODULE_DIR`], one name per line.
+/// Load order of the early modules in [`MODULE_DIR`], one name per line.
 pub const MODULE_ORDER: &str = "lib/modules/order";
+/// Load order of the late modules (after the early ones).
+pub const MODULE_ORDER_LATE: &str = "lib/modules/order.late";
 
 /// The TPM PCR the guest's PID 1 extends with the kernel command line
 /// (SHA-256 of `/proc/cmdline` without its final newline) before anything
@@ -261,7 +263,16 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
 
     let guest = std::fs::read(&opts.guest_binary).map_err(io(&opts.guest_binary))?;
     check_static(&opts.guest_binary, &guest)?;
-    let mods = modules::resolve(&root.join(format!("lib/modules/{}", pkg.release)), MODULES)?;
+    let tree = root.join(format!("lib/modules/{}", pkg.release));
+    let early = modules::resolve(&tree, EARLY_MODULES)?;
+    let all: Vec<&str> = EARLY_MODULES.iter().chain(LATE_MODULES).copied().collect();
+    // Everything, dependencies first; the early ones (a closed set) first.
+    let mut mods = early.clone();
+    mods.extend(
+        modules::resolve(&tree, &all)?
+            .into_iter()
+            .filter(|m| !early.contains(m)),
+    );
 
     let mut a = cpio::Archive::default();
     a.add("init", cpio::Node::File(guest.clone()), 0o755)?;
@@ -270,18 +281,28 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     for d in ["proc", "sys", "run", "tmp", "etc", "mnt", "root"] {
         a.add(d, cpio::Node::Dir, 0o755)?;
     }
-    let mut order = String::new();
-    for m in &mods {
+    let (mut order, mut late) = (String::new(), String::new());
+    for (i, m) in mods.iter().enumerate() {
         let bytes = std::fs::read(&m.path).map_err(io(&m.path))?;
         a.add(
             &format!("{MODULE_DIR}/{}.ko", m.name),
             cpio::Node::File(bytes),
             0o644,
         )?;
-        order.push_str(&m.name);
-        order.push('\n');
+        let list = if i < early.len() {
+            &mut order
+        } else {
+            &mut late
+        };
+        list.push_str(&m.name);
+        list.push('\n');
     }
     a.add(MODULE_ORDER, cpio::Node::File(order.into_bytes()), 0o644)?;
+    a.add(
+        MODULE_ORDER_LATE,
+        cpio::Node::File(late.into_bytes()),
+        0o644,
+    )?;
     let archive = a.to_bytes()?;
     let initrd = match opts.compression {
         Compression::None => archive,

@@ -53,6 +53,9 @@ fn two_builds_are_byte_identical() {
     assert!(pos("virtio_pci") > pos("virtio_ring"));
     assert!(pos("virtio_console") > pos("virtio_ring"));
     assert!(a.modules.contains(&"overlay".to_string()));
+    // The agent's channel and the initdata disk come before the rest.
+    assert!(pos("virtio_blk") < pos("virtio_net"));
+    assert!(pos("virtio_console") < pos("overlay"));
     // Another command line changes the command-line digest and PCR only.
     let mut o = opts("c");
     o.cmdline = Some("console=ttyS0 panic=-1".into());

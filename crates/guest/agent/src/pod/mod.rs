@@ -100,6 +100,33 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
         .start()
         .await
         .map_err(|e| anyhow::anyhow!("starting the agent server: {e}"))?;
+    // The rest of the modules (network, vsock, overlayfs) load while the
+    // host already talks to the agent; then vsock and the guest services.
+    let late = tokio::task::spawn_blocking(|| {
+        init::load_modules(
+            Path::new("/lib/modules"),
+            Path::new("/lib/modules/order.late"),
+        )
+    });
+    // The port appears once virtio_console is loaded; udev is not running,
+    // so wait for the device node.
+    let port = loop {
+        if let Some(p) = channel::find_port(AGENT_PORT) {
+            break p;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            anyhow::bail!("no virtio-serial port named {AGENT_PORT}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let name = AGENT_SOCKET.trim_start_matches("unix://@").to_string();
+    tracing::info!(port = %port.display(), after_ms = started.elapsed().as_millis() as u64, "agent ready");
+    let bridge = std::thread::spawn(move || channel::bridge(port, name));
+    match late.await {
+        Ok(Ok(m)) => tracing::debug!(modules = m.len(), "late kernel modules loaded"),
+        Ok(Err(e)) => tracing::error!("{e}"),
+        Err(e) => tracing::error!("loading kernel modules: {e}"),
+    }
     // The same services on vsock where the VM has a vsock device.
     let _vsock = match ttrpc::r#async::Server::new().bind(AGENT_VSOCK) {
         Ok(s) => {
@@ -120,21 +147,7 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
             None
         }
     };
-    // The port appears once virtio_console is loaded; udev is not running,
-    // so wait for the device node.
-    let port = loop {
-        if let Some(p) = channel::find_port(AGENT_PORT) {
-            break p;
-        }
-        if started.elapsed() > std::time::Duration::from_secs(30) {
-            anyhow::bail!("no virtio-serial port named {AGENT_PORT}");
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
     tokio::spawn(start_guest_services());
-    let name = AGENT_SOCKET.trim_start_matches("unix://@").to_string();
-    tracing::info!(port = %port.display(), after_ms = started.elapsed().as_millis() as u64, "agent ready");
-    let bridge = std::thread::spawn(move || channel::bridge(port, name));
     let r = tokio::task::spawn_blocking(move || bridge.join()).await;
     anyhow::bail!("the agent channel ended: {r:?}")
 }
