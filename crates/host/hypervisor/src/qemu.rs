@@ -122,6 +122,31 @@ pub fn args(
     if spec.vcpus == 0 || spec.vcpus > 256 {
         return Err(VmError::Invalid(format!("{} vCPUs (1-256)", spec.vcpus)));
     }
+    // The id names the VM and its socket; paths go inside QEMU option
+    // lists, where a comma would start another option.
+    if spec.id.is_empty()
+        || spec.id.len() > 64
+        || !spec
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(VmError::Invalid(format!(
+            "VM id '{}': 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.'",
+            spec.id
+        )));
+    }
+    let option_paths = [Some(&spec.console_log), layout.initdata_disk.as_ref()];
+    if let Some(p) = option_paths
+        .into_iter()
+        .flatten()
+        .find(|p| p.to_string_lossy().contains(','))
+    {
+        return Err(VmError::Invalid(format!(
+            "path {} contains a comma, which QEMU option lists cannot carry",
+            p.display()
+        )));
+    }
     if spec.memory_mib < 64 {
         return Err(VmError::Invalid(format!(
             "{} MiB of memory (at least 64)",

@@ -212,6 +212,26 @@ fn vsock_device_when_the_host_has_one() {
     }
 }
 
+/// Nothing from a spec can add QEMU options: ids are plain names and
+/// paths inside option lists carry no comma.
+#[test]
+fn spec_cannot_inject_qemu_options() {
+    for id in ["", "a,b", "pod 1", "x".repeat(65).as_str(), "../x"] {
+        let mut s = spec(Mode::None);
+        s.id = id.into();
+        assert!(
+            args(&s, Accel::Tcg, &layout(false), None, None).is_err(),
+            "id {id:?}"
+        );
+    }
+    let mut s = spec(Mode::None);
+    s.console_log = "/tmp/x,readonly=on".into();
+    assert!(args(&s, Accel::Tcg, &layout(false), None, None).is_err());
+    let mut l = layout(true);
+    l.initdata_disk = Some("/run/a,format=qcow2/initdata.img".into());
+    assert!(args(&spec(Mode::Vtpm), Accel::Tcg, &l, None, None).is_err());
+}
+
 #[test]
 fn mode_names() {
     assert_eq!("vtpm".parse::<Mode>(), Ok(Mode::Vtpm));
