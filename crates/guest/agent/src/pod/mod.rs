@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod channel;
 pub mod init;
+pub mod spec;
 
 /// The abstract socket the agent's ttrpc server listens on inside the
 /// guest; the channel bridge connects the host's port to it.
