@@ -47,6 +47,7 @@ fn spec(
         initdata: None,
         state_dir: work.join("state").join(id),
         console_log: work.join(format!("{id}.log")),
+        network: None,
     })
 }
 

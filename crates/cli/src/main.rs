@@ -9,6 +9,7 @@ mod client;
 mod guest;
 mod guest_image;
 mod image;
+mod run;
 mod secret;
 mod tpm;
 mod trustee;
@@ -54,6 +55,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Run a container in its own confidential pod VM; the image is pulled and decrypted inside the guest.
+    Run(Box<run::RunArgs>),
 }
 
 #[derive(Subcommand)]
@@ -65,6 +68,17 @@ enum GuestCommand {
 }
 
 fn main() -> ExitCode {
+    // The relay QEMU runs per guest connection of a pod's forwarded port.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(run::RELAY_ARG) {
+        return match cocoon_hypervisor::tcp_relay(argv.get(2).map_or("", String::as_str)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cocoon relay: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse();
     cocoon_guest::cli::init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -78,7 +92,8 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.command {
+        let r = match cli.command {
+            Command::Run(a) => return run::run(*a).await,
             Command::Trustee(a) => trustee::run(a).await,
             Command::Admin(a) => admin::run(a).await,
             Command::Attest(a) => guest::attest(a).await,
@@ -93,10 +108,13 @@ fn main() -> ExitCode {
             }
             Command::Guest(GuestCommand::Services(g)) => cocoon_guest::cli::run(*g).await,
             Command::Tpm(t) => tokio::task::spawn_blocking(move || tpm::run(t)).await?,
-        }
+        };
+        r.map(|()| 0u8)
     });
+    // A stdin reader may still block; do not wait for it.
+    rt.shutdown_background();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -7,12 +7,18 @@ fn main() {
     generate(
         &out,
         "protos",
-        &["protos/attestation-agent.proto", "protos/api.proto"],
+        &[
+            "protos/attestation-agent.proto",
+            "protos/api.proto",
+            "protos/pod.proto",
+        ],
         &[
             "attestation_agent",
             "attestation_agent_ttrpc",
             "api",
             "api_ttrpc",
+            "pod",
+            "pod_ttrpc",
         ],
     );
     let kata_out = format!("{out}/kata");

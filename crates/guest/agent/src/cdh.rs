@@ -138,7 +138,8 @@ impl Attester for AaAttester {
 
 /// The Confidential Data Hub.
 pub struct DataHub {
-    kbs: KbsClient,
+    /// None when no KBS is configured: plain images still pull.
+    kbs: Option<KbsClient>,
     cfg: CdhConfig,
 }
 
@@ -156,13 +157,30 @@ impl DataHub {
                 insecure_http: cfg.kbs_insecure_http,
             },
         )?;
-        Ok(Self { kbs, cfg })
+        Ok(Self {
+            kbs: Some(kbs),
+            cfg,
+        })
+    }
+
+    /// A data hub with no KBS: images without encrypted layers or
+    /// `kbs:///` policies pull; anything needing a resource is refused.
+    pub fn without_kbs(image: ImageSettings) -> Self {
+        let mut cfg = CdhConfig::new("");
+        cfg.image = image;
+        Self { kbs: None, cfg }
     }
 
     /// The resource at `uri` (`kbs:///repo/type/tag`), decrypted.
     pub async fn get_resource(&self, uri: &str) -> Result<Zeroizing<Vec<u8>>, AgentError> {
         let uri = ResourceUri::parse(uri).map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        Ok(self.kbs.get_resource(&uri.path).await?)
+        let kbs = self.kbs.as_ref().ok_or_else(|| {
+            AgentError::Config(format!(
+                "{} needs a KBS and none is configured (initdata cdh.toml [kbc] url)",
+                uri.path
+            ))
+        })?;
+        Ok(kbs.get_resource(&uri.path).await?)
     }
 
     /// Unseals a `sealed.…` secret: checks its signature with the key its

@@ -287,35 +287,43 @@ async fn run_cdh(a: CdhArgs) -> Result<()> {
         .kbs
         .kbs_url
         .clone()
-        .or_else(|| kbc.as_ref().map(|k| k.url.clone()))
-        .context(
-            "no KBS configured: pass --kbs-url, -c cdh.toml or initdata with cdh.toml [kbc] url",
-        )?;
-    let mut cfg = CdhConfig::new(&url);
-    cfg.kbs_insecure_http =
-        a.kbs.insecure_http_kbs || kbc.as_ref().is_some_and(|k| k.insecure_http);
-    cfg.kbs_cert_pem = a
-        .kbs
-        .cert()?
-        .or_else(|| kbc.and_then(|k| k.kbs_cert).map(String::into_bytes));
-    cfg.init_data = init;
-    cfg.sealed_key_dir = a.sealed_key_dir;
-    cfg.skip_sealed_verification |= a.skip_sealed_verification;
-    cfg.image = image;
-    let attester: Arc<dyn cocoon_attester::Attester> = match &a.tee.tee {
-        Some(t) => Arc::from(cocoon_attester::attester_for(
-            t,
-            &a.tee.attester_options()?,
-        )?),
-        None => Arc::new(AaAttester::connect(&a.aa_socket).await?),
+        .or_else(|| kbc.as_ref().map(|k| k.url.clone()));
+    let hub = match url.as_deref() {
+        None => {
+            tracing::warn!(
+                "no KBS configured (--kbs-url, -c cdh.toml or initdata cdh.toml [kbc] url): \
+                 only images that need no key or KBS-held policy can be pulled"
+            );
+            Arc::new(DataHub::without_kbs(image))
+        }
+        Some(url) => {
+            let mut cfg = CdhConfig::new(url);
+            cfg.kbs_insecure_http =
+                a.kbs.insecure_http_kbs || kbc.as_ref().is_some_and(|k| k.insecure_http);
+            cfg.kbs_cert_pem = a
+                .kbs
+                .cert()?
+                .or_else(|| kbc.and_then(|k| k.kbs_cert).map(String::into_bytes));
+            cfg.init_data = init;
+            cfg.sealed_key_dir = a.sealed_key_dir;
+            cfg.skip_sealed_verification |= a.skip_sealed_verification;
+            cfg.image = image;
+            let attester: Arc<dyn cocoon_attester::Attester> = match &a.tee.tee {
+                Some(t) => Arc::from(cocoon_attester::attester_for(
+                    t,
+                    &a.tee.attester_options()?,
+                )?),
+                None => Arc::new(AaAttester::connect(&a.aa_socket).await?),
+            };
+            Arc::new(DataHub::new(cfg, attester)?)
+        }
     };
-    let hub = Arc::new(DataHub::new(cfg, attester)?);
     let mut server = services::cdh_server(&a.socket, hub)?;
     server
         .start()
         .await
         .context("cannot start the ttrpc server")?;
-    tracing::info!(socket = %a.socket, kbs = %url, "confidential data hub ready");
+    tracing::info!(socket = %a.socket, kbs = url.as_deref().unwrap_or("none"), "confidential data hub ready");
     wait_for_shutdown().await;
     let _ = server.shutdown().await;
     Ok(())

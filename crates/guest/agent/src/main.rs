@@ -37,6 +37,16 @@ fn args() -> Vec<String> {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    // A container operation for the pod agent: single-threaded, before
+    // anything else starts.
+    if argv.get(1).map(String::as_str) == Some(cocoon_guest::pod::oci::HELPER_ARG) {
+        return cocoon_guest::pod::oci::helper_main(&argv);
+    }
+    // The pause container's process.
+    if argv.first().map(String::as_str) == Some(cocoon_guest::pod::sandbox::PAUSE) {
+        cocoon_guest::pod::pause();
+    }
     // As a pod VM's init: the agent, never returning.
     if std::process::id() == 1 {
         cocoon_guest::pod::run_pid1();

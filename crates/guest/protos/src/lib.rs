@@ -28,6 +28,16 @@ pub mod api_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/api_ttrpc.rs"));
 }
 
+/// Cocoon's `cocoon.pod.PodNetwork` service beside the agent API.
+pub mod pod {
+    include!(concat!(env!("OUT_DIR"), "/pod.rs"));
+}
+
+/// Client and server of `cocoon.pod.PodNetwork`.
+pub mod pod_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/pod_ttrpc.rs"));
+}
+
 /// The Kata Containers agent API (`grpc.AgentService`, `grpc.Health`), the
 /// calls a containerd shim makes to the agent in the pod VM. Wire-compatible
 /// with Kata's `agent.proto`; the modules are siblings because the generated

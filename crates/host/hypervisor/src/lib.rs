@@ -81,6 +81,64 @@ pub struct VmSpec {
     pub state_dir: PathBuf,
     /// Where the guest console is written (kept after teardown).
     pub console_log: PathBuf,
+    /// A NIC on QEMU's user network, or none.
+    pub network: Option<UserNetwork>,
+}
+
+/// A guest NIC on QEMU's user-mode network, restricted: the guest reaches
+/// nothing but the host loopback ports listed here, each at
+/// [`UserNetwork::FORWARD_IP`]`:port`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserNetwork {
+    /// Host loopback ports (`127.0.0.1:port`) the guest may connect to.
+    pub forwards: Vec<u16>,
+    /// The relay QEMU runs per guest connection, with `127.0.0.1:PORT`
+    /// appended: a program that calls [`tcp_relay`] (such as `cocoon
+    /// __tcp-relay`). QEMU's plain TCP forward carries one connection per
+    /// rule for the VM's life; a command per connection carries any number.
+    pub relay: Vec<String>,
+}
+
+/// Copies standard input to a TCP connection to `target` and the
+/// connection to standard output, until both directions end: the relay
+/// QEMU runs for each guest connection of a [`UserNetwork`] forward.
+pub fn tcp_relay(target: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let addr: std::net::SocketAddr = target
+        .parse()
+        .map_err(|_| std::io::Error::other(format!("'{target}' is not ip:port")))?;
+    if !addr.ip().is_loopback() {
+        return Err(std::io::Error::other(format!(
+            "{addr} is not a loopback address"
+        )));
+    }
+    let sock = std::net::TcpStream::connect(addr)?;
+    let mut up = sock.try_clone()?;
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut up);
+        let _ = up.shutdown(std::net::Shutdown::Write);
+    });
+    let mut down = sock;
+    // Unbuffered: Rust's stdout holds bytes back until a newline.
+    let mut out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    std::io::copy(&mut down, &mut out)?;
+    out.flush()?;
+    let _ = t.join();
+    Ok(())
+}
+
+impl UserNetwork {
+    /// The guest's address and prefix length.
+    pub const GUEST_IP: &str = "10.0.2.15";
+    /// Prefix length of the guest network.
+    pub const PREFIX: u8 = 24;
+    /// The gateway (QEMU's slirp).
+    pub const GATEWAY: &str = "10.0.2.2";
+    /// Where forwarded host ports appear in the guest.
+    pub const FORWARD_IP: &str = "10.0.2.100";
+    /// The NIC's MAC address (one NIC per VM).
+    pub const MAC: &str = "52:54:00:c0:c0:01";
 }
 
 /// Why a VM could not be started or stopped.

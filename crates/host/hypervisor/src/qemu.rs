@@ -264,6 +264,40 @@ pub fn args(
             &format!("vhost-vsock-pci,id=vsock0,guest-cid={cid}"),
         ]);
     }
+    if let Some(net) = &spec.network {
+        // restrict=on: no route out of the guest but the guestfwd rules.
+        let mut netdev = "user,id=net0,restrict=on,net=10.0.2.0/24".to_string();
+        // The relay runs through /bin/sh inside a QEMU option list: plain
+        // words only.
+        let word = |w: &String| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b))
+        };
+        if !net.forwards.is_empty() && (net.relay.is_empty() || !net.relay.iter().all(word)) {
+            return Err(VmError::Invalid(format!(
+                "network relay {:?}: a program path and arguments of A-Z, a-z, 0-9, /._-+:@",
+                net.relay
+            )));
+        }
+        for port in &net.forwards {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{}:{port}-cmd:{} 127.0.0.1:{port}",
+                crate::UserNetwork::FORWARD_IP,
+                net.relay.join(" ")
+            ));
+        }
+        push(&[
+            "-netdev",
+            &netdev,
+            "-device",
+            // No option ROM: the guest boots from -kernel, never the network.
+            &format!(
+                "virtio-net-pci,netdev=net0,mac={},romfile=",
+                crate::UserNetwork::MAC
+            ),
+        ]);
+    }
     if let Some(disk) = &layout.initdata_disk {
         push(&[
             "-drive",

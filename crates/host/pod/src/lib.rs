@@ -3,7 +3,10 @@
 //! Kata agent API its PID 1 serves. Callers (`cocoon run`, the containerd
 //! shim) use this; it never links the guest's secret-holding code.
 
+pub mod container;
+
 use cocoon_guest_protos::kata::{agent_ttrpc, health, health_ttrpc};
+use cocoon_guest_protos::pod_ttrpc;
 use cocoon_hypervisor::{Hypervisor, Vm, VmError, VmExit, VmSpec};
 use std::time::{Duration, Instant};
 
@@ -33,6 +36,17 @@ pub struct AgentClient {
     pub health: health_ttrpc::HealthClient,
     /// `grpc.AgentService`.
     pub agent: agent_ttrpc::AgentServiceClient,
+    /// `cocoon.pod.PodNetwork`.
+    pub network: pod_ttrpc::PodNetworkClient,
+}
+
+/// An agent error as the user reads it: the guest's message when the
+/// agent answered, else the transport error.
+pub fn describe(e: ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// A context whose deadline is `d` from now.
@@ -47,7 +61,8 @@ impl AgentClient {
             .map_err(|e| PodError::Agent("connect", e.to_string()))?;
         Ok(Self {
             health: health_ttrpc::HealthClient::new(c.clone()),
-            agent: agent_ttrpc::AgentServiceClient::new(c),
+            agent: agent_ttrpc::AgentServiceClient::new(c.clone()),
+            network: pod_ttrpc::PodNetworkClient::new(c),
         })
     }
 

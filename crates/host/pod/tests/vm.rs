@@ -67,6 +67,7 @@ fn spec(dir: &Path, id: &str, mode: Mode) -> VmSpec {
         initdata: None,
         state_dir: dir.join("state").join(id),
         console_log: dir.join(format!("{id}.console.log")),
+        network: None,
     }
 }
 

@@ -1,7 +1,11 @@
-//! The agent's ttrpc services: `grpc.Health` now; `grpc.AgentService`
-//! answers not-implemented for every call until containers run here.
+//! The agent's ttrpc services: `grpc.Health` and the `grpc.AgentService`
+//! subset a pod needs (containers, processes, stdio, network). Calls
+//! outside it answer UNIMPLEMENTED.
 
-use cocoon_guest_protos::kata::{agent_ttrpc, health, health_ttrpc};
+use super::net;
+use super::sandbox::{Sandbox, SandboxError};
+use cocoon_guest_protos::kata::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc, types};
+use cocoon_guest_protos::{pod, pod_ttrpc};
 use std::collections::HashMap;
 use std::sync::Arc;
 use ttrpc::r#async::TtrpcContext;
@@ -35,14 +39,293 @@ impl health_ttrpc::Health for HealthService {
     }
 }
 
-struct Agent;
+struct Agent {
+    sandbox: Arc<Sandbox>,
+}
+
+fn status(e: SandboxError) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+}
+
+fn logged(call: &'static str) -> impl Fn(SandboxError) -> ttrpc::Error {
+    move |e| {
+        tracing::warn!(call, "{e}");
+        status(e)
+    }
+}
 
 #[async_trait::async_trait]
-impl agent_ttrpc::AgentService for Agent {}
+impl agent_ttrpc::AgentService for Agent {
+    async fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        net::set_hostname(&req.hostname).map_err(logged("CreateSandbox"))?;
+        if !req.storages.is_empty() || !req.kernel_modules.is_empty() {
+            return Err(logged("CreateSandbox")(SandboxError::Unsupported(
+                "sandbox storages and kernel modules are not supported".into(),
+            )));
+        }
+        tracing::info!(sandbox = %req.sandbox_id, "sandbox created");
+        Ok(Empty::new())
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: agent::DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .destroy()
+            .await
+            .map_err(logged("DestroySandbox"))?;
+        Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .create(&req)
+            .await
+            .map_err(logged("CreateContainer"))?;
+        Ok(Empty::new())
+    }
+
+    async fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .start(&req.container_id)
+            .await
+            .map_err(logged("StartContainer"))?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .remove(&req.container_id)
+            .await
+            .map_err(logged("RemoveContainer"))?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .exec(&req)
+            .await
+            .map_err(logged("ExecProcess"))?;
+        Ok(Empty::new())
+    }
+
+    async fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .signal(&req.container_id, &req.exec_id, req.signal)
+            .await
+            .map_err(logged("SignalProcess"))?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: agent::WaitProcessRequest,
+    ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        let s = self
+            .sandbox
+            .wait(&req.container_id, &req.exec_id)
+            .await
+            .map_err(logged("WaitProcess"))?;
+        Ok(agent::WaitProcessResponse {
+            status: s,
+            ..Default::default()
+        })
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: agent::WriteStreamRequest,
+    ) -> ttrpc::Result<agent::WriteStreamResponse> {
+        let len = self
+            .sandbox
+            .write(&req.container_id, &req.exec_id, &req.data)
+            .await
+            .map_err(status)?;
+        Ok(agent::WriteStreamResponse {
+            len,
+            ..Default::default()
+        })
+    }
+
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let data = self
+            .sandbox
+            .read(&req.container_id, &req.exec_id, req.len, false)
+            .await
+            .map_err(status)?;
+        Ok(agent::ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let data = self
+            .sandbox
+            .read(&req.container_id, &req.exec_id, req.len, true)
+            .await
+            .map_err(status)?;
+        Ok(agent::ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+
+    async fn close_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandbox
+            .close_stdin(&req.container_id, &req.exec_id)
+            .await
+            .map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: agent::StatsContainerRequest,
+    ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        self.sandbox
+            .stats(&req.container_id)
+            .await
+            .map_err(logged("StatsContainer"))
+    }
+
+    async fn get_oom_event(
+        &self,
+        _: &TtrpcContext,
+        _: agent::GetOOMEventRequest,
+    ) -> ttrpc::Result<agent::OOMEvent> {
+        Ok(agent::OOMEvent {
+            container_id: self.sandbox.oom_event().await,
+            ..Default::default()
+        })
+    }
+
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<types::Interface> {
+        let iface = req.interface.into_option().ok_or_else(|| {
+            status(SandboxError::Invalid(
+                "UpdateInterface carries no interface".into(),
+            ))
+        })?;
+        net::update_interface(&iface)
+            .await
+            .map_err(logged("UpdateInterface"))?;
+        Ok(iface)
+    }
+
+    async fn update_routes(
+        &self,
+        _: &TtrpcContext,
+        req: agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        let routes = req.routes.into_option().unwrap_or_default();
+        net::update_routes(&routes.Routes).map_err(logged("UpdateRoutes"))?;
+        Ok(routes)
+    }
+
+    async fn get_guest_details(
+        &self,
+        _: &TtrpcContext,
+        _: agent::GuestDetailsRequest,
+    ) -> ttrpc::Result<agent::GuestDetailsResponse> {
+        Ok(agent::GuestDetailsResponse {
+            agent_details: Some(agent::AgentDetails {
+                version: env!("CARGO_PKG_VERSION").into(),
+                init_daemon: true,
+                supports_seccomp: false,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _: &TtrpcContext,
+        _: agent::TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(status(SandboxError::Unsupported(
+            "terminals are not supported: processes run with pipes".into(),
+        )))
+    }
+}
+
+struct PodNetwork;
+
+#[async_trait::async_trait]
+impl pod_ttrpc::PodNetwork for PodNetwork {
+    async fn forward_loopback(
+        &self,
+        _: &TtrpcContext,
+        req: pod::ForwardLoopbackRequest,
+    ) -> ttrpc::Result<pod::ForwardLoopbackResponse> {
+        let mut ports = Vec::new();
+        for f in &req.forwards {
+            net::forward_loopback(f.port, &f.target)
+                .await
+                .map_err(logged("ForwardLoopback"))?;
+            ports.push(f.port);
+        }
+        Ok(pod::ForwardLoopbackResponse {
+            ports,
+            ..Default::default()
+        })
+    }
+}
 
 /// The services the agent serves, by ttrpc service name.
-pub fn services() -> HashMap<String, ttrpc::r#async::Service> {
+pub fn services(sandbox: Arc<Sandbox>) -> HashMap<String, ttrpc::r#async::Service> {
     let mut s = health_ttrpc::create_health(Arc::new(Box::new(HealthService)));
-    s.extend(agent_ttrpc::create_agent_service(Arc::new(Box::new(Agent))));
+    s.extend(agent_ttrpc::create_agent_service(Arc::new(Box::new(
+        Agent { sandbox },
+    ))));
+    s.extend(pod_ttrpc::create_pod_network(Arc::new(Box::new(
+        PodNetwork,
+    ))));
     s
 }

@@ -52,8 +52,33 @@ fn mount(
     Ok(())
 }
 
+/// Moves PID 1 off the initramfs root: the kernel's `rootfs` cannot be
+/// the current root of a `pivot_root`, which every container's runtime
+/// does. A recursive bind of `/` moved onto `/` is a real mount with a
+/// parent, at no copying cost. Called before any thread exists.
+fn leave_rootfs() -> Result<(), InitError> {
+    const NEW: &str = "/.root";
+    let err = |what: &str, e| InitError::Mount(what.into(), "/".into(), e);
+    match std::fs::create_dir(NEW) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(err("mkdir", e)),
+    }
+    mount("/", NEW, "", libc::MS_BIND | libc::MS_REC, "")?;
+    std::env::set_current_dir(NEW).map_err(|e| err("chdir", e))?;
+    mount(".", "/", "", libc::MS_MOVE, "")?;
+    let dot =
+        CString::new(".").map_err(|_| err("chroot", std::io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: chroot(2) with a valid C string; single-threaded here.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(err("chroot", std::io::Error::last_os_error()));
+    }
+    std::env::set_current_dir("/").map_err(|e| err("chdir", e))
+}
+
 /// The file systems every guest needs.
 pub fn mount_basics() -> Result<(), InitError> {
+    leave_rootfs()?;
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount("proc", "/proc", "proc", nodev, "")?;
     mount("sysfs", "/sys", "sysfs", nodev, "")?;

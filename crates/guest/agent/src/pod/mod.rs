@@ -5,6 +5,10 @@
 pub mod agent;
 pub mod channel;
 pub mod init;
+pub mod net;
+pub mod oci;
+pub mod reaper;
+pub mod sandbox;
 pub mod spec;
 
 /// The abstract socket the agent's ttrpc server listens on inside the
@@ -22,6 +26,25 @@ pub const AGENT_PORT: &str = "agent.0";
 pub const INITDATA_DIR: &str = "/run/confidential-containers/initdata";
 
 use std::path::Path;
+
+extern "C" fn pause_exit(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) }
+}
+
+/// The pause container: sleeps until SIGTERM or SIGINT (as the init of
+/// its PID namespace it only gets signals it has a handler for).
+pub fn pause() -> ! {
+    // SAFETY: installing a handler that only calls _exit.
+    unsafe {
+        libc::signal(libc::SIGTERM, pause_exit as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, pause_exit as *const () as libc::sighandler_t);
+    }
+    loop {
+        // SAFETY: pause(2) just sleeps.
+        unsafe { libc::pause() };
+    }
+}
 
 /// Runs as the pod VM's PID 1. Never returns: on a fatal error the VM is
 /// powered off after the reason is written to the console.
@@ -93,10 +116,17 @@ fn setup() -> anyhow::Result<()> {
 }
 
 async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
+    let reaper = reaper::Reaper::start()?;
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
+    let sandbox = sandbox::Sandbox::new(reaper, exe, crate::services::DEFAULT_CDH_SOCKET);
+    sandbox.watch_oom();
+    if let Err(e) = net::loopback_up() {
+        tracing::warn!("{e}");
+    }
     let mut server = ttrpc::r#async::Server::new()
         .bind(AGENT_SOCKET)
         .map_err(|e| anyhow::anyhow!("binding {AGENT_SOCKET}: {e}"))?
-        .register_service(agent::services());
+        .register_service(agent::services(sandbox.clone()));
     server
         .start()
         .await
@@ -131,7 +161,7 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     // The same services on vsock where the VM has a vsock device.
     let _vsock = match ttrpc::r#async::Server::new().bind(AGENT_VSOCK) {
         Ok(s) => {
-            let mut s = s.register_service(agent::services());
+            let mut s = s.register_service(agent::services(sandbox.clone()));
             match s.start().await {
                 Ok(()) => {
                     tracing::info!(addr = AGENT_VSOCK, "agent listening on vsock");
@@ -167,44 +197,49 @@ fn service(args: &[&str]) -> anyhow::Result<crate::cli::GuestCommand> {
 }
 
 /// With initdata, starts the attestation agent (which binds the initdata
-/// to the TEE first: PCR 8 on a vTPM), then the data hub when initdata
-/// configures one, then the workload REST API, as tasks of PID 1. A
-/// service that fails is logged; the agent keeps serving (containers that
-/// need no secret still run).
+/// to the TEE first: PCR 8 on a vTPM); then the data hub (configured by
+/// initdata's cdh.toml, or with no KBS for plain images) and the workload
+/// REST API, as tasks of PID 1. A service that fails is logged; the agent
+/// keeps serving (containers that need no secret still run).
 async fn start_guest_services() {
-    let initdata = Path::new(INITDATA_DIR).join("initdata.toml");
-    if !initdata.is_file() {
-        tracing::info!("no initdata: attestation agent and data hub not started");
-        return;
-    }
-    let init = initdata.display().to_string();
     let spawn = |name: &'static str, args: Vec<String>| {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         match service(&refs) {
-            Ok(cmd) => {
-                tokio::spawn(async move {
-                    if let Err(e) = crate::cli::run(cmd).await {
-                        tracing::error!(service = name, "{e:#}");
-                    }
-                });
+            Ok(cmd) => Some(tokio::spawn(async move {
+                if let Err(e) = crate::cli::run(cmd).await {
+                    tracing::error!(service = name, "{e:#}");
+                }
+            })),
+            Err(e) => {
+                tracing::error!(service = name, "{e}");
+                None
             }
-            Err(e) => tracing::error!(service = name, "{e}"),
         }
     };
-    spawn(
+    let initdata = Path::new(INITDATA_DIR).join("initdata.toml");
+    if !initdata.is_file() {
+        tracing::info!("no initdata: no attestation agent; the data hub pulls without a KBS");
+        spawn("confidential-data-hub", vec!["cdh".into()]);
+        return;
+    }
+    let init = initdata.display().to_string();
+    let aa = spawn(
         "attestation-agent",
         vec!["aa".into(), "--initdata-toml".into(), init.clone()],
     );
+    // The data hub asks the attestation agent; wait until it listens (or
+    // has failed, in which case the hub reports it on its first request).
     let aa_socket = crate::services::DEFAULT_AA_SOCKET.trim_start_matches("unix://");
     let t = std::time::Instant::now();
-    while !Path::new(aa_socket).exists() && t.elapsed() < std::time::Duration::from_secs(60) {
+    while !Path::new(aa_socket).exists()
+        && aa.as_ref().is_some_and(|h| !h.is_finished())
+        && t.elapsed() < std::time::Duration::from_secs(60)
+    {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    if Path::new(INITDATA_DIR).join("cdh.toml").is_file() {
-        spawn(
-            "confidential-data-hub",
-            vec!["cdh".into(), "--initdata-toml".into(), init],
-        );
-    }
+    spawn(
+        "confidential-data-hub",
+        vec!["cdh".into(), "--initdata-toml".into(), init],
+    );
     spawn("api-server-rest", vec!["api-server".into()]);
 }

@@ -256,7 +256,7 @@ fn overlay_env(base: &[String], over: &[String]) -> Vec<String> {
     out
 }
 
-fn check_container_id(id: &str) -> Result<(), SpecError> {
+pub fn check_container_id(id: &str) -> Result<(), SpecError> {
     let b = id.as_bytes();
     let ok = (1..=128).contains(&b.len())
         && b[0].is_ascii_alphanumeric()
@@ -298,7 +298,7 @@ fn refuse_hooks(hooks: Option<&pb::Hooks>) -> Result<(), SpecError> {
     }
 }
 
-fn process_to_oci(p: &pb::Process) -> Result<oci::Process, SpecError> {
+pub fn process_to_oci(p: &pb::Process) -> Result<oci::Process, SpecError> {
     for a in &p.Args {
         no_nul("a process argument", a)?;
     }

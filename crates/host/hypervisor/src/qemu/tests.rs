@@ -14,6 +14,7 @@ fn spec(mode: Mode) -> VmSpec {
         initdata: None,
         state_dir: "/run/cocoon/vm/pod1".into(),
         console_log: "/var/log/cocoon/pod1.log".into(),
+        network: None,
     }
 }
 
@@ -262,5 +263,39 @@ fn stale_state_is_collected() {
     assert!(
         other.exists(),
         "directories that are not VM state are left alone"
+    );
+}
+
+#[test]
+fn user_network_reaches_only_the_forwarded_loopback_ports() {
+    let plain = args(&spec(Mode::None), Accel::Tcg, &layout(false), None, None).unwrap();
+    assert!(values(&plain, "-netdev").is_empty(), "no NIC unless asked");
+    let mut s = spec(Mode::None);
+    s.network = Some(crate::UserNetwork {
+        forwards: vec![5000, 8443],
+        relay: vec!["/usr/bin/cocoon".into(), "__tcp-relay".into()],
+    });
+    let a = args(&s, Accel::Tcg, &layout(false), None, None).unwrap();
+    assert_eq!(
+        values(&a, "-netdev"),
+        ["user,id=net0,restrict=on,net=10.0.2.0/24,\
+          guestfwd=tcp:10.0.2.100:5000-cmd:/usr/bin/cocoon __tcp-relay 127.0.0.1:5000,\
+          guestfwd=tcp:10.0.2.100:8443-cmd:/usr/bin/cocoon __tcp-relay 127.0.0.1:8443"]
+    );
+    // A relay path that would escape the option list or the shell.
+    for bad in ["/opt/my app/cocoon", "/x,hostfwd=tcp::22-:22", "/x;rm", ""] {
+        let mut s = s.clone();
+        s.network.as_mut().unwrap().relay = vec![bad.into()];
+        assert!(
+            matches!(
+                args(&s, Accel::Tcg, &layout(false), None, None),
+                Err(VmError::Invalid(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert!(
+        values(&a, "-device")
+            .contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:c0:c0:01,romfile=")
     );
 }

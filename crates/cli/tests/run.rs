@@ -1,0 +1,248 @@
+//! End to end: containers in pod VMs (real QEMU, software emulation),
+//! images pulled inside the guest from Debian's `docker-registry` on the
+//! host's loopback, through `cocoon run` and through the pod library.
+
+mod common;
+
+use cocoon_image::owner::{LayerBuilder, push_image};
+use cocoon_image::reference::Reference;
+use cocoon_image::registry::{RegistryClient, RegistryConfig};
+use common::*;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+const GREETING: &str = "hello from inside the pod\n";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn guest_image() -> PathBuf {
+    let dir = std::env::var_os("COCOON_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .expect("COCOON_GUEST_IMAGE is not set: run scripts/test, which builds the guest image");
+    assert!(
+        dir.join("vmlinuz").is_file(),
+        "{} holds no guest image: run scripts/test",
+        dir.display()
+    );
+    dir
+}
+
+/// A busybox image whose default command prints [`GREETING`].
+fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    need("busybox");
+    cocoon_kbs_client::install_crypto_provider();
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut l1 = LayerBuilder::default();
+    l1.dir("bin")
+        .unwrap()
+        .dir("etc")
+        .unwrap()
+        .dir("tmp")
+        .unwrap();
+    l1.file("bin/busybox", 0o755, &busybox).unwrap();
+    for applet in ["sh", "cat", "echo", "sleep", "ls", "id", "hostname", "wc"] {
+        l1.symlink(&format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let mut l2 = LayerBuilder::default();
+    l2.file("etc/greeting", 0o644, GREETING.as_bytes()).unwrap();
+    let layers = vec![l1.finish().unwrap(), l2.finish().unwrap()];
+    let client = RegistryClient::new(RegistryConfig {
+        insecure: [reg.addr.clone()].into(),
+        ..Default::default()
+    })
+    .expect("client");
+    let image = format!("{}/{repo_tag}", reg.addr);
+    rt().block_on(push_image(
+        &client,
+        &Reference::parse(&image).unwrap(),
+        &layers,
+        &["/bin/sh", "-c", "cat /etc/greeting"],
+    ))
+    .expect("push busybox");
+    image
+}
+
+fn run(reg: &Registry, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    let img = guest_image();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cocoon"));
+    cmd.args(["run", "--insecure-registry", &reg.addr, "--memory", "512"])
+        .arg("--guest-image")
+        .arg(&img)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("cocoon run");
+    if let Some(data) = stdin {
+        let mut s = child.stdin.take().unwrap();
+        s.write_all(data).unwrap();
+    }
+    child.wait_with_output().expect("cocoon run output")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// QEMU processes whose command line names `id`.
+fn qemu_left(id_part: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = text(&cmd).replace('\0', " ");
+        if (cmd.contains("qemu-system") || cmd.contains("swtpm")) && cmd.contains(id_part) {
+            left.push(cmd);
+        }
+    }
+    left
+}
+
+#[test]
+fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
+    need("qemu-system-x86_64");
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(dir.path());
+    let image = push_busybox(&reg, "busybox:1");
+
+    // The image's own command; nothing of the image on the host side.
+    let o = run(&reg, &[&image], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), GREETING);
+
+    // A command of ours: both streams and a non-zero code.
+    let o = run(
+        &reg,
+        &[
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; hostname; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "out\ncocoon\n");
+    assert!(text(&o.stderr).contains("err\n"), "{}", text(&o.stderr));
+
+    // -i passes stdin through; EOF reaches the container.
+    let input = "line one\nline two\n".repeat(500);
+    let o = run(
+        &reg,
+        &["-i", &image, "--", "wc", "-l"],
+        Some(input.as_bytes()),
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "1000");
+
+    // An image that does not exist: a clear error, not a hang.
+    let o = run(&reg, &[&format!("{}/nope:1", reg.addr)], None);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("nope"), "{}", text(&o.stderr));
+    assert!(qemu_left("run-").is_empty(), "{:?}", qemu_left("run-"));
+}
+
+#[test]
+fn exec_signals_and_stats_through_the_pod_library() {
+    use cocoon_hypervisor::{Mode, Qemu, UserNetwork, VmSpec};
+    use cocoon_pod::PodVm;
+    use cocoon_pod::container::ContainerConfig;
+    need("qemu-system-x86_64");
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(dir.path());
+    let image = push_busybox(&reg, "busybox:2");
+    let img = guest_image();
+    let port: u16 = reg.addr.rsplit(':').next().unwrap().parse().unwrap();
+    // Initdata naming the plain-HTTP registry, as `cocoon run` makes it.
+    let initdata = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"cdh.toml\" = '''\n[image]\ninsecure_registries = [\"{}\"]\n'''\n",
+        reg.addr
+    );
+    let spec = VmSpec {
+        id: "exec-test".into(),
+        mode: Mode::None,
+        accel: None,
+        vcpus: 1,
+        memory_mib: 512,
+        kernel: img.join("vmlinuz"),
+        initrd: img.join("initrd.img"),
+        cmdline: std::fs::read_to_string(img.join("cmdline")).unwrap(),
+        firmware: None,
+        initdata: Some(initdata),
+        state_dir: dir.path().join("vm"),
+        console_log: dir.path().join("console.log"),
+        network: Some(UserNetwork {
+            forwards: vec![port],
+            relay: vec![env!("CARGO_BIN_EXE_cocoon").into(), "__tcp-relay".into()],
+        }),
+    };
+    let console = spec.console_log.clone();
+    rt().block_on(async {
+        let pod = PodVm::start(
+            &Qemu::new().unwrap(),
+            spec,
+            std::time::Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+        let a = &pod.agent;
+        let r: Result<(), String> = async {
+            let e = |e: cocoon_pod::PodError| e.to_string();
+            a.setup_user_network(&[port]).await.map_err(e)?;
+            a.create_sandbox("exec-test", "pod").await.map_err(e)?;
+            let c = ContainerConfig {
+                id: "c1".into(),
+                image: image.clone(),
+                args: vec!["sleep".into(), "1000".into()],
+                ..Default::default()
+            };
+            a.run_container(&c).await.map_err(e)?;
+            // A second process in the running container sees its files.
+            a.exec("c1", "e1", &["cat".into(), "/etc/greeting".into()])
+                .await
+                .map_err(e)?;
+            let out = a.read("c1", "e1", false).await.map_err(e)?;
+            assert_eq!(text(&out), GREETING);
+            assert_eq!(a.wait("c1", "e1").await.map_err(e)?, 0);
+            // SIGTERM to an exec'd process: 128 + 15.
+            a.exec("c1", "e2", &["sleep".into(), "1000".into()])
+                .await
+                .map_err(e)?;
+            a.signal("c1", "e2", 15).await.map_err(e)?;
+            assert_eq!(a.wait("c1", "e2").await.map_err(e)?, 143);
+            // Same exec id twice is refused.
+            let dup = a.exec("c1", "e2", &["true".into()]).await;
+            assert!(dup.is_err_and(|e| e.to_string().contains("already exists")));
+            let stats = a.stats("c1").await.map_err(e)?;
+            assert!(stats.cgroup_stats.pids_stats.current >= 1, "{stats:?}");
+            assert!(stats.cgroup_stats.memory_stats.usage.usage > 0, "{stats:?}");
+            // SIGKILL to the container's init: 128 + 9.
+            a.signal("c1", "", 9).await.map_err(e)?;
+            assert_eq!(a.wait("c1", "").await.map_err(e)?, 137);
+            a.remove_container("c1").await.map_err(e)?;
+            // Gone: further calls name the container.
+            let gone = a.wait("c1", "").await;
+            assert!(gone.is_err_and(|e| e.to_string().contains("c1")));
+            // A spec with a hook is refused before anything runs.
+            Ok(())
+        }
+        .await;
+        pod.stop().await.unwrap();
+        if let Err(e) = r {
+            panic!(
+                "{e}\nconsole:\n{}",
+                std::fs::read_to_string(&console).unwrap_or_default()
+            );
+        }
+    });
+}

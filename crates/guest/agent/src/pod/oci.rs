@@ -1,0 +1,185 @@
+//! Container operations through youki's `libcontainer`, run in a
+//! short-lived single-threaded helper process. libcontainer clones the
+//! calling process to build a container, which is not sound in the
+//! multi-threaded PID 1; so PID 1 runs `/proc/self/exe __oci-helper` for
+//! each operation and reads back one JSON reply. The helper's standard
+//! streams are the new process's stdio. Processes it creates outlive it
+//! and are reparented to PID 1, whose reaper collects them.
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+/// First argument that makes the guest binary act as the helper.
+pub const HELPER_ARG: &str = "__oci-helper";
+
+/// One operation on one container.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Op {
+    /// Creates the container from `bundle/config.json`; its init waits
+    /// for `Start`.
+    Create { bundle: PathBuf },
+    /// Lets the created init run the workload.
+    Start,
+    /// Runs the process in `process` (an OCI `process` JSON) inside the
+    /// running container.
+    Exec { process: PathBuf },
+    /// Kills what is left, removes the cgroup and the state.
+    Delete,
+}
+
+/// What PID 1 asks of the helper.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    /// libcontainer's state root.
+    pub root: PathBuf,
+    /// Container id.
+    pub id: String,
+    /// The operation.
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+/// The helper's answer.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Reply {
+    /// The new process (Create, Exec), as seen from the guest.
+    pub pid: Option<i32>,
+    /// Why the operation failed.
+    pub error: Option<String>,
+}
+
+/// The helper's `main`: `__oci-helper <request JSON> <reply file>`.
+pub fn helper_main(args: &[String]) -> std::process::ExitCode {
+    let (Some(req), Some(reply_path)) = (args.get(2), args.get(3)) else {
+        eprintln!("usage: {HELPER_ARG} <request JSON> <reply file>");
+        return std::process::ExitCode::from(2);
+    };
+    // The workload must not inherit the Rust runtime's ignored SIGPIPE.
+    // SAFETY: resetting a disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let reply = match serde_json::from_str::<Request>(req) {
+        Ok(r) => match run(&r) {
+            Ok(pid) => Reply { pid, error: None },
+            Err(e) => Reply {
+                pid: None,
+                error: Some(e),
+            },
+        },
+        Err(e) => Reply {
+            pid: None,
+            error: Some(format!("bad helper request: {e}")),
+        },
+    };
+    let text = serde_json::to_vec(&reply).unwrap_or_default();
+    match std::fs::write(reply_path, text) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
+fn stdio() -> Result<[std::os::fd::OwnedFd; 3], String> {
+    let dup = |f: std::os::fd::BorrowedFd<'_>| {
+        f.try_clone_to_owned()
+            .map_err(|e| format!("stdio of the helper: {e}"))
+    };
+    Ok([
+        dup(std::io::stdin().as_fd())?,
+        dup(std::io::stdout().as_fd())?,
+        dup(std::io::stderr().as_fd())?,
+    ])
+}
+
+fn builder(req: &Request) -> Result<libcontainer::container::builder::ContainerBuilder, String> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+    let [i, o, e] = stdio()?;
+    Ok(
+        ContainerBuilder::new(req.id.clone(), SyscallType::default())
+            .with_root_path(&req.root)
+            .map_err(|e| e.to_string())?
+            .with_stdin(i)
+            .with_stdout(o)
+            .with_stderr(e),
+    )
+}
+
+fn load(req: &Request) -> Result<libcontainer::container::Container, String> {
+    libcontainer::container::Container::load(req.root.join(&req.id))
+        .map_err(|e| format!("container {}: {e}", req.id))
+}
+
+fn run(req: &Request) -> Result<Option<i32>, String> {
+    match &req.op {
+        Op::Create { bundle } => {
+            let c = builder(req)?
+                .as_init(bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(|e| format!("creating container {}: {e}", req.id))?;
+            Ok(c.pid().map(|p| p.as_raw()))
+        }
+        Op::Start => {
+            load(req)?
+                .start()
+                .map_err(|e| format!("starting container {}: {e}", req.id))?;
+            Ok(None)
+        }
+        Op::Exec { process } => {
+            let pid = builder(req)?
+                .as_tenant()
+                .with_detach(true)
+                .with_process(Some(process))
+                .build()
+                .map_err(|e| format!("exec in container {}: {e}", req.id))?;
+            Ok(Some(pid.as_raw()))
+        }
+        Op::Delete => {
+            load(req)?
+                .delete(true)
+                .map_err(|e| format!("deleting container {}: {e}", req.id))?;
+            Ok(None)
+        }
+    }
+}
+
+/// The request as the helper's command line.
+pub fn command(exe: &Path, req: &Request, reply: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(HELPER_ARG)
+        .arg(serde_json::to_string(req).unwrap_or_default())
+        .arg(reply);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_on_the_command_line() {
+        let req = Request {
+            root: "/run/cocoon/oci".into(),
+            id: "c1".into(),
+            op: Op::Exec {
+                process: "/run/x/p.json".into(),
+            },
+        };
+        let cmd = command(Path::new("/init"), &req, Path::new("/tmp/r"));
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args[0], HELPER_ARG);
+        let back: Request = serde_json::from_str(&args[1]).unwrap();
+        assert!(
+            matches!(back.op, Op::Exec { ref process } if process == Path::new("/run/x/p.json"))
+        );
+        assert_eq!(back.id, "c1");
+        assert!(
+            serde_json::from_str::<Request>(r#"{"root":"/r","id":"c","op":"format"}"#).is_err()
+        );
+    }
+}

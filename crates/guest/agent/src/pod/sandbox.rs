@@ -1,0 +1,803 @@
+//! The pod's containers as PID 1 keeps them: each container's bundle,
+//! its init process and exec'd processes with their stdio pipes and exit
+//! statuses. Container operations run through the [`oci`] helper; images
+//! come from the data hub (guest pull); exits come from the [`Reaper`].
+
+use super::oci::{self, Op};
+use super::reaper::{Reaper, Status};
+use super::spec;
+use cocoon_guest_protos::kata::{agent, oci as koci};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{Mutex, watch};
+
+/// Where bundles live (Kata's path, so storages' mount points match).
+pub const BUNDLES: &str = "/run/kata-containers";
+/// libcontainer's state root.
+pub const OCI_ROOT: &str = "/run/cocoon/oci";
+/// Parent cgroup of every container.
+pub const CGROUP_PARENT: &str = "/cocoon";
+/// The pause container's program, bind-mounted from the guest binary.
+pub const PAUSE: &str = "/pause";
+/// Largest chunk one ReadStdout/ReadStderr returns.
+const MAX_READ: usize = 1 << 20;
+/// How long a pull may wait for the data hub to come up.
+const HUB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A failed container operation, as the host sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The request is malformed or refers to nothing.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such container or process.
+    #[error("{0}")]
+    NotFound(String),
+    /// Already there.
+    #[error("{0}")]
+    Exists(String),
+    /// Not supported by this agent.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The operation failed inside the guest.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SandboxError {
+    /// The ttrpc status the host gets.
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            Self::Invalid(_) => ttrpc::Code::INVALID_ARGUMENT,
+            Self::NotFound(_) => ttrpc::Code::NOT_FOUND,
+            Self::Exists(_) => ttrpc::Code::ALREADY_EXISTS,
+            Self::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
+            Self::Failed(_) => ttrpc::Code::INTERNAL,
+        }
+    }
+}
+
+fn failed(what: &str) -> impl Fn(std::io::Error) -> SandboxError + '_ {
+    move |e| SandboxError::Failed(format!("{what}: {e}"))
+}
+
+/// One process of a container: its pid, stdio and exit.
+pub struct Process {
+    /// Pid as the guest sees it.
+    pub pid: i32,
+    stdin: Mutex<Option<pipe::Sender>>,
+    stdout: Mutex<Option<pipe::Receiver>>,
+    stderr: Mutex<Option<pipe::Receiver>>,
+    exit: watch::Receiver<Option<Status>>,
+}
+
+impl Process {
+    /// The exit status, once it has exited.
+    pub fn exited(&self) -> Option<Status> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for the exit status.
+    pub async fn wait(&self) -> Status {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(s) = *rx.borrow_and_update() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return 255;
+            }
+        }
+    }
+}
+
+/// The agent's ends of a process's stdio pipes.
+struct Ends {
+    stdin: pipe::Sender,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+}
+
+/// Stdio pipes for a new process: its ends (stdin, stdout, stderr) and ours.
+fn pipes() -> Result<([std::os::fd::OwnedFd; 3], Ends), SandboxError> {
+    let f = failed("creating stdio pipes");
+    let (in_r, in_w) = std::io::pipe().map_err(&f)?;
+    let (out_r, out_w) = std::io::pipe().map_err(&f)?;
+    let (err_r, err_w) = std::io::pipe().map_err(&f)?;
+    let ends = Ends {
+        stdin: pipe::Sender::from_owned_fd(in_w.into()).map_err(&f)?,
+        stdout: pipe::Receiver::from_owned_fd(out_r.into()).map_err(&f)?,
+        stderr: pipe::Receiver::from_owned_fd(err_r.into()).map_err(&f)?,
+    };
+    Ok(([in_r.into(), out_w.into(), err_w.into()], ends))
+}
+
+/// A container in the pod.
+pub struct Container {
+    /// Its id.
+    pub id: String,
+    bundle: PathBuf,
+    cgroup: PathBuf,
+    init: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Bumped by an OOM kill in its cgroup.
+    oom_kills: std::sync::atomic::AtomicU64,
+}
+
+/// The pod's containers.
+pub struct Sandbox {
+    reaper: Arc<Reaper>,
+    exe: PathBuf,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    seq: AtomicU64,
+    hub: String,
+    oom: watch::Sender<Option<String>>,
+}
+
+impl Sandbox {
+    /// A sandbox whose helpers are `exe` and whose pulls go to the data
+    /// hub at `hub`.
+    pub fn new(reaper: Arc<Reaper>, exe: PathBuf, hub: &str) -> Arc<Self> {
+        let (oom, _) = watch::channel(None);
+        Arc::new(Self {
+            reaper,
+            exe,
+            containers: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            hub: hub.into(),
+            oom,
+        })
+    }
+
+    async fn helper(
+        &self,
+        id: &str,
+        op: Op,
+        stdio: Option<[std::os::fd::OwnedFd; 3]>,
+    ) -> Result<Option<i32>, SandboxError> {
+        let root = PathBuf::from(OCI_ROOT);
+        std::fs::create_dir_all(&root).map_err(failed("creating the runtime root"))?;
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let reply_path = root.join(format!(".reply-{n}"));
+        let req = oci::Request {
+            root,
+            id: id.into(),
+            op,
+        };
+        let mut cmd = oci::command(&self.exe, &req, &reply_path);
+        match stdio {
+            Some([i, o, e]) => {
+                cmd.stdin(i).stdout(o).stderr(e);
+            }
+            None => {
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            }
+        }
+        let (_, exit) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(failed("starting the runtime helper"))?;
+        // The child's stdio ends were moved into `cmd`; drop them here so
+        // the pipes see EOF when the process exits.
+        drop(cmd);
+        let status = exit.await.unwrap_or(255);
+        let text = std::fs::read(&reply_path);
+        let _ = std::fs::remove_file(&reply_path);
+        let reply: oci::Reply = match text {
+            Ok(t) => serde_json::from_slice(&t).unwrap_or_default(),
+            Err(_) => {
+                return Err(SandboxError::Failed(format!(
+                    "the runtime helper ended with status {status} and no reply"
+                )));
+            }
+        };
+        match reply.error {
+            Some(e) => Err(SandboxError::Failed(e)),
+            None => Ok(reply.pid),
+        }
+    }
+
+    fn track(&self, pid: i32, p: Ends) -> Arc<Process> {
+        let (tx, rx) = watch::channel(None);
+        let exit = self.reaper.watch(pid);
+        tokio::spawn(async move {
+            let code = exit.await.unwrap_or(255);
+            let _ = tx.send(Some(code));
+        });
+        Arc::new(Process {
+            pid,
+            stdin: Mutex::new(Some(p.stdin)),
+            stdout: Mutex::new(Some(p.stdout)),
+            stderr: Mutex::new(Some(p.stderr)),
+            exit: rx,
+        })
+    }
+
+    async fn container(&self, id: &str) -> Result<Arc<Container>, SandboxError> {
+        self.containers
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SandboxError::NotFound(format!("container {id} does not exist")))
+    }
+
+    async fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>, SandboxError> {
+        let c = self.container(id).await?;
+        if exec_id.is_empty() || exec_id == id {
+            return Ok(c.init.clone());
+        }
+        c.execs.lock().await.get(exec_id).cloned().ok_or_else(|| {
+            SandboxError::NotFound(format!(
+                "process {exec_id} of container {id} does not exist"
+            ))
+        })
+    }
+
+    /// CreateContainer: pulls the image (or sets up the pause rootfs),
+    /// writes the bundle and creates the container; its init waits for
+    /// StartContainer.
+    pub async fn create(&self, req: &agent::CreateContainerRequest) -> Result<(), SandboxError> {
+        let id = req.container_id.as_str();
+        let kspec = req
+            .OCI
+            .as_ref()
+            .ok_or_else(|| SandboxError::Invalid("CreateContainer carries no OCI spec".into()))?;
+        let bundle = Path::new(BUNDLES).join(id);
+        let rootfs = bundle.join("rootfs");
+        let paths = spec::GuestPaths {
+            rootfs: rootfs.clone(),
+            cgroup_parent: CGROUP_PARENT.into(),
+        };
+        // Validates the id too, before it names anything on disk.
+        let mut oci_spec =
+            spec::to_oci(kspec, id, &paths).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        if self.containers.lock().await.contains_key(id) {
+            return Err(SandboxError::Exists(format!(
+                "container {id} already exists"
+            )));
+        }
+        match std::fs::create_dir(&bundle) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&bundle).map_err(failed("creating the bundle"))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(SandboxError::Exists(format!(
+                    "container {id} already has a bundle"
+                )));
+            }
+            Err(e) => return Err(failed("creating the bundle")(e)),
+        }
+        let r = self
+            .prepare(req, kspec, &bundle, &rootfs, &mut oci_spec)
+            .await;
+        let r = match r {
+            Ok(()) => self.create_in(id, &bundle).await,
+            Err(e) => Err(e),
+        };
+        if r.is_err() {
+            cleanup_bundle(&bundle);
+        }
+        r
+    }
+
+    async fn prepare(
+        &self,
+        req: &agent::CreateContainerRequest,
+        kspec: &koci::Spec,
+        bundle: &Path,
+        rootfs: &Path,
+        oci_spec: &mut libcontainer::oci_spec::runtime::Spec,
+    ) -> Result<(), SandboxError> {
+        let id = req.container_id.as_str();
+        let pull = req.storages.iter().find(|s| s.driver == "image_guest_pull");
+        let sandbox = kspec
+            .Annotations
+            .get("io.kubernetes.cri.container-type")
+            .is_some_and(|t| t == "sandbox");
+        if let Some(other) = req.storages.iter().find(|s| s.driver != "image_guest_pull") {
+            return Err(SandboxError::Unsupported(format!(
+                "storage driver '{}' is not supported (image_guest_pull only)",
+                other.driver
+            )));
+        }
+        match pull {
+            Some(storage) if !sandbox => {
+                let image = if storage.source.is_empty() {
+                    kspec
+                        .Annotations
+                        .get("io.kubernetes.cri.image-name")
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    storage.source.clone()
+                };
+                if image.is_empty() {
+                    return Err(SandboxError::Invalid(
+                        "image_guest_pull storage names no image".into(),
+                    ));
+                }
+                self.pull(&image, bundle).await?;
+                let image_cfg = read_spec(&bundle.join("config.json"))?;
+                spec::merge_image_config(oci_spec, &image_cfg);
+                tracing::info!(container = id, image = %image, "image pulled in the guest");
+            }
+            _ => {
+                // The pause container: no pull, the guest's own binary.
+                std::fs::create_dir_all(rootfs).map_err(failed("creating the pause rootfs"))?;
+                bind_pause(&self.exe, rootfs)?;
+                if let Some(p) = oci_spec.process_mut() {
+                    p.set_args(Some(vec![PAUSE.into()]));
+                }
+            }
+        }
+        let text = serde_json::to_vec_pretty(&*oci_spec)
+            .map_err(|e| SandboxError::Failed(format!("writing config.json: {e}")))?;
+        std::fs::write(bundle.join("config.json"), text).map_err(failed("writing config.json"))
+    }
+
+    async fn pull(&self, image: &str, bundle: &Path) -> Result<(), SandboxError> {
+        let socket = self.hub.trim_start_matches("unix://").to_string();
+        let t = std::time::Instant::now();
+        while !Path::new(&socket).exists() {
+            if t.elapsed() > HUB_WAIT {
+                return Err(SandboxError::Failed(format!(
+                    "the data hub did not come up at {} to pull {image}",
+                    self.hub
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let hub = crate::services::CdhClient::connect(&self.hub)
+            .map_err(|e| SandboxError::Failed(e.to_string()))?;
+        hub.pull_image(image, &bundle.display().to_string())
+            .await
+            .map_err(|e| SandboxError::Failed(format!("pulling {image}: {e}")))?;
+        Ok(())
+    }
+
+    async fn create_in(&self, id: &str, bundle: &Path) -> Result<(), SandboxError> {
+        let (child, ends) = pipes()?;
+        let pid = self
+            .helper(
+                id,
+                Op::Create {
+                    bundle: bundle.to_path_buf(),
+                },
+                Some(child),
+            )
+            .await?
+            .ok_or_else(|| SandboxError::Failed(format!("container {id} has no pid")))?;
+        let init = self.track(pid, ends);
+        let cgroup = Path::new("/sys/fs/cgroup")
+            .join(CGROUP_PARENT.trim_start_matches('/'))
+            .join(id);
+        let c = Arc::new(Container {
+            id: id.into(),
+            bundle: bundle.to_path_buf(),
+            cgroup,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            oom_kills: AtomicU64::new(0),
+        });
+        self.containers.lock().await.insert(id.into(), c);
+        tracing::info!(container = id, pid, "container created");
+        Ok(())
+    }
+
+    /// StartContainer.
+    pub async fn start(&self, id: &str) -> Result<(), SandboxError> {
+        let c = self.container(id).await?;
+        self.helper(&c.id, Op::Start, None).await?;
+        tracing::info!(container = id, "container started");
+        Ok(())
+    }
+
+    /// ExecProcess: runs another process in a running container.
+    pub async fn exec(&self, req: &agent::ExecProcessRequest) -> Result<(), SandboxError> {
+        let c = self.container(&req.container_id).await?;
+        let exec_id = req.exec_id.as_str();
+        if exec_id.is_empty() || exec_id == c.id {
+            return Err(SandboxError::Invalid(
+                "exec id must name a new process".into(),
+            ));
+        }
+        spec::check_container_id(exec_id).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        if c.execs.lock().await.contains_key(exec_id) {
+            return Err(SandboxError::Exists(format!(
+                "process {exec_id} already exists in {}",
+                c.id
+            )));
+        }
+        if c.init.exited().is_some() {
+            return Err(SandboxError::Invalid(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let kproc = req
+            .process
+            .as_ref()
+            .ok_or_else(|| SandboxError::Invalid("ExecProcess carries no process".into()))?;
+        let mut process =
+            spec::process_to_oci(kproc).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        // Exec'd processes see the container's environment defaults too.
+        let base = read_spec(&c.bundle.join("config.json"))?;
+        if process.terminal() == Some(true) {
+            return Err(SandboxError::Unsupported(
+                "terminals are not supported: run the process without a tty".into(),
+            ));
+        }
+        if let Some(bp) = base.process() {
+            inherit_env(&mut process, bp);
+        }
+        let path = c.bundle.join(format!("exec-{exec_id}.json"));
+        let text = serde_json::to_vec(&process)
+            .map_err(|e| SandboxError::Failed(format!("writing the exec process: {e}")))?;
+        std::fs::write(&path, text).map_err(failed("writing the exec process"))?;
+        let (child, ends) = pipes()?;
+        let r = self
+            .helper(
+                &c.id,
+                Op::Exec {
+                    process: path.clone(),
+                },
+                Some(child),
+            )
+            .await;
+        let _ = std::fs::remove_file(&path);
+        let pid = r?.ok_or_else(|| SandboxError::Failed("exec gave no pid".into()))?;
+        let proc_ = self.track(pid, ends);
+        c.execs.lock().await.insert(exec_id.into(), proc_);
+        tracing::info!(container = %c.id, exec = exec_id, pid, "process started");
+        Ok(())
+    }
+
+    /// WaitProcess.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Status, SandboxError> {
+        Ok(self.process(id, exec_id).await?.wait().await)
+    }
+
+    /// SignalProcess; an exited process is not an error.
+    pub async fn signal(&self, id: &str, exec_id: &str, sig: u32) -> Result<(), SandboxError> {
+        let p = self.process(id, exec_id).await?;
+        let sig = i32::try_from(sig)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| SandboxError::Invalid(format!("signal {sig} is not a signal")))?;
+        if p.exited().is_some() {
+            return Ok(());
+        }
+        // SAFETY: plain syscall.
+        let rc = unsafe { libc::kill(p.pid, sig) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(SandboxError::Failed(format!("signal {sig} to {id}: {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// ReadStdout / ReadStderr: up to `len` bytes; empty at end of stream.
+    pub async fn read(
+        &self,
+        id: &str,
+        exec_id: &str,
+        len: u32,
+        stderr: bool,
+    ) -> Result<Vec<u8>, SandboxError> {
+        let p = self.process(id, exec_id).await?;
+        let mut guard = if stderr {
+            p.stderr.lock().await
+        } else {
+            p.stdout.lock().await
+        };
+        let Some(r) = guard.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut buf = vec![0u8; (len as usize).clamp(1, MAX_READ)];
+        let n = r
+            .read(&mut buf)
+            .await
+            .map_err(failed("reading the stream"))?;
+        if n == 0 {
+            *guard = None;
+        }
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// WriteStdin: returns the bytes written.
+    pub async fn write(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<u32, SandboxError> {
+        let p = self.process(id, exec_id).await?;
+        let mut guard = p.stdin.lock().await;
+        let w = guard
+            .as_mut()
+            .ok_or_else(|| SandboxError::Invalid(format!("stdin of {id} is closed")))?;
+        w.write_all(data).await.map_err(failed("writing stdin"))?;
+        Ok(data.len() as u32)
+    }
+
+    /// CloseStdin.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), SandboxError> {
+        let p = self.process(id, exec_id).await?;
+        p.stdin.lock().await.take();
+        Ok(())
+    }
+
+    /// RemoveContainer: kills what is left, deletes the state and bundle.
+    pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
+        let c = self.container(id).await?;
+        self.helper(&c.id, Op::Delete, None).await?;
+        cleanup_bundle(&c.bundle);
+        self.containers.lock().await.remove(id);
+        tracing::info!(container = id, "container removed");
+        Ok(())
+    }
+
+    /// DestroySandbox: removes every container.
+    pub async fn destroy(&self) -> Result<(), SandboxError> {
+        let ids: Vec<String> = self.containers.lock().await.keys().cloned().collect();
+        let mut first = None;
+        for id in ids {
+            if let Err(e) = self.remove(&id).await {
+                tracing::warn!(container = %id, "{e}");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// StatsContainer from the container's cgroup.
+    pub async fn stats(&self, id: &str) -> Result<agent::StatsContainerResponse, SandboxError> {
+        let c = self.container(id).await?;
+        Ok(cgroup_stats(&c.cgroup))
+    }
+
+    /// GetOOMEvent: waits until some container's cgroup records an OOM kill.
+    pub async fn oom_event(&self) -> String {
+        let mut rx = self.oom.subscribe();
+        loop {
+            let _ = rx.changed().await;
+            if let Some(id) = rx.borrow_and_update().clone() {
+                return id;
+            }
+        }
+    }
+
+    /// Watches the containers' `memory.events` for OOM kills.
+    pub fn watch_oom(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let Some(s) = me.upgrade() else { return };
+                let cs: Vec<Arc<Container>> = s.containers.lock().await.values().cloned().collect();
+                for c in cs {
+                    let kills = read_kv(&c.cgroup.join("memory.events"))
+                        .get("oom_kill")
+                        .copied()
+                        .unwrap_or(0);
+                    if kills > c.oom_kills.swap(kills, Ordering::Relaxed) {
+                        tracing::warn!(container = %c.id, "out of memory: a process was killed");
+                        let _ = s.oom.send(Some(c.id.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// An exec'd process gets the container's environment under its own.
+fn inherit_env(
+    p: &mut libcontainer::oci_spec::runtime::Process,
+    base: &libcontainer::oci_spec::runtime::Process,
+) {
+    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+    let own = p.env().clone().unwrap_or_default();
+    let mut env: Vec<String> = base
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|b| !own.iter().any(|o| key(o) == key(b)))
+        .collect();
+    env.extend(own);
+    p.set_env(Some(env));
+}
+
+fn read_spec(path: &Path) -> Result<libcontainer::oci_spec::runtime::Spec, SandboxError> {
+    let text = std::fs::read(path).map_err(failed("reading the image config"))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        SandboxError::Failed(format!(
+            "{} is not an OCI runtime config: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn bind_pause(exe: &Path, rootfs: &Path) -> Result<(), SandboxError> {
+    let target = rootfs.join(PAUSE.trim_start_matches('/'));
+    std::fs::File::create(&target).map_err(failed("creating the pause file"))?;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| SandboxError::Invalid("path with NUL".into()))
+    };
+    let (src, dst) = (c(exe)?, c(&target)?);
+    // SAFETY: mount(2) with valid C strings; read-only needs a remount.
+    let rc = unsafe {
+        let rc = libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        );
+        if rc == 0 {
+            libc::mount(
+                std::ptr::null(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        } else {
+            rc
+        }
+    };
+    if rc != 0 {
+        return Err(failed("mounting the pause binary")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Unmounts what is mounted under the bundle and removes it.
+fn cleanup_bundle(bundle: &Path) {
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+        let mut under: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| Path::new(m).starts_with(bundle))
+            .collect();
+        // Deepest first.
+        under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in under {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: umount2 with a valid C string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(bundle)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(bundle = %bundle.display(), "cannot remove the bundle: {e}");
+    }
+}
+
+/// `key value` lines (cgroup v2 flat-keyed files).
+fn read_kv(path: &Path) -> HashMap<String, u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            Some((it.next()?.to_string(), it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Kata's cgroup statistics from a cgroup v2 directory.
+fn cgroup_stats(dir: &Path) -> agent::StatsContainerResponse {
+    let cpu = read_kv(&dir.join("cpu.stat"));
+    let mem = read_kv(&dir.join("memory.stat"));
+    let events = read_kv(&dir.join("memory.events"));
+    let limit = |f: &str| match std::fs::read_to_string(dir.join(f)) {
+        Ok(t) if t.trim() == "max" => u64::MAX,
+        Ok(t) => t.trim().parse().unwrap_or(0),
+        Err(_) => 0,
+    };
+    let usage = agent::CpuUsage {
+        total_usage: cpu.get("usage_usec").copied().unwrap_or(0) * 1000,
+        usage_in_usermode: cpu.get("user_usec").copied().unwrap_or(0) * 1000,
+        usage_in_kernelmode: cpu.get("system_usec").copied().unwrap_or(0) * 1000,
+        ..Default::default()
+    };
+    let throttling = agent::ThrottlingData {
+        periods: cpu.get("nr_periods").copied().unwrap_or(0),
+        throttled_periods: cpu.get("nr_throttled").copied().unwrap_or(0),
+        throttled_time: cpu.get("throttled_usec").copied().unwrap_or(0) * 1000,
+        ..Default::default()
+    };
+    let memory = agent::MemoryData {
+        usage: read_u64(&dir.join("memory.current")).unwrap_or(0),
+        max_usage: read_u64(&dir.join("memory.peak")).unwrap_or(0),
+        failcnt: events.get("max").copied().unwrap_or(0),
+        limit: limit("memory.max"),
+        ..Default::default()
+    };
+    let swap = agent::MemoryData {
+        usage: read_u64(&dir.join("memory.swap.current")).unwrap_or(0),
+        limit: limit("memory.swap.max"),
+        ..Default::default()
+    };
+    let stats = agent::CgroupStats {
+        cpu_stats: Some(agent::CpuStats {
+            cpu_usage: Some(usage).into(),
+            throttling_data: Some(throttling).into(),
+            ..Default::default()
+        })
+        .into(),
+        memory_stats: Some(agent::MemoryStats {
+            cache: mem.get("file").copied().unwrap_or(0),
+            usage: Some(memory).into(),
+            swap_usage: Some(swap).into(),
+            use_hierarchy: true,
+            stats: mem,
+            ..Default::default()
+        })
+        .into(),
+        pids_stats: Some(agent::PidsStats {
+            current: read_u64(&dir.join("pids.current")).unwrap_or(0),
+            limit: limit("pids.max"),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    agent::StatsContainerResponse {
+        cgroup_stats: Some(stats).into(),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_v2_files_become_kata_stats() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |n: &str, t: &str| std::fs::write(d.path().join(n), t).unwrap();
+        w(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\nnr_throttled 1\nthrottled_usec 20\n",
+        );
+        w("memory.current", "4096\n");
+        w("memory.max", "max\n");
+        w("memory.stat", "anon 1024\nfile 2048\n");
+        w("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
+        w("pids.current", "2\n");
+        w("pids.max", "100\n");
+        let s = cgroup_stats(d.path());
+        let cg = s.cgroup_stats.unwrap();
+        let cpu = cg.cpu_stats.unwrap();
+        assert_eq!(cpu.cpu_usage.total_usage, 1_500_000);
+        assert_eq!(cpu.cpu_usage.usage_in_kernelmode, 500_000);
+        assert_eq!(cpu.throttling_data.throttled_periods, 1);
+        let mem = cg.memory_stats.unwrap();
+        assert_eq!(mem.usage.usage, 4096);
+        assert_eq!(mem.usage.limit, u64::MAX);
+        assert_eq!(mem.usage.failcnt, 3);
+        assert_eq!(mem.cache, 2048);
+        assert_eq!(cg.pids_stats.limit, 100);
+        assert_eq!(cg.pids_stats.current, 2);
+        // A missing cgroup gives zeros, not an error.
+        let none = cgroup_stats(Path::new("/nonexistent"));
+        assert_eq!(none.cgroup_stats.unwrap().pids_stats.current, 0);
+    }
+}
