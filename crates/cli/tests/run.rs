@@ -9,10 +9,47 @@ use cocoon_image::reference::Reference;
 use cocoon_image::registry::{RegistryClient, RegistryConfig};
 use common::*;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const GREETING: &str = "hello from inside the pod\n";
+/// Content only the image holds: it must never land in the host's run
+/// state or logs (the image is pulled and unpacked in the guest).
+const MARKER: &str = "cocoon-layer-marker-6b1f0e";
+
+/// What runs left in the run state directory, but the KVM probe's cache.
+fn run_state(xdg: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(xdg.join("cocoon/run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".kvm-probe")
+        })
+        .collect()
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+fn grep(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(grep(&p, needle));
+        } else if std::fs::read(&p)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            hits.push(p);
+        }
+    }
+    hits
+}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -51,6 +88,7 @@ fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
     }
     let mut l2 = LayerBuilder::default();
     l2.file("etc/greeting", 0o644, GREETING.as_bytes()).unwrap();
+    l2.file("etc/marker", 0o644, MARKER.as_bytes()).unwrap();
     let layers = vec![l1.finish().unwrap(), l2.finish().unwrap()];
     let client = RegistryClient::new(RegistryConfig {
         insecure: [reg.addr.clone()].into(),
@@ -68,20 +106,27 @@ fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
     image
 }
 
-fn run(reg: &Registry, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+fn run_cmd(reg: &Registry, runtime_dir: &Path, args: &[&str]) -> Command {
     let img = guest_image();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cocoon"));
-    cmd.args(["run", "--insecure-registry", &reg.addr, "--memory", "512"])
+    cmd.env("XDG_RUNTIME_DIR", runtime_dir)
+        .args(["run", "--insecure-registry", &reg.addr, "--memory", "512"])
         .arg("--guest-image")
         .arg(&img)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(args);
+    cmd
+}
+
+fn run(reg: &Registry, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    let xdg = reg.storage.parent().unwrap().join("xdg");
+    let mut cmd = run_cmd(reg, &xdg, args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("cocoon run");
     if let Some(data) = stdin {
         let mut s = child.stdin.take().unwrap();
@@ -149,7 +194,79 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     let o = run(&reg, &[&format!("{}/nope:1", reg.addr)], None);
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("nope"), "{}", text(&o.stderr));
+    // A failed run keeps its guest console and says where.
+    let kept = text(&o.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("guest console: ").map(PathBuf::from))
+        .expect("console path");
+    assert!(
+        std::fs::read_to_string(&kept)
+            .unwrap()
+            .contains("agent ready")
+    );
+    std::fs::remove_file(kept).unwrap();
     assert!(qemu_left("run-").is_empty(), "{:?}", qemu_left("run-"));
+
+    // The layer content was inside the guest only: a process there read it.
+    let xdg = dir.path().join("xdg");
+    let o = run(&reg, &[&image, "--", "cat", "/etc/marker"], None);
+    assert_eq!(text(&o.stdout), MARKER, "{}", text(&o.stderr));
+    // Runs leave nothing behind: no VM state, no console log.
+    assert!(
+        run_state(&xdg).is_empty(),
+        "left behind: {:?}",
+        run_state(&xdg)
+    );
+
+    // kill -9 of `cocoon run` takes its VM with it.
+    let console = dir.path().join("killed.console.log");
+    let mut child = run_cmd(
+        &reg,
+        &xdg,
+        &[
+            "--console-log",
+            console.to_str().unwrap(),
+            &image,
+            "--",
+            "sleep",
+            "1000",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let id_part = format!("run-{}-", child.id());
+    let t = std::time::Instant::now();
+    while !std::fs::read_to_string(&console).is_ok_and(|c| c.contains("container started")) {
+        assert!(t.elapsed().as_secs() < 120, "the container did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !qemu_left(&id_part).is_empty(),
+        "QEMU runs while the container does"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = std::time::Instant::now();
+    while !qemu_left(&id_part).is_empty() {
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "left: {:?}",
+            qemu_left(&id_part)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The next run collects the dead run's state.
+    let o = run(&reg, &[&image, "--", "echo", "ok"], None);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        run_state(&xdg).is_empty(),
+        "left behind after kill -9: {:?}",
+        run_state(&xdg)
+    );
+    let hits = grep(&xdg, MARKER);
+    assert!(hits.is_empty(), "layer content on the host: {hits:?}");
 }
 
 #[test]
