@@ -361,15 +361,24 @@ async fn run_in(
     let _ = err.await;
     sigs.abort();
     let ran = t0.elapsed();
+    let rss = if a.timings {
+        agent.agent_rss_kib().await.ok()
+    } else {
+        None
+    };
     agent.remove_container(&c.id).await?;
     if a.timings {
+        let (rss, peak) = rss.unwrap_or_default();
         eprintln!(
-            "timings: boot {:.2}s, network {:.2}s, pull+create+start {:.2}s, run {:.2}s, total {:.2}s",
+            "timings: boot {:.2}s, network {:.2}s, pull+create+start {:.2}s, run {:.2}s, \
+             total {:.2}s; agent rss {} KiB (peak {} KiB)",
             booted.as_secs_f64(),
             (networked - booted).as_secs_f64(),
             (started - networked).as_secs_f64(),
             (ran - started).as_secs_f64(),
-            t0.elapsed().as_secs_f64()
+            t0.elapsed().as_secs_f64(),
+            rss,
+            peak
         );
     }
     Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(255))

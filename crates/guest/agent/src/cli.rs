@@ -217,6 +217,11 @@ fn read_toml<T: serde::de::DeserializeOwned + Default>(
 }
 
 async fn wait_for_shutdown() {
+    // Inside a pod VM the services are tasks of PID 1: a signal to PID 1
+    // (which any process may try) must not stop them.
+    if std::process::id() == 1 {
+        return std::future::pending().await;
+    }
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,

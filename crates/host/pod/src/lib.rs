@@ -38,6 +38,8 @@ pub struct AgentClient {
     pub agent: agent_ttrpc::AgentServiceClient,
     /// `cocoon.pod.PodNetwork`.
     pub network: pod_ttrpc::PodNetworkClient,
+    /// `cocoon.pod.PodDiagnostics`.
+    pub diagnostics: pod_ttrpc::PodDiagnosticsClient,
 }
 
 /// An agent error as the user reads it: the guest's message when the
@@ -62,8 +64,22 @@ impl AgentClient {
         Ok(Self {
             health: health_ttrpc::HealthClient::new(c.clone()),
             agent: agent_ttrpc::AgentServiceClient::new(c.clone()),
-            network: pod_ttrpc::PodNetworkClient::new(c),
+            network: pod_ttrpc::PodNetworkClient::new(c.clone()),
+            diagnostics: pod_ttrpc::PodDiagnosticsClient::new(c),
         })
+    }
+
+    /// The agent's resident set size, KiB (current, peak).
+    pub async fn agent_rss_kib(&self) -> Result<(u64, u64), PodError> {
+        let r = self
+            .diagnostics
+            .agent_stats(
+                ctx(Duration::from_secs(10)),
+                &cocoon_guest_protos::pod::AgentStatsRequest::new(),
+            )
+            .await
+            .map_err(|e| PodError::Agent("AgentStats", describe(e)))?;
+        Ok((r.rss_kib, r.peak_rss_kib))
     }
 
     /// The agent's version strings (API, build).

@@ -295,7 +295,9 @@ impl agent_ttrpc::AgentService for Agent {
     }
 }
 
-struct PodNetwork;
+struct PodNetwork {
+    sandbox: Arc<Sandbox>,
+}
 
 #[async_trait::async_trait]
 impl pod_ttrpc::PodNetwork for PodNetwork {
@@ -304,6 +306,13 @@ impl pod_ttrpc::PodNetwork for PodNetwork {
         _: &TtrpcContext,
         req: pod::ForwardLoopbackRequest,
     ) -> ttrpc::Result<pod::ForwardLoopbackResponse> {
+        // Set up before the workload: a forward added later could take a
+        // port containers of the pod talk to each other on.
+        if self.sandbox.has_containers().await {
+            return Err(logged("ForwardLoopback")(SandboxError::Invalid(
+                "loopback forwards must be set up before the first container".into(),
+            )));
+        }
         let mut ports = Vec::new();
         for f in &req.forwards {
             net::forward_loopback(f.port, &f.target)
@@ -318,14 +327,45 @@ impl pod_ttrpc::PodNetwork for PodNetwork {
     }
 }
 
+struct PodDiagnostics;
+
+#[async_trait::async_trait]
+impl pod_ttrpc::PodDiagnostics for PodDiagnostics {
+    async fn agent_stats(
+        &self,
+        _: &TtrpcContext,
+        _: pod::AgentStatsRequest,
+    ) -> ttrpc::Result<pod::AgentStatsResponse> {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(pod::AgentStatsResponse {
+            rss_kib: field("VmRSS:"),
+            peak_rss_kib: field("VmHWM:"),
+            threads: u32::try_from(field("Threads:")).unwrap_or(u32::MAX),
+            ..Default::default()
+        })
+    }
+}
+
 /// The services the agent serves, by ttrpc service name.
 pub fn services(sandbox: Arc<Sandbox>) -> HashMap<String, ttrpc::r#async::Service> {
     let mut s = health_ttrpc::create_health(Arc::new(Box::new(HealthService)));
     s.extend(agent_ttrpc::create_agent_service(Arc::new(Box::new(
-        Agent { sandbox },
+        Agent {
+            sandbox: sandbox.clone(),
+        },
     ))));
     s.extend(pod_ttrpc::create_pod_network(Arc::new(Box::new(
-        PodNetwork,
+        PodNetwork { sandbox },
+    ))));
+    s.extend(pod_ttrpc::create_pod_diagnostics(Arc::new(Box::new(
+        PodDiagnostics,
     ))));
     s
 }

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod channel;
+pub mod confine;
 pub mod init;
 pub mod net;
 pub mod oci;
@@ -116,6 +117,16 @@ fn setup() -> anyhow::Result<()> {
 }
 
 async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
+    // Every exec holds pipes in PID 1; the kernel's 1024 would run out
+    // long before memory does.
+    let nofile = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) } != 0 {
+        tracing::warn!("cannot raise the open file limit");
+    }
     let reaper = reaper::Reaper::start()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
     let sandbox = sandbox::Sandbox::new(reaper, exe, crate::services::DEFAULT_CDH_SOCKET);

@@ -104,8 +104,28 @@ pub fn set_hostname(name: &str) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// The guest link the host means: by MAC address when given, else by name.
+/// Whether `link` is a loopback device (IFF_LOOPBACK in its flags).
+fn is_loopback(link: &str) -> bool {
+    std::fs::read_to_string(Path::new("/sys/class/net").join(link).join("flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|f| f & libc::IFF_LOOPBACK as u32 != 0)
+        || link == "lo"
+}
+
+/// The guest link the host means: by MAC address when given, else by
+/// name. Never the loopback device: the guest's own services live there.
 fn find_link(iface: &types::Interface) -> Result<String, SandboxError> {
+    let link = find_any_link(iface)?;
+    if is_loopback(&link) {
+        return Err(SandboxError::Invalid(format!(
+            "{link} is the loopback device; the host cannot configure it"
+        )));
+    }
+    Ok(link)
+}
+
+fn find_any_link(iface: &types::Interface) -> Result<String, SandboxError> {
     let mac = iface.hwAddr.to_ascii_lowercase();
     if !mac.is_empty() {
         let dir = std::fs::read_dir("/sys/class/net").map_err(io("/sys/class/net".into()))?;
@@ -211,6 +231,11 @@ pub fn update_routes(routes: &[types::Route]) -> Result<(), SandboxError> {
                 rt.dest
             )));
         }
+        if !rt.device.is_empty() && is_loopback(&rt.device) {
+            return Err(SandboxError::Invalid(
+                "routes on the loopback device cannot be changed".into(),
+            ));
+        }
         let (dst, mask) = match rt.dest.as_str() {
             "" | "default" | "0.0.0.0/0" => (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED),
             d => match d.split_once('/') {
@@ -218,6 +243,14 @@ pub fn update_routes(routes: &[types::Route]) -> Result<(), SandboxError> {
                 None => (ipv4(d)?, Ipv4Addr::BROADCAST),
             },
         };
+        if (u32::from(dst) & u32::from(mask)) >> 24 == 127
+            || ipv4(&rt.gateway).is_ok_and(|g| g.is_loopback())
+        {
+            return Err(SandboxError::Invalid(format!(
+                "route {} would send loopback traffic out of the guest",
+                rt.dest
+            )));
+        }
         // SAFETY: rtentry is plain data; zero is valid.
         let mut e: libc::rtentry = unsafe { std::mem::zeroed() };
         e.rt_dst = sockaddr(dst);
@@ -287,6 +320,8 @@ pub async fn forward_loopback(port: u32, target: &str) -> Result<(), SandboxErro
     tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else {
+                // Out of descriptors and the like: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             };
             tokio::spawn(async move {
@@ -353,6 +388,17 @@ mod tests {
         assert!(matches!(find_link(&iface), Err(SandboxError::NotFound(_))));
         iface.hwAddr = "02:00:00:00:00:99".into();
         assert!(matches!(find_link(&iface), Err(SandboxError::NotFound(_))));
+        let mut lo = types::Interface::new();
+        lo.name = "lo".into();
+        assert!(matches!(find_link(&lo), Err(SandboxError::Invalid(_))));
+        let mut r = types::Route::new();
+        r.dest = "127.0.0.0/8".into();
+        r.gateway = "10.0.2.2".into();
+        assert!(matches!(update_routes(&[r]), Err(SandboxError::Invalid(_))));
+        let mut r = types::Route::new();
+        r.dest = "default".into();
+        r.device = "lo".into();
+        assert!(matches!(update_routes(&[r]), Err(SandboxError::Invalid(_))));
         let mut rt = types::Route::new();
         rt.dest = "10.0.0.0/99".into();
         assert!(matches!(

@@ -17,10 +17,15 @@ const UNCLAIMED: usize = 1024;
 /// An exit status as Kata reports it: the exit code, or 128 + the signal.
 pub type Status = i32;
 
+/// How long an exit nobody asked for is kept: long enough for the helper
+/// that made the process to report its pid, too short for the pid to be
+/// reused and take an old status.
+const UNCLAIMED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Default)]
 struct Inner {
     waiters: HashMap<i32, oneshot::Sender<Status>>,
-    unclaimed: VecDeque<(i32, Status)>,
+    unclaimed: VecDeque<(i32, Status, std::time::Instant)>,
 }
 
 /// Collects exited children and routes their status.
@@ -72,7 +77,9 @@ impl Reaper {
                     if inner.unclaimed.len() >= UNCLAIMED {
                         inner.unclaimed.pop_front();
                     }
-                    inner.unclaimed.push_back((pid, code));
+                    inner
+                        .unclaimed
+                        .push_back((pid, code, std::time::Instant::now()));
                 }
             }
         }
@@ -83,14 +90,35 @@ impl Reaper {
     pub fn watch(&self, pid: i32) -> oneshot::Receiver<Status> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
-        if let Some(i) = inner.unclaimed.iter().position(|(p, _)| *p == pid) {
-            if let Some((_, code)) = inner.unclaimed.remove(i) {
+        inner
+            .unclaimed
+            .retain(|(_, _, at)| at.elapsed() < UNCLAIMED_FOR);
+        if let Some(i) = inner.unclaimed.iter().position(|(p, _, _)| *p == pid) {
+            if let Some((_, code, _)) = inner.unclaimed.remove(i) {
                 let _ = tx.send(code);
             }
         } else {
             inner.waiters.insert(pid, tx);
         }
         rx
+    }
+
+    /// Sends `sig` to `pid` if it is still being waited for. Under the
+    /// reaper's lock the pid cannot be reaped, so it cannot have been
+    /// reused by another process.
+    pub fn kill(&self, pid: i32, sig: i32) -> std::io::Result<()> {
+        let inner = self.lock();
+        if !inner.waiters.contains_key(&pid) {
+            return Ok(());
+        }
+        // SAFETY: plain syscall; the pid is our unreaped child.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Spawns `cmd` and registers its exit before the reaper can see it.
@@ -146,7 +174,7 @@ mod tests {
         // Wait until the loop has collected it, with nobody asking.
         for _ in 0..500 {
             reaper.reap();
-            if reaper.lock().unclaimed.iter().any(|(p, _)| *p == pid) {
+            if reaper.lock().unclaimed.iter().any(|(p, _, _)| *p == pid) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));

@@ -3,6 +3,7 @@
 //! statuses. Container operations run through the [`oci`] helper; images
 //! come from the data hub (guest pull); exits come from the [`Reaper`].
 
+use super::confine;
 use super::oci::{self, Op};
 use super::reaper::{Reaper, Status};
 use super::spec;
@@ -25,6 +26,9 @@ pub const CGROUP_PARENT: &str = "/cocoon";
 pub const PAUSE: &str = "/pause";
 /// Largest chunk one ReadStdout/ReadStderr returns.
 const MAX_READ: usize = 1 << 20;
+/// Exec'd processes one container may run at once (each holds three
+/// pipes in PID 1).
+const MAX_EXECS: usize = 256;
 /// How long a pull may wait for the data hub to come up.
 const HUB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -124,6 +128,8 @@ pub struct Container {
     cgroup: PathBuf,
     init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Exec ids being set up (two calls with one id cannot both pass).
+    reserved: Mutex<std::collections::HashSet<String>>,
     /// Bumped by an OOM kill in its cgroup.
     oom_kills: std::sync::atomic::AtomicU64,
 }
@@ -338,6 +344,7 @@ impl Sandbox {
                 }
             }
         }
+        confine::container(oci_spec, bundle)?;
         let text = serde_json::to_vec_pretty(&*oci_spec)
             .map_err(|e| SandboxError::Failed(format!("writing config.json: {e}")))?;
         std::fs::write(bundle.join("config.json"), text).map_err(failed("writing config.json"))
@@ -385,6 +392,7 @@ impl Sandbox {
             cgroup,
             init,
             execs: Mutex::new(HashMap::new()),
+            reserved: Mutex::new(std::collections::HashSet::new()),
             oom_kills: AtomicU64::new(0),
         });
         self.containers.lock().await.insert(id.into(), c);
@@ -410,12 +418,34 @@ impl Sandbox {
             ));
         }
         spec::check_container_id(exec_id).map_err(|e| SandboxError::Invalid(e.to_string()))?;
-        if c.execs.lock().await.contains_key(exec_id) {
-            return Err(SandboxError::Exists(format!(
-                "process {exec_id} already exists in {}",
-                c.id
-            )));
+        {
+            let execs = c.execs.lock().await;
+            if execs.contains_key(exec_id) || !c.reserved.lock().await.insert(exec_id.into()) {
+                return Err(SandboxError::Exists(format!(
+                    "process {exec_id} already exists in {}",
+                    c.id
+                )));
+            }
+            let live = execs.values().filter(|p| p.exited().is_none()).count();
+            if live >= MAX_EXECS {
+                c.reserved.lock().await.remove(exec_id);
+                return Err(SandboxError::Invalid(format!(
+                    "container {} already runs {live} processes",
+                    c.id
+                )));
+            }
         }
+        let r = self.exec_reserved(&c, req).await;
+        c.reserved.lock().await.remove(exec_id);
+        r
+    }
+
+    async fn exec_reserved(
+        &self,
+        c: &Arc<Container>,
+        req: &agent::ExecProcessRequest,
+    ) -> Result<(), SandboxError> {
+        let exec_id = req.exec_id.as_str();
         if c.init.exited().is_some() {
             return Err(SandboxError::Invalid(format!(
                 "container {} is not running",
@@ -430,6 +460,7 @@ impl Sandbox {
             spec::process_to_oci(kproc).map_err(|e| SandboxError::Invalid(e.to_string()))?;
         // Exec'd processes see the container's environment defaults too.
         let base = read_spec(&c.bundle.join("config.json"))?;
+        confine::process(&process)?;
         if process.terminal() == Some(true) {
             return Err(SandboxError::Unsupported(
                 "terminals are not supported: run the process without a tty".into(),
@@ -475,15 +506,10 @@ impl Sandbox {
         if p.exited().is_some() {
             return Ok(());
         }
-        // SAFETY: plain syscall.
-        let rc = unsafe { libc::kill(p.pid, sig) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(SandboxError::Failed(format!("signal {sig} to {id}: {e}")));
-            }
-        }
-        Ok(())
+        // Through the reaper: never to a pid reaped and reused since.
+        self.reaper
+            .kill(p.pid, sig)
+            .map_err(|e| SandboxError::Failed(format!("signal {sig} to {id}: {e}")))
     }
 
     /// ReadStdout / ReadStderr: up to `len` bytes; empty at end of stream.
@@ -560,6 +586,12 @@ impl Sandbox {
     pub async fn stats(&self, id: &str) -> Result<agent::StatsContainerResponse, SandboxError> {
         let c = self.container(id).await?;
         Ok(cgroup_stats(&c.cgroup))
+    }
+
+    /// Whether any container exists (or is being created).
+    pub async fn has_containers(&self) -> bool {
+        !self.containers.lock().await.is_empty()
+            || std::fs::read_dir(BUNDLES).is_ok_and(|mut d| d.next().is_some())
     }
 
     /// GetOOMEvent: waits until some container's cgroup records an OOM kill.
