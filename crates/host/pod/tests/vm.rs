@@ -111,7 +111,7 @@ async fn plain_vm_agent_answers_and_stop_leaves_nothing() {
     let err = pod
         .agent
         .agent
-        .destroy_sandbox(ctx(Duration::from_secs(10)), &Default::default())
+        .pause_container(ctx(Duration::from_secs(10)), &Default::default())
         .await
         .unwrap_err();
     assert!(
