@@ -256,6 +256,8 @@ fn overlay_env(base: &[String], over: &[String]) -> Vec<String> {
     out
 }
 
+/// A container or exec id: a letter or digit, then up to 127 of
+/// `[A-Za-z0-9_.-]` (it names directories and cgroups in the guest).
 pub fn check_container_id(id: &str) -> Result<(), SpecError> {
     let b = id.as_bytes();
     let ok = (1..=128).contains(&b.len())
@@ -298,6 +300,7 @@ fn refuse_hooks(hooks: Option<&pb::Hooks>) -> Result<(), SpecError> {
     }
 }
 
+/// One process (a container's or an exec'd one) as OCI's `process`.
 pub fn process_to_oci(p: &pb::Process) -> Result<oci::Process, SpecError> {
     for a in &p.Args {
         no_nul("a process argument", a)?;
