@@ -1,6 +1,6 @@
 //! The agent's ttrpc services: `grpc.Health` and the `grpc.AgentService`
-//! subset a pod needs (containers, processes, stdio, network). Calls
-//! outside it answer UNIMPLEMENTED.
+//! subset a pod needs (containers, processes, stdio, network). The other
+//! calls answer UNIMPLEMENTED.
 
 use super::net;
 use super::sandbox::{Sandbox, SandboxError};
@@ -45,6 +45,14 @@ struct Agent {
 
 fn status(e: SandboxError) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), e.to_string()))
+}
+
+/// A call outside the subset served: UNIMPLEMENTED, as a Kata shim
+/// expects for an optional call.
+fn unimplemented(call: &str) -> ttrpc::Error {
+    status(SandboxError::Unsupported(format!(
+        "{call} is not implemented by this agent"
+    )))
 }
 
 fn logged(call: &'static str) -> impl Fn(SandboxError) -> ttrpc::Error {
@@ -282,6 +290,122 @@ impl agent_ttrpc::AgentService for Agent {
             .into(),
             ..Default::default()
         })
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("UpdateContainer"))
+    }
+
+    async fn update_ephemeral_mounts(
+        &self,
+        _: &TtrpcContext,
+        _: agent::UpdateEphemeralMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("UpdateEphemeralMounts"))
+    }
+
+    async fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("PauseContainer"))
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("ResumeContainer"))
+    }
+
+    async fn remove_stale_virtiofs_share_mounts(
+        &self,
+        _: &TtrpcContext,
+        _: agent::RemoveStaleVirtiofsShareMountsRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("RemoveStaleVirtiofsShareMounts"))
+    }
+
+    async fn list_interfaces(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ListInterfacesRequest,
+    ) -> ttrpc::Result<agent::Interfaces> {
+        Err(unimplemented("ListInterfaces"))
+    }
+
+    async fn list_routes(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ListRoutesRequest,
+    ) -> ttrpc::Result<agent::Routes> {
+        Err(unimplemented("ListRoutes"))
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _: &TtrpcContext,
+        _: agent::AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("AddARPNeighbors"))
+    }
+
+    async fn get_metrics(
+        &self,
+        _: &TtrpcContext,
+        _: agent::GetMetricsRequest,
+    ) -> ttrpc::Result<agent::Metrics> {
+        Err(unimplemented("GetMetrics"))
+    }
+
+    async fn online_cpu_mem(
+        &self,
+        _: &TtrpcContext,
+        _: agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("OnlineCPUMem"))
+    }
+
+    async fn reseed_random_dev(
+        &self,
+        _: &TtrpcContext,
+        _: agent::ReseedRandomDevRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("ReseedRandomDev"))
+    }
+
+    async fn mem_hotplug_by_probe(
+        &self,
+        _: &TtrpcContext,
+        _: agent::MemHotplugByProbeRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("MemHotplugByProbe"))
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _: &TtrpcContext,
+        _: agent::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("SetGuestDateTime"))
+    }
+
+    async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
+        Err(unimplemented("CopyFile"))
+    }
+
+    async fn set_policy(
+        &self,
+        _: &TtrpcContext,
+        _: agent::SetPolicyRequest,
+    ) -> ttrpc::Result<Empty> {
+        Err(unimplemented("SetPolicy"))
     }
 
     async fn tty_win_resize(
