@@ -208,11 +208,10 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
                 breakdown = line;
             }
         }
-        let f = median(floor.clone());
+        let (f, r) = (median(floor), median(ready));
         if !run_times.is_empty() {
             runs.push((m.clone(), f, median(run_times), breakdown));
         }
-        let (f, r) = (median(floor), median(ready));
         println!(
             "{:<8} {:>14.2} s {:>16.2} s {:>7.2}x {:>10} MiB",
             m,

@@ -350,7 +350,6 @@ fn exec_signals_and_stats_through_the_pod_library() {
             // Gone: further calls name the container.
             let gone = a.wait("c1", "").await;
             assert!(gone.is_err_and(|e| e.to_string().contains("c1")));
-            // A spec with a hook is refused before anything runs.
             Ok(())
         }
         .await;

@@ -4,6 +4,7 @@
 //! error body. No I/O lives here.
 
 pub mod binding;
+pub mod container;
 pub mod error_body;
 pub mod initdata;
 pub mod jwe;

@@ -27,22 +27,7 @@ pub struct ContainerConfig {
 }
 
 /// Docker's default capability set: what a container gets unless it asks.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+pub use cocoon_types::container::CAPABILITIES as DEFAULT_CAPS;
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> oci::Mount {
     oci::Mount {
@@ -58,11 +43,20 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// The default set as bounding, effective and permitted capabilities.
+fn default_caps() -> oci::LinuxCapabilities {
+    oci::LinuxCapabilities {
+        Bounding: strings(DEFAULT_CAPS),
+        Effective: strings(DEFAULT_CAPS),
+        Permitted: strings(DEFAULT_CAPS),
+        ..Default::default()
+    }
+}
+
 /// A spec like containerd's default for a plain container: its own PID,
 /// IPC, UTS and mount namespaces, the VM's network, standard mounts,
 /// masked kernel files and Docker's default capabilities.
 pub fn default_spec(c: &ContainerConfig) -> oci::Spec {
-    let caps = strings(DEFAULT_CAPS);
     let process = oci::Process {
         Args: c.args.clone(),
         Env: c.env.clone(),
@@ -72,13 +66,7 @@ pub fn default_spec(c: &ContainerConfig) -> oci::Spec {
             c.cwd.clone()
         },
         User: Some(oci::User::default()).into(),
-        Capabilities: Some(oci::LinuxCapabilities {
-            Bounding: caps.clone(),
-            Effective: caps.clone(),
-            Permitted: caps,
-            ..Default::default()
-        })
-        .into(),
+        Capabilities: Some(default_caps()).into(),
         Rlimits: vec![oci::POSIXRlimit {
             Type: "RLIMIT_NOFILE".into(),
             Hard: 1024,
@@ -97,25 +85,8 @@ pub fn default_spec(c: &ContainerConfig) -> oci::Spec {
         .collect();
     let linux = oci::Linux {
         Namespaces: namespaces,
-        MaskedPaths: strings(&[
-            "/proc/acpi",
-            "/proc/asound",
-            "/proc/kcore",
-            "/proc/keys",
-            "/proc/latency_stats",
-            "/proc/timer_list",
-            "/proc/timer_stats",
-            "/proc/sched_debug",
-            "/proc/scsi",
-            "/sys/firmware",
-        ]),
-        ReadonlyPaths: strings(&[
-            "/proc/bus",
-            "/proc/fs",
-            "/proc/irq",
-            "/proc/sys",
-            "/proc/sysrq-trigger",
-        ]),
+        MaskedPaths: strings(cocoon_types::container::MASKED_PATHS),
+        ReadonlyPaths: strings(cocoon_types::container::READONLY_PATHS),
         ..Default::default()
     };
     let mut annotations = std::collections::HashMap::new();
@@ -328,13 +299,7 @@ impl AgentClient {
             Args: args.to_vec(),
             Cwd: "/".into(),
             User: Some(oci::User::default()).into(),
-            Capabilities: Some(oci::LinuxCapabilities {
-                Bounding: strings(DEFAULT_CAPS),
-                Effective: strings(DEFAULT_CAPS),
-                Permitted: strings(DEFAULT_CAPS),
-                ..Default::default()
-            })
-            .into(),
+            Capabilities: Some(default_caps()).into(),
             NoNewPrivileges: true,
             ..Default::default()
         };

@@ -6,57 +6,13 @@
 //! and cgroup namespaces, masked kernel files) is added.
 
 use super::sandbox::SandboxError;
+use cocoon_types::container::{CAPABILITIES, MASKED_PATHS as MASKED, READONLY_PATHS as READONLY};
 use libcontainer::oci_spec::runtime as oci;
 use std::path::{Path, PathBuf};
-
-/// Capabilities a container may hold: Docker's and containerd's default
-/// set. More needs an agent policy.
-pub const CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// Mount types a container may ask for (besides binds of its own files).
 const MOUNT_TYPES: &[&str] = &[
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
-];
-
-/// Paths every container has masked, whatever the host lists.
-const MASKED: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/kernel/config",
-    "/sys/kernel/security",
-    "/sys/kernel/debug",
-];
-
-/// Paths every container has read-only.
-const READONLY: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
 ];
 
 /// Character devices a container may be allowed: null, zero, full,

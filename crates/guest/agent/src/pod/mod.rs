@@ -129,7 +129,7 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     }
     let reaper = reaper::Reaper::start()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
-    let sandbox = sandbox::Sandbox::new(reaper, exe, crate::services::DEFAULT_CDH_SOCKET);
+    let sandbox = sandbox::Sandbox::new(reaper, exe, crate::services::DEFAULT_CDH_SOCKET)?;
     sandbox.watch_oom();
     if let Err(e) = net::loopback_up() {
         tracing::warn!("{e}");

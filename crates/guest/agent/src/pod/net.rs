@@ -183,31 +183,37 @@ pub async fn update_interface(iface: &types::Interface) -> Result<(), SandboxErr
             Err(e) => return Err(e),
         }
     };
-    let fd = socket()?;
-    if iface.mtu > 0 {
-        let mut r = ifreq(&link)?;
-        r.ifr_ifru.ifru_mtu = i32::try_from(iface.mtu)
-            .map_err(|_| SandboxError::Invalid(format!("MTU {} is too large", iface.mtu)))?;
-        ioctl(&fd, libc::SIOCSIFMTU, &mut r, format!("MTU of {link}"))?;
-    }
+    // Everything checked before the first change to the link.
     if iface.IPAddresses.len() > 1 {
         return Err(SandboxError::Unsupported(format!(
             "{} addresses for {link}: one IPv4 address per interface is supported",
             iface.IPAddresses.len()
         )));
     }
-    for a in &iface.IPAddresses {
-        if a.family.value() != types::IPFamily::v4 as i32 {
+    let mtu = i32::try_from(iface.mtu)
+        .map_err(|_| SandboxError::Invalid(format!("MTU {} is too large", iface.mtu)))?;
+    let address = match iface.IPAddresses.first() {
+        Some(a) if a.family.value() != types::IPFamily::v4 as i32 => {
             return Err(SandboxError::Unsupported(format!(
                 "IPv6 address {} is not supported",
                 a.address
             )));
         }
+        Some(a) => Some((ipv4(&a.address)?, prefix_mask(&a.mask)?)),
+        None => None,
+    };
+    let fd = socket()?;
+    if mtu > 0 {
         let mut r = ifreq(&link)?;
-        r.ifr_ifru.ifru_addr = sockaddr(ipv4(&a.address)?);
+        r.ifr_ifru.ifru_mtu = mtu;
+        ioctl(&fd, libc::SIOCSIFMTU, &mut r, format!("MTU of {link}"))?;
+    }
+    if let Some((ip, mask)) = address {
+        let mut r = ifreq(&link)?;
+        r.ifr_ifru.ifru_addr = sockaddr(ip);
         ioctl(&fd, libc::SIOCSIFADDR, &mut r, format!("address of {link}"))?;
         let mut r = ifreq(&link)?;
-        r.ifr_ifru.ifru_netmask = sockaddr(prefix_mask(&a.mask)?);
+        r.ifr_ifru.ifru_netmask = sockaddr(mask);
         ioctl(
             &fd,
             libc::SIOCSIFNETMASK,
@@ -243,8 +249,12 @@ pub fn update_routes(routes: &[types::Route]) -> Result<(), SandboxError> {
                 None => (ipv4(d)?, Ipv4Addr::BROADCAST),
             },
         };
+        let gateway = match rt.gateway.as_str() {
+            "" => None,
+            g => Some(ipv4(g)?),
+        };
         if (u32::from(dst) & u32::from(mask)) >> 24 == 127
-            || ipv4(&rt.gateway).is_ok_and(|g| g.is_loopback())
+            || gateway.is_some_and(|g| g.is_loopback())
         {
             return Err(SandboxError::Invalid(format!(
                 "route {} would send loopback traffic out of the guest",
@@ -259,8 +269,8 @@ pub fn update_routes(routes: &[types::Route]) -> Result<(), SandboxError> {
         if mask == Ipv4Addr::BROADCAST {
             e.rt_flags |= libc::RTF_HOST;
         }
-        if !rt.gateway.is_empty() {
-            e.rt_gateway = sockaddr(ipv4(&rt.gateway)?);
+        if let Some(g) = gateway {
+            e.rt_gateway = sockaddr(g);
             e.rt_flags |= libc::RTF_GATEWAY;
         }
         let dev;

@@ -146,17 +146,20 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A sandbox whose helpers are `exe` and whose pulls go to the data
-    /// hub at `hub`.
-    pub fn new(reaper: Arc<Reaper>, exe: PathBuf, hub: &str) -> Arc<Self> {
+    /// hub at `hub`; creates the runtime's state and bundle directories.
+    pub fn new(reaper: Arc<Reaper>, exe: PathBuf, hub: &str) -> Result<Arc<Self>, SandboxError> {
+        for dir in [OCI_ROOT, BUNDLES] {
+            std::fs::create_dir_all(dir).map_err(failed(dir))?;
+        }
         let (oom, _) = watch::channel(None);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             reaper,
             exe,
             containers: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             hub: hub.into(),
             oom,
-        })
+        }))
     }
 
     async fn helper(
@@ -166,7 +169,6 @@ impl Sandbox {
         stdio: Option<[std::os::fd::OwnedFd; 3]>,
     ) -> Result<Option<i32>, SandboxError> {
         let root = PathBuf::from(OCI_ROOT);
-        std::fs::create_dir_all(&root).map_err(failed("creating the runtime root"))?;
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let reply_path = root.join(format!(".reply-{n}"));
         let req = oci::Request {
@@ -271,9 +273,6 @@ impl Sandbox {
         }
         match std::fs::create_dir(&bundle) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&bundle).map_err(failed("creating the bundle"))?
-            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(SandboxError::Exists(format!(
                     "container {id} already has a bundle"
@@ -281,12 +280,12 @@ impl Sandbox {
             }
             Err(e) => return Err(failed("creating the bundle")(e)),
         }
-        let r = self
+        let r = match self
             .prepare(req, kspec, &bundle, &rootfs, &mut oci_spec)
-            .await;
-        let r = match r {
+            .await
+        {
             Ok(()) => self.create_in(id, &bundle).await,
-            Err(e) => Err(e),
+            e => e,
         };
         if r.is_err() {
             cleanup_bundle(&bundle);
@@ -458,16 +457,17 @@ impl Sandbox {
             .ok_or_else(|| SandboxError::Invalid("ExecProcess carries no process".into()))?;
         let mut process =
             spec::process_to_oci(kproc).map_err(|e| SandboxError::Invalid(e.to_string()))?;
-        // Exec'd processes see the container's environment defaults too.
-        let base = read_spec(&c.bundle.join("config.json"))?;
         confine::process(&process)?;
         if process.terminal() == Some(true) {
             return Err(SandboxError::Unsupported(
                 "terminals are not supported: run the process without a tty".into(),
             ));
         }
-        if let Some(bp) = base.process() {
-            inherit_env(&mut process, bp);
+        let base = read_spec(&c.bundle.join("config.json"))?;
+        // Exec'd processes see the container's environment under their own.
+        if let Some(base_env) = base.process().as_ref().and_then(|p| p.env().as_ref()) {
+            let own = process.env().clone().unwrap_or_default();
+            process.set_env(Some(spec::overlay_env(base_env, &own)));
         }
         let path = c.bundle.join(format!("exec-{exec_id}.json"));
         let text = serde_json::to_vec(&process)
@@ -628,30 +628,16 @@ impl Sandbox {
     }
 }
 
-/// An exec'd process gets the container's environment under its own.
-fn inherit_env(
-    p: &mut libcontainer::oci_spec::runtime::Process,
-    base: &libcontainer::oci_spec::runtime::Process,
-) {
-    let key = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
-    let own = p.env().clone().unwrap_or_default();
-    let mut env: Vec<String> = base
-        .env()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|b| !own.iter().any(|o| key(o) == key(b)))
-        .collect();
-    env.extend(own);
-    p.set_env(Some(env));
-}
-
 fn read_spec(path: &Path) -> Result<libcontainer::oci_spec::runtime::Spec, SandboxError> {
     let text = std::fs::read(path).map_err(failed("reading the image config"))?;
+    // serde's message may quote the config's values (its environment
+    // included): the host gets only the position.
     serde_json::from_slice(&text).map_err(|e| {
         SandboxError::Failed(format!(
-            "{} is not an OCI runtime config: {e}",
-            path.display()
+            "{} is not an OCI runtime config (line {}, column {})",
+            path.display(),
+            e.line(),
+            e.column()
         ))
     })
 }
@@ -738,27 +724,28 @@ fn cgroup_stats(dir: &Path) -> agent::StatsContainerResponse {
     let cpu = read_kv(&dir.join("cpu.stat"));
     let mem = read_kv(&dir.join("memory.stat"));
     let events = read_kv(&dir.join("memory.events"));
+    let n = |m: &HashMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
     let limit = |f: &str| match std::fs::read_to_string(dir.join(f)) {
         Ok(t) if t.trim() == "max" => u64::MAX,
         Ok(t) => t.trim().parse().unwrap_or(0),
         Err(_) => 0,
     };
     let usage = agent::CpuUsage {
-        total_usage: cpu.get("usage_usec").copied().unwrap_or(0) * 1000,
-        usage_in_usermode: cpu.get("user_usec").copied().unwrap_or(0) * 1000,
-        usage_in_kernelmode: cpu.get("system_usec").copied().unwrap_or(0) * 1000,
+        total_usage: n(&cpu, "usage_usec") * 1000,
+        usage_in_usermode: n(&cpu, "user_usec") * 1000,
+        usage_in_kernelmode: n(&cpu, "system_usec") * 1000,
         ..Default::default()
     };
     let throttling = agent::ThrottlingData {
-        periods: cpu.get("nr_periods").copied().unwrap_or(0),
-        throttled_periods: cpu.get("nr_throttled").copied().unwrap_or(0),
-        throttled_time: cpu.get("throttled_usec").copied().unwrap_or(0) * 1000,
+        periods: n(&cpu, "nr_periods"),
+        throttled_periods: n(&cpu, "nr_throttled"),
+        throttled_time: n(&cpu, "throttled_usec") * 1000,
         ..Default::default()
     };
     let memory = agent::MemoryData {
         usage: read_u64(&dir.join("memory.current")).unwrap_or(0),
         max_usage: read_u64(&dir.join("memory.peak")).unwrap_or(0),
-        failcnt: events.get("max").copied().unwrap_or(0),
+        failcnt: n(&events, "max"),
         limit: limit("memory.max"),
         ..Default::default()
     };
@@ -775,7 +762,7 @@ fn cgroup_stats(dir: &Path) -> agent::StatsContainerResponse {
         })
         .into(),
         memory_stats: Some(agent::MemoryStats {
-            cache: mem.get("file").copied().unwrap_or(0),
+            cache: n(&mem, "file"),
             usage: Some(memory).into(),
             swap_usage: Some(swap).into(),
             use_hierarchy: true,

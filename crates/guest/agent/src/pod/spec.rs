@@ -238,7 +238,7 @@ fn env_key(entry: &str) -> &str {
 
 /// `base` with each entry of `over` replacing the one of the same key in
 /// place, or appended.
-fn overlay_env(base: &[String], over: &[String]) -> Vec<String> {
+pub fn overlay_env(base: &[String], over: &[String]) -> Vec<String> {
     let mut out = base.to_vec();
     let mut at: HashMap<String, usize> = HashMap::new();
     for (i, e) in out.iter().enumerate() {
@@ -890,22 +890,7 @@ mod tests {
     }
 
     /// containerd's default capability set.
-    const CRI_CAPS: [&str; 14] = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-    ];
+    const CRI_CAPS: &[&str] = cocoon_types::container::CAPABILITIES;
 
     const MASKED: [&str; 6] = [
         "/proc/acpi",
@@ -942,9 +927,9 @@ mod tests {
             Env: strings(&["PATH=/usr/bin:/bin", "HOSTNAME=web-0"]),
             Cwd: "/srv".into(),
             Capabilities: MessageField::some(pb::LinuxCapabilities {
-                Bounding: strings(&CRI_CAPS),
-                Effective: strings(&CRI_CAPS),
-                Permitted: strings(&CRI_CAPS),
+                Bounding: strings(CRI_CAPS),
+                Effective: strings(CRI_CAPS),
+                Permitted: strings(CRI_CAPS),
                 Inheritable: vec![],
                 Ambient: strings(&["CAP_NET_BIND_SERVICE"]),
                 ..Default::default()
@@ -1154,9 +1139,9 @@ mod tests {
         );
         assert_eq!(p.cwd(), Path::new("/srv"));
         let c = p.capabilities().as_ref().expect("capabilities");
-        assert_eq!(c.bounding(), &Some(caps(&CRI_CAPS)));
-        assert_eq!(c.effective(), &Some(caps(&CRI_CAPS)));
-        assert_eq!(c.permitted(), &Some(caps(&CRI_CAPS)));
+        assert_eq!(c.bounding(), &Some(caps(CRI_CAPS)));
+        assert_eq!(c.effective(), &Some(caps(CRI_CAPS)));
+        assert_eq!(c.permitted(), &Some(caps(CRI_CAPS)));
         assert_eq!(c.inheritable(), &Some(caps(&[])));
         assert_eq!(c.ambient(), &Some(HashSet::from([Cap::NetBindService])));
         assert!(
