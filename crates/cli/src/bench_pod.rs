@@ -119,6 +119,7 @@ fn spec(
         state_dir: work.join("state").join(id),
         console_log: work.join(format!("{id}.log")),
         network: None,
+        vtpm_ca: None,
     })
 }
 

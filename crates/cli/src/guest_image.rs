@@ -98,10 +98,26 @@ pub fn run(a: BuildArgs) -> Result<()> {
         "  total    {:.1} MiB (kernel + initrd)",
         mb(m.kernel.size + m.initrd.size)
     );
-    println!("expected measurements:");
-    println!(
-        "  vtpm pcr12 (command line, extended by PID 1): {}",
-        m.measurements.vtpm_pcr12_sha256
+    let ms = &m.measurements;
+    println!("expected vTPM measurements (SHA-256 PCRs; trustee reference values tpm_pcrN):");
+    let line = |label: String, v: &str| println!("  {label:<46} {v}");
+    line("kernel Authenticode".into(), &ms.kernel_authenticode_sha256);
+    for (mib, v) in &ms.vtpm_pcr4_sha256_by_memory_mib {
+        let size = if *mib == 2048 {
+            "2048 or >= 2816 MiB".to_string()
+        } else {
+            format!("{mib} MiB")
+        };
+        line(format!("pcr4  kernel as loaded, VM of {size}"), v);
+    }
+    line(
+        "pcr9  command line and initrd (EFI stub)".into(),
+        &ms.vtpm_pcr9_sha256,
     );
+    line("pcr12 command line (PID 1)".into(), &ms.vtpm_pcr12_sha256);
+    for (i, v) in &ms.vtpm_ovmf_flow_pcrs_sha256 {
+        line(format!("pcr{i:<2} OVMF boot flow"), v);
+    }
+    println!("  pcr0, pcr1: the platform's (OVMF build, QEMU configuration)");
     Ok(())
 }

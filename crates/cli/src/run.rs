@@ -21,6 +21,17 @@ pub fn relay() -> Result<Vec<String>> {
     Ok(vec![exe.display().to_string(), RELAY_ARG.into()])
 }
 
+/// Where the local vTPM CA lives by default: data, not cache (trustees are
+/// configured with its certificates).
+pub fn default_vtpm_ca() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+        .join("cocoon/vtpm-ca")
+}
+
 /// `cocoon run`.
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -51,6 +62,11 @@ pub struct RunArgs {
     /// --init-data, else none.
     #[arg(long)]
     tee: Option<String>,
+    /// vtpm mode: the local CA that certifies each pod's vTPM (created on
+    /// first use). Give the trustee its certificates, DIR/certs, with
+    /// `--tpm-ek-ca` so guests enroll their attestation keys.
+    #[arg(long, env = "COCOON_VTPM_CA", value_name = "DIR")]
+    vtpm_ca: Option<PathBuf>,
     /// Guest image directory (`cocoon guest build --out DIR`).
     #[arg(long, env = "COCOON_GUEST_IMAGE", value_name = "DIR")]
     guest_image: PathBuf,
@@ -271,6 +287,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
             forwards: forwards.clone(),
             relay: relay()?,
         }),
+        vtpm_ca: (mode == Mode::Vtpm).then(|| a.vtpm_ca.clone().unwrap_or_else(default_vtpm_ca)),
     };
     let qemu = Qemu::new()?;
     let t0 = Instant::now();

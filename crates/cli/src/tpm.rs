@@ -61,6 +61,16 @@ pub enum TpmCommand {
         #[command(flatten)]
         tpm: TpmSelect,
     },
+    /// Create (on first use) the local CA that certifies the vTPM of each
+    /// pod VM `cocoon run` starts, and print the directory of its
+    /// certificates: give it to the trustee (`--tpm-ek-ca DIR`, or
+    /// `--tpm-hardware-ek-ca DIR` to accept these vTPMs as hardware) so the
+    /// pods enroll their attestation keys by credential activation.
+    VtpmCa {
+        /// The CA directory (holds its private keys; default: as `cocoon run`).
+        #[arg(long, env = "COCOON_VTPM_CA", value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Extend a SHA-256 PCR with the SHA-256 of DATA (as a boot component would).
     Extend {
         #[command(flatten)]
@@ -183,6 +193,18 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
                     ),
                 }
             }
+        }
+        TpmCommand::VtpmCa { dir } => {
+            let dir = dir.unwrap_or_else(crate::run::default_vtpm_ca);
+            let certs = cocoon_tpm::swtpm::ca_certs_dir(&dir);
+            if !certs.join("root.pem").is_file() {
+                // The CA is made when it first certifies a TPM.
+                let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+                cocoon_tpm::swtpm::manufacture_with_ek_cert(scratch.path(), &dir)
+                    .with_context(|| format!("creating the vTPM CA in {}", dir.display()))?;
+                eprintln!("vTPM CA created in {}", dir.display());
+            }
+            println!("{}", certs.display());
         }
         TpmCommand::Pcrs { tpm } => {
             let mut t = Tpm::open(&tpm.tcti()?)?;

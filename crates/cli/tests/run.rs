@@ -83,7 +83,18 @@ fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
         .dir("tmp")
         .unwrap();
     l1.file("bin/busybox", 0o755, &busybox).unwrap();
-    for applet in ["sh", "cat", "echo", "sleep", "ls", "id", "hostname", "wc"] {
+    for applet in [
+        "sh",
+        "cat",
+        "echo",
+        "sleep",
+        "ls",
+        "id",
+        "hostname",
+        "wc",
+        "wget",
+        "sha256sum",
+    ] {
         l1.symlink(&format!("bin/{applet}"), "busybox").unwrap();
     }
     let mut l2 = LayerBuilder::default();
@@ -302,6 +313,7 @@ fn exec_signals_and_stats_through_the_pod_library() {
             forwards: vec![port],
             relay: vec![env!("CARGO_BIN_EXE_cocoon").into(), "__tcp-relay".into()],
         }),
+        vtpm_ca: None,
     };
     let console = spec.console_log.clone();
     rt().block_on(async {
@@ -361,4 +373,216 @@ fn exec_signals_and_stats_through_the_pod_library() {
             );
         }
     });
+}
+
+/// Initdata an owner writes for a pod: the trustee (pinned certificate), a
+/// plain-HTTP registry and, if given, an agent policy.
+fn owner_initdata(reg: &Registry, t: &TrusteeProc, policy: Option<&str>) -> String {
+    let cert = std::fs::read_to_string(t.cert_path()).unwrap();
+    let aa = format!(
+        "[token_configs.kbs]\nurl = \"{}\"\ncert = \"\"\"\n{cert}\"\"\"\n",
+        t.url
+    );
+    let cdh = format!(
+        "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\nkbs_cert = \"\"\"\n{cert}\"\"\"\n[image]\ninsecure_registries = [\"{}\"]\n",
+        t.url, reg.addr
+    );
+    let mut data = toml::Table::new();
+    data.insert("aa.toml".into(), aa.into());
+    data.insert("cdh.toml".into(), cdh.into());
+    if let Some(p) = policy {
+        data.insert("policy.rego".into(), p.into());
+    }
+    let mut doc = toml::Table::new();
+    doc.insert("version".into(), "0.1.0".into());
+    doc.insert("algorithm".into(), "sha256".into());
+    doc.insert("data".into(), data.into());
+    toml::to_string(&doc).unwrap()
+}
+
+#[test]
+fn attested_pod_gets_its_image_key_only_with_its_measurements() {
+    need("qemu-system-x86_64");
+    need("swtpm");
+    need("swtpm_setup");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let reg = Registry::start(d);
+    let plain = push_busybox(&reg, "busybox:3");
+    let a = reg.addr.clone();
+    let img = guest_image();
+    let manifest = cocoon_guest_image::Manifest::load(&img).unwrap();
+
+    // The host certifies each pod's vTPM with a local CA; the owner's
+    // trustee accepts that CA (as hardware: the owner's declaration).
+    let ca = d.join("vtpm-ca");
+    let certs = ok(&cocoon(
+        &["tpm", "vtpm-ca", "--dir", ca.to_str().unwrap()],
+        &[],
+    ));
+    let certs = certs.trim();
+    assert!(Path::new(certs).join("root.pem").is_file(), "{certs}");
+    let t = TrusteeProc::start_with(&d.join("trustee"), &[], &["--tpm-hardware-ek-ca", certs]);
+    let cert = t.cert_path();
+    let key = t.admin_key();
+    let admin = |args: &[&str]| {
+        let mut v = vec!["admin", "--url", &t.url, "--kbs-cert", &cert, "--admin-key"];
+        v.push(key.to_str().unwrap());
+        v.extend_from_slice(args);
+        ok(&cocoon(&v, &[]))
+    };
+
+    // The owner encrypts the image with a key held by the trustee.
+    let kid = "kbs:///default/image-key/pod";
+    let kek: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(29).wrapping_add(7))
+        .collect();
+    let kek_file = write(d, "kek.bin", &kek);
+    let enc = format!("{a}/busybox:enc");
+    ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            &plain,
+            &enc,
+            "--insecure-registry",
+            &a,
+            "--kbs-key",
+            kid,
+            "--kek-file",
+            kek_file.to_str().unwrap(),
+            "--url",
+            &t.url,
+            "--kbs-cert",
+            &cert,
+            "--admin-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    ));
+
+    // Reference values: what the guest image build computed.
+    let init_text = owner_initdata(&reg, &t, None);
+    let init = write(d, "initdata.toml", init_text.as_bytes());
+    let digest = cocoon_types::initdata::InitData::from_payload("toml", &init_text)
+        .unwrap()
+        .digest;
+    admin(&["add-reference-value", "init_data", &hex::encode(&digest)]);
+    for (name, value) in manifest.measurements.vtpm_reference_values(512).unwrap() {
+        admin(&["add-reference-value", &name, &value]);
+    }
+
+    // The first pod: everything the image build computed matches, and the
+    // trustee names exactly the platform's own PCRs (firmware code, VMM
+    // configuration) as unpinned. The owner pins those as the platform's.
+    let xdg = d.join("xdg");
+    let run_enc = |init: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+            .env("XDG_RUNTIME_DIR", &xdg)
+            .args(["run", "--memory", "512", "--guest-image"])
+            .arg(&img)
+            .args(["--init-data", init.to_str().unwrap(), "--vtpm-ca"])
+            .arg(&ca)
+            .arg(&enc)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o.stdout), text(&o.stderr))
+    };
+    let denied = |stderr: &str| {
+        assert!(
+            stderr.contains("resource policy denied") || stderr.contains("denied"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(GREETING.trim()), "{stderr}");
+    };
+    let (code, out, err) = run_enc(&init);
+    assert_ne!(code, Some(0), "{out}{err}");
+    denied(&err);
+    let why = t.explain_until(10, |e| e.contains("boot PCR 0 is not pinned"));
+    let mut platform = Vec::new();
+    for n in [0, 1] {
+        let needle = format!("this guest has tpm.pcr0{n}=");
+        let at = why
+            .find(&needle)
+            .unwrap_or_else(|| panic!("PCR {n} not named: {why}"));
+        platform.push((
+            n,
+            why[at + needle.len()..at + needle.len() + 64].to_string(),
+        ));
+    }
+    for n in [2, 3, 4, 5, 6, 7, 9] {
+        assert!(
+            !why.contains(&format!("boot PCR {n} ")) && !why.contains(&format!("tpm.pcr0{n}=")),
+            "PCR {n} differs from the image build's value: {why}"
+        );
+    }
+    assert!(
+        !why.contains("tpm.pcr12") && !why.contains("init_data="),
+        "{why}"
+    );
+    // The vTPM's key was enrolled by its EK certificate under the host's CA.
+    let aks = admin(&["list-tpm-aks"]);
+    assert!(
+        aks.contains("by EK certificate under swtpm-localca, hardware-backed"),
+        "{aks}"
+    );
+    for (n, v) in &platform {
+        admin(&["add-reference-value", &format!("tpm_pcr{n}"), v]);
+    }
+
+    // Pinned: the guest gets the key, decrypts in the guest, runs.
+    let (code, out, err) = run_enc(&init);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, GREETING, "{err}");
+
+    // A changed PCR reference value: refused, and explain names the PCR.
+    admin(&["add-reference-value", "tpm_pcr9", &"ab".repeat(32)]);
+    let (code, out, err) = run_enc(&init);
+    assert_ne!(code, Some(0), "{out}{err}");
+    denied(&err);
+    let why = t.explain_until(3, |e| e.contains("tpm.pcr09="));
+    assert!(
+        why.contains(&format!(
+            "claim tpm.pcr09={} is not in reference value 'tpm_pcr9'",
+            manifest.measurements.vtpm_pcr9_sha256
+        )),
+        "{why}"
+    );
+    admin(&[
+        "add-reference-value",
+        "tpm_pcr9",
+        &manifest.measurements.vtpm_pcr9_sha256,
+    ]);
+
+    // Other initdata (another policy): bound into PCR 8 by the guest, so
+    // the trustee sees it and refuses it.
+    let other = write(
+        d,
+        "other.toml",
+        owner_initdata(&reg, &t, Some("package other")).as_bytes(),
+    );
+    let (code, out, err) = run_enc(&other);
+    assert_ne!(code, Some(0), "{out}{err}");
+    denied(&err);
+    let why = t.explain_until(3, |e| e.contains("is not in reference value 'init_data'"));
+    assert!(
+        why.contains("is not in reference value 'init_data'"),
+        "{why}"
+    );
+
+    // Nothing of the image's plaintext, nor the key, on the host side of
+    // the runs (state, console logs of the failed runs), and nothing left.
+    let kek_hex = hex::encode(&kek);
+    for needle in [MARKER, GREETING.trim(), kek_hex.as_str()] {
+        let hits = grep(&xdg, needle);
+        assert!(hits.is_empty(), "{needle} found in {hits:?}");
+    }
+    assert!(
+        run_state(&xdg)
+            .iter()
+            .all(|p| p.extension().is_some_and(|e| e == "log"))
+    );
+    let left = qemu_left(xdg.to_str().unwrap());
+    assert!(left.is_empty(), "{left:?}");
 }

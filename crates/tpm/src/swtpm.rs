@@ -31,11 +31,18 @@ fn free_port_pair() -> Result<u16, TpmError> {
 /// NV index of the RSA 2048 EK certificate (TCG EK Credential Profile).
 pub const EK_CERT_NV_INDEX: u32 = 0x01c0_0002;
 
+/// The directory under a CA directory of [`manufacture_with_ek_cert`] that
+/// holds its public certificates only (`root.pem`, `issuer.pem`): what a
+/// trustee is given (`--tpm-ek-ca DIR`) to enroll these TPMs' keys.
+pub fn ca_certs_dir(ca_dir: &Path) -> std::path::PathBuf {
+    ca_dir.join("certs")
+}
+
 /// Manufactures a TPM state in `state_dir` as a vendor would: an EK and its
 /// certificate (in NV at [`EK_CERT_NV_INDEX`]) issued by a local CA whose
 /// files live in `ca_dir` (created on first use: `swtpm-localca-rootca-cert.pem`
-/// is the root, `issuercert.pem` the issuing CA). Uses `swtpm_setup` and
-/// `swtpm_localca` from swtpm-tools.
+/// is the root, `issuercert.pem` the issuing CA; both are copied to
+/// [`ca_certs_dir`]). Uses `swtpm_setup` and `swtpm_localca` from swtpm-tools.
 pub fn manufacture_with_ek_cert(state_dir: &Path, ca_dir: &Path) -> Result<(), TpmError> {
     let io = |e: std::io::Error| TpmError::Io(e.to_string());
     std::fs::create_dir_all(ca_dir).map_err(io)?;
@@ -78,6 +85,20 @@ pub fn manufacture_with_ek_cert(state_dir: &Path, ca_dir: &Path) -> Result<(), T
             "swtpm_setup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         )));
+    }
+    let certs = ca_certs_dir(ca_dir);
+    std::fs::create_dir_all(&certs).map_err(io)?;
+    for (from, to) in [
+        ("swtpm-localca-rootca-cert.pem", "root.pem"),
+        ("issuercert.pem", "issuer.pem"),
+    ] {
+        let pem = std::fs::read(ca_dir.join(from)).map_err(io)?;
+        if std::fs::read(certs.join(to)).ok().as_deref() != Some(&pem[..]) {
+            // Whole files only: trustees may read them while VMs start.
+            let tmp = certs.join(format!(".{to}.{}", std::process::id()));
+            std::fs::write(&tmp, pem).map_err(io)?;
+            std::fs::rename(&tmp, certs.join(to)).map_err(io)?;
+        }
     }
     Ok(())
 }

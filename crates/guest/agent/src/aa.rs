@@ -113,6 +113,18 @@ impl Attester for LoggedAttester {
     fn bind_init_data(&self, digest: &[u8]) -> Result<InitDataBinding, AttesterError> {
         self.inner.bind_init_data(digest)
     }
+
+    fn endorsement(&self) -> Result<Option<cocoon_attester::Endorsement>, AttesterError> {
+        self.inner.endorsement()
+    }
+
+    fn activate_credential(
+        &self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, AttesterError> {
+        self.inner.activate_credential(id_object, encrypted_secret)
+    }
 }
 
 /// Fills the KBS URL and certificate of `cfg` from an AA config TOML
@@ -213,6 +225,11 @@ impl AttestationAgent {
     /// GetEvidence: passed unchanged, at most the TEE's field size), plus
     /// the runtime event log when one was recorded.
     pub async fn evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, AgentError> {
+        // Evidence for the configured KBS (the data hub's requests) is of
+        // use only once that KBS trusts the key that signs it.
+        if let Some(kbs) = &self.kbs {
+            kbs.enroll_once().await;
+        }
         let a = self.attester.clone();
         let rd = runtime_data.to_vec();
         let ev = blocking(move || a.evidence(&rd)).await??;

@@ -68,6 +68,10 @@ pub struct TeeArgs {
     /// Persistent handle of the TPM attestation key.
     #[arg(long, default_value = "0x81010002")]
     ak_handle: String,
+    /// Create the TPM attestation key when the handle is empty (a fresh
+    /// vTPM whose key the trustee enrolls by its EK certificate).
+    #[arg(long)]
+    create_ak: bool,
 }
 
 impl TeeArgs {
@@ -78,6 +82,7 @@ impl TeeArgs {
         }
         tpm.ak_handle = u32::from_str_radix(self.ak_handle.trim_start_matches("0x"), 16)
             .with_context(|| format!("--ak-handle '{}' is not hex", self.ak_handle))?;
+        tpm.create_ak = self.create_ak;
         Ok(AttesterOptions { tpm })
     }
 }

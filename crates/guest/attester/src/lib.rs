@@ -92,6 +92,34 @@ pub trait Attester: Send + Sync {
     fn bind_init_data(&self, _digest: &[u8]) -> Result<InitDataBinding, AttesterError> {
         Ok(InitDataBinding::Unbound)
     }
+    /// The endorsement identity a trustee can enroll this TEE's signing key
+    /// by (a TPM with an EK certificate), or `None`: the key is then trusted
+    /// only when an admin added it.
+    fn endorsement(&self) -> Result<Option<Endorsement>, AttesterError> {
+        Ok(None)
+    }
+    /// Answers a trustee's credential-activation challenge for the key of
+    /// [`Attester::endorsement`]: the secret only that TPM can recover.
+    fn activate_credential(
+        &self,
+        _id_object: &[u8],
+        _encrypted_secret: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, AttesterError> {
+        Err(AttesterError::NotSupported(
+            "credential activation",
+            tee_label(self.tee()),
+        ))
+    }
+}
+
+/// What a trustee enrolls a TPM's attestation key by: the EK certificate
+/// (DER, as the manufacturer wrote it to NV) and the AK's public area.
+#[derive(Debug, Clone)]
+pub struct Endorsement {
+    /// EK certificate, DER.
+    pub ek_cert: Vec<u8>,
+    /// The AK's TPMT_PUBLIC (what its name hashes).
+    pub ak_public: Vec<u8>,
 }
 
 fn tee_label(tee: Tee) -> &'static str {

@@ -7,7 +7,7 @@
 use crate::{Attester, AttesterError, InitDataBinding};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use cocoon_tpm::{DEFAULT_AK_HANDLE, Tcti, Tpm, extend_sha256};
+use cocoon_tpm::{DEFAULT_AK_HANDLE, DEFAULT_EK_HANDLE, KeyAlgorithm, Tcti, Tpm, extend_sha256};
 use cocoon_types::Tee;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -29,6 +29,11 @@ pub struct TpmAttesterConfig {
     pub ak_handle: u32,
     /// TCG event log to include, if readable.
     pub event_log: Option<PathBuf>,
+    /// Create the AK (RSA 2048, restricted signing) at `ak_handle` when
+    /// none is there: a guest whose fresh TPM is enrolled by its EK
+    /// certificate. Without it a missing AK is an error (an admin
+    /// provisions and trusts it with `cocoon tpm enroll`).
+    pub create_ak: bool,
 }
 
 impl Default for TpmAttesterConfig {
@@ -43,6 +48,7 @@ impl Default for TpmAttesterConfig {
                 .and_then(|h| u32::from_str_radix(h.trim_start_matches("0x"), 16).ok())
                 .unwrap_or(DEFAULT_AK_HANDLE),
             event_log: Some(DEFAULT_EVENT_LOG.into()),
+            create_ak: false,
         }
     }
 }
@@ -78,6 +84,19 @@ impl TpmAttester {
         let mut tpm = Tpm::open(&self.cfg.tcti)?;
         f(&mut tpm)
     }
+
+    /// The AK's public area, created first where the settings allow.
+    fn ak(&self, tpm: &mut Tpm) -> Result<cocoon_tpm::Public, AttesterError> {
+        if let Some(ak) = tpm.read_public(self.cfg.ak_handle)? {
+            return Ok(ak);
+        }
+        if !self.cfg.create_ak {
+            return Err(cocoon_tpm::TpmError::NoAk(self.cfg.ak_handle).into());
+        }
+        let (ak, _) = tpm.ensure_ak(self.cfg.ak_handle, KeyAlgorithm::Rsa2048)?;
+        tracing::info!(handle = %format!("0x{:08x}", self.cfg.ak_handle), "TPM attestation key created");
+        Ok(ak)
+    }
 }
 
 impl Attester for TpmAttester {
@@ -92,9 +111,7 @@ impl Attester for TpmAttester {
         let mut rd = report_data.to_vec();
         rd.resize(REPORT_DATA_SIZE, 0);
         let (quote, pcrs, ak) = self.with_tpm(|tpm| {
-            let ak = tpm
-                .read_public(self.cfg.ak_handle)?
-                .ok_or(cocoon_tpm::TpmError::NoAk(self.cfg.ak_handle))?;
+            let ak = self.ak(tpm)?;
             let quote = tpm.quote(self.cfg.ak_handle, &rd)?;
             let pcrs = tpm.pcr_read_sha256()?;
             Ok((quote, pcrs, ak))
@@ -151,6 +168,37 @@ impl Attester for TpmAttester {
             }
             tpm.pcr_extend_sha256(INITDATA_PCR, &d)?;
             Ok(InitDataBinding::Extended)
+        })
+    }
+
+    fn endorsement(&self) -> Result<Option<crate::Endorsement>, AttesterError> {
+        self.with_tpm(|tpm| {
+            // A TPM without an EK certificate is trusted by its AK alone.
+            if tpm.nv_size(cocoon_tpm::swtpm::EK_CERT_NV_INDEX)?.is_none() {
+                return Ok(None);
+            }
+            let ek_cert = tpm.nv_read(cocoon_tpm::swtpm::EK_CERT_NV_INDEX)?;
+            tpm.ensure_ek(DEFAULT_EK_HANDLE)?;
+            self.ak(tpm)?;
+            let ak_public = tpm
+                .read_public_bytes(self.cfg.ak_handle)?
+                .ok_or(cocoon_tpm::TpmError::NoAk(self.cfg.ak_handle))?;
+            Ok(Some(crate::Endorsement { ek_cert, ak_public }))
+        })
+    }
+
+    fn activate_credential(
+        &self,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, AttesterError> {
+        self.with_tpm(|tpm| {
+            Ok(zeroize::Zeroizing::new(tpm.activate_credential(
+                self.cfg.ak_handle,
+                DEFAULT_EK_HANDLE,
+                id_object,
+                encrypted_secret,
+            )?))
         })
     }
 }

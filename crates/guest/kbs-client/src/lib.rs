@@ -191,6 +191,9 @@ pub struct KbsClient {
     init_data: Option<String>,
     retry: RetryPolicy,
     session: Mutex<Option<SessionState>>,
+    /// Whether the TEE's key enrollment (EK credential activation) has
+    /// been settled with this KBS: done, refused, or not offered.
+    enrolled: tokio::sync::Mutex<bool>,
 }
 
 fn cookie_from(resp: &reqwest::Response) -> Option<String> {
@@ -269,6 +272,7 @@ impl KbsClient {
             init_data: opts.init_data,
             retry: opts.retry,
             session: Mutex::new(None),
+            enrolled: tokio::sync::Mutex::new(false),
         })
     }
 
@@ -330,8 +334,122 @@ impl KbsClient {
         Ok(self.new_session().await?.token)
     }
 
+    /// Runs `f` on a blocking thread when the attester may block (TPM,
+    /// TEE ioctl), keeping the reactor free.
+    async fn attester_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Attester) -> Result<T, cocoon_attester::AttesterError> + Send + 'static,
+    ) -> Result<T, ClientError> {
+        if !self.attester.may_block() {
+            return Ok(f(&*self.attester)?);
+        }
+        let attester = self.attester.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&*attester))
+            .await
+            .map_err(|e| ClientError::Config(format!("attester task failed: {e}")))??)
+    }
+
+    /// Before the first attestation: a TEE that offers an endorsement (a
+    /// TPM with an EK certificate) proves its attestation key to the KBS by
+    /// credential activation, so the KBS trusts that key without an admin
+    /// adding it. A refusal is logged and attestation goes on: the key may
+    /// have been added by an admin, and otherwise the KBS says it is not.
+    pub async fn enroll_once(&self) {
+        let mut done = self.enrolled.lock().await;
+        if *done {
+            return;
+        }
+        match self.enroll().await {
+            Ok(None) => {}
+            Ok(Some(by)) => {
+                tracing::info!(kbs = %self.base, by = %by, "TPM attestation key enrolled by EK credential activation")
+            }
+            // Not settled: try again with the next session.
+            Err(e @ ClientError::Unreachable { .. }) => {
+                tracing::warn!("TPM key enrollment: {e}");
+                return;
+            }
+            Err(e) => tracing::warn!(
+                "TPM key enrollment by EK certificate failed ({e}); attesting anyway: the KBS trusts the key only if an admin added it"
+            ),
+        }
+        *done = true;
+    }
+
+    /// One credential activation; the CA the KBS anchored the EK in, or
+    /// "an admin" when the key was already trusted. `None`: nothing to enroll.
+    async fn enroll(&self) -> Result<Option<String>, ClientError> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD as B64;
+        let Some(e) = self.attester_call(|a| a.endorsement()).await? else {
+            return Ok(None);
+        };
+        let proto = |what: &'static str, detail: &str| ClientError::Protocol {
+            what,
+            detail: detail.to_string(),
+        };
+        let url = format!("{}{KBS_PREFIX}/tpm/ek-challenge", self.base);
+        let body =
+            json!({"ek_cert": B64.encode(&e.ek_cert), "ak_public": B64.encode(&e.ak_public)});
+        let resp = self
+            .send("EK challenge", || self.http.post(&url).json(&body))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(refused("EK challenge", resp).await);
+        }
+        let ch: Value = resp
+            .json()
+            .await
+            .map_err(|e| proto("EK challenge", &e.to_string()))?;
+        let field = |k: &str| {
+            ch.get(k)
+                .and_then(Value::as_str)
+                .and_then(|v| B64.decode(v).ok())
+                .ok_or_else(|| proto("EK challenge", &format!("no base64 {k} in the answer")))
+        };
+        let (id_object, secret_in) = (field("id_object")?, field("encrypted_secret")?);
+        let challenge_id = ch
+            .get("challenge_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| proto("EK challenge", "no challenge_id in the answer"))?
+            .to_string();
+        let secret = self
+            .attester_call(move |a| a.activate_credential(&id_object, &secret_in))
+            .await?;
+        let answer = Zeroizing::new(
+            serde_json::to_vec(
+                &json!({"challenge_id": challenge_id, "secret": B64.encode(&*secret)}),
+            )
+            .map_err(|e| ClientError::Config(e.to_string()))?,
+        );
+        drop(secret);
+        let url = format!("{}{KBS_PREFIX}/tpm/ek-activate", self.base);
+        let resp = self
+            .send("EK activation", || {
+                self.http
+                    .post(&url)
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(answer.to_vec())
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(refused("EK activation", resp).await);
+        }
+        let done: Value = resp
+            .json()
+            .await
+            .map_err(|e| proto("EK activation", &e.to_string()))?;
+        Ok(Some(
+            done.get("enrolled_by_ek_of")
+                .and_then(Value::as_str)
+                .unwrap_or("an admin (already trusted)")
+                .to_string(),
+        ))
+    }
+
     /// Runs `auth` + `attest` and keeps (and returns) the new session.
     async fn new_session(&self) -> Result<SessionState, ClientError> {
+        self.enroll_once().await;
         let tee = tee_name(self.attester.tee());
         let req = json!({
             "version": KBS_PROTOCOL_VERSION,
@@ -373,15 +491,7 @@ impl KbsClient {
                 detail: e.to_string(),
             }
         })?;
-        // Evidence may block on a device (TPM, TEE ioctl): keep it off the reactor.
-        let evidence = if self.attester.may_block() {
-            let attester = self.attester.clone();
-            tokio::task::spawn_blocking(move || attester.evidence(&rd))
-                .await
-                .map_err(|e| ClientError::Config(format!("evidence task failed: {e}")))??
-        } else {
-            self.attester.evidence(&rd)?
-        };
+        let evidence = self.attester_call(move |a| a.evidence(&rd)).await?;
         let init = self
             .init_data
             .as_ref()

@@ -11,9 +11,11 @@
 pub mod cpio;
 pub mod debian;
 pub mod modules;
+pub mod vtpm;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha384};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Modules the guest loads before its agent answers (their dependencies
@@ -40,10 +42,7 @@ pub const MODULE_ORDER: &str = "lib/modules/order";
 /// Load order of the late modules (after the early ones).
 pub const MODULE_ORDER_LATE: &str = "lib/modules/order.late";
 
-/// The TPM PCR the guest's PID 1 extends with the kernel command line
-/// (SHA-256 of `/proc/cmdline` without its final newline) before anything
-/// else; PCR 12 is where UEFI stubs put the command line too.
-pub const CMDLINE_PCR: u32 = 12;
+pub use vtpm::{CMDLINE_PCR, OVMF_INITRD_ARG};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -104,6 +103,9 @@ pub enum BuildError {
     /// A bad command line.
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    /// The kernel cannot be measured as firmware would.
+    #[error("measuring the kernel: {0}")]
+    Measure(String),
     /// Files.
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
@@ -137,16 +139,78 @@ impl FileDigest {
     }
 }
 
-/// What OVMF appends to the kernel command line when it hands the kernel
-/// an initrd (the kernel, and so PID 1, see it in `/proc/cmdline`).
-pub const OVMF_INITRD_ARG: &str = "initrd=initrd";
+/// Guest memory sizes (MiB) the manifest gives vTPM PCR 4 for. From
+/// 2816 MiB up QEMU keeps 2 GiB below 4 GiB, so 2048 stands for those too.
+pub const PCR4_MEMORY_MIB: [u32; 4] = [256, 512, 1024, 2048];
 
-/// Measurements that follow from the image alone.
+/// Measurements that follow from the image alone (see [`vtpm`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Measurements {
-    /// vTPM: PCR 12 (SHA-256 bank) after PID 1 extends the command line
-    /// as the kernel got it from OVMF (with [`OVMF_INITRD_ARG`] appended).
+    /// The kernel file's Authenticode SHA-256.
+    pub kernel_authenticode_sha256: String,
+    /// vTPM PCR 4 (SHA-256 bank) by guest memory in MiB: QEMU writes the
+    /// initrd's placement, which follows the memory size, into the kernel
+    /// header OVMF measures.
+    pub vtpm_pcr4_sha256_by_memory_mib: BTreeMap<u32, String>,
+    /// vTPM PCR 9: the command line and initrd, as the EFI stub measures them.
+    pub vtpm_pcr9_sha256: String,
+    /// vTPM PCR 12 after PID 1 extends the command line as the kernel got
+    /// it from OVMF (with [`OVMF_INITRD_ARG`] appended).
     pub vtpm_pcr12_sha256: String,
+    /// vTPM PCRs 2, 3, 5, 6 and 7: OVMF's own boot flow (no secure boot keys).
+    pub vtpm_ovmf_flow_pcrs_sha256: BTreeMap<u32, String>,
+}
+
+impl Measurements {
+    /// The measurements of a kernel, initrd and command line.
+    pub fn compute(kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Self, String> {
+        let mut pcr4 = BTreeMap::new();
+        let mut pcrs = BTreeMap::new();
+        for mib in PCR4_MEMORY_MIB {
+            pcrs = vtpm::image_pcrs(kernel, initrd, cmdline, mib)?;
+            pcr4.insert(mib, hex::encode(pcrs[&4]));
+        }
+        Ok(Self {
+            kernel_authenticode_sha256: hex::encode(vtpm::authenticode_sha256(kernel)?),
+            vtpm_pcr4_sha256_by_memory_mib: pcr4,
+            vtpm_pcr9_sha256: hex::encode(pcrs[&9]),
+            vtpm_pcr12_sha256: hex::encode(pcrs[&CMDLINE_PCR]),
+            vtpm_ovmf_flow_pcrs_sha256: vtpm::ovmf_flow_pcrs()
+                .into_iter()
+                .map(|(i, v)| (i, hex::encode(v)))
+                .collect(),
+        })
+    }
+
+    /// vTPM PCR 4 for a VM of `memory_mib`, when the manifest has it.
+    pub fn vtpm_pcr4(&self, memory_mib: u32) -> Option<&String> {
+        let key = if memory_mib >= 2816 { 2048 } else { memory_mib };
+        self.vtpm_pcr4_sha256_by_memory_mib.get(&key)
+    }
+
+    /// Reference values (`tpm_pcrN`, hex) for a trustee: every vTPM PCR the
+    /// image and OVMF's boot flow determine, for a VM of `memory_mib`.
+    /// PCRs 0 and 1 are the platform's (firmware build, QEMU) and are not
+    /// among them.
+    pub fn vtpm_reference_values(&self, memory_mib: u32) -> Result<Vec<(String, String)>, String> {
+        let pcr4 = self.vtpm_pcr4(memory_mib).ok_or_else(|| {
+            format!(
+                "the manifest has PCR 4 for {PCR4_MEMORY_MIB:?} MiB only, not {memory_mib}: compute it with cocoon_guest_image::vtpm::image_pcrs"
+            )
+        })?;
+        let mut v: Vec<(u32, String)> = self
+            .vtpm_ovmf_flow_pcrs_sha256
+            .iter()
+            .map(|(i, d)| (*i, d.clone()))
+            .collect();
+        v.push((4, pcr4.clone()));
+        v.push((9, self.vtpm_pcr9_sha256.clone()));
+        v.push((CMDLINE_PCR, self.vtpm_pcr12_sha256.clone()));
+        v.sort();
+        Ok(v.into_iter()
+            .map(|(i, d)| (format!("tpm_pcr{i}"), d))
+            .collect())
+    }
 }
 
 /// What a build made.
@@ -184,19 +248,6 @@ impl Manifest {
         serde_json::from_slice(&text)
             .map_err(|e| BuildError::Io(p, std::io::Error::other(e.to_string())))
     }
-}
-
-/// PCR value after extending a zero SHA-256 PCR once with `digest`.
-pub fn pcr_extend_sha256(pcr: &[u8; 32], digest: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(pcr);
-    h.update(digest);
-    h.finalize().into()
-}
-
-/// The expected PCR 12 after PID 1 measures `cmdline`.
-pub fn cmdline_pcr(cmdline: &str) -> [u8; 32] {
-    pcr_extend_sha256(&[0; 32], &Sha256::digest(cmdline.as_bytes()))
 }
 
 /// Checks that `bin` is a statically linked x86-64 ELF executable (a
@@ -329,9 +380,8 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         cmdline: cmdline.into(),
         cmdline_sha256: hex::encode(Sha256::digest(cmdline.as_bytes())),
         cmdline_sha384: hex::encode(Sha384::digest(cmdline.as_bytes())),
-        measurements: Measurements {
-            vtpm_pcr12_sha256: hex::encode(cmdline_pcr(&format!("{cmdline} {OVMF_INITRD_ARG}"))),
-        },
+        measurements: Measurements::compute(&kernel, &initrd, cmdline)
+            .map_err(BuildError::Measure)?,
     };
     let mut json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| BuildError::Io(out.join("manifest.json"), std::io::Error::other(e)))?;
@@ -352,16 +402,6 @@ fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cmdline_pcr_is_one_extend_of_the_digest() {
-        // Worked out independently: sha256(32 zero bytes || sha256("a")).
-        let d = Sha256::digest(b"a");
-        let mut m = vec![0u8; 32];
-        m.extend_from_slice(&d);
-        assert_eq!(cmdline_pcr("a").to_vec(), Sha256::digest(&m).to_vec());
-        assert_ne!(cmdline_pcr("a"), cmdline_pcr("a "));
-    }
 
     #[test]
     fn dynamic_or_foreign_binaries_refused() {

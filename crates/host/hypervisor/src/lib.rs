@@ -83,6 +83,13 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// A NIC on QEMU's user network, or none.
     pub network: Option<UserNetwork>,
+    /// vtpm mode: the directory of the local CA that certifies each VM's
+    /// fresh vTPM as its manufacturer (an EK certificate in NV, made with
+    /// `swtpm_setup`; the CA is created there on first use). The guest
+    /// then enrolls its attestation key with a trustee given the CA's
+    /// certificates (`cocoon_tpm::swtpm::ca_certs_dir`). `None`: a vTPM
+    /// without an EK certificate, whose key only an admin can trust.
+    pub vtpm_ca: Option<PathBuf>,
 }
 
 /// A guest NIC on QEMU's user-mode network, restricted: the guest reaches

@@ -576,6 +576,15 @@ impl Qemu {
                 .map_err(io("creating the vTPM socket pair"))?;
             let tpm_dir = spec.state_dir.join("tpm");
             std::fs::create_dir_all(&tpm_dir).map_err(io("creating the vTPM state directory"))?;
+            if let Some(ca) = spec.vtpm_ca.clone() {
+                let dir = tpm_dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    cocoon_tpm::swtpm::manufacture_with_ek_cert(&dir, &ca)
+                })
+                .await
+                .map_err(|e| VmError::Start(format!("vTPM manufacture: {e}")))?
+                .map_err(|e| VmError::Start(format!("certifying the vTPM: {e}")))?;
+            }
             let mut cmd = Command::new(bin);
             cmd.args(["socket", "--tpm2", "--tpmstate"])
                 .arg(format!("dir={}", tpm_dir.display()))

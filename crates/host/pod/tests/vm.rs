@@ -68,6 +68,7 @@ fn spec(dir: &Path, id: &str, mode: Mode) -> VmSpec {
         state_dir: dir.join("state").join(id),
         console_log: dir.join(format!("{id}.console.log")),
         network: None,
+        vtpm_ca: None,
     }
 }
 

@@ -236,7 +236,14 @@ async fn start_guest_services() {
     let init = initdata.display().to_string();
     let aa = spawn(
         "attestation-agent",
-        vec!["aa".into(), "--initdata-toml".into(), init.clone()],
+        vec![
+            "aa".into(),
+            "--initdata-toml".into(),
+            init.clone(),
+            // The VM's vTPM is fresh: its key is made here and enrolled by
+            // the EK certificate.
+            "--create-ak".into(),
+        ],
     );
     // The data hub asks the attestation agent; wait until it listens (or
     // has failed, in which case the hub reports it on its first request).

@@ -15,6 +15,7 @@ fn spec(mode: Mode) -> VmSpec {
         state_dir: "/run/cocoon/vm/pod1".into(),
         console_log: "/var/log/cocoon/pod1.log".into(),
         network: None,
+        vtpm_ca: None,
     }
 }
 
