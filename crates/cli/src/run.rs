@@ -147,9 +147,6 @@ fn initdata_urls(doc: &cocoon_types::initdata::InitData) -> Vec<String> {
 /// An initdata document from the flags: the KBS for the attestation
 /// agent and data hub, and the plain-HTTP registries.
 fn make_initdata(a: &RunArgs) -> Result<Option<String>> {
-    if a.kbs.is_none() && a.insecure_registries.is_empty() {
-        return Ok(None);
-    }
     let cert = match &a.kbs_cert {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -157,14 +154,27 @@ fn make_initdata(a: &RunArgs) -> Result<Option<String>> {
         ),
         None => None,
     };
+    initdata_for(a.kbs.as_deref(), cert, &a.insecure_registries)
+}
+
+/// The initdata `cocoon run` makes from `--kbs`, the KBS certificate (PEM)
+/// and `--insecure-registry` (`None` without a KBS or registry).
+pub fn initdata_for(
+    kbs: Option<&str>,
+    cert: Option<String>,
+    insecure_registries: &[String],
+) -> Result<Option<String>> {
+    if kbs.is_none() && insecure_registries.is_empty() {
+        return Ok(None);
+    }
     let mut cdh = toml::Table::new();
     let mut aa = toml::Table::new();
-    if let Some(url) = &a.kbs {
+    if let Some(url) = kbs {
         let mut kbc = toml::Table::new();
         kbc.insert("name".into(), "cc_kbc".into());
-        kbc.insert("url".into(), url.clone().into());
+        kbc.insert("url".into(), url.into());
         let mut kbs = toml::Table::new();
-        kbs.insert("url".into(), url.clone().into());
+        kbs.insert("url".into(), url.into());
         if let Some(c) = &cert {
             kbc.insert("kbs_cert".into(), c.clone().into());
             kbs.insert("cert".into(), c.clone().into());
@@ -174,12 +184,12 @@ fn make_initdata(a: &RunArgs) -> Result<Option<String>> {
         tc.insert("kbs".into(), kbs.into());
         aa.insert("token_configs".into(), tc.into());
     }
-    if !a.insecure_registries.is_empty() {
+    if !insecure_registries.is_empty() {
         let mut image = toml::Table::new();
         image.insert(
             "insecure_registries".into(),
             toml::Value::Array(
-                a.insecure_registries
+                insecure_registries
                     .iter()
                     .map(|r| toml::Value::String(r.clone()))
                     .collect(),
