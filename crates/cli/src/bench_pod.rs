@@ -61,13 +61,25 @@ async fn push_small_image(registry: &str) -> Result<String> {
     Ok(image)
 }
 
+/// The `ms=` of the first guest console line with `message`, in seconds.
+fn guest_secs(console: &str, message: &str) -> Option<f64> {
+    let line = console.lines().find(|l| l.contains(message))?;
+    let ms = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ms="))?;
+    Some(ms.parse::<f64>().ok()? / 1000.0)
+}
+
 /// `cocoon run` of `image` as a user runs it, with `flags`; wall time
-/// and its `--timings` line.
+/// and its `--timings` line, with what the guest's console says about
+/// key release (attestation included) and the pull.
 fn time_run(img: &Path, flags: &[String], image: &str, memory: u32) -> Result<(Duration, String)> {
     let exe = std::env::current_exe()?;
+    let console = tempfile::NamedTempFile::new()?;
     let t = Instant::now();
     let o = std::process::Command::new(exe)
-        .args(["run", "--timings"])
+        .args(["run", "--timings", "--console-log"])
+        .arg(console.path())
         .args(flags)
         .args(["--memory", &memory.to_string()])
         .arg("--guest-image")
@@ -82,11 +94,21 @@ fn time_run(img: &Path, flags: &[String], image: &str, memory: u32) -> Result<(D
         "cocoon run failed ({}): {err}",
         o.status
     );
-    let line = err
+    let mut line = err
         .lines()
         .find_map(|l| l.strip_prefix("timings: "))
         .unwrap_or_default()
         .to_string();
+    let guest = std::fs::read_to_string(console.path()).unwrap_or_default();
+    if let Some(p) = guest_secs(&guest, "image pulled") {
+        line.push_str(&format!("; guest: pull {p:.2}s"));
+        if let Some(k) = guest_secs(&guest, "resource released") {
+            line.push_str(&format!(", of which key release with attestation {k:.2}s"));
+        }
+        if let Some(e) = guest_secs(&guest, "TPM attestation key enrolled") {
+            line.push_str(&format!(" (AK enrollment {e:.2}s)"));
+        }
+    }
     Ok((wall, line))
 }
 

@@ -150,7 +150,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// QEMU processes whose command line names `id`.
+/// QEMU and swtpm processes whose command line names `id_part`.
 fn qemu_left(id_part: &str) -> Vec<String> {
     let mut left = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -216,10 +216,12 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
             .contains("agent ready")
     );
     std::fs::remove_file(kept).unwrap();
-    assert!(qemu_left("run-").is_empty(), "{:?}", qemu_left("run-"));
+    // (Only this test's VMs: the others run concurrently.)
+    let xdg = dir.path().join("xdg");
+    let mine = xdg.to_str().unwrap();
+    assert!(qemu_left(mine).is_empty(), "{:?}", qemu_left(mine));
 
     // The layer content was inside the guest only: a process there read it.
-    let xdg = dir.path().join("xdg");
     let o = run(&reg, &[&image, "--", "cat", "/etc/marker"], None);
     assert_eq!(text(&o.stdout), MARKER, "{}", text(&o.stderr));
     // Runs leave nothing behind: no VM state, no console log.

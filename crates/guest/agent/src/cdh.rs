@@ -180,7 +180,15 @@ impl DataHub {
                 uri.path
             ))
         })?;
-        Ok(kbs.get_resource(&uri.path).await?)
+        let t = std::time::Instant::now();
+        let r = kbs.get_resource(&uri.path).await?;
+        // The first fetch includes attestation (and key enrollment).
+        tracing::info!(
+            resource = %uri.path,
+            ms = t.elapsed().as_millis() as u64,
+            "resource released"
+        );
+        Ok(r)
     }
 
     /// Unseals a `sealed.…` secret: checks its signature with the key its

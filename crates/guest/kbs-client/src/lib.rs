@@ -359,11 +359,15 @@ impl KbsClient {
         if *done {
             return;
         }
+        let t = std::time::Instant::now();
         match self.enroll().await {
             Ok(None) => {}
-            Ok(Some(by)) => {
-                tracing::info!(kbs = %self.base, by = %by, "TPM attestation key enrolled by EK credential activation")
-            }
+            Ok(Some(by)) => tracing::info!(
+                kbs = %self.base,
+                by = %by,
+                ms = t.elapsed().as_millis() as u64,
+                "TPM attestation key enrolled by EK credential activation"
+            ),
             // Not settled: try again with the next session.
             Err(e @ ClientError::Unreachable { .. }) => {
                 tracing::warn!("TPM key enrollment: {e}");
@@ -450,6 +454,7 @@ impl KbsClient {
     /// Runs `auth` + `attest` and keeps (and returns) the new session.
     async fn new_session(&self) -> Result<SessionState, ClientError> {
         self.enroll_once().await;
+        let started = std::time::Instant::now();
         let tee = tee_name(self.attester.tee());
         let req = json!({
             "version": KBS_PROTOCOL_VERSION,
@@ -538,6 +543,12 @@ impl KbsClient {
         if let Ok(mut s) = self.session.lock() {
             *s = Some(state.clone());
         }
+        tracing::debug!(
+            kbs = %self.base,
+            tee,
+            ms = started.elapsed().as_millis() as u64,
+            "attested"
+        );
         Ok(state)
     }
 

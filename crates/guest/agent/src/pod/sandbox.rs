@@ -350,19 +350,20 @@ impl Sandbox {
     }
 
     async fn pull(&self, image: &str, bundle: &Path) -> Result<(), SandboxError> {
-        let socket = self.hub.trim_start_matches("unix://").to_string();
+        // The data hub starts beside the agent (after the attestation agent
+        // bound initdata): the first pull may come before it listens.
         let t = std::time::Instant::now();
-        while !Path::new(&socket).exists() {
-            if t.elapsed() > HUB_WAIT {
-                return Err(SandboxError::Failed(format!(
-                    "the data hub did not come up at {} to pull {image}",
-                    self.hub
-                )));
+        let hub = loop {
+            match crate::services::CdhClient::connect(&self.hub) {
+                Ok(hub) => break hub,
+                Err(e) if t.elapsed() > HUB_WAIT => {
+                    return Err(SandboxError::Failed(format!(
+                        "the data hub did not come up within {HUB_WAIT:?} to pull {image}: {e}"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let hub = crate::services::CdhClient::connect(&self.hub)
-            .map_err(|e| SandboxError::Failed(e.to_string()))?;
+        };
         hub.pull_image(image, &bundle.display().to_string())
             .await
             .map_err(|e| SandboxError::Failed(format!("pulling {image}: {e}")))?;
