@@ -239,6 +239,7 @@ async fn attested_setup(
     let certs = cocoon_tpm::swtpm::ca_certs_dir(&ca);
     let t = Trustee::start(
         &work.join("trustee"),
+        // This machine is its own host: its vTPMs are declared acceptable.
         &["--tpm-hardware-ek-ca", &certs.display().to_string()],
     )?;
     let mut kek = [0u8; 32];

@@ -63,9 +63,10 @@ pub enum TpmCommand {
     },
     /// Create (on first use) the local CA that certifies the vTPM of each
     /// pod VM `cocoon run` starts, and print the directory of its
-    /// certificates: give it to the trustee (`--tpm-ek-ca DIR`, or
-    /// `--tpm-hardware-ek-ca DIR` to accept these vTPMs as hardware) so the
-    /// pods enroll their attestation keys by credential activation.
+    /// certificates: give it to the trustee (`--tpm-ek-ca DIR`; or
+    /// `--tpm-hardware-ek-ca DIR`, which declares this host's software TPMs
+    /// as good as hardware: only for a host you trust) so the pods enroll
+    /// their attestation keys by credential activation.
     VtpmCa {
         /// The CA directory (holds its private keys; default: as `cocoon run`).
         #[arg(long, env = "COCOON_VTPM_CA", value_name = "DIR")]

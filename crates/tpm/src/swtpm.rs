@@ -44,31 +44,36 @@ pub fn ca_certs_dir(ca_dir: &Path) -> std::path::PathBuf {
 /// is the root, `issuercert.pem` the issuing CA; both are copied to
 /// [`ca_certs_dir`]). Uses `swtpm_setup` and `swtpm_localca` from swtpm-tools.
 pub fn manufacture_with_ek_cert(state_dir: &Path, ca_dir: &Path) -> Result<(), TpmError> {
+    use std::os::unix::fs::PermissionsExt;
     let io = |e: std::io::Error| TpmError::Io(e.to_string());
+    // The CA's signing keys live here: its owner only.
     std::fs::create_dir_all(ca_dir).map_err(io)?;
+    std::fs::set_permissions(ca_dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     let conf_dir = ca_dir.join("conf");
     std::fs::create_dir_all(&conf_dir).map_err(io)?;
     let ca = ca_dir.display();
-    std::fs::write(
-        conf_dir.join("localca.conf"),
-        format!(
-            "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n"
-        ),
-    )
-    .map_err(io)?;
-    std::fs::write(
-        conf_dir.join("localca.options"),
-        "--platform-manufacturer Cocoon\n--platform-version 2.1\n--platform-model QEMU\n",
-    )
-    .map_err(io)?;
     let conf = conf_dir.display();
-    std::fs::write(
-        conf_dir.join("swtpm_setup.conf"),
-        format!(
-            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {conf}/localca.conf\ncreate_certs_tool_options = {conf}/localca.options\nactive_pcr_banks = sha256\n"
+    for (name, text) in [
+        (
+            "localca.conf",
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n"
+            ),
         ),
-    )
-    .map_err(io)?;
+        (
+            "localca.options",
+            "--platform-manufacturer Cocoon\n--platform-version 2.1\n--platform-model QEMU\n"
+                .to_string(),
+        ),
+        (
+            "swtpm_setup.conf",
+            format!(
+                "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {conf}/localca.conf\ncreate_certs_tool_options = {conf}/localca.options\nactive_pcr_banks = sha256\n"
+            ),
+        ),
+    ] {
+        replace_if_changed(&conf_dir.join(name), text.as_bytes()).map_err(io)?;
+    }
     let out = Command::new("swtpm_setup")
         .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
         .arg(state_dir)
@@ -93,14 +98,32 @@ pub fn manufacture_with_ek_cert(state_dir: &Path, ca_dir: &Path) -> Result<(), T
         ("issuercert.pem", "issuer.pem"),
     ] {
         let pem = std::fs::read(ca_dir.join(from)).map_err(io)?;
-        if std::fs::read(certs.join(to)).ok().as_deref() != Some(&pem[..]) {
-            // Whole files only: trustees may read them while VMs start.
-            let tmp = certs.join(format!(".{to}.{}", std::process::id()));
-            std::fs::write(&tmp, pem).map_err(io)?;
-            std::fs::rename(&tmp, certs.join(to)).map_err(io)?;
-        }
+        replace_if_changed(&certs.join(to), &pem).map_err(io)?;
     }
     Ok(())
+}
+
+/// Writes `bytes` to `path` unless it holds them already, as a whole file
+/// (a temporary beside it, renamed): other VM starts and trustees may read
+/// it at the same time.
+fn replace_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("a file path without a directory"))?;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{}.{}.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 impl Swtpm {

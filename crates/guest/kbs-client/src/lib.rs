@@ -196,6 +196,9 @@ pub struct KbsClient {
     enrolled: tokio::sync::Mutex<bool>,
 }
 
+/// How long one request of the TPM key enrollment may take.
+const ENROLL_STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn cookie_from(resp: &reqwest::Response) -> Option<String> {
     resp.headers()
         .get_all(reqwest::header::SET_COOKIE)
@@ -352,32 +355,66 @@ impl KbsClient {
     /// Before the first attestation: a TEE that offers an endorsement (a
     /// TPM with an EK certificate) proves its attestation key to the KBS by
     /// credential activation, so the KBS trusts that key without an admin
-    /// adding it. A refusal is logged and attestation goes on: the key may
-    /// have been added by an admin, and otherwise the KBS says it is not.
+    /// adding it. Settled once it succeeded, or the KBS refused the
+    /// challenge (it enrolls no keys, or not this TPM's): attestation goes
+    /// on, and the KBS trusts the key only if an admin added it. Any other
+    /// failure (KBS unreachable or failing, a lost challenge, a TPM error)
+    /// is tried again before the next attestation; each try is one request
+    /// per step with a short timeout, so evidence is never held up long.
     pub async fn enroll_once(&self) {
         let mut done = self.enrolled.lock().await;
         if *done {
             return;
         }
         let t = std::time::Instant::now();
-        match self.enroll().await {
-            Ok(None) => {}
-            Ok(Some(by)) => tracing::info!(
-                kbs = %self.base,
-                by = %by,
-                ms = t.elapsed().as_millis() as u64,
-                "TPM attestation key enrolled by EK credential activation"
-            ),
-            // Not settled: try again with the next session.
-            Err(e @ ClientError::Unreachable { .. }) => {
-                tracing::warn!("TPM key enrollment: {e}");
-                return;
+        *done = match self.enroll().await {
+            Ok(None) => true,
+            Ok(Some(by)) => {
+                tracing::info!(
+                    kbs = %self.base,
+                    by = %by,
+                    ms = t.elapsed().as_millis() as u64,
+                    "TPM attestation key enrolled by EK credential activation"
+                );
+                true
             }
-            Err(e) => tracing::warn!(
-                "TPM key enrollment by EK certificate failed ({e}); attesting anyway: the KBS trusts the key only if an admin added it"
-            ),
+            Err(
+                e @ ClientError::Refused {
+                    what: "EK challenge",
+                    status: 400..=499,
+                    ..
+                },
+            ) => {
+                tracing::warn!(
+                    "TPM key enrollment by EK certificate refused ({e}); attesting anyway: the KBS trusts the key only if an admin added it"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!("TPM key enrollment failed, to be tried again: {e}");
+                false
+            }
+        };
+    }
+
+    /// One request of the enrollment: a single try with a short timeout.
+    async fn enroll_step(
+        &self,
+        what: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Value, ClientError> {
+        let resp = req
+            .timeout(ENROLL_STEP_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(refused(what, resp).await);
         }
-        *done = true;
+        resp.json().await.map_err(|e| ClientError::Protocol {
+            what,
+            detail: e.to_string(),
+        })
     }
 
     /// One credential activation; the CA the KBS anchored the EK in, or
@@ -395,16 +432,9 @@ impl KbsClient {
         let url = format!("{}{KBS_PREFIX}/tpm/ek-challenge", self.base);
         let body =
             json!({"ek_cert": B64.encode(&e.ek_cert), "ak_public": B64.encode(&e.ak_public)});
-        let resp = self
-            .send("EK challenge", || self.http.post(&url).json(&body))
+        let ch = self
+            .enroll_step("EK challenge", self.http.post(&url).json(&body))
             .await?;
-        if !resp.status().is_success() {
-            return Err(refused("EK challenge", resp).await);
-        }
-        let ch: Value = resp
-            .json()
-            .await
-            .map_err(|e| proto("EK challenge", &e.to_string()))?;
         let field = |k: &str| {
             ch.get(k)
                 .and_then(Value::as_str)
@@ -415,34 +445,27 @@ impl KbsClient {
         let challenge_id = ch
             .get("challenge_id")
             .and_then(Value::as_str)
-            .ok_or_else(|| proto("EK challenge", "no challenge_id in the answer"))?
-            .to_string();
+            .ok_or_else(|| proto("EK challenge", "no challenge_id in the answer"))?;
+        let challenge_id =
+            serde_json::to_string(challenge_id).map_err(|e| ClientError::Config(e.to_string()))?;
         let secret = self
             .attester_call(move |a| a.activate_credential(&id_object, &secret_in))
             .await?;
-        let answer = Zeroizing::new(
-            serde_json::to_vec(
-                &json!({"challenge_id": challenge_id, "secret": B64.encode(&*secret)}),
-            )
-            .map_err(|e| ClientError::Config(e.to_string()))?,
-        );
-        drop(secret);
+        let secret = Zeroizing::new(B64.encode(&*secret));
+        let answer = Zeroizing::new(format!(
+            "{{\"challenge_id\":{challenge_id},\"secret\":\"{}\"}}",
+            &*secret
+        ));
         let url = format!("{}{KBS_PREFIX}/tpm/ek-activate", self.base);
-        let resp = self
-            .send("EK activation", || {
+        let done = self
+            .enroll_step(
+                "EK activation",
                 self.http
                     .post(&url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
-                    .body(answer.to_vec())
-            })
+                    .body(answer.as_bytes().to_vec()),
+            )
             .await?;
-        if !resp.status().is_success() {
-            return Err(refused("EK activation", resp).await);
-        }
-        let done: Value = resp
-            .json()
-            .await
-            .map_err(|e| proto("EK activation", &e.to_string()))?;
         Ok(Some(
             done.get("enrolled_by_ek_of")
                 .and_then(Value::as_str)

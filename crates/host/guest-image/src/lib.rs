@@ -165,10 +165,13 @@ impl Measurements {
     /// The measurements of a kernel, initrd and command line.
     pub fn compute(kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Self, String> {
         let mut pcr4 = BTreeMap::new();
-        let mut pcrs = BTreeMap::new();
+        // PCRs 9 and 12 do not depend on the memory size.
+        let pcrs = vtpm::image_pcrs(kernel, initrd, cmdline, 2048)?;
         for mib in PCR4_MEMORY_MIB {
-            pcrs = vtpm::image_pcrs(kernel, initrd, cmdline, mib)?;
-            pcr4.insert(mib, hex::encode(pcrs[&4]));
+            // Sizes the initrd does not fit in are left out.
+            if let Ok(p) = vtpm::image_pcrs(kernel, initrd, cmdline, mib) {
+                pcr4.insert(mib, hex::encode(p[&4]));
+            }
         }
         Ok(Self {
             kernel_authenticode_sha256: hex::encode(vtpm::authenticode_sha256(kernel)?),

@@ -129,15 +129,26 @@ pub fn kernel_as_loaded(
     k[0x211] |= 0x80; // loadflags: CAN_USE_HEAP
     k[0x224..0x226].copy_from_slice(&((CMDLINE_ADDR - REAL_ADDR - 0x200) as u16).to_le_bytes());
     k[0x228..0x22c].copy_from_slice(&CMDLINE_ADDR.to_le_bytes());
-    let header_max = u64::from(u32::from_le_bytes([k[0x22c], k[0x22d], k[0x22e], k[0x22f]]));
+    // A kernel that can take its initrd above 4 GiB (boot protocol 2.12
+    // XLF_CAN_BE_LOADED_ABOVE_4G) gets it as high as 32 bits allow; others
+    // below their initrd_addr_max.
+    let xlf = u16::from_le_bytes([k[0x236], k[0x237]]);
+    let header_max = if protocol >= 0x20c && xlf & 0x2 != 0 {
+        u64::from(u32::MAX)
+    } else {
+        u64::from(u32::from_le_bytes([k[0x22c], k[0x22d], k[0x22e], k[0x22f]]))
+    };
     let low = below_4g(memory_mib);
+    if low <= ACPI_DATA_SIZE {
+        return Err(format!("{memory_mib} MiB is too little memory for a guest"));
+    }
     let initrd_max = if header_max >= low - ACPI_DATA_SIZE {
         low - ACPI_DATA_SIZE - 1
     } else {
         header_max
     };
     let len = initrd_len as u64;
-    if len > initrd_max {
+    if len >= initrd_max {
         return Err(format!(
             "an initrd of {len} bytes does not fit below {initrd_max:#x} with {memory_mib} MiB"
         ));
@@ -262,7 +273,27 @@ mod tests {
     }
 
     #[test]
+    fn kernels_loadable_above_4g_take_the_initrd_up_to_the_top_of_low_ram() {
+        // Checked against QEMU 7.2 with OVMF: 2560 MiB, where the header's
+        // 2 GiB initrd_addr_max and the 32-bit limit disagree.
+        let mut k = fake_kernel();
+        k[0x236..0x238].copy_from_slice(&0x7fu16.to_le_bytes());
+        let l = kernel_as_loaded(&k, 5000, "", 2560).unwrap();
+        let addr = u32::from_le_bytes(l[0x218..0x21c].try_into().unwrap());
+        assert_eq!(addr, ((2560u32 << 20) - 0x28000 - 1 - 5000) & !4095);
+        let old = kernel_as_loaded(&fake_kernel(), 5000, "", 2560).unwrap();
+        let addr = u32::from_le_bytes(old[0x218..0x21c].try_into().unwrap());
+        assert_eq!(addr, (0x7fff_ffff - 5000) & !4095);
+        // Below 2 GiB both give the same placement.
+        assert!(
+            kernel_as_loaded(&k, 5000, "", 1024).unwrap()[0x218..0x220]
+                == kernel_as_loaded(&fake_kernel(), 5000, "", 1024).unwrap()[0x218..0x220]
+        );
+    }
+
+    #[test]
     fn unmodelled_inputs_are_refused() {
+        assert!(kernel_as_loaded(&fake_kernel(), 1, "", 0).is_err());
         let mut old = fake_kernel();
         old[0x206..0x208].copy_from_slice(&0x201u16.to_le_bytes());
         assert!(kernel_as_loaded(&old, 1, "", 512).is_err());

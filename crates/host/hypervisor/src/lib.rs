@@ -88,7 +88,8 @@ pub struct VmSpec {
     /// `swtpm_setup`; the CA is created there on first use). The guest
     /// then enrolls its attestation key with a trustee given the CA's
     /// certificates (`cocoon_tpm::swtpm::ca_certs_dir`). `None`: a vTPM
-    /// without an EK certificate, whose key only an admin can trust.
+    /// without an EK certificate; the guest's attestation key, made at
+    /// boot, then has nothing a trustee can enroll it by.
     pub vtpm_ca: Option<PathBuf>,
 }
 
