@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// Print where the time went (boot, network, pull and start, run).
     #[arg(long)]
     timings: bool,
+    /// Print the pod's initdata (made from the flags, or --init-data) and,
+    /// on standard error, its digest, which the trustee's reference value
+    /// 'init_data' must list; start nothing.
+    #[arg(long)]
+    print_init_data: bool,
     /// The image (pulled inside the guest).
     image: String,
     /// Command and arguments (default: the image's).
@@ -260,6 +265,18 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         }
         None => make_initdata(&a)?,
     };
+    if a.print_init_data {
+        let text = initdata
+            .context("this pod has no initdata: give --kbs, --insecure-registry or --init-data")?;
+        let doc = cocoon_types::initdata::InitData::parse(&text)?;
+        print!("{text}");
+        eprintln!(
+            "initdata digest ({}): {} (register it as the trustee's reference value 'init_data')",
+            doc.algorithm,
+            hex::encode(&doc.digest)
+        );
+        return Ok(0);
+    }
     let forwards = forwards(&a, initdata.as_deref())?;
     let root = state_root();
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;

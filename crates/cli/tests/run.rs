@@ -470,6 +470,22 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
         .unwrap()
         .digest;
     admin(&["add-reference-value", "init_data", &hex::encode(&digest)]);
+    // `cocoon run --print-init-data` shows what the trustee must pin.
+    let o = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args(["run", "--guest-image"])
+        .arg(&img)
+        .args(["--print-init-data", "--init-data"])
+        .arg(&init)
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), init_text);
+    assert!(
+        text(&o.stderr).contains(&format!("sha256): {}", hex::encode(&digest))),
+        "{}",
+        text(&o.stderr)
+    );
     for (name, value) in manifest.measurements.vtpm_reference_values(512).unwrap() {
         admin(&["add-reference-value", &name, &value]);
     }
