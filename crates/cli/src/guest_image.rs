@@ -119,5 +119,10 @@ pub fn run(a: BuildArgs) -> Result<()> {
         line(format!("pcr{i:<2} OVMF boot flow"), v);
     }
     println!("  pcr0, pcr1: the platform's (OVMF build, QEMU configuration)");
+    println!(
+        "as trustee reference values per VM size: {}/reference-values-vtpm-<MiB>mib.json \
+         (cocoon admin register-reference-values --file F)",
+        a.out.display()
+    );
     Ok(())
 }

@@ -486,10 +486,16 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
         "{}",
         text(&o.stderr)
     );
+    // The guest build wrote them as an RVPS message per VM size.
+    let rv = img.join(cocoon_guest_image::reference_values_file(512));
+    admin(&["register-reference-values", "--file", rv.to_str().unwrap()]);
+    let listed = admin(&["list-reference-values"]);
     for (name, value) in manifest.measurements.vtpm_reference_values(512).unwrap() {
-        admin(&["add-reference-value", &name, &value]);
+        assert!(
+            listed.contains(&name) && listed.contains(&value),
+            "{listed}"
+        );
     }
-
     // The first pod: everything the image build computed matches, and the
     // trustee names exactly the platform's own PCRs (firmware code, VMM
     // configuration) as unpinned. The owner pins those as the platform's.

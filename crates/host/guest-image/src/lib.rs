@@ -191,6 +191,23 @@ impl Measurements {
         self.vtpm_pcr4_sha256_by_memory_mib.get(&key)
     }
 
+    /// [`Measurements::vtpm_reference_values`] as a CoCo RVPS message
+    /// (`{"version":"0.1.0","type":"sample","payload":<base64 JSON>}`,
+    /// each name with a one-element list of hex digests).
+    pub fn vtpm_rvps_message(&self, memory_mib: u32) -> Result<String, String> {
+        use base64::Engine;
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .vtpm_reference_values(memory_mib)?
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::json!([v])))
+            .collect();
+        let payload = base64::engine::general_purpose::STANDARD
+            .encode(serde_json::Value::Object(map).to_string());
+        Ok(format!(
+            "{{\"version\":\"0.1.0\",\"type\":\"sample\",\"payload\":\"{payload}\"}}\n"
+        ))
+    }
+
     /// Reference values (`tpm_pcrN`, hex) for a trustee: every vTPM PCR the
     /// image and OVMF's boot flow determine, for a VM of `memory_mib`.
     /// PCRs 0 and 1 are the platform's (firmware build, QEMU) and are not
@@ -390,7 +407,22 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
         .map_err(|e| BuildError::Io(out.join("manifest.json"), std::io::Error::other(e)))?;
     json.push(b'\n');
     write("manifest.json", &json)?;
+    for mib in manifest.measurements.vtpm_pcr4_sha256_by_memory_mib.keys() {
+        let msg = manifest
+            .measurements
+            .vtpm_rvps_message(*mib)
+            .map_err(BuildError::Measure)?;
+        write(&reference_values_file(*mib), msg.as_bytes())?;
+    }
     Ok(manifest)
+}
+
+/// The file in an image directory with the vTPM reference values for a VM
+/// of `memory_mib` (2048 also for 2816 MiB and more), as a CoCo RVPS
+/// message: `cocoon admin register-reference-values --file DIR/<this>`.
+pub fn reference_values_file(memory_mib: u32) -> String {
+    let mib = if memory_mib >= 2816 { 2048 } else { memory_mib };
+    format!("reference-values-vtpm-{mib}mib.json")
 }
 
 /// zstd at a high level, single-threaded (so the output depends only on

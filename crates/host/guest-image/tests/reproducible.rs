@@ -42,7 +42,12 @@ fn two_builds_are_byte_identical() {
     let a = build(&opts("a")).unwrap();
     let b = build(&opts("b")).unwrap();
     assert_eq!(a, b);
-    for f in ["vmlinuz", "initrd.img", "cmdline", "manifest.json"] {
+    let mut files: Vec<String> = ["vmlinuz", "initrd.img", "cmdline", "manifest.json"]
+        .map(String::from)
+        .to_vec();
+    files
+        .extend(cocoon_guest_image::PCR4_MEMORY_MIB.map(cocoon_guest_image::reference_values_file));
+    for f in &files {
         let x = std::fs::read(dir.path().join("a").join(f)).unwrap();
         let y = std::fs::read(dir.path().join("b").join(f)).unwrap();
         assert!(x == y, "{f} differs between two builds");
