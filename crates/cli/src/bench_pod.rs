@@ -175,30 +175,32 @@ impl Trustee {
         self.dir.join("tls/cert.pem").display().to_string()
     }
 
-    /// `cocoon admin ARGS` against this trustee.
-    fn admin(&self, args: &[&str]) -> Result<String> {
+    /// `cocoon SUB --url U --kbs-cert C --admin-key K ARGS` against this
+    /// trustee (SUB: `admin`, `explain`).
+    fn as_admin(&self, sub: &str, args: &[&str]) -> Result<String> {
         let key = self.dir.join("admin-key.pem").display().to_string();
         let cert = self.cert();
-        let mut v = vec!["admin", "--url", &self.url, "--kbs-cert", &cert];
-        v.extend(["--admin-key", &key]);
-        v.extend_from_slice(args);
-        cocoon(&v)
-    }
-
-    /// The values of `tpm.pcrNN` (hex) the newest denials report as unpinned.
-    fn unpinned_pcrs(&self) -> Result<Vec<(u32, String)>> {
-        let key = self.dir.join("admin-key.pem").display().to_string();
-        let cert = self.cert();
-        let json = cocoon(&[
-            "explain",
+        let mut v = vec![
+            sub,
             "--url",
             &self.url,
             "--kbs-cert",
             &cert,
             "--admin-key",
             &key,
-            "--json",
-        ])?;
+        ];
+        v.extend_from_slice(args);
+        cocoon(&v)
+    }
+
+    /// `cocoon admin ARGS` against this trustee.
+    fn admin(&self, args: &[&str]) -> Result<String> {
+        self.as_admin("admin", args)
+    }
+
+    /// The values of `tpm.pcrNN` (hex) the newest denials report as unpinned.
+    fn unpinned_pcrs(&self) -> Result<Vec<(u32, String)>> {
+        let json = self.as_admin("explain", &["--json"])?;
         let mut found = Vec::new();
         for n in 0..24u32 {
             let needle = format!("this guest has tpm.pcr{n:02}=");
@@ -233,14 +235,11 @@ async fn attested_setup(
     memory: u32,
 ) -> Result<(Trustee, Vec<String>, String)> {
     let ca = work.join("vtpm-ca");
-    let scratch = work.join("vtpm-scratch");
-    std::fs::create_dir_all(&scratch)?;
-    cocoon_tpm::swtpm::manufacture_with_ek_cert(&scratch, &ca).map_err(anyhow::Error::msg)?;
-    let certs = cocoon_tpm::swtpm::ca_certs_dir(&ca);
+    let certs = cocoon(&["tpm", "vtpm-ca", "--dir", &ca.display().to_string()])?;
     let t = Trustee::start(
         &work.join("trustee"),
         // This machine is its own host: its vTPMs are declared acceptable.
-        &["--tpm-hardware-ek-ca", &certs.display().to_string()],
+        &["--tpm-hardware-ek-ca", certs.trim()],
     )?;
     let mut kek = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut kek);

@@ -104,7 +104,10 @@ pub fn run(a: BuildArgs) -> Result<()> {
     line("kernel Authenticode".into(), &ms.kernel_authenticode_sha256);
     for (mib, v) in &ms.vtpm_pcr4_sha256_by_memory_mib {
         let size = if *mib == 2048 {
-            "2048 or >= 2816 MiB".to_string()
+            format!(
+                "2048 or >= {} MiB",
+                cocoon_guest_image::vtpm::Q35_HIGH_MEMORY_MIB
+            )
         } else {
             format!("{mib} MiB")
         };

@@ -514,10 +514,7 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
         (o.status.code(), text(&o.stdout), text(&o.stderr))
     };
     let denied = |stderr: &str| {
-        assert!(
-            stderr.contains("resource policy denied") || stderr.contains("denied"),
-            "{stderr}"
-        );
+        assert!(stderr.contains("denied"), "{stderr}");
         assert!(!stderr.contains(GREETING.trim()), "{stderr}");
     };
     let (code, out, err) = run_enc(&init);

@@ -164,20 +164,19 @@ pub struct Measurements {
 impl Measurements {
     /// The measurements of a kernel, initrd and command line.
     pub fn compute(kernel: &[u8], initrd: &[u8], cmdline: &str) -> Result<Self, String> {
-        let mut pcr4 = BTreeMap::new();
-        // PCRs 9 and 12 do not depend on the memory size.
-        let pcrs = vtpm::image_pcrs(kernel, initrd, cmdline, 2048)?;
-        for mib in PCR4_MEMORY_MIB {
-            // Sizes the initrd does not fit in are left out.
-            if let Ok(p) = vtpm::image_pcrs(kernel, initrd, cmdline, mib) {
-                pcr4.insert(mib, hex::encode(p[&4]));
-            }
-        }
+        // Sizes the initrd does not fit in are left out.
+        let pcr4: BTreeMap<u32, String> = PCR4_MEMORY_MIB
+            .iter()
+            .filter_map(|&mib| {
+                let v = vtpm::pcr4(kernel, initrd.len(), cmdline, mib).ok()?;
+                Some((mib, hex::encode(v)))
+            })
+            .collect();
         Ok(Self {
             kernel_authenticode_sha256: hex::encode(vtpm::authenticode_sha256(kernel)?),
             vtpm_pcr4_sha256_by_memory_mib: pcr4,
-            vtpm_pcr9_sha256: hex::encode(pcrs[&9]),
-            vtpm_pcr12_sha256: hex::encode(pcrs[&CMDLINE_PCR]),
+            vtpm_pcr9_sha256: hex::encode(vtpm::pcr9(initrd, cmdline)),
+            vtpm_pcr12_sha256: hex::encode(vtpm::pcr12(cmdline)),
             vtpm_ovmf_flow_pcrs_sha256: vtpm::ovmf_flow_pcrs()
                 .into_iter()
                 .map(|(i, v)| (i, hex::encode(v)))
@@ -187,8 +186,8 @@ impl Measurements {
 
     /// vTPM PCR 4 for a VM of `memory_mib`, when the manifest has it.
     pub fn vtpm_pcr4(&self, memory_mib: u32) -> Option<&String> {
-        let key = if memory_mib >= 2816 { 2048 } else { memory_mib };
-        self.vtpm_pcr4_sha256_by_memory_mib.get(&key)
+        self.vtpm_pcr4_sha256_by_memory_mib
+            .get(&vtpm::pcr4_memory_class(memory_mib))
     }
 
     /// [`Measurements::vtpm_reference_values`] as a CoCo RVPS message
@@ -215,7 +214,7 @@ impl Measurements {
     pub fn vtpm_reference_values(&self, memory_mib: u32) -> Result<Vec<(String, String)>, String> {
         let pcr4 = self.vtpm_pcr4(memory_mib).ok_or_else(|| {
             format!(
-                "the manifest has PCR 4 for {PCR4_MEMORY_MIB:?} MiB only, not {memory_mib}: compute it with cocoon_guest_image::vtpm::image_pcrs"
+                "the manifest has PCR 4 for {PCR4_MEMORY_MIB:?} MiB only, not {memory_mib}: compute it with cocoon_guest_image::vtpm::pcr4"
             )
         })?;
         let mut v: Vec<(u32, String)> = self
@@ -421,8 +420,10 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
 /// of `memory_mib` (2048 also for 2816 MiB and more), as a CoCo RVPS
 /// message: `cocoon admin register-reference-values --file DIR/<this>`.
 pub fn reference_values_file(memory_mib: u32) -> String {
-    let mib = if memory_mib >= 2816 { 2048 } else { memory_mib };
-    format!("reference-values-vtpm-{mib}mib.json")
+    format!(
+        "reference-values-vtpm-{}mib.json",
+        vtpm::pcr4_memory_class(memory_mib)
+    )
 }
 
 /// zstd at a high level, single-threaded (so the output depends only on

@@ -92,10 +92,27 @@ pub fn authenticode_sha256(image: &[u8]) -> Result<[u8; 32], String> {
     Ok(h.finalize().into())
 }
 
+/// From this much guest memory (MiB) up, QEMU's q35 machine keeps 2 GiB
+/// below 4 GiB; below it, all of it.
+pub const Q35_HIGH_MEMORY_MIB: u32 = 2816;
+
 /// QEMU's q35 machine: RAM below 4 GiB for `memory_mib` of guest memory.
 fn below_4g(memory_mib: u32) -> u64 {
-    let ram = u64::from(memory_mib) << 20;
-    if ram >= 0xb000_0000 { 0x8000_0000 } else { ram }
+    if memory_mib >= Q35_HIGH_MEMORY_MIB {
+        0x8000_0000
+    } else {
+        u64::from(memory_mib) << 20
+    }
+}
+
+/// The memory size whose PCR 4 a VM of `memory_mib` shares: itself, or
+/// 2048 MiB (2 GiB below 4 GiB too) from [`Q35_HIGH_MEMORY_MIB`] up.
+pub fn pcr4_memory_class(memory_mib: u32) -> u32 {
+    if memory_mib >= Q35_HIGH_MEMORY_MIB {
+        2048
+    } else {
+        memory_mib
+    }
 }
 
 /// The kernel as OVMF receives it from QEMU (7.2, `-kernel` with an
@@ -165,35 +182,37 @@ pub fn ovmf_cmdline(cmdline: &str) -> String {
     format!("{cmdline} {OVMF_INITRD_ARG}")
 }
 
-/// The guest-image PCRs (4, 9, 12) for a VM of `memory_mib`.
-pub fn image_pcrs(
+/// PCR 4 for a VM of `memory_mib`: the kernel as loaded (it depends on
+/// the initrd's size, the command line and the memory), then OVMF's boot
+/// action and separator.
+pub fn pcr4(
     kernel: &[u8],
-    initrd: &[u8],
+    initrd_len: usize,
     cmdline: &str,
     memory_mib: u32,
-) -> Result<BTreeMap<u32, [u8; 32]>, String> {
-    let loaded = kernel_as_loaded(kernel, initrd.len(), cmdline, memory_mib)?;
-    let full = ovmf_cmdline(cmdline);
-    let options: Vec<u8> = full
+) -> Result<[u8; 32], String> {
+    let loaded = kernel_as_loaded(kernel, initrd_len, cmdline, memory_mib)?;
+    Ok(replay(&[
+        authenticode_sha256(&loaded)?,
+        Sha256::digest(OVMF_BOOT_ACTION).into(),
+        separator(),
+    ]))
+}
+
+/// PCR 9: the EFI stub's load options (UTF-16 with the terminator), then
+/// the initrd.
+pub fn pcr9(initrd: &[u8], cmdline: &str) -> [u8; 32] {
+    let options: Vec<u8> = ovmf_cmdline(cmdline)
         .encode_utf16()
         .chain([0])
         .flat_map(u16::to_le_bytes)
         .collect();
-    Ok(BTreeMap::from([
-        (
-            4,
-            replay(&[
-                authenticode_sha256(&loaded)?,
-                Sha256::digest(OVMF_BOOT_ACTION).into(),
-                separator(),
-            ]),
-        ),
-        (
-            9,
-            replay(&[Sha256::digest(&options), Sha256::digest(initrd)]),
-        ),
-        (CMDLINE_PCR, replay(&[Sha256::digest(full.as_bytes())])),
-    ]))
+    replay(&[Sha256::digest(&options), Sha256::digest(initrd)])
+}
+
+/// PCR 12: the command line the kernel got, extended by PID 1.
+pub fn pcr12(cmdline: &str) -> [u8; 32] {
+    replay(&[Sha256::digest(ovmf_cmdline(cmdline).as_bytes())])
 }
 
 /// The PCRs of OVMF's own boot flow (a build without secure boot keys):
