@@ -99,7 +99,7 @@ pub struct AaAttester {
 impl AaAttester {
     /// Connects to the AA at `socket` (`unix:///…`) and asks its TEE type.
     pub async fn connect(socket: &str) -> Result<Self, AgentError> {
-        let client = services::AaClient::connect(socket)?;
+        let client = services::AaClient::connect(socket).await?;
         let name = client.tee().await?;
         let tee = cocoon_types::parse_tee(&name).ok_or_else(|| {
             AgentError::Config(format!(
@@ -125,7 +125,8 @@ impl Attester for AaAttester {
         let bytes = self
             .handle
             .block_on(async {
-                services::AaClient::connect(&self.socket)?
+                services::AaClient::connect(&self.socket)
+                    .await?
                     .evidence(report_data)
                     .await
             })

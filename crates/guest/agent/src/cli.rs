@@ -398,7 +398,10 @@ pub async fn run(cmd: GuestCommand) -> Result<()> {
         GuestCommand::Cdh(a) => run_cdh(a).await,
         GuestCommand::ApiServer(a) => run_rest(a).await,
         GuestCommand::GetResource { cdh_socket, uri } => {
-            let r = CdhClient::connect(&cdh_socket)?.get_resource(&uri).await?;
+            let r = CdhClient::connect(&cdh_socket)
+                .await?
+                .get_resource(&uri)
+                .await?;
             write_stdout(&r)
         }
         GuestCommand::Unseal { cdh_socket, file } => {
@@ -408,7 +411,10 @@ pub async fn run(cmd: GuestCommand) -> Result<()> {
             } else {
                 secret = std::fs::read(&file).with_context(|| format!("cannot read {file}"))?;
             }
-            let p = CdhClient::connect(&cdh_socket)?.unseal(&secret).await?;
+            let p = CdhClient::connect(&cdh_socket)
+                .await?
+                .unseal(&secret)
+                .await?;
             write_stdout(&p)
         }
         GuestCommand::PullImage {
@@ -416,14 +422,15 @@ pub async fn run(cmd: GuestCommand) -> Result<()> {
             image,
             bundle,
         } => {
-            let digest = CdhClient::connect(&cdh_socket)?
+            let digest = CdhClient::connect(&cdh_socket)
+                .await?
                 .pull_image(&image, &bundle)
                 .await?;
             println!("{digest}");
             Ok(())
         }
         GuestCommand::Token { aa_socket } => {
-            let t = AaClient::connect(&aa_socket)?.token("kbs").await?;
+            let t = AaClient::connect(&aa_socket).await?.token("kbs").await?;
             write_stdout(&t)
         }
     }

@@ -67,7 +67,7 @@ async fn resource(
     else {
         return fail(StatusCode::NOT_FOUND, "resource endpoints are disabled");
     };
-    let cdh = match CdhClient::connect(addr) {
+    let cdh = match CdhClient::connect(addr).await {
         Ok(c) => c,
         Err(e) => return backend_err(e),
     };
@@ -78,18 +78,20 @@ async fn resource(
 }
 
 /// A client of the attestation agent, or the response to send instead.
-fn aa(s: &RestBackends) -> Result<AaClient, Box<Response>> {
+async fn aa(s: &RestBackends) -> Result<AaClient, Box<Response>> {
     let Some(addr) = s.aa.as_ref().filter(|_| s.features != Features::Resource) else {
         return Err(Box::new(fail(
             StatusCode::NOT_FOUND,
             "attestation endpoints are disabled",
         )));
     };
-    AaClient::connect(addr).map_err(|e| Box::new(backend_err(e)))
+    AaClient::connect(addr)
+        .await
+        .map_err(|e| Box::new(backend_err(e)))
 }
 
 async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let aa = match aa(&s) {
+    let aa = match aa(&s).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -103,7 +105,7 @@ async fn token(State(s): State<St>, Query(q): Query<HashMap<String, String>>) ->
 }
 
 async fn evidence(State(s): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let aa = match aa(&s) {
+    let aa = match aa(&s).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -132,7 +134,7 @@ struct AaelRequest {
 }
 
 async fn aael(State(s): State<St>, body: axum::body::Bytes) -> Response {
-    let aa = match aa(&s) {
+    let aa = match aa(&s).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -153,9 +155,12 @@ async fn aael(State(s): State<St>, body: axum::body::Bytes) -> Response {
 }
 
 async fn info(State(s): State<St>) -> Response {
-    let tee = match s.aa.as_deref().map(AaClient::connect) {
-        Some(Ok(a)) => a.tee().await.ok(),
-        _ => None,
+    let tee = match s.aa.as_deref() {
+        Some(addr) => match AaClient::connect(addr).await {
+            Ok(a) => a.tee().await.ok(),
+            Err(_) => None,
+        },
+        None => None,
     };
     axum::Json(serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),

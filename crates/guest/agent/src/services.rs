@@ -256,8 +256,7 @@ fn prepare_socket(addr: &str) -> Result<(), AgentError> {
 /// Binds the AA service on `addr` (`unix:///path`).
 pub fn aa_server(addr: &str, aa: Arc<AttestationAgent>) -> Result<Server, AgentError> {
     prepare_socket(addr)?;
-    let svc: Arc<Box<dyn AttestationAgentService + Send + Sync>> =
-        Arc::new(Box::new(AaService(aa)));
+    let svc: Arc<dyn AttestationAgentService + Send + Sync> = Arc::new(AaService(aa));
     Ok(Server::new()
         .bind(addr)
         .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?
@@ -267,13 +266,10 @@ pub fn aa_server(addr: &str, aa: Arc<AttestationAgent>) -> Result<Server, AgentE
 /// Binds the CDH services on `addr`.
 pub fn cdh_server(addr: &str, hub: Arc<DataHub>) -> Result<Server, AgentError> {
     prepare_socket(addr)?;
-    let res: Arc<Box<dyn GetResourceService + Send + Sync>> =
-        Arc::new(Box::new(CdhService(hub.clone())));
-    let sealed: Arc<Box<dyn SealedSecretService + Send + Sync>> =
-        Arc::new(Box::new(CdhService(hub.clone())));
-    let mount: Arc<Box<dyn SecureMountService + Send + Sync>> =
-        Arc::new(Box::new(CdhService(hub.clone())));
-    let pull: Arc<Box<dyn ImagePullService + Send + Sync>> = Arc::new(Box::new(CdhService(hub)));
+    let res: Arc<dyn GetResourceService + Send + Sync> = Arc::new(CdhService(hub.clone()));
+    let sealed: Arc<dyn SealedSecretService + Send + Sync> = Arc::new(CdhService(hub.clone()));
+    let mount: Arc<dyn SecureMountService + Send + Sync> = Arc::new(CdhService(hub.clone()));
+    let pull: Arc<dyn ImagePullService + Send + Sync> = Arc::new(CdhService(hub));
     Ok(Server::new()
         .bind(addr)
         .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?
@@ -300,8 +296,8 @@ pub struct AaClient(AttestationAgentServiceClient);
 
 impl AaClient {
     /// Connects to `addr` (`unix:///path`).
-    pub fn connect(addr: &str) -> Result<Self, AgentError> {
-        let c = ttrpc::r#async::Client::connect(addr).map_err(|e| {
+    pub async fn connect(addr: &str) -> Result<Self, AgentError> {
+        let c = ttrpc::r#async::Client::connect(addr).await.map_err(|e| {
             AgentError::Remote(format!(
                 "cannot connect to the attestation agent at {addr}: {e}"
             ))
@@ -380,8 +376,8 @@ pub struct CdhClient {
 
 impl CdhClient {
     /// Connects to `addr` (`unix:///path`).
-    pub fn connect(addr: &str) -> Result<Self, AgentError> {
-        let c = ttrpc::r#async::Client::connect(addr).map_err(|e| {
+    pub async fn connect(addr: &str) -> Result<Self, AgentError> {
+        let c = ttrpc::r#async::Client::connect(addr).await.map_err(|e| {
             AgentError::Remote(format!("cannot connect to the data hub at {addr}: {e}"))
         })?;
         Ok(Self {

@@ -107,8 +107,9 @@ async fn generated_clients_send_kata_method_paths() {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let server = tokio::spawn(record_paths(listener, tx));
 
-    let conn =
-        ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display())).expect("connect");
+    let conn = ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
+        .await
+        .expect("connect");
     let agent = AgentServiceClient::new(conn.clone());
     call_each!(
         agent,
@@ -165,8 +166,8 @@ impl Health for Unimplemented {}
 
 #[test]
 fn generated_servers_register_kata_method_paths() {
-    let agent: Arc<Box<dyn AgentService + Send + Sync>> = Arc::new(Box::new(Unimplemented));
-    let health: Arc<Box<dyn Health + Send + Sync>> = Arc::new(Box::new(Unimplemented));
+    let agent: Arc<dyn AgentService + Send + Sync> = Arc::new(Unimplemented);
+    let health: Arc<dyn Health + Send + Sync> = Arc::new(Unimplemented);
     let mut registered: Vec<String> = create_agent_service(agent)
         .into_iter()
         .chain(create_health(health))
@@ -228,8 +229,8 @@ impl Health for Echo {
 async fn client_and_server_talk_over_a_unix_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
     let addr = format!("unix://{}", dir.path().join("agent.sock").display());
-    let agent: Arc<Box<dyn AgentService + Send + Sync>> = Arc::new(Box::new(Echo));
-    let health: Arc<Box<dyn Health + Send + Sync>> = Arc::new(Box::new(Echo));
+    let agent: Arc<dyn AgentService + Send + Sync> = Arc::new(Echo);
+    let health: Arc<dyn Health + Send + Sync> = Arc::new(Echo);
     let mut server = ttrpc::r#async::Server::new()
         .bind(&addr)
         .expect("bind")
@@ -237,7 +238,9 @@ async fn client_and_server_talk_over_a_unix_socket() {
         .register_service(create_health(health));
     server.start().await.expect("start server");
 
-    let conn = ttrpc::r#async::Client::connect(&addr).expect("connect");
+    let conn = ttrpc::r#async::Client::connect(&addr)
+        .await
+        .expect("connect");
     let client = agent_ttrpc::AgentServiceClient::new(conn.clone());
     let waited = client
         .wait_process(

@@ -58,8 +58,9 @@ pub fn ctx(d: Duration) -> ttrpc::context::Context {
 
 impl AgentClient {
     /// Connects to `address` (`unix://@...`).
-    pub fn connect(address: &str) -> Result<Self, PodError> {
+    pub async fn connect(address: &str) -> Result<Self, PodError> {
         let c = ttrpc::r#async::Client::connect(address)
+            .await
             .map_err(|e| PodError::Agent("connect", e.to_string()))?;
         Ok(Self {
             health: health_ttrpc::HealthClient::new(c.clone()),
@@ -147,7 +148,7 @@ async fn wait_ready(vm: &dyn Vm, t0: Instant, timeout: Duration) -> Result<Agent
             return Err(PodError::AgentTimeout(timeout));
         }
         let attempt = async {
-            let c = AgentClient::connect(&addr)?;
+            let c = AgentClient::connect(&addr).await?;
             let r = c
                 .health
                 .check(ctx(left), &health::CheckRequest::new())

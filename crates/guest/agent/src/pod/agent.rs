@@ -479,17 +479,13 @@ impl pod_ttrpc::PodDiagnostics for PodDiagnostics {
 
 /// The services the agent serves, by ttrpc service name.
 pub fn services(sandbox: Arc<Sandbox>) -> HashMap<String, ttrpc::r#async::Service> {
-    let mut s = health_ttrpc::create_health(Arc::new(Box::new(HealthService)));
-    s.extend(agent_ttrpc::create_agent_service(Arc::new(Box::new(
-        Agent {
-            sandbox: sandbox.clone(),
-        },
-    ))));
-    s.extend(pod_ttrpc::create_pod_network(Arc::new(Box::new(
-        PodNetwork { sandbox },
-    ))));
-    s.extend(pod_ttrpc::create_pod_diagnostics(Arc::new(Box::new(
-        PodDiagnostics,
-    ))));
+    let mut s = health_ttrpc::create_health(Arc::new(HealthService));
+    s.extend(agent_ttrpc::create_agent_service(Arc::new(Agent {
+        sandbox: sandbox.clone(),
+    })));
+    s.extend(pod_ttrpc::create_pod_network(Arc::new(PodNetwork {
+        sandbox,
+    })));
+    s.extend(pod_ttrpc::create_pod_diagnostics(Arc::new(PodDiagnostics)));
     s
 }

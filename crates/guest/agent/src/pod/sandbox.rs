@@ -354,7 +354,7 @@ impl Sandbox {
         // bound initdata): the first pull may come before it listens.
         let t = std::time::Instant::now();
         let hub = loop {
-            match crate::services::CdhClient::connect(&self.hub) {
+            match crate::services::CdhClient::connect(&self.hub).await {
                 Ok(hub) => break hub,
                 Err(e) if t.elapsed() > HUB_WAIT => {
                     return Err(SandboxError::Failed(format!(

@@ -1,0 +1,115 @@
+//! Helpers of the pod VM tests: the guest image, a busybox image pushed
+//! to the test registry, and a search of host directories for bytes that
+//! must never reach them.
+#![allow(dead_code)]
+
+use super::common::*;
+use cocoon_image::owner::{LayerBuilder, push_image};
+use cocoon_image::reference::Reference;
+use cocoon_image::registry::{RegistryClient, RegistryConfig};
+use std::path::{Path, PathBuf};
+
+pub const GREETING: &str = "hello from inside the pod\n";
+/// Content only the image holds: it must never land in the host's run
+/// state or logs (the image is pulled and unpacked in the guest).
+pub const MARKER: &str = "cocoon-layer-marker-6b1f0e";
+
+/// What runs left in the run state directory, but the KVM probe's cache.
+pub fn run_state(xdg: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(xdg.join("cocoon/run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".kvm-probe")
+        })
+        .collect()
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+pub fn grep(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(grep(&p, needle));
+        } else if std::fs::read(&p)
+            .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        {
+            hits.push(p);
+        }
+    }
+    hits
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn guest_image() -> PathBuf {
+    let dir = std::env::var_os("COCOON_GUEST_IMAGE")
+        .map(PathBuf::from)
+        .expect("COCOON_GUEST_IMAGE is not set: run scripts/test, which builds the guest image");
+    assert!(
+        dir.join("vmlinuz").is_file(),
+        "{} holds no guest image: run scripts/test",
+        dir.display()
+    );
+    dir
+}
+
+/// A busybox image whose default command prints [`GREETING`].
+pub fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    need("busybox");
+    cocoon_kbs_client::install_crypto_provider();
+    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
+    let mut l1 = LayerBuilder::default();
+    l1.dir("bin")
+        .unwrap()
+        .dir("etc")
+        .unwrap()
+        .dir("tmp")
+        .unwrap();
+    l1.file("bin/busybox", 0o755, &busybox).unwrap();
+    for applet in [
+        "sh",
+        "cat",
+        "echo",
+        "sleep",
+        "ls",
+        "id",
+        "hostname",
+        "wc",
+        "wget",
+        "sha256sum",
+    ] {
+        l1.symlink(&format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let mut l2 = LayerBuilder::default();
+    l2.file("etc/greeting", 0o644, GREETING.as_bytes()).unwrap();
+    l2.file("etc/marker", 0o644, MARKER.as_bytes()).unwrap();
+    let layers = vec![l1.finish().unwrap(), l2.finish().unwrap()];
+    let client = RegistryClient::new(RegistryConfig {
+        insecure: [reg.addr.clone()].into(),
+        ..Default::default()
+    })
+    .expect("client");
+    let image = format!("{}/{repo_tag}", reg.addr);
+    rt().block_on(push_image(
+        &client,
+        &Reference::parse(&image).unwrap(),
+        &layers,
+        &["/bin/sh", "-c", "cat /etc/greeting"],
+    ))
+    .expect("push busybox");
+    image
+}

@@ -1,0 +1,189 @@
+//! The shim process's life: `start` (find or spawn the pod's shim),
+//! serving the task API, and `delete` (containerd cleaning up after a shim
+//! that died).
+
+use crate::spec::{self, Kind};
+use crate::task::Service;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{ExitSignal, Shim, spawn};
+use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use std::sync::Arc;
+
+/// The shim.
+pub struct CocoonShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+}
+
+/// The pod a container belongs to: its CRI sandbox id, or itself.
+pub fn grouping_id(id: &str, config_json: &[u8]) -> String {
+    match spec::from_json(config_json) {
+        Ok((_, meta)) if meta.kind == Kind::Container => {
+            meta.sandbox_id.unwrap_or_else(|| id.into())
+        }
+        _ => id.into(),
+    }
+}
+
+/// Whether a shim already answers at `address` (`unix:///path`).
+fn served(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// `start`: the address of the shim serving the container's pod, spawned
+/// when there is none yet. The working directory is the bundle.
+pub async fn start_pod_shim(opts: StartOpts) -> Result<String, Error> {
+    let spec = std::fs::read("config.json")
+        .map_err(|e| Error::InvalidArgument(format!("reading the bundle's config.json: {e}")))?;
+    let grouping = grouping_id(&opts.id, &spec);
+    let address = opts.socket_address(&grouping);
+    if !served(&address) {
+        spawn(opts, &grouping, Vec::new()).await?;
+    }
+    std::fs::write("address", &address)
+        .map_err(|e| Error::Other(format!("writing the address file: {e}")))?;
+    Ok(address)
+}
+
+/// Whether `input` (the `start` action's stdin) carries the bootstrap
+/// parameters of containerd 2.3+ for this shim; otherwise it is the
+/// legacy protocol (flags and environment, runtime options at most).
+pub fn is_bootstrap(input: &[u8], flags: &Flags) -> bool {
+    use containerd_shim_protos::protobuf::Message;
+    containerd_shim::bootstrap::BootstrapParams::parse_from_bytes(input).is_ok_and(|p| {
+        p.instance_id == flags.id
+            && p.namespace == flags.namespace
+            && !p.containerd_ttrpc_address.is_empty()
+    })
+}
+
+/// `start` under the legacy protocol, which containerd 1.6 speaks: the
+/// reply is the bare address (1.7 and 2.x read that too; the JSON reply
+/// newer shims give is not understood by 1.6).
+pub async fn start_legacy(flags: &Flags) -> Result<String, Error> {
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+    if ttrpc_address.is_empty() {
+        return Err(Error::InvalidArgument(
+            "TTRPC_ADDRESS is not set: containerd starts this shim".into(),
+        ));
+    }
+    start_pod_shim(StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address,
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
+    })
+    .await
+}
+
+#[async_trait::async_trait]
+impl Shim for CocoonShim {
+    type T = Service;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        // Processes in the guest are the agent's to reap; QEMU and its
+        // helpers are waited for by the hypervisor driver.
+        config.no_reaper = true;
+        Self {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        let spec = std::fs::read("config.json").map_err(|e| {
+            Error::InvalidArgument(format!("reading the bundle's config.json: {e}"))
+        })?;
+        let grouping = grouping_id(&opts.id, &spec);
+        let address = opts.socket_address(&grouping);
+        if !served(&address) {
+            spawn(opts, &grouping, Vec::new()).await?;
+        }
+        std::fs::write("address", &address)
+            .map_err(|e| Error::Other(format!("writing the address file: {e}")))?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        // The shim that served this container is gone; its VM died with
+        // it. What is left is state on disk.
+        if let Ok(cfg) = crate::config::Config::load(None) {
+            cocoon_hypervisor::qemu::gc_stale(&cfg.state_dir);
+        }
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: Some(Timestamp::now()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        Service::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
+
+/// The shim server (the process `start` spawned with `-socket`): serves
+/// the task API under both names containerd uses for it,
+/// `containerd.task.v2.Task` (containerd 1.6, 1.7 and 2.x with the bare
+/// address reply) and `containerd.task.v3.Task` (2.x with the bootstrap
+/// protocol); the messages of both are the same.
+pub async fn serve(flags: &Flags) -> Result<(), Error> {
+    use containerd_shim_protos::shim_async::{Task, create_task};
+    if flags.socket.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the shim socket (-socket) is missing".into(),
+        ));
+    }
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)?;
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| {
+        Error::InvalidArgument("TTRPC_ADDRESS is not set: containerd starts this shim".into())
+    })?;
+    let exit = Arc::new(ExitSignal::default());
+    let publisher = RemotePublisher::new(&ttrpc_address).await?;
+    let task: Arc<dyn Task + Send + Sync> =
+        Arc::new(Service::new(&flags.namespace, publisher, exit.clone()));
+    let mut services = create_task(task.clone());
+    for (name, service) in create_task(task) {
+        services.insert(name.replace(".v3.", ".v2."), service);
+    }
+    let path = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket);
+    // A socket file left by a shim that died is in the way.
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
+    }
+    let mut server = containerd_shim_protos::ttrpc::r#async::Server::new()
+        .bind(&flags.socket)
+        .map_err(|e| Error::Other(format!("listening on {}: {e}", flags.socket)))?
+        .register_service(services);
+    server
+        .start()
+        .await
+        .map_err(|e| Error::Other(format!("starting the task server: {e}")))?;
+    // `start` reads our stdout until it closes: the server is up.
+    // SAFETY: dup2 onto our own standard output.
+    unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
+    log::info!("cocoon shim serving {}", flags.socket);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Other(e.to_string()))?;
+    tokio::select! {
+        _ = exit.wait() => {}
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+    }
+    let _ = server.shutdown().await;
+    let _ = std::fs::remove_file(path);
+    Ok(())
+}
