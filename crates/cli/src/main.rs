@@ -9,6 +9,7 @@ mod client;
 mod guest;
 mod guest_image;
 mod image;
+mod pod;
 mod run;
 mod secret;
 mod tpm;
@@ -57,6 +58,9 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Run a container in its own confidential pod VM; the image is pulled and decrypted inside the guest.
     Run(Box<run::RunArgs>),
+    /// Run Kubernetes Pod manifests through a CRI runtime (containerd) as kubelet does.
+    #[command(subcommand)]
+    Pod(pod::PodCommand),
 }
 
 #[derive(Subcommand)]
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         let r = match cli.command {
             Command::Run(a) => return run::run(*a).await,
+            Command::Pod(c) => return pod::run(c).await,
             Command::Trustee(a) => trustee::run(a).await,
             Command::Admin(a) => admin::run(a).await,
             Command::Attest(a) => guest::attest(a).await,

@@ -32,19 +32,80 @@ struct Containerd {
     log: PathBuf,
 }
 
+/// CRI settings of a test containerd.
+struct CriSetup<'a> {
+    /// The sandbox (pause) image.
+    pause: &'a str,
+    /// A plain-HTTP registry on loopback.
+    registry: &'a str,
+    /// The shim configuration of the `cocoon` handler.
+    shim_config: &'a Path,
+    /// The CNI bridge's name and subnet.
+    bridge: &'a str,
+    subnet: &'a str,
+}
+
 impl Containerd {
     fn start(dir: &Path, shim_config: &Path) -> Self {
+        Self::start_with(dir, shim_config, None)
+    }
+
+    fn start_with(dir: &Path, shim_config: &Path, cri: Option<CriSetup>) -> Self {
         need("containerd");
         need("ctr");
         let sock = dir.join("c.sock");
         let cfg = dir.join("containerd.toml");
+        let cri_section = match &cri {
+            None => "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string(),
+            Some(c) => {
+                let cni = dir.join("cni");
+                std::fs::create_dir_all(&cni).unwrap();
+                std::fs::write(
+                    cni.join("10-cocoon-test.conflist"),
+                    format!(
+                        r#"{{"cniVersion":"1.0.0","name":"cocoon-test","plugins":[{{"type":"bridge","bridge":"{}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{}"}}]],"dataDir":"{}"}}}},{{"type":"portmap","capabilities":{{"portMappings":true}}}}]}}"#,
+                        c.bridge,
+                        c.subnet,
+                        dir.join("cni-ipam").display()
+                    ),
+                )
+                .unwrap();
+                format!(
+                    r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  stream_server_address = "127.0.0.1"
+  # Lowering a process's OOM score needs a privilege this machine's
+  # containers lack: keep sandboxes at containerd's own score.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{reg}"]
+    endpoint = ["http://{reg}"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
+      runtime_type = "io.containerd.cocoon.v2"
+      pod_annotations = ["io.katacontainers.*"]
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon.options]
+        ConfigPath = "{shim}"
+"#,
+                    pause = c.pause,
+                    cni = cni.display(),
+                    reg = c.registry,
+                    shim = c.shim_config.display(),
+                )
+            }
+        };
         std::fs::write(
             &cfg,
             format!(
                 r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{cri_section}
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -168,7 +229,9 @@ fn qemu_with(needle: &str) -> Vec<u32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.starts_with("qemu-system") && cmd.contains(needle) {
+        let argv0 = cmd.split('\0').next().unwrap_or_default();
+        let exe = argv0.rsplit('/').next().unwrap_or_default();
+        if exe.starts_with("qemu-system") && cmd.contains(needle) {
             pids.push(pid);
         }
     }
@@ -283,4 +346,212 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
         qemu_with(&state.display().to_string()).is_empty(),
         "a QEMU is left after a refused container"
     );
+}
+
+/// Processes of our shim serving the containerd at `sock`.
+fn shims_of(sock: &Path) -> Vec<u32> {
+    let needle = sock.display().to_string();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("containerd-shim-cocoon-v2") && cmd.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `cocoon pod ...` against the test containerd's CRI socket.
+fn pod_cmd(ctd: &Containerd, logs: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("pod").args(&args[..1]);
+    cmd.arg("--runtime-endpoint")
+        .arg(format!("unix://{}", ctd.sock.display()));
+    if args[0] == "run" {
+        cmd.arg("--log-root").arg(logs);
+    }
+    cmd.args(&args[1..]).stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
+    need("qemu-system-x86_64");
+    need("runc");
+    assert!(
+        Path::new("/usr/lib/cni/bridge").is_file(),
+        "the CNI bridge plugin is missing: run scripts/test, which installs containernetworking-plugins"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start(tmp.path());
+    let image = push_busybox(&reg, "busybox:cri");
+    let pause = push_busybox_cmd(&reg, "pause:1", &["/bin/sleep", "2147483647"]);
+    let port: u16 = reg.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let state = tmp.path().join("shim-state");
+    let shim_cfg = write(
+        tmp.path(),
+        "shim.toml",
+        format!(
+            "guest_image = \"{}\"\nmode = \"none\"\ndefault_memory_mib = 512\nstate_dir = \"{}\"\nhost_ports = [{port}]\n",
+            guest_image().display(),
+            state.display()
+        )
+        .as_bytes(),
+    );
+    let ctd = Containerd::start_with(
+        tmp.path(),
+        &shim_cfg,
+        Some(CriSetup {
+            pause: &pause,
+            registry: &reg.addr,
+            shim_config: &shim_cfg,
+            bridge: "cocoontest0",
+            subnet: "10.88.77.0/24",
+        }),
+    );
+    let logs = tmp.path().join("pod-logs");
+    let initdata = cc_init_data(&reg, &image);
+    let manifest = |name: &str, handler: Option<&str>, extra_annotation: &str, containers: &str| {
+        let rc = handler
+            .map(|h| format!("  runtimeClassName: {h}\n"))
+            .unwrap_or_default();
+        write(
+            tmp.path(),
+            &format!("{name}.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    io.katacontainers.config.hypervisor.cc_init_data: \"{initdata}\"\n{extra_annotation}spec:\n{rc}  containers:\n{containers}"
+            )
+            .as_bytes(),
+        )
+    };
+    let sock = ctd.sock.clone();
+    let vms = || qemu_with(&state.display().to_string());
+
+    // A confidential pod through CRI, as kubelet drives it: the image's
+    // own command prints through the CRI log file; --rm leaves nothing.
+    let m = manifest(
+        "greeter",
+        Some("cocoon"),
+        "",
+        &format!("  - name: greet\n    image: {image}\n"),
+    );
+    let o = pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "pod run: {}\n{}\ncontainerd log:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        ctd.log_text()
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING);
+    assert!(vms().is_empty(), "a QEMU is left after --rm");
+    assert!(shims_of(&sock).is_empty(), "a shim is left after --rm");
+    assert!(
+        shim_state(&state).is_empty(),
+        "shim state left: {:?}",
+        shim_state(&state)
+    );
+
+    // Two containers share one VM; exec, logs and ls work on it.
+    let m = manifest(
+        "pair",
+        Some("cocoon"),
+        "",
+        &format!(
+            "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n"
+        ),
+    );
+    let o = pod_cmd(&ctd, &logs, &["run", "-d", m.to_str().unwrap()]);
+    let pod_id = ok(&o).trim().to_string();
+    assert_eq!(
+        vms().len(),
+        1,
+        "two containers of one pod must share one VM"
+    );
+    let o = pod_cmd(
+        &ctd,
+        &logs,
+        &[
+            "exec",
+            "pair",
+            "sleeper",
+            "--",
+            "sh",
+            "-c",
+            "cat /etc/greeting; echo e >&2; exit 4",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING);
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "e\n");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = pod_cmd(&ctd, &logs, &["logs", &pod_id, "talker"]);
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        if out == "two\n" && err == "err\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "talker's log: {out:?} {err:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ls = ok(&pod_cmd(&ctd, &logs, &["ls"]));
+    let line = ls
+        .lines()
+        .find(|l| l.contains("pair"))
+        .unwrap_or_else(|| panic!("{ls}"));
+    assert!(line.contains("Ready") && line.contains("cocoon"), "{ls}");
+    assert!(line.starts_with(&pod_id[..13]), "{ls}");
+    ok(&pod_cmd(&ctd, &logs, &["rm", "pair"]));
+    assert!(vms().is_empty(), "a QEMU is left after rm");
+    assert!(shims_of(&sock).is_empty(), "a shim is left after rm");
+    assert!(
+        shim_state(&state).is_empty(),
+        "shim state left: {:?}",
+        shim_state(&state)
+    );
+
+    // A runc pod on the same containerd, with a CNI pod network.
+    let m = manifest(
+        "plain",
+        None,
+        "",
+        &format!(
+            "  - name: hi\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo runc-ok; exit 5\"]\n"
+        ),
+    );
+    let o = pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}\n{}", ctd.log_text());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "runc-ok\n");
+
+    // A hypervisor annotation the configuration does not enable, and a
+    // size that is not a number, fail the pod with the reason; no VM.
+    let m = manifest(
+        "iommu",
+        Some("cocoon"),
+        "    io.katacontainers.config.hypervisor.enable_iommu: \"true\"\n",
+        &format!("  - name: x\n    image: {image}\n"),
+    );
+    let o = pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    let err = fails(&o);
+    assert!(
+        err.contains("io.katacontainers.config.hypervisor.enable_iommu is not enabled"),
+        "{err}"
+    );
+    let m = manifest(
+        "badmem",
+        Some("cocoon"),
+        "    io.katacontainers.config.hypervisor.default_memory: \"lots\"\n",
+        &format!("  - name: x\n    image: {image}\n"),
+    );
+    let err = fails(&pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]));
+    assert!(err.contains("'lots' is not a number"), "{err}");
+    assert!(vms().is_empty());
 }

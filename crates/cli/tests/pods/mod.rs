@@ -69,6 +69,11 @@ pub fn guest_image() -> PathBuf {
 
 /// A busybox image whose default command prints [`GREETING`].
 pub fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
+    push_busybox_cmd(reg, repo_tag, &["/bin/sh", "-c", "cat /etc/greeting"])
+}
+
+/// A busybox image with `cmd` as its default command.
+pub fn push_busybox_cmd(reg: &Registry, repo_tag: &str, cmd: &[&str]) -> String {
     need("busybox");
     cocoon_kbs_client::install_crypto_provider();
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
@@ -91,6 +96,7 @@ pub fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
         "wc",
         "wget",
         "sha256sum",
+        "httpd",
     ] {
         l1.symlink(&format!("bin/{applet}"), "busybox").unwrap();
     }
@@ -108,7 +114,7 @@ pub fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
         &client,
         &Reference::parse(&image).unwrap(),
         &layers,
-        &["/bin/sh", "-c", "cat /etc/greeting"],
+        cmd,
     ))
     .expect("push busybox");
     image

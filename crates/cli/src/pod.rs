@@ -1,0 +1,748 @@
+//! `cocoon pod`: a kubelet-less CRI client. It takes a Kubernetes Pod
+//! manifest and performs kubelet's sequence against a CRI runtime
+//! (containerd): PullImage, RunPodSandbox with the runtime handler,
+//! CreateContainer and StartContainer for each container; then it follows
+//! the containers' CRI log files, and with `--rm` stops and removes the
+//! pod. `exec`, `logs`, `ls` and `rm` work on pods it (or kubelet) made.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use cocoon_host_grpc::cri;
+use cri::image_service_client::ImageServiceClient;
+use cri::runtime_service_client::RuntimeServiceClient;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// containerd's CRI socket, where `--runtime-endpoint` and
+/// `CONTAINER_RUNTIME_ENDPOINT` point when not given (as crictl takes them).
+pub const DEFAULT_ENDPOINT: &str = "unix:///run/containerd/containerd.sock";
+
+#[derive(Args, Clone)]
+pub struct Endpoint {
+    /// The CRI socket (`unix:///path`).
+    #[arg(long, global = true, env = "CONTAINER_RUNTIME_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    runtime_endpoint: String,
+}
+
+#[derive(Subcommand)]
+pub enum PodCommand {
+    /// Run a Pod manifest: pull, sandbox, containers; follow the logs.
+    Run(RunArgs),
+    /// Run a command in a container of a pod and print its output.
+    Exec(ExecArgs),
+    /// Print a container's log.
+    Logs(LogsArgs),
+    /// List pods: id, name, state, runtime handler, IP.
+    Ls(Endpoint),
+    /// Stop and remove pods (by id, id prefix or name).
+    Rm(RmArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// The runtime handler (RuntimeClass handler); default: the
+    /// manifest's `runtimeClassName`, else the runtime's default.
+    #[arg(long)]
+    runtime_handler: Option<String>,
+    /// Return once the containers run, printing the pod id.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Stop and remove the pod when its containers have exited.
+    #[arg(long, conflicts_with = "detach")]
+    rm: bool,
+    /// Where pod log directories go (kubelet: /var/log/pods).
+    #[arg(long, default_value = "/var/log/pods")]
+    log_root: PathBuf,
+    /// The Pod manifest (YAML or JSON).
+    manifest: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Seconds before the command is stopped (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    timeout: i64,
+    /// The pod (id, id prefix or name).
+    pod: String,
+    /// The container's name in the pod.
+    container: String,
+    /// The command.
+    #[arg(last = true, required = true)]
+    cmd: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// The pod (id, id prefix or name).
+    pod: String,
+    /// The container's name in the pod.
+    container: String,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// Pods (id, id prefix or name).
+    #[arg(required = true)]
+    pods: Vec<String>,
+}
+
+/// The part of a Kubernetes Pod manifest this client runs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    #[serde(default)]
+    kind: Option<String>,
+    metadata: Meta,
+    spec: PodSpec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Meta {
+    name: String,
+    namespace: Option<String>,
+    uid: Option<String>,
+    labels: HashMap<String, String>,
+    annotations: HashMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct PodSpec {
+    runtime_class_name: Option<String>,
+    hostname: Option<String>,
+    containers: Vec<ContainerSpec>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct ContainerSpec {
+    name: String,
+    image: String,
+    command: Vec<String>,
+    args: Vec<String>,
+    working_dir: Option<String>,
+    env: Vec<EnvVar>,
+    ports: Vec<Port>,
+    stdin: bool,
+    tty: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct EnvVar {
+    name: String,
+    value: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct Port {
+    container_port: i32,
+    host_port: Option<i32>,
+    host_ip: Option<String>,
+    protocol: Option<String>,
+}
+
+impl Pod {
+    /// Parses a manifest: a `kind: Pod` document (YAML or JSON).
+    pub fn parse(text: &str) -> Result<Self> {
+        let pod: Pod =
+            serde_yaml_ng::from_str(text).context("the manifest is not a Kubernetes Pod")?;
+        if let Some(k) = &pod.kind
+            && k != "Pod"
+        {
+            bail!("the manifest is a {k}, not a Pod");
+        }
+        if pod.metadata.name.is_empty() {
+            bail!("the Pod has no metadata.name");
+        }
+        if pod.spec.containers.is_empty() {
+            bail!("the Pod has no containers");
+        }
+        for c in &pod.spec.containers {
+            if c.name.is_empty() || c.image.is_empty() {
+                bail!("every container needs a name and an image");
+            }
+        }
+        Ok(pod)
+    }
+
+    fn namespace(&self) -> String {
+        self.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    }
+
+    /// The sandbox config kubelet would send.
+    fn sandbox_config(&self, uid: &str, log_root: &Path) -> cri::PodSandboxConfig {
+        let ns = self.namespace();
+        let name = &self.metadata.name;
+        let mut ports = Vec::new();
+        for c in &self.spec.containers {
+            for p in &c.ports {
+                ports.push(cri::PortMapping {
+                    protocol: match p.protocol.as_deref() {
+                        Some("UDP") => cri::Protocol::Udp as i32,
+                        Some("SCTP") => cri::Protocol::Sctp as i32,
+                        _ => cri::Protocol::Tcp as i32,
+                    },
+                    container_port: p.container_port,
+                    host_port: p.host_port.unwrap_or_default(),
+                    host_ip: p.host_ip.clone().unwrap_or_default(),
+                });
+            }
+        }
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.clone(),
+                uid: uid.into(),
+                namespace: ns.clone(),
+                attempt: 0,
+            }),
+            hostname: self.spec.hostname.clone().unwrap_or_else(|| name.clone()),
+            log_directory: log_root
+                .join(format!("{ns}_{name}_{uid}"))
+                .display()
+                .to_string(),
+            port_mappings: ports,
+            labels: self.metadata.labels.clone(),
+            annotations: self.metadata.annotations.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn container_config(c: &ContainerSpec) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: c.name.clone(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: c.image.clone(),
+            ..Default::default()
+        }),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: c
+            .env
+            .iter()
+            .map(|e| cri::KeyValue {
+                key: e.name.clone(),
+                value: e.value.clone().unwrap_or_default(),
+            })
+            .collect(),
+        log_path: format!("{}/0.log", c.name),
+        stdin: c.stdin,
+        tty: c.tty,
+        ..Default::default()
+    }
+}
+
+/// Clients of a CRI runtime.
+#[derive(Clone)]
+pub struct Cri {
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+impl Cri {
+    /// Connects to `endpoint` (`unix:///path`, or a bare path).
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        let path = endpoint
+            .strip_prefix("unix://")
+            .unwrap_or(endpoint)
+            .to_string();
+        if endpoint.contains("://") && !endpoint.starts_with("unix://") {
+            bail!("runtime endpoint {endpoint}: only unix:// sockets are supported");
+        }
+        let p = path.clone();
+        let channel = tonic::transport::Endpoint::try_from("http://cri.local")?
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let p = p.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(p).await?,
+                    ))
+                }
+            }))
+            .await
+            .with_context(|| format!("connecting to the CRI runtime at {path}"))?;
+        let c = Self {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        };
+        c.runtime
+            .clone()
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("the CRI runtime at {path} does not answer runtime.v1"))?;
+        Ok(c)
+    }
+
+    /// Every pod sandbox.
+    pub async fn pods(&self) -> Result<Vec<cri::PodSandbox>> {
+        Ok(self
+            .runtime
+            .clone()
+            .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .map_err(status)?
+            .into_inner()
+            .items)
+    }
+
+    /// The pod `key` names: its id, a unique id prefix, or its name.
+    pub async fn find_pod(&self, key: &str) -> Result<cri::PodSandbox> {
+        let pods = self.pods().await?;
+        if let Some(p) = pods.iter().find(|p| p.id == key) {
+            return Ok(p.clone());
+        }
+        let hits: Vec<&cri::PodSandbox> = pods
+            .iter()
+            .filter(|p| p.id.starts_with(key) || p.metadata.as_ref().is_some_and(|m| m.name == key))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => bail!("no pod is named or has the id {key}"),
+            _ => bail!("{key} names {} pods: give the full id", hits.len()),
+        }
+    }
+
+    /// The containers of a pod.
+    pub async fn containers(&self, pod_id: &str) -> Result<Vec<cri::Container>> {
+        Ok(self
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    pod_sandbox_id: pod_id.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(status)?
+            .into_inner()
+            .containers)
+    }
+
+    /// The container named `name` in pod `pod`.
+    pub async fn find_container(&self, pod: &str, name: &str) -> Result<cri::Container> {
+        let p = self.find_pod(pod).await?;
+        self.containers(&p.id)
+            .await?
+            .into_iter()
+            .filter(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
+            .max_by_key(|c| c.created_at)
+            .with_context(|| format!("pod {pod} has no container named {name}"))
+    }
+
+    /// Stops and removes a pod.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let mut rt = self.runtime.clone();
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .map_err(status)
+        .with_context(|| format!("stopping pod {id}"))?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .map_err(status)
+        .with_context(|| format!("removing pod {id}"))?;
+        Ok(())
+    }
+}
+
+/// A gRPC status as the error a user reads: the runtime's message.
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
+}
+
+/// One line of a CRI log file: `<RFC 3339 time> <stream> <P|F> <text>`.
+pub fn parse_log_line(line: &str) -> Option<(&str, bool, &str)> {
+    let mut it = line.splitn(4, ' ');
+    let _time = it.next()?;
+    let stream = it.next()?;
+    let tag = it.next()?;
+    let text = it.next().unwrap_or("");
+    Some((stream, tag.split(':').next() == Some("F"), text))
+}
+
+/// Copies new lines of a CRI log file from `offset` to our stdout/stderr.
+fn print_log(path: &Path, offset: &mut u64) -> Result<()> {
+    use std::io::{Read, Seek, Write};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Ok(());
+    };
+    f.seek(std::io::SeekFrom::Start(*offset))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    // Only whole lines; a partial last line waits for the next round.
+    let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(&buf[..=end]);
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+    for line in text.lines() {
+        if let Some((stream, full, msg)) = parse_log_line(line) {
+            let w: &mut dyn Write = if stream == "stderr" {
+                &mut err
+            } else {
+                &mut out
+            };
+            let _ = w.write_all(msg.as_bytes());
+            if full {
+                let _ = w.write_all(b"\n");
+            }
+        }
+    }
+    let _ = out.flush();
+    *offset += end as u64 + 1;
+    Ok(())
+}
+
+pub async fn run(cmd: PodCommand) -> Result<u8> {
+    match cmd {
+        PodCommand::Run(a) => run_pod(a).await,
+        PodCommand::Exec(a) => {
+            let cri = Cri::connect(&a.endpoint.runtime_endpoint).await?;
+            let c = cri.find_container(&a.pod, &a.container).await?;
+            let r = cri
+                .runtime
+                .clone()
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: c.id.clone(),
+                    cmd: a.cmd.clone(),
+                    timeout: a.timeout,
+                })
+                .await
+                .map_err(status)
+                .with_context(|| format!("exec in {}", a.container))?
+                .into_inner();
+            use std::io::Write;
+            std::io::stdout().write_all(&r.stdout)?;
+            std::io::stderr().write_all(&r.stderr)?;
+            Ok(u8::try_from(r.exit_code.clamp(0, 255)).unwrap_or(255))
+        }
+        PodCommand::Logs(a) => {
+            let cri = Cri::connect(&a.endpoint.runtime_endpoint).await?;
+            let c = cri.find_container(&a.pod, &a.container).await?;
+            let st = cri
+                .runtime
+                .clone()
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: c.id.clone(),
+                    verbose: false,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let log = st.status.map(|s| s.log_path).unwrap_or_default();
+            if log.is_empty() {
+                bail!("container {} has no log file", a.container);
+            }
+            print_log(Path::new(&log), &mut 0)?;
+            Ok(0)
+        }
+        PodCommand::Ls(e) => {
+            let cri = Cri::connect(&e.runtime_endpoint).await?;
+            println!(
+                "{:<13}  {:<24}  {:<8}  {:<10}  IP",
+                "POD ID", "NAME", "STATE", "HANDLER"
+            );
+            for p in cri.pods().await? {
+                let st = cri
+                    .runtime
+                    .clone()
+                    .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                        pod_sandbox_id: p.id.clone(),
+                        verbose: false,
+                    })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().status);
+                let ip = st.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
+                let state = if p.state == cri::PodSandboxState::SandboxReady as i32 {
+                    "Ready"
+                } else {
+                    "NotReady"
+                };
+                println!(
+                    "{:<13}  {:<24}  {:<8}  {:<10}  {}",
+                    p.id.chars().take(13).collect::<String>(),
+                    p.metadata.map(|m| m.name).unwrap_or_default(),
+                    state,
+                    if p.runtime_handler.is_empty() {
+                        "(default)"
+                    } else {
+                        &p.runtime_handler
+                    },
+                    if ip.is_empty() { "-" } else { &ip }
+                );
+            }
+            Ok(0)
+        }
+        PodCommand::Rm(a) => {
+            let cri = Cri::connect(&a.endpoint.runtime_endpoint).await?;
+            for key in &a.pods {
+                let p = cri.find_pod(key).await?;
+                cri.remove_pod(&p.id).await?;
+                println!("{}", p.id);
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn run_pod(a: RunArgs) -> Result<u8> {
+    let text = std::fs::read_to_string(&a.manifest)
+        .with_context(|| format!("reading {}", a.manifest.display()))?;
+    let pod = Pod::parse(&text).with_context(|| a.manifest.display().to_string())?;
+    let cri = Cri::connect(&a.endpoint.runtime_endpoint).await?;
+    let uid = pod
+        .metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let handler = a
+        .runtime_handler
+        .clone()
+        .or_else(|| pod.spec.runtime_class_name.clone())
+        .unwrap_or_default();
+    let sandbox = pod.sandbox_config(&uid, &a.log_root);
+    std::fs::create_dir_all(&sandbox.log_directory)
+        .with_context(|| format!("creating the pod log directory {}", sandbox.log_directory))?;
+    let mut rt = cri.runtime.clone();
+    let mut images = cri.images.clone();
+    // kubelet pulls before it creates the sandbox's containers; the pull
+    // carries the sandbox config (annotations included).
+    for c in &pod.spec.containers {
+        images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: c.image.clone(),
+                    ..Default::default()
+                }),
+                auth: None,
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("pulling {}", c.image))?;
+    }
+    let pod_id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: handler.clone(),
+        })
+        .await
+        .map_err(status)
+        .with_context(|| {
+            format!(
+                "starting pod {} (runtime handler {})",
+                pod.metadata.name,
+                if handler.is_empty() {
+                    "default"
+                } else {
+                    &handler
+                }
+            )
+        })?
+        .into_inner()
+        .pod_sandbox_id;
+    let started = start_containers(&cri, &pod, &pod_id, &sandbox).await;
+    let ids = match started {
+        Ok(ids) => ids,
+        Err(e) => {
+            if a.rm {
+                let _ = cri.remove_pod(&pod_id).await;
+            }
+            return Err(e.context(format!("pod {pod_id}")));
+        }
+    };
+    if a.detach {
+        println!("{pod_id}");
+        return Ok(0);
+    }
+    // Follow the logs until every container has exited.
+    let logs: Vec<PathBuf> = pod
+        .spec
+        .containers
+        .iter()
+        .map(|c| Path::new(&sandbox.log_directory).join(format!("{}/0.log", c.name)))
+        .collect();
+    let mut offsets = vec![0u64; logs.len()];
+    let mut exit = 0u8;
+    loop {
+        for (l, o) in logs.iter().zip(offsets.iter_mut()) {
+            print_log(l, o)?;
+        }
+        let mut running = false;
+        for id in &ids {
+            let st = rt
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .status
+                .unwrap_or_default();
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                if exit == 0 && st.exit_code != 0 {
+                    exit = u8::try_from(st.exit_code.clamp(0, 255)).unwrap_or(255);
+                }
+            } else {
+                running = true;
+            }
+        }
+        if !running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (l, o) in logs.iter().zip(offsets.iter_mut()) {
+        print_log(l, o)?;
+    }
+    if a.rm {
+        cri.remove_pod(&pod_id).await?;
+        let _ = std::fs::remove_dir_all(&sandbox.log_directory);
+    } else {
+        eprintln!("pod {pod_id} kept (cocoon pod rm {pod_id})");
+    }
+    Ok(exit)
+}
+
+async fn start_containers(
+    cri: &Cri,
+    pod: &Pod,
+    pod_id: &str,
+    sandbox: &cri::PodSandboxConfig,
+) -> Result<Vec<String>> {
+    let mut rt = cri.runtime.clone();
+    let mut ids = Vec::new();
+    for c in &pod.spec.containers {
+        let id = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod_id.into(),
+                config: Some(container_config(c)),
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("creating container {}", c.name))?
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .map_err(status)
+        .with_context(|| format!("starting container {}", c.name))?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_manifest_becomes_kubelets_sandbox_and_container_configs() {
+        let pod = Pod::parse(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: demo
+  annotations:
+    io.katacontainers.config.hypervisor.default_memory: "512"
+spec:
+  runtimeClassName: cocoon
+  containers:
+  - name: httpd
+    image: 127.0.0.1:5000/busybox:1
+    command: ["httpd", "-f"]
+    args: ["-p", "8080"]
+    env:
+    - name: A
+      value: b
+    ports:
+    - containerPort: 8080
+"#,
+        )
+        .unwrap();
+        assert_eq!(pod.spec.runtime_class_name.as_deref(), Some("cocoon"));
+        let s = pod.sandbox_config("u1", Path::new("/logs"));
+        let m = s.metadata.as_ref().unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.namespace.as_str(), m.uid.as_str()),
+            ("web", "demo", "u1")
+        );
+        assert_eq!(s.log_directory, "/logs/demo_web_u1");
+        assert_eq!(s.hostname, "web");
+        assert_eq!(s.port_mappings[0].container_port, 8080);
+        assert_eq!(
+            s.annotations["io.katacontainers.config.hypervisor.default_memory"],
+            "512"
+        );
+        let c = container_config(&pod.spec.containers[0]);
+        assert_eq!(c.command, ["httpd", "-f"]);
+        assert_eq!(c.args, ["-p", "8080"]);
+        assert_eq!(c.envs[0].key, "A");
+        assert_eq!(c.log_path, "httpd/0.log");
+    }
+
+    #[test]
+    fn manifests_that_are_not_runnable_pods_are_refused() {
+        assert!(
+            Pod::parse(
+                "kind: Deployment\nmetadata: {name: x}\nspec: {containers: [{name: a, image: b}]}"
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("Deployment")
+        );
+        assert!(Pod::parse("kind: Pod\nmetadata: {name: x}\nspec: {containers: []}").is_err());
+        assert!(
+            Pod::parse("kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a}]}").is_err()
+        );
+        assert!(Pod::parse("not: [yaml").is_err());
+    }
+
+    #[test]
+    fn cri_log_lines_split_into_stream_and_text() {
+        assert_eq!(
+            parse_log_line("2026-12-01T10:00:00.1Z stdout F hello world"),
+            Some(("stdout", true, "hello world"))
+        );
+        assert_eq!(
+            parse_log_line("2026-12-01T10:00:00.1Z stderr P part"),
+            Some(("stderr", false, "part"))
+        );
+        assert_eq!(parse_log_line("garbage"), None);
+    }
+}
