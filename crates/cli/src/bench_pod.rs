@@ -334,6 +334,7 @@ fn spec(
         console_log: work.join(format!("{id}.log")),
         network: None,
         vtpm_ca: None,
+        pod_network: None,
     })
 }
 

@@ -315,6 +315,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
             relay: relay()?,
         }),
         vtpm_ca: (mode == Mode::Vtpm).then(|| a.vtpm_ca.clone().unwrap_or_else(default_vtpm_ca)),
+        pod_network: None,
     };
     let qemu = Qemu::new()?;
     let t0 = Instant::now();
@@ -345,7 +346,7 @@ async fn run_in(
     booted: Duration,
 ) -> Result<u8> {
     let agent = &pod.agent;
-    agent.setup_user_network(forwards).await?;
+    agent.setup_user_network(forwards, true).await?;
     agent.create_sandbox(id, "cocoon").await?;
     let networked = t0.elapsed();
     let c = ContainerConfig {

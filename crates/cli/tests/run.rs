@@ -210,6 +210,7 @@ fn exec_signals_and_stats_through_the_pod_library() {
             relay: vec![env!("CARGO_BIN_EXE_cocoon").into(), "__tcp-relay".into()],
         }),
         vtpm_ca: None,
+        pod_network: None,
     };
     let console = spec.console_log.clone();
     rt().block_on(async {
@@ -223,7 +224,7 @@ fn exec_signals_and_stats_through_the_pod_library() {
         let a = &pod.agent;
         let r: Result<(), String> = async {
             let e = |e: cocoon_pod::PodError| e.to_string();
-            a.setup_user_network(&[port]).await.map_err(e)?;
+            a.setup_user_network(&[port], true).await.map_err(e)?;
             a.create_sandbox("exec-test", "pod").await.map_err(e)?;
             let c = ContainerConfig {
                 id: "c1".into(),

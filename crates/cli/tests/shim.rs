@@ -367,6 +367,33 @@ fn shims_of(sock: &Path) -> Vec<u32> {
     pids
 }
 
+/// The response to `GET path` from `addr`, retried until `within`.
+fn http_get(addr: &str, path: &str, within: Duration) -> String {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + within;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &addr.parse().unwrap(),
+                Duration::from_secs(3),
+            )?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(r) if r.starts_with("HTTP/1.") => return r,
+            other => assert!(
+                Instant::now() < deadline,
+                "GET http://{addr}{path}: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// `cocoon pod ...` against the test containerd's CRI socket.
 fn pod_cmd(ctd: &Containerd, logs: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -517,6 +544,32 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "shim state left: {:?}",
         shim_state(&state)
     );
+
+    // The pod's network (CNI's namespace) is the VM's: a server in the
+    // container answers on the pod IP from the host.
+    let m = manifest(
+        "web",
+        Some("cocoon"),
+        "",
+        &format!(
+            "  - name: httpd\n    image: {image}\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/etc\"]\n    ports:\n    - containerPort: 8080\n"
+        ),
+    );
+    let web = ok(&pod_cmd(&ctd, &logs, &["run", "-d", m.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let ls = ok(&pod_cmd(&ctd, &logs, &["ls"]));
+    let ip = ls
+        .lines()
+        .find(|l| l.starts_with(&web[..13]))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("{ls}"))
+        .to_string();
+    assert!(ip.starts_with("10.88.77."), "pod IP {ip}: {ls}");
+    let body = http_get(&format!("{ip}:8080"), "/greeting", Duration::from_secs(30));
+    assert!(body.ends_with(GREETING), "{body}");
+    ok(&pod_cmd(&ctd, &logs, &["rm", &web]));
+    assert!(vms().is_empty(), "a QEMU is left after rm");
 
     // A runc pod on the same containerd, with a CNI pod network.
     let m = manifest(

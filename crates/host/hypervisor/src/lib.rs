@@ -91,6 +91,21 @@ pub struct VmSpec {
     /// without an EK certificate; the guest's attestation key, made at
     /// boot, then has nothing a trustee can enroll it by.
     pub vtpm_ca: Option<PathBuf>,
+    /// A second NIC on the pod's own network (the namespace CNI set up).
+    pub pod_network: Option<PodNic>,
+}
+
+/// A guest NIC joined to a pod's network namespace: the tap device
+/// `tap` there (whose traffic the caller mirrors to and from the
+/// namespace's interface) carries the guest's frames, under `mac`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNic {
+    /// The network namespace (`/var/run/netns/...`).
+    pub netns: PathBuf,
+    /// The tap device in it.
+    pub tap: String,
+    /// The guest NIC's MAC address (the namespace interface's own).
+    pub mac: String,
 }
 
 /// A guest NIC on QEMU's user-mode network, restricted: the guest reaches

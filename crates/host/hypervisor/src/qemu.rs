@@ -30,6 +30,8 @@ pub fn default_firmware(mode: Mode) -> Option<&'static str> {
 const TPM_FD: i32 = 3;
 /// The fd number the control socket has in swtpm.
 const SWTPM_FD: i32 = 3;
+/// The pod NIC's tap device, as QEMU inherits it.
+const TAP_FD: i32 = 4;
 
 /// SEV-SNP parameters of the host CPU (CPUID 0x8000001F EBX).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +300,20 @@ pub fn args(
             ),
         ]);
     }
+    if let Some(nic) = &spec.pod_network {
+        if !valid_mac(&nic.mac) {
+            return Err(VmError::Invalid(format!(
+                "pod NIC MAC address '{}'",
+                nic.mac
+            )));
+        }
+        push(&[
+            "-netdev",
+            &format!("tap,id=pod0,fd={TAP_FD}"),
+            "-device",
+            &format!("virtio-net-pci,netdev=pod0,mac={},romfile=", nic.mac),
+        ]);
+    }
     if let Some(disk) = &layout.initdata_disk {
         push(&[
             "-drive",
@@ -330,12 +346,58 @@ struct Kept {
     exit: watch::Receiver<Option<VmExit>>,
 }
 
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Opens the tap device `tap` of network namespace `netns` (from a thread
+/// that enters the namespace; the descriptor stays bound to the device).
+fn open_tap(netns: &Path, tap: &str) -> Result<OwnedFd, VmError> {
+    if tap.is_empty() || tap.len() >= libc::IFNAMSIZ || tap.contains(['/', ' ', '\0']) {
+        return Err(VmError::Invalid(format!("tap device name '{tap}'")));
+    }
+    let (netns, name) = (netns.to_path_buf(), tap.to_string());
+    let what = format!("opening tap {tap} in {}", netns.display());
+    std::thread::spawn(move || -> std::io::Result<OwnedFd> {
+        use std::os::fd::FromRawFd;
+        let ns = std::fs::File::open(&netns)?;
+        // SAFETY: setns on this (short-lived) thread only.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")?;
+        // SAFETY: a zeroed ifreq with the name and flags TUNSETIFF reads.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF with a valid ifreq on the tun device.
+        if unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut req) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let raw = std::os::fd::IntoRawFd::into_raw_fd(tun);
+        // SAFETY: we own the descriptor just released.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    })
+    .join()
+    .map_err(|_| VmError::Start(format!("{what}: the thread failed")))?
+    .map_err(|e| VmError::Io(what, e))
+}
+
 /// Starts `cmd` from a thread that waits for it: the child gets SIGKILL
 /// when that thread (and so this process) dies. `fd` is passed to the
 /// child as `child_fd`.
-fn spawn_kept(mut cmd: Command, name: &str, fd: Option<(OwnedFd, i32)>) -> Result<Kept, VmError> {
+fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<Kept, VmError> {
     let parent = std::process::id() as libc::pid_t;
-    let raw = fd.as_ref().map(|(f, n)| (f.as_raw_fd(), *n));
+    let raw: Vec<(i32, i32)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -346,10 +408,10 @@ fn spawn_kept(mut cmd: Command, name: &str, fd: Option<(OwnedFd, i32)>) -> Resul
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            if let Some((from, to)) = raw
-                && libc::dup2(from, to) < 0
-            {
-                return Err(std::io::Error::last_os_error());
+            for &(from, to) in &raw {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -361,7 +423,7 @@ fn spawn_kept(mut cmd: Command, name: &str, fd: Option<(OwnedFd, i32)>) -> Resul
         .name(format!("keep-{name}"))
         .spawn(move || {
             let child = cmd.spawn();
-            drop(fd);
+            drop(fds);
             let mut child = match child {
                 Ok(c) => c,
                 Err(e) => {
@@ -563,7 +625,7 @@ impl Qemu {
             ));
         }
         let mut swtpm = None;
-        let mut tpm_fd = None;
+        let mut fds: Vec<(OwnedFd, i32)> = Vec::new();
         if spec.mode == Mode::Vtpm {
             let bin = self.swtpm.clone().ok_or_else(|| {
                 VmError::Missing(
@@ -598,8 +660,8 @@ impl Qemu {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            swtpm = Some(spawn_kept(cmd, "swtpm", Some((theirs.into(), SWTPM_FD)))?);
-            tpm_fd = Some((OwnedFd::from(ours), TPM_FD));
+            swtpm = Some(spawn_kept(cmd, "swtpm", vec![(theirs.into(), SWTPM_FD)])?);
+            fds.push((OwnedFd::from(ours), TPM_FD));
         }
         let mut cmd = Command::new(&self.qemu);
         cmd.args(&argv)
@@ -611,7 +673,18 @@ impl Qemu {
                     .unwrap_or_else(|_| Stdio::null()),
             );
         tracing::debug!(args = ?argv, "starting QEMU");
-        let qemu = match spawn_kept(cmd, "qemu", tpm_fd) {
+        if let Some(nic) = &spec.pod_network {
+            match open_tap(&nic.netns, &nic.tap) {
+                Ok(fd) => fds.push((fd, TAP_FD)),
+                Err(e) => {
+                    if let Some(s) = &swtpm {
+                        kill(s.pid);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let qemu = match spawn_kept(cmd, "qemu", fds) {
             Ok(q) => q,
             Err(e) => {
                 if let Some(s) = &swtpm {

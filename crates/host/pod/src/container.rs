@@ -188,7 +188,13 @@ fn forever() -> ttrpc::context::Context {
 impl AgentClient {
     /// Configures the guest NIC on QEMU's user network, its default route,
     /// and the guest loopback ports that lead to the host's.
-    pub async fn setup_user_network(&self, forwards: &[u16]) -> Result<(), PodError> {
+    /// With `default_route` false the NIC only reaches the forwards (the
+    /// pod's own network has the default route).
+    pub async fn setup_user_network(
+        &self,
+        forwards: &[u16],
+        default_route: bool,
+    ) -> Result<(), PodError> {
         let iface = types::Interface {
             hwAddr: UserNetwork::MAC.into(),
             name: "eth0".into(),
@@ -211,25 +217,27 @@ impl AgentClient {
             )
             .await
             .map_err(agent_err("UpdateInterface"))?;
-        let route = types::Route {
-            dest: "default".into(),
-            gateway: UserNetwork::GATEWAY.into(),
-            ..Default::default()
-        };
-        self.agent
-            .update_routes(
-                t.clone(),
-                &agent::UpdateRoutesRequest {
-                    routes: Some(agent::Routes {
-                        Routes: vec![route],
+        if default_route {
+            let route = types::Route {
+                dest: "default".into(),
+                gateway: UserNetwork::GATEWAY.into(),
+                ..Default::default()
+            };
+            self.agent
+                .update_routes(
+                    t.clone(),
+                    &agent::UpdateRoutesRequest {
+                        routes: Some(agent::Routes {
+                            Routes: vec![route],
+                            ..Default::default()
+                        })
+                        .into(),
                         ..Default::default()
-                    })
-                    .into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(agent_err("UpdateRoutes"))?;
+                    },
+                )
+                .await
+                .map_err(agent_err("UpdateRoutes"))?;
+        }
         if !forwards.is_empty() {
             let req = pod::ForwardLoopbackRequest {
                 forwards: forwards

@@ -4,6 +4,7 @@
 //! shim) use this; it never links the guest's secret-holding code.
 
 pub mod container;
+pub mod network;
 
 use cocoon_guest_protos::kata::{agent_ttrpc, health, health_ttrpc};
 use cocoon_guest_protos::pod_ttrpc;
@@ -27,6 +28,9 @@ pub enum PodError {
     /// An agent call failed.
     #[error("agent {0}: {1}")]
     Agent(&'static str, String),
+    /// The pod's network namespace could not be joined to the VM.
+    #[error("pod network: {0}")]
+    Network(String),
 }
 
 /// A client of the guest agent.

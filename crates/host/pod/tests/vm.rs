@@ -69,6 +69,7 @@ fn spec(dir: &Path, id: &str, mode: Mode) -> VmSpec {
         console_log: dir.join(format!("{id}.console.log")),
         network: None,
         vtpm_ca: None,
+        pod_network: None,
     }
 }
 

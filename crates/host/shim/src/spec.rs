@@ -128,6 +128,7 @@ struct IdMapping {
 struct Namespace {
     #[serde(rename = "type")]
     typ: String,
+    path: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +198,8 @@ pub struct Meta {
     pub image: Option<String>,
     /// The process runs on a terminal.
     pub terminal: bool,
+    /// The network namespace the runtime made for the pod (CNI's), if any.
+    pub netns: Option<String>,
 }
 
 /// CRI's annotation keys.
@@ -228,6 +231,12 @@ fn meta(s: &Spec) -> Meta {
         sandbox_id: a.get(annotations::SANDBOX_ID).cloned(),
         image: a.get(annotations::IMAGE_NAME).cloned(),
         terminal: s.process.as_ref().is_some_and(|p| p.terminal),
+        netns: s.linux.as_ref().and_then(|l| {
+            l.namespaces
+                .iter()
+                .find(|n| n.typ == "network" && !n.path.is_empty())
+                .map(|n| n.path.clone())
+        }),
     }
 }
 

@@ -285,6 +285,7 @@ impl Inner {
         cfg: &Config,
         sandbox_id: &str,
         hostname: &str,
+        netns: Option<&str>,
         settings: PodSettings,
     ) -> TtrpcResult<Arc<Pod>> {
         std::fs::create_dir_all(&cfg.state_dir)
@@ -325,7 +326,21 @@ impl Inner {
                 relay: vec![relay, crate::RELAY_ARG.into()],
             }),
             vtpm_ca: (cfg.mode == Mode::Vtpm).then(|| cfg.vtpm_ca.clone()),
+            pod_network: None,
         };
+        let pod_net = match netns {
+            Some(ns) => {
+                let ns = PathBuf::from(ns);
+                let net = tokio::task::spawn_blocking(move || cocoon_pod::network::attach(&ns))
+                    .await
+                    .map_err(internal)?
+                    .map_err(failed)?;
+                Some(net)
+            }
+            None => None,
+        };
+        let mut spec = spec;
+        spec.pod_network = pod_net.as_ref().map(|n| n.nic());
         let qemu = Qemu::new().map_err(failed)?;
         let boot_failed = |what: String| {
             let tail = console_tail(&console);
@@ -345,7 +360,12 @@ impl Inner {
             console: console.clone(),
         });
         let prepared = async {
-            pod.agent().setup_user_network(&cfg.host_ports).await?;
+            pod.agent()
+                .setup_user_network(&cfg.host_ports, pod_net.is_none())
+                .await?;
+            if let Some(net) = &pod_net {
+                pod.agent().setup_pod_network(net).await?;
+            }
             pod.agent().create_sandbox(sandbox_id, hostname).await
         }
         .await;
@@ -530,7 +550,15 @@ impl Task for Service {
                 } else {
                     ospec.Hostname.clone()
                 };
-                let pod = me.start_pod(&cfg, &sandbox_id, &hostname, settings).await?;
+                let pod = me
+                    .start_pod(
+                        &cfg,
+                        &sandbox_id,
+                        &hostname,
+                        meta.netns.as_deref(),
+                        settings,
+                    )
+                    .await?;
                 *me.pod.lock().unwrap_or_else(|e| e.into_inner()) = Some(pod.clone());
                 pod
             }

@@ -16,6 +16,7 @@ fn spec(mode: Mode) -> VmSpec {
         console_log: "/var/log/cocoon/pod1.log".into(),
         network: None,
         vtpm_ca: None,
+        pod_network: None,
     }
 }
 
