@@ -73,8 +73,11 @@ struct Route {
     gateway: Option<String>,
 }
 
+/// An interface's MAC, MTU and IPv4 address with its prefix length.
+type LinkInfo = (String, u32, Option<(String, u8)>);
+
 /// Parses `ip -j addr show dev IFACE`.
-fn parse_link(json: &str) -> Result<(String, u32, Option<(String, u8)>), PodError> {
+fn parse_link(json: &str) -> Result<LinkInfo, PodError> {
     let links: Vec<Link> = serde_json::from_str(json)
         .map_err(|e| PodError::Network(format!("reading the pod interface: {e}")))?;
     let l = links
