@@ -30,6 +30,8 @@ struct Containerd {
     dir: PathBuf,
     sock: PathBuf,
     log: PathBuf,
+    cmd: Vec<(String, String)>,
+    cfg: PathBuf,
 }
 
 /// CRI settings of a test containerd.
@@ -126,25 +128,70 @@ state = "{state}"
             shim_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&cfg)
-            .env("PATH", path)
-            .env("COCOON_SHIM_CONFIG", shim_config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start containerd");
+        let env = vec![
+            ("PATH".to_string(), path),
+            (
+                "COCOON_SHIM_CONFIG".to_string(),
+                shim_config.display().to_string(),
+            ),
+        ];
+        let child = Self::spawn(&cfg, &env, &log);
         let mut c = Self {
             child,
             dir: dir.to_path_buf(),
             sock,
             log,
+            cmd: env,
+            cfg,
         };
+        c.wait_ready();
+        c
+    }
+
+    fn spawn(cfg: &Path, env: &[(String, String)], log: &Path) -> Child {
+        Command::new("containerd")
+            .arg("--config")
+            .arg(cfg)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            )
+            .spawn()
+            .expect("start containerd")
+    }
+
+    /// Stops containerd (SIGTERM, as systemd does) and starts it again.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(&self.cfg, &self.cmd, &self.log);
+        self.wait_ready();
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_ready(&mut self) {
+        let c = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if c.ctr(&["version"]).status.success() {
-                return c;
+                return;
             }
             if let Ok(Some(st)) = c.child.try_wait() {
                 panic!("containerd exited ({st}):\n{}", c.log_text());
@@ -175,17 +222,12 @@ state = "{state}"
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        self.stop();
+        // Shims (and their VMs) outlive containerd by design: end ours.
+        for pid in shims_of(&self.sock) {
+            // SAFETY: killing a shim this test's containerd started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         // Snapshots containerd left mounted (a failed test) would keep the
         // temporary directory from going away.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
@@ -406,55 +448,126 @@ fn pod_cmd(ctd: &Containerd, logs: &Path, args: &[&str]) -> Output {
     cmd.args(&args[1..]).stdin(Stdio::null()).output().unwrap()
 }
 
-#[test]
-fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
-    need("qemu-system-x86_64");
-    need("runc");
-    assert!(
-        Path::new("/usr/lib/cni/bridge").is_file(),
-        "the CNI bridge plugin is missing: run scripts/test, which installs containernetworking-plugins"
-    );
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = Registry::start(tmp.path());
-    let image = push_busybox(&reg, "busybox:cri");
-    let pause = push_busybox_cmd(&reg, "pause:1", &["/bin/sleep", "2147483647"]);
-    let port: u16 = reg.addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    let state = tmp.path().join("shim-state");
-    let shim_cfg = write(
-        tmp.path(),
-        "shim.toml",
-        format!(
-            "guest_image = \"{}\"\nmode = \"none\"\ndefault_memory_mib = 512\nstate_dir = \"{}\"\nhost_ports = [{port}]\n",
-            guest_image().display(),
-            state.display()
-        )
-        .as_bytes(),
-    );
-    let ctd = Containerd::start_with(
-        tmp.path(),
-        &shim_cfg,
-        Some(CriSetup {
-            pause: &pause,
-            registry: &reg.addr,
-            shim_config: &shim_cfg,
-            bridge: "cocoontest0",
-            subnet: "10.88.77.0/24",
-        }),
-    );
-    let logs = tmp.path().join("pod-logs");
-    let initdata = cc_init_data(&reg, &image);
-    let manifest = |name: &str, handler: Option<&str>, extra_annotation: &str, containers: &str| {
+/// A test containerd with CRI, a registry holding busybox and a pause
+/// image, and the `cocoon` handler configured in `none` mode.
+struct CriEnv {
+    // Dropped in this order: containerd before the registry and the dir.
+    ctd: Containerd,
+    _reg: Registry,
+    image: String,
+    state: PathBuf,
+    logs: PathBuf,
+    initdata: String,
+    tmp: tempfile::TempDir,
+}
+
+impl CriEnv {
+    fn start(bridge: &str, subnet: &str) -> Self {
+        need("qemu-system-x86_64");
+        need("runc");
+        assert!(
+            Path::new("/usr/lib/cni/bridge").is_file(),
+            "the CNI bridge plugin is missing: run scripts/test, which installs containernetworking-plugins"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let reg = Registry::start(tmp.path());
+        let image = push_busybox(&reg, "busybox:cri");
+        let pause = push_busybox_cmd(&reg, "pause:1", &["/bin/sleep", "2147483647"]);
+        let port: u16 = reg.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        let state = tmp.path().join("shim-state");
+        let shim_cfg = write(
+            tmp.path(),
+            "shim.toml",
+            format!(
+                "guest_image = \"{}\"\nmode = \"none\"\ndefault_memory_mib = 512\nstate_dir = \"{}\"\nhost_ports = [{port}]\n",
+                guest_image().display(),
+                state.display()
+            )
+            .as_bytes(),
+        );
+        let ctd = Containerd::start_with(
+            tmp.path(),
+            &shim_cfg,
+            Some(CriSetup {
+                pause: &pause,
+                registry: &reg.addr,
+                shim_config: &shim_cfg,
+                bridge,
+                subnet,
+            }),
+        );
+        let logs = tmp.path().join("pod-logs");
+        let initdata = cc_init_data(&reg, &image);
+        Self {
+            ctd,
+            _reg: reg,
+            image,
+            state,
+            logs,
+            initdata,
+            tmp,
+        }
+    }
+
+    /// A Pod manifest with the registry's initdata annotation.
+    fn manifest(
+        &self,
+        name: &str,
+        handler: Option<&str>,
+        extra_annotation: &str,
+        containers: &str,
+    ) -> PathBuf {
         let rc = handler
             .map(|h| format!("  runtimeClassName: {h}\n"))
             .unwrap_or_default();
         write(
-            tmp.path(),
+            self.tmp.path(),
             &format!("{name}.yaml"),
             format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    io.katacontainers.config.hypervisor.cc_init_data: \"{initdata}\"\n{extra_annotation}spec:\n{rc}  containers:\n{containers}"
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    io.katacontainers.config.hypervisor.cc_init_data: \"{}\"\n{extra_annotation}spec:\n{rc}  containers:\n{containers}",
+                self.initdata
             )
             .as_bytes(),
         )
+    }
+
+    fn pod(&self, args: &[&str]) -> Output {
+        pod_cmd(&self.ctd, &self.logs, args)
+    }
+
+    fn vms(&self) -> Vec<u32> {
+        qemu_with(&self.state.display().to_string())
+    }
+
+    /// Asserts no VM, shim or shim state is left.
+    fn assert_clean(&self, after: &str) {
+        assert!(self.vms().is_empty(), "a QEMU is left after {after}");
+        assert!(
+            shims_of(&self.ctd.sock).is_empty(),
+            "a shim is left after {after}"
+        );
+        let left = shim_state(&self.state);
+        let log = self.ctd.log_text();
+        let shim_lines: Vec<&str> = log.lines().filter(|l| l.contains("shim")).collect();
+        assert!(
+            left.is_empty(),
+            "shim state left after {after}: {left:?}\ncontainerd's shim log:\n{}",
+            shim_lines[shim_lines.len().saturating_sub(30)..].join("\n")
+        );
+    }
+}
+
+#[test]
+fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
+    let env = CriEnv::start("cocoontest0", "10.88.77.0/24");
+    let (ctd, image, logs, state) = (
+        &env.ctd,
+        env.image.clone(),
+        env.logs.clone(),
+        env.state.clone(),
+    );
+    let manifest = |name: &str, handler: Option<&str>, extra: &str, containers: &str| {
+        env.manifest(name, handler, extra, containers)
     };
     let sock = ctd.sock.clone();
     let vms = || qemu_with(&state.display().to_string());
@@ -467,7 +580,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "",
         &format!("  - name: greet\n    image: {image}\n"),
     );
-    let o = pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
     assert!(
         o.status.success(),
         "pod run: {}\n{}\ncontainerd log:\n{}",
@@ -493,7 +606,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
             "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n"
         ),
     );
-    let o = pod_cmd(&ctd, &logs, &["run", "-d", m.to_str().unwrap()]);
+    let o = pod_cmd(ctd, &logs, &["run", "-d", m.to_str().unwrap()]);
     let pod_id = ok(&o).trim().to_string();
     assert_eq!(
         vms().len(),
@@ -518,7 +631,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     assert_eq!(String::from_utf8_lossy(&o.stderr), "e\n");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let o = pod_cmd(&ctd, &logs, &["logs", &pod_id, "talker"]);
+        let o = pod_cmd(ctd, &logs, &["logs", &pod_id, "talker"]);
         let (out, err) = (
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr),
@@ -529,14 +642,14 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         assert!(Instant::now() < deadline, "talker's log: {out:?} {err:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let ls = ok(&pod_cmd(&ctd, &logs, &["ls"]));
+    let ls = ok(&pod_cmd(ctd, &logs, &["ls"]));
     let line = ls
         .lines()
         .find(|l| l.contains("pair"))
         .unwrap_or_else(|| panic!("{ls}"));
     assert!(line.contains("Ready") && line.contains("cocoon"), "{ls}");
     assert!(line.starts_with(&pod_id[..13]), "{ls}");
-    ok(&pod_cmd(&ctd, &logs, &["rm", "pair"]));
+    ok(&pod_cmd(ctd, &logs, &["rm", "pair"]));
     assert!(vms().is_empty(), "a QEMU is left after rm");
     assert!(shims_of(&sock).is_empty(), "a shim is left after rm");
     assert!(
@@ -555,10 +668,10 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
             "  - name: httpd\n    image: {image}\n    command: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/etc\"]\n    ports:\n    - containerPort: 8080\n"
         ),
     );
-    let web = ok(&pod_cmd(&ctd, &logs, &["run", "-d", m.to_str().unwrap()]))
+    let web = ok(&pod_cmd(ctd, &logs, &["run", "-d", m.to_str().unwrap()]))
         .trim()
         .to_string();
-    let ls = ok(&pod_cmd(&ctd, &logs, &["ls"]));
+    let ls = ok(&pod_cmd(ctd, &logs, &["ls"]));
     let ip = ls
         .lines()
         .find(|l| l.starts_with(&web[..13]))
@@ -568,7 +681,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     assert!(ip.starts_with("10.88.77."), "pod IP {ip}: {ls}");
     let body = http_get(&format!("{ip}:8080"), "/greeting", Duration::from_secs(30));
     assert!(body.ends_with(GREETING), "{body}");
-    ok(&pod_cmd(&ctd, &logs, &["rm", &web]));
+    ok(&pod_cmd(ctd, &logs, &["rm", &web]));
     assert!(vms().is_empty(), "a QEMU is left after rm");
 
     // A runc pod on the same containerd, with a CNI pod network.
@@ -580,7 +693,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
             "  - name: hi\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo runc-ok; exit 5\"]\n"
         ),
     );
-    let o = pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(5), "{o:?}\n{}", ctd.log_text());
     assert_eq!(String::from_utf8_lossy(&o.stdout), "runc-ok\n");
 
@@ -592,7 +705,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "    io.katacontainers.config.hypervisor.enable_iommu: \"true\"\n",
         &format!("  - name: x\n    image: {image}\n"),
     );
-    let o = pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
     let err = fails(&o);
     assert!(
         err.contains("io.katacontainers.config.hypervisor.enable_iommu is not enabled"),
@@ -604,7 +717,75 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "    io.katacontainers.config.hypervisor.default_memory: \"lots\"\n",
         &format!("  - name: x\n    image: {image}\n"),
     );
-    let err = fails(&pod_cmd(&ctd, &logs, &["run", "--rm", m.to_str().unwrap()]));
+    let err = fails(&pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]));
     assert!(err.contains("'lots' is not a number"), "{err}");
     assert!(vms().is_empty());
+}
+
+#[test]
+fn cri_pod_failures_leave_nothing_behind() {
+    let mut env = CriEnv::start("cocoontest1", "10.88.78.0/24");
+    let image = env.image.clone();
+    let sleeper = format!("  - name: c\n    image: {image}\n    command: [\"sleep\", \"600\"]\n");
+
+    // A VM that cannot boot fails RunPodSandbox with the guest's last
+    // words, and leaves nothing behind.
+    let m = env.manifest(
+        "panics",
+        Some("cocoon"),
+        "    io.katacontainers.config.hypervisor.kernel_params: \"rdinit=/no-such-init\"\n",
+        &sleeper,
+    );
+    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+    assert!(err.contains("the pod VM did not start"), "{err}");
+    assert!(err.contains("Kernel panic"), "{err}");
+    env.assert_clean("a VM that did not boot");
+
+    // containerd restarting does not lose the pod: the shim and its VM
+    // carry on, and removing the pod afterwards still cleans up.
+    let m = env.manifest("survivor", Some("cocoon"), "", &sleeper);
+    let id = ok(&env.pod(&["run", "-d", m.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    assert_eq!(env.vms().len(), 1);
+    env.ctd.restart();
+    assert_eq!(
+        env.vms().len(),
+        1,
+        "the VM must outlive a containerd restart"
+    );
+    let o = env.pod(&["exec", &id, "c", "--", "cat", "/etc/greeting"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING, "{o:?}");
+    ok(&env.pod(&["rm", &id]));
+    env.assert_clean("removing a pod across a containerd restart");
+
+    // A shim killed with SIGKILL takes its VM with it, and containerd
+    // sees the pod's tasks end.
+    let m = env.manifest("victim", Some("cocoon"), "", &sleeper);
+    let id = ok(&env.pod(&["run", "-d", m.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let shims = shims_of(&env.ctd.sock);
+    assert_eq!(shims.len(), 1, "one shim per pod");
+    // SAFETY: killing the shim this test's containerd started.
+    unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ls = ok(&env.pod(&["ls"]));
+        let gone = env.vms().is_empty();
+        let not_ready = ls
+            .lines()
+            .any(|l| l.starts_with(&id[..13]) && l.contains("NotReady"));
+        if gone && not_ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the shim died: VMs {:?}\n{ls}",
+            env.vms()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ok(&env.pod(&["rm", &id]));
+    env.assert_clean("a killed shim");
 }

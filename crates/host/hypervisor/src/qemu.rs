@@ -517,11 +517,16 @@ pub struct QemuVm {
 const OWNER: &str = "owner";
 
 /// `pid start-time` of this process (start time from /proc, so a reused
-/// pid is not taken for the owner).
+/// pid is not taken for the owner); `None` once it has died, including
+/// while it waits to be reaped.
 fn owner_tag(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
-    let start = after.split_whitespace().nth(19)?;
+    let mut fields = after.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    let start = fields.nth(18)?;
     Some(format!("{pid} {start}"))
 }
 

@@ -14,7 +14,12 @@ use std::sync::Arc;
 pub struct CocoonShim {
     exit: Arc<ExitSignal>,
     namespace: String,
+    id: String,
+    bundle: String,
 }
+
+/// The file in a pod's sandbox bundle naming the VM state directory.
+pub const STATE_FILE: &str = "cocoon-state-dir";
 
 /// The pod a container belongs to: its CRI sandbox id, or itself.
 pub fn grouping_id(id: &str, config_json: &[u8]) -> String {
@@ -92,6 +97,12 @@ impl Shim for CocoonShim {
         Self {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            bundle: if args.bundle.is_empty() {
+                ".".into()
+            } else {
+                args.bundle.clone()
+            },
         }
     }
 
@@ -110,10 +121,16 @@ impl Shim for CocoonShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        // The shim that served this container is gone; its VM died with
-        // it. What is left is state on disk.
-        if let Ok(cfg) = crate::config::Config::load(None) {
-            cocoon_hypervisor::qemu::gc_stale(&cfg.state_dir);
+        // The shim that served this container is gone and its VM died
+        // with it (the VMM is killed when its parent dies). What is left
+        // is state on disk.
+        let bundle = std::path::Path::new(&self.bundle);
+        if let Ok(dir) = std::fs::read(bundle.join(STATE_FILE)) {
+            let dir = std::path::PathBuf::from(
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(dir),
+            );
+            cocoon_hypervisor::qemu::gc_stale(&dir);
+            let _ = std::fs::remove_file(dir.join(format!("{}.console.log", self.id)));
         }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,

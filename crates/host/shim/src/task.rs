@@ -200,12 +200,22 @@ pub fn config_path(options: &MessageField<Any>) -> Option<PathBuf> {
     path.filter(|p| !p.is_empty()).map(PathBuf::from)
 }
 
-/// The last lines of a console log, for an error message.
+/// The end of a console log for an error message: a kernel panic's
+/// reason line (the backtrace after it says little), else the last lines.
 fn console_tail(p: &Path) -> String {
     let text = std::fs::read(p).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().rev().take(12).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    let lines: Vec<&str> = text.lines().collect();
+    let from = match lines.iter().position(|l| l.contains("Kernel panic")) {
+        Some(i) => i.saturating_sub(2),
+        None => lines.len().saturating_sub(12),
+    };
+    lines[from..]
+        .iter()
+        .take(12)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn timestamp(e: &Exit) -> MessageField<Timestamp> {
@@ -543,6 +553,12 @@ impl Task for Service {
                     return Err(failed("this shim already runs a pod VM"));
                 }
                 let cfg = Config::load(config_path(&req.options).as_deref()).map_err(failed)?;
+                // For `delete` after a shim died: where its VM's state is.
+                std::fs::write(
+                    bundle.join(crate::shim::STATE_FILE),
+                    cfg.state_dir.as_os_str().as_encoded_bytes(),
+                )
+                .map_err(|e| internal(format!("writing {}: {e}", crate::shim::STATE_FILE)))?;
                 let settings = cfg.pod(&ospec.Annotations).map_err(failed)?;
                 let sandbox_id = meta.sandbox_id.clone().unwrap_or_else(|| req.id.clone());
                 let hostname = if ospec.Hostname.is_empty() {
