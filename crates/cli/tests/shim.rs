@@ -614,7 +614,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "two containers of one pod must share one VM"
     );
     let o = pod_cmd(
-        &ctd,
+        ctd,
         &logs,
         &[
             "exec",
