@@ -286,3 +286,154 @@ impl Config {
         Ok(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn gz_b64(text: &str) -> String {
+        use base64::Engine;
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::default();
+        assert_eq!(c.mode, Mode::Vtpm);
+        let s = c.pod(&HashMap::new()).unwrap();
+        assert_eq!((s.vcpus, s.memory_mib), (1, 2048));
+        assert_eq!(s.initdata, None);
+    }
+
+    #[test]
+    fn a_file_overrides_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shim.toml");
+        std::fs::write(
+            &p,
+            "mode = \"none\"\ndefault_memory_mib = 512\nhost_ports = [5000]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&p)).unwrap();
+        assert_eq!(
+            (c.mode, c.default_memory_mib, c.host_ports.clone()),
+            (Mode::None, 512, vec![5000])
+        );
+        std::fs::write(&p, "memory = 512\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&p)),
+            Err(ConfigError::Parse(..))
+        ));
+        std::fs::write(&p, "default_vcpus = 0\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&p)),
+            Err(ConfigError::Parse(..))
+        ));
+        assert!(matches!(
+            Config::load(Some(&dir.path().join("missing.toml"))),
+            Err(ConfigError::Read(..))
+        ));
+    }
+
+    #[test]
+    fn kata_annotations_size_the_vm_only_where_enabled() {
+        let c = Config {
+            mode: Mode::None,
+            ..Config::default()
+        };
+        let s = c
+            .pod(&ann(&[
+                ("io.katacontainers.config.hypervisor.default_vcpus", "2"),
+                ("io.katacontainers.config.hypervisor.default_memory", "768"),
+                (
+                    "io.katacontainers.config.hypervisor.kernel_params",
+                    "quiet=1",
+                ),
+            ]))
+            .unwrap();
+        assert_eq!(
+            (s.vcpus, s.memory_mib, s.kernel_params.as_str()),
+            (2, 768, "quiet=1")
+        );
+        // The pod's own limits come on top.
+        let s = c
+            .pod(&ann(&[
+                ("io.kubernetes.cri.sandbox-memory", "268435456"),
+                ("io.kubernetes.cri.sandbox-cpu-quota", "150000"),
+                ("io.kubernetes.cri.sandbox-cpu-period", "100000"),
+            ]))
+            .unwrap();
+        assert_eq!((s.vcpus, s.memory_mib), (3, 2048 + 256));
+        let e = c
+            .pod(&ann(&[(
+                "io.katacontainers.config.hypervisor.enable_iommu",
+                "true",
+            )]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("enable_iommu is not enabled"), "{e}");
+        let strict = Config {
+            enable_annotations: vec!["cc_init_data".into()],
+            ..c.clone()
+        };
+        assert!(matches!(
+            strict.pod(&ann(&[(
+                "io.katacontainers.config.hypervisor.default_memory",
+                "512"
+            )])),
+            Err(ConfigError::NotEnabled(..))
+        ));
+        for (k, v) in [
+            ("default_vcpus", "many"),
+            ("default_vcpus", "64"),
+            ("default_memory", "64"),
+            ("default_memory", "999999"),
+            ("kernel_params", "a\nb"),
+            ("cc_init_data", "not base64!"),
+            ("cc_init_data", "aGVsbG8="),
+        ] {
+            let key = format!("{HYPERVISOR_ANNOTATION}{k}");
+            assert!(c.pod(&ann(&[(&key, v)])).is_err(), "{k}={v:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn cc_init_data_is_gzipped_toml_and_reaches_the_vm() {
+        let toml = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"aa.toml\" = '''\n[token_configs]\n'''\n";
+        let s = Config::default()
+            .pod(&ann(&[(
+                "io.katacontainers.config.hypervisor.cc_init_data",
+                &gz_b64(toml),
+            )]))
+            .unwrap();
+        assert_eq!(s.initdata.as_deref(), Some(toml));
+        // Not an initdata document.
+        let e = decode_initdata("k", &gz_b64("just text"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("annotation k:"), "{e}");
+    }
+
+    #[test]
+    fn vtpm_vms_are_sized_to_the_memory_classes_reference_values_exist_for() {
+        assert_eq!(vtpm_memory_class(100), 256);
+        assert_eq!(vtpm_memory_class(512), 512);
+        assert_eq!(vtpm_memory_class(600), 1024);
+        assert_eq!(vtpm_memory_class(2049), 2816);
+        assert_eq!(vtpm_memory_class(4096), 4096);
+        let s = Config::default()
+            .pod(&ann(&[("io.kubernetes.cri.sandbox-memory", "1")]))
+            .unwrap();
+        assert_eq!(s.memory_mib, 2816);
+    }
+}

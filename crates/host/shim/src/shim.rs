@@ -204,3 +204,22 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
     let _ = std::fs::remove_file(path);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_of_a_pod_go_to_its_sandbox_shim() {
+        let c = br#"{"process": {"args": ["sh"]}, "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "pod1"}}"#;
+        assert_eq!(grouping_id("c1", c), "pod1");
+        let s = br#"{"process": {"args": ["/pause"]}, "annotations": {
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": "pod1"}}"#;
+        assert_eq!(grouping_id("pod1", s), "pod1");
+        assert_eq!(grouping_id("lone", br#"{"process": {}}"#), "lone");
+        assert_eq!(grouping_id("bad", b"not json"), "bad");
+    }
+}

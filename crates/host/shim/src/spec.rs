@@ -446,3 +446,116 @@ pub fn resources_from_json(bytes: &[u8]) -> Result<pb::LinuxResources, SpecError
         serde_json::from_slice(bytes).map_err(|e| SpecError::Parse(e.to_string()))?;
     Ok(resources(r))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sandbox spec the way containerd's CRI writes it (trimmed).
+    const SANDBOX: &str = r#"{
+      "ociVersion": "1.0.2-dev",
+      "process": {"user": {"uid": 65535, "gid": 65535}, "args": ["/pause"], "cwd": "/",
+        "capabilities": {"bounding": ["CAP_CHOWN"], "effective": ["CAP_CHOWN"], "permitted": ["CAP_CHOWN"]},
+        "noNewPrivileges": true, "oomScoreAdj": -998},
+      "root": {"path": "/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc/rootfs", "readonly": true},
+      "hostname": "web",
+      "mounts": [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev/shm", "type": "bind", "source": "/run/containerd/io.containerd.grpc.v1.cri/sandboxes/abc/shm", "options": ["rbind", "ro"]},
+        {"destination": "/etc/resolv.conf", "type": "bind", "source": "/var/lib/containerd/resolv.conf", "options": ["rbind"]},
+        {"destination": "/data", "type": "nfs", "source": "server:/x"}
+      ],
+      "annotations": {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "abc"},
+      "linux": {
+        "resources": {"memory": {"limit": 1048576}, "cpu": {"shares": 2, "quota": 50000, "period": 100000, "cpus": "0-3"}, "pids": {"limit": 64}},
+        "cgroupsPath": "/k8s.io/abc",
+        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                       {"type": "network", "path": "/var/run/netns/cni-1234"}],
+        "seccomp": {"defaultAction": "SCMP_ACT_ERRNO"},
+        "maskedPaths": ["/proc/kcore"], "readonlyPaths": ["/proc/sys"]
+      }
+    }"#;
+
+    #[test]
+    fn a_cri_sandbox_spec_keeps_what_the_guest_can_use() {
+        let (spec, meta) = from_json(SANDBOX.as_bytes()).unwrap();
+        assert_eq!(meta.kind, Kind::Pause);
+        assert_eq!(meta.sandbox_id.as_deref(), Some("abc"));
+        assert_eq!(meta.netns.as_deref(), Some("/var/run/netns/cni-1234"));
+        let p = spec.Process.as_ref().unwrap();
+        assert_eq!(p.Args, ["/pause"]);
+        assert_eq!(p.User.UID, 65535);
+        assert_eq!(p.OOMScoreAdj, -998);
+        assert!(p.NoNewPrivileges);
+        assert_eq!(p.Capabilities.Bounding, ["CAP_CHOWN"]);
+        // The guest mounts the pulled rootfs at <bundle>/rootfs.
+        assert_eq!(spec.Root.Path, "rootfs");
+        assert!(spec.Root.Readonly);
+        assert_eq!(spec.Hostname, "web");
+        // Host binds are left out; the host's pod shm becomes the guest's own.
+        let dests: Vec<(&str, &str)> = spec
+            .Mounts
+            .iter()
+            .map(|m| (m.destination.as_str(), m.type_.as_str()))
+            .collect();
+        assert_eq!(dests, [("/proc", "proc"), ("/dev/shm", "tmpfs")]);
+        let l = spec.Linux.as_ref().unwrap();
+        // No host paths: no network namespace, no cgroup path, no CPU set.
+        assert!(
+            l.Namespaces
+                .iter()
+                .all(|n| n.Type != "network" && n.Path.is_empty())
+        );
+        assert_eq!(l.Namespaces.len(), 4);
+        assert!(l.CgroupsPath.is_empty());
+        assert!(l.Seccomp.is_none());
+        let r = l.Resources.as_ref().unwrap();
+        assert_eq!(r.Memory.Limit, 1048576);
+        assert_eq!(
+            (r.CPU.Quota, r.CPU.Period, r.CPU.Shares),
+            (50000, 100000, 2)
+        );
+        assert!(r.CPU.Cpus.is_empty());
+        assert_eq!(r.Pids.Limit, 64);
+        assert_eq!(l.MaskedPaths, ["/proc/kcore"]);
+    }
+
+    #[test]
+    fn container_kinds_come_from_cri_annotations() {
+        let c = r#"{"process": {"args": ["sh"]}, "annotations": {
+            "io.kubernetes.cri.container-type": "container",
+            "io.kubernetes.cri.sandbox-id": "abc",
+            "io.kubernetes.cri.image-name": "127.0.0.1:5000/app:1"}}"#;
+        let (_, m) = from_json(c.as_bytes()).unwrap();
+        assert_eq!(m.kind, Kind::Container);
+        assert_eq!(m.image.as_deref(), Some("127.0.0.1:5000/app:1"));
+        let (_, m) = from_json(br#"{"process": {"args": ["sh"]}}"#).unwrap();
+        assert_eq!(m.kind, Kind::Standalone);
+        assert_eq!(m.sandbox_id, None);
+    }
+
+    #[test]
+    fn specs_that_are_not_runtime_specs_are_refused() {
+        assert!(matches!(from_json(b"{}"), Err(SpecError::NoProcess)));
+        assert!(matches!(from_json(b"[1]"), Err(SpecError::Parse(_))));
+        assert!(matches!(from_json(b"\xff"), Err(SpecError::Parse(_))));
+        assert!(matches!(
+            from_json(br#"{"process": {"args": "not a list"}}"#),
+            Err(SpecError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn exec_processes_and_resource_updates_parse() {
+        let p = process_from_json(
+            br#"{"args": ["ls", "-l"], "env": ["A=b"], "cwd": "/tmp", "terminal": true}"#,
+        )
+        .unwrap();
+        assert_eq!(p.Args, ["ls", "-l"]);
+        assert_eq!(p.Env, ["A=b"]);
+        assert!(p.Terminal);
+        let r = resources_from_json(br#"{"memory": {"limit": 4096}}"#).unwrap();
+        assert_eq!(r.Memory.Limit, 4096);
+        assert!(process_from_json(b"nope").is_err());
+    }
+}

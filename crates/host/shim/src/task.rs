@@ -1098,3 +1098,45 @@ impl Task for Service {
         Err(unimplemented("checkpoint"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_path_comes_from_containerds_runtime_options() {
+        // runtimeoptions.v1.Options{type_url = 1, config_path = 2}
+        let mut value = vec![0x0a, 3, b'a', b'b', b'c', 0x12, 4];
+        value.extend_from_slice(b"/x.t");
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        };
+        assert_eq!(config_path(&Some(any).into()), Some(PathBuf::from("/x.t")));
+        assert_eq!(config_path(&MessageField::none()), None);
+        let junk = Any {
+            value: vec![0x12, 50, 1],
+            ..Default::default()
+        };
+        assert_eq!(config_path(&Some(junk).into()), None);
+    }
+
+    #[test]
+    fn a_panicking_guest_is_reported_by_its_panic_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.log");
+        let mut text: Vec<String> = (0..40).map(|i| format!("boot line {i}")).collect();
+        text.push("Kernel panic - not syncing: No working init found.".into());
+        text.extend((0..30).map(|i| format!("trace {i}")));
+        std::fs::write(&p, text.join("\n")).unwrap();
+        let t = console_tail(&p);
+        assert!(
+            t.contains("Kernel panic - not syncing: No working init found."),
+            "{t}"
+        );
+        std::fs::write(&p, "a\nb\nlast words\n").unwrap();
+        assert!(console_tail(&p).ends_with("last words"));
+        assert_eq!(console_tail(&dir.path().join("none")), "");
+    }
+}
