@@ -32,10 +32,22 @@ pub struct PodBenchArgs {
     /// --registry).
     #[arg(long, requires = "registry")]
     attest: bool,
+    /// Also time pods through Debian's containerd and CRI with the
+    /// `cocoon` handler (the shim binary beside this one; needs
+    /// --registry): RunPodSandbox to container running against the floor
+    /// of the last mode, four pods at once, memory per pod, shim RSS.
+    #[arg(long, requires = "registry")]
+    cri: bool,
 }
 
 /// Pushes a one-layer busybox image that prints a line.
 async fn push_small_image(registry: &str) -> Result<String> {
+    push_image_with(registry, "cocoon-bench/busybox:1", &["/bin/echo", "hello"]).await
+}
+
+/// Pushes a one-layer busybox image (`sh`, `echo`, `sleep`) as
+/// `registry/repo_tag` with `cmd` as its command.
+pub async fn push_image_with(registry: &str, repo_tag: &str, cmd: &[&str]) -> Result<String> {
     use cocoon_image::owner::{LayerBuilder, push_image};
     let busybox = std::fs::read("/bin/busybox")
         .context("/bin/busybox is missing (Debian: apt-get install busybox-static)")?;
@@ -44,18 +56,19 @@ async fn push_small_image(registry: &str) -> Result<String> {
     l.file("bin/busybox", 0o755, &busybox)?;
     l.symlink("bin/sh", "busybox")?;
     l.symlink("bin/echo", "busybox")?;
+    l.symlink("bin/sleep", "busybox")?;
     let client =
         cocoon_image::registry::RegistryClient::new(cocoon_image::registry::RegistryConfig {
             insecure: [registry.to_string()].into(),
             ..Default::default()
         })
         .map_err(anyhow::Error::msg)?;
-    let image = format!("{registry}/cocoon-bench/busybox:1");
+    let image = format!("{registry}/{repo_tag}");
     push_image(
         &client,
         &cocoon_image::reference::Reference::parse(&image)?,
         &[l.finish()?],
-        &["/bin/echo", "hello"],
+        cmd,
     )
     .await?;
     Ok(image)
@@ -338,13 +351,13 @@ fn spec(
     })
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
 /// Resident set size of a process, KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+pub fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -462,6 +475,10 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
         };
         runs.push(("vtpm+attest, encrypted".into(), floor, median(times), line));
     }
+    let cri_phase = match (a.cri, &a.registry, floors.last()) {
+        (true, Some(reg), Some((mode, floor))) => Some((reg.clone(), *mode, *floor)),
+        _ => None,
+    };
     if !runs.is_empty() {
         println!();
         println!(
@@ -480,6 +497,9 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
         println!(
             "target: cocoon run of a small plain image within 1.5x of the floor, attested with an encrypted image within 2x; agent RSS under 15 MB"
         );
+    }
+    if let Some((reg, mode, floor)) = cri_phase {
+        crate::bench_cri::run(&a.image, &reg, mode, a.memory, a.runs, floor).await?;
     }
     Ok(())
 }

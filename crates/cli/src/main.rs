@@ -2,6 +2,7 @@
 
 mod admin;
 mod bench;
+mod bench_cri;
 mod bench_guest;
 mod bench_image;
 mod bench_pod;

@@ -125,6 +125,22 @@ impl Config {
         };
         let c: Config =
             toml::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+        let mut paths = vec![
+            ("guest_image", &c.guest_image),
+            ("vtpm_ca", &c.vtpm_ca),
+            ("state_dir", &c.state_dir),
+        ];
+        paths.extend(c.firmware.iter().map(|f| ("firmware", f)));
+        paths.extend(c.default_initdata.iter().map(|f| ("default_initdata", f)));
+        if let Some((key, p)) = paths.iter().find(|(_, p)| p.is_relative()) {
+            return Err(ConfigError::Parse(
+                path,
+                format!(
+                    "{key} = {:?} must be an absolute path (the shim runs in each bundle's directory)",
+                    p.display().to_string()
+                ),
+            ));
+        }
         if c.default_vcpus == 0 || c.default_vcpus > c.max_vcpus {
             return Err(ConfigError::Parse(
                 path,

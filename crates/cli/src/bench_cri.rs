@@ -1,0 +1,354 @@
+//! The CRI phase of `cocoon bench pod`: Debian's containerd with the
+//! `cocoon` handler, driven through CRI as kubelet drives it. Times
+//! RunPodSandbox to container running against the same run's floor, starts
+//! four pods at once, and reports the host memory per pod (QEMU + shim)
+//! and the shim's RSS.
+
+use crate::pod::Cri;
+use anyhow::{Context, Result, bail};
+use cocoon_host_grpc::cri;
+use cocoon_hypervisor::Mode;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A throwaway containerd with CRI and our handler; stopped on drop (the
+/// pods' shims with it).
+struct Containerd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path, pause: &str, registry: &str, shim_cfg: &Path) -> Result<Self> {
+        let shim = std::env::current_exe()?.with_file_name("containerd-shim-cocoon-v2");
+        if !shim.is_file() {
+            bail!(
+                "{} is missing: build it beside cocoon (cargo build --release -p cocoon-shim)",
+                shim.display()
+            );
+        }
+        let cni = dir.join("cni");
+        std::fs::create_dir_all(&cni)?;
+        std::fs::write(
+            cni.join("10-bench.conflist"),
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"cocoon-bench","plugins":[{{"type":"bridge","bridge":"cocoonbench0","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.99.0/24"}}]],"dataDir":"{}"}}}}]}}"#,
+                dir.join("ipam").display()
+            ),
+        )?;
+        let sock = dir.join("c.sock");
+        let cfg = dir.join("containerd.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  stream_server_address = "127.0.0.1"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{registry}"]
+    endpoint = ["http://{registry}"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
+    runtime_type = "io.containerd.cocoon.v2"
+    pod_annotations = ["io.katacontainers.*"]
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon.options]
+      ConfigPath = "{shim_cfg}"
+"#,
+                root = dir.join("root").display(),
+                state = dir.join("state").display(),
+                sock = sock.display(),
+                cni = cni.display(),
+                shim_cfg = shim_cfg.display(),
+            ),
+        )?;
+        let path = format!(
+            "{}:{}",
+            shim.parent().unwrap_or(Path::new(".")).display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&cfg)
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log"))?)
+            .spawn()
+            .context("starting containerd (Debian: apt-get install containerd)")?;
+        Ok(Self { child, sock })
+    }
+
+    /// Our shims serving this containerd.
+    fn shims(&self) -> Vec<u32> {
+        processes(|argv0, cmd| {
+            argv0.ends_with("containerd-shim-cocoon-v2")
+                && cmd.contains(&self.sock.display().to_string())
+        })
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        for pid in self.shims() {
+            // SAFETY: a shim this containerd started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Processes whose argv[0] and NUL-separated command line match.
+fn processes(matches: impl Fn(&str, &str) -> bool) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).into_owned();
+            let argv0 = cmd.split('\0').next().unwrap_or_default().to_string();
+            matches(&argv0, &cmd).then_some(pid)
+        })
+        .collect()
+}
+
+/// QEMU processes of VMs whose state is under `state`.
+fn vms(state: &Path) -> Vec<u32> {
+    let needle = state.display().to_string();
+    processes(|argv0, cmd| argv0.contains("qemu-system") && cmd.contains(&needle))
+}
+
+fn sum_rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| crate::bench_pod::rss_kib(*p))
+        .sum()
+}
+
+/// One pod: sandbox, a container that keeps running; returns its id and
+/// the time from RunPodSandbox to the container running.
+async fn start_pod(
+    cri: &Cri,
+    name: &str,
+    handler: &str,
+    image: &str,
+    annotations: &std::collections::HashMap<String, String>,
+    logs: &Path,
+) -> Result<(String, Duration)> {
+    let mut rt = cri.runtime.clone();
+    let uid = uuid::Uuid::new_v4().to_string();
+    let sandbox = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: uid.clone(),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.join(&uid).display().to_string(),
+        annotations: annotations.clone(),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("RunPodSandbox: {}", s.message()))?
+        .into_inner()
+        .pod_sandbox_id;
+    let c = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                command: vec!["/bin/sleep".into(), "600".into()],
+                log_path: "main.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(sandbox),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("CreateContainer: {}", s.message()))?
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: c })
+        .await
+        .map_err(|s| anyhow::anyhow!("StartContainer: {}", s.message()))?;
+    Ok((id, t.elapsed()))
+}
+
+/// Runs the CRI phase and prints its table.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    guest_image: &Path,
+    registry: &str,
+    mode: Mode,
+    memory: u32,
+    runs: usize,
+    floor: Duration,
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let guest_image = &std::path::absolute(guest_image)?;
+    let image = crate::bench_pod::push_image_with(
+        registry,
+        "cocoon-bench/busybox:cri",
+        &["/bin/echo", "hello"],
+    )
+    .await?;
+    let pause = crate::bench_pod::push_image_with(
+        registry,
+        "cocoon-bench/pause:1",
+        &["/bin/sleep", "2147483647"],
+    )
+    .await?;
+    let port = registry
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .context("--registry is HOST:PORT")?;
+    let state = dir.path().join("shim-state");
+    let shim_cfg = dir.path().join("shim.toml");
+    let mode_name = match mode {
+        Mode::None => "none",
+        Mode::Vtpm => "vtpm",
+        Mode::Tdx => "tdx",
+        Mode::Snp => "snp",
+    };
+    std::fs::write(
+        &shim_cfg,
+        format!(
+            "guest_image = \"{}\"\nmode = \"{mode_name}\"\ndefault_memory_mib = {memory}\nstate_dir = \"{}\"\nhost_ports = [{port}]\nvtpm_ca = \"{}\"\n",
+            guest_image.display(),
+            state.display(),
+            crate::run::default_vtpm_ca().display()
+        ),
+    )?;
+    let ctd = Containerd::start(dir.path(), &pause, registry, &shim_cfg)?;
+    let endpoint = format!("unix://{}", ctd.sock.display());
+    let t = Instant::now();
+    let cri = loop {
+        match Cri::connect(&endpoint).await {
+            Ok(c) => break c,
+            Err(e) if t.elapsed() > Duration::from_secs(30) => {
+                let log =
+                    std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default();
+                let errors: Vec<&str> = log
+                    .lines()
+                    .filter(|l| l.contains("level=error") || l.contains("level=warn"))
+                    .collect();
+                return Err(e.context(errors.join("\n")));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    // kubelet pulls before it starts a pod: not part of the time.
+    for img in [&image, &pause] {
+        cri.images
+            .clone()
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: img.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("PullImage {img}: {}", s.message()))?;
+    }
+    let initdata = crate::run::initdata_for(None, None, &[registry.to_string()])?
+        .context("initdata for the registry")?;
+    let mut annotations = std::collections::HashMap::new();
+    annotations.insert(
+        "io.katacontainers.config.hypervisor.cc_init_data".to_string(),
+        gzip_b64(&initdata)?,
+    );
+    let logs = dir.path().join("logs");
+    let mut times = Vec::new();
+    let mut shim_rss = 0;
+    let mut vm_rss = 0;
+    for i in 0..runs.max(1) {
+        let (id, took) = start_pod(
+            &cri,
+            &format!("one-{i}"),
+            "cocoon",
+            &image,
+            &annotations,
+            &logs,
+        )
+        .await?;
+        times.push(took);
+        shim_rss = sum_rss_kib(&ctd.shims());
+        vm_rss = sum_rss_kib(&vms(&state));
+        cri.remove_pod(&id).await?;
+    }
+    let one = crate::bench_pod::median(times);
+    // Four pods at once.
+    let t = Instant::now();
+    let start = |name: &'static str| start_pod(&cri, name, "cocoon", &image, &annotations, &logs);
+    let (a, b, c, d) = tokio::join!(
+        start("four-0"),
+        start("four-1"),
+        start("four-2"),
+        start("four-3")
+    );
+    let results = [a, b, c, d];
+    let four = t.elapsed();
+    let per_pod = (sum_rss_kib(&ctd.shims()) + sum_rss_kib(&vms(&state))) / 4;
+    let shims_four = ctd.shims().len();
+    for (id, _) in results.iter().flatten() {
+        cri.remove_pod(id).await?;
+    }
+    for r in results {
+        r?;
+    }
+    println!();
+    println!(
+        "CRI ({mode_name}, {memory} MiB): RunPodSandbox to container running {:.2} s, floor {:.2} s, {:.2}x (target 1.2x)",
+        one.as_secs_f64(),
+        floor.as_secs_f64(),
+        one.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "CRI: four pods at once {:.2} s in all ({shims_four} shims); host memory per pod (QEMU + shim) {} MiB",
+        four.as_secs_f64(),
+        per_pod / 1024
+    );
+    println!(
+        "CRI: shim RSS {} KiB (target under 15 MB); QEMU RSS {} MiB",
+        shim_rss,
+        vm_rss / 1024
+    );
+    Ok(())
+}
+
+fn gzip_b64(text: &str) -> Result<String> {
+    use base64::Engine;
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes())?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(gz.finish()?))
+}
