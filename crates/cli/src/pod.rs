@@ -171,10 +171,24 @@ impl Pod {
         if pod.spec.containers.is_empty() {
             bail!("the Pod has no containers");
         }
+        // Names become paths (the pod's log directory) and CRI metadata:
+        // Kubernetes' own rules keep them plain.
+        check_name("metadata.name", &pod.metadata.name, 253)?;
+        if let Some(ns) = &pod.metadata.namespace {
+            check_name("metadata.namespace", ns, 63)?;
+        }
+        if let Some(uid) = &pod.metadata.uid
+            && (uid.is_empty()
+                || uid.len() > 64
+                || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            bail!("metadata.uid {uid:?} is not a UID (letters, digits and '-')");
+        }
         for c in &pod.spec.containers {
-            if c.name.is_empty() || c.image.is_empty() {
-                bail!("every container needs a name and an image");
+            if c.image.is_empty() {
+                bail!("container {:?} has no image", c.name);
             }
+            check_name("a container name", &c.name, 63)?;
         }
         Ok(pod)
     }
@@ -251,6 +265,30 @@ fn container_config(c: &ContainerSpec) -> cri::ContainerConfig {
         tty: c.tty,
         ..Default::default()
     }
+}
+
+/// A Kubernetes name: lower-case letters, digits, '-' and '.', starting
+/// and ending with a letter or digit (RFC 1123).
+fn check_name(what: &str, name: &str, max: usize) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if !ok {
+        bail!(
+            "{what} {name:?} is not a Kubernetes name (lower-case letters, digits, '-' and '.', at most {max})"
+        );
+    }
+    Ok(())
+}
+
+/// An exit code as this process's status: an unknown (negative) code is
+/// a failure, not success.
+fn exit_status(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(255)
 }
 
 /// Clients of a CRI runtime.
@@ -442,7 +480,7 @@ pub async fn run(cmd: PodCommand) -> Result<u8> {
             use std::io::Write;
             std::io::stdout().write_all(&r.stdout)?;
             std::io::stderr().write_all(&r.stderr)?;
-            Ok(u8::try_from(r.exit_code.clamp(0, 255)).unwrap_or(255))
+            Ok(exit_status(r.exit_code))
         }
         PodCommand::Logs(a) => {
             let cri = Cri::connect(&a.endpoint.runtime_endpoint).await?;
@@ -611,7 +649,7 @@ async fn run_pod(a: RunArgs) -> Result<u8> {
                 .unwrap_or_default();
             if st.state == cri::ContainerState::ContainerExited as i32 {
                 if exit == 0 && st.exit_code != 0 {
-                    exit = u8::try_from(st.exit_code.clamp(0, 255)).unwrap_or(255);
+                    exit = exit_status(st.exit_code);
                 }
             } else {
                 running = true;
@@ -731,6 +769,17 @@ spec:
             Pod::parse("kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a}]}").is_err()
         );
         assert!(Pod::parse("not: [yaml").is_err());
+        for bad in [
+            "kind: Pod\nmetadata: {name: ../x}\nspec: {containers: [{name: a, image: b}]}",
+            "kind: Pod\nmetadata: {name: x, namespace: Bad}\nspec: {containers: [{name: a, image: b}]}",
+            "kind: Pod\nmetadata: {name: x, uid: /../../etc}\nspec: {containers: [{name: a, image: b}]}",
+            "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a/b, image: b}]}",
+        ] {
+            assert!(Pod::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(exit_status(-1), 255);
+        assert_eq!(exit_status(300), 255);
+        assert_eq!(exit_status(3), 3);
     }
 
     #[test]

@@ -132,9 +132,10 @@ pub fn args(
             .id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || spec.id.starts_with('.')
     {
         return Err(VmError::Invalid(format!(
-            "VM id '{}': 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.'",
+            "VM id '{}': 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.', not starting with '.'",
             spec.id
         )));
     }

@@ -268,7 +268,8 @@ impl Config {
             let q: i64 = parse_num(cri::SANDBOX_CPU_QUOTA, q)?;
             let p: i64 = parse_num(cri::SANDBOX_CPU_PERIOD, p)?;
             if q > 0 && p > 0 {
-                let extra = u32::try_from((q + p - 1) / p).unwrap_or(u32::MAX);
+                let extra =
+                    u32::try_from(q.unsigned_abs().div_ceil(p.unsigned_abs())).unwrap_or(u32::MAX);
                 s.vcpus = s.vcpus.saturating_add(extra);
             }
         }

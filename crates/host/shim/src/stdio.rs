@@ -47,8 +47,8 @@ fn fifo_path(p: &str) -> &str {
 pub struct Relays {
     /// Ends when stdout and stderr reached their end.
     pub output: tokio::task::JoinHandle<()>,
-    /// Ends the stdin relay: what is buffered is forwarded, then the
-    /// guest's stdin is closed.
+    /// Ends the stdin relay (sent, or dropped once the process exited):
+    /// what is buffered is forwarded, then the guest's stdin is closed.
     pub stdin_close: Option<oneshot::Sender<()>>,
 }
 
@@ -115,9 +115,17 @@ async fn pump_in(
     let _ = agent.close_stdin(&id, &exec).await;
 }
 
-/// Starts relaying the streams of process `exec` (empty: the init) of
-/// container `id`.
-pub fn start(agent: AgentClient, id: &str, exec: &str, p: &Paths) -> Result<Relays, String> {
+/// A process's fifos, opened before the process starts (so a fifo that
+/// cannot be opened fails the start, not the running process).
+pub struct Opened {
+    stdout: Option<pipe::Sender>,
+    stderr: Option<pipe::Sender>,
+    stdin: Option<pipe::Receiver>,
+    terminal: bool,
+}
+
+/// Opens the fifos of `p`.
+pub fn open(p: &Paths) -> Result<Opened, String> {
     let stdout = (!p.stdout.is_empty())
         .then(|| open_out(&p.stdout))
         .transpose()?;
@@ -132,45 +140,58 @@ pub fn start(agent: AgentClient, id: &str, exec: &str, p: &Paths) -> Result<Rela
                 .map_err(|e| format!("opening {}: {e}", p.stdin))
         })
         .transpose()?;
-    let out = tokio::spawn(pump_out(
-        agent.clone(),
-        id.into(),
-        exec.into(),
-        false,
+    Ok(Opened {
         stdout,
-    ));
-    let err = (!p.terminal).then(|| {
-        tokio::spawn(pump_out(
+        stderr,
+        stdin,
+        terminal: p.terminal,
+    })
+}
+
+impl Opened {
+    /// Starts relaying the streams of process `exec` (empty: the init) of
+    /// container `id`, which now runs in the guest.
+    pub fn spawn(self, agent: AgentClient, id: &str, exec: &str) -> Relays {
+        let out = tokio::spawn(pump_out(
             agent.clone(),
             id.into(),
             exec.into(),
-            true,
-            stderr,
-        ))
-    });
-    let output = tokio::spawn(async move {
-        let _ = out.await;
-        if let Some(e) = err {
-            let _ = e.await;
+            false,
+            self.stdout,
+        ));
+        let err = (!self.terminal).then(|| {
+            tokio::spawn(pump_out(
+                agent.clone(),
+                id.into(),
+                exec.into(),
+                true,
+                self.stderr,
+            ))
+        });
+        let output = tokio::spawn(async move {
+            let _ = out.await;
+            if let Some(e) = err {
+                let _ = e.await;
+            }
+        });
+        let stdin_close = match self.stdin {
+            Some(r) => {
+                let (tx, rx) = oneshot::channel();
+                tokio::spawn(pump_in(agent, id.into(), exec.into(), r, rx));
+                Some(tx)
+            }
+            None => {
+                // No stdin: the process must see its end at once.
+                let (id, exec) = (id.to_string(), exec.to_string());
+                tokio::spawn(async move {
+                    let _ = agent.close_stdin(&id, &exec).await;
+                });
+                None
+            }
+        };
+        Relays {
+            output,
+            stdin_close,
         }
-    });
-    let stdin_close = match stdin {
-        Some(r) => {
-            let (tx, rx) = oneshot::channel();
-            tokio::spawn(pump_in(agent, id.into(), exec.into(), r, rx));
-            Some(tx)
-        }
-        None => {
-            // No stdin: the process must see its end at once.
-            let (id, exec) = (id.to_string(), exec.to_string());
-            tokio::spawn(async move {
-                let _ = agent.close_stdin(&id, &exec).await;
-            });
-            None
-        }
-    };
-    Ok(Relays {
-        output,
-        stdin_close,
-    })
+    }
 }

@@ -52,6 +52,10 @@ struct Proc {
     exit: watch::Sender<Option<Exit>>,
     /// Ends the stdin relay (CloseIO).
     stdin_close: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    /// CloseIO came before Start: close stdin as soon as it is relayed.
+    close_pending: std::sync::atomic::AtomicBool,
+    /// The start event is out: an exit may follow it.
+    start_published: watch::Sender<bool>,
 }
 
 impl Proc {
@@ -63,6 +67,8 @@ impl Proc {
             status: Mutex::new(Status::Created),
             exit: watch::channel(None).0,
             stdin_close: Mutex::new(None),
+            close_pending: std::sync::atomic::AtomicBool::new(false),
+            start_published: watch::channel(false).0,
         })
     }
 
@@ -446,6 +452,9 @@ impl Inner {
     }
 
     async fn publish_exit(&self, c: &Container, p: &Proc) {
+        // containerd must hear of the start before the exit.
+        let mut started = p.start_published.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(10), started.wait_for(|s| *s)).await;
         let e = p.exited().unwrap_or_default();
         let event = ev::TaskExit {
             container_id: c.id.clone(),
@@ -470,9 +479,16 @@ impl Inner {
         agent: AgentClient,
         c: Arc<Container>,
         p: Arc<Proc>,
-    ) -> TtrpcResult<()> {
-        let relays = stdio::start(agent.clone(), &c.id, &p.exec_id, &p.io).map_err(failed)?;
-        *p.stdin_close.lock().unwrap_or_else(|e| e.into_inner()) = relays.stdin_close;
+        opened: stdio::Opened,
+    ) {
+        let relays = opened.spawn(agent.clone(), &c.id, &p.exec_id);
+        let mut close = relays.stdin_close;
+        if p.close_pending.load(std::sync::atomic::Ordering::SeqCst)
+            && let Some(tx) = close.take()
+        {
+            let _ = tx.send(());
+        }
+        *p.stdin_close.lock().unwrap_or_else(|e| e.into_inner()) = close;
         let me = self.clone();
         tokio::spawn(async move {
             let status = match agent.wait(&c.id, &p.exec_id).await {
@@ -486,11 +502,17 @@ impl Inner {
             // before containerd hears of it; a daemon child keeping the
             // streams open does not hold the exit up for long.
             let _ = tokio::time::timeout(Duration::from_secs(2), relays.output).await;
+            // Nobody writes to an exited process: end its stdin relay.
+            drop(
+                p.stdin_close
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
+            );
             if p.record_exit(status) {
                 me.publish_exit(&c, &p).await;
             }
         });
-        Ok(())
     }
 
     /// Stops the VM (after the pod's last container, or on shutdown).
@@ -615,7 +637,7 @@ impl Task for Service {
             )
             .await;
         if let Err(e) = r {
-            if meta.kind == Kind::Standalone {
+            if matches!(meta.kind, Kind::Pause | Kind::Standalone) {
                 me.stop_pod().await;
             }
             return Err(failed(format!(
@@ -677,6 +699,7 @@ impl Task for Service {
         }
         let pod = me.pod()?;
         let agent = pod.agent().clone();
+        let opened = stdio::open(&p.io).map_err(failed)?;
         if req.exec_id.is_empty() {
             agent
                 .agent
@@ -718,7 +741,7 @@ impl Task for Service {
                 })?;
         }
         p.set_status(Status::Running);
-        me.run_process(agent, c.clone(), p.clone())?;
+        me.run_process(agent, c.clone(), p.clone(), opened);
         let pid = me.task_pid();
         if req.exec_id.is_empty() {
             me.publish(
@@ -742,6 +765,7 @@ impl Task for Service {
             )
             .await;
         }
+        p.start_published.send_replace(true);
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -971,6 +995,10 @@ impl Task for Service {
                 Some(tx) => {
                     let _ = tx.send(());
                 }
+                None if p.status() == Status::Created => {
+                    p.close_pending
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 None => {
                     if p.status() == Status::Running {
                         me.pod()?
@@ -1065,11 +1093,14 @@ impl Task for Service {
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
         let me = &self.0;
-        if !me
-            .containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        // Containers left after the VM stopped are gone with it.
+        let vm_running = me.pod.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if vm_running
+            && !me
+                .containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
         {
             return Ok(api::Empty::new());
         }

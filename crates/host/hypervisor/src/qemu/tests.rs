@@ -219,7 +219,16 @@ fn vsock_device_when_the_host_has_one() {
 /// paths inside option lists carry no comma.
 #[test]
 fn spec_cannot_inject_qemu_options() {
-    for id in ["", "a,b", "pod 1", "x".repeat(65).as_str(), "../x"] {
+    for id in [
+        "",
+        "a,b",
+        "pod 1",
+        "x".repeat(65).as_str(),
+        "../x",
+        ".",
+        "..",
+        ".hidden",
+    ] {
         let mut s = spec(Mode::None);
         s.id = id.into();
         assert!(
@@ -227,6 +236,13 @@ fn spec_cannot_inject_qemu_options() {
             "id {id:?}"
         );
     }
+    let mut s = spec(Mode::None);
+    s.pod_network = Some(crate::PodNic {
+        netns: "/var/run/netns/cni-1".into(),
+        tap: "tap0".into(),
+        mac: "aa:bb:cc:dd:ee:ff,romfile=/x".into(),
+    });
+    assert!(args(&s, Accel::Tcg, &layout(false), None, None).is_err());
     let mut s = spec(Mode::None);
     s.console_log = "/tmp/x,readonly=on".into();
     assert!(args(&s, Accel::Tcg, &layout(false), None, None).is_err());
