@@ -39,6 +39,17 @@ pub enum PodCommand {
     Ls(Endpoint),
     /// Stop and remove pods (by id, id prefix or name).
     Rm(RmArgs),
+    /// Pull an image through the runtime's CRI image service, as kubelet
+    /// does before it starts a pod.
+    Pull(PullArgs),
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    #[command(flatten)]
+    endpoint: Endpoint,
+    /// The image reference.
+    image: String,
 }
 
 #[derive(Args)]
@@ -538,6 +549,25 @@ pub async fn run(cmd: PodCommand) -> Result<u8> {
                     if ip.is_empty() { "-" } else { &ip }
                 );
             }
+            Ok(0)
+        }
+        PodCommand::Pull(a) => {
+            let cri = Cri::connect(&a.endpoint.runtime_endpoint).await?;
+            let r = cri
+                .images
+                .clone()
+                .pull_image(cri::PullImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: a.image.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)
+                .with_context(|| format!("pulling {}", a.image))?
+                .into_inner();
+            println!("{}", r.image_ref);
             Ok(0)
         }
         PodCommand::Rm(a) => {

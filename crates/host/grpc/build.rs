@@ -1,10 +1,18 @@
-//! Compiles `protos/` with protox (no protoc needed) into tonic clients.
+//! Compiles `protos/` with protox (no protoc needed): CRI clients for
+//! `cocoon pod`, the snapshotter server for `cocoon-snapshotter`.
 
 fn main() {
-    let fds = protox::compile(["protos/cri.proto"], ["protos"]).expect("parse protos/cri.proto");
+    let cri = protox::compile(["protos/cri.proto"], ["protos"]).expect("parse protos/cri.proto");
     tonic_prost_build::configure()
         .build_server(false)
-        .compile_fds(fds)
+        .compile_fds(cri)
         .expect("generate the CRI bindings");
+    let snapshots = protox::compile(["protos/snapshots.proto"], ["protos"])
+        .expect("parse protos/snapshots.proto");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(snapshots)
+        .expect("generate the snapshotter bindings");
     println!("cargo:rerun-if-changed=protos");
 }

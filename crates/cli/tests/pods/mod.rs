@@ -74,6 +74,12 @@ pub fn push_busybox(reg: &Registry, repo_tag: &str) -> String {
 
 /// A busybox image with `cmd` as its default command.
 pub fn push_busybox_cmd(reg: &Registry, repo_tag: &str, cmd: &[&str]) -> String {
+    push_busybox_salted(reg, repo_tag, cmd, "")
+}
+
+/// Like [`push_busybox_cmd`], with `salt` in a file of the first layer so
+/// no layer is shared with the other busybox images (`""`: shared).
+pub fn push_busybox_salted(reg: &Registry, repo_tag: &str, cmd: &[&str], salt: &str) -> String {
     need("busybox");
     cocoon_kbs_client::install_crypto_provider();
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (busybox-static)");
@@ -85,6 +91,9 @@ pub fn push_busybox_cmd(reg: &Registry, repo_tag: &str, cmd: &[&str]) -> String 
         .dir("tmp")
         .unwrap();
     l1.file("bin/busybox", 0o755, &busybox).unwrap();
+    if !salt.is_empty() {
+        l1.file("etc/salt", 0o644, salt.as_bytes()).unwrap();
+    }
     for applet in [
         "sh",
         "cat",
