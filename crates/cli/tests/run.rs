@@ -272,31 +272,6 @@ fn exec_signals_and_stats_through_the_pod_library() {
     });
 }
 
-/// Initdata an owner writes for a pod: the trustee (pinned certificate), a
-/// plain-HTTP registry and, if given, an agent policy.
-fn owner_initdata(reg: &Registry, t: &TrusteeProc, policy: Option<&str>) -> String {
-    let cert = std::fs::read_to_string(t.cert_path()).unwrap();
-    let aa = format!(
-        "[token_configs.kbs]\nurl = \"{}\"\ncert = \"\"\"\n{cert}\"\"\"\n",
-        t.url
-    );
-    let cdh = format!(
-        "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\nkbs_cert = \"\"\"\n{cert}\"\"\"\n[image]\ninsecure_registries = [\"{}\"]\n",
-        t.url, reg.addr
-    );
-    let mut data = toml::Table::new();
-    data.insert("aa.toml".into(), aa.into());
-    data.insert("cdh.toml".into(), cdh.into());
-    if let Some(p) = policy {
-        data.insert("policy.rego".into(), p.into());
-    }
-    let mut doc = toml::Table::new();
-    doc.insert("version".into(), "0.1.0".into());
-    doc.insert("algorithm".into(), "sha256".into());
-    doc.insert("data".into(), data.into());
-    toml::to_string(&doc).unwrap()
-}
-
 #[test]
 fn attested_pod_gets_its_image_key_only_with_its_measurements() {
     need("qemu-system-x86_64");

@@ -513,6 +513,9 @@ impl Drop for Snapshotter {
 /// A test containerd with CRI, a registry holding busybox and a pause
 /// image, and the `cocoon` handler configured in `none` mode.
 struct CriEnv {
+    /// The `cocoon` handler's configuration (read anew for each pod).
+    shim_cfg: PathBuf,
+    state_dir: PathBuf,
     // Dropped in this order: containerd before the snapshotter, the
     // registry and the dir.
     ctd: Containerd,
@@ -569,6 +572,8 @@ impl CriEnv {
         let logs = tmp.path().join("pod-logs");
         let initdata = cc_init_data(&reg, &image);
         Self {
+            shim_cfg,
+            state_dir: state.clone(),
             ctd,
             _snap: snap,
             reg,
@@ -889,6 +894,9 @@ fn rsa_keypair(dir: &Path) -> (PathBuf, PathBuf) {
     (private, public)
 }
 
+/// Text only the encrypted image of the pull test holds.
+const SECRET_SALT: &str = "secret-layer-salt-3f0b7d";
+
 #[test]
 fn cri_pulls_encrypted_images_without_their_layers_reaching_the_host() {
     let env = CriEnv::start_with("cocoontest2", "10.88.79.0/24", true);
@@ -904,7 +912,7 @@ fn cri_pulls_encrypted_images_without_their_layers_reaching_the_host() {
         &env.reg,
         "busybox:secret",
         &["/bin/sh", "-c", "cat /etc/greeting"],
-        "owner-only",
+        SECRET_SALT,
     );
     let enc = format!("{reg}/busybox:encrypted");
     ok(&Command::new(BIN)
@@ -953,11 +961,13 @@ fn cri_pulls_encrypted_images_without_their_layers_reaching_the_host() {
         env.tmp.path().join("root"),
         env.tmp.path().join("snap-root"),
     ] {
-        let hits = grep(&dir, MARKER);
-        assert!(
-            hits.is_empty(),
-            "the image's content reached the host: {hits:?}"
-        );
+        for needle in [MARKER, SECRET_SALT] {
+            let hits = grep(&dir, needle);
+            assert!(
+                hits.is_empty(),
+                "the image's content reached the host: {hits:?}"
+            );
+        }
     }
     // Plain images still unpack on the host through the same snapshotter:
     // a runc pod runs, and so does a cocoon pod.
@@ -985,4 +995,152 @@ fn cri_pulls_encrypted_images_without_their_layers_reaching_the_host() {
     env.assert_clean("pods on the proxy snapshotter");
     let snaps = env._snap.as_ref().unwrap().root.join("metadata.json");
     assert!(snaps.is_file(), "the snapshotter kept no metadata");
+}
+
+/// base64 of the gzipped text, as Kata's `cc_init_data` annotation holds it.
+fn gz_b64(text: &str) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
+}
+
+/// Text only the owner's image holds (in a layer no other image shares).
+const OWNER_SALT: &str = "owner-layer-salt-8d2c41";
+
+#[test]
+fn cri_runs_an_encrypted_image_only_after_vtpm_attestation() {
+    need("swtpm");
+    need("swtpm_setup");
+    let mut env = CriEnv::start_with("cocoontest3", "10.88.80.0/24", true);
+    let d = env.tmp.path().to_path_buf();
+    let img = guest_image();
+    // The owner's image, with layers of its own (see the snapshotter's
+    // shared-layer note), encrypted with a key the trustee holds.
+    let plain = push_busybox_salted(
+        &env.reg,
+        "busybox:owner",
+        &["/bin/sh", "-c", "cat /etc/greeting"],
+        OWNER_SALT,
+    );
+    let ca = d.join("vtpm-ca");
+    let certs = ok(&cocoon(
+        &["tpm", "vtpm-ca", "--dir", ca.to_str().unwrap()],
+        &[],
+    ));
+    let t = TrusteeProc::start_with(
+        &d.join("trustee"),
+        &[],
+        &["--tpm-hardware-ek-ca", certs.trim()],
+    );
+    let cert = t.cert_path();
+    let key = t.admin_key();
+    let admin = |args: &[&str]| {
+        let mut v = vec!["admin", "--url", &t.url, "--kbs-cert", &cert, "--admin-key"];
+        v.push(key.to_str().unwrap());
+        v.extend_from_slice(args);
+        ok(&cocoon(&v, &[]))
+    };
+    let kek: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(31).wrapping_add(3))
+        .collect();
+    let kek_file = write(&d, "kek.bin", &kek);
+    let enc = format!("{}/busybox:owner-enc", env.reg.addr);
+    ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            &plain,
+            &enc,
+            "--insecure-registry",
+            &env.reg.addr,
+            "--kbs-key",
+            "kbs:///default/image-key/cri",
+            "--kek-file",
+            kek_file.to_str().unwrap(),
+            "--url",
+            &t.url,
+            "--kbs-cert",
+            &cert,
+            "--admin-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    ));
+    // Reference values from the guest image build, and the pod's initdata.
+    let init = owner_initdata(&env.reg, &t, None);
+    let digest = cocoon_types::initdata::InitData::from_payload("toml", &init)
+        .unwrap()
+        .digest;
+    admin(&["add-reference-value", "init_data", &hex::encode(&digest)]);
+    let rv = img.join(cocoon_guest_image::reference_values_file(512));
+    admin(&["register-reference-values", "--file", rv.to_str().unwrap()]);
+    // The handler in vtpm mode: the node's registry and trustee ports.
+    let port = |addr: &str| {
+        addr.rsplit_once(':')
+            .unwrap()
+            .1
+            .trim_end_matches('/')
+            .parse::<u16>()
+            .unwrap()
+    };
+    std::fs::write(
+        &env.shim_cfg,
+        format!(
+            "guest_image = \"{}\"\nmode = \"vtpm\"\ndefault_memory_mib = 512\nstate_dir = \"{}\"\nvtpm_ca = \"{}\"\nhost_ports = [{}, {}]\n",
+            img.display(),
+            env.state_dir.display(),
+            ca.display(),
+            port(&env.reg.addr),
+            port(&t.url)
+        ),
+    )
+    .unwrap();
+    env.initdata = gz_b64(&init);
+    let m = env.manifest(
+        "owner",
+        Some("cocoon"),
+        "",
+        &format!("  - name: app\n    image: {enc}\n"),
+    );
+    // kubelet's pull: no layer reaches the host.
+    ok(&env.pod(&["pull", &enc]));
+    // The platform's PCRs (firmware, VMM) are not pinned yet: the key is
+    // refused, and the pod fails with the reason.
+    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+    assert!(err.contains("denied"), "{err}");
+    let why = t.explain_until(10, |e| e.contains("boot PCR 0 is not pinned"));
+    for n in [0, 1] {
+        let needle = format!("this guest has tpm.pcr0{n}=");
+        let at = why
+            .find(&needle)
+            .unwrap_or_else(|| panic!("PCR {n} not named: {why}"));
+        admin(&[
+            "add-reference-value",
+            &format!("tpm_pcr{n}"),
+            &why[at + needle.len()..at + needle.len() + 64],
+        ]);
+    }
+    // Pinned: the pod VM attests, the guest gets the key, pulls and
+    // decrypts the image inside the VM, and the container runs.
+    let o = env.pod(&["run", "--rm", m.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING, "{o:?}");
+    env.assert_clean("an attested pod");
+    // No plaintext of the image and no key anywhere on the host side.
+    let kek_hex = hex::encode(&kek);
+    let host = ["root", "state", "snap-root", "shim-state", "pod-logs"];
+    // (The other images of the test, unpacked on the host for the pause
+    // container, hold the shared busybox layers; the owner's own layer
+    // holds the salt.)
+    for needle in [OWNER_SALT, kek_hex.as_str()] {
+        for dir in host {
+            let hits = grep(&d.join(dir), needle);
+            assert!(hits.is_empty(), "{needle} found on the host: {hits:?}");
+        }
+        for log in ["containerd.log", "snapshotter.log"] {
+            let text = std::fs::read_to_string(d.join(log)).unwrap_or_default();
+            assert!(!text.contains(needle), "{needle} in {log}");
+        }
+    }
 }

@@ -128,3 +128,28 @@ pub fn push_busybox_salted(reg: &Registry, repo_tag: &str, cmd: &[&str], salt: &
     .expect("push busybox");
     image
 }
+
+/// Initdata an owner writes for a pod: the trustee (pinned certificate), a
+/// plain-HTTP registry and, if given, an agent policy.
+pub fn owner_initdata(reg: &Registry, t: &TrusteeProc, policy: Option<&str>) -> String {
+    let cert = std::fs::read_to_string(t.cert_path()).unwrap();
+    let aa = format!(
+        "[token_configs.kbs]\nurl = \"{}\"\ncert = \"\"\"\n{cert}\"\"\"\n",
+        t.url
+    );
+    let cdh = format!(
+        "[kbc]\nname = \"cc_kbc\"\nurl = \"{}\"\nkbs_cert = \"\"\"\n{cert}\"\"\"\n[image]\ninsecure_registries = [\"{}\"]\n",
+        t.url, reg.addr
+    );
+    let mut data = toml::Table::new();
+    data.insert("aa.toml".into(), aa.into());
+    data.insert("cdh.toml".into(), cdh.into());
+    if let Some(p) = policy {
+        data.insert("policy.rego".into(), p.into());
+    }
+    let mut doc = toml::Table::new();
+    doc.insert("version".into(), "0.1.0".into());
+    doc.insert("algorithm".into(), "sha256".into());
+    doc.insert("data".into(), data.into());
+    toml::to_string(&doc).unwrap()
+}
