@@ -274,8 +274,8 @@ fn shim_state(state: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// QEMU processes whose command line mentions `needle`.
-fn qemu_with(needle: &str) -> Vec<u32> {
+/// Processes whose argv[0] and NUL-separated command line match.
+fn processes_matching(matches: impl Fn(&str, &str) -> bool) -> Vec<u32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -285,13 +285,23 @@ fn qemu_with(needle: &str) -> Vec<u32> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd);
-        let argv0 = cmd.split('\0').next().unwrap_or_default();
-        let exe = argv0.rsplit('/').next().unwrap_or_default();
-        if exe.starts_with("qemu-system") && cmd.contains(needle) {
+        if matches(cmd.split('\0').next().unwrap_or_default(), &cmd) {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// QEMU processes whose command line mentions `needle`.
+fn qemu_with(needle: &str) -> Vec<u32> {
+    processes_matching(|argv0, cmd| {
+        argv0
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .starts_with("qemu-system")
+            && cmd.contains(needle)
+    })
 }
 
 /// The initdata `cocoon run` would make for `image` with the registry
@@ -407,20 +417,7 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
 /// Processes of our shim serving the containerd at `sock`.
 fn shims_of(sock: &Path) -> Vec<u32> {
     let needle = sock.display().to_string();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains("containerd-shim-cocoon-v2") && cmd.contains(&needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    processes_matching(|_, cmd| cmd.contains("containerd-shim-cocoon-v2") && cmd.contains(&needle))
 }
 
 /// The response to `GET path` from `addr`, retried until `within`.
@@ -615,9 +612,25 @@ impl CriEnv {
         qemu_with(&self.state.display().to_string())
     }
 
-    /// Asserts no VM, shim or shim state is left.
+    /// Asserts no VM, vTPM, shim, mount or shim state is left.
     fn assert_clean(&self, after: &str) {
         assert!(self.vms().is_empty(), "a QEMU is left after {after}");
+        let state = self.state.display().to_string();
+        let swtpms =
+            processes_matching(|argv0, cmd| argv0.ends_with("swtpm") && cmd.contains(&state));
+        assert!(
+            swtpms.is_empty(),
+            "a swtpm is left after {after}: {swtpms:?}"
+        );
+        let root = self.tmp.path().display().to_string();
+        let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&root))
+            .map(String::from)
+            .collect();
+        assert!(mounts.is_empty(), "mounts left after {after}: {mounts:?}");
         assert!(
             shims_of(&self.ctd.sock).is_empty(),
             "a shim is left after {after}"
