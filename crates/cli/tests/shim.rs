@@ -364,6 +364,17 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         ctd.ctr(&a)
     };
+    // containerd's event stream, to check the order of the task events.
+    let events_file = tmp.path().join("events.txt");
+    let mut events = Command::new("ctr")
+        .arg("--address")
+        .arg(&ctd.sock)
+        .arg("events")
+        .stdout(std::fs::File::create(&events_file).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
     // The image's own command, then a command with both streams and an
     // exit code.
     let o = run("greet", &[], &[]);
@@ -386,6 +397,28 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
         String::from_utf8_lossy(&o.stderr).contains("err\n"),
         "{o:?}"
     );
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let _ = events.wait();
+    // Per task: create, start, exit, delete, in that order.
+    let log = std::fs::read_to_string(&events_file).unwrap();
+    for id in ["greet", "streams"] {
+        let order: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("\"{id}\"")) && l.contains("/tasks/"))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "/tasks/create",
+                "/tasks/start",
+                "/tasks/exit",
+                "/tasks/delete"
+            ],
+            "events of {id}:\n{log}"
+        );
+    }
     // Nothing is left: no VM, no task, no container, no VM state.
     assert!(
         qemu_with(&state.display().to_string()).is_empty(),
