@@ -344,7 +344,47 @@ fn serde_json_like_tdx(initdata_digest: Option<&[u8]>) -> String {
 /// A process started from a keeper thread.
 struct Kept {
     pid: u32,
+    /// A pidfd of the process (opened before anyone could reap it), so a
+    /// signal never reaches another process that reused the pid.
+    pidfd: Option<OwnedFd>,
     exit: watch::Receiver<Option<VmExit>>,
+}
+
+impl Kept {
+    fn signal(&self, sig: libc::c_int) {
+        if self.exit.borrow().is_some() {
+            return;
+        }
+        match &self.pidfd {
+            // SAFETY: pidfd_send_signal on a pidfd we own.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            },
+            // SAFETY: signalling our child, not yet reaped (no exit seen).
+            None => unsafe {
+                libc::kill(self.pid as libc::pid_t, sig);
+            },
+        }
+    }
+
+    fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3+); `None` where the kernel has none.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a fresh descriptor we own.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn valid_mac(mac: &str) -> bool {
@@ -432,7 +472,8 @@ fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<
                     return;
                 }
             };
-            let _ = tx_pid.send(Ok(child.id()));
+            // Opened before this thread waits: the pid is still ours.
+            let _ = tx_pid.send(Ok((child.id(), pidfd_open(child.id()))));
             let status = child.wait();
             use std::os::unix::process::ExitStatusExt;
             let exit = match status {
@@ -447,11 +488,15 @@ fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<
             let _ = tx_exit.send(Some(exit));
         })
         .map_err(|e| VmError::Io(format!("starting {name}"), e))?;
-    let pid = rx_pid
+    let (pid, pidfd) = rx_pid
         .recv()
         .map_err(|_| VmError::Start(format!("{name} did not start")))?
         .map_err(|e| VmError::Io(format!("starting {name}"), e))?;
-    Ok(Kept { pid, exit: rx_exit })
+    Ok(Kept {
+        pid,
+        pidfd,
+        exit: rx_exit,
+    })
 }
 
 async fn wait_kept(k: &Kept) -> VmExit {
@@ -684,7 +729,7 @@ impl Qemu {
                 Ok(fd) => fds.push((fd, TAP_FD)),
                 Err(e) => {
                     if let Some(s) = &swtpm {
-                        kill(s.pid);
+                        s.kill();
                     }
                     return Err(e);
                 }
@@ -694,7 +739,7 @@ impl Qemu {
             Ok(q) => q,
             Err(e) => {
                 if let Some(s) = &swtpm {
-                    kill(s.pid);
+                    s.kill();
                 }
                 return Err(e);
             }
@@ -704,7 +749,7 @@ impl Qemu {
         if let Some(exit) = qemu.exit.borrow().clone() {
             let log = std::fs::read_to_string(spec.state_dir.join("qemu.log")).unwrap_or_default();
             if let Some(s) = &swtpm {
-                kill(s.pid);
+                s.kill();
             }
             return Err(VmError::Start(format!(
                 "QEMU exited ({exit:?}): {}",
@@ -720,20 +765,6 @@ impl Qemu {
             initdata_digest: digest,
             accel,
         }))
-    }
-}
-
-fn kill(pid: u32) {
-    // SAFETY: signalling a child we started and have not reaped yet.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-    }
-}
-
-fn terminate(pid: u32) {
-    // SAFETY: as in `kill`.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
     }
 }
 
@@ -765,17 +796,14 @@ impl Vm for QemuVm {
     }
 
     async fn stop(&self) -> Result<VmExit, VmError> {
-        let done = self.qemu.exit.borrow().is_some();
-        if !done {
-            terminate(self.qemu.pid);
-        }
+        self.qemu.signal(libc::SIGTERM);
         let exit =
             match tokio::time::timeout(std::time::Duration::from_secs(5), wait_kept(&self.qemu))
                 .await
             {
                 Ok(e) => e,
                 Err(_) => {
-                    kill(self.qemu.pid);
+                    self.qemu.kill();
                     wait_kept(&self.qemu).await
                 }
             };
@@ -786,7 +814,7 @@ impl Vm for QemuVm {
                 .await
                 .is_err()
         {
-            kill(s.pid);
+            s.kill();
             wait_kept(s).await;
         }
         std::fs::remove_dir_all(&self.state_dir)
@@ -805,13 +833,9 @@ impl Vm for QemuVm {
 impl Drop for QemuVm {
     fn drop(&mut self) {
         // A VM is never left running by a dropped handle.
-        if self.qemu.exit.borrow().is_none() {
-            kill(self.qemu.pid);
-        }
-        if let Some(s) = &self.swtpm
-            && s.exit.borrow().is_none()
-        {
-            kill(s.pid);
+        self.qemu.kill();
+        if let Some(s) = &self.swtpm {
+            s.kill();
         }
     }
 }
