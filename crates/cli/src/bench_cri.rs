@@ -33,7 +33,7 @@ impl Containerd {
         std::fs::write(
             cni.join("10-bench.conflist"),
             format!(
-                r#"{{"cniVersion":"1.0.0","name":"cocoon-bench","plugins":[{{"type":"bridge","bridge":"cocoonbench0","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.99.0/24"}}]],"dataDir":"{}"}}}}]}}"#,
+                r#"{{"cniVersion":"1.0.0","name":"cocoon-bench","plugins":[{{"type":"bridge","bridge":"{BRIDGE}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.99.0/24"}}]],"dataDir":"{}"}}}}]}}"#,
                 dir.join("ipam").display()
             ),
         )?;
@@ -109,8 +109,13 @@ impl Drop for Containerd {
             // SAFETY: a shim this containerd started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
+        // The CNI bridge plugin leaves its bridge behind.
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
     }
 }
+
+/// The bench's CNI bridge.
+const BRIDGE: &str = "cocoonbench0";
 
 /// Processes whose argv[0] and NUL-separated command line match.
 fn processes(matches: impl Fn(&str, &str) -> bool) -> Vec<u32> {

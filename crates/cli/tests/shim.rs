@@ -32,6 +32,8 @@ struct Containerd {
     log: PathBuf,
     cmd: Vec<(String, String)>,
     cfg: PathBuf,
+    /// The CNI bridge it made (CRI), removed on drop.
+    bridge: Option<String>,
 }
 
 /// CRI settings of a test containerd.
@@ -157,6 +159,7 @@ state = "{state}"
             log,
             cmd: env,
             cfg,
+            bridge: cri.as_ref().map(|c| c.bridge.to_string()),
         };
         c.wait_ready();
         c
@@ -236,11 +239,37 @@ state = "{state}"
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Pods a failed test left: removed through CRI, so their network
+        // namespaces and VMs go as kubelet would make them go.
+        if self.bridge.is_some() {
+            let ls = Command::new(BIN)
+                .args(["pod", "ls", "--runtime-endpoint"])
+                .arg(format!("unix://{}", self.sock.display()))
+                .output();
+            if let Ok(o) = ls {
+                for id in String::from_utf8_lossy(&o.stdout).lines().skip(1) {
+                    if let Some(id) = id.split_whitespace().next() {
+                        let _ = Command::new(BIN)
+                            .args(["pod", "rm", "--runtime-endpoint"])
+                            .arg(format!("unix://{}", self.sock.display()))
+                            .arg(id)
+                            .output();
+                    }
+                }
+            }
+        }
         self.stop();
-        // Shims (and their VMs) outlive containerd by design: end ours.
-        for pid in shims_of(&self.sock) {
+        // Shims (and their VMs) outlive containerd by design: end ours,
+        // and the sockets they would have removed.
+        for (pid, socket) in shims_of(&self.sock) {
             // SAFETY: killing a shim this test's containerd started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            if let Some(p) = socket {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        if let Some(b) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", b]).output();
         }
         // Snapshots containerd left mounted (a failed test) would keep the
         // temporary directory from going away.
@@ -448,9 +477,24 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
 }
 
 /// Processes of our shim serving the containerd at `sock`.
-fn shims_of(sock: &Path) -> Vec<u32> {
+/// Our shims serving the containerd at `sock`, with their own sockets.
+fn shims_of(sock: &Path) -> Vec<(u32, Option<PathBuf>)> {
     let needle = sock.display().to_string();
     processes_matching(|_, cmd| cmd.contains("containerd-shim-cocoon-v2") && cmd.contains(&needle))
+        .into_iter()
+        .map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).into_owned();
+            let args: Vec<&str> = cmd.split('\0').collect();
+            let socket = args
+                .iter()
+                .position(|a| *a == "-socket")
+                .and_then(|i| args.get(i + 1))
+                .and_then(|a| a.strip_prefix("unix://"))
+                .map(PathBuf::from);
+            (pid, socket)
+        })
+        .collect()
 }
 
 /// The response to `GET path` from `addr`, retried until `within`.
@@ -890,7 +934,7 @@ fn cri_pod_failures_leave_nothing_behind() {
     let shims = shims_of(&env.ctd.sock);
     assert_eq!(shims.len(), 1, "one shim per pod");
     // SAFETY: killing the shim this test's containerd started.
-    unsafe { libc::kill(shims[0] as i32, libc::SIGKILL) };
+    unsafe { libc::kill(shims[0].0 as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ls = ok(&env.pod(&["ls"]));
@@ -910,6 +954,9 @@ fn cri_pod_failures_leave_nothing_behind() {
     }
     ok(&env.pod(&["rm", &id]));
     env.assert_clean("a killed shim");
+    // containerd's cleanup (our `delete`) removed the dead shim's socket.
+    let socket = shims[0].1.clone().expect("the shim's socket");
+    assert!(!socket.exists(), "{} is left", socket.display());
 }
 
 /// The JWE recipient key pair of an owner (openssl RSA), as paths.

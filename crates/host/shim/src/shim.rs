@@ -125,6 +125,13 @@ impl Shim for CocoonShim {
         // with it (the VMM is killed when its parent dies). What is left
         // is state on disk.
         let bundle = std::path::Path::new(&self.bundle);
+        // The dead shim's socket, unless another shim (of the same pod)
+        // still answers on it.
+        if let Ok(address) = std::fs::read_to_string(bundle.join("address"))
+            && !served(address.trim())
+        {
+            let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
+        }
         if let Ok(dir) = std::fs::read(bundle.join(STATE_FILE)) {
             let dir = std::path::PathBuf::from(
                 <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(dir),
