@@ -85,10 +85,15 @@ impl TrusteeProc {
         self.data_dir.join("admin-key.pem")
     }
 
-    /// `cocoon admin --url U --admin-key K <args>`.
+    /// `cocoon admin --url U [--kbs-cert C] --admin-key K <args>` (the
+    /// certificate for an HTTPS trustee).
     pub fn admin(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(["admin", "--url", &self.url, "--admin-key"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["admin", "--url", &self.url]);
+        if self.url.starts_with("https://") {
+            cmd.args(["--kbs-cert", &self.cert_path()]);
+        }
+        cmd.arg("--admin-key")
             .arg(self.admin_key())
             .args(args)
             .output()

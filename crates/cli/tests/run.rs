@@ -297,12 +297,7 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
     let t = TrusteeProc::start_with(&d.join("trustee"), &[], &["--tpm-hardware-ek-ca", certs]);
     let cert = t.cert_path();
     let key = t.admin_key();
-    let admin = |args: &[&str]| {
-        let mut v = vec!["admin", "--url", &t.url, "--kbs-cert", &cert, "--admin-key"];
-        v.push(key.to_str().unwrap());
-        v.extend_from_slice(args);
-        ok(&cocoon(&v, &[]))
-    };
+    let admin = |args: &[&str]| ok(&t.admin(args));
 
     // The owner encrypts the image with a key held by the trustee.
     let kid = "kbs:///default/image-key/pod";

@@ -336,8 +336,6 @@ fn qemu_with(needle: &str) -> Vec<u32> {
 /// The initdata `cocoon run` would make for `image` with the registry
 /// allowed over plain HTTP, as Kata's annotation carries it.
 fn cc_init_data(reg: &Registry, image: &str) -> String {
-    use base64::Engine;
-    use std::io::Write;
     let o = Command::new(BIN)
         .args([
             "run",
@@ -348,10 +346,7 @@ fn cc_init_data(reg: &Registry, image: &str) -> String {
         ])
         .output()
         .unwrap();
-    let text = ok(&o);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(text.as_bytes()).unwrap();
-    base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
+    gz_b64(&ok(&o))
 }
 
 #[test]
@@ -1129,12 +1124,7 @@ fn cri_runs_an_encrypted_image_only_after_vtpm_attestation() {
     );
     let cert = t.cert_path();
     let key = t.admin_key();
-    let admin = |args: &[&str]| {
-        let mut v = vec!["admin", "--url", &t.url, "--kbs-cert", &cert, "--admin-key"];
-        v.push(key.to_str().unwrap());
-        v.extend_from_slice(args);
-        ok(&cocoon(&v, &[]))
-    };
+    let admin = |args: &[&str]| ok(&t.admin(args));
     let kek: Vec<u8> = (0..32u8)
         .map(|i| i.wrapping_mul(31).wrapping_add(3))
         .collect();

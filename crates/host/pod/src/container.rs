@@ -288,11 +288,16 @@ impl AgentClient {
             .create_container(forever(), &req)
             .await
             .map_err(agent_err("CreateContainer"))?;
+        self.start_container(&c.id).await
+    }
+
+    /// StartContainer: the created container's init runs.
+    pub async fn start_container(&self, id: &str) -> Result<(), PodError> {
         self.agent
             .start_container(
                 crate::ctx(std::time::Duration::from_secs(60)),
                 &agent::StartContainerRequest {
-                    container_id: c.id.clone(),
+                    container_id: id.into(),
                     ..Default::default()
                 },
             )
@@ -311,6 +316,16 @@ impl AgentClient {
             NoNewPrivileges: true,
             ..Default::default()
         };
+        self.exec_process(id, exec_id, process).await
+    }
+
+    /// ExecProcess: `process` in the running container `id`, as `exec_id`.
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: oci::Process,
+    ) -> Result<(), PodError> {
         self.agent
             .exec_process(
                 crate::ctx(std::time::Duration::from_secs(60)),

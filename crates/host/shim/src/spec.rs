@@ -86,7 +86,6 @@ struct Rlimit {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Root {
-    path: String,
     readonly: bool,
 }
 
@@ -196,8 +195,6 @@ pub struct Meta {
     pub sandbox_id: Option<String>,
     /// The image to pull in the guest.
     pub image: Option<String>,
-    /// The process runs on a terminal.
-    pub terminal: bool,
     /// The network namespace the runtime made for the pod (CNI's), if any.
     pub netns: Option<String>,
 }
@@ -230,7 +227,6 @@ fn meta(s: &Spec) -> Meta {
         },
         sandbox_id: a.get(annotations::SANDBOX_ID).cloned(),
         image: a.get(annotations::IMAGE_NAME).cloned(),
-        terminal: s.process.as_ref().is_some_and(|p| p.terminal),
         netns: s.linux.as_ref().and_then(|l| {
             l.namespaces
                 .iter()
@@ -428,7 +424,6 @@ pub fn from_json(bytes: &[u8]) -> Result<(pb::Spec, Meta), SpecError> {
         Linux: s.linux.map(linux).into(),
         ..Default::default()
     };
-    let _ = root.path;
     Ok((spec, meta))
 }
 

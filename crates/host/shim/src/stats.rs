@@ -76,3 +76,64 @@ pub fn metrics_v1(s: &StatsContainerResponse) -> m::Metrics {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cocoon_pod::kata::agent as a;
+
+    #[test]
+    fn guest_cgroup_stats_become_containerds_metrics() {
+        let mut mem = a::MemoryStats {
+            cache: 7,
+            usage: Some(a::MemoryData {
+                usage: 100,
+                max_usage: 150,
+                failcnt: 1,
+                limit: 1000,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        mem.stats.insert("anon".into(), 60);
+        mem.stats.insert("pgfault".into(), 9);
+        let r = StatsContainerResponse {
+            cgroup_stats: Some(a::CgroupStats {
+                cpu_stats: Some(a::CpuStats {
+                    cpu_usage: Some(a::CpuUsage {
+                        total_usage: 500,
+                        usage_in_kernelmode: 200,
+                        usage_in_usermode: 300,
+                        ..Default::default()
+                    })
+                    .into(),
+                    ..Default::default()
+                })
+                .into(),
+                memory_stats: Some(mem).into(),
+                pids_stats: Some(a::PidsStats {
+                    current: 3,
+                    limit: 64,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        let m = metrics_v1(&r);
+        assert_eq!((m.pids.current, m.pids.limit), (3, 64));
+        let u = &m.cpu.usage;
+        assert_eq!((u.total, u.kernel, u.user), (500, 200, 300));
+        assert_eq!(
+            (m.memory.cache, m.memory.rss, m.memory.pg_fault),
+            (7, 60, 9)
+        );
+        let e = &m.memory.usage;
+        assert_eq!((e.usage, e.max, e.failcnt, e.limit), (100, 150, 1, 1000));
+        // No cgroup stats: an empty message, not an error.
+        assert!(metrics_v1(&StatsContainerResponse::new()).pids.is_none());
+    }
+}

@@ -206,6 +206,15 @@ pub fn config_path(options: &MessageField<Any>) -> Option<PathBuf> {
     path.filter(|p| !p.is_empty()).map(PathBuf::from)
 }
 
+/// What a Start starts, for its error message.
+fn start_what(exec_id: &str) -> String {
+    if exec_id.is_empty() {
+        "starting the init".into()
+    } else {
+        format!("starting exec {exec_id}")
+    }
+}
+
 /// The end of a console log for an error message: a kernel panic's
 /// reason line (the backtrace after it says little), else the last lines.
 fn console_tail(p: &Path) -> String {
@@ -700,46 +709,15 @@ impl Task for Service {
         let pod = me.pod()?;
         let agent = pod.agent().clone();
         let opened = stdio::open(&p.io).map_err(failed)?;
-        if req.exec_id.is_empty() {
-            agent
-                .agent
-                .start_container(
-                    cocoon_pod::ctx(Duration::from_secs(60)),
-                    &agent::StartContainerRequest {
-                        container_id: req.id.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| {
-                    failed(format!(
-                        "starting container {}: {}",
-                        req.id,
-                        cocoon_pod::describe(e)
-                    ))
-                })?;
-        } else {
-            agent
-                .agent
-                .exec_process(
-                    cocoon_pod::ctx(Duration::from_secs(60)),
-                    &agent::ExecProcessRequest {
-                        container_id: req.id.clone(),
-                        exec_id: req.exec_id.clone(),
-                        process: p.spec.clone().into(),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| {
-                    failed(format!(
-                        "exec {} in {}: {}",
-                        req.exec_id,
-                        req.id,
-                        cocoon_pod::describe(e)
-                    ))
-                })?;
-        }
+        let started = match &p.spec {
+            None => agent.start_container(&req.id).await,
+            Some(process) => {
+                agent
+                    .exec_process(&req.id, &req.exec_id, process.clone())
+                    .await
+            }
+        };
+        started.map_err(|e| failed(format!("{} of {}: {e}", start_what(&req.exec_id), req.id)))?;
         p.set_status(Status::Running);
         me.run_process(agent, c.clone(), p.clone(), opened);
         let pid = me.task_pid();
@@ -825,7 +803,6 @@ impl Task for Service {
             }),
         )
         .await;
-        let _ = &c.bundle;
         Ok(api::DeleteResponse {
             pid,
             exit_status: e.status,
