@@ -159,9 +159,8 @@ async fn cli_flow_over_self_signed_https() {
     let cert = t.data_dir.join("tls/cert.pem");
     let cert = cert.to_str().unwrap();
     let secret = write(dir.path(), "s", b"the-owner-secret\x00\x01");
+    // (TrusteeProc::admin passes the trustee's certificate.)
     ok(&t.admin(&[
-        "--kbs-cert",
-        cert,
         "set-resource",
         "kbs:///default/key/1",
         "--file",
