@@ -13,6 +13,7 @@ mod image;
 mod pod;
 mod run;
 mod secret;
+mod term;
 mod tpm;
 mod trustee;
 mod verify;

@@ -38,6 +38,10 @@ pub struct RunArgs {
     /// Pass standard input to the container.
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Run the process on a terminal in the guest, sized from ours and
+    /// resized with it; with -i on a terminal, ours is put in raw mode.
+    #[arg(short = 't', long)]
+    tty: bool,
     /// Trustee (KBS) URL the guest attests to; a loopback URL is forwarded
     /// into the guest under the same name.
     #[arg(long, value_name = "URL")]
@@ -354,10 +358,32 @@ async fn run_in(
         image: a.image.clone(),
         args: a.command.clone(),
         hostname: "cocoon".into(),
+        terminal: a.tty,
+        console_size: a.tty.then(|| crate::term::size(1)).flatten(),
         ..Default::default()
     };
     agent.run_container(&c).await?;
     let started = t0.elapsed();
+    // Keys go to the container's terminal as typed (Ctrl-C included);
+    // restored when the run ends.
+    let raw = (a.tty && a.interactive && crate::term::is_terminal(0))
+        .then(|| crate::term::RawMode::enter(0))
+        .transpose()
+        .context("putting the terminal in raw mode")?;
+    let winch = a.tty.then(|| {
+        let (agent, cid) = (agent.clone(), c.id.clone());
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut winch) = signal(SignalKind::window_change()) else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some((rows, cols)) = crate::term::size(1) {
+                    let _ = agent.resize(&cid, "", rows.into(), cols.into()).await;
+                }
+            }
+        })
+    });
     // Standard streams until EOF; stdin from ours with -i.
     let out = pump(agent.clone(), c.id.clone(), false);
     let err = pump(agent.clone(), c.id.clone(), true);
@@ -401,10 +427,15 @@ async fn run_in(
             }
         })
     };
-    let status = agent.wait(&c.id, "").await?;
+    let status = agent.wait(&c.id, "").await;
     let _ = out.await;
     let _ = err.await;
     sigs.abort();
+    if let Some(w) = winch {
+        w.abort();
+    }
+    drop(raw);
+    let status = status?;
     let ran = t0.elapsed();
     let rss = if a.timings {
         agent.agent_rss_kib().await.ok()

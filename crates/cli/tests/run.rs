@@ -95,6 +95,59 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim(), "1000");
 
+    // -t: the process runs on a terminal in the guest, sized from ours
+    // (a pty that util-linux `script` makes) and resized with it: the
+    // shell below resizes its terminal once the container runs, and the
+    // kernel's SIGWINCH makes `cocoon run` pass the new size on.
+    need("script");
+    let xdg = dir.path().join("xdg");
+    let console = dir.path().join("tty.console.log");
+    let cmd = run_cmd(
+        &reg,
+        &xdg,
+        &[
+            "-t",
+            "--console-log",
+            console.to_str().unwrap(),
+            &image,
+            "--",
+            "sh",
+            "-c",
+            "stty size; i=0; while [ \"$(stty size)\" != '40 120' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; stty size; tty; exit 5",
+        ],
+    );
+    let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+    let line = format!(
+        "stty rows 25 cols 90; (until grep -q 'container started' {c} 2>/dev/null; do sleep 0.1; done; stty rows 40 cols 120 </dev/tty) & exec env XDG_RUNTIME_DIR={x} {prog} {args}",
+        c = quote(console.to_str().unwrap()),
+        x = quote(xdg.to_str().unwrap()),
+        prog = quote(cmd.get_program().to_str().unwrap()),
+        args = cmd
+            .get_args()
+            .map(|a| quote(a.to_str().unwrap()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let o = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(5), "{out}\n{}", text(&o.stderr));
+    let sizes: Vec<&str> = out
+        .lines()
+        .map(|l| l.trim_matches(|c: char| c == '\r' || c == '\0'))
+        .filter(|l| l.split(' ').count() == 2 && l.split(' ').all(|n| n.parse::<u16>().is_ok()))
+        .collect();
+    // The first size is the initial one (or, if the resize came first,
+    // the new one); the last is the new one.
+    assert_eq!(sizes.len(), 2, "{out:?}");
+    assert!(["25 90", "40 120"].contains(&sizes[0]), "{out:?}");
+    assert_eq!(sizes[1], "40 120", "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    let _ = std::fs::remove_file(&console);
+
     // An image that does not exist: a clear error, not a hang.
     let o = run(&reg, &[&format!("{}/nope:1", reg.addr)], None);
     assert!(!o.status.success());
@@ -111,7 +164,6 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     );
     std::fs::remove_file(kept).unwrap();
     // (Only this test's VMs: the others run concurrently.)
-    let xdg = dir.path().join("xdg");
     let mine = xdg.to_str().unwrap();
     assert!(qemu_left(mine).is_empty(), "{:?}", qemu_left(mine));
 

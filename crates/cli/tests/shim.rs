@@ -235,6 +235,26 @@ state = "{state}"
             .output()
             .expect("run ctr")
     }
+
+    /// `ctr` on a terminal of `rows` x `cols` (util-linux `script` makes
+    /// the pty), as a user at a console runs it.
+    fn ctr_on_terminal(&self, rows: u16, cols: u16, args: &[&str]) -> Output {
+        need("script");
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let mut line = format!(
+            "stty rows {rows} cols {cols}; exec ctr --address {}",
+            quote(&self.sock.display().to_string())
+        );
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script")
+    }
 }
 
 impl Drop for Containerd {
@@ -370,10 +390,9 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
     let ctd = Containerd::start(tmp.path(), &shim_cfg);
     ok(&ctd.ctr(&["images", "pull", "--plain-http", &image]));
     let initdata = cc_init_data(&reg, &image);
-    let run = |id: &str, extra: &[&str], cmd: &[&str]| {
+    let ctr_args = |id: &str, extra: &[&str], cmd: &[&str]| {
         let mut args = vec![
             "run".to_string(),
-            "--rm".into(),
             "--runtime".into(),
             "io.containerd.cocoon.v2".into(),
             "--annotation".into(),
@@ -385,6 +404,12 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
         args.push(image.clone());
         args.push(id.into());
         args.extend(cmd.iter().map(|s| s.to_string()));
+        args
+    };
+    let run = |id: &str, extra: &[&str], cmd: &[&str]| {
+        let mut extra = extra.to_vec();
+        extra.push("--rm");
+        let args = ctr_args(id, &extra, cmd);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         ctd.ctr(&a)
     };
@@ -421,6 +446,68 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
         String::from_utf8_lossy(&o.stderr).contains("err\n"),
         "{o:?}"
     );
+    // A terminal: the process's streams are a pty in the guest, sized
+    // from ctr's terminal through ResizePty (which ctr sends just after
+    // the start: the command waits for it).
+    let wait_size =
+        "i=0; while [ \"$(stty size)\" = '0 0' ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done";
+    let tty_cmd = format!("{wait_size}; stty size; tty; [ -t 0 ] && echo stdin-is-a-tty; exit 4");
+    let args = ctr_args("tty", &["--rm", "-t"], &["sh", "-c", &tty_cmd]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = ctd.ctr_on_terminal(33, 101, &a);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{o:?}\n{}", ctd.log_text());
+    assert!(out.contains("33 101\r"), "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert!(out.contains("stdin-is-a-tty"), "{out:?}");
+    // A terminal for a process exec'd into a running container.
+    let args = ctr_args("long", &["-d"], &["sleep", "600"]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&ctd.ctr(&a));
+    let exec_cmd = format!("{wait_size}; stty size; tty; echo exec-done");
+    let o = ctd.ctr_on_terminal(
+        20,
+        70,
+        &[
+            "tasks",
+            "exec",
+            "-t",
+            "--exec-id",
+            "sh1",
+            "long",
+            "sh",
+            "-c",
+            &exec_cmd,
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}\n{}", ctd.log_text());
+    assert!(out.contains("20 70\r"), "{out:?}");
+    assert!(
+        out.contains("/dev/pts/") && out.contains("exec-done"),
+        "{out:?}"
+    );
+    // An exec without -t still gets pipes.
+    let o = ctd.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "plain",
+        "long",
+        "sh",
+        "-c",
+        "[ -t 0 ] || echo no-tty",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "no-tty\n", "{o:?}");
+    ok(&ctd.ctr(&["tasks", "kill", "-s", "SIGKILL", "long"]));
+    let t = Instant::now();
+    while !ok(&ctd.ctr(&["tasks", "ls"])).contains("STOPPED")
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ok(&ctd.ctr(&["tasks", "delete", "long"]));
+    ok(&ctd.ctr(&["containers", "delete", "long"]));
     std::thread::sleep(Duration::from_millis(300));
     let _ = events.kill();
     let _ = events.wait();
@@ -758,13 +845,14 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         shim_state(&state)
     );
 
-    // Two containers share one VM; exec, logs and ls work on it.
+    // Containers of one pod share one VM; exec, logs and ls work on it;
+    // a container with `tty: true` writes through a terminal.
     let m = manifest(
         "pair",
         Some("cocoon"),
         "",
         &format!(
-            "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n"
+            "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n  - name: term\n    image: {image}\n    tty: true\n    command: [\"sh\", \"-c\", \"tty; [ -t 1 ] && echo on-a-tty; sleep 600\"]\n"
         ),
     );
     let o = pod_cmd(ctd, &logs, &["run", "-d", m.to_str().unwrap()]);
@@ -772,7 +860,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     assert_eq!(
         vms().len(),
         1,
-        "two containers of one pod must share one VM"
+        "the containers of one pod must share one VM"
     );
     let o = pod_cmd(
         ctd,
@@ -801,6 +889,17 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
             break;
         }
         assert!(Instant::now() < deadline, "talker's log: {out:?} {err:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = pod_cmd(ctd, &logs, &["logs", &pod_id, "term"]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        if out.contains("on-a-tty") {
+            assert!(out.contains("/dev/pts/"), "term's log: {out:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "term's log: {out:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
     let ls = ok(&pod_cmd(ctd, &logs, &["ls"]));

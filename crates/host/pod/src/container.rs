@@ -24,6 +24,11 @@ pub struct ContainerConfig {
     pub readonly_rootfs: bool,
     /// Hostname in the container's UTS namespace; empty: the id.
     pub hostname: String,
+    /// Run the process on a terminal (in the guest): stdout carries what
+    /// it prints, stderr is empty.
+    pub terminal: bool,
+    /// The terminal's initial size, (rows, columns).
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// Docker's default capability set: what a container gets unless it asks.
@@ -74,6 +79,16 @@ pub fn default_spec(c: &ContainerConfig) -> oci::Spec {
             ..Default::default()
         }],
         NoNewPrivileges: true,
+        Terminal: c.terminal,
+        ConsoleSize: c
+            .console_size
+            .filter(|_| c.terminal)
+            .map(|(rows, cols)| oci::Box {
+                Height: rows.into(),
+                Width: cols.into(),
+                ..Default::default()
+            })
+            .into(),
         ..Default::default()
     };
     let namespaces = ["pid", "ipc", "uts", "mount"]
@@ -338,6 +353,30 @@ impl AgentClient {
             )
             .await
             .map_err(agent_err("ExecProcess"))?;
+        Ok(())
+    }
+
+    /// TtyWinResize: the terminal of a process gets a new size.
+    pub async fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), PodError> {
+        self.agent
+            .tty_win_resize(
+                crate::ctx(std::time::Duration::from_secs(10)),
+                &agent::TtyWinResizeRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    row: rows,
+                    column: cols,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(agent_err("TtyWinResize"))?;
         Ok(())
     }
 

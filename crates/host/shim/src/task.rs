@@ -56,6 +56,9 @@ struct Proc {
     close_pending: std::sync::atomic::AtomicBool,
     /// The start event is out: an exit may follow it.
     start_published: watch::Sender<bool>,
+    /// The exit event is out: Wait may return (so a Delete that follows
+    /// a Wait cannot publish its event before the exit's).
+    exit_published: watch::Sender<bool>,
 }
 
 impl Proc {
@@ -69,6 +72,7 @@ impl Proc {
             stdin_close: Mutex::new(None),
             close_pending: std::sync::atomic::AtomicBool::new(false),
             start_published: watch::channel(false).0,
+            exit_published: watch::channel(false).0,
         })
     }
 
@@ -106,14 +110,23 @@ impl Proc {
 
     async fn wait_exit(&self) -> Exit {
         let mut rx = self.exit.subscribe();
-        loop {
+        let e = loop {
             if let Some(e) = rx.borrow_and_update().clone() {
-                return e;
+                break e;
             }
             if rx.changed().await.is_err() {
                 return Exit::default();
             }
-        }
+        };
+        self.exit_announced().await;
+        e
+    }
+
+    /// Waits (a bounded time) until the exit event of an exited process
+    /// is out.
+    async fn exit_announced(&self) {
+        let mut published = self.exit_published.subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(10), published.wait_for(|s| *s)).await;
     }
 }
 
@@ -479,6 +492,7 @@ impl Inner {
         };
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
             .await;
+        p.exit_published.send_replace(true);
     }
 
     /// Relays the process's streams and, once it exits and its output is
@@ -764,6 +778,9 @@ impl Task for Service {
                 req.exec_id, req.id
             )));
         }
+        if p.exited().is_some() {
+            p.exit_announced().await;
+        }
         let e = p.exited().unwrap_or_default();
         let pid = me.task_pid();
         if !req.exec_id.is_empty() {
@@ -937,19 +954,9 @@ impl Task for Service {
         me.container(&req.id)?;
         me.pod()?
             .agent()
-            .agent
-            .tty_win_resize(
-                cocoon_pod::ctx(Duration::from_secs(10)),
-                &agent::TtyWinResizeRequest {
-                    container_id: req.id.clone(),
-                    exec_id: req.exec_id.clone(),
-                    row: req.height,
-                    column: req.width,
-                    ..Default::default()
-                },
-            )
+            .resize(&req.id, &req.exec_id, req.height, req.width)
             .await
-            .map_err(|e| failed(cocoon_pod::describe(e)))?;
+            .map_err(|e| failed(e.to_string()))?;
         Ok(api::Empty::new())
     }
 

@@ -411,11 +411,13 @@ impl agent_ttrpc::AgentService for Agent {
     async fn tty_win_resize(
         &self,
         _: &TtrpcContext,
-        _: agent::TtyWinResizeRequest,
+        req: agent::TtyWinResizeRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(status(SandboxError::Unsupported(
-            "terminals are not supported: processes run with pipes".into(),
-        )))
+        self.sandbox
+            .resize(&req.container_id, &req.exec_id, req.row, req.column)
+            .await
+            .map_err(status)?;
+        Ok(Empty::new())
     }
 }
 

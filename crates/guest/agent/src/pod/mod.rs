@@ -8,6 +8,7 @@ pub mod confine;
 pub mod init;
 pub mod net;
 pub mod oci;
+pub mod pty;
 pub mod reaper;
 pub mod sandbox;
 pub mod spec;

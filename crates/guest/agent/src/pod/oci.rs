@@ -39,6 +39,10 @@ pub struct Request {
     /// The operation.
     #[serde(flatten)]
     pub op: Op,
+    /// Where the new process's terminal master is sent (Create and Exec
+    /// of a process with a terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The helper's answer.
@@ -101,7 +105,8 @@ fn builder(req: &Request) -> Result<libcontainer::container::builder::ContainerB
             .map_err(|e| e.to_string())?
             .with_stdin(i)
             .with_stdout(o)
-            .with_stderr(e),
+            .with_stderr(e)
+            .with_console_socket(req.console_socket.as_ref()),
     )
 }
 
@@ -166,6 +171,7 @@ mod tests {
             op: Op::Exec {
                 process: "/run/x/p.json".into(),
             },
+            console_socket: Some("/run/cocoon/oci/.console-1".into()),
         };
         let cmd = command(Path::new("/init"), &req, Path::new("/tmp/r"));
         let args: Vec<String> = cmd
@@ -178,6 +184,14 @@ mod tests {
             matches!(back.op, Op::Exec { ref process } if process == Path::new("/run/x/p.json"))
         );
         assert_eq!(back.id, "c1");
+        assert_eq!(
+            back.console_socket.as_deref(),
+            Some(Path::new("/run/cocoon/oci/.console-1"))
+        );
+        // Without a terminal the field is left out and reads back as none.
+        let plain: Request =
+            serde_json::from_str(r#"{"root":"/r","id":"c","op":"start"}"#).unwrap();
+        assert!(plain.console_socket.is_none());
         assert!(
             serde_json::from_str::<Request>(r#"{"root":"/r","id":"c","op":"format"}"#).is_err()
         );

@@ -5,6 +5,7 @@
 
 use super::confine;
 use super::oci::{self, Op};
+use super::pty::{ConsoleSocket, Pty};
 use super::reaper::{Reaper, Status};
 use super::spec;
 use cocoon_guest_protos::kata::{agent, oci as koci};
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{Mutex, watch};
 
@@ -29,6 +30,9 @@ const MAX_READ: usize = 1 << 20;
 /// Exec'd processes one container may run at once (each holds three
 /// pipes in PID 1).
 const MAX_EXECS: usize = 256;
+/// How long the terminal master may take to arrive once the runtime
+/// helper succeeded (it was sent before the helper returned).
+const CONSOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a pull may wait for the data hub to come up.
 const HUB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -69,13 +73,18 @@ fn failed(what: &str) -> impl Fn(std::io::Error) -> SandboxError + '_ {
     move |e| SandboxError::Failed(format!("{what}: {e}"))
 }
 
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// One process of a container: its pid, stdio and exit.
 pub struct Process {
     /// Pid as the guest sees it.
     pub pid: i32,
-    stdin: Mutex<Option<pipe::Sender>>,
-    stdout: Mutex<Option<pipe::Receiver>>,
-    stderr: Mutex<Option<pipe::Receiver>>,
+    stdin: Mutex<Option<Writer>>,
+    stdout: Mutex<Option<Reader>>,
+    stderr: Mutex<Option<Reader>>,
+    /// The terminal master, for a process with a terminal.
+    tty: Option<Pty>,
     exit: watch::Receiver<Option<Status>>,
 }
 
@@ -99,11 +108,24 @@ impl Process {
     }
 }
 
-/// The agent's ends of a process's stdio pipes.
+/// The agent's ends of a process's stdio: three pipes, or a terminal
+/// (whose output is stdout; stderr is then empty).
 struct Ends {
-    stdin: pipe::Sender,
-    stdout: pipe::Receiver,
-    stderr: pipe::Receiver,
+    stdin: Writer,
+    stdout: Reader,
+    stderr: Option<Reader>,
+    tty: Option<Pty>,
+}
+
+impl Ends {
+    fn terminal(pty: Pty) -> Self {
+        Self {
+            stdin: Box::new(pty.clone()),
+            stdout: Box::new(pty.clone()),
+            stderr: None,
+            tty: Some(pty),
+        }
+    }
 }
 
 /// Stdio pipes for a new process: its ends (stdin, stdout, stderr) and ours.
@@ -113,11 +135,23 @@ fn pipes() -> Result<([std::os::fd::OwnedFd; 3], Ends), SandboxError> {
     let (out_r, out_w) = std::io::pipe().map_err(&f)?;
     let (err_r, err_w) = std::io::pipe().map_err(&f)?;
     let ends = Ends {
-        stdin: pipe::Sender::from_owned_fd(in_w.into()).map_err(&f)?,
-        stdout: pipe::Receiver::from_owned_fd(out_r.into()).map_err(&f)?,
-        stderr: pipe::Receiver::from_owned_fd(err_r.into()).map_err(&f)?,
+        stdin: Box::new(pipe::Sender::from_owned_fd(in_w.into()).map_err(&f)?),
+        stdout: Box::new(pipe::Receiver::from_owned_fd(out_r.into()).map_err(&f)?),
+        stderr: Some(Box::new(
+            pipe::Receiver::from_owned_fd(err_r.into()).map_err(&f)?,
+        )),
+        tty: None,
     };
     Ok(([in_r.into(), out_w.into(), err_w.into()], ends))
+}
+
+/// The stdio a helper hands to the new process, and how the agent gets
+/// its own ends afterwards.
+enum Stdio {
+    /// Pipes: the process's ends go to the helper.
+    Pipes([std::os::fd::OwnedFd; 3], Ends),
+    /// A terminal: its master arrives on the console socket.
+    Terminal(ConsoleSocket, Option<(u16, u16)>),
 }
 
 /// A container in the pod.
@@ -162,11 +196,76 @@ impl Sandbox {
         }))
     }
 
+    /// Stdio for a new process: pipes, or a console socket when its
+    /// `process` asks for a terminal (with the initial window size).
+    fn stdio_for(
+        &self,
+        process: Option<&libcontainer::oci_spec::runtime::Process>,
+    ) -> Result<Stdio, SandboxError> {
+        let Some(p) = process.filter(|p| p.terminal() == Some(true)) else {
+            let (child, ends) = pipes()?;
+            return Ok(Stdio::Pipes(child, ends));
+        };
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let sock = ConsoleSocket::bind(Path::new(OCI_ROOT).join(format!(".console-{n}")))
+            .map_err(failed("creating the console socket"))?;
+        let size = p.console_size().map(|b| {
+            let clamp = |v: u64| u16::try_from(v).unwrap_or(u16::MAX);
+            (clamp(b.height()), clamp(b.width()))
+        });
+        Ok(Stdio::Terminal(sock, size))
+    }
+
+    /// Runs `op` with `stdio` and returns the new process's pid (if the
+    /// operation makes one) with the agent's ends of its stdio.
+    async fn helper_with(
+        &self,
+        id: &str,
+        op: Op,
+        stdio: Stdio,
+    ) -> Result<(Option<i32>, Ends), SandboxError> {
+        match stdio {
+            Stdio::Pipes(child, ends) => {
+                let pid = self.helper(id, op, Some(child), None).await?;
+                Ok((pid, ends))
+            }
+            Stdio::Terminal(sock, size) => {
+                let pid = self
+                    .helper(id, op, None, Some(sock.path().to_path_buf()))
+                    .await?;
+                let pty = match tokio::time::timeout(CONSOLE_WAIT, sock.receive()).await {
+                    Ok(Ok(pty)) => Ok(pty),
+                    Ok(Err(e)) => Err(failed("receiving the terminal")(e)),
+                    Err(_) => Err(SandboxError::Failed(format!(
+                        "the terminal of {id} did not arrive within {CONSOLE_WAIT:?}"
+                    ))),
+                };
+                let pty = match pty {
+                    Ok(pty) => pty,
+                    Err(e) => {
+                        // A process nobody can talk to must not live on.
+                        if let Some(pid) = pid {
+                            let _exit = self.reaper.watch(pid);
+                            let _ = self.reaper.kill(pid, libc::SIGKILL);
+                        }
+                        return Err(e);
+                    }
+                };
+                if let Some((rows, cols)) = size.filter(|&(r, c)| r > 0 && c > 0) {
+                    pty.resize(rows, cols)
+                        .map_err(failed("sizing the terminal"))?;
+                }
+                Ok((pid, Ends::terminal(pty)))
+            }
+        }
+    }
+
     async fn helper(
         &self,
         id: &str,
         op: Op,
         stdio: Option<[std::os::fd::OwnedFd; 3]>,
+        console_socket: Option<PathBuf>,
     ) -> Result<Option<i32>, SandboxError> {
         let root = PathBuf::from(OCI_ROOT);
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -175,6 +274,7 @@ impl Sandbox {
             root,
             id: id.into(),
             op,
+            console_socket,
         };
         let mut cmd = oci::command(&self.exe, &req, &reply_path);
         match stdio {
@@ -222,7 +322,8 @@ impl Sandbox {
             pid,
             stdin: Mutex::new(Some(p.stdin)),
             stdout: Mutex::new(Some(p.stdout)),
-            stderr: Mutex::new(Some(p.stderr)),
+            stderr: Mutex::new(p.stderr),
+            tty: p.tty,
             exit: rx,
         })
     }
@@ -284,7 +385,10 @@ impl Sandbox {
             .prepare(req, kspec, &bundle, &rootfs, &mut oci_spec)
             .await
         {
-            Ok(()) => self.create_in(id, &bundle).await,
+            Ok(()) => {
+                self.create_in(id, &bundle, oci_spec.process().as_ref())
+                    .await
+            }
             e => e,
         };
         if r.is_err() {
@@ -370,18 +474,32 @@ impl Sandbox {
         Ok(())
     }
 
-    async fn create_in(&self, id: &str, bundle: &Path) -> Result<(), SandboxError> {
-        let (child, ends) = pipes()?;
-        let pid = self
-            .helper(
+    async fn create_in(
+        &self,
+        id: &str,
+        bundle: &Path,
+        process: Option<&libcontainer::oci_spec::runtime::Process>,
+    ) -> Result<(), SandboxError> {
+        let stdio = self.stdio_for(process)?;
+        let created = self
+            .helper_with(
                 id,
                 Op::Create {
                     bundle: bundle.to_path_buf(),
                 },
-                Some(child),
+                stdio,
             )
-            .await?
-            .ok_or_else(|| SandboxError::Failed(format!("container {id} has no pid")))?;
+            .await;
+        let (pid, ends) = match created {
+            Ok((Some(pid), ends)) => (pid, ends),
+            Ok((None, _)) | Err(_) => {
+                // Whatever libcontainer left of it goes with the bundle.
+                let _ = self.helper(id, Op::Delete, None, None).await;
+                return Err(created.err().unwrap_or_else(|| {
+                    SandboxError::Failed(format!("container {id} has no pid"))
+                }));
+            }
+        };
         let init = self.track(pid, ends);
         let cgroup = Path::new("/sys/fs/cgroup")
             .join(CGROUP_PARENT.trim_start_matches('/'))
@@ -403,7 +521,7 @@ impl Sandbox {
     /// StartContainer.
     pub async fn start(&self, id: &str) -> Result<(), SandboxError> {
         let c = self.container(id).await?;
-        self.helper(&c.id, Op::Start, None).await?;
+        self.helper(&c.id, Op::Start, None, None).await?;
         tracing::info!(container = id, "container started");
         Ok(())
     }
@@ -459,11 +577,6 @@ impl Sandbox {
         let mut process =
             spec::process_to_oci(kproc).map_err(|e| SandboxError::Invalid(e.to_string()))?;
         confine::process(&process)?;
-        if process.terminal() == Some(true) {
-            return Err(SandboxError::Unsupported(
-                "terminals are not supported: run the process without a tty".into(),
-            ));
-        }
         let base = read_spec(&c.bundle.join("config.json"))?;
         // Exec'd processes see the container's environment under their own.
         if let Some(base_env) = base.process().as_ref().and_then(|p| p.env().as_ref()) {
@@ -474,18 +587,22 @@ impl Sandbox {
         let text = serde_json::to_vec(&process)
             .map_err(|e| SandboxError::Failed(format!("writing the exec process: {e}")))?;
         std::fs::write(&path, text).map_err(failed("writing the exec process"))?;
-        let (child, ends) = pipes()?;
-        let r = self
-            .helper(
-                &c.id,
-                Op::Exec {
-                    process: path.clone(),
-                },
-                Some(child),
-            )
-            .await;
+        let r = match self.stdio_for(Some(&process)) {
+            Ok(stdio) => {
+                self.helper_with(
+                    &c.id,
+                    Op::Exec {
+                        process: path.clone(),
+                    },
+                    stdio,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         let _ = std::fs::remove_file(&path);
-        let pid = r?.ok_or_else(|| SandboxError::Failed("exec gave no pid".into()))?;
+        let (pid, ends) = r?;
+        let pid = pid.ok_or_else(|| SandboxError::Failed("exec gave no pid".into()))?;
         let proc_ = self.track(pid, ends);
         c.execs.lock().await.insert(exec_id.into(), proc_);
         tracing::info!(container = %c.id, exec = exec_id, pid, "process started");
@@ -553,17 +670,44 @@ impl Sandbox {
         Ok(data.len() as u32)
     }
 
-    /// CloseStdin.
+    /// CloseStdin. With a terminal the process keeps its terminal: only
+    /// the agent stops writing to it.
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), SandboxError> {
         let p = self.process(id, exec_id).await?;
         p.stdin.lock().await.take();
         Ok(())
     }
 
+    /// TtyWinResize.
+    pub async fn resize(
+        &self,
+        id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<(), SandboxError> {
+        let p = self.process(id, exec_id).await?;
+        let tty = p.tty.as_ref().ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "process {} of {id} has no terminal",
+                shown(exec_id, id)
+            ))
+        })?;
+        let fit = |v: u32, what: &str| {
+            u16::try_from(v)
+                .map_err(|_| SandboxError::Invalid(format!("terminal {what} {v} is too large")))
+        };
+        if p.exited().is_some() {
+            return Ok(());
+        }
+        tty.resize(fit(rows, "height")?, fit(cols, "width")?)
+            .map_err(failed("resizing the terminal"))
+    }
+
     /// RemoveContainer: kills what is left, deletes the state and bundle.
     pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
         let c = self.container(id).await?;
-        self.helper(&c.id, Op::Delete, None).await?;
+        self.helper(&c.id, Op::Delete, None, None).await?;
         cleanup_bundle(&c.bundle);
         self.containers.lock().await.remove(id);
         tracing::info!(container = id, "container removed");
@@ -627,6 +771,12 @@ impl Sandbox {
             }
         });
     }
+}
+
+/// A process's name in messages: its exec id, or the container's for
+/// the init.
+fn shown<'a>(exec_id: &'a str, id: &'a str) -> &'a str {
+    if exec_id.is_empty() { id } else { exec_id }
 }
 
 fn read_spec(path: &Path) -> Result<libcontainer::oci_spec::runtime::Spec, SandboxError> {
