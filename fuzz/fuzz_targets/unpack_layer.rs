@@ -1,5 +1,5 @@
 //! Arbitrary bytes as a layer tarball: never a panic, never a write
-//! outside the root.
+//! outside the root, and the same verdict streamed or from memory.
 #![no_main]
 
 use cocoon_image::unpack::{Rootfs, UnpackOptions};
@@ -27,8 +27,13 @@ fuzz_target!(|data: &[u8]| {
     let d = dirs();
     let _ = std::fs::remove_dir_all(&d.root);
     let opts = UnpackOptions { allow_devices: false, preserve_ownership: false };
-    if let Ok(mut rootfs) = Rootfs::open(&d.root, opts) {
-        let _ = rootfs.apply(data);
+    // Streamed, then (into a fresh root) from memory, the whole-layer
+    // path (data written from the buffer, entries skipped by seeking).
+    let streamed = Rootfs::open(&d.root, opts.clone()).map(|mut r| r.apply(data).map(|s| s.entries).ok());
+    let _ = std::fs::remove_dir_all(&d.root);
+    let in_memory = Rootfs::open(&d.root, opts).map(|mut r| r.apply_bytes(data).map(|s| s.entries).ok());
+    if let (Ok(a), Ok(b)) = (streamed, in_memory) {
+        assert_eq!(a, b, "the two ways of applying disagree");
     }
     assert_eq!(std::fs::read_dir(&d.outside).map(|r| r.count()).unwrap_or(0), 0, "wrote outside the root");
 });

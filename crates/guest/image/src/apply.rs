@@ -14,12 +14,16 @@
 //! mismatch fails the pull, and the staging rootfs, that layer included, is
 //! removed and never becomes the bundle.
 //!
-//! A gzip layer whose uncompressed size (gzip trailer) is at most
-//! [`WHOLE_LAYER_LIMIT`] is decompressed in one call with libdeflate
-//! (about 1.5x zlib-rs's speed here), which must consume the whole input.
-//! Larger layers, zstd and multi-member gzip stream through the usual
-//! decoders in 1 MiB chunks.
+//! A gzip layer is read into memory and decrypted there, then decoded by
+//! the decoder [`crate::gunzip`] finds fastest on this machine: libdeflate
+//! over the whole layer (which must be exactly one member), or zlib-rs
+//! streaming. Layers too large for memory, zstd and multi-member gzip
+//! stream from the file in 1 MiB chunks. A layer decoded whole is applied
+//! from memory ([`Rootfs::apply_bytes`]: file data written straight from
+//! the buffer), while the decoders work on the next layers.
+//! `cocoon image pull` and the guest's data hub both pull through here.
 
+use crate::gunzip;
 use crate::ocicrypt::{DecryptingReader, LayerKey};
 use crate::pull::{PullError, Ready};
 use crate::unpack::{Rootfs, UnpackError, UnpackStats};
@@ -37,8 +41,6 @@ use tokio::sync::oneshot;
 const DECODERS: usize = 2;
 /// How many layers decoders may work on beyond the one being applied.
 pub const LEAD: usize = 2;
-/// Largest uncompressed gzip layer decoded in one piece, in memory.
-pub const WHOLE_LAYER_LIMIT: u64 = 256 << 20;
 /// Chunk size of streamed layers.
 const CHUNK: usize = 1 << 20;
 /// Chunks queued per streamed layer.
@@ -314,7 +316,7 @@ pub(crate) fn apply_all(
             let digest = layers[i].digest().to_string();
             let applied = match decoded {
                 Decoded::Whole(tar) => {
-                    let r = rootfs.apply(tar.as_slice());
+                    let r = rootfs.apply_bytes(&tar);
                     work.pool.put(tar);
                     r.map_err(|source| PullError::Unpack { digest, source })
                 }
@@ -423,23 +425,38 @@ fn decode_layer(
         .unwrap_or(&media);
     let gzip = plain.ends_with("+gzip") || plain.ends_with(".tar.gzip");
     file.rewind().map_err(io(read_err()))?;
-    if gzip && let Some(tar) = whole_gzip(&mut file, key, &work.pool).map_err(io(read_err()))? {
-        let checked = diff.check(ring::digest::digest(&ring::digest::SHA256, &tar));
-        t.decode += d.elapsed();
-        if let Err(e) = checked {
-            work.pool.put(tar);
-            return Err(e);
+    let in_memory = if gzip {
+        match gzip_in_memory(&mut file, key, &work.pool).map_err(io(read_err()))? {
+            InMemory::Decoded(tar) => {
+                let checked = diff.check(ring::digest::digest(&ring::digest::SHA256, &tar));
+                t.decode += d.elapsed();
+                if let Err(e) = checked {
+                    work.pool.put(tar);
+                    return Err(e);
+                }
+                let _ = slot.send(Decoded::Whole(tar));
+                return Ok(());
+            }
+            InMemory::Stream(data) => Some(data),
+            InMemory::TooLarge => None,
         }
-        let _ = slot.send(Decoded::Whole(tar));
-        return Ok(());
-    }
-    file.rewind().map_err(io(read_err()))?;
-    let reader: Box<dyn Read> = match key {
-        Some(k) => Box::new(DecryptingReader::new(
-            BufReader::with_capacity(CHUNK, file),
-            k,
-        )),
-        None => Box::new(BufReader::with_capacity(CHUNK, file)),
+    } else {
+        None
+    };
+    let reader: Box<dyn Read> = match (in_memory, key) {
+        // Already decrypted.
+        (Some(data), _) => Box::new(std::io::Cursor::new(data)),
+        (None, Some(k)) => {
+            file.rewind().map_err(io(read_err()))?;
+            Box::new(DecryptingReader::new(
+                BufReader::with_capacity(CHUNK, file),
+                k,
+            ))
+        }
+        (None, None) => {
+            file.rewind().map_err(io(read_err()))?;
+            Box::new(BufReader::with_capacity(CHUNK, file))
+        }
     };
     let mut tar = decompressor(&media, reader).map_err(|reason| PullError::Manifest {
         image: digest.clone(),
@@ -549,17 +566,37 @@ fn verify_cached(
     Ok(Ok(()))
 }
 
-/// Decrypts and decompresses a single-member gzip layer in one piece when
-/// its trailer says it fits [`WHOLE_LAYER_LIMIT`]; `None` means "stream it".
-/// Reads `file` from its current position.
-fn whole_gzip(
+/// A gzip layer read into memory (and decrypted there).
+enum InMemory {
+    /// libdeflate decoded it whole.
+    Decoded(Vec<u8>),
+    /// To be streamed from these (decrypted) bytes: zlib-rs was chosen,
+    /// or the layer is not exactly one member.
+    Stream(Vec<u8>),
+    /// Too large to hold: stream it from the file.
+    TooLarge,
+}
+
+/// Reads a gzip layer from `file` (its current position) into memory,
+/// decrypts it, and decodes it whole when [`gunzip::choose`] picks
+/// libdeflate for its sizes (the uncompressed one from its trailer).
+fn gzip_in_memory(
     file: &mut File,
     key: Option<&LayerKey>,
     pool: &BufferPool,
-) -> std::io::Result<Option<Vec<u8>>> {
+) -> std::io::Result<InMemory> {
+    gzip_in_memory_with(file, key, pool, gunzip::choose)
+}
+
+fn gzip_in_memory_with(
+    file: &mut File,
+    key: Option<&LayerKey>,
+    pool: &BufferPool,
+    choose: impl Fn(&[u8], u64) -> gunzip::Decoder,
+) -> std::io::Result<InMemory> {
     let len = file.metadata()?.len();
-    if !(18..=WHOLE_LAYER_LIMIT).contains(&len) {
-        return Ok(None);
+    if len > gunzip::WHOLE_MAX {
+        return Ok(InMemory::TooLarge);
     }
     let mut data = pool.take();
     data.reserve(len as usize);
@@ -568,61 +605,24 @@ fn whole_gzip(
         k.cipher().apply(&mut data);
     }
     let Some(trailer) = data.len().checked_sub(8).and_then(|at| data.get(at..)) else {
-        return Ok(None);
+        return Ok(InMemory::Stream(data));
     };
+    // The size modulo 2^32: a wrong guess fails the exact decode below.
     let size = u64::from(u32::from_le_bytes([
         trailer[4], trailer[5], trailer[6], trailer[7],
     ]));
-    if size > WHOLE_LAYER_LIMIT {
-        return Ok(None);
+    if choose(&data, size) != gunzip::Decoder::Whole {
+        return Ok(InMemory::Stream(data));
     }
     let mut out = pool.take();
     out.resize(size as usize, 0);
-    let exact = gzip_decompress_exact(&data, &mut out);
-    pool.put(data);
-    if exact {
-        Ok(Some(out))
+    if gunzip::libdeflate_exact(&data, &mut out) {
+        pool.put(data);
+        Ok(InMemory::Decoded(out))
     } else {
         pool.put(out);
-        Ok(None)
+        Ok(InMemory::Stream(data))
     }
-}
-
-/// libdeflate's gzip decoder, succeeding only when the input is exactly
-/// one member that fills `out` exactly (the safe `libdeflater` wrapper does
-/// not report how much input was consumed, so a multi-member stream would
-/// silently decode to its first member).
-fn gzip_decompress_exact(input: &[u8], out: &mut [u8]) -> bool {
-    use libdeflate_sys::{
-        libdeflate_alloc_decompressor, libdeflate_free_decompressor, libdeflate_gzip_decompress_ex,
-        libdeflate_result_LIBDEFLATE_SUCCESS,
-    };
-    let (mut in_used, mut out_used) = (0usize, 0usize);
-    // SAFETY: the decompressor is allocated, used and freed on this thread
-    // only and checked for NULL; `input` and `out` are valid for reads and
-    // writes of their lengths, which are passed alongside, and libdeflate
-    // writes at most `out.len()` bytes to `out` and one `size_t` to each of
-    // `in_used` and `out_used`, which outlive the call.
-    let result = unsafe {
-        let d = libdeflate_alloc_decompressor();
-        if d.is_null() {
-            return false;
-        }
-        let r = libdeflate_gzip_decompress_ex(
-            d,
-            input.as_ptr().cast(),
-            input.len(),
-            out.as_mut_ptr().cast(),
-            out.len(),
-            &mut in_used,
-            &mut out_used,
-        );
-        libdeflate_free_decompressor(d);
-        r
-    };
-    result == libdeflate_result_LIBDEFLATE_SUCCESS
-        && in_used == input.len()
-        && out_used == out.len()
 }
 
 /// The tar stream of a layer, by media type (under any decryption).
@@ -662,21 +662,30 @@ mod tests {
         e.finish().unwrap()
     }
 
+    fn whole(f: &mut File, pool: &BufferPool) -> InMemory {
+        gzip_in_memory_with(f, None, pool, |_, _| gunzip::Decoder::Whole).unwrap()
+    }
+
     /// One member decodes whole; several members (even with the last
     /// trailer matching the first member) fall back to streaming, which
-    /// reads them all.
+    /// reads them all; a layer the chooser gives zlib-rs comes back as its
+    /// (decrypted) bytes to stream.
     #[test]
     fn whole_gzip_only_for_exactly_one_member() {
         let t = tempfile::tempdir().unwrap();
         let pool = BufferPool::default();
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let one = t.path().join("one");
-        std::fs::write(&one, gz(&data)).unwrap();
+        let one_gz = gz(&data);
+        std::fs::write(&one, &one_gz).unwrap();
         let open = |p: &Path| File::open(p).unwrap();
-        assert_eq!(
-            whole_gzip(&mut open(&one), None, &pool).unwrap().unwrap(),
-            data
-        );
+        assert!(matches!(whole(&mut open(&one), &pool), InMemory::Decoded(d) if d == data));
+        let streamed = gzip_in_memory_with(&mut open(&one), None, &pool, |c, u| {
+            assert_eq!((c, u), (one_gz.as_slice(), data.len() as u64));
+            gunzip::Decoder::Stream
+        })
+        .unwrap();
+        assert!(matches!(streamed, InMemory::Stream(d) if d == one_gz));
         // Two members; the second has the same length and content as the
         // first, so the final trailer alone cannot tell them apart.
         let half = &data[..100_000];
@@ -684,11 +693,7 @@ mod tests {
         two.extend_from_slice(&gz(half));
         let two_path = t.path().join("two");
         std::fs::write(&two_path, &two).unwrap();
-        assert!(
-            whole_gzip(&mut open(&two_path), None, &pool)
-                .unwrap()
-                .is_none()
-        );
+        assert!(matches!(whole(&mut open(&two_path), &pool), InMemory::Stream(d) if d == two));
         let mut streamed = Vec::new();
         decompressor(
             "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -703,6 +708,13 @@ mod tests {
         trailing.extend_from_slice(b"junk");
         let tp = t.path().join("trailing");
         std::fs::write(&tp, trailing).unwrap();
-        assert!(whole_gzip(&mut open(&tp), None, &pool).unwrap().is_none());
+        assert!(matches!(whole(&mut open(&tp), &pool), InMemory::Stream(_)));
+        // Shorter than a trailer: streamed (and refused by the decoder).
+        let tiny = t.path().join("tiny");
+        std::fs::write(&tiny, b"\x1f\x8b").unwrap();
+        assert!(matches!(
+            whole(&mut open(&tiny), &pool),
+            InMemory::Stream(_)
+        ));
     }
 }

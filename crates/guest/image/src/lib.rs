@@ -6,6 +6,7 @@
 
 mod apply;
 pub mod bundle;
+pub mod gunzip;
 pub mod keys;
 pub mod ocicrypt;
 pub mod owner;

@@ -137,6 +137,8 @@ pub struct Rootfs {
     opts: UnpackOptions,
     parent_cache: Option<(String, OwnedFd)>,
     copy_buf: Vec<u8>,
+    /// The umask new files are created under, when known.
+    umask: Option<u32>,
 }
 
 #[derive(Default)]
@@ -169,6 +171,7 @@ impl Rootfs {
             opts,
             parent_cache: None,
             copy_buf: Vec::new(),
+            umask: current_umask(),
         })
     }
 
@@ -264,17 +267,63 @@ impl Rootfs {
         Ok(fd)
     }
 
-    /// Applies one uncompressed layer tarball.
+    /// Applies one uncompressed layer tarball, read as a stream.
     pub fn apply<R: Read>(&mut self, tar: R) -> Result<UnpackStats, UnpackError> {
-        let mut stats = UnpackStats::default();
-        let mut created: HashSet<String> = HashSet::new();
-        let mut dir_meta: Vec<(String, tar::Header)> = Vec::new();
         let mut archive = tar::Archive::new(tar);
         let entries = archive
             .entries()
-            .map_err(|e| UnpackError::Malformed(e.to_string()))?
-            .raw(true);
+            .map_err(|e| UnpackError::Malformed(e.to_string()))?;
+        self.apply_entries(entries, None)
+    }
+
+    /// Applies one uncompressed layer tarball held in memory: file data is
+    /// written straight from `tar` (one copy fewer than streaming), and
+    /// entries are skipped by seeking.
+    pub fn apply_bytes(&mut self, tar: &[u8]) -> Result<UnpackStats, UnpackError> {
+        let mut archive = tar::Archive::new(std::io::Cursor::new(tar));
+        let entries = archive
+            .entries_with_seek()
+            .map_err(|e| UnpackError::Malformed(e.to_string()))?;
+        self.apply_entries(entries, Some(tar))
+    }
+
+    /// The entries in order, then the directories' modes and times.
+    fn apply_entries<R: Read>(
+        &mut self,
+        entries: tar::Entries<'_, R>,
+        whole: Option<&[u8]>,
+    ) -> Result<UnpackStats, UnpackError> {
+        let (stats, dir_meta) = self.apply_loop(entries, whole)?;
+        // Directory modes and times last, so read-only directories can be filled.
+        for (path, header) in dir_meta.iter().rev() {
+            if let Ok(fd) = rustix::fs::openat2(
+                &self.root,
+                path.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve(),
+            ) {
+                set_meta(&self.opts, fd.as_fd(), &Meta::of(header, true), &[], path)?;
+            }
+        }
+        Ok(stats)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn apply_loop<R: Read>(
+        &mut self,
+        entries: tar::Entries<'_, R>,
+        whole: Option<&[u8]>,
+    ) -> Result<(UnpackStats, Vec<(String, tar::Header)>), UnpackError> {
+        let mut stats = UnpackStats::default();
+        let mut created: HashSet<String> = HashSet::new();
+        let mut dir_meta: Vec<(String, tar::Header)> = Vec::new();
+        let entries = entries.raw(true);
         let mut pending = Pending::default();
+        // From memory the archive skips entries by seeking, which does not
+        // notice an end that comes too soon: each entry's data and padding
+        // must be there when the next one is read, as the stream requires.
+        let mut last_end: Option<(String, Option<u64>)> = None;
         for entry in entries {
             let mut entry = entry.map_err(|e| UnpackError::Malformed(e.to_string()))?;
             let mut header = entry.header().clone();
@@ -283,6 +332,14 @@ impl Rootfs {
                 .entry_size()
                 .map_err(|e| UnpackError::Malformed(e.to_string()))?;
             let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            if whole.is_some() {
+                check_end(&mut last_end, whole)?;
+                last_end = Some((
+                    raw_name.clone(),
+                    size.checked_next_multiple_of(512)
+                        .and_then(|padded| entry.raw_file_position().checked_add(padded)),
+                ));
+            }
             match kind {
                 tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
                     let data = read_header_data(&mut entry, size, &raw_name)?;
@@ -364,6 +421,11 @@ impl Rootfs {
             }
             match kind {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    // Created with its final permissions where the umask
+                    // keeps them (no chmod then); set-id and sticky bits
+                    // come with the chmod after the chown.
+                    let perm = mode(&header);
+                    let exact = perm & !0o777 == 0 && self.umask.is_some_and(|m| perm & m == 0);
                     let fd = rustix::fs::openat(
                         &parent,
                         base,
@@ -372,24 +434,46 @@ impl Rootfs {
                             | OFlags::EXCL
                             | OFlags::NOFOLLOW
                             | OFlags::CLOEXEC,
-                        Mode::from_bits_truncate(0o600),
+                        Mode::from_bits_truncate(if exact { perm } else { 0o600 }),
                     )
                     .map_err(|e| io_err(&name, e))?;
                     let mut file = std::fs::File::from(fd);
-                    let n =
-                        copy_data(&mut entry, &mut file, &mut self.copy_buf).map_err(|source| {
-                            UnpackError::Io {
-                                path: name.clone(),
-                                source,
+                    let meta = Meta::of(&header, !exact);
+                    match whole {
+                        Some(tar) => {
+                            // Straight from the layer in memory: one copy,
+                            // into the file.
+                            let at = entry.raw_file_position();
+                            let data = usize::try_from(at)
+                                .ok()
+                                .zip(usize::try_from(size).ok())
+                                .and_then(|(at, n)| tar.get(at..at.checked_add(n)?))
+                                .ok_or_else(|| {
+                                    UnpackError::Malformed(format!("{name}: truncated file data"))
+                                })?;
+                            std::io::Write::write_all(&mut file, data).map_err(|source| {
+                                UnpackError::Io {
+                                    path: name.clone(),
+                                    source,
+                                }
+                            })?;
+                        }
+                        None => {
+                            let n = copy_data(&mut entry, &mut file, &mut self.copy_buf).map_err(
+                                |source| UnpackError::Io {
+                                    path: name.clone(),
+                                    source,
+                                },
+                            )?;
+                            if n != size {
+                                return Err(UnpackError::Malformed(format!(
+                                    "{name}: truncated file data"
+                                )));
                             }
-                        })?;
-                    if n != size {
-                        return Err(UnpackError::Malformed(format!(
-                            "{name}: truncated file data"
-                        )));
+                        }
                     }
-                    stats.bytes += n;
-                    self.set_meta(file.as_fd(), &header, &xattrs, &name)?;
+                    stats.bytes += size;
+                    set_meta(&self.opts, file.as_fd(), &meta, &xattrs, &name)?;
                 }
                 tar::EntryType::Directory => {
                     if !existing_dir {
@@ -490,19 +574,8 @@ impl Rootfs {
             created.insert(norm);
             stats.entries += 1;
         }
-        // Directory modes and times last, so read-only directories can be filled.
-        for (path, header) in dir_meta.iter().rev() {
-            if let Ok(fd) = rustix::fs::openat2(
-                &self.root,
-                path.as_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                resolve(),
-            ) {
-                self.set_meta(fd.as_fd(), header, &[], path)?;
-            }
-        }
-        Ok(stats)
+        check_end(&mut last_end, whole)?;
+        Ok((stats, dir_meta))
     }
 
     /// The archive's owner on an entry that is not opened (symlink, node).
@@ -524,38 +597,6 @@ impl Rootfs {
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(|e| io_err(name, e))
-    }
-
-    fn set_meta(
-        &self,
-        fd: std::os::fd::BorrowedFd<'_>,
-        header: &tar::Header,
-        xattrs: &[(String, Vec<u8>)],
-        name: &str,
-    ) -> Result<(), UnpackError> {
-        if self.opts.preserve_ownership {
-            rustix::fs::fchown(fd, Some(uid(header)), Some(gid(header)))
-                .map_err(|e| io_err(name, e))?;
-        }
-        for (k, v) in xattrs {
-            set_xattr(fd, k, v);
-        }
-        // After chown, which clears set-id bits.
-        rustix::fs::fchmod(fd, Mode::from_bits_truncate(mode(header)))
-            .map_err(|e| io_err(name, e))?;
-        let mtime = header.mtime().unwrap_or(0) as i64;
-        let t = rustix::fs::Timespec {
-            tv_sec: mtime,
-            tv_nsec: 0,
-        };
-        let _ = rustix::fs::futimens(
-            fd,
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-        );
-        Ok(())
     }
 
     /// Removes `name` in `dir` (recursively for directories); returns how
@@ -674,6 +715,84 @@ fn remove_children(dir: &OwnedFd, select: &dyn Fn(&str) -> bool) -> Result<u64, 
         count += 1;
     }
     Ok(count)
+}
+
+/// What a regular file gets after its data.
+struct Meta {
+    uid: rustix::fs::Uid,
+    gid: rustix::fs::Gid,
+    mode: u32,
+    mtime: i64,
+    /// The mode still has to be set (it was not created with it).
+    chmod: bool,
+}
+
+impl Meta {
+    fn of(h: &tar::Header, chmod: bool) -> Self {
+        Self {
+            uid: uid(h),
+            gid: gid(h),
+            mode: mode(h),
+            mtime: h.mtime().unwrap_or(0) as i64,
+            chmod,
+        }
+    }
+}
+
+/// Ownership, xattrs, mode and times, in that order (chown clears set-id
+/// bits, so the mode comes after it).
+fn set_meta(
+    opts: &UnpackOptions,
+    fd: std::os::fd::BorrowedFd<'_>,
+    meta: &Meta,
+    xattrs: &[(String, Vec<u8>)],
+    name: &str,
+) -> Result<(), UnpackError> {
+    if opts.preserve_ownership {
+        rustix::fs::fchown(fd, Some(meta.uid), Some(meta.gid)).map_err(|e| io_err(name, e))?;
+    }
+    for (k, v) in xattrs {
+        set_xattr(fd, k, v);
+    }
+    // chown of a file with set-id bits clears them: the mode again.
+    if meta.chmod || (opts.preserve_ownership && meta.mode & 0o6000 != 0) {
+        rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode)).map_err(|e| io_err(name, e))?;
+    }
+    let t = rustix::fs::Timespec {
+        tv_sec: meta.mtime,
+        tv_nsec: 0,
+    };
+    let _ = rustix::fs::futimens(
+        fd,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    );
+    Ok(())
+}
+
+/// The previous entry of an in-memory archive (name, end of its padded
+/// data) must end within it.
+fn check_end(
+    last: &mut Option<(String, Option<u64>)>,
+    whole: Option<&[u8]>,
+) -> Result<(), UnpackError> {
+    if let (Some((name, end)), Some(tar)) = (last.take(), whole)
+        && end.is_none_or(|end| end > tar.len() as u64)
+    {
+        return Err(UnpackError::Malformed(format!(
+            "{name}: the archive ends inside this entry"
+        )));
+    }
+    Ok(())
+}
+
+/// The process's umask (from /proc, which reads it without changing it).
+fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.split_whitespace().nth(1)?, 8).ok()
 }
 
 /// Copies file data with a large reusable buffer (few write calls).

@@ -81,8 +81,58 @@ fn opts() -> UnpackOptions {
     }
 }
 
+/// Applies `tar` to `root` streamed, and to a twin root beside it from
+/// memory ([`Rootfs::apply_bytes`]: data from the buffer, seeking): both
+/// must agree on the outcome and leave identical trees.
 fn apply(root: &Path, tar: Vec<u8>) -> Result<UnpackStats, UnpackError> {
-    Rootfs::open(root, opts())?.apply(tar.as_slice())
+    let streamed = Rootfs::open(root, opts()).and_then(|mut r| r.apply(tar.as_slice()));
+    let twin = root.with_extension("in-memory");
+    let whole = Rootfs::open(&twin, opts()).and_then(|mut r| r.apply_bytes(&tar));
+    match (&streamed, &whole) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(
+                (a.entries, a.bytes, a.whiteouts),
+                (b.entries, b.bytes, b.whiteouts)
+            );
+            assert_eq!(tree(root), tree(&twin), "the two ways of applying differ");
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+        _ => panic!("streamed: {streamed:?}, in memory: {whole:?}"),
+    }
+    streamed
+}
+
+/// Everything under `root`: path, type, mode, size, content or target,
+/// modification time.
+fn tree(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let what = if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_file() {
+                format!("{:?}", std::fs::read(&p).unwrap())
+            } else {
+                "special".to_string()
+            };
+            out.push(format!(
+                "{rel} {:o} {} {} {what}",
+                m.mode(),
+                m.len(),
+                m.mtime()
+            ));
+        }
+    }
+    out.sort();
+    out
 }
 
 #[test]
@@ -380,4 +430,58 @@ fn pax_uid_and_gid_records_are_read() {
             String::from_utf8_lossy(bad)
         );
     }
+}
+
+/// Files created with their final mode (no chmod) or not: a file replaced
+/// after a hard link to it was made, a read-only directory filled before
+/// its mode is set, modes the umask would strip, set-id bits, many files
+/// and a large one, from memory and streamed alike.
+#[test]
+fn file_modes_links_and_data_keep_the_layer_semantics() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("rootfs");
+    let big: Vec<u8> = (0..(3 << 20) + 4097).map(|i| (i % 253) as u8).collect();
+    let mut b = TarBuilder::default()
+        .entry(tar::EntryType::Directory, "ro/", "", b"", 0o555)
+        .file("ro/inside", b"in a read-only directory")
+        .file("a", b"old")
+        .hardlink("b", "a")
+        .file("a", b"new")
+        .entry(tar::EntryType::Regular, "shared", "", b"rw for all", 0o666)
+        .entry(tar::EntryType::Regular, "suid", "", b"#!", 0o4755)
+        .entry(tar::EntryType::Regular, "none", "", b"", 0o000)
+        .file("big", &big);
+    for i in 0..300 {
+        b = b.file(&format!("many/f{i}"), format!("file {i}").as_bytes());
+    }
+    let stats = apply(&root, b.finish()).unwrap();
+    let read = |p: &str| std::fs::read(root.join(p)).unwrap();
+    let perm = |p: &str| {
+        std::fs::symlink_metadata(root.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(read("a"), b"new");
+    assert_eq!(read("b"), b"old");
+    assert_eq!(read("ro/inside"), b"in a read-only directory");
+    assert_eq!(perm("ro"), 0o555);
+    assert_eq!(perm("shared"), 0o666);
+    assert_eq!(perm("suid"), 0o4755);
+    assert_eq!(perm("none"), 0);
+    assert_eq!(read("big"), big);
+    assert_eq!(read("many/f299"), b"file 299");
+    assert_eq!(stats.entries, 9 + 300);
+    // Times are set after the data (a write would move them).
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(root.join("big")).unwrap().mtime(),
+        1_700_000_000
+    );
+    // A later layer replaces a file.
+    let again = TarBuilder::default().file("a", b"third").finish();
+    apply(&root, again).unwrap();
+    assert_eq!(read("a"), b"third");
 }
