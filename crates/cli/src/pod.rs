@@ -148,6 +148,99 @@ struct ContainerSpec {
     ports: Vec<Port>,
     stdin: bool,
     tty: bool,
+    resources: Resources,
+}
+
+/// `resources` of a container: Kubernetes quantities.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Resources {
+    limits: HashMap<String, serde_yaml_ng::Value>,
+    requests: HashMap<String, serde_yaml_ng::Value>,
+}
+
+/// CFS period kubelet uses, microseconds.
+const CPU_PERIOD: i64 = 100_000;
+
+impl Resources {
+    /// As kubelet passes them: memory limit in bytes; CPU limit as a CFS
+    /// quota over a 100 ms period; CPU request as shares (1024 a core,
+    /// at least 2).
+    fn to_cri(&self, container: &str) -> Result<cri::LinuxContainerResources> {
+        let get = |m: &HashMap<String, serde_yaml_ng::Value>, k: &str| -> Result<Option<String>> {
+            Ok(match m.get(k) {
+                None => None,
+                Some(serde_yaml_ng::Value::String(s)) => Some(s.clone()),
+                Some(serde_yaml_ng::Value::Number(n)) => Some(n.to_string()),
+                Some(other) => {
+                    bail!("container {container:?}: resources {k} {other:?} is not a quantity")
+                }
+            })
+        };
+        let mut r = cri::LinuxContainerResources::default();
+        if let Some(q) = get(&self.limits, "memory")? {
+            r.memory_limit_in_bytes = quantity(&q, 1)
+                .with_context(|| format!("container {container:?}: limits.memory"))?;
+        }
+        let cpu_limit = get(&self.limits, "cpu")?
+            .map(|q| {
+                quantity(&q, 1000).with_context(|| format!("container {container:?}: limits.cpu"))
+            })
+            .transpose()?;
+        if let Some(milli) = cpu_limit {
+            r.cpu_period = CPU_PERIOD;
+            r.cpu_quota = (milli * CPU_PERIOD / 1000).max(1000);
+        }
+        // A request defaults to the limit, as Kubernetes fills it in.
+        let cpu_request = get(&self.requests, "cpu")?
+            .map(|q| {
+                quantity(&q, 1000).with_context(|| format!("container {container:?}: requests.cpu"))
+            })
+            .transpose()?
+            .or(cpu_limit);
+        if let Some(milli) = cpu_request {
+            r.cpu_shares = (milli * 1024 / 1000).max(2);
+        }
+        Ok(r)
+    }
+}
+
+/// A Kubernetes quantity (`128Mi`, `1G`, `500m`, `0.5`, `2e3`) times
+/// `scale`, rounded up: bytes with scale 1, millicores with 1000.
+fn quantity(q: &str, scale: i64) -> Result<i64> {
+    let q = q.trim();
+    let suffixes: [(&str, f64); 14] = [
+        ("Ki", 1024f64),
+        ("Mi", 1024f64 * 1024.0),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+        ("", 1.0),
+    ];
+    let (num, mult) = suffixes
+        .iter()
+        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
+        .unwrap_or((q, 1.0));
+    let ok = !num.is_empty()
+        && num.bytes().all(|b| {
+            b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'+' || b == b'-'
+        })
+        && !num.starts_with('-');
+    let v: f64 = if ok { num.parse().ok() } else { None }
+        .with_context(|| format!("{q:?} is not a Kubernetes quantity"))?;
+    let scaled = (v * mult * scale as f64).ceil();
+    if !scaled.is_finite() || scaled < 0.0 || scaled > i64::MAX as f64 / 2.0 {
+        bail!("{q:?} is out of range");
+    }
+    Ok(scaled as i64)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +293,7 @@ impl Pod {
                 bail!("container {:?} has no image", c.name);
             }
             check_name("a container name", &c.name, 63)?;
+            c.resources.to_cri(&c.name)?;
         }
         Ok(pod)
     }
@@ -250,8 +344,8 @@ impl Pod {
     }
 }
 
-fn container_config(c: &ContainerSpec) -> cri::ContainerConfig {
-    cri::ContainerConfig {
+fn container_config(c: &ContainerSpec) -> Result<cri::ContainerConfig> {
+    Ok(cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: c.name.clone(),
             attempt: 0,
@@ -274,8 +368,11 @@ fn container_config(c: &ContainerSpec) -> cri::ContainerConfig {
         log_path: format!("{}/0.log", c.name),
         stdin: c.stdin,
         tty: c.tty,
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(c.resources.to_cri(&c.name)?),
+        }),
         ..Default::default()
-    }
+    })
 }
 
 /// A Kubernetes name: lower-case letters, digits, '-' and '.', starting
@@ -661,6 +758,7 @@ async fn run_pod(a: RunArgs) -> Result<u8> {
         .collect();
     let mut offsets = vec![0u64; logs.len()];
     let mut exit = 0u8;
+    let mut reported = std::collections::HashSet::new();
     loop {
         for (l, o) in logs.iter().zip(offsets.iter_mut()) {
             print_log(l, o)?;
@@ -680,6 +778,19 @@ async fn run_pod(a: RunArgs) -> Result<u8> {
             if st.state == cri::ContainerState::ContainerExited as i32 {
                 if exit == 0 && st.exit_code != 0 {
                     exit = exit_status(st.exit_code);
+                }
+                if st.exit_code != 0 && reported.insert(id.clone()) {
+                    let name = st.metadata.as_ref().map_or("", |m| m.name.as_str());
+                    // containerd's reason: OOMKilled, Error, ...
+                    eprintln!(
+                        "container {name} exited with {}{}",
+                        st.exit_code,
+                        if st.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", st.reason)
+                        }
+                    );
                 }
             } else {
                 running = true;
@@ -714,7 +825,7 @@ async fn start_containers(
         let id = rt
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod_id.into(),
-                config: Some(container_config(c)),
+                config: Some(container_config(c)?),
                 sandbox_config: Some(sandbox.clone()),
             })
             .await
@@ -760,6 +871,8 @@ spec:
       value: b
     ports:
     - containerPort: 8080
+    resources:
+      limits: {memory: 64Mi, cpu: 500m}
 "#,
         )
         .unwrap();
@@ -777,11 +890,47 @@ spec:
             s.annotations["io.katacontainers.config.hypervisor.default_memory"],
             "512"
         );
-        let c = container_config(&pod.spec.containers[0]);
+        let c = container_config(&pod.spec.containers[0]).unwrap();
         assert_eq!(c.command, ["httpd", "-f"]);
+        // Resources as kubelet passes them (the request defaults to the
+        // limit).
+        let r = c.linux.unwrap().resources.unwrap();
+        assert_eq!(r.memory_limit_in_bytes, 64 << 20);
+        assert_eq!(
+            (r.cpu_period, r.cpu_quota, r.cpu_shares),
+            (100_000, 50_000, 512)
+        );
         assert_eq!(c.args, ["-p", "8080"]);
         assert_eq!(c.envs[0].key, "A");
         assert_eq!(c.log_path, "httpd/0.log");
+    }
+
+    #[test]
+    fn kubernetes_quantities() {
+        assert_eq!(quantity("128Mi", 1).unwrap(), 128 << 20);
+        assert_eq!(quantity("1G", 1).unwrap(), 1_000_000_000);
+        assert_eq!(quantity("1.5Gi", 1).unwrap(), 3 << 29);
+        assert_eq!(quantity("2e3", 1).unwrap(), 2000);
+        assert_eq!(quantity("500m", 1000).unwrap(), 500);
+        assert_eq!(quantity("2", 1000).unwrap(), 2000);
+        assert_eq!(quantity("0.1", 1000).unwrap(), 100);
+        // Rounded up, as Kubernetes does for bytes.
+        assert_eq!(quantity("100m", 1).unwrap(), 1);
+        for bad in ["", "Mi", "-1Gi", "12 Mi", "1Xi", "lots", "1e400", "0x10"] {
+            assert!(quantity(bad, 1).is_err(), "{bad:?}");
+        }
+        let err = Pod::parse(
+            "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, image: b, resources: {limits: {memory: lots}}}]}",
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("limits.memory"), "{err:#}");
+        // A plain number is a quantity too.
+        let pod = Pod::parse(
+            "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, image: b, resources: {limits: {cpu: 2}, requests: {cpu: 250m}}}]}",
+        )
+        .unwrap();
+        let r = pod.spec.containers[0].resources.to_cri("a").unwrap();
+        assert_eq!((r.cpu_quota, r.cpu_shares), (200_000, 256));
     }
 
     #[test]

@@ -446,6 +446,14 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
         String::from_utf8_lossy(&o.stderr).contains("err\n"),
         "{o:?}"
     );
+    // A memory limit holds in the guest: the container's cgroup kills the
+    // process (137), and containerd hears of the OOM kill.
+    let o = run(
+        "hog",
+        &["--memory-limit", "33554432"],
+        &["sh", "-c", "x=a; while :; do x=$x$x; done"],
+    );
+    assert_eq!(o.status.code(), Some(137), "{o:?}");
     // A terminal: the process's streams are a pty in the guest, sized
     // from ctr's terminal through ResizePty (which ctr sends just after
     // the start: the command waits for it).
@@ -513,6 +521,11 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
     let _ = events.wait();
     // Per task: create, start, exit, delete, in that order.
     let log = std::fs::read_to_string(&events_file).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains("\"hog\"")),
+        "no OOM event for hog:\n{log}"
+    );
     for id in ["greet", "streams"] {
         let order: Vec<&str> = log
             .lines()
@@ -844,6 +857,25 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "shim state left: {:?}",
         shim_state(&state)
     );
+
+    // A container's memory limit holds inside the VM: the cgroup there
+    // kills it, and containerd records why.
+    let m = manifest(
+        "hog",
+        Some("cocoon"),
+        "",
+        &format!(
+            "  - name: hog\n    image: {image}\n    command: [\"sh\", \"-c\", \"x=a; while :; do x=$x$x; done\"]\n    resources:\n      limits: {{memory: 32Mi}}\n"
+        ),
+    );
+    let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(137), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("container hog exited with 137 (OOMKilled)"),
+        "{err}"
+    );
+    assert!(vms().is_empty(), "a QEMU is left after --rm");
 
     // Containers of one pod share one VM; exec, logs and ls work on it;
     // a container with `tty: true` writes through a terminal.

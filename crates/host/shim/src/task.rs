@@ -177,6 +177,11 @@ struct Inner {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Serializes VM start-up and teardown against container creation.
     lifecycle: tokio::sync::Mutex<()>,
+    /// OOM events received from the guest, and those published: an exit
+    /// waits until every OOM received before it is out (the guest sends
+    /// a container's OOM before its exit).
+    oom_received: std::sync::atomic::AtomicU64,
+    oom_published: watch::Sender<u64>,
 }
 
 fn rpc(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
@@ -261,6 +266,8 @@ impl Service {
             pod: Mutex::new(None),
             containers: Mutex::new(HashMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            oom_received: std::sync::atomic::AtomicU64::new(0),
+            oom_published: watch::channel(0).0,
         }))
     }
 }
@@ -460,6 +467,8 @@ impl Inner {
                 let (Ok(oom), Some(me)) = (r, me.upgrade()) else {
                     return;
                 };
+                me.oom_received
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(container = %oom.container_id, "out of memory in the guest");
                 me.publish(
                     topics::TASK_OOM_EVENT_TOPIC,
@@ -469,6 +478,7 @@ impl Inner {
                     }),
                 )
                 .await;
+                me.oom_published.send_modify(|n| *n += 1);
             }
         });
     }
@@ -477,6 +487,14 @@ impl Inner {
         // containerd must hear of the start before the exit.
         let mut started = p.start_published.subscribe();
         let _ = tokio::time::timeout(Duration::from_secs(10), started.wait_for(|s| *s)).await;
+        // ... and of an OOM kill that ended the process before its exit.
+        let received = self.oom_received.load(std::sync::atomic::Ordering::SeqCst);
+        let mut published = self.oom_published.subscribe();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            published.wait_for(|n| *n >= received),
+        )
+        .await;
         let e = p.exited().unwrap_or_default();
         let event = ev::TaskExit {
             container_id: c.id.clone(),

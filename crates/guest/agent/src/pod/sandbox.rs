@@ -164,8 +164,101 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Exec ids being set up (two calls with one id cannot both pass).
     reserved: Mutex<std::collections::HashSet<String>>,
-    /// Bumped by an OOM kill in its cgroup.
-    oom_kills: std::sync::atomic::AtomicU64,
+    /// OOM kills seen in its cgroup.
+    oom: Arc<OomWatch>,
+}
+
+/// OOM kills not yet taken by `GetOOMEvent`, oldest first.
+#[derive(Default)]
+pub struct OomQueue {
+    queue: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// Something was queued.
+    queued: tokio::sync::Notify,
+    /// Something was taken.
+    taken: tokio::sync::Notify,
+}
+
+impl OomQueue {
+    /// Events kept for a host that does not take them.
+    const KEEP: usize = 64;
+
+    fn push(&self, id: &str) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= Self::KEEP {
+            q.pop_front();
+        }
+        q.push_back(id.into());
+        drop(q);
+        self.queued.notify_waiters();
+    }
+
+    fn holds(&self, id: &str) -> bool {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|q| q == id)
+    }
+
+    /// The next OOM kill, waiting for one.
+    pub async fn next(&self) -> String {
+        loop {
+            let queued = self.queued.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+            if let Some(id) = next {
+                self.taken.notify_waiters();
+                return id;
+            }
+            queued.await;
+        }
+    }
+
+    /// Waits (at most `limit`) until no OOM kill of `id` is queued.
+    async fn until_taken(&self, id: &str, limit: std::time::Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let taken = self.taken.notified();
+                tokio::pin!(taken);
+                taken.as_mut().enable();
+                if !self.holds(id) {
+                    return;
+                }
+                taken.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// One container's cgroup, watched for OOM kills.
+struct OomWatch {
+    id: String,
+    cgroup: PathBuf,
+    kills: AtomicU64,
+    queue: Arc<OomQueue>,
+}
+
+impl OomWatch {
+    /// Queues an event when the cgroup counts a new OOM kill; true if it
+    /// did.
+    fn check(&self) -> bool {
+        let kills = read_kv(&self.cgroup.join("memory.events"))
+            .get("oom_kill")
+            .copied()
+            .unwrap_or(0);
+        if kills > self.kills.swap(kills, Ordering::Relaxed) {
+            tracing::warn!(container = %self.id, "out of memory: a process was killed");
+            self.queue.push(&self.id);
+            return true;
+        }
+        false
+    }
 }
 
 /// The pod's containers.
@@ -175,7 +268,7 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     seq: AtomicU64,
     hub: String,
-    oom: watch::Sender<Option<String>>,
+    oom: Arc<OomQueue>,
 }
 
 impl Sandbox {
@@ -185,7 +278,7 @@ impl Sandbox {
         for dir in [OCI_ROOT, BUNDLES] {
             std::fs::create_dir_all(dir).map_err(failed(dir))?;
         }
-        let (oom, _) = watch::channel(None);
+        let oom = Arc::new(OomQueue::default());
         Ok(Arc::new(Self {
             reaper,
             exe,
@@ -311,11 +404,20 @@ impl Sandbox {
         }
     }
 
-    fn track(&self, pid: i32, p: Ends) -> Arc<Process> {
+    /// Follows the exit of `pid`. An OOM kill in the container's cgroup
+    /// is queued before the exit is known, and the exit waits (briefly)
+    /// until `GetOOMEvent` took it: the host hears of the OOM first, as
+    /// containerd expects of a runtime.
+    fn track(&self, pid: i32, p: Ends, oom: Arc<OomWatch>) -> Arc<Process> {
         let (tx, rx) = watch::channel(None);
         let exit = self.reaper.watch(pid);
         tokio::spawn(async move {
             let code = exit.await.unwrap_or(255);
+            if oom.check() {
+                oom.queue
+                    .until_taken(&oom.id, std::time::Duration::from_secs(1))
+                    .await;
+            }
             let _ = tx.send(Some(code));
         });
         Arc::new(Process {
@@ -500,10 +602,16 @@ impl Sandbox {
                 }));
             }
         };
-        let init = self.track(pid, ends);
         let cgroup = Path::new("/sys/fs/cgroup")
             .join(CGROUP_PARENT.trim_start_matches('/'))
             .join(id);
+        let oom = Arc::new(OomWatch {
+            id: id.into(),
+            cgroup: cgroup.clone(),
+            kills: AtomicU64::new(0),
+            queue: self.oom.clone(),
+        });
+        let init = self.track(pid, ends, oom.clone());
         let c = Arc::new(Container {
             id: id.into(),
             bundle: bundle.to_path_buf(),
@@ -511,7 +619,7 @@ impl Sandbox {
             init,
             execs: Mutex::new(HashMap::new()),
             reserved: Mutex::new(std::collections::HashSet::new()),
-            oom_kills: AtomicU64::new(0),
+            oom,
         });
         self.containers.lock().await.insert(id.into(), c);
         tracing::info!(container = id, pid, "container created");
@@ -603,7 +711,7 @@ impl Sandbox {
         let _ = std::fs::remove_file(&path);
         let (pid, ends) = r?;
         let pid = pid.ok_or_else(|| SandboxError::Failed("exec gave no pid".into()))?;
-        let proc_ = self.track(pid, ends);
+        let proc_ = self.track(pid, ends, c.oom.clone());
         c.execs.lock().await.insert(exec_id.into(), proc_);
         tracing::info!(container = %c.id, exec = exec_id, pid, "process started");
         Ok(())
@@ -741,13 +849,7 @@ impl Sandbox {
 
     /// GetOOMEvent: waits until some container's cgroup records an OOM kill.
     pub async fn oom_event(&self) -> String {
-        let mut rx = self.oom.subscribe();
-        loop {
-            let _ = rx.changed().await;
-            if let Some(id) = rx.borrow_and_update().clone() {
-                return id;
-            }
-        }
+        self.oom.next().await
     }
 
     /// Watches the containers' `memory.events` for OOM kills.
@@ -759,14 +861,7 @@ impl Sandbox {
                 let Some(s) = me.upgrade() else { return };
                 let cs: Vec<Arc<Container>> = s.containers.lock().await.values().cloned().collect();
                 for c in cs {
-                    let kills = read_kv(&c.cgroup.join("memory.events"))
-                        .get("oom_kill")
-                        .copied()
-                        .unwrap_or(0);
-                    if kills > c.oom_kills.swap(kills, Ordering::Relaxed) {
-                        tracing::warn!(container = %c.id, "out of memory: a process was killed");
-                        let _ = s.oom.send(Some(c.id.clone()));
-                    }
+                    c.oom.check();
                 }
             }
         });
@@ -938,6 +1033,67 @@ fn cgroup_stats(dir: &Path) -> agent::StatsContainerResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn oom_kills_are_queued_in_order_and_the_exit_waits_for_the_host() {
+        let d = tempfile::tempdir().unwrap();
+        let q = Arc::new(OomQueue::default());
+        let w = OomWatch {
+            id: "c1".into(),
+            cgroup: d.path().into(),
+            kills: AtomicU64::new(0),
+            queue: q.clone(),
+        };
+        // No file, no kill: nothing queued.
+        assert!(!w.check());
+        std::fs::write(d.path().join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
+        assert!(w.check());
+        // The same count again is not a new kill.
+        assert!(!w.check());
+        std::fs::write(d.path().join("memory.events"), "oom 2\noom_kill 2\n").unwrap();
+        assert!(w.check());
+        q.push("c2");
+        // An exit waiting for c1's events ends once both were taken.
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                q.until_taken("c1", std::time::Duration::from_secs(30))
+                    .await;
+                q.holds("c2")
+            })
+        };
+        assert_eq!(q.next().await, "c1");
+        assert_eq!(q.next().await, "c1");
+        assert!(
+            waiter.await.unwrap(),
+            "the exit went on before c2 was taken"
+        );
+        assert_eq!(q.next().await, "c2");
+        // Nobody takes them: the exit goes on after the limit.
+        q.push("c3");
+        let t = std::time::Instant::now();
+        q.until_taken("c3", std::time::Duration::from_millis(50))
+            .await;
+        assert!(t.elapsed() >= std::time::Duration::from_millis(50));
+        // A host that never takes them does not make the queue grow.
+        for _ in 0..1000 {
+            q.push("c4");
+        }
+        assert_eq!(q.queue.lock().unwrap().len(), OomQueue::KEEP);
+        // A waiting GetOOMEvent gets the next one.
+        let next = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                for _ in 0..OomQueue::KEEP {
+                    q.next().await;
+                }
+                q.next().await
+            })
+        };
+        tokio::task::yield_now().await;
+        q.push("c5");
+        assert_eq!(next.await.unwrap(), "c5");
+    }
 
     #[test]
     fn cgroup_v2_files_become_kata_stats() {
