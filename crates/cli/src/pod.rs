@@ -187,7 +187,8 @@ impl Resources {
                 quantity(&q, 1000).with_context(|| format!("container {container:?}: limits.cpu"))
             })
             .transpose()?;
-        if let Some(milli) = cpu_limit {
+        // No limit (or 0): no quota, as kubelet.
+        if let Some(milli) = cpu_limit.filter(|m| *m > 0) {
             r.cpu_period = CPU_PERIOD;
             r.cpu_quota = (milli * CPU_PERIOD / 1000).max(1000);
         }
@@ -199,48 +200,72 @@ impl Resources {
             .transpose()?
             .or(cpu_limit);
         if let Some(milli) = cpu_request {
-            r.cpu_shares = (milli * 1024 / 1000).max(2);
+            r.cpu_shares = (milli * 1024 / 1000).clamp(2, 262_144);
         }
         Ok(r)
     }
 }
 
 /// A Kubernetes quantity (`128Mi`, `1G`, `500m`, `0.5`, `2e3`) times
-/// `scale`, rounded up: bytes with scale 1, millicores with 1000.
+/// `scale`, rounded up: bytes with scale 1, millicores with 1000. Exact
+/// decimal arithmetic: `700m` is 700 millicores, not 701.
 fn quantity(q: &str, scale: i64) -> Result<i64> {
+    let bad = || anyhow::anyhow!("{q:?} is not a Kubernetes quantity");
     let q = q.trim();
-    let suffixes: [(&str, f64); 14] = [
-        ("Ki", 1024f64),
-        ("Mi", 1024f64 * 1024.0),
-        ("Gi", 1024f64.powi(3)),
-        ("Ti", 1024f64.powi(4)),
-        ("Pi", 1024f64.powi(5)),
-        ("Ei", 1024f64.powi(6)),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-        ("", 1.0),
+    // (suffix, numerator, denominator)
+    const SUFFIXES: [(&str, i128, i128); 13] = [
+        ("Ki", 1 << 10, 1),
+        ("Mi", 1 << 20, 1),
+        ("Gi", 1 << 30, 1),
+        ("Ti", 1 << 40, 1),
+        ("Pi", 1 << 50, 1),
+        ("Ei", 1 << 60, 1),
+        ("m", 1, 1000),
+        ("k", 1_000, 1),
+        ("M", 1_000_000, 1),
+        ("G", 1_000_000_000, 1),
+        ("T", 1_000_000_000_000, 1),
+        ("P", 1_000_000_000_000_000, 1),
+        ("E", 1_000_000_000_000_000_000, 1),
     ];
-    let (num, mult) = suffixes
+    let (mut body, mut num, mut den) = SUFFIXES
         .iter()
-        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
-        .unwrap_or((q, 1.0));
-    let ok = !num.is_empty()
-        && num.bytes().all(|b| {
-            b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E' || b == b'+' || b == b'-'
-        })
-        && !num.starts_with('-');
-    let v: f64 = if ok { num.parse().ok() } else { None }
-        .with_context(|| format!("{q:?} is not a Kubernetes quantity"))?;
-    let scaled = (v * mult * scale as f64).ceil();
-    if !scaled.is_finite() || scaled < 0.0 || scaled > i64::MAX as f64 / 2.0 {
-        bail!("{q:?} is out of range");
+        .find_map(|(s, n, d)| q.strip_suffix(s).map(|b| (b, *n, *d)))
+        .unwrap_or((q, 1, 1));
+    // A decimal exponent stands in for a suffix, never beside one.
+    if (num, den) == (1, 1)
+        && let Some((m, e)) = body.split_once(['e', 'E'])
+    {
+        let e: u32 = e
+            .strip_prefix('+')
+            .unwrap_or(e)
+            .parse()
+            .map_err(|_| bad())?;
+        num = 10i128.checked_pow(e).filter(|_| e <= 18).ok_or_else(bad)?;
+        den = 1;
+        body = m;
     }
-    Ok(scaled as i64)
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+        || int.len() + frac.len() > 30
+    {
+        return Err(bad());
+    }
+    let digits: i128 = format!("{int}{frac}").parse().map_err(|_| bad())?;
+    den = den
+        .checked_mul(10i128.checked_pow(frac.len() as u32).ok_or_else(bad)?)
+        .ok_or_else(bad)?;
+    let top = digits
+        .checked_mul(num)
+        .and_then(|v| v.checked_mul(i128::from(scale)))
+        .ok_or_else(|| anyhow::anyhow!("{q:?} is out of range"))?;
+    let v = (top + den - 1) / den;
+    i64::try_from(v)
+        .ok()
+        .filter(|v| *v <= i64::MAX / 1024 / 1024)
+        .ok_or_else(|| anyhow::anyhow!("{q:?} is out of range"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -916,9 +941,32 @@ spec:
         assert_eq!(quantity("0.1", 1000).unwrap(), 100);
         // Rounded up, as Kubernetes does for bytes.
         assert_eq!(quantity("100m", 1).unwrap(), 1);
-        for bad in ["", "Mi", "-1Gi", "12 Mi", "1Xi", "lots", "1e400", "0x10"] {
+        // Exact, where floating point would round 700m up to 701.
+        for m in 1..=4000 {
+            assert_eq!(quantity(&format!("{m}m"), 1000).unwrap(), m);
+        }
+        assert_eq!(quantity("16.1", 1000).unwrap(), 16_100);
+        assert_eq!(quantity("1e+3", 1).unwrap(), 1000);
+        for bad in [
+            "",
+            "Mi",
+            "-1Gi",
+            "12 Mi",
+            "1Xi",
+            "lots",
+            "1e400",
+            "0x10",
+            "1e3Mi",
+            ".",
+            "1.2.3",
+            "9999999999999999999999999999999",
+            "1Ei",
+            "1E",
+        ] {
             assert!(quantity(bad, 1).is_err(), "{bad:?}");
         }
+        // Huge CPU values are refused, not overflowed.
+        assert!(quantity("1P", 1000).is_err());
         let err = Pod::parse(
             "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, image: b, resources: {limits: {memory: lots}}}]}",
         )
@@ -931,6 +979,13 @@ spec:
         .unwrap();
         let r = pod.spec.containers[0].resources.to_cri("a").unwrap();
         assert_eq!((r.cpu_quota, r.cpu_shares), (200_000, 256));
+        // cpu: 0 sets no quota; shares stay within the kernel's range.
+        let pod = Pod::parse(
+            "kind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, image: b, resources: {limits: {cpu: 0}, requests: {cpu: 1000}}}]}",
+        )
+        .unwrap();
+        let r = pod.spec.containers[0].resources.to_cri("a").unwrap();
+        assert_eq!((r.cpu_period, r.cpu_quota, r.cpu_shares), (0, 0, 262_144));
     }
 
     #[test]

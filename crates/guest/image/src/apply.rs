@@ -237,7 +237,13 @@ impl BufferPool {
         v
     }
 
+    /// Largest buffer kept for reuse.
+    const KEEP_MAX: usize = 256 << 20;
+
     fn put(&self, v: Vec<u8>) {
+        if v.capacity() > Self::KEEP_MAX {
+            return;
+        }
         if let Ok(mut p) = self.0.lock()
             && p.len() < Self::KEEP
         {
@@ -595,7 +601,10 @@ fn gzip_in_memory_with(
     choose: impl Fn(&[u8], u64) -> gunzip::Decoder,
 ) -> std::io::Result<InMemory> {
     let len = file.metadata()?.len();
-    if len > gunzip::WHOLE_MAX {
+    // The compressed layer and at least as much output must fit the bound
+    // before anything is read (the output's size is known only from the
+    // trailer; `choose` checks both then).
+    if len.saturating_mul(2) > gunzip::whole_limit() {
         return Ok(InMemory::TooLarge);
     }
     let mut data = pool.take();

@@ -108,8 +108,9 @@ pub fn choose(gz: &[u8], uncompressed: u64) -> Decoder {
     g.get_or_insert(e).best()
 }
 
-/// How much memory one whole layer may take.
-fn whole_limit() -> u64 {
+/// How much memory one whole layer (compressed and uncompressed) may
+/// take: an eighth of the memory available, at most [`WHOLE_MAX`].
+pub fn whole_limit() -> u64 {
     let available = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| mem_available(&m))
@@ -265,12 +266,12 @@ pub fn calibrate(gz: &[u8]) -> Option<Estimates> {
         if !libdeflate_prefix(gz, &mut out) {
             return None;
         }
-        whole = (thread_cpu() - t).as_nanos() as f64 / bytes;
+        whole = thread_cpu().saturating_sub(t).as_nanos() as f64 / bytes;
         let t = thread_cpu();
         if !zlib_prefix(gz, &mut chunk) {
             return None;
         }
-        stream = (thread_cpu() - t).as_nanos() as f64 / bytes;
+        stream = thread_cpu().saturating_sub(t).as_nanos() as f64 / bytes;
     }
     // A clock too coarse to see the work would make the figures zero.
     let est = Estimates {

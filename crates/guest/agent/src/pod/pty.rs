@@ -73,9 +73,9 @@ fn recv_fds(sock: RawFd) -> std::io::Result<Vec<OwnedFd>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut name = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut name)];
-    // Room for a few descriptors: extra ones are received (and closed)
-    // rather than truncated away unseen.
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    // Room for as many descriptors as one message can carry (SCM_MAX_FD):
+    // all are received and owned, so extra ones are closed, never leaked.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
     let msg = recvmsg::<()>(
         sock,
         &mut iov,
@@ -112,11 +112,19 @@ impl Pty {
     /// refused.
     pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
         let raw = fd.as_raw_fd();
-        // SAFETY: isatty and fcntl on a descriptor we own.
+        // SAFETY: isatty, ioctl and fcntl on a descriptor we own; TIOCGPTN
+        // writes one unsigned int through a valid pointer.
         unsafe {
             if libc::isatty(raw) != 1 {
                 return Err(std::io::Error::other(
                     "the console socket received something that is not a terminal",
+                ));
+            }
+            // Only a master has a pty number to report.
+            let mut n: libc::c_uint = 0;
+            if libc::ioctl(raw, libc::TIOCGPTN, &mut n) != 0 {
+                return Err(std::io::Error::other(
+                    "the console socket received a terminal that is not a pty master",
                 ));
             }
             let flags = libc::fcntl(raw, libc::F_GETFL);
@@ -313,12 +321,30 @@ mod tests {
         let e = cs.receive().await.err().unwrap();
         assert!(e.to_string().contains("not a terminal"), "{e}");
 
+        // A slave is a terminal, but not the master.
+        let cs = ConsoleSocket::bind(d.path().join("s")).unwrap();
+        let (_m, slave) = openpty();
+        let c = std::os::unix::net::UnixStream::connect(cs.path()).unwrap();
+        send(&c, &[slave.as_raw_fd()]);
+        let e = cs.receive().await.err().unwrap();
+        assert!(e.to_string().contains("not a pty master"), "{e}");
+
         // Two descriptors.
         let cs = ConsoleSocket::bind(d.path().join("b")).unwrap();
         let (m1, _s1) = openpty();
         let (m2, _s2) = openpty();
         let c = std::os::unix::net::UnixStream::connect(cs.path()).unwrap();
         send(&c, &[m1.as_raw_fd(), m2.as_raw_fd()]);
+        let e = cs.receive().await.err().unwrap();
+        assert!(e.to_string().contains("more than one"), "{e}");
+
+        // Many descriptors (more than a small control buffer holds): all
+        // received as owned descriptors, and refused.
+        let cs = ConsoleSocket::bind(d.path().join("many")).unwrap();
+        let ptys: Vec<_> = (0..8).map(|_| openpty()).collect();
+        let fds: Vec<RawFd> = ptys.iter().map(|(m, _)| m.as_raw_fd()).collect();
+        let c = std::os::unix::net::UnixStream::connect(cs.path()).unwrap();
+        send(&c, &fds);
         let e = cs.receive().await.err().unwrap();
         assert!(e.to_string().contains("more than one"), "{e}");
 

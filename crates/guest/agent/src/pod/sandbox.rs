@@ -83,8 +83,9 @@ pub struct Process {
     stdin: Mutex<Option<Writer>>,
     stdout: Mutex<Option<Reader>>,
     stderr: Mutex<Option<Reader>>,
-    /// The terminal master, for a process with a terminal.
-    tty: Option<Pty>,
+    /// The terminal master, for a process with a terminal; closed once
+    /// the process exited and its output was read to the end.
+    tty: std::sync::Mutex<Option<Pty>>,
     exit: watch::Receiver<Option<Status>>,
 }
 
@@ -172,10 +173,14 @@ pub struct Container {
 #[derive(Default)]
 pub struct OomQueue {
     queue: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// GetOOMEvent calls so far, and the call that took each container's
+    /// last event: the host has it once it calls again (the shim calls
+    /// again only after publishing what it got).
+    polls: std::sync::Mutex<(u64, HashMap<String, u64>)>,
     /// Something was queued.
     queued: tokio::sync::Notify,
-    /// Something was taken.
-    taken: tokio::sync::Notify,
+    /// A GetOOMEvent call came.
+    polled: tokio::sync::Notify,
 }
 
 impl OomQueue {
@@ -202,6 +207,12 @@ impl OomQueue {
 
     /// The next OOM kill, waiting for one.
     pub async fn next(&self) -> String {
+        let call = {
+            let mut p = self.polls.lock().unwrap_or_else(|e| e.into_inner());
+            p.0 += 1;
+            p.0
+        };
+        self.polled.notify_waiters();
         loop {
             let queued = self.queued.notified();
             tokio::pin!(queued);
@@ -212,27 +223,48 @@ impl OomQueue {
                 .unwrap_or_else(|e| e.into_inner())
                 .pop_front();
             if let Some(id) = next {
-                self.taken.notify_waiters();
+                self.polls
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .1
+                    .insert(id.clone(), call);
                 return id;
             }
             queued.await;
         }
     }
 
-    /// Waits (at most `limit`) until no OOM kill of `id` is queued.
+    /// Whether the host has every OOM kill of `id`: none is queued, and
+    /// it called again after the call that took the last one.
+    fn delivered(&self, id: &str) -> bool {
+        if self.holds(id) {
+            return false;
+        }
+        let p = self.polls.lock().unwrap_or_else(|e| e.into_inner());
+        p.1.get(id).is_none_or(|&took| p.0 > took)
+    }
+
+    /// Waits (at most `limit`) until the host has every OOM kill of `id`.
     async fn until_taken(&self, id: &str, limit: std::time::Duration) {
         let _ = tokio::time::timeout(limit, async {
             loop {
-                let taken = self.taken.notified();
-                tokio::pin!(taken);
-                taken.as_mut().enable();
-                if !self.holds(id) {
+                let polled = self.polled.notified();
+                tokio::pin!(polled);
+                polled.as_mut().enable();
+                if self.delivered(id) {
                     return;
                 }
-                taken.await;
+                polled.await;
             }
         })
         .await;
+        // Done with it (also after the limit: a later exit of the
+        // container waits only for its own kills).
+        self.polls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .remove(id);
     }
 }
 
@@ -344,9 +376,14 @@ impl Sandbox {
                         return Err(e);
                     }
                 };
-                if let Some((rows, cols)) = size.filter(|&(r, c)| r > 0 && c > 0) {
-                    pty.resize(rows, cols)
-                        .map_err(failed("sizing the terminal"))?;
+                if let Some((rows, cols)) = size.filter(|&(r, c)| r > 0 && c > 0)
+                    && let Err(e) = pty.resize(rows, cols)
+                {
+                    if let Some(pid) = pid {
+                        let _exit = self.reaper.watch(pid);
+                        let _ = self.reaper.kill(pid, libc::SIGKILL);
+                    }
+                    return Err(failed("sizing the terminal")(e));
                 }
                 Ok((pid, Ends::terminal(pty)))
             }
@@ -413,11 +450,11 @@ impl Sandbox {
         let exit = self.reaper.watch(pid);
         tokio::spawn(async move {
             let code = exit.await.unwrap_or(255);
-            if oom.check() {
-                oom.queue
-                    .until_taken(&oom.id, std::time::Duration::from_secs(1))
-                    .await;
-            }
+            // The periodic check may have queued it already: wait either way.
+            oom.check();
+            oom.queue
+                .until_taken(&oom.id, std::time::Duration::from_secs(1))
+                .await;
             let _ = tx.send(Some(code));
         });
         Arc::new(Process {
@@ -425,7 +462,7 @@ impl Sandbox {
             stdin: Mutex::new(Some(p.stdin)),
             stdout: Mutex::new(Some(p.stdout)),
             stderr: Mutex::new(p.stderr),
-            tty: p.tty,
+            tty: std::sync::Mutex::new(p.tty),
             exit: rx,
         })
     }
@@ -762,6 +799,14 @@ impl Sandbox {
             .map_err(failed("reading the stream"))?;
         if n == 0 {
             *guard = None;
+            // A terminal's output ends when the process and whatever it
+            // left behind closed it: the master and the stdin writer (its
+            // clone) go too, so exec'd terminals do not pin ptys.
+            let had_tty = p.tty.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if had_tty.is_some() && !stderr {
+                drop(guard);
+                p.stdin.lock().await.take();
+            }
         }
         buf.truncate(n);
         Ok(buf)
@@ -795,15 +840,20 @@ impl Sandbox {
         cols: u32,
     ) -> Result<(), SandboxError> {
         let p = self.process(id, exec_id).await?;
-        let tty = p.tty.as_ref().ok_or_else(|| {
-            SandboxError::Invalid(format!(
-                "process {} of {id} has no terminal",
-                shown(exec_id, id)
-            ))
-        })?;
+        let tty = p.tty.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let fit = |v: u32, what: &str| {
             u16::try_from(v)
                 .map_err(|_| SandboxError::Invalid(format!("terminal {what} {v} is too large")))
+        };
+        let Some(tty) = tty else {
+            if p.exited().is_some() {
+                // Its terminal is already closed: nothing to resize.
+                return Ok(());
+            }
+            return Err(SandboxError::Invalid(format!(
+                "process {} of {id} has no terminal",
+                shown(exec_id, id)
+            )));
         };
         if p.exited().is_some() {
             return Ok(());
@@ -1053,22 +1103,29 @@ mod tests {
         std::fs::write(d.path().join("memory.events"), "oom 2\noom_kill 2\n").unwrap();
         assert!(w.check());
         q.push("c2");
-        // An exit waiting for c1's events ends once both were taken.
+        // An exit waiting for c1's events goes on only once the host has
+        // both: taken, and the host called again (so it handled them).
         let waiter = {
             let q = q.clone();
             tokio::spawn(async move {
                 q.until_taken("c1", std::time::Duration::from_secs(30))
                     .await;
-                q.holds("c2")
             })
         };
         assert_eq!(q.next().await, "c1");
         assert_eq!(q.next().await, "c1");
+        tokio::task::yield_now().await;
         assert!(
-            waiter.await.unwrap(),
-            "the exit went on before c2 was taken"
+            !waiter.is_finished(),
+            "the exit went on before the host had c1's second event"
         );
         assert_eq!(q.next().await, "c2");
+        waiter.await.unwrap();
+        // Nothing queued for a container: its exit does not wait.
+        let t = std::time::Instant::now();
+        q.until_taken("c9", std::time::Duration::from_secs(30))
+            .await;
+        assert!(t.elapsed() < std::time::Duration::from_secs(30));
         // Nobody takes them: the exit goes on after the limit.
         q.push("c3");
         let t = std::time::Instant::now();
