@@ -103,6 +103,126 @@ pub fn manufacture_with_ek_cert(state_dir: &Path, ca_dir: &Path) -> Result<(), T
     Ok(())
 }
 
+/// Where a CA directory keeps vTPM states manufactured ahead of use.
+const POOL: &str = "pool";
+/// States kept ready per CA.
+pub const POOL_SIZE: usize = 2;
+/// A pool entry still being made after this long was abandoned.
+const STALE: Duration = Duration::from_secs(600);
+
+/// A manufactured vTPM state (EK and certificate from the CA in `ca_dir`,
+/// as [`manufacture_with_ek_cert`] makes them) for a new VM at
+/// `state_dir`, which must not exist or be empty. Manufacturing takes
+/// most of a second (an RSA key and a certificate), so states are made
+/// ahead: one is taken from the CA's pool with an atomic rename (two VMs
+/// never share one), or made now when the pool is empty; then the pool
+/// is refilled to [`POOL_SIZE`] in the background (by `sh`, so a refill
+/// started by a short-lived process still completes after it exits).
+pub fn provision(state_dir: &Path, ca_dir: &Path) -> Result<(), TpmError> {
+    let io = |e: std::io::Error| TpmError::Io(e.to_string());
+    let pool = ca_dir.join(POOL);
+    let taken = take_from_pool(&pool, state_dir).map_err(io)?;
+    if !taken {
+        std::fs::create_dir_all(state_dir).map_err(io)?;
+        manufacture_with_ek_cert(state_dir, ca_dir)?;
+    }
+    refill(&pool, ca_dir);
+    Ok(())
+}
+
+/// Moves a ready state from the pool to `state_dir`; false when none is.
+fn take_from_pool(pool: &Path, state_dir: &Path) -> std::io::Result<bool> {
+    let Ok(entries) = std::fs::read_dir(pool) else {
+        return Ok(false);
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue; // being made
+        }
+        match std::fs::rename(e.path(), state_dir) {
+            Ok(()) => return Ok(true),
+            // Taken by another VM start: try the next one.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(false)
+}
+
+/// Starts making states until the pool (ready and being made) holds
+/// [`POOL_SIZE`]; removes abandoned ones. Best effort: a VM start never
+/// fails for it.
+fn refill(pool: &Path, ca_dir: &Path) {
+    if std::fs::create_dir_all(pool).is_err() {
+        return;
+    }
+    let mut count = 0;
+    for e in std::fs::read_dir(pool).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if name.starts_with(".tmp-") && stale {
+            let _ = std::fs::remove_dir_all(e.path());
+            continue;
+        }
+        count += 1;
+    }
+    let config = ca_dir.join("conf").join("swtpm_setup.conf");
+    for _ in count..POOL_SIZE {
+        let id = format!(
+            "{}-{:016x}",
+            std::process::id(),
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        );
+        let tmp = pool.join(format!(".tmp-{id}"));
+        if std::fs::create_dir(&tmp).is_err() {
+            return;
+        }
+        // Made under a hidden name, renamed once complete: a state is never
+        // taken half-made.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "swtpm_setup --tpm2 --create-ek-cert --overwrite --tpmstate \"$1\" --config \"$2\" \
+                 >/dev/null 2>&1 && mv -T \"$1\" \"$3\" || rm -rf \"$1\"",
+            )
+            .arg("sh")
+            .arg(&tmp)
+            .arg(&config)
+            .arg(pool.join(&id))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            // Reaped by a thread while this process lives; if it exits
+            // first, the refill goes on without it.
+            Ok(mut c) => {
+                std::thread::spawn(move || c.wait());
+            }
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return;
+            }
+        }
+    }
+}
+
+/// The states ready in a CA's pool.
+pub fn pool_ready(ca_dir: &Path) -> usize {
+    std::fs::read_dir(ca_dir.join(POOL))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .count()
+}
+
 /// Writes `bytes` to `path` unless it holds them already, as a whole file
 /// (a temporary beside it, renamed): other VM starts and trustees may read
 /// it at the same time.

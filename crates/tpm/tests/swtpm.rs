@@ -183,3 +183,64 @@ fn credential_activation_against_swtpm() {
         vec![7; 16]
     );
 }
+
+/// vTPM states manufactured ahead: the first VM start manufactures its
+/// own and fills the pool in the background; the next one takes a ready
+/// state (atomically, its own), the pool is topped up again, and
+/// abandoned half-made states are removed.
+#[test]
+fn provisioned_states_come_from_the_pool_and_it_refills() {
+    use cocoon_tpm::swtpm::{POOL_SIZE, pool_ready, provision};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let permall = |d: &std::path::Path| std::fs::read(d.join("tpm2-00.permall")).unwrap();
+    let wait_ready = || {
+        let t = std::time::Instant::now();
+        while pool_ready(&ca) < POOL_SIZE
+            || std::fs::read_dir(ca.join("pool"))
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(120),
+                "the pool was not refilled"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    let s1 = dir.path().join("s1");
+    provision(&s1, &ca).expect("swtpm_setup (swtpm-tools, installed by scripts/test)");
+    assert!(!permall(&s1).is_empty());
+    wait_ready();
+    // A half-made state left by a process that died long ago.
+    let stale = ca.join("pool").join(".tmp-dead");
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::File::open(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
+        .unwrap();
+    let ready: Vec<Vec<u8>> = std::fs::read_dir(ca.join("pool"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| permall(&e.path()))
+        .collect();
+    assert_eq!(ready.len(), POOL_SIZE);
+    // An existing empty directory is fine, as the VM start makes it.
+    let s2 = dir.path().join("s2");
+    std::fs::create_dir(&s2).unwrap();
+    provision(&s2, &ca).unwrap();
+    let got = permall(&s2);
+    assert!(ready.contains(&got), "s2 was not taken from the pool");
+    assert_ne!(got, permall(&s1), "two VMs share a TPM state");
+    assert!(!stale.exists(), "the abandoned state was not removed");
+    wait_ready();
+    // Every state is its own TPM: its EK certificate differs.
+    let ek_cert = |d: &std::path::Path| {
+        let sw = Swtpm::start(d).unwrap();
+        let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+        tpm.nv_read(cocoon_tpm::swtpm::EK_CERT_NV_INDEX).unwrap()
+    };
+    assert_ne!(ek_cert(&s1), ek_cert(&s2));
+}

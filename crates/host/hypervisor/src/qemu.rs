@@ -691,12 +691,11 @@ impl Qemu {
             std::fs::create_dir_all(&tpm_dir).map_err(io("creating the vTPM state directory"))?;
             if let Some(ca) = spec.vtpm_ca.clone() {
                 let dir = tpm_dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    cocoon_tpm::swtpm::manufacture_with_ek_cert(&dir, &ca)
-                })
-                .await
-                .map_err(|e| VmError::Start(format!("vTPM manufacture: {e}")))?
-                .map_err(|e| VmError::Start(format!("certifying the vTPM: {e}")))?;
+                // A state manufactured ahead, when the CA's pool has one.
+                tokio::task::spawn_blocking(move || cocoon_tpm::swtpm::provision(&dir, &ca))
+                    .await
+                    .map_err(|e| VmError::Start(format!("vTPM manufacture: {e}")))?
+                    .map_err(|e| VmError::Start(format!("certifying the vTPM: {e}")))?;
             }
             let mut cmd = Command::new(bin);
             cmd.args(["socket", "--tpm2", "--tpmstate"])
