@@ -77,7 +77,10 @@ fn main() -> ExitCode {
     // The relay QEMU runs per guest connection of a pod's forwarded port.
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(run::RELAY_ARG) {
-        return match cocoon_hypervisor::tcp_relay(argv.get(2).map_or("", String::as_str)) {
+        return match cocoon_hypervisor::tcp_relay(
+            argv.get(2).map_or("", String::as_str),
+            argv.get(3).map(std::path::Path::new),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cocoon relay: {e}");

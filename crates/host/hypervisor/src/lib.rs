@@ -116,16 +116,48 @@ pub struct UserNetwork {
     /// Host loopback ports (`127.0.0.1:port`) the guest may connect to.
     pub forwards: Vec<u16>,
     /// The relay QEMU runs per guest connection, with `127.0.0.1:PORT`
-    /// appended: a program that calls [`tcp_relay`] (such as `cocoon
-    /// __tcp-relay`). QEMU's plain TCP forward carries one connection per
-    /// rule for the VM's life; a command per connection carries any number.
+    /// and the VM's relay slot directory appended: a program that calls
+    /// [`tcp_relay`] (such as `cocoon __tcp-relay`). QEMU's plain TCP
+    /// forward carries one connection per rule for the VM's life; a
+    /// command per connection carries up to [`MAX_RELAYS`] at once.
     pub relay: Vec<String>,
+}
+
+/// Guest connections to forwarded ports one VM may hold open at once
+/// (each is a relay process on the host).
+pub const MAX_RELAYS: usize = 64;
+
+/// One of `max` relay slots in `dir` (created, owner-only), held as a
+/// lock for as long as the returned file is open; none when all are taken.
+pub fn relay_slot(dir: &std::path::Path, max: usize) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for i in 0..max {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(i.to_string()))?;
+        match f.try_lock() {
+            Ok(()) => return Ok(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Copies standard input to a TCP connection to `target` and the
 /// connection to standard output, until both directions end: the relay
 /// QEMU runs for each guest connection of a [`UserNetwork`] forward.
-pub fn tcp_relay(target: &str) -> std::io::Result<()> {
+/// With `slots` (the VM's slot directory), it first takes one of
+/// [`MAX_RELAYS`] slots, and refuses the connection when all are taken,
+/// so a guest cannot start host processes without bound.
+pub fn tcp_relay(target: &str, slots: Option<&std::path::Path>) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::fd::AsFd;
     let addr: std::net::SocketAddr = target
@@ -136,6 +168,14 @@ pub fn tcp_relay(target: &str) -> std::io::Result<()> {
             "{addr} is not a loopback address"
         )));
     }
+    let _slot = match slots {
+        Some(dir) => Some(relay_slot(dir, MAX_RELAYS)?.ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the VM already holds {MAX_RELAYS} forwarded connections"
+            ))
+        })?),
+        None => None,
+    };
     let sock = std::net::TcpStream::connect(addr)?;
     let mut up = sock.try_clone()?;
     let t = std::thread::spawn(move || {

@@ -283,9 +283,16 @@ pub fn args(
                 net.relay
             )));
         }
+        let slots = spec.state_dir.join("relay-slots");
+        let slots = slots.display().to_string();
+        if !net.forwards.is_empty() && !word(&slots) {
+            return Err(VmError::Invalid(format!(
+                "state directory {slots:?}: the relay takes it as a plain word (A-Z, a-z, 0-9, /._-+:@)"
+            )));
+        }
         for port in &net.forwards {
             netdev.push_str(&format!(
-                ",guestfwd=tcp:{}:{port}-cmd:{} 127.0.0.1:{port}",
+                ",guestfwd=tcp:{}:{port}-cmd:{} 127.0.0.1:{port} {slots}",
                 crate::UserNetwork::FORWARD_IP,
                 net.relay.join(" ")
             ));

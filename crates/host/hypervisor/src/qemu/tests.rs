@@ -285,6 +285,37 @@ fn stale_state_is_collected() {
 }
 
 #[test]
+fn relay_slots_bound_the_connections_of_a_vm() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("slots");
+    let held: Vec<_> = (0..3)
+        .map(|_| crate::relay_slot(&dir, 3).unwrap().expect("a free slot"))
+        .collect();
+    // All taken: the next connection is refused.
+    assert!(crate::relay_slot(&dir, 3).unwrap().is_none());
+    // A connection that ends frees its slot.
+    drop(held);
+    assert!(crate::relay_slot(&dir, 3).unwrap().is_some());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    // The relay itself refuses once the VM holds all its connections,
+    // before it connects anywhere.
+    let full = d.path().join("full");
+    let _all: Vec<_> = (0..crate::MAX_RELAYS)
+        .map(|_| {
+            crate::relay_slot(&full, crate::MAX_RELAYS)
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let e = crate::tcp_relay("127.0.0.1:1", Some(&full)).unwrap_err();
+    assert!(e.to_string().contains("forwarded connections"), "{e}");
+}
+
+#[test]
 fn user_network_reaches_only_the_forwarded_loopback_ports() {
     let plain = args(&spec(Mode::None), Accel::Tcg, &layout(false), None, None).unwrap();
     assert!(values(&plain, "-netdev").is_empty(), "no NIC unless asked");
@@ -294,12 +325,22 @@ fn user_network_reaches_only_the_forwarded_loopback_ports() {
         relay: vec!["/usr/bin/cocoon".into(), "__tcp-relay".into()],
     });
     let a = args(&s, Accel::Tcg, &layout(false), None, None).unwrap();
+    let slots = s.state_dir.join("relay-slots").display().to_string();
     assert_eq!(
         values(&a, "-netdev"),
-        ["user,id=net0,restrict=on,net=10.0.2.0/24,\
-          guestfwd=tcp:10.0.2.100:5000-cmd:/usr/bin/cocoon __tcp-relay 127.0.0.1:5000,\
-          guestfwd=tcp:10.0.2.100:8443-cmd:/usr/bin/cocoon __tcp-relay 127.0.0.1:8443"]
+        [format!(
+            "user,id=net0,restrict=on,net=10.0.2.0/24,\
+             guestfwd=tcp:10.0.2.100:5000-cmd:/usr/bin/cocoon __tcp-relay 127.0.0.1:5000 {slots},\
+             guestfwd=tcp:10.0.2.100:8443-cmd:/usr/bin/cocoon __tcp-relay 127.0.0.1:8443 {slots}"
+        )]
     );
+    // A state directory that is not a plain word is refused too.
+    let mut odd = s.clone();
+    odd.state_dir = "/run/my vm".into();
+    assert!(matches!(
+        args(&odd, Accel::Tcg, &layout(false), None, None),
+        Err(VmError::Invalid(_))
+    ));
     // A relay path that would escape the option list or the shell.
     for bad in ["/opt/my app/cocoon", "/x,hostfwd=tcp::22-:22", "/x;rm", ""] {
         let mut s = s.clone();

@@ -5,7 +5,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(cocoon_shim::RELAY_ARG) {
         let target = args.get(2).map(String::as_str).unwrap_or_default();
-        if let Err(e) = cocoon_hypervisor::tcp_relay(target) {
+        let slots = args.get(3).map(std::path::Path::new);
+        if let Err(e) = cocoon_hypervisor::tcp_relay(target, slots) {
             eprintln!("relay to {target}: {e}");
             std::process::exit(1);
         }
