@@ -222,8 +222,11 @@ pub fn args(
         "-no-user-config",
         "-nographic",
         "-no-reboot",
+        // The console comes out on QEMU's stdout into a pipe the driver
+        // copies to the log, bounded (the guest is not trusted to fill
+        // the host's disk).
         "-serial",
-        &format!("file:{}", p(&spec.console_log)),
+        "stdio",
         "-kernel",
         &p(&spec.kernel),
         "-initrd",
@@ -471,6 +474,9 @@ fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<
         .name(format!("keep-{name}"))
         .spawn(move || {
             let child = cmd.spawn();
+            // The parent's copies of the child's stdio (a pipe's write end)
+            // close now, so readers see the end when the child exits.
+            drop(cmd);
             drop(fds);
             let mut child = match child {
                 Ok(c) => c,
@@ -504,6 +510,44 @@ fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<
         pidfd,
         exit: rx_exit,
     })
+}
+
+/// Most console output kept per VM.
+pub const CONSOLE_MAX: u64 = 16 << 20;
+
+/// Copies `from` to `to` until `from` ends, keeping at most `max` bytes
+/// and a line that says the rest was dropped (it is still read, so the
+/// writer never blocks on a full pipe).
+pub(crate) fn copy_capped(mut from: impl std::io::Read, mut to: impl std::io::Write, max: u64) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut kept = 0u64;
+    let mut dropped = false;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if dropped {
+            continue;
+        }
+        let room = usize::try_from(max.saturating_sub(kept)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if to.write_all(&buf[..take]).is_err() {
+            dropped = true;
+            continue;
+        }
+        kept += take as u64;
+        if take < n {
+            let _ = writeln!(
+                to,
+                "\n[console log truncated after {max} bytes: the rest of the guest's output was dropped]"
+            );
+            dropped = true;
+        }
+        let _ = to.flush();
+    }
 }
 
 async fn wait_kept(k: &Kept) -> VmExit {
@@ -720,10 +764,17 @@ impl Qemu {
             swtpm = Some(spawn_kept(cmd, "swtpm", vec![(theirs.into(), SWTPM_FD)])?);
             fds.push((OwnedFd::from(ours), TPM_FD));
         }
+        let console =
+            std::fs::File::create(&spec.console_log).map_err(io("creating the console log"))?;
+        let (console_r, console_w) = std::io::pipe().map_err(io("creating the console pipe"))?;
+        std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || copy_capped(console_r, console, CONSOLE_MAX))
+            .map_err(io("starting the console copier"))?;
         let mut cmd = Command::new(&self.qemu);
         cmd.args(&argv)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(console_w))
             .stderr(
                 std::fs::File::create(spec.state_dir.join("qemu.log"))
                     .map(Stdio::from)

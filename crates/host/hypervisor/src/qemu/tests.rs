@@ -46,7 +46,8 @@ fn plain_vm_under_emulation() {
     assert_eq!(values(&a, "-kernel"), ["/img/vmlinuz"]);
     assert_eq!(values(&a, "-initrd"), ["/img/initrd.img"]);
     assert_eq!(values(&a, "-append"), ["console=ttyS0 quiet"]);
-    assert_eq!(values(&a, "-serial"), ["file:/var/log/cocoon/pod1.log"]);
+    // The console goes through a pipe the driver bounds, not to a file.
+    assert_eq!(values(&a, "-serial"), ["stdio"]);
     assert!(values(&a, "-bios").is_empty(), "no firmware in plain mode");
     assert!(
         a.iter().any(|x| x == "-no-reboot"),
@@ -282,6 +283,37 @@ fn stale_state_is_collected() {
         other.exists(),
         "directories that are not VM state are left alone"
     );
+}
+
+#[test]
+fn the_console_log_is_bounded_and_the_guest_never_blocks() {
+    let (r, mut w) = std::io::pipe().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("console.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let copier = std::thread::spawn(move || copy_capped(r, f, 100_000));
+    // Ten times the bound: every byte is read (the writer finishes).
+    let chunk = vec![b'x'; 10_000];
+    for _ in 0..100 {
+        std::io::Write::write_all(&mut w, &chunk).unwrap();
+    }
+    drop(w);
+    copier.join().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with(&"x".repeat(100_000)));
+    assert!(
+        text.contains("console log truncated after 100000 bytes"),
+        "{}",
+        &text[100_000..]
+    );
+    assert!(text.len() < 100_200);
+    // Under the bound, the log is exactly what the guest wrote.
+    let (r, mut w) = std::io::pipe().unwrap();
+    let mut out = Vec::new();
+    std::io::Write::write_all(&mut w, b"agent ready\n").unwrap();
+    drop(w);
+    copy_capped(r, &mut out, 100_000);
+    assert_eq!(out, b"agent ready\n");
 }
 
 #[test]
