@@ -347,8 +347,6 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
     let certs = certs.trim();
     assert!(Path::new(certs).join("root.pem").is_file(), "{certs}");
     let t = TrusteeProc::start_with(&d.join("trustee"), &[], &["--tpm-hardware-ek-ca", certs]);
-    let cert = t.cert_path();
-    let key = t.admin_key();
     let admin = |args: &[&str]| ok(&t.admin(args));
 
     // The owner encrypts the image with a key held by the trustee.
@@ -358,27 +356,7 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
         .collect();
     let kek_file = write(d, "kek.bin", &kek);
     let enc = format!("{a}/busybox:enc");
-    ok(&cocoon(
-        &[
-            "image",
-            "encrypt",
-            &plain,
-            &enc,
-            "--insecure-registry",
-            &a,
-            "--kbs-key",
-            kid,
-            "--kek-file",
-            kek_file.to_str().unwrap(),
-            "--url",
-            &t.url,
-            "--kbs-cert",
-            &cert,
-            "--admin-key",
-            key.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    encrypt_with_trustee_key(&t, &a, &plain, &enc, kid, &kek_file);
 
     // Reference values: what the guest image build computed.
     let init_text = owner_initdata(&reg, &t, None);

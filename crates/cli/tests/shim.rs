@@ -1253,35 +1253,20 @@ fn cri_runs_an_encrypted_image_only_after_vtpm_attestation() {
         &[],
         &["--tpm-hardware-ek-ca", certs.trim()],
     );
-    let cert = t.cert_path();
-    let key = t.admin_key();
     let admin = |args: &[&str]| ok(&t.admin(args));
     let kek: Vec<u8> = (0..32u8)
         .map(|i| i.wrapping_mul(31).wrapping_add(3))
         .collect();
     let kek_file = write(&d, "kek.bin", &kek);
     let enc = format!("{}/busybox:owner-enc", env.reg.addr);
-    ok(&cocoon(
-        &[
-            "image",
-            "encrypt",
-            &plain,
-            &enc,
-            "--insecure-registry",
-            &env.reg.addr,
-            "--kbs-key",
-            "kbs:///default/image-key/cri",
-            "--kek-file",
-            kek_file.to_str().unwrap(),
-            "--url",
-            &t.url,
-            "--kbs-cert",
-            &cert,
-            "--admin-key",
-            key.to_str().unwrap(),
-        ],
-        &[],
-    ));
+    encrypt_with_trustee_key(
+        &t,
+        &env.reg.addr,
+        &plain,
+        &enc,
+        "kbs:///default/image-key/cri",
+        &kek_file,
+    );
     // Reference values from the guest image build, and the pod's initdata.
     let init = owner_initdata(&env.reg, &t, None);
     let digest = cocoon_types::initdata::InitData::from_payload("toml", &init)

@@ -153,3 +153,39 @@ pub fn owner_initdata(reg: &Registry, t: &TrusteeProc, policy: Option<&str>) -> 
     doc.insert("data".into(), data.into());
     toml::to_string(&doc).unwrap()
 }
+
+/// `cocoon image encrypt` of `plain` to `enc`, with a layer key the
+/// trustee `t` holds as `kid` (its KEK from `kek_file`, uploaded with the
+/// trustee's admin key).
+pub fn encrypt_with_trustee_key(
+    t: &TrusteeProc,
+    registry: &str,
+    plain: &str,
+    enc: &str,
+    kid: &str,
+    kek_file: &Path,
+) {
+    let cert = t.cert_path();
+    let key = t.admin_key();
+    ok(&cocoon(
+        &[
+            "image",
+            "encrypt",
+            plain,
+            enc,
+            "--insecure-registry",
+            registry,
+            "--kbs-key",
+            kid,
+            "--kek-file",
+            kek_file.to_str().unwrap(),
+            "--url",
+            &t.url,
+            "--kbs-cert",
+            &cert,
+            "--admin-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    ));
+}

@@ -204,14 +204,14 @@ fn sample_content(len: usize) -> Vec<u8> {
     out
 }
 
-/// Decodes a single-member gzip stream that must fill `out` exactly, with
-/// libdeflate (the safe `libdeflater` wrapper does not report how much
-/// input was consumed, so a multi-member stream would silently decode to
-/// its first member).
-pub fn libdeflate_exact(input: &[u8], out: &mut [u8]) -> bool {
+/// libdeflate's gzip decoder over `input` into `out`: its result and how
+/// many input and output bytes it used; none when it cannot allocate.
+fn libdeflate_gzip(
+    input: &[u8],
+    out: &mut [u8],
+) -> Option<(libdeflate_sys::libdeflate_result, usize, usize)> {
     use libdeflate_sys::{
         libdeflate_alloc_decompressor, libdeflate_free_decompressor, libdeflate_gzip_decompress_ex,
-        libdeflate_result_LIBDEFLATE_SUCCESS,
     };
     let (mut in_used, mut out_used) = (0usize, 0usize);
     // SAFETY: the decompressor is allocated, used and freed on this thread
@@ -219,10 +219,10 @@ pub fn libdeflate_exact(input: &[u8], out: &mut [u8]) -> bool {
     // writes of their lengths, which are passed alongside, and libdeflate
     // writes at most `out.len()` bytes to `out` and one `size_t` to each of
     // `in_used` and `out_used`, which outlive the call.
-    let result = unsafe {
+    let r = unsafe {
         let d = libdeflate_alloc_decompressor();
         if d.is_null() {
-            return false;
+            return None;
         }
         let r = libdeflate_gzip_decompress_ex(
             d,
@@ -236,9 +236,21 @@ pub fn libdeflate_exact(input: &[u8], out: &mut [u8]) -> bool {
         libdeflate_free_decompressor(d);
         r
     };
-    result == libdeflate_result_LIBDEFLATE_SUCCESS
-        && in_used == input.len()
-        && out_used == out.len()
+    Some((r, in_used, out_used))
+}
+
+/// Decodes a single-member gzip stream that must fill `out` exactly, with
+/// libdeflate (the safe `libdeflater` wrapper does not report how much
+/// input was consumed, so a multi-member stream would silently decode to
+/// its first member).
+pub fn libdeflate_exact(input: &[u8], out: &mut [u8]) -> bool {
+    matches!(
+        libdeflate_gzip(input, out),
+        Some((r, in_used, out_used))
+            if r == libdeflate_sys::libdeflate_result_LIBDEFLATE_SUCCESS
+                && in_used == input.len()
+                && out_used == out.len()
+    )
 }
 
 /// Streams a gzip input through zlib-rs in 1 MiB chunks; the bytes out.
@@ -291,31 +303,11 @@ pub fn calibrate(gz: &[u8]) -> Option<Estimates> {
 /// (the stream goes on, or ends exactly there).
 fn libdeflate_prefix(gz: &[u8], out: &mut [u8]) -> bool {
     use libdeflate_sys::{
-        libdeflate_alloc_decompressor, libdeflate_free_decompressor, libdeflate_gzip_decompress,
-        libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE, libdeflate_result_LIBDEFLATE_SUCCESS,
+        libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE as FULL,
+        libdeflate_result_LIBDEFLATE_SUCCESS as DONE,
     };
-    let mut out_used = 0usize;
-    // SAFETY: as in `libdeflate_exact`; with a non-null `actual_out` the
-    // decoder writes at most `out.len()` bytes and reports how many.
-    let r = unsafe {
-        let d = libdeflate_alloc_decompressor();
-        if d.is_null() {
-            return false;
-        }
-        let r = libdeflate_gzip_decompress(
-            d,
-            gz.as_ptr().cast(),
-            gz.len(),
-            out.as_mut_ptr().cast(),
-            out.len(),
-            &mut out_used,
-        );
-        libdeflate_free_decompressor(d);
-        r
-    };
-    (r == libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE
-        || (r == libdeflate_result_LIBDEFLATE_SUCCESS && out_used == out.len()))
-        && out_used <= out.len()
+    let len = out.len();
+    matches!(libdeflate_gzip(gz, out), Some((r, _, used)) if r == FULL || (r == DONE && used == len))
 }
 
 /// zlib-rs over `gz` until `out` is full.

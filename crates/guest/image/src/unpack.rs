@@ -287,34 +287,13 @@ impl Rootfs {
         self.apply_entries(entries, Some(tar))
     }
 
-    /// The entries in order, then the directories' modes and times.
+    /// The entries in order (file data from `whole` when the layer is in
+    /// memory), then the directories' modes and times.
     fn apply_entries<R: Read>(
         &mut self,
         entries: tar::Entries<'_, R>,
         whole: Option<&[u8]>,
     ) -> Result<UnpackStats, UnpackError> {
-        let (stats, dir_meta) = self.apply_loop(entries, whole)?;
-        // Directory modes and times last, so read-only directories can be filled.
-        for (path, header) in dir_meta.iter().rev() {
-            if let Ok(fd) = rustix::fs::openat2(
-                &self.root,
-                path.as_str(),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-                resolve(),
-            ) {
-                set_meta(&self.opts, fd.as_fd(), &Meta::of(header, true), &[], path)?;
-            }
-        }
-        Ok(stats)
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn apply_loop<R: Read>(
-        &mut self,
-        entries: tar::Entries<'_, R>,
-        whole: Option<&[u8]>,
-    ) -> Result<(UnpackStats, Vec<(String, tar::Header)>), UnpackError> {
         let mut stats = UnpackStats::default();
         let mut created: HashSet<String> = HashSet::new();
         let mut dir_meta: Vec<(String, tar::Header)> = Vec::new();
@@ -332,8 +311,8 @@ impl Rootfs {
                 .entry_size()
                 .map_err(|e| UnpackError::Malformed(e.to_string()))?;
             let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if whole.is_some() {
-                check_end(&mut last_end, whole)?;
+            if let Some(tar) = whole {
+                check_end(&mut last_end, tar)?;
                 last_end = Some((
                     raw_name.clone(),
                     size.checked_next_multiple_of(512)
@@ -574,8 +553,22 @@ impl Rootfs {
             created.insert(norm);
             stats.entries += 1;
         }
-        check_end(&mut last_end, whole)?;
-        Ok((stats, dir_meta))
+        if let Some(tar) = whole {
+            check_end(&mut last_end, tar)?;
+        }
+        // Directory modes and times last, so read-only directories can be filled.
+        for (path, header) in dir_meta.iter().rev() {
+            if let Ok(fd) = rustix::fs::openat2(
+                &self.root,
+                path.as_str(),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve(),
+            ) {
+                set_meta(&self.opts, fd.as_fd(), &Meta::of(header, true), &[], path)?;
+            }
+        }
+        Ok(stats)
     }
 
     /// The archive's owner on an entry that is not opened (symlink, node).
@@ -774,11 +767,8 @@ fn set_meta(
 
 /// The previous entry of an in-memory archive (name, end of its padded
 /// data) must end within it.
-fn check_end(
-    last: &mut Option<(String, Option<u64>)>,
-    whole: Option<&[u8]>,
-) -> Result<(), UnpackError> {
-    if let (Some((name, end)), Some(tar)) = (last.take(), whole)
+fn check_end(last: &mut Option<(String, Option<u64>)>, tar: &[u8]) -> Result<(), UnpackError> {
+    if let Some((name, end)) = last.take()
         && end.is_none_or(|end| end > tar.len() as u64)
     {
         return Err(UnpackError::Malformed(format!(

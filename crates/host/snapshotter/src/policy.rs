@@ -110,12 +110,7 @@ impl GuestPull {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::labels;
 
     #[test]
     fn images_with_encrypted_layers_stay_off_the_host() {

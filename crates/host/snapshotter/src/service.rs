@@ -84,28 +84,35 @@ impl pb::snapshots_server::Snapshots for Service {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = r.into_inner();
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
-        let store = self.store.clone();
-        if let Some(target) = labels.get(TARGET).cloned()
-            && self.guest_pull.wants(&labels)
-        {
-            // The layer is pulled in the guest: the target exists (empty),
-            // and containerd skips fetching and unpacking it.
-            let parent = r.parent.clone();
-            let t = target.clone();
-            blocking(move || match store.commit_remote(&t, &parent, labels) {
-                Ok(()) | Err(StoreError::AlreadyExists(_)) => Ok(()),
-                Err(e) => Err(e),
-            })
-            .await?;
-            tracing::info!(target = %target, "layer left to the guest");
-            return Err(Status::already_exists(format!(
-                "target snapshot {target} already exists"
-            )));
+        let (store, guest_pull) = (self.store.clone(), self.guest_pull.clone());
+        // The decision may read a manifest from disk: off the async threads.
+        let prepared = blocking(move || {
+            if let Some(target) = labels.get(TARGET).cloned()
+                && guest_pull.wants(&labels)
+            {
+                // The layer is pulled in the guest: the target exists
+                // (empty), and containerd skips fetching and unpacking it.
+                return match store.commit_remote(&target, &r.parent, labels) {
+                    Ok(()) | Err(StoreError::AlreadyExists(_)) => Ok(Err(target)),
+                    Err(e) => Err(e),
+                };
+            }
+            store
+                .create(Kind::Active, &r.key, &r.parent, labels)
+                .map(Ok)
+        })
+        .await?;
+        match prepared {
+            Ok(m) => Ok(Response::new(pb::PrepareSnapshotResponse {
+                mounts: mounts(m),
+            })),
+            Err(target) => {
+                tracing::info!(target = %target, "layer left to the guest");
+                Err(Status::already_exists(format!(
+                    "target snapshot {target} already exists"
+                )))
+            }
         }
-        let m = blocking(move || store.create(Kind::Active, &r.key, &r.parent, labels)).await?;
-        Ok(Response::new(pb::PrepareSnapshotResponse {
-            mounts: mounts(m),
-        }))
     }
 
     async fn view(
@@ -183,12 +190,16 @@ impl pb::snapshots_server::Snapshots for Service {
         &self,
         _r: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
-        // containerd filters on its side; every snapshot is listed.
-        let all: Vec<pb::Info> = self.store.list().iter().map(|(k, s)| info(k, s)).collect();
-        let batches: Vec<Result<pb::ListSnapshotsResponse, Status>> = all
-            .chunks(100)
-            .map(|c| Ok(pb::ListSnapshotsResponse { info: c.to_vec() }))
-            .collect();
+        // containerd filters on its side; every snapshot is listed, in
+        // messages of up to 100.
+        let list = self.store.list();
+        let mut infos = list.iter().map(|(k, s)| info(k, s)).peekable();
+        let mut batches = Vec::new();
+        while infos.peek().is_some() {
+            batches.push(Ok(pb::ListSnapshotsResponse {
+                info: infos.by_ref().take(100).collect(),
+            }));
+        }
         Ok(Response::new(tokio_stream::iter(batches)))
     }
 

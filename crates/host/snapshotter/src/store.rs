@@ -404,12 +404,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::labels;
 
     #[test]
     fn layers_stack_as_overlays_and_survive_a_restart() {

@@ -364,28 +364,25 @@ impl Sandbox {
                     Err(_) => Err(SandboxError::Failed(format!(
                         "the terminal of {id} did not arrive within {CONSOLE_WAIT:?}"
                     ))),
-                };
-                let pty = match pty {
-                    Ok(pty) => pty,
+                }
+                .and_then(|pty| match size.filter(|&(r, c)| r > 0 && c > 0) {
+                    Some((rows, cols)) => pty
+                        .resize(rows, cols)
+                        .map(|()| pty)
+                        .map_err(failed("sizing the terminal")),
+                    None => Ok(pty),
+                });
+                match pty {
+                    Ok(pty) => Ok((pid, Ends::terminal(pty))),
                     Err(e) => {
                         // A process nobody can talk to must not live on.
                         if let Some(pid) = pid {
                             let _exit = self.reaper.watch(pid);
                             let _ = self.reaper.kill(pid, libc::SIGKILL);
                         }
-                        return Err(e);
+                        Err(e)
                     }
-                };
-                if let Some((rows, cols)) = size.filter(|&(r, c)| r > 0 && c > 0)
-                    && let Err(e) = pty.resize(rows, cols)
-                {
-                    if let Some(pid) = pid {
-                        let _exit = self.reaper.watch(pid);
-                        let _ = self.reaper.kill(pid, libc::SIGKILL);
-                    }
-                    return Err(failed("sizing the terminal")(e));
                 }
-                Ok((pid, Ends::terminal(pty)))
             }
         }
     }
@@ -840,24 +837,25 @@ impl Sandbox {
         cols: u32,
     ) -> Result<(), SandboxError> {
         let p = self.process(id, exec_id).await?;
-        let tty = p.tty.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if p.exited().is_some() {
+            // Its terminal may be closed already: nothing to resize.
+            return Ok(());
+        }
+        let tty = p
+            .tty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                SandboxError::Invalid(format!(
+                    "process {} of {id} has no terminal",
+                    shown(exec_id, id)
+                ))
+            })?;
         let fit = |v: u32, what: &str| {
             u16::try_from(v)
                 .map_err(|_| SandboxError::Invalid(format!("terminal {what} {v} is too large")))
         };
-        let Some(tty) = tty else {
-            if p.exited().is_some() {
-                // Its terminal is already closed: nothing to resize.
-                return Ok(());
-            }
-            return Err(SandboxError::Invalid(format!(
-                "process {} of {id} has no terminal",
-                shown(exec_id, id)
-            )));
-        };
-        if p.exited().is_some() {
-            return Ok(());
-        }
         tty.resize(fit(rows, "height")?, fit(cols, "width")?)
             .map_err(failed("resizing the terminal"))
     }
