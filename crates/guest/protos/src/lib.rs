@@ -75,3 +75,5 @@ pub mod kata {
 
 pub use protobuf;
 pub use ttrpc;
+
+pub mod json;

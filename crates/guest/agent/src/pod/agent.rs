@@ -1,8 +1,10 @@
 //! The agent's ttrpc services: `grpc.Health` and the `grpc.AgentService`
 //! subset a pod needs (containers, processes, stdio, network). The other
-//! calls answer UNIMPLEMENTED.
+//! calls answer UNIMPLEMENTED. Every request is first decided by the agent
+//! policy ([`super::policy`]).
 
 use super::net;
+use super::policy::{Gate, SetPolicyError};
 use super::sandbox::{Sandbox, SandboxError};
 use cocoon_guest_protos::kata::{agent, agent_ttrpc, empty::Empty, health, health_ttrpc, types};
 use cocoon_guest_protos::{pod, pod_ttrpc};
@@ -41,6 +43,15 @@ impl health_ttrpc::Health for HealthService {
 
 struct Agent {
     sandbox: Arc<Sandbox>,
+    policy: Arc<Gate>,
+}
+
+/// The policy's decision on `req`, as the host gets a refusal:
+/// PERMISSION_DENIED naming the rule and why.
+fn allow(policy: &Gate, req: &dyn protobuf::MessageDyn) -> ttrpc::Result<()> {
+    policy
+        .check(req)
+        .map_err(|d| status(SandboxError::Denied(d)))
 }
 
 fn status(e: SandboxError) -> ttrpc::Error {
@@ -62,6 +73,32 @@ fn logged(call: &'static str) -> impl Fn(SandboxError) -> ttrpc::Error {
     }
 }
 
+impl Agent {
+    /// ReadStdout/ReadStderr. Output the policy refuses to show is still
+    /// read (a process blocked on a full pipe would hang): it is dropped
+    /// until the stream ends, and the host gets only the end (empty data).
+    async fn read(
+        &self,
+        req: &agent::ReadStreamRequest,
+        stderr: bool,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let refused = self.policy.check(req).is_err();
+        loop {
+            let data = self
+                .sandbox
+                .read(&req.container_id, &req.exec_id, req.len, stderr)
+                .await
+                .map_err(status)?;
+            if !refused || data.is_empty() {
+                return Ok(agent::ReadStreamResponse {
+                    data,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl agent_ttrpc::AgentService for Agent {
     async fn create_sandbox(
@@ -69,6 +106,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         net::set_hostname(&req.hostname).map_err(logged("CreateSandbox"))?;
         if !req.storages.is_empty() || !req.kernel_modules.is_empty() {
             return Err(logged("CreateSandbox")(SandboxError::Unsupported(
@@ -82,8 +120,9 @@ impl agent_ttrpc::AgentService for Agent {
     async fn destroy_sandbox(
         &self,
         _: &TtrpcContext,
-        _: agent::DestroySandboxRequest,
+        req: agent::DestroySandboxRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .destroy()
             .await
@@ -96,6 +135,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .create(&req)
             .await
@@ -108,6 +148,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::StartContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .start(&req.container_id)
             .await
@@ -120,6 +161,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::RemoveContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .remove(&req.container_id)
             .await
@@ -132,6 +174,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::ExecProcessRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .exec(&req)
             .await
@@ -144,6 +187,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::SignalProcessRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .signal(&req.container_id, &req.exec_id, req.signal)
             .await
@@ -156,6 +200,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::WaitProcessRequest,
     ) -> ttrpc::Result<agent::WaitProcessResponse> {
+        allow(&self.policy, &req)?;
         let s = self
             .sandbox
             .wait(&req.container_id, &req.exec_id)
@@ -172,6 +217,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::WriteStreamRequest,
     ) -> ttrpc::Result<agent::WriteStreamResponse> {
+        allow(&self.policy, &req)?;
         let len = self
             .sandbox
             .write(&req.container_id, &req.exec_id, &req.data)
@@ -188,15 +234,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        let data = self
-            .sandbox
-            .read(&req.container_id, &req.exec_id, req.len, false)
-            .await
-            .map_err(status)?;
-        Ok(agent::ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read(&req, false).await
     }
 
     async fn read_stderr(
@@ -204,15 +242,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::ReadStreamRequest,
     ) -> ttrpc::Result<agent::ReadStreamResponse> {
-        let data = self
-            .sandbox
-            .read(&req.container_id, &req.exec_id, req.len, true)
-            .await
-            .map_err(status)?;
-        Ok(agent::ReadStreamResponse {
-            data,
-            ..Default::default()
-        })
+        self.read(&req, true).await
     }
 
     async fn close_stdin(
@@ -220,6 +250,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::CloseStdinRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .close_stdin(&req.container_id, &req.exec_id)
             .await
@@ -232,6 +263,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::StatsContainerRequest,
     ) -> ttrpc::Result<agent::StatsContainerResponse> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .stats(&req.container_id)
             .await
@@ -241,8 +273,9 @@ impl agent_ttrpc::AgentService for Agent {
     async fn get_oom_event(
         &self,
         _: &TtrpcContext,
-        _: agent::GetOOMEventRequest,
+        req: agent::GetOOMEventRequest,
     ) -> ttrpc::Result<agent::OOMEvent> {
+        allow(&self.policy, &req)?;
         Ok(agent::OOMEvent {
             container_id: self.sandbox.oom_event().await,
             ..Default::default()
@@ -254,6 +287,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::UpdateInterfaceRequest,
     ) -> ttrpc::Result<types::Interface> {
+        allow(&self.policy, &req)?;
         let iface = req.interface.into_option().ok_or_else(|| {
             status(SandboxError::Invalid(
                 "UpdateInterface carries no interface".into(),
@@ -270,6 +304,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::UpdateRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
+        allow(&self.policy, &req)?;
         let routes = req.routes.into_option().unwrap_or_default();
         net::update_routes(&routes.Routes).map_err(logged("UpdateRoutes"))?;
         Ok(routes)
@@ -278,8 +313,9 @@ impl agent_ttrpc::AgentService for Agent {
     async fn get_guest_details(
         &self,
         _: &TtrpcContext,
-        _: agent::GuestDetailsRequest,
+        req: agent::GuestDetailsRequest,
     ) -> ttrpc::Result<agent::GuestDetailsResponse> {
+        allow(&self.policy, &req)?;
         Ok(agent::GuestDetailsResponse {
             agent_details: Some(agent::AgentDetails {
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -295,117 +331,141 @@ impl agent_ttrpc::AgentService for Agent {
     async fn update_container(
         &self,
         _: &TtrpcContext,
-        _: agent::UpdateContainerRequest,
+        req: agent::UpdateContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("UpdateContainer"))
     }
 
     async fn update_ephemeral_mounts(
         &self,
         _: &TtrpcContext,
-        _: agent::UpdateEphemeralMountsRequest,
+        req: agent::UpdateEphemeralMountsRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("UpdateEphemeralMounts"))
     }
 
     async fn pause_container(
         &self,
         _: &TtrpcContext,
-        _: agent::PauseContainerRequest,
+        req: agent::PauseContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("PauseContainer"))
     }
 
     async fn resume_container(
         &self,
         _: &TtrpcContext,
-        _: agent::ResumeContainerRequest,
+        req: agent::ResumeContainerRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("ResumeContainer"))
     }
 
     async fn remove_stale_virtiofs_share_mounts(
         &self,
         _: &TtrpcContext,
-        _: agent::RemoveStaleVirtiofsShareMountsRequest,
+        req: agent::RemoveStaleVirtiofsShareMountsRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("RemoveStaleVirtiofsShareMounts"))
     }
 
     async fn list_interfaces(
         &self,
         _: &TtrpcContext,
-        _: agent::ListInterfacesRequest,
+        req: agent::ListInterfacesRequest,
     ) -> ttrpc::Result<agent::Interfaces> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("ListInterfaces"))
     }
 
     async fn list_routes(
         &self,
         _: &TtrpcContext,
-        _: agent::ListRoutesRequest,
+        req: agent::ListRoutesRequest,
     ) -> ttrpc::Result<agent::Routes> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("ListRoutes"))
     }
 
     async fn add_arp_neighbors(
         &self,
         _: &TtrpcContext,
-        _: agent::AddARPNeighborsRequest,
+        req: agent::AddARPNeighborsRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("AddARPNeighbors"))
     }
 
     async fn get_metrics(
         &self,
         _: &TtrpcContext,
-        _: agent::GetMetricsRequest,
+        req: agent::GetMetricsRequest,
     ) -> ttrpc::Result<agent::Metrics> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("GetMetrics"))
     }
 
     async fn online_cpu_mem(
         &self,
         _: &TtrpcContext,
-        _: agent::OnlineCPUMemRequest,
+        req: agent::OnlineCPUMemRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("OnlineCPUMem"))
     }
 
     async fn reseed_random_dev(
         &self,
         _: &TtrpcContext,
-        _: agent::ReseedRandomDevRequest,
+        req: agent::ReseedRandomDevRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("ReseedRandomDev"))
     }
 
     async fn mem_hotplug_by_probe(
         &self,
         _: &TtrpcContext,
-        _: agent::MemHotplugByProbeRequest,
+        req: agent::MemHotplugByProbeRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("MemHotplugByProbe"))
     }
 
     async fn set_guest_date_time(
         &self,
         _: &TtrpcContext,
-        _: agent::SetGuestDateTimeRequest,
+        req: agent::SetGuestDateTimeRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("SetGuestDateTime"))
     }
 
-    async fn copy_file(&self, _: &TtrpcContext, _: agent::CopyFileRequest) -> ttrpc::Result<Empty> {
+    async fn copy_file(
+        &self,
+        _: &TtrpcContext,
+        req: agent::CopyFileRequest,
+    ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         Err(unimplemented("CopyFile"))
     }
 
     async fn set_policy(
         &self,
         _: &TtrpcContext,
-        _: agent::SetPolicyRequest,
+        req: agent::SetPolicyRequest,
     ) -> ttrpc::Result<Empty> {
-        Err(unimplemented("SetPolicy"))
+        match self.policy.set_policy(&req.policy) {
+            Ok(()) => Ok(Empty::new()),
+            Err(SetPolicyError::Denied(d)) => Err(status(SandboxError::Denied(d))),
+            Err(SetPolicyError::Invalid(e)) => {
+                Err(logged("SetPolicy")(SandboxError::Invalid(e.to_string())))
+            }
+        }
     }
 
     async fn tty_win_resize(
@@ -413,6 +473,7 @@ impl agent_ttrpc::AgentService for Agent {
         _: &TtrpcContext,
         req: agent::TtyWinResizeRequest,
     ) -> ttrpc::Result<Empty> {
+        allow(&self.policy, &req)?;
         self.sandbox
             .resize(&req.container_id, &req.exec_id, req.row, req.column)
             .await
@@ -423,6 +484,7 @@ impl agent_ttrpc::AgentService for Agent {
 
 struct PodNetwork {
     sandbox: Arc<Sandbox>,
+    policy: Arc<Gate>,
 }
 
 #[async_trait::async_trait]
@@ -432,6 +494,7 @@ impl pod_ttrpc::PodNetwork for PodNetwork {
         _: &TtrpcContext,
         req: pod::ForwardLoopbackRequest,
     ) -> ttrpc::Result<pod::ForwardLoopbackResponse> {
+        allow(&self.policy, &req)?;
         // Set up before the workload: a forward added later could take a
         // port containers of the pod talk to each other on.
         if self.sandbox.has_containers().await {
@@ -453,15 +516,18 @@ impl pod_ttrpc::PodNetwork for PodNetwork {
     }
 }
 
-struct PodDiagnostics;
+struct PodDiagnostics {
+    policy: Arc<Gate>,
+}
 
 #[async_trait::async_trait]
 impl pod_ttrpc::PodDiagnostics for PodDiagnostics {
     async fn agent_stats(
         &self,
         _: &TtrpcContext,
-        _: pod::AgentStatsRequest,
+        req: pod::AgentStatsRequest,
     ) -> ttrpc::Result<pod::AgentStatsResponse> {
+        allow(&self.policy, &req)?;
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let field = |name: &str| {
             status
@@ -479,15 +545,23 @@ impl pod_ttrpc::PodDiagnostics for PodDiagnostics {
     }
 }
 
-/// The services the agent serves, by ttrpc service name.
-pub fn services(sandbox: Arc<Sandbox>) -> HashMap<String, ttrpc::r#async::Service> {
+/// The services the agent serves, by ttrpc service name. Every request
+/// but the health check goes through `policy` first.
+pub fn services(
+    sandbox: Arc<Sandbox>,
+    policy: Arc<Gate>,
+) -> HashMap<String, ttrpc::r#async::Service> {
     let mut s = health_ttrpc::create_health(Arc::new(HealthService));
     s.extend(agent_ttrpc::create_agent_service(Arc::new(Agent {
         sandbox: sandbox.clone(),
+        policy: policy.clone(),
     })));
     s.extend(pod_ttrpc::create_pod_network(Arc::new(PodNetwork {
         sandbox,
+        policy: policy.clone(),
     })));
-    s.extend(pod_ttrpc::create_pod_diagnostics(Arc::new(PodDiagnostics)));
+    s.extend(pod_ttrpc::create_pod_diagnostics(Arc::new(
+        PodDiagnostics { policy },
+    )));
     s
 }

@@ -8,6 +8,7 @@ pub mod confine;
 pub mod init;
 pub mod net;
 pub mod oci;
+pub mod policy;
 pub mod pty;
 pub mod reaper;
 pub mod sandbox;
@@ -28,6 +29,7 @@ pub const AGENT_PORT: &str = "agent.0";
 pub const INITDATA_DIR: &str = "/run/confidential-containers/initdata";
 
 use std::path::Path;
+use std::sync::Arc;
 
 extern "C" fn pause_exit(_: libc::c_int) {
     // SAFETY: _exit is async-signal-safe.
@@ -130,7 +132,15 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     }
     let reaper = reaper::Reaper::start()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
-    let sandbox = sandbox::Sandbox::new(reaper, exe, crate::services::DEFAULT_CDH_SOCKET)?;
+    // The policy comes from initdata (written by setup); one that does not
+    // load stops the guest rather than serving without it.
+    let policy = Arc::new(policy::Gate::from_initdata(Path::new(INITDATA_DIR))?);
+    let sandbox = sandbox::Sandbox::new(
+        reaper,
+        exe,
+        crate::services::DEFAULT_CDH_SOCKET,
+        policy.clone(),
+    )?;
     sandbox.watch_oom();
     if let Err(e) = net::loopback_up() {
         tracing::warn!("{e}");
@@ -138,7 +148,7 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     let mut server = ttrpc::r#async::Server::new()
         .bind(AGENT_SOCKET)
         .map_err(|e| anyhow::anyhow!("binding {AGENT_SOCKET}: {e}"))?
-        .register_service(agent::services(sandbox.clone()));
+        .register_service(agent::services(sandbox.clone(), policy.clone()));
     server
         .start()
         .await
@@ -173,7 +183,7 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     // The same services on vsock where the VM has a vsock device.
     let _vsock = match ttrpc::r#async::Server::new().bind(AGENT_VSOCK) {
         Ok(s) => {
-            let mut s = s.register_service(agent::services(sandbox.clone()));
+            let mut s = s.register_service(agent::services(sandbox.clone(), policy.clone()));
             match s.start().await {
                 Ok(()) => {
                     tracing::info!(addr = AGENT_VSOCK, "agent listening on vsock");

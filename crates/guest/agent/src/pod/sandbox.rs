@@ -54,6 +54,9 @@ pub enum SandboxError {
     /// The operation failed inside the guest.
     #[error("{0}")]
     Failed(String),
+    /// The agent policy refused it.
+    #[error(transparent)]
+    Denied(super::policy::Denial),
 }
 
 impl SandboxError {
@@ -65,6 +68,7 @@ impl SandboxError {
             Self::Exists(_) => ttrpc::Code::ALREADY_EXISTS,
             Self::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
             Self::Failed(_) => ttrpc::Code::INTERNAL,
+            Self::Denied(_) => ttrpc::Code::PERMISSION_DENIED,
         }
     }
 }
@@ -301,12 +305,18 @@ pub struct Sandbox {
     seq: AtomicU64,
     hub: String,
     oom: Arc<OomQueue>,
+    policy: Arc<super::policy::Gate>,
 }
 
 impl Sandbox {
     /// A sandbox whose helpers are `exe` and whose pulls go to the data
     /// hub at `hub`; creates the runtime's state and bundle directories.
-    pub fn new(reaper: Arc<Reaper>, exe: PathBuf, hub: &str) -> Result<Arc<Self>, SandboxError> {
+    pub fn new(
+        reaper: Arc<Reaper>,
+        exe: PathBuf,
+        hub: &str,
+        policy: Arc<super::policy::Gate>,
+    ) -> Result<Arc<Self>, SandboxError> {
         for dir in [OCI_ROOT, BUNDLES] {
             std::fs::create_dir_all(dir).map_err(failed(dir))?;
         }
@@ -318,6 +328,7 @@ impl Sandbox {
             seq: AtomicU64::new(0),
             hub: hub.into(),
             oom,
+            policy,
         }))
     }
 
@@ -569,7 +580,20 @@ impl Sandbox {
                         "image_guest_pull storage names no image".into(),
                     ));
                 }
-                self.pull(&image, bundle).await?;
+                let digest = self.pull(&image, bundle).await?;
+                // What was pulled, not what the host named: the policy may
+                // pin the reference and the manifest digest.
+                self.policy
+                    .check_input(
+                        super::policy::PULL_RULE,
+                        &serde_json::json!({
+                            "image": image,
+                            "manifest_digest": digest,
+                            "container_id": id,
+                        }),
+                        true,
+                    )
+                    .map_err(SandboxError::Denied)?;
                 let image_cfg = read_spec(&bundle.join("config.json"))?;
                 spec::merge_image_config(oci_spec, &image_cfg);
                 tracing::info!(container = id, image = %image, "image pulled in the guest");
@@ -589,7 +613,7 @@ impl Sandbox {
         std::fs::write(bundle.join("config.json"), text).map_err(failed("writing config.json"))
     }
 
-    async fn pull(&self, image: &str, bundle: &Path) -> Result<(), SandboxError> {
+    async fn pull(&self, image: &str, bundle: &Path) -> Result<String, SandboxError> {
         // The data hub starts beside the agent (after the attestation agent
         // bound initdata): the first pull may come before it listens.
         let t = std::time::Instant::now();
@@ -606,8 +630,7 @@ impl Sandbox {
         };
         hub.pull_image(image, &bundle.display().to_string())
             .await
-            .map_err(|e| SandboxError::Failed(format!("pulling {image}: {e}")))?;
-        Ok(())
+            .map_err(|e| SandboxError::Failed(format!("pulling {image}: {e}")))
     }
 
     async fn create_in(
