@@ -289,7 +289,7 @@ pub async fn run(
     let mut annotations = std::collections::HashMap::new();
     annotations.insert(
         "io.katacontainers.config.hypervisor.cc_init_data".to_string(),
-        gzip_b64(&initdata)?,
+        crate::policy::gzip_b64(&initdata)?,
     );
     let logs = dir.path().join("logs");
     let mut times = Vec::new();
@@ -348,12 +348,4 @@ pub async fn run(
         vm_rss / 1024
     );
     Ok(())
-}
-
-fn gzip_b64(text: &str) -> Result<String> {
-    use base64::Engine;
-    use std::io::Write;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(text.as_bytes())?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(gz.finish()?))
 }

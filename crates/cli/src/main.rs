@@ -11,6 +11,7 @@ mod guest;
 mod guest_image;
 mod image;
 mod pod;
+mod policy;
 mod run;
 mod secret;
 mod term;
@@ -63,6 +64,9 @@ enum Command {
     /// Run Kubernetes Pod manifests through a CRI runtime (containerd) as kubelet does.
     #[command(subcommand)]
     Pod(pod::PodCommand),
+    /// Agent policies: pin what a pod may run and who may reach into it.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Subcommand)]
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
         let r = match cli.command {
             Command::Run(a) => return run::run(*a).await,
             Command::Pod(c) => return pod::run(c).await,
+            Command::Policy(c) => policy::run(c).await,
             Command::Trustee(a) => trustee::run(a).await,
             Command::Admin(a) => admin::run(a).await,
             Command::Attest(a) => guest::attest(a).await,

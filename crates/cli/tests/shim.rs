@@ -1085,6 +1085,107 @@ fn cri_pod_failures_leave_nothing_behind() {
     assert!(!socket.exists(), "{} is left", socket.display());
 }
 
+/// `cocoon policy generate --in-place` on `manifest` (`extra` flags).
+fn pin(env: &CriEnv, manifest: &Path, extra: &[&str]) -> String {
+    let o = Command::new(BIN)
+        .args([
+            "policy",
+            "generate",
+            "--insecure-registry",
+            &env.reg.addr,
+            "--in-place",
+        ])
+        .args(extra)
+        .arg(manifest)
+        .output()
+        .unwrap();
+    ok(&o);
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
+    let env = CriEnv::start("cocoontest4", "10.88.81.0/24");
+    let image = env.image.clone();
+    let container = format!(
+        "  - name: app\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo pinned-output; touch /tmp/ready; sleep 600\"]\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/etc/greeting\"]\n"
+    );
+
+    // Pinned: the pod runs, its output is readable, the probe command
+    // runs through CRI, anything else is refused with the rule and field.
+    let m = env.manifest("pinned", Some("cocoon"), "", &container);
+    let said = pin(&env, &m, &[]);
+    assert!(said.contains("Pod pinned: initdata sha256 "), "{said}");
+    assert!(
+        said.contains("app: ") && said.contains(" pinned to sha256:"),
+        "{said}"
+    );
+    let pinned = std::fs::read_to_string(&m).unwrap();
+    let id = ok(&env.pod(&["run", "-d", m.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let o = env.pod(&["exec", &id, "app", "--", "cat", "/etc/greeting"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING, "{o:?}");
+    let err = fails(&env.pod(&["exec", &id, "app", "--", "sh", "-c", "id"]));
+    assert!(
+        err.contains(
+            "ExecProcessRequest is blocked by policy: process.Args: [\"sh\", \"-c\", \"id\"]"
+        ),
+        "{err}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ok(&env.pod(&["logs", &id, "app"]));
+        if out == "pinned-output\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "app's log: {out:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    ok(&env.pod(&["rm", &id]));
+    env.assert_clean("a pinned pod");
+
+    // The host changes what runs under the same initdata: refused when the
+    // container is created, with the field that differs.
+    let tampered = pinned.replace("echo pinned-output", "echo tampered");
+    assert_ne!(tampered, pinned);
+    let m = write(env.tmp.path(), "tampered.yaml", tampered.as_bytes());
+    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+    assert!(
+        err.contains("CreateContainerRequest is blocked by policy: OCI.Process.Args"),
+        "{err}"
+    );
+    env.assert_clean("a refused container");
+
+    // Logs refused: the container runs (its probe command succeeds) but
+    // the host reads none of its output, nor the probe's.
+    let m = env.manifest("quiet", Some("cocoon"), "", &container);
+    pin(&env, &m, &["--deny-logs"]);
+    let id = ok(&env.pod(&["run", "-d", m.to_str().unwrap()]))
+        .trim()
+        .to_string();
+    let o = env.pod(&["exec", &id, "app", "--", "cat", "/etc/greeting"]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "", "{o:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let out = ok(&env.pod(&["logs", &id, "app"]));
+    assert!(!out.contains("pinned-output"), "output leaked: {out:?}");
+    ok(&env.pod(&["rm", &id]));
+    env.assert_clean("a pod with logs refused");
+
+    // Another image under the pinned name: the guest pulls it, sees its
+    // digest is not the pinned one, and creates nothing.
+    let m = write(env.tmp.path(), "swapped.yaml", pinned.as_bytes());
+    push_busybox_salted(&env.reg, "busybox:cri", &["sh"], "swapped");
+    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+    assert!(
+        err.contains("PullImageRequest is blocked by policy: manifest_digest: sha256:"),
+        "{err}"
+    );
+    assert!(err.contains("is not the pinned sha256:"), "{err}");
+    env.assert_clean("a swapped image");
+}
+
 /// The JWE recipient key pair of an owner (openssl RSA), as paths.
 fn rsa_keypair(dir: &Path) -> (PathBuf, PathBuf) {
     need("openssl");

@@ -1,0 +1,551 @@
+use super::*;
+use cocoon_guest::pod::policy::Gate;
+use cocoon_guest_protos::kata::{agent, oci};
+
+const POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: shop
+spec:
+  runtimeClassName: cocoon
+  containers:
+  - name: app
+    image: 127.0.0.1:5000/app:1
+    args: ["--port", "8080"]
+    env:
+    - name: MODE
+      value: prod
+    - name: POD_IP
+      valueFrom:
+        fieldRef:
+          fieldPath: status.podIP
+    securityContext:
+      allowPrivilegeEscalation: false
+      runAsUser: 1000
+      capabilities:
+        drop: ["ALL"]
+        add: ["NET_BIND_SERVICE"]
+    readinessProbe:
+      exec:
+        command: ["cat", "/tmp/ready"]
+"#;
+
+const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+const OTHER: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+fn image() -> Image {
+    Image {
+        reference: "127.0.0.1:5000/app:1".into(),
+        digest: DIGEST.into(),
+        config: json!({
+            "Entrypoint": ["/bin/server"],
+            "Cmd": ["--port", "80"],
+            "Env": ["PATH=/usr/bin:/bin"],
+            "WorkingDir": "/srv",
+        }),
+    }
+}
+
+fn policy(yaml: &str, deny_logs: bool) -> (Gate, Value) {
+    let doc: Yaml = serde_yaml_ng::from_str(yaml).unwrap();
+    let w = Workload::of(&doc).unwrap().unwrap();
+    let regs = ["127.0.0.1:5000".to_string()];
+    let opts = Options {
+        deny_logs,
+        kbs: Some("http://127.0.0.1:8080"),
+        insecure_registries: &regs,
+    };
+    let data = policy_data(&w, &[image()], &opts).unwrap();
+    let text = policy_text(&data).unwrap();
+    (Gate::with_policy(&text).unwrap(), data)
+}
+
+fn mount(dest: &str, ty: &str, src: &str, opts: &[&str]) -> oci::Mount {
+    oci::Mount {
+        destination: dest.into(),
+        type_: ty.into(),
+        source: src.into(),
+        options: opts.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The spec the shim sends for a CRI container (host binds left out).
+fn spec(kind: &str, name: &str) -> oci::Spec {
+    let caps = vec!["CAP_NET_BIND_SERVICE".to_string()];
+    let mut s = oci::Spec::new();
+    s.Process = Some(oci::Process {
+        Args: ["/bin/server", "--port", "8080"].map(String::from).to_vec(),
+        Env: [
+            "PATH=/usr/bin:/bin",
+            "HOSTNAME=web",
+            "MODE=prod",
+            "POD_IP=10.88.0.4",
+        ]
+        .map(String::from)
+        .to_vec(),
+        Cwd: "/srv".into(),
+        User: Some(oci::User {
+            UID: 1000,
+            GID: 1000,
+            ..Default::default()
+        })
+        .into(),
+        Capabilities: Some(oci::LinuxCapabilities {
+            Bounding: caps.clone(),
+            Effective: caps.clone(),
+            Permitted: caps,
+            ..Default::default()
+        })
+        .into(),
+        NoNewPrivileges: true,
+        ..Default::default()
+    })
+    .into();
+    s.Mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+    ];
+    s.Linux = Some(oci::Linux {
+        Namespaces: ["pid", "ipc", "uts", "mount"]
+            .iter()
+            .map(|t| oci::LinuxNamespace {
+                Type: t.to_string(),
+                ..Default::default()
+            })
+            .collect(),
+        MaskedPaths: ["/proc/acpi", "/proc/kcore", "/proc/keys", "/sys/firmware"]
+            .map(String::from)
+            .to_vec(),
+        ReadonlyPaths: ["/proc/bus", "/proc/sys", "/proc/sysrq-trigger"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    })
+    .into();
+    for (k, v) in [
+        ("io.kubernetes.cri.container-type", kind),
+        ("io.kubernetes.cri.container-name", name),
+        ("io.kubernetes.cri.sandbox-name", "web"),
+        ("io.kubernetes.cri.sandbox-namespace", "shop"),
+        ("io.kubernetes.cri.image-name", "127.0.0.1:5000/app:1"),
+    ] {
+        s.Annotations.insert(k.into(), v.into());
+    }
+    s
+}
+
+fn create(id: &str, s: oci::Spec) -> agent::CreateContainerRequest {
+    let sandbox = s.Annotations["io.kubernetes.cri.container-type"] == "sandbox";
+    agent::CreateContainerRequest {
+        container_id: id.into(),
+        OCI: Some(s).into(),
+        storages: if sandbox {
+            vec![]
+        } else {
+            vec![agent::Storage {
+                driver: "image_guest_pull".into(),
+                source: "127.0.0.1:5000/app:1".into(),
+                fstype: "overlay".into(),
+                mount_point: format!("/run/kata-containers/{id}/rootfs"),
+                ..Default::default()
+            }]
+        },
+        ..Default::default()
+    }
+}
+
+fn pause() -> agent::CreateContainerRequest {
+    let mut s = spec("sandbox", "");
+    s.Annotations.remove("io.kubernetes.cri.container-name");
+    let p = s.Process.as_mut().unwrap();
+    p.Args = vec!["/pause".into()];
+    p.User = Some(oci::User {
+        UID: 65535,
+        ..Default::default()
+    })
+    .into();
+    create("pod1", s)
+}
+
+fn denied(gate: &Gate, req: &dyn protobuf::MessageDyn, want: &str) -> String {
+    let d = gate.check(req).expect_err(want).to_string();
+    assert!(d.contains(want), "{d}\n(wanted {want})");
+    d
+}
+
+fn exec(id: &str, args: &[&str]) -> agent::ExecProcessRequest {
+    agent::ExecProcessRequest {
+        container_id: id.into(),
+        exec_id: "x".into(),
+        process: Some(oci::Process {
+            Args: args.iter().map(|s| s.to_string()).collect(),
+            User: Some(oci::User {
+                UID: 1000,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_pod_as_kubelet_runs_it_is_allowed() {
+    let (gate, data) = policy(POD, false);
+    let app = &data["containers"][1];
+    assert_eq!(
+        app["OCI"]["Process"]["Args"],
+        json!(["/bin/server", "--port", "8080"])
+    );
+    assert_eq!(app["OCI"]["Process"]["Cwd"], "/srv");
+    assert_eq!(app["OCI"]["Process"]["User"]["UID"], 1000);
+    assert_eq!(app["exec_commands"], json!([["cat", "/tmp/ready"]]));
+    assert_eq!(data["common"]["loopback_ports"], json!([5000, 8080]));
+
+    gate.check(&pause()).unwrap();
+    gate.check(&create("c1", spec("container", "app"))).unwrap();
+    gate.check_input(
+        "PullImageRequest",
+        &json!({"image": "127.0.0.1:5000/app:1", "manifest_digest": DIGEST, "container_id": "c1"}),
+        true,
+    )
+    .unwrap();
+    gate.check(&exec("c1", &["cat", "/tmp/ready"])).unwrap();
+    gate.check(&agent::ReadStreamRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    gate.check(&agent::StartContainerRequest::default())
+        .unwrap();
+    gate.check(&agent::CreateSandboxRequest::default()).unwrap();
+    gate.check(&pod_forward(&[5000, 8080])).unwrap();
+}
+
+fn pod_forward(ports: &[u32]) -> cocoon_guest_protos::pod::ForwardLoopbackRequest {
+    cocoon_guest_protos::pod::ForwardLoopbackRequest {
+        forwards: ports
+            .iter()
+            .map(|p| cocoon_guest_protos::pod::LoopbackForward {
+                port: *p,
+                target: format!("10.0.2.2:{p}"),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn each_tampering_is_refused_with_its_reason() {
+    let (gate, _) = policy(POD, false);
+    gate.check(&pause()).unwrap();
+
+    let mut s = spec("container", "app");
+    s.Process
+        .as_mut()
+        .unwrap()
+        .Env
+        .push("LD_PRELOAD=/tmp/x.so".into());
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process.Env: LD_PRELOAD is not in the pod spec",
+    );
+
+    let mut s = spec("container", "app");
+    s.Process.as_mut().unwrap().Args = vec!["/bin/sh".into()];
+    denied(&gate, &create("c", s), "OCI.Process.Args: [\"/bin/sh\"]");
+
+    let mut s = spec("container", "app");
+    s.Mounts.push(mount("/host", "bind", "/", &["rbind", "rw"]));
+    denied(&gate, &create("c", s), "OCI.Mounts: /host (bind from /");
+
+    // A standard mount that lost its read-only flag.
+    let mut s = spec("container", "app");
+    s.Mounts[2].options.retain(|o| o != "ro");
+    denied(&gate, &create("c", s), "OCI.Mounts: /sys (sysfs from sysfs");
+
+    let mut s = spec("container", "app");
+    s.Linux.as_mut().unwrap().Devices.push(oci::LinuxDevice {
+        Path: "/dev/vda".into(),
+        Type: "b".into(),
+        ..Default::default()
+    });
+    denied(
+        &gate,
+        &create("c", s),
+        "devices: the pod spec gives the container no devices",
+    );
+    let mut req = create("c", spec("container", "app"));
+    req.devices.push(agent::Device {
+        container_path: "/dev/mem".into(),
+        ..Default::default()
+    });
+    denied(&gate, &req, "devices:");
+
+    let mut s = spec("container", "app");
+    s.Process
+        .as_mut()
+        .unwrap()
+        .Capabilities
+        .as_mut()
+        .unwrap()
+        .Effective
+        .push("CAP_SYS_ADMIN".into());
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process.Capabilities.Effective: CAP_SYS_ADMIN",
+    );
+
+    let mut s = spec("container", "app");
+    s.Process.as_mut().unwrap().NoNewPrivileges = false;
+    denied(&gate, &create("c", s), "OCI.Process.NoNewPrivileges");
+
+    let mut s = spec("container", "app");
+    s.Process.as_mut().unwrap().User.as_mut().unwrap().UID = 0;
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process.User.UID: 0 is not the pod spec's 1000",
+    );
+
+    let mut s = spec("container", "app");
+    s.Linux.as_mut().unwrap().MaskedPaths.clear();
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Linux.MaskedPaths: /proc/kcore must stay masked",
+    );
+
+    let mut s = spec("container", "app");
+    s.Linux
+        .as_mut()
+        .unwrap()
+        .Namespaces
+        .retain(|n| n.Type != "pid");
+    denied(&gate, &create("c", s), "own pid namespace");
+
+    let mut s = spec("container", "app");
+    s.Annotations
+        .insert("io.kubernetes.cri.sandbox-name".into(), "other".into());
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Annotations[io.kubernetes.cri.sandbox-name]",
+    );
+
+    let s = spec("container", "sidecar");
+    denied(
+        &gate,
+        &create("c", s),
+        "\"sidecar\" is not a container of the pod spec",
+    );
+
+    let mut req = create("c", spec("container", "app"));
+    req.storages[0].source = "127.0.0.1:5000/evil:1".into();
+    denied(&gate, &req, "storages:");
+    let mut req = create("c", spec("container", "app"));
+    req.storages.push(req.storages[0].clone());
+    denied(&gate, &req, "storages:");
+
+    // A request with no process at all is refused, not waved through.
+    let mut s = spec("container", "app");
+    s.Process = protobuf::MessageField::none();
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process: the request has no process",
+    );
+
+    // The image: the same name resolved to another manifest.
+    gate.check(&create("c1", spec("container", "app"))).unwrap();
+    let d = gate
+        .check_input(
+            "PullImageRequest",
+            &json!({"image": "127.0.0.1:5000/app:1", "manifest_digest": OTHER, "container_id": "c1"}),
+            true,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(d.contains(&format!("manifest_digest: {OTHER}")), "{d}");
+
+    // Exec beyond the probe command, in a container or in the pause.
+    denied(
+        &gate,
+        &exec("c1", &["/bin/sh"]),
+        "process.Args: [\"/bin/sh\"] is not a command",
+    );
+    denied(&gate, &exec("pod1", &["cat", "/tmp/ready"]), "process.Args");
+    denied(
+        &gate,
+        &exec("nope", &["cat", "/tmp/ready"]),
+        "was not created under this policy",
+    );
+
+    // Input, policy replacement, file copies, forwarding other ports.
+    denied(
+        &gate,
+        &agent::WriteStreamRequest {
+            container_id: "c1".into(),
+            ..Default::default()
+        },
+        "takes no input",
+    );
+    let e = gate.set_policy("package agent_policy\n").unwrap_err();
+    assert!(e.to_string().contains("cannot be replaced"), "{e}");
+    denied(
+        &gate,
+        &agent::CopyFileRequest::default(),
+        "CopyFileRequest is blocked",
+    );
+    denied(&gate, &pod_forward(&[5000, 22]), "guest port 22");
+    denied(
+        &gate,
+        &agent::CreateSandboxRequest {
+            kernel_modules: vec![agent::KernelModule {
+                name: "evil".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        "CreateSandboxRequest is blocked",
+    );
+}
+
+#[test]
+fn logs_can_be_refused() {
+    let (gate, _) = policy(POD, true);
+    denied(
+        &gate,
+        &agent::ReadStreamRequest::default(),
+        "the pod's output is not readable from the host",
+    );
+}
+
+#[test]
+fn workloads_carry_the_annotation_on_their_pod_template() {
+    let deploy = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly}
+spec:
+  schedule: "0 0 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers: [{name: job, image: "127.0.0.1:5000/app:1", stdin: true}]
+"#;
+    let mut doc: Yaml = serde_yaml_ng::from_str(deploy).unwrap();
+    let w = Workload::of(&doc).unwrap().unwrap();
+    let opts = Options {
+        deny_logs: false,
+        kbs: None,
+        insecure_registries: &[],
+    };
+    let data = policy_data(&w, &[image()], &opts).unwrap();
+    assert_eq!(
+        data["containers"][0]["OCI"]["Annotations"]["io.kubernetes.cri.sandbox-name"],
+        "^nightly(-[a-z0-9]+)+$"
+    );
+    assert_eq!(
+        data["containers"][1]["OCI"]["Annotations"]["io.kubernetes.cri.sandbox-namespace"],
+        "^default$"
+    );
+    // The image's entrypoint and cmd, the image's env.
+    assert_eq!(
+        data["containers"][1]["OCI"]["Process"]["Args"],
+        json!(["/bin/server", "--port", "80"])
+    );
+    let policy = policy_text(&data).unwrap();
+    let gate = Gate::with_policy(&policy).unwrap();
+    let mut s = spec("container", "job");
+    s.Annotations.insert(
+        "io.kubernetes.cri.sandbox-name".into(),
+        "nightly-29110-abcde".into(),
+    );
+    s.Annotations.insert(
+        "io.kubernetes.cri.sandbox-namespace".into(),
+        "default".into(),
+    );
+    s.Process.as_mut().unwrap().Args = ["/bin/server", "--port", "80"].map(String::from).to_vec();
+    // Stdin is open in the spec: input is allowed for that container.
+    let mut s2 = s.clone();
+    s2.Process.as_mut().unwrap().Env = vec!["PATH=/usr/bin:/bin".into()];
+    s2.Process.as_mut().unwrap().User = Some(oci::User::default()).into();
+    s2.Process.as_mut().unwrap().Capabilities = protobuf::MessageField::none();
+    s2.Process.as_mut().unwrap().NoNewPrivileges = false;
+    gate.check(&create("j1", s2)).unwrap();
+    gate.check(&agent::WriteStreamRequest {
+        container_id: "j1".into(),
+        ..Default::default()
+    })
+    .unwrap();
+
+    let text = initdata(None, None, &[], &policy).unwrap();
+    let parsed = cocoon_types::initdata::InitData::parse(&text).unwrap();
+    assert_eq!(parsed.data["policy.rego"], policy);
+    assert!(!parsed.data.contains_key("aa.toml"));
+    let with_kbs = initdata(
+        Some("https://kbs.example:8080"),
+        Some("PEM".into()),
+        &[],
+        &policy,
+    )
+    .unwrap();
+    let parsed = cocoon_types::initdata::InitData::parse(&with_kbs).unwrap();
+    assert!(parsed.data["aa.toml"].contains("https://kbs.example:8080"));
+    assert!(parsed.data["cdh.toml"].contains("PEM"));
+
+    set_annotation(&mut doc, "CronJob", "X").unwrap();
+    assert_eq!(
+        doc["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"]
+            [INITDATA_ANNOTATION],
+        "X"
+    );
+}
+
+#[test]
+fn manifests_without_pods_or_with_unknowable_env_are_refused() {
+    let svc: Yaml = serde_yaml_ng::from_str("kind: Service\nmetadata: {name: s}\n").unwrap();
+    assert!(Workload::of(&svc).unwrap().is_none());
+    let bad: Yaml = serde_yaml_ng::from_str("kind: Pod\nmetadata: {name: p}\nspec: {}\n").unwrap();
+    assert!(Workload::of(&bad).is_err());
+    let with_env_from = POD.replace(
+        "    env:\n",
+        "    envFrom: [{configMapRef: {name: cfg}}]\n    env:\n",
+    );
+    let doc: Yaml = serde_yaml_ng::from_str(&with_env_from).unwrap();
+    let w = Workload::of(&doc).unwrap().unwrap();
+    let opts = Options {
+        deny_logs: false,
+        kbs: None,
+        insecure_registries: &[],
+    };
+    let e = policy_data(&w, &[image()], &opts).unwrap_err().to_string();
+    assert!(e.contains("envFrom"), "{e}");
+}
