@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Image(crate::bench_image::ImageBenchArgs),
     /// Pod VM: boot to agent ready against a QEMU floor boot of the same kernel and firmware.
     Pod(crate::bench_pod::PodBenchArgs),
+    /// Agent policy: the guest's cost of deciding CreateContainer, ExecProcess and ReadStream.
+    Policy(crate::policy::bench::PolicyBenchArgs),
 }
 
 /// `cocoon bench kbs`.
@@ -144,6 +146,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Guest(g) => return crate::bench_guest::run(g).await,
         BenchCommand::Image(i) => return crate::bench_image::run(i).await,
         BenchCommand::Pod(p) => return crate::bench_pod::run(p).await,
+        BenchCommand::Policy(p) => return crate::policy::bench::run(p),
     };
     if a.clients == 0 || a.duration == 0 {
         bail!("--clients and --duration must be positive");

@@ -780,5 +780,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
     }))
 }
 
+pub mod bench;
+pub mod sample;
 #[cfg(test)]
 mod tests;
