@@ -471,16 +471,33 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
         &manifest.measurements.vtpm_pcr9_sha256,
     ]);
 
-    // Other initdata (another policy): bound into PCR 8 by the guest, so
-    // the trustee sees it and refuses it.
+    // Other initdata (another agent policy, one that allows everything):
+    // bound into PCR 8 by the guest, so the trustee sees it and refuses it.
     let other = write(
         d,
         "other.toml",
-        owner_initdata(&reg, &t, Some("package other")).as_bytes(),
+        owner_initdata(
+            &reg,
+            &t,
+            Some("package agent_policy\ndefault AllowRequestsFailingPolicy := true\n"),
+        )
+        .as_bytes(),
     );
     let (code, out, err) = run_enc(&other);
     assert_ne!(code, Some(0), "{out}{err}");
     denied(&err);
+    // An agent policy that does not load stops the guest before it serves.
+    let broken = write(
+        d,
+        "broken.toml",
+        owner_initdata(&reg, &t, Some("package other")).as_bytes(),
+    );
+    let (code, out, err) = run_enc(&broken);
+    assert_ne!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("the VM ended before its agent answered"),
+        "{err}"
+    );
     let why = t.explain_until(3, |e| e.contains("is not in reference value 'init_data'"));
     assert!(
         why.contains("is not in reference value 'init_data'"),
