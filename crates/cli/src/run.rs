@@ -341,6 +341,13 @@ pub async fn run(a: RunArgs) -> Result<u8> {
     result
 }
 
+/// Passes our terminal's size to the container's.
+async fn winch_pending(agent: &cocoon_pod::AgentClient, cid: &str) {
+    if let Some((rows, cols)) = crate::term::size(1) {
+        let _ = agent.resize(cid, "", rows.into(), cols.into()).await;
+    }
+}
+
 async fn run_in(
     pod: &PodVm,
     a: &RunArgs,
@@ -362,6 +369,14 @@ async fn run_in(
         console_size: a.tty.then(|| crate::term::size(1)).flatten(),
         ..Default::default()
     };
+    // Listen for resizes before the container starts, so one that comes
+    // while it starts is not lost.
+    let winch_signal = if a.tty {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::window_change()).ok()
+    } else {
+        None
+    };
     agent.run_container(&c).await?;
     let started = t0.elapsed();
     // Keys go to the container's terminal as typed (Ctrl-C included);
@@ -370,17 +385,16 @@ async fn run_in(
         .then(|| crate::term::RawMode::enter(0))
         .transpose()
         .context("putting the terminal in raw mode")?;
-    let winch = a.tty.then(|| {
-        let (agent, cid) = (agent.clone(), c.id.clone());
+    let winch = winch_signal.map(|mut winch| {
+        let (agent, cid, initial) = (agent.clone(), c.id.clone(), c.console_size);
         tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut winch) = signal(SignalKind::window_change()) else {
-                return;
-            };
+            // Resized while the container started: the guest has the old size.
+            let now = crate::term::size(1);
+            if now.is_some() && now != initial {
+                winch_pending(&agent, &cid).await;
+            }
             while winch.recv().await.is_some() {
-                if let Some((rows, cols)) = crate::term::size(1) {
-                    let _ = agent.resize(&cid, "", rows.into(), cols.into()).await;
-                }
+                winch_pending(&agent, &cid).await;
             }
         })
     });
