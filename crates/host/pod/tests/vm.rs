@@ -91,8 +91,57 @@ fn initdata() -> String {
         .cert
         .pem();
     format!(
-        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://127.0.0.1:8080\"\ncert = \"\"\"\n{cert}\"\"\"\n'''\n"
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"https://127.0.0.1:8080\"\ncert = \"\"\"\n{cert}\"\"\"\n'''\n\"policy.rego\" = '''\n{POLICY}'''\n"
     )
+}
+
+/// An agent policy written by hand in genpolicy's shape (Kata's rule
+/// names, `policy_data` with containers and request defaults): one
+/// container may be created, nothing may be exec'd, copied or replaced.
+const POLICY: &str = r#"package agent_policy
+
+import future.keywords.in
+import future.keywords.if
+import future.keywords.every
+
+default CreateContainerRequest := false
+default ExecProcessRequest := false
+default SetPolicyRequest := false
+default CopyFileRequest := false
+default ReadStreamRequest := false
+default GuestDetailsRequest := true
+default CreateSandboxRequest := true
+
+CreateContainerRequest if {
+    some c in policy_data.containers
+    input.OCI.Process.Args == c.OCI.Process.Args
+    every e in input.OCI.Process.Env {
+        e in c.OCI.Process.Env
+    }
+}
+
+ReadStreamRequest if policy_data.request_defaults.ReadStreamRequest
+
+policy_data := {
+    "containers": [{"OCI": {"Process": {"Args": ["/app"], "Env": ["A=1"]}}}],
+    "request_defaults": {"ReadStreamRequest": false}
+}
+"#;
+
+/// The refusal of a raw agent call: PERMISSION_DENIED naming the rule.
+fn refused<T: std::fmt::Debug>(r: ttrpc::Result<T>, rule: &str) -> String {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            assert_eq!(s.code(), ttrpc::Code::PERMISSION_DENIED, "{s:?}");
+            assert!(
+                s.message()
+                    .starts_with(&format!("{rule} is blocked by policy")),
+                "{s:?}"
+            );
+            s.message().to_string()
+        }
+        other => panic!("{rule}: expected a refusal, got {other:?}"),
+    }
 }
 
 /// A plain VM: the agent answers on the virtio-serial channel, services
@@ -152,6 +201,68 @@ async fn vtpm_vm_with_initdata() {
     assert_eq!(digest.len(), 32, "a vTPM binds SHA-256 initdata");
     let pids = pod.vm().pids();
     assert_eq!(pids.len(), 2, "QEMU and swtpm");
+
+    // A hostile host speaking the agent API directly: what initdata's
+    // policy refuses is refused, with the rule; what it allows works.
+    use cocoon_pod::kata::{agent, oci};
+    let raw = &pod.agent.agent;
+    let t = || ctx(Duration::from_secs(30));
+    let tampered = agent::CreateContainerRequest {
+        container_id: "x".into(),
+        OCI: Some(oci::Spec {
+            Process: Some(oci::Process {
+                Args: vec!["/app".into()],
+                Env: vec!["A=1".into(), "LD_PRELOAD=/evil.so".into()],
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    refused(
+        raw.create_container(t(), &tampered).await,
+        "CreateContainerRequest",
+    );
+    let exec = agent::ExecProcessRequest {
+        container_id: "x".into(),
+        exec_id: "sh".into(),
+        process: Some(oci::Process {
+            Args: vec!["/bin/sh".into()],
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    refused(raw.exec_process(t(), &exec).await, "ExecProcessRequest");
+    let allow_all = agent::SetPolicyRequest {
+        policy: "package agent_policy\ndefault AllowRequestsFailingPolicy := true\n".into(),
+        ..Default::default()
+    };
+    refused(raw.set_policy(t(), &allow_all).await, "SetPolicyRequest");
+    let copy = agent::CopyFileRequest {
+        path: "/run/kata-containers/shared/containers/x".into(),
+        ..Default::default()
+    };
+    refused(raw.copy_file(t(), &copy).await, "CopyFileRequest");
+    // A request the policy has no rule for is refused too.
+    let why = refused(
+        raw.stats_container(t(), &agent::StatsContainerRequest::default())
+            .await,
+        "StatsContainerRequest",
+    );
+    assert!(
+        why.contains("defines no rule StatsContainerRequest"),
+        "{why}"
+    );
+    // Still the first policy: SetPolicy did not replace it.
+    refused(raw.exec_process(t(), &exec).await, "ExecProcessRequest");
+    let details = raw
+        .get_guest_details(t(), &agent::GuestDetailsRequest::default())
+        .await
+        .expect("allowed by the policy");
+    assert!(details.agent_details.is_some());
     // The guest services start beside the agent, not before it.
     for _ in 0..1200 {
         let log = std::fs::read_to_string(&console).unwrap_or_default();
@@ -178,6 +289,12 @@ async fn vtpm_vm_with_initdata() {
     );
     assert!(log.contains("attestation agent ready"), "{log}");
     assert!(log.contains("tee=tpm"), "{log}");
+    assert!(log.contains("agent policy loaded from initdata"), "{log}");
+    assert!(
+        log.contains("request refused by the agent policy")
+            && log.contains("CreateContainerRequest"),
+        "the guest logs refusals: {log}"
+    );
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     assert!(
         log.contains(&format!("initdata found digest={hex}")) || log.contains(&hex),
