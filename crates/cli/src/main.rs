@@ -10,6 +10,7 @@ mod client;
 mod guest;
 mod guest_image;
 mod image;
+mod measure;
 mod pod;
 mod policy;
 mod run;
@@ -64,6 +65,9 @@ enum Command {
     /// Run Kubernetes Pod manifests through a CRI runtime (containerd) as kubelet does.
     #[command(subcommand)]
     Pod(pod::PodCommand),
+    /// Expected measurements of a pod VM from its artifacts, as trustee reference values.
+    #[command(subcommand)]
+    Measure(measure::MeasureCommand),
     /// Agent policies: pin what a pod may run and who may reach into it.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -109,6 +113,7 @@ fn main() -> ExitCode {
             Command::Run(a) => return run::run(*a).await,
             Command::Pod(c) => return pod::run(c).await,
             Command::Policy(c) => policy::run(c).await,
+            Command::Measure(c) => measure::run(c).await,
             Command::Trustee(a) => trustee::run(a).await,
             Command::Admin(a) => admin::run(a).await,
             Command::Attest(a) => guest::attest(a).await,

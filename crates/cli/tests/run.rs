@@ -364,7 +364,6 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
     let digest = cocoon_types::initdata::InitData::from_payload("toml", &init_text)
         .unwrap()
         .digest;
-    admin(&["add-reference-value", "init_data", &hex::encode(&digest)]);
     // `cocoon run --print-init-data` shows what the trustee must pin.
     let o = Command::new(env!("CARGO_BIN_EXE_cocoon"))
         .args(["run", "--guest-image"])
@@ -381,9 +380,57 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
         "{}",
         text(&o.stderr)
     );
-    // The guest build wrote them as an RVPS message per VM size.
-    let rv = img.join(cocoon_guest_image::reference_values_file(512));
-    admin(&["register-reference-values", "--file", rv.to_str().unwrap()]);
+    // `cocoon measure vtpm` computes them from the artifacts and
+    // registers them: no value is copied from a boot (but the platform's
+    // PCRs 0 and 1, below).
+    let cmdline = std::fs::read_to_string(img.join("cmdline")).unwrap();
+    let mut measure = Command::new(env!("CARGO_BIN_EXE_cocoon"));
+    measure
+        .args([
+            "measure",
+            "vtpm",
+            "--ovmf",
+            "/usr/share/ovmf/OVMF.fd",
+            "--kernel",
+        ])
+        .arg(img.join("vmlinuz"))
+        .arg("--initrd")
+        .arg(img.join("initrd.img"))
+        .args([
+            "--append",
+            cmdline.trim_end(),
+            "--memory",
+            "512",
+            "--init-data",
+        ])
+        .arg(&init)
+        .args([
+            "--register",
+            &t.url,
+            "--kbs-cert",
+            &t.cert_path(),
+            "--admin-key",
+        ])
+        .arg(t.admin_key());
+    let measured = ok(&measure.output().unwrap());
+    // The same message the image build wrote, plus the initdata's.
+    let built =
+        std::fs::read_to_string(img.join(cocoon_guest_image::reference_values_file(512))).unwrap();
+    let payload = |m: &str| -> serde_json::Value {
+        use base64::Engine;
+        let v: serde_json::Value = serde_json::from_str(m).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(v["payload"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (measured, built) = (payload(&measured), payload(&built));
+    for (k, v) in built.as_object().unwrap() {
+        assert_eq!(&measured[k], v, "{k}");
+    }
+    assert_eq!(measured["init_data"][0], hex::encode(&digest));
     let listed = admin(&["list-reference-values"]);
     for (name, value) in manifest.measurements.vtpm_reference_values(512).unwrap() {
         assert!(
@@ -391,6 +438,7 @@ fn attested_pod_gets_its_image_key_only_with_its_measurements() {
             "{listed}"
         );
     }
+    assert!(listed.contains(&hex::encode(&digest)), "{listed}");
     // The first pod: everything the image build computed matches, and the
     // trustee names exactly the platform's own PCRs (firmware code, VMM
     // configuration) as unpinned. The owner pins those as the platform's.

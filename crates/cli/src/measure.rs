@@ -1,0 +1,211 @@
+//! `cocoon measure`: the measurements a pod VM will report, computed from
+//! its artifacts alone, as reference values for a trustee.
+
+use crate::admin::{Admin, AdminConnection};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use cocoon_guest_image::{Measurements, vtpm};
+use std::path::PathBuf;
+
+/// Expected measurements.
+#[derive(Subcommand)]
+pub enum MeasureCommand {
+    /// vTPM PCRs of an OVMF direct boot (kernel, initrd, command line, initdata) as trustee reference values.
+    Vtpm(VtpmArgs),
+}
+
+/// `cocoon measure vtpm`.
+#[derive(Args)]
+pub struct VtpmArgs {
+    /// The OVMF firmware QEMU boots (its own PCRs 0 and 1 are the platform's).
+    #[arg(long)]
+    ovmf: PathBuf,
+    /// The kernel (EFI stub bzImage).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The initrd.
+    #[arg(long)]
+    initrd: PathBuf,
+    /// The kernel command line as QEMU's -append gives it.
+    #[arg(long)]
+    append: String,
+    /// The pod's initdata document (its digest, extended into PCR 8).
+    #[arg(long)]
+    init_data: Option<PathBuf>,
+    /// Guest memory, MiB (QEMU places the initrd by it, which PCR 4 covers).
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// Store the values in the trustee at this URL (admin key and certificate as for `cocoon admin`).
+    #[arg(long, value_name = "URL")]
+    register: Option<String>,
+    #[command(flatten)]
+    admin: AdminConnection,
+}
+
+/// Runs `cocoon measure`.
+pub async fn run(cmd: MeasureCommand) -> Result<()> {
+    match cmd {
+        MeasureCommand::Vtpm(a) => vtpm(a).await,
+    }
+}
+
+/// The vTPM reference values (`tpm_pcrN`, and `init_data` with an
+/// initdata document) of an OVMF direct boot.
+pub fn vtpm_values(
+    ovmf: &[u8],
+    kernel: &[u8],
+    initrd: &[u8],
+    cmdline: &str,
+    initdata: Option<&str>,
+    memory_mib: u32,
+) -> Result<Vec<(String, String)>> {
+    check_ovmf(ovmf)?;
+    let init = match initdata {
+        Some(text) => {
+            let doc = cocoon_types::initdata::InitData::parse(text)?;
+            if doc.digest.len() != 32 {
+                bail!(
+                    "a vTPM binds initdata by a SHA-256 extend of PCR 8: the document's algorithm must be sha256"
+                );
+            }
+            Some(doc.digest)
+        }
+        None => None,
+    };
+    let m = Measurements::compute(kernel, initrd, cmdline).map_err(anyhow::Error::msg)?;
+    let mut values: Vec<(u32, String)> = m
+        .vtpm_ovmf_flow_pcrs_sha256
+        .iter()
+        .map(|(i, v)| (*i, v.clone()))
+        .collect();
+    let pcr4 = vtpm::pcr4(kernel, initrd.len(), cmdline, memory_mib).map_err(anyhow::Error::msg)?;
+    values.push((4, hex::encode(pcr4)));
+    values.push((9, m.vtpm_pcr9_sha256.clone()));
+    values.push((vtpm::CMDLINE_PCR, m.vtpm_pcr12_sha256.clone()));
+    if let Some(d) = &init {
+        values.push((8, hex::encode(vtpm::replay(&[d]))));
+    }
+    values.sort();
+    let mut out: Vec<(String, String)> = values
+        .into_iter()
+        .map(|(i, v)| (format!("tpm_pcr{i}"), v))
+        .collect();
+    if let Some(d) = init {
+        out.push(("init_data".into(), hex::encode(d)));
+    }
+    Ok(out)
+}
+
+/// An OVMF image: a flash image whose last firmware volume header sits
+/// where the reset vector expects it. PCRs 0 and 1 are not derived from it:
+/// OVMF measures its PEI volume after PEI modules have written into it,
+/// and PCR 1 holds boot variables from NVRAM and QEMU.
+fn check_ovmf(ovmf: &[u8]) -> Result<()> {
+    let has_fv = ovmf.len() >= 0x10000
+        && ovmf.len().is_multiple_of(0x1000)
+        && ovmf.windows(4).step_by(8).any(|w| w == b"_FVH");
+    if !has_fv {
+        bail!("--ovmf is not a firmware image (no firmware volume found)");
+    }
+    Ok(())
+}
+
+/// The values as a CoCo RVPS message (`cocoon admin register-reference-values`).
+pub fn rvps_message(values: &[(String, String)]) -> String {
+    use base64::Engine;
+    let map: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!([v])))
+        .collect();
+    let payload = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::Value::Object(map).to_string());
+    format!("{{\"version\":\"0.1.0\",\"type\":\"sample\",\"payload\":\"{payload}\"}}\n")
+}
+
+async fn vtpm(mut a: VtpmArgs) -> Result<()> {
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
+    };
+    let initdata = match &a.init_data {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the initdata {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let values = vtpm_values(
+        &read(&a.ovmf, "firmware")?,
+        &read(&a.kernel, "kernel")?,
+        &read(&a.initrd, "initrd")?,
+        &a.append,
+        initdata.as_deref(),
+        a.memory,
+    )?;
+    for (k, v) in &values {
+        eprintln!("{k:<10} {v}");
+    }
+    eprintln!(
+        "tpm_pcr0, tpm_pcr1: the platform's (OVMF measures its PEI volume after PEI wrote into it; PCR 1 holds NVRAM boot entries and QEMU's); pin them per host type"
+    );
+    let message = rvps_message(&values);
+    if let Some(url) = a.register.take() {
+        a.admin.conn.url = url;
+        let ad = Admin::new(&a.admin)?;
+        ad.send(
+            ad.http
+                .post(ad.conn.kbs("/reference-value"))
+                .header("content-type", "application/json")
+                .body(message.clone()),
+            "register-reference-values",
+        )
+        .await?;
+        eprintln!(
+            "registered {} reference values at {}",
+            values.len(),
+            ad.conn.url
+        );
+    }
+    print!("{message}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_that_cannot_be_measured_are_refused_with_the_reason() {
+        let ovmf = std::fs::read("/usr/share/ovmf/OVMF.fd")
+            .expect("/usr/share/ovmf/OVMF.fd (scripts/test installs ovmf)");
+        let e = vtpm_values(&[0u8; 0x20000], b"", b"", "", None, 512).unwrap_err();
+        assert!(e.to_string().contains("not a firmware image"), "{e}");
+        let sha384 = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n";
+        let e = vtpm_values(&ovmf, b"", b"", "", Some(sha384), 512).unwrap_err();
+        assert!(e.to_string().contains("must be sha256"), "{e}");
+        let sha256 = "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n";
+        let e = vtpm_values(&ovmf, b"not a kernel", b"", "x", Some(sha256), 512).unwrap_err();
+        assert!(e.to_string().contains("kernel"), "{e}");
+    }
+
+    #[test]
+    fn the_message_is_an_rvps_sample_message() {
+        use base64::Engine;
+        let msg = rvps_message(&[
+            ("tpm_pcr8".into(), "ab".into()),
+            ("init_data".into(), "cd".into()),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&msg).unwrap();
+        assert_eq!(v["version"], "0.1.0");
+        assert_eq!(v["type"], "sample");
+        let payload: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(v["payload"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            payload,
+            serde_json::json!({"tpm_pcr8": ["ab"], "init_data": ["cd"]})
+        );
+    }
+}
