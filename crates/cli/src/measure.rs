@@ -12,6 +12,132 @@ use std::path::PathBuf;
 pub enum MeasureCommand {
     /// vTPM PCRs of an OVMF direct boot (kernel, initrd, command line, initdata) as trustee reference values.
     Vtpm(VtpmArgs),
+    /// SEV-SNP launch digest (flags as AMD's sev-snp-measure takes them).
+    Snp(SnpArgs),
+}
+
+/// `cocoon measure snp`.
+#[derive(Args)]
+pub struct SnpArgs {
+    /// Only `snp` (the launch digest) is supported.
+    #[arg(long, default_value = "snp")]
+    mode: String,
+    /// The firmware (OVMF built for SEV-SNP; AmdSev for direct boot).
+    #[arg(long)]
+    ovmf: PathBuf,
+    /// The kernel QEMU boots with kernel-hashes=on.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// The initrd.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// The kernel command line.
+    #[arg(long, requires = "kernel")]
+    append: Option<String>,
+    /// vCPUs.
+    #[arg(long)]
+    vcpus: u32,
+    /// QEMU vCPU type (EPYC-v4, EPYC-Milan, EPYC-Genoa, ...).
+    #[arg(long, required_unless_present_any = ["vcpu_sig", "vcpu_family"])]
+    vcpu_type: Option<String>,
+    /// The vCPU's CPUID signature instead of a type (hex or decimal).
+    #[arg(long, value_parser = parse_int)]
+    vcpu_sig: Option<u64>,
+    /// The vCPU's family (with --vcpu-model and --vcpu-stepping).
+    #[arg(long, requires_all = ["vcpu_model", "vcpu_stepping"])]
+    vcpu_family: Option<u32>,
+    /// The vCPU's model.
+    #[arg(long)]
+    vcpu_model: Option<u32>,
+    /// The vCPU's stepping.
+    #[arg(long)]
+    vcpu_stepping: Option<u32>,
+    /// VMSA SEV features (hex or decimal).
+    #[arg(long, value_parser = parse_int, default_value = "0x1")]
+    guest_features: u64,
+    /// The hypervisor: qemu or ec2.
+    #[arg(long, default_value = "qemu")]
+    vmm_type: String,
+    /// The firmware's digest (96 hex digits) instead of hashing --ovmf's pages.
+    #[arg(long)]
+    snp_ovmf_hash: Option<String>,
+    /// hex or base64.
+    #[arg(long, default_value = "hex")]
+    output_format: String,
+}
+
+fn parse_int(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).map_err(|e| format!("{s}: {e}")),
+        None => s.parse().map_err(|e| format!("{s}: {e}")),
+    }
+}
+
+fn snp(a: SnpArgs) -> Result<()> {
+    use cocoon_guest_image::snp;
+    if a.mode != "snp" {
+        bail!(
+            "--mode {}: only snp (the launch digest) is supported",
+            a.mode
+        );
+    }
+    let vmm = match a.vmm_type.as_str() {
+        "qemu" => snp::Vmm::Qemu,
+        "ec2" => snp::Vmm::Ec2,
+        other => bail!("--vmm-type {other}: qemu or ec2"),
+    };
+    let signature = match (&a.vcpu_sig, &a.vcpu_family, &a.vcpu_type) {
+        (Some(sig), _, _) => u32::try_from(*sig).context("--vcpu-sig is larger than 32 bits")?,
+        (None, Some(f), _) => snp::vcpu_signature(
+            *f,
+            a.vcpu_model.unwrap_or_default(),
+            a.vcpu_stepping.unwrap_or_default(),
+        ),
+        (None, None, Some(t)) => snp::vcpu_type_signature(t).with_context(|| {
+            format!("--vcpu-type {t} is not known: give --vcpu-sig or --vcpu-family/--vcpu-model/--vcpu-stepping")
+        })?,
+        (None, None, None) => bail!("give --vcpu-type, --vcpu-sig or --vcpu-family"),
+    };
+    let fw = std::fs::read(&a.ovmf).with_context(|| format!("reading {}", a.ovmf.display()))?;
+    let layout = snp::Layout::from_ovmf(&fw)?;
+    let seed = match &a.snp_ovmf_hash {
+        Some(h) => Some(
+            <[u8; 48]>::try_from(hex::decode(h).context("--snp-ovmf-hash is not hex")?)
+                .map_err(|_| anyhow::anyhow!("--snp-ovmf-hash must be 48 bytes (96 hex digits)"))?,
+        ),
+        None => None,
+    };
+    let kernel = match &a.kernel {
+        Some(k) => Some(std::fs::read(k).with_context(|| format!("reading {}", k.display()))?),
+        None => None,
+    };
+    let initrd = match &a.initrd {
+        Some(i) => std::fs::read(i).with_context(|| format!("reading {}", i.display()))?,
+        None => Vec::new(),
+    };
+    let append = a.append.clone().unwrap_or_default();
+    let digest = snp::launch_digest(&snp::Launch {
+        ovmf: Some(&fw),
+        firmware_digest: seed,
+        layout: &layout,
+        kernel: kernel.as_deref().map(|k| (k, &initrd[..], append.as_str())),
+        vcpus: a.vcpus,
+        vcpu_signature: signature,
+        guest_features: a.guest_features,
+        vmm,
+    })?;
+    match a.output_format.as_str() {
+        "hex" => println!("{}", hex::encode(digest)),
+        "base64" => {
+            use base64::Engine;
+            println!(
+                "{}",
+                base64::engine::general_purpose::STANDARD.encode(digest)
+            );
+        }
+        other => bail!("--output-format {other}: hex or base64"),
+    }
+    Ok(())
 }
 
 /// `cocoon measure vtpm`.
@@ -46,6 +172,7 @@ pub struct VtpmArgs {
 pub async fn run(cmd: MeasureCommand) -> Result<()> {
     match cmd {
         MeasureCommand::Vtpm(a) => vtpm(a).await,
+        MeasureCommand::Snp(a) => snp(a),
     }
 }
 

@@ -45,7 +45,7 @@ const EFI_IMAGE_SECURITY_DATABASE: [u8; 16] = guid_le(
     [0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f],
 );
 
-const fn guid_le(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
+pub(crate) const fn guid_le(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     let a = a.to_le_bytes();
     let b = b.to_le_bytes();
     let c = c.to_le_bytes();
