@@ -11,6 +11,7 @@
 pub mod cpio;
 pub mod debian;
 pub mod modules;
+pub mod ovmf;
 pub mod snp;
 pub mod vtpm;
 

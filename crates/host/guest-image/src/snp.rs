@@ -13,6 +13,8 @@
 //!
 //! Each step folds a 112-byte PAGE_INFO into a SHA-384 chain.
 
+#[cfg(test)]
+use crate::ovmf::FOOTER_GUID;
 use crate::vtpm::guid_le;
 use sha2::{Digest, Sha256, Sha384};
 
@@ -22,12 +24,6 @@ pub const VMSA_GPA: u64 = 0xFFFF_FFFF_F000;
 pub const DEFAULT_GUEST_FEATURES: u64 = 0x1;
 
 const PAGE: usize = 4096;
-const FOOTER_GUID: [u8; 16] = guid_le(
-    0x96b582de,
-    0x1fb2,
-    0x45f7,
-    [0xba, 0xea, 0xa3, 0x66, 0xc5, 0x5a, 0x08, 0x2d],
-);
 const SEV_ES_RESET_BLOCK: [u8; 16] = guid_le(
     0x00f771de,
     0x1a7e,
@@ -133,42 +129,8 @@ pub struct Layout {
     pub hash_table_gpa: Option<u32>,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-/// The entries of the GUID table at the end of an OVMF image (data by GUID).
-/// An entry of the footer table: its GUID and data.
-type Entry<'a> = ([u8; 16], &'a [u8]);
-
-fn footer_table(fw: &[u8]) -> Result<Vec<Entry<'_>>, SnpError> {
-    let bad = |s: &str| SnpError::Ovmf(s.to_string());
-    let len = fw.len();
-    if len < 50 || fw[len - 48..len - 32] != FOOTER_GUID {
-        return Ok(Vec::new());
-    }
-    let total = usize::from(u16_at(fw, len - 50));
-    if total < 18 || total - 18 > len - 50 {
-        return Err(bad("the GUID table's size runs past the image"));
-    }
-    let mut table = &fw[len - 50 - (total - 18)..len - 50];
-    let mut out = Vec::new();
-    while table.len() >= 18 {
-        let n = table.len();
-        let size = usize::from(u16_at(table, n - 18));
-        if size < 18 || size > n {
-            return Err(bad("a GUID table entry has an impossible size"));
-        }
-        let mut guid = [0u8; 16];
-        guid.copy_from_slice(&table[n - 16..]);
-        out.push((guid, &table[n - size..n - 18]));
-        table = &table[..n - size];
-    }
-    Ok(out)
 }
 
 impl Layout {
@@ -181,15 +143,8 @@ impl Layout {
                 fw.len()
             )));
         }
-        let table = footer_table(fw)?;
-        let entry = |g: &[u8; 16]| {
-            table
-                .iter()
-                .find(|(id, _)| id == g)
-                .map(|(_, d)| *d)
-                .filter(|d| d.len() >= 4)
-                .map(|d| u32_at(d, 0))
-        };
+        let table = crate::ovmf::footer_table(fw).map_err(SnpError::Ovmf)?;
+        let entry = |g: &[u8; 16]| crate::ovmf::entry_u32(&table, g);
         let reset_eip = entry(&SEV_ES_RESET_BLOCK).ok_or_else(|| {
             bad("no SEV-ES reset block: the firmware does not start SEV-ES/SNP APs".into())
         })?;
