@@ -225,3 +225,63 @@ fn qemus_launch_of_the_same_layout() {
         "ae79efa6efbe1594a2717dfd42af495a0e4ed37b00e529a5fdf349bea04c3513962ffb0c74cf65b0d9a1857271833d6e"
     );
 }
+
+/// Debian's OVMF.fd for several vCPU counts and types, as an independent
+/// implementation of the reference algorithm computed them.
+#[test]
+fn debians_ovmf_launch_digests() {
+    let fw = std::fs::read("/usr/share/ovmf/OVMF.fd")
+        .expect("/usr/share/ovmf/OVMF.fd (scripts/test installs ovmf)");
+    let layout = Layout::from_ovmf(&fw).unwrap();
+    assert_eq!(layout.reset_eip, 0x80_b004);
+    assert_eq!(layout.hash_table_gpa, None);
+    assert_eq!(
+        hex::encode(ovmf_digest(&fw)),
+        "ba2c811512ef868474f239a21f7d7057d65a20de87a003c4f116e4fb1573183bfbcd75c3e99b2f558575a5d0094f73c6"
+    );
+    for (t, vcpus, want) in [
+        (
+            "EPYC-v4",
+            1,
+            "11570979c77a0adb515761a702527c8b9e11554e730552621d950988613a3a75c6ff1703f540bd22a9beede8fe7a97e3",
+        ),
+        (
+            "EPYC-v4",
+            2,
+            "a5b54e62ae971b58274dd24cc6c47b842662617036e7bd67d7326c07ac6363f35399ef933330a5ea160cead90a00603f",
+        ),
+        (
+            "EPYC-v4",
+            4,
+            "32ac9d7a17d28f7cd4404a4516d2f00519668c40ada2062351c36767e908eb3f090d66c33ab10f80150e00a4385b6d0f",
+        ),
+        (
+            "EPYC-Milan",
+            1,
+            "80479ca85a2b182c026f6a3a2f2b180ab968d84b17540dd30de39039e70b8c0c33ead2cae6d34e37750035fcff60bfc8",
+        ),
+        (
+            "EPYC-Milan",
+            2,
+            "a175292a4a09fcfb760c5bd80c93ed667dbaafce6247d0f21fc06638658b3ebf2804d3019e2abed05cb6a9efe0a7464e",
+        ),
+        (
+            "EPYC-Milan",
+            4,
+            "e9c10ab98f8086bf4a4993dcdc1f768b1128bcb02301d1791f1d3274329e790db2d12a301d66d99a462a13b5d87e2840",
+        ),
+    ] {
+        let got = launch_digest(&Launch {
+            ovmf: Some(&fw),
+            firmware_digest: None,
+            layout: &layout,
+            kernel: None,
+            vcpus,
+            vcpu_signature: vcpu_type_signature(t).unwrap(),
+            guest_features: DEFAULT_GUEST_FEATURES,
+            vmm: Vmm::Qemu,
+        })
+        .unwrap();
+        assert_eq!(hex::encode(got), want, "{t} x{vcpus}");
+    }
+}
