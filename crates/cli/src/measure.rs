@@ -14,6 +14,111 @@ pub enum MeasureCommand {
     Vtpm(VtpmArgs),
     /// SEV-SNP launch digest (flags as AMD's sev-snp-measure takes them).
     Snp(SnpArgs),
+    /// TDX MRTD, RTMR1 and RTMR2 of a TDVF direct boot.
+    Tdx(TdxArgs),
+}
+
+/// Where to store measurements.
+#[derive(Args)]
+pub struct Register {
+    /// Store the values in the trustee at this URL (admin key and certificate as for `cocoon admin`).
+    #[arg(long, value_name = "URL")]
+    register: Option<String>,
+    #[command(flatten)]
+    admin: AdminConnection,
+}
+
+impl Register {
+    /// Registers `values` (name, hex) when `--register` is given.
+    async fn store(mut self, values: &[(String, String)]) -> Result<()> {
+        let Some(url) = self.register.take() else {
+            return Ok(());
+        };
+        self.admin.conn.url = url;
+        let ad = Admin::new(&self.admin)?;
+        ad.send(
+            ad.http
+                .post(ad.conn.kbs("/reference-value"))
+                .header("content-type", "application/json")
+                .body(rvps_message(values)),
+            "register-reference-values",
+        )
+        .await?;
+        eprintln!(
+            "registered {} reference values at {}",
+            values.len(),
+            ad.conn.url
+        );
+        Ok(())
+    }
+}
+
+/// `cocoon measure tdx`.
+#[derive(Args)]
+pub struct TdxArgs {
+    /// The TDVF (OVMF built for TDX).
+    #[arg(long)]
+    tdvf: PathBuf,
+    /// The kernel (EFI stub bzImage).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The initrd.
+    #[arg(long)]
+    initrd: PathBuf,
+    /// The kernel command line.
+    #[arg(long)]
+    append: String,
+    /// TD memory, MiB (QEMU places the initrd by it, which RTMR1 covers).
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    /// How the VMM adds firmware pages: interleaved (KVM upstream, QEMU 9+) or two-pass (QEMU 8 TDX stacks).
+    #[arg(long, default_value = "interleaved")]
+    page_order: String,
+    /// Whether the kernel's EFI stub measures its command line and initrd into RTMR2 (Linux 6.9+): auto (by the kernel's release), yes or no.
+    #[arg(long, default_value = "auto")]
+    stub_measures: String,
+    #[command(flatten)]
+    register: Register,
+}
+
+async fn tdx(a: TdxArgs) -> Result<()> {
+    use cocoon_guest_image::tdx;
+    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (fw, kernel, initrd) = (read(&a.tdvf)?, read(&a.kernel)?, read(&a.initrd)?);
+    let order = match a.page_order.as_str() {
+        "interleaved" => tdx::PageOrder::Interleaved,
+        "two-pass" => tdx::PageOrder::TwoPass,
+        other => bail!("--page-order {other}: interleaved or two-pass"),
+    };
+    let stub = match a.stub_measures.as_str() {
+        "yes" => true,
+        "no" => false,
+        "auto" => tdx::stub_measures_cc(&kernel).with_context(
+            || "the kernel names no release in its header: say --stub-measures yes or no",
+        )?,
+        other => bail!("--stub-measures {other}: auto, yes or no"),
+    };
+    let mrtd = tdx::mrtd(&fw, order)?;
+    let rtmr1 =
+        tdx::rtmr1(&kernel, initrd.len(), &a.append, a.memory).map_err(anyhow::Error::msg)?;
+    let rtmr2 = tdx::rtmr2(&initrd, &a.append, stub);
+    let values = vec![
+        ("tdx_mr_td".to_string(), hex::encode(mrtd)),
+        ("tdx_rtmr_1".to_string(), hex::encode(rtmr1)),
+        ("tdx_rtmr_2".to_string(), hex::encode(rtmr2)),
+    ];
+    for (k, v) in &values {
+        println!("{k:<11} {v}");
+    }
+    eprintln!(
+        "tdx_rtmr_0: the platform's (TD HOB, configuration volume, ACPI tables and boot variables QEMU provides){}",
+        if stub {
+            ""
+        } else {
+            "; RTMR2 is zero: this kernel's EFI stub does not measure through the CC protocol"
+        }
+    );
+    a.register.store(&values).await
 }
 
 /// `cocoon measure snp`.
@@ -64,6 +169,8 @@ pub struct SnpArgs {
     /// hex or base64.
     #[arg(long, default_value = "hex")]
     output_format: String,
+    #[command(flatten)]
+    register: Register,
 }
 
 fn parse_int(s: &str) -> Result<u64, String> {
@@ -73,7 +180,7 @@ fn parse_int(s: &str) -> Result<u64, String> {
     }
 }
 
-fn snp(a: SnpArgs) -> Result<()> {
+async fn snp(a: SnpArgs) -> Result<()> {
     use cocoon_guest_image::snp;
     if a.mode != "snp" {
         bail!(
@@ -137,7 +244,9 @@ fn snp(a: SnpArgs) -> Result<()> {
         }
         other => bail!("--output-format {other}: hex or base64"),
     }
-    Ok(())
+    a.register
+        .store(&[("snp_launch_measurement".into(), hex::encode(digest))])
+        .await
 }
 
 /// `cocoon measure vtpm`.
@@ -161,18 +270,16 @@ pub struct VtpmArgs {
     /// Guest memory, MiB (QEMU places the initrd by it, which PCR 4 covers).
     #[arg(long, default_value_t = 2048)]
     memory: u32,
-    /// Store the values in the trustee at this URL (admin key and certificate as for `cocoon admin`).
-    #[arg(long, value_name = "URL")]
-    register: Option<String>,
     #[command(flatten)]
-    admin: AdminConnection,
+    register: Register,
 }
 
 /// Runs `cocoon measure`.
 pub async fn run(cmd: MeasureCommand) -> Result<()> {
     match cmd {
         MeasureCommand::Vtpm(a) => vtpm(a).await,
-        MeasureCommand::Snp(a) => snp(a),
+        MeasureCommand::Snp(a) => snp(a).await,
+        MeasureCommand::Tdx(a) => tdx(a).await,
     }
 }
 
@@ -249,7 +356,7 @@ pub fn rvps_message(values: &[(String, String)]) -> String {
     format!("{{\"version\":\"0.1.0\",\"type\":\"sample\",\"payload\":\"{payload}\"}}\n")
 }
 
-async fn vtpm(mut a: VtpmArgs) -> Result<()> {
+async fn vtpm(a: VtpmArgs) -> Result<()> {
     let read = |p: &PathBuf, what: &str| {
         std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
     };
@@ -275,23 +382,7 @@ async fn vtpm(mut a: VtpmArgs) -> Result<()> {
         "tpm_pcr0, tpm_pcr1: the platform's (OVMF measures its PEI volume after PEI wrote into it; PCR 1 holds NVRAM boot entries and QEMU's); pin them per host type"
     );
     let message = rvps_message(&values);
-    if let Some(url) = a.register.take() {
-        a.admin.conn.url = url;
-        let ad = Admin::new(&a.admin)?;
-        ad.send(
-            ad.http
-                .post(ad.conn.kbs("/reference-value"))
-                .header("content-type", "application/json")
-                .body(message.clone()),
-            "register-reference-values",
-        )
-        .await?;
-        eprintln!(
-            "registered {} reference values at {}",
-            values.len(),
-            ad.conn.url
-        );
-    }
+    a.register.store(&values).await?;
     print!("{message}");
     Ok(())
 }

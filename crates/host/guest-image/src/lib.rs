@@ -13,6 +13,7 @@ pub mod debian;
 pub mod modules;
 pub mod ovmf;
 pub mod snp;
+pub mod tdx;
 pub mod vtpm;
 
 use serde::{Deserialize, Serialize};

@@ -84,12 +84,19 @@ fn variable_event(guid: &[u8; 16], name: &str, data: &[u8]) -> [u8; 32] {
 /// The kernel's Authenticode SHA-256 (PE/COFF image hash, signatures
 /// excluded).
 pub fn authenticode_sha256(image: &[u8]) -> Result<[u8; 32], String> {
+    Ok(authenticode_with::<Sha256>(image)?.into())
+}
+
+/// The kernel's Authenticode digest with hash `D`.
+pub fn authenticode_with<D: Digest + sha2::digest::Update>(
+    image: &[u8],
+) -> Result<sha2::digest::Output<D>, String> {
     let pe = object::read::pe::PeFile64::parse(image)
         .map_err(|e| format!("the kernel is not a PE32+ image (no EFI stub?): {e}"))?;
-    let mut h = Sha256::new();
+    let mut h = D::new();
     authenticode::authenticode_digest(&pe, &mut h)
         .map_err(|e| format!("the kernel's PE headers are inconsistent: {e}"))?;
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 /// From this much guest memory (MiB) up, QEMU's q35 machine keeps 2 GiB
