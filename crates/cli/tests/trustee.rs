@@ -1211,3 +1211,56 @@ async fn a_forged_token_inside_a_genuine_cookie_is_refused() {
     let r = raw.get("resource/default/key/f", Some(&same), None).await;
     assert_error(&r, 403, "PolicyDeny", "default/key/f");
 }
+
+/// `cocoon measure snp|tdx --register` computes from Debian's OVMF and
+/// stores the values under the names the attestation policy pins.
+#[test]
+fn measurements_are_registered_under_the_policy_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(&dir.path().join("t"), &[]);
+    let register = |args: &[&str]| {
+        let o = std::process::Command::new(BIN)
+            .arg("measure")
+            .args(args)
+            .args(["--register", &t.url, "--admin-key"])
+            .arg(t.admin_key())
+            .output()
+            .unwrap();
+        ok(&o)
+    };
+    let snp = register(&[
+        "snp",
+        "--ovmf",
+        "/usr/share/ovmf/OVMF.fd",
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-v4",
+    ]);
+    let snp = snp.trim();
+    assert_eq!(snp.len(), 96, "{snp}");
+    // A kernel the firmware has no hashes page for: refused, not guessed.
+    let o = std::process::Command::new(BIN)
+        .args([
+            "measure",
+            "snp",
+            "--ovmf",
+            "/usr/share/ovmf/OVMF.fd",
+            "--vcpus",
+            "1",
+        ])
+        .args([
+            "--vcpu-type",
+            "EPYC-v4",
+            "--kernel",
+            "/usr/share/ovmf/OVMF.fd",
+        ])
+        .output()
+        .unwrap();
+    assert!(fails(&o).contains("no kernel hashes section"));
+    let listed = ok(&t.admin(&["list-reference-values"]));
+    assert!(
+        listed.contains("snp_launch_measurement") && listed.contains(snp),
+        "{listed}"
+    );
+}

@@ -143,3 +143,25 @@ fn malformed_metadata_is_refused() {
             .contains("no TDVF signature")
     );
 }
+
+/// Debian's OVMF.fd carries TDVF metadata; its MRTD both ways, as an
+/// independent implementation of the TDX module's hashing computed them.
+#[test]
+fn debians_ovmf_mrtd() {
+    let fw = std::fs::read("/usr/share/ovmf/OVMF.fd")
+        .expect("/usr/share/ovmf/OVMF.fd (scripts/test installs ovmf)");
+    let s = sections(&fw).unwrap();
+    assert_eq!(s.len(), 6);
+    assert_eq!(
+        (s[0].kind, s[0].gpa, s[0].attributes),
+        (0, 0xffe2_0000, ATTR_EXTEND_MR)
+    );
+    assert_eq!(
+        hex::encode(mrtd(&fw, PageOrder::Interleaved).unwrap()),
+        "4c7206f0f483c524f12c366c711e9049030a8d47c471ee5aa9c4999a08de4057fb887fed0744d5631a212967fb231c47"
+    );
+    assert_eq!(
+        hex::encode(mrtd(&fw, PageOrder::TwoPass).unwrap()),
+        "acccbcc870a381adab0d3919d90a7f268ac3b0364771f202ed4bb4e892d045b33db3b32e6924cba830a724eed443f7e1"
+    );
+}
