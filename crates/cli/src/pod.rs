@@ -407,7 +407,7 @@ fn container_config(c: &ContainerSpec) -> Result<cri::ContainerConfig> {
 
 /// The paths kubelet masks in a container's /proc and /sys (the default
 /// proc mount).
-const MASKED_PATHS: &[&str] = &[
+pub(crate) const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
     "/proc/acpi",
     "/proc/kcore",
@@ -420,7 +420,7 @@ const MASKED_PATHS: &[&str] = &[
     "/sys/firmware",
 ];
 /// The paths kubelet makes read-only.
-const READONLY_PATHS: &[&str] = &[
+pub(crate) const READONLY_PATHS: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",

@@ -305,13 +305,15 @@ pub struct Image {
     pub config: Value,
 }
 
-struct Resolver {
+/// Resolves images from their registries (plain HTTP for the insecure ones).
+pub(crate) struct Resolver {
     puller: cocoon_image::pull::ImagePuller,
     _dir: tempfile::TempDir,
 }
 
 impl Resolver {
-    fn new(insecure: &[String]) -> Result<Self> {
+    /// A resolver; `insecure` registries are spoken to over plain HTTP.
+    pub(crate) fn new(insecure: &[String]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut cfg = cocoon_image::pull::PullConfig::new(dir.path().to_path_buf());
         cfg.registry.insecure = insecure.iter().cloned().collect();
@@ -321,7 +323,8 @@ impl Resolver {
         })
     }
 
-    async fn image(&self, name: &str) -> Result<Image> {
+    /// `name` resolved to its digest and config.
+    pub(crate) async fn image(&self, name: &str) -> Result<Image> {
         let r = cocoon_image::reference::Reference::parse(name)
             .with_context(|| format!("image '{name}'"))?;
         let (digest, manifest, _) = self

@@ -113,6 +113,12 @@ pub fn sections(fw: &[u8]) -> Result<Vec<Section>, TdxError> {
                 s.size, s.gpa
             )));
         }
+        if s.size > 1 << 32 || s.gpa.checked_add(s.size).is_none_or(|end| end > 1 << 52) {
+            return Err(bad(format!(
+                "section {i} ({:#x} bytes at {:#x}) is larger than a firmware section can be",
+                s.size, s.gpa
+            )));
+        }
         let extended = s.attributes & ATTR_EXTEND_MR != 0;
         if extended && u64::from(s.data_offset) + s.size > fw.len() as u64 {
             return Err(bad(format!("section {i}'s data runs past the image")));
