@@ -132,9 +132,17 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     }
     let reaper = reaper::Reaper::start()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
-    // The policy comes from initdata (written by setup); one that does not
-    // load stops the guest rather than serving without it.
+    // The policy comes from initdata (written by setup). It loads while the
+    // agent comes up (every decision waits for it); one that does not load
+    // refuses every request and stops the guest.
     let policy = Arc::new(policy::Gate::from_initdata(Path::new(INITDATA_DIR))?);
+    let loading = policy.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = loading.wait() {
+            tracing::error!("{e}: the guest stops");
+            init::power_off();
+        }
+    });
     let sandbox = sandbox::Sandbox::new(
         reaper,
         exe,

@@ -183,6 +183,10 @@ impl Loaded {
                 other => return Err(format!("operation '{other}' is not supported")),
             }
         }
+        if state == self.pstate {
+            // Re-adding data makes the engine prepare its rules again.
+            return Ok(());
+        }
         self.pstate = state;
         self.engine.clear_data();
         self.engine
@@ -238,35 +242,83 @@ fn clip(mut s: String) -> String {
 /// The agent's policy gate: no policy (everything allowed) or a loaded
 /// policy every request goes through.
 pub struct Gate {
-    policy: Mutex<Option<Loaded>>,
+    policy: Mutex<Slot>,
+}
+
+/// What the gate holds.
+enum Slot {
+    /// No policy.
+    Open,
+    /// A policy being loaded in the background; the first request waits.
+    Loading(std::thread::JoinHandle<Result<Loaded, PolicyError>>),
+    /// The policy.
+    Ready(Box<Loaded>),
+    /// The policy did not load: every request is refused.
+    Failed(String),
+}
+
+impl Slot {
+    /// Waits for a background load.
+    fn settle(&mut self) {
+        if matches!(self, Slot::Loading(_)) {
+            let Slot::Loading(h) = std::mem::replace(self, Slot::Failed(String::new())) else {
+                return;
+            };
+            *self = match h.join() {
+                Ok(Ok(l)) => Slot::Ready(Box::new(l)),
+                Ok(Err(e)) => Slot::Failed(e.0),
+                Err(_) => Slot::Failed("loading it panicked".into()),
+            };
+        }
+    }
+}
+
+/// What a request meets at the gate.
+enum Verdict<'a> {
+    Open,
+    Policy(&'a mut Loaded),
+    Failed(&'a str),
 }
 
 impl Gate {
     /// No policy: every request is allowed, SetPolicy refused.
     pub fn open() -> Self {
         Self {
-            policy: Mutex::new(None),
+            policy: Mutex::new(Slot::Open),
         }
     }
 
     /// A gate enforcing `text`.
     pub fn with_policy(text: &str) -> Result<Self, PolicyError> {
         Ok(Self {
-            policy: Mutex::new(Some(Loaded::new(text)?)),
+            policy: Mutex::new(Slot::Ready(Box::new(Loaded::new(text)?))),
         })
     }
 
+    /// A gate enforcing `text` once it has loaded, in the background: the
+    /// agent starts serving meanwhile and the first decision waits for it.
+    /// A policy that does not load refuses every request
+    /// ([`Gate::wait`] says why).
+    pub fn loading(text: String) -> Self {
+        let h = std::thread::spawn(move || {
+            let l = Loaded::new(&text);
+            if l.is_ok() {
+                tracing::info!(bytes = text.len(), "agent policy loaded from initdata");
+            }
+            l
+        });
+        Self {
+            policy: Mutex::new(Slot::Loading(h)),
+        }
+    }
+
     /// The policy in initdata's `policy.rego` under `dir` (as written at
-    /// boot), or an open gate when initdata has none. A policy that does
-    /// not load is an error: the guest must not serve without it.
+    /// boot), loading in the background, or an open gate when initdata has
+    /// none.
     pub fn from_initdata(dir: &Path) -> Result<Self, PolicyError> {
         let path = dir.join(INITDATA_ENTRY);
         match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let gate = Self::with_policy(&text)?;
-                tracing::info!(bytes = text.len(), "agent policy loaded from initdata");
-                Ok(gate)
-            }
+            Ok(text) => Ok(Self::loading(text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::info!("no agent policy in initdata: every agent request is allowed");
                 Ok(Self::open())
@@ -275,24 +327,39 @@ impl Gate {
         }
     }
 
-    /// Whether a policy is enforced.
-    pub fn enforcing(&self) -> bool {
-        self.lock().is_some()
+    /// Waits for the policy to load: an error if it did not (the guest
+    /// must not serve without it).
+    pub fn wait(&self) -> Result<(), PolicyError> {
+        match &*self.lock() {
+            Slot::Failed(e) => Err(PolicyError(e.clone())),
+            _ => Ok(()),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Loaded>> {
-        self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    /// Whether a policy is enforced (one that failed to load counts: it
+    /// refuses everything).
+    pub fn enforcing(&self) -> bool {
+        !matches!(&*self.lock(), Slot::Open)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        let mut g = self.policy.lock().unwrap_or_else(|p| p.into_inner());
+        g.settle();
+        g
     }
 
     /// Decides `req` by the rule named after its message.
     pub fn check(&self, req: &dyn MessageDyn) -> Result<(), Denial> {
-        let mut guard = self.lock();
-        let Some(policy) = guard.as_mut() else {
-            return Ok(());
-        };
         let rule = req.descriptor_dyn().name().to_string();
-        let input = cocoon_guest_protos::json::to_value(req);
-        decide(policy, &rule, &input, false)
+        let mut guard = self.lock();
+        match verdict(&mut guard) {
+            Verdict::Open => Ok(()),
+            Verdict::Failed(e) => Err(failed(&rule, e)),
+            Verdict::Policy(policy) => {
+                let input = cocoon_guest_protos::json::to_value(req);
+                decide(policy, &rule, &input, false)
+            }
+        }
     }
 
     /// Decides `rule` for `input` (requests that are not one agent
@@ -305,22 +372,29 @@ impl Gate {
         undefined_allows: bool,
     ) -> Result<(), Denial> {
         let mut guard = self.lock();
-        let Some(policy) = guard.as_mut() else {
-            return Ok(());
-        };
-        decide(policy, rule, input, undefined_allows)
+        match verdict(&mut guard) {
+            Verdict::Open => Ok(()),
+            Verdict::Failed(e) => Err(failed(rule, e)),
+            Verdict::Policy(policy) => decide(policy, rule, input, undefined_allows),
+        }
     }
 
     /// SetPolicy: allowed only by the current policy's `SetPolicyRequest`;
     /// then `text` replaces it (and its state).
     pub fn set_policy(&self, text: &str) -> Result<(), SetPolicyError> {
         let mut guard = self.lock();
-        let Some(policy) = guard.as_mut() else {
-            return Err(SetPolicyError::Denied(Denial {
-                rule: "SetPolicyRequest".into(),
-                reason: "the pod has no initdata policy, and only one may allow replacing it"
-                    .into(),
-            }));
+        let policy = match verdict(&mut guard) {
+            Verdict::Policy(p) => p,
+            Verdict::Failed(e) => {
+                return Err(SetPolicyError::Denied(failed("SetPolicyRequest", e)));
+            }
+            Verdict::Open => {
+                return Err(SetPolicyError::Denied(Denial {
+                    rule: "SetPolicyRequest".into(),
+                    reason: "the pod has no initdata policy, and only one may allow replacing it"
+                        .into(),
+                }));
+            }
         };
         decide(
             policy,
@@ -330,9 +404,26 @@ impl Gate {
         )
         .map_err(SetPolicyError::Denied)?;
         let new = Loaded::new(text).map_err(SetPolicyError::Invalid)?;
-        *guard = Some(new);
+        *guard = Slot::Ready(Box::new(new));
         tracing::info!(bytes = text.len(), "agent policy replaced by SetPolicy");
         Ok(())
+    }
+}
+
+fn verdict(slot: &mut Slot) -> Verdict<'_> {
+    match slot {
+        Slot::Open => Verdict::Open,
+        Slot::Ready(p) => Verdict::Policy(p),
+        Slot::Failed(e) => Verdict::Failed(e),
+        // Settled by `Gate::lock`.
+        Slot::Loading(_) => Verdict::Failed("still loading"),
+    }
+}
+
+fn failed(rule: &str, why: &str) -> Denial {
+    Denial {
+        rule: rule.into(),
+        reason: format!("the pod's agent policy did not load ({why})"),
     }
 }
 

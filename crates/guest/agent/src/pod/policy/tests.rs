@@ -238,11 +238,29 @@ fn initdata_without_a_policy_opens_the_gate_and_a_bad_one_fails() {
     let dir = tempfile::tempdir().unwrap();
     assert!(!Gate::from_initdata(dir.path()).unwrap().enforcing());
     std::fs::write(dir.path().join(INITDATA_ENTRY), GENPOLICY_STYLE).unwrap();
-    assert!(Gate::from_initdata(dir.path()).unwrap().enforcing());
+    let gate = Gate::from_initdata(dir.path()).unwrap();
+    gate.wait().unwrap();
+    assert!(gate.enforcing());
+    gate.check(&create("evil", &["/bin/sh"], &[])).unwrap_err();
+    // A policy that does not load refuses everything, and says why.
     std::fs::write(
         dir.path().join(INITDATA_ENTRY),
         "package agent_policy\nx if {",
     )
     .unwrap();
-    assert!(Gate::from_initdata(dir.path()).is_err());
+    let gate = Gate::from_initdata(dir.path()).unwrap();
+    let d = gate
+        .check(&agent::StartContainerRequest::default())
+        .unwrap_err();
+    assert!(
+        d.reason
+            .starts_with("the pod's agent policy did not load ("),
+        "{d}"
+    );
+    let e = gate.wait().unwrap_err().to_string();
+    assert!(
+        e.starts_with("agent policy: ") && !e.contains("agent policy: agent policy"),
+        "{e}"
+    );
+    assert!(gate.set_policy("package agent_policy\n").is_err());
 }
