@@ -1427,6 +1427,32 @@ fn cri_runs_an_encrypted_image_only_after_vtpm_attestation() {
     let o = env.pod(&["run", "--rm", m.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING, "{o:?}");
     env.assert_clean("an attested pod");
+    // The owner pins the pod with a generated agent policy: its initdata
+    // (trustee settings and policy) is what the trustee now accepts, and
+    // the pod runs under that policy in the vTPM VM.
+    let o = std::process::Command::new(BIN)
+        .args([
+            "policy",
+            "generate",
+            "--kbs",
+            &t.url,
+            "--kbs-cert",
+            &t.cert_path(),
+        ])
+        .args(["--insecure-registry", &env.reg.addr, "--in-place"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    ok(&o);
+    let said = String::from_utf8_lossy(&o.stderr).into_owned();
+    let at = said
+        .find("initdata sha256 ")
+        .expect("the digest is printed")
+        + 16;
+    admin(&["add-reference-value", "init_data", &said[at..at + 64]]);
+    let o = env.pod(&["run", "--rm", m.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING, "{o:?}");
+    env.assert_clean("a pinned, attested pod");
     // No plaintext of the image and no key anywhere on the host side.
     let kek_hex = hex::encode(&kek);
     let host = ["root", "state", "snap-root", "shim-state", "pod-logs"];
