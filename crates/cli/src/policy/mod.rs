@@ -685,11 +685,12 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
         "sandbox_pidns": false,
         "exec_commands": [],
     })];
-    let mut env_regex: Vec<String> = RUNTIME_ENV.iter().map(|s| s.to_string()).collect();
+    let env_regex: Vec<String> = RUNTIME_ENV.iter().map(|s| s.to_string()).collect();
     for (c, img) in w.containers()?.iter().zip(images) {
         let spec = &c.spec;
         let privileged = spec["securityContext"]["privileged"].as_bool() == Some(true);
         let mut env: Vec<String> = json_strings(&img.config["Env"]);
+        let mut own_env_regex: Vec<String> = Vec::new();
         if let Some(list) = spec["env"].as_sequence() {
             for e in list {
                 let name = e["name"].as_str().context("an env entry without a name")?;
@@ -697,8 +698,9 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
                     env.retain(|x| x.split_once('=').map(|p| p.0) != Some(name));
                     env.push(format!("{name}={v}"));
                 } else if e["valueFrom"].is_mapping() {
-                    // Known only when the pod runs (a field, a secret).
-                    env_regex.push(format!("^{}=", regex_escape(name)));
+                    // Known only when the pod runs (a field, a secret):
+                    // any value, in this container only.
+                    own_env_regex.push(format!("^{}=", regex_escape(name)));
                 } else {
                     env.push(format!("{name}="));
                 }
@@ -742,6 +744,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
             "image": img.reference,
             "manifest_digest": img.digest,
             "stdin": spec["stdin"].as_bool() == Some(true),
+            "env_regex": own_env_regex,
             "OCI": {
                 "Process": {
                     "Args": process_args(spec, &img.config),

@@ -21,15 +21,6 @@ default UpdateInterfaceRequest := true
 default UpdateRoutesRequest := true
 default ListInterfacesRequest := true
 default ListRoutesRequest := true
-default AddARPNeighborsRequest := true
-default OnlineCPUMemRequest := true
-default UpdateContainerRequest := true
-default PauseContainerRequest := true
-default ResumeContainerRequest := true
-default ReseedRandomDevRequest := true
-default SetGuestDateTimeRequest := true
-default MemHotplugByProbeRequest := true
-default RemoveStaleVirtiofsShareMountsRequest := true
 default AgentStatsRequest := true
 
 # Calls that need the policy's consent.
@@ -45,6 +36,15 @@ default SetPolicyRequest := false
 default GetMetricsRequest := false
 default UpdateEphemeralMountsRequest := false
 default ForwardLoopbackRequest := false
+default RemoveStaleVirtiofsShareMountsRequest := false
+default MemHotplugByProbeRequest := false
+default SetGuestDateTimeRequest := false
+default ReseedRandomDevRequest := false
+default ResumeContainerRequest := false
+default PauseContainerRequest := false
+default UpdateContainerRequest := false
+default OnlineCPUMemRequest := false
+default AddARPNeighborsRequest := false
 
 CreateSandboxRequest if {
 	count(input.storages) == 0
@@ -103,6 +103,8 @@ restrictive_options := {"ro", "nosuid", "noexec", "nodev"}
 # type fails it. The reasons further down only explain a refusal.
 CreateContainerRequest := {"allowed": true, "ops": ops} if {
 	is_object(process)
+	not data.pstate[input.container_id]
+	env_names_unique
 	some i in candidates
 	c := policy_data.containers[i]
 	args_ok(c)
@@ -134,6 +136,17 @@ env_allowed(e, _) if {
 	regex.match(r, e)
 }
 
+env_allowed(e, c) if {
+	some r in object.get(c, "env_regex", [])
+	regex.match(r, e)
+}
+
+# Each variable once: a later duplicate would override a pinned value.
+env_names_unique if {
+	names := [split(e, "=")[0] | some e in process.Env]
+	count(names) == count({n | some n in names})
+}
+
 env_ok(c) if c.sandbox
 
 env_ok(c) if {
@@ -155,6 +168,8 @@ user_ok(c) if c.OCI.Process.User.UID == null
 user_ok(c) if input_uid == c.OCI.Process.User.UID
 
 caps_ok(p, c) if {
+	# Unset capabilities would leave the process the agent's own.
+	is_object(p.Capabilities)
 	every set in cap_sets {
 		every cap in caps_of(p, set) {
 			cap in c.OCI.Process.Capabilities[set]
@@ -170,8 +185,12 @@ mount_allowed(m, c) if {
 	every o in p.options {
 		o in restrictive_options
 		o in m.options
+		not loosening[o] in m.options
 	}
 }
+
+# The option that would undo a restrictive one later in the list.
+loosening := {"ro": "rw", "nosuid": "suid", "noexec": "exec", "nodev": "dev"}
 
 mounts_ok(c) if {
 	every m in input.OCI.Mounts {
@@ -236,6 +255,21 @@ privileges_ok(_) if process.NoNewPrivileges == true
 # Why CreateContainerRequest refused.
 reasons.CreateContainerRequest contains "OCI.Process: the request has no process" if {
 	not is_object(process)
+}
+
+reasons.CreateContainerRequest contains msg if {
+	data.pstate[input.container_id]
+	msg := sprintf("container_id: %s was already created under this policy", [input.container_id])
+}
+
+reasons.CreateContainerRequest contains "OCI.Process.Env: a variable is set twice" if {
+	is_object(process)
+	not env_names_unique
+}
+
+reasons.CreateContainerRequest contains "OCI.Process.Capabilities: unset (the process would keep every capability)" if {
+	is_object(process)
+	not is_object(process.Capabilities)
 }
 
 reasons.CreateContainerRequest contains msg if {
@@ -350,16 +384,31 @@ exec_user_ok if exec_container.OCI.Process.User.UID == null
 
 exec_user_ok if input.process.User.UID == exec_container.OCI.Process.User.UID
 
+exec_env_ok if {
+	every e in input.process.Env {
+		env_allowed(e, exec_container)
+	}
+	names := [split(e, "=")[0] | some e in input.process.Env]
+	count(names) == count({n | some n in names})
+}
+
+exec_privileges_ok if not exec_container.OCI.Process.NoNewPrivileges
+
+exec_privileges_ok if input.process.NoNewPrivileges == true
+
 ExecProcessRequest if {
 	exec_container
 	is_object(input.process)
 	exec_command_allowed
 	caps_ok(input.process, exec_container)
 	exec_user_ok
+	exec_env_ok
+	input.process.Cwd == exec_container.OCI.Process.Cwd
+	exec_privileges_ok
 	input.string_user == null
 }
 
-exec_failures := (({msg |
+exec_failures := (((((({msg |
 	not exec_command_allowed
 	msg := sprintf("process.Args: %v is not a command the pod spec allows in this container", [object.get(input.process, "Args", null)])
 } | {msg |
@@ -373,6 +422,18 @@ exec_failures := (({msg |
 }) | {msg |
 	input.string_user != null
 	msg := "string_user: a user name is not allowed"
+}) | {msg |
+	not is_object(input.process.Capabilities)
+	msg := "process.Capabilities: unset (the process would keep every capability)"
+}) | {msg |
+	not exec_env_ok
+	msg := "process.Env: not the container's environment"
+}) | {msg |
+	input.process.Cwd != exec_container.OCI.Process.Cwd
+	msg := sprintf("process.Cwd: %q is not the container's %q", [input.process.Cwd, exec_container.OCI.Process.Cwd])
+}) | {msg |
+	not exec_privileges_ok
+	msg := "process.NoNewPrivileges: the container forbids gaining privileges"
 }
 
 reasons.ExecProcessRequest contains msg if {

@@ -164,19 +164,13 @@ pub fn create(id: &str, s: oci::Spec) -> agent::CreateContainerRequest {
 }
 
 pub fn exec(id: &str, args: &[&str]) -> agent::ExecProcessRequest {
+    // containerd gives an exec the container's process, with its args.
+    let mut process = spec("container", "app").Process.unwrap();
+    process.Args = args.iter().map(|s| s.to_string()).collect();
     agent::ExecProcessRequest {
         container_id: id.into(),
         exec_id: "x".into(),
-        process: Some(oci::Process {
-            Args: args.iter().map(|s| s.to_string()).collect(),
-            User: Some(oci::User {
-                UID: 1000,
-                ..Default::default()
-            })
-            .into(),
-            ..Default::default()
-        })
-        .into(),
+        process: Some(process).into(),
         ..Default::default()
     }
 }

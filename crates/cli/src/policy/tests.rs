@@ -199,6 +199,23 @@ fn each_tampering_is_refused_with_its_reason() {
     req.storages.push(req.storages[0].clone());
     denied(&gate, &req, "storages:");
 
+    // Unset capabilities would leave the agent's own: refused.
+    let mut s = spec("container", "app");
+    s.Process.as_mut().unwrap().Capabilities = protobuf::MessageField::none();
+    denied(&gate, &create("c", s), "OCI.Process.Capabilities: unset");
+    // A pinned variable set again later (the last one wins in the guest).
+    let mut s = spec("container", "app");
+    s.Process.as_mut().unwrap().Env.push("HOSTNAME=evil".into());
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process.Env: a variable is set twice",
+    );
+    // A restrictive mount option undone by a later one.
+    let mut s = spec("container", "app");
+    s.Mounts[0].options.push("exec".into());
+    denied(&gate, &create("c", s), "OCI.Mounts: /proc");
+
     // A request with no process at all is refused, not waved through.
     let mut s = spec("container", "app");
     s.Process = protobuf::MessageField::none();
@@ -219,6 +236,32 @@ fn each_tampering_is_refused_with_its_reason() {
         .unwrap_err()
         .to_string();
     assert!(d.contains(&format!("manifest_digest: {OTHER}")), "{d}");
+
+    // The same id again (as another container of the spec) is refused:
+    // its state stays what the first create made it.
+    denied(
+        &gate,
+        &create("c1", spec("container", "app")),
+        "container_id: c1 was already created",
+    );
+    // The probe command with another environment, directory, privileges or
+    // no capabilities.
+    let mut e = exec("c1", &["cat", "/tmp/ready"]);
+    e.process
+        .as_mut()
+        .unwrap()
+        .Env
+        .push("BASH_ENV=/tmp/x".into());
+    denied(&gate, &e, "process.Env: not the container's environment");
+    let mut e = exec("c1", &["cat", "/tmp/ready"]);
+    e.process.as_mut().unwrap().Cwd = "/tmp".into();
+    denied(&gate, &e, "process.Cwd");
+    let mut e = exec("c1", &["cat", "/tmp/ready"]);
+    e.process.as_mut().unwrap().NoNewPrivileges = false;
+    denied(&gate, &e, "process.NoNewPrivileges");
+    let mut e = exec("c1", &["cat", "/tmp/ready"]);
+    e.process.as_mut().unwrap().Capabilities = protobuf::MessageField::none();
+    denied(&gate, &e, "process.Capabilities: unset");
 
     // Exec beyond the probe command, in a container or in the pause.
     denied(
@@ -324,7 +367,7 @@ spec:
     let mut s2 = s.clone();
     s2.Process.as_mut().unwrap().Env = vec!["PATH=/usr/bin:/bin".into()];
     s2.Process.as_mut().unwrap().User = Some(oci::User::default()).into();
-    s2.Process.as_mut().unwrap().Capabilities = protobuf::MessageField::none();
+    s2.Process.as_mut().unwrap().Capabilities = Some(oci::LinuxCapabilities::default()).into();
     s2.Process.as_mut().unwrap().NoNewPrivileges = false;
     gate.check(&create("j1", s2)).unwrap();
     gate.check(&agent::WriteStreamRequest {

@@ -459,7 +459,8 @@ fn decide(
             reason: clip(e),
         },
     };
-    if policy.allow_failures {
+    // Debugging a policy never lets the host replace it.
+    if policy.allow_failures && rule != "SetPolicyRequest" {
         tracing::warn!(rule, reason = %denial.reason, "allowed despite the agent policy (AllowRequestsFailingPolicy)");
         return Ok(());
     }

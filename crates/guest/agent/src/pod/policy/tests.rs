@@ -204,6 +204,9 @@ fn allow_requests_failing_policy_turns_denials_into_warnings() {
     .unwrap();
     gate.check(&create("y", &["/bin/sh"], &[])).unwrap();
     gate.check(&agent::CopyFileRequest::default()).unwrap();
+    // Debugging a policy never lets the host replace it.
+    let e = gate.set_policy("package agent_policy\n").unwrap_err();
+    assert!(matches!(e, SetPolicyError::Denied(_)), "{e}");
 }
 
 #[test]
