@@ -1157,6 +1157,26 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
     );
     env.assert_clean("a refused container");
 
+    // The legacy policy annotation: the shim sends it with SetPolicy, and
+    // the pinned policy refuses to be replaced; the pod does not start.
+    use base64::Engine;
+    let allow_all = base64::engine::general_purpose::STANDARD
+        .encode("package agent_policy\ndefault AllowRequestsFailingPolicy := true\n");
+    let replaced = pinned.replace(
+        "annotations:\n",
+        &format!("annotations:\n    io.katacontainers.config.agent.policy: {allow_all}\n"),
+    );
+    assert_ne!(replaced, pinned, "the pod has an annotations map");
+    let m = write(env.tmp.path(), "replaced.yaml", replaced.as_bytes());
+    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+    assert!(
+        err.contains(
+            "SetPolicyRequest is blocked by policy: the policy in initdata cannot be replaced"
+        ),
+        "{err}"
+    );
+    env.assert_clean("a refused policy replacement");
+
     // Logs refused: the container runs (its probe command succeeds) but
     // the host reads none of its output, nor the probe's.
     let m = env.manifest("quiet", Some("cocoon"), "", &container);

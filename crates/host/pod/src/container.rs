@@ -273,6 +273,23 @@ impl AgentClient {
         Ok(())
     }
 
+    /// SetPolicy: the legacy way to give the guest an agent policy (Kata's
+    /// `io.katacontainers.config.agent.policy`); the guest takes it only
+    /// where the policy from initdata allows it.
+    pub async fn set_policy(&self, policy: &str) -> Result<(), PodError> {
+        self.agent
+            .set_policy(
+                crate::ctx(std::time::Duration::from_secs(30)),
+                &agent::SetPolicyRequest {
+                    policy: policy.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(agent_err("SetPolicy"))?;
+        Ok(())
+    }
+
     /// CreateSandbox.
     pub async fn create_sandbox(&self, id: &str, hostname: &str) -> Result<(), PodError> {
         self.agent

@@ -168,6 +168,25 @@ pub struct PodSettings {
     pub kernel_params: String,
     /// The initdata document (TOML).
     pub initdata: Option<String>,
+    /// An agent policy for SetPolicy (the legacy annotation).
+    pub agent_policy: Option<String>,
+}
+
+/// Kata's legacy pod annotation with an agent policy (base64 Rego), sent
+/// to the guest by SetPolicy.
+pub const AGENT_POLICY_ANNOTATION: &str = "io.katacontainers.config.agent.policy";
+
+/// Decodes the legacy agent policy annotation: base64 of the Rego text.
+pub fn decode_agent_policy(v: &str) -> Result<String, ConfigError> {
+    use base64::Engine;
+    let bad = |m: String| ConfigError::Invalid(AGENT_POLICY_ANNOTATION.into(), m);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .map_err(|e| bad(format!("not base64: {e}")))?;
+    if bytes.len() > 4 << 20 {
+        return Err(bad(format!("{} bytes is too large", bytes.len())));
+    }
+    String::from_utf8(bytes).map_err(|_| bad("not UTF-8 text".into()))
 }
 
 fn parse_num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
@@ -214,6 +233,10 @@ impl Config {
             memory_mib: self.default_memory_mib,
             kernel_params: self.kernel_params.clone(),
             initdata: None,
+            agent_policy: annotations
+                .get(AGENT_POLICY_ANNOTATION)
+                .map(|v| decode_agent_policy(v))
+                .transpose()?,
         };
         let mut keys: Vec<&String> = annotations.keys().collect();
         keys.sort();
@@ -439,6 +462,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("annotation k:"), "{e}");
+    }
+
+    #[test]
+    fn the_legacy_policy_annotation_is_base64_rego_text() {
+        use base64::Engine;
+        let rego = "package agent_policy\ndefault CreateContainerRequest := true\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(rego);
+        let s = Config::default()
+            .pod(&ann(&[(AGENT_POLICY_ANNOTATION, &b64)]))
+            .unwrap();
+        assert_eq!(s.agent_policy.as_deref(), Some(rego));
+        assert!(
+            Config::default()
+                .pod(&ann(&[]))
+                .unwrap()
+                .agent_policy
+                .is_none()
+        );
+        let e = Config::default()
+            .pod(&ann(&[(AGENT_POLICY_ANNOTATION, "not base64!")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(AGENT_POLICY_ANNOTATION) && e.contains("not base64"),
+            "{e}"
+        );
+        let not_text = base64::engine::general_purpose::STANDARD.encode([0xff, 0xfe]);
+        assert!(decode_agent_policy(&not_text).is_err());
     }
 
     #[test]

@@ -363,7 +363,7 @@ impl Inner {
             initrd: img.join("initrd.img"),
             cmdline,
             firmware: cfg.firmware.clone(),
-            initdata: settings.initdata,
+            initdata: settings.initdata.clone(),
             state_dir: cfg.state_dir.join(sandbox_id),
             console_log: console.clone(),
             network: Some(UserNetwork {
@@ -405,6 +405,10 @@ impl Inner {
             console: console.clone(),
         });
         let prepared = async {
+            // The legacy policy annotation first, as Kata sends it.
+            if let Some(p) = &settings.agent_policy {
+                pod.agent().set_policy(p).await?;
+            }
             pod.agent()
                 .setup_user_network(&cfg.host_ports, pod_net.is_none())
                 .await?;
