@@ -196,16 +196,7 @@ async fn start_pod(
                 // As kubelet sends them.
                 linux: Some(cri::LinuxContainerConfig {
                     resources: None,
-                    security_context: Some(cri::LinuxContainerSecurityContext {
-                        masked_paths: crate::pod::MASKED_PATHS
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect(),
-                        readonly_paths: crate::pod::READONLY_PATHS
-                            .iter()
-                            .map(|s| s.to_string())
-                            .collect(),
-                    }),
+                    security_context: Some(crate::pod::kubelet_security_context()),
                 }),
                 ..Default::default()
             }),

@@ -3,9 +3,9 @@
 
 use crate::admin::{Admin, AdminConnection};
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
-use cocoon_guest_image::{Measurements, vtpm};
-use std::path::PathBuf;
+use clap::{Args, Subcommand, ValueEnum};
+use cocoon_guest_image::{rvps_message, snp, tdx, vtpm};
+use std::path::{Path, PathBuf};
 
 /// Expected measurements.
 #[derive(Subcommand)]
@@ -29,8 +29,9 @@ pub struct Register {
 }
 
 impl Register {
-    /// Registers `values` (name, hex) when `--register` is given.
-    async fn store(mut self, values: &[(String, String)]) -> Result<()> {
+    /// Registers `message` (an RVPS message of `count` values) when
+    /// `--register` is given.
+    async fn store(mut self, message: &str, count: usize) -> Result<()> {
         let Some(url) = self.register.take() else {
             return Ok(());
         };
@@ -40,17 +41,52 @@ impl Register {
             ad.http
                 .post(ad.conn.kbs("/reference-value"))
                 .header("content-type", "application/json")
-                .body(rvps_message(values)),
+                .body(message.to_string()),
             "register-reference-values",
         )
         .await?;
-        eprintln!(
-            "registered {} reference values at {}",
-            values.len(),
-            ad.conn.url
-        );
+        eprintln!("registered {count} reference values at {}", ad.conn.url);
         Ok(())
     }
+}
+
+fn read(p: &Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
+}
+
+/// How the VMM adds firmware pages to a TD.
+#[derive(ValueEnum, Clone, Copy)]
+enum PageOrder {
+    /// Each page added, then extended (KVM upstream, QEMU 9+).
+    Interleaved,
+    /// A section's pages added, then extended (QEMU 8 TDX stacks).
+    TwoPass,
+}
+
+/// Whether the kernel's EFI stub measures into RTMR2.
+#[derive(ValueEnum, Clone, Copy)]
+enum StubMeasures {
+    /// By the kernel's release (Linux 6.9+).
+    Auto,
+    Yes,
+    No,
+}
+
+/// What QEMU boots directly (`-kernel`, `-initrd`, `-append`, `-m`).
+#[derive(Args)]
+pub struct DirectBoot {
+    /// The kernel (EFI stub bzImage).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// The initrd.
+    #[arg(long)]
+    initrd: PathBuf,
+    /// The kernel command line as QEMU's -append gives it.
+    #[arg(long)]
+    append: String,
+    /// Guest memory, MiB (QEMU places the initrd by it, which the kernel's measurement covers).
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
 }
 
 /// `cocoon measure tdx`.
@@ -59,49 +95,38 @@ pub struct TdxArgs {
     /// The TDVF (OVMF built for TDX).
     #[arg(long)]
     tdvf: PathBuf,
-    /// The kernel (EFI stub bzImage).
-    #[arg(long)]
-    kernel: PathBuf,
-    /// The initrd.
-    #[arg(long)]
-    initrd: PathBuf,
-    /// The kernel command line.
-    #[arg(long)]
-    append: String,
-    /// TD memory, MiB (QEMU places the initrd by it, which RTMR1 covers).
-    #[arg(long, default_value_t = 2048)]
-    memory: u32,
-    /// How the VMM adds firmware pages: interleaved (KVM upstream, QEMU 9+) or two-pass (QEMU 8 TDX stacks).
-    #[arg(long, default_value = "interleaved")]
-    page_order: String,
-    /// Whether the kernel's EFI stub measures its command line and initrd into RTMR2 (Linux 6.9+): auto (by the kernel's release), yes or no.
-    #[arg(long, default_value = "auto")]
-    stub_measures: String,
+    #[command(flatten)]
+    boot: DirectBoot,
+    /// How the VMM adds firmware pages.
+    #[arg(long, value_enum, default_value = "interleaved")]
+    page_order: PageOrder,
+    /// Whether the kernel's EFI stub measures its command line and initrd into RTMR2.
+    #[arg(long, value_enum, default_value = "auto")]
+    stub_measures: StubMeasures,
     #[command(flatten)]
     register: Register,
 }
 
 async fn tdx(a: TdxArgs) -> Result<()> {
-    use cocoon_guest_image::tdx;
-    let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let (fw, kernel, initrd) = (read(&a.tdvf)?, read(&a.kernel)?, read(&a.initrd)?);
-    let order = match a.page_order.as_str() {
-        "interleaved" => tdx::PageOrder::Interleaved,
-        "two-pass" => tdx::PageOrder::TwoPass,
-        other => bail!("--page-order {other}: interleaved or two-pass"),
+    let fw = read(&a.tdvf, "firmware")?;
+    let kernel = read(&a.boot.kernel, "kernel")?;
+    let initrd = read(&a.boot.initrd, "initrd")?;
+    let order = match a.page_order {
+        PageOrder::Interleaved => tdx::PageOrder::Interleaved,
+        PageOrder::TwoPass => tdx::PageOrder::TwoPass,
     };
-    let stub = match a.stub_measures.as_str() {
-        "yes" => true,
-        "no" => false,
-        "auto" => tdx::stub_measures_cc(&kernel).with_context(
+    let stub = match a.stub_measures {
+        StubMeasures::Yes => true,
+        StubMeasures::No => false,
+        StubMeasures::Auto => tdx::stub_measures_cc(&kernel).with_context(
             || "the kernel names no release in its header: say --stub-measures yes or no",
         )?,
-        other => bail!("--stub-measures {other}: auto, yes or no"),
     };
     let mrtd = tdx::mrtd(&fw, order)?;
+    let b = &a.boot;
     let rtmr1 =
-        tdx::rtmr1(&kernel, initrd.len(), &a.append, a.memory).map_err(anyhow::Error::msg)?;
-    let rtmr2 = tdx::rtmr2(&initrd, &a.append, stub);
+        tdx::rtmr1(&kernel, initrd.len(), &b.append, b.memory).map_err(anyhow::Error::msg)?;
+    let rtmr2 = tdx::rtmr2(&initrd, &b.append, stub);
     let values = vec![
         ("tdx_mr_td".to_string(), hex::encode(mrtd)),
         ("tdx_rtmr_1".to_string(), hex::encode(rtmr1)),
@@ -118,7 +143,21 @@ async fn tdx(a: TdxArgs) -> Result<()> {
             "; RTMR2 is zero: this kernel's EFI stub does not measure through the CC protocol"
         }
     );
-    a.register.store(&values).await
+    a.register.store(&rvps_message(&values), values.len()).await
+}
+
+/// The hypervisor that launches an SNP guest.
+#[derive(ValueEnum, Clone, Copy)]
+enum VmmType {
+    Qemu,
+    Ec2,
+}
+
+/// How the launch digest is printed.
+#[derive(ValueEnum, Clone, Copy)]
+enum OutputFormat {
+    Hex,
+    Base64,
 }
 
 /// `cocoon measure snp`.
@@ -160,15 +199,15 @@ pub struct SnpArgs {
     /// VMSA SEV features (hex or decimal).
     #[arg(long, value_parser = parse_int, default_value = "0x1")]
     guest_features: u64,
-    /// The hypervisor: qemu or ec2.
-    #[arg(long, default_value = "qemu")]
-    vmm_type: String,
+    /// The hypervisor.
+    #[arg(long, value_enum, default_value = "qemu")]
+    vmm_type: VmmType,
     /// The firmware's digest (96 hex digits) instead of hashing --ovmf's pages.
     #[arg(long)]
     snp_ovmf_hash: Option<String>,
-    /// hex or base64.
-    #[arg(long, default_value = "hex")]
-    output_format: String,
+    /// How the digest is printed.
+    #[arg(long, value_enum, default_value = "hex")]
+    output_format: OutputFormat,
     #[command(flatten)]
     register: Register,
 }
@@ -181,17 +220,15 @@ fn parse_int(s: &str) -> Result<u64, String> {
 }
 
 async fn snp(a: SnpArgs) -> Result<()> {
-    use cocoon_guest_image::snp;
     if a.mode != "snp" {
         bail!(
             "--mode {}: only snp (the launch digest) is supported",
             a.mode
         );
     }
-    let vmm = match a.vmm_type.as_str() {
-        "qemu" => snp::Vmm::Qemu,
-        "ec2" => snp::Vmm::Ec2,
-        other => bail!("--vmm-type {other}: qemu or ec2"),
+    let vmm = match a.vmm_type {
+        VmmType::Qemu => snp::Vmm::Qemu,
+        VmmType::Ec2 => snp::Vmm::Ec2,
     };
     let signature = match (&a.vcpu_sig, &a.vcpu_family, &a.vcpu_type) {
         (Some(sig), _, _) => u32::try_from(*sig).context("--vcpu-sig is larger than 32 bits")?,
@@ -205,7 +242,7 @@ async fn snp(a: SnpArgs) -> Result<()> {
         })?,
         (None, None, None) => bail!("give --vcpu-type, --vcpu-sig or --vcpu-family"),
     };
-    let fw = std::fs::read(&a.ovmf).with_context(|| format!("reading {}", a.ovmf.display()))?;
+    let fw = read(&a.ovmf, "firmware")?;
     let layout = snp::Layout::from_ovmf(&fw)?;
     let seed = match &a.snp_ovmf_hash {
         Some(h) => Some(
@@ -214,12 +251,9 @@ async fn snp(a: SnpArgs) -> Result<()> {
         ),
         None => None,
     };
-    let kernel = match &a.kernel {
-        Some(k) => Some(std::fs::read(k).with_context(|| format!("reading {}", k.display()))?),
-        None => None,
-    };
+    let kernel = a.kernel.as_deref().map(|k| read(k, "kernel")).transpose()?;
     let initrd = match &a.initrd {
-        Some(i) => std::fs::read(i).with_context(|| format!("reading {}", i.display()))?,
+        Some(i) => read(i, "initrd")?,
         None => Vec::new(),
     };
     let append = a.append.clone().unwrap_or_default();
@@ -233,20 +267,18 @@ async fn snp(a: SnpArgs) -> Result<()> {
         guest_features: a.guest_features,
         vmm,
     })?;
-    match a.output_format.as_str() {
-        "hex" => println!("{}", hex::encode(digest)),
-        "base64" => {
+    match a.output_format {
+        OutputFormat::Hex => println!("{}", hex::encode(digest)),
+        OutputFormat::Base64 => {
             use base64::Engine;
             println!(
                 "{}",
                 base64::engine::general_purpose::STANDARD.encode(digest)
             );
         }
-        other => bail!("--output-format {other}: hex or base64"),
     }
-    a.register
-        .store(&[("snp_launch_measurement".into(), hex::encode(digest))])
-        .await
+    let values = [("snp_launch_measurement".to_string(), hex::encode(digest))];
+    a.register.store(&rvps_message(&values), values.len()).await
 }
 
 /// `cocoon measure vtpm`.
@@ -255,21 +287,11 @@ pub struct VtpmArgs {
     /// The OVMF firmware QEMU boots (its own PCRs 0 and 1 are the platform's).
     #[arg(long)]
     ovmf: PathBuf,
-    /// The kernel (EFI stub bzImage).
-    #[arg(long)]
-    kernel: PathBuf,
-    /// The initrd.
-    #[arg(long)]
-    initrd: PathBuf,
-    /// The kernel command line as QEMU's -append gives it.
-    #[arg(long)]
-    append: String,
+    #[command(flatten)]
+    boot: DirectBoot,
     /// The pod's initdata document (its digest, extended into PCR 8).
     #[arg(long)]
     init_data: Option<PathBuf>,
-    /// Guest memory, MiB (QEMU places the initrd by it, which PCR 4 covers).
-    #[arg(long, default_value_t = 2048)]
-    memory: u32,
     #[command(flatten)]
     register: Register,
 }
@@ -306,23 +328,19 @@ pub fn vtpm_values(
         }
         None => None,
     };
-    let m = Measurements::compute(kernel, initrd, cmdline).map_err(anyhow::Error::msg)?;
-    let mut values: Vec<(u32, String)> = m
-        .vtpm_ovmf_flow_pcrs_sha256
-        .iter()
-        .map(|(i, v)| (*i, v.clone()))
-        .collect();
-    let pcr4 = vtpm::pcr4(kernel, initrd.len(), cmdline, memory_mib).map_err(anyhow::Error::msg)?;
-    values.push((4, hex::encode(pcr4)));
-    values.push((9, m.vtpm_pcr9_sha256.clone()));
-    values.push((vtpm::CMDLINE_PCR, m.vtpm_pcr12_sha256.clone()));
+    let mut values = vtpm::ovmf_flow_pcrs();
+    values.insert(
+        4,
+        vtpm::pcr4(kernel, initrd.len(), cmdline, memory_mib).map_err(anyhow::Error::msg)?,
+    );
+    values.insert(9, vtpm::pcr9(initrd, cmdline));
+    values.insert(vtpm::CMDLINE_PCR, vtpm::pcr12(cmdline));
     if let Some(d) = &init {
-        values.push((8, hex::encode(vtpm::replay(&[d]))));
+        values.insert(8, vtpm::replay(&[d]));
     }
-    values.sort();
     let mut out: Vec<(String, String)> = values
         .into_iter()
-        .map(|(i, v)| (format!("tpm_pcr{i}"), v))
+        .map(|(i, v)| (format!("tpm_pcr{i}"), hex::encode(v)))
         .collect();
     if let Some(d) = init {
         out.push(("init_data".into(), hex::encode(d)));
@@ -344,22 +362,7 @@ fn check_ovmf(ovmf: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The values as a CoCo RVPS message (`cocoon admin register-reference-values`).
-pub fn rvps_message(values: &[(String, String)]) -> String {
-    use base64::Engine;
-    let map: serde_json::Map<String, serde_json::Value> = values
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::json!([v])))
-        .collect();
-    let payload = base64::engine::general_purpose::STANDARD
-        .encode(serde_json::Value::Object(map).to_string());
-    format!("{{\"version\":\"0.1.0\",\"type\":\"sample\",\"payload\":\"{payload}\"}}\n")
-}
-
 async fn vtpm(a: VtpmArgs) -> Result<()> {
-    let read = |p: &PathBuf, what: &str| {
-        std::fs::read(p).with_context(|| format!("reading the {what} {}", p.display()))
-    };
     let initdata = match &a.init_data {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -369,11 +372,11 @@ async fn vtpm(a: VtpmArgs) -> Result<()> {
     };
     let values = vtpm_values(
         &read(&a.ovmf, "firmware")?,
-        &read(&a.kernel, "kernel")?,
-        &read(&a.initrd, "initrd")?,
-        &a.append,
+        &read(&a.boot.kernel, "kernel")?,
+        &read(&a.boot.initrd, "initrd")?,
+        &a.boot.append,
         initdata.as_deref(),
-        a.memory,
+        a.boot.memory,
     )?;
     for (k, v) in &values {
         eprintln!("{k:<10} {v}");
@@ -382,7 +385,7 @@ async fn vtpm(a: VtpmArgs) -> Result<()> {
         "tpm_pcr0, tpm_pcr1: the platform's (OVMF measures its PEI volume after PEI wrote into it; PCR 1 holds NVRAM boot entries and QEMU's); pin them per host type"
     );
     let message = rvps_message(&values);
-    a.register.store(&values).await?;
+    a.register.store(&message, values.len()).await?;
     print!("{message}");
     Ok(())
 }

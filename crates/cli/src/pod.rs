@@ -395,38 +395,26 @@ fn container_config(c: &ContainerSpec) -> Result<cri::ContainerConfig> {
         tty: c.tty,
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(c.resources.to_cri(&c.name)?),
-            // As kubelet sends them for the default proc mount.
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                masked_paths: MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
-                readonly_paths: READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
-            }),
+            security_context: Some(kubelet_security_context()),
         }),
         ..Default::default()
     })
 }
 
-/// The paths kubelet masks in a container's /proc and /sys (the default
-/// proc mount).
-pub(crate) const MASKED_PATHS: &[&str] = &[
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-];
-/// The paths kubelet makes read-only.
-pub(crate) const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+/// The security context kubelet sends for a container with the default
+/// proc mount: its masked and read-only paths (ours, less the
+/// `/sys/kernel` mount points kubelet leaves to the runtime).
+pub(crate) fn kubelet_security_context() -> cri::LinuxContainerSecurityContext {
+    use cocoon_types::container::{MASKED_PATHS, READONLY_PATHS};
+    cri::LinuxContainerSecurityContext {
+        masked_paths: MASKED_PATHS
+            .iter()
+            .filter(|p| !p.starts_with("/sys/kernel/"))
+            .map(|p| p.to_string())
+            .collect(),
+        readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+    }
+}
 
 /// A Kubernetes name: lower-case letters, digits, '-' and '.', starting
 /// and ending with a letter or digit (RFC 1123).

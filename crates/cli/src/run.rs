@@ -103,20 +103,20 @@ fn mode(a: &RunArgs) -> Result<Mode> {
     })
 }
 
-/// The port of `host:port` when the host is the loopback address.
-fn loopback_port(hostport: &str) -> Option<u16> {
+/// The port of `host:port` when the host is the loopback address (or
+/// `localhost`).
+pub(crate) fn loopback_port(hostport: &str) -> Option<u16> {
     let (host, port) = hostport.rsplit_once(':')?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let ip: std::net::IpAddr = host.parse().ok()?;
-    if ip.is_loopback() {
-        port.parse().ok()
-    } else {
-        None
-    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback { port.parse().ok() } else { None }
 }
 
 /// The `host:port` of a URL, with the scheme's default port.
-fn url_hostport(url: &str) -> Option<String> {
+pub(crate) fn url_hostport(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let auth = rest.split('/').next()?;
     if auth.contains(':') && !auth.ends_with(']') {
@@ -176,6 +176,20 @@ pub fn initdata_for(
     if kbs.is_none() && insecure_registries.is_empty() {
         return Ok(None);
     }
+    Ok(Some(toml::to_string(&initdata_doc(
+        kbs,
+        cert,
+        insecure_registries,
+    )?)?))
+}
+
+/// The initdata document of [`initdata_for`] as a table, with `aa.toml`
+/// for a KBS and `cdh.toml` when there is a KBS or a registry.
+pub fn initdata_doc(
+    kbs: Option<&str>,
+    cert: Option<String>,
+    insecure_registries: &[String],
+) -> Result<toml::Table> {
     let mut cdh = toml::Table::new();
     let mut aa = toml::Table::new();
     if let Some(url) = kbs {
@@ -210,12 +224,14 @@ pub fn initdata_for(
     if !aa.is_empty() {
         data.insert("aa.toml".into(), toml::to_string(&aa)?.into());
     }
-    data.insert("cdh.toml".into(), toml::to_string(&cdh)?.into());
+    if !cdh.is_empty() {
+        data.insert("cdh.toml".into(), toml::to_string(&cdh)?.into());
+    }
     let mut doc = toml::Table::new();
     doc.insert("version".into(), "0.1.0".into());
     doc.insert("algorithm".into(), "sha256".into());
     doc.insert("data".into(), data.into());
-    Ok(Some(toml::to_string(&doc)?))
+    Ok(doc)
 }
 
 /// The host loopback ports the guest must reach: the image's registry,
@@ -342,7 +358,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
 }
 
 /// Passes our terminal's size to the container's.
-async fn winch_pending(agent: &cocoon_pod::AgentClient, cid: &str) {
+async fn pass_terminal_size(agent: &cocoon_pod::AgentClient, cid: &str) {
     if let Some((rows, cols)) = crate::term::size(1) {
         let _ = agent.resize(cid, "", rows.into(), cols.into()).await;
     }
@@ -391,10 +407,10 @@ async fn run_in(
             // Resized while the container started: the guest has the old size.
             let now = crate::term::size(1);
             if now.is_some() && now != initial {
-                winch_pending(&agent, &cid).await;
+                pass_terminal_size(&agent, &cid).await;
             }
             while winch.recv().await.is_some() {
-                winch_pending(&agent, &cid).await;
+                pass_terminal_size(&agent, &cid).await;
             }
         })
     });
@@ -505,6 +521,7 @@ mod tests {
     fn only_loopback_endpoints_are_forwarded() {
         assert_eq!(loopback_port("127.0.0.1:5000"), Some(5000));
         assert_eq!(loopback_port("[::1]:5000"), Some(5000));
+        assert_eq!(loopback_port("localhost:5000"), Some(5000));
         assert_eq!(loopback_port("registry.example:5000"), None);
         assert_eq!(loopback_port("10.1.2.3:5000"), None);
         assert_eq!(

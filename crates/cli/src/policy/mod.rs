@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
+use cocoon_types::container::CAPABILITIES as DEFAULT_CAPS;
 use serde_json::{Value, json};
 use serde_yaml_ng::Value as Yaml;
 use std::collections::BTreeSet;
@@ -83,8 +84,9 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         let Some(w) = Workload::of(doc)? else {
             continue;
         };
+        let containers = w.containers()?;
         let mut images = Vec::new();
-        for c in w.containers()? {
+        for c in &containers {
             images.push(resolver.image(&c.image).await?);
         }
         let opts = Options {
@@ -106,9 +108,9 @@ async fn generate(a: GenerateArgs) -> Result<()> {
             w.kind,
             w.name,
             hex::encode(&doc_digest),
-            hex::encode(pcr8(&doc_digest)),
+            hex::encode(cocoon_guest_image::vtpm::replay(&[&doc_digest])),
         );
-        for (c, img) in w.containers()?.iter().zip(&images) {
+        for (c, img) in containers.iter().zip(&images) {
             eprintln!("  {}: {} pinned to {}", c.name, img.reference, img.digest);
         }
         set_annotation(doc, &w.kind, &gzip_b64(&initdata)?)?;
@@ -143,16 +145,6 @@ async fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// PCR 8 of a vTPM after the attestation agent extends it with `digest`
-/// once from reset.
-fn pcr8(digest: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update([0u8; 32]);
-    h.update(digest);
-    h.finalize().into()
-}
-
 /// gzip, then base64: the `cc_init_data` encoding.
 pub fn gzip_b64(text: &str) -> Result<String> {
     use base64::Engine;
@@ -178,16 +170,7 @@ pub fn initdata(
     insecure_registries: &[String],
     policy: &str,
 ) -> Result<String> {
-    let mut doc: toml::Table = match crate::run::initdata_for(kbs, cert, insecure_registries)? {
-        Some(t) => t.parse()?,
-        None => {
-            let mut t = toml::Table::new();
-            t.insert("version".into(), "0.1.0".into());
-            t.insert("algorithm".into(), "sha256".into());
-            t.insert("data".into(), toml::Table::new().into());
-            t
-        }
-    };
+    let mut doc = crate::run::initdata_doc(kbs, cert, insecure_registries)?;
     let data = doc
         .get_mut("data")
         .and_then(toml::Value::as_table_mut)
@@ -223,14 +206,10 @@ impl Workload {
             .trim_end_matches('-')
             .to_string();
         let namespace = doc["metadata"]["namespace"].as_str().map(str::to_string);
-        let pod = match kind.as_str() {
-            "Pod" => doc,
-            "Deployment" | "StatefulSet" | "Job" | "DaemonSet" | "ReplicaSet" => {
-                &doc["spec"]["template"]
-            }
-            "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"],
-            _ => return Ok(None),
+        let Some(path) = template_path(&kind) else {
+            return Ok(None);
         };
+        let pod = path.iter().fold(doc, |v, k| &v[*k]);
         if !pod["spec"]["containers"].is_sequence() {
             bail!("{kind} {name}: no pod spec with containers");
         }
@@ -272,12 +251,19 @@ impl Workload {
     }
 }
 
+/// Where a workload kind keeps its pod (template).
+fn template_path(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "Pod" => &[],
+        "Deployment" | "StatefulSet" | "Job" | "DaemonSet" | "ReplicaSet" => &["spec", "template"],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        _ => return None,
+    })
+}
+
 fn set_annotation(doc: &mut Yaml, kind: &str, value: &str) -> Result<()> {
-    let pod = match kind {
-        "Pod" => doc,
-        "CronJob" => &mut doc["spec"]["jobTemplate"]["spec"]["template"],
-        _ => &mut doc["spec"]["template"],
-    };
+    let path = template_path(kind).with_context(|| format!("{kind} has no pod template"))?;
+    let pod = path.iter().fold(doc, |v, k| &mut v[*k]);
     let meta = pod
         .as_mapping_mut()
         .context("the pod template is not a mapping")?
@@ -357,25 +343,6 @@ pub struct Options<'a> {
     /// Plain-HTTP registries.
     pub insecure_registries: &'a [String],
 }
-
-/// containerd's default capabilities for a container that is not
-/// privileged.
-const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
 
 /// Every capability (a privileged container).
 const ALL_CAPS: &[&str] = &[
@@ -598,37 +565,23 @@ fn uid(pod: &Yaml, c: &Yaml, image: &Value) -> Value {
 /// images, plain-HTTP registries and the trustee, when on 127.0.0.1 or
 /// localhost.
 fn loopback_ports(images: &[Image], opts: &Options<'_>) -> Vec<u16> {
-    let port_of = |hostport: &str| -> Option<u16> {
-        let (host, port) = hostport.rsplit_once(':')?;
-        matches!(host, "127.0.0.1" | "localhost" | "[::1]")
-            .then(|| port.parse().ok())
-            .flatten()
-    };
+    use crate::run::{loopback_port, url_hostport};
     let mut ports = BTreeSet::new();
     for i in images {
         if let Ok(r) = cocoon_image::reference::Reference::parse(&i.reference) {
-            ports.extend(port_of(&r.registry));
+            ports.extend(loopback_port(&r.registry));
         }
     }
-    for r in opts.insecure_registries {
-        ports.extend(port_of(r));
-    }
-    if let Some(url) = opts.kbs {
-        let authority = url
-            .split_once("://")
-            .map_or(url, |(_, r)| r)
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        let with_port = if authority.contains(':') {
-            authority.to_string()
-        } else if url.starts_with("https") {
-            format!("{authority}:443")
-        } else {
-            format!("{authority}:80")
-        };
-        ports.extend(port_of(&with_port));
-    }
+    ports.extend(
+        opts.insecure_registries
+            .iter()
+            .filter_map(|r| loopback_port(r)),
+    );
+    ports.extend(
+        opts.kbs
+            .and_then(url_hostport)
+            .and_then(|h| loopback_port(&h)),
+    );
     ports.into_iter().collect()
 }
 

@@ -197,17 +197,7 @@ impl Measurements {
     /// (`{"version":"0.1.0","type":"sample","payload":<base64 JSON>}`,
     /// each name with a one-element list of hex digests).
     pub fn vtpm_rvps_message(&self, memory_mib: u32) -> Result<String, String> {
-        use base64::Engine;
-        let map: serde_json::Map<String, serde_json::Value> = self
-            .vtpm_reference_values(memory_mib)?
-            .into_iter()
-            .map(|(k, v)| (k, serde_json::json!([v])))
-            .collect();
-        let payload = base64::engine::general_purpose::STANDARD
-            .encode(serde_json::Value::Object(map).to_string());
-        Ok(format!(
-            "{{\"version\":\"0.1.0\",\"type\":\"sample\",\"payload\":\"{payload}\"}}\n"
-        ))
+        Ok(rvps_message(&self.vtpm_reference_values(memory_mib)?))
     }
 
     /// Reference values (`tpm_pcrN`, hex) for a trustee: every vTPM PCR the
@@ -233,6 +223,21 @@ impl Measurements {
             .map(|(i, d)| (format!("tpm_pcr{i}"), d))
             .collect())
     }
+}
+
+/// Reference values (name, hex) as a CoCo RVPS message
+/// (`{"version":"0.1.0","type":"sample","payload":<base64 JSON>}`, each
+/// name with a one-element list), as `cocoon admin
+/// register-reference-values` takes it.
+pub fn rvps_message(values: &[(String, String)]) -> String {
+    use base64::Engine;
+    let map: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!([v])))
+        .collect();
+    let payload = base64::engine::general_purpose::STANDARD
+        .encode(serde_json::Value::Object(map).to_string());
+    format!("{{\"version\":\"0.1.0\",\"type\":\"sample\",\"payload\":\"{payload}\"}}\n")
 }
 
 /// What a build made.

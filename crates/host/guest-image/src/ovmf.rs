@@ -18,6 +18,11 @@ fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
+/// The little-endian u32 at `at` (the caller checked the bounds).
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
 /// An entry of the footer table: its GUID and data.
 pub type Entry<'a> = ([u8; 16], &'a [u8]);
 
@@ -49,6 +54,57 @@ pub fn footer_table(fw: &[u8]) -> Result<Vec<Entry<'_>>, String> {
     Ok(out)
 }
 
+/// A firmware metadata block: its length and entries.
+pub(crate) type Metadata<'a> = (usize, Vec<&'a [u8]>);
+
+/// The entries of a firmware metadata block (SEV's `ASEV`, TDX's `TDVF`):
+/// the footer entry `guid` holds its offset from the end of the image; it
+/// starts with a 16-byte header (signature, length, version 1, number of
+/// entries) and `entry` bytes per entry follow. Its length and entries, or
+/// `None` when the image has no such entry; `what` names the block in
+/// errors.
+pub(crate) fn metadata<'a>(
+    fw: &'a [u8],
+    table: &[Entry<'_>],
+    guid: &[u8; 16],
+    signature: &[u8; 4],
+    entry: usize,
+    what: &str,
+) -> Result<Option<Metadata<'a>>, String> {
+    let Some(offset) = entry_u32(table, guid).map(|o| o as usize) else {
+        return Ok(None);
+    };
+    if offset < 16 || offset > fw.len() {
+        return Err(format!("the {what} metadata offset is outside the image"));
+    }
+    let head = &fw[fw.len() - offset..];
+    if &head[..4] != signature {
+        return Err(format!(
+            "the {what} metadata has no {} signature",
+            String::from_utf8_lossy(signature)
+        ));
+    }
+    let length = u32_at(head, 4) as usize;
+    let version = u32_at(head, 8);
+    let count = u32_at(head, 12) as usize;
+    if version != 1 {
+        return Err(format!(
+            "{what} metadata version {version} (only 1 is known)"
+        ));
+    }
+    if length > head.len() || length < 16 || count > (length - 16) / entry {
+        return Err(format!(
+            "the {what} metadata length {length} does not hold its {count} sections"
+        ));
+    }
+    Ok(Some((
+        length,
+        (0..count)
+            .map(|i| &head[16 + entry * i..16 + entry * (i + 1)])
+            .collect(),
+    )))
+}
+
 /// The first four bytes of the entry `guid` as a little-endian u32.
 pub fn entry_u32(table: &[Entry<'_>], guid: &[u8; 16]) -> Option<u32> {
     table
@@ -56,5 +112,5 @@ pub fn entry_u32(table: &[Entry<'_>], guid: &[u8; 16]) -> Option<u32> {
         .find(|(id, _)| id == guid)
         .map(|(_, d)| *d)
         .filter(|d| d.len() >= 4)
-        .map(|d| u32::from_le_bytes([d[0], d[1], d[2], d[3]]))
+        .map(|d| u32_at(d, 0))
 }

@@ -15,6 +15,7 @@
 
 #[cfg(test)]
 use crate::ovmf::FOOTER_GUID;
+use crate::ovmf::u32_at;
 use crate::vtpm::guid_le;
 use sha2::{Digest, Sha256, Sha384};
 
@@ -129,10 +130,6 @@ pub struct Layout {
     pub hash_table_gpa: Option<u32>,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 impl Layout {
     /// The layout an OVMF image declares.
     pub fn from_ovmf(fw: &[u8]) -> Result<Self, SnpError> {
@@ -149,33 +146,11 @@ impl Layout {
             bad("no SEV-ES reset block: the firmware does not start SEV-ES/SNP APs".into())
         })?;
         let hash_table_gpa = entry(&SEV_HASH_TABLE_RV).filter(|g| *g != 0);
-        let offset = entry(&SEV_METADATA)
-            .ok_or_else(|| bad("no SEV metadata: not a firmware built for SEV-SNP".into()))?
-            as usize;
-        if offset > fw.len() || offset < 16 {
-            return Err(bad("the SEV metadata offset is outside the image".into()));
-        }
-        let start = fw.len() - offset;
-        let head = &fw[start..];
-        if &head[..4] != b"ASEV" {
-            return Err(bad("the SEV metadata has no ASEV signature".into()));
-        }
-        let size = u32_at(head, 4) as usize;
-        let version = u32_at(head, 8);
-        let items = u32_at(head, 12) as usize;
-        if version != 1 {
-            return Err(bad(format!(
-                "SEV metadata version {version} (only 1 is known)"
-            )));
-        }
-        if size > head.len() || size < 16 || items > (size - 16) / 12 {
-            return Err(bad(
-                "the SEV metadata's size does not hold its sections".into()
-            ));
-        }
-        let mut sections = Vec::with_capacity(items);
-        for i in 0..items {
-            let d = &head[16 + 12 * i..16 + 12 * (i + 1)];
+        let (_, entries) = crate::ovmf::metadata(fw, &table, &SEV_METADATA, b"ASEV", 12, "SEV")
+            .map_err(bad)?
+            .ok_or_else(|| bad("no SEV metadata: not a firmware built for SEV-SNP".into()))?;
+        let mut sections = Vec::with_capacity(entries.len());
+        for d in entries {
             let ty = u32_at(d, 8);
             let kind = SectionKind::from_u32(ty)
                 .ok_or_else(|| bad(format!("SEV metadata section type {ty:#x} is unknown")))?;

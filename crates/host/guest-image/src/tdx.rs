@@ -18,6 +18,7 @@
 //! RTMR0 (the TD HOB, configuration volume, ACPI tables and boot variables
 //! QEMU provides) belongs to the platform, as PCRs 0 and 1 do for a vTPM.
 
+use crate::ovmf::u32_at;
 use crate::vtpm::{self, guid_le};
 use sha2::{Digest, Sha384};
 
@@ -58,10 +59,6 @@ pub struct Section {
     pub attributes: u32,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]))
 }
@@ -70,32 +67,18 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 pub fn sections(fw: &[u8]) -> Result<Vec<Section>, TdxError> {
     let bad = |s: String| TdxError(s);
     let table = crate::ovmf::footer_table(fw).map_err(bad)?;
-    let offset = crate::ovmf::entry_u32(&table, &TDX_METADATA_OFFSET)
-        .ok_or_else(|| bad("no TDX metadata: not a firmware built for TDX".into()))?
-        as usize;
-    if offset < 16 || offset > fw.len() {
-        return Err(bad("the TDX metadata offset is outside the image".into()));
-    }
-    let head = &fw[fw.len() - offset..];
-    if &head[..4] != b"TDVF" {
-        return Err(bad("the TDX metadata has no TDVF signature".into()));
-    }
-    let length = u32_at(head, 4) as usize;
-    let version = u32_at(head, 8);
-    let n = u32_at(head, 12) as usize;
-    if version != 1 {
+    let (length, entries) =
+        crate::ovmf::metadata(fw, &table, &TDX_METADATA_OFFSET, b"TDVF", 32, "TDX")
+            .map_err(bad)?
+            .ok_or_else(|| bad("no TDX metadata: not a firmware built for TDX".into()))?;
+    if length != 16 + 32 * entries.len() {
         return Err(bad(format!(
-            "TDVF metadata version {version} (only 1 is known)"
+            "the TDX metadata length {length} does not hold {} sections",
+            entries.len()
         )));
     }
-    if length != 16 + 32 * n || length > head.len() {
-        return Err(bad(format!(
-            "the TDVF metadata length {length} does not hold {n} sections"
-        )));
-    }
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let d = &head[16 + 32 * i..16 + 32 * (i + 1)];
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, d) in entries.into_iter().enumerate() {
         let s = Section {
             data_offset: u32_at(d, 0),
             raw_size: u32_at(d, 4),
@@ -191,12 +174,7 @@ pub fn mrtd(fw: &[u8], order: PageOrder) -> Result<[u8; 48], TdxError> {
 
 /// An RTMR extended from zero with `digests`.
 pub fn replay384<D: AsRef<[u8]>>(digests: &[D]) -> [u8; 48] {
-    digests.iter().fold([0; 48], |r, d| {
-        let mut h = Sha384::new();
-        h.update(r);
-        h.update(d.as_ref());
-        h.finalize().into()
-    })
+    vtpm::extend_from_zero::<Sha384, D>(digests).into()
 }
 
 fn sha384(b: &[u8]) -> [u8; 48] {

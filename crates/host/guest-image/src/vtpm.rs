@@ -57,11 +57,17 @@ pub(crate) const fn guid_le(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
 
 /// A PCR extended from zero with `digests`, in order.
 pub fn replay<D: AsRef<[u8]>>(digests: &[D]) -> [u8; 32] {
-    digests.iter().fold([0; 32], |pcr, d| {
-        let mut h = Sha256::new();
-        h.update(pcr);
+    extend_from_zero::<Sha256, D>(digests).into()
+}
+
+/// A register of hash `H` (a PCR bank, an RTMR) extended from zero with
+/// `digests`, in order.
+pub fn extend_from_zero<H: Digest, D: AsRef<[u8]>>(digests: &[D]) -> sha2::digest::Output<H> {
+    digests.iter().fold(Default::default(), |r, d| {
+        let mut h = H::new();
+        h.update(&r);
         h.update(d.as_ref());
-        h.finalize().into()
+        h.finalize()
     })
 }
 
