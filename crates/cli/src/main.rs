@@ -11,6 +11,7 @@ mod guest;
 mod guest_image;
 mod image;
 mod measure;
+mod node;
 mod pod;
 mod policy;
 mod run;
@@ -65,6 +66,9 @@ enum Command {
     /// Run Kubernetes Pod manifests through a CRI runtime (containerd) as kubelet does.
     #[command(subcommand)]
     Pod(pod::PodCommand),
+    /// Install the runtime on a Kubernetes node (containerd handlers, shim, guest image), remove it, or check it.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Expected measurements of a pod VM from its artifacts, as trustee reference values.
     #[command(subcommand)]
     Measure(measure::MeasureCommand),
@@ -112,6 +116,7 @@ fn main() -> ExitCode {
         let r = match cli.command {
             Command::Run(a) => return run::run(*a).await,
             Command::Pod(c) => return pod::run(c).await,
+            Command::Node(c) => return node::run(c).await,
             Command::Policy(c) => policy::run(c).await,
             Command::Measure(c) => measure::run(c).await,
             Command::Trustee(a) => trustee::run(a).await,
