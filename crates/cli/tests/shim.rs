@@ -26,7 +26,9 @@ fn shim_bin() -> PathBuf {
 /// A containerd of its own: config, root, state and sockets under one
 /// directory; the shim found through PATH; stopped by PID on drop.
 struct Containerd {
-    child: Child,
+    /// Our child, or (`None`) a containerd the script `dir/ctd.sh` starts
+    /// and stops by the PID it records, as a node's service manager would.
+    child: Option<Child>,
     dir: PathBuf,
     sock: PathBuf,
     log: PathBuf,
@@ -153,7 +155,7 @@ state = "{state}"
         ];
         let child = Self::spawn(&cfg, &env, &log);
         let mut c = Self {
-            child,
+            child: Some(child),
             dir: dir.to_path_buf(),
             sock,
             log,
@@ -182,25 +184,101 @@ state = "{state}"
             .expect("start containerd")
     }
 
+    /// A containerd with the configuration `config` (its root, state and
+    /// sockets under `dir`), run by a script that starts it with `$!` into
+    /// a PID file and stops it by that PID: `sh dir/ctd.sh restart` is
+    /// what a node installer may call.
+    fn start_scripted(dir: &Path, config: &str, bridge: &str) -> Self {
+        need("containerd");
+        need("ctr");
+        let cfg = write(dir, "containerd.toml", config.as_bytes());
+        write(
+            dir,
+            "ctd.sh",
+            br#"#!/bin/sh
+# Starts, stops and restarts the test's containerd by the PID it recorded.
+dir=$(cd "$(dirname "$0")" && pwd)
+pidfile=$dir/containerd.pid
+stop() {
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -TERM "$pid" 2>/dev/null; then
+    i=0
+    while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -KILL "$pid" 2>/dev/null
+  fi
+  rm -f "$pidfile"
+}
+start() {
+  # A node's PATH directory (as /usr/local/bin), the installer's link to the shim goes there.
+  PATH=$dir/usr-local-bin:$PATH containerd --config "$dir/containerd.toml" >>"$dir/containerd.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+case "$1" in
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  *) echo "usage: $0 start|stop|restart" >&2; exit 2 ;;
+esac
+"#,
+        );
+        let mut c = Self {
+            child: None,
+            dir: dir.to_path_buf(),
+            sock: dir.join("c.sock"),
+            log: dir.join("containerd.log"),
+            cmd: vec![],
+            cfg,
+            bridge: Some(bridge.to_string()),
+        };
+        c.script("start");
+        c.wait_ready();
+        c
+    }
+
+    fn script(&self, verb: &str) {
+        let st = Command::new("sh")
+            .arg(self.dir.join("ctd.sh"))
+            .arg(verb)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ctd.sh {verb} failed");
+    }
+
+    /// The running containerd's PID.
+    fn pid(&self) -> u32 {
+        match &self.child {
+            Some(c) => c.id(),
+            None => std::fs::read_to_string(self.dir.join("containerd.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0),
+        }
+    }
+
     /// Stops containerd (SIGTERM, as systemd does) and starts it again.
     fn restart(&mut self) {
         self.stop();
-        self.child = Self::spawn(&self.cfg, &self.cmd, &self.log);
+        self.child = Some(Self::spawn(&self.cfg, &self.cmd, &self.log));
         self.wait_ready();
     }
 
     fn stop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            self.script("stop");
+            return;
+        };
         // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     fn wait_ready(&mut self) {
@@ -210,7 +288,12 @@ state = "{state}"
             if c.ctr(&["version"]).status.success() {
                 return;
             }
-            if let Ok(Some(st)) = c.child.try_wait() {
+            let exited = match c.child.as_mut() {
+                Some(ch) => ch.try_wait().ok().flatten().map(|st| st.to_string()),
+                // SAFETY: probing a PID for existence (signal 0).
+                None => (unsafe { libc::kill(c.pid() as i32, 0) } != 0).then(|| "gone".to_string()),
+            };
+            if let Some(st) = exited {
                 panic!("containerd exited ({st}):\n{}", c.log_text());
             }
             assert!(
@@ -1489,4 +1572,324 @@ fn cri_runs_an_encrypted_image_only_after_vtpm_attestation() {
             assert!(!text.contains(needle), "{needle} in {log}");
         }
     }
+}
+
+/// `cocoon node install|status|uninstall` against a containerd 1.6 run
+/// from a stock configuration (Debian's `/etc/containerd/config.toml` plus
+/// what a private instance and the test registry need), restarted by a
+/// script as a service manager would.
+#[test]
+fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
+    need("qemu-system-x86_64");
+    need("runc");
+    assert!(
+        Path::new("/usr/lib/cni/bridge").is_file(),
+        "the CNI bridge plugin is missing: run scripts/test, which installs containernetworking-plugins"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let reg = Registry::start(dir);
+    let image = push_busybox(&reg, "busybox:node");
+    let pause = push_busybox_cmd(&reg, "pause:1", &["/bin/sleep", "2147483647"]);
+    let port: u16 = reg.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let cni = dir.join("cni");
+    std::fs::create_dir_all(&cni).unwrap();
+    std::fs::write(
+        cni.join("10-node.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"node-test","plugins":[{{"type":"bridge","bridge":"cocoonnode0","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.79.0/24"}}]],"dataDir":"{}"}}}}]}}"#,
+            dir.join("cni-ipam").display()
+        ),
+    )
+    .unwrap();
+    let stock = include_str!("../src/node/fixtures/1.6-debian-package.toml");
+    assert!(
+        stock.contains("conf_dir = \"/etc/cni/net.d\"")
+            && stock.contains("/var/lib/containerd/opt")
+    );
+    let config = stock
+        .replace("version = 2\n", &format!("version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n", dir.display()))
+        .replace("\"/etc/cni/net.d\"", &format!("\"{}\"", cni.display()))
+        .replace("/var/lib/containerd/opt", &dir.join("opt").display().to_string())
+        .replace(
+            "  [plugins.\"io.containerd.grpc.v1.cri\"]\n",
+            &format!(
+                "  [plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"{pause}\"\n    restrict_oom_score_adj = true\n    [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{0}\"]\n      endpoint = [\"http://{0}\"]\n",
+                reg.addr
+            ),
+        )
+        + &format!(
+            "\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n",
+            dir.display()
+        );
+    let ctd = Containerd::start_scripted(dir, &config, "cocoonnode0");
+    let cfg = ctd.cfg.clone();
+    let original = std::fs::read(&cfg).unwrap();
+    let logs = dir.join("pod-logs");
+    let prefix = dir.join("opt-cocoon");
+    let state = dir.join("shim-state");
+    let shim_cfg = write(
+        dir,
+        "shim.toml",
+        format!(
+            "guest_image = \"{}/share/guest-image\"\nmode = \"none\"\ndefault_memory_mib = 512\nstate_dir = \"{}\"\nhost_ports = [{port}]\n",
+            prefix.display(),
+            state.display()
+        )
+        .as_bytes(),
+    );
+    let endpoint = format!("unix://{}", ctd.sock.display());
+    let restart = format!("sh {} restart", dir.join("ctd.sh").display());
+    let node = |verb: &str, extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["node", verb, "--containerd-config"])
+            .arg(&cfg)
+            .arg("--prefix")
+            .arg(&prefix)
+            .args(["--runtime-endpoint", &endpoint, "--timeout", "60s"]);
+        if verb != "status" {
+            c.args(["--restart-command", &restart]);
+        }
+        c.args(extra)
+            .env_remove("NODE_NAME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
+    let gi = guest_image().display().to_string();
+    let link_dir = dir.join("usr-local-bin").display().to_string();
+    let install_args = [
+        "--shim-link-dir",
+        link_dir.as_str(),
+        "--bin-dir",
+        bin_dir.as_str(),
+        "--guest-image",
+        gi.as_str(),
+        "--shim-config",
+        shim_cfg.to_str().unwrap(),
+    ];
+    let manifest = |name: &str, handler: Option<&str>, cmd: &str| {
+        let rc = handler
+            .map(|h| format!("  runtimeClassName: {h}\n"))
+            .unwrap_or_default();
+        write(
+            dir,
+            &format!("{name}.yaml"),
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    io.katacontainers.config.hypervisor.cc_init_data: \"{}\"\nspec:\n{rc}  containers:\n  - name: main\n    image: {image}\n    command: [\"/bin/sh\", \"-c\", \"{cmd}\"]\n",
+                cc_init_data(&reg, &image)
+            )
+            .as_bytes(),
+        )
+    };
+    let pod = |args: &[&str]| pod_cmd(&ctd, &logs, args);
+
+    // Before: runc works, a long-running runc pod stays up through it all,
+    // and nothing of ours is installed.
+    let r = pod(&[
+        "run",
+        "--rm",
+        manifest("runc-before", None, "echo runc before; exit 5")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(5),
+        "runc before: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let keep = pod(&[
+        "run",
+        "-d",
+        manifest("runc-keep", None, "sleep 3600").to_str().unwrap(),
+    ]);
+    let keep_id = ok(&keep).trim().to_string();
+    let st = node("status", &[]);
+    assert!(
+        String::from_utf8_lossy(&st.stdout).contains("not installed"),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+
+    // A restart that fails leaves the configuration as it was.
+    let bad = Command::new(BIN)
+        .args(["node", "install", "--containerd-config"])
+        .arg(&cfg)
+        .arg("--prefix")
+        .arg(&prefix)
+        .args([
+            "--runtime-endpoint",
+            &endpoint,
+            "--timeout",
+            "20s",
+            "--restart-command",
+            "exit 3",
+        ])
+        .args(install_args)
+        .output()
+        .unwrap();
+    let e = fails(&bad);
+    assert!(
+        e.contains("\"exit 3\" failed") && e.contains("put back"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&cfg).unwrap(),
+        original,
+        "a failed install left containerd's configuration changed"
+    );
+
+    // Install: CRI serves the handler after the restart.
+    let pid_before = ctd.pid();
+    let inst = node("install", &install_args);
+    if !inst.status.success() {
+        let log = ctd.log_text();
+        let tail: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("level=error") || l.contains("level=warn"))
+            .collect();
+        panic!(
+            "install failed: {}\ncontainerd's errors:\n{}",
+            String::from_utf8_lossy(&inst.stderr),
+            tail[tail.len().saturating_sub(20)..].join("\n")
+        );
+    }
+    let out = ok(&inst);
+    assert!(
+        out.contains("installed: handlers cocoon on containerd 1.6"),
+        "{out}"
+    );
+    assert_ne!(ctd.pid(), pid_before, "containerd was not restarted");
+    let edited = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        edited.contains("runtime_type = \"io.containerd.cocoon.v2\""),
+        "{edited}"
+    );
+    assert_eq!(
+        std::fs::read(prefix.join("backup/containerd.toml")).unwrap(),
+        original
+    );
+    let record = std::fs::read(prefix.join("install.json")).unwrap();
+
+    // Twice is once: nothing rewritten, containerd not restarted.
+    let pid = ctd.pid();
+    let again = ok(&node("install", &install_args));
+    assert!(again.contains("not restarted"), "{again}");
+    assert_eq!(ctd.pid(), pid);
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), edited);
+    assert_eq!(std::fs::read(prefix.join("install.json")).unwrap(), record);
+    let st = ok(&node("status", &[]));
+    assert!(
+        st.contains("handler cocoon: served") && st.contains("as the install left it"),
+        "{st}"
+    );
+
+    // A cocoon pod runs through CRI with only what the install put there
+    // (the shim by runtime_path, the guest image under the prefix).
+    let vm = pod(&[
+        "run",
+        "-d",
+        manifest(
+            "confidential",
+            Some("cocoon"),
+            "echo from the node install; sleep 3600",
+        )
+        .to_str()
+        .unwrap(),
+    ]);
+    let vm_id = ok(&vm).trim().to_string();
+    assert_eq!(
+        qemu_with(&state.display().to_string()).len(),
+        1,
+        "no pod VM"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = pod(&["logs", &vm_id, "main"]);
+        if String::from_utf8_lossy(&l.stdout).contains("from the node install") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cocoon pod printed nothing: {}",
+            String::from_utf8_lossy(&l.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The runc pod lived through the restart.
+    let x = pod(&["exec", &keep_id, "main", "--", "echo", "still here"]);
+    assert_eq!(ok(&x).trim(), "still here");
+    let r = pod(&[
+        "run",
+        "--rm",
+        manifest("runc-during", None, "echo runc during; exit 6")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(6),
+        "runc during: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    // Uninstall refuses while a pod of the handler runs.
+    let e = fails(&node("uninstall", &[]));
+    assert!(
+        e.contains("pods still run") && e.contains("confidential"),
+        "{e}"
+    );
+    ok(&pod(&["rm", &vm_id]));
+    let out = ok(&node("uninstall", &[]));
+    assert!(
+        out.contains("restored") && out.contains("no longer offers cocoon"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&cfg).unwrap(),
+        original,
+        "uninstall did not restore the configuration byte for byte"
+    );
+    assert!(!prefix.exists(), "uninstall left {}", prefix.display());
+    assert!(
+        !Path::new(&link_dir).exists(),
+        "uninstall left the shim's link"
+    );
+    let st = node("status", &[]);
+    let st_out = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st_out.contains("not installed") && !st_out.contains("problem"),
+        "{st_out}"
+    );
+    let e = fails(&pod(&[
+        "run",
+        "--rm",
+        manifest("after", Some("cocoon"), "true").to_str().unwrap(),
+    ]));
+    assert!(e.contains("cocoon"), "{e}");
+
+    // After: runc as before, and the long-running pod still there.
+    let x = pod(&["exec", &keep_id, "main", "--", "echo", "still here"]);
+    assert_eq!(ok(&x).trim(), "still here");
+    let r = pod(&[
+        "run",
+        "--rm",
+        manifest("runc-after", None, "echo runc after; exit 7")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(
+        r.status.code(),
+        Some(7),
+        "runc after: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    ok(&pod(&["rm", &keep_id]));
+    assert!(
+        qemu_with(&state.display().to_string()).is_empty(),
+        "a QEMU is left"
+    );
+    assert!(shims_of(&ctd.sock).is_empty(), "a shim is left");
 }

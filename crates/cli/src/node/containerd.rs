@@ -218,6 +218,42 @@ fn runtime_table(s: &Settings, h: &Handler) -> Table {
     t
 }
 
+/// containerd's own default runtime, as its defaults define it: a
+/// configuration that names any runtime replaces the whole default set,
+/// so one that relied on the built-in `runc` must now name it too.
+fn runc_table() -> Table {
+    let mut t = Table::new();
+    t.decor_mut().set_prefix(format!("\n{MARK}"));
+    t.insert("runtime_type", value("io.containerd.runc.v2"));
+    t
+}
+
+/// Whether the configuration relies on containerd's built-in `runc` (no
+/// runtime table of the default runtime's name); a default runtime other
+/// than `runc` that has no table is an error containerd would report too.
+fn missing_default_runtime(doc: &DocumentMut, cri: &str) -> Result<bool> {
+    let containerd = doc
+        .get("plugins")
+        .and_then(|p| p.get(cri))
+        .and_then(|c| c.get("containerd"));
+    let default = containerd
+        .and_then(|c| c.get("default_runtime_name"))
+        .and_then(Item::as_str)
+        .unwrap_or("runc");
+    let has = containerd
+        .and_then(|c| c.get("runtimes"))
+        .and_then(|r| r.get(default))
+        .is_some();
+    match (has, default) {
+        (true, _) => Ok(false),
+        (false, "runc") => Ok(true),
+        (false, other) => bail!(
+            "containerd's default runtime {other:?} has no entry under `containerd.runtimes`: \
+             containerd would not start CRI with it"
+        ),
+    }
+}
+
 fn proxy_table(address: &str) -> Table {
     let mut t = Table::new();
     t.decor_mut().set_prefix(format!("\n{MARK}"));
@@ -241,10 +277,14 @@ pub fn add_v2(original: &str, s: &Settings) -> Result<String> {
             "containerd's config.toml declares version {n}, which containerd 1.x does not read"
         ),
     }
+    let runc = missing_default_runtime(&doc, CRI_V2)?;
     let runtimes = table_at(
         doc.as_table_mut(),
         &["plugins", CRI_V2, "containerd", "runtimes"],
     )?;
+    if runc {
+        runtimes.insert("runc", Item::Table(runc_table()));
+    }
     for h in &s.handlers {
         if runtimes.contains_key(&h.name) {
             bail!(
@@ -278,6 +318,15 @@ pub fn remove_v2(current: &str, handlers: &[String], snapshotter: Option<&str>) 
     if let Some(runtimes) = get_table(root, &path) {
         for h in handlers {
             runtimes.remove(h);
+        }
+        let added_runc = runtimes
+            .get("runc")
+            .and_then(Item::as_table)
+            .and_then(|t| t.decor().prefix())
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| p.contains(MARK.trim_end()));
+        if added_runc {
+            runtimes.remove("runc");
         }
     }
     prune_empty_implicit(root, &path);
@@ -320,15 +369,24 @@ fn prune_empty_implicit(root: &mut Table, path: &[&str]) {
 /// file: containerd 2.0-2.2 migrate the merged configuration once, by the
 /// last file's version, so a version 3 import under a version 2 main file
 /// would leave the main file's settings unmigrated (and ignored).
-pub fn handler_file(s: &Settings, schema: i64) -> String {
+pub fn handler_file(s: &Settings, schema: i64, main: Option<&str>) -> Result<String> {
     let mut doc = DocumentMut::new();
     doc.decor_mut()
         .set_prefix("# Written by cocoon node install; cocoon node uninstall removes it.\n");
     doc.insert("version", value(schema));
     let root = doc.as_table_mut();
     let cri = if schema >= 3 { CRI_V3_RUNTIME } else { CRI_V2 };
+    let runc = match main {
+        Some(m) => missing_default_runtime(&parse(m, "containerd's config.toml")?, cri)?,
+        None => true,
+    };
     let runtimes = table_at(root, &["plugins", cri, "containerd", "runtimes"])
         .expect("a new document has no conflicting keys");
+    if runc {
+        let mut t = runc_table();
+        t.decor_mut().set_prefix("\n");
+        runtimes.insert("runc", Item::Table(t));
+    }
     for h in &s.handlers {
         let mut t = runtime_table(s, h);
         t.decor_mut().set_prefix("\n");
@@ -352,7 +410,7 @@ pub fn handler_file(s: &Settings, schema: i64) -> String {
         t.decor_mut().set_prefix("\n");
         proxies.insert(name, Item::Table(t));
     }
-    doc.to_string()
+    Ok(doc.to_string())
 }
 
 /// What an `imports` entry check found.

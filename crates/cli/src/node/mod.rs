@@ -93,6 +93,11 @@ pub struct InstallArgs {
     /// containerd 2.2+'s drop-in directory.
     #[arg(long, default_value = "/etc/containerd/conf.d")]
     dropin_dir: String,
+    /// A directory on containerd's PATH for a link to the shim: containerd
+    /// 1.6 starts a pod's first task by the runtime's name alone, ignoring
+    /// `runtime_path`.
+    #[arg(long, default_value = "/usr/local/bin")]
+    shim_link_dir: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -153,6 +158,9 @@ struct Record {
     snapshotter: Option<String>,
     /// Files added (host path → sha256) and directories made.
     files: BTreeMap<String, String>,
+    /// Symbolic links added (host path → target).
+    #[serde(default)]
+    links: BTreeMap<String, String>,
     dirs: Vec<String>,
     labelled_node: Option<String>,
 }
@@ -641,7 +649,7 @@ async fn install(a: InstallArgs) -> Result<()> {
         }
         Layout::Import => {
             let f = format!("{prefix}/etc/cocoon-containerd.toml");
-            let file = containerd::handler_file(&settings, schema);
+            let file = containerd::handler_file(&settings, schema, pristine.as_deref())?;
             payload.push(Payload {
                 host_path: f.clone(),
                 bytes: file.into_bytes(),
@@ -654,7 +662,7 @@ async fn install(a: InstallArgs) -> Result<()> {
         }
         Layout::DropIn => {
             let f = dropin_file.clone();
-            let file = containerd::handler_file(&settings, schema);
+            let file = containerd::handler_file(&settings, schema, pristine.as_deref())?;
             payload.push(Payload {
                 host_path: f.clone(),
                 bytes: file.into_bytes(),
@@ -701,6 +709,35 @@ async fn install(a: InstallArgs) -> Result<()> {
         }
         files.insert(p.host_path.clone(), digest);
     }
+    // The shim where containerd looks it up by name.
+    let link = format!(
+        "{}/containerd-shim-cocoon-v2",
+        a.shim_link_dir.trim_end_matches('/')
+    );
+    let target = format!("{prefix}/bin/containerd-shim-cocoon-v2");
+    match std::fs::read_link(c.host(&link)) {
+        Ok(t) if t == Path::new(&target) => {}
+        Ok(_) if rec.links.contains_key(&link) => {
+            std::fs::remove_file(c.host(&link))?;
+            std::os::unix::fs::symlink(&target, c.host(&link))?;
+        }
+        Ok(t) => bail!(
+            "{link} exists and points at {}, not cocoon's shim: remove it first",
+            t.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            make_dirs(c, a.shim_link_dir.trim_end_matches('/'), &mut made)?;
+            std::os::unix::fs::symlink(&target, c.host(&link))
+                .with_context(|| format!("linking {link}"))?;
+        }
+        Err(_) => bail!("{link} exists and is not cocoon's link: remove it first"),
+    }
+    let mut links = BTreeMap::new();
+    links.insert(link, target);
+    for old in rec.links.keys().filter(|k| !links.contains_key(*k)) {
+        let _ = std::fs::remove_file(c.host(old));
+    }
+    rec.links = links;
     // Files an earlier install added that this one does not.
     for old in rec.files.keys().filter(|k| !files.contains_key(*k)) {
         let _ = std::fs::remove_file(c.host(old));
@@ -775,26 +812,31 @@ async fn install(a: InstallArgs) -> Result<()> {
         .unwrap_or(false);
     let containerd_file_changed = changed_files && layout != Layout::EditV2;
     if config_changed || containerd_file_changed || !already {
-        c.restart_containerd()?;
-        if let Err(e) = wait_served(c, &handlers, true).await {
+        let up = match c.restart_containerd() {
+            Ok(()) => wait_served(c, &handlers, true).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = up {
             // Put the node back as it was rather than leave it wedged.
             if config_changed {
                 match &config_before {
                     Some(b) => write_atomic(&config_host, b.as_bytes(), 0o644)?,
                     None => std::fs::remove_file(&config_host)?,
                 }
+                rec.written_sha256 = previous.as_ref().and_then(|p| p.written_sha256.clone());
             }
-            if let Some(f) = &rec.containerd_file {
-                let _ = std::fs::remove_file(c.host(f));
+            if let Some(f) = rec.containerd_file.take() {
+                let _ = std::fs::remove_file(c.host(&f));
+                rec.files.remove(&f);
             }
-            let back = c.restart_containerd().and(Ok(()));
+            c.save_record(&rec)?;
+            let back = c.restart_containerd();
             bail!(
                 "{e:#}\ncontainerd's configuration was put back{}; cocoon's files stay under {prefix} \
                  (cocoon node uninstall removes them)",
-                if back.is_ok() {
-                    " and containerd restarted"
-                } else {
-                    ""
+                match back {
+                    Ok(()) => " and containerd restarted".to_string(),
+                    Err(e) => format!(", but restarting containerd failed too: {e:#}"),
                 }
             );
         }
@@ -910,6 +952,12 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("removing {f}")),
+        }
+    }
+    for (l, target) in &rec.links {
+        // Only our own link (it may have been replaced since).
+        if std::fs::read_link(c.host(l)).is_ok_and(|t| t == Path::new(target)) {
+            std::fs::remove_file(c.host(l)).with_context(|| format!("removing {l}"))?;
         }
     }
     if rec.snapshotter.is_some() {

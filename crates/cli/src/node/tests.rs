@@ -109,7 +109,13 @@ fn version_2_configs_get_the_handlers_and_keep_everything_else() {
         assert_eq!(r["pod_annotations"].as_array().unwrap().len(), 1);
         assert_eq!(r["privileged_without_host_devices"].as_bool(), Some(true));
         assert!(runtime(&d, "io.containerd.grpc.v1.cri", "cocoon-tdx").is_table());
-        // runc, where the file has it, is still there and still the default.
+        // runc is named (added where the file relied on the built-in one)
+        // and is still the default.
+        assert_eq!(
+            runtime(&d, "io.containerd.grpc.v1.cri", "runc")["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2"),
+            "{name}"
+        );
         let cri = |d: &DocumentMut| {
             d["plugins"]["io.containerd.grpc.v1.cri"]
                 .get("containerd")
@@ -315,7 +321,7 @@ fn a_stale_import_of_an_older_install_is_repaired_and_anyone_elses_refused() {
 
 #[test]
 fn the_handler_file_follows_the_main_files_schema() {
-    let v3 = doc(&handler_file(&settings(true, true), 3));
+    let v3 = doc(&handler_file(&settings(true, true), 3, Some(DEFAULT_22)).unwrap());
     assert_eq!(v3["version"].as_integer(), Some(3));
     let r = runtime(&v3, "io.containerd.cri.v1.runtime", "cocoon");
     assert_eq!(r["runtime_type"].as_str(), Some("io.containerd.cocoon.v2"));
@@ -328,10 +334,18 @@ fn the_handler_file_follows_the_main_files_schema() {
         v3["proxy_plugins"]["cocoon"]["type"].as_str(),
         Some("snapshot")
     );
-    let v2 = doc(&handler_file(&settings(false, true), 2));
+    let v2 = doc(&handler_file(&settings(false, true), 2, None).unwrap());
     assert_eq!(v2["version"].as_integer(), Some(2));
     assert!(runtime(&v2, "io.containerd.grpc.v1.cri", "cocoon").is_table());
     assert!(v2.get("proxy_plugins").is_none());
+    // Without a main file (or one that relies on the built-in runc), the
+    // file names runc too: naming any runtime replaces containerd's set.
+    assert!(runtime(&v2, "io.containerd.grpc.v1.cri", "runc").is_table());
+    assert!(
+        v3["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
+            .get("runc")
+            .is_none()
+    );
 }
 
 #[test]
