@@ -97,6 +97,17 @@ pub struct TrusteeArgs {
     /// Attestation token lifetime, in seconds.
     #[arg(long, default_value_t = 300)]
     token_lifetime: i64,
+    /// Policies to apply at start: `resource.rego` and `<id>.rego`
+    /// attestation policies (a ConfigMap volume in Kubernetes).
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// Resources to store at start: `<repo>/<type>/<tag>` files (a Secret
+    /// volume with `items` paths in Kubernetes).
+    #[arg(long)]
+    resource_dir: Option<PathBuf>,
+    /// Reference values to register at start: CoCo RVPS messages (`*.json`).
+    #[arg(long)]
+    reference_value_dir: Option<PathBuf>,
 }
 
 /// Runs the trustee until interrupted.
@@ -132,6 +143,14 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     };
     let data_dir = cfg.data_dir.clone();
     let trustee = Trustee::prepare(cfg).await?;
+    let seeded = cocoon_kbs::seed::apply(
+        &trustee.state,
+        &cocoon_kbs::seed::SeedDirs {
+            policies: a.policy_dir.clone(),
+            resources: a.resource_dir.clone(),
+            reference_values: a.reference_value_dir.clone(),
+        },
+    )?;
     let url = trustee.url();
     let mut flags = format!("--url {url}");
     if let Some(c) = &trustee.cert_hint {
@@ -150,6 +169,14 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     }
     say!("cocoon trustee listening on {url}");
     say!("  data directory:  {}", data_dir.display());
+    if seeded != Default::default() {
+        say!(
+            "  applied at start: {} policies, {} resources, {} reference values",
+            seeded.policies.len(),
+            seeded.resources.len(),
+            seeded.reference_values.len()
+        );
+    }
     if let Some(k) = &trustee.admin_key_hint {
         say!("  admin key:       {}", k.display());
     }

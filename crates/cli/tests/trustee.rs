@@ -1264,3 +1264,115 @@ fn measurements_are_registered_under_the_policy_names() {
         "{listed}"
     );
 }
+
+/// Start-up content laid out as Kubernetes mounts ConfigMap and Secret
+/// volumes: the files are links through `..data` into a timestamped
+/// directory.
+fn kube_volume(root: &std::path::Path, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    let stamp = root.join("..2026_12_01_00_00_00.000000001");
+    for (rel, bytes) in files {
+        let p = stamp.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+    }
+    std::os::unix::fs::symlink(stamp.file_name().unwrap(), root.join("..data")).unwrap();
+    let mut tops: Vec<&str> = files
+        .iter()
+        .map(|(r, _)| r.split('/').next().unwrap())
+        .collect();
+    tops.dedup();
+    for t in tops {
+        std::os::unix::fs::symlink(std::path::Path::new("..data").join(t), root.join(t)).unwrap();
+    }
+    root.to_path_buf()
+}
+
+#[test]
+fn policies_resources_and_reference_values_are_applied_from_mounted_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = kube_volume(
+        &dir.path().join("policies"),
+        &[(
+            "resource.rego",
+            b"package policy\nimport rego.v1\ndefault allow := false\nallow if data[\"resource-path\"][0] == \"mounted\"\n",
+        )],
+    );
+    let resources = kube_volume(
+        &dir.path().join("resources"),
+        &[
+            ("mounted/key/1", b"from-a-secret-volume"),
+            ("other/key/2", b"not-released"),
+        ],
+    );
+    let refs = kube_volume(
+        &dir.path().join("refs"),
+        &[(
+            "values.json",
+            br#"{"version":"0.1.0","type":"sample","payload":"eyJtb3VudGVkX3ZhbHVlIjpbImFiYyJdfQ=="}"#,
+        )],
+    );
+    let flags = [
+        "--policy-dir",
+        policies.to_str().unwrap(),
+        "--resource-dir",
+        resources.to_str().unwrap(),
+        "--reference-value-dir",
+        refs.to_str().unwrap(),
+    ];
+    let t = TrusteeProc::start(&dir.path().join("data"), &flags);
+    assert!(ok(&t.admin(&["get-policy", "resource"])).contains("\"mounted\""));
+    let listed = ok(&t.admin(&["list-resources"]));
+    assert!(
+        listed.contains("mounted/key/1") && listed.contains("other/key/2"),
+        "{listed}"
+    );
+    assert!(ok(&t.admin(&["list-reference-values"])).contains("mounted_value"));
+    let get = |uri: &str| t.guest("get-resource", &["--insecure-http-kbs", uri]);
+    assert_eq!(ok(&get("kbs:///mounted/key/1")), "from-a-secret-volume");
+    assert!(
+        !get("kbs:///other/key/2").status.success(),
+        "the mounted policy was not applied"
+    );
+    // Nothing of the secrets in the log.
+    let log = t.stop();
+    assert!(
+        !log.contains("from-a-secret-volume"),
+        "a secret reached the log"
+    );
+
+    // A file that is not what its directory holds stops the start, named.
+    for (flag, bad, want) in [
+        (
+            "--policy-dir",
+            kube_volume(
+                &dir.path().join("bad-policy"),
+                &[("resource.rego", b"package policy\nallow if {")],
+            ),
+            "resource.rego",
+        ),
+        (
+            "--resource-dir",
+            kube_volume(&dir.path().join("bad-res"), &[("toplevel", b"x")]),
+            "<repo>/<type>/<tag>",
+        ),
+        (
+            "--reference-value-dir",
+            kube_volume(&dir.path().join("bad-refs"), &[("v.json", b"{}")]),
+            "v.json",
+        ),
+    ] {
+        let e = TrusteeProc::try_start(
+            &dir.path().join("data"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-http",
+                flag,
+                bad.to_str().unwrap(),
+            ],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{flag} with a bad file started"));
+        assert!(e.contains(want), "{flag}: {e}");
+    }
+}

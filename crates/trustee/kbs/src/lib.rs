@@ -9,6 +9,7 @@ pub mod decision;
 pub mod error;
 pub mod fetch;
 pub mod metrics;
+pub mod seed;
 pub mod server;
 pub mod session;
 pub mod tokens;
