@@ -31,6 +31,11 @@ pub struct TrusteeArgs {
     /// This is the default when no certificate is given.
     #[arg(long, conflicts_with_all = ["tls_cert", "insecure_http"])]
     self_signed_tls: bool,
+    /// A DNS name or address for the self-signed certificate besides
+    /// localhost and the listen address (repeatable; used when the
+    /// certificate is first made), e.g. the trustee's Service name.
+    #[arg(long = "tls-san", conflicts_with_all = ["tls_cert", "insecure_http"])]
+    tls_names: Vec<String>,
     /// Accept the development `sample` TEE (unsigned evidence; proves nothing).
     #[arg(long)]
     allow_dev_tee: bool,
@@ -126,6 +131,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(cocoon_kbs::default_data_dir),
         tls,
+        tls_names: a.tls_names.clone(),
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,
         allow_insecure_on_network: a.allow_insecure_on_network,

@@ -67,7 +67,11 @@ pub(crate) fn ensure_admin_key(paths: &DataPaths) -> Result<(), StartError> {
 /// Makes sure the data directory holds a self-signed certificate and its
 /// key. The key is created exclusively; a certificate is made for whichever
 /// key won (a fresh key always gets a fresh certificate).
-pub(crate) fn ensure_self_signed(paths: &DataPaths, listen: &SocketAddr) -> Result<(), StartError> {
+pub(crate) fn ensure_self_signed(
+    paths: &DataPaths,
+    listen: &SocketAddr,
+    extra_names: &[String],
+) -> Result<(), StartError> {
     if paths.tls_cert.exists() && paths.tls_key.exists() {
         return Ok(());
     }
@@ -92,6 +96,7 @@ pub(crate) fn ensure_self_signed(paths: &DataPaths, listen: &SocketAddr) -> Resu
     if !listen.ip().is_unspecified() {
         names.push(listen.ip().to_string());
     }
+    names.extend(extra_names.iter().cloned());
     let cert = rcgen::CertificateParams::new(names)
         .and_then(|p| p.self_signed(&key))
         .map_err(err)?;
@@ -179,7 +184,7 @@ mod tests {
         // Another replica created the key but has not written its certificate.
         let other = rcgen::KeyPair::generate().unwrap();
         create_private_file(&paths.tls_key, other.serialize_pem().as_bytes()).unwrap();
-        ensure_self_signed(&paths, &listen).unwrap();
+        ensure_self_signed(&paths, &listen, &["trustee.coco.svc".to_string()]).unwrap();
         assert_eq!(
             std::fs::read_to_string(&paths.tls_key).unwrap(),
             other.serialize_pem()
@@ -192,6 +197,11 @@ mod tests {
                 .windows(other.public_key_raw().len())
                 .any(|w| w == other.public_key_raw()),
             "certificate must be for the existing key"
+        );
+        // The extra name is among the certificate's (a DER IA5String).
+        assert!(
+            parsed.windows(16).any(|w| w == b"trustee.coco.svc"),
+            "the --tls-san name is not in the certificate"
         );
     }
 }

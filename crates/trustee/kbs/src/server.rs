@@ -41,6 +41,9 @@ pub struct TrusteeConfig {
     pub data_dir: PathBuf,
     /// TLS mode.
     pub tls: TlsMode,
+    /// Extra DNS names or addresses for a self-signed certificate (made
+    /// once; the names guests reach the trustee by, e.g. a Service's).
+    pub tls_names: Vec<String>,
     /// Register development TEEs (sample).
     pub allow_dev_tee: bool,
     /// Accept admin requests without authentication.
@@ -95,6 +98,7 @@ impl Default for TrusteeConfig {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
             data_dir: default_data_dir(),
             tls: TlsMode::SelfSigned,
+            tls_names: vec![],
             allow_dev_tee: false,
             insecure_admin: false,
             allow_insecure_on_network: false,
@@ -308,7 +312,7 @@ impl Trustee {
             }
             TlsMode::Files { cert, key } => (Some(load_tls(cert, key).await?), None),
             TlsMode::SelfSigned => {
-                ensure_self_signed(&paths, &cfg.listen)?;
+                ensure_self_signed(&paths, &cfg.listen, &cfg.tls_names)?;
                 (
                     Some(load_tls(&paths.tls_cert, &paths.tls_key).await?),
                     Some(paths.tls_cert.clone()),

