@@ -155,7 +155,9 @@ referenceValues:
                 &format!("-f {}", values.display()),
                 "service.type=LoadBalancer",
                 "persistence.storageClassName=fast",
-                "extraArgs={--tpm-ek-ca=/etc/cocoon/ek-ca.pem}",
+                "tpmEkCa.existingSecret=node-vtpm-cas",
+                "tpmEkCa.hardware=true",
+                "extraArgs={--snp-kds-url=https://kdsintf.amd.com}",
             ],
         ),
         repo().join("deploy/node.yaml"),
@@ -203,6 +205,9 @@ referenceValues:
         "--policy-dir=/etc/cocoon/policies",
         "--reference-value-dir=/etc/cocoon/reference-values",
         "type: LoadBalancer",
+        "--tpm-hardware-ek-ca=/etc/cocoon/tpm-ek-ca",
+        "secretName: node-vtpm-cas",
+        "--snp-kds-url=https://kdsintf.amd.com",
     ] {
         assert!(opts.contains(want), "trustee options: {want} missing");
     }
@@ -310,6 +315,9 @@ fn the_charts_run_commands_cocoon_accepts() {
             "tls.existingSecret=t",
             "admin.existingSecret=a",
             "kbsResources.existingSecret=r",
+            "tpmEkCa.existingSecret=c",
+            "policies.resource\\.rego=x",
+            "referenceValues.v\\.json=y",
         ],
     );
     let docs: Vec<serde_json::Value> =

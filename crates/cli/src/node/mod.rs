@@ -379,6 +379,31 @@ fn host_tees(c: &Common) -> Vec<&'static str> {
     v
 }
 
+/// What the host lacks that pods of `handlers` need (Cocoon uses the
+/// host's QEMU, firmware and software TPM).
+fn missing_host_tools(c: &Common, handlers: &[String]) -> Vec<String> {
+    let on_path = |name: &str| {
+        ["/usr/bin", "/usr/local/bin", "/bin", "/usr/sbin"]
+            .iter()
+            .any(|d| c.host(&format!("{d}/{name}")).exists())
+    };
+    let mut missing = vec![];
+    if !on_path("qemu-system-x86_64") {
+        missing.push("qemu-system-x86_64 (qemu-system-x86)".to_string());
+    }
+    if handlers.iter().any(|h| h == "cocoon") {
+        for (tool, package) in [("swtpm", "swtpm"), ("swtpm_setup", "swtpm-tools")] {
+            if !on_path(tool) {
+                missing.push(format!("{tool} ({package})"));
+            }
+        }
+        if !c.host("/usr/share/ovmf/OVMF.fd").exists() {
+            missing.push("/usr/share/ovmf/OVMF.fd (ovmf)".to_string());
+        }
+    }
+    missing
+}
+
 /// The shim configuration of a handler made with the defaults.
 fn default_shim_config(prefix: &str, handler: &str) -> Result<String> {
     let mode = match handler {
@@ -866,6 +891,9 @@ async fn install(a: InstallArgs) -> Result<()> {
                 .join(", ")
         );
     }
+    for m in missing_host_tools(c, &handlers) {
+        println!("warning: this host lacks {m}: pods of the handlers fail until it is installed");
+    }
     println!(
         "installed: handlers {} on containerd {version} ({layout:?}){}",
         handlers.join(", "),
@@ -1105,6 +1133,9 @@ async fn status(c: Common) -> Result<u8> {
                         "the snapshotter does not listen on {SNAPSHOTTER_SOCKET}"
                     ));
                 }
+            }
+            for m in missing_host_tools(&c, &r.handlers) {
+                problems.push(format!("this host lacks {m}"));
             }
             if let Some(n) = &r.labelled_node {
                 println!("node {n} labelled {LABEL}=true");
