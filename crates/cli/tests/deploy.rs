@@ -133,8 +133,9 @@ referenceValues:
             &node,
             &[
                 "node.handlers={cocoon,cocoon-tdx}",
-                "node.restartCommand=systemctl restart k3s",
-                "node.uninstallOnDelete=false",
+                "node.restartCommand=systemctl restart containerd-custom",
+                "mode=uninstall",
+                "restrictNodeUpdates=false",
                 "runtimeClasses.create=false",
                 "nodeSelector.pool=confidential",
             ],
@@ -215,8 +216,14 @@ referenceValues:
     assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
     assert!(!defaults.contains("--kek-file"));
     let node_opts = std::fs::read_to_string(&files[1]).unwrap();
-    assert!(node_opts.contains("--handlers cocoon,cocoon-tdx"));
-    assert!(!node_opts.contains("kind: RuntimeClass") && !node_opts.contains("preStop"));
+    assert!(node_opts.contains("--handlers=cocoon,cocoon-tdx"));
+    assert!(node_opts.contains("- uninstall") && !node_opts.contains("--bin-dir"));
+    assert!(
+        !node_opts.contains("kind: RuntimeClass")
+            && !node_opts.contains("ValidatingAdmissionPolicy")
+    );
+    let node_default = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(node_default.contains("kind: ValidatingAdmissionPolicyBinding"));
 }
 
 #[test]
@@ -237,6 +244,8 @@ fn the_plain_manifests_are_the_node_chart_rendered() {
                 "--show-only",
                 "templates/rbac.yaml",
                 "--show-only",
+                "templates/admission.yaml",
+                "--show-only",
                 "templates/daemonset.yaml",
             ],
         ]
@@ -254,58 +263,78 @@ fn the_plain_manifests_are_the_node_chart_rendered() {
     );
 }
 
-/// The command lines the charts run, as `sh -c` runs them, with `--help`
+/// The commands the charts run (argv lists, no shell), with `--help`
 /// appended: clap refuses a flag it does not know before it prints help.
 #[test]
 fn the_charts_run_commands_cocoon_accepts() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = render(
-        tmp.path(),
-        "node",
-        &chart("cocoon-node"),
-        &[
-            "node.restartCommand=systemctl restart k3s",
-            "node.handlers={cocoon}",
-        ],
-    );
-    let docs: Vec<serde_json::Value> =
-        serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&node).unwrap())
+    let daemonset = |name: &str, sets: &[&str]| -> serde_json::Value {
+        let f = render(tmp.path(), name, &chart("cocoon-node"), sets);
+        serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&f).unwrap())
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .collect();
-    let ds = docs
-        .iter()
-        .find(|d| d["kind"] == "DaemonSet")
-        .expect("a DaemonSet");
-    let c = &ds["spec"]["template"]["spec"]["containers"][0];
-    let lines = [
-        c["args"][0].as_str().unwrap().to_string(),
-        c["lifecycle"]["preStop"]["exec"]["command"][2]
-            .as_str()
+            .find(|d: &serde_json::Value| d["kind"] == "DaemonSet")
+            .expect("a DaemonSet")
+    };
+    let argv = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
             .unwrap()
-            .to_string(),
-        c["readinessProbe"]["exec"]["command"][2]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    ];
-    let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
-    for line in lines {
-        let cmd = line.split(" && ").next().unwrap();
-        assert!(cmd.starts_with("cocoon node "), "{cmd}");
-        let out = Command::new("sh")
-            .args(["-c", &format!("{cmd} --help")])
-            .env(
-                "PATH",
-                format!("{bin_dir}:{}", std::env::var("PATH").unwrap()),
-            )
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+    let run = |args: &[String]| {
+        assert_eq!(args[0], "cocoon", "{args:?}");
+        let out = Command::new(BIN)
+            .args(&args[1..])
+            .arg("--help")
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "{cmd}: {}",
+            "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-    }
+    };
+    // A restart command with shell metacharacters stays one argument.
+    let install = daemonset(
+        "node",
+        &[
+            "node.restartCommand=systemctl restart containerd; touch /pwned",
+            "node.handlers={cocoon}",
+        ],
+    );
+    let c = &install["spec"]["template"]["spec"]["containers"][0];
+    let cmd = argv(&c["command"]);
+    assert_eq!(&cmd[..3], ["cocoon", "node", "install"]);
+    assert!(
+        cmd.contains(&"--restart-command=systemctl restart containerd; touch /pwned".to_string())
+    );
+    assert!(
+        cmd.contains(&"--stay".to_string())
+            && c.get("args").is_none()
+            && c.get("lifecycle").is_none()
+    );
+    run(&cmd);
+    run(&argv(&c["readinessProbe"]["exec"]["command"]));
+    let uninstall = daemonset("cleanup", &["mode=uninstall"]);
+    let cmd = argv(&uninstall["spec"]["template"]["spec"]["containers"][0]["command"]);
+    assert_eq!(&cmd[..3], ["cocoon", "node", "uninstall"]);
+    run(&cmd);
+    // Neither mode: refused at render time.
+    let out = Command::new(tool("helm"))
+        .args([
+            "template",
+            "x",
+            &chart("cocoon-node"),
+            "--set",
+            "mode=reinstall",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("mode is install or uninstall")
+    );
     let trustee = render(
         tmp.path(),
         "trustee",

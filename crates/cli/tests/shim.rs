@@ -1592,36 +1592,7 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
     let image = push_busybox(&reg, "busybox:node");
     let pause = push_busybox_cmd(&reg, "pause:1", &["/bin/sleep", "2147483647"]);
     let port: u16 = reg.addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    let cni = dir.join("cni");
-    std::fs::create_dir_all(&cni).unwrap();
-    std::fs::write(
-        cni.join("10-node.conflist"),
-        format!(
-            r#"{{"cniVersion":"1.0.0","name":"node-test","plugins":[{{"type":"bridge","bridge":"cocoonnode0","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.88.79.0/24"}}]],"dataDir":"{}"}}}}]}}"#,
-            dir.join("cni-ipam").display()
-        ),
-    )
-    .unwrap();
-    let stock = include_str!("../src/node/fixtures/1.6-debian-package.toml");
-    assert!(
-        stock.contains("conf_dir = \"/etc/cni/net.d\"")
-            && stock.contains("/var/lib/containerd/opt")
-    );
-    let config = stock
-        .replace("version = 2\n", &format!("version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n", dir.display()))
-        .replace("\"/etc/cni/net.d\"", &format!("\"{}\"", cni.display()))
-        .replace("/var/lib/containerd/opt", &dir.join("opt").display().to_string())
-        .replace(
-            "  [plugins.\"io.containerd.grpc.v1.cri\"]\n",
-            &format!(
-                "  [plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"{pause}\"\n    restrict_oom_score_adj = true\n    [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{0}\"]\n      endpoint = [\"http://{0}\"]\n",
-                reg.addr
-            ),
-        )
-        + &format!(
-            "\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n",
-            dir.display()
-        );
+    let config = debian_stock_config(dir, &reg.addr, &pause, "cocoonnode0", "10.88.79.0/24");
     let ctd = Containerd::start_scripted(dir, &config, "cocoonnode0");
     let cfg = ctd.cfg.clone();
     let original = std::fs::read(&cfg).unwrap();
@@ -1713,7 +1684,11 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
         String::from_utf8_lossy(&st.stdout)
     );
 
-    // A restart that fails leaves the configuration as it was.
+    // A restart that fails (after containerd did restart with the new
+    // configuration) puts the configuration back and restarts containerd
+    // with it.
+    let pid_before = ctd.pid();
+    let failing = format!("{restart}; exit 3");
     let bad = Command::new(BIN)
         .args(["node", "install", "--containerd-config"])
         .arg(&cfg)
@@ -1725,16 +1700,23 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
             "--timeout",
             "20s",
             "--restart-command",
-            "exit 3",
+            &failing,
         ])
         .args(install_args)
         .output()
         .unwrap();
     let e = fails(&bad);
     assert!(
-        e.contains("\"exit 3\" failed") && e.contains("put back"),
+        e.contains("exit 3\" failed") && e.contains("put back"),
         "{e}"
     );
+    assert_ne!(ctd.pid(), pid_before, "the failing restart did not restart");
+    assert!(
+        ctd.ctr(&["version"]).status.success(),
+        "containerd is down after the rollback"
+    );
+    let st = String::from_utf8_lossy(&node("status", &[]).stdout).into_owned();
+    assert!(st.contains("handler cocoon is not served"), "{st}");
     assert_eq!(
         std::fs::read(&cfg).unwrap(),
         original,
@@ -1892,4 +1874,164 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
         "a QEMU is left"
     );
     assert!(shims_of(&ctd.sock).is_empty(), "a shim is left");
+}
+
+/// Debian's stock `/etc/containerd/config.toml`, plus what a private
+/// instance under `dir` (root, state, sockets, CNI) and a plain-HTTP
+/// registry on loopback need.
+fn debian_stock_config(
+    dir: &Path,
+    registry: &str,
+    pause: &str,
+    bridge: &str,
+    subnet: &str,
+) -> String {
+    let cni = dir.join("cni");
+    std::fs::create_dir_all(&cni).unwrap();
+    std::fs::write(
+        cni.join("10-node.conflist"),
+        format!(
+            r#"{{"cniVersion":"1.0.0","name":"node-test","plugins":[{{"type":"bridge","bridge":"{bridge}","isGateway":true,"ipMasq":false,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"dataDir":"{}"}}}}]}}"#,
+            dir.join("cni-ipam").display()
+        ),
+    )
+    .unwrap();
+    let stock = include_str!("../src/node/fixtures/1.6-debian-package.toml");
+    assert!(
+        stock.contains("conf_dir = \"/etc/cni/net.d\"")
+            && stock.contains("/var/lib/containerd/opt")
+    );
+    stock
+        .replace("version = 2\n", &format!("version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n", dir.display()))
+        .replace("\"/etc/cni/net.d\"", &format!("\"{}\"", cni.display()))
+        .replace("/var/lib/containerd/opt", &dir.join("opt").display().to_string())
+        .replace(
+            "  [plugins.\"io.containerd.grpc.v1.cri\"]\n",
+            &format!(
+                "  [plugins.\"io.containerd.grpc.v1.cri\"]\n    sandbox_image = \"{pause}\"\n    restrict_oom_score_adj = true\n    [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n      endpoint = [\"http://{registry}\"]\n"
+            ),
+        )
+        + &format!(
+            "\n[grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n",
+            dir.display()
+        )
+}
+
+/// The containerd 2.x layouts' mechanics on the real containerd 1.6 (told
+/// it is 2.1, then 2.2): an `imports` entry and our file, a move to the
+/// drop-in directory once the admin's file imports one (the earlier entry
+/// and file gone, the admin's edit kept), and an uninstall that leaves the
+/// admin's file as they left it. (1.6 merges an import by replacing whole
+/// plugin tables, so pods would lose CRI's settings here: only the files,
+/// the restarts and what CRI serves are checked.)
+#[test]
+fn node_install_moves_between_the_containerd_2_layouts_and_back_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = debian_stock_config(
+        dir,
+        "127.0.0.1:9",
+        "127.0.0.1:9/pause:1",
+        "cocoonnode1",
+        "10.88.80.0/24",
+    );
+    let ctd = Containerd::start_scripted(dir, &config, "cocoonnode1");
+    let cfg = ctd.cfg.clone();
+    let prefix = dir.join("opt-cocoon");
+    let dropin = dir.join("conf.d");
+    let endpoint = format!("unix://{}", ctd.sock.display());
+    let restart = format!("sh {} restart", dir.join("ctd.sh").display());
+    let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
+    let gi = guest_image().display().to_string();
+    let node = |verb: &str, extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["node", verb, "--containerd-config"])
+            .arg(&cfg)
+            .arg("--prefix")
+            .arg(&prefix)
+            .args([
+                "--runtime-endpoint",
+                &endpoint,
+                "--timeout",
+                "60s",
+                "--restart-command",
+                &restart,
+            ]);
+        if verb == "install" {
+            c.args([
+                "--bin-dir",
+                &bin_dir,
+                "--guest-image",
+                &gi,
+                "--shim-link-dir",
+            ])
+            .arg(dir.join("usr-local-bin"))
+            .arg("--dropin-dir")
+            .arg(&dropin);
+        }
+        c.args(extra)
+            .env_remove("NODE_NAME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ours = prefix.join("etc/cocoon-containerd.toml");
+
+    // 2.1: an imports entry (inserted before the first table) and our file.
+    let out = ok(&node("install", &["--containerd-version", "2.1"]));
+    assert!(out.contains("(Import)"), "{out}");
+    let edited = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        edited.contains(&format!("imports = [\"{}\"]", ours.display())),
+        "{edited}"
+    );
+    let file = std::fs::read_to_string(&ours).unwrap();
+    assert!(
+        file.starts_with("# Written by cocoon node install") && file.contains("version = 2"),
+        "the import is not in the main file's schema:\n{file}"
+    );
+
+    // The admin makes containerd read a drop-in directory; told it is 2.2,
+    // the install moves there and takes its entry out of the main file.
+    std::fs::create_dir_all(&dropin).unwrap();
+    let with_glob = edited.replacen(
+        &format!("imports = [\"{}\"]", ours.display()),
+        &format!(
+            "imports = [\"{}\", \"{}/*.toml\"]",
+            ours.display(),
+            dropin.display()
+        ),
+        1,
+    );
+    std::fs::write(&cfg, &with_glob).unwrap();
+    let out = ok(&node("install", &["--containerd-version", "2.2"]));
+    assert!(out.contains("to DropIn"), "{out}");
+    let now = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        !now.contains("cocoon-containerd.toml") && now.contains("conf.d/*.toml"),
+        "{now}"
+    );
+    assert!(!ours.exists(), "the Import layout's file is left");
+    assert!(dropin.join("cocoon.toml").is_file());
+    let st = ok(&node("status", &[]));
+    assert!(st.contains("handler cocoon: served"), "{st}");
+
+    // Uninstall: the admin's file as they left it (their glob, no entry of
+    // ours), our drop-in and prefix gone, the handler no longer served.
+    let out = ok(&node("uninstall", &[]));
+    assert!(out.contains("no longer offers cocoon"), "{out}");
+    let back = std::fs::read_to_string(&cfg).unwrap();
+    let mut lines = back.lines();
+    for l in config.lines() {
+        assert!(
+            lines.any(|b| b == l),
+            "line {l:?} of the admin's file lost:\n{back}"
+        );
+    }
+    assert!(
+        back.contains(&format!("\"{}/*.toml\"", dropin.display()))
+            && !back.contains("cocoon-containerd"),
+        "{back}"
+    );
+    assert!(!dropin.join("cocoon.toml").exists() && !prefix.exists());
 }

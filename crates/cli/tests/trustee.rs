@@ -1340,6 +1340,28 @@ fn policies_resources_and_reference_values_are_applied_from_mounted_directories(
         "a secret reached the log"
     );
 
+    // A link out of the directory (here to the trustee's own key) is no
+    // resource.
+    let escape = dir.path().join("escape");
+    std::fs::create_dir_all(escape.join("default/key")).unwrap();
+    std::os::unix::fs::symlink(
+        dir.path().join("data/kek.key"),
+        escape.join("default/key/kek"),
+    )
+    .unwrap();
+    let e = TrusteeProc::try_start(
+        &dir.path().join("data"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--resource-dir",
+            escape.to_str().unwrap(),
+        ],
+    )
+    .err()
+    .expect("a resource linking out of its directory was accepted");
+    assert!(e.contains("leads out of"), "{e}");
     // A file that is not what its directory holds stops the start, named.
     for (flag, bad, want) in [
         (

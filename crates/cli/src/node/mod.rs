@@ -98,6 +98,10 @@ pub struct InstallArgs {
     /// `runtime_path`.
     #[arg(long, default_value = "/usr/local/bin")]
     shim_link_dir: String,
+    /// Keep running afterwards until SIGTERM, also after a failure (the
+    /// DaemonSet's container).
+    #[arg(long)]
+    stay: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -119,6 +123,9 @@ pub struct UninstallArgs {
     /// running, unmanaged, until their VMs stop).
     #[arg(long)]
     force: bool,
+    /// Keep running afterwards until SIGTERM (the cleanup DaemonSet).
+    #[arg(long)]
+    stay: bool,
 }
 
 /// The node label the RuntimeClasses select on.
@@ -379,6 +386,29 @@ fn host_tees(c: &Common) -> Vec<&'static str> {
     v
 }
 
+/// Refuses a host path the installer would write into containerd's
+/// configuration, a systemd unit or the file system unsafely: it must be
+/// absolute, normalized, not `/`, and of plain characters.
+fn check_host_path(flag: &str, path: &str) -> Result<()> {
+    let p = Path::new(path);
+    let plain = path
+        .chars()
+        .all(|ch| ch.is_ascii_alphanumeric() || "/._+-".contains(ch));
+    let normal = p.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )
+    });
+    if !p.is_absolute() || !plain || !normal || p.components().count() < 2 {
+        bail!(
+            "{flag} {path:?}: a host path must be absolute, below /, without `..`, \
+             and of letters, digits and ./_+- only"
+        );
+    }
+    Ok(())
+}
+
 /// What the host lacks that pods of `handlers` need (Cocoon uses the
 /// host's QEMU, firmware and software TPM).
 fn missing_host_tools(c: &Common, handlers: &[String]) -> Vec<String> {
@@ -428,7 +458,7 @@ fn snapshotter_unit(prefix: &str, containerd_root: &str) -> String {
          [Service]\nExecStart={prefix}/bin/cocoon-snapshotter --root {STATE_DIR}/snapshotter \
          --address {SNAPSHOTTER_SOCKET} --content-root {containerd_root}/io.containerd.content.v1.content\n\
          Restart=always\nRestartSec=2\n\n\
-         [Install]\nRequiredBy=containerd.service\nWantedBy=multi-user.target\n"
+         [Install]\nWantedBy=multi-user.target\n"
     )
 }
 
@@ -443,10 +473,36 @@ fn strip(text: &str, r: &Record) -> Result<String> {
 
 pub async fn run(cmd: NodeCommand) -> Result<u8> {
     match cmd {
-        NodeCommand::Install(a) => install(a).await.map(|_| 0),
-        NodeCommand::Uninstall(a) => uninstall(a).await.map(|_| 0),
+        NodeCommand::Install(a) => {
+            let stay = a.stay;
+            stay_or_return(stay, install(a).await).await
+        }
+        NodeCommand::Uninstall(a) => {
+            let stay = a.stay;
+            stay_or_return(stay, uninstall(a).await).await
+        }
         NodeCommand::Status(c) => status(c).await,
     }
+}
+
+/// With `--stay` (a DaemonSet's container): report the outcome and keep
+/// running until told to stop, so a failure shows as an unready pod (its
+/// readiness is `cocoon node status`) instead of a crash loop that would
+/// restart containerd at every attempt. Delete the pod to try again.
+async fn stay_or_return(stay: bool, outcome: Result<()>) -> Result<u8> {
+    if !stay {
+        return outcome.map(|_| 0);
+    }
+    if let Err(e) = &outcome {
+        eprintln!("error: {e:#}");
+        eprintln!("staying (--stay): delete this pod to try again");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(0)
 }
 
 /// A file the install puts on the host.
@@ -463,16 +519,34 @@ async fn install(a: InstallArgs) -> Result<()> {
     // containerd's release decides where the handlers go.
     let version = match &a.containerd_version {
         Some(v) => Version::parse(v)?,
-        None => {
-            let s = served(c).await.with_context(|| {
-                format!(
-                    "containerd does not answer at {}: start it, or say its release with --containerd-version",
-                    c.runtime_endpoint
-                )
-            })?;
-            Version::parse(&s.version)?
-        }
+        None => match (served(c).await, &previous) {
+            (Ok(s), _) => Version::parse(&s.version)?,
+            // containerd down after an earlier install: the release it had.
+            (Err(e), Some(r)) if !r.containerd_version.is_empty() => {
+                println!(
+                    "containerd does not answer ({e:#}): taking the release the last install saw, {}",
+                    r.containerd_version
+                );
+                Version::parse(&r.containerd_version)?
+            }
+            (Err(e), _) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "containerd does not answer at {}: start it, or say its release with --containerd-version",
+                        c.runtime_endpoint
+                    )
+                });
+            }
+        },
     };
+    for (flag, path) in [
+        ("--prefix", c.prefix.as_str()),
+        ("--containerd-config", c.containerd_config.as_str()),
+        ("--dropin-dir", a.dropin_dir.as_str()),
+        ("--shim-link-dir", a.shim_link_dir.as_str()),
+    ] {
+        check_host_path(flag, path)?;
+    }
 
     let mut handlers = a.handlers.clone();
     if handlers.is_empty() {
@@ -587,6 +661,19 @@ async fn install(a: InstallArgs) -> Result<()> {
         per_runtime_snapshotter: version.per_runtime_snapshotter(),
     };
     let config_host = c.host(&c.containerd_config);
+    // A link would resolve inside this container, not on the host.
+    if std::fs::symlink_metadata(&config_host).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "{} is a symbolic link: pass the file it points to with --containerd-config",
+            c.containerd_config
+        );
+    }
+    let config_mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&config_host)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644)
+    };
     let current = match std::fs::read_to_string(&config_host) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -695,21 +782,44 @@ async fn install(a: InstallArgs) -> Result<()> {
             });
             containerd_file = Some(f);
             // The main file changes only to drop a stale import (which
-            // would stop containerd).
-            match &pristine {
+            // would stop containerd) or what an earlier layout of ours
+            // added to it.
+            let cleaned = match &pristine {
                 Some(p) if !containerd::missing_imports(p, exists).is_empty() => {
                     let out = containerd::set_imports(Some(p), None, is_ours, exists)?;
                     report(&out.repaired);
                     Some(out.text)
                 }
+                p => p.clone(),
+            };
+            match (cleaned, &current) {
+                (Some(cl), Some(cur)) if cl != *cur => Some(cl),
                 _ => None,
             }
         }
     };
 
+    // What containerd reads (the main file, our file for it, an earlier
+    // layout's file of ours), as it is now: put back if containerd does
+    // not come up with the new version.
+    let mut containerd_paths = vec![c.containerd_config.clone()];
+    containerd_paths.extend(containerd_file.iter().cloned());
+    containerd_paths.extend(previous.as_ref().and_then(|r| r.containerd_file.clone()));
+    containerd_paths.dedup();
+    let saved: Vec<(String, Option<Vec<u8>>)> = containerd_paths
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(c.host(p)).ok()))
+        .collect();
+    let snapshotter_before = previous.as_ref().is_some_and(|r| r.snapshotter.is_some());
+    // A snapshotter an earlier install ran and this one does not: stopped
+    // and disabled before its unit goes.
+    if snapshotter_before && !snapshotter {
+        c.host_command("systemctl disable --now cocoon-snapshotter")?;
+    }
+
     // Files first (containerd must find what its configuration names).
     let mut made = rec.dirs.clone();
-    let mut changed_files = false;
+    let mut written = std::collections::BTreeSet::new();
     let mut files = BTreeMap::new();
     for p in &payload {
         let dir = Path::new(&p.host_path)
@@ -730,9 +840,15 @@ async fn install(a: InstallArgs) -> Result<()> {
                 );
             }
             write_atomic(&c.host(&p.host_path), &p.bytes, p.mode)?;
-            changed_files = true;
+            written.insert(p.host_path.clone());
         }
         files.insert(p.host_path.clone(), digest);
+        // Recorded as it goes: a failure half-way leaves a record that
+        // uninstall can undo.
+        rec.files
+            .insert(p.host_path.clone(), files[&p.host_path].clone());
+        rec.dirs = made.clone();
+        c.save_record(&rec)?;
     }
     // The shim where containerd looks it up by name.
     let link = format!(
@@ -764,9 +880,10 @@ async fn install(a: InstallArgs) -> Result<()> {
     }
     rec.links = links;
     // Files an earlier install added that this one does not.
-    for old in rec.files.keys().filter(|k| !files.contains_key(*k)) {
+    let previous_files = rec.files.clone();
+    for old in previous_files.keys().filter(|k| !files.contains_key(*k)) {
         let _ = std::fs::remove_file(c.host(old));
-        changed_files = true;
+        written.insert(old.clone());
     }
 
     // The backup: the configuration before cocoon touched it (or as an
@@ -790,6 +907,7 @@ async fn install(a: InstallArgs) -> Result<()> {
         rec.backup = Some(b);
         rec.original_sha256 = Some(sha256_hex(base.as_bytes()));
     }
+    let before = rec.clone();
     rec.cocoon_version = env!("CARGO_PKG_VERSION").into();
     rec.containerd_version = version.to_string();
     rec.layout = Some(layout);
@@ -803,7 +921,6 @@ async fn install(a: InstallArgs) -> Result<()> {
         Some(n) => current.as_deref() != Some(n.as_str()),
         None => false,
     };
-    let config_before = current.clone();
     if let Some(n) = &new_config {
         if config_changed {
             if let Some(dir) = Path::new(&c.containerd_config).parent() {
@@ -811,7 +928,7 @@ async fn install(a: InstallArgs) -> Result<()> {
                 make_dirs(c, &dir.display().to_string(), &mut m)?;
                 rec.dirs = m;
             }
-            write_atomic(&config_host, n.as_bytes(), 0o644)?;
+            write_atomic(&config_host, n.as_bytes(), config_mode)?;
         }
         rec.written_sha256 = Some(sha256_hex(n.as_bytes()));
     } else if let Some(cur) = &current
@@ -822,7 +939,14 @@ async fn install(a: InstallArgs) -> Result<()> {
     c.save_record(&rec)?;
 
     if snapshotter {
-        c.host_command("systemctl daemon-reload && systemctl enable --now cocoon-snapshotter")?;
+        let changed = written
+            .iter()
+            .any(|w| w == SNAPSHOTTER_UNIT || w.ends_with("/bin/cocoon-snapshotter"));
+        c.host_command(if changed {
+            "systemctl daemon-reload && systemctl enable cocoon-snapshotter && systemctl restart cocoon-snapshotter"
+        } else {
+            "systemctl enable --now cocoon-snapshotter"
+        })?;
     }
     // containerd reads its configuration at start only.
     let already = served(c)
@@ -835,24 +959,46 @@ async fn install(a: InstallArgs) -> Result<()> {
             })
         })
         .unwrap_or(false);
-    let containerd_file_changed = changed_files && layout != Layout::EditV2;
+    let containerd_file_changed = containerd_paths.iter().skip(1).any(|p| written.contains(p));
     if config_changed || containerd_file_changed || !already {
         let up = match c.restart_containerd() {
             Ok(()) => wait_served(c, &handlers, true).await.map(|_| ()),
             Err(e) => Err(e),
         };
         if let Err(e) = up {
-            // Put the node back as it was rather than leave it wedged.
-            if config_changed {
-                match &config_before {
-                    Some(b) => write_atomic(&config_host, b.as_bytes(), 0o644)?,
-                    None => std::fs::remove_file(&config_host)?,
+            // Put what containerd reads back as it was rather than leave
+            // the node wedged, and say so in the record.
+            for (p, old) in &saved {
+                let host = c.host(p);
+                match old {
+                    Some(b) => {
+                        let mode = if p == &c.containerd_config {
+                            config_mode
+                        } else {
+                            0o644
+                        };
+                        write_atomic(&host, b, mode)?;
+                    }
+                    None => {
+                        let _ = std::fs::remove_file(&host);
+                    }
                 }
-                rec.written_sha256 = previous.as_ref().and_then(|p| p.written_sha256.clone());
             }
-            if let Some(f) = rec.containerd_file.take() {
-                let _ = std::fs::remove_file(c.host(&f));
-                rec.files.remove(&f);
+            if snapshotter && !snapshotter_before {
+                let _ = c.host_command("systemctl disable --now cocoon-snapshotter");
+            }
+            rec.layout = before.layout;
+            rec.containerd_file = before.containerd_file.clone();
+            rec.written_sha256 = previous.as_ref().and_then(|p| p.written_sha256.clone());
+            rec.snapshotter = previous.as_ref().and_then(|p| p.snapshotter.clone());
+            for (p, old) in &saved {
+                if p == &c.containerd_config {
+                    continue;
+                }
+                match old {
+                    Some(b) => rec.files.insert(p.clone(), sha256_hex(b)),
+                    None => rec.files.remove(p),
+                };
             }
             c.save_record(&rec)?;
             let back = c.restart_containerd();
@@ -915,9 +1061,11 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
         );
         return Ok(());
     };
-    if !a.force
-        && let Ok(cri) = Cri::connect(&c.endpoint()).await
-    {
+    if !a.force {
+        let cri = Cri::connect(&c.endpoint()).await.with_context(|| {
+            "containerd does not answer, so whether pods of cocoon's handlers run is unknown: \
+             start it, or pass --force"
+        })?;
         let running: Vec<String> = cri
             .pods()
             .await?
@@ -936,8 +1084,22 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
             );
         }
     }
+    // The labels first: the scheduler stops sending pods here while the
+    // rest is undone (and the API credentials are still valid).
+    if let Some(node) = rec.labelled_node.as_ref().or(c.node_name.as_ref()) {
+        let mut keys = vec![LABEL.to_string()];
+        keys.extend(TEE_LABELS.iter().map(|(_, l)| l.to_string()));
+        kube::unlabel(node, &keys).await?;
+        println!("removed cocoon's labels from node {node}");
+    }
     let config_host = c.host(&rec.config_path);
     let current = std::fs::read_to_string(&config_host).ok();
+    let mode = {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(&config_host)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644)
+    };
     let unchanged = current
         .as_deref()
         .is_some_and(|t| rec.written_sha256.as_deref() == Some(&sha256_hex(t.as_bytes())));
@@ -952,7 +1114,7 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
                             "the backup {b} does not match the configuration cocoon found: refusing to restore it"
                         );
                     }
-                    write_atomic(&config_host, &bytes, 0o644)?;
+                    write_atomic(&config_host, &bytes, mode)?;
                     println!("restored {} from its backup", rec.config_path);
                 }
                 None => {
@@ -962,7 +1124,7 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
             }
         } else if let Some(cur) = &current {
             let text = strip(cur, &rec)?;
-            write_atomic(&config_host, text.as_bytes(), 0o644)?;
+            write_atomic(&config_host, text.as_bytes(), mode)?;
             println!(
                 "{} changed since the install: removed cocoon's entries and kept the rest (not a byte-for-byte restore)",
                 rec.config_path
@@ -991,6 +1153,14 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
     if rec.snapshotter.is_some() {
         let _ = c.host_command("systemctl daemon-reload");
     }
+    if !served(c)
+        .await
+        .is_ok_and(|s| rec.handlers.iter().all(|h| !s.runtimes.contains_key(h)))
+    {
+        c.restart_containerd()?;
+        wait_served(c, &rec.handlers, false).await?;
+    }
+    // The record goes last: until here, a failed uninstall can be re-run.
     if let Some(b) = &rec.backup {
         let _ = std::fs::remove_file(c.host(b));
     }
@@ -1008,19 +1178,6 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
         println!(
             "kept {STATE_DIR} (the node's vTPM CA, which trustees may pin): --purge removes it"
         );
-    }
-    if !served(c)
-        .await
-        .is_ok_and(|s| rec.handlers.iter().all(|h| !s.runtimes.contains_key(h)))
-    {
-        c.restart_containerd()?;
-        wait_served(c, &rec.handlers, false).await?;
-    }
-    if let Some(node) = rec.labelled_node.as_ref().or(c.node_name.as_ref()) {
-        let mut keys = vec![LABEL.to_string()];
-        keys.extend(TEE_LABELS.iter().map(|(_, l)| l.to_string()));
-        kube::unlabel(node, &keys).await?;
-        println!("removed cocoon's labels from node {node}");
     }
     println!(
         "uninstalled: containerd no longer offers {}",

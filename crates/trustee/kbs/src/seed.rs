@@ -33,9 +33,12 @@ pub struct Seeded {
 }
 
 /// The regular files under `dir` (following links, as Kubernetes volumes
-/// are links into a timestamped directory), relative paths sorted;
-/// entries starting with `.` (the volume's `..data` bookkeeping) skipped.
+/// are links into a timestamped directory, but never out of `dir`: a link
+/// to the key-encryption key must not become a resource), relative paths
+/// sorted; entries starting with `.` (the volume's `..data` bookkeeping)
+/// skipped.
 fn files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let root = std::fs::canonicalize(dir).with_context(|| format!("reading {}", dir.display()))?;
     fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, PathBuf)>, depth: usize) -> Result<()> {
         if depth > 8 {
             bail!("{} nests too deep", root.join(rel).display());
@@ -60,6 +63,18 @@ fn files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     }
     let mut out = vec![];
     walk(dir, Path::new(""), &mut out, 0)?;
+    for (_, path) in &out {
+        let real =
+            std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))?;
+        if !real.starts_with(&root) {
+            bail!(
+                "{} leads out of {} (to {})",
+                path.display(),
+                dir.display(),
+                real.display()
+            );
+        }
+    }
     out.sort();
     Ok(out)
 }

@@ -6,7 +6,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* The flags every `cocoon node` command takes, one argv item each (no shell). */}}
 {{- define "cocoon-node.flags" -}}
---host-root /host --prefix {{ .Values.node.prefix }} --containerd-config {{ .Values.node.containerdConfig }} --runtime-endpoint {{ .Values.node.runtimeEndpoint }}
-{{- if .Values.node.restartCommand }} --restart-command {{ .Values.node.restartCommand | squote }}{{ end }}
+- "--host-root=/host"
+- {{ printf "--prefix=%s" .Values.node.prefix | quote }}
+- {{ printf "--containerd-config=%s" .Values.node.containerdConfig | quote }}
+- {{ printf "--runtime-endpoint=%s" .Values.node.runtimeEndpoint | quote }}
+{{- with .Values.node.restartCommand }}
+- {{ printf "--restart-command=%s" . | quote }}
+{{- end }}
 {{- end -}}
