@@ -134,12 +134,12 @@ referenceValues:
             &[
                 "node.handlers={cocoon,cocoon-tdx}",
                 "node.restartCommand=systemctl restart containerd-custom",
-                "mode=uninstall",
                 "restrictNodeUpdates=false",
                 "runtimeClasses.create=false",
                 "nodeSelector.pool=confidential",
             ],
         ),
+        render(tmp.path(), "node-cleanup", &node, &["mode=uninstall"]),
         render(tmp.path(), "trustee-default", &trustee, &[]),
         render(
             tmp.path(),
@@ -196,7 +196,7 @@ referenceValues:
     );
 
     // Options reach the objects.
-    let opts = std::fs::read_to_string(&files[3]).unwrap();
+    let opts = std::fs::read_to_string(&files[4]).unwrap();
     for want in [
         "--tls-cert=/etc/cocoon/tls/tls.crt",
         "--admin-public-key=/etc/cocoon/admin/bob.pub",
@@ -212,12 +212,13 @@ referenceValues:
     ] {
         assert!(opts.contains(want), "trustee options: {want} missing");
     }
-    let defaults = std::fs::read_to_string(&files[2]).unwrap();
+    let defaults = std::fs::read_to_string(&files[3]).unwrap();
     assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
     assert!(!defaults.contains("--kek-file"));
     let node_opts = std::fs::read_to_string(&files[1]).unwrap();
     assert!(node_opts.contains("--handlers=cocoon,cocoon-tdx"));
-    assert!(node_opts.contains("- uninstall") && !node_opts.contains("--bin-dir"));
+    let cleanup = std::fs::read_to_string(&files[2]).unwrap();
+    assert!(cleanup.contains("- uninstall") && !cleanup.contains("--bin-dir"));
     assert!(
         !node_opts.contains("kind: RuntimeClass")
             && !node_opts.contains("ValidatingAdmissionPolicy")
