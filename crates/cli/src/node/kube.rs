@@ -41,9 +41,11 @@ fn unset(keys: &[String]) -> serde_json::Map<String, serde_json::Value> {
         .collect()
 }
 
-/// Sets `labels` on `node`.
-pub async fn label(node: &str, labels: &[(String, String)]) -> Result<()> {
-    patch(node, set(labels)).await
+/// Sets `labels` on `node` and removes `keys`, in one patch.
+pub async fn relabel(node: &str, labels: &[(String, String)], keys: &[String]) -> Result<()> {
+    let mut map = set(labels);
+    map.extend(unset(keys));
+    patch(node, map).await
 }
 
 /// Removes `keys` from `node`'s labels.

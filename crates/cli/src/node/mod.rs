@@ -1018,27 +1018,42 @@ async fn install(a: InstallArgs) -> Result<()> {
         );
     }
 
+    let missing = missing_host_tools(c, &handlers);
+    for m in &missing {
+        println!("warning: this host lacks {m}: pods of the handlers fail until it is installed");
+    }
     if let Some(node) = &c.node_name {
-        let mut labels = vec![(LABEL.to_string(), "true".to_string())];
+        // The scheduler sends pods of the RuntimeClasses only to nodes that
+        // can run them: no label while the host lacks what they need, and
+        // a TEE's label only with its handler.
+        let mut set = vec![];
+        let mut unset = vec![];
+        if missing.is_empty() {
+            set.push((LABEL.to_string(), "true".to_string()));
+        } else {
+            unset.push(LABEL.to_string());
+            println!(
+                "not labelling node {node} {LABEL}=true until the host has what the pods need"
+            );
+        }
         for (h, l) in TEE_LABELS {
-            if handlers.iter().any(|x| x == h) {
-                labels.push((l.to_string(), "true".to_string()));
+            if missing.is_empty() && handlers.iter().any(|x| x == h) {
+                set.push((l.to_string(), "true".to_string()));
+            } else {
+                unset.push(l.to_string());
             }
         }
-        kube::label(node, &labels).await?;
+        kube::relabel(node, &set, &unset).await?;
         rec.labelled_node = Some(node.clone());
         c.save_record(&rec)?;
         println!(
             "labelled node {node}: {}",
-            labels
-                .iter()
+            set.iter()
                 .map(|(k, v)| format!("{k}={v}"))
+                .chain(unset.iter().map(|k| format!("{k}-")))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-    }
-    for m in missing_host_tools(c, &handlers) {
-        println!("warning: this host lacks {m}: pods of the handlers fail until it is installed");
     }
     println!(
         "installed: handlers {} on containerd {version} ({layout:?}){}",
