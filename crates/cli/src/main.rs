@@ -1,6 +1,7 @@
 //! `cocoon`: run a trustee, administer it, act as a guest, and benchmark it.
 
 mod admin;
+mod audit;
 mod bench;
 mod bench_cri;
 mod bench_guest;
@@ -44,6 +45,9 @@ enum Command {
     GetResource(guest::GetResourceArgs),
     /// Verify one piece of TEE evidence offline and print its claims.
     Verify(verify::VerifyArgs),
+    /// The trustee's audit log: print it, or verify its hash chain and signed checkpoints.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Show recent denials: which claim failed which rule.
     Explain(admin::ExplainArgs),
     /// Prepare a TPM for attestation: enroll an AK, read and extend PCRs.
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             Command::Run(a) => return run::run(*a).await,
             Command::Pod(c) => return pod::run(c).await,
             Command::Node(c) => return node::run(c).await,
+            Command::Audit(c) => return audit::run(c).await,
             Command::Policy(c) => policy::run(c).await,
             Command::Measure(c) => measure::run(c).await,
             Command::Trustee(a) => trustee::run(a).await,

@@ -113,6 +113,13 @@ pub struct TrusteeArgs {
     /// Reference values to register at start: CoCo RVPS messages (`*.json`).
     #[arg(long)]
     reference_value_dir: Option<PathBuf>,
+    /// The audit log's signing key (Ed25519 PEM). Default: the data
+    /// directory's `audit-key.pem`, created on first start.
+    #[arg(long)]
+    audit_key: Option<PathBuf>,
+    /// Sign an audit checkpoint every this many records (and at each start).
+    #[arg(long, default_value_t = 1000)]
+    audit_checkpoint_every: u64,
 }
 
 /// Runs the trustee until interrupted.
@@ -132,6 +139,8 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
             .unwrap_or_else(cocoon_kbs::default_data_dir),
         tls,
         tls_names: a.tls_names.clone(),
+        audit_key: a.audit_key.clone(),
+        audit_checkpoint_every: a.audit_checkpoint_every,
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,
         allow_insecure_on_network: a.allow_insecure_on_network,

@@ -1398,3 +1398,158 @@ fn policies_resources_and_reference_values_are_applied_from_mounted_directories(
         assert!(e.contains(want), "{flag}: {e}");
     }
 }
+
+/// `cocoon audit <cmd> --url U --admin-key K <args>`.
+fn audit(t: &TrusteeProc, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(["audit", args[0], "--url", &t.url, "--admin-key"])
+        .arg(t.admin_key())
+        .args(&args[1..])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let every = ["--audit-checkpoint-every", "3"];
+    let t = TrusteeProc::start(&data, &every);
+    let secret = write(dir.path(), "s", b"audit-secret-93c1");
+    let policy = write(
+        dir.path(),
+        "p.rego",
+        b"package policy\nimport rego.v1\ndefault allow := false\nallow if data[\"resource-path\"][0] == \"open\"\n",
+    );
+    ok(&t.admin(&["set-policy", "resource", "--file", policy.to_str().unwrap()]));
+    for uri in ["kbs:///open/key/1", "kbs:///closed/key/1"] {
+        ok(&t.admin(&["set-resource", uri, "--file", secret.to_str().unwrap()]));
+    }
+    let get = |uri: &str| {
+        t.guest(
+            "get-resource",
+            &["--insecure-http-kbs", "--tee", "sample", uri],
+        )
+    };
+    assert_eq!(ok(&get("kbs:///open/key/1")), "audit-secret-93c1");
+    assert!(!get("kbs:///closed/key/1").status.success());
+    // A refused admin write is recorded too.
+    let stranger = dir.path().join("stranger.pem");
+    let out = std::process::Command::new(BIN)
+        .args(["admin", "--url", &t.url, "--admin-key"])
+        .arg(&stranger)
+        .args(["delete-resource", "kbs:///open/key/1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // Records are written off the request path: wait for the last one.
+    let mut tail = String::new();
+    for _ in 0..100 {
+        tail = ok(&audit(&t, &["tail", "-n", "100"]));
+        if tail.contains("\"status\":401") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for want in [
+        "\"kind\":\"start\"",
+        "\"route\":\"/kbs/v0/resource-policy\"",
+        "\"kind\":\"token\"",
+        "\"kind\":\"release\",\"resource\":\"open/key/1\"",
+        "\"kind\":\"denial\"",
+        "\"resource\":\"closed/key/1\"",
+        "\"status\":401",
+        "\"checkpoint\":true",
+    ] {
+        assert!(tail.contains(want), "{want} not in the audit log:\n{tail}");
+    }
+    assert!(
+        !tail.contains("audit-secret-93c1"),
+        "a secret in the audit log"
+    );
+    let state = dir.path().join("audit.state");
+    let pubkey = data.join("audit-key.pub.pem");
+    let verify = |t: &TrusteeProc, state: &std::path::Path| {
+        audit(
+            t,
+            &[
+                "verify",
+                "--public-key",
+                pubkey.to_str().unwrap(),
+                "--state",
+                state.to_str().unwrap(),
+            ],
+        )
+    };
+    let out = ok(&verify(&t, &state));
+    assert!(out.contains("audit log verifies"), "{out}");
+    let anchor: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    let checkpoint = anchor["checkpoint"].as_i64().unwrap();
+    assert!(checkpoint > 3, "{anchor}");
+    drop(t);
+
+    // Each tampering, on a copy of the stopped trustee's data, is found by
+    // the next verification (the trustee restarted on it appends its own
+    // signed start checkpoint, which must not hide anything).
+    let release_seq: i64 = {
+        let db = rusqlite::Connection::open(data.join("trustee.db")).unwrap();
+        db.query_row(
+            "SELECT seq FROM audit WHERE value LIKE '%\"kind\":\"release\"%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let cases: [(&str, String, &str); 5] = [
+        (
+            "modified",
+            format!("UPDATE audit SET value = CAST(replace(CAST(value AS TEXT), 'open/key/1', 'open/key/9') AS BLOB) WHERE seq = {release_seq}"),
+            "does not follow",
+        ),
+        ("deleted", "DELETE FROM audit WHERE seq = 3".into(), "missing or out of order"),
+        (
+            "inserted",
+            "UPDATE audit SET seq = seq + 1000 WHERE seq >= 4; UPDATE audit SET seq = seq - 999 WHERE seq >= 1004; \
+             INSERT INTO audit (seq, value) SELECT 4, value FROM audit WHERE seq = 3"
+                .into(),
+            "does not follow",
+        ),
+        (
+            "reordered",
+            "UPDATE audit SET seq = -1 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = -1"
+                .into(),
+            "",
+        ),
+        ("cut back", format!("DELETE FROM audit WHERE seq >= {checkpoint}"), "cut back"),
+    ];
+    for (name, sql, want) in cases {
+        let copy = dir.path().join(format!("copy-{}", name.replace(' ', "-")));
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&data)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let db = rusqlite::Connection::open(copy.join("trustee.db")).unwrap();
+        db.execute_batch(&sql).unwrap();
+        drop(db);
+        let t = TrusteeProc::start(&copy, &every);
+        let state_copy = dir.path().join(format!("{name}.state"));
+        std::fs::copy(&state, &state_copy).unwrap();
+        let out = verify(&t, &state_copy);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: not detected: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(
+            err.contains("does NOT verify") && err.contains(want),
+            "{name}: {err}"
+        );
+    }
+}

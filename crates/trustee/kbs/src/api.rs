@@ -57,6 +57,8 @@ pub struct Denial {
 
 /// Everything the handlers share.
 pub struct KbsState {
+    /// The audit log (releases, denials, tokens, admin changes).
+    pub audit: crate::audit::AuditLog,
     /// The shared store.
     pub store: Arc<dyn Store>,
     /// Key-encryption key for secrets at rest.
@@ -169,6 +171,10 @@ pub(crate) fn require_admin(s: &KbsState, headers: &HeaderMap) -> Result<(), Kbs
 
 fn record(s: &KbsState, d: Denial) {
     tracing::warn!(kind = %d.kind, tee = ?d.tee, resource = ?d.resource, reason = %d.reason, details = ?d.details, "request denied");
+    s.audit.record(crate::audit::Entry::new(
+        "denial",
+        json!({"stage": d.kind, "tee": d.tee, "resource": d.resource, "reason": d.reason, "details": d.details}),
+    ));
     // Never block the request path on the log; drop when the recorder lags.
     let _ = s.denials.try_send(d);
 }
@@ -343,6 +349,10 @@ async fn attest(
         verified.digest,
         t,
     );
+    s.audit.record(crate::audit::Entry::new(
+        "token",
+        json!({"tee": session.tee, "status": status, "token_sha256": hex::encode(verified.digest), "exp": appraisal.exp}),
+    ));
     let resp = Json(json!({"token": appraisal.token})).into_response();
     Ok(with_cookie(resp, &cookie, session.exp))
 }
@@ -539,6 +549,10 @@ async fn get_resource(
             result: "released".into(),
         })
         .inc();
+    s.audit.record(crate::audit::Entry::new(
+        "release",
+        json!({"resource": key, "tee": tee, "token_sha256": hex::encode(token.digest)}),
+    ));
     Ok(Json(jwe).into_response())
 }
 
@@ -817,6 +831,80 @@ async fn jwks(State(s): State<AppState>) -> Response {
     Json(s.attestation.signer().jwks()).into_response()
 }
 
+/// Records every admin change (any write to an admin route, allowed or
+/// not) with its route and outcome; the guest's own writes (`auth`,
+/// `attest`, the TPM enrollment) are recorded by what they lead to.
+async fn audit_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let write = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_default();
+    let guest = ["/auth", "/attest", "/tpm/ek-challenge", "/tpm/ek-activate"]
+        .iter()
+        .any(|g| route.ends_with(g));
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    if write && !guest && !route.is_empty() {
+        s.audit.record(crate::audit::Entry::new(
+            "admin",
+            json!({"method": method.as_str(), "route": route, "path": path, "status": resp.status().as_u16()}),
+        ));
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default = "one")]
+    from: i64,
+    #[serde(default = "page")]
+    limit: usize,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn page() -> usize {
+    1000
+}
+
+/// Audit records from `from` on (at most `limit`, 10000), each as its
+/// exact stored text (the hash chain is over those bytes).
+async fn audit_records(
+    State(s): State<AppState>,
+    Query(q): Query<AuditQuery>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let store = s.store.clone();
+    let rows =
+        tokio::task::spawn_blocking(move || store.audit_range(q.from.max(1), q.limit.min(10_000)))
+            .await
+            .map_err(|e| KbsError::Internal(e.to_string()))??;
+    let records: Vec<Value> = rows
+        .into_iter()
+        .map(|(seq, bytes)| json!({"seq": seq, "record": String::from_utf8_lossy(&bytes)}))
+        .collect();
+    Ok(Json(json!({ "records": records })).into_response())
+}
+
+/// The audit key's public half (PEM), for `cocoon audit verify`.
+async fn audit_public_key(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        s.audit.public_key_pem(),
+    )
+        .into_response())
+}
+
 async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
@@ -893,7 +981,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/tpm-ak/{fingerprint}",
             axum::routing::delete(crate::tpm_aks::delete_tpm_ak),
-        );
+        )
+        .route("/audit", get(audit_records))
+        .route("/audit/public-key", get(audit_public_key))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_admin,
+        ));
     Router::new()
         .nest(cocoon_types::KBS_PREFIX, kbs)
         .route("/.well-known/jwks.json", get(jwks))

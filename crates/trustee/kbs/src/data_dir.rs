@@ -21,6 +21,9 @@ pub struct DataPaths {
     pub tls_cert: PathBuf,
     /// TLS key.
     pub tls_key: PathBuf,
+    /// The audit log's signing key (Ed25519, PKCS#8 PEM) and its public half.
+    pub audit_key: PathBuf,
+    pub audit_pub: PathBuf,
 }
 
 impl DataPaths {
@@ -33,12 +36,40 @@ impl DataPaths {
             admin_pub: dir.join("admin-key.pub.pem"),
             tls_cert: dir.join("tls").join("cert.pem"),
             tls_key: dir.join("tls").join("key.pem"),
+            audit_key: dir.join("audit-key.pem"),
+            audit_pub: dir.join("audit-key.pub.pem"),
         }
     }
 }
 
 pub(crate) fn file_err(path: &Path, e: impl std::fmt::Display) -> StartError {
     err(format!("{}: {e}", path.display()))
+}
+
+/// The audit log's signing key: `path` when given (replicas that do not
+/// share a data directory share this file), else the data directory's,
+/// created exclusively on first start with its public half beside it.
+pub(crate) fn audit_key(
+    paths: &DataPaths,
+    given: Option<&Path>,
+) -> Result<ed25519_dalek::SigningKey, StartError> {
+    let path = given.unwrap_or(&paths.audit_key);
+    if given.is_none() && !path.exists() {
+        let fresh = AdminSigningKey::generate_ed25519();
+        create_private_file(path, fresh.to_pkcs8_pem().as_bytes())
+            .map_err(|e| file_err(path, e))?;
+    }
+    let key = match AdminSigningKey::from_file(path).map_err(|e| file_err(path, e))? {
+        AdminSigningKey::Ed25519(k) => k,
+        AdminSigningKey::P256(_) => {
+            return Err(file_err(path, "the audit key must be Ed25519"));
+        }
+    };
+    if given.is_none() && !paths.audit_pub.exists() {
+        let public = AdminSigningKey::Ed25519(key.clone()).public_key();
+        let _ = create_file_exclusive(&paths.audit_pub, public.to_pem().as_bytes(), 0o644);
+    }
+    Ok(key)
 }
 
 /// Makes sure the data directory holds an admin key pair. A private key

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod audit;
 mod data_dir;
 pub mod decision;
 pub mod error;

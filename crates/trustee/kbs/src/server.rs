@@ -41,6 +41,11 @@ pub struct TrusteeConfig {
     pub data_dir: PathBuf,
     /// TLS mode.
     pub tls: TlsMode,
+    /// The audit log's signing key (Ed25519 PEM); default
+    /// `<data-dir>/audit-key.pem`, created on first start.
+    pub audit_key: Option<PathBuf>,
+    /// A signed checkpoint every this many audit records (and at start).
+    pub audit_checkpoint_every: u64,
     /// Extra DNS names or addresses for a self-signed certificate (made
     /// once; the names guests reach the trustee by, e.g. a Service's).
     pub tls_names: Vec<String>,
@@ -99,6 +104,8 @@ impl Default for TrusteeConfig {
             data_dir: default_data_dir(),
             tls: TlsMode::SelfSigned,
             tls_names: vec![],
+            audit_key: None,
+            audit_checkpoint_every: 1000,
             allow_dev_tee: false,
             insecure_admin: false,
             allow_insecure_on_network: false,
@@ -328,7 +335,19 @@ impl Trustee {
         })?;
         listener.set_nonblocking(true).map_err(err)?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let audit_signer = crate::data_dir::audit_key(&paths, cfg.audit_key.as_deref())?;
+        let audit = crate::audit::AuditLog::start(
+            store.clone(),
+            audit_signer,
+            cfg.audit_checkpoint_every,
+            crate::audit::Entry::new(
+                "start",
+                serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listen": cfg.listen.to_string() }),
+            ),
+        )
+        .map_err(err)?;
         let state = Arc::new(KbsState {
+            audit,
             store,
             kek,
             sessions,

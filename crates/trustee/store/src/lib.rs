@@ -75,4 +75,14 @@ pub trait Store: Send + Sync {
     fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError>;
     /// The newest `limit` events, newest first.
     fn recent(&self, ns: &str, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Appends the next audit record atomically with respect to every
+    /// other writer: `make` gets the last record (its sequence number and
+    /// bytes) and returns the new one's bytes, stored as number + 1.
+    /// Durable on return; returns the new number.
+    fn audit_append(
+        &self,
+        make: &mut dyn FnMut(Option<(i64, &[u8])>) -> Vec<u8>,
+    ) -> Result<i64, StoreError>;
+    /// Audit records from number `from` on, at most `limit`, in order.
+    fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
 }

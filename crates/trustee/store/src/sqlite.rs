@@ -40,7 +40,9 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS events (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, ns TEXT NOT NULL,
                  at INTEGER NOT NULL, value BLOB NOT NULL);
-             CREATE INDEX IF NOT EXISTS events_ns ON events (ns, id);",
+             CREATE INDEX IF NOT EXISTS events_ns ON events (ns, id);
+             CREATE TABLE IF NOT EXISTS audit (
+                 seq INTEGER PRIMARY KEY, value BLOB NOT NULL);",
         )?;
         let mut pool = vec![Mutex::new(first)];
         for _ in 1..POOL_SIZE {
@@ -127,6 +129,49 @@ impl Store for SqliteStore {
             c.prepare_cached("DELETE FROM events WHERE ns = ?1 AND id <= ?2")?
                 .execute(params![ns, id - keep as i64])?;
             Ok(id)
+        })
+    }
+
+    fn audit_append(
+        &self,
+        make: &mut dyn FnMut(Option<(i64, &[u8])>) -> Vec<u8>,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            // IMMEDIATE: the write lock from the start, so two writers (two
+            // processes on one database) cannot both chain to the same last
+            // record.
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            let run = || -> Result<i64, StoreError> {
+                let last: Option<(i64, Vec<u8>)> = c
+                    .prepare_cached("SELECT seq, value FROM audit ORDER BY seq DESC LIMIT 1")?
+                    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let seq = last.as_ref().map_or(1, |(s, _)| s + 1);
+                let value = make(last.as_ref().map(|(s, v)| (*s, v.as_slice())));
+                c.prepare_cached("INSERT INTO audit (seq, value) VALUES (?1, ?2)")?
+                    .execute(params![seq, value])?;
+                Ok(seq)
+            };
+            match run() {
+                Ok(seq) => {
+                    c.execute_batch("COMMIT")?;
+                    Ok(seq)
+                }
+                Err(e) => {
+                    let _ = c.execute_batch("ROLLBACK");
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, value FROM audit WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![from, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
