@@ -237,7 +237,8 @@ pub fn verify(
         {
             if hash != h {
                 return Err(format!(
-                    "checkpoint {want}, seen by an earlier verification, has changed"
+                    "record {want} was checkpoint {a} when an earlier verification saw it and \
+                     is now another record: the log was cut back and written again, or altered"
                 ));
             }
             anchor_seen = true;
@@ -266,7 +267,7 @@ mod tests {
     fn log(n: u64, every: u64) -> (Vec<(i64, Vec<u8>)>, ed25519_dalek::SigningKey) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
-            Arc::new(cocoon_store::sqlite::SqliteStore::open(&dir.path().join("db")).unwrap());
+            Arc::new(cocoon_store::SqliteStore::open(&dir.path().join("db")).unwrap());
         let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let w = Writer {
             store: store.clone(),
@@ -283,6 +284,44 @@ mod tests {
             ));
         }
         (store.audit_range(1, 10_000).unwrap(), key)
+    }
+
+    #[test]
+    fn two_replicas_on_one_database_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                Arc::new(Writer {
+                    store: Arc::new(cocoon_store::SqliteStore::open(&path).unwrap()),
+                    key: key.clone(),
+                    every: 7,
+                    since_checkpoint: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let threads: Vec<_> = writers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for n in 0..50 {
+                        w.record(&Entry::new(
+                            "admin",
+                            serde_json::json!({"replica": i, "n": n}),
+                        ));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let records = writers[0].store.audit_range(1, 1000).unwrap();
+        assert_eq!(records.len(), 100);
+        verify(&records, &key.verifying_key(), None).unwrap();
     }
 
     #[test]

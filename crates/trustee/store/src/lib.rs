@@ -58,6 +58,9 @@ pub struct Event {
     pub value: Vec<u8>,
 }
 
+/// Makes the next audit record from the last one (its number and bytes).
+pub type MakeRecord<'a> = dyn FnMut(Option<(i64, &[u8])>) -> Vec<u8> + 'a;
+
 /// A key-value store with namespaces, shared by every trustee replica that
 /// serves the same deployment.
 pub trait Store: Send + Sync {
@@ -79,10 +82,7 @@ pub trait Store: Send + Sync {
     /// other writer: `make` gets the last record (its sequence number and
     /// bytes) and returns the new one's bytes, stored as number + 1.
     /// Durable on return; returns the new number.
-    fn audit_append(
-        &self,
-        make: &mut dyn FnMut(Option<(i64, &[u8])>) -> Vec<u8>,
-    ) -> Result<i64, StoreError>;
+    fn audit_append(&self, make: &mut MakeRecord<'_>) -> Result<i64, StoreError>;
     /// Audit records from number `from` on, at most `limit`, in order.
     fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
 }

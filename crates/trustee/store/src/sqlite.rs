@@ -132,16 +132,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn audit_append(
-        &self,
-        make: &mut dyn FnMut(Option<(i64, &[u8])>) -> Vec<u8>,
-    ) -> Result<i64, StoreError> {
+    fn audit_append(&self, make: &mut crate::MakeRecord<'_>) -> Result<i64, StoreError> {
         self.with(|c| {
             // IMMEDIATE: the write lock from the start, so two writers (two
             // processes on one database) cannot both chain to the same last
             // record.
             c.execute_batch("BEGIN IMMEDIATE")?;
-            let run = || -> Result<i64, StoreError> {
+            let mut run = || -> Result<i64, StoreError> {
                 let last: Option<(i64, Vec<u8>)> = c
                     .prepare_cached("SELECT seq, value FROM audit ORDER BY seq DESC LIMIT 1")?
                     .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
