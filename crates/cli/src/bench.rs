@@ -29,6 +29,8 @@ pub enum BenchCommand {
     Pod(crate::bench_pod::PodBenchArgs),
     /// Agent policy: the guest's cost of deciding CreateContainer, ExecProcess and ReadStream.
     Policy(crate::policy::bench::PolicyBenchArgs),
+    /// Many concurrent connections to a trustee: how many it holds, and its memory.
+    Connections(crate::bench_conns::ConnsBenchArgs),
 }
 
 /// `cocoon bench kbs`.
@@ -147,6 +149,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Image(i) => return crate::bench_image::run(i).await,
         BenchCommand::Pod(p) => return crate::bench_pod::run(p).await,
         BenchCommand::Policy(p) => return crate::policy::bench::run(p),
+        BenchCommand::Connections(c) => return crate::bench_conns::run(c).await,
     };
     if a.clients == 0 || a.duration == 0 {
         bail!("--clients and --duration must be positive");

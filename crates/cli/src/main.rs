@@ -3,6 +3,7 @@
 mod admin;
 mod audit;
 mod bench;
+mod bench_conns;
 mod bench_cri;
 mod bench_guest;
 mod bench_image;

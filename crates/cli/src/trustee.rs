@@ -120,6 +120,22 @@ pub struct TrusteeArgs {
     /// Sign an audit checkpoint every this many records (and at each start).
     #[arg(long, default_value_t = 1000)]
     audit_checkpoint_every: u64,
+    /// Open connections at most; further ones are closed at once (also
+    /// capped by the open-file limit, which is raised to its maximum).
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Requests per second each client address may make to the
+    /// unauthenticated routes (auth, attest, TPM enrollment); 0: no limit.
+    /// Over it: 429 with Retry-After.
+    #[arg(long, default_value_t = 100.0)]
+    unauthenticated_rate: f64,
+    /// Bursts allowed above that rate.
+    #[arg(long, default_value_t = 200.0)]
+    unauthenticated_burst: f64,
+    /// Apply the per-client rate to loopback clients too (exempt by
+    /// default: a local proxy or the operator).
+    #[arg(long)]
+    rate_limit_loopback: bool,
 }
 
 /// Runs the trustee until interrupted.
@@ -141,6 +157,10 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         tls_names: a.tls_names.clone(),
         audit_key: a.audit_key.clone(),
         audit_checkpoint_every: a.audit_checkpoint_every,
+        max_connections: a.max_connections,
+        unauthenticated_rate: a.unauthenticated_rate,
+        unauthenticated_burst: a.unauthenticated_burst,
+        rate_limit_loopback: a.rate_limit_loopback,
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,
         allow_insecure_on_network: a.allow_insecure_on_network,

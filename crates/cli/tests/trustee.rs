@@ -1553,3 +1553,95 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
         );
     }
 }
+
+/// One HTTP/1.1 request on a new connection: the status and the headers.
+fn http1(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let head = out
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (status, head)
+}
+
+/// Sends `GET /healthz` on an open connection; whether an answer came.
+fn answered(s: &mut std::net::TcpStream) -> bool {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 256];
+    matches!(s.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+}
+
+#[test]
+fn connections_past_the_limit_are_closed_and_clients_over_their_rate_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(
+        &dir.path().join("data"),
+        &[
+            "--max-connections",
+            "40",
+            "--unauthenticated-rate",
+            "2",
+            "--unauthenticated-burst",
+            "5",
+            "--rate-limit-loopback",
+        ],
+    );
+    let addr = t.url.trim_start_matches("http://").to_string();
+    // 60 connections held open: 40 are served, 20 closed unanswered.
+    let mut conns: Vec<std::net::TcpStream> = (0..60)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let served = conns.iter_mut().map(answered).filter(|a| *a).count();
+    assert_eq!(served, 40, "connections served with a limit of 40");
+    // Closing them frees their permits.
+    drop(conns);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut again = std::net::TcpStream::connect(&addr).unwrap();
+    assert!(
+        answered(&mut again),
+        "a connection after the others closed was not served"
+    );
+    drop(again);
+
+    // Ready: the store answers.
+    assert_eq!(http1(&addr, "GET", "/readyz", "").0, 200);
+
+    // Unauthenticated work: a burst of 5, then 429 with Retry-After; the
+    // health check is not limited.
+    let auth = r#"{"version":"0.4.0","tee":"sample","extra-params":""}"#;
+    let statuses: Vec<(u16, bool)> = (0..12)
+        .map(|_| {
+            let (st, head) = http1(&addr, "POST", "/kbs/v0/auth", auth);
+            (st, head.contains("retry-after:"))
+        })
+        .collect();
+    let ok_count = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let limited: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert!((5..=6).contains(&ok_count), "{statuses:?}");
+    assert!(
+        !limited.is_empty() && limited.iter().all(|(_, r)| *r),
+        "{statuses:?}"
+    );
+    for _ in 0..20 {
+        assert_eq!(http1(&addr, "GET", "/healthz", "").0, 200);
+    }
+}

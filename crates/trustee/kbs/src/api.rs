@@ -905,6 +905,26 @@ async fn audit_public_key(
         .into_response())
 }
 
+/// Ready when the store answers (a read within 2 s): a load balancer
+/// sends no guest to a replica that could not decide for it.
+async fn readyz(State(s): State<AppState>) -> Response {
+    let store = s.store.clone();
+    let probe = tokio::task::spawn_blocking(move || store.get("meta", "readiness-probe"));
+    match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
+        Ok(Ok(Ok(_))) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Ok(Err(e))) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the store does not answer: {e}\n"),
+        )
+            .into_response(),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store did not answer within 2 s\n",
+        )
+            .into_response(),
+    }
+}
+
 async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
@@ -992,6 +1012,7 @@ pub fn router(state: AppState) -> Router {
         .nest(cocoon_types::KBS_PREFIX, kbs)
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { KbsError::MethodNotAllowed })

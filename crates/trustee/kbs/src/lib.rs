@@ -9,6 +9,7 @@ mod data_dir;
 pub mod decision;
 pub mod error;
 pub mod fetch;
+pub mod limits;
 pub mod metrics;
 pub mod seed;
 pub mod server;

@@ -46,6 +46,16 @@ pub struct TrusteeConfig {
     pub audit_key: Option<PathBuf>,
     /// A signed checkpoint every this many audit records (and at start).
     pub audit_checkpoint_every: u64,
+    /// Open connections at most (further ones are closed at once); also
+    /// capped by the open-file limit.
+    pub max_connections: usize,
+    /// Requests per second each client may make to the unauthenticated
+    /// routes (`auth`, `attest`, TPM enrollment), with bursts of
+    /// `unauthenticated_burst`; 0: no limit.
+    pub unauthenticated_rate: f64,
+    pub unauthenticated_burst: f64,
+    /// Apply that limit to loopback clients too.
+    pub rate_limit_loopback: bool,
     /// Extra DNS names or addresses for a self-signed certificate (made
     /// once; the names guests reach the trustee by, e.g. a Service's).
     pub tls_names: Vec<String>,
@@ -106,6 +116,10 @@ impl Default for TrusteeConfig {
             tls_names: vec![],
             audit_key: None,
             audit_checkpoint_every: 1000,
+            max_connections: 10_000,
+            unauthenticated_rate: 100.0,
+            unauthenticated_burst: 200.0,
+            rate_limit_loopback: false,
             allow_dev_tee: false,
             insecure_admin: false,
             allow_insecure_on_network: false,
@@ -194,6 +208,8 @@ pub struct Trustee {
     /// TLS certificate clients should trust, when self-signed.
     pub cert_hint: Option<PathBuf>,
     recorder_rx: Option<tokio::sync::mpsc::Receiver<crate::api::Denial>>,
+    max_connections: usize,
+    limiter: Arc<crate::limits::RateLimiter>,
 }
 
 impl Trustee {
@@ -371,6 +387,12 @@ impl Trustee {
             admin_key_hint,
             cert_hint,
             recorder_rx: Some(rx),
+            max_connections: crate::limits::connection_budget(cfg.max_connections),
+            limiter: Arc::new(crate::limits::RateLimiter::new(
+                cfg.unauthenticated_rate,
+                cfg.unauthenticated_burst,
+                cfg.rate_limit_loopback,
+            )),
         })
     }
 
@@ -391,22 +413,39 @@ impl Trustee {
         if let Some(rx) = self.recorder_rx.take() {
             tokio::spawn(denial_recorder(self.state.store.clone(), rx));
         }
-        let app = router(self.state.clone()).into_make_service();
-        // TCP_NODELAY: responses go out in several small writes (TLS records,
-        // headers and body); with Nagle on, a client's delayed ACK holds the
-        // last one back for ~40 ms.
-        let nodelay = axum_server::accept::NoDelayAcceptor::new();
+        let app = router(self.state.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.limiter.clone(),
+                crate::limits::rate_limit,
+            ))
+            .into_make_service_with_connect_info::<SocketAddr>();
+        // Each connection holds a permit; TCP_NODELAY: responses go out in
+        // several small writes (TLS records, headers and body); with Nagle
+        // on, a client's delayed ACK holds the last one back for ~40 ms.
+        let limit = crate::limits::LimitAcceptor::new(self.max_connections);
+        // A client that sends its headers this slowly holds a connection
+        // for nothing: closed.
+        let slow = std::time::Duration::from_secs(15);
         match self.tls {
-            Some(tls) => axum_server::from_tcp(self.listener)
-                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(nodelay))
-                .serve(app)
-                .await
-                .map_err(err),
-            None => axum_server::from_tcp(self.listener)
-                .acceptor(nodelay)
-                .serve(app)
-                .await
-                .map_err(err),
+            Some(tls) => {
+                let mut server = axum_server::from_tcp(self.listener)
+                    .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(limit));
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(slow);
+                server.serve(app).await.map_err(err)
+            }
+            None => {
+                let mut server = axum_server::from_tcp(self.listener).acceptor(limit);
+                server
+                    .http_builder()
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(slow);
+                server.serve(app).await.map_err(err)
+            }
         }
     }
 }

@@ -1,0 +1,280 @@
+//! Bounds under load: a cap on open connections (each holds a permit for
+//! its lifetime; one over the cap is closed at once), and a per-client
+//! rate on the unauthenticated routes that make the trustee work
+//! (`auth`, `attest`, the TPM enrollment) so that one client cannot take
+//! the evidence verifiers from everyone else.
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Sets `TCP_NODELAY` and takes a connection permit; without one the
+/// connection is closed (the client sees it end before any response).
+#[derive(Clone)]
+pub struct LimitAcceptor {
+    permits: Arc<Semaphore>,
+    refused: Arc<AtomicU64>,
+}
+
+impl LimitAcceptor {
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max)),
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Connections closed for want of a permit since start.
+    pub fn refused(&self) -> Arc<AtomicU64> {
+        self.refused.clone()
+    }
+}
+
+impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAcceptor {
+    type Stream = Limited;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Limited, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    refused = n,
+                    "connection limit reached: closing new connections"
+                );
+            }
+            return std::future::ready(Err(std::io::Error::other("connection limit")));
+        };
+        std::future::ready(stream.set_nodelay(true).map(|()| {
+            (
+                Limited {
+                    inner: stream,
+                    _permit: permit,
+                },
+                service,
+            )
+        }))
+    }
+}
+
+/// A connection holding its permit until it closes.
+pub struct Limited {
+    inner: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Raises the open-file limit to its hard maximum and returns how many
+/// connections fit in it (leaving room for the database and the rest).
+pub fn connection_budget(wanted: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    let fit = (lim.rlim_cur as usize).saturating_sub(128).max(16);
+    if fit < wanted {
+        tracing::warn!(
+            wanted,
+            fit,
+            "the open-file limit allows fewer connections than --max-connections"
+        );
+    }
+    wanted.min(fit)
+}
+
+/// A token bucket per client address.
+pub struct RateLimiter {
+    per_sec: f64,
+    burst: f64,
+    loopback: bool,
+    buckets: parking_lot::Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+/// Clients remembered at most (the oldest-refilled are dropped past it).
+const MAX_CLIENTS: usize = 65_536;
+
+impl RateLimiter {
+    /// `per_sec` requests per second per client with bursts of `burst`;
+    /// loopback clients (a local proxy, the operator) are exempt unless
+    /// `loopback`. A rate of 0 turns the limit off.
+    pub fn new(per_sec: f64, burst: f64, loopback: bool) -> Self {
+        Self {
+            per_sec,
+            burst: burst.max(1.0),
+            loopback,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Whether `ip` may make a request now; else the seconds until it may.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), f64> {
+        if self.per_sec <= 0.0 || (ip.is_loopback() && !self.loopback) {
+            return Ok(());
+        }
+        let mut b = self.buckets.lock();
+        if b.len() >= MAX_CLIENTS && !b.contains_key(&ip) {
+            // Forget clients whose buckets are full again (idle ones).
+            let (per_sec, burst) = (self.per_sec, self.burst);
+            b.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < burst
+            });
+            if b.len() >= MAX_CLIENTS {
+                b.clear();
+            }
+        }
+        let (tokens, at) = b.entry(ip).or_insert((self.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((1.0 - *tokens) / self.per_sec)
+        }
+    }
+}
+
+/// The routes whose work an unauthenticated client can cause.
+fn unauthenticated(path: &str) -> bool {
+    ["/auth", "/attest", "/tpm/ek-challenge", "/tpm/ek-activate"]
+        .iter()
+        .any(|r| path.ends_with(r))
+}
+
+/// Middleware: 429 with `Retry-After` for a client over its rate on the
+/// unauthenticated routes.
+pub async fn rate_limit(
+    State(limiter): State<Arc<RateLimiter>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(ip) = peer
+        && unauthenticated(req.uri().path())
+        && let Err(wait) = limiter.check(ip, Instant::now())
+    {
+        let secs = wait.ceil().max(1.0) as u64;
+        let mut resp = (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(serde_json::json!({
+                "type": "https://github.com/confidential-containers/kbs/errors/TooManyRequests",
+                "detail": format!("too many unauthenticated requests from {ip}: retry in {secs} s"),
+            })),
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_client_gets_its_burst_then_its_rate_and_others_are_not_affected() {
+        let l = RateLimiter::new(10.0, 5.0, false);
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t = Instant::now();
+        for _ in 0..5 {
+            l.check(a, t).unwrap();
+        }
+        let wait = l.check(a, t).unwrap_err();
+        assert!((wait - 0.1).abs() < 1e-9, "{wait}");
+        l.check(b, t).unwrap();
+        // A tenth of a second later, one more.
+        l.check(a, t + Duration::from_millis(100)).unwrap();
+        assert!(l.check(a, t + Duration::from_millis(100)).is_err());
+        // Loopback is exempt unless asked.
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..100 {
+            l.check(lo, t).unwrap();
+        }
+        let strict = RateLimiter::new(10.0, 5.0, true);
+        assert!((0..6).map(|_| strict.check(lo, t)).any(|r| r.is_err()));
+        // Off.
+        let off = RateLimiter::new(0.0, 5.0, true);
+        assert!((0..1000).all(|_| off.check(a, t).is_ok()));
+    }
+
+    #[test]
+    fn the_client_table_stays_bounded() {
+        let l = RateLimiter::new(1.0, 2.0, false);
+        let t = Instant::now();
+        for i in 0..(MAX_CLIENTS as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = l.check(ip, t);
+        }
+        assert!(l.buckets.lock().len() <= MAX_CLIENTS);
+    }
+}
