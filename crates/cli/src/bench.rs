@@ -56,6 +56,117 @@ pub struct KbsBenchArgs {
     /// Allow a plain http:// trustee URL for the guest clients (measures the KBS without TLS).
     #[arg(long)]
     insecure_http_kbs: bool,
+    /// The trustee's process id (same machine): its own CPU time per flow
+    /// and per fetch, against the crypto floor measured here.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+/// A process's CPU time (user + system), seconds.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (hz > 0.0).then(|| ticks / hz)
+}
+
+/// The crypto a flow cannot avoid, timed in this process on one core, in
+/// microseconds: the token's ES256 signature over an EAR claim set of the
+/// size the trustee issues, the key agreement with the guest's P-256 key
+/// (ECDH-ES, once per token), and the resource's JWE (AES key wrap and
+/// AES-GCM, per fetch).
+fn crypto_floor(resource_len: usize) -> Result<(f64, f64, f64)> {
+    use cocoon_types::jwe::{SealingKey, TeeKeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &rng,
+    )
+    .map_err(|_| anyhow::anyhow!("cannot generate a P-256 key"))?;
+    let signer = cocoon_attestation::token::TokenSigner::from_pkcs8(pkcs8.as_ref())?;
+    let claims = serde_json::json!({
+        "eat_profile": "tag:github.com,2023:veraison/ear",
+        "iat": 1_764_600_000, "exp": 1_764_600_300,
+        "ear.verifier-id": {"developer": "cocoon", "build": "0.1.0"},
+        "submods": {"cpu0": {
+            "ear.status": "affirming",
+            "ear.trustworthiness-vector": {"configuration": 2, "executables": 2, "file-system": 0,
+                "hardware": 2, "instance-identity": 2, "runtime-opaque": 2, "sourced-data": 0, "storage-opaque": 2},
+            "ear.veraison.annotated-evidence": {"sample": {"svn": "1", "report_data": "x".repeat(88), "init_data": ""}},
+            "ear.veraison.policy-claims": {},
+        }},
+        "tee-pubkey": {"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": "x".repeat(43), "y": "y".repeat(43)},
+    });
+    let key = TeeKeyPair::generate_ec();
+    let sealing = SealingKey::new(&key.public_jwk())?;
+    let plain = vec![7u8; resource_len];
+    let time = |n: u32, f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let t = Instant::now();
+        for _ in 0..n {
+            f()?;
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / f64::from(n))
+    };
+    let sign = time(2000, &mut || {
+        signer.sign(&claims)?;
+        Ok(())
+    })?;
+    let seal = time(2000, &mut || {
+        sealing.seal(&plain)?;
+        Ok(())
+    })?;
+    let public = key.public_jwk();
+    let agree = time(500, &mut || {
+        SealingKey::new(&public)?;
+        Ok(())
+    })?;
+    Ok((sign, agree, seal))
+}
+
+/// The trustee's in-handler time by route (`/metrics` histogram sums and
+/// counts), to say where a flow's server time goes.
+async fn route_times(
+    http: &reqwest::Client,
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, (f64, f64)>> {
+    let text = http
+        .get(format!("{}/metrics", conn.url.trim_end_matches('/')))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let mut out: std::collections::HashMap<String, (f64, f64)> = Default::default();
+    for line in text.lines() {
+        let (which, rest) =
+            if let Some(r) = line.strip_prefix("kbs_http_request_duration_seconds_sum{") {
+                (0, r)
+            } else if let Some(r) = line.strip_prefix("kbs_http_request_duration_seconds_count{") {
+                (1, r)
+            } else {
+                continue;
+            };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let route = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("route=\""))
+            .map(|r| r.trim_end_matches('"').to_string())
+            .unwrap_or_default();
+        let v: f64 = value.trim().parse().unwrap_or(0.0);
+        let e = out.entry(route).or_default();
+        if which == 0 {
+            e.0 += v;
+        } else {
+            e.1 += v;
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Default)]
@@ -191,6 +302,8 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     let clients: Vec<Arc<KbsClient>> = (0..a.clients)
         .map(|_| make_client().map(Arc::new))
         .collect::<Result<_>>()?;
+    let cpu0 = a.pid.and_then(cpu_secs);
+    let routes0 = route_times(&http, &a.conn).await.unwrap_or_default();
     let (flow_rate, flows) = phase(a.clients, a.duration, |i, deadline| {
         let c = clients[i].clone();
         let path = path.clone();
@@ -223,12 +336,15 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     })
     .await?;
 
+    let cpu1 = a.pid.and_then(cpu_secs);
+    let routes1 = route_times(&http, &a.conn).await.unwrap_or_default();
     // Phase 3: fetches on attested sessions (one attestation per client first).
     for c in &clients {
         c.attest()
             .await
             .context("attesting before the fetch phase")?;
     }
+    let cpu2 = a.pid.and_then(cpu_secs);
     let (fetch_rate, fetches) = phase(a.clients, a.duration, |i, deadline| {
         let c = clients[i].clone();
         let path = path.clone();
@@ -249,6 +365,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     })
     .await?;
 
+    let cpu3 = a.pid.and_then(cpu_secs);
     let reports = [
         Report {
             name: "baseline GET /healthz",
@@ -301,6 +418,50 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         percentile_ms(&f.fetch_us, 0.99)
     );
     println!("targets: >= 2000 flows/s, >= 20000 fetches/s, p99 < 20 ms at 64 clients");
+    if let (Some(c0), Some(c1), Some(c2), Some(c3)) = (cpu0, cpu1, cpu2, cpu3) {
+        let (sign, agree, seal) = crypto_floor(expected.len())?;
+        let per_flow = (c1 - c0) * 1e6 / reports[1].r.ops.max(1) as f64;
+        let per_fetch = (c3 - c2) * 1e6 / reports[2].r.ops.max(1) as f64;
+        let floor_flow = sign + agree + seal;
+        println!(
+            "trustee CPU per flow {:.0} us, floor {:.0} us (ES256 token signature {:.0} us + ECDH-ES with the guest's P-256 key {:.0} us + JWE {:.0} us): {:.2}x (target 3x)",
+            per_flow,
+            floor_flow,
+            sign,
+            agree,
+            seal,
+            per_flow / floor_flow
+        );
+        println!(
+            "trustee CPU per fetch {:.0} us, floor {:.0} us (the JWE): {:.2}x",
+            per_fetch,
+            seal,
+            per_fetch / seal
+        );
+        // Where a flow's server time goes: the handlers' own (wall) time
+        // per route, the rest being HTTP, scheduling and the runtime.
+        let mut parts = vec![];
+        let mut in_handlers = 0.0;
+        for (route, (sum1, n1)) in &routes1 {
+            let (sum0, n0) = routes0.get(route).copied().unwrap_or_default();
+            let n = n1 - n0;
+            if n > 0.0
+                && (route.ends_with("/auth")
+                    || route.ends_with("/attest")
+                    || route.contains("/resource/"))
+            {
+                let us = (sum1 - sum0) * 1e6 / reports[1].r.ops.max(1) as f64;
+                in_handlers += us;
+                parts.push(format!("{route} {us:.0} us"));
+            }
+        }
+        parts.sort();
+        println!(
+            "  per flow, inside the handlers (wall time under load, includes waiting): {}; total {:.0} us",
+            parts.join(", "),
+            in_handlers
+        );
+    }
     if a.tee == "sample" {
         let (plain, large) = cookie_sizes(&http, &a.conn).await?;
         println!(
