@@ -120,13 +120,17 @@ pub struct TrusteeArgs {
     /// Sign an audit checkpoint every this many records (and at each start).
     #[arg(long, default_value_t = 1000)]
     audit_checkpoint_every: u64,
+    /// Start although the audit log's tail (from its last signed
+    /// checkpoint) does not verify; the problem is recorded in the log.
+    #[arg(long)]
+    audit_accept_tampered: bool,
     /// Open connections at most; further ones are closed at once (also
     /// capped by the open-file limit, which is raised to its maximum).
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
-    /// Requests per second each client address may make to the
-    /// unauthenticated routes (auth, attest, TPM enrollment); 0: no limit.
-    /// Over it: 429 with Retry-After.
+    /// Writes per second each client address may make (the guest's auth,
+    /// attest and TPM enrollment, and admin writes); 0: no limit. Over it:
+    /// 429 with Retry-After. Resource fetches are not limited.
     #[arg(long, default_value_t = 100.0)]
     unauthenticated_rate: f64,
     /// Bursts allowed above that rate.
@@ -157,6 +161,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         tls_names: a.tls_names.clone(),
         audit_key: a.audit_key.clone(),
         audit_checkpoint_every: a.audit_checkpoint_every,
+        audit_accept_tampered: a.audit_accept_tampered,
         max_connections: a.max_connections,
         unauthenticated_rate: a.unauthenticated_rate,
         unauthenticated_burst: a.unauthenticated_burst,

@@ -910,13 +910,23 @@ async fn audit_public_key(
 async fn readyz(State(s): State<AppState>) -> Response {
     let store = s.store.clone();
     let probe = tokio::task::spawn_blocking(move || store.get("meta", "readiness-probe"));
+    if s.audit.behind() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the audit log is far behind\n",
+        )
+            .into_response();
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
         Ok(Ok(Ok(_))) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Ok(Err(e))) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the store does not answer: {e}\n"),
-        )
-            .into_response(),
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the store does not answer\n",
+            )
+                .into_response()
+        }
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: the store did not answer within 2 s\n",

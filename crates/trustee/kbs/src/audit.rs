@@ -1,15 +1,20 @@
 //! The audit log: every resource release, denial, token issued and admin
 //! change, appended as a JSON record that names the SHA-256 of the record
 //! before it (a hash chain), with checkpoints signed by the trustee's
-//! audit key every so many records and at each start. No secret, token or
-//! evidence is ever in a record: names, outcomes and reasons only.
+//! audit key. No secret, token or evidence is ever in a record: names,
+//! outcomes and reasons only (long texts cut to [`MAX_TEXT`]).
 //!
-//! A record is stored as the exact bytes hashed:
-//! `{"seq":N,"time":UNIX,"kind":K,...fields,"prev":"<hex sha256 of record N-1>"}`;
-//! a checkpoint adds `"sig"`: Ed25519 over
-//! `"cocoon-audit-checkpoint-v1" || N (8 bytes, big-endian) || prev`.
-//! Since `prev` covers every record before, a checkpoint signs the whole
-//! log up to it; [`verify`] checks a log against the audit public key.
+//! A record is the canonical JSON text of an object (sorted keys, no
+//! spaces, as `serde_json` writes a map), stored as the exact bytes hashed:
+//! `{"kind":K,...,"prev":"<hex sha256 of record N-1>","seq":N,"time":UNIX}`.
+//! A checkpoint also has `"checkpoint":true`, `"next_checkpoint":M` (the
+//! number by which the next checkpoint must come) and `"sig"`: Ed25519
+//! over `"cocoon-audit-checkpoint-v1\0"` and the record's own canonical
+//! text without `sig`. Record 1 is always a checkpoint and carries a
+//! random `log_id`. Since `prev` covers every record before, a checkpoint
+//! signs the whole log up to it, and since each checkpoint fixes where the
+//! next must be, checkpoints cannot be removed: at most the records after
+//! the last one are unsigned.
 
 use cocoon_store::{Store, StoreError};
 use ed25519_dalek::{Signer, Verifier};
@@ -21,20 +26,45 @@ use tokio::sync::mpsc;
 
 /// The `prev` of record 1.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const CHECKPOINT_DOMAIN: &[u8] = b"cocoon-audit-checkpoint-v1";
+const CHECKPOINT_DOMAIN: &[u8] = b"cocoon-audit-checkpoint-v1\0";
+/// Texts in records are cut to this many bytes (a path, a reason).
+pub const MAX_TEXT: usize = 512;
+/// Records written per transaction at most.
+const BATCH: usize = 256;
+/// Records queued at most; past that a record is counted as lost and the
+/// trustee reports itself not ready.
+const QUEUE: usize = 65_536;
 
 /// One event to record.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// `release`, `denial`, `token`, `admin`, `start`.
+    /// `release`, `denial`, `token`, `admin`, `start`, `tamper`.
     pub kind: &'static str,
+    /// When it happened (Unix seconds).
+    pub time: i64,
     /// What happened (names and outcomes only).
     pub fields: Map<String, Value>,
 }
 
+/// Cuts every string in `v` to [`MAX_TEXT`] bytes (on a character boundary).
+fn cut(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.len() > MAX_TEXT => {
+            let mut end = MAX_TEXT;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            Value::String(format!("{}…", &s[..end]))
+        }
+        Value::Array(a) => Value::Array(a.into_iter().take(32).map(cut).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, cut(v))).collect()),
+        other => other,
+    }
+}
+
 impl Entry {
     pub fn new(kind: &'static str, fields: Value) -> Self {
-        let fields = match fields {
+        let fields = match cut(fields) {
             Value::Object(m) => m,
             other => {
                 let mut m = Map::new();
@@ -42,35 +72,45 @@ impl Entry {
                 m
             }
         };
-        Self { kind, fields }
+        Self {
+            kind,
+            time: now(),
+            fields,
+        }
     }
 }
 
-/// The writer: appends records (off the request path, through a bounded
-/// queue) and signs a checkpoint every `every` records.
+/// The writer: appends records (off the request path, in batches) and
+/// signs a checkpoint when one is due.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Entry>,
     public: ed25519_dalek::VerifyingKey,
+    lost: Arc<AtomicU64>,
 }
+
+/// Keys a record's fields may not set (the writer's own).
+const RESERVED: [&str; 8] = [
+    "seq",
+    "time",
+    "kind",
+    "prev",
+    "sig",
+    "checkpoint",
+    "next_checkpoint",
+    "log_id",
+];
 
 struct Writer {
     store: Arc<dyn Store>,
     key: ed25519_dalek::SigningKey,
     every: u64,
-    since_checkpoint: AtomicU64,
+    /// The number by which the next checkpoint must come.
+    next_due: AtomicU64,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
-}
-
-/// The bytes a checkpoint signs.
-fn checkpoint_input(seq: u64, prev: &str) -> Vec<u8> {
-    let mut m = CHECKPOINT_DOMAIN.to_vec();
-    m.extend_from_slice(&seq.to_be_bytes());
-    m.extend_from_slice(prev.as_bytes());
-    m
 }
 
 fn now() -> i64 {
@@ -80,94 +120,182 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+fn signing_input(without_sig: &[u8]) -> Vec<u8> {
+    let mut m = CHECKPOINT_DOMAIN.to_vec();
+    m.extend_from_slice(without_sig);
+    m
+}
+
 impl Writer {
-    fn append(&self, e: &Entry, checkpoint: bool) -> Result<i64, StoreError> {
-        let mut make = |last: Option<(i64, &[u8])>| -> Vec<u8> {
-            let (seq, prev) = match last {
-                Some((s, bytes)) => (s as u64 + 1, sha256_hex(bytes)),
-                None => (1, GENESIS.to_string()),
-            };
-            let mut m = Map::new();
-            m.insert("seq".into(), seq.into());
-            m.insert("time".into(), now().into());
-            m.insert("kind".into(), e.kind.into());
-            for (k, v) in &e.fields {
-                if !matches!(k.as_str(), "seq" | "time" | "kind" | "prev" | "sig") {
-                    m.insert(k.clone(), v.clone());
-                }
-            }
-            if checkpoint {
-                let sig = self.key.sign(&checkpoint_input(seq, &prev));
-                m.insert("checkpoint".into(), true.into());
-                m.insert("prev".into(), prev.into());
-                m.insert("sig".into(), hex::encode(sig.to_bytes()).into());
-            } else {
-                m.insert("prev".into(), prev.into());
-            }
-            serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+    /// The record after `last` for `e`: a checkpoint when one is due (or
+    /// `force`d), signed over its own text.
+    fn make(&self, last: Option<(i64, &[u8])>, e: &Entry, force: bool) -> Vec<u8> {
+        let (seq, prev) = match last {
+            Some((s, bytes)) => (s as u64 + 1, sha256_hex(bytes)),
+            None => (1, GENESIS.to_string()),
         };
-        self.store.audit_append(&mut make)
+        let mut m = Map::new();
+        for (k, v) in &e.fields {
+            if !RESERVED.contains(&k.as_str()) {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        m.insert("seq".into(), seq.into());
+        m.insert("time".into(), e.time.into());
+        m.insert("kind".into(), e.kind.into());
+        m.insert("prev".into(), prev.into());
+        let checkpoint = force || seq == 1 || seq >= self.next_due.load(Ordering::Relaxed);
+        if checkpoint {
+            let next = seq + self.every;
+            m.insert("checkpoint".into(), true.into());
+            m.insert("next_checkpoint".into(), next.into());
+            if seq == 1 {
+                let mut id = [0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+                m.insert("log_id".into(), hex::encode(id).into());
+            }
+            let text = serde_json::to_vec(&m).expect("a map of JSON values serializes");
+            let sig = self.key.sign(&signing_input(&text));
+            m.insert("sig".into(), hex::encode(sig.to_bytes()).into());
+            self.next_due.store(next, Ordering::Relaxed);
+        }
+        serde_json::to_vec(&m).expect("a map of JSON values serializes")
     }
 
-    fn record(&self, e: &Entry) {
-        let n = self.since_checkpoint.fetch_add(1, Ordering::Relaxed) + 1;
-        let checkpoint = n >= self.every;
-        if checkpoint {
-            self.since_checkpoint.store(0, Ordering::Relaxed);
-        }
-        if let Err(err) = self.append(e, checkpoint) {
-            tracing::error!(error = %err, kind = e.kind, "audit record not written");
-        }
+    /// Writes `entries` in one transaction.
+    fn write(&self, entries: &[Entry], force_first: bool) -> Result<i64, StoreError> {
+        let mut it = entries.iter().enumerate();
+        self.store.audit_append(&mut |last| {
+            it.next()
+                .map(|(i, e)| self.make(last, e, force_first && i == 0))
+        })
     }
 }
 
+/// What the start found of the log before it.
+fn check_tail(store: &dyn Store, key: &ed25519_dalek::VerifyingKey) -> Result<Option<u64>, String> {
+    let head = store.audit_last().map_err(|e| e.to_string())?;
+    let Some(head) = head else { return Ok(None) };
+    let mut from = head;
+    let start = loop {
+        let lo = (from - 4095).max(1);
+        let rows = store.audit_range(lo, 4096).map_err(|e| e.to_string())?;
+        if let Some((s, _)) = rows.iter().rev().find(|(s, b)| {
+            *s <= from
+                && serde_json::from_slice::<Map<String, Value>>(b)
+                    .ok()
+                    .and_then(|m| m.get("checkpoint").and_then(Value::as_bool))
+                    == Some(true)
+        }) {
+            break *s;
+        }
+        if lo == 1 {
+            return Err("the log has no checkpoint at all (record 1 must be one)".into());
+        }
+        from = lo - 1;
+    };
+    // From the record before it (for its prev) to the head.
+    let lo = (start - 1).max(1);
+    let rows = store
+        .audit_range(lo, (head - lo + 1) as usize)
+        .map_err(|e| e.to_string())?;
+    let prev = if start > 1 {
+        sha256_hex(&rows[0].1)
+    } else {
+        GENESIS.to_string()
+    };
+    let segment = if start > 1 { &rows[1..] } else { &rows[..] };
+    let v = verify_from(segment, start as u64, &prev, key, None)?;
+    Ok(v.next_due)
+}
+
 impl AuditLog {
-    /// Starts the writer; writes a signed `start` checkpoint first (so a
-    /// log always ends signed at the last start, whatever came before).
+    /// Checks the log's tail (from its last signed checkpoint to its
+    /// head), so the trustee never signs over records someone changed
+    /// while it was down, then starts the writer with a signed `start`
+    /// checkpoint. A tail that does not verify stops the start unless
+    /// `accept_tampered`, which records a signed `tamper` checkpoint naming
+    /// the problem instead.
     pub fn start(
         store: Arc<dyn Store>,
         key: ed25519_dalek::SigningKey,
         every: u64,
         start: Entry,
-    ) -> Result<Self, StoreError> {
-        let w = Writer {
+        accept_tampered: bool,
+    ) -> Result<Self, String> {
+        let public = key.verifying_key();
+        let next_due = match check_tail(store.as_ref(), &public) {
+            Ok(n) => n.unwrap_or(1),
+            Err(problem) if accept_tampered => {
+                let w = Writer {
+                    store: store.clone(),
+                    key: key.clone(),
+                    every: every.max(1),
+                    next_due: AtomicU64::new(1),
+                };
+                w.write(
+                    &[Entry::new(
+                        "tamper",
+                        serde_json::json!({"problem": problem, "accepted_by": "--audit-accept-tampered"}),
+                    )],
+                    true,
+                )
+                .map_err(|e| e.to_string())?;
+                1
+            }
+            Err(problem) => {
+                return Err(format!(
+                    "the audit log does not verify from its last checkpoint: {problem}. \
+                     Investigate with cocoon audit verify; --audit-accept-tampered starts \
+                     anyway and records this in the log"
+                ));
+            }
+        };
+        let w = Arc::new(Writer {
             store,
             key,
             every: every.max(1),
-            since_checkpoint: AtomicU64::new(0),
-        };
-        w.append(&start, true)?;
-        let public = w.key.verifying_key();
-        let (tx, mut rx) = mpsc::channel::<Entry>(4096);
-        let w = Arc::new(w);
+            next_due: AtomicU64::new(next_due),
+        });
+        w.write(&[start], true).map_err(|e| e.to_string())?;
+        let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE);
+        let lost = Arc::new(AtomicU64::new(0));
+        let lost_w = lost.clone();
         tokio::spawn(async move {
-            while let Some(e) = rx.recv().await {
+            let mut batch = Vec::with_capacity(BATCH);
+            while rx.recv_many(&mut batch, BATCH).await > 0 {
                 let w = w.clone();
+                let entries = std::mem::take(&mut batch);
+                let n = entries.len() as u64;
                 // SQLite writes block: keep them off the async workers.
-                let _ = tokio::task::spawn_blocking(move || w.record(&e)).await;
+                let r = tokio::task::spawn_blocking(move || w.write(&entries, false)).await;
+                if !matches!(r, Ok(Ok(_))) {
+                    lost_w.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(records = n, "audit records not written");
+                }
             }
         });
-        Ok(Self { tx, public })
+        Ok(Self { tx, public, lost })
     }
 
-    /// Queues a record. The request path never waits on the database: a
-    /// full queue hands the record to a task that waits for room, so none
-    /// is dropped.
+    /// Queues a record; the request path never waits on the database. A
+    /// full queue (the store far behind) loses the record, counts it and
+    /// makes the trustee report itself not ready.
     pub fn record(&self, e: Entry) {
-        match self.tx.try_send(e) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(e)) => {
-                let tx = self.tx.clone();
-                tokio::spawn(async move {
-                    if tx.send(e).await.is_err() {
-                        tracing::error!("audit writer stopped: record lost");
-                    }
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("audit writer stopped: record lost");
-            }
+        if self.tx.try_send(e).is_err() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("audit queue full or closed: record lost");
         }
+    }
+
+    /// Records lost since start (queue full, or a write failed).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether the queue is nine-tenths full (the store far behind).
+    pub fn behind(&self) -> bool {
+        self.tx.capacity() < QUEUE / 10
     }
 
     /// The audit public key (SPKI PEM).
@@ -183,27 +311,52 @@ pub struct Verified {
     pub records: u64,
     /// The last signed checkpoint: its number and the hash of its bytes.
     pub last_checkpoint: Option<(u64, String)>,
+    /// The number by which the next checkpoint must come.
+    pub next_due: Option<u64>,
     /// The hash of the last record.
     pub head: String,
 }
 
-/// Checks a log (records in order, from number 1) against the audit
-/// public key: numbers contiguous, every `prev` the hash of the record
-/// before, every checkpoint's signature. `anchor` is a checkpoint a
-/// previous verification saw (number, hash): it must still be there,
-/// unchanged, which is how a log cut back past its last checkpoint shows.
+/// Checks a whole log (records in order, from number 1) against the
+/// audit public key: each record canonical, numbers contiguous, every
+/// `prev` the hash of the record before, record 1 a signed checkpoint,
+/// every checkpoint's signature, and a checkpoint wherever the one before
+/// said the next must be. `anchor` is a checkpoint a previous verification
+/// saw (number, hash): it must still be there, unchanged, which is how a
+/// log cut back past its last checkpoint shows.
 pub fn verify(
     records: &[(i64, Vec<u8>)],
     key: &ed25519_dalek::VerifyingKey,
     anchor: Option<(u64, &str)>,
 ) -> Result<Verified, String> {
-    let mut prev = GENESIS.to_string();
+    if records.is_empty() {
+        return Err("the log is empty (record 1, the first start, is missing)".into());
+    }
+    verify_from(records, 1, GENESIS, key, anchor)
+}
+
+/// [`verify`] of a segment starting at record `first` whose record before
+/// hashes to `prev`; the segment must start with a checkpoint.
+fn verify_from(
+    records: &[(i64, Vec<u8>)],
+    first: u64,
+    prev: &str,
+    key: &ed25519_dalek::VerifyingKey,
+    anchor: Option<(u64, &str)>,
+) -> Result<Verified, String> {
+    let mut prev = prev.to_string();
     let mut last_checkpoint = None;
+    let mut next_due: Option<u64> = None;
     let mut anchor_seen = anchor.is_none();
     for (i, (row, bytes)) in records.iter().enumerate() {
-        let want = i as u64 + 1;
+        let want = first + i as u64;
         let r: Map<String, Value> = serde_json::from_slice(bytes)
             .map_err(|e| format!("record {want} is not a JSON object: {e}"))?;
+        if serde_json::to_vec(&r).ok().as_deref() != Some(bytes.as_slice()) {
+            return Err(format!(
+                "record {want} is not in canonical form (rewritten, or keys repeated)"
+            ));
+        }
         let seq = r.get("seq").and_then(Value::as_u64);
         if seq != Some(want) || *row != want as i64 {
             return Err(format!(
@@ -215,21 +368,39 @@ pub fn verify(
         if p != prev {
             return Err(format!(
                 "record {want} does not follow record {}: it names {p}, the chain has {prev} \
-                 (record {} was changed, removed or inserted)",
-                want - 1,
+                 (a record was changed, removed or inserted)",
                 want - 1
             ));
         }
         let hash = sha256_hex(bytes);
-        if r.get("checkpoint").and_then(Value::as_bool) == Some(true) {
+        let is_checkpoint = r.get("checkpoint").and_then(Value::as_bool) == Some(true);
+        if (want == first || Some(want) == next_due) && !is_checkpoint {
+            return Err(match next_due {
+                Some(d) if d == want => format!(
+                    "record {want} is not a signed checkpoint, but the checkpoint before said the next \
+                     would be there (checkpoints were removed or the log rewritten)"
+                ),
+                _ => format!("record {want} should be a signed checkpoint and is not"),
+            });
+        }
+        if is_checkpoint {
             let sig = r
                 .get("sig")
                 .and_then(Value::as_str)
                 .and_then(|s| hex::decode(s).ok())
                 .and_then(|b| ed25519_dalek::Signature::from_slice(&b).ok())
                 .ok_or_else(|| format!("checkpoint {want} has no valid signature field"))?;
-            key.verify(&checkpoint_input(want, &prev), &sig)
+            let mut unsigned = r.clone();
+            unsigned.remove("sig");
+            let text = serde_json::to_vec(&unsigned).unwrap_or_default();
+            key.verify(&signing_input(&text), &sig)
                 .map_err(|_| format!("checkpoint {want} is not signed by the audit key"))?;
+            let next = r
+                .get("next_checkpoint")
+                .and_then(Value::as_u64)
+                .filter(|n| *n > want)
+                .ok_or_else(|| format!("checkpoint {want} does not say where the next one is"))?;
+            next_due = Some(next);
             last_checkpoint = Some((want, hash.clone()));
         }
         if let Some((a, h)) = anchor
@@ -250,136 +421,16 @@ pub fn verify(
         return Err(format!(
             "the log ends at record {} but an earlier verification saw checkpoint {a}: \
              it was cut back",
-            records.len()
+            first + records.len() as u64 - 1
         ));
     }
     Ok(Verified {
         records: records.len() as u64,
         last_checkpoint,
+        next_due,
         head: prev,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn log(n: u64, every: u64) -> (Vec<(i64, Vec<u8>)>, ed25519_dalek::SigningKey) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(cocoon_store::SqliteStore::open(&dir.path().join("db")).unwrap());
-        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let w = Writer {
-            store: store.clone(),
-            key: key.clone(),
-            every,
-            since_checkpoint: AtomicU64::new(0),
-        };
-        w.append(&Entry::new("start", serde_json::json!({})), true)
-            .unwrap();
-        for i in 1..n {
-            w.record(&Entry::new(
-                "release",
-                serde_json::json!({"resource": format!("default/key/{i}")}),
-            ));
-        }
-        (store.audit_range(1, 10_000).unwrap(), key)
-    }
-
-    #[test]
-    fn two_replicas_on_one_database_keep_one_chain() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
-        let writers: Vec<_> = (0..2)
-            .map(|_| {
-                Arc::new(Writer {
-                    store: Arc::new(cocoon_store::SqliteStore::open(&path).unwrap()),
-                    key: key.clone(),
-                    every: 7,
-                    since_checkpoint: AtomicU64::new(0),
-                })
-            })
-            .collect();
-        let threads: Vec<_> = writers
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                let w = w.clone();
-                std::thread::spawn(move || {
-                    for n in 0..50 {
-                        w.record(&Entry::new(
-                            "admin",
-                            serde_json::json!({"replica": i, "n": n}),
-                        ));
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let records = writers[0].store.audit_range(1, 1000).unwrap();
-        assert_eq!(records.len(), 100);
-        verify(&records, &key.verifying_key(), None).unwrap();
-    }
-
-    #[test]
-    fn every_kind_of_tampering_is_found() {
-        let (records, key) = log(12, 4);
-        let vk = key.verifying_key();
-        let ok = verify(&records, &vk, None).unwrap();
-        assert_eq!(ok.records, 12);
-        assert_eq!(ok.last_checkpoint.as_ref().map(|c| c.0), Some(9));
-
-        let mut changed = records.clone();
-        changed[4].1 = String::from_utf8(changed[4].1.clone())
-            .unwrap()
-            .replace("default/key/4", "default/key/X")
-            .into_bytes();
-        assert!(
-            verify(&changed, &vk, None)
-                .unwrap_err()
-                .contains("record 6 does not follow record 5")
-        );
-
-        let mut deleted = records.clone();
-        deleted.remove(6);
-        assert!(
-            verify(&deleted, &vk, None)
-                .unwrap_err()
-                .contains("record 7 is missing or out of order")
-        );
-
-        let mut inserted = records.clone();
-        inserted.insert(3, (4, records[3].1.clone()));
-        assert!(
-            verify(&inserted, &vk, None)
-                .unwrap_err()
-                .contains("record 5 is missing or out of order")
-        );
-
-        let mut reordered = records.clone();
-        reordered.swap(2, 3);
-        assert!(verify(&reordered, &vk, None).is_err());
-
-        // Cut back past the last checkpoint: only an earlier verification's
-        // anchor tells.
-        let (cp, hash) = ok.last_checkpoint.clone().unwrap();
-        let cut = records[..(cp as usize - 1)].to_vec();
-        assert!(
-            verify(&cut, &vk, None).is_ok(),
-            "a shorter log is consistent in itself"
-        );
-        let e = verify(&cut, &vk, Some((cp, &hash))).unwrap_err();
-        assert!(e.contains("cut back"), "{e}");
-
-        // A checkpoint signed by another key.
-        let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]).verifying_key();
-        assert!(
-            verify(&records, &other, None)
-                .unwrap_err()
-                .contains("checkpoint 1 is not signed")
-        );
-    }
-}
+mod tests;

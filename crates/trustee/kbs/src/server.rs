@@ -46,6 +46,9 @@ pub struct TrusteeConfig {
     pub audit_key: Option<PathBuf>,
     /// A signed checkpoint every this many audit records (and at start).
     pub audit_checkpoint_every: u64,
+    /// Start although the audit log's tail does not verify (recorded in
+    /// the log as a signed `tamper` checkpoint).
+    pub audit_accept_tampered: bool,
     /// Open connections at most (further ones are closed at once); also
     /// capped by the open-file limit.
     pub max_connections: usize,
@@ -116,6 +119,7 @@ impl Default for TrusteeConfig {
             tls_names: vec![],
             audit_key: None,
             audit_checkpoint_every: 1000,
+            audit_accept_tampered: false,
             max_connections: 10_000,
             unauthenticated_rate: 100.0,
             unauthenticated_burst: 200.0,
@@ -358,8 +362,19 @@ impl Trustee {
             cfg.audit_checkpoint_every,
             crate::audit::Entry::new(
                 "start",
-                serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "listen": cfg.listen.to_string() }),
+                serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "listen": cfg.listen.to_string(),
+                    "checkpoint_every": cfg.audit_checkpoint_every,
+                    "insecure_admin": cfg.insecure_admin,
+                    "allow_dev_tee": cfg.allow_dev_tee,
+                    "admin_keys": admin_keys.iter().map(|k| {
+                        use sha2::Digest;
+                        hex::encode(sha2::Sha256::digest(k.to_pem().as_bytes()))
+                    }).collect::<Vec<_>>(),
+                }),
             ),
+            cfg.audit_accept_tampered,
         )
         .map_err(err)?;
         let state = Arc::new(KbsState {
@@ -430,24 +445,33 @@ impl Trustee {
             Some(tls) => {
                 let mut server = axum_server::from_tcp(self.listener)
                     .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(limit));
-                server
-                    .http_builder()
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(slow);
+                bound(server.http_builder(), slow);
                 server.serve(app).await.map_err(err)
             }
             None => {
                 let mut server = axum_server::from_tcp(self.listener).acceptor(limit);
-                server
-                    .http_builder()
-                    .http1()
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(slow);
+                bound(server.http_builder(), slow);
                 server.serve(app).await.map_err(err)
             }
         }
     }
+}
+
+/// HTTP/1: headers within `slow`. HTTP/2 (offered over TLS): few streams
+/// per connection, and a connection whose peer stops answering pings is
+/// closed.
+fn bound(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    slow: std::time::Duration,
+) {
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(slow);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(32)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+        .keep_alive_timeout(slow);
 }
 
 async fn load_tls(

@@ -58,8 +58,9 @@ pub struct Event {
     pub value: Vec<u8>,
 }
 
-/// Makes the next audit record from the last one (its number and bytes).
-pub type MakeRecord<'a> = dyn FnMut(Option<(i64, &[u8])>) -> Vec<u8> + 'a;
+/// Makes the next audit record from the last one (its number and bytes),
+/// or `None` when there is nothing more to append in this transaction.
+pub type MakeRecord<'a> = dyn FnMut(Option<(i64, &[u8])>) -> Option<Vec<u8>> + 'a;
 
 /// A key-value store with namespaces, shared by every trustee replica that
 /// serves the same deployment.
@@ -78,11 +79,14 @@ pub trait Store: Send + Sync {
     fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError>;
     /// The newest `limit` events, newest first.
     fn recent(&self, ns: &str, limit: usize) -> Result<Vec<Event>, StoreError>;
-    /// Appends the next audit record atomically with respect to every
-    /// other writer: `make` gets the last record (its sequence number and
-    /// bytes) and returns the new one's bytes, stored as number + 1.
-    /// Durable on return; returns the new number.
+    /// Appends audit records atomically with respect to every other
+    /// writer, in one transaction: `make` gets the last record (its
+    /// sequence number and bytes) and returns the next one's bytes, stored
+    /// as number + 1, until it returns `None`. Durable on return; returns
+    /// the last number written (0 if none).
     fn audit_append(&self, make: &mut MakeRecord<'_>) -> Result<i64, StoreError>;
+    /// The number of the last audit record.
+    fn audit_last(&self) -> Result<Option<i64>, StoreError>;
     /// Audit records from number `from` on, at most `limit`, in order.
     fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
 }

@@ -139,26 +139,37 @@ impl Store for SqliteStore {
             // record.
             c.execute_batch("BEGIN IMMEDIATE")?;
             let mut run = || -> Result<i64, StoreError> {
-                let last: Option<(i64, Vec<u8>)> = c
+                let mut last: Option<(i64, Vec<u8>)> = c
                     .prepare_cached("SELECT seq, value FROM audit ORDER BY seq DESC LIMIT 1")?
                     .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
-                let seq = last.as_ref().map_or(1, |(s, _)| s + 1);
-                let value = make(last.as_ref().map(|(s, v)| (*s, v.as_slice())));
-                c.prepare_cached("INSERT INTO audit (seq, value) VALUES (?1, ?2)")?
-                    .execute(params![seq, value])?;
-                Ok(seq)
+                let mut wrote = 0;
+                while let Some(value) = make(last.as_ref().map(|(s, v)| (*s, v.as_slice()))) {
+                    let seq = last.as_ref().map_or(1, |(s, _)| s + 1);
+                    c.prepare_cached("INSERT INTO audit (seq, value) VALUES (?1, ?2)")?
+                        .execute(params![seq, value])?;
+                    wrote = seq;
+                    last = Some((seq, value));
+                }
+                Ok(wrote)
             };
-            match run() {
-                Ok(seq) => {
-                    c.execute_batch("COMMIT")?;
-                    Ok(seq)
-                }
-                Err(e) => {
-                    let _ = c.execute_batch("ROLLBACK");
-                    Err(e)
-                }
+            let outcome = run().and_then(|seq| {
+                c.execute_batch("COMMIT")?;
+                Ok(seq)
+            });
+            if outcome.is_err() {
+                // A failed statement or COMMIT must not leave this pooled
+                // connection holding the write lock.
+                let _ = c.execute_batch("ROLLBACK");
             }
+            outcome
+        })
+    }
+
+    fn audit_last(&self) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            Ok(c.prepare_cached("SELECT max(seq) FROM audit")?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))?)
         })
     }
 

@@ -1,0 +1,286 @@
+//! The audit log against a real SQLite store: tampering of every kind,
+//! including the consistent forgeries an attacker with write access to the
+//! database but not the key could try.
+
+use super::*;
+
+fn store(dir: &std::path::Path) -> Arc<dyn Store> {
+    Arc::new(cocoon_store::SqliteStore::open(&dir.join("db")).unwrap())
+}
+
+fn writer(store: Arc<dyn Store>, key: &ed25519_dalek::SigningKey, every: u64) -> Writer {
+    Writer {
+        store,
+        key: key.clone(),
+        every,
+        next_due: AtomicU64::new(1),
+    }
+}
+
+fn release(i: u64) -> Entry {
+    Entry::new(
+        "release",
+        serde_json::json!({"resource": format!("default/key/{i}")}),
+    )
+}
+
+/// A log of `n` records, a checkpoint every `every`.
+fn log(n: u64, every: u64) -> (Vec<(i64, Vec<u8>)>, ed25519_dalek::SigningKey) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let w = writer(s.clone(), &key, every);
+    w.write(&[Entry::new("start", serde_json::json!({}))], true)
+        .unwrap();
+    let rest: Vec<Entry> = (1..n).map(release).collect();
+    w.write(&rest, false).unwrap();
+    (s.audit_range(1, 10_000).unwrap(), key)
+}
+
+fn text(r: &[u8]) -> Map<String, Value> {
+    serde_json::from_slice(r).unwrap()
+}
+
+/// Re-chains records from index `from` on (what an attacker without the
+/// key can do: recompute every `prev`), keeping each record's fields.
+fn rechain(records: &mut [(i64, Vec<u8>)], from: usize) {
+    for i in from..records.len() {
+        let prev = sha256_hex(&records[i - 1].1);
+        let mut m = text(&records[i].1);
+        m.insert("prev".into(), prev.into());
+        records[i].1 = serde_json::to_vec(&m).unwrap();
+    }
+}
+
+#[test]
+fn every_kind_of_tampering_is_found() {
+    let (records, key) = log(12, 4);
+    let vk = key.verifying_key();
+    let ok = verify(&records, &vk, None).unwrap();
+    assert_eq!(ok.records, 12);
+    assert_eq!(ok.last_checkpoint.as_ref().map(|c| c.0), Some(9));
+    assert_eq!(ok.next_due, Some(13));
+
+    let mut changed = records.clone();
+    changed[4].1 = String::from_utf8(changed[4].1.clone())
+        .unwrap()
+        .replace("default/key/4", "default/key/X")
+        .into_bytes();
+    assert!(
+        verify(&changed, &vk, None)
+            .unwrap_err()
+            .contains("record 6 does not follow record 5")
+    );
+
+    let mut deleted = records.clone();
+    deleted.remove(6);
+    assert!(
+        verify(&deleted, &vk, None)
+            .unwrap_err()
+            .contains("record 7 is missing or out of order")
+    );
+
+    let mut inserted = records.clone();
+    inserted.insert(3, (4, records[3].1.clone()));
+    assert!(
+        verify(&inserted, &vk, None)
+            .unwrap_err()
+            .contains("record 5 is missing or out of order")
+    );
+
+    let mut reordered = records.clone();
+    reordered.swap(2, 3);
+    assert!(
+        verify(&reordered, &vk, None)
+            .unwrap_err()
+            .contains("record 3 is missing or out of order")
+    );
+
+    // Cut back past the last checkpoint: only an earlier verification's
+    // anchor tells.
+    let (cp, hash) = ok.last_checkpoint.clone().unwrap();
+    let cut = records[..(cp as usize - 1)].to_vec();
+    assert!(
+        verify(&cut, &vk, None).is_ok(),
+        "a shorter log is consistent in itself"
+    );
+    let e = verify(&cut, &vk, Some((cp, &hash))).unwrap_err();
+    assert!(e.contains("cut back"), "{e}");
+
+    // A checkpoint signed by another key.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]).verifying_key();
+    assert!(
+        verify(&records, &other, None)
+            .unwrap_err()
+            .contains("checkpoint 1 is not signed")
+    );
+
+    // Not canonical: same meaning, other bytes (a space), or a key twice.
+    let mut spaced = records.clone();
+    spaced[2].1 = String::from_utf8(spaced[2].1.clone())
+        .unwrap()
+        .replacen(",", ", ", 1)
+        .into_bytes();
+    assert!(
+        verify(&spaced, &vk, None)
+            .unwrap_err()
+            .contains("canonical")
+    );
+}
+
+#[test]
+fn consistent_forgeries_without_the_key_are_found() {
+    let (records, key) = log(12, 4);
+    let vk = key.verifying_key();
+
+    // Checkpoints stripped of their flag and signature, then a record
+    // changed and the chain recomputed: the checkpoint before said where
+    // the next must be.
+    let mut stripped = records.clone();
+    for r in stripped.iter_mut().skip(1) {
+        let mut m = text(&r.1);
+        for k in ["checkpoint", "sig", "next_checkpoint"] {
+            m.remove(k);
+        }
+        r.1 = serde_json::to_vec(&m).unwrap();
+    }
+    let mut m = text(&stripped[6].1);
+    m.insert("resource".into(), "default/key/forged".into());
+    stripped[6].1 = serde_json::to_vec(&m).unwrap();
+    rechain(&mut stripped, 1);
+    let e = verify(&stripped, &vk, None).unwrap_err();
+    assert!(e.contains("record 5 is not a signed checkpoint"), "{e}");
+
+    // A whole new log that keeps record 1 (and its signature): the same.
+    let mut replaced = records.clone();
+    for (i, r) in replaced.iter_mut().enumerate().skip(1) {
+        r.1 = serde_json::to_vec(&serde_json::json!({
+            "kind": "admin", "prev": "", "route": "forged", "seq": i + 1, "time": 0
+        }))
+        .unwrap();
+    }
+    rechain(&mut replaced, 1);
+    assert!(
+        verify(&replaced, &vk, None)
+            .unwrap_err()
+            .contains("not a signed checkpoint")
+    );
+
+    // Record 1's signature copied onto another record 1.
+    let mut other_first = records.clone();
+    let mut m = text(&other_first[0].1);
+    m.insert("kind".into(), "forged".into());
+    other_first[0].1 = serde_json::to_vec(&m).unwrap();
+    rechain(&mut other_first, 1);
+    assert!(
+        verify(&other_first, &vk, None)
+            .unwrap_err()
+            .contains("checkpoint 1 is not signed")
+    );
+}
+
+#[test]
+fn a_start_does_not_sign_over_a_tail_that_no_longer_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let w = writer(s.clone(), &key, 4);
+    w.write(&[Entry::new("start", serde_json::json!({}))], true)
+        .unwrap();
+    w.write(&(1..7).map(release).collect::<Vec<_>>(), false)
+        .unwrap();
+    // Untampered: the next start may go on, and knows when the next
+    // checkpoint is due.
+    assert_eq!(
+        check_tail(s.as_ref(), &key.verifying_key()).unwrap(),
+        Some(9)
+    );
+    // Record 6 (after checkpoint 5) changed while the trustee was down.
+    let db = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+    let six: Vec<u8> = db
+        .query_row("SELECT value FROM audit WHERE seq = 6", [], |r| r.get(0))
+        .unwrap();
+    let mut m = text(&six);
+    m.insert("resource".into(), "default/key/forged".into());
+    db.execute(
+        "UPDATE audit SET value = ?1 WHERE seq = 6",
+        [serde_json::to_vec(&m).unwrap()],
+    )
+    .unwrap();
+    drop(db);
+    let e = check_tail(s.as_ref(), &key.verifying_key()).unwrap_err();
+    assert!(e.contains("record 7 does not follow record 6"), "{e}");
+}
+
+#[test]
+fn two_replicas_on_one_database_keep_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let first = writer(
+        Arc::new(cocoon_store::SqliteStore::open(&path).unwrap()),
+        &key,
+        7,
+    );
+    first
+        .write(&[Entry::new("start", serde_json::json!({}))], true)
+        .unwrap();
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            Arc::new(writer(
+                Arc::new(cocoon_store::SqliteStore::open(&path).unwrap()),
+                &key,
+                7,
+            ))
+        })
+        .collect();
+    for w in &writers {
+        w.next_due.store(8, Ordering::Relaxed);
+    }
+    let threads: Vec<_> = writers
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let w = w.clone();
+            std::thread::spawn(move || {
+                for n in 0..50 {
+                    w.write(
+                        &[Entry::new(
+                            "admin",
+                            serde_json::json!({"replica": i, "n": n}),
+                        )],
+                        false,
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let records = writers[0].store.audit_range(1, 1000).unwrap();
+    assert_eq!(records.len(), 101);
+    verify(&records, &key.verifying_key(), None).unwrap();
+}
+
+#[test]
+fn long_texts_are_cut_and_reserved_keys_ignored() {
+    let e = Entry::new(
+        "denial",
+        serde_json::json!({"reason": "x".repeat(10_000), "seq": 99, "checkpoint": true, "details": vec!["y"; 100]}),
+    );
+    assert!(e.fields["reason"].as_str().unwrap().len() <= MAX_TEXT + 3);
+    assert_eq!(e.fields["details"].as_array().unwrap().len(), 32);
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[1; 32]);
+    let w = writer(s.clone(), &key, 100);
+    w.write(&[Entry::new("start", serde_json::json!({})), e], true)
+        .unwrap();
+    let records = s.audit_range(1, 10).unwrap();
+    let r = text(&records[1].1);
+    assert_eq!(r["seq"], 2);
+    assert!(r.get("checkpoint").is_none());
+    verify(&records, &key.verifying_key(), None).unwrap();
+}
