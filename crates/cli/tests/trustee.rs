@@ -1456,7 +1456,8 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
         "\"kind\":\"start\"",
         "\"route\":\"/kbs/v0/resource-policy\"",
         "\"kind\":\"token\"",
-        "\"kind\":\"release\",\"resource\":\"open/key/1\"",
+        "\"kind\":\"release\"",
+        "\"resource\":\"open/key/1\"",
         "\"kind\":\"denial\"",
         "\"resource\":\"closed/key/1\"",
         "\"status\":401",
@@ -1520,7 +1521,7 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
             "reordered",
             "UPDATE audit SET seq = -1 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = -1"
                 .into(),
-            "",
+            "record 3 is missing or out of order",
         ),
         ("cut back", format!("DELETE FROM audit WHERE seq >= {checkpoint}"), "cut back"),
     ];
@@ -1536,7 +1537,28 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
         let db = rusqlite::Connection::open(copy.join("trustee.db")).unwrap();
         db.execute_batch(&sql).unwrap();
         drop(db);
-        let t = TrusteeProc::start(&copy, &every);
+        // A tail that no longer verifies stops the start; accepting it
+        // records the problem, and the log still does not verify.
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--allow-dev-tee",
+        ];
+        args.extend(every);
+        let t = match TrusteeProc::try_start(&copy, &args) {
+            Ok(t) => t,
+            Err(log) => {
+                assert!(
+                    log.contains("the audit log does not verify"),
+                    "{name}: {log}"
+                );
+                let t = TrusteeProc::start(&copy, &[every[0], every[1], "--audit-accept-tampered"]);
+                let tail = ok(&audit(&t, &["tail", "-n", "3"]));
+                assert!(tail.contains("\"kind\":\"tamper\""), "{name}: {tail}");
+                t
+            }
+        };
         let state_copy = dir.path().join(format!("{name}.state"));
         std::fs::copy(&state, &state_copy).unwrap();
         let out = verify(&t, &state_copy);

@@ -62,15 +62,20 @@ fn every_kind_of_tampering_is_found() {
     assert_eq!(ok.next_due, Some(13));
 
     let mut changed = records.clone();
-    changed[4].1 = String::from_utf8(changed[4].1.clone())
+    changed[5].1 = String::from_utf8(changed[5].1.clone())
+        .unwrap()
+        .replace("default/key/5", "default/key/X")
+        .into_bytes();
+    let e = verify(&changed, &vk, None).unwrap_err();
+    assert!(e.contains("record 7 does not follow record 6"), "{e}");
+    // A checkpoint's own content is signed too.
+    let mut cp = records.clone();
+    cp[4].1 = String::from_utf8(cp[4].1.clone())
         .unwrap()
         .replace("default/key/4", "default/key/X")
         .into_bytes();
-    assert!(
-        verify(&changed, &vk, None)
-            .unwrap_err()
-            .contains("record 6 does not follow record 5")
-    );
+    let e = verify(&cp, &vk, None).unwrap_err();
+    assert!(e.contains("checkpoint 5 is not signed"), "{e}");
 
     let mut deleted = records.clone();
     deleted.remove(6);
