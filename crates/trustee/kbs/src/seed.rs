@@ -12,6 +12,9 @@ use cocoon_types::resource::ResourcePath;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
+/// Files larger than this are refused (the admin API's body limit).
+const MAX_FILE: u64 = 2 * 1024 * 1024;
+
 /// Where the start-up content comes from.
 #[derive(Debug, Clone, Default)]
 pub struct SeedDirs {
