@@ -1382,6 +1382,14 @@ fn policies_resources_and_reference_values_are_applied_from_mounted_directories(
             kube_volume(&dir.path().join("bad-refs"), &[("v.json", b"{}")]),
             "v.json",
         ),
+        (
+            "--resource-dir",
+            kube_volume(
+                &dir.path().join("big"),
+                &[("default/key/big", &vec![0u8; 3 << 20])],
+            ),
+            "over the 2097152",
+        ),
     ] {
         let e = TrusteeProc::try_start(
             &dir.path().join("data"),

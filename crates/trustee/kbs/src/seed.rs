@@ -66,9 +66,9 @@ fn files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     }
     let mut out = vec![];
     walk(dir, Path::new(""), &mut out, 0)?;
-    for (_, path) in &out {
+    for (_, path) in out.iter_mut() {
         let real =
-            std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))?;
+            std::fs::canonicalize(&*path).with_context(|| format!("reading {}", path.display()))?;
         if !real.starts_with(&root) {
             bail!(
                 "{} leads out of {} (to {})",
@@ -77,6 +77,15 @@ fn files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
                 real.display()
             );
         }
+        // Read what was checked, not the link again (which could change).
+        let len = std::fs::metadata(&real)?.len();
+        if len > MAX_FILE {
+            bail!(
+                "{} is {len} bytes, over the {MAX_FILE} a start applies",
+                path.display()
+            );
+        }
+        *path = real;
     }
     out.sort();
     Ok(out)
