@@ -1470,8 +1470,18 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
         "\"resource\":\"closed/key/1\"",
         "\"status\":401",
         "\"checkpoint\":true",
+        // Which admin acted: the refused stranger is no known key.
+        "\"admin_key\":null",
     ] {
         assert!(tail.contains(want), "{want} not in the audit log:\n{tail}");
+        // The admin's own writes name its key's fingerprint (the SHA-256 of
+        // its public key PEM).
+        let admin_pem = std::fs::read(data.join("admin-key.pub.pem")).unwrap();
+        let fp = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(&admin_pem))
+        };
+        assert!(tail.contains(&format!("\"admin_key\":\"{fp}\"")), "{tail}");
     }
     assert!(
         !tail.contains("audit-secret-93c1"),

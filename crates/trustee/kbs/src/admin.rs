@@ -325,7 +325,11 @@ struct Claims {
 }
 
 fn signature_verifies(keys: &[AdminKey], alg: &str, signed: &[u8], sig: &[u8]) -> bool {
-    keys.iter().any(|k| match (k, alg) {
+    keys.iter().any(|k| key_verifies(k, alg, signed, sig))
+}
+
+fn key_verifies(k: &AdminKey, alg: &str, signed: &[u8], sig: &[u8]) -> bool {
+    match (k, alg) {
         (AdminKey::Ed25519(k), "EdDSA") => ed25519_dalek::Signature::from_slice(sig)
             .map(|sig| k.verify_strict(signed, &sig).is_ok())
             .unwrap_or(false),
@@ -336,7 +340,33 @@ fn signature_verifies(keys: &[AdminKey], alg: &str, signed: &[u8], sig: &[u8]) -
                 .unwrap_or(false)
         }
         _ => false,
-    })
+    }
+}
+
+/// Which of `keys` signed `token` (the signature alone, not its times),
+/// so that the audit log can say which admin acted.
+pub fn signer_of(token: &str, keys: &[AdminKey]) -> Option<usize> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let header: Header = B64URL
+        .decode(h)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())?;
+    let sig = B64URL.decode(s).ok()?;
+    let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
+    keys.iter()
+        .position(|k| key_verifies(k, &header.alg, signed, &sig))
+}
+
+/// A public key's fingerprint as the audit log names it: the SHA-256 of
+/// its SPKI PEM text.
+pub fn fingerprint(k: &AdminKey) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(k.to_pem().as_bytes()))
 }
 
 /// The time rules, on claims whose signature verified: `iat` present and

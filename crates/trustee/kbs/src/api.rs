@@ -846,11 +846,18 @@ async fn audit_admin(State(s): State<AppState>, req: Request, next: Next) -> Res
         .iter()
         .any(|g| route.ends_with(g));
     let path = req.uri().path().to_string();
+    // Which admin key signed the request (whether or not it was allowed).
+    let admin = (write && !guest)
+        .then(|| bearer(req.headers()))
+        .flatten()
+        .and_then(|t| crate::admin::signer_of(t, &s.admin_keys))
+        .map(|i| crate::admin::fingerprint(&s.admin_keys[i]));
     let resp = next.run(req).await;
     if write && !guest && !route.is_empty() {
         s.audit.record(crate::audit::Entry::new(
             "admin",
-            json!({"method": method.as_str(), "route": route, "path": path, "status": resp.status().as_u16()}),
+            json!({"method": method.as_str(), "route": route, "path": path,
+                   "status": resp.status().as_u16(), "admin_key": admin}),
         ));
     }
     resp

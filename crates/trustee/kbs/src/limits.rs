@@ -197,6 +197,22 @@ impl RateLimiter {
     }
 }
 
+/// The address a client is counted by: IPv4 as is (also when mapped into
+/// IPv6), IPv6 by its /64 (one host usually holds a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None if v6.is_loopback() => ip,
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// The requests whose work a client can cause before it is known: every
 /// write (the guest's `auth`, `attest` and TPM enrollment, and admin
 /// writes, which are decided and audited before their key is checked).
@@ -215,7 +231,7 @@ pub async fn rate_limit(
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| client_key(c.0.ip()));
     if let Some(ip) = peer
         && limited(req.method())
         && let Err(wait) = limiter.check(ip, Instant::now())
@@ -266,6 +282,21 @@ mod tests {
         // Off.
         let off = RateLimiter::new(0.0, 5.0, true);
         assert!((0..1000).all(|_| off.check(a, t).is_ok()));
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(
+            client_key(a),
+            client_key("2001:db8:1:3::1".parse().unwrap())
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert!(client_key("::ffff:127.0.0.1".parse().unwrap()).is_loopback());
+        assert!(client_key("::1".parse().unwrap()).is_loopback());
     }
 
     #[test]

@@ -368,10 +368,7 @@ impl Trustee {
                     "checkpoint_every": cfg.audit_checkpoint_every,
                     "insecure_admin": cfg.insecure_admin,
                     "allow_dev_tee": cfg.allow_dev_tee,
-                    "admin_keys": admin_keys.iter().map(|k| {
-                        use sha2::Digest;
-                        hex::encode(sha2::Sha256::digest(k.to_pem().as_bytes()))
-                    }).collect::<Vec<_>>(),
+                    "admin_keys": admin_keys.iter().map(crate::admin::fingerprint).collect::<Vec<_>>(),
                 }),
             ),
             cfg.audit_accept_tampered,
