@@ -136,10 +136,14 @@ pub struct TrusteeArgs {
     /// Bursts allowed above that rate.
     #[arg(long, default_value_t = 200.0)]
     unauthenticated_burst: f64,
-    /// Apply the per-client rate to loopback clients too (exempt by
+    /// Apply the per-client limits to loopback clients too (exempt by
     /// default: a local proxy or the operator).
     #[arg(long)]
     rate_limit_loopback: bool,
+    /// Open connections per client address at most (IPv6 by its /64); 0:
+    /// no per-client cap. One over is closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_client: usize,
 }
 
 /// Runs the trustee until interrupted.
@@ -166,6 +170,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         unauthenticated_rate: a.unauthenticated_rate,
         unauthenticated_burst: a.unauthenticated_burst,
         rate_limit_loopback: a.rate_limit_loopback,
+        max_connections_per_client: a.max_connections_per_client,
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,
         allow_insecure_on_network: a.allow_insecure_on_network,

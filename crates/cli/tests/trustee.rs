@@ -1662,6 +1662,28 @@ fn connections_past_the_limit_are_closed_and_clients_over_their_rate_wait() {
     );
     drop(again);
 
+    // One client cannot hold them all: a per-client cap of 10.
+    let per = TrusteeProc::start(
+        &dir.path().join("data-per-client"),
+        &[
+            "--max-connections-per-client",
+            "10",
+            "--rate-limit-loopback",
+        ],
+    );
+    let per_addr = per.url.trim_start_matches("http://").to_string();
+    let mut mine: Vec<std::net::TcpStream> = (0..15)
+        .map(|_| std::net::TcpStream::connect(&per_addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(mine.iter_mut().map(answered).filter(|a| *a).count(), 10);
+    drop(mine);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut next = std::net::TcpStream::connect(&per_addr).unwrap();
+    assert!(answered(&mut next), "the client's slots did not come back");
+    drop(next);
+    drop(per);
+
     // Ready: the store answers.
     assert_eq!(http1(&addr, "GET", "/readyz", "").0, 200);
 

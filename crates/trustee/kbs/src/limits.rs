@@ -19,20 +19,48 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Sets `TCP_NODELAY` and takes a connection permit; without one the
-/// connection is closed (the client sees it end before any response).
+/// Sets `TCP_NODELAY` and takes a connection permit, and one of the
+/// client address's own (so one client cannot hold them all); without
+/// either the connection is closed (the client sees it end before any
+/// response).
 #[derive(Clone)]
 pub struct LimitAcceptor {
     permits: Arc<Semaphore>,
     refused: Arc<AtomicU64>,
+    per_client: usize,
+    loopback: bool,
+    clients: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl LimitAcceptor {
-    pub fn new(max: usize) -> Self {
+    /// `max` connections in all, `per_client` per client address (IPv6 by
+    /// its /64; loopback exempt unless `loopback`; 0: no per-client cap).
+    pub fn new(max: usize, per_client: usize, loopback: bool) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             refused: Arc::new(AtomicU64::new(0)),
+            per_client,
+            loopback,
+            clients: Default::default(),
         }
+    }
+
+    /// A slot of `ip`'s own, if it has one left.
+    fn client_slot(&self, ip: IpAddr) -> Option<Option<ClientSlot>> {
+        if self.per_client == 0 || (ip.is_loopback() && !self.loopback) {
+            return Some(None);
+        }
+        let key = client_key(ip);
+        let mut c = self.clients.lock();
+        let n = c.entry(key).or_insert(0);
+        if *n >= self.per_client {
+            return None;
+        }
+        *n += 1;
+        Some(Some(ClientSlot {
+            key,
+            clients: self.clients.clone(),
+        }))
     }
 
     /// Connections closed for want of a permit since start.
@@ -47,6 +75,20 @@ impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAccep
     type Future = std::future::Ready<std::io::Result<(Limited, S)>>;
 
     fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let slot = match stream.peer_addr() {
+            Ok(peer) => self.client_slot(peer.ip()),
+            Err(_) => Some(None),
+        };
+        let Some(slot) = slot else {
+            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    refused = n,
+                    "a client reached its connection limit: closing its new connections"
+                );
+            }
+            return std::future::ready(Err(std::io::Error::other("client connection limit")));
+        };
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -62,6 +104,7 @@ impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAccep
                 Limited {
                     inner: stream,
                     _permit: permit,
+                    _slot: slot,
                 },
                 service,
             )
@@ -69,10 +112,29 @@ impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAccep
     }
 }
 
-/// A connection holding its permit until it closes.
+/// A connection holding its permits until it closes.
 pub struct Limited {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _slot: Option<ClientSlot>,
+}
+
+/// One of a client's connections; given back when dropped.
+struct ClientSlot {
+    key: IpAddr,
+    clients: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut c = self.clients.lock();
+        if let Some(n) = c.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl AsyncRead for Limited {

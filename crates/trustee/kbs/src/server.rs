@@ -57,8 +57,11 @@ pub struct TrusteeConfig {
     /// `unauthenticated_burst`; 0: no limit.
     pub unauthenticated_rate: f64,
     pub unauthenticated_burst: f64,
-    /// Apply that limit to loopback clients too.
+    /// Apply those limits to loopback clients too.
     pub rate_limit_loopback: bool,
+    /// Open connections per client address at most (IPv6 by its /64); 0:
+    /// no per-client cap.
+    pub max_connections_per_client: usize,
     /// Extra DNS names or addresses for a self-signed certificate (made
     /// once; the names guests reach the trustee by, e.g. a Service's).
     pub tls_names: Vec<String>,
@@ -124,6 +127,7 @@ impl Default for TrusteeConfig {
             unauthenticated_rate: 100.0,
             unauthenticated_burst: 200.0,
             rate_limit_loopback: false,
+            max_connections_per_client: 256,
             allow_dev_tee: false,
             insecure_admin: false,
             allow_insecure_on_network: false,
@@ -213,6 +217,7 @@ pub struct Trustee {
     pub cert_hint: Option<PathBuf>,
     recorder_rx: Option<tokio::sync::mpsc::Receiver<crate::api::Denial>>,
     max_connections: usize,
+    per_client: (usize, bool),
     limiter: Arc<crate::limits::RateLimiter>,
 }
 
@@ -400,6 +405,7 @@ impl Trustee {
             cert_hint,
             recorder_rx: Some(rx),
             max_connections: crate::limits::connection_budget(cfg.max_connections),
+            per_client: (cfg.max_connections_per_client, cfg.rate_limit_loopback),
             limiter: Arc::new(crate::limits::RateLimiter::new(
                 cfg.unauthenticated_rate,
                 cfg.unauthenticated_burst,
@@ -434,7 +440,11 @@ impl Trustee {
         // Each connection holds a permit; TCP_NODELAY: responses go out in
         // several small writes (TLS records, headers and body); with Nagle
         // on, a client's delayed ACK holds the last one back for ~40 ms.
-        let limit = crate::limits::LimitAcceptor::new(self.max_connections);
+        let limit = crate::limits::LimitAcceptor::new(
+            self.max_connections,
+            self.per_client.0,
+            self.per_client.1,
+        );
         // A client that sends its headers this slowly holds a connection
         // for nothing: closed.
         let slow = std::time::Duration::from_secs(15);
