@@ -22,14 +22,8 @@ pub struct ConnsBenchArgs {
 
 /// `VmRSS` and `VmHWM` of a process, KiB.
 fn memory(pid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    use crate::bench_pod::status_kib;
+    Some((status_kib(pid, "VmRSS:")?, status_kib(pid, "VmHWM:")?))
 }
 
 /// Outcome of one connection.
@@ -67,23 +61,9 @@ pub async fn run(a: ConnsBenchArgs) -> Result<()> {
     }
     // This process holds every connection too.
     let wanted = a.count as u64 + 256;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        if lim.rlim_cur < wanted {
-            lim.rlim_cur = wanted.min(lim.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-    if lim.rlim_cur < wanted {
-        bail!(
-            "the open-file limit ({}) is below {wanted}: raise it (ulimit -n)",
-            lim.rlim_cur
-        );
+    let limit = cocoon_kbs::limits::raise_open_files();
+    if limit < wanted {
+        bail!("the open-file limit ({limit}) is below {wanted}: raise it (ulimit -n)");
     }
     let before = a.pid.and_then(memory);
     let start = Instant::now();

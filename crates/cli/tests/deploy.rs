@@ -264,32 +264,43 @@ fn the_plain_manifests_are_the_node_chart_rendered() {
     );
 }
 
+/// The first object of `kind` in a rendered file.
+fn object(file: &Path, kind: &str) -> serde_json::Value {
+    serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(file).unwrap())
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .find(|d: &serde_json::Value| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in {}", file.display()))
+}
+
+/// A JSON array of strings.
+fn argv(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Whether `cocoon ARGS --help` is accepted (clap refuses an unknown flag
+/// before it prints help).
+fn accepted(args: &[String]) -> std::process::Output {
+    Command::new(BIN).args(args).arg("--help").output().unwrap()
+}
+
 /// The commands the charts run (argv lists, no shell), with `--help`
 /// appended: clap refuses a flag it does not know before it prints help.
 #[test]
 fn the_charts_run_commands_cocoon_accepts() {
     let tmp = tempfile::tempdir().unwrap();
-    let daemonset = |name: &str, sets: &[&str]| -> serde_json::Value {
-        let f = render(tmp.path(), name, &chart("cocoon-node"), sets);
-        serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&f).unwrap())
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .find(|d: &serde_json::Value| d["kind"] == "DaemonSet")
-            .expect("a DaemonSet")
-    };
-    let argv = |v: &serde_json::Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_string())
-            .collect()
+    let daemonset = |name: &str, sets: &[&str]| {
+        object(
+            &render(tmp.path(), name, &chart("cocoon-node"), sets),
+            "DaemonSet",
+        )
     };
     let run = |args: &[String]| {
         assert_eq!(args[0], "cocoon", "{args:?}");
-        let out = Command::new(BIN)
-            .args(&args[1..])
-            .arg("--help")
-            .output()
-            .unwrap();
+        let out = accepted(&args[1..]);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -350,32 +361,12 @@ fn the_charts_run_commands_cocoon_accepts() {
             "referenceValues.v\\.json=y",
         ],
     );
-    let docs: Vec<serde_json::Value> =
-        serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&trustee).unwrap())
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .collect();
-    let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
-    let args: Vec<&str> = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
+    let dep = object(&trustee, "Deployment");
+    let args = argv(&dep["spec"]["template"]["spec"]["containers"][0]["args"]);
     assert_eq!(args[0], "trustee");
-    let out = Command::new(BIN)
-        .args(&args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The image's entry point is `cocoon`.
+    run(&[vec!["cocoon".to_string()], args].concat());
     // And a bad one is refused, so the check above can fail.
-    let out = Command::new(BIN)
-        .args(["trustee", "--no-such-flag", "--help"])
-        .output()
-        .unwrap();
+    let out = accepted(&["trustee".into(), "--no-such-flag".into()]);
     assert!(!out.status.success());
 }

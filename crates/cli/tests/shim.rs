@@ -1609,21 +1609,10 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
         )
         .as_bytes(),
     );
-    let endpoint = format!("unix://{}", ctd.sock.display());
-    let restart = format!("sh {} restart", dir.join("ctd.sh").display());
+    let restart = script_restart(&ctd);
     let node = |verb: &str, extra: &[&str]| {
-        let mut c = Command::new(BIN);
-        c.args(["node", verb, "--containerd-config"])
-            .arg(&cfg)
-            .arg("--prefix")
-            .arg(&prefix)
-            .args(["--runtime-endpoint", &endpoint, "--timeout", "60s"]);
-        if verb != "status" {
-            c.args(["--restart-command", &restart]);
-        }
-        c.args(extra)
-            .env_remove("NODE_NAME")
-            .stdin(Stdio::null())
+        node_cmd(&ctd, &prefix, verb, &restart)
+            .args(extra)
             .output()
             .unwrap()
     };
@@ -1655,22 +1644,21 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
         )
     };
     let pod = |args: &[&str]| pod_cmd(&ctd, &logs, args);
+    // A runc pod that prints and exits with `code`.
+    let runc_exits = |name: &str, code: i32| {
+        let m = manifest(name, None, &format!("echo {name}; exit {code}"));
+        let r = pod(&["run", "--rm", m.to_str().unwrap()]);
+        assert_eq!(
+            r.status.code(),
+            Some(code),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    };
 
     // Before: runc works, a long-running runc pod stays up through it all,
     // and nothing of ours is installed.
-    let r = pod(&[
-        "run",
-        "--rm",
-        manifest("runc-before", None, "echo runc before; exit 5")
-            .to_str()
-            .unwrap(),
-    ]);
-    assert_eq!(
-        r.status.code(),
-        Some(5),
-        "runc before: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    runc_exits("runc-before", 5);
     let keep = pod(&[
         "run",
         "-d",
@@ -1689,19 +1677,7 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
     // with it.
     let pid_before = ctd.pid();
     let failing = format!("{restart}; exit 3");
-    let bad = Command::new(BIN)
-        .args(["node", "install", "--containerd-config"])
-        .arg(&cfg)
-        .arg("--prefix")
-        .arg(&prefix)
-        .args([
-            "--runtime-endpoint",
-            &endpoint,
-            "--timeout",
-            "20s",
-            "--restart-command",
-            &failing,
-        ])
+    let bad = node_cmd(&ctd, &prefix, "install", &failing)
         .args(install_args)
         .output()
         .unwrap();
@@ -1767,6 +1743,12 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
         st.contains("handler cocoon: served") && st.contains("as the install left it"),
         "{st}"
     );
+    // The readiness probe's check: presence only, the same verdict.
+    let quick = ok(&node("status", &["--quick"]));
+    assert!(
+        quick.contains("present") && quick.contains("handler cocoon: served"),
+        "{quick}"
+    );
 
     // A cocoon pod runs through CRI with only what the install put there
     // (the shim by runtime_path, the guest image under the prefix).
@@ -1803,19 +1785,7 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
     // The runc pod lived through the restart.
     let x = pod(&["exec", &keep_id, "main", "--", "echo", "still here"]);
     assert_eq!(ok(&x).trim(), "still here");
-    let r = pod(&[
-        "run",
-        "--rm",
-        manifest("runc-during", None, "echo runc during; exit 6")
-            .to_str()
-            .unwrap(),
-    ]);
-    assert_eq!(
-        r.status.code(),
-        Some(6),
-        "runc during: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    runc_exits("runc-during", 6);
 
     // Uninstall refuses while a pod of the handler runs.
     let e = fails(&node("uninstall", &[]));
@@ -1855,25 +1825,37 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
     // After: runc as before, and the long-running pod still there.
     let x = pod(&["exec", &keep_id, "main", "--", "echo", "still here"]);
     assert_eq!(ok(&x).trim(), "still here");
-    let r = pod(&[
-        "run",
-        "--rm",
-        manifest("runc-after", None, "echo runc after; exit 7")
-            .to_str()
-            .unwrap(),
-    ]);
-    assert_eq!(
-        r.status.code(),
-        Some(7),
-        "runc after: {}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    runc_exits("runc-after", 7);
     ok(&pod(&["rm", &keep_id]));
     assert!(
         qemu_with(&state.display().to_string()).is_empty(),
         "a QEMU is left"
     );
     assert!(shims_of(&ctd.sock).is_empty(), "a shim is left");
+}
+
+/// `cocoon node VERB` against a script-run test containerd, with the
+/// runtime under `prefix` (and, but for `status`, `restart` as the
+/// restart command); the caller adds the verb's own flags.
+fn node_cmd(ctd: &Containerd, prefix: &Path, verb: &str, restart: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["node", verb, "--containerd-config"])
+        .arg(&ctd.cfg)
+        .arg("--prefix")
+        .arg(prefix)
+        .arg("--runtime-endpoint")
+        .arg(format!("unix://{}", ctd.sock.display()))
+        .args(["--timeout", "60s"]);
+    if verb != "status" {
+        c.args(["--restart-command", restart]);
+    }
+    c.env_remove("NODE_NAME").stdin(Stdio::null());
+    c
+}
+
+/// The restart a script-run test containerd takes.
+fn script_restart(ctd: &Containerd) -> String {
+    format!("sh {} restart", ctd.dir.join("ctd.sh").display())
 }
 
 /// Debian's stock `/etc/containerd/config.toml`, plus what a private
@@ -1939,24 +1921,11 @@ fn node_install_moves_between_the_containerd_2_layouts_and_back_out() {
     let cfg = ctd.cfg.clone();
     let prefix = dir.join("opt-cocoon");
     let dropin = dir.join("conf.d");
-    let endpoint = format!("unix://{}", ctd.sock.display());
-    let restart = format!("sh {} restart", dir.join("ctd.sh").display());
+    let restart = script_restart(&ctd);
     let bin_dir = Path::new(BIN).parent().unwrap().display().to_string();
     let gi = guest_image().display().to_string();
     let node = |verb: &str, extra: &[&str]| {
-        let mut c = Command::new(BIN);
-        c.args(["node", verb, "--containerd-config"])
-            .arg(&cfg)
-            .arg("--prefix")
-            .arg(&prefix)
-            .args([
-                "--runtime-endpoint",
-                &endpoint,
-                "--timeout",
-                "60s",
-                "--restart-command",
-                &restart,
-            ]);
+        let mut c = node_cmd(&ctd, &prefix, verb, &restart);
         if verb == "install" {
             c.args([
                 "--bin-dir",
@@ -1969,11 +1938,7 @@ fn node_install_moves_between_the_containerd_2_layouts_and_back_out() {
             .arg("--dropin-dir")
             .arg(&dropin);
         }
-        c.args(extra)
-            .env_remove("NODE_NAME")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        c.args(extra).output().unwrap()
     };
     let ours = prefix.join("etc/cocoon-containerd.toml");
 

@@ -262,6 +262,40 @@ fn proxy_table(address: &str) -> Table {
     t
 }
 
+/// Puts the handlers into a `runtimes` table (and `runc`, where the file
+/// relied on the built-in one). A handler of the same name already there
+/// is someone else's: a conflict, not something to overwrite.
+fn put_runtimes(runtimes: &mut Table, s: &Settings, runc: bool) -> Result<()> {
+    if runc {
+        runtimes.insert("runc", Item::Table(runc_table()));
+    }
+    for h in &s.handlers {
+        if runtimes.contains_key(&h.name) {
+            bail!(
+                "containerd already has a runtime handler named {:?} that cocoon did not install: \
+                 remove it or choose other handler names",
+                h.name
+            );
+        }
+        runtimes.insert(&h.name, Item::Table(runtime_table(s, h)));
+    }
+    Ok(())
+}
+
+/// Registers the proxy snapshotter, where the handlers name it.
+fn put_proxy(root: &mut Table, s: &Settings) -> Result<()> {
+    if let (Some((name, address)), true) = (&s.snapshotter, s.per_runtime_snapshotter) {
+        let proxies = table_at(root, &["proxy_plugins"])?;
+        if proxies.contains_key(name) {
+            bail!(
+                "containerd already has a proxy plugin named {name:?} that cocoon did not install"
+            );
+        }
+        proxies.insert(name, Item::Table(proxy_table(address)));
+    }
+    Ok(())
+}
+
 /// Adds the handlers (and the snapshotter) to a version 2 `config.toml`
 /// without them. A handler of the same name already there is someone
 /// else's: a conflict, not something to overwrite.
@@ -282,28 +316,8 @@ pub fn add_v2(original: &str, s: &Settings) -> Result<String> {
         doc.as_table_mut(),
         &["plugins", CRI_V2, "containerd", "runtimes"],
     )?;
-    if runc {
-        runtimes.insert("runc", Item::Table(runc_table()));
-    }
-    for h in &s.handlers {
-        if runtimes.contains_key(&h.name) {
-            bail!(
-                "containerd already has a runtime handler named {:?} that cocoon did not install: \
-                 remove it or choose other handler names",
-                h.name
-            );
-        }
-        runtimes.insert(&h.name, Item::Table(runtime_table(s, h)));
-    }
-    if let (Some((name, address)), true) = (&s.snapshotter, s.per_runtime_snapshotter) {
-        let proxies = table_at(doc.as_table_mut(), &["proxy_plugins"])?;
-        if proxies.contains_key(name) {
-            bail!(
-                "containerd already has a proxy plugin named {name:?} that cocoon did not install"
-            );
-        }
-        proxies.insert(name, Item::Table(proxy_table(address)));
-    }
+    put_runtimes(runtimes, s, runc)?;
+    put_proxy(doc.as_table_mut(), s)?;
     let out = doc.to_string();
     // What containerd will parse must parse.
     parse(&out, "the edited config.toml").map(|_| out)
@@ -380,36 +394,24 @@ pub fn handler_file(s: &Settings, schema: i64, main: Option<&str>) -> Result<Str
         Some(m) => missing_default_runtime(&parse(m, "containerd's config.toml")?, cri)?,
         None => true,
     };
-    let runtimes = table_at(root, &["plugins", cri, "containerd", "runtimes"])
-        .expect("a new document has no conflicting keys");
-    if runc {
-        let mut t = runc_table();
-        t.decor_mut().set_prefix("\n");
-        runtimes.insert("runc", Item::Table(t));
-    }
-    for h in &s.handlers {
-        let mut t = runtime_table(s, h);
-        t.decor_mut().set_prefix("\n");
-        runtimes.insert(&h.name, Item::Table(t));
-    }
-    if let (Some((name, address)), true) = (&s.snapshotter, s.per_runtime_snapshotter) {
-        if schema >= 3 {
-            // containerd 2.0-2.2 pull with the image plugin's platform
-            // entry of the handler, not the runtime's `snapshotter`.
-            let platforms = table_at(root, &["plugins", CRI_V3_IMAGES, "runtime_platforms"])
-                .expect("new document");
-            for h in &s.handlers {
-                let mut t = Table::new();
-                t.insert("platform", value("linux/amd64"));
-                t.insert("snapshotter", value(name.as_str()));
-                platforms.insert(&h.name, Item::Table(t));
-            }
+    put_runtimes(
+        table_at(root, &["plugins", cri, "containerd", "runtimes"])?,
+        s,
+        runc,
+    )?;
+    if let (Some((name, _)), true, true) = (&s.snapshotter, s.per_runtime_snapshotter, schema >= 3)
+    {
+        // containerd 2.0-2.2 pull with the image plugin's platform entry of
+        // the handler, not the runtime's `snapshotter`.
+        let platforms = table_at(root, &["plugins", CRI_V3_IMAGES, "runtime_platforms"])?;
+        for h in &s.handlers {
+            let mut t = Table::new();
+            t.insert("platform", value("linux/amd64"));
+            t.insert("snapshotter", value(name.as_str()));
+            platforms.insert(&h.name, Item::Table(t));
         }
-        let proxies = table_at(root, &["proxy_plugins"]).expect("new document");
-        let mut t = proxy_table(address);
-        t.decor_mut().set_prefix("\n");
-        proxies.insert(name, Item::Table(t));
     }
+    put_proxy(root, s)?;
     Ok(doc.to_string())
 }
 
@@ -525,7 +527,7 @@ pub fn remove_import(current: &str, ours: &str) -> Result<String> {
             .key("imports")
             .and_then(|k| k.leaf_decor().prefix())
             .and_then(|p| p.as_str())
-            .is_some_and(|p| p.contains("cocoon node install"))
+            .is_some_and(|p| p.contains(MARK.trim_end()))
     {
         doc.remove("imports");
     }

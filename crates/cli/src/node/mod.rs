@@ -27,7 +27,17 @@ pub enum NodeCommand {
     /// Remove what install added and put containerd's configuration back.
     Uninstall(UninstallArgs),
     /// Say what is installed and whether containerd serves it.
-    Status(Common),
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Check that the installed files are there, without reading them for
+    /// their digests (the DaemonSet's readiness probe, every 30 s).
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(Args, Clone)]
@@ -300,7 +310,7 @@ async fn served(c: &Common) -> Result<Served> {
 }
 
 /// Waits until CRI answers and serves (or no longer serves) `handlers`.
-async fn wait_served(c: &Common, handlers: &[String], present: bool) -> Result<Served> {
+async fn wait_served(c: &Common, handlers: &[String], present: bool) -> Result<()> {
     let deadline = Instant::now() + c.timeout;
     loop {
         let last = match served(c).await {
@@ -309,7 +319,7 @@ async fn wait_served(c: &Common, handlers: &[String], present: bool) -> Result<S
                     .iter()
                     .all(|h| s.runtimes.contains_key(h) == present);
                 if ok {
-                    return Ok(s);
+                    return Ok(());
                 }
                 format!(
                     "CRI answers but serves the handlers {:?}",
@@ -335,18 +345,16 @@ fn sha256_hex(b: &[u8]) -> String {
 /// Writes a file through a temporary beside it and a rename, so a reader
 /// (containerd, a shim starting) sees the old bytes or the new, never half.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::io::Write;
+    cocoon_store::replace_file(path, bytes, mode)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// A file's permission bits, or `default` when it cannot be read.
+fn file_mode(path: &Path, default: u32) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().context("a file path has a directory")?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(default)
 }
 
 /// Makes a directory and its missing parents, recording (host paths) the
@@ -481,7 +489,7 @@ pub async fn run(cmd: NodeCommand) -> Result<u8> {
             let stay = a.stay;
             stay_or_return(stay, uninstall(a).await).await
         }
-        NodeCommand::Status(c) => status(c).await,
+        NodeCommand::Status(a) => status(a.common, a.quick).await,
     }
 }
 
@@ -668,12 +676,7 @@ async fn install(a: InstallArgs) -> Result<()> {
             c.containerd_config
         );
     }
-    let config_mode = {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(&config_host)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o644)
-    };
+    let config_mode = file_mode(&config_host, 0o644);
     let current = match std::fs::read_to_string(&config_host) {
         Ok(t) => Some(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -842,11 +845,10 @@ async fn install(a: InstallArgs) -> Result<()> {
             write_atomic(&c.host(&p.host_path), &p.bytes, p.mode)?;
             written.insert(p.host_path.clone());
         }
-        files.insert(p.host_path.clone(), digest);
         // Recorded as it goes: a failure half-way leaves a record that
         // uninstall can undo.
-        rec.files
-            .insert(p.host_path.clone(), files[&p.host_path].clone());
+        rec.files.insert(p.host_path.clone(), digest.clone());
+        files.insert(p.host_path.clone(), digest);
         rec.dirs = made.clone();
         c.save_record(&rec)?;
     }
@@ -907,7 +909,6 @@ async fn install(a: InstallArgs) -> Result<()> {
         rec.backup = Some(b);
         rec.original_sha256 = Some(sha256_hex(base.as_bytes()));
     }
-    let before = rec.clone();
     rec.cocoon_version = env!("CARGO_PKG_VERSION").into();
     rec.containerd_version = version.to_string();
     rec.layout = Some(layout);
@@ -924,9 +925,7 @@ async fn install(a: InstallArgs) -> Result<()> {
     if let Some(n) = &new_config {
         if config_changed {
             if let Some(dir) = Path::new(&c.containerd_config).parent() {
-                let mut m = rec.dirs.clone();
-                make_dirs(c, &dir.display().to_string(), &mut m)?;
-                rec.dirs = m;
+                make_dirs(c, &dir.display().to_string(), &mut rec.dirs)?;
             }
             write_atomic(&config_host, n.as_bytes(), config_mode)?;
         }
@@ -962,7 +961,7 @@ async fn install(a: InstallArgs) -> Result<()> {
     let containerd_file_changed = containerd_paths.iter().skip(1).any(|p| written.contains(p));
     if config_changed || containerd_file_changed || !already {
         let up = match c.restart_containerd() {
-            Ok(()) => wait_served(c, &handlers, true).await.map(|_| ()),
+            Ok(()) => wait_served(c, &handlers, true).await,
             Err(e) => Err(e),
         };
         if let Err(e) = up {
@@ -987,10 +986,11 @@ async fn install(a: InstallArgs) -> Result<()> {
             if snapshotter && !snapshotter_before {
                 let _ = c.host_command("systemctl disable --now cocoon-snapshotter");
             }
-            rec.layout = before.layout;
-            rec.containerd_file = before.containerd_file.clone();
-            rec.written_sha256 = previous.as_ref().and_then(|p| p.written_sha256.clone());
-            rec.snapshotter = previous.as_ref().and_then(|p| p.snapshotter.clone());
+            let was = previous.clone().unwrap_or_default();
+            rec.layout = was.layout;
+            rec.containerd_file = was.containerd_file;
+            rec.written_sha256 = was.written_sha256;
+            rec.snapshotter = was.snapshotter;
             for (p, old) in &saved {
                 if p == &c.containerd_config {
                     continue;
@@ -1109,12 +1109,7 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
     }
     let config_host = c.host(&rec.config_path);
     let current = std::fs::read_to_string(&config_host).ok();
-    let mode = {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(&config_host)
-            .map(|m| m.permissions().mode() & 0o7777)
-            .unwrap_or(0o644)
-    };
+    let mode = file_mode(&config_host, 0o644);
     let unchanged = current
         .as_deref()
         .is_some_and(|t| rec.written_sha256.as_deref() == Some(&sha256_hex(t.as_bytes())));
@@ -1202,8 +1197,8 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
 }
 
 /// Prints what is installed and whether containerd serves it; 0 when all
-/// is as the record says, 1 otherwise.
-async fn status(c: Common) -> Result<u8> {
+/// is as the record says, 1 otherwise. `quick`: files only for presence.
+async fn status(c: Common, quick: bool) -> Result<u8> {
     let mut problems = vec![];
     let rec = c.load_record()?;
     let config = std::fs::read_to_string(c.host(&c.containerd_config)).ok();
@@ -1251,22 +1246,25 @@ async fn status(c: Common) -> Result<u8> {
             );
             let mut bad = 0;
             for (f, digest) in &r.files {
-                match std::fs::read(c.host(f)) {
-                    Ok(b) if &sha256_hex(&b) == digest => {}
-                    Ok(_) => {
-                        bad += 1;
-                        problems.push(format!("{f} changed since the install"));
+                let problem = if quick {
+                    (!c.host(f).is_file()).then(|| format!("{f} is missing"))
+                } else {
+                    match std::fs::read(c.host(f)) {
+                        Ok(b) if &sha256_hex(&b) == digest => None,
+                        Ok(_) => Some(format!("{f} changed since the install")),
+                        Err(_) => Some(format!("{f} is missing")),
                     }
-                    Err(_) => {
-                        bad += 1;
-                        problems.push(format!("{f} is missing"));
-                    }
+                };
+                if let Some(p) = problem {
+                    bad += 1;
+                    problems.push(p);
                 }
             }
             println!(
-                "files: {} of {} as installed",
+                "files: {} of {} {}",
                 r.files.len() - bad,
-                r.files.len()
+                r.files.len(),
+                if quick { "present" } else { "as installed" }
             );
             if r.written_sha256.is_some() {
                 let same = config.as_deref().is_some_and(|t| {

@@ -224,25 +224,20 @@ impl AuditLog {
         accept_tampered: bool,
     ) -> Result<Self, String> {
         let public = key.verifying_key();
-        let next_due = match check_tail(store.as_ref(), &public) {
-            Ok(n) => n.unwrap_or(1),
-            Err(problem) if accept_tampered => {
-                let w = Writer {
-                    store: store.clone(),
-                    key: key.clone(),
-                    every: every.max(1),
-                    next_due: AtomicU64::new(1),
-                };
-                w.write(
-                    &[Entry::new(
-                        "tamper",
-                        serde_json::json!({"problem": problem, "accepted_by": "--audit-accept-tampered"}),
-                    )],
-                    true,
-                )
-                .map_err(|e| e.to_string())?;
-                1
-            }
+        let tail = check_tail(store.as_ref(), &public);
+        let w = Arc::new(Writer {
+            store,
+            key,
+            every: every.max(1),
+            next_due: AtomicU64::new(tail.as_ref().ok().copied().flatten().unwrap_or(1)),
+        });
+        let mut first = vec![];
+        match tail {
+            Ok(_) => {}
+            Err(problem) if accept_tampered => first.push(Entry::new(
+                "tamper",
+                serde_json::json!({"problem": problem, "accepted_by": "--audit-accept-tampered"}),
+            )),
             Err(problem) => {
                 return Err(format!(
                     "the audit log does not verify from its last checkpoint: {problem}. \
@@ -250,14 +245,11 @@ impl AuditLog {
                      anyway and records this in the log"
                 ));
             }
-        };
-        let w = Arc::new(Writer {
-            store,
-            key,
-            every: every.max(1),
-            next_due: AtomicU64::new(next_due),
-        });
-        w.write(&[start], true).map_err(|e| e.to_string())?;
+        }
+        // Signed checkpoints both: a tamper record (when accepted), the start.
+        for e in first.into_iter().chain([start]) {
+            w.write(&[e], true).map_err(|e| e.to_string())?;
+        }
         let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
         let lost_w = lost.clone();
@@ -270,8 +262,8 @@ impl AuditLog {
                 // SQLite writes block: keep them off the async workers.
                 let r = tokio::task::spawn_blocking(move || w.write(&entries, false)).await;
                 if !matches!(r, Ok(Ok(_))) {
-                    lost_w.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(records = n, "audit records not written");
+                    let lost = lost_w.fetch_add(n, Ordering::Relaxed) + n;
+                    tracing::error!(records = n, lost, "audit records not written");
                 }
             }
         });
@@ -283,14 +275,9 @@ impl AuditLog {
     /// makes the trustee report itself not ready.
     pub fn record(&self, e: Entry) {
         if self.tx.try_send(e).is_err() {
-            self.lost.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("audit queue full or closed: record lost");
+            let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(lost, "audit queue full or closed: record lost");
         }
-    }
-
-    /// Records lost since start (queue full, or a write failed).
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
     }
 
     /// Whether the queue is nine-tenths full (the store far behind).

@@ -45,6 +45,15 @@ impl LimitAcceptor {
         }
     }
 
+    /// Closes a connection over a limit (logged at the 1st, 2nd, 4th, ...).
+    fn refuse<S>(&self, why: &'static str) -> std::future::Ready<std::io::Result<(Limited, S)>> {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(refused = n, "{why}: closing new connections");
+        }
+        std::future::ready(Err(std::io::Error::other(why)))
+    }
+
     /// A slot of `ip`'s own, if it has one left.
     fn client_slot(&self, ip: IpAddr) -> Option<Option<ClientSlot>> {
         if self.per_client == 0 || (ip.is_loopback() && !self.loopback) {
@@ -62,11 +71,6 @@ impl LimitAcceptor {
             clients: self.clients.clone(),
         }))
     }
-
-    /// Connections closed for want of a permit since start.
-    pub fn refused(&self) -> Arc<AtomicU64> {
-        self.refused.clone()
-    }
 }
 
 impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAcceptor {
@@ -80,24 +84,10 @@ impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAccep
             Err(_) => Some(None),
         };
         let Some(slot) = slot else {
-            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    refused = n,
-                    "a client reached its connection limit: closing its new connections"
-                );
-            }
-            return std::future::ready(Err(std::io::Error::other("client connection limit")));
+            return self.refuse("a client reached its connection limit");
         };
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    refused = n,
-                    "connection limit reached: closing new connections"
-                );
-            }
-            return std::future::ready(Err(std::io::Error::other("connection limit")));
+            return self.refuse("the connection limit is reached");
         };
         std::future::ready(stream.set_nodelay(true).map(|()| {
             (
@@ -177,16 +167,19 @@ impl AsyncWrite for Limited {
     }
 }
 
-/// Raises the open-file limit to its hard maximum and returns how many
-/// connections fit in it (leaving room for the database and the rest).
-pub fn connection_budget(wanted: usize) -> usize {
+/// Raises the open-file limit to its hard maximum; returns the limit now
+/// in force.
+pub fn raise_open_files() -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit on a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
             let raised = libc::rlimit {
                 rlim_cur: lim.rlim_max,
                 rlim_max: lim.rlim_max,
@@ -196,7 +189,13 @@ pub fn connection_budget(wanted: usize) -> usize {
             }
         }
     }
-    let fit = (lim.rlim_cur as usize).saturating_sub(128).max(16);
+    lim.rlim_cur
+}
+
+/// Raises the open-file limit and returns how many connections fit in it
+/// (leaving room for the database and the rest).
+pub fn connection_budget(wanted: usize) -> usize {
+    let fit = (raise_open_files() as usize).saturating_sub(128).max(16);
     if fit < wanted {
         tracing::warn!(
             wanted,
