@@ -284,8 +284,19 @@ esac
     fn wait_ready(&mut self) {
         let c = self;
         let deadline = Instant::now() + Duration::from_secs(30);
+        // With CRI, ready is when CRI answers too: containerd serves its
+        // own API before the CRI plugin has initialized.
+        let answers = |c: &Containerd| {
+            c.ctr(&["version"]).status.success()
+                && (c.bridge.is_none()
+                    || Command::new(BIN)
+                        .args(["pod", "ls", "--runtime-endpoint"])
+                        .arg(format!("unix://{}", c.sock.display()))
+                        .output()
+                        .is_ok_and(|o| o.status.success()))
+        };
         loop {
-            if c.ctr(&["version"]).status.success() {
+            if answers(c) {
                 return;
             }
             let exited = match c.child.as_mut() {
