@@ -57,9 +57,24 @@ pub struct KbsBenchArgs {
     #[arg(long)]
     insecure_http_kbs: bool,
     /// The trustee's process id (same machine): its own CPU time per flow
-    /// and per fetch, against the crypto floor measured here.
+    /// and per fetch, against the crypto floor measured here. Repeat it
+    /// for replicas: their CPU time is added up.
     #[arg(long)]
-    pid: Option<u32>,
+    pid: Vec<u32>,
+    /// Another replica of the same deployment (repeatable): the clients
+    /// are spread over `--url` and these, as a round-robin load balancer
+    /// would spread guests.
+    #[arg(long = "replica-url")]
+    replica_urls: Vec<String>,
+}
+
+/// The CPU time of every process in `pids` together; `None` without any,
+/// or when one cannot be read.
+fn cpu_total(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_secs(*p)).sum()
 }
 
 /// A process's CPU time (user + system), seconds.
@@ -269,10 +284,15 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     let http = a.conn.http()?;
     let expected = prepare_resource(&a, &http, &path).await?;
     let cert = a.conn.cert_pem()?;
-    let make_client = || sample_client(&a, cert.clone());
+    let urls: Vec<&str> = std::iter::once(a.conn.url.as_str())
+        .chain(a.replica_urls.iter().map(String::as_str))
+        .collect();
+    let make_client = |i: usize| sample_client(&a, urls[i % urls.len()], cert.clone());
     println!(
         "cocoon bench kbs: {} clients, {} s per phase, against {} (load generator on the same machine)",
-        a.clients, a.duration, a.conn.url
+        a.clients,
+        a.duration,
+        urls.join(" and ")
     );
 
     // Phase 1: baseline.
@@ -300,9 +320,9 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
 
     // Phase 2: full attestation flows.
     let clients: Vec<Arc<KbsClient>> = (0..a.clients)
-        .map(|_| make_client().map(Arc::new))
+        .map(|i| make_client(i).map(Arc::new))
         .collect::<Result<_>>()?;
-    let cpu0 = a.pid.and_then(cpu_secs);
+    let cpu0 = cpu_total(&a.pid);
     let routes0 = route_times(&http, &a.conn).await.unwrap_or_default();
     let (flow_rate, flows) = phase(a.clients, a.duration, |i, deadline| {
         let c = clients[i].clone();
@@ -336,7 +356,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     })
     .await?;
 
-    let cpu1 = a.pid.and_then(cpu_secs);
+    let cpu1 = cpu_total(&a.pid);
     let routes1 = route_times(&http, &a.conn).await.unwrap_or_default();
     // Phase 3: fetches on attested sessions (one attestation per client first).
     for c in &clients {
@@ -344,7 +364,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             .await
             .context("attesting before the fetch phase")?;
     }
-    let cpu2 = a.pid.and_then(cpu_secs);
+    let cpu2 = cpu_total(&a.pid);
     let (fetch_rate, fetches) = phase(a.clients, a.duration, |i, deadline| {
         let c = clients[i].clone();
         let path = path.clone();
@@ -365,7 +385,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     })
     .await?;
 
-    let cpu3 = a.pid.and_then(cpu_secs);
+    let cpu3 = cpu_total(&a.pid);
     let reports = [
         Report {
             name: "baseline GET /healthz",
@@ -418,6 +438,8 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         percentile_ms(&f.fetch_us, 0.99)
     );
     println!("targets: >= 2000 flows/s, >= 20000 fetches/s, p99 < 20 ms at 64 clients");
+    // One line for scripts comparing runs (stores, replica counts).
+    println!("summary: {flow_rate:.0} flows/s {fetch_rate:.0} fetches/s");
     if let (Some(c0), Some(c1), Some(c2), Some(c3)) = (cpu0, cpu1, cpu2, cpu3) {
         let (sign, agree, seal) = crypto_floor(expected.len())?;
         let per_flow = (c1 - c0) * 1e6 / reports[1].r.ops.max(1) as f64;
@@ -525,10 +547,10 @@ async fn cookie_sizes(http: &reqwest::Client, conn: &Connection) -> Result<(usiz
 }
 
 /// A guest client for `tee` with a fresh TEE key pair.
-fn sample_client(a: &KbsBenchArgs, kbs_cert_pem: Option<Vec<u8>>) -> Result<KbsClient> {
+fn sample_client(a: &KbsBenchArgs, url: &str, kbs_cert_pem: Option<Vec<u8>>) -> Result<KbsClient> {
     let attester = cocoon_attester::attester_for(&a.tee, &Default::default())?;
     Ok(KbsClient::new(
-        &a.conn.url,
+        url,
         Arc::from(attester),
         ClientOptions {
             kbs_cert_pem,
@@ -564,7 +586,7 @@ async fn prepare_resource(
         check(resp, "setting the benchmark resource").await?;
         return Ok(secret);
     }
-    let c = sample_client(a, a.conn.cert_pem()?)?;
+    let c = sample_client(a, &a.conn.url, a.conn.cert_pem()?)?;
     Ok(c.get_resource(path)
         .await
         .context("no admin key to create the benchmark resource, and reading it failed")?

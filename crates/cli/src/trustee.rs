@@ -17,6 +17,12 @@ pub struct TrusteeArgs {
     /// Default: $COCOON_DATA_DIR, else $XDG_DATA_HOME/cocoon/trustee, else ~/.local/share/cocoon/trustee.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Keep state in PostgreSQL instead of the data directory's SQLite
+    /// file: a connection string (`postgres://user:password@host/db`, or
+    /// `host=/run/postgresql dbname=cocoon`) that every replica of one
+    /// deployment shares. The schema is created or migrated at start.
+    #[arg(long, env = "COCOON_DATABASE", hide_env_values = true)]
+    database: Option<String>,
     /// Serve plain HTTP (development only). Refused on a listen address
     /// other than loopback unless --allow-insecure-on-network is given.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
@@ -161,6 +167,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
             .data_dir
             .clone()
             .unwrap_or_else(cocoon_kbs::default_data_dir),
+        database: a.database.clone(),
         tls,
         tls_names: a.tls_names.clone(),
         audit_key: a.audit_key.clone(),
@@ -214,6 +221,9 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     }
     say!("cocoon trustee listening on {url}");
     say!("  data directory:  {}", data_dir.display());
+    if let Some(url) = &a.database {
+        say!("  database:        {}", cocoon_store::redact_url(url));
+    }
     if seeded != Default::default() {
         say!(
             "  applied at start: {} policies, {} resources, {} reference values",

@@ -163,6 +163,19 @@ referenceValues:
         ),
         repo().join("deploy/node.yaml"),
         repo().join("deploy/runtimeclasses.yaml"),
+        render(
+            tmp.path(),
+            "trustee-postgres",
+            &trustee,
+            &[
+                "database.existingSecret=trustee-db",
+                "replicas=3",
+                "tls.existingSecret=trustee-tls",
+                "admin.existingSecret=trustee-admins",
+                "kek.existingSecret=trustee-kek",
+                "auditKey.existingSecret=trustee-audit",
+            ],
+        ),
     ];
     // Every object of every file was looked at, for both releases.
     let objects: usize = files
@@ -212,6 +225,38 @@ referenceValues:
     ] {
         assert!(opts.contains(want), "trustee options: {want} missing");
     }
+    // PostgreSQL: replicas with no volume, the connection string from the
+    // Secret (never in the arguments), shared keys, readiness on the database.
+    let pg = std::fs::read_to_string(&files[7]).unwrap();
+    for want in [
+        "replicas: 3",
+        "type: RollingUpdate",
+        "name: COCOON_DATABASE",
+        "name: trustee-db",
+        "emptyDir: {}",
+        "--audit-key=/etc/cocoon/audit/audit-key.pem",
+        "secretName: trustee-audit",
+        "path: /readyz",
+    ] {
+        assert!(pg.contains(want), "trustee on PostgreSQL: {want} missing");
+    }
+    assert!(!pg.contains("PersistentVolumeClaim") && !pg.contains("--database"));
+    // Replicas without shared keys would each make their own: refused.
+    let out = Command::new(tool("helm"))
+        .args([
+            "template",
+            "rel",
+            &trustee,
+            "--set",
+            "database.existingSecret=db",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("set tls.existingSecret too"),
+        "{err}"
+    );
     let defaults = std::fs::read_to_string(&files[3]).unwrap();
     assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
     assert!(!defaults.contains("--kek-file"));

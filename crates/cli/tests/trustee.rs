@@ -2,6 +2,8 @@
 //! driven by the `cocoon` CLI and by raw HTTP.
 
 mod common;
+#[path = "trustee/replicas.rs"]
+mod replicas;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};

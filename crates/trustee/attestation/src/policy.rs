@@ -11,8 +11,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How often a cached policy is compared with the stored one.
-pub const RECHECK: Duration = Duration::from_secs(1);
+/// How often a cached policy is compared with the stored one: a policy
+/// changed on one replica is enforced by the others within this (plus the
+/// store's own propagation: none for a shared SQLite file, a notification's
+/// delivery for PostgreSQL). A recheck is one store read, served from the
+/// PostgreSQL store's cache until a change arrives.
+pub const RECHECK: Duration = Duration::from_millis(250);
 
 /// Policy errors.
 #[derive(Debug, thiserror::Error)]

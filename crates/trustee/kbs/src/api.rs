@@ -407,6 +407,26 @@ fn decide(
     Ok(d)
 }
 
+/// A policy error from an admin call: storage failures keep their own
+/// status (503 while the database is unreachable), the rest become `other`.
+fn policy_error(
+    e: cocoon_attestation::policy::PolicyError,
+    other: fn(String) -> KbsError,
+) -> KbsError {
+    match e {
+        cocoon_attestation::policy::PolicyError::Store(e) => e.into(),
+        e => other(e.to_string()),
+    }
+}
+
+/// As [`policy_error`], for the reference value store.
+fn rvps_error(e: cocoon_rvps::RvpsError, other: fn(String) -> KbsError) -> KbsError {
+    match e {
+        cocoon_rvps::RvpsError::Store(e) => e.into(),
+        e => other(e.to_string()),
+    }
+}
+
 fn unavailable_or_internal(e: &cocoon_attestation::policy::PolicyError) -> KbsError {
     if e.is_unavailable() {
         KbsError::Unavailable {
@@ -612,7 +632,7 @@ fn set_policy_text(s: &KbsState, id: &str, text: &str) -> Result<Response, KbsEr
     s.attestation
         .policies()
         .set(id, text)
-        .map_err(|e| KbsError::InvalidPolicy(e.to_string()))?;
+        .map_err(|e| policy_error(e, KbsError::InvalidPolicy))?;
     tracing::info!(policy = id, "policy updated");
     Ok(StatusCode::OK.into_response())
 }
@@ -636,7 +656,7 @@ async fn get_resource_policy(
         .attestation
         .policies()
         .ids()
-        .map_err(|e| KbsError::Internal(e.to_string()))?;
+        .map_err(|e| policy_error(e, KbsError::Internal))?;
     Ok(Json(ids).into_response())
 }
 
@@ -680,7 +700,7 @@ async fn get_policy(
         .attestation
         .policies()
         .text(&id)
-        .map_err(|e| KbsError::Internal(e.to_string()))?
+        .map_err(|e| policy_error(e, KbsError::Internal))?
     {
         Some(t) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()),
         None => Err(KbsError::NotFound(format!("policy '{id}'"))),
@@ -697,7 +717,7 @@ async fn register_reference_values(
     let names = s
         .rvps
         .register_message(&body)
-        .map_err(|e| KbsError::InvalidReferenceValue(e.to_string()))?;
+        .map_err(|e| rvps_error(e, KbsError::InvalidReferenceValue))?;
     tracing::info!(?names, "reference values registered");
     Ok(StatusCode::OK.into_response())
 }
@@ -730,7 +750,7 @@ async fn put_reference_value(
     let rv = s
         .rvps
         .add(&name, b.value, expires)
-        .map_err(|e| KbsError::InvalidReferenceValue(e.to_string()))?;
+        .map_err(|e| rvps_error(e, KbsError::InvalidReferenceValue))?;
     tracing::info!(name = %name, "reference value set");
     Ok(Json(rv).into_response())
 }
@@ -744,7 +764,7 @@ async fn get_reference_value(
     match s
         .rvps
         .query(&name)
-        .map_err(|e| KbsError::Internal(e.to_string()))?
+        .map_err(|e| rvps_error(e, KbsError::Internal))?
     {
         Some(v) => Ok(Json(v).into_response()),
         None => Err(KbsError::NotFound(format!(
@@ -762,7 +782,7 @@ async fn delete_reference_value(
     if !s
         .rvps
         .delete(&name)
-        .map_err(|e| KbsError::Internal(e.to_string()))?
+        .map_err(|e| rvps_error(e, KbsError::Internal))?
     {
         return Err(KbsError::NotFound(format!("reference value '{name}'")));
     }
@@ -777,7 +797,7 @@ async fn list_reference_values(
     Ok(Json(
         s.rvps
             .list()
-            .map_err(|e| KbsError::Internal(e.to_string()))?,
+            .map_err(|e| rvps_error(e, KbsError::Internal))?,
     )
     .into_response())
 }
@@ -912,11 +932,11 @@ async fn audit_public_key(
         .into_response())
 }
 
-/// Ready when the store answers (a read within 2 s): a load balancer
+/// Ready when the database answers (a round trip within 2 s, past any cache): a load balancer
 /// sends no guest to a replica that could not decide for it.
 async fn readyz(State(s): State<AppState>) -> Response {
     let store = s.store.clone();
-    let probe = tokio::task::spawn_blocking(move || store.get("meta", "readiness-probe"));
+    let probe = tokio::task::spawn_blocking(move || store.ping());
     if s.audit.behind() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The `prev` of record 1.
@@ -127,9 +128,16 @@ fn signing_input(without_sig: &[u8]) -> Vec<u8> {
 }
 
 impl Writer {
-    /// The record after `last` for `e`: a checkpoint when one is due (or
-    /// `force`d), signed over its own text.
-    fn make(&self, last: Option<(i64, &[u8])>, e: &Entry, force: bool) -> Vec<u8> {
+    /// The record after `last` for `e`: a checkpoint when one is due by
+    /// `next_due` (moved on by a checkpoint) or `force`d, signed over its
+    /// own text.
+    fn make(
+        &self,
+        last: Option<(i64, &[u8])>,
+        e: &Entry,
+        force: bool,
+        next_due: &mut u64,
+    ) -> Vec<u8> {
         let (seq, prev) = match last {
             Some((s, bytes)) => (s as u64 + 1, sha256_hex(bytes)),
             None => (1, GENESIS.to_string()),
@@ -144,7 +152,7 @@ impl Writer {
         m.insert("time".into(), e.time.into());
         m.insert("kind".into(), e.kind.into());
         m.insert("prev".into(), prev.into());
-        let checkpoint = force || seq == 1 || seq >= self.next_due.load(Ordering::Relaxed);
+        let checkpoint = force || seq == 1 || seq >= *next_due;
         if checkpoint {
             let next = seq + self.every;
             m.insert("checkpoint".into(), true.into());
@@ -157,18 +165,32 @@ impl Writer {
             let text = serde_json::to_vec(&m).expect("a map of JSON values serializes");
             let sig = self.key.sign(&signing_input(&text));
             m.insert("sig".into(), hex::encode(sig.to_bytes()).into());
-            self.next_due.store(next, Ordering::Relaxed);
+            *next_due = next;
         }
         serde_json::to_vec(&m).expect("a map of JSON values serializes")
     }
 
-    /// Writes `entries` in one transaction.
+    /// Writes `entries` in one transaction. The checkpoint promise moves
+    /// on only once the batch is committed (a batch made again after
+    /// another writer's records starts from the committed promise).
     fn write(&self, entries: &[Entry], force_first: bool) -> Result<i64, StoreError> {
-        let mut it = entries.iter().enumerate();
-        self.store.audit_append(&mut |last| {
-            it.next()
-                .map(|(i, e)| self.make(last, e, force_first && i == 0))
-        })
+        let mut due = 0;
+        let seq = self.store.audit_append(&mut |last| {
+            due = self.next_due.load(Ordering::Relaxed);
+            let first = last.map_or(1, |(s, _)| s + 1);
+            let mut out: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
+            for (i, e) in entries.iter().enumerate() {
+                let prev = match out.last() {
+                    Some(bytes) => Some((first + i as i64 - 1, bytes.as_slice())),
+                    None => last,
+                };
+                let rec = self.make(prev, e, force_first && i == 0, &mut due);
+                out.push(rec);
+            }
+            out
+        })?;
+        self.next_due.store(due, Ordering::Relaxed);
+        Ok(seq)
     }
 }
 
@@ -256,14 +278,28 @@ impl AuditLog {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
-                let w = w.clone();
-                let entries = std::mem::take(&mut batch);
+                let entries = Arc::new(std::mem::take(&mut batch));
                 let n = entries.len() as u64;
-                // SQLite writes block: keep them off the async workers.
-                let r = tokio::task::spawn_blocking(move || w.write(&entries, false)).await;
-                if !matches!(r, Ok(Ok(_))) {
-                    let lost = lost_w.fetch_add(n, Ordering::Relaxed) + n;
-                    tracing::error!(records = n, lost, "audit records not written");
+                // While the database is unreachable the batch waits and is
+                // tried again (the queue fills meanwhile, and a nearly full
+                // queue makes the trustee not ready); other failures lose it.
+                let mut pause = Duration::from_millis(100);
+                loop {
+                    let (w, e) = (w.clone(), entries.clone());
+                    // Store writes block: keep them off the async workers.
+                    match tokio::task::spawn_blocking(move || w.write(&e, false)).await {
+                        Ok(Ok(_)) => break,
+                        Ok(Err(StoreError::Unavailable(e))) => {
+                            tracing::warn!(records = n, error = %e, "audit records wait for the database");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                        _ => {
+                            let lost = lost_w.fetch_add(n, Ordering::Relaxed) + n;
+                            tracing::error!(records = n, lost, "audit records not written");
+                            break;
+                        }
+                    }
                 }
             }
         });

@@ -127,6 +127,11 @@ impl IntoResponse for KbsError {
 
 impl From<cocoon_store::StoreError> for KbsError {
     fn from(e: cocoon_store::StoreError) -> Self {
-        KbsError::Internal(e.to_string())
+        match e {
+            cocoon_store::StoreError::Unavailable(_) => KbsError::Unavailable {
+                detail: e.to_string(),
+            },
+            _ => KbsError::Internal(e.to_string()),
+        }
     }
 }

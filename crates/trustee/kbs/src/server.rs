@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::session::SessionSealer;
 use cocoon_attestation::{AsConfig, AttestationService};
 use cocoon_rvps::Rvps;
-use cocoon_store::{Kek, SqliteStore, Store};
+use cocoon_store::{Kek, PgStore, SqliteStore, Store};
 use cocoon_verifier::{VerifierOptions, VerifierRegistry};
 use serde_json::json;
 use std::net::SocketAddr;
@@ -39,6 +39,9 @@ pub struct TrusteeConfig {
     pub listen: SocketAddr,
     /// Data directory: database, key-encryption key, admin key, TLS.
     pub data_dir: PathBuf,
+    /// A PostgreSQL connection string for a database shared by replicas;
+    /// `None`: the embedded SQLite database in the data directory.
+    pub database: Option<String>,
     /// TLS mode.
     pub tls: TlsMode,
     /// The audit log's signing key (Ed25519 PEM); default
@@ -118,6 +121,7 @@ impl Default for TrusteeConfig {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
             data_dir: default_data_dir(),
+            database: None,
             tls: TlsMode::SelfSigned,
             tls_names: vec![],
             audit_key: None,
@@ -235,7 +239,14 @@ impl Trustee {
         let kek_path = cfg.kek_file.as_deref().unwrap_or(&paths.kek);
         let kek = Kek::load_or_create(kek_path).map_err(err)?;
         warn_if_kek_beside_db(kek_path, &paths.db);
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&paths.db).map_err(err)?);
+        let store: Arc<dyn Store> = match &cfg.database {
+            Some(url) => {
+                let store = PgStore::connect(url).map_err(err)?;
+                tracing::info!(database = %cocoon_store::redact_url(url), "PostgreSQL store connected");
+                Arc::new(store)
+            }
+            None => Arc::new(SqliteStore::open(&paths.db).map_err(err)?),
+        };
         let kek = Arc::new(kek);
         let sessions = SessionSealer::load_or_create(&store, kek.clone(), cfg.session_timeout_secs)
             .map_err(err)?;

@@ -1,13 +1,16 @@
 //! Trustee storage: a small key-value [`Store`] trait over namespaces, an
 //! embedded SQLite implementation (one file under the data directory, WAL,
-//! `synchronous=FULL` so an acknowledged write survives a crash), and the
-//! key-encryption key that seals secrets at rest.
+//! `synchronous=FULL` so an acknowledged write survives a crash), a
+//! PostgreSQL one for replicas sharing a database, and the key-encryption
+//! key that seals secrets at rest.
 
 mod kek;
+mod postgres;
 mod private_file;
 mod sqlite;
 
 pub use kek::{Kek, KekError};
+pub use postgres::{PgStore, redact_url};
 pub use private_file::{
     create_file_exclusive, create_private_file, replace_file, write_private_file,
 };
@@ -36,6 +39,10 @@ pub enum StoreError {
     /// The database could not be opened or a statement failed.
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The database cannot be reached right now (down, restarting, out of
+    /// connections, too slow); the same call may succeed later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// A sealed value could not be opened (wrong key-encryption key or tampering).
     #[error("stored value {0} cannot be decrypted: wrong key-encryption key or tampered database")]
     Unseal(String),
@@ -58,9 +65,11 @@ pub struct Event {
     pub value: Vec<u8>,
 }
 
-/// Makes the next audit record from the last one (its number and bytes),
-/// or `None` when there is nothing more to append in this transaction.
-pub type MakeRecord<'a> = dyn FnMut(Option<(i64, &[u8])>) -> Option<Vec<u8>> + 'a;
+/// Makes the audit records to append after the last one (its number and
+/// bytes), numbered from its number + 1. Called again, from a newer last
+/// record, when another writer appended first: it must start over from
+/// what it is given each time.
+pub type MakeRecords<'a> = dyn FnMut(Option<(i64, &[u8])>) -> Vec<Vec<u8>> + 'a;
 
 /// A key-value store with namespaces, shared by every trustee replica that
 /// serves the same deployment.
@@ -80,13 +89,17 @@ pub trait Store: Send + Sync {
     /// The newest `limit` events, newest first.
     fn recent(&self, ns: &str, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Appends audit records atomically with respect to every other
-    /// writer, in one transaction: `make` gets the last record (its
-    /// sequence number and bytes) and returns the next one's bytes, stored
-    /// as number + 1, until it returns `None`. Durable on return; returns
-    /// the last number written (0 if none).
-    fn audit_append(&self, make: &mut MakeRecord<'_>) -> Result<i64, StoreError>;
+    /// writer: `make` gets the last record (its sequence number and bytes)
+    /// and returns the records that follow it, stored in one transaction
+    /// as its number + 1, + 2, ... Durable on return; returns the last
+    /// number written (0 if none).
+    fn audit_append(&self, make: &mut MakeRecords<'_>) -> Result<i64, StoreError>;
     /// The number of the last audit record.
     fn audit_last(&self) -> Result<Option<i64>, StoreError>;
     /// Audit records from number `from` on, at most `limit`, in order.
     fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
+    /// Whether the database answers now, past any cache (readiness).
+    fn ping(&self) -> Result<(), StoreError> {
+        self.get("meta", "readiness-probe").map(|_| ())
+    }
 }

@@ -132,24 +132,25 @@ impl Store for SqliteStore {
         })
     }
 
-    fn audit_append(&self, make: &mut crate::MakeRecord<'_>) -> Result<i64, StoreError> {
+    fn audit_append(&self, make: &mut crate::MakeRecords<'_>) -> Result<i64, StoreError> {
         self.with(|c| {
             // IMMEDIATE: the write lock from the start, so two writers (two
             // processes on one database) cannot both chain to the same last
             // record.
             c.execute_batch("BEGIN IMMEDIATE")?;
             let mut run = || -> Result<i64, StoreError> {
-                let mut last: Option<(i64, Vec<u8>)> = c
+                let last: Option<(i64, Vec<u8>)> = c
                     .prepare_cached("SELECT seq, value FROM audit ORDER BY seq DESC LIMIT 1")?
                     .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
+                let first = last.as_ref().map_or(1, |(s, _)| s + 1);
                 let mut wrote = 0;
-                while let Some(value) = make(last.as_ref().map(|(s, v)| (*s, v.as_slice()))) {
-                    let seq = last.as_ref().map_or(1, |(s, _)| s + 1);
+                for (seq, value) in
+                    (first..).zip(make(last.as_ref().map(|(s, v)| (*s, v.as_slice()))))
+                {
                     c.prepare_cached("INSERT INTO audit (seq, value) VALUES (?1, ?2)")?
                         .execute(params![seq, value])?;
                     wrote = seq;
-                    last = Some((seq, value));
                 }
                 Ok(wrote)
             };
@@ -197,34 +198,5 @@ impl Store for SqliteStore {
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crud_events_and_two_handles() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.db");
-        let a = SqliteStore::open(&path).unwrap();
-        let b = SqliteStore::open(&path).unwrap();
-        assert_eq!(a.get("x", "k").unwrap(), None);
-        a.put("x", "k", b"v1").unwrap();
-        assert_eq!(b.get("x", "k").unwrap().as_deref(), Some(&b"v1"[..]));
-        assert!(!b.put_if_absent("x", "k", b"v2").unwrap());
-        assert!(b.put_if_absent("x", "k2", b"v2").unwrap());
-        assert_eq!(a.list("x").unwrap(), vec!["k", "k2"]);
-        assert!(a.list("y").unwrap().is_empty());
-        assert!(a.delete("x", "k").unwrap());
-        assert!(!a.delete("x", "k").unwrap());
-        for i in 0..10 {
-            a.append("ev", format!("{i}").as_bytes(), 3).unwrap();
-        }
-        let r = b.recent("ev", 100).unwrap();
-        assert_eq!(r.len(), 3);
-        assert_eq!(r[0].value, b"9");
-        assert_eq!(r[2].value, b"7");
     }
 }

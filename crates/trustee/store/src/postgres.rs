@@ -1,0 +1,612 @@
+//! The PostgreSQL store, for replicas that share one database.
+//!
+//! The [`Store`] trait is synchronous (policies read reference values from
+//! inside a Rego evaluation), so this store owns a small runtime of its
+//! own: each call hands its query to that runtime and waits for the answer,
+//! which never blocks the caller's runtime on itself. Every write returns
+//! only after PostgreSQL committed it.
+//!
+//! Reads of the key-value table are cached in memory, and the cache is only
+//! trusted while a `LISTEN` connection is up: a trigger on the table sends
+//! `NOTIFY cocoon_kv` with the namespace on every change, so every replica
+//! drops what a write on any replica made stale within the notification's
+//! delivery time. While that connection is down, every read goes to the
+//! database.
+
+use crate::{Event, MakeRecords, Store, StoreError};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Config, NoTls};
+
+/// How long one call may wait for a connection and its answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in the pool.
+const POOL_SIZE: usize = 16;
+/// How often the notification connection proves it is alive.
+const LISTEN_PING: Duration = Duration::from_secs(2);
+/// Cached bytes at most; past it, reads are served but not kept.
+const CACHE_BYTES: usize = 64 << 20;
+/// The notification channel.
+const CHANNEL: &str = "cocoon_kv";
+/// The advisory lock that serializes schema migrations between replicas
+/// starting at once.
+const MIGRATION_LOCK: i64 = 0x636f_636f_6f6e_0001;
+
+/// Schema migrations, applied in order once each; never edit a published one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the key-value table with change notifications, the bounded event
+    // logs and the audit chain.
+    "CREATE TABLE kv (
+         ns TEXT NOT NULL, key TEXT NOT NULL, value BYTEA NOT NULL,
+         PRIMARY KEY (ns, key));
+     CREATE TABLE events (
+         id BIGSERIAL PRIMARY KEY, ns TEXT NOT NULL,
+         at BIGINT NOT NULL, value BYTEA NOT NULL);
+     CREATE INDEX events_ns ON events (ns, id);
+     CREATE TABLE audit (seq BIGINT PRIMARY KEY, value BYTEA NOT NULL);
+     CREATE FUNCTION cocoon_kv_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+         IF TG_OP = 'DELETE' THEN
+             PERFORM pg_notify('cocoon_kv', OLD.ns);
+         ELSE
+             PERFORM pg_notify('cocoon_kv', NEW.ns);
+         END IF;
+         RETURN NULL;
+     END $$;
+     CREATE TRIGGER kv_notify AFTER INSERT OR UPDATE OR DELETE ON kv
+         FOR EACH ROW EXECUTE FUNCTION cocoon_kv_notify();",
+];
+
+/// PostgreSQL-backed [`Store`].
+pub struct PgStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    cache: Arc<Cache>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgStore{..}")
+    }
+}
+
+/// A connection URL with its password replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Connection failures, a server shutting down or out of resources are
+/// worth a retry ([`StoreError::Unavailable`]); anything else is a fault.
+fn classify(e: tokio_postgres::Error) -> StoreError {
+    let transient = match e.code() {
+        None => true,
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || code == &SqlState::T_R_SERIALIZATION_FAILURE
+                || code == &SqlState::T_R_DEADLOCK_DETECTED
+        }
+    };
+    if transient {
+        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+    } else {
+        StoreError::Backend(format!("PostgreSQL: {e}"))
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => classify(e),
+        other => unavailable(format!("PostgreSQL: {other}")),
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`, or
+    /// `host=/run/postgresql dbname=...`), applies the schema migrations the
+    /// database lacks, and starts listening for changes.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let config: Config = url.parse().map_err(|e| {
+            StoreError::Backend(format!(
+                "database URL {} is not a PostgreSQL connection string: {e}",
+                redact_url(url)
+            ))
+        })?;
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(StoreError::Backend(
+                "sslmode=require: TLS to PostgreSQL is not built in; connect over a Unix \
+                 socket or a loopback address (a TLS sidecar for remote databases)"
+                    .into(),
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("cocoon-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("store runtime: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CALL_TIMEOUT))
+            .create_timeout(Some(CALL_TIMEOUT))
+            .recycle_timeout(Some(CALL_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("PostgreSQL pool: {e}")))?;
+        let cache = Arc::new(Cache::default());
+        let store = Self {
+            runtime: Some(runtime),
+            pool,
+            cache,
+        };
+        let pool = store.pool.clone();
+        store
+            .call(async move { migrate(&pool).await })
+            .map_err(|e| match e {
+                StoreError::Unavailable(d) => StoreError::Unavailable(format!(
+                    "cannot reach the database at {}: {d}",
+                    redact_url(url)
+                )),
+                other => other,
+            })?;
+        store.runtime().spawn(listen(config, store.cache.clone()));
+        Ok(store)
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime.as_ref().expect("runtime lives until drop")
+    }
+
+    /// Runs `f` on the store's runtime and waits for it, at most
+    /// [`CALL_TIMEOUT`].
+    fn call<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime().spawn(async move {
+            let out = match tokio::time::timeout(CALL_TIMEOUT, f).await {
+                Ok(out) => out,
+                Err(_) => Err(unavailable(format!(
+                    "PostgreSQL did not answer within {CALL_TIMEOUT:?}"
+                ))),
+            };
+            let _ = tx.send(out);
+        });
+        rx.recv()
+            .map_err(|_| unavailable("the store's runtime stopped"))?
+    }
+
+    /// One statement on a pooled connection.
+    fn query<T, F, Fut>(&self, run: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+    {
+        self.pool_call(run)?.map_err(classify)
+    }
+
+    /// Like [`Self::query`], but hands the statement's own error back so
+    /// the caller can tell a lost race from a failure.
+    fn pool_call<T, F, Fut>(&self, run: F) -> Result<Result<T, tokio_postgres::Error>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        self.call(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            Ok(run(client).await)
+        })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // The store may be dropped inside another runtime, where waiting
+        // for this one to stop is not allowed.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(classify)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(classify)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS cocoon_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(classify)?;
+    let have: i32 = tx
+        .query_opt("SELECT max(version) FROM cocoon_schema", &[])
+        .await
+        .map_err(classify)?
+        .and_then(|r| r.get::<_, Option<i32>>(0))
+        .unwrap_or(0);
+    let known = MIGRATIONS.len() as i32;
+    if have > known {
+        return Err(StoreError::Backend(format!(
+            "the database has schema version {have}, newer than this trustee knows ({known}): \
+             run the newer trustee, or restore a backup of the older schema"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(have as usize) {
+        tx.batch_execute(sql).await.map_err(classify)?;
+        tx.execute(
+            "INSERT INTO cocoon_schema (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .await
+        .map_err(classify)?;
+        tracing::info!(version = i + 1, "database schema migrated");
+    }
+    tx.commit().await.map_err(classify)
+}
+
+/// Keeps a `LISTEN` connection up and the cache in step with it.
+async fn listen(config: Config, cache: Arc<Cache>) {
+    loop {
+        match listen_once(&config, &cache).await {
+            Ok(()) => tracing::warn!("database notification connection closed; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "database notification connection failed; reconnecting")
+            }
+        }
+        cache.disable();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn listen_once(config: &Config, cache: &Cache) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    // From here on every change reaches `rx`: what was cached before is
+    // dropped, and reads may be cached again.
+    cache.enable();
+    let mut ping = tokio::time::interval(LISTEN_PING);
+    loop {
+        tokio::select! {
+            ns = rx.recv() => match ns {
+                Some(ns) => cache.invalidate(&ns),
+                None => break,
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(LISTEN_PING, client.simple_query("")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        driver.abort();
+                        return Err(e);
+                    }
+                    Err(_) => break,
+                }
+            }
+            _ = &mut driver => break,
+        }
+    }
+    driver.abort();
+    Ok(())
+}
+
+/// Values and key lists read from the key-value table, by namespace.
+#[derive(Default)]
+struct Cache {
+    enabled: AtomicBool,
+    /// Changes with every invalidation: a read that started before one
+    /// must not store what it read.
+    epoch: AtomicU64,
+    bytes: AtomicUsize,
+    spaces: RwLock<HashMap<String, Space>>,
+}
+
+#[derive(Default)]
+struct Space {
+    values: HashMap<String, Option<Vec<u8>>>,
+    keys: Option<Vec<String>>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn enable(&self) {
+        let mut spaces = self.spaces.write();
+        spaces.clear();
+        self.bytes.store(0, Ordering::Relaxed);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.enabled.store(true, Ordering::SeqCst);
+    }
+
+    fn disable(&self) {
+        self.enabled.store(false, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.spaces.write().clear();
+        self.bytes.store(0, Ordering::Relaxed);
+    }
+
+    fn invalidate(&self, ns: &str) {
+        let mut spaces = self.spaces.write();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(space) = spaces.remove(ns) {
+            self.bytes.fetch_sub(space.bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// The epoch to pass to `keep_*`, or `None` while the cache is off.
+    fn begin(&self) -> Option<u64> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        self.enabled.load(Ordering::SeqCst).then_some(epoch)
+    }
+
+    fn value(&self, ns: &str, key: &str) -> Option<Option<Vec<u8>>> {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.spaces.read().get(ns)?.values.get(key).cloned()
+    }
+
+    fn keys(&self, ns: &str) -> Option<Vec<String>> {
+        if !self.enabled.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.spaces.read().get(ns)?.keys.clone()
+    }
+
+    fn keep(&self, epoch: Option<u64>, ns: &str, size: usize, put: impl FnOnce(&mut Space)) {
+        let Some(epoch) = epoch else { return };
+        let mut spaces = self.spaces.write();
+        // Checked under the lock invalidations take: a change seen since
+        // the read began makes what was read possibly stale.
+        if !self.enabled.load(Ordering::SeqCst)
+            || self.epoch.load(Ordering::SeqCst) != epoch
+            || self.bytes.load(Ordering::Relaxed) + size > CACHE_BYTES
+        {
+            return;
+        }
+        let space = spaces.entry(ns.to_string()).or_default();
+        put(space);
+        space.bytes += size;
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+}
+
+impl Store for PgStore {
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(hit) = self.cache.value(ns, key) {
+            return Ok(hit);
+        }
+        let epoch = self.cache.begin();
+        let (n, k) = (ns.to_string(), key.to_string());
+        let value = self.query(move |c| async move {
+            let st = c
+                .prepare_cached("SELECT value FROM kv WHERE ns = $1 AND key = $2")
+                .await?;
+            Ok(c.query_opt(&st, &[&n, &k]).await?.map(|r| r.get(0)))
+        })?;
+        let size = key.len() + value.as_ref().map_or(0, Vec::len) + 64;
+        self.cache.keep(epoch, ns, size, |s| {
+            s.values.insert(key.to_string(), value.clone());
+        });
+        Ok(value)
+    }
+
+    fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let (n, k, v) = (ns.to_string(), key.to_string(), value.to_vec());
+        let r = self.query(move |c| async move {
+            let st = c
+                .prepare_cached(
+                    "INSERT INTO kv (ns, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value",
+                )
+                .await?;
+            c.execute(&st, &[&n, &k, &v]).await
+        });
+        self.cache.invalidate(ns);
+        r.map(|_| ())
+    }
+
+    fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let (n, k, v) = (ns.to_string(), key.to_string(), value.to_vec());
+        let r = self.query(move |c| async move {
+            let st = c
+                .prepare_cached(
+                    "INSERT INTO kv (ns, key, value) VALUES ($1, $2, $3)
+                     ON CONFLICT (ns, key) DO NOTHING",
+                )
+                .await?;
+            c.execute(&st, &[&n, &k, &v]).await
+        });
+        self.cache.invalidate(ns);
+        Ok(r? == 1)
+    }
+
+    fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let (n, k) = (ns.to_string(), key.to_string());
+        let r = self.query(move |c| async move {
+            let st = c
+                .prepare_cached("DELETE FROM kv WHERE ns = $1 AND key = $2")
+                .await?;
+            c.execute(&st, &[&n, &k]).await
+        });
+        self.cache.invalidate(ns);
+        Ok(r? > 0)
+    }
+
+    fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {
+        if let Some(keys) = self.cache.keys(ns) {
+            return Ok(keys);
+        }
+        let epoch = self.cache.begin();
+        let n = ns.to_string();
+        // Byte order, as the embedded store sorts.
+        let keys: Vec<String> = self.query(move |c| async move {
+            let st = c
+                .prepare_cached("SELECT key FROM kv WHERE ns = $1 ORDER BY key COLLATE \"C\"")
+                .await?;
+            Ok(c.query(&st, &[&n])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })?;
+        let size = keys.iter().map(|k| k.len() + 24).sum::<usize>() + 64;
+        self.cache
+            .keep(epoch, ns, size, |s| s.keys = Some(keys.clone()));
+        Ok(keys)
+    }
+
+    fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError> {
+        let (n, v) = (ns.to_string(), value.to_vec());
+        let keep = keep as i64;
+        self.query(move |c| async move {
+            let st = c
+                .prepare_cached(
+                    "WITH ins AS (
+                         INSERT INTO events (ns, at, value) VALUES ($1, $2, $3) RETURNING id),
+                     old AS (
+                         DELETE FROM events
+                         WHERE ns = $1 AND id <= (SELECT id FROM ins) - $4)
+                     SELECT id FROM ins",
+                )
+                .await?;
+            Ok(c.query_one(&st, &[&n, &now(), &v, &keep]).await?.get(0))
+        })
+    }
+
+    fn recent(&self, ns: &str, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let n = ns.to_string();
+        let limit = limit as i64;
+        self.query(move |c| async move {
+            let st = c
+                .prepare_cached(
+                    "SELECT id, at, value FROM events WHERE ns = $1 ORDER BY id DESC LIMIT $2",
+                )
+                .await?;
+            Ok(c.query(&st, &[&n, &limit])
+                .await?
+                .iter()
+                .map(|r| Event {
+                    id: r.get(0),
+                    at: r.get(1),
+                    value: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn audit_append(&self, make: &mut MakeRecords<'_>) -> Result<i64, StoreError> {
+        // Optimistic: read the last record, make the batch after it, insert
+        // the batch in one statement. The sequence number is the primary
+        // key, so when another writer got there first the insert fails as
+        // a whole and the batch is made again after the new last record.
+        for _ in 0..100 {
+            let last: Option<(i64, Vec<u8>)> = self.query(move |c| async move {
+                let st = c
+                    .prepare_cached("SELECT seq, value FROM audit ORDER BY seq DESC LIMIT 1")
+                    .await?;
+                Ok(c.query_opt(&st, &[]).await?.map(|r| (r.get(0), r.get(1))))
+            })?;
+            let first = last.as_ref().map_or(1, |(s, _)| s + 1);
+            let values = make(last.as_ref().map(|(s, v)| (*s, v.as_slice())));
+            if values.is_empty() {
+                return Ok(0);
+            }
+            let seqs: Vec<i64> = (first..first + values.len() as i64).collect();
+            let end = *seqs.last().expect("non-empty");
+            let inserted = self.pool_call(move |c| async move {
+                let st = c
+                    .prepare_cached(
+                        "INSERT INTO audit (seq, value)
+                         SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[])",
+                    )
+                    .await?;
+                c.execute(&st, &[&seqs, &values]).await
+            })?;
+            match inserted {
+                Ok(_) => return Ok(end),
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Err(unavailable(
+            "the audit log is contended: 100 attempts lost to other writers",
+        ))
+    }
+
+    fn audit_last(&self) -> Result<Option<i64>, StoreError> {
+        self.query(move |c| async move {
+            Ok(c.query_one("SELECT max(seq) FROM audit", &[]).await?.get(0))
+        })
+    }
+
+    fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let limit = limit as i64;
+        self.query(move |c| async move {
+            let st = c
+                .prepare_cached(
+                    "SELECT seq, value FROM audit WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                )
+                .await?;
+            Ok(c.query(&st, &[&from, &limit])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.query(move |c| async move { c.simple_query("").await.map(|_| ()) })
+    }
+}

@@ -1,0 +1,228 @@
+//! Both stores against the same expectations, and what only PostgreSQL
+//! does: change notifications between handles, and an outage.
+
+use cocoon_fixtures::postgres::Postgres;
+use cocoon_store::{PgStore, SqliteStore, Store, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What every store must do; `a` and `b` are two handles on one database.
+fn conformance(a: &dyn Store, b: &dyn Store) {
+    assert_eq!(a.get("x", "k").unwrap(), None);
+    a.put("x", "k", b"v1").unwrap();
+    assert_eq!(a.get("x", "k").unwrap().as_deref(), Some(&b"v1"[..]));
+    a.put("x", "k", b"v2").unwrap();
+    assert_eq!(a.get("x", "k").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert!(!b.put_if_absent("x", "k", b"v3").unwrap());
+    assert!(b.put_if_absent("x", "k2", b"").unwrap());
+    assert_eq!(a.get("x", "k2").unwrap().as_deref(), Some(&b""[..]));
+    // Byte order, whatever the database's collation.
+    for k in ["b", "B", "a", "é", "a/b", "a-b", "Z9"] {
+        a.put("order", k, k.as_bytes()).unwrap();
+    }
+    assert_eq!(
+        b.list("order").unwrap(),
+        vec!["B", "Z9", "a", "a-b", "a/b", "b", "é"]
+    );
+    assert!(a.list("empty").unwrap().is_empty());
+    assert!(a.delete("x", "k").unwrap());
+    assert!(!a.delete("x", "k").unwrap());
+    assert_eq!(a.get("x", "k").unwrap(), None);
+    // Binary values survive as they are.
+    let all: Vec<u8> = (0..=255).collect();
+    a.put("bin", "all", &all).unwrap();
+    assert_eq!(b.get("bin", "all").unwrap().unwrap(), all);
+    // Bounded event logs, newest first.
+    for i in 0..10 {
+        a.append("ev", format!("{i}").as_bytes(), 3).unwrap();
+    }
+    b.append("other", b"o", 3).unwrap();
+    let r = b.recent("ev", 100).unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0].value, b"9");
+    assert_eq!(r[2].value, b"7");
+    assert!(r[0].id > r[1].id && r[0].at > 0);
+    assert_eq!(b.recent("other", 10).unwrap().len(), 1);
+    b.ping().unwrap();
+}
+
+/// Four writers on two handles append audit batches at once: the numbers
+/// run 1..=N with no gap, and every batch chains to the record truly
+/// before it (the callback saw the real last record, also after losing a
+/// race to another writer).
+fn audit_under_contention(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    assert_eq!(a.audit_last().unwrap(), None);
+    let writers: Vec<_> = [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(w, s)| {
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let n = 1 + (i % 3);
+                    s.audit_append(&mut |last| {
+                        let first = last.map_or(1, |(s, _)| s + 1);
+                        let mut p = last.map_or("genesis".into(), |(_, v)| {
+                            String::from_utf8_lossy(v).into_owned()
+                        });
+                        let mut out = vec![];
+                        for j in 0..n {
+                            out.push(format!("{} w{w} after[{p}]", first + j).into_bytes());
+                            p = (first + j).to_string();
+                        }
+                        out
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let want: i64 = 4 * (0..25).map(|i| 1 + (i % 3)).sum::<i64>();
+    assert_eq!(b.audit_last().unwrap(), Some(want));
+    let rows = a.audit_range(1, 10_000).unwrap();
+    assert_eq!(rows.len() as i64, want);
+    let mut before = "genesis".to_string();
+    for (i, (seq, v)) in rows.iter().enumerate() {
+        assert_eq!(*seq, i as i64 + 1);
+        let text = String::from_utf8(v.clone()).unwrap();
+        assert!(text.starts_with(&format!("{seq} ")), "{text}");
+        // A batch's first record names the whole previous record, the
+        // others only its number.
+        let after = &text[text.find("after[").unwrap() + 6..text.len() - 1];
+        let prev_seq = i.to_string();
+        assert!(
+            after == before || after == prev_seq,
+            "record {seq} chains to [{after}], not to [{before}]"
+        );
+        before = text;
+    }
+    assert_eq!(a.audit_range(want - 1, 10).unwrap().len(), 2);
+    // An empty batch writes nothing.
+    assert_eq!(a.audit_append(&mut |_| vec![]).unwrap(), 0);
+}
+
+#[test]
+fn sqlite_conformance_and_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    conformance(&a, &b);
+    audit_under_contention(Arc::new(a), Arc::new(b));
+}
+
+/// Polls `f` until it holds, failing after 10 s with `what`.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn postgres_conformance_audit_notifications_and_outage() {
+    let mut pg = Postgres::start_new();
+    let url = pg.database("cocoon");
+    let a = PgStore::connect(&url).unwrap();
+    // A second replica starting on the migrated schema changes nothing.
+    let b = PgStore::connect(&url).unwrap();
+    assert_eq!(
+        pg.psql("cocoon", "SELECT count(*) FROM cocoon_schema")
+            .trim(),
+        "1"
+    );
+    conformance(&a, &b);
+
+    // A change on one handle reaches the other's cache.
+    a.put("policies", "p", b"old").unwrap();
+    assert_eq!(
+        b.get("policies", "p").unwrap().as_deref(),
+        Some(&b"old"[..])
+    );
+    assert_eq!(b.list("policies").unwrap(), vec!["p"]);
+    // Cached now; a change made behind both handles' backs (plain SQL)
+    // reaches them through the trigger as well.
+    pg.psql(
+        "cocoon",
+        "UPDATE kv SET value = 'sql' WHERE ns = 'policies' AND key = 'p'",
+    );
+    let took = eventually("a change never reached the other handle", || {
+        b.get("policies", "p").unwrap().as_deref() == Some(&b"sql"[..])
+    });
+    println!("a change reached the other handle in {took:?}");
+    a.put("policies", "q", b"new").unwrap();
+    eventually("a key list stayed stale", || {
+        b.list("policies").unwrap() == vec!["p", "q"]
+    });
+    assert!(a.delete("policies", "q").unwrap());
+    eventually("a delete never reached the other handle", || {
+        b.get("policies", "q").unwrap().is_none()
+    });
+
+    // The database goes away: calls fail as unavailable (never a stale
+    // cached answer once the notification connection is gone), and the
+    // same handles work again once it is back.
+    pg.stop();
+    eventually("reads still answered with the database down", || {
+        match b.get("policies", "p") {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("PostgreSQL"), "{m}");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => panic!("a database outage must be Unavailable, got {e:?}"),
+        }
+    });
+    assert!(matches!(a.ping(), Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        a.put("policies", "x", b"x"),
+        Err(StoreError::Unavailable(_))
+    ));
+    pg.start();
+    let took = eventually("the store did not reconnect", || {
+        a.ping().is_ok() && b.ping().is_ok()
+    });
+    println!("reconnected {took:?} after the restart");
+    a.put("policies", "p", b"after").unwrap();
+    eventually("stale after the reconnect", || {
+        b.get("policies", "p").unwrap().as_deref() == Some(&b"after"[..])
+    });
+    drop((a, b));
+
+    // A clean database for the audit chain under contention.
+    let url = pg.database("audit");
+    let a: Arc<dyn Store> = Arc::new(PgStore::connect(&url).unwrap());
+    let b: Arc<dyn Store> = Arc::new(PgStore::connect(&url).unwrap());
+    audit_under_contention(a, b);
+}
+
+#[test]
+fn postgres_refusals_are_clear_and_hide_the_password() {
+    let err = PgStore::connect("postgres://u:hunter2@127.0.0.1:1/db").unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{msg}");
+    assert!(!msg.contains("hunter2"), "{msg}");
+    assert!(msg.contains("u:***@127.0.0.1:1/db"), "{msg}");
+    let err = PgStore::connect("not a url at all=")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a PostgreSQL connection string"), "{err}");
+    let err = PgStore::connect("postgres://u:pw@127.0.0.1/db?sslmode=require")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("TLS to PostgreSQL is not built in"), "{err}");
+    // A database from a newer trustee is refused, not downgraded.
+    let pg = Postgres::start_new();
+    let url = pg.database("newer");
+    PgStore::connect(&url).unwrap();
+    pg.psql("newer", "INSERT INTO cocoon_schema (version) VALUES (99)");
+    let err = PgStore::connect(&url).unwrap_err().to_string();
+    assert!(
+        err.contains("schema version 99, newer than this trustee"),
+        "{err}"
+    );
+}
