@@ -102,6 +102,13 @@ pub struct TrusteeArgs {
     /// one copy of that directory does not hold both the data and its key.
     #[arg(long)]
     kek_file: Option<PathBuf>,
+    /// Keep the key-encryption key in a PKCS#11 token (an HSM; SoftHSM2 for
+    /// tests) instead of a file: an RFC 7512 URI,
+    /// `pkcs11:token=LABEL;object=LABEL?module-path=LIB&pin-source=file:PATH`.
+    /// Sealing and opening happen inside the token; the key is created there
+    /// (sensitive, not extractable) when the token has none of that label.
+    #[arg(long = "kek", value_name = "PKCS11_URI", conflicts_with = "kek_file")]
+    kek_pkcs11: Option<String>,
     /// Session lifetime after auth, in seconds.
     #[arg(long, default_value_t = 300)]
     session_timeout: i64,
@@ -183,6 +190,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         allow_insecure_on_network: a.allow_insecure_on_network,
         admin_public_keys: a.admin_public_keys.clone(),
         kek_file: a.kek_file.clone(),
+        kek_pkcs11: a.kek_pkcs11.clone(),
         dcap_collateral: a.dcap_collateral.clone(),
         cca_cpak: a.cca_cpak.clone(),
         pccs_url: a.pccs_url.clone(),

@@ -32,6 +32,15 @@ impl TrusteeProc {
     /// Runs `cocoon trustee --data-dir DIR <args>`. Returns the running
     /// trustee once it prints its banner, or its log if it exits first.
     pub fn try_start(data_dir: &Path, args: &[&str]) -> Result<Self, String> {
+        Self::try_start_env(data_dir, args, &[])
+    }
+
+    /// [`Self::try_start`] with extra environment.
+    pub fn try_start_env(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self, String> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = data_dir.with_file_name(format!(
@@ -44,6 +53,7 @@ impl TrusteeProc {
             .arg(data_dir)
             .args(args)
             .env("COCOON_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()

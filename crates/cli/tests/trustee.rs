@@ -2,6 +2,8 @@
 //! driven by the `cocoon` CLI and by raw HTTP.
 
 mod common;
+#[path = "trustee/hsm.rs"]
+mod hsm;
 #[path = "trustee/replicas.rs"]
 mod replicas;
 

@@ -52,7 +52,8 @@ impl TokenSigner {
             store.put_if_absent(
                 ns::KEYS,
                 SIGNING_KEY_ID,
-                &kek.seal(ns::KEYS, SIGNING_KEY_ID, pkcs8.as_ref()),
+                &kek.seal(ns::KEYS, SIGNING_KEY_ID, pkcs8.as_ref())
+                    .map_err(|e| TokenError::Key(format!("cannot seal the signing key: {e}")))?,
             )?;
         }
         let sealed = store

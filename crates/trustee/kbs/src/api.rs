@@ -586,7 +586,12 @@ async fn set_resource(
     let body = body_bytes(body)?;
     let rpath = ResourcePath::parse(&path).map_err(|e| KbsError::InvalidPath(e.to_string()))?;
     let key = rpath.to_string();
-    let sealed = s.kek.seal(ns::RESOURCES, &key, &body);
+    let sealed = s
+        .kek
+        .seal(ns::RESOURCES, &key, &body)
+        .map_err(|e| KbsError::Unavailable {
+            detail: format!("cannot seal resource {key}: {e}"),
+        })?;
     s.store.put(ns::RESOURCES, &key, &sealed)?;
     tracing::info!(resource = %key, bytes = body.len(), "resource stored");
     Ok(StatusCode::OK.into_response())

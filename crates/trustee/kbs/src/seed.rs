@@ -131,7 +131,7 @@ pub fn apply(state: &KbsState, dirs: &SeedDirs) -> Result<Seeded> {
             let bytes = Zeroizing::new(
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
             );
-            let sealed = state.kek.seal(ns::RESOURCES, &key, &bytes);
+            let sealed = state.kek.seal(ns::RESOURCES, &key, &bytes)?;
             state.store.put(ns::RESOURCES, &key, &sealed)?;
             done.resources.push(key);
         }

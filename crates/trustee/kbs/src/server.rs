@@ -80,6 +80,9 @@ pub struct TrusteeConfig {
     pub admin_public_keys: Vec<PathBuf>,
     /// Key-encryption key file (default `<data-dir>/kek.key`).
     pub kek_file: Option<PathBuf>,
+    /// The key-encryption key in a PKCS#11 token instead (an RFC 7512
+    /// URI with `module-path` and `pin-source`).
+    pub kek_pkcs11: Option<String>,
     /// DCAP collateral JSON used for TDX evidence that carries none.
     pub dcap_collateral: Option<PathBuf>,
     /// CCA platform attestation keys (PEM/JWK file or directory).
@@ -137,6 +140,7 @@ impl Default for TrusteeConfig {
             allow_insecure_on_network: false,
             admin_public_keys: Vec::new(),
             kek_file: None,
+            kek_pkcs11: None,
             dcap_collateral: None,
             cca_cpak: None,
             pccs_url: None,
@@ -236,9 +240,21 @@ impl Trustee {
             ))
         })?;
         let paths = DataPaths::new(&cfg.data_dir);
-        let kek_path = cfg.kek_file.as_deref().unwrap_or(&paths.kek);
-        let kek = Kek::load_or_create(kek_path).map_err(err)?;
-        warn_if_kek_beside_db(kek_path, &paths.db);
+        let kek = match &cfg.kek_pkcs11 {
+            Some(uri) => {
+                let kek = Kek::from_pkcs11_uri(uri).map_err(err)?;
+                tracing::info!("key-encryption key: in the PKCS#11 token");
+                kek
+            }
+            None => {
+                let kek_path = cfg.kek_file.as_deref().unwrap_or(&paths.kek);
+                let kek = Kek::load_or_create(kek_path).map_err(err)?;
+                if cfg.database.is_none() {
+                    warn_if_kek_beside_db(kek_path, &paths.db);
+                }
+                kek
+            }
+        };
         let store: Arc<dyn Store> = match &cfg.database {
             Some(url) => {
                 let store = PgStore::connect(url).map_err(err)?;

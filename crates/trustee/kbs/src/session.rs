@@ -243,7 +243,10 @@ impl SessionSealer {
         let mut k = Zeroizing::new([0u8; 32]);
         OsRng.fill_bytes(k.as_mut());
         let record = KeyRecord {
-            sealed: B64.encode(kek.seal(ns::KEYS, &store_key(id), k.as_ref())),
+            sealed: B64.encode(
+                kek.seal(ns::KEYS, &store_key(id), k.as_ref())
+                    .map_err(|e| StoreError::Backend(format!("cannot seal a session key: {e}")))?,
+            ),
             created: unix_now(),
             retired: None,
         };

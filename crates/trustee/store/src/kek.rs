@@ -1,7 +1,9 @@
 //! The key-encryption key (KEK): AES-256-GCM over values at rest, with the
 //! namespace and key as associated data so a sealed value cannot be moved to
-//! another key.
+//! another key. The key is a file (the default) or lives in a PKCS#11 token
+//! ([`crate::pkcs11`]); sealed values have the same format either way.
 
+use crate::pkcs11::{Pkcs11Uri, TokenKek};
 use crate::private_file::create_private_file;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -42,12 +44,20 @@ pub enum KekError {
     /// Decryption failed.
     #[error("sealed value cannot be opened")]
     Open,
+    /// The PKCS#11 token or its URI.
+    #[error("PKCS#11 key-encryption key: {0}")]
+    Token(String),
 }
 
-/// The KEK. Its expanded AES key schedule is wiped on drop (the `zeroize`
-/// feature of `aes`).
+/// The KEK. A file key's expanded AES key schedule is wiped on drop (the
+/// `zeroize` feature of `aes`); a token's key never leaves the token.
 pub struct Kek {
-    cipher: Aes256Gcm,
+    inner: Inner,
+}
+
+enum Inner {
+    File(Aes256Gcm),
+    Token(TokenKek),
 }
 
 impl std::fmt::Debug for Kek {
@@ -60,8 +70,22 @@ impl Kek {
     /// From raw key bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
         Self {
-            cipher: Aes256Gcm::new(bytes.into()),
+            inner: Inner::File(Aes256Gcm::new(bytes.into())),
         }
+    }
+
+    /// The key in a PKCS#11 token named by `uri` (RFC 7512), created there
+    /// (sensitive, not extractable) when the token has none of that label.
+    pub fn from_pkcs11_uri(uri: &str) -> Result<Self, KekError> {
+        let uri = Pkcs11Uri::parse(uri)?;
+        Ok(Self {
+            inner: Inner::Token(TokenKek::open(&uri)?),
+        })
+    }
+
+    /// Whether the key lives in a token.
+    pub fn is_in_token(&self) -> bool {
+        matches!(self.inner, Inner::Token(_))
     }
 
     /// Loads the KEK from `path`, creating a random one (mode 0600) if the
@@ -120,26 +144,29 @@ impl Kek {
         Ok(Self::from_bytes(key))
     }
 
-    /// Seals `value` for storage under `ns`/`key`.
-    pub fn seal(&self, ns: &str, key: &str, value: &[u8]) -> Vec<u8> {
+    /// Seals `value` for storage under `ns`/`key`. Fails only when a token
+    /// cannot be reached.
+    pub fn seal(&self, ns: &str, key: &str, value: &[u8]) -> Result<Vec<u8>, KekError> {
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
         let aad = format!("{ns}/{key}");
-        let ct = self
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: value,
-                    aad: aad.as_bytes(),
-                },
-            )
-            .unwrap_or_default();
+        let ct = match &self.inner {
+            Inner::File(cipher) => cipher
+                .encrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: value,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .map_err(|_| KekError::Open)?,
+            Inner::Token(t) => t.encrypt(&nonce, aad.as_bytes(), value)?,
+        };
         let mut out = Vec::with_capacity(1 + 12 + ct.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
-        out
+        Ok(out)
     }
 
     /// Opens a value sealed by [`Kek::seal`] under the same `ns`/`key`.
@@ -148,16 +175,20 @@ impl Kek {
             return Err(KekError::Open);
         }
         let aad = format!("{ns}/{key}");
-        self.cipher
-            .decrypt(
-                &Nonce::from(<[u8; 12]>::try_from(&sealed[1..13]).map_err(|_| KekError::Open)?),
-                Payload {
-                    msg: &sealed[13..],
-                    aad: aad.as_bytes(),
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| KekError::Open)
+        let nonce = <[u8; 12]>::try_from(&sealed[1..13]).map_err(|_| KekError::Open)?;
+        match &self.inner {
+            Inner::File(cipher) => cipher
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: &sealed[13..],
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .map(Zeroizing::new)
+                .map_err(|_| KekError::Open),
+            Inner::Token(t) => t.decrypt(&nonce, aad.as_bytes(), &sealed[13..]),
+        }
     }
 }
 
@@ -171,7 +202,7 @@ mod tests {
         let path = dir.join("kek");
         let kek = Kek::load_or_create(&path).unwrap();
         let again = Kek::load_or_create(&path).unwrap();
-        let sealed = kek.seal("resources", "a/b/c", b"secret");
+        let sealed = kek.seal("resources", "a/b/c", b"secret").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
         assert_eq!(
             &*again.open("resources", "a/b/c", &sealed).unwrap(),
@@ -200,7 +231,7 @@ mod tests {
         let path = dir.path().join("kek.key");
         let kek = Kek::load_or_create(&path).unwrap();
         assert_eq!(mode(&path), 0o600);
-        let sealed = kek.seal("ns", "k", b"v");
+        let sealed = kek.seal("ns", "k", b"v").unwrap();
         for bad in [0o644, 0o640, 0o604, 0o660] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(bad)).unwrap();
             let e = Kek::load_or_create(&path).unwrap_err().to_string();
@@ -257,7 +288,7 @@ mod tests {
                 .into_iter()
                 .map(|h| h.join().unwrap())
                 .collect();
-            let sealed = keks[0].seal("ns", "k", b"v");
+            let sealed = keks[0].seal("ns", "k", b"v").unwrap();
             for k in &keks {
                 assert!(k.open("ns", "k", &sealed).is_ok(), "round {round}");
             }

@@ -5,6 +5,7 @@
 //! key that seals secrets at rest.
 
 mod kek;
+pub mod pkcs11;
 mod postgres;
 mod private_file;
 mod sqlite;
