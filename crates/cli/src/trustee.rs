@@ -230,7 +230,10 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     say!("cocoon trustee listening on {url}");
     say!("  data directory:  {}", data_dir.display());
     if let Some(url) = &a.database {
-        say!("  database:        {}", cocoon_store::redact_url(url));
+        say!(
+            "  database:        {}",
+            cocoon_store::describe_database(url)
+        );
     }
     if seeded != Default::default() {
         say!(

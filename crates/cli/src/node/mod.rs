@@ -309,6 +309,11 @@ async fn served(c: &Common) -> Result<Served> {
     })
 }
 
+/// Waits until CRI answers at all.
+async fn wait_answers(c: &Common) -> Result<()> {
+    wait_served(c, &[], true).await
+}
+
 /// Waits until CRI answers and serves (or no longer serves) `handlers`.
 async fn wait_served(c: &Common, handlers: &[String], present: bool) -> Result<()> {
     let deadline = Instant::now() + c.timeout;
@@ -1001,13 +1006,18 @@ async fn install(a: InstallArgs) -> Result<()> {
                 };
             }
             c.save_record(&rec)?;
+            // The restart command may report failure and still have
+            // restarted containerd: what counts is that CRI answers again.
             let back = c.restart_containerd();
+            let answers = wait_answers(c).await;
             bail!(
                 "{e:#}\ncontainerd's configuration was put back{}; cocoon's files stay under {prefix} \
                  (cocoon node uninstall removes them)",
-                match back {
-                    Ok(()) => " and containerd restarted".to_string(),
-                    Err(e) => format!(", but restarting containerd failed too: {e:#}"),
+                match (back, answers) {
+                    (Ok(()), Ok(())) => " and containerd restarted".to_string(),
+                    (Err(e), Ok(())) =>
+                        format!(" and containerd serves again (its restart command failed: {e:#})"),
+                    (_, Err(e)) => format!(", but containerd does not come back: {e:#}"),
                 }
             );
         }

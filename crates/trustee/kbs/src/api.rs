@@ -554,11 +554,18 @@ async fn get_resource(
             .inc();
         return Err(KbsError::ResourceNotFound(key));
     };
-    let plain = s.kek.open(ns::RESOURCES, &key, &sealed).map_err(|_| {
-        KbsError::Internal(format!(
-            "resource {key} cannot be unsealed: wrong key-encryption key"
-        ))
-    })?;
+    let plain = s
+        .kek
+        .open(ns::RESOURCES, &key, &sealed)
+        .map_err(|e| match e {
+            // The token is unreachable: worth a retry.
+            cocoon_store::KekError::Token(d) => KbsError::Unavailable {
+                detail: format!("resource {key} cannot be unsealed now: {d}"),
+            },
+            _ => KbsError::Internal(format!(
+                "resource {key} cannot be unsealed: wrong key-encryption key or tampered database"
+            )),
+        })?;
     let jwe = token
         .sealing
         .seal(&plain)

@@ -258,7 +258,7 @@ impl Trustee {
         let store: Arc<dyn Store> = match &cfg.database {
             Some(url) => {
                 let store = PgStore::connect(url).map_err(err)?;
-                tracing::info!(database = %cocoon_store::redact_url(url), "PostgreSQL store connected");
+                tracing::info!(database = %cocoon_store::describe_database(url), "PostgreSQL store connected");
                 Arc::new(store)
             }
             None => Arc::new(SqliteStore::open(&paths.db).map_err(err)?),

@@ -160,7 +160,11 @@ impl Kek {
                     },
                 )
                 .map_err(|_| KekError::Open)?,
-            Inner::Token(t) => t.encrypt(&nonce, aad.as_bytes(), value)?,
+            Inner::Token(t) => {
+                let (used, ct) = t.encrypt(&nonce, aad.as_bytes(), value)?;
+                nonce = used;
+                ct
+            }
         };
         let mut out = Vec::with_capacity(1 + 12 + ct.len());
         out.push(FORMAT_V1);

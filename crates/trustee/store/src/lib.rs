@@ -11,7 +11,7 @@ mod private_file;
 mod sqlite;
 
 pub use kek::{Kek, KekError};
-pub use postgres::{PgStore, redact_url};
+pub use postgres::{PgStore, describe_database};
 pub use private_file::{
     create_file_exclusive, create_private_file, replace_file, write_private_file,
 };

@@ -64,10 +64,11 @@ fn percent_decode(s: &str) -> Result<String, KekError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
+            // The value may be a PIN: not repeated in the message.
             let hex = s
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad(format!("bad percent escape in '{s}'")))?;
+                .ok_or_else(|| bad("bad percent escape (a % not followed by two hex digits)"))?;
             out.push(hex);
             i += 3;
         } else {
@@ -179,7 +180,13 @@ fn token_err(what: &str, e: cryptoki::error::Error) -> KekError {
 pub struct TokenKek {
     ctx: Pkcs11,
     slot: Slot,
-    key: ObjectHandle,
+    key: Mutex<ObjectHandle>,
+    label: String,
+    /// Open for the life of the key: a token logs out, and forgets its
+    /// handles, when its last session closes.
+    _anchor: Mutex<Session>,
+    /// For logging in again after the token dropped the login.
+    pin: AuthPin,
     /// Sessions not in use (a PKCS#11 session serves one thread at a time).
     idle: Mutex<Vec<Session>>,
 }
@@ -192,7 +199,7 @@ impl std::fmt::Debug for TokenKek {
 
 /// The attributes of a key this KEK creates: AES-256 in the token,
 /// sensitive, never extractable, for encryption and decryption only.
-fn key_template(label: &str) -> Vec<Attribute> {
+fn key_template(label: &str, id: &[u8; 16]) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
@@ -205,8 +212,36 @@ fn key_template(label: &str) -> Vec<Attribute> {
         Attribute::Decrypt(true),
         Attribute::Wrap(false),
         Attribute::Unwrap(false),
+        Attribute::Derive(false),
         Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.to_vec()),
     ]
+}
+
+/// The one secret key labelled `label`.
+fn find_key(session: &Session, label: &str) -> Result<ObjectHandle, KekError> {
+    let keys = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(|e| token_err("finding the key", e))?;
+    match keys.as_slice() {
+        [key] => Ok(*key),
+        _ => Err(KekError::Token(format!(
+            "the token holds {} secret keys labelled '{label}', not one",
+            keys.len()
+        ))),
+    }
+}
+
+/// Logs `session` in, which holds for every session of this process: a
+/// session opened after a login needs none.
+fn login(session: &Session, pin: &AuthPin, token: &str) -> Result<(), KekError> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(token_err(&format!("logging in to token '{token}'"), e)),
+    }
 }
 
 impl TokenKek {
@@ -238,16 +273,8 @@ impl TokenKek {
         let session = ctx
             .open_rw_session(slot)
             .map_err(|e| token_err("opening a session", e))?;
-        match session.login(UserType::User, Some(&uri.read_pin()?)) {
-            // A login holds for the whole process (another key of this token).
-            Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-            Err(e) => {
-                return Err(token_err(
-                    &format!("logging in to token '{}'", uri.token),
-                    e,
-                ));
-            }
-        }
+        let pin = uri.read_pin()?;
+        login(&session, &pin, &uri.token)?;
         let search = [
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(uri.object.as_bytes().to_vec()),
@@ -257,11 +284,13 @@ impl TokenKek {
             .map_err(|e| token_err("finding the key", e))?;
         let key = match keys.as_slice() {
             [] => {
+                let mut id = [0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
                 let key = session
-                    .generate_key(&Mechanism::AesKeyGen, &key_template(&uri.object))
+                    .generate_key(&Mechanism::AesKeyGen, &key_template(&uri.object, &id))
                     .map_err(|e| token_err("creating the key in the token", e))?;
                 tracing::info!(token = %uri.token, object = %uri.object, "created a new key-encryption key in the token");
-                key
+                Self::settle(&session, key, &search)?
             }
             [key] => *key,
             _ => {
@@ -274,12 +303,61 @@ impl TokenKek {
             }
         };
         Self::check_contained(&session, key, &uri.object)?;
-        Ok(Self {
+        let kek = Self {
             ctx,
             slot,
-            key,
-            idle: Mutex::new(vec![session]),
-        })
+            pin,
+            key: Mutex::new(key),
+            label: uri.object.clone(),
+            _anchor: Mutex::new(session),
+            idle: Mutex::new(vec![]),
+        };
+        // Some tokens choose the GCM IV themselves; whatever they do, what
+        // is sealed must open.
+        let (used, ct) = kek.encrypt(&[7u8; 12], b"probe", b"probe")?;
+        if &*kek.decrypt(&used, b"probe", &ct)? != b"probe" {
+            return Err(KekError::Token(
+                "AES-GCM in the token does not open what it sealed".into(),
+            ));
+        }
+        Ok(kek)
+    }
+
+    /// After creating `mine`: when replicas sharing the token created keys
+    /// of the same label at once, all keep the one with the lowest id and
+    /// the others destroy their own.
+    fn settle(
+        session: &Session,
+        mine: ObjectHandle,
+        search: &[Attribute],
+    ) -> Result<ObjectHandle, KekError> {
+        let all = session
+            .find_objects(search)
+            .map_err(|e| token_err("finding the key", e))?;
+        if all.len() < 2 {
+            return Ok(mine);
+        }
+        let mut ids = vec![];
+        for k in all {
+            let id = session
+                .get_attributes(k, &[AttributeType::Id])
+                .map_err(|e| token_err("reading a key id", e))?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::Id(id) => Some(id),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            ids.push((id, k));
+        }
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        let winner = ids[0].1;
+        if winner != mine {
+            session
+                .destroy_object(mine)
+                .map_err(|e| token_err("removing a duplicate key", e))?;
+        }
+        Ok(winner)
     }
 
     /// Refuses a key the token would reveal or export.
@@ -289,61 +367,95 @@ impl TokenKek {
                 key,
                 &[
                     AttributeType::KeyType,
+                    AttributeType::ValueLen,
                     AttributeType::Sensitive,
+                    AttributeType::AlwaysSensitive,
                     AttributeType::Extractable,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Derive,
                 ],
             )
             .map_err(|e| token_err("reading the key's attributes", e))?;
-        let (mut aes, mut sensitive, mut extractable) = (false, false, true);
+        let mut ok = [false; 7];
         for a in attrs {
             match a {
-                Attribute::KeyType(t) => aes = t == KeyType::AES,
-                Attribute::Sensitive(s) => sensitive = s,
-                Attribute::Extractable(x) => extractable = x,
+                Attribute::KeyType(t) => ok[0] = t == KeyType::AES,
+                Attribute::ValueLen(n) => ok[1] = u64::from(n) == 32,
+                Attribute::Sensitive(b) => ok[2] = b,
+                Attribute::AlwaysSensitive(b) => ok[3] = b,
+                Attribute::Extractable(b) => ok[4] = !b,
+                Attribute::NeverExtractable(b) => ok[5] = b,
+                Attribute::Derive(b) => ok[6] = !b,
                 _ => {}
             }
         }
-        if !aes || !sensitive || extractable {
+        if ok.contains(&false) {
             return Err(KekError::Token(format!(
-                "the key '{label}' is not an AES key that stays in the token (CKA_SENSITIVE true, \
-                 CKA_EXTRACTABLE false): refusing it; delete it and let the trustee create one"
+                "the key '{label}' is not an AES-256 key that stays in the token (CKA_SENSITIVE \
+                 and CKA_ALWAYS_SENSITIVE true, CKA_EXTRACTABLE false and CKA_NEVER_EXTRACTABLE \
+                 true, CKA_DERIVE false): refusing it; delete it and let the trustee create one"
             )));
         }
         Ok(())
     }
 
-    /// Runs `f` on an idle session (opening one when all are busy; the
-    /// login covers every session of this process).
-    fn with_session<T>(
-        &self,
-        f: impl FnOnce(&Session) -> Result<T, KekError>,
-    ) -> Result<T, KekError> {
-        let session = match self.idle.lock().pop() {
-            Some(s) => s,
-            None => self
-                .ctx
-                .open_rw_session(self.slot)
-                .map_err(|e| token_err("opening a session", e))?,
-        };
-        let out = f(&session);
-        self.idle.lock().push(session);
-        out
+    /// Runs `f` on an idle session, opening one (and logging in again if
+    /// the token forgot the login) when none is idle. A session that fails
+    /// is closed, and `f` tried once more on a fresh one: a token that was
+    /// reset recovers without a restart.
+    fn with_session<T>(&self, f: impl Fn(&Session) -> Result<T, KekError>) -> Result<T, KekError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let session = match self.idle.lock().pop() {
+                Some(s) => s,
+                None => {
+                    let s = self
+                        .ctx
+                        .open_rw_session(self.slot)
+                        .map_err(|e| token_err("opening a session", e))?;
+                    login(&s, &self.pin, "of the key-encryption key")?;
+                    if last.is_some() {
+                        // After a failure the token may have been reset:
+                        // its handles change, the label does not.
+                        *self.key.lock() = find_key(&s, &self.label)?;
+                    }
+                    s
+                }
+            };
+            match f(&session) {
+                Err(e @ KekError::Token(_)) => last = Some(e),
+                out => {
+                    self.idle.lock().push(session);
+                    return out;
+                }
+            }
+        }
+        Err(last.expect("two attempts failed"))
     }
 
-    /// AES-256-GCM encryption of `plain` with `aad`, inside the token:
-    /// ciphertext and tag.
-    pub fn encrypt(&self, iv: &[u8; 12], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, KekError> {
+    /// AES-256-GCM encryption of `plain` with `aad`, inside the token: the
+    /// IV used (the token may choose its own) and ciphertext with tag.
+    pub fn encrypt(
+        &self,
+        iv: &[u8; 12],
+        aad: &[u8],
+        plain: &[u8],
+    ) -> Result<([u8; 12], Vec<u8>), KekError> {
         self.with_session(|s| {
-            let mut iv = *iv;
-            let params = GcmParams::new(&mut iv, aad, 128.into())
-                .map_err(|e| token_err("GCM parameters", e))?;
-            s.encrypt(&Mechanism::AesGcm(params), self.key, plain)
-                .map_err(|e| token_err("sealing in the token", e))
+            let mut used = *iv;
+            let ct = {
+                let params = GcmParams::new(&mut used, aad, 128.into())
+                    .map_err(|e| token_err("GCM parameters", e))?;
+                s.encrypt(&Mechanism::AesGcm(params), *self.key.lock(), plain)
+                    .map_err(|e| token_err("sealing in the token", e))?
+            };
+            Ok((used, ct))
         })
     }
 
-    /// AES-256-GCM decryption inside the token; `None` when the tag does
-    /// not verify (another key, or tampering).
+    /// AES-256-GCM decryption inside the token: [`KekError::Open`] when
+    /// the tag does not verify (another key, or tampering), a token error
+    /// when the token cannot be used.
     pub fn decrypt(
         &self,
         iv: &[u8; 12],
@@ -354,9 +466,18 @@ impl TokenKek {
             let mut iv = *iv;
             let params = GcmParams::new(&mut iv, aad, 128.into())
                 .map_err(|e| token_err("GCM parameters", e))?;
-            s.decrypt(&Mechanism::AesGcm(params), self.key, sealed)
-                .map(Zeroizing::new)
-                .map_err(|_| KekError::Open)
+            match s.decrypt(&Mechanism::AesGcm(params), *self.key.lock(), sealed) {
+                Ok(v) => Ok(Zeroizing::new(v)),
+                // A tag that does not verify: CKR_ENCRYPTED_DATA_INVALID by
+                // the standard; SoftHSM2 says CKR_GENERAL_ERROR.
+                Err(Error::Pkcs11(
+                    RvError::EncryptedDataInvalid
+                    | RvError::EncryptedDataLenRange
+                    | RvError::GeneralError,
+                    _,
+                )) => Err(KekError::Open),
+                Err(e) => Err(token_err("opening in the token", e)),
+            }
         })
     }
 }

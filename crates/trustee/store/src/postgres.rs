@@ -20,7 +20,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
 
@@ -28,8 +29,9 @@ use tokio_postgres::{AsyncMessage, Config, NoTls};
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
-/// How often the notification connection proves it is alive.
-const LISTEN_PING: Duration = Duration::from_secs(2);
+/// How long a notification this replica sends itself may take to come
+/// back before the cache stops being trusted (one goes out at a time).
+const LISTEN_PING: Duration = Duration::from_secs(1);
 /// Cached bytes at most; past it, reads are served but not kept.
 const CACHE_BYTES: usize = 64 << 20;
 /// The notification channel.
@@ -76,17 +78,64 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// A connection URL with its password replaced, for messages.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+/// What a connection string names, for messages and logs: user, hosts,
+/// port and database, never the password or other options.
+pub fn describe_database(url: &str) -> String {
+    let Ok(c) = url.parse::<Config>() else {
+        return "an unparsable connection string".into();
     };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(dir) => dir.display().to_string(),
+        })
+        .collect();
+    let port = c
+        .get_ports()
+        .first()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    format!(
+        "{}@{}{port}/{}",
+        c.get_user().unwrap_or("(no user)"),
+        hosts.join(","),
+        c.get_dbname().unwrap_or("(default database)")
+    )
+}
+
+/// The hosts a connection goes to in plain text must be this machine's:
+/// TLS to PostgreSQL is not built in, and policies travel unsealed.
+fn check_local(config: &Config) -> Result<(), StoreError> {
+    let local = |name: &str| {
+        name == "localhost"
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    let far = config
+        .get_hosts()
+        .iter()
+        .filter_map(|h| match h {
+            Host::Tcp(name) if !local(name) => Some(name.clone()),
+            _ => None,
+        })
+        .chain(
+            config
+                .get_hostaddrs()
+                .iter()
+                .filter(|ip| !ip.is_loopback())
+                .map(|ip| ip.to_string()),
+        )
+        .next();
+    match far {
+        Some(host) => Err(StoreError::Backend(format!(
+            "database host {host} is not on this machine, and TLS to PostgreSQL is not built \
+             in: connect over a Unix socket or loopback (a TLS proxy beside the trustee, such \
+             as a cloud SQL proxy or stunnel, reaches a remote database)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -106,6 +155,9 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
                 || c.starts_with("57P")
                 || code == &SqlState::T_R_SERIALIZATION_FAILURE
                 || code == &SqlState::T_R_DEADLOCK_DETECTED
+                || code == &SqlState::QUERY_CANCELED
+                || code == &SqlState::READ_ONLY_SQL_TRANSACTION
+                || code == &SqlState::LOCK_NOT_AVAILABLE
         }
     };
     if transient {
@@ -136,17 +188,19 @@ impl PgStore {
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let config: Config = url.parse().map_err(|e| {
             StoreError::Backend(format!(
-                "database URL {} is not a PostgreSQL connection string: {e}",
-                redact_url(url)
+                "the database option is not a PostgreSQL connection string \
+                 (postgres://user:password@host/db, or host=... dbname=...): {e}"
             ))
         })?;
         if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
             return Err(StoreError::Backend(
                 "sslmode=require: TLS to PostgreSQL is not built in; connect over a Unix \
-                 socket or a loopback address (a TLS sidecar for remote databases)"
+                 socket or a loopback address (a TLS proxy beside the trustee for remote \
+                 databases)"
                     .into(),
             ));
         }
+        check_local(&config)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cocoon-postgres")
@@ -179,8 +233,8 @@ impl PgStore {
             .call(async move { migrate(&pool).await })
             .map_err(|e| match e {
                 StoreError::Unavailable(d) => StoreError::Unavailable(format!(
-                    "cannot reach the database at {}: {d}",
-                    redact_url(url)
+                    "cannot reach the database {}: {d}",
+                    describe_database(url)
                 )),
                 other => other,
             })?;
@@ -297,6 +351,11 @@ async fn listen(config: Config, cache: Arc<Cache>) {
     }
 }
 
+/// The payload prefix of the notifications a replica sends itself to prove
+/// that notifications arrive (a pooler in transaction mode passes `LISTEN`
+/// and queries but never delivers one). Not a namespace.
+const PROBE: &str = "\u{1}probe:";
+
 async fn listen_once(config: &Config, cache: &Cache) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -314,31 +373,55 @@ async fn listen_once(config: &Config, cache: &Cache) -> Result<(), tokio_postgre
         }
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    // From here on every change reaches `rx`: what was cached before is
-    // dropped, and reads may be cached again.
-    cache.enable();
-    let mut ping = tokio::time::interval(LISTEN_PING);
-    loop {
+    let client = Arc::new(client);
+    let mut nonce = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let nonce = u64::from_le_bytes(nonce);
+    // The cache is trusted from the first probe that comes back (every
+    // change after LISTEN reaches `rx`) until one fails to within
+    // LISTEN_PING. Probes go out one at a time, from a task, so
+    // invalidations are never held up behind one.
+    let (mut sent, mut count, mut trusted) = (None::<(String, Instant)>, 0u64, false);
+    let mut tick = tokio::time::interval(LISTEN_PING / 4);
+    let outcome = loop {
         tokio::select! {
-            ns = rx.recv() => match ns {
-                Some(ns) => cache.invalidate(&ns),
-                None => break,
-            },
-            _ = ping.tick() => {
-                match tokio::time::timeout(LISTEN_PING, client.simple_query("")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        driver.abort();
-                        return Err(e);
+            msg = rx.recv() => match msg {
+                Some(p) => match p.strip_prefix(PROBE) {
+                    Some(token) => {
+                        if sent.as_ref().is_some_and(|(t, _)| t == token) {
+                            sent = None;
+                            if !trusted {
+                                cache.enable();
+                                trusted = true;
+                            }
+                        }
                     }
-                    Err(_) => break,
+                    None => cache.invalidate(&p),
+                },
+                None => break Ok(()),
+            },
+            _ = tick.tick() => match &sent {
+                Some((_, at)) if at.elapsed() >= LISTEN_PING => {
+                    tracing::warn!("database notifications stopped arriving; reads bypass the cache");
+                    break Ok(());
                 }
-            }
-            _ = &mut driver => break,
+                Some(_) => {}
+                None => {
+                    count += 1;
+                    let token = format!("{nonce:016x}:{count}");
+                    let payload = format!("{PROBE}{token}");
+                    sent = Some((token, Instant::now()));
+                    let c = client.clone();
+                    tokio::spawn(async move {
+                        let _ = c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await;
+                    });
+                }
+            },
+            _ = &mut driver => break Ok(()),
         }
-    }
+    };
     driver.abort();
-    Ok(())
+    outcome
 }
 
 /// Values and key lists read from the key-value table, by namespace.

@@ -197,5 +197,8 @@ fn a_token_kek_seals_inside_the_token_and_never_lets_the_key_out() {
     let e = Kek::from_pkcs11_uri(&hsm.uri("loose"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("not an AES key that stays in the token"), "{e}");
+    assert!(
+        e.contains("not an AES-256 key that stays in the token"),
+        "{e}"
+    );
 }

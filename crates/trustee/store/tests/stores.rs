@@ -206,7 +206,26 @@ fn postgres_refusals_are_clear_and_hide_the_password() {
     let msg = err.to_string();
     assert!(matches!(err, StoreError::Unavailable(_)), "{msg}");
     assert!(!msg.contains("hunter2"), "{msg}");
-    assert!(msg.contains("u:***@127.0.0.1:1/db"), "{msg}");
+    assert!(msg.contains("u@127.0.0.1:1/db"), "{msg}");
+    // The key-value form names its password too.
+    let err = PgStore::connect("host=127.0.0.1 port=1 user=u password=hunter2 dbname=db")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !err.contains("hunter2") && err.contains("u@127.0.0.1:1/db"),
+        "{err}"
+    );
+    // Plain text to another machine is refused: policies would travel
+    // unprotected.
+    for far in [
+        "postgres://u:pw@db.example.com/x",
+        "host=10.1.2.3 user=u dbname=x",
+        "host=localhost hostaddr=192.0.2.7 user=u dbname=x",
+    ] {
+        let err = PgStore::connect(far).unwrap_err().to_string();
+        assert!(err.contains("is not on this machine"), "{far}: {err}");
+        assert!(!err.contains("pw"), "{err}");
+    }
     let err = PgStore::connect("not a url at all=")
         .unwrap_err()
         .to_string();
