@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the trustee (KBS + attestation service + RVPS) with embedded defaults.
-    Trustee(trustee::TrusteeArgs),
+    Trustee(Box<trustee::TrusteeArgs>),
     /// Administer a trustee: resources, policies, reference values.
     Admin(admin::AdminArgs),
     /// Act as a guest: attest to a KBS and print the attestation token.
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
             Command::Audit(c) => return audit::run(c).await,
             Command::Policy(c) => policy::run(c).await,
             Command::Measure(c) => measure::run(c).await,
-            Command::Trustee(a) => trustee::run(a).await,
+            Command::Trustee(a) => trustee::run(*a).await,
             Command::Admin(a) => admin::run(a).await,
             Command::Attest(a) => guest::attest(a).await,
             Command::GetResource(a) => guest::get_resource(a).await,

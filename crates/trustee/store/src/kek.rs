@@ -56,7 +56,8 @@ pub struct Kek {
 }
 
 enum Inner {
-    File(Aes256Gcm),
+    // Boxed: the expanded key schedules are about a kilobyte.
+    File(Box<Aes256Gcm>),
     Token(TokenKek),
 }
 
@@ -70,7 +71,7 @@ impl Kek {
     /// From raw key bytes.
     pub fn from_bytes(bytes: &[u8; 32]) -> Self {
         Self {
-            inner: Inner::File(Aes256Gcm::new(bytes.into())),
+            inner: Inner::File(Box::new(Aes256Gcm::new(bytes.into()))),
         }
     }
 
