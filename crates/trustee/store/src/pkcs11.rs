@@ -107,15 +107,21 @@ impl Pkcs11Uri {
             }
         }
         let mut pin_file = None;
-        for attr in query.split('&').filter(|a| !a.is_empty()) {
+        // The query may hold a PIN: its text is never repeated in a message.
+        for (n, attr) in query.split('&').filter(|a| !a.is_empty()).enumerate() {
             let (k, v) = attr
                 .split_once('=')
-                .ok_or_else(|| bad(format!("'{attr}' is not name=value")))?;
+                .ok_or_else(|| bad(format!("query attribute {} is not name=value", n + 1)))?;
             match k {
                 "module-path" => set(&mut module, k, v)?,
                 "pin-value" => set(&mut pin, k, v)?,
                 "pin-source" => set(&mut pin_file, k, v)?,
-                _ => return Err(bad(format!("query attribute '{k}' is not supported"))),
+                _ => {
+                    return Err(bad(format!(
+                        "query attribute {} is not one of module-path, pin-value, pin-source",
+                        n + 1
+                    )));
+                }
             }
         }
         let pin = match (pin, pin_file) {
@@ -187,6 +193,8 @@ pub struct TokenKek {
     _anchor: Mutex<Session>,
     /// For logging in again after the token dropped the login.
     pin: AuthPin,
+    /// SoftHSM2 reports a failed GCM tag as CKR_GENERAL_ERROR.
+    softhsm: bool,
     /// Sessions not in use (a PKCS#11 session serves one thread at a time).
     idle: Mutex<Vec<Session>>,
 }
@@ -303,10 +311,14 @@ impl TokenKek {
             }
         };
         Self::check_contained(&session, key, &uri.object)?;
+        let softhsm = ctx
+            .get_library_info()
+            .is_ok_and(|i| i.manufacturer_id().contains("SoftHSM"));
         let kek = Self {
             ctx,
             slot,
             pin,
+            softhsm,
             key: Mutex::new(key),
             label: uri.object.clone(),
             _anchor: Mutex::new(session),
@@ -325,39 +337,48 @@ impl TokenKek {
 
     /// After creating `mine`: when replicas sharing the token created keys
     /// of the same label at once, all keep the one with the lowest id and
-    /// the others destroy their own.
+    /// the others destroy their own. Searched for a second, so a replica
+    /// that created its key first still sees a later one made before it
+    /// could be found; past that, a starting replica finds the key.
     fn settle(
         session: &Session,
         mine: ObjectHandle,
         search: &[Attribute],
     ) -> Result<ObjectHandle, KekError> {
-        let all = session
-            .find_objects(search)
-            .map_err(|e| token_err("finding the key", e))?;
-        if all.len() < 2 {
-            return Ok(mine);
+        let (mut current, mut mine_alive) = (mine, true);
+        for round in 0..5 {
+            if round > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            let mut ids = vec![];
+            for k in session
+                .find_objects(search)
+                .map_err(|e| token_err("finding the key", e))?
+            {
+                let id = session
+                    .get_attributes(k, &[AttributeType::Id])
+                    .map_err(|e| token_err("reading a key id", e))?
+                    .into_iter()
+                    .find_map(|a| match a {
+                        Attribute::Id(id) => Some(id),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                ids.push((id, k));
+            }
+            ids.sort_by(|a, b| a.0.cmp(&b.0));
+            let Some(&(_, winner)) = ids.first() else {
+                return Err(KekError::Token("the key vanished from the token".into()));
+            };
+            if mine_alive && winner != mine {
+                session
+                    .destroy_object(mine)
+                    .map_err(|e| token_err("removing a duplicate key", e))?;
+                mine_alive = false;
+            }
+            current = winner;
         }
-        let mut ids = vec![];
-        for k in all {
-            let id = session
-                .get_attributes(k, &[AttributeType::Id])
-                .map_err(|e| token_err("reading a key id", e))?
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::Id(id) => Some(id),
-                    _ => None,
-                })
-                .unwrap_or_default();
-            ids.push((id, k));
-        }
-        ids.sort_by(|a, b| a.0.cmp(&b.0));
-        let winner = ids[0].1;
-        if winner != mine {
-            session
-                .destroy_object(mine)
-                .map_err(|e| token_err("removing a duplicate key", e))?;
-        }
-        Ok(winner)
+        Ok(current)
     }
 
     /// Refuses a key the token would reveal or export.
@@ -404,33 +425,42 @@ impl TokenKek {
     /// is closed, and `f` tried once more on a fresh one: a token that was
     /// reset recovers without a restart.
     fn with_session<T>(&self, f: impl Fn(&Session) -> Result<T, KekError>) -> Result<T, KekError> {
-        let mut last = None;
-        for _ in 0..2 {
-            let session = match self.idle.lock().pop() {
-                Some(s) => s,
-                None => {
-                    let s = self
-                        .ctx
-                        .open_rw_session(self.slot)
-                        .map_err(|e| token_err("opening a session", e))?;
-                    login(&s, &self.pin, "of the key-encryption key")?;
-                    if last.is_some() {
-                        // After a failure the token may have been reset:
-                        // its handles change, the label does not.
-                        *self.key.lock() = find_key(&s, &self.label)?;
-                    }
-                    s
-                }
-            };
-            match f(&session) {
-                Err(e @ KekError::Token(_)) => last = Some(e),
-                out => {
-                    self.idle.lock().push(session);
-                    return out;
-                }
+        let popped = self.idle.lock().pop();
+        let session = match popped {
+            Some(s) => s,
+            None => self.fresh_session(false)?,
+        };
+        match f(&session) {
+            Err(KekError::Token(_)) => {}
+            out => {
+                self.idle.lock().push(session);
+                return out;
             }
         }
-        Err(last.expect("two attempts failed"))
+        // The token may have been reset: every idle session is as dead as
+        // this one, and its handles have changed (its labels have not).
+        drop(session);
+        self.idle.lock().clear();
+        let session = self.fresh_session(true)?;
+        let out = f(&session);
+        if !matches!(out, Err(KekError::Token(_))) {
+            self.idle.lock().push(session);
+        }
+        out
+    }
+
+    /// A new session, logged in; with `refind`, the key looked up again.
+    fn fresh_session(&self, refind: bool) -> Result<Session, KekError> {
+        let s = self
+            .ctx
+            .open_rw_session(self.slot)
+            .map_err(|e| token_err("opening a session", e))?;
+        login(&s, &self.pin, "of the key-encryption key")?;
+        if refind {
+            let key = find_key(&s, &self.label)?;
+            *self.key.lock() = key;
+        }
+        Ok(s)
     }
 
     /// AES-256-GCM encryption of `plain` with `aad`, inside the token: the
@@ -442,11 +472,12 @@ impl TokenKek {
         plain: &[u8],
     ) -> Result<([u8; 12], Vec<u8>), KekError> {
         self.with_session(|s| {
+            let key = *self.key.lock();
             let mut used = *iv;
             let ct = {
                 let params = GcmParams::new(&mut used, aad, 128.into())
                     .map_err(|e| token_err("GCM parameters", e))?;
-                s.encrypt(&Mechanism::AesGcm(params), *self.key.lock(), plain)
+                s.encrypt(&Mechanism::AesGcm(params), key, plain)
                     .map_err(|e| token_err("sealing in the token", e))?
             };
             Ok((used, ct))
@@ -463,19 +494,19 @@ impl TokenKek {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KekError> {
         self.with_session(|s| {
+            let key = *self.key.lock();
             let mut iv = *iv;
             let params = GcmParams::new(&mut iv, aad, 128.into())
                 .map_err(|e| token_err("GCM parameters", e))?;
-            match s.decrypt(&Mechanism::AesGcm(params), *self.key.lock(), sealed) {
+            match s.decrypt(&Mechanism::AesGcm(params), key, sealed) {
                 Ok(v) => Ok(Zeroizing::new(v)),
                 // A tag that does not verify: CKR_ENCRYPTED_DATA_INVALID by
                 // the standard; SoftHSM2 says CKR_GENERAL_ERROR.
                 Err(Error::Pkcs11(
-                    RvError::EncryptedDataInvalid
-                    | RvError::EncryptedDataLenRange
-                    | RvError::GeneralError,
+                    RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
                     _,
                 )) => Err(KekError::Open),
+                Err(Error::Pkcs11(RvError::GeneralError, _)) if self.softhsm => Err(KekError::Open),
                 Err(e) => Err(token_err("opening in the token", e)),
             }
         })

@@ -31,7 +31,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 16;
 /// How long a notification this replica sends itself may take to come
 /// back before the cache stops being trusted (one goes out at a time).
-const LISTEN_PING: Duration = Duration::from_secs(1);
+const LISTEN_PING: Duration = Duration::from_millis(750);
 /// Cached bytes at most; past it, reads are served but not kept.
 const CACHE_BYTES: usize = 64 << 20;
 /// The notification channel.
@@ -238,7 +238,9 @@ impl PgStore {
                 )),
                 other => other,
             })?;
-        store.runtime().spawn(listen(config, store.cache.clone()));
+        store
+            .runtime()
+            .spawn(listen(config, store.pool.clone(), store.cache.clone()));
         Ok(store)
     }
 
@@ -338,9 +340,9 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 }
 
 /// Keeps a `LISTEN` connection up and the cache in step with it.
-async fn listen(config: Config, cache: Arc<Cache>) {
+async fn listen(config: Config, pool: Pool, cache: Arc<Cache>) {
     loop {
-        match listen_once(&config, &cache).await {
+        match listen_once(&config, &pool, &cache).await {
             Ok(()) => tracing::warn!("database notification connection closed; reconnecting"),
             Err(e) => {
                 tracing::warn!(error = %e, "database notification connection failed; reconnecting")
@@ -352,18 +354,21 @@ async fn listen(config: Config, cache: Arc<Cache>) {
 }
 
 /// The payload prefix of the notifications a replica sends itself to prove
-/// that notifications arrive (a pooler in transaction mode passes `LISTEN`
-/// and queries but never delivers one). Not a namespace.
+/// that notifications from other sessions arrive. Not a namespace.
 const PROBE: &str = "\u{1}probe:";
 
-async fn listen_once(config: &Config, cache: &Cache) -> Result<(), tokio_postgres::Error> {
+async fn listen_once(
+    config: &Config,
+    pool: &Pool,
+    cache: &Cache,
+) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(i32, String)>();
     let mut driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_string()).is_err() {
+                    if tx.send((n.process_id(), n.payload().to_string())).is_err() {
                         return;
                     }
                 }
@@ -373,50 +378,62 @@ async fn listen_once(config: &Config, cache: &Cache) -> Result<(), tokio_postgre
         }
     });
     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    let client = Arc::new(client);
+    let listener: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
     let mut nonce = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let nonce = u64::from_le_bytes(nonce);
-    // The cache is trusted from the first probe that comes back (every
-    // change after LISTEN reaches `rx`) until one fails to within
-    // LISTEN_PING. Probes go out one at a time, from a task, so
-    // invalidations are never held up behind one.
-    let (mut sent, mut count, mut trusted) = (None::<(String, Instant)>, 0u64, false);
-    let mut tick = tokio::time::interval(LISTEN_PING / 4);
+    // Probes go out from a pooled connection, another session than the
+    // listening one (PostgreSQL hands a session its own notifications
+    // whatever a pooler does), one at a time, the next as soon as one
+    // returns. The cache is trusted from the first probe that comes back
+    // (every change after LISTEN reaches `rx`) until one takes longer than
+    // LISTEN_PING. Invalidations never wait behind a probe.
+    let send = |count: u64| {
+        let token = format!("{nonce:016x}:{count}");
+        let payload = format!("{PROBE}{token}");
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            if let Ok(c) = pool.get().await {
+                let _ = c
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .await;
+            }
+        });
+        (token, Instant::now())
+    };
+    let mut count = 1u64;
+    let mut sent = send(count);
+    let mut trusted = false;
+    let mut tick = tokio::time::interval(LISTEN_PING / 8);
     let outcome = loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(p) => match p.strip_prefix(PROBE) {
+                Some((pid, p)) => match p.strip_prefix(PROBE) {
                     Some(token) => {
-                        if sent.as_ref().is_some_and(|(t, _)| t == token) {
-                            sent = None;
+                        if pid != listener && token == sent.0 {
                             if !trusted {
                                 cache.enable();
                                 trusted = true;
                             }
+                            count += 1;
+                            sent = send(count);
                         }
                     }
                     None => cache.invalidate(&p),
                 },
                 None => break Ok(()),
             },
-            _ = tick.tick() => match &sent {
-                Some((_, at)) if at.elapsed() >= LISTEN_PING => {
-                    tracing::warn!("database notifications stopped arriving; reads bypass the cache");
+            _ = tick.tick() => {
+                if sent.1.elapsed() >= LISTEN_PING {
+                    if trusted {
+                        tracing::warn!("database notifications stopped arriving; reads bypass the cache");
+                    }
                     break Ok(());
                 }
-                Some(_) => {}
-                None => {
-                    count += 1;
-                    let token = format!("{nonce:016x}:{count}");
-                    let payload = format!("{PROBE}{token}");
-                    sent = Some((token, Instant::now()));
-                    let c = client.clone();
-                    tokio::spawn(async move {
-                        let _ = c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await;
-                    });
-                }
-            },
+            }
             _ = &mut driver => break Ok(()),
         }
     };
