@@ -11,29 +11,11 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use std::process::Command;
 
 #[test]
 fn a_token_kek_seals_inside_the_token_and_never_lets_the_key_out() {
     let hsm = SoftHsm::new("cocoon", "1234");
-    let out = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &hsm.conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "other",
-            "--pin",
-            "1234",
-        ])
-        .args(["--so-pin", "so-secret"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hsm.add_token("other", "1234");
     // SAFETY: the only test of this binary, before anything reads the
     // environment from another thread.
     unsafe { std::env::set_var("SOFTHSM2_CONF", &hsm.conf) };
