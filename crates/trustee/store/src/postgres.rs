@@ -339,9 +339,13 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     tx.commit().await.map_err(classify)
 }
 
-/// Keeps a `LISTEN` connection up and the cache in step with it.
+/// Keeps a `LISTEN` connection up and the cache in step with it. While
+/// the database is away, attempts back off to one every 2 s (and a log
+/// line each).
 async fn listen(config: Config, pool: Pool, cache: Arc<Cache>) {
+    let mut pause = Duration::from_millis(100);
     loop {
+        let began = Instant::now();
         match listen_once(&config, &pool, &cache).await {
             Ok(()) => tracing::warn!("database notification connection closed; reconnecting"),
             Err(e) => {
@@ -349,7 +353,12 @@ async fn listen(config: Config, pool: Pool, cache: Arc<Cache>) {
             }
         }
         cache.disable();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        pause = if began.elapsed() > Duration::from_secs(10) {
+            Duration::from_millis(100)
+        } else {
+            (pause * 2).min(Duration::from_secs(2))
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 
