@@ -248,6 +248,21 @@ impl Drop for Daemon {
     }
 }
 
+/// Fails when any file directly in `dir` holds `secret`.
+pub fn assert_no_file_holds(dir: &Path, secret: &[u8]) {
+    for entry in std::fs::read_dir(dir).expect("read directory") {
+        let p = entry.expect("directory entry").path();
+        if p.is_file() {
+            let bytes = std::fs::read(&p).expect("read file");
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "plaintext secret found in {}",
+                p.display()
+            );
+        }
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

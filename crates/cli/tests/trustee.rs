@@ -596,17 +596,7 @@ async fn sessions_continue_on_a_second_replica_and_secrets_survive_restarts() {
     );
     let log_c = c.stop();
     // Nothing on disk or in the logs holds the plaintext.
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            let bytes = std::fs::read(&p).unwrap();
-            assert!(
-                !bytes.windows(17).any(|w| w == b"replicated-secret"),
-                "plaintext secret found in {}",
-                p.display()
-            );
-        }
-    }
+    assert_no_file_holds(&data, b"replicated-secret");
     // The logs were captured (replica A logged the store), and hold no plaintext.
     assert!(log_a.contains("resource stored"), "{log_a}");
     for log in [log_a, log_b, log_c] {

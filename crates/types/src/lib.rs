@@ -8,6 +8,7 @@ pub mod container;
 pub mod error_body;
 pub mod initdata;
 pub mod jwe;
+pub mod percent;
 pub mod resource;
 pub mod rsa_oaep;
 pub mod sealed;

@@ -4,7 +4,6 @@
 
 use super::*;
 use cocoon_fixtures::softhsm::SoftHsm;
-use std::ffi::OsStr;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kek_in_a_token_serves_secrets_that_nothing_else_opens() {
@@ -12,20 +11,20 @@ async fn a_kek_in_a_token_serves_secrets_that_nothing_else_opens() {
     let data = dir.path().join("t");
     let hsm = SoftHsm::new("trustee", "2468");
     let uri = hsm.uri("kek");
-    let env = [("SOFTHSM2_CONF", hsm.conf.as_os_str())];
-    let t = TrusteeProc::try_start_env(
-        &data,
-        &[
+    // The trustee on `data`, with the token of `hsm` (`--kek`) or a key file.
+    let start = |hsm: &SoftHsm, token: bool| {
+        let mut args = vec![
             "--listen",
             "127.0.0.1:0",
             "--insecure-http",
             "--allow-dev-tee",
-            "--kek",
-            &uri,
-        ],
-        &env,
-    )
-    .unwrap();
+        ];
+        if token {
+            args.extend(["--kek", uri.as_str()]);
+        }
+        TrusteeProc::try_start_env(&data, &args, &[("SOFTHSM2_CONF", hsm.conf.as_os_str())])
+    };
+    let t = start(&hsm, true).unwrap();
     let secret = write(dir.path(), "s", b"hsm-guarded-secret");
     ok(&t.admin(&[
         "set-resource",
@@ -45,51 +44,18 @@ async fn a_kek_in_a_token_serves_secrets_that_nothing_else_opens() {
     assert!(!log.contains("2468") && !log.contains("hsm-guarded-secret"));
     // No key file was made, and nothing on disk holds the secret.
     assert!(!data.join("kek.key").exists());
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_file() {
-            let bytes = std::fs::read(&p).unwrap();
-            assert!(
-                !bytes.windows(18).any(|w| w == b"hsm-guarded-secret"),
-                "{}",
-                p.display()
-            );
-        }
-    }
+    assert_no_file_holds(&data, b"hsm-guarded-secret");
 
     // A restart with the token serves the same secret.
-    let t = TrusteeProc::try_start_env(
-        &data,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-            "--allow-dev-tee",
-            "--kek",
-            &uri,
-        ],
-        &env,
-    )
-    .unwrap();
+    let t = start(&hsm, true).unwrap();
     assert_eq!(ok(&get(&t)), "hsm-guarded-secret");
     drop(t);
 
     // Without the token: a token of the same labels but another key, or a
     // key file. The trustee cannot open what it stored, and says so.
     let impostor = SoftHsm::new("trustee", "2468");
-    let env2 = [("SOFTHSM2_CONF", impostor.conf.as_os_str())];
-    for (args, env) in [
-        (vec!["--kek", uri.as_str()], &env2[..]),
-        (vec![], &[][..] as &[(&str, &OsStr)]),
-    ] {
-        let mut all = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-http",
-            "--allow-dev-tee",
-        ];
-        all.extend(args);
-        let Err(log) = TrusteeProc::try_start_env(&data, &all, env) else {
+    for token in [true, false] {
+        let Err(log) = start(&impostor, token) else {
             panic!("the trustee started without the token that sealed its data");
         };
         assert!(log.contains("wrong key-encryption key"), "{log}");

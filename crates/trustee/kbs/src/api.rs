@@ -94,7 +94,8 @@ pub struct KbsState {
 
 pub(crate) type AppState = Arc<KbsState>;
 
-fn now() -> i64 {
+/// Unix time, seconds.
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -370,7 +371,7 @@ fn decide(
         .attestation
         .policies()
         .get(RESOURCE_POLICY)
-        .map_err(|e| unavailable_or_internal(&e))?;
+        .map_err(|e| policy_error(&e, KbsError::Internal))?;
     let mut qkeys: Vec<_> = query.iter().collect();
     qkeys.sort();
     let request = format!("{rpath}?{qkeys:?}");
@@ -381,7 +382,7 @@ fn decide(
     let data = json!({"plugin": "resource", "resource-path": rpath.segments(), "query": query});
     let (allow, lookups) = match policy.eval_with_lookups("allow", &token.claims, Some(&data)) {
         Ok((v, l)) => (v == Some(Value::Bool(true)), l.count),
-        Err(e) if e.is_unavailable() => return Err(unavailable_or_internal(&e)),
+        Err(e) if e.is_unavailable() => return Err(policy_error(&e, KbsError::Internal)),
         Err(_) => (false, 0),
     };
     let reasons = if allow {
@@ -393,7 +394,7 @@ fn decide(
                 .filter_map(|v| v.as_str().map(String::from))
                 .collect(),
             Ok(_) => vec!["the policy's allow rule is not true".into()],
-            Err(e) if e.is_unavailable() => return Err(unavailable_or_internal(&e)),
+            Err(e) if e.is_unavailable() => return Err(policy_error(&e, KbsError::Internal)),
             Err(e) => vec![e.to_string()],
         }
     };
@@ -407,15 +408,18 @@ fn decide(
     Ok(d)
 }
 
-/// A policy error from an admin call: storage failures keep their own
-/// status (503 while the database is unreachable), the rest become `other`.
+/// A policy error: storage or reference values that cannot be read now are
+/// 503 (retry later), the rest become `other`.
 fn policy_error(
-    e: cocoon_attestation::policy::PolicyError,
+    e: &cocoon_attestation::policy::PolicyError,
     other: fn(String) -> KbsError,
 ) -> KbsError {
-    match e {
-        cocoon_attestation::policy::PolicyError::Store(e) => e.into(),
-        e => other(e.to_string()),
+    if e.is_unavailable() {
+        KbsError::Unavailable {
+            detail: e.to_string(),
+        }
+    } else {
+        other(e.to_string())
     }
 }
 
@@ -424,16 +428,6 @@ fn rvps_error(e: cocoon_rvps::RvpsError, other: fn(String) -> KbsError) -> KbsEr
     match e {
         cocoon_rvps::RvpsError::Store(e) => e.into(),
         e => other(e.to_string()),
-    }
-}
-
-fn unavailable_or_internal(e: &cocoon_attestation::policy::PolicyError) -> KbsError {
-    if e.is_unavailable() {
-        KbsError::Unavailable {
-            detail: e.to_string(),
-        }
-    } else {
-        KbsError::Internal(e.to_string())
     }
 }
 
@@ -644,7 +638,7 @@ fn set_policy_text(s: &KbsState, id: &str, text: &str) -> Result<Response, KbsEr
     s.attestation
         .policies()
         .set(id, text)
-        .map_err(|e| policy_error(e, KbsError::InvalidPolicy))?;
+        .map_err(|e| policy_error(&e, KbsError::InvalidPolicy))?;
     tracing::info!(policy = id, "policy updated");
     Ok(StatusCode::OK.into_response())
 }
@@ -668,7 +662,7 @@ async fn get_resource_policy(
         .attestation
         .policies()
         .ids()
-        .map_err(|e| policy_error(e, KbsError::Internal))?;
+        .map_err(|e| policy_error(&e, KbsError::Internal))?;
     Ok(Json(ids).into_response())
 }
 
@@ -712,7 +706,7 @@ async fn get_policy(
         .attestation
         .policies()
         .text(&id)
-        .map_err(|e| policy_error(e, KbsError::Internal))?
+        .map_err(|e| policy_error(&e, KbsError::Internal))?
     {
         Some(t) => Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], t).into_response()),
         None => Err(KbsError::NotFound(format!("policy '{id}'"))),
@@ -947,8 +941,6 @@ async fn audit_public_key(
 /// Ready when the database answers (a round trip within 2 s, past any cache): a load balancer
 /// sends no guest to a replica that could not decide for it.
 async fn readyz(State(s): State<AppState>) -> Response {
-    let store = s.store.clone();
-    let probe = tokio::task::spawn_blocking(move || store.ping());
     if s.audit.behind() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -956,6 +948,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
         )
             .into_response();
     }
+    let store = s.store.clone();
+    let probe = tokio::task::spawn_blocking(move || store.ping());
     match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
         Ok(Ok(Ok(_))) => (StatusCode::OK, "ready\n").into_response(),
         Ok(Ok(Err(e))) => {

@@ -16,6 +16,7 @@
 //! next must be, checkpoints cannot be removed: at most the records after
 //! the last one are unsigned.
 
+use crate::api::now;
 use cocoon_store::{Store, StoreError};
 use ed25519_dalek::{Signer, Verifier};
 use serde_json::{Map, Value};
@@ -112,13 +113,6 @@ struct Writer {
 
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn signing_input(without_sig: &[u8]) -> Vec<u8> {

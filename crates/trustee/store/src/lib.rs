@@ -55,6 +55,14 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Unix time, seconds.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// One appended event.
 #[derive(Debug, Clone)]
 pub struct Event {

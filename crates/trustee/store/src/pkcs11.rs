@@ -58,25 +58,10 @@ fn bad(why: impl std::fmt::Display) -> KekError {
     ))
 }
 
+/// Percent-decodes an attribute; the value may be a PIN, so it is not
+/// repeated in the message.
 fn percent_decode(s: &str) -> Result<String, KekError> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            // The value may be a PIN: not repeated in the message.
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| bad("bad percent escape (a % not followed by two hex digits)"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad("an attribute is not UTF-8"))
+    cocoon_types::percent::percent_decode(s).map_err(|why| bad(format!("an attribute has a {why}")))
 }
 
 impl Pkcs11Uri {
@@ -226,18 +211,22 @@ fn key_template(label: &str, id: &[u8; 16]) -> Vec<Attribute> {
     ]
 }
 
-/// The one secret key labelled `label`.
-fn find_key(session: &Session, label: &str) -> Result<ObjectHandle, KekError> {
-    let keys = session
+/// The secret keys labelled `label`.
+fn find_keys(session: &Session, label: &str) -> Result<Vec<ObjectHandle>, KekError> {
+    session
         .find_objects(&[
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::Label(label.as_bytes().to_vec()),
         ])
-        .map_err(|e| token_err("finding the key", e))?;
-    match keys.as_slice() {
+        .map_err(|e| token_err("finding the key", e))
+}
+
+/// The key when `keys` holds exactly one.
+fn only_key(keys: &[ObjectHandle], label: &str) -> Result<ObjectHandle, KekError> {
+    match keys {
         [key] => Ok(*key),
         _ => Err(KekError::Token(format!(
-            "the token holds {} secret keys labelled '{label}', not one",
+            "the token holds {} secret keys labelled '{label}': keep one",
             keys.len()
         ))),
     }
@@ -283,32 +272,17 @@ impl TokenKek {
             .map_err(|e| token_err("opening a session", e))?;
         let pin = uri.read_pin()?;
         login(&session, &pin, &uri.token)?;
-        let search = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(uri.object.as_bytes().to_vec()),
-        ];
-        let keys = session
-            .find_objects(&search)
-            .map_err(|e| token_err("finding the key", e))?;
-        let key = match keys.as_slice() {
-            [] => {
-                let mut id = [0u8; 16];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-                let key = session
-                    .generate_key(&Mechanism::AesKeyGen, &key_template(&uri.object, &id))
-                    .map_err(|e| token_err("creating the key in the token", e))?;
-                tracing::info!(token = %uri.token, object = %uri.object, "created a new key-encryption key in the token");
-                Self::settle(&session, key, &search)?
-            }
-            [key] => *key,
-            _ => {
-                return Err(KekError::Token(format!(
-                    "token '{}' holds {} secret keys labelled '{}': keep one",
-                    uri.token,
-                    keys.len(),
-                    uri.object
-                )));
-            }
+        let keys = find_keys(&session, &uri.object)?;
+        let key = if keys.is_empty() {
+            let mut id = [0u8; 16];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+            let key = session
+                .generate_key(&Mechanism::AesKeyGen, &key_template(&uri.object, &id))
+                .map_err(|e| token_err("creating the key in the token", e))?;
+            tracing::info!(token = %uri.token, object = %uri.object, "created a new key-encryption key in the token");
+            Self::settle(&session, key, &uri.object)?
+        } else {
+            only_key(&keys, &uri.object)?
         };
         Self::check_contained(&session, key, &uri.object)?;
         let softhsm = ctx
@@ -343,7 +317,7 @@ impl TokenKek {
     fn settle(
         session: &Session,
         mine: ObjectHandle,
-        search: &[Attribute],
+        label: &str,
     ) -> Result<ObjectHandle, KekError> {
         let (mut current, mut mine_alive) = (mine, true);
         for round in 0..5 {
@@ -351,10 +325,7 @@ impl TokenKek {
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
             let mut ids = vec![];
-            for k in session
-                .find_objects(search)
-                .map_err(|e| token_err("finding the key", e))?
-            {
+            for k in find_keys(session, label)? {
                 let id = session
                     .get_attributes(k, &[AttributeType::Id])
                     .map_err(|e| token_err("reading a key id", e))?
@@ -457,7 +428,7 @@ impl TokenKek {
             .map_err(|e| token_err("opening a session", e))?;
         login(&s, &self.pin, "of the key-encryption key")?;
         if refind {
-            let key = find_key(&s, &self.label)?;
+            let key = only_key(&find_keys(&s, &self.label)?, &self.label)?;
             *self.key.lock() = key;
         }
         Ok(s)

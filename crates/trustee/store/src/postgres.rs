@@ -6,14 +6,14 @@
 //! which never blocks the caller's runtime on itself. Every write returns
 //! only after PostgreSQL committed it.
 //!
-//! Reads of the key-value table are cached in memory, and the cache is only
-//! trusted while a `LISTEN` connection is up: a trigger on the table sends
-//! `NOTIFY cocoon_kv` with the namespace on every change, so every replica
-//! drops what a write on any replica made stale within the notification's
-//! delivery time. While that connection is down, every read goes to the
-//! database.
+//! Reads of the key-value table are cached in memory: a trigger on the
+//! table sends `NOTIFY cocoon_kv` with the namespace on every change, so
+//! every replica drops what a write on any replica made stale within the
+//! notification's delivery time. The cache is only trusted while
+//! notifications are seen to arrive (see [`listen_once`]); otherwise every
+//! read goes to the database.
 
-use crate::{Event, MakeRecords, Store, StoreError};
+use crate::{Event, MakeRecords, Store, StoreError, now};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -174,13 +174,6 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`, or
     /// `host=/run/postgresql dbname=...`), applies the schema migrations the
@@ -291,6 +284,30 @@ impl PgStore {
             let client = pool.get().await.map_err(pool_error)?;
             Ok(run(client).await)
         })
+    }
+}
+
+impl PgStore {
+    /// One statement that changes `ns`/`key` (`$1`, `$2`, and `value` as
+    /// `$3` when given): the rows it touched. This replica's cache of `ns`
+    /// is dropped whatever the outcome (a timeout may still have committed).
+    fn modify(
+        &self,
+        sql: &'static str,
+        ns: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<u64, StoreError> {
+        let (n, k, v) = (ns.to_string(), key.to_string(), value.map(<[u8]>::to_vec));
+        let r = self.query(move |c| async move {
+            let st = c.prepare_cached(sql).await?;
+            match &v {
+                Some(v) => c.execute(&st, &[&n, &k, v]).await,
+                None => c.execute(&st, &[&n, &k]).await,
+            }
+        });
+        self.cache.invalidate(ns);
+        r
     }
 }
 
@@ -492,7 +509,7 @@ impl Cache {
         }
     }
 
-    /// The epoch to pass to `keep_*`, or `None` while the cache is off.
+    /// The epoch to pass to [`Cache::keep`], or `None` while the cache is off.
     fn begin(&self) -> Option<u64> {
         let epoch = self.epoch.load(Ordering::SeqCst);
         self.enabled.load(Ordering::SeqCst).then_some(epoch)
@@ -551,45 +568,30 @@ impl Store for PgStore {
     }
 
     fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let (n, k, v) = (ns.to_string(), key.to_string(), value.to_vec());
-        let r = self.query(move |c| async move {
-            let st = c
-                .prepare_cached(
-                    "INSERT INTO kv (ns, key, value) VALUES ($1, $2, $3)
-                     ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value",
-                )
-                .await?;
-            c.execute(&st, &[&n, &k, &v]).await
-        });
-        self.cache.invalidate(ns);
-        r.map(|_| ())
+        self.modify(
+            "INSERT INTO kv (ns, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value",
+            ns,
+            key,
+            Some(value),
+        )
+        .map(|_| ())
     }
 
     fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        let (n, k, v) = (ns.to_string(), key.to_string(), value.to_vec());
-        let r = self.query(move |c| async move {
-            let st = c
-                .prepare_cached(
-                    "INSERT INTO kv (ns, key, value) VALUES ($1, $2, $3)
-                     ON CONFLICT (ns, key) DO NOTHING",
-                )
-                .await?;
-            c.execute(&st, &[&n, &k, &v]).await
-        });
-        self.cache.invalidate(ns);
-        Ok(r? == 1)
+        let n = self.modify(
+            "INSERT INTO kv (ns, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (ns, key) DO NOTHING",
+            ns,
+            key,
+            Some(value),
+        )?;
+        Ok(n == 1)
     }
 
     fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
-        let (n, k) = (ns.to_string(), key.to_string());
-        let r = self.query(move |c| async move {
-            let st = c
-                .prepare_cached("DELETE FROM kv WHERE ns = $1 AND key = $2")
-                .await?;
-            c.execute(&st, &[&n, &k]).await
-        });
-        self.cache.invalidate(ns);
-        Ok(r? > 0)
+        let n = self.modify("DELETE FROM kv WHERE ns = $1 AND key = $2", ns, key, None)?;
+        Ok(n > 0)
     }
 
     fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {

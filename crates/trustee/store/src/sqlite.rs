@@ -2,7 +2,7 @@
 //! open the same file (replicas sharing a data directory); writers wait on
 //! SQLite's lock instead of failing.
 
-use crate::{Event, Store, StoreError};
+use crate::{Event, Store, StoreError, now};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
@@ -67,13 +67,6 @@ impl SqliteStore {
         let conn = self.pool[start % POOL_SIZE].lock();
         f(&conn)
     }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 impl Store for SqliteStore {

@@ -4,7 +4,8 @@
 //! carry in headers. The documents keep the exact bytes Intel signed.
 
 use super::collateral::Collateral;
-use crate::fetch::{HttpGet, get_ok, percent_decode};
+use crate::fetch::{HttpGet, get_ok};
+use cocoon_types::percent::percent_decode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Arc;
