@@ -1,6 +1,6 @@
 //! `cocoon trustee`: serve with embedded defaults.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use cocoon_kbs::{TlsMode, Trustee, TrusteeConfig};
 use std::net::SocketAddr;
@@ -271,9 +271,17 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let audit = trustee.state.audit.clone();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
     tokio::select! {
         r = trustee.serve() => r?,
-        _ = tokio::signal::ctrl_c() => { tracing::info!("interrupted, stopping"); }
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        _ = term.recv() => tracing::info!("terminated, stopping"),
+    }
+    // What the trustee did is in the audit log before it exits.
+    if !audit.flush(std::time::Duration::from_secs(5)).await {
+        tracing::error!("stopping with audit records not yet written (the database is away)");
     }
     Ok(())
 }

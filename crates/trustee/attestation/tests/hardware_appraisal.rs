@@ -4,7 +4,9 @@
 //! `attest` builds it, and the default attestation policy must refuse them
 //! with no reference values registered (saying which to register), and
 //! give the expected appraisal once the right ones are. Drift between what
-//! a verifier emits and what the policy reads fails here.
+//! a verifier emits and what the policy reads fails here, and so does any
+//! difference between regorus's virtual machine, which evaluates the
+//! policy, and its interpreter.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -36,9 +38,19 @@ fn policy(rvs: &[(String, Value)]) -> (tempfile::TempDir, RegoPolicy) {
     (dir, p)
 }
 
+/// The appraisal of `claims`; the policy's rules on the virtual machine
+/// must give what regorus's interpreter gives on the same input.
 fn verdict(tee: Tee, claims: TeeClaims, rvs: &[(String, Value)]) -> Verdict {
     let input = annotated_evidence(tee, claims, json!({}), None);
     let (_d, p) = policy(rvs);
+    for rule in ["trust_claims", "explain"] {
+        assert!(p.on_vm(rule), "{rule} is not on the VM");
+        assert_eq!(
+            p.eval(rule, &input, None).unwrap(),
+            p.eval_on_interpreter(rule, &input, None).unwrap(),
+            "{tee:?}: the VM and the interpreter differ on {rule}"
+        );
+    }
     appraise(&p, &input).unwrap()
 }
 

@@ -33,6 +33,11 @@ const CHECKPOINT_DOMAIN: &[u8] = b"cocoon-audit-checkpoint-v1\0";
 pub const MAX_TEXT: usize = 512;
 /// Records written per transaction at most.
 const BATCH: usize = 256;
+/// How long the writer lets records gather after the first of a batch:
+/// under load one commit (one fsync) then carries dozens of records
+/// instead of one or two; records are written off the request path
+/// anyway, so this only delays when they are on disk.
+const GATHER: Duration = Duration::from_millis(10);
 /// Records queued at most; past that a record is counted as lost and the
 /// trustee reports itself not ready.
 const QUEUE: usize = 65_536;
@@ -89,6 +94,8 @@ pub struct AuditLog {
     tx: mpsc::Sender<Entry>,
     public: ed25519_dalek::VerifyingKey,
     lost: Arc<AtomicU64>,
+    /// Records queued and not yet written (or lost).
+    pending: Arc<AtomicU64>,
 }
 
 /// Keys a record's fields may not set (the writer's own).
@@ -269,9 +276,20 @@ impl AuditLog {
         let (tx, mut rx) = mpsc::channel::<Entry>(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
         let lost_w = lost.clone();
+        let pending = Arc::new(AtomicU64::new(0));
+        let pending_w = pending.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                let until = tokio::time::Instant::now() + GATHER;
+                while batch.len() < BATCH {
+                    let room = BATCH - batch.len();
+                    match tokio::time::timeout_at(until, rx.recv_many(&mut batch, room)).await {
+                        Ok(n) if n > 0 => {}
+                        // Time is up, or every sender is gone.
+                        _ => break,
+                    }
+                }
                 let entries = Arc::new(std::mem::take(&mut batch));
                 let n = entries.len() as u64;
                 // While the database is unreachable the batch waits and is
@@ -295,19 +313,41 @@ impl AuditLog {
                         }
                     }
                 }
+                pending_w.fetch_sub(n, Ordering::Relaxed);
             }
         });
-        Ok(Self { tx, public, lost })
+        Ok(Self {
+            tx,
+            public,
+            lost,
+            pending,
+        })
     }
 
     /// Queues a record; the request path never waits on the database. A
     /// full queue (the store far behind) loses the record, counts it and
     /// makes the trustee report itself not ready.
     pub fn record(&self, e: Entry) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
         if self.tx.try_send(e).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             let lost = self.lost.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::error!(lost, "audit queue full or closed: record lost");
         }
+    }
+
+    /// Waits until every record queued so far is written (or counted
+    /// lost), for at most `limit`; whether it got there. For a stop: what
+    /// the trustee did is on disk before it exits.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        while self.pending.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Whether the queue is nine-tenths full (the store far behind).

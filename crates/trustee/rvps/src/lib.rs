@@ -79,10 +79,25 @@ pub struct RvpsMessage {
     pub payload: String,
 }
 
+/// How long a looked-up record is served from memory before the store is
+/// read again: a value changed on another replica is seen within this
+/// (plus the store's own propagation), one changed here at once. It is the
+/// policies' recheck interval, so a policy and the values it reads move
+/// together.
+pub const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Records kept in memory at most (names come from policies, which may
+/// build them from claims).
+const CACHED: usize = 1024;
+
+/// What a lookup found, and when.
+type Cached = (std::time::Instant, Option<Arc<ReferenceValue>>);
+
 /// The RVPS over a shared store.
 #[derive(Clone)]
 pub struct Rvps {
     store: Arc<dyn Store>,
+    cache: Arc<parking_lot::Mutex<std::collections::HashMap<String, Cached>>>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -112,7 +127,10 @@ fn now() -> i64 {
 impl Rvps {
     /// An RVPS over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            cache: Default::default(),
+        }
     }
 
     /// Sets `name` to `value` until `expires` (default: one year from now).
@@ -133,7 +151,9 @@ impl Rvps {
                 .unix_timestamp(),
         };
         let bytes = serde_json::to_vec(&rv).map_err(|e| RvpsError::BadMessage(e.to_string()))?;
+        self.cache.lock().remove(name);
         self.store.put(ns::REFERENCE_VALUES, name, &bytes)?;
+        self.cache.lock().remove(name);
         Ok(rv)
     }
 
@@ -179,10 +199,30 @@ impl Rvps {
 
     /// What policies get for `name`, and why when it is not a value. A
     /// store failure or an unreadable record is an error, never "absent".
+    /// Records are read from memory for up to [`RECHECK`].
     pub fn lookup(&self, name: &str) -> Result<Lookup, RvpsError> {
-        Ok(match self.record(name)? {
+        let cached = self
+            .cache
+            .lock()
+            .get(name)
+            .filter(|(at, _)| at.elapsed() < RECHECK)
+            .map(|(_, rv)| rv.clone());
+        let rv = match cached {
+            Some(rv) => rv,
+            None => {
+                let read = std::time::Instant::now();
+                let rv = self.record(name)?.map(Arc::new);
+                let mut cache = self.cache.lock();
+                if cache.len() >= CACHED {
+                    cache.clear();
+                }
+                cache.insert(name.to_string(), (read, rv.clone()));
+                rv
+            }
+        };
+        Ok(match rv {
             Some(rv) if rv.expired_at(now()) => Lookup::Expired { at: rv.expires },
-            Some(rv) => Lookup::Value(rv.value),
+            Some(rv) => Lookup::Value(rv.value.clone()),
             None => Lookup::Missing,
         })
     }
@@ -208,7 +248,10 @@ impl Rvps {
 
     /// Removes `name`; returns whether it existed.
     pub fn delete(&self, name: &str) -> Result<bool, RvpsError> {
-        Ok(self.store.delete(ns::REFERENCE_VALUES, name)?)
+        self.cache.lock().remove(name);
+        let existed = self.store.delete(ns::REFERENCE_VALUES, name)?;
+        self.cache.lock().remove(name);
+        Ok(existed)
     }
 }
 
@@ -247,6 +290,27 @@ mod tests {
             Some(serde_json::json!(1))
         );
         assert_eq!(r.query("nope").unwrap(), None);
+    }
+
+    /// A change made here is seen at once; one made by another replica on
+    /// the same store within [`RECHECK`], never later.
+    #[test]
+    fn lookups_follow_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        let (here, other) = (Rvps::new(store.clone()), Rvps::new(store));
+        here.add("svn", serde_json::json!(["1"]), None).unwrap();
+        assert_eq!(here.query("svn").unwrap(), Some(serde_json::json!(["1"])));
+        here.add("svn", serde_json::json!(["2"]), None).unwrap();
+        assert_eq!(here.query("svn").unwrap(), Some(serde_json::json!(["2"])));
+        assert!(here.delete("svn").unwrap());
+        assert_eq!(here.query("svn").unwrap(), None);
+
+        here.add("svn", serde_json::json!(["3"]), None).unwrap();
+        assert_eq!(here.query("svn").unwrap(), Some(serde_json::json!(["3"])));
+        other.add("svn", serde_json::json!(["4"]), None).unwrap();
+        std::thread::sleep(RECHECK);
+        assert_eq!(here.query("svn").unwrap(), Some(serde_json::json!(["4"])));
     }
 
     /// A record that does not parse is an error, not an absent value that
