@@ -297,6 +297,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
 
     // Phase 1: baseline.
     let health = format!("{}/healthz", a.conn.url.trim_end_matches('/'));
+    let cpu_b0 = cpu_total(&a.pid);
     let (base_rate, base) = phase(a.clients, a.duration, |_, deadline| {
         let http = http.clone();
         let url = health.clone();
@@ -318,6 +319,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     })
     .await?;
 
+    let cpu_b1 = cpu_total(&a.pid);
     // Phase 2: full attestation flows.
     let clients: Vec<Arc<KbsClient>> = (0..a.clients)
         .map(|i| make_client(i).map(Arc::new))
@@ -460,6 +462,18 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             seal,
             per_fetch / seal
         );
+        // HTTP's own share: a flow is three requests, each costing at
+        // least what a bare /healthz costs the server.
+        if let (Some(b0), Some(b1)) = (cpu_b0, cpu_b1) {
+            let per_request = (b1 - b0) * 1e6 / reports[0].r.ops.max(1) as f64;
+            println!(
+                "  trustee CPU per bare request (GET /healthz) {per_request:.0} us: a flow's three requests {:.0} us; floor + HTTP {:.0} us, the rest {:.0} us ({:.2}x floor + HTTP)",
+                3.0 * per_request,
+                floor_flow + 3.0 * per_request,
+                per_flow - floor_flow - 3.0 * per_request,
+                per_flow / (floor_flow + 3.0 * per_request)
+            );
+        }
         // Where a flow's server time goes: the handlers' own (wall) time
         // per route, the rest being HTTP, scheduling and the runtime.
         let mut parts = vec![];

@@ -173,13 +173,36 @@ pub struct RegoPolicy {
     digest: [u8; 32],
 }
 
+/// `v` as a Rego value, read in place: what regorus's own conversion gives
+/// (it deserializes a moved copy, which cost a policy input's size in
+/// copies and allocations on every evaluation).
+fn rego_value(v: &Value) -> regorus::Value {
+    match v {
+        Value::Null => regorus::Value::Null,
+        Value::Bool(b) => regorus::Value::from(*b),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => regorus::Value::from(u),
+            (None, Some(i), _) => regorus::Value::from(i),
+            (None, None, Some(f)) => regorus::Value::from(f),
+            (None, None, None) => regorus::Value::Null,
+        },
+        Value::String(s) => regorus::Value::from(s.as_str()),
+        Value::Array(a) => regorus::Value::from(a.iter().map(rego_value).collect::<Vec<_>>()),
+        Value::Object(m) => regorus::Value::from(
+            m.iter()
+                .map(|(k, v)| (regorus::Value::from(k.as_str()), rego_value(v)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        ),
+    }
+}
+
 /// Looks up `name` for a policy, noting the lookup in the evaluation
 /// running on this thread; anything but a plain value is null to Rego.
 fn query_reference_value(rvps: &Rvps, name: &str) -> regorus::Value {
     let outcome = rvps.lookup(name);
     note_lookup(name, &outcome);
     match outcome {
-        Ok(cocoon_rvps::Lookup::Value(v)) => regorus::Value::from(v),
+        Ok(cocoon_rvps::Lookup::Value(v)) => rego_value(&v),
         _ => regorus::Value::Null,
     }
 }
@@ -318,9 +341,9 @@ impl RegoPolicy {
                 self.same_as_interpreter(rule, input, data, &v);
                 v
             }
-            (Some(Hot::Interpreted(c)), None) => c
-                .eval_with_input(regorus::Value::from(input.clone()))
-                .map_err(err)?,
+            (Some(Hot::Interpreted(c)), None) => {
+                c.eval_with_input(rego_value(input)).map_err(err)?
+            }
             _ => self.eval_general(rule, input, data).map_err(err)?,
         };
         if v == regorus::Value::Undefined {
@@ -349,9 +372,9 @@ impl RegoPolicy {
         vm.set_max_instructions(MAX_INSTRUCTIONS);
         vm.load_program(program.clone());
         if let Some(d) = data {
-            vm.set_data(regorus::Value::from(d.clone()))?;
+            vm.set_data(rego_value(d))?;
         }
-        vm.set_input(regorus::Value::from(input.clone()));
+        vm.set_input(rego_value(input));
         let mut v = vm.execute()?;
         while let Some(arg) = vm.get_host_await_argument().cloned() {
             let answer = match (&self.rvps, vm.get_host_await_identifier().cloned()) {
@@ -581,6 +604,20 @@ mod default_policy_tests {
     /// A reference value that cannot be read fails the evaluation rather
     /// than reading as absent (which some rules could take as "no
     /// requirement").
+    /// The in-place conversion gives what regorus's own does.
+    #[test]
+    fn values_convert_as_regorus_converts_them() {
+        let v = json!({
+            "s": "x\u{1}é", "u": 18446744073709551615u64, "i": -9223372036854775808i64,
+            "f": 1.5, "big": 1e300, "z": 0, "n": null, "b": [true, false, [], {}],
+            "o": {"": {"k": [1, -1, 0.25, "v"]}}
+        });
+        assert_eq!(rego_value(&v), regorus::Value::from(v.clone()));
+        for one in [json!(null), json!(1), json!("s"), json!([]), json!({})] {
+            assert_eq!(rego_value(&one), regorus::Value::from(one.clone()));
+        }
+    }
+
     #[test]
     fn default_policies_run_on_the_vm() {
         let (_d, p) = policy(&[]);
