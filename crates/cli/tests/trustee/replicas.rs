@@ -1,7 +1,7 @@
 //! Trustee replicas on one PostgreSQL (Debian's, a throwaway cluster)
 //! behind a round-robin proxy: flows that cross replicas, a policy change
 //! on one enforced by the other, a replica killed during admin writes, and
-//! the database restarted under load.
+//! the database restarted, then frozen, under load.
 
 use super::*;
 use cocoon_fixtures::postgres::Postgres;
@@ -119,13 +119,105 @@ async fn put_resource(
     }
 }
 
+/// Waits until the trustee's `/readyz` answers `want`.
+async fn wait_ready(url: &str, want: u16, failure: &str) {
+    let since = Instant::now();
+    loop {
+        let got = reqwest::get(format!("{url}/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if got == want {
+            return;
+        }
+        assert!(since.elapsed() < Duration::from_secs(30), "{failure}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two guests running full flows against one trustee in a loop, counting
+/// answers by status; a 503 must say "retry later".
+struct Load {
+    statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, usize>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: &str) -> Self {
+        let statuses: Arc<std::sync::Mutex<std::collections::BTreeMap<u16, usize>>> =
+            Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = vec![];
+        for _ in 0..2 {
+            let (statuses, stop, url) = (statuses.clone(), stop.clone(), url.to_string());
+            let key = TeeKeyPair::generate_ec();
+            tasks.push(tokio::spawn(async move {
+                let raw = Raw::new(&url);
+                while !stop.load(Ordering::Relaxed) {
+                    let status = match flow(&raw, &key, "default/key/r").await {
+                        Ok(v) => {
+                            assert_eq!(v, b"replica-secret");
+                            200
+                        }
+                        Err((s, body)) => {
+                            if s == 503 {
+                                assert!(body.to_string().contains("retry later"), "{body}");
+                            }
+                            s
+                        }
+                    };
+                    *statuses.lock().unwrap().entry(status).or_default() += 1;
+                }
+            }));
+        }
+        Self {
+            statuses,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Once `more` flows have succeeded from now on, stops the guests and
+    /// returns the counts: some 503s, and nothing but 200 and 503.
+    async fn finish_after_successes(self, more: usize) -> std::collections::BTreeMap<u16, usize> {
+        let ok = || {
+            self.statuses
+                .lock()
+                .unwrap()
+                .get(&200)
+                .copied()
+                .unwrap_or(0)
+        };
+        let (before, since) = (ok(), Instant::now());
+        while ok() < before + more {
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "flows did not recover"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let statuses = self.statuses.lock().unwrap().clone();
+        assert!(statuses.get(&503).copied().unwrap_or(0) > 0, "{statuses:?}");
+        assert!(
+            statuses.keys().all(|s| *s == 200 || *s == 503),
+            "only 200 and 503 while the database is away: {statuses:?}"
+        );
+        statuses
+    }
+}
+
 fn admin_token(t: &TrusteeProc) -> String {
     let key = cocoon_kbs::admin::AdminSigningKey::from_file(&t.admin_key()).unwrap();
     key.token(unix_now(), 600)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn replicas_on_postgres_share_state_survive_a_kill_and_a_database_restart() {
+async fn replicas_on_postgres_share_state_survive_a_kill_and_a_database_outage() {
     let mut pg = Postgres::start_new();
     let db = pg.database("trustee");
     let dir = tempfile::tempdir().unwrap();
@@ -296,81 +388,37 @@ async fn replicas_on_postgres_share_state_survive_a_kill_and_a_database_restart(
 
     // 4. PostgreSQL restarted under load: A answers 503 (retry later),
     // never 500, and recovers without a restart of its own.
-    let statuses = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
-        u16,
-        usize,
-    >::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = vec![];
-    for _ in 0..2 {
-        let (statuses, stop, url) = (statuses.clone(), stop.clone(), a.url.clone());
-        let key = TeeKeyPair::generate_ec();
-        load.push(tokio::spawn(async move {
-            let raw = Raw::new(&url);
-            while !stop.load(Ordering::Relaxed) {
-                let status = match flow(&raw, &key, "default/key/r").await {
-                    Ok(v) => {
-                        assert_eq!(v, b"replica-secret");
-                        200
-                    }
-                    Err((s, body)) => {
-                        if s == 503 {
-                            assert!(body.to_string().contains("retry later"), "{body}");
-                        }
-                        s
-                    }
-                };
-                *statuses.lock().unwrap().entry(status).or_default() += 1;
-            }
-        }));
-    }
+    let load = Load::start(&a.url);
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.stop();
-    let http_ready = |url: String| async move {
-        reqwest::get(format!("{url}/readyz"))
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    };
-    let down = Instant::now();
-    while http_ready(a.url.clone()).await != 503 {
-        assert!(
-            down.elapsed() < Duration::from_secs(10),
-            "/readyz stayed ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&a.url, 503, "/readyz stayed ready").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     pg.start();
-    let up = Instant::now();
-    while http_ready(a.url.clone()).await != 200 {
-        assert!(
-            up.elapsed() < Duration::from_secs(30),
-            "/readyz never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Flows succeed again on the same process.
-    let before = statuses.lock().unwrap().get(&200).copied().unwrap_or(0);
-    let recovered = Instant::now();
-    while statuses.lock().unwrap().get(&200).copied().unwrap_or(0) < before + 3 {
-        assert!(
-            recovered.elapsed() < Duration::from_secs(30),
-            "flows did not recover"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    let statuses = statuses.lock().unwrap().clone();
+    wait_ready(&a.url, 200, "/readyz never recovered").await;
+    let statuses = load.finish_after_successes(3).await;
     println!("statuses while PostgreSQL restarted: {statuses:?}");
-    assert!(statuses.get(&503).copied().unwrap_or(0) > 0, "{statuses:?}");
-    assert!(
-        statuses.keys().all(|s| *s == 200 || *s == 503),
-        "only 200 and 503 while the database restarts: {statuses:?}"
+
+    // 5. PostgreSQL frozen (SIGSTOP: the kernel still accepts connections,
+    // nothing answers): the calls in flight give up after their timeout,
+    // later ones fail at once with 503 instead of each holding a worker
+    // thread for the timeout, the trustee keeps answering, and it recovers
+    // when the database answers again.
+    let load = Load::start(&a.url);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pg.freeze();
+    wait_ready(&a.url, 503, "/readyz stayed ready with the database frozen").await;
+    let asked = Instant::now();
+    let health = reqwest::get(format!("{}/healthz", a.url)).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    println!(
+        "/healthz with the database frozen answered in {:?}",
+        asked.elapsed()
     );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.thaw();
+    wait_ready(&a.url, 200, "/readyz never recovered after the freeze").await;
+    let statuses = load.finish_after_successes(3).await;
+    println!("statuses while PostgreSQL was frozen: {statuses:?}");
     // Both replicas wrote one audit chain, and it verifies.
     let text = ok(&audit(
         &a,
@@ -381,5 +429,13 @@ async fn replicas_on_postgres_share_state_survive_a_kill_and_a_database_restart(
     assert!(
         !log.contains("replica-secret"),
         "a secret in replica A's log"
+    );
+    assert!(
+        log.contains("failing fast until a probe reaches it"),
+        "no call failed fast while the database was frozen:\n{log}"
+    );
+    assert!(
+        log.contains("database reachable again"),
+        "the probe never saw the database back:\n{log}"
     );
 }

@@ -27,6 +27,9 @@ use tokio_postgres::{AsyncMessage, Config, NoTls};
 
 /// How long one call may wait for a connection and its answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// While the database is unreachable, how often a probe checks whether it
+/// is back (calls meanwhile fail at once).
+const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
 /// How long a notification this replica sends itself may take to come
@@ -70,6 +73,85 @@ pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     cache: Arc<Cache>,
+    breaker: Arc<Breaker>,
+}
+
+/// Whether the database is known to be unreachable. A call that cannot get
+/// a connection, loses it, or gets no answer within [`CALL_TIMEOUT`] opens
+/// it; while open, calls fail at once ([`StoreError::Unavailable`]) instead
+/// of each holding its caller's thread (an async worker of the trustee's)
+/// for the timeout, and a probe on the store's runtime tries the database
+/// every [`PROBE_EVERY`] and closes it when the database answers.
+#[derive(Default)]
+struct Breaker {
+    open: parking_lot::Mutex<Option<Open>>,
+}
+
+struct Open {
+    since: Instant,
+    why: String,
+}
+
+impl Breaker {
+    /// Refuses a call while open.
+    fn admit(&self) -> Result<(), StoreError> {
+        match &*self.open.lock() {
+            None => Ok(()),
+            Some(o) => Err(unavailable(format!(
+                "PostgreSQL unreachable for {} s ({}); failing fast until a probe reaches it",
+                o.since.elapsed().as_secs(),
+                o.why
+            ))),
+        }
+    }
+
+    /// Opens it (once) and starts the probe that will close it.
+    fn trip(self: &Arc<Self>, why: String, pool: &Pool) {
+        {
+            let mut open = self.open.lock();
+            if open.is_some() {
+                return;
+            }
+            tracing::warn!(error = %why, "database unreachable: calls fail fast until it answers");
+            *open = Some(Open {
+                since: Instant::now(),
+                why,
+            });
+        }
+        let (breaker, pool) = (self.clone(), pool.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROBE_EVERY).await;
+                let probe = async {
+                    let c = pool.get().await.ok()?;
+                    c.simple_query("").await.ok()
+                };
+                if let Ok(Some(_)) = tokio::time::timeout(CALL_TIMEOUT, probe).await {
+                    if let Some(o) = breaker.open.lock().take() {
+                        tracing::info!(
+                            after_secs = o.since.elapsed().as_secs(),
+                            "database reachable again"
+                        );
+                    }
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// Whether a statement's error means the connection, not the statement,
+/// failed (closed, reset, the server shutting down or refusing sessions).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => {
+            e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        }
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || c.starts_with("57P")
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -179,7 +261,7 @@ impl PgStore {
     /// `host=/run/postgresql dbname=...`), applies the schema migrations the
     /// database lacks, and starts listening for changes.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let config: Config = url.parse().map_err(|e| {
+        let mut config: Config = url.parse().map_err(|e| {
             StoreError::Backend(format!(
                 "the database option is not a PostgreSQL connection string \
                  (postgres://user:password@host/db, or host=... dbname=...): {e}"
@@ -194,6 +276,11 @@ impl PgStore {
             ));
         }
         check_local(&config)?;
+        // A server that accepts the connection and then says nothing (a
+        // frozen host) must not hold a connection attempt forever.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CALL_TIMEOUT);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cocoon-postgres")
@@ -220,6 +307,7 @@ impl PgStore {
             runtime: Some(runtime),
             pool,
             cache,
+            breaker: Arc::default(),
         };
         let pool = store.pool.clone();
         store
@@ -248,12 +336,15 @@ impl PgStore {
         f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (breaker, pool) = (self.breaker.clone(), self.pool.clone());
         self.runtime().spawn(async move {
             let out = match tokio::time::timeout(CALL_TIMEOUT, f).await {
                 Ok(out) => out,
-                Err(_) => Err(unavailable(format!(
-                    "PostgreSQL did not answer within {CALL_TIMEOUT:?}"
-                ))),
+                Err(_) => {
+                    let why = format!("PostgreSQL did not answer within {CALL_TIMEOUT:?}");
+                    breaker.trip(why.clone(), &pool);
+                    Err(unavailable(why))
+                }
             };
             let _ = tx.send(out);
         });
@@ -279,10 +370,24 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
     {
-        let pool = self.pool.clone();
+        self.breaker.admit()?;
+        let (pool, breaker) = (self.pool.clone(), self.breaker.clone());
         self.call(async move {
-            let client = pool.get().await.map_err(pool_error)?;
-            Ok(run(client).await)
+            let client = match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let e = pool_error(e);
+                    breaker.trip(e.to_string(), &pool);
+                    return Err(e);
+                }
+            };
+            let out = run(client).await;
+            if let Err(e) = &out
+                && connection_lost(e)
+            {
+                breaker.trip(format!("PostgreSQL: {e}"), &pool);
+            }
+            Ok(out)
         })
     }
 }
@@ -383,12 +488,12 @@ async fn listen(config: Config, pool: Pool, cache: Arc<Cache>) {
 /// that notifications from other sessions arrive. Not a namespace.
 const PROBE: &str = "\u{1}probe:";
 
-async fn listen_once(
-    config: &Config,
-    pool: &Pool,
-    cache: &Cache,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+async fn listen_once(config: &Config, pool: &Pool, cache: &Cache) -> Result<(), String> {
+    let silent = || format!("no answer within {CALL_TIMEOUT:?}");
+    let (client, mut connection) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| silent())?
+        .map_err(|e| e.to_string())?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(i32, String)>();
     let mut driver = tokio::spawn(async move {
         loop {
@@ -403,11 +508,24 @@ async fn listen_once(
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    let listener: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await?
-        .get(0);
+    let setup = async {
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map(|r| r.get::<_, i32>(0))
+    };
+    let listener = match tokio::time::timeout(CALL_TIMEOUT, setup).await {
+        Ok(Ok(pid)) => pid,
+        Ok(Err(e)) => {
+            driver.abort();
+            return Err(e.to_string());
+        }
+        Err(_) => {
+            driver.abort();
+            return Err(silent());
+        }
+    };
     let mut nonce = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let nonce = u64::from_le_bytes(nonce);
