@@ -23,6 +23,12 @@ pub struct TrusteeArgs {
     /// deployment shares. The schema is created or migrated at start.
     #[arg(long, env = "COCOON_DATABASE", hide_env_values = true)]
     database: Option<String>,
+    /// Connect to the database over TLS, verifying its certificate against
+    /// this CA (PEM) and the connection string's host name; the database
+    /// may then be on another host. Without it, only a Unix socket or a
+    /// loopback address is accepted.
+    #[arg(long, env = "COCOON_DATABASE_CA", requires = "database")]
+    database_ca: Option<PathBuf>,
     /// Serve plain HTTP (development only). Refused on a listen address
     /// other than loopback unless --allow-insecure-on-network is given.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
@@ -175,6 +181,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
             .clone()
             .unwrap_or_else(cocoon_kbs::default_data_dir),
         database: a.database.clone(),
+        database_ca: a.database_ca.clone(),
         tls,
         tls_names: a.tls_names.clone(),
         audit_key: a.audit_key.clone(),

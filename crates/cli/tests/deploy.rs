@@ -174,6 +174,7 @@ referenceValues:
                 "admin.existingSecret=trustee-admins",
                 "kek.existingSecret=trustee-kek",
                 "auditKey.existingSecret=trustee-audit",
+                "database.caSecret=trustee-db-ca",
             ],
         ),
     ];
@@ -237,10 +238,12 @@ referenceValues:
         "--audit-key=/etc/cocoon/audit/audit-key.pem",
         "secretName: trustee-audit",
         "path: /readyz",
+        "--database-ca=/etc/cocoon/database-ca/ca.crt",
+        "secretName: trustee-db-ca",
     ] {
         assert!(pg.contains(want), "trustee on PostgreSQL: {want} missing");
     }
-    assert!(!pg.contains("PersistentVolumeClaim") && !pg.contains("--database"));
+    assert!(!pg.contains("PersistentVolumeClaim") && !pg.contains("--database="));
     // Replicas without shared keys would each make their own: refused.
     let out = Command::new(tool("helm"))
         .args([

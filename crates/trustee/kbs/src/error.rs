@@ -109,11 +109,57 @@ impl KbsError {
     }
 }
 
+/// At most one log line a second for [`KbsError::Unavailable`].
+static UNAVAILABLE_LOG: LogLimiter = LogLimiter::new();
+
+/// Lets one event a second through, counting the others.
+pub(crate) struct LogLimiter {
+    /// The second (Unix time) of the last event let through.
+    last: std::sync::atomic::AtomicI64,
+    /// Events not let through since.
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimiter {
+    pub(crate) const fn new() -> Self {
+        Self {
+            last: std::sync::atomic::AtomicI64::new(i64::MIN),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(events held back since the last one let through)` when this
+    /// one may be logged.
+    pub(crate) fn admit(&self) -> Option<u64> {
+        self.admit_at(crate::api::now())
+    }
+
+    fn admit_at(&self, now: i64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last.load(Relaxed);
+        if now != last
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.held.swap(0, Relaxed))
+        } else {
+            self.held.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
 impl IntoResponse for KbsError {
     fn into_response(self) -> Response {
         let (status, variant) = self.status_and_variant();
         if let KbsError::Unavailable { detail } = &self {
-            tracing::error!(error = %detail, "request cannot be decided: storage or reference values unavailable");
+            // An outage fails every request: one line a second says so,
+            // with how many were not logged since the last.
+            if let Some(unlogged) = UNAVAILABLE_LOG.admit() {
+                tracing::error!(error = %detail, unlogged, "request cannot be decided: storage or reference values unavailable");
+            }
         } else if status.is_server_error() {
             tracing::error!(error = %self, "request failed inside the trustee");
         }
@@ -133,5 +179,21 @@ impl From<cocoon_store::StoreError> for KbsError {
             },
             _ => KbsError::Internal(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_unavailable_line_a_second_with_the_count_held_back() {
+        let l = LogLimiter::new();
+        assert_eq!(l.admit_at(100), Some(0));
+        assert_eq!(l.admit_at(100), None);
+        assert_eq!(l.admit_at(100), None);
+        assert_eq!(l.admit_at(101), Some(2));
+        assert_eq!(l.admit_at(101), None);
+        assert_eq!(l.admit_at(105), Some(1));
     }
 }

@@ -42,6 +42,10 @@ pub struct TrusteeConfig {
     /// A PostgreSQL connection string for a database shared by replicas;
     /// `None`: the embedded SQLite database in the data directory.
     pub database: Option<String>,
+    /// The CA (PEM) that the database server's certificate must chain to:
+    /// the connection is then TLS, and the database may be on another
+    /// host. `None`: plain text, to this machine only.
+    pub database_ca: Option<PathBuf>,
     /// TLS mode.
     pub tls: TlsMode,
     /// The audit log's signing key (Ed25519 PEM); default
@@ -125,6 +129,7 @@ impl Default for TrusteeConfig {
             listen: "127.0.0.1:8080".parse().expect("valid literal"),
             data_dir: default_data_dir(),
             database: None,
+            database_ca: None,
             tls: TlsMode::SelfSigned,
             tls_names: vec![],
             audit_key: None,
@@ -257,7 +262,18 @@ impl Trustee {
         };
         let store: Arc<dyn Store> = match &cfg.database {
             Some(url) => {
-                let store = PgStore::connect(url).map_err(err)?;
+                let store = match &cfg.database_ca {
+                    Some(ca) => {
+                        let pem = std::fs::read(ca).map_err(|e| {
+                            StartError::Msg(format!(
+                                "cannot read the database CA {}: {e}",
+                                ca.display()
+                            ))
+                        })?;
+                        PgStore::connect_tls(url, &pem).map_err(err)?
+                    }
+                    None => PgStore::connect(url).map_err(err)?,
+                };
                 tracing::info!(database = %cocoon_store::describe_database(url), "PostgreSQL store connected");
                 Arc::new(store)
             }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long one call may wait for a connection and its answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -243,10 +244,25 @@ fn classify(e: tokio_postgres::Error) -> StoreError {
         }
     };
     if transient {
-        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+        StoreError::Unavailable(format!("PostgreSQL: {}", described(&e)))
     } else {
-        StoreError::Backend(format!("PostgreSQL: {e}"))
+        StoreError::Backend(format!("PostgreSQL: {}", described(&e)))
     }
+}
+
+/// The error with its causes ("error performing TLS handshake: invalid
+/// peer certificate: UnknownIssuer"); a server's error already says it all.
+fn described(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    if e.as_db_error().is_none() {
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+    }
+    text
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
@@ -256,26 +272,83 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// TLS to the database, verified against the owner's CA.
+fn tls_config(ca_pem: &[u8]) -> Result<MakeRustlsConnect, StoreError> {
+    let bad = |d: String| StoreError::Backend(format!("the database CA: {d}"));
+    let mut roots = rustls::RootCertStore::empty();
+    let mut reader = ca_pem;
+    for cert in rustls_pemfile::certs(&mut reader) {
+        let cert = cert.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("a certificate is not usable as a root: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 impl PgStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`, or
     /// `host=/run/postgresql dbname=...`), applies the schema migrations the
-    /// database lacks, and starts listening for changes.
+    /// database lacks, and starts listening for changes. Without TLS, the
+    /// database must be on this machine (a Unix socket or loopback).
     pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, None)
+    }
+
+    /// [`Self::connect`] over TLS: the server's certificate must chain to
+    /// a certificate in `ca_pem` and name the connection string's host.
+    /// Any host may be used then.
+    pub fn connect_tls(url: &str, ca_pem: &[u8]) -> Result<Self, StoreError> {
+        Self::open(url, Some(tls_config(ca_pem)?))
+    }
+
+    fn open(url: &str, tls: Option<MakeRustlsConnect>) -> Result<Self, StoreError> {
         let mut config: Config = url.parse().map_err(|e| {
             StoreError::Backend(format!(
                 "the database option is not a PostgreSQL connection string \
                  (postgres://user:password@host/db, or host=... dbname=...): {e}"
             ))
         })?;
-        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(StoreError::Backend(
-                "sslmode=require: TLS to PostgreSQL is not built in; connect over a Unix \
-                 socket or a loopback address (a TLS proxy beside the trustee for remote \
-                 databases)"
-                    .into(),
-            ));
+        use tokio_postgres::config::SslMode;
+        match (&tls, config.get_ssl_mode()) {
+            (None, SslMode::Require) => {
+                return Err(StoreError::Backend(
+                    "sslmode=require without the database's CA: TLS that does not verify \
+                     the server proves nothing; give the CA (--database-ca) or connect over \
+                     a Unix socket or a loopback address"
+                        .into(),
+                ));
+            }
+            (None, _) => check_local(&config)?,
+            (Some(_), SslMode::Disable) => {
+                return Err(StoreError::Backend(
+                    "sslmode=disable contradicts the database CA given: drop one".into(),
+                ));
+            }
+            (Some(_), _) => {
+                if config
+                    .get_hosts()
+                    .iter()
+                    .any(|h| !matches!(h, Host::Tcp(_)))
+                {
+                    return Err(StoreError::Backend(
+                        "TLS to the database needs a TCP host (a Unix socket has none)".into(),
+                    ));
+                }
+                // Never fall back to plain text.
+                config.ssl_mode(SslMode::Require);
+            }
         }
-        check_local(&config)?;
         // A server that accepts the connection and then says nothing (a
         // frozen host) must not hold a connection attempt forever.
         if config.get_connect_timeout().is_none() {
@@ -287,13 +360,13 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("store runtime: {e}")))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &tls {
+            Some(t) => Manager::from_config(config.clone(), t.clone(), manager_config),
+            None => Manager::from_config(config.clone(), NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -321,7 +394,7 @@ impl PgStore {
             })?;
         store
             .runtime()
-            .spawn(listen(config, store.pool.clone(), store.cache.clone()));
+            .spawn(listen(config, tls, store.pool.clone(), store.cache.clone()));
         Ok(store)
     }
 
@@ -385,7 +458,7 @@ impl PgStore {
             if let Err(e) = &out
                 && connection_lost(e)
             {
-                breaker.trip(format!("PostgreSQL: {e}"), &pool);
+                breaker.trip(format!("PostgreSQL: {}", described(e)), &pool);
             }
             Ok(out)
         })
@@ -464,11 +537,11 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 /// Keeps a `LISTEN` connection up and the cache in step with it. While
 /// the database is away, attempts back off to one every 2 s (and a log
 /// line each).
-async fn listen(config: Config, pool: Pool, cache: Arc<Cache>) {
+async fn listen(config: Config, tls: Option<MakeRustlsConnect>, pool: Pool, cache: Arc<Cache>) {
     let mut pause = Duration::from_millis(100);
     loop {
         let began = Instant::now();
-        match listen_once(&config, &pool, &cache).await {
+        match listen_once(&config, tls.as_ref(), &pool, &cache).await {
             Ok(()) => tracing::warn!("database notification connection closed; reconnecting"),
             Err(e) => {
                 tracing::warn!(error = %e, "database notification connection failed; reconnecting")
@@ -488,14 +561,17 @@ async fn listen(config: Config, pool: Pool, cache: Arc<Cache>) {
 /// that notifications from other sessions arrive. Not a namespace.
 const PROBE: &str = "\u{1}probe:";
 
-async fn listen_once(config: &Config, pool: &Pool, cache: &Cache) -> Result<(), String> {
-    let silent = || format!("no answer within {CALL_TIMEOUT:?}");
-    let (client, mut connection) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
-        .await
-        .map_err(|_| silent())?
-        .map_err(|e| e.to_string())?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(i32, String)>();
-    let mut driver = tokio::spawn(async move {
+/// Drives a connection, handing its notifications (sender's backend PID,
+/// payload) to `tx`, until it closes.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<(i32, String)>,
+) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
@@ -507,7 +583,34 @@ async fn listen_once(config: &Config, pool: &Pool, cache: &Cache) -> Result<(), 
                 Some(Err(_)) | None => return,
             }
         }
-    });
+    })
+}
+
+async fn listen_once(
+    config: &Config,
+    tls: Option<&MakeRustlsConnect>,
+    pool: &Pool,
+    cache: &Cache,
+) -> Result<(), String> {
+    let silent = || format!("no answer within {CALL_TIMEOUT:?}");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(i32, String)>();
+    let (client, mut driver) = match tls {
+        Some(t) => {
+            let (client, connection) =
+                tokio::time::timeout(CALL_TIMEOUT, config.connect(t.clone()))
+                    .await
+                    .map_err(|_| silent())?
+                    .map_err(|e| e.to_string())?;
+            (client, drive(connection, tx))
+        }
+        None => {
+            let (client, connection) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
+                .await
+                .map_err(|_| silent())?
+                .map_err(|e| e.to_string())?;
+            (client, drive(connection, tx))
+        }
+    };
     let setup = async {
         client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
         client

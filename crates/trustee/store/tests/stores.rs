@@ -233,7 +233,10 @@ fn postgres_refusals_are_clear_and_hide_the_password() {
     let err = PgStore::connect("postgres://u:pw@127.0.0.1/db?sslmode=require")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("TLS to PostgreSQL is not built in"), "{err}");
+    assert!(
+        err.contains("without the database's CA") && err.contains("--database-ca"),
+        "{err}"
+    );
     // A database from a newer trustee is refused, not downgraded.
     let pg = Postgres::start_new();
     let url = pg.database("newer");
@@ -244,4 +247,81 @@ fn postgres_refusals_are_clear_and_hide_the_password() {
         err.contains("schema version 99, newer than this trustee"),
         "{err}"
     );
+}
+
+/// A CA and a server certificate it signs for `names`.
+fn ca_and_server(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "database test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &ca_cert, &ca_key)
+            .unwrap();
+    (ca_cert.pem(), server.pem(), key.serialize_pem())
+}
+
+#[test]
+fn postgres_over_tls_verifies_the_server() {
+    let mut pg = Postgres::start_new();
+    let url = pg.database("tls");
+    let (ca, cert, key) = ca_and_server(&["localhost", "127.0.0.1"]);
+    pg.enable_tls(&cert, &key);
+
+    // The owner's CA and a host the certificate names: TLS, every session.
+    let store = PgStore::connect_tls(&url, ca.as_bytes()).unwrap();
+    store.put("ns", "k", b"over tls").unwrap();
+    assert_eq!(
+        store.get("ns", "k").unwrap().as_deref(),
+        Some(&b"over tls"[..])
+    );
+    let plain = pg.psql(
+        "tls",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = 'tls' AND a.backend_type = 'client backend' AND NOT s.ssl \
+         AND a.application_name <> 'psql'",
+    );
+    let tls = pg.psql(
+        "tls",
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.datname = 'tls' AND s.ssl",
+    );
+    assert_eq!(plain.trim(), "0", "a store session in plain text");
+    assert!(
+        tls.trim().parse::<u32>().unwrap() >= 1,
+        "no TLS session: {tls}"
+    );
+    drop(store);
+
+    // Another CA, or a certificate for another name: refused, saying why.
+    let (other_ca, _, _) = ca_and_server(&["localhost"]);
+    let err = PgStore::connect_tls(&url, other_ca.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let (ca2, cert2, key2) = ca_and_server(&["db.example.com"]);
+    pg.enable_tls(&cert2, &key2);
+    let err = PgStore::connect_tls(&url, ca2.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // Settings that contradict TLS, and a CA file that holds none.
+    let err = PgStore::connect_tls(&format!("{url}?sslmode=disable"), ca2.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sslmode=disable contradicts"), "{err}");
+    let err = PgStore::connect_tls("host=/run/postgresql dbname=x", ca2.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs a TCP host"), "{err}");
+    let err = PgStore::connect_tls(&url, b"not pem")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no certificate"), "{err}");
 }
