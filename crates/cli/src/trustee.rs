@@ -279,16 +279,27 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let audit = trustee.state.audit.clone();
+    let stop = trustee.stopper();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch for SIGTERM")?;
-    tokio::select! {
-        r = trustee.serve() => r?,
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
-        _ = term.recv() => tracing::info!("terminated, stopping"),
-    }
+    let mut serving = std::pin::pin!(trustee.serve());
+    let served = tokio::select! {
+        r = &mut serving => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+    };
+    let served = match served {
+        Some(r) => r,
+        None => {
+            // Requests in flight finish (and record what they did) first.
+            tracing::info!("stopping: no new connections, open ones get 10 s to finish");
+            stop(std::time::Duration::from_secs(10));
+            serving.await
+        }
+    };
     // What the trustee did is in the audit log before it exits.
     if !audit.flush(std::time::Duration::from_secs(5)).await {
         tracing::error!("stopping with audit records not yet written (the database is away)");
     }
-    Ok(())
+    Ok(served?)
 }

@@ -260,6 +260,16 @@ referenceValues:
         !out.status.success() && err.contains("set tls.existingSecret too"),
         "{err}"
     );
+    // A database CA without a database is a mistake, not ignored.
+    let out = Command::new(tool("helm"))
+        .args(["template", "rel", &trustee, "--set", "database.caSecret=ca"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("set database.existingSecret too"),
+        "{err}"
+    );
     let defaults = std::fs::read_to_string(&files[3]).unwrap();
     assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
     assert!(!defaults.contains("--kek-file"));

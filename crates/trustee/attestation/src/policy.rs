@@ -250,6 +250,15 @@ impl RegoPolicy {
         } else {
             &[]
         };
+        // The VM is used for the built-in policies only: on the same input
+        // it gives the interpreter's answers (the tests check every hot
+        // rule on both), but it handles failures differently (an error
+        // inside a rule body makes that body not match, conflicting values
+        // make a rule undefined, where the interpreter fails the whole
+        // evaluation). A policy written to rely on an error failing closed,
+        // as `count(deny_reasons) == 0` does, could then release on the VM,
+        // so an owner's own policy runs on the interpreter.
+        let vm = text == crate::DEFAULT_CPU_POLICY_TEXT || text == crate::RESOURCE_POLICY_TEXT;
         let mut hot = HashMap::new();
         for rule in HOT_RULES {
             let entry = format!("data.policy.{rule}");
@@ -261,16 +270,20 @@ impl RegoPolicy {
             else {
                 continue;
             };
-            let how = match regorus::languages::rego::compiler::Compiler::compile_from_policy_with_host_await(
-                &c,
-                &[entry.as_str()],
-                host,
-            ) {
-                Ok(program) => Hot::Vm(program),
-                Err(e) => {
-                    tracing::info!(policy = id, rule, reason = %e, "rule evaluated by the interpreter");
+            let program = vm.then(|| {
+                regorus::languages::rego::compiler::Compiler::compile_from_policy_with_host_await(
+                    &c,
+                    &[entry.as_str()],
+                    host,
+                )
+            });
+            let how = match program {
+                Some(Ok(program)) => Hot::Vm(program),
+                Some(Err(e)) => {
+                    tracing::warn!(policy = id, rule, reason = %e, "built-in rule evaluated by the interpreter");
                     Hot::Interpreted(c)
                 }
+                None => Hot::Interpreted(c),
             };
             hot.insert(rule, how);
         }
@@ -628,6 +641,30 @@ mod default_policy_tests {
         for rule in ["allow", "deny_reasons"] {
             assert!(r.on_vm(rule), "resource-policy.{rule} is not on the VM");
         }
+    }
+
+    /// An owner's policy runs on the interpreter, where a conflict or a
+    /// type error fails the evaluation (so the request is refused) rather
+    /// than making a rule quietly undefined or a body not match.
+    #[test]
+    fn owners_policies_fail_closed_on_the_interpreter() {
+        let text = r#"package policy
+import rego.v1
+default allow := false
+allow := true if input.a
+allow := false if input.b
+deny_reasons contains "too small" if input.n + 1 < 10
+"#;
+        let p = RegoPolicy::compile("custom", text, None).unwrap();
+        assert!(!p.on_vm("allow") && !p.on_vm("deny_reasons"));
+        assert_eq!(
+            p.eval("allow", &json!({"a": true}), None).unwrap(),
+            Some(json!(true))
+        );
+        let both = p.eval("allow", &json!({"a": true, "b": true}), None);
+        assert!(both.is_err(), "conflicting values gave {both:?}");
+        let typed = p.eval("deny_reasons", &json!({"n": "x"}), None);
+        assert!(typed.is_err(), "a type error gave {typed:?}");
     }
 
     #[test]

@@ -231,6 +231,7 @@ pub struct Trustee {
     recorder_rx: Option<tokio::sync::mpsc::Receiver<crate::api::Denial>>,
     max_connections: usize,
     per_client: (usize, bool),
+    handle: axum_server::Handle,
     limiter: Arc<crate::limits::RateLimiter>,
 }
 
@@ -447,6 +448,7 @@ impl Trustee {
             admin_key_hint,
             cert_hint,
             recorder_rx: Some(rx),
+            handle: axum_server::Handle::new(),
             max_connections: crate::limits::connection_budget(cfg.max_connections),
             per_client: (cfg.max_connections_per_client, cfg.rate_limit_loopback),
             limiter: Arc::new(crate::limits::RateLimiter::new(
@@ -470,6 +472,13 @@ impl Trustee {
     }
 
     /// Serves until the process is stopped.
+    /// Stops a running [`Self::serve`]: no new connections, and `serve`
+    /// returns once the open ones are done or `grace` has passed.
+    pub fn stopper(&self) -> impl Fn(std::time::Duration) + Send + Sync + 'static {
+        let handle = self.handle.clone();
+        move |grace| handle.graceful_shutdown(Some(grace))
+    }
+
     pub async fn serve(mut self) -> Result<(), StartError> {
         if let Some(rx) = self.recorder_rx.take() {
             tokio::spawn(denial_recorder(self.state.store.clone(), rx));
@@ -494,12 +503,15 @@ impl Trustee {
         match self.tls {
             Some(tls) => {
                 let mut server = axum_server::from_tcp(self.listener)
+                    .handle(self.handle)
                     .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(limit));
                 bound(server.http_builder(), slow);
                 server.serve(app).await.map_err(err)
             }
             None => {
-                let mut server = axum_server::from_tcp(self.listener).acceptor(limit);
+                let mut server = axum_server::from_tcp(self.listener)
+                    .handle(self.handle)
+                    .acceptor(limit);
                 bound(server.http_builder(), slow);
                 server.serve(app).await.map_err(err)
             }

@@ -90,14 +90,27 @@ pub const RECHECK: std::time::Duration = std::time::Duration::from_millis(250);
 /// build them from claims).
 const CACHED: usize = 1024;
 
-/// What a lookup found, and when.
-type Cached = (std::time::Instant, Option<Arc<ReferenceValue>>);
+/// Records read for policies, and when.
+#[derive(Default)]
+struct Cache {
+    entries: std::collections::HashMap<String, (std::time::Instant, Option<Arc<ReferenceValue>>)>,
+    /// Moves on with every change made here: a read that started before
+    /// one must not keep what it read.
+    generation: u64,
+}
+
+impl Cache {
+    fn changed(&mut self, name: &str) {
+        self.entries.remove(name);
+        self.generation += 1;
+    }
+}
 
 /// The RVPS over a shared store.
 #[derive(Clone)]
 pub struct Rvps {
     store: Arc<dyn Store>,
-    cache: Arc<parking_lot::Mutex<std::collections::HashMap<String, Cached>>>,
+    cache: Arc<parking_lot::Mutex<Cache>>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -151,9 +164,10 @@ impl Rvps {
                 .unix_timestamp(),
         };
         let bytes = serde_json::to_vec(&rv).map_err(|e| RvpsError::BadMessage(e.to_string()))?;
-        self.cache.lock().remove(name);
-        self.store.put(ns::REFERENCE_VALUES, name, &bytes)?;
-        self.cache.lock().remove(name);
+        let stored = self.store.put(ns::REFERENCE_VALUES, name, &bytes);
+        // Even a failed write may have committed.
+        self.cache.lock().changed(name);
+        stored?;
         Ok(rv)
     }
 
@@ -200,23 +214,32 @@ impl Rvps {
     /// What policies get for `name`, and why when it is not a value. A
     /// store failure or an unreadable record is an error, never "absent".
     /// Records are read from memory for up to [`RECHECK`].
+    /// A name that could never be stored is missing (and not cached).
     pub fn lookup(&self, name: &str) -> Result<Lookup, RvpsError> {
-        let cached = self
-            .cache
-            .lock()
-            .get(name)
-            .filter(|(at, _)| at.elapsed() < RECHECK)
-            .map(|(_, rv)| rv.clone());
+        if !valid_name(name) {
+            return Ok(Lookup::Missing);
+        }
+        let (cached, generation) = {
+            let cache = self.cache.lock();
+            let hit = cache
+                .entries
+                .get(name)
+                .filter(|(at, _)| at.elapsed() < RECHECK)
+                .map(|(_, rv)| rv.clone());
+            (hit, cache.generation)
+        };
         let rv = match cached {
             Some(rv) => rv,
             None => {
                 let read = std::time::Instant::now();
                 let rv = self.record(name)?.map(Arc::new);
                 let mut cache = self.cache.lock();
-                if cache.len() >= CACHED {
-                    cache.clear();
+                if cache.generation == generation {
+                    if cache.entries.len() >= CACHED {
+                        cache.entries.clear();
+                    }
+                    cache.entries.insert(name.to_string(), (read, rv.clone()));
                 }
-                cache.insert(name.to_string(), (read, rv.clone()));
                 rv
             }
         };
@@ -248,10 +271,9 @@ impl Rvps {
 
     /// Removes `name`; returns whether it existed.
     pub fn delete(&self, name: &str) -> Result<bool, RvpsError> {
-        self.cache.lock().remove(name);
-        let existed = self.store.delete(ns::REFERENCE_VALUES, name)?;
-        self.cache.lock().remove(name);
-        Ok(existed)
+        let deleted = self.store.delete(ns::REFERENCE_VALUES, name);
+        self.cache.lock().changed(name);
+        Ok(deleted?)
     }
 }
 

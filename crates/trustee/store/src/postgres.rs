@@ -77,16 +77,22 @@ pub struct PgStore {
     breaker: Arc<Breaker>,
 }
 
-/// Whether the database is known to be unreachable. A call that cannot get
-/// a connection, loses it, or gets no answer within [`CALL_TIMEOUT`] opens
-/// it; while open, calls fail at once ([`StoreError::Unavailable`]) instead
+/// Whether the database is known to be unreachable. A call that cannot
+/// open a connection or loses one opens it, and so do calls that get no
+/// answer within [`CALL_TIMEOUT`] [`TIMEOUTS_TO_TRIP`] times in a row (one
+/// slow statement under load does not); while open, calls fail at once ([`StoreError::Unavailable`]) instead
 /// of each holding its caller's thread (an async worker of the trustee's)
 /// for the timeout, and a probe on the store's runtime tries the database
 /// every [`PROBE_EVERY`] and closes it when the database answers.
 #[derive(Default)]
 struct Breaker {
     open: parking_lot::Mutex<Option<Open>>,
+    /// Calls without an answer since the last one that got one.
+    timeouts: AtomicU64,
 }
+
+/// Unanswered calls in a row that open the breaker.
+const TIMEOUTS_TO_TRIP: u64 = 3;
 
 struct Open {
     since: Instant,
@@ -104,6 +110,18 @@ impl Breaker {
                 o.why
             ))),
         }
+    }
+
+    /// A call got no answer within [`CALL_TIMEOUT`].
+    fn timed_out(self: &Arc<Self>, why: String, pool: &Pool) {
+        if self.timeouts.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_TO_TRIP {
+            self.trip(why, pool);
+        }
+    }
+
+    /// A call got an answer (of any kind) from the database.
+    fn answered(&self) {
+        self.timeouts.store(0, Ordering::Relaxed);
     }
 
     /// Opens it (once) and starts the probe that will close it.
@@ -128,6 +146,7 @@ impl Breaker {
                     c.simple_query("").await.ok()
                 };
                 if let Ok(Some(_)) = tokio::time::timeout(CALL_TIMEOUT, probe).await {
+                    breaker.answered();
                     if let Some(o) = breaker.open.lock().take() {
                         tracing::info!(
                             after_secs = o.since.elapsed().as_secs(),
@@ -189,7 +208,7 @@ pub fn describe_database(url: &str) -> String {
 }
 
 /// The hosts a connection goes to in plain text must be this machine's:
-/// TLS to PostgreSQL is not built in, and policies travel unsealed.
+/// policies would travel unprotected.
 fn check_local(config: &Config) -> Result<(), StoreError> {
     let local = |name: &str| {
         name == "localhost"
@@ -214,9 +233,8 @@ fn check_local(config: &Config) -> Result<(), StoreError> {
         .next();
     match far {
         Some(host) => Err(StoreError::Backend(format!(
-            "database host {host} is not on this machine, and TLS to PostgreSQL is not built \
-             in: connect over a Unix socket or loopback (a TLS proxy beside the trustee, such \
-             as a cloud SQL proxy or stunnel, reaches a remote database)"
+            "database host {host} is not on this machine: give the database's CA \
+             (--database-ca) to connect over TLS, or connect over a Unix socket or loopback"
         ))),
         None => Ok(()),
     }
@@ -415,7 +433,7 @@ impl PgStore {
                 Ok(out) => out,
                 Err(_) => {
                     let why = format!("PostgreSQL did not answer within {CALL_TIMEOUT:?}");
-                    breaker.trip(why.clone(), &pool);
+                    breaker.timed_out(why.clone(), &pool);
                     Err(unavailable(why))
                 }
             };
@@ -448,6 +466,12 @@ impl PgStore {
         self.call(async move {
             let client = match pool.get().await {
                 Ok(c) => c,
+                // Every connection busy: the database is slow, not away.
+                Err(
+                    e @ deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait),
+                ) => {
+                    return Err(pool_error(e));
+                }
                 Err(e) => {
                     let e = pool_error(e);
                     breaker.trip(e.to_string(), &pool);
@@ -455,10 +479,11 @@ impl PgStore {
                 }
             };
             let out = run(client).await;
-            if let Err(e) = &out
-                && connection_lost(e)
-            {
-                breaker.trip(format!("PostgreSQL: {}", described(e)), &pool);
+            match &out {
+                Err(e) if connection_lost(e) => {
+                    breaker.trip(format!("PostgreSQL: {}", described(e)), &pool)
+                }
+                _ => breaker.answered(),
             }
             Ok(out)
         })
@@ -600,14 +625,14 @@ async fn listen_once(
                 tokio::time::timeout(CALL_TIMEOUT, config.connect(t.clone()))
                     .await
                     .map_err(|_| silent())?
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| described(&e))?;
             (client, drive(connection, tx))
         }
         None => {
             let (client, connection) = tokio::time::timeout(CALL_TIMEOUT, config.connect(NoTls))
                 .await
                 .map_err(|_| silent())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| described(&e))?;
             (client, drive(connection, tx))
         }
     };

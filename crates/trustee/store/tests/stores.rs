@@ -223,7 +223,10 @@ fn postgres_refusals_are_clear_and_hide_the_password() {
         "host=localhost hostaddr=192.0.2.7 user=u dbname=x",
     ] {
         let err = PgStore::connect(far).unwrap_err().to_string();
-        assert!(err.contains("is not on this machine"), "{far}: {err}");
+        assert!(
+            err.contains("is not on this machine") && err.contains("--database-ca"),
+            "{far}: {err}"
+        );
         assert!(!err.contains("pw"), "{err}");
     }
     let err = PgStore::connect("not a url at all=")
