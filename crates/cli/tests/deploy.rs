@@ -244,32 +244,19 @@ referenceValues:
         assert!(pg.contains(want), "trustee on PostgreSQL: {want} missing");
     }
     assert!(!pg.contains("PersistentVolumeClaim") && !pg.contains("--database="));
-    // Replicas without shared keys would each make their own: refused.
-    let out = Command::new(tool("helm"))
-        .args([
-            "template",
-            "rel",
-            &trustee,
-            "--set",
-            "database.existingSecret=db",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("set tls.existingSecret too"),
-        "{err}"
-    );
-    // A database CA without a database is a mistake, not ignored.
-    let out = Command::new(tool("helm"))
-        .args(["template", "rel", &trustee, "--set", "database.caSecret=ca"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("set database.existingSecret too"),
-        "{err}"
-    );
+    // Replicas without shared keys would each make their own, and a
+    // database CA without a database is a mistake: both refused.
+    for (set, says) in [
+        ("database.existingSecret=db", "set tls.existingSecret too"),
+        ("database.caSecret=ca", "set database.existingSecret too"),
+    ] {
+        let out = Command::new(tool("helm"))
+            .args(["template", "rel", &trustee, "--set", set])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{set}: {err}");
+    }
     let defaults = std::fs::read_to_string(&files[3]).unwrap();
     assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
     assert!(!defaults.contains("--kek-file"));

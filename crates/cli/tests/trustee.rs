@@ -826,6 +826,9 @@ async fn unreadable_reference_value_is_unavailable_not_a_verdict() {
     )
     .unwrap();
     drop(db);
+    // A change made behind the trustee's back, as by another replica, is
+    // read once its in-memory copy (250 ms) has aged out.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (cookie, nonce) = raw.auth().await;
     let r = raw
         .post("attest", &Raw::attestation(&nonce, &key), Some(&cookie))

@@ -325,8 +325,17 @@ impl RegoPolicy {
         input: &Value,
         data: Option<&Value>,
     ) -> Result<(Option<Value>, Lookups), PolicyError> {
+        self.recording(|| self.eval_rule(rule, input, data))
+    }
+
+    /// Runs an evaluation, collecting its lookups; one that could not read
+    /// a reference value fails, whatever it returned.
+    fn recording<T>(
+        &self,
+        eval: impl FnOnce() -> Result<T, PolicyError>,
+    ) -> Result<(T, Lookups), PolicyError> {
         let scope = LookupScope::start();
-        let v = self.eval_rule(rule, input, data);
+        let v = eval();
         let lookups = scope.finish();
         if !lookups.errors.is_empty() {
             return Err(PolicyError::ReferenceValues {
@@ -335,6 +344,19 @@ impl RegoPolicy {
             });
         }
         Ok((v?, lookups))
+    }
+
+    /// A result as JSON; `None` when undefined.
+    fn json(&self, v: regorus::Value) -> Result<Option<Value>, PolicyError> {
+        if v == regorus::Value::Undefined {
+            return Ok(None);
+        }
+        serde_json::to_value(&v)
+            .map(Some)
+            .map_err(|e| PolicyError::Eval {
+                id: self.id.clone(),
+                detail: e.to_string(),
+            })
     }
 
     fn eval_rule(
@@ -359,15 +381,7 @@ impl RegoPolicy {
             }
             _ => self.eval_general(rule, input, data).map_err(err)?,
         };
-        if v == regorus::Value::Undefined {
-            return Ok(None);
-        }
-        serde_json::to_value(&v)
-            .map(Some)
-            .map_err(|e| PolicyError::Eval {
-                id: self.id.clone(),
-                detail: e.to_string(),
-            })
+        self.json(v)
     }
 
     /// Runs a hot rule's program; each reference-value lookup suspends it
@@ -447,26 +461,14 @@ impl RegoPolicy {
         input: &Value,
         data: Option<&Value>,
     ) -> Result<Option<Value>, PolicyError> {
-        let err = |detail: String| PolicyError::Eval {
-            id: self.id.clone(),
-            detail,
-        };
-        let scope = LookupScope::start();
-        let v = self.eval_general(rule, input, data);
-        let lookups = scope.finish();
-        if !lookups.errors.is_empty() {
-            return Err(PolicyError::ReferenceValues {
-                id: self.id.clone(),
-                detail: lookups.errors.join("; "),
-            });
-        }
-        let v = v.map_err(|e| err(e.to_string()))?;
-        if v == regorus::Value::Undefined {
-            return Ok(None);
-        }
-        serde_json::to_value(&v)
-            .map(Some)
-            .map_err(|e| err(e.to_string()))
+        let (v, _) = self.recording(|| {
+            self.eval_general(rule, input, data)
+                .map_err(|e| PolicyError::Eval {
+                    id: self.id.clone(),
+                    detail: e.to_string(),
+                })
+        })?;
+        self.json(v)
     }
 
     /// Whether `rule` runs on the virtual machine.
