@@ -36,6 +36,11 @@ const POOL_SIZE: usize = 16;
 /// How long a notification this replica sends itself may take to come
 /// back before the cache stops being trusted (one goes out at a time).
 const LISTEN_PING: Duration = Duration::from_millis(750);
+/// How soon after one comes back the next goes out: a change's
+/// notification lost without a word is noticed within this plus
+/// [`LISTEN_PING`], at some twenty round trips a second (sent back to back
+/// they were thousands, a load on the database and the trustee).
+const PROBE_GAP: Duration = Duration::from_millis(50);
 /// Cached bytes at most; past it, reads are served but not kept.
 const CACHE_BYTES: usize = 64 << 20;
 /// The notification channel.
@@ -659,7 +664,7 @@ async fn listen_once(
     let nonce = u64::from_le_bytes(nonce);
     // Probes go out from a pooled connection, another session than the
     // listening one (PostgreSQL hands a session its own notifications
-    // whatever a pooler does), one at a time, the next as soon as one
+    // whatever a pooler does), one at a time, the next PROBE_GAP after one
     // returns. The cache is trusted from the first probe that comes back
     // (every change after LISTEN reaches `rx`) until one takes longer than
     // LISTEN_PING. Invalidations never wait behind a probe.
@@ -678,8 +683,9 @@ async fn listen_once(
     };
     let mut count = 1u64;
     let mut sent = send(count);
+    let mut outstanding = true;
     let mut trusted = false;
-    let mut tick = tokio::time::interval(LISTEN_PING / 8);
+    let mut tick = tokio::time::interval(PROBE_GAP);
     let outcome = loop {
         tokio::select! {
             msg = rx.recv() => match msg {
@@ -690,8 +696,7 @@ async fn listen_once(
                                 cache.enable();
                                 trusted = true;
                             }
-                            count += 1;
-                            sent = send(count);
+                            outstanding = false;
                         }
                     }
                     None => cache.invalidate(&p),
@@ -699,7 +704,11 @@ async fn listen_once(
                 None => break Ok(()),
             },
             _ = tick.tick() => {
-                if sent.1.elapsed() >= LISTEN_PING {
+                if !outstanding {
+                    count += 1;
+                    sent = send(count);
+                    outstanding = true;
+                } else if sent.1.elapsed() >= LISTEN_PING {
                     if trusted {
                         tracing::warn!("database notifications stopped arriving; reads bypass the cache");
                     }
