@@ -123,12 +123,20 @@ fn tree(root: &Path) -> Vec<String> {
             } else {
                 "special".to_string()
             };
-            out.push(format!(
-                "{rel} {:o} {} {} {what}",
-                m.mode(),
-                m.len(),
-                m.mtime()
-            ));
+            // A directory the layer did not list is made when unpacking,
+            // with that moment's time: the two applies may fall on either
+            // side of a second.
+            let recent = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64
+                - 86_400;
+            let mtime = if m.is_dir() && m.mtime() > recent {
+                "(time of unpacking)".to_string()
+            } else {
+                m.mtime().to_string()
+            };
+            out.push(format!("{rel} {:o} {} {mtime} {what}", m.mode(), m.len(),));
         }
     }
     out.sort();
