@@ -169,13 +169,7 @@ impl Drop for TrusteeProc {
 }
 
 pub fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "command failed: {}\nstdout: {}",
-        String::from_utf8_lossy(&o.stderr),
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    cocoon_fixtures::stdout_ok(o, "command")
 }
 
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
