@@ -69,7 +69,10 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout), GREETING);
 
-    // A command of ours: both streams and a non-zero code.
+    // A command of ours: both streams and a non-zero code. In the same
+    // VM, the device cgroup: a root container (with CAP_MKNOD) may create
+    // device nodes and open the standard ones, but no other (the hardware
+    // RNG here; a disk, the TPM or a TEE device alike).
     let o = run(
         &reg,
         &[
@@ -77,13 +80,18 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
             "--",
             "sh",
             "-c",
-            "echo out; echo err >&2; hostname; exit 3",
+            "echo out; echo err >&2; hostname; \
+             busybox mknod /dev/n c 1 3 && cat /dev/n && echo null-opened >&2; \
+             busybox mknod /dev/r c 10 183 && busybox head -c 1 /dev/r; exit 3",
         ],
         None,
     );
-    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
-    assert_eq!(text(&o.stdout), "out\ncocoon\n");
-    assert!(text(&o.stderr).contains("err\n"), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert_eq!(text(&o.stdout), "out\ncocoon\n", "{err}");
+    assert!(err.contains("err\n"), "{err}");
+    assert!(err.contains("null-opened\n"), "{err}");
+    assert!(err.contains("/dev/r: Operation not permitted"), "{err}");
 
     // -i passes stdin through; EOF reaches the container.
     let input = "line one\nline two\n".repeat(500);

@@ -153,7 +153,11 @@ pub fn container(spec: &mut oci::Spec, bundle: &Path) -> Result<(), SandboxError
         }
     }
     linux.set_readonly_paths(Some(ro));
-    // Device access: deny all first, then only the standard devices.
+    // Device access: deny all first, then only the standard devices. The
+    // agent enforces these rules itself (`devcgroup`), always.
+    if linux.resources().is_none() {
+        linux.set_resources(Some(oci::LinuxResources::default()));
+    }
     if let Some(res) = linux.resources_mut() {
         let rules = res.devices().clone().unwrap_or_default();
         for r in rules.iter().filter(|r| r.allow()) {
@@ -176,6 +180,22 @@ pub fn container(spec: &mut oci::Spec, bundle: &Path) -> Result<(), SandboxError
         deny.set_allow(false).set_access(Some("rwm".into()));
         let mut all = vec![deny];
         all.extend(rules);
+        // As runc does, the standard devices last: always usable, and any
+        // device node may be created (opening one is what counts).
+        let rule = |t, major: Option<i64>, minor: Option<i64>, access: &str| {
+            let mut r = oci::LinuxDeviceCgroup::default();
+            r.set_allow(true)
+                .set_typ(Some(t))
+                .set_major(major)
+                .set_minor(minor)
+                .set_access(Some(access.into()));
+            r
+        };
+        for (major, minor) in DEVICES {
+            all.push(rule(oci::LinuxDeviceType::C, Some(*major), *minor, "rwm"));
+        }
+        all.push(rule(oci::LinuxDeviceType::C, None, None, "m"));
+        all.push(rule(oci::LinuxDeviceType::B, None, None, "m"));
         res.set_devices(Some(all));
     }
     Ok(())
@@ -238,6 +258,20 @@ mod tests {
             .find(|m| m.typ().as_deref() == Some("sysfs"))
             .unwrap();
         assert!(sys.options().clone().unwrap().contains(&"ro".to_string()));
+
+        // Device rules even for a spec without any resources: the
+        // standard devices and device creation, nothing else opened.
+        let mut s = oci::Spec::default();
+        s.linux_mut().as_mut().unwrap().set_resources(None);
+        container(&mut s, b.path()).unwrap();
+        let rules = crate::pod::devcgroup::rules_of(&s).unwrap();
+        use crate::pod::devcgroup::tests::decide;
+        assert!(decide(&rules, 'c', "rw", 1, 3), "/dev/null");
+        assert!(decide(&rules, 'c', "rw", 136, 4), "a pty");
+        assert!(decide(&rules, 'b', "m", 254, 0), "creating a node");
+        assert!(!decide(&rules, 'b', "r", 254, 0), "a disk");
+        assert!(!decide(&rules, 'c', "rw", 10, 224), "the TPM");
+        assert!(!decide(&rules, 'c', "r", 1, 1), "/dev/mem");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod channel;
 pub mod confine;
+pub mod devcgroup;
 pub mod init;
 pub mod net;
 pub mod oci;

@@ -124,6 +124,12 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
                 .with_detach(true)
                 .build()
                 .map_err(|e| format!("creating container {}: {e}", req.id))?;
+            // The init waits for Start: its device rules hold before the
+            // workload runs, or it never runs.
+            if let Err(e) = device_rules(bundle) {
+                let _ = load(req).and_then(|mut c| c.delete(true).map_err(|e| e.to_string()));
+                return Err(format!("container {}: {e}", req.id));
+            }
             Ok(c.pid().map(|p| p.as_raw()))
         }
         Op::Start => {
@@ -148,6 +154,20 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
             Ok(None)
         }
     }
+}
+
+/// Attaches the device rules of the bundle's spec to its cgroup.
+fn device_rules(bundle: &Path) -> Result<(), String> {
+    use libcontainer::oci_spec::runtime::Spec;
+    let spec = Spec::load(bundle.join("config.json")).map_err(|e| e.to_string())?;
+    let rules = super::devcgroup::rules_of(&spec).map_err(|e| e.to_string())?;
+    let path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .ok_or("the spec names no cgroup")?;
+    let cgroup = Path::new("/sys/fs/cgroup").join(path.strip_prefix("/").unwrap_or(&path));
+    super::devcgroup::attach(&cgroup, &rules).map_err(|e| e.to_string())
 }
 
 /// The request as the helper's command line.
