@@ -561,6 +561,35 @@ fn uid(pod: &Yaml, c: &Yaml, image: &Value) -> Value {
     }
 }
 
+/// The group the container runs as, where it is certain before the pod
+/// runs: the manifest's `runAsGroup`, or root's when neither the manifest
+/// nor the image names a user. Otherwise the image's `/etc/passwd` decides
+/// it in the guest (not pinned).
+fn gid(pod: &Yaml, c: &Yaml, image: &Value) -> Value {
+    if let Some(g) = security(pod, c, "runAsGroup").as_u64() {
+        return json!(g);
+    }
+    let user = image["User"].as_str().unwrap_or_default();
+    if security(pod, c, "runAsUser").is_null() && user.is_empty() {
+        return json!(0);
+    }
+    Value::Null
+}
+
+/// The pod's `supplementalGroups` and `fsGroup`: the only groups kubelet
+/// adds to a container's own.
+fn supplementary_groups(pod: &Yaml) -> Value {
+    let sc = &pod["spec"]["securityContext"];
+    let mut groups: BTreeSet<u64> = sc["supplementalGroups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Yaml::as_u64)
+        .collect();
+    groups.extend(sc["fsGroup"].as_u64());
+    json!(groups)
+}
+
 /// The host loopback ports the guest may forward: registries of the
 /// images, plain-HTTP registries and the trustee, when on 127.0.0.1 or
 /// localhost.
@@ -703,7 +732,11 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
                     "Args": process_args(spec, &img.config),
                     "Env": env,
                     "Cwd": cwd,
-                    "User": {"UID": uid(pod, spec, &img.config)},
+                    "User": {
+                        "UID": uid(pod, spec, &img.config),
+                        "GID": gid(pod, spec, &img.config),
+                        "AdditionalGids": supplementary_groups(pod),
+                    },
                     "Capabilities": caps_object(&capabilities(spec, privileged)),
                     "NoNewPrivileges": no_new_privs,
                 },

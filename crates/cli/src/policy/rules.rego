@@ -90,6 +90,32 @@ input_uid := u if {
 	u := process.User.UID
 } else := 0
 
+gid_of(p) := g if {
+	g := p.User.GID
+	is_number(g)
+} else := 0
+
+groups_of(p) := g if {
+	g := p.User.AdditionalGids
+	is_array(g)
+} else := []
+
+# The group: pinned where the pod spec says it (runAsGroup); the
+# supplementary groups: only the group itself and the pod spec's.
+gid_ok(p, c) if object.get(c.OCI.Process.User, "GID", null) == null
+
+gid_ok(p, c) if gid_of(p) == c.OCI.Process.User.GID
+
+group_allowed(g, p, _) if g == gid_of(p)
+
+group_allowed(g, _, c) if g in object.get(c.OCI.Process.User, "AdditionalGids", [])
+
+groups_ok(p, c) if {
+	every g in groups_of(p) {
+		group_allowed(g, p, c)
+	}
+}
+
 caps_of(p, set) := v if {
 	v := p.Capabilities[set]
 	is_array(v)
@@ -111,6 +137,8 @@ CreateContainerRequest := {"allowed": true, "ops": ops} if {
 	env_ok(c)
 	cwd_ok(c)
 	user_ok(c)
+	gid_ok(process, c)
+	groups_ok(process, c)
 	caps_ok(process, c)
 	mounts_ok(c)
 	devices_ok
@@ -154,6 +182,18 @@ env_ok(c) if {
 	every e in process.Env {
 		env_allowed(e, c)
 	}
+	every e in c.OCI.Process.Env {
+		e in process.Env
+	}
+	every r in object.get(c, "env_regex", []) {
+		env_named(r)
+	}
+}
+
+# A variable whose value is known only when the pod runs is still there.
+env_named(r) if {
+	some e in process.Env
+	regex.match(r, e)
 }
 
 cwd_ok(c) if c.sandbox
@@ -285,7 +325,7 @@ reasons.CreateContainerRequest contains msg if {
 	some msg in failures(policy_data.containers[i])
 }
 
-failures(c) := ((((((((((({msg |
+failures(c) := ((((((((((((((({msg |
 	not args_ok(c)
 	msg := sprintf("OCI.Process.Args: %v is not the pod spec's %v", [object.get(process, "Args", null), c.OCI.Process.Args])
 } | {msg |
@@ -293,6 +333,23 @@ failures(c) := ((((((((((({msg |
 	some e in object.get(process, "Env", [])
 	not env_allowed(e, c)
 	msg := sprintf("OCI.Process.Env: %s is not in the pod spec (or has another value)", [split(e, "=")[0]])
+}) | {msg |
+	not c.sandbox
+	some e in c.OCI.Process.Env
+	not e in object.get(process, "Env", [])
+	msg := sprintf("OCI.Process.Env: %s is missing (the pod spec sets it)", [split(e, "=")[0]])
+}) | {msg |
+	not c.sandbox
+	some r in object.get(c, "env_regex", [])
+	not env_named(r)
+	msg := sprintf("OCI.Process.Env: no variable matches %s (the pod spec sets it)", [r])
+}) | {msg |
+	not gid_ok(process, c)
+	msg := sprintf("OCI.Process.User.GID: %v is not the pod spec's %v", [gid_of(process), c.OCI.Process.User.GID])
+}) | {msg |
+	some g in groups_of(process)
+	not group_allowed(g, process, c)
+	msg := sprintf("OCI.Process.User.AdditionalGids: %v is not a group of the pod spec", [g])
 }) | {msg |
 	not cwd_ok(c)
 	msg := sprintf("OCI.Process.Cwd: %v is not the pod spec's %q", [object.get(process, "Cwd", null), c.OCI.Process.Cwd])
@@ -402,13 +459,15 @@ ExecProcessRequest if {
 	exec_command_allowed
 	caps_ok(input.process, exec_container)
 	exec_user_ok
+	gid_ok(input.process, exec_container)
+	groups_ok(input.process, exec_container)
 	exec_env_ok
 	input.process.Cwd == exec_container.OCI.Process.Cwd
 	exec_privileges_ok
 	input.string_user == null
 }
 
-exec_failures := (((((({msg |
+exec_failures := (((((((({msg |
 	not exec_command_allowed
 	msg := sprintf("process.Args: %v is not a command the pod spec allows in this container", [object.get(input.process, "Args", null)])
 } | {msg |
@@ -419,6 +478,13 @@ exec_failures := (((((({msg |
 }) | {msg |
 	not exec_user_ok
 	msg := sprintf("process.User.UID: %v is not the container's %v", [object.get(object.get(input.process, "User", {}), "UID", null), exec_container.OCI.Process.User.UID])
+}) | {msg |
+	not gid_ok(input.process, exec_container)
+	msg := sprintf("process.User.GID: %v is not the container's %v", [gid_of(input.process), exec_container.OCI.Process.User.GID])
+}) | {msg |
+	some g in groups_of(input.process)
+	not group_allowed(g, input.process, exec_container)
+	msg := sprintf("process.User.AdditionalGids: %v is not a group of the container", [g])
 }) | {msg |
 	input.string_user != null
 	msg := "string_user: a user name is not allowed"

@@ -160,6 +160,42 @@ fn each_tampering_is_refused_with_its_reason() {
         "OCI.Process.User.UID: 0 is not the pod spec's 1000",
     );
 
+    // A pinned variable dropped (the image's value would come back in the
+    // guest), and one whose value is known only when the pod runs.
+    let mut s = spec("container", "app");
+    s.Process.as_mut().unwrap().Env.retain(|e| e != "MODE=prod");
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process.Env: MODE is missing (the pod spec sets it)",
+    );
+    let mut s = spec("container", "app");
+    s.Process
+        .as_mut()
+        .unwrap()
+        .Env
+        .retain(|e| !e.starts_with("POD_IP="));
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process.Env: no variable matches ^POD_IP=",
+    );
+    // A supplementary group the pod spec does not give (the GID itself
+    // is not pinned here: runAsUser without runAsGroup).
+    let mut s = spec("container", "app");
+    s.Process
+        .as_mut()
+        .unwrap()
+        .User
+        .as_mut()
+        .unwrap()
+        .AdditionalGids = vec![1000, 6];
+    denied(
+        &gate,
+        &create("c", s),
+        "OCI.Process.User.AdditionalGids: 6 is not a group of the pod spec",
+    );
+
     let mut s = spec("container", "app");
     s.Linux.as_mut().unwrap().MaskedPaths.clear();
     denied(
@@ -256,6 +292,19 @@ fn each_tampering_is_refused_with_its_reason() {
     let mut e = exec("c1", &["cat", "/tmp/ready"]);
     e.process.as_mut().unwrap().Cwd = "/tmp".into();
     denied(&gate, &e, "process.Cwd");
+    let mut e = exec("c1", &["cat", "/tmp/ready"]);
+    e.process
+        .as_mut()
+        .unwrap()
+        .User
+        .as_mut()
+        .unwrap()
+        .AdditionalGids = vec![0];
+    denied(
+        &gate,
+        &e,
+        "process.User.AdditionalGids: 0 is not a group of the container",
+    );
     let mut e = exec("c1", &["cat", "/tmp/ready"]);
     e.process.as_mut().unwrap().NoNewPrivileges = false;
     denied(&gate, &e, "process.NoNewPrivileges");
@@ -418,4 +467,43 @@ fn manifests_without_pods_or_with_unknowable_env_are_refused() {
     };
     let e = policy_data(&w, &[image()], &opts).unwrap_err().to_string();
     assert!(e.contains("envFrom"), "{e}");
+}
+
+#[test]
+fn groups_are_pinned_where_the_pod_spec_names_them() {
+    let pod = POD.replace(
+        "  runtimeClassName: cocoon\n",
+        "  runtimeClassName: cocoon\n  securityContext:\n    runAsGroup: 3000\n    supplementalGroups: [4000]\n    fsGroup: 2000\n",
+    );
+    let (gate, data) = policy(&pod, false);
+    let user = &data["containers"][1]["OCI"]["Process"]["User"];
+    assert_eq!(user["GID"], 3000);
+    assert_eq!(user["AdditionalGids"], json!([2000, 4000]));
+    gate.check(&pause()).unwrap();
+    let with = |gid: u32, groups: &[u32]| {
+        let mut s = spec("container", "app");
+        let u = s.Process.as_mut().unwrap().User.as_mut().unwrap();
+        u.GID = gid;
+        u.AdditionalGids = groups.to_vec();
+        s
+    };
+    denied(
+        &gate,
+        &create("c", with(0, &[0, 2000, 4000])),
+        "OCI.Process.User.GID: 0 is not the pod spec's 3000",
+    );
+    denied(
+        &gate,
+        &create("c", with(3000, &[3000, 2000, 4000, 0])),
+        "OCI.Process.User.AdditionalGids: 0 is not a group",
+    );
+    gate.check(&create("c", with(3000, &[3000, 2000, 4000])))
+        .unwrap();
+
+    // Neither the manifest nor the image names a user: root's group.
+    let bare = POD.replace("      runAsUser: 1000\n", "");
+    let (_, data) = policy(&bare, false);
+    let user = &data["containers"][1]["OCI"]["Process"]["User"];
+    assert_eq!((&user["UID"], &user["GID"]), (&json!(0), &json!(0)));
+    assert_eq!(user["AdditionalGids"], json!([]));
 }
