@@ -576,6 +576,63 @@ fn gid(pod: &Yaml, c: &Yaml, image: &Value) -> Value {
     Value::Null
 }
 
+/// The signals that stop a container: SIGKILL, SIGTERM and the image's
+/// `StopSignal` (a number or a name, `SIGQUIT` or `QUIT`), which kubelet
+/// sends first.
+fn stop_signals(image: &Value) -> Result<Vec<i32>> {
+    let mut set = BTreeSet::from([libc::SIGKILL, libc::SIGTERM]);
+    if let Some(s) = image["StopSignal"].as_str().filter(|s| !s.is_empty()) {
+        set.insert(
+            signal_number(s)
+                .with_context(|| format!("the image's StopSignal {s:?} is not a signal"))?,
+        );
+    }
+    Ok(set.into_iter().collect())
+}
+
+fn signal_number(s: &str) -> Option<i32> {
+    const NAMES: &[(&str, i32)] = &[
+        ("HUP", libc::SIGHUP),
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("ABRT", libc::SIGABRT),
+        ("KILL", libc::SIGKILL),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+        ("ALRM", libc::SIGALRM),
+        ("TERM", libc::SIGTERM),
+        ("CONT", libc::SIGCONT),
+        ("STOP", libc::SIGSTOP),
+        ("TSTP", libc::SIGTSTP),
+        ("WINCH", libc::SIGWINCH),
+        ("PWR", libc::SIGPWR),
+    ];
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    let rt = |rest: &str, base: i32, sign: i32| -> Option<i32> {
+        let n = if rest.is_empty() {
+            0
+        } else {
+            rest.strip_prefix(if sign > 0 { "+" } else { "-" })?
+                .parse()
+                .ok()?
+        };
+        let v = base + sign * n;
+        (libc::SIGRTMIN()..=libc::SIGRTMAX())
+            .contains(&v)
+            .then_some(v)
+    };
+    if let Some(rest) = name.strip_prefix("RTMIN") {
+        return rt(rest, libc::SIGRTMIN(), 1);
+    }
+    if let Some(rest) = name.strip_prefix("RTMAX") {
+        return rt(rest, libc::SIGRTMAX(), -1);
+    }
+    NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+}
+
 /// The pod's `supplementalGroups` and `fsGroup`: the only groups kubelet
 /// adds to a container's own.
 fn supplementary_groups(pod: &Yaml) -> Value {
@@ -727,6 +784,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
             "manifest_digest": img.digest,
             "stdin": spec["stdin"].as_bool() == Some(true),
             "env_regex": own_env_regex,
+            "stop_signals": stop_signals(&img.config)?,
             "OCI": {
                 "Process": {
                     "Args": process_args(spec, &img.config),

@@ -9,7 +9,6 @@ import rego.v1
 
 # Calls that change nothing the pod's owner pinned.
 default StartContainerRequest := true
-default SignalProcessRequest := true
 default WaitProcessRequest := true
 default RemoveContainerRequest := true
 default StatsContainerRequest := true
@@ -28,6 +27,7 @@ default CreateSandboxRequest := false
 default CreateContainerRequest := false
 default PullImageRequest := false
 default ExecProcessRequest := false
+default SignalProcessRequest := false
 default ReadStreamRequest := false
 default WriteStreamRequest := false
 default CloseStdinRequest := false
@@ -49,6 +49,23 @@ default AddARPNeighborsRequest := false
 CreateSandboxRequest if {
 	count(input.storages) == 0
 	count(input.kernel_modules) == 0
+}
+
+# ---- SignalProcessRequest --------------------------------------------------
+
+# Only the signals that stop a container (SIGTERM, SIGKILL and the image's
+# STOPSIGNAL): another could make the workload act (reload, dump).
+stop_signals := s if {
+	i := data.pstate[input.container_id]
+	s := policy_data.containers[i].stop_signals
+	is_array(s)
+} else := [9, 15]
+
+SignalProcessRequest if input.signal in stop_signals
+
+reasons.SignalProcessRequest contains msg if {
+	not input.signal in stop_signals
+	msg := sprintf("signal: %v is not one that stops the container (%v)", [input.signal, stop_signals])
 }
 
 # ---- CreateContainerRequest ------------------------------------------------

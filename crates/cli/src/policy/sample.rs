@@ -47,6 +47,7 @@ pub fn image() -> Image {
             "Cmd": ["--port", "80"],
             "Env": ["PATH=/usr/bin:/bin"],
             "WorkingDir": "/srv",
+            "StopSignal": "SIGQUIT",
         }),
     }
 }

@@ -69,6 +69,43 @@ fn the_pod_as_kubelet_runs_it_is_allowed() {
         .unwrap();
     gate.check(&agent::CreateSandboxRequest::default()).unwrap();
     gate.check(&pod_forward(&[5000, 8080])).unwrap();
+
+    // Stopping signals only: SIGTERM, SIGKILL and the image's STOPSIGNAL.
+    let signal = |id: &str, signal: u32| agent::SignalProcessRequest {
+        container_id: id.into(),
+        signal,
+        ..Default::default()
+    };
+    for s in [3, 9, 15] {
+        gate.check(&signal("c1", s)).unwrap();
+    }
+    gate.check(&signal("pod1", 9)).unwrap();
+    denied(
+        &gate,
+        &signal("c1", 10),
+        "signal: 10 is not one that stops the container ([3, 9, 15])",
+    );
+    denied(&gate, &signal("pod1", 3), "signal: 3");
+}
+
+#[test]
+fn stop_signals_are_read_as_docker_writes_them() {
+    for (s, n) in [
+        ("SIGQUIT", 3),
+        ("QUIT", 3),
+        ("3", 3),
+        ("SIGRTMIN", libc::SIGRTMIN()),
+        ("SIGRTMIN+3", libc::SIGRTMIN() + 3),
+        ("RTMAX-1", libc::SIGRTMAX() - 1),
+    ] {
+        assert_eq!(signal_number(s), Some(n), "{s}");
+    }
+    for bad in ["SIGNOPE", "0", "65", "RTMIN+99", "RTMIN-1", "-9", ""] {
+        assert_eq!(signal_number(bad), None, "{bad}");
+    }
+    let e = stop_signals(&json!({"StopSignal": "SIGBOGUS"})).unwrap_err();
+    assert!(format!("{e:#}").contains("SIGBOGUS"), "{e:#}");
+    assert_eq!(stop_signals(&json!({})).unwrap(), vec![9, 15]);
 }
 
 fn pod_forward(ports: &[u32]) -> cocoon_guest_protos::pod::ForwardLoopbackRequest {
