@@ -234,6 +234,71 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     );
     let hits = grep(&xdg, MARKER);
     assert!(hits.is_empty(), "layer content on the host: {hits:?}");
+
+    // Under an agent policy that pins another manifest digest, the guest
+    // resolves the image, judges it and fetches nothing more: the image's
+    // layers are gone from the registry, yet the refusal is the policy's.
+    let other = push_busybox_salted(&reg, "busybox:unpinned", &["sh"], "unpinned");
+    let repo = reg
+        .storage
+        .join("docker/registry/v2/repositories/busybox/_manifests/tags/unpinned/current/link");
+    let top = std::fs::read_to_string(repo).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reg.blob_file(top.trim())).unwrap()).unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        std::fs::remove_file(reg.blob_file(l["digest"].as_str().unwrap())).unwrap();
+    }
+    let mut policy = String::from("package agent_policy\nimport rego.v1\n");
+    for r in [
+        "CreateSandboxRequest",
+        "CreateContainerRequest",
+        "StartContainerRequest",
+        "WaitProcessRequest",
+        "SignalProcessRequest",
+        "RemoveContainerRequest",
+        "DestroySandboxRequest",
+        "ReadStreamRequest",
+        "WriteStreamRequest",
+        "CloseStdinRequest",
+        "UpdateInterfaceRequest",
+        "UpdateRoutesRequest",
+        "ForwardLoopbackRequest",
+        "GuestDetailsRequest",
+        "AgentStatsRequest",
+        "GetOOMEventRequest",
+    ] {
+        policy.push_str(&format!("default {r} := true\n"));
+    }
+    policy.push_str(&format!(
+        "default PullImageRequest := false\nPullImageRequest if input.manifest_digest == \"sha256:{}\"\n\
+         reasons.PullImageRequest contains sprintf(\"manifest_digest: %s is not pinned\", [input.manifest_digest])\n",
+        "0".repeat(64)
+    ));
+    let initdata = format!(
+        "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"cdh.toml\" = '''\n[image]\ninsecure_registries = [\"{}\"]\n'''\n\"policy.rego\" = '''\n{policy}'''\n",
+        reg.addr
+    );
+    let init = dir.path().join("pinned.toml");
+    std::fs::write(&init, initdata).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .env("XDG_RUNTIME_DIR", &xdg)
+        .args(["run", "--tee", "none", "--memory", "512", "--init-data"])
+        .arg(&init)
+        .arg("--guest-image")
+        .arg(guest_image())
+        .arg(&other)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "PullImageRequest is blocked by policy: manifest_digest: {} is not pinned",
+            top.trim()
+        )),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1287,8 +1287,10 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
     ok(&env.pod(&["rm", &id]));
     env.assert_clean("a pod with logs refused");
 
-    // Another image under the pinned name: the guest pulls it, sees its
-    // digest is not the pinned one, and creates nothing.
+    // Another image under the pinned name: the guest resolves it, sees its
+    // digest is not the pinned one, and pulls and creates nothing (that no
+    // layer is fetched is shown by `cocoon run` in tests/run.rs: here the
+    // host pulls plain images itself).
     let m = write(env.tmp.path(), "swapped.yaml", pinned.as_bytes());
     push_busybox_salted(&env.reg, "busybox:cri", &["sh"], "swapped");
     let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));

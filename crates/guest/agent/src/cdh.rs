@@ -266,8 +266,6 @@ impl DataHub {
         image: &str,
         bundle: &std::path::Path,
     ) -> Result<String, AgentError> {
-        use cocoon_image::ResourceFetcher;
-        let settings = &self.cfg.image;
         let reference = cocoon_image::reference::Reference::parse(image)
             .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         if !bundle.is_absolute() {
@@ -276,6 +274,38 @@ impl DataHub {
                 bundle.display()
             )));
         }
+        let puller = self.puller(true).await?;
+        let report = puller
+            .pull(&reference, bundle, Arc::new(cocoon_image::pull::NoProgress))
+            .await?;
+        tracing::info!(
+            image,
+            digest = %report.manifest_digest,
+            layers = report.layers,
+            encrypted = report.encrypted_layers,
+            ms = report.total.as_millis() as u64,
+            "image pulled"
+        );
+        Ok(report.manifest_digest)
+    }
+
+    /// The digest a pull of `image` would report, from its manifest alone
+    /// (registry logins as for a pull; no layer is fetched).
+    pub async fn resolve_image(self: &Arc<Self>, image: &str) -> Result<String, AgentError> {
+        let reference = cocoon_image::reference::Reference::parse(image)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let (digest, _, _) = self.puller(false).await?.resolve(&reference).await?;
+        Ok(digest)
+    }
+
+    /// A puller as configured: registry logins, insecure registries, extra
+    /// roots and, with `signatures`, the signature policy.
+    async fn puller(
+        self: &Arc<Self>,
+        signatures: bool,
+    ) -> Result<cocoon_image::pull::ImagePuller, AgentError> {
+        use cocoon_image::ResourceFetcher;
+        let settings = &self.cfg.image;
         let fetcher: Arc<dyn ResourceFetcher> = Arc::new(HubFetcher(self.clone()));
         let read = |src: &str| {
             let src = src.to_string();
@@ -291,7 +321,11 @@ impl DataHub {
             }
         };
         let mut cfg = cocoon_image::pull::PullConfig::new(settings.work_dir.join("layers"));
-        if let Some(p) = &settings.image_security_policy_uri {
+        if let Some(p) = settings
+            .image_security_policy_uri
+            .as_ref()
+            .filter(|_| signatures)
+        {
             cfg.policy = Some(
                 cocoon_image::signature::Policy::parse(&read(p).await?)
                     .map_err(|e| AgentError::Config(format!("{p}: {e}")))?,
@@ -309,18 +343,6 @@ impl DataHub {
             .collect();
         cfg.max_concurrent_downloads = settings.max_concurrent_layer_downloads_per_image;
         cfg.decrypt.fetcher = Some(fetcher);
-        let puller = cocoon_image::pull::ImagePuller::new(cfg)?;
-        let report = puller
-            .pull(&reference, bundle, Arc::new(cocoon_image::pull::NoProgress))
-            .await?;
-        tracing::info!(
-            image,
-            digest = %report.manifest_digest,
-            layers = report.layers,
-            encrypted = report.encrypted_layers,
-            ms = report.total.as_millis() as u64,
-            "image pulled"
-        );
-        Ok(report.manifest_digest)
+        Ok(cocoon_image::pull::ImagePuller::new(cfg)?)
     }
 }

@@ -21,6 +21,8 @@ use cocoon_guest_protos::attestation_agent::*;
 use cocoon_guest_protos::attestation_agent_ttrpc::{
     AttestationAgentService, AttestationAgentServiceClient, create_attestation_agent_service,
 };
+use cocoon_guest_protos::pod::{ResolveImageRequest, ResolveImageResponse};
+use cocoon_guest_protos::pod_ttrpc::{ImageResolve, ImageResolveClient, create_image_resolve};
 use std::sync::Arc;
 use ttrpc::r#async::{Server, TtrpcContext};
 use ttrpc::{Code, get_status};
@@ -236,6 +238,24 @@ impl ImagePullService for CdhService {
     }
 }
 
+#[async_trait::async_trait]
+impl ImageResolve for CdhService {
+    async fn resolve_image(
+        &self,
+        _: &TtrpcContext,
+        req: ResolveImageRequest,
+    ) -> ttrpc::Result<ResolveImageResponse> {
+        let digest = self.0.resolve_image(&req.image_url).await.map_err(|e| {
+            tracing::warn!(image = %req.image_url, error = %e, "image resolution failed");
+            status(&e)
+        })?;
+        Ok(ResolveImageResponse {
+            manifest_digest: digest,
+            ..Default::default()
+        })
+    }
+}
+
 fn prepare_socket(addr: &str) -> Result<(), AgentError> {
     if let Some(path) = addr.strip_prefix("unix://").filter(|p| !p.starts_with('@')) {
         let p = std::path::Path::new(path);
@@ -269,14 +289,16 @@ pub fn cdh_server(addr: &str, hub: Arc<DataHub>) -> Result<Server, AgentError> {
     let res: Arc<dyn GetResourceService + Send + Sync> = Arc::new(CdhService(hub.clone()));
     let sealed: Arc<dyn SealedSecretService + Send + Sync> = Arc::new(CdhService(hub.clone()));
     let mount: Arc<dyn SecureMountService + Send + Sync> = Arc::new(CdhService(hub.clone()));
-    let pull: Arc<dyn ImagePullService + Send + Sync> = Arc::new(CdhService(hub));
+    let pull: Arc<dyn ImagePullService + Send + Sync> = Arc::new(CdhService(hub.clone()));
+    let resolve: Arc<dyn ImageResolve + Send + Sync> = Arc::new(CdhService(hub));
     Ok(Server::new()
         .bind(addr)
         .map_err(|e| AgentError::Config(format!("cannot listen on {addr}: {e}")))?
         .register_service(create_get_resource_service(res))
         .register_service(create_sealed_secret_service(sealed))
         .register_service(create_secure_mount_service(mount))
-        .register_service(create_image_pull_service(pull)))
+        .register_service(create_image_pull_service(pull))
+        .register_service(create_image_resolve(resolve)))
 }
 
 fn ctx() -> ttrpc::context::Context {
@@ -372,6 +394,7 @@ pub struct CdhClient {
     resources: GetResourceServiceClient,
     sealed: SealedSecretServiceClient,
     images: ImagePullServiceClient,
+    resolve: ImageResolveClient,
 }
 
 impl CdhClient {
@@ -383,7 +406,8 @@ impl CdhClient {
         Ok(Self {
             resources: GetResourceServiceClient::new(c.clone()),
             sealed: SealedSecretServiceClient::new(c.clone()),
-            images: ImagePullServiceClient::new(c),
+            images: ImagePullServiceClient::new(c.clone()),
+            resolve: ImageResolveClient::new(c),
         })
     }
 
@@ -401,6 +425,22 @@ impl CdhClient {
             .pull_image(ctx, &req)
             .await
             .map_err(|e| rpc_err("PullImage", e))?
+            .manifest_digest)
+    }
+
+    /// ResolveImage: the digest a pull of `image` would report.
+    pub async fn resolve_image(&self, image: &str) -> Result<String, AgentError> {
+        let req = ResolveImageRequest {
+            image_url: image.into(),
+            ..Default::default()
+        };
+        // Registry logins may need an attestation first, as for a pull.
+        let ctx = ttrpc::context::with_timeout(PULL_TIMEOUT_NS);
+        Ok(self
+            .resolve
+            .resolve_image(ctx, &req)
+            .await
+            .map_err(|e| rpc_err("ResolveImage", e))?
             .manifest_digest)
     }
 

@@ -20,10 +20,11 @@
 //!
 //! Beyond Kata:
 //!
-//! - what the guest pulled is decided too: `PullImageRequest` with
-//!   `input.image` (the reference pulled), `input.manifest_digest` (what
-//!   the guest resolved it to) and `input.container_id`, before the
-//!   container is created. A policy without that rule does not bind
+//! - what the guest pulls is decided too: `PullImageRequest` with
+//!   `input.image` (the reference asked for), `input.manifest_digest`
+//!   (what the guest resolved it to, from the manifest alone) and
+//!   `input.container_id`, before any layer is fetched; the image is then
+//!   pulled by that digest. A policy without that rule does not bind
 //!   images (as with Kata).
 //! - a denial says why: the strings of `reasons.<Rule>` when the policy
 //!   defines them (a set evaluated on the same input), else what the

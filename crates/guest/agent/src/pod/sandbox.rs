@@ -580,20 +580,7 @@ impl Sandbox {
                         "image_guest_pull storage names no image".into(),
                     ));
                 }
-                let digest = self.pull(&image, bundle).await?;
-                // What was pulled, not what the host named: the policy may
-                // pin the reference and the manifest digest.
-                self.policy
-                    .check_input(
-                        super::policy::PULL_RULE,
-                        &serde_json::json!({
-                            "image": image,
-                            "manifest_digest": digest,
-                            "container_id": id,
-                        }),
-                        true,
-                    )
-                    .map_err(SandboxError::Denied)?;
+                self.pull(&image, id, bundle).await?;
                 let image_cfg = read_spec(&bundle.join("config.json"))?;
                 spec::merge_image_config(oci_spec, &image_cfg);
                 tracing::info!(container = id, image = %image, "image pulled in the guest");
@@ -613,7 +600,52 @@ impl Sandbox {
         std::fs::write(bundle.join("config.json"), text).map_err(failed("writing config.json"))
     }
 
-    async fn pull(&self, image: &str, bundle: &Path) -> Result<String, SandboxError> {
+    /// Pulls `image` into `bundle` once the policy accepts it. Under a
+    /// policy the image is first resolved to its manifest digest, judged
+    /// (reference and digest: the policy may pin both), and only then
+    /// pulled by that digest: nothing else is fetched or unpacked.
+    async fn pull(&self, image: &str, id: &str, bundle: &Path) -> Result<(), SandboxError> {
+        let hub = self.hub(image).await?;
+        let judge = |digest: &str| {
+            self.policy
+                .check_input(
+                    super::policy::PULL_RULE,
+                    &serde_json::json!({
+                        "image": image,
+                        "manifest_digest": digest,
+                        "container_id": id,
+                    }),
+                    true,
+                )
+                .map_err(SandboxError::Denied)
+        };
+        let failed = |e| SandboxError::Failed(format!("pulling {image}: {e}"));
+        if !self.policy.enforcing() {
+            hub.pull_image(image, &bundle.display().to_string())
+                .await
+                .map_err(failed)?;
+            return Ok(());
+        }
+        let digest = hub.resolve_image(image).await.map_err(failed)?;
+        judge(&digest)?;
+        let pinned = cocoon_image::reference::Reference::parse(image)
+            .map_err(|e| SandboxError::Invalid(format!("image {image}: {e}")))?
+            .with_digest(&digest)
+            .to_string();
+        let pulled = hub
+            .pull_image(&pinned, &bundle.display().to_string())
+            .await
+            .map_err(failed)?;
+        if pulled != digest {
+            return Err(SandboxError::Failed(format!(
+                "pulling {image}: the pull by digest {digest} reported {pulled}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The data hub, waited for.
+    async fn hub(&self, image: &str) -> Result<crate::services::CdhClient, SandboxError> {
         // The data hub starts beside the agent (after the attestation agent
         // bound initdata): the first pull may come before it listens.
         let t = std::time::Instant::now();
@@ -628,9 +660,7 @@ impl Sandbox {
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             }
         };
-        hub.pull_image(image, &bundle.display().to_string())
-            .await
-            .map_err(|e| SandboxError::Failed(format!("pulling {image}: {e}")))
+        Ok(hub)
     }
 
     async fn create_in(
