@@ -1392,3 +1392,57 @@ fn registry_logins_basic_and_bearer() {
     assert!(err.contains("token service answered 401"), "{err}");
     assert_nothing_left(&dest);
 }
+
+/// A pull that must resolve to the digest the image was judged as (the pod
+/// agent's policy check) stops at the manifest when it resolves to another:
+/// the image's layers are gone from the registry, and the error is the
+/// digest's, not a failed download.
+#[test]
+fn a_pull_expecting_another_digest_stops_at_the_manifest() {
+    use cocoon_image::pull::{ImagePuller, NoProgress, PullConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let reg = Registry::start(d);
+    let digest = push_busybox(&reg, "busybox:judged");
+    let image = Reference::parse(&format!("{}/busybox:judged", reg.addr)).unwrap();
+    let mut cfg = PullConfig::new(d.join("cache"));
+    cfg.registry.insecure = [reg.addr.clone()].into();
+    let puller = ImagePuller::new(cfg).unwrap();
+    let runtime = rt();
+    let (top, _, _) = runtime.block_on(puller.resolve(&image)).unwrap();
+    assert_eq!(top, digest, "resolve gives the digest a pull reports");
+    for l in manifest(&reg, "busybox:judged")["layers"]
+        .as_array()
+        .unwrap()
+    {
+        std::fs::remove_file(reg.blob_file(l["digest"].as_str().unwrap())).unwrap();
+    }
+    let other = format!("sha256:{}", "0".repeat(64));
+    let bundle = d.join("bundle");
+    let e = runtime
+        .block_on(puller.pull_expecting(
+            &image,
+            &bundle,
+            std::sync::Arc::new(NoProgress),
+            Some(&other),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("it now resolves to {digest}, not the {other}")),
+        "{e}"
+    );
+    assert_nothing_left(&bundle);
+    // Expecting the right digest goes on to the layers (gone here).
+    let e = runtime
+        .block_on(puller.pull_expecting(
+            &image,
+            &bundle,
+            std::sync::Arc::new(NoProgress),
+            Some(&digest),
+        ))
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("resolves to"), "{e}");
+    assert_nothing_left(&bundle);
+}

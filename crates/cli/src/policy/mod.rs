@@ -610,7 +610,8 @@ fn signal_number(s: &str) -> Option<i32> {
     if let Ok(n) = s.parse::<i32>() {
         return (1..=64).contains(&n).then_some(n);
     }
-    let name = s.strip_prefix("SIG").unwrap_or(s);
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     let rt = |rest: &str, base: i32, sign: i32| -> Option<i32> {
         let n = if rest.is_empty() {
             0
@@ -711,7 +712,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
         "OCI": {
             "Process": {
                 "Args": ["/pause"], "Env": [], "Cwd": "/",
-                "User": {"UID": null},
+                "User": {"UID": null, "AdditionalGids": supplementary_groups(pod)},
                 "Capabilities": caps_object(&default_caps),
                 "NoNewPrivileges": false,
             },
@@ -733,8 +734,9 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
         if let Some(list) = spec["env"].as_sequence() {
             for e in list {
                 let name = e["name"].as_str().context("an env entry without a name")?;
+                // The manifest's entry replaces the image's of that name.
+                env.retain(|x| x.split_once('=').map(|p| p.0) != Some(name));
                 if let Some(v) = e["value"].as_str() {
-                    env.retain(|x| x.split_once('=').map(|p| p.0) != Some(name));
                     env.push(format!("{name}={v}"));
                 } else if e["valueFrom"].is_mapping() {
                     // Known only when the pod runs (a field, a secret):

@@ -45,7 +45,8 @@ pub fn image() -> Image {
         config: json!({
             "Entrypoint": ["/bin/server"],
             "Cmd": ["--port", "80"],
-            "Env": ["PATH=/usr/bin:/bin"],
+            // The manifest sets MODE and POD_IP over these.
+            "Env": ["PATH=/usr/bin:/bin", "MODE=dev", "POD_IP=none"],
             "WorkingDir": "/srv",
             "StopSignal": "SIGQUIT",
         }),

@@ -48,6 +48,11 @@ fn the_pod_as_kubelet_runs_it_is_allowed() {
     );
     assert_eq!(app["OCI"]["Process"]["Cwd"], "/srv");
     assert_eq!(app["OCI"]["Process"]["User"]["UID"], 1000);
+    // The manifest's MODE and POD_IP replace the image's.
+    assert_eq!(
+        app["OCI"]["Process"]["Env"],
+        json!(["PATH=/usr/bin:/bin", "MODE=prod"])
+    );
     assert_eq!(app["exec_commands"], json!([["cat", "/tmp/ready"]]));
     assert_eq!(data["common"]["loopback_ports"], json!([5000, 8080]));
 
@@ -93,6 +98,8 @@ fn stop_signals_are_read_as_docker_writes_them() {
     for (s, n) in [
         ("SIGQUIT", 3),
         ("QUIT", 3),
+        ("sigquit", 3),
+        ("Quit", 3),
         ("3", 3),
         ("SIGRTMIN", libc::SIGRTMIN()),
         ("SIGRTMIN+3", libc::SIGRTMIN() + 3),
@@ -451,7 +458,12 @@ spec:
     s.Process.as_mut().unwrap().Args = ["/bin/server", "--port", "80"].map(String::from).to_vec();
     // Stdin is open in the spec: input is allowed for that container.
     let mut s2 = s.clone();
-    s2.Process.as_mut().unwrap().Env = vec!["PATH=/usr/bin:/bin".into()];
+    s2.Process.as_mut().unwrap().Env = image().config["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
     s2.Process.as_mut().unwrap().User = Some(oci::User::default()).into();
     s2.Process.as_mut().unwrap().Capabilities = Some(oci::LinuxCapabilities::default()).into();
     s2.Process.as_mut().unwrap().NoNewPrivileges = false;
@@ -516,7 +528,19 @@ fn groups_are_pinned_where_the_pod_spec_names_them() {
     let user = &data["containers"][1]["OCI"]["Process"]["User"];
     assert_eq!(user["GID"], 3000);
     assert_eq!(user["AdditionalGids"], json!([2000, 4000]));
-    gate.check(&pause()).unwrap();
+    // The pause container gets the pod's groups too, and no other.
+    let mut p = pause();
+    let u = p.OCI.as_mut().unwrap().Process.as_mut().unwrap();
+    u.User.as_mut().unwrap().AdditionalGids = vec![6];
+    denied(
+        &gate,
+        &p,
+        "OCI.Process.User.AdditionalGids: 6 is not a group of the pod spec",
+    );
+    let mut p = pause();
+    let u = p.OCI.as_mut().unwrap().Process.as_mut().unwrap();
+    u.User.as_mut().unwrap().AdditionalGids = vec![4000, 2000];
+    gate.check(&p).unwrap();
     let with = |gid: u32, groups: &[u32]| {
         let mut s = spec("container", "app");
         let u = s.Process.as_mut().unwrap().User.as_mut().unwrap();

@@ -266,6 +266,18 @@ impl DataHub {
         image: &str,
         bundle: &std::path::Path,
     ) -> Result<String, AgentError> {
+        self.pull_image_expecting(image, bundle, None).await
+    }
+
+    /// [`Self::pull_image`] of an image that must still resolve to
+    /// `expected` (what [`Self::resolve_image`] gave when it was judged):
+    /// checked before anything but the manifest is fetched.
+    pub async fn pull_image_expecting(
+        self: &Arc<Self>,
+        image: &str,
+        bundle: &std::path::Path,
+        expected: Option<&str>,
+    ) -> Result<String, AgentError> {
         let reference = cocoon_image::reference::Reference::parse(image)
             .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         if !bundle.is_absolute() {
@@ -276,7 +288,12 @@ impl DataHub {
         }
         let puller = self.puller(true).await?;
         let report = puller
-            .pull(&reference, bundle, Arc::new(cocoon_image::pull::NoProgress))
+            .pull_expecting(
+                &reference,
+                bundle,
+                Arc::new(cocoon_image::pull::NoProgress),
+                expected,
+            )
             .await?;
         tracing::info!(
             image,

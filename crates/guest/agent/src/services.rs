@@ -21,7 +21,9 @@ use cocoon_guest_protos::attestation_agent::*;
 use cocoon_guest_protos::attestation_agent_ttrpc::{
     AttestationAgentService, AttestationAgentServiceClient, create_attestation_agent_service,
 };
-use cocoon_guest_protos::pod::{ResolveImageRequest, ResolveImageResponse};
+use cocoon_guest_protos::pod::{
+    PullResolvedImageRequest, PullResolvedImageResponse, ResolveImageRequest, ResolveImageResponse,
+};
 use cocoon_guest_protos::pod_ttrpc::{ImageResolve, ImageResolveClient, create_image_resolve};
 use std::sync::Arc;
 use ttrpc::r#async::{Server, TtrpcContext};
@@ -254,6 +256,29 @@ impl ImageResolve for CdhService {
             ..Default::default()
         })
     }
+
+    async fn pull_resolved_image(
+        &self,
+        _: &TtrpcContext,
+        req: PullResolvedImageRequest,
+    ) -> ttrpc::Result<PullResolvedImageResponse> {
+        let digest = self
+            .0
+            .pull_image_expecting(
+                &req.image_url,
+                std::path::Path::new(&req.bundle_path),
+                Some(&req.manifest_digest),
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(image = %req.image_url, error = %e, "image pull failed");
+                status(&e)
+            })?;
+        Ok(PullResolvedImageResponse {
+            manifest_digest: digest,
+            ..Default::default()
+        })
+    }
 }
 
 fn prepare_socket(addr: &str) -> Result<(), AgentError> {
@@ -441,6 +466,29 @@ impl CdhClient {
             .resolve_image(ctx, &req)
             .await
             .map_err(|e| rpc_err("ResolveImage", e))?
+            .manifest_digest)
+    }
+
+    /// PullResolvedImage: pulls `image` into `bundle` only if it still
+    /// resolves to `digest`; returns the manifest digest.
+    pub async fn pull_resolved_image(
+        &self,
+        image: &str,
+        bundle: &str,
+        digest: &str,
+    ) -> Result<String, AgentError> {
+        let req = PullResolvedImageRequest {
+            image_url: image.into(),
+            bundle_path: bundle.into(),
+            manifest_digest: digest.into(),
+            ..Default::default()
+        };
+        let ctx = ttrpc::context::with_timeout(PULL_TIMEOUT_NS);
+        Ok(self
+            .resolve
+            .pull_resolved_image(ctx, &req)
+            .await
+            .map_err(|e| rpc_err("PullResolvedImage", e))?
             .manifest_digest)
     }
 

@@ -298,6 +298,20 @@ impl ImagePuller {
         bundle: &Path,
         progress: Arc<dyn PullProgress>,
     ) -> Result<PullReport, PullError> {
+        self.pull_expecting(image, bundle, progress, None).await
+    }
+
+    /// [`Self::pull`] of an image that must resolve to `expected` (the
+    /// top-level digest [`Self::resolve`] gave when the image was judged):
+    /// checked before anything but the manifest is fetched. The reference
+    /// keeps its tag, so the signature policy judges the same name.
+    pub async fn pull_expecting(
+        &self,
+        image: &Reference,
+        bundle: &Path,
+        progress: Arc<dyn PullProgress>,
+        expected: Option<&str>,
+    ) -> Result<PullReport, PullError> {
         let start = Instant::now();
         let final_rootfs = bundle.join("rootfs");
         if final_rootfs.exists() {
@@ -320,7 +334,7 @@ impl ImagePuller {
                 bundle.display()
             )))?;
         let (mut report, spec) = self
-            .pull_into(image, staging.path(), progress, start)
+            .pull_into(image, staging.path(), progress, start, expected)
             .await?;
         let mut config =
             tempfile::NamedTempFile::new_in(bundle).map_err(io("writing config.json"))?;
@@ -354,8 +368,15 @@ impl ImagePuller {
         staging: &Path,
         progress: Arc<dyn PullProgress>,
         start: Instant,
+        expected: Option<&str>,
     ) -> Result<(PullReport, oci_spec::runtime::Spec), PullError> {
         let (top_digest, manifest, fetched) = self.resolve(image).await?;
+        if let Some(e) = expected.filter(|e| *e != top_digest) {
+            return Err(PullError::Manifest {
+                image: image.to_string(),
+                reason: format!("it now resolves to {top_digest}, not the {e} it was judged as"),
+            });
+        }
         let policy = self
             .cfg
             .policy

@@ -16,7 +16,8 @@ const MOUNT_TYPES: &[&str] = &[
 ];
 
 /// Character devices a container may be allowed: null, zero, full,
-/// random, urandom, tty, console, ptmx and the pty slaves.
+/// random, urandom, tty, ptmx and the pty slaves. Not the guest's console
+/// (5:1, which the host reads); a container's own console is a pty slave.
 const DEVICES: &[(i64, Option<i64>)] = &[
     (1, Some(3)),
     (1, Some(5)),
@@ -24,7 +25,6 @@ const DEVICES: &[(i64, Option<i64>)] = &[
     (1, Some(8)),
     (1, Some(9)),
     (5, Some(0)),
-    (5, Some(1)),
     (5, Some(2)),
     (136, None),
 ];
@@ -272,6 +272,7 @@ mod tests {
         assert!(!decide(&rules, 'b', "r", 254, 0), "a disk");
         assert!(!decide(&rules, 'c', "rw", 10, 224), "the TPM");
         assert!(!decide(&rules, 'c', "r", 1, 1), "/dev/mem");
+        assert!(!decide(&rules, 'c', "w", 5, 1), "the guest's console");
     }
 
     #[test]

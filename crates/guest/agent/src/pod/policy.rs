@@ -24,7 +24,7 @@
 //!   `input.image` (the reference asked for), `input.manifest_digest`
 //!   (what the guest resolved it to, from the manifest alone) and
 //!   `input.container_id`, before any layer is fetched; the image is then
-//!   pulled by that digest. A policy without that rule does not bind
+//!   pulled only as long as it still resolves to that digest. A policy without that rule does not bind
 //!   images (as with Kata).
 //! - a denial says why: the strings of `reasons.<Rule>` when the policy
 //!   defines them (a set evaluated on the same input), else what the

@@ -603,7 +603,8 @@ impl Sandbox {
     /// Pulls `image` into `bundle` once the policy accepts it. Under a
     /// policy the image is first resolved to its manifest digest, judged
     /// (reference and digest: the policy may pin both), and only then
-    /// pulled by that digest: nothing else is fetched or unpacked.
+    /// pulled as judged: a reference that now resolves to another digest
+    /// fails at its manifest; nothing else is fetched or unpacked.
     async fn pull(&self, image: &str, id: &str, bundle: &Path) -> Result<(), SandboxError> {
         let hub = self.hub(image).await?;
         let judge = |digest: &str| {
@@ -628,17 +629,15 @@ impl Sandbox {
         }
         let digest = hub.resolve_image(image).await.map_err(failed)?;
         judge(&digest)?;
-        let pinned = cocoon_image::reference::Reference::parse(image)
-            .map_err(|e| SandboxError::Invalid(format!("image {image}: {e}")))?
-            .with_digest(&digest)
-            .to_string();
+        // By the same reference (the signature policy judges its tag), as
+        // long as it still resolves to the digest judged.
         let pulled = hub
-            .pull_image(&pinned, &bundle.display().to_string())
+            .pull_resolved_image(image, &bundle.display().to_string(), &digest)
             .await
             .map_err(failed)?;
         if pulled != digest {
             return Err(SandboxError::Failed(format!(
-                "pulling {image}: the pull by digest {digest} reported {pulled}"
+                "pulling {image}: the pull of {digest} reported {pulled}"
             )));
         }
         Ok(())
