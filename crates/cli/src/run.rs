@@ -468,23 +468,27 @@ async fn run_in(
     let status = status?;
     let ran = t0.elapsed();
     let rss = if a.timings {
-        agent.agent_rss_kib().await.ok()
+        agent.agent_stats().await.ok()
     } else {
         None
     };
     agent.remove_container(&c.id).await?;
     if a.timings {
-        let (rss, peak) = rss.unwrap_or_default();
+        let m = rss.unwrap_or_default();
         eprintln!(
             "timings: boot {:.2}s, network {:.2}s, pull+create+start {:.2}s, run {:.2}s, \
-             total {:.2}s; agent rss {} KiB (peak {} KiB)",
+             total {:.2}s; agent rss {} KiB (peak {} KiB; anon {}, file {}, shmem {}; {} threads)",
             booted.as_secs_f64(),
             (networked - booted).as_secs_f64(),
             (started - networked).as_secs_f64(),
             (ran - started).as_secs_f64(),
             t0.elapsed().as_secs_f64(),
-            rss,
-            peak
+            m.rss_kib,
+            m.peak_rss_kib,
+            m.rss_anon_kib,
+            m.rss_file_kib,
+            m.rss_shmem_kib,
+            m.threads
         );
     }
     Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(255))

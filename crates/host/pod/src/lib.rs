@@ -74,17 +74,18 @@ impl AgentClient {
         })
     }
 
-    /// The agent's resident set size, KiB (current, peak).
-    pub async fn agent_rss_kib(&self) -> Result<(u64, u64), PodError> {
-        let r = self
-            .diagnostics
+    /// The agent's memory: resident set size (current, peak, and by kind),
+    /// KiB, and threads.
+    pub async fn agent_stats(
+        &self,
+    ) -> Result<cocoon_guest_protos::pod::AgentStatsResponse, PodError> {
+        self.diagnostics
             .agent_stats(
                 ctx(Duration::from_secs(10)),
                 &cocoon_guest_protos::pod::AgentStatsRequest::new(),
             )
             .await
-            .map_err(|e| PodError::Agent("AgentStats", describe(e)))?;
-        Ok((r.rss_kib, r.peak_rss_kib))
+            .map_err(|e| PodError::Agent("AgentStats", describe(e)))
     }
 
     /// The agent's version strings (API, build).

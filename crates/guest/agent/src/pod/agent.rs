@@ -540,6 +540,9 @@ impl pod_ttrpc::PodDiagnostics for PodDiagnostics {
             rss_kib: field("VmRSS:"),
             peak_rss_kib: field("VmHWM:"),
             threads: u32::try_from(field("Threads:")).unwrap_or(u32::MAX),
+            rss_anon_kib: field("RssAnon:"),
+            rss_file_kib: field("RssFile:"),
+            rss_shmem_kib: field("RssShmem:"),
             ..Default::default()
         })
     }

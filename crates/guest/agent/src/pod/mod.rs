@@ -55,6 +55,11 @@ pub fn pause() -> ! {
 /// powered off after the reason is written to the console.
 pub fn run_pid1() -> ! {
     let started = std::time::Instant::now();
+    // One malloc arena: glibc would give each thread that allocates an
+    // arena of its own (up to eight per CPU), each keeping what it freed,
+    // and the agent's memory is the pod's overhead.
+    // SAFETY: a plain setting, made before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     if let Err(e) = init::mount_basics() {
         eprintln!("cocoon-guest: {e}");
         init::power_off();
