@@ -1324,6 +1324,25 @@ fn policies_resources_and_reference_values_are_applied_from_mounted_directories(
         "{listed}"
     );
     assert!(ok(&t.admin(&["list-reference-values"])).contains("mounted_value"));
+    // What was applied is an admin change in the audit log, by name.
+    let mut tail = String::new();
+    for _ in 0..100 {
+        tail = ok(&audit(&t, &["tail", "-n", "10"]));
+        if tail.contains("start-up directories") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for want in [
+        "\"route\":\"start-up directories\"",
+        "\"policies\":[\"resource-policy\"]",
+        "\"resources\":[\"mounted/key/1\",\"other/key/2\"]",
+        "\"reference_values\":[\"mounted_value\"]",
+        "\"complete\":true",
+    ] {
+        assert!(tail.contains(want), "{want} not in the audit log:\n{tail}");
+    }
+    assert!(!tail.contains("from-a-secret-volume"), "{tail}");
     let get = |uri: &str| t.guest("get-resource", &["--insecure-http-kbs", uri]);
     assert_eq!(ok(&get("kbs:///mounted/key/1")), "from-a-secret-volume");
     assert!(

@@ -96,6 +96,25 @@ fn files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// half of its owner's policy.
 pub fn apply(state: &KbsState, dirs: &SeedDirs) -> Result<Seeded> {
     let mut done = Seeded::default();
+    let r = apply_into(state, dirs, &mut done);
+    // An admin change like any other: in the audit log, by name (a
+    // start that failed half-way says what it had applied).
+    if done != Seeded::default() {
+        state.audit.record(crate::audit::Entry::new(
+            "admin",
+            serde_json::json!({
+                "route": "start-up directories",
+                "policies": done.policies,
+                "resources": done.resources,
+                "reference_values": done.reference_values,
+                "complete": r.is_ok(),
+            }),
+        ));
+    }
+    r.map(|()| done)
+}
+
+fn apply_into(state: &KbsState, dirs: &SeedDirs, done: &mut Seeded) -> Result<()> {
     if let Some(d) = &dirs.policies {
         for (rel, path) in files(d)? {
             let Some(id) = rel.strip_suffix(".rego").filter(|id| !id.contains('/')) else {
@@ -147,5 +166,5 @@ pub fn apply(state: &KbsState, dirs: &SeedDirs) -> Result<Seeded> {
             done.reference_values.extend(names);
         }
     }
-    Ok(done)
+    Ok(())
 }
