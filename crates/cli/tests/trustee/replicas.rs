@@ -178,6 +178,28 @@ impl Load {
         }
     }
 
+    /// Waits (up to 30 s) until a guest got `status`: the database stays
+    /// away until the load has met its outage, however slow this machine.
+    async fn wait_for(&self, status: u16, what: &str) {
+        let since = Instant::now();
+        while self
+            .statuses
+            .lock()
+            .unwrap()
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+            == 0
+        {
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "no {status} {what}: {:?}",
+                self.statuses.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Once `more` flows have succeeded from now on, stops the guests and
     /// returns the counts: some 503s, and nothing but 200 and 503.
     async fn finish_after_successes(self, more: usize) -> std::collections::BTreeMap<u16, usize> {
@@ -392,7 +414,7 @@ async fn replicas_on_postgres_share_state_survive_a_kill_and_a_database_outage()
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.stop();
     wait_ready(&a.url, 503, "/readyz stayed ready").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.wait_for(503, "while PostgreSQL was down").await;
     pg.start();
     wait_ready(&a.url, 200, "/readyz never recovered").await;
     let statuses = load.finish_after_successes(3).await;
@@ -414,7 +436,7 @@ async fn replicas_on_postgres_share_state_survive_a_kill_and_a_database_outage()
         "/healthz with the database frozen answered in {:?}",
         asked.elapsed()
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.wait_for(503, "while PostgreSQL was frozen").await;
     pg.thaw();
     wait_ready(&a.url, 200, "/readyz never recovered after the freeze").await;
     let statuses = load.finish_after_successes(3).await;
