@@ -343,6 +343,26 @@ impl Registry {
         }
     }
 
+    /// Deletes the layer blobs of `repo:tag` from the storage (the
+    /// manifest and config stay), so that a pull going past the manifest
+    /// fails; returns the manifest's digest.
+    pub fn drop_layers(&self, repo: &str, tag: &str) -> String {
+        let link = self
+            .storage
+            .join("docker/registry/v2/repositories")
+            .join(repo)
+            .join("_manifests/tags")
+            .join(tag)
+            .join("current/link");
+        let top = std::fs::read_to_string(link).unwrap().trim().to_string();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.blob_file(&top)).unwrap()).unwrap();
+        for l in manifest["layers"].as_array().unwrap() {
+            std::fs::remove_file(self.blob_file(l["digest"].as_str().unwrap())).unwrap();
+        }
+        top
+    }
+
     /// The file holding a blob in the registry's storage.
     pub fn blob_file(&self, digest: &str) -> PathBuf {
         let hex = digest.trim_start_matches("sha256:");

@@ -1411,38 +1411,28 @@ fn a_pull_expecting_another_digest_stops_at_the_manifest() {
     let runtime = rt();
     let (top, _, _) = runtime.block_on(puller.resolve(&image)).unwrap();
     assert_eq!(top, digest, "resolve gives the digest a pull reports");
-    for l in manifest(&reg, "busybox:judged")["layers"]
-        .as_array()
-        .unwrap()
-    {
-        std::fs::remove_file(reg.blob_file(l["digest"].as_str().unwrap())).unwrap();
-    }
+    assert_eq!(reg.drop_layers("busybox", "judged"), digest);
     let other = format!("sha256:{}", "0".repeat(64));
     let bundle = d.join("bundle");
-    let e = runtime
-        .block_on(puller.pull_expecting(
-            &image,
-            &bundle,
-            std::sync::Arc::new(NoProgress),
-            Some(&other),
-        ))
-        .unwrap_err()
-        .to_string();
+    let fails_expecting = |expected: &str| {
+        let e = runtime
+            .block_on(puller.pull_expecting(
+                &image,
+                &bundle,
+                std::sync::Arc::new(NoProgress),
+                Some(expected),
+            ))
+            .unwrap_err()
+            .to_string();
+        assert_nothing_left(&bundle);
+        e
+    };
+    let e = fails_expecting(&other);
     assert!(
         e.contains(&format!("it now resolves to {digest}, not the {other}")),
         "{e}"
     );
-    assert_nothing_left(&bundle);
     // Expecting the right digest goes on to the layers (gone here).
-    let e = runtime
-        .block_on(puller.pull_expecting(
-            &image,
-            &bundle,
-            std::sync::Arc::new(NoProgress),
-            Some(&digest),
-        ))
-        .unwrap_err()
-        .to_string();
+    let e = fails_expecting(&digest);
     assert!(!e.contains("resolves to"), "{e}");
-    assert_nothing_left(&bundle);
 }

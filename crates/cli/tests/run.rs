@@ -239,15 +239,7 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     // resolves the image, judges it and fetches nothing more: the image's
     // layers are gone from the registry, yet the refusal is the policy's.
     let other = push_busybox_salted(&reg, "busybox:unpinned", &["sh"], "unpinned");
-    let repo = reg
-        .storage
-        .join("docker/registry/v2/repositories/busybox/_manifests/tags/unpinned/current/link");
-    let top = std::fs::read_to_string(repo).unwrap();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(reg.blob_file(top.trim())).unwrap()).unwrap();
-    for l in manifest["layers"].as_array().unwrap() {
-        std::fs::remove_file(reg.blob_file(l["digest"].as_str().unwrap())).unwrap();
-    }
+    let top = reg.drop_layers("busybox", "unpinned");
     let mut policy = String::from("package agent_policy\nimport rego.v1\n");
     for r in [
         "CreateSandboxRequest",
@@ -295,7 +287,7 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     assert!(
         err.contains(&format!(
             "PullImageRequest is blocked by policy: manifest_digest: {} is not pinned",
-            top.trim()
+            top
         )),
         "{err}"
     );

@@ -1325,14 +1325,7 @@ fn policies_resources_and_reference_values_are_applied_from_mounted_directories(
     );
     assert!(ok(&t.admin(&["list-reference-values"])).contains("mounted_value"));
     // What was applied is an admin change in the audit log, by name.
-    let mut tail = String::new();
-    for _ in 0..100 {
-        tail = ok(&audit(&t, &["tail", "-n", "10"]));
-        if tail.contains("start-up directories") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let tail = audit_tail_until(&t, 10, "start-up directories");
     for want in [
         "\"route\":\"start-up directories\"",
         "\"policies\":[\"resource-policy\"]",
@@ -1433,6 +1426,21 @@ fn audit(t: &TrusteeProc, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The last `n` audit records once one holds `needle` (records are written
+/// off the request path), or after 5 s whatever they are.
+fn audit_tail_until(t: &TrusteeProc, n: usize, needle: &str) -> String {
+    let n = n.to_string();
+    let mut tail = String::new();
+    for _ in 0..100 {
+        tail = ok(&audit(t, &["tail", "-n", &n]));
+        if tail.contains(needle) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tail
+}
+
 #[test]
 fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -1468,14 +1476,7 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
     assert!(!out.status.success());
 
     // Records are written off the request path: wait for the last one.
-    let mut tail = String::new();
-    for _ in 0..100 {
-        tail = ok(&audit(&t, &["tail", "-n", "100"]));
-        if tail.contains("\"status\":401") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let tail = audit_tail_until(&t, 100, "\"status\":401");
     for want in [
         "\"kind\":\"start\"",
         "\"route\":\"/kbs/v0/resource-policy\"",

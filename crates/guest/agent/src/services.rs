@@ -218,6 +218,24 @@ impl SecureMountService for CdhService {
     }
 }
 
+impl CdhService {
+    /// A pull for either pull service, its failure logged.
+    async fn pull(
+        &self,
+        image: &str,
+        bundle: &str,
+        expected: Option<&str>,
+    ) -> ttrpc::Result<String> {
+        self.0
+            .pull_image_expecting(image, std::path::Path::new(bundle), expected)
+            .await
+            .map_err(|e| {
+                tracing::warn!(image = %image, error = %e, "image pull failed");
+                status(&e)
+            })
+    }
+}
+
 #[async_trait::async_trait]
 impl ImagePullService for CdhService {
     async fn pull_image(
@@ -225,14 +243,7 @@ impl ImagePullService for CdhService {
         _: &TtrpcContext,
         req: ImagePullRequest,
     ) -> ttrpc::Result<ImagePullResponse> {
-        let digest = self
-            .0
-            .pull_image(&req.image_url, std::path::Path::new(&req.bundle_path))
-            .await
-            .map_err(|e| {
-                tracing::warn!(image = %req.image_url, error = %e, "image pull failed");
-                status(&e)
-            })?;
+        let digest = self.pull(&req.image_url, &req.bundle_path, None).await?;
         Ok(ImagePullResponse {
             manifest_digest: digest,
             ..Default::default()
@@ -263,17 +274,8 @@ impl ImageResolve for CdhService {
         req: PullResolvedImageRequest,
     ) -> ttrpc::Result<PullResolvedImageResponse> {
         let digest = self
-            .0
-            .pull_image_expecting(
-                &req.image_url,
-                std::path::Path::new(&req.bundle_path),
-                Some(&req.manifest_digest),
-            )
-            .await
-            .map_err(|e| {
-                tracing::warn!(image = %req.image_url, error = %e, "image pull failed");
-                status(&e)
-            })?;
+            .pull(&req.image_url, &req.bundle_path, Some(&req.manifest_digest))
+            .await?;
         Ok(PullResolvedImageResponse {
             manifest_digest: digest,
             ..Default::default()

@@ -106,6 +106,13 @@ fn apply(root: &Path, tar: Vec<u8>) -> Result<UnpackStats, UnpackError> {
 /// modification time.
 fn tree(root: &Path) -> Vec<String> {
     use std::os::unix::fs::MetadataExt;
+    // A directory the layer did not list is made when unpacking, with that
+    // moment's time: the two applies may fall on either side of a second.
+    let recent = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 86_400;
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -123,20 +130,12 @@ fn tree(root: &Path) -> Vec<String> {
             } else {
                 "special".to_string()
             };
-            // A directory the layer did not list is made when unpacking,
-            // with that moment's time: the two applies may fall on either
-            // side of a second.
-            let recent = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs() as i64
-                - 86_400;
             let mtime = if m.is_dir() && m.mtime() > recent {
                 "(time of unpacking)".to_string()
             } else {
                 m.mtime().to_string()
             };
-            out.push(format!("{rel} {:o} {} {mtime} {what}", m.mode(), m.len(),));
+            out.push(format!("{rel} {:o} {} {mtime} {what}", m.mode(), m.len()));
         }
     }
     out.sort();

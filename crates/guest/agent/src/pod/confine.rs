@@ -155,10 +155,8 @@ pub fn container(spec: &mut oci::Spec, bundle: &Path) -> Result<(), SandboxError
     linux.set_readonly_paths(Some(ro));
     // Device access: deny all first, then only the standard devices. The
     // agent enforces these rules itself (`devcgroup`), always.
-    if linux.resources().is_none() {
-        linux.set_resources(Some(oci::LinuxResources::default()));
-    }
-    if let Some(res) = linux.resources_mut() {
+    {
+        let res = linux.resources_mut().get_or_insert_with(Default::default);
         let rules = res.devices().clone().unwrap_or_default();
         for r in rules.iter().filter(|r| r.allow()) {
             let ok = r.typ() == Some(oci::LinuxDeviceType::C)

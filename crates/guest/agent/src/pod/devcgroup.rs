@@ -64,7 +64,8 @@ fn access_bits(s: Option<&str>) -> Result<i32, DevError> {
 fn number(what: &str, n: Option<i64>) -> Result<Option<u32>, DevError> {
     match n {
         None | Some(-1) => Ok(None),
-        // Linux device numbers: 12-bit majors, 20-bit minors.
+        // Linux device numbers: 12-bit majors, 20-bit minors (both held to
+        // the wider bound; a major past 12 bits just never matches).
         Some(v) if (0..1 << 20).contains(&v) => Ok(Some(v as u32)),
         Some(v) => Err(DevError::Rule(format!("{what} {v}"))),
     }

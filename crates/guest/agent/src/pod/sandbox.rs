@@ -607,19 +607,6 @@ impl Sandbox {
     /// fails at its manifest; nothing else is fetched or unpacked.
     async fn pull(&self, image: &str, id: &str, bundle: &Path) -> Result<(), SandboxError> {
         let hub = self.hub(image).await?;
-        let judge = |digest: &str| {
-            self.policy
-                .check_input(
-                    super::policy::PULL_RULE,
-                    &serde_json::json!({
-                        "image": image,
-                        "manifest_digest": digest,
-                        "container_id": id,
-                    }),
-                    true,
-                )
-                .map_err(SandboxError::Denied)
-        };
         let failed = |e| SandboxError::Failed(format!("pulling {image}: {e}"));
         if !self.policy.enforcing() {
             hub.pull_image(image, &bundle.display().to_string())
@@ -628,18 +615,22 @@ impl Sandbox {
             return Ok(());
         }
         let digest = hub.resolve_image(image).await.map_err(failed)?;
-        judge(&digest)?;
-        // By the same reference (the signature policy judges its tag), as
-        // long as it still resolves to the digest judged.
-        let pulled = hub
-            .pull_resolved_image(image, &bundle.display().to_string(), &digest)
+        self.policy
+            .check_input(
+                super::policy::PULL_RULE,
+                &serde_json::json!({
+                    "image": image,
+                    "manifest_digest": digest,
+                    "container_id": id,
+                }),
+                true,
+            )
+            .map_err(SandboxError::Denied)?;
+        // By the same reference (the signature policy judges its tag); the
+        // hub refuses at the manifest if it no longer resolves to `digest`.
+        hub.pull_resolved_image(image, &bundle.display().to_string(), &digest)
             .await
             .map_err(failed)?;
-        if pulled != digest {
-            return Err(SandboxError::Failed(format!(
-                "pulling {image}: the pull of {digest} reported {pulled}"
-            )));
-        }
         Ok(())
     }
 
