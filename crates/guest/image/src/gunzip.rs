@@ -13,9 +13,15 @@
 //! warms caches and faults the buffers in, as a recycled pipeline buffer
 //! is), and the second pass of each sets its starting estimate in CPU
 //! nanoseconds per output byte (the thread's own CPU time, so waiting and
-//! preemption do not count): the same bytes for both, real layer content,
-//! a few milliseconds. Every later layer takes the decoder that was
-//! cheaper; until then (smaller layers) libdeflate is used.
+//! preemption do not count): the same bytes for both, real layer content.
+//! Every later layer takes the decoder that was cheaper; until then
+//! libdeflate is used.
+//!
+//! The calibration runs beside the pull, on a copy of the layer's first
+//! bytes, in a thread at the lowest priority, so it never delays the
+//! layer that started it. On a host it takes a few milliseconds; in an
+//! emulated guest about 200 ms, which is longer than a small image's whole
+//! decode: there it used to be most of a one-layer pull.
 //!
 //! Whole-layer timings are not fed back: a whole layer's cost in one
 //! thread and a streamed layer's, spread over the decoder and the applier
@@ -32,6 +38,7 @@ use std::io::Read;
 #[cfg(test)]
 use std::io::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The two gzip decoders.
@@ -58,6 +65,11 @@ impl Decoder {
 pub const WHOLE_MAX: u64 = 1 << 30;
 /// Output decoded by each decoder to calibrate.
 pub const CALIBRATION_BYTES: usize = 1 << 20;
+/// Compressed bytes copied for a calibration: enough for
+/// [`CALIBRATION_BYTES`] of output from any deflate stream (stored blocks
+/// cost 5 bytes per 64 KiB) after a gzip header of up to 64 KiB. A header
+/// longer than that calibrates nothing, and a later layer tries again.
+const CALIBRATION_INPUT: usize = CALIBRATION_BYTES + (CALIBRATION_BYTES >> 10) + (64 << 10);
 
 /// Estimated CPU cost of each decoder, nanoseconds per output byte.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,16 +108,44 @@ pub fn choose(gz: &[u8], uncompressed: u64) -> Decoder {
     if let Some(e) = current() {
         return e.best();
     }
-    if uncompressed < CALIBRATION_BYTES as u64 {
-        return Decoder::Whole;
+    if uncompressed >= CALIBRATION_BYTES as u64 {
+        calibrate_in_background(gz);
     }
-    let Some(e) = calibrate(gz) else {
-        // Not a stream both decode: libdeflate's exact decode decides.
-        return Decoder::Whole;
-    };
-    let mut g = ESTIMATES.lock().unwrap_or_else(|e| e.into_inner());
-    // Two decoders may have calibrated at once: the first result stays.
-    g.get_or_insert(e).best()
+    Decoder::Whole
+}
+
+/// Whether a calibration is running or has succeeded.
+static CALIBRATING: AtomicBool = AtomicBool::new(false);
+
+/// Starts the process's one calibration on a copy of `gz`'s first bytes,
+/// unless one is running or done. One that fails (not a stream both
+/// decoders read that far) lets the next layer try.
+fn calibrate_in_background(gz: &[u8]) {
+    if CALIBRATING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let sample = gz[..gz.len().min(CALIBRATION_INPUT)].to_vec();
+    let spawned = std::thread::Builder::new()
+        .name("gzip-calibrate".into())
+        .spawn(move || {
+            // The lowest priority of this thread alone (Linux threads
+            // have their own nice value): it runs when a CPU is free.
+            // SAFETY: setpriority on the calling thread, no pointers.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+            match calibrate(&sample) {
+                Some(e) => {
+                    ESTIMATES
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
+                }
+                None => CALIBRATING.store(false, Ordering::Release),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("cannot start the gzip calibration: {e}");
+        CALIBRATING.store(false, Ordering::Release);
+    }
 }
 
 /// How much memory one whole layer (compressed and uncompressed) may
@@ -367,6 +407,39 @@ mod tests {
         broken[40..4000].fill(0xff);
         assert!(calibrate(&broken).is_none());
         assert!(calibrate(b"not gzip at all").is_none());
+    }
+
+    #[test]
+    fn the_first_large_layer_calibrates_beside_the_pull() {
+        // Incompressible content is the longest input per output byte: the
+        // copied prefix still holds a whole calibration.
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let noise: Vec<u8> = (0..(3usize << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let layer = gz(&noise);
+        assert!(layer.len() > CALIBRATION_INPUT);
+        assert!(calibrate(&layer[..CALIBRATION_INPUT]).is_some());
+        // The layer is answered at once (libdeflate until calibrated); the
+        // estimates follow from the background thread.
+        let before = current();
+        let chosen = choose(&layer, noise.len() as u64);
+        assert_eq!(chosen, before.map_or(Decoder::Whole, |e| e.best()));
+        let start = std::time::Instant::now();
+        while current().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no calibration result after a minute"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let e = current().unwrap();
+        assert_eq!(choose(&layer, noise.len() as u64), e.best());
     }
 
     #[test]
