@@ -19,9 +19,9 @@
 //!
 //! The calibration runs beside the pull, on a copy of the layer's first
 //! bytes, in a thread at the lowest priority, so it never delays the
-//! layer that started it. On a host it takes a few milliseconds; in an
-//! emulated guest about 200 ms, which is longer than a small image's whole
-//! decode: there it used to be most of a one-layer pull.
+//! layer that started it. On a host it takes a millisecond or two; in an
+//! emulated guest about 50 ms. In front of the layer (and at 1 MiB) it was
+//! 200 ms there, longer than a small image's whole decode.
 //!
 //! Whole-layer timings are not fed back: a whole layer's cost in one
 //! thread and a streamed layer's, spread over the decoder and the applier
@@ -63,8 +63,10 @@ impl Decoder {
 /// Largest layer (compressed plus uncompressed) decoded whole, whatever
 /// the memory.
 pub const WHOLE_MAX: u64 = 1 << 30;
-/// Output decoded by each decoder to calibrate.
-pub const CALIBRATION_BYTES: usize = 1 << 20;
+/// Output decoded by each decoder to calibrate: enough for the thread CPU
+/// clock (nanoseconds) to separate them, little enough to cost about
+/// 50 ms and under 1 MiB of memory in an emulated guest.
+pub const CALIBRATION_BYTES: usize = 256 << 10;
 /// Compressed bytes copied for a calibration: enough for
 /// [`CALIBRATION_BYTES`] of output from any deflate stream (stored blocks
 /// cost 5 bytes per 64 KiB) after a gzip header of up to 64 KiB. A header
@@ -309,8 +311,9 @@ pub fn zlib_stream(input: &[u8], chunk: &mut [u8]) -> std::io::Result<u64> {
 /// Both decoders over the first [`CALIBRATION_BYTES`] of output of `gz`,
 /// twice each; none when either cannot produce that much.
 pub fn calibrate(gz: &[u8]) -> Option<Estimates> {
+    // One buffer for both: faulted in by the first pass, as a recycled
+    // pipeline buffer is.
     let mut out = vec![1u8; CALIBRATION_BYTES];
-    let mut chunk = vec![1u8; CALIBRATION_BYTES];
     let bytes = CALIBRATION_BYTES as f64;
     let (mut whole, mut stream) = (0.0, 0.0);
     for _ in 0..2 {
@@ -320,7 +323,7 @@ pub fn calibrate(gz: &[u8]) -> Option<Estimates> {
         }
         whole = thread_cpu().saturating_sub(t).as_nanos() as f64 / bytes;
         let t = thread_cpu();
-        if !zlib_prefix(gz, &mut chunk) {
+        if !zlib_prefix(gz, &mut out) {
             return None;
         }
         stream = thread_cpu().saturating_sub(t).as_nanos() as f64 / bytes;
