@@ -15,6 +15,12 @@
 //! signs the whole log up to it, and since each checkpoint fixes where the
 //! next must be, checkpoints cannot be removed: at most the records after
 //! the last one are unsigned.
+//!
+//! The first record of each batch the background writer commits carries
+//! a random `batch` id. A batch whose try failed as unavailable may have
+//! committed all the same (the answer lost after the commit); before it is
+//! tried again the newest records are searched for its id, so it is not
+//! written twice.
 
 use crate::api::now;
 use cocoon_store::{Store, StoreError};
@@ -41,6 +47,9 @@ const GATHER: Duration = Duration::from_millis(10);
 /// Records queued at most; past that a record is counted as lost and the
 /// trustee reports itself not ready.
 const QUEUE: usize = 65_536;
+/// How many of the newest records a batch tried again looks through for
+/// itself (see [`Writer::write_batch`]).
+const RECHECK: usize = 4096;
 
 /// One event to record.
 #[derive(Debug, Clone)]
@@ -99,7 +108,8 @@ pub struct AuditLog {
 }
 
 /// Keys a record's fields may not set (the writer's own).
-const RESERVED: [&str; 8] = [
+const RESERVED: [&str; 9] = [
+    "batch",
     "seq",
     "time",
     "kind",
@@ -131,12 +141,13 @@ fn signing_input(without_sig: &[u8]) -> Vec<u8> {
 impl Writer {
     /// The record after `last` for `e`: a checkpoint when one is due by
     /// `next_due` (moved on by a checkpoint) or `force`d, signed over its
-    /// own text.
+    /// own text; `batch` tags it with its batch's id.
     fn make(
         &self,
         last: Option<(i64, &[u8])>,
         e: &Entry,
         force: bool,
+        batch: Option<&str>,
         next_due: &mut u64,
     ) -> Vec<u8> {
         let (seq, prev) = match last {
@@ -153,6 +164,9 @@ impl Writer {
         m.insert("time".into(), e.time.into());
         m.insert("kind".into(), e.kind.into());
         m.insert("prev".into(), prev.into());
+        if let Some(id) = batch {
+            m.insert("batch".into(), id.into());
+        }
         let checkpoint = force || seq == 1 || seq >= *next_due;
         if checkpoint {
             let next = seq + self.every;
@@ -175,6 +189,43 @@ impl Writer {
     /// on only once the batch is committed (a batch made again after
     /// another writer's records starts from the committed promise).
     fn write(&self, entries: &[Entry], force_first: bool) -> Result<i64, StoreError> {
+        self.write_tagged(entries, force_first, None)
+    }
+
+    /// Writes one batch of the background writer; its first record
+    /// carries `batch`, the batch's random id. `again`: an earlier try
+    /// failed as unavailable, which may have come after the commit (a
+    /// lost answer), so a batch found among the newest [`RECHECK`] records
+    /// is not written a second time.
+    fn write_batch(&self, entries: &[Entry], batch: &str, again: bool) -> Result<(), StoreError> {
+        if again && self.holds(batch)? {
+            tracing::info!(
+                records = entries.len(),
+                "audit records were committed before the database stopped answering"
+            );
+            return Ok(());
+        }
+        self.write_tagged(entries, false, Some(batch)).map(|_| ())
+    }
+
+    /// Whether one of the newest [`RECHECK`] records starts batch `batch`.
+    fn holds(&self, batch: &str) -> Result<bool, StoreError> {
+        let Some(head) = self.store.audit_last()? else {
+            return Ok(false);
+        };
+        let from = (head - RECHECK as i64 + 1).max(1);
+        Ok(self.store.audit_range(from, RECHECK)?.iter().any(|(_, r)| {
+            serde_json::from_slice::<Map<String, Value>>(r)
+                .is_ok_and(|m| m.get("batch").and_then(Value::as_str) == Some(batch))
+        }))
+    }
+
+    fn write_tagged(
+        &self,
+        entries: &[Entry],
+        force_first: bool,
+        batch: Option<&str>,
+    ) -> Result<i64, StoreError> {
         let mut due = 0;
         let seq = self.store.audit_append(&mut |last| {
             due = self.next_due.load(Ordering::Relaxed);
@@ -185,7 +236,8 @@ impl Writer {
                     Some(bytes) => Some((first + i as i64 - 1, bytes.as_slice())),
                     None => last,
                 };
-                let rec = self.make(prev, e, force_first && i == 0, &mut due);
+                let tag = if i == 0 { batch } else { None };
+                let rec = self.make(prev, e, force_first && i == 0, tag, &mut due);
                 out.push(rec);
             }
             out
@@ -292,16 +344,21 @@ impl AuditLog {
                 }
                 let entries = Arc::new(std::mem::take(&mut batch));
                 let n = entries.len() as u64;
+                let mut id = [0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+                let id = Arc::new(hex::encode(id));
+                let mut again = false;
                 // While the database is unreachable the batch waits and is
                 // tried again (the queue fills meanwhile, and a nearly full
                 // queue makes the trustee not ready); other failures lose it.
                 let mut pause = Duration::from_millis(100);
                 loop {
-                    let (w, e) = (w.clone(), entries.clone());
+                    let (w, e, id) = (w.clone(), entries.clone(), id.clone());
                     // Store writes block: keep them off the async workers.
-                    match tokio::task::spawn_blocking(move || w.write(&e, false)).await {
-                        Ok(Ok(_)) => break,
+                    match tokio::task::spawn_blocking(move || w.write_batch(&e, &id, again)).await {
+                        Ok(Ok(())) => break,
                         Ok(Err(StoreError::Unavailable(e))) => {
+                            again = true;
                             tracing::warn!(records = n, error = %e, "audit records wait for the database");
                             tokio::time::sleep(pause).await;
                             pause = (pause * 2).min(Duration::from_secs(2));

@@ -269,6 +269,108 @@ fn two_replicas_on_one_database_keep_one_chain() {
     verify(&records, &key.verifying_key(), None).unwrap();
 }
 
+/// A store whose first audit append commits and then reports the
+/// database unavailable, as an answer lost after the commit does.
+struct LostAnswer {
+    inner: Arc<dyn Store>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Store for LostAnswer {
+    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(ns, key)
+    }
+    fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(ns, key, value)
+    }
+    fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        self.inner.put_if_absent(ns, key, value)
+    }
+    fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        self.inner.delete(ns, key)
+    }
+    fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {
+        self.inner.list(ns)
+    }
+    fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError> {
+        self.inner.append(ns, value, keep)
+    }
+    fn recent(&self, ns: &str, limit: usize) -> Result<Vec<cocoon_store::Event>, StoreError> {
+        self.inner.recent(ns, limit)
+    }
+    fn audit_append(&self, make: &mut cocoon_store::MakeRecords<'_>) -> Result<i64, StoreError> {
+        let n = self.inner.audit_append(make)?;
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("no answer after the commit".into()));
+        }
+        Ok(n)
+    }
+    fn audit_last(&self) -> Result<Option<i64>, StoreError> {
+        self.inner.audit_last()
+    }
+    fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        self.inner.audit_range(from, limit)
+    }
+}
+
+#[tokio::test]
+async fn a_batch_committed_before_its_answer_was_lost_is_not_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let start = Entry::new("start", serde_json::json!({}));
+    // The start checkpoint goes through (and uses up nothing); the first
+    // batch of the writer then commits without an answer.
+    let flaky = Arc::new(LostAnswer {
+        inner: inner.clone(),
+        lost: std::sync::atomic::AtomicBool::new(true),
+    });
+    let log = AuditLog::start(flaky.clone(), key.clone(), 100, start, false).unwrap();
+    flaky.lost.store(false, Ordering::SeqCst);
+    for i in 0..5 {
+        log.record(release(i));
+    }
+    assert!(
+        log.flush(Duration::from_secs(10)).await,
+        "records still pending"
+    );
+    assert!(
+        flaky.lost.load(Ordering::SeqCst),
+        "the lost answer never happened"
+    );
+    let records = inner.audit_range(1, 100).unwrap();
+    let resources: Vec<String> = records
+        .iter()
+        .filter_map(|(_, r)| text(r).get("resource").map(|v| v.to_string()))
+        .collect();
+    assert_eq!(resources.len(), 5, "each record once: {resources:?}");
+    let tagged = records
+        .iter()
+        .filter(|(_, r)| text(r).contains_key("batch"))
+        .count();
+    assert_eq!(tagged, 1, "one batch, tagged once");
+    verify(&records, &key.verifying_key(), None).unwrap();
+
+    // A batch that really failed is written on the next try.
+    let w = writer(inner.clone(), &key, 100);
+    w.next_due.store(1000, Ordering::Relaxed);
+    w.write_batch(&[release(9)], "00112233445566778899aabbccddeeff", true)
+        .unwrap();
+    let after = inner.audit_range(1, 100).unwrap();
+    assert_eq!(after.len(), records.len() + 1);
+    assert!(w.holds("00112233445566778899aabbccddeeff").unwrap());
+    // And a batch that is there already is not.
+    w.write_batch(&[release(9)], "00112233445566778899aabbccddeeff", true)
+        .unwrap();
+    assert_eq!(inner.audit_range(1, 100).unwrap().len(), after.len());
+    verify(
+        &inner.audit_range(1, 100).unwrap(),
+        &key.verifying_key(),
+        None,
+    )
+    .unwrap();
+}
+
 #[test]
 fn long_texts_are_cut_and_reserved_keys_ignored() {
     let e = Entry::new(
