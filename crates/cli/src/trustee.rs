@@ -163,6 +163,11 @@ pub struct TrusteeArgs {
     /// no per-client cap. One over is closed at once.
     #[arg(long, default_value_t = 256)]
     max_connections_per_client: usize,
+    /// Seconds a client has to send a request's headers, and again its
+    /// body. Slower clients are closed (the body with 408), so they hold
+    /// no connection for long.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    request_read_timeout: u64,
 }
 
 /// Runs the trustee until interrupted.
@@ -192,6 +197,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         unauthenticated_burst: a.unauthenticated_burst,
         rate_limit_loopback: a.rate_limit_loopback,
         max_connections_per_client: a.max_connections_per_client,
+        request_read_timeout_secs: a.request_read_timeout,
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,
         allow_insecure_on_network: a.allow_insecure_on_network,

@@ -1632,6 +1632,61 @@ fn http1(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, head)
 }
 
+#[test]
+fn a_body_sent_too_slowly_is_refused_and_its_connection_closed() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let t = TrusteeProc::start(
+        &dir.path().join("data"),
+        &["--request-read-timeout", "1"],
+    );
+    let addr = t.url.trim_start_matches("http://").to_string();
+    let auth = r#"{"version":"0.4.0","tee":"sample","extra-params":""}"#;
+    let head = |len: usize| {
+        format!(
+            "POST /kbs/v0/auth HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let answer = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut out = Vec::new();
+        // The server closes the connection after its answer.
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+
+    // Headers, then a third of the body, then nothing.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(head(auth.len()).as_bytes()).unwrap();
+    s.write_all(&auth.as_bytes()[..auth.len() / 3]).unwrap();
+    let text = answer(&mut s);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("the request body did not arrive within 1 s"),
+        "{text}"
+    );
+
+    // A body in pieces that all come in time is served.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(head(auth.len()).as_bytes()).unwrap();
+    s.write_all(&auth.as_bytes()[..10]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    s.write_all(&auth.as_bytes()[10..]).unwrap();
+    let text = answer(&mut s);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // A body announced over the limit is refused at once, as too large.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(head(3 << 20).as_bytes()).unwrap();
+    let text = answer(&mut s);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("PayloadTooLarge"), "{text}");
+
+    // Not JSON, in time: the route's own refusal, as before.
+    assert_eq!(http1(&addr, "POST", "/kbs/v0/auth", "{").0, 400);
+}
+
 /// Sends `GET /healthz` on an open connection; whether an answer came.
 fn answered(s: &mut std::net::TcpStream) -> bool {
     use std::io::{Read, Write};

@@ -14,6 +14,9 @@ pub enum KbsError {
     /// Body over the limit.
     #[error("request body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
     /// Protocol version not accepted.
     #[error("protocol version '{0}' is not supported: this KBS speaks {ver}", ver = cocoon_types::KBS_PROTOCOL_VERSION)]
     UnsupportedVersion(String),
@@ -88,6 +91,7 @@ impl KbsError {
         match self {
             BadRequest(_) => (StatusCode::BAD_REQUEST, "SerdeError"),
             BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge"),
+            BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "HTTPFailed"),
             UnsupportedVersion(_) => (StatusCode::BAD_REQUEST, "AttestationError"),
             UnsupportedTee(_) => (StatusCode::BAD_REQUEST, "AttestationError"),
             MissingSession | InvalidSession | ExpiredSession | NotAttested => {

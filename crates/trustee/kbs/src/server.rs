@@ -69,6 +69,9 @@ pub struct TrusteeConfig {
     /// Open connections per client address at most (IPv6 by its /64); 0:
     /// no per-client cap.
     pub max_connections_per_client: usize,
+    /// Seconds a client has to send a request's headers, and again its
+    /// body; slower: closed (the body with 408).
+    pub request_read_timeout_secs: u64,
     /// Extra DNS names or addresses for a self-signed certificate (made
     /// once; the names guests reach the trustee by, e.g. a Service's).
     pub tls_names: Vec<String>,
@@ -140,6 +143,7 @@ impl Default for TrusteeConfig {
             unauthenticated_burst: 200.0,
             rate_limit_loopback: false,
             max_connections_per_client: 256,
+            request_read_timeout_secs: 15,
             allow_dev_tee: false,
             insecure_admin: false,
             allow_insecure_on_network: false,
@@ -231,6 +235,7 @@ pub struct Trustee {
     recorder_rx: Option<tokio::sync::mpsc::Receiver<crate::api::Denial>>,
     max_connections: usize,
     per_client: (usize, bool),
+    read_timeout: std::time::Duration,
     handle: axum_server::Handle,
     limiter: Arc<crate::limits::RateLimiter>,
 }
@@ -451,6 +456,7 @@ impl Trustee {
             handle: axum_server::Handle::new(),
             max_connections: crate::limits::connection_budget(cfg.max_connections),
             per_client: (cfg.max_connections_per_client, cfg.rate_limit_loopback),
+            read_timeout: std::time::Duration::from_secs(cfg.request_read_timeout_secs.max(1)),
             limiter: Arc::new(crate::limits::RateLimiter::new(
                 cfg.unauthenticated_rate,
                 cfg.unauthenticated_burst,
@@ -483,7 +489,13 @@ impl Trustee {
         if let Some(rx) = self.recorder_rx.take() {
             tokio::spawn(denial_recorder(self.state.store.clone(), rx));
         }
+        // Layers run last-added first: the rate limit refuses before a
+        // body is waited for.
         let app = router(self.state.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.read_timeout,
+                crate::limits::body_deadline,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.limiter.clone(),
                 crate::limits::rate_limit,
@@ -498,8 +510,8 @@ impl Trustee {
             self.per_client.1,
         );
         // A client that sends its headers this slowly holds a connection
-        // for nothing: closed.
-        let slow = std::time::Duration::from_secs(15);
+        // for nothing: closed (its body: `body_deadline`).
+        let slow = self.read_timeout;
         match self.tls {
             Some(tls) => {
                 let mut server = axum_server::from_tcp(self.listener)
