@@ -1636,10 +1636,7 @@ fn http1(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 fn a_body_sent_too_slowly_is_refused_and_its_connection_closed() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
-    let t = TrusteeProc::start(
-        &dir.path().join("data"),
-        &["--request-read-timeout", "1"],
-    );
+    let t = TrusteeProc::start(&dir.path().join("data"), &["--request-read-timeout", "1"]);
     let addr = t.url.trim_start_matches("http://").to_string();
     let auth = r#"{"version":"0.4.0","tee":"sample","extra-params":""}"#;
     let head = |len: usize| {

@@ -68,9 +68,11 @@ pub const WHOLE_MAX: u64 = 1 << 30;
 /// 50 ms and under 1 MiB of memory in an emulated guest.
 pub const CALIBRATION_BYTES: usize = 256 << 10;
 /// Compressed bytes copied for a calibration: enough for
-/// [`CALIBRATION_BYTES`] of output from any deflate stream (stored blocks
-/// cost 5 bytes per 64 KiB) after a gzip header of up to 64 KiB. A header
-/// longer than that calibrates nothing, and a later layer tries again.
+/// [`CALIBRATION_BYTES`] of output after a gzip header of up to 64 KiB
+/// from what encoders write, stored blocks of incompressible data
+/// included (5 bytes per 64 KiB). A stream that needs more (a longer
+/// header, or a hostile one: literals of 15 bits, empty blocks) only
+/// calibrates nothing, and a later layer tries again.
 const CALIBRATION_INPUT: usize = CALIBRATION_BYTES + (CALIBRATION_BYTES >> 10) + (64 << 10);
 
 /// Estimated CPU cost of each decoder, nanoseconds per output byte.
@@ -343,7 +345,11 @@ pub fn calibrate(gz: &[u8]) -> Option<Estimates> {
 }
 
 /// libdeflate over `gz` until `out` is full: true when it filled it
-/// (the stream goes on, or ends exactly there).
+/// (the stream goes on, or ends exactly there). libdeflate stops before a
+/// stored block or match that would not fit, so up to 64 KiB of `out`
+/// may be left undecoded: its estimate can be up to a quarter low on
+/// incompressible data, which only ever favours the decoder that wins by
+/// more than that where it was measured (speed, never correctness).
 fn libdeflate_prefix(gz: &[u8], out: &mut [u8]) -> bool {
     use libdeflate_sys::{
         libdeflate_result_LIBDEFLATE_INSUFFICIENT_SPACE as FULL,
@@ -430,8 +436,13 @@ mod tests {
         assert!(calibrate(&layer[..CALIBRATION_INPUT]).is_some());
         // The layer is answered at once (libdeflate until calibrated); the
         // estimates follow from the background thread.
+        let n = noise.len() as u64;
+        assert!(
+            layer.len() as u64 + n <= whole_limit(),
+            "this test needs 50 MiB of available memory"
+        );
         let before = current();
-        let chosen = choose(&layer, noise.len() as u64);
+        let chosen = choose(&layer, n);
         assert_eq!(chosen, before.map_or(Decoder::Whole, |e| e.best()));
         let start = std::time::Instant::now();
         while current().is_none() {
@@ -440,6 +451,8 @@ mod tests {
                 "no calibration result after a minute"
             );
             std::thread::sleep(Duration::from_millis(5));
+            // Another test's layer may have started one that failed.
+            choose(&layer, n);
         }
         let e = current().unwrap();
         assert_eq!(choose(&layer, noise.len() as u64), e.best());

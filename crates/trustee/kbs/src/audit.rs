@@ -16,11 +16,12 @@
 //! next must be, checkpoints cannot be removed: at most the records after
 //! the last one are unsigned.
 //!
-//! The first record of each batch the background writer commits carries
+//! The last record of each batch the background writer commits carries
 //! a random `batch` id. A batch whose try failed as unavailable may have
-//! committed all the same (the answer lost after the commit); before it is
-//! tried again the newest records are searched for its id, so it is not
-//! written twice.
+//! committed all the same (the answer lost after the commit), or commit
+//! while it is tried again: the newest records are searched for its id
+//! first, and the try itself writes nothing when the log turns out to end
+//! with the batch.
 
 use crate::api::now;
 use cocoon_store::{Store, StoreError};
@@ -189,46 +190,76 @@ impl Writer {
     /// on only once the batch is committed (a batch made again after
     /// another writer's records starts from the committed promise).
     fn write(&self, entries: &[Entry], force_first: bool) -> Result<i64, StoreError> {
-        self.write_tagged(entries, force_first, None)
+        self.write_tagged(entries, force_first, None, false)
     }
 
-    /// Writes one batch of the background writer; its first record
+    /// Writes one batch of the background writer; its last record
     /// carries `batch`, the batch's random id. `again`: an earlier try
     /// failed as unavailable, which may have come after the commit (a
-    /// lost answer), so a batch found among the newest [`RECHECK`] records
-    /// is not written a second time.
+    /// lost answer) or before a commit the database still completes, so:
+    /// - a batch found among the newest [`RECHECK`] records is not
+    ///   written again;
+    /// - nor is it when it turns out to be the last record at the write
+    ///   itself (the first try committed while this one waited for it).
+    ///
+    /// A search that fails for another reason than the database being
+    /// unreachable writes the batch: a duplicate is better than a loss.
     fn write_batch(&self, entries: &[Entry], batch: &str, again: bool) -> Result<(), StoreError> {
-        if again && self.holds(batch)? {
-            tracing::info!(
-                records = entries.len(),
-                "audit records were committed before the database stopped answering"
-            );
-            return Ok(());
+        if again {
+            match self.holds(batch) {
+                Ok(true) => {
+                    tracing::warn!(
+                        records = entries.len(),
+                        "audit records were committed before the database stopped answering: not written again"
+                    );
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot look for audit records that may be written already: writing them"
+                ),
+            }
         }
-        self.write_tagged(entries, false, Some(batch)).map(|_| ())
+        self.write_tagged(entries, false, Some(batch), again)
+            .map(|_| ())
     }
 
-    /// Whether one of the newest [`RECHECK`] records starts batch `batch`.
+    /// Whether one of the newest [`RECHECK`] records ends batch `batch`.
     fn holds(&self, batch: &str) -> Result<bool, StoreError> {
         let Some(head) = self.store.audit_last()? else {
             return Ok(false);
         };
         let from = (head - RECHECK as i64 + 1).max(1);
-        Ok(self.store.audit_range(from, RECHECK)?.iter().any(|(_, r)| {
-            serde_json::from_slice::<Map<String, Value>>(r)
-                .is_ok_and(|m| m.get("batch").and_then(Value::as_str) == Some(batch))
-        }))
+        Ok(self
+            .store
+            .audit_range(from, RECHECK)?
+            .iter()
+            .any(|(_, r)| ends_batch(r, batch)))
     }
 
+    /// `batch` tags the last record; `unless_last`: nothing is written
+    /// when the log already ends with that batch.
     fn write_tagged(
         &self,
         entries: &[Entry],
         force_first: bool,
         batch: Option<&str>,
+        unless_last: bool,
     ) -> Result<i64, StoreError> {
         let mut due = 0;
         let seq = self.store.audit_append(&mut |last| {
             due = self.next_due.load(Ordering::Relaxed);
+            if let (true, Some(id), Some((_, bytes))) = (unless_last, batch, last)
+                && ends_batch(bytes, id)
+            {
+                tracing::warn!(
+                    records = entries.len(),
+                    "audit records committed late by an earlier try: not written again"
+                );
+                return vec![];
+            }
             let first = last.map_or(1, |(s, _)| s + 1);
             let mut out: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
             for (i, e) in entries.iter().enumerate() {
@@ -236,7 +267,7 @@ impl Writer {
                     Some(bytes) => Some((first + i as i64 - 1, bytes.as_slice())),
                     None => last,
                 };
-                let tag = if i == 0 { batch } else { None };
+                let tag = if i + 1 == entries.len() { batch } else { None };
                 let rec = self.make(prev, e, force_first && i == 0, tag, &mut due);
                 out.push(rec);
             }
@@ -245,6 +276,12 @@ impl Writer {
         self.next_due.store(due, Ordering::Relaxed);
         Ok(seq)
     }
+}
+
+/// Whether a record's `batch` is `id`.
+fn ends_batch(record: &[u8], id: &str) -> bool {
+    serde_json::from_slice::<Map<String, Value>>(record)
+        .is_ok_and(|m| m.get("batch").and_then(Value::as_str) == Some(id))
 }
 
 /// What the start found of the log before it.

@@ -315,6 +315,53 @@ pub async fn rate_limit(
     next.run(req).await
 }
 
+/// Reads a request's body within `limit` of its headers, then hands the
+/// request on with the body in memory (every route reads it whole
+/// anyway). A client that sends a body this slowly holds a connection and
+/// a task for nothing: 408 and the connection is closed. A body over
+/// [`crate::api::BODY_LIMIT`] is refused as the routes would (413).
+pub async fn body_deadline(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody;
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    // Announced over the limit: refused before any of it is waited for.
+    if req.body().size_hint().lower() > crate::api::BODY_LIMIT as u64 {
+        return crate::error::KbsError::BodyTooLarge(crate::api::BODY_LIMIT).into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, crate::api::BODY_LIMIT);
+    match tokio::time::timeout(limit, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) => {
+            // `to_bytes` reports its own limit as a length-limit error
+            // somewhere in the source chain.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return crate::error::KbsError::BodyTooLarge(crate::api::BODY_LIMIT)
+                        .into_response();
+                }
+                source = s.source();
+            }
+            crate::error::KbsError::BadRequest(format!("reading the body: {e}")).into_response()
+        }
+        Err(_) => {
+            let mut r = crate::error::KbsError::BodyTimeout(limit.as_secs()).into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,45 +417,5 @@ mod tests {
             let _ = l.check(ip, t);
         }
         assert!(l.buckets.lock().len() <= MAX_CLIENTS);
-    }
-}
-
-/// Reads a request's body within `limit` of its headers, then hands the
-/// request on with the body in memory (every route reads it whole
-/// anyway). A client that sends a body this slowly holds a connection and
-/// a task for nothing: 408 and the connection is closed. A body over
-/// [`crate::api::BODY_LIMIT`] is refused as the routes would (413).
-pub async fn body_deadline(
-    State(limit): State<std::time::Duration>,
-    req: Request,
-    next: Next,
-) -> Response {
-    use axum::body::HttpBody;
-    if req.body().is_end_stream() {
-        return next.run(req).await;
-    }
-    let (parts, body) = req.into_parts();
-    let read = axum::body::to_bytes(body, crate::api::BODY_LIMIT);
-    match tokio::time::timeout(limit, read).await {
-        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Ok(Err(e)) => {
-            // `to_bytes` reports its own limit as a length-limit error
-            // somewhere in the source chain.
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(s) = source {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return crate::error::KbsError::BodyTooLarge(crate::api::BODY_LIMIT)
-                        .into_response();
-                }
-                source = s.source();
-            }
-            crate::error::KbsError::BadRequest(format!("reading the body: {e}")).into_response()
-        }
-        Err(_) => {
-            let mut r = crate::error::KbsError::BodyTimeout(limit.as_secs()).into_response();
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
     }
 }
