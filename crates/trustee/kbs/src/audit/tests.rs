@@ -365,30 +365,17 @@ async fn a_batch_committed_before_its_answer_was_lost_is_not_written_again() {
     assert_eq!(inner.audit_range(1, 100).unwrap().len(), after.len());
     // Nor one that the write itself finds at the end of the log (an
     // earlier try that committed while this one waited for it).
-    let late = [release(10), release(11)];
-    w.write_tagged(
-        &late,
-        false,
-        Some("ffeeddccbbaa99887766554433221100"),
-        false,
-    )
-    .unwrap();
-    let n = inner.audit_range(1, 100).unwrap().len();
+    let late = |id: &str, unless_last: bool| {
+        w.write_tagged(&[release(10), release(11)], false, Some(id), unless_last)
+            .unwrap();
+        inner.audit_range(1, 100).unwrap().len()
+    };
+    let n = late("ffeeddccbbaa99887766554433221100", false);
     assert_eq!(n, after.len() + 2);
-    w.write_tagged(&late, false, Some("ffeeddccbbaa99887766554433221100"), true)
-        .unwrap();
-    assert_eq!(inner.audit_range(1, 100).unwrap().len(), n);
+    assert_eq!(late("ffeeddccbbaa99887766554433221100", true), n);
     // Which a first try, or another batch, does not do.
-    w.write_tagged(
-        &late,
-        false,
-        Some("ffeeddccbbaa99887766554433221100"),
-        false,
-    )
-    .unwrap();
-    w.write_tagged(&late, false, Some("0123456789abcdef0123456789abcdef"), true)
-        .unwrap();
-    assert_eq!(inner.audit_range(1, 100).unwrap().len(), n + 4);
+    assert_eq!(late("ffeeddccbbaa99887766554433221100", false), n + 2);
+    assert_eq!(late("0123456789abcdef0123456789abcdef", true), n + 4);
     verify(
         &inner.audit_range(1, 100).unwrap(),
         &key.verifying_key(),
