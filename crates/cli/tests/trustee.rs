@@ -1682,6 +1682,20 @@ fn a_body_sent_too_slowly_is_refused_and_its_connection_closed() {
 
     // Not JSON, in time: the route's own refusal, as before.
     assert_eq!(http1(&addr, "POST", "/kbs/v0/auth", "{").0, 400);
+
+    // An admin write refused for a slow body is in the audit log.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(
+        b"POST /kbs/v0/resource/slow/body/x HTTP/1.1\r\nHost: t\r\nContent-Length: 64\r\nConnection: close\r\n\r\nabc",
+    )
+    .unwrap();
+    assert!(answer(&mut s).starts_with("HTTP/1.1 408"));
+    let tail = audit_tail_until(&t, 20, "\"path\":\"/resource/slow/body/x\"");
+    let line = tail
+        .lines()
+        .find(|l| l.contains("\"path\":\"/resource/slow/body/x\""))
+        .unwrap_or_else(|| panic!("no audit record of the slow write:\n{tail}"));
+    assert!(line.contains("\"status\":408"), "{line}");
 }
 
 /// Sends `GET /healthz` on an open connection; whether an answer came.

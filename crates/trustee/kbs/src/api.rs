@@ -90,6 +90,8 @@ pub struct KbsState {
     pub ek_trust: Vec<cocoon_verifier::tpm::ek::EkTrust>,
     /// EK challenges waiting for their answer.
     pub ek_pending: crate::tpm_aks::EkPending,
+    /// How long a request's body may take to arrive after its headers.
+    pub body_timeout: std::time::Duration,
 }
 
 pub(crate) type AppState = Arc<KbsState>;
@@ -1047,6 +1049,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/audit", get(audit_records))
         .route("/audit/public-key", get(audit_public_key))
+        // Inside the admin audit: a write refused for its body's size or
+        // slowness is recorded like any other.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::body_deadline,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit_admin,

@@ -321,11 +321,12 @@ pub async fn rate_limit(
 /// a task for nothing: 408 and the connection is closed. A body over
 /// [`crate::api::BODY_LIMIT`] is refused as the routes would (413).
 pub async fn body_deadline(
-    State(limit): State<std::time::Duration>,
+    State(s): State<crate::api::AppState>,
     req: Request,
     next: Next,
 ) -> Response {
     use axum::body::HttpBody;
+    let limit = s.body_timeout;
     if req.body().is_end_stream() {
         return next.run(req).await;
     }

@@ -235,7 +235,6 @@ pub struct Trustee {
     recorder_rx: Option<tokio::sync::mpsc::Receiver<crate::api::Denial>>,
     max_connections: usize,
     per_client: (usize, bool),
-    read_timeout: std::time::Duration,
     handle: axum_server::Handle,
     limiter: Arc<crate::limits::RateLimiter>,
 }
@@ -445,6 +444,7 @@ impl Trustee {
             denials: tx,
             ek_trust,
             ek_pending: Default::default(),
+            body_timeout: std::time::Duration::from_secs(cfg.request_read_timeout_secs.max(1)),
         });
         Ok(Self {
             state,
@@ -456,7 +456,6 @@ impl Trustee {
             handle: axum_server::Handle::new(),
             max_connections: crate::limits::connection_budget(cfg.max_connections),
             per_client: (cfg.max_connections_per_client, cfg.rate_limit_loopback),
-            read_timeout: std::time::Duration::from_secs(cfg.request_read_timeout_secs.max(1)),
             limiter: Arc::new(crate::limits::RateLimiter::new(
                 cfg.unauthenticated_rate,
                 cfg.unauthenticated_burst,
@@ -489,13 +488,9 @@ impl Trustee {
         if let Some(rx) = self.recorder_rx.take() {
             tokio::spawn(denial_recorder(self.state.store.clone(), rx));
         }
-        // Layers run last-added first: the rate limit refuses before a
-        // body is waited for.
+        // The rate limit refuses before a body is waited for (the body's
+        // own deadline is a layer of the routes).
         let app = router(self.state.clone())
-            .layer(axum::middleware::from_fn_with_state(
-                self.read_timeout,
-                crate::limits::body_deadline,
-            ))
             .layer(axum::middleware::from_fn_with_state(
                 self.limiter.clone(),
                 crate::limits::rate_limit,
@@ -511,7 +506,7 @@ impl Trustee {
         );
         // A client that sends its headers this slowly holds a connection
         // for nothing: closed (its body: `body_deadline`).
-        let slow = self.read_timeout;
+        let slow = self.state.body_timeout;
         match self.tls {
             Some(tls) => {
                 let mut server = axum_server::from_tcp(self.listener)
