@@ -163,10 +163,11 @@ pub struct TrusteeArgs {
     /// no per-client cap. One over is closed at once.
     #[arg(long, default_value_t = 256)]
     max_connections_per_client: usize,
-    /// Seconds a client has to send a request's headers, and again its
-    /// body. Slower clients are closed (the body with 408), so they hold
-    /// no connection for long.
-    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    /// Seconds a client has to send a request's headers (HTTP/1), and
+    /// again its body (408); also how long an HTTP/2 peer has to answer a
+    /// ping. Slower clients hold no connection or task for long.
+    #[arg(long, value_name = "SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     request_read_timeout: u64,
 }
 

@@ -1683,6 +1683,15 @@ fn a_body_sent_too_slowly_is_refused_and_its_connection_closed() {
     // Not JSON, in time: the route's own refusal, as before.
     assert_eq!(http1(&addr, "POST", "/kbs/v0/auth", "{").0, 400);
 
+    // A GET's body is never read, so never waited for.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(
+        b"GET /kbs/v0/resource/a/b/c HTTP/1.1\r\nHost: t\r\nContent-Length: 64\r\nConnection: close\r\n\r\nab",
+    )
+    .unwrap();
+    let text = answer(&mut s);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+
     // An admin write refused for a slow body is in the audit log.
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     s.write_all(

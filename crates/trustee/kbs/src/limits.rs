@@ -315,11 +315,13 @@ pub async fn rate_limit(
     next.run(req).await
 }
 
-/// Reads a request's body within `limit` of its headers, then hands the
-/// request on with the body in memory (every route reads it whole
-/// anyway). A client that sends a body this slowly holds a connection and
-/// a task for nothing: 408 and the connection is closed. A body over
-/// [`crate::api::BODY_LIMIT`] is refused as the routes would (413).
+/// Reads the body of a POST, PUT or PATCH within the deadline of its
+/// headers, then hands the request on with the body in memory (those
+/// routes read it whole anyway). A client that sends a body this slowly
+/// holds a connection and a task for nothing: 408, and over HTTP/1 the
+/// connection is closed (HTTP/2 ends the stream). A body over
+/// [`crate::api::BODY_LIMIT`] is refused as the routes would (413). Other
+/// methods' routes never read a body, so theirs is not waited for.
 pub async fn body_deadline(
     State(s): State<crate::api::AppState>,
     req: Request,
@@ -327,7 +329,9 @@ pub async fn body_deadline(
 ) -> Response {
     use axum::body::HttpBody;
     let limit = s.body_timeout;
-    if req.body().is_end_stream() {
+    use axum::http::Method;
+    let reads_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
+    if !reads_body || req.body().is_end_stream() {
         return next.run(req).await;
     }
     // Announced over the limit: refused before any of it is waited for.
