@@ -334,10 +334,9 @@ pub async fn body_deadline(
     if !reads_body || req.body().is_end_stream() {
         return next.run(req).await;
     }
-    // Announced over the limit: refused before any of it is waited for.
-    if req.body().size_hint().lower() > crate::api::BODY_LIMIT as u64 {
-        return crate::error::KbsError::BodyTooLarge(crate::api::BODY_LIMIT).into_response();
-    }
+    // A body over the limit is read up to the limit before the 413, as
+    // the routes' own limit did: refused before a byte is read, a client
+    // still sending sees its connection reset instead of the answer.
     let (parts, body) = req.into_parts();
     let read = axum::body::to_bytes(body, crate::api::BODY_LIMIT);
     match tokio::time::timeout(limit, read).await {
