@@ -467,14 +467,14 @@ async fn run_in(
     drop(raw);
     let status = status?;
     let ran = t0.elapsed();
-    let rss = if a.timings {
+    let stats = if a.timings {
         agent.agent_stats().await.ok()
     } else {
         None
     };
     agent.remove_container(&c.id).await?;
     if a.timings {
-        let m = rss.unwrap_or_default();
+        let m = stats.unwrap_or_default();
         eprintln!(
             "timings: boot {:.2}s, network {:.2}s, pull+create+start {:.2}s, run {:.2}s, \
              total {:.2}s; agent rss {} KiB (peak {} KiB; anon {}, file {}, shmem {}; {} threads)",

@@ -1326,15 +1326,16 @@ fn policies_resources_and_reference_values_are_applied_from_mounted_directories(
     assert!(ok(&t.admin(&["list-reference-values"])).contains("mounted_value"));
     // What was applied is an admin change in the audit log, by name.
     let tail = audit_tail_until(&t, 10, "start-up directories");
-    for want in [
-        "\"route\":\"start-up directories\"",
-        "\"policies\":[\"resource-policy\"]",
-        "\"resources\":[\"mounted/key/1\",\"other/key/2\"]",
-        "\"reference_values\":[\"mounted_value\"]",
-        "\"complete\":true",
-    ] {
-        assert!(tail.contains(want), "{want} not in the audit log:\n{tail}");
-    }
+    assert_in_audit_log(
+        &tail,
+        &[
+            "\"route\":\"start-up directories\"",
+            "\"policies\":[\"resource-policy\"]",
+            "\"resources\":[\"mounted/key/1\",\"other/key/2\"]",
+            "\"reference_values\":[\"mounted_value\"]",
+            "\"complete\":true",
+        ],
+    );
     assert!(!tail.contains("from-a-secret-volume"), "{tail}");
     let get = |uri: &str| t.guest("get-resource", &["--insecure-http-kbs", uri]);
     assert_eq!(ok(&get("kbs:///mounted/key/1")), "from-a-secret-volume");
@@ -1441,6 +1442,12 @@ fn audit_tail_until(t: &TrusteeProc, n: usize, needle: &str) -> String {
     tail
 }
 
+fn assert_in_audit_log(tail: &str, wanted: &[&str]) {
+    for want in wanted {
+        assert!(tail.contains(want), "{want} not in the audit log:\n{tail}");
+    }
+}
+
 #[test]
 fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
     let dir = tempfile::tempdir().unwrap();
@@ -1477,29 +1484,31 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
 
     // Records are written off the request path: wait for the last one.
     let tail = audit_tail_until(&t, 100, "\"status\":401");
-    for want in [
-        "\"kind\":\"start\"",
-        "\"route\":\"/kbs/v0/resource-policy\"",
-        "\"kind\":\"token\"",
-        "\"kind\":\"release\"",
-        "\"resource\":\"open/key/1\"",
-        "\"kind\":\"denial\"",
-        "\"resource\":\"closed/key/1\"",
-        "\"status\":401",
-        "\"checkpoint\":true",
-        // Which admin acted: the refused stranger is no known key.
-        "\"admin_key\":null",
-    ] {
-        assert!(tail.contains(want), "{want} not in the audit log:\n{tail}");
-        // The admin's own writes name its key's fingerprint (the SHA-256 of
-        // its public key PEM).
-        let admin_pem = std::fs::read(data.join("admin-key.pub.pem")).unwrap();
-        let fp = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&admin_pem))
-        };
-        assert!(tail.contains(&format!("\"admin_key\":\"{fp}\"")), "{tail}");
-    }
+    // The admin's own writes name its key's fingerprint (the SHA-256 of
+    // its public key PEM).
+    let fp = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(data.join("admin-key.pub.pem")).unwrap(),
+        ))
+    };
+    assert_in_audit_log(
+        &tail,
+        &[
+            "\"kind\":\"start\"",
+            "\"route\":\"/kbs/v0/resource-policy\"",
+            "\"kind\":\"token\"",
+            "\"kind\":\"release\"",
+            "\"resource\":\"open/key/1\"",
+            "\"kind\":\"denial\"",
+            "\"resource\":\"closed/key/1\"",
+            "\"status\":401",
+            "\"checkpoint\":true",
+            // Which admin acted: the refused stranger is no known key.
+            "\"admin_key\":null",
+            &format!("\"admin_key\":\"{fp}\""),
+        ],
+    );
     assert!(
         !tail.contains("audit-secret-93c1"),
         "a secret in the audit log"

@@ -455,7 +455,7 @@ mod tests {
             choose(&layer, n);
         }
         let e = current().unwrap();
-        assert_eq!(choose(&layer, noise.len() as u64), e.best());
+        assert_eq!(choose(&layer, n), e.best());
     }
 
     #[test]

@@ -174,9 +174,7 @@ impl Writer {
             m.insert("checkpoint".into(), true.into());
             m.insert("next_checkpoint".into(), next.into());
             if seq == 1 {
-                let mut id = [0u8; 16];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-                m.insert("log_id".into(), hex::encode(id).into());
+                m.insert("log_id".into(), random_id().into());
             }
             let text = serde_json::to_vec(&m).expect("a map of JSON values serializes");
             let sig = self.key.sign(&signing_input(&text));
@@ -276,6 +274,13 @@ impl Writer {
         self.next_due.store(due, Ordering::Relaxed);
         Ok(seq)
     }
+}
+
+/// 128 random bits in hex: a log's `log_id`, a batch's `batch`.
+fn random_id() -> String {
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    hex::encode(id)
 }
 
 /// Whether a record's `batch` is `id`.
@@ -381,9 +386,7 @@ impl AuditLog {
                 }
                 let entries = Arc::new(std::mem::take(&mut batch));
                 let n = entries.len() as u64;
-                let mut id = [0u8; 16];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
-                let id = Arc::new(hex::encode(id));
+                let id = Arc::new(random_id());
                 let mut again = false;
                 // While the database is unreachable the batch waits and is
                 // tried again (the queue fills meanwhile, and a nearly full

@@ -328,7 +328,6 @@ pub async fn body_deadline(
     next: Next,
 ) -> Response {
     use axum::body::HttpBody;
-    let limit = s.body_timeout;
     use axum::http::Method;
     let reads_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if !reads_body || req.body().is_end_stream() {
@@ -339,6 +338,7 @@ pub async fn body_deadline(
     // still sending sees its connection reset instead of the answer.
     let (parts, body) = req.into_parts();
     let read = axum::body::to_bytes(body, crate::api::BODY_LIMIT);
+    let limit = s.body_timeout;
     match tokio::time::timeout(limit, read).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
