@@ -163,12 +163,27 @@ pub struct TrusteeArgs {
     /// no per-client cap. One over is closed at once.
     #[arg(long, default_value_t = 256)]
     max_connections_per_client: usize,
+    /// A TCP load balancer's address or network (CIDR; repeatable, or
+    /// comma-separated in the variable): its connections must begin with a
+    /// PROXY protocol header (v1 or v2), and the client it names is the one
+    /// the per-client limits count. Others' connections are served as
+    /// before.
+    #[arg(long = "trusted-proxy", value_name = "CIDR", env = "COCOON_TRUSTED_PROXIES",
+          value_delimiter = ',', value_parser = parse_cidr)]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a client has to send a request's headers (HTTP/1), and
     /// again its body (408); also how long an HTTP/2 peer has to answer a
     /// ping. Slower clients hold no connection or task for long.
     #[arg(long, value_name = "SECS", default_value_t = 15,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     request_read_timeout: u64,
+}
+
+/// An address (one host) or a network in CIDR notation.
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an address nor a network (such as 10.0.0.0/8)"))
 }
 
 /// Runs the trustee until interrupted.
@@ -198,6 +213,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         unauthenticated_burst: a.unauthenticated_burst,
         rate_limit_loopback: a.rate_limit_loopback,
         max_connections_per_client: a.max_connections_per_client,
+        trusted_proxies: a.trusted_proxies.clone(),
         request_read_timeout_secs: a.request_read_timeout,
         allow_dev_tee: a.allow_dev_tee,
         insecure_admin: a.insecure_admin,

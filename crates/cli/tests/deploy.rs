@@ -175,6 +175,7 @@ referenceValues:
                 "kek.existingSecret=trustee-kek",
                 "auditKey.existingSecret=trustee-audit",
                 "database.caSecret=trustee-db-ca",
+                "trustedProxies={10.0.0.0/8,192.0.2.10}",
             ],
         ),
     ];
@@ -240,6 +241,8 @@ referenceValues:
         "path: /readyz",
         "--database-ca=/etc/cocoon/database-ca/ca.crt",
         "secretName: trustee-db-ca",
+        "--trusted-proxy=10.0.0.0/8",
+        "--trusted-proxy=192.0.2.10",
     ] {
         assert!(pg.contains(want), "trustee on PostgreSQL: {want} missing");
     }
@@ -259,7 +262,7 @@ referenceValues:
     }
     let defaults = std::fs::read_to_string(&files[3]).unwrap();
     assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
-    assert!(!defaults.contains("--kek-file"));
+    assert!(!defaults.contains("--kek-file") && !defaults.contains("--trusted-proxy"));
     let node_opts = std::fs::read_to_string(&files[1]).unwrap();
     assert!(node_opts.contains("--handlers=cocoon,cocoon-tdx"));
     let cleanup = std::fs::read_to_string(&files[2]).unwrap();

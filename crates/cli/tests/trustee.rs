@@ -1801,3 +1801,131 @@ fn connections_past_the_limit_are_closed_and_clients_over_their_rate_wait() {
         assert_eq!(http1(&addr, "GET", "/healthz", "").0, 200);
     }
 }
+
+/// A PROXY protocol v2 header naming `client` (IPv4, TCP) to port 443.
+fn proxy_v2_for(client: [u8; 4]) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.extend([0x21, 0x11, 0, 12]);
+    h.extend(client);
+    h.extend([127, 0, 0, 1, 0xc3, 0x50, 0x01, 0xbb]);
+    h
+}
+
+/// `header`, then one HTTP/1.1 request on the same new connection: the
+/// status (0: closed unanswered) and the whole answer.
+fn http1_behind(addr: &str, header: &[u8], method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let _ = s.write_all(header);
+    let _ = write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    (
+        out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0),
+        out,
+    )
+}
+
+#[test]
+fn clients_behind_a_trusted_proxy_are_counted_by_the_address_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    // Loopback is the balancer here; the clients it names are not
+    // loopback, so the limits apply to them.
+    let t = TrusteeProc::start(
+        &dir.path().join("data"),
+        &[
+            "--trusted-proxy",
+            "127.0.0.1",
+            "--unauthenticated-rate",
+            "0.2",
+            "--unauthenticated-burst",
+            "2",
+            "--max-connections-per-client",
+            "3",
+        ],
+    );
+    let addr = t.url.trim_start_matches("http://").to_string();
+    let auth = r#"{"version":"0.4.0","tee":"sample","extra-params":""}"#;
+    let a = proxy_v2_for([203, 0, 113, 7]);
+    // Client A: its burst of 2, then 429 naming A.
+    let statuses: Vec<(u16, String)> = (0..4)
+        .map(|_| http1_behind(&addr, &a, "POST", "/kbs/v0/auth", auth))
+        .collect();
+    assert_eq!(statuses[0].0, 200, "{}", statuses[0].1);
+    assert_eq!(statuses[1].0, 200, "{}", statuses[1].1);
+    let limited = statuses.iter().find(|(s, _)| *s == 429);
+    let (_, text) = limited.unwrap_or_else(|| panic!("client A never limited: {statuses:?}"));
+    assert!(
+        text.contains("too many unauthenticated requests from 203.0.113.7"),
+        "{text}"
+    );
+    // Client B, behind the same balancer, has its own budget (v1 header).
+    let b = b"PROXY TCP4 198.51.100.4 127.0.0.1 50000 443\r\n";
+    assert_eq!(
+        http1_behind(&addr, b, "POST", "/kbs/v0/auth", auth).0,
+        200,
+        "client B was limited with A"
+    );
+    // The balancer's own connections (LOCAL, UNKNOWN) are loopback: exempt.
+    let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    local.extend([0x20, 0x00, 0, 0]);
+    for _ in 0..4 {
+        assert_eq!(
+            http1_behind(&addr, &local, "POST", "/kbs/v0/auth", auth).0,
+            200
+        );
+    }
+    assert_eq!(
+        http1_behind(&addr, b"PROXY UNKNOWN\r\n", "GET", "/healthz", "").0,
+        200
+    );
+    // From the trusted address, no header or a bad one: closed unanswered.
+    assert_eq!(http1_behind(&addr, b"", "GET", "/healthz", "").0, 0);
+    assert_eq!(
+        http1_behind(&addr, b"PROXY TCP4 nonsense\r\n", "GET", "/healthz", "").0,
+        0
+    );
+    let mut long = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    long.extend([0x21, 0x11, 0xff, 0xff]);
+    assert_eq!(http1_behind(&addr, &long, "GET", "/healthz", "").0, 0);
+
+    // The per-client connection cap counts the named client too: C holds
+    // 3, its 4th is closed, while D still gets in.
+    let open_as = |client: [u8; 4]| {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(&proxy_v2_for(client)).unwrap();
+        s
+    };
+    let mut c: Vec<_> = (0..4).map(|_| open_as([192, 0, 2, 30])).collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(c.iter_mut().map(answered).filter(|a| *a).count(), 3);
+    let mut d = open_as([192, 0, 2, 31]);
+    assert!(
+        answered(&mut d),
+        "client D was refused with C's connections"
+    );
+    drop(c);
+    drop(d);
+
+    // A bad flag value is refused with a readable reason.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))
+        .args([
+            "trustee",
+            "--insecure-http",
+            "--trusted-proxy",
+            "10.0.0.0/33",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is neither an address nor a network"), "{err}");
+}

@@ -154,7 +154,7 @@ pub(crate) fn warn_if_kek_beside_db(kek: &Path, db: &Path) {
         tracing::warn!(
             kek = %kek.display(),
             db = %db.display(),
-            "the key-encryption key is in the same directory as the database it protects: a copy of that directory (a backup, a snapshot) holds both the lock and the key. Keep the key on another volume with --kek-file (an HSM-held key is planned)"
+            "the key-encryption key is in the same directory as the database it protects: a copy of that directory (a backup, a snapshot) holds both the lock and the key. Keep the key on another volume with --kek-file, or in an HSM with --kek pkcs11:..."
         );
     }
 }

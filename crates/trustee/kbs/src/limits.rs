@@ -3,6 +3,11 @@
 //! rate on the unauthenticated routes that make the trustee work
 //! (`auth`, `attest`, the TPM enrollment) so that one client cannot take
 //! the evidence verifiers from everyone else.
+//!
+//! Behind a TCP load balancer every connection comes from the balancer's
+//! address. Connections from the addresses given as trusted proxies must
+//! begin with a PROXY protocol header (v1 or v2, as HAProxy, nginx and the
+//! cloud balancers send it), and the client it names is the one counted.
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -31,28 +36,52 @@ pub struct LimitAcceptor {
     per_client: usize,
     loopback: bool,
     clients: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
+    proxies: Arc<Vec<ipnet::IpNet>>,
 }
+
+/// How long a trusted proxy has to send its PROXY protocol header.
+const PROXY_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The longest PROXY protocol v2 header accepted (its TLVs included).
+const MAX_PROXY_V2: usize = 4096;
+/// The 12 bytes a PROXY protocol v2 header starts with.
+const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// The longest PROXY protocol v1 line, CRLF included (its specification).
+const MAX_PROXY_V1: usize = 107;
+
+/// The client a request comes from: the TCP peer, or the client a trusted
+/// proxy named in its PROXY protocol header.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
 
 impl LimitAcceptor {
     /// `max` connections in all, `per_client` per client address (IPv6 by
     /// its /64; loopback exempt unless `loopback`; 0: no per-client cap).
-    pub fn new(max: usize, per_client: usize, loopback: bool) -> Self {
+    /// Connections from `proxies` must start with a PROXY protocol header;
+    /// the client it names is counted instead of the proxy.
+    pub fn new(max: usize, per_client: usize, loopback: bool, proxies: Vec<ipnet::IpNet>) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             refused: Arc::new(AtomicU64::new(0)),
             per_client,
             loopback,
             clients: Default::default(),
+            proxies: Arc::new(proxies),
         }
     }
 
     /// Closes a connection over a limit (logged at the 1st, 2nd, 4th, ...).
-    fn refuse<S>(&self, why: &'static str) -> std::future::Ready<std::io::Result<(Limited, S)>> {
+    fn refuse(&self, why: &str) -> std::io::Error {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() {
-            tracing::warn!(refused = n, "{why}: closing new connections");
+            tracing::warn!(refused = n, "{why}: closing such connections");
         }
-        std::future::ready(Err(std::io::Error::other(why)))
+        std::io::Error::other(why.to_string())
+    }
+
+    /// Whether `ip` is a trusted proxy's address.
+    fn is_proxy(&self, ip: IpAddr) -> bool {
+        let ip = client_key_v4(ip);
+        self.proxies.iter().any(|n| n.contains(&ip))
     }
 
     /// A slot of `ip`'s own, if it has one left.
@@ -76,30 +105,149 @@ impl LimitAcceptor {
 
 impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAcceptor {
     type Stream = Limited;
-    type Service = S;
-    type Future = std::future::Ready<std::io::Result<(Limited, S)>>;
+    type Service = WithClient<S>;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<(Limited, WithClient<S>)>> + Send>>;
 
-    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
-        let slot = match stream.peer_addr() {
-            Ok(peer) => self.client_slot(peer.ip()),
-            Err(_) => Some(None),
-        };
-        let Some(slot) = slot else {
-            return self.refuse("a client reached its connection limit");
-        };
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return self.refuse("the connection limit is reached");
-        };
-        std::future::ready(stream.set_nodelay(true).map(|()| {
-            (
+    fn accept(&self, mut stream: TcpStream, service: S) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            // The global cap first: a proxy's header is not waited for
+            // on a connection that would be closed anyway.
+            let Ok(permit) = this.permits.clone().try_acquire_owned() else {
+                return Err(this.refuse("the connection limit is reached"));
+            };
+            let peer = stream.peer_addr().ok().map(|p| p.ip());
+            let client = match peer {
+                Some(ip) if this.is_proxy(ip) => {
+                    match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut stream))
+                        .await
+                    {
+                        Ok(Ok(named)) => Some(named.unwrap_or(ip)),
+                        Ok(Err(e)) => {
+                            return Err(this.refuse(&format!(
+                                "a trusted proxy ({ip}) sent no valid PROXY protocol header: {e}"
+                            )));
+                        }
+                        Err(_) => {
+                            return Err(this.refuse(&format!(
+                                "a trusted proxy ({ip}) sent no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}"
+                            )));
+                        }
+                    }
+                }
+                other => other,
+            };
+            let slot = match client {
+                Some(ip) => this.client_slot(ip),
+                None => Some(None),
+            };
+            let Some(slot) = slot else {
+                return Err(this.refuse("a client reached its connection limit"));
+            };
+            stream.set_nodelay(true)?;
+            Ok((
                 Limited {
                     inner: stream,
                     _permit: permit,
                     _slot: slot,
                 },
-                service,
-            )
-        }))
+                WithClient {
+                    inner: service,
+                    client: client.map(ClientAddr),
+                },
+            ))
+        })
+    }
+}
+
+/// A connection's service, telling each request who its client is.
+#[derive(Clone)]
+pub struct WithClient<S> {
+    inner: S,
+    client: Option<ClientAddr>,
+}
+
+impl<S, B> tower_service::Service<axum::http::Request<B>> for WithClient<S>
+where
+    S: tower_service::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        if let Some(c) = self.client {
+            req.extensions_mut().insert(c);
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Reads a PROXY protocol header (v1 or v2) from the start of `stream`,
+/// consuming exactly its bytes; the client it names, or `None` for a
+/// connection the proxy made on its own behalf (v2 `LOCAL`, v1
+/// `UNKNOWN`, or no IP addresses).
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<IpAddr>, String> {
+    use tokio::io::AsyncReadExt;
+    let io = |e: std::io::Error| format!("reading it: {e}");
+    // Both versions are longer than 12 bytes, so these are the header's.
+    let mut buf = vec![0u8; 12];
+    stream.read_exact(&mut buf).await.map_err(io)?;
+    if buf.as_slice() == PROXY_V2_SIGNATURE {
+        buf.resize(16, 0);
+        stream.read_exact(&mut buf[12..]).await.map_err(io)?;
+        let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+        if 16 + len > MAX_PROXY_V2 {
+            return Err(format!(
+                "a v2 header of {} bytes (at most {MAX_PROXY_V2})",
+                16 + len
+            ));
+        }
+        buf.resize(16 + len, 0);
+        stream.read_exact(&mut buf[16..]).await.map_err(io)?;
+    } else if buf.starts_with(b"PROXY ") {
+        // One byte at a time: what follows the line belongs to TLS/HTTP.
+        while !buf.ends_with(b"\r\n") {
+            if buf.len() >= MAX_PROXY_V1 {
+                return Err(format!("a v1 line longer than {MAX_PROXY_V1} bytes"));
+            }
+            let mut b = [0u8; 1];
+            stream.read_exact(&mut b).await.map_err(io)?;
+            buf.push(b[0]);
+        }
+    } else {
+        return Err("the connection does not start with one".into());
+    }
+    proxy_client(&buf)
+}
+
+/// The client a complete PROXY protocol header names (see
+/// [`read_proxy_header`]).
+pub fn proxy_client(header: &[u8]) -> Result<Option<IpAddr>, String> {
+    use ppp::{HeaderResult, v1, v2};
+    match HeaderResult::parse(header) {
+        HeaderResult::V2(Ok(h)) if h.header.len() == header.len() => Ok(match h.command {
+            v2::Command::Local => None,
+            v2::Command::Proxy => match h.addresses {
+                v2::Addresses::IPv4(a) => Some(IpAddr::V4(a.source_address)),
+                v2::Addresses::IPv6(a) => Some(IpAddr::V6(a.source_address)),
+                v2::Addresses::Unspecified | v2::Addresses::Unix(_) => None,
+            },
+        }),
+        HeaderResult::V1(Ok(h)) if h.header.len() == header.len() => Ok(match h.addresses {
+            v1::Addresses::Tcp4(a) => Some(IpAddr::V4(a.source_address)),
+            v1::Addresses::Tcp6(a) => Some(IpAddr::V6(a.source_address)),
+            v1::Addresses::Unknown => None,
+        }),
+        HeaderResult::V2(Ok(_)) | HeaderResult::V1(Ok(_)) => {
+            Err("the header's length does not match its content".into())
+        }
+        HeaderResult::V2(Err(e)) => Err(format!("v2: {e}")),
+        HeaderResult::V1(Err(e)) => Err(format!("v1: {e}")),
     }
 }
 
@@ -259,6 +407,14 @@ impl RateLimiter {
     }
 }
 
+/// IPv4 mapped into IPv6 as IPv4, other addresses as they are.
+fn client_key_v4(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// The address a client is counted by: IPv4 as is (also when mapped into
 /// IPv6), IPv6 by its /64 (one host usually holds a whole /64).
 fn client_key(ip: IpAddr) -> IpAddr {
@@ -290,10 +446,13 @@ pub async fn rate_limit(
     req: Request,
     next: Next,
 ) -> Response {
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| client_key(c.0.ip()));
+    let peer = match req.extensions().get::<ClientAddr>() {
+        Some(c) => Some(client_key(c.0)),
+        None => req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| client_key(c.0.ip())),
+    };
     if let Some(ip) = peer
         && limited(req.method())
         && let Err(wait) = limiter.check(ip, Instant::now())
@@ -370,6 +529,96 @@ pub async fn body_deadline(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A PROXY protocol v2 header: `command` 0x20 (LOCAL) or 0x21 (PROXY),
+    /// `family` 0x11 (TCP over IPv4), 0x21 (TCP over IPv6) or 0x00.
+    pub(crate) fn proxy_v2(command: u8, family: u8, addresses: &[u8]) -> Vec<u8> {
+        let mut h = PROXY_V2_SIGNATURE.to_vec();
+        h.extend([command, family]);
+        h.extend((addresses.len() as u16).to_be_bytes());
+        h.extend(addresses);
+        h
+    }
+
+    #[test]
+    fn proxy_headers_name_their_client_and_malformed_ones_are_refused() {
+        let v4 = [203, 0, 113, 7, 192, 0, 2, 1, 0x1f, 0x90, 0x01, 0xbb];
+        assert_eq!(
+            proxy_client(&proxy_v2(0x21, 0x11, &v4)).unwrap(),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        let mut v6 = vec![0x20, 0x01, 0x0d, 0xb8];
+        v6.extend([0; 11]);
+        v6.push(1);
+        v6.extend([0; 16]);
+        v6.extend([0, 1, 0, 2]);
+        assert_eq!(
+            proxy_client(&proxy_v2(0x21, 0x21, &v6)).unwrap(),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        // TLVs after the addresses (as cloud balancers add) are allowed.
+        let mut tlv = v4.to_vec();
+        tlv.extend([0x04, 0x00, 0x02, b'h', b'i']);
+        assert_eq!(
+            proxy_client(&proxy_v2(0x21, 0x11, &tlv)).unwrap(),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        // The proxy on its own behalf.
+        assert_eq!(proxy_client(&proxy_v2(0x20, 0x00, &[])).unwrap(), None);
+        assert_eq!(proxy_client(b"PROXY UNKNOWN\r\n").unwrap(), None);
+        assert_eq!(
+            proxy_client(b"PROXY TCP4 198.51.100.4 192.0.2.1 51234 443\r\n").unwrap(),
+            Some("198.51.100.4".parse().unwrap())
+        );
+        assert_eq!(
+            proxy_client(b"PROXY TCP6 2001:db8::2 2001:db8::1 51234 443\r\n").unwrap(),
+            Some("2001:db8::2".parse().unwrap())
+        );
+        for bad in [
+            &b"PROXY TCP4 nonsense\r\n"[..],
+            b"PROXY TCP4 198.51.100.4 192.0.2.1 51234\r\n",
+            b"PROXY TCP4 2001:db8::2 192.0.2.1 1 2\r\n",
+            b"PROXY TCP4 198.51.100.4 192.0.2.1 99999 443\r\n",
+            b"GET / HTTP/1.1\r\n",
+            &proxy_v2(0x31, 0x11, &v4),      // version 3
+            &proxy_v2(0x22, 0x11, &v4),      // no such command
+            &proxy_v2(0x21, 0x11, &v4[..8]), // addresses cut short
+        ] {
+            assert!(proxy_client(bad).is_err(), "accepted {bad:?}");
+        }
+        // Every prefix of a valid header is refused, never a panic, and
+        // so is every single-byte change that makes it invalid.
+        let good = proxy_v2(0x21, 0x11, &v4);
+        for n in 0..good.len() {
+            assert!(proxy_client(&good[..n]).is_err(), "prefix of {n} bytes");
+        }
+        for i in 0..good.len() {
+            for b in [0u8, 0xff, 0x7f] {
+                let mut m = good.clone();
+                m[i] = b;
+                let _ = proxy_client(&m);
+            }
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_match_by_network_and_mapped_addresses() {
+        let a = LimitAcceptor::new(
+            10,
+            2,
+            false,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "2001:db8::5/128".parse().unwrap(),
+            ],
+        );
+        assert!(a.is_proxy("10.1.2.3".parse().unwrap()));
+        assert!(a.is_proxy("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(a.is_proxy("2001:db8::5".parse().unwrap()));
+        assert!(!a.is_proxy("2001:db8::6".parse().unwrap()));
+        assert!(!a.is_proxy("11.0.0.1".parse().unwrap()));
+        assert!(!LimitAcceptor::new(10, 2, false, vec![]).is_proxy("10.1.2.3".parse().unwrap()));
+    }
 
     #[test]
     fn a_client_gets_its_burst_then_its_rate_and_others_are_not_affected() {

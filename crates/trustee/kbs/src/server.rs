@@ -69,6 +69,10 @@ pub struct TrusteeConfig {
     /// Open connections per client address at most (IPv6 by its /64); 0:
     /// no per-client cap.
     pub max_connections_per_client: usize,
+    /// Addresses of trusted TCP proxies (load balancers): their
+    /// connections must begin with a PROXY protocol header (v1 or v2),
+    /// and the client it names is the one the limits count.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a client has to send a request's headers, and again its
     /// body; slower: closed (the body with 408).
     pub request_read_timeout_secs: u64,
@@ -143,6 +147,7 @@ impl Default for TrusteeConfig {
             unauthenticated_burst: 200.0,
             rate_limit_loopback: false,
             max_connections_per_client: 256,
+            trusted_proxies: Vec::new(),
             request_read_timeout_secs: 15,
             allow_dev_tee: false,
             insecure_admin: false,
@@ -235,6 +240,7 @@ pub struct Trustee {
     recorder_rx: Option<tokio::sync::mpsc::Receiver<crate::api::Denial>>,
     max_connections: usize,
     per_client: (usize, bool),
+    trusted_proxies: Vec<ipnet::IpNet>,
     handle: axum_server::Handle,
     limiter: Arc<crate::limits::RateLimiter>,
 }
@@ -456,6 +462,7 @@ impl Trustee {
             handle: axum_server::Handle::new(),
             max_connections: crate::limits::connection_budget(cfg.max_connections),
             per_client: (cfg.max_connections_per_client, cfg.rate_limit_loopback),
+            trusted_proxies: cfg.trusted_proxies.clone(),
             limiter: Arc::new(crate::limits::RateLimiter::new(
                 cfg.unauthenticated_rate,
                 cfg.unauthenticated_burst,
@@ -503,6 +510,7 @@ impl Trustee {
             self.max_connections,
             self.per_client.0,
             self.per_client.1,
+            self.trusted_proxies.clone(),
         );
         // A client that sends its headers this slowly holds a connection
         // for nothing: closed (its body: `body_deadline`).
