@@ -155,6 +155,7 @@ referenceValues:
                 "kbsResources.items[0].path=default/image-key/app",
                 &format!("-f {}", values.display()),
                 "service.type=LoadBalancer",
+                "service.externalTrafficPolicy=Local",
                 "persistence.storageClassName=fast",
                 "tpmEkCa.existingSecret=node-vtpm-cas",
                 "tpmEkCa.hardware=true",
@@ -221,6 +222,7 @@ referenceValues:
         "--policy-dir=/etc/cocoon/policies",
         "--reference-value-dir=/etc/cocoon/reference-values",
         "type: LoadBalancer",
+        "externalTrafficPolicy: Local",
         "--tpm-hardware-ek-ca=/etc/cocoon/tpm-ek-ca",
         "secretName: node-vtpm-cas",
         "--snp-kds-url=https://kdsintf.amd.com",
@@ -241,8 +243,8 @@ referenceValues:
         "path: /readyz",
         "--database-ca=/etc/cocoon/database-ca/ca.crt",
         "secretName: trustee-db-ca",
-        "--trusted-proxy=10.0.0.0/8",
-        "--trusted-proxy=192.0.2.10",
+        "\"--trusted-proxy=10.0.0.0/8\"",
+        "\"--trusted-proxy=192.0.2.10\"",
     ] {
         assert!(pg.contains(want), "trustee on PostgreSQL: {want} missing");
     }

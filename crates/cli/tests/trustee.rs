@@ -1873,6 +1873,16 @@ fn clients_behind_a_trusted_proxy_are_counted_by_the_address_it_names() {
         200,
         "client B was limited with A"
     );
+    // A named loopback address is not exempt: anyone in a trusted network
+    // could name one.
+    let lo = b"PROXY TCP4 127.0.0.1 127.0.0.1 50000 443\r\n";
+    let named_lo: Vec<u16> = (0..4)
+        .map(|_| http1_behind(&addr, lo, "POST", "/kbs/v0/auth", auth).0)
+        .collect();
+    assert!(
+        named_lo.contains(&429),
+        "a named loopback client was exempt: {named_lo:?}"
+    );
     // The balancer's own connections (LOCAL, UNKNOWN) are loopback: exempt.
     let mut local = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     local.extend([0x20, 0x00, 0, 0]);
@@ -1914,6 +1924,19 @@ fn clients_behind_a_trusted_proxy_are_counted_by_the_address_it_names() {
     );
     drop(c);
     drop(d);
+
+    // A peer that is not a trusted proxy cannot name a client: its header
+    // is not read (the request after it is not understood).
+    let other = TrusteeProc::start(
+        &dir.path().join("data-other"),
+        &["--trusted-proxy", "192.0.2.0/24", "--rate-limit-loopback"],
+    );
+    let other_addr = other.url.trim_start_matches("http://").to_string();
+    let (status, text) = http1_behind(&other_addr, &a, "POST", "/kbs/v0/auth", auth);
+    assert_ne!(status, 200, "a forged header was taken: {text}");
+    assert!(!text.contains("203.0.113.7"), "{text}");
+    assert_eq!(http1(&other_addr, "POST", "/kbs/v0/auth", auth).0, 200);
+    drop(other);
 
     // A bad flag value is refused with a readable reason.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cocoon"))

@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct LimitAcceptor {
     permits: Arc<Semaphore>,
     refused: Arc<AtomicU64>,
+    bad_headers: Arc<AtomicU64>,
     per_client: usize,
     loopback: bool,
     clients: Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>,
@@ -49,9 +50,14 @@ const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 const MAX_PROXY_V1: usize = 107;
 
 /// The client a request comes from: the TCP peer, or the client a trusted
-/// proxy named in its PROXY protocol header.
+/// proxy named in its PROXY protocol header (`named`). A named client is
+/// never exempt as loopback: whoever is in a trusted network can name
+/// any address.
 #[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub IpAddr);
+pub struct ClientAddr {
+    pub ip: IpAddr,
+    pub named: bool,
+}
 
 impl LimitAcceptor {
     /// `max` connections in all, `per_client` per client address (IPv6 by
@@ -62,6 +68,7 @@ impl LimitAcceptor {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             refused: Arc::new(AtomicU64::new(0)),
+            bad_headers: Arc::new(AtomicU64::new(0)),
             per_client,
             loopback,
             clients: Default::default(),
@@ -71,7 +78,17 @@ impl LimitAcceptor {
 
     /// Closes a connection over a limit (logged at the 1st, 2nd, 4th, ...).
     fn refuse(&self, why: &str) -> std::io::Error {
-        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        Self::refuse_counted(&self.refused, why)
+    }
+
+    /// Closes a trusted proxy's connection without a valid header (counted
+    /// apart from the limits, so that neither hides the other's warning).
+    fn refuse_header(&self, why: &str) -> std::io::Error {
+        Self::refuse_counted(&self.bad_headers, why)
+    }
+
+    fn refuse_counted(counter: &AtomicU64, why: &str) -> std::io::Error {
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_power_of_two() {
             tracing::warn!(refused = n, "{why}: closing such connections");
         }
@@ -80,16 +97,20 @@ impl LimitAcceptor {
 
     /// Whether `ip` is a trusted proxy's address.
     fn is_proxy(&self, ip: IpAddr) -> bool {
-        let ip = client_key_v4(ip);
-        self.proxies.iter().any(|n| n.contains(&ip))
+        let v4 = client_key_v4(ip);
+        self.proxies
+            .iter()
+            .any(|n| n.contains(&v4) || n.contains(&ip))
     }
 
     /// A slot of `ip`'s own, if it has one left.
-    fn client_slot(&self, ip: IpAddr) -> Option<Option<ClientSlot>> {
-        if self.per_client == 0 || (ip.is_loopback() && !self.loopback) {
+    /// A slot of `ip`'s own, if it has one left; a loopback peer (not a
+    /// named client) is exempt unless `loopback`.
+    fn client_slot(&self, ip: IpAddr, named: bool) -> Option<Option<ClientSlot>> {
+        let key = client_key(ip);
+        if self.per_client == 0 || (!named && key.is_loopback() && !self.loopback) {
             return Some(None);
         }
-        let key = client_key(ip);
         let mut c = self.clients.lock();
         let n = c.entry(key).or_insert(0);
         if *n >= self.per_client {
@@ -119,26 +140,40 @@ impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAccep
             let peer = stream.peer_addr().ok().map(|p| p.ip());
             let client = match peer {
                 Some(ip) if this.is_proxy(ip) => {
-                    match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut stream))
-                        .await
-                    {
-                        Ok(Ok(named)) => Some(named.unwrap_or(ip)),
+                    // While its header is awaited, the connection counts
+                    // as the proxy's own: one host in a trusted network
+                    // cannot hold every permit by sending nothing.
+                    let Some(waiting) = this.client_slot(ip, false) else {
+                        return Err(this.refuse(
+                            "a trusted proxy reached its limit of connections awaiting their header",
+                        ));
+                    };
+                    let header =
+                        tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut stream))
+                            .await;
+                    drop(waiting);
+                    match header {
+                        Ok(Ok(Some(named))) => Some(ClientAddr {
+                            ip: named,
+                            named: true,
+                        }),
+                        Ok(Ok(None)) => Some(ClientAddr { ip, named: false }),
                         Ok(Err(e)) => {
-                            return Err(this.refuse(&format!(
+                            return Err(this.refuse_header(&format!(
                                 "a trusted proxy ({ip}) sent no valid PROXY protocol header: {e}"
                             )));
                         }
                         Err(_) => {
-                            return Err(this.refuse(&format!(
+                            return Err(this.refuse_header(&format!(
                                 "a trusted proxy ({ip}) sent no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}"
                             )));
                         }
                     }
                 }
-                other => other,
+                other => other.map(|ip| ClientAddr { ip, named: false }),
             };
             let slot = match client {
-                Some(ip) => this.client_slot(ip),
+                Some(c) => this.client_slot(c.ip, c.named),
                 None => Some(None),
             };
             let Some(slot) = slot else {
@@ -153,7 +188,7 @@ impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for LimitAccep
                 },
                 WithClient {
                     inner: service,
-                    client: client.map(ClientAddr),
+                    client,
                 },
             ))
         })
@@ -381,7 +416,13 @@ impl RateLimiter {
 
     /// Whether `ip` may make a request now; else the seconds until it may.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), f64> {
-        if self.per_sec <= 0.0 || (ip.is_loopback() && !self.loopback) {
+        self.check_client(ip, false, now)
+    }
+
+    /// [`Self::check`] for a client a trusted proxy named (`named`): never
+    /// exempt as loopback.
+    pub fn check_client(&self, ip: IpAddr, named: bool, now: Instant) -> Result<(), f64> {
+        if self.per_sec <= 0.0 || (!named && ip.is_loopback() && !self.loopback) {
             return Ok(());
         }
         let mut b = self.buckets.lock();
@@ -447,15 +488,15 @@ pub async fn rate_limit(
     next: Next,
 ) -> Response {
     let peer = match req.extensions().get::<ClientAddr>() {
-        Some(c) => Some(client_key(c.0)),
+        Some(c) => Some((client_key(c.ip), c.named)),
         None => req
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| client_key(c.0.ip())),
+            .map(|c| (client_key(c.0.ip()), false)),
     };
-    if let Some(ip) = peer
+    if let Some((ip, named)) = peer
         && limited(req.method())
-        && let Err(wait) = limiter.check(ip, Instant::now())
+        && let Err(wait) = limiter.check_client(ip, named, Instant::now())
     {
         let secs = wait.ceil().max(1.0) as u64;
         let mut resp = (
