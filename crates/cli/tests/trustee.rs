@@ -1622,17 +1622,7 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
 
 /// One HTTP/1.1 request on a new connection: the status and the headers.
 fn http1(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (status, out) = http1_behind(addr, b"", method, path, body);
     let head = out
         .split("\r\n\r\n")
         .next()
