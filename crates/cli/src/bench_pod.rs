@@ -346,7 +346,11 @@ fn spec(
         state_dir: work.join("state").join(id),
         console_log: work.join(format!("{id}.log")),
         network: None,
-        vtpm_ca: None,
+        // The vTPM `cocoon run` and the shim give a pod: manufactured by
+        // the local CA, with only the SHA-256 bank active. A fresh swtpm
+        // has four banks, and the firmware would hash every boot component
+        // four times, in the floor as in ours.
+        vtpm_ca: (mode == Mode::Vtpm).then(crate::run::default_vtpm_ca),
         pod_network: None,
     })
 }

@@ -36,7 +36,11 @@ pub const LATE_MODULES: &[&str] = &[
 
 /// The kernel command line the image is built for. `panic=-1` reboots at
 /// once on a panic, which the VMM turns into an exit (`-no-reboot`).
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+/// `rootfstype=ramfs` unpacks the initramfs into ramfs rather than tmpfs:
+/// under software emulation that took 0.13 s instead of 0.63 s for the
+/// 17 MB archive, and nothing writes to the root but PID 1 (`/run` and
+/// `/tmp` are tmpfs of their own, with their limits).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rootfstype=ramfs";
 
 /// Where the initramfs keeps modules, in load order.
 pub const MODULE_DIR: &str = "lib/modules";
