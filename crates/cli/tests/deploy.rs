@@ -245,9 +245,19 @@ referenceValues:
         "secretName: trustee-db-ca",
         "\"--trusted-proxy=10.0.0.0/8\"",
         "\"--trusted-proxy=192.0.2.10\"",
+        "preStop:\n              sleep:\n                seconds: 5\n",
     ] {
         assert!(pg.contains(want), "trustee on PostgreSQL: {want} missing");
     }
+    // The wait before stopping can be turned off.
+    let no_wait = helm(&[
+        "template",
+        "rel",
+        &trustee,
+        "--set",
+        "database.existingSecret=db,tls.existingSecret=t,admin.existingSecret=a,kek.existingSecret=k,auditKey.existingSecret=au,preStopSleepSeconds=0",
+    ]);
+    assert!(no_wait.contains("replicas: 2") && !no_wait.contains("preStop"));
     assert!(!pg.contains("PersistentVolumeClaim") && !pg.contains("--database="));
     // Replicas without shared keys would each make their own, and a
     // database CA without a database is a mistake: both refused.
@@ -265,6 +275,8 @@ referenceValues:
     let defaults = std::fs::read_to_string(&files[3]).unwrap();
     assert!(defaults.contains("--self-signed-tls") && defaults.contains("--tls-san=rel.coco.svc"));
     assert!(!defaults.contains("--kek-file") && !defaults.contains("--trusted-proxy"));
+    // One pod on its volume is replaced, not drained: no wait.
+    assert!(!defaults.contains("preStop"));
     let node_opts = std::fs::read_to_string(&files[1]).unwrap();
     assert!(node_opts.contains("--handlers=cocoon,cocoon-tdx"));
     let cleanup = std::fs::read_to_string(&files[2]).unwrap();
