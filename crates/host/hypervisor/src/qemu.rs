@@ -203,7 +203,11 @@ pub fn args(
         Mode::None | Mode::Vtpm => {}
     }
     let cpu = match (accel, spec.mode) {
-        (Accel::Tcg, _) => "max",
+        // Without ERMS and FSRM, the guest's kernel and libc copy memory
+        // with wide moves instead of `rep movsb`, which QEMU's emulation
+        // runs a byte at a time: unpacking the initramfs took 0.25 s
+        // instead of 0.47 s here, and every copy in the guest gains.
+        (Accel::Tcg, _) => "max,-erms,-fsrm",
         (Accel::Kvm, Mode::Snp) => "EPYC-v4",
         (Accel::Kvm, _) => "host",
     };

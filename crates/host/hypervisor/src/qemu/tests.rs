@@ -40,7 +40,7 @@ fn values<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
 fn plain_vm_under_emulation() {
     let a = args(&spec(Mode::None), Accel::Tcg, &layout(false), None, None).unwrap();
     assert_eq!(values(&a, "-machine"), ["q35,accel=tcg"]);
-    assert_eq!(values(&a, "-cpu"), ["max"]);
+    assert_eq!(values(&a, "-cpu"), ["max,-erms,-fsrm"]);
     assert_eq!(values(&a, "-smp"), ["2"]);
     assert_eq!(values(&a, "-m"), ["512M"]);
     assert_eq!(values(&a, "-kernel"), ["/img/vmlinuz"]);
