@@ -330,7 +330,11 @@ pub async fn run(
     let mut policy_times = Vec::new();
     let mut shim_rss = 0;
     let mut vm_rss = 0;
+    let vtpm_ca = crate::run::default_vtpm_ca();
     for i in 0..runs.max(1) {
+        if mode == Mode::Vtpm {
+            crate::bench_pod::settle_vtpm_pool(&vtpm_ca, dir.path())?;
+        }
         let (id, took) = start_pod(
             &cri,
             &format!("one-{i}"),
@@ -344,6 +348,9 @@ pub async fn run(
         shim_rss = sum_rss_kib(&ctd.shims());
         vm_rss = sum_rss_kib(&vms(&state));
         cri.remove_pod(&id).await?;
+        if mode == Mode::Vtpm {
+            crate::bench_pod::settle_vtpm_pool(&vtpm_ca, dir.path())?;
+        }
         let (id, took) = start_pod(
             &cri,
             &format!("pol-{i}"),

@@ -264,6 +264,7 @@ referenceValues:
     for (set, says) in [
         ("database.existingSecret=db", "set tls.existingSecret too"),
         ("database.caSecret=ca", "set database.existingSecret too"),
+        ("preStopSleepSeconds=20", "preStopSleepSeconds must be 0-15"),
     ] {
         let out = Command::new(tool("helm"))
             .args(["template", "rel", &trustee, "--set", set])

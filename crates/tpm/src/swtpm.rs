@@ -114,8 +114,8 @@ const STALE: Duration = Duration::from_secs(600);
 /// as [`manufacture_with_ek_cert`] makes them) for a new VM at
 /// `state_dir`, which must not exist or be empty. Manufacturing takes
 /// most of a second (an RSA key and a certificate), so states are made
-/// ahead: one is taken from the CA's pool with an atomic rename (two VMs
-/// never share one), or made now when the pool is empty; then the pool
+/// ahead: one is taken from the CA's pool (claimed with an atomic rename,
+/// so two VMs never share one), or made now when the pool is empty; then the pool
 /// is refilled to [`POOL_SIZE`] in the background (by `sh`, so a refill
 /// started by a short-lived process still completes after it exits).
 pub fn provision(state_dir: &Path, ca_dir: &Path) -> Result<(), TpmError> {
@@ -130,7 +130,15 @@ pub fn provision(state_dir: &Path, ca_dir: &Path) -> Result<(), TpmError> {
     Ok(())
 }
 
+/// Names of pool entries claimed by a VM start and being moved out.
+const TAKEN: &str = ".taken-";
+
 /// Moves a ready state from the pool to `state_dir`; false when none is.
+/// The state is first claimed by a rename inside the pool (atomic: two VM
+/// starts never take the same one), then moved. Where the pool and
+/// `state_dir` are on different file systems (the shim's CA on disk under
+/// /var/lib, its VMs' states on the tmpfs /run), it is copied and the
+/// claimed one removed.
 fn take_from_pool(pool: &Path, state_dir: &Path) -> std::io::Result<bool> {
     let Ok(entries) = std::fs::read_dir(pool) else {
         return Ok(false);
@@ -138,16 +146,54 @@ fn take_from_pool(pool: &Path, state_dir: &Path) -> std::io::Result<bool> {
     for e in entries.flatten() {
         let name = e.file_name();
         if name.to_string_lossy().starts_with('.') {
-            continue; // being made
+            continue; // being made, or taken
         }
-        match std::fs::rename(e.path(), state_dir) {
-            Ok(()) => return Ok(true),
+        let claimed = pool.join(format!(
+            "{TAKEN}{}-{:016x}",
+            std::process::id(),
+            rand_core::RngCore::next_u64(&mut rand_core::OsRng)
+        ));
+        match std::fs::rename(e.path(), &claimed) {
+            Ok(()) => {}
             // Taken by another VM start: try the next one.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => return Err(err),
         }
+        // A claim's age counts from now: a refill removes only claims
+        // that a process which died left behind.
+        if let Ok(f) = std::fs::File::open(&claimed) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+        let moved = match std::fs::rename(&claimed, state_dir) {
+            Err(err) if err.kind() == std::io::ErrorKind::CrossesDevices => {
+                copy_state(&claimed, state_dir)
+            }
+            r => r,
+        };
+        // After a copy or a failed move: a claimed state is never used twice.
+        if claimed.exists() {
+            let _ = std::fs::remove_dir_all(&claimed);
+        }
+        return moved.map(|()| true);
     }
     Ok(false)
+}
+
+/// Copies the files of a vTPM state directory (swtpm keeps plain files
+/// only) into `to`, which is made when missing.
+fn copy_state(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if !e.file_type()?.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} in a vTPM state is not a plain file",
+                e.path().display()
+            )));
+        }
+        std::fs::copy(e.path(), to.join(e.file_name()))?;
+    }
+    Ok(())
 }
 
 /// Starts making states until the pool (ready and being made) holds
@@ -166,11 +212,13 @@ fn refill(pool: &Path, ca_dir: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > STALE);
-        if name.starts_with(".tmp-") && stale {
+        if (name.starts_with(".tmp-") || name.starts_with(TAKEN)) && stale {
             let _ = std::fs::remove_dir_all(e.path());
             continue;
         }
-        count += 1;
+        if !name.starts_with(TAKEN) {
+            count += 1;
+        }
     }
     let config = ca_dir.join("conf").join("swtpm_setup.conf");
     for _ in count..POOL_SIZE {
@@ -211,6 +259,16 @@ fn refill(pool: &Path, ca_dir: &Path) {
             }
         }
     }
+}
+
+/// The states being made for a CA's pool.
+pub fn pool_making(ca_dir: &Path) -> usize {
+    std::fs::read_dir(ca_dir.join(POOL))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .count()
 }
 
 /// The states ready in a CA's pool.

@@ -186,8 +186,9 @@ fn credential_activation_against_swtpm() {
 
 /// vTPM states manufactured ahead: the first VM start manufactures its
 /// own and fills the pool in the background; the next one takes a ready
-/// state (atomically, its own), the pool is topped up again, and
-/// abandoned half-made states are removed.
+/// state (atomically, its own), also into a directory on another file
+/// system, the pool is topped up again, and abandoned half-made states are
+/// removed.
 #[test]
 fn provisioned_states_come_from_the_pool_and_it_refills() {
     use cocoon_tpm::swtpm::{POOL_SIZE, pool_ready, provision};
@@ -235,6 +236,52 @@ fn provisioned_states_come_from_the_pool_and_it_refills() {
     assert!(ready.contains(&got), "s2 was not taken from the pool");
     assert_ne!(got, permall(&s1), "two VMs share a TPM state");
     assert!(!stale.exists(), "the abandoned state was not removed");
+    wait_ready();
+    // A VM state on another file system than the CA (the shim keeps its
+    // CA under /var/lib and its VMs on the tmpfs /run): copied, and the
+    // pool keeps no claimed leftover.
+    let other =
+        tempfile::tempdir_in("/dev/shm").expect("/dev/shm (a tmpfs) for a second file system");
+    {
+        use std::os::unix::fs::MetadataExt;
+        let dev = |p: &std::path::Path| std::fs::metadata(p).unwrap().dev();
+        assert_ne!(
+            dev(other.path()),
+            dev(&ca),
+            "this test needs /dev/shm on another file system than {}",
+            ca.display()
+        );
+    }
+    let ready: Vec<Vec<u8>> = std::fs::read_dir(ca.join("pool"))
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| permall(&e.path()))
+        .collect();
+    let s3 = other.path().join("s3");
+    std::fs::create_dir(&s3).unwrap();
+    provision(&s3, &ca).expect("a state taken across file systems");
+    assert!(
+        ready.contains(&permall(&s3)),
+        "s3 was not taken from the pool"
+    );
+    assert!(
+        !std::fs::read_dir(ca.join("pool"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".taken-")),
+        "a claimed state was left in the pool"
+    );
+    assert_eq!(
+        std::fs::read_dir(ca.join("pool"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| ready.contains(&permall(&e.path())))
+            .count(),
+        ready.len() - 1,
+        "the state taken is still in the pool"
+    );
     wait_ready();
     // Every state is its own TPM: its EK certificate differs.
     let ek_cert = |d: &std::path::Path| {

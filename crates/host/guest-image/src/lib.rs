@@ -38,8 +38,8 @@ pub const LATE_MODULES: &[&str] = &[
 /// once on a panic, which the VMM turns into an exit (`-no-reboot`).
 /// `rootfstype=ramfs` unpacks the initramfs into ramfs rather than tmpfs:
 /// under software emulation that took 0.13 s instead of 0.63 s for the
-/// 17 MB archive, and nothing writes to the root but PID 1 (`/run` and
-/// `/tmp` are tmpfs of their own, with their limits).
+/// plain 17 MB archive, and nothing writes to the root but PID 1 (`/run`
+/// and `/tmp` are tmpfs mounts of their own).
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t rootfstype=ramfs";
 
 /// Where the initramfs keeps modules, in load order.
