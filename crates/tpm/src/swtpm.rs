@@ -148,8 +148,11 @@ fn take_from_pool(pool: &Path, state_dir: &Path) -> std::io::Result<bool> {
         if name.to_string_lossy().starts_with('.') {
             continue; // being made, or taken
         }
+        // The claim's time is in its name: a refill removes claims a
+        // process that died left behind, never one being moved.
         let claimed = pool.join(format!(
-            "{TAKEN}{}-{:016x}",
+            "{TAKEN}{}-{}-{:016x}",
+            unix_now(),
             std::process::id(),
             rand_core::RngCore::next_u64(&mut rand_core::OsRng)
         ));
@@ -158,11 +161,6 @@ fn take_from_pool(pool: &Path, state_dir: &Path) -> std::io::Result<bool> {
             // Taken by another VM start: try the next one.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => return Err(err),
-        }
-        // A claim's age counts from now: a refill removes only claims
-        // that a process which died left behind.
-        if let Ok(f) = std::fs::File::open(&claimed) {
-            let _ = f.set_modified(std::time::SystemTime::now());
         }
         let moved = match std::fs::rename(&claimed, state_dir) {
             Err(err) if err.kind() == std::io::ErrorKind::CrossesDevices => {
@@ -177,6 +175,21 @@ fn take_from_pool(pool: &Path, state_dir: &Path) -> std::io::Result<bool> {
         return moved.map(|()| true);
     }
     Ok(false)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whether `name` is a claim made more than [`STALE`] ago.
+fn stale_claim(name: &str) -> bool {
+    name.strip_prefix(TAKEN)
+        .and_then(|r| r.split('-').next())
+        .and_then(|t| t.parse::<u64>().ok())
+        .is_some_and(|t| unix_now().saturating_sub(t) > STALE.as_secs())
 }
 
 /// Copies the files of a vTPM state directory (swtpm keeps plain files
@@ -212,7 +225,7 @@ fn refill(pool: &Path, ca_dir: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > STALE);
-        if (name.starts_with(".tmp-") || name.starts_with(TAKEN)) && stale {
+        if (name.starts_with(".tmp-") && stale) || stale_claim(&name) {
             let _ = std::fs::remove_dir_all(e.path());
             continue;
         }
@@ -356,5 +369,22 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim is stale by the time in its name, and only a claim is.
+    #[test]
+    fn claims_are_stale_by_the_time_in_their_name() {
+        let now = unix_now();
+        assert!(!stale_claim(&format!("{TAKEN}{now}-12-00ff")));
+        assert!(!stale_claim(&format!("{TAKEN}{}-12-00ff", now - 60)));
+        assert!(stale_claim(&format!("{TAKEN}{}-12-00ff", now - 3600)));
+        for other in [".tmp-1-2", "1234-00ff", ".taken-x-1-2", ".taken-"] {
+            assert!(!stale_claim(other), "{other}");
+        }
     }
 }
