@@ -195,6 +195,15 @@ fn provisioned_states_come_from_the_pool_and_it_refills() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     let permall = |d: &std::path::Path| std::fs::read(d.join("tpm2-00.permall")).unwrap();
+    // The TPM states ready in the pool (not being made, not claimed).
+    let ready_states = || -> Vec<Vec<u8>> {
+        std::fs::read_dir(ca.join("pool"))
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| permall(&e.path()))
+            .collect()
+    };
     let wait_ready = || {
         let t = std::time::Instant::now();
         while pool_ready(&ca) < POOL_SIZE
@@ -221,12 +230,7 @@ fn provisioned_states_come_from_the_pool_and_it_refills() {
         .unwrap()
         .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(3600))
         .unwrap();
-    let ready: Vec<Vec<u8>> = std::fs::read_dir(ca.join("pool"))
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| permall(&e.path()))
-        .collect();
+    let ready = ready_states();
     assert_eq!(ready.len(), POOL_SIZE);
     // An existing empty directory is fine, as the VM start makes it.
     let s2 = dir.path().join("s2");
@@ -252,12 +256,7 @@ fn provisioned_states_come_from_the_pool_and_it_refills() {
             ca.display()
         );
     }
-    let ready: Vec<Vec<u8>> = std::fs::read_dir(ca.join("pool"))
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| permall(&e.path()))
-        .collect();
+    let ready = ready_states();
     let s3 = other.path().join("s3");
     std::fs::create_dir(&s3).unwrap();
     provision(&s3, &ca).expect("a state taken across file systems");
@@ -273,12 +272,7 @@ fn provisioned_states_come_from_the_pool_and_it_refills() {
         "a claimed state was left in the pool"
     );
     assert_eq!(
-        std::fs::read_dir(ca.join("pool"))
-            .unwrap()
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter(|e| ready.contains(&permall(&e.path())))
-            .count(),
+        ready_states().iter().filter(|s| ready.contains(s)).count(),
         ready.len() - 1,
         "the state taken is still in the pool"
     );
