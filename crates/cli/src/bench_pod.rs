@@ -424,6 +424,7 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
     };
     let mut runs = Vec::new();
     let mut floors = Vec::new();
+    let vtpm_ca = crate::run::default_vtpm_ca();
     for m in &a.modes {
         let mode: Mode = m.parse().map_err(anyhow::Error::msg)?;
         let mut floor = Vec::new();
@@ -443,7 +444,7 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
             )?;
             s.accel = Some(accel);
             if mode == Mode::Vtpm {
-                settle_vtpm_pool(&crate::run::default_vtpm_ca(), work.path())?;
+                settle_vtpm_pool(&vtpm_ca, work.path())?;
             }
             let t = Instant::now();
             let vm = qemu.start(s).await?;
@@ -466,7 +467,7 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
             )?;
             s.accel = Some(accel);
             if mode == Mode::Vtpm {
-                settle_vtpm_pool(&crate::run::default_vtpm_ca(), work.path())?;
+                settle_vtpm_pool(&vtpm_ca, work.path())?;
             }
             let pod = PodVm::start(&qemu, s, Duration::from_secs(300)).await?;
             ready.push(pod.boot_time);
@@ -478,7 +479,7 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
                 let flags =
                     ["--tee", m.as_str(), "--insecure-registry", reg.as_str()].map(String::from);
                 if mode == Mode::Vtpm {
-                    settle_vtpm_pool(&crate::run::default_vtpm_ca(), work.path())?;
+                    settle_vtpm_pool(&vtpm_ca, work.path())?;
                 }
                 let (wall, line) = time_run(&a.image, &flags, image, a.memory)?;
                 run_times.push(wall);

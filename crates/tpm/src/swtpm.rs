@@ -274,24 +274,25 @@ fn refill(pool: &Path, ca_dir: &Path) {
     }
 }
 
-/// The states being made for a CA's pool.
-pub fn pool_making(ca_dir: &Path) -> usize {
+/// The names of the entries in a CA's pool.
+fn pool_names(ca_dir: &Path) -> impl Iterator<Item = String> {
     std::fs::read_dir(ca_dir.join(POOL))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+}
+
+/// The states being made for a CA's pool.
+pub fn pool_making(ca_dir: &Path) -> usize {
+    pool_names(ca_dir)
+        .filter(|n| n.starts_with(".tmp-"))
         .count()
 }
 
 /// The states ready in a CA's pool.
 pub fn pool_ready(ca_dir: &Path) -> usize {
-    std::fs::read_dir(ca_dir.join(POOL))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .count()
+    pool_names(ca_dir).filter(|n| !n.starts_with('.')).count()
 }
 
 /// Writes `bytes` to `path` unless it holds them already, as a whole file

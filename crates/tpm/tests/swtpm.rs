@@ -191,7 +191,7 @@ fn credential_activation_against_swtpm() {
 /// removed.
 #[test]
 fn provisioned_states_come_from_the_pool_and_it_refills() {
-    use cocoon_tpm::swtpm::{POOL_SIZE, pool_ready, provision};
+    use cocoon_tpm::swtpm::{POOL_SIZE, pool_making, pool_ready, provision};
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
     let permall = |d: &std::path::Path| std::fs::read(d.join("tpm2-00.permall")).unwrap();
@@ -206,12 +206,7 @@ fn provisioned_states_come_from_the_pool_and_it_refills() {
     };
     let wait_ready = || {
         let t = std::time::Instant::now();
-        while pool_ready(&ca) < POOL_SIZE
-            || std::fs::read_dir(ca.join("pool"))
-                .unwrap()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
-        {
+        while pool_ready(&ca) < POOL_SIZE || pool_making(&ca) > 0 {
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(120),
                 "the pool was not refilled"

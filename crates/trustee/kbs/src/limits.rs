@@ -103,7 +103,6 @@ impl LimitAcceptor {
             .any(|n| n.contains(&v4) || n.contains(&ip))
     }
 
-    /// A slot of `ip`'s own, if it has one left.
     /// A slot of `ip`'s own, if it has one left; a loopback peer (not a
     /// named client) is exempt unless `loopback`.
     fn client_slot(&self, ip: IpAddr, named: bool) -> Option<Option<ClientSlot>> {
@@ -415,13 +414,8 @@ impl RateLimiter {
     }
 
     /// Whether `ip` may make a request now; else the seconds until it may.
-    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), f64> {
-        self.check_client(ip, false, now)
-    }
-
-    /// [`Self::check`] for a client a trusted proxy named (`named`): never
-    /// exempt as loopback.
-    pub fn check_client(&self, ip: IpAddr, named: bool, now: Instant) -> Result<(), f64> {
+    /// A client a trusted proxy named (`named`) is never exempt as loopback.
+    pub fn check(&self, ip: IpAddr, named: bool, now: Instant) -> Result<(), f64> {
         if self.per_sec <= 0.0 || (!named && ip.is_loopback() && !self.loopback) {
             return Ok(());
         }
@@ -492,7 +486,7 @@ pub async fn rate_limit(
     };
     if let Some((ip, named)) = peer
         && limited(req.method())
-        && let Err(wait) = limiter.check_client(ip, named, Instant::now())
+        && let Err(wait) = limiter.check(ip, named, Instant::now())
     {
         let secs = wait.ceil().max(1.0) as u64;
         let mut resp = (
@@ -663,24 +657,28 @@ mod tests {
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         let t = Instant::now();
         for _ in 0..5 {
-            l.check(a, t).unwrap();
+            l.check(a, false, t).unwrap();
         }
-        let wait = l.check(a, t).unwrap_err();
+        let wait = l.check(a, false, t).unwrap_err();
         assert!((wait - 0.1).abs() < 1e-9, "{wait}");
-        l.check(b, t).unwrap();
+        l.check(b, false, t).unwrap();
         // A tenth of a second later, one more.
-        l.check(a, t + Duration::from_millis(100)).unwrap();
-        assert!(l.check(a, t + Duration::from_millis(100)).is_err());
+        l.check(a, false, t + Duration::from_millis(100)).unwrap();
+        assert!(l.check(a, false, t + Duration::from_millis(100)).is_err());
         // Loopback is exempt unless asked.
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         for _ in 0..100 {
-            l.check(lo, t).unwrap();
+            l.check(lo, false, t).unwrap();
         }
         let strict = RateLimiter::new(10.0, 5.0, true);
-        assert!((0..6).map(|_| strict.check(lo, t)).any(|r| r.is_err()));
+        assert!(
+            (0..6)
+                .map(|_| strict.check(lo, false, t))
+                .any(|r| r.is_err())
+        );
         // Off.
         let off = RateLimiter::new(0.0, 5.0, true);
-        assert!((0..1000).all(|_| off.check(a, t).is_ok()));
+        assert!((0..1000).all(|_| off.check(a, false, t).is_ok()));
     }
 
     #[test]
@@ -704,7 +702,7 @@ mod tests {
         let t = Instant::now();
         for i in 0..(MAX_CLIENTS as u32 + 10) {
             let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            let _ = l.check(ip, t);
+            let _ = l.check(ip, false, t);
         }
         assert!(l.buckets.lock().len() <= MAX_CLIENTS);
     }
