@@ -43,11 +43,11 @@ pub struct LimitAcceptor {
 /// How long a trusted proxy has to send its PROXY protocol header.
 const PROXY_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The longest PROXY protocol v2 header accepted (its TLVs included).
-const MAX_PROXY_V2: usize = 4096;
+pub const MAX_PROXY_V2: usize = 4096;
 /// The 12 bytes a PROXY protocol v2 header starts with.
 const PROXY_V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest PROXY protocol v1 line, CRLF included (its specification).
-const MAX_PROXY_V1: usize = 107;
+pub const MAX_PROXY_V1: usize = 107;
 
 /// The client a request comes from: the TCP peer, or the client a trusted
 /// proxy named in its PROXY protocol header (`named`). A named client is
@@ -225,7 +225,9 @@ where
 /// consuming exactly its bytes; the client it names, or `None` for a
 /// connection the proxy made on its own behalf (v2 `LOCAL`, v1
 /// `UNKNOWN`, or no IP addresses).
-async fn read_proxy_header(stream: &mut TcpStream) -> Result<Option<IpAddr>, String> {
+pub async fn read_proxy_header<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> Result<Option<IpAddr>, String> {
     use tokio::io::AsyncReadExt;
     let io = |e: std::io::Error| format!("reading it: {e}");
     // Both versions are longer than 12 bytes, so these are the header's.
