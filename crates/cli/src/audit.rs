@@ -39,11 +39,20 @@ pub struct VerifyArgs {
     /// log cut back past it, then updated.
     #[arg(long)]
     state: Option<PathBuf>,
+    /// Read and check only the records from the checkpoint in --state on
+    /// (which must be unchanged). The records before it were checked by
+    /// the run that wrote the state and are not read again, so a change
+    /// among them is found only by a run without this flag.
+    #[arg(long, requires = "state")]
+    incremental: bool,
 }
 
 #[derive(serde::Deserialize)]
 struct Page {
     records: Vec<Row>,
+    /// The newest record's number.
+    #[serde(default)]
+    last: Option<i64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -58,7 +67,7 @@ struct State {
     sha256: String,
 }
 
-async fn page(ad: &Admin, from: i64, limit: usize) -> Result<Vec<Row>> {
+async fn page(ad: &Admin, from: i64, limit: usize) -> Result<Page> {
     let p: Page = ad
         .send(
             ad.http
@@ -68,15 +77,14 @@ async fn page(ad: &Admin, from: i64, limit: usize) -> Result<Vec<Row>> {
         .await?
         .json()
         .await?;
-    Ok(p.records)
+    Ok(p)
 }
 
-/// Every record, in order.
-async fn all(ad: &Admin) -> Result<Vec<(i64, Vec<u8>)>> {
+/// Every record from number `from` on, in order.
+async fn all(ad: &Admin, mut from: i64) -> Result<Vec<(i64, Vec<u8>)>> {
     let mut out = vec![];
-    let mut from = 1;
     loop {
-        let rows = page(ad, from, 5000).await?;
+        let rows = page(ad, from, 5000).await?.records;
         let n = rows.len();
         for r in rows {
             from = r.seq + 1;
@@ -99,20 +107,15 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
     match cmd {
         AuditCommand::Tail(a) => {
             let ad = Admin::new(&a.admin)?;
-            let rows = match a.from {
-                Some(f) => page(&ad, f, a.limit).await?,
-                None => {
-                    let all = all(&ad).await?;
-                    let skip = all.len().saturating_sub(a.limit);
-                    all.into_iter()
-                        .skip(skip)
-                        .map(|(seq, b)| Row {
-                            seq,
-                            record: String::from_utf8_lossy(&b).into_owned(),
-                        })
-                        .collect()
-                }
+            let from = match a.from {
+                Some(f) => f,
+                // The newest N: from N before the end.
+                None => match page(&ad, 1, 0).await?.last {
+                    Some(last) => (last - a.limit as i64 + 1).max(1),
+                    None => 1,
+                },
             };
+            let rows = page(&ad, from, a.limit).await?.records;
             for r in rows {
                 println!("{}", r.record);
             }
@@ -138,25 +141,47 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 ),
                 _ => None,
             };
-            let records = all(&ad).await?;
-            let v = match cocoon_kbs::audit::verify(
-                &records,
-                &key,
-                anchor.as_ref().map(|s| (s.checkpoint, s.sha256.as_str())),
-            ) {
+            let since = match (&anchor, a.incremental) {
+                (Some(s), true) => Some((s.checkpoint, s.sha256.as_str())),
+                (None, true) => bail!(
+                    "--incremental continues an earlier verification: {} does not exist yet; \
+                     run once without --incremental",
+                    a.state
+                        .as_ref()
+                        .map_or("--state".into(), |p| p.display().to_string())
+                ),
+                (_, false) => None,
+            };
+            let records = all(&ad, since.map_or(1, |(cp, _)| cp as i64)).await?;
+            let verified = match since {
+                Some(anchor) => cocoon_kbs::audit::verify_since(&records, &key, anchor),
+                None => cocoon_kbs::audit::verify(
+                    &records,
+                    &key,
+                    anchor.as_ref().map(|s| (s.checkpoint, s.sha256.as_str())),
+                ),
+            };
+            let v = match verified {
                 Ok(v) => v,
                 Err(e) => {
                     eprintln!("audit log does NOT verify: {e}");
                     return Ok(1);
                 }
             };
+            // The number of the last record read.
+            let head = since.map_or(0, |(cp, _)| cp - 1) + v.records;
             let after = match &v.last_checkpoint {
-                Some((cp, _)) => v.records - cp,
-                None => v.records,
+                Some((cp, _)) => head - cp,
+                None => head,
+            };
+            let read = match since {
+                Some((cp, _)) => {
+                    format!("records {cp}-{head} checked (from the checkpoint in the state on)")
+                }
+                None => format!("{head} records"),
             };
             println!(
-                "audit log verifies: {} records, last signed checkpoint {}, {after} record(s) after it (signed at the next checkpoint)",
-                v.records,
+                "audit log verifies: {read}, last signed checkpoint {}, {after} record(s) after it (signed at the next checkpoint)",
                 v.last_checkpoint
                     .as_ref()
                     .map_or("none".into(), |c| c.0.to_string()),

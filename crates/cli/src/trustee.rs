@@ -102,6 +102,11 @@ pub struct TrusteeArgs {
     /// the data directory's admin key, created on first start.
     #[arg(long = "admin-public-key")]
     admin_public_keys: Vec<PathBuf>,
+    /// Public key of an auditor, repeatable (the same forms as
+    /// --admin-public-key): tokens it signs may read the audit log
+    /// (`cocoon audit tail|verify`) and nothing else.
+    #[arg(long = "auditor-public-key")]
+    auditor_public_keys: Vec<PathBuf>,
     /// Key-encryption key file (32 bytes, mode 0600 or stricter: a file group
     /// or others can read is refused). Default: <data-dir>/kek.key, created
     /// on first start; keep it on another volume than the data directory so
@@ -219,6 +224,7 @@ pub async fn run(a: TrusteeArgs) -> Result<()> {
         insecure_admin: a.insecure_admin,
         allow_insecure_on_network: a.allow_insecure_on_network,
         admin_public_keys: a.admin_public_keys.clone(),
+        auditor_public_keys: a.auditor_public_keys.clone(),
         kek_file: a.kek_file.clone(),
         kek_pkcs11: a.kek_pkcs11.clone(),
         dcap_collateral: a.dcap_collateral.clone(),

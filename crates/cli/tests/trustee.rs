@@ -971,8 +971,15 @@ async fn openssl_admin_keys_administer_the_trustee() {
         "-out",
         &p("stranger.pem"),
     ]);
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        &p("auditor.pem"),
+    ]);
     let mut trust = Vec::new();
-    for k in ["ed", "p256", "p256-sec1"] {
+    for k in ["ed", "p256", "p256-sec1", "auditor"] {
         let public = format!("{}.pub", p(k));
         openssl(&[
             "pkey",
@@ -982,7 +989,11 @@ async fn openssl_admin_keys_administer_the_trustee() {
             "-out",
             &public,
         ]);
-        trust.push("--admin-public-key".to_string());
+        if k == "auditor" {
+            trust.push("--auditor-public-key".to_string());
+        } else {
+            trust.push("--admin-public-key".to_string());
+        }
         trust.push(public);
     }
     let trust: Vec<&str> = trust.iter().map(String::as_str).collect();
@@ -1027,6 +1038,29 @@ async fn openssl_admin_keys_administer_the_trustee() {
         fails(&out).contains("does not verify with any trusted admin key"),
         "{out:?}"
     );
+    // An auditor reads and verifies the audit log, and changes nothing
+    // (nor reads anything else); a stranger does not read the log.
+    let audit = |key: &str, args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["audit", args[0], "--url", &t.url, "--admin-key", key])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    };
+    let auditor = p("auditor.pem");
+    let tail = ok(&audit(&auditor, &["tail", "-n", "50"]));
+    assert!(tail.contains("\"kind\":\"start\""), "{tail}");
+    assert!(ok(&audit(&auditor, &["verify"])).contains("audit log verifies"));
+    let s = secret.to_str().unwrap();
+    for args in [
+        &["list-resources"][..],
+        &["set-resource", "kbs:///default/key/9", "--file", s],
+    ] {
+        let out = fails(&admin(&auditor, args));
+        assert!(out.contains("an auditor's key"), "{args:?}: {out}");
+    }
+    let out = fails(&audit(&p("stranger.pem"), &["tail"]));
+    assert!(out.contains("does not verify with any trusted"), "{out}");
 
     // Tokens signed by OpenSSL with the Ed25519 key: kbs-client's shape
     // (iat, exp = iat + 7200) passes; no iat, no exp, a longer lifetime or
@@ -1515,24 +1549,49 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
     );
     let state = dir.path().join("audit.state");
     let pubkey = data.join("audit-key.pub.pem");
-    let verify = |t: &TrusteeProc, state: &std::path::Path| {
-        audit(
-            t,
-            &[
-                "verify",
-                "--public-key",
-                pubkey.to_str().unwrap(),
-                "--state",
-                state.to_str().unwrap(),
-            ],
-        )
+    // A whole verification, or (`--incremental`) one from the checkpoint
+    // the state holds on.
+    let verify_as = |t: &TrusteeProc, state: &std::path::Path, incremental: bool| {
+        let mut args = vec![
+            "verify",
+            "--public-key",
+            pubkey.to_str().unwrap(),
+            "--state",
+            state.to_str().unwrap(),
+        ];
+        if incremental {
+            args.push("--incremental");
+        }
+        audit(t, &args)
     };
+    let verify = |t: &TrusteeProc, state: &std::path::Path| verify_as(t, state, false);
+    // Incremental needs a state to continue from.
+    let out = verify_as(&t, &state, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("run once without --incremental"),
+        "{err}"
+    );
     let out = ok(&verify(&t, &state));
     assert!(out.contains("audit log verifies"), "{out}");
     let anchor: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     let checkpoint = anchor["checkpoint"].as_i64().unwrap();
     assert!(checkpoint > 3, "{anchor}");
+    // The next one, incremental, reads from that checkpoint on only (on a
+    // copy of the state: the cases below start from `checkpoint`).
+    ok(&t.admin(&[
+        "set-resource",
+        "kbs:///open/key/2",
+        "--file",
+        secret.to_str().unwrap(),
+    ]));
+    std::fs::copy(&state, state.with_extension("inc")).unwrap();
+    let out = ok(&verify_as(&t, &state.with_extension("inc"), true));
+    assert!(
+        out.contains(&format!("records {checkpoint}-")) && out.contains("from the checkpoint"),
+        "{out}"
+    );
     drop(t);
 
     // Each tampering, on a copy of the stopped trustee's data, is found by
@@ -1547,7 +1606,8 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
         )
         .unwrap()
     };
-    let cases: [(&str, String, &str); 5] = [
+    let rewritten = format!("record {checkpoint} is not in canonical form");
+    let cases: [(&str, String, &str); 6] = [
         (
             "modified",
             format!("UPDATE audit SET value = CAST(replace(CAST(value AS TEXT), 'open/key/1', 'open/key/9') AS BLOB) WHERE seq = {release_seq}"),
@@ -1568,6 +1628,11 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
             "record 3 is missing or out of order",
         ),
         ("cut back", format!("DELETE FROM audit WHERE seq >= {checkpoint}"), "cut back"),
+        (
+            "checkpoint rewritten",
+            format!("UPDATE audit SET value = CAST(replace(CAST(value AS TEXT), '\"seq\":{checkpoint},', '\"seq\":{checkpoint},\"seq\":{checkpoint},') AS BLOB) WHERE seq = {checkpoint}"),
+            &rewritten,
+        ),
     ];
     for (name, sql, want) in cases {
         let copy = dir.path().join(format!("copy-{}", name.replace(' ', "-")));
@@ -1603,20 +1668,28 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
                 t
             }
         };
-        let state_copy = dir.path().join(format!("{name}.state"));
-        std::fs::copy(&state, &state_copy).unwrap();
-        let out = verify(&t, &state_copy);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{name}: not detected: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(
-            err.contains("does NOT verify") && err.contains(want),
-            "{name}: {err}"
-        );
+        // Every change is found by a whole verification; a change at or
+        // after the checkpoint in the state also by an incremental one.
+        let runs: &[bool] = match name {
+            "cut back" | "checkpoint rewritten" => &[false, true],
+            _ => &[false],
+        };
+        for &inc in runs {
+            let state_copy = dir.path().join(format!("{name}-{inc}.state"));
+            std::fs::copy(&state, &state_copy).unwrap();
+            let out = verify_as(&t, &state_copy, inc);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{name} (incremental: {inc}): not detected: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(
+                err.contains("does NOT verify") && err.contains(want),
+                "{name} (incremental: {inc}): {err}"
+            );
+        }
     }
 }
 

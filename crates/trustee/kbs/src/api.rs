@@ -71,6 +71,8 @@ pub struct KbsState {
     pub rvps: Rvps,
     /// Trusted admin public keys.
     pub admin_keys: Vec<AdminKey>,
+    /// Auditors' public keys: they may read the audit log only.
+    pub auditor_keys: Vec<AdminKey>,
     /// Accept admin requests without authentication (development only).
     pub insecure_admin: bool,
     /// Session lifetime from `auth`, seconds.
@@ -169,7 +171,33 @@ pub(crate) fn require_admin(s: &KbsState, headers: &HeaderMap) -> Result<(), Kbs
             "send Authorization: Bearer <admin JWT> (cocoon admin does this)".into(),
         )
     })?;
-    verify_admin_token(token, &s.admin_keys, now()).map_err(|e| KbsError::AdminAuth(e.to_string()))
+    verify_admin_token(token, &s.admin_keys, now()).map_err(|e| {
+        if verify_admin_token(token, &s.auditor_keys, now()).is_ok() {
+            KbsError::AdminAuth(
+                "the token is signed by an auditor's key, which may read the audit log \
+                 (cocoon audit tail|verify) and nothing else"
+                    .into(),
+            )
+        } else {
+            KbsError::AdminAuth(e.to_string())
+        }
+    })
+}
+
+/// [`require_admin`], with auditors' keys trusted too: for reading the
+/// audit log.
+fn require_auditor(s: &KbsState, headers: &HeaderMap) -> Result<(), KbsError> {
+    if s.auditor_keys.is_empty() {
+        return require_admin(s, headers);
+    }
+    if s.insecure_admin {
+        return Ok(());
+    }
+    let token = bearer(headers).ok_or_else(|| {
+        KbsError::AdminAuth("send Authorization: Bearer <admin or auditor JWT>".into())
+    })?;
+    let keys = [s.admin_keys.as_slice(), s.auditor_keys.as_slice()].concat();
+    verify_admin_token(token, &keys, now()).map_err(|e| KbsError::AdminAuth(e.to_string()))
 }
 
 fn record(s: &KbsState, d: Denial) {
@@ -914,17 +942,20 @@ async fn audit_records(
     Query(q): Query<AuditQuery>,
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
-    require_admin(&s, &headers)?;
+    require_auditor(&s, &headers)?;
     let store = s.store.clone();
-    let rows =
-        tokio::task::spawn_blocking(move || store.audit_range(q.from.max(1), q.limit.min(10_000)))
-            .await
-            .map_err(|e| KbsError::Internal(e.to_string()))??;
+    let (rows, last) = tokio::task::spawn_blocking(move || {
+        let rows = store.audit_range(q.from.max(1), q.limit.min(10_000))?;
+        Ok::<_, cocoon_store::StoreError>((rows, store.audit_last()?))
+    })
+    .await
+    .map_err(|e| KbsError::Internal(e.to_string()))??;
     let records: Vec<Value> = rows
         .into_iter()
         .map(|(seq, bytes)| json!({"seq": seq, "record": String::from_utf8_lossy(&bytes)}))
         .collect();
-    Ok(Json(json!({ "records": records })).into_response())
+    // The newest record's number, so a client can start from the end.
+    Ok(Json(json!({ "records": records, "last": last })).into_response())
 }
 
 /// The audit key's public half (PEM), for `cocoon audit verify`.
@@ -932,7 +963,7 @@ async fn audit_public_key(
     State(s): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, KbsError> {
-    require_admin(&s, &headers)?;
+    require_auditor(&s, &headers)?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         s.audit.public_key_pem(),

@@ -29,7 +29,7 @@ use ed25519_dalek::{Signer, Verifier};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -125,8 +125,14 @@ struct Writer {
     store: Arc<dyn Store>,
     key: ed25519_dalek::SigningKey,
     every: u64,
-    /// The number by which the next checkpoint must come.
+    /// The number by which the next checkpoint must come, as this
+    /// writer promised it.
     next_due: AtomicU64,
+    /// The last record this writer committed (0: none). A batch that
+    /// follows another writer's record starts with a checkpoint: the
+    /// other writer's promise is not known here (replicas may have other
+    /// intervals), and the new checkpoint replaces it with this one's.
+    last_own: AtomicI64,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -246,19 +252,25 @@ impl Writer {
         batch: Option<&str>,
         unless_last: bool,
     ) -> Result<i64, StoreError> {
-        let mut due = 0;
+        let (mut due, mut own) = (0, 0);
         let seq = self.store.audit_append(&mut |last| {
             due = self.next_due.load(Ordering::Relaxed);
-            if let (true, Some(id), Some((_, bytes))) = (unless_last, batch, last)
+            if let (true, Some(id), Some((s, bytes))) = (unless_last, batch, last)
                 && ends_batch(bytes, id)
             {
                 tracing::warn!(
                     records = entries.len(),
                     "audit records committed late by an earlier try: not written again"
                 );
+                own = s;
                 return vec![];
             }
             let first = last.map_or(1, |(s, _)| s + 1);
+            let foreign = last.is_some_and(|(s, _)| s != self.last_own.load(Ordering::Relaxed));
+            own = match entries.len() {
+                0 => self.last_own.load(Ordering::Relaxed),
+                n => first + n as i64 - 1,
+            };
             let mut out: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
             for (i, e) in entries.iter().enumerate() {
                 let prev = match out.last() {
@@ -266,12 +278,14 @@ impl Writer {
                     None => last,
                 };
                 let tag = if i + 1 == entries.len() { batch } else { None };
-                let rec = self.make(prev, e, force_first && i == 0, tag, &mut due);
+                let force = i == 0 && (force_first || foreign);
+                let rec = self.make(prev, e, force, tag, &mut due);
                 out.push(rec);
             }
             out
         })?;
         self.next_due.store(due, Ordering::Relaxed);
+        self.last_own.store(own, Ordering::Relaxed);
         Ok(seq)
     }
 }
@@ -347,6 +361,7 @@ impl AuditLog {
             key,
             every: every.max(1),
             next_due: AtomicU64::new(tail.as_ref().ok().copied().flatten().unwrap_or(1)),
+            last_own: AtomicI64::new(0),
         });
         let mut first = vec![];
         match tail {
@@ -487,6 +502,32 @@ pub fn verify(
         return Err("the log is empty (record 1, the first start, is missing)".into());
     }
     verify_from(records, 1, GENESIS, key, anchor)
+}
+
+/// [`verify`] of the records from an earlier verification's last
+/// checkpoint on (`records` start with it): that checkpoint must still be
+/// the record it was (`anchor`: its number and hash), and everything after
+/// it must chain to it and keep its promises. The records before it are not
+/// read, so a change among them is found only by a whole verification.
+pub fn verify_since(
+    records: &[(i64, Vec<u8>)],
+    key: &ed25519_dalek::VerifyingKey,
+    anchor: (u64, &str),
+) -> Result<Verified, String> {
+    let Some((_, first)) = records.first() else {
+        return Err(format!(
+            "the log ends before record {0}, which an earlier verification saw as a \
+             checkpoint: it was cut back",
+            anchor.0
+        ));
+    };
+    // The anchor is trusted through its hash (checked below), its link
+    // to the records before it through the verification that saw it.
+    let prev = serde_json::from_slice::<Map<String, Value>>(first)
+        .ok()
+        .and_then(|m| m.get("prev").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    verify_from(records, anchor.0, &prev, key, Some(anchor))
 }
 
 /// [`verify`] of a segment starting at record `first` whose record before

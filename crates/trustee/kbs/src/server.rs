@@ -89,6 +89,8 @@ pub struct TrusteeConfig {
     /// Trusted admin public keys (PEM). Empty: the data directory's admin key,
     /// created on first start.
     pub admin_public_keys: Vec<PathBuf>,
+    /// Auditors' public keys: their tokens read the audit log only.
+    pub auditor_public_keys: Vec<PathBuf>,
     /// Key-encryption key file (default `<data-dir>/kek.key`).
     pub kek_file: Option<PathBuf>,
     /// The key-encryption key in a PKCS#11 token instead (an RFC 7512
@@ -153,6 +155,7 @@ impl Default for TrusteeConfig {
             insecure_admin: false,
             allow_insecure_on_network: false,
             admin_public_keys: Vec::new(),
+            auditor_public_keys: Vec::new(),
             kek_file: None,
             kek_pkcs11: None,
             dcap_collateral: None,
@@ -388,6 +391,11 @@ impl Trustee {
                 admin_keys.push(AdminKey::from_file(&f).map_err(|e| file_err(&f, e))?);
             }
         }
+        let auditor_keys = cfg
+            .auditor_public_keys
+            .iter()
+            .map(|f| AdminKey::from_file(f).map_err(|e| file_err(f, e)))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let (tls, cert_hint) = match &cfg.tls {
             TlsMode::InsecureHttp => {
@@ -428,6 +436,7 @@ impl Trustee {
                     "insecure_admin": cfg.insecure_admin,
                     "allow_dev_tee": cfg.allow_dev_tee,
                     "admin_keys": admin_keys.iter().map(crate::admin::fingerprint).collect::<Vec<_>>(),
+                    "auditor_keys": auditor_keys.iter().map(crate::admin::fingerprint).collect::<Vec<_>>(),
                 }),
             ),
             cfg.audit_accept_tampered,
@@ -441,6 +450,7 @@ impl Trustee {
             attestation,
             rvps,
             admin_keys,
+            auditor_keys,
             insecure_admin: cfg.insecure_admin,
             session_timeout_secs: cfg.session_timeout_secs,
             metrics: Metrics::new(),

@@ -14,6 +14,7 @@ fn writer(store: Arc<dyn Store>, key: &ed25519_dalek::SigningKey, every: u64) ->
         key: key.clone(),
         every,
         next_due: AtomicU64::new(1),
+        last_own: AtomicI64::new(0),
     }
 }
 
@@ -134,6 +135,43 @@ fn every_kind_of_tampering_is_found() {
 }
 
 #[test]
+fn an_incremental_verification_checks_from_the_anchor_on() {
+    let (records, key) = log(12, 4);
+    let vk = key.verifying_key();
+    let (cp, hash) = verify(&records[..10], &vk, None)
+        .unwrap()
+        .last_checkpoint
+        .unwrap();
+    assert_eq!(cp, 9);
+    let since = &records[8..];
+    let v = verify_since(since, &vk, (cp, &hash)).unwrap();
+    assert_eq!((v.records, v.next_due), (4, Some(13)));
+    // A change after the anchor, to the anchor, or the anchor gone.
+    let mut changed = since.to_vec();
+    changed[2].1 = String::from_utf8(changed[2].1.clone())
+        .unwrap()
+        .replace("default/key/10", "default/key/X")
+        .into_bytes();
+    let e = verify_since(&changed, &vk, (cp, &hash)).unwrap_err();
+    assert!(e.contains("record 12 does not follow record 11"), "{e}");
+    let e = verify_since(&since[1..], &vk, (cp, &hash)).unwrap_err();
+    assert!(e.contains("record 9 is missing or out of order"), "{e}");
+    let e = verify_since(since, &vk, (cp, &"0".repeat(64))).unwrap_err();
+    assert!(e.contains("is now another record"), "{e}");
+    let e = verify_since(&[], &vk, (cp, &hash)).unwrap_err();
+    assert!(e.contains("cut back"), "{e}");
+    // A forged anchor (re-chained records after a changed one) is not signed.
+    let mut forged = records.clone();
+    forged[8].1 = String::from_utf8(forged[8].1.clone())
+        .unwrap()
+        .replace("default/key/8", "default/key/X")
+        .into_bytes();
+    rechain(&mut forged, 9);
+    let e = verify_since(&forged[8..], &vk, (cp, &hash)).unwrap_err();
+    assert!(e.contains("checkpoint 9 is not signed"), "{e}");
+}
+
+#[test]
 fn consistent_forgeries_without_the_key_are_found() {
     let (records, key) = log(12, 4);
     let vk = key.verifying_key();
@@ -217,6 +255,34 @@ fn a_start_does_not_sign_over_a_tail_that_no_longer_verifies() {
     assert!(e.contains("record 7 does not follow record 6"), "{e}");
 }
 
+/// Replicas with other checkpoint intervals: each keeps the promise of
+/// the checkpoint before its records, since a writer that follows
+/// another's record starts with a checkpoint of its own.
+#[test]
+fn replicas_with_other_checkpoint_intervals_keep_each_others_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let open = || Arc::new(cocoon_store::SqliteStore::open(&path).unwrap()) as Arc<dyn Store>;
+    let (short, long) = (writer(open(), &key, 3), writer(open(), &key, 50));
+    let entries = |n: u64| (0..n).map(release).collect::<Vec<_>>();
+    short.write(&entries(1), true).unwrap(); // 1, promises 4
+    short.write(&entries(2), false).unwrap(); // 2-3
+    long.write(&entries(4), false).unwrap(); // 4-7, promises 54
+    short.write(&entries(4), false).unwrap(); // 8-11, 11 promises 14
+    long.write(&entries(1), false).unwrap(); // 12, promises 62
+    long.write(&entries(2), false).unwrap(); // 13-14: after its own, no checkpoint
+    let records = short.store.audit_range(1, 100).unwrap();
+    let checkpoints: Vec<i64> = records
+        .iter()
+        .filter(|(_, r)| text(r).get("checkpoint") == Some(&Value::Bool(true)))
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(checkpoints, [1, 4, 8, 11, 12]);
+    let v = verify(&records, &key.verifying_key(), None).unwrap();
+    assert_eq!((v.records, v.next_due), (14, Some(62)));
+}
+
 #[test]
 fn two_replicas_on_one_database_keep_one_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -230,12 +296,13 @@ fn two_replicas_on_one_database_keep_one_chain() {
     first
         .write(&[Entry::new("start", serde_json::json!({}))], true)
         .unwrap();
-    let writers: Vec<_> = (0..2)
-        .map(|_| {
+    let writers: Vec<_> = [3, 7]
+        .into_iter()
+        .map(|every| {
             Arc::new(writer(
                 Arc::new(cocoon_store::SqliteStore::open(&path).unwrap()),
                 &key,
-                7,
+                every,
             ))
         })
         .collect();
