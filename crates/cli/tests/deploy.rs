@@ -149,6 +149,7 @@ referenceValues:
                 "tls.existingSecret=trustee-tls",
                 "admin.existingSecret=trustee-admins",
                 "admin.keys={alice.pub,bob.pub}",
+                "auditors.existingSecret=trustee-auditors",
                 "kek.existingSecret=trustee-kek",
                 "kbsResources.existingSecret=owner-secrets",
                 "kbsResources.items[0].key=image-key",
@@ -179,6 +180,7 @@ referenceValues:
                 "trustedProxies={10.0.0.0/8,192.0.2.10}",
             ],
         ),
+        render(tmp.path(), "trustee-hsm", &trustee, HSM_VALUES),
     ];
     // Every object of every file was looked at, for both releases.
     let objects: usize = files
@@ -216,6 +218,8 @@ referenceValues:
     for want in [
         "--tls-cert=/etc/cocoon/tls/tls.crt",
         "--admin-public-key=/etc/cocoon/admin/bob.pub",
+        "--auditor-public-key=/etc/cocoon/auditors/auditor.pub",
+        "secretName: trustee-auditors",
         "--kek-file=/etc/cocoon/kek/kek.key",
         "path: default/image-key/app",
         "--resource-dir=/etc/cocoon/resources",
@@ -265,6 +269,19 @@ referenceValues:
         ("database.existingSecret=db", "set tls.existingSecret too"),
         ("database.caSecret=ca", "set database.existingSecret too"),
         ("preStopSleepSeconds=20", "preStopSleepSeconds must be 0-15"),
+        (
+            "database.existingSecret=db,tls.existingSecret=t,admin.existingSecret=a,auditKey.existingSecret=au",
+            "set kek.existingSecret (or kek.pkcs11.token) too",
+        ),
+        (
+            "kek.pkcs11.token=t,kek.existingSecret=k",
+            "kek.existingSecret and kek.pkcs11.token both give the key-encryption key",
+        ),
+        ("kek.pkcs11.token=t", "set kek.pkcs11.modulePath too"),
+        (
+            "kek.pkcs11.token=t,kek.pkcs11.modulePath=/m.so",
+            "set kek.pkcs11.pinSecret too",
+        ),
     ] {
         let out = Command::new(tool("helm"))
             .args(["template", "rel", &trustee, "--set", set])
@@ -288,6 +305,118 @@ referenceValues:
     );
     let node_default = std::fs::read_to_string(&files[0]).unwrap();
     assert!(node_default.contains("kind: ValidatingAdmissionPolicyBinding"));
+}
+
+/// The trustee chart with its key-encryption key in an HSM, on
+/// PostgreSQL, with the vendor's client library from a volume. The
+/// token's label needs escaping in a `pkcs11:` URI.
+const HSM_VALUES: &[&str] = &[
+    "database.existingSecret=trustee-db",
+    "tls.existingSecret=trustee-tls",
+    "admin.existingSecret=trustee-admins",
+    "auditKey.existingSecret=trustee-audit",
+    "kek.pkcs11.token=fleet hsm;1",
+    "kek.pkcs11.modulePath=/usr/lib/softhsm/libsofthsm2.so",
+    "kek.pkcs11.pinSecret=trustee-hsm-pin",
+    "kek.pkcs11.pinKey=user-pin",
+    "extraVolumes[0].name=hsm-client",
+    "extraVolumes[0].hostPath.path=/opt/hsm-client",
+    "extraVolumeMounts[0].name=hsm-client",
+    "extraVolumeMounts[0].mountPath=/opt/hsm-client",
+    "extraEnv[0].name=SOFTHSM2_CONF",
+    "extraEnv[0].value=/opt/hsm-client/softhsm2.conf",
+];
+
+/// The `--kek` the chart renders opens a real token: a trustee started
+/// with it (the PIN file at the path the Secret volume has in the pod
+/// replaced by a local one) keeps its key in SoftHSM2, under a label
+/// with a space and a semicolon.
+#[test]
+fn the_trustee_chart_keeps_the_kek_in_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = render(
+        tmp.path(),
+        "trustee-hsm",
+        &chart("cocoon-trustee"),
+        HSM_VALUES,
+    );
+    let pod = &object(&file, "Deployment")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args = argv(&c["args"]);
+    let kek = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--kek="))
+        .unwrap_or_else(|| panic!("no --kek in {args:?}"));
+    assert!(
+        !args.iter().any(|a| a.starts_with("--kek-file")),
+        "{args:?}"
+    );
+    let pin_in_pod = "file:/etc/cocoon/hsm-pin/pin";
+    assert!(kek.ends_with(pin_in_pod), "{kek}");
+    // The PIN comes from its Secret, readable by the trustee alone, at
+    // the path the URI names; the extra volume, mount and variable are there.
+    let mounts = c["volumeMounts"].as_array().unwrap();
+    let mount = |name: &str| mounts.iter().find(|m| m["name"] == name).cloned();
+    assert_eq!(
+        mount("hsm-pin").unwrap()["mountPath"],
+        "/etc/cocoon/hsm-pin"
+    );
+    assert_eq!(mount("hsm-client").unwrap()["mountPath"], "/opt/hsm-client");
+    let volumes = pod["volumes"].as_array().unwrap();
+    let pin = volumes.iter().find(|v| v["name"] == "hsm-pin").unwrap();
+    assert_eq!(pin["secret"]["secretName"], "trustee-hsm-pin");
+    // 0400 is octal to Kubernetes (YAML 1.1); the parser here reads it as text.
+    let mode = &pin["secret"]["defaultMode"];
+    assert!(*mode == 0o400 || *mode == "0400", "{mode}");
+    assert_eq!(pin["secret"]["items"][0]["key"], "user-pin");
+    assert_eq!(pin["secret"]["items"][0]["path"], "pin");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["hostPath"]["path"] == "/opt/hsm-client")
+    );
+    let env = c["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "COCOON_DATABASE"));
+    assert!(env.iter().any(|e| e["name"] == "SOFTHSM2_CONF"));
+
+    let hsm = cocoon_fixtures::softhsm::SoftHsm::new("fleet hsm;1", "8642");
+    let local = kek.replace(pin_in_pod, &format!("file:{}", hsm.pin_file.display()));
+    let data = tmp.path().join("data");
+    let env = [("SOFTHSM2_CONF", hsm.conf.as_os_str())];
+    let t = TrusteeProc::try_start_env(
+        &data,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--kek",
+            &local,
+        ],
+        &env,
+    )
+    .unwrap_or_else(|log| panic!("the trustee did not start with {local}:\n{log}"));
+    let log = t.stop();
+    assert!(log.contains("in the PKCS#11 token"), "{log}");
+    assert!(!log.contains("8642"), "the PIN is in the log:\n{log}");
+    assert!(!data.join("kek.key").exists());
+    // The escaping matters: the label written as is (its semicolon then
+    // ends the attribute) is refused.
+    let unescaped = local.replace("fleet%20hsm%3B1", "fleet hsm;1");
+    assert!(
+        TrusteeProc::try_start_env(
+            &tmp.path().join("data2"),
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-http",
+                "--kek",
+                &unescaped
+            ],
+            &env,
+        )
+        .is_err(),
+        "an unescaped label was taken"
+    );
 }
 
 #[test]
@@ -418,6 +547,7 @@ fn the_charts_run_commands_cocoon_accepts() {
             "kek.existingSecret=k",
             "tls.existingSecret=t",
             "admin.existingSecret=a",
+            "auditors.existingSecret=au",
             "kbsResources.existingSecret=r",
             "tpmEkCa.existingSecret=c",
             "policies.resource\\.rego=x",
