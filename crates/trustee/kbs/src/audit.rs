@@ -17,11 +17,10 @@
 //! the last one are unsigned.
 //!
 //! The last record of each batch the background writer commits carries
-//! a random `batch` id. A batch whose try failed as unavailable may have
-//! committed all the same (the answer lost after the commit), or commit
-//! while it is tried again: the newest records are searched for its id
-//! first, and the try itself writes nothing when the log turns out to end
-//! with the batch.
+//! a random `batch` id, which the store also keeps, in the same
+//! transaction. A batch whose try failed as unavailable may have committed
+//! all the same (the answer lost after the commit), or commit while it is
+//! tried again: the store writes nothing for an id it has.
 
 use crate::api::now;
 use cocoon_store::{Store, StoreError};
@@ -48,9 +47,6 @@ const GATHER: Duration = Duration::from_millis(10);
 /// Records queued at most; past that a record is counted as lost and the
 /// trustee reports itself not ready.
 const QUEUE: usize = 65_536;
-/// How many of the newest records a batch tried again looks through for
-/// itself (see [`Writer::write_batch`]).
-const RECHECK: usize = 4096;
 
 /// One event to record.
 #[derive(Debug, Clone)]
@@ -194,83 +190,39 @@ impl Writer {
     /// on only once the batch is committed (a batch made again after
     /// another writer's records starts from the committed promise).
     fn write(&self, entries: &[Entry], force_first: bool) -> Result<i64, StoreError> {
-        self.write_tagged(entries, force_first, None, false)
+        self.write_tagged(entries, force_first, None)
     }
 
     /// Writes one batch of the background writer; its last record
-    /// carries `batch`, the batch's random id. `again`: an earlier try
-    /// failed as unavailable, which may have come after the commit (a
-    /// lost answer) or before a commit the database still completes, so:
-    /// - a batch found among the newest [`RECHECK`] records is not
-    ///   written again;
-    /// - nor is it when it turns out to be the last record at the write
-    ///   itself (the first try committed while this one waited for it).
-    ///
-    /// A search that fails for another reason than the database being
-    /// unreachable writes the batch: a duplicate is better than a loss.
+    /// carries `batch`, the batch's random id, which the store also keeps
+    /// in the same transaction. `again`: an earlier try failed as
+    /// unavailable, which may have come after the commit (a lost answer)
+    /// or before a commit the database still completed; the store then
+    /// knows the id and writes nothing.
     fn write_batch(&self, entries: &[Entry], batch: &str, again: bool) -> Result<(), StoreError> {
-        if again {
-            match self.holds(batch) {
-                Ok(true) => {
-                    tracing::warn!(
-                        records = entries.len(),
-                        "audit records were committed before the database stopped answering: not written again"
-                    );
-                    return Ok(());
-                }
-                Ok(false) => {}
-                Err(e @ StoreError::Unavailable(_)) => return Err(e),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "cannot look for audit records that may be written already: writing them"
-                ),
-            }
+        let seq = self.write_tagged(entries, false, Some(batch))?;
+        if again && seq == 0 && !entries.is_empty() {
+            tracing::warn!(
+                records = entries.len(),
+                "audit records were committed before the database stopped answering: not written again"
+            );
         }
-        self.write_tagged(entries, false, Some(batch), again)
-            .map(|_| ())
+        Ok(())
     }
 
-    /// Whether one of the newest [`RECHECK`] records ends batch `batch`.
-    fn holds(&self, batch: &str) -> Result<bool, StoreError> {
-        let Some(head) = self.store.audit_last()? else {
-            return Ok(false);
-        };
-        let from = (head - RECHECK as i64 + 1).max(1);
-        Ok(self
-            .store
-            .audit_range(from, RECHECK)?
-            .iter()
-            .any(|(_, r)| ends_batch(r, batch)))
-    }
-
-    /// `batch` tags the last record; `unless_last`: nothing is written
-    /// when the log already ends with that batch.
+    /// `batch` tags the last record and goes to the store with it.
     fn write_tagged(
         &self,
         entries: &[Entry],
         force_first: bool,
         batch: Option<&str>,
-        unless_last: bool,
     ) -> Result<i64, StoreError> {
         let (mut due, mut own) = (0, 0);
-        let seq = self.store.audit_append(&mut |last| {
+        let seq = self.store.audit_append(batch, &mut |last| {
             due = self.next_due.load(Ordering::Relaxed);
-            if let (true, Some(id), Some((s, bytes))) = (unless_last, batch, last)
-                && ends_batch(bytes, id)
-            {
-                tracing::warn!(
-                    records = entries.len(),
-                    "audit records committed late by an earlier try: not written again"
-                );
-                own = s;
-                return vec![];
-            }
             let first = last.map_or(1, |(s, _)| s + 1);
             let foreign = last.is_some_and(|(s, _)| s != self.last_own.load(Ordering::Relaxed));
-            own = match entries.len() {
-                0 => self.last_own.load(Ordering::Relaxed),
-                n => first + n as i64 - 1,
-            };
+            own = first + entries.len() as i64 - 1;
             let mut out: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
             for (i, e) in entries.iter().enumerate() {
                 let prev = match out.last() {
@@ -284,8 +236,12 @@ impl Writer {
             }
             out
         })?;
-        self.next_due.store(due, Ordering::Relaxed);
-        self.last_own.store(own, Ordering::Relaxed);
+        // Nothing written (no entries, or the batch was there already):
+        // what the callback made never reached the log.
+        if seq > 0 {
+            self.next_due.store(due, Ordering::Relaxed);
+            self.last_own.store(own, Ordering::Relaxed);
+        }
         Ok(seq)
     }
 }
@@ -295,12 +251,6 @@ fn random_id() -> String {
     let mut id = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
     hex::encode(id)
-}
-
-/// Whether a record's `batch` is `id`.
-fn ends_batch(record: &[u8], id: &str) -> bool {
-    serde_json::from_slice::<Map<String, Value>>(record)
-        .is_ok_and(|m| m.get("batch").and_then(Value::as_str) == Some(id))
 }
 
 /// What the start found of the log before it.

@@ -102,7 +102,16 @@ pub trait Store: Send + Sync {
     /// and returns the records that follow it, stored in one transaction
     /// as its number + 1, + 2, ... Durable on return; returns the last
     /// number written (0 if none).
-    fn audit_append(&self, make: &mut MakeRecords<'_>) -> Result<i64, StoreError>;
+    ///
+    /// `batch`: an id stored in the same transaction. A batch whose id is
+    /// stored already is not written again (0 is returned, `make` may not
+    /// be called), so the try that follows an answer lost after the
+    /// commit never writes its records twice.
+    fn audit_append(
+        &self,
+        batch: Option<&str>,
+        make: &mut MakeRecords<'_>,
+    ) -> Result<i64, StoreError>;
     /// The number of the last audit record.
     fn audit_last(&self) -> Result<Option<i64>, StoreError>;
     /// Audit records from number `from` on, at most `limit`, in order.

@@ -72,6 +72,8 @@ const MIGRATIONS: &[&str] = &[
      END $$;
      CREATE TRIGGER kv_notify AFTER INSERT OR UPDATE OR DELETE ON kv
          FOR EACH ROW EXECUTE FUNCTION cocoon_kv_notify();",
+    // 2: the ids of the audit batches written, each with its last record.
+    "CREATE TABLE audit_batch (id TEXT PRIMARY KEY, seq BIGINT NOT NULL);",
 ];
 
 /// PostgreSQL-backed [`Store`].
@@ -911,11 +913,16 @@ impl Store for PgStore {
         })
     }
 
-    fn audit_append(&self, make: &mut MakeRecords<'_>) -> Result<i64, StoreError> {
+    fn audit_append(
+        &self,
+        batch: Option<&str>,
+        make: &mut MakeRecords<'_>,
+    ) -> Result<i64, StoreError> {
         // Optimistic: read the last record, make the batch after it, insert
-        // the batch in one statement. The sequence number is the primary
-        // key, so when another writer got there first the insert fails as
-        // a whole and the batch is made again after the new last record.
+        // the batch (and its id) in one statement. The sequence number is
+        // the primary key, so when another writer got there first the
+        // insert fails as a whole and the batch is made again after the
+        // new last record; when the batch's id is there, it was written.
         for _ in 0..100 {
             let last: Option<(i64, Vec<u8>)> = self.query(move |c| async move {
                 let st = c
@@ -930,18 +937,41 @@ impl Store for PgStore {
             }
             let seqs: Vec<i64> = (first..first + values.len() as i64).collect();
             let end = *seqs.last().expect("non-empty");
+            let id = batch.map(str::to_string);
             let inserted = self.pool_call(move |c| async move {
-                let st = c
-                    .prepare_cached(
-                        "INSERT INTO audit (seq, value)
-                         SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[])",
-                    )
-                    .await?;
-                c.execute(&st, &[&seqs, &values]).await
+                match id {
+                    None => {
+                        let st = c
+                            .prepare_cached(
+                                "INSERT INTO audit (seq, value)
+                                 SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[])",
+                            )
+                            .await?;
+                        c.execute(&st, &[&seqs, &values]).await
+                    }
+                    Some(id) => {
+                        let st = c
+                            .prepare_cached(
+                                "WITH a AS (
+                                     INSERT INTO audit (seq, value)
+                                     SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[])
+                                     RETURNING seq)
+                                 INSERT INTO audit_batch (id, seq) SELECT $3, max(seq) FROM a",
+                            )
+                            .await?;
+                        c.execute(&st, &[&seqs, &values, &id]).await
+                    }
+                }
             })?;
             match inserted {
                 Ok(_) => return Ok(end),
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue,
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                    let constraint = e.as_db_error().and_then(|d| d.constraint());
+                    if constraint == Some("audit_batch_pkey") {
+                        return Ok(0);
+                    }
+                    continue;
+                }
                 Err(e) => return Err(classify(e)),
             }
         }

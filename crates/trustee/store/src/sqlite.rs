@@ -42,7 +42,9 @@ impl SqliteStore {
                  at INTEGER NOT NULL, value BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS events_ns ON events (ns, id);
              CREATE TABLE IF NOT EXISTS audit (
-                 seq INTEGER PRIMARY KEY, value BLOB NOT NULL);",
+                 seq INTEGER PRIMARY KEY, value BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit_batch (
+                 id TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;",
         )?;
         let mut pool = vec![Mutex::new(first)];
         for _ in 1..POOL_SIZE {
@@ -125,13 +127,26 @@ impl Store for SqliteStore {
         })
     }
 
-    fn audit_append(&self, make: &mut crate::MakeRecords<'_>) -> Result<i64, StoreError> {
+    fn audit_append(
+        &self,
+        batch: Option<&str>,
+        make: &mut crate::MakeRecords<'_>,
+    ) -> Result<i64, StoreError> {
         self.with(|c| {
             // IMMEDIATE: the write lock from the start, so two writers (two
             // processes on one database) cannot both chain to the same last
             // record.
             c.execute_batch("BEGIN IMMEDIATE")?;
             let mut run = || -> Result<i64, StoreError> {
+                if let Some(id) = batch {
+                    let seen = c
+                        .prepare_cached("SELECT 1 FROM audit_batch WHERE id = ?1")?
+                        .query_row([id], |_| Ok(()))
+                        .optional()?;
+                    if seen.is_some() {
+                        return Ok(0);
+                    }
+                }
                 let last: Option<(i64, Vec<u8>)> = c
                     .prepare_cached("SELECT seq, value FROM audit ORDER BY seq DESC LIMIT 1")?
                     .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -144,6 +159,10 @@ impl Store for SqliteStore {
                     c.prepare_cached("INSERT INTO audit (seq, value) VALUES (?1, ?2)")?
                         .execute(params![seq, value])?;
                     wrote = seq;
+                }
+                if let (Some(id), true) = (batch, wrote > 0) {
+                    c.prepare_cached("INSERT INTO audit_batch (id, seq) VALUES (?1, ?2)")?
+                        .execute(params![id, wrote])?;
                 }
                 Ok(wrote)
             };

@@ -59,7 +59,8 @@ fn audit_under_contention(a: Arc<dyn Store>, b: Arc<dyn Store>) {
             std::thread::spawn(move || {
                 for i in 0..25 {
                     let n = 1 + (i % 3);
-                    s.audit_append(&mut |last| {
+                    let id = format!("w{w}-{i}");
+                    s.audit_append(Some(&id), &mut |last| {
                         let first = last.map_or(1, |(s, _)| s + 1);
                         let mut p = last.map_or("genesis".into(), |(_, v)| {
                             String::from_utf8_lossy(v).into_owned()
@@ -100,7 +101,18 @@ fn audit_under_contention(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     }
     assert_eq!(a.audit_range(want - 1, 10).unwrap().len(), 2);
     // An empty batch writes nothing.
-    assert_eq!(a.audit_append(&mut |_| vec![]).unwrap(), 0);
+    assert_eq!(a.audit_append(None, &mut |_| vec![]).unwrap(), 0);
+    // A batch whose id was written is not written again, through either
+    // handle; one without an id or with a new one is.
+    let mut one = |_: Option<(i64, &[u8])>| vec![b"x".to_vec()];
+    for s in [&a, &b] {
+        assert_eq!(s.audit_append(Some("w2-7"), &mut one).unwrap(), 0);
+    }
+    assert_eq!(b.audit_last().unwrap(), Some(want));
+    assert_eq!(a.audit_append(None, &mut one).unwrap(), want + 1);
+    assert_eq!(b.audit_append(Some("new"), &mut one).unwrap(), want + 2);
+    assert_eq!(a.audit_append(Some("new"), &mut one).unwrap(), 0);
+    assert_eq!(a.audit_last().unwrap(), Some(want + 2));
 }
 
 #[test]
@@ -131,9 +143,12 @@ fn postgres_conformance_audit_notifications_and_outage() {
     // A second replica starting on the migrated schema changes nothing.
     let b = PgStore::connect(&url).unwrap();
     assert_eq!(
-        pg.psql("cocoon", "SELECT count(*) FROM cocoon_schema")
-            .trim(),
-        "1"
+        pg.psql(
+            "cocoon",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM cocoon_schema"
+        )
+        .trim(),
+        "1,2"
     );
     conformance(&a, &b);
 
@@ -240,8 +255,36 @@ fn postgres_refusals_are_clear_and_hide_the_password() {
         err.contains("without the database's CA") && err.contains("--database-ca"),
         "{err}"
     );
-    // A database from a newer trustee is refused, not downgraded.
+    // A database of schema 1 (audit records, no batch ids) is brought up
+    // to date at start, its records kept.
     let pg = Postgres::start_new();
+    let url = pg.database("older");
+    let s = PgStore::connect(&url).unwrap();
+    s.audit_append(None, &mut |_| vec![b"r1".to_vec()]).unwrap();
+    drop(s);
+    pg.psql(
+        "older",
+        "DROP TABLE audit_batch; DELETE FROM cocoon_schema WHERE version > 1",
+    );
+    let s = PgStore::connect(&url).unwrap();
+    assert_eq!(
+        pg.psql("older", "SELECT max(version) FROM cocoon_schema")
+            .trim(),
+        "2"
+    );
+    assert_eq!(
+        s.audit_append(Some("b"), &mut |_| vec![b"r2".to_vec()])
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.audit_append(Some("b"), &mut |_| vec![b"r3".to_vec()])
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.audit_range(1, 10).unwrap().len(), 2);
+    drop(s);
+    // A database from a newer trustee is refused, not downgraded.
     let url = pg.database("newer");
     PgStore::connect(&url).unwrap();
     pg.psql("newer", "INSERT INTO cocoon_schema (version) VALUES (99)");

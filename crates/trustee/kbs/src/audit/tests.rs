@@ -365,8 +365,12 @@ impl Store for LostAnswer {
     fn recent(&self, ns: &str, limit: usize) -> Result<Vec<cocoon_store::Event>, StoreError> {
         self.inner.recent(ns, limit)
     }
-    fn audit_append(&self, make: &mut cocoon_store::MakeRecords<'_>) -> Result<i64, StoreError> {
-        let n = self.inner.audit_append(make)?;
+    fn audit_append(
+        &self,
+        batch: Option<&str>,
+        make: &mut cocoon_store::MakeRecords<'_>,
+    ) -> Result<i64, StoreError> {
+        let n = self.inner.audit_append(batch, make)?;
         if !self.lost.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Unavailable("no answer after the commit".into()));
         }
@@ -418,31 +422,31 @@ async fn a_batch_committed_before_its_answer_was_lost_is_not_written_again() {
     assert_eq!(tagged, 1, "one batch, tagged once");
     verify(&records, &key.verifying_key(), None).unwrap();
 
-    // A batch that really failed is written on the next try.
+    // A batch that really failed is written on the next try, and one
+    // that is there already is not, even behind other writers' records.
     let w = writer(inner.clone(), &key, 100);
-    w.next_due.store(1000, Ordering::Relaxed);
-    w.write_batch(&[release(9)], "00112233445566778899aabbccddeeff", true)
-        .unwrap();
+    let other = writer(inner.clone(), &key, 100);
+    let id = "00112233445566778899aabbccddeeff";
+    w.write_batch(&[release(9)], id, true).unwrap();
     let after = inner.audit_range(1, 100).unwrap();
     assert_eq!(after.len(), records.len() + 1);
-    assert!(w.holds("00112233445566778899aabbccddeeff").unwrap());
-    // And a batch that is there already is not.
-    w.write_batch(&[release(9)], "00112233445566778899aabbccddeeff", true)
+    for n in 0..3 {
+        w.write_batch(&[release(9)], id, true).unwrap();
+        assert_eq!(inner.audit_range(1, 100).unwrap().len(), after.len() + n);
+        other.write(&[release(20 + n as u64)], false).unwrap();
+    }
+    let end = inner.audit_range(1, 100).unwrap();
+    let nines = end
+        .iter()
+        .filter(|(_, r)| text(r).get("resource") == Some(&Value::from("default/key/9")))
+        .count();
+    assert_eq!(nines, 1, "the batch once");
+    // After the refused tries, its next batch, behind the other writer's
+    // record, starts with a checkpoint.
+    w.write_batch(&[release(30)], "ffeeddccbbaa99887766554433221100", false)
         .unwrap();
-    assert_eq!(inner.audit_range(1, 100).unwrap().len(), after.len());
-    // Nor one that the write itself finds at the end of the log (an
-    // earlier try that committed while this one waited for it).
-    let late = |id: &str, unless_last: bool| {
-        w.write_tagged(&[release(10), release(11)], false, Some(id), unless_last)
-            .unwrap();
-        inner.audit_range(1, 100).unwrap().len()
-    };
-    let n = late("ffeeddccbbaa99887766554433221100", false);
-    assert_eq!(n, after.len() + 2);
-    assert_eq!(late("ffeeddccbbaa99887766554433221100", true), n);
-    // Which a first try, or another batch, does not do.
-    assert_eq!(late("ffeeddccbbaa99887766554433221100", false), n + 2);
-    assert_eq!(late("0123456789abcdef0123456789abcdef", true), n + 4);
+    let last = inner.audit_range(1, 100).unwrap().pop().unwrap();
+    assert_eq!(text(&last.1).get("checkpoint"), Some(&Value::Bool(true)));
     verify(
         &inner.audit_range(1, 100).unwrap(),
         &key.verifying_key(),
