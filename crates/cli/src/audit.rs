@@ -12,6 +12,20 @@ pub enum AuditCommand {
     Tail(TailArgs),
     /// Check the whole log: numbering, hash chain and checkpoint signatures.
     Verify(VerifyArgs),
+    /// Remove the records before a signed checkpoint (keep a copy first:
+    /// `cocoon audit tail --from 1 -n N`). The log then starts with that
+    /// checkpoint, and a signed prune record says so.
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    admin: AdminConnection,
+    /// Remove what comes before the newest checkpoint at or before this
+    /// record number.
+    #[arg(long)]
+    before: u64,
 }
 
 #[derive(Args)]
@@ -45,6 +59,10 @@ pub struct VerifyArgs {
     /// among them is found only by a run without this flag.
     #[arg(long, requires = "state")]
     incremental: bool,
+    /// Check a copy of the log instead of asking the trustee: records one
+    /// per line, as `cocoon audit tail` prints them (needs --public-key).
+    #[arg(long, requires = "public_key")]
+    file: Option<PathBuf>,
 }
 
 #[derive(serde::Deserialize)]
@@ -80,20 +98,47 @@ async fn page(ad: &Admin, from: i64, limit: usize) -> Result<Page> {
     Ok(p)
 }
 
-/// Every record from number `from` on, in order.
-async fn all(ad: &Admin, mut from: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+/// The records from number `from` on, in order, at least `want` of them
+/// when there are (pages of 5,000, the trustee's answers being capped).
+async fn all_rows(ad: &Admin, mut from: i64, want: usize) -> Result<Vec<Row>> {
     let mut out = vec![];
     loop {
         let rows = page(ad, from, 5000).await?.records;
         let n = rows.len();
-        for r in rows {
+        if let Some(r) = rows.last() {
             from = r.seq + 1;
-            out.push((r.seq, r.record.into_bytes()));
         }
-        if n < 5000 {
+        out.extend(rows);
+        if n < 5000 || out.len() >= want {
             return Ok(out);
         }
     }
+}
+
+/// Every record from number `from` on, in order.
+async fn all(ad: &Admin, from: i64) -> Result<Vec<(i64, Vec<u8>)>> {
+    Ok(all_rows(ad, from, usize::MAX)
+        .await?
+        .into_iter()
+        .map(|r| (r.seq, r.record.into_bytes()))
+        .collect())
+}
+
+/// Records from a copy of the log, one per line, each numbered by its
+/// own `seq` (0 when it has none, which the verification then names).
+fn from_file(path: &std::path::Path) -> Result<Vec<(i64, Vec<u8>)>> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let seq = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["seq"].as_i64())
+                .unwrap_or(0);
+            (seq, line.to_vec())
+        })
+        .collect())
 }
 
 fn ed25519_from_pem(pem: &str) -> Result<ed25519_dalek::VerifyingKey> {
@@ -107,31 +152,46 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
     match cmd {
         AuditCommand::Tail(a) => {
             let ad = Admin::new(&a.admin)?;
-            let from = match a.from {
-                Some(f) => f,
-                // The newest N: from N before the end.
-                None => match page(&ad, 1, 0).await?.last {
-                    Some(last) => (last - a.limit as i64 + 1).max(1),
-                    None => 1,
-                },
+            let rows: Vec<Row> = match a.from {
+                Some(f) => {
+                    let mut rows = all_rows(&ad, f, a.limit).await?;
+                    rows.truncate(a.limit);
+                    rows
+                }
+                // The newest N: from N before the end (a trustee that does
+                // not say where the end is: everything, then the last N).
+                None => {
+                    let from = match page(&ad, 1, 0).await?.last {
+                        Some(last) => (last - a.limit as i64 + 1).max(1),
+                        None => 1,
+                    };
+                    let mut rows = all_rows(&ad, from, usize::MAX).await?;
+                    let skip = rows.len().saturating_sub(a.limit);
+                    rows.drain(..skip);
+                    rows
+                }
             };
-            let rows = page(&ad, from, a.limit).await?.records;
             for r in rows {
                 println!("{}", r.record);
             }
             Ok(0)
         }
         AuditCommand::Verify(a) => {
-            let ad = Admin::new(&a.admin)?;
-            let pem = match &a.public_key {
-                Some(p) => std::fs::read_to_string(p)
+            // A copy in a file needs no trustee (nor an admin key).
+            let ad = match &a.file {
+                Some(_) => None,
+                None => Some(Admin::new(&a.admin)?),
+            };
+            let pem = match (&a.public_key, &ad) {
+                (Some(p), _) => std::fs::read_to_string(p)
                     .with_context(|| format!("reading {}", p.display()))?,
-                None => {
+                (None, Some(ad)) => {
                     ad.send(ad.http.get(ad.conn.kbs("/audit/public-key")), "audit key")
                         .await?
                         .text()
                         .await?
                 }
+                (None, None) => bail!("--file needs --public-key"),
             };
             let key = ed25519_from_pem(&pem)?;
             let anchor: Option<State> = match &a.state {
@@ -152,7 +212,15 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 ),
                 (_, false) => None,
             };
-            let records = all(&ad, since.map_or(1, |(cp, _)| cp as i64)).await?;
+            let from = since.map_or(1, |(cp, _)| cp as i64);
+            let records = match (&a.file, &ad) {
+                (Some(f), _) => from_file(f)?
+                    .into_iter()
+                    .skip_while(|(s, _)| *s < from)
+                    .collect(),
+                (None, Some(ad)) => all(ad, from).await?,
+                (None, None) => unreachable!("an admin connection is made without --file"),
+            };
             let verified = match since {
                 Some(anchor) => cocoon_kbs::audit::verify_since(&records, &key, anchor),
                 None => cocoon_kbs::audit::verify(
@@ -168,8 +236,9 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                     return Ok(1);
                 }
             };
-            // The number of the last record read.
-            let head = since.map_or(0, |(cp, _)| cp - 1) + v.records;
+            // The numbers of the first and last records read.
+            let first = records.first().map_or(0, |(s, _)| *s as u64);
+            let head = records.last().map_or(0, |(s, _)| *s as u64);
             let after = match &v.last_checkpoint {
                 Some((cp, _)) => head - cp,
                 None => head,
@@ -178,6 +247,9 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 Some((cp, _)) => {
                     format!("records {cp}-{head} checked (from the checkpoint in the state on)")
                 }
+                None if first > 1 => format!(
+                    "records {first}-{head} (the ones before were pruned, as a signed prune record says)"
+                ),
                 None => format!("{head} records"),
             };
             println!(
@@ -194,6 +266,24 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 std::fs::write(p, serde_json::to_vec_pretty(&s)?)
                     .with_context(|| format!("writing {}", p.display()))?;
             }
+            Ok(0)
+        }
+        AuditCommand::Prune(a) => {
+            let ad = Admin::new(&a.admin)?;
+            let out: serde_json::Value = ad
+                .send(
+                    ad.http
+                        .post(ad.conn.kbs("/audit/prune"))
+                        .json(&serde_json::json!({"before": a.before})),
+                    "audit prune",
+                )
+                .await?
+                .json()
+                .await?;
+            println!(
+                "audit log pruned: {} record(s) removed; it starts with checkpoint {}",
+                out["removed"], out["first"]
+            );
             Ok(0)
         }
     }

@@ -282,6 +282,10 @@ referenceValues:
             "kek.pkcs11.token=t,kek.pkcs11.modulePath=/m.so",
             "set kek.pkcs11.pinSecret too",
         ),
+        (
+            "kek.pkcs11.token=12345678,kek.pkcs11.modulePath=/m.so,kek.pkcs11.pinSecret=p",
+            "kek.pkcs11.token is read as a int64, not as text: quote it",
+        ),
     ] {
         let out = Command::new(tool("helm"))
             .args(["template", "rel", &trustee, "--set", set])

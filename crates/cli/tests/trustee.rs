@@ -1061,6 +1061,19 @@ async fn openssl_admin_keys_administer_the_trustee() {
     }
     let out = fails(&audit(&p("stranger.pem"), &["tail"]));
     assert!(out.contains("does not verify with any trusted"), "{out}");
+    // The auditor's refused write is in the log, by the auditor's key.
+    let mut refused = String::new();
+    for _ in 0..100 {
+        refused = ok(&audit(&auditor, &["tail", "-n", "5"]));
+        if refused.contains("/resource/default/key/9") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        refused.contains("\"auditor_key\":\"") && refused.contains("\"status\":401"),
+        "{refused}"
+    );
 
     // Tokens signed by OpenSSL with the Ed25519 key: kbs-client's shape
     // (iat, exp = iat + 7200) passes; no iat, no exp, a longer lifetime or
@@ -1691,6 +1704,58 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
             );
         }
     }
+    // Pruned before the checkpoint in the state: the log starts with it, a
+    // signed prune record says so, and it verifies, with the state too.
+    // Cut further by hand, it does not.
+    let t = TrusteeProc::start(&data, &every);
+    let cp = checkpoint.to_string();
+    // A copy kept first verifies without the trustee; changed, it does not.
+    let copy = ok(&audit(&t, &["tail", "--from", "1", "-n", "100000"]));
+    let by_file = |text: &str| {
+        let f = write(dir.path(), "audit-copy.jsonl", text.as_bytes());
+        std::process::Command::new(BIN)
+            .args(["audit", "verify", "--file", f.to_str().unwrap()])
+            .args(["--public-key", pubkey.to_str().unwrap()])
+            .env("COCOON_ADMIN_KEY", dir.path().join("no-such-key.pem"))
+            .output()
+            .unwrap()
+    };
+    let out = ok(&by_file(&copy));
+    assert!(out.contains("audit log verifies"), "{out}");
+    assert!(!dir.path().join("no-such-key.pem").exists());
+    let out = by_file(&copy.replacen("open/key/1", "open/key/7", 1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does NOT verify"),
+        "{out:?}"
+    );
+    let out = ok(&audit(&t, &["prune", "--before", &cp]));
+    assert!(
+        out.contains(&format!("{} record(s) removed", checkpoint - 1))
+            && out.contains(&format!("starts with checkpoint {cp}")),
+        "{out}"
+    );
+    let first = ok(&audit(&t, &["tail", "--from", "1", "-n", "1"]));
+    assert!(first.contains(&format!("\"seq\":{cp},")), "{first}");
+    let out = ok(&verify(&t, &state));
+    assert!(out.contains("were pruned"), "{out}");
+    let out = fails(&audit(&t, &["prune", "--before", &cp]));
+    assert!(out.contains("starts at record"), "{out}");
+    drop(t);
+    let db = rusqlite::Connection::open(data.join("trustee.db")).unwrap();
+    db.execute(&format!("DELETE FROM audit WHERE seq = {cp}"), [])
+        .unwrap();
+    drop(db);
+    let t = TrusteeProc::start(&data, &every);
+    let out = verify(&t, &dir.path().join("fresh.state"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && err.contains(&format!(
+                "record {} should be a signed checkpoint",
+                checkpoint + 1
+            )),
+        "{err}"
+    );
 }
 
 /// One HTTP/1.1 request on a new connection: the status and the headers.

@@ -903,18 +903,22 @@ async fn audit_admin(State(s): State<AppState>, req: Request, next: Next) -> Res
         .any(|g| route.ends_with(g));
     let path = req.uri().path().to_string();
     // Which admin key signed the request (whether or not it was allowed).
-    let admin = (write && !guest)
-        .then(|| bearer(req.headers()))
-        .flatten()
-        .and_then(|t| crate::admin::signer_of(t, &s.admin_keys))
-        .map(|i| crate::admin::fingerprint(&s.admin_keys[i]));
+    let token = (write && !guest).then(|| bearer(req.headers())).flatten();
+    let signer = |keys: &[AdminKey]| {
+        token
+            .and_then(|t| crate::admin::signer_of(t, keys))
+            .map(|i| crate::admin::fingerprint(&keys[i]))
+    };
+    let (admin, auditor) = (signer(&s.admin_keys), signer(&s.auditor_keys));
     let resp = next.run(req).await;
     if write && !guest && !route.is_empty() {
-        s.audit.record(crate::audit::Entry::new(
-            "admin",
-            json!({"method": method.as_str(), "route": route, "path": path,
-                   "status": resp.status().as_u16(), "admin_key": admin}),
-        ));
+        let mut fields = json!({"method": method.as_str(), "route": route, "path": path,
+                                "status": resp.status().as_u16(), "admin_key": admin});
+        // An auditor's key, refused for anything but reading the log.
+        if let Some(a) = auditor {
+            fields["auditor_key"] = a.into();
+        }
+        s.audit.record(crate::audit::Entry::new("admin", fields));
     }
     resp
 }
@@ -956,6 +960,33 @@ async fn audit_records(
         .collect();
     // The newest record's number, so a client can start from the end.
     Ok(Json(json!({ "records": records, "last": last })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneBody {
+    before: u64,
+}
+
+/// Removes the audit records before the newest checkpoint at or before
+/// record `before` (after writing a signed `prune` record naming it).
+async fn audit_prune(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, KbsError> {
+    require_admin(&s, &headers)?;
+    let b: PruneBody = parse_json(&body_bytes(body)?, "{\"before\": <record number>}")?;
+    let audit = s.audit.clone();
+    let (first, removed) = tokio::task::spawn_blocking(move || audit.prune(b.before))
+        .await
+        .map_err(|e| KbsError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            crate::audit::PruneError::Nothing(why) => KbsError::BadRequest(why),
+            crate::audit::PruneError::Store(e) => e.into(),
+        })?;
+    tracing::info!(first, removed, "audit log pruned");
+    Ok(Json(json!({"first": first, "removed": removed})).into_response())
 }
 
 /// The audit key's public half (PEM), for `cocoon audit verify`.
@@ -1080,6 +1111,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/audit", get(audit_records))
         .route("/audit/public-key", get(audit_public_key))
+        .route("/audit/prune", post(audit_prune))
         // Inside the admin audit: a write refused for its body's size or
         // slowness is recorded like any other.
         .route_layer(axum::middleware::from_fn_with_state(

@@ -28,7 +28,7 @@ use ed25519_dalek::{Signer, Verifier};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -98,6 +98,7 @@ impl Entry {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Entry>,
+    writer: Arc<Writer>,
     public: ed25519_dalek::VerifyingKey,
     lost: Arc<AtomicU64>,
     /// Records queued and not yet written (or lost).
@@ -124,11 +125,14 @@ struct Writer {
     /// The number by which the next checkpoint must come, as this
     /// writer promised it.
     next_due: AtomicU64,
-    /// The last record this writer committed (0: none). A batch that
-    /// follows another writer's record starts with a checkpoint: the
-    /// other writer's promise is not known here (replicas may have other
-    /// intervals), and the new checkpoint replaces it with this one's.
-    last_own: AtomicI64,
+    /// The number and hash of the last record this writer committed. A
+    /// batch that follows another writer's record starts with a
+    /// checkpoint: the other writer's promise is not known here (replicas
+    /// may have other intervals), and the new checkpoint replaces it with
+    /// this one's. The hash tells this writer's record from another's of
+    /// the same number (a commit lost in a database fail-over, then that
+    /// number written again).
+    last_own: parking_lot::Mutex<Option<(i64, String)>>,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -217,12 +221,16 @@ impl Writer {
         force_first: bool,
         batch: Option<&str>,
     ) -> Result<i64, StoreError> {
-        let (mut due, mut own) = (0, 0);
+        let (mut due, mut own) = (0, None);
         let seq = self.store.audit_append(batch, &mut |last| {
             due = self.next_due.load(Ordering::Relaxed);
             let first = last.map_or(1, |(s, _)| s + 1);
-            let foreign = last.is_some_and(|(s, _)| s != self.last_own.load(Ordering::Relaxed));
-            own = first + entries.len() as i64 - 1;
+            let foreign = last.is_some_and(|(s, b)| {
+                self.last_own
+                    .lock()
+                    .as_ref()
+                    .is_none_or(|(n, h)| *n != s || *h != sha256_hex(b))
+            });
             let mut out: Vec<Vec<u8>> = Vec::with_capacity(entries.len());
             for (i, e) in entries.iter().enumerate() {
                 let prev = match out.last() {
@@ -234,13 +242,16 @@ impl Writer {
                 let rec = self.make(prev, e, force, tag, &mut due);
                 out.push(rec);
             }
+            own = out
+                .last()
+                .map(|r| (first + out.len() as i64 - 1, sha256_hex(r)));
             out
         })?;
         // Nothing written (no entries, or the batch was there already):
         // what the callback made never reached the log.
         if seq > 0 {
             self.next_due.store(due, Ordering::Relaxed);
-            self.last_own.store(own, Ordering::Relaxed);
+            *self.last_own.lock() = own;
         }
         Ok(seq)
     }
@@ -253,41 +264,81 @@ fn random_id() -> String {
     hex::encode(id)
 }
 
+/// Why nothing was pruned.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// Nothing to remove (a request error).
+    #[error("{0}")]
+    Nothing(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The number of the newest checkpoint at or before record `at`.
+fn newest_checkpoint(store: &dyn Store, at: i64) -> Result<Option<u64>, StoreError> {
+    let Some(head) = store.audit_last()? else {
+        return Ok(None);
+    };
+    let mut to = at.min(head);
+    while to >= 1 {
+        let lo = (to - 4095).max(1);
+        let rows = store.audit_range(lo, (to - lo + 1) as usize)?;
+        // A pruned log's range may run past `to`.
+        if let Some((s, _)) = rows
+            .iter()
+            .rev()
+            .find(|(s, b)| *s <= to && is_checkpoint(b))
+        {
+            return Ok(Some(*s as u64));
+        }
+        // Before the log's first record: nothing older.
+        if rows.first().is_none_or(|(s, _)| *s > lo) {
+            return Ok(None);
+        }
+        to = lo - 1;
+    }
+    Ok(None)
+}
+
+/// Whether a record's text says it is a checkpoint (not its signature).
+fn is_checkpoint(record: &[u8]) -> bool {
+    serde_json::from_slice::<Map<String, Value>>(record)
+        .ok()
+        .and_then(|m| m.get("checkpoint").and_then(Value::as_bool))
+        == Some(true)
+}
+
 /// What the start found of the log before it.
 fn check_tail(store: &dyn Store, key: &ed25519_dalek::VerifyingKey) -> Result<Option<u64>, String> {
-    let head = store.audit_last().map_err(|e| e.to_string())?;
-    let Some(head) = head else { return Ok(None) };
-    let mut from = head;
-    let start = loop {
-        let lo = (from - 4095).max(1);
-        let rows = store.audit_range(lo, 4096).map_err(|e| e.to_string())?;
-        if let Some((s, _)) = rows.iter().rev().find(|(s, b)| {
-            *s <= from
-                && serde_json::from_slice::<Map<String, Value>>(b)
-                    .ok()
-                    .and_then(|m| m.get("checkpoint").and_then(Value::as_bool))
-                    == Some(true)
-        }) {
-            break *s;
-        }
-        if lo == 1 {
-            return Err("the log has no checkpoint at all (record 1 must be one)".into());
-        }
-        from = lo - 1;
+    let err = |e: StoreError| e.to_string();
+    let Some(head) = store.audit_last().map_err(err)? else {
+        return Ok(None);
     };
+    let start = newest_checkpoint(store, head)
+        .map_err(err)?
+        .ok_or("the log has no checkpoint at all (its first record must be one)")?
+        as i64;
     // From the record before it (for its prev) to the head.
     let lo = (start - 1).max(1);
     let rows = store
         .audit_range(lo, (head - lo + 1) as usize)
-        .map_err(|e| e.to_string())?;
-    let prev = if start > 1 {
-        sha256_hex(&rows[0].1)
-    } else {
-        GENESIS.to_string()
+        .map_err(err)?;
+    let (prev, segment) = match rows.first() {
+        Some((s, b)) if *s == start - 1 => (sha256_hex(b), &rows[1..]),
+        _ if start == 1 => (GENESIS.to_string(), &rows[..]),
+        // The first record of a pruned log: its `prev` is signed with it.
+        first => (own_prev(first.map(|(_, b)| b.as_slice())), &rows[..]),
     };
-    let segment = if start > 1 { &rows[1..] } else { &rows[..] };
     let v = verify_from(segment, start as u64, &prev, key, None)?;
     Ok(v.next_due)
+}
+
+/// A record's own `prev` field (empty when it has none).
+fn own_prev(record: Option<&[u8]>) -> String {
+    record
+        .and_then(|b| serde_json::from_slice::<Map<String, Value>>(b).ok())
+        .and_then(|m| m.get("prev").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default()
 }
 
 impl AuditLog {
@@ -311,7 +362,7 @@ impl AuditLog {
             key,
             every: every.max(1),
             next_due: AtomicU64::new(tail.as_ref().ok().copied().flatten().unwrap_or(1)),
-            last_own: AtomicI64::new(0),
+            last_own: Default::default(),
         });
         let mut first = vec![];
         match tail {
@@ -337,6 +388,7 @@ impl AuditLog {
         let lost_w = lost.clone();
         let pending = Arc::new(AtomicU64::new(0));
         let pending_w = pending.clone();
+        let writer = w.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
@@ -380,10 +432,39 @@ impl AuditLog {
         });
         Ok(Self {
             tx,
+            writer,
             public,
             lost,
             pending,
         })
+    }
+
+    /// Removes the records before the newest signed checkpoint at or
+    /// before record `before`, so that the log starts with that checkpoint.
+    /// First a `prune` record naming it is written as a signed checkpoint
+    /// of its own: a verifier accepts a log that does not start at record 1
+    /// only with that record in it. Blocks on the store. The checkpoint
+    /// and how many records went.
+    pub fn prune(&self, before: u64) -> Result<(u64, u64), PruneError> {
+        let store = self.writer.store.as_ref();
+        let first = match store.audit_range(1, 1)?.first() {
+            Some((s, _)) => *s as u64,
+            None => return Err(PruneError::Nothing("the audit log is empty".into())),
+        };
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let cp = newest_checkpoint(store, before)?.ok_or_else(|| {
+            PruneError::Nothing(format!("no signed checkpoint at or before record {before}"))
+        })?;
+        if cp <= first {
+            return Err(PruneError::Nothing(format!(
+                "the log starts at record {first} already (the newest checkpoint at or before \
+                 record {before} is {cp})"
+            )));
+        }
+        let e = Entry::new("prune", serde_json::json!({"before": cp}));
+        self.writer.write(&[e], true)?;
+        let removed = store.audit_prune(cp as i64)?;
+        Ok((cp, removed))
     }
 
     /// Queues a record; the request path never waits on the database. A
@@ -434,9 +515,13 @@ pub struct Verified {
     pub next_due: Option<u64>,
     /// The hash of the last record.
     pub head: String,
+    /// The `before` of each signed `prune` record read: the log may start
+    /// at one of those numbers.
+    pub prunes: Vec<u64>,
 }
 
-/// Checks a whole log (records in order, from number 1) against the
+/// Checks a whole log (records in order, from number 1, or from the
+/// checkpoint a signed prune record names) against the
 /// audit public key: each record canonical, numbers contiguous, every
 /// `prev` the hash of the record before, record 1 a signed checkpoint,
 /// every checkpoint's signature, and a checkpoint wherever the one before
@@ -448,12 +533,27 @@ pub fn verify(
     key: &ed25519_dalek::VerifyingKey,
     anchor: Option<(u64, &str)>,
 ) -> Result<Verified, String> {
-    if records.is_empty() {
+    let Some((row, bytes)) = records.first() else {
         return Err("the log is empty (record 1, the first start, is missing)".into());
+    };
+    let first = u64::try_from(*row).unwrap_or(0).max(1);
+    if first == 1 {
+        return verify_from(records, 1, GENESIS, key, anchor);
     }
-    verify_from(records, 1, GENESIS, key, anchor)
+    // A pruned log starts with a signed checkpoint (its `prev` signed with
+    // it), and a signed prune record after it says the records before it
+    // were removed. An anchor among those is gone with them.
+    let anchor = anchor.filter(|(a, _)| *a >= first);
+    let v = verify_from(records, first, &own_prev(Some(bytes)), key, anchor)?;
+    if !v.prunes.contains(&first) {
+        return Err(format!(
+            "the log starts at record {first}: records 1-{} are missing, and no signed prune \
+             record says they were removed",
+            first - 1
+        ));
+    }
+    Ok(v)
 }
-
 /// [`verify`] of the records from an earlier verification's last
 /// checkpoint on (`records` start with it): that checkpoint must still be
 /// the record it was (`anchor`: its number and hash), and everything after
@@ -473,11 +573,7 @@ pub fn verify_since(
     };
     // The anchor is trusted through its hash (checked below), its link
     // to the records before it through the verification that saw it.
-    let prev = serde_json::from_slice::<Map<String, Value>>(first)
-        .ok()
-        .and_then(|m| m.get("prev").and_then(Value::as_str).map(str::to_string))
-        .unwrap_or_default();
-    verify_from(records, anchor.0, &prev, key, Some(anchor))
+    verify_from(records, anchor.0, &own_prev(Some(first)), key, Some(anchor))
 }
 
 /// [`verify`] of a segment starting at record `first` whose record before
@@ -492,6 +588,7 @@ fn verify_from(
     let mut prev = prev.to_string();
     let mut last_checkpoint = None;
     let mut next_due: Option<u64> = None;
+    let mut prunes = vec![];
     let mut anchor_seen = anchor.is_none();
     for (i, (row, bytes)) in records.iter().enumerate() {
         let want = first + i as u64;
@@ -547,6 +644,11 @@ fn verify_from(
                 .ok_or_else(|| format!("checkpoint {want} does not say where the next one is"))?;
             next_due = Some(next);
             last_checkpoint = Some((want, hash.clone()));
+            if r.get("kind").and_then(Value::as_str) == Some("prune")
+                && let Some(b) = r.get("before").and_then(Value::as_u64)
+            {
+                prunes.push(b);
+            }
         }
         if let Some((a, h)) = anchor
             && a == want
@@ -574,6 +676,7 @@ fn verify_from(
         last_checkpoint,
         next_due,
         head: prev,
+        prunes,
     })
 }
 

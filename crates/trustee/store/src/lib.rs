@@ -114,6 +114,10 @@ pub trait Store: Send + Sync {
     ) -> Result<i64, StoreError>;
     /// The number of the last audit record.
     fn audit_last(&self) -> Result<Option<i64>, StoreError>;
+    /// Removes the audit records numbered below `before` (and the batch
+    /// ids of batches that ended there), in one transaction; how many
+    /// records went.
+    fn audit_prune(&self, before: i64) -> Result<u64, StoreError>;
     /// Audit records from number `from` on, at most `limit`, in order.
     fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError>;
     /// Whether the database answers now, past any cache (readiness).

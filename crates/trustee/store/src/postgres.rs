@@ -980,6 +980,19 @@ impl Store for PgStore {
         ))
     }
 
+    fn audit_prune(&self, before: i64) -> Result<u64, StoreError> {
+        // One statement, so one transaction.
+        self.query(move |c| async move {
+            let st = c
+                .prepare_cached(
+                    "WITH b AS (DELETE FROM audit_batch WHERE seq < $1)
+                     DELETE FROM audit WHERE seq < $1",
+                )
+                .await?;
+            c.execute(&st, &[&before]).await
+        })
+    }
+
     fn audit_last(&self) -> Result<Option<i64>, StoreError> {
         self.query(move |c| async move {
             Ok(c.query_one("SELECT max(seq) FROM audit", &[]).await?.get(0))

@@ -179,6 +179,26 @@ impl Store for SqliteStore {
         })
     }
 
+    fn audit_prune(&self, before: i64) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            let run = || -> Result<u64, StoreError> {
+                let n = c
+                    .prepare_cached("DELETE FROM audit WHERE seq < ?1")?
+                    .execute([before])?;
+                c.prepare_cached("DELETE FROM audit_batch WHERE seq < ?1")?
+                    .execute([before])?;
+                c.execute_batch("COMMIT")?;
+                Ok(n as u64)
+            };
+            let outcome = run();
+            if outcome.is_err() {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+            outcome
+        })
+    }
+
     fn audit_last(&self) -> Result<Option<i64>, StoreError> {
         self.with(|c| {
             Ok(c.prepare_cached("SELECT max(seq) FROM audit")?

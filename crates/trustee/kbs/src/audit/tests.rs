@@ -14,7 +14,7 @@ fn writer(store: Arc<dyn Store>, key: &ed25519_dalek::SigningKey, every: u64) ->
         key: key.clone(),
         every,
         next_due: AtomicU64::new(1),
-        last_own: AtomicI64::new(0),
+        last_own: Default::default(),
     }
 }
 
@@ -283,6 +283,32 @@ fn replicas_with_other_checkpoint_intervals_keep_each_others_promises() {
     assert_eq!((v.records, v.next_due), (14, Some(62)));
 }
 
+/// A writer's last record lost in a database fail-over, and its number
+/// written again by another writer: that record is not taken for the
+/// first writer's own, whose next batch starts with a checkpoint.
+#[test]
+fn a_record_of_the_same_number_by_another_writer_is_not_taken_for_ones_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+    let open = || Arc::new(cocoon_store::SqliteStore::open(&path).unwrap()) as Arc<dyn Store>;
+    let (a, b) = (writer(open(), &key, 50), writer(open(), &key, 3));
+    a.write(&[release(1)], true).unwrap(); // 1, promises 51
+    a.write(&[release(2), release(3)], false).unwrap(); // 2-3
+    // Record 3 is lost; b writes its own record 3, promising 6.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute("DELETE FROM audit WHERE seq = 3", []).unwrap();
+    b.write(&[release(30)], false).unwrap();
+    a.write(&[release(4), release(5), release(6)], false)
+        .unwrap(); // 4-6
+    let records = a.store.audit_range(1, 100).unwrap();
+    assert_eq!(
+        text(&records[3].1).get("checkpoint"),
+        Some(&Value::Bool(true))
+    );
+    verify(&records, &key.verifying_key(), None).unwrap();
+}
+
 #[test]
 fn two_replicas_on_one_database_keep_one_chain() {
     let dir = tempfile::tempdir().unwrap();
@@ -379,6 +405,9 @@ impl Store for LostAnswer {
     fn audit_last(&self) -> Result<Option<i64>, StoreError> {
         self.inner.audit_last()
     }
+    fn audit_prune(&self, before: i64) -> Result<u64, StoreError> {
+        self.inner.audit_prune(before)
+    }
     fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         self.inner.audit_range(from, limit)
     }
@@ -453,6 +482,57 @@ async fn a_batch_committed_before_its_answer_was_lost_is_not_written_again() {
         None,
     )
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_pruned_log_verifies_and_one_cut_further_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+    let vk = key.verifying_key();
+    let start = || Entry::new("start", serde_json::json!({}));
+    let audit = AuditLog::start(s.clone(), key.clone(), 4, start(), false).unwrap();
+    // 1 (the start), 2-12; checkpoints at 1, 5 and 9.
+    let rest: Vec<Entry> = (1..12).map(release).collect();
+    audit.writer.write(&rest, false).unwrap();
+    let whole = s.audit_range(1, 100).unwrap();
+    let (cp9, hash9) = verify(&whole, &vk, None).unwrap().last_checkpoint.unwrap();
+    assert_eq!(cp9, 9);
+    // Before record 7: the newest checkpoint at or before it is 5.
+    assert_eq!(audit.prune(7).unwrap(), (5, 4));
+    let pruned = s.audit_range(1, 100).unwrap();
+    assert_eq!(pruned[0].0, 5);
+    let prune = text(&pruned.last().unwrap().1);
+    assert_eq!(prune.get("kind"), Some(&Value::from("prune")));
+    assert_eq!(prune.get("checkpoint"), Some(&Value::Bool(true)));
+    let v = verify(&pruned, &vk, None).unwrap();
+    assert_eq!((v.records, v.prunes.as_slice()), (9, &[5][..]));
+    // An anchor pruned away is gone with the records before 5; one after
+    // is still checked.
+    verify(&pruned, &vk, Some((1, &"0".repeat(64)))).unwrap();
+    verify(&pruned, &vk, Some((cp9, &hash9))).unwrap();
+    let e = verify(&pruned, &vk, Some((cp9, &"0".repeat(64)))).unwrap_err();
+    assert!(e.contains("is now another record"), "{e}");
+    // Nothing before the first record, or no checkpoint at all: refused.
+    for before in [5, 3, 0] {
+        assert!(
+            matches!(audit.prune(before), Err(PruneError::Nothing(_))),
+            "{before}"
+        );
+    }
+    // A restart on the pruned log checks its tail and starts.
+    AuditLog::start(s.clone(), key.clone(), 4, start(), false).unwrap();
+    // Records removed beyond what the signed prune record says, or
+    // without one: found.
+    s.audit_prune(9).unwrap();
+    let e = verify(&s.audit_range(1, 100).unwrap(), &vk, None).unwrap_err();
+    assert!(
+        e.contains("starts at record 9") && e.contains("no signed prune record"),
+        "{e}"
+    );
+    let (records, key) = log(12, 4);
+    let e = verify(&records[4..], &key.verifying_key(), None).unwrap_err();
+    assert!(e.contains("starts at record 5"), "{e}");
 }
 
 #[test]
