@@ -134,7 +134,50 @@ struct PodSpec {
     runtime_class_name: Option<String>,
     hostname: Option<String>,
     containers: Vec<ContainerSpec>,
+    security_context: SecurityContext,
+    share_process_namespace: bool,
+    #[serde(rename = "hostPID")]
+    host_pid: bool,
+    #[serde(rename = "hostIPC")]
+    host_ipc: bool,
+    host_network: bool,
 }
+
+/// A pod's or a container's `securityContext` (the pod's holds the
+/// groups; the container's alone the privilege settings).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct SecurityContext {
+    run_as_user: Option<i64>,
+    run_as_group: Option<i64>,
+    run_as_non_root: Option<bool>,
+    seccomp_profile: Option<SeccompProfile>,
+    privileged: Option<bool>,
+    read_only_root_filesystem: Option<bool>,
+    allow_privilege_escalation: Option<bool>,
+    capabilities: Capabilities,
+    proc_mount: Option<String>,
+    supplemental_groups: Vec<i64>,
+    fs_group: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Capabilities {
+    add: Vec<String>,
+    drop: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct SeccompProfile {
+    #[serde(rename = "type")]
+    typ: String,
+    localhost_profile: Option<String>,
+}
+
+/// Where kubelet keeps `Localhost` seccomp profiles.
+const SECCOMP_ROOT: &str = "/var/lib/kubelet/seccomp";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -149,6 +192,7 @@ struct ContainerSpec {
     stdin: bool,
     tty: bool,
     resources: Resources,
+    security_context: SecurityContext,
 }
 
 /// `resources` of a container: Kubernetes quantities.
@@ -300,6 +344,15 @@ impl Pod {
         if pod.spec.containers.is_empty() {
             bail!("the Pod has no containers");
         }
+        for (set, what) in [
+            (pod.spec.host_network, "hostNetwork"),
+            (pod.spec.host_pid, "hostPID"),
+            (pod.spec.host_ipc, "hostIPC"),
+        ] {
+            if set {
+                bail!("{what}: cocoon pod run does not share the node's namespaces with a pod");
+            }
+        }
         // Names become paths (the pod's log directory) and CRI metadata:
         // Kubernetes' own rules keep them plain.
         check_name("metadata.name", &pod.metadata.name, 253)?;
@@ -319,6 +372,9 @@ impl Pod {
             }
             check_name("a container name", &c.name, 63)?;
             c.resources.to_cri(&c.name)?;
+            // What can be checked before the image is known.
+            pod.spec.seccomp(c)?;
+            pod.spec.check_non_root(c, None)?;
         }
         Ok(pod)
     }
@@ -369,7 +425,11 @@ impl Pod {
     }
 }
 
-fn container_config(c: &ContainerSpec) -> Result<cri::ContainerConfig> {
+fn container_config(
+    pod: &PodSpec,
+    c: &ContainerSpec,
+    user: &ImageUser,
+) -> Result<cri::ContainerConfig> {
     Ok(cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: c.name.clone(),
@@ -395,10 +455,136 @@ fn container_config(c: &ContainerSpec) -> Result<cri::ContainerConfig> {
         tty: c.tty,
         linux: Some(cri::LinuxContainerConfig {
             resources: Some(c.resources.to_cri(&c.name)?),
-            security_context: Some(kubelet_security_context()),
+            security_context: Some(pod.security_context(c, user)?),
         }),
         ..Default::default()
     })
+}
+
+/// The user an image runs as, as the runtime's ImageStatus gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ImageUser {
+    /// A UID (root when the image names no user, as kubelet takes it).
+    Uid(i64),
+    /// A user name, resolved in the container.
+    Name(String),
+}
+
+impl PodSpec {
+    /// The security context kubelet sends for container `c` of this pod
+    /// whose image runs as `image`: the container's settings over the
+    /// pod's, the pod's groups, the image's user unless the manifest names
+    /// one, and `runAsNonRoot` checked as kubelet checks it.
+    fn security_context(
+        &self,
+        c: &ContainerSpec,
+        image: &ImageUser,
+    ) -> Result<cri::LinuxContainerSecurityContext> {
+        let (own, pod) = (&c.security_context, &self.security_context);
+        let run_as_user = own.run_as_user.or(pod.run_as_user);
+        let run_as_group = own.run_as_group.or(pod.run_as_group);
+        self.check_non_root(c, Some(image))?;
+        let mut sc = kubelet_security_context();
+        if own.proc_mount.as_deref() == Some("Unmasked") {
+            sc.masked_paths.clear();
+            sc.readonly_paths.clear();
+        }
+        sc.privileged = own.privileged == Some(true);
+        sc.readonly_rootfs = own.read_only_root_filesystem == Some(true);
+        sc.no_new_privs = own.allow_privilege_escalation == Some(false);
+        if !own.capabilities.add.is_empty() || !own.capabilities.drop.is_empty() {
+            sc.capabilities = Some(cri::Capability {
+                add_capabilities: own.capabilities.add.clone(),
+                drop_capabilities: own.capabilities.drop.clone(),
+                add_ambient_capabilities: vec![],
+            });
+        }
+        // The manifest's user, else the image's (kubelet sends it either way).
+        match (run_as_user, image) {
+            (Some(value), _) | (None, &ImageUser::Uid(value)) => {
+                sc.run_as_user = Some(cri::Int64Value { value })
+            }
+            (None, ImageUser::Name(n)) => sc.run_as_username = n.clone(),
+        }
+        sc.run_as_group = run_as_group.map(|value| cri::Int64Value { value });
+        sc.supplemental_groups = pod
+            .fs_group
+            .into_iter()
+            .chain(pod.supplemental_groups.iter().copied())
+            .collect();
+        sc.namespace_options = Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Pod as i32,
+            pid: if self.share_process_namespace {
+                cri::NamespaceMode::Pod
+            } else {
+                cri::NamespaceMode::Container
+            } as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            target_id: String::new(),
+        });
+        sc.seccomp = Some(self.seccomp(c)?);
+        Ok(sc)
+    }
+
+    /// `runAsNonRoot` as kubelet checks it, against the manifest's user or
+    /// else the image's (`None`: not known yet, only the manifest checked).
+    fn check_non_root(&self, c: &ContainerSpec, image: Option<&ImageUser>) -> Result<()> {
+        let (own, pod) = (&c.security_context, &self.security_context);
+        if own.run_as_non_root.or(pod.run_as_non_root) != Some(true) {
+            return Ok(());
+        }
+        let why = match (own.run_as_user.or(pod.run_as_user), image) {
+            (Some(0), _) => "runAsUser 0 breaks runAsNonRoot".to_string(),
+            (Some(_), _) | (None, None) | (None, Some(ImageUser::Uid(1..))) => return Ok(()),
+            (None, Some(ImageUser::Uid(_))) => {
+                "runAsNonRoot is set and the image runs as root".into()
+            }
+            (None, Some(ImageUser::Name(n))) => format!(
+                "runAsNonRoot is set and the image's user {n:?} is a name, so it cannot be \
+                 verified to be non-root (set runAsUser)"
+            ),
+        };
+        bail!("container {:?}: {why}", c.name)
+    }
+
+    /// The seccomp profile kubelet sends: the container's over the pod's,
+    /// Unconfined when neither names one.
+    fn seccomp(&self, c: &ContainerSpec) -> Result<cri::SecurityProfile> {
+        use cri::security_profile::ProfileType;
+        let profile = c
+            .security_context
+            .seccomp_profile
+            .as_ref()
+            .or(self.security_context.seccomp_profile.as_ref());
+        let (typ, localhost_ref) = match profile.map(|p| (p.typ.as_str(), p)) {
+            None | Some(("Unconfined", _)) => (ProfileType::Unconfined, String::new()),
+            Some(("RuntimeDefault", _)) => (ProfileType::RuntimeDefault, String::new()),
+            Some(("Localhost", p)) => {
+                let file = p
+                    .localhost_profile
+                    .as_deref()
+                    .filter(|f| {
+                        !f.is_empty() && !f.starts_with('/') && !f.split('/').any(|s| s == "..")
+                    })
+                    .with_context(|| {
+                        format!(
+                            "container {:?}: a Localhost seccompProfile needs a localhostProfile, \
+                             a relative path within {SECCOMP_ROOT}",
+                            c.name
+                        )
+                    })?;
+                (ProfileType::Localhost, format!("{SECCOMP_ROOT}/{file}"))
+            }
+            Some((other, _)) => bail!(
+                "container {:?}: seccompProfile type {other:?} is not RuntimeDefault, Unconfined or Localhost",
+                c.name
+            ),
+        };
+        Ok(cri::SecurityProfile {
+            profile_type: typ as i32,
+            localhost_ref,
+        })
+    }
 }
 
 /// The security context kubelet sends for a container with the default
@@ -413,6 +599,7 @@ pub(crate) fn kubelet_security_context() -> cri::LinuxContainerSecurityContext {
             .map(|p| p.to_string())
             .collect(),
         readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
     }
 }
 
@@ -485,6 +672,33 @@ impl Cri {
     }
 
     /// Every pod sandbox.
+    /// The user `image` runs as, from the runtime's ImageStatus, as
+    /// kubelet reads it: its UID, else its user name, else root.
+    async fn image_user(&self, image: &str) -> Result<ImageUser> {
+        let status = self
+            .images
+            .clone()
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("reading the status of image {image}"))?
+            .into_inner();
+        let Some(i) = status.image else {
+            bail!("the runtime does not have image {image} (pull it first)");
+        };
+        Ok(match (i.uid, i.username) {
+            (Some(u), _) => ImageUser::Uid(u.value),
+            (None, n) if !n.is_empty() => ImageUser::Name(n),
+            _ => ImageUser::Uid(0),
+        })
+    }
+
     pub async fn pods(&self) -> Result<Vec<cri::PodSandbox>> {
         Ok(self
             .runtime
@@ -863,10 +1077,11 @@ async fn start_containers(
     let mut rt = cri.runtime.clone();
     let mut ids = Vec::new();
     for c in &pod.spec.containers {
+        let user = cri.image_user(&c.image).await?;
         let id = rt
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod_id.into(),
-                config: Some(container_config(c)?),
+                config: Some(container_config(&pod.spec, c, &user)?),
                 sandbox_config: Some(sandbox.clone()),
             })
             .await
@@ -931,7 +1146,7 @@ spec:
             s.annotations["io.katacontainers.config.hypervisor.default_memory"],
             "512"
         );
-        let c = container_config(&pod.spec.containers[0]).unwrap();
+        let c = container_config(&pod.spec, &pod.spec.containers[0], &ImageUser::Uid(0)).unwrap();
         assert_eq!(c.command, ["httpd", "-f"]);
         // Resources as kubelet passes them (the request defaults to the
         // limit).
@@ -944,6 +1159,152 @@ spec:
         assert_eq!(c.args, ["-p", "8080"]);
         assert_eq!(c.envs[0].key, "A");
         assert_eq!(c.log_path, "httpd/0.log");
+    }
+
+    #[test]
+    fn security_contexts_become_what_kubelet_sends() {
+        let pod = Pod::parse(
+            r#"
+kind: Pod
+metadata: {name: sec}
+spec:
+  securityContext:
+    runAsUser: 1000
+    runAsGroup: 3000
+    supplementalGroups: [4000]
+    fsGroup: 2000
+    seccompProfile: {type: RuntimeDefault}
+  containers:
+  - name: app
+    image: busybox
+    securityContext:
+      runAsUser: 1001
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {add: [NET_ADMIN], drop: [ALL]}
+      seccompProfile: {type: Localhost, localhostProfile: profiles/app.json}
+  - name: plain
+    image: busybox
+"#,
+        )
+        .unwrap();
+        let sc = |c: usize, user: ImageUser| {
+            pod.spec
+                .security_context(&pod.spec.containers[c], &user)
+                .unwrap()
+        };
+        let app = sc(0, ImageUser::Uid(0));
+        assert_eq!(app.run_as_user.unwrap().value, 1001);
+        assert_eq!(app.run_as_group.unwrap().value, 3000);
+        assert_eq!(app.supplemental_groups, [2000, 4000]);
+        assert!(app.readonly_rootfs && app.no_new_privs && !app.privileged);
+        let caps = app.capabilities.unwrap();
+        assert_eq!(
+            (caps.add_capabilities, caps.drop_capabilities),
+            (vec!["NET_ADMIN".to_string()], vec!["ALL".to_string()])
+        );
+        let seccomp = app.seccomp.unwrap();
+        assert_eq!(
+            seccomp.profile_type,
+            cri::security_profile::ProfileType::Localhost as i32
+        );
+        assert_eq!(
+            seccomp.localhost_ref,
+            "/var/lib/kubelet/seccomp/profiles/app.json"
+        );
+        let ns = app.namespace_options.unwrap();
+        assert_eq!(ns.pid, cri::NamespaceMode::Container as i32);
+        assert!(!app.masked_paths.is_empty());
+        // The pod's settings where the container has none.
+        let plain = sc(1, ImageUser::Name("nobody".into()));
+        assert_eq!(plain.run_as_user.unwrap().value, 1000);
+        assert!(plain.run_as_username.is_empty());
+        assert!(!plain.readonly_rootfs && !plain.no_new_privs && plain.capabilities.is_none());
+        assert_eq!(
+            plain.seccomp.unwrap().profile_type,
+            cri::security_profile::ProfileType::RuntimeDefault as i32
+        );
+
+        // No user in the manifest: the image's, a UID or a name.
+        let bare = Pod::parse(
+            "kind: Pod\nmetadata: {name: b}\nspec:\n  shareProcessNamespace: true\n  containers:\n  - {name: c, image: busybox, securityContext: {privileged: true, procMount: Unmasked}}\n",
+        )
+        .unwrap();
+        let c = &bare.spec.containers[0];
+        let s = bare
+            .spec
+            .security_context(c, &ImageUser::Uid(65534))
+            .unwrap();
+        assert_eq!(s.run_as_user.unwrap().value, 65534);
+        assert!(s.privileged && s.masked_paths.is_empty() && s.readonly_paths.is_empty());
+        assert_eq!(
+            s.namespace_options.unwrap().pid,
+            cri::NamespaceMode::Pod as i32
+        );
+        assert_eq!(
+            s.seccomp.unwrap().profile_type,
+            cri::security_profile::ProfileType::Unconfined as i32
+        );
+        let s = bare
+            .spec
+            .security_context(c, &ImageUser::Name("www".into()))
+            .unwrap();
+        assert!(s.run_as_user.is_none() && s.run_as_username == "www");
+
+        // runAsNonRoot, as kubelet checks it.
+        let non_root = |sc: &str| {
+            Pod::parse(&format!(
+                "kind: Pod\nmetadata: {{name: n}}\nspec:\n  securityContext: {{runAsNonRoot: true{sc}}}\n  containers:\n  - {{name: c, image: busybox}}\n"
+            ))
+        };
+        let e = non_root(", runAsUser: 0").unwrap_err().to_string();
+        assert!(e.contains("runAsUser 0 breaks runAsNonRoot"), "{e}");
+        let p = non_root("").unwrap();
+        let c = &p.spec.containers[0];
+        for (user, says) in [
+            (ImageUser::Uid(0), "the image runs as root"),
+            (ImageUser::Name("app".into()), "is a name"),
+        ] {
+            let e = p.spec.security_context(c, &user).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        assert!(p.spec.security_context(c, &ImageUser::Uid(10)).is_ok());
+        assert!(
+            non_root(", runAsUser: 5")
+                .unwrap()
+                .spec
+                .security_context(c, &ImageUser::Uid(0))
+                .is_ok()
+        );
+
+        // Refused at once: an unknown or escaping seccomp profile, the
+        // node's namespaces.
+        for (spec, says) in [
+            (
+                "securityContext: {seccompProfile: {type: Bogus}}",
+                "is not RuntimeDefault",
+            ),
+            (
+                "securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../../etc/x}}",
+                "a relative path within",
+            ),
+            (
+                "securityContext: {seccompProfile: {type: Localhost}}",
+                "needs a localhostProfile",
+            ),
+            (
+                "hostNetwork: true",
+                "hostNetwork: cocoon pod run does not share",
+            ),
+            ("hostPID: true", "hostPID"),
+        ] {
+            let e = Pod::parse(&format!(
+                "kind: Pod\nmetadata: {{name: n}}\nspec:\n  {spec}\n  containers:\n  - {{name: c, image: busybox}}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(says), "{spec}: {e}");
+        }
     }
 
     #[test]

@@ -1201,8 +1201,10 @@ fn pin(env: &CriEnv, manifest: &Path, extra: &[&str]) -> String {
 fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
     let env = CriEnv::start("cocoontest4", "10.88.81.0/24");
     let image = env.image.clone();
+    // Its user and privileges pinned too: what kubelet sends for its
+    // securityContext (and `cocoon pod run` with it) is what the policy says.
     let container = format!(
-        "  - name: app\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo pinned-output; touch /tmp/ready; sleep 600\"]\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/etc/greeting\"]\n"
+        "  - name: app\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo pinned-output $(id -u):$(id -g); sleep 600\"]\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 1001\n      allowPrivilegeEscalation: false\n      capabilities: {{drop: [ALL]}}\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/etc/greeting\"]\n"
     );
 
     // Pinned: the pod runs, its output is readable, the probe command
@@ -1230,7 +1232,7 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = ok(&env.pod(&["logs", &id, "app"]));
-        if out == "pinned-output\n" {
+        if out == "pinned-output 1000:1001\n" {
             break;
         }
         assert!(Instant::now() < deadline, "app's log: {out:?}");
@@ -1250,6 +1252,16 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
         "{err}"
     );
     env.assert_clean("a refused container");
+    // Or runs it as the image's user (root) instead of the pinned one.
+    let as_root = pinned.replace("      runAsUser: 1000\n", "");
+    assert_ne!(as_root, pinned);
+    let m = write(env.tmp.path(), "as-root.yaml", as_root.as_bytes());
+    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+    assert!(
+        err.contains("CreateContainerRequest is blocked by policy: OCI.Process.User"),
+        "{err}"
+    );
+    env.assert_clean("a container as another user");
 
     // The legacy policy annotation: the shim sends it with SetPolicy, and
     // the pinned policy refuses to be replaced; the pod does not start.
