@@ -1241,47 +1241,42 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
     ok(&env.pod(&["rm", &id]));
     env.assert_clean("a pinned pod");
 
-    // The host changes what runs under the same initdata: refused when the
-    // container is created, with the field that differs.
-    let tampered = pinned.replace("echo pinned-output", "echo tampered");
-    assert_ne!(tampered, pinned);
-    let m = write(env.tmp.path(), "tampered.yaml", tampered.as_bytes());
-    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
-    assert!(
-        err.contains("CreateContainerRequest is blocked by policy: OCI.Process.Args"),
-        "{err}"
+    // The pinned manifest changed by the host (`from` replaced by `to`):
+    // the pod does not start, and `says` is why.
+    let refused = |name: &str, from: &str, to: &str, says: &str| {
+        let changed = pinned.replace(from, to);
+        assert_ne!(changed, pinned, "{name}: {from:?} is not in the manifest");
+        let m = write(env.tmp.path(), &format!("{name}.yaml"), changed.as_bytes());
+        let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+        assert!(err.contains(says), "{name}: {err}");
+        env.assert_clean(name);
+    };
+    // What runs under the same initdata: refused when the container is
+    // created, with the field that differs.
+    refused(
+        "tampered",
+        "echo pinned-output",
+        "echo tampered",
+        "CreateContainerRequest is blocked by policy: OCI.Process.Args",
     );
-    env.assert_clean("a refused container");
-    // Or runs it as the image's user (root) instead of the pinned one.
-    let as_root = pinned.replace("      runAsUser: 1000\n", "");
-    assert_ne!(as_root, pinned);
-    let m = write(env.tmp.path(), "as-root.yaml", as_root.as_bytes());
-    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
-    assert!(
-        err.contains("CreateContainerRequest is blocked by policy: OCI.Process.User"),
-        "{err}"
+    // Or who it runs as: the image's user (root) instead of the pinned one.
+    refused(
+        "as-root",
+        "      runAsUser: 1000\n",
+        "",
+        "CreateContainerRequest is blocked by policy: OCI.Process.User",
     );
-    env.assert_clean("a container as another user");
-
     // The legacy policy annotation: the shim sends it with SetPolicy, and
     // the pinned policy refuses to be replaced; the pod does not start.
     use base64::Engine;
     let allow_all = base64::engine::general_purpose::STANDARD
         .encode("package agent_policy\ndefault AllowRequestsFailingPolicy := true\n");
-    let replaced = pinned.replace(
+    refused(
+        "replaced",
         "annotations:\n",
         &format!("annotations:\n    io.katacontainers.config.agent.policy: {allow_all}\n"),
+        "SetPolicyRequest is blocked by policy: the policy in initdata cannot be replaced",
     );
-    assert_ne!(replaced, pinned, "the pod has an annotations map");
-    let m = write(env.tmp.path(), "replaced.yaml", replaced.as_bytes());
-    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
-    assert!(
-        err.contains(
-            "SetPolicyRequest is blocked by policy: the policy in initdata cannot be replaced"
-        ),
-        "{err}"
-    );
-    env.assert_clean("a refused policy replacement");
 
     // Logs refused: the container runs (its probe command succeeds) but
     // the host reads none of its output, nor the probe's.
