@@ -135,6 +135,7 @@ struct PodSpec {
     hostname: Option<String>,
     containers: Vec<ContainerSpec>,
     security_context: SecurityContext,
+    volumes: Vec<serde_yaml_ng::Value>,
     share_process_namespace: bool,
     #[serde(rename = "hostPID")]
     host_pid: bool,
@@ -159,6 +160,14 @@ struct SecurityContext {
     proc_mount: Option<String>,
     supplemental_groups: Vec<i64>,
     fs_group: Option<i64>,
+    sysctls: Vec<Sysctl>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Sysctl {
+    name: String,
+    value: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +202,7 @@ struct ContainerSpec {
     tty: bool,
     resources: Resources,
     security_context: SecurityContext,
+    volume_mounts: Vec<serde_yaml_ng::Value>,
 }
 
 /// `resources` of a container: Kubernetes quantities.
@@ -353,6 +363,27 @@ impl Pod {
                 bail!("{what}: cocoon pod run does not share the node's namespaces with a pod");
             }
         }
+        if !pod.spec.volumes.is_empty()
+            || pod
+                .spec
+                .containers
+                .iter()
+                .any(|c| !c.volume_mounts.is_empty())
+        {
+            bail!(
+                "volumes: cocoon pod run mounts no volumes (a confidential pod's VM shares no host directory); remove volumes and volumeMounts"
+            );
+        }
+        for s in &pod.spec.security_context.sysctls {
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+            {
+                bail!("securityContext.sysctls: {:?} is not a sysctl name", s.name);
+            }
+        }
         // Names become paths (the pod's log directory) and CRI metadata:
         // Kubernetes' own rules keep them plain.
         check_name("metadata.name", &pod.metadata.name, 253)?;
@@ -420,6 +451,13 @@ impl Pod {
             port_mappings: ports,
             labels: self.metadata.labels.clone(),
             annotations: self.metadata.annotations.clone(),
+            // The pod's sysctls, as kubelet passes them.
+            linux: Some(cri::LinuxPodSandboxConfig {
+                sysctls: (self.spec.security_context.sysctls.iter())
+                    .map(|s| (s.name.clone(), s.value.clone()))
+                    .collect(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -1173,6 +1211,7 @@ spec:
     runAsGroup: 3000
     supplementalGroups: [4000]
     fsGroup: 2000
+    sysctls: [{name: kernel.shm_rmid_forced, value: "1"}]
     seccompProfile: {type: RuntimeDefault}
   containers:
   - name: app
@@ -1215,6 +1254,9 @@ spec:
         let ns = app.namespace_options.unwrap();
         assert_eq!(ns.pid, cri::NamespaceMode::Container as i32);
         assert!(!app.masked_paths.is_empty());
+        let sandbox = pod.sandbox_config("u", Path::new("/l"));
+        let sysctls = sandbox.linux.unwrap().sysctls;
+        assert_eq!(sysctls["kernel.shm_rmid_forced"], "1");
         // The pod's settings where the container has none.
         let plain = sc(1, ImageUser::Name("nobody".into()));
         assert_eq!(plain.run_as_user.unwrap().value, 1000);
@@ -1295,6 +1337,14 @@ spec:
             (
                 "hostNetwork: true",
                 "hostNetwork: cocoon pod run does not share",
+            ),
+            (
+                "volumes: [{name: v, emptyDir: {}}]",
+                "cocoon pod run mounts no volumes",
+            ),
+            (
+                "securityContext: {sysctls: [{name: \"a b\", value: x}]}",
+                "is not a sysctl name",
             ),
             ("hostPID: true", "hostPID"),
         ] {
