@@ -374,6 +374,7 @@ impl Pod {
                 "volumes: cocoon pod run mounts no volumes (a confidential pod's VM shares no host directory); remove volumes and volumeMounts"
             );
         }
+        pod.spec.seccomp(None)?;
         for s in &pod.spec.security_context.sysctls {
             if s.name.is_empty()
                 || !s
@@ -404,7 +405,7 @@ impl Pod {
             check_name("a container name", &c.name, 63)?;
             c.resources.to_cri(&c.name)?;
             // What can be checked before the image is known.
-            pod.spec.seccomp(c)?;
+            pod.spec.seccomp(Some(c))?;
             pod.spec.check_non_root(c, None)?;
         }
         Ok(pod)
@@ -451,8 +452,10 @@ impl Pod {
             port_mappings: ports,
             labels: self.metadata.labels.clone(),
             annotations: self.metadata.annotations.clone(),
-            // The pod's sysctls, as kubelet passes them.
+            // The pod's security settings and sysctls, as kubelet passes
+            // them (a privileged container needs a privileged sandbox).
             linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(self.spec.sandbox_security_context()),
                 sysctls: (self.spec.security_context.sysctls.iter())
                     .map(|s| (s.name.clone(), s.value.clone()))
                     .collect(),
@@ -545,12 +548,42 @@ impl PodSpec {
             (None, ImageUser::Name(n)) => sc.run_as_username = n.clone(),
         }
         sc.run_as_group = run_as_group.map(|value| cri::Int64Value { value });
-        sc.supplemental_groups = pod
-            .fs_group
+        sc.supplemental_groups = self.groups();
+        sc.namespace_options = Some(self.namespace_options());
+        sc.seccomp = Some(self.seccomp(Some(c))?);
+        Ok(sc)
+    }
+
+    /// The sandbox's: the pod's user, groups, namespaces and seccomp
+    /// profile, privileged when a container is.
+    fn sandbox_security_context(&self) -> cri::LinuxSandboxSecurityContext {
+        let sc = &self.security_context;
+        cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(self.namespace_options()),
+            run_as_user: sc.run_as_user.map(|value| cri::Int64Value { value }),
+            run_as_group: sc.run_as_group.map(|value| cri::Int64Value { value }),
+            supplemental_groups: self.groups(),
+            privileged: (self.containers.iter())
+                .any(|c| c.security_context.privileged == Some(true)),
+            // Checked when the manifest was read.
+            seccomp: self.seccomp(None).ok(),
+            readonly_rootfs: false,
+        }
+    }
+
+    /// The pod's `fsGroup` and `supplementalGroups`.
+    fn groups(&self) -> Vec<i64> {
+        let sc = &self.security_context;
+        sc.fs_group
             .into_iter()
-            .chain(pod.supplemental_groups.iter().copied())
-            .collect();
-        sc.namespace_options = Some(cri::NamespaceOption {
+            .chain(sc.supplemental_groups.iter().copied())
+            .collect()
+    }
+
+    /// The network and IPC namespaces are the pod's; the process
+    /// namespace each container's own unless `shareProcessNamespace`.
+    fn namespace_options(&self) -> cri::NamespaceOption {
+        cri::NamespaceOption {
             network: cri::NamespaceMode::Pod as i32,
             pid: if self.share_process_namespace {
                 cri::NamespaceMode::Pod
@@ -559,9 +592,7 @@ impl PodSpec {
             } as i32,
             ipc: cri::NamespaceMode::Pod as i32,
             target_id: String::new(),
-        });
-        sc.seccomp = Some(self.seccomp(c)?);
-        Ok(sc)
+        }
     }
 
     /// `runAsNonRoot` as kubelet checks it, against the manifest's user or
@@ -585,15 +616,15 @@ impl PodSpec {
         bail!("container {:?}: {why}", c.name)
     }
 
-    /// The seccomp profile kubelet sends: the container's over the pod's,
-    /// Unconfined when neither names one.
-    fn seccomp(&self, c: &ContainerSpec) -> Result<cri::SecurityProfile> {
+    /// The seccomp profile kubelet sends: the container's over the pod's
+    /// (the pod's alone for the sandbox, `c` None), Unconfined when
+    /// neither names one.
+    fn seccomp(&self, c: Option<&ContainerSpec>) -> Result<cri::SecurityProfile> {
         use cri::security_profile::ProfileType;
         let profile = c
-            .security_context
-            .seccomp_profile
-            .as_ref()
+            .and_then(|c| c.security_context.seccomp_profile.as_ref())
             .or(self.security_context.seccomp_profile.as_ref());
+        let name = c.map_or("the pod".to_string(), |c| format!("container {:?}", c.name));
         let (typ, localhost_ref) = match profile.map(|p| (p.typ.as_str(), p)) {
             None | Some(("Unconfined", _)) => (ProfileType::Unconfined, String::new()),
             Some(("RuntimeDefault", _)) => (ProfileType::RuntimeDefault, String::new()),
@@ -606,16 +637,14 @@ impl PodSpec {
                     })
                     .with_context(|| {
                         format!(
-                            "container {:?}: a Localhost seccompProfile needs a localhostProfile, \
-                             a relative path within {SECCOMP_ROOT}",
-                            c.name
+                            "{name}: a Localhost seccompProfile needs a localhostProfile, \
+                             a relative path within {SECCOMP_ROOT}"
                         )
                     })?;
                 (ProfileType::Localhost, format!("{SECCOMP_ROOT}/{file}"))
             }
             Some((other, _)) => bail!(
-                "container {:?}: seccompProfile type {other:?} is not RuntimeDefault, Unconfined or Localhost",
-                c.name
+                "{name}: seccompProfile type {other:?} is not RuntimeDefault, Unconfined or Localhost"
             ),
         };
         Ok(cri::SecurityProfile {
@@ -709,7 +738,6 @@ impl Cri {
         Ok(c)
     }
 
-    /// Every pod sandbox.
     /// The user `image` runs as, from the runtime's ImageStatus, as
     /// kubelet reads it: its UID, else its user name, else root.
     async fn image_user(&self, image: &str) -> Result<ImageUser> {
@@ -737,6 +765,7 @@ impl Cri {
         })
     }
 
+    /// Every pod sandbox.
     pub async fn pods(&self) -> Result<Vec<cri::PodSandbox>> {
         Ok(self
             .runtime
@@ -1254,9 +1283,26 @@ spec:
         let ns = app.namespace_options.unwrap();
         assert_eq!(ns.pid, cri::NamespaceMode::Container as i32);
         assert!(!app.masked_paths.is_empty());
-        let sandbox = pod.sandbox_config("u", Path::new("/l"));
-        let sysctls = sandbox.linux.unwrap().sysctls;
-        assert_eq!(sysctls["kernel.shm_rmid_forced"], "1");
+        let sandbox = pod.sandbox_config("u", Path::new("/l")).linux.unwrap();
+        assert_eq!(sandbox.sysctls["kernel.shm_rmid_forced"], "1");
+        let ssc = sandbox.security_context.unwrap();
+        assert_eq!(
+            (
+                ssc.run_as_user.unwrap().value,
+                ssc.run_as_group.unwrap().value
+            ),
+            (1000, 3000)
+        );
+        assert_eq!(ssc.supplemental_groups, [2000, 4000]);
+        assert!(!ssc.privileged);
+        assert_eq!(
+            ssc.seccomp.unwrap().profile_type,
+            cri::security_profile::ProfileType::RuntimeDefault as i32
+        );
+        assert_eq!(
+            ssc.namespace_options.unwrap().pid,
+            cri::NamespaceMode::Container as i32
+        );
         // The pod's settings where the container has none.
         let plain = sc(1, ImageUser::Name("nobody".into()));
         assert_eq!(plain.run_as_user.unwrap().value, 1000);
@@ -1277,6 +1323,14 @@ spec:
             .spec
             .security_context(c, &ImageUser::Uid(65534))
             .unwrap();
+        // A privileged container makes a privileged sandbox.
+        let ssc = bare
+            .sandbox_config("u", Path::new("/l"))
+            .linux
+            .unwrap()
+            .security_context
+            .unwrap();
+        assert!(ssc.privileged && ssc.run_as_user.is_none());
         assert_eq!(s.run_as_user.unwrap().value, 65534);
         assert!(s.privileged && s.masked_paths.is_empty() && s.readonly_paths.is_empty());
         assert_eq!(

@@ -489,19 +489,19 @@ fn capabilities(c: &Yaml, privileged: bool) -> Vec<String> {
         .into_iter()
         .map(norm)
         .collect();
-    let mut caps: BTreeSet<String> = if drop.iter().any(|d| d == "ALL") {
-        BTreeSet::new()
-    } else {
-        DEFAULT_CAPS
-            .iter()
-            .map(|s| s.to_string())
-            .filter(|c| !drop.contains(c))
-            .collect()
-    };
-    if add.iter().any(|a| a == "ALL") {
-        caps.extend(ALL_CAPS.iter().map(|s| s.to_string()));
-    } else {
-        caps.extend(add);
+    // containerd's order: "ALL" added, "ALL" dropped, then the named ones
+    // added, then the named ones dropped (add X and drop X leave no X).
+    let all = |v: &[String]| v.iter().any(|c| c == "ALL");
+    let mut caps: BTreeSet<String> = if all(&add) { ALL_CAPS } else { DEFAULT_CAPS }
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if all(&drop) {
+        caps.clear();
+    }
+    caps.extend(add.into_iter().filter(|c| c != "ALL"));
+    for d in &drop {
+        caps.remove(d);
     }
     caps.into_iter().collect()
 }
@@ -729,6 +729,10 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
     for (c, img) in w.containers()?.iter().zip(images) {
         let spec = &c.spec;
         let privileged = spec["securityContext"]["privileged"].as_bool() == Some(true);
+        // Kubelet sends no masked or read-only paths for an unmasked /proc,
+        // and a privileged container gets none from containerd.
+        let unmasked =
+            privileged || spec["securityContext"]["procMount"].as_str() == Some("Unmasked");
         let mut env: Vec<String> = json_strings(&img.config["Env"]);
         let mut own_env_regex: Vec<String> = Vec::new();
         if let Some(list) = spec["env"].as_sequence() {
@@ -804,8 +808,8 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
                 "Annotations": annotations,
                 "Linux": {
                     "Namespaces": namespaces(!host_pid),
-                    "MaskedPaths": if privileged { json!([]) } else { json!(MASKED) },
-                    "ReadonlyPaths": if privileged { json!([]) } else { json!(READONLY) },
+                    "MaskedPaths": if unmasked { json!([]) } else { json!(MASKED) },
+                    "ReadonlyPaths": if unmasked { json!([]) } else { json!(READONLY) },
                 },
             },
             "storages": [],

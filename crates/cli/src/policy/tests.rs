@@ -93,6 +93,27 @@ fn the_pod_as_kubelet_runs_it_is_allowed() {
     denied(&gate, &signal("pod1", 3), "signal: 3");
 }
 
+/// The capabilities containerd grants, in its order: "ALL" added, "ALL"
+/// dropped, the named ones added, the named ones dropped.
+#[test]
+fn capabilities_follow_containerds_order() {
+    let caps = |sc: &str| {
+        let c: Yaml =
+            serde_yaml_ng::from_str(&format!("securityContext: {{capabilities: {sc}}}")).unwrap();
+        capabilities(&c, false)
+    };
+    let all_but_chown = caps("{add: [ALL], drop: [CHOWN]}");
+    assert_eq!(all_but_chown.len(), ALL_CAPS.len() - 1);
+    assert!(!all_but_chown.contains(&"CAP_CHOWN".to_string()));
+    // Added and dropped: not there.
+    assert!(!caps("{add: [NET_ADMIN], drop: [NET_ADMIN]}").contains(&"CAP_NET_ADMIN".to_string()));
+    assert_eq!(caps("{add: [net_admin], drop: [ALL]}"), ["CAP_NET_ADMIN"]);
+    let defaults = caps("{}");
+    assert_eq!(defaults.len(), DEFAULT_CAPS.len());
+    assert!(!caps("{drop: [cap_chown]}").contains(&"CAP_CHOWN".to_string()));
+    assert_eq!(capabilities(&Yaml::Null, true).len(), ALL_CAPS.len());
+}
+
 #[test]
 fn stop_signals_are_read_as_docker_writes_them() {
     for (s, n) in [
