@@ -982,7 +982,9 @@ async fn audit_prune(
         .await
         .map_err(|e| KbsError::Internal(e.to_string()))?
         .map_err(|e| match e {
-            crate::audit::PruneError::Nothing(why) => KbsError::BadRequest(why),
+            crate::audit::PruneError::Nothing(why) | crate::audit::PruneError::Tampered(why) => {
+                KbsError::BadRequest(why)
+            }
             crate::audit::PruneError::Store(e) => e.into(),
         })?;
     tracing::info!(first, removed, "audit log pruned");

@@ -270,8 +270,39 @@ pub enum PruneError {
     /// Nothing to remove (a request error).
     #[error("{0}")]
     Nothing(String),
+    /// The records that would be kept do not verify.
+    #[error("{0}")]
+    Tampered(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Verifies the stored log from checkpoint `from` to its head, a page at a
+/// time (the checkpoint's own `prev` is signed with it).
+fn verify_stored(
+    store: &dyn Store,
+    from: u64,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<(), String> {
+    const PAGE: usize = 4096;
+    let (mut at, mut prev, mut resume) = (from, None::<String>, None);
+    loop {
+        let rows = store
+            .audit_range(at as i64, PAGE)
+            .map_err(|e| e.to_string())?;
+        let Some((_, head)) = rows.first() else {
+            return match prev {
+                Some(_) => Ok(()),
+                None => Err(format!("record {from} is missing")),
+            };
+        };
+        let p = prev.unwrap_or_else(|| own_prev(Some(head)));
+        let v = verify_segment(&rows, at, &p, key, None, resume)?;
+        if rows.len() < PAGE {
+            return Ok(());
+        }
+        (at, prev, resume) = (at + rows.len() as u64, Some(v.head), v.next_due);
+    }
 }
 
 /// The number of the newest checkpoint at or before record `at`.
@@ -461,6 +492,14 @@ impl AuditLog {
                  record {before} is {cp})"
             )));
         }
+        // What is kept must verify from that checkpoint on (its signature
+        // included): nothing is removed on the word of a record someone
+        // marked as a checkpoint, or from a log that was changed.
+        verify_stored(store, cp, &self.public).map_err(|why| {
+            PruneError::Tampered(format!(
+                "the audit log does not verify from checkpoint {cp} on, so nothing was removed: {why}"
+            ))
+        })?;
         let e = Entry::new("prune", serde_json::json!({"before": cp}));
         self.writer.write(&[e], true)?;
         let removed = store.audit_prune(cp as i64)?;
@@ -564,13 +603,24 @@ pub fn verify_since(
     key: &ed25519_dalek::VerifyingKey,
     anchor: (u64, &str),
 ) -> Result<Verified, String> {
-    let Some((_, first)) = records.first() else {
+    let Some((row, first)) = records.first() else {
         return Err(format!(
             "the log ends before record {0}, which an earlier verification saw as a \
              checkpoint: it was cut back",
             anchor.0
         ));
     };
+    // The log starts after the anchor: pruned past it, which only a signed
+    // prune record makes good, and the records given are the whole log.
+    if u64::try_from(*row).is_ok_and(|r| r > anchor.0) {
+        return verify(records, key, Some(anchor)).map_err(|e| {
+            format!(
+                "{e} (the log starts after record {}, which an earlier verification saw as a \
+                 checkpoint)",
+                anchor.0
+            )
+        });
+    }
     // The anchor is trusted through its hash (checked below), its link
     // to the records before it through the verification that saw it.
     verify_from(records, anchor.0, &own_prev(Some(first)), key, Some(anchor))
@@ -585,9 +635,23 @@ fn verify_from(
     key: &ed25519_dalek::VerifyingKey,
     anchor: Option<(u64, &str)>,
 ) -> Result<Verified, String> {
+    verify_segment(records, first, prev, key, anchor, None)
+}
+
+/// [`verify_from`], or with `resume` (where the next checkpoint is due)
+/// the continuation of a segment verified before, which need not start
+/// with a checkpoint.
+fn verify_segment(
+    records: &[(i64, Vec<u8>)],
+    first: u64,
+    prev: &str,
+    key: &ed25519_dalek::VerifyingKey,
+    anchor: Option<(u64, &str)>,
+    resume: Option<u64>,
+) -> Result<Verified, String> {
     let mut prev = prev.to_string();
     let mut last_checkpoint = None;
-    let mut next_due: Option<u64> = None;
+    let mut next_due: Option<u64> = resume;
     let mut prunes = vec![];
     let mut anchor_seen = anchor.is_none();
     for (i, (row, bytes)) in records.iter().enumerate() {
@@ -616,7 +680,7 @@ fn verify_from(
         }
         let hash = sha256_hex(bytes);
         let is_checkpoint = r.get("checkpoint").and_then(Value::as_bool) == Some(true);
-        if (want == first || Some(want) == next_due) && !is_checkpoint {
+        if ((want == first && resume.is_none()) || Some(want) == next_due) && !is_checkpoint {
             return Err(match next_due {
                 Some(d) if d == want => format!(
                     "record {want} is not a signed checkpoint, but the checkpoint before said the next \

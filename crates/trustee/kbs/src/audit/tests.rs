@@ -154,8 +154,13 @@ fn an_incremental_verification_checks_from_the_anchor_on() {
         .into_bytes();
     let e = verify_since(&changed, &vk, (cp, &hash)).unwrap_err();
     assert!(e.contains("record 12 does not follow record 11"), "{e}");
+    // Records from after the anchor on: taken as a whole log, which
+    // starts where no signed prune record says it may.
     let e = verify_since(&since[1..], &vk, (cp, &hash)).unwrap_err();
-    assert!(e.contains("record 9 is missing or out of order"), "{e}");
+    assert!(
+        e.contains("record 10 should be a signed checkpoint") && e.contains("record 9"),
+        "{e}"
+    );
     let e = verify_since(since, &vk, (cp, &"0".repeat(64))).unwrap_err();
     assert!(e.contains("is now another record"), "{e}");
     let e = verify_since(&[], &vk, (cp, &hash)).unwrap_err();
@@ -533,6 +538,58 @@ async fn a_pruned_log_verifies_and_one_cut_further_does_not() {
     let (records, key) = log(12, 4);
     let e = verify(&records[4..], &key.verifying_key(), None).unwrap_err();
     assert!(e.contains("starts at record 5"), "{e}");
+}
+
+#[tokio::test]
+async fn a_log_that_does_not_verify_is_not_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[6; 32]);
+    let vk = key.verifying_key();
+    let start = Entry::new("start", serde_json::json!({}));
+    let audit = AuditLog::start(s.clone(), key.clone(), 1000, start, false).unwrap();
+    // 9,000 records: what is kept is read in more than one page.
+    let rest: Vec<Entry> = (1..9000).map(release).collect();
+    audit.writer.write(&rest, false).unwrap();
+    let whole = s.audit_range(1, 10_000).unwrap();
+    verify(&whole, &vk, None).unwrap();
+    let anchor = sha256_hex(&whole[1000].1); // checkpoint 1001
+    // A record after the checkpoint changed, or one marked a checkpoint
+    // without a signature: nothing is removed.
+    let db = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+    let swap = |seq: i64, from: &str, to: &str| {
+        db.execute(
+            "UPDATE audit SET value = CAST(replace(CAST(value AS TEXT), ?2, ?3) AS BLOB) WHERE seq = ?1",
+            rusqlite::params![seq, from, to],
+        )
+        .unwrap();
+    };
+    swap(6000, "default/key/5999", "default/key/X");
+    let e = audit.prune(1500).unwrap_err().to_string();
+    assert!(e.contains("does not verify from checkpoint 1001"), "{e}");
+    swap(6000, "default/key/X", "default/key/5999");
+    swap(2400, "\"kind\"", "\"checkpoint\":true,\"kind\"");
+    let e = audit.prune(2500).unwrap_err().to_string();
+    assert!(e.contains("checkpoint 2400 has no valid signature"), "{e}");
+    swap(2400, "\"checkpoint\":true,\"kind\"", "\"kind\"");
+    assert_eq!(s.audit_last().unwrap(), Some(9000));
+    // Whole again: pruned (what is kept read in two pages), then pruned
+    // past the anchor of an earlier verification, which an incremental
+    // verification then takes as the whole log.
+    assert_eq!(audit.prune(1500).unwrap(), (1001, 1000));
+    let v = verify_since(&s.audit_range(1, 10_000).unwrap(), &vk, (1001, &anchor)).unwrap();
+    assert_eq!(v.prunes, [1001]);
+    assert_eq!(audit.prune(8500).unwrap(), (8001, 7000));
+    let kept = s.audit_range(1, 10_000).unwrap();
+    let v = verify_since(&kept, &vk, (1001, &anchor)).unwrap();
+    assert_eq!(v.prunes, [1001, 8001]);
+    // Cut further by hand: the incremental verification says so.
+    s.audit_prune(8002).unwrap();
+    let e = verify_since(&s.audit_range(1, 10_000).unwrap(), &vk, (1001, &anchor)).unwrap_err();
+    assert!(
+        e.contains("record 8002 should be a signed checkpoint") && e.contains("record 1001"),
+        "{e}"
+    );
 }
 
 #[test]
