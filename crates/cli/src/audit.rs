@@ -83,6 +83,9 @@ struct Row {
 struct State {
     checkpoint: u64,
     sha256: String,
+    /// The log's id, once its checkpoints named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_id: Option<String>,
 }
 
 async fn page(ad: &Admin, from: i64, limit: usize) -> Result<Page> {
@@ -229,6 +232,22 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                     anchor.as_ref().map(|s| (s.checkpoint, s.sha256.as_str())),
                 ),
             };
+            // Another log under the same key (its anchor pruned away, or
+            // never seen): not the log the state is about.
+            let verified = verified.and_then(|v| {
+                match (
+                    anchor.as_ref().and_then(|s| s.log_id.as_deref()),
+                    v.log_id.as_deref(),
+                ) {
+                    (Some(was), Some(is)) if was != is => Err(format!(
+                        "this is log {is}, and {} is about log {was}",
+                        a.state
+                            .as_ref()
+                            .map_or(String::new(), |p| p.display().to_string())
+                    )),
+                    _ => Ok(v),
+                }
+            });
             let v = match verified {
                 Ok(v) => v,
                 Err(e) => {
@@ -262,6 +281,10 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 let s = State {
                     checkpoint: *cp,
                     sha256: hash.clone(),
+                    log_id: v
+                        .log_id
+                        .clone()
+                        .or_else(|| anchor.as_ref().and_then(|s| s.log_id.clone())),
                 };
                 std::fs::write(p, serde_json::to_vec_pretty(&s)?)
                     .with_context(|| format!("writing {}", p.display()))?;

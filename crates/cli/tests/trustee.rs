@@ -1591,6 +1591,17 @@ fn the_audit_log_records_what_happened_and_every_tampering_is_found() {
         serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     let checkpoint = anchor["checkpoint"].as_i64().unwrap();
     assert!(checkpoint > 3, "{anchor}");
+    // The state names the log: another log (signed with the same key) is
+    // not taken for it.
+    let log_id = anchor["log_id"].as_str().unwrap().to_string();
+    let other = dir.path().join("other.state");
+    std::fs::write(&other, anchor.to_string().replace(&log_id, "0123abcd")).unwrap();
+    let out = verify(&t, &other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains(&format!("this is log {log_id}, and")),
+        "{err}"
+    );
     // The next one, incremental, reads from that checkpoint on only (on a
     // copy of the state: the cases below start from `checkpoint`).
     ok(&t.admin(&[

@@ -11,7 +11,9 @@
 //! number by which the next checkpoint must come) and `"sig"`: Ed25519
 //! over `"cocoon-audit-checkpoint-v1\0"` and the record's own canonical
 //! text without `sig`. Record 1 is always a checkpoint and carries a
-//! random `log_id`. Since `prev` covers every record before, a checkpoint
+//! random `log_id`, which every later checkpoint repeats (logs started
+//! before that carry it in record 1 only). Since `prev` covers every
+//! record before, a checkpoint
 //! signs the whole log up to it, and since each checkpoint fixes where the
 //! next must be, checkpoints cannot be removed: at most the records after
 //! the last one are unsigned.
@@ -133,6 +135,9 @@ struct Writer {
     /// the same number (a commit lost in a database fail-over, then that
     /// number written again).
     last_own: parking_lot::Mutex<Option<(i64, String)>>,
+    /// The log's `log_id` (record 1's), which every checkpoint carries, so
+    /// a verifier can tell this log from another signed with the same key.
+    log_id: parking_lot::Mutex<Option<String>>,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -156,6 +161,7 @@ impl Writer {
         force: bool,
         batch: Option<&str>,
         next_due: &mut u64,
+        log_id: &mut Option<String>,
     ) -> Vec<u8> {
         let (seq, prev) = match last {
             Some((s, bytes)) => (s as u64 + 1, sha256_hex(bytes)),
@@ -180,7 +186,10 @@ impl Writer {
             m.insert("checkpoint".into(), true.into());
             m.insert("next_checkpoint".into(), next.into());
             if seq == 1 {
-                m.insert("log_id".into(), random_id().into());
+                *log_id = Some(random_id());
+            }
+            if let Some(id) = log_id {
+                m.insert("log_id".into(), id.clone().into());
             }
             let text = serde_json::to_vec(&m).expect("a map of JSON values serializes");
             let sig = self.key.sign(&signing_input(&text));
@@ -221,9 +230,17 @@ impl Writer {
         force_first: bool,
         batch: Option<&str>,
     ) -> Result<i64, StoreError> {
-        let (mut due, mut own) = (0, None);
+        // Not known yet (another replica wrote record 1 first): from the
+        // log's first record, which names it.
+        if self.log_id.lock().is_none()
+            && let Some((_, first)) = self.store.audit_range(1, 1)?.first()
+        {
+            *self.log_id.lock() = log_id_of(first);
+        }
+        let (mut due, mut own, mut log_id) = (0, None, None);
         let seq = self.store.audit_append(batch, &mut |last| {
             due = self.next_due.load(Ordering::Relaxed);
+            log_id = self.log_id.lock().clone();
             let first = last.map_or(1, |(s, _)| s + 1);
             let foreign = last.is_some_and(|(s, b)| {
                 self.last_own
@@ -239,7 +256,7 @@ impl Writer {
                 };
                 let tag = if i + 1 == entries.len() { batch } else { None };
                 let force = i == 0 && (force_first || foreign);
-                let rec = self.make(prev, e, force, tag, &mut due);
+                let rec = self.make(prev, e, force, tag, &mut due, &mut log_id);
                 out.push(rec);
             }
             own = out
@@ -252,6 +269,7 @@ impl Writer {
         if seq > 0 {
             self.next_due.store(due, Ordering::Relaxed);
             *self.last_own.lock() = own;
+            *self.log_id.lock() = log_id;
         }
         Ok(seq)
     }
@@ -340,7 +358,10 @@ fn is_checkpoint(record: &[u8]) -> bool {
 }
 
 /// What the start found of the log before it.
-fn check_tail(store: &dyn Store, key: &ed25519_dalek::VerifyingKey) -> Result<Option<u64>, String> {
+fn check_tail(
+    store: &dyn Store,
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<Option<(u64, Option<String>)>, String> {
     let err = |e: StoreError| e.to_string();
     let Some(head) = store.audit_last().map_err(err)? else {
         return Ok(None);
@@ -361,7 +382,21 @@ fn check_tail(store: &dyn Store, key: &ed25519_dalek::VerifyingKey) -> Result<Op
         first => (own_prev(first.map(|(_, b)| b.as_slice())), &rows[..]),
     };
     let v = verify_from(segment, start as u64, &prev, key, None)?;
-    Ok(v.next_due)
+    // A log written before checkpoints carried it: record 1's.
+    let log_id = v.log_id.or_else(|| {
+        let first = store.audit_range(1, 1).ok()?.into_iter().next()?;
+        (first.0 == 1).then(|| log_id_of(&first.1)).flatten()
+    });
+    Ok(v.next_due.map(|due| (due, log_id)))
+}
+
+/// A record's `log_id`.
+fn log_id_of(record: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Map<String, Value>>(record)
+        .ok()?
+        .get("log_id")?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// A record's own `prev` field (empty when it has none).
@@ -392,8 +427,19 @@ impl AuditLog {
             store,
             key,
             every: every.max(1),
-            next_due: AtomicU64::new(tail.as_ref().ok().copied().flatten().unwrap_or(1)),
+            next_due: AtomicU64::new(
+                tail.as_ref()
+                    .ok()
+                    .and_then(|t| t.as_ref())
+                    .map_or(1, |t| t.0),
+            ),
             last_own: Default::default(),
+            log_id: parking_lot::Mutex::new(
+                tail.as_ref()
+                    .ok()
+                    .and_then(|t| t.as_ref())
+                    .and_then(|t| t.1.clone()),
+            ),
         });
         let mut first = vec![];
         match tail {
@@ -557,6 +603,9 @@ pub struct Verified {
     /// The `before` of each signed `prune` record read: the log may start
     /// at one of those numbers.
     pub prunes: Vec<u64>,
+    /// The log's id, as its signed checkpoints name it (record 1, and every
+    /// checkpoint written since checkpoints carry it).
+    pub log_id: Option<String>,
 }
 
 /// Checks a whole log (records in order, from number 1, or from the
@@ -653,6 +702,7 @@ fn verify_segment(
     let mut last_checkpoint = None;
     let mut next_due: Option<u64> = resume;
     let mut prunes = vec![];
+    let mut log_id: Option<String> = None;
     let mut anchor_seen = anchor.is_none();
     for (i, (row, bytes)) in records.iter().enumerate() {
         let want = first + i as u64;
@@ -713,6 +763,17 @@ fn verify_segment(
             {
                 prunes.push(b);
             }
+            if let Some(id) = r.get("log_id").and_then(Value::as_str) {
+                match &log_id {
+                    Some(known) if known != id => {
+                        return Err(format!(
+                            "checkpoint {want} names log {id}, the checkpoints before it log \
+                             {known}: records of two logs"
+                        ));
+                    }
+                    _ => log_id = Some(id.to_string()),
+                }
+            }
         }
         if let Some((a, h)) = anchor
             && a == want
@@ -741,6 +802,7 @@ fn verify_segment(
         next_due,
         head: prev,
         prunes,
+        log_id,
     })
 }
 

@@ -15,6 +15,7 @@ fn writer(store: Arc<dyn Store>, key: &ed25519_dalek::SigningKey, every: u64) ->
         every,
         next_due: AtomicU64::new(1),
         last_own: Default::default(),
+        log_id: Default::default(),
     }
 }
 
@@ -176,6 +177,28 @@ fn an_incremental_verification_checks_from_the_anchor_on() {
     assert!(e.contains("checkpoint 9 is not signed"), "{e}");
 }
 
+/// Two logs signed with one key: the checkpoints of one never verify as
+/// part of the other, and a log pruned past an anchor still says which
+/// log it is.
+#[test]
+fn checkpoints_name_their_log() {
+    let (a, key) = log(12, 4);
+    let (b, _) = log(12, 4);
+    let vk = key.verifying_key();
+    let (ida, idb) = (
+        verify(&a, &vk, None).unwrap().log_id.unwrap(),
+        verify(&b, &vk, None).unwrap().log_id.unwrap(),
+    );
+    assert_ne!(ida, idb);
+    // b's records from checkpoint 9 on, re-chained onto a's first 8.
+    let mut mixed: Vec<(i64, Vec<u8>)> = a[..8].to_vec();
+    mixed.extend(b[8..].iter().cloned());
+    let e = verify(&mixed, &vk, None).unwrap_err();
+    assert!(e.contains("record 9 does not follow record 8"), "{e}");
+    let v = verify_since(&b[8..], &vk, (9, &sha256_hex(&b[8].1))).unwrap();
+    assert_eq!(v.log_id, Some(idb));
+}
+
 #[test]
 fn consistent_forgeries_without_the_key_are_found() {
     let (records, key) = log(12, 4);
@@ -239,10 +262,15 @@ fn a_start_does_not_sign_over_a_tail_that_no_longer_verifies() {
         .unwrap();
     // Untampered: the next start may go on, and knows when the next
     // checkpoint is due.
-    assert_eq!(
-        check_tail(s.as_ref(), &key.verifying_key()).unwrap(),
-        Some(9)
-    );
+    let (due, log_id) = check_tail(s.as_ref(), &key.verifying_key())
+        .unwrap()
+        .unwrap();
+    assert_eq!(due, 9);
+    // Checkpoint 5 names the log as record 1 does.
+    let records = s.audit_range(1, 10).unwrap();
+    assert_eq!(log_id, log_id_of(&records[0].1));
+    assert_eq!(log_id_of(&records[4].1), log_id);
+    assert!(log_id.is_some());
     // Record 6 (after checkpoint 5) changed while the trustee was down.
     let db = rusqlite::Connection::open(dir.path().join("db")).unwrap();
     let six: Vec<u8> = db
@@ -364,7 +392,13 @@ fn two_replicas_on_one_database_keep_one_chain() {
     }
     let records = writers[0].store.audit_range(1, 1000).unwrap();
     assert_eq!(records.len(), 101);
-    verify(&records, &key.verifying_key(), None).unwrap();
+    let v = verify(&records, &key.verifying_key(), None).unwrap();
+    // Every checkpoint names the log, the other writers' too.
+    for (seq, r) in &records {
+        if text(r).get("checkpoint").is_some() {
+            assert_eq!(log_id_of(r), v.log_id, "checkpoint {seq}");
+        }
+    }
 }
 
 /// A store whose first audit append commits and then reports the
