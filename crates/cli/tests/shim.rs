@@ -952,6 +952,43 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         shim_state(&state)
     );
 
+    // The pod's sysctls (kubelet passes them with the sandbox): a network
+    // one holds in the VM, which is the pod's network namespace.
+    let m = manifest(
+        "tuned",
+        Some("cocoon"),
+        "",
+        &format!(
+            "  - name: show\n    image: {image}\n    command: [\"cat\", \"/proc/sys/net/ipv4/ip_unprivileged_port_start\"]\n  securityContext:\n    sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: \"80\"}}]\n"
+        ),
+    );
+    let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "pod run: {}\n{}\ncontainerd log:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+        ctd.log_text()
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "80\n");
+    // One that would open the guest's loopback services to the host: refused.
+    let m = manifest(
+        "opened",
+        Some("cocoon"),
+        "",
+        &format!(
+            "  - name: show\n    image: {image}\n  securityContext:\n    sysctls: [{{name: net.ipv4.conf.all.route_localnet, value: \"1\"}}]\n"
+        ),
+    );
+    let err = fails(&pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]));
+    assert!(
+        err.contains(
+            "sysctl \"net.ipv4.conf.all.route_localnet\" would change the pod VM's network"
+        ),
+        "{err}"
+    );
+    assert!(vms().is_empty(), "a QEMU is left after a refused pod");
+
     // A container's memory limit holds inside the VM: the cgroup there
     // kills it, and containerd records why.
     let m = manifest(

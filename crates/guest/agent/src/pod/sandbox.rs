@@ -514,10 +514,21 @@ impl Sandbox {
         // Validates the id too, before it names anything on disk.
         let mut oci_spec =
             spec::to_oci(kspec, id, &paths).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        let pod_sysctls = spec::take_pod_sysctls(&mut oci_spec)
+            .map_err(|e| SandboxError::Invalid(e.to_string()))?;
         if self.containers.lock().await.contains_key(id) {
             return Err(SandboxError::Exists(format!(
                 "container {id} already exists"
             )));
+        }
+        // The pod's network settings, in the VM's network namespace (the
+        // pod's), before its containers run.
+        for (name, value) in &pod_sysctls {
+            let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+            std::fs::write(&path, value).map_err(|e| {
+                SandboxError::Invalid(format!("setting sysctl {name}={value}: {e}"))
+            })?;
+            tracing::info!(sysctl = %name, value = %value, "pod sysctl set in the VM");
         }
         match std::fs::create_dir(&bundle) {
             Ok(()) => {}

@@ -11,7 +11,11 @@
 //! - AppArmor profiles and SELinux labels: the guest kernel has neither LSM;
 //! - the host's cgroupsPath: replaced by `{cgroup_parent}/{container_id}`;
 //! - block IO, net_cls/net_prio, kernel memory limits and Intel RDT: they
-//!   name host devices or need controllers cgroup v2 in the VM lacks.
+//!   name host devices or need controllers cgroup v2 in the VM lacks;
+//! - network sysctls of a container without its own network namespace
+//!   (every CRI container: the VM is the pod's network namespace) are the
+//!   pod's: [`take_pod_sysctls`] takes them out for the agent to set in the
+//!   VM, Kubernetes' safe ones only.
 //!
 //! Proto3 cannot tell an unset scalar from zero: as Kata does, a zero limit
 //! means "not set", and -1 keeps its OCI meaning "unlimited".
@@ -43,6 +47,11 @@ const MAX_SHOWN: usize = 128;
 /// Why the host's spec cannot be run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    /// A network sysctl for the pod that Kubernetes does not count safe.
+    #[error(
+        "sysctl {0:?} would change the pod VM's network; only Kubernetes' safe network sysctls are set there ({1})"
+    )]
+    UnsafePodSysctl(String, String),
     /// The spec has no process to run.
     #[error("the container spec has no process")]
     MissingProcess,
@@ -182,6 +191,62 @@ pub fn to_oci(
         ))
         .set_annotations((!spec.Annotations.is_empty()).then(|| spec.Annotations.clone()))
         .set_linux(Some(linux_to_oci(linux, cgroups_path)?));
+    Ok(out)
+}
+
+/// The network sysctls Kubernetes counts safe (namespaced, and harmless to
+/// anything outside the pod): the only ones set in the pod VM, whose
+/// network namespace also holds the guest's own services.
+pub const SAFE_NET_SYSCTLS: &[&str] = &[
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_wmem",
+];
+
+/// Takes the `net.*` sysctls out of a spec whose container has no network
+/// namespace of its own (they are the pod's, to be set in the VM's), as
+/// dotted names with their values. Any that is not in
+/// [`SAFE_NET_SYSCTLS`] refuses the container: the host could otherwise
+/// route to the guest's loopback services (`route_localnet`) or forward
+/// through the VM.
+pub fn take_pod_sysctls(spec: &mut oci::Spec) -> Result<Vec<(String, String)>, SpecError> {
+    let Some(linux) = spec.linux_mut() else {
+        return Ok(vec![]);
+    };
+    let own_netns = linux.namespaces().as_ref().is_some_and(|ns| {
+        ns.iter()
+            .any(|n| n.typ() == oci::LinuxNamespaceType::Network && n.path().is_none())
+    });
+    let Some(sysctls) = linux.sysctl().clone() else {
+        return Ok(vec![]);
+    };
+    if own_netns {
+        return Ok(vec![]);
+    }
+    let (net, rest): (HashMap<String, String>, HashMap<String, String>) = sysctls
+        .into_iter()
+        .partition(|(k, _)| k.replace('/', ".").starts_with("net."));
+    let mut out = Vec::with_capacity(net.len());
+    for (k, v) in net {
+        let name = k.replace('/', ".");
+        if !SAFE_NET_SYSCTLS.contains(&name.as_str()) {
+            return Err(SpecError::UnsafePodSysctl(
+                clip(&k),
+                SAFE_NET_SYSCTLS.join(", "),
+            ));
+        }
+        out.push((name, v));
+    }
+    out.sort();
+    linux.set_sysctl((!rest.is_empty()).then_some(rest));
     Ok(out)
 }
 
@@ -1111,6 +1176,62 @@ mod tests {
 
     fn caps(names: &[&str]) -> oci::Capabilities {
         names.iter().map(|n| capability(n).expect(n)).collect()
+    }
+
+    /// The pod's network sysctls go to the VM (the pod's network
+    /// namespace), the safe ones only; the others stay with the container.
+    #[test]
+    fn pod_network_sysctls_are_taken_out_and_only_safe_ones_allowed() {
+        let spec_with = |sysctls: &[(&str, &str)], own_netns: bool| {
+            let mut k = cri_spec();
+            let l = k.Linux.as_mut().unwrap();
+            l.Sysctl = sysctls
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect();
+            l.Namespaces.retain(|n| n.Type != "network");
+            if own_netns {
+                l.Namespaces.push(namespace("network", ""));
+            }
+            to_oci(&k, "web", &paths()).unwrap()
+        };
+        let mut s = spec_with(
+            &[
+                ("net/ipv4/ip_unprivileged_port_start", "80"),
+                ("net.ipv4.tcp_syncookies", "1"),
+                ("kernel.shm_rmid_forced", "1"),
+            ],
+            false,
+        );
+        let taken = take_pod_sysctls(&mut s).unwrap();
+        assert_eq!(
+            taken,
+            [
+                (
+                    "net.ipv4.ip_unprivileged_port_start".to_string(),
+                    "80".to_string()
+                ),
+                ("net.ipv4.tcp_syncookies".to_string(), "1".to_string()),
+            ]
+        );
+        let left = s.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left["kernel.shm_rmid_forced"], "1");
+        // One the pod's network must not get: the container is refused.
+        for bad in ["net.ipv4.conf.all.route_localnet", "net.ipv4.ip_forward"] {
+            let mut s = spec_with(&[(bad, "1")], false);
+            let e = take_pod_sysctls(&mut s).unwrap_err().to_string();
+            assert!(e.contains(bad) && e.contains("safe network sysctls"), "{e}");
+        }
+        // A container with a network namespace of its own keeps them all.
+        let mut s = spec_with(&[("net.ipv4.ip_forward", "1")], true);
+        assert!(take_pod_sysctls(&mut s).unwrap().is_empty());
+        assert_eq!(
+            s.linux().as_ref().unwrap().sysctl().as_ref().unwrap().len(),
+            1
+        );
+        let mut none = spec_with(&[], false);
+        assert!(take_pod_sysctls(&mut none).unwrap().is_empty());
     }
 
     #[test]
