@@ -232,18 +232,28 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                     anchor.as_ref().map(|s| (s.checkpoint, s.sha256.as_str())),
                 ),
             };
-            // Another log under the same key (its anchor pruned away, or
-            // never seen): not the log the state is about.
+            // Another log under the same key: not the log the state is
+            // about. When the state's checkpoint was pruned away, the id is
+            // all that ties this log to it, so it must be there.
+            let anchor_gone = anchor
+                .as_ref()
+                .zip(records.first())
+                .is_some_and(|(s, (first, _))| *first as u64 > s.checkpoint);
+            let state_name = a
+                .state
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string());
             let verified = verified.and_then(|v| {
                 match (
                     anchor.as_ref().and_then(|s| s.log_id.as_deref()),
                     v.log_id.as_deref(),
                 ) {
                     (Some(was), Some(is)) if was != is => Err(format!(
-                        "this is log {is}, and {} is about log {was}",
-                        a.state
-                            .as_ref()
-                            .map_or(String::new(), |p| p.display().to_string())
+                        "this is log {is}, and {state_name} is about log {was}"
+                    )),
+                    (Some(was), None) if anchor_gone => Err(format!(
+                        "the log was pruned past the checkpoint in {state_name} and does not \
+                         name itself, so it cannot be told to be log {was}"
                     )),
                     _ => Ok(v),
                 }
@@ -281,10 +291,7 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 let s = State {
                     checkpoint: *cp,
                     sha256: hash.clone(),
-                    log_id: v
-                        .log_id
-                        .clone()
-                        .or_else(|| anchor.as_ref().and_then(|s| s.log_id.clone())),
+                    log_id: v.log_id.clone(),
                 };
                 std::fs::write(p, serde_json::to_vec_pretty(&s)?)
                     .with_context(|| format!("writing {}", p.display()))?;

@@ -138,6 +138,8 @@ struct Writer {
     /// The log's `log_id` (record 1's), which every checkpoint carries, so
     /// a verifier can tell this log from another signed with the same key.
     log_id: parking_lot::Mutex<Option<String>>,
+    /// Whether the log's first record was read for the id.
+    log_id_looked: std::sync::atomic::AtomicBool,
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -231,11 +233,9 @@ impl Writer {
         batch: Option<&str>,
     ) -> Result<i64, StoreError> {
         // Not known yet (another replica wrote record 1 first): from the
-        // log's first record, which names it.
-        if self.log_id.lock().is_none()
-            && let Some((_, first)) = self.store.audit_range(1, 1)?.first()
-        {
-            *self.log_id.lock() = log_id_of(first);
+        // log's first record, once, if its signature holds.
+        if self.log_id.lock().is_none() && !self.log_id_looked.swap(true, Ordering::Relaxed) {
+            *self.log_id.lock() = signed_log_id(self.store.as_ref(), &self.key.verifying_key());
         }
         let (mut due, mut own, mut log_id) = (0, None, None);
         let seq = self.store.audit_append(batch, &mut |last| {
@@ -383,20 +383,22 @@ fn check_tail(
     };
     let v = verify_from(segment, start as u64, &prev, key, None)?;
     // A log written before checkpoints carried it: record 1's.
-    let log_id = v.log_id.or_else(|| {
-        let first = store.audit_range(1, 1).ok()?.into_iter().next()?;
-        (first.0 == 1).then(|| log_id_of(&first.1)).flatten()
-    });
+    let log_id = v.log_id.or_else(|| signed_log_id(store, key));
     Ok(v.next_due.map(|due| (due, log_id)))
 }
 
-/// A record's `log_id`.
-fn log_id_of(record: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Map<String, Value>>(record)
-        .ok()?
-        .get("log_id")?
-        .as_str()
-        .map(str::to_string)
+/// The `log_id` of the log's first record (record 1, or the checkpoint a
+/// pruned log starts with), when that record is a checkpoint whose
+/// signature holds: never an id someone wrote into the database.
+fn signed_log_id(store: &dyn Store, key: &ed25519_dalek::VerifyingKey) -> Option<String> {
+    let (seq, first) = store.audit_range(1, 1).ok()?.into_iter().next()?;
+    let prev = if seq == 1 {
+        GENESIS.to_string()
+    } else {
+        own_prev(Some(&first))
+    };
+    let v = verify_from(&[(seq, first)], u64::try_from(seq).ok()?, &prev, key, None).ok()?;
+    v.log_id
 }
 
 /// A record's own `prev` field (empty when it has none).
@@ -440,6 +442,7 @@ impl AuditLog {
                     .and_then(|t| t.as_ref())
                     .and_then(|t| t.1.clone()),
             ),
+            log_id_looked: Default::default(),
         });
         let mut first = vec![];
         match tail {

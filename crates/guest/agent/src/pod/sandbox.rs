@@ -516,19 +516,26 @@ impl Sandbox {
             spec::to_oci(kspec, id, &paths).map_err(|e| SandboxError::Invalid(e.to_string()))?;
         let pod_sysctls = spec::take_pod_sysctls(&mut oci_spec)
             .map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        // The pod's network settings come with its sandbox, as containerd
+        // sends them, and never with a container of the pod.
+        let sandbox = kspec
+            .Annotations
+            .get("io.kubernetes.cri.container-type")
+            .is_some_and(|t| t == "sandbox");
+        if !pod_sysctls.is_empty() && !sandbox {
+            return Err(SandboxError::Invalid(format!(
+                "network sysctls ({}) are the pod's: only its sandbox sets them",
+                pod_sysctls
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         if self.containers.lock().await.contains_key(id) {
             return Err(SandboxError::Exists(format!(
                 "container {id} already exists"
             )));
-        }
-        // The pod's network settings, in the VM's network namespace (the
-        // pod's), before its containers run.
-        for (name, value) in &pod_sysctls {
-            let path = Path::new("/proc/sys").join(name.replace('.', "/"));
-            std::fs::write(&path, value).map_err(|e| {
-                SandboxError::Invalid(format!("setting sysctl {name}={value}: {e}"))
-            })?;
-            tracing::info!(sysctl = %name, value = %value, "pod sysctl set in the VM");
         }
         match std::fs::create_dir(&bundle) {
             Ok(()) => {}
@@ -543,10 +550,15 @@ impl Sandbox {
             .prepare(req, kspec, &bundle, &rootfs, &mut oci_spec)
             .await
         {
-            Ok(()) => {
-                self.create_in(id, &bundle, oci_spec.process().as_ref())
-                    .await
-            }
+            // The pod's network settings, in the VM's network namespace
+            // (the pod's), once everything else about the sandbox passed.
+            Ok(()) => match set_pod_sysctls(&pod_sysctls) {
+                Ok(()) => {
+                    self.create_in(id, &bundle, oci_spec.process().as_ref())
+                        .await
+                }
+                e => e,
+            },
             e => e,
         };
         if r.is_err() {
@@ -1023,6 +1035,22 @@ fn bind_pause(exe: &Path, rootfs: &Path) -> Result<(), SandboxError> {
         return Err(failed("mounting the pause binary")(
             std::io::Error::last_os_error(),
         ));
+    }
+    Ok(())
+}
+
+/// Writes the pod's network sysctls (dotted names from
+/// [`spec::take_pod_sysctls`], one of Kubernetes' safe ones each) in the
+/// VM's network namespace.
+fn set_pod_sysctls(sysctls: &[(String, String)]) -> Result<(), SandboxError> {
+    for (name, value) in sysctls {
+        let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| {
+            SandboxError::Invalid(format!(
+                "setting sysctl {name} to the value the host sent: {e}"
+            ))
+        })?;
+        tracing::info!(sysctl = %name, "pod sysctl set in the VM");
     }
     Ok(())
 }

@@ -120,6 +120,9 @@ pub enum SpecError {
     /// A namespace type appears twice.
     #[error("namespace {0} is listed more than once")]
     NamespaceDuplicate(String),
+    /// One sysctl given twice (`net.a.b` and `net/a/b`).
+    #[error("sysctl {0:?} is given twice (with dots and with slashes)")]
+    DuplicateSysctl(String),
     /// A sysctl name is malformed.
     #[error("sysctl {0:?} is not a kernel parameter name (like net.ipv4.ip_forward)")]
     Sysctl(String),
@@ -221,9 +224,11 @@ pub fn take_pod_sysctls(spec: &mut oci::Spec) -> Result<Vec<(String, String)>, S
     let Some(linux) = spec.linux_mut() else {
         return Ok(vec![]);
     };
+    // A network namespace of its own, or one joined by path (which the
+    // guest refuses later): not the pod's.
     let own_netns = linux.namespaces().as_ref().is_some_and(|ns| {
         ns.iter()
-            .any(|n| n.typ() == oci::LinuxNamespaceType::Network && n.path().is_none())
+            .any(|n| n.typ() == oci::LinuxNamespaceType::Network)
     });
     let Some(sysctls) = linux.sysctl().clone() else {
         return Ok(vec![]);
@@ -246,6 +251,10 @@ pub fn take_pod_sysctls(spec: &mut oci::Spec) -> Result<Vec<(String, String)>, S
         out.push((name, v));
     }
     out.sort();
+    // `net.ipv4.x` and `net/ipv4/x` name one file: one value each.
+    if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(SpecError::DuplicateSysctl(clip(&w[0].0)));
+    }
     linux.set_sysctl((!rest.is_empty()).then_some(rest));
     Ok(out)
 }
@@ -1230,6 +1239,16 @@ mod tests {
             s.linux().as_ref().unwrap().sysctl().as_ref().unwrap().len(),
             1
         );
+        // One file named twice.
+        let mut s = spec_with(
+            &[
+                ("net.ipv4.tcp_syncookies", "1"),
+                ("net/ipv4/tcp_syncookies", "0"),
+            ],
+            false,
+        );
+        let e = take_pod_sysctls(&mut s).unwrap_err().to_string();
+        assert!(e.contains("given twice"), "{e}");
         let mut none = spec_with(&[], false);
         assert!(take_pod_sysctls(&mut none).unwrap().is_empty());
     }

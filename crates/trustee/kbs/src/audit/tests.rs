@@ -16,6 +16,7 @@ fn writer(store: Arc<dyn Store>, key: &ed25519_dalek::SigningKey, every: u64) ->
         next_due: AtomicU64::new(1),
         last_own: Default::default(),
         log_id: Default::default(),
+        log_id_looked: Default::default(),
     }
 }
 
@@ -37,6 +38,11 @@ fn log(n: u64, every: u64) -> (Vec<(i64, Vec<u8>)>, ed25519_dalek::SigningKey) {
     let rest: Vec<Entry> = (1..n).map(release).collect();
     w.write(&rest, false).unwrap();
     (s.audit_range(1, 10_000).unwrap(), key)
+}
+
+/// A record's `log_id`.
+fn log_id_of(record: &[u8]) -> Option<String> {
+    text(record).get("log_id")?.as_str().map(str::to_string)
 }
 
 fn text(r: &[u8]) -> Map<String, Value> {
@@ -197,6 +203,32 @@ fn checkpoints_name_their_log() {
     assert!(e.contains("record 9 does not follow record 8"), "{e}");
     let v = verify_since(&b[8..], &vk, (9, &sha256_hex(&b[8].1))).unwrap();
     assert_eq!(v.log_id, Some(idb));
+}
+
+/// A writer takes the log's id from its first record only when that
+/// record's signature holds.
+#[test]
+fn the_log_id_is_read_from_a_signed_record_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let w = writer(s.clone(), &key, 4);
+    w.write(&[release(1)], true).unwrap();
+    let vk = key.verifying_key();
+    let id = signed_log_id(s.as_ref(), &vk).unwrap();
+    assert_eq!(
+        Some(id.clone()),
+        log_id_of(&s.audit_range(1, 1).unwrap()[0].1)
+    );
+    let db = rusqlite::Connection::open(dir.path().join("db")).unwrap();
+    db.execute(
+        "UPDATE audit SET value = CAST(replace(CAST(value AS TEXT), ?1, 'ffffffffffffffffffffffffffffffff') AS BLOB) WHERE seq = 1",
+        [&id],
+    )
+    .unwrap();
+    assert_eq!(signed_log_id(s.as_ref(), &vk), None);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+    assert_eq!(signed_log_id(s.as_ref(), &other), None);
 }
 
 #[test]
