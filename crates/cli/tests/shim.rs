@@ -935,15 +935,19 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "",
         &format!("  - name: greet\n    image: {image}\n"),
     );
-    let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "pod run: {}\n{}\ncontainerd log:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        ctd.log_text()
-    );
-    assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING);
+    // `pod run --rm` of manifest `m`, which must succeed: its output.
+    let run_rm = |m: &Path| {
+        let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
+        assert!(
+            o.status.success(),
+            "pod run: {}\n{}\ncontainerd log:\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            ctd.log_text()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(run_rm(&m), GREETING);
     assert!(vms().is_empty(), "a QEMU is left after --rm");
     assert!(shims_of(&sock).is_empty(), "a shim is left after --rm");
     assert!(
@@ -962,15 +966,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
             "  - name: show\n    image: {image}\n    command: [\"cat\", \"/proc/sys/net/ipv4/ip_unprivileged_port_start\"]\n  securityContext:\n    sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: \"80\"}}]\n"
         ),
     );
-    let o = pod_cmd(ctd, &logs, &["run", "--rm", m.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "pod run: {}\n{}\ncontainerd log:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr),
-        ctd.log_text()
-    );
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "80\n");
+    assert_eq!(run_rm(&m), "80\n");
     // One that would open the guest's loopback services to the host: refused.
     let m = manifest(
         "opened",
