@@ -1237,7 +1237,7 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
     // Its user and privileges pinned too: what kubelet sends for its
     // securityContext (and `cocoon pod run` with it) is what the policy says.
     let container = format!(
-        "  - name: app\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo pinned-output $(id -u):$(id -g); sleep 600\"]\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 1001\n      allowPrivilegeEscalation: false\n      capabilities: {{drop: [ALL]}}\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/etc/greeting\"]\n"
+        "  - name: app\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo pinned-output $(id -u):$(id -g); sleep 600\"]\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 1001\n      allowPrivilegeEscalation: false\n      capabilities: {{drop: [ALL]}}\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/etc/greeting\"]\n  securityContext:\n    sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: \"80\"}}]\n"
     );
 
     // Pinned: the pod runs, its output is readable, the probe command
@@ -1291,6 +1291,13 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
         "echo pinned-output",
         "echo tampered",
         "CreateContainerRequest is blocked by policy: OCI.Process.Args",
+    );
+    // Or the pod's sysctls the sandbox gets.
+    refused(
+        "sysctl",
+        "value: '80'",
+        "value: '81'",
+        "CreateContainerRequest is blocked by policy: OCI.Linux.Sysctl: net.ipv4.ip_unprivileged_port_start=81 is not one of the pod spec's",
     );
     // Or who it runs as: the image's user (root) instead of the pinned one.
     refused(

@@ -634,6 +634,30 @@ fn signal_number(s: &str) -> Option<i32> {
     NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
 }
 
+/// The sysctls containerd sets for every pod when configured to
+/// (`enable_unprivileged_ports`, `enable_unprivileged_icmp`: on by default
+/// in containerd 2), unless the pod sets them: allowed on the sandbox.
+const RUNTIME_SYSCTLS: &[(&str, &str)] = &[
+    ("net.ipv4.ip_unprivileged_port_start", "0"),
+    ("net.ipv4.ping_group_range", "0 2147483647"),
+];
+
+/// The pod's `securityContext.sysctls`, which kubelet passes with its
+/// sandbox: name to value.
+fn pod_sysctls(pod: &Yaml) -> Value {
+    let mut m = serde_json::Map::new();
+    for s in pod["spec"]["securityContext"]["sysctls"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        if let (Some(k), Some(v)) = (s["name"].as_str(), s["value"].as_str()) {
+            m.insert(k.to_string(), json!(v));
+        }
+    }
+    Value::Object(m)
+}
+
 /// The pod's `supplementalGroups` and `fsGroup`: the only groups kubelet
 /// adds to a container's own.
 fn supplementary_groups(pod: &Yaml) -> Value {
@@ -718,7 +742,10 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
             },
             "Mounts": mounts(false),
             "Annotations": pod_annotations,
-            "Linux": {"Namespaces": namespaces(!host_pid), "MaskedPaths": [], "ReadonlyPaths": []},
+            "Linux": {
+                "Namespaces": namespaces(!host_pid), "MaskedPaths": [], "ReadonlyPaths": [],
+                "Sysctl": pod_sysctls(pod),
+            },
         },
         "storages": [],
         "devices": [],
@@ -825,7 +852,10 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
         },
         "sandbox": {"storages": []},
         "request_defaults": {
-            "CreateContainerRequest": {"allow_env_regex": env_regex},
+            "CreateContainerRequest": {
+                "allow_env_regex": env_regex,
+                "allow_sysctls": RUNTIME_SYSCTLS.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            },
             "ExecProcessRequest": {"allowed_commands": [], "regex": []},
             "ReadStreamRequest": !opts.deny_logs,
             "WriteStreamRequest": false,

@@ -161,6 +161,7 @@ CreateContainerRequest := {"allowed": true, "ops": ops} if {
 	devices_ok
 	namespaces_ok(c)
 	paths_ok(c)
+	sysctls_ok(c)
 	annotations_ok(c)
 	storages_ok(c)
 	privileges_ok(c)
@@ -277,6 +278,26 @@ paths_ok(c) if {
 	}
 }
 
+# Sysctls: the pod spec's, on its sandbox (where the runtime puts them), and
+# there also the runtime's own for every pod (containerd's unprivileged
+# ports and ICMP) where the pod spec does not set that one.
+sysctls_ok(c) if {
+	every k, v in object.get(linux, "Sysctl", {}) {
+		sysctl_allowed(k, v, c)
+	}
+}
+
+pod_sysctls(c) := object.get(c.OCI.Linux, "Sysctl", {})
+
+sysctl_allowed(k, v, c) if object.get(pod_sysctls(c), k, null) == v
+
+sysctl_allowed(k, v, c) if {
+	c.sandbox
+	object.get(pod_sysctls(c), k, null) == null
+	defaults := object.get(policy_data.request_defaults.CreateContainerRequest, "allow_sysctls", {})
+	object.get(defaults, k, null) == v
+}
+
 annotations_ok(c) if {
 	every key, pattern in c.OCI.Annotations {
 		regex.match(pattern, object.get(annotations, key, ""))
@@ -342,7 +363,7 @@ reasons.CreateContainerRequest contains msg if {
 	some msg in failures(policy_data.containers[i])
 }
 
-failures(c) := ((((((((((((((({msg |
+failures(c) := (((((((((((((((({msg |
 	not args_ok(c)
 	msg := sprintf("OCI.Process.Args: %v is not the pod spec's %v", [object.get(process, "Args", null), c.OCI.Process.Args])
 } | {msg |
@@ -397,6 +418,10 @@ failures(c) := ((((((((((((((({msg |
 	some p in c.OCI.Linux.ReadonlyPaths
 	not p in object.get(linux, "ReadonlyPaths", [])
 	msg := sprintf("OCI.Linux.ReadonlyPaths: %s must stay read-only", [p])
+}) | {msg |
+	some k, v in object.get(linux, "Sysctl", {})
+	not sysctl_allowed(k, v, c)
+	msg := sprintf("OCI.Linux.Sysctl: %s=%s is not one of the pod spec's", [k, v])
 }) | {msg |
 	some key, pattern in c.OCI.Annotations
 	not regex.match(pattern, object.get(annotations, key, ""))

@@ -589,3 +589,68 @@ fn groups_are_pinned_where_the_pod_spec_names_them() {
     assert_eq!((&user["UID"], &user["GID"]), (&json!(0), &json!(0)));
     assert_eq!(user["AdditionalGids"], json!([]));
 }
+
+/// Sysctls: the pod spec's on its sandbox, where the runtime puts them,
+/// and containerd's own for every pod where the pod spec sets none of
+/// that name; nothing on a container, nothing else.
+#[test]
+fn sysctls_are_the_pod_specs_on_its_sandbox() {
+    let pod = POD.replace(
+        "  runtimeClassName: cocoon\n",
+        "  runtimeClassName: cocoon\n  securityContext:\n    sysctls:\n    - {name: net.ipv4.ip_unprivileged_port_start, value: \"80\"}\n    - {name: kernel.shm_rmid_forced, value: \"1\"}\n",
+    );
+    let (gate, data) = policy(&pod, false);
+    assert_eq!(
+        data["containers"][0]["OCI"]["Linux"]["Sysctl"],
+        json!({"net.ipv4.ip_unprivileged_port_start": "80", "kernel.shm_rmid_forced": "1"})
+    );
+    let n = std::cell::Cell::new(0);
+    let pause_with = |sysctls: &[(&str, &str)]| {
+        let mut p = pause();
+        // Each one a new sandbox: the gate takes a container id once.
+        n.set(n.get() + 1);
+        p.container_id = format!("pod{}", n.get());
+        p.OCI.as_mut().unwrap().Linux.as_mut().unwrap().Sysctl = sysctls
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        p
+    };
+    gate.check(&pause_with(&[])).unwrap();
+    gate.check(&pause_with(&[
+        ("net.ipv4.ip_unprivileged_port_start", "80"),
+        ("kernel.shm_rmid_forced", "1"),
+        // containerd's enable_unprivileged_icmp.
+        ("net.ipv4.ping_group_range", "0 2147483647"),
+    ]))
+    .unwrap();
+    // Another value than the pod spec's (containerd's default for that
+    // name included), or one the pod spec does not name.
+    for (k, v) in [
+        ("net.ipv4.ip_unprivileged_port_start", "0"),
+        ("net.ipv4.tcp_syncookies", "0"),
+        ("net.ipv4.ping_group_range", "0 1"),
+    ] {
+        denied(
+            &gate,
+            &pause_with(&[(k, v)]),
+            &format!("OCI.Linux.Sysctl: {k}={v} is not one of the pod spec's"),
+        );
+    }
+    // A container of the pod takes none.
+    let mut s = spec("container", "app");
+    s.Linux
+        .as_mut()
+        .unwrap()
+        .Sysctl
+        .insert("kernel.shm_rmid_forced".into(), "1".into());
+    denied(
+        &gate,
+        &create("c1", s),
+        "OCI.Linux.Sysctl: kernel.shm_rmid_forced=1 is not one of the pod spec's",
+    );
+    // Without sysctls in the pod spec, containerd's own still pass.
+    let (gate, _) = policy(POD, false);
+    gate.check(&pause_with(&[("net.ipv4.ip_unprivileged_port_start", "0")]))
+        .unwrap();
+}
