@@ -1037,6 +1037,26 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     assert_eq!(o.status.code(), Some(4), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), GREETING);
     assert_eq!(String::from_utf8_lossy(&o.stderr), "e\n");
+    // The pod's IPC namespace and /dev/shm are one, as in Kubernetes:
+    // what one container puts there, another reads.
+    let in_pod = |c: &str, cmd: &str| {
+        ok(&pod_cmd(
+            ctd,
+            &logs,
+            &["exec", "pair", c, "--", "sh", "-c", cmd],
+        ))
+    };
+    let ipc = in_pod(
+        "sleeper",
+        "readlink /proc/self/ns/ipc; echo shared > /dev/shm/note",
+    );
+    let seen = in_pod("talker", "readlink /proc/self/ns/ipc; cat /dev/shm/note");
+    let (ns, note) = seen.split_once('\n').unwrap_or_default();
+    assert!(
+        ipc.starts_with("ipc:[") && ipc.trim() == ns,
+        "{ipc:?} {seen:?}"
+    );
+    assert_eq!(note, "shared\n");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let o = pod_cmd(ctd, &logs, &["logs", &pod_id, "talker"]);

@@ -21,6 +21,9 @@ use tokio::sync::{Mutex, watch};
 pub const BUNDLES: &str = "/run/kata-containers";
 /// libcontainer's state root.
 pub const OCI_ROOT: &str = "/run/cocoon/oci";
+/// The pod's `/dev/shm`: one tmpfs every container of the pod mounts, as
+/// Kubernetes shares it across a pod (the host's is not the VM's).
+pub const POD_SHM: &str = "/run/cocoon/pod-shm";
 /// Parent cgroup of every container.
 pub const CGROUP_PARENT: &str = "/cocoon";
 /// The pause container's program, bind-mounted from the guest binary.
@@ -306,6 +309,8 @@ pub struct Sandbox {
     hub: String,
     oom: Arc<OomQueue>,
     policy: Arc<super::policy::Gate>,
+    /// The pause container's init: the pod's IPC namespace is its.
+    pause_pid: std::sync::Mutex<Option<i32>>,
 }
 
 impl Sandbox {
@@ -329,6 +334,7 @@ impl Sandbox {
             hub: hub.into(),
             oom,
             policy,
+            pause_pid: Default::default(),
         }))
     }
 
@@ -553,10 +559,14 @@ impl Sandbox {
             // The pod's network settings, in the VM's network namespace
             // (the pod's), once everything else about the sandbox passed.
             Ok(()) => match set_pod_sysctls(&pod_sysctls) {
-                Ok(()) => {
-                    self.create_in(id, &bundle, oci_spec.process().as_ref())
-                        .await
-                }
+                Ok(()) => self
+                    .create_in(id, &bundle, oci_spec.process().as_ref())
+                    .await
+                    .map(|pid| {
+                        if sandbox {
+                            *self.pause_pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+                        }
+                    }),
                 e => e,
             },
             e => e,
@@ -618,9 +628,52 @@ impl Sandbox {
             }
         }
         confine::container(oci_spec, bundle)?;
+        self.share_pod_ipc(oci_spec, sandbox)?;
         let text = serde_json::to_vec_pretty(&*oci_spec)
             .map_err(|e| SandboxError::Failed(format!("writing config.json: {e}")))?;
         std::fs::write(bundle.join("config.json"), text).map_err(failed("writing config.json"))
+    }
+
+    /// What Kubernetes shares across a pod and the guest makes once: its
+    /// IPC namespace (the pause container's, which every other container
+    /// joins) and its `/dev/shm` (one tmpfs, [`POD_SHM`], in place of each
+    /// container's own). Done after the host's spec was checked: the
+    /// paths are the guest's own.
+    fn share_pod_ipc(
+        &self,
+        spec: &mut libcontainer::oci_spec::runtime::Spec,
+        sandbox: bool,
+    ) -> Result<(), SandboxError> {
+        use libcontainer::oci_spec::runtime::{LinuxNamespaceType, MountBuilder};
+        mount_pod_shm()?;
+        let pause = *self.pause_pid.lock().unwrap_or_else(|e| e.into_inner());
+        if let (false, Some(pid), Some(linux)) = (sandbox, pause, spec.linux_mut()) {
+            let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+            for n in &mut namespaces {
+                if n.typ() == LinuxNamespaceType::Ipc {
+                    n.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/ipc"))));
+                }
+            }
+            linux.set_namespaces(Some(namespaces));
+        }
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        for m in &mut mounts {
+            if m.destination() == Path::new("/dev/shm") {
+                *m = MountBuilder::default()
+                    .destination("/dev/shm")
+                    .typ("bind")
+                    .source(POD_SHM)
+                    .options(
+                        ["rbind", "nosuid", "noexec", "nodev"]
+                            .map(String::from)
+                            .to_vec(),
+                    )
+                    .build()
+                    .map_err(|e| SandboxError::Failed(format!("the pod /dev/shm mount: {e}")))?;
+            }
+        }
+        spec.set_mounts(Some(mounts));
+        Ok(())
     }
 
     /// Pulls `image` into `bundle` once the policy accepts it. Under a
@@ -681,7 +734,7 @@ impl Sandbox {
         id: &str,
         bundle: &Path,
         process: Option<&libcontainer::oci_spec::runtime::Process>,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<i32, SandboxError> {
         let stdio = self.stdio_for(process)?;
         let created = self
             .helper_with(
@@ -723,7 +776,7 @@ impl Sandbox {
         });
         self.containers.lock().await.insert(id.into(), c);
         tracing::info!(container = id, pid, "container created");
-        Ok(())
+        Ok(pid)
     }
 
     /// StartContainer.
@@ -1000,6 +1053,35 @@ fn read_spec(path: &Path) -> Result<libcontainer::oci_spec::runtime::Spec, Sandb
             e.column()
         ))
     })
+}
+
+/// Mounts the pod's `/dev/shm` tmpfs at [`POD_SHM`] once (the size the
+/// runtime gives a container's, 64 MiB).
+fn mount_pod_shm() -> Result<(), SandboxError> {
+    static MOUNTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if MOUNTED.get().is_some() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(POD_SHM).map_err(failed("creating the pod /dev/shm"))?;
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
+    let (src, dst, typ, data) = (c("shm"), c(POD_SHM), c("tmpfs"), c("mode=1777,size=65536k"));
+    // SAFETY: mount(2) with valid C strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            typ.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(failed("mounting the pod /dev/shm")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let _ = MOUNTED.set(());
+    Ok(())
 }
 
 fn bind_pause(exe: &Path, rootfs: &Path) -> Result<(), SandboxError> {
