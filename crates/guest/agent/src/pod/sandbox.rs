@@ -24,6 +24,10 @@ pub const OCI_ROOT: &str = "/run/cocoon/oci";
 /// The pod's `/dev/shm`: one tmpfs every container of the pod mounts, as
 /// Kubernetes shares it across a pod (the host's is not the VM's).
 pub const POD_SHM: &str = "/run/cocoon/pod-shm";
+/// The pod's IPC namespace, pinned by a bind mount of the pause
+/// container's once it is created: containers join this path, never a
+/// `/proc/<pid>` one whose pid could be another process's later.
+pub const POD_IPC: &str = "/run/cocoon/pod-ipc";
 /// Parent cgroup of every container.
 pub const CGROUP_PARENT: &str = "/cocoon";
 /// The pause container's program, bind-mounted from the guest binary.
@@ -309,8 +313,8 @@ pub struct Sandbox {
     hub: String,
     oom: Arc<OomQueue>,
     policy: Arc<super::policy::Gate>,
-    /// The pause container's init: the pod's IPC namespace is its.
-    pause_pid: std::sync::Mutex<Option<i32>>,
+    /// Whether the pod's IPC namespace is pinned at [`POD_IPC`].
+    pod_ipc: std::sync::Mutex<bool>,
 }
 
 impl Sandbox {
@@ -334,7 +338,7 @@ impl Sandbox {
             hub: hub.into(),
             oom,
             policy,
-            pause_pid: Default::default(),
+            pod_ipc: Default::default(),
         }))
     }
 
@@ -562,9 +566,11 @@ impl Sandbox {
                 Ok(()) => self
                     .create_in(id, &bundle, oci_spec.process().as_ref())
                     .await
-                    .map(|pid| {
+                    .and_then(|pid| {
                         if sandbox {
-                            *self.pause_pid.lock().unwrap_or_else(|e| e.into_inner()) = Some(pid);
+                            self.pin_pod_ipc(pid)
+                        } else {
+                            Ok(())
                         }
                     }),
                 e => e,
@@ -646,12 +652,32 @@ impl Sandbox {
     ) -> Result<(), SandboxError> {
         use libcontainer::oci_spec::runtime::{LinuxNamespaceType, MountBuilder};
         mount_pod_shm()?;
-        let pause = *self.pause_pid.lock().unwrap_or_else(|e| e.into_inner());
-        if let (false, Some(pid), Some(linux)) = (sandbox, pause, spec.linux_mut()) {
+        let pinned = *self.pod_ipc.lock().unwrap_or_else(|e| e.into_inner());
+        match (sandbox, pinned) {
+            (true, true) => {
+                return Err(SandboxError::Invalid(
+                    "the pod has its sandbox already".into(),
+                ));
+            }
+            (false, false) => {
+                return Err(SandboxError::Invalid(
+                    "the pod's sandbox is not created yet".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let (false, Some(linux)) = (sandbox, spec.linux_mut()) {
+            // The pod's sysctls are its sandbox's (IPC ones now act on the
+            // namespace the whole pod shares).
+            if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
+                return Err(SandboxError::Invalid(
+                    "sysctls are the pod's: only its sandbox sets them".into(),
+                ));
+            }
             let mut namespaces = linux.namespaces().clone().unwrap_or_default();
             for n in &mut namespaces {
                 if n.typ() == LinuxNamespaceType::Ipc {
-                    n.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/ipc"))));
+                    n.set_path(Some(PathBuf::from(POD_IPC)));
                 }
             }
             linux.set_namespaces(Some(namespaces));
@@ -673,6 +699,54 @@ impl Sandbox {
             }
         }
         spec.set_mounts(Some(mounts));
+        Ok(())
+    }
+
+    /// Pins the IPC namespace of the pod's pause container, just created
+    /// (its init waits for StartContainer, and only the agent reaps, so
+    /// `pid` is still its), at [`POD_IPC`].
+    fn pin_pod_ipc(&self, pid: i32) -> Result<(), SandboxError> {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::io::AsRawFd;
+        let mut pinned = self.pod_ipc.lock().unwrap_or_else(|e| e.into_inner());
+        if *pinned {
+            return Err(SandboxError::Invalid(
+                "the pod has its sandbox already".into(),
+            ));
+        }
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/ipc"))
+            .map_err(failed("opening the pause container's IPC namespace"))?;
+        let (theirs, ours) = (
+            ns.metadata().map_err(failed("the pause IPC namespace"))?,
+            std::fs::metadata("/proc/self/ns/ipc").map_err(failed("the agent's IPC namespace"))?,
+        );
+        if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+            return Err(SandboxError::Failed(
+                "the pause container is in the agent's IPC namespace".into(),
+            ));
+        }
+        std::fs::File::create(POD_IPC).map_err(failed("creating the pod IPC pin"))?;
+        let c = |s: String| std::ffi::CString::new(s).expect("no NUL");
+        let (src, dst) = (
+            c(format!("/proc/self/fd/{}", ns.as_raw_fd())),
+            c(POD_IPC.to_string()),
+        );
+        // SAFETY: mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(failed("pinning the pod IPC namespace")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        *pinned = true;
         Ok(())
     }
 
@@ -1058,8 +1132,10 @@ fn read_spec(path: &Path) -> Result<libcontainer::oci_spec::runtime::Spec, Sandb
 /// Mounts the pod's `/dev/shm` tmpfs at [`POD_SHM`] once (the size the
 /// runtime gives a container's, 64 MiB).
 fn mount_pod_shm() -> Result<(), SandboxError> {
-    static MOUNTED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    if MOUNTED.get().is_some() {
+    // Held across the check and the mount: two creates at once mount once.
+    static MOUNTED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut mounted = MOUNTED.lock().unwrap_or_else(|e| e.into_inner());
+    if *mounted {
         return Ok(());
     }
     std::fs::create_dir_all(POD_SHM).map_err(failed("creating the pod /dev/shm"))?;
@@ -1080,7 +1156,7 @@ fn mount_pod_shm() -> Result<(), SandboxError> {
             std::io::Error::last_os_error(),
         ));
     }
-    let _ = MOUNTED.set(());
+    *mounted = true;
     Ok(())
 }
 
