@@ -653,20 +653,14 @@ impl Sandbox {
         use libcontainer::oci_spec::runtime::{LinuxNamespaceType, MountBuilder};
         mount_pod_shm()?;
         let pinned = *self.pod_ipc.lock().unwrap_or_else(|e| e.into_inner());
-        match (sandbox, pinned) {
-            (true, true) => {
-                return Err(SandboxError::Invalid(
-                    "the pod has its sandbox already".into(),
-                ));
-            }
-            (false, false) => {
-                return Err(SandboxError::Invalid(
-                    "the pod's sandbox is not created yet".into(),
-                ));
-            }
-            _ => {}
+        if sandbox && pinned {
+            return Err(SandboxError::Invalid(
+                "the pod has its sandbox already".into(),
+            ));
         }
-        if let (false, Some(linux)) = (sandbox, spec.linux_mut()) {
+        // A container of a pod with a sandbox joins the pod's; one run
+        // alone (`ctr run`, `cocoon run`: no sandbox) keeps its own.
+        if let (false, true, Some(linux)) = (sandbox, pinned, spec.linux_mut()) {
             // The pod's sysctls are its sandbox's (IPC ones now act on the
             // namespace the whole pod shares).
             if linux.sysctl().as_ref().is_some_and(|s| !s.is_empty()) {
