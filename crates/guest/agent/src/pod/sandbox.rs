@@ -557,7 +557,7 @@ impl Sandbox {
             Err(e) => return Err(failed("creating the bundle")(e)),
         }
         let r = match self
-            .prepare(req, kspec, &bundle, &rootfs, &mut oci_spec)
+            .prepare(req, kspec, sandbox, &bundle, &rootfs, &mut oci_spec)
             .await
         {
             // The pod's network settings, in the VM's network namespace
@@ -587,16 +587,13 @@ impl Sandbox {
         &self,
         req: &agent::CreateContainerRequest,
         kspec: &koci::Spec,
+        sandbox: bool,
         bundle: &Path,
         rootfs: &Path,
         oci_spec: &mut libcontainer::oci_spec::runtime::Spec,
     ) -> Result<(), SandboxError> {
         let id = req.container_id.as_str();
         let pull = req.storages.iter().find(|s| s.driver == "image_guest_pull");
-        let sandbox = kspec
-            .Annotations
-            .get("io.kubernetes.cri.container-type")
-            .is_some_and(|t| t == "sandbox");
         if let Some(other) = req.storages.iter().find(|s| s.driver != "image_guest_pull") {
             return Err(SandboxError::Unsupported(format!(
                 "storage driver '{}' is not supported (image_guest_pull only)",
@@ -720,26 +717,9 @@ impl Sandbox {
             ));
         }
         std::fs::File::create(POD_IPC).map_err(failed("creating the pod IPC pin"))?;
-        let c = |s: String| std::ffi::CString::new(s).expect("no NUL");
-        let (src, dst) = (
-            c(format!("/proc/self/fd/{}", ns.as_raw_fd())),
-            c(POD_IPC.to_string()),
-        );
-        // SAFETY: mount(2) with valid C strings.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(failed("pinning the pod IPC namespace")(
-                std::io::Error::last_os_error(),
-            ));
-        }
+        let fd = Path::new("/proc/self/fd").join(ns.as_raw_fd().to_string());
+        mount(Some(&fd), Path::new(POD_IPC), None, libc::MS_BIND, None)
+            .map_err(failed("pinning the pod IPC namespace"))?;
         *pinned = true;
         Ok(())
     }
@@ -1133,23 +1113,14 @@ fn mount_pod_shm() -> Result<(), SandboxError> {
         return Ok(());
     }
     std::fs::create_dir_all(POD_SHM).map_err(failed("creating the pod /dev/shm"))?;
-    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL");
-    let (src, dst, typ, data) = (c("shm"), c(POD_SHM), c("tmpfs"), c("mode=1777,size=65536k"));
-    // SAFETY: mount(2) with valid C strings.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            typ.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(failed("mounting the pod /dev/shm")(
-            std::io::Error::last_os_error(),
-        ));
-    }
+    mount(
+        Some(Path::new("shm")),
+        Path::new(POD_SHM),
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(failed("mounting the pod /dev/shm"))?;
     *mounted = true;
     Ok(())
 }
@@ -1157,38 +1128,53 @@ fn mount_pod_shm() -> Result<(), SandboxError> {
 fn bind_pause(exe: &Path, rootfs: &Path) -> Result<(), SandboxError> {
     let target = rootfs.join(PAUSE.trim_start_matches('/'));
     std::fs::File::create(&target).map_err(failed("creating the pause file"))?;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-            .map_err(|_| SandboxError::Invalid("path with NUL".into()))
-    };
-    let (src, dst) = (c(exe)?, c(&target)?);
-    // SAFETY: mount(2) with valid C strings; read-only needs a remount.
-    let rc = unsafe {
-        let rc = libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        );
-        if rc == 0 {
-            libc::mount(
-                std::ptr::null(),
-                dst.as_ptr(),
-                std::ptr::null(),
+    // Read-only needs a remount.
+    mount(Some(exe), &target, None, libc::MS_BIND, None)
+        .and_then(|()| {
+            mount(
+                None,
+                &target,
+                None,
                 libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                std::ptr::null(),
+                None,
             )
-        } else {
-            rc
-        }
+        })
+        .map_err(failed("mounting the pause binary"))
+}
+
+/// mount(2).
+fn mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> std::io::Result<()> {
+    let c = |b: &[u8]| {
+        std::ffi::CString::new(b).map_err(|_| std::io::Error::other("a mount argument with NUL"))
     };
-    if rc != 0 {
-        return Err(failed("mounting the pause binary")(
-            std::io::Error::last_os_error(),
-        ));
+    let source = source
+        .map(|p| c(p.as_os_str().as_encoded_bytes()))
+        .transpose()?;
+    let target = c(target.as_os_str().as_encoded_bytes())?;
+    let fstype = fstype.map(|t| c(t.as_bytes())).transpose()?;
+    let data = data.map(|d| c(d.as_bytes())).transpose()?;
+    let ptr = |o: &Option<std::ffi::CString>| o.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: valid C strings or null pointers, alive for the call.
+    let rc = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data).cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    Ok(())
 }
 
 /// Writes the pod's network sysctls (dotted names from
