@@ -34,8 +34,10 @@ pub struct PodBenchArgs {
     attest: bool,
     /// Also time pods through Debian's containerd and CRI with the
     /// `cocoon` handler (the shim binary beside this one; needs
-    /// --registry): RunPodSandbox to container running against the floor
-    /// of the last mode, four pods at once, memory per pod, shim RSS.
+    /// --registry): RunPodSandbox to container running, by CRI call,
+    /// against a plain QEMU boot of the same guest image to its agent's
+    /// first answer (booted beside each pod) and the floor of the last
+    /// mode; four pods at once, memory per pod, shim RSS.
     #[arg(long, requires = "registry")]
     cri: bool,
 }
@@ -382,6 +384,35 @@ pub fn settle_vtpm_pool(ca: &Path, scratch: &Path) -> Result<()> {
     }
 }
 
+/// A plain QEMU boot of the guest image (no network, no initdata) up to
+/// its agent's first answer, from a vTPM pool at rest: the time, and
+/// QEMU's RSS then (KiB).
+pub async fn boot_to_ready(
+    qemu: &Qemu,
+    accel: cocoon_hypervisor::Accel,
+    img: &Path,
+    work: &Path,
+    id: &str,
+    mode: Mode,
+    memory: u32,
+) -> Result<(Duration, u64)> {
+    let mut s = spec(img, work, id, mode, memory, img.join("initrd.img"))?;
+    s.accel = Some(accel);
+    if mode == Mode::Vtpm {
+        settle_vtpm_pool(&crate::run::default_vtpm_ca(), work)?;
+    }
+    let pod = PodVm::start(qemu, s, Duration::from_secs(300)).await?;
+    let took = pod.boot_time;
+    let rss = pod
+        .vm()
+        .pids()
+        .first()
+        .and_then(|p| rss_kib(*p))
+        .unwrap_or(0);
+    pod.stop().await?;
+    Ok((took, rss))
+}
+
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -456,25 +487,18 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
                 "the floor VM did not power off cleanly: {exit:?}"
             );
             // Ours: the same VM up to the agent's first answer.
-            let img_initrd = a.image.join("initrd.img");
-            let mut s = spec(
+            let (took, qemu_rss) = boot_to_ready(
+                &qemu,
+                accel,
                 &a.image,
                 work.path(),
                 &format!("pod-{m}-{i}"),
                 mode,
                 a.memory,
-                img_initrd,
-            )?;
-            s.accel = Some(accel);
-            if mode == Mode::Vtpm {
-                settle_vtpm_pool(&vtpm_ca, work.path())?;
-            }
-            let pod = PodVm::start(&qemu, s, Duration::from_secs(300)).await?;
-            ready.push(pod.boot_time);
-            if let Some(pid) = pod.vm().pids().first() {
-                rss = rss_kib(*pid).unwrap_or(0);
-            }
-            pod.stop().await?;
+            )
+            .await?;
+            ready.push(took);
+            rss = qemu_rss;
             if let (Some(image), Some(reg)) = (&image, &a.registry) {
                 let flags =
                     ["--tee", m.as_str(), "--insecure-registry", reg.as_str()].map(String::from);
@@ -546,7 +570,11 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
         );
     }
     if let Some((reg, mode, floor)) = cri_phase {
-        crate::bench_cri::run(&a.image, &reg, mode, a.memory, a.runs, floor).await?;
+        let boot = |id: String| {
+            let (qemu, img, work) = (&qemu, &a.image, work.path());
+            async move { boot_to_ready(qemu, accel, img, work, &id, mode, a.memory).await }
+        };
+        crate::bench_cri::run(&a.image, &reg, mode, a.memory, a.runs, floor, boot).await?;
     }
     Ok(())
 }

@@ -301,6 +301,10 @@ impl DataHub {
             layers = report.layers,
             encrypted = report.encrypted_layers,
             ms = report.total.as_millis() as u64,
+            prepare_ms = report.prepare.as_millis() as u64,
+            download_ms = report.download.as_millis() as u64,
+            decode_ms = report.unpack_decode.as_millis() as u64,
+            apply_ms = report.unpack_apply.as_millis() as u64,
             "image pulled"
         );
         Ok(report.manifest_digest)

@@ -25,14 +25,15 @@ use std::path::{Path, PathBuf};
 /// come along): the virtio transport, the agent port and the initdata disk.
 pub const EARLY_MODULES: &[&str] = &["virtio_pci", "virtio_console", "virtio_blk"];
 
-/// Modules the guest loads once its agent answers: network, entropy, vsock
-/// and overlayfs for container root filesystems.
-pub const LATE_MODULES: &[&str] = &[
-    "virtio_net",
-    "virtio_rng",
-    "vmw_vsock_virtio_transport",
-    "overlay",
-];
+/// Modules the guest loads once its agent answers, in this order (each
+/// after its dependencies): the network first, which the host configures
+/// next, then entropy. Container root filesystems are plain directories
+/// (the image is unpacked in the guest), so no overlayfs.
+pub const LATE_MODULES: &[&str] = &["virtio_net", "virtio_rng"];
+
+/// Modules the guest loads after the late ones only when the VM has a
+/// virtio vsock device: the agent's vsock listener.
+pub const VSOCK_MODULES: &[&str] = &["vmw_vsock_virtio_transport"];
 
 /// The kernel command line the image is built for. `panic=-1` reboots at
 /// once on a panic, which the VMM turns into an exit (`-no-reboot`).
@@ -48,6 +49,9 @@ pub const MODULE_DIR: &str = "lib/modules";
 pub const MODULE_ORDER: &str = "lib/modules/order";
 /// Load order of the late modules (after the early ones).
 pub const MODULE_ORDER_LATE: &str = "lib/modules/order.late";
+/// Load order of the vsock modules (after the late ones, with a vsock
+/// device only).
+pub const MODULE_ORDER_VSOCK: &str = "lib/modules/order.vsock";
 
 pub use vtpm::{CMDLINE_PCR, OVMF_INITRD_ARG};
 
@@ -346,15 +350,27 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let guest = std::fs::read(&opts.guest_binary).map_err(io(&opts.guest_binary))?;
     check_static(&opts.guest_binary, &guest)?;
     let tree = root.join(format!("lib/modules/{}", pkg.release));
-    let early = modules::resolve(&tree, EARLY_MODULES)?;
-    let all: Vec<&str> = EARLY_MODULES.iter().chain(LATE_MODULES).copied().collect();
-    // Everything, dependencies first; the early ones (a closed set) first.
-    let mut mods = early.clone();
-    mods.extend(
-        modules::resolve(&tree, &all)?
-            .into_iter()
-            .filter(|m| !early.contains(m)),
-    );
+    // Each group in turn, each wanted module after its dependencies and
+    // in the order its group lists them; a module already in an earlier
+    // group is not repeated.
+    let groups = [
+        (EARLY_MODULES, MODULE_ORDER),
+        (LATE_MODULES, MODULE_ORDER_LATE),
+        (VSOCK_MODULES, MODULE_ORDER_VSOCK),
+    ];
+    let mut mods: Vec<modules::Module> = Vec::new();
+    let mut lists = vec![String::new(); groups.len()];
+    for ((wanted, _), list) in groups.iter().zip(&mut lists) {
+        for w in *wanted {
+            for m in modules::resolve(&tree, &[w])? {
+                if !mods.contains(&m) {
+                    list.push_str(&m.name);
+                    list.push('\n');
+                    mods.push(m);
+                }
+            }
+        }
+    }
 
     let mut a = cpio::Archive::default();
     a.add("init", cpio::Node::File(guest.clone()), 0o755)?;
@@ -363,28 +379,17 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     for d in ["proc", "sys", "run", "tmp", "etc", "mnt", "root"] {
         a.add(d, cpio::Node::Dir, 0o755)?;
     }
-    let (mut order, mut late) = (String::new(), String::new());
-    for (i, m) in mods.iter().enumerate() {
+    for m in &mods {
         let bytes = std::fs::read(&m.path).map_err(io(&m.path))?;
         a.add(
             &format!("{MODULE_DIR}/{}.ko", m.name),
             cpio::Node::File(bytes),
             0o644,
         )?;
-        let list = if i < early.len() {
-            &mut order
-        } else {
-            &mut late
-        };
-        list.push_str(&m.name);
-        list.push('\n');
     }
-    a.add(MODULE_ORDER, cpio::Node::File(order.into_bytes()), 0o644)?;
-    a.add(
-        MODULE_ORDER_LATE,
-        cpio::Node::File(late.into_bytes()),
-        0o644,
-    )?;
+    for ((_, path), list) in groups.iter().zip(lists) {
+        a.add(path, cpio::Node::File(list.into_bytes()), 0o644)?;
+    }
     let archive = a.to_bytes()?;
     let initrd = match opts.compression {
         Compression::None => archive,

@@ -57,10 +57,23 @@ fn two_builds_are_byte_identical() {
     let pos = |m: &str| a.modules.iter().position(|x| x == m).unwrap();
     assert!(pos("virtio_pci") > pos("virtio_ring"));
     assert!(pos("virtio_console") > pos("virtio_ring"));
-    assert!(a.modules.contains(&"overlay".to_string()));
-    // The agent's channel and the initdata disk come before the rest.
+    // Container root filesystems are plain directories: no overlayfs.
+    assert!(!a.modules.contains(&"overlay".to_string()));
+    // The agent's channel and the initdata disk come before the rest; of
+    // the rest the network first (the host configures it next), and the
+    // vsock transport last, in a list of its own.
     assert!(pos("virtio_blk") < pos("virtio_net"));
-    assert!(pos("virtio_console") < pos("overlay"));
+    assert!(pos("virtio_console") < pos("virtio_net"));
+    assert!(pos("virtio_net") < pos("virtio_rng"));
+    assert!(pos("virtio_rng") < pos("vsock"));
+    assert!(pos("vsock") < pos("vmw_vsock_virtio_transport"));
+    let initrd = std::fs::read(dir.path().join("a/initrd.img")).unwrap();
+    for list in ["lib/modules/order.late\0", "lib/modules/order.vsock\0"] {
+        assert!(
+            initrd.windows(list.len()).any(|w| w == list.as_bytes()),
+            "{list} is not in the initramfs"
+        );
+    }
     // Another command line changes the command-line digest and PCR only.
     let mut o = opts("c");
     o.cmdline = Some("console=ttyS0 panic=-1".into());

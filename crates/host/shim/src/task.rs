@@ -373,6 +373,7 @@ impl Inner {
             vtpm_ca: (cfg.mode == Mode::Vtpm).then(|| cfg.vtpm_ca.clone()),
             pod_network: None,
         };
+        let t0 = std::time::Instant::now();
         let pod_net = match netns {
             Some(ns) => {
                 let ns = PathBuf::from(ns);
@@ -398,6 +399,7 @@ impl Inner {
         tracing::info!(
             sandbox = sandbox_id,
             boot_ms = vm.boot_time.as_millis() as u64,
+            since_start_ms = t0.elapsed().as_millis() as u64,
             "pod VM up"
         );
         let pod = Arc::new(Pod {
@@ -422,6 +424,11 @@ impl Inner {
             let _ = pod.vm.vm().stop().await;
             return Err(boot_failed(format!("preparing the pod in the guest: {e}")));
         }
+        tracing::info!(
+            sandbox = sandbox_id,
+            since_start_ms = t0.elapsed().as_millis() as u64,
+            "pod network and sandbox set up in the guest"
+        );
         self.watch_vm(pod.clone());
         self.watch_oom(pod.agent().clone());
         Ok(pod)
@@ -667,6 +674,7 @@ impl Task for Service {
         if let Some(p) = ospec.Process.as_mut() {
             p.Terminal = req.terminal;
         }
+        let t0 = std::time::Instant::now();
         let r = pod
             .agent()
             .agent
@@ -691,6 +699,11 @@ impl Task for Service {
                 cocoon_pod::describe(e)
             )));
         }
+        tracing::info!(
+            container = %req.id,
+            ms = t0.elapsed().as_millis() as u64,
+            "container created in the pod VM"
+        );
         let c = Arc::new(Container {
             id: req.id.clone(),
             bundle: req.bundle.clone(),

@@ -145,6 +145,29 @@ pub fn load_modules(dir: &Path, order: &Path) -> Result<Vec<String>, InitError> 
     Ok(loaded)
 }
 
+/// Whether the VM has a virtio vsock device (PCI vendor 0x1af4, device
+/// 0x1053: virtio 1.0 device type 19). PCI devices are in sysfs before
+/// PID 1 starts, whether or not a driver is loaded.
+pub fn has_virtio_vsock() -> bool {
+    has_pci_device(Path::new("/sys/bus/pci/devices"), 0x1af4, 0x1053)
+}
+
+/// Whether a device under `dir` (sysfs PCI layout) has this vendor and
+/// device id.
+fn has_pci_device(dir: &Path, vendor: u16, device: u16) -> bool {
+    let id = |p: &Path, f: &str| {
+        std::fs::read_to_string(p.join(f))
+            .ok()
+            .and_then(|v| u16::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+    };
+    std::fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            let p = e.path();
+            id(&p, "vendor") == Some(vendor) && id(&p, "device") == Some(device)
+        })
+    })
+}
+
 /// The kernel command line as the guest sees it (without the newline).
 pub fn cmdline() -> Result<String, InitError> {
     std::fs::read_to_string("/proc/cmdline")
@@ -277,6 +300,23 @@ mod tests {
             "version = \"0.1.0\"\nalgorithm = \"sha256\"\n[data]\n\"../../etc/passwd\" = 'x'\n";
         let err = write_initdata(dir.path(), evil).unwrap_err().to_string();
         assert!(err.contains("invalid [data] name"), "{err}");
+    }
+
+    #[test]
+    fn pci_devices_are_found_by_vendor_and_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = |name: &str, vendor: &str, device: &str| {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("vendor"), vendor).unwrap();
+            std::fs::write(d.join("device"), device).unwrap();
+        };
+        dev("0000:00:01.0", "0x8086\n", "0x29c0\n");
+        dev("0000:00:02.0", "0x1af4\n", "0x1043\n");
+        assert!(!has_pci_device(dir.path(), 0x1af4, 0x1053));
+        dev("0000:00:03.0", "0x1af4\n", "0x1053\n");
+        assert!(has_pci_device(dir.path(), 0x1af4, 0x1053));
+        assert!(!has_pci_device(&dir.path().join("none"), 0x1af4, 0x1053));
     }
 
     #[test]

@@ -167,13 +167,16 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
         .start()
         .await
         .map_err(|e| anyhow::anyhow!("starting the agent server: {e}"))?;
-    // The rest of the modules (network, vsock, overlayfs) load while the
-    // host already talks to the agent; then vsock and the guest services.
+    // The rest of the modules (network first, then entropy) load while
+    // the host already talks to the agent; then, with a vsock device, its
+    // modules; then the guest services.
     let late = tokio::task::spawn_blocking(|| {
-        init::load_modules(
-            Path::new("/lib/modules"),
-            Path::new("/lib/modules/order.late"),
-        )
+        let dir = Path::new("/lib/modules");
+        let mut loaded = init::load_modules(dir, &dir.join("order.late"))?;
+        if init::has_virtio_vsock() {
+            loaded.extend(init::load_modules(dir, &dir.join("order.vsock"))?);
+        }
+        Ok::<_, init::InitError>(loaded)
     });
     // The port appears once virtio_console is loaded; udev is not running,
     // so wait for the device node.

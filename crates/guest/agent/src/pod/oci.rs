@@ -20,8 +20,6 @@ pub enum Op {
     /// Creates the container from `bundle/config.json`; its init waits
     /// for `Start`.
     Create { bundle: PathBuf },
-    /// Lets the created init run the workload.
-    Start,
     /// Runs the process in `process` (an OCI `process` JSON) inside the
     /// running container.
     Exec { process: PathBuf },
@@ -115,6 +113,18 @@ fn load(req: &Request) -> Result<libcontainer::container::Container, String> {
         .map_err(|e| format!("container {}: {e}", req.id))
 }
 
+/// Lets the created init of container `id` run its workload. Unlike the
+/// operations of the helper, this clones nothing (it tells the waiting
+/// init through its socket and records the state; specs with hooks are
+/// refused before a container is created), so PID 1 runs it itself,
+/// off its async threads, and saves a helper's start.
+pub fn start(root: &Path, id: &str) -> Result<(), String> {
+    libcontainer::container::Container::load(root.join(id))
+        .map_err(|e| format!("container {id}: {e}"))?
+        .start()
+        .map_err(|e| format!("starting container {id}: {e}"))
+}
+
 fn run(req: &Request) -> Result<Option<i32>, String> {
     match &req.op {
         Op::Create { bundle } => {
@@ -131,12 +141,6 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
                 return Err(format!("container {}: {e}", req.id));
             }
             Ok(c.pid().map(|p| p.as_raw()))
-        }
-        Op::Start => {
-            load(req)?
-                .start()
-                .map_err(|e| format!("starting container {}: {e}", req.id))?;
-            Ok(None)
         }
         Op::Exec { process } => {
             let pid = builder(req)?
@@ -210,7 +214,7 @@ mod tests {
         );
         // Without a terminal the field is left out and reads back as none.
         let plain: Request =
-            serde_json::from_str(r#"{"root":"/r","id":"c","op":"start"}"#).unwrap();
+            serde_json::from_str(r#"{"root":"/r","id":"c","op":"delete"}"#).unwrap();
         assert!(plain.console_socket.is_none());
         assert!(
             serde_json::from_str::<Request>(r#"{"root":"/r","id":"c","op":"format"}"#).is_err()

@@ -830,7 +830,11 @@ impl Sandbox {
     /// StartContainer.
     pub async fn start(&self, id: &str) -> Result<(), SandboxError> {
         let c = self.container(id).await?;
-        self.helper(&c.id, Op::Start, None, None).await?;
+        let cid = c.id.clone();
+        tokio::task::spawn_blocking(move || oci::start(Path::new(OCI_ROOT), &cid))
+            .await
+            .map_err(|e| SandboxError::Failed(format!("starting container {id}: {e}")))?
+            .map_err(SandboxError::Failed)?;
         tracing::info!(container = id, "container started");
         Ok(())
     }
