@@ -2,8 +2,8 @@
 //! `cocoon` handler, driven through CRI as kubelet drives it. Times
 //! RunPodSandbox to container running, call by call, against a plain QEMU
 //! boot of the same guest image (the same kernel, initramfs, firmware and
-//! vTPM, no containerd or shim) to its agent's first answer, booted beside
-//! each pod, and against the same run's poweroff floor; starts four pods at
+//! vTPM, no containerd or shim) to its agent's first answer, booted just
+//! before each pod, and against the same run's poweroff floor; starts four pods at
 //! once, and reports the host memory per pod (QEMU + shim) and the shim's
 //! RSS.
 
@@ -365,8 +365,8 @@ pub async fn run(
     let mut vm_rss = 0;
     let vtpm_ca = crate::run::default_vtpm_ca();
     for i in 0..runs.max(1) {
-        // The baseline beside each pod: the same guest image booted by
-        // QEMU alone, to its agent's first answer.
+        // The baseline, booted just before each pod: the same guest image
+        // booted by QEMU alone, to its agent's first answer.
         boots.push(boot(format!("cri-boot-{i}")).await?.0);
         if mode == Mode::Vtpm {
             crate::bench_pod::settle_vtpm_pool(&vtpm_ca, dir.path())?;
@@ -427,7 +427,7 @@ pub async fn run(
     }
     println!();
     println!(
-        "CRI ({mode_name}, {memory} MiB): RunPodSandbox to container running {:.2} s: {:.2}x a plain QEMU boot of the same guest image to its agent's first answer ({:.2} s, booted beside each pod; target 1.2x), {:.2}x the poweroff floor ({:.2} s)",
+        "CRI ({mode_name}, {memory} MiB): RunPodSandbox to container running {:.2} s: {:.2}x a plain QEMU boot of the same guest image to its agent's first answer ({:.2} s, booted just before each pod; target 1.2x), {:.2}x the poweroff floor ({:.2} s)",
         one.as_secs_f64(),
         one.as_secs_f64() / boot.as_secs_f64(),
         boot.as_secs_f64(),

@@ -36,7 +36,7 @@ pub struct PodBenchArgs {
     /// `cocoon` handler (the shim binary beside this one; needs
     /// --registry): RunPodSandbox to container running, by CRI call,
     /// against a plain QEMU boot of the same guest image to its agent's
-    /// first answer (booted beside each pod) and the floor of the last
+    /// first answer (booted just before each pod) and the floor of the last
     /// mode; four pods at once, memory per pod, shim RSS.
     #[arg(long, requires = "registry")]
     cri: bool,

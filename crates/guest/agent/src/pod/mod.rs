@@ -170,13 +170,15 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     // The rest of the modules (network first, then entropy) load while
     // the host already talks to the agent; then, with a vsock device, its
     // modules; then the guest services.
+    // A list that fails does not keep the next from loading: without
+    // vsock the host may not reach the agent at all.
     let late = tokio::task::spawn_blocking(|| {
         let dir = Path::new("/lib/modules");
-        let mut loaded = init::load_modules(dir, &dir.join("order.late"))?;
+        let mut lists = vec![init::load_modules(dir, &dir.join("order.late"))];
         if init::has_virtio_vsock() {
-            loaded.extend(init::load_modules(dir, &dir.join("order.vsock"))?);
+            lists.push(init::load_modules(dir, &dir.join("order.vsock")));
         }
-        Ok::<_, init::InitError>(loaded)
+        lists
     });
     // The port appears once virtio_console is loaded; udev is not running,
     // so wait for the device node.
@@ -193,8 +195,14 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     tracing::info!(port = %port.display(), after_ms = started.elapsed().as_millis() as u64, "agent ready");
     let bridge = std::thread::spawn(move || channel::bridge(port, name));
     match late.await {
-        Ok(Ok(m)) => tracing::debug!(modules = m.len(), "late kernel modules loaded"),
-        Ok(Err(e)) => tracing::error!("{e}"),
+        Ok(lists) => {
+            for list in lists {
+                match list {
+                    Ok(m) => tracing::debug!(modules = m.len(), "late kernel modules loaded"),
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+        }
         Err(e) => tracing::error!("loading kernel modules: {e}"),
     }
     // The same services on vsock where the VM has a vsock device.

@@ -2,7 +2,8 @@
 //! short-lived single-threaded helper process. libcontainer clones the
 //! calling process to build a container, which is not sound in the
 //! multi-threaded PID 1; so PID 1 runs `/proc/self/exe __oci-helper` for
-//! each operation and reads back one JSON reply. The helper's standard
+//! each operation (create, exec, delete; start clones nothing and runs in
+//! PID 1, see [`start`]) and reads back one JSON reply. The helper's standard
 //! streams are the new process's stdio. Processes it creates outlive it
 //! and are reparented to PID 1, whose reaper collects them.
 
@@ -113,16 +114,40 @@ fn load(req: &Request) -> Result<libcontainer::container::Container, String> {
         .map_err(|e| format!("container {}: {e}", req.id))
 }
 
-/// Lets the created init of container `id` run its workload. Unlike the
-/// operations of the helper, this clones nothing (it tells the waiting
-/// init through its socket and records the state; specs with hooks are
-/// refused before a container is created), so PID 1 runs it itself,
-/// off its async threads, and saves a helper's start.
+/// Lets the created init of container `id` run its workload, from PID 1
+/// itself (no helper process): nothing here clones, and specs with hooks
+/// are refused before a container is created, so no poststart hook runs.
+/// libcontainer's own `start` is not used: it reaches the init's socket by
+/// changing the working directory, which belongs to the whole process and
+/// would move PID 1's other threads (and every helper they start) with it.
+/// The socket is reached through the container directory's descriptor
+/// instead (`/proc/self/fd/N/notify.sock`: short, whatever the id).
 pub fn start(root: &Path, id: &str) -> Result<(), String> {
-    libcontainer::container::Container::load(root.join(id))
-        .map_err(|e| format!("container {id}: {e}"))?
-        .start()
-        .map_err(|e| format!("starting container {id}: {e}"))
+    use libcontainer::container::{Container, ContainerStatus};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let dir = root.join(id);
+    let err = |e: &dyn std::fmt::Display| format!("starting container {id}: {e}");
+    let mut c = Container::load(dir.clone()).map_err(|e| format!("container {id}: {e}"))?;
+    c.refresh_status().map_err(|e| err(&e))?;
+    if !c.can_start() {
+        return Err(err(&format!("it is {:?}, not created", c.status())));
+    }
+    let d = std::fs::File::open(&dir).map_err(|e| err(&e))?;
+    let sock = format!(
+        "/proc/self/fd/{}/{}",
+        d.as_raw_fd(),
+        libcontainer::notify_socket::NOTIFY_FILE
+    );
+    // What libcontainer's init waits for (it reads to the end).
+    std::os::unix::net::UnixStream::connect(&sock)
+        .and_then(|mut s| s.write_all(b"start container"))
+        .map_err(|e| err(&format!("telling its init: {e}")))?;
+    drop(d);
+    c.set_status(ContainerStatus::Running)
+        .save()
+        .map_err(|e| err(&e))?;
+    Ok(())
 }
 
 fn run(req: &Request) -> Result<Option<i32>, String> {
