@@ -174,9 +174,9 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     // vsock the host may not reach the agent at all.
     let late = tokio::task::spawn_blocking(|| {
         let dir = Path::new("/lib/modules");
-        let mut lists = vec![init::load_modules(dir, &dir.join("order.late"))];
+        let mut lists = vec![("late", init::load_modules(dir, &dir.join("order.late")))];
         if init::has_virtio_vsock() {
-            lists.push(init::load_modules(dir, &dir.join("order.vsock")));
+            lists.push(("vsock", init::load_modules(dir, &dir.join("order.vsock"))));
         }
         lists
     });
@@ -196,10 +196,10 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     let bridge = std::thread::spawn(move || channel::bridge(port, name));
     match late.await {
         Ok(lists) => {
-            for list in lists {
-                match list {
-                    Ok(m) => tracing::debug!(modules = m.len(), "late kernel modules loaded"),
-                    Err(e) => tracing::error!("{e}"),
+            for (list, loaded) in lists {
+                match loaded {
+                    Ok(m) => tracing::debug!(list, modules = m.len(), "kernel modules loaded"),
+                    Err(e) => tracing::error!(list, "{e}"),
                 }
             }
         }

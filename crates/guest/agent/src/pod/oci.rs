@@ -124,30 +124,50 @@ fn load(req: &Request) -> Result<libcontainer::container::Container, String> {
 /// instead (`/proc/self/fd/N/notify.sock`: short, whatever the id).
 pub fn start(root: &Path, id: &str) -> Result<(), String> {
     use libcontainer::container::{Container, ContainerStatus};
-    use std::io::Write;
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = root.join(id);
     let err = |e: &dyn std::fmt::Display| format!("starting container {id}: {e}");
+    // Loading refreshes the status from /proc.
     let mut c = Container::load(dir.clone()).map_err(|e| format!("container {id}: {e}"))?;
-    c.refresh_status().map_err(|e| err(&e))?;
     if !c.can_start() {
         return Err(err(&format!("it is {:?}, not created", c.status())));
     }
-    let d = std::fs::File::open(&dir).map_err(|e| err(&e))?;
+    // The directory itself, never a symlink or a FIFO put in its place.
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_PATH)
+        .open(&dir)
+        .map_err(|e| err(&e))?;
     let sock = format!(
         "/proc/self/fd/{}/{}",
         d.as_raw_fd(),
         libcontainer::notify_socket::NOTIFY_FILE
     );
-    // What libcontainer's init waits for (it reads to the end).
-    std::os::unix::net::UnixStream::connect(&sock)
-        .and_then(|mut s| s.write_all(b"start container"))
-        .map_err(|e| err(&format!("telling its init: {e}")))?;
+    tell_init(&sock).map_err(|e| err(&format!("telling its init: {e}")))?;
     drop(d);
     c.set_status(ContainerStatus::Running)
         .save()
         .map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Sends libcontainer's start message to the init listening at `path`
+/// (it reads to the end). Non-blocking, so a listener that accepts
+/// nothing (its queue full) is an error, never a PID 1 thread held.
+fn tell_init(path: &str) -> std::io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // 15 bytes into a new connection's empty buffer: never would-block.
+    std::os::unix::net::UnixStream::from(fd).write_all(b"start container")
 }
 
 fn run(req: &Request) -> Result<Option<i32>, String> {
