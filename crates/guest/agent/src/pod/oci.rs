@@ -109,9 +109,9 @@ fn builder(req: &Request) -> Result<libcontainer::container::builder::ContainerB
     )
 }
 
-fn load(req: &Request) -> Result<libcontainer::container::Container, String> {
-    libcontainer::container::Container::load(req.root.join(&req.id))
-        .map_err(|e| format!("container {}: {e}", req.id))
+fn load(root: &Path, id: &str) -> Result<libcontainer::container::Container, String> {
+    libcontainer::container::Container::load(root.join(id))
+        .map_err(|e| format!("container {id}: {e}"))
 }
 
 /// Lets the created init of container `id` run its workload, from PID 1
@@ -123,13 +123,13 @@ fn load(req: &Request) -> Result<libcontainer::container::Container, String> {
 /// The socket is reached through the container directory's descriptor
 /// instead (`/proc/self/fd/N/notify.sock`: short, whatever the id).
 pub fn start(root: &Path, id: &str) -> Result<(), String> {
-    use libcontainer::container::{Container, ContainerStatus};
+    use libcontainer::container::ContainerStatus;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = root.join(id);
     let err = |e: &dyn std::fmt::Display| format!("starting container {id}: {e}");
     // Loading refreshes the status from /proc.
-    let mut c = Container::load(dir.clone()).map_err(|e| format!("container {id}: {e}"))?;
+    let mut c = load(root, id)?;
     if !c.can_start() {
         return Err(err(&format!("it is {:?}, not created", c.status())));
     }
@@ -182,7 +182,8 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
             // The init waits for Start: its device rules hold before the
             // workload runs, or it never runs.
             if let Err(e) = device_rules(bundle) {
-                let _ = load(req).and_then(|mut c| c.delete(true).map_err(|e| e.to_string()));
+                let _ = load(&req.root, &req.id)
+                    .and_then(|mut c| c.delete(true).map_err(|e| e.to_string()));
                 return Err(format!("container {}: {e}", req.id));
             }
             Ok(c.pid().map(|p| p.as_raw()))
@@ -197,7 +198,7 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
             Ok(Some(pid.as_raw()))
         }
         Op::Delete => {
-            load(req)?
+            load(&req.root, &req.id)?
                 .delete(true)
                 .map_err(|e| format!("deleting container {}: {e}", req.id))?;
             Ok(None)
