@@ -225,6 +225,20 @@ impl Writer {
         Ok(())
     }
 
+    /// The log's id when it is not known yet (another replica wrote
+    /// record 1 first): from the log's first record, if its signature
+    /// holds. Read once the log has records; an empty log is looked at
+    /// again on the next write, since another replica may write record 1
+    /// between this look and this writer's own append.
+    fn learn_log_id(&self) -> Result<(), StoreError> {
+        if self.store.audit_last()?.is_none() {
+            return Ok(());
+        }
+        self.log_id_looked.store(true, Ordering::Relaxed);
+        *self.log_id.lock() = signed_log_id(self.store.as_ref(), &self.key.verifying_key());
+        Ok(())
+    }
+
     /// `batch` tags the last record and goes to the store with it.
     fn write_tagged(
         &self,
@@ -232,10 +246,8 @@ impl Writer {
         force_first: bool,
         batch: Option<&str>,
     ) -> Result<i64, StoreError> {
-        // Not known yet (another replica wrote record 1 first): from the
-        // log's first record, once, if its signature holds.
-        if self.log_id.lock().is_none() && !self.log_id_looked.swap(true, Ordering::Relaxed) {
-            *self.log_id.lock() = signed_log_id(self.store.as_ref(), &self.key.verifying_key());
+        if self.log_id.lock().is_none() && !self.log_id_looked.load(Ordering::Relaxed) {
+            self.learn_log_id()?;
         }
         let (mut due, mut own, mut log_id) = (0, None, None);
         let seq = self.store.audit_append(batch, &mut |last| {

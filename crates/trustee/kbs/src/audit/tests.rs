@@ -231,6 +231,25 @@ fn the_log_id_is_read_from_a_signed_record_only() {
     assert_eq!(signed_log_id(s.as_ref(), &other), None);
 }
 
+/// A replica that looked for the log's id while the log was empty, and
+/// then lost record 1 to another replica, still names the log in its
+/// checkpoints.
+#[test]
+fn a_writer_that_saw_an_empty_log_learns_its_id_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let key = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+    let (a, b) = (writer(s.clone(), &key, 4), writer(s.clone(), &key, 4));
+    b.learn_log_id().unwrap();
+    a.write(&[release(1)], true).unwrap();
+    b.write(&[release(2)], true).unwrap();
+    let records = s.audit_range(1, 10).unwrap();
+    let id = log_id_of(&records[0].1);
+    assert!(id.is_some());
+    assert_eq!(records.len(), 2);
+    assert_eq!(log_id_of(&records[1].1), id);
+}
+
 #[test]
 fn consistent_forgeries_without_the_key_are_found() {
     let (records, key) = log(12, 4);
