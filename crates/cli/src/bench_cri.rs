@@ -401,7 +401,7 @@ pub async fn run(
         cri.remove_pod(&id).await?;
     }
     let one = crate::bench_pod::median(times.iter().map(Steps::total).collect());
-    let boot = crate::bench_pod::median(boots);
+    let boot = crate::bench_pod::median(boots.clone());
     let median_of = |f: fn(&Steps) -> Duration| {
         crate::bench_pod::median(times.iter().map(f).collect()).as_secs_f64()
     };
@@ -433,6 +433,11 @@ pub async fn run(
         boot.as_secs_f64(),
         one.as_secs_f64() / floor.as_secs_f64(),
         floor.as_secs_f64(),
+    );
+    let totals: Vec<Duration> = times.iter().map(Steps::total).collect();
+    println!(
+        "CRI: each pod against the boot just before it: {}",
+        crate::bench_pod::paired(&totals, &boots)
     );
     println!(
         "CRI: by call (medians): RunPodSandbox {:.2} s, CreateContainer {:.2} s, StartContainer {:.2} s (the task: the guest pull and the container's creation in the VM, and its start)",

@@ -413,6 +413,27 @@ pub async fn boot_to_ready(
     Ok((took, rss))
 }
 
+/// Each time against the baseline measured just before it, and the median
+/// of those ratios: boot times drift by more than a target over a run on a
+/// shared machine, and a pair measured seconds apart shares the drift.
+pub fn paired(times: &[Duration], baselines: &[Duration]) -> String {
+    let mut ratios: Vec<f64> = times
+        .iter()
+        .zip(baselines)
+        .map(|(t, b)| t.as_secs_f64() / b.as_secs_f64())
+        .collect();
+    if ratios.is_empty() {
+        return "no runs".into();
+    }
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+    ratios.sort_by(f64::total_cmp);
+    format!(
+        "{} (median {:.2}x)",
+        listed.join(" "),
+        ratios[ratios.len() / 2]
+    )
+}
+
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -510,11 +531,7 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
                 breakdown = line;
             }
         }
-        let (f, r) = (median(floor), median(ready));
-        floors.push((mode, f));
-        if !run_times.is_empty() {
-            runs.push((m.clone(), f, median(run_times), breakdown));
-        }
+        let (f, r) = (median(floor.clone()), median(ready.clone()));
         println!(
             "{:<8} {:>14.2} s {:>16.2} s {:>7.2}x {:>10} MiB",
             m,
@@ -523,6 +540,20 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
             r.as_secs_f64() / f.as_secs_f64(),
             rss / 1024
         );
+        println!(
+            "  each boot against its own floor: {}",
+            paired(&ready, &floor)
+        );
+        if !run_times.is_empty() {
+            println!(
+                "  each cocoon run against its own floor: {}",
+                paired(&run_times, &floor)
+            );
+        }
+        floors.push((mode, f));
+        if !run_times.is_empty() {
+            runs.push((m.clone(), f, median(run_times), breakdown));
+        }
     }
     println!("target: agent ready within 1.15x of the floor");
     if a.attest
@@ -577,4 +608,23 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
         crate::bench_cri::run(&a.image, &reg, mode, a.memory, a.runs, floor, boot).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_ratios_keep_run_order_and_take_the_middle_one() {
+        let s = |v: &[f64]| {
+            v.iter()
+                .map(|&x| Duration::from_secs_f64(x))
+                .collect::<Vec<_>>()
+        };
+        // Listed in run order, each time over the baseline of its run.
+        let times = s(&[6.6, 5.5, 8.0]);
+        let boots = s(&[6.0, 5.0, 6.15]);
+        assert_eq!(paired(&times, &boots), "1.10x 1.10x 1.30x (median 1.10x)");
+        assert_eq!(paired(&[], &boots), "no runs");
+    }
 }
