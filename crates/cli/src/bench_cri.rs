@@ -400,7 +400,8 @@ pub async fn run(
         policy_times.push(took);
         cri.remove_pod(&id).await?;
     }
-    let one = crate::bench_pod::median(times.iter().map(Steps::total).collect());
+    let totals: Vec<Duration> = times.iter().map(Steps::total).collect();
+    let one = crate::bench_pod::median(totals.clone());
     let boot = crate::bench_pod::median(boots.clone());
     let median_of = |f: fn(&Steps) -> Duration| {
         crate::bench_pod::median(times.iter().map(f).collect()).as_secs_f64()
@@ -434,7 +435,6 @@ pub async fn run(
         one.as_secs_f64() / floor.as_secs_f64(),
         floor.as_secs_f64(),
     );
-    let totals: Vec<Duration> = times.iter().map(Steps::total).collect();
     println!(
         "CRI: each pod against the boot just before it: {}",
         crate::bench_pod::paired(&totals, &boots)
