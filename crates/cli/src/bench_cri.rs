@@ -1,11 +1,12 @@
 //! The CRI phase of `cocoon bench pod`: Debian's containerd with the
-//! `cocoon` handler, driven through CRI as kubelet drives it. Times
+//! `cocoon` handler and our guest-pull snapshotter as CRI's snapshotter,
+//! driven through CRI as kubelet drives it. Times
 //! RunPodSandbox to container running, call by call, against a plain QEMU
 //! boot of the same guest image (the same kernel, initramfs, firmware and
 //! vTPM, no containerd or shim) to its agent's first answer, booted just
 //! before each pod, and against the same run's poweroff floor; starts four pods at
-//! once, and reports the host memory per pod (QEMU + shim) and the shim's
-//! RSS.
+//! once, and reports the host memory per pod (QEMU + shim, and the
+//! snapshotter's share) and the shim's RSS.
 
 use crate::pod::Cri;
 use anyhow::{Context, Result, bail};
@@ -15,6 +16,62 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Our guest-pull snapshotter as CRI's snapshotter, as a node runs it;
+/// killed on drop (after containerd).
+struct Snapshotter {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Snapshotter {
+    fn start(dir: &Path) -> Result<Self> {
+        let bin = std::env::current_exe()?.with_file_name("cocoon-snapshotter");
+        if !bin.is_file() {
+            bail!(
+                "{} is missing: build it beside cocoon (cargo build --release -p cocoon-snapshotter)",
+                bin.display()
+            );
+        }
+        let sock = dir.join("snapshotter.sock");
+        let child = Command::new(&bin)
+            .arg("--root")
+            .arg(dir.join("snapshotter"))
+            .arg("--address")
+            .arg(&sock)
+            .arg("--content-root")
+            .arg(dir.join("root/io.containerd.content.v1.content"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("snapshotter.log"))?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut me = Self { child, sock };
+        let t = Instant::now();
+        while !me.sock.exists() {
+            if let Some(st) = me.child.try_wait()? {
+                bail!(
+                    "cocoon-snapshotter exited ({st}): {}",
+                    std::fs::read_to_string(dir.join("snapshotter.log")).unwrap_or_default()
+                );
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "cocoon-snapshotter did not listen on {} in 20 s",
+                    me.sock.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for Snapshotter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A throwaway containerd with CRI and our handler; stopped on drop (the
 /// pods' shims with it).
 struct Containerd {
@@ -23,7 +80,13 @@ struct Containerd {
 }
 
 impl Containerd {
-    fn start(dir: &Path, pause: &str, registry: &str, shim_cfg: &Path) -> Result<Self> {
+    fn start(
+        dir: &Path,
+        pause: &str,
+        registry: &str,
+        shim_cfg: &Path,
+        snapshotter: &Path,
+    ) -> Result<Self> {
         let shim = std::env::current_exe()?.with_file_name("containerd-shim-cocoon-v2");
         if !shim.is_file() {
             bail!(
@@ -52,6 +115,9 @@ state = "{state}"
   address = "{sock}"
 [ttrpc]
   address = "{sock}.ttrpc"
+[proxy_plugins.cocoon]
+  type = "snapshot"
+  address = "{snapshotter}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
   stream_server_address = "127.0.0.1"
@@ -63,6 +129,8 @@ state = "{state}"
     endpoint = ["http://{registry}"]
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
+    snapshotter = "cocoon"
+    disable_snapshot_annotations = false
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cocoon]
@@ -76,6 +144,7 @@ state = "{state}"
                 sock = sock.display(),
                 cni = cni.display(),
                 shim_cfg = shim_cfg.display(),
+                snapshotter = snapshotter.display(),
             ),
         )?;
         let path = format!(
@@ -350,7 +419,8 @@ pub async fn run(
             crate::run::default_vtpm_ca().display()
         ),
     )?;
-    let ctd = Containerd::start(dir.path(), &pause, registry, &shim_cfg)?;
+    let snap = Snapshotter::start(dir.path())?;
+    let ctd = Containerd::start(dir.path(), &pause, registry, &shim_cfg, &snap.sock)?;
     let endpoint = format!("unix://{}", ctd.sock.display());
     let t = Instant::now();
     let cri = loop {
@@ -483,6 +553,7 @@ pub async fn run(
     let results = [a, b, c, d];
     let four = t.elapsed();
     let per_pod = (sum_rss_kib(&ctd.shims()) + sum_rss_kib(&vms(&state))) / 4;
+    let snap_rss = sum_rss_kib(&[snap.child.id()]);
     let shims_four = ctd.shims().len();
     for (id, _) in results.iter().flatten() {
         cri.remove_pod(id).await?;
@@ -537,9 +608,11 @@ pub async fn run(
         pinned.as_secs_f64() / one.as_secs_f64()
     );
     println!(
-        "CRI: four pods at once {:.2} s in all ({shims_four} shims); host memory per pod (QEMU + shim) {} MiB",
+        "CRI: four pods at once {:.2} s in all ({shims_four} shims); host memory per pod (QEMU + shim) {} MiB; the snapshotter, one per node, {} KiB, so with four pods {} MiB a pod (QEMU + shim + a quarter of the snapshotter)",
         four.as_secs_f64(),
-        per_pod / 1024
+        per_pod / 1024,
+        snap_rss,
+        (per_pod + snap_rss / 4) / 1024
     );
     println!(
         "CRI: shim RSS {} KiB (target under 15 MB); QEMU RSS {} MiB",
