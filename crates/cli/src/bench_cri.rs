@@ -16,6 +16,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The program `name` of the workspace's `package`, built beside this one.
+fn beside_cocoon(name: &str, package: &str) -> Result<PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name(name);
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it beside cocoon (cargo build --release -p {package})",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// Our guest-pull snapshotter as CRI's snapshotter, as a node runs it;
 /// killed on drop (after containerd).
 struct Snapshotter {
@@ -25,13 +37,7 @@ struct Snapshotter {
 
 impl Snapshotter {
     fn start(dir: &Path) -> Result<Self> {
-        let bin = std::env::current_exe()?.with_file_name("cocoon-snapshotter");
-        if !bin.is_file() {
-            bail!(
-                "{} is missing: build it beside cocoon (cargo build --release -p cocoon-snapshotter)",
-                bin.display()
-            );
-        }
+        let bin = beside_cocoon("cocoon-snapshotter", "cocoon-snapshotter")?;
         let sock = dir.join("snapshotter.sock");
         let child = Command::new(&bin)
             .arg("--root")
@@ -87,13 +93,7 @@ impl Containerd {
         shim_cfg: &Path,
         snapshotter: &Path,
     ) -> Result<Self> {
-        let shim = std::env::current_exe()?.with_file_name("containerd-shim-cocoon-v2");
-        if !shim.is_file() {
-            bail!(
-                "{} is missing: build it beside cocoon (cargo build --release -p cocoon-shim)",
-                shim.display()
-            );
-        }
+        let shim = beside_cocoon("containerd-shim-cocoon-v2", "cocoon-shim")?;
         let cni = dir.join("cni");
         std::fs::create_dir_all(&cni)?;
         std::fs::write(
