@@ -320,9 +320,12 @@ async fn start_pod(
 /// logged (through containerd's log): milliseconds of each part.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 struct Split {
-    /// containerd, CNI, the shim's start, and the sandbox task's start.
+    /// What is left of RunPodSandbox: containerd, CNI, the shim's start
+    /// and its work before its timer (reading its configuration and the
+    /// guest image's command line), and the sandbox task's start.
     containerd: u64,
-    /// Moving the pod's network namespace into the VM (tap device).
+    /// Moving the pod's network namespace into the VM (tap device), and
+    /// finding QEMU.
     attach: u64,
     /// QEMU's start to the agent's first answer.
     boot: u64,
@@ -512,8 +515,21 @@ pub async fn run(
             &logs,
         )
         .await?;
-        let log = std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default();
-        splits.extend(split(&log, &id, &took));
+        // containerd copies the shim's lines into its log as they come:
+        // the last one may land a moment after StartContainer answered.
+        let waited = Instant::now();
+        loop {
+            let log =
+                std::fs::read_to_string(dir.path().join("containerd.log")).unwrap_or_default();
+            if let Some(s) = split(&log, &id, &took) {
+                splits.push(s);
+                break;
+            }
+            if waited.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         times.push(took);
         shim_rss = sum_rss_kib(&ctd.shims());
         vm_rss = sum_rss_kib(&vms(&state));

@@ -77,6 +77,7 @@ pub const WHOLE_MAX: u64 = 1 << 30;
 pub const CALIBRATION_BYTES: usize = 256 << 10;
 /// Timed turns of each decoder in a calibration; the cheapest counts.
 pub const CALIBRATION_ROUNDS: usize = 5;
+const _: () = assert!(CALIBRATION_ROUNDS > 0);
 /// Compressed bytes copied for a calibration: enough for
 /// [`CALIBRATION_BYTES`] of output after a gzip header of up to 64 KiB
 /// from what encoders write, stored blocks of incompressible data
@@ -165,11 +166,15 @@ fn calibrate_in_background(gz: &[u8]) {
 /// How much memory one whole layer (compressed and uncompressed) may
 /// take: an eighth of the memory available, at most [`WHOLE_MAX`].
 pub fn whole_limit() -> u64 {
-    let available = std::fs::read_to_string("/proc/meminfo")
+    (available_memory() / 8).min(WHOLE_MAX)
+}
+
+/// The memory available (`MemAvailable`), in bytes; zero when unknown.
+pub fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| mem_available(&m))
-        .unwrap_or(0);
-    (available / 8).min(WHOLE_MAX)
+        .unwrap_or(0)
 }
 
 /// `MemAvailable` from /proc/meminfo text, in bytes.
@@ -340,12 +345,21 @@ pub fn calibrate(gz: &[u8]) -> Option<Estimates> {
             return None;
         }
         let s = thread_cpu().saturating_sub(t).as_nanos() as f64 / bytes;
-        if round > 0 {
+        // A turn the clock did not see (zero) tells nothing: the cheapest
+        // of the others counts.
+        if round > 0 && w > 0.0 {
             whole = whole.min(w);
+        }
+        if round > 0 && s > 0.0 {
             stream = stream.min(s);
         }
     }
-    // A clock too coarse to see the work would make the figures zero.
+    // A clock too coarse to see a decoder's work leaves it no reading:
+    // then neither reading decides, and the figures are a tie at zero
+    // (libdeflate).
+    if !whole.is_finite() || !stream.is_finite() {
+        (whole, stream) = (0.0, 0.0);
+    }
     let est = Estimates {
         whole: whole.max(f64::MIN_POSITIVE),
         stream: stream.max(f64::MIN_POSITIVE),

@@ -239,9 +239,14 @@ fn console_tail(p: &Path) -> String {
     let text = std::fs::read(p).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
-    let from = match lines.iter().position(|l| l.contains("Kernel panic")) {
-        Some(i) => i.saturating_sub(2),
-        None => lines.len().saturating_sub(12),
+    // The guest agent's own panic message comes before the kernel's
+    // (init died), which follows a few lines later.
+    let agent = lines.iter().position(|l| l.contains("' panicked at "));
+    let kernel = lines.iter().position(|l| l.contains("Kernel panic"));
+    let from = match (agent, kernel) {
+        (Some(i), _) => i,
+        (None, Some(i)) => i.saturating_sub(2),
+        (None, None) => lines.len().saturating_sub(12),
     };
     lines[from..]
         .iter()
@@ -445,7 +450,9 @@ impl Inner {
             if !current.is_some_and(|p| Arc::ptr_eq(&p, &pod)) {
                 return; // stopped on purpose
             }
-            tracing::warn!(?how, "the pod VM ended");
+            // The guest's last words (a panic message of PID 1 is there):
+            // the console file goes with the pod.
+            tracing::warn!(?how, console = ?console_tail(&pod.console), "the pod VM ended");
             for c in me.all_containers() {
                 let mut procs = vec![c.init.clone()];
                 procs.extend(
@@ -1183,6 +1190,19 @@ mod tests {
         let t = console_tail(&p);
         assert!(
             t.contains("Kernel panic - not syncing: No working init found."),
+            "{t}"
+        );
+        // The agent's panic message, then the kernel's: both shown.
+        let mut text: Vec<String> = (0..40).map(|i| format!("boot line {i}")).collect();
+        text.push("thread 'main' panicked at crates/guest/agent/src/x.rs:1:2:".into());
+        text.push("the reason".into());
+        text.extend((0..3).map(|i| format!("kernel line {i}")));
+        text.push("Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b".into());
+        std::fs::write(&p, text.join("\n")).unwrap();
+        let t = console_tail(&p);
+        assert!(t.starts_with("thread 'main' panicked at"), "{t}");
+        assert!(
+            t.contains("the reason") && t.contains("Attempted to kill init"),
             "{t}"
         );
         std::fs::write(&p, "a\nb\nlast words\n").unwrap();
