@@ -318,7 +318,7 @@ async fn start_pod(
 
 /// RunPodSandbox and StartContainer of one pod split by what the shim
 /// logged (through containerd's log): milliseconds of each part.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Split {
     /// What is left of RunPodSandbox: containerd, CNI, the shim's start
     /// and its work before its timer (reading its configuration and the
@@ -351,10 +351,10 @@ fn field(line: &str, key: &str) -> Option<u64> {
 /// shim's lines in containerd's log; none when a line is missing.
 fn split(log: &str, sandbox: &str, steps: &Steps) -> Option<Split> {
     let line = |what: &str, id: &str| {
-        log.lines().find(|l| {
-            l.contains(what)
-                && (l.contains(&format!("=\\\"{id}\\\"")) || l.contains(&format!("={id} ")))
-        })
+        // A sandbox's id is quoted, a container's ends at a space.
+        let (quoted, bare) = (format!("=\\\"{id}\\\""), format!("={id} "));
+        log.lines()
+            .find(|l| l.contains(what) && (l.contains(&quoted) || l.contains(&bare)))
     };
     let up = line("pod VM up", sandbox)?;
     let set = line("pod network and sandbox set up", sandbox)?;
@@ -598,9 +598,8 @@ pub async fn run(
     );
     if splits.len() == times.len() {
         let m = |f: fn(&Split) -> u64| {
-            let mut v: Vec<u64> = splits.iter().map(f).collect();
-            v.sort_unstable();
-            v[v.len() / 2] as f64 / 1000.0
+            crate::bench_pod::median(splits.iter().map(|s| Duration::from_millis(f(s))).collect())
+                .as_secs_f64()
         };
         println!(
             "CRI: inside the calls (medians, from the shim's log): containerd, CNI and the shim's start {:.2} s, pod network into the VM {:.2} s, VM boot to the agent {:.2} s, guest network and sandbox {:.2} s, pause container {:.2} s; the workload's guest pull and creation {:.2} s",

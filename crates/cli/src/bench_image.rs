@@ -183,9 +183,7 @@ fn make_layer(index: usize, bytes: usize) -> Result<(Vec<u8>, String)> {
 fn touch_memory(bytes: usize) {
     let half = cocoon_image::gunzip::available_memory() / 2;
     let bytes = bytes.min(usize::try_from(half).unwrap_or(usize::MAX));
-    let mut v: Vec<u8> = Vec::with_capacity(bytes);
-    v.resize(bytes, 1);
-    std::hint::black_box(&v);
+    std::hint::black_box(vec![1u8; bytes]);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -357,12 +357,13 @@ pub fn calibrate(gz: &[u8]) -> Option<Estimates> {
     // A clock too coarse to see a decoder's work leaves it no reading:
     // then neither reading decides, and the figures are a tie at zero
     // (libdeflate).
-    if !whole.is_finite() || !stream.is_finite() {
-        (whole, stream) = (0.0, 0.0);
-    }
-    let est = Estimates {
-        whole: whole.max(f64::MIN_POSITIVE),
-        stream: stream.max(f64::MIN_POSITIVE),
+    let est = if whole.is_finite() && stream.is_finite() {
+        Estimates { whole, stream }
+    } else {
+        Estimates {
+            whole: f64::MIN_POSITIVE,
+            stream: f64::MIN_POSITIVE,
+        }
     };
     tracing::debug!(
         whole_ns_per_byte = est.whole,
