@@ -107,7 +107,6 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     // (a pty that util-linux `script` makes) and resized with it: the
     // shell below resizes its terminal once the container runs, and the
     // kernel's SIGWINCH makes `cocoon run` pass the new size on.
-    need("script");
     let xdg = dir.path().join("xdg");
     let console = dir.path().join("tty.console.log");
     let cmd = run_cmd(
@@ -136,16 +135,12 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let o = Command::new("script")
-        .args(["-q", "-e", "-c", &line, "/dev/null"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = on_terminal(&line);
     let out = text(&o.stdout);
     assert_eq!(o.status.code(), Some(5), "{out}\n{}", text(&o.stderr));
     let sizes: Vec<&str> = out
         .lines()
-        .map(|l| l.trim_matches(|c: char| c == '\r' || c == '\0'))
+        .map(|l| l.trim_end_matches('\r'))
         .filter(|l| l.split(' ').count() == 2 && l.split(' ').all(|n| n.parse::<u16>().is_ok()))
         .collect();
     // The first size is the initial one (or, if the resize came first,

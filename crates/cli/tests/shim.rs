@@ -333,7 +333,6 @@ esac
     /// `ctr` on a terminal of `rows` x `cols` (util-linux `script` makes
     /// the pty), as a user at a console runs it.
     fn ctr_on_terminal(&self, rows: u16, cols: u16, args: &[&str]) -> Output {
-        need("script");
         let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
         let mut line = format!(
             "stty rows {rows} cols {cols}; exec ctr --address {}",
@@ -343,11 +342,7 @@ esac
             line.push(' ');
             line.push_str(&quote(a));
         }
-        Command::new("script")
-            .args(["-q", "-e", "-c", &line, "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run script")
+        on_terminal(&line)
     }
 }
 

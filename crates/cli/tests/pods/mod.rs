@@ -189,3 +189,24 @@ pub fn encrypt_with_trustee_key(
         &[],
     ));
 }
+
+/// The shell command `line` on a terminal util-linux `script` makes; its
+/// output. script's input stays open until the command is done: at the
+/// end of its input script sends the terminal's end-of-file character,
+/// which a terminal still in canonical mode keeps as a NUL byte that a
+/// program making the terminal raw afterwards (ctr, `cocoon run -t`)
+/// would read as input and pass to the container.
+pub fn on_terminal(line: &str) -> std::process::Output {
+    need("script");
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", line, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script");
+    let input = child.stdin.take();
+    let out = child.wait_with_output().expect("wait for script");
+    drop(input);
+    out
+}
