@@ -120,7 +120,7 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
             "--",
             "sh",
             "-c",
-            "stty size; i=0; while [ \"$(stty size)\" != '40 120' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; stty size; tty; exit 5",
+            "read p </proc/self/personality; echo persona=$p; stty size; i=0; while [ \"$(stty size)\" != '40 120' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; stty size; tty; exit 5",
         ],
     );
     let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
@@ -149,6 +149,21 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
     assert!(["25 90", "40 120"].contains(&sizes[0]), "{out:?}");
     assert_eq!(sizes[1], "40 120", "{out:?}");
     assert!(out.contains("/dev/pts/"), "{out:?}");
+    // The container's process is laid out at random (its persona has no
+    // ADDR_NO_RANDOMIZE), also when the guest, under software emulation,
+    // keeps its runtime helpers at one layout (and says so).
+    assert!(out.contains("persona=00000000"), "{out:?}");
+    let kvm = std::fs::read_dir(xdg.join("cocoon/run"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".kvm-probe"))
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|v| v.trim() == "kvm"));
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert_eq!(
+        log.contains("the runtime helpers keep one layout"),
+        !kvm,
+        "kvm: {kvm}\n{log}"
+    );
     let _ = std::fs::remove_file(&console);
 
     // An image that does not exist: a clear error, not a hang.

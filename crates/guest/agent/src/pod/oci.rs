@@ -51,10 +51,56 @@ pub struct Reply {
     pub pid: Option<i32>,
     /// Why the operation failed.
     pub error: Option<String>,
+    /// When the helper's `main` began, on the guest's monotonic clock
+    /// (ns): PID 1 tells the helper's start from its work with it.
+    #[serde(default)]
+    pub main_at_ns: u64,
+    /// How long each step of the operation took (µs), in order.
+    #[serde(default)]
+    pub steps_us: Vec<(String, u64)>,
+}
+
+/// The guest's monotonic clock (ns), one clock for every process.
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+/// Steps of one helper operation, timed as they end.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(String, u64)>,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn end(&mut self, what: &str) {
+        let now = std::time::Instant::now();
+        self.done
+            .push((what.into(), (now - self.last).as_micros() as u64));
+        self.last = now;
+    }
 }
 
 /// The helper's `main`: `__oci-helper <request JSON> <reply file>`.
 pub fn helper_main(args: &[String]) -> std::process::ExitCode {
+    let main_at_ns = monotonic_ns();
+    let mut steps = Steps::new();
+    // Whatever PID 1 set for the helper's own layout, the processes the
+    // helper creates (a container's init, exec'd processes) are laid out
+    // at random again.
+    randomize_children();
     let (Some(req), Some(reply_path)) = (args.get(2), args.get(3)) else {
         eprintln!("usage: {HELPER_ARG} <request JSON> <reply file>");
         return std::process::ExitCode::from(2);
@@ -62,24 +108,84 @@ pub fn helper_main(args: &[String]) -> std::process::ExitCode {
     // The workload must not inherit the Rust runtime's ignored SIGPIPE.
     // SAFETY: resetting a disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let reply = match serde_json::from_str::<Request>(req) {
-        Ok(r) => match run(&r) {
-            Ok(pid) => Reply { pid, error: None },
-            Err(e) => Reply {
-                pid: None,
-                error: Some(e),
-            },
+    let (pid, error) = match serde_json::from_str::<Request>(req) {
+        Ok(r) => match run(&r, &mut steps) {
+            Ok(pid) => (pid, None),
+            Err(e) => (None, Some(e)),
         },
-        Err(e) => Reply {
-            pid: None,
-            error: Some(format!("bad helper request: {e}")),
-        },
+        Err(e) => (None, Some(format!("bad helper request: {e}"))),
+    };
+    let reply = Reply {
+        pid,
+        error,
+        main_at_ns,
+        steps_us: steps.done,
     };
     let text = serde_json::to_vec(&reply).unwrap_or_default();
     match std::fs::write(reply_path, text) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(_) => std::process::ExitCode::FAILURE,
     }
+}
+
+/// Address-space randomization for the programs this process and its
+/// children execute from now on (the flag is inherited across fork and
+/// applied at exec).
+pub fn randomize_children() {
+    // SAFETY: personality(0xffffffff) only reads the current persona.
+    let now = unsafe { libc::personality(0xffff_ffff) };
+    if now >= 0 && now & libc::ADDR_NO_RANDOMIZE != 0 {
+        // SAFETY: sets this process's persona, a plain flag word.
+        unsafe { libc::personality((now & !libc::ADDR_NO_RANDOMIZE) as libc::c_ulong) };
+    }
+}
+
+/// Whether the guest's CPU is QEMU's software emulation (TCG), by the
+/// hypervisor's CPUID vendor leaf. Never true under KVM, so never in a
+/// TDX or SNP guest.
+pub fn emulated_cpu() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // SAFETY: CPUID exists on every x86_64 CPU; leaf 1 bit 31 says
+    // whether the hypervisor leaves exist.
+    #[allow(unused_unsafe)]
+    let leaf1 = unsafe { __cpuid(1) };
+    if leaf1.ecx & (1 << 31) == 0 {
+        return false;
+    }
+    // SAFETY: as above; the hypervisor leaf exists.
+    #[allow(unused_unsafe)]
+    let h = unsafe { __cpuid(0x4000_0000) };
+    tcg_vendor(h.ebx, h.ecx, h.edx)
+}
+
+/// Whether the hypervisor vendor in leaf 0x40000000's EBX, ECX and EDX
+/// is QEMU's TCG.
+fn tcg_vendor(ebx: u32, ecx: u32, edx: u32) -> bool {
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&ecx.to_le_bytes());
+    vendor[8..].copy_from_slice(&edx.to_le_bytes());
+    &vendor == b"TCGTCGTCGTCG"
+}
+
+/// The helpers PID 1 starts from now on are laid out at the same
+/// addresses every time (see [`helper_main`], which turns randomization
+/// back on for what they start). For software emulation only: QEMU keeps
+/// the code it translated by virtual address, so a helper at a new random
+/// address has all of its code translated again (about 0.1 s of each
+/// container's creation here), and one at the same address reuses the
+/// last helper's.
+pub fn fixed_helper_layout() -> std::io::Result<()> {
+    // SAFETY: personality(0xffffffff) only reads the current persona.
+    let now = unsafe { libc::personality(0xffff_ffff) };
+    if now < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sets this process's persona, a plain flag word.
+    if unsafe { libc::personality((now | libc::ADDR_NO_RANDOMIZE) as libc::c_ulong) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn stdio() -> Result<[std::os::fd::OwnedFd; 3], String> {
@@ -170,7 +276,8 @@ fn tell_init(path: &str) -> std::io::Result<()> {
     std::os::unix::net::UnixStream::from(fd).write_all(b"start container")
 }
 
-fn run(req: &Request) -> Result<Option<i32>, String> {
+fn run(req: &Request, steps: &mut Steps) -> Result<Option<i32>, String> {
+    steps.end("request");
     match &req.op {
         Op::Create { bundle } => {
             let c = builder(req)?
@@ -179,6 +286,7 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
                 .with_detach(true)
                 .build()
                 .map_err(|e| format!("creating container {}: {e}", req.id))?;
+            steps.end("create");
             // The init waits for Start: its device rules hold before the
             // workload runs, or it never runs.
             if let Err(e) = device_rules(bundle) {
@@ -186,6 +294,7 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
                     .and_then(|mut c| c.delete(true).map_err(|e| e.to_string()));
                 return Err(format!("container {}: {e}", req.id));
             }
+            steps.end("device rules");
             Ok(c.pid().map(|p| p.as_raw()))
         }
         Op::Exec { process } => {
@@ -195,12 +304,14 @@ fn run(req: &Request) -> Result<Option<i32>, String> {
                 .with_process(Some(process))
                 .build()
                 .map_err(|e| format!("exec in container {}: {e}", req.id))?;
+            steps.end("exec");
             Ok(Some(pid.as_raw()))
         }
         Op::Delete => {
             load(&req.root, &req.id)?
                 .delete(true)
                 .map_err(|e| format!("deleting container {}: {e}", req.id))?;
+            steps.end("delete");
             Ok(None)
         }
     }
@@ -265,5 +376,53 @@ mod tests {
         assert!(
             serde_json::from_str::<Request>(r#"{"root":"/r","id":"c","op":"format"}"#).is_err()
         );
+    }
+
+    /// The persona of a program started now, as its /proc file says it.
+    fn child_persona() -> u32 {
+        let out = std::process::Command::new("cat")
+            .arg("/proc/self/personality")
+            .output()
+            .expect("run cat");
+        u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn helpers_keep_one_layout_and_what_they_start_is_randomized() {
+        // The persona is a thread's: a thread of its own keeps the test
+        // runner's other threads as they were.
+        std::thread::spawn(|| {
+            let no_random = libc::ADDR_NO_RANDOMIZE as u32;
+            assert_eq!(child_persona() & no_random, 0);
+            fixed_helper_layout().unwrap();
+            assert_eq!(child_persona() & no_random, no_random);
+            // The helper's first act: its children are randomized again.
+            randomize_children();
+            assert_eq!(child_persona() & no_random, 0);
+            // Idempotent.
+            randomize_children();
+            assert_eq!(child_persona() & no_random, 0);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn only_qemus_software_emulation_counts_as_emulated() {
+        let regs = |v: &[u8; 12]| {
+            let w = |i: usize| u32::from_le_bytes(v[i..i + 4].try_into().unwrap());
+            (w(0), w(4), w(8))
+        };
+        let (b, c, d) = regs(b"TCGTCGTCGTCG");
+        assert!(tcg_vendor(b, c, d));
+        for other in [
+            b"KVMKVMKVM\0\0\0",
+            b"Microsoft Hv",
+            b"TCGTCGTCGTCA",
+            &[0; 12],
+        ] {
+            let (b, c, d) = regs(other);
+            assert!(!tcg_vendor(b, c, d), "{other:?}");
+        }
     }
 }

@@ -416,6 +416,11 @@ impl Sandbox {
         console_socket: Option<PathBuf>,
     ) -> Result<Option<i32>, SandboxError> {
         let root = PathBuf::from(OCI_ROOT);
+        let op_name = match &op {
+            Op::Create { .. } => "create",
+            Op::Exec { .. } => "exec",
+            Op::Delete => "delete",
+        };
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let reply_path = root.join(format!(".reply-{n}"));
         let req = oci::Request {
@@ -435,6 +440,7 @@ impl Sandbox {
                     .stderr(std::process::Stdio::null());
             }
         }
+        let spawned_ns = oci::monotonic_ns();
         let (_, exit) = self
             .reaper
             .spawn(&mut cmd)
@@ -453,6 +459,15 @@ impl Sandbox {
                 )));
             }
         };
+        let us = |from: u64, to: u64| to.saturating_sub(from) / 1000;
+        tracing::debug!(
+            container = id,
+            op = op_name,
+            total_us = us(spawned_ns, oci::monotonic_ns()),
+            start_us = us(spawned_ns, reply.main_at_ns),
+            steps = ?reply.steps_us,
+            "runtime helper done"
+        );
         match reply.error {
             Some(e) => Err(SandboxError::Failed(e)),
             None => Ok(reply.pid),
@@ -556,10 +571,16 @@ impl Sandbox {
             }
             Err(e) => return Err(failed("creating the bundle")(e)),
         }
-        let r = match self
+        let t0 = std::time::Instant::now();
+        let prepared = self
             .prepare(req, kspec, sandbox, &bundle, &rootfs, &mut oci_spec)
-            .await
-        {
+            .await;
+        tracing::debug!(
+            container = id,
+            us = t0.elapsed().as_micros() as u64,
+            "bundle prepared"
+        );
+        let r = match prepared {
             // The pod's network settings, in the VM's network namespace
             // (the pod's), once everything else about the sandbox passed.
             Ok(()) => match set_pod_sysctls(&pod_sysctls) {
