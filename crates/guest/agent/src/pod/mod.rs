@@ -65,20 +65,18 @@ pub fn run_pid1() -> ! {
         init::power_off();
     }
     init_console_logging();
-    // Under software emulation (never a TEE) the container runtime
-    // helpers keep one layout; what they start is randomized as usual.
-    if oci::emulated_cpu() {
-        match oci::fixed_helper_layout() {
-            Ok(()) => tracing::info!("software-emulated CPU: the runtime helpers keep one layout"),
-            Err(e) => tracing::warn!("cannot fix the runtime helpers' layout: {e}"),
-        }
-    }
     match setup() {
         Ok(()) => {}
         Err(e) => {
             tracing::error!("{e:#}");
             init::power_off();
         }
+    }
+    // Under software emulation, with no sign of a TEE, the container
+    // runtime helpers keep one layout; what they start is randomized.
+    match oci::decide_helper_layout() {
+        Ok(()) => tracing::info!("software-emulated CPU: the runtime helpers keep one layout"),
+        Err(why) => tracing::debug!("runtime helpers laid out at random: {why}"),
     }
     let rt = match crate::runtime() {
         Ok(rt) => rt,

@@ -97,10 +97,6 @@ impl Steps {
 pub fn helper_main(args: &[String]) -> std::process::ExitCode {
     let main_at_ns = monotonic_ns();
     let mut steps = Steps::new();
-    // Whatever PID 1 set for the helper's own layout, the processes the
-    // helper creates (a container's init, exec'd processes) are laid out
-    // at random again.
-    randomize_children();
     let (Some(req), Some(reply_path)) = (args.get(2), args.get(3)) else {
         eprintln!("usage: {HELPER_ARG} <request JSON> <reply file>");
         return std::process::ExitCode::from(2);
@@ -108,12 +104,18 @@ pub fn helper_main(args: &[String]) -> std::process::ExitCode {
     // The workload must not inherit the Rust runtime's ignored SIGPIPE.
     // SAFETY: resetting a disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let (pid, error) = match serde_json::from_str::<Request>(req) {
-        Ok(r) => match run(&r, &mut steps) {
-            Ok(pid) => (pid, None),
-            Err(e) => (None, Some(e)),
+    // Whatever layout PID 1 gave the helper itself, what the helper
+    // creates (a container's init, exec'd processes) is laid out at random,
+    // or nothing is created.
+    let (pid, error) = match randomize_children() {
+        Err(e) => (None, Some(format!("runtime helper: {e}"))),
+        Ok(()) => match serde_json::from_str::<Request>(req) {
+            Ok(r) => match run(&r, &mut steps) {
+                Ok(pid) => (pid, None),
+                Err(e) => (None, Some(e)),
+            },
+            Err(e) => (None, Some(format!("bad helper request: {e}"))),
         },
-        Err(e) => (None, Some(format!("bad helper request: {e}"))),
     };
     let reply = Reply {
         pid,
@@ -128,34 +130,61 @@ pub fn helper_main(args: &[String]) -> std::process::ExitCode {
     }
 }
 
-/// Address-space randomization for the programs this process and its
-/// children execute from now on (the flag is inherited across fork and
-/// applied at exec).
-pub fn randomize_children() {
-    // SAFETY: personality(0xffffffff) only reads the current persona.
-    let now = unsafe { libc::personality(0xffff_ffff) };
-    if now >= 0 && now & libc::ADDR_NO_RANDOMIZE != 0 {
-        // SAFETY: sets this process's persona, a plain flag word.
-        unsafe { libc::personality((now & !libc::ADDR_NO_RANDOMIZE) as libc::c_ulong) };
+/// Turns address-space randomization back on for the programs this
+/// process and its children execute from now on, and checks that it is.
+pub fn randomize_children() -> Result<(), String> {
+    let now = persona().map_err(|e| format!("reading the persona: {e}"))?;
+    if now & libc::ADDR_NO_RANDOMIZE != 0 {
+        set_persona(now & !libc::ADDR_NO_RANDOMIZE)
+            .map_err(|e| format!("turning address randomization back on: {e}"))?;
+    }
+    match persona() {
+        Ok(p) if p & libc::ADDR_NO_RANDOMIZE == 0 => Ok(()),
+        Ok(_) => Err("address randomization stays off".into()),
+        Err(e) => Err(format!("reading the persona: {e}")),
     }
 }
 
-/// Whether the guest's CPU is QEMU's software emulation (TCG), by the
-/// hypervisor's CPUID vendor leaf. Never true under KVM, so never in a
-/// TDX or SNP guest.
-pub fn emulated_cpu() -> bool {
-    use std::arch::x86_64::__cpuid;
-    // SAFETY: CPUID exists on every x86_64 CPU; leaf 1 bit 31 says
-    // whether the hypervisor leaves exist.
-    #[allow(unused_unsafe)]
-    let leaf1 = unsafe { __cpuid(1) };
-    if leaf1.ecx & (1 << 31) == 0 {
-        return false;
+/// The calling thread's persona (personality(2) is per thread; a child
+/// inherits its creating thread's, and exec applies it).
+fn persona() -> std::io::Result<i32> {
+    // SAFETY: personality(0xffffffff) only reads the current persona.
+    let p = unsafe { libc::personality(0xffff_ffff) };
+    if p < 0 {
+        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: as above; the hypervisor leaf exists.
-    #[allow(unused_unsafe)]
-    let h = unsafe { __cpuid(0x4000_0000) };
-    tcg_vendor(h.ebx, h.ecx, h.edx)
+    Ok(p)
+}
+
+fn set_persona(p: i32) -> std::io::Result<()> {
+    // SAFETY: sets the calling thread's persona, a plain flag word.
+    if unsafe { libc::personality(p as libc::c_ulong) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether the guest's CPU is QEMU's software emulation (TCG), by the
+/// hypervisor's CPUID vendor leaf. The host answers that leaf, in a TEE
+/// too: alone it proves nothing (see [`decide_helper_layout`]).
+pub fn emulated_cpu() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        // SAFETY: CPUID exists on every x86_64 CPU; leaf 1 bit 31 says
+        // whether the hypervisor leaves exist.
+        #[allow(unused_unsafe)]
+        let leaf1 = unsafe { __cpuid(1) };
+        if leaf1.ecx & (1 << 31) == 0 {
+            return false;
+        }
+        // SAFETY: as above; the hypervisor leaf exists.
+        #[allow(unused_unsafe)]
+        let h = unsafe { __cpuid(0x4000_0000) };
+        tcg_vendor(h.ebx, h.ecx, h.edx)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Whether the hypervisor vendor in leaf 0x40000000's EBX, ECX and EDX
@@ -168,24 +197,89 @@ fn tcg_vendor(ebx: u32, ecx: u32, edx: u32) -> bool {
     &vendor == b"TCGTCGTCGTCG"
 }
 
-/// The helpers PID 1 starts from now on are laid out at the same
-/// addresses every time (see [`helper_main`], which turns randomization
-/// back on for what they start). For software emulation only: QEMU keeps
-/// the code it translated by virtual address, so a helper at a new random
-/// address has all of its code translated again (about 0.1 s of each
-/// container's creation here), and one at the same address reuses the
-/// last helper's.
-pub fn fixed_helper_layout() -> std::io::Result<()> {
-    // SAFETY: personality(0xffffffff) only reads the current persona.
-    let now = unsafe { libc::personality(0xffff_ffff) };
-    if now < 0 {
-        return Err(std::io::Error::last_os_error());
+/// Signs of a confidential guest the host cannot forge: the kernel's own
+/// CPU flags (`tdx_guest` comes from leaf 0x21, which the TDX module
+/// answers, not the host; the `sev` flags from the SEV status the guest
+/// kernel reads) and the TEE devices the kernel creates only in such a
+/// guest. The first one found.
+fn tee_sign(cpuinfo: &str, exists: impl Fn(&str) -> bool) -> Option<String> {
+    const FLAGS: &[&str] = &["tdx_guest", "sev", "sev_es", "sev_snp"];
+    const PATHS: &[&str] = &[
+        "/dev/tdx_guest",
+        "/dev/tdx-guest",
+        "/dev/sev-guest",
+        "/sys/devices/platform/sev-guest",
+        "/sys/firmware/tdx",
+    ];
+    for line in cpuinfo.lines() {
+        let Some((key, flags)) = line.split_once(':') else {
+            continue;
+        };
+        if key.trim() == "flags"
+            && let Some(f) = flags.split_whitespace().find(|f| FLAGS.contains(f))
+        {
+            return Some(format!("CPU flag {f}"));
+        }
     }
-    // SAFETY: sets this process's persona, a plain flag word.
-    if unsafe { libc::personality((now | libc::ADDR_NO_RANDOMIZE) as libc::c_ulong) } < 0 {
-        return Err(std::io::Error::last_os_error());
+    PATHS.iter().find(|p| exists(p)).map(|p| p.to_string())
+}
+
+/// Whether the runtime helpers PID 1 starts keep one address layout.
+static FIXED_LAYOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Decides, once, after PID 1 loaded its modules, whether the runtime
+/// helpers keep one address layout: only under software emulation, and
+/// never with any sign of a TEE, so a host that claims TCG to a TDX or SNP
+/// guest changes nothing. QEMU keeps the code it translated by virtual
+/// address, so a helper at new random addresses has all of its code
+/// translated again (about 0.1 s of each container's creation here); one
+/// at the same addresses reuses the last helper's. What a helper starts is
+/// randomized again ([`helper_main`]). Returns why not, or none when
+/// fixed.
+pub fn decide_helper_layout() -> Result<(), String> {
+    if !emulated_cpu() {
+        return Err("not a software-emulated CPU".into());
     }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
+        .map_err(|e| format!("cannot read /proc/cpuinfo: {e}"))?;
+    if let Some(sign) = tee_sign(&cpuinfo, |p| Path::new(p).exists()) {
+        return Err(format!("the CPU says TCG, but {sign} says TEE"));
+    }
+    FIXED_LAYOUT.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// The calling thread's persona with a fixed layout, for one helper's
+/// start (the child inherits it); the old one comes back when dropped.
+pub struct FixedLayout {
+    before: i32,
+}
+
+impl FixedLayout {
+    /// A fixed layout for the next spawn, when [`decide_helper_layout`]
+    /// chose it.
+    pub fn enter() -> Option<Self> {
+        Self::enter_if(FIXED_LAYOUT.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn enter_if(on: bool) -> Option<Self> {
+        if !on {
+            return None;
+        }
+        let before = persona().ok()?;
+        set_persona(before | libc::ADDR_NO_RANDOMIZE).ok()?;
+        Some(Self { before })
+    }
+}
+
+impl Drop for FixedLayout {
+    fn drop(&mut self) {
+        if set_persona(self.before).is_err() {
+            // This thread would start anything else at a fixed layout.
+            tracing::error!("cannot restore the thread's persona: ending");
+            std::process::abort();
+        }
+    }
 }
 
 fn stdio() -> Result<[std::os::fd::OwnedFd; 3], String> {
@@ -379,12 +473,12 @@ mod tests {
     }
 
     /// The persona of a program started now, as its /proc file says it.
-    fn child_persona() -> u32 {
+    fn child_persona() -> i32 {
         let out = std::process::Command::new("cat")
             .arg("/proc/self/personality")
             .output()
             .expect("run cat");
-        u32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 16).unwrap()
+        i32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 16).unwrap()
     }
 
     #[test]
@@ -392,19 +486,48 @@ mod tests {
         // The persona is a thread's: a thread of its own keeps the test
         // runner's other threads as they were.
         std::thread::spawn(|| {
-            let no_random = libc::ADDR_NO_RANDOMIZE as u32;
-            assert_eq!(child_persona() & no_random, 0);
-            fixed_helper_layout().unwrap();
-            assert_eq!(child_persona() & no_random, no_random);
-            // The helper's first act: its children are randomized again.
-            randomize_children();
-            assert_eq!(child_persona() & no_random, 0);
-            // Idempotent.
-            randomize_children();
-            assert_eq!(child_persona() & no_random, 0);
+            let fixed = libc::ADDR_NO_RANDOMIZE;
+            let before = child_persona();
+            assert!(FixedLayout::enter_if(false).is_none());
+            assert_eq!(child_persona(), before);
+            {
+                let _layout = FixedLayout::enter_if(true).expect("personality(2) refused here");
+                assert_eq!(child_persona(), before | fixed);
+                // The helper's first act: its children are randomized again.
+                randomize_children().unwrap();
+                assert_eq!(child_persona() & fixed, 0);
+                randomize_children().unwrap();
+                assert_eq!(child_persona() & fixed, 0);
+            }
+            // The thread's own persona is back when the spawn is done.
+            assert_eq!(child_persona(), before);
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn any_sign_of_a_tee_keeps_helpers_randomized() {
+        let plain = "processor\t: 0\nflags\t\t: fpu vme de pse hypervisor aes\n";
+        assert_eq!(tee_sign(plain, |_| false), None);
+        for flag in ["tdx_guest", "sev", "sev_es", "sev_snp"] {
+            let info = plain.replace("hypervisor", &format!("hypervisor {flag}"));
+            assert_eq!(
+                tee_sign(&info, |_| false),
+                Some(format!("CPU flag {flag}")),
+                "{flag}"
+            );
+        }
+        // A flag that only starts like one is not one.
+        let info = plain.replace("aes", "sevx tdx_guestish");
+        assert_eq!(tee_sign(&info, |_| false), None);
+        for dev in [
+            "/dev/tdx_guest",
+            "/dev/sev-guest",
+            "/sys/devices/platform/sev-guest",
+        ] {
+            assert_eq!(tee_sign(plain, |p| p == dev).as_deref(), Some(dev));
+        }
     }
 
     #[test]

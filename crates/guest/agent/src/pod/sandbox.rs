@@ -441,10 +441,12 @@ impl Sandbox {
             }
         }
         let spawned_ns = oci::monotonic_ns();
-        let (_, exit) = self
-            .reaper
-            .spawn(&mut cmd)
-            .map_err(failed("starting the runtime helper"))?;
+        let spawned = {
+            // Only this spawn, from this thread, gets the fixed layout.
+            let _layout = oci::FixedLayout::enter();
+            self.reaper.spawn(&mut cmd)
+        };
+        let (_, exit) = spawned.map_err(failed("starting the runtime helper"))?;
         // The child's stdio ends were moved into `cmd`; drop them here so
         // the pipes see EOF when the process exits.
         drop(cmd);
