@@ -28,6 +28,17 @@ pub enum Op {
     Delete,
 }
 
+impl Op {
+    /// The operation's name, as its request spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Create { .. } => "create",
+            Op::Exec { .. } => "exec",
+            Op::Delete => "delete",
+        }
+    }
+}
+
 /// What PID 1 asks of the helper.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
@@ -132,7 +143,7 @@ pub fn helper_main(args: &[String]) -> std::process::ExitCode {
 
 /// Turns address-space randomization back on for the programs this
 /// process and its children execute from now on, and checks that it is.
-pub fn randomize_children() -> Result<(), String> {
+fn randomize_children() -> Result<(), String> {
     let now = persona().map_err(|e| format!("reading the persona: {e}"))?;
     if now & libc::ADDR_NO_RANDOMIZE != 0 {
         set_persona(now & !libc::ADDR_NO_RANDOMIZE)
@@ -167,7 +178,7 @@ fn set_persona(p: i32) -> std::io::Result<()> {
 /// Whether the guest's CPU is QEMU's software emulation (TCG), by the
 /// hypervisor's CPUID vendor leaf. The host answers that leaf, in a TEE
 /// too: alone it proves nothing (see [`decide_helper_layout`]).
-pub fn emulated_cpu() -> bool {
+fn emulated_cpu() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::__cpuid;
@@ -479,6 +490,22 @@ mod tests {
             .output()
             .expect("run cat");
         i32::from_str_radix(String::from_utf8_lossy(&out.stdout).trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn operation_names_are_the_requests_own() {
+        for op in [
+            Op::Create {
+                bundle: "/b".into(),
+            },
+            Op::Exec {
+                process: "/p".into(),
+            },
+            Op::Delete,
+        ] {
+            let v = serde_json::to_value(&op).unwrap();
+            assert_eq!(v["op"], op.name());
+        }
     }
 
     #[test]

@@ -416,11 +416,7 @@ impl Sandbox {
         console_socket: Option<PathBuf>,
     ) -> Result<Option<i32>, SandboxError> {
         let root = PathBuf::from(OCI_ROOT);
-        let op_name = match &op {
-            Op::Create { .. } => "create",
-            Op::Exec { .. } => "exec",
-            Op::Delete => "delete",
-        };
+        let op_name = op.name();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let reply_path = root.join(format!(".reply-{n}"));
         let req = oci::Request {
