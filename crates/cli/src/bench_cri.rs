@@ -422,6 +422,28 @@ pub async fn run(
             crate::run::default_vtpm_ca().display()
         ),
     )?;
+    // The shim probes KVM before its first VM where /dev/kvm opens (up to
+    // 15 s where it cannot boot the guest kernel) and caches the answer in
+    // its state directory: probed here, so that no timed pod includes it.
+    let probe = {
+        let (qemu, kernel, cache) = (
+            cocoon_hypervisor::qemu::Qemu::new()?.binary().to_path_buf(),
+            guest_image.join("vmlinuz"),
+            state.clone(),
+        );
+        std::fs::create_dir_all(&cache)?;
+        let t = Instant::now();
+        let accel = tokio::task::spawn_blocking(move || {
+            cocoon_hypervisor::kvm::accel_for(&qemu, &kernel, Some(&cache))
+        })
+        .await?;
+        (accel, t.elapsed())
+    };
+    println!(
+        "CRI: the shim's KVM probe, once per host boot and state directory, before the timed pods: {:.2} s ({:?})",
+        probe.1.as_secs_f64(),
+        probe.0
+    );
     let snap = Snapshotter::start(dir.path())?;
     let ctd = Containerd::start(dir.path(), &pause, registry, &shim_cfg, &snap.sock)?;
     let endpoint = format!("unix://{}", ctd.sock.display());
