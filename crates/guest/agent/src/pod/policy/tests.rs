@@ -130,6 +130,32 @@ fn an_undefined_rule_is_a_denial_that_names_it() {
 }
 
 #[test]
+fn a_rule_calling_a_missing_builtin_refuses() {
+    // The guest's Rego has no time builtins (the guest clock is the host's);
+    // a function it lacks is an error, never an allow, also under `not`
+    // and for a check that a policy may leave out.
+    let gate = Gate::with_policy(
+        r#"package agent_policy
+import rego.v1
+default ExecProcessRequest := true
+default PullImageRequest := true
+expired if { no_such.builtin(1) > 0 }
+ExecProcessRequest if { not expired }
+PullImageRequest if { not expired }
+"#,
+    )
+    .unwrap();
+    let d = gate.check(&exec("c", &["/bin/date"])).unwrap_err();
+    assert_eq!(d.rule, "ExecProcessRequest");
+    assert!(
+        d.reason.contains("could not find function no_such.builtin"),
+        "{d}"
+    );
+    gate.check_input(PULL_RULE, &json!({"image": "x"}), true)
+        .unwrap_err();
+}
+
+#[test]
 fn reasons_name_the_failing_field() {
     let gate = Gate::with_policy(
         r#"package agent_policy
