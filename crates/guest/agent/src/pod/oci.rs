@@ -118,15 +118,15 @@ pub fn helper_main(args: &[String]) -> std::process::ExitCode {
     // Whatever layout PID 1 gave the helper itself, what the helper
     // creates (a container's init, exec'd processes) is laid out at random,
     // or nothing is created.
-    let (pid, error) = match randomize_children() {
-        Err(e) => (None, Some(format!("runtime helper: {e}"))),
-        Ok(()) => match serde_json::from_str::<Request>(req) {
-            Ok(r) => match run(&r, &mut steps) {
-                Ok(pid) => (pid, None),
-                Err(e) => (None, Some(e)),
-            },
-            Err(e) => (None, Some(format!("bad helper request: {e}"))),
-        },
+    let done = randomize_children()
+        .map_err(|e| format!("runtime helper: {e}"))
+        .and_then(|()| {
+            serde_json::from_str::<Request>(req).map_err(|e| format!("bad helper request: {e}"))
+        })
+        .and_then(|r| run(&r, &mut steps));
+    let (pid, error) = match done {
+        Ok(pid) => (pid, None),
+        Err(e) => (None, Some(e)),
     };
     let reply = Reply {
         pid,
