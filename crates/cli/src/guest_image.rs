@@ -27,6 +27,11 @@ pub struct BuildArgs {
     /// firmware to load and measure) or none (no decompression at boot).
     #[arg(long, default_value = "zstd")]
     compression: cocoon_guest_image::Compression,
+    /// The kernel modules' signatures: strip (each module loads sooner; the
+    /// initramfs is measured as a whole) or keep (for a kernel that
+    /// enforces them: `module.sig_enforce=1` or UEFI Secure Boot).
+    #[arg(long, default_value = "strip")]
+    module_signatures: cocoon_guest_image::ModuleSignatures,
 }
 
 /// Default cache directory.
@@ -72,6 +77,7 @@ pub fn run(a: BuildArgs) -> Result<()> {
         kernel_deb: a.kernel_deb,
         cmdline: a.cmdline,
         compression: a.compression,
+        module_signatures: a.module_signatures,
     };
     let m =
         build(&opts).with_context(|| format!("building the guest image in {}", a.out.display()))?;
@@ -85,10 +91,11 @@ pub fn run(a: BuildArgs) -> Result<()> {
     );
     println!("           sha384 {}", m.kernel.sha384);
     println!(
-        "  initrd   {:.1} MiB ({:?} compression), {} modules, sha256 {}",
+        "  initrd   {:.1} MiB ({:?} compression), {} modules ({:?} signatures), sha256 {}",
         mb(m.initrd.size),
         m.compression,
         m.modules.len(),
+        m.module_signatures,
         m.initrd.sha256
     );
     println!("           sha384 {}", m.initrd.sha384);

@@ -38,6 +38,7 @@ fn two_builds_are_byte_identical() {
         kernel_deb: None,
         cmdline: None,
         compression: cocoon_guest_image::Compression::None,
+        module_signatures: Default::default(),
     };
     let a = build(&opts("a")).unwrap();
     let b = build(&opts("b")).unwrap();
@@ -74,6 +75,24 @@ fn two_builds_are_byte_identical() {
             "{list} is not in the initramfs"
         );
     }
+    // Modules go in without Debian's signatures unless asked to keep them.
+    let magic = b"~Module signature appended~\n";
+    let signed = |archive: &[u8]| archive.windows(magic.len()).filter(|w| w == magic).count();
+    assert_eq!(signed(&initrd), 0, "a module kept its signature");
+    assert_eq!(
+        a.module_signatures,
+        cocoon_guest_image::ModuleSignatures::Strip
+    );
+    let mut k = opts("k");
+    k.module_signatures = cocoon_guest_image::ModuleSignatures::Keep;
+    let kept = build(&k).unwrap();
+    let kept_initrd = std::fs::read(dir.path().join("k/initrd.img")).unwrap();
+    assert_eq!(signed(&kept_initrd), a.modules.len());
+    assert!(kept.initrd.size > a.initrd.size);
+    assert_eq!(
+        kept.module_signatures,
+        cocoon_guest_image::ModuleSignatures::Keep
+    );
     // Another command line changes the command-line digest and PCR only.
     let mut o = opts("c");
     o.cmdline = Some("console=ttyS0 panic=-1".into());

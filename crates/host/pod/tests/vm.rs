@@ -46,6 +46,7 @@ fn image() -> &'static Path {
             kernel_deb: None,
             cmdline: None,
             compression: Default::default(),
+            module_signatures: Default::default(),
         })
         .expect("building the guest image");
         out
