@@ -1006,13 +1006,14 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     assert!(vms().is_empty(), "a QEMU is left after --rm");
 
     // Containers of one pod share one VM; exec, logs and ls work on it;
-    // a container with `tty: true` writes through a terminal.
+    // a container with `tty: true` writes through a terminal. The pod
+    // shares its process namespace.
     let m = manifest(
         "pair",
         Some("cocoon"),
         "",
         &format!(
-            "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n  - name: term\n    image: {image}\n    tty: true\n    command: [\"sh\", \"-c\", \"tty; [ -t 1 ] && echo on-a-tty; sleep 600\"]\n"
+            "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n  - name: term\n    image: {image}\n    tty: true\n    command: [\"sh\", \"-c\", \"tty; [ -t 1 ] && echo on-a-tty; sleep 600\"]\n  shareProcessNamespace: true\n"
         ),
     );
     let o = pod_cmd(ctd, &logs, &["run", "-d", m.to_str().unwrap()]);
@@ -1058,6 +1059,20 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         "{ipc:?} {seen:?}"
     );
     assert_eq!(note, "shared\n");
+    // shareProcessNamespace: one PID namespace for the pod, whose PID 1
+    // is the pause process; each container sees the others' processes.
+    let procs = in_pod(
+        "talker",
+        "tr '\\0' ' ' </proc/1/cmdline; echo; for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline; echo; done",
+    );
+    assert!(procs.starts_with("/pause \n"), "{procs}");
+    // Each container's shell ends in `sleep 600`: three, one of them the
+    // talker's own.
+    assert_eq!(
+        procs.lines().filter(|l| *l == "sleep 600 ").count(),
+        3,
+        "{procs}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let o = pod_cmd(ctd, &logs, &["logs", &pod_id, "talker"]);
@@ -1121,6 +1136,23 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     assert!(ip.starts_with("10.88.77."), "pod IP {ip}: {ls}");
     let body = http_get(&format!("{ip}:8080"), "/greeting", Duration::from_secs(30));
     assert!(body.ends_with(GREETING), "{body}");
+    // Without shareProcessNamespace the container's process namespace is
+    // its own: its command is PID 1 there, and the pause is not to be seen.
+    let own = ok(&pod_cmd(
+        ctd,
+        &logs,
+        &[
+            "exec",
+            "web",
+            "httpd",
+            "--",
+            "sh",
+            "-c",
+            "tr '\\0' ' ' </proc/1/cmdline; echo; cat /proc/[0-9]*/cmdline | tr '\\0' ' '",
+        ],
+    ));
+    assert!(own.starts_with("httpd -f -p 8080 -h /etc \n"), "{own}");
+    assert!(!own.contains("/pause"), "{own}");
     ok(&pod_cmd(ctd, &logs, &["rm", &web]));
     assert!(vms().is_empty(), "a QEMU is left after rm");
 
@@ -1326,6 +1358,14 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
         "      runAsUser: 1000\n",
         "",
         "CreateContainerRequest is blocked by policy: OCI.Process.User",
+    );
+    // Or a process namespace shared where the manifest keeps each
+    // container's own: the container would see the pod's processes.
+    refused(
+        "shared-pid",
+        "spec:\n",
+        "spec:\n  shareProcessNamespace: true\n",
+        "CreateContainerRequest is blocked by policy: OCI.Linux.Namespaces: the container must have its own pid namespace; sandbox_pidns: the pod spec does not share its process namespace",
     );
     // The legacy policy annotation: the shim sends it with SetPolicy, and
     // the pinned policy refuses to be replaced; the pod does not start.

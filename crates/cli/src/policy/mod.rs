@@ -710,8 +710,13 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
         "io.kubernetes.cri.sandbox-name": sandbox_name,
         "io.kubernetes.cri.sandbox-namespace": format!("^{}$", regex_escape(&namespace)),
     });
-    let host_pid = pod["spec"]["hostPID"].as_bool() == Some(true)
-        || pod["spec"]["shareProcessNamespace"].as_bool() == Some(true);
+    // The pod's process namespace: the node's (none in the spec; the
+    // guest still gives the container its own), or the pod's shared one
+    // (`sandbox_pidns`: the guest joins the pause container's). Kubelet
+    // lets hostPID win over shareProcessNamespace.
+    let node_pid = pod["spec"]["hostPID"].as_bool() == Some(true);
+    let share_pid = !node_pid && pod["spec"]["shareProcessNamespace"].as_bool() == Some(true);
+    let host_pid = node_pid || share_pid;
     let host_ipc = pod["spec"]["hostIPC"].as_bool() == Some(true);
     let namespaces = |own_pid: bool| {
         let mut n = vec![
@@ -841,7 +846,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
             },
             "storages": [],
             "devices": [],
-            "sandbox_pidns": host_pid,
+            "sandbox_pidns": share_pid,
             "exec_commands": exec,
         }));
     }

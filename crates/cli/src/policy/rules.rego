@@ -160,6 +160,7 @@ CreateContainerRequest := {"allowed": true, "ops": ops} if {
 	mounts_ok(c)
 	devices_ok
 	namespaces_ok(c)
+	pidns_ok(c)
 	paths_ok(c)
 	sysctls_ok(c)
 	annotations_ok(c)
@@ -269,6 +270,10 @@ namespaces_ok(c) if {
 	}
 }
 
+# Whether the container joins its pod's process namespace (and sees the
+# other containers' processes) is the pod spec's to say.
+pidns_ok(c) if object.get(input, "sandbox_pidns", false) == object.get(c, "sandbox_pidns", false)
+
 paths_ok(c) if {
 	every p in c.OCI.Linux.MaskedPaths {
 		p in object.get(linux, "MaskedPaths", [])
@@ -363,7 +368,7 @@ reasons.CreateContainerRequest contains msg if {
 	some msg in failures(policy_data.containers[i])
 }
 
-failures(c) := (((((((((((((((({msg |
+failures(c) := ((((((((((((((((({msg |
 	not args_ok(c)
 	msg := sprintf("OCI.Process.Args: %v is not the pod spec's %v", [object.get(process, "Args", null), c.OCI.Process.Args])
 } | {msg |
@@ -411,6 +416,9 @@ failures(c) := (((((((((((((((({msg |
 	not ns.Type in input_namespaces
 	msg := sprintf("OCI.Linux.Namespaces: the container must have its own %s namespace", [ns.Type])
 }) | {msg |
+	not pidns_ok(c)
+	msg := pidns_reason(c)
+}) | {msg |
 	some p in c.OCI.Linux.MaskedPaths
 	not p in object.get(linux, "MaskedPaths", [])
 	msg := sprintf("OCI.Linux.MaskedPaths: %s must stay masked", [p])
@@ -433,6 +441,10 @@ failures(c) := (((((((((((((((({msg |
 	not privileges_ok(c)
 	msg := "OCI.Process.NoNewPrivileges: the pod spec forbids gaining privileges"
 }
+
+pidns_reason(c) := "sandbox_pidns: the pod spec shares its process namespace, and the container does not join it" if object.get(c, "sandbox_pidns", false)
+
+pidns_reason(c) := "sandbox_pidns: the pod spec does not share its process namespace" if not object.get(c, "sandbox_pidns", false)
 
 storage_reason(c) := "storages: the pause container takes no storage" if c.sandbox
 

@@ -654,3 +654,60 @@ fn sysctls_are_the_pod_specs_on_its_sandbox() {
     gate.check(&pause_with(&[("net.ipv4.ip_unprivileged_port_start", "0")]))
         .unwrap();
 }
+
+#[test]
+fn the_process_namespace_is_shared_only_where_the_pod_spec_shares_it() {
+    let shared_pod = POD.replace(
+        "  runtimeClassName: cocoon\n",
+        "  runtimeClassName: cocoon\n  shareProcessNamespace: true\n",
+    );
+    // As the shim sends a container of a pod that shares it: no pid
+    // namespace of its own, and `sandbox_pidns`.
+    let joining = |id: &str| {
+        let mut s = spec("container", "app");
+        s.Linux
+            .as_mut()
+            .unwrap()
+            .Namespaces
+            .retain(|n| n.Type != "pid");
+        let mut r = create(id, s);
+        r.sandbox_pidns = true;
+        r
+    };
+    let (gate, data) = policy(&shared_pod, false);
+    assert_eq!(data["containers"][0]["sandbox_pidns"], false);
+    assert_eq!(data["containers"][1]["sandbox_pidns"], true);
+    gate.check(&pause()).unwrap();
+    gate.check(&joining("c1")).unwrap();
+    denied(
+        &gate,
+        &create("c2", spec("container", "app")),
+        "sandbox_pidns: the pod spec shares its process namespace, and the container does not join it",
+    );
+    // A pod that does not share it: each container keeps its own, and a
+    // host that asks to join (with or without a pid entry) is refused.
+    let (gate, data) = policy(POD, false);
+    assert_eq!(data["containers"][1]["sandbox_pidns"], false);
+    gate.check(&pause()).unwrap();
+    gate.check(&create("c1", spec("container", "app"))).unwrap();
+    let mut with_pid = create("c2", spec("container", "app"));
+    with_pid.sandbox_pidns = true;
+    denied(
+        &gate,
+        &with_pid,
+        "sandbox_pidns: the pod spec does not share its process namespace",
+    );
+    denied(
+        &gate,
+        &joining("c3"),
+        "sandbox_pidns: the pod spec does not share its process namespace",
+    );
+    // hostPID wins, as kubelet has it: the container's own namespace in
+    // the guest, never the pod's.
+    let both = shared_pod.replace(
+        "  shareProcessNamespace: true\n",
+        "  shareProcessNamespace: true\n  hostPID: true\n",
+    );
+    let (_, data) = policy(&both, false);
+    assert_eq!(data["containers"][1]["sandbox_pidns"], false);
+}

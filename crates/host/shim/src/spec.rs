@@ -197,6 +197,11 @@ pub struct Meta {
     pub image: Option<String>,
     /// The network namespace the runtime made for the pod (CNI's), if any.
     pub netns: Option<String>,
+    /// Whether the container shares its pod's process namespace
+    /// (`shareProcessNamespace`: CRI names the sandbox's PID namespace by
+    /// path). Sent as Kata's `sandbox_pidns`; the guest joins its pause
+    /// container's.
+    pub sandbox_pidns: bool,
 }
 
 /// CRI's annotation keys.
@@ -218,13 +223,13 @@ pub mod annotations {
 /// Reads the container's metadata from a parsed spec.
 fn meta(s: &Spec) -> Meta {
     let a = &s.annotations;
-    let kind = a.get(annotations::CONTAINER_TYPE).map(String::as_str);
+    let kind = match a.get(annotations::CONTAINER_TYPE).map(String::as_str) {
+        Some("sandbox") => Kind::Pause,
+        Some("container") => Kind::Container,
+        _ => Kind::Standalone,
+    };
     Meta {
-        kind: match kind {
-            Some("sandbox") => Kind::Pause,
-            Some("container") => Kind::Container,
-            _ => Kind::Standalone,
-        },
+        kind,
         sandbox_id: a.get(annotations::SANDBOX_ID).cloned(),
         image: a.get(annotations::IMAGE_NAME).cloned(),
         netns: s.linux.as_ref().and_then(|l| {
@@ -233,6 +238,14 @@ fn meta(s: &Spec) -> Meta {
                 .find(|n| n.typ == "network" && !n.path.is_empty())
                 .map(|n| n.path.clone())
         }),
+        // A host path means nothing in the guest: only that it is shared.
+        // A sandbox or a container outside a pod has nothing to share with.
+        sandbox_pidns: kind == Kind::Container
+            && s.linux.as_ref().is_some_and(|l| {
+                l.namespaces
+                    .iter()
+                    .any(|n| n.typ == "pid" && !n.path.is_empty())
+            }),
     }
 }
 
@@ -377,18 +390,19 @@ fn id_mappings(v: Vec<IdMapping>) -> Vec<pb::LinuxIDMapping> {
         .collect()
 }
 
-fn linux(l: Linux) -> pb::Linux {
+fn linux(l: Linux, sandbox_pidns: bool) -> pb::Linux {
     pb::Linux {
         UIDMappings: id_mappings(l.uid_mappings),
         GIDMappings: id_mappings(l.gid_mappings),
         Sysctl: l.sysctl,
         Resources: l.resources.map(resources).into(),
         // Fresh namespaces in the guest; the VM itself is the pod's
-        // network namespace, so none is made for the network.
+        // network namespace, so none is made for the network. A shared
+        // process namespace is `sandbox_pidns` (as Kata's runtime sends it).
         Namespaces: l
             .namespaces
             .into_iter()
-            .filter(|n| n.typ != "network")
+            .filter(|n| n.typ != "network" && !(sandbox_pidns && n.typ == "pid"))
             .map(|n| pb::LinuxNamespace {
                 Type: n.typ,
                 ..Default::default()
@@ -421,7 +435,7 @@ pub fn from_json(bytes: &[u8]) -> Result<(pb::Spec, Meta), SpecError> {
         Hostname: s.hostname,
         Mounts: s.mounts.iter().filter_map(guest_mount).collect(),
         Annotations: s.annotations,
-        Linux: s.linux.map(linux).into(),
+        Linux: s.linux.map(|l| linux(l, meta.sandbox_pidns)).into(),
         ..Default::default()
     };
     Ok((spec, meta))
@@ -527,6 +541,35 @@ mod tests {
         let (_, m) = from_json(br#"{"process": {"args": ["sh"]}}"#).unwrap();
         assert_eq!(m.kind, Kind::Standalone);
         assert_eq!(m.sandbox_id, None);
+    }
+
+    #[test]
+    fn a_shared_process_namespace_becomes_sandbox_pidns() {
+        let spec = |kind: &str, pid_path: &str| {
+            format!(
+                r#"{{"process": {{"args": ["sh"]}}, "annotations": {{"io.kubernetes.cri.container-type": "{kind}"}},
+                "linux": {{"namespaces": [{{"type": "pid", "path": "{pid_path}"}}, {{"type": "ipc"}}, {{"type": "mount"}}]}}}}"#
+            )
+        };
+        let types = |s: &pb::Spec| -> Vec<String> {
+            s.Linux.Namespaces.iter().map(|n| n.Type.clone()).collect()
+        };
+        // CRI names the sandbox's PID namespace for shareProcessNamespace:
+        // the guest joins its pause container's; no pid entry goes along.
+        let (s, m) = from_json(spec("container", "/proc/42/ns/pid").as_bytes()).unwrap();
+        assert!(m.sandbox_pidns);
+        assert_eq!(types(&s), ["ipc", "mount"]);
+        // A namespace of its own: a fresh one in the guest.
+        let (s, m) = from_json(spec("container", "").as_bytes()).unwrap();
+        assert!(!m.sandbox_pidns);
+        assert_eq!(types(&s), ["pid", "ipc", "mount"]);
+        // The sandbox itself, or a container outside a pod, shares nothing.
+        for kind in ["sandbox", "none"] {
+            let (s, m) = from_json(spec(kind, "/proc/42/ns/pid").as_bytes()).unwrap();
+            assert!(!m.sandbox_pidns, "{kind}");
+            assert!(s.Linux.Namespaces.iter().all(|n| n.Path.is_empty()));
+            assert_eq!(types(&s), ["pid", "ipc", "mount"]);
+        }
     }
 
     #[test]

@@ -692,6 +692,7 @@ impl Task for Service {
                     exec_id: req.id.clone(),
                     OCI: Some(ospec).into(),
                     storages,
+                    sandbox_pidns: meta.sandbox_pidns,
                     ..Default::default()
                 },
             )

@@ -38,12 +38,16 @@ extern "C" fn pause_exit(_: libc::c_int) {
 }
 
 /// The pause container: sleeps until SIGTERM or SIGINT (as the init of
-/// its PID namespace it only gets signals it has a handler for).
+/// its PID namespace it only gets signals it has a handler for). In a pod
+/// that shares its process namespace the kernel hands it the orphans of
+/// every container: with SIGCHLD ignored, they are reaped as they exit.
 pub fn pause() -> ! {
-    // SAFETY: installing a handler that only calls _exit.
+    // SAFETY: installing a handler that only calls _exit, and ignoring
+    // SIGCHLD.
     unsafe {
         libc::signal(libc::SIGTERM, pause_exit as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, pause_exit as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
     }
     loop {
         // SAFETY: pause(2) just sleeps.

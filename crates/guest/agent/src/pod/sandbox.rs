@@ -28,6 +28,10 @@ pub const POD_SHM: &str = "/run/cocoon/pod-shm";
 /// container's once it is created: containers join this path, never a
 /// `/proc/<pid>` one whose pid could be another process's later.
 pub const POD_IPC: &str = "/run/cocoon/pod-ipc";
+/// The pod's process namespace, pinned the same way: the containers of a
+/// pod with `shareProcessNamespace` (Kata's `sandbox_pidns`) join it, and
+/// see the pause process as their PID 1.
+pub const POD_PID: &str = "/run/cocoon/pod-pid";
 /// Parent cgroup of every container.
 pub const CGROUP_PARENT: &str = "/cocoon";
 /// The pause container's program, bind-mounted from the guest binary.
@@ -313,8 +317,9 @@ pub struct Sandbox {
     hub: String,
     oom: Arc<OomQueue>,
     policy: Arc<super::policy::Gate>,
-    /// Whether the pod's IPC namespace is pinned at [`POD_IPC`].
-    pod_ipc: std::sync::Mutex<bool>,
+    /// Whether the pod's IPC and process namespaces are pinned at
+    /// [`POD_IPC`] and [`POD_PID`].
+    pod_pinned: std::sync::Mutex<bool>,
 }
 
 impl Sandbox {
@@ -338,7 +343,7 @@ impl Sandbox {
             hub: hub.into(),
             oom,
             policy,
-            pod_ipc: Default::default(),
+            pod_pinned: Default::default(),
         }))
     }
 
@@ -587,7 +592,7 @@ impl Sandbox {
                     .await
                     .and_then(|pid| {
                         if sandbox {
-                            self.pin_pod_ipc(pid)
+                            self.pin_pod_namespaces(pid)
                         } else {
                             Ok(())
                         }
@@ -650,7 +655,7 @@ impl Sandbox {
             }
         }
         confine::container(oci_spec, bundle)?;
-        self.share_pod_ipc(oci_spec, sandbox)?;
+        self.share_pod_namespaces(oci_spec, sandbox, req.sandbox_pidns)?;
         let text = serde_json::to_vec_pretty(&*oci_spec)
             .map_err(|e| SandboxError::Failed(format!("writing config.json: {e}")))?;
         std::fs::write(bundle.join("config.json"), text).map_err(failed("writing config.json"))
@@ -658,20 +663,28 @@ impl Sandbox {
 
     /// What Kubernetes shares across a pod and the guest makes once: its
     /// IPC namespace (the pause container's, which every other container
-    /// joins) and its `/dev/shm` (one tmpfs, [`POD_SHM`], in place of each
-    /// container's own). Done after the host's spec was checked: the
-    /// paths are the guest's own.
-    fn share_pod_ipc(
+    /// joins), its `/dev/shm` (one tmpfs, [`POD_SHM`], in place of each
+    /// container's own) and, with `sandbox_pidns`, its process namespace
+    /// (the pause container's). Done after the host's spec was checked:
+    /// the paths are the guest's own.
+    fn share_pod_namespaces(
         &self,
         spec: &mut libcontainer::oci_spec::runtime::Spec,
         sandbox: bool,
+        sandbox_pidns: bool,
     ) -> Result<(), SandboxError> {
         use libcontainer::oci_spec::runtime::{LinuxNamespaceType, MountBuilder};
         mount_pod_shm()?;
-        let pinned = *self.pod_ipc.lock().unwrap_or_else(|e| e.into_inner());
+        let pinned = *self.pod_pinned.lock().unwrap_or_else(|e| e.into_inner());
         if sandbox && pinned {
             return Err(SandboxError::Invalid(
                 "the pod has its sandbox already".into(),
+            ));
+        }
+        if sandbox_pidns && (sandbox || !pinned) {
+            return Err(SandboxError::Invalid(
+                "sandbox_pidns: only a container of a pod whose sandbox runs can share its process namespace"
+                    .into(),
             ));
         }
         // A container of a pod with a sandbox joins the pod's; one run
@@ -688,6 +701,9 @@ impl Sandbox {
             for n in &mut namespaces {
                 if n.typ() == LinuxNamespaceType::Ipc {
                     n.set_path(Some(PathBuf::from(POD_IPC)));
+                }
+                if n.typ() == LinuxNamespaceType::Pid && sandbox_pidns {
+                    n.set_path(Some(PathBuf::from(POD_PID)));
                 }
             }
             linux.set_namespaces(Some(namespaces));
@@ -712,33 +728,37 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Pins the IPC namespace of the pod's pause container, just created
-    /// (its init waits for StartContainer, and only the agent reaps, so
-    /// `pid` is still its), at [`POD_IPC`].
-    fn pin_pod_ipc(&self, pid: i32) -> Result<(), SandboxError> {
+    /// Pins the IPC and process namespaces of the pod's pause container,
+    /// just created (its init waits for StartContainer, and only the agent
+    /// reaps, so `pid` is still its), at [`POD_IPC`] and [`POD_PID`].
+    fn pin_pod_namespaces(&self, pid: i32) -> Result<(), SandboxError> {
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::io::AsRawFd;
-        let mut pinned = self.pod_ipc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pinned = self.pod_pinned.lock().unwrap_or_else(|e| e.into_inner());
         if *pinned {
             return Err(SandboxError::Invalid(
                 "the pod has its sandbox already".into(),
             ));
         }
-        let ns = std::fs::File::open(format!("/proc/{pid}/ns/ipc"))
-            .map_err(failed("opening the pause container's IPC namespace"))?;
-        let (theirs, ours) = (
-            ns.metadata().map_err(failed("the pause IPC namespace"))?,
-            std::fs::metadata("/proc/self/ns/ipc").map_err(failed("the agent's IPC namespace"))?,
-        );
-        if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
-            return Err(SandboxError::Failed(
-                "the pause container is in the agent's IPC namespace".into(),
-            ));
+        for (kind, pin) in [("ipc", POD_IPC), ("pid", POD_PID)] {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/{kind}")).map_err(failed(
+                &format!("opening the pause container's {kind} namespace"),
+            ))?;
+            let theirs = ns
+                .metadata()
+                .map_err(failed(&format!("the pause {kind} namespace")))?;
+            let ours = std::fs::metadata(format!("/proc/self/ns/{kind}"))
+                .map_err(failed(&format!("the agent's {kind} namespace")))?;
+            if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
+                return Err(SandboxError::Failed(format!(
+                    "the pause container is in the agent's {kind} namespace"
+                )));
+            }
+            std::fs::File::create(pin).map_err(failed(&format!("creating the pod {kind} pin")))?;
+            let fd = Path::new("/proc/self/fd").join(ns.as_raw_fd().to_string());
+            mount(Some(&fd), Path::new(pin), None, libc::MS_BIND, None)
+                .map_err(failed(&format!("pinning the pod {kind} namespace")))?;
         }
-        std::fs::File::create(POD_IPC).map_err(failed("creating the pod IPC pin"))?;
-        let fd = Path::new("/proc/self/fd").join(ns.as_raw_fd().to_string());
-        mount(Some(&fd), Path::new(POD_IPC), None, libc::MS_BIND, None)
-            .map_err(failed("pinning the pod IPC namespace"))?;
         *pinned = true;
         Ok(())
     }
