@@ -1013,7 +1013,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
         Some("cocoon"),
         "",
         &format!(
-            "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n  - name: term\n    image: {image}\n    tty: true\n    command: [\"sh\", \"-c\", \"tty; [ -t 1 ] && echo on-a-tty; sleep 600\"]\n  shareProcessNamespace: true\n"
+            "  - name: sleeper\n    image: {image}\n    command: [\"sleep\", \"600\"]\n  - name: talker\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo two; echo err >&2; sleep 600\"]\n  - name: term\n    image: {image}\n    tty: true\n    command: [\"sh\", \"-c\", \"tty; [ -t 1 ] && echo on-a-tty; sleep 600\"]\n  - name: brief\n    image: {image}\n    command: [\"sh\", \"-c\", \"sleep 300 & until [ -e /dev/shm/end ]; do sleep 0.2; done\"]\n  shareProcessNamespace: true\n"
         ),
     );
     let o = pod_cmd(ctd, &logs, &["run", "-d", m.to_str().unwrap()]);
@@ -1063,16 +1063,40 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     // is the pause process; each container sees the others' processes.
     let procs = in_pod(
         "talker",
-        "tr '\\0' ' ' </proc/1/cmdline; echo; for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline; echo; done",
+        "tr '\\0' ' ' </proc/1/cmdline; echo; for p in /proc/[0-9]*; do tr '\\0' ' ' <$p/cmdline; echo; done 2>/dev/null; true",
     );
     assert!(procs.starts_with("/pause \n"), "{procs}");
     // Each container's shell ends in `sleep 600`: three, one of them the
-    // talker's own.
+    // talker's own; and brief's background sleep.
     assert_eq!(
         procs.lines().filter(|l| *l == "sleep 600 ").count(),
         3,
         "{procs}"
     );
+    assert!(procs.contains("\nsleep 300 \n"), "{procs}");
+    // The pause process reaps what the pod orphans: no zombie is left.
+    let zombies = in_pod(
+        "talker",
+        "(sleep 0.3 &); sleep 2; grep -l 'State:.*Z' /proc/[0-9]*/status; echo done",
+    );
+    assert_eq!(zombies, "done\n");
+    // When brief's first process ends, so does the rest of it (its
+    // background sleep), as in a namespace of its own: containerd kills
+    // what is left when it handles the exit, and the agent kills the
+    // container's cgroup as soon as it reaps it.
+    in_pod("talker", "touch /dev/shm/end");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = in_pod(
+            "talker",
+            "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '",
+        );
+        if !left.contains("sleep 300") && !left.contains("/dev/shm/end") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "brief lives on: {left}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let o = pod_cmd(ctd, &logs, &["logs", &pod_id, "talker"]);

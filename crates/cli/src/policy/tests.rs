@@ -708,6 +708,28 @@ fn the_process_namespace_is_shared_only_where_the_pod_spec_shares_it() {
         "  shareProcessNamespace: true\n",
         "  shareProcessNamespace: true\n  hostPID: true\n",
     );
-    let (_, data) = policy(&both, false);
+    let (gate, data) = policy(&both, false);
     assert_eq!(data["containers"][1]["sandbox_pidns"], false);
+    // containerd sends a hostPID container no pid namespace at all.
+    let mut node = spec("container", "app");
+    node.Linux
+        .as_mut()
+        .unwrap()
+        .Namespaces
+        .retain(|n| n.Type != "pid");
+    gate.check(&create("c1", node)).unwrap();
+    denied(
+        &gate,
+        &joining("c2"),
+        "sandbox_pidns: the pod spec does not share its process namespace",
+    );
+    // The pause container joins nothing, shared pod or not.
+    let (gate, _) = policy(&shared_pod, false);
+    let mut p = pause();
+    p.sandbox_pidns = true;
+    denied(
+        &gate,
+        &p,
+        "sandbox_pidns: the pod spec does not share its process namespace",
+    );
 }

@@ -533,6 +533,7 @@ impl Sandbox {
             .OCI
             .as_ref()
             .ok_or_else(|| SandboxError::Invalid("CreateContainer carries no OCI spec".into()))?;
+        shared_pidns_request(req.sandbox_pidns, kspec)?;
         let bundle = Path::new(BUNDLES).join(id);
         let rootfs = bundle.join("rootfs");
         let paths = spec::GuestPaths {
@@ -587,16 +588,14 @@ impl Sandbox {
             // The pod's network settings, in the VM's network namespace
             // (the pod's), once everything else about the sandbox passed.
             Ok(()) => match set_pod_sysctls(&pod_sysctls) {
-                Ok(()) => self
-                    .create_in(id, &bundle, oci_spec.process().as_ref())
-                    .await
-                    .and_then(|pid| {
-                        if sandbox {
-                            self.pin_pod_namespaces(pid)
-                        } else {
-                            Ok(())
-                        }
-                    }),
+                Ok(()) => {
+                    let how = Creation {
+                        sandbox,
+                        sandbox_pidns: req.sandbox_pidns,
+                    };
+                    self.create_in(id, &bundle, oci_spec.process().as_ref(), how)
+                        .await
+                }
                 e => e,
             },
             e => e,
@@ -698,13 +697,22 @@ impl Sandbox {
                 ));
             }
             let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+            let mut joined = false;
             for n in &mut namespaces {
                 if n.typ() == LinuxNamespaceType::Ipc {
                     n.set_path(Some(PathBuf::from(POD_IPC)));
                 }
                 if n.typ() == LinuxNamespaceType::Pid && sandbox_pidns {
                     n.set_path(Some(PathBuf::from(POD_PID)));
+                    joined = true;
                 }
+            }
+            // Without an entry to join by, the container would stay in
+            // the agent's process namespace.
+            if sandbox_pidns && !joined {
+                return Err(SandboxError::Failed(
+                    "sandbox_pidns: the spec has no process namespace to join the pod's by".into(),
+                ));
             }
             linux.set_namespaces(Some(namespaces));
         }
@@ -729,8 +737,9 @@ impl Sandbox {
     }
 
     /// Pins the IPC and process namespaces of the pod's pause container,
-    /// just created (its init waits for StartContainer, and only the agent
-    /// reaps, so `pid` is still its), at [`POD_IPC`] and [`POD_PID`].
+    /// just created and not yet known to any other request (its init waits
+    /// for StartContainer, and only the agent reaps, so `pid` is still
+    /// its), at [`POD_IPC`] and [`POD_PID`]: both or neither.
     fn pin_pod_namespaces(&self, pid: i32) -> Result<(), SandboxError> {
         use std::os::unix::fs::MetadataExt;
         use std::os::unix::io::AsRawFd;
@@ -740,6 +749,7 @@ impl Sandbox {
                 "the pod has its sandbox already".into(),
             ));
         }
+        let mut open = Vec::new();
         for (kind, pin) in [("ipc", POD_IPC), ("pid", POD_PID)] {
             let ns = std::fs::File::open(format!("/proc/{pid}/ns/{kind}")).map_err(failed(
                 &format!("opening the pause container's {kind} namespace"),
@@ -754,10 +764,24 @@ impl Sandbox {
                     "the pause container is in the agent's {kind} namespace"
                 )));
             }
-            std::fs::File::create(pin).map_err(failed(&format!("creating the pod {kind} pin")))?;
+            open.push((kind, pin, ns));
+        }
+        let mut done: Vec<&str> = Vec::new();
+        for (kind, pin, ns) in open {
             let fd = Path::new("/proc/self/fd").join(ns.as_raw_fd().to_string());
-            mount(Some(&fd), Path::new(pin), None, libc::MS_BIND, None)
-                .map_err(failed(&format!("pinning the pod {kind} namespace")))?;
+            let r = std::fs::File::create(pin)
+                .map_err(failed(&format!("creating the pod {kind} pin")))
+                .and_then(|_| {
+                    mount(Some(&fd), Path::new(pin), None, libc::MS_BIND, None)
+                        .map_err(failed(&format!("pinning the pod {kind} namespace")))
+                });
+            if let Err(e) = r {
+                for p in done {
+                    unmount(p);
+                }
+                return Err(e);
+            }
+            done.push(pin);
         }
         *pinned = true;
         Ok(())
@@ -821,7 +845,8 @@ impl Sandbox {
         id: &str,
         bundle: &Path,
         process: Option<&libcontainer::oci_spec::runtime::Process>,
-    ) -> Result<i32, SandboxError> {
+        how: Creation,
+    ) -> Result<(), SandboxError> {
         let stdio = self.stdio_for(process)?;
         let created = self
             .helper_with(
@@ -842,6 +867,14 @@ impl Sandbox {
                 }));
             }
         };
+        // The pod's namespaces are pinned before any other request can
+        // find the pause container (and signal it).
+        if how.sandbox
+            && let Err(e) = self.pin_pod_namespaces(pid)
+        {
+            let _ = self.helper(id, Op::Delete, None, None).await;
+            return Err(e);
+        }
         let cgroup = Path::new("/sys/fs/cgroup")
             .join(CGROUP_PARENT.trim_start_matches('/'))
             .join(id);
@@ -852,6 +885,9 @@ impl Sandbox {
             queue: self.oom.clone(),
         });
         let init = self.track(pid, ends, oom.clone());
+        if how.sandbox_pidns {
+            end_with_init(&init, cgroup.join("cgroup.kill"));
+        }
         let c = Arc::new(Container {
             id: id.into(),
             bundle: bundle.to_path_buf(),
@@ -863,7 +899,7 @@ impl Sandbox {
         });
         self.containers.lock().await.insert(id.into(), c);
         tracing::info!(container = id, pid, "container created");
-        Ok(pid)
+        Ok(())
     }
 
     /// StartContainer.
@@ -1168,6 +1204,61 @@ fn mount_pod_shm() -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// What a created container is to its pod.
+#[derive(Clone, Copy)]
+struct Creation {
+    /// The pod's sandbox (pause) container.
+    sandbox: bool,
+    /// A container in the pod's process namespace.
+    sandbox_pidns: bool,
+}
+
+/// Kata's runtime sends a container that shares its pod's process
+/// namespace without a PID namespace of its own: one listed as well is
+/// refused rather than joined (a policy that only asks for the entry
+/// would otherwise let a host share what the manifest keeps apart).
+fn shared_pidns_request(sandbox_pidns: bool, spec: &koci::Spec) -> Result<(), SandboxError> {
+    let own = spec
+        .Linux
+        .as_ref()
+        .is_some_and(|l| l.Namespaces.iter().any(|n| n.Type == "pid"));
+    if sandbox_pidns && own {
+        return Err(SandboxError::Invalid(
+            "sandbox_pidns: a container that joins the pod's process namespace lists no pid namespace of its own"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// In a PID namespace of its own, a container's processes end with its
+/// init (the kernel kills the rest); in the pod's they would live on,
+/// handed to the pause process. So when `init` exits, the rest of its
+/// cgroup is killed, as containerd's runc shim does for such containers.
+fn end_with_init(init: &Process, kill: PathBuf) {
+    let mut exit = init.exit.clone();
+    tokio::spawn(async move {
+        while exit.borrow_and_update().is_none() {
+            if exit.changed().await.is_err() {
+                return;
+            }
+        }
+        if let Err(e) = std::fs::write(&kill, "1")
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("{}: {e}", kill.display());
+        }
+    });
+}
+
+/// Detaches a mount of ours; one already gone is fine.
+fn unmount(path: &str) {
+    if let Ok(c) = std::ffi::CString::new(path) {
+        // SAFETY: a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 fn bind_pause(exe: &Path, rootfs: &Path) -> Result<(), SandboxError> {
     let target = rootfs.join(PAUSE.trim_start_matches('/'));
     std::fs::File::create(&target).map_err(failed("creating the pause file"))?;
@@ -1344,6 +1435,64 @@ fn cgroup_stats(dir: &Path) -> agent::StatsContainerResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_process_namespace_comes_without_a_pid_entry() {
+        let spec = |types: &[&str]| koci::Spec {
+            Linux: Some(koci::Linux {
+                Namespaces: types
+                    .iter()
+                    .map(|t| koci::LinuxNamespace {
+                        Type: t.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        // As Kata's runtime sends it: joined.
+        shared_pidns_request(true, &spec(&["ipc", "mount"])).unwrap();
+        // Its own namespace, asked to join as well: refused, not joined.
+        let e = shared_pidns_request(true, &spec(&["pid", "ipc"])).unwrap_err();
+        assert!(
+            e.to_string().contains("lists no pid namespace of its own"),
+            "{e}"
+        );
+        // Not shared: whatever the list, the container's own.
+        shared_pidns_request(false, &spec(&["pid", "ipc"])).unwrap();
+        shared_pidns_request(false, &spec(&[])).unwrap();
+        shared_pidns_request(true, &koci::Spec::default()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_shared_container_ends_with_its_init() {
+        let d = tempfile::tempdir().unwrap();
+        let kill = d.path().join("cgroup.kill");
+        let (tx, rx) = watch::channel(None);
+        let (child, ends) = pipes().unwrap();
+        drop(child);
+        let init = Process {
+            pid: 1,
+            stdin: Mutex::new(Some(ends.stdin)),
+            stdout: Mutex::new(Some(ends.stdout)),
+            stderr: Mutex::new(ends.stderr),
+            tty: std::sync::Mutex::new(ends.tty),
+            exit: rx,
+        };
+        end_with_init(&init, kill.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!kill.exists(), "killed before the init exited");
+        tx.send(Some(0)).unwrap();
+        for _ in 0..100 {
+            if kill.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read_to_string(&kill).unwrap(), "1");
+    }
 
     #[tokio::test]
     async fn oom_kills_are_queued_in_order_and_the_exit_waits_for_the_host() {
