@@ -32,6 +32,16 @@ fn pause() -> agent::CreateContainerRequest {
     create("pod1", s)
 }
 
+/// `s` without a PID namespace entry.
+fn without_pid(mut s: oci::Spec) -> oci::Spec {
+    s.Linux
+        .as_mut()
+        .unwrap()
+        .Namespaces
+        .retain(|n| n.Type != "pid");
+    s
+}
+
 fn denied(gate: &Gate, req: &dyn protobuf::MessageDyn, want: &str) -> String {
     let d = gate.check(req).expect_err(want).to_string();
     assert!(d.contains(want), "{d}\n(wanted {want})");
@@ -269,13 +279,11 @@ fn each_tampering_is_refused_with_its_reason() {
         "OCI.Linux.MaskedPaths: /proc/kcore must stay masked",
     );
 
-    let mut s = spec("container", "app");
-    s.Linux
-        .as_mut()
-        .unwrap()
-        .Namespaces
-        .retain(|n| n.Type != "pid");
-    denied(&gate, &create("c", s), "own pid namespace");
+    denied(
+        &gate,
+        &create("c", without_pid(spec("container", "app"))),
+        "own pid namespace",
+    );
 
     let mut s = spec("container", "app");
     s.Annotations
@@ -664,13 +672,7 @@ fn the_process_namespace_is_shared_only_where_the_pod_spec_shares_it() {
     // As the shim sends a container of a pod that shares it: no pid
     // namespace of its own, and `sandbox_pidns`.
     let joining = |id: &str| {
-        let mut s = spec("container", "app");
-        s.Linux
-            .as_mut()
-            .unwrap()
-            .Namespaces
-            .retain(|n| n.Type != "pid");
-        let mut r = create(id, s);
+        let mut r = create(id, without_pid(spec("container", "app")));
         r.sandbox_pidns = true;
         r
     };
@@ -711,13 +713,8 @@ fn the_process_namespace_is_shared_only_where_the_pod_spec_shares_it() {
     let (gate, data) = policy(&both, false);
     assert_eq!(data["containers"][1]["sandbox_pidns"], false);
     // containerd sends a hostPID container no pid namespace at all.
-    let mut node = spec("container", "app");
-    node.Linux
-        .as_mut()
-        .unwrap()
-        .Namespaces
-        .retain(|n| n.Type != "pid");
-    gate.check(&create("c1", node)).unwrap();
+    gate.check(&create("c1", without_pid(spec("container", "app"))))
+        .unwrap();
     denied(
         &gate,
         &joining("c2"),
