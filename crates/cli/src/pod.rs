@@ -583,16 +583,7 @@ impl PodSpec {
     /// The network and IPC namespaces are the pod's; the process
     /// namespace each container's own unless `shareProcessNamespace`.
     fn namespace_options(&self) -> cri::NamespaceOption {
-        cri::NamespaceOption {
-            network: cri::NamespaceMode::Pod as i32,
-            pid: if self.share_process_namespace {
-                cri::NamespaceMode::Pod
-            } else {
-                cri::NamespaceMode::Container
-            } as i32,
-            ipc: cri::NamespaceMode::Pod as i32,
-            target_id: String::new(),
-        }
+        kubelet_namespaces(self.share_process_namespace)
     }
 
     /// `runAsNonRoot` as kubelet checks it, against the manifest's user or
@@ -656,10 +647,12 @@ impl PodSpec {
 
 /// The security context kubelet sends for a container with the default
 /// proc mount: its masked and read-only paths (ours, less the
-/// `/sys/kernel` mount points kubelet leaves to the runtime).
+/// `/sys/kernel` mount points kubelet leaves to the runtime), and its
+/// namespaces for a pod that does not share its process namespace.
 pub(crate) fn kubelet_security_context() -> cri::LinuxContainerSecurityContext {
     use cocoon_types::container::{MASKED_PATHS, READONLY_PATHS};
     cri::LinuxContainerSecurityContext {
+        namespace_options: Some(kubelet_namespaces(false)),
         masked_paths: MASKED_PATHS
             .iter()
             .filter(|p| !p.starts_with("/sys/kernel/"))
@@ -667,6 +660,22 @@ pub(crate) fn kubelet_security_context() -> cri::LinuxContainerSecurityContext {
             .collect(),
         readonly_paths: READONLY_PATHS.iter().map(|p| p.to_string()).collect(),
         ..Default::default()
+    }
+}
+
+/// The namespaces kubelet asks for: the pod's network and IPC, and the
+/// pod's process namespace or (CRI's zero value would share it) the
+/// container's own.
+fn kubelet_namespaces(share_pid: bool) -> cri::NamespaceOption {
+    cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: if share_pid {
+            cri::NamespaceMode::Pod
+        } else {
+            cri::NamespaceMode::Container
+        } as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        target_id: String::new(),
     }
 }
 
