@@ -716,7 +716,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
     // lets hostPID win over shareProcessNamespace.
     let node_pid = pod["spec"]["hostPID"].as_bool() == Some(true);
     let share_pid = !node_pid && pod["spec"]["shareProcessNamespace"].as_bool() == Some(true);
-    let host_pid = node_pid || share_pid;
+    let own_pid = !node_pid && !share_pid;
     let host_ipc = pod["spec"]["hostIPC"].as_bool() == Some(true);
     let namespaces = |own_pid: bool| {
         let mut n = vec![
@@ -748,7 +748,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
             "Mounts": mounts(false),
             "Annotations": pod_annotations,
             "Linux": {
-                "Namespaces": namespaces(!host_pid), "MaskedPaths": [], "ReadonlyPaths": [],
+                "Namespaces": namespaces(own_pid), "MaskedPaths": [], "ReadonlyPaths": [],
                 "Sysctl": pod_sysctls(pod),
             },
         },
@@ -839,7 +839,7 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
                 "Mounts": mounts(privileged),
                 "Annotations": annotations,
                 "Linux": {
-                    "Namespaces": namespaces(!host_pid),
+                    "Namespaces": namespaces(own_pid),
                     "MaskedPaths": if unmasked { json!([]) } else { json!(MASKED) },
                     "ReadonlyPaths": if unmasked { json!([]) } else { json!(READONLY) },
                 },
