@@ -688,6 +688,7 @@ impl Sandbox {
         }
         // A container of a pod with a sandbox joins the pod's; one run
         // alone (`ctr run`, `cocoon run`: no sandbox) keeps its own.
+        let mut joined = false;
         if let (false, true, Some(linux)) = (sandbox, pinned, spec.linux_mut()) {
             // The pod's sysctls are its sandbox's (IPC ones now act on the
             // namespace the whole pod shares).
@@ -697,7 +698,6 @@ impl Sandbox {
                 ));
             }
             let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-            let mut joined = false;
             for n in &mut namespaces {
                 if n.typ() == LinuxNamespaceType::Ipc {
                     n.set_path(Some(PathBuf::from(POD_IPC)));
@@ -707,14 +707,14 @@ impl Sandbox {
                     joined = true;
                 }
             }
-            // Without an entry to join by, the container would stay in
-            // the agent's process namespace.
-            if sandbox_pidns && !joined {
-                return Err(SandboxError::Failed(
-                    "sandbox_pidns: the spec has no process namespace to join the pod's by".into(),
-                ));
-            }
             linux.set_namespaces(Some(namespaces));
+        }
+        // Without an entry to join by, the container would stay in the
+        // agent's process namespace.
+        if sandbox_pidns && !joined {
+            return Err(SandboxError::Failed(
+                "sandbox_pidns: the spec has no process namespace to join the pod's by".into(),
+            ));
         }
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         for m in &mut mounts {
