@@ -1314,11 +1314,13 @@ fn cri_enforces_the_agent_policy_generated_from_the_manifest() {
     // Its user and privileges pinned too: what kubelet sends for its
     // securityContext (and `cocoon pod run` with it) is what the policy says.
     let container = format!(
-        "  - name: app\n    image: {image}\n    command: [\"sh\", \"-c\", \"echo pinned-output $(id -u):$(id -g); sleep 600\"]\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 1001\n      allowPrivilegeEscalation: false\n      capabilities: {{drop: [ALL]}}\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/etc/greeting\"]\n  securityContext:\n    sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: \"80\"}}]\n"
+        "  - name: app\n    image: {image}\n    command: [\"sh\", \"-c\", \"cat; echo pinned-output $(id -u):$(id -g); sleep 600\"]\n    securityContext:\n      runAsUser: 1000\n      runAsGroup: 1001\n      allowPrivilegeEscalation: false\n      capabilities: {{drop: [ALL]}}\n    readinessProbe:\n      exec:\n        command: [\"cat\", \"/etc/greeting\"]\n  securityContext:\n    sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: \"80\"}}]\n"
     );
 
     // Pinned: the pod runs, its output is readable, the probe command
     // runs through CRI, anything else is refused with the rule and field.
+    // Its `cat` ends: the input the pod spec never opened reads
+    // end-of-file, as under runc.
     let m = env.manifest("pinned", Some("cocoon"), "", &container);
     let said = pin(&env, &m, &[]);
     assert!(said.contains("Pod pinned: initdata sha256 "), "{said}");

@@ -22,6 +22,11 @@ default ListInterfacesRequest := true
 default ListRoutesRequest := true
 default AgentStatsRequest := true
 
+# Closing a container's input only ends it. A container whose pod spec
+# opens no stdin reads end-of-file, as under runc: the runtime closes the
+# input nobody writes, and a refusal would leave its reads blocked.
+default CloseStdinRequest := true
+
 # Calls that need the policy's consent.
 default CreateSandboxRequest := false
 default CreateContainerRequest := false
@@ -30,7 +35,6 @@ default ExecProcessRequest := false
 default SignalProcessRequest := false
 default ReadStreamRequest := false
 default WriteStreamRequest := false
-default CloseStdinRequest := false
 default CopyFileRequest := false
 default SetPolicyRequest := false
 default GetMetricsRequest := false
@@ -578,13 +582,7 @@ stdin_allowed if policy_data.containers[data.pstate[input.container_id]].stdin
 
 WriteStreamRequest if stdin_allowed
 
-CloseStdinRequest if stdin_allowed
-
 reasons.WriteStreamRequest contains "the container takes no input from the host (stdin is not open in the pod spec)" if {
-	not stdin_allowed
-}
-
-reasons.CloseStdinRequest contains "the container takes no input from the host (stdin is not open in the pod spec)" if {
 	not stdin_allowed
 }
 

@@ -407,6 +407,12 @@ fn each_tampering_is_refused_with_its_reason() {
         },
         "takes no input",
     );
+    // Closing it gives the container end-of-file, as runc's /dev/null does.
+    gate.check(&agent::CloseStdinRequest {
+        container_id: "c1".into(),
+        ..Default::default()
+    })
+    .unwrap();
     let e = gate.set_policy("package agent_policy\n").unwrap_err();
     assert!(e.to_string().contains("cannot be replaced"), "{e}");
     denied(
