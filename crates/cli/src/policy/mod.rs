@@ -864,7 +864,6 @@ pub fn policy_data(w: &Workload, images: &[Image], opts: &Options<'_>) -> Result
             "ExecProcessRequest": {"allowed_commands": [], "regex": []},
             "ReadStreamRequest": !opts.deny_logs,
             "WriteStreamRequest": false,
-            "CloseStdinRequest": true,
             "CopyFileRequest": [],
             "UpdateEphemeralMountsRequest": false,
         },

@@ -112,16 +112,14 @@ impl Process {
 
     /// Waits for the exit status.
     pub async fn wait(&self) -> Status {
-        let mut rx = self.exit.clone();
-        loop {
-            if let Some(s) = *rx.borrow_and_update() {
-                return s;
-            }
-            if rx.changed().await.is_err() {
-                return 255;
-            }
-        }
+        exit_status(self.exit.clone()).await.unwrap_or(255)
     }
+}
+
+/// The exit status `exit` reports once there is one; `None` when its
+/// sender went away without one.
+async fn exit_status(mut exit: watch::Receiver<Option<Status>>) -> Option<Status> {
+    exit.wait_for(Option::is_some).await.ok().and_then(|s| *s)
 }
 
 /// The agent's ends of a process's stdio: three pipes, or a terminal
@@ -1236,12 +1234,10 @@ fn shared_pidns_request(sandbox_pidns: bool, spec: &koci::Spec) -> Result<(), Sa
 /// handed to the pause process. So when `init` exits, the rest of its
 /// cgroup is killed, as containerd's runc shim does for such containers.
 fn end_with_init(init: &Process, kill: PathBuf) {
-    let mut exit = init.exit.clone();
+    let exit = init.exit.clone();
     tokio::spawn(async move {
-        while exit.borrow_and_update().is_none() {
-            if exit.changed().await.is_err() {
-                return;
-            }
+        if exit_status(exit).await.is_none() {
+            return;
         }
         if let Err(e) = std::fs::write(&kill, "1")
             && e.kind() != std::io::ErrorKind::NotFound
@@ -1338,10 +1334,7 @@ fn cleanup_bundle(bundle: &Path) {
         // Deepest first.
         under.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in under {
-            if let Ok(c) = std::ffi::CString::new(m) {
-                // SAFETY: umount2 with a valid C string.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+            unmount(m);
         }
     }
     if let Err(e) = std::fs::remove_dir_all(bundle)
