@@ -392,15 +392,8 @@ impl RegoPolicy {
         input: &Value,
         data: Option<&Value>,
     ) -> anyhow::Result<regorus::Value> {
-        use regorus::rvm::vm::{ExecutionMode, RegoVM};
-        let mut vm = RegoVM::new();
-        vm.set_execution_mode(ExecutionMode::Suspendable);
-        vm.set_strict_builtin_errors(false);
-        vm.set_max_instructions(MAX_INSTRUCTIONS);
-        vm.load_program(program.clone());
-        if let Some(d) = data {
-            vm.set_data(rego_value(d))?;
-        }
+        let mut vm = IdleVm::take(program);
+        vm.set_data(data.map_or(regorus::Value::Null, rego_value))?;
         vm.set_input(rego_value(input));
         let mut v = vm.execute()?;
         while let Some(arg) = vm.get_host_await_argument().cloned() {
@@ -424,6 +417,7 @@ impl RegoPolicy {
             };
             v = vm.resume(Some(answer))?;
         }
+        vm.put_back();
         Ok(v)
     }
 
@@ -489,6 +483,71 @@ impl RegoPolicy {
         }
         engine.set_input(regorus::Value::from(input.clone()));
         engine.eval_rule(format!("data.policy.{rule}"))
+    }
+}
+
+/// Virtual machines kept per thread, each loaded with one program: a VM
+/// resets its execution state at every run (registers, rule cache, stacks),
+/// and setting one up and freeing it cost as much as a short rule's run.
+const IDLE_VMS: usize = 8;
+
+thread_local! {
+    static IDLE: std::cell::RefCell<Vec<(Arc<regorus::rvm::Program>, regorus::rvm::vm::RegoVM)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A VM taken from this thread's idle ones (or a new one), loaded with a
+/// program. A run that fails drops it; one that ends is put back, emptied
+/// of its input and data.
+struct IdleVm(Arc<regorus::rvm::Program>, regorus::rvm::vm::RegoVM);
+
+impl IdleVm {
+    fn take(program: &Arc<regorus::rvm::Program>) -> Self {
+        use regorus::rvm::vm::{ExecutionMode, RegoVM};
+        let idle = IDLE.with(|i| {
+            let mut i = i.borrow_mut();
+            let at = i.iter().position(|(p, _)| Arc::ptr_eq(p, program))?;
+            Some(i.swap_remove(at).1)
+        });
+        Self(
+            program.clone(),
+            idle.unwrap_or_else(|| {
+                let mut vm = RegoVM::new();
+                vm.set_execution_mode(ExecutionMode::Suspendable);
+                vm.set_strict_builtin_errors(false);
+                vm.set_max_instructions(MAX_INSTRUCTIONS);
+                vm.load_program(program.clone());
+                vm
+            }),
+        )
+    }
+
+    fn put_back(self) {
+        let Self(program, mut vm) = self;
+        vm.set_input(regorus::Value::Null);
+        if vm.set_data(regorus::Value::Null).is_err() {
+            return;
+        }
+        IDLE.with(|i| {
+            let mut i = i.borrow_mut();
+            if i.len() >= IDLE_VMS {
+                i.remove(0);
+            }
+            i.push((program, vm));
+        });
+    }
+}
+
+impl std::ops::Deref for IdleVm {
+    type Target = regorus::rvm::vm::RegoVM;
+    fn deref(&self) -> &Self::Target {
+        &self.1
+    }
+}
+
+impl std::ops::DerefMut for IdleVm {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.1
     }
 }
 

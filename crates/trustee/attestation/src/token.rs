@@ -98,7 +98,9 @@ impl TokenSigner {
         let mut out = String::with_capacity(2048);
         out.push_str(&self.header_b64);
         out.push('.');
-        B64URL.encode_string(claims.to_string(), &mut out);
+        let json = serde_json::to_vec(claims)
+            .map_err(|e| TokenError::Key(format!("claims not serializable: {e}")))?;
+        B64URL.encode_string(&json, &mut out);
         let sig = self
             .key
             .sign(&self.rng, out.as_bytes())

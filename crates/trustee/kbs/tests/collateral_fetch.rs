@@ -143,14 +143,30 @@ async fn dcap_collateral_from_a_pccs() {
     let url2 = url.clone();
     let tq = TdxQuote::parse(&fixture("tdx/dcapqvl_tdx_quote.bin")).unwrap();
     let sq = SgxQuote::parse(&fixture("sgx/dcapqvl_sgx_quote.bin")).unwrap();
+    let served0 = served.clone();
     let check = tokio::task::spawn_blocking(move || {
         let set =
             CollateralSet::default().with_pccs(Pccs::new(&url, Arc::new(Fetcher::new().unwrap())));
+        // Where fetching is deferred (the trustee's async workers), a quote
+        // whose collateral is not kept asks for none and says so.
+        let deferred = cocoon_verifier::fetch::without_fetching(|| {
+            tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW, &TdxCache::default())
+        });
+        assert!(deferred.is_none());
+        assert!(requests(&served0).is_empty());
         // The same verdicts as with the collateral files.
         let fetched =
             tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW, &TdxCache::default())
                 .unwrap()
                 .unwrap();
+        // Kept collateral needs no fetch: verified where fetching is deferred.
+        let kept = cocoon_verifier::fetch::without_fetching(|| {
+            tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW, &TdxCache::default())
+        })
+        .expect("kept collateral, nothing to fetch")
+        .unwrap()
+        .unwrap();
+        assert_eq!(kept.tcb_status(), fetched.tcb_status());
         let local = tdx::verify_quote(
             &tq,
             Some(&collateral("tdx/dcapqvl_tdx_quote_collateral.json")),
@@ -269,14 +285,23 @@ async fn vcek_from_kds_and_from_a_directory() {
     let report = fixture("snp/trustee_snp_report.bin");
     let now = 1_700_000_000;
     let r = report.clone();
+    let served0 = served.clone();
     tokio::task::spawn_blocking(move || {
         let mut v = SnpVerifier::new().unwrap();
         v.vcek_source = Some(Arc::new(
             VcekSource::default().with_kds(&url, Arc::new(Fetcher::new().unwrap())),
         ));
+        // Deferred fetching: nothing asked, and no failure remembered (the
+        // fetch right after is not refused as "asked a moment ago").
+        let deferred = cocoon_verifier::fetch::without_fetching(|| v.verify_with_source(&r, now));
+        assert!(deferred.is_none());
+        assert!(requests(&served0).is_empty());
         let c = v.verify_with_source(&r, now).unwrap();
         assert_eq!(c.signing_key, "VCEK");
         v.verify_with_source(&r, now).unwrap();
+        let kept = cocoon_verifier::fetch::without_fetching(|| v.verify_with_source(&r, now))
+            .expect("a kept VCEK, nothing to fetch");
+        assert_eq!(kept.unwrap().signing_key, "VCEK");
         // A chip the KDS does not know: asked once, then remembered.
         let mut other = r.clone();
         other[0x1a0] ^= 1;

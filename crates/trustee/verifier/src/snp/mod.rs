@@ -146,6 +146,9 @@ impl VcekSource {
                     .into(),
             )));
         }
+        if !crate::fetch::may_fetch() {
+            return Some(Err(crate::fetch::deferred()));
+        }
         let Some(_slot) = InFlight::take(&self.in_flight) else {
             return Some(Err(VerifyError::Unavailable(
                 "too many VCEK requests to AMD KDS in flight; retry shortly".into(),

@@ -145,6 +145,9 @@ impl CollateralSet {
             .pccs
             .as_ref()
             .ok_or_else(|| invalid("no PCCS to fetch DCAP collateral from (--pccs-url)"))?;
+        if !crate::fetch::may_fetch() {
+            return Err(crate::fetch::deferred());
+        }
         let fmspc = fmspc.to_ascii_uppercase();
         let key = (tee.to_string(), fmspc.clone(), ca.to_string());
         let c = pccs
