@@ -904,6 +904,9 @@ async fn jwks(State(s): State<AppState>) -> Response {
 /// Records every admin change (any write to an admin route, allowed or
 /// not) with its route and outcome; the guest's own writes (`auth`,
 /// `attest`, the TPM enrollment) are recorded by what they lead to.
+/// Reads the request's body within its deadline first
+/// ([`crate::limits::body_in_time`]), so a write refused for its body's
+/// size or slowness is recorded like any other.
 async fn audit_admin(State(s): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let write = !matches!(method, axum::http::Method::GET | axum::http::Method::HEAD);
@@ -915,7 +918,12 @@ async fn audit_admin(State(s): State<AppState>, req: Request, next: Next) -> Res
     let guest = ["/auth", "/attest", "/tpm/ek-challenge", "/tpm/ek-activate"]
         .iter()
         .any(|g| route.ends_with(g));
-    let path = req.uri().path().to_string();
+    // The path under the protocol's prefix, as the records have always named it.
+    let full = req.uri().path();
+    let path = full
+        .strip_prefix(cocoon_types::KBS_PREFIX)
+        .unwrap_or(full)
+        .to_string();
     // Which admin key signed the request (whether or not it was allowed).
     let token = (write && !guest).then(|| bearer(req.headers())).flatten();
     let signer = |keys: &[AdminKey]| {
@@ -924,7 +932,10 @@ async fn audit_admin(State(s): State<AppState>, req: Request, next: Next) -> Res
             .map(|i| crate::admin::fingerprint(&keys[i]))
     };
     let (admin, auditor) = (signer(&s.admin_keys), signer(&s.auditor_keys));
-    let resp = next.run(req).await;
+    let resp = match crate::limits::body_in_time(&s, req).await {
+        Ok(req) => next.run(req).await,
+        Err(refused) => refused,
+    };
     if write && !guest && !route.is_empty() {
         let mut fields = json!({"method": method.as_str(), "route": route, "path": path,
                                 "status": resp.status().as_u16(), "admin_key": admin});
@@ -1067,7 +1078,17 @@ async fn not_found(req: Request) -> KbsError {
     KbsError::NotFound(req.uri().path().to_string())
 }
 
-async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// The outermost middleware: the per-client rate limit of writes, then
+/// each request's latency and status in the metrics.
+async fn track(
+    State((s, limiter)): State<(AppState, Arc<crate::limits::RateLimiter>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    // Refused before anything else (not counted in the metrics).
+    if let Some(refused) = crate::limits::over_rate(&limiter, &req) {
+        return refused;
+    }
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -1089,64 +1110,65 @@ async fn track(State(s): State<AppState>, req: Request, next: Next) -> Response 
     resp
 }
 
-/// The router with every endpoint.
-pub fn router(state: AppState) -> Router {
-    let kbs = Router::new()
-        .route("/auth", post(auth))
-        .route("/attest", post(attest))
+/// The router with every endpoint. The KBS routes carry the protocol's
+/// prefix themselves (a nested router would strip it from every request).
+pub fn router(state: AppState, limiter: Arc<crate::limits::RateLimiter>) -> Router {
+    let kbs = |path: &str| format!("{}{path}", cocoon_types::KBS_PREFIX);
+    Router::new()
+        .route(&kbs("/auth"), post(auth))
+        .route(&kbs("/attest"), post(attest))
         .route(
-            "/resource/{*path}",
+            &kbs("/resource/{*path}"),
             get(get_resource).post(set_resource).delete(delete_resource),
         )
-        .route("/resources", get(list_resources))
+        .route(&kbs("/resources"), get(list_resources))
         .route(
-            "/resource-policy",
+            &kbs("/resource-policy"),
             post(set_resource_policy).get(get_resource_policy),
         )
-        .route("/attestation-policy", post(set_attestation_policy))
-        .route("/policies", get(list_policies))
-        .route("/policies/{id}", get(get_policy))
-        .route("/reference-value", post(register_reference_values))
+        .route(&kbs("/attestation-policy"), post(set_attestation_policy))
+        .route(&kbs("/policies"), get(list_policies))
+        .route(&kbs("/policies/{id}"), get(get_policy))
+        .route(&kbs("/reference-value"), post(register_reference_values))
         .route(
-            "/reference-value/{name}",
+            &kbs("/reference-value/{name}"),
             get(get_reference_value)
                 .put(put_reference_value)
                 .delete(delete_reference_value),
         )
-        .route("/reference-values", get(list_reference_values))
-        .route("/denials", get(list_denials))
-        .route("/session-keys", get(list_session_keys))
-        .route("/session-keys/rotate", post(rotate_session_key))
-        .route("/tpm-ak", post(crate::tpm_aks::add_tpm_ak))
-        .route("/tpm/ek-challenge", post(crate::tpm_aks::ek_challenge))
-        .route("/tpm/ek-activate", post(crate::tpm_aks::ek_activate))
-        .route("/tpm-aks", get(crate::tpm_aks::list_tpm_aks))
+        .route(&kbs("/reference-values"), get(list_reference_values))
+        .route(&kbs("/denials"), get(list_denials))
+        .route(&kbs("/session-keys"), get(list_session_keys))
+        .route(&kbs("/session-keys/rotate"), post(rotate_session_key))
+        .route(&kbs("/tpm-ak"), post(crate::tpm_aks::add_tpm_ak))
         .route(
-            "/tpm-ak/{fingerprint}",
+            &kbs("/tpm/ek-challenge"),
+            post(crate::tpm_aks::ek_challenge),
+        )
+        .route(&kbs("/tpm/ek-activate"), post(crate::tpm_aks::ek_activate))
+        .route(&kbs("/tpm-aks"), get(crate::tpm_aks::list_tpm_aks))
+        .route(
+            &kbs("/tpm-ak/{fingerprint}"),
             axum::routing::delete(crate::tpm_aks::delete_tpm_ak),
         )
-        .route("/audit", get(audit_records))
-        .route("/audit/public-key", get(audit_public_key))
-        .route("/audit/prune", post(audit_prune))
-        // Inside the admin audit: a write refused for its body's size or
-        // slowness is recorded like any other.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::limits::body_deadline,
-        ))
+        .route(&kbs("/audit"), get(audit_records))
+        .route(&kbs("/audit/public-key"), get(audit_public_key))
+        .route(&kbs("/audit/prune"), post(audit_prune))
+        // The KBS routes above only.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit_admin,
-        ));
-    Router::new()
-        .nest(cocoon_types::KBS_PREFIX, kbs)
+        ))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { KbsError::MethodNotAllowed })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .layer(axum::middleware::from_fn_with_state(
+            (state.clone(), limiter),
+            track,
+        ))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }

@@ -10,9 +10,8 @@
 //! cloud balancers send it), and the client it names is the one counted.
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -472,13 +471,9 @@ fn limited(method: &axum::http::Method) -> bool {
     !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
 }
 
-/// Middleware: 429 with `Retry-After` for a client over its rate of
-/// writes.
-pub async fn rate_limit(
-    State(limiter): State<Arc<RateLimiter>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// A 429 with `Retry-After` when the request's client is over its rate
+/// of writes.
+pub fn over_rate(limiter: &RateLimiter, req: &Request) -> Option<Response> {
     let peer = match req.extensions().get::<ClientAddr>() {
         Some(c) => Some((client_key(c.ip), c.named)),
         None => req
@@ -486,44 +481,39 @@ pub async fn rate_limit(
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| (client_key(c.0.ip()), false)),
     };
-    if let Some((ip, named)) = peer
-        && limited(req.method())
-        && let Err(wait) = limiter.check(ip, named, Instant::now())
-    {
-        let secs = wait.ceil().max(1.0) as u64;
-        let mut resp = (
-            StatusCode::TOO_MANY_REQUESTS,
-            axum::Json(serde_json::json!({
-                "type": "https://github.com/confidential-containers/kbs/errors/TooManyRequests",
-                "detail": format!("too many unauthenticated requests from {ip}: retry in {secs} s"),
-            })),
-        )
-            .into_response();
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return resp;
+    let (ip, named) = peer?;
+    if !limited(req.method()) {
+        return None;
     }
-    next.run(req).await
+    let wait = limiter.check(ip, named, Instant::now()).err()?;
+    let secs = wait.ceil().max(1.0) as u64;
+    let mut resp = (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(serde_json::json!({
+            "type": "https://github.com/confidential-containers/kbs/errors/TooManyRequests",
+            "detail": format!("too many unauthenticated requests from {ip}: retry in {secs} s"),
+        })),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(resp)
 }
 
 /// Reads the body of a POST, PUT or PATCH within the deadline of its
-/// headers, then hands the request on with the body in memory (those
+/// headers and gives the request back with the body in memory (those
 /// routes read it whole anyway). A client that sends a body this slowly
 /// holds a connection and a task for nothing: 408, and over HTTP/1 the
 /// connection is closed (HTTP/2 ends the stream). A body over
 /// [`crate::api::BODY_LIMIT`] is refused as the routes would (413). Other
 /// methods' routes never read a body, so theirs is not waited for.
-pub async fn body_deadline(
-    State(s): State<crate::api::AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn body_in_time(s: &crate::api::AppState, req: Request) -> Result<Request, Response> {
     use axum::body::HttpBody;
     use axum::http::Method;
     let reads_body = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
     if !reads_body || req.body().is_end_stream() {
-        return next.run(req).await;
+        return Ok(req);
     }
     // A body over the limit is read up to the limit before the 413, as
     // the routes' own limit did: refused before a byte is read, a client
@@ -532,28 +522,28 @@ pub async fn body_deadline(
     let read = axum::body::to_bytes(body, crate::api::BODY_LIMIT);
     let limit = s.body_timeout;
     match tokio::time::timeout(limit, read).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
+        Ok(Ok(bytes)) => Ok(Request::from_parts(parts, Body::from(bytes))),
         Ok(Err(e)) => {
             // `to_bytes` reports its own limit as a length-limit error
             // somewhere in the source chain.
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
             while let Some(s) = source {
                 if s.is::<http_body_util::LengthLimitError>() {
-                    return crate::error::KbsError::BodyTooLarge(crate::api::BODY_LIMIT)
-                        .into_response();
+                    return Err(crate::error::KbsError::BodyTooLarge(crate::api::BODY_LIMIT)
+                        .into_response());
                 }
                 source = s.source();
             }
-            crate::error::KbsError::BadRequest(format!("reading the body: {e}")).into_response()
+            Err(
+                crate::error::KbsError::BadRequest(format!("reading the body: {e}"))
+                    .into_response(),
+            )
         }
         Err(_) => {
             let mut r = crate::error::KbsError::BodyTimeout(limit.as_secs()).into_response();
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
+            Err(r)
         }
     }
 }

@@ -507,11 +507,7 @@ impl Trustee {
         }
         // The rate limit refuses before a body is waited for (the body's
         // own deadline is a layer of the routes).
-        let app = router(self.state.clone())
-            .layer(axum::middleware::from_fn_with_state(
-                self.limiter.clone(),
-                crate::limits::rate_limit,
-            ))
+        let app = router(self.state.clone(), self.limiter.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         // Each connection holds a permit; TCP_NODELAY: responses go out in
         // several small writes (TLS records, headers and body); with Nagle
