@@ -407,10 +407,25 @@ pub const TOKEN_MEMBER_MAX: usize = 16384;
 pub fn token_view(mut input: Value) -> Value {
     /// Replaces `v` by its size and digest when larger than `max`; whether it did.
     fn shrink(v: &mut Value, max: usize) -> bool {
-        let text = v.to_string();
-        if text.len() <= max {
+        // Most claims are small: count their compact JSON without building
+        // it, and stop counting past `max`.
+        struct Count(usize, usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len();
+                if self.0 > self.1 {
+                    return Err(std::io::Error::other("over the limit"));
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        if serde_json::to_writer(Count(0, max), v).is_ok() {
             return false;
         }
+        let text = v.to_string();
         *v = json!({
             "omitted_bytes": text.len(),
             "sha256": hex::encode(sha2::Sha256::digest(text.as_bytes())),

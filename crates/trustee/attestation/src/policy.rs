@@ -948,6 +948,14 @@ deny_reasons contains "too small" if input.n + 1 < 10
         assert_eq!(view["runtime_data_claims"]["tee-pubkey"]["kty"], "EC");
         let small = crate::token_view(json!({"sample": {"svn": "1"}}));
         assert!(small.get("token_omitted").is_none());
+        // The limit is on the claim's compact JSON: a string of 4094
+        // characters (4096 bytes with its quotes) stays, one more goes.
+        let max = crate::TOKEN_CLAIM_MAX;
+        let edge = crate::token_view(json!({"sample": {
+            "at": "a".repeat(max - 2), "over": "o".repeat(max - 1)}}));
+        assert_eq!(edge["token_omitted"], json!(["sample.over"]));
+        assert_eq!(edge["sample"]["at"].as_str().unwrap().len(), max - 2);
+        assert_eq!(edge["sample"]["over"]["omitted_bytes"], max + 1);
     }
 
     /// The boot PCRs the default policy requires.
