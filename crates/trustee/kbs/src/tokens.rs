@@ -122,20 +122,26 @@ impl VerifiedTokens {
             sealing: Arc::new(sealing),
             len,
         };
+        // What is evicted is freed after the lock is released: dropping
+        // thousands of claim trees must not hold up the readers.
+        let mut evicted: Vec<VerifiedToken> = Vec::new();
         let mut guard = self.map.write();
         let (map, bytes) = &mut *guard;
         if map.len() >= CAPACITY || *bytes + len > CAPACITY_BYTES {
-            map.retain(|_, v| v.exp > now);
+            evicted.extend(map.extract_if(|_, v| v.exp <= now).map(|(_, v)| v));
             *bytes = map.values().map(|v| v.len).sum();
             if map.len() >= CAPACITY || *bytes + len > CAPACITY_BYTES {
-                map.clear();
+                evicted.extend(map.drain().map(|(_, v)| v));
                 *bytes = 0;
             }
         }
         if let Some(old) = map.insert(digest, t.clone()) {
             *bytes -= old.len;
+            evicted.push(old);
         }
         *bytes += len;
+        drop(guard);
+        drop(evicted);
         t
     }
 }
