@@ -7,6 +7,7 @@ pub mod binding;
 pub mod container;
 pub mod error_body;
 pub mod initdata;
+pub mod inline;
 pub mod jwe;
 pub mod percent;
 pub mod resource;

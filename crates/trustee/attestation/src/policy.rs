@@ -590,6 +590,11 @@ impl PolicyStore {
         {
             return Ok(c.policy.clone());
         }
+        // Re-reading (and maybe compiling) waits on the store: not on an
+        // async worker.
+        if !cocoon_types::inline::may_block() {
+            return Err(StoreError::Unavailable(cocoon_types::inline::DEFERRED.into()).into());
+        }
         let text = self.text(id)?.ok_or_else(|| PolicyError::Invalid {
             id: id.to_string(),
             detail: "no such policy".into(),
@@ -646,6 +651,24 @@ mod default_policy_tests {
     use serde_json::{Value, json};
 
     /// The default policy with these reference values.
+    /// Where nothing may block, a cached policy is served and one due for
+    /// a re-read asks to run again elsewhere.
+    #[test]
+    fn only_cached_policies_run_where_nothing_may_block() {
+        use cocoon_types::inline::without_blocking;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(cocoon_store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+        let defaults = HashMap::from([(
+            "p".to_string(),
+            "package policy\ndefault allow := true".to_string(),
+        )]);
+        let ps = PolicyStore::new(store.clone(), Rvps::new(store), defaults);
+        assert!(without_blocking(|| ps.get("p").is_ok()).is_none());
+        assert!(ps.get("p").is_ok());
+        assert_eq!(without_blocking(|| ps.get("p").is_ok()), Some(true));
+    }
+
     fn policy(rvs: &[(&str, Value)]) -> (tempfile::TempDir, RegoPolicy) {
         let dir = tempfile::tempdir().unwrap();
         let store = cocoon_store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();

@@ -295,13 +295,17 @@ async fn attest(
         "a KBS Attestation {init-data, runtime-data, tee-evidence}",
     )?;
     let tee = parse_tee(&session.tee).ok_or(KbsError::InvalidSession)?;
-    // Verification is CPU work on the evidence and on collateral already
-    // kept (a thread hand-off would cost more than the sample TEE's whole
-    // verification), so it runs here; only one that must fetch collateral
-    // (PCCS, AMD KDS) runs again on a blocking thread, off the workers.
-    let inline = cocoon_verifier::fetch::without_fetching(|| {
-        s.attestation.attest(tee, &session.nonce, &att)
-    });
+    // Verification is CPU work on the evidence, on collateral already kept
+    // and on cached policies and reference values (a thread hand-off would
+    // cost more than the sample TEE's whole verification), so it runs
+    // here. One that must block (fetch collateral from PCCS or AMD KDS,
+    // read the store past its caches: a TPM AK, a policy or reference
+    // value due for a re-read) runs again on a blocking thread, off the
+    // workers. A panic is an internal error, as on the blocking pool.
+    let inline = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cocoon_types::inline::without_blocking(|| s.attestation.attest(tee, &session.nonce, &att))
+    }))
+    .map_err(|_| KbsError::Internal("the verifier failed".into()))?;
     let verdict = match inline {
         Some(v) => v,
         None => {

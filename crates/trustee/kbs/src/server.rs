@@ -505,8 +505,9 @@ impl Trustee {
         if let Some(rx) = self.recorder_rx.take() {
             tokio::spawn(denial_recorder(self.state.store.clone(), rx));
         }
-        // The rate limit refuses before a body is waited for (the body's
-        // own deadline is a layer of the routes).
+        // The router's outermost middleware refuses a client over its rate
+        // before a body is waited for; the body's deadline runs inside the
+        // KBS routes' own layer.
         let app = router(self.state.clone(), self.limiter.clone())
             .into_make_service_with_connect_info::<SocketAddr>();
         // Each connection holds a permit; TCP_NODELAY: responses go out in

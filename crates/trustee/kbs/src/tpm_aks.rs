@@ -205,6 +205,10 @@ pub struct StoreTrustedAks(pub Arc<dyn Store>);
 
 impl TrustedKeys for StoreTrustedAks {
     fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<KeyTrust>, String> {
+        // A store read may wait on the database: not on an async worker.
+        if !cocoon_types::inline::may_block() {
+            return Err(format!("TPM AK lookup {}", cocoon_types::inline::DEFERRED));
+        }
         let fp = ak_fingerprint(spki_der);
         let v = self
             .0
@@ -343,5 +347,11 @@ mod tests {
         assert_eq!(keys.trusted_by(admin).unwrap(), trust("admin", false));
         assert_eq!(keys.trusted_by(ek).unwrap(), trust("ek:vendor-ca", true));
         assert_eq!(keys.trusted_by(other).unwrap(), None);
+        // Where nothing may block (an async worker), the lookup does not
+        // touch the store and asks to run again elsewhere.
+        assert_eq!(
+            cocoon_types::inline::without_blocking(|| keys.trusted_by(admin)),
+            None
+        );
     }
 }

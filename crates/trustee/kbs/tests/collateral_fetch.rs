@@ -149,7 +149,7 @@ async fn dcap_collateral_from_a_pccs() {
             CollateralSet::default().with_pccs(Pccs::new(&url, Arc::new(Fetcher::new().unwrap())));
         // Where fetching is deferred (the trustee's async workers), a quote
         // whose collateral is not kept asks for none and says so.
-        let deferred = cocoon_verifier::fetch::without_fetching(|| {
+        let deferred = cocoon_types::inline::without_blocking(|| {
             tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW, &TdxCache::default())
         });
         assert!(deferred.is_none());
@@ -160,7 +160,7 @@ async fn dcap_collateral_from_a_pccs() {
                 .unwrap()
                 .unwrap();
         // Kept collateral needs no fetch: verified where fetching is deferred.
-        let kept = cocoon_verifier::fetch::without_fetching(|| {
+        let kept = cocoon_types::inline::without_blocking(|| {
             tdx::verify_quote_with(&tq, None, Some(&set), IN_WINDOW, &TdxCache::default())
         })
         .expect("kept collateral, nothing to fetch")
@@ -293,13 +293,13 @@ async fn vcek_from_kds_and_from_a_directory() {
         ));
         // Deferred fetching: nothing asked, and no failure remembered (the
         // fetch right after is not refused as "asked a moment ago").
-        let deferred = cocoon_verifier::fetch::without_fetching(|| v.verify_with_source(&r, now));
+        let deferred = cocoon_types::inline::without_blocking(|| v.verify_with_source(&r, now));
         assert!(deferred.is_none());
         assert!(requests(&served0).is_empty());
         let c = v.verify_with_source(&r, now).unwrap();
         assert_eq!(c.signing_key, "VCEK");
         v.verify_with_source(&r, now).unwrap();
-        let kept = cocoon_verifier::fetch::without_fetching(|| v.verify_with_source(&r, now))
+        let kept = cocoon_types::inline::without_blocking(|| v.verify_with_source(&r, now))
             .expect("a kept VCEK, nothing to fetch");
         assert_eq!(kept.unwrap().signing_key, "VCEK");
         // A chip the KDS does not know: asked once, then remembered.

@@ -231,6 +231,12 @@ impl Rvps {
         let rv = match cached {
             Some(rv) => rv,
             None => {
+                // A store read may wait on the database: not on an async worker.
+                if !cocoon_types::inline::may_block() {
+                    return Err(
+                        StoreError::Unavailable(cocoon_types::inline::DEFERRED.into()).into(),
+                    );
+                }
                 let read = std::time::Instant::now();
                 let rv = self.record(name)?.map(Arc::new);
                 let mut cache = self.cache.lock();
@@ -333,6 +339,23 @@ mod tests {
         other.add("svn", serde_json::json!(["4"]), None).unwrap();
         std::thread::sleep(RECHECK);
         assert_eq!(here.query("svn").unwrap(), Some(serde_json::json!(["4"])));
+    }
+
+    /// Where nothing may block, a lookup the cache answers is served and
+    /// one that would read the store asks to run again elsewhere.
+    #[test]
+    fn only_cached_lookups_run_where_nothing_may_block() {
+        use cocoon_types::inline::without_blocking;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
+        Rvps::new(store.clone())
+            .add("svn", serde_json::json!(["1"]), None)
+            .unwrap();
+        let cold = Rvps::new(store);
+        assert!(without_blocking(|| cold.query("svn")).is_none());
+        assert_eq!(cold.query("svn").unwrap(), Some(serde_json::json!(["1"])));
+        let warm = without_blocking(|| cold.query("svn")).expect("a cached value");
+        assert_eq!(warm.unwrap(), Some(serde_json::json!(["1"])));
     }
 
     /// A record that does not parse is an error, not an absent value that
