@@ -650,7 +650,6 @@ mod default_policy_tests {
     use super::*;
     use serde_json::{Value, json};
 
-    /// The default policy with these reference values.
     /// Where nothing may block, a cached policy is served and one due for
     /// a re-read asks to run again elsewhere.
     #[test]
@@ -669,6 +668,7 @@ mod default_policy_tests {
         assert_eq!(without_blocking(|| ps.get("p").is_ok()), Some(true));
     }
 
+    /// The default policy with these reference values.
     fn policy(rvs: &[(&str, Value)]) -> (tempfile::TempDir, RegoPolicy) {
         let dir = tempfile::tempdir().unwrap();
         let store = cocoon_store::SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
