@@ -182,6 +182,10 @@ pub struct SessionSealer {
     store: Arc<dyn Store>,
     kek: Arc<Kek>,
     ring: RwLock<Keyring>,
+    /// Held while the keyring is read from the store (and its keys opened
+    /// with the KEK, maybe in an HSM), so that this happens once at a time
+    /// and without holding `ring`: sealing and opening go on meanwhile.
+    loading: parking_lot::Mutex<()>,
     /// Sessions live at most this long (seconds): how long a retired key
     /// must still open cookies.
     max_session_secs: i64,
@@ -235,6 +239,7 @@ impl SessionSealer {
             store: store.clone(),
             kek,
             ring: RwLock::new(ring),
+            loading: parking_lot::Mutex::new(()),
             max_session_secs,
         })
     }
@@ -318,23 +323,39 @@ impl SessionSealer {
         if !due(&self.ring.read()) {
             return;
         }
-        let mut ring = self.ring.write();
-        if !due(&ring) {
-            return;
-        }
-        let forced = if force {
-            Some(Instant::now())
+        // A forced re-read waits for one in progress (its cookie needs the
+        // keys it brings); a periodic one leaves it to whoever is loading,
+        // and the others go on with the keys known while it loads.
+        let _loading = if force {
+            self.loading.lock()
         } else {
-            ring.forced
+            match self.loading.try_lock() {
+                Some(g) => g,
+                None => return,
+            }
         };
-        match Self::load(&self.store, &self.kek) {
-            Ok(new) => *ring = new,
-            Err(e) => {
+        {
+            let mut ring = self.ring.write();
+            if !due(&ring) {
+                return;
+            }
+            if force {
+                ring.forced = Some(Instant::now());
+            } else {
                 ring.checked = Instant::now();
+            }
+        }
+        let loaded = Self::load(&self.store, &self.kek);
+        let mut ring = self.ring.write();
+        match loaded {
+            Ok(mut new) => {
+                new.forced = ring.forced;
+                *ring = new;
+            }
+            Err(e) => {
                 tracing::error!(error = %e, "cannot re-read the session keys; keeping the ones known");
             }
         }
-        ring.forced = forced;
     }
 
     /// Seals a session into a cookie value, under the current key.
@@ -426,6 +447,9 @@ impl SessionSealer {
     /// other key is deleted now (for a key that may have leaked: its
     /// sessions end at once and their guests attest again).
     pub fn rotate(&self, drop_old: bool) -> Result<SessionKeyInfo, StoreError> {
+        // No re-read started before the rotation may install its older
+        // keyring after it.
+        let _loading = self.loading.lock();
         let now = unix_now();
         let previous = self
             .store
@@ -499,6 +523,105 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("db")).unwrap());
         (dir, store)
+    }
+
+    /// A store whose reads of the current key id wait, while `hold` is
+    /// set, until the test lets them go; it says when one is waiting.
+    struct SlowKeys {
+        inner: Arc<dyn Store>,
+        hold: std::sync::atomic::AtomicBool,
+        waiting: std::sync::mpsc::SyncSender<()>,
+        go: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Store for SlowKeys {
+        fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            if key == CURRENT && self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                self.waiting.send(()).unwrap();
+                self.go.lock().recv().unwrap();
+            }
+            self.inner.get(ns, key)
+        }
+        fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.put(ns, key, value)
+        }
+        fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+            self.inner.put_if_absent(ns, key, value)
+        }
+        fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+            self.inner.delete(ns, key)
+        }
+        fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {
+            self.inner.list(ns)
+        }
+        fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError> {
+            self.inner.append(ns, value, keep)
+        }
+        fn recent(&self, ns: &str, limit: usize) -> Result<Vec<cocoon_store::Event>, StoreError> {
+            self.inner.recent(ns, limit)
+        }
+        fn audit_append(
+            &self,
+            batch: Option<&str>,
+            make: &mut cocoon_store::MakeRecords<'_>,
+        ) -> Result<i64, StoreError> {
+            self.inner.audit_append(batch, make)
+        }
+        fn audit_last(&self) -> Result<Option<i64>, StoreError> {
+            self.inner.audit_last()
+        }
+        fn audit_prune(&self, before: i64) -> Result<u64, StoreError> {
+            self.inner.audit_prune(before)
+        }
+        fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+            self.inner.audit_range(from, limit)
+        }
+    }
+
+    /// The periodic re-read of the keys happens without holding them:
+    /// while one thread waits on the store, the others seal and open.
+    #[test]
+    fn a_slow_key_reread_holds_up_no_other_session() {
+        let (_d, inner) = store();
+        let (waiting, waited) = std::sync::mpsc::sync_channel(1);
+        let (release, go) = std::sync::mpsc::channel();
+        let slow = Arc::new(SlowKeys {
+            inner,
+            hold: false.into(),
+            waiting,
+            go: parking_lot::Mutex::new(go),
+        });
+        let store: Arc<dyn Store> = slow.clone();
+        let kek = Arc::new(Kek::from_bytes(&[1; 32]));
+        let sealer = Arc::new(SessionSealer::load_or_create(&store, kek, 300).unwrap());
+        let cookie = sealer.seal(&session("n", 100));
+        slow.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(RECHECK);
+        let loader = {
+            let sealer = sealer.clone();
+            std::thread::spawn(move || sealer.seal(&session("a", 100)))
+        };
+        waited.recv().unwrap();
+        // The loader is inside the store now; the rest goes on.
+        let (done, finished) = std::sync::mpsc::channel();
+        let other = {
+            let (sealer, cookie) = (sealer.clone(), cookie.clone());
+            std::thread::spawn(move || {
+                let c = sealer.seal(&session("b", 100));
+                let opened = sealer.open(&cookie, 50).map(|s| s.nonce);
+                done.send((c, opened)).unwrap();
+            })
+        };
+        let (c, opened) = finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("sealing waited for the key re-read");
+        assert_eq!(opened.unwrap(), "n");
+        assert_eq!(sealer.open(&c, 50).unwrap().nonce, "b");
+        slow.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        release.send(()).unwrap();
+        let a = loader.join().unwrap();
+        other.join().unwrap();
+        assert_eq!(sealer.open(&a, 50).unwrap().nonce, "a");
     }
 
     #[test]
