@@ -14,6 +14,8 @@ pub mod metrics;
 pub mod seed;
 pub mod server;
 pub mod session;
+#[cfg(test)]
+mod test_store;
 pub mod tokens;
 pub mod tpm_aks;
 

@@ -525,56 +525,20 @@ mod tests {
         (dir, store)
     }
 
-    /// A store whose reads of the current key id wait, while `hold` is
-    /// set, until the test lets them go; it says when one is waiting.
+    /// Reads of the current key id wait, while `hold` is set, until the
+    /// test lets them go; it says when one is waiting.
     struct SlowKeys {
-        inner: Arc<dyn Store>,
         hold: std::sync::atomic::AtomicBool,
         waiting: std::sync::mpsc::SyncSender<()>,
         go: parking_lot::Mutex<std::sync::mpsc::Receiver<()>>,
     }
 
-    impl Store for SlowKeys {
-        fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    impl crate::test_store::Twist for SlowKeys {
+        fn before_get(&self, _ns: &str, key: &str) {
             if key == CURRENT && self.hold.load(std::sync::atomic::Ordering::SeqCst) {
                 self.waiting.send(()).unwrap();
                 self.go.lock().recv().unwrap();
             }
-            self.inner.get(ns, key)
-        }
-        fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            self.inner.put(ns, key, value)
-        }
-        fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-            self.inner.put_if_absent(ns, key, value)
-        }
-        fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
-            self.inner.delete(ns, key)
-        }
-        fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {
-            self.inner.list(ns)
-        }
-        fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError> {
-            self.inner.append(ns, value, keep)
-        }
-        fn recent(&self, ns: &str, limit: usize) -> Result<Vec<cocoon_store::Event>, StoreError> {
-            self.inner.recent(ns, limit)
-        }
-        fn audit_append(
-            &self,
-            batch: Option<&str>,
-            make: &mut cocoon_store::MakeRecords<'_>,
-        ) -> Result<i64, StoreError> {
-            self.inner.audit_append(batch, make)
-        }
-        fn audit_last(&self) -> Result<Option<i64>, StoreError> {
-            self.inner.audit_last()
-        }
-        fn audit_prune(&self, before: i64) -> Result<u64, StoreError> {
-            self.inner.audit_prune(before)
-        }
-        fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-            self.inner.audit_range(from, limit)
         }
     }
 
@@ -585,17 +549,21 @@ mod tests {
         let (_d, inner) = store();
         let (waiting, waited) = std::sync::mpsc::sync_channel(1);
         let (release, go) = std::sync::mpsc::channel();
-        let slow = Arc::new(SlowKeys {
+        let slow = Arc::new(crate::test_store::Twisted {
             inner,
-            hold: false.into(),
-            waiting,
-            go: parking_lot::Mutex::new(go),
+            twist: SlowKeys {
+                hold: false.into(),
+                waiting,
+                go: parking_lot::Mutex::new(go),
+            },
         });
         let store: Arc<dyn Store> = slow.clone();
         let kek = Arc::new(Kek::from_bytes(&[1; 32]));
         let sealer = Arc::new(SessionSealer::load_or_create(&store, kek, 300).unwrap());
         let cookie = sealer.seal(&session("n", 100));
-        slow.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        slow.twist
+            .hold
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         std::thread::sleep(RECHECK);
         let loader = {
             let sealer = sealer.clone();
@@ -617,7 +585,9 @@ mod tests {
             .expect("sealing waited for the key re-read");
         assert_eq!(opened.unwrap(), "n");
         assert_eq!(sealer.open(&c, 50).unwrap().nonce, "b");
-        slow.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+        slow.twist
+            .hold
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         release.send(()).unwrap();
         let a = loader.join().unwrap();
         other.join().unwrap();

@@ -452,54 +452,18 @@ fn two_replicas_on_one_database_keep_one_chain() {
     }
 }
 
-/// A store whose first audit append commits and then reports the
-/// database unavailable, as an answer lost after the commit does.
+/// The first audit append commits and then reports the database
+/// unavailable, as an answer lost after the commit does.
 struct LostAnswer {
-    inner: Arc<dyn Store>,
     lost: std::sync::atomic::AtomicBool,
 }
 
-impl Store for LostAnswer {
-    fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(ns, key)
-    }
-    fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(ns, key, value)
-    }
-    fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        self.inner.put_if_absent(ns, key, value)
-    }
-    fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
-        self.inner.delete(ns, key)
-    }
-    fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {
-        self.inner.list(ns)
-    }
-    fn append(&self, ns: &str, value: &[u8], keep: usize) -> Result<i64, StoreError> {
-        self.inner.append(ns, value, keep)
-    }
-    fn recent(&self, ns: &str, limit: usize) -> Result<Vec<cocoon_store::Event>, StoreError> {
-        self.inner.recent(ns, limit)
-    }
-    fn audit_append(
-        &self,
-        batch: Option<&str>,
-        make: &mut cocoon_store::MakeRecords<'_>,
-    ) -> Result<i64, StoreError> {
-        let n = self.inner.audit_append(batch, make)?;
+impl crate::test_store::Twist for LostAnswer {
+    fn after_audit_append(&self) -> Result<(), StoreError> {
         if !self.lost.swap(true, Ordering::SeqCst) {
             return Err(StoreError::Unavailable("no answer after the commit".into()));
         }
-        Ok(n)
-    }
-    fn audit_last(&self) -> Result<Option<i64>, StoreError> {
-        self.inner.audit_last()
-    }
-    fn audit_prune(&self, before: i64) -> Result<u64, StoreError> {
-        self.inner.audit_prune(before)
-    }
-    fn audit_range(&self, from: i64, limit: usize) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        self.inner.audit_range(from, limit)
+        Ok(())
     }
 }
 
@@ -511,12 +475,14 @@ async fn a_batch_committed_before_its_answer_was_lost_is_not_written_again() {
     let start = Entry::new("start", serde_json::json!({}));
     // The start checkpoint goes through (and uses up nothing); the first
     // batch of the writer then commits without an answer.
-    let flaky = Arc::new(LostAnswer {
+    let flaky = Arc::new(crate::test_store::Twisted {
         inner: inner.clone(),
-        lost: std::sync::atomic::AtomicBool::new(true),
+        twist: LostAnswer {
+            lost: std::sync::atomic::AtomicBool::new(true),
+        },
     });
     let log = AuditLog::start(flaky.clone(), key.clone(), 100, start, false).unwrap();
-    flaky.lost.store(false, Ordering::SeqCst);
+    flaky.twist.lost.store(false, Ordering::SeqCst);
     for i in 0..5 {
         log.record(release(i));
     }
@@ -525,7 +491,7 @@ async fn a_batch_committed_before_its_answer_was_lost_is_not_written_again() {
         "records still pending"
     );
     assert!(
-        flaky.lost.load(Ordering::SeqCst),
+        flaky.twist.lost.load(Ordering::SeqCst),
         "the lost answer never happened"
     );
     let records = inner.audit_range(1, 100).unwrap();
