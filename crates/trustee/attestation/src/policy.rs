@@ -590,11 +590,6 @@ impl PolicyStore {
         {
             return Ok(c.policy.clone());
         }
-        // Re-reading (and maybe compiling) waits on the store: not on an
-        // async worker.
-        if !cocoon_types::inline::may_block() {
-            return Err(StoreError::Unavailable(cocoon_types::inline::DEFERRED.into()).into());
-        }
         let text = self.text(id)?.ok_or_else(|| PolicyError::Invalid {
             id: id.to_string(),
             detail: "no such policy".into(),

@@ -205,10 +205,6 @@ pub struct StoreTrustedAks(pub Arc<dyn Store>);
 
 impl TrustedKeys for StoreTrustedAks {
     fn trusted_by(&self, spki_der: &[u8]) -> Result<Option<KeyTrust>, String> {
-        // A store read may wait on the database: not on an async worker.
-        if !cocoon_types::inline::may_block() {
-            return Err(format!("TPM AK lookup {}", cocoon_types::inline::DEFERRED));
-        }
         let fp = ak_fingerprint(spki_der);
         let v = self
             .0

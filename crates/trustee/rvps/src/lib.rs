@@ -231,12 +231,6 @@ impl Rvps {
         let rv = match cached {
             Some(rv) => rv,
             None => {
-                // A store read may wait on the database: not on an async worker.
-                if !cocoon_types::inline::may_block() {
-                    return Err(
-                        StoreError::Unavailable(cocoon_types::inline::DEFERRED.into()).into(),
-                    );
-                }
                 let read = std::time::Instant::now();
                 let rv = self.record(name)?.map(Arc::new);
                 let mut cache = self.cache.lock();

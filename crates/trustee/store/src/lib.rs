@@ -34,6 +34,20 @@ pub mod ns {
     pub const TPM_AKS: &str = "tpm_aks";
 }
 
+/// Where nothing may block ([`cocoon_types::inline::without_blocking`]),
+/// a call to the database fails at once instead of waiting on it, and the
+/// work around it runs again where it may wait. Every backend asks this
+/// before it touches its database (a backend's in-memory cache does not).
+pub(crate) fn may_wait() -> Result<(), StoreError> {
+    if cocoon_types::inline::may_block() {
+        Ok(())
+    } else {
+        Err(StoreError::Unavailable(
+            cocoon_types::inline::DEFERRED.into(),
+        ))
+    }
+}
+
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -433,6 +433,7 @@ impl PgStore {
         &self,
         f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        crate::may_wait()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (breaker, pool) = (self.breaker.clone(), self.pool.clone());
         self.runtime().spawn(async move {

@@ -60,6 +60,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        crate::may_wait()?;
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..POOL_SIZE {
             if let Some(conn) = self.pool[(start + i) % POOL_SIZE].try_lock() {

@@ -44,6 +44,12 @@ fn conformance(a: &dyn Store, b: &dyn Store) {
     assert!(r[0].id > r[1].id && r[0].at > 0);
     assert_eq!(b.recent("other", 10).unwrap().len(), 1);
     b.ping().unwrap();
+    // Where nothing may block, a call to the database fails at once (and
+    // changes nothing), asking to run again elsewhere.
+    use cocoon_types::inline::without_blocking;
+    assert!(without_blocking(|| b.get("unread", "k")).is_none());
+    assert!(without_blocking(|| a.put("unread", "k", b"v")).is_none());
+    assert_eq!(a.get("unread", "k").unwrap(), None);
 }
 
 /// Four writers on two handles append audit batches at once: the numbers
