@@ -545,9 +545,10 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
     assert_eq!(o.status.code(), Some(137), "{o:?}");
     // A terminal: the process's streams are a pty in the guest, sized
     // from ctr's terminal through ResizePty (which ctr sends just after
-    // the start: the command waits for it).
-    let wait_size =
-        "i=0; while [ \"$(stty size)\" = '0 0' ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done";
+    // the start: the command waits for it). Busybox's `stty size` fails
+    // and prints nothing while the size is unset (0 rows).
+    let wait_size = "i=0; while s=$(stty size 2>/dev/null); [ -z \"$s\" ] || [ \"$s\" = '0 0' ]; do \
+         [ $i -lt 100 ] || break; sleep 0.1; i=$((i+1)); done";
     let tty_cmd = format!("{wait_size}; stty size; tty; [ -t 0 ] && echo stdin-is-a-tty; exit 4");
     let args = ctr_args("tty", &["--rm", "-t"], &["sh", "-c", &tty_cmd]);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
