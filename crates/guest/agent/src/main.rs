@@ -36,7 +36,26 @@ fn args() -> Vec<String> {
     args
 }
 
+/// The release build has no unwind tables (scripts/build-guest), and the
+/// unwinder aborts the process when it cannot find its own frame. So no
+/// backtrace may be captured: an error built while `RUST_BACKTRACE` or
+/// `RUST_LIB_BACKTRACE` is set (from the kernel command line, or a
+/// container's environment in a runtime helper) would otherwise end the
+/// process. std decides once per process whether to capture; deciding here,
+/// with the variables gone, holds for this process and every fork of it.
+#[cfg(cocoon_no_unwind_tables)]
+fn never_capture_backtraces() {
+    // SAFETY: the first thing main does, before any other thread exists.
+    unsafe {
+        std::env::remove_var("RUST_BACKTRACE");
+        std::env::remove_var("RUST_LIB_BACKTRACE");
+    }
+    let _ = std::backtrace::Backtrace::capture();
+}
+
 fn main() -> ExitCode {
+    #[cfg(cocoon_no_unwind_tables)]
+    never_capture_backtraces();
     let argv: Vec<String> = std::env::args().collect();
     // A container operation for the pod agent: single-threaded, before
     // anything else starts.

@@ -4,23 +4,11 @@
 //! Needs the static guest binary (scripts/build-guest) and the pinned
 //! kernel package (downloaded with apt-get into the cache on first use).
 
-use cocoon_guest_image::{BuildOptions, Manifest, build};
-use std::path::{Path, PathBuf};
+mod common;
 
-fn guest_binary() -> PathBuf {
-    let bin = std::env::var_os("COCOON_GUEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../target/static/x86_64-unknown-linux-gnu/release/cocoon-guest")
-        });
-    assert!(
-        bin.is_file(),
-        "no static guest binary at {}: run scripts/build-guest",
-        bin.display()
-    );
-    bin
-}
+use cocoon_guest_image::{BuildOptions, Manifest, build};
+use common::guest_binary;
+use std::path::PathBuf;
 
 fn cache() -> PathBuf {
     std::env::var_os("COCOON_CACHE_DIR")
