@@ -38,11 +38,16 @@ fn args() -> Vec<String> {
 
 /// The release build has no unwind tables (scripts/build-guest), and the
 /// unwinder aborts the process when it cannot find its own frame. So no
-/// backtrace may be captured: an error built while `RUST_BACKTRACE` or
-/// `RUST_LIB_BACKTRACE` is set (from the kernel command line, or a
-/// container's environment in a runtime helper) would otherwise end the
-/// process. std decides once per process whether to capture; deciding here,
-/// with the variables gone, holds for this process and every fork of it.
+/// backtrace may be taken:
+/// - errors (anyhow) capture one while `RUST_BACKTRACE` or
+///   `RUST_LIB_BACKTRACE` is set, which the kernel command line can do for
+///   PID 1. std decides once per process whether `Backtrace::capture`
+///   captures; deciding here, with the variables gone, holds for this
+///   process and every fork of it (a container's init, where libcontainer
+///   sets the container's own environment before its exec);
+/// - the default panic hook decides on its own at the first panic, so it
+///   is replaced by one that prints the same first lines (the shim finds
+///   them on the console) and never a backtrace.
 #[cfg(cocoon_no_unwind_tables)]
 fn never_capture_backtraces() {
     // SAFETY: the first thing main does, before any other thread exists.
@@ -51,6 +56,17 @@ fn never_capture_backtraces() {
         std::env::remove_var("RUST_LIB_BACKTRACE");
     }
     let _ = std::backtrace::Backtrace::capture();
+    std::panic::set_hook(Box::new(|info| {
+        use std::io::Write;
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
+        let at = info
+            .location()
+            .map(|l| format!(" at {l}:"))
+            .unwrap_or_else(|| ":".into());
+        let _ = writeln!(std::io::stderr(), "thread '{name}' panicked{at}\n{message}");
+    }));
 }
 
 fn main() -> ExitCode {
