@@ -59,14 +59,24 @@ fn never_capture_backtraces() {
     std::panic::set_hook(Box::new(|info| {
         use std::io::Write;
         let thread = std::thread::current();
-        let name = thread.name().unwrap_or("<unnamed>");
         let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
-        let at = info
-            .location()
-            .map(|l| format!(" at {l}:"))
-            .unwrap_or_else(|| ":".into());
-        let _ = writeln!(std::io::stderr(), "thread '{name}' panicked{at}\n{message}");
+        let report = panic_report(thread.name(), info.location(), message);
+        let _ = std::io::stderr().write_all(report.as_bytes());
     }));
+}
+
+/// What the panic hook prints: the default hook's first lines.
+#[cfg_attr(not(cocoon_no_unwind_tables), allow(dead_code))]
+fn panic_report(
+    thread: Option<&str>,
+    location: Option<&std::panic::Location<'_>>,
+    message: &str,
+) -> String {
+    let name = thread.unwrap_or("<unnamed>");
+    match location {
+        Some(l) => format!("thread '{name}' panicked at {l}:\n{message}\n"),
+        None => format!("thread '{name}' panicked:\n{message}\n"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,5 +111,31 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_report;
+
+    /// The shim finds a guest panic on the console by `' panicked at `.
+    #[test]
+    fn the_panic_report_has_the_default_hooks_first_lines() {
+        let here = std::panic::Location::caller();
+        let r = panic_report(Some("tokio-rt-worker"), Some(here), "boom");
+        assert_eq!(
+            r,
+            format!(
+                "thread 'tokio-rt-worker' panicked at {}:{}:{}:\nboom\n",
+                here.file(),
+                here.line(),
+                here.column()
+            )
+        );
+        assert!(r.contains("' panicked at "), "{r}");
+        assert_eq!(
+            panic_report(None, None, "x"),
+            "thread '<unnamed>' panicked:\nx\n"
+        );
     }
 }
