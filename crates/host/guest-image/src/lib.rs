@@ -10,6 +10,7 @@
 
 pub mod cpio;
 pub mod debian;
+pub mod elf;
 pub mod modules;
 pub mod ovmf;
 pub mod snp;
@@ -331,37 +332,14 @@ fn check_static(bin: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     if bytes.get(..5) != Some(&[0x7f, b'E', b'L', b'F', 2][..]) {
         return Err(bad("not an ELF64 executable"));
     }
-    let u16_at = |o: usize| {
-        bytes
-            .get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u64_at = |o: usize| {
-        bytes
-            .get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    if u16_at(0x12) != Some(0x3e) {
+    if bytes.get(0x12..0x14) != Some(&0x3eu16.to_le_bytes()[..]) {
         return Err(bad("not an x86-64 executable"));
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
-    else {
-        return Err(bad("truncated ELF header"));
-    };
-    for i in 0..usize::from(phnum) {
-        let off = usize::try_from(phoff)
-            .unwrap_or(usize::MAX)
-            .saturating_add(i.saturating_mul(usize::from(phentsize)));
-        let Some(kind) = bytes.get(off..off + 4) else {
-            return Err(bad("truncated program headers"));
-        };
-        // PT_INTERP: needs a dynamic loader.
-        if kind == 3u32.to_le_bytes() {
-            return Err(bad(
-                "dynamically linked; build it static (scripts/build-guest)",
-            ));
-        }
+    // PT_INTERP: needs a dynamic loader.
+    if elf::program_header_types(bytes).map_err(bad)?.contains(&3) {
+        return Err(bad(
+            "dynamically linked; build it static (scripts/build-guest)",
+        ));
     }
     Ok(())
 }

@@ -25,60 +25,18 @@ pub enum ModuleError {
 
 /// The `key=value` strings of an ELF64 little-endian object's `.modinfo`.
 pub fn modinfo(elf: &[u8]) -> Result<Vec<(String, String)>, &'static str> {
-    let u16_at = |o: usize| -> Result<u16, &'static str> {
-        elf.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-            .ok_or("truncated ELF header")
-    };
-    let u64_at = |o: usize| -> Result<u64, &'static str> {
-        elf.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-            .ok_or("truncated ELF header")
-    };
-    if elf.get(..6) != Some(&[0x7f, b'E', b'L', b'F', 2, 1][..]) {
-        return Err("not an ELF64 little-endian object");
-    }
-    let shoff = usize::try_from(u64_at(0x28)?).map_err(|_| "bad section offset")?;
-    let shentsize = usize::from(u16_at(0x3a)?);
-    let shnum = usize::from(u16_at(0x3c)?);
-    let shstrndx = usize::from(u16_at(0x3e)?);
-    if shentsize < 64 || shstrndx >= shnum {
-        return Err("bad section header table");
-    }
-    let section = |i: usize| -> Result<(u32, &[u8]), &'static str> {
-        let h = shoff
-            .checked_add(i.checked_mul(shentsize).ok_or("bad section index")?)
-            .ok_or("bad section index")?;
-        let name = elf
-            .get(h..h + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or("truncated section header")?;
-        let off = usize::try_from(u64_at(h + 0x18)?).map_err(|_| "bad section")?;
-        let size = usize::try_from(u64_at(h + 0x20)?).map_err(|_| "bad section")?;
-        let data = elf
-            .get(off..off.checked_add(size).ok_or("bad section")?)
-            .ok_or("section outside the file")?;
-        Ok((name, data))
-    };
-    let (_, names) = section(shstrndx)?;
-    for i in 0..shnum {
-        let (name_off, data) = section(i)?;
-        let name = names
-            .get(name_off as usize..)
-            .and_then(|n| n.split(|b| *b == 0).next())
-            .ok_or("section name outside the string table")?;
-        if name == b".modinfo" {
-            return Ok(data
-                .split(|b| *b == 0)
-                .filter_map(|kv| {
-                    let s = std::str::from_utf8(kv).ok()?;
-                    let (k, v) = s.split_once('=')?;
-                    Some((k.to_string(), v.to_string()))
-                })
-                .collect());
-        }
-    }
-    Err("no .modinfo section")
+    let (_, data) = crate::elf::sections(elf)?
+        .into_iter()
+        .find(|(name, _)| *name == b".modinfo")
+        .ok_or("no .modinfo section")?;
+    Ok(data
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let s = std::str::from_utf8(kv).ok()?;
+            let (k, v) = s.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect())
 }
 
 /// A module to ship: its name and file.

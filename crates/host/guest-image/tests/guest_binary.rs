@@ -9,44 +9,15 @@ use common::guest_binary;
 
 const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
 
-fn u16_at(b: &[u8], at: usize) -> usize {
-    u16::from_le_bytes([b[at], b[at + 1]]) as usize
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], at: usize) -> usize {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap()) as usize
-}
-
-/// The program header types and section names of a little-endian ELF64 file.
-fn elf_layout(b: &[u8]) -> (Vec<u32>, Vec<String>) {
-    assert_eq!(
-        &b[..6],
-        b"\x7fELF\x02\x01",
-        "not a little-endian ELF64 file"
-    );
-    let (phoff, phentsize, phnum) = (u64_at(b, 0x20), u16_at(b, 0x36), u16_at(b, 0x38));
-    let (shoff, shentsize, shnum) = (u64_at(b, 0x28), u16_at(b, 0x3a), u16_at(b, 0x3c));
-    let types = (0..phnum)
-        .map(|i| u32_at(b, phoff + i * phentsize))
-        .collect();
-    let shstr = shoff + u16_at(b, 0x3e) * shentsize;
-    let strtab = &b[u64_at(b, shstr + 0x18)..][..u64_at(b, shstr + 0x20)];
-    let names = (0..shnum)
-        .map(|i| {
-            let name = &strtab[u32_at(b, shoff + i * shentsize) as usize..];
-            let end = name.iter().position(|&c| c == 0).unwrap();
-            String::from_utf8_lossy(&name[..end]).into_owned()
-        })
-        .collect();
-    (types, names)
-}
-
 #[test]
 fn the_release_guest_binary_has_no_unwind_tables() {
     let bin = std::fs::read(guest_binary()).unwrap();
-    let (types, names) = elf_layout(&bin);
+    let types = cocoon_guest_image::elf::program_header_types(&bin).unwrap();
+    let names: Vec<String> = cocoon_guest_image::elf::sections(&bin)
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+        .collect();
     assert!(types.contains(&1), "no PT_LOAD: {types:x?}");
     assert!(names.iter().any(|n| n == ".text"), "{names:?}");
     assert!(
