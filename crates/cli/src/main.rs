@@ -24,13 +24,13 @@ mod trustee;
 mod verify;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// The trustee builds and frees a few hundred small trees (JSON, Rego
 /// values) per attestation: jemalloc serves that with less CPU than
 /// glibc's malloc (docs/trustee.md, "Allocator").
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use std::process::ExitCode;
 
 /// Cocoon: confidential containers with CoCo-compatible attestation.
 #[derive(Parser)]
