@@ -193,20 +193,14 @@ impl AttestationService {
 
         let iat = now();
         let exp = iat + self.config.token_lifetime_secs;
-        let submod = format!("{}0", class.as_str());
-        let token_claims = json!({
-            "eat_profile": EAT_PROFILE,
-            "iat": iat,
-            "ear.verifier-id": {"developer": "cocoon", "build": concat!("cocoon-trustee ", env!("CARGO_PKG_VERSION"))},
-            "submods": { submod: {
-                "ear.status": verdict.status.as_str(),
-                "ear.trustworthiness-vector": verdict.vector,
-                "ear.appraisal-policy-id": "default",
-                "ear.veraison.annotated-evidence": token_view(input),
-                "ear.trustee.identifiers": {"validated": {}},
-            }},
-            "exp": exp,
-            "iss": self.config.issuer,
+        let token_claims = ear_claims(EarParts {
+            iat,
+            exp,
+            issuer: &self.config.issuer,
+            submod: format!("{}0", class.as_str()),
+            status: verdict.status,
+            vector: verdict.vector,
+            evidence: token_view(input),
         });
         let token = self.signer.sign(&token_claims)?;
         Ok(Appraisal {
@@ -261,6 +255,45 @@ impl AttestationService {
             class,
         ))
     }
+}
+
+/// What a token's claims are made of.
+struct EarParts<'a> {
+    iat: i64,
+    exp: i64,
+    issuer: &'a str,
+    /// The submodule's name: the TEE class and `0`.
+    submod: String,
+    status: TrustTier,
+    vector: Map<String, Value>,
+    /// The annotated evidence as the token carries it ([`token_view`]).
+    evidence: Value,
+}
+
+/// The token's claims (an EAR). The trust vector and the evidence are
+/// moved in: `json!` would copy each through `Serialize`, a few percent
+/// of a flow's CPU. Keys go in `json!`'s order, so the claims are the same
+/// with or without serde_json's `preserve_order`.
+fn ear_claims(p: EarParts<'_>) -> Value {
+    let mut sub = Map::new();
+    sub.insert("ear.status".into(), p.status.as_str().into());
+    sub.insert("ear.trustworthiness-vector".into(), Value::Object(p.vector));
+    sub.insert("ear.appraisal-policy-id".into(), "default".into());
+    sub.insert("ear.veraison.annotated-evidence".into(), p.evidence);
+    sub.insert("ear.trustee.identifiers".into(), json!({"validated": {}}));
+    let mut submods = Map::new();
+    submods.insert(p.submod, Value::Object(sub));
+    let mut c = Map::new();
+    c.insert("eat_profile".into(), EAT_PROFILE.into());
+    c.insert("iat".into(), p.iat.into());
+    c.insert(
+        "ear.verifier-id".into(),
+        json!({"developer": "cocoon", "build": concat!("cocoon-trustee ", env!("CARGO_PKG_VERSION"))}),
+    );
+    c.insert("submods".into(), Value::Object(submods));
+    c.insert("exp".into(), p.exp.into());
+    c.insert("iss".into(), p.issuer.into());
+    Value::Object(c)
 }
 
 /// The attestation policy's input: a verifier's claims under the TEE name,
@@ -476,4 +509,51 @@ pub fn tee_pubkey_from_claims(claims: &Value) -> Option<TeePubKey> {
         .iter()
         .find_map(|p| claims.pointer(p))
         .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claims built by moving the parts in are what `json!` makes of
+    /// the same parts.
+    #[test]
+    fn ear_claims_are_the_json_macros() {
+        let vector: Map<String, Value> = [("executables", 3), ("hardware", 2)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let evidence = json!({"sample": {"svn": "1", "debug": false}, "report_data": "abc",
+            "runtime_data_claims": {"nonce": "n", "tee-pubkey": {"kty": "EC", "x": "x"}},
+            "init_data_claims": null, "list": [1, "two", {"three": 3.5}]});
+        let built = ear_claims(EarParts {
+            iat: 1_764_600_000,
+            exp: 1_764_600_300,
+            issuer: "issuer-x",
+            submod: "cpu0".into(),
+            status: TrustTier::Warning,
+            vector: vector.clone(),
+            evidence: evidence.clone(),
+        });
+        let expected = json!({
+            "eat_profile": EAT_PROFILE,
+            "iat": 1_764_600_000i64,
+            "ear.verifier-id": {"developer": "cocoon", "build": concat!("cocoon-trustee ", env!("CARGO_PKG_VERSION"))},
+            "submods": { "cpu0": {
+                "ear.status": "warning",
+                "ear.trustworthiness-vector": vector,
+                "ear.appraisal-policy-id": "default",
+                "ear.veraison.annotated-evidence": evidence,
+                "ear.trustee.identifiers": {"validated": {}},
+            }},
+            "exp": 1_764_600_300i64,
+            "iss": "issuer-x",
+        });
+        assert_eq!(built, expected);
+        // Same bytes when signed, too.
+        assert_eq!(
+            serde_json::to_string(&built).unwrap(),
+            serde_json::to_string(&expected).unwrap()
+        );
+    }
 }
