@@ -15,7 +15,7 @@ pub use postgres::{PgStore, describe_database};
 pub use private_file::{
     create_file_exclusive, create_private_file, replace_file, write_private_file,
 };
-pub use sqlite::SqliteStore;
+pub use sqlite::{FRESH as SQLITE_FRESH, SqliteStore};
 
 /// Namespaces the trustee uses. Values in [`ns::RESOURCES`] and [`ns::KEYS`]
 /// are always sealed with the [`Kek`] before they reach a [`Store`].

@@ -1,20 +1,130 @@
 //! The embedded store: one SQLite file in WAL mode. Several processes may
 //! open the same file (replicas sharing a data directory); writers wait on
 //! SQLite's lock instead of failing.
+//!
+//! Reads of resources are kept in memory for [`FRESH`]: every release
+//! reads its resource, and a read from the file costs a read transaction
+//! (two `fcntl` locks and a page lookup) each time. This process's own
+//! writes replace what it kept at once; a write by another process on the
+//! same file is seen within [`FRESH`], as policy changes are. What is kept
+//! is what the file holds: the sealed bytes, never plaintext.
 
 use crate::{Event, Store, StoreError, now};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 const POOL_SIZE: usize = 4;
+
+/// Namespaces whose reads are kept (see the module's documentation).
+const KEPT: &[&str] = &[crate::ns::RESOURCES];
+/// How long a kept read is used before the file is asked again.
+pub const FRESH: Duration = Duration::from_millis(250);
+/// Kept reads at most, and their bytes at most; past either, reads are
+/// served but not kept until older ones expire.
+const KEPT_ENTRIES: usize = 4096;
+const KEPT_BYTES: usize = 16 << 20;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     pool: Vec<Mutex<Connection>>,
     next: AtomicUsize,
+    kept: Kept,
+}
+
+/// Recent reads of the [`KEPT`] namespaces.
+#[derive(Default)]
+struct Kept {
+    /// Changes with every write to a kept namespace: a read that began
+    /// before one may have seen the old value and must not be kept.
+    epoch: AtomicU64,
+    inner: RwLock<KeptInner>,
+}
+
+/// When a value was read, and the value (`None`: absent).
+type Read = (Instant, Option<Vec<u8>>);
+
+#[derive(Default)]
+struct KeptInner {
+    /// By namespace, then key.
+    values: HashMap<&'static str, HashMap<String, Read>>,
+    entries: usize,
+    bytes: usize,
+}
+
+fn kept_ns(ns: &str) -> Option<&'static str> {
+    KEPT.iter().copied().find(|k| *k == ns)
+}
+
+fn kept_size(key: &str, value: &Option<Vec<u8>>) -> usize {
+    key.len() + value.as_ref().map_or(0, Vec::len) + 64
+}
+
+impl Kept {
+    fn get(&self, ns: &'static str, key: &str) -> Option<Option<Vec<u8>>> {
+        let inner = self.inner.read();
+        let (at, value) = inner.values.get(ns)?.get(key)?;
+        (at.elapsed() < FRESH).then(|| value.clone())
+    }
+
+    /// Keeps a value read from the file since `epoch` was taken, unless a
+    /// write came in between or the bounds are reached.
+    fn keep(&self, epoch: u64, ns: &'static str, key: &str, value: &Option<Vec<u8>>) {
+        let size = kept_size(key, value);
+        let mut guard = self.inner.write();
+        // Checked under the lock writes take to invalidate.
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        let inner = &mut *guard;
+        if inner.entries >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
+            inner.expire();
+            if inner.entries >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
+                return;
+            }
+        }
+        let space = inner.values.entry(ns).or_default();
+        if let Some((_, old)) = space.insert(key.to_string(), (Instant::now(), value.clone())) {
+            inner.entries -= 1;
+            inner.bytes -= kept_size(key, &old);
+        }
+        inner.entries += 1;
+        inner.bytes += size;
+    }
+
+    /// After a write to `ns`/`key` (committed or not): forget it, and
+    /// keep no read that was under way.
+    fn forget(&self, ns: &str, key: &str) {
+        let Some(ns) = kept_ns(ns) else { return };
+        let mut guard = self.inner.write();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let inner = &mut *guard;
+        if let Some((_, old)) = inner.values.get_mut(ns).and_then(|s| s.remove(key)) {
+            inner.entries -= 1;
+            inner.bytes -= kept_size(key, &old);
+        }
+    }
+}
+
+impl KeptInner {
+    fn expire(&mut self) {
+        let (mut entries, mut bytes) = (0, 0);
+        for space in self.values.values_mut() {
+            space.retain(|k, (at, v)| {
+                let fresh = at.elapsed() < FRESH;
+                if fresh {
+                    entries += 1;
+                    bytes += kept_size(k, v);
+                }
+                fresh
+            });
+        }
+        self.entries = entries;
+        self.bytes = bytes;
+    }
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -53,6 +163,7 @@ impl SqliteStore {
         Ok(Self {
             pool,
             next: AtomicUsize::new(0),
+            kept: Kept::default(),
         })
     }
 
@@ -74,39 +185,54 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with(|c| {
+        let kept = kept_ns(ns);
+        if let Some(hit) = kept.and_then(|ns| self.kept.get(ns, key)) {
+            return Ok(hit);
+        }
+        let epoch = self.kept.epoch.load(Ordering::SeqCst);
+        let value: Option<Vec<u8>> = self.with(|c| {
             Ok(
                 c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
                     .query_row(params![ns, key], |r| r.get(0))
                     .optional()?,
             )
-        })
+        })?;
+        if let Some(ns) = kept {
+            self.kept.keep(epoch, ns, key, &value);
+        }
+        Ok(value)
     }
 
     fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.with(|c| {
+        let r = self.with(|c| {
             c.prepare_cached("INSERT OR REPLACE INTO kv (ns, key, value) VALUES (?1, ?2, ?3)")?
                 .execute(params![ns, key, value])?;
             Ok(())
-        })
+        });
+        self.kept.forget(ns, key);
+        r
     }
 
     fn put_if_absent(&self, ns: &str, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        self.with(|c| {
+        let r = self.with(|c| {
             let n = c
                 .prepare_cached("INSERT OR IGNORE INTO kv (ns, key, value) VALUES (?1, ?2, ?3)")?
                 .execute(params![ns, key, value])?;
             Ok(n == 1)
-        })
+        });
+        self.kept.forget(ns, key);
+        r
     }
 
     fn delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
-        self.with(|c| {
+        let r = self.with(|c| {
             let n = c
                 .prepare_cached("DELETE FROM kv WHERE ns = ?1 AND key = ?2")?
                 .execute(params![ns, key])?;
             Ok(n > 0)
-        })
+        });
+        self.kept.forget(ns, key);
+        r
     }
 
     fn list(&self, ns: &str) -> Result<Vec<String>, StoreError> {

@@ -131,6 +131,64 @@ fn sqlite_conformance_and_audit() {
     audit_under_contention(Arc::new(a), Arc::new(b));
 }
 
+/// SQLite keeps resource reads for a moment: served from memory (without
+/// touching the file) until `FRESH` has passed, replaced at once by the
+/// handle's own writes, and another handle's writes seen once it passed.
+/// No other namespace is kept.
+#[test]
+fn sqlite_keeps_resource_reads_briefly() {
+    use cocoon_store::ns::RESOURCES;
+    use cocoon_types::inline::without_blocking;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    let from_memory =
+        |s: &SqliteStore, key: &str| without_blocking(|| s.get(RESOURCES, key)).map(|r| r.unwrap());
+    // Nothing kept before a read; an absent resource is kept as absent.
+    assert_eq!(
+        from_memory(&a, "r"),
+        None,
+        "read from memory before any read"
+    );
+    assert_eq!(a.get(RESOURCES, "r").unwrap(), None);
+    assert_eq!(from_memory(&a, "r"), Some(None));
+    // The handle's own writes replace what it kept at once.
+    a.put(RESOURCES, "r", b"v1").unwrap();
+    assert_eq!(a.get(RESOURCES, "r").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert_eq!(from_memory(&a, "r"), Some(Some(b"v1".to_vec())));
+    // Another handle's write is seen once what was kept expired.
+    b.put(RESOURCES, "r", b"v2").unwrap();
+    eventually("another handle's write is never seen", || {
+        a.get(RESOURCES, "r").unwrap().as_deref() == Some(&b"v2"[..])
+    });
+    // Past FRESH a kept read is not used: the file is asked again.
+    std::thread::sleep(cocoon_store::SQLITE_FRESH);
+    assert_eq!(from_memory(&a, "r"), None, "a kept read used past FRESH");
+    assert!(b.delete(RESOURCES, "r").unwrap());
+    assert_eq!(
+        b.get(RESOURCES, "r").unwrap(),
+        None,
+        "own delete not seen at once"
+    );
+    eventually("another handle's delete is never seen", || {
+        a.get(RESOURCES, "r").unwrap().is_none()
+    });
+    // put_if_absent replaces the kept absence too.
+    assert!(a.put_if_absent(RESOURCES, "r", b"v3").unwrap());
+    assert_eq!(a.get(RESOURCES, "r").unwrap().as_deref(), Some(&b"v3"[..]));
+    // Other namespaces always go to the file.
+    a.put(cocoon_store::ns::KEYS, "k", b"x").unwrap();
+    assert_eq!(
+        a.get(cocoon_store::ns::KEYS, "k").unwrap().as_deref(),
+        Some(&b"x"[..])
+    );
+    assert_eq!(
+        without_blocking(|| a.get(cocoon_store::ns::KEYS, "k")).map(|r| r.unwrap()),
+        None
+    );
+}
+
 /// Polls `f` until it holds, failing after 10 s with `what`.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
