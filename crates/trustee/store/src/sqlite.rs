@@ -53,6 +53,9 @@ struct KeptInner {
     values: HashMap<&'static str, HashMap<String, Read>>,
     entries: usize,
     bytes: usize,
+    /// When expired entries were last dropped: at most once per [`FRESH`],
+    /// so reads of many distinct keys cannot make every miss scan the map.
+    expired: Option<Instant>,
 }
 
 fn kept_ns(ns: &str) -> Option<&'static str> {
@@ -70,9 +73,18 @@ impl Kept {
         (at.elapsed() < FRESH).then(|| value.clone())
     }
 
-    /// Keeps a value read from the file since `epoch` was taken, unless a
-    /// write came in between or the bounds are reached.
-    fn keep(&self, epoch: u64, ns: &'static str, key: &str, value: &Option<Vec<u8>>) {
+    /// Keeps a value read from the file since `epoch` and `began` were
+    /// taken, unless a write came in between or the bounds are reached. Its
+    /// age counts from `began`: a write by another process after the read
+    /// began is seen within [`FRESH`] of it, however long the read took.
+    fn keep(
+        &self,
+        epoch: u64,
+        began: Instant,
+        ns: &'static str,
+        key: &str,
+        value: &Option<Vec<u8>>,
+    ) {
         let size = kept_size(key, value);
         let mut guard = self.inner.write();
         // Checked under the lock writes take to invalidate.
@@ -80,14 +92,14 @@ impl Kept {
             return;
         }
         let inner = &mut *guard;
-        if inner.entries >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
+        if inner.expired.is_none_or(|t| t.elapsed() >= FRESH) {
             inner.expire();
-            if inner.entries >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
-                return;
-            }
+        }
+        if inner.entries >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
+            return;
         }
         let space = inner.values.entry(ns).or_default();
-        if let Some((_, old)) = space.insert(key.to_string(), (Instant::now(), value.clone())) {
+        if let Some((_, old)) = space.insert(key.to_string(), (began, value.clone())) {
             inner.entries -= 1;
             inner.bytes -= kept_size(key, &old);
         }
@@ -111,6 +123,7 @@ impl Kept {
 
 impl KeptInner {
     fn expire(&mut self) {
+        self.expired = Some(Instant::now());
         let (mut entries, mut bytes) = (0, 0);
         for space in self.values.values_mut() {
             space.retain(|k, (at, v)| {
@@ -190,6 +203,7 @@ impl Store for SqliteStore {
             return Ok(hit);
         }
         let epoch = self.kept.epoch.load(Ordering::SeqCst);
+        let began = Instant::now();
         let value: Option<Vec<u8>> = self.with(|c| {
             Ok(
                 c.prepare_cached("SELECT value FROM kv WHERE ns = ?1 AND key = ?2")?
@@ -198,7 +212,7 @@ impl Store for SqliteStore {
             )
         })?;
         if let Some(ns) = kept {
-            self.kept.keep(epoch, ns, key, &value);
+            self.kept.keep(epoch, began, ns, key, &value);
         }
         Ok(value)
     }
