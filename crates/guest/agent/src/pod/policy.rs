@@ -351,14 +351,16 @@ impl Gate {
 
     /// Decides `req` by the rule named after its message.
     pub fn check(&self, req: &dyn MessageDyn) -> Result<(), Denial> {
-        let rule = req.descriptor_dyn().name().to_string();
+        // The name comes from the message's descriptor, which protobuf
+        // builds (its whole .proto file) on first use: not without a policy.
+        let rule = || req.descriptor_dyn().name().to_string();
         let mut guard = self.lock();
         match verdict(&mut guard) {
             Verdict::Open => Ok(()),
-            Verdict::Failed(e) => Err(failed(&rule, e)),
+            Verdict::Failed(e) => Err(failed(&rule(), e)),
             Verdict::Policy(policy) => {
                 let input = cocoon_guest_protos::json::to_value(req);
-                decide(policy, &rule, &input, false)
+                decide(policy, &rule(), &input, false)
             }
         }
     }
