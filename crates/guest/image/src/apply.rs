@@ -28,7 +28,6 @@ use crate::ocicrypt::{DecryptingReader, LayerKey};
 use crate::pull::{PullError, Ready};
 use crate::unpack::{Rootfs, UnpackError, UnpackStats};
 use oci_spec::image::Descriptor;
-use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
@@ -435,7 +434,7 @@ fn decode_layer(
     let in_memory = if gzip {
         match gzip_in_memory(&mut file, key, &work.pool).map_err(io(read_err()))? {
             InMemory::Decoded(tar) => {
-                let checked = diff.check(&Sha256::digest(&tar));
+                let checked = diff.check(ring::digest::digest(&ring::digest::SHA256, &tar));
                 t.decode += d.elapsed();
                 if let Err(e) = checked {
                     work.pool.put(tar);
@@ -473,7 +472,7 @@ fn decode_layer(
     if slot.send(Decoded::Stream(chunks)).is_err() {
         return Ok(()); // the applier stopped; it reports why
     }
-    let mut sha = Sha256::new();
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     loop {
         let mut buf = vec![0u8; CHUNK];
         let mut n = 0;
@@ -501,7 +500,7 @@ fn decode_layer(
             break; // the applier stopped; it reports why
         }
     }
-    if let Err(e) = diff.check(&sha.finalize()) {
+    if let Err(e) = diff.check(sha.finish()) {
         let _ = tx.send(Chunk::Failed(e));
     }
     t.decode += d.elapsed();
@@ -516,8 +515,8 @@ struct DiffId<'a> {
 }
 
 impl DiffId<'_> {
-    fn check(&self, sha256: &[u8]) -> Result<(), PullError> {
-        let actual = format!("sha256:{}", hex::encode(sha256));
+    fn check(&self, sha256: ring::digest::Digest) -> Result<(), PullError> {
+        let actual = format!("sha256:{}", hex::encode(sha256.as_ref()));
         if actual == self.expected {
             return Ok(());
         }
@@ -540,7 +539,7 @@ fn verify_cached(
     digest: &str,
     key: Option<&LayerKey>,
 ) -> std::io::Result<Result<(), PullError>> {
-    let mut sha = Sha256::new();
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     let mut mac = key.map(LayerKey::mac);
     let mut buf = vec![0u8; CHUNK];
     file.rewind()?;
@@ -554,7 +553,7 @@ fn verify_cached(
             m.update(&buf[..n]);
         }
     }
-    let actual = format!("sha256:{}", hex::encode(sha.finalize()));
+    let actual = format!("sha256:{}", hex::encode(sha.finish().as_ref()));
     if actual != digest {
         std::fs::remove_file(path)?;
         return Ok(Err(PullError::Registry(

@@ -569,10 +569,10 @@ async fn fetch_layer(
     let mut mac = key.map(LayerKey::mac);
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
         let mut tmp = tmp;
-        let mut sha = <sha2::Sha256 as sha2::Digest>::new();
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         while let Some(chunk) = rx.blocking_recv() {
-            sha2::Digest::update(&mut sha, &chunk);
+            sha.update(&chunk);
             if let Some(m) = mac.as_mut() {
                 m.update(&chunk);
             }
@@ -580,7 +580,7 @@ async fn fetch_layer(
         }
         out.flush()?;
         drop(out);
-        Ok((tmp, sha2::Digest::finalize(sha), mac))
+        Ok((tmp, sha.finish(), mac))
     });
     let mut received = 0u64;
     let mut failure = None;
@@ -622,7 +622,7 @@ async fn fetch_layer(
     if let Some(f) = failure {
         return Err(f);
     }
-    let actual = format!("sha256:{}", hex::encode(sha));
+    let actual = format!("sha256:{}", hex::encode(sha.as_ref()));
     if actual != digest || received != size {
         return Err(PullError::Registry(RegistryError::DigestMismatch {
             what: format!("layer {digest} ({received} of {size} bytes)"),

@@ -192,7 +192,7 @@ pub struct Fetched {
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!(
         "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
     )
 }
 
