@@ -307,19 +307,41 @@ async fn start_guest_services() {
 #[cfg(test)]
 mod tests {
     use super::service;
-    use crate::cli::{AaArgs, CdhArgs, RestArgs};
+    use crate::cli::{AaArgs, CdhArgs, GuestCommand, RestArgs};
+
+    /// The whole `cocoon-guest` parser, as the services were parsed before.
+    #[derive(clap::Parser)]
+    struct Whole {
+        #[command(subcommand)]
+        cmd: GuestCommand,
+    }
 
     #[test]
     fn each_service_parses_its_own_arguments() {
-        let aa: AaArgs = service("aa", &["--initdata-toml", "/run/i.toml", "--create-ak"]).unwrap();
-        let aa = format!("{aa:?}");
+        use clap::Parser;
+        let whole = |args: &[&str]| {
+            let argv = std::iter::once("cocoon-guest").chain(args.iter().copied());
+            format!("{:?}", Whole::try_parse_from(argv).unwrap().cmd)
+        };
+        // Every field as the whole parser makes it, for the command lines
+        // PID 1 starts the services with.
+        let init = ["--initdata-toml", "/run/i.toml"];
+        let aa: AaArgs = service("aa", &[init[0], init[1], "--create-ak"]).unwrap();
+        let aa = format!("{:?}", GuestCommand::Aa(aa));
+        assert_eq!(aa, whole(&["aa", init[0], init[1], "--create-ak"]));
         assert!(aa.contains("create_ak: true"), "{aa}");
         assert!(aa.contains(r#"initdata: Some("/run/i.toml")"#), "{aa}");
-        assert!(aa.contains(crate::services::DEFAULT_AA_SOCKET), "{aa}");
-        let cdh: CdhArgs = service("cdh", &[]).unwrap();
-        assert!(format!("{cdh:?}").contains(crate::services::DEFAULT_CDH_SOCKET));
+        for args in [&init[..], &[]] {
+            let cdh: CdhArgs = service("cdh", args).unwrap();
+            let mut argv = vec!["cdh"];
+            argv.extend_from_slice(args);
+            assert_eq!(format!("{:?}", GuestCommand::Cdh(cdh)), whole(&argv));
+        }
         let rest: RestArgs = service("api-server", &[]).unwrap();
-        assert!(format!("{rest:?}").contains("Resource"), "{rest:?}");
+        assert_eq!(
+            format!("{:?}", GuestCommand::ApiServer(rest)),
+            whole(&["api-server"])
+        );
         // Another service's flag is refused, with its name.
         let e = service::<CdhArgs>("cdh", &["--runtime-register", "9"])
             .unwrap_err()
