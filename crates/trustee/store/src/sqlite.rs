@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 const POOL_SIZE: usize = 4;
 
-/// Namespaces whose reads are kept (see the module's documentation).
-const KEPT: &[&str] = &[crate::ns::RESOURCES];
+/// The namespace whose reads are kept (see the module's documentation).
+const KEPT: &str = crate::ns::RESOURCES;
 /// How long a kept read is used before the file is asked again.
 pub const FRESH: Duration = Duration::from_millis(250);
 /// Kept reads at most, and their bytes at most; past either, reads are
@@ -35,10 +35,10 @@ pub struct SqliteStore {
     kept: Kept,
 }
 
-/// Recent reads of the [`KEPT`] namespaces.
+/// Recent reads of the [`KEPT`] namespace.
 #[derive(Default)]
 struct Kept {
-    /// Changes with every write to a kept namespace: a read that began
+    /// Changes with every write to the kept namespace: a read that began
     /// before one may have seen the old value and must not be kept.
     epoch: AtomicU64,
     inner: RwLock<KeptInner>,
@@ -49,8 +49,8 @@ type Read = (Instant, Option<Vec<u8>>);
 
 #[derive(Default)]
 struct KeptInner {
-    /// By namespace, then key.
-    values: HashMap<&'static str, HashMap<String, Read>>,
+    /// By key.
+    values: HashMap<String, Read>,
     entries: usize,
     bytes: usize,
     /// When expired entries were last dropped: at most once per [`FRESH`],
@@ -58,18 +58,14 @@ struct KeptInner {
     expired: Option<Instant>,
 }
 
-fn kept_ns(ns: &str) -> Option<&'static str> {
-    KEPT.iter().copied().find(|k| *k == ns)
-}
-
 fn kept_size(key: &str, value: &Option<Vec<u8>>) -> usize {
     key.len() + value.as_ref().map_or(0, Vec::len) + 64
 }
 
 impl Kept {
-    fn get(&self, ns: &'static str, key: &str) -> Option<Option<Vec<u8>>> {
+    fn get(&self, key: &str) -> Option<Option<Vec<u8>>> {
         let inner = self.inner.read();
-        let (at, value) = inner.values.get(ns)?.get(key)?;
+        let (at, value) = inner.values.get(key)?;
         (at.elapsed() < FRESH).then(|| value.clone())
     }
 
@@ -77,14 +73,7 @@ impl Kept {
     /// taken, unless a write came in between or the bounds are reached. Its
     /// age counts from `began`: a write by another process after the read
     /// began is seen within [`FRESH`] of it, however long the read took.
-    fn keep(
-        &self,
-        epoch: u64,
-        began: Instant,
-        ns: &'static str,
-        key: &str,
-        value: &Option<Vec<u8>>,
-    ) {
+    fn keep(&self, epoch: u64, began: Instant, key: &str, value: &Option<Vec<u8>>) {
         let size = kept_size(key, value);
         let mut guard = self.inner.write();
         // Checked under the lock writes take to invalidate.
@@ -98,8 +87,7 @@ impl Kept {
         if inner.entries >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
             return;
         }
-        let space = inner.values.entry(ns).or_default();
-        if let Some((_, old)) = space.insert(key.to_string(), (began, value.clone())) {
+        if let Some((_, old)) = inner.values.insert(key.to_string(), (began, value.clone())) {
             inner.entries -= 1;
             inner.bytes -= kept_size(key, &old);
         }
@@ -110,11 +98,13 @@ impl Kept {
     /// After a write to `ns`/`key` (committed or not): forget it, and
     /// keep no read that was under way.
     fn forget(&self, ns: &str, key: &str) {
-        let Some(ns) = kept_ns(ns) else { return };
+        if ns != KEPT {
+            return;
+        }
         let mut guard = self.inner.write();
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let inner = &mut *guard;
-        if let Some((_, old)) = inner.values.get_mut(ns).and_then(|s| s.remove(key)) {
+        if let Some((_, old)) = inner.values.remove(key) {
             inner.entries -= 1;
             inner.bytes -= kept_size(key, &old);
         }
@@ -125,16 +115,14 @@ impl KeptInner {
     fn expire(&mut self) {
         self.expired = Some(Instant::now());
         let (mut entries, mut bytes) = (0, 0);
-        for space in self.values.values_mut() {
-            space.retain(|k, (at, v)| {
-                let fresh = at.elapsed() < FRESH;
-                if fresh {
-                    entries += 1;
-                    bytes += kept_size(k, v);
-                }
-                fresh
-            });
-        }
+        self.values.retain(|k, (at, v)| {
+            let fresh = at.elapsed() < FRESH;
+            if fresh {
+                entries += 1;
+                bytes += kept_size(k, v);
+            }
+            fresh
+        });
         self.entries = entries;
         self.bytes = bytes;
     }
@@ -198,8 +186,8 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let kept = kept_ns(ns);
-        if let Some(hit) = kept.and_then(|ns| self.kept.get(ns, key)) {
+        let kept = ns == KEPT;
+        if let Some(hit) = kept.then(|| self.kept.get(key)).flatten() {
             return Ok(hit);
         }
         let epoch = self.kept.epoch.load(Ordering::SeqCst);
@@ -211,8 +199,8 @@ impl Store for SqliteStore {
                     .optional()?,
             )
         })?;
-        if let Some(ns) = kept {
-            self.kept.keep(epoch, began, ns, key, &value);
+        if kept {
+            self.kept.keep(epoch, began, key, &value);
         }
         Ok(value)
     }
