@@ -448,12 +448,45 @@ fn open_tap(netns: &Path, tap: &str) -> Result<OwnedFd, VmError> {
     .map_err(|e| VmError::Io(what, e))
 }
 
+/// Marks every descriptor from `first` up close-on-exec. Runs between
+/// fork and exec: system calls only. `close_range` does it in one call
+/// (Linux 5.11); older kernels get one `fcntl` per possible descriptor.
+fn close_rest_on_exec(first: i32) {
+    // SAFETY: close_range with the CLOEXEC flag only sets flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(1 << 20) as i32
+    } else {
+        1 << 16
+    };
+    for fd in first..max {
+        // SAFETY: F_SETFD on a descriptor that may not be open (EBADF).
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// Starts `cmd` from a thread that waits for it: the child gets SIGKILL
 /// when that thread (and so this process) dies. `fd` is passed to the
 /// child as `child_fd`.
 fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<Kept, VmError> {
     let parent = std::process::id() as libc::pid_t;
     let raw: Vec<(i32, i32)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    let first_free = raw.iter().map(|&(_, to)| to + 1).max().unwrap_or(3).max(3);
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -469,6 +502,10 @@ fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            // Nothing else this process inherited (containerd hands its
+            // shims descriptors that are not close-on-exec) reaches the
+            // child: the VM's processes face the guest.
+            close_rest_on_exec(first_free);
             Ok(())
         });
     }

@@ -390,3 +390,45 @@ fn user_network_reaches_only_the_forwarded_loopback_ports() {
             .contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:c0:c0:01,romfile=")
     );
 }
+
+/// What a started process holds besides its stdio: exactly the
+/// descriptors it was given, at their numbers, and none of the ones its
+/// starter had open without close-on-exec (as containerd's shims do).
+#[tokio::test]
+async fn started_processes_hold_only_the_descriptors_given_them() {
+    use std::os::fd::FromRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    // An inheritable pipe, as a shim gets from containerd.
+    let mut stray = [0; 2];
+    // SAFETY: pipe(2) fills the array it is given.
+    assert_eq!(unsafe { libc::pipe(stray.as_mut_ptr()) }, 0);
+    // SAFETY: both ends are ours from here on.
+    let stray = stray.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let (given, _other_end) = std::io::pipe().unwrap();
+    let listing = dir.path().join("fds");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ls /proc/self/fd > \"$1\"")
+        .arg("sh")
+        .arg(&listing)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let kept = spawn_kept(cmd, "lister", vec![(OwnedFd::from(given), TAP_FD)]).unwrap();
+    assert_eq!(wait_kept(&kept).await, VmExit::Exited(0));
+    let fds: Vec<i32> = std::fs::read_to_string(&listing)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(fds.contains(&TAP_FD), "{fds:?}");
+    for s in &stray {
+        assert!(
+            !fds.contains(&s.as_raw_fd()),
+            "{fds:?} has {}",
+            s.as_raw_fd()
+        );
+    }
+    // 0-2, the given one, and the one `ls` opened to list the directory.
+    assert!(fds.len() <= 5, "{fds:?}");
+}
