@@ -102,8 +102,8 @@ fn parse_routes(json: &str) -> Result<Vec<(String, String)>, PodError> {
         .collect())
 }
 
-/// Reads the namespace's interface and puts a tap device beside it with
-/// traffic mirrored both ways. Idempotent for the tap and filters.
+/// Reads the namespace's interface and puts a tap device beside it: what
+/// the VM needs to start. [`mirror`] then connects the two. Idempotent.
 pub fn attach(netns: &Path) -> Result<PodNetwork, PodError> {
     let (mac, mtu, address) = parse_link(&in_ns(
         netns,
@@ -115,16 +115,32 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, PodError> {
         "ip",
         &["-j", "-4", "route", "show", "dev", POD_IFACE],
     )?)?;
-    let mtu_s = mtu.to_string();
     if in_ns(netns, "ip", &["link", "show", "dev", TAP]).is_err() {
         in_ns(netns, "ip", &["tuntap", "add", "dev", TAP, "mode", "tap"])?;
     }
+    Ok(PodNetwork {
+        netns: netns.to_path_buf(),
+        tap: TAP.into(),
+        mac,
+        mtu,
+        address,
+        routes,
+    })
+}
+
+/// Brings the tap device of `net` up at the interface's MTU and mirrors
+/// every frame between the two, both ways. It may run while the VM boots:
+/// the guest's NIC comes up only once its agent is told the pod's
+/// addresses. Idempotent for the filters.
+pub fn mirror(net: &PodNetwork) -> Result<(), PodError> {
+    let netns = net.netns.as_path();
+    let mtu_s = net.mtu.to_string();
     in_ns(
         netns,
         "ip",
-        &["link", "set", "dev", TAP, "mtu", &mtu_s, "up"],
+        &["link", "set", "dev", &net.tap, "mtu", &mtu_s, "up"],
     )?;
-    for (from, to) in [(POD_IFACE, TAP), (TAP, POD_IFACE)] {
+    for (from, to) in [(POD_IFACE, net.tap.as_str()), (net.tap.as_str(), POD_IFACE)] {
         // A fresh ingress qdisc drops any earlier filter.
         let _ = in_ns(netns, "tc", &["qdisc", "del", "dev", from, "ingress"]);
         in_ns(netns, "tc", &["qdisc", "add", "dev", from, "ingress"])?;
@@ -137,14 +153,7 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, PodError> {
             ],
         )?;
     }
-    Ok(PodNetwork {
-        netns: netns.to_path_buf(),
-        tap: TAP.into(),
-        mac,
-        mtu,
-        address,
-        routes,
-    })
+    Ok(())
 }
 
 impl PodNetwork {

@@ -398,9 +398,20 @@ impl Inner {
             let _ = std::fs::remove_file(&console);
             failed(format!("{what}; the guest console ended with:\n{tail}"))
         };
+        // The tap's link and its mirroring are set up while the VM boots.
+        let mirrored = pod_net
+            .clone()
+            .map(|n| tokio::task::spawn_blocking(move || cocoon_pod::network::mirror(&n)));
         let vm = PodVm::start(&qemu, spec, Duration::from_secs(cfg.boot_timeout_secs))
             .await
             .map_err(|e| boot_failed(format!("the pod VM did not start: {e}")))?;
+        if let Some(m) = mirrored {
+            let done = m.await.map_err(internal).and_then(|r| r.map_err(failed));
+            if let Err(e) = done {
+                let _ = vm.stop().await;
+                return Err(e);
+            }
+        }
         tracing::info!(
             sandbox = sandbox_id,
             boot_ms = vm.boot_time.as_millis() as u64,
