@@ -450,8 +450,8 @@ fn open_tap(netns: &Path, tap: &str) -> Result<OwnedFd, VmError> {
 
 /// Marks every descriptor from `first` up close-on-exec. Runs between
 /// fork and exec: system calls only. `close_range` does it in one call
-/// (Linux 5.11); older kernels get one `fcntl` per possible descriptor.
-fn close_rest_on_exec(first: i32) {
+/// (Linux 5.11); older kernels get [`cloexec_listed`].
+fn cloexec_from(first: i32) -> std::io::Result<()> {
     // SAFETY: close_range with the CLOEXEC flag only sets flags.
     let r = unsafe {
         libc::syscall(
@@ -462,22 +462,91 @@ fn close_rest_on_exec(first: i32) {
         )
     };
     if r == 0 {
-        return;
+        return Ok(());
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    cloexec_listed(first)
+}
+
+/// [`cloexec_from`] by the open descriptors `/proc/self/fd` lists, read
+/// with `getdents64` into a buffer on the stack: no allocation, so it may
+/// run between fork and exec.
+fn cloexec_listed(first: i32) -> std::io::Result<()> {
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
     };
-    // SAFETY: getrlimit fills the struct it is given.
-    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur.min(1 << 20) as i32
-    } else {
-        1 << 16
-    };
-    for fd in first..max {
-        // SAFETY: F_SETFD on a descriptor that may not be open (EBADF).
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if dir < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    let mut buf = [0u8; 4096];
+    let r = loop {
+        // SAFETY: getdents64 writes at most buf.len() bytes into buf.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+        if n < 0 {
+            break Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            break Ok(());
+        }
+        // Each record: inode (8), offset (8), record length (2), type
+        // (1), then the NUL-terminated name.
+        let mut at = 0usize;
+        while at + 19 < n as usize {
+            let len = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if len == 0 {
+                break;
+            }
+            let mut fd: i32 = 0;
+            let mut digits = 0;
+            for &b in buf[at + 19..(at + len).min(n as usize)].iter() {
+                if !b.is_ascii_digit() {
+                    break;
+                }
+                fd = fd.saturating_mul(10).saturating_add(i32::from(b - b'0'));
+                digits += 1;
+            }
+            if digits > 0 && fd >= first && fd != dir {
+                // SAFETY: F_SETFD on a descriptor this process has open.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+            at += len;
+        }
+    };
+    // SAFETY: the directory descriptor opened above.
+    unsafe { libc::close(dir) };
+    r
+}
+
+/// Puts each `(from, to)` descriptor at `to` for the exec that follows,
+/// and marks every other descriptor from 3 up close-on-exec: the child
+/// holds its stdio and exactly the descriptors given, whatever its
+/// starter inherited (containerd hands its shims descriptors that are not
+/// close-on-exec). `scratch` has one slot per pair. Runs between fork and
+/// exec: system calls only.
+fn place_descriptors(fds: &[(i32, i32)], scratch: &mut [i32]) -> std::io::Result<()> {
+    let above = fds.iter().map(|&(_, to)| to + 1).max().unwrap_or(3).max(3);
+    // Every source first moves above every target, so no dup2 below
+    // overwrites a source still to be placed.
+    for (&(from, _), slot) in fds.iter().zip(scratch.iter_mut()) {
+        // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we hold.
+        let d = unsafe { libc::fcntl(from, libc::F_DUPFD_CLOEXEC, above) };
+        if d < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        *slot = d;
+    }
+    cloexec_from(3)?;
+    for (&(_, to), &d) in fds.iter().zip(scratch.iter()) {
+        // dup2 leaves the new descriptor without close-on-exec.
+        // SAFETY: both are descriptors of this process.
+        if unsafe { libc::dup2(d, to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Starts `cmd` from a thread that waits for it: the child gets SIGKILL
@@ -486,7 +555,8 @@ fn close_rest_on_exec(first: i32) {
 fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<Kept, VmError> {
     let parent = std::process::id() as libc::pid_t;
     let raw: Vec<(i32, i32)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
-    let first_free = raw.iter().map(|&(_, to)| to + 1).max().unwrap_or(3).max(3);
+    // Allocated here: nothing may allocate between fork and exec.
+    let mut scratch = vec![-1; raw.len()];
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -497,16 +567,9 @@ fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            for &(from, to) in &raw {
-                if libc::dup2(from, to) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // Nothing else this process inherited (containerd hands its
-            // shims descriptors that are not close-on-exec) reaches the
-            // child: the VM's processes face the guest.
-            close_rest_on_exec(first_free);
-            Ok(())
+            // Nothing else this process holds reaches the child: the VM's
+            // processes face the guest.
+            place_descriptors(&raw, &mut scratch)
         });
     }
     let (tx_pid, rx_pid) = std::sync::mpsc::channel();

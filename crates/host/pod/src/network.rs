@@ -134,12 +134,8 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, PodError> {
 /// addresses. Idempotent for the filters.
 pub fn mirror(net: &PodNetwork) -> Result<(), PodError> {
     let netns = net.netns.as_path();
-    let mtu_s = net.mtu.to_string();
-    in_ns(
-        netns,
-        "ip",
-        &["link", "set", "dev", &net.tap, "mtu", &mtu_s, "up"],
-    )?;
+    // The redirects first: once the tap is up, every frame from the VM
+    // goes to the pod's interface, never into the namespace's own stack.
     for (from, to) in [(POD_IFACE, net.tap.as_str()), (net.tap.as_str(), POD_IFACE)] {
         // A fresh ingress qdisc drops any earlier filter.
         let _ = in_ns(netns, "tc", &["qdisc", "del", "dev", from, "ingress"]);
@@ -153,6 +149,12 @@ pub fn mirror(net: &PodNetwork) -> Result<(), PodError> {
             ],
         )?;
     }
+    let mtu_s = net.mtu.to_string();
+    in_ns(
+        netns,
+        "ip",
+        &["link", "set", "dev", &net.tap, "mtu", &mtu_s, "up"],
+    )?;
     Ok(())
 }
 

@@ -21,18 +21,24 @@ fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The MAC the pod's interface gets here.
+const MAC: &str = "02:c0:c0:00:00:05";
+
 /// A network namespace, removed on drop.
 struct Netns(String);
 
 impl Netns {
     fn new() -> Self {
         let name = format!("cocoon-test-net-{}", std::process::id());
+        // Left by a killed run whose pid this one reuses.
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
         run(&["ip", "netns", "add", &name]);
         let ns = Self(name);
         ns.exec(&[
             "ip", "link", "add", POD_IFACE, "type", "veth", "peer", "name", "peer0",
         ]);
         ns.exec(&["ip", "link", "set", "peer0", "up"]);
+        ns.exec(&["ip", "link", "set", POD_IFACE, "address", MAC]);
         ns.exec(&["ip", "link", "set", POD_IFACE, "mtu", "1400", "up"]);
         ns.exec(&["ip", "addr", "add", "10.99.0.5/24", "dev", POD_IFACE]);
         ns.exec(&["ip", "route", "add", "default", "via", "10.99.0.1"]);
@@ -65,15 +71,16 @@ fn the_tap_is_made_before_the_vm_and_mirrored_while_it_boots() {
     assert_eq!(net.mtu, 1400);
     assert_eq!(net.address, Some(("10.99.0.5".into(), 24)));
     assert_eq!(net.routes, vec![("default".into(), "10.99.0.1".into())]);
-    let eth0 = ns.exec(&["ip", "-j", "link", "show", "dev", POD_IFACE]);
-    assert!(eth0.contains(&net.mac), "{eth0}");
+    assert_eq!(net.mac, MAC);
     let tap = ns.exec(&["ip", "link", "show", "dev", TAP]);
-    assert!(!tap.contains("mtu 1400"), "{tap}");
     assert!(
-        ns.exec(&["tc", "filter", "show", "dev", POD_IFACE, "ingress"])
-            .trim()
-            .is_empty()
+        !tap.contains("mtu 1400") && tap.contains("state DOWN"),
+        "{tap}"
     );
+    for dev in [POD_IFACE, TAP] {
+        let f = ns.exec(&["tc", "filter", "show", "dev", dev, "ingress"]);
+        assert!(f.trim().is_empty(), "{dev}: {f}");
+    }
     // Then the tap comes up at eth0's MTU with frames redirected both ways.
     mirror(&net).unwrap();
     let tap = ns.exec(&["ip", "link", "show", "dev", TAP]);
@@ -88,10 +95,12 @@ fn the_tap_is_made_before_the_vm_and_mirrored_while_it_boots() {
     // Again: the same two filters, not four.
     attach(&ns.path()).unwrap();
     mirror(&net).unwrap();
-    let f = ns.exec(&["tc", "filter", "show", "dev", POD_IFACE, "ingress"]);
-    assert_eq!(f.matches("mirred").count(), 1, "{f}");
+    for dev in [POD_IFACE, TAP] {
+        let f = ns.exec(&["tc", "filter", "show", "dev", dev, "ingress"]);
+        assert_eq!(f.matches("mirred").count(), 1, "{dev}: {f}");
+    }
     // A tap gone by the time it is mirrored fails with iproute2's words.
     ns.exec(&["ip", "link", "del", TAP]);
     let e = mirror(&net).unwrap_err().to_string();
-    assert!(e.contains(TAP) && e.contains("ip link set"), "{e}");
+    assert!(e.contains(TAP) && e.contains("tc"), "{e}");
 }

@@ -402,15 +402,18 @@ impl Inner {
         let mirrored = pod_net
             .clone()
             .map(|n| tokio::task::spawn_blocking(move || cocoon_pod::network::mirror(&n)));
-        let vm = PodVm::start(&qemu, spec, Duration::from_secs(cfg.boot_timeout_secs))
-            .await
-            .map_err(|e| boot_failed(format!("the pod VM did not start: {e}")))?;
-        if let Some(m) = mirrored {
-            let done = m.await.map_err(internal).and_then(|r| r.map_err(failed));
-            if let Err(e) = done {
-                let _ = vm.stop().await;
-                return Err(e);
-            }
+        let started = PodVm::start(&qemu, spec, Duration::from_secs(cfg.boot_timeout_secs)).await;
+        // The mirroring is waited for on every path: nothing of it runs on
+        // after this call answers.
+        let mirror = match mirrored {
+            Some(m) => m.await.map_err(internal).and_then(|r| r.map_err(failed)),
+            None => Ok(()),
+        };
+        let vm = started.map_err(|e| boot_failed(format!("the pod VM did not start: {e}")))?;
+        if let Err(e) = mirror {
+            let _ = vm.stop().await;
+            let _ = std::fs::remove_file(&console);
+            return Err(e);
         }
         tracing::info!(
             sandbox = sandbox_id,

@@ -391,20 +391,49 @@ fn user_network_reaches_only_the_forwarded_loopback_ports() {
     );
 }
 
+/// The descriptors `ls /proc/self/fd` shows in a child started by `cmd`.
+fn fds_of(mut cmd: Command, listing: &Path) -> Vec<i32> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(listing).unwrap()))
+        .stderr(Stdio::null());
+    assert!(cmd.status().unwrap().success());
+    std::fs::read_to_string(listing)
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+/// An inheritable (not close-on-exec) copy of `fd` at `at` or above, as
+/// a shim gets descriptors from containerd.
+fn inheritable(fd: &impl AsRawFd, at: i32) -> OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_DUPFD duplicates a descriptor we hold; the copy is ours.
+    let d = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD, at) };
+    assert!(d >= at);
+    // SAFETY: a fresh descriptor.
+    unsafe { OwnedFd::from_raw_fd(d) }
+}
+
 /// What a started process holds besides its stdio: exactly the
 /// descriptors it was given, at their numbers, and none of the ones its
-/// starter had open without close-on-exec (as containerd's shims do).
+/// starter had open without close-on-exec, below or above those numbers.
 #[tokio::test]
 async fn started_processes_hold_only_the_descriptors_given_them() {
-    use std::os::fd::FromRawFd;
     let dir = tempfile::tempdir().unwrap();
-    // An inheritable pipe, as a shim gets from containerd.
-    let mut stray = [0; 2];
-    // SAFETY: pipe(2) fills the array it is given.
-    assert_eq!(unsafe { libc::pipe(stray.as_mut_ptr()) }, 0);
-    // SAFETY: both ends are ours from here on.
-    let stray = stray.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-    let (given, _other_end) = std::io::pipe().unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    // Strays below and above the numbers given.
+    let low = inheritable(&r, 100);
+    let high = inheritable(&w, 300);
+    // One given descriptor already at its number (close-on-exec, as every
+    // descriptor Rust opens), one elsewhere.
+    let (a, _a_end) = std::io::pipe().unwrap();
+    let (b, _b_end) = std::io::pipe().unwrap();
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor we hold.
+    let at = unsafe { libc::fcntl(a.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 200) };
+    assert!(at >= 200);
+    // SAFETY: a fresh descriptor.
+    let a = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(at) };
     let listing = dir.path().join("fds");
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -414,21 +443,48 @@ async fn started_processes_hold_only_the_descriptors_given_them() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let kept = spawn_kept(cmd, "lister", vec![(OwnedFd::from(given), TAP_FD)]).unwrap();
+    let kept = spawn_kept(cmd, "lister", vec![(a, at), (OwnedFd::from(b), 150)]).unwrap();
     assert_eq!(wait_kept(&kept).await, VmExit::Exited(0));
     let fds: Vec<i32> = std::fs::read_to_string(&listing)
         .unwrap()
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect();
-    assert!(fds.contains(&TAP_FD), "{fds:?}");
-    for s in &stray {
+    assert!(fds.contains(&at) && fds.contains(&150), "{fds:?}");
+    for s in [&low, &high] {
         assert!(
             !fds.contains(&s.as_raw_fd()),
             "{fds:?} has {}",
             s.as_raw_fd()
         );
     }
-    // 0-2, the given one, and the one `ls` opened to list the directory.
-    assert!(fds.len() <= 5, "{fds:?}");
+    // 0-2, the two given, and the one `ls` opened to list the directory.
+    assert!(fds.len() <= 6, "{fds:?}");
+}
+
+/// The fallback for kernels without `close_range`'s close-on-exec flag
+/// leaves nothing inheritable either.
+#[test]
+fn listed_descriptors_are_marked_close_on_exec() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, _w) = std::io::pipe().unwrap();
+    let stray = inheritable(&r, 100);
+    let listing = dir.path().join("fds");
+    let mut cmd = Command::new("ls");
+    cmd.arg("/proc/self/fd");
+    // SAFETY: only system calls between fork and exec.
+    unsafe { cmd.pre_exec(|| cloexec_listed(3)) };
+    let fds = fds_of(cmd, &listing);
+    assert!(!fds.contains(&stray.as_raw_fd()), "{fds:?}");
+    assert!(fds.len() <= 4, "{fds:?}");
+    // Without it, the stray is inherited: the check above can fail.
+    let fds = fds_of(
+        {
+            let mut c = Command::new("ls");
+            c.arg("/proc/self/fd");
+            c
+        },
+        &listing,
+    );
+    assert!(fds.contains(&stray.as_raw_fd()), "{fds:?}");
 }
