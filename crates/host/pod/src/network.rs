@@ -128,10 +128,10 @@ pub fn attach(netns: &Path) -> Result<PodNetwork, PodError> {
     })
 }
 
-/// Brings the tap device of `net` up at the interface's MTU and mirrors
-/// every frame between the two, both ways. It may run while the VM boots:
-/// the guest's NIC comes up only once its agent is told the pod's
-/// addresses. Idempotent for the filters.
+/// Mirrors every frame between the pod's interface and the tap device of
+/// `net`, both ways, then brings the tap up at the interface's MTU. It may
+/// run while the VM boots: the guest's NIC comes up only once its agent
+/// is told the pod's addresses. Idempotent for the filters.
 pub fn mirror(net: &PodNetwork) -> Result<(), PodError> {
     let netns = net.netns.as_path();
     // The redirects first: once the tap is up, every frame from the VM
