@@ -549,11 +549,38 @@ fn place_descriptors(fds: &[(i32, i32)], scratch: &mut [i32]) -> std::io::Result
     Ok(())
 }
 
+/// The absolute directories of a colon-separated search path, in order;
+/// none when it has none. Empty and relative entries name directories
+/// relative to wherever the process runs.
+fn absolute_search_path(v: &std::ffi::OsStr) -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let kept: Vec<&[u8]> = v
+        .as_bytes()
+        .split(|&b| b == b':')
+        .filter(|e| e.first() == Some(&b'/'))
+        .collect();
+    (!kept.is_empty()).then(|| std::ffi::OsString::from_vec(kept.join(&b':')))
+}
+
 /// Starts `cmd` from a thread that waits for it: the child gets SIGKILL
 /// when that thread (and so this process) dies. `fd` is passed to the
 /// child as `child_fd`.
 fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<Kept, VmError> {
     let parent = std::process::id() as libc::pid_t;
+    // containerd starts shims with `LD_LIBRARY_PATH=/opt/containerd/lib:`,
+    // whose empty entry is the current directory: QEMU and swtpm run as
+    // root and look for libraries only where the path names a directory.
+    let libs = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "LD_LIBRARY_PATH")
+        .map(|(_, v)| v.map(std::ffi::OsStr::to_os_string))
+        .unwrap_or_else(|| std::env::var_os("LD_LIBRARY_PATH"));
+    if let Some(v) = libs {
+        match absolute_search_path(&v) {
+            Some(clean) => cmd.env("LD_LIBRARY_PATH", clean),
+            None => cmd.env_remove("LD_LIBRARY_PATH"),
+        };
+    }
     let raw: Vec<(i32, i32)> = fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
     // Allocated here: nothing may allocate between fork and exec.
     let mut scratch = vec![-1; raw.len()];

@@ -488,3 +488,46 @@ fn listed_descriptors_are_marked_close_on_exec() {
     );
     assert!(fds.contains(&stray.as_raw_fd()), "{fds:?}");
 }
+
+#[test]
+fn library_search_paths_keep_only_absolute_directories() {
+    use std::ffi::OsStr;
+    let p = |v: &str| absolute_search_path(OsStr::new(v)).map(|s| s.into_string().unwrap());
+    // containerd's, with its trailing empty entry (the current directory).
+    assert_eq!(
+        p("/opt/containerd/lib:"),
+        Some("/opt/containerd/lib".into())
+    );
+    assert_eq!(p(":/a::lib:./b:/c/d"), Some("/a:/c/d".into()));
+    assert_eq!(p(""), None);
+    assert_eq!(p(":lib:."), None);
+}
+
+/// QEMU and swtpm get the library path without its relative entries, or
+/// none when nothing absolute is left.
+#[tokio::test]
+async fn started_processes_search_libraries_in_absolute_directories_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for (given, seen) in [
+        ("/opt/containerd/lib:", "/opt/containerd/lib"),
+        (":.", "unset"),
+    ] {
+        let out = dir.path().join("env");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo \"${LD_LIBRARY_PATH-unset}\" > \"$1\"")
+            .arg("sh")
+            .arg(&out)
+            .env("LD_LIBRARY_PATH", given)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let kept = spawn_kept(cmd, "env", vec![]).unwrap();
+        assert_eq!(wait_kept(&kept).await, VmExit::Exited(0));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap().trim(),
+            seen,
+            "{given}"
+        );
+    }
+}
