@@ -404,6 +404,19 @@ fn fds_of(mut cmd: Command, listing: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// `sh` running `script` with its output into `out`, and no stdio.
+fn sh_writing(script: &str, out: &Path) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("{script} > \"$1\""))
+        .arg("sh")
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 /// An inheritable (not close-on-exec) copy of `fd` at `at` or above, as
 /// a shim gets descriptors from containerd.
 fn inheritable(fd: &impl AsRawFd, at: i32) -> OwnedFd {
@@ -435,14 +448,7 @@ async fn started_processes_hold_only_the_descriptors_given_them() {
     // SAFETY: a fresh descriptor.
     let a = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(at) };
     let listing = dir.path().join("fds");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("ls /proc/self/fd > \"$1\"")
-        .arg("sh")
-        .arg(&listing)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let cmd = sh_writing("ls /proc/self/fd", &listing);
     let kept = spawn_kept(cmd, "lister", vec![(a, at), (OwnedFd::from(b), 150)]).unwrap();
     assert_eq!(wait_kept(&kept).await, VmExit::Exited(0));
     let fds: Vec<i32> = std::fs::read_to_string(&listing)
@@ -513,15 +519,8 @@ async fn started_processes_search_libraries_in_absolute_directories_only() {
         (":.", "unset"),
     ] {
         let out = dir.path().join("env");
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg("echo \"${LD_LIBRARY_PATH-unset}\" > \"$1\"")
-            .arg("sh")
-            .arg(&out)
-            .env("LD_LIBRARY_PATH", given)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut cmd = sh_writing("echo \"${LD_LIBRARY_PATH-unset}\"", &out);
+        cmd.env("LD_LIBRARY_PATH", given);
         let kept = spawn_kept(cmd, "env", vec![]).unwrap();
         assert_eq!(wait_kept(&kept).await, VmExit::Exited(0));
         assert_eq!(
