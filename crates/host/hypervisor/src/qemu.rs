@@ -549,14 +549,15 @@ fn place_descriptors(fds: &[(i32, i32)], scratch: &mut [i32]) -> std::io::Result
     Ok(())
 }
 
-/// The absolute directories of a colon-separated search path, in order;
-/// none when it has none. Empty and relative entries name directories
-/// relative to wherever the process runs.
+/// The absolute directories of a search path as glibc's loader splits it
+/// (at `:` and `;`), in order, joined by `:`; none when it has none.
+/// Empty and relative entries name directories relative to wherever the
+/// process runs.
 fn absolute_search_path(v: &std::ffi::OsStr) -> Option<std::ffi::OsString> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let kept: Vec<&[u8]> = v
         .as_bytes()
-        .split(|&b| b == b':')
+        .split(|&b| b == b':' || b == b';')
         .filter(|e| e.first() == Some(&b'/'))
         .collect();
     (!kept.is_empty()).then(|| std::ffi::OsString::from_vec(kept.join(&b':')))
@@ -570,6 +571,7 @@ fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<
     // containerd starts shims with `LD_LIBRARY_PATH=/opt/containerd/lib:`,
     // whose empty entry is the current directory: QEMU and swtpm run as
     // root and look for libraries only where the path names a directory.
+    // (No caller clears the environment, which `get_envs` would not show.)
     let libs = cmd
         .get_envs()
         .find(|(k, _)| *k == "LD_LIBRARY_PATH")

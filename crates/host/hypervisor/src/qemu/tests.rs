@@ -505,6 +505,8 @@ fn library_search_paths_keep_only_absolute_directories() {
         Some("/opt/containerd/lib".into())
     );
     assert_eq!(p(":/a::lib:./b:/c/d"), Some("/a:/c/d".into()));
+    // glibc splits at `;` too.
+    assert_eq!(p("/a;lib:/b;"), Some("/a:/b".into()));
     assert_eq!(p(""), None);
     assert_eq!(p(":lib:."), None);
 }
