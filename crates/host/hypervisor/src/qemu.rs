@@ -564,8 +564,8 @@ fn absolute_search_path(v: &std::ffi::OsStr) -> Option<std::ffi::OsString> {
 }
 
 /// Starts `cmd` from a thread that waits for it: the child gets SIGKILL
-/// when that thread (and so this process) dies. `fd` is passed to the
-/// child as `child_fd`.
+/// when that thread (and so this process) dies. Each of `fds` is passed
+/// to the child at its number ([`place_descriptors`]).
 fn spawn_kept(mut cmd: Command, name: &str, fds: Vec<(OwnedFd, i32)>) -> Result<Kept, VmError> {
     let parent = std::process::id() as libc::pid_t;
     // containerd starts shims with `LD_LIBRARY_PATH=/opt/containerd/lib:`,

@@ -51,7 +51,7 @@ type Read = (Instant, Option<Vec<u8>>);
 struct KeptInner {
     /// By key.
     values: HashMap<String, Read>,
-    entries: usize,
+    /// What the kept values weigh ([`kept_size`]).
     bytes: usize,
     /// When expired entries were last dropped: at most once per [`FRESH`],
     /// so reads of many distinct keys cannot make every miss scan the map.
@@ -84,14 +84,12 @@ impl Kept {
         if inner.expired.is_none_or(|t| t.elapsed() >= FRESH) {
             inner.expire();
         }
-        if inner.entries >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
+        if inner.values.len() >= KEPT_ENTRIES || inner.bytes + size > KEPT_BYTES {
             return;
         }
         if let Some((_, old)) = inner.values.insert(key.to_string(), (began, value.clone())) {
-            inner.entries -= 1;
             inner.bytes -= kept_size(key, &old);
         }
-        inner.entries += 1;
         inner.bytes += size;
     }
 
@@ -105,7 +103,6 @@ impl Kept {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         let inner = &mut *guard;
         if let Some((_, old)) = inner.values.remove(key) {
-            inner.entries -= 1;
             inner.bytes -= kept_size(key, &old);
         }
     }
@@ -114,16 +111,14 @@ impl Kept {
 impl KeptInner {
     fn expire(&mut self) {
         self.expired = Some(Instant::now());
-        let (mut entries, mut bytes) = (0, 0);
+        let mut bytes = 0;
         self.values.retain(|k, (at, v)| {
             let fresh = at.elapsed() < FRESH;
             if fresh {
-                entries += 1;
                 bytes += kept_size(k, v);
             }
             fresh
         });
-        self.entries = entries;
         self.bytes = bytes;
     }
 }

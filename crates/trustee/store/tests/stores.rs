@@ -121,12 +121,19 @@ fn audit_under_contention(a: Arc<dyn Store>, b: Arc<dyn Store>) {
     assert_eq!(a.audit_last().unwrap(), Some(want + 2));
 }
 
-#[test]
-fn sqlite_conformance_and_audit() {
+/// Two handles on one new SQLite file, as two replicas open it (the
+/// directory goes with the first value).
+fn two_sqlite_handles() -> (tempfile::TempDir, SqliteStore, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
     let a = SqliteStore::open(&path).unwrap();
     let b = SqliteStore::open(&path).unwrap();
+    (dir, a, b)
+}
+
+#[test]
+fn sqlite_conformance_and_audit() {
+    let (_dir, a, b) = two_sqlite_handles();
     conformance(&a, &b);
     audit_under_contention(Arc::new(a), Arc::new(b));
 }
@@ -140,10 +147,7 @@ fn sqlite_keeps_resource_reads_briefly() {
     use cocoon_store::SQLITE_FRESH as FRESH;
     use cocoon_store::ns::RESOURCES;
     use cocoon_types::inline::without_blocking;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
-    let a = SqliteStore::open(&path).unwrap();
-    let b = SqliteStore::open(&path).unwrap();
+    let (_dir, a, b) = two_sqlite_handles();
     let from_memory =
         |s: &SqliteStore, key: &str| without_blocking(|| s.get(RESOURCES, key)).map(|r| r.unwrap());
     // Reads `key`, then finds the same value kept in memory (tried again

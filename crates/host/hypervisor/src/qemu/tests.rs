@@ -391,17 +391,29 @@ fn user_network_reaches_only_the_forwarded_loopback_ports() {
     );
 }
 
-/// The descriptors `ls /proc/self/fd` shows in a child started by `cmd`.
-fn fds_of(mut cmd: Command, listing: &Path) -> Vec<i32> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(std::fs::File::create(listing).unwrap()))
-        .stderr(Stdio::null());
-    assert!(cmd.status().unwrap().success());
+/// The descriptor numbers `ls /proc/self/fd` wrote to `listing`.
+fn listed(listing: &Path) -> Vec<i32> {
     std::fs::read_to_string(listing)
         .unwrap()
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect()
+}
+
+/// `ls /proc/self/fd`, with `before_exec` run between fork and exec
+/// when given, and the descriptors it showed.
+fn fds_of(before_exec: Option<fn() -> std::io::Result<()>>, listing: &Path) -> Vec<i32> {
+    let mut cmd = Command::new("ls");
+    cmd.arg("/proc/self/fd")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(std::fs::File::create(listing).unwrap()))
+        .stderr(Stdio::null());
+    if let Some(f) = before_exec {
+        // SAFETY: the callers' functions make system calls only.
+        unsafe { cmd.pre_exec(f) };
+    }
+    assert!(cmd.status().unwrap().success());
+    listed(listing)
 }
 
 /// `sh` running `script` with its output into `out`, and no stdio.
@@ -451,11 +463,7 @@ async fn started_processes_hold_only_the_descriptors_given_them() {
     let cmd = sh_writing("ls /proc/self/fd", &listing);
     let kept = spawn_kept(cmd, "lister", vec![(a, at), (OwnedFd::from(b), 150)]).unwrap();
     assert_eq!(wait_kept(&kept).await, VmExit::Exited(0));
-    let fds: Vec<i32> = std::fs::read_to_string(&listing)
-        .unwrap()
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let fds = listed(&listing);
     assert!(fds.contains(&at) && fds.contains(&150), "{fds:?}");
     for s in [&low, &high] {
         assert!(
@@ -476,22 +484,11 @@ fn listed_descriptors_are_marked_close_on_exec() {
     let (r, _w) = std::io::pipe().unwrap();
     let stray = inheritable(&r, 100);
     let listing = dir.path().join("fds");
-    let mut cmd = Command::new("ls");
-    cmd.arg("/proc/self/fd");
-    // SAFETY: only system calls between fork and exec.
-    unsafe { cmd.pre_exec(|| cloexec_listed(3)) };
-    let fds = fds_of(cmd, &listing);
+    let fds = fds_of(Some(|| cloexec_listed(3)), &listing);
     assert!(!fds.contains(&stray.as_raw_fd()), "{fds:?}");
     assert!(fds.len() <= 4, "{fds:?}");
     // Without it, the stray is inherited: the check above can fail.
-    let fds = fds_of(
-        {
-            let mut c = Command::new("ls");
-            c.arg("/proc/self/fd");
-            c
-        },
-        &listing,
-    );
+    let fds = fds_of(None, &listing);
     assert!(fds.contains(&stray.as_raw_fd()), "{fds:?}");
 }
 
