@@ -142,6 +142,11 @@ pub struct DataHub {
     /// None when no KBS is configured: plain images still pull.
     kbs: Option<KbsClient>,
     cfg: CdhConfig,
+    /// The connections to registries, made at the first pull and shared
+    /// by every later one: the agent's resolve and the pull that follows
+    /// it, and each container's pull, reuse one connection (in a pod VM a
+    /// new one is a relay process started on the host).
+    registries: std::sync::OnceLock<cocoon_image::registry::HttpClient>,
 }
 
 impl DataHub {
@@ -161,6 +166,7 @@ impl DataHub {
         Ok(Self {
             kbs: Some(kbs),
             cfg,
+            registries: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,7 +175,11 @@ impl DataHub {
     pub fn without_kbs(image: ImageSettings) -> Self {
         let mut cfg = CdhConfig::new("");
         cfg.image = image;
-        Self { kbs: None, cfg }
+        Self {
+            kbs: None,
+            cfg,
+            registries: std::sync::OnceLock::new(),
+        }
     }
 
     /// The resource at `uri` (`kbs:///repo/type/tag`), decrypted.
@@ -364,6 +374,15 @@ impl DataHub {
             .collect();
         cfg.max_concurrent_downloads = settings.max_concurrent_layer_downloads_per_image;
         cfg.decrypt.fetcher = Some(fetcher);
-        Ok(cocoon_image::pull::ImagePuller::new(cfg)?)
+        let http = match self.registries.get() {
+            Some(http) => http.clone(),
+            None => {
+                let http = cocoon_image::registry::http_client(&cfg.registry.extra_ca_pem)
+                    .map_err(AgentError::Config)?;
+                // Two first pulls at once: one client wins, both work.
+                self.registries.get_or_init(|| http).clone()
+            }
+        };
+        Ok(cocoon_image::pull::ImagePuller::with_http(cfg, http))
     }
 }

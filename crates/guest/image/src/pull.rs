@@ -249,6 +249,13 @@ impl ImagePuller {
         Ok(Self { client, cfg })
     }
 
+    /// A puller with this configuration over `http`'s connections (see
+    /// [`RegistryClient::with_http`]).
+    pub fn with_http(cfg: PullConfig, http: crate::registry::HttpClient) -> Self {
+        let client = RegistryClient::with_http(http, cfg.registry.clone());
+        Self { client, cfg }
+    }
+
     /// The registry client this puller uses.
     pub fn client(&self) -> &RegistryClient {
         &self.client

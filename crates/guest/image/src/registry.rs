@@ -215,25 +215,43 @@ fn tls_config(extra: &[Vec<u8>]) -> Result<rustls::ClientConfig, String> {
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
+/// What registry clients send through; see [`http_client`].
+pub type HttpClient = reqwest::Client;
+
+/// The HTTP client registry clients send through: the system roots and
+/// `extra_ca_pem`, no downgrade on redirect, timeouts, and a pool of
+/// connections kept open for reuse (idle ones close after 30 s).
+pub fn http_client(extra_ca_pem: &[Vec<u8>]) -> Result<HttpClient, String> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls_config(extra_ca_pem)?)
+        .redirect(reqwest::redirect::Policy::custom(no_downgrade))
+        .user_agent(concat!("cocoon-image/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        // A registry that stops sending fails the pull instead of hanging it.
+        .read_timeout(std::time::Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(16)
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
 impl RegistryClient {
-    /// A client for these registries.
+    /// A client for these registries, with its own connections.
     pub fn new(cfg: RegistryConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config(&cfg.extra_ca_pem)?)
-            .redirect(reqwest::redirect::Policy::custom(no_downgrade))
-            .user_agent(concat!("cocoon-image/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(std::time::Duration::from_secs(10))
-            // A registry that stops sending fails the pull instead of hanging it.
-            .read_timeout(std::time::Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(16)
-            .build()
-            .map_err(|e| e.to_string())?;
-        Ok(Self {
+        Ok(Self::with_http(http_client(&cfg.extra_ca_pem)?, cfg))
+    }
+
+    /// A client for these registries over `http`'s connections (made by
+    /// [`http_client`] with the same extra roots): clients made one after
+    /// another reuse the connections the earlier ones left open. Logins and
+    /// tokens stay each client's own.
+    pub fn with_http(http: HttpClient, cfg: RegistryConfig) -> Self {
+        Self {
             http,
             cfg: Arc::new(cfg),
             tokens: Arc::default(),
-        })
+        }
     }
 
     fn base(&self, r: &Reference) -> String {

@@ -2,6 +2,7 @@
 //! and where a login may go.
 
 use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[test]
 fn challenge_parsing() {
@@ -124,4 +125,142 @@ fn auth_json_forms() {
     assert_eq!(c["plain"].username, "u");
     assert!(!c.contains_key("empty"));
     assert!(parse_auth_json(br#"{"auths":{"x":{"auth":"!!"}}}"#).is_err());
+}
+
+/// Each request's first line and Authorization header, in order.
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+/// A loopback registry that keeps connections open (HTTP/1.1 keep-alive),
+/// counts them, and records each request's first line and Authorization.
+/// `/v2/r/app/manifests/v1` needs `Bearer t`; `/token` gives `t` to
+/// alice's login and `anon` to anyone else.
+fn keep_alive_registry() -> (std::net::SocketAddr, Arc<AtomicUsize>, Seen) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (count, log) = (conns.clone(), seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut head = String::new();
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                        head.push_str(&line);
+                        line.clear();
+                    }
+                    let Some(first) = head.lines().next().map(str::to_string) else {
+                        return;
+                    };
+                    let auth = authorization(&head);
+                    log.lock().unwrap().push((first.clone(), auth.clone()));
+                    let basic = format!("Basic {}", B64.encode("alice:s3cret"));
+                    let (status, extra, body) = if first.contains("/token") {
+                        let token = if auth.as_deref() == Some(basic.as_str()) {
+                            "t"
+                        } else {
+                            "anon"
+                        };
+                        ("200 OK", String::new(), format!(r#"{{"token":"{token}"}}"#))
+                    } else if auth.as_deref() == Some("Bearer t") {
+                        (
+                            "200 OK",
+                            String::new(),
+                            r#"{"schemaVersion":2}"#.to_string(),
+                        )
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            format!(
+                                "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"test\"\r\n"
+                            ),
+                            String::new(),
+                        )
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if (&stream).write_all(reply.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, seen)
+}
+
+/// Clients made one after another over one HTTP client reuse its open
+/// connection; clients made apart each open their own. Whatever they
+/// share, a client's token is its own: a client without the login that
+/// earned one never sends it.
+#[tokio::test]
+async fn clients_over_one_http_client_share_connections_not_tokens() {
+    let (addr, conns, seen) = keep_alive_registry();
+    let image = Reference::parse(&format!("{addr}/r/app:v1")).unwrap();
+    let cfg = |login: bool| RegistryConfig {
+        insecure: [addr.to_string()].into_iter().collect(),
+        credentials: login
+            .then(|| {
+                (
+                    addr.to_string(),
+                    Credential {
+                        username: "alice".into(),
+                        password: Zeroizing::new("s3cret".into()),
+                    },
+                )
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let conns_now = || conns.load(Ordering::SeqCst);
+
+    // Apart: each client its own connection.
+    for _ in 0..2 {
+        RegistryClient::new(cfg(true))
+            .unwrap()
+            .manifest(&image)
+            .await
+            .unwrap();
+    }
+    assert_eq!(conns_now(), 2, "two clients apart, two connections");
+
+    // Over one HTTP client: the second reuses the first's connection.
+    let http = http_client(&[]).unwrap();
+    let alice = RegistryClient::with_http(http.clone(), cfg(true));
+    let fetched = alice.manifest(&image).await.unwrap();
+    assert_eq!(fetched.bytes, br#"{"schemaVersion":2}"#);
+    RegistryClient::with_http(http.clone(), cfg(true))
+        .manifest(&image)
+        .await
+        .unwrap();
+    assert_eq!(conns_now(), 3, "the shared client kept one connection");
+
+    // Without the login, over the same connection: alice's token is not
+    // sent, the anonymous one is refused.
+    seen.lock().unwrap().clear();
+    let err = RegistryClient::with_http(http, cfg(false))
+        .manifest(&image)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { .. }), "{err}");
+    let sent: Vec<Option<String>> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert_eq!(
+        sent,
+        vec![None, None, Some("Bearer anon".to_string())],
+        "manifest bare, token bare, manifest with the anonymous token"
+    );
+    assert_eq!(conns_now(), 3, "still the one connection");
 }
