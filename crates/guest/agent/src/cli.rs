@@ -380,14 +380,30 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Logs to stderr, filtered by `COCOON_LOG` (default `info`).
+/// Logs to stderr, filtered by `COCOON_LOG` (default `info`; see
+/// [`log_filter`]).
 pub fn init_logging() {
+    init_stderr_logging(std::env::var("COCOON_LOG").ok().as_deref(), true);
+}
+
+/// The guest's log filter: a default level and `target=level` pairs
+/// (`info,cocoon_guest::pod::sandbox=debug`); `info` when `spec` is absent
+/// or does not parse.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
+    spec.and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+    })
+}
+
+/// Logs to stderr through [`log_filter`]`(spec)`, coloured with `ansi`.
+pub fn init_stderr_logging(spec: Option<&str>, ansi: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
+        .finish()
+        .with(log_filter(spec))
         .init();
 }
 
@@ -453,5 +469,28 @@ mod tests {
             "[kbc]\nname = \"cc_kbc\"\nurl = \"http://10.0.2.2:8080\"\ninsecure_http = true\n";
         let cfg: CdhToml = read_toml(Some(dev), "CDH config").unwrap();
         assert!(cfg.kbc.unwrap().insecure_http);
+    }
+
+    /// `cocoon.log=` and `COCOON_LOG` take a level and `target=level`
+    /// pairs; anything else, or nothing, is `info`.
+    #[test]
+    fn log_filters() {
+        use tracing::Level;
+        let f = log_filter(Some("warn,cocoon_guest::pod::sandbox=debug,h2=error"));
+        assert!(f.would_enable("cocoon_guest::pod::sandbox", &Level::DEBUG));
+        assert!(!f.would_enable("cocoon_guest::pod::sandbox", &Level::TRACE));
+        assert!(!f.would_enable("cocoon_guest::pod", &Level::INFO));
+        assert!(f.would_enable("cocoon_guest::pod", &Level::WARN));
+        assert!(!f.would_enable("h2", &Level::WARN));
+        for info in [
+            None,
+            Some("info"),
+            Some("no=such=level"),
+            Some("cocoon=loud"),
+        ] {
+            let f = log_filter(info);
+            assert!(f.would_enable("any", &Level::INFO), "{info:?}");
+            assert!(!f.would_enable("any", &Level::DEBUG), "{info:?}");
+        }
     }
 }

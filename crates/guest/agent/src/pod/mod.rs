@@ -106,14 +106,7 @@ fn init_console_logging() {
                 .find_map(|a| a.strip_prefix("cocoon.log=").map(str::to_string))
         })
         .unwrap_or_else(|| "info".into());
-    tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::cli::init_stderr_logging(Some(&level), false);
 }
 
 fn setup() -> anyhow::Result<()> {
