@@ -2,7 +2,7 @@
 //! to run a Linux guest (nested virtualization without what the kernel
 //! needs: the kernel then stalls in early boot), so the probe boots the
 //! guest kernel itself under KVM with an init that powers off at once, and
-//! remembers the answer per kernel and host boot.
+//! remembers the answer per kernel file and host boot.
 
 use crate::Accel;
 use sha2::{Digest, Sha256};
@@ -61,11 +61,23 @@ pub fn accel_for(qemu: &Path, kernel: &Path, cache: Option<&Path>) -> Accel {
     accel
 }
 
+/// The cache key of `kernel`'s probe: the file as it is (device, inode,
+/// size, modification and change times) and the host boot. Its metadata,
+/// not its content: reading and hashing a 14 MB kernel took 15-20 ms of
+/// every pod's start. Replacing or rewriting the file changes its change
+/// time (or inode), so a new kernel is probed anew.
 fn probe_key(kernel: &Path) -> Option<String> {
-    let k = std::fs::read(kernel).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(kernel).ok()?;
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let mut h = Sha256::new();
-    h.update(&k);
+    for v in [m.dev(), m.ino(), m.size()] {
+        h.update(v.to_le_bytes());
+    }
+    for (s, ns) in [(m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec())] {
+        h.update(s.to_le_bytes());
+        h.update(ns.to_le_bytes());
+    }
     h.update(boot.trim().as_bytes());
     Some(hex::encode(&h.finalize()[..8]))
 }
@@ -127,4 +139,36 @@ fn tempdir() -> std::io::Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!("cocoon-kvm-probe-{}", std::process::id()));
     std::fs::create_dir_all(&d)?;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The key follows the kernel file: the same file keeps it; one
+    /// replaced (a new inode) or grown gets another; none without a file.
+    #[test]
+    fn probe_keys_follow_the_kernel_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, b"kernel one").unwrap();
+        let first = probe_key(&kernel).expect("a key for an existing file");
+        assert_eq!(probe_key(&kernel).as_deref(), Some(first.as_str()));
+        let staged = dir.path().join("vmlinuz.new");
+        std::fs::write(&staged, b"kernel two").unwrap();
+        std::fs::rename(&staged, &kernel).unwrap();
+        let replaced = probe_key(&kernel).unwrap();
+        assert_ne!(replaced, first, "a replaced kernel is probed anew");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&kernel)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"!"))
+            .unwrap();
+        assert_ne!(
+            probe_key(&kernel).unwrap(),
+            replaced,
+            "a rewritten kernel too"
+        );
+        assert_eq!(probe_key(&dir.path().join("missing")), None);
+    }
 }
