@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
-    cocoon_guest::cli::init_logging();
+    init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -157,4 +157,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `COCOON_LOG` in tracing's `EnvFilter`
+/// syntax (default `info`). The guest binary has a smaller filter of its
+/// own (`cocoon_guest::cli::log_filter`).
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COCOON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
 }

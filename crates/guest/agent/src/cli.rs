@@ -304,7 +304,7 @@ async fn run_cdh(a: CdhArgs) -> Result<()> {
                 "no KBS configured (--kbs-url, -c cdh.toml or initdata cdh.toml [kbc] url): \
                  only images that need no key or KBS-held policy can be pulled"
             );
-            Arc::new(DataHub::without_kbs(image))
+            Arc::new(DataHub::without_kbs(image)?)
         }
         Some(url) => {
             let mut cfg = CdhConfig::new(url);
@@ -381,30 +381,66 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
 }
 
 /// Logs to stderr, filtered by `COCOON_LOG` (default `info`; see
-/// [`log_filter`]).
+/// [`log_filter`]), in colour unless `NO_COLOR` is set.
 pub fn init_logging() {
-    init_stderr_logging(std::env::var("COCOON_LOG").ok().as_deref(), true);
+    let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    init_stderr_logging(std::env::var("COCOON_LOG").ok().as_deref(), colour);
 }
 
 /// The guest's log filter: a default level and `target=level` pairs
-/// (`info,cocoon_guest::pod::sandbox=debug`); `info` when `spec` is absent
-/// or does not parse.
-pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::filter::Targets {
-    spec.and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
-    })
+/// (`info,cocoon_guest::pod::sandbox=debug`), or `info` when `spec` is
+/// absent or empty. A spec that does not parse is `info` too, with the
+/// reason to log once logging runs.
+pub fn log_filter(spec: Option<&str>) -> (tracing_subscriber::filter::Targets, Option<String>) {
+    let info = || tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+    // An empty piece ("info," or an empty spec) would parse as every
+    // target at trace.
+    let pieces: Vec<&str> = spec
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if pieces.is_empty() {
+        return (info(), None);
+    }
+    match pieces.join(",").parse() {
+        Ok(t) => (t, None),
+        Err(e) => (
+            info(),
+            Some(format!(
+                "log filter '{}' not understood ({e}): logging at info",
+                pieces.join(",")
+            )),
+        ),
+    }
 }
 
-/// Logs to stderr through [`log_filter`]`(spec)`, coloured with `ansi`.
-pub fn init_stderr_logging(spec: Option<&str>, ansi: bool) {
+/// The subscriber [`init_stderr_logging`] installs.
+fn stderr_subscriber(
+    filter: tracing_subscriber::filter::Targets,
+    ansi: bool,
+) -> impl tracing::Subscriber + Send + Sync {
     use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
     tracing_subscriber::fmt()
+        // fmt's own filter is info unless told otherwise: the Targets
+        // filter is the one that decides.
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .finish()
-        .with(log_filter(spec))
-        .init();
+        .with(filter)
+}
+
+/// Logs to stderr through [`log_filter`]`(spec)`, coloured with `ansi`;
+/// `log` records too.
+pub fn init_stderr_logging(spec: Option<&str>, ansi: bool) {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, problem) = log_filter(spec);
+    stderr_subscriber(filter, ansi).init();
+    if let Some(p) = problem {
+        tracing::warn!("{p}");
+    }
 }
 
 /// Runs one guest command until it finishes (services: until SIGTERM/SIGINT).
@@ -472,25 +508,45 @@ mod tests {
     }
 
     /// `cocoon.log=` and `COCOON_LOG` take a level and `target=level`
-    /// pairs; anything else, or nothing, is `info`.
+    /// pairs; nothing, an empty spec or empty pieces are `info`; anything
+    /// else is `info` with the reason.
     #[test]
     fn log_filters() {
         use tracing::Level;
-        let f = log_filter(Some("warn,cocoon_guest::pod::sandbox=debug,h2=error"));
+        let (f, problem) = log_filter(Some("warn,cocoon_guest::pod::sandbox=debug,h2=error,"));
+        assert_eq!(problem, None);
         assert!(f.would_enable("cocoon_guest::pod::sandbox", &Level::DEBUG));
         assert!(!f.would_enable("cocoon_guest::pod::sandbox", &Level::TRACE));
         assert!(!f.would_enable("cocoon_guest::pod", &Level::INFO));
         assert!(f.would_enable("cocoon_guest::pod", &Level::WARN));
         assert!(!f.would_enable("h2", &Level::WARN));
-        for info in [
-            None,
-            Some("info"),
-            Some("no=such=level"),
-            Some("cocoon=loud"),
+        for (spec, bad) in [
+            (None, false),
+            (Some(""), false),
+            (Some(" , "), false),
+            (Some("info,"), false),
+            (Some("no=such=level"), true),
+            (Some("cocoon=loud"), true),
         ] {
-            let f = log_filter(info);
-            assert!(f.would_enable("any", &Level::INFO), "{info:?}");
-            assert!(!f.would_enable("any", &Level::DEBUG), "{info:?}");
+            let (f, problem) = log_filter(spec);
+            assert!(f.would_enable("any", &Level::INFO), "{spec:?}");
+            assert!(!f.would_enable("any", &Level::DEBUG), "{spec:?}");
+            assert_eq!(problem.is_some(), bad, "{spec:?}: {problem:?}");
         }
+    }
+
+    /// The installed subscriber passes what the filter enables, debug and
+    /// trace included (fmt's own filter is info unless told otherwise).
+    #[test]
+    fn the_subscriber_logs_what_the_filter_enables() {
+        use tracing::Level;
+        let (filter, _) = log_filter(Some("info,cocoon_guest::pod::sandbox=trace"));
+        let d = tracing::Dispatch::new(stderr_subscriber(filter, false));
+        tracing::dispatcher::with_default(&d, || {
+            assert!(tracing::enabled!(target: "cocoon_guest::pod::sandbox", Level::TRACE));
+            assert!(tracing::enabled!(target: "cocoon_guest::pod::sandbox", Level::DEBUG));
+            assert!(tracing::enabled!(target: "elsewhere", Level::INFO));
+            assert!(!tracing::enabled!(target: "elsewhere", Level::DEBUG));
+        });
     }
 }
