@@ -2,7 +2,7 @@
 //! to run a Linux guest (nested virtualization without what the kernel
 //! needs: the kernel then stalls in early boot), so the probe boots the
 //! guest kernel itself under KVM with an init that powers off at once, and
-//! remembers the answer per kernel file and host boot.
+//! remembers the answer per kernel and host boot.
 
 use crate::Accel;
 use sha2::{Digest, Sha256};
@@ -61,23 +61,30 @@ pub fn accel_for(qemu: &Path, kernel: &Path, cache: Option<&Path>) -> Accel {
     accel
 }
 
-/// The cache key of `kernel`'s probe: the file as it is (device, inode,
-/// size, modification and change times) and the host boot. Its metadata,
-/// not its content: reading and hashing a 14 MB kernel took 15-20 ms of
-/// every pod's start. Replacing or rewriting the file changes its change
-/// time (or inode), so a new kernel is probed anew.
+/// Bytes of the kernel's head and of its tail that [`probe_key`] hashes.
+const KEY_SAMPLE: u64 = 64 << 10;
+
+/// The cache key of `kernel`'s probe: its size, its first and last
+/// [`KEY_SAMPLE`] bytes (a bzImage's header with its version string, and
+/// the end of its compressed payload) and the host boot. Not the whole
+/// file: reading and hashing a 14 MB kernel took 15-20 ms of every pod's
+/// start. Not its metadata either: a chmod, a relabel or a rebuild of the
+/// same kernel would each cost a new probe (15 s where KVM cannot boot it).
 fn probe_key(kernel: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(kernel).ok()?;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(kernel).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut head = Vec::new();
+    (&mut f).take(KEY_SAMPLE).read_to_end(&mut head).ok()?;
+    let mut tail = Vec::new();
+    f.seek(SeekFrom::Start(size.saturating_sub(KEY_SAMPLE)))
+        .ok()?;
+    f.take(KEY_SAMPLE).read_to_end(&mut tail).ok()?;
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let mut h = Sha256::new();
-    for v in [m.dev(), m.ino(), m.size()] {
-        h.update(v.to_le_bytes());
-    }
-    for (s, ns) in [(m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec())] {
-        h.update(s.to_le_bytes());
-        h.update(ns.to_le_bytes());
-    }
+    h.update(size.to_le_bytes());
+    h.update(&head);
+    h.update(&tail);
     h.update(boot.trim().as_bytes());
     Some(hex::encode(&h.finalize()[..8]))
 }
@@ -145,30 +152,39 @@ fn tempdir() -> std::io::Result<std::path::PathBuf> {
 mod tests {
     use super::*;
 
-    /// The key follows the kernel file: the same file keeps it; one
-    /// replaced (a new inode) or grown gets another; none without a file.
+    /// The key follows the kernel's bytes: the same bytes keep it, even
+    /// written anew (another inode, other times); another head, another
+    /// tail of the same size, or another size each get another; none
+    /// without a file.
     #[test]
-    fn probe_keys_follow_the_kernel_file() {
+    fn probe_keys_follow_the_kernel() {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinuz");
-        std::fs::write(&kernel, b"kernel one").unwrap();
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&kernel, &image).unwrap();
         let first = probe_key(&kernel).expect("a key for an existing file");
-        assert_eq!(probe_key(&kernel).as_deref(), Some(first.as_str()));
         let staged = dir.path().join("vmlinuz.new");
-        std::fs::write(&staged, b"kernel two").unwrap();
+        std::fs::write(&staged, &image).unwrap();
         std::fs::rename(&staged, &kernel).unwrap();
-        let replaced = probe_key(&kernel).unwrap();
-        assert_ne!(replaced, first, "a replaced kernel is probed anew");
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&kernel)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, b"!"))
-            .unwrap();
-        assert_ne!(
-            probe_key(&kernel).unwrap(),
-            replaced,
-            "a rewritten kernel too"
+        assert_eq!(
+            probe_key(&kernel),
+            Some(first.clone()),
+            "the same kernel rewritten"
         );
+        let changed = |at: usize| {
+            let mut other = image.clone();
+            other[at] ^= 1;
+            std::fs::write(&kernel, &other).unwrap();
+            probe_key(&kernel).unwrap()
+        };
+        assert_ne!(
+            changed(0x20e),
+            first,
+            "another version string in the header"
+        );
+        assert_ne!(changed(image.len() - 1), first, "another payload end");
+        std::fs::write(&kernel, &image[..image.len() - 1]).unwrap();
+        assert_ne!(probe_key(&kernel).unwrap(), first, "another size");
         assert_eq!(probe_key(&dir.path().join("missing")), None);
     }
 }
