@@ -5,6 +5,7 @@
 
 use crate::{AgentError, services};
 use cocoon_attester::{Attester, AttesterError};
+use cocoon_image::registry::HttpClient;
 use cocoon_kbs_client::{ClientOptions, KbsClient, RetryPolicy};
 use cocoon_types::Tee;
 use cocoon_types::resource::ResourceUri;
@@ -137,16 +138,28 @@ impl Attester for AaAttester {
     }
 }
 
+/// The HTTP client every pull of a data hub with these settings shares:
+/// the system roots and the settings' extra ones.
+fn registries(image: &ImageSettings) -> Result<HttpClient, AgentError> {
+    let extra: Vec<Vec<u8>> = image
+        .extra_root_certificates
+        .iter()
+        .map(|c| c.clone().into_bytes())
+        .collect();
+    cocoon_image::registry::http_client(&extra)
+        .map_err(|e| AgentError::Config(format!("extra_root_certificates: {e}")))
+}
+
 /// The Confidential Data Hub.
 pub struct DataHub {
     /// None when no KBS is configured: plain images still pull.
     kbs: Option<KbsClient>,
     cfg: CdhConfig,
-    /// The connections to registries, made at the first pull and shared
-    /// by every later one: the agent's resolve and the pull that follows
-    /// it, and each container's pull, reuse one connection (in a pod VM a
-    /// new one is a relay process started on the host).
-    registries: std::sync::OnceLock<cocoon_image::registry::HttpClient>,
+    /// The connections to registries, shared by every pull: the agent's
+    /// resolve and the pull that follows it, and each container's pull,
+    /// reuse one connection (in a pod VM a new one is a relay process
+    /// started on the host). Made with the data hub, from its extra roots.
+    registries: HttpClient,
 }
 
 impl DataHub {
@@ -165,21 +178,21 @@ impl DataHub {
         )?;
         Ok(Self {
             kbs: Some(kbs),
+            registries: registries(&cfg.image)?,
             cfg,
-            registries: std::sync::OnceLock::new(),
         })
     }
 
     /// A data hub with no KBS: images without encrypted layers or
     /// `kbs:///` policies pull; anything needing a resource is refused.
-    pub fn without_kbs(image: ImageSettings) -> Self {
+    pub fn without_kbs(image: ImageSettings) -> Result<Self, AgentError> {
         let mut cfg = CdhConfig::new("");
         cfg.image = image;
-        Self {
+        Ok(Self {
             kbs: None,
+            registries: registries(&cfg.image)?,
             cfg,
-            registries: std::sync::OnceLock::new(),
-        }
+        })
     }
 
     /// The resource at `uri` (`kbs:///repo/type/tag`), decrypted.
@@ -367,6 +380,7 @@ impl DataHub {
                 .map_err(|e| AgentError::Config(format!("{a}: {e}")))?;
         }
         cfg.registry.insecure = settings.insecure_registries.iter().cloned().collect();
+        // The shared client was made from these roots; the config says so too.
         cfg.registry.extra_ca_pem = settings
             .extra_root_certificates
             .iter()
@@ -374,15 +388,93 @@ impl DataHub {
             .collect();
         cfg.max_concurrent_downloads = settings.max_concurrent_layer_downloads_per_image;
         cfg.decrypt.fetcher = Some(fetcher);
-        let http = match self.registries.get() {
-            Some(http) => http.clone(),
-            None => {
-                let http = cocoon_image::registry::http_client(&cfg.registry.extra_ca_pem)
-                    .map_err(AgentError::Config)?;
-                // Two first pulls at once: one client wins, both work.
-                self.registries.get_or_init(|| http).clone()
+        Ok(cocoon_image::pull::ImagePuller::with_http(
+            cfg,
+            self.registries.clone(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A loopback registry serving one image manifest on every request,
+    /// keeping connections open; counts the connections.
+    fn manifest_registry() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let count = conns.clone();
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[]}}"#,
+            "0".repeat(64)
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        let mut any = false;
+                        while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                            any = true;
+                            line.clear();
+                        }
+                        if !any {
+                            return;
+                        }
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if (&stream).write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
             }
+        });
+        (addr, conns)
+    }
+
+    /// Every resolve and pull of one data hub goes over its one HTTP
+    /// client: the second resolve reuses the first's connection. Another
+    /// data hub has its own.
+    #[tokio::test]
+    async fn a_data_hub_keeps_one_registry_connection() {
+        let (addr, conns) = manifest_registry();
+        let settings = || ImageSettings {
+            insecure_registries: vec![addr.to_string()],
+            ..Default::default()
         };
-        Ok(cocoon_image::pull::ImagePuller::with_http(cfg, http))
+        let image = format!("{addr}/r/app:v1");
+        let hub = Arc::new(DataHub::without_kbs(settings()).unwrap());
+        let first = hub.resolve_image(&image).await.unwrap();
+        assert!(first.starts_with("sha256:"), "{first}");
+        assert_eq!(hub.resolve_image(&image).await.unwrap(), first);
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "one hub, one connection");
+        let other = Arc::new(DataHub::without_kbs(settings()).unwrap());
+        other.resolve_image(&image).await.unwrap();
+        assert_eq!(conns.load(Ordering::SeqCst), 2, "another hub, its own");
+    }
+
+    /// Extra roots that are not PEM fail the data hub's start, naming the
+    /// setting, rather than its first pull.
+    #[test]
+    fn bad_extra_roots_fail_at_start() {
+        let e = DataHub::without_kbs(ImageSettings {
+            extra_root_certificates: vec![
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n".into(),
+            ],
+            ..Default::default()
+        })
+        .err()
+        .expect("a bad CA is refused");
+        assert!(e.to_string().contains("extra_root_certificates"), "{e}");
     }
 }

@@ -187,6 +187,11 @@ pub fn tcp_relay(target: &str, slots: Option<&std::path::Path>) -> std::io::Resu
     let mut out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     std::io::copy(&mut down, &mut out)?;
     out.flush()?;
+    // The target closed: so does the guest's side, for writing (QEMU
+    // gives the relay one socket as stdin and stdout), or the guest's
+    // client would send its next request on a connection nobody reads.
+    // SAFETY: shutdown on a descriptor this process holds.
+    unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&out), libc::SHUT_WR) };
     let _ = t.join();
     Ok(())
 }
