@@ -403,43 +403,16 @@ mod tests {
     /// A loopback registry serving one image manifest on every request,
     /// keeping connections open; counts the connections.
     fn manifest_registry() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let conns = Arc::new(AtomicUsize::new(0));
-        let count = conns.clone();
         let body = format!(
             r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":2}},"layers":[]}}"#,
             "0".repeat(64)
         );
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                count.fetch_add(1, Ordering::SeqCst);
-                let body = body.clone();
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    loop {
-                        let mut line = String::new();
-                        let mut any = false;
-                        while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                            any = true;
-                            line.clear();
-                        }
-                        if !any {
-                            return;
-                        }
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if (&stream).write_all(reply.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (addr, conns)
+        cocoon_image::testing::keep_alive_server(move |_| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
     }
 
     /// Every resolve and pull of one data hub goes over its one HTTP

@@ -14,6 +14,8 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod signature;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod unpack;
 
 use zeroize::Zeroizing;

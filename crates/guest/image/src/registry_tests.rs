@@ -135,64 +135,44 @@ type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 /// `/v2/r/app/manifests/v1` needs `Bearer t`; `/token` gives `t` to
 /// alice's login and `anon` to anyone else.
 fn keep_alive_registry() -> (std::net::SocketAddr, Arc<AtomicUsize>, Seen) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conns = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (count, log) = (conns.clone(), seen.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            count.fetch_add(1, Ordering::SeqCst);
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut head = String::new();
-                    let mut line = String::new();
-                    while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                        head.push_str(&line);
-                        line.clear();
-                    }
-                    let Some(first) = head.lines().next().map(str::to_string) else {
-                        return;
-                    };
-                    let auth = authorization(&head);
-                    log.lock().unwrap().push((first.clone(), auth.clone()));
-                    let basic = format!("Basic {}", B64.encode("alice:s3cret"));
-                    let (status, extra, body) = if first.contains("/token") {
-                        let token = if auth.as_deref() == Some(basic.as_str()) {
-                            "t"
-                        } else {
-                            "anon"
-                        };
-                        ("200 OK", String::new(), format!(r#"{{"token":"{token}"}}"#))
-                    } else if auth.as_deref() == Some("Bearer t") {
-                        (
-                            "200 OK",
-                            String::new(),
-                            r#"{"schemaVersion":2}"#.to_string(),
-                        )
-                    } else {
-                        (
-                            "401 Unauthorized",
-                            format!(
-                                "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"test\"\r\n"
-                            ),
-                            String::new(),
-                        )
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if (&stream).write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let realm = Arc::new(Mutex::new(String::new()));
+    let challenge = realm.clone();
+    let (addr, conns) = crate::testing::keep_alive_server(move |head| {
+        let first = head.lines().next().unwrap_or_default().to_string();
+        let auth = authorization(head);
+        log.lock().unwrap().push((first.clone(), auth.clone()));
+        let basic = format!("Basic {}", B64.encode("alice:s3cret"));
+        let (status, extra, body) = if first.contains("/token") {
+            let token = if auth.as_deref() == Some(basic.as_str()) {
+                "t"
+            } else {
+                "anon"
+            };
+            ("200 OK", String::new(), format!(r#"{{"token":"{token}"}}"#))
+        } else if auth.as_deref() == Some("Bearer t") {
+            (
+                "200 OK",
+                String::new(),
+                r#"{"schemaVersion":2}"#.to_string(),
+            )
+        } else {
+            (
+                "401 Unauthorized",
+                format!(
+                    "WWW-Authenticate: Bearer realm=\"{}\",service=\"test\"\r\n",
+                    challenge.lock().unwrap()
+                ),
+                String::new(),
+            )
+        };
+        format!(
+            "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
     });
+    *realm.lock().unwrap() = format!("http://{addr}/token");
     (addr, conns, seen)
 }
 
