@@ -380,12 +380,6 @@ impl DataHub {
                 .map_err(|e| AgentError::Config(format!("{a}: {e}")))?;
         }
         cfg.registry.insecure = settings.insecure_registries.iter().cloned().collect();
-        // The shared client was made from these roots; the config says so too.
-        cfg.registry.extra_ca_pem = settings
-            .extra_root_certificates
-            .iter()
-            .map(|c| c.clone().into_bytes())
-            .collect();
         cfg.max_concurrent_downloads = settings.max_concurrent_layer_downloads_per_image;
         cfg.decrypt.fetcher = Some(fetcher);
         Ok(cocoon_image::pull::ImagePuller::with_http(

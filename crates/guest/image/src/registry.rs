@@ -245,9 +245,10 @@ impl RegistryClient {
     }
 
     /// A client for these registries over `http`'s connections (made by
-    /// [`http_client`] with the same extra roots): clients made one after
-    /// another reuse the connections the earlier ones left open. Logins and
-    /// tokens stay each client's own.
+    /// [`http_client`]): clients made one after another reuse the
+    /// connections the earlier ones left open. The roots are `http`'s;
+    /// `cfg.extra_ca_pem` is not read. Logins and tokens stay each
+    /// client's own.
     pub fn with_http(http: HttpClient, cfg: RegistryConfig) -> Self {
         Self {
             http,

@@ -99,14 +99,11 @@ pub fn run_pid1() -> ! {
 /// Logs to the console without colour, filtered by `cocoon.log=` on the
 /// kernel command line (default `info`).
 fn init_console_logging() {
-    let level = std::fs::read_to_string("/proc/cmdline")
-        .ok()
-        .and_then(|c| {
-            c.split_whitespace()
-                .find_map(|a| a.strip_prefix("cocoon.log=").map(str::to_string))
-        })
-        .unwrap_or_else(|| "info".into());
-    crate::cli::init_stderr_logging(Some(&level), false);
+    let level = std::fs::read_to_string("/proc/cmdline").ok().and_then(|c| {
+        c.split_whitespace()
+            .find_map(|a| a.strip_prefix("cocoon.log=").map(str::to_string))
+    });
+    crate::cli::init_stderr_logging(level.as_deref(), false);
 }
 
 fn setup() -> anyhow::Result<()> {
