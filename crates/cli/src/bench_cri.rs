@@ -599,6 +599,7 @@ pub async fn run(
     let mut shim_rss = 0;
     let mut vm_rss = 0;
     let vtpm_ca = crate::run::default_vtpm_ca();
+    let ctd_log = dir.path().join("containerd.log");
     for i in 0..runs.max(1) {
         // The baseline, booted just before each pod: the same guest image
         // booted by QEMU alone, to its agent's first answer.
@@ -616,7 +617,7 @@ pub async fn run(
         )
         .await?;
         let plain = *boots.last().unwrap_or(&Duration::ZERO);
-        let s = shim_split(&dir.path().join("containerd.log"), &id, &took).await;
+        let s = shim_split(&ctd_log, &id, &took).await;
         if let Some(s) = s {
             splits.push(s);
         }
@@ -638,7 +639,7 @@ pub async fn run(
         )
         .await
         .context("a pod under its generated agent policy")?;
-        let s = shim_split(&dir.path().join("containerd.log"), &id, &took).await;
+        let s = shim_split(&ctd_log, &id, &took).await;
         policy_gaps.push(s.map(|s| BootGap::of(&took, plain, &s)));
         policy_times.push(took);
         cri.remove_pod(&id).await?;

@@ -404,13 +404,13 @@ pub fn log_filter(spec: Option<&str>) -> (tracing_subscriber::filter::Targets, O
     if pieces.is_empty() {
         return (info(), None);
     }
-    match pieces.join(",").parse() {
+    let spec = pieces.join(",");
+    match spec.parse() {
         Ok(t) => (t, None),
         Err(e) => (
             info(),
             Some(format!(
-                "log filter '{}' not understood ({e}): logging at info",
-                pieces.join(",")
+                "log filter '{spec}' not understood ({e}): logging at info"
             )),
         ),
     }
