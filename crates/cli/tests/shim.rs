@@ -1264,6 +1264,12 @@ fn cri_pod_failures_leave_nothing_behind() {
         .to_string();
     let shims = shims_of(&env.ctd.sock);
     assert_eq!(shims.len(), 1, "one shim per pod");
+    let socket = shims[0].1.clone().expect("the shim's socket");
+    let guard = |socket: &Path| {
+        let needle = socket.display().to_string();
+        processes_matching(|_, cmd| cmd.contains("\0__guard\0") && cmd.contains(&needle))
+    };
+    assert_eq!(guard(&socket).len(), 1, "the shim's guard");
     // SAFETY: killing the shim this test's containerd started.
     unsafe { libc::kill(shims[0].0 as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1285,9 +1291,15 @@ fn cri_pod_failures_leave_nothing_behind() {
     }
     ok(&env.pod(&["rm", &id]));
     env.assert_clean("a killed shim");
-    // containerd's cleanup (our `delete`) removed the dead shim's socket.
-    let socket = shims[0].1.clone().expect("the shim's socket");
+    // The shim's guard removed the dead shim's socket (containerd's
+    // cleanup, our `delete`, may not run: CRI deletes the bundle it runs
+    // in at the same time), and went itself.
     assert!(!socket.exists(), "{} is left", socket.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !guard(&socket).is_empty() {
+        assert!(Instant::now() < deadline, "the guard outlived its work");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `cocoon policy generate --in-place` on `manifest` (`extra` flags).

@@ -6,6 +6,8 @@
 //! a secret, and it does not link the guest's code.
 
 pub mod config;
+pub mod events;
+pub mod guard;
 pub mod shim;
 pub mod spec;
 pub mod stats;
@@ -18,3 +20,7 @@ pub const RUNTIME: &str = "io.containerd.cocoon.v2";
 /// First argument that makes the shim binary the TCP relay of a pod's
 /// host-port forward (QEMU runs one per guest connection).
 pub const RELAY_ARG: &str = "__tcp-relay";
+
+/// First argument that makes the shim binary the guard of a shim (see
+/// [`guard`]), followed by the shim's socket.
+pub const GUARD_ARG: &str = "__guard";

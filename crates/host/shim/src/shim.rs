@@ -2,6 +2,8 @@
 //! serving the task API, and `delete` (containerd cleaning up after a shim
 //! that died).
 
+use crate::events::Publisher;
+use crate::guard::Guard;
 use crate::spec::{self, Kind};
 use crate::task::Service;
 use containerd_shim::asynchronous::publisher::RemotePublisher;
@@ -14,9 +16,14 @@ use std::sync::Arc;
 pub struct CocoonShim {
     exit: Arc<ExitSignal>,
     namespace: String,
+    /// containerd's address (`-address`).
+    address: String,
     id: String,
     bundle: String,
 }
+
+/// How long an exiting shim waits for its queued events to be delivered.
+const EVENTS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The file in a pod's sandbox bundle naming the VM state directory.
 pub const STATE_FILE: &str = "cocoon-state-dir";
@@ -31,12 +38,6 @@ pub fn grouping_id(id: &str, config_json: &[u8]) -> String {
     }
 }
 
-/// Whether a shim already answers at `address` (`unix:///path`).
-fn served(address: &str) -> bool {
-    let path = address.strip_prefix("unix://").unwrap_or(address);
-    std::os::unix::net::UnixStream::connect(path).is_ok()
-}
-
 /// `start`: the address of the shim serving the container's pod, spawned
 /// when there is none yet. The working directory is the bundle.
 pub async fn start_pod_shim(opts: StartOpts) -> Result<String, Error> {
@@ -44,7 +45,7 @@ pub async fn start_pod_shim(opts: StartOpts) -> Result<String, Error> {
         .map_err(|e| Error::InvalidArgument(format!("reading the bundle's config.json: {e}")))?;
     let grouping = grouping_id(&opts.id, &spec);
     let address = opts.socket_address(&grouping);
-    if !served(&address) {
+    if !crate::guard::served(&address) {
         spawn(opts, &grouping, Vec::new()).await?;
     }
     std::fs::write("address", &address)
@@ -97,6 +98,7 @@ impl Shim for CocoonShim {
         Self {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
+            address: args.address.clone(),
             id: args.id.clone(),
             bundle: if args.bundle.is_empty() {
                 ".".into()
@@ -112,7 +114,7 @@ impl Shim for CocoonShim {
         })?;
         let grouping = grouping_id(&opts.id, &spec);
         let address = opts.socket_address(&grouping);
-        if !served(&address) {
+        if !crate::guard::served(&address) {
             spawn(opts, &grouping, Vec::new()).await?;
         }
         std::fs::write("address", &address)
@@ -122,22 +124,31 @@ impl Shim for CocoonShim {
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         // The shim that served this container is gone and its VM died
-        // with it (the VMM is killed when its parent dies). What is left
-        // is state on disk.
+        // with it (the VMM is killed when its parent dies); its guard
+        // normally cleaned up already. What may be left is state on
+        // disk, named by the bundle's files or, for a pod's own task,
+        // by its id.
         let bundle = std::path::Path::new(&self.bundle);
-        // The dead shim's socket, unless another shim (of the same pod)
-        // still answers on it.
-        if let Ok(address) = std::fs::read_to_string(bundle.join("address"))
-            && !served(address.trim())
-        {
-            let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
-        }
-        if let Ok(dir) = std::fs::read(bundle.join(STATE_FILE)) {
-            let dir = std::path::PathBuf::from(
+        let recorded = std::fs::read_to_string(bundle.join("address")).ok();
+        let own = (!self.address.is_empty()).then(|| {
+            StartOpts {
+                address: self.address.clone(),
+                namespace: self.namespace.clone(),
+                ..Default::default()
+            }
+            .socket_address(&self.id)
+        });
+        let state = std::fs::read(bundle.join(STATE_FILE)).ok().map(|dir| {
+            std::path::PathBuf::from(
                 <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(dir),
-            );
-            cocoon_hypervisor::qemu::gc_stale(&dir);
-            let _ = std::fs::remove_file(dir.join(format!("{}.console.log", self.id)));
+            )
+        });
+        let now = std::time::Instant::now();
+        for socket in recorded.iter().map(|a| a.trim()).chain(own.as_deref()) {
+            crate::guard::clean_up(Some(socket), None, now);
+        }
+        if let Some(dir) = &state {
+            crate::guard::clean_up(None, Some((dir, &self.id)), now);
         }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
@@ -151,7 +162,11 @@ impl Shim for CocoonShim {
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        Service::new(&self.namespace, publisher, self.exit.clone())
+        Service::new(
+            &self.namespace,
+            Publisher::lazy(&publisher.address),
+            self.exit.clone(),
+        )
     }
 }
 
@@ -172,9 +187,11 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         Error::InvalidArgument("TTRPC_ADDRESS is not set: containerd starts this shim".into())
     })?;
     let exit = Arc::new(ExitSignal::default());
-    let publisher = RemotePublisher::new(&ttrpc_address).await?;
-    let task: Arc<dyn Task + Send + Sync> =
-        Arc::new(Service::new(&flags.namespace, publisher, exit.clone()));
+    let publisher = Publisher::connect(&ttrpc_address)
+        .await
+        .map_err(Error::Other)?;
+    let service = Service::new(&flags.namespace, publisher.clone(), exit.clone());
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(service.clone());
     let mut services = create_task(task.clone());
     for (name, service) in create_task(task) {
         services.insert(name.replace(".v3.", ".v2."), service);
@@ -197,6 +214,13 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         .start()
         .await
         .map_err(|e| Error::Other(format!("starting the task server: {e}")))?;
+    // Cleans up after this process if it is killed outright.
+    match Guard::spawn(&flags.socket) {
+        Ok(guard) => service.set_guard(guard),
+        Err(e) => log::warn!(
+            "no guard for this shim ({e}): if it is killed, containerd's cleanup alone remains"
+        ),
+    }
     // `start` reads our stdout until it closes: the server is up.
     // SAFETY: dup2 onto our own standard output.
     unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
@@ -206,6 +230,11 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
     tokio::select! {
         _ = exit.wait() => {}
         _ = term.recv() => log::info!("SIGTERM: shutting down"),
+    }
+    // The last events (a pod's TaskDelete) reach containerd before the
+    // shim goes.
+    if !publisher.flush(EVENTS_FLUSH).await {
+        log::warn!("events still queued for containerd at exit");
     }
     let _ = server.shutdown().await;
     let _ = std::fs::remove_file(path);

@@ -5,13 +5,13 @@
 //! order (create, start, exit, delete; exec-added, exec-started, exit).
 
 use crate::config::{Config, PodSettings};
+use crate::events::Publisher;
 use crate::spec::{self, Kind, Meta};
 use crate::stdio;
 use cocoon_hypervisor::{Mode, Qemu, UserNetwork, VmSpec};
 use cocoon_pod::kata::{agent, oci as pb};
 use cocoon_pod::{AgentClient, PodVm, container::guest_pull_storage};
 use containerd_shim::asynchronous::ExitSignal;
-use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task as ev;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -171,7 +171,7 @@ pub struct Service(Arc<Inner>);
 
 struct Inner {
     namespace: String,
-    publisher: RemotePublisher,
+    publisher: Publisher,
     exit: Arc<ExitSignal>,
     pod: Mutex<Option<Arc<Pod>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
@@ -182,6 +182,8 @@ struct Inner {
     /// a container's OOM before its exit).
     oom_received: std::sync::atomic::AtomicU64,
     oom_published: watch::Sender<u64>,
+    /// The guard that cleans up if this shim is killed outright.
+    guard: std::sync::OnceLock<crate::guard::Guard>,
 }
 
 fn rpc(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
@@ -263,7 +265,7 @@ fn timestamp(e: &Exit) -> MessageField<Timestamp> {
 impl Service {
     /// A service publishing through `publisher` for containerd namespace
     /// `namespace`; `exit` ends the shim.
-    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(namespace: &str, publisher: Publisher, exit: Arc<ExitSignal>) -> Self {
         Self(Arc::new(Inner {
             namespace: namespace.into(),
             publisher,
@@ -273,24 +275,19 @@ impl Service {
             lifecycle: tokio::sync::Mutex::new(()),
             oom_received: std::sync::atomic::AtomicU64::new(0),
             oom_published: watch::channel(0).0,
+            guard: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Hands the service the shim's guard, to be told of the pod's VM.
+    pub fn set_guard(&self, guard: crate::guard::Guard) {
+        let _ = self.0.guard.set(guard);
     }
 }
 
 impl Inner {
-    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Err(e) = self
-            .publisher
-            .publish(
-                ttrpc::context::Context::default(),
-                topic,
-                &self.namespace,
-                event,
-            )
-            .await
-        {
-            tracing::warn!(topic, error = %e, "publishing an event failed");
-        }
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        self.publisher.publish(topic, &self.namespace, event);
     }
 
     fn pod(&self) -> TtrpcResult<Arc<Pod>> {
@@ -341,6 +338,9 @@ impl Inner {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| internal(format!("creating {}: {e}", cfg.state_dir.display())))?;
         cocoon_hypervisor::qemu::gc_stale(&cfg.state_dir);
+        if let Some(guard) = self.guard.get() {
+            guard.pod(&cfg.state_dir, sandbox_id);
+        }
         let img = &cfg.guest_image;
         let cmdline = std::fs::read_to_string(img.join("cmdline")).map_err(|e| {
             failed(format!(
@@ -508,8 +508,7 @@ impl Inner {
                         container_id: oom.container_id,
                         ..Default::default()
                     }),
-                )
-                .await;
+                );
                 me.oom_published.send_modify(|n| *n += 1);
             }
         });
@@ -540,8 +539,7 @@ impl Inner {
             exited_at: timestamp(&e),
             ..Default::default()
         };
-        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event))
-            .await;
+        self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
         p.exit_published.send_replace(true);
     }
 
@@ -755,8 +753,7 @@ impl Task for Service {
                 pid,
                 ..Default::default()
             }),
-        )
-        .await;
+        );
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -800,8 +797,7 @@ impl Task for Service {
                     pid,
                     ..Default::default()
                 }),
-            )
-            .await;
+            );
         } else {
             me.publish(
                 topics::TASK_EXEC_STARTED_EVENT_TOPIC,
@@ -811,8 +807,7 @@ impl Task for Service {
                     pid,
                     ..Default::default()
                 }),
-            )
-            .await;
+            );
         }
         p.start_published.send_replace(true);
         Ok(api::StartResponse {
@@ -875,8 +870,7 @@ impl Task for Service {
                 id: req.id.clone(),
                 ..Default::default()
             }),
-        )
-        .await;
+        );
         Ok(api::DeleteResponse {
             pid,
             exit_status: e.status,
@@ -925,8 +919,7 @@ impl Task for Service {
                 exec_id: req.exec_id.clone(),
                 ..Default::default()
             }),
-        )
-        .await;
+        );
         Ok(api::Empty::new())
     }
 

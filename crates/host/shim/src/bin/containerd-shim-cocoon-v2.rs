@@ -12,6 +12,9 @@ fn main() {
         }
         return;
     }
+    if args.get(1).map(String::as_str) == Some(cocoon_shim::GUARD_ARG) {
+        cocoon_shim::guard::run(args.get(2).map(String::as_str).unwrap_or_default());
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

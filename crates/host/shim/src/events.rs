@@ -1,0 +1,278 @@
+//! Task events to containerd, delivered in the order they were published,
+//! with a flush the shim waits for before it exits.
+//!
+//! The shim library's publisher queues events and forwards them from a
+//! background task, putting a failed one back at the end of its queue;
+//! nothing waits for that queue, so the last events of a shim that exits
+//! right after answering (`TaskDelete` before `Shutdown`) could be lost,
+//! and a retried event could overtake later ones.
+
+use containerd_shim::util::{convert_to_any, timestamp};
+use containerd_shim_protos::protobuf::MessageDyn;
+use containerd_shim_protos::shim::event::Envelope;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::shim_async::EventsClient;
+use containerd_shim_protos::ttrpc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Events held while containerd is unreachable; beyond that they are
+/// dropped (with a warning) rather than stalling the task API.
+const QUEUE: usize = 1024;
+/// Tries per event, with a doubling pause from [`FIRST_PAUSE`].
+const ATTEMPTS: u32 = 5;
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+/// How long one forward may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Item {
+    Event(Envelope),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A handle on the shim's event queue.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::Sender<Item>,
+}
+
+/// containerd's ttrpc address as a ttrpc client takes it (containerd
+/// passes a bare path in `TTRPC_ADDRESS`).
+fn client_address(address: &str) -> String {
+    if address.contains("://") {
+        address.to_string()
+    } else {
+        format!("unix://{address}")
+    }
+}
+
+impl Publisher {
+    /// Connects to containerd at `address` (its `TTRPC_ADDRESS`): a shim
+    /// that cannot reach it fails at once, not at its first event.
+    pub async fn connect(address: &str) -> Result<Self, String> {
+        let address = client_address(address);
+        let client = ttrpc::r#async::Client::connect(&address)
+            .await
+            .map_err(|e| format!("connecting to containerd's event service at {address}: {e}"))?;
+        Ok(Self::spawn(address, Some(EventsClient::new(client))))
+    }
+
+    /// A publisher that connects at its first event.
+    pub fn lazy(address: &str) -> Self {
+        Self::spawn(client_address(address), None)
+    }
+
+    fn spawn(address: String, client: Option<EventsClient>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(deliver_all(address, client, rx));
+        Self { tx }
+    }
+
+    /// Queues `event` under `topic` for containerd namespace `namespace`.
+    pub fn publish(&self, topic: &str, namespace: &str, event: Box<dyn MessageDyn>) {
+        let envelope = match (timestamp(), convert_to_any(event)) {
+            (Ok(at), Ok(any)) => Envelope {
+                timestamp: Some(at).into(),
+                namespace: namespace.into(),
+                topic: topic.into(),
+                event: Some(any).into(),
+                ..Default::default()
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(topic, error = %e, "an event could not be encoded");
+                return;
+            }
+        };
+        if let Err(e) = self.tx.try_send(Item::Event(envelope)) {
+            tracing::warn!(topic, error = %e, "an event was dropped: the queue to containerd is full");
+        }
+    }
+
+    /// Waits (at most `within`) until every event queued before this call
+    /// was delivered or given up on.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let (done, delivered) = oneshot::channel();
+        let queued = tokio::time::timeout(within, self.tx.send(Item::Flush(done)));
+        let Ok(Ok(())) = queued.await else {
+            return false;
+        };
+        matches!(tokio::time::timeout(within, delivered).await, Ok(Ok(())))
+    }
+}
+
+async fn deliver_all(
+    address: String,
+    mut client: Option<EventsClient>,
+    mut rx: mpsc::Receiver<Item>,
+) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Item::Flush(done) => {
+                let _ = done.send(());
+            }
+            Item::Event(envelope) => deliver(&address, &mut client, envelope).await,
+        }
+    }
+}
+
+/// Forwards one event, reconnecting and retrying before the next one is
+/// taken, so events reach containerd in order.
+async fn deliver(address: &str, client: &mut Option<EventsClient>, envelope: Envelope) {
+    let topic = envelope.topic.clone();
+    let req = ForwardRequest {
+        envelope: Some(envelope).into(),
+        ..Default::default()
+    };
+    let mut pause = FIRST_PAUSE;
+    for attempt in 1..=ATTEMPTS {
+        let error = match client {
+            Some(c) => {
+                let ctx = ttrpc::context::with_timeout(FORWARD_TIMEOUT.as_nanos() as i64);
+                match c.forward(ctx, &req).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        // A fresh connection for the next try.
+                        *client = None;
+                        e.to_string()
+                    }
+                }
+            }
+            None => match ttrpc::r#async::Client::connect(address).await {
+                Ok(c) => {
+                    *client = Some(EventsClient::new(c));
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            },
+        };
+        if attempt == ATTEMPTS {
+            tracing::warn!(topic, error, "an event to containerd was given up on");
+            return;
+        }
+        tracing::debug!(
+            topic,
+            error,
+            attempt,
+            "forwarding an event failed; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containerd_shim_protos::events::task::TaskStart;
+    use containerd_shim_protos::protobuf::Message;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+    use containerd_shim_protos::shim_async::{Events, create_events};
+    use std::sync::{Arc, Mutex};
+
+    /// containerd's event service, as far as shims use it: the topics
+    /// and container ids forwarded to it, in order.
+    #[derive(Default)]
+    struct Received(Mutex<Vec<String>>);
+
+    #[async_trait::async_trait]
+    impl Events for Received {
+        async fn forward(
+            &self,
+            _ctx: &ttrpc::r#async::TtrpcContext,
+            req: ForwardRequest,
+        ) -> ttrpc::Result<Empty> {
+            let ev = req.envelope.unwrap_or_default();
+            let any = ev.event.unwrap_or_default();
+            // containerd takes the bare message name as the type.
+            assert_eq!(any.type_url, "containerd.events.TaskStart");
+            let start = TaskStart::parse_from_bytes(&any.value).unwrap();
+            self.0.lock().unwrap().push(format!(
+                "{} {} {}",
+                ev.namespace, ev.topic, start.container_id
+            ));
+            Ok(Empty::new())
+        }
+    }
+
+    fn serve(path: &std::path::Path) -> (ttrpc::r#async::Server, Arc<Received>) {
+        let received = Arc::new(Received::default());
+        let server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", path.display()))
+            .unwrap()
+            .register_service(create_events(received.clone()));
+        (server, received)
+    }
+
+    fn start(id: &str) -> Box<dyn MessageDyn> {
+        Box::new(TaskStart {
+            container_id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn events_arrive_in_order_before_the_flush_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ttrpc.sock");
+        let (mut server, received) = serve(&path);
+        server.start().await.unwrap();
+        let publisher = Publisher::connect(path.to_str().unwrap()).await.unwrap();
+        for id in ["a", "b", "c"] {
+            publisher.publish("/tasks/start", "k8s.io", start(id));
+        }
+        assert!(publisher.flush(Duration::from_secs(10)).await);
+        assert_eq!(
+            *received.0.lock().unwrap(),
+            [
+                "k8s.io /tasks/start a",
+                "k8s.io /tasks/start b",
+                "k8s.io /tasks/start c"
+            ]
+        );
+        let _ = server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn events_wait_for_containerd_and_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ttrpc.sock");
+        // Nothing listens yet: the first tries fail.
+        let publisher = Publisher::lazy(path.to_str().unwrap());
+        publisher.publish("/tasks/start", "default", start("first"));
+        publisher.publish("/tasks/start", "default", start("second"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (mut server, received) = serve(&path);
+        server.start().await.unwrap();
+        assert!(publisher.flush(Duration::from_secs(10)).await);
+        assert_eq!(
+            *received.0.lock().unwrap(),
+            ["default /tasks/start first", "default /tasks/start second"]
+        );
+        let _ = server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_containerd_is_reported_and_given_up_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("none.sock");
+        let err = Publisher::connect(path.to_str().unwrap())
+            .await
+            .err()
+            .unwrap();
+        assert!(err.contains("containerd's event service"), "{err}");
+        // A lazy one gives the event up after its tries; the flush
+        // still returns.
+        let publisher = Publisher::lazy(path.to_str().unwrap());
+        publisher.publish("/tasks/start", "default", start("lost"));
+        assert!(publisher.flush(Duration::from_secs(10)).await);
+    }
+
+    #[test]
+    fn containerd_bare_ttrpc_paths_become_unix_addresses() {
+        assert_eq!(
+            client_address("/run/containerd/containerd.sock.ttrpc"),
+            "unix:///run/containerd/containerd.sock.ttrpc"
+        );
+        assert_eq!(client_address("unix:///x.sock"), "unix:///x.sock");
+    }
+}
