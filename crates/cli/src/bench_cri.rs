@@ -164,36 +164,23 @@ state = "{state}"
     }
 
     /// Our shims serving this containerd.
-    fn shims(&self) -> Vec<u32> {
+    /// This containerd's shims (`guard` false) or their guards (each
+    /// shim's child that cleans up if the shim is killed).
+    fn shim_processes(&self, guard: bool) -> Vec<u32> {
         processes(|argv0, cmd| {
             argv0.ends_with("containerd-shim-cocoon-v2")
                 && cmd.contains(&self.sock.display().to_string())
+                && (cmd.split('\0').nth(1) == Some("__guard")) == guard
         })
     }
 
-    /// The guards of this containerd's shims (each shim's child that
-    /// cleans up if the shim is killed).
+    fn shims(&self) -> Vec<u32> {
+        self.shim_processes(false)
+    }
+
     fn guards(&self) -> Vec<u32> {
-        let shims = self.shims();
-        processes(|argv0, cmd| {
-            argv0.ends_with("containerd-shim-cocoon-v2")
-                && cmd.split('\0').nth(1) == Some("__guard")
-        })
-        .into_iter()
-        .filter(|pid| parent_of(*pid).is_some_and(|p| shims.contains(&p)))
-        .collect()
+        self.shim_processes(true)
     }
-}
-
-/// The parent of process `pid`.
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// The memory only the guards hold: their code is the shim binary's,

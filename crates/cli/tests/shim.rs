@@ -671,21 +671,45 @@ fn ctr_runs_a_guest_pulled_image_through_the_cocoon_runtime() {
 /// Our shims serving the containerd at `sock`, with their own sockets.
 fn shims_of(sock: &Path) -> Vec<(u32, Option<PathBuf>)> {
     let needle = sock.display().to_string();
-    processes_matching(|_, cmd| cmd.contains("containerd-shim-cocoon-v2") && cmd.contains(&needle))
-        .into_iter()
-        .map(|pid| {
-            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmd = String::from_utf8_lossy(&cmd).into_owned();
-            let args: Vec<&str> = cmd.split('\0').collect();
-            let socket = args
-                .iter()
-                .position(|a| *a == "-socket")
-                .and_then(|i| args.get(i + 1))
-                .and_then(|a| a.strip_prefix("unix://"))
-                .map(PathBuf::from);
-            (pid, socket)
-        })
-        .collect()
+    processes_matching(|_, cmd| {
+        cmd.contains("containerd-shim-cocoon-v2")
+            && cmd.contains(&needle)
+            && !cmd.contains("\0__guard\0")
+    })
+    .into_iter()
+    .map(|pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).into_owned();
+        let args: Vec<&str> = cmd.split('\0').collect();
+        let socket = args
+            .iter()
+            .position(|a| *a == "-socket")
+            .and_then(|i| args.get(i + 1))
+            .and_then(|a| a.strip_prefix("unix://"))
+            .map(PathBuf::from);
+        (pid, socket)
+    })
+    .collect()
+}
+
+/// The guards of the shims of the containerd at `sock` (each shim's
+/// child that cleans up if the shim is killed).
+fn guards_of(sock: &Path) -> Vec<u32> {
+    let needle = sock.display().to_string();
+    processes_matching(|_, cmd| cmd.contains("\0__guard\0") && cmd.contains(&needle))
+}
+
+/// Waits (10 s at most) for the guards of `sock`'s shims to be gone.
+fn assert_guards_gone(sock: &Path, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !guards_of(sock).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a shim's guard is left after {after}: {:?}",
+            guards_of(sock)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The response to `GET path` from `addr`, retried until `within`.
@@ -903,6 +927,7 @@ impl CriEnv {
             shims_of(&self.ctd.sock).is_empty(),
             "a shim is left after {after}"
         );
+        assert_guards_gone(&self.ctd.sock, after);
         let left = shim_state(&self.state);
         let log = self.ctd.log_text();
         let shim_lines: Vec<&str> = log.lines().filter(|l| l.contains("shim")).collect();
@@ -1265,17 +1290,15 @@ fn cri_pod_failures_leave_nothing_behind() {
     let shims = shims_of(&env.ctd.sock);
     assert_eq!(shims.len(), 1, "one shim per pod");
     let socket = shims[0].1.clone().expect("the shim's socket");
-    let guard = |socket: &Path| {
-        let needle = socket.display().to_string();
-        processes_matching(|_, cmd| cmd.contains("\0__guard\0") && cmd.contains(&needle))
-    };
-    assert_eq!(guard(&socket).len(), 1, "the shim's guard");
+    assert_eq!(guards_of(&env.ctd.sock).len(), 1, "the shim's guard");
     // SAFETY: killing the shim this test's containerd started.
     unsafe { libc::kill(shims[0].0 as i32, libc::SIGKILL) };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ls = ok(&env.pod(&["ls"]));
-        let gone = env.vms().is_empty();
+        // The VM, the shim's socket and the VM's state go with the shim,
+        // before the pod is removed.
+        let gone = env.vms().is_empty() && !socket.exists() && shim_state(&env.state).is_empty();
         let not_ready = ls
             .lines()
             .any(|l| l.starts_with(&id[..13]) && l.contains("NotReady"));
@@ -1284,22 +1307,16 @@ fn cri_pod_failures_leave_nothing_behind() {
         }
         assert!(
             Instant::now() < deadline,
-            "after the shim died: VMs {:?}\n{ls}",
-            env.vms()
+            "after the shim died: VMs {:?}, socket left: {}, state left: {:?}\n{ls}",
+            env.vms(),
+            socket.exists(),
+            shim_state(&env.state)
         );
         std::thread::sleep(Duration::from_millis(300));
     }
     ok(&env.pod(&["rm", &id]));
     env.assert_clean("a killed shim");
-    // The shim's guard removed the dead shim's socket (containerd's
-    // cleanup, our `delete`, may not run: CRI deletes the bundle it runs
-    // in at the same time), and went itself.
     assert!(!socket.exists(), "{} is left", socket.display());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !guard(&socket).is_empty() {
-        assert!(Instant::now() < deadline, "the guard outlived its work");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `cocoon policy generate --in-place` on `manifest` (`extra` flags).

@@ -13,21 +13,25 @@ use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::EventsClient;
 use containerd_shim_protos::ttrpc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Events held while containerd is unreachable; beyond that they are
 /// dropped (with a warning) rather than stalling the task API.
 const QUEUE: usize = 1024;
-/// Tries per event, with a doubling pause from [`FIRST_PAUSE`].
-const ATTEMPTS: u32 = 5;
+/// How long an event is retried while containerd cannot be reached (a
+/// containerd restart, which pods survive), with pauses doubling from
+/// [`FIRST_PAUSE`] up to [`MAX_PAUSE`].
+const RETRY_FOR: Duration = Duration::from_secs(60);
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// How long one forward may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Item {
     Event(Envelope),
-    Flush(oneshot::Sender<()>),
+    /// Answered with whether every event since the last flush arrived.
+    Flush(oneshot::Sender<bool>),
 }
 
 /// A handle on the shim's event queue.
@@ -46,6 +50,16 @@ fn client_address(address: &str) -> String {
     }
 }
 
+/// The queue's worker: where containerd is, and for how long an event is
+/// retried.
+struct Worker {
+    address: String,
+    client: Option<EventsClient>,
+    retry_for: Duration,
+    /// Whether an event was given up on since the last flush.
+    lost: bool,
+}
+
 impl Publisher {
     /// Connects to containerd at `address` (its `TTRPC_ADDRESS`): a shim
     /// that cannot reach it fails at once, not at its first event.
@@ -54,17 +68,27 @@ impl Publisher {
         let client = ttrpc::r#async::Client::connect(&address)
             .await
             .map_err(|e| format!("connecting to containerd's event service at {address}: {e}"))?;
-        Ok(Self::spawn(address, Some(EventsClient::new(client))))
+        Ok(Self::spawn(Worker {
+            address,
+            client: Some(EventsClient::new(client)),
+            retry_for: RETRY_FOR,
+            lost: false,
+        }))
     }
 
     /// A publisher that connects at its first event.
     pub fn lazy(address: &str) -> Self {
-        Self::spawn(client_address(address), None)
+        Self::spawn(Worker {
+            address: client_address(address),
+            client: None,
+            retry_for: RETRY_FOR,
+            lost: false,
+        })
     }
 
-    fn spawn(address: String, client: Option<EventsClient>) -> Self {
+    fn spawn(worker: Worker) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(deliver_all(address, client, rx));
+        tokio::spawn(worker.run(rx));
         Self { tx }
     }
 
@@ -88,75 +112,85 @@ impl Publisher {
         }
     }
 
-    /// Waits (at most `within`) until every event queued before this call
-    /// was delivered or given up on.
+    /// Waits, until `within` has passed, for every event queued before
+    /// this call to be delivered or given up on: true if all of them
+    /// (and all since the previous flush) reached containerd.
     pub async fn flush(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
         let (done, delivered) = oneshot::channel();
-        let queued = tokio::time::timeout(within, self.tx.send(Item::Flush(done)));
+        let queued = tokio::time::timeout_at(deadline, self.tx.send(Item::Flush(done)));
         let Ok(Ok(())) = queued.await else {
             return false;
         };
-        matches!(tokio::time::timeout(within, delivered).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout_at(deadline, delivered).await,
+            Ok(Ok(true))
+        )
     }
 }
 
-async fn deliver_all(
-    address: String,
-    mut client: Option<EventsClient>,
-    mut rx: mpsc::Receiver<Item>,
-) {
-    while let Some(item) = rx.recv().await {
-        match item {
-            Item::Flush(done) => {
-                let _ = done.send(());
-            }
-            Item::Event(envelope) => deliver(&address, &mut client, envelope).await,
-        }
-    }
-}
-
-/// Forwards one event, reconnecting and retrying before the next one is
-/// taken, so events reach containerd in order.
-async fn deliver(address: &str, client: &mut Option<EventsClient>, envelope: Envelope) {
-    let topic = envelope.topic.clone();
-    let req = ForwardRequest {
-        envelope: Some(envelope).into(),
-        ..Default::default()
-    };
-    let mut pause = FIRST_PAUSE;
-    for attempt in 1..=ATTEMPTS {
-        let error = match client {
-            Some(c) => {
-                let ctx = ttrpc::context::with_timeout(FORWARD_TIMEOUT.as_nanos() as i64);
-                match c.forward(ctx, &req).await {
-                    Ok(_) => return,
-                    Err(e) => {
-                        // A fresh connection for the next try.
-                        *client = None;
-                        e.to_string()
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
+        while let Some(item) = rx.recv().await {
+            match item {
+                Item::Flush(done) => {
+                    let _ = done.send(!std::mem::take(&mut self.lost));
+                }
+                Item::Event(envelope) => {
+                    if !self.deliver(envelope).await {
+                        self.lost = true;
                     }
                 }
             }
-            None => match ttrpc::r#async::Client::connect(address).await {
-                Ok(c) => {
-                    *client = Some(EventsClient::new(c));
-                    continue;
-                }
-                Err(e) => e.to_string(),
-            },
-        };
-        if attempt == ATTEMPTS {
-            tracing::warn!(topic, error, "an event to containerd was given up on");
-            return;
         }
-        tracing::debug!(
-            topic,
-            error,
-            attempt,
-            "forwarding an event failed; retrying"
-        );
-        tokio::time::sleep(pause).await;
-        pause *= 2;
+    }
+
+    /// Forwards one event, reconnecting and retrying before the next one
+    /// is taken, so events reach containerd in order. False if it was
+    /// given up on.
+    async fn deliver(&mut self, envelope: Envelope) -> bool {
+        let topic = envelope.topic.clone();
+        let req = ForwardRequest {
+            envelope: Some(envelope).into(),
+            ..Default::default()
+        };
+        let until = Instant::now() + self.retry_for;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let error = match self.forward(&req).await {
+                Ok(()) => return true,
+                // containerd answered, and refused: asking again does
+                // not change its answer.
+                Err(ttrpc::Error::RpcStatus(status)) => {
+                    tracing::warn!(topic, error = ?status, "containerd refused an event");
+                    return false;
+                }
+                Err(e) => {
+                    // A fresh connection for the next try.
+                    self.client = None;
+                    e.to_string()
+                }
+            };
+            if Instant::now() + pause > until {
+                tracing::warn!(topic, error, "an event to containerd was given up on");
+                return false;
+            }
+            tracing::debug!(topic, error, "forwarding an event failed; retrying");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    async fn forward(&mut self, req: &ForwardRequest) -> Result<(), ttrpc::Error> {
+        let client = match &self.client {
+            Some(c) => c,
+            None => {
+                let c = ttrpc::r#async::Client::connect(&self.address).await?;
+                self.client.insert(EventsClient::new(c))
+            }
+        };
+        let ctx = ttrpc::context::with_timeout(FORWARD_TIMEOUT.as_nanos() as i64);
+        client.forward(ctx, req).await.map(|_| ())
     }
 }
 
@@ -186,6 +220,12 @@ mod tests {
             // containerd takes the bare message name as the type.
             assert_eq!(any.type_url, "containerd.events.TaskStart");
             let start = TaskStart::parse_from_bytes(&any.value).unwrap();
+            if start.container_id == "refused" {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    "no such namespace",
+                )));
+            }
             self.0.lock().unwrap().push(format!(
                 "{} {} {}",
                 ev.namespace, ev.topic, start.container_id
@@ -252,6 +292,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_event_containerd_refuses_does_not_hold_up_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ttrpc.sock");
+        let (mut server, received) = serve(&path);
+        server.start().await.unwrap();
+        let publisher = Publisher::connect(path.to_str().unwrap()).await.unwrap();
+        publisher.publish("/tasks/start", "k8s.io", start("refused"));
+        publisher.publish("/tasks/start", "k8s.io", start("next"));
+        assert!(!publisher.flush(Duration::from_secs(10)).await);
+        assert_eq!(*received.0.lock().unwrap(), ["k8s.io /tasks/start next"]);
+        let _ = server.shutdown().await;
+    }
+
+    #[tokio::test]
     async fn an_unreachable_containerd_is_reported_and_given_up_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("none.sock");
@@ -260,10 +314,16 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("containerd's event service"), "{err}");
-        // A lazy one gives the event up after its tries; the flush
-        // still returns.
-        let publisher = Publisher::lazy(path.to_str().unwrap());
+        // A lazy one gives the event up after its tries, and the flush
+        // says so, once.
+        let publisher = Publisher::spawn(Worker {
+            address: client_address(path.to_str().unwrap()),
+            client: None,
+            retry_for: Duration::from_millis(400),
+            lost: false,
+        });
         publisher.publish("/tasks/start", "default", start("lost"));
+        assert!(!publisher.flush(Duration::from_secs(10)).await);
         assert!(publisher.flush(Duration::from_secs(10)).await);
     }
 

@@ -11,17 +11,21 @@
 //!
 //! The guard holds the read end of a pipe whose write end only the shim
 //! holds (close-on-exec, so the VM and its helpers do not keep it open):
-//! end of file means the shim is gone. The shim writes the pod's state
-//! directory and sandbox id into the pipe once it knows them.
+//! end of file means the shim is gone. Through the pipe the shim tells it
+//! which socket file is its own (device and inode, so a new shim's socket
+//! at the same path is never taken for it), the pod's state directory and
+//! sandbox id once it knows them, and, on a clean exit, that nothing is
+//! left to do.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// How long the guard waits for the dead shim's socket to stop answering
-/// and for the shim to have exited, before it cleans up anyway.
+/// How long the guard waits for the dead shim to have exited and its
+/// socket to stop answering, before it cleans up anyway.
 const SETTLE: Duration = Duration::from_secs(3);
 
 /// The shim's end of the guard's pipe.
@@ -30,12 +34,13 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Starts the guard for the shim serving `socket` (a path or a
-    /// `unix://` address).
-    pub fn spawn(socket: &str) -> std::io::Result<Self> {
+    /// Starts the guard for the shim that is to serve `socket` (a path
+    /// or a `unix://` address) for the containerd at `containerd` (shown
+    /// in the guard's command line, so it can be told apart).
+    pub fn spawn(socket: &str, containerd: &str) -> std::io::Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
-            .arg(crate::GUARD_ARG)
-            .arg(socket)
+            .args([crate::GUARD_ARG, socket, containerd])
+            .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -43,45 +48,110 @@ impl Guard {
         let pipe = child.stdin.take().ok_or_else(|| {
             std::io::Error::other("the guard's standard input was not set up as a pipe")
         })?;
-        // The guard outlives this process on purpose; its exit status is
-        // not wanted (once this process is gone it is reparented).
-        drop(child);
+        // Reaped here if it ends before the shim (it should not); the
+        // shim reaps nothing itself.
+        std::thread::Builder::new()
+            .name("guard-reaper".into())
+            .spawn(move || {
+                let status = child.wait();
+                tracing::warn!(?status, "the shim's guard ended before the shim");
+            })?;
         Ok(Self {
             pipe: Mutex::new(pipe),
         })
     }
 
-    /// Tells the guard where the pod's VM keeps its state.
-    pub fn pod(&self, state_dir: &Path, sandbox_id: &str) {
+    fn send(&self, fields: &[&[u8]]) {
         let mut record = Vec::new();
-        record.extend_from_slice(state_dir.as_os_str().as_encoded_bytes());
-        record.push(0);
-        record.extend_from_slice(sandbox_id.as_bytes());
-        record.push(0);
+        for f in fields {
+            record.extend_from_slice(f);
+            record.push(0);
+        }
         let mut pipe = self.pipe.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = pipe.write_all(&record) {
-            tracing::warn!(error = %e, "telling the guard about the pod");
+            tracing::warn!(error = %e, "writing to the shim's guard");
         }
+    }
+
+    /// Tells the guard which file at its socket path is this shim's
+    /// (call once the server is bound).
+    pub fn socket_bound(&self, socket: &str) {
+        match std::fs::symlink_metadata(socket_path(socket)) {
+            Ok(m) => self.send(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]),
+            Err(e) => tracing::warn!(error = %e, "the shim's socket cannot be examined"),
+        }
+    }
+
+    /// Tells the guard where the pod's VM keeps its state.
+    pub fn pod(&self, state_dir: &Path, sandbox_id: &str) {
+        self.send(&[
+            b"pod",
+            state_dir.as_os_str().as_encoded_bytes(),
+            sandbox_id.as_bytes(),
+        ]);
+    }
+
+    /// Tells the guard the shim cleaned up after itself.
+    pub fn done(&self) {
+        self.send(&[b"done"]);
     }
 }
 
-/// The last pod record in what the shim wrote: `state dir NUL id NUL`.
-fn last_pod(input: &[u8]) -> Option<(PathBuf, String)> {
-    let fields: Vec<&[u8]> = input.split(|b| *b == 0).collect();
-    // A complete record ends in NUL, leaving an empty last field.
-    let complete = fields.len().checked_sub(1)? / 2 * 2;
-    if complete == 0 {
-        return None;
+/// What the shim told its guard.
+#[derive(Debug, Default, PartialEq)]
+struct Told {
+    /// Device and inode of the shim's socket file.
+    socket: Option<(u64, u64)>,
+    /// The pod's state directory and sandbox id.
+    pod: Option<(PathBuf, String)>,
+    done: bool,
+}
+
+/// Reads the shim's records (`name NUL field NUL ...`); an incomplete or
+/// unknown record ends the reading.
+fn parse(input: &[u8]) -> Told {
+    let mut told = Told::default();
+    let mut fields = input.split(|b| *b == 0);
+    // The part after the last NUL is never a complete field.
+    let complete = input.iter().filter(|b| **b == 0).count();
+    let mut taken = 0;
+    let mut next = |n: usize| -> Option<Vec<&[u8]>> {
+        if taken + n > complete {
+            return None;
+        }
+        taken += n;
+        (0..n).map(|_| fields.next()).collect()
+    };
+    while let Some(name) = next(1) {
+        match name[0] {
+            b"socket" => {
+                let Some(f) = next(1) else { break };
+                let id = std::str::from_utf8(f[0]).ok().and_then(|s| {
+                    let (dev, ino) = s.split_once(':')?;
+                    Some((dev.parse().ok()?, ino.parse().ok()?))
+                });
+                told.socket = id;
+            }
+            b"pod" => {
+                let Some(f) = next(2) else { break };
+                let (dir, id) = (f[0], std::str::from_utf8(f[1]).unwrap_or_default());
+                // A sandbox id is a file name, never a path.
+                told.pod = (!dir.is_empty()
+                    && !id.is_empty()
+                    && !id.contains('/')
+                    && !id.starts_with('.'))
+                .then(|| {
+                    let dir = <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                        dir.to_vec(),
+                    );
+                    (PathBuf::from(dir), id.to_string())
+                });
+            }
+            b"done" => told.done = true,
+            _ => break,
+        }
     }
-    let dir = fields[complete - 2];
-    let id = std::str::from_utf8(fields[complete - 1]).ok()?;
-    if dir.is_empty() || id.is_empty() || id.contains('/') || id.starts_with('.') {
-        return None;
-    }
-    let dir = PathBuf::from(
-        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(dir.to_vec()),
-    );
-    Some((dir, id.to_string()))
+    told
 }
 
 /// Whether process `pid` has exited (gone, or a zombie).
@@ -101,21 +171,52 @@ pub fn run(socket: &str) -> ! {
         eprintln!("{}: the guard needs the shim's socket", crate::RUNTIME);
         std::process::exit(2);
     }
+    // Nothing but the pipe is the guard's to hold: not what containerd
+    // handed the shim without close-on-exec.
+    // SAFETY: closes descriptors of this process that nothing here uses.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
     let shim = std::os::unix::process::parent_id();
+    watch(std::io::stdin().lock(), shim, socket);
+    std::process::exit(0)
+}
+
+/// Reads what the shim tells until it closes the pipe, waits for process
+/// `shim` to have exited, and cleans up unless it said it had.
+fn watch(mut pipe: impl Read, shim: u32, socket: &str) {
     let mut input = Vec::new();
     // Returns at end of file: the shim has closed its end, by exiting.
-    let _ = std::io::stdin().lock().read_to_end(&mut input);
+    let _ = pipe.read_to_end(&mut input);
+    let told = parse(&input);
+    if told.done {
+        return;
+    }
     let deadline = Instant::now() + SETTLE;
     while !exited(shim) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pod = last_pod(&input);
-    clean_up(
-        Some(socket),
-        pod.as_ref().map(|(dir, id)| (dir.as_path(), id.as_str())),
-        deadline,
-    );
-    std::process::exit(0)
+    if let Some(own) = told.socket {
+        let path = socket_path(socket);
+        let same = |p: &str| std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == own);
+        // The file the dead shim bound, and no other: a new shim at the
+        // same path made a new one.
+        if same(path) {
+            while served(socket) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if same(path) && !served(socket) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+    if let Some((dir, id)) = &told.pod {
+        clean_up(None, Some((dir, id)), deadline);
+        // A VM directory the dead shim made before its owner file was
+        // written is not taken for stale by the sweep; this one is known.
+        let vm = dir.join(id);
+        if vm.is_dir() && !vm.join("owner").exists() {
+            let _ = std::fs::remove_dir_all(&vm);
+        }
+    }
 }
 
 /// Whether a server answers at `address` (`unix:///path` or a path).
@@ -149,23 +250,33 @@ pub fn clean_up(socket: Option<&str>, state: Option<(&Path, &str)>, settle: Inst
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn pod(dir: &str, id: &str) -> Option<(PathBuf, String)> {
+        Some((dir.into(), id.into()))
+    }
 
     #[test]
-    fn the_last_complete_pod_record_is_taken() {
-        assert_eq!(last_pod(b""), None);
-        assert_eq!(last_pod(b"/state\0"), None);
+    fn the_shims_records_are_read_up_to_the_first_incomplete_one() {
+        assert_eq!(parse(b""), Told::default());
+        assert_eq!(parse(b"pod\0/state\0"), Told::default());
+        let t = parse(b"socket\x0064:17\0pod\0/state\0pod1\0");
+        assert_eq!(t.socket, Some((64, 17)));
+        assert_eq!(t.pod, pod("/state", "pod1"));
+        assert!(!t.done);
         assert_eq!(
-            last_pod(b"/state\0pod1\0"),
-            Some(("/state".into(), "pod1".into()))
+            parse(b"pod\0/a\0one\0pod\0/b\0two\0pod\0/c\0thr").pod,
+            pod("/b", "two")
         );
-        assert_eq!(
-            last_pod(b"/a\0one\0/b\0two\0/c\0thr"),
-            Some(("/b".into(), "two".into()))
-        );
+        assert!(parse(b"pod\0/a\0one\0done\0").done);
+        assert!(!parse(b"pod\0/a\0one\0done").done);
         // A sandbox id is a file name, never a path.
-        assert_eq!(last_pod(b"/state\0../x\0"), None);
-        assert_eq!(last_pod(b"/state\0.hidden\0"), None);
-        assert_eq!(last_pod(b"\0pod\0"), None);
+        assert_eq!(parse(b"pod\0/state\0../x\0").pod, None);
+        assert_eq!(parse(b"pod\0/state\0.hidden\0").pod, None);
+        assert_eq!(parse(b"pod\0\0pod\0").pod, None);
+        assert_eq!(parse(b"socket\0not-a-number\0").socket, None);
+        // Unknown records end the reading.
+        assert_eq!(parse(b"what\0pod\0/a\0one\0"), Told::default());
     }
 
     #[test]
@@ -181,34 +292,130 @@ mod tests {
         assert!(exited(pid));
     }
 
+    /// A process that has exited (and been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// The owner tag of a live process: this one (pid and start time).
+    fn this_process() -> String {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let start = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .nth(19)
+            .unwrap();
+        format!("{} {start}", std::process::id())
+    }
+
+    /// A state directory with pod `id`'s VM state (owned by `owner`, an
+    /// owner tag) and console log.
+    fn pod_state(dir: &Path, id: &str, owner: Option<String>) {
+        let vm = dir.join(id);
+        std::fs::create_dir(&vm).unwrap();
+        if let Some(tag) = owner {
+            std::fs::write(vm.join("owner"), tag).unwrap();
+        }
+        std::fs::write(dir.join(format!("{id}.console.log")), "boot").unwrap();
+    }
+
+    fn record(fields: &[&[u8]]) -> Vec<u8> {
+        fields
+            .iter()
+            .flat_map(|f| f.iter().chain(b"\0"))
+            .copied()
+            .collect()
+    }
+
     #[test]
-    fn a_socket_is_removed_only_once_nothing_answers_on_it() {
+    fn after_a_killed_shim_its_socket_vm_state_and_console_log_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("shim.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let m = std::fs::metadata(&sock).unwrap();
+        drop(listener);
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let shim = dead_pid();
+        pod_state(&state, "pod1", Some(format!("{shim} 1")));
+        pod_state(&state, "other", Some(this_process()));
+        let mut input = record(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]);
+        input.extend(record(&[
+            b"pod",
+            state.to_str().unwrap().as_bytes(),
+            b"pod1",
+        ]));
+        watch(&input[..], shim, &format!("unix://{}", sock.display()));
+        assert!(!sock.exists(), "the dead shim's socket");
+        assert!(!state.join("pod1").exists(), "the dead shim's VM state");
+        assert!(!state.join("pod1.console.log").exists());
+        // A live pod's are left alone.
+        assert!(state.join("other").exists());
+        assert!(state.join("other.console.log").exists());
+    }
+
+    #[test]
+    fn a_vm_directory_without_its_owner_file_goes_with_its_shim() {
+        let dir = tempfile::tempdir().unwrap();
+        pod_state(dir.path(), "pod1", None);
+        let input = record(&[b"pod", dir.path().to_str().unwrap().as_bytes(), b"pod1"]);
+        watch(&input[..], dead_pid(), "/nonexistent/shim.sock");
+        assert!(!dir.path().join("pod1").exists());
+    }
+
+    #[test]
+    fn after_a_clean_exit_nothing_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("shim.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let m = std::fs::metadata(&sock).unwrap();
+        drop(listener);
+        pod_state(dir.path(), "pod1", Some(format!("{} 1", dead_pid())));
+        let mut input = record(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]);
+        input.extend(record(&[
+            b"pod",
+            dir.path().to_str().unwrap().as_bytes(),
+            b"pod1",
+        ]));
+        input.extend(record(&[b"done"]));
+        watch(&input[..], dead_pid(), sock.to_str().unwrap());
+        assert!(sock.exists());
+        assert!(dir.path().join("pod1.console.log").exists());
+    }
+
+    #[test]
+    fn a_new_shims_socket_at_the_same_path_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("shim.sock");
+        let old = UnixListener::bind(&sock).unwrap();
+        let m = std::fs::metadata(&sock).unwrap();
+        drop(old);
+        // A new shim for the same id took the path over (and is gone
+        // too: only the file's identity protects it). The old file is
+        // kept elsewhere so its inode is not reused.
+        std::fs::rename(&sock, dir.path().join("old.sock")).unwrap();
+        drop(UnixListener::bind(&sock).unwrap());
+        assert_ne!(std::fs::metadata(&sock).unwrap().ino(), m.ino());
+        let input = record(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]);
+        watch(&input[..], dead_pid(), sock.to_str().unwrap());
+        assert!(sock.exists(), "another shim's socket must stay");
+    }
+
+    #[test]
+    fn a_served_socket_is_never_removed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shim.sock");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
         let address = format!("unix://{}", path.display());
         clean_up(Some(&address), None, Instant::now());
         assert!(path.exists(), "a served socket must stay");
         drop(listener);
         clean_up(Some(&address), None, Instant::now());
         assert!(!path.exists(), "a dead socket must go");
-    }
-
-    #[test]
-    fn a_dead_pods_console_log_and_vm_state_go() {
-        let dir = tempfile::tempdir().unwrap();
-        let vm = dir.path().join("pod1");
-        std::fs::create_dir(&vm).unwrap();
-        // Owned by a process that has exited.
-        let mut child = Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        std::fs::write(vm.join("owner"), format!("{pid} 1")).unwrap();
-        std::fs::write(dir.path().join("pod1.console.log"), "boot").unwrap();
-        std::fs::write(dir.path().join("pod2.console.log"), "boot").unwrap();
-        clean_up(None, Some((dir.path(), "pod1")), Instant::now());
-        assert!(!vm.exists());
-        assert!(!dir.path().join("pod1.console.log").exists());
-        assert!(dir.path().join("pod2.console.log").exists());
     }
 }

@@ -166,6 +166,7 @@ impl Shim for CocoonShim {
             &self.namespace,
             Publisher::lazy(&publisher.address),
             self.exit.clone(),
+            None,
         )
     }
 }
@@ -190,7 +191,17 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
     let publisher = Publisher::connect(&ttrpc_address)
         .await
         .map_err(Error::Other)?;
-    let service = Service::new(&flags.namespace, publisher.clone(), exit.clone());
+    // Cleans up after this process if it is killed outright.
+    let guard = match Guard::spawn(&flags.socket, &flags.address) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            log::warn!(
+                "no guard for this shim ({e}): if it is killed, containerd's cleanup alone remains"
+            );
+            None
+        }
+    };
+    let service = Service::new(&flags.namespace, publisher.clone(), exit.clone(), guard);
     let task: Arc<dyn Task + Send + Sync> = Arc::new(service.clone());
     let mut services = create_task(task.clone());
     for (name, service) in create_task(task) {
@@ -214,12 +225,8 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         .start()
         .await
         .map_err(|e| Error::Other(format!("starting the task server: {e}")))?;
-    // Cleans up after this process if it is killed outright.
-    match Guard::spawn(&flags.socket) {
-        Ok(guard) => service.set_guard(guard),
-        Err(e) => log::warn!(
-            "no guard for this shim ({e}): if it is killed, containerd's cleanup alone remains"
-        ),
+    if let Some(guard) = service.guard() {
+        guard.socket_bound(&flags.socket);
     }
     // `start` reads our stdout until it closes: the server is up.
     // SAFETY: dup2 onto our own standard output.
@@ -227,17 +234,27 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
     log::info!("cocoon shim serving {}", flags.socket);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Other(e.to_string()))?;
-    tokio::select! {
-        _ = exit.wait() => {}
-        _ = term.recv() => log::info!("SIGTERM: shutting down"),
-    }
+    // After Shutdown the pod is stopped and its state removed; after
+    // SIGTERM the VM dies with this process and the guard removes its
+    // state.
+    let clean = tokio::select! {
+        _ = exit.wait() => true,
+        _ = term.recv() => {
+            log::info!("SIGTERM: shutting down");
+            false
+        }
+    };
+    // No new `start` finds this shim from here on.
+    let _ = std::fs::remove_file(path);
     // The last events (a pod's TaskDelete) reach containerd before the
     // shim goes.
     if !publisher.flush(EVENTS_FLUSH).await {
-        log::warn!("events still queued for containerd at exit");
+        log::warn!("events to containerd were lost or are still queued at exit");
     }
     let _ = server.shutdown().await;
-    let _ = std::fs::remove_file(path);
+    if clean && let Some(guard) = service.guard() {
+        guard.done();
+    }
     Ok(())
 }
 

@@ -183,7 +183,7 @@ struct Inner {
     oom_received: std::sync::atomic::AtomicU64,
     oom_published: watch::Sender<u64>,
     /// The guard that cleans up if this shim is killed outright.
-    guard: std::sync::OnceLock<crate::guard::Guard>,
+    guard: Option<crate::guard::Guard>,
 }
 
 fn rpc(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
@@ -265,7 +265,12 @@ fn timestamp(e: &Exit) -> MessageField<Timestamp> {
 impl Service {
     /// A service publishing through `publisher` for containerd namespace
     /// `namespace`; `exit` ends the shim.
-    pub fn new(namespace: &str, publisher: Publisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        namespace: &str,
+        publisher: Publisher,
+        exit: Arc<ExitSignal>,
+        guard: Option<crate::guard::Guard>,
+    ) -> Self {
         Self(Arc::new(Inner {
             namespace: namespace.into(),
             publisher,
@@ -275,13 +280,13 @@ impl Service {
             lifecycle: tokio::sync::Mutex::new(()),
             oom_received: std::sync::atomic::AtomicU64::new(0),
             oom_published: watch::channel(0).0,
-            guard: std::sync::OnceLock::new(),
+            guard,
         }))
     }
 
-    /// Hands the service the shim's guard, to be told of the pod's VM.
-    pub fn set_guard(&self, guard: crate::guard::Guard) {
-        let _ = self.0.guard.set(guard);
+    /// The shim's guard, if it has one.
+    pub fn guard(&self) -> Option<&crate::guard::Guard> {
+        self.0.guard.as_ref()
     }
 }
 
@@ -338,7 +343,7 @@ impl Inner {
         std::fs::create_dir_all(&cfg.state_dir)
             .map_err(|e| internal(format!("creating {}: {e}", cfg.state_dir.display())))?;
         cocoon_hypervisor::qemu::gc_stale(&cfg.state_dir);
-        if let Some(guard) = self.guard.get() {
+        if let Some(guard) = &self.guard {
             guard.pod(&cfg.state_dir, sandbox_id);
         }
         let img = &cfg.guest_image;
