@@ -243,6 +243,21 @@ mod tests {
         (server, received)
     }
 
+    /// A running event service and a publisher connected to it.
+    async fn running() -> (
+        tempfile::TempDir,
+        ttrpc::r#async::Server,
+        Arc<Received>,
+        Publisher,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ttrpc.sock");
+        let (mut server, received) = serve(&path);
+        server.start().await.unwrap();
+        let publisher = Publisher::connect(path.to_str().unwrap()).await.unwrap();
+        (dir, server, received, publisher)
+    }
+
     fn start(id: &str) -> Box<dyn MessageDyn> {
         Box::new(TaskStart {
             container_id: id.into(),
@@ -252,11 +267,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_arrive_in_order_before_the_flush_returns() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ttrpc.sock");
-        let (mut server, received) = serve(&path);
-        server.start().await.unwrap();
-        let publisher = Publisher::connect(path.to_str().unwrap()).await.unwrap();
+        let (_dir, mut server, received, publisher) = running().await;
         for id in ["a", "b", "c"] {
             publisher.publish("/tasks/start", "k8s.io", start(id));
         }
@@ -293,11 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_containerd_refuses_does_not_hold_up_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ttrpc.sock");
-        let (mut server, received) = serve(&path);
-        server.start().await.unwrap();
-        let publisher = Publisher::connect(path.to_str().unwrap()).await.unwrap();
+        let (_dir, mut server, received, publisher) = running().await;
         publisher.publish("/tasks/start", "k8s.io", start("refused"));
         publisher.publish("/tasks/start", "k8s.io", start("next"));
         assert!(!publisher.flush(Duration::from_secs(10)).await);

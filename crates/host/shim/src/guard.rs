@@ -332,24 +332,31 @@ mod tests {
             .collect()
     }
 
+    /// The record a shim sends its guard about pod `id` under `dir`.
+    fn pod_record(dir: &Path, id: &str) -> Vec<u8> {
+        record(&[b"pod", dir.to_str().unwrap().as_bytes(), id.as_bytes()])
+    }
+
+    /// A socket file at `dir/shim.sock` whose server is gone, the record
+    /// a shim sends its guard about it, and its inode.
+    fn dead_socket(dir: &Path) -> (PathBuf, Vec<u8>, u64) {
+        let sock = dir.join("shim.sock");
+        drop(UnixListener::bind(&sock).unwrap());
+        let m = std::fs::metadata(&sock).unwrap();
+        let told = record(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]);
+        (sock, told, m.ino())
+    }
+
     #[test]
     fn after_a_killed_shim_its_socket_vm_state_and_console_log_go() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("shim.sock");
-        let listener = UnixListener::bind(&sock).unwrap();
-        let m = std::fs::metadata(&sock).unwrap();
-        drop(listener);
+        let (sock, mut input, _) = dead_socket(dir.path());
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
         let shim = dead_pid();
         pod_state(&state, "pod1", Some(format!("{shim} 1")));
         pod_state(&state, "other", Some(this_process()));
-        let mut input = record(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]);
-        input.extend(record(&[
-            b"pod",
-            state.to_str().unwrap().as_bytes(),
-            b"pod1",
-        ]));
+        input.extend(pod_record(&state, "pod1"));
         watch(&input[..], shim, &format!("unix://{}", sock.display()));
         assert!(!sock.exists(), "the dead shim's socket");
         assert!(!state.join("pod1").exists(), "the dead shim's VM state");
@@ -363,7 +370,7 @@ mod tests {
     fn a_vm_directory_without_its_owner_file_goes_with_its_shim() {
         let dir = tempfile::tempdir().unwrap();
         pod_state(dir.path(), "pod1", None);
-        let input = record(&[b"pod", dir.path().to_str().unwrap().as_bytes(), b"pod1"]);
+        let input = pod_record(dir.path(), "pod1");
         watch(&input[..], dead_pid(), "/nonexistent/shim.sock");
         assert!(!dir.path().join("pod1").exists());
     }
@@ -371,17 +378,9 @@ mod tests {
     #[test]
     fn after_a_clean_exit_nothing_is_touched() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("shim.sock");
-        let listener = UnixListener::bind(&sock).unwrap();
-        let m = std::fs::metadata(&sock).unwrap();
-        drop(listener);
+        let (sock, mut input, _) = dead_socket(dir.path());
         pod_state(dir.path(), "pod1", Some(format!("{} 1", dead_pid())));
-        let mut input = record(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]);
-        input.extend(record(&[
-            b"pod",
-            dir.path().to_str().unwrap().as_bytes(),
-            b"pod1",
-        ]));
+        input.extend(pod_record(dir.path(), "pod1"));
         input.extend(record(&[b"done"]));
         watch(&input[..], dead_pid(), sock.to_str().unwrap());
         assert!(sock.exists());
@@ -391,17 +390,13 @@ mod tests {
     #[test]
     fn a_new_shims_socket_at_the_same_path_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("shim.sock");
-        let old = UnixListener::bind(&sock).unwrap();
-        let m = std::fs::metadata(&sock).unwrap();
-        drop(old);
+        let (sock, input, ino) = dead_socket(dir.path());
         // A new shim for the same id took the path over (and is gone
         // too: only the file's identity protects it). The old file is
         // kept elsewhere so its inode is not reused.
         std::fs::rename(&sock, dir.path().join("old.sock")).unwrap();
         drop(UnixListener::bind(&sock).unwrap());
-        assert_ne!(std::fs::metadata(&sock).unwrap().ino(), m.ino());
-        let input = record(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]);
+        assert_ne!(std::fs::metadata(&sock).unwrap().ino(), ino);
         watch(&input[..], dead_pid(), sock.to_str().unwrap());
         assert!(sock.exists(), "another shim's socket must stay");
     }
