@@ -219,9 +219,58 @@ fn watch(mut pipe: impl Read, shim: u32, socket: &str) {
     }
 }
 
-/// Whether a server answers at `address` (`unix:///path` or a path).
+/// Whether a server listens at `address` (`unix:///path` or a path).
+/// The connection is tried without blocking: a server whose queue of
+/// connections is full still counts, and the question never hangs.
 pub fn served(address: &str) -> bool {
-    std::os::unix::net::UnixStream::connect(socket_path(address)).is_ok()
+    use std::os::unix::ffi::OsStrExt;
+    let path = Path::new(socket_path(address)).as_os_str().as_bytes();
+    connect_nonblocking(path)
+        .is_some_and(|(_, r)| matches!(r, 0 | libc::EAGAIN | libc::EINPROGRESS))
+}
+
+/// A new socket connecting to the Unix socket at `path` without
+/// blocking, and what `connect` gave (0, or its errno); `None` if the
+/// path does not fit or no socket could be made.
+fn connect_nonblocking(path: &[u8]) -> Option<(std::os::fd::OwnedFd, i32)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a zeroed sockaddr_un is valid; the path is copied in below
+    // with room left for its terminating NUL.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.is_empty() || path.len() >= addr.sun_path.len() {
+        return None;
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, s) in addr.sun_path.iter_mut().zip(path) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a new socket, owned by the OwnedFd below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `addr` is a valid sockaddr_un of the length given.
+    let r = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    let r = if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    };
+    Some((fd, r))
 }
 
 fn socket_path(address: &str) -> &str {
@@ -399,6 +448,30 @@ mod tests {
         assert_ne!(std::fs::metadata(&sock).unwrap().ino(), ino);
         watch(&input[..], dead_pid(), sock.to_str().unwrap());
         assert!(sock.exists(), "another shim's socket must stay");
+    }
+
+    #[test]
+    fn a_server_with_a_full_queue_is_still_served_and_the_question_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.sock");
+        // A listener that never accepts, its queue filled up.
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            use std::os::unix::ffi::OsStrExt;
+            let (fd, r) = connect_nonblocking(path.as_os_str().as_bytes()).unwrap();
+            if r != 0 {
+                assert_eq!(r, libc::EAGAIN, "a full queue");
+                break;
+            }
+            queued.push(fd);
+            assert!(queued.len() < 100_000, "the queue never filled");
+        }
+        assert!(served(path.to_str().unwrap()));
+        drop(listener);
+        assert!(!served(path.to_str().unwrap()));
+        assert!(!served(dir.path().join("none.sock").to_str().unwrap()));
+        assert!(!served(""));
     }
 
     #[test]
