@@ -699,14 +699,19 @@ fn guards_of(sock: &Path) -> Vec<u32> {
     processes_matching(|_, cmd| cmd.contains("\0__guard\0") && cmd.contains(&needle))
 }
 
-/// Waits (10 s at most) for the guards of `sock`'s shims to be gone.
-fn assert_guards_gone(sock: &Path, after: &str) {
+/// Waits (10 s at most) for the shims of the containerd at `sock` and
+/// their guards to be gone: a shim leaves after answering containerd's
+/// Shutdown, once its last events are delivered.
+fn assert_shims_gone(sock: &Path, after: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !guards_of(sock).is_empty() {
+    loop {
+        let (shims, guards) = (shims_of(sock), guards_of(sock));
+        if shims.is_empty() && guards.is_empty() {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "a shim's guard is left after {after}: {:?}",
-            guards_of(sock)
+            "left after {after}: shims {shims:?}, guards {guards:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -923,11 +928,7 @@ impl CriEnv {
             .map(String::from)
             .collect();
         assert!(mounts.is_empty(), "mounts left after {after}: {mounts:?}");
-        assert!(
-            shims_of(&self.ctd.sock).is_empty(),
-            "a shim is left after {after}"
-        );
-        assert_guards_gone(&self.ctd.sock, after);
+        assert_shims_gone(&self.ctd.sock, after);
         let left = shim_state(&self.state);
         let log = self.ctd.log_text();
         let shim_lines: Vec<&str> = log.lines().filter(|l| l.contains("shim")).collect();
@@ -976,7 +977,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     };
     assert_eq!(run_rm(&m), GREETING);
     assert!(vms().is_empty(), "a QEMU is left after --rm");
-    assert!(shims_of(&sock).is_empty(), "a shim is left after --rm");
+    assert_shims_gone(&sock, "--rm");
     assert!(
         shim_state(&state).is_empty(),
         "shim state left: {:?}",
@@ -1156,7 +1157,7 @@ fn cri_runs_pods_with_the_cocoon_handler_beside_runc() {
     assert!(line.starts_with(&pod_id[..13]), "{ls}");
     ok(&pod_cmd(ctd, &logs, &["rm", "pair"]));
     assert!(vms().is_empty(), "a QEMU is left after rm");
-    assert!(shims_of(&sock).is_empty(), "a shim is left after rm");
+    assert_shims_gone(&sock, "rm");
     assert!(
         shim_state(&state).is_empty(),
         "shim state left: {:?}",
@@ -2008,7 +2009,7 @@ fn node_install_adds_the_cocoon_handler_and_uninstall_puts_the_node_back() {
         qemu_with(&state.display().to_string()).is_empty(),
         "a QEMU is left"
     );
-    assert!(shims_of(&ctd.sock).is_empty(), "a shim is left");
+    assert_shims_gone(&ctd.sock, "removing the pod");
 }
 
 /// `cocoon node VERB` against a script-run test containerd, with the

@@ -13,6 +13,8 @@ use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::EventsClient;
 use containerd_shim_protos::ttrpc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +40,8 @@ enum Item {
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::Sender<Item>,
+    /// Set when an event could not even be queued.
+    dropped: Arc<AtomicBool>,
 }
 
 /// containerd's ttrpc address as a ttrpc client takes it (containerd
@@ -89,7 +93,10 @@ impl Publisher {
     fn spawn(worker: Worker) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(worker.run(rx));
-        Self { tx }
+        Self {
+            tx,
+            dropped: Arc::default(),
+        }
     }
 
     /// Queues `event` under `topic` for containerd namespace `namespace`.
@@ -108,6 +115,7 @@ impl Publisher {
             }
         };
         if let Err(e) = self.tx.try_send(Item::Event(envelope)) {
+            self.dropped.store(true, Ordering::Relaxed);
             tracing::warn!(topic, error = %e, "an event was dropped: the queue to containerd is full");
         }
     }
@@ -122,11 +130,21 @@ impl Publisher {
         let Ok(Ok(())) = queued.await else {
             return false;
         };
-        matches!(
+        let all = matches!(
             tokio::time::timeout_at(deadline, delivered).await,
             Ok(Ok(true))
-        )
+        );
+        all & !self.dropped.swap(false, Ordering::Relaxed)
     }
+}
+
+/// Whether containerd's refusal may not hold the next time.
+fn transient(status: &ttrpc::Status) -> bool {
+    use ttrpc::Code;
+    matches!(
+        status.code(),
+        Code::UNAVAILABLE | Code::DEADLINE_EXCEEDED | Code::RESOURCE_EXHAUSTED | Code::ABORTED
+    )
 }
 
 impl Worker {
@@ -160,8 +178,8 @@ impl Worker {
             let error = match self.forward(&req).await {
                 Ok(()) => return true,
                 // containerd answered, and refused: asking again does
-                // not change its answer.
-                Err(ttrpc::Error::RpcStatus(status)) => {
+                // not change its answer (unless it was busy).
+                Err(ttrpc::Error::RpcStatus(status)) if !transient(&status) => {
                     tracing::warn!(topic, error = ?status, "containerd refused an event");
                     return false;
                 }
@@ -206,7 +224,7 @@ mod tests {
     /// containerd's event service, as far as shims use it: the topics
     /// and container ids forwarded to it, in order.
     #[derive(Default)]
-    struct Received(Mutex<Vec<String>>);
+    struct Received(Mutex<Vec<String>>, std::sync::atomic::AtomicBool);
 
     #[async_trait::async_trait]
     impl Events for Received {
@@ -220,6 +238,13 @@ mod tests {
             // containerd takes the bare message name as the type.
             assert_eq!(any.type_url, "containerd.events.TaskStart");
             let start = TaskStart::parse_from_bytes(&any.value).unwrap();
+            // Busy the first time it is asked.
+            if start.container_id == "busy" && !self.1.swap(true, Ordering::Relaxed) {
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::UNAVAILABLE,
+                    "try again",
+                )));
+            }
             if start.container_id == "refused" {
                 return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
                     ttrpc::Code::INVALID_ARGUMENT,
@@ -306,9 +331,15 @@ mod tests {
     async fn an_event_containerd_refuses_does_not_hold_up_the_next() {
         let (_dir, mut server, received, publisher) = running().await;
         publisher.publish("/tasks/start", "k8s.io", start("refused"));
+        publisher.publish("/tasks/start", "k8s.io", start("busy"));
         publisher.publish("/tasks/start", "k8s.io", start("next"));
         assert!(!publisher.flush(Duration::from_secs(10)).await);
-        assert_eq!(*received.0.lock().unwrap(), ["k8s.io /tasks/start next"]);
+        // A busy containerd is asked again, before the next event.
+        assert_eq!(
+            *received.0.lock().unwrap(),
+            ["k8s.io /tasks/start busy", "k8s.io /tasks/start next"]
+        );
+        assert!(received.1.load(Ordering::Relaxed));
         let _ = server.shutdown().await;
     }
 

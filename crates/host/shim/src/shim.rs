@@ -10,6 +10,7 @@ use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{ExitSignal, Shim, spawn};
 use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 /// The shim.
@@ -144,7 +145,21 @@ impl Shim for CocoonShim {
             )
         });
         let now = std::time::Instant::now();
-        for socket in recorded.iter().map(|a| a.trim()).chain(own.as_deref()) {
+        let sockets: Vec<&str> = recorded
+            .iter()
+            .map(|a| a.trim())
+            .chain(own.as_deref())
+            .collect();
+        // containerd also runs `delete` when it could not reach a shim
+        // that still runs: then nothing of the pod is touched.
+        if sockets.iter().any(|s| crate::guard::served(s)) {
+            return Ok(DeleteResponse {
+                exit_status: 128 + libc::SIGKILL as u32,
+                exited_at: Some(Timestamp::now()).into(),
+                ..Default::default()
+            });
+        }
+        for socket in sockets {
             crate::guard::clean_up(Some(socket), None, now);
         }
         if let Some(dir) = &state {
@@ -217,17 +232,22 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
     }
-    let mut server = containerd_shim_protos::ttrpc::r#async::Server::new()
+    let server = containerd_shim_protos::ttrpc::r#async::Server::new()
         .bind(&flags.socket)
-        .map_err(|e| Error::Other(format!("listening on {}: {e}", flags.socket)))?
-        .register_service(services);
+        .map_err(|e| Error::Other(format!("listening on {}: {e}", flags.socket)))?;
+    // The socket file this shim made, told to the guard at once and
+    // removed at exit only if it is still the same file.
+    let bound = std::fs::symlink_metadata(path)
+        .map(|m| (m.dev(), m.ino()))
+        .ok();
+    if let Some(guard) = service.guard() {
+        guard.socket_bound(&flags.socket);
+    }
+    let mut server = server.register_service(services);
     server
         .start()
         .await
         .map_err(|e| Error::Other(format!("starting the task server: {e}")))?;
-    if let Some(guard) = service.guard() {
-        guard.socket_bound(&flags.socket);
-    }
     // `start` reads our stdout until it closes: the server is up.
     // SAFETY: dup2 onto our own standard output.
     unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
@@ -245,7 +265,10 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         }
     };
     // No new `start` finds this shim from here on.
-    let _ = std::fs::remove_file(path);
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| Some((m.dev(), m.ino())) == bound);
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
     // The last events (a pod's TaskDelete) reach containerd before the
     // shim goes.
     if !publisher.flush(EVENTS_FLUSH).await {
