@@ -152,18 +152,13 @@ impl Shim for CocoonShim {
             .collect();
         // containerd also runs `delete` when it could not reach a shim
         // that still runs: then nothing of the pod is touched.
-        if sockets.iter().any(|s| crate::guard::served(s)) {
-            return Ok(DeleteResponse {
-                exit_status: 128 + libc::SIGKILL as u32,
-                exited_at: Some(Timestamp::now()).into(),
-                ..Default::default()
-            });
-        }
-        for socket in sockets {
-            crate::guard::clean_up(Some(socket), None, now);
-        }
-        if let Some(dir) = &state {
-            crate::guard::clean_up(None, Some((dir, &self.id)), now);
+        if !sockets.iter().any(|s| crate::guard::served(s)) {
+            for socket in sockets {
+                crate::guard::clean_up(Some(socket), None, now);
+            }
+            if let Some(dir) = &state {
+                crate::guard::clean_up(None, Some((dir, &self.id)), now);
+            }
         }
         Ok(DeleteResponse {
             exit_status: 128 + libc::SIGKILL as u32,
