@@ -203,9 +203,11 @@ fn watch(mut pipe: impl Read, shim: u32, socket: &str) {
             while served(socket) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if same(path) && !served(socket) {
-                let _ = std::fs::remove_file(path);
-            }
+            with_socket_lock(path, || {
+                if same(path) && !served(socket) {
+                    let _ = std::fs::remove_file(path);
+                }
+            });
         }
     }
     if let Some((dir, id)) = &told.pod {
@@ -293,6 +295,33 @@ fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
 }
 
+/// Runs `f` holding an exclusive lock on the directory of the socket
+/// file `path`: a shim binding a socket there, and whoever removes a dead
+/// shim's socket file after checking it, take it, so a check and the
+/// removal that follows it cannot straddle another shim's bind. Without
+/// the directory (or a lock on it), `f` runs unlocked.
+pub fn with_socket_lock<T>(path: &str, f: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let dir = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .and_then(|d| std::fs::File::open(d).ok());
+    let locked = dir.as_ref().is_some_and(|d| {
+        // SAFETY: flock on a descriptor this function holds; the lock
+        // goes when it is closed, below.
+        unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX) == 0 }
+    });
+    if !locked {
+        tracing::debug!(
+            path,
+            "removing or binding a shim socket without the directory lock"
+        );
+    }
+    let r = f();
+    drop(dir);
+    r
+}
+
 /// Removes what a dead shim leaves: its socket at `socket` (once nothing
 /// answers there, waiting until `settle` at most), and, for the pod whose
 /// VM kept its state under `state` (state dir, sandbox id), the state of
@@ -302,9 +331,12 @@ pub fn clean_up(socket: Option<&str>, state: Option<(&Path, &str)>, settle: Inst
         while served(socket) && Instant::now() < settle {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if !served(socket) {
-            let _ = std::fs::remove_file(socket_path(socket));
-        }
+        let path = socket_path(socket);
+        with_socket_lock(path, || {
+            if !served(socket) {
+                let _ = std::fs::remove_file(path);
+            }
+        });
     }
     if let Some((dir, id)) = state {
         cocoon_hypervisor::qemu::gc_stale(dir);
@@ -508,6 +540,36 @@ mod tests {
         // A plain file is no server either.
         std::fs::write(dir.path().join("file"), "").unwrap();
         assert!(!served(dir.path().join("file").to_str().unwrap()));
+    }
+
+    #[test]
+    fn socket_checks_and_binds_in_one_directory_take_turns() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.sock");
+        let path = path.to_str().unwrap().to_string();
+        let inside = std::sync::Arc::new(AtomicBool::new(false));
+        let (entered, wait_entered) = std::sync::mpsc::channel();
+        let holder = {
+            let (path, inside) = (path.clone(), inside.clone());
+            std::thread::spawn(move || {
+                with_socket_lock(&path, || {
+                    inside.store(true, Ordering::SeqCst);
+                    entered.send(()).unwrap();
+                    std::thread::sleep(Duration::from_millis(200));
+                    inside.store(false, Ordering::SeqCst);
+                })
+            })
+        };
+        wait_entered.recv().unwrap();
+        // Another socket in the same directory: it waits its turn.
+        let other = dir.path().join("b.sock");
+        let overlapped =
+            with_socket_lock(other.to_str().unwrap(), || inside.load(Ordering::SeqCst));
+        holder.join().unwrap();
+        assert!(!overlapped, "the lock was not held");
+        // A path without a directory part runs unlocked.
+        assert_eq!(with_socket_lock("bare.sock", || 7), 7);
     }
 
     #[test]

@@ -221,20 +221,23 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         .socket
         .strip_prefix("unix://")
         .unwrap_or(&flags.socket);
-    // A socket file left by a shim that died is in the way.
-    let _ = std::fs::remove_file(path);
     if let Some(dir) = std::path::Path::new(path).parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
     }
-    let server = containerd_shim_protos::ttrpc::r#async::Server::new()
-        .bind(&flags.socket)
-        .map_err(|e| Error::Other(format!("listening on {}: {e}", flags.socket)))?;
     // The socket file this shim made, told to the guard at once and
     // removed at exit only if it is still the same file.
-    let bound = std::fs::symlink_metadata(path)
-        .map(|m| (m.dev(), m.ino()))
-        .ok();
+    let (server, bound) = crate::guard::with_socket_lock(path, || {
+        // A socket file left by a shim that died is in the way.
+        let _ = std::fs::remove_file(path);
+        let server = containerd_shim_protos::ttrpc::r#async::Server::new()
+            .bind(&flags.socket)
+            .map_err(|e| Error::Other(format!("listening on {}: {e}", flags.socket)))?;
+        let bound = std::fs::symlink_metadata(path)
+            .map(|m| (m.dev(), m.ino()))
+            .ok();
+        Ok::<_, Error>((server, bound))
+    })?;
     if let Some(guard) = service.guard() {
         guard.socket_bound(&flags.socket);
     }
@@ -260,10 +263,12 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         }
     };
     // No new `start` finds this shim from here on.
-    let ours = std::fs::symlink_metadata(path).is_ok_and(|m| Some((m.dev(), m.ino())) == bound);
-    if ours {
-        let _ = std::fs::remove_file(path);
-    }
+    crate::guard::with_socket_lock(path, || {
+        let ours = std::fs::symlink_metadata(path).is_ok_and(|m| Some((m.dev(), m.ino())) == bound);
+        if ours {
+            let _ = std::fs::remove_file(path);
+        }
+    });
     // The last events (a pod's TaskDelete) reach containerd before the
     // shim goes.
     if !publisher.flush(EVENTS_FLUSH).await {
