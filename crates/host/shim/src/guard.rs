@@ -174,7 +174,22 @@ pub fn run(socket: &str) -> ! {
     // Nothing but the pipe is the guard's to hold: not what containerd
     // handed the shim without close-on-exec.
     // SAFETY: closes descriptors of this process that nothing here uses.
-    unsafe { libc::close_range(3, u32::MAX, 0) };
+    if unsafe { libc::close_range(3, u32::MAX, 0) } != 0 {
+        // Kernels before 5.9: one by one, as listed before closing any.
+        let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                    .filter(|fd| *fd >= 3)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for fd in fds {
+            // SAFETY: as above (the listing's own descriptor is already
+            // closed and fails harmlessly).
+            unsafe { libc::close(fd) };
+        }
+    }
     let shim = std::os::unix::process::parent_id();
     watch(std::io::stdin().lock(), shim, socket);
     std::process::exit(0)
