@@ -761,6 +761,24 @@ fn owner_tag(pid: u32) -> Option<String> {
     Some(format!("{pid} {start}"))
 }
 
+/// Whether process `pid` runs (exists and is not a zombie).
+pub fn running(pid: u32) -> bool {
+    owner_tag(pid).is_some()
+}
+
+/// Whether the VM state directory `dir` names its owner, and that owner
+/// (the driver that made it) still runs: `None` without an owner file.
+pub fn owner_alive(dir: &Path) -> Option<bool> {
+    let tag = std::fs::read_to_string(dir.join(OWNER)).ok()?;
+    Some(
+        tag.split_whitespace()
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(owner_tag)
+            .is_some_and(|t| t == tag.trim()),
+    )
+}
+
 /// Removes VM state directories under `parent` whose driver is gone
 /// (killed before it could clean up).
 pub fn gc_stale(parent: &Path) {
@@ -769,16 +787,7 @@ pub fn gc_stale(parent: &Path) {
     };
     for e in rd.flatten() {
         let dir = e.path();
-        let Ok(tag) = std::fs::read_to_string(dir.join(OWNER)) else {
-            continue;
-        };
-        let alive = tag
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse::<u32>().ok())
-            .and_then(owner_tag)
-            .is_some_and(|t| t == tag.trim());
-        if !alive {
+        if owner_alive(&dir) == Some(false) {
             tracing::info!(dir = %dir.display(), "removing the state of a VM whose driver died");
             let _ = std::fs::remove_dir_all(&dir);
         }

@@ -72,22 +72,16 @@ impl Publisher {
         let client = ttrpc::r#async::Client::connect(&address)
             .await
             .map_err(|e| format!("connecting to containerd's event service at {address}: {e}"))?;
-        Ok(Self::spawn(Worker {
+        Ok(Self::spawn(Worker::new(
             address,
-            client: Some(EventsClient::new(client)),
-            retry_for: RETRY_FOR,
-            lost: false,
-        }))
+            Some(EventsClient::new(client)),
+            RETRY_FOR,
+        )))
     }
 
     /// A publisher that connects at its first event.
     pub fn lazy(address: &str) -> Self {
-        Self::spawn(Worker {
-            address: client_address(address),
-            client: None,
-            retry_for: RETRY_FOR,
-            lost: false,
-        })
+        Self::spawn(Worker::new(client_address(address), None, RETRY_FOR))
     }
 
     fn spawn(worker: Worker) -> Self {
@@ -148,6 +142,15 @@ fn transient(status: &ttrpc::Status) -> bool {
 }
 
 impl Worker {
+    fn new(address: String, client: Option<EventsClient>, retry_for: Duration) -> Self {
+        Self {
+            address,
+            client,
+            retry_for,
+            lost: false,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
         while let Some(item) = rx.recv().await {
             match item {
@@ -183,6 +186,8 @@ impl Worker {
                     tracing::warn!(topic, error = ?status, "containerd refused an event");
                     return false;
                 }
+                // Busy, over a connection that works.
+                Err(e @ ttrpc::Error::RpcStatus(_)) => e.to_string(),
                 Err(e) => {
                     // A fresh connection for the next try.
                     self.client = None;
@@ -354,12 +359,11 @@ mod tests {
         assert!(err.contains("containerd's event service"), "{err}");
         // A lazy one gives the event up after its tries, and the flush
         // says so, once.
-        let publisher = Publisher::spawn(Worker {
-            address: client_address(path.to_str().unwrap()),
-            client: None,
-            retry_for: Duration::from_millis(400),
-            lost: false,
-        });
+        let publisher = Publisher::spawn(Worker::new(
+            client_address(path.to_str().unwrap()),
+            None,
+            Duration::from_millis(400),
+        ));
         publisher.publish("/tasks/start", "default", start("lost"));
         assert!(!publisher.flush(Duration::from_secs(10)).await);
         assert!(publisher.flush(Duration::from_secs(10)).await);

@@ -17,6 +17,7 @@
 //! sandbox id once it knows them, and, on a clean exit, that nothing is
 //! left to do.
 
+use cocoon_hypervisor::qemu::{owner_alive, running};
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -154,17 +155,6 @@ fn parse(input: &[u8]) -> Told {
     told
 }
 
-/// Whether process `pid` has exited (gone, or a zombie).
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| matches!(state, "Z" | "X")),
-        Err(_) => true,
-    }
-}
-
 /// The guard process: waits for the shim to go, then cleans up after it.
 pub fn run(socket: &str) -> ! {
     if socket.is_empty() {
@@ -206,49 +196,36 @@ fn watch(mut pipe: impl Read, shim: u32, socket: &str) {
         return;
     }
     let deadline = Instant::now() + SETTLE;
-    while !exited(shim) && Instant::now() < deadline {
+    while running(shim) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     if let Some(own) = told.socket {
-        let path = socket_path(socket);
-        let same = |p: &str| std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == own);
         // The file the dead shim bound, and no other: a new shim at the
         // same path made a new one.
-        if same(path) {
+        let same = |p: &str| std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == own);
+        if same(socket_path(socket)) {
             while served(socket) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            with_socket_lock(path, || {
-                if same(path) && !served(socket) {
-                    let _ = std::fs::remove_file(path);
-                }
-            });
+            remove_unserved(socket, same);
         }
     }
     if let Some((dir, id)) = &told.pod {
-        // A new shim for the same id (ids are the user's with `ctr`)
-        // owns what is there now.
-        if owned_by_another(&dir.join(id), shim) {
-            cocoon_hypervisor::qemu::gc_stale(dir);
-            return;
-        }
-        clean_up(None, Some((dir, id)), deadline);
-        // A VM directory the dead shim made before its owner file was
-        // written is not taken for stale by the sweep; this one is known.
         let vm = dir.join(id);
-        if vm.is_dir() && !vm.join("owner").exists() {
-            let _ = std::fs::remove_dir_all(&vm);
+        match owner_alive(&vm) {
+            // A new shim for the same id (ids are the user's with `ctr`)
+            // owns what is there now.
+            Some(true) => cocoon_hypervisor::qemu::gc_stale(dir),
+            // A VM directory the dead shim made before its owner file
+            // was written is not taken for stale by the sweep; this one
+            // is known.
+            None if vm.is_dir() => {
+                let _ = std::fs::remove_dir_all(&vm);
+                remove_pod_state(dir, id);
+            }
+            _ => remove_pod_state(dir, id),
         }
     }
-}
-
-/// Whether the VM state directory `vm` names a live owner other than
-/// process `shim`.
-fn owned_by_another(vm: &Path, shim: u32) -> bool {
-    std::fs::read_to_string(vm.join("owner"))
-        .ok()
-        .and_then(|tag| tag.split_whitespace().next()?.parse::<u32>().ok())
-        .is_some_and(|pid| pid != shim && !exited(pid))
 }
 
 /// Whether a server may listen at `address` (`unix:///path` or a
@@ -337,26 +314,29 @@ pub fn with_socket_lock<T>(path: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
-/// Removes what a dead shim leaves: its socket at `socket` (once nothing
-/// answers there, waiting until `settle` at most), and, for the pod whose
-/// VM kept its state under `state` (state dir, sandbox id), the state of
-/// every VM whose driver died and the pod's console log.
-pub fn clean_up(socket: Option<&str>, state: Option<(&Path, &str)>, settle: Instant) {
-    if let Some(socket) = socket {
-        while served(socket) && Instant::now() < settle {
-            std::thread::sleep(Duration::from_millis(20));
+/// Removes the socket file at `socket` (an address or a path) if `ours`
+/// says it is the one meant and nothing answers on it, holding the
+/// socket directory's lock.
+fn remove_unserved(socket: &str, ours: impl Fn(&str) -> bool) {
+    let path = socket_path(socket);
+    with_socket_lock(path, || {
+        if ours(path) && !served(socket) {
+            let _ = std::fs::remove_file(path);
         }
-        let path = socket_path(socket);
-        with_socket_lock(path, || {
-            if !served(socket) {
-                let _ = std::fs::remove_file(path);
-            }
-        });
-    }
-    if let Some((dir, id)) = state {
-        cocoon_hypervisor::qemu::gc_stale(dir);
-        let _ = std::fs::remove_file(dir.join(format!("{id}.console.log")));
-    }
+    });
+}
+
+/// Removes a dead shim's socket at `socket`, unless a server answers on
+/// it.
+pub fn remove_dead_socket(socket: &str) {
+    remove_unserved(socket, |_| true);
+}
+
+/// Removes, under the state directory `dir`, the state of every VM whose
+/// driver died and pod `id`'s console log.
+pub fn remove_pod_state(dir: &Path, id: &str) {
+    cocoon_hypervisor::qemu::gc_stale(dir);
+    let _ = std::fs::remove_file(dir.join(format!("{id}.console.log")));
 }
 
 #[cfg(test)]
@@ -393,15 +373,15 @@ mod tests {
 
     #[test]
     fn a_process_that_ended_counts_as_exited() {
-        assert!(!exited(std::process::id()));
+        assert!(running(std::process::id()));
         let mut child = Command::new("true").spawn().unwrap();
         let pid = child.id();
         // Unreaped: a zombie.
-        while !exited(pid) {
+        while running(pid) {
             std::thread::sleep(Duration::from_millis(5));
         }
         child.wait().unwrap();
-        assert!(exited(pid));
+        assert!(!running(pid));
     }
 
     /// A process that has exited (and been reaped).
@@ -593,10 +573,10 @@ mod tests {
         let path = dir.path().join("shim.sock");
         let listener = UnixListener::bind(&path).unwrap();
         let address = format!("unix://{}", path.display());
-        clean_up(Some(&address), None, Instant::now());
+        remove_dead_socket(&address);
         assert!(path.exists(), "a served socket must stay");
         drop(listener);
-        clean_up(Some(&address), None, Instant::now());
+        remove_dead_socket(&address);
         assert!(!path.exists(), "a dead socket must go");
     }
 }

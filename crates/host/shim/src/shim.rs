@@ -144,7 +144,6 @@ impl Shim for CocoonShim {
                 <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(dir),
             )
         });
-        let now = std::time::Instant::now();
         let sockets: Vec<&str> = recorded
             .iter()
             .map(|a| a.trim())
@@ -154,10 +153,10 @@ impl Shim for CocoonShim {
         // that still runs: then nothing of the pod is touched.
         if !sockets.iter().any(|s| crate::guard::served(s)) {
             for socket in sockets {
-                crate::guard::clean_up(Some(socket), None, now);
+                crate::guard::remove_dead_socket(socket);
             }
             if let Some(dir) = &state {
-                crate::guard::clean_up(None, Some((dir, &self.id)), now);
+                crate::guard::remove_pod_state(dir, &self.id);
             }
         }
         Ok(DeleteResponse {
