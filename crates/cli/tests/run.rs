@@ -164,6 +164,8 @@ fn cocoon_run_pulls_in_the_guest_and_returns_the_exit_code() {
         !kvm,
         "kvm: {kvm}\n{log}"
     );
+    // Every runtime helper came from the zygote: it never fell back.
+    assert!(!log.contains("zygote"), "{log}");
     let _ = std::fs::remove_file(&console);
 
     // An image that does not exist: a clear error, not a hang.

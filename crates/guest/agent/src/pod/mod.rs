@@ -14,6 +14,7 @@ pub mod pty;
 pub mod reaper;
 pub mod sandbox;
 pub mod spec;
+pub mod zygote;
 
 /// The abstract socket the agent's ttrpc server listens on inside the
 /// guest; the channel bridge connects the host's port to it.
@@ -68,7 +69,31 @@ pub fn run_pid1() -> ! {
         eprintln!("cocoon-guest: {e}");
         init::power_off();
     }
+    // Every exec holds pipes in PID 1; the kernel's 1024 would run out
+    // long before memory does. Raised before the zygote's fork, so that
+    // every helper has it as one PID 1 starts itself does.
+    let nofile = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    let nofile = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) } == 0;
+    // Forked this early, the zygote shares little memory with PID 1 (each
+    // page PID 1 writes after the fork is copied), has no log (its
+    // helpers' stderr is a container's), and nothing secret has reached
+    // PID 1 yet; the root is already the one containers are built from.
+    let zygote = zygote::Zygote::fork();
     init_console_logging();
+    if !nofile {
+        tracing::warn!("cannot raise the open file limit");
+    }
+    let zygote = match zygote {
+        Ok(z) => Some(z),
+        Err(e) => {
+            tracing::warn!("the runtime helpers' zygote: {e}; each helper starts afresh");
+            None
+        }
+    };
     match setup() {
         Ok(()) => {}
         Err(e) => {
@@ -89,7 +114,7 @@ pub fn run_pid1() -> ! {
             init::power_off();
         }
     };
-    let r = rt.block_on(serve(started));
+    let r = rt.block_on(serve(started, zygote));
     if let Err(e) = r {
         tracing::error!("{e:#}");
     }
@@ -125,17 +150,7 @@ fn setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
-    // Every exec holds pipes in PID 1; the kernel's 1024 would run out
-    // long before memory does.
-    let nofile = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
-    };
-    // SAFETY: setrlimit with a valid struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) } != 0 {
-        tracing::warn!("cannot raise the open file limit");
-    }
+async fn serve(started: std::time::Instant, zygote: Option<zygote::Zygote>) -> anyhow::Result<()> {
     let reaper = reaper::Reaper::start()?;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/init".into());
     // The policy comes from initdata (written by setup). It loads while the
@@ -152,6 +167,7 @@ async fn serve(started: std::time::Instant) -> anyhow::Result<()> {
     let sandbox = sandbox::Sandbox::new(
         reaper,
         exe,
+        zygote,
         crate::services::DEFAULT_CDH_SOCKET,
         policy.clone(),
     )?;

@@ -106,12 +106,19 @@ impl Steps {
 
 /// The helper's `main`: `__oci-helper <request JSON> <reply file>`.
 pub fn helper_main(args: &[String]) -> std::process::ExitCode {
-    let main_at_ns = monotonic_ns();
-    let mut steps = Steps::new();
     let (Some(req), Some(reply_path)) = (args.get(2), args.get(3)) else {
         eprintln!("usage: {HELPER_ARG} <request JSON> <reply file>");
         return std::process::ExitCode::from(2);
     };
+    std::process::ExitCode::from(helper_run(req, reply_path) as u8)
+}
+
+/// One operation of a helper process (started by PID 1, or forked by
+/// the zygote): runs `req` and writes the reply to `reply_path`; the
+/// exit code (0 once the reply is written).
+pub fn helper_run(req: &str, reply_path: &str) -> i32 {
+    let main_at_ns = monotonic_ns();
+    let mut steps = Steps::new();
     // The workload must not inherit the Rust runtime's ignored SIGPIPE.
     // SAFETY: resetting a disposition before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -136,8 +143,8 @@ pub fn helper_main(args: &[String]) -> std::process::ExitCode {
     };
     let text = serde_json::to_vec(&reply).unwrap_or_default();
     match std::fs::write(reply_path, text) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(_) => std::process::ExitCode::FAILURE,
+        Ok(()) => 0,
+        Err(_) => 1,
     }
 }
 

@@ -310,6 +310,9 @@ impl OomWatch {
 pub struct Sandbox {
     reaper: Arc<Reaper>,
     exe: PathBuf,
+    /// Forks the runtime helpers; without it (or once it is gone) each
+    /// helper is `exe` started afresh.
+    zygote: Option<Arc<super::zygote::Zygote>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     seq: AtomicU64,
     hub: String,
@@ -321,11 +324,13 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A sandbox whose helpers are `exe` and whose pulls go to the data
-    /// hub at `hub`; creates the runtime's state and bundle directories.
+    /// A sandbox whose helpers the zygote forks (or, without one, are
+    /// `exe` started afresh) and whose pulls go to the data hub at `hub`;
+    /// creates the runtime's state and bundle directories.
     pub fn new(
         reaper: Arc<Reaper>,
         exe: PathBuf,
+        zygote: Option<super::zygote::Zygote>,
         hub: &str,
         policy: Arc<super::policy::Gate>,
     ) -> Result<Arc<Self>, SandboxError> {
@@ -336,6 +341,7 @@ impl Sandbox {
         Ok(Arc::new(Self {
             reaper,
             exe,
+            zygote: zygote.map(Arc::new),
             containers: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             hub: hub.into(),
@@ -428,27 +434,37 @@ impl Sandbox {
             op,
             console_socket,
         };
-        let mut cmd = oci::command(&self.exe, &req, &reply_path);
-        match stdio {
-            Some([i, o, e]) => {
-                cmd.stdin(i).stdout(o).stderr(e);
-            }
-            None => {
-                cmd.stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null());
-            }
-        }
         let spawned_ns = oci::monotonic_ns();
-        let spawned = {
-            // Only this spawn, from this thread, gets the fixed layout.
-            let _layout = oci::FixedLayout::enter();
-            self.reaper.spawn(&mut cmd)
+        let (forked, stdio) = self.fork_helper(&req, &reply_path, stdio).await;
+        let exit = match forked {
+            Ok(pid) => self.reaper.watch(pid),
+            Err(e) => {
+                if let Some(e) = e {
+                    tracing::warn!("{e}: the runtime helper is started as a new process");
+                }
+                let mut cmd = oci::command(&self.exe, &req, &reply_path);
+                match stdio {
+                    Some([i, o, e]) => {
+                        cmd.stdin(i).stdout(o).stderr(e);
+                    }
+                    None => {
+                        cmd.stdin(std::process::Stdio::null())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null());
+                    }
+                }
+                let spawned = {
+                    // Only this spawn, from this thread, gets the fixed layout.
+                    let _layout = oci::FixedLayout::enter();
+                    self.reaper.spawn(&mut cmd)
+                };
+                let (_, exit) = spawned.map_err(failed("starting the runtime helper"))?;
+                // The child's stdio ends were moved into `cmd`; drop them
+                // here so the pipes see EOF when the process exits.
+                drop(cmd);
+                exit
+            }
         };
-        let (_, exit) = spawned.map_err(failed("starting the runtime helper"))?;
-        // The child's stdio ends were moved into `cmd`; drop them here so
-        // the pipes see EOF when the process exits.
-        drop(cmd);
         let status = exit.await.unwrap_or(255);
         let text = std::fs::read(&reply_path);
         let _ = std::fs::remove_file(&reply_path);
@@ -472,6 +488,49 @@ impl Sandbox {
         match reply.error {
             Some(e) => Err(SandboxError::Failed(e)),
             None => Ok(reply.pid),
+        }
+    }
+
+    /// The helper for `req` forked by the zygote: its pid, or why not
+    /// (none without a zygote), with `stdio` back for a helper started
+    /// afresh. Our ends of `stdio` are closed once the helper has its
+    /// own, so the pipes see EOF when the process exits.
+    async fn fork_helper(
+        &self,
+        req: &oci::Request,
+        reply: &Path,
+        stdio: Option<[std::os::fd::OwnedFd; 3]>,
+    ) -> (
+        Result<i32, Option<std::io::Error>>,
+        Option<[std::os::fd::OwnedFd; 3]>,
+    ) {
+        let Some(zygote) = self.zygote.clone() else {
+            return (Err(None), stdio);
+        };
+        let (json, reply) = match (serde_json::to_string(req), reply.to_str()) {
+            (Ok(j), Some(r)) => (j, r.to_string()),
+            _ => return (Err(None), stdio),
+        };
+        let forked = tokio::task::spawn_blocking(move || {
+            let fds = match &stdio {
+                Some([i, o, e]) => zygote.spawn(&json, &reply, [i, o, e]),
+                None => std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .and_then(|n| {
+                        let n = std::os::fd::OwnedFd::from(n);
+                        zygote.spawn(&json, &reply, [&n, &n, &n])
+                    }),
+            };
+            (fds, stdio)
+        })
+        .await;
+        match forked {
+            Ok((Ok(pid), _)) => (Ok(pid), None),
+            Ok((Err(e), stdio)) => (Err(Some(e)), stdio),
+            // The blocking task panicked (the guest aborts on panic).
+            Err(e) => (Err(Some(std::io::Error::other(e))), None),
         }
     }
 
