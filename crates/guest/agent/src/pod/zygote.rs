@@ -359,7 +359,8 @@ mod tests {
     /// could hold another thread's locks forever, so it is refused.
     #[test]
     fn a_process_of_more_than_one_thread_does_not_fork_a_zygote() {
-        let other = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(2)));
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || wait.recv());
         let e = Zygote::fork()
             .err()
             .expect("a zygote forked from many threads");
@@ -367,6 +368,7 @@ mod tests {
             e.to_string().contains("threads, and only a process of one"),
             "{e}"
         );
-        other.join().unwrap();
+        done.send(()).unwrap();
+        other.join().unwrap().unwrap();
     }
 }
