@@ -78,22 +78,16 @@ pub fn run_pid1() -> ! {
     };
     // SAFETY: setrlimit with a valid struct.
     let nofile = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &nofile) } == 0;
-    // Forked this early, the zygote shares little memory with PID 1 (each
-    // page PID 1 writes after the fork is copied), has no log (its
-    // helpers' stderr is a container's), and nothing secret has reached
-    // PID 1 yet; the root is already the one containers are built from.
-    let zygote = zygote::Zygote::fork();
+    // Only where helpers may share PID 1's layout (see zygote.rs). Forked
+    // this early, the zygote shares little memory with PID 1 (each page
+    // PID 1 writes after the fork is copied), has no log (its helpers'
+    // stderr is a container's), and nothing secret has reached PID 1 yet;
+    // the root is already the one containers are built from.
+    let zygote = oci::early_helper_layout().map(|()| zygote::Zygote::fork());
     init_console_logging();
     if !nofile {
         tracing::warn!("cannot raise the open file limit");
     }
-    let zygote = match zygote {
-        Ok(z) => Some(z),
-        Err(e) => {
-            tracing::warn!("the runtime helpers' zygote: {e}; each helper starts afresh");
-            None
-        }
-    };
     match setup() {
         Ok(()) => {}
         Err(e) => {
@@ -102,11 +96,21 @@ pub fn run_pid1() -> ! {
         }
     }
     // Under software emulation, with no sign of a TEE, the container
-    // runtime helpers keep one layout; what they start is randomized.
-    match oci::decide_helper_layout() {
+    // runtime helpers share one layout; what they start is randomized.
+    // Elsewhere the zygote ends as its socket closes.
+    let shared = oci::decide_helper_layout();
+    match &shared {
         Ok(()) => tracing::info!("software-emulated CPU: the runtime helpers keep one layout"),
         Err(why) => tracing::debug!("runtime helpers laid out at random: {why}"),
     }
+    let zygote = match (shared, zygote) {
+        (Ok(()), Ok(Ok(z))) => Some(z),
+        (Ok(()), Ok(Err(e))) => {
+            tracing::warn!("the runtime helpers' zygote: {e}; each helper starts afresh");
+            None
+        }
+        _ => None,
+    };
     let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {

@@ -246,24 +246,37 @@ fn tee_sign(cpuinfo: &str, exists: impl Fn(&str) -> bool) -> Option<String> {
 static FIXED_LAYOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Decides, once, after PID 1 loaded its modules, whether the runtime
-/// helpers keep one address layout: only under software emulation, and
-/// never with any sign of a TEE, so a host that claims TCG to a TDX or SNP
-/// guest changes nothing. QEMU keeps the code it translated by virtual
-/// address, so a helper at new random addresses has all of its code
-/// translated again (about 0.1 s of each container's creation here); one
-/// at the same addresses reuses the last helper's. What a helper starts is
-/// randomized again ([`helper_main`]). Returns why not, or none when
-/// fixed.
+/// helpers share one address layout (the zygote's forks share PID 1's;
+/// helpers started afresh keep one fixed layout): only under software
+/// emulation, and never with any sign of a TEE, so a host that claims TCG
+/// to a TDX or SNP guest changes nothing. QEMU keeps the code it
+/// translated by virtual address, so a helper at new random addresses has
+/// all of its code translated again (about 0.1 s of each container's
+/// creation here); one at the same addresses reuses what ran before. What
+/// a helper starts is randomized as usual ([`helper_run`]). Returns why
+/// not, or none when shared.
 pub fn decide_helper_layout() -> Result<(), String> {
+    emulated_without_tee(|p| Path::new(p).exists())?;
+    FIXED_LAYOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// [`decide_helper_layout`]'s test before the modules are loaded: the
+/// CPU's TEE flags only (the TEE devices come with modules). Why not, or
+/// none when helpers may share a layout as far as it can tell yet.
+pub fn early_helper_layout() -> Result<(), String> {
+    emulated_without_tee(|_| false)
+}
+
+fn emulated_without_tee(exists: impl Fn(&str) -> bool) -> Result<(), String> {
     if !emulated_cpu() {
         return Err("not a software-emulated CPU".into());
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")
         .map_err(|e| format!("cannot read /proc/cpuinfo: {e}"))?;
-    if let Some(sign) = tee_sign(&cpuinfo, |p| Path::new(p).exists()) {
+    if let Some(sign) = tee_sign(&cpuinfo, exists) {
         return Err(format!("the CPU says TCG, but {sign} says TEE"));
     }
-    FIXED_LAYOUT.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 

@@ -103,6 +103,16 @@ impl Reaper {
         rx
     }
 
+    /// The exit of `pid`, a process that began at `since` or later: an
+    /// exit of that pid reaped before then was another process's (the pid
+    /// was reused), and is dropped.
+    pub fn watch_started(&self, pid: i32, since: std::time::Instant) -> oneshot::Receiver<Status> {
+        self.lock()
+            .unclaimed
+            .retain(|(p, _, at)| *p != pid || *at >= since);
+        self.watch(pid)
+    }
+
     /// Sends `sig` to `pid` if it is still being waited for. Under the
     /// reaper's lock the pid cannot be reaped, so it cannot have been
     /// reused by another process.
@@ -156,6 +166,30 @@ mod tests {
         assert_eq!(decode(0), 0);
         assert_eq!(decode(libc::SIGTERM), 143);
         assert_eq!(decode(libc::SIGKILL), 137);
+    }
+
+    /// A pid reused within the minute unclaimed exits are kept: the exit
+    /// reaped before the new process began is not the new one's.
+    #[test]
+    fn an_exit_reaped_before_a_process_began_is_not_its() {
+        let reaper = Reaper::default();
+        let old = std::time::Instant::now();
+        reaper.lock().unclaimed.push_back((4242, 9, old));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let asked = std::time::Instant::now();
+        let mut rx = reaper.watch_started(4242, asked);
+        assert!(rx.try_recv().is_err(), "the old exit was taken");
+        assert!(reaper.lock().waiters.contains_key(&4242));
+        // One reaped after it began (killed early) is its own.
+        reaper
+            .lock()
+            .unclaimed
+            .push_back((4243, 137, std::time::Instant::now()));
+        assert_eq!(reaper.watch_started(4243, asked).try_recv().ok(), Some(137));
+        // Other pids' exits stay.
+        reaper.lock().unclaimed.push_back((4244, 1, old));
+        let _ = reaper.watch_started(4245, asked);
+        assert!(reaper.lock().unclaimed.iter().any(|(p, _, _)| *p == 4244));
     }
 
     #[test]

@@ -437,7 +437,7 @@ impl Sandbox {
         let spawned_ns = oci::monotonic_ns();
         let (forked, stdio) = self.fork_helper(&req, &reply_path, stdio).await;
         let exit = match forked {
-            Ok(pid) => self.reaper.watch(pid),
+            Ok(exit) => exit,
             Err(e) => {
                 if let Some(e) = e {
                     tracing::warn!("{e}: the runtime helper is started as a new process");
@@ -491,7 +491,7 @@ impl Sandbox {
         }
     }
 
-    /// The helper for `req` forked by the zygote: its pid, or why not
+    /// The helper for `req` forked by the zygote: its exit, or why not
     /// (none without a zygote), with `stdio` back for a helper started
     /// afresh. Our ends of `stdio` are closed once the helper has its
     /// own, so the pipes see EOF when the process exits.
@@ -501,7 +501,7 @@ impl Sandbox {
         reply: &Path,
         stdio: Option<[std::os::fd::OwnedFd; 3]>,
     ) -> (
-        Result<i32, Option<std::io::Error>>,
+        Result<tokio::sync::oneshot::Receiver<super::reaper::Status>, Option<std::io::Error>>,
         Option<[std::os::fd::OwnedFd; 3]>,
     ) {
         let Some(zygote) = self.zygote.clone() else {
@@ -511,23 +511,26 @@ impl Sandbox {
             (Ok(j), Some(r)) => (j, r.to_string()),
             _ => return (Err(None), stdio),
         };
+        let reaper = self.reaper.clone();
         let forked = tokio::task::spawn_blocking(move || {
+            let asked = std::time::Instant::now();
+            let watch = |pid| reaper.watch_started(pid, asked);
             let fds = match &stdio {
-                Some([i, o, e]) => zygote.spawn(&json, &reply, [i, o, e]),
+                Some([i, o, e]) => zygote.spawn(&json, &reply, [i, o, e], watch),
                 None => std::fs::OpenOptions::new()
                     .read(true)
                     .write(true)
                     .open("/dev/null")
                     .and_then(|n| {
                         let n = std::os::fd::OwnedFd::from(n);
-                        zygote.spawn(&json, &reply, [&n, &n, &n])
+                        zygote.spawn(&json, &reply, [&n, &n, &n], watch)
                     }),
             };
             (fds, stdio)
         })
         .await;
         match forked {
-            Ok((Ok(pid), _)) => (Ok(pid), None),
+            Ok((Ok(exit), _)) => (Ok(exit), None),
             Ok((Err(e), stdio)) => (Err(Some(e)), stdio),
             // The blocking task panicked (the guest aborts on panic).
             Err(e) => (Err(Some(std::io::Error::other(e))), None),

@@ -15,9 +15,18 @@
 //!
 //! One message each way on a `SOCK_SEQPACKET` pair: PID 1 sends the
 //! request (its JSON, a NUL, the reply file's path) with the helper's
-//! stdin, stdout and stderr as `SCM_RIGHTS`; the zygote answers the
-//! helper's pid (4 bytes, little endian), or a negative errno when it
-//! could not fork.
+//! stdin, stdout and stderr and the read end of a go-ahead pipe as
+//! `SCM_RIGHTS`; the zygote answers the helper's pid (4 bytes, little
+//! endian), or a negative errno when it could not fork. The helper does
+//! nothing until it reads its go-ahead, which PID 1 writes once it awaits
+//! the helper's exit: a helper PID 1 does not know of (the exchange
+//! failed after the fork) reads end of file and ends.
+//!
+//! Only under software emulation with no sign of a TEE (see
+//! [`super::oci::decide_helper_layout`]): a forked helper shares PID 1's
+//! layout, stack canary and pointer guard, which a TEE guest keeps from
+//! the processes that handle container specs; there each helper is a
+//! new process of its own.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,13 +35,14 @@ use std::sync::Mutex;
 /// The longest request the zygote takes (ids and paths only).
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// How long PID 1 waits for the zygote to answer before it gives up on
-/// it for good.
+/// How long PID 1 waits for the zygote to answer before it ends it.
 const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// PID 1's end of the zygote; `None` once the zygote is gone.
 pub struct Zygote {
     sock: Mutex<Option<OwnedFd>>,
+    /// The zygote's pidfd, to end it when it stops answering.
+    pidfd: Option<OwnedFd>,
 }
 
 impl Zygote {
@@ -66,53 +76,69 @@ impl Zygote {
                 close_from(keep + 1, u32::MAX);
                 serve(theirs)
             }
-            _ => {
+            pid => {
                 drop(theirs);
-                let tv = libc::timeval {
-                    tv_sec: ANSWER_WITHIN.as_secs() as libc::time_t,
-                    tv_usec: 0,
-                };
-                // SAFETY: setsockopt with a valid timeval of its size.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        ours.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_RCVTIMEO,
-                        (&tv as *const libc::timeval).cast(),
-                        std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-                    )
-                };
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // SAFETY: pidfd_open(2) of our own unreaped child.
+                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                // SAFETY: a descriptor the kernel just made for us.
+                let pidfd = (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
                 Ok(Self {
                     sock: Mutex::new(Some(ours)),
+                    pidfd,
                 })
             }
         }
     }
 
     /// Starts a helper for `request` (JSON) that writes its reply to
-    /// `reply`, with `stdio` as its standard streams; its pid. An error
-    /// means no helper was started; once the zygote failed to answer, it
-    /// is given up and every later call fails at once. Blocking.
-    pub fn spawn(&self, request: &str, reply: &str, stdio: [&OwnedFd; 3]) -> std::io::Result<i32> {
+    /// `reply`, with `stdio` as its standard streams. The helper waits
+    /// until `register` has been given its pid (so that its exit is
+    /// awaited before it can happen), then runs; what `register` returned.
+    /// On an error no helper runs (one already forked reads end of file
+    /// instead of its go-ahead, and ends); once the zygote failed to
+    /// answer, it is ended and every later call fails at once. Blocking.
+    pub fn spawn<R>(
+        &self,
+        request: &str,
+        reply: &str,
+        stdio: [&OwnedFd; 3],
+        register: impl FnOnce(i32) -> R,
+    ) -> std::io::Result<R> {
         let mut sock = self.sock.lock().unwrap_or_else(|e| e.into_inner());
         let Some(s) = sock.as_ref() else {
             return Err(std::io::Error::other("the helpers' zygote is gone"));
         };
-        match ask(s.as_fd(), request, reply, stdio) {
-            Ok(pid) => Ok(pid),
+        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let [i, o, e] = stdio;
+        let pid = match ask(s.as_fd(), request, reply, [i, o, e, &go_r]) {
+            Ok(pid) => pid,
             // It could not fork this once: it still answers.
-            Err(Answer::Refused(e)) => Err(e),
+            Err(Answer::Refused(e)) => return Err(e),
             Err(Answer::Lost(e)) => {
-                // Closing our end ends the zygote (it reads end of file).
                 *sock = None;
-                Err(std::io::Error::other(format!(
+                if let Some(p) = &self.pidfd {
+                    // SAFETY: pidfd_send_signal(2) through our own pidfd.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            p.as_raw_fd(),
+                            libc::SIGKILL,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        )
+                    };
+                }
+                return Err(std::io::Error::other(format!(
                     "the helpers' zygote stopped answering: {e}"
-                )))
+                )));
             }
-        }
+        };
+        drop(go_r);
+        let registered = register(pid);
+        // The helper is blocked reading its go-ahead: it cannot have gone
+        // unless killed, and then it reads nothing more anyway.
+        nix::unistd::write(&go_w, b"g")?;
+        Ok(registered)
     }
 }
 
@@ -128,13 +154,13 @@ fn ask(
     sock: std::os::fd::BorrowedFd<'_>,
     request: &str,
     reply: &str,
-    stdio: [&OwnedFd; 3],
+    fds: [&OwnedFd; 4],
 ) -> Result<i32, Answer> {
     use nix::sys::socket::{ControlMessage, MsgFlags, recv, sendmsg};
     let lost = |e: nix::Error| Answer::Lost(e.into());
     let body = encode(request, reply).map_err(Answer::Refused)?;
-    let fds = stdio.map(|f| f.as_raw_fd());
-    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let raw = fds.map(|f| f.as_raw_fd());
+    let cmsg = [ControlMessage::ScmRights(&raw)];
     sendmsg::<()>(
         sock.as_raw_fd(),
         &[IoSlice::new(&body)],
@@ -143,8 +169,42 @@ fn ask(
         None,
     )
     .map_err(lost)?;
+    // Waited for with poll(2), retried after a signal (PID 1 gets SIGCHLD
+    // all the time), against one deadline.
+    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Answer::Lost(std::io::Error::other(format!(
+                "no answer within {} s",
+                ANSWER_WITHIN.as_secs()
+            ))));
+        }
+        let mut p = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) of one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32 + 1) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Answer::Lost(e));
+        }
+        if n > 0 {
+            break;
+        }
+    }
     let mut answer = [0u8; 8];
-    let n = recv(sock.as_raw_fd(), &mut answer, MsgFlags::empty()).map_err(lost)?;
+    let n = loop {
+        match recv(sock.as_raw_fd(), &mut answer, MsgFlags::MSG_DONTWAIT) {
+            Err(nix::Error::EINTR) => continue,
+            r => break r.map_err(lost)?,
+        }
+    };
     if n != 4 {
         return Err(Answer::Lost(std::io::Error::other(format!(
             "an answer of {n} bytes"
@@ -191,7 +251,7 @@ struct Received {
 fn receive(sock: RawFd) -> std::io::Result<Option<Received>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut body = vec![0u8; MAX_REQUEST];
-    let mut space = nix::cmsg_space!([RawFd; 3]);
+    let mut space = nix::cmsg_space!([RawFd; 4]);
     let (len, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut body)];
         let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
@@ -274,7 +334,7 @@ fn start(r: Received) -> std::io::Result<i32> {
     let Some((request, reply)) = decode(&r.body) else {
         return Err(std::io::ErrorKind::InvalidInput.into());
     };
-    let [stdin, stdout, stderr] = <[OwnedFd; 3]>::try_from(r.fds)
+    let [stdin, stdout, stderr, go] = <[OwnedFd; 4]>::try_from(r.fds)
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let (pid_r, pid_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: the zygote has one thread.
@@ -287,7 +347,7 @@ fn start(r: Received) -> std::io::Result<i32> {
             let helper = unsafe { libc::fork() };
             if helper == 0 {
                 drop(pid_w);
-                helper_process([&stdin, &stdout, &stderr], request, reply);
+                helper_process([&stdin, &stdout, &stderr], &go, request, reply);
             }
             let code = if helper > 0 {
                 // SAFETY: write(2) of a local buffer.
@@ -303,7 +363,7 @@ fn start(r: Received) -> std::io::Result<i32> {
         _ => {}
     }
     drop(pid_w);
-    drop((stdin, stdout, stderr));
+    drop((stdin, stdout, stderr, go));
     let mut status = 0;
     // SAFETY: waits for the zygote's own short-lived child.
     while unsafe { libc::waitpid(child, &mut status, 0) } == -1 {
@@ -322,11 +382,28 @@ fn start(r: Received) -> std::io::Result<i32> {
 
 /// The helper itself: its standard streams, nothing else of the zygote's
 /// open, then the operation.
-fn helper_process(stdio: [&OwnedFd; 3], request: &str, reply: &str) -> ! {
+fn helper_process(stdio: [&OwnedFd; 3], go: &OwnedFd, request: &str, reply: &str) -> ! {
+    // Nothing happens before PID 1 awaits this process's exit.
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(go.as_raw_fd(), &mut byte) {
+            Ok(1) => break,
+            Err(nix::Error::EINTR) => continue,
+            _ => exit(125),
+        }
+    }
     for (fd, to) in stdio.iter().zip(0..) {
-        // SAFETY: dup2 onto the standard descriptors (dup2 clears
-        // close-on-exec, which the received ends carry).
-        if unsafe { libc::dup2(fd.as_raw_fd(), to) } != to {
+        let fd = fd.as_raw_fd();
+        // dup2 clears close-on-exec, which the received ends carry; a
+        // descriptor already at its place (PID 1 without a console) is
+        // cleared by hand.
+        // SAFETY: dup2 and fcntl on descriptors this process owns.
+        let placed = if fd == to {
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) == 0 }
+        } else {
+            unsafe { libc::dup2(fd, to) == to }
+        };
+        if !placed {
             exit(126);
         }
     }
