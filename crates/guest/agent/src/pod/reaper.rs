@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(reaper.watch_started(4243, asked).try_recv().ok(), Some(137));
         // Other pids' exits stay.
         reaper.lock().unclaimed.push_back((4244, 1, old));
-        let _ = reaper.watch_started(4245, asked);
+        drop(reaper.watch_started(4245, asked));
         assert!(reaper.lock().unclaimed.iter().any(|(p, _, _)| *p == 4244));
     }
 
