@@ -67,10 +67,30 @@ impl Drop for ConsoleSocket {
     }
 }
 
+/// The descriptors a received message carried as SCM_RIGHTS, each owned
+/// (and closed) by the caller.
+pub(super) fn owned_rights(
+    msg: &nix::sys::socket::RecvMsg<'_, '_, ()>,
+) -> std::io::Result<Vec<OwnedFd>> {
+    use nix::sys::socket::ControlMessageOwned;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: the kernel installed these descriptors for us and
+            // nothing else refers to them.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok(fds)
+}
+
 /// One message with its SCM_RIGHTS descriptors; every descriptor
 /// received is owned (and closed) by the caller.
 fn recv_fds(sock: RawFd) -> std::io::Result<Vec<OwnedFd>> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use nix::sys::socket::{MsgFlags, recvmsg};
     let mut name = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut name)];
     // Room for as many descriptors as one message can carry (SCM_MAX_FD):
@@ -83,17 +103,7 @@ fn recv_fds(sock: RawFd) -> std::io::Result<Vec<OwnedFd>> {
         MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
     )
     .map_err(std::io::Error::from)?;
-    let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            // SAFETY: the kernel installed these descriptors for us and
-            // nothing else refers to them.
-            fds.extend(
-                raw.into_iter()
-                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-            );
-        }
-    }
+    let fds = owned_rights(&msg)?;
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
         return Err(std::io::Error::other(
             "the console socket message carried too many descriptors",

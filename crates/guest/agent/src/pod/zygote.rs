@@ -249,24 +249,14 @@ struct Received {
 
 /// The next request; `None` at end of file (PID 1 closed its end).
 fn receive(sock: RawFd) -> std::io::Result<Option<Received>> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use nix::sys::socket::{MsgFlags, recvmsg};
     let mut body = vec![0u8; MAX_REQUEST];
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let (len, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut body)];
         let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
             .map_err(std::io::Error::from)?;
-        let mut fds = Vec::new();
-        for cmsg in msg.cmsgs().map_err(std::io::Error::from)? {
-            if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                // SAFETY: the kernel installed these for us alone.
-                fds.extend(
-                    raw.into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
-            }
-        }
-        (msg.bytes, msg.flags, fds)
+        (msg.bytes, msg.flags, super::pty::owned_rights(&msg)?)
     };
     if len == 0 && fds.is_empty() {
         return Ok(None);
