@@ -186,7 +186,13 @@ fn ask(
             revents: 0,
         };
         // SAFETY: poll(2) of one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32 + 1) };
+        let n = unsafe {
+            libc::poll(
+                &mut p,
+                1,
+                left.as_millis().min(i32::MAX as u128 - 1) as i32 + 1,
+            )
+        };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
