@@ -435,7 +435,7 @@ impl Sandbox {
             console_socket,
         };
         let spawned_ns = oci::monotonic_ns();
-        let (forked, stdio) = self.fork_helper(&req, &reply_path, stdio).await;
+        let (forked, stdio) = self.fork_helper(&req, &reply_path, stdio).await?;
         let exit = match forked {
             Ok(exit) => exit,
             Err(e) => {
@@ -494,22 +494,26 @@ impl Sandbox {
     /// The helper for `req` forked by the zygote: its exit, or why not
     /// (none without a zygote), with `stdio` back for a helper started
     /// afresh. Our ends of `stdio` are closed once the helper has its
-    /// own, so the pipes see EOF when the process exits.
+    /// own, so the pipes see EOF when the process exits. An error when
+    /// `stdio` is lost with no helper run: the operation fails.
     async fn fork_helper(
         &self,
         req: &oci::Request,
         reply: &Path,
         stdio: Option<[std::os::fd::OwnedFd; 3]>,
-    ) -> (
-        Result<tokio::sync::oneshot::Receiver<super::reaper::Status>, Option<std::io::Error>>,
-        Option<[std::os::fd::OwnedFd; 3]>,
-    ) {
+    ) -> Result<
+        (
+            Result<tokio::sync::oneshot::Receiver<super::reaper::Status>, Option<std::io::Error>>,
+            Option<[std::os::fd::OwnedFd; 3]>,
+        ),
+        SandboxError,
+    > {
         let Some(zygote) = self.zygote.clone() else {
-            return (Err(None), stdio);
+            return Ok((Err(None), stdio));
         };
         let (json, reply) = match (serde_json::to_string(req), reply.to_str()) {
             (Ok(j), Some(r)) => (j, r.to_string()),
-            _ => return (Err(None), stdio),
+            _ => return Ok((Err(None), stdio)),
         };
         let reaper = self.reaper.clone();
         let forked = tokio::task::spawn_blocking(move || {
@@ -530,10 +534,13 @@ impl Sandbox {
         })
         .await;
         match forked {
-            Ok((Ok(exit), _)) => (Ok(exit), None),
-            Ok((Err(e), stdio)) => (Err(Some(e)), stdio),
-            // The blocking task panicked (the guest aborts on panic).
-            Err(e) => (Err(Some(std::io::Error::other(e))), None),
+            Ok((Ok(exit), _)) => Ok((Ok(exit), None)),
+            Ok((Err(e), stdio)) => Ok((Err(Some(e)), stdio)),
+            // The task ended early: its go-ahead pipe is closed, so no
+            // helper ran, but the process's stdio went with it.
+            Err(e) => Err(SandboxError::Failed(format!(
+                "starting the runtime helper: {e}"
+            ))),
         }
     }
 

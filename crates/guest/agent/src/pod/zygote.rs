@@ -74,7 +74,10 @@ impl Zygote {
                 let keep = theirs.as_raw_fd() as u32;
                 close_from(3, keep.saturating_sub(1));
                 close_from(keep + 1, u32::MAX);
-                serve(theirs)
+                // A panic (in a build that unwinds) must not unwind into
+                // PID 1's frames in this copy of it.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(theirs)));
+                exit(101)
             }
             pid => {
                 drop(theirs);
@@ -161,14 +164,21 @@ fn ask(
     let body = encode(request, reply).map_err(Answer::Refused)?;
     let raw = fds.map(|f| f.as_raw_fd());
     let cmsg = [ControlMessage::ScmRights(&raw)];
-    sendmsg::<()>(
-        sock.as_raw_fd(),
-        &[IoSlice::new(&body)],
-        &cmsg,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map_err(lost)?;
+    loop {
+        match sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[IoSlice::new(&body)],
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::Error::EINTR) => continue,
+            r => {
+                r.map_err(lost)?;
+                break;
+            }
+        }
+    }
     // Waited for with poll(2), retried after a signal (PID 1 gets SIGCHLD
     // all the time), against one deadline.
     let deadline = std::time::Instant::now() + ANSWER_WITHIN;
@@ -257,7 +267,9 @@ struct Received {
 fn receive(sock: RawFd) -> std::io::Result<Option<Received>> {
     use nix::sys::socket::{MsgFlags, recvmsg};
     let mut body = vec![0u8; MAX_REQUEST];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    // Room for as many descriptors as one message can carry (SCM_MAX_FD):
+    // a message never arrives cut, and every descriptor is owned.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
     let (len, flags, fds) = {
         let mut iov = [IoSliceMut::new(&mut body)];
         let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
@@ -343,7 +355,10 @@ fn start(r: Received) -> std::io::Result<i32> {
             let helper = unsafe { libc::fork() };
             if helper == 0 {
                 drop(pid_w);
-                helper_process([&stdin, &stdout, &stderr], &go, request, reply);
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    helper_process([&stdin, &stdout, &stderr], &go, request, reply)
+                }));
+                exit(101);
             }
             let code = if helper > 0 {
                 // SAFETY: write(2) of a local buffer.
