@@ -1264,6 +1264,57 @@ fn cri_pod_failures_leave_nothing_behind() {
     assert!(err.contains("Kernel panic"), "{err}");
     env.assert_clean("a VM that did not boot");
 
+    // A configuration without host ports gives the VM no user network:
+    // its one NIC is the pod's. Here the registry is only on the host's
+    // loopback, so the guest's pull fails, saying so, and nothing is left.
+    let with_ports = std::fs::read_to_string(&env.shim_cfg).unwrap();
+    let without: String = with_ports
+        .lines()
+        .filter(|l| !l.starts_with("host_ports"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(
+        without, with_ports,
+        "the test configuration lists host ports"
+    );
+    std::fs::write(&env.shim_cfg, &without).unwrap();
+    let m = env.manifest("portless", Some("cocoon"), "", &sleeper);
+    let state = env.state.display().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (seen, done) = (seen.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for pid in qemu_with(&state) {
+                    if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                        let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                        let mut seen = seen.lock().unwrap();
+                        if !seen.contains(&c) {
+                            seen.push(c);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let err = fails(&env.pod(&["run", "--rm", m.to_str().unwrap()]));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().unwrap();
+    assert!(
+        err.contains(&format!("pulling {image}"))
+            && err.contains(&format!("cannot reach registry {}", env.reg.addr)),
+        "{err}"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "one VM: {seen:?}");
+    assert!(seen[0].contains("tap,id=pod0"), "{}", seen[0]);
+    assert!(!seen[0].contains("-netdev user"), "{}", seen[0]);
+    assert_eq!(seen[0].matches("virtio-net-pci").count(), 1, "{}", seen[0]);
+    std::fs::write(&env.shim_cfg, &with_ports).unwrap();
+    env.assert_clean("a pod without host ports");
+
     // containerd restarting does not lose the pod: the shim and its VM
     // carry on, and removing the pod afterwards still cleans up.
     let m = env.manifest("survivor", Some("cocoon"), "", &sleeper);

@@ -53,7 +53,8 @@ pub struct Config {
     pub boot_timeout_secs: u64,
     /// Host loopback ports the guest may reach (`127.0.0.1:PORT`, seen
     /// at the same address in the guest): a trustee or registry on the
-    /// node itself. Nothing else on the host is reachable.
+    /// node itself. Nothing else on the host is reachable; without any,
+    /// the VM has no user network at all.
     pub host_ports: Vec<u16>,
 }
 

@@ -359,10 +359,6 @@ impl Inner {
             extra => format!("{} {extra}", cmdline.trim()),
         };
         let console = cfg.state_dir.join(format!("{sandbox_id}.console.log"));
-        let relay = std::env::current_exe()
-            .map_err(internal)?
-            .display()
-            .to_string();
         let spec = VmSpec {
             id: sandbox_id.into(),
             mode: cfg.mode,
@@ -376,10 +372,7 @@ impl Inner {
             initdata: settings.initdata.clone(),
             state_dir: cfg.state_dir.join(sandbox_id),
             console_log: console.clone(),
-            network: Some(UserNetwork {
-                forwards: cfg.host_ports.clone(),
-                relay: vec![relay, crate::RELAY_ARG.into()],
-            }),
+            network: user_network(&cfg.host_ports)?,
             vtpm_ca: (cfg.mode == Mode::Vtpm).then(|| cfg.vtpm_ca.clone()),
             pod_network: None,
         };
@@ -435,9 +428,11 @@ impl Inner {
             if let Some(p) = &settings.agent_policy {
                 pod.agent().set_policy(p).await?;
             }
-            pod.agent()
-                .setup_user_network(&cfg.host_ports, pod_net.is_none())
-                .await?;
+            if !cfg.host_ports.is_empty() {
+                pod.agent()
+                    .setup_user_network(&cfg.host_ports, pod_net.is_none())
+                    .await?;
+            }
             if let Some(net) = &pod_net {
                 pod.agent().setup_pod_network(net).await?;
             }
@@ -1169,9 +1164,36 @@ impl Task for Service {
     }
 }
 
+/// The VM's user network (QEMU's, restricted: nothing on the host or
+/// beyond is reachable through it) exists only to carry `host_ports` to
+/// the host's loopback, so without them there is none: one NIC fewer for
+/// the guest to probe, and no user-mode network stack in QEMU for it.
+fn user_network(host_ports: &[u16]) -> TtrpcResult<Option<UserNetwork>> {
+    if host_ports.is_empty() {
+        return Ok(None);
+    }
+    let relay = std::env::current_exe()
+        .map_err(internal)?
+        .display()
+        .to_string();
+    Ok(Some(UserNetwork {
+        forwards: host_ports.to_vec(),
+        relay: vec![relay, crate::RELAY_ARG.into()],
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_network_only_carries_host_ports() {
+        assert!(user_network(&[]).unwrap().is_none());
+        let net = user_network(&[5000, 8080]).unwrap().unwrap();
+        assert_eq!(net.forwards, vec![5000, 8080]);
+        assert_eq!(net.relay.len(), 2);
+        assert_eq!(net.relay[1], crate::RELAY_ARG);
+    }
 
     #[test]
     fn config_path_comes_from_containerds_runtime_options() {
