@@ -519,7 +519,7 @@ impl Sandbox {
         let forked = tokio::task::spawn_blocking(move || {
             let asked = std::time::Instant::now();
             let watch = |pid| reaper.watch_started(pid, asked);
-            let fds = match &stdio {
+            let spawned = match &stdio {
                 Some([i, o, e]) => zygote.spawn(&json, &reply, [i, o, e], watch),
                 None => std::fs::OpenOptions::new()
                     .read(true)
@@ -530,7 +530,7 @@ impl Sandbox {
                         zygote.spawn(&json, &reply, [&n, &n, &n], watch)
                     }),
             };
-            (fds, stdio)
+            (spawned, stdio)
         })
         .await;
         match forked {
