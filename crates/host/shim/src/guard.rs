@@ -74,13 +74,10 @@ impl Guard {
         }
     }
 
-    /// Tells the guard which file at its socket path is this shim's
-    /// (call once the server is bound).
-    pub fn socket_bound(&self, socket: &str) {
-        match std::fs::symlink_metadata(socket_path(socket)) {
-            Ok(m) => self.send(&[b"socket", format!("{}:{}", m.dev(), m.ino()).as_bytes()]),
-            Err(e) => tracing::warn!(error = %e, "the shim's socket cannot be examined"),
-        }
+    /// Tells the guard which file at its socket path is this shim's (its
+    /// [`file_id`], once the server is bound).
+    pub fn socket_bound(&self, (dev, ino): (u64, u64)) {
+        self.send(&[b"socket", format!("{dev}:{ino}").as_bytes()]);
     }
 
     /// Tells the guard where the pod's VM keeps its state.
@@ -202,7 +199,7 @@ fn watch(mut pipe: impl Read, shim: u32, socket: &str) {
     if let Some(own) = told.socket {
         // The file the dead shim bound, and no other: a new shim at the
         // same path made a new one.
-        let same = |p: &str| std::fs::symlink_metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == own);
+        let same = |p: &str| file_id(p) == Some(own);
         if same(socket_path(socket)) {
             while served(socket) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -283,8 +280,17 @@ fn connect_nonblocking(path: &[u8]) -> Option<(std::os::fd::OwnedFd, i32)> {
     Some((fd, r))
 }
 
-fn socket_path(address: &str) -> &str {
+/// The file of a socket address (`unix:///path` or a path).
+pub fn socket_path(address: &str) -> &str {
     address.strip_prefix("unix://").unwrap_or(address)
+}
+
+/// Device and inode of the file at `path` itself (not a link's target):
+/// which file it is, so a new one made at the same path is told apart.
+pub fn file_id(path: &str) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Runs `f` holding an exclusive lock on the directory of the socket

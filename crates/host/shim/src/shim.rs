@@ -10,7 +10,6 @@ use containerd_shim::asynchronous::publisher::RemotePublisher;
 use containerd_shim::asynchronous::{ExitSignal, Shim, spawn};
 use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
 /// The shim.
@@ -216,10 +215,7 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
     for (name, service) in create_task(task) {
         services.insert(name.replace(".v3.", ".v2."), service);
     }
-    let path = flags
-        .socket
-        .strip_prefix("unix://")
-        .unwrap_or(&flags.socket);
+    let path = crate::guard::socket_path(&flags.socket);
     if let Some(dir) = std::path::Path::new(path).parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
@@ -232,13 +228,12 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
         let server = containerd_shim_protos::ttrpc::r#async::Server::new()
             .bind(&flags.socket)
             .map_err(|e| Error::Other(format!("listening on {}: {e}", flags.socket)))?;
-        let bound = std::fs::symlink_metadata(path)
-            .map(|m| (m.dev(), m.ino()))
-            .ok();
-        Ok::<_, Error>((server, bound))
+        Ok::<_, Error>((server, crate::guard::file_id(path)))
     })?;
-    if let Some(guard) = service.guard() {
-        guard.socket_bound(&flags.socket);
+    match (service.guard(), bound) {
+        (Some(guard), Some(id)) => guard.socket_bound(id),
+        (Some(_), None) => log::warn!("the shim's socket {path} cannot be examined"),
+        _ => {}
     }
     let mut server = server.register_service(services);
     server
@@ -263,8 +258,7 @@ pub async fn serve(flags: &Flags) -> Result<(), Error> {
     };
     // No new `start` finds this shim from here on.
     crate::guard::with_socket_lock(path, || {
-        let ours = std::fs::symlink_metadata(path).is_ok_and(|m| Some((m.dev(), m.ino())) == bound);
-        if ours {
+        if bound.is_some() && crate::guard::file_id(path) == bound {
             let _ = std::fs::remove_file(path);
         }
     });

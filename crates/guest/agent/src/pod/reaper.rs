@@ -88,11 +88,22 @@ impl Reaper {
     /// The exit of `pid` (a child of PID 1, or a process that will be
     /// reparented to it). Resolves at once if it has already been reaped.
     pub fn watch(&self, pid: i32) -> oneshot::Receiver<Status> {
+        self.claim(pid, None)
+    }
+
+    /// The exit of `pid`, a process that began at `since` or later: an
+    /// exit of that pid reaped before then was another process's (the pid
+    /// was reused), and is dropped.
+    pub fn watch_started(&self, pid: i32, since: std::time::Instant) -> oneshot::Receiver<Status> {
+        self.claim(pid, Some(since))
+    }
+
+    fn claim(&self, pid: i32, since: Option<std::time::Instant>) -> oneshot::Receiver<Status> {
         let (tx, rx) = oneshot::channel();
         let mut inner = self.lock();
-        inner
-            .unclaimed
-            .retain(|(_, _, at)| at.elapsed() < UNCLAIMED_FOR);
+        inner.unclaimed.retain(|(p, _, at)| {
+            at.elapsed() < UNCLAIMED_FOR && (*p != pid || since.is_none_or(|s| *at >= s))
+        });
         if let Some(i) = inner.unclaimed.iter().position(|(p, _, _)| *p == pid) {
             if let Some((_, code, _)) = inner.unclaimed.remove(i) {
                 let _ = tx.send(code);
@@ -101,16 +112,6 @@ impl Reaper {
             inner.waiters.insert(pid, tx);
         }
         rx
-    }
-
-    /// The exit of `pid`, a process that began at `since` or later: an
-    /// exit of that pid reaped before then was another process's (the pid
-    /// was reused), and is dropped.
-    pub fn watch_started(&self, pid: i32, since: std::time::Instant) -> oneshot::Receiver<Status> {
-        self.lock()
-            .unclaimed
-            .retain(|(p, _, at)| *p != pid || *at >= since);
-        self.watch(pid)
     }
 
     /// Sends `sig` to `pid` if it is still being waited for. Under the

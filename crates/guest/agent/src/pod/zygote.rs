@@ -298,16 +298,12 @@ fn serve(sock: OwnedFd) -> ! {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => e.raw_os_error().unwrap_or(libc::EINVAL).saturating_neg(),
         };
-        // SAFETY: send(2) of a local buffer.
-        let sent = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                answer.to_le_bytes().as_ptr().cast(),
-                4,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if sent != 4 {
+        let sent = nix::sys::socket::send(
+            sock.as_raw_fd(),
+            &answer.to_le_bytes(),
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        );
+        if sent != Ok(4) {
             exit(1);
         }
     }
@@ -360,16 +356,8 @@ fn start(r: Received) -> std::io::Result<i32> {
                 }));
                 exit(101);
             }
-            let code = if helper > 0 {
-                // SAFETY: write(2) of a local buffer.
-                let n = unsafe {
-                    libc::write(pid_w.as_raw_fd(), helper.to_le_bytes().as_ptr().cast(), 4)
-                };
-                i32::from(n != 4)
-            } else {
-                1
-            };
-            exit(code)
+            let told = helper > 0 && nix::unistd::write(&pid_w, &helper.to_le_bytes()) == Ok(4);
+            exit(i32::from(!told))
         }
         _ => {}
     }
