@@ -104,7 +104,10 @@ pub fn run_pid1() -> ! {
         Err(why) => tracing::debug!("runtime helpers laid out at random: {why}"),
     }
     let zygote = match (shared, zygote) {
-        (Ok(()), Ok(Ok(z))) => Some(z),
+        (Ok(()), Ok(Ok(z))) => {
+            tracing::info!("the runtime helpers are forked by a zygote");
+            Some(z)
+        }
         (Ok(()), Ok(Err(e))) => {
             tracing::warn!("the runtime helpers' zygote: {e}; each helper starts afresh");
             None
