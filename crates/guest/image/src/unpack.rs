@@ -484,7 +484,7 @@ impl Rootfs {
                     }
                     rustix::fs::symlinkat(target.as_str(), &parent, base)
                         .map_err(|e| io_err(&name, e))?;
-                    self.chown_entry(&parent, base, &header, &name)?;
+                    self.set_meta_at(&parent, base, &header, &name)?;
                 }
                 tar::EntryType::Link => {
                     let target =
@@ -541,7 +541,7 @@ impl Rootfs {
                         rustix::fs::makedev(major, minor),
                     )
                     .map_err(|e| io_err(&name, e))?;
-                    self.chown_entry(&parent, base, &header, &name)?;
+                    self.set_meta_at(&parent, base, &header, &name)?;
                 }
                 other => {
                     return Err(refused(
@@ -571,25 +571,39 @@ impl Rootfs {
         Ok(stats)
     }
 
-    /// The archive's owner on an entry that is not opened (symlink, node).
-    fn chown_entry(
+    /// The archive's owner and time on an entry that is not opened
+    /// (symlink, node), without following it, as containerd does.
+    fn set_meta_at(
         &self,
         parent: &OwnedFd,
         base: &str,
         header: &tar::Header,
         name: &str,
     ) -> Result<(), UnpackError> {
-        if !self.opts.preserve_ownership {
-            return Ok(());
+        if self.opts.preserve_ownership {
+            rustix::fs::chownat(
+                parent,
+                base,
+                Some(uid(header)),
+                Some(gid(header)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| io_err(name, e))?;
         }
-        rustix::fs::chownat(
+        let t = rustix::fs::Timespec {
+            tv_sec: header.mtime().unwrap_or(0) as i64,
+            tv_nsec: 0,
+        };
+        let _ = rustix::fs::utimensat(
             parent,
             base,
-            Some(uid(header)),
-            Some(gid(header)),
+            &Timestamps {
+                last_access: t,
+                last_modification: t,
+            },
             AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| io_err(name, e))
+        );
+        Ok(())
     }
 
     /// Removes `name` in `dir` (recursively for directories); returns how

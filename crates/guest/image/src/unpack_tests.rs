@@ -185,6 +185,11 @@ fn files_dirs_links_and_modes() {
         0o755
     );
     assert_eq!(a.mtime(), 1_700_000_000);
+    // Links and nodes keep the archive's time too (not the time of unpacking).
+    for p in ["abs", "etc/alias", "run/fifo"] {
+        let m = std::fs::symlink_metadata(root.join(p)).unwrap();
+        assert_eq!(m.mtime(), 1_700_000_000, "{p}");
+    }
 }
 
 #[test]
