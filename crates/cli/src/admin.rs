@@ -273,7 +273,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 .json()
                 .await?;
             for r in list {
-                println!("kbs:///{r}");
+                outln!("kbs:///{r}");
             }
         }
         AdminCommand::SetPolicy { kind, file, id } => {
@@ -301,7 +301,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 .await?
                 .text()
                 .await?;
-            print!("{text}");
+            out!("{text}");
         }
         AdminCommand::AddTpmAk {
             file,
@@ -339,7 +339,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                 if ak["hardware_backed"].as_bool() == Some(true) {
                     how.push_str(", hardware-backed");
                 }
-                println!(
+                outln!(
                     "{}  added {}{how}",
                     ak["fingerprint"].as_str().unwrap_or("?"),
                     fmt_time(ak["added"].as_i64().unwrap_or_default())
@@ -398,7 +398,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
             let now = time::OffsetDateTime::now_utc().unix_timestamp();
             for rv in list {
                 let exp = rv["expires"].as_i64().unwrap_or_default();
-                println!(
+                outln!(
                     "{}\t{}\texpires {}{}",
                     rv["name"].as_str().unwrap_or_default(),
                     rv["value"],
@@ -476,7 +476,7 @@ pub async fn run(a: AdminArgs) -> Result<()> {
                     Some(r) => format!("retired {}", fmt_time(r)),
                     None => "unused".to_string(),
                 };
-                println!(
+                outln!(
                     "{}  created {}  {state}",
                     k["id"].as_str().unwrap_or("?"),
                     fmt_time(k["created"].as_i64().unwrap_or_default())
@@ -500,18 +500,18 @@ pub async fn explain(a: ExplainArgs) -> Result<()> {
         .json()
         .await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        outln!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
     if list.is_empty() {
-        println!("no denials recorded");
+        outln!("no denials recorded");
     }
     for d in list {
         let what = match (&d.kind[..], &d.resource) {
             ("resource", Some(r)) => format!("resource kbs:///{r}"),
             (k, _) => k.to_string(),
         };
-        println!(
+        outln!(
             "{}  {}  tee={}  {}",
             fmt_time(d.at),
             what,
@@ -519,7 +519,7 @@ pub async fn explain(a: ExplainArgs) -> Result<()> {
             d.reason
         );
         for line in &d.details {
-            println!("    - {line}");
+            outln!("    - {line}");
         }
     }
     Ok(())

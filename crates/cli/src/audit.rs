@@ -175,7 +175,7 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 }
             };
             for r in rows {
-                println!("{}", r.record);
+                outln!("{}", r.record);
             }
             Ok(0)
         }
@@ -281,7 +281,7 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 ),
                 None => format!("{head} records"),
             };
-            println!(
+            outln!(
                 "audit log verifies: {read}, last signed checkpoint {}, {after} record(s) after it (signed at the next checkpoint)",
                 v.last_checkpoint
                     .as_ref()
@@ -310,9 +310,10 @@ pub async fn run(cmd: AuditCommand) -> Result<u8> {
                 .await?
                 .json()
                 .await?;
-            println!(
+            outln!(
                 "audit log pruned: {} record(s) removed; it starts with checkpoint {}",
-                out["removed"], out["first"]
+                out["removed"],
+                out["first"]
             );
             Ok(0)
         }

@@ -303,7 +303,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         .chain(a.replica_urls.iter().map(String::as_str))
         .collect();
     let make_client = |i: usize| sample_client(&a, urls[i % urls.len()], cert.clone());
-    println!(
+    outln!(
         "cocoon bench kbs: {} clients, {} s per phase, against {} (load generator on the same machine)",
         a.clients,
         a.duration,
@@ -423,12 +423,17 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             r: fetches,
         },
     ];
-    println!(
+    outln!(
         "{:<44} {:>12} {:>10} {:>10} {:>8} {:>10}",
-        "phase", "rate", "p50 ms", "p99 ms", "errors", "vs base"
+        "phase",
+        "rate",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "vs base"
     );
     for rep in &reports {
-        println!(
+        outln!(
             "{:<44} {:>8.0} {:<4}{:>9.2} {:>10.2} {:>8} {:>9.3}x",
             rep.name,
             rep.rate,
@@ -443,26 +448,26 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             },
         );
         if let Some(e) = &rep.r.first_error {
-            println!("    first error: {e}");
+            outln!("    first error: {e}");
         }
     }
     let f = &reports[1].r;
-    println!(
+    outln!(
         "  inside a flow: auth+attest handshake p50 {:.2} ms p99 {:.2} ms; resource fetch p50 {:.2} ms p99 {:.2} ms",
         percentile_ms(&f.handshake_us, 0.5),
         percentile_ms(&f.handshake_us, 0.99),
         percentile_ms(&f.fetch_us, 0.5),
         percentile_ms(&f.fetch_us, 0.99)
     );
-    println!("targets: >= 2000 flows/s, >= 20000 fetches/s, p99 < 20 ms at 64 clients");
+    outln!("targets: >= 2000 flows/s, >= 20000 fetches/s, p99 < 20 ms at 64 clients");
     // One line for scripts comparing runs (stores, replica counts).
-    println!("summary: {flow_rate:.0} flows/s {fetch_rate:.0} fetches/s");
+    outln!("summary: {flow_rate:.0} flows/s {fetch_rate:.0} fetches/s");
     if let (Some(c0), Some(c1), Some(c2), Some(c3)) = (cpu0, cpu1, cpu2, cpu3) {
         let (sign, agree, seal) = crypto_floor(expected.len())?;
         let per_flow = (c1 - c0) * 1e6 / reports[1].r.ops.max(1) as f64;
         let per_fetch = (c3 - c2) * 1e6 / reports[2].r.ops.max(1) as f64;
         let floor_flow = sign + agree + seal;
-        println!(
+        outln!(
             "trustee CPU per flow {:.0} us, floor {:.0} us (ES256 token signature {:.0} us + ECDH-ES with the guest's P-256 key {:.0} us + JWE {:.0} us): {:.2}x (target 3x)",
             per_flow,
             floor_flow,
@@ -471,7 +476,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             seal,
             per_flow / floor_flow
         );
-        println!(
+        outln!(
             "trustee CPU per fetch {:.0} us, floor {:.0} us (the JWE): {:.2}x",
             per_fetch,
             seal,
@@ -481,7 +486,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
         // least what a bare /healthz costs the server.
         if let (Some(b0), Some(b1)) = (cpu_b0, cpu_b1) {
             let per_request = (b1 - b0) * 1e6 / reports[0].r.ops.max(1) as f64;
-            println!(
+            outln!(
                 "  trustee CPU per bare request (GET /healthz) {per_request:.0} us: a flow's three requests {:.0} us; floor + HTTP {:.0} us, the rest {:.0} us ({:.2}x floor + HTTP)",
                 3.0 * per_request,
                 floor_flow + 3.0 * per_request,
@@ -507,7 +512,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
             }
         }
         parts.sort();
-        println!(
+        outln!(
             "  per flow, inside the handlers (wall time under load, includes waiting): {}; total {:.0} us",
             parts.join(", "),
             in_handlers
@@ -515,9 +520,7 @@ pub async fn run(cmd: BenchCommand) -> Result<()> {
     }
     if a.tee == "sample" {
         let (plain, large) = cookie_sizes(&http, &a.conn).await?;
-        println!(
-            "session cookie after attest: {plain} bytes; with a 64 KiB initdata: {large} bytes"
-        );
+        outln!("session cookie after attest: {plain} bytes; with a 64 KiB initdata: {large} bytes");
     }
     if reports.iter().any(|r| r.r.ops == 0) {
         bail!("a phase completed no operation");

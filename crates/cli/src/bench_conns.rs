@@ -84,7 +84,7 @@ pub async fn run(a: ConnsBenchArgs) -> Result<()> {
     }
     let elapsed = start.elapsed();
     let during = a.pid.and_then(memory);
-    println!(
+    outln!(
         "cocoon bench connections: {} at once against {}: {} answered and held open, {} closed by the trustee (its limit), {} failed{}; {:.2} s",
         a.count,
         a.addr,
@@ -97,7 +97,7 @@ pub async fn run(a: ConnsBenchArgs) -> Result<()> {
         elapsed.as_secs_f64()
     );
     if let (Some((rss0, _)), Some((rss, hwm))) = (before, during) {
-        println!(
+        outln!(
             "trustee memory: RSS {:.1} MiB before, {:.1} MiB with the connections open, peak {:.1} MiB ({:.1} KiB per open connection)",
             rss0 as f64 / 1024.0,
             rss as f64 / 1024.0,

@@ -534,7 +534,7 @@ pub async fn run(
         .await?;
         (accel, t.elapsed())
     };
-    println!(
+    outln!(
         "CRI: the shim's KVM probe, once per host boot and state directory, before the timed pods: {:.2} s ({:?})",
         probe.1.as_secs_f64(),
         probe.0
@@ -693,8 +693,8 @@ pub async fn run(
     for r in results {
         r?;
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "CRI ({mode_name}, {memory} MiB): RunPodSandbox to container running {:.2} s: {:.2}x a plain QEMU boot of the same guest image to its agent's first answer ({:.2} s, booted just before each pod; target 1.2x), {:.2}x the poweroff floor ({:.2} s)",
         one.as_secs_f64(),
         one.as_secs_f64() / boot.as_secs_f64(),
@@ -702,16 +702,16 @@ pub async fn run(
         one.as_secs_f64() / floor.as_secs_f64(),
         floor.as_secs_f64(),
     );
-    println!(
+    outln!(
         "CRI: each pod against the boot just before it: {}",
         crate::bench_pod::paired(&totals, &boots)
     );
     // Listed run by run like the line above: only when every run has one.
     let every = |g: &[Option<BootGap>]| -> Option<Vec<BootGap>> { g.iter().copied().collect() };
     if let Some(g) = every(&gaps).filter(|g| !g.is_empty()) {
-        println!("CRI: {}", boot_gaps(&g));
+        outln!("CRI: {}", boot_gaps(&g));
     }
-    println!(
+    outln!(
         "CRI: by call (medians): RunPodSandbox {:.2} s, CreateContainer {:.2} s, StartContainer {:.2} s (the task: the guest pull and the container's creation in the VM, and its start)",
         median_of(|s| s.sandbox),
         median_of(|s| s.create),
@@ -722,7 +722,7 @@ pub async fn run(
             crate::bench_pod::median(splits.iter().map(|s| Duration::from_millis(f(s))).collect())
                 .as_secs_f64()
         };
-        println!(
+        outln!(
             "CRI: inside the calls (medians, from the shim's log): containerd, CNI and the shim's start {:.2} s, pod network into the VM {:.2} s, VM boot to the agent {:.2} s, guest network and sandbox {:.2} s, pause container {:.2} s; the workload's guest pull and creation {:.2} s",
             m(|s| s.containerd),
             m(|s| s.attach),
@@ -732,13 +732,13 @@ pub async fn run(
             m(|s| s.workload),
         );
     } else {
-        println!(
+        outln!(
             "CRI: the shim's timings were missing from containerd's log for {} of {} pods: no split by part",
             times.len() - splits.len(),
             times.len()
         );
     }
-    println!(
+    outln!(
         "CRI: the same pod under its generated agent policy {:.2} s, {:.3}x without (target 1.05x)",
         pinned.as_secs_f64(),
         pinned.as_secs_f64() / one.as_secs_f64()
@@ -746,16 +746,16 @@ pub async fn run(
     if let (Some(one), Some(pol)) = (every(&gaps), every(&policy_gaps))
         && !one.is_empty()
     {
-        println!("CRI: {}", policy_apart(&one, &pol));
+        outln!("CRI: {}", policy_apart(&one, &pol));
     }
-    println!(
+    outln!(
         "CRI: four pods at once {:.2} s in all ({shims_four} shims); host memory per pod (QEMU + shim and its guard) {} MiB; the snapshotter, one per node, {} KiB, so with four pods {} MiB a pod (QEMU + shim + guard + a quarter of the snapshotter)",
         four.as_secs_f64(),
         per_pod / 1024,
         snap_rss,
         (per_pod + snap_rss / 4) / 1024
     );
-    println!(
+    outln!(
         "CRI: shim RSS {} KiB (target under 15 MB), and its guard's own memory {} KiB; QEMU RSS {} MiB",
         shim_rss,
         guard_kib,

@@ -169,9 +169,10 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
         },
         ..base
     };
-    println!(
+    outln!(
         "cocoon bench guest: agent start -> first secret in hand, {} runs each, trustee {}",
-        a.runs, conn.url
+        a.runs,
+        conn.url
     );
     let sample = time_runs("sample", a.runs, &sample_cfg, &uri.path, &secret).await?;
     let tpm = time_runs("tpm", a.runs, &tpm_cfg, &uri.path, &secret).await?;
@@ -188,12 +189,12 @@ pub async fn run(a: GuestBenchArgs) -> Result<()> {
     let (s50, s90, smin) = stats(&sample);
     let (t50, t90, tmin) = stats(&tpm);
     let (e50, e90, _) = stats(&ev);
-    println!("  sample attester (baseline): median {s50:.2} ms  p90 {s90:.2} ms  min {smin:.2} ms");
-    println!(
+    outln!("  sample attester (baseline): median {s50:.2} ms  p90 {s90:.2} ms  min {smin:.2} ms");
+    outln!(
         "  tpm attester (swtpm):       median {t50:.2} ms  p90 {t90:.2} ms  min {tmin:.2} ms  ({:.2}x baseline)",
         t50 / s50
     );
-    println!(
+    outln!(
         "    of which TPM evidence (RSA-2048 quote + PCR read): median {e50:.2} ms  p90 {e90:.2} ms"
     );
     Ok(())

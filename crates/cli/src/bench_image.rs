@@ -241,7 +241,7 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
     };
     let work = a.work.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&work)?;
-    println!(
+    outln!(
         "scratch directory (bundles, caches, skopeo output): {}",
         work.display()
     );
@@ -301,7 +301,7 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
         },
     )
     .await?;
-    println!(
+    outln!(
         "image: {} layers, {:.0} MiB uncompressed, {:.0} MiB gzip ({:.2}x), built and pushed plain + JWE-encrypted in {:.1}s",
         a.layers,
         uncompressed as f64 / (1 << 20) as f64,
@@ -385,26 +385,26 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
         each(&skopeo)
     );
     let (p, e, s) = (median(ours_plain), median(ours_enc), median(skopeo));
-    println!(
+    outln!(
         "\npull + verify + decrypt + unpack, cold cache, median of {} runs:",
         a.runs
     );
-    println!(
+    outln!(
         "  plain image (baseline)          {p:8.3} s   {:6.0} MB/s of image",
         uncompressed as f64 / p / 1e6
     );
-    println!(
+    outln!(
         "  encrypted image (ours)          {e:8.3} s   {:.2}x plain (target <= 1.3x)",
         e / p
     );
-    println!(
+    outln!(
         "  skopeo copy --decryption-key    {s:8.3} s   ours is {:.2}x faster (target >= 2x; skopeo does not unpack)",
         s / e
     );
-    println!("{runs}");
+    outln!("{runs}");
     for (name, r) in [("plain", &last_plain), ("encrypted", &last_enc)] {
         if let Some(r) = r {
-            println!(
+            outln!(
                 "  breakdown ({name}, last run): manifest+policy+keys {:.3}s; layers downloaded+hashed in {:.3}s wall; decoder: waited {:.3}s, decrypt+gunzip {:.3}s; applier: tar+write {:.3}s",
                 secs(r.prepare),
                 secs(r.download),
@@ -542,46 +542,46 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
     });
     std::fs::remove_dir_all(&root)?;
     let mb = |s: f64, b: u64| b as f64 / s / 1e6;
-    println!(
+    outln!(
         "\nstage costs over this image, one core ({:.0} MiB compressed, {:.0} MiB uncompressed):",
         total as f64 / (1 << 20) as f64,
         uncompressed as f64 / (1 << 20) as f64
     );
-    println!(
+    outln!(
         "  SHA-256 (blob digest)           {sha_s:7.3} s  {:6.0} MB/s",
         mb(sha_s, total)
     );
-    println!(
+    outln!(
         "  HMAC-SHA256 (ocicrypt MAC)      {mac_s:7.3} s  {:6.0} MB/s   <- the only hashing encryption adds",
         mb(mac_s, total)
     );
-    println!(
+    outln!(
         "  AES-256-CTR                     {aes_s:7.3} s  {:6.0} MB/s",
         mb(aes_s, total)
     );
-    println!(
+    outln!(
         "  gunzip, whole layer (libdeflate){gz_s:7.3} s  {:6.0} MB/s of output",
         mb(gz_s, uncompressed as u64)
     );
-    println!(
+    outln!(
         "  gunzip, streaming (zlib-rs)     {gzs_s:7.3} s  {:6.0} MB/s of output",
         mb(gzs_s, uncompressed as u64)
     );
-    println!(
+    outln!(
         "  SHA-256 (diff_id, the tar)      {diff_s:7.3} s  {:6.0} MB/s of output",
         mb(diff_s, uncompressed as u64)
     );
-    println!(
+    outln!(
         "  tar apply, from memory          {apply_s:7.3} s  {:6.0} MB/s   <- the pipeline's path for layers decoded whole (data written straight from the buffer)",
         mb(apply_s, uncompressed as u64)
     );
-    println!(
+    outln!(
         "  tar apply, streamed             {apply_stream_s:7.3} s  {:6.0} MB/s",
         mb(apply_stream_s, uncompressed as u64)
     );
     let chosen = cocoon_image::gunzip::current();
     if let Some(e) = chosen {
-        println!(
+        outln!(
             "  the pipeline's gzip decoder: {} (calibrated on the first layer: libdeflate {:.2} ns/B, zlib-rs {:.2} ns/B of output)",
             e.best().name(),
             e.whole,
@@ -597,20 +597,20 @@ pub async fn run(a: ImageBenchArgs) -> Result<()> {
     let work_s = sha_s + mac_s + aes_s + gunzip_s + diff_s + apply_path_s;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let floor_s = work_s / cores as f64;
-    println!(
+    outln!(
         "  the encrypted pull's work, these stages once: {work_s:.3} s on one core; on {cores} cores shared perfectly {floor_s:.3} s, {:.2}x faster than this run's skopeo at best (ours {e:.3} s; the registry's own CPU not counted)",
         s / floor_s
     );
-    println!(
+    outln!(
         "\nraw layer decryption (HMAC check + AES-256-CTR) vs one SHA-256 pass, the floor (this CPU {} SHA extensions):",
         if sha_extensions() { "has" } else { "has no" }
     );
-    println!("  SHA-256 floor, 1 core           {sha_s:7.3} s  {sha_gbs:.3} GB/s");
-    println!(
+    outln!("  SHA-256 floor, 1 core           {sha_s:7.3} s  {sha_gbs:.3} GB/s");
+    outln!(
         "  decrypt, 1 core                 {dec1_s:7.3} s  {dec1_gbs:.3} GB/s   {:.2}x the floor",
         dec1_s / sha_s
     );
-    println!(
+    outln!(
         "  decrypt, 2 cores over layers    {dec2_s:7.3} s  {dec2_gbs:.3} GB/s   {:.2}x the floor (target <= 1.2x)",
         dec2_s / sha_s
     );

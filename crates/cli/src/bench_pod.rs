@@ -462,13 +462,19 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
         &a.image.join("vmlinuz"),
         Some(work.path()),
     );
-    println!(
+    outln!(
         "cocoon bench pod: {} run(s) per case, {} MiB guest, {:?} acceleration",
-        a.runs, a.memory, accel
+        a.runs,
+        a.memory,
+        accel
     );
-    println!(
+    outln!(
         "{:<8} {:>16} {:>18} {:>8} {:>14}",
-        "mode", "floor (poweroff)", "agent ready", "ratio", "QEMU RSS"
+        "mode",
+        "floor (poweroff)",
+        "agent ready",
+        "ratio",
+        "QEMU RSS"
     );
     let image = match &a.registry {
         Some(r) => Some(push_small_image(r).await?),
@@ -532,7 +538,7 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
             }
         }
         let (f, r) = (median(floor.clone()), median(ready.clone()));
-        println!(
+        outln!(
             "{:<8} {:>14.2} s {:>16.2} s {:>7.2}x {:>10} MiB",
             m,
             f.as_secs_f64(),
@@ -540,20 +546,20 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
             r.as_secs_f64() / f.as_secs_f64(),
             rss / 1024
         );
-        println!(
+        outln!(
             "  each boot against its own floor: {}",
             paired(&ready, &floor)
         );
         floors.push((mode, f));
         if !run_times.is_empty() {
-            println!(
+            outln!(
                 "  each cocoon run against its own floor: {}",
                 paired(&run_times, &floor)
             );
             runs.push((m.clone(), f, median(run_times), breakdown));
         }
     }
-    println!("target: agent ready within 1.15x of the floor");
+    outln!("target: agent ready within 1.15x of the floor");
     if a.attest
         && let (Some(reg), Some(plain)) = (&a.registry, &image)
     {
@@ -580,13 +586,16 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
         _ => None,
     };
     if !runs.is_empty() {
-        println!();
-        println!(
+        outln!();
+        outln!(
             "{:<24} {:>16} {:>18} {:>8}  breakdown (last run)",
-            "mode", "floor (poweroff)", "cocoon run", "ratio"
+            "mode",
+            "floor (poweroff)",
+            "cocoon run",
+            "ratio"
         );
         for (m, f, r, line) in runs {
-            println!(
+            outln!(
                 "{:<24} {:>14.2} s {:>16.2} s {:>7.2}x  {line}",
                 m,
                 f.as_secs_f64(),
@@ -594,7 +603,7 @@ pub async fn run(a: PodBenchArgs) -> Result<()> {
                 r.as_secs_f64() / f.as_secs_f64()
             );
         }
-        println!(
+        outln!(
             "target: cocoon run of a small plain image within 1.5x of the floor, attested with an encrypted image within 2x; agent RSS under 15 MB"
         );
     }

@@ -90,7 +90,7 @@ pub struct GetResourceArgs {
 pub async fn attest(a: AttestArgs) -> Result<()> {
     let aa = agent(&a.guest).await?;
     let token = kbs(&aa)?.attest().await?;
-    println!("{token}");
+    outln!("{token}");
     Ok(())
 }
 

@@ -82,15 +82,15 @@ pub fn run(a: BuildArgs) -> Result<()> {
     let m =
         build(&opts).with_context(|| format!("building the guest image in {}", a.out.display()))?;
     let mb = |n: u64| n as f64 / 1_048_576.0;
-    println!("guest image in {}", a.out.display());
-    println!(
+    outln!("guest image in {}", a.out.display());
+    outln!(
         "  kernel   {} ({:.1} MiB) sha256 {}",
         m.kernel_package,
         mb(m.kernel.size),
         m.kernel.sha256
     );
-    println!("           sha384 {}", m.kernel.sha384);
-    println!(
+    outln!("           sha384 {}", m.kernel.sha384);
+    outln!(
         "  initrd   {:.1} MiB ({:?} compression), {} modules ({:?} signatures), sha256 {}",
         mb(m.initrd.size),
         m.compression,
@@ -98,16 +98,16 @@ pub fn run(a: BuildArgs) -> Result<()> {
         m.module_signatures,
         m.initrd.sha256
     );
-    println!("           sha384 {}", m.initrd.sha384);
-    println!("  cmdline  \"{}\" sha256 {}", m.cmdline, m.cmdline_sha256);
-    println!("           sha384 {}", m.cmdline_sha384);
-    println!(
+    outln!("           sha384 {}", m.initrd.sha384);
+    outln!("  cmdline  \"{}\" sha256 {}", m.cmdline, m.cmdline_sha256);
+    outln!("           sha384 {}", m.cmdline_sha384);
+    outln!(
         "  total    {:.1} MiB (kernel + initrd)",
         mb(m.kernel.size + m.initrd.size)
     );
     let ms = &m.measurements;
-    println!("expected vTPM measurements (SHA-256 PCRs; trustee reference values tpm_pcrN):");
-    let line = |label: String, v: &str| println!("  {label:<46} {v}");
+    outln!("expected vTPM measurements (SHA-256 PCRs; trustee reference values tpm_pcrN):");
+    let line = |label: String, v: &str| outln!("  {label:<46} {v}");
     line("kernel Authenticode".into(), &ms.kernel_authenticode_sha256);
     for (mib, v) in &ms.vtpm_pcr4_sha256_by_memory_mib {
         let size = if *mib == 2048 {
@@ -128,8 +128,8 @@ pub fn run(a: BuildArgs) -> Result<()> {
     for (i, v) in &ms.vtpm_ovmf_flow_pcrs_sha256 {
         line(format!("pcr{i:<2} OVMF boot flow"), v);
     }
-    println!("  pcr0, pcr1: the platform's (OVMF build, QEMU configuration)");
-    println!(
+    outln!("  pcr0, pcr1: the platform's (OVMF build, QEMU configuration)");
+    outln!(
         "as trustee reference values per VM size: {}/reference-values-vtpm-<MiB>mib.json \
          (cocoon admin register-reference-values --file F)",
         a.out.display()

@@ -297,7 +297,7 @@ async fn pull(a: PullArgs) -> Result<()> {
     };
     let report = puller.pull(&image, &a.dest, progress).await?;
     print_report(&a.image, &a.dest, &report);
-    println!("{}", report.manifest_digest);
+    outln!("{}", report.manifest_digest);
     Ok(())
 }
 
@@ -382,7 +382,7 @@ async fn encrypt(a: EncryptArgs) -> Result<()> {
         report.layers,
         report.bytes as f64 / 1e6
     );
-    println!("{}", report.digest);
+    outln!("{}", report.digest);
     Ok(())
 }
 
@@ -412,7 +412,7 @@ async fn sign(a: SignArgs) -> Result<()> {
         "signed {digest}; signature pushed as {}:{tag}",
         image.name()
     );
-    println!("{digest}");
+    outln!("{digest}");
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! `cocoon`: run a trustee, administer it, act as a guest, and benchmark it.
 
+#[macro_use]
+mod out;
 mod admin;
 mod audit;
 mod bench;

@@ -133,7 +133,7 @@ async fn tdx(a: TdxArgs) -> Result<()> {
         ("tdx_rtmr_2".to_string(), hex::encode(rtmr2)),
     ];
     for (k, v) in &values {
-        println!("{k:<11} {v}");
+        outln!("{k:<11} {v}");
     }
     eprintln!(
         "tdx_rtmr_0: the platform's (TD HOB, configuration volume, ACPI tables and boot variables QEMU provides){}",
@@ -268,10 +268,10 @@ async fn snp(a: SnpArgs) -> Result<()> {
         vmm,
     })?;
     match a.output_format {
-        OutputFormat::Hex => println!("{}", hex::encode(digest)),
+        OutputFormat::Hex => outln!("{}", hex::encode(digest)),
         OutputFormat::Base64 => {
             use base64::Engine;
-            println!(
+            outln!(
                 "{}",
                 base64::engine::general_purpose::STANDARD.encode(digest)
             );
@@ -386,7 +386,7 @@ async fn vtpm(a: VtpmArgs) -> Result<()> {
     );
     let message = rvps_message(&values);
     a.register.store(&message, values.len()).await?;
-    print!("{message}");
+    out!("{message}");
     Ok(())
 }
 

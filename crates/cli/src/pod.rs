@@ -943,9 +943,12 @@ pub async fn run(cmd: PodCommand) -> Result<u8> {
         }
         PodCommand::Ls(e) => {
             let cri = Cri::connect(&e.runtime_endpoint).await?;
-            println!(
+            outln!(
                 "{:<13}  {:<24}  {:<8}  {:<10}  IP",
-                "POD ID", "NAME", "STATE", "HANDLER"
+                "POD ID",
+                "NAME",
+                "STATE",
+                "HANDLER"
             );
             for p in cri.pods().await? {
                 let st = cri
@@ -964,7 +967,7 @@ pub async fn run(cmd: PodCommand) -> Result<u8> {
                 } else {
                     "NotReady"
                 };
-                println!(
+                outln!(
                     "{:<13}  {:<24}  {:<8}  {:<10}  {}",
                     p.id.chars().take(13).collect::<String>(),
                     p.metadata.map(|m| m.name).unwrap_or_default(),
@@ -995,7 +998,7 @@ pub async fn run(cmd: PodCommand) -> Result<u8> {
                 .map_err(status)
                 .with_context(|| format!("pulling {}", a.image))?
                 .into_inner();
-            println!("{}", r.image_ref);
+            outln!("{}", r.image_ref);
             Ok(0)
         }
         PodCommand::Rm(a) => {
@@ -1003,7 +1006,7 @@ pub async fn run(cmd: PodCommand) -> Result<u8> {
             for key in &a.pods {
                 let p = cri.find_pod(key).await?;
                 cri.remove_pod(&p.id).await?;
-                println!("{}", p.id);
+                outln!("{}", p.id);
             }
             Ok(0)
         }
@@ -1077,7 +1080,7 @@ async fn run_pod(a: RunArgs) -> Result<u8> {
         }
     };
     if a.detach {
-        println!("{pod_id}");
+        outln!("{pod_id}");
         return Ok(0);
     }
     // Follow the logs until every container has exited.

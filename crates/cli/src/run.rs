@@ -289,7 +289,7 @@ pub async fn run(a: RunArgs) -> Result<u8> {
         let text = initdata
             .context("this pod has no initdata: give --kbs, --insecure-registry or --init-data")?;
         let doc = cocoon_types::initdata::InitData::parse(&text)?;
-        print!("{text}");
+        out!("{text}");
         eprintln!(
             "initdata digest ({}): {} (register it as the trustee's reference value 'init_data')",
             doc.algorithm,

@@ -126,7 +126,7 @@ pub fn run(cmd: SecretCommand) -> Result<()> {
                     envelope_encrypt(&plain, &kek, &key_id)?
                 }
             };
-            println!("{}", seal(&content, &sk, &a.kid)?);
+            outln!("{}", seal(&content, &sk, &a.kid)?);
         }
     }
     Ok(())

@@ -205,7 +205,7 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
                     .with_context(|| format!("creating the vTPM CA in {}", dir.display()))?;
                 eprintln!("vTPM CA created in {}", dir.display());
             }
-            println!("{}", certs.display());
+            outln!("{}", certs.display());
         }
         TpmCommand::Pcrs { tpm } => {
             let mut t = Tpm::open(&tpm.tcti()?)?;
@@ -215,7 +215,7 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
                 .enumerate()
                 .map(|(i, p)| (format!("tpm_pcr{i}"), hex::encode(p).into()))
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&map)?);
+            outln!("{}", serde_json::to_string_pretty(&map)?);
         }
         TpmCommand::Extend { tpm, pcr, data } => {
             if pcr > 23 {
@@ -225,7 +225,7 @@ pub fn run(cmd: TpmCommand) -> Result<()> {
             let d: [u8; 32] = Sha256::digest(data.as_bytes()).into();
             t.pcr_extend_sha256(pcr, &d)?;
             let now = t.pcr_read_sha256()?;
-            println!("{}", hex::encode(now[pcr as usize]));
+            outln!("{}", hex::encode(now[pcr as usize]));
         }
     }
     Ok(())

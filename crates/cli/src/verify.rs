@@ -85,7 +85,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
                 "verified: SEV-SNP report signed by a {} {} chaining to AMD's ARK; TCB status unknown (no TCB collateral for SNP)",
                 claims.product, claims.signing_key
             );
-            println!("{}", serde_json::to_string_pretty(&claims.to_json())?);
+            outln!("{}", serde_json::to_string_pretty(&claims.to_json())?);
             Ok(())
         }
         "tdx" => verify_tdx(&a, bytes, now),
@@ -234,7 +234,7 @@ fn verify_tpm(a: &VerifyArgs, bytes: &[u8]) -> Result<()> {
         init_data_digest: init.as_deref(),
     })?;
     eprintln!("verified: TPM quote over PCRs 0-23 (SHA-256), {note}");
-    println!("{}", serde_json::to_string_pretty(&c.claims)?);
+    outln!("{}", serde_json::to_string_pretty(&c.claims)?);
     Ok(())
 }
 
@@ -268,7 +268,7 @@ fn verify_cca(a: &VerifyArgs, bytes: Vec<u8>) -> Result<()> {
     eprintln!(
         "verified: realm token signed by its RAK, the platform challenge binds the RAK; {platform}"
     );
-    println!("{}", serde_json::to_string_pretty(&cca::claims(&t))?);
+    outln!("{}", serde_json::to_string_pretty(&cca::claims(&t))?);
     Ok(())
 }
 
@@ -308,7 +308,7 @@ fn verify_az(a: &VerifyArgs, bytes: &[u8], now: u64) -> Result<()> {
         );
         c
     };
-    println!("{}", serde_json::to_string_pretty(&claims.claims)?);
+    outln!("{}", serde_json::to_string_pretty(&claims.claims)?);
     Ok(())
 }
 
@@ -348,7 +348,7 @@ fn verify_sgx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
     );
     let mut claims = sgx::claims(&q);
     cocoon_verifier::tdx::collateral::CollateralResult::set_claims(checked.as_ref(), &mut claims);
-    println!("{}", serde_json::to_string_pretty(&claims)?);
+    outln!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }
 
@@ -417,6 +417,6 @@ fn verify_tdx(a: &VerifyArgs, bytes: Vec<u8>, now: u64) -> Result<()> {
     );
     let mut claims = tdx::claims(&q, log.as_ref());
     cocoon_verifier::tdx::collateral::CollateralResult::set_claims(checked.as_ref(), &mut claims);
-    println!("{}", serde_json::to_string_pretty(&claims)?);
+    outln!("{}", serde_json::to_string_pretty(&claims)?);
     Ok(())
 }

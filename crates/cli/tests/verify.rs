@@ -76,6 +76,22 @@ fn snp_report_offline() {
     assert!(err.contains("expired"), "{err}");
     let err = fails(&verify("snp", &report, &[]));
     assert!(err.contains("--collateral"), "{err}");
+    // A reader that went away (`cocoon verify ... | head -1`) is no panic:
+    // the claims are dropped and the verdict stands.
+    let (read, write) = std::io::pipe().unwrap();
+    drop(read);
+    let o = std::process::Command::new(BIN)
+        .args(["verify", "--tee", "snp", "--evidence", &report])
+        .args(["--collateral", &vcek])
+        .stdout(write)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {stderr}", o.status);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("warning: writing"),
+        "{stderr}"
+    );
     let err = fails(&verify("se", &report, &[]));
     assert!(err.contains("not supported yet"), "{err}");
     let err = fails(&verify("sgx", &report, &[]));

@@ -265,7 +265,7 @@ impl Common {
             .restart_command
             .as_deref()
             .unwrap_or("systemctl restart containerd");
-        println!("restarting containerd: {line}");
+        outln!("restarting containerd: {line}");
         self.host_command(line)
     }
 }
@@ -536,7 +536,7 @@ async fn install(a: InstallArgs) -> Result<()> {
             (Ok(s), _) => Version::parse(&s.version)?,
             // containerd down after an earlier install: the release it had.
             (Err(e), Some(r)) if !r.containerd_version.is_empty() => {
-                println!(
+                outln!(
                     "containerd does not answer ({e:#}): taking the release the last install saw, {}",
                     r.containerd_version
                 );
@@ -741,7 +741,7 @@ async fn install(a: InstallArgs) -> Result<()> {
     let dropin_file = format!("{}/cocoon.toml", a.dropin_dir.trim_end_matches('/'));
     let layout = containerd::layout(version, pristine.as_deref(), &dropin_file)?;
     if let Some(old) = rec.layout.filter(|l| *l != layout) {
-        println!("containerd {version}: moving the handlers from the {old:?} layout to {layout:?}");
+        outln!("containerd {version}: moving the handlers from the {old:?} layout to {layout:?}");
     }
     let schema = match &pristine {
         Some(p) => {
@@ -755,7 +755,7 @@ async fn install(a: InstallArgs) -> Result<()> {
     };
     let report = |repaired: &[String]| {
         for r in repaired {
-            println!(
+            outln!(
                 "repaired: removed the stale import {r} (its file is gone) from {}",
                 c.containerd_config
             );
@@ -1022,7 +1022,7 @@ async fn install(a: InstallArgs) -> Result<()> {
             );
         }
     } else {
-        println!(
+        outln!(
             "containerd already serves {}: not restarted",
             handlers.join(", ")
         );
@@ -1030,7 +1030,7 @@ async fn install(a: InstallArgs) -> Result<()> {
 
     let missing = missing_host_tools(c, &handlers);
     for m in &missing {
-        println!("warning: this host lacks {m}: pods of the handlers fail until it is installed");
+        outln!("warning: this host lacks {m}: pods of the handlers fail until it is installed");
     }
     if let Some(node) = &c.node_name {
         // The scheduler sends pods of the RuntimeClasses only to nodes that
@@ -1042,9 +1042,7 @@ async fn install(a: InstallArgs) -> Result<()> {
             set.push((LABEL.to_string(), "true".to_string()));
         } else {
             unset.push(LABEL.to_string());
-            println!(
-                "not labelling node {node} {LABEL}=true until the host has what the pods need"
-            );
+            outln!("not labelling node {node} {LABEL}=true until the host has what the pods need");
         }
         for (h, l) in TEE_LABELS {
             if missing.is_empty() && handlers.iter().any(|x| x == h) {
@@ -1056,7 +1054,7 @@ async fn install(a: InstallArgs) -> Result<()> {
         kube::relabel(node, &set, &unset).await?;
         rec.labelled_node = Some(node.clone());
         c.save_record(&rec)?;
-        println!(
+        outln!(
             "labelled node {node}: {}",
             set.iter()
                 .map(|(k, v)| format!("{k}={v}"))
@@ -1065,7 +1063,7 @@ async fn install(a: InstallArgs) -> Result<()> {
                 .join(", ")
         );
     }
-    println!(
+    outln!(
         "installed: handlers {} on containerd {version} ({layout:?}){}",
         handlers.join(", "),
         if snapshotter {
@@ -1080,7 +1078,7 @@ async fn install(a: InstallArgs) -> Result<()> {
 async fn uninstall(a: UninstallArgs) -> Result<()> {
     let c = &a.common;
     let Some(rec) = c.load_record()? else {
-        println!(
+        outln!(
             "cocoon is not installed under {} (no install.json): nothing to do",
             c.prefix
         );
@@ -1115,7 +1113,7 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
         let mut keys = vec![LABEL.to_string()];
         keys.extend(TEE_LABELS.iter().map(|(_, l)| l.to_string()));
         kube::unlabel(node, &keys).await?;
-        println!("removed cocoon's labels from node {node}");
+        outln!("removed cocoon's labels from node {node}");
     }
     let config_host = c.host(&rec.config_path);
     let current = std::fs::read_to_string(&config_host).ok();
@@ -1135,17 +1133,17 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
                         );
                     }
                     write_atomic(&config_host, &bytes, mode)?;
-                    println!("restored {} from its backup", rec.config_path);
+                    outln!("restored {} from its backup", rec.config_path);
                 }
                 None => {
                     std::fs::remove_file(&config_host)?;
-                    println!("removed {} (cocoon made it)", rec.config_path);
+                    outln!("removed {} (cocoon made it)", rec.config_path);
                 }
             }
         } else if let Some(cur) = &current {
             let text = strip(cur, &rec)?;
             write_atomic(&config_host, text.as_bytes(), mode)?;
-            println!(
+            outln!(
                 "{} changed since the install: removed cocoon's entries and kept the rest (not a byte-for-byte restore)",
                 rec.config_path
             );
@@ -1193,13 +1191,11 @@ async fn uninstall(a: UninstallArgs) -> Result<()> {
     }
     if a.purge {
         let _ = std::fs::remove_dir_all(c.host(STATE_DIR));
-        println!("purged {STATE_DIR}");
+        outln!("purged {STATE_DIR}");
     } else if c.host(STATE_DIR).exists() {
-        println!(
-            "kept {STATE_DIR} (the node's vTPM CA, which trustees may pin): --purge removes it"
-        );
+        outln!("kept {STATE_DIR} (the node's vTPM CA, which trustees may pin): --purge removes it");
     }
-    println!(
+    outln!(
         "uninstalled: containerd no longer offers {}",
         rec.handlers.join(", ")
     );
@@ -1224,9 +1220,10 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
     }
     let served = served(&c).await;
     match &served {
-        Ok(s) => println!(
+        Ok(s) => outln!(
             "containerd {} answers CRI at {}",
-            s.version, c.runtime_endpoint
+            s.version,
+            c.runtime_endpoint
         ),
         Err(e) => problems.push(format!(
             "containerd does not answer CRI at {}: {e:#}",
@@ -1235,7 +1232,7 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
     }
     match &rec {
         None => {
-            println!("cocoon: not installed under {}", c.prefix);
+            outln!("cocoon: not installed under {}", c.prefix);
             if let Ok(s) = &served {
                 for (h, t) in &s.runtimes {
                     if t == containerd::RUNTIME_TYPE {
@@ -1247,7 +1244,7 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
             }
         }
         Some(r) => {
-            println!(
+            outln!(
                 "cocoon {}: installed under {} for containerd {} ({:?})",
                 r.cocoon_version,
                 c.prefix,
@@ -1270,7 +1267,7 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
                     problems.push(p);
                 }
             }
-            println!(
+            outln!(
                 "files: {} of {} {}",
                 r.files.len() - bad,
                 r.files.len(),
@@ -1280,7 +1277,7 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
                 let same = config.as_deref().is_some_and(|t| {
                     r.written_sha256.as_deref() == Some(&sha256_hex(t.as_bytes()))
                 });
-                println!(
+                outln!(
                     "{}: {}",
                     r.config_path,
                     if same {
@@ -1292,7 +1289,7 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
             }
             for h in &r.handlers {
                 match served.as_ref().ok().and_then(|s| s.runtimes.get(h)) {
-                    Some(t) if t == containerd::RUNTIME_TYPE => println!("handler {h}: served"),
+                    Some(t) if t == containerd::RUNTIME_TYPE => outln!("handler {h}: served"),
                     Some(t) => problems.push(format!(
                         "handler {h} is served by {t}, not {}",
                         containerd::RUNTIME_TYPE
@@ -1304,7 +1301,7 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
             }
             if r.snapshotter.is_some() {
                 let up = c.host(SNAPSHOTTER_SOCKET).exists();
-                println!(
+                outln!(
                     "snapshotter cocoon: {}",
                     if up { "listening" } else { "not listening" }
                 );
@@ -1318,12 +1315,12 @@ async fn status(c: Common, quick: bool) -> Result<u8> {
                 problems.push(format!("this host lacks {m}"));
             }
             if let Some(n) = &r.labelled_node {
-                println!("node {n} labelled {LABEL}=true");
+                outln!("node {n} labelled {LABEL}=true");
             }
         }
     }
     for p in &problems {
-        println!("problem: {p}");
+        outln!("problem: {p}");
     }
     Ok(if problems.is_empty() { 0 } else { 1 })
 }

@@ -94,15 +94,18 @@ pub fn run(a: PolicyBenchArgs) -> Result<()> {
     // The exec and read decisions look the container up in the state the
     // create decision left.
     gate.check(&create)?;
-    println!(
+    outln!(
         "policy: {} bytes, loaded in {:.2} ms; {} decisions per kind, median of 5 rounds",
         text.len(),
         load.as_secs_f64() * 1e3,
         a.iterations
     );
-    println!(
+    outln!(
         "{:<24} {:>12} {:>14} {:>8}",
-        "request", "policy µs", "no policy µs", "ratio"
+        "request",
+        "policy µs",
+        "no policy µs",
+        "ratio"
     );
     let (mut create_cost, mut read_cost) = (Duration::ZERO, Duration::ZERO);
     for (name, req) in [
@@ -129,7 +132,7 @@ pub fn run(a: PolicyBenchArgs) -> Result<()> {
             "ReadStreamRequest" => read_cost = with,
             _ => {}
         }
-        println!(
+        outln!(
             "{name:<24} {:>12.1} {:>14.1} {:>7.0}x",
             with.as_secs_f64() * 1e6,
             without.as_secs_f64() * 1e6,
@@ -139,7 +142,7 @@ pub fn run(a: PolicyBenchArgs) -> Result<()> {
     // A CRI pod start decides two creates (pause and app), and about ten
     // requests as light as a read (sandbox, network, pull, starts, waits).
     let per_pod = 2 * create_cost + 10 * read_cost;
-    println!(
+    outln!(
         "per pod start: about {:.1} ms of policy decisions (2 creates + 10 light requests)",
         per_pod.as_secs_f64() * 1e3
     );

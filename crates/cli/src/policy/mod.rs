@@ -140,7 +140,7 @@ async fn generate(a: GenerateArgs) -> Result<()> {
         std::fs::rename(&tmp, &a.manifest)
             .with_context(|| format!("replacing {}", a.manifest.display()))?;
     } else {
-        print!("{out}");
+        out!("{out}");
     }
     Ok(())
 }
