@@ -163,6 +163,8 @@ fn main() -> ExitCode {
     // A stdin reader may still block; do not wait for it.
     rt.shutdown_background();
     match result {
+        // Output was lost (a closed pipe, a full disk): not a success.
+        Ok(0) if out::failed() => ExitCode::FAILURE,
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -76,22 +76,38 @@ fn snp_report_offline() {
     assert!(err.contains("expired"), "{err}");
     let err = fails(&verify("snp", &report, &[]));
     assert!(err.contains("--collateral"), "{err}");
-    // A reader that went away (`cocoon verify ... | head -1`) is no panic:
-    // the claims are dropped and the verdict stands.
+    // Output that cannot be written is no panic, and no success either: a
+    // reader that went away (`cocoon verify ... | head -1`) goes unsaid,
+    // a full disk is reported.
     let (read, write) = std::io::pipe().unwrap();
     drop(read);
-    let o = std::process::Command::new(BIN)
-        .args(["verify", "--tee", "snp", "--evidence", &report])
-        .args(["--collateral", &vcek])
-        .stdout(write)
-        .output()
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
         .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{:?}: {stderr}", o.status);
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("warning: writing"),
-        "{stderr}"
-    );
+    for (stdout, said) in [
+        (std::process::Stdio::from(write), ""),
+        (
+            full.into(),
+            "error: writing to standard output: No space left on device",
+        ),
+    ] {
+        let o = std::process::Command::new(BIN)
+            .args(["verify", "--tee", "snp", "--evidence", &report])
+            .args(["--collateral", &vcek])
+            .stdout(stdout)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(
+            stderr.contains("writing to standard output"),
+            !said.is_empty(),
+            "{stderr}"
+        );
+        assert!(stderr.contains(said), "{stderr}");
+    }
     let err = fails(&verify("se", &report, &[]));
     assert!(err.contains("not supported yet"), "{err}");
     let err = fails(&verify("sgx", &report, &[]));

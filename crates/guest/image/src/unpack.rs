@@ -572,7 +572,7 @@ impl Rootfs {
     }
 
     /// The archive's owner and time on an entry that is not opened
-    /// (symlink, node), without following it, as containerd does.
+    /// (symlink, node), set on the entry itself, never a link's target.
     fn set_meta_at(
         &self,
         parent: &OwnedFd,
