@@ -478,8 +478,7 @@ pub async fn run(cmd: GuestCommand) -> Result<()> {
                 .await?
                 .pull_image(&image, &bundle)
                 .await?;
-            println!("{digest}");
-            Ok(())
+            write_stdout(format!("{digest}\n").as_bytes())
         }
         GuestCommand::Token { aa_socket } => {
             let t = AaClient::connect(&aa_socket).await?.token("kbs").await?;
