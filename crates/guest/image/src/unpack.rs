@@ -590,17 +590,10 @@ impl Rootfs {
             )
             .map_err(|e| io_err(name, e))?;
         }
-        let t = rustix::fs::Timespec {
-            tv_sec: header.mtime().unwrap_or(0) as i64,
-            tv_nsec: 0,
-        };
         let _ = rustix::fs::utimensat(
             parent,
             base,
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
+            &times(mtime(header)),
             AtFlags::SYMLINK_NOFOLLOW,
         );
         Ok(())
@@ -740,7 +733,7 @@ impl Meta {
             uid: uid(h),
             gid: gid(h),
             mode: mode(h),
-            mtime: h.mtime().unwrap_or(0) as i64,
+            mtime: mtime(h),
             chmod,
         }
     }
@@ -765,17 +758,7 @@ fn set_meta(
     if meta.chmod || (opts.preserve_ownership && meta.mode & 0o6000 != 0) {
         rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode)).map_err(|e| io_err(name, e))?;
     }
-    let t = rustix::fs::Timespec {
-        tv_sec: meta.mtime,
-        tv_nsec: 0,
-    };
-    let _ = rustix::fs::futimens(
-        fd,
-        &Timestamps {
-            last_access: t,
-            last_modification: t,
-        },
-    );
+    let _ = rustix::fs::futimens(fd, &times(meta.mtime));
     Ok(())
 }
 
@@ -829,6 +812,22 @@ fn io_err(path: &str, e: Errno) -> UnpackError {
 
 fn mode(h: &tar::Header) -> u32 {
     h.mode().unwrap_or(0o644) & 0o7777
+}
+
+fn mtime(h: &tar::Header) -> i64 {
+    h.mtime().unwrap_or(0) as i64
+}
+
+/// Access and modification both at `mtime` (seconds).
+fn times(mtime: i64) -> Timestamps {
+    let t = rustix::fs::Timespec {
+        tv_sec: mtime,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 fn uid(h: &tar::Header) -> rustix::fs::Uid {

@@ -299,16 +299,12 @@ pub fn file_id(path: &str) -> Option<(u64, u64)> {
 /// removal that follows it cannot straddle another shim's bind. Without
 /// the directory (or a lock on it), `f` runs unlocked.
 pub fn with_socket_lock<T>(path: &str, f: impl FnOnce() -> T) -> T {
-    use std::os::fd::AsRawFd;
     let dir = Path::new(path)
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .and_then(|d| std::fs::File::open(d).ok());
-    let locked = dir.as_ref().is_some_and(|d| {
-        // SAFETY: flock on a descriptor this function holds; the lock
-        // goes when it is closed, below.
-        unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX) == 0 }
-    });
+    // flock(2): the lock goes when the directory is closed, below.
+    let locked = dir.as_ref().is_some_and(|d| d.lock().is_ok());
     if !locked {
         tracing::debug!(
             path,

@@ -323,6 +323,15 @@ pub struct Sandbox {
     pod_pinned: std::sync::Mutex<bool>,
 }
 
+/// What became of asking the zygote for a runtime helper.
+enum Forked {
+    /// It runs: its exit.
+    Running(tokio::sync::oneshot::Receiver<super::reaper::Status>),
+    /// None ran: why (none without a zygote), and the helper's stdio back
+    /// for one started afresh.
+    Not(Option<std::io::Error>, Option<[std::os::fd::OwnedFd; 3]>),
+}
+
 impl Sandbox {
     /// A sandbox whose helpers the zygote forks (or, without one, are
     /// `exe` started afresh) and whose pulls go to the data hub at `hub`;
@@ -435,34 +444,13 @@ impl Sandbox {
             console_socket,
         };
         let spawned_ns = oci::monotonic_ns();
-        let (forked, stdio) = self.fork_helper(&req, &reply_path, stdio).await?;
-        let exit = match forked {
-            Ok(exit) => exit,
-            Err(e) => {
-                if let Some(e) = e {
+        let exit = match self.fork_helper(&req, &reply_path, stdio).await? {
+            Forked::Running(exit) => exit,
+            Forked::Not(why, stdio) => {
+                if let Some(e) = why {
                     tracing::warn!("{e}: the runtime helper is started as a new process");
                 }
-                let mut cmd = oci::command(&self.exe, &req, &reply_path);
-                match stdio {
-                    Some([i, o, e]) => {
-                        cmd.stdin(i).stdout(o).stderr(e);
-                    }
-                    None => {
-                        cmd.stdin(std::process::Stdio::null())
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::null());
-                    }
-                }
-                let spawned = {
-                    // Only this spawn, from this thread, gets the fixed layout.
-                    let _layout = oci::FixedLayout::enter();
-                    self.reaper.spawn(&mut cmd)
-                };
-                let (_, exit) = spawned.map_err(failed("starting the runtime helper"))?;
-                // The child's stdio ends were moved into `cmd`; drop them
-                // here so the pipes see EOF when the process exits.
-                drop(cmd);
-                exit
+                self.start_helper(&req, &reply_path, stdio)?
             }
         };
         let status = exit.await.unwrap_or(255);
@@ -491,29 +479,22 @@ impl Sandbox {
         }
     }
 
-    /// The helper for `req` forked by the zygote: its exit, or why not
-    /// (none without a zygote), with `stdio` back for a helper started
-    /// afresh. Our ends of `stdio` are closed once the helper has its
-    /// own, so the pipes see EOF when the process exits. An error when
-    /// `stdio` is lost with no helper run: the operation fails.
+    /// The helper for `req` forked by the zygote. Our ends of `stdio` are
+    /// closed once the helper has its own, so the pipes see EOF when the
+    /// process exits. An error when `stdio` is lost with no helper run:
+    /// the operation fails.
     async fn fork_helper(
         &self,
         req: &oci::Request,
         reply: &Path,
         stdio: Option<[std::os::fd::OwnedFd; 3]>,
-    ) -> Result<
-        (
-            Result<tokio::sync::oneshot::Receiver<super::reaper::Status>, Option<std::io::Error>>,
-            Option<[std::os::fd::OwnedFd; 3]>,
-        ),
-        SandboxError,
-    > {
+    ) -> Result<Forked, SandboxError> {
         let Some(zygote) = self.zygote.clone() else {
-            return Ok((Err(None), stdio));
+            return Ok(Forked::Not(None, stdio));
         };
         let (json, reply) = match (serde_json::to_string(req), reply.to_str()) {
             (Ok(j), Some(r)) => (j, r.to_string()),
-            _ => return Ok((Err(None), stdio)),
+            _ => return Ok(Forked::Not(None, stdio)),
         };
         let reaper = self.reaper.clone();
         let forked = tokio::task::spawn_blocking(move || {
@@ -534,14 +515,44 @@ impl Sandbox {
         })
         .await;
         match forked {
-            Ok((Ok(exit), _)) => Ok((Ok(exit), None)),
-            Ok((Err(e), stdio)) => Ok((Err(Some(e)), stdio)),
+            Ok((Ok(exit), _)) => Ok(Forked::Running(exit)),
+            Ok((Err(e), stdio)) => Ok(Forked::Not(Some(e), stdio)),
             // The task ended early: its go-ahead pipe is closed, so no
             // helper ran, but the process's stdio went with it.
             Err(e) => Err(SandboxError::Failed(format!(
                 "starting the runtime helper: {e}"
             ))),
         }
+    }
+
+    /// The helper for `req` started afresh as `exe`: its exit.
+    fn start_helper(
+        &self,
+        req: &oci::Request,
+        reply: &Path,
+        stdio: Option<[std::os::fd::OwnedFd; 3]>,
+    ) -> Result<tokio::sync::oneshot::Receiver<super::reaper::Status>, SandboxError> {
+        let mut cmd = oci::command(&self.exe, req, reply);
+        match stdio {
+            Some([i, o, e]) => {
+                cmd.stdin(i).stdout(o).stderr(e);
+            }
+            None => {
+                cmd.stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+            }
+        }
+        let spawned = {
+            // Only this spawn, from this thread, gets the fixed layout.
+            let _layout = oci::FixedLayout::enter();
+            self.reaper.spawn(&mut cmd)
+        };
+        let (_, exit) = spawned.map_err(failed("starting the runtime helper"))?;
+        // The child's stdio ends were moved into `cmd`; drop them here so
+        // the pipes see EOF when the process exits.
+        drop(cmd);
+        Ok(exit)
     }
 
     /// Follows the exit of `pid`. An OOM kill in the container's cgroup
